@@ -6,5 +6,10 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
-    "custom_resolvers": {},
+    # Environments (tiny, local) override single keys of a parameter group, not the whole group.
+    "merge_strategy": {"parameters": "soft"},
 }
+
+from fluxir.hooks import ReportingArtifactsHook  # noqa: E402
+
+HOOKS = (ReportingArtifactsHook(),)

@@ -1,0 +1,241 @@
+"""FluxGen step 1: unconditional image generation (paper Sec. 3.1, Fig. 2).
+
+An empty prompt and a fresh Gaussian noise per image go into Flux; the decoded image is the training
+image. Image ``i`` always uses ``seed = base_seed + i``, so any image can be regenerated from its id.
+
+Why it is written this way:
+- The prompt (empty, or a short domain list) is encoded once; T5/CLIP are then dropped so that
+  350,000 images never keep a 4.7B-parameter T5 on the GPU.
+- Each image gets its own ``torch.Generator``: a batch of 4 gives the same noise per image as
+  batches of 1.
+- Files are written atomically into an ``ImageStore`` keyed by a hash of everything that changes
+  pixels, so reruns skip finished ids, and other settings never overwrite earlier images.
+- Under ``accelerate launch`` process ``r`` of ``w`` takes ids ``r, r+w, r+2w, ...``:
+  ``accelerate launch -m fluxir.generation --env base --params fluxgen.num_images=350000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fluxir.image_store import ImageStore
+
+logger = logging.getLogger(__name__)
+
+# Fields that change the pixels of image i. batch_size/device do not (per-image generators).
+_PIXEL_FIELDS = ("model", "height", "width", "steps", "guidance", "dtype", "prompts", "base_seed", "max_sequence_length")
+
+
+@dataclass
+class GenerationConfig:
+    """Parameters ``fluxgen.*`` (conf/base/parameters_fluxgen.yml documents each)."""
+
+    model: str = "black-forest-labs/FLUX.1-dev"
+    num_images: int = 1000
+    base_seed: int = 0
+    height: int = 768
+    width: int = 1024
+    steps: int = 20
+    guidance: float = 4.0
+    dtype: str = "bfloat16"
+    device: str = "auto"
+    batch_size: int = 1
+    prompts: list[str] = field(default_factory=list)  # empty: the paper's empty prompt
+    max_sequence_length: int = 512
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "GenerationConfig":
+        """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
+        unknown = set(params) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown fluxgen parameter(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        cfg = cls(**{**params, "prompts": list(params.get("prompts") or [])})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if not isinstance(self.num_images, int) or self.num_images <= 0:
+            raise ValueError(f"fluxgen.num_images must be a positive integer, got {self.num_images!r}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0 or value % 16:
+                raise ValueError(
+                    f"fluxgen.{name} must be a positive multiple of 16 (VAE /8 and 2x2 packing), got {value!r}; "
+                    f"nearest valid: {max(16, round(value / 16) * 16) if isinstance(value, (int, float)) else 16}"
+                )
+        if not isinstance(self.steps, int) or self.steps <= 0:
+            raise ValueError(f"fluxgen.steps must be a positive integer, got {self.steps!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"fluxgen.batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"fluxgen.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    def key(self) -> str:
+        """Short hash of the settings that determine pixels: the store sub-folder of this configuration."""
+        payload = json.dumps({k: asdict(self)[k] for k in _PIXEL_FIELDS}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def image_seed(base_seed: int, image_id: int) -> int:
+    """The noise seed of image ``image_id``."""
+    return base_seed + image_id
+
+
+def prompt_for(image_id: int, prompts: list[str]) -> str:
+    """The prompt of image ``image_id``: the empty prompt, or the domain list cycled."""
+    return prompts[image_id % len(prompts)] if prompts else ""
+
+
+def ids_for_process(num_images: int, process_index: int, num_processes: int) -> list[int]:
+    """The ids one of ``num_processes`` workers generates (interleaved, so shares differ by at most one)."""
+    return list(range(process_index, num_images, num_processes))
+
+
+def _resolve_device(device: str, state_device: Any) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if state_device is not None and str(state_device) != "cpu":
+        return str(state_device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class PromptEncoder:
+    """Encodes each distinct prompt once, then frees the text encoders (Flux) or passes text (others)."""
+
+    def __init__(self, pipe: Any, prompts: list[str], max_sequence_length: int, device: str) -> None:
+        from diffusers import FluxPipeline
+
+        from fluxir.models.flux import fixed_prompt_embeddings
+
+        self.cache: dict[str, dict[str, Any]] = {}
+        distinct = sorted(set(prompts))
+        if isinstance(pipe, FluxPipeline):
+            for text in distinct:
+                if pipe.text_encoder_2 is None:  # tiny folders: no T5/CLIP, deterministic stand-ins
+                    seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+                    prompt_embeds, pooled = fixed_prompt_embeddings(pipe.transformer, seed=seed)
+                else:
+                    prompt_embeds, pooled, _ = pipe.encode_prompt(
+                        prompt=text, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+                    )
+                self.cache[text] = {"prompt_embeds": prompt_embeds.to(device), "pooled_prompt_embeds": pooled.to(device)}
+            # Free T5 (4.7B) and CLIP: generation only needs the cached embeddings from here on.
+            pipe.text_encoder = pipe.text_encoder_2 = pipe.tokenizer = pipe.tokenizer_2 = None
+        else:
+            self.cache = {text: {"prompt": text} for text in distinct}
+
+    def batch_kwargs(self, texts: list[str]) -> dict[str, Any]:
+        """Pipeline keyword arguments for a batch of prompts."""
+        import torch
+
+        first = self.cache[texts[0]]
+        if "prompt" in first:
+            return {"prompt": texts}
+        return {
+            "prompt_embeds": torch.cat([self.cache[t]["prompt_embeds"] for t in texts]),
+            "pooled_prompt_embeds": torch.cat([self.cache[t]["pooled_prompt_embeds"] for t in texts]),
+        }
+
+
+def generate_into_store(
+    cfg: GenerationConfig, store: ImageStore, process_index: int = 0, num_processes: int = 1,
+    state_device: Any = None, progress: bool = True,
+) -> list[int]:
+    """Generate this process's missing images into ``store``; returns the ids it generated now."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from fluxir.models.flux import load_pipeline
+
+    todo = [i for i in ids_for_process(cfg.num_images, process_index, num_processes) if not store.exists(i)]
+    logger.info("process %d/%d: %d of its images to generate into %s", process_index, num_processes, len(todo), store.root)
+    if not todo:
+        return []
+    device = _resolve_device(cfg.device, state_device)
+    pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    encoder = PromptEncoder(pipe, cfg.prompts or [""], cfg.max_sequence_length, device)
+    done: list[int] = []
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), desc=f"generate[{process_index}]", unit="img", disable=not progress)
+    for lo in range(0, len(todo), cfg.batch_size):
+        batch = todo[lo : lo + cfg.batch_size]
+        generators = [torch.Generator(device).manual_seed(image_seed(cfg.base_seed, i)) for i in batch]
+        kwargs = dict(height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps, output_type="np", generator=generators)
+        if "guidance_scale" in _call_parameters(pipe):
+            kwargs["guidance_scale"] = cfg.guidance
+        with torch.inference_mode():
+            images = pipe(**encoder.batch_kwargs([prompt_for(i, cfg.prompts) for i in batch]), **kwargs).images
+        for image_id, image in zip(batch, images):
+            store.write(image_id, (np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+            done.append(image_id)
+        bar.update(len(batch))
+        bar.set_postfix(img_per_s=f"{len(done) / (time.perf_counter() - start):.2f}")
+    bar.close()
+    return done
+
+
+def _call_parameters(pipe: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(pipe.__call__).parameters)
+
+
+def _load_params(env: str, overrides: list[str]) -> dict[str, Any]:
+    """``parameters`` of a Kedro environment with ``key.sub=value`` overrides, as ``kedro run --params``."""
+    import yaml
+    from kedro.config import OmegaConfigLoader
+
+    from fluxir.settings import CONFIG_LOADER_ARGS
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    params = OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, "default_run_env": env})["parameters"]
+    for item in overrides:
+        key, _, value = item.partition("=")
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return params
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Generate FluxGen images on one or many processes (``accelerate launch -m fluxir.generation``)."""
+    from accelerate import PartialState
+
+    parser = argparse.ArgumentParser(prog="python -m fluxir.generation", description=main.__doc__)
+    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
+    parser.add_argument("--params", action="append", default=[], help="override, e.g. fluxgen.num_images=50 (repeatable)")
+    parser.add_argument("--store", default=None, help="image store root (default: the catalog's fluxgen_image_store path)")
+    parser.add_argument("--report", default=None, help="write the ids this process generated to <report>.rank<r>.json")
+    args = parser.parse_args(argv)
+
+    params = _load_params(args.env, [p for item in args.params for p in item.split(",") if p])
+    cfg = GenerationConfig.from_params(params["fluxgen"])
+    root = Path(args.store or "data/02_intermediate/fluxgen_images")
+    import torch
+
+    # Without cpu=True accelerate ignores WORLD_SIZE on a CPU-only machine and every process thinks it is alone.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    store = ImageStore(root).sub(cfg.key())
+    done = generate_into_store(cfg, store, state.process_index, state.num_processes, state.device, progress=state.is_local_main_process)
+    if args.report:
+        Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(done))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        print(json.dumps({"store": str(store.root), "generated_by_rank0": len(done), "processes": state.num_processes}))
+
+
+if __name__ == "__main__":
+    main()

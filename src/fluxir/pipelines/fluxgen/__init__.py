@@ -1,0 +1,5 @@
+"""FluxGen: generate -> score -> select -> degrade (paper Sec. 3.1)."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

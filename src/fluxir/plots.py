@@ -1,0 +1,31 @@
+"""Figures written to 08_reporting and MLflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+
+def histograms_with_cuts(table: pd.DataFrame, cuts: dict[str, tuple[float, bool]], percentile: float) -> Any:
+    """One histogram per IQA metric with the selection cut drawn and the kept side shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cuts), figsize=(4.5 * len(cuts), 3.4), squeeze=False)
+    for ax, (name, (cut, lower)) in zip(axes[0], cuts.items()):
+        values = table[name].to_numpy()
+        ax.hist(values, bins=min(50, max(5, len(values) // 4)), color="#4c72b0", alpha=0.85)
+        ax.axvline(cut, color="#c44e52", lw=2, label=f"cut {cut:.4g}")
+        lo, hi = ax.get_xlim()
+        ax.axvspan(cut, hi, color="#55a868", alpha=0.12) if not lower else ax.axvspan(lo, cut, color="#55a868", alpha=0.12)
+        kept = (values <= cut) if lower else (values >= cut)
+        ax.set_title(f"{name} ({'lower' if lower else 'higher'} is better)\nkept {kept.sum()}/{len(values)}")
+        ax.set_xlabel("score")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[0][0].set_ylabel("images")
+    fig.suptitle(f"IQA selection: {percentile:g}th percentile cut per metric", fontsize=10)
+    fig.tight_layout()
+    return fig

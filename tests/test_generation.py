@@ -1,0 +1,148 @@
+"""FluxGen generation: seeds per id, resumability, kill-safety, sharding over processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fluxir.generation import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
+from fluxir.image_store import ImageStore, read_image
+from fluxir.models.flux import resolve_source
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(tiny_flux_dir: Path, **overrides) -> GenerationConfig:
+    params = dict(model=str(tiny_flux_dir), num_images=3, height=48, width=64, steps=2, dtype="float32", device="cpu")
+    return GenerationConfig.from_params({**params, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"num_images": 0}, "num_images must be a positive integer"),
+        ({"num_images": -5}, "num_images must be a positive integer"),
+        ({"height": 50}, "height must be a positive multiple of 16"),
+        ({"width": 1000}, "nearest valid: 992"),
+        ({"dtype": "int8"}, "dtype must be"),
+        ({"num_imgs": 3}, "unknown fluxgen parameter(s) ['num_imgs']"),
+    ],
+)
+def test_bad_parameters_name_the_value(params, message):
+    with pytest.raises(ValueError) as err:
+        GenerationConfig.from_params(params)
+    assert message in str(err.value)
+
+
+def test_bad_model_sources(tmp_path):
+    with pytest.raises(ValueError, match="neither an existing local folder nor a hub id"):
+        resolve_source(str(tmp_path / "missing" / "flux"))
+    with pytest.raises(ValueError, match="has no model_index.json"):
+        resolve_source(str(tmp_path))
+    assert resolve_source("black-forest-labs/FLUX.1-dev") == "black-forest-labs/FLUX.1-dev"
+
+
+def test_unknown_hub_id_offline_names_it(tmp_path):
+    from fluxir.models.flux import load_pipeline
+
+    with pytest.raises(ValueError, match="could not load model 'nobody-here/no-such-model'"):
+        load_pipeline("nobody-here/no-such-model")
+
+
+def test_ids_and_seeds():
+    assert ids_for_process(7, 0, 2) == [0, 2, 4, 6] and ids_for_process(7, 1, 2) == [1, 3, 5]
+    assert image_seed(100, 5) == 105
+    assert prompt_for(4, []) == "" and prompt_for(4, ["a", "b", "c"]) == "b"
+
+
+def test_store_key_changes_with_pixels_not_with_count(tiny_flux_dir):
+    base = tiny_cfg(tiny_flux_dir)
+    assert base.key() == tiny_cfg(tiny_flux_dir, num_images=50, batch_size=4).key()
+    assert base.key() != tiny_cfg(tiny_flux_dir, guidance=3.5).key()
+    assert base.key() != tiny_cfg(tiny_flux_dir, prompts=["a cat"]).key()
+
+
+def test_resume_skips_finished_ids_and_keeps_their_files(tiny_flux_dir, tmp_path):
+    store = ImageStore(tmp_path)
+    cfg = tiny_cfg(tiny_flux_dir, num_images=3)
+    assert generate_into_store(cfg, store, progress=False) == [0, 1, 2]
+    store.path_for(1).unlink()
+    before = {i: store.path_for(i).stat().st_mtime_ns for i in (0, 2)}
+    cfg4 = tiny_cfg(tiny_flux_dir, num_images=4)
+    assert generate_into_store(cfg4, store, progress=False) == [1, 3]
+    assert {i: store.path_for(i).stat().st_mtime_ns for i in (0, 2)} == before
+    assert generate_into_store(cfg4, store, progress=False) == []
+
+
+def test_image_depends_on_its_seed_only(tiny_flux_dir, tmp_path):
+    one, two = ImageStore(tmp_path / "b1"), ImageStore(tmp_path / "b2")
+    generate_into_store(tiny_cfg(tiny_flux_dir, num_images=4, batch_size=1), one, progress=False)
+    generate_into_store(tiny_cfg(tiny_flux_dir, num_images=4, batch_size=3), two, progress=False)
+    images = [one.read(i).astype(int) for i in range(4)]
+    for i in range(4):
+        assert np.abs(images[i] - two.read(i).astype(int)).max() <= 1  # batching may move a pixel by one level
+    assert np.abs(images[0] - images[1]).mean() > 5  # different seeds give different images
+
+
+def test_prompt_list_changes_images(tiny_flux_dir, tmp_path):
+    plain, prompted = ImageStore(tmp_path / "p0"), ImageStore(tmp_path / "p1")
+    generate_into_store(tiny_cfg(tiny_flux_dir, num_images=1), plain, progress=False)
+    generate_into_store(tiny_cfg(tiny_flux_dir, num_images=1, prompts=["the moon"]), prompted, progress=False)
+    assert np.abs(plain.read(0).astype(int) - prompted.read(0).astype(int)).mean() > 1
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fluxir.generation", "--env", "tiny", *args]
+
+
+def test_killed_run_keeps_complete_images_and_resumes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        _cli("--params", "fluxgen.num_images=400,fluxgen.steps=2", "--store", str(tmp_path)),
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tmp_path.rglob("*.png"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = sorted(tmp_path.rglob("*.png"))
+    assert 3 <= len(written) < 400, "the run should have been killed part-way"
+    for path in written:  # every file that exists under its final name is a complete image
+        assert read_image(path).shape == (48, 64, 3)
+    subprocess.run(_cli("--params", "fluxgen.num_images=400,fluxgen.steps=2", "--store", str(tmp_path),
+                        "--report", str(tmp_path / "rep")), cwd=REPO, env=env, check=True, capture_output=True)
+    regenerated = json.loads((tmp_path / "rep.rank0.json").read_text())
+    assert len(regenerated) == 400 - len(written)
+    assert len(list(tmp_path.rglob("*.png"))) == 400
+
+
+def test_two_processes_share_the_ids(tmp_path):
+    accelerate = Path(sys.executable).with_name("accelerate")
+    params = "fluxgen.num_images=7,fluxgen.steps=2"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+         "-m", "fluxir.generation", "--env", "tiny", "--params", params,
+         "--store", str(tmp_path / "two"), "--report", str(tmp_path / "two")],
+        cwd=REPO, env=env, check=True, capture_output=True,
+    )
+    subprocess.run(_cli("--params", params, "--store", str(tmp_path / "one"), "--report", str(tmp_path / "one")),
+                   cwd=REPO, env=env, check=True, capture_output=True)
+    rank0 = json.loads((tmp_path / "two.rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "two.rank1.json").read_text())
+    single = json.loads((tmp_path / "one.rank0.json").read_text())
+    assert rank0 and rank1 and not set(rank0) & set(rank1)
+    assert sorted(rank0 + rank1) == single == list(range(7))
+    two = {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*.png")}
+    one = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*.png")}
+    assert two == one
