@@ -21,3 +21,35 @@ TINY_FLUX = REPO / "data" / "01_raw" / "tiny" / "flux"
 def tiny_flux_dir() -> Path:
     """The committed tiny random-weight Flux pipeline folder."""
     return TINY_FLUX
+
+
+def make_project_copy(project: Path) -> Path:
+    """A throw-away copy of this Kedro project (pyproject, conf, tiny models; src linked) at ``project``."""
+    import shutil
+
+    project.mkdir(parents=True)
+    shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
+    shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    shutil.copytree(REPO / "data" / "01_raw" / "tiny", project / "data" / "01_raw" / "tiny")
+    (project / "src").mkdir()  # kedro checks the source dir exists; fluxir itself is installed (editable)
+    return project
+
+
+@pytest.fixture
+def kedro_project(tmp_path: Path) -> Path:
+    """A throw-away copy of this Kedro project: runs write there, not in the repo."""
+    return make_project_copy(tmp_path / "project")
+
+
+def kedro_run(project: Path, *args: str, check: bool = True, timeout: int = 600):
+    """Run ``kedro <args>`` in ``project`` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    kedro = Path(sys.executable).with_name("kedro")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    proc = subprocess.run([str(kedro), *args], cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kedro {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fluxir.cli_params import load_params
 from fluxir.image_store import ImageStore
 
 logger = logging.getLogger(__name__)
@@ -191,25 +192,6 @@ def _call_parameters(pipe: Any) -> set[str]:
     return set(inspect.signature(pipe.__call__).parameters)
 
 
-def _load_params(env: str, overrides: list[str]) -> dict[str, Any]:
-    """``parameters`` of a Kedro environment with ``key.sub=value`` overrides, as ``kedro run --params``."""
-    import yaml
-    from kedro.config import OmegaConfigLoader
-
-    from fluxir.settings import CONFIG_LOADER_ARGS
-
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    params = OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, "default_run_env": env})["parameters"]
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = params
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return params
-
-
 def main(argv: list[str] | None = None) -> None:
     """Generate FluxGen images on one or many processes (``accelerate launch -m fluxir.generation``)."""
     from accelerate import PartialState
@@ -218,12 +200,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
     parser.add_argument("--params", action="append", default=[], help="override, e.g. fluxgen.num_images=50 (repeatable)")
     parser.add_argument("--store", default=None, help="image store root (default: the catalog's fluxgen_image_store path)")
+    parser.add_argument("--project", default=".", help="Kedro project root (holds conf/)")
     parser.add_argument("--report", default=None, help="write the ids this process generated to <report>.rank<r>.json")
     args = parser.parse_args(argv)
 
-    params = _load_params(args.env, [p for item in args.params for p in item.split(",") if p])
+    params = load_params(args.env, args.params, args.project)
     cfg = GenerationConfig.from_params(params["fluxgen"])
-    root = Path(args.store or "data/02_intermediate/fluxgen_images")
+    root = Path(args.store or Path(args.project) / "data/02_intermediate/fluxgen_images")
     import torch
 
     # Without cpu=True accelerate ignores WORLD_SIZE on a CPU-only machine and every process thinks it is alone.

@@ -42,11 +42,9 @@ class ReportingArtifactsHook:
 
 
 def _saved_path(dataset: Any) -> Path | None:
-    """The file a (possibly versioned) file dataset last wrote, or None for non-file datasets."""
-    if hasattr(dataset, "_get_save_path"):
-        try:
-            return Path(str(dataset._get_save_path()))
-        except Exception:  # unversioned datasets without a save version
-            pass
+    """The file a (possibly versioned) file dataset just wrote, or None for non-file datasets."""
+    if getattr(dataset, "_version", None) is not None:
+        # _get_save_path() refuses once the file exists; the versioned path of this run's save version is it.
+        return Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))
     filepath = getattr(dataset, "_filepath", None)
     return Path(str(filepath)) if filepath is not None else None

@@ -31,6 +31,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({err}); delete or replace the file and rerun") from err
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory (the Kedro project root) when inside it, so manifests
+    stay valid when the project folder moves; absolute otherwise."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()

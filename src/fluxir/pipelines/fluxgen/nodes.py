@@ -17,7 +17,7 @@ def generate_images(image_store: ImageStore, fluxgen: dict[str, Any]) -> pd.Data
     Columns: image_id, seed, prompt, path, sha256, width, height, model, config_key.
     """
     from fluxir.generation import GenerationConfig, generate_into_store, image_seed, prompt_for
-    from fluxir.image_store import sha256_file
+    from fluxir.image_store import portable_path, sha256_file
 
     cfg = GenerationConfig.from_params(fluxgen)
     store = image_store.sub(cfg.key())
@@ -27,7 +27,7 @@ def generate_images(image_store: ImageStore, fluxgen: dict[str, Any]) -> pd.Data
         path = store.path_for(image_id)
         rows.append({
             "image_id": image_id, "seed": image_seed(cfg.base_seed, image_id), "prompt": prompt_for(image_id, cfg.prompts),
-            "path": str(path), "sha256": sha256_file(path), "width": cfg.width, "height": cfg.height,
+            "path": portable_path(path), "sha256": sha256_file(path), "width": cfg.width, "height": cfg.height,
             "model": cfg.model, "config_key": cfg.key(),
         })
     return pd.DataFrame(rows)
@@ -76,8 +76,8 @@ def select_by_iqa(scores: pd.DataFrame, iqa: dict[str, Any], select: dict[str, A
         keep &= passed
         cuts[name] = (cut, lower)
     table["keep"] = keep
-    metrics = {"select.n_scored": len(table), "select.n_kept": int(keep.sum()), "select.kept_fraction": float(keep.mean())}
-    metrics.update({f"select.threshold.{n}": c for n, (c, _) in cuts.items()})
+    metrics = {"n_scored": len(table), "n_kept": int(keep.sum()), "kept_fraction": float(keep.mean())}
+    metrics.update({f"threshold.{n}": c for n, (c, _) in cuts.items()})
     figure = histograms_with_cuts(table, cuts, percentile)
     return table, {k: {"value": float(v), "step": 0} for k, v in metrics.items()}, figure
 
@@ -90,7 +90,7 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
     from tqdm.auto import tqdm
 
     from fluxir.degradation import DegradationConfig, degrade_pair
-    from fluxir.image_store import read_image, sha256_file, write_png_atomic
+    from fluxir.image_store import portable_path, read_image, sha256_file, write_png_atomic
 
     cfg = DegradationConfig.from_dict(degrade.get("config", {}))
     seed = degrade["seed"]
@@ -104,14 +104,15 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
         if not (hq_path.is_file() and lq_path.is_file() and info_path.is_file()):
             hq, lq, info = degrade_pair(read_image(row.path), row.image_id, seed, cfg)
             write_png_atomic(hq_path, hq)
-            info_tmp = info_path.with_suffix(".json.tmp")
-            info_tmp.write_text(json.dumps(info, default=str))
             write_png_atomic(lq_path, lq)
+            # Written last: its presence marks the pair as complete for a rerun.
+            info_tmp = info_path.with_name(f".{info_path.name}.tmp")
+            info_tmp.write_text(json.dumps(info, default=str))
             info_tmp.replace(info_path)
         info = json.loads(info_path.read_text())
         rows.append({
             "image_id": row.image_id, "source_path": row.path, "source_sha256": row.sha256,
-            "hq_path": str(hq_path), "lq_path": str(lq_path), "hq_sha256": sha256_file(hq_path),
+            "hq_path": portable_path(hq_path), "lq_path": portable_path(lq_path), "hq_sha256": sha256_file(hq_path),
             "lq_sha256": sha256_file(lq_path), "degradation_seed": seed, "pairs_key": key,
             "degradation": json.dumps(info, sort_keys=True, default=str),
         })

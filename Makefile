@@ -1,0 +1,26 @@
+# fluxir: the two commands a new user needs are `make demo` and `make test` (both create .venv first).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export KEDRO_DISABLE_TELEMETRY := true
+
+.PHONY: setup demo test mlflow viz clean-data
+
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	scripts/setup.sh
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install fluxir with its test tools
+
+demo: setup  ## run the default pipeline on the embedded tiny random-weight models
+	$(VENV)/bin/kedro run --env=tiny
+
+test: setup  ## the test suite (what CI runs)
+	$(PY) -m pytest
+
+mlflow: setup  ## MLflow UI on the project's SQLite store
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+viz: setup  ## kedro-viz on http://127.0.0.1:4141
+	$(VENV)/bin/kedro viz run --env=tiny

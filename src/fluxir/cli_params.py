@@ -1,0 +1,32 @@
+"""Kedro parameters for the scripts launched outside ``kedro run`` (``accelerate launch -m fluxir.<x>``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def load_params(env: str, overrides: list[str], project: str | Path = ".") -> dict[str, Any]:
+    """``parameters`` of a Kedro environment with ``key.sub=value`` overrides, as ``kedro run --params``.
+
+    ``overrides`` items may themselves be comma-separated (``a.b=1,c=2``), like ``kedro run --params``.
+    """
+    import yaml
+    from kedro.config import OmegaConfigLoader
+
+    from fluxir.settings import CONFIG_LOADER_ARGS
+
+    conf = Path(project) / "conf"
+    if not conf.is_dir():
+        raise FileNotFoundError(f"no Kedro conf folder at {conf.resolve()}: run from the project root or pass --project")
+    params = OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, "default_run_env": env})["parameters"]
+    for item in (p for group in overrides for p in group.split(",") if p):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form key.sub=value")
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return params
