@@ -1,0 +1,541 @@
+"""The "degrade" step of FluxGen: Real-ESRGAN second-order degradation with SeeSR's training settings.
+
+Paper Sec. 3.1: "we apply the synthetic degradation method [Real-ESRGAN] with the same settings as
+[SeeSR] to construct paired data"; Sec. 4.1: images (generated at 1024x768) are "randomly
+center-crop[ped] to the sizes of 1024x768, 768x768 and 512x768".
+
+The story of one pair, as SeeSR's ``utils_data/make_paired_data.py`` does it (it feeds basicsr's
+``RealESRGANDataset`` into a copy of Real-ESRGAN's ``feed_data``):
+
+1. crop: pick a size from ``crop_sizes`` that fits, centred (paper) or at a random place;
+2. random horizontal flip (SeeSR ``use_hflip=True``);
+3. USM-sharpen the crop. SeeSR saves this sharpened image as its GT and degrades it, so the HQ we
+   return is the sharpened crop (``use_usm=False`` returns the plain crop);
+4. draw three kernels like ``RealESRGANDataset.__getitem__``: order-1 and order-2 blur (sinc with
+   ``sinc_prob``, otherwise one of six Gaussian-like types) and the final sinc (``final_sinc_prob``);
+5. order 1: blur -> random resize -> Gaussian or Poisson noise -> JPEG;
+6. order 2: blur (``second_blur_prob``) -> random resize -> noise -> either [resize to 1/scale + sinc,
+   then JPEG] or [JPEG, then resize + sinc], 50/50;
+7. round to uint8: HQ is H x W, LQ is exactly H/scale x W/scale.
+
+Every random step uses basicsr's own functions (``random_mixed_kernels``, ``circular_lowpass_kernel``,
+``add_*_noise_pt``, ``DiffJPEG``, ``usm_sharp``). They draw from the *global* Python / numpy / torch
+generators, so for each pair we seed all three from a SHA-256 of (image id, seed) and restore them
+afterwards: the same id and seed give byte-identical HQ/LQ whatever else is processed, in any order.
+Pairs are degraded one at a time on purpose: Real-ESRGAN's batched path shares one resize scale and
+one noise tensor across the batch, which would make an image's LQ depend on its batch mates.
+
+Two CPU speed-ups compute what Real-ESRGAN computes, to ~1e-6: USM with basicsr's numpy ``usm_sharp``
+(OpenCV separable blur) instead of the 51x51 ``USMSharp`` convolution (~100x faster), and the blurs
+with OpenCV's ``filter2D`` instead of basicsr's torch ``filter2D`` (same reflect-101 padding and
+correlation, 5-25x faster). Everything runs on the CPU, so results do not depend on a GPU's kernels.
+
+Conventions: sizes are (width, height), like PIL and the paper's "1024x768" generation resolution
+(all three default crops are 768 high); arrays are (H, W, 3) uint8 RGB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import random
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fluxir.compat import import_basicsr
+
+import_basicsr()  # must precede every basicsr import (torchvision removed functional_tensor)
+
+from basicsr.data.degradations import (  # noqa: E402
+    add_gaussian_noise_pt,
+    add_poisson_noise_pt,
+    circular_lowpass_kernel,
+    random_mixed_kernels,
+)
+from basicsr.utils import DiffJPEG  # noqa: E402
+from basicsr.utils.img_process_util import usm_sharp  # noqa: E402
+
+KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
+SEESR_KERNEL_PROB = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
+RESIZE_MODES = ("area", "bilinear", "bicubic")  # Real-ESRGAN picks one uniformly for every resize
+# Latents are /8 of the image and Flux packs 2x2 latent patches: image sides must be multiples of 16.
+SIDE_MULTIPLE = 16
+
+
+# --------------------------------------------------------------------------------------------- #
+# Configuration
+# --------------------------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """SeeSR ``make_paired_data.py`` settings (field names are SeeSR's) plus FluxGen's crops.
+
+    Left out on purpose: SeeSR's ``blur_kernel_size`` 21 / ``blur_kernel_size2`` 11 (basicsr's
+    dataset ignores them and hard-codes kernel sizes 7..21, here ``kernel_sizes``),
+    ``no_degradation_prob`` and ``gt_size`` (set but never used by its degradation function; our
+    crop comes from ``crop_sizes``).
+    """
+
+    scale: int = 4
+    crop_sizes: tuple[tuple[int, int], ...] = ((1024, 768), (768, 768), (512, 768))  # (width, height)
+    crop_position: str = "center"  # "center" (paper Sec. 4.1) or "random" (e.g. DIV2K-Val crops)
+    use_hflip: bool = True
+    use_usm: bool = True
+    # kernels, first order
+    kernel_sizes: tuple[int, ...] = (7, 9, 11, 13, 15, 17, 19, 21)
+    kernel_list: tuple[str, ...] = KERNEL_TYPES
+    kernel_prob: tuple[float, ...] = SEESR_KERNEL_PROB
+    sinc_prob: float = 0.1
+    blur_sigma: tuple[float, float] = (0.2, 3.0)
+    betag_range: tuple[float, float] = (0.5, 4.0)
+    betap_range: tuple[float, float] = (1.0, 2.0)
+    # kernels, second order
+    kernel_list2: tuple[str, ...] = KERNEL_TYPES
+    kernel_prob2: tuple[float, ...] = SEESR_KERNEL_PROB
+    sinc_prob2: float = 0.1
+    blur_sigma2: tuple[float, float] = (0.2, 1.5)
+    betag_range2: tuple[float, float] = (0.5, 4.0)
+    betap_range2: tuple[float, float] = (1.0, 2.0)
+    final_sinc_prob: float = 0.8
+    # first degradation process
+    resize_prob: tuple[float, float, float] = (0.2, 0.7, 0.1)  # up, down, keep
+    resize_range: tuple[float, float] = (0.15, 1.5)
+    gaussian_noise_prob: float = 0.5
+    noise_range: tuple[float, float] = (1.0, 30.0)
+    poisson_scale_range: tuple[float, float] = (0.05, 3.0)
+    gray_noise_prob: float = 0.4
+    jpeg_range: tuple[float, float] = (30.0, 95.0)
+    # second degradation process
+    second_blur_prob: float = 0.8
+    resize_prob2: tuple[float, float, float] = (0.3, 0.4, 0.3)  # up, down, keep
+    resize_range2: tuple[float, float] = (0.3, 1.2)
+    gaussian_noise_prob2: float = 0.5
+    noise_range2: tuple[float, float] = (1.0, 25.0)
+    poisson_scale_range2: tuple[float, float] = (0.05, 2.5)
+    gray_noise_prob2: float = 0.4
+    jpeg_range2: tuple[float, float] = (30.0, 95.0)
+
+    def __post_init__(self) -> None:
+        # YAML gives lists; store tuples so the frozen config is hashable and safe to share.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, _to_tuple(value))
+        if not isinstance(self.scale, int) or isinstance(self.scale, bool) or self.scale < 1:
+            raise ValueError(f"scale must be a positive int, got {self.scale!r}")
+        object.__setattr__(self, "crop_sizes", tuple(validate_crop_sizes(self.crop_sizes, self.scale)))
+        if self.crop_position not in ("center", "random"):
+            raise ValueError(f"crop_position must be 'center' or 'random', got {self.crop_position!r}")
+        bad = [k for k in self.kernel_sizes if not (isinstance(k, int) and k % 2 == 1 and 3 <= k <= 21)]
+        if bad or not self.kernel_sizes:
+            raise ValueError(f"kernel_sizes must be odd ints in [3, 21], got {self.kernel_sizes!r}")
+        for names, probs, suffix in (
+            (self.kernel_list, self.kernel_prob, ""),
+            (self.kernel_list2, self.kernel_prob2, "2"),
+        ):
+            unknown = [n for n in names if n not in KERNEL_TYPES]
+            if unknown:
+                raise ValueError(
+                    f"kernel_list{suffix} has unknown kernel type(s) {unknown}; known: {list(KERNEL_TYPES)}"
+                )
+            _check_probs(f"kernel_prob{suffix}", probs, len(names))
+        _check_probs("resize_prob", self.resize_prob, 3)
+        _check_probs("resize_prob2", self.resize_prob2, 3)
+        for name in (
+            "sinc_prob",
+            "sinc_prob2",
+            "final_sinc_prob",
+            "gaussian_noise_prob",
+            "gray_noise_prob",
+            "second_blur_prob",
+            "gaussian_noise_prob2",
+            "gray_noise_prob2",
+        ):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+        for name in (
+            "blur_sigma",
+            "betag_range",
+            "betap_range",
+            "blur_sigma2",
+            "betag_range2",
+            "betap_range2",
+            "resize_range",
+            "noise_range",
+            "poisson_scale_range",
+            "resize_range2",
+            "noise_range2",
+            "poisson_scale_range2",
+            "jpeg_range",
+            "jpeg_range2",
+        ):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high, got {lo_hi!r}")
+        for name in ("blur_sigma", "blur_sigma2"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:  # basicsr asserts a non-empty sigma range
+                raise ValueError(
+                    f"{name} must be [low, high] with low < high (basicsr requires it), got {(lo, hi)!r}"
+                )
+        for name in ("jpeg_range", "jpeg_range2"):
+            if getattr(self, name)[1] > 100:
+                raise ValueError(
+                    f"{name} is a JPEG quality range within (0, 100], got {getattr(self, name)!r}"
+                )
+        for name in ("resize_range", "resize_range2"):
+            lo, hi = getattr(self, name)
+            if lo > 1 or hi < 1:  # Real-ESRGAN draws "down" from [lo, 1] and "up" from [1, hi]
+                raise ValueError(f"{name} must satisfy low <= 1 <= high, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, params: Mapping[str, Any]) -> DegradationConfig:
+        """Build from a parameters mapping (e.g. Kedro's ``params:degradation``); unknown keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"unknown degradation setting(s) {unknown}; known settings: {sorted(known)}")
+        return cls(**params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-friendly dict (lists instead of tuples) that ``from_dict`` reads back."""
+        return {f.name: _to_list(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _to_list(value: Any) -> Any:
+    return [_to_list(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _check_probs(name: str, probs: Sequence[float], n: int) -> None:
+    if len(probs) != n or any(p < 0 for p in probs) or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
+        raise ValueError(f"{name} must be {n} non-negative probabilities summing to 1, got {list(probs)!r}")
+
+
+# --------------------------------------------------------------------------------------------- #
+# Crops
+# --------------------------------------------------------------------------------------------- #
+
+
+def validate_crop_sizes(crop_sizes: Sequence[Sequence[int]], scale: int = 4) -> list[tuple[int, int]]:
+    """Check (width, height) crop sizes: sides must be multiples of 16 (VAE /8, 2x2 packing) and ``scale``."""
+    multiple = math.lcm(SIDE_MULTIPLE, scale)
+    if isinstance(crop_sizes, (str, bytes)) or not isinstance(crop_sizes, Sequence) or len(crop_sizes) == 0:
+        raise ValueError(f"crop_sizes must be a non-empty list of (width, height) pairs, got {crop_sizes!r}")
+    out: list[tuple[int, int]] = []
+    for size in crop_sizes:
+        ok_shape = isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2
+        if not ok_shape or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size
+        ):
+            raise ValueError(f"crop size {size!r} must be a (width, height) pair of ints")
+        w, h = int(size[0]), int(size[1])
+        if w % multiple or h % multiple or w <= 0 or h <= 0:
+            nearest = tuple(max(multiple, multiple * round(s / multiple)) for s in (w, h))
+            raise ValueError(
+                f"crop size (width, height)={(w, h)} must have both sides positive multiples of {multiple} "
+                f"(16 for the Flux latent grid, {scale} for the LQ scale); nearest valid size: {nearest}"
+            )
+        out.append((w, h))
+    return out
+
+
+def choose_crop(
+    width: int,
+    height: int,
+    crop_sizes: Sequence[tuple[int, int]],
+    rng: random.Random,
+    position: str = "center",
+) -> tuple[int, int, int, int]:
+    """Pick (left, top, w, h): a uniformly chosen size among those that fit, centred or at a random place."""
+    fitting = [(w, h) for w, h in crop_sizes if w <= width and h <= height]
+    if not fitting:
+        raise ValueError(
+            f"image of (width, height)={(width, height)} is smaller than every crop size {list(crop_sizes)}; "
+            "use larger images or add a smaller crop size"
+        )
+    w, h = rng.choice(fitting)
+    if position == "center":
+        return (width - w) // 2, (height - h) // 2, w, h
+    if position == "random":
+        return rng.randint(0, width - w), rng.randint(0, height - h), w, h
+    raise ValueError(f"position must be 'center' or 'random', got {position!r}")
+
+
+# --------------------------------------------------------------------------------------------- #
+# Per-pair seeding
+# --------------------------------------------------------------------------------------------- #
+
+# basicsr draws from the process-wide generators; the lock keeps two threads from interleaving.
+_RNG_LOCK = threading.Lock()
+
+
+def pair_seed(image_id: int | str, seed: int) -> int:
+    """A 64-bit seed from (id, seed) that is stable across processes (Python's ``hash`` is salted).
+
+    Ids are compared as text, so 7 and "7" (an id read back from a manifest) give the same pair.
+    """
+    if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+        raise ValueError(f"image_id must be an int or str, got {image_id!r} ({type(image_id).__name__})")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
+    digest = hashlib.sha256(f"fluxir.degrade\0{image_id}\0{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@contextmanager
+def _seeded_global_rngs(seed64: int) -> Iterator[None]:
+    """Seed Python, numpy (legacy global) and torch's CPU generator; restore all three on exit."""
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):  # devices=[]: leave any CUDA state alone
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            random.seed(seed64)
+            np.random.seed(seed64 >> 32)  # legacy seeding takes 32 bits
+            torch.default_generator.manual_seed(seed64)  # not torch.manual_seed: that also seeds CUDA
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Kernels (basicsr's RealESRGANDataset.__getitem__)
+# --------------------------------------------------------------------------------------------- #
+
+
+def _sinc(omega_c: float, kernel_size: int) -> np.ndarray:
+    # basicsr divides 0/0 at the centre and then overwrites it; it silences numpy with np.seterr at
+    # import, but that setting is per thread, so say it again for callers in worker threads.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return circular_lowpass_kernel(omega_c, kernel_size, pad_to=False)
+
+
+def _blur_kernel(c: DegradationConfig, order: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The order-1 or order-2 blur kernel, (k, k) float32, drawn like RealESRGANDataset."""
+    first = order == 1
+    sinc_prob, kernel_list = (c.sinc_prob, c.kernel_list) if first else (c.sinc_prob2, c.kernel_list2)
+    kernel_prob, sigma = (c.kernel_prob, c.blur_sigma) if first else (c.kernel_prob2, c.blur_sigma2)
+    betag, betap = (c.betag_range, c.betap_range) if first else (c.betag_range2, c.betap_range2)
+    kernel_size = random.choice(list(c.kernel_sizes))
+    if np.random.uniform() < sinc_prob:
+        # Real-ESRGAN's cut-off range for sizes 7..21: small kernels cannot hold a very low cut-off
+        omega_c = (
+            np.random.uniform(np.pi / 3, np.pi) if kernel_size < 13 else np.random.uniform(np.pi / 5, np.pi)
+        )
+        kernel = _sinc(omega_c, kernel_size)
+        info = {"type": "sinc", "size": kernel_size, "omega_c": float(omega_c)}
+    else:
+        # Draw the type here (same law as random_mixed_kernels) so the manifest can record it; basicsr
+        # then draws sigma/angle/beta for that single type.
+        kernel_type = random.choices(list(kernel_list), list(kernel_prob))[0]
+        kernel = random_mixed_kernels(
+            [kernel_type],
+            [1.0],
+            kernel_size,
+            sigma,
+            sigma,
+            [-math.pi, math.pi],
+            betag,
+            betap,
+            noise_range=None,
+        )
+        info = {"type": kernel_type, "size": kernel_size}
+    # The dataset zero-pads to 21x21; filtering with the unpadded kernel is the same sum, 1-9x cheaper.
+    return kernel.astype(np.float32), info  # (k, k), float32 like the dataset's FloatTensor
+
+
+def _final_sinc_kernel(config: DegradationConfig) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    if np.random.uniform() < config.final_sinc_prob:
+        kernel_size = random.choice(list(config.kernel_sizes))
+        omega_c = np.random.uniform(np.pi / 3, np.pi)
+        kernel = _sinc(omega_c, kernel_size).astype(np.float32)
+        return kernel, {"size": kernel_size, "omega_c": float(omega_c)}
+    return None, None  # Real-ESRGAN filters with a unit pulse here: the identity, so skip it
+
+
+# --------------------------------------------------------------------------------------------- #
+# Degradation steps (Real-ESRGAN feed_data, one image)
+# --------------------------------------------------------------------------------------------- #
+
+
+def filter2d(x: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
+    """basicsr's ``filter2D`` (reflect-101 padding, correlation) for one image, computed by OpenCV.
+
+    (1, C, H, W) -> (1, C, H, W). Same result to ~1e-6 (tests/test_degradation.py checks it) but
+    5-25x faster on CPU than torch's conv2d with one big single-channel kernel.
+    """
+    hwc = x[0].permute(1, 2, 0).contiguous().numpy()  # (H, W, C)
+    out = cv2.filter2D(hwc, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    return torch.from_numpy(out.reshape(hwc.shape)).permute(2, 0, 1)[None].contiguous()
+
+
+@lru_cache(maxsize=1)
+def _jpeger() -> DiffJPEG:
+    return DiffJPEG(differentiable=False).eval()  # stateless buffers: safe to share
+
+
+def _random_resize(
+    x: torch.Tensor, probs: Sequence[float], scale_range: Sequence[float], size_at: tuple[float, float] | None
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Up/down/keep resize; order 2 passes ``size_at`` (h, w) = original / sf, which the scale multiplies."""
+    updown = random.choices(["up", "down", "keep"], list(probs))[0]
+    scale = 1.0
+    if updown == "up":
+        scale = np.random.uniform(1, scale_range[1])
+    elif updown == "down":
+        scale = np.random.uniform(scale_range[0], 1)
+    mode = random.choice(RESIZE_MODES)
+    if size_at is None:
+        x = F.interpolate(x, scale_factor=float(scale), mode=mode)
+    else:
+        x = F.interpolate(x, size=(int(size_at[0] * scale), int(size_at[1] * scale)), mode=mode)
+    return x, {"type": updown, "scale": float(scale), "mode": mode}
+
+
+def _add_noise(x: torch.Tensor, c: DegradationConfig, order: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """random_add_{gaussian,poisson}_noise_pt(clip=True, rounds=False), keeping the draws for the manifest."""
+    first = order == 1
+    gaussian_prob, gray_prob = (
+        (c.gaussian_noise_prob, c.gray_noise_prob) if first else (c.gaussian_noise_prob2, c.gray_noise_prob2)
+    )
+    sigma_range, poisson_range = (
+        (c.noise_range, c.poisson_scale_range) if first else (c.noise_range2, c.poisson_scale_range2)
+    )
+    gaussian = np.random.uniform() < gaussian_prob
+    lo, hi = sigma_range if gaussian else poisson_range
+    strength = float(torch.rand(1) * (hi - lo) + lo)  # same draws as basicsr's random_generate_*_pt
+    gray = bool(torch.rand(1) < gray_prob)
+    add = add_gaussian_noise_pt if gaussian else add_poisson_noise_pt  # Gaussian sigma is in 0..255 units
+    x = add(x, x.new_tensor([strength]), clip=True, rounds=False, gray_noise=x.new_tensor([float(gray)]))
+    return x, {
+        "type": "gaussian" if gaussian else "poisson",
+        "sigma" if gaussian else "scale": strength,
+        "gray": gray,
+    }
+
+
+def _jpeg(x: torch.Tensor, quality_range: Sequence[float]) -> tuple[torch.Tensor, float]:
+    quality = float(np.random.uniform(*quality_range))
+    # clamp first, or DiffJPEG gives "unpleasant artifacts" (Real-ESRGAN); DiffJPEG returns a slice
+    # of its padded output: make it contiguous (basicsr's filter2D .view()s its input and fails on it).
+    x = _jpeger()(torch.clamp(x, 0, 1), quality=x.new_tensor([quality]))
+    return x.contiguous(), quality
+
+
+def _resize_sinc(x: torch.Tensor, size: tuple[int, int], sinc: np.ndarray | None) -> tuple[torch.Tensor, str]:
+    mode = random.choice(RESIZE_MODES)
+    x = F.interpolate(x, size=size, mode=mode)
+    return (filter2d(x, sinc) if sinc is not None else x), mode
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) float in [0, 1] -> (H, W, 3) uint8, rounding like cv2.imwrite / Real-ESRGAN."""
+    return torch.clamp((x[0] * 255.0).round(), 0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def _check_image(image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"image must be a numpy array (H, W, 3) uint8 RGB, got {type(image).__name__}; "
+            "for a PIL image pass np.asarray(img.convert('RGB'))"
+        )
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+    return image
+
+
+@torch.no_grad()
+def degrade_pair(
+    image: np.ndarray, image_id: int | str, seed: int, config: DegradationConfig | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Crop, sharpen and degrade one image.
+
+    Returns (hq (h, w, 3) uint8, lq (h/scale, w/scale, 3) uint8, info), where hq is the USM-sharpened
+    crop (SeeSR's saved GT) unless ``config.use_usm`` is False, and info records every random choice.
+    """
+    config = config or DegradationConfig()
+    image = _check_image(image)
+    height, width = image.shape[:2]
+    seed64 = pair_seed(image_id, seed)
+    rng = random.Random(seed64)  # crop and flip: a private generator, independent of basicsr's draws
+    left, top, w, h = choose_crop(width, height, config.crop_sizes, rng, config.crop_position)
+    hflip = config.use_hflip and rng.random() < 0.5
+    with _seeded_global_rngs(seed64):
+        crop = image[top : top + h, left : left + w]  # (h, w, 3)
+        if hflip:
+            crop = crop[:, ::-1]
+        gt = np.ascontiguousarray(crop, dtype=np.float32) / 255.0  # (h, w, 3) in [0, 1]
+        if config.use_usm:
+            # basicsr's numpy USM (OpenCV separable blur) = USMSharp's 51x51 conv to ~1e-6, ~100x faster
+            gt = usm_sharp(gt)
+        gt = np.ascontiguousarray(gt, dtype=np.float32)
+        gt_t = torch.from_numpy(gt).permute(2, 0, 1)[None]  # (1, 3, h, w)
+
+        kernel1, k1_info = _blur_kernel(config, order=1)
+        kernel2, k2_info = _blur_kernel(config, order=2)
+        sinc, sinc_info = _final_sinc_kernel(config)
+
+        # ---- first degradation: blur -> resize -> noise -> JPEG ----
+        out = filter2d(gt_t, kernel1)
+        out, resize1 = _random_resize(out, config.resize_prob, config.resize_range, None)
+        out, noise1 = _add_noise(out, config, order=1)
+        out, jpeg1 = _jpeg(out, config.jpeg_range)
+
+        # ---- second degradation: blur? -> resize (relative to the LQ size) -> noise ----
+        blur2 = bool(np.random.uniform() < config.second_blur_prob)
+        if blur2:
+            out = filter2d(out, kernel2)
+        out, resize2 = _random_resize(
+            out, config.resize_prob2, config.resize_range2, (h / config.scale, w / config.scale)
+        )
+        out, noise2 = _add_noise(out, config, order=2)
+
+        # ---- final: [resize to LQ + sinc] and JPEG in a random order (other orders give twisted lines) ----
+        lq_size = (h // config.scale, w // config.scale)
+        if np.random.uniform() < 0.5:
+            order = "resize_sinc_then_jpeg"
+            out, mode3 = _resize_sinc(out, lq_size, sinc)
+            out, jpeg2 = _jpeg(out, config.jpeg_range2)
+        else:
+            order = "jpeg_then_resize_sinc"
+            out, jpeg2 = _jpeg(out, config.jpeg_range2)
+            out, mode3 = _resize_sinc(out, lq_size, sinc)
+
+    hq, lq = _to_uint8(gt_t), _to_uint8(out)
+    info = {
+        "image_id": image_id,
+        "seed": int(seed),
+        "crop": [left, top, w, h],  # (left, top, width, height) in the source image
+        "hflip": hflip,
+        "usm": config.use_usm,
+        "hq_size": [w, h],
+        "lq_size": [lq.shape[1], lq.shape[0]],
+        "kernel1": k1_info,
+        "resize1": resize1,
+        "noise1": noise1,
+        "jpeg1": jpeg1,
+        "blur2": blur2,
+        "kernel2": k2_info if blur2 else None,
+        "resize2": resize2,
+        "noise2": noise2,
+        "final_order": order,
+        "final_resize_mode": mode3,
+        "final_sinc": sinc_info,
+        "jpeg2": jpeg2,
+    }
+    return hq, lq, info
