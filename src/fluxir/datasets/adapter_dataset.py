@@ -1,0 +1,100 @@
+"""``FluxIRAdapterDataset``: a FluxIR adapter as a (versioned) Kedro catalog entry.
+
+The entry's ``filepath`` is a folder holding ``config.json`` (the ``FluxIRConfig``) and
+``adapter.safetensors`` (adapter weights only, never Flux's). Saving writes a temporary folder and
+renames it into place, so a reader never sees half an adapter. Example ``catalog.yml``::
+
+    fluxir_adapter:
+      type: fluxir.datasets.FluxIRAdapterDataset
+      filepath: data/06_models/fluxir_adapter
+      versioned: true
+      load_args:
+        device: cuda
+        dtype: float32
+
+With ``versioned: true`` each save goes to ``filepath/<timestamp>/fluxir_adapter/`` and earlier
+versions are kept.
+"""
+
+from __future__ import annotations
+
+import os
+from copy import deepcopy
+from pathlib import PurePosixPath
+from typing import Any, ClassVar
+
+import fsspec
+from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str, get_protocol_and_path
+
+from fluxir.models.adapter import CONFIG_NAME, FluxIRAdapter, load_adapter, save_adapter
+
+
+class FluxIRAdapterDataset(AbstractVersionedDataset[FluxIRAdapter, FluxIRAdapter]):
+    """Loads / saves a ``FluxIRAdapter`` from / to a folder on any fsspec filesystem."""
+
+    DEFAULT_LOAD_ARGS: ClassVar[dict[str, Any]] = {"device": "cpu", "dtype": None}
+
+    def __init__(
+        self,
+        *,
+        filepath: str | os.PathLike,
+        load_args: dict[str, Any] | None = None,
+        version: Version | None = None,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """
+        Args:
+            filepath: folder of the adapter (``config.json`` + ``adapter.safetensors``), optionally with a
+                protocol prefix such as ``s3://``.
+            load_args: ``device`` (default "cpu") and ``dtype`` (None keeps the saved dtype, or a name
+                such as "float32" / "bfloat16") of the loaded adapter.
+            version: Kedro version; ``Version(None, None)`` loads the latest and saves a new timestamp.
+            credentials, fs_args: passed to ``fsspec.filesystem``.
+            metadata: ignored by Kedro.
+        """
+        load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
+        unknown = set(load_args) - set(self.DEFAULT_LOAD_ARGS)
+        if unknown:
+            raise DatasetError(f"unknown load_args {sorted(unknown)} for FluxIRAdapterDataset; "
+                               f"valid: {sorted(self.DEFAULT_LOAD_ARGS)}")
+        protocol, path = get_protocol_and_path(str(filepath), version)
+        fs_args = deepcopy(fs_args) or {}
+        if protocol == "file":
+            fs_args.setdefault("auto_mkdir", True)
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, **(deepcopy(credentials) or {}), **fs_args)
+        self._load_args = load_args
+        self.metadata = metadata
+        super().__init__(filepath=PurePosixPath(path), version=version,
+                         exists_function=self._fs.exists, glob_function=self._fs.glob)
+
+    def load(self) -> FluxIRAdapter:
+        import torch
+
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        dtype = self._load_args["dtype"]
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise DatasetError(f"load_args.dtype {dtype!r} is not a torch dtype name (e.g. 'float32')")
+            dtype = getattr(torch, dtype)
+        return load_adapter(path, fs=self._fs, device=self._load_args["device"], dtype=dtype)
+
+    def save(self, data: FluxIRAdapter) -> None:
+        if not isinstance(data, FluxIRAdapter):
+            raise DatasetError(f"FluxIRAdapterDataset saves a FluxIRAdapter, got {type(data).__name__}")
+        path = get_filepath_str(self._get_save_path(), self._protocol)
+        save_adapter(data, path, fs=self._fs)
+        self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
+
+    def _exists(self) -> bool:
+        try:
+            path = get_filepath_str(self._get_load_path(), self._protocol)
+        except DatasetError:
+            return False
+        return self._fs.exists(f"{path}/{CONFIG_NAME}")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath, "protocol": self._protocol, "load_args": self._load_args,
+                "version": self._version}

@@ -1,0 +1,569 @@
+"""FluxIR: a light adapter that controls a frozen Flux transformer for image restoration (paper Sec. 3.2).
+
+The story in one file:
+
+1. ``FluxIRConfig`` holds the base-model sizes (those of ``FluxTransformer2DModel``) and the variant
+   switches of the paper's ablations: SE rank 16/32/64/128 or full (Table 2), one shared MLP for all
+   blocks (Table 5), no learnable text embeddings theta_p/theta_y and no text-branch SE_p (Table 6).
+2. ``FluxIRAdapter`` is the trainable part. It owns copies of Flux's ``x_embedder``,
+   ``context_embedder`` and ``time_text_embed`` and of Flux's first double-stream block D, plus
+
+   - M_i, a zero-initialised ``Linear(in_channels -> inner_dim)`` on the packed LQ latent, added to the
+     adapter's embedding of the noisy latent (Eq. 1: z_c = z_t + M_i(z_lq)),
+   - theta_p (text_seq_len x joint_attention_dim) and theta_y (pooled_projection_dim), zero-initialised,
+     added to the T5 and pooled CLIP embeddings (p_c = p + theta_p, y_c = y + theta_y),
+   - one SE_z and one SE_p per Flux block (19 double + 38 single = 57 blocks, 114 SE layers), Eq. 3:
+     SE(x) = W_e (W_s x + B_s) + B_e with W_e, B_e zero-initialised.
+
+   D maps (z_c, p_c, y_c, t) to features (f_z, f_p) (Eq. 2); SE^i maps them to the controls of block i
+   (Eq. 4: z_c^i = SE_z^i(f_z), p_c^i = SE_p^i(f_p)).
+3. ``controlled_flux_forward`` walks a frozen, unmodified diffusers ``FluxTransformer2DModel`` the way
+   its own ``forward`` does and adds z_c^i to the image stream and p_c^i to the text stream right
+   BEFORE block i. Before (not after) matters: the text output of the last single block is discarded
+   by Flux, so a control added after it would never receive gradient; added before, all 114 SE layers
+   train. Because W_e and B_e start at zero, a fresh adapter leaves Flux's output bit-identical.
+4. ``save_adapter`` / ``load_adapter`` write a folder with ``config.json`` and ``adapter.safetensors``
+   (adapter weights only); ``check_compatible`` refuses an adapter built for a different Flux.
+
+Shapes (FLUX.1-dev at 1024x1024): B batch, N = 4096 image tokens, S = 512 text tokens, c = 3072.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.utils.checkpoint
+from torch import Tensor, nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+FORMAT_VERSION = 1
+
+# Base-model fields that must agree between an adapter and the Flux transformer it controls.
+BASE_FIELDS = (
+    "in_channels", "num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim",
+    "joint_attention_dim", "pooled_projection_dim", "guidance_embeds", "axes_dims_rope",
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class FluxIRConfig:
+    """Adapter configuration: variant switches + the sizes of the Flux it controls (FLUX.1-dev defaults)."""
+
+    rank: int | None = 32  # SE rank r (Eq. 3); None (or "full") = one full c x c Linear per SE
+    shared_se: bool = False  # Table 5 "single MLP": one SE_z (and SE_p) for all blocks; the paper uses rank=None
+    learn_text_embeddings: bool = True  # theta_p, theta_y (Table 6)
+    text_control: bool = True  # SE_p, control of the text stream (Table 6)
+    text_seq_len: int = 512  # rows of theta_p: the longest prompt (T5 tokens) the adapter accepts
+    # Base-model sizes, as in FluxTransformer2DModel's config.
+    in_channels: int = 64
+    num_layers: int = 19
+    num_single_layers: int = 38
+    num_attention_heads: int = 24
+    attention_head_dim: int = 128
+    joint_attention_dim: int = 4096
+    pooled_projection_dim: int = 768
+    guidance_embeds: bool = True
+    axes_dims_rope: tuple[int, ...] = field(default=(16, 56, 56))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, str):
+            if self.rank.lower() != "full":
+                raise ValueError(f"FluxIRConfig.rank must be a positive int, None or 'full', got {self.rank!r}")
+            self.rank = None
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+            raise ValueError(f"FluxIRConfig.rank must be a positive int, None or 'full', got {self.rank!r}")
+        for name in ("text_seq_len", "in_channels", "num_layers", "num_attention_heads", "attention_head_dim",
+                     "joint_attention_dim", "pooled_projection_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"FluxIRConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.num_single_layers, bool) or not isinstance(self.num_single_layers, int) \
+                or self.num_single_layers < 0:
+            raise ValueError(f"FluxIRConfig.num_single_layers must be an int >= 0, got {self.num_single_layers!r}")
+        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
+        if sum(self.axes_dims_rope) != self.attention_head_dim:
+            raise ValueError(
+                f"FluxIRConfig.axes_dims_rope {self.axes_dims_rope} must sum to attention_head_dim "
+                f"{self.attention_head_dim}"
+            )
+
+    @property
+    def inner_dim(self) -> int:
+        """Channel width c of both Flux streams."""
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def num_blocks(self) -> int:
+        """Flux blocks controlled: double then single (57 for FLUX.1-dev)."""
+        return self.num_layers + self.num_single_layers
+
+    def base_shape(self) -> dict[str, Any]:
+        """The base-model sizes, with the derived inner_dim (used in mismatch messages)."""
+        shape = {name: getattr(self, name) for name in BASE_FIELDS}
+        shape["inner_dim"] = self.inner_dim
+        return shape
+
+    @classmethod
+    def from_flux(cls, flux: nn.Module, **overrides: Any) -> FluxIRConfig:
+        """Config for a given ``FluxTransformer2DModel``; ``overrides`` set variant fields (rank=16, ...)."""
+        cfg = flux.config
+        if getattr(cfg, "patch_size", 1) != 1:
+            raise ValueError(f"FluxIR supports Flux with patch_size 1, got {cfg.patch_size}")
+        base = {name: getattr(cfg, name) for name in BASE_FIELDS}
+        return cls.from_dict({**base, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (rank None = full)."""
+        d = dataclasses.asdict(self)
+        d["axes_dims_rope"] = list(self.axes_dims_rope)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FluxIRConfig:
+        """Inverse of ``to_dict``; keys starting with '_' (file metadata) are ignored, unknown keys refused."""
+        d = {k: v for k, v in d.items() if not k.startswith("_")}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known - {"inner_dim"})
+        if unknown:
+            raise ValueError(f"unknown FluxIRConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        inner = d.pop("inner_dim", None)
+        config = cls(**d)
+        if inner is not None and inner != config.inner_dim:
+            raise ValueError(f"inner_dim {inner} does not equal num_attention_heads x attention_head_dim "
+                             f"= {config.inner_dim}")
+        return config
+
+
+def _config_of(adapter_or_config: FluxIRAdapter | FluxIRConfig) -> FluxIRConfig:
+    if isinstance(adapter_or_config, FluxIRConfig):
+        return adapter_or_config
+    if isinstance(adapter_or_config, FluxIRAdapter):
+        return adapter_or_config.config
+    raise TypeError(f"expected a FluxIRAdapter or FluxIRConfig, got {type(adapter_or_config).__name__}")
+
+
+def check_compatible(adapter_or_config: FluxIRAdapter | FluxIRConfig, flux: nn.Module) -> None:
+    """Raise ValueError naming both shapes when an adapter was built for a different Flux transformer."""
+    config = _config_of(adapter_or_config)
+    flux_shape = {name: getattr(flux.config, name) for name in BASE_FIELDS}
+    flux_shape["axes_dims_rope"] = tuple(flux_shape["axes_dims_rope"])
+    flux_shape["inner_dim"] = flux.config.num_attention_heads * flux.config.attention_head_dim
+    ours = config.base_shape()
+    bad = [k for k in ours if ours[k] != flux_shape[k]]
+    if bad:
+        diffs = ", ".join(f"{k}: adapter {ours[k]} vs flux {flux_shape[k]}" for k in bad)
+        raise ValueError(
+            f"FluxIR adapter does not fit this Flux transformer ({diffs}). The adapter was built for "
+            f"{ours}; the transformer has {flux_shape}."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Modules
+
+
+class SELayer(nn.Module):
+    """Eq. 3: SE(x) = W_e (W_s x + B_s) + B_e, (B, L, c) -> (B, L, c); rank None = one full c x c Linear.
+
+    W_e and B_e start at zero so the control starts at zero; W_s keeps its default (random) init,
+    otherwise no gradient would reach either layer.
+    """
+
+    def __init__(self, dim: int, rank: int | None) -> None:
+        super().__init__()
+        self.squeeze = nn.Linear(dim, rank) if rank is not None else None  # W_s (r x c), B_s (r)
+        self.excite = nn.Linear(rank if rank is not None else dim, dim)  # W_e (c x r), B_e (c)
+        nn.init.zeros_(self.excite.weight)
+        nn.init.zeros_(self.excite.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.squeeze is not None:
+            x = self.squeeze(x)  # (B, L, r)
+        return self.excite(x)  # (B, L, c)
+
+
+class FluxIRAdapter(nn.Module):
+    """The FluxIR adapter (Fig. 3): one MM-DiT block D + M_i + theta_p/theta_y + 57 x (SE_z, SE_p).
+
+    ``FluxIRAdapter(config)`` builds fresh random weights (use ``from_flux`` to start from a Flux
+    model, as the paper does); parameters are created on the current default device.
+    """
+
+    def __init__(self, config: FluxIRConfig) -> None:
+        super().__init__()
+        from diffusers.models.embeddings import (
+            CombinedTimestepGuidanceTextProjEmbeddings,
+            CombinedTimestepTextProjEmbeddings,
+        )
+        from diffusers.models.transformers.transformer_flux import FluxPosEmbed, FluxTransformerBlock
+
+        self.config = config
+        c = config.inner_dim
+        # The adapter's own copies of Flux's input layers.
+        self.x_embedder = nn.Linear(config.in_channels, c)
+        self.context_embedder = nn.Linear(config.joint_attention_dim, c)
+        temb_cls = (CombinedTimestepGuidanceTextProjEmbeddings if config.guidance_embeds
+                    else CombinedTimestepTextProjEmbeddings)
+        self.time_text_embed = temb_cls(embedding_dim=c, pooled_projection_dim=config.pooled_projection_dim)
+        self.pos_embed = FluxPosEmbed(theta=10000, axes_dim=list(config.axes_dims_rope))  # no parameters
+        # M_i of Eq. 1, zero-initialised: z_c = z_t + M_i(z_lq) starts as z_t.
+        self.input_proj = nn.Linear(config.in_channels, c)
+        nn.init.zeros_(self.input_proj.weight)
+        nn.init.zeros_(self.input_proj.bias)
+        # theta_p, theta_y: p_c = p + theta_p, y_c = y + theta_y.
+        if config.learn_text_embeddings:
+            self.theta_p = nn.Parameter(torch.zeros(config.text_seq_len, config.joint_attention_dim))
+            self.theta_y = nn.Parameter(torch.zeros(config.pooled_projection_dim))
+        else:
+            self.register_parameter("theta_p", None)
+            self.register_parameter("theta_y", None)
+        # D of Eq. 2.
+        self.block = FluxTransformerBlock(dim=c, num_attention_heads=config.num_attention_heads,
+                                          attention_head_dim=config.attention_head_dim)
+        # SE layers of Eq. 3-4: one per Flux block and stream, or one shared per stream (Table 5).
+        n_se = 1 if config.shared_se else config.num_blocks
+        self.se_z = nn.ModuleList(SELayer(c, config.rank) for _ in range(n_se))
+        self.se_p = nn.ModuleList(SELayer(c, config.rank) for _ in range(n_se)) if config.text_control else None
+        self.gradient_checkpointing = False
+
+    @classmethod
+    def from_flux(cls, flux: nn.Module, config: FluxIRConfig | None = None, **overrides: Any) -> FluxIRAdapter:
+        """An adapter initialised from ``flux``: D from its first double block, embedders copied; trainable.
+
+        Built on flux's device with flux's dtype (a meta flux gives a meta adapter). ``overrides`` set
+        config fields (e.g. ``rank=16``, ``text_seq_len=8``).
+        """
+        if config is None:
+            config = FluxIRConfig.from_flux(flux, **overrides)
+        elif overrides:
+            config = FluxIRConfig.from_dict({**config.to_dict(), **overrides})
+        check_compatible(config, flux)
+        device, dtype = flux.x_embedder.weight.device, flux.x_embedder.weight.dtype
+        with torch.device(device):
+            adapter = cls(config)
+        adapter.to(dtype)
+        with torch.no_grad():
+            for name in ("x_embedder", "context_embedder", "time_text_embed"):
+                getattr(adapter, name).load_state_dict(getattr(flux, name).state_dict())
+            adapter.block.load_state_dict(flux.transformer_blocks[0].state_dict())
+        return adapter.requires_grad_(True)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.weight.dtype
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the adapter block D in backward (Flux's blocks follow ``flux.gradient_checkpointing``)."""
+        self.gradient_checkpointing = True
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.gradient_checkpointing = False
+
+    def features(
+        self,
+        hidden_states: Tensor,  # (B, N, in_channels) packed noisy latent z_t
+        lq_latents: Tensor,  # (B, N, in_channels) packed LQ latent z_lq
+        encoder_hidden_states: Tensor,  # (B, S, joint_attention_dim) T5 embedding p
+        pooled_projections: Tensor,  # (B, pooled_projection_dim) pooled CLIP embedding y
+        timestep: Tensor,  # (B,) in [0, 1]
+        img_ids: Tensor | None = None,  # (N, 3)
+        txt_ids: Tensor | None = None,  # (S, 3)
+        guidance: Tensor | None = None,  # (B,)
+        image_rotary_emb: tuple[Tensor, Tensor] | None = None,  # precomputed rope of (txt_ids, img_ids)
+    ) -> tuple[Tensor, Tensor]:
+        """Eq. 1-2: (f_z (B, N, c), f_p (B, S, c)) = D(z_c, p_c, y_c, t)."""
+        cfg = self.config
+        _check_inputs(cfg, hidden_states, lq_latents, encoder_hidden_states, pooled_projections, guidance)
+        dtype = self.dtype
+        z_t, z_lq = hidden_states.to(dtype), lq_latents.to(dtype)
+        p, y = encoder_hidden_states.to(dtype), pooled_projections.to(dtype)
+        z_c = self.x_embedder(z_t) + self.input_proj(z_lq)  # Eq. 1, (B, N, c)
+        if self.theta_p is not None:
+            p = p + self.theta_p[: p.shape[1]]  # p_c = p + theta_p, (B, S, joint)
+            y = y + self.theta_y  # y_c = y + theta_y, (B, pooled)
+        t = timestep.to(z_c.dtype) * 1000  # as FluxTransformer2DModel.forward
+        if guidance is None:
+            temb = self.time_text_embed(t, y)  # (B, c)
+        else:
+            temb = self.time_text_embed(t, guidance.to(z_c.dtype) * 1000, y)
+        p_c = self.context_embedder(p)  # (B, S, c)
+        if image_rotary_emb is None:
+            if img_ids is None or txt_ids is None:
+                raise ValueError("pass img_ids (N, 3) and txt_ids (S, 3), or image_rotary_emb")
+            image_rotary_emb = self.pos_embed(torch.cat((_ids2d(txt_ids), _ids2d(img_ids)), dim=0))
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            f_p, f_z = torch.utils.checkpoint.checkpoint(
+                self.block, z_c, p_c, temb, image_rotary_emb, None, use_reentrant=False)
+        else:
+            f_p, f_z = self.block(hidden_states=z_c, encoder_hidden_states=p_c, temb=temb,
+                                  image_rotary_emb=image_rotary_emb)
+        return f_z, f_p
+
+    def controls(self, f_z: Tensor, f_p: Tensor) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """Eq. 4, lazily for blocks i = 0..num_blocks-1 (double blocks first): (z_c^i (B,N,c), p_c^i (B,S,c))."""
+        n = self.config.num_blocks
+        if self.config.shared_se:  # one MLP for all blocks: compute once, reuse
+            z_c = self.se_z[0](f_z)
+            p_c = self.se_p[0](f_p) if self.se_p is not None else None
+            for _ in range(n):
+                yield z_c, p_c
+            return
+        for i in range(n):
+            yield self.se_z[i](f_z), (self.se_p[i](f_p) if self.se_p is not None else None)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        lq_latents: Tensor,
+        encoder_hidden_states: Tensor,
+        pooled_projections: Tensor,
+        timestep: Tensor,
+        img_ids: Tensor,
+        txt_ids: Tensor,
+        guidance: Tensor | None = None,
+    ) -> tuple[list[Tensor], list[Tensor | None]]:
+        """All controls at once: ([z_c^i] image controls, [p_c^i] text controls or None), num_blocks each.
+
+        ``controlled_flux_forward`` uses ``features`` + ``controls`` instead, so that only one control
+        (B, N, c) is alive at a time.
+        """
+        f_z, f_p = self.features(hidden_states, lq_latents, encoder_hidden_states, pooled_projections,
+                                 timestep, img_ids, txt_ids, guidance)
+        z_controls, p_controls = zip(*self.controls(f_z, f_p))
+        return list(z_controls), list(p_controls)
+
+
+def _ids2d(ids: Tensor) -> Tensor:
+    return ids[0] if ids.ndim == 3 else ids  # diffusers' deprecated (B, L, 3) form
+
+
+def _check_inputs(cfg: FluxIRConfig, hidden_states: Tensor, lq_latents: Tensor, encoder_hidden_states: Tensor,
+                  pooled_projections: Tensor, guidance: Tensor | None) -> None:
+    """Clear errors for inputs the adapter cannot take."""
+    if hidden_states.ndim != 3 or hidden_states.shape[-1] != cfg.in_channels:
+        raise ValueError(f"hidden_states must be packed latents (B, N, {cfg.in_channels}), "
+                         f"got {tuple(hidden_states.shape)}")
+    if lq_latents.shape != hidden_states.shape:
+        raise ValueError(f"lq_latents {tuple(lq_latents.shape)} must have the shape of the packed noisy latents "
+                         f"hidden_states {tuple(hidden_states.shape)} (encode the LQ image upscaled to the output size)")
+    if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[-1] != cfg.joint_attention_dim:
+        raise ValueError(f"encoder_hidden_states must be (B, S, {cfg.joint_attention_dim}), "
+                         f"got {tuple(encoder_hidden_states.shape)}")
+    if cfg.learn_text_embeddings and encoder_hidden_states.shape[1] > cfg.text_seq_len:
+        raise ValueError(f"prompt has {encoder_hidden_states.shape[1]} tokens but the adapter's theta_p has "
+                         f"text_seq_len={cfg.text_seq_len} rows")
+    if pooled_projections.shape[-1] != cfg.pooled_projection_dim:
+        raise ValueError(f"pooled_projections must be (B, {cfg.pooled_projection_dim}), "
+                         f"got {tuple(pooled_projections.shape)}")
+    if cfg.guidance_embeds and guidance is None:
+        raise ValueError("this Flux has guidance_embeds=True (FLUX.1-dev): pass guidance (B,)")
+    if not cfg.guidance_embeds and guidance is not None:
+        raise ValueError("this Flux has guidance_embeds=False: pass guidance=None")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Controlled Flux forward
+
+
+def freeze_flux(flux: nn.Module) -> None:
+    """Flux is never trained: no gradients for its parameters, eval mode."""
+    flux.requires_grad_(False)
+    flux.eval()
+
+
+def _run_block(flux: nn.Module, block: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor,
+               temb: Tensor, image_rotary_emb: tuple[Tensor, Tensor],
+               joint_attention_kwargs: dict | None) -> tuple[Tensor, Tensor]:
+    """One Flux block, checkpointed when flux.enable_gradient_checkpointing() was called (as diffusers does)."""
+    if torch.is_grad_enabled() and flux.gradient_checkpointing:
+        return flux._gradient_checkpointing_func(
+            block, hidden_states, encoder_hidden_states, temb, image_rotary_emb, joint_attention_kwargs)
+    return block(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
+                 image_rotary_emb=image_rotary_emb, joint_attention_kwargs=joint_attention_kwargs)
+
+
+def controlled_flux_forward(
+    flux: nn.Module,
+    adapter: FluxIRAdapter | None,
+    hidden_states: Tensor,  # (B, N, 64) packed noisy latent z_t
+    lq_latents: Tensor | None,  # (B, N, 64) packed LQ latent z_lq (unused when adapter is None)
+    encoder_hidden_states: Tensor,  # (B, S, 4096) T5 prompt embedding
+    pooled_projections: Tensor,  # (B, 768) pooled CLIP embedding
+    timestep: Tensor,  # (B,) in [0, 1] (FluxPipeline passes t / 1000)
+    img_ids: Tensor,  # (N, 3)
+    txt_ids: Tensor,  # (S, 3)
+    guidance: Tensor | None = None,  # (B,) guidance scale, as FluxPipeline passes it
+    joint_attention_kwargs: dict[str, Any] | None = None,
+) -> Tensor:
+    """Flux's predicted velocity (B, N, 64) with FluxIR control added before every block.
+
+    Mirrors ``FluxTransformer2DModel.forward`` of diffusers 0.42.1 step by step; with ``adapter=None``
+    (or a freshly built adapter) the result equals ``flux(...).sample`` exactly.
+    """
+    from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
+
+    cfg = flux.config
+    if adapter is not None:
+        check_compatible(adapter, flux)
+        if lq_latents is None:
+            raise ValueError("lq_latents (B, N, in_channels) is required when an adapter is given")
+    if cfg.guidance_embeds and guidance is None:
+        raise ValueError("this Flux has guidance_embeds=True (FLUX.1-dev): pass guidance (B,)")
+    if not cfg.guidance_embeds and guidance is not None:
+        raise ValueError("this Flux has guidance_embeds=False: pass guidance=None")
+    img_ids, txt_ids = _ids2d(img_ids), _ids2d(txt_ids)
+    if img_ids.shape[0] != hidden_states.shape[1] or txt_ids.shape[0] != encoder_hidden_states.shape[1]:
+        raise ValueError(f"img_ids {tuple(img_ids.shape)} / txt_ids {tuple(txt_ids.shape)} must have one row per "
+                         f"image token ({hidden_states.shape[1]}) / text token ({encoder_hidden_states.shape[1]})")
+
+    # LoRA scale, as the @apply_lora_scale decorator of FluxTransformer2DModel.forward does.
+    lora_scale = 1.0
+    if joint_attention_kwargs is not None:
+        joint_attention_kwargs = dict(joint_attention_kwargs)
+        lora_scale = joint_attention_kwargs.pop("scale", 1.0)
+    if USE_PEFT_BACKEND:
+        scale_lora_layers(flux, lora_scale)
+    try:
+        x = flux.x_embedder(hidden_states)  # (B, N, c)
+        t = timestep.to(x.dtype) * 1000
+        g = guidance.to(x.dtype) * 1000 if guidance is not None else None
+        temb = flux.time_text_embed(t, pooled_projections) if g is None else flux.time_text_embed(
+            t, g, pooled_projections)  # (B, c)
+        ctx = flux.context_embedder(encoder_hidden_states)  # (B, S, c)
+        image_rotary_emb = flux.pos_embed(torch.cat((txt_ids, img_ids), dim=0))  # cos, sin: (S + N, head_dim)
+        if joint_attention_kwargs is not None and "ip_adapter_image_embeds" in joint_attention_kwargs:
+            ip_embeds = joint_attention_kwargs.pop("ip_adapter_image_embeds")
+            joint_attention_kwargs["ip_hidden_states"] = flux.encoder_hid_proj(ip_embeds)
+
+        controls = None
+        if adapter is not None:
+            f_z, f_p = adapter.features(hidden_states, lq_latents, encoder_hidden_states, pooled_projections,
+                                        timestep, guidance=guidance, image_rotary_emb=image_rotary_emb)
+            controls = adapter.controls(f_z, f_p)
+        blocks = list(flux.transformer_blocks) + list(flux.single_transformer_blocks)
+        for block in blocks:
+            if controls is not None:  # control enters BEFORE the block (see module docstring)
+                z_c, p_c = next(controls)
+                x = x + z_c.to(x.dtype)
+                if p_c is not None:
+                    ctx = ctx + p_c.to(ctx.dtype)
+            ctx, x = _run_block(flux, block, x, ctx, temb, image_rotary_emb, joint_attention_kwargs)
+
+        x = flux.norm_out(x, temb)
+        return flux.proj_out(x)  # (B, N, 64)
+    finally:
+        if USE_PEFT_BACKEND:
+            unscale_lora_layers(flux, lora_scale)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sizes
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of (distinct) parameters; works on the meta device."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def adapter_parameter_breakdown(config: FluxIRConfig) -> dict[str, int]:
+    """Parameter counts of an adapter built on the meta device (nothing allocated).
+
+    Keys: ``total``, ``without_se`` (the paper's "387M" for FLUX.1-dev), ``se`` (Table 2's "+ 22.8M" at
+    r = 32), and the parts of ``without_se``: ``block``, ``embedders``, ``input_proj``, ``text_embeddings``.
+    """
+    with torch.device("meta"):
+        adapter = FluxIRAdapter(config)
+    se = count_parameters(adapter.se_z) + (count_parameters(adapter.se_p) if adapter.se_p is not None else 0)
+    total = count_parameters(adapter)
+    text = sum(p.numel() for p in (adapter.theta_p, adapter.theta_y) if p is not None)
+    return {
+        "total": total,
+        "without_se": total - se,
+        "se": se,
+        "block": count_parameters(adapter.block),
+        "embedders": sum(count_parameters(getattr(adapter, n))
+                         for n in ("x_embedder", "context_embedder", "time_text_embed")),
+        "input_proj": count_parameters(adapter.input_proj),
+        "text_embeddings": text,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Save / load (adapter weights only)
+
+
+def _local_fs():
+    import fsspec
+
+    return fsspec.filesystem("file", auto_mkdir=True)
+
+
+def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = None) -> None:
+    """Write ``folder/config.json`` + ``folder/adapter.safetensors`` atomically (temp folder, then rename).
+
+    ``fs`` is an fsspec filesystem (local by default); an existing folder is replaced.
+    """
+    from safetensors.torch import save as st_save
+
+    if not isinstance(adapter, FluxIRAdapter):
+        raise TypeError(f"save_adapter expects a FluxIRAdapter, got {type(adapter).__name__}")
+    fs = fs or _local_fs()
+    folder = str(folder).rstrip("/")
+    tmp = f"{folder}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.makedirs(tmp, exist_ok=True)
+    try:
+        meta = {"_class_name": "FluxIRAdapter", "_format_version": FORMAT_VERSION, **adapter.config.to_dict()}
+        with fs.open(f"{tmp}/{CONFIG_NAME}", "w") as f:
+            f.write(json.dumps(meta, indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
+        with fs.open(f"{tmp}/{WEIGHTS_NAME}", "wb") as f:
+            f.write(st_save(state, metadata={"format": "pt"}))
+        old = None
+        if fs.exists(folder):
+            old = f"{folder}.old-{uuid.uuid4().hex[:8]}"
+            fs.mv(folder, old, recursive=True)
+        fs.mv(tmp, folder, recursive=True)
+        if old is not None:
+            fs.rm(old, recursive=True)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+
+
+def load_adapter(folder: str | os.PathLike, fs: Any = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> FluxIRAdapter:
+    """Read a folder written by ``save_adapter``; weights must match config.json exactly."""
+    from safetensors.torch import load as st_load
+
+    fs = fs or _local_fs()
+    folder = str(folder).rstrip("/")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not fs.exists(f"{folder}/{name}"):
+            raise FileNotFoundError(f"{folder!r} is not a FluxIR adapter folder: {name} is missing")
+    with fs.open(f"{folder}/{CONFIG_NAME}", "r") as f:
+        raw = json.loads(f.read())
+    version = raw.get("_format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{folder!r} has adapter format {version}; this fluxir reads up to {FORMAT_VERSION}")
+    config = FluxIRConfig.from_dict(raw)
+    with fs.open(f"{folder}/{WEIGHTS_NAME}", "rb") as f:
+        state = st_load(f.read())
+    with torch.device("meta"):
+        adapter = FluxIRAdapter(config)
+    try:
+        adapter.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise ValueError(f"{folder}/{WEIGHTS_NAME} does not match its {CONFIG_NAME} {config}: {err}") from err
+    return adapter.to(device=device, dtype=dtype).requires_grad_(True)
