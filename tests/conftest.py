@@ -31,7 +31,8 @@ def make_project_copy(project: Path) -> Path:
     shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
     shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
-    shutil.copytree(REPO / "data" / "01_raw" / "tiny", project / "data" / "01_raw" / "tiny")
+    for committed in ("tiny", "reference"):  # the committed inputs under data/01_raw
+        shutil.copytree(REPO / "data" / "01_raw" / committed, project / "data" / "01_raw" / committed)
     (project / "src").mkdir()  # kedro checks the source dir exists; fluxir itself is installed (editable)
     return project
 

@@ -351,3 +351,10 @@ def test_bad_inputs_fail_clearly(tiny_flux):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_adapter("/nonexistent/adapter")
     assert FluxIRConfig.from_dict(FluxIRConfig(rank=None).to_dict()) == FluxIRConfig(rank=None)
+
+
+def test_dataset_config_name_matches_the_adapter_module():
+    from fluxir.datasets import adapter_dataset
+    from fluxir.models import adapter
+
+    assert adapter_dataset.CONFIG_NAME == adapter.CONFIG_NAME

@@ -21,15 +21,18 @@ from __future__ import annotations
 import os
 from copy import deepcopy
 from pathlib import PurePosixPath
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import fsspec
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str, get_protocol_and_path
 
-from fluxir.models.adapter import CONFIG_NAME, FluxIRAdapter, load_adapter, save_adapter
+if TYPE_CHECKING:  # torch is imported on load/save only, so building the catalog (kedro viz) stays light
+    from fluxir.models.adapter import FluxIRAdapter
+
+CONFIG_NAME = "config.json"  # == fluxir.models.adapter.CONFIG_NAME (checked in tests/test_adapter.py)
 
 
-class FluxIRAdapterDataset(AbstractVersionedDataset[FluxIRAdapter, FluxIRAdapter]):
+class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdapter"]):
     """Loads / saves a ``FluxIRAdapter`` from / to a folder on any fsspec filesystem."""
 
     DEFAULT_LOAD_ARGS: ClassVar[dict[str, Any]] = {"device": "cpu", "dtype": None}
@@ -73,6 +76,8 @@ class FluxIRAdapterDataset(AbstractVersionedDataset[FluxIRAdapter, FluxIRAdapter
     def load(self) -> FluxIRAdapter:
         import torch
 
+        from fluxir.models.adapter import load_adapter
+
         path = get_filepath_str(self._get_load_path(), self._protocol)
         dtype = self._load_args["dtype"]
         if isinstance(dtype, str):
@@ -82,6 +87,8 @@ class FluxIRAdapterDataset(AbstractVersionedDataset[FluxIRAdapter, FluxIRAdapter
         return load_adapter(path, fs=self._fs, device=self._load_args["device"], dtype=dtype)
 
     def save(self, data: FluxIRAdapter) -> None:
+        from fluxir.models.adapter import FluxIRAdapter, save_adapter
+
         if not isinstance(data, FluxIRAdapter):
             raise DatasetError(f"FluxIRAdapterDataset saves a FluxIRAdapter, got {type(data).__name__}")
         path = get_filepath_str(self._get_save_path(), self._protocol)

@@ -1,0 +1,420 @@
+"""The test sets of paper Sec. 4.1, prepared from the files a user downloads (nothing is fetched here).
+
+- **DIV2K-Val** (``kind: synthetic``): ``num_images`` (600) random 1024x1024 crops of the DIV2K
+  validation HQ images, degraded with the training degradation (:func:`fluxir.degradation.degrade_pair`,
+  SeeSR's settings) under a fixed seed. Crop ``i`` comes from source image ``i mod n`` (sorted by file
+  name), so 100 DIV2K images give 6 crops each; its position and every degradation choice follow from
+  (file stem, crop index, seed) alone.
+- **RealSR**, **DrealSR** (``kind: paired``): HQ/LQ pairs matched by file name after stripping a suffix
+  such as ``_HR`` / ``_LR4`` / ``_x1`` / ``_x4`` (``strip_suffix``); HQ centre-cropped to ``hq_size``
+  (1024), LQ to ``lq_size`` (256).
+- **RealLQ250** (``kind: lq_only``): LQ images only, centre-cropped to ``lq_size`` (256); no HQ.
+
+Prepared images go to ``<prepared_dir>/<name>/<key>/{lq,hq}/<image>.png``; the key hashes the settings
+and the source file list, so a rerun with the same inputs reuses the files (writes are atomic) and a
+change of settings never mixes with old crops. A benchmark whose folder is missing or holds no image
+is *skipped* with a message saying where to put it; a folder with the wrong content is an error.
+
+:func:`write_demo_benchmarks` fills missing folders with small degraded crops of scikit-image's
+bundled photos (real, redistributable images) for the tiny demo; a marker file labels them as demo data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+KINDS = ("synthetic", "paired", "lq_only")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_STRIP_SUFFIX = r"(_HR|_LR\d*|_x\d+)$"
+MANIFEST_COLUMNS = ["dataset", "image", "lq_path", "hq_path", "source", "prep_key"]
+DEMO_MARKER = "FLUXIR_DEMO_DATA.txt"
+DOCS = "docs/evaluation.md"
+_SPEC_KEYS = ("name", "kind", "hq_dir", "lq_dir", "hq_size", "lq_size", "num_images", "seed", "strip_suffix")
+
+
+# --------------------------------------------------------------------------------------------- #
+# Specs and results
+# --------------------------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Where one benchmark's downloaded files are and how to prepare them (one ``evaluate.benchmarks`` entry).
+
+    ``hq_dir`` is the DIV2K validation HQ folder for ``synthetic``, the HQ folder for ``paired`` and
+    unused for ``lq_only``; ``lq_dir`` the LQ folder (unused for ``synthetic``). ``num_images`` is the
+    number of crops for ``synthetic`` and an upper bound (first files by name; ``None``: all) otherwise.
+    """
+
+    name: str
+    kind: str
+    hq_dir: str | None = None
+    lq_dir: str | None = None
+    hq_size: int | None = 1024
+    lq_size: int = 256
+    num_images: int | None = None
+    seed: int = 0
+    strip_suffix: str = DEFAULT_STRIP_SUFFIX
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> BenchmarkSpec:
+        """Build from a parameters mapping; unknown keys and impossible sizes are errors."""
+        if not isinstance(params, Mapping):
+            raise TypeError(f"a benchmark entry must be a mapping, got {params!r}")
+        unknown = sorted(set(params) - set(_SPEC_KEYS))
+        if unknown:
+            raise ValueError(f"benchmark {params.get('name')!r}: unknown setting(s) {unknown}; known: {list(_SPEC_KEYS)}")
+        spec = cls(**dict(params))
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting when the spec cannot be prepared."""
+        where = f"benchmark {self.name!r}"
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind != "lq_only" and not self.hq_dir:
+            raise ValueError(f"{where}: kind {self.kind!r} needs hq_dir")
+        if self.kind != "synthetic" and not self.lq_dir:
+            raise ValueError(f"{where}: kind {self.kind!r} needs lq_dir")
+        sizes = {"lq_size": self.lq_size} if self.kind == "lq_only" else {"hq_size": self.hq_size, "lq_size": self.lq_size}
+        for key, value in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 16 or value % 16:
+                raise ValueError(f"{where}: {key} must be a positive multiple of 16 (Flux latent grid), got {value!r}")
+        if self.kind != "lq_only" and self.hq_size % self.lq_size:
+            raise ValueError(f"{where}: hq_size {self.hq_size} must be a multiple of lq_size {self.lq_size}")
+        if self.num_images is not None and (not isinstance(self.num_images, int) or isinstance(self.num_images, bool)
+                                            or self.num_images < 1):
+            raise ValueError(f"{where}: num_images must be a positive integer or null, got {self.num_images!r}")
+        if self.kind == "synthetic" and self.num_images is None:
+            raise ValueError(f"{where}: a synthetic benchmark needs num_images (the paper: 600 crops)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"{where}: seed must be an integer, got {self.seed!r}")
+        try:
+            re.compile(self.strip_suffix)
+        except re.error as err:
+            raise ValueError(f"{where}: strip_suffix {self.strip_suffix!r} is not a regular expression: {err}") from err
+
+    @property
+    def scale(self) -> int | None:
+        """Restoration scale hq_size / lq_size (None without HQ)."""
+        return None if self.kind == "lq_only" else self.hq_size // self.lq_size
+
+    @property
+    def source_dirs(self) -> list[str]:
+        """The folders a user fills for this benchmark."""
+        return {"synthetic": [self.hq_dir], "paired": [self.hq_dir, self.lq_dir], "lq_only": [self.lq_dir]}[self.kind]
+
+
+@dataclass
+class PreparedBenchmark:
+    """One benchmark after preparation: ``status`` "ready" or "skipped", a message, and its images."""
+
+    name: str
+    status: str
+    message: str
+    images: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=MANIFEST_COLUMNS))
+    demo: bool = False
+    reason: str = ""  # why it was skipped
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+
+# --------------------------------------------------------------------------------------------- #
+# Files
+# --------------------------------------------------------------------------------------------- #
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name (hidden files skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The centred ``size`` x ``size`` crop of an (H, W, 3) array; ValueError when the image is smaller."""
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        raise ValueError(f"image of (width, height)={(w, h)} is smaller than the {size}x{size} crop")
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(image[top : top + size, left : left + size])
+
+
+def pair_key(stem: str, strip_suffix: str = DEFAULT_STRIP_SUFFIX) -> str:
+    """The name shared by an HQ and its LQ file: the stem without e.g. ``_HR``, ``_LR4``, ``_x4``."""
+    key = re.sub(strip_suffix, "", stem)
+    return key or stem
+
+
+def _sources_fingerprint(files: list[Path]) -> list[list[Any]]:
+    return [[p.name, p.stat().st_size] for p in files]
+
+
+def _prep_key(spec: BenchmarkSpec, extra: Any, files: list[Path]) -> str:
+    blob = json.dumps([asdict(spec), extra, _sources_fingerprint(files)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _is_demo(spec: BenchmarkSpec) -> bool:
+    return any(d and (Path(d) / DEMO_MARKER).is_file() for d in spec.source_dirs)
+
+
+def _missing(spec: BenchmarkSpec) -> str | None:
+    """Why a benchmark cannot run (a folder absent or without images), or None when its files are there."""
+    for folder in spec.source_dirs:
+        if not Path(folder).is_dir():
+            return f"folder {folder} not found"
+        if not list_images(folder):
+            return f"folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)})"
+    return None
+
+
+def _write_once(path: Path, make: Any) -> None:
+    """Write ``make()`` as PNG at ``path`` unless a complete file is already there."""
+    from fluxir.image_store import write_png_atomic
+
+    if not path.is_file():
+        write_png_atomic(path, make())
+
+
+# --------------------------------------------------------------------------------------------- #
+# Preparation
+# --------------------------------------------------------------------------------------------- #
+
+
+def prepare_benchmark(spec: BenchmarkSpec, prepared_dir: str | Path, degradation: Mapping[str, Any] | None = None) -> PreparedBenchmark:
+    """Prepare one benchmark, or return it skipped (with the reason, logged) when its files are missing.
+
+    ``degradation`` is the training ``DegradationConfig`` as a dict (``params:degrade.config``); only the
+    synthetic kind uses it (crop size and a random crop position are set here).
+    """
+    spec.validate()
+    reason = _missing(spec)
+    if reason is not None:
+        message = (f"{spec.name}: skipped, {reason}. Download it and put the files there "
+                   f"(see {DOCS}); the other benchmarks still run.")
+        log.warning(message)
+        return PreparedBenchmark(spec.name, "skipped", message, reason=reason)
+    demo = _is_demo(spec)
+    if demo:
+        log.warning("%s: the folders hold fluxir's DEMO data (%s), not the real benchmark", spec.name, DEMO_MARKER)
+    out_root = Path(prepared_dir) / spec.name
+    if spec.kind == "synthetic":
+        table = _prepare_synthetic(spec, out_root, degradation or {})
+    elif spec.kind == "paired":
+        table = _prepare_paired(spec, out_root)
+    else:
+        table = _prepare_lq_only(spec, out_root)
+    if table.empty:
+        raise ValueError(f"{spec.name}: no usable image in {spec.source_dirs} (see the warnings above and {DOCS})")
+    has_hq = "with HQ" if spec.kind != "lq_only" else "LQ only"
+    message = f"{spec.name}: {len(table)} images ready ({has_hq}, LQ {spec.lq_size}px){' [demo data]' if demo else ''}"
+    log.info(message)
+    return PreparedBenchmark(spec.name, "ready", message, table.reset_index(drop=True), demo)
+
+
+def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping[str, Any]) -> pd.DataFrame:
+    from fluxir.degradation import DegradationConfig, degrade_pair
+    from fluxir.image_store import read_image, write_png_atomic
+
+    settings = {**dict(degradation), "crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random"}
+    config = DegradationConfig.from_dict(settings)
+    if config.scale != spec.scale:
+        raise ValueError(f"{spec.name}: hq_size/lq_size = {spec.scale} but the degradation scale is {config.scale}")
+    files = list_images(spec.hq_dir)
+    usable = [p for p in files if min(_image_size(p)) >= spec.hq_size]
+    if len(usable) < len(files):
+        small = [p.name for p in files if p not in usable]
+        log.warning("%s: %d source image(s) smaller than %dpx skipped: %s", spec.name, len(small), spec.hq_size, small[:5])
+    if not usable:
+        return pd.DataFrame(columns=MANIFEST_COLUMNS)
+    key = _prep_key(spec, config.to_dict(), usable)
+    hq_dir, lq_dir = out_root / key / "hq", out_root / key / "lq"
+    n = len(usable)
+    rows: dict[int, list[Any]] = {}
+    for k, source in enumerate(usable):  # all crops of one source in a row: each file is read once
+        loaded: np.ndarray | None = None
+        for i in range(k, spec.num_images, n):
+            image = f"{source.stem}_{i // n}"
+            hq_path, lq_path = hq_dir / f"{image}.png", lq_dir / f"{image}.png"
+            if not (hq_path.is_file() and lq_path.is_file()):
+                loaded = read_image(source) if loaded is None else loaded
+                hq, lq, _ = degrade_pair(loaded, image, spec.seed, config)
+                write_png_atomic(hq_path, hq)
+                write_png_atomic(lq_path, lq)
+            rows[i] = [spec.name, image, str(lq_path), str(hq_path), str(source), key]
+    return pd.DataFrame([rows[i] for i in sorted(rows)], columns=MANIFEST_COLUMNS)
+
+
+def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
+    from fluxir.image_store import read_image
+
+    hq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.hq_dir)}
+    lq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.lq_dir)}
+    keys = sorted(hq_files.keys() & lq_files.keys())
+    unmatched = sorted(hq_files.keys() ^ lq_files.keys())
+    if unmatched:
+        log.warning("%s: %d file(s) without a partner (after stripping %r) ignored, e.g. %s",
+                    spec.name, len(unmatched), spec.strip_suffix, unmatched[:5])
+    if not keys:
+        raise ValueError(
+            f"{spec.name}: no HQ/LQ pair in {spec.hq_dir} and {spec.lq_dir}. Files pair by name once "
+            f"{spec.strip_suffix!r} is stripped from the stem (e.g. Canon_001_HR.png + Canon_001_LR4.png); "
+            f"HQ has e.g. {sorted(hq_files)[:3]}, LQ {sorted(lq_files)[:3]} (see {DOCS})"
+        )
+    keys = keys[: spec.num_images] if spec.num_images else keys
+    sources = [hq_files[k] for k in keys] + [lq_files[k] for k in keys]
+    key = _prep_key(spec, None, sources)
+    rows = []
+    for name in keys:
+        hq_src, lq_src = hq_files[name], lq_files[name]
+        (hw, hh), (lw, lh) = _image_size(hq_src), _image_size(lq_src)
+        if abs(hw - spec.scale * lw) > 2 * spec.scale or abs(hh - spec.scale * lh) > 2 * spec.scale:
+            raise ValueError(
+                f"{spec.name}: {hq_src.name} is {hw}x{hh} but {lq_src.name} is {lw}x{lh}; expected the HQ to be "
+                f"x{spec.scale} the LQ (use the x{spec.scale} test split with LQ at its own low resolution, see {DOCS})"
+            )
+        if min(hw, hh) < spec.hq_size or min(lw, lh) < spec.lq_size:
+            log.warning("%s: %s skipped, smaller than the %d/%d px centre crops", spec.name, name, spec.hq_size, spec.lq_size)
+            continue
+        hq_path, lq_path = out_root / key / "hq" / f"{name}.png", out_root / key / "lq" / f"{name}.png"
+        _write_once(hq_path, lambda src=hq_src: center_crop(read_image(src), spec.hq_size))
+        _write_once(lq_path, lambda src=lq_src: center_crop(read_image(src), spec.lq_size))
+        rows.append([spec.name, name, str(lq_path), str(hq_path), str(lq_src), key])
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def _prepare_lq_only(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
+    from fluxir.image_store import read_image
+
+    files = list_images(spec.lq_dir)
+    files = files[: spec.num_images] if spec.num_images else files
+    key = _prep_key(spec, None, files)
+    rows = []
+    for source in files:
+        if min(_image_size(source)) < spec.lq_size:
+            log.warning("%s: %s skipped, smaller than the %dpx centre crop", spec.name, source.name, spec.lq_size)
+            continue
+        lq_path = out_root / key / "lq" / f"{source.stem}.png"
+        _write_once(lq_path, lambda src=source: center_crop(read_image(src), spec.lq_size))
+        rows.append([spec.name, source.stem, str(lq_path), None, str(source), key])
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def collect(prepared: list[PreparedBenchmark]) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """One manifest of all ready benchmarks and a status per benchmark; error when none is ready."""
+    status = {p.name: {"status": p.status, "message": p.message, "images": len(p.images), "demo": p.demo}
+              for p in prepared}
+    ready = [p.images for p in prepared if p.ready]
+    if not ready:
+        raise ValueError(f"no benchmark is available; download at least one and put it where its parameters say "
+                         f"({DOCS}): " + "; ".join(f"{p.name}: {p.reason}" for p in prepared))
+    manifest = pd.concat(ready, ignore_index=True)
+    duplicated = manifest.duplicated(["dataset", "image"])
+    if duplicated.any():
+        raise ValueError(f"duplicate (dataset, image) names: {manifest[duplicated][['dataset', 'image']].values[:5].tolist()}")
+    return manifest, status
+
+
+# --------------------------------------------------------------------------------------------- #
+# Demo folders for the tiny environment
+# --------------------------------------------------------------------------------------------- #
+
+# scikit-image's bundled colour photos (no download needed), by benchmark kind.
+DEMO_PHOTOS = {
+    "synthetic": ("astronaut", "coffee", "chelsea"),
+    "paired": ("rocket", "immunohistochemistry", "hubble_deep_field"),
+    "lq_only": ("retina", "cat", "astronaut"),
+}
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"skimage.data.{name} is not an RGB photo")
+    return np.ascontiguousarray(image)
+
+
+def _demo_config(size: int, degradation: Mapping[str, Any]) -> Any:
+    from fluxir.degradation import DegradationConfig
+
+    return DegradationConfig.from_dict({**dict(degradation), "crop_sizes": [[size, size]], "crop_position": "center"})
+
+
+def write_demo_benchmarks(specs: Mapping[str, BenchmarkSpec], degradation: Mapping[str, Any] | None = None,
+                          count: int = 3, seed: int = 0) -> dict[str, list[str]]:
+    """Fill the folders of every benchmark that has no image yet with ``count`` small demo images.
+
+    Sources are scikit-image's bundled photos degraded with the training degradation: the synthetic
+    source folder gets whole photos; paired folders get ``<photo>_HR.png`` / ``<photo>_LR4.png`` pairs
+    slightly larger than the crops (so centre cropping is exercised); LQ-only folders get LQ images.
+    Folders that already hold images are left untouched. Returns ``{benchmark: [folders written]}``.
+    """
+    from fluxir.degradation import degrade_pair
+    from fluxir.image_store import write_png_atomic
+
+    degradation = degradation or {}
+    written: dict[str, list[str]] = {}
+    for spec in specs.values():
+        if _missing(spec) is None:
+            continue
+        photos = DEMO_PHOTOS[spec.kind][:count]
+        scale = spec.scale or degradation.get("scale", 4)
+        if spec.kind == "synthetic":
+            folder = Path(spec.hq_dir)
+            for name in photos:
+                photo = _photo(name)
+                if min(photo.shape[:2]) < spec.hq_size:
+                    raise ValueError(f"demo benchmarks are for small sizes: {name} is smaller than hq_size {spec.hq_size}")
+                write_png_atomic(folder / f"{name}.png", photo)
+            folders = [folder]
+        else:
+            lq_side = spec.lq_size + max(4, spec.lq_size // 2)  # larger than the crop, a multiple of 4
+            lq_side += (-lq_side) % 4
+            hq_side = math.lcm(16, scale) * math.ceil(lq_side * scale / math.lcm(16, scale))
+            config = _demo_config(hq_side, degradation)
+            hq_folder, lq_folder = Path(spec.hq_dir or spec.lq_dir), Path(spec.lq_dir)
+            for name in photos:
+                hq, lq, _ = degrade_pair(_photo(name), f"demo-{spec.name}-{name}", seed, config)
+                if spec.kind == "paired":
+                    write_png_atomic(hq_folder / f"{name}_HR.png", hq)
+                    write_png_atomic(lq_folder / f"{name}_LR{scale}.png", lq)
+                else:
+                    write_png_atomic(lq_folder / f"{name}.png", lq)
+            folders = [hq_folder, lq_folder] if spec.kind == "paired" else [lq_folder]
+        for folder in folders:
+            (folder / DEMO_MARKER).write_text(
+                "Demo data written by fluxir for the tiny environment: degraded crops of scikit-image's sample\n"
+                f"photos, NOT the {spec.name} benchmark. Delete this folder and put the real files here ({DOCS}).\n"
+            )
+        written[spec.name] = sorted({str(f) for f in folders})
+        log.info("%s: wrote %d demo images into %s", spec.name, len(photos), ", ".join(written[spec.name]))
+    return written

@@ -1,0 +1,288 @@
+"""Evaluation work behind the ``evaluate`` nodes: restore, bicubic, baselines, scoring and grids.
+
+Every method's outputs are listed in one table (dataset, image, method, path) so the same code scores
+them all: FluxIR (this run), bicubic (always) and any restorer whose outputs a user drops into
+``<baselines_dir>/<method>/<dataset>/`` under the prepared LQ file names (e.g. SeeSR or SUPIR results).
+
+Scoring (``score_all``) uses ``fluxir.iqa``: full-reference metrics where a benchmark has HQ, under the
+configured channel convention and crop border; no-reference metrics on every output, on the whole RGB
+image. Every number keeps its convention and crop border in its row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fluxir.benchmarks_data import list_images, pair_key
+
+log = logging.getLogger(__name__)
+
+OUTPUT_COLUMNS = ["dataset", "image", "method", "path"]
+RESERVED_METHODS = ("fluxir", "bicubic")
+
+
+def _outputs(rows: list[list[Any]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def _size(path: str | Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size
+
+
+# --------------------------------------------------------------------------------------------- #
+# FluxIR and bicubic
+# --------------------------------------------------------------------------------------------- #
+
+
+def adapter_fingerprint(adapter: Any) -> str:
+    """SHA-256 (12 hex) of the adapter's config and weights: outputs are reused only for the same adapter."""
+    import torch
+
+    digest = hashlib.sha256(json.dumps(adapter.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(adapter.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str, Any], outputs_dir: str | Path,
+                     scale: int = 4) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Restore every LQ of ``manifest`` x``scale`` with Flux (``restore.model``) + ``adapter``; returns (outputs, run info).
+
+    Files go to ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and
+    settings; files already there are reused, so an interrupted run resumes where it stopped.
+    """
+    from fluxir.image_store import read_image, write_png_atomic
+    from fluxir.restoration import RestoreConfig, Restorer, config_dict
+
+    params = dict(restore)
+    if "model" not in params:
+        raise ValueError("evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls")
+    model = params.pop("model")
+    if params.setdefault("scale", scale) != scale:
+        raise ValueError(f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {scale!r}; set only evaluate.scale")
+    config = RestoreConfig.from_params(params)
+    key = hashlib.sha256(json.dumps([model, config_dict(config), adapter_fingerprint(adapter)],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:12]
+    root = Path(outputs_dir) / "fluxir" / key
+    todo = [r for r in manifest.itertuples(index=False) if not (root / r.dataset / f"{r.image}.png").is_file()]
+    seconds: list[float] = []
+    if todo:
+        from tqdm.auto import tqdm
+
+        restorer = Restorer.from_source(model, adapter, config)
+        for row in tqdm(todo, desc="restore", unit="img"):
+            lq = read_image(row.lq_path)
+            start = time.perf_counter()
+            out = restorer.restore(lq)
+            seconds.append(time.perf_counter() - start)
+            expected = (lq.shape[0] * config.scale, lq.shape[1] * config.scale)
+            if out.shape[:2] != expected:
+                raise RuntimeError(f"{row.dataset}/{row.image}: restored {out.shape[:2]}, expected {expected}")
+            write_png_atomic(root / row.dataset / f"{row.image}.png", out)
+    log.info("FluxIR: %d images restored now, %d reused from %s", len(todo), len(manifest) - len(todo), root)
+    rows = [[r.dataset, r.image, "fluxir", str(root / r.dataset / f"{r.image}.png")] for r in manifest.itertuples(index=False)]
+    info = {
+        "model": model,
+        "adapter": f"{type(adapter).__name__} {adapter_fingerprint(adapter)} "
+                   f"({sum(p.numel() for p in adapter.parameters()) / 1e6:.2f}M parameters)",
+        "restore settings": ", ".join(f"{k}={v}" for k, v in config_dict(config).items()),
+        "restored images": f"{len(todo)} now, {len(manifest) - len(todo)} reused, in {root}",
+        "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
+    }
+    return _outputs(rows), info
+
+
+def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path) -> pd.DataFrame:
+    """Bicubic x``scale`` of every LQ (PIL), written once to ``<outputs_dir>/bicubic/<dataset>/<prep_key>/``."""
+    from fluxir.image_store import read_image, write_png_atomic
+    from fluxir.restoration import upsample
+
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"evaluate.scale must be a positive integer, got {scale!r}")
+    rows = []
+    for r in manifest.itertuples(index=False):
+        path = Path(outputs_dir) / "bicubic" / r.dataset / str(r.prep_key) / f"{r.image}.png"
+        if not path.is_file():
+            lq = read_image(r.lq_path)
+            write_png_atomic(path, upsample(lq, lq.shape[0] * scale, lq.shape[1] * scale))
+        rows.append([r.dataset, r.image, "bicubic", str(path)])
+    return _outputs(rows)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Baselines dropped into a folder
+# --------------------------------------------------------------------------------------------- #
+
+
+def baseline_manifest(manifest: pd.DataFrame, baselines_dir: str | Path, scale: int) -> pd.DataFrame:
+    """Outputs in ``<baselines_dir>/<method>/<dataset>/`` matched to the benchmark images by file stem.
+
+    A file matches image ``x`` when its stem is ``x`` (or is ``x`` once a suffix like ``_LR4`` is
+    stripped). A method with no folder for a dataset is silently absent; one that lacks some images of a
+    dataset is skipped for that dataset with a warning (its mean would not be comparable); an output whose
+    size is not ``scale`` x the LQ raises ValueError naming the file.
+    """
+    root = Path(baselines_dir)
+    if not root.is_dir():
+        log.info("no baselines folder %s: only FluxIR and bicubic are scored", root)
+        return _outputs([])
+    rows: list[list[Any]] = []
+    for method_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        method = method_dir.name
+        if method in RESERVED_METHODS:
+            raise ValueError(f"{method_dir}: '{method}' names one of this run's methods; rename the baseline folder")
+        for dataset, images in manifest.groupby("dataset", sort=False):
+            folder = method_dir / dataset
+            files = list_images(folder)
+            if not files:
+                continue
+            by_stem = {p.stem: p for p in files}
+            by_key = {pair_key(p.stem): p for p in files}
+            found, missing = [], []
+            for r in images.itertuples(index=False):
+                path = by_stem.get(r.image) or by_key.get(r.image)
+                (found if path is not None else missing).append((r, path))
+            if missing:
+                log.warning("baseline %s on %s: %d of %d images missing (e.g. %s): skipped for this dataset",
+                            method, dataset, len(missing), len(images), [m[0].image for m in missing[:3]])
+                continue
+            for r, path in found:
+                lw, lh = _size(r.lq_path)
+                if _size(path) != (lw * scale, lh * scale):
+                    raise ValueError(f"baseline {method}: {path} is {_size(path)}, expected {(lw * scale, lh * scale)} "
+                                     f"(x{scale} of the prepared LQ {r.lq_path}); run it on the prepared LQ folder")
+                rows.append([dataset, r.image, method, str(path)])
+            log.info("baseline %s on %s: %d images", method, dataset, len(found))
+    return _outputs(rows)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Scoring
+# --------------------------------------------------------------------------------------------- #
+
+
+def parse_metric_groups(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"full_reference": {label: spec}, "no_reference": {label: spec}}`` with parsed ``MetricSpec`` values."""
+    from fluxir.iqa import MetricSpec
+
+    if not isinstance(metrics, Mapping) or set(metrics) - {"full_reference", "no_reference"}:
+        raise ValueError("evaluate.metrics must be {full_reference: {LABEL: pyiqa spec}, no_reference: {LABEL: spec}}, "
+                         f"got {metrics!r}")
+    groups = {g: {str(label): MetricSpec.parse(spec) for label, spec in (metrics.get(g) or {}).items()}
+              for g in ("full_reference", "no_reference")}
+    both = set(groups["full_reference"]) & set(groups["no_reference"])
+    if both:
+        raise ValueError(f"metric labels {sorted(both)} are used twice (full_reference and no_reference)")
+    for group, mode in (("full_reference", "FR"), ("no_reference", "NR")):
+        wrong = [f"{label}: {s.name}" for label, s in groups[group].items() if s.metric_mode != mode]
+        if wrong:
+            raise ValueError(f"evaluate.metrics.{group} holds metrics of the other kind: {wrong}")
+    if not groups["full_reference"] and not groups["no_reference"]:
+        raise ValueError("evaluate.metrics names no metric")
+    return groups
+
+
+def score_all(manifest: pd.DataFrame, outputs: pd.DataFrame, metrics: Mapping[str, Any], convention: str,
+              crop_border: int, weights_dir: str | None = None, device: str = "cpu", batch_size: int = 8) -> pd.DataFrame:
+    """Score every output: the long per-image table of ``fluxir.report.PER_IMAGE_COLUMNS``.
+
+    All weight files are checked before anything is scored (one error listing every missing file).
+    """
+    from fluxir import iqa
+    from fluxir.report import PER_IMAGE_COLUMNS, is_stand_in
+
+    groups = parse_metric_groups(metrics)
+    iqa.configure_weights(weights_dir)
+    iqa.check_weights([*groups["full_reference"].values(), *groups["no_reference"].values()])
+    table = outputs.merge(manifest[["dataset", "image", "hq_path"]], on=["dataset", "image"], how="left",
+                          validate="many_to_one").reset_index(drop=True)
+    if table.empty:
+        raise ValueError("no restored output to score")
+    parts = []
+
+    def frame(rows: pd.DataFrame, label: str, spec: Any, values: Any, convention_: Any, crop: Any) -> pd.DataFrame:
+        return pd.DataFrame({
+            "dataset": rows["dataset"].values, "method": rows["method"].values, "image": rows["image"].values,
+            "label": label, "metric": spec.name, "value": np.asarray(values, dtype=np.float64),
+            "convention": convention_, "crop_border": crop, "higher_is_better": not iqa.lower_is_better(spec),
+            "stand_in": is_stand_in(label, spec.name, spec.pretrained),
+        })
+
+    if groups["no_reference"]:
+        specs = list(groups["no_reference"].values())
+        scores = iqa.score_no_reference(list(table["path"]), specs, batch_size=batch_size, device=device, progress=False)
+        for label, spec in groups["no_reference"].items():
+            parts.append(frame(table, label, spec, scores[spec.name].values, "rgb", 0))
+    paired = table[table["hq_path"].notna()].reset_index(drop=True)
+    if groups["full_reference"] and not paired.empty:
+        specs = list(groups["full_reference"].values())
+        long = iqa.score_full_reference(list(paired["path"]), list(paired["hq_path"]), specs, convention=convention,
+                                        crop_border=crop_border, device=device, batch_size=batch_size,
+                                        names=list(range(len(paired))))
+        for label, spec in groups["full_reference"].items():
+            part = long[long["metric"] == spec.name].sort_values("image")
+            parts.append(frame(paired, label, spec, part["value"].values, part["convention"].values,
+                               part["crop_border"].values))
+    per_image = pd.concat(parts, ignore_index=True)[PER_IMAGE_COLUMNS]
+    per_image["crop_border"] = per_image["crop_border"].astype(int)
+    return per_image
+
+
+# --------------------------------------------------------------------------------------------- #
+# Grids
+# --------------------------------------------------------------------------------------------- #
+
+
+def _method_column(method: str) -> str:
+    return {"fluxir": "FluxIR", "bicubic": "Bicubic"}.get(method, method)
+
+
+def grids(manifest: pd.DataFrame, outputs: pd.DataFrame, names: Mapping[str, str],
+          status: Mapping[str, Mapping[str, Any]], num_images: int = 3, note: str = ""
+          ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Per benchmark key: a figure of the first ``num_images`` images; and PNG bytes by dataset name.
+
+    Columns: LQ | Bicubic | baselines | FluxIR | HQ (when the benchmark has HQ). ``note`` is added to each
+    title (e.g. that the models are tiny). A skipped benchmark gets a figure that says why (no PNG).
+    """
+    from fluxir.image_store import read_image
+    from fluxir.report import figure_png, grid_figure
+
+    figures: dict[str, Any] = {}
+    pngs: dict[str, bytes] = {}
+    methods = list(dict.fromkeys(["bicubic", *[m for m in outputs["method"] if m != "fluxir"], "fluxir"]))
+    for key, name in names.items():
+        images = manifest[manifest["dataset"] == name].head(num_images)
+        if images.empty:
+            message = (status.get(name) or {}).get("message", "not evaluated")
+            figures[key] = grid_figure(name, [], [], [], message=message)
+            continue
+        has_hq = images["hq_path"].notna().any()
+        present = [m for m in methods if not outputs[(outputs["dataset"] == name) & (outputs["method"] == m)].empty]
+        columns = ["LQ", *[_method_column(m) for m in present]] + (["HQ"] if has_hq else [])
+        rows = []
+        for r in images.itertuples(index=False):
+            cells: dict[str, np.ndarray | None] = {"LQ": read_image(r.lq_path)}
+            for m in present:
+                match = outputs[(outputs["dataset"] == name) & (outputs["method"] == m) & (outputs["image"] == r.image)]
+                cells[_method_column(m)] = read_image(match["path"].iloc[0]) if len(match) else None
+            if has_hq:
+                cells["HQ"] = read_image(r.hq_path) if isinstance(r.hq_path, str) else None
+            rows.append(cells)
+        title = f"{name}: LQ / restored / HQ" + (f"\n{note}" if note else "")
+        figures[key] = grid_figure(title, columns, rows, list(images["image"]))
+        pngs[name] = figure_png(figures[key])
+    return figures, pngs

@@ -1,0 +1,5 @@
+"""Evaluate: benchmarks (paper Sec. 4.1) -> FluxIR + bicubic + baselines -> pyiqa metrics -> Table-1-style report."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

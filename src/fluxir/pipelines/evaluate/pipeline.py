@@ -1,0 +1,58 @@
+"""Evaluate wiring: demo folders? -> prepare each benchmark -> restore / bicubic / baselines -> score -> report."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    announce_report,
+    build_report,
+    collect_benchmarks,
+    find_baselines,
+    make_demo_benchmarks,
+    make_grids,
+    prepare_benchmark,
+    restore_benchmarks,
+    score_outputs,
+    summarize_metrics,
+    upsample_bicubic,
+)
+
+# The paper's four test sets (Sec. 4.1); each has an entry in params:evaluate.benchmarks and a grid dataset.
+BENCHMARKS = ("div2k_val", "realsr", "drealsr", "reallq250")
+OUTPUTS = ["benchmark_manifest", "eval_restored_images", "eval_bicubic_images", "eval_baseline_images"]
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    prepare = [
+        Node(
+            prepare_benchmark,
+            ["demo_benchmarks", f"params:evaluate.benchmarks.{key}", "params:evaluate", "params:degrade"],
+            f"prepared_{key}",
+            name=f"prepare_{key}",
+        )
+        for key in BENCHMARKS
+    ]
+    return Pipeline(
+        [
+            Node(make_demo_benchmarks, ["params:evaluate", "params:degrade"], "demo_benchmarks", name="make_demo_benchmarks"),
+            *prepare,
+            Node(collect_benchmarks, [f"prepared_{key}" for key in BENCHMARKS], ["benchmark_manifest", "benchmark_status"],
+                 name="collect_benchmarks"),
+            Node(restore_benchmarks, ["benchmark_manifest", "fluxir_adapter", "params:evaluate"],
+                 ["eval_restored_images", "eval_restore_info"], name="restore_benchmarks"),
+            Node(upsample_bicubic, ["benchmark_manifest", "params:evaluate"], "eval_bicubic_images", name="upsample_bicubic"),
+            Node(find_baselines, ["benchmark_manifest", "params:evaluate"], "eval_baseline_images", name="find_baselines"),
+            Node(score_outputs, [*OUTPUTS, "params:evaluate", "params:iqa"], "evaluation_per_image", name="score_outputs"),
+            Node(summarize_metrics, "evaluation_per_image", ["evaluation_means", "evaluation_metrics"],
+                 name="summarize_metrics"),
+            Node(make_grids, [*OUTPUTS, "benchmark_status", "params:evaluate"],
+                 {**{key: f"{key}_grid" for key in BENCHMARKS}, "png": "eval_grid_pngs"}, name="make_grids"),
+            Node(
+                build_report,
+                ["evaluation_means", "paper_table1", "benchmark_status", "eval_restore_info", "eval_grid_pngs",
+                 "params:evaluate"],
+                ["evaluation_report_md", "evaluation_report_html"],
+                name="build_report",
+            ),
+            Node(announce_report, "evaluation_report_html", None, name="announce_report"),
+        ]
+    )

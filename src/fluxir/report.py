@@ -1,0 +1,368 @@
+"""The evaluation report: this run's numbers beside the paper's Table 1 (markdown + HTML) and image grids.
+
+Numbers come in as a long per-image table (one row per dataset, method, image, metric) that carries
+the convention each number was computed under; :func:`metric_means` averages it per dataset and
+method, :func:`comparison_table` lays the means out like Table 1 (rows: dataset x metric; columns:
+this run's methods, then the paper's), and :func:`render_markdown` / :func:`render_html` write the
+report. A metric row whose scorer is not the paper's (a weight-free or random-weight stand-in, used by
+the tiny environment) is labelled STAND-IN in every place its numbers appear.
+
+Imports are light (pandas, numpy); matplotlib is imported only to draw grids.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# The paper's metrics (Table 1 order) and the pyiqa scorers that compute them (paper footnote 2).
+PAPER_METRICS: dict[str, tuple[str, ...]] = {
+    "CLIPIQA": ("clipiqa+_vitL14_512",),
+    "MUSIQ": ("musiq",),
+    "MANIQA": ("maniqa-pipal",),
+    "PSNR": ("psnr", "psnry"),
+    "SSIM": ("ssim", "ssimc"),
+    "LPIPS": ("lpips",),
+}
+DATASET_ORDER = ("DIV2K-Val", "RealSR", "DrealSR", "RealLQ250")
+PAPER_COLUMNS = ("dataset", "metric", "higher_is_better", "method", "value")
+PER_IMAGE_COLUMNS = ["dataset", "method", "image", "label", "metric", "value", "convention", "crop_border",
+                     "higher_is_better", "stand_in"]
+MEAN_KEYS = ["dataset", "method", "label", "metric", "convention", "crop_border", "higher_is_better", "stand_in"]
+OURS_METHOD = "fluxir"
+PAPER_OURS = "FluxIR"
+TINY_NOTICE = (
+    "TINY RUN - NOT A QUALITY RESULT. The Flux model and the adapter here are tiny and have random weights, "
+    "and stand-in metrics replace the paper's scorers. This report proves that the evaluation machinery runs "
+    "end to end (benchmarks, restoration, metrics, MLflow, report); its numbers say nothing about image "
+    "quality and must not be compared with the paper's."
+)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Labels and means
+# --------------------------------------------------------------------------------------------- #
+
+
+def is_stand_in(label: str, name: str, pretrained: bool = True) -> bool:
+    """True when ``label`` is one of the paper's metrics but ``name`` / ``pretrained`` is not its scorer."""
+    if label not in PAPER_METRICS:
+        return False
+    return name not in PAPER_METRICS[label] or not pretrained
+
+
+def convention_text(convention: str, crop_border: int) -> str:
+    """Human form of a convention, e.g. ``"Y, crop 4"`` or ``"RGB, whole image"``."""
+    channels = {"y": "Y", "ycbcr": "Y (YCbCr)", "rgb": "RGB"}.get(convention, convention)
+    return f"{channels}, crop {crop_border}" if crop_border else f"{channels}, whole image"
+
+
+def method_title(method: str) -> str:
+    """Column title of one of this run's methods."""
+    if method == OURS_METHOD:
+        return "FluxIR (this run)"
+    if method == "bicubic":
+        return "Bicubic (this run)"
+    return f"{method} (your outputs)"
+
+
+def metric_means(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Mean and count per dataset, method and metric (the convention stays in every row)."""
+    missing = [c for c in PER_IMAGE_COLUMNS if c not in per_image.columns]
+    if missing:
+        raise ValueError(f"per-image metric table lacks columns {missing}")
+    if per_image.empty:
+        raise ValueError("the per-image metric table is empty: nothing was scored")
+    grouped = per_image.groupby(MEAN_KEYS, sort=False, dropna=False)["value"]
+    return grouped.agg(mean="mean", n="count").reset_index()
+
+
+def _mlflow_name(text: str) -> str:
+    """MLflow allows letters, digits, ``_ - . / :`` and spaces in keys."""
+    return re.sub(r"[^\w.\- /:]", "_", text.replace("+", "plus"))
+
+
+def mlflow_key(row: Mapping[str, Any]) -> str:
+    """``<dataset>.<method>.<label>.<convention>_crop<n>``; stand-ins also name their scorer.
+
+    The catalog's metrics dataset adds the prefix ``eval.`` (e.g. ``eval.RealSR.fluxir.PSNR.y_crop4``).
+    """
+    label = row["label"] if not row["stand_in"] else f"{row['label']}_standin_{row['metric']}"
+    return _mlflow_name(f"{row['dataset']}.{row['method']}.{label}.{row['convention']}_crop{int(row['crop_border'])}")
+
+
+def mlflow_metrics(means: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per-dataset means as ``{key: {"value": v, "step": 0}}`` (kedro-mlflow's metrics history format)."""
+    out: dict[str, dict[str, float]] = {}
+    for row in means.to_dict("records"):
+        key = mlflow_key(row)
+        if key in out:
+            raise ValueError(f"two metric rows map to the MLflow key {key!r}")
+        out[key] = {"value": float(row["mean"]), "step": 0}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- #
+# The Table-1-style comparison
+# --------------------------------------------------------------------------------------------- #
+
+
+def check_paper_table(paper: pd.DataFrame) -> pd.DataFrame:
+    """Validate the paper's Table 1 as data (dataset, metric, higher_is_better, method, value)."""
+    missing = [c for c in PAPER_COLUMNS if c not in paper.columns]
+    if missing:
+        raise ValueError(f"paper table lacks columns {missing}; expected {list(PAPER_COLUMNS)}")
+    paper = paper[list(PAPER_COLUMNS)].copy()
+    paper["value"] = pd.to_numeric(paper["value"], errors="raise")
+    unknown = sorted(set(paper["metric"]) - set(PAPER_METRICS))
+    if unknown:
+        raise ValueError(f"paper table has unknown metrics {unknown}; known: {list(PAPER_METRICS)}")
+    return paper
+
+
+def _order(values: Sequence[str], preferred: Sequence[str]) -> list[str]:
+    seen = list(dict.fromkeys(values))
+    return [v for v in preferred if v in seen] + [v for v in seen if v not in preferred]
+
+
+def _arrow(higher_is_better: bool) -> str:
+    return "↑" if higher_is_better else "↓"
+
+
+def comparison_table(means: pd.DataFrame, paper: pd.DataFrame, datasets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Rows: dataset x metric; columns: this run's methods, the paper's FluxIR, the paper's other methods.
+
+    Row labels: ``Dataset``, ``Metric`` (paper label with its arrow; ``STAND-IN (scorer arrow)`` when the
+    scorer is not the paper's), ``Computed as`` (scorer, channels, crop border) and ``n`` (images). Missing
+    numbers are NaN: a dataset that was skipped keeps the paper's row with empty cells of ours.
+    """
+    paper = check_paper_table(paper)
+    datasets = _order(list(datasets or []) + list(means["dataset"]) + list(paper["dataset"]), DATASET_ORDER)
+    ours = _order(list(means["method"]), (OURS_METHOD, "bicubic"))
+    paper_methods = _order(list(paper["method"]), (PAPER_OURS,))
+    rows = []
+    for dataset in datasets:
+        mine = means[means["dataset"] == dataset]
+        theirs = paper[paper["dataset"] == dataset]
+        labels = _order(list(mine["label"]) + list(theirs["metric"]), tuple(PAPER_METRICS))
+        for label in labels:
+            mine_rows = mine[mine["label"] == label]
+            theirs_rows = theirs[theirs["metric"] == label]
+            if not mine_rows.empty:
+                first = mine_rows.iloc[0]
+                higher = bool(first["higher_is_better"])
+                stand_in = bool(first["stand_in"])
+                how = f"{first['metric']}, {convention_text(first['convention'], int(first['crop_border']))}"
+                n = int(mine_rows["n"].max())
+            else:
+                higher = bool(theirs_rows["higher_is_better"].iloc[0]) if not theirs_rows.empty else True
+                stand_in, how, n = False, "not run", 0
+            title = f"{label} STAND-IN ({mine_rows.iloc[0]['metric']} {_arrow(higher)})" if stand_in else f"{label} {_arrow(higher)}"
+            row: dict[str, Any] = {"Dataset": dataset, "Metric": title, "Computed as": how, "n": n}
+            for method in ours:
+                cell = mine_rows[mine_rows["method"] == method]["mean"]
+                row[method_title(method)] = float(cell.iloc[0]) if len(cell) else math.nan
+            for method in paper_methods:
+                cell = theirs_rows[theirs_rows["method"] == method]["value"]
+                row[f"paper: {method}"] = float(cell.iloc[0]) if len(cell) else math.nan
+            row["_higher"] = higher
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _best_of_run(row: pd.Series, run_columns: Sequence[str]) -> str | None:
+    values = {c: row[c] for c in run_columns if not math.isnan(row[c])}
+    if len(values) < 2:
+        return None
+    pick = max if row["_higher"] else min
+    return pick(values, key=values.get)
+
+
+def _run_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.endswith(("(this run)", "(your outputs)"))]
+
+
+# --------------------------------------------------------------------------------------------- #
+# Rendering
+# --------------------------------------------------------------------------------------------- #
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def esc(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _table_cells(table: pd.DataFrame, bold: Any) -> tuple[list[str], list[list[str]]]:
+    header = [c for c in table.columns if not c.startswith("_")]
+    run_columns = _run_columns(table)
+    rows = []
+    for _, row in table.iterrows():
+        best = _best_of_run(row, run_columns)
+        rows.append([bold(_fmt(row[c])) if c == best else _fmt(row[c]) for c in header])
+    return header, rows
+
+
+def _stand_in_lines(means: pd.DataFrame, options: Mapping[str, str] | None = None) -> list[str]:
+    subs = means[means["stand_in"]][["label", "metric"]].drop_duplicates()
+    lines = []
+    for r in subs.itertuples():
+        if r.metric in PAPER_METRICS[r.label]:
+            line = f"{r.label}: pyiqa `{r.metric}` WITHOUT its trained weights (random, seeded)"
+        else:
+            line = f"{r.label}: pyiqa `{r.metric}` in place of the paper's `{PAPER_METRICS[r.label][0]}`"
+        extra = (options or {}).get(r.label)
+        lines.append(f"{line}; options {extra}" if extra else line)
+    return lines
+
+
+def _info_lines(run_info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(str(k), str(v)) for k, v in run_info.items()]
+
+
+def render_markdown(table: pd.DataFrame, means: pd.DataFrame, status: Mapping[str, Mapping[str, Any]],
+                    run_info: Mapping[str, Any], grids: Mapping[str, str], tiny: bool,
+                    options: Mapping[str, str] | None = None) -> str:
+    """The report as markdown; ``grids`` maps dataset name to the grid's PNG file name (same folder).
+
+    ``options`` maps a metric label to its pyiqa options as text (named in the stand-in notes).
+    """
+    out = ["# FluxIR evaluation report", ""]
+    if tiny:
+        out += [f"> **{TINY_NOTICE}**", ""]
+    stand_ins = _stand_in_lines(means, options)
+    if stand_ins:
+        out += ["**Stand-in metrics** (their numbers are not comparable with the paper's):", ""]
+        out += [f"- {line}" for line in stand_ins] + [""]
+    out += ["## Setup", "", _md_table(["setting", "value"], _info_lines(run_info)), ""]
+    out += ["## Benchmarks", "", _md_table(["benchmark", "status", "images", "message"],
+                                           [[k, v["status"], str(v["images"]), v["message"]] for k, v in status.items()]), ""]
+    header, rows = _table_cells(table, lambda s: f"**{s}**")
+    out += ["## Table 1: this run beside the paper", "",
+            ("Columns marked *(this run)* / *(your outputs)* are computed now; *paper:* columns are copied from the "
+             "paper's Table 1. ↑ higher is better, ↓ lower is better; the best of this run's methods is in bold. "
+             "*Computed as* gives the scorer and the channel convention / crop border of every number in the row."),
+            "", _md_table(header, rows), ""]
+    if grids:
+        out += ["## Image grids (LQ / restored / HQ)", ""]
+        for dataset, file in grids.items():
+            out += [f"### {dataset}", "", f"![{dataset}]({file})", ""]
+    return "\n".join(out)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:100%}
+table{border-collapse:collapse;font-size:13px;margin-bottom:1.5em}
+th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}
+th{background:#eee} td:nth-child(-n+3){text-align:left}
+.notice{background:#fff3cd;border:2px solid #e0a800;padding:1em;font-weight:bold}
+.standin{color:#a00} img{max-width:100%}
+"""
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], escape_cells: bool = True) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c)) if escape_cells else c}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(table: pd.DataFrame, means: pd.DataFrame, status: Mapping[str, Mapping[str, Any]],
+                run_info: Mapping[str, Any], grid_pngs: Mapping[str, bytes], tiny: bool,
+                options: Mapping[str, str] | None = None) -> str:
+    """The report as one self-contained HTML page (grids embedded as PNG data URIs)."""
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>FluxIR evaluation report</title>",
+             f"<style>{_CSS}</style></head><body><h1>FluxIR evaluation report</h1>"]
+    if tiny:
+        parts.append(f"<p class='notice'>{html.escape(TINY_NOTICE)}</p>")
+    stand_ins = _stand_in_lines(means, options)
+    if stand_ins:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in stand_ins)
+        parts.append(f"<p class='standin'><b>Stand-in metrics</b> (not comparable with the paper's):</p><ul>{items}</ul>")
+    parts.append("<h2>Setup</h2>" + _html_table(["setting", "value"], _info_lines(run_info)))
+    parts.append("<h2>Benchmarks</h2>" + _html_table(
+        ["benchmark", "status", "images", "message"], [[k, v["status"], v["images"], v["message"]] for k, v in status.items()]))
+    header, rows = _table_cells(table, lambda s: f"\x00{s}\x01")
+    rows = [[html.escape(c).replace("\x00", "<b>").replace("\x01", "</b>") for c in row] for row in rows]
+    parts.append("<h2>Table 1: this run beside the paper</h2><p>Columns marked <i>(this run)</i> / <i>(your outputs)</i> "
+                 "are computed now; <i>paper:</i> columns are copied from the paper's Table 1. ↑ higher is better, "
+                 "↓ lower is better; the best of this run's methods is in bold. <i>Computed as</i> gives the scorer "
+                 "and the channel convention / crop border of every number in the row.</p>")
+    parts.append(_html_table(header, rows, escape_cells=False))
+    if grid_pngs:
+        parts.append("<h2>Image grids (LQ / restored / HQ)</h2>")
+        for dataset, png in grid_pngs.items():
+            data = base64.b64encode(png).decode()
+            parts.append(f"<h3>{html.escape(dataset)}</h3><img alt='{html.escape(dataset)}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Grids
+# --------------------------------------------------------------------------------------------- #
+
+
+def grid_figure(title: str, columns: Sequence[str], rows: Sequence[Mapping[str, np.ndarray | None]],
+                row_titles: Sequence[str], cell_inches: float = 3.0, message: str | None = None) -> Any:
+    """A matplotlib figure: one row per image, one column per stage (e.g. LQ, Bicubic, FluxIR, HQ).
+
+    Cells are shown at the restored size (small LQ images are enlarged with nearest-neighbour); a missing
+    cell (no HQ) stays blank. With no rows, the figure shows ``message`` (e.g. why a benchmark was skipped).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{title}\n{message or 'no images'}", ha="center", va="center", wrap=True)
+        return fig
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(cell_inches * len(columns), cell_inches * len(rows) + 0.6),
+                             squeeze=False)
+    for r, (row, row_title) in enumerate(zip(rows, row_titles)):
+        for c, column in enumerate(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            image = row.get(column)
+            if image is None:
+                ax.axis("off")
+            else:
+                ax.imshow(image, interpolation="nearest")
+            if r == 0:
+                ax.set_title(column, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(row_title, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig: Any, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
