@@ -358,3 +358,12 @@ def test_dataset_config_name_matches_the_adapter_module():
     from fluxir.models import adapter
 
     assert adapter_dataset.CONFIG_NAME == adapter.CONFIG_NAME
+
+
+def test_missing_trained_adapter_says_what_to_run(tmp_path):
+    from kedro.io.core import DatasetError, Version
+
+    from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset
+
+    with pytest.raises(DatasetError, match=r"run `kedro run --pipeline=train` first"):
+        FluxIRAdapterDataset(filepath=str(tmp_path / "fluxir_adapter"), version=Version(None, None)).load()

@@ -24,7 +24,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import fsspec
-from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str, get_protocol_and_path
+from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, VersionNotFoundError, get_filepath_str, get_protocol_and_path
 
 if TYPE_CHECKING:  # torch is imported on load/save only, so building the catalog (kedro viz) stays light
     from fluxir.models.adapter import FluxIRAdapter
@@ -78,7 +78,14 @@ class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdap
 
         from fluxir.models.adapter import load_adapter
 
-        path = get_filepath_str(self._get_load_path(), self._protocol)
+        try:
+            load_path = self._get_load_path()
+        except VersionNotFoundError as err:
+            raise DatasetError(
+                f"no trained FluxIR adapter under {self._filepath}: run `kedro run --pipeline=train` first, "
+                "or pick one with `--load-versions=fluxir_adapter:<version>`"
+            ) from err
+        path = get_filepath_str(load_path, self._protocol)
         dtype = self._load_args["dtype"]
         if isinstance(dtype, str):
             if not isinstance(getattr(torch, dtype, None), torch.dtype):

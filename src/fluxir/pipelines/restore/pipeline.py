@@ -1,0 +1,19 @@
+"""Restore wiring: plan (check folders, skip finished) -> restore (Flux + FluxIR adapter)."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import plan_restore, restore_images
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(plan_restore, "params:restore", "restore_plan", name="plan_restore"),
+            Node(
+                restore_images,
+                ["restore_plan", "fluxir_adapter", "params:restore"],
+                ["restore_failures", "restore_summary"],
+                name="restore_images",
+            ),
+        ]
+    )

@@ -1,0 +1,662 @@
+"""FluxIR restoration: a low-quality photo in, a restored photo ``scale`` times larger out (paper Sec. 3.2, 4.1).
+
+The story in one file:
+
+1. ``RestoreConfig``: steps (paper: 20), Flux-dev's distilled guidance (paper: 4), the sigma schedule,
+   the output size, tile sizes, colour fix, seed, dtype/device.
+2. Geometry. The LQ image is upsampled (bicubic, as in training) to the output size H x W, padded (edge replicate) to
+   multiples of 16 (VAE /8, then 2x2 packing), and cropped back at the end. Large images are cut into
+   overlapping tiles (``tile_spans``); every tile has a weight map that ramps (cosine) from ~0 at an edge
+   it shares with a neighbour to 1 inside, normalised so the weights of all tiles sum to exactly 1 at
+   every position (``tile_weights``).
+3. VAE in tiles (``encode_tiled`` / ``decode_tiled``): tiles of ``vae_tile_size`` pixels are encoded /
+   decoded one at a time and blended with those weights, so accelerator memory depends on the tile size,
+   not the image size. Latents use Flux's normalisation z = (E(x) - shift) * scale with E(x) the posterior
+   mean (training samples mean + std * noise; the mean keeps restoration deterministic).
+4. The sampler (``Restorer.restore``): z_1 ~ N(0, I) (seeded, on the CPU, so every device and tiling sees
+   the same noise), then Euler steps of the rectified flow from t = 1 to t = 0. With
+   z_t = (1 - t) z_0 + t z_1 the velocity is v = dz_t/dt = z_1 - z_0 (Eq. 7), so one step is
+
+       z_{t_next} = z_t + (t_next - t) * v_p(z_t, z_lq, t)          (t_next < t)
+
+   where v_p is the controlled Flux velocity (``controlled_flux_forward``, Eq. 1-4) with the adapter
+   seeing the LQ latent z_lq. Tiled: at every step each tile's velocity is computed on that tile alone
+   (its own img_ids, starting at 0, so every tile looks like a standalone image of the tile size, which is
+   what Flux and the adapter were trained on) and the velocities are blended with the tile weights before
+   the step (MultiDiffusion, Bar-Tal et al. 2023; SUPIR's tiled sampler). The noise, the schedule and the
+   step are global, so there is one image, not a mosaic.
+5. Decode, crop, colour fix (``fluxir.colorfix``: wavelet / AdaIN against the upsampled LQ).
+
+Sigma schedules: ``flux_shift`` = FlowMatchEulerDiscreteScheduler's resolution-dependent shifted sigmas
+with FluxPipeline's mu = calculate_shift(image tokens); the token count is clamped to the scheduler's
+``max_image_seq_len`` (4096 = 1024^2 px for FLUX.1-dev) because mu is a linear extrapolation that would
+push every sigma to ~1 for very large images; tiling never changes the schedule. ``linear``: t = 1 ... 0.
+
+Shapes (FLUX.1-dev, 1024x1024 output): image (H, W, 3) uint8; latent (1, 16, H/8, W/8); token grid
+(1, H/16, W/16, 64) (the packed latent kept 2-D so tiles are slices); a tile (B, h*w, 64) for the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fluxir.colorfix import COLOR_FIX_METHODS, color_fix
+
+logger = logging.getLogger(__name__)
+
+SCHEDULES = ("flux_shift", "linear")
+DTYPES = ("float32", "bfloat16", "float16")
+MULTIPLE = 16  # VAE downsampling 8 x 2x2 packing
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class RestoreConfig:
+    """How to restore: the parameters ``restore.*`` other than the file ones (parameters_restore.yml documents each)."""
+
+    steps: int = 20  # paper Sec. 4.1: 20 sampling steps
+    guidance: float = 4.0  # Flux-dev distilled guidance (paper: guidance scale 4); ignored if the model has none
+    schedule: str = "flux_shift"  # "flux_shift" | "linear"
+    scale: float = 4  # output = input x scale (ignored when target_size is set)
+    target_size: int | list[int] | None = None  # int: longer output side (aspect kept); [width, height]: exact
+    tile_size: int | None = 1024  # diffusion tile in output pixels (multiple of 16); None/0: never tile
+    tile_overlap: int = 256  # pixels (multiple of 16), at most tile_size / 2
+    vae_tile_size: int | None = 1024  # VAE tile in output pixels (multiple of 8); None/0: never tile
+    vae_tile_overlap: int = 128  # pixels (multiple of 8), at most vae_tile_size / 2
+    color_fix: str = "wavelet"  # "wavelet" | "adain" | "none"
+    seed: int = 0  # noise seed; the same seed gives the same output
+    dtype: str = "bfloat16"  # transformer/adapter/VAE dtype (float16 VAEs run in float32 when force_upcast)
+    device: str = "auto"  # auto: cuda if available, else cpu
+    batch_size: int = 1  # tiles per transformer call
+    max_sequence_length: int | None = None  # T5 tokens of the empty prompt; None: the adapter's text_seq_len (else 512)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
+        """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
+        unknown = set(params) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown restore parameter(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        cfg = cls(**params)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError naming the parameter for any value the restorer cannot use."""
+        if _bad_int(self.steps, 1):
+            raise ValueError(f"restore.steps must be a positive integer, got {self.steps!r} (paper: 20)")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or self.guidance < 0:
+            raise ValueError(f"restore.guidance must be a number >= 0, got {self.guidance!r} (paper: 4)")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"restore.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.target_size is None:
+            if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not self.scale > 0:
+                raise ValueError(f"restore.scale must be a number > 0, got {self.scale!r}")
+        else:
+            size = self.target_size
+            if isinstance(size, (list, tuple)):
+                if len(size) != 2 or any(_bad_int(s, 1) for s in size):
+                    raise ValueError(f"restore.target_size must be an int (longer side) or [width, height] of positive "
+                                     f"ints, got {size!r}")
+                self.target_size = [int(s) for s in size]
+            elif _bad_int(size, 1):
+                raise ValueError(f"restore.target_size must be an int (longer side) or [width, height], got {size!r}")
+        for name, overlap_name, multiple in (("tile_size", "tile_overlap", 16), ("vae_tile_size", "vae_tile_overlap", 8)):
+            tile, overlap = getattr(self, name), getattr(self, overlap_name)
+            if tile in (None, 0):
+                setattr(self, name, None)
+                continue
+            if _bad_int(tile, 2 * multiple) or tile % multiple:
+                raise ValueError(f"restore.{name} must be a multiple of {multiple} >= {2 * multiple} (or null: no "
+                                 f"tiling), got {tile!r}")
+            if _bad_int(overlap, 0) or overlap % multiple or overlap > tile // 2:
+                raise ValueError(f"restore.{overlap_name} must be a multiple of {multiple} in [0, {name}/2 = "
+                                 f"{tile // 2}], got {overlap!r}")
+        if self.color_fix not in COLOR_FIX_METHODS:
+            raise ValueError(f"restore.color_fix must be one of {COLOR_FIX_METHODS}, got {self.color_fix!r}")
+        if _bad_int(self.seed, 0):
+            raise ValueError(f"restore.seed must be an integer >= 0, got {self.seed!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"restore.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if _bad_int(self.batch_size, 1):
+            raise ValueError(f"restore.batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.max_sequence_length is not None and _bad_int(self.max_sequence_length, 1):
+            raise ValueError(f"restore.max_sequence_length must be a positive integer or null, got "
+                             f"{self.max_sequence_length!r}")
+
+
+def _bad_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int) or value < minimum
+
+
+def output_size(height: int, width: int, cfg: RestoreConfig) -> tuple[int, int]:
+    """(H, W) of the restored image for an input of (height, width)."""
+    if cfg.target_size is None:
+        return max(1, round(height * cfg.scale)), max(1, round(width * cfg.scale))
+    if isinstance(cfg.target_size, (list, tuple)):
+        return int(cfg.target_size[1]), int(cfg.target_size[0])
+    side = int(cfg.target_size)
+    if width >= height:
+        return max(1, round(height * side / width)), side
+    return side, max(1, round(width * side / height))
+
+
+def round_up(n: int, multiple: int = MULTIPLE) -> int:
+    return -(-n // multiple) * multiple
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: cuda when available, else cpu."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Geometry: packing, tiles and their blending weights
+
+
+def pack(latents: Tensor) -> Tensor:
+    """(B, C, h, w) latent -> (B, h/2, w/2, 4C) token grid; ``FluxPipeline._pack_latents`` without the flatten."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h // 2, w // 2, c * 4)
+
+
+def unpack(grid: Tensor) -> Tensor:
+    """(B, h/2, w/2, 4C) token grid -> (B, C, h, w) latent; inverse of ``pack``."""
+    b, h2, w2, d = grid.shape
+    return grid.view(b, h2, w2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h2 * 2, w2 * 2)
+
+
+def tile_spans(length: int, tile: int | None, overlap: int) -> list[tuple[int, int]]:
+    """[(start, end)] covering [0, length) with tiles of ``tile`` overlapping by at least ``overlap``.
+
+    One span when the length fits (or tile is None); otherwise n = ceil((length - overlap) / (tile - overlap))
+    tiles of exactly ``tile`` with evenly spread starts, the first at 0 and the last ending at ``length``.
+    """
+    if tile is None or length <= tile:
+        return [(0, length)]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    starts = [round(i * (length - tile) / (n - 1)) for i in range(n)]
+    return [(s, s + tile) for s in starts]
+
+
+def span_weights(spans: list[tuple[int, int]], factor: int = 1) -> list[np.ndarray]:
+    """1-D blending weights of each span at ``factor`` samples per unit; they sum to 1 at every position.
+
+    A span ramps up over its overlap with the previous span and down over its overlap with the next one
+    (w = sin^2(pi/2 * (p + 1/2) / R), whose mirror is cos^2: two neighbours sum to exactly 1), and is 1
+    elsewhere; a final division by the sum keeps the partition of unity when more than two spans overlap.
+    """
+    raw = []
+    for k, (start, end) in enumerate(spans):
+        w = np.ones((end - start) * factor, dtype=np.float64)
+        if k > 0 and spans[k - 1][1] > start:
+            r = (spans[k - 1][1] - start) * factor
+            w[:r] *= np.sin(0.5 * np.pi * (np.arange(r) + 0.5) / r) ** 2
+        if k + 1 < len(spans) and spans[k + 1][0] < end:
+            r = (end - spans[k + 1][0]) * factor
+            w[len(w) - r:] *= np.sin(0.5 * np.pi * (np.arange(r)[::-1] + 0.5) / r) ** 2
+        raw.append(w)
+    total = np.zeros(spans[-1][1] * factor)
+    for (start, _), w in zip(spans, raw):
+        total[start * factor: start * factor + len(w)] += w
+    return [w / total[start * factor: start * factor + len(w)] for (start, _), w in zip(spans, raw)]
+
+
+def tile_weights(height: int, width: int, tile: int | None, overlap: int, factor: int = 1
+                 ) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """Tiles of a (height, width) grid, row by row: ((y0, y1, x0, x1), weight (factor*(y1-y0), factor*(x1-x0))).
+
+    The weights are products of per-axis partitions of unity, so they sum to 1 over all tiles everywhere.
+    A generator: only one tile's weight map exists at a time.
+    """
+    ys, xs = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
+    wys, wxs = span_weights(ys, factor), span_weights(xs, factor)
+    for (y0, y1), wy in zip(ys, wys):
+        for (x0, x1), wx in zip(xs, wxs):
+            yield (y0, y1, x0, x1), np.outer(wy, wx).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# VAE in tiles
+
+
+def vae_factor(vae: Any) -> int:
+    """Pixels per latent pixel (8 for Flux's VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def encode_tiled(vae: Any, image: np.ndarray, tile: int | None, overlap: int, device: str, dtype: torch.dtype) -> Tensor:
+    """(H, W, 3) uint8 -> normalised latent (1, C, H/f, W/f) float32: z = (E(x) - shift) * scale, E = posterior mean.
+
+    ``tile``/``overlap`` are in pixels (multiples of f); tiles are encoded one at a time and blended.
+    """
+    f = vae_factor(vae)
+    height, width = image.shape[0] // f, image.shape[1] // f
+    latent = torch.zeros(1, vae.config.latent_channels, height, width, device=device)
+    for (y0, y1, x0, x1), w in tile_weights(height, width, tile and tile // f, overlap // f):
+        x = torch.from_numpy(np.array(image[y0 * f:y1 * f, x0 * f:x1 * f])).to(device)
+        x = (x.permute(2, 0, 1)[None].float() / 127.5 - 1).to(dtype)  # (1, 3, th*f, tw*f) in [-1, 1]
+        mean = vae.encode(x).latent_dist.mode()  # (1, C, th, tw)
+        latent[..., y0:y1, x0:x1] += torch.from_numpy(w).to(device) * mean.float()
+    shift = vae.config.shift_factor or 0.0
+    return (latent - shift) * vae.config.scaling_factor
+
+
+def decode_tiled(vae: Any, latent: Tensor, tile: int | None, overlap: int, dtype: torch.dtype) -> np.ndarray:
+    """Normalised latent (1, C, h, w) -> (h*f, w*f, 3) uint8, decoding ``tile``-pixel tiles one at a time.
+
+    Tiles are blended into a CPU float32 canvas, so accelerator memory depends on the tile only.
+    """
+    f = vae_factor(vae)
+    z = latent / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    _, _, height, width = z.shape
+    canvas = np.zeros((height * f, width * f, 3), dtype=np.float32)
+    for (y0, y1, x0, x1), w in tile_weights(height, width, tile and tile // f, overlap // f, factor=f):
+        x = vae.decode(z[..., y0:y1, x0:x1].to(dtype)).sample  # (1, 3, th*f, tw*f) in ~[-1, 1]
+        x = ((x[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()  # (th*f, tw*f, 3) in [0, 1]
+        canvas[y0 * f:y1 * f, x0 * f:x1 * f] += w[..., None] * x
+    return (canvas * 255).round().clip(0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampler
+
+
+def sigmas_for(steps: int, schedule: str, scheduler_config: dict[str, Any] | None, image_seq_len: int) -> Tensor:
+    """(steps + 1,) float32 times t_0 = 1 > ... > t_steps = 0 of the Euler integration.
+
+    ``flux_shift``: FluxPipeline's schedule (linspace(1, 1/steps) shifted by FlowMatchEulerDiscreteScheduler
+    with mu = calculate_shift(min(image_seq_len, max_image_seq_len))); ``linear``: linspace(1, 0).
+    """
+    if schedule == "linear":
+        return torch.linspace(1.0, 0.0, steps + 1)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config or {}))
+    cfg = scheduler.config
+    base = np.linspace(1.0, 1.0 / steps, steps)
+    kwargs = {}
+    if cfg.use_dynamic_shifting:
+        seq_len = min(image_seq_len, cfg.get("max_image_seq_len", 4096))
+        kwargs["mu"] = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                                       cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    scheduler.set_timesteps(sigmas=base, device="cpu", **kwargs)
+    return scheduler.sigmas.float().cpu()  # the scheduler appends the terminal 0
+
+
+class Restorer:
+    """Holds a frozen Flux transformer, its VAE, the FluxIR adapter and the cached empty-prompt embeddings.
+
+    ``Restorer.from_pipeline(pipe, adapter, config).restore(lq)`` restores one (H, W, 3) uint8 image. With
+    ``adapter=None`` the plain Flux velocity is used (what a freshly initialised adapter gives too).
+    """
+
+    def __init__(self, transformer: Any, vae: Any, scheduler_config: dict[str, Any], prompt_embeds: Tensor,
+                 pooled_prompt_embeds: Tensor, adapter: Any, config: RestoreConfig) -> None:
+        from fluxir.models.adapter import check_compatible, freeze_flux
+
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = getattr(torch, config.dtype)
+        self.transformer = _to(transformer, self.device, self.dtype)
+        freeze_flux(self.transformer)
+        # float16 Flux/SD VAEs overflow: run them in float32 when the config asks for it (as diffusers does).
+        upcast = self.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        self.vae_dtype = torch.float32 if upcast else self.dtype
+        self.vae = _to(vae, self.device, self.vae_dtype).eval().requires_grad_(False)
+        self.adapter = None
+        if adapter is not None:
+            check_compatible(adapter, transformer)
+            self.adapter = adapter.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.scheduler_config = dict(scheduler_config)
+        self.prompt_embeds = prompt_embeds.to(self.device, self.dtype)  # (1, S, joint_attention_dim)
+        self.pooled_prompt_embeds = pooled_prompt_embeds.to(self.device, self.dtype)  # (1, pooled_projection_dim)
+        self.txt_ids = torch.zeros(self.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)  # (S, 3)
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, adapter: Any = None, config: RestoreConfig | None = None) -> Restorer:
+        """From a loaded ``FluxPipeline``: encodes the empty prompt once, then drops T5/CLIP from ``pipe``."""
+        from fluxir.generation import PromptEncoder
+
+        config = config or RestoreConfig()
+        config.validate()
+        seq_len = config.max_sequence_length
+        if seq_len is None:
+            learn = adapter is not None and adapter.config.learn_text_embeddings
+            seq_len = adapter.config.text_seq_len if learn else 512
+        device = resolve_device(config.device)
+        embeds = PromptEncoder(pipe, [""], seq_len, device).cache[""]
+        return cls(pipe.transformer, pipe.vae, pipe.scheduler.config, embeds["prompt_embeds"],
+                   embeds["pooled_prompt_embeds"], adapter, config)
+
+    @classmethod
+    def from_source(cls, model: str, adapter: Any = None, config: RestoreConfig | None = None) -> Restorer:
+        """Load the Flux pipeline ``model`` (hub id or local folder) and build a restorer."""
+        from fluxir.models.flux import load_pipeline
+
+        config = config or RestoreConfig()
+        config.validate()
+        pipe = load_pipeline(model, dtype=config.dtype, device=resolve_device(config.device))
+        pipe.set_progress_bar_config(disable=True)
+        return cls.from_pipeline(pipe, adapter, config)
+
+    # -- one image ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def restore(self, lq: np.ndarray, progress: bool = False) -> np.ndarray:
+        """(h, w, 3) uint8 LQ -> (H, W, 3) uint8 restored, (H, W) = ``output_size(h, w, config)``."""
+        cfg = self.config
+        lq = check_image(lq)
+        height, width = output_size(lq.shape[0], lq.shape[1], cfg)
+        reference = upsample_condition(lq, height, width)  # (H, W, 3): the LQ condition and the colour reference
+        ph, pw = round_up(height), round_up(width)
+        padded = np.pad(reference, ((0, ph - height), (0, pw - width), (0, 0)), mode="edge")  # (ph, pw, 3)
+
+        z_lq = pack(encode_tiled(self.vae, padded, cfg.vae_tile_size, cfg.vae_tile_overlap, self.device,
+                                 self.vae_dtype))  # (1, ph/16, pw/16, 64)
+        gen = torch.Generator("cpu").manual_seed(cfg.seed)
+        f = vae_factor(self.vae)
+        noise = torch.randn(1, self.vae.config.latent_channels, ph // f, pw // f, generator=gen)  # z_1 (1, 16, h, w)
+        z = pack(noise).to(self.device)  # (1, ph/16, pw/16, 64), float32 throughout the integration
+        grid_h, grid_w = z.shape[1], z.shape[2]
+
+        token_tile = cfg.tile_size and cfg.tile_size // MULTIPLE
+        tiles = [(box, torch.from_numpy(w).to(self.device)[..., None])  # weight (th, tw, 1)
+                 for box, w in tile_weights(grid_h, grid_w, token_tile, cfg.tile_overlap // MULTIPLE)]
+        sigmas = sigmas_for(cfg.steps, cfg.schedule, self.scheduler_config, grid_h * grid_w).tolist()
+        bar = _tqdm(total=cfg.steps, desc="steps", unit="step", leave=False, disable=not progress)
+        for t, t_next in itertools.pairwise(sigmas):
+            v = self._blended_velocity(z, z_lq, t, tiles)  # (1, grid_h, grid_w, 64)
+            z = z + (t_next - t) * v  # Euler step of dz/dt = v (Eq. 7)
+            bar.update(1)
+        bar.close()
+
+        out = decode_tiled(self.vae, unpack(z), cfg.vae_tile_size, cfg.vae_tile_overlap, self.vae_dtype)
+        out = out[:height, :width]  # (H, W, 3)
+        return color_fix(out, reference, cfg.color_fix)
+
+    def _blended_velocity(self, z: Tensor, z_lq: Tensor, t: float,
+                          tiles: list[tuple[tuple[int, int, int, int], Tensor]]) -> Tensor:
+        """Sum over tiles of weight * v_p(tile): each tile's velocity from the model on that tile alone."""
+        from diffusers import FluxPipeline
+
+        from fluxir.models.adapter import controlled_flux_forward
+
+        v = torch.zeros_like(z)
+        (y0, y1, x0, x1), _ = tiles[0]
+        th, tw = y1 - y0, x1 - x0  # every tile of an image has the same shape (tile_spans)
+        img_ids = FluxPipeline._prepare_latent_image_ids(None, th, tw, self.device, self.dtype)  # (th*tw, 3)
+        for lo in range(0, len(tiles), self.config.batch_size):
+            batch = tiles[lo: lo + self.config.batch_size]
+            b = len(batch)
+            z_t = torch.cat([z[:, y0:y1, x0:x1] for (y0, y1, x0, x1), _ in batch]).reshape(b, th * tw, -1)
+            z_c = torch.cat([z_lq[:, y0:y1, x0:x1] for (y0, y1, x0, x1), _ in batch]).reshape(b, th * tw, -1)
+            guidance = (torch.full((b,), float(self.config.guidance), device=self.device, dtype=self.dtype)
+                        if self.transformer.config.guidance_embeds else None)
+            v_tiles = controlled_flux_forward(
+                self.transformer, self.adapter,
+                hidden_states=z_t.to(self.dtype),  # (b, th*tw, 64)
+                lq_latents=z_c.to(self.dtype),  # (b, th*tw, 64)
+                encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1),  # (b, S, joint)
+                pooled_projections=self.pooled_prompt_embeds.expand(b, -1),  # (b, pooled)
+                timestep=torch.full((b,), t, device=self.device, dtype=self.dtype),  # (b,) in [0, 1]
+                img_ids=img_ids, txt_ids=self.txt_ids, guidance=guidance,
+            ).float().reshape(b, th, tw, -1)  # (b, th, tw, 64)
+            for i, ((y0, y1, x0, x1), w) in enumerate(batch):
+                v[:, y0:y1, x0:x1] += w * v_tiles[i: i + 1]
+        return v
+
+
+def _to(module: Any, device: str, dtype: torch.dtype) -> Any:
+    """Move/cast a module only where needed (diffusers warns on every dtype cast)."""
+    param = next(module.parameters())
+    if param.device != torch.device(device) or param.dtype != dtype:
+        module = module.to(device=device, dtype=dtype)
+    return module
+
+
+def _tqdm(**kwargs: Any) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Images in and out
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` if it is (h, w, 3) uint8 with h, w >= 1, else raise ValueError saying what it is."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 \
+            or image.shape[0] < 1 or image.shape[1] < 1:
+        desc = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+        raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {desc}; use read_photo() for files")
+    return image
+
+
+def upsample(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w, C) uint8 -> (height, width, C) uint8, PIL bicubic (antialiased when shrinking); used for alpha."""
+    from PIL import Image
+
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def upsample_condition(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w, 3) uint8 -> (height, width, 3) uint8 as training prepares the LQ condition (``fluxir.training``):
+    torch bicubic (a = -0.75, align_corners=False), clamped; antialiased when shrinking."""
+    if image.shape[:2] == (height, width):
+        return image
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # (1, 3, h, w) in [0, 255]
+    shrink = height < image.shape[0] or width < image.shape[1]
+    x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=shrink)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def read_photo(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A photo file of any size and mode -> (RGB (H, W, 3) uint8, alpha (H, W) uint8 or None).
+
+    EXIF orientation is applied (``ImageOps.exif_transpose``); 16-bit greyscale is scaled to 8 bits
+    (v / 257, so 65535 -> 255); palette/greyscale/CMYK/... become RGB; an alpha channel (RGBA, LA,
+    palette transparency) is returned separately. An empty, corrupt, truncated or non-image file raises
+    ValueError starting with the path and saying why.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: truncation is caught here
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_alpha(img)
+    except UnidentifiedImageError as err:
+        raise ValueError(f"{path}: not an image file PIL can read ({err})") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: corrupt or truncated image ({err})") from err
+
+
+def _to_rgb_alpha(img: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(img).astype(np.float64)  # 16-bit greyscale (or 32-bit int) samples
+        if mode != "I" or a.max(initial=0) > 255:
+            a = a / 257.0  # 0..65535 -> 0..255
+        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        a = a * 255.0 if a.max(initial=0) <= 1.0 else a  # floats in [0, 1] or already 0..255
+        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"))
+        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
+    return np.asarray(img.convert("RGB")), None
+
+
+@dataclass
+class RestoreResult:
+    """One restored file: sizes and time, for the summary."""
+
+    input: str
+    output: str
+    in_size: tuple[int, int]  # (width, height) after EXIF rotation
+    out_size: tuple[int, int]  # (width, height)
+    seconds: float
+
+    @property
+    def megapixels(self) -> float:
+        return self.out_size[0] * self.out_size[1] / 1e6
+
+
+def restore_photo(restorer: Restorer, rgb: np.ndarray, alpha: np.ndarray | None, progress: bool = False) -> np.ndarray:
+    """Restore RGB; an alpha channel is carried over, bicubic-resized to the output: (H, W, 3 or 4) uint8."""
+    out = restorer.restore(rgb, progress=progress)
+    if alpha is not None:
+        out = np.concatenate([out, upsample(alpha, out.shape[0], out.shape[1])[..., None]], axis=2)
+    return out
+
+
+def restore_file(restorer: Restorer, src: str | Path, dst: str | Path, progress: bool = False) -> RestoreResult:
+    """Read ``src`` (any mode), restore it, write ``dst`` as PNG atomically (RGBA when the input had alpha).
+
+    Raises ValueError (path + reason) for an unreadable input.
+    """
+    from fluxir.image_store import write_png_atomic
+
+    rgb, alpha = read_photo(src)
+    start = time.perf_counter()
+    out = restore_photo(restorer, rgb, alpha, progress)
+    seconds = time.perf_counter() - start
+    write_png_atomic(Path(dst), out)
+    return RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]), seconds)
+
+
+def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple[str, str]], progress: bool = True
+                  ) -> tuple[list[RestoreResult], list[dict[str, str]], float]:
+    """Restore each (input, output) pair; returns (results, failures [{input, reason}], model load seconds).
+
+    An unreadable input (or one that runs out of accelerator memory) becomes a failure and the loop goes
+    on. The model is loaded at the first readable input, so a folder of bad files fails fast.
+    """
+    from fluxir.image_store import write_png_atomic
+
+    results: list[RestoreResult] = []
+    failures: list[dict[str, str]] = []
+    restorer, load_seconds = None, 0.0
+    bar = _tqdm(total=len(jobs), desc="restore", unit="img", disable=not progress)
+    for src, dst in jobs:
+        bar.set_postfix_str(Path(src).name)
+        bar.update(1)
+        try:
+            rgb, alpha = read_photo(src)
+        except ValueError as err:
+            _fail(failures, src, str(err).removeprefix(f"{Path(src)}: "))
+            continue
+        if restorer is None:  # model or adapter problems raise here, naming the model
+            start = time.perf_counter()
+            restorer = Restorer.from_source(model, adapter, cfg)
+            load_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        try:
+            out = restore_photo(restorer, rgb, alpha, progress)
+        except torch.OutOfMemoryError as err:
+            _fail(failures, src, f"out of memory ({str(err).splitlines()[0]}); lower restore.tile_size / "
+                                 "restore.vae_tile_size or use dtype bfloat16")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        seconds = time.perf_counter() - start
+        write_png_atomic(Path(dst), out)
+        results.append(RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]),
+                                     seconds))
+    bar.close()
+    return results, failures, load_seconds
+
+
+def _fail(failures: list[dict[str, str]], src: str, reason: str) -> None:
+    failures.append({"input": str(src), "reason": reason})
+    logger.warning("could not restore %s: %s", src, reason)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Folders: which files to restore, where to write them
+
+FILE_PARAMS = ("input_dir", "output_dir", "overwrite", "model", "progress")
+
+
+def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], RestoreConfig]:
+    """``restore.*`` parameters -> (file parameters, validated RestoreConfig)."""
+    files = {k: params[k] for k in FILE_PARAMS if k in params}
+    return files, RestoreConfig.from_params({k: v for k, v in params.items() if k not in FILE_PARAMS})
+
+
+def plan_folder(input_dir: str, output_dir: str, overwrite: bool = False) -> list[dict[str, Any]]:
+    """One row per input file: {input, output, action} with action "restore" or "skip" (output exists).
+
+    ``input_dir`` is a folder (searched recursively; hidden files and anything under ``output_dir`` are
+    left out) or one file. Outputs are ``output_dir/<relative path>.png``; when two inputs would share an
+    output (a.jpg, a.png) both keep their extension (a.jpg.png, a.png.png). Raises ValueError when the
+    input is missing or empty, output_dir is the input folder, or an output would replace an input.
+    """
+    if not input_dir or not output_dir:
+        raise ValueError("set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
+                         "--params=\"restore.input_dir=photos,restore.output_dir=restored\"")
+    src, dst = Path(input_dir), Path(output_dir)
+    if not src.exists():
+        raise ValueError(f"restore.input_dir {str(src)!r} does not exist")
+    if src.is_dir():
+        if dst.resolve() == src.resolve():
+            raise ValueError(f"restore.output_dir {str(dst)!r} is the input folder: restored images would be mixed "
+                             "with (and could replace) the originals; choose another folder")
+        out_root = dst.resolve()
+        files = sorted(p for p in src.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(src).parts)
+                       and not p.resolve().is_relative_to(out_root))
+        relative = [p.relative_to(src) for p in files]
+    else:
+        files, relative = [src], [Path(src.name)]
+    if not files:
+        raise ValueError(f"restore.input_dir {str(src)!r} has no files")
+    stems: dict[Path, int] = {}
+    for rel in relative:
+        stems[rel.with_suffix(".png")] = stems.get(rel.with_suffix(".png"), 0) + 1
+    inputs = {p.resolve() for p in files}
+    rows = []
+    for path, rel in zip(files, relative):
+        name = rel.with_suffix(".png") if stems[rel.with_suffix(".png")] == 1 else rel.with_name(rel.name + ".png")
+        out = dst / name
+        if out.resolve() in inputs:
+            raise ValueError(f"output {str(out)!r} would overwrite the input {str(path)!r}: choose another "
+                             "restore.output_dir")
+        exists = out.is_file()
+        rows.append({"input": str(path), "output": str(out), "action": "skip" if exists and not overwrite else "restore"})
+    return rows
+
+
+def config_dict(cfg: RestoreConfig) -> dict[str, Any]:
+    """The config as a JSON-ready dict."""
+    return asdict(cfg)
