@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv in the repo root and install fluxir with everything its tests need.
 # Usage: scripts/setup.sh [--no-test-extras]
+# With the test extras it also installs Debian's `chromium` for the browser tests (tests/test_viz.py) when
+# it is missing and this user is root or has password-less sudo; otherwise it says so and goes on (those
+# tests are then skipped). FLUXIR_SKIP_CHROMIUM=1 skips that step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -14,3 +17,36 @@ python -m pip install -q --no-build-isolation basicsr==1.4.2
 extras=".[test]"; [ "${1:-}" = "--no-test-extras" ] && extras="."
 python -m pip install -q -e "$extras"
 python -m pip check
+
+install_chromium() {
+    if [ "${FLUXIR_SKIP_CHROMIUM:-0}" = 1 ]; then
+        echo "setup: FLUXIR_SKIP_CHROMIUM=1: not installing Chromium (the browser tests will be skipped)"; return 0
+    fi
+    if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+        || { [ -n "${FLUXIR_CHROMIUM:-}" ] && command -v "$FLUXIR_CHROMIUM" >/dev/null 2>&1; }; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup: no apt-get here: install Chromium yourself or set FLUXIR_CHROMIUM (the browser tests will be skipped)"
+        return 0
+    fi
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo -n)
+        else
+            echo "setup: not root and no password-less sudo: skipping Chromium;" \
+                 "run 'sudo apt-get install -y chromium' for the browser tests (they are skipped until then)"
+            return 0
+        fi
+    fi
+    echo "setup: installing Debian's chromium for the browser tests (apt-get)"
+    if ${sudo[@]+"${sudo[@]}"} apt-get update -qq \
+        && ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; then
+        echo "setup: $(chromium --version 2>/dev/null || echo 'chromium installed')"
+    else
+        echo "setup: apt-get could not install chromium; the browser tests will be skipped"
+    fi
+}
+[ "$extras" = ".[test]" ] && install_chromium
+exit 0

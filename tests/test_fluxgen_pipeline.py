@@ -28,7 +28,7 @@ def fluxgen_run(tmp_path_factory):
 def test_manifests_are_versioned_and_consistent(fluxgen_run):
     project = fluxgen_run
     generated = _versions(project, "data/02_intermediate/generated_images.parquet")
-    pairs = _versions(project, "data/03_primary/pairs_manifest.parquet")
+    pairs = _versions(project, "data/05_model_input/pairs_manifest.parquet")
     assert len(generated) == 2 and len(pairs) == 2, "each run writes a new version, none overwritten"
     manifest = pd.read_parquet(generated[-1])
     assert list(manifest["image_id"]) == list(range(10))
@@ -56,7 +56,7 @@ def test_selection_cuts_at_the_percentile(fluxgen_run):
 def test_pairs_are_quarter_size_and_only_kept_images(fluxgen_run):
     project = fluxgen_run
     selection = pd.read_parquet(_versions(project, "data/04_feature/iqa_selection.parquet")[-1])
-    pairs = pd.read_parquet(_versions(project, "data/03_primary/pairs_manifest.parquet")[-1])
+    pairs = pd.read_parquet(_versions(project, "data/05_model_input/pairs_manifest.parquet")[-1])
     assert sorted(pairs["image_id"]) == sorted(selection.loc[selection["keep"], "image_id"])
     allowed = {(64, 48), (48, 48), (32, 48)}
     for row in pairs.itertuples():
@@ -71,7 +71,9 @@ def test_histograms_and_mlflow_run(fluxgen_run):
     project = fluxgen_run
     assert len(_versions(project, "data/08_reporting/iqa_histograms.png")) == 2
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("fluxir")
+    from fluxir.hooks import experiment_name
+
+    experiment = client.get_experiment_by_name(experiment_name("fluxgen"))
     runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
     assert len(runs) == 2
     latest = runs[0]

@@ -80,10 +80,10 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     todo = [r for r in manifest.itertuples(index=False) if not (root / r.dataset / f"{r.image}.png").is_file()]
     seconds: list[float] = []
     if todo:
-        from tqdm.auto import tqdm
+        from fluxir.progress import progress
 
         restorer = Restorer.from_source(model, adapter, config)
-        for row in tqdm(todo, desc="restore", unit="img"):
+        for row in progress(todo, desc="restore", unit="img"):
             lq = read_image(row.lq_path)
             start = time.perf_counter()
             out = restorer.restore(lq)

@@ -154,9 +154,9 @@ def generate_into_store(
     """Generate this process's missing images into ``store``; returns the ids it generated now."""
     import numpy as np
     import torch
-    from tqdm.auto import tqdm
 
     from fluxir.models.flux import load_pipeline
+    from fluxir.progress import progress as progress_bar
 
     todo = [i for i in ids_for_process(cfg.num_images, process_index, num_processes) if not store.exists(i)]
     logger.info("process %d/%d: %d of its images to generate into %s", process_index, num_processes, len(todo), store.root)
@@ -168,7 +168,7 @@ def generate_into_store(
     encoder = PromptEncoder(pipe, cfg.prompts or [""], cfg.max_sequence_length, device)
     done: list[int] = []
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), desc=f"generate[{process_index}]", unit="img", disable=not progress)
+    bar = progress_bar(total=len(todo), desc=f"generate[{process_index}]", unit="img", disable=not progress)
     for lo in range(0, len(todo), cfg.batch_size):
         batch = todo[lo : lo + cfg.batch_size]
         generators = [torch.Generator(device).manual_seed(image_seed(cfg.base_seed, i)) for i in batch]

@@ -1,12 +1,30 @@
-"""Project hooks: every file saved to the reporting layer is also logged to the active MLflow run.
+"""Project hooks around kedro-mlflow: where each run goes, what it is called and tagged, what it logs.
 
-Versioned files in ``data/08_reporting`` keep each run's plots and reports on disk; MLflow gets the same
-file as an artifact, so both the UI and the folder show them, without a second dataset per figure.
+``MlflowRunHook``
+    One MLflow experiment per pipeline family: ``kedro run --pipeline=fluxgen`` logs to experiment
+    ``fluxir-fluxgen`` (``<tracking.experiment.name in mlflow.yml>-<pipeline>``); the default pipeline and
+    runs of several pipelines at once log to ``fluxir``. Runs are named ``<pipeline>-<kedro run id>`` and
+    tagged ``kedro.run_id`` / ``kedro.session_id`` (the Kedro session id, also the save version of every
+    versioned dataset of the run), ``kedro.pipeline``, ``kedro.env``, ``kedro.version``, ``git.commit``,
+    ``git.dirty`` and MLflow's own ``mlflow.source.git.commit``. ``FLUXIR_MLFLOW_EXPERIMENT`` forces one
+    experiment name; ``FLUXIR_GIT_COMMIT`` supplies the commit where the project is no git checkout.
+
+``ReportingArtifactsHook``
+    Every dataset saved with kedro-viz layer ``reporting`` (IQA histograms, restoration grids, the
+    Table-1-style report, loss curves ...) is also logged to the active MLflow run under ``reporting/``.
+    Every dataset saved with layer ``models`` (the FluxIR adapter) is logged under ``models/<name>/``
+    with its ``config.json``, whose values also become run parameters ``<name>.<key>``.
+    ``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false`` logs only the model's JSON files, not its weights.
+
+Everything here imports mlflow lazily: the module is imported by ``settings.py`` on every Kedro command.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +32,174 @@ from kedro.framework.hooks import hook_impl
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_PIPELINE = "__default__"
+
+
+# ------------------------------------------------------------------------------------------------
+# Naming
+
+
+def pipeline_label(pipeline_names: Any) -> str:
+    """``fluxgen`` for one pipeline, ``fluxgen+train`` for several, ``__default__`` for none."""
+    if not pipeline_names:
+        return DEFAULT_PIPELINE
+    if isinstance(pipeline_names, str):
+        return pipeline_names
+    return "+".join(str(name) for name in pipeline_names)
+
+
+def experiment_name(pipeline_names: Any, base: str = "fluxir") -> str:
+    """The MLflow experiment of a run: ``<base>-<pipeline>`` for one named pipeline, else ``<base>``.
+
+    ``FLUXIR_MLFLOW_EXPERIMENT`` (if set and not empty) wins over both.
+    """
+    forced = os.environ.get("FLUXIR_MLFLOW_EXPERIMENT", "").strip()
+    if forced:
+        return forced
+    if isinstance(pipeline_names, str):
+        pipeline_names = [pipeline_names]
+    names = [name for name in (pipeline_names or []) if name != DEFAULT_PIPELINE]
+    if len(names) == 1 and len(pipeline_names) == 1:
+        return f"{base}-{names[0]}"
+    return base
+
+
+def run_name(pipeline_names: Any, run_id: str) -> str:
+    return f"{pipeline_label(pipeline_names)}-{run_id}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Git
+
+
+def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None]:
+    """(full commit sha, working tree dirty?) of the checkout holding ``project_path``; None where unknown.
+
+    ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``). Otherwise ``git`` answers; where
+    git is not installed or the folder is no real repository, ``.git/HEAD`` and its ref are read directly
+    (then dirtiness is unknown).
+    """
+    forced = os.environ.get("FLUXIR_GIT_COMMIT", "").strip()
+    if forced:
+        return forced, None
+    path = Path(project_path)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10,
+                             check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+        return sha, bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        return _read_git_head(path), None
+
+
+def _read_git_head(path: Path) -> str | None:
+    """HEAD's commit from the files of ``.git`` in ``path`` or a parent (loose ref, packed ref or detached)."""
+    for folder in (path, *path.resolve().parents):
+        git = folder / ".git"
+        if git.is_file():  # worktree / submodule: "gitdir: <path>"
+            text = git.read_text().strip()
+            if not text.startswith("gitdir:"):
+                return None
+            git = (folder / text.split(":", 1)[1].strip()).resolve()
+        if not git.is_dir():
+            continue
+        try:
+            head = (git / "HEAD").read_text().strip()
+        except OSError:
+            return None
+        if not head.startswith("ref:"):
+            return head or None
+        ref = head.split(":", 1)[1].strip()
+        common = git
+        if (git / "commondir").is_file():
+            common = (git / (git / "commondir").read_text().strip()).resolve()
+        for base in (git, common):
+            if (base / ref).is_file():
+                return (base / ref).read_text().strip() or None
+            packed = base / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text().splitlines():
+                    parts = line.split()
+                    if len(parts) == 2 and parts[1] == ref:
+                        return parts[0]
+        return None
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Hooks
+
+
+class MlflowRunHook:
+    """Experiment per pipeline family, run name and tags for kedro-mlflow's run (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._context: Any = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._context = context
+
+    @hook_impl(wrapper=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
+        # Wraps kedro-mlflow's before_pipeline_run: choose the experiment and name before it starts the run,
+        # tag the run once it is active.
+        self._choose_experiment(run_params)
+        result = yield
+        self._tag_run(run_params)
+        return result
+
+    def _choose_experiment(self, run_params: dict[str, Any]) -> None:
+        import mlflow
+
+        config = getattr(self._context, "mlflow", None)  # set by kedro-mlflow's after_context_created
+        if config is None or mlflow.active_run() is not None:
+            return  # kedro-mlflow absent, or a run started outside Kedro (an orchestrator's): leave it alone
+        names = run_params.get("pipeline_names") or [DEFAULT_PIPELINE]
+        if names and any(name in config.tracking.disable_tracking.pipelines for name in names):
+            return
+        base = config.tracking.experiment.name
+        name = experiment_name(names, base=base)
+        if name != base:
+            try:
+                config.tracking.experiment.name = name
+                config._set_experiment()  # kedro-mlflow: create (or restore) the experiment, make it current
+            except Exception:  # a tracking problem must not stop a run
+                logger.warning("could not use MLflow experiment %r; logging to %r", name, base, exc_info=True)
+                config.tracking.experiment.name = base
+                config._set_experiment()
+        if config.tracking.run.name is None and config.tracking.run.id is None:
+            config.tracking.run.name = run_name(names, run_params.get("run_id") or "")
+
+    def _tag_run(self, run_params: dict[str, Any]) -> None:
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is None:
+            return
+        run_id = run_params.get("run_id") or ""
+        tags = {
+            "kedro.run_id": run_id,
+            "kedro.session_id": run_id,
+            "kedro.pipeline": pipeline_label(run_params.get("pipeline_names")),
+            "kedro.env": run_params.get("env") or "",
+            "kedro.version": run_params.get("kedro_version") or "",
+        }
+        project_path = run_params.get("project_path") or (self._context.project_path if self._context else ".")
+        sha, dirty = git_commit(project_path)
+        tags["git.commit"] = sha or "unknown"
+        if sha:
+            tags["mlflow.source.git.commit"] = sha
+        if dirty is not None:
+            tags["git.dirty"] = str(dirty).lower()
+        mlflow.set_tags(tags)
+        logger.info("MLflow run %s (%s) in experiment %s", run.info.run_name, run.info.run_id,
+                    mlflow.get_experiment(run.info.experiment_id).name)
+
 
 class ReportingArtifactsHook:
-    """Log each dataset saved with kedro-viz layer ``reporting`` to MLflow (under ``reporting/``)."""
+    """Log datasets saved with kedro-viz layer ``reporting`` (and ``models``) to the active MLflow run."""
 
     def __init__(self) -> None:
         self._catalog: Any = None
@@ -32,17 +215,64 @@ class ReportingArtifactsHook:
         if self._catalog is None or mlflow.active_run() is None:
             return
         dataset = self._catalog.get(dataset_name) if hasattr(self._catalog, "get") else None
+        if dataset is None or type(dataset).__module__.startswith("kedro_mlflow"):
+            return  # kedro-mlflow's own datasets log themselves
         layer = ((getattr(dataset, "metadata", None) or {}).get("kedro-viz") or {}).get("layer")
-        if layer != "reporting":
-            return
-        path = _saved_path(dataset)
-        if path is not None and path.is_file():
-            mlflow.log_artifact(str(path), artifact_path="reporting")
-            logger.info("logged %s to MLflow run %s", path, mlflow.active_run().info.run_id)
+        if layer == "reporting":
+            path = _saved_path(dataset)
+            if path is not None and path.is_file():
+                mlflow.log_artifact(str(path), artifact_path="reporting")
+                logger.info("logged %s to MLflow run %s", path, mlflow.active_run().info.run_id)
+        elif layer == "models":
+            path = _saved_path(dataset)
+            if path is not None and path.exists():
+                log_model_folder(dataset_name, path)
+
+
+def log_model_folder(dataset_name: str, path: Path) -> None:
+    """Log a saved model (a file, or a folder such as the adapter's) and its ``config.json`` to the active run."""
+    import mlflow
+
+    artifact_path = f"models/{dataset_name}"
+    with_weights = os.environ.get("FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS", "true").strip().lower() not in {"0", "false", "no"}
+    if path.is_file():
+        if with_weights or path.suffix == ".json":
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    else:
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            if with_weights or file.suffix == ".json":
+                sub = file.parent.relative_to(path).as_posix()
+                mlflow.log_artifact(str(file), artifact_path=artifact_path if sub == "." else f"{artifact_path}/{sub}")
+        config = path / "config.json"
+        if config.is_file():
+            _log_config_params(dataset_name, json.loads(config.read_text()))
+    mlflow.set_tags({f"{dataset_name}.path": str(path), f"{dataset_name}.weights_logged": str(with_weights).lower()})
+    logger.info("logged model %s (%s) to MLflow run %s", dataset_name, path, mlflow.active_run().info.run_id)
+
+
+def _log_config_params(prefix: str, config: Any) -> None:
+    import mlflow
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    flat = _flatten({prefix: config})
+    present = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    new = {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in flat.items() if k not in present}
+    if new:
+        mlflow.log_params(new)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _saved_path(dataset: Any) -> Path | None:
-    """The file a (possibly versioned) file dataset just wrote, or None for non-file datasets."""
+    """The file or folder a (possibly versioned) file dataset just wrote, or None for non-file datasets."""
     if getattr(dataset, "_version", None) is not None:
         # _get_save_path() refuses once the file exists; the versioned path of this run's save version is it.
         return Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))

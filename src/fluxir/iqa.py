@@ -586,7 +586,7 @@ def score_no_reference(
     """
     import pandas as pd
     import torch
-    from tqdm.auto import tqdm
+    from fluxir.progress import progress as progress_bar
 
     _check_batch_size(batch_size)
     parsed = _parse_all(specs)
@@ -597,7 +597,7 @@ def score_no_reference(
     results: dict[str, dict[int, float]] = {name: {} for name in metrics}
     count = 0
     items = ((_as_rgb_uint8(img, i),) for i, img in enumerate(images))
-    with tqdm(total=_len_or_none(images), desc="IQA (no-reference)", unit="img", disable=not progress) as bar:
+    with progress_bar(total=_len_or_none(images), desc="IQA (no-reference)", unit="img", disable=not progress) as bar:
         for indices, batch in _batches(items, batch_size):
             x = _to_tensor([b[0] for b in batch], device)
             with torch.inference_mode():
@@ -650,7 +650,7 @@ def score_full_reference(
     """
     import pandas as pd
     import torch
-    from tqdm.auto import tqdm
+    from fluxir.progress import progress as progress_bar
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -697,7 +697,7 @@ def score_full_reference(
             index += 1
 
     values: dict[int, dict[str, float]] = {}
-    with tqdm(total=_len_or_none(restored), desc="IQA (full-reference)", unit="img", disable=not progress) as bar:
+    with progress_bar(total=_len_or_none(restored), desc="IQA (full-reference)", unit="img", disable=not progress) as bar:
         for indices, batch in _batches(pairs(), batch_size):
             x = _to_tensor([p[0] for p in batch], device)
             y = _to_tensor([p[1] for p in batch], device)

@@ -381,7 +381,7 @@ class Restorer:
         tiles = [(box, torch.from_numpy(w).to(self.device)[..., None])  # weight (th, tw, 1)
                  for box, w in tile_weights(grid_h, grid_w, token_tile, cfg.tile_overlap // MULTIPLE)]
         sigmas = sigmas_for(cfg.steps, cfg.schedule, self.scheduler_config, grid_h * grid_w).tolist()
-        bar = _tqdm(total=cfg.steps, desc="steps", unit="step", leave=False, disable=not progress)
+        bar = _progress_bar(total=cfg.steps, desc="steps", unit="step", leave=False, disable=not progress)
         for t, t_next in itertools.pairwise(sigmas):
             v = self._blended_velocity(z, z_lq, t, tiles)  # (1, grid_h, grid_w, 64)
             z = z + (t_next - t) * v  # Euler step of dz/dt = v (Eq. 7)
@@ -432,10 +432,11 @@ def _to(module: Any, device: str, dtype: torch.dtype) -> Any:
     return module
 
 
-def _tqdm(**kwargs: Any) -> Any:
-    from tqdm.auto import tqdm
+def _progress_bar(**kwargs: Any) -> Any:
+    """A progress bar (or log lines off a terminal); a function because `progress` is a parameter name here."""
+    from fluxir.progress import progress
 
-    return tqdm(**kwargs)
+    return progress(**kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -567,7 +568,7 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
     results: list[RestoreResult] = []
     failures: list[dict[str, str]] = []
     restorer, load_seconds = None, 0.0
-    bar = _tqdm(total=len(jobs), desc="restore", unit="img", disable=not progress)
+    bar = _progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
     for src, dst in jobs:
         bar.set_postfix_str(Path(src).name)
         bar.update(1)

@@ -10,6 +10,6 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
 }
 
-from fluxir.hooks import ReportingArtifactsHook  # noqa: E402
+from fluxir.hooks import MlflowRunHook, ReportingArtifactsHook  # noqa: E402
 
-HOOKS = (ReportingArtifactsHook(),)
+HOOKS = (MlflowRunHook(), ReportingArtifactsHook())

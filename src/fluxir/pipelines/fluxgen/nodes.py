@@ -87,10 +87,10 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
 
     Pairs already written by an earlier run with the same settings are reused, not recomputed.
     """
-    from tqdm.auto import tqdm
 
     from fluxir.degradation import DegradationConfig, degrade_pair
     from fluxir.image_store import portable_path, read_image, sha256_file, write_png_atomic
+    from fluxir.progress import progress
 
     cfg = DegradationConfig.from_dict(degrade.get("config", {}))
     seed = degrade["seed"]
@@ -98,7 +98,7 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
     key = hashlib.sha256(json.dumps([repr(cfg), seed, sorted(kept["config_key"].unique())]).encode()).hexdigest()[:12]
     hq_store, lq_store = pair_store.sub(key).sub("hq"), pair_store.sub(key).sub("lq")
     rows = []
-    for row in tqdm(kept.itertuples(index=False), total=len(kept), desc="degrade", unit="pair"):
+    for row in progress(kept.itertuples(index=False), total=len(kept), desc="degrade", unit="pair"):
         hq_path, lq_path = hq_store.path_for(row.image_id), lq_store.path_for(row.image_id)
         info_path = lq_path.with_suffix(".json")
         if not (hq_path.is_file() and lq_path.is_file() and info_path.is_file()):

@@ -1,0 +1,170 @@
+"""The documentation: builds with `mkdocs build --strict`, covers every parameter, names only real ones,
+and what it tells users to type or download matches the code."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import runpy
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import yaml
+from conftest import REPO
+
+DOCS = REPO / "docs"
+PAGES = sorted(DOCS.glob("*.md"))
+MY_PAGES = ("index.md", "architecture.md", "full_scale.md", "parameters.md", "tracking.md", "troubleshooting.md")
+
+
+def _params() -> dict:
+    merged: dict = {}
+    for path in sorted((REPO / "conf" / "base").glob("parameters*.yml")):
+        merged.update(yaml.safe_load(path.read_text()) or {})
+    return merged
+
+
+def _leaves(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _dataclass_fields(module: Path, cls: str) -> set[str]:
+    """Field names of a dataclass, read from the source (importing it would pull in torch)."""
+    tree = ast.parse(module.read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+
+
+def _pipelines() -> list[str]:
+    return sorted(p.parent.name for p in (REPO / "src" / "fluxir" / "pipelines").glob("*/pipeline.py"))
+
+
+def test_mkdocs_builds_strict(tmp_path):
+    """Broken links, anchors, nav entries or missing pages (training.md, evaluation.md) fail the build."""
+    site = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    nav = yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]
+    in_nav = {next(iter(item.values())) for item in nav}
+    assert {page.name for page in PAGES} <= in_nav, "every page is in the navigation"
+    assert {"training.md", "evaluation.md"} <= in_nav
+    assert (site / "img" / "architecture.svg").is_file()
+    assert 'src="img/architecture.svg"' in (site / "architecture.html").read_text()
+    assert not (site / "img" / "architecture.py").exists(), "the drawing script is not published"
+
+
+def test_every_parameter_is_documented():
+    text = (DOCS / "parameters.md").read_text()
+    documented = set(re.findall(r"`([A-Za-z0-9_.<>+-]+)`", text))
+    missing = []
+    for key in _leaves(_params()):
+        parts = key.split(".")
+        # exact, or with one segment written as a placeholder: evaluate.benchmarks.<benchmark>.hq_dir
+        variants = {key} | {".".join(parts[:i] + ["<"] + parts[i + 1:]) for i in range(1, len(parts))}
+        normalised = {re.sub(r"<[^>]+>", "<", d) for d in documented}
+        if not variants & normalised:
+            missing.append(key)
+    assert not missing, f"docs/parameters.md does not explain: {missing}"
+
+
+def test_docs_name_only_parameters_that_exist():
+    """A backticked `group.key...` in any page must be a real key (stale docs fail here)."""
+    params = _params()
+    extra = {  # fields settable below a YAML key without being in the YAML file
+        ("degrade", "config"): _dataclass_fields(REPO / "src/fluxir/degradation.py", "DegradationConfig"),
+        ("train", "adapter"): _dataclass_fields(REPO / "src/fluxir/models/adapter.py", "FluxIRConfig"),
+    }
+    not_parameters = {"select.n_scored", "select.n_kept", "select.kept_fraction", "select.threshold.<metric>"}  # MLflow metrics
+    groups = "|".join(map(re.escape, params))
+    pattern = re.compile(rf"`({groups})\.([A-Za-z0-9_.<>]+?)[`= ]")
+    unknown = []
+    for page in PAGES:
+        for match in pattern.finditer(page.read_text()):
+            parts = [match.group(1), *match.group(2).rstrip(".").split(".")]
+            if ".".join(parts) in not_parameters:
+                continue
+            node, path_ok = params, True
+            for depth, part in enumerate(parts):
+                if part.startswith("<") and isinstance(node, dict):  # placeholder: the keys of any entry
+                    node = {k: v for child in node.values() if isinstance(child, dict) for k, v in child.items()}
+                    continue
+                if isinstance(node, dict) and part in node:
+                    node = node[part]
+                    continue
+                allowed = extra.get(tuple(parts[:depth]))
+                path_ok = allowed is not None and part in allowed and depth == len(parts) - 1
+                break
+            if not path_ok:
+                unknown.append(f"{page.name}: {'.'.join(parts)}")
+    assert not unknown, f"documented parameters that do not exist: {sorted(set(unknown))}"
+
+
+def test_architecture_picture_shows_every_pipeline_and_the_adapter():
+    svg = DOCS / "img" / "architecture.svg"
+    root = ET.parse(svg).getroot()  # well-formed XML
+    texts = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+    for name in _pipelines():
+        assert name in texts, f"pipeline {name} is not in docs/img/architecture.svg"
+    for node in ("generate_images", "score_images", "select_by_iqa", "degrade_pairs", "train_adapter",
+                 "restore_images", "FluxIR adapter", "squeeze-excitation", "Flux.1-dev transformer (frozen)"):
+        assert node in texts
+    for page in ("index.md", "architecture.md"):
+        assert "(img/architecture.svg)" in (DOCS / page).read_text()
+    # the committed picture is what the drawing script draws
+    drawn = runpy.run_path(str(DOCS / "img" / "architecture.py"), run_name="architecture")["SVG"]
+    assert drawn == svg.read_text(), "run `python docs/img/architecture.py` and commit the SVG"
+
+
+def test_full_scale_commands_and_weight_files_match_the_code():
+    text = (DOCS / "full_scale.md").read_text()
+    assert ("accelerate launch --multi_gpu --num_processes N -m fluxir.generation --env base \\\n"
+            "    --params fluxgen.num_images=350000") in text
+    from fluxir.iqa import required_weight_files  # stdlib + numpy only at import
+
+    metrics = [*_params()["iqa"]["metrics"], *_params()["evaluate"]["metrics"]["full_reference"].values()]
+    for metric in metrics:
+        for path in required_weight_files(metric):
+            relative = "/".join(path.parts[-3:])  # hub/<folder>/<file>
+            assert f"`{relative}`" in text, f"{metric}: {relative} is not in the weight table"
+            assert f"-o $W/{relative} " in text, f"{metric}: no download line for {relative}"
+    for section in ("Flux weights", "IQA weight files", "Data sets", "Several GPUs", "Memory, time and disk"):
+        assert re.search(rf"^## \d\. {section}", text, re.MULTILINE), section
+
+
+def test_troubleshooting_covers_the_common_failures():
+    text = (DOCS / "troubleshooting.md").read_text()
+    headings = [h.lower() for h in re.findall(r"^## (.+)$", text, re.MULTILINE)]
+    for topic in ("out of gpu memory", "tile seams", "colour shift", "functional_tensor"):
+        assert any(topic in h for h in headings), topic
+    assert "No module named 'torchvision.transforms.functional_tensor'" in text
+
+
+def test_troubleshooting_basicsr_workaround_runs():
+    """The snippet users copy for the basicsr import error really imports basicsr on this torchvision."""
+    text = (DOCS / "troubleshooting.md").read_text()
+    section = text[text.index("functional_tensor'` (basicsr)"):]
+    snippet = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    proc = subprocess.run([sys.executable, "-c", snippet + "\nprint('ok', basicsr.__version__)"],
+                          check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-3000:]
+
+
+def test_index_links_every_page():
+    text = (DOCS / "index.md").read_text()
+    for page in PAGES:
+        if page.name != "index.md":
+            assert f"]({page.name})" in text, f"docs/index.md does not link {page.name}"
+    for target in ("training.md", "evaluation.md"):
+        assert f"]({target})" in text
+    for page in MY_PAGES:
+        assert (DOCS / page).read_text().startswith("# "), f"{page}: one title per page"
