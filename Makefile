@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export KEDRO_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test mlflow viz clean-data
+.PHONY: setup demo test mlflow viz docs
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	scripts/setup.sh
@@ -24,3 +24,6 @@ mlflow: setup  ## MLflow UI on the project's SQLite store
 
 viz: setup  ## kedro-viz on http://127.0.0.1:4141
 	$(VENV)/bin/kedro viz run --env=tiny
+
+docs: setup  ## documentation site on http://127.0.0.1:8000
+	$(VENV)/bin/mkdocs serve
