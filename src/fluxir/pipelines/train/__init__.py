@@ -1,0 +1,5 @@
+"""FluxIR training: adapter on FluxGen's pairs (paper Sec. 3.3)."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

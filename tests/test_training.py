@@ -1,0 +1,398 @@
+"""FluxIR training (issue 4): timestep sampler, data order, latent cache, losses, resume, DDP, Kedro + MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import kedro_run
+from PIL import Image
+
+from fluxir.cli_params import load_params
+from fluxir.image_store import sha256_file
+from fluxir.models.adapter import load_adapter
+from fluxir.training import (
+    DataOrder,
+    LatentCache,
+    PairTable,
+    TrainConfig,
+    flow_matching_loss,
+    list_checkpoints,
+    load_models,
+    make_micro_batch,
+    pair_gaussians,
+    sample_timesteps,
+    train,
+    vae_identity,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+SIZES = ((64, 48), (48, 48), (32, 48))  # the tiny env's crop sizes (width, height)
+
+
+def make_pairs(root: Path, n: int = 8, sizes=SIZES, scale: int = 4) -> pd.DataFrame:
+    """n HQ crops of scikit-image sample photos (sizes cycled) + their 1/scale bicubic LQ, and the manifest."""
+    import skimage.data
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        photo = Image.fromarray(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()).convert("RGB")
+        w, h = sizes[i % len(sizes)]
+        small = photo.resize((2 * w, max(h, round(photo.height * 2 * w / photo.width))), Image.BICUBIC)
+        left, top = (small.width - w) // 2, (small.height - h) // 2
+        hq = small.crop((left, top, left + w, top + h))
+        hq_path, lq_path = root / f"hq_{i:03d}.png", root / f"lq_{i:03d}.png"
+        hq.save(hq_path)
+        hq.resize((w // scale, h // scale), Image.BICUBIC).save(lq_path)
+        rows.append({"image_id": i, "hq_path": str(hq_path), "lq_path": str(lq_path),
+                     "hq_sha256": sha256_file(hq_path), "lq_sha256": sha256_file(lq_path)})
+    return pd.DataFrame(rows)
+
+
+def tiny_params(tmp: Path, *overrides: str) -> dict:
+    """conf/tiny's train parameters with working folders under tmp (and quick defaults for tests)."""
+    base = [f"train.checkpoint_dir={tmp / 'ckpt'}", f"train.latent_cache_dir={tmp / 'cache'}",
+            "train.gradient_checkpointing=false"]
+    return load_params("tiny", base + list(overrides), REPO)["train"]
+
+
+def max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> pd.DataFrame:
+    return make_pairs(tmp_path_factory.mktemp("pairs"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parameters, timesteps, data order
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"timestep_sampler": "uniform"}, "train.timestep_sampler must be 'clamped_uniform'"),
+        ({"timestep_eps": -0.1}, "train.timestep_eps must be in [0, 1)"),
+        ({"batch_size": 0}, "train.batch_size must be an integer >= 1, got 0"),
+        ({"pixel_loss_crop": 100}, "train.pixel_loss_crop must be null or a positive multiple of 8"),
+        ({"learning_rate": 0}, "train.learning_rate must be > 0"),
+        ({"mixed_precision": "fp8"}, "train.mixed_precision must be 'no' or 'bf16'"),
+        ({"learning_rat": 1e-5}, "unknown train parameter(s) ['learning_rat']"),
+    ],
+)
+def test_bad_parameters_name_the_value(override, message):
+    with pytest.raises(ValueError) as err:
+        TrainConfig.from_params(override)
+    assert message in str(err.value)
+
+
+def test_yaml_1_1_quirks_are_read_as_meant():
+    cfg = TrainConfig.from_params({"mixed_precision": False, "learning_rate": "1e-5"})  # `no`, `1e-5` unquoted
+    assert cfg.mixed_precision == "no" and cfg.learning_rate == 1e-5
+    with pytest.raises(ValueError, match="train.learning_rate must be a number, got 'fast'"):
+        TrainConfig.from_params({"learning_rate": "fast"})
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.2])
+def test_clamped_uniform_puts_eps_over_1_plus_2eps_on_each_end(eps):
+    n = 400_000
+    t = sample_timesteps(n, torch.Generator().manual_seed(0), "clamped_uniform", eps)
+    p = eps / (1 + 2 * eps)  # Eq. 5-6 (the paper's text says 1/(1+2eps), which cannot be: it would exceed 1/2)
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(float((t == 0).float().mean()) - p) < 5 * sigma
+    assert abs(float((t == 1).float().mean()) - p) < 5 * sigma
+    inner = t[(t > 0) & (t < 1)]
+    assert t.min() == 0 and t.max() == 1
+    hist = torch.histc(inner, bins=10, min=0, max=1) / len(inner)  # uniform in between
+    assert torch.allclose(hist, torch.full((10,), 0.1), atol=0.005)
+
+
+def test_logit_normal_never_hits_the_ends_and_centres_on_half():
+    t = sample_timesteps(200_000, torch.Generator().manual_seed(0), "logit_normal")
+    assert float((t == 0).float().mean()) == 0 and float((t == 1).float().mean()) == 0
+    assert abs(float(t.median()) - 0.5) < 0.01
+    assert float(((t < 0.05) | (t > 0.95)).float().mean()) < 0.01  # SD3's sampler rarely trains t ~ 1
+
+
+def test_data_order_is_a_function_of_seed_and_step(pairs):
+    table = PairTable.from_manifest(pairs)
+    train_idx, val_idx = table.split(2)
+    assert val_idx == [6, 7] and len(train_idx) == 6
+    buckets = table.buckets(train_idx)
+    assert sorted(buckets) == [(32, 48), (48, 48), (64, 48)]
+    order = DataOrder(buckets, global_batch=2, seed=0)
+    epoch0 = [order.batch(g)[1] for g in range(order.per_epoch)]
+    assert sorted(i for b in epoch0 for i in b) == train_idx  # each pair once per epoch
+    for batch in epoch0:  # one aspect per batch
+        assert len({(table.rows.width[i], table.rows.height[i]) for i in batch}) == 1
+    fresh = DataOrder(buckets, 2, seed=0)
+    assert [fresh.batch(g) for g in (7, 3, 11)] == [order.batch(g) for g in (7, 3, 11)]  # no hidden state
+    other = DataOrder(buckets, 2, seed=1)
+    assert [other.batch(g)[1] for g in range(9)] != [order.batch(g)[1] for g in range(9)]
+
+
+def test_manifest_errors_name_the_pair(tmp_path, pairs):
+    bad = pairs.copy()
+    Image.open(bad.lq_path[3]).resize((5, 5)).save(tmp_path / "small.png")
+    bad.loc[3, "lq_path"] = str(tmp_path / "small.png")
+    with pytest.raises(ValueError, match=r"pair 3: LQ .* is \(5, 5\) but must be exactly 1/4 of the HQ size \(64, 48\)"):
+        PairTable.from_manifest(bad)
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['lq_sha256'\]"):
+        PairTable.from_manifest(pairs.drop(columns="lq_sha256"))
+    with pytest.raises(ValueError, match="num_validation_pairs=8 leaves no training pair out of 8"):
+        PairTable.from_manifest(pairs).split(8)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Latents, cache, losses
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    cfg = TrainConfig.from_params(tiny_params(tmp_path_factory.mktemp("m")))
+    return cfg, load_models(cfg, "cpu")
+
+
+def test_latent_cache_is_keyed_by_image_and_vae(tmp_path, pairs, tiny_models):
+    _, models = tiny_models
+    table = PairTable.from_manifest(pairs)
+    vae_id = vae_identity(models.vae)
+    cache = LatentCache(tmp_path / "cache", vae_id)
+    hq, lq = pair_gaussians(models.vae, cache, table, 0)
+    assert hq.shape == (32, 6, 8) and lq.shape == (32, 6, 8)  # [mean, logvar] of 16 channels at 48x64 / 8
+    files = list((tmp_path / "cache").rglob("*.safetensors"))
+    assert len(files) == 1
+    again = pair_gaussians(models.vae, cache, table, 0)  # served from disk, same values
+    assert torch.equal(again[0], hq) and torch.equal(again[1], lq)
+    # A changed image has a new sha256 in a rebuilt manifest -> a new key; a changed VAE -> a new key.
+    row = table.rows.iloc[0]
+    assert cache.key(row, 4) != cache.key(row.replace({row.hq_sha256: "0" * 64}), 4)
+    with torch.no_grad():
+        models.vae.decoder.conv_out.bias.add_(1e-3)
+    try:
+        assert vae_identity(models.vae) != vae_id
+    finally:
+        with torch.no_grad():
+            models.vae.decoder.conv_out.bias.sub_(1e-3)
+    assert vae_identity(models.vae) == vae_id
+    # A file that changed after the manifest was written is refused when it is (re-)encoded.
+    stale = pairs.copy()
+    Image.open(stale.hq_path[1]).transpose(Image.FLIP_LEFT_RIGHT).save(tmp_path / "flipped.png")
+    stale.loc[1, "hq_path"] = str(tmp_path / "flipped.png")
+    with pytest.raises(ValueError, match="pair 1: .*flipped.png has sha256 .* but the manifest says"):
+        pair_gaussians(models.vae, cache, PairTable.from_manifest(stale), 1)
+
+
+def test_pixel_loss_follows_eq9(pairs, tiny_models):
+    """t = 0: z_0 + t v = z_0 for both terms, so L_P = 0; alpha = 0 leaves L = L_MSE."""
+    from fluxir.training import ControlledFlux, build_adapter
+
+    cfg, models = tiny_models
+    table = PairTable.from_manifest(pairs)
+    gauss = [pair_gaussians(models.vae, LatentCache(None, "x"), table, i) for i in (0, 3)]
+    model = ControlledFlux(models.flux, build_adapter(cfg, models))
+    batch = make_micro_batch(cfg, models.vae, gauss, [1, 2])
+    args = (model, models.flux, models.vae, batch, models.prompt_embeds, models.pooled_embeds)
+    batch.t = torch.tensor([0.5, 1.0])
+    loss, mse, pixel = flow_matching_loss(*args, cfg)
+    assert pixel > 0 and torch.allclose(loss, mse + cfg.pixel_loss_weight * pixel)
+    batch.t = torch.zeros(2)
+    assert float(flow_matching_loss(*args, cfg)[2]) == 0.0
+    batch.t = torch.tensor([0.5, 1.0])
+    no_pixel = flow_matching_loss(*args, TrainConfig.from_params({**tiny_params(Path("/x")), "pixel_loss_weight": 0}))
+    assert torch.equal(no_pixel[0], mse) and float(no_pixel[2]) == 0.0
+    crop = flow_matching_loss(*args, TrainConfig.from_params({**tiny_params(Path("/x")), "pixel_loss_crop": 16}))
+    assert torch.equal(crop[1], mse) and crop[2] > 0
+
+
+def test_cache_and_checkpointing_do_not_change_training(tmp_path, pairs):
+    """Latent cache on/off and gradient checkpointing (Flux, adapter, decoder) give the same steps."""
+    common = ("train.max_steps=3", "train.pixel_loss_crop=16")
+    ref = train(tiny_params(tmp_path / "a", *common), pairs, progress=False)
+    assert len(list((tmp_path / "a" / "cache").rglob("*.safetensors"))) > 0
+    other = train(tiny_params(tmp_path / "b", *common, "train.cache_latents=false", "train.gradient_checkpointing=true",
+                              "train.decoder_gradient_checkpointing=true"), pairs, progress=False)
+    assert not (tmp_path / "b" / "cache").exists()
+    np.testing.assert_allclose(other.history.loss, ref.history.loss, rtol=1e-5)
+    assert max_diff(other.adapter, ref.adapter) < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------
+# Learning, NaN guard, resume
+
+
+def test_200_steps_reduce_the_loss(tmp_path, pairs):
+    """Tiny env (lr 1e-3, see conf/tiny): the last-20-step mean loss is clearly below the first-20."""
+    result = train(tiny_params(tmp_path, "train.max_steps=200", "train.checkpoint_every=200"), pairs, progress=False)
+    h = result.history
+    assert list(h.step) == list(range(1, 201))
+    first, last = h.loss.head(20).mean(), h.loss.tail(20).mean()
+    assert last < 0.9 * first, (first, last)
+    assert h.loss_mse.tail(20).mean() < h.loss_mse.head(20).mean()
+    assert (h.loss_pixel > 0).any() and np.allclose(h.loss, h.loss_mse + h.loss_pixel, rtol=1e-5)
+    assert [s for s, _ in list_checkpoints(result.run_dir)] == [200]
+
+
+def test_nan_loss_stops_and_keeps_the_good_checkpoint(tmp_path, pairs):
+    params = tiny_params(tmp_path, "train.max_steps=10", "train.checkpoint_every=1", "train.learning_rate=1e30",
+                         "train.max_grad_norm=null", "train.keep_checkpoints=5")
+    with pytest.raises(FloatingPointError) as err:
+        train(params, pairs, progress=False)
+    message = str(err.value)
+    good = list_checkpoints(Path(next((tmp_path / "ckpt").iterdir())))
+    assert good, "the first step (finite loss) should have been checkpointed"
+    last_step, last_path = good[-1]
+    assert f"non-finite training loss at step {last_step + 1}" in message
+    assert f"the last good checkpoint is {last_path} (step {last_step})" in message
+    assert "Lower train.learning_rate" in message
+    state = json.loads((last_path / "trainer_state.json").read_text())
+    assert state["step"] == last_step and all(math.isfinite(r["loss"]) for r in state["history"])
+    assert not list(last_path.parent.glob(".tmp-*"))
+
+
+def _cli(project: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "fluxir.training", "--env", "tiny", "--project", str(project), *args]
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, pairs, kedro_project):
+    params = ("train.max_steps=60", "train.checkpoint_every=5", "train.keep_checkpoints=50")
+    manifest = tmp_path / "manifest.parquet"
+    pairs.to_parquet(manifest)
+    run = ["--manifest", str(manifest), "--no-mlflow", "--output", str(tmp_path / "resumed"),
+           "--report", str(tmp_path / "rep"), "--params", ",".join(params + (f"train.checkpoint_dir={tmp_path / 'ck'}",
+                                                                              f"train.latent_cache_dir={tmp_path / 'lc'}"))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli(kedro_project, *run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, done = time.time() + 300, []
+    while time.time() < deadline and proc.poll() is None:
+        runs = list((tmp_path / "ck").glob("*/step_*"))
+        done = [int(p.name[5:]) for p in runs if not p.name.startswith(".")]
+        if max(done, default=0) >= 10:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = next((tmp_path / "ck").iterdir())
+    killed_at = list_checkpoints(run_dir)[-1][0]
+    assert 10 <= killed_at < 60, f"the run should have been killed part-way, newest checkpoint {killed_at}"
+
+    subprocess.run(_cli(kedro_project, *run), env=env, check=True, capture_output=True)
+    report = json.loads((tmp_path / "rep.rank0.json").read_text())
+    assert report["resumed_from"] == killed_at
+    assert [s["step"] for s in report["steps"]] == list(range(killed_at + 1, 61))
+
+    whole = train(tiny_params(tmp_path / "whole", *params), pairs, progress=False)
+    assert max_diff(load_adapter(tmp_path / "resumed"), whole.adapter) < 1e-6
+    state = json.loads((run_dir / "step_00000060" / "trainer_state.json").read_text())
+    np.testing.assert_allclose([r["loss"] for r in state["history"]], whole.history.loss, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Two processes (DDP over gloo) and the Kedro pipeline with MLflow
+
+
+def _mlflow_runs(project: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    return client, client.search_runs([e.experiment_id for e in experiments])
+
+
+def test_two_processes_keep_identical_weights_and_only_rank0_writes(tmp_path, pairs, kedro_project):
+    manifest = tmp_path / "manifest.parquet"
+    pairs.to_parquet(manifest)
+    params = f"train.max_steps=6,train.checkpoint_every=3,train.validate_every=6,train.log_every=2," \
+             f"train.checkpoint_dir={tmp_path / 'ck'},train.latent_cache_dir={tmp_path / 'lc'}"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    proc = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+         "-m", "fluxir.training", "--env", "tiny", "--project", str(kedro_project), "--manifest", str(manifest),
+         "--output", str(tmp_path / "adapter"), "--report", str(tmp_path / "rep"), "--params", params],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["processes"] == 2 and summary["final_step"] == 6
+    rank0 = json.loads((tmp_path / "rep.rank0.json").read_text())["steps"]
+    rank1 = json.loads((tmp_path / "rep.rank1.json").read_text())["steps"]
+    assert [s["step"] for s in rank0] == [s["step"] for s in rank1] == list(range(1, 7))
+    assert [s["digest"] for s in rank0] == [s["digest"] for s in rank1]  # identical after every step
+    assert len({s["digest"] for s in rank0}) == 6  # and they did change every step
+    assert all(a["image_ids"] != b["image_ids"] for a, b in zip(rank0, rank1))  # on different data
+
+    # Only rank 0 wrote checkpoints and MLflow records: one run, one value per logged step.
+    run_dir = next((tmp_path / "ck").iterdir())
+    assert [s for s, _ in list_checkpoints(run_dir)] == [3, 6]
+    assert json.loads((run_dir / "step_00000006" / "trainer_state.json").read_text())["written_by_rank"] == 0
+    client, runs = _mlflow_runs(kedro_project)
+    assert len(runs) == 1
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [2, 4, 6]
+    assert runs[0].data.params["train_run.num_processes"] == "2"
+    artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "validation")]
+    assert artifacts == ["validation/step_00000006.png"]
+
+    # Two processes x batch 1 == one process x batch 2 (same global batch, same per-sample randomness).
+    single = train(tiny_params(tmp_path / "one", "train.max_steps=6", "train.batch_size=2"), pairs, progress=False)
+    assert max_diff(load_adapter(tmp_path / "adapter"), single.adapter) < 1e-4
+
+
+def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
+    from kedro.io.core import generate_timestamp
+
+    from kedro.config import OmegaConfigLoader
+
+    from fluxir.settings import CONFIG_LOADER_ARGS
+
+    catalog = OmegaConfigLoader(str(kedro_project / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "tiny"})["catalog"]
+    manifest_path = kedro_project / catalog["pairs_manifest"]["filepath"]  # versioned: <path>/<version>/<name>
+    pairs = make_pairs(kedro_project / "data" / "pairs", n=6)
+    version = manifest_path / generate_timestamp()
+    version.mkdir(parents=True)
+    pairs.to_parquet(version / manifest_path.name)
+    params = "train.max_steps=6,train.validate_every=3,train.log_every=2,train.checkpoint_every=3"
+    kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=train", f"--params={params}")
+
+    adapters = sorted((kedro_project / "data" / "06_models" / "fluxir_adapter").iterdir())
+    assert len(adapters) == 1
+    adapter = load_adapter(adapters[0] / "fluxir_adapter")
+    history = pd.read_parquet(next((kedro_project / "data/07_model_output/train_history.parquet").rglob("*.parquet")))
+    assert list(history.step) == [1, 2, 3, 4, 5, 6]
+    assert (kedro_project / "data/05_model_input/latent_cache").is_dir()
+    assert list((kedro_project / "data/06_models/train_checkpoints").glob("*/step_00000006"))
+
+    client, runs = _mlflow_runs(kedro_project)
+    assert len(runs) == 1
+    run = runs[0]
+    for name in ("train/loss", "train/loss_mse", "train/loss_pixel", "train/lr", "train/samples_per_s",
+                 "train/peak_memory_mb"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [2, 4, 6], name
+    assert run.data.params["train.learning_rate"] == "0.001"
+    assert run.data.params["train_run.adapter_parameters"] == str(sum(p.numel() for p in adapter.parameters()))
+    validation = [a.path for a in client.list_artifacts(run.info.run_id, "validation")]
+    assert validation == ["validation/step_00000003.png", "validation/step_00000006.png"]
+    reporting = [a.path for a in client.list_artifacts(run.info.run_id, "reporting")]
+    assert reporting == ["reporting/train_loss_curves.png"]
