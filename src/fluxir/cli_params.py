@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +32,14 @@ def load_params(env: str, overrides: list[str], project: str | Path = ".") -> di
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
     return params
+
+
+def reject_unknown_keys(params: Mapping[str, Any], config_class: type, what: str) -> None:
+    """Raise ValueError naming every key of ``params`` that is not a field of the dataclass ``config_class``.
+
+    ``what`` names the group in the message, e.g. ``"fluxgen parameter(s)"``.
+    """
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")

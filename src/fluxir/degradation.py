@@ -203,10 +203,9 @@ class DegradationConfig:
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> DegradationConfig:
         """Build from a parameters mapping (e.g. Kedro's ``params:degradation``); unknown keys are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown degradation setting(s) {unknown}; known settings: {sorted(known)}")
+        from fluxir.cli_params import reject_unknown_keys
+
+        reject_unknown_keys(params, cls, "degradation setting(s)")
         return cls(**params)
 
     def to_dict(self) -> dict[str, Any]:

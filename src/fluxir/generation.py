@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fluxir.cli_params import load_params
+from fluxir.cli_params import load_params, reject_unknown_keys
 from fluxir.image_store import ImageStore
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,7 @@ class GenerationConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "GenerationConfig":
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown fluxgen parameter(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        reject_unknown_keys(params, cls, "fluxgen parameter(s)")
         cfg = cls(**{**params, "prompts": list(params.get("prompts") or [])})
         cfg.validate()
         return cfg

@@ -87,9 +87,9 @@ class RestoreConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown restore parameter(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        from fluxir.cli_params import reject_unknown_keys
+
+        reject_unknown_keys(params, cls, "restore parameter(s)")
         cfg = cls(**params)
         cfg.validate()
         return cfg

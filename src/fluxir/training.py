@@ -145,10 +145,9 @@ class TrainConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
         """Build and validate from a ``train`` parameters dict; unknown keys and bad values raise ValueError."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - fields)
-        if unknown:
-            raise ValueError(f"unknown train parameter(s) {unknown}; known: {sorted(fields)}")
+        from fluxir.cli_params import reject_unknown_keys
+
+        reject_unknown_keys(params, cls, "train parameter(s)")
         params = dict(params)
         if params.get("mixed_precision") is False:  # YAML 1.1 reads an unquoted `no` as false
             params["mixed_precision"] = "no"
