@@ -54,3 +54,15 @@ def kedro_run(project: Path, *args: str, check: bool = True, timeout: int = 600)
     if check and proc.returncode != 0:
         raise AssertionError(f"kedro {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_tracking_uri():
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; without this, an in-process Kedro run in one
+    test would send the MLflow records of later tests' subprocesses to that test's (deleted) store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
