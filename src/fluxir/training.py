@@ -67,9 +67,9 @@ from accelerate import Accelerator, PartialState
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from fluxir.image_store import read_image, sha256_file
+from fluxir.progress import progress as progress_bar
 from fluxir.models.adapter import (
     FluxIRAdapter,
     controlled_flux_forward,
@@ -576,48 +576,29 @@ def flow_matching_loss(model: nn.Module, flux: nn.Module, vae: nn.Module, batch:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Validation restorations (Euler sampling as FluxPipeline does, with the adapter's control)
+# Validation restorations: exactly what `kedro run --pipeline=restore` does (fluxir.restoration.Restorer)
 
 
-def restore(models: Models, adapter: FluxIRAdapter, lq_gaussian: Tensor, steps: int, guidance: float, seed: int) -> Tensor:
-    """Restore one image: LQ Gaussian (2C, h, w) -> image (3, 8h, 8w) in [-1, 1]. Starts at pure noise (t = 1)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-    flux, vae = models.flux, models.vae
-    h, w = lq_gaussian.shape[-2:]
-    z_lq = pack(gaussian_sample(lq_gaussian[None], torch.zeros(1, lq_gaussian.shape[0] // 2, h, w), vae))
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(z_lq.shape, generator=g).to(z_lq.device)  # (1, N, 64)
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(models.scheduler_config)
-    sc = models.scheduler_config
-    mu = calculate_shift(z.shape[1], sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),
-                         sc.get("base_shift", 0.5), sc.get("max_shift", 1.15))
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device=z.device)
-    guidance_t = torch.full((1,), guidance, device=z.device) if flux.config.guidance_embeds else None
-    ids, txt = image_ids(h, w, z.device), torch.zeros(models.prompt_embeds.shape[1], 3, device=z.device)
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            v = controlled_flux_forward(flux, adapter, z.to(_where(flux)[1]), z_lq.to(_where(flux)[1]), models.prompt_embeds,
-                                        models.pooled_embeds, (t / 1000).expand(1).to(z.device), ids, txt,
-                                        guidance=guidance_t)
-            z = scheduler.step(v.float(), t, z.float(), return_dict=False)[0]
-        return decode_latents(vae, unpack(z, h, w))[0].float().clamp(-1, 1)
-
-
-def validation_grid(models: Models, adapter: FluxIRAdapter, pairs: PairTable, indices: list[int], cache: LatentCache,
+def validation_grid(models: Models, adapter: FluxIRAdapter, pairs: PairTable, indices: list[int],
                     cfg: TrainConfig) -> np.ndarray:
     """uint8 (rows*H, 3*W, 3) grid: one row per validation pair, [LQ upsampled | restored | HQ]."""
+    import copy
+
+    from fluxir.restoration import RestoreConfig, Restorer, upsample_condition
+
+    device, dtype = _where(models.flux)
+    restore_cfg = RestoreConfig(steps=cfg.validation_steps, guidance=cfg.guidance, seed=cfg.seed, scale=pairs.lq_scale,
+                                dtype=str(dtype).removeprefix("torch."), device=str(device))
+    # The Restorer casts and freezes the adapter it gets: hand it a copy, never the one being trained.
+    restorer = Restorer(models.flux, models.vae, models.scheduler_config, models.prompt_embeds, models.pooled_embeds,
+                        copy.deepcopy(adapter), restore_cfg)
     rows = []
     for i in indices:
-        hq, lq_up = load_pair_pixels(pairs.rows.iloc[i], pairs.lq_scale)
-        _, lq_gauss = pair_gaussians(models.vae, cache, pairs, i)
-        out = restore(models, adapter, lq_gauss, cfg.validation_steps, cfg.guidance, cfg.seed).cpu()
-        rows.append(torch.cat([lq_up, out, hq], dim=2))  # (3, H, 3W)
-    width = max(r.shape[2] for r in rows)
-    rows = [torch.nn.functional.pad(r, (0, width - r.shape[2]), value=1.0) for r in rows]
-    grid = torch.cat(rows, dim=1)
-    return ((grid.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        row = pairs.rows.iloc[i]
+        hq, lq = read_image(row.hq_path), read_image(row.lq_path)  # (H, W, 3), (H/4, W/4, 3)
+        rows.append(np.concatenate([upsample_condition(lq, *hq.shape[:2]), restorer.restore(lq), hq], axis=1))
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -830,7 +811,7 @@ def train(
                     "steps %d -> %d, checkpoints in %s", cfg.model, len(train_idx), sizes, world, global_batch,
                     cfg.gradient_accumulation_steps, start, cfg.max_steps, run_dir)
 
-    bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not (progress and main))
+    bar = progress_bar(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not (progress and main))
     window: list[dict[str, Any]] = []
     step = start
     while step < cfg.max_steps:
@@ -888,7 +869,7 @@ def train(
         unwrapped = accelerator.unwrap_model(model).adapter
         if log.run is not None and val_idx and (step % cfg.validate_every == 0 or step == cfg.max_steps):
             with accelerator.autocast():
-                grid = validation_grid(models, unwrapped, pairs, val_idx, cache, cfg)
+                grid = validation_grid(models, unwrapped, pairs, val_idx, cfg)
             log.image(grid, f"validation/step_{step:08d}.png")
         if main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
             save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler, history,
