@@ -425,23 +425,24 @@ def decode_latents(vae: Any, z: Tensor) -> Tensor:
 
 
 def pack(z: Tensor) -> Tensor:
-    """(B, C, h, w) -> (B, h/2 * w/2, 4C): Flux's 2x2 patches (FluxPipeline._pack_latents)."""
-    b, c, h, w = z.shape
-    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+    """(B, C, h, w) -> (B, h/2 * w/2, 4C): Flux's 2x2 patches, flattened (FluxPipeline._pack_latents)."""
+    from fluxir.restoration import pack as pack_grid
+
+    return pack_grid(z).flatten(1, 2)
 
 
 def unpack(x: Tensor, h: int, w: int) -> Tensor:
     """(B, h/2 * w/2, 4C) -> (B, C, h, w), the inverse of ``pack`` (h, w: latent size)."""
-    b, _, c4 = x.shape
-    return x.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, h, w)
+    from fluxir.restoration import unpack as unpack_grid
+
+    return unpack_grid(x.view(x.shape[0], h // 2, w // 2, -1))
 
 
 def image_ids(h: int, w: int, device: torch.device | str) -> Tensor:
-    """Flux's rope positions of the packed image tokens, (h/2 * w/2, 3) (FluxPipeline._prepare_latent_image_ids)."""
-    ids = torch.zeros(h // 2, w // 2, 3)
-    ids[..., 1] = torch.arange(h // 2)[:, None]
-    ids[..., 2] = torch.arange(w // 2)[None, :]
-    return ids.reshape(-1, 3).to(device)
+    """Flux's rope positions of the packed image tokens, (h/2 * w/2, 3), for an (h, w) latent."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._prepare_latent_image_ids(None, h // 2, w // 2, device, torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------------
