@@ -43,6 +43,15 @@ def kedro_project(tmp_path: Path) -> Path:
     return make_project_copy(tmp_path / "project")
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for accelerate's rendezvous, mlflow server)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def kedro_run(project: Path, *args: str, check: bool = True, timeout: int = 600):
     """Run ``kedro <args>`` in ``project`` in a subprocess; returns the CompletedProcess."""
     import subprocess

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from fluxir.generation import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
 from fluxir.image_store import ImageStore, read_image
@@ -99,14 +100,6 @@ def test_prompt_list_changes_images(tiny_flux_dir, tmp_path):
     assert np.abs(plain.read(0).astype(int) - prompted.read(0).astype(int)).mean() > 1
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fluxir.generation", "--env", "tiny", *args]
 
@@ -139,7 +132,7 @@ def test_two_processes_share_the_ids(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
          "-m", "fluxir.generation", "--env", "tiny", "--params", params,
          "--store", str(tmp_path / "two"), "--report", str(tmp_path / "two")],
         cwd=REPO, env=env, check=True, capture_output=True, timeout=300,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import kedro_run, make_project_copy
+from conftest import free_port, kedro_run, make_project_copy
 
 FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -74,12 +73,6 @@ def _artifacts(base: str, run_id: str, path: str = "") -> list[dict]:
 # ------------------------------------------------------------------------------------------------ server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM the server's process group (it spawns workers), then SIGKILL whatever is left."""
     for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 30)):
@@ -102,7 +95,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on a SQLite store in a temp folder; its process group is stopped afterwards."""
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(

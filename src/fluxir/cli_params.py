@@ -34,6 +34,17 @@ def load_params(env: str, overrides: list[str], project: str | Path = ".") -> di
     return params
 
 
+def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (with ``prefix`` before every key); empty dicts stay values."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_dict(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def reject_unknown_keys(params: Mapping[str, Any], config_class: type, what: str) -> None:
     """Raise ValueError naming every key of ``params`` that is not a field of the dataclass ``config_class``.
 

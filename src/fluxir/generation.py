@@ -97,16 +97,6 @@ def ids_for_process(num_images: int, process_index: int, num_processes: int) -> 
     return list(range(process_index, num_images, num_processes))
 
 
-def _resolve_device(device: str, state_device: Any) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if state_device is not None and str(state_device) != "cpu":
-        return str(state_device)
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class PromptEncoder:
     """Encodes each distinct prompt once, then frees the text encoders (Flux) or passes text (others)."""
 
@@ -153,14 +143,14 @@ def generate_into_store(
     import numpy as np
     import torch
 
-    from fluxir.models.flux import load_pipeline
+    from fluxir.models.flux import load_pipeline, resolve_device
     from fluxir.progress import progress as progress_bar
 
     todo = [i for i in ids_for_process(cfg.num_images, process_index, num_processes) if not store.exists(i)]
     logger.info("process %d/%d: %d of its images to generate into %s", process_index, num_processes, len(todo), store.root)
     if not todo:
         return []
-    device = _resolve_device(cfg.device, state_device)
+    device = resolve_device(cfg.device, state_device)
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)
     pipe.set_progress_bar_config(disable=True)
     encoder = PromptEncoder(pipe, cfg.prompts or [""], cfg.max_sequence_length, device)

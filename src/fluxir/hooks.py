@@ -254,21 +254,13 @@ def _log_config_params(prefix: str, config: Any) -> None:
     import mlflow
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-    flat = _flatten({prefix: config})
+    from fluxir.cli_params import flatten_dict
+
+    flat = flatten_dict({prefix: config})
     present = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     new = {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in flat.items() if k not in present}
     if new:
         mlflow.log_params(new)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _saved_path(dataset: Any) -> Path | None:

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from fluxir.colorfix import COLOR_FIX_METHODS, color_fix
+from fluxir.models.flux import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -156,13 +157,6 @@ def output_size(height: int, width: int, cfg: RestoreConfig) -> tuple[int, int]:
 
 def round_up(n: int, multiple: int = MULTIPLE) -> int:
     return -(-n // multiple) * multiple
-
-
-def resolve_device(device: str) -> str:
-    """``auto``: cuda when available, else cpu."""
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from fluxir.cli_params import flatten_dict
 from fluxir.image_store import read_image, sha256_file
 from fluxir.progress import progress as progress_bar
 from fluxir.models.adapter import (
@@ -685,16 +686,6 @@ def weights_digest(adapter: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 class MlflowLogger:
     """Logs to the active MLflow run (kedro-mlflow's, or the CLI's) on the main process; no-op otherwise."""
 
@@ -802,7 +793,7 @@ def train(
 
     log = MlflowLogger(main)
     sizes = {f"{w}x{h}": len(v) for (w, h), v in sorted(buckets.items())}
-    log.params({**_flatten(dataclasses.asdict(cfg), "train."), **_flatten({
+    log.params({**flatten_dict(dataclasses.asdict(cfg), "train."), **flatten_dict({
         "num_processes": world, "global_batch_size": global_batch * cfg.gradient_accumulation_steps,
         "num_train_pairs": len(train_idx), "num_validation_pairs": len(val_idx), "buckets": json.dumps(sizes),
         "adapter_parameters": count_parameters(adapter), "run_key": run_key, "resumed_from_step": start,

@@ -72,6 +72,17 @@ def make_tiny_flux(folder: str | os.PathLike, seed: int = 0) -> Path:
     return folder
 
 
+def resolve_device(device: str, process_device: Any = None) -> str:
+    """``auto``: this process's accelerate device when it is not the CPU, else cuda when available, else cpu."""
+    import torch
+
+    if device != "auto":
+        return device
+    if process_device is not None and str(process_device) != "cpu":
+        return str(process_device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_source(source: str) -> str:
     """Check a model source: an existing local folder with ``model_index.json``, or a hub id.
 
