@@ -101,6 +101,7 @@ class PromptEncoder:
     """Encodes each distinct prompt once, then frees the text encoders (Flux) or passes text (others)."""
 
     def __init__(self, pipe: Any, prompts: list[str], max_sequence_length: int, device: str) -> None:
+        import torch
         from diffusers import FluxPipeline
 
         from fluxir.models.flux import fixed_prompt_embeddings
@@ -113,10 +114,18 @@ class PromptEncoder:
                     seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
                     prompt_embeds, pooled = fixed_prompt_embeddings(pipe.transformer, seed=seed)
                 else:
-                    prompt_embeds, pooled, _ = pipe.encode_prompt(
-                        prompt=text, prompt_2=None, device=device, max_sequence_length=max_sequence_length
-                    )
-                self.cache[text] = {"prompt_embeds": prompt_embeds.to(device), "pooled_prompt_embeds": pooled.to(device)}
+                    # encode_prompt is not under no_grad in diffusers (only __call__ is): without it the
+                    # embeddings carry T5/CLIP's graph into training's first backward, which frees it, and
+                    # the second step dies with "backward through the graph a second time" (and on
+                    # FLUX.1-dev T5's activations would stay alive).
+                    with torch.no_grad():
+                        prompt_embeds, pooled, _ = pipe.encode_prompt(
+                            prompt=text, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+                        )
+                self.cache[text] = {
+                    "prompt_embeds": prompt_embeds.detach().to(device),
+                    "pooled_prompt_embeds": pooled.detach().to(device),
+                }
             # Free T5 (4.7B) and CLIP: generation only needs the cached embeddings from here on.
             pipe.text_encoder = pipe.text_encoder_2 = pipe.tokenizer = pipe.tokenizer_2 = None
         else:
