@@ -1,4 +1,4 @@
-"""Throughput of ``fluxir.degradation`` against Real-ESRGAN's own way of degrading, in one run.
+"""Throughput of ``fluxir.fluxgen.degrade`` against Real-ESRGAN's own way of degrading, in one run.
 
 Reference: Real-ESRGAN's ``RealESRGANModel.feed_data`` with SeeSR's settings, written with basicsr's
 functions exactly as there (torch ``USMSharp``, torch ``filter2D``, batched noise and ``DiffJPEG``) on
@@ -37,7 +37,7 @@ from basicsr.data.degradations import (  # noqa: E402
 from basicsr.utils import DiffJPEG, USMSharp  # noqa: E402
 from basicsr.utils.img_process_util import filter2D  # noqa: E402
 
-from fluxir.degradation import DegradationConfig, degrade_pair  # noqa: E402
+from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair  # noqa: E402
 
 PHOTOS = (
     "astronaut",

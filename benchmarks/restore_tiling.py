@@ -35,7 +35,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from fluxir.restoration import RestoreConfig, Restorer
+    from fluxir.restoration.sampler import RestoreConfig, Restorer
 
     tiled = args.mode == "tiled"
     config = RestoreConfig(steps=args.steps, scale=args.scale, dtype=args.dtype, device=args.device, color_fix="wavelet",

@@ -21,7 +21,7 @@ import_basicsr()
 from basicsr.utils import USMSharp  # noqa: E402
 from basicsr.utils.img_process_util import filter2D  # noqa: E402
 
-from fluxir.degradation import (  # noqa: E402
+from fluxir.fluxgen.degrade import (  # noqa: E402
     DegradationConfig,
     choose_crop,
     degrade_pair,

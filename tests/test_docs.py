@@ -81,7 +81,7 @@ def test_docs_name_only_parameters_that_exist():
     """A backticked `group.key...` in any page must be a real key (stale docs fail here)."""
     params = _params()
     extra = {  # fields settable below a YAML key without being in the YAML file
-        ("degrade", "config"): _dataclass_fields(REPO / "src/fluxir/degradation.py", "DegradationConfig"),
+        ("degrade", "config"): _dataclass_fields(REPO / "src/fluxir/fluxgen/degrade.py", "DegradationConfig"),
         ("train", "adapter"): _dataclass_fields(REPO / "src/fluxir/models/adapter.py", "FluxIRConfig"),
     }
     not_parameters = {"select.n_scored", "select.n_kept", "select.kept_fraction", "select.threshold.<metric>"}  # MLflow metrics
@@ -127,9 +127,9 @@ def test_architecture_picture_shows_every_pipeline_and_the_adapter():
 
 def test_full_scale_commands_and_weight_files_match_the_code():
     text = (DOCS / "full_scale.md").read_text()
-    assert ("accelerate launch --multi_gpu --num_processes N -m fluxir.generation --env base \\\n"
+    assert ("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --env base \\\n"
             "    --params fluxgen.num_images=350000") in text
-    from fluxir.iqa import required_weight_files  # stdlib + numpy only at import
+    from fluxir.fluxgen.iqa import required_weight_files  # stdlib + numpy only at import
 
     metrics = [*_params()["iqa"]["metrics"], *_params()["evaluate"]["metrics"]["full_reference"].values()]
     for metric in metrics:

@@ -20,7 +20,7 @@ import skimage.data
 from conftest import REPO, kedro_run
 from PIL import Image
 
-from fluxir.benchmarks_data import (
+from fluxir.evaluation.testsets import (
     DEMO_MARKER,
     BenchmarkSpec,
     center_crop,
@@ -29,8 +29,8 @@ from fluxir.benchmarks_data import (
     prepare_benchmark,
     write_demo_benchmarks,
 )
-from fluxir.evaluation import baseline_manifest, parse_metric_groups
-from fluxir.report import (
+from fluxir.evaluation.scoring import baseline_manifest, parse_metric_groups
+from fluxir.evaluation.report import (
     comparison_table,
     metric_means,
     mlflow_metrics,
@@ -98,7 +98,7 @@ def test_missing_or_empty_benchmark_is_skipped_with_a_clear_message(tmp_path, ca
     (tmp_path / "empty").mkdir()
     missing = _spec(name="DrealSR", kind="paired", hq_dir=str(tmp_path / "nope/HR"), lq_dir=str(tmp_path / "nope/LR"))
     empty = _spec(name="RealLQ250", kind="lq_only", lq_dir=str(tmp_path / "empty"))
-    with caplog.at_level(logging.WARNING, logger="fluxir.benchmarks_data"):
+    with caplog.at_level(logging.WARNING, logger="fluxir.evaluation.testsets"):
         results = [prepare_benchmark(s, tmp_path / "prepared") for s in (missing, empty)]
     assert [r.status for r in results] == ["skipped", "skipped"]
     assert "nope/HR not found" in results[0].message and "docs/evaluation.md" in results[0].message
@@ -175,7 +175,7 @@ def test_baselines_are_matched_by_name_and_checked(tmp_path, caplog):
     _png(root / "SeeSR/RealSR/Canon_001.png", np.zeros((64, 64, 3), np.uint8))
     _png(root / "SeeSR/RealSR/Nikon_002_LR4.png", np.zeros((64, 64, 3), np.uint8))  # suffix stripped
     _png(root / "SUPIR/RealSR/Canon_001.png", np.zeros((64, 64, 3), np.uint8))  # Nikon_002 missing
-    with caplog.at_level(logging.WARNING, logger="fluxir.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="fluxir.evaluation.scoring"):
         found = baseline_manifest(manifest, root, 4)
     assert sorted(found["method"] + "/" + found["image"]) == ["SeeSR/Canon_001", "SeeSR/Nikon_002"]
     assert "SUPIR on RealSR: 1 of 2 images missing" in caplog.text

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import free_port
 
-from fluxir.generation import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
-from fluxir.image_store import ImageStore, read_image
+from fluxir.fluxgen.generate import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
+from fluxir.io import ImageStore, read_image
 from fluxir.models.flux import resolve_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_prompt_list_changes_images(tiny_flux_dir, tmp_path):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fluxir.generation", "--env", "tiny", *args]
+    return [sys.executable, "-m", "fluxir.fluxgen.generate", "--env", "tiny", *args]
 
 
 def test_killed_run_keeps_complete_images_and_resumes(tmp_path):
@@ -133,7 +133,7 @@ def test_two_processes_share_the_ids(tmp_path):
     subprocess.run(
         [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         "-m", "fluxir.generation", "--env", "tiny", "--params", params,
+         "-m", "fluxir.fluxgen.generate", "--env", "tiny", "--params", params,
          "--store", str(tmp_path / "two"), "--report", str(tmp_path / "two")],
         cwd=REPO, env=env, check=True, capture_output=True, timeout=300,
     )

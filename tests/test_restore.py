@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxir import restoration as R
-from fluxir.image_store import sha256_file
+from fluxir.restoration import files as F
+from fluxir.restoration import sampler as S
+from fluxir.io import sha256_file
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -33,9 +34,9 @@ def pipe():
     return pipe
 
 
-def restorer(pipe, adapter=None, **overrides) -> R.Restorer:
+def restorer(pipe, adapter=None, **overrides) -> S.Restorer:
     params = {"steps": 4, "dtype": "float32", "device": "cpu", "tile_size": None, "vae_tile_size": None, "color_fix": "none"}
-    return R.Restorer.from_pipeline(pipe, adapter, R.RestoreConfig(**{**params, **overrides}))
+    return S.Restorer.from_pipeline(pipe, adapter, S.RestoreConfig(**{**params, **overrides}))
 
 
 def smooth_lq(size: int, seed: int = 0) -> np.ndarray:
@@ -75,16 +76,16 @@ def test_pack_is_fluxpipelines_packing_and_unpack_inverts_it():
     from diffusers import FluxPipeline
 
     latents = torch.randn(2, 16, 6, 10)
-    grid = R.pack(latents)
+    grid = S.pack(latents)
     assert grid.shape == (2, 3, 5, 64)
     assert torch.equal(grid.reshape(2, 15, 64), FluxPipeline._pack_latents(latents, 2, 16, 6, 10))
-    assert torch.equal(R.unpack(grid), latents)
+    assert torch.equal(S.unpack(grid), latents)
 
 
 @pytest.mark.parametrize(("length", "tile", "overlap"), [(24, 8, 2), (25, 8, 4), (100, 64, 16), (64, 64, 16), (7, 8, 2),
                                                          (500, 64, 0)])
 def test_tiles_cover_the_image_with_at_least_the_overlap(length, tile, overlap):
-    spans = R.tile_spans(length, tile, overlap)
+    spans = S.tile_spans(length, tile, overlap)
     assert spans[0][0] == 0 and spans[-1][1] == length
     if length <= tile:
         assert spans == [(0, length)]
@@ -98,7 +99,7 @@ def test_tiles_cover_the_image_with_at_least_the_overlap(length, tile, overlap):
 def test_tile_weights_sum_to_one_and_change_smoothly(factor):
     height, width, tile, overlap = 30, 44, 12, 4
     canvas = np.zeros((height * factor, width * factor))
-    tiles = list(R.tile_weights(height, width, tile, overlap, factor))
+    tiles = list(S.tile_weights(height, width, tile, overlap, factor))
     assert len(tiles) > 4
     for (y0, y1, x0, x1), w in tiles:
         assert w.shape == ((y1 - y0) * factor, (x1 - x0) * factor) and (w > 0).all()
@@ -113,15 +114,15 @@ def test_tile_weights_sum_to_one_and_change_smoothly(factor):
 def test_flux_shift_is_fluxs_schedule_and_linear_is_linear():
     config = {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
               "max_image_seq_len": 4096, "shift": 3.0}
-    linear = R.sigmas_for(20, "linear", config, 4096)
+    linear = S.sigmas_for(20, "linear", config, 4096)
     assert torch.allclose(linear, torch.linspace(1, 0, 21))
-    shifted = R.sigmas_for(20, "flux_shift", config, 4096)  # 1024x1024 output: mu = max_shift = 1.15
+    shifted = S.sigmas_for(20, "flux_shift", config, 4096)  # 1024x1024 output: mu = max_shift = 1.15
     t = np.linspace(1, 1 / 20, 20)
     expected = np.exp(1.15) / (np.exp(1.15) + (1 / t - 1))  # FlowMatchEulerDiscreteScheduler.time_shift
     np.testing.assert_allclose(shifted[:-1].numpy(), expected, rtol=1e-5)
     assert shifted[0] == 1 and shifted[-1] == 0 and (shifted.diff() < 0).all()
     assert (shifted[1:-1] > linear[1:-1]).all(), "the shift spends more steps at high noise"
-    huge = R.sigmas_for(20, "flux_shift", config, 10 ** 6)  # 16k x 16k: clamped, not extrapolated to all ~1
+    huge = S.sigmas_for(20, "flux_shift", config, 10 ** 6)  # 16k x 16k: clamped, not extrapolated to all ~1
     assert torch.equal(huge, shifted)
 
 
@@ -142,7 +143,7 @@ def test_flux_shift_is_fluxs_schedule_and_linear_is_linear():
 )
 def test_bad_parameters_name_the_parameter(params, message):
     with pytest.raises(ValueError) as err:
-        R.RestoreConfig.from_params(params)
+        S.RestoreConfig.from_params(params)
     assert message in str(err.value)
 
 
@@ -204,7 +205,7 @@ def test_tiled_diffusion_matches_untiled_without_seams_and_bounds_the_model_inpu
     assert len(seen) == 4 * 16, "4 steps x 16 tiles"
     diff = np.abs(tiled - full)
     assert diff.mean() < 2.0, "tiled ~= untiled where the model is this translation-equivariant"
-    zone = seam_zone(R.tile_spans(24, 8, 2), 16, 384)
+    zone = seam_zone(S.tile_spans(24, 8, 2), 16, 384)
     for axis in (0, 1):  # profile across columns, then across rows
         profile = diff.mean(axis=(axis, 2))
         assert profile[zone].mean() <= 1.25 * profile[~zone].mean(), (profile[zone].mean(), profile[~zone].mean())
@@ -227,17 +228,17 @@ def test_tiled_vae_has_no_seams_and_bounds_its_input(pipe):
     hooks = [vae.encoder.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:]))),
              vae.decoder.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:]) * 8))]
     with torch.inference_mode():
-        latent = R.encode_tiled(vae, image, None, 0, "cpu", torch.float32)
-        full = R.decode_tiled(vae, latent, None, 0, torch.float32).astype(float)
+        latent = S.encode_tiled(vae, image, None, 0, "cpu", torch.float32)
+        full = S.decode_tiled(vae, latent, None, 0, torch.float32).astype(float)
         sizes.clear()
-        tiled = R.decode_tiled(vae, R.encode_tiled(vae, image, 128, 32, "cpu", torch.float32), 128, 32,
+        tiled = S.decode_tiled(vae, S.encode_tiled(vae, image, 128, 32, "cpu", torch.float32), 128, 32,
                                torch.float32).astype(float)
     for h in hooks:
         h.remove()
     assert max(max(s) for s in sizes) == 128, "no encoder/decoder call is larger than one 128-px tile"
     # The tiny VAE (attention + GroupNorm over the whole input) is far from translation-equivariant: the
     # tiled result differs everywhere. The claim is only that the tile borders are no worse than the rest.
-    zone = seam_zone(R.tile_spans(48, 16, 4), 8, 384)
+    zone = seam_zone(S.tile_spans(48, 16, 4), 8, 384)
     for axis in (0, 1):
         profile = np.abs(tiled - full).mean(axis=(axis, 2))
         assert profile[zone].mean() <= 1.25 * profile[~zone].mean()
@@ -279,19 +280,19 @@ def make_mixed_folder(root: Path) -> dict[str, Path]:
 
 def test_read_photo_converts_every_mode(tmp_path):
     files = make_mixed_folder(tmp_path / "in")
-    rgb, alpha = R.read_photo(files["sub/gray.png"])
+    rgb, alpha = F.read_photo(files["sub/gray.png"])
     assert rgb.shape == (9, 11, 3) and alpha is None and (rgb[..., 0] == rgb[..., 2]).all()
-    rgb, alpha = R.read_photo(files["deep16.png"])
+    rgb, alpha = F.read_photo(files["deep16.png"])
     assert (rgb == 156).all(), "16-bit 40000 -> 8-bit 156 (not clipped to 255)"
-    rgb, alpha = R.read_photo(files["rgba.png"])
+    rgb, alpha = F.read_photo(files["rgba.png"])
     assert rgb.shape == (8, 12, 3) and alpha.shape == (8, 12) and alpha[0, -1] == 255 and alpha[0, 0] == 0
-    rgb, _ = R.read_photo(files["exif.jpg"])
+    rgb, _ = F.read_photo(files["exif.jpg"])
     assert rgb.shape == (32, 16, 3), "EXIF orientation applied: portrait"
     assert rgb[:, 8:, 0].mean() > 150 > rgb[:, :8, 0].mean(), "red ends up on the right"
     for name, reason in (("corrupt.png", "corrupt or truncated"), ("empty.png", "empty file (0 bytes)"),
                          ("notes.txt", "not an image file")):
         with pytest.raises(ValueError) as err:
-            R.read_photo(files[name])
+            F.read_photo(files[name])
         assert str(err.value).startswith(f"{files[name]}: ") and reason in str(err.value)
 
 
@@ -300,30 +301,30 @@ def test_plan_refuses_to_touch_inputs_and_names_outputs(tmp_path):
     make_mixed_folder(src)
     (src / "rgb.jpg").write_bytes((src / "rgb.png").read_bytes())  # same stem as rgb.png
     with pytest.raises(ValueError, match="is the input folder"):
-        R.plan_folder(str(src), str(src))
+        F.plan_folder(str(src), str(src))
     with pytest.raises(ValueError, match="would overwrite the input"):
-        R.plan_folder(str(src / "rgb.png"), str(src))  # one file, written next to itself
+        F.plan_folder(str(src / "rgb.png"), str(src))  # one file, written next to itself
     with pytest.raises(ValueError, match="set restore.input_dir"):
-        R.plan_folder(None, str(tmp_path / "out"))
+        F.plan_folder(None, str(tmp_path / "out"))
     with pytest.raises(ValueError, match="does not exist"):
-        R.plan_folder(str(tmp_path / "missing"), str(tmp_path / "out"))
+        F.plan_folder(str(tmp_path / "missing"), str(tmp_path / "out"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="has no files"):
-        R.plan_folder(str(tmp_path / "empty"), str(tmp_path / "out"))
+        F.plan_folder(str(tmp_path / "empty"), str(tmp_path / "out"))
     nested = src / "restored"  # an output folder inside the input folder is never read as input
     (nested / "old.png").parent.mkdir()
     (nested / "old.png").write_bytes((src / "rgb.png").read_bytes())
     (src / ".DS_Store").write_bytes(b"\0")
-    rows = {Path(r["input"]).relative_to(src).as_posix(): r for r in R.plan_folder(str(src), str(nested))}
+    rows = {Path(r["input"]).relative_to(src).as_posix(): r for r in F.plan_folder(str(src), str(nested))}
     assert "restored/old.png" not in rows and ".DS_Store" not in rows
     assert Path(rows["rgb.jpg"]["output"]).name == "rgb.jpg.png" and Path(rows["rgb.png"]["output"]).name == "rgb.png.png"
     assert rows["sub/gray.png"]["output"] == str(nested / "sub" / "gray.png")
     assert {r["action"] for r in rows.values()} == {"restore"}
     (nested / "sub" / "gray.png").parent.mkdir()
     (nested / "sub" / "gray.png").write_bytes(b"done")
-    rows = {Path(r["input"]).name: r["action"] for r in R.plan_folder(str(src), str(nested))}
+    rows = {Path(r["input"]).name: r["action"] for r in F.plan_folder(str(src), str(nested))}
     assert rows["gray.png"] == "skip"
-    rows = {Path(r["input"]).name: r["action"] for r in R.plan_folder(str(src), str(nested), overwrite=True)}
+    rows = {Path(r["input"]).name: r["action"] for r in F.plan_folder(str(src), str(nested), overwrite=True)}
     assert rows["gray.png"] == "restore"
 
 
@@ -354,7 +355,7 @@ def _latest(project: Path, relative: str) -> Path:
 def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pipe):
     from conftest import kedro_run
 
-    from fluxir.cli_params import load_params
+    from fluxir.config import load_params
     from fluxir.pipelines.restore.nodes import plan_restore, restore_images
 
     project = kedro_project

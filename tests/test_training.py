@@ -18,8 +18,8 @@ import torch
 from conftest import free_port, kedro_run
 from PIL import Image
 
-from fluxir.cli_params import load_params
-from fluxir.image_store import sha256_file
+from fluxir.config import load_params
+from fluxir.io import sha256_file
 from fluxir.models.adapter import load_adapter
 from fluxir.training import (
     DataOrder,

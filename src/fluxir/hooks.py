@@ -254,7 +254,7 @@ def _log_config_params(prefix: str, config: Any) -> None:
     import mlflow
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-    from fluxir.cli_params import flatten_dict
+    from fluxir.config import flatten_dict
 
     flat = flatten_dict({prefix: config})
     present = mlflow.get_run(mlflow.active_run().info.run_id).data.params

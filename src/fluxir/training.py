@@ -68,8 +68,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from fluxir.cli_params import flatten_dict
-from fluxir.image_store import read_image, sha256_file
+from fluxir.config import flatten_dict
+from fluxir.io import read_image, sha256_file
 from fluxir.progress import progress as progress_bar
 from fluxir.models.adapter import (
     FluxIRAdapter,
@@ -146,7 +146,7 @@ class TrainConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
         """Build and validate from a ``train`` parameters dict; unknown keys and bad values raise ValueError."""
-        from fluxir.cli_params import reject_unknown_keys
+        from fluxir.config import reject_unknown_keys
 
         reject_unknown_keys(params, cls, "train parameter(s)")
         params = dict(params)
@@ -427,14 +427,14 @@ def decode_latents(vae: Any, z: Tensor) -> Tensor:
 
 def pack(z: Tensor) -> Tensor:
     """(B, C, h, w) -> (B, h/2 * w/2, 4C): Flux's 2x2 patches, flattened (FluxPipeline._pack_latents)."""
-    from fluxir.restoration import pack as pack_grid
+    from fluxir.restoration.sampler import pack as pack_grid
 
     return pack_grid(z).flatten(1, 2)
 
 
 def unpack(x: Tensor, h: int, w: int) -> Tensor:
     """(B, h/2 * w/2, 4C) -> (B, C, h, w), the inverse of ``pack`` (h, w: latent size)."""
-    from fluxir.restoration import unpack as unpack_grid
+    from fluxir.restoration.sampler import unpack as unpack_grid
 
     return unpack_grid(x.view(x.shape[0], h // 2, w // 2, -1))
 
@@ -478,7 +478,7 @@ class Models:
 
 def load_models(cfg: TrainConfig, device: torch.device | str) -> Models:
     """Load the pipeline, encode the empty prompt once (T5/CLIP are then dropped), freeze Flux and the VAE."""
-    from fluxir.generation import PromptEncoder
+    from fluxir.fluxgen.generate import PromptEncoder
     from fluxir.models.flux import load_pipeline
 
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=str(device))
@@ -578,7 +578,7 @@ def flow_matching_loss(model: nn.Module, flux: nn.Module, vae: nn.Module, batch:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Validation restorations: exactly what `kedro run --pipeline=restore` does (fluxir.restoration.Restorer)
+# Validation restorations: exactly what `kedro run --pipeline=restore` does (fluxir.restoration.sampler.Restorer)
 
 
 def validation_grid(models: Models, adapter: FluxIRAdapter, pairs: PairTable, indices: list[int],
@@ -586,7 +586,8 @@ def validation_grid(models: Models, adapter: FluxIRAdapter, pairs: PairTable, in
     """uint8 (rows*H, 3*W, 3) grid: one row per validation pair, [LQ upsampled | restored | HQ]."""
     import copy
 
-    from fluxir.restoration import RestoreConfig, Restorer, upsample_condition
+    from fluxir.restoration.sampler import upsample_condition
+    from fluxir.restoration.sampler import RestoreConfig, Restorer
 
     device, dtype = _where(models.flux)
     restore_cfg = RestoreConfig(steps=cfg.validation_steps, guidance=cfg.guidance, seed=cfg.seed, scale=pairs.lq_scale,
@@ -902,7 +903,7 @@ def _mlflow_settings(env: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Train the FluxIR adapter on one or many processes (``accelerate launch -m fluxir.training``)."""
-    from fluxir.cli_params import load_params
+    from fluxir.config import load_params
 
     parser = argparse.ArgumentParser(prog="python -m fluxir.training", description=main.__doc__)
     parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")

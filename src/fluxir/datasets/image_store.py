@@ -11,7 +11,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from fluxir.image_store import ImageStore
+from fluxir.io import ImageStore
 
 
 class ImageStoreDataset(AbstractDataset[None, ImageStore]):

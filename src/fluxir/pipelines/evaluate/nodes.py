@@ -1,8 +1,8 @@
 """Nodes of the evaluate pipeline (paper Sec. 4.1, Table 1).
 
-Benchmarks are prepared from downloaded files (``fluxir.benchmarks_data``), restored with the trained
+Benchmarks are prepared from downloaded files (``fluxir.evaluation.testsets``), restored with the trained
 adapter (``fluxir.restoration``), upsampled with bicubic, joined by any baseline outputs a user drops
-into ``data/01_raw/baselines``, scored with pyiqa (``fluxir.iqa``) and reported (``fluxir.report``).
+into ``data/01_raw/baselines``, scored with pyiqa (``fluxir.fluxgen.iqa``) and reported (``fluxir.evaluation.report``).
 Heavy modules are imported inside the nodes, so building the pipeline stays light.
 """
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def _specs(evaluate: dict[str, Any]) -> dict[str, Any]:
-    from fluxir.benchmarks_data import BenchmarkSpec
+    from fluxir.evaluation.testsets import BenchmarkSpec
 
     benchmarks = evaluate.get("benchmarks") or {}
     if not benchmarks:
@@ -32,7 +32,7 @@ def make_demo_benchmarks(evaluate: dict[str, Any], degrade: dict[str, Any]) -> d
     """
     if not evaluate.get("demo_benchmarks", False):
         return {}
-    from fluxir.benchmarks_data import write_demo_benchmarks
+    from fluxir.evaluation.testsets import write_demo_benchmarks
 
     return write_demo_benchmarks(_specs(evaluate), degrade.get("config", {}), seed=degrade.get("seed", 0))
 
@@ -43,8 +43,8 @@ def prepare_benchmark(demo_written: dict[str, list[str]], benchmark: dict[str, A
 
     ``demo_written`` only orders this node after the demo writer. Returns a ``PreparedBenchmark``.
     """
-    from fluxir.benchmarks_data import BenchmarkSpec
-    from fluxir.benchmarks_data import prepare_benchmark as prepare
+    from fluxir.evaluation.testsets import BenchmarkSpec
+    from fluxir.evaluation.testsets import prepare_benchmark as prepare
 
     spec = BenchmarkSpec.from_params(benchmark)
     if spec.scale is not None and spec.scale != evaluate["scale"]:
@@ -54,7 +54,7 @@ def prepare_benchmark(demo_written: dict[str, list[str]], benchmark: dict[str, A
 
 def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """One manifest of the ready benchmarks (dataset, image, lq_path, hq_path, ...) and a status per benchmark."""
-    from fluxir.benchmarks_data import collect
+    from fluxir.evaluation.testsets import collect
 
     return collect(list(prepared))
 
@@ -64,21 +64,21 @@ def restore_benchmarks(manifest: pd.DataFrame, adapter: Any, evaluate: dict[str,
 
     Outputs already written for the same model, adapter weights, settings and inputs are reused.
     """
-    from fluxir.evaluation import restore_manifest
+    from fluxir.evaluation.scoring import restore_manifest
 
     return restore_manifest(manifest, adapter, evaluate["restore"], evaluate["outputs_dir"], evaluate["scale"])
 
 
 def upsample_bicubic(manifest: pd.DataFrame, evaluate: dict[str, Any]) -> pd.DataFrame:
     """The bicubic baseline: every LQ image upsampled x``evaluate.scale`` (PIL bicubic)."""
-    from fluxir.evaluation import bicubic_manifest
+    from fluxir.evaluation.scoring import bicubic_manifest
 
     return bicubic_manifest(manifest, evaluate["scale"], evaluate["outputs_dir"])
 
 
 def find_baselines(manifest: pd.DataFrame, evaluate: dict[str, Any]) -> pd.DataFrame:
     """Outputs of other restorers found in ``evaluate.baselines_dir/<method>/<dataset>/`` (same image names)."""
-    from fluxir.evaluation import baseline_manifest
+    from fluxir.evaluation.scoring import baseline_manifest
 
     return baseline_manifest(manifest, evaluate["baselines_dir"], evaluate["scale"])
 
@@ -89,7 +89,7 @@ def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.Da
 
     Long table: dataset, method, image, label, metric, value, convention, crop_border, higher_is_better, stand_in.
     """
-    from fluxir.evaluation import score_all
+    from fluxir.evaluation.scoring import score_all
 
     outputs = pd.concat([restored, bicubic, baselines], ignore_index=True)
     return score_all(manifest, outputs, evaluate["metrics"], evaluate["convention"], evaluate["crop_border"],
@@ -99,7 +99,7 @@ def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.Da
 
 def summarize_metrics(per_image: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Means per dataset, method and metric, and the same as MLflow metrics ``{key: {"value", "step"}}``."""
-    from fluxir.report import metric_means, mlflow_metrics
+    from fluxir.evaluation.report import metric_means, mlflow_metrics
 
     means = metric_means(per_image)
     return means, mlflow_metrics(means)
@@ -108,7 +108,7 @@ def summarize_metrics(per_image: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
 def make_grids(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.DataFrame, baselines: pd.DataFrame,
                status: dict[str, dict[str, Any]], evaluate: dict[str, Any]) -> dict[str, Any]:
     """A LQ / bicubic / FluxIR / baselines / HQ figure per benchmark key, plus ``"png"``: {dataset: PNG bytes}."""
-    from fluxir.evaluation import grids
+    from fluxir.evaluation.scoring import grids
 
     outputs = pd.concat([restored, bicubic, baselines], ignore_index=True)
     names = {key: value["name"] for key, value in evaluate["benchmarks"].items()}
@@ -122,8 +122,8 @@ def build_report(means: pd.DataFrame, paper_table: pd.DataFrame, status: dict[st
     """The Table-1-style report (markdown, HTML): this run's numbers beside the paper's, grids, setup."""
     from importlib.metadata import version
 
-    from fluxir.iqa import MetricSpec
-    from fluxir.report import comparison_table, render_html, render_markdown
+    from fluxir.fluxgen.iqa import MetricSpec
+    from fluxir.evaluation.report import comparison_table, render_html, render_markdown
 
     table = comparison_table(means, paper_table, datasets=list(status))
     specs = {label: MetricSpec.parse(spec) for group in evaluate["metrics"].values() for label, spec in (group or {}).items()}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.image_store import ImageStore
+from fluxir.io import ImageStore
 
 
 def generate_images(image_store: ImageStore, fluxgen: dict[str, Any]) -> pd.DataFrame:
@@ -16,8 +16,8 @@ def generate_images(image_store: ImageStore, fluxgen: dict[str, Any]) -> pd.Data
 
     Columns: image_id, seed, prompt, path, sha256, width, height, model, config_key.
     """
-    from fluxir.generation import GenerationConfig, generate_into_store, image_seed, prompt_for
-    from fluxir.image_store import portable_path, sha256_file
+    from fluxir.fluxgen.generate import GenerationConfig, generate_into_store, image_seed, prompt_for
+    from fluxir.io import portable_path, sha256_file
 
     cfg = GenerationConfig.from_params(fluxgen)
     store = image_store.sub(cfg.key())
@@ -38,8 +38,8 @@ def score_images(generated: pd.DataFrame, iqa: dict[str, Any]) -> pd.DataFrame:
 
     Returns the manifest columns plus one column per metric and the scorers' version info.
     """
-    from fluxir import iqa as iqa_lib
-    from fluxir.image_store import read_image
+    from fluxir.fluxgen import iqa as iqa_lib
+    from fluxir.io import read_image
 
     specs = [iqa_lib.MetricSpec.parse(s) for s in iqa["metrics"]]
     iqa_lib.configure_weights(iqa.get("weights_dir"))
@@ -57,8 +57,8 @@ def select_by_iqa(scores: pd.DataFrame, iqa: dict[str, Any], select: dict[str, A
     For a metric where lower is better the cut is the ``100 - percentile`` th percentile instead.
     Returns (table with ``keep`` and the thresholds used, MLflow metrics, histogram figure).
     """
-    from fluxir.iqa import MetricSpec, lower_is_better
-    from fluxir.plots import histograms_with_cuts
+    from fluxir.fluxgen.iqa import MetricSpec, lower_is_better
+    from fluxir.fluxgen.select import histograms_with_cuts
 
     percentile = select["percentile"]
     if not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
@@ -88,8 +88,8 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
     Pairs already written by an earlier run with the same settings are reused, not recomputed.
     """
 
-    from fluxir.degradation import DegradationConfig, degrade_pair
-    from fluxir.image_store import portable_path, read_image, sha256_file, write_png_atomic
+    from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
+    from fluxir.io import portable_path, read_image, sha256_file, write_png_atomic
     from fluxir.progress import progress
 
     cfg = DegradationConfig.from_dict(degrade.get("config", {}))

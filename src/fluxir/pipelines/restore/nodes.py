@@ -18,7 +18,7 @@ def plan_restore(restore: dict[str, Any]) -> pd.DataFrame:
     Columns: input, output, action ("restore", or "skip" when the output exists and overwrite is off).
     Raises ValueError for bad parameters, a missing or empty input, or outputs that would replace inputs.
     """
-    from fluxir.restoration import plan_folder, split_params
+    from fluxir.restoration.files import plan_folder, split_params
 
     files, _ = split_params(restore)
     plan = pd.DataFrame(plan_folder(files.get("input_dir"), files.get("output_dir"), bool(files.get("overwrite", False))),
@@ -35,7 +35,8 @@ def restore_images(plan: pd.DataFrame, adapter: Any, restore: dict[str, Any]) ->
     Unreadable files are listed in the failures table (input, reason) and the log; the others are still
     restored. Raises RuntimeError when no input file could be used at all.
     """
-    from fluxir.restoration import config_dict, restore_files, split_params
+    from fluxir.restoration.files import restore_files, split_params
+    from fluxir.restoration.sampler import config_dict
 
     files, cfg = split_params(restore)
     jobs = list(plan.loc[plan["action"] == "restore", ["input", "output"]].itertuples(index=False, name=None))

@@ -1,7 +1,7 @@
 """The test sets of paper Sec. 4.1, prepared from the files a user downloads (nothing is fetched here).
 
 - **DIV2K-Val** (``kind: synthetic``): ``num_images`` (600) random 1024x1024 crops of the DIV2K
-  validation HQ images, degraded with the training degradation (:func:`fluxir.degradation.degrade_pair`,
+  validation HQ images, degraded with the training degradation (:func:`fluxir.fluxgen.degrade.degrade_pair`,
   SeeSR's settings) under a fixed seed. Crop ``i`` comes from source image ``i mod n`` (sorted by file
   name), so 100 DIV2K images give 6 crops each; its position and every degradation choice follow from
   (file stem, crop index, seed) alone.
@@ -197,7 +197,7 @@ def _missing(spec: BenchmarkSpec) -> str | None:
 
 def _write_once(path: Path, make: Any) -> None:
     """Write ``make()`` as PNG at ``path`` unless a complete file is already there."""
-    from fluxir.image_store import write_png_atomic
+    from fluxir.io import write_png_atomic
 
     if not path.is_file():
         write_png_atomic(path, make())
@@ -240,8 +240,8 @@ def prepare_benchmark(spec: BenchmarkSpec, prepared_dir: str | Path, degradation
 
 
 def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping[str, Any]) -> pd.DataFrame:
-    from fluxir.degradation import DegradationConfig, degrade_pair
-    from fluxir.image_store import read_image, write_png_atomic
+    from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
+    from fluxir.io import read_image, write_png_atomic
 
     settings = {**dict(degradation), "crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random"}
     config = DegradationConfig.from_dict(settings)
@@ -273,7 +273,7 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
 
 
 def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    from fluxir.image_store import read_image
+    from fluxir.io import read_image
 
     hq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.hq_dir)}
     lq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.lq_dir)}
@@ -311,7 +311,7 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
 
 
 def _prepare_lq_only(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    from fluxir.image_store import read_image
+    from fluxir.io import read_image
 
     files = list_images(spec.lq_dir)
     files = files[: spec.num_images] if spec.num_images else files
@@ -364,7 +364,7 @@ def _photo(name: str) -> np.ndarray:
 
 
 def _demo_config(size: int, degradation: Mapping[str, Any]) -> Any:
-    from fluxir.degradation import DegradationConfig
+    from fluxir.fluxgen.degrade import DegradationConfig
 
     return DegradationConfig.from_dict({**dict(degradation), "crop_sizes": [[size, size]], "crop_position": "center"})
 
@@ -378,8 +378,8 @@ def write_demo_benchmarks(specs: Mapping[str, BenchmarkSpec], degradation: Mappi
     slightly larger than the crops (so centre cropping is exercised); LQ-only folders get LQ images.
     Folders that already hold images are left untouched. Returns ``{benchmark: [folders written]}``.
     """
-    from fluxir.degradation import degrade_pair
-    from fluxir.image_store import write_png_atomic
+    from fluxir.fluxgen.degrade import degrade_pair
+    from fluxir.io import write_png_atomic
 
     degradation = degradation or {}
     written: dict[str, list[str]] = {}

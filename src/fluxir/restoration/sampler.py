@@ -25,7 +25,7 @@ The story in one file:
    what Flux and the adapter were trained on) and the velocities are blended with the tile weights before
    the step (MultiDiffusion, Bar-Tal et al. 2023; SUPIR's tiled sampler). The noise, the schedule and the
    step are global, so there is one image, not a mosaic.
-5. Decode, crop, colour fix (``fluxir.colorfix``: wavelet / AdaIN against the upsampled LQ).
+5. Decode, crop, colour fix (``fluxir.restoration.colorfix``: wavelet / AdaIN against the upsampled LQ).
 
 Sigma schedules: ``flux_shift`` = FlowMatchEulerDiscreteScheduler's resolution-dependent shifted sigmas
 with FluxPipeline's mu = calculate_shift(image tokens); the token count is clamped to the scheduler's
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fluxir.colorfix import COLOR_FIX_METHODS, color_fix
+from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
 from fluxir.models.flux import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class RestoreConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
-        from fluxir.cli_params import reject_unknown_keys
+        from fluxir.config import reject_unknown_keys
 
         reject_unknown_keys(params, cls, "restore parameter(s)")
         cfg = cls(**params)
@@ -327,7 +327,7 @@ class Restorer:
     @classmethod
     def from_pipeline(cls, pipe: Any, adapter: Any = None, config: RestoreConfig | None = None) -> Restorer:
         """From a loaded ``FluxPipeline``: encodes the empty prompt once, then drops T5/CLIP from ``pipe``."""
-        from fluxir.generation import PromptEncoder
+        from fluxir.fluxgen.generate import PromptEncoder
 
         config = config or RestoreConfig()
         config.validate()
@@ -434,7 +434,7 @@ def _progress_bar(**kwargs: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Images in and out
+# Image arrays in
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -466,190 +466,6 @@ def upsample_condition(image: np.ndarray, height: int, width: int) -> np.ndarray
     shrink = height < image.shape[0] or width < image.shape[1]
     x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=shrink)
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def read_photo(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """A photo file of any size and mode -> (RGB (H, W, 3) uint8, alpha (H, W) uint8 or None).
-
-    EXIF orientation is applied (``ImageOps.exif_transpose``); 16-bit greyscale is scaled to 8 bits
-    (v / 257, so 65535 -> 255); palette/greyscale/CMYK/... become RGB; an alpha channel (RGBA, LA,
-    palette transparency) is returned separately. An empty, corrupt, truncated or non-image file raises
-    ValueError starting with the path and saying why.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes)")
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now: truncation is caught here
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb_alpha(img)
-    except UnidentifiedImageError as err:
-        raise ValueError(f"{path}: not an image file PIL can read ({err})") from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: corrupt or truncated image ({err})") from err
-
-
-def _to_rgb_alpha(img: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        a = np.asarray(img).astype(np.float64)  # 16-bit greyscale (or 32-bit int) samples
-        if mode != "I" or a.max(initial=0) > 255:
-            a = a / 257.0  # 0..65535 -> 0..255
-        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2), None
-    if mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        a = a * 255.0 if a.max(initial=0) <= 1.0 else a  # floats in [0, 1] or already 0..255
-        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2), None
-    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info)
-    if has_alpha:
-        rgba = np.asarray(img.convert("RGBA"))
-        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
-    return np.asarray(img.convert("RGB")), None
-
-
-@dataclass
-class RestoreResult:
-    """One restored file: sizes and time, for the summary."""
-
-    input: str
-    output: str
-    in_size: tuple[int, int]  # (width, height) after EXIF rotation
-    out_size: tuple[int, int]  # (width, height)
-    seconds: float
-
-    @property
-    def megapixels(self) -> float:
-        return self.out_size[0] * self.out_size[1] / 1e6
-
-
-def restore_photo(restorer: Restorer, rgb: np.ndarray, alpha: np.ndarray | None, progress: bool = False) -> np.ndarray:
-    """Restore RGB; an alpha channel is carried over, bicubic-resized to the output: (H, W, 3 or 4) uint8."""
-    out = restorer.restore(rgb, progress=progress)
-    if alpha is not None:
-        out = np.concatenate([out, upsample(alpha, out.shape[0], out.shape[1])[..., None]], axis=2)
-    return out
-
-
-def restore_file(restorer: Restorer, src: str | Path, dst: str | Path, progress: bool = False) -> RestoreResult:
-    """Read ``src`` (any mode), restore it, write ``dst`` as PNG atomically (RGBA when the input had alpha).
-
-    Raises ValueError (path + reason) for an unreadable input.
-    """
-    from fluxir.image_store import write_png_atomic
-
-    rgb, alpha = read_photo(src)
-    start = time.perf_counter()
-    out = restore_photo(restorer, rgb, alpha, progress)
-    seconds = time.perf_counter() - start
-    write_png_atomic(Path(dst), out)
-    return RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]), seconds)
-
-
-def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple[str, str]], progress: bool = True
-                  ) -> tuple[list[RestoreResult], list[dict[str, str]], float]:
-    """Restore each (input, output) pair; returns (results, failures [{input, reason}], model load seconds).
-
-    An unreadable input (or one that runs out of accelerator memory) becomes a failure and the loop goes
-    on. The model is loaded at the first readable input, so a folder of bad files fails fast.
-    """
-    from fluxir.image_store import write_png_atomic
-
-    results: list[RestoreResult] = []
-    failures: list[dict[str, str]] = []
-    restorer, load_seconds = None, 0.0
-    bar = _progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
-    for src, dst in jobs:
-        bar.set_postfix_str(Path(src).name)
-        bar.update(1)
-        try:
-            rgb, alpha = read_photo(src)
-        except ValueError as err:
-            _fail(failures, src, str(err).removeprefix(f"{Path(src)}: "))
-            continue
-        if restorer is None:  # model or adapter problems raise here, naming the model
-            start = time.perf_counter()
-            restorer = Restorer.from_source(model, adapter, cfg)
-            load_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        try:
-            out = restore_photo(restorer, rgb, alpha, progress)
-        except torch.OutOfMemoryError as err:
-            _fail(failures, src, f"out of memory ({str(err).splitlines()[0]}); lower restore.tile_size / "
-                                 "restore.vae_tile_size or use dtype bfloat16")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            continue
-        seconds = time.perf_counter() - start
-        write_png_atomic(Path(dst), out)
-        results.append(RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]),
-                                     seconds))
-    bar.close()
-    return results, failures, load_seconds
-
-
-def _fail(failures: list[dict[str, str]], src: str, reason: str) -> None:
-    failures.append({"input": str(src), "reason": reason})
-    logger.warning("could not restore %s: %s", src, reason)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Folders: which files to restore, where to write them
-
-FILE_PARAMS = ("input_dir", "output_dir", "overwrite", "model", "progress")
-
-
-def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], RestoreConfig]:
-    """``restore.*`` parameters -> (file parameters, validated RestoreConfig)."""
-    files = {k: params[k] for k in FILE_PARAMS if k in params}
-    return files, RestoreConfig.from_params({k: v for k, v in params.items() if k not in FILE_PARAMS})
-
-
-def plan_folder(input_dir: str, output_dir: str, overwrite: bool = False) -> list[dict[str, Any]]:
-    """One row per input file: {input, output, action} with action "restore" or "skip" (output exists).
-
-    ``input_dir`` is a folder (searched recursively; hidden files and anything under ``output_dir`` are
-    left out) or one file. Outputs are ``output_dir/<relative path>.png``; when two inputs would share an
-    output (a.jpg, a.png) both keep their extension (a.jpg.png, a.png.png). Raises ValueError when the
-    input is missing or empty, output_dir is the input folder, or an output would replace an input.
-    """
-    if not input_dir or not output_dir:
-        raise ValueError("set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
-                         "--params=\"restore.input_dir=photos,restore.output_dir=restored\"")
-    src, dst = Path(input_dir), Path(output_dir)
-    if not src.exists():
-        raise ValueError(f"restore.input_dir {str(src)!r} does not exist")
-    if src.is_dir():
-        if dst.resolve() == src.resolve():
-            raise ValueError(f"restore.output_dir {str(dst)!r} is the input folder: restored images would be mixed "
-                             "with (and could replace) the originals; choose another folder")
-        out_root = dst.resolve()
-        files = sorted(p for p in src.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(src).parts)
-                       and not p.resolve().is_relative_to(out_root))
-        relative = [p.relative_to(src) for p in files]
-    else:
-        files, relative = [src], [Path(src.name)]
-    if not files:
-        raise ValueError(f"restore.input_dir {str(src)!r} has no files")
-    stems: dict[Path, int] = {}
-    for rel in relative:
-        stems[rel.with_suffix(".png")] = stems.get(rel.with_suffix(".png"), 0) + 1
-    inputs = {p.resolve() for p in files}
-    rows = []
-    for path, rel in zip(files, relative):
-        name = rel.with_suffix(".png") if stems[rel.with_suffix(".png")] == 1 else rel.with_name(rel.name + ".png")
-        out = dst / name
-        if out.resolve() in inputs:
-            raise ValueError(f"output {str(out)!r} would overwrite the input {str(path)!r}: choose another "
-                             "restore.output_dir")
-        exists = out.is_file()
-        rows.append({"input": str(path), "output": str(out), "action": "skip" if exists and not overwrite else "restore"})
-    return rows
 
 
 def config_dict(cfg: RestoreConfig) -> dict[str, Any]:

@@ -229,7 +229,7 @@ def configure_weights(weights_dir: str | os.PathLike | None) -> Path:
         if current != wanted:
             raise RuntimeError(
                 f"pyiqa was already imported with weight folder {current}; iqa.weights_dir={str(weights_dir)!r} "
-                f"needs {wanted}. Call fluxir.iqa.configure_weights before anything imports pyiqa "
+                f"needs {wanted}. Call fluxir.fluxgen.iqa.configure_weights before anything imports pyiqa "
                 f"(or set TORCH_HOME={home} in the environment)."
             )
     os.environ["TORCH_HOME"] = str(home)  # torchvision and CLIP read it at load time, pyiqa at import

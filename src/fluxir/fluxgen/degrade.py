@@ -203,7 +203,7 @@ class DegradationConfig:
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> DegradationConfig:
         """Build from a parameters mapping (e.g. Kedro's ``params:degradation``); unknown keys are errors."""
-        from fluxir.cli_params import reject_unknown_keys
+        from fluxir.config import reject_unknown_keys
 
         reject_unknown_keys(params, cls, "degradation setting(s)")
         return cls(**params)

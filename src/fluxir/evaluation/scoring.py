@@ -4,7 +4,7 @@ Every method's outputs are listed in one table (dataset, image, method, path) so
 them all: FluxIR (this run), bicubic (always) and any restorer whose outputs a user drops into
 ``<baselines_dir>/<method>/<dataset>/`` under the prepared LQ file names (e.g. SeeSR or SUPIR results).
 
-Scoring (``score_all``) uses ``fluxir.iqa``: full-reference metrics where a benchmark has HQ, under the
+Scoring (``score_all``) uses ``fluxir.fluxgen.iqa``: full-reference metrics where a benchmark has HQ, under the
 configured channel convention and crop border; no-reference metrics on every output, on the whole RGB
 image. Every number keeps its convention and crop border in its row.
 """
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fluxir.benchmarks_data import list_images, pair_key
+from fluxir.evaluation.testsets import list_images, pair_key
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     Files go to ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and
     settings; files already there are reused, so an interrupted run resumes where it stopped.
     """
-    from fluxir.image_store import read_image, write_png_atomic
-    from fluxir.restoration import RestoreConfig, Restorer, config_dict
+    from fluxir.io import read_image, write_png_atomic
+    from fluxir.restoration.sampler import RestoreConfig, Restorer, config_dict
 
     params = dict(restore)
     if "model" not in params:
@@ -107,8 +107,8 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
 
 def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path) -> pd.DataFrame:
     """Bicubic x``scale`` of every LQ (PIL), written once to ``<outputs_dir>/bicubic/<dataset>/<prep_key>/``."""
-    from fluxir.image_store import read_image, write_png_atomic
-    from fluxir.restoration import upsample
+    from fluxir.io import read_image, write_png_atomic
+    from fluxir.restoration.sampler import upsample
 
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"evaluate.scale must be a positive integer, got {scale!r}")
@@ -176,7 +176,7 @@ def baseline_manifest(manifest: pd.DataFrame, baselines_dir: str | Path, scale: 
 
 def parse_metric_groups(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``{"full_reference": {label: spec}, "no_reference": {label: spec}}`` with parsed ``MetricSpec`` values."""
-    from fluxir.iqa import MetricSpec
+    from fluxir.fluxgen.iqa import MetricSpec
 
     if not isinstance(metrics, Mapping) or set(metrics) - {"full_reference", "no_reference"}:
         raise ValueError("evaluate.metrics must be {full_reference: {LABEL: pyiqa spec}, no_reference: {LABEL: spec}}, "
@@ -197,12 +197,12 @@ def parse_metric_groups(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]
 
 def score_all(manifest: pd.DataFrame, outputs: pd.DataFrame, metrics: Mapping[str, Any], convention: str,
               crop_border: int, weights_dir: str | None = None, device: str = "cpu", batch_size: int = 8) -> pd.DataFrame:
-    """Score every output: the long per-image table of ``fluxir.report.PER_IMAGE_COLUMNS``.
+    """Score every output: the long per-image table of ``fluxir.evaluation.report.PER_IMAGE_COLUMNS``.
 
     All weight files are checked before anything is scored (one error listing every missing file).
     """
-    from fluxir import iqa
-    from fluxir.report import PER_IMAGE_COLUMNS, is_stand_in
+    from fluxir.fluxgen import iqa
+    from fluxir.evaluation.report import PER_IMAGE_COLUMNS, is_stand_in
 
     groups = parse_metric_groups(metrics)
     iqa.configure_weights(weights_dir)
@@ -258,8 +258,8 @@ def grids(manifest: pd.DataFrame, outputs: pd.DataFrame, names: Mapping[str, str
     Columns: LQ | Bicubic | baselines | FluxIR | HQ (when the benchmark has HQ). ``note`` is added to each
     title (e.g. that the models are tiny). A skipped benchmark gets a figure that says why (no PNG).
     """
-    from fluxir.image_store import read_image
-    from fluxir.report import figure_png, grid_figure
+    from fluxir.io import read_image
+    from fluxir.evaluation.report import figure_png, grid_figure
 
     figures: dict[str, Any] = {}
     pngs: dict[str, bytes] = {}

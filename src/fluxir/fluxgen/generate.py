@@ -11,7 +11,7 @@ Why it is written this way:
 - Files are written atomically into an ``ImageStore`` keyed by a hash of everything that changes
   pixels, so reruns skip finished ids, and other settings never overwrite earlier images.
 - Under ``accelerate launch`` process ``r`` of ``w`` takes ids ``r, r+w, r+2w, ...``:
-  ``accelerate launch -m fluxir.generation --env base --params fluxgen.num_images=350000``.
+  ``accelerate launch -m fluxir.fluxgen.generate --env base --params fluxgen.num_images=350000``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fluxir.cli_params import load_params, reject_unknown_keys
-from fluxir.image_store import ImageStore
+from fluxir.config import load_params, reject_unknown_keys
+from fluxir.io import ImageStore
 
 logger = logging.getLogger(__name__)
 
@@ -190,10 +190,10 @@ def _call_parameters(pipe: Any) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Generate FluxGen images on one or many processes (``accelerate launch -m fluxir.generation``)."""
+    """Generate FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.generate``)."""
     from accelerate import PartialState
 
-    parser = argparse.ArgumentParser(prog="python -m fluxir.generation", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fluxir.fluxgen.generate", description=main.__doc__)
     parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
     parser.add_argument("--params", action="append", default=[], help="override, e.g. fluxgen.num_images=50 (repeatable)")
     parser.add_argument("--store", default=None, help="image store root (default: the catalog's fluxgen_image_store path)")

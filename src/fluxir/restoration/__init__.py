@@ -1,0 +1,1 @@
+"""Restoration with Flux + the FluxIR adapter: the sampler, colour fix, files."""
