@@ -406,11 +406,12 @@ def controlled_flux_forward(
     txt_ids: Tensor,  # (S, 3)
     guidance: Tensor | None = None,  # (B,) guidance scale, as FluxPipeline passes it
     joint_attention_kwargs: dict[str, Any] | None = None,
+    control_scale: float = 1.0,  # multiplies every control (restore.control_scale); 0 = plain Flux
 ) -> Tensor:
     """Flux's predicted velocity (B, N, 64) with FluxIR control added before every block.
 
     Mirrors ``FluxTransformer2DModel.forward`` of diffusers 0.42.1 step by step; with ``adapter=None``
-    (or a freshly built adapter) the result equals ``flux(...).sample`` exactly.
+    (or a freshly built adapter, or ``control_scale=0``) the result equals ``flux(...).sample`` exactly.
     """
     from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 
@@ -435,6 +436,10 @@ def controlled_flux_forward(
         lora_scale = joint_attention_kwargs.pop("scale", 1.0)
     if USE_PEFT_BACKEND:
         scale_lora_layers(flux, lora_scale)
+    # flux.forward is never called here, so fire its accelerate hook (model CPU offload moves the
+    # transformer to its execution device) the way diffusers' apply_forward_hook does for vae.encode.
+    if hasattr(flux, "_hf_hook") and hasattr(flux._hf_hook, "pre_forward"):
+        flux._hf_hook.pre_forward(flux)
     try:
         x = flux.x_embedder(hidden_states)  # (B, N, c)
         t = timestep.to(x.dtype) * 1000
@@ -448,7 +453,7 @@ def controlled_flux_forward(
             joint_attention_kwargs["ip_hidden_states"] = flux.encoder_hid_proj(ip_embeds)
 
         controls = None
-        if adapter is not None:
+        if adapter is not None and control_scale != 0:
             f_z, f_p = adapter.features(hidden_states, lq_latents, encoder_hidden_states, pooled_projections,
                                         timestep, guidance=guidance, image_rotary_emb=image_rotary_emb)
             controls = adapter.controls(f_z, f_p)
@@ -456,9 +461,9 @@ def controlled_flux_forward(
         for block in blocks:
             if controls is not None:  # control enters BEFORE the block (see module docstring)
                 z_c, p_c = next(controls)
-                x = x + z_c.to(x.dtype)
+                x = x + control_scale * z_c.to(x.dtype)
                 if p_c is not None:
-                    ctx = ctx + p_c.to(ctx.dtype)
+                    ctx = ctx + control_scale * p_c.to(ctx.dtype)
             ctx, x = _run_block(flux, block, x, ctx, temb, image_rotary_emb, joint_attention_kwargs)
 
         x = flux.norm_out(x, temb)

@@ -24,14 +24,17 @@ def load_config(name: str) -> dict[str, Any]:
     return config
 
 
-def build_transformer(config_name: str, seed: int = 0, device: str = "cpu"):
-    """A random-weight ``FluxTransformer2DModel`` from a shipped config (``device="meta"`` allocates nothing)."""
+def build_transformer(config_name: str, seed: int = 0, device: str = "cpu", **overrides: Any):
+    """A random-weight ``FluxTransformer2DModel`` from a shipped config (``device="meta"`` allocates nothing).
+
+    ``overrides`` replace config fields, e.g. a narrow Flux with FLUX.1-dev's 19 + 38 blocks.
+    """
     import torch
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
     with torch.device(device):
-        return FluxTransformer2DModel(**load_config(config_name))
+        return FluxTransformer2DModel(**{**load_config(config_name), **overrides})
 
 
 def build_tiny_vae(seed: int = 0):

@@ -25,6 +25,12 @@ The story in one file:
    what Flux and the adapter were trained on) and the velocities are blended with the tile weights before
    the step (MultiDiffusion, Bar-Tal et al. 2023; SUPIR's tiled sampler). The noise, the schedule and the
    step are global, so there is one image, not a mosaic.
+
+   Fidelity controls: ``control_scale`` multiplies every adapter control (0 = plain Flux, > 1 = closer
+   to the LQ); ``start_t`` < 1 starts the integration at t = start_t from z_t = (1 - t) z_lq + t z_1
+   (the LQ latent noised along the same straight path as training) and runs only the schedule's steps
+   below start_t: less generated detail, more fidelity, fewer steps (SDEdit's idea on a rectified flow).
+   Low-memory modes (``offload``, ``quantize``) live in ``fluxir.restoration.lowmem``.
 5. Decode, crop, colour fix (``fluxir.restoration.colorfix``: wavelet / AdaIN against the upsampled LQ).
 
 Sigma schedules: ``flux_shift`` = FlowMatchEulerDiscreteScheduler's resolution-dependent shifted sigmas
@@ -41,18 +47,17 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
 from fluxir.models.flux import resolve_device
+from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
+from fluxir.restoration.lowmem import attach_offload, check_modes, quantize_transformer
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +89,10 @@ class RestoreConfig:
     device: str = "auto"  # auto: cuda if available, else cpu
     batch_size: int = 1  # tiles per transformer call
     max_sequence_length: int | None = None  # T5 tokens of the empty prompt; None: the adapter's text_seq_len (else 512)
+    control_scale: float = 1.0  # multiplies the adapter's controls: 0 = plain Flux, > 1 = closer to the LQ
+    start_t: float = 1.0  # start the Euler integration at t = start_t from (1 - t) z_lq + t z_1; < 1: fewer steps
+    offload: str = "none"  # none | model | sequential (fluxir.restoration.lowmem)
+    quantize: str = "none"  # none | int8 | fp8 | nf4: the frozen Flux transformer's linear weights
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
@@ -137,10 +146,20 @@ class RestoreConfig:
         if self.max_sequence_length is not None and _bad_int(self.max_sequence_length, 1):
             raise ValueError(f"restore.max_sequence_length must be a positive integer or null, got "
                              f"{self.max_sequence_length!r}")
+        if _bad_number(self.control_scale) or self.control_scale < 0:
+            raise ValueError(f"restore.control_scale must be a number >= 0 (0: plain Flux, 1: as trained), got "
+                             f"{self.control_scale!r}")
+        if _bad_number(self.start_t) or not 0 < self.start_t <= 1:
+            raise ValueError(f"restore.start_t must be a number in (0, 1] (1: from pure noise), got {self.start_t!r}")
+        check_modes(self.offload, self.quantize)
 
 
 def _bad_int(value: Any, minimum: int) -> bool:
     return isinstance(value, bool) or not isinstance(value, int) or value < minimum
+
+
+def _bad_number(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
 
 
 def output_size(height: int, width: int, cfg: RestoreConfig) -> tuple[int, int]:
@@ -309,12 +328,16 @@ class Restorer:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = getattr(torch, config.dtype)
-        self.transformer = _to(transformer, self.device, self.dtype)
+        # Offload modes keep the weights on the CPU; accelerate's hooks bring them to self.device when used.
+        home = self.device if config.offload == "none" else "cpu"
+        self.transformer = _to(transformer, home, self.dtype)
         freeze_flux(self.transformer)
+        quantize_transformer(self.transformer, config.quantize)  # the adapter is never quantised
         # float16 Flux/SD VAEs overflow: run them in float32 when the config asks for it (as diffusers does).
         upcast = self.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         self.vae_dtype = torch.float32 if upcast else self.dtype
-        self.vae = _to(vae, self.device, self.vae_dtype).eval().requires_grad_(False)
+        self.vae = _to(vae, home, self.vae_dtype).eval().requires_grad_(False)
+        self.offload_hooks = attach_offload(self.transformer, self.vae, config.offload, self.device)
         self.adapter = None
         if adapter is not None:
             check_compatible(adapter, transformer)
@@ -347,15 +370,20 @@ class Restorer:
 
         config = config or RestoreConfig()
         config.validate()
-        pipe = load_pipeline(model, dtype=config.dtype, device=resolve_device(config.device))
+        device = resolve_device(config.device) if config.offload == "none" else "cpu"  # offload: weights stay here
+        pipe = load_pipeline(model, dtype=config.dtype, device=device)
         pipe.set_progress_bar_config(disable=True)
         return cls.from_pipeline(pipe, adapter, config)
 
     # -- one image ---------------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def restore(self, lq: np.ndarray, progress: bool = False) -> np.ndarray:
-        """(h, w, 3) uint8 LQ -> (H, W, 3) uint8 restored, (H, W) = ``output_size(h, w, config)``."""
+    @torch.no_grad()  # not inference_mode: model offload moves quantised (tensor-subclass) weights, which fails there
+    def restore(self, lq: np.ndarray, progress: bool = False,
+                on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """(h, w, 3) uint8 LQ -> (H, W, 3) uint8 restored, (H, W) = ``output_size(h, w, config)``.
+
+        ``on_step(done, total)`` is called after every Euler step (the web app's progress bar).
+        """
         cfg = self.config
         lq = check_image(lq)
         height, width = output_size(lq.shape[0], lq.shape[1], cfg)
@@ -375,11 +403,17 @@ class Restorer:
         tiles = [(box, torch.from_numpy(w).to(self.device)[..., None])  # weight (th, tw, 1)
                  for box, w in tile_weights(grid_h, grid_w, token_tile, cfg.tile_overlap // MULTIPLE)]
         sigmas = sigmas_for(cfg.steps, cfg.schedule, self.scheduler_config, grid_h * grid_w).tolist()
-        bar = _progress_bar(total=cfg.steps, desc="steps", unit="step", leave=False, disable=not progress)
-        for t, t_next in itertools.pairwise(sigmas):
+        if cfg.start_t < 1:  # z_t = (1 - t) z_lq + t z_1 (Eq. 7 with the LQ latent as z_0), then the later steps
+            sigmas = [cfg.start_t] + [s for s in sigmas if s < cfg.start_t]
+            z = (1 - cfg.start_t) * z_lq + cfg.start_t * z
+        steps = len(sigmas) - 1
+        bar = _progress_bar(total=steps, desc="steps", unit="step", leave=False, disable=not progress)
+        for i, (t, t_next) in enumerate(itertools.pairwise(sigmas)):
             v = self._blended_velocity(z, z_lq, t, tiles)  # (1, grid_h, grid_w, 64)
             z = z + (t_next - t) * v  # Euler step of dz/dt = v (Eq. 7)
             bar.update(1)
+            if on_step is not None:
+                on_step(i + 1, steps)
         bar.close()
 
         out = decode_tiled(self.vae, unpack(z), cfg.vae_tile_size, cfg.vae_tile_overlap, self.vae_dtype)
@@ -411,7 +445,7 @@ class Restorer:
                 encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1),  # (b, S, joint)
                 pooled_projections=self.pooled_prompt_embeds.expand(b, -1),  # (b, pooled)
                 timestep=torch.full((b,), t, device=self.device, dtype=self.dtype),  # (b,) in [0, 1]
-                img_ids=img_ids, txt_ids=self.txt_ids, guidance=guidance,
+                img_ids=img_ids, txt_ids=self.txt_ids, guidance=guidance, control_scale=self.config.control_scale,
             ).float().reshape(b, th, tw, -1)  # (b, th, tw, 64)
             for i, ((y0, y1, x0, x1), w) in enumerate(batch):
                 v[:, y0:y1, x0:x1] += w * v_tiles[i: i + 1]
