@@ -139,12 +139,51 @@ def test_flux_shift_is_fluxs_schedule_and_linear_is_linear():
         ({"target_size": [100]}, "restore.target_size must be an int (longer side) or [width, height]"),
         ({"dtype": "int8"}, "restore.dtype must be one of"),
         ({"sampler": "dpm"}, "unknown restore parameter(s) ['sampler']"),
+        ({"control_scale": -1}, "restore.control_scale must be a number >= 0"),
+        ({"start_t": 0}, "restore.start_t must be a number in (0, 1]"),
+        ({"start_t": 1.5}, "restore.start_t must be a number in (0, 1]"),
+        ({"offload": "disk"}, "restore.offload must be one of"),
+        ({"quantize": "int4"}, "restore.quantize must be one of"),
+        ({"offload": "sequential", "quantize": "int8"}, "restore.offload=sequential cannot be combined"),
     ],
 )
 def test_bad_parameters_name_the_parameter(params, message):
     with pytest.raises(ValueError) as err:
         S.RestoreConfig.from_params(params)
     assert message in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fidelity controls
+
+
+def test_control_scale_zero_is_plain_flux_and_the_scale_changes_the_output(pipe):
+    lq = smooth_lq(32, seed=1)
+    adapter = perturbed_adapter(pipe)
+    plain = restorer(pipe).restore(lq)
+    assert np.array_equal(restorer(pipe, adapter, control_scale=0.0).restore(lq), plain)
+    as_trained = restorer(pipe, adapter).restore(lq)
+    assert np.array_equal(restorer(pipe, adapter, control_scale=1.0).restore(lq), as_trained)
+    stronger = restorer(pipe, adapter, control_scale=2.0).restore(lq)
+    assert np.abs(as_trained.astype(int) - plain).mean() > 1
+    assert np.abs(stronger.astype(int) - as_trained).mean() > 1
+
+
+def test_start_t_one_is_the_full_integration_and_lower_start_t_stays_closer_to_the_lq(pipe):
+    lq = smooth_lq(32, seed=3)
+    adapter = perturbed_adapter(pipe)
+    steps_run = []
+    full = restorer(pipe, adapter, steps=8).restore(lq, on_step=lambda done, total: steps_run.append((done, total)))
+    assert steps_run == [(i, 8) for i in range(1, 9)]
+    assert np.array_equal(restorer(pipe, adapter, steps=8, start_t=1.0).restore(lq), full)
+
+    steps_run.clear()
+    half = restorer(pipe, adapter, steps=8, start_t=0.5).restore(lq, on_step=lambda done, total: steps_run.append(total))
+    sigmas = S.sigmas_for(8, "flux_shift", dict(pipe.scheduler.config), 8 * 8)  # 128x128 output: 8x8 tokens
+    assert steps_run[-1] == int((sigmas < 0.5).sum()) < 8, "start_t saves the steps above it"
+    # start_t -> 0 returns the LQ latent decoded: the lower start_t, the closer the output to it.
+    lq_round_trip = restorer(pipe, adapter, steps=8, start_t=1e-4).restore(lq).astype(int)
+    assert np.abs(half - lq_round_trip).mean() < np.abs(full - lq_round_trip).mean()
 
 
 # ----------------------------------------------------------------------------------------------------
