@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export KEDRO_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test mlflow viz docs
+.PHONY: setup demo test mlflow viz docs app
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	scripts/setup.sh
@@ -21,6 +21,9 @@ test: setup  ## the test suite (what CI runs)
 
 mlflow: setup  ## MLflow UI on the project's SQLite store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+app: setup  ## restoration web app on http://127.0.0.1:7860 (APP_ARGS="--env tiny" for the tiny models)
+	$(PY) -m fluxir.app $(APP_ARGS)
 
 viz: setup  ## kedro-viz on http://127.0.0.1:4141
 	$(VENV)/bin/kedro viz run --env=tiny

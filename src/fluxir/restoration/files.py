@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,10 @@ class RestoreResult:
         return self.out_size[0] * self.out_size[1] / 1e6
 
 
-def restore_photo(restorer: Restorer, rgb: np.ndarray, alpha: np.ndarray | None, progress: bool = False) -> np.ndarray:
+def restore_photo(restorer: Restorer, rgb: np.ndarray, alpha: np.ndarray | None, progress: bool = False,
+                  on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Restore RGB; an alpha channel is carried over, bicubic-resized to the output: (H, W, 3 or 4) uint8."""
-    out = restorer.restore(rgb, progress=progress)
+    out = restorer.restore(rgb, progress=progress, on_step=on_step)
     if alpha is not None:
         out = np.concatenate([out, upsample(alpha, out.shape[0], out.shape[1])[..., None]], axis=2)
     return out

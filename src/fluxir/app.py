@@ -1,0 +1,183 @@
+"""The FluxIR web app: upload a photo, restore it with Flux + a FluxIR adapter, compare, download the PNG.
+
+    make app                                   # FLUX.1-dev (restore.model), http://127.0.0.1:7860
+    .venv/bin/python -m fluxir.app --env tiny  # the tiny random-weight models (machinery only)
+
+The model folder and every default come from the Kedro project's ``restore`` parameters (``--env``); the
+adapter is the catalog entry ``fluxir_adapter``: the latest version by default, any version on disk from
+the picker (or "none": plain Flux). Photos are read by ``fluxir.restoration.files.read_photo`` (any
+mode, EXIF rotation, 16-bit, alpha kept) and restored by the same ``Restorer`` as ``kedro run
+--pipeline=restore`` (tiling included). One job runs at a time (the queue has concurrency 1: one GPU);
+the server binds 127.0.0.1 unless ``--host`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from fluxir.io import write_png_atomic
+from fluxir.restoration.colorfix import COLOR_FIX_METHODS
+from fluxir.restoration.files import read_photo, restore_photo
+from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
+from fluxir.restoration.sampler import RestoreConfig, Restorer, output_size, upsample
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_ENTRY = "fluxir_adapter"
+NO_ADAPTER = "none (plain Flux)"
+# RestoreConfig fields that need the models rebuilt (the others are read at every restore)
+MODEL_FIELDS = ("dtype", "device", "offload", "quantize", "max_sequence_length")
+
+
+@dataclass
+class ProjectModels:
+    """What the app reads from the Kedro project: restore parameters and the adapter catalog entry."""
+
+    project: Path
+    params: dict[str, Any]  # restore.* of the chosen env
+    adapter_conf: dict[str, Any]  # the catalog entry of fluxir_adapter, filepath made absolute
+    _restorer: Restorer | None = field(default=None, repr=False)
+    _key: tuple | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_kedro(cls, project: str | Path, env: str | None = None) -> ProjectModels:
+        """Read ``restore`` parameters and the ``fluxir_adapter`` entry of the project at ``project``."""
+        from kedro.framework.session import KedroSession
+        from kedro.framework.startup import bootstrap_project
+
+        project = Path(project).resolve()
+        bootstrap_project(project)
+        with KedroSession.create(project_path=project, env=env) as session:
+            context = session.load_context()
+            params = dict(context.params["restore"])
+            conf = dict(context.config_loader["catalog"][ADAPTER_ENTRY])
+        filepath = Path(conf["filepath"])
+        conf["filepath"] = str(filepath if filepath.is_absolute() else project / filepath)
+        return cls(project, params, conf)
+
+    def adapter_versions(self) -> list[str]:
+        """Saved versions of the adapter on disk, newest first (Kedro's timestamps sort in time order)."""
+        root = Path(self.adapter_conf["filepath"])
+        if not root.is_dir():
+            return []
+        return sorted((p.name for p in root.iterdir() if (p / root.name / "config.json").is_file()), reverse=True)
+
+    def load_adapter(self, version: str) -> Any:
+        """The adapter of ``version`` through the catalog dataset, or None for ``NO_ADAPTER``."""
+        from kedro.io import DataCatalog
+
+        if version == NO_ADAPTER:
+            return None
+        catalog = DataCatalog.from_config({ADAPTER_ENTRY: self.adapter_conf}, load_versions={ADAPTER_ENTRY: version})
+        return catalog.load(ADAPTER_ENTRY)
+
+    def restorer(self, version: str, config: RestoreConfig) -> Restorer:
+        """A restorer for this adapter version and config; the models are reloaded only when they must be."""
+        from fluxir.restoration.files import split_params
+
+        key = (version, *(getattr(config, name) for name in MODEL_FIELDS))
+        if self._restorer is None or self._key != key:
+            self._restorer = None  # free the old models before loading new ones
+            files, _ = split_params(self.params)
+            self._restorer = Restorer.from_source(files["model"], self.load_adapter(version), config)
+            self._key = key
+        self._restorer.config = config
+        return self._restorer
+
+
+def restore_upload(models: ProjectModels, upload: str | None, version: str, settings: dict[str, Any],
+                   on_step: Any = None) -> tuple[np.ndarray, np.ndarray, Path]:
+    """Restore the uploaded file: (before = bicubic LQ at the output size, after, PNG path).
+
+    Raises ValueError naming the file (unreadable upload) or the parameter (bad setting).
+    """
+    from fluxir.restoration.files import split_params
+
+    if not upload:
+        raise ValueError("upload a photo first (PNG, JPEG, WebP, TIFF, ...)")
+    name = Path(upload).name
+    try:
+        rgb, alpha = read_photo(upload)
+    except ValueError as err:
+        raise ValueError(f"{name}: {str(err).removeprefix(f'{Path(upload)}: ')}") from err
+    _, config = split_params({**models.params, **settings})
+    restorer = models.restorer(version, config)
+    after = restore_photo(restorer, rgb, alpha, progress=False, on_step=on_step)
+    height, width = output_size(rgb.shape[0], rgb.shape[1], config)
+    before = upsample(rgb, height, width)
+    out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_restored.png"
+    write_png_atomic(out, after)
+    return before, after[..., :3], out
+
+
+def build_app(models: ProjectModels) -> gr.Blocks:
+    """The Gradio page: inputs and settings on the left, before/after slider and download on the right."""
+    p = models.params
+    versions = models.adapter_versions()
+    with gr.Blocks(title="FluxIR restoration") as app:
+        gr.Markdown("## FluxIR restoration\nUpload a photo, restore it with Flux + the FluxIR adapter, compare, "
+                    "download the PNG. One job at a time.")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="photo", type="filepath", elem_id="upload")
+                version = gr.Dropdown([*versions, NO_ADAPTER], value=(versions or [NO_ADAPTER])[0],
+                                      label=f"adapter version ({ADAPTER_ENTRY})", elem_id="version")
+                steps = gr.Slider(1, 50, value=p.get("steps", 20), step=1, label="steps")
+                scale = gr.Slider(1, 8, value=p.get("scale", 4), step=0.5, label="scale (output = input x scale)")
+                tile = gr.Number(value=p.get("tile_size") or 0, precision=0,
+                                 label="tile size (output pixels, multiple of 16; 0: no tiling)")
+                color = gr.Radio(list(COLOR_FIX_METHODS), value=p.get("color_fix", "wavelet"), label="colour fix")
+                control = gr.Slider(0, 2, value=p.get("control_scale", 1.0), step=0.05,
+                                    label="control scale (0: plain Flux, 1: as trained, >1: closer to the photo)")
+                start_t = gr.Slider(0.05, 1, value=p.get("start_t", 1.0), step=0.05,
+                                    label="start t (1: from noise; lower: more fidelity, fewer steps)")
+                seed = gr.Number(value=p.get("seed", 0), precision=0, label="seed")
+                offload = gr.Radio(list(OFFLOAD_MODES), value=p.get("offload", "none"), label="offload")
+                quantize = gr.Radio(list(QUANTIZE_MODES), value=p.get("quantize", "none"), label="quantize Flux")
+                run = gr.Button("Restore", variant="primary", elem_id="restore")
+            with gr.Column():
+                compare = gr.ImageSlider(label="before / after", type="numpy", elem_id="compare")
+                download = gr.File(label="restored PNG", elem_id="download")
+
+        def on_restore(upload_path, version_name, steps_, scale_, tile_, color_, control_, start_, seed_,
+                       offload_, quantize_, progress=gr.Progress()):
+            settings = {"steps": int(steps_), "scale": float(scale_), "tile_size": int(tile_ or 0) or None,
+                        "color_fix": color_, "control_scale": float(control_), "start_t": float(start_),
+                        "seed": int(seed_ or 0), "offload": offload_, "quantize": quantize_}
+            progress(0, desc="loading models")
+            try:
+                before, after, png = restore_upload(
+                    models, upload_path, version_name, settings,
+                    on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"))
+            except ValueError as err:  # unreadable upload or a bad setting: a message in the page
+                raise gr.Error(str(err), print_exception=False) from err
+            return (before, after), str(png)
+
+        run.click(on_restore, [upload, version, steps, scale, tile, color, control, start_t, seed, offload, quantize],
+                  [compare, download], concurrency_limit=1)
+    app.queue(default_concurrency_limit=1)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="FluxIR restoration web app")
+    parser.add_argument("--project", default=".", help="Kedro project folder (default: the current one)")
+    parser.add_argument("--env", default=None, help="Kedro env, e.g. tiny (default: base + local)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=7860)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    models = ProjectModels.from_kedro(args.project, args.env)
+    build_app(models).launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()
