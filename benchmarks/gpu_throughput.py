@@ -11,6 +11,10 @@ For 1024x768 and 1024x1024 (W x H; 3072 / 4096 image tokens, 512 text tokens, ba
   fp32 adapter weights), without and with a pixel loss through the VAE decoder (Sec. 3.3's L_P; here
   an MSE on the decoded x0 estimate, which costs what any pixel loss through the decoder costs);
 - peak GPU memory of each measurement;
+- the low-memory restore modes (``--restore-modes``: ``restore.offload`` / ``restore.quantize``, see
+  docs/restoration.md): for each, a ``Restorer`` on a fresh copy of the same Flux restores one
+  256 -> 1024x1024 image (untiled, 2 steps); seconds per step relative to ``none`` and the accelerator
+  peak (``torch.cuda.max_memory_allocated``, weights included) over the restore;
 - MFU = model FLOPs / time / --peak-flops (default 989e12: H100 SXM dense bf16). FLOPs are counted with
   FlopCounterMode on the meta device for the same call (recomputation by gradient checkpointing is
   not counted, as usual for MFU).
@@ -251,6 +255,66 @@ def measure_resolution(flux, vae, adapter, adapter_infer, opt, spec: dict, devic
     return r
 
 
+RESTORE_MODES = {"none": ("none", "none"), "model": ("model", "none"), "sequential": ("sequential", "none"),
+                 "int8": ("none", "int8"), "fp8": ("none", "fp8"), "nf4": ("none", "nf4"),
+                 "model+int8": ("model", "int8")}
+
+
+def measure_restore_modes(flux, vae, adapter_infer, spec: dict, device: str, modes: list[str],
+                          deadline: float) -> dict[str, Any]:
+    """Per low-memory mode: seconds per Euler step and accelerator peak of one restore (Flux copied from the CPU)."""
+    import copy
+
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from fluxir.restoration.sampler import RestoreConfig, Restorer
+
+    width = spec["resolutions"][-1][0]  # the largest square output: 1024 (64 in the dry run)
+    flux, vae = flux.to("cpu"), vae.to("cpu")  # the pristine copies stay off the accelerator
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096).config
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randn(1, spec["text_len"], flux.config.joint_attention_dim, generator=gen)
+    pooled = torch.randn(1, flux.config.pooled_projection_dim, generator=gen)
+    lq = np.random.default_rng(0).integers(0, 256, (width // 4, width // 4, 3), dtype=np.uint8)
+    out: dict[str, Any] = {"output": f"{width}x{width}"}
+    for mode in modes:
+        if time.perf_counter() > deadline:
+            out[mode] = {"skipped": "over --budget-s"}
+            continue
+        offload, quantize = RESTORE_MODES[mode]
+        cfg = RestoreConfig(steps=2, dtype="bfloat16", device=device, tile_size=None, vae_tile_size=None,
+                            color_fix="none", offload=offload, quantize=quantize)
+        try:
+            restorer = Restorer(copy.deepcopy(flux), copy.deepcopy(vae), scheduler, prompt, pooled,
+                                copy.deepcopy(adapter_infer), cfg)
+            restorer.restore(lq)  # warm-up
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            stamps: list[float] = []
+
+            def on_step(done: int, total: int) -> None:
+                sync(device)
+                stamps.append(time.perf_counter())
+            restorer.restore(lq, on_step=on_step)
+            out[mode] = {"step_s": stamps[-1] - stamps[-2],
+                         "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+        except Exception as err:  # a mode this machine cannot run (fp8 before Ada, bitsandbytes without CUDA)
+            out[mode] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+        restorer = None
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    ref = out.get("none", {}).get("step_s")
+    for mode in modes:
+        if ref and out[mode].get("step_s"):
+            out[mode]["step_ratio"] = out[mode]["step_s"] / ref
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -263,7 +327,13 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile each Flux block (adds minutes)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip measurements past this wall time")
+    parser.add_argument("--restore-modes", default=",".join(RESTORE_MODES),
+                        help=f"low-memory restore modes to measure (comma-separated from {list(RESTORE_MODES)}; "
+                             "'' for none)")
     args = parser.parse_args()
+    modes = [m for m in args.restore_modes.split(",") if m]
+    if set(modes) - set(RESTORE_MODES):
+        parser.error(f"unknown --restore-modes {sorted(set(modes) - set(RESTORE_MODES))}")
     start = time.perf_counter()
     spec = DRY if args.dry_run else FULL
     device = "cpu" if args.dry_run else "cuda"
@@ -294,6 +364,9 @@ def main() -> None:
         result["results"][key] = measure_resolution(
             flux, vae, adapter, adapter_infer, opt, spec, device, width, height, args,
             deadline=start + args.budget_s)
+    if modes:
+        result["restore_modes"] = measure_restore_modes(flux, vae, adapter_infer, spec, device, modes,
+                                                        deadline=start + args.budget_s)
     result["total_s"] = time.perf_counter() - start
     if args.json:
         print(json.dumps(result))

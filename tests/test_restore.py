@@ -438,7 +438,8 @@ def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pip
         for overwrite in ("false", "true"):
             override = f"restore.input_dir=photos,restore.output_dir=restored,restore.progress=false,restore.overwrite={overwrite}"
             restore = load_params("tiny", [override], project)["restore"]
-            failures, summary = restore_images(plan_restore(restore), adapter, restore)
+            failures, summary = restore_images(plan_restore(restore["input_dir"], restore["output_dir"], restore["overwrite"]),
+                                               adapter, restore)
             runs[overwrite] = (summary["restored"], summary["skipped_existing"], len(failures))
             if overwrite == "false":
                 assert all((out / n).stat().st_ino == s.st_ino for n, s in before.items()), "existing outputs kept"

@@ -151,6 +151,55 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
     return results, failures, load_seconds
 
 
+def restore_planned(plan: Any, files: dict[str, Any], adapter: Any, cfg: RestoreConfig
+                    ) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Restore the rows of a ``plan_folder`` table (a DataFrame) whose action is "restore".
+
+    Returns (failures [{input, reason}], summary). Raises RuntimeError, listing the reasons, when no
+    input file could be used at all (nothing restored, nothing skipped).
+    """
+    from fluxir.restoration.sampler import config_dict
+
+    jobs = list(plan.loc[plan["action"] == "restore", ["input", "output"]].itertuples(index=False, name=None))
+    results, failures, load_seconds = restore_files(files.get("model"), adapter, cfg, jobs,
+                                                    progress=bool(files.get("progress", True)))
+    skipped = len(plan) - len(jobs)
+    if failures and not results and not skipped:
+        listing = "; ".join(f"{f['input']}: {f['reason']}" for f in failures[:20])
+        raise RuntimeError(f"none of the {len(failures)} file(s) in {files.get('input_dir')} could be restored: "
+                           f"{listing}")
+    return failures, summarise(results, skipped, failures, load_seconds, files, config_dict(cfg))
+
+
+def failure_table(failures: list[dict[str, str]]) -> Any:
+    """Failures as a DataFrame with string columns input, reason (also when empty)."""
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series([f[c] for f in failures], dtype="string") for c in ("input", "reason")})
+
+
+def summarise(results: list[RestoreResult], skipped: int, failures: list[dict[str, str]], load_seconds: float,
+              files: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Counts, megapixels and time per megapixel of a run, with the per-image rows and the config."""
+    megapixels = sum(r.megapixels for r in results)
+    seconds = sum(r.seconds for r in results)
+    return {
+        "restored": len(results),
+        "skipped_existing": skipped,
+        "failed": len(failures),
+        "megapixels_out": round(megapixels, 6),
+        "restore_seconds": round(seconds, 3),
+        "seconds_per_megapixel": round(seconds / megapixels, 4) if megapixels else None,
+        "model_load_seconds": round(load_seconds, 3),
+        "input_dir": str(files.get("input_dir")),
+        "output_dir": str(files.get("output_dir")),
+        "model": files.get("model"),
+        "config": config,
+        "images": [{"input": r.input, "output": r.output, "in_size": list(r.in_size), "out_size": list(r.out_size),
+                    "seconds": round(r.seconds, 3)} for r in results],
+    }
+
+
 def _fail(failures: list[dict[str, str]], src: str, reason: str) -> None:
     failures.append({"input": str(src), "reason": reason})
     logger.warning("could not restore %s: %s", src, reason)

@@ -8,7 +8,12 @@ from .nodes import plan_restore, restore_images
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(plan_restore, "params:restore", "restore_plan", name="plan_restore"),
+            Node(
+                plan_restore,
+                ["params:restore.input_dir", "params:restore.output_dir", "params:restore.overwrite"],
+                "restore_plan",
+                name="plan_restore",
+            ),
             Node(
                 restore_images,
                 ["restore_plan", "fluxir_adapter", "params:restore"],
