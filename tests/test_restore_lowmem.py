@@ -98,3 +98,11 @@ def test_quantized_transformer_restores_close_to_plain_with_smaller_weights(plai
 def test_quantize_and_model_offload_combine(plain):
     out = scaled_restorer(quantize="int8", offload="model").restore(LQ)
     assert np.array_equal(out, scaled_restorer(quantize="int8").restore(LQ))
+
+
+def test_from_source_loads_on_the_cpu_for_low_memory_modes(tiny_flux_dir):
+    cfg = {"steps": 2, "dtype": "float32", "device": "cpu", "tile_size": None, "vae_tile_size": None, "color_fix": "none"}
+    plain = S.Restorer.from_source(str(tiny_flux_dir), None, S.RestoreConfig(**cfg)).restore(LQ)
+    r = S.Restorer.from_source(str(tiny_flux_dir), None, S.RestoreConfig(**cfg, offload="model", quantize="int8"))
+    assert r.transformer._hf_hook is not None and type(r.transformer.proj_out.weight) is not torch.nn.Parameter
+    assert np.abs(r.restore(LQ).astype(int) - plain).mean() <= 1.0

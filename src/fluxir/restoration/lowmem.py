@@ -132,15 +132,11 @@ def linear_weight_bytes(module: nn.Module) -> int:
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:
-    """Storage bytes of a tensor, looking inside torchao / bitsandbytes tensor subclasses."""
-    quant_state = getattr(t, "quant_state", None)  # bitsandbytes Params4bit: packed uint8 + absmax per block
-    if quant_state is not None:
-        return t.data.numel() * t.data.element_size() + quant_state.absmax.numel() * quant_state.absmax.element_size()
-    names = getattr(t, "__tensor_flatten__", None)
-    if names is not None and type(t) is not nn.Parameter and type(t) is not torch.Tensor:
+    """Storage bytes of a tensor, looking inside torchao / bitsandbytes quantised tensors."""
+    quant_state = getattr(t, "quant_state", None)
+    if quant_state is not None:  # bitsandbytes Params4bit: packed 4-bit data + one absmax per block
+        return t.numel() * t.element_size() + quant_state.absmax.numel() * quant_state.absmax.element_size()
+    if hasattr(t, "__tensor_flatten__"):  # torchao subclasses: the int8/fp8 data and the scales inside
         inner, _ = t.__tensor_flatten__()
-        return sum(_tensor_bytes(getattr(t, n)) for n in inner)
-    data = t.data if isinstance(t, nn.Parameter) else t
-    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
-        return _tensor_bytes(data)
-    return data.numel() * data.element_size()
+        return sum(_tensor_bytes(getattr(t, name)) for name in inner)
+    return t.numel() * t.element_size()

@@ -330,9 +330,12 @@ class Restorer:
         self.dtype = getattr(torch, config.dtype)
         # Offload modes keep the weights on the CPU; accelerate's hooks bring them to self.device when used.
         home = self.device if config.offload == "none" else "cpu"
-        self.transformer = _to(transformer, home, self.dtype)
+        # Cast and quantise where the weights are (the CPU when loaded for a low-memory mode), then move:
+        # a 16 GB card never holds the bf16 transformer. The adapter is never quantised.
+        self.transformer = _to(transformer, next(transformer.parameters()).device, self.dtype)
         freeze_flux(self.transformer)
-        quantize_transformer(self.transformer, config.quantize)  # the adapter is never quantised
+        quantize_transformer(self.transformer, config.quantize)
+        self.transformer = _to(self.transformer, home)
         # float16 Flux/SD VAEs overflow: run them in float32 when the config asks for it (as diffusers does).
         upcast = self.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         self.vae_dtype = torch.float32 if upcast else self.dtype
@@ -359,7 +362,17 @@ class Restorer:
             learn = adapter is not None and adapter.config.learn_text_embeddings
             seq_len = adapter.config.text_seq_len if learn else 512
         device = resolve_device(config.device)
+        # Text encoders left on the CPU (low-memory loading) visit the accelerator once, through accelerate's
+        # hook, to encode the empty prompt; PromptEncoder then drops them.
+        hooks = []
+        if device != "cpu":
+            from accelerate import cpu_offload_with_hook
+
+            hooks = [cpu_offload_with_hook(encoder, device)[1] for encoder in (pipe.text_encoder, pipe.text_encoder_2)
+                     if encoder is not None and encoder.device.type == "cpu"]
         embeds = PromptEncoder(pipe, [""], seq_len, device).cache[""]
+        for hook in hooks:
+            hook.offload()
         return cls(pipe.transformer, pipe.vae, pipe.scheduler.config, embeds["prompt_embeds"],
                    embeds["pooled_prompt_embeds"], adapter, config)
 
@@ -370,8 +383,8 @@ class Restorer:
 
         config = config or RestoreConfig()
         config.validate()
-        device = resolve_device(config.device) if config.offload == "none" else "cpu"  # offload: weights stay here
-        pipe = load_pipeline(model, dtype=config.dtype, device=device)
+        low_memory = config.offload != "none" or config.quantize != "none"  # load on the CPU, quantise there
+        pipe = load_pipeline(model, dtype=config.dtype, device="cpu" if low_memory else resolve_device(config.device))
         pipe.set_progress_bar_config(disable=True)
         return cls.from_pipeline(pipe, adapter, config)
 
@@ -452,9 +465,11 @@ class Restorer:
         return v
 
 
-def _to(module: Any, device: str, dtype: torch.dtype) -> Any:
-    """Move/cast a module only where needed (diffusers warns on every dtype cast)."""
+def _to(module: Any, device: str | torch.device, dtype: torch.dtype | None = None) -> Any:
+    """Move (and cast, unless dtype is None) a module only where needed (diffusers warns on every dtype cast)."""
     param = next(module.parameters())
+    if dtype is None:
+        return module.to(device=device) if param.device != torch.device(device) else module
     if param.device != torch.device(device) or param.dtype != dtype:
         module = module.to(device=device, dtype=dtype)
     return module
