@@ -70,7 +70,7 @@ def quantize_transformer(transformer: nn.Module, mode: str) -> nn.Module:
     """
     if mode == "none":
         return transformer
-    if mode in ("int8", "fp8"):
+    if mode in ("int8", "fp8"):  # torchao / bitsandbytes are imported only by the mode that needs them (slow imports)
         from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
         quantize_(transformer, Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig())
