@@ -278,7 +278,9 @@ def test_the_adapter_carries_its_training_guidance(tmp_path, tiny_models):
     cfg, models = tiny_models
     adapter = build_adapter(TrainConfig.from_params({**tiny_params(tmp_path), "adapter": {"guidance": 2.5}}), models)
     assert adapter.config.guidance == 2.5 and build_adapter(cfg, models).config.guidance == 4.0
+    adapter.training_record = {"steps": 3, "global_batch": 64}
     save_adapter(adapter, tmp_path / "adapter")
+    assert load_adapter(tmp_path / "adapter").training_record == {"steps": 3, "global_batch": 64}
     restorer = Restorer(models.flux, models.vae, models.scheduler_config, models.prompt_embeds, models.pooled_embeds,
                         load_adapter(tmp_path / "adapter"), RestoreConfig(dtype="float32", device="cpu"))
     assert restorer.guidance == 2.5
@@ -453,6 +455,7 @@ def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
     adapters = sorted((kedro_project / "data" / "06_models" / "fluxir_adapter").iterdir())
     assert len(adapters) == 1
     adapter = load_adapter(adapters[0] / "fluxir_adapter")
+    assert adapter.training_record["steps"] == 6 and adapter.training_record["global_batch"] == 1
     history = pd.read_parquet(next((kedro_project / "data/07_model_output/train_history.parquet").rglob("*.parquet")))
     assert list(history.step) == [1, 2, 3, 4, 5, 6]
     assert (kedro_project / "data/05_model_input/latent_cache").is_dir()

@@ -581,6 +581,14 @@ def _non_finite(run: TrainingRun, step: int, values: str) -> FloatingPointError:
     )
 
 
+def training_record(run: TrainingRun, step: int) -> dict[str, Any]:
+    """What the adapter carries about its training (saved with it; evaluation reports show it)."""
+    cfg = run.cfg
+    return {"steps": step, "global_batch": cfg.global_batch, "learning_rate": cfg.learning_rate,
+            "timestep_sampler": cfg.timestep_sampler, "pixel_loss_weight": cfg.pixel_loss_weight,
+            "pixel_loss_form": cfg.pixel_loss_form, "run_key": run.run_key, "num_train_pairs": len(run.train_idx)}
+
+
 def bookkeeping(run: TrainingRun, step: int, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """After step ``step``: MLflow metrics (means over ``window``), validation grid, checkpoint, each on its
     schedule and on the last step. Returns the window still to log."""
@@ -596,6 +604,7 @@ def bookkeeping(run: TrainingRun, step: int, window: list[dict[str, Any]]) -> li
         with run.accelerator.autocast():
             grid = validation_grid(run.models, run.adapter, run.pairs, run.val_idx, cfg)
         run.log.image(grid, f"validation/step_{step:08d}.png")
+    run.adapter.training_record = training_record(run, step)
     if main and (step % cfg.checkpoint_every == 0 or last):
         extra = {"run_key": run.run_key, "seed": cfg.seed, "num_processes": run.accelerator.num_processes,
                  "written_by_rank": run.accelerator.process_index, "max_steps": cfg.max_steps}

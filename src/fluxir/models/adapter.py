@@ -217,6 +217,9 @@ class FluxIRAdapter(nn.Module):
         from diffusers.models.transformers.transformer_flux import FluxPosEmbed, FluxTransformerBlock
 
         self.config = config
+        # How it was trained (steps, global batch, run key, ...): written by fluxir.training, saved in config.json
+        # as "_training" and shown in evaluation reports; empty for an adapter that was never trained.
+        self.training_record: dict[str, Any] = {}
         c = config.inner_dim
         # The adapter's own copies of Flux's input layers.
         self.x_embedder = nn.Linear(config.in_channels, c)
@@ -531,7 +534,8 @@ def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = No
     tmp = f"{folder}.tmp-{uuid.uuid4().hex[:8]}"
     fs.makedirs(tmp, exist_ok=True)
     try:
-        meta = {"_class_name": "FluxIRAdapter", "_format_version": FORMAT_VERSION, **adapter.config.to_dict()}
+        meta = {"_class_name": "FluxIRAdapter", "_format_version": FORMAT_VERSION, **adapter.config.to_dict(),
+                "_training": adapter.training_record}
         with fs.open(f"{tmp}/{CONFIG_NAME}", "w") as f:
             f.write(json.dumps(meta, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
@@ -573,4 +577,5 @@ def load_adapter(folder: str | os.PathLike, fs: Any = None, device: str | torch.
         adapter.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         raise ValueError(f"{folder}/{WEIGHTS_NAME} does not match its {CONFIG_NAME} {config}: {err}") from err
+    adapter.training_record = dict(raw.get("_training") or {})
     return adapter.to(device=device, dtype=dtype).requires_grad_(True)
