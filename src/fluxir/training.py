@@ -36,7 +36,6 @@ the command line is ``fluxir.training_cli``); ``kedro run --pipeline=train`` cal
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import json
@@ -57,11 +56,16 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 
 from fluxir.config import flatten_dict
-from fluxir.io import read_image
 from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, count_parameters, freeze_flux
 from fluxir.progress import progress as progress_bar
-from fluxir.restoration.sampler import RestoreConfig, Restorer, upsample_condition
-from fluxir.training_records import MlflowLogger, list_checkpoints, load_checkpoint, peak_memory_mb, save_checkpoint
+from fluxir.training_records import (
+    MlflowLogger,
+    list_checkpoints,
+    load_checkpoint,
+    peak_memory_mb,
+    save_checkpoint,
+    validation_grid,
+)
 from fluxir.training_data import (
     DataOrder,
     LatentCache,
@@ -401,32 +405,6 @@ def pixel_loss_latents(z0: Tensor, z_t: Tensor, t: Tensor, v_p: Tensor, v_gt: Te
     if form == "x0":
         return z_t - t * v_p, z0
     raise ValueError(f"train.pixel_loss_form must be one of {PIXEL_LOSS_FORMS}, got {form!r}")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Validation restorations: exactly what `kedro run --pipeline=restore` does (fluxir.restoration.sampler.Restorer)
-
-
-def validation_grid(models: Models, adapter: FluxIRAdapter, pairs: PairTable, indices: list[int],
-                    cfg: TrainConfig) -> np.ndarray:
-    """uint8 (rows*H, 3*W, 3) grid: one row per validation pair, [LQ upsampled | restored | HQ]."""
-    device, dtype = device_and_dtype(models.flux)
-    restore_cfg = RestoreConfig(steps=cfg.validation_steps, seed=cfg.seed, scale=pairs.lq_scale,
-                                dtype=str(dtype).removeprefix("torch."), device=str(device))
-    # The Restorer casts and freezes the adapter it gets: hand it a copy, never the one being trained.
-    restorer = Restorer(models.flux, models.vae, models.scheduler_config, models.prompt_embeds, models.pooled_embeds,
-                        copy.deepcopy(adapter), restore_cfg)
-    rows = []
-    for i in indices:
-        row = pairs.rows.iloc[i]
-        hq, lq = read_image(row.hq_path), read_image(row.lq_path)  # (H, W, 3), (H/4, W/4, 3)
-        rows.append(np.concatenate([upsample_condition(lq, *hq.shape[:2]), restorer.restore(lq), hq], axis=1))
-    width = max(r.shape[1] for r in rows)
-    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
-
-
-# ----------------------------------------------------------------------------------------------------
-# Training
 
 
 @dataclass

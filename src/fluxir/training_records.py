@@ -1,4 +1,4 @@
-"""What a training run leaves behind: checkpoints, MLflow records, weight digests.
+"""What a training run leaves behind: checkpoints, MLflow records, validation restorations, weight digests.
 
 Checkpoints hold adapter + optimizer + scheduler + RNG + step + history. Rank 0 writes ``<run_dir>/step_<8 digits>`` through a temporary folder renamed into place, so a run
 killed while writing never leaves a half checkpoint under a final name; the newest ``keep`` are kept.
@@ -6,6 +6,7 @@ killed while writing never leaves a half checkpoint under a final name; the newe
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -14,13 +15,19 @@ import resource
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fluxir.io import read_image
 from fluxir.models.adapter import FluxIRAdapter, load_adapter, save_adapter
+from fluxir.restoration.sampler import RestoreConfig, Restorer, upsample_condition
+from fluxir.training_data import PairTable, device_and_dtype
+
+if TYPE_CHECKING:  # fluxir.training imports this module
+    from fluxir.training import Models, TrainConfig
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -132,3 +139,28 @@ class MlflowLogger:
             import mlflow
 
             mlflow.log_image(image, artifact_file=name)
+
+
+# Validation restorations: exactly what `kedro run --pipeline=restore` does (fluxir.restoration.sampler.Restorer)
+
+
+def validation_grid(models: Models, adapter: FluxIRAdapter, pairs: PairTable, indices: list[int],
+                    cfg: TrainConfig) -> np.ndarray:
+    """uint8 (rows*H, 3*W, 3) grid: one row per validation pair, [LQ upsampled | restored | HQ]."""
+    device, dtype = device_and_dtype(models.flux)
+    restore_cfg = RestoreConfig(steps=cfg.validation_steps, seed=cfg.seed, scale=pairs.lq_scale,
+                                dtype=str(dtype).removeprefix("torch."), device=str(device))
+    # The Restorer casts and freezes the adapter it gets: hand it a copy, never the one being trained.
+    restorer = Restorer(models.flux, models.vae, models.scheduler_config, models.prompt_embeds, models.pooled_embeds,
+                        copy.deepcopy(adapter), restore_cfg)
+    rows = []
+    for i in indices:
+        row = pairs.rows.iloc[i]
+        hq, lq = read_image(row.hq_path), read_image(row.lq_path)  # (H, W, 3), (H/4, W/4, 3)
+        rows.append(np.concatenate([upsample_condition(lq, *hq.shape[:2]), restorer.restore(lq), hq], axis=1))
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
