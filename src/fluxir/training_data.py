@@ -3,8 +3,8 @@
 - ``PairTable``: FluxGen's ``pairs_manifest`` checked (HQ sides multiples of 16, LQ exactly 1/lq_scale of HQ),
   with every HQ size read from the file header.
 - Aspect buckets (paper: 1024x768, 768x768, 512x768): each global batch comes from one bucket. The batch
-  order of epoch e is a permutation drawn from (seed, e), so the batch of micro-step g is a function of
-  (seed, g) (``DataOrder``): a resumed run sees exactly the data an uninterrupted one would.
+  order of epoch e is a permutation drawn from (seed, e), so the global batch of optimizer step s is a
+  function of (seed, s) (``DataOrder``): a resumed run sees exactly the data an uninterrupted one would.
 - Latents: HQ and the LQ upsampled x lq_scale (bicubic) go through the frozen Flux VAE encoder; its
   Gaussian's parameters (mean, logvar) are cached on disk (``LatentCache``), keyed by the pair's sha256s,
   the size and the VAE's identity. A latent is ``(mean + std * noise - shift_factor) * scaling_factor``,
@@ -114,19 +114,19 @@ def epoch_batches(buckets: dict[tuple[int, int], list[int]], global_batch: int, 
 
 
 class DataOrder:
-    """Global batch of micro-step g = f(seed, g): epoch g // E, position g % E (E batches per epoch)."""
+    """Global batch of (0-based) optimizer step s = f(seed, s): epoch s // E, position s % E (E batches per epoch)."""
 
     def __init__(self, buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int) -> None:
         self.buckets, self.global_batch, self.seed = buckets, global_batch, seed
         self.per_epoch = sum(math.ceil(len(v) / global_batch) for v in buckets.values())
         self._epoch, self._batches = -1, []
 
-    def batch(self, micro_step: int) -> tuple[int, list[int]]:
-        """(epoch, the global batch's pair indices) of a micro-step."""
-        epoch = micro_step // self.per_epoch
+    def batch(self, step: int) -> tuple[int, list[int]]:
+        """(epoch, the global batch's pair indices) of a 0-based optimizer step."""
+        epoch = step // self.per_epoch
         if epoch != self._epoch:
             self._epoch, self._batches = epoch, epoch_batches(self.buckets, self.global_batch, self.seed, epoch)
-        return epoch, self._batches[micro_step % self.per_epoch]
+        return epoch, self._batches[step % self.per_epoch]
 
 
 # ----------------------------------------------------------------------------------------------------
