@@ -16,8 +16,9 @@ setup: $(VENV)/.installed  ## create .venv and install fluxir with its test tool
 demo: setup  ## run the default pipeline on the embedded tiny random-weight models
 	$(VENV)/bin/kedro run --env=tiny
 
-test: setup  ## the test suite (what CI runs)
-	$(PY) -m pytest
+TEST_WORKERS ?= 2
+test: setup  ## the test suite (what CI runs): one pytest worker per core, each test file on one worker
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 mlflow: setup  ## MLflow UI on the project's SQLite store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

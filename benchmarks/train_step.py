@@ -88,16 +88,9 @@ def run_variant(config: str, variant: str, steps: int, warmup: int, batch_size: 
     """Time ``steps`` optimizer steps of one variant in this process; returns seconds and memory."""
     import torch
 
-    from fluxir.training import (
-        ControlledFlux,
-        Models,
-        TrainConfig,
-        build_adapter,
-        encode_gaussian,
-        flow_matching_loss,
-        make_micro_batch,
-        peak_memory_mb,
-    )
+    from fluxir.training import ControlledFlux, Models, TrainConfig, build_adapter, flow_matching_loss, make_micro_batch
+    from fluxir.training_data import encode_gaussian
+    from fluxir.training_records import peak_memory_mb
 
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -171,7 +164,7 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
 
     from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, freeze_flux
     from fluxir.models.flux import build_transformer
-    from fluxir.training import decode_latents, image_ids
+    from fluxir.training_data import decode_latents, image_ids
 
     width, height = SIZES[config]
     h, w = height // 8, width // 8

@@ -43,6 +43,15 @@ def kedro_project(tmp_path: Path) -> Path:
     return make_project_copy(tmp_path / "project")
 
 
+@pytest.fixture(scope="session")
+def tiny_fluxgen_project(tmp_path_factory) -> Path:
+    """A project copy with one tiny fluxgen run (6 images, 2 steps) in it, made once per session (per worker
+    under pytest-xdist) for the tests that only read its outputs (test_viz, test_notebook)."""
+    project = make_project_copy(tmp_path_factory.mktemp("tiny_fluxgen") / "project")
+    kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", "--params=fluxgen.num_images=6,fluxgen.steps=2")
+    return project
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (for accelerate's rendezvous, mlflow server)."""
     import socket

@@ -114,7 +114,11 @@ def test_thread_counts_and_threads_do_not_change_the_result(photos):
     torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
     try:
         torch.set_num_threads(2), cv2.setNumThreads(2)
-        assert all(np.array_equal(degrade_pair(image, i, 5, config)[1], expected[i]) for i in range(4))
+        # Another thread count may sum a blur in another order: a pixel may round to the next level, no more.
+        # A leaked or shared random draw changes the whole image, far beyond this.
+        for i in range(4):
+            other = degrade_pair(image, i, 5, config)[1].astype(int)
+            assert np.abs(other - expected[i]).max() <= 1 and (other != expected[i]).mean() < 1e-3, i
     finally:
         torch.set_num_threads(torch_threads), cv2.setNumThreads(cv2_threads)
     # concurrent callers (a threaded runner) must not interleave the seeded global generators
@@ -127,7 +131,7 @@ def test_thread_counts_and_threads_do_not_change_the_result(photos):
         worker.start()
     for worker in workers:
         worker.join()
-    assert all(np.array_equal(results[i], expected[i]) for i in range(4))
+    assert all(np.array_equal(results[i], expected[i]) for i in range(4))  # same thread count: exact by design
 
 
 # ------------------------------------------------------------------ shapes, dtypes, HQ

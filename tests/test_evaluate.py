@@ -23,6 +23,7 @@ from PIL import Image
 from fluxir.evaluation.testsets import (
     DEMO_MARKER,
     BenchmarkSpec,
+    aligned_crops,
     center_crop,
     collect,
     pair_key,
@@ -94,6 +95,33 @@ def test_paired_benchmark_is_centre_cropped_and_paired_by_name(tmp_path):
     assert list(again.images["hq_path"]) == list(table["hq_path"])
 
 
+def _block_mean(image: np.ndarray, factor: int = 4) -> np.ndarray:
+    """LQ pixel (y, x) = mean of HQ pixels [4y, 4y + 4) x [4x, 4x + 4): a pair whose alignment is known."""
+    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+    blocks = image[:h, :w].astype(np.float64).reshape(h // factor, factor, w // factor, factor, 3)
+    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+def test_paired_crops_keep_the_hq_offset_at_scale_times_the_lq_offset(tmp_path):
+    """Odd LQ sides (37 x 41): centre-cropping each image alone would shift the HQ by 2 px."""
+    rng = np.random.default_rng(0)
+    hq = rng.integers(0, 256, (4 * 41 + 3, 4 * 37 + 2, 3), dtype=np.uint8)  # HQ a few px larger, as tolerated
+    lq = _block_mean(hq)
+    assert lq.shape == (41, 37, 3)
+    hq_crop, lq_crop = aligned_crops(hq, lq, 16, 4)
+    np.testing.assert_array_equal(_block_mean(hq_crop), lq_crop)  # the same scene, pixel for pixel
+    assert not np.array_equal(_block_mean(center_crop(hq, 64)), lq_crop)  # the old, separate centre crops
+    # Through preparation: the prepared pair is that aligned pair.
+    _png(tmp_path / "HR" / "odd_HR.png", hq)
+    _png(tmp_path / "LR" / "odd_LR4.png", lq)
+    spec = _spec(name="RealSR", kind="paired", hq_dir=str(tmp_path / "HR"), lq_dir=str(tmp_path / "LR"))
+    row = prepare_benchmark(spec, tmp_path / "prepared").images.iloc[0]
+    np.testing.assert_array_equal(_read(row.hq_path), hq_crop)
+    np.testing.assert_array_equal(_read(row.lq_path), lq_crop)
+    with pytest.raises(ValueError, match=r"does not cover the 64px crop at \(top, left\)=\(48, 40\)"):
+        aligned_crops(hq[:100], lq, 16, 4)
+
+
 def test_missing_or_empty_benchmark_is_skipped_with_a_clear_message(tmp_path, caplog):
     (tmp_path / "empty").mkdir()
     missing = _spec(name="DrealSR", kind="paired", hq_dir=str(tmp_path / "nope/HR"), lq_dir=str(tmp_path / "nope/LR"))
@@ -144,6 +172,13 @@ def test_div2k_val_crops_are_deterministic_degraded_pairs(tmp_path):
         assert _read(a.hq_path).shape == (64, 64, 3) and _read(a.lq_path).shape == (16, 16, 3)
         np.testing.assert_array_equal(_read(a.lq_path), _read(b.lq_path))  # fixed seed: same pairs
     assert not np.array_equal(_read(first["lq_path"][0]), _read(first["lq_path"][2]))  # two crops differ
+    # The reference is the original DIV2K crop (no USM sharpening: that is for training HQ only).
+    source = _read(tmp_path / "DIV2K" / "astronaut.png")
+    hq = _read(first["hq_path"][0])
+    found = [(y, x) for y in range(source.shape[0] - 63) for x in range(source.shape[1] - 63)
+             if np.array_equal(source[y, x : x + 64], hq[0]) or np.array_equal(source[y, x : x + 64][::-1], hq[0])]
+    assert any(np.array_equal(source[y : y + 64, x : x + 64], hq) or np.array_equal(source[y : y + 64, x : x + 64][:, ::-1], hq)
+               for y, x in found), "the DIV2K-Val reference must be an unmodified crop of the source"
     other = prepare_benchmark(_spec(name="DIV2K-Val", kind="synthetic", hq_dir=str(tmp_path / "DIV2K"),
                                     num_images=3, seed=6), tmp_path / "a").images
     assert other["prep_key"][0] != first["prep_key"][0]  # another seed never mixes with the old crops
@@ -344,6 +379,12 @@ def test_report_compares_with_the_paper_and_says_tiny(evaluated):
     realsr_psnr = next(line for line in report.splitlines() if line.startswith("| RealSR | PSNR ↑"))
     assert "| psnr, Y, crop 4 |" in realsr_psnr and "| 20.7176 |" in realsr_psnr  # paper's FluxIR beside ours
     assert "| DrealSR | skipped |" in report
+    setup = report.split("## Setup")[1].split("## Benchmarks")[0]  # every convention behind the numbers
+    for row in ("| PSNR / SSIM channel | y: Y = 0.299 R + 0.587 G + 0.114 B", "| border crop | 4 px cut from each side",
+                "(LPIPS is cropped too", "| colour fix | wavelet (evaluate.color_fix",
+                "| sampler | 20 Euler steps, schedule flux_shift, Flux guidance 4.0 (the adapter's training value)",
+                "| adapter training | no training record: an untrained adapter"):
+        assert row in setup, row
     project = evaluated["project"]
     html = _latest(project, "data/08_reporting/evaluation_report.html").read_text()
     assert "data:image/png;base64," in html and "TINY RUN" in html

@@ -88,8 +88,6 @@ def test_histograms_and_mlflow_run(fluxgen_run):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ("select.percentile=100", "select.percentile must be in (0, 100)"),
-        ("select.percentile=0", "select.percentile must be in (0, 100)"),
         ("fluxgen.num_images=0", "fluxgen.num_images must be a positive integer"),
         ("fluxgen.model=data/01_raw/nowhere", "neither an existing local folder nor a hub id"),
     ],
@@ -98,6 +96,16 @@ def test_bad_input_fails_with_a_clear_message(kedro_project, params, message):
     proc = kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=fluxgen", f"--params=fluxgen.num_images=4,fluxgen.steps=1,{params}", check=False)
     assert proc.returncode != 0
     assert message in " ".join((proc.stdout + proc.stderr).split())
+
+
+@pytest.mark.parametrize("percentile", [0, 100, "5"])
+def test_bad_percentile_fails_before_any_cut(percentile):
+    """In-process (the kedro run cases above show that node errors reach the user): selection needs 0 < p < 100."""
+    from fluxir.pipelines.fluxgen.nodes import select_by_iqa
+
+    scores = pd.DataFrame({"entropy": [1.0, 2.0], "piqe": [30.0, 40.0]})
+    with pytest.raises(ValueError, match=r"select.percentile must be in \(0, 100\) exclusive, got"):
+        select_by_iqa(scores, {"metrics": ["entropy", "piqe"]}, {"percentile": percentile})
 
 
 def test_corrupt_image_is_named(kedro_project):

@@ -321,9 +321,11 @@ def test_weight_free_scores_are_finite_and_see_blur(photos):
     sharp, soft = scores.iloc[:4].reset_index(drop=True), scores.iloc[4:].reset_index(drop=True)
     # PIQE (lower is better) rates every blurred photo worse than its sharp original.
     assert (soft["piqe"] > sharp["piqe"] + 5).all(), scores
-    # Seeded random weights: a second build scores identically (reproducible tiny runs).
+    # Seeded random weights: a second build gives the same scores (reproducible tiny runs). It scores at another
+    # batch size (2 vs 4), and BLAS kernels differ by batch (2.4e-7 apart seen), so not bit for bit; other
+    # weights (another seed) would move the scores by far more than this tolerance.
     again = iqa.score_no_reference(photos[:2], [{"name": "musiq", "pretrained": False}], progress=False)
-    np.testing.assert_array_equal(again["musiq"].to_numpy(), sharp["musiq"].to_numpy()[:2])
+    np.testing.assert_allclose(again["musiq"].to_numpy(), sharp["musiq"].to_numpy()[:2], rtol=1e-5, atol=1e-6)
 
 
 def test_batching_matches_one_by_one_and_keeps_order(photos):

@@ -17,15 +17,14 @@ import pandas as pd
 import pytest
 from conftest import REPO
 from nbclient import NotebookClient
-from test_viz import tiny_fluxgen_project
 
 NOTEBOOK = REPO / "notebooks" / "explore_fluxgen.ipynb"
 ARTIFACTS = REPO / "test-artifacts" / "notebooks"
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    project = tiny_fluxgen_project(tmp_path_factory)
+def executed(tiny_fluxgen_project, tmp_path_factory):
+    project = tiny_fluxgen_project
     # A kernel spec for this interpreter: the notebook must run in the project's venv, whatever else is installed.
     kernels = tmp_path_factory.mktemp("jupyter") / "kernels" / "fluxir-test"
     kernels.mkdir(parents=True)

@@ -22,19 +22,19 @@ from fluxir.config import load_params
 from fluxir.io import sha256_file
 from fluxir.models.adapter import load_adapter
 from fluxir.training import (
-    DataOrder,
-    LatentCache,
-    PairTable,
+    ControlledFlux,
     TrainConfig,
+    accumulation_steps,
+    build_adapter,
     flow_matching_loss,
-    list_checkpoints,
     load_models,
     make_micro_batch,
-    pair_gaussians,
+    pixel_loss_latents,
     sample_timesteps,
     train,
-    vae_identity,
 )
+from fluxir.training_data import DataOrder, LatentCache, PairTable, decode_latents, pair_gaussians, unpack, vae_identity
+from fluxir.training_records import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
@@ -99,6 +99,29 @@ def test_bad_parameters_name_the_value(override, message):
     with pytest.raises(ValueError) as err:
         TrainConfig.from_params(override)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(("processes", "batch_size", "accumulation"), [(1, 1, 64), (2, 1, 32), (4, 1, 16), (8, 1, 8),
+                                                                      (4, 4, 4), (8, 8, 1)])
+def test_global_batch_of_64_is_reached_on_any_number_of_gpus(processes, batch_size, accumulation):
+    """The paper's global batch 64 (Sec. 4.1) = batch_size x processes x accumulation, exactly."""
+    assert TrainConfig().global_batch == 64
+    assert accumulation_steps(64, batch_size, processes) == accumulation
+    assert batch_size * processes * accumulation == 64
+
+
+def test_a_global_batch_that_cannot_be_split_names_the_fix():
+    with pytest.raises(ValueError, match=r"train.global_batch=64 cannot be split into train.batch_size=1 x 3 "
+                                         r"process\(es\).*use a number of processes that divides 64"):
+        accumulation_steps(64, 1, 3)
+    with pytest.raises(ValueError, match=r"global_batch=16 .* train.batch_size=4 x 8 process\(es\).*use train.batch_size in \[1, 2\]"):
+        accumulation_steps(16, 4, 8)
+    with pytest.raises(ValueError, match=r"train.global_batch=1 cannot be split into train.batch_size=1 x 2"):
+        accumulation_steps(1, 1, 2)
+    with pytest.raises(ValueError, match="train.global_batch=6 is not a multiple of train.batch_size=4"):
+        TrainConfig.from_params({"global_batch": 6, "batch_size": 4})
+    with pytest.raises(ValueError, match="set train.global_batch .* and train.adapter.guidance"):
+        TrainConfig.from_params({"gradient_accumulation_steps": 4})
 
 
 def test_yaml_1_1_quirks_are_read_as_meant():
@@ -198,10 +221,35 @@ def test_latent_cache_is_keyed_by_image_and_vae(tmp_path, pairs, tiny_models):
         pair_gaussians(models.vae, cache, PairTable.from_manifest(stale), 1)
 
 
+def test_the_two_readings_of_eq9_differ_at_t_above_0_and_agree_in_their_limits(tiny_models):
+    """paper: V_d(z_0 + t v_p) vs V_d(z_0 + t v_gt); x0: V_d(z_t - t v_p) vs V_d(z_0) (docs/training.md)."""
+    _, models = tiny_models
+    g = torch.Generator().manual_seed(0)
+    z0, z1, v_p = (torch.randn(2, 12, 64, generator=g) for _ in range(3))  # (B, N, 64): a 6x8 latent grid
+    v_gt = z1 - z0
+
+    def l_p(form: str, t: torch.Tensor, v: torch.Tensor) -> list[float]:
+        t = t.view(2, 1, 1)
+        pred, target = pixel_loss_latents(z0, (1 - t) * z0 + t * z1, t, v, v_gt, form)
+        assert torch.allclose(pred - target, (1 if form == "paper" else -1) * t * (v - v_gt), atol=1e-5)
+        with torch.no_grad():
+            x = [decode_latents(models.vae, unpack(z, 6, 8)) for z in (pred, target)]
+        return [float(d) for d in (x[0] - x[1]).abs().mean(dim=(1, 2, 3))]
+
+    t = torch.tensor([0.3, 0.9])
+    paper, x0 = l_p("paper", t, v_p), l_p("x0", t, v_p)
+    assert all(p > 0 and q > 0 for p, q in zip(paper, x0))
+    assert all(abs(p - q) > 1e-3 * max(p, q) for p, q in zip(paper, x0))  # the decoder sees different points
+    assert l_p("paper", torch.zeros(2), v_p) == l_p("x0", torch.zeros(2), v_p) == [0.0, 0.0]  # t = 0: both z_0
+    assert max(l_p("paper", t, v_gt) + l_p("x0", t, v_gt)) < 1e-6  # a perfect velocity: both vanish
+    _, target = pixel_loss_latents(z0, z0, t.view(2, 1, 1), v_p, v_gt, "x0")
+    assert torch.equal(target, z0)  # x0's target is the clean latent; paper's is the noisy z_t
+    with pytest.raises(ValueError, match="train.pixel_loss_form must be 'paper'"):
+        TrainConfig.from_params({"pixel_loss_form": "x_0"})
+
+
 def test_pixel_loss_follows_eq9(pairs, tiny_models):
     """t = 0: z_0 + t v = z_0 for both terms, so L_P = 0; alpha = 0 leaves L = L_MSE."""
-    from fluxir.training import ControlledFlux, build_adapter
-
     cfg, models = tiny_models
     table = PairTable.from_manifest(pairs)
     gauss = [pair_gaussians(models.vae, LatentCache(None, "x"), table, i) for i in (0, 3)]
@@ -218,6 +266,38 @@ def test_pixel_loss_follows_eq9(pairs, tiny_models):
     assert torch.equal(no_pixel[0], mse) and float(no_pixel[2]) == 0.0
     crop = flow_matching_loss(*args, TrainConfig.from_params({**tiny_params(Path("/x")), "pixel_loss_crop": 16}))
     assert torch.equal(crop[1], mse) and crop[2] > 0
+    x0 = flow_matching_loss(*args, TrainConfig.from_params({**tiny_params(Path("/x")), "pixel_loss_form": "x0"}))
+    assert torch.equal(x0[1], mse) and x0[2] > 0 and not torch.isclose(x0[2], pixel)
+
+
+def test_the_adapter_carries_its_training_guidance(tmp_path, tiny_models):
+    """train.adapter.guidance is fed to Flux in training, saved with the adapter, and used by restoration."""
+    from fluxir.models.adapter import load_adapter, save_adapter
+    from fluxir.restoration.sampler import RestoreConfig, Restorer
+
+    cfg, models = tiny_models
+    adapter = build_adapter(TrainConfig.from_params({**tiny_params(tmp_path), "adapter": {"guidance": 2.5}}), models)
+    assert adapter.config.guidance == 2.5 and build_adapter(cfg, models).config.guidance == 4.0
+    adapter.training_record = {"steps": 3, "global_batch": 64}
+    save_adapter(adapter, tmp_path / "adapter")
+    assert load_adapter(tmp_path / "adapter").training_record == {"steps": 3, "global_batch": 64}
+    restorer = Restorer(models.flux, models.vae, models.scheduler_config, models.prompt_embeds, models.pooled_embeds,
+                        load_adapter(tmp_path / "adapter"), RestoreConfig(dtype="float32", device="cpu"))
+    assert restorer.guidance == 2.5
+    with pytest.raises(ValueError, match="restore.guidance is not a parameter.*train.adapter.guidance"):
+        RestoreConfig.from_params({"guidance": 4.0})
+
+
+def test_any_split_of_the_global_batch_trains_the_same(tmp_path, pairs):
+    """Global batch 2 as 1 pair x 2 accumulation micro-steps or as 2 pairs in one: same samples, same steps."""
+    common = ("train.max_steps=3", "train.global_batch=2")
+    accumulated = train(tiny_params(tmp_path / "a", *common, "train.batch_size=1"), pairs, progress=False)
+    at_once = train(tiny_params(tmp_path / "b", *common, "train.batch_size=2"), pairs, progress=False)
+    assert accumulated.run_dir.name == at_once.run_dir.name  # batch_size does not change what is learned
+    np.testing.assert_allclose(accumulated.history.loss, at_once.history.loss, rtol=1e-4)
+    assert max_diff(accumulated.adapter, at_once.adapter) < 1e-5  # float sums in another order only
+    single = train(tiny_params(tmp_path / "c", "train.max_steps=3"), pairs, progress=False)  # global batch 1
+    assert max_diff(single.adapter, at_once.adapter) > 1e-4
 
 
 def test_cache_and_checkpointing_do_not_change_training(tmp_path, pairs):
@@ -317,7 +397,7 @@ def _mlflow_runs(project: Path) -> list:
 def test_two_processes_keep_identical_weights_and_only_rank0_writes(tmp_path, pairs, kedro_project):
     manifest = tmp_path / "manifest.parquet"
     pairs.to_parquet(manifest)
-    params = f"train.max_steps=6,train.checkpoint_every=3,train.validate_every=6,train.log_every=2," \
+    params = f"train.max_steps=6,train.global_batch=2,train.checkpoint_every=3,train.validate_every=6,train.log_every=2," \
              f"train.checkpoint_dir={tmp_path / 'ck'},train.latent_cache_dir={tmp_path / 'lc'}"
     accelerate = Path(sys.executable).with_name("accelerate")
     proc = subprocess.run(
@@ -348,8 +428,11 @@ def test_two_processes_keep_identical_weights_and_only_rank0_writes(tmp_path, pa
     artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "validation")]
     assert artifacts == ["validation/step_00000006.png"]
 
-    # Two processes x batch 1 == one process x batch 2 (same global batch, same per-sample randomness).
-    single = train(tiny_params(tmp_path / "one", "train.max_steps=6", "train.batch_size=2"), pairs, progress=False)
+    assert runs[0].data.params["train_run.gradient_accumulation_steps"] == "1"
+
+    # Global batch 2: two processes x batch 1 == one process x batch 1 x 2 accumulation steps (same samples,
+    # same per-sample randomness; the tolerance covers gloo's all-reduce summing in another order).
+    single = train(tiny_params(tmp_path / "one", "train.max_steps=6", "train.global_batch=2"), pairs, progress=False)
     assert max_diff(load_adapter(tmp_path / "adapter"), single.adapter) < 1e-4
 
 
@@ -372,6 +455,7 @@ def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
     adapters = sorted((kedro_project / "data" / "06_models" / "fluxir_adapter").iterdir())
     assert len(adapters) == 1
     adapter = load_adapter(adapters[0] / "fluxir_adapter")
+    assert adapter.training_record["steps"] == 6 and adapter.training_record["global_batch"] == 1
     history = pd.read_parquet(next((kedro_project / "data/07_model_output/train_history.parquet").rglob("*.parquet")))
     assert list(history.step) == [1, 2, 3, 4, 5, 6]
     assert (kedro_project / "data/05_model_input/latent_cache").is_dir()
@@ -394,7 +478,7 @@ def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
 def test_packing_matches_diffusers_and_inverts():
     from diffusers import FluxPipeline
 
-    from fluxir.training import image_ids, pack, unpack
+    from fluxir.training_data import image_ids, pack
 
     z = torch.randn(2, 16, 8, 6)
     assert torch.equal(pack(z), FluxPipeline._pack_latents(z, 2, 16, 8, 6))  # (2, 12, 64)

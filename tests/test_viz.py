@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, kedro_run, make_project_copy
+from conftest import REPO, kedro_run
 
 FLUXGEN_NODES = {"generate_images", "score_images", "select_by_iqa", "degrade_pairs"}
 HEAVY_MODULES = ("torch", "torchvision", "diffusers", "transformers", "pyiqa", "basicsr", "accelerate", "timm")
@@ -29,18 +29,6 @@ LAYERS = ("raw", "intermediate", "primary", "feature", "model_input", "models", 
 ARTIFACTS = REPO / "test-artifacts" / "viz"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-_SHARED: dict[str, Path] = {}
-
-
-def tiny_fluxgen_project(tmp_path_factory) -> Path:
-    """A project copy with one tiny fluxgen run in it, made once per pytest session (also used by test_notebook)."""
-    if "fluxgen" not in _SHARED:
-        project = make_project_copy(tmp_path_factory.mktemp("tiny_fluxgen") / "project")
-        kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", "--params=fluxgen.num_images=6,fluxgen.steps=2")
-        _SHARED["fluxgen"] = project
-    return _SHARED["fluxgen"]
-
 
 def find_chromium() -> str | None:
     """``FLUXIR_CHROMIUM``, else Debian's chromium (scripts/setup.sh installs it), else None."""
@@ -123,9 +111,9 @@ print(json.dumps(sorted({n.split(".")[0] for n in sys.modules} & set(HEAVY_MODUL
 
 
 @pytest.fixture(scope="module")
-def viz_site(tmp_path_factory) -> Path:
+def viz_site(tiny_fluxgen_project) -> Path:
     """`kedro viz build --include-previews` of a project copy that has one tiny fluxgen run's data."""
-    project = tiny_fluxgen_project(tmp_path_factory)
+    project = tiny_fluxgen_project
     shutil.rmtree(project / "build", ignore_errors=True)
     proc = kedro_run(project, "viz", "build", "--include-previews")
     site = project / "build"

@@ -1,59 +1,48 @@
-"""FluxIR training (paper Sec. 3.3 "Efficient Training Strategy", Sec. 4.1): the whole story in one file.
+"""FluxIR training (paper Sec. 3.3 "Efficient Training Strategy", Sec. 4.1): one optimizer step, told in order.
 
-What one optimizer step does (B = per-process batch, C = 16 VAE channels, (h, w) = (H/8, W/8),
-N = h/2 * w/2 packed tokens, S = prompt tokens):
+B = per-process batch, C = 16 VAE channels, (h, w) = (H/8, W/8), N = h/2 * w/2 packed tokens, S = prompt tokens.
 
-1. Data. Pairs come from FluxGen's ``pairs_manifest`` (HQ crop + its 1/4-size LQ). Pairs are grouped
-   into aspect buckets by HQ size (paper: 1024x768, 768x768, 512x768); each global batch comes from
-   one bucket. The batch order of epoch e is a permutation drawn from (seed, e), so the batch of
-   micro-step g is a function of (seed, g): a resumed run sees exactly the data an uninterrupted one
-   would.
-2. Latents. HQ and the LQ upsampled x4 (bicubic) to HQ size go through the frozen Flux VAE encoder;
-   its Gaussian's parameters (mean, logvar) are cached on disk, keyed by the pair's sha256s, the size
-   and the VAE's identity (config + weights hash), so a changed image or VAE never reuses a stale
-   latent. A latent is mean + std * noise, then ``(z - shift_factor) * scaling_factor``, packed 2x2:
-   (B, C, h, w) -> (B, N, 4C).
-3. Randomness. Sample j of micro-step g draws t, the noise z_1, the two VAE samples and the decoder
-   crop from its own generator seeded by (seed, g, j): independent of the number of processes, and
-   reproducible after a resume.
-4. Loss (Eq. 5-10):
+1. Data (``fluxir.training_data``): FluxGen's pairs in aspect buckets; the global batch of step s is a
+   function of (seed, s), drawn from one bucket; VAE Gaussians of HQ and x4-bicubic LQ cached on disk.
+2. Batch: ``train.global_batch`` pairs per optimizer step (paper: 64) = ``batch_size`` per process x
+   processes x accumulation micro-steps (``accumulation_steps``). Sample j of step s draws t, the noise
+   z_1, the two VAE samples and the decoder crop from its own generator seeded by (seed, s, j), so any
+   split of the global batch (1 GPU accumulating 64, or 4 GPUs x 16, or 8 x 8) trains on the same
+   samples with the same randomness, and a resumed run sees exactly what an uninterrupted one would.
+3. Loss (Eq. 5-10):
        t = f(u) = clamp(u, 0, 1), u ~ U(-eps, 1 + eps)          (Eq. 5-6; P(t=0) = P(t=1) = eps/(1+2eps))
        z_t = (1 - t) z_0 + t z_1                                 (z_0 = HQ latent, z_1 ~ N(0, I))
        v_p = Flux(z_t, t, p, y) controlled by FluxIR(z_lq)      (Eq. 1-4, fluxir.models.adapter)
        v_gt = z_1 - z_0                                          (Eq. 7)
        L_MSE = ||v_p - v_gt||^2                                  (Eq. 8, mean over elements)
-       L_P = ||V_d(z_0 + t v_p) - V_d(z_0 + t v_gt)||_1          (Eq. 9, mean over pixels)
+       L_P = ||V_d(z_0 + t v_p) - V_d(z_0 + t v_gt)||_1          (Eq. 9 as written, ``pixel_loss_form: paper``)
+           or ||V_d(z_t - t v_p) - V_d(z_0)||_1                  (its clean-estimate reading, ``x0``)
        L = L_MSE + alpha L_P, alpha = 1                          (Eq. 10)
-   The logit-normal sampler of SD3 (t = sigmoid(n), n ~ N(m, s)) is the ablation of Table 3.
-5. Update: AdamW (paper: lr 1e-5) on the adapter only; Flux and the VAE are frozen. Gradient
-   accumulation, bf16 autocast, gradient checkpointing of Flux's blocks (and optionally of the VAE
-   decoder), gradient clipping, constant lr after a linear warm-up.
-6. Bookkeeping: a non-finite loss or gradient stops the run before the optimizer step (the last good
-   checkpoint is never touched); every ``checkpoint_every`` steps rank 0 writes adapter + optimizer +
-   scheduler + RNG + step + history into a temporary folder and renames it into place; a rerun with
-   the same settings resumes from the newest. MLflow (rank 0, the active run): parameters, loss
-   curves, lr, samples/s, peak memory, a grid of validation restorations.
+   The logit-normal sampler of SD3 (t = sigmoid(n), n ~ N(m, s)) is the ablation of Table 3. A
+   guidance-distilled Flux gets the adapter's ``config.guidance``, saved with it for restoration.
+4. Update: AdamW (paper: lr 1e-5) on the adapter only; Flux and the VAE are frozen. bf16 autocast,
+   gradient checkpointing of Flux's blocks (and optionally of the VAE decoder), gradient clipping,
+   constant lr after a linear warm-up.
+5. Bookkeeping (``fluxir.training_records``): a non-finite loss or gradient stops the run before the
+   optimizer step (the last good checkpoint is never touched); every ``checkpoint_every`` steps rank 0
+   writes an atomic checkpoint; a rerun with the same settings resumes from the newest. MLflow (rank 0,
+   the active run): parameters, loss curves, lr, samples/s, peak memory, validation restorations.
 
 Everything runs under ``accelerate``: ``python -m fluxir.training --env base`` on one process, or
-``accelerate launch [--multi_gpu --num_processes 4] -m fluxir.training --env base`` on several (DDP);
-``kedro run --pipeline=train`` calls the same ``train`` function in one process.
+``accelerate launch [--multi_gpu --num_processes 4] -m fluxir.training --env base`` on several (DDP;
+the command line is ``fluxir.training_cli``); ``kedro run --pipeline=train`` calls the same ``train``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
-import os
-import random
-import resource
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,38 +52,49 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, PartialState
-from PIL import Image
-from safetensors.torch import load_file, save_file
+from accelerate import Accelerator
 from torch import Tensor, nn
 
 from fluxir.config import flatten_dict
-from fluxir.io import read_image, sha256_file
+from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, count_parameters, freeze_flux
 from fluxir.progress import progress as progress_bar
-from fluxir.models.adapter import (
-    FluxIRAdapter,
-    controlled_flux_forward,
-    count_parameters,
-    freeze_flux,
-    load_adapter,
-    save_adapter,
+from fluxir.training_records import (
+    MlflowLogger,
+    list_checkpoints,
+    load_checkpoint,
+    peak_memory_mb,
+    save_checkpoint,
+    validation_grid,
+)
+from fluxir.training_data import (
+    DataOrder,
+    LatentCache,
+    PairTable,
+    decode_latents,
+    device_and_dtype,
+    gaussian_sample,
+    image_ids,
+    pack,
+    pair_gaussians,
+    unpack,
+    vae_identity,
 )
 
 logger = logging.getLogger(__name__)
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
-MANIFEST_COLUMNS = ("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256")
-CHECKPOINT_PREFIX = "step_"
+PIXEL_LOSS_FORMS = ("paper", "x0")
 
 # Fields that do not change what is learned: excluded from the run key, so changing them (or raising
-# max_steps to train longer) resumes the same run instead of starting a new one.
+# max_steps to train longer) resumes the same run instead of starting a new one. batch_size is one:
+# the global batch and every sample's randomness are the same however it is split (see ``batch_plan``).
 _NON_SEMANTIC = (
     "max_steps", "checkpoint_every", "keep_checkpoints", "resume", "log_every", "validate_every",
     "validation_steps", "cache_latents", "latent_cache_dir", "checkpoint_dir", "device", "progress",
-    "decoder_gradient_checkpointing", "gradient_checkpointing",
+    "decoder_gradient_checkpointing", "gradient_checkpointing", "batch_size",
 )
 _FLOAT_FIELDS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-                 "timestep_eps", "logit_normal_mean", "logit_normal_std", "guidance", "pixel_loss_weight")
+                 "timestep_eps", "logit_normal_mean", "logit_normal_std", "pixel_loss_weight")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -111,8 +111,8 @@ class TrainConfig:
     device: str = "auto"  # auto: accelerate's device (cuda if present); "cpu" forces CPU
     seed: int = 0
     max_steps: int = 100_000  # optimizer steps
-    batch_size: int = 1  # per process and micro-step
-    gradient_accumulation_steps: int = 1
+    global_batch: int = 64  # pairs per optimizer step, over all processes (paper Sec. 4.1: 64)
+    batch_size: int = 1  # per process and micro-step: what fits in memory; accumulation makes up the rest
     learning_rate: float = 1e-5  # paper Sec. 4.1
     weight_decay: float = 0.01  # torch's AdamW default (the paper does not say)
     adam_beta1: float = 0.9
@@ -124,17 +124,17 @@ class TrainConfig:
     timestep_eps: float = 0.05  # epsilon of Eq. 6
     logit_normal_mean: float = 0.0
     logit_normal_std: float = 1.0
-    guidance: float = 3.5  # FLUX.1-dev's guidance embedding during training; use the same at inference
     pixel_loss_weight: float = 1.0  # alpha of Eq. 10; 0 switches L_P (and its decoder passes) off
+    pixel_loss_form: str = "paper"  # Eq. 9 as written ("paper") or its clean-estimate reading ("x0")
     pixel_loss_crop: int | None = None  # decode a random crop of this many pixels square (multiple of 8)
     decoder_gradient_checkpointing: bool = False
     gradient_checkpointing: bool = True  # Flux blocks and the adapter block
-    adapter: dict[str, Any] = field(default_factory=dict)  # FluxIRConfig overrides, e.g. {rank: 32}
+    adapter: dict[str, Any] = field(default_factory=dict)  # FluxIRConfig overrides, e.g. {rank: 32, guidance: 4.0}
     max_sequence_length: int = 512  # T5 tokens of the (empty) training prompt
     lq_scale: int = 4
-    num_validation_pairs: int = 2  # held out of training, restored every validate_every steps
+    num_validation_pairs: int = 4  # held out of training, restored every validate_every steps
     validation_steps: int = 20  # sampling steps of the validation restorations (paper: 20)
-    validate_every: int = 1000
+    validate_every: int = 2000
     log_every: int = 10
     cache_latents: bool = True
     latent_cache_dir: str = "data/05_model_input/latent_cache"
@@ -148,6 +148,10 @@ class TrainConfig:
         """Build and validate from a ``train`` parameters dict; unknown keys and bad values raise ValueError."""
         from fluxir.config import reject_unknown_keys
 
+        if "gradient_accumulation_steps" in params or "guidance" in params:
+            raise ValueError("train.gradient_accumulation_steps and train.guidance are no longer parameters: set "
+                             "train.global_batch (accumulation = global_batch / (batch_size x processes)) and "
+                             "train.adapter.guidance (saved with the adapter; restoration uses it); docs/training.md")
         reject_unknown_keys(params, cls, "train parameter(s)")
         params = dict(params)
         if params.get("mixed_precision") is False:  # YAML 1.1 reads an unquoted `no` as false
@@ -168,7 +172,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"train.{name} must be an integer >= {minimum}, got {value!r}")
 
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_sequence_length", "lq_scale",
+        for name in ("max_steps", "global_batch", "batch_size", "max_sequence_length", "lq_scale",
                      "validation_steps", "validate_every", "log_every", "checkpoint_every", "keep_checkpoints"):
             positive_int(name)
         for name in ("lr_warmup_steps", "num_validation_pairs", "seed"):
@@ -185,6 +189,12 @@ class TrainConfig:
         if not isinstance(self.pixel_loss_weight, (int, float)) or self.pixel_loss_weight < 0:
             raise ValueError(f"train.pixel_loss_weight must be >= 0 (alpha of Eq. 10, paper: 1), "
                              f"got {self.pixel_loss_weight!r}")
+        if self.pixel_loss_form not in PIXEL_LOSS_FORMS:
+            raise ValueError(f"train.pixel_loss_form must be 'paper' (Eq. 9 as written: V_d(z_0 + t v_p) vs V_d(z_t)) "
+                             f"or 'x0' (V_d(z_t - t v_p) vs V_d(z_0)), got {self.pixel_loss_form!r}")
+        if self.global_batch % self.batch_size:
+            raise ValueError(f"train.global_batch={self.global_batch} is not a multiple of train.batch_size="
+                             f"{self.batch_size}: choose a batch_size that divides it")
         crop = self.pixel_loss_crop
         if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 8 or crop % 8):
             raise ValueError(f"train.pixel_loss_crop must be null or a positive multiple of 8 (pixels; the VAE "
@@ -196,11 +206,28 @@ class TrainConfig:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"train.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
-    def run_key(self, data_key: str, global_batch: int) -> str:
+    def run_key(self, data_key: str) -> str:
         """Hash of everything that changes what is learned: the checkpoint sub-folder of this run."""
         semantic = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NON_SEMANTIC}
-        payload = json.dumps({"config": semantic, "data": data_key, "global_batch": global_batch}, sort_keys=True)
+        payload = json.dumps({"config": semantic, "data": data_key}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def accumulation_steps(global_batch: int, batch_size: int, num_processes: int) -> int:
+    """Micro-steps per optimizer step so that batch_size x num_processes x accumulation = global_batch exactly.
+
+    The paper's 64 on 4 GPUs at batch_size 1 accumulates 16 micro-steps, on 8 GPUs 8; ValueError (listing the
+    batch sizes that work) when no whole number of micro-steps gives the global batch.
+    """
+    per_micro_step = batch_size * num_processes
+    if global_batch % per_micro_step == 0:
+        return global_batch // per_micro_step
+    fitting = [b for b in range(1, global_batch + 1) if global_batch % (b * num_processes) == 0]
+    fix = (f"use train.batch_size in {fitting}" if fitting else
+           f"use a number of processes that divides {global_batch}, or change train.global_batch")
+    raise ValueError(f"train.global_batch={global_batch} cannot be split into train.batch_size={batch_size} x "
+                     f"{num_processes} process(es) x whole accumulation steps ({global_batch} is not a multiple of "
+                     f"{per_micro_step}): {fix}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -223,227 +250,10 @@ def sample_timesteps(n: int, generator: torch.Generator, sampler: str = "clamped
     raise ValueError(f"timestep sampler must be one of {TIMESTEP_SAMPLERS}, got {sampler!r}")
 
 
-def sample_seed(seed: int, micro_step: int, position: int) -> int:
-    """Seed of the generator of sample ``position`` of the global micro-batch ``micro_step``."""
-    a, b = np.random.SeedSequence([seed, micro_step, position]).generate_state(2, dtype=np.uint32)
+def sample_seed(seed: int, step: int, position: int) -> int:
+    """Seed of the generator of sample ``position`` (0 .. global_batch - 1) of the global batch of ``step``."""
+    a, b = np.random.SeedSequence([seed, step, position]).generate_state(2, dtype=np.uint32)
     return (int(a) << 31) ^ int(b)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Pairs, buckets and the data order
-
-
-@dataclass
-class PairTable:
-    """The training pairs: one row per pair with its HQ size (width, height); sorted by image_id."""
-
-    rows: pd.DataFrame  # manifest columns + width, height
-    lq_scale: int = 4
-
-    @classmethod
-    def from_manifest(cls, manifest: pd.DataFrame, lq_scale: int = 4) -> PairTable:
-        """Check the manifest and read every image's size from its header (no decoding).
-
-        HQ sides must be multiples of 16 (VAE /8, then 2x2 packing) and LQ exactly 1/lq_scale of HQ.
-        """
-        missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
-        if missing:
-            raise ValueError(f"pairs manifest lacks column(s) {missing}; it needs {list(MANIFEST_COLUMNS)} "
-                             f"(the output of the fluxgen pipeline's degrade_pairs node)")
-        if manifest.empty:
-            raise ValueError("pairs manifest is empty: run the fluxgen pipeline first (kedro run --pipeline=fluxgen)")
-        rows = manifest.sort_values("image_id").reset_index(drop=True).copy()
-        sizes = []
-        for row in rows.itertuples(index=False):
-            for kind in ("hq", "lq"):
-                if not Path(getattr(row, f"{kind}_path")).is_file():
-                    raise FileNotFoundError(f"pair {row.image_id}: {kind.upper()} image {getattr(row, f'{kind}_path')} "
-                                            "does not exist (rerun the fluxgen pipeline)")
-            with Image.open(row.hq_path) as hq, Image.open(row.lq_path) as lq:
-                (w, h), (lw, lh) = hq.size, lq.size
-            if w % 16 or h % 16:
-                raise ValueError(f"pair {row.image_id}: HQ {row.hq_path} is (width, height)={(w, h)}; both sides must "
-                                 "be multiples of 16 (VAE /8 and 2x2 packing)")
-            if (lw * lq_scale, lh * lq_scale) != (w, h):
-                raise ValueError(f"pair {row.image_id}: LQ {row.lq_path} is {(lw, lh)} but must be exactly 1/{lq_scale} "
-                                 f"of the HQ size {(w, h)}, i.e. {(w // lq_scale, h // lq_scale)}")
-            sizes.append((w, h))
-        rows["width"] = [s[0] for s in sizes]
-        rows["height"] = [s[1] for s in sizes]
-        return cls(rows, lq_scale)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def split(self, num_validation: int) -> tuple[list[int], list[int]]:
-        """(train indices, validation indices): the last ``num_validation`` pairs are held out."""
-        n = len(self.rows)
-        if num_validation >= n:
-            raise ValueError(f"train.num_validation_pairs={num_validation} leaves no training pair out of {n}; "
-                             f"use at most {n - 1}")
-        return list(range(n - num_validation)), list(range(n - num_validation, n))
-
-    def buckets(self, indices: list[int]) -> dict[tuple[int, int], list[int]]:
-        """Indices grouped by HQ (width, height)."""
-        out: dict[tuple[int, int], list[int]] = {}
-        for i in indices:
-            out.setdefault((int(self.rows.width[i]), int(self.rows.height[i])), []).append(i)
-        return out
-
-    def data_key(self) -> str:
-        """Hash of the pairs' identities (image ids + sha256s)."""
-        payload = json.dumps(self.rows[["image_id", "hq_sha256", "lq_sha256"]].astype(str).values.tolist())
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def epoch_batches(buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int, epoch: int) -> list[list[int]]:
-    """The global batches of one epoch, each from one aspect bucket, in an order drawn from (seed, epoch).
-
-    A bucket whose size is not a multiple of the batch wraps around to the start of its permutation.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    batches = []
-    for size in sorted(buckets):
-        items = np.asarray(buckets[size])[rng.permutation(len(buckets[size]))]
-        items = np.resize(items, math.ceil(len(items) / global_batch) * global_batch)
-        batches += [items[i : i + global_batch].tolist() for i in range(0, len(items), global_batch)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-class DataOrder:
-    """Global batch of micro-step g = f(seed, g): epoch g // E, position g % E (E batches per epoch)."""
-
-    def __init__(self, buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int) -> None:
-        self.buckets, self.global_batch, self.seed = buckets, global_batch, seed
-        self.per_epoch = sum(math.ceil(len(v) / global_batch) for v in buckets.values())
-        self._epoch, self._batches = -1, []
-
-    def batch(self, micro_step: int) -> tuple[int, list[int]]:
-        """(epoch, the global batch's pair indices) of a micro-step."""
-        epoch = micro_step // self.per_epoch
-        if epoch != self._epoch:
-            self._epoch, self._batches = epoch, epoch_batches(self.buckets, self.global_batch, self.seed, epoch)
-        return epoch, self._batches[micro_step % self.per_epoch]
-
-
-# ----------------------------------------------------------------------------------------------------
-# VAE latents and their cache
-
-
-def load_pair_pixels(row: Any, lq_scale: int) -> tuple[Tensor, Tensor]:
-    """(HQ (3, H, W), LQ upsampled x lq_scale bicubic (3, H, W)), float32 in [-1, 1]."""
-    hq = torch.from_numpy(read_image(row.hq_path).copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
-    lq = torch.from_numpy(read_image(row.lq_path).copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H/4, W/4)
-    lq_up = F.interpolate(lq[None], scale_factor=lq_scale, mode="bicubic", align_corners=False)[0].clamp(-1, 1)
-    return hq, lq_up
-
-
-def vae_identity(vae: Any) -> str:
-    """Hash of the VAE's class, config and weights: part of every latent-cache key."""
-    h = hashlib.sha256(type(vae).__name__.encode())
-    h.update(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(vae.state_dict().items()):
-        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-class LatentCache:
-    """The VAE encoder's Gaussian parameters (2C, h, w) of each pair's HQ and upsampled LQ, on disk.
-
-    Key = sha256(HQ sha256, LQ sha256, size, lq_scale, VAE identity): a changed image (new sha256 in the
-    manifest) or VAE never reuses a stale entry. Files are written atomically (temp file + rename).
-    """
-
-    def __init__(self, root: str | os.PathLike | None, vae_id: str) -> None:
-        self.root = Path(root) if root is not None else None
-        self.vae_id = vae_id
-
-    def key(self, row: Any, lq_scale: int) -> str:
-        payload = f"{row.hq_sha256}|{row.lq_sha256}|{row.width}x{row.height}|x{lq_scale}|bicubic|{self.vae_id}"
-        return hashlib.sha256(payload.encode()).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.safetensors"
-
-    def get(self, key: str) -> dict[str, Tensor] | None:
-        if self.root is None or not self.path(key).is_file():
-            return None
-        return load_file(self.path(key))
-
-    def put(self, key: str, tensors: dict[str, Tensor]) -> None:
-        if self.root is None:
-            return
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
-
-
-def _where(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """(device, dtype) of a module's first parameter (diffusers' ``.dtype`` walks every sub-module: slow per step)."""
-    p = next(module.parameters())
-    return p.device, p.dtype
-
-
-def encode_gaussian(vae: Any, images: Tensor) -> Tensor:
-    """VAE encoder: images (B, 3, H, W) in [-1, 1] -> Gaussian parameters (B, 2C, h, w) = [mean, logvar]."""
-    return vae.encode(images.to(*_where(vae))).latent_dist.parameters
-
-
-def pair_gaussians(vae: Any, cache: LatentCache, pairs: PairTable, index: int) -> tuple[Tensor, Tensor]:
-    """(HQ, LQ) Gaussian parameters (2C, h, w) of one pair, from the cache or encoded (and cached)."""
-    row = pairs.rows.iloc[index]
-    key = cache.key(row, pairs.lq_scale)
-    hit = cache.get(key)
-    if hit is not None:
-        return hit["hq"].to(*_where(vae)), hit["lq"].to(*_where(vae))
-    for kind in ("hq", "lq"):  # the cache key trusts the manifest's sha256: check it when we read the file
-        actual = sha256_file(row[f"{kind}_path"])
-        if actual != row[f"{kind}_sha256"]:
-            raise ValueError(f"pair {row.image_id}: {row[f'{kind}_path']} has sha256 {actual[:12]}... but the manifest "
-                             f"says {str(row[f'{kind}_sha256'])[:12]}...: the file changed after the manifest was "
-                             "written; rerun the fluxgen pipeline to rebuild pairs_manifest")
-    hq, lq_up = load_pair_pixels(row, pairs.lq_scale)
-    with torch.no_grad():
-        params = encode_gaussian(vae, torch.stack([hq, lq_up]))  # (2, 2C, h, w)
-    cache.put(key, {"hq": params[0].cpu(), "lq": params[1].cpu()})
-    return params[0], params[1]
-
-
-def gaussian_sample(params: Tensor, noise: Tensor, vae: Any) -> Tensor:
-    """Normalised Flux latent (.., C, h, w) = ((mean + std * noise) - shift_factor) * scaling_factor."""
-    mean, logvar = params.float().chunk(2, dim=-3)
-    z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise.to(mean.device)
-    return (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
-
-
-def decode_latents(vae: Any, z: Tensor) -> Tensor:
-    """Normalised latents (B, C, h, w) -> images (B, 3, 8h, 8w), about [-1, 1] (the frozen V_d)."""
-    z = z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-    return vae.decode(z.to(_where(vae)[1])).sample
-
-
-def pack(z: Tensor) -> Tensor:
-    """(B, C, h, w) -> (B, h/2 * w/2, 4C): Flux's 2x2 patches, flattened (FluxPipeline._pack_latents)."""
-    from fluxir.restoration.sampler import pack as pack_grid
-
-    return pack_grid(z).flatten(1, 2)
-
-
-def unpack(x: Tensor, h: int, w: int) -> Tensor:
-    """(B, h/2 * w/2, 4C) -> (B, C, h, w), the inverse of ``pack`` (h, w: latent size)."""
-    from fluxir.restoration.sampler import unpack as unpack_grid
-
-    return unpack_grid(x.view(x.shape[0], h // 2, w // 2, -1))
-
-
-def image_ids(h: int, w: int, device: torch.device | str) -> Tensor:
-    """Flux's rope positions of the packed image tokens, (h/2 * w/2, 3), for an (h, w) latent."""
-    from diffusers import FluxPipeline
-
-    return FluxPipeline._prepare_latent_image_ids(None, h // 2, w // 2, device, torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -459,8 +269,15 @@ class ControlledFlux(nn.Module):
         self.adapter = adapter
         object.__setattr__(self, "flux", flux)  # not a registered sub-module
 
-    def forward(self, z_t, z_lq, prompt, pooled, t, img_ids, txt_ids, guidance):
-        """Predicted velocity v_p (B, N, 64) of the controlled Flux (Eq. 1-4)."""
+    def forward(self, z_t, z_lq, prompt, pooled, t, img_ids, txt_ids):
+        """Predicted velocity v_p (B, N, 64) of the controlled Flux (Eq. 1-4).
+
+        A guidance-distilled Flux (FLUX.1-dev) gets the adapter's own ``config.guidance``: the value it is
+        trained with is saved with it, and restoration uses the same (``fluxir.restoration.sampler``).
+        """
+        guidance = None
+        if self.flux.config.guidance_embeds:
+            guidance = torch.full((z_t.shape[0],), float(self.adapter.config.guidance), device=z_t.device)
         return controlled_flux_forward(self.flux, self.adapter, z_t, z_lq, prompt, pooled, t, img_ids, txt_ids,
                                        guidance=guidance)
 
@@ -537,7 +354,7 @@ def make_micro_batch(cfg: TrainConfig, vae: nn.Module, gaussians: list[tuple[Ten
             top = int(torch.randint(0, max(h - crop, 0) + 1, (1,), generator=g))
             left = int(torch.randint(0, max(w - crop, 0) + 1, (1,), generator=g))
             crops.append((top, left))
-    device = _where(vae)[0]
+    device = device_and_dtype(vae)[0]
     return MicroBatch(
         z0=pack(torch.stack(z0)).to(device), z1=pack(torch.stack(z1)).to(device),
         z_lq=pack(torch.stack(zlq)).to(device), t=torch.cat(ts).to(device),
@@ -552,20 +369,17 @@ def flow_matching_loss(model: nn.Module, flux: nn.Module, vae: nn.Module, batch:
     t = batch.t.view(b, 1, 1)  # (B, 1, 1)
     z_t = (1 - t) * batch.z0 + t * batch.z1  # (B, N, 64), rectified flow
     v_gt = batch.z1 - batch.z0  # Eq. 7
-    guidance = torch.full((b,), cfg.guidance, device=z_t.device) if flux.config.guidance_embeds else None
     s = prompt.shape[1]
+    flux_dtype = device_and_dtype(flux)[1]
     v_p = model(
-        z_t.to(_where(flux)[1]), batch.z_lq.to(_where(flux)[1]), prompt.expand(b, -1, -1), pooled.expand(b, -1),
-        batch.t, image_ids(batch.h, batch.w, z_t.device), torch.zeros(s, 3, device=z_t.device), guidance,
-    )  # (B, N, 64)
-    mse = F.mse_loss(v_p.float(), v_gt.float())  # Eq. 8
+        z_t.to(flux_dtype), batch.z_lq.to(flux_dtype), prompt.expand(b, -1, -1), pooled.expand(b, -1),
+        batch.t, image_ids(batch.h, batch.w, z_t.device), torch.zeros(s, 3, device=z_t.device),
+    ).float()  # (B, N, 64)
+    mse = F.mse_loss(v_p, v_gt.float())  # Eq. 8
     if cfg.pixel_loss_weight == 0:
         return mse, mse.detach(), torch.zeros((), device=mse.device)
-    # Eq. 9 as written: V_d(z_0 + t v_p) vs V_d(z_0 + t v_gt). Note z_0 + t v_gt = (1 - t) z_0 + t z_1 = z_t:
-    # the target is the decoded *noisy* latent, and the latent error is t (v_p - v_gt), the same error as
-    # the x_0-prediction form (z_t - t v_p vs z_0); only the point where the decoder is evaluated differs.
-    pred = unpack(batch.z0 + t * v_p.float(), batch.h, batch.w)  # (B, 16, h, w)
-    target = unpack(batch.z0 + t * v_gt, batch.h, batch.w)
+    pred, target = pixel_loss_latents(batch.z0, z_t, t, v_p, v_gt, cfg.pixel_loss_form)
+    pred, target = unpack(pred, batch.h, batch.w), unpack(target, batch.h, batch.w)  # (B, 16, h, w)
     if batch.crops is not None:  # decode the same random window of both (memory: see docs/training.md)
         k = cfg.pixel_loss_crop // 8
         pred = torch.stack([p[:, r : r + k, c : c + k] for p, (r, c) in zip(pred, batch.crops)])
@@ -577,151 +391,20 @@ def flow_matching_loss(model: nn.Module, flux: nn.Module, vae: nn.Module, batch:
     return mse + cfg.pixel_loss_weight * pixel, mse.detach(), pixel.detach()  # Eq. 10
 
 
-# ----------------------------------------------------------------------------------------------------
-# Validation restorations: exactly what `kedro run --pipeline=restore` does (fluxir.restoration.sampler.Restorer)
+def pixel_loss_latents(z0: Tensor, z_t: Tensor, t: Tensor, v_p: Tensor, v_gt: Tensor, form: str) -> tuple[Tensor, Tensor]:
+    """The two latents (prediction, target) whose decodings Eq. 9 compares; all (B, N, 64), t (B, 1, 1).
 
-
-def validation_grid(models: Models, adapter: FluxIRAdapter, pairs: PairTable, indices: list[int],
-                    cfg: TrainConfig) -> np.ndarray:
-    """uint8 (rows*H, 3*W, 3) grid: one row per validation pair, [LQ upsampled | restored | HQ]."""
-    import copy
-
-    from fluxir.restoration.sampler import upsample_condition
-    from fluxir.restoration.sampler import RestoreConfig, Restorer
-
-    device, dtype = _where(models.flux)
-    restore_cfg = RestoreConfig(steps=cfg.validation_steps, guidance=cfg.guidance, seed=cfg.seed, scale=pairs.lq_scale,
-                                dtype=str(dtype).removeprefix("torch."), device=str(device))
-    # The Restorer casts and freezes the adapter it gets: hand it a copy, never the one being trained.
-    restorer = Restorer(models.flux, models.vae, models.scheduler_config, models.prompt_embeds, models.pooled_embeds,
-                        copy.deepcopy(adapter), restore_cfg)
-    rows = []
-    for i in indices:
-        row = pairs.rows.iloc[i]
-        hq, lq = read_image(row.hq_path), read_image(row.lq_path)  # (H, W, 3), (H/4, W/4, 3)
-        rows.append(np.concatenate([upsample_condition(lq, *hq.shape[:2]), restorer.restore(lq), hq], axis=1))
-    width = max(r.shape[1] for r in rows)
-    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
-
-
-# ----------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (final names only; temporary folders are ignored), oldest first."""
-    if not run_dir.is_dir():
-        return []
-    found = []
-    for p in run_dir.iterdir():
-        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit():
-            found.append((int(p.name[len(CHECKPOINT_PREFIX):]), p))
-    return sorted(found)
-
-
-def save_checkpoint(run_dir: Path, step: int, adapter: FluxIRAdapter, optimizer: Any, scheduler: Any,
-                    history: list[dict[str, Any]], extra: dict[str, Any], keep: int) -> Path:
-    """Write adapter + optimizer + scheduler + RNG + step + history atomically; keep the newest ``keep``."""
-    final = checkpoint_path(run_dir, step)
-    tmp = run_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        save_adapter(adapter, tmp / "adapter")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp / "rng.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra, "history": history}, indent=1))
-        old = run_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-        if final.exists():  # the same step written again: the complete old one stays until the new one is in place
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    for _, old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, adapter: FluxIRAdapter, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Restore a checkpoint into the given objects; returns its trainer state (step, history, ...)."""
-    saved = load_adapter(path / "adapter", device=next(adapter.parameters()).device, dtype=torch.float32)
-    adapter.load_state_dict(saved.state_dict())
-    device = next(adapter.parameters()).device
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "trainer_state.json").read_text())
-
-
-# ----------------------------------------------------------------------------------------------------
-# Metrics
-
-
-def peak_memory_mb(device: torch.device | str) -> float:
-    """Peak memory of this process: CUDA max allocated on GPU, peak RSS on CPU (MiB)."""
-    if getattr(device, "type", str(device)) == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def weights_digest(adapter: nn.Module) -> str:
-    """sha256 of the adapter's weights (to compare processes)."""
-    h = hashlib.sha256()
-    for name, p in sorted(adapter.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-class MlflowLogger:
-    """Logs to the active MLflow run (kedro-mlflow's, or the CLI's) on the main process; no-op otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.run = None
-        if enabled:
-            import mlflow
-
-            self.run = mlflow.active_run()
-
-    def params(self, params: dict[str, Any]) -> None:
-        if self.run is None:
-            return
-        import mlflow
-
-        present = mlflow.get_run(self.run.info.run_id).data.params  # kedro-mlflow logged params:train already
-        new = {k: str(v)[:6000] for k, v in params.items() if k not in present}
-        if new:
-            mlflow.log_params(new)
-
-    def metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.run is not None:
-            import mlflow
-
-            mlflow.log_metrics(metrics, step=step)
-
-    def image(self, image: np.ndarray, name: str) -> None:
-        if self.run is not None:
-            import mlflow
-
-            mlflow.log_image(image, artifact_file=name)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Training
+    ``paper``: Eq. 9 as written, V_d(z_0 + t v_p) vs V_d(z_0 + t v_gt). Since z_0 + t v_gt = z_t, the target
+    is the decoded *noisy* latent. ``x0``: the clean-image estimate z_t - t v_p (the x_0 prediction of the
+    rectified flow) vs z_0, as in pixel-space post-training. In both the latent error is +-t (v_p - v_gt);
+    they differ only in where the (non-linear) decoder is evaluated, and agree at t = 0 (both pairs equal
+    z_0, L_P = 0) and whenever v_p = v_gt.
+    """
+    if form == "paper":
+        return z0 + t * v_p, z0 + t * v_gt
+    if form == "x0":
+        return z_t - t * v_p, z0
+    raise ValueError(f"train.pixel_loss_form must be one of {PIXEL_LOSS_FORMS}, got {form!r}")
 
 
 @dataclass
@@ -732,8 +415,180 @@ class TrainResult:
     resumed_from: int  # step of the checkpoint it resumed from (0: fresh start)
 
 
+@dataclass
+class TrainingRun:
+    """Everything one process holds during training: settings, data, models, optimiser and the history."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    accumulation: int  # micro-steps per optimizer step: global_batch = batch_size x processes x accumulation
+    pairs: PairTable
+    train_idx: list[int]
+    val_idx: list[int]
+    order: DataOrder  # step -> the global batch's pair indices
+    models: Models
+    cache: LatentCache
+    model: nn.Module  # ControlledFlux, prepared by accelerate (DDP on several processes)
+    optimizer: Any
+    scheduler: Any
+    run_dir: Path
+    run_key: str
+    start: int  # step resumed from (0: fresh)
+    history: list[dict[str, Any]]
+    log: MlflowLogger
+
+    @property
+    def adapter(self) -> FluxIRAdapter:
+        return self.accelerator.unwrap_model(self.model).adapter
+
+
 def _lr_lambda(warmup: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _clear_run_dir(run_dir: Path, resume: bool) -> None:
+    """Drop leftovers of a run killed while writing a checkpoint; with resume off, every old checkpoint."""
+    for leftover in run_dir.glob(".tmp-*") if run_dir.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
+    if not resume and list_checkpoints(run_dir):
+        logger.warning("train.resume is false: deleting the checkpoints in %s and starting over", run_dir)
+        for _, path in list_checkpoints(run_dir):
+            shutil.rmtree(path)
+
+
+def start_run(cfg: TrainConfig, manifest: pd.DataFrame) -> TrainingRun:
+    """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process."""
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    # cpu=True also makes a multi-process CPU launch (gloo) see its world size.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
+    accumulation = accumulation_steps(cfg.global_batch, cfg.batch_size, accelerator.num_processes)
+
+    # 1. Data: pairs, buckets, held-out validation pairs, the (seed, step) -> global batch order.
+    pairs = PairTable.from_manifest(manifest, cfg.lq_scale)
+    train_idx, val_idx = pairs.split(cfg.num_validation_pairs)
+    order = DataOrder(pairs.buckets(train_idx), cfg.global_batch, cfg.seed)
+
+    # 2. Models: frozen Flux + VAE, the empty prompt, the trainable adapter, AdamW, constant lr + warm-up.
+    models = load_models(cfg, accelerator.device)
+    cache = LatentCache(cfg.latent_cache_dir if cfg.cache_latents else None, vae_identity(models.vae))
+    adapter = build_adapter(cfg, models).to(accelerator.device)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.lr_warmup_steps))
+
+    # 3. Resume from the newest checkpoint of this run (same settings, same data), if any.
+    run_key = cfg.run_key(pairs.data_key())
+    run_dir = Path(cfg.checkpoint_dir) / run_key
+    if accelerator.is_main_process:
+        _clear_run_dir(run_dir, cfg.resume)
+    accelerator.wait_for_everyone()
+    found = list_checkpoints(run_dir) if cfg.resume else []
+    start, history = 0, []
+    if found:
+        state = load_checkpoint(found[-1][1], adapter, optimizer, scheduler)
+        start, history = state["step"], state["history"][: state["step"]]
+        logger.info("resuming from %s (step %d)", found[-1][1], start)
+    model, optimizer = accelerator.prepare(ControlledFlux(models.flux, adapter), optimizer)  # the scheduler is stepped by hand
+    return TrainingRun(cfg, accelerator, accumulation, pairs, train_idx, val_idx, order, models, cache, model,
+                       optimizer, scheduler, run_dir, run_key, start, history, MlflowLogger(accelerator.is_main_process))
+
+
+def log_run_params(run: TrainingRun) -> None:
+    """The settings, the derived batch split and the data as MLflow parameters, and one log line."""
+    cfg, world = run.cfg, run.accelerator.num_processes
+    sizes = {f"{w}x{h}": len(v) for (w, h), v in sorted(run.order.buckets.items())}
+    run.log.params({**flatten_dict(dataclasses.asdict(cfg), "train."), **flatten_dict({
+        "num_processes": world, "gradient_accumulation_steps": run.accumulation,
+        "num_train_pairs": len(run.train_idx), "num_validation_pairs": len(run.val_idx), "buckets": json.dumps(sizes),
+        "adapter_parameters": count_parameters(run.adapter), "adapter_guidance": run.adapter.config.guidance,
+        "run_key": run.run_key, "resumed_from_step": run.start,
+    }, "train_run.")})
+    if run.accelerator.is_main_process:
+        logger.info("training %s: %d pairs in buckets %s, global batch %d = %d per process x %d process(es) x %d "
+                    "accumulation, steps %d -> %d, checkpoints in %s", cfg.model, len(run.train_idx), sizes,
+                    cfg.global_batch, cfg.batch_size, world, run.accumulation, run.start, cfg.max_steps, run.run_dir)
+
+
+def optimizer_step(run: TrainingRun, step: int) -> dict[str, Any]:
+    """Optimizer step ``step`` (1-based): its global batch over every micro-step and process, then AdamW.
+
+    Sample j of the global batch is trained by process ``(j // batch_size) % processes`` in micro-step
+    ``j // (batch_size x processes)`` with randomness from ``sample_seed(seed, step, j)``: the same
+    samples, noise and t for any split of the global batch. Returns the history row (means over all).
+    """
+    cfg, acc, models = run.cfg, run.accelerator, run.models
+    t0 = time.perf_counter()
+    epoch, batch_ids = run.order.batch(step - 1)
+    parts, seen, ts = [], [], []
+    for k in range(run.accumulation):
+        first = (k * acc.num_processes + acc.process_index) * cfg.batch_size
+        mine = list(range(first, first + cfg.batch_size))  # positions in the global batch
+        gaussians = [pair_gaussians(models.vae, run.cache, run.pairs, batch_ids[j]) for j in mine]
+        batch = make_micro_batch(cfg, models.vae, gaussians, [sample_seed(cfg.seed, step - 1, j) for j in mine])
+        sync = k == run.accumulation - 1
+        with (contextlib.nullcontext() if sync else acc.no_sync(run.model)), acc.autocast():
+            loss, mse, pixel = flow_matching_loss(run.model, models.flux, models.vae, batch, models.prompt_embeds,
+                                                  models.pooled_embeds, cfg)
+            acc.backward(loss / run.accumulation)
+        parts.append(torch.stack([loss.detach().float(), mse.float(), pixel.float()]))
+        seen += [int(run.pairs.rows.image_id[batch_ids[j]]) for j in mine]
+        ts.append(batch.t.detach().float())
+    parts = acc.gather(torch.stack(parts)[None])  # (processes, accumulation, 3): every process sees all
+    trainable = [p for p in run.adapter.parameters() if p.requires_grad]
+    norm = acc.clip_grad_norm_(trainable, cfg.max_grad_norm or float("inf"))  # None under DeepSpeed
+    loss_v, mse_v, pixel_v = (float(x) for x in parts.mean(dim=(0, 1)))
+    grad_norm = float("nan") if norm is None else float(norm)
+    if not torch.isfinite(parts).all() or (norm is not None and not math.isfinite(grad_norm)):
+        raise _non_finite(run, step, f"loss={loss_v}, mse={mse_v}, pixel={pixel_v}, grad_norm={grad_norm}")
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return {"step": step, "loss": loss_v, "loss_mse": mse_v, "loss_pixel": pixel_v,
+            "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "epoch": epoch,
+            "t_mean": float(torch.cat(ts).mean()), "samples_per_s": cfg.global_batch / (time.perf_counter() - t0),
+            "image_ids": seen}
+
+
+def _non_finite(run: TrainingRun, step: int, values: str) -> FloatingPointError:
+    good = list_checkpoints(run.run_dir)
+    where = f"the last good checkpoint is {good[-1][1]} (step {good[-1][0]})" if good else "no checkpoint was written yet"
+    return FloatingPointError(
+        f"non-finite training loss at step {step} ({values}); stopped before the optimizer step, {where}. Lower "
+        f"train.learning_rate (now {run.cfg.learning_rate}) or set train.max_grad_norm, then rerun to resume from "
+        "that checkpoint."
+    )
+
+
+def training_record(run: TrainingRun, step: int) -> dict[str, Any]:
+    """What the adapter carries about its training (saved with it; evaluation reports show it)."""
+    cfg = run.cfg
+    return {"steps": step, "global_batch": cfg.global_batch, "learning_rate": cfg.learning_rate,
+            "timestep_sampler": cfg.timestep_sampler, "pixel_loss_weight": cfg.pixel_loss_weight,
+            "pixel_loss_form": cfg.pixel_loss_form, "run_key": run.run_key, "num_train_pairs": len(run.train_idx)}
+
+
+def bookkeeping(run: TrainingRun, step: int, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """After step ``step``: MLflow metrics (means over ``window``), validation grid, checkpoint, each on its
+    schedule and on the last step. Returns the window still to log."""
+    cfg, main, last = run.cfg, run.accelerator.is_main_process, step == run.cfg.max_steps
+    if main and (step % cfg.log_every == 0 or last):
+        keys = ("loss", "loss_mse", "loss_pixel", "grad_norm", "samples_per_s", "t_mean")
+        mean = {k: float(np.mean([r[k] for r in window])) for k in keys}
+        run.log.metrics({**{f"train/{k}": v for k, v in mean.items()}, "train/lr": window[-1]["lr"],
+                         "train/peak_memory_mb": peak_memory_mb(run.accelerator.device),
+                         "train/epoch": float(window[-1]["epoch"])}, step)
+        window = []
+    if run.log.run is not None and run.val_idx and (step % cfg.validate_every == 0 or last):
+        with run.accelerator.autocast():
+            grid = validation_grid(run.models, run.adapter, run.pairs, run.val_idx, cfg)
+        run.log.image(grid, f"validation/step_{step:08d}.png")
+    run.adapter.training_record = training_record(run, step)
+    if main and (step % cfg.checkpoint_every == 0 or last):
+        extra = {"run_key": run.run_key, "seed": cfg.seed, "num_processes": run.accelerator.num_processes,
+                 "written_by_rank": run.accelerator.process_index, "max_steps": cfg.max_steps}
+        save_checkpoint(run.run_dir, step, run.adapter, run.optimizer, run.scheduler, run.history, extra,
+                        cfg.keep_checkpoints)
+    return window
 
 
 def train(
@@ -749,218 +604,28 @@ def train(
     the pair image ids this process trained on, the epoch). Returns the same ``TrainResult`` everywhere.
     """
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
-    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-    # cpu=True also makes a multi-process CPU launch (gloo) see its world size.
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
-
-    # 1. Data: pairs, buckets, held-out validation pairs, the (seed, step) -> batch order.
-    pairs = PairTable.from_manifest(manifest, cfg.lq_scale)
-    train_idx, val_idx = pairs.split(cfg.num_validation_pairs)
-    buckets = pairs.buckets(train_idx)
-    global_batch = cfg.batch_size * world
-    order = DataOrder(buckets, global_batch, cfg.seed)
-
-    # 2. Models: frozen Flux + VAE, the empty prompt, the trainable adapter, AdamW, constant lr + warm-up.
-    models = load_models(cfg, device)
-    cache = LatentCache(cfg.latent_cache_dir if cfg.cache_latents else None, vae_identity(models.vae))
-    adapter = build_adapter(cfg, models).to(device)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.lr_warmup_steps))
-
-    # 3. Resume from the newest checkpoint of this run (same settings, same data), if any.
-    run_key = cfg.run_key(pairs.data_key(), global_batch * cfg.gradient_accumulation_steps)
-    run_dir = Path(cfg.checkpoint_dir) / run_key
-    history: list[dict[str, Any]] = []
-    start = 0
-    if main:  # leftovers of a run killed while writing a checkpoint; a fresh start drops old checkpoints
-        for leftover in run_dir.glob(".tmp-*") if run_dir.is_dir() else []:
-            shutil.rmtree(leftover, ignore_errors=True)
-        if not cfg.resume and list_checkpoints(run_dir):
-            logger.warning("train.resume is false: deleting the checkpoints in %s and starting over", run_dir)
-            for _, path in list_checkpoints(run_dir):
-                shutil.rmtree(path)
-    accelerator.wait_for_everyone()
-    found = list_checkpoints(run_dir) if cfg.resume else []
-    if found:
-        state = load_checkpoint(found[-1][1], adapter, optimizer, scheduler)
-        start, history = state["step"], state["history"][: state["step"]]
-        logger.info("resuming from %s (step %d)", found[-1][1], start)
-    model = ControlledFlux(models.flux, adapter)
-    model, optimizer = accelerator.prepare(model, optimizer)  # DDP etc.; the scheduler is stepped by hand
-    trainable = [p for p in adapter.parameters() if p.requires_grad]
-
-    log = MlflowLogger(main)
-    sizes = {f"{w}x{h}": len(v) for (w, h), v in sorted(buckets.items())}
-    log.params({**flatten_dict(dataclasses.asdict(cfg), "train."), **flatten_dict({
-        "num_processes": world, "global_batch_size": global_batch * cfg.gradient_accumulation_steps,
-        "num_train_pairs": len(train_idx), "num_validation_pairs": len(val_idx), "buckets": json.dumps(sizes),
-        "adapter_parameters": count_parameters(adapter), "run_key": run_key, "resumed_from_step": start,
-    }, "train_run.")})
-    if main:
-        logger.info("training %s: %d pairs in buckets %s, %d process(es), global batch %d x %d accumulation, "
-                    "steps %d -> %d, checkpoints in %s", cfg.model, len(train_idx), sizes, world, global_batch,
-                    cfg.gradient_accumulation_steps, start, cfg.max_steps, run_dir)
-
-    bar = progress_bar(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not (progress and main))
+    run = start_run(cfg, manifest)
+    log_run_params(run)
+    main = run.accelerator.is_main_process
+    bar = progress_bar(total=cfg.max_steps, initial=run.start, desc="train", unit="step", disable=not (progress and main))
     window: list[dict[str, Any]] = []
-    step = start
-    while step < cfg.max_steps:
-        t0 = time.perf_counter()
-        parts, seen, ts = [], [], []
-        for k in range(cfg.gradient_accumulation_steps):
-            g = step * cfg.gradient_accumulation_steps + k  # global micro-step
-            epoch, batch_ids = order.batch(g)
-            mine = list(range(rank * cfg.batch_size, (rank + 1) * cfg.batch_size))  # positions in the global batch
-            gaussians = [pair_gaussians(models.vae, cache, pairs, batch_ids[j]) for j in mine]
-            batch = make_micro_batch(cfg, models.vae, gaussians, [sample_seed(cfg.seed, g, j) for j in mine])
-            sync = k == cfg.gradient_accumulation_steps - 1
-            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                loss, mse, pixel = flow_matching_loss(model, models.flux, models.vae, batch, models.prompt_embeds,
-                                                      models.pooled_embeds, cfg)
-                accelerator.backward(loss / cfg.gradient_accumulation_steps)
-            parts.append(torch.stack([loss.detach().float(), mse.float(), pixel.float()]))
-            seen += [int(pairs.rows.image_id[batch_ids[j]]) for j in mine]
-            ts.append(batch.t.detach().float())
-        parts = accelerator.gather(torch.stack(parts)[None])  # (world, accum, 3): every process sees all
-        loss_v, mse_v, pixel_v = (float(x) for x in parts.mean(dim=(0, 1)))
-        norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm or float("inf"))  # None under DeepSpeed
-        grad_norm = float("nan") if norm is None else float(norm)
-        if not torch.isfinite(parts).all() or (norm is not None and not math.isfinite(grad_norm)):
-            good = list_checkpoints(run_dir)
-            where = f"the last good checkpoint is {good[-1][1]} (step {good[-1][0]})" if good else "no checkpoint was written yet"
-            raise FloatingPointError(
-                f"non-finite training loss at step {step + 1} (loss={loss_v}, mse={mse_v}, pixel={pixel_v}, "
-                f"grad_norm={grad_norm}); stopped before the optimizer step, {where}. Lower train.learning_rate "
-                f"(now {cfg.learning_rate}) or set train.max_grad_norm, then rerun to resume from that checkpoint."
-            )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-
-        dt = time.perf_counter() - t0
-        row = {"step": step, "loss": loss_v, "loss_mse": mse_v, "loss_pixel": pixel_v,
-               "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "epoch": epoch,
-               "t_mean": float(torch.cat(ts).mean()),
-               "samples_per_s": global_batch * cfg.gradient_accumulation_steps / dt}
-        history.append(row)
+    for step in range(run.start + 1, cfg.max_steps + 1):
+        row = optimizer_step(run, step)
+        seen = row.pop("image_ids")
+        run.history.append(row)
         window.append(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_v:.4f}", samples_s=f"{row['samples_per_s']:.2f}")
+        bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.2f}")
         if step_callback is not None:
-            step_callback(step, accelerator.unwrap_model(model).adapter, {"image_ids": seen, "epoch": epoch})
-
-        if main and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            mean = {k: float(np.mean([r[k] for r in window])) for k in ("loss", "loss_mse", "loss_pixel", "grad_norm",
-                                                                        "samples_per_s", "t_mean")}
-            log.metrics({**{f"train/{k}": v for k, v in mean.items()}, "train/lr": row["lr"],
-                         "train/peak_memory_mb": peak_memory_mb(device), "train/epoch": float(epoch)}, step)
-            window = []
-        unwrapped = accelerator.unwrap_model(model).adapter
-        if log.run is not None and val_idx and (step % cfg.validate_every == 0 or step == cfg.max_steps):
-            with accelerator.autocast():
-                grid = validation_grid(models, unwrapped, pairs, val_idx, cfg)
-            log.image(grid, f"validation/step_{step:08d}.png")
-        if main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
-            save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler, history,
-                            {"run_key": run_key, "seed": cfg.seed, "num_processes": world, "written_by_rank": rank,
-                             "max_steps": cfg.max_steps}, cfg.keep_checkpoints)
+            step_callback(step, run.adapter, {"image_ids": seen, "epoch": row["epoch"]})
+        window = bookkeeping(run, step, window)
     bar.close()
-    accelerator.wait_for_everyone()
-    adapter = accelerator.unwrap_model(model).adapter
-    return TrainResult(adapter=adapter, history=pd.DataFrame(history), run_dir=run_dir, resumed_from=start)
+    run.accelerator.wait_for_everyone()
+    return TrainResult(adapter=run.adapter, history=pd.DataFrame(run.history), run_dir=run.run_dir,
+                       resumed_from=run.start)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Command line (accelerate launch -m fluxir.training)
+if __name__ == "__main__":  # python -m fluxir.training: the command line is in fluxir.training_cli
+    from fluxir.training_cli import main
 
-
-def _load_catalog(env: str) -> Any:
-    from kedro.config import OmegaConfigLoader
-    from kedro.io import DataCatalog
-
-    from fluxir.settings import CONFIG_LOADER_ARGS
-
-    loader = OmegaConfigLoader("conf", **{**CONFIG_LOADER_ARGS, "default_run_env": env})
-    return DataCatalog.from_config(loader["catalog"])
-
-
-def _mlflow_settings(env: str) -> dict[str, Any]:
-    from kedro.config import MissingConfigException, OmegaConfigLoader
-
-    from fluxir.settings import CONFIG_LOADER_ARGS
-
-    loader = OmegaConfigLoader("conf", **{**CONFIG_LOADER_ARGS, "default_run_env": env},
-                               config_patterns={"mlflow": ["mlflow*", "mlflow*/**"]})
-    try:
-        return dict(loader["mlflow"])
-    except MissingConfigException:  # no mlflow.yml: MLflow's own defaults
-        return {}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Train the FluxIR adapter on one or many processes (``accelerate launch -m fluxir.training``)."""
-    from fluxir.config import load_params
-
-    parser = argparse.ArgumentParser(prog="python -m fluxir.training", description=main.__doc__)
-    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
-    parser.add_argument("--params", action="append", default=[], help="override, e.g. train.max_steps=50 (repeatable)")
-    parser.add_argument("--project", default=".", help="Kedro project root (conf/, data/, mlflow.db); the run works there")
-    parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")
-    parser.add_argument("--output", default=None, help="adapter folder (default: a new version of catalog fluxir_adapter)")
-    parser.add_argument("--report", default=None, help="write per-step weight digests to <report>.rank<r>.json")
-    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    args = parser.parse_args(argv)
-    manifest_path, output, report_path = (Path(p).resolve() if p else None for p in (args.manifest, args.output, args.report))
-
-    os.chdir(args.project)  # relative paths of conf/ and the catalog are the project's
-    cfg = TrainConfig.from_params(load_params(args.env, args.params, ".")["train"])
-    # Without cpu=True accelerate ignores WORLD_SIZE on a CPU-only machine and every process thinks it is alone.
-    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
-    catalog = _load_catalog(args.env)
-    manifest = pd.read_parquet(manifest_path) if manifest_path else catalog.load("pairs_manifest")
-
-    report: list[dict[str, Any]] = []
-
-    def record(step: int, adapter: FluxIRAdapter, info: dict[str, Any]) -> None:
-        report.append({"step": step, "digest": weights_digest(adapter), **info})
-
-    mlflow = None
-    if state.is_main_process and not args.no_mlflow:  # only rank 0 ever talks to MLflow
-        import mlflow
-
-        settings = _mlflow_settings(args.env)
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.get("server", {}).get("mlflow_tracking_uri")
-        if uri:
-            mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(settings.get("tracking", {}).get("experiment", {}).get("name") or "fluxir")
-        mlflow.start_run(run_name="train-cli", tags={"fluxir.entry": "python -m fluxir.training",
-                                                     "fluxir.num_processes": str(state.num_processes)})
-    status = "FAILED"
-    try:
-        result = train(cfg, manifest, progress=state.is_local_main_process,
-                       step_callback=record if report_path else None)
-        status = "FINISHED"
-    finally:
-        if mlflow is not None:
-            mlflow.end_run(status=status)
-    if report_path:
-        Path(f"{report_path}.rank{state.process_index}.json").write_text(
-            json.dumps({"resumed_from": result.resumed_from, "steps": report}))
-    if state.is_main_process:
-        if output:
-            save_adapter(result.adapter, output)
-        else:
-            catalog.save("fluxir_adapter", result.adapter)
-        last = result.history.iloc[-1].to_dict() if len(result.history) else {}
-        print(json.dumps({"adapter": str(output or "catalog:fluxir_adapter"), "run_dir": str(result.run_dir),
-                          "resumed_from": result.resumed_from, "final_step": int(last.get("step", result.resumed_from)),
-                          "final_loss": last.get("loss"), "processes": state.num_processes}))
-    state.wait_for_everyone()
-
-
-if __name__ == "__main__":
     main()

@@ -235,6 +235,22 @@ def _stand_in_lines(means: pd.DataFrame, options: Mapping[str, str] | None = Non
     return lines
 
 
+def conventions(convention: str, crop_border: int, color_fix: str, metric_names: str) -> dict[str, str]:
+    """The scoring conventions behind every number, as rows of the report's setup table (docs/evaluation.md)."""
+    from fluxir.fluxgen.iqa import CONVENTION_DEFINITIONS
+
+    if convention not in CONVENTION_DEFINITIONS:
+        raise ValueError(f"evaluate.convention must be one of {sorted(CONVENTION_DEFINITIONS)}, got {convention!r}")
+    return {
+        "metrics": metric_names,
+        "PSNR / SSIM channel": f"{convention}: {CONVENTION_DEFINITIONS[convention]}",
+        "border crop": (f"{crop_border} px cut from each side of restored and HQ before PSNR, SSIM and LPIPS "
+                        "(LPIPS is cropped too, on RGB); no-reference metrics see the whole RGB output"),
+        "colour fix": (f"{color_fix} (evaluate.color_fix; the default follows SUPIR's and DreamClear's test "
+                       "scripts, the paper names none)"),
+    }
+
+
 def _info_lines(run_info: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(str(k), str(v)) for k, v in run_info.items()]
 

@@ -58,10 +58,10 @@ def adapter_fingerprint(adapter: Any) -> str:
 
 
 def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str, Any], outputs_dir: str | Path,
-                     scale: int = 4) -> tuple[pd.DataFrame, dict[str, Any]]:
+                     scale: int = 4, color_fix: str = "wavelet") -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ of ``manifest`` x``scale`` with Flux (``restore.model``) + ``adapter``; returns (outputs, run info).
 
-    Files go to ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and
+    ``color_fix`` is evaluation's own choice (``evaluate.color_fix``), never part of ``restore``. Files go to ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and
     settings; files already there are reused, so an interrupted run resumes where it stopped.
     """
     from fluxir.io import read_image, write_png_atomic
@@ -71,6 +71,9 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     if "model" not in params:
         raise ValueError("evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls")
     model = params.pop("model")
+    if "color_fix" in params:
+        raise ValueError("evaluate.restore.color_fix is not a parameter: set evaluate.color_fix (docs/evaluation.md)")
+    params["color_fix"] = color_fix
     if params.setdefault("scale", scale) != scale:
         raise ValueError(f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {scale!r}; set only evaluate.scale")
     config = RestoreConfig.from_params(params)
@@ -98,11 +101,22 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
         "model": model,
         "adapter": f"{type(adapter).__name__} {adapter_fingerprint(adapter)} "
                    f"({sum(p.numel() for p in adapter.parameters()) / 1e6:.2f}M parameters)",
+        "adapter training": describe_training(adapter.training_record),
+        "sampler": f"{config.steps} Euler steps, schedule {config.schedule}, Flux guidance {adapter.config.guidance} "
+                   f"(the adapter's training value), seed {config.seed}, {config.dtype}",
         "restore settings": ", ".join(f"{k}={v}" for k, v in config_dict(config).items()),
         "restored images": f"{len(todo)} now, {len(manifest) - len(todo)} reused, in {root}",
         "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
     }
     return _outputs(rows), info
+
+
+def describe_training(record: Mapping[str, Any]) -> str:
+    """One line on how an adapter was trained, from its ``training_record`` (empty: never trained)."""
+    if not record:
+        return "no training record: an untrained adapter (or one saved before fluxir recorded training)"
+    rest = ", ".join(f"{k} {v}" for k, v in record.items() if k != "steps")
+    return f"{record.get('steps', '?')} optimizer steps ({rest})"
 
 
 def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path) -> pd.DataFrame:

@@ -2,12 +2,15 @@
 
 - **DIV2K-Val** (``kind: synthetic``): ``num_images`` (600) random 1024x1024 crops of the DIV2K
   validation HQ images, degraded with the training degradation (:func:`fluxir.fluxgen.degrade.degrade_pair`,
-  SeeSR's settings) under a fixed seed. Crop ``i`` comes from source image ``i mod n`` (sorted by file
-  name), so 100 DIV2K images give 6 crops each; its position and every degradation choice follow from
-  (file stem, crop index, seed) alone.
+  SeeSR's settings) under a fixed seed. The reference is the original crop and the LQ is degraded from
+  it: USM sharpening belongs to training HQ only (a sharpened reference would reward over-sharpening),
+  as in StableSR's DIV2K-Val, which SeeSR and later papers evaluate on. Crop ``i`` comes from source image
+  ``i mod n`` (sorted by file name), so 100 DIV2K images give 6 crops each; its position and every
+  degradation choice follow from (file stem, crop index, seed) alone.
 - **RealSR**, **DrealSR** (``kind: paired``): HQ/LQ pairs matched by file name after stripping a suffix
-  such as ``_HR`` / ``_LR4`` / ``_x1`` / ``_x4`` (``strip_suffix``); HQ centre-cropped to ``hq_size``
-  (1024), LQ to ``lq_size`` (256).
+  such as ``_HR`` / ``_LR4`` / ``_x1`` / ``_x4`` (``strip_suffix``); the LQ is centre-cropped to
+  ``lq_size`` (256) and the HQ crop starts at exactly ``scale`` x the LQ crop's offset
+  (:func:`aligned_crops`), so both show the same scene whatever the parity of the sizes.
 - **RealLQ250** (``kind: lq_only``): LQ images only, centre-cropped to ``lq_size`` (256); no HQ.
 
 Prepared images go to ``<prepared_dir>/<name>/<key>/{lq,hq}/<image>.png``; the key hashes the settings
@@ -166,6 +169,26 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(image[top : top + size, left : left + size])
 
 
+def aligned_crops(hq: np.ndarray, lq: np.ndarray, lq_size: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(HQ crop (scale*lq_size)^2, LQ centre crop lq_size^2) of one registered pair, covering the same scene.
+
+    LQ pixel (y, x) covers HQ pixels [scale*y, scale*y + scale) (grids aligned at the top-left corner, as
+    BasicSR's ``mod_crop`` assumes), so the HQ offset is exactly ``scale`` x the LQ offset. Centre-cropping
+    each image on its own would shift the HQ by up to ``scale / 2`` px against its LQ whenever an LQ side
+    is odd; extra HQ rows/columns at the right/bottom (a slightly larger HQ) are ignored.
+    """
+    lh, lw = lq.shape[:2]
+    hq_size = lq_size * scale
+    top, left = (lh - lq_size) // 2, (lw - lq_size) // 2
+    if top < 0 or left < 0:
+        raise ValueError(f"LQ of (width, height)={(lw, lh)} is smaller than the {lq_size}x{lq_size} crop")
+    if hq.shape[0] < scale * top + hq_size or hq.shape[1] < scale * left + hq_size:
+        raise ValueError(f"HQ of (width, height)={hq.shape[1::-1]} does not cover the {hq_size}px crop at "
+                         f"(top, left)={(scale * top, scale * left)} = {scale} x the LQ crop's offset")
+    return (np.ascontiguousarray(hq[scale * top : scale * top + hq_size, scale * left : scale * left + hq_size]),
+            np.ascontiguousarray(lq[top : top + lq_size, left : left + lq_size]))
+
+
 def pair_key(stem: str, strip_suffix: str = DEFAULT_STRIP_SUFFIX) -> str:
     """The name shared by an HQ and its LQ file: the stem without e.g. ``_HR``, ``_LR4``, ``_x4``."""
     key = re.sub(strip_suffix, "", stem)
@@ -243,7 +266,9 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
     from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
     from fluxir.io import read_image, write_png_atomic
 
-    settings = {**dict(degradation), "crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random"}
+    # The reference is the original crop: USM sharpening is for training HQ only (see the module docstring).
+    settings = {**dict(degradation), "crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random",
+                "use_usm": False}
     config = DegradationConfig.from_dict(settings)
     if config.scale != spec.scale:
         raise ValueError(f"{spec.name}: hq_size/lq_size = {spec.scale} but the degradation scale is {config.scale}")
@@ -273,7 +298,7 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
 
 
 def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    from fluxir.io import read_image
+    from fluxir.io import read_image, write_png_atomic
 
     hq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.hq_dir)}
     lq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.lq_dir)}
@@ -290,7 +315,7 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
         )
     keys = keys[: spec.num_images] if spec.num_images else keys
     sources = [hq_files[k] for k in keys] + [lq_files[k] for k in keys]
-    key = _prep_key(spec, None, sources)
+    key = _prep_key(spec, "hq offset = scale x lq offset", sources)
     rows = []
     for name in keys:
         hq_src, lq_src = hq_files[name], lq_files[name]
@@ -304,8 +329,13 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
             log.warning("%s: %s skipped, smaller than the %d/%d px centre crops", spec.name, name, spec.hq_size, spec.lq_size)
             continue
         hq_path, lq_path = out_root / key / "hq" / f"{name}.png", out_root / key / "lq" / f"{name}.png"
-        _write_once(hq_path, lambda src=hq_src: center_crop(read_image(src), spec.hq_size))
-        _write_once(lq_path, lambda src=lq_src: center_crop(read_image(src), spec.lq_size))
+        if not (hq_path.is_file() and lq_path.is_file()):
+            try:
+                hq, lq = aligned_crops(read_image(hq_src), read_image(lq_src), spec.lq_size, spec.scale)
+            except ValueError as err:
+                raise ValueError(f"{spec.name}: {hq_src} / {lq_src}: {err} (see {DOCS})") from err
+            write_png_atomic(hq_path, hq)
+            write_png_atomic(lq_path, lq)
         rows.append([spec.name, name, str(lq_path), str(hq_path), str(lq_src), key])
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 

@@ -41,6 +41,11 @@ FULL_REFERENCE_DEFAULT = ("psnr", "ssim", "lpips")
 # `psnry`/`ssim`). "ycbcr": the Y of MATLAB rgb2ycbcr / BasicSR (16 + 65.481 R + 128.553 G + 24.966 B,
 # studio range); it reads about 1.3 dB higher in PSNR than "y" on the same pair, so always say which.
 CONVENTIONS = ("rgb", "y", "ycbcr")
+CONVENTION_DEFINITIONS = {  # what each convention computes PSNR/SSIM on, as evaluation reports state it
+    "rgb": "RGB channels (no luma conversion)",
+    "y": "Y = 0.299 R + 0.587 G + 0.114 B on [0, 1] (BT.601 weights, full range; pyiqa's default)",
+    "ycbcr": "Y = 16 + 65.481 R + 128.553 G + 24.966 B (MATLAB rgb2ycbcr / BasicSR, studio range)",
+}
 # Metrics checked to build and run in pyiqa 0.1.16 without any file (shared/reference/notes.md).
 WEIGHT_FREE = frozenset({
     "psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "gmsd", "mad", "nlpd", "vif", "vsi",

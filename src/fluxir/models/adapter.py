@@ -66,6 +66,10 @@ class FluxIRConfig:
     learn_text_embeddings: bool = True  # theta_p, theta_y (Table 6)
     text_control: bool = True  # SE_p, control of the text stream (Table 6)
     text_seq_len: int = 512  # rows of theta_p: the longest prompt (T5 tokens) the adapter accepts
+    # The value a guidance-distilled Flux (FLUX.1-dev) is given while this adapter is trained; restoration
+    # uses the same, so the two cannot disagree. The paper gives guidance 4 only for FluxGen's generation;
+    # 4.0 here matches the guidance its training images were generated with (our choice, not the paper's).
+    guidance: float = 4.0
     # Base-model sizes, as in FluxTransformer2DModel's config.
     in_channels: int = 64
     num_layers: int = 19
@@ -89,6 +93,9 @@ class FluxIRConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FluxIRConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or self.guidance < 0:
+            raise ValueError(f"FluxIRConfig.guidance must be a number >= 0 (train.adapter.guidance), got {self.guidance!r}")
+        self.guidance = float(self.guidance)
         if isinstance(self.num_single_layers, bool) or not isinstance(self.num_single_layers, int) \
                 or self.num_single_layers < 0:
             raise ValueError(f"FluxIRConfig.num_single_layers must be an int >= 0, got {self.num_single_layers!r}")
@@ -210,6 +217,9 @@ class FluxIRAdapter(nn.Module):
         from diffusers.models.transformers.transformer_flux import FluxPosEmbed, FluxTransformerBlock
 
         self.config = config
+        # How it was trained (steps, global batch, run key, ...): written by fluxir.training, saved in config.json
+        # as "_training" and shown in evaluation reports; empty for an adapter that was never trained.
+        self.training_record: dict[str, Any] = {}
         c = config.inner_dim
         # The adapter's own copies of Flux's input layers.
         self.x_embedder = nn.Linear(config.in_channels, c)
@@ -529,7 +539,8 @@ def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = No
     tmp = f"{folder}.tmp-{uuid.uuid4().hex[:8]}"
     fs.makedirs(tmp, exist_ok=True)
     try:
-        meta = {"_class_name": "FluxIRAdapter", "_format_version": FORMAT_VERSION, **adapter.config.to_dict()}
+        meta = {"_class_name": "FluxIRAdapter", "_format_version": FORMAT_VERSION, **adapter.config.to_dict(),
+                "_training": adapter.training_record}
         with fs.open(f"{tmp}/{CONFIG_NAME}", "w") as f:
             f.write(json.dumps(meta, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
@@ -571,4 +582,5 @@ def load_adapter(folder: str | os.PathLike, fs: Any = None, device: str | torch.
         adapter.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         raise ValueError(f"{folder}/{WEIGHTS_NAME} does not match its {CONFIG_NAME} {config}: {err}") from err
+    adapter.training_record = dict(raw.get("_training") or {})
     return adapter.to(device=device, dtype=dtype).requires_grad_(True)

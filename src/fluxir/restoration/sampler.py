@@ -2,8 +2,9 @@
 
 The story in one file:
 
-1. ``RestoreConfig``: steps (paper: 20), Flux-dev's distilled guidance (paper: 4), the sigma schedule,
-   the output size, tile sizes, colour fix, seed, dtype/device.
+1. ``RestoreConfig``: steps (paper: 20), the sigma schedule, the output size, tile sizes, colour fix, seed,
+   dtype/device. Flux-dev's distilled guidance is not a setting here: it is the adapter's
+   ``config.guidance``, the value it was trained with (``train.adapter.guidance``).
 2. Geometry. The LQ image is upsampled (bicubic, as in training) to the output size H x W, padded (edge replicate) to
    multiples of 16 (VAE /8, then 2x2 packing), and cropped back at the end. Large images are cut into
    overlapping tiles (``tile_spans``); every tile has a weight map that ramps (cosine) from ~0 at an edge
@@ -75,7 +76,6 @@ class RestoreConfig:
     """How to restore: the parameters ``restore.*`` other than the file ones (parameters_restore.yml documents each)."""
 
     steps: int = 20  # paper Sec. 4.1: 20 sampling steps
-    guidance: float = 4.0  # Flux-dev distilled guidance (paper: guidance scale 4); ignored if the model has none
     schedule: str = "flux_shift"  # "flux_shift" | "linear"
     scale: float = 4  # output = input x scale (ignored when target_size is set)
     target_size: int | list[int] | None = None  # int: longer output side (aspect kept); [width, height]: exact
@@ -99,6 +99,9 @@ class RestoreConfig:
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
         from fluxir.config import reject_unknown_keys
 
+        if "guidance" in params:
+            raise ValueError("restore.guidance is not a parameter: restoration uses the guidance the adapter was trained "
+                             "with (train.adapter.guidance, saved in the adapter's config.json); remove it")
         reject_unknown_keys(params, cls, "restore parameter(s)")
         cfg = cls(**params)
         cfg.validate()
@@ -108,8 +111,6 @@ class RestoreConfig:
         """Raise ValueError naming the parameter for any value the restorer cannot use."""
         if _bad_int(self.steps, 1):
             raise ValueError(f"restore.steps must be a positive integer, got {self.steps!r} (paper: 20)")
-        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or self.guidance < 0:
-            raise ValueError(f"restore.guidance must be a number >= 0, got {self.guidance!r} (paper: 4)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"restore.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.target_size is None:
@@ -322,7 +323,7 @@ class Restorer:
 
     def __init__(self, transformer: Any, vae: Any, scheduler_config: dict[str, Any], prompt_embeds: Tensor,
                  pooled_prompt_embeds: Tensor, adapter: Any, config: RestoreConfig) -> None:
-        from fluxir.models.adapter import check_compatible, freeze_flux
+        from fluxir.models.adapter import FluxIRConfig, check_compatible, freeze_flux
 
         config.validate()
         self.config = config
@@ -342,6 +343,8 @@ class Restorer:
         self.vae = _to(vae, home, self.vae_dtype).eval().requires_grad_(False)
         self.offload_hooks = attach_offload(self.transformer, self.vae, config.offload, self.device)
         self.adapter = None
+        # Flux-dev's guidance input: the value the adapter was trained with (no adapter: FluxIRConfig's default).
+        self.guidance = (adapter.config if adapter is not None else FluxIRConfig()).guidance
         if adapter is not None:
             check_compatible(adapter, transformer)
             self.adapter = adapter.to(self.device, self.dtype).eval().requires_grad_(False)
@@ -449,7 +452,7 @@ class Restorer:
             b = len(batch)
             z_t = torch.cat([z[:, y0:y1, x0:x1] for (y0, y1, x0, x1), _ in batch]).reshape(b, th * tw, -1)
             z_c = torch.cat([z_lq[:, y0:y1, x0:x1] for (y0, y1, x0, x1), _ in batch]).reshape(b, th * tw, -1)
-            guidance = (torch.full((b,), float(self.config.guidance), device=self.device, dtype=self.dtype)
+            guidance = (torch.full((b,), self.guidance, device=self.device, dtype=self.dtype)
                         if self.transformer.config.guidance_embeds else None)
             v_tiles = controlled_flux_forward(
                 self.transformer, self.adapter,

@@ -1,4 +1,7 @@
-"""Evaluate wiring: demo folders? -> prepare each benchmark -> restore / bicubic / baselines -> score -> report."""
+"""Evaluate wiring: prepare each benchmark -> restore / bicubic / baselines -> score -> report.
+
+Every node reads only the parameters it names, so the graph shows what each step depends on.
+"""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -7,7 +10,6 @@ from .nodes import (
     build_report,
     collect_benchmarks,
     find_baselines,
-    make_demo_benchmarks,
     make_grids,
     prepare_benchmark,
     restore_benchmarks,
@@ -25,7 +27,8 @@ def create_pipeline(**kwargs) -> Pipeline:
     prepare = [
         Node(
             prepare_benchmark,
-            ["demo_benchmarks", f"params:evaluate.benchmarks.{key}", "params:evaluate", "params:degrade"],
+            [f"params:evaluate.benchmarks.{key}", "params:evaluate.demo_benchmarks", "params:evaluate.prepared_dir",
+             "params:evaluate.scale", "params:degrade.config", "params:degrade.seed"],
             f"prepared_{key}",
             name=f"prepare_{key}",
         )
@@ -33,23 +36,32 @@ def create_pipeline(**kwargs) -> Pipeline:
     ]
     return Pipeline(
         [
-            Node(make_demo_benchmarks, ["params:evaluate", "params:degrade"], "demo_benchmarks", name="make_demo_benchmarks"),
             *prepare,
             Node(collect_benchmarks, [f"prepared_{key}" for key in BENCHMARKS], ["benchmark_manifest", "benchmark_status"],
                  name="collect_benchmarks"),
-            Node(restore_benchmarks, ["benchmark_manifest", "fluxir_adapter", "params:evaluate"],
+            Node(restore_benchmarks,
+                 ["benchmark_manifest", "fluxir_adapter", "params:evaluate.restore", "params:evaluate.outputs_dir",
+                  "params:evaluate.scale", "params:evaluate.color_fix"],
                  ["eval_restored_images", "eval_restore_info"], name="restore_benchmarks"),
-            Node(upsample_bicubic, ["benchmark_manifest", "params:evaluate"], "eval_bicubic_images", name="upsample_bicubic"),
-            Node(find_baselines, ["benchmark_manifest", "params:evaluate"], "eval_baseline_images", name="find_baselines"),
-            Node(score_outputs, [*OUTPUTS, "params:evaluate", "params:iqa"], "evaluation_per_image", name="score_outputs"),
+            Node(upsample_bicubic, ["benchmark_manifest", "params:evaluate.scale", "params:evaluate.outputs_dir"],
+                 "eval_bicubic_images", name="upsample_bicubic"),
+            Node(find_baselines, ["benchmark_manifest", "params:evaluate.baselines_dir", "params:evaluate.scale"],
+                 "eval_baseline_images", name="find_baselines"),
+            Node(score_outputs,
+                 [*OUTPUTS, "params:evaluate.metrics", "params:evaluate.convention", "params:evaluate.crop_border",
+                  "params:iqa.weights_dir", "params:iqa.device", "params:iqa.batch_size"],
+                 "evaluation_per_image", name="score_outputs"),
             Node(summarize_metrics, "evaluation_per_image", ["evaluation_means", "evaluation_metrics"],
                  name="summarize_metrics"),
-            Node(make_grids, [*OUTPUTS, "benchmark_status", "params:evaluate"],
+            Node(make_grids,
+                 [*OUTPUTS, "benchmark_status", "params:evaluate.benchmarks", "params:evaluate.grid_images",
+                  "params:evaluate.tiny_models"],
                  {**{key: f"{key}_grid" for key in BENCHMARKS}, "png": "eval_grid_pngs"}, name="make_grids"),
             Node(
                 build_report,
                 ["evaluation_means", "paper_table1", "benchmark_status", "eval_restore_info", "eval_grid_pngs",
-                 "params:evaluate"],
+                 "params:evaluate.metrics", "params:evaluate.convention", "params:evaluate.crop_border",
+                 "params:evaluate.color_fix", "params:evaluate.benchmarks", "params:evaluate.tiny_models"],
                 ["evaluation_report_md", "evaluation_report_html"],
                 name="build_report",
             ),

@@ -1,0 +1,109 @@
+"""``python -m fluxir.training`` / ``accelerate launch -m fluxir.training``: train outside ``kedro run``.
+
+Reads the same Kedro configuration and catalog as the ``train`` pipeline, runs ``fluxir.training.train``
+on every process of the launch, and (rank 0 only) logs to MLflow and saves the adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from accelerate import PartialState
+
+from fluxir.config import load_params
+from fluxir.models.adapter import FluxIRAdapter, save_adapter
+from fluxir.training import TrainConfig, train
+from fluxir.training_records import weights_digest
+
+
+def _load_catalog(env: str) -> Any:
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    from fluxir.settings import CONFIG_LOADER_ARGS
+
+    loader = OmegaConfigLoader("conf", **{**CONFIG_LOADER_ARGS, "default_run_env": env})
+    return DataCatalog.from_config(loader["catalog"])
+
+
+def _mlflow_settings(env: str) -> dict[str, Any]:
+    from kedro.config import MissingConfigException, OmegaConfigLoader
+
+    from fluxir.settings import CONFIG_LOADER_ARGS
+
+    loader = OmegaConfigLoader("conf", **{**CONFIG_LOADER_ARGS, "default_run_env": env},
+                               config_patterns={"mlflow": ["mlflow*", "mlflow*/**"]})
+    try:
+        return dict(loader["mlflow"])
+    except MissingConfigException:  # no mlflow.yml: MLflow's own defaults
+        return {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the FluxIR adapter on one or many processes (``accelerate launch -m fluxir.training``)."""
+
+    parser = argparse.ArgumentParser(prog="python -m fluxir.training", description=main.__doc__)
+    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
+    parser.add_argument("--params", action="append", default=[], help="override, e.g. train.max_steps=50 (repeatable)")
+    parser.add_argument("--project", default=".", help="Kedro project root (conf/, data/, mlflow.db); the run works there")
+    parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")
+    parser.add_argument("--output", default=None, help="adapter folder (default: a new version of catalog fluxir_adapter)")
+    parser.add_argument("--report", default=None, help="write per-step weight digests to <report>.rank<r>.json")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    args = parser.parse_args(argv)
+    manifest_path, output, report_path = (Path(p).resolve() if p else None for p in (args.manifest, args.output, args.report))
+
+    os.chdir(args.project)  # relative paths of conf/ and the catalog are the project's
+    cfg = TrainConfig.from_params(load_params(args.env, args.params, ".")["train"])
+    # Without cpu=True accelerate ignores WORLD_SIZE on a CPU-only machine and every process thinks it is alone.
+    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    catalog = _load_catalog(args.env)
+    manifest = pd.read_parquet(manifest_path) if manifest_path else catalog.load("pairs_manifest")
+
+    report: list[dict[str, Any]] = []
+
+    def record(step: int, adapter: FluxIRAdapter, info: dict[str, Any]) -> None:
+        report.append({"step": step, "digest": weights_digest(adapter), **info})
+
+    mlflow = None
+    if state.is_main_process and not args.no_mlflow:  # only rank 0 ever talks to MLflow
+        import mlflow
+
+        settings = _mlflow_settings(args.env)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.get("server", {}).get("mlflow_tracking_uri")
+        if uri:
+            mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(settings.get("tracking", {}).get("experiment", {}).get("name") or "fluxir")
+        mlflow.start_run(run_name="train-cli", tags={"fluxir.entry": "python -m fluxir.training",
+                                                     "fluxir.num_processes": str(state.num_processes)})
+    status = "FAILED"
+    try:
+        result = train(cfg, manifest, progress=state.is_local_main_process,
+                       step_callback=record if report_path else None)
+        status = "FINISHED"
+    finally:
+        if mlflow is not None:
+            mlflow.end_run(status=status)
+    if report_path:
+        Path(f"{report_path}.rank{state.process_index}.json").write_text(
+            json.dumps({"resumed_from": result.resumed_from, "steps": report}))
+    if state.is_main_process:
+        if output:
+            save_adapter(result.adapter, output)
+        else:
+            catalog.save("fluxir_adapter", result.adapter)
+        last = result.history.iloc[-1].to_dict() if len(result.history) else {}
+        print(json.dumps({"adapter": str(output or "catalog:fluxir_adapter"), "run_dir": str(result.run_dir),
+                          "resumed_from": result.resumed_from, "final_step": int(last.get("step", result.resumed_from)),
+                          "final_loss": last.get("loss"), "processes": state.num_processes}))
+    state.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()

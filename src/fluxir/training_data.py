@@ -1,0 +1,249 @@
+"""FluxIR training data (paper Sec. 3.3, 4.1): the pairs, their aspect buckets, the data order and the VAE latents.
+
+- ``PairTable``: FluxGen's ``pairs_manifest`` checked (HQ sides multiples of 16, LQ exactly 1/lq_scale of HQ),
+  with every HQ size read from the file header.
+- Aspect buckets (paper: 1024x768, 768x768, 512x768): each global batch comes from one bucket. The batch
+  order of epoch e is a permutation drawn from (seed, e), so the global batch of optimizer step s is a
+  function of (seed, s) (``DataOrder``): a resumed run sees exactly the data an uninterrupted one would.
+- Latents: HQ and the LQ upsampled x lq_scale (bicubic) go through the frozen Flux VAE encoder; its
+  Gaussian's parameters (mean, logvar) are cached on disk (``LatentCache``), keyed by the pair's sha256s,
+  the size and the VAE's identity. A latent is ``(mean + std * noise - shift_factor) * scaling_factor``,
+  packed 2x2: (B, C, h, w) -> (B, h/2 * w/2, 4C).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from fluxir.io import read_image, sha256_file
+
+MANIFEST_COLUMNS = ("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256")
+
+
+
+@dataclass
+class PairTable:
+    """The training pairs: one row per pair with its HQ size (width, height); sorted by image_id."""
+
+    rows: pd.DataFrame  # manifest columns + width, height
+    lq_scale: int = 4
+
+    @classmethod
+    def from_manifest(cls, manifest: pd.DataFrame, lq_scale: int = 4) -> PairTable:
+        """Check the manifest and read every image's size from its header (no decoding).
+
+        HQ sides must be multiples of 16 (VAE /8, then 2x2 packing) and LQ exactly 1/lq_scale of HQ.
+        """
+        missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+        if missing:
+            raise ValueError(f"pairs manifest lacks column(s) {missing}; it needs {list(MANIFEST_COLUMNS)} "
+                             f"(the output of the fluxgen pipeline's degrade_pairs node)")
+        if manifest.empty:
+            raise ValueError("pairs manifest is empty: run the fluxgen pipeline first (kedro run --pipeline=fluxgen)")
+        rows = manifest.sort_values("image_id").reset_index(drop=True).copy()
+        sizes = []
+        for row in rows.itertuples(index=False):
+            for kind in ("hq", "lq"):
+                if not Path(getattr(row, f"{kind}_path")).is_file():
+                    raise FileNotFoundError(f"pair {row.image_id}: {kind.upper()} image {getattr(row, f'{kind}_path')} "
+                                            "does not exist (rerun the fluxgen pipeline)")
+            with Image.open(row.hq_path) as hq, Image.open(row.lq_path) as lq:
+                (w, h), (lw, lh) = hq.size, lq.size
+            if w % 16 or h % 16:
+                raise ValueError(f"pair {row.image_id}: HQ {row.hq_path} is (width, height)={(w, h)}; both sides must "
+                                 "be multiples of 16 (VAE /8 and 2x2 packing)")
+            if (lw * lq_scale, lh * lq_scale) != (w, h):
+                raise ValueError(f"pair {row.image_id}: LQ {row.lq_path} is {(lw, lh)} but must be exactly 1/{lq_scale} "
+                                 f"of the HQ size {(w, h)}, i.e. {(w // lq_scale, h // lq_scale)}")
+            sizes.append((w, h))
+        rows["width"] = [s[0] for s in sizes]
+        rows["height"] = [s[1] for s in sizes]
+        return cls(rows, lq_scale)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def split(self, num_validation: int) -> tuple[list[int], list[int]]:
+        """(train indices, validation indices): the last ``num_validation`` pairs are held out."""
+        n = len(self.rows)
+        if num_validation >= n:
+            raise ValueError(f"train.num_validation_pairs={num_validation} leaves no training pair out of {n}; "
+                             f"use at most {n - 1}")
+        return list(range(n - num_validation)), list(range(n - num_validation, n))
+
+    def buckets(self, indices: list[int]) -> dict[tuple[int, int], list[int]]:
+        """Indices grouped by HQ (width, height)."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for i in indices:
+            out.setdefault((int(self.rows.width[i]), int(self.rows.height[i])), []).append(i)
+        return out
+
+    def data_key(self) -> str:
+        """Hash of the pairs' identities (image ids + sha256s)."""
+        payload = json.dumps(self.rows[["image_id", "hq_sha256", "lq_sha256"]].astype(str).values.tolist())
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def epoch_batches(buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of one epoch, each from one aspect bucket, in an order drawn from (seed, epoch).
+
+    A bucket whose size is not a multiple of the batch wraps around to the start of its permutation.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    batches = []
+    for size in sorted(buckets):
+        items = np.asarray(buckets[size])[rng.permutation(len(buckets[size]))]
+        items = np.resize(items, math.ceil(len(items) / global_batch) * global_batch)
+        batches += [items[i : i + global_batch].tolist() for i in range(0, len(items), global_batch)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class DataOrder:
+    """Global batch of (0-based) optimizer step s = f(seed, s): epoch s // E, position s % E (E batches per epoch)."""
+
+    def __init__(self, buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int) -> None:
+        self.buckets, self.global_batch, self.seed = buckets, global_batch, seed
+        self.per_epoch = sum(math.ceil(len(v) / global_batch) for v in buckets.values())
+        self._epoch, self._batches = -1, []
+
+    def batch(self, step: int) -> tuple[int, list[int]]:
+        """(epoch, the global batch's pair indices) of a 0-based optimizer step."""
+        epoch = step // self.per_epoch
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, epoch_batches(self.buckets, self.global_batch, self.seed, epoch)
+        return epoch, self._batches[step % self.per_epoch]
+
+
+# ----------------------------------------------------------------------------------------------------
+# VAE latents and their cache
+
+
+def load_pair_pixels(row: Any, lq_scale: int) -> tuple[Tensor, Tensor]:
+    """(HQ (3, H, W), LQ upsampled x lq_scale bicubic (3, H, W)), float32 in [-1, 1]."""
+    hq = torch.from_numpy(read_image(row.hq_path).copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
+    lq = torch.from_numpy(read_image(row.lq_path).copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H/4, W/4)
+    lq_up = F.interpolate(lq[None], scale_factor=lq_scale, mode="bicubic", align_corners=False)[0].clamp(-1, 1)
+    return hq, lq_up
+
+
+def vae_identity(vae: Any) -> str:
+    """Hash of the VAE's class, config and weights: part of every latent-cache key."""
+    h = hashlib.sha256(type(vae).__name__.encode())
+    h.update(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class LatentCache:
+    """The VAE encoder's Gaussian parameters (2C, h, w) of each pair's HQ and upsampled LQ, on disk.
+
+    Key = sha256(HQ sha256, LQ sha256, size, lq_scale, VAE identity): a changed image (new sha256 in the
+    manifest) or VAE never reuses a stale entry. Files are written atomically (temp file + rename).
+    """
+
+    def __init__(self, root: str | os.PathLike | None, vae_id: str) -> None:
+        self.root = Path(root) if root is not None else None
+        self.vae_id = vae_id
+
+    def key(self, row: Any, lq_scale: int) -> str:
+        payload = f"{row.hq_sha256}|{row.lq_sha256}|{row.width}x{row.height}|x{lq_scale}|bicubic|{self.vae_id}"
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str) -> dict[str, Tensor] | None:
+        if self.root is None or not self.path(key).is_file():
+            return None
+        return load_file(self.path(key))
+
+    def put(self, key: str, tensors: dict[str, Tensor]) -> None:
+        if self.root is None:
+            return
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+
+
+def device_and_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of a module's first parameter (diffusers' ``.dtype`` walks every sub-module: slow per step)."""
+    p = next(module.parameters())
+    return p.device, p.dtype
+
+
+def encode_gaussian(vae: Any, images: Tensor) -> Tensor:
+    """VAE encoder: images (B, 3, H, W) in [-1, 1] -> Gaussian parameters (B, 2C, h, w) = [mean, logvar]."""
+    return vae.encode(images.to(*device_and_dtype(vae))).latent_dist.parameters
+
+
+def pair_gaussians(vae: Any, cache: LatentCache, pairs: PairTable, index: int) -> tuple[Tensor, Tensor]:
+    """(HQ, LQ) Gaussian parameters (2C, h, w) of one pair, from the cache or encoded (and cached)."""
+    row = pairs.rows.iloc[index]
+    key = cache.key(row, pairs.lq_scale)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit["hq"].to(*device_and_dtype(vae)), hit["lq"].to(*device_and_dtype(vae))
+    for kind in ("hq", "lq"):  # the cache key trusts the manifest's sha256: check it when we read the file
+        actual = sha256_file(row[f"{kind}_path"])
+        if actual != row[f"{kind}_sha256"]:
+            raise ValueError(f"pair {row.image_id}: {row[f'{kind}_path']} has sha256 {actual[:12]}... but the manifest "
+                             f"says {str(row[f'{kind}_sha256'])[:12]}...: the file changed after the manifest was "
+                             "written; rerun the fluxgen pipeline to rebuild pairs_manifest")
+    hq, lq_up = load_pair_pixels(row, pairs.lq_scale)
+    with torch.no_grad():
+        params = encode_gaussian(vae, torch.stack([hq, lq_up]))  # (2, 2C, h, w)
+    cache.put(key, {"hq": params[0].cpu(), "lq": params[1].cpu()})
+    return params[0], params[1]
+
+
+def gaussian_sample(params: Tensor, noise: Tensor, vae: Any) -> Tensor:
+    """Normalised Flux latent (.., C, h, w) = ((mean + std * noise) - shift_factor) * scaling_factor."""
+    mean, logvar = params.float().chunk(2, dim=-3)
+    z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise.to(mean.device)
+    return (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
+
+def decode_latents(vae: Any, z: Tensor) -> Tensor:
+    """Normalised latents (B, C, h, w) -> images (B, 3, 8h, 8w), about [-1, 1] (the frozen V_d)."""
+    z = z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    return vae.decode(z.to(device_and_dtype(vae)[1])).sample
+
+
+def pack(z: Tensor) -> Tensor:
+    """(B, C, h, w) -> (B, h/2 * w/2, 4C): Flux's 2x2 patches, flattened (FluxPipeline._pack_latents)."""
+    from fluxir.restoration.sampler import pack as pack_grid
+
+    return pack_grid(z).flatten(1, 2)
+
+
+def unpack(x: Tensor, h: int, w: int) -> Tensor:
+    """(B, h/2 * w/2, 4C) -> (B, C, h, w), the inverse of ``pack`` (h, w: latent size)."""
+    from fluxir.restoration.sampler import unpack as unpack_grid
+
+    return unpack_grid(x.view(x.shape[0], h // 2, w // 2, -1))
+
+
+def image_ids(h: int, w: int, device: torch.device | str) -> Tensor:
+    """Flux's rope positions of the packed image tokens, (h/2 * w/2, 3), for an (h, w) latent."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._prepare_latent_image_ids(None, h // 2, w // 2, device, torch.float32)
