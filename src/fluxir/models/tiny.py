@@ -36,6 +36,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
+    FluxTransformer2DModel,
     PixArtSigmaPipeline,
     PixArtTransformer2DModel,
     SanaPipeline,
@@ -56,7 +57,7 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from fluxir.models.flux import build_transformer, load_config
+from fluxir.models.flux import load_config
 
 # Words that get whole-word tokens; everything else falls back to characters (CLIP, Gemma) or <unk> (T5).
 WORDS = ("a photo of the an in on with and high quality detailed image landscape portrait city street "
@@ -193,7 +194,7 @@ def _sd_vae(latent_channels: int, scaling_factor: float) -> AutoencoderKL:
 
 def build_flux() -> FluxPipeline:
     """FLUX.1-dev's layout: CLIP-L + T5 v1.1 encoders, a 2+2-block transformer, a 16-channel VAE."""
-    transformer = build_transformer("tiny_flux_transformer")
+    transformer = FluxTransformer2DModel(**load_config("tiny_flux_transformer"))
     cfg = transformer.config
     tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
     return FluxPipeline(

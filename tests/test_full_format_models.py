@@ -1,0 +1,161 @@
+"""Full-format tiny model folders (issue 10): the code paths a first real run takes, offline.
+
+The folders come from ``fluxir.models.tiny``: the hub snapshots' component classes and file layout (CLIP
+vocab.json/merges.txt, T5/Gemma tokenizer.json, safetensors weights) at tiny sizes with random weights.
+They prove loaders, keywords, shapes, memory release and conventions; never image quality.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import shutil
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import kedro_run, make_project_copy
+
+from fluxir.fluxgen.generate import GenerationConfig, PromptEncoder, generate_into_store
+from fluxir.io import ImageStore, read_image
+from fluxir.models.flux import load_pipeline
+from fluxir.models.tiny import HUB_CLASSES, write_tiny_pipeline
+
+DOMAIN_PROMPTS = ["a photo of a city street at night", "a detailed portrait"]
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The builder
+
+
+def test_flux_folder_has_the_hub_layout_and_matching_dimensions(full_flux_dir):
+    index = json.loads((full_flux_dir / "model_index.json").read_text())
+    assert {k: tuple(v) for k, v in index.items() if k in HUB_CLASSES["flux"]} == HUB_CLASSES["flux"]
+    # FLUX.1-dev's CLIP tokenizer folder has only the original BPE files; T5's has tokenizer.json.
+    assert {"vocab.json", "merges.txt"} <= {p.name for p in (full_flux_dir / "tokenizer").iterdir()}
+    assert not (full_flux_dir / "tokenizer" / "tokenizer.json").exists()
+    assert (full_flux_dir / "tokenizer_2" / "tokenizer.json").is_file()
+    pipe = load_pipeline(str(full_flux_dir), dtype="float32")
+    assert [type(pipe.components[n]).__name__ for n in ("tokenizer", "text_encoder", "text_encoder_2")] == [
+        "CLIPTokenizer", "CLIPTextModel", "T5EncoderModel"]
+    assert type(pipe.tokenizer_2).__name__ in ("T5TokenizerFast", "T5Tokenizer")  # one class in transformers 5
+    cfg = pipe.transformer.config
+    assert pipe.text_encoder_2.config.d_model == cfg.joint_attention_dim
+    assert pipe.text_encoder.config.hidden_size == cfg.pooled_projection_dim
+    assert pipe.tokenizer.model_max_length == 77 == pipe.text_encoder.config.max_position_embeddings
+    # Real tokenization: known words are single tokens, and CLIP wraps them in <|startoftext|> ... <|endoftext|>.
+    ids = pipe.tokenizer("a photo").input_ids
+    assert len(ids) == 4 and ids[0] == pipe.tokenizer.bos_token_id and ids[-1] == pipe.tokenizer.eos_token_id
+    assert pipe.tokenizer_2("a photo").input_ids[-1] == pipe.tokenizer_2.eos_token_id
+
+
+def test_builder_is_deterministic_idempotent_and_refuses_a_foreign_folder(full_flux_dir, tmp_path):
+    again = write_tiny_pipeline("flux", tmp_path / "flux")
+    assert _digests(again) == _digests(full_flux_dir), "same seed, same bytes"
+    stamp = (again / "model_index.json").stat().st_mtime_ns
+    assert write_tiny_pipeline("flux", again) == again and (again / "model_index.json").stat().st_mtime_ns == stamp
+    assert not (tmp_path / "flux.tmp").exists()
+    other = write_tiny_pipeline("flux", tmp_path / "other", seed=1)
+    assert _digests(other)["transformer/diffusion_pytorch_model.safetensors"] != \
+        _digests(again)["transformer/diffusion_pytorch_model.safetensors"]
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="foreign exists but is not a complete tiny sdxl folder"):
+        write_tiny_pipeline("sdxl", tmp_path / "foreign")
+    with pytest.raises(ValueError, match="unknown tiny model kind 'flux2'"):
+        write_tiny_pipeline("flux2", tmp_path / "x")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad folders: one message naming the path
+
+
+def test_missing_component_wrong_tokenizer_and_truncated_weights_are_named(full_flux_dir, tmp_path):
+    missing = Path(shutil.copytree(full_flux_dir, tmp_path / "missing"))
+    shutil.rmtree(missing / "text_encoder_2")
+    with pytest.raises(ValueError) as err:
+        load_pipeline(str(missing))
+    assert f"{missing / 'text_encoder_2'}: missing" in str(err.value) and "T5EncoderModel" in str(err.value)
+
+    swapped = Path(shutil.copytree(full_flux_dir, tmp_path / "swapped"))
+    shutil.rmtree(swapped / "tokenizer")
+    shutil.copytree(full_flux_dir / "tokenizer_2", swapped / "tokenizer")  # T5 files where CLIP's belong
+    with pytest.raises(ValueError) as err:
+        load_pipeline(str(swapped))
+    message = str(err.value)
+    assert f"{swapped / 'tokenizer' / 'tokenizer_config.json'}: tokenizer_class 'T5Tokenizer'" in message
+    assert "lists 'tokenizer' as 'CLIPTokenizer'" in message
+
+    truncated = Path(shutil.copytree(full_flux_dir, tmp_path / "truncated"))
+    weights = truncated / "text_encoder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    shutil.rmtree(truncated / "vae")  # every problem is listed, not just the first
+    with pytest.raises(ValueError) as err:
+        load_pipeline(str(truncated))
+    assert f"{weights}: truncated" in str(err.value) and f"{truncated / 'vae'}: missing" in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# FluxGen through the real encode_prompt
+
+
+def test_prompts_are_encoded_without_autograd_and_the_encoders_are_freed(full_flux_dir):
+    pipe = load_pipeline(str(full_flux_dir), dtype="float32")
+    grad_during_encoding = []
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+        encoder.register_forward_hook(lambda m, i, o: grad_during_encoding.append(torch.is_grad_enabled()))
+    refs = [weakref.ref(m) for m in (pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2)]
+    with torch.no_grad():
+        expected = pipe.encode_prompt(prompt=DOMAIN_PROMPTS[0], prompt_2=None, max_sequence_length=16)
+
+    encoder = PromptEncoder(pipe, ["", *DOMAIN_PROMPTS], max_sequence_length=16, device="cpu")
+    # On FLUX.1-dev an encoder run with autograd on keeps T5's activations alive (and crashed training).
+    assert grad_during_encoding and not any(grad_during_encoding)
+    assert pipe.text_encoder is None and pipe.text_encoder_2 is None and pipe.tokenizer is None and pipe.tokenizer_2 is None
+    gc.collect()
+    assert [r() for r in refs] == [None] * 4, "T5/CLIP and the tokenizers are garbage-collected"
+    empty, domain = encoder.cache[""], encoder.cache[DOMAIN_PROMPTS[0]]
+    assert empty["prompt_embeds"].shape == (1, 16, 32) and empty["pooled_prompt_embeds"].shape == (1, 32)
+    assert torch.equal(domain["prompt_embeds"], expected[0]) and torch.equal(domain["pooled_prompt_embeds"], expected[1])
+    assert not torch.allclose(empty["prompt_embeds"], domain["prompt_embeds"]), "the prompt reaches the embedding"
+    for embeds in encoder.cache.values():
+        assert all(t.grad_fn is None and not t.requires_grad for t in embeds.values())
+
+
+def _generation_cfg(model: Path, **overrides) -> GenerationConfig:
+    params = dict(model=str(model), num_images=4, height=48, width=64, steps=2, dtype="float32", device="cpu",
+                  max_sequence_length=16)
+    return GenerationConfig.from_params({**params, **overrides})
+
+
+@pytest.mark.parametrize("prompts", [[], DOMAIN_PROMPTS], ids=["empty_prompt", "domain_prompts"])
+def test_fluxgen_seeds_batches_and_resume_with_real_text_encoders(full_flux_dir, tmp_path, prompts):
+    one = ImageStore(tmp_path / "one")
+    assert generate_into_store(_generation_cfg(full_flux_dir, prompts=prompts), one, progress=False) == [0, 1, 2, 3]
+    images = [read_image(one.path_for(i)) for i in range(4)]
+    assert len({a.tobytes() for a in images}) == 4, "each id has its own noise"
+    batched = ImageStore(tmp_path / "batched")
+    generate_into_store(_generation_cfg(full_flux_dir, prompts=prompts, batch_size=3), batched, progress=False)
+    for i in range(4):  # same seed -> same image, whatever the batch (tolerance: batched matmuls on CPU)
+        assert np.abs(read_image(batched.path_for(i)).astype(int) - images[i]).max() <= 1
+    one.path_for(2).unlink()
+    kept = one.path_for(1).stat().st_mtime_ns
+    assert generate_into_store(_generation_cfg(full_flux_dir, prompts=prompts), one, progress=False) == [2]
+    assert one.path_for(1).stat().st_mtime_ns == kept
+    assert np.array_equal(read_image(one.path_for(2)), images[2]), "resume regenerates the same pixels"
+
+
+def test_domain_prompts_change_the_images(full_flux_dir, tmp_path):
+    empty, domain = ImageStore(tmp_path / "e"), ImageStore(tmp_path / "d")
+    generate_into_store(_generation_cfg(full_flux_dir, num_images=1), empty, progress=False)
+    generate_into_store(_generation_cfg(full_flux_dir, num_images=1, prompts=DOMAIN_PROMPTS), domain, progress=False)
+    assert not np.array_equal(read_image(empty.path_for(0)), read_image(domain.path_for(0)))
