@@ -159,3 +159,94 @@ def test_domain_prompts_change_the_images(full_flux_dir, tmp_path):
     generate_into_store(_generation_cfg(full_flux_dir, num_images=1), empty, progress=False)
     generate_into_store(_generation_cfg(full_flux_dir, num_images=1, prompts=DOMAIN_PROMPTS), domain, progress=False)
     assert not np.array_equal(read_image(empty.path_for(0)), read_image(domain.path_for(0)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training and restoration load the same folder
+
+
+def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_dir, tmp_path):
+    """The crash regression: embeddings encoded with autograd on carried T5/CLIP's graph into the first
+    backward, which freed it, and the second optimizer step died ("backward through the graph a second time")."""
+    from test_training import make_pairs, tiny_params
+
+    from fluxir.training import TrainConfig, load_models, train
+
+    params = tiny_params(tmp_path, f"train.model={full_flux_dir}", "train.max_steps=3", "train.checkpoint_every=3")
+    models = load_models(TrainConfig.from_params(params), "cpu")
+    assert models.prompt_embeds.grad_fn is None and models.pooled_embeds.grad_fn is None
+    assert models.prompt_embeds.shape == (1, 8, 32), "train.max_sequence_length T5 tokens of the empty prompt"
+    result = train(params, make_pairs(tmp_path / "pairs", n=4), progress=False)
+    assert list(result.history.step) == [1, 2, 3] and np.isfinite(result.history.loss).all()
+
+
+def _restore_cfg(**overrides):
+    from fluxir.restoration.sampler import RestoreConfig
+
+    params = dict(steps=4, guidance=4.0, schedule="flux_shift", scale=4, tile_size=None, vae_tile_size=None,
+                  color_fix="none", seed=3, dtype="float32", device="cpu", max_sequence_length=16)
+    return RestoreConfig(**{**params, **overrides})
+
+
+def test_sampler_without_adapter_is_diffusers_flux_pipeline(full_flux_dir):
+    """Same noise, prompt embeddings, steps, guidance and schedule: the decoded images agree within 1/255, so
+    the restorer's time direction, sign, packing and VAE scaling are the library's."""
+    from fluxir.restoration.sampler import Restorer, pack
+
+    pipe = load_pipeline(str(full_flux_dir), dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    cfg = _restore_cfg()
+    restorer = Restorer.from_pipeline(pipe, adapter=None, config=cfg)  # encodes "" with the real T5/CLIP
+    assert pipe.text_encoder_2 is None, "the restorer dropped T5/CLIP after encoding"
+    lq = (np.random.default_rng(0).random((12, 16, 3)) * 255).astype(np.uint8)
+    ours = restorer.restore(lq)  # (48, 64, 3) uint8
+    noise = torch.randn(1, 16, 6, 8, generator=torch.Generator("cpu").manual_seed(cfg.seed))  # the restorer's z_1
+    theirs = pipe(
+        prompt_embeds=restorer.prompt_embeds, pooled_prompt_embeds=restorer.pooled_prompt_embeds,
+        latents=pack(noise).reshape(1, -1, 64), height=48, width=64, num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance, output_type="np",
+    ).images[0]  # (48, 64, 3) float in [0, 1]
+    assert ours.shape == theirs.shape == (48, 64, 3)
+    assert np.abs(ours / 255.0 - theirs).max() <= 1 / 255
+    other = Restorer.from_pipeline(pipe, None, _restore_cfg(seed=4)).restore(lq)
+    assert np.abs(other.astype(int) - ours).max() > 10, "the comparison can fail: another noise differs"
+
+
+def test_training_target_has_the_sign_the_sampler_integrates(full_flux_dir, tmp_path):
+    """A model predicting the velocity that the sampler's Euler step (diffusers' FlowMatchEulerDiscreteScheduler,
+    which the restorer reproduces above) takes from z_t straight to z_0 has zero training loss (Eq. 7-8)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from test_training import tiny_params
+
+    from fluxir.training import MicroBatch, TrainConfig, flow_matching_loss
+
+    cfg = TrainConfig.from_params({**tiny_params(tmp_path, f"train.model={full_flux_dir}"), "pixel_loss_weight": 0})
+    gen = torch.Generator().manual_seed(0)
+    z0, z1, zlq = (torch.randn(2, 12, 64, generator=gen) for _ in range(3))
+    batch = MicroBatch(z0=z0, z1=z1, z_lq=zlq, t=torch.tensor([0.3, 0.8]), crops=None, h=6, w=8)
+
+    def euler_to_z0(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity v with scheduler.step(v, t -> 0) == z_0, per sample (the step is linear in v)."""
+        velocities = []
+        for i in range(z_t.shape[0]):
+            scheduler = FlowMatchEulerDiscreteScheduler()
+            scheduler.set_timesteps(sigmas=[float(t[i])], device="cpu")  # sigmas [t, 0]
+            origin = scheduler.step(torch.zeros_like(z_t[i]), scheduler.timesteps[0], z_t[i]).prev_sample
+            scheduler._step_index = None
+            unit = scheduler.step(torch.ones_like(z_t[i]), scheduler.timesteps[0], z_t[i]).prev_sample - origin
+            velocities.append((z0[i] - origin) / unit)  # unit = (0 - t)
+        return torch.stack(velocities)
+
+    class EulerProbe(torch.nn.Module):
+        def __init__(self, sign: float) -> None:
+            super().__init__()
+            self.sign = sign
+
+        def forward(self, z_t, z_lq, prompt, pooled, t, img_ids, txt_ids, guidance):
+            return self.sign * euler_to_z0(z_t, t)
+
+    flux = load_pipeline(str(full_flux_dir), dtype="float32").transformer
+    prompt, pooled = torch.zeros(1, 8, 32), torch.zeros(1, 32)
+    right = flow_matching_loss(EulerProbe(1.0), flux, None, batch, prompt, pooled, cfg)[1]
+    wrong = flow_matching_loss(EulerProbe(-1.0), flux, None, batch, prompt, pooled, cfg)[1]
+    assert float(right) < 1e-10 and float(wrong) > 1.0
