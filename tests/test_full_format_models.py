@@ -250,3 +250,59 @@ def test_training_target_has_the_sign_the_sampler_integrates(full_flux_dir, tmp_
     right = flow_matching_loss(EulerProbe(1.0), flux, None, batch, prompt, pooled, cfg)[1]
     wrong = flow_matching_loss(EulerProbe(-1.0), flux, None, batch, prompt, pooled, cfg)[1]
     assert float(right) < 1e-10 and float(wrong) > 1.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Kedro: every pipeline on the full-format Flux; other backends as a parameter change (paper Tables 4/7)
+
+
+def _latest(project: Path, relative: str) -> Path:
+    return max((project / relative).glob("*/*"))
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "pixart_sigma", "sana"])
+def test_kedro_fluxgen_with_another_backend(full_format_model, tmp_path, kind):
+    import mlflow
+
+    model = full_format_model(kind)
+    project = make_project_copy(tmp_path / "project")
+    kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen",
+              f"--params=fluxgen.model={model},fluxgen.num_images=4,fluxgen.steps=2")
+    generated = pd.read_parquet(_latest(project, "data/02_intermediate/generated_images.parquet"))
+    assert list(generated["image_id"]) == [0, 1, 2, 3] and set(generated["model"]) == {str(model)}
+    images = [read_image(project / p) for p in generated["path"]]
+    assert {a.shape for a in images} == {(48, 64, 3)}, "resolution binning resized back to fluxgen's size"
+    assert len({a.tobytes() for a in images}) == 4 and min(float(a.std()) for a in images) > 1
+    pairs = pd.read_parquet(_latest(project, "data/05_model_input/pairs_manifest.parquet"))
+    assert 0 < len(pairs) <= 4
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+    assert run.data.params["fluxgen.model"] == str(model)
+
+
+def test_kedro_all_pipelines_on_the_full_format_flux(full_flux_dir, tmp_path):
+    """`kedro run` (fluxgen -> train -> evaluate) and then `--pipeline=restore`, all on the FLUX.1-dev-format folder."""
+    from test_restore import make_mixed_folder
+
+    from fluxir.models.adapter import load_adapter
+
+    project = make_project_copy(tmp_path / "project")
+    model = str(full_flux_dir)
+    kedro_run(project, "run", "--env=tiny", "--params=" + ",".join([
+        f"fluxgen.model={model}", "fluxgen.num_images=6", "fluxgen.steps=2", f"train.model={model}",
+        "train.max_steps=3", "train.validate_every=3", "train.checkpoint_every=3", "train.log_every=1",
+        f"evaluate.restore.model={model}", "evaluate.restore.steps=2"]))
+    history = pd.read_parquet(next((project / "data/07_model_output/train_history.parquet").rglob("*.parquet")))
+    assert list(history.step) == [1, 2, 3], "three optimizer steps on real T5/CLIP embeddings"
+    adapter = load_adapter(next((project / "data/06_models/fluxir_adapter").glob("*/fluxir_adapter")))
+    assert adapter.config.text_seq_len == 8, "train.max_sequence_length T5 tokens"
+    table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
+    fluxir = table[table["method"] == "fluxir"]
+    assert set(fluxir["label"]) >= {"PSNR", "SSIM", "LPIPS"} and fluxir["value"].notna().all()
+
+    make_mixed_folder(project / "photos")
+    kedro_run(project, "run", "--env=tiny", "--pipeline=restore", "--params=" + ",".join([
+        f"restore.model={model}", "restore.input_dir=photos", "restore.output_dir=restored", "restore.progress=false"]))
+    summary = json.loads(_latest(project, "data/08_reporting/restore_summary.json").read_text())
+    assert summary["restored"] == 5 and summary["failed"] == 3
+    assert read_image(project / "restored" / "rgb.png").shape == (40, 56, 3)
