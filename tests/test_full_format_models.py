@@ -154,6 +154,28 @@ def test_fluxgen_seeds_batches_and_resume_with_real_text_encoders(full_flux_dir,
     assert np.array_equal(read_image(one.path_for(2)), images[2]), "resume regenerates the same pixels"
 
 
+@pytest.mark.parametrize("kind", ["pixart_sigma", "sana"])
+def test_t5_and_gemma_backends_use_the_prompt_as_given(full_format_model, tmp_path, kind):
+    """PixArt-Sigma cleans captions by default only where bs4/ftfy are installed (warning on every call
+    otherwise): fluxgen turns that off so a prompt gives the same pixels on every machine. (Sana's default
+    is already off; its case runs domain prompts through the Gemma tokenizer.)"""
+    import logging
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    diffusers_logger = logging.getLogger("diffusers")  # diffusers' own handler does not propagate to pytest
+    diffusers_logger.addHandler(handler)
+    try:
+        store = ImageStore(tmp_path)
+        generate_into_store(_generation_cfg(full_format_model(kind), num_images=2, prompts=DOMAIN_PROMPTS), store,
+                            progress=False)
+    finally:
+        diffusers_logger.removeHandler(handler)
+    assert all(store.exists(i) for i in (0, 1))
+    assert not [r for r in records if "clean_caption" in r]
+
+
 def test_domain_prompts_change_the_images(full_flux_dir, tmp_path):
     empty, domain = ImageStore(tmp_path / "e"), ImageStore(tmp_path / "d")
     generate_into_store(_generation_cfg(full_flux_dir, num_images=1), empty, progress=False)

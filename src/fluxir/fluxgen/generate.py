@@ -172,6 +172,10 @@ def generate_into_store(
         kwargs = dict(height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps, output_type="np", generator=generators)
         if "guidance_scale" in _call_parameters(pipe):
             kwargs["guidance_scale"] = cfg.guidance
+        if "clean_caption" in _call_parameters(pipe):
+            # PixArt/Sana default to True, which rewrites prompts only where bs4 and ftfy happen to be
+            # installed (else a warning per call): the prompt must give the same pixels everywhere.
+            kwargs["clean_caption"] = False
         with torch.inference_mode():
             images = pipe(**encoder.batch_kwargs([prompt_for(i, cfg.prompts) for i in batch]), **kwargs).images
         for image_id, image in zip(batch, images):
