@@ -154,6 +154,35 @@ def test_fluxgen_seeds_batches_and_resume_with_real_text_encoders(full_flux_dir,
     assert np.array_equal(read_image(one.path_for(2)), images[2]), "resume regenerates the same pixels"
 
 
+@pytest.mark.parametrize("kind", ["sdxl", "pixart_sigma", "sana"])
+def test_other_backends_cache_the_embeddings_their_call_computes_and_free_the_encoders(full_format_model, tmp_path, kind):
+    """Embeddings encoded once (with the negative ones for classifier-free guidance) give the images the
+    pipeline makes from the prompt text itself; the text encoders and tokenizers are gone afterwards."""
+    model = full_format_model(kind)
+    cfg = _generation_cfg(model, num_images=2, prompts=DOMAIN_PROMPTS, guidance=4.0)
+    store = ImageStore(tmp_path)
+    generate_into_store(cfg, store, progress=False)
+
+    pipe = load_pipeline(str(model), dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    extra = {"clean_caption": False} if kind == "pixart_sigma" else {}
+    expected = pipe(prompt=DOMAIN_PROMPTS, height=48, width=64, num_inference_steps=2, guidance_scale=4.0,
+                    generator=[torch.Generator().manual_seed(i) for i in (0, 1)], output_type="np", **extra).images
+    for i in (0, 1):
+        assert np.abs(read_image(store.path_for(i)).astype(int) - np.round(expected[i] * 255)).max() <= 1
+
+    encoders = [n for n in pipe.components if n.startswith(("text_encoder", "tokenizer"))]
+    refs = [weakref.ref(getattr(pipe, n)) for n in encoders]
+    encoder = PromptEncoder(pipe, DOMAIN_PROMPTS, 16, "cpu", guidance=4.0)
+    assert all(getattr(pipe, n) is None for n in encoders)
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(refs)
+    kwargs = encoder.batch_kwargs(DOMAIN_PROMPTS)
+    assert "negative_prompt_embeds" in kwargs and kwargs["prompt_embeds"].shape[0] == 2
+    with pytest.raises(ValueError, match="pass guidance"):
+        PromptEncoder(load_pipeline(str(model), dtype="float32"), [""], 16, "cpu")
+
+
 @pytest.mark.parametrize("kind", ["pixart_sigma", "sana"])
 def test_t5_and_gemma_backends_use_the_prompt_as_given(full_format_model, tmp_path, kind):
     """PixArt-Sigma cleans captions by default only where bs4/ftfy are installed (warning on every call
