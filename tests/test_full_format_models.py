@@ -132,8 +132,8 @@ def test_prompts_are_encoded_without_autograd_and_the_encoders_are_freed(full_fl
 
 
 def _generation_cfg(model: Path, **overrides) -> GenerationConfig:
-    params = dict(model=str(model), num_images=4, height=48, width=64, steps=2, dtype="float32", device="cpu",
-                  max_sequence_length=16)
+    params = {"model": str(model), "num_images": 4, "height": 48, "width": 64, "steps": 2, "dtype": "float32",
+              "device": "cpu", "max_sequence_length": 16}
     return GenerationConfig.from_params({**params, **overrides})
 
 
@@ -234,8 +234,9 @@ def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_d
 def _restore_cfg(**overrides):
     from fluxir.restoration.sampler import RestoreConfig
 
-    params = dict(steps=4, guidance=4.0, schedule="flux_shift", scale=4, tile_size=None, vae_tile_size=None,
-                  color_fix="none", seed=3, dtype="float32", device="cpu", max_sequence_length=16)
+    params = {"steps": 4, "guidance": 4.0, "schedule": "flux_shift", "scale": 4, "tile_size": None,
+              "vae_tile_size": None, "color_fix": "none", "seed": 3, "dtype": "float32", "device": "cpu",
+              "max_sequence_length": 16}
     return RestoreConfig(**{**params, **overrides})
 
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers import (
@@ -60,8 +61,11 @@ from transformers import (
 from fluxir.models.flux import load_config
 
 # Words that get whole-word tokens; everything else falls back to characters (CLIP, Gemma) or <unk> (T5).
-WORDS = ("a photo of the an in on with and high quality detailed image landscape portrait city street "
-         "animal face food building sky water tree night day").split()
+WORDS = (
+    "a", "photo", "of", "the", "an", "in", "on", "with", "and", "high", "quality", "detailed", "image",
+    "landscape", "portrait", "city", "street", "animal", "face", "food", "building", "sky", "water", "tree",
+    "night", "day",
+)
 
 # The component classes in each hub snapshot's model_index.json (transformers 5 resolves the *Fast
 # names to the same tokenizers-backed classes; the names are kept so the folders read like the hub's).
