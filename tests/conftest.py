@@ -23,6 +23,22 @@ def tiny_flux_dir() -> Path:
     return TINY_FLUX
 
 
+@pytest.fixture(scope="session")
+def full_format_model(tmp_path_factory):
+    """``full_format_model(kind) -> folder``: a hub-format tiny pipeline folder (``fluxir.models.tiny``) with
+    real tokenizers and text encoders, built once per test session (a few seconds each)."""
+    from fluxir.models.tiny import write_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("full_format_models")
+    return lambda kind: write_tiny_pipeline(kind, root / kind)  # idempotent: built on first use only
+
+
+@pytest.fixture(scope="session")
+def full_flux_dir(full_format_model) -> Path:
+    """The FLUX.1-dev-format tiny folder: CLIPTokenizer, CLIPTextModel, T5TokenizerFast, T5EncoderModel, ..."""
+    return full_format_model("flux")
+
+
 def make_project_copy(project: Path) -> Path:
     """A throw-away copy of this Kedro project (pyproject, conf, tiny models; src linked) at ``project``."""
     import shutil

@@ -4,8 +4,9 @@ An empty prompt and a fresh Gaussian noise per image go into Flux; the decoded i
 image. Image ``i`` always uses ``seed = base_seed + i``, so any image can be regenerated from its id.
 
 Why it is written this way:
-- The prompt (empty, or a short domain list) is encoded once; T5/CLIP are then dropped so that
-  350,000 images never keep a 4.7B-parameter T5 on the GPU.
+- The prompt (empty, or a short domain list) is encoded once; the text encoders are then dropped so
+  that 350,000 images never keep a 4.7B-parameter T5 on the GPU (Flux; SDXL, PixArt-Sigma and Sana
+  likewise, with the negative embeddings their classifier-free guidance needs).
 - Each image gets its own ``torch.Generator``: a batch of 4 gives the same noise per image as
   batches of 1.
 - Files are written atomically into an ``ImageStore`` keyed by a hash of everything that changes
@@ -97,10 +98,26 @@ def ids_for_process(num_images: int, process_index: int, num_processes: int) -> 
     return list(range(process_index, num_images, num_processes))
 
 
-class PromptEncoder:
-    """Encodes each distinct prompt once, then frees the text encoders (Flux) or passes text (others)."""
+# Pipelines whose __call__ takes encode_prompt's outputs back as keyword arguments (in encode_prompt's order).
+EMBEDDING_KWARGS = {
+    "StableDiffusionXLPipeline": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+                                  "negative_pooled_prompt_embeds"),
+    "PixArtSigmaPipeline": ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+                            "negative_prompt_attention_mask"),
+    "SanaPipeline": ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask"),
+}
 
-    def __init__(self, pipe: Any, prompts: list[str], max_sequence_length: int, device: str) -> None:
+
+class PromptEncoder:
+    """Encodes each distinct prompt once, then frees the text encoders and tokenizers.
+
+    Flux: T5 + CLIP (``fixed_prompt_embeddings`` when the folder has none). SDXL / PixArt-Sigma / Sana:
+    the embeddings their ``__call__`` would compute for ``guidance`` (with the negative ones for
+    classifier-free guidance). Other pipelines keep their encoders and get the prompt text.
+    """
+
+    def __init__(self, pipe: Any, prompts: list[str], max_sequence_length: int, device: str,
+                 guidance: float | None = None) -> None:
         import torch
         from diffusers import FluxPipeline
 
@@ -126,10 +143,21 @@ class PromptEncoder:
                     "prompt_embeds": prompt_embeds.detach().to(device),
                     "pooled_prompt_embeds": pooled.detach().to(device),
                 }
-            # Free T5 (4.7B) and CLIP: generation only needs the cached embeddings from here on.
-            pipe.text_encoder = pipe.text_encoder_2 = pipe.tokenizer = pipe.tokenizer_2 = None
+        elif type(pipe).__name__ in EMBEDDING_KWARGS:
+            if guidance is None:
+                raise ValueError(f"{type(pipe).__name__}: pass guidance (classifier-free guidance needs negative embeddings)")
+            names = EMBEDDING_KWARGS[type(pipe).__name__]
+            kwargs = _encode_kwargs(pipe, guidance)
+            with torch.no_grad():
+                for text in distinct:
+                    outputs = pipe.encode_prompt(prompt=text, device=device, num_images_per_prompt=1, **kwargs)
+                    self.cache[text] = {n: t.detach() for n, t in zip(names, outputs) if t is not None}
         else:
             self.cache = {text: {"prompt": text} for text in distinct}
+            return
+        # Free the text encoders (T5-XXL is 4.7B, Gemma2 2.6B): generation only needs the cached embeddings.
+        for name in [n for n in pipe.components if n.startswith(("text_encoder", "tokenizer"))]:
+            setattr(pipe, name, None)
 
     def batch_kwargs(self, texts: list[str]) -> dict[str, Any]:
         """Pipeline keyword arguments for a batch of prompts."""
@@ -138,10 +166,29 @@ class PromptEncoder:
         first = self.cache[texts[0]]
         if "prompt" in first:
             return {"prompt": texts}
-        return {
-            "prompt_embeds": torch.cat([self.cache[t]["prompt_embeds"] for t in texts]),
-            "pooled_prompt_embeds": torch.cat([self.cache[t]["pooled_prompt_embeds"] for t in texts]),
-        }
+        kwargs: dict[str, Any] = {name: torch.cat([self.cache[t][name] for t in texts]) for name in first}
+        if "negative_prompt_embeds" in kwargs:
+            kwargs["negative_prompt"] = None  # PixArt/Sana default to "", refused next to negative_prompt_embeds
+        return kwargs
+
+
+def _encode_kwargs(pipe: Any, guidance: float) -> dict[str, Any]:
+    """The arguments ``pipe.__call__`` passes to ``encode_prompt`` by default (so the cached embeddings are
+    the ones a call with the prompt text computes), with caption cleaning off (see ``generate_into_store``)."""
+    import inspect
+
+    call = inspect.signature(pipe.__call__).parameters
+    encode = inspect.signature(pipe.encode_prompt).parameters
+    kwargs: dict[str, Any] = {"do_classifier_free_guidance": guidance > 1}
+    unet = getattr(pipe, "unet", None)
+    if unet is not None and unet.config.get("time_cond_proj_dim") is not None:
+        kwargs["do_classifier_free_guidance"] = False  # SDXL's rule: guidance-distilled UNets take no CFG
+    for name in ("negative_prompt", "max_sequence_length", "complex_human_instruction"):
+        if name in encode and name in call:
+            kwargs[name] = call[name].default
+    if "clean_caption" in encode:
+        kwargs["clean_caption"] = False
+    return kwargs
 
 
 def generate_into_store(
@@ -162,7 +209,7 @@ def generate_into_store(
     device = resolve_device(cfg.device, state_device)
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)
     pipe.set_progress_bar_config(disable=True)
-    encoder = PromptEncoder(pipe, cfg.prompts or [""], cfg.max_sequence_length, device)
+    encoder = PromptEncoder(pipe, cfg.prompts or [""], cfg.max_sequence_length, device, guidance=cfg.guidance)
     done: list[int] = []
     start = time.perf_counter()
     bar = progress_bar(total=len(todo), desc=f"generate[{process_index}]", unit="img", disable=not progress)
@@ -172,6 +219,10 @@ def generate_into_store(
         kwargs = dict(height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps, output_type="np", generator=generators)
         if "guidance_scale" in _call_parameters(pipe):
             kwargs["guidance_scale"] = cfg.guidance
+        if "clean_caption" in _call_parameters(pipe):
+            # PixArt/Sana default to True, which rewrites prompts only where bs4 and ftfy happen to be
+            # installed (else a warning per call): the prompt must give the same pixels everywhere.
+            kwargs["clean_caption"] = False
         with torch.inference_mode():
             images = pipe(**encoder.batch_kwargs([prompt_for(i, cfg.prompts) for i in batch]), **kwargs).images
         for image_id, image in zip(batch, images):

@@ -1,15 +1,15 @@
 """Loading Flux (or any diffusers text-to-image pipeline) from a hub id or a local folder.
 
-The tiny environment uses the same code: ``make_tiny_flux`` writes a diffusers-format folder with a
-2+2-block random-weight ``FluxTransformer2DModel`` and a 16-channel ``AutoencoderKL`` built from the
-JSON configs in ``fluxir/configs``. Such a folder has no text encoders; ``fixed_prompt_embeddings``
-stands in for T5/CLIP there. Tiny models prove the machinery, never image quality.
+The tiny environment uses the same code. The committed ``data/01_raw/tiny/flux`` holds a 2+2-block
+random-weight ``FluxTransformer2DModel`` and a 16-channel ``AutoencoderKL`` (the JSON configs in
+``fluxir/configs``) and no text encoders: ``fixed_prompt_embeddings`` stands in for T5/CLIP there.
+``fluxir.models.tiny`` writes full-format folders (tokenizers and text encoders too) of the same models.
+Tiny models prove the machinery, never image quality.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,44 +35,6 @@ def build_transformer(config_name: str, seed: int = 0, device: str = "cpu", **ov
     torch.manual_seed(seed)
     with torch.device(device):
         return FluxTransformer2DModel(**{**load_config(config_name), **overrides})
-
-
-def build_tiny_vae(seed: int = 0):
-    """A random-weight 16-latent-channel ``AutoencoderKL`` (4 levels of 8 channels)."""
-    import torch
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(**load_config("tiny_vae"))
-
-
-def make_tiny_flux(folder: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a tiny random-weight Flux pipeline folder loadable by ``FluxPipeline.from_pretrained``.
-
-    Idempotent: an existing complete folder is left as it is.
-    """
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-
-    folder = Path(folder)
-    if (folder / "model_index.json").exists():
-        return folder
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
-    )
-    pipe = FluxPipeline(
-        scheduler=scheduler, vae=build_tiny_vae(seed), transformer=build_transformer("tiny_flux_transformer", seed),
-        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-    )
-    tmp = folder.with_name(folder.name + ".tmp")
-    pipe.save_pretrained(tmp)
-    # save_pretrained drops None components; list them as null so from_pretrained loads them as None.
-    index = json.loads((tmp / "model_index.json").read_text())
-    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
-        index[name] = [None, None]
-    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-    tmp.rename(folder)
-    return folder
 
 
 def resolve_device(device: str, process_device: Any = None) -> str:
@@ -108,10 +70,72 @@ def resolve_source(source: str) -> str:
     return source
 
 
+def folder_problems(folder: str | Path) -> list[str]:
+    """Every problem a loader would hit in the local pipeline ``folder``, each naming its path (empty: none).
+
+    Checked without loading weights: each component listed in model_index.json has its sub-folder; a
+    tokenizer's tokenizer_config.json names the class model_index.json lists (a T5 tokenizer saved where a
+    CLIP one is expected would otherwise load silently and tokenize wrongly); every ``.safetensors`` file
+    has a readable header (a truncated download otherwise fails with a message naming no file).
+    """
+    import transformers
+
+    folder = Path(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    problems = []
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry == [None, None]:
+            continue
+        library, class_name = entry
+        sub = folder / name
+        if not sub.is_dir():
+            problems.append(
+                f"{sub}: missing, but {folder / 'model_index.json'} lists component {name!r} ({library}.{class_name}); "
+                "copy the complete snapshot (huggingface-cli download <repo> --local-dir <folder>) or set the "
+                f"entry to [null, null] if the pipeline should load without it"
+            )
+            continue
+        tokenizer_config = sub / "tokenizer_config.json"
+        if library == "transformers" and "Tokenizer" in class_name and tokenizer_config.is_file():
+            saved = json.loads(tokenizer_config.read_text()).get("tokenizer_class")
+            expected, found = getattr(transformers, class_name, None), getattr(transformers, saved or "", None)
+            if saved and expected is not found:
+                problems.append(
+                    f"{tokenizer_config}: tokenizer_class {saved!r}, but model_index.json lists {name!r} as "
+                    f"{class_name!r}; put the {class_name} files in {sub} (or fix the entry in model_index.json)"
+                )
+        for weights in sorted(sub.glob("*.safetensors")):
+            problem = _safetensors_problem(weights)
+            if problem:
+                problems.append(f"{weights}: {problem}; download this file again")
+    return problems
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable safetensors file (None when its header parses and fits the file)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"not a safetensors file ({size} bytes)"
+        header_len = int.from_bytes(head, "little")
+        if header_len > size - 8:
+            return f"truncated or not a safetensors file (header of {header_len} bytes in a {size}-byte file)"
+        try:
+            header = json.loads(handle.read(header_len))
+        except ValueError:
+            return "corrupt safetensors header"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        return f"truncated: the header needs {8 + header_len + end} bytes, the file has {size}"
+    return None
+
+
 def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu"):
     """Load a diffusers text-to-image pipeline from a hub id or a local folder.
 
-    With ``HF_HUB_OFFLINE=1`` a hub id that is not in the local cache fails with a message naming it.
+    A local folder is checked first (``folder_problems``): every problem is reported at once, each naming
+    its path. With ``HF_HUB_OFFLINE=1`` a hub id that is not in the local cache fails with a message naming it.
     """
     import torch
     from diffusers import DiffusionPipeline
@@ -121,6 +145,9 @@ def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu"):
     index_file = Path(source) / "model_index.json"
     absent = {}
     if index_file.exists():
+        problems = folder_problems(source)
+        if problems:
+            raise ValueError(f"model folder {source!r} cannot be loaded:\n- " + "\n- ".join(problems))
         index = json.loads(index_file.read_text())
         absent = {k: None for k, v in index.items() if v == [None, None]}
     try:
