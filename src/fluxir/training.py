@@ -53,7 +53,6 @@ import random
 import resource
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +63,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fluxir.config import flatten_dict
-from fluxir.io import read_image, sha256_file
+from fluxir.io import atomic_directory, atomic_file, hash_json, hash_tensors, image_size, read_image, sha256_file
 from fluxir.progress import progress as progress_bar
 from fluxir.models.adapter import (
     FluxIRAdapter,
@@ -199,8 +197,7 @@ class TrainConfig:
     def run_key(self, data_key: str, global_batch: int) -> str:
         """Hash of everything that changes what is learned: the checkpoint sub-folder of this run."""
         semantic = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NON_SEMANTIC}
-        payload = json.dumps({"config": semantic, "data": data_key, "global_batch": global_batch}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return hash_json({"config": semantic, "data": data_key, "global_batch": global_batch})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -259,8 +256,7 @@ class PairTable:
                 if not Path(getattr(row, f"{kind}_path")).is_file():
                     raise FileNotFoundError(f"pair {row.image_id}: {kind.upper()} image {getattr(row, f'{kind}_path')} "
                                             "does not exist (rerun the fluxgen pipeline)")
-            with Image.open(row.hq_path) as hq, Image.open(row.lq_path) as lq:
-                (w, h), (lw, lh) = hq.size, lq.size
+            (w, h), (lw, lh) = image_size(row.hq_path), image_size(row.lq_path)
             if w % 16 or h % 16:
                 raise ValueError(f"pair {row.image_id}: HQ {row.hq_path} is (width, height)={(w, h)}; both sides must "
                                  "be multiples of 16 (VAE /8 and 2x2 packing)")
@@ -292,8 +288,7 @@ class PairTable:
 
     def data_key(self) -> str:
         """Hash of the pairs' identities (image ids + sha256s)."""
-        payload = json.dumps(self.rows[["image_id", "hq_sha256", "lq_sha256"]].astype(str).values.tolist())
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return hash_json(self.rows[["image_id", "hq_sha256", "lq_sha256"]].astype(str).values.tolist())
 
 
 def epoch_batches(buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int, epoch: int) -> list[list[int]]:
@@ -342,10 +337,7 @@ def vae_identity(vae: Any) -> str:
     """Hash of the VAE's class, config and weights: part of every latent-cache key."""
     h = hashlib.sha256(type(vae).__name__.encode())
     h.update(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(vae.state_dict().items()):
-        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return hash_tensors(vae.state_dict(), h).hexdigest()[:16]
 
 
 class LatentCache:
@@ -374,11 +366,8 @@ class LatentCache:
     def put(self, key: str, tensors: dict[str, Tensor]) -> None:
         if self.root is None:
             return
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_file(self.path(key)) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def _where(module: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -627,9 +616,9 @@ def save_checkpoint(run_dir: Path, step: int, adapter: FluxIRAdapter, optimizer:
                     history: list[dict[str, Any]], extra: dict[str, Any], keep: int) -> Path:
     """Write adapter + optimizer + scheduler + RNG + step + history atomically; keep the newest ``keep``."""
     final = checkpoint_path(run_dir, step)
-    tmp = run_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    # The same step written again: the complete old one stays until the new one is in place.
+    with atomic_directory(final) as tmp_name:
+        tmp = Path(tmp_name)
         save_adapter(adapter, tmp / "adapter")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -638,14 +627,6 @@ def save_checkpoint(run_dir: Path, step: int, adapter: FluxIRAdapter, optimizer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra, "history": history}, indent=1))
-        old = run_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-        if final.exists():  # the same step written again: the complete old one stays until the new one is in place
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     for _, old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -680,11 +661,7 @@ def peak_memory_mb(device: torch.device | str) -> float:
 
 def weights_digest(adapter: nn.Module) -> str:
     """sha256 of the adapter's weights (to compare processes)."""
-    h = hashlib.sha256()
-    for name, p in sorted(adapter.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return hash_tensors(adapter.state_dict()).hexdigest()
 
 
 class MlflowLogger:

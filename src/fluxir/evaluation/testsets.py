@@ -21,7 +21,6 @@ bundled photos (real, redistributable images) for the tiny demo; a marker file l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -33,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from fluxir.io import hash_json, image_size, read_image, write_png_atomic
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +150,6 @@ def list_images(folder: str | Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.size
-
-
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """The centred ``size`` x ``size`` crop of an (H, W, 3) array; ValueError when the image is smaller."""
     h, w = image.shape[:2]
@@ -177,8 +170,7 @@ def _sources_fingerprint(files: list[Path]) -> list[list[Any]]:
 
 
 def _prep_key(spec: BenchmarkSpec, extra: Any, files: list[Path]) -> str:
-    blob = json.dumps([asdict(spec), extra, _sources_fingerprint(files)], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return hash_json([asdict(spec), extra, _sources_fingerprint(files)])
 
 
 def _is_demo(spec: BenchmarkSpec) -> bool:
@@ -197,8 +189,6 @@ def _missing(spec: BenchmarkSpec) -> str | None:
 
 def _write_once(path: Path, make: Any) -> None:
     """Write ``make()`` as PNG at ``path`` unless a complete file is already there."""
-    from fluxir.io import write_png_atomic
-
     if not path.is_file():
         write_png_atomic(path, make())
 
@@ -241,14 +231,12 @@ def prepare_benchmark(spec: BenchmarkSpec, prepared_dir: str | Path, degradation
 
 def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping[str, Any]) -> pd.DataFrame:
     from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
-    from fluxir.io import read_image, write_png_atomic
-
     settings = {**dict(degradation), "crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random"}
     config = DegradationConfig.from_dict(settings)
     if config.scale != spec.scale:
         raise ValueError(f"{spec.name}: hq_size/lq_size = {spec.scale} but the degradation scale is {config.scale}")
     files = list_images(spec.hq_dir)
-    usable = [p for p in files if min(_image_size(p)) >= spec.hq_size]
+    usable = [p for p in files if min(image_size(p)) >= spec.hq_size]
     if len(usable) < len(files):
         small = [p.name for p in files if p not in usable]
         log.warning("%s: %d source image(s) smaller than %dpx skipped: %s", spec.name, len(small), spec.hq_size, small[:5])
@@ -273,8 +261,6 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
 
 
 def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    from fluxir.io import read_image
-
     hq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.hq_dir)}
     lq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.lq_dir)}
     keys = sorted(hq_files.keys() & lq_files.keys())
@@ -294,7 +280,7 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
     rows = []
     for name in keys:
         hq_src, lq_src = hq_files[name], lq_files[name]
-        (hw, hh), (lw, lh) = _image_size(hq_src), _image_size(lq_src)
+        (hw, hh), (lw, lh) = image_size(hq_src), image_size(lq_src)
         if abs(hw - spec.scale * lw) > 2 * spec.scale or abs(hh - spec.scale * lh) > 2 * spec.scale:
             raise ValueError(
                 f"{spec.name}: {hq_src.name} is {hw}x{hh} but {lq_src.name} is {lw}x{lh}; expected the HQ to be "
@@ -311,14 +297,12 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
 
 
 def _prepare_lq_only(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    from fluxir.io import read_image
-
     files = list_images(spec.lq_dir)
     files = files[: spec.num_images] if spec.num_images else files
     key = _prep_key(spec, None, files)
     rows = []
     for source in files:
-        if min(_image_size(source)) < spec.lq_size:
+        if min(image_size(source)) < spec.lq_size:
             log.warning("%s: %s skipped, smaller than the %dpx centre crop", spec.name, source.name, spec.lq_size)
             continue
         lq_path = out_root / key / "lq" / f"{source.stem}.png"
@@ -379,8 +363,6 @@ def write_demo_benchmarks(specs: Mapping[str, BenchmarkSpec], degradation: Mappi
     Folders that already hold images are left untouched. Returns ``{benchmark: [folders written]}``.
     """
     from fluxir.fluxgen.degrade import degrade_pair
-    from fluxir.io import write_png_atomic
-
     degradation = degradation or {}
     written: dict[str, list[str]] = {}
     for spec in specs.values():

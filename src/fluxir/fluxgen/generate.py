@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.config import load_params, reject_unknown_keys
-from fluxir.io import ImageStore
+from fluxir.io import ImageStore, hash_json
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,7 @@ class GenerationConfig:
 
     def key(self) -> str:
         """Short hash of the settings that determine pixels: the store sub-folder of this configuration."""
-        payload = json.dumps({k: asdict(self)[k] for k in _PIXEL_FIELDS}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return hash_json({k: asdict(self)[k] for k in _PIXEL_FIELDS})
 
 
 def image_seed(base_seed: int, image_id: int) -> int:

@@ -33,14 +33,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.utils.checkpoint
+from diffusers.models.embeddings import CombinedTimestepGuidanceTextProjEmbeddings, CombinedTimestepTextProjEmbeddings
+from diffusers.models.transformers.transformer_flux import FluxPosEmbed, FluxTransformerBlock
+from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import Tensor, nn
+
+from fluxir.io import atomic_directory, local_fs
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "adapter.safetensors"
@@ -203,12 +209,6 @@ class FluxIRAdapter(nn.Module):
 
     def __init__(self, config: FluxIRConfig) -> None:
         super().__init__()
-        from diffusers.models.embeddings import (
-            CombinedTimestepGuidanceTextProjEmbeddings,
-            CombinedTimestepTextProjEmbeddings,
-        )
-        from diffusers.models.transformers.transformer_flux import FluxPosEmbed, FluxTransformerBlock
-
         self.config = config
         c = config.inner_dim
         # The adapter's own copies of Flux's input layers.
@@ -394,6 +394,8 @@ def _run_block(flux: nn.Module, block: nn.Module, hidden_states: Tensor, encoder
                  image_rotary_emb=image_rotary_emb, joint_attention_kwargs=joint_attention_kwargs)
 
 
+# Adapted from diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward (diffusers 0.42.1):
+# the same steps, with the adapter's control added to both streams before every block.
 def controlled_flux_forward(
     flux: nn.Module,
     adapter: FluxIRAdapter | None,
@@ -412,8 +414,6 @@ def controlled_flux_forward(
     Mirrors ``FluxTransformer2DModel.forward`` of diffusers 0.42.1 step by step; with ``adapter=None``
     (or a freshly built adapter) the result equals ``flux(...).sample`` exactly.
     """
-    from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
-
     cfg = flux.config
     if adapter is not None:
         check_compatible(adapter, flux)
@@ -504,50 +504,27 @@ def adapter_parameter_breakdown(config: FluxIRConfig) -> dict[str, int]:
 # Save / load (adapter weights only)
 
 
-def _local_fs():
-    import fsspec
-
-    return fsspec.filesystem("file", auto_mkdir=True)
-
-
 def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = None) -> None:
     """Write ``folder/config.json`` + ``folder/adapter.safetensors`` atomically (temp folder, then rename).
 
     ``fs`` is an fsspec filesystem (local by default); an existing folder is replaced.
     """
-    from safetensors.torch import save as st_save
-
     if not isinstance(adapter, FluxIRAdapter):
         raise TypeError(f"save_adapter expects a FluxIRAdapter, got {type(adapter).__name__}")
-    fs = fs or _local_fs()
-    folder = str(folder).rstrip("/")
-    tmp = f"{folder}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.makedirs(tmp, exist_ok=True)
-    try:
+    fs = fs or local_fs()
+    with atomic_directory(folder, fs) as tmp:
         meta = {"_class_name": "FluxIRAdapter", "_format_version": FORMAT_VERSION, **adapter.config.to_dict()}
         with fs.open(f"{tmp}/{CONFIG_NAME}", "w") as f:
             f.write(json.dumps(meta, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
         with fs.open(f"{tmp}/{WEIGHTS_NAME}", "wb") as f:
             f.write(st_save(state, metadata={"format": "pt"}))
-        old = None
-        if fs.exists(folder):
-            old = f"{folder}.old-{uuid.uuid4().hex[:8]}"
-            fs.mv(folder, old, recursive=True)
-        fs.mv(tmp, folder, recursive=True)
-        if old is not None:
-            fs.rm(old, recursive=True)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
 
 
 def load_adapter(folder: str | os.PathLike, fs: Any = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None) -> FluxIRAdapter:
     """Read a folder written by ``save_adapter``; weights must match config.json exactly."""
-    from safetensors.torch import load as st_load
-
-    fs = fs or _local_fs()
+    fs = fs or local_fs()
     folder = str(folder).rstrip("/")
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not fs.exists(f"{folder}/{name}"):
