@@ -63,12 +63,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
+from kedro.config import MissingConfigException
+from kedro.io import DataCatalog
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from fluxir.config import flatten_dict
+from fluxir.config import Rule, check_fields, config_loader, flatten_dict, load_params, reject_unknown_keys
 from fluxir.io import atomic_directory, atomic_file, hash_json, hash_tensors, image_size, read_image, sha256_file
+from fluxir.models.flux import accelerate_cpu
 from fluxir.progress import progress as progress_bar
+from fluxir.tracking import log_new_params
 from fluxir.models.adapter import (
     FluxIRAdapter,
     controlled_flux_forward,
@@ -97,6 +101,25 @@ _FLOAT_FIELDS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "a
 
 # ----------------------------------------------------------------------------------------------------
 # Configuration
+
+
+TRAIN_RULES = (
+    *(Rule(name, "int_at_least", 1) for name in (
+        "max_steps", "batch_size", "gradient_accumulation_steps", "max_sequence_length", "lq_scale",
+        "validation_steps", "validate_every", "log_every", "checkpoint_every", "keep_checkpoints")),
+    *(Rule(name, "int_at_least", 0) for name in ("lr_warmup_steps", "num_validation_pairs", "seed")),
+    Rule("timestep_sampler", "choice", TIMESTEP_SAMPLERS,
+         must="'clamped_uniform' (paper Eq. 5-6) or 'logit_normal' (SD3, the Table 3 ablation)"),
+    Rule("timestep_eps", "number_in", (0, 1), must="in [0, 1) (paper: 0.05)"),
+    Rule("logit_normal_std", "positive_number", must="> 0 (SD3: 1.0)"),
+    Rule("learning_rate", "positive_number", must="> 0 (paper: 1e-5)"),
+    Rule("pixel_loss_weight", "number_at_least", 0, must=">= 0 (alpha of Eq. 10, paper: 1)"),
+    Rule("pixel_loss_crop", "multiple_of", 8, nullable=True,
+         must="null or a positive multiple of 8 (pixels; the VAE downsamples by 8)"),
+    Rule("max_grad_norm", "positive_number", nullable=True, must="null or > 0"),
+    Rule("mixed_precision", "choice", ("no", "bf16"), must="'no' or 'bf16' (paper: bf16)"),
+    Rule("dtype", "choice", ("float32", "bfloat16", "float16"), must="float32, bfloat16 or float16"),
+)
 
 
 @dataclass
@@ -144,8 +167,6 @@ class TrainConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
         """Build and validate from a ``train`` parameters dict; unknown keys and bad values raise ValueError."""
-        from fluxir.config import reject_unknown_keys
-
         reject_unknown_keys(params, cls, "train parameter(s)")
         params = dict(params)
         if params.get("mixed_precision") is False:  # YAML 1.1 reads an unquoted `no` as false
@@ -161,38 +182,7 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        def positive_int(name: str, minimum: int = 1) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"train.{name} must be an integer >= {minimum}, got {value!r}")
-
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_sequence_length", "lq_scale",
-                     "validation_steps", "validate_every", "log_every", "checkpoint_every", "keep_checkpoints"):
-            positive_int(name)
-        for name in ("lr_warmup_steps", "num_validation_pairs", "seed"):
-            positive_int(name, 0)
-        if self.timestep_sampler not in TIMESTEP_SAMPLERS:
-            raise ValueError(f"train.timestep_sampler must be 'clamped_uniform' (paper Eq. 5-6) or 'logit_normal' "
-                             f"(SD3, the Table 3 ablation), got {self.timestep_sampler!r}")
-        if not isinstance(self.timestep_eps, (int, float)) or not 0 <= self.timestep_eps < 1:
-            raise ValueError(f"train.timestep_eps must be in [0, 1) (paper: 0.05), got {self.timestep_eps!r}")
-        if not isinstance(self.logit_normal_std, (int, float)) or self.logit_normal_std <= 0:
-            raise ValueError(f"train.logit_normal_std must be > 0 (SD3: 1.0), got {self.logit_normal_std!r}")
-        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
-            raise ValueError(f"train.learning_rate must be > 0 (paper: 1e-5), got {self.learning_rate!r}")
-        if not isinstance(self.pixel_loss_weight, (int, float)) or self.pixel_loss_weight < 0:
-            raise ValueError(f"train.pixel_loss_weight must be >= 0 (alpha of Eq. 10, paper: 1), "
-                             f"got {self.pixel_loss_weight!r}")
-        crop = self.pixel_loss_crop
-        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 8 or crop % 8):
-            raise ValueError(f"train.pixel_loss_crop must be null or a positive multiple of 8 (pixels; the VAE "
-                             f"downsamples by 8), got {crop!r}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"train.max_grad_norm must be null or > 0, got {self.max_grad_norm!r}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"train.mixed_precision must be 'no' or 'bf16' (paper: bf16), got {self.mixed_precision!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"train.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        check_fields(self, TRAIN_RULES, "train.")
 
     def run_key(self, data_key: str, global_batch: int) -> str:
         """Hash of everything that changes what is learned: the checkpoint sub-folder of this run."""
@@ -677,12 +667,7 @@ class MlflowLogger:
     def params(self, params: dict[str, Any]) -> None:
         if self.run is None:
             return
-        import mlflow
-
-        present = mlflow.get_run(self.run.info.run_id).data.params  # kedro-mlflow logged params:train already
-        new = {k: str(v)[:6000] for k, v in params.items() if k not in present}
-        if new:
-            mlflow.log_params(new)
+        log_new_params(params)  # kedro-mlflow logged params:train already
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
@@ -726,9 +711,7 @@ def train(
     the pair image ids this process trained on, the epoch). Returns the same ``TrainResult`` everywhere.
     """
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
-    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-    # cpu=True also makes a multi-process CPU launch (gloo) see its world size.
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=accelerate_cpu(cfg.device))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
 
@@ -856,22 +839,11 @@ def train(
 
 
 def _load_catalog(env: str) -> Any:
-    from kedro.config import OmegaConfigLoader
-    from kedro.io import DataCatalog
-
-    from fluxir.settings import CONFIG_LOADER_ARGS
-
-    loader = OmegaConfigLoader("conf", **{**CONFIG_LOADER_ARGS, "default_run_env": env})
-    return DataCatalog.from_config(loader["catalog"])
+    return DataCatalog.from_config(config_loader(env)["catalog"])
 
 
 def _mlflow_settings(env: str) -> dict[str, Any]:
-    from kedro.config import MissingConfigException, OmegaConfigLoader
-
-    from fluxir.settings import CONFIG_LOADER_ARGS
-
-    loader = OmegaConfigLoader("conf", **{**CONFIG_LOADER_ARGS, "default_run_env": env},
-                               config_patterns={"mlflow": ["mlflow*", "mlflow*/**"]})
+    loader = config_loader(env, config_patterns={"mlflow": ["mlflow*", "mlflow*/**"]})
     try:
         return dict(loader["mlflow"])
     except MissingConfigException:  # no mlflow.yml: MLflow's own defaults
@@ -880,8 +852,6 @@ def _mlflow_settings(env: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Train the FluxIR adapter on one or many processes (``accelerate launch -m fluxir.training``)."""
-    from fluxir.config import load_params
-
     parser = argparse.ArgumentParser(prog="python -m fluxir.training", description=main.__doc__)
     parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
     parser.add_argument("--params", action="append", default=[], help="override, e.g. train.max_steps=50 (repeatable)")
@@ -895,8 +865,7 @@ def main(argv: list[str] | None = None) -> None:
 
     os.chdir(args.project)  # relative paths of conf/ and the catalog are the project's
     cfg = TrainConfig.from_params(load_params(args.env, args.params, ".")["train"])
-    # Without cpu=True accelerate ignores WORLD_SIZE on a CPU-only machine and every process thinks it is alone.
-    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    state = PartialState(cpu=accelerate_cpu(cfg.device))
     catalog = _load_catalog(args.env)
     manifest = pd.read_parquet(manifest_path) if manifest_path else catalog.load("pairs_manifest")
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fluxir.config import Rule, check_fields
 from fluxir.evaluation.testsets import list_images, pair_key
 from fluxir.io import hash_json, hash_tensors, image_size, read_image, write_png_atomic
 
@@ -96,8 +97,7 @@ def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path
     """Bicubic x``scale`` of every LQ (PIL), written once to ``<outputs_dir>/bicubic/<dataset>/<prep_key>/``."""
     from fluxir.restoration.sampler import upsample
 
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"evaluate.scale must be a positive integer, got {scale!r}")
+    check_fields({"scale": scale}, [Rule("scale", "positive_int")], "evaluate.")
     rows = []
     for r in manifest.itertuples(index=False):
         path = Path(outputs_dir) / "bicubic" / r.dataset / str(r.prep_key) / f"{r.image}.png"

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fluxir.config import Rule, check_fields
 from fluxir.io import hash_json, image_size, read_image, write_png_atomic
 
 log = logging.getLogger(__name__)
@@ -85,25 +86,20 @@ class BenchmarkSpec:
     def validate(self) -> None:
         """Raise ValueError naming the setting when the spec cannot be prepared."""
         where = f"benchmark {self.name!r}"
-        if self.kind not in KINDS:
-            raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
+        check_fields(self, [Rule("kind", "choice", KINDS)], f"{where}: ")
         if self.kind != "lq_only" and not self.hq_dir:
             raise ValueError(f"{where}: kind {self.kind!r} needs hq_dir")
         if self.kind != "synthetic" and not self.lq_dir:
             raise ValueError(f"{where}: kind {self.kind!r} needs lq_dir")
-        sizes = {"lq_size": self.lq_size} if self.kind == "lq_only" else {"hq_size": self.hq_size, "lq_size": self.lq_size}
-        for key, value in sizes.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 16 or value % 16:
-                raise ValueError(f"{where}: {key} must be a positive multiple of 16 (Flux latent grid), got {value!r}")
+        sizes = ("lq_size",) if self.kind == "lq_only" else ("hq_size", "lq_size")
+        check_fields(self, [Rule(key, "multiple_of", 16, must="a positive multiple of 16 (Flux latent grid)")
+                            for key in sizes], f"{where}: ")
         if self.kind != "lq_only" and self.hq_size % self.lq_size:
             raise ValueError(f"{where}: hq_size {self.hq_size} must be a multiple of lq_size {self.lq_size}")
-        if self.num_images is not None and (not isinstance(self.num_images, int) or isinstance(self.num_images, bool)
-                                            or self.num_images < 1):
-            raise ValueError(f"{where}: num_images must be a positive integer or null, got {self.num_images!r}")
+        check_fields(self, [Rule("num_images", "positive_int", nullable=True)], f"{where}: ")
         if self.kind == "synthetic" and self.num_images is None:
             raise ValueError(f"{where}: a synthetic benchmark needs num_images (the paper: 600 crops)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"{where}: seed must be an integer, got {self.seed!r}")
+        check_fields(self, [Rule("seed", "integer")], f"{where}: ")
         try:
             re.compile(self.strip_suffix)
         except re.error as err:

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from fluxir.compat import import_basicsr
+from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
 
 import_basicsr()  # must precede every basicsr import (torchvision removed functional_tensor)
 
@@ -75,6 +76,15 @@ SIDE_MULTIPLE = 16
 # --------------------------------------------------------------------------------------------- #
 # Configuration
 # --------------------------------------------------------------------------------------------- #
+
+
+PROBABILITIES = ("sinc_prob", "sinc_prob2", "final_sinc_prob", "gaussian_noise_prob", "gray_noise_prob",
+                 "second_blur_prob", "gaussian_noise_prob2", "gray_noise_prob2")
+DEGRADATION_RULES = (
+    Rule("scale", "positive_int"),
+    Rule("crop_position", "choice", ("center", "random"), must="'center' or 'random'"),
+    *(Rule(name, "probability") for name in PROBABILITIES),
+)
 
 
 @dataclass(frozen=True)
@@ -132,11 +142,8 @@ class DegradationConfig:
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, _to_tuple(value))
-        if not isinstance(self.scale, int) or isinstance(self.scale, bool) or self.scale < 1:
-            raise ValueError(f"scale must be a positive int, got {self.scale!r}")
+        check_fields(self, DEGRADATION_RULES, "")
         object.__setattr__(self, "crop_sizes", tuple(validate_crop_sizes(self.crop_sizes, self.scale)))
-        if self.crop_position not in ("center", "random"):
-            raise ValueError(f"crop_position must be 'center' or 'random', got {self.crop_position!r}")
         bad = [k for k in self.kernel_sizes if not (isinstance(k, int) and k % 2 == 1 and 3 <= k <= 21)]
         if bad or not self.kernel_sizes:
             raise ValueError(f"kernel_sizes must be odd ints in [3, 21], got {self.kernel_sizes!r}")
@@ -152,19 +159,6 @@ class DegradationConfig:
             _check_probs(f"kernel_prob{suffix}", probs, len(names))
         _check_probs("resize_prob", self.resize_prob, 3)
         _check_probs("resize_prob2", self.resize_prob2, 3)
-        for name in (
-            "sinc_prob",
-            "sinc_prob2",
-            "final_sinc_prob",
-            "gaussian_noise_prob",
-            "gray_noise_prob",
-            "second_blur_prob",
-            "gaussian_noise_prob2",
-            "gray_noise_prob2",
-        ):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
         for name in (
             "blur_sigma",
             "betag_range",
@@ -203,8 +197,6 @@ class DegradationConfig:
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> DegradationConfig:
         """Build from a parameters mapping (e.g. Kedro's ``params:degradation``); unknown keys are errors."""
-        from fluxir.config import reject_unknown_keys
-
         reject_unknown_keys(params, cls, "degradation setting(s)")
         return cls(**params)
 
@@ -239,9 +231,7 @@ def validate_crop_sizes(crop_sizes: Sequence[Sequence[int]], scale: int = 4) -> 
     out: list[tuple[int, int]] = []
     for size in crop_sizes:
         ok_shape = isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2
-        if not ok_shape or not all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size
-        ):
+        if not ok_shape or not all(is_int(s) for s in size):
             raise ValueError(f"crop size {size!r} must be a (width, height) pair of ints")
         w, h = int(size[0]), int(size[1])
         if w % multiple or h % multiple or w <= 0 or h <= 0:
@@ -291,7 +281,7 @@ def pair_seed(image_id: int | str, seed: int) -> int:
     """
     if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
         raise ValueError(f"image_id must be an int or str, got {image_id!r} ({type(image_id).__name__})")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    if not is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
     digest = hashlib.sha256(f"fluxir.degrade\0{image_id}\0{int(seed)}".encode()).digest()
     return int.from_bytes(digest[:8], "little")

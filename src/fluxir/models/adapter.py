@@ -46,6 +46,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from fluxir.config import Rule, check_fields
 from fluxir.io import atomic_directory, local_fs
 
 CONFIG_NAME = "config.json"
@@ -61,6 +62,14 @@ BASE_FIELDS = (
 
 # ----------------------------------------------------------------------------------------------------
 # Configuration
+
+
+ADAPTER_RULES = (
+    Rule("rank", "positive_int", nullable=True, must="a positive int, None or 'full'"),
+    *(Rule(name, "positive_int") for name in ("text_seq_len", "in_channels", "num_layers", "num_attention_heads",
+                                               "attention_head_dim", "joint_attention_dim", "pooled_projection_dim")),
+    Rule("num_single_layers", "nonneg_int"),
+)
 
 
 @dataclass
@@ -88,16 +97,7 @@ class FluxIRConfig:
             if self.rank.lower() != "full":
                 raise ValueError(f"FluxIRConfig.rank must be a positive int, None or 'full', got {self.rank!r}")
             self.rank = None
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
-            raise ValueError(f"FluxIRConfig.rank must be a positive int, None or 'full', got {self.rank!r}")
-        for name in ("text_seq_len", "in_channels", "num_layers", "num_attention_heads", "attention_head_dim",
-                     "joint_attention_dim", "pooled_projection_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"FluxIRConfig.{name} must be a positive int, got {value!r}")
-        if isinstance(self.num_single_layers, bool) or not isinstance(self.num_single_layers, int) \
-                or self.num_single_layers < 0:
-            raise ValueError(f"FluxIRConfig.num_single_layers must be an int >= 0, got {self.num_single_layers!r}")
+        check_fields(self, ADAPTER_RULES, "FluxIRConfig.")
         self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
         if sum(self.axes_dims_rope) != self.attention_head_dim:
             raise ValueError(

@@ -14,6 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+from diffusers import DiffusionPipeline
+
 CONFIGS = resources.files("fluxir") / "configs"
 
 
@@ -74,13 +77,21 @@ def make_tiny_flux(folder: str | os.PathLike, seed: int = 0) -> Path:
 
 def resolve_device(device: str, process_device: Any = None) -> str:
     """``auto``: this process's accelerate device when it is not the CPU, else cuda when available, else cpu."""
-    import torch
-
     if device != "auto":
         return device
     if process_device is not None and str(process_device) != "cpu":
         return str(process_device)
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def accelerate_cpu(device: str = "auto") -> bool:
+    """The ``cpu=`` argument of accelerate's ``PartialState`` / ``Accelerator`` for a ``device`` setting.
+
+    True when ``device`` is "cpu" or there is no CUDA: without ``cpu=True`` accelerate ignores
+    ``WORLD_SIZE`` on a CPU-only machine, so every process of a multi-process (gloo) launch thinks it
+    is alone and does all the work.
+    """
+    return device == "cpu" or not torch.cuda.is_available()
 
 
 def resolve_source(source: str) -> str:
@@ -110,9 +121,6 @@ def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu"):
 
     With ``HF_HUB_OFFLINE=1`` a hub id that is not in the local cache fails with a message naming it.
     """
-    import torch
-    from diffusers import DiffusionPipeline
-
     source = resolve_source(source)
     # Components listed as [null, null] (tiny folders have no text encoders) must be passed as None.
     index_file = Path(source) / "model_index.json"
@@ -135,8 +143,6 @@ def fixed_prompt_embeddings(transformer, seq_len: int = 8, seed: int = 0):
 
     Returns ``(prompt_embeds (1, seq_len, joint_attention_dim), pooled (1, pooled_projection_dim))``.
     """
-    import torch
-
     cfg = transformer.config
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randn(1, seq_len, cfg.joint_attention_dim, generator=gen)

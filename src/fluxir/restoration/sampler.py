@@ -51,8 +51,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
+from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
 from fluxir.models.flux import resolve_device
+from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,18 @@ MULTIPLE = 16  # VAE downsampling 8 x 2x2 packing
 
 # ----------------------------------------------------------------------------------------------------
 # Configuration
+
+
+RESTORE_RULES = (
+    Rule("steps", "positive_int", note=" (paper: 20)"),
+    Rule("guidance", "number_at_least", 0, note=" (paper: 4)"),
+    Rule("schedule", "choice", SCHEDULES),
+    Rule("color_fix", "choice", COLOR_FIX_METHODS),
+    Rule("seed", "nonneg_int"),
+    Rule("dtype", "choice", DTYPES),
+    Rule("batch_size", "positive_int"),
+    Rule("max_sequence_length", "positive_int", nullable=True),
+)
 
 
 @dataclass
@@ -88,8 +101,6 @@ class RestoreConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
-        from fluxir.config import reject_unknown_keys
-
         reject_unknown_keys(params, cls, "restore parameter(s)")
         cfg = cls(**params)
         cfg.validate()
@@ -97,50 +108,29 @@ class RestoreConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the parameter for any value the restorer cannot use."""
-        if _bad_int(self.steps, 1):
-            raise ValueError(f"restore.steps must be a positive integer, got {self.steps!r} (paper: 20)")
-        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or self.guidance < 0:
-            raise ValueError(f"restore.guidance must be a number >= 0, got {self.guidance!r} (paper: 4)")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"restore.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_fields(self, RESTORE_RULES, "restore.")
         if self.target_size is None:
-            if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not self.scale > 0:
-                raise ValueError(f"restore.scale must be a number > 0, got {self.scale!r}")
+            check_fields(self, [Rule("scale", "positive_number")], "restore.")
         else:
             size = self.target_size
             if isinstance(size, (list, tuple)):
-                if len(size) != 2 or any(_bad_int(s, 1) for s in size):
+                if len(size) != 2 or not all(is_int(s, 1) for s in size):
                     raise ValueError(f"restore.target_size must be an int (longer side) or [width, height] of positive "
                                      f"ints, got {size!r}")
                 self.target_size = [int(s) for s in size]
-            elif _bad_int(size, 1):
+            elif not is_int(size, 1):
                 raise ValueError(f"restore.target_size must be an int (longer side) or [width, height], got {size!r}")
         for name, overlap_name, multiple in (("tile_size", "tile_overlap", 16), ("vae_tile_size", "vae_tile_overlap", 8)):
             tile, overlap = getattr(self, name), getattr(self, overlap_name)
             if tile in (None, 0):
                 setattr(self, name, None)
                 continue
-            if _bad_int(tile, 2 * multiple) or tile % multiple:
+            if not is_int(tile, 2 * multiple) or tile % multiple:
                 raise ValueError(f"restore.{name} must be a multiple of {multiple} >= {2 * multiple} (or null: no "
                                  f"tiling), got {tile!r}")
-            if _bad_int(overlap, 0) or overlap % multiple or overlap > tile // 2:
+            if not is_int(overlap, 0) or overlap % multiple or overlap > tile // 2:
                 raise ValueError(f"restore.{overlap_name} must be a multiple of {multiple} in [0, {name}/2 = "
                                  f"{tile // 2}], got {overlap!r}")
-        if self.color_fix not in COLOR_FIX_METHODS:
-            raise ValueError(f"restore.color_fix must be one of {COLOR_FIX_METHODS}, got {self.color_fix!r}")
-        if _bad_int(self.seed, 0):
-            raise ValueError(f"restore.seed must be an integer >= 0, got {self.seed!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"restore.dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if _bad_int(self.batch_size, 1):
-            raise ValueError(f"restore.batch_size must be a positive integer, got {self.batch_size!r}")
-        if self.max_sequence_length is not None and _bad_int(self.max_sequence_length, 1):
-            raise ValueError(f"restore.max_sequence_length must be a positive integer or null, got "
-                             f"{self.max_sequence_length!r}")
-
-
-def _bad_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int) or value < minimum
 
 
 def output_size(height: int, width: int, cfg: RestoreConfig) -> tuple[int, int]:
