@@ -448,6 +448,20 @@ def _check_image(image: Any) -> np.ndarray:
     return image
 
 
+def _sharpened_crop(image: np.ndarray, box: tuple[int, int, int, int], hflip: bool, usm: bool) -> torch.Tensor:
+    """The (left, top, width, height) crop of (H, W, 3) uint8, flipped and USM-sharpened: (1, 3, h, w) in [0, 1]."""
+    left, top, w, h = box
+    crop = image[top : top + h, left : left + w]  # (h, w, 3)
+    if hflip:
+        crop = crop[:, ::-1]
+    gt = np.ascontiguousarray(crop, dtype=np.float32) / 255.0  # (h, w, 3) in [0, 1]
+    if usm:
+        # basicsr's numpy USM (OpenCV separable blur) = USMSharp's 51x51 conv to ~1e-6, ~100x faster
+        gt = usm_sharp(gt)
+    gt = np.ascontiguousarray(gt, dtype=np.float32)
+    return torch.from_numpy(gt).permute(2, 0, 1)[None]
+
+
 @torch.no_grad()
 def degrade_pair(
     image: np.ndarray, image_id: int | str, seed: int, config: DegradationConfig | None = None
@@ -464,16 +478,9 @@ def degrade_pair(
     rng = random.Random(seed64)  # crop and flip: a private generator, independent of basicsr's draws
     left, top, w, h = choose_crop(width, height, config.crop_sizes, rng, config.crop_position)
     hflip = config.use_hflip and rng.random() < 0.5
+    # From here a straight-line recipe: Real-ESRGAN's RealESRGANModel.feed_data step by step, one image.
     with _seeded_global_rngs(seed64):
-        crop = image[top : top + h, left : left + w]  # (h, w, 3)
-        if hflip:
-            crop = crop[:, ::-1]
-        gt = np.ascontiguousarray(crop, dtype=np.float32) / 255.0  # (h, w, 3) in [0, 1]
-        if config.use_usm:
-            # basicsr's numpy USM (OpenCV separable blur) = USMSharp's 51x51 conv to ~1e-6, ~100x faster
-            gt = usm_sharp(gt)
-        gt = np.ascontiguousarray(gt, dtype=np.float32)
-        gt_t = torch.from_numpy(gt).permute(2, 0, 1)[None]  # (1, 3, h, w)
+        gt_t = _sharpened_crop(image, (left, top, w, h), hflip, config.use_usm)  # (1, 3, h, w) in [0, 1]
 
         kernel1, k1_info = _blur_kernel(config, order=1)
         kernel2, k2_info = _blur_kernel(config, order=2)
