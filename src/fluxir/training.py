@@ -70,7 +70,7 @@ from torch import Tensor, nn
 
 from fluxir.config import Rule, check_fields, config_loader, flatten_dict, load_params, reject_unknown_keys
 from fluxir.io import atomic_directory, atomic_file, hash_json, hash_tensors, image_size, read_image, sha256_file
-from fluxir.models.flux import accelerate_cpu
+from fluxir.models.flux import accelerate_cpu, image_ids, pack, unpack
 from fluxir.progress import progress as progress_bar
 from fluxir.tracking import log_new_params
 from fluxir.models.adapter import (
@@ -404,27 +404,6 @@ def decode_latents(vae: Any, z: Tensor) -> Tensor:
     return vae.decode(z.to(_where(vae)[1])).sample
 
 
-def pack(z: Tensor) -> Tensor:
-    """(B, C, h, w) -> (B, h/2 * w/2, 4C): Flux's 2x2 patches, flattened (FluxPipeline._pack_latents)."""
-    from fluxir.restoration.sampler import pack as pack_grid
-
-    return pack_grid(z).flatten(1, 2)
-
-
-def unpack(x: Tensor, h: int, w: int) -> Tensor:
-    """(B, h/2 * w/2, 4C) -> (B, C, h, w), the inverse of ``pack`` (h, w: latent size)."""
-    from fluxir.restoration.sampler import unpack as unpack_grid
-
-    return unpack_grid(x.view(x.shape[0], h // 2, w // 2, -1))
-
-
-def image_ids(h: int, w: int, device: torch.device | str) -> Tensor:
-    """Flux's rope positions of the packed image tokens, (h/2 * w/2, 3), for an (h, w) latent."""
-    from diffusers import FluxPipeline
-
-    return FluxPipeline._prepare_latent_image_ids(None, h // 2, w // 2, device, torch.float32)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Models
 
@@ -535,7 +514,7 @@ def flow_matching_loss(model: nn.Module, flux: nn.Module, vae: nn.Module, batch:
     s = prompt.shape[1]
     v_p = model(
         z_t.to(_where(flux)[1]), batch.z_lq.to(_where(flux)[1]), prompt.expand(b, -1, -1), pooled.expand(b, -1),
-        batch.t, image_ids(batch.h, batch.w, z_t.device), torch.zeros(s, 3, device=z_t.device), guidance,
+        batch.t, image_ids(batch.h // 2, batch.w // 2, z_t.device), torch.zeros(s, 3, device=z_t.device), guidance,
     )  # (B, N, 64)
     mse = F.mse_loss(v_p.float(), v_gt.float())  # Eq. 8
     if cfg.pixel_loss_weight == 0:

@@ -21,7 +21,6 @@ bundled photos (real, redistributable images) for the tiny demo; a marker file l
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re

@@ -41,10 +41,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,7 +50,7 @@ import torch
 from torch import Tensor
 
 from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
-from fluxir.models.flux import resolve_device
+from fluxir.models.flux import image_ids, pack_grid, resolve_device, unpack_grid
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
 
 logger = logging.getLogger(__name__)
@@ -153,18 +151,6 @@ def round_up(n: int, multiple: int = MULTIPLE) -> int:
 # Geometry: packing, tiles and their blending weights
 
 
-def pack(latents: Tensor) -> Tensor:
-    """(B, C, h, w) latent -> (B, h/2, w/2, 4C) token grid; ``FluxPipeline._pack_latents`` without the flatten."""
-    b, c, h, w = latents.shape
-    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h // 2, w // 2, c * 4)
-
-
-def unpack(grid: Tensor) -> Tensor:
-    """(B, h/2, w/2, 4C) token grid -> (B, C, h, w) latent; inverse of ``pack``."""
-    b, h2, w2, d = grid.shape
-    return grid.view(b, h2, w2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h2 * 2, w2 * 2)
-
-
 def tile_spans(length: int, tile: int | None, overlap: int) -> list[tuple[int, int]]:
     """[(start, end)] covering [0, length) with tiles of ``tile`` overlapping by at least ``overlap``.
 
@@ -261,6 +247,8 @@ def decode_tiled(vae: Any, latent: Tensor, tile: int | None, overlap: int, dtype
 # Sampler
 
 
+# Adapted from the timestep set-up of diffusers.pipelines.flux.pipeline_flux.FluxPipeline.__call__ (diffusers 0.42.1):
+# the same sigmas and shift, through the real scheduler, with the token count clamped.
 def sigmas_for(steps: int, schedule: str, scheduler_config: dict[str, Any] | None, image_seq_len: int) -> Tensor:
     """(steps + 1,) float32 times t_0 = 1 > ... > t_steps = 0 of the Euler integration.
 
@@ -353,12 +341,12 @@ class Restorer:
         ph, pw = round_up(height), round_up(width)
         padded = np.pad(reference, ((0, ph - height), (0, pw - width), (0, 0)), mode="edge")  # (ph, pw, 3)
 
-        z_lq = pack(encode_tiled(self.vae, padded, cfg.vae_tile_size, cfg.vae_tile_overlap, self.device,
+        z_lq = pack_grid(encode_tiled(self.vae, padded, cfg.vae_tile_size, cfg.vae_tile_overlap, self.device,
                                  self.vae_dtype))  # (1, ph/16, pw/16, 64)
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
         f = vae_factor(self.vae)
         noise = torch.randn(1, self.vae.config.latent_channels, ph // f, pw // f, generator=gen)  # z_1 (1, 16, h, w)
-        z = pack(noise).to(self.device)  # (1, ph/16, pw/16, 64), float32 throughout the integration
+        z = pack_grid(noise).to(self.device)  # (1, ph/16, pw/16, 64), float32 throughout the integration
         grid_h, grid_w = z.shape[1], z.shape[2]
 
         token_tile = cfg.tile_size and cfg.tile_size // MULTIPLE
@@ -372,21 +360,19 @@ class Restorer:
             bar.update(1)
         bar.close()
 
-        out = decode_tiled(self.vae, unpack(z), cfg.vae_tile_size, cfg.vae_tile_overlap, self.vae_dtype)
+        out = decode_tiled(self.vae, unpack_grid(z), cfg.vae_tile_size, cfg.vae_tile_overlap, self.vae_dtype)
         out = out[:height, :width]  # (H, W, 3)
         return color_fix(out, reference, cfg.color_fix)
 
     def _blended_velocity(self, z: Tensor, z_lq: Tensor, t: float,
                           tiles: list[tuple[tuple[int, int, int, int], Tensor]]) -> Tensor:
         """Sum over tiles of weight * v_p(tile): each tile's velocity from the model on that tile alone."""
-        from diffusers import FluxPipeline
-
         from fluxir.models.adapter import controlled_flux_forward
 
         v = torch.zeros_like(z)
         (y0, y1, x0, x1), _ = tiles[0]
         th, tw = y1 - y0, x1 - x0  # every tile of an image has the same shape (tile_spans)
-        img_ids = FluxPipeline._prepare_latent_image_ids(None, th, tw, self.device, self.dtype)  # (th*tw, 3)
+        img_ids = image_ids(th, tw, self.device, self.dtype)  # (th*tw, 3)
         for lo in range(0, len(tiles), self.config.batch_size):
             batch = tiles[lo: lo + self.config.batch_size]
             b = len(batch)
