@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, FluxPipeline
+from diffusers import DiffusionPipeline, FluxPipeline, FluxTransformer2DModel
 from torch import Tensor
 
 CONFIGS = resources.files("fluxir") / "configs"
@@ -32,9 +32,6 @@ def load_config(name: str) -> dict[str, Any]:
 
 def build_transformer(config_name: str, seed: int = 0, device: str = "cpu"):
     """A random-weight ``FluxTransformer2DModel`` from a shipped config (``device="meta"`` allocates nothing)."""
-    import torch
-    from diffusers import FluxTransformer2DModel
-
     torch.manual_seed(seed)
     with torch.device(device):
         return FluxTransformer2DModel(**load_config(config_name))

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from fluxir.io import read_photo, write_png_atomic
-from fluxir.restoration.sampler import RestoreConfig, Restorer, _progress_bar, upsample
+from fluxir.progress import progress as progress_bar
+from fluxir.restoration.sampler import RestoreConfig, Restorer, upsample
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
     results: list[RestoreResult] = []
     failures: list[dict[str, str]] = []
     restorer, load_seconds = None, 0.0
-    bar = _progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
     for src, dst in jobs:
         bar.set_postfix_str(Path(src).name)
         bar.update(1)

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
 from fluxir.models.flux import image_ids, pack_grid, resolve_device, unpack_grid
+from fluxir.progress import progress as progress_bar
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
 
 logger = logging.getLogger(__name__)
@@ -353,7 +354,7 @@ class Restorer:
         tiles = [(box, torch.from_numpy(w).to(self.device)[..., None])  # weight (th, tw, 1)
                  for box, w in tile_weights(grid_h, grid_w, token_tile, cfg.tile_overlap // MULTIPLE)]
         sigmas = sigmas_for(cfg.steps, cfg.schedule, self.scheduler_config, grid_h * grid_w).tolist()
-        bar = _progress_bar(total=cfg.steps, desc="steps", unit="step", leave=False, disable=not progress)
+        bar = progress_bar(total=cfg.steps, desc="steps", unit="step", leave=False, disable=not progress)
         for t, t_next in itertools.pairwise(sigmas):
             v = self._blended_velocity(z, z_lq, t, tiles)  # (1, grid_h, grid_w, 64)
             z = z + (t_next - t) * v  # Euler step of dz/dt = v (Eq. 7)
@@ -400,13 +401,6 @@ def _to(module: Any, device: str, dtype: torch.dtype) -> Any:
     if param.device != torch.device(device) or param.dtype != dtype:
         module = module.to(device=device, dtype=dtype)
     return module
-
-
-def _progress_bar(**kwargs: Any) -> Any:
-    """A progress bar (or log lines off a terminal); a function because `progress` is a parameter name here."""
-    from fluxir.progress import progress
-
-    return progress(**kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------
