@@ -391,6 +391,8 @@ def pair_gaussians(vae: Any, cache: LatentCache, pairs: PairTable, index: int) -
     return params[0], params[1]
 
 
+# Adapted from diffusers.models.autoencoders.vae.DiagonalGaussianDistribution.sample (diffusers 0.42.1): the same
+# logvar clamp to [-30, 20]; the noise comes from the caller's per-sample generator.
 def gaussian_sample(params: Tensor, noise: Tensor, vae: Any) -> Tensor:
     """Normalised Flux latent (.., C, h, w) = ((mean + std * noise) - shift_factor) * scaling_factor."""
     mean, logvar = params.float().chunk(2, dim=-3)

@@ -211,7 +211,8 @@ class FluxIRAdapter(nn.Module):
         super().__init__()
         self.config = config
         c = config.inner_dim
-        # The adapter's own copies of Flux's input layers.
+        # The adapter's own copies of Flux's input layers, built as in
+        # diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.__init__ (diffusers 0.42.1).
         self.x_embedder = nn.Linear(config.in_channels, c)
         self.context_embedder = nn.Linear(config.joint_attention_dim, c)
         temb_cls = (CombinedTimestepGuidanceTextProjEmbeddings if config.guidance_embeds
@@ -383,6 +384,8 @@ def freeze_flux(flux: nn.Module) -> None:
     flux.eval()
 
 
+# Adapted from the block loop of diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward
+# (diffusers 0.42.1); flux._gradient_checkpointing_func is the model's own (set by enable_gradient_checkpointing).
 def _run_block(flux: nn.Module, block: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor,
                temb: Tensor, image_rotary_emb: tuple[Tensor, Tensor],
                joint_attention_kwargs: dict | None) -> tuple[Tensor, Tensor]:
