@@ -432,6 +432,21 @@ def _resize_sinc(x: torch.Tensor, size: tuple[int, int], sinc: np.ndarray | None
     return (filter2d(x, sinc) if sinc is not None else x), mode
 
 
+def _final_step(x: torch.Tensor, lq_size: tuple[int, int], sinc: np.ndarray | None,
+                quality_range: Sequence[float]) -> tuple[torch.Tensor, str, str, float]:
+    """[resize to the LQ size + sinc] and JPEG in a random order (Real-ESRGAN: other orders give twisted lines).
+
+    Returns (x, the order, the resize mode, the JPEG quality).
+    """
+    if np.random.uniform() < 0.5:
+        x, mode = _resize_sinc(x, lq_size, sinc)
+        x, quality = _jpeg(x, quality_range)
+        return x, "resize_sinc_then_jpeg", mode, quality
+    x, quality = _jpeg(x, quality_range)
+    x, mode = _resize_sinc(x, lq_size, sinc)
+    return x, "jpeg_then_resize_sinc", mode, quality
+
+
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) float in [0, 1] -> (H, W, 3) uint8, rounding like cv2.imwrite / Real-ESRGAN."""
     return torch.clamp((x[0] * 255.0).round(), 0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
@@ -501,37 +516,15 @@ def degrade_pair(
         )
         out, noise2 = _add_noise(out, config, order=2)
 
-        # ---- final: [resize to LQ + sinc] and JPEG in a random order (other orders give twisted lines) ----
-        lq_size = (h // config.scale, w // config.scale)
-        if np.random.uniform() < 0.5:
-            order = "resize_sinc_then_jpeg"
-            out, mode3 = _resize_sinc(out, lq_size, sinc)
-            out, jpeg2 = _jpeg(out, config.jpeg_range2)
-        else:
-            order = "jpeg_then_resize_sinc"
-            out, jpeg2 = _jpeg(out, config.jpeg_range2)
-            out, mode3 = _resize_sinc(out, lq_size, sinc)
+        out, order, mode3, jpeg2 = _final_step(out, (h // config.scale, w // config.scale), sinc, config.jpeg_range2)
 
     hq, lq = _to_uint8(gt_t), _to_uint8(out)
     info = {
-        "image_id": image_id,
-        "seed": int(seed),
+        "image_id": image_id, "seed": int(seed),
         "crop": [left, top, w, h],  # (left, top, width, height) in the source image
-        "hflip": hflip,
-        "usm": config.use_usm,
-        "hq_size": [w, h],
-        "lq_size": [lq.shape[1], lq.shape[0]],
-        "kernel1": k1_info,
-        "resize1": resize1,
-        "noise1": noise1,
-        "jpeg1": jpeg1,
-        "blur2": blur2,
-        "kernel2": k2_info if blur2 else None,
-        "resize2": resize2,
-        "noise2": noise2,
-        "final_order": order,
-        "final_resize_mode": mode3,
-        "final_sinc": sinc_info,
-        "jpeg2": jpeg2,
+        "hflip": hflip, "usm": config.use_usm, "hq_size": [w, h], "lq_size": [lq.shape[1], lq.shape[0]],
+        "kernel1": k1_info, "resize1": resize1, "noise1": noise1, "jpeg1": jpeg1,
+        "blur2": blur2, "kernel2": k2_info if blur2 else None, "resize2": resize2, "noise2": noise2,
+        "final_order": order, "final_resize_mode": mode3, "final_sinc": sinc_info, "jpeg2": jpeg2,
     }
     return hq, lq, info
