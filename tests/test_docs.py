@@ -77,6 +77,12 @@ def test_every_parameter_is_documented():
     assert not missing, f"docs/parameters.md does not explain: {missing}"
 
 
+def _node_names() -> set[str]:
+    """``<pipeline>.<node>`` for every node named with a plain string in ``pipelines/<pipeline>/pipeline.py``."""
+    return {f"{folder.name}.{name}" for folder in (REPO / "src/fluxir/pipelines").iterdir() if folder.is_dir()
+            for name in re.findall(r'name="([^"]+)"', (folder / "pipeline.py").read_text())}
+
+
 def test_docs_name_only_parameters_that_exist():
     """A backticked `group.key...` in any page must be a real key (stale docs fail here)."""
     params = _params()
@@ -85,6 +91,7 @@ def test_docs_name_only_parameters_that_exist():
         ("train", "adapter"): _dataclass_fields(REPO / "src/fluxir/models/adapter.py", "FluxIRConfig"),
     }
     not_parameters = {"select.n_scored", "select.n_kept", "select.kept_fraction", "select.threshold.<metric>"}  # MLflow metrics
+    not_parameters |= _node_names()  # `fluxgen.generate_images`: a node of the namespace fluxgen
     groups = "|".join(map(re.escape, params))
     pattern = re.compile(rf"`({groups})\.([A-Za-z0-9_.<>]+?)[`= ]")
     unknown = []

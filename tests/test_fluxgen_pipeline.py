@@ -109,7 +109,7 @@ def test_bad_percentile_fails_before_any_cut(percentile):
 
 
 def test_corrupt_image_is_named(kedro_project):
-    kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=generate_images",
+    kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images",
               "--params=fluxgen.num_images=3,fluxgen.steps=1")
     victim = sorted((kedro_project / "data/02_intermediate/fluxgen_images").rglob("00000001.png"))[0]
     victim.write_bytes(victim.read_bytes()[:100])  # truncated

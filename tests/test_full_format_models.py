@@ -243,7 +243,8 @@ def _restore_cfg(**overrides):
 def test_sampler_without_adapter_is_diffusers_flux_pipeline(full_flux_dir):
     """Same noise, prompt embeddings, steps, guidance and schedule: the decoded images agree within 1/255, so
     the restorer's time direction, sign, packing and VAE scaling are the library's."""
-    from fluxir.restoration.sampler import Restorer, pack
+    from fluxir.models.flux import pack_grid
+    from fluxir.restoration.sampler import Restorer
 
     pipe = load_pipeline(str(full_flux_dir), dtype="float32")
     pipe.set_progress_bar_config(disable=True)
@@ -255,8 +256,8 @@ def test_sampler_without_adapter_is_diffusers_flux_pipeline(full_flux_dir):
     noise = torch.randn(1, 16, 6, 8, generator=torch.Generator("cpu").manual_seed(cfg.seed))  # the restorer's z_1
     theirs = pipe(
         prompt_embeds=restorer.prompt_embeds, pooled_prompt_embeds=restorer.pooled_prompt_embeds,
-        latents=pack(noise).reshape(1, -1, 64), height=48, width=64, num_inference_steps=cfg.steps,
-        guidance_scale=cfg.guidance, output_type="np",
+        latents=pack_grid(noise).reshape(1, -1, 64), height=48, width=64, num_inference_steps=cfg.steps,
+        guidance_scale=restorer.guidance, output_type="np",
     ).images[0]  # (48, 64, 3) float in [0, 1]
     assert ours.shape == theirs.shape == (48, 64, 3)
     assert np.abs(ours / 255.0 - theirs).max() <= 1 / 255

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fluxir.models.flux import pack_grid, unpack_grid
 from fluxir.restoration import files as F
 from fluxir.restoration import sampler as S
 from fluxir.io import sha256_file
@@ -76,10 +77,10 @@ def test_pack_is_fluxpipelines_packing_and_unpack_inverts_it():
     from diffusers import FluxPipeline
 
     latents = torch.randn(2, 16, 6, 10)
-    grid = S.pack(latents)
+    grid = pack_grid(latents)
     assert grid.shape == (2, 3, 5, 64)
     assert torch.equal(grid.reshape(2, 15, 64), FluxPipeline._pack_latents(latents, 2, 16, 6, 10))
-    assert torch.equal(S.unpack(grid), latents)
+    assert torch.equal(unpack_grid(grid), latents)
 
 
 @pytest.mark.parametrize(("length", "tile", "overlap"), [(24, 8, 2), (25, 8, 4), (100, 64, 16), (64, 64, 16), (7, 8, 2),

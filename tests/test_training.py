@@ -478,10 +478,10 @@ def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
 def test_packing_matches_diffusers_and_inverts():
     from diffusers import FluxPipeline
 
-    from fluxir.training_data import image_ids, pack
+    from fluxir.models.flux import image_ids, pack, unpack
 
     z = torch.randn(2, 16, 8, 6)
     assert torch.equal(pack(z), FluxPipeline._pack_latents(z, 2, 16, 8, 6))  # (2, 12, 64)
     assert torch.equal(unpack(pack(z), 8, 6), z)
-    ids = image_ids(8, 6, "cpu")  # (12, 3): (0, row, col) of each 2x2 patch
+    ids = image_ids(4, 3, "cpu")  # (12, 3): (0, row, col) of each 2x2 patch of the (8, 6) latent
     assert ids.shape == (12, 3) and ids[5].tolist() == [0.0, 1.0, 2.0]

@@ -1,7 +1,8 @@
 """kedro-viz: light pipeline imports, sensible layers, and the static site drawn in headless Chromium.
 
 Pipelines are discovered (``register_pipelines`` in a subprocess), never hard-coded, so pipelines added
-later are checked too; fluxgen's four nodes are checked by name as well. The static site is built with
+later are checked too; fluxgen's four nodes are checked by name as well, and so is the grouping of each
+pipeline into one collapsible namespace box. The static site is built with
 ``kedro viz build --include-previews`` in a project copy after a tiny fluxgen run (so previews have data),
 served on 127.0.0.1 and opened in Debian's Chromium through Playwright; a screenshot of each pipeline
 goes to ``test-artifacts/viz/`` (git-ignored).
@@ -22,7 +23,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, kedro_run
 
-FLUXGEN_NODES = {"generate_images", "score_images", "select_by_iqa", "degrade_pairs"}
+FLUXGEN_NODES = {"fluxgen.generate_images", "fluxgen.score_images", "fluxgen.select_by_iqa", "fluxgen.degrade_pairs"}
+# Each registered pipeline is a modular pipeline (a namespace) of its own name; the default chains three.
+DEFAULT_GROUPS = {"fluxgen", "train", "evaluate"}
 HEAVY_MODULES = ("torch", "torchvision", "diffusers", "transformers", "pyiqa", "basicsr", "accelerate", "timm")
 # Kedro's layer convention, in data-flow order (https://docs.kedro.org/en/stable/faq/faq.html#what-is-data-engineering-convention)
 LAYERS = ("raw", "intermediate", "primary", "feature", "model_input", "models", "model_output", "reporting")
@@ -84,6 +87,13 @@ def test_pipeline_registry_and_all_pipelines_import_no_heavy_libraries(registry)
     assert set(registry["pipelines"]["__default__"]) <= set().union(*map(set, named.values()))
 
 
+def test_every_pipeline_is_a_namespace_of_its_own_name(registry):
+    for name, nodes in registry["pipelines"].items():
+        groups = {node.split(".")[0] for node in nodes}
+        assert all("." in node for node in nodes), f"pipeline {name}: nodes outside a namespace"
+        assert groups == (DEFAULT_GROUPS if name == "__default__" else {name}), f"pipeline {name}: {sorted(groups)}"
+
+
 def test_catalog_loads_without_heavy_libraries():
     """What `kedro viz` loads besides the pipelines: the catalog of every dataset, with no torch behind it."""
     probe = r"""
@@ -130,8 +140,12 @@ def test_static_site_lists_every_registered_pipeline(viz_site, registry):
     assert {p["id"] for p in main["pipelines"]} == set(registry["pipelines"])
     for name, nodes in registry["pipelines"].items():
         data = json.loads((viz_site / "api" / "pipelines" / name).read_text())
-        drawn = {n["name"] for n in data["nodes"] if n["type"] == "task"}
+        drawn = {n["full_name"] for n in data["nodes"] if n["type"] == "task"}
         assert drawn == set(nodes), f"pipeline {name}"
+        # one modular pipeline per namespace, each a child of the root: the collapsed view's boxes
+        root = data["modular_pipelines"]["__root__"]["children"]
+        boxes = {child["id"] for child in root if child["type"] == "modularPipeline"}
+        assert boxes == (DEFAULT_GROUPS if name == "__default__" else {name}), f"pipeline {name}: {boxes}"
 
 
 def test_datasets_have_layers_in_data_flow_order(viz_site):
@@ -211,9 +225,10 @@ def browser_page(viz_site):
         server.shutdown()
 
 
-def _open_pipeline(page, url: str, pipeline: str) -> None:
-    page.goto(f"{url}/?pid={pipeline}")
-    page.wait_for_selector("svg g.pipeline-node--task")
+def _open_pipeline(page, url: str, pipeline: str, expand: bool = True) -> None:
+    """Open ``pipeline``; ``expand``: every namespace box opened (all task nodes drawn), else all collapsed."""
+    page.goto(f"{url}/?pid={pipeline}&expandAllPipelines={str(expand).lower()}")
+    page.wait_for_selector("svg g.pipeline-node--task" if expand else "svg g.pipeline-node[data-node-type=modularPipeline]")
     page.wait_for_function("() => document.querySelectorAll('svg g.pipeline-node').length > 0 && "
                            "Array.from(document.querySelectorAll('svg .pipeline-node__text')).every(t => t.textContent)")
 
@@ -222,7 +237,9 @@ def test_every_pipeline_is_drawn_in_chromium(browser_page, registry):
     page, url = browser_page
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    for pipeline, expected in registry["pipelines"].items():
+    for pipeline, full_names in registry["pipelines"].items():
+        # the browser draws and labels each node with the name given in pipeline.py (no namespace)
+        expected = sorted(name.split(".", 1)[1] for name in full_names)
         _open_pipeline(page, url, pipeline)
         try:  # the app may draw the default pipeline first, then the one in the URL
             page.wait_for_function(
@@ -239,10 +256,23 @@ def test_every_pipeline_is_drawn_in_chromium(browser_page, registry):
         assert drawn == set(expected), f"pipeline {pipeline}: drawn {sorted(drawn)}"
         assert labels == set(expected), f"pipeline {pipeline}: node labels {sorted(labels)}"
         if pipeline == "fluxgen":
-            assert FLUXGEN_NODES <= labels
+            assert {name.split(".", 1)[1] for name in FLUXGEN_NODES} <= drawn
             layers = page.eval_on_selector_all(".pipeline-layer-name", "els => els.map(e => e.textContent.trim())")
             assert {"intermediate", "feature", "reporting"} <= set(layers)
     assert (ARTIFACTS / "fluxgen.png").stat().st_size > 10_000
+
+
+def test_collapsed_pipelines_read_as_one_box_per_namespace(browser_page, registry):
+    """All namespaces collapsed: the default pipeline is three boxes (fluxgen, train, evaluate), every
+    other pipeline one box, and no task node is drawn outside a box."""
+    page, url = browser_page
+    for pipeline in registry["pipelines"]:
+        _open_pipeline(page, url, pipeline, expand=False)
+        boxes = set(page.eval_on_selector_all("svg g.pipeline-node[data-node-type=modularPipeline]",
+                                              "nodes => nodes.map(n => n.getAttribute('data-node-fullname'))"))
+        page.screenshot(path=str(ARTIFACTS / f"{pipeline.strip('_') or 'default'}_collapsed.png"))
+        assert boxes == (DEFAULT_GROUPS if pipeline == "__default__" else {pipeline}), f"pipeline {pipeline}: {boxes}"
+        assert page.locator("svg g.pipeline-node--task").count() == 0, f"pipeline {pipeline}: tasks outside a box"
 
 
 def test_dataset_previews_render_in_chromium(browser_page):

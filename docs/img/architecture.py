@@ -1,4 +1,4 @@
-"""Draw docs/img/architecture.svg (pipelines, layers and the FluxIR adapter). Run: python docs/img/architecture.py"""
+"""Draw docs/img/architecture.svg (pipelines, modules, layers and the FluxIR adapter). Run: python docs/img/architecture.py"""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from itertools import pairwise
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-W, H = 1280, 880
+W, H = 1280, 940
 LAYER_FILL = {
     "raw": "#eeeeee", "intermediate": "#dbe9f6", "primary": "#fff2cc", "feature": "#e3f1d4",
     "model_input": "#fde2c8", "models": "#f8d0d4", "model_output": "#f3e0f7", "reporting": "#e2ddf7",
@@ -58,17 +58,18 @@ out.append('<defs><marker id="head" markerWidth="9" markerHeight="7" refX="8" re
 out.append(f'<rect width="{W}" height="{H}" fill="#ffffff"/>')
 text(W / 2, 28, "fluxir: FluxGen builds the training set, FluxIR adapts a frozen Flux to restoration", size=17,
      weight="bold")
-text(W / 2, 48, "Kedro pipelines (kedro run --pipeline=<name>); rounded boxes are nodes, pills are catalog "
-     "datasets coloured by kedro-viz layer", size=11.5, fill="#444")
+text(W / 2, 48, "Each lane is a Kedro modular pipeline (namespace = its name); boxes are nodes with the module "
+     "under src/fluxir/ that does the work; pills are catalog datasets coloured by kedro-viz layer", size=11.5,
+     fill="#444")
 
 # ---- fluxgen lane ---------------------------------------------------------------------------------
 lane(64, 190, "fluxgen", "paper Sec. 3.1: generate -> score -> select -> degrade")
 box(24, 110, 134, 58, ["Flux.1-dev", "frozen, empty prompt", "seed = base_seed + i"], fill="#eeeeee", dash=True)
 X = (178, 346, 514, 682)
-box(X[0], 112, 146, 54, ["generate_images", "accelerate: N GPUs"])
-box(X[1], 112, 146, 54, ["score_images", "CLIPIQA+ MANIQA MUSIQ"])
-box(X[2], 112, 146, 54, ["select_by_iqa", "top 95% on every metric"])
-box(X[3], 112, 146, 54, ["degrade_pairs", "Real-ESRGAN x4 (SeeSR)"])
+box(X[0], 112, 146, 54, ["generate_images", "accelerate: N GPUs", "fluxgen/generate.py"])
+box(X[1], 112, 146, 54, ["score_images", "CLIPIQA+ MANIQA MUSIQ", "fluxgen/iqa.py"])
+box(X[2], 112, 146, 54, ["select_by_iqa", "top 95% on every metric", "fluxgen/select.py"])
+box(X[3], 112, 146, 54, ["degrade_pairs", "Real-ESRGAN x4 (SeeSR)", "fluxgen/degrade.py"])
 arrow(158, 139, X[0] - 2, 139)
 for a, b in pairwise(X):
     arrow(a + 146, 139, b - 2, 139)
@@ -84,7 +85,7 @@ for x in X:
 
 # ---- train lane -----------------------------------------------------------------------------------
 lane(268, 130, "train", "paper Sec. 3.3: rectified flow + pixel loss; Flux and VAE frozen, adapter trained")
-box(300, 312, 170, 54, ["train_adapter", "accelerate launch, bf16"])
+box(300, 312, 170, 54, ["train_adapter", "accelerate launch, bf16", "training.py"])
 box(560, 312, 130, 54, ["plot_loss_curves"])
 path("M 755 244 L 755 262 L 385 262 L 385 310")
 text(600, 258, "pairs_manifest", size=10, fill="#555", italic=True)
@@ -94,11 +95,12 @@ data(560, 370, 130, "train_loss_curves", "reporting")
 
 # ---- evaluate lane --------------------------------------------------------------------------------
 lane(412, 190, "evaluate", "paper Sec. 4.1, Table 1: four benchmarks, pyiqa metrics, your baselines")
-box(24, 470, 150, 54, ["prepare_<benchmark>", "DIV2K-Val RealSR", "DrealSR RealLQ250"])
+box(24, 462, 150, 70, ["prepare_<benchmark>", "DIV2K-Val RealSR", "DrealSR RealLQ250", "evaluation/testsets.py"])
 box(196, 470, 136, 54, ["collect_benchmarks"])
-box(352, 458, 150, 78, ["restore_benchmarks", "upsample_bicubic", "find_baselines"], bold_first=False)
-box(522, 470, 140, 54, ["score_outputs", "PSNR SSIM LPIPS + NR"])
-box(682, 470, 146, 54, ["build_report", "Table-1 style"])
+box(352, 452, 150, 90, ["restore_benchmarks", "upsample_bicubic", "find_baselines", "evaluation/scoring.py"],
+    bold_first=False)
+box(522, 470, 140, 54, ["score_outputs", "PSNR SSIM LPIPS + NR", "evaluation/scoring.py"])
+box(682, 470, 146, 54, ["build_report", "Table-1 style", "evaluation/report.py"])
 arrow(174, 497, 194, 497)
 arrow(332, 497, 350, 497)
 arrow(502, 497, 520, 497)
@@ -113,8 +115,8 @@ path("M 385 394 L 385 420 L 427 420 L 427 456")
 
 # ---- restore lane ---------------------------------------------------------------------------------
 lane(616, 110, "restore", "your photos: restore.input_dir -> restore.output_dir (tiled, resumable)")
-box(200, 660, 130, 50, ["plan_restore", "skip finished files"])
-box(362, 660, 150, 50, ["restore_images", "Flux + adapter, tiles"])
+box(196, 656, 138, 58, ["plan_restore", "skip finished files", "restoration/files.py"])
+box(362, 656, 150, 58, ["restore_images", "Flux + adapter, tiles", "restoration/files.py"])
 arrow(330, 685, 360, 685)
 box(28, 662, 140, 46, ["restore.input_dir", "LQ photos"], fill="#eeeeee", dash=True, bold_first=False)
 arrow(168, 685, 198, 685)
@@ -124,34 +126,45 @@ arrow(512, 685, 542, 675)
 path("M 385 405 L 845 405 L 845 609 L 437 609 L 437 658", dash=True)
 text(600, 604, "fluxir_adapter", size=10, fill="#555", italic=True)
 
+# ---- shared base ----------------------------------------------------------------------------------
+lane(736, 90, "shared base", "src/fluxir/: used by every stage")
+for i, (left, right) in enumerate((
+    ("config.py: parameter loading, one validator table", "io.py: atomic writes, image readers, hashing, image store"),
+    ("models/flux.py: Flux loading, prompts, device", "tracking.py: MLflow params;  progress.py: bars or log lines"),
+    ("hooks.py, settings.py, pipeline_registry.py: Kedro glue", "datasets/: catalog types (image store, adapter)"),
+)):
+    text(190, 760 + i * 18, left, size=10.5, anchor="start", fill="#333")
+    text(510, 760 + i * 18, right, size=10.5, anchor="start", fill="#333")
+
 # ---- legend ---------------------------------------------------------------------------------------
-text(24, 760, "kedro-viz layers:", size=11.5, anchor="start", weight="bold")
+text(24, 844, "kedro-viz layers:", size=11.5, anchor="start", weight="bold")
 x = 140
 for layer, fill in LAYER_FILL.items():
     w = 9 + 6.6 * len(layer)
-    box(x, 748, w, 20, [layer], fill=fill, stroke="#777", rx=10, size=10.5, bold_first=False)
+    box(x, 832, w, 20, [layer], fill=fill, stroke="#777", rx=10, size=10.5, bold_first=False)
     x += w + 8
-text(24, 795, "MLflow: one experiment per pipeline (fluxir-fluxgen, fluxir-train, fluxir-evaluate, fluxir-restore);",
+text(24, 879, "MLflow: one experiment per pipeline (fluxir-fluxgen, fluxir-train, fluxir-evaluate, fluxir-restore);",
      size=11, anchor="start", fill="#333")
-text(24, 812, "every reporting dataset is logged as an artifact, the adapter with its config.json (fluxir.hooks).",
+text(24, 896, "every reporting dataset is logged as an artifact, the adapter with its config.json (fluxir.hooks).",
      size=11, anchor="start", fill="#333")
-text(24, 840, "Heavy libraries (torch, diffusers, pyiqa) are imported inside the nodes: kedro viz and the catalog "
+text(24, 924, "Heavy libraries (torch, diffusers, pyiqa) are imported inside the nodes: kedro viz and the catalog "
      "start without them.", size=11, anchor="start", fill="#333")
 
 # ---- adapter panel --------------------------------------------------------------------------------
-out.append('<rect x="852" y="64" width="416" height="800" rx="8" fill="#fff8f8" stroke="#c99"/>')
+out.append('<rect x="852" y="64" width="416" height="864" rx="8" fill="#fff8f8" stroke="#c99"/>')
 text(1060, 86, "FluxIR adapter (paper Sec. 3.2, Fig. 3)", size=14, weight="bold")
 text(1060, 102, "trainable ~0.41B (387M + 22.8M SE at r = 32); Flux 11.9B frozen", size=10.5, fill="#555")
 box(868, 118, 124, 50, ["LQ image", "bicubic x4 -> VAE enc"], fill="#eeeeee", bold_first=False, size=11)
 box(1000, 118, 124, 50, ["noisy latent z_t", "t from 1 to 0"], fill="#eeeeee", bold_first=False, size=11)
 box(1132, 118, 124, 50, ["empty-prompt", "T5 p, CLIP y"], fill="#eeeeee", bold_first=False, size=11)
-box(868, 196, 256, 54, ["M_i: zero-init Linear(64 -> 3072)", "z_c = x_embed(z_t) + M_i(z_lq)"], fill=LAYER_FILL["models"],
-    size=11)
+box(868, 196, 256, 54, ["M_i: zero-init Linear(64 -> 3072)", "z_c = x_embed(z_t) + M_i(z_lq)", "models/adapter.py"],
+    fill=LAYER_FILL["models"], size=11)
 box(1132, 196, 124, 54, ["theta_p, theta_y", "p + theta_p", "y + theta_y"], fill=LAYER_FILL["models"], size=11)
 arrow(930, 168, 930, 194)
 arrow(1062, 168, 1062, 194)
 arrow(1194, 168, 1194, 194)
-box(868, 282, 388, 54, ["D: one MM-DiT double block", "initialised from Flux block 0 -> features (f_z, f_p)"],
+box(868, 282, 388, 54, ["D: one MM-DiT double block", "initialised from Flux block 0 -> features (f_z, f_p)",
+                        "models/adapter.py (FluxIRAdapter)"],
     fill=LAYER_FILL["models"], size=11)
 arrow(996, 250, 996, 280)
 arrow(1194, 250, 1194, 280)
@@ -161,20 +174,22 @@ box(868, 368, 388, 66, ["114 squeeze-excitation layers (SE_z, SE_p per block)",
 arrow(1062, 336, 1062, 366)
 box(868, 470, 388, 92, ["Flux.1-dev transformer (frozen)", "19 double-stream + 38 single-stream blocks",
                         "control z_c^i, p_c^i added BEFORE block i",
-                        "(image and text streams) -> velocity v"], fill="#eeeeee", size=11)
+                        "(image and text streams) -> velocity v",
+                        "models/adapter.py controlled_flux_forward"], fill="#eeeeee", size=11)
 for i, x in enumerate(range(890, 1250, 30)):
     out.append(f'<line x1="{x}" y1="434" x2="{x}" y2="468" stroke="#b55" stroke-width="1" '
                f'marker-end="url(#head)"/>')
-box(868, 594, 388, 50, ["Euler sampler, 20 steps (guidance 4)", "z <- z + (t_next - t) v"], size=11)
-arrow(1062, 562, 1062, 592)
-box(868, 676, 388, 50, ["VAE decode (tiled) -> colour fix", "wavelet | adain | none against the upsampled LQ"],
+box(868, 594, 388, 50, ["Euler sampler, 20 steps (guidance 4)", "z <- z + (t_next - t) v", "restoration/sampler.py"],
     size=11)
+arrow(1062, 562, 1062, 592)
+box(868, 676, 388, 50, ["VAE decode (tiled) -> colour fix", "wavelet | adain | none against the upsampled LQ",
+                        "restoration/sampler.py, colorfix.py"], size=11)
 arrow(1062, 644, 1062, 674)
 box(868, 758, 388, 50, ["restored image, 4x the LQ size", "large images: overlapping tiles, cosine-blended"],
     fill=LAYER_FILL["model_output"], size=11)
 arrow(1062, 726, 1062, 756)
-text(1060, 838, "training: loss = ||v_p - (z_1 - z_0)||^2 + alpha * pixel loss (Eq. 7-10)", size=10.5, fill="#555")
-text(1060, 854, "t ~ clamp(U(-eps, 1 + eps), 0, 1), eps = 0.05 (Eq. 5-6)", size=10.5, fill="#555")
+text(1060, 838, "training.py: loss = ||v_p - (z_1 - z_0)||^2 + alpha * pixel loss", size=10.5, fill="#555")
+text(1060, 854, "(Eq. 7-10); t ~ clamp(U(-eps, 1 + eps), 0, 1), eps = 0.05 (Eq. 5-6)", size=10.5, fill="#555")
 
 SVG = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
        f'font-family="DejaVu Sans, Helvetica, Arial, sans-serif">\n' + "\n".join(out) + "\n</svg>\n")

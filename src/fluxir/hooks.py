@@ -16,7 +16,8 @@
     with its ``config.json``, whose values also become run parameters ``<name>.<key>``.
     ``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false`` logs only the model's JSON files, not its weights.
 
-Everything here imports mlflow lazily: the module is imported by ``settings.py`` on every Kedro command.
+Everything here imports mlflow (and ``fluxir.tracking``, which imports it) lazily: the module is imported by
+``settings.py`` on every Kedro command.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+
+from fluxir.config import flatten_dict
 
 logger = logging.getLogger(__name__)
 
@@ -251,16 +254,9 @@ def log_model_folder(dataset_name: str, path: Path) -> None:
 
 
 def _log_config_params(prefix: str, config: Any) -> None:
-    import mlflow
-    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+    from fluxir.tracking import log_new_params
 
-    from fluxir.config import flatten_dict
-
-    flat = flatten_dict({prefix: config})
-    present = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    new = {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in flat.items() if k not in present}
-    if new:
-        mlflow.log_params(new)
+    log_new_params(flatten_dict({prefix: config}))
 
 
 def _saved_path(dataset: Any) -> Path | None:

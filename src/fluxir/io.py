@@ -1,25 +1,157 @@
-"""Images as files: sharded folders, atomic writes, checked reads.
+"""Files: atomic writes, image readers, hashing, and the sharded image store.
 
-350,000 images do not belong in one folder: image ``i`` lives at ``<root>/<i // 1000:04d>/<i:08d>.png``.
-Every write goes to a temporary file in the same folder and is renamed into place, so a file that
-exists is complete: a killed run loses at most the images in flight and a rerun skips the rest.
+Every write goes to a temporary file (or folder) next to its target and is renamed into place, so a
+file that exists is complete: a killed run loses at most what was in flight and a rerun skips the rest.
+
+350,000 images do not belong in one folder: image ``i`` of an ``ImageStore`` lives at
+``<root>/<i // 1000:04d>/<i:08d>.png``.
+
+This module is imported by the catalog's datasets (``kedro viz`` start-up): torch is imported only
+inside ``hash_tensors``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import posixpath
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import fsspec
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 SHARD_SIZE = 1000
 
+# ----------------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; when the block succeeds it is renamed onto ``path``.
+
+    The temporary name is unique per process and call (``.<name>.<pid>.<random>.tmp``), so concurrent
+    writers of the same file never mix bytes; on error it is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> Path:
+    """Write ``json.dumps(obj, **dumps_kwargs)`` to ``path`` atomically; returns the path."""
+    return write_atomic(path, json.dumps(obj, **dumps_kwargs))
+
+
+def write_png_atomic(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write ``image`` (H, W, 3 or 4) uint8 as PNG at ``path`` atomically."""
+    with atomic_file(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def local_fs() -> Any:
+    """The local fsspec filesystem, creating parent folders on write (the default of every ``fs=`` here)."""
+    return fsspec.filesystem("file", auto_mkdir=True)
+
+
+@contextmanager
+def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]:
+    """Yield a temporary folder ``<parent>/.tmp-<name>-<random>``; when the block succeeds it replaces ``folder``.
+
+    An existing ``folder`` stays complete until the new one is moved in (it is first moved aside, then
+    deleted), so a crash at any point leaves either the old or the new folder under the final name.
+    ``fs`` is an fsspec filesystem (the local one by default); the yielded path is in its syntax.
+    """
+    fs = fs or local_fs()
+    folder = str(folder).rstrip("/")
+    parent, name = posixpath.split(folder)
+    tmp = posixpath.join(parent, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
+    fs.makedirs(tmp, exist_ok=True)
+    try:
+        yield tmp
+        old = None
+        if fs.exists(folder):
+            old = posixpath.join(parent, f".old-{name}-{uuid.uuid4().hex[:8]}")
+            fs.mv(folder, old, recursive=True)
+        fs.mv(tmp, folder, recursive=True)
+        if old is not None:
+            fs.rm(old, recursive=True)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hashing
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_tensors(tensors: Mapping[str, Any], digest: Any = None) -> Any:
+    """Feed every tensor of ``tensors`` (a state dict) into ``digest`` (a new sha256 by default); returns it.
+
+    Each entry contributes ``name:dtype:shape`` and its raw bytes, in sorted name order, so two models
+    hash alike only when names, dtypes, shapes and every bit of every value agree.
+    """
+    import torch
+
+    digest = digest or hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest
+
+
+def hash_json(obj: Any, length: int = 12) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``json.dumps(obj, sort_keys=True, default=str)``."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading images
+#
+# Two readers on purpose. ``read_image`` reads the files this project writes or downloads as data
+# (generated images, HQ/LQ pairs, benchmark crops): pixels exactly as stored, no EXIF rotation, since
+# an HQ and its LQ must stay aligned whatever their tags say. ``read_photo`` reads a user's photo for
+# restoration: EXIF rotation applied as a viewer shows it, 16-bit and float greyscale scaled to 8 bits,
+# alpha kept apart so it can be carried over. Both decode fully at once (a truncated file fails here,
+# not later) and raise ValueError starting with the path.
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding the pixels."""
+    with Image.open(path) as img:
+        return img.size
+
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An RGB uint8 ``(H, W, 3)`` array; a corrupt, truncated or non-image file raises ValueError naming it."""
+    """A data image file as stored -> RGB uint8 ``(H, W, 3)``; a corrupt or non-image file raises ValueError."""
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -29,6 +161,48 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"{path}: not a readable image ({err}); delete or replace the file and rerun") from err
+
+
+def read_photo(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """A photo file of any size and mode -> (RGB (H, W, 3) uint8, alpha (H, W) uint8 or None).
+
+    EXIF orientation is applied (``ImageOps.exif_transpose``); 16-bit greyscale is scaled to 8 bits
+    (v / 257, so 65535 -> 255); palette/greyscale/CMYK/... become RGB; an alpha channel (RGBA, LA,
+    palette transparency) is returned separately. An empty, corrupt, truncated or non-image file raises
+    ValueError starting with the path and saying why.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: truncation is caught here
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_alpha(img)
+    except UnidentifiedImageError as err:
+        raise ValueError(f"{path}: not an image file PIL can read ({err})") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: corrupt or truncated image ({err})") from err
+
+
+def _to_rgb_alpha(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(img).astype(np.float64)  # 16-bit greyscale (or 32-bit int) samples
+        if mode != "I" or a.max(initial=0) > 255:
+            a = a / 257.0  # 0..65535 -> 0..255
+        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        a = a * 255.0 if a.max(initial=0) <= 1.0 else a  # floats in [0, 1] or already 0..255
+        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"))
+        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
+    return np.asarray(img.convert("RGB")), None
 
 
 def portable_path(path: str | os.PathLike) -> str:
@@ -41,21 +215,8 @@ def portable_path(path: str | os.PathLike) -> str:
         return str(path)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_png_atomic(path: Path, image: np.ndarray) -> None:
-    """Write ``image`` (H, W, 3) uint8 as PNG at ``path`` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+# ----------------------------------------------------------------------------------------------------
+# Image store
 
 
 @dataclass(frozen=True)

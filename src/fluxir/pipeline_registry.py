@@ -9,7 +9,17 @@ DEFAULT = ("fluxgen", "train", "evaluate")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register every pipeline under ``fluxir.pipelines``; ``__default__`` chains fluxgen -> train -> evaluate."""
-    pipelines = find_pipelines(raise_errors=True)
+    """Every pipeline under ``fluxir.pipelines`` as a modular pipeline named after it; ``__default__`` chains
+    fluxgen -> train -> evaluate.
+
+    The namespace groups each pipeline's nodes (kedro-viz draws one collapsible box per pipeline, and
+    node names read ``fluxgen.generate_images``); ``prefix_datasets_with_namespace=False`` keeps every
+    dataset and parameter name as the catalog and the ``parameters_*.yml`` files spell it.
+    """
+    pipelines = {
+        name: Pipeline(pipeline, namespace=name, prefix_datasets_with_namespace=False)
+        for name, pipeline in find_pipelines(raise_errors=True).items()
+        if name != "__default__"
+    }
     pipelines["__default__"] = sum((pipelines[name] for name in DEFAULT if name in pipelines), Pipeline([]))
     return pipelines

@@ -2,14 +2,8 @@
 
 from kedro.config import OmegaConfigLoader
 
+from fluxir.config import CONFIG_LOADER_ARGS  # noqa: F401 (read by Kedro)
+from fluxir.hooks import MlflowRunHook, ReportingArtifactsHook
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-CONFIG_LOADER_ARGS = {
-    "base_env": "base",
-    "default_run_env": "local",
-    # Environments (tiny, local) override single keys of a parameter group, not the whole group.
-    "merge_strategy": {"parameters": "soft"},
-}
-
-from fluxir.hooks import MlflowRunHook, ReportingArtifactsHook  # noqa: E402
-
 HOOKS = (MlflowRunHook(), ReportingArtifactsHook())

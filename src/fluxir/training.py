@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -55,7 +54,9 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import Tensor, nn
 
-from fluxir.config import flatten_dict
+from fluxir.config import Rule, check_fields, flatten_dict, reject_unknown_keys
+from fluxir.io import hash_json
+from fluxir.models.flux import accelerate_cpu, image_ids, pack, unpack
 from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, count_parameters, freeze_flux
 from fluxir.progress import progress as progress_bar
 from fluxir.training_records import (
@@ -73,10 +74,7 @@ from fluxir.training_data import (
     decode_latents,
     device_and_dtype,
     gaussian_sample,
-    image_ids,
-    pack,
     pair_gaussians,
-    unpack,
     vae_identity,
 )
 
@@ -99,6 +97,27 @@ _FLOAT_FIELDS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "a
 
 # ----------------------------------------------------------------------------------------------------
 # Configuration
+
+
+TRAIN_RULES = (
+    *(Rule(name, "int_at_least", 1) for name in (
+        "max_steps", "global_batch", "batch_size", "max_sequence_length", "lq_scale",
+        "validation_steps", "validate_every", "log_every", "checkpoint_every", "keep_checkpoints")),
+    *(Rule(name, "int_at_least", 0) for name in ("lr_warmup_steps", "num_validation_pairs", "seed")),
+    Rule("timestep_sampler", "choice", TIMESTEP_SAMPLERS,
+         must="'clamped_uniform' (paper Eq. 5-6) or 'logit_normal' (SD3, the Table 3 ablation)"),
+    Rule("timestep_eps", "number_in", (0, 1), must="in [0, 1) (paper: 0.05)"),
+    Rule("logit_normal_std", "positive_number", must="> 0 (SD3: 1.0)"),
+    Rule("learning_rate", "positive_number", must="> 0 (paper: 1e-5)"),
+    Rule("pixel_loss_weight", "number_at_least", 0, must=">= 0 (alpha of Eq. 10, paper: 1)"),
+    Rule("pixel_loss_form", "choice", PIXEL_LOSS_FORMS,
+         must="'paper' (Eq. 9 as written: V_d(z_0 + t v_p) vs V_d(z_t)) or 'x0' (V_d(z_t - t v_p) vs V_d(z_0))"),
+    Rule("pixel_loss_crop", "multiple_of", 8, nullable=True,
+         must="null or a positive multiple of 8 (pixels; the VAE downsamples by 8)"),
+    Rule("max_grad_norm", "positive_number", nullable=True, must="null or > 0"),
+    Rule("mixed_precision", "choice", ("no", "bf16"), must="'no' or 'bf16' (paper: bf16)"),
+    Rule("dtype", "choice", ("float32", "bfloat16", "float16"), must="float32, bfloat16 or float16"),
+)
 
 
 @dataclass
@@ -146,8 +165,6 @@ class TrainConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
         """Build and validate from a ``train`` parameters dict; unknown keys and bad values raise ValueError."""
-        from fluxir.config import reject_unknown_keys
-
         if "gradient_accumulation_steps" in params or "guidance" in params:
             raise ValueError("train.gradient_accumulation_steps and train.guidance are no longer parameters: set "
                              "train.global_batch (accumulation = global_batch / (batch_size x processes)) and "
@@ -167,50 +184,15 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        def positive_int(name: str, minimum: int = 1) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"train.{name} must be an integer >= {minimum}, got {value!r}")
-
-        for name in ("max_steps", "global_batch", "batch_size", "max_sequence_length", "lq_scale",
-                     "validation_steps", "validate_every", "log_every", "checkpoint_every", "keep_checkpoints"):
-            positive_int(name)
-        for name in ("lr_warmup_steps", "num_validation_pairs", "seed"):
-            positive_int(name, 0)
-        if self.timestep_sampler not in TIMESTEP_SAMPLERS:
-            raise ValueError(f"train.timestep_sampler must be 'clamped_uniform' (paper Eq. 5-6) or 'logit_normal' "
-                             f"(SD3, the Table 3 ablation), got {self.timestep_sampler!r}")
-        if not isinstance(self.timestep_eps, (int, float)) or not 0 <= self.timestep_eps < 1:
-            raise ValueError(f"train.timestep_eps must be in [0, 1) (paper: 0.05), got {self.timestep_eps!r}")
-        if not isinstance(self.logit_normal_std, (int, float)) or self.logit_normal_std <= 0:
-            raise ValueError(f"train.logit_normal_std must be > 0 (SD3: 1.0), got {self.logit_normal_std!r}")
-        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
-            raise ValueError(f"train.learning_rate must be > 0 (paper: 1e-5), got {self.learning_rate!r}")
-        if not isinstance(self.pixel_loss_weight, (int, float)) or self.pixel_loss_weight < 0:
-            raise ValueError(f"train.pixel_loss_weight must be >= 0 (alpha of Eq. 10, paper: 1), "
-                             f"got {self.pixel_loss_weight!r}")
-        if self.pixel_loss_form not in PIXEL_LOSS_FORMS:
-            raise ValueError(f"train.pixel_loss_form must be 'paper' (Eq. 9 as written: V_d(z_0 + t v_p) vs V_d(z_t)) "
-                             f"or 'x0' (V_d(z_t - t v_p) vs V_d(z_0)), got {self.pixel_loss_form!r}")
+        check_fields(self, TRAIN_RULES, "train.")
         if self.global_batch % self.batch_size:
             raise ValueError(f"train.global_batch={self.global_batch} is not a multiple of train.batch_size="
                              f"{self.batch_size}: choose a batch_size that divides it")
-        crop = self.pixel_loss_crop
-        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 8 or crop % 8):
-            raise ValueError(f"train.pixel_loss_crop must be null or a positive multiple of 8 (pixels; the VAE "
-                             f"downsamples by 8), got {crop!r}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"train.max_grad_norm must be null or > 0, got {self.max_grad_norm!r}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"train.mixed_precision must be 'no' or 'bf16' (paper: bf16), got {self.mixed_precision!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"train.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
     def run_key(self, data_key: str) -> str:
         """Hash of everything that changes what is learned: the checkpoint sub-folder of this run."""
         semantic = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NON_SEMANTIC}
-        payload = json.dumps({"config": semantic, "data": data_key}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return hash_json({"config": semantic, "data": data_key})
 
 
 def accumulation_steps(global_batch: int, batch_size: int, num_processes: int) -> int:
@@ -373,7 +355,7 @@ def flow_matching_loss(model: nn.Module, flux: nn.Module, vae: nn.Module, batch:
     flux_dtype = device_and_dtype(flux)[1]
     v_p = model(
         z_t.to(flux_dtype), batch.z_lq.to(flux_dtype), prompt.expand(b, -1, -1), pooled.expand(b, -1),
-        batch.t, image_ids(batch.h, batch.w, z_t.device), torch.zeros(s, 3, device=z_t.device),
+        batch.t, image_ids(batch.h // 2, batch.w // 2, z_t.device), torch.zeros(s, 3, device=z_t.device),
     ).float()  # (B, N, 64)
     mse = F.mse_loss(v_p, v_gt.float())  # Eq. 8
     if cfg.pixel_loss_weight == 0:
@@ -458,9 +440,7 @@ def _clear_run_dir(run_dir: Path, resume: bool) -> None:
 
 def start_run(cfg: TrainConfig, manifest: pd.DataFrame) -> TrainingRun:
     """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process."""
-    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-    # cpu=True also makes a multi-process CPU launch (gloo) see its world size.
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=accelerate_cpu(cfg.device))
     accumulation = accumulation_steps(cfg.global_batch, cfg.batch_size, accelerator.num_processes)
 
     # 1. Data: pairs, buckets, held-out validation pairs, the (seed, step) -> global batch order.

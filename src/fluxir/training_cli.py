@@ -13,32 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from accelerate import PartialState
+from kedro.config import MissingConfigException
+from kedro.io import DataCatalog
 
-from fluxir.config import load_params
+from fluxir.config import config_loader, load_params
+from fluxir.models.flux import accelerate_cpu
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
 from fluxir.training import TrainConfig, train
 from fluxir.training_records import weights_digest
 
 
 def _load_catalog(env: str) -> Any:
-    from kedro.config import OmegaConfigLoader
-    from kedro.io import DataCatalog
-
-    from fluxir.settings import CONFIG_LOADER_ARGS
-
-    loader = OmegaConfigLoader("conf", **{**CONFIG_LOADER_ARGS, "default_run_env": env})
-    return DataCatalog.from_config(loader["catalog"])
+    return DataCatalog.from_config(config_loader(env)["catalog"])
 
 
 def _mlflow_settings(env: str) -> dict[str, Any]:
-    from kedro.config import MissingConfigException, OmegaConfigLoader
-
-    from fluxir.settings import CONFIG_LOADER_ARGS
-
-    loader = OmegaConfigLoader("conf", **{**CONFIG_LOADER_ARGS, "default_run_env": env},
-                               config_patterns={"mlflow": ["mlflow*", "mlflow*/**"]})
+    loader = config_loader(env, config_patterns={"mlflow": ["mlflow*", "mlflow*/**"]})
     try:
         return dict(loader["mlflow"])
     except MissingConfigException:  # no mlflow.yml: MLflow's own defaults
@@ -61,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
     os.chdir(args.project)  # relative paths of conf/ and the catalog are the project's
     cfg = TrainConfig.from_params(load_params(args.env, args.params, ".")["train"])
-    # Without cpu=True accelerate ignores WORLD_SIZE on a CPU-only machine and every process thinks it is alone.
-    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    state = PartialState(cpu=accelerate_cpu(cfg.device))
     catalog = _load_catalog(args.env)
     manifest = pd.read_parquet(manifest_path) if manifest_path else catalog.load("pairs_manifest")
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from fluxir.io import read_image, sha256_file
+from fluxir.io import atomic_file, hash_json, hash_tensors, image_size, read_image, sha256_file
 
 MANIFEST_COLUMNS = ("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256")
 
@@ -62,8 +60,7 @@ class PairTable:
                 if not Path(getattr(row, f"{kind}_path")).is_file():
                     raise FileNotFoundError(f"pair {row.image_id}: {kind.upper()} image {getattr(row, f'{kind}_path')} "
                                             "does not exist (rerun the fluxgen pipeline)")
-            with Image.open(row.hq_path) as hq, Image.open(row.lq_path) as lq:
-                (w, h), (lw, lh) = hq.size, lq.size
+            (w, h), (lw, lh) = image_size(row.hq_path), image_size(row.lq_path)
             if w % 16 or h % 16:
                 raise ValueError(f"pair {row.image_id}: HQ {row.hq_path} is (width, height)={(w, h)}; both sides must "
                                  "be multiples of 16 (VAE /8 and 2x2 packing)")
@@ -95,8 +92,7 @@ class PairTable:
 
     def data_key(self) -> str:
         """Hash of the pairs' identities (image ids + sha256s)."""
-        payload = json.dumps(self.rows[["image_id", "hq_sha256", "lq_sha256"]].astype(str).values.tolist())
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return hash_json(self.rows[["image_id", "hq_sha256", "lq_sha256"]].astype(str).values.tolist())
 
 
 def epoch_batches(buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int, epoch: int) -> list[list[int]]:
@@ -145,10 +141,7 @@ def vae_identity(vae: Any) -> str:
     """Hash of the VAE's class, config and weights: part of every latent-cache key."""
     h = hashlib.sha256(type(vae).__name__.encode())
     h.update(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(vae.state_dict().items()):
-        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return hash_tensors(vae.state_dict(), h).hexdigest()[:16]
 
 
 class LatentCache:
@@ -177,11 +170,8 @@ class LatentCache:
     def put(self, key: str, tensors: dict[str, Tensor]) -> None:
         if self.root is None:
             return
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_file(self.path(key)) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def device_and_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -215,6 +205,8 @@ def pair_gaussians(vae: Any, cache: LatentCache, pairs: PairTable, index: int) -
     return params[0], params[1]
 
 
+# Adapted from diffusers.models.autoencoders.vae.DiagonalGaussianDistribution.sample (diffusers 0.42.1): the same
+# logvar clamp to [-30, 20]; the noise comes from the caller's per-sample generator.
 def gaussian_sample(params: Tensor, noise: Tensor, vae: Any) -> Tensor:
     """Normalised Flux latent (.., C, h, w) = ((mean + std * noise) - shift_factor) * scaling_factor."""
     mean, logvar = params.float().chunk(2, dim=-3)
@@ -226,24 +218,3 @@ def decode_latents(vae: Any, z: Tensor) -> Tensor:
     """Normalised latents (B, C, h, w) -> images (B, 3, 8h, 8w), about [-1, 1] (the frozen V_d)."""
     z = z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
     return vae.decode(z.to(device_and_dtype(vae)[1])).sample
-
-
-def pack(z: Tensor) -> Tensor:
-    """(B, C, h, w) -> (B, h/2 * w/2, 4C): Flux's 2x2 patches, flattened (FluxPipeline._pack_latents)."""
-    from fluxir.restoration.sampler import pack as pack_grid
-
-    return pack_grid(z).flatten(1, 2)
-
-
-def unpack(x: Tensor, h: int, w: int) -> Tensor:
-    """(B, h/2 * w/2, 4C) -> (B, C, h, w), the inverse of ``pack`` (h, w: latent size)."""
-    from fluxir.restoration.sampler import unpack as unpack_grid
-
-    return unpack_grid(x.view(x.shape[0], h // 2, w // 2, -1))
-
-
-def image_ids(h: int, w: int, device: torch.device | str) -> Tensor:
-    """Flux's rope positions of the packed image tokens, (h/2 * w/2, 3), for an (h, w) latent."""
-    from diffusers import FluxPipeline
-
-    return FluxPipeline._prepare_latent_image_ids(None, h // 2, w // 2, device, torch.float32)

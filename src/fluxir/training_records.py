@@ -7,13 +7,10 @@ killed while writing never leaves a half checkpoint under a final name; the newe
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import os
 import random
 import resource
 import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +19,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fluxir.io import read_image
+from fluxir.io import atomic_directory, hash_tensors, read_image
 from fluxir.models.adapter import FluxIRAdapter, load_adapter, save_adapter
 from fluxir.restoration.sampler import RestoreConfig, Restorer, upsample_condition
+from fluxir.tracking import log_new_params
 from fluxir.training_data import PairTable, device_and_dtype
 
 if TYPE_CHECKING:  # fluxir.training imports this module
@@ -52,9 +50,9 @@ def save_checkpoint(run_dir: Path, step: int, adapter: FluxIRAdapter, optimizer:
                     history: list[dict[str, Any]], extra: dict[str, Any], keep: int) -> Path:
     """Write adapter + optimizer + scheduler + RNG + step + history atomically; keep the newest ``keep``."""
     final = checkpoint_path(run_dir, step)
-    tmp = run_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    # The same step written again: the complete old one stays until the new one is in place.
+    with atomic_directory(final) as tmp_name:
+        tmp = Path(tmp_name)
         save_adapter(adapter, tmp / "adapter")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -63,14 +61,6 @@ def save_checkpoint(run_dir: Path, step: int, adapter: FluxIRAdapter, optimizer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra, "history": history}, indent=1))
-        old = run_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-        if final.exists():  # the same step written again: the complete old one stays until the new one is in place
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     for _, old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -94,11 +84,7 @@ def load_checkpoint(path: Path, adapter: FluxIRAdapter, optimizer: Any, schedule
 
 def weights_digest(adapter: nn.Module) -> str:
     """sha256 of the adapter's weights (to compare processes)."""
-    h = hashlib.sha256()
-    for name, p in sorted(adapter.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return hash_tensors(adapter.state_dict()).hexdigest()
 
 
 
@@ -122,12 +108,7 @@ class MlflowLogger:
     def params(self, params: dict[str, Any]) -> None:
         if self.run is None:
             return
-        import mlflow
-
-        present = mlflow.get_run(self.run.info.run_id).data.params  # kedro-mlflow logged params:train already
-        new = {k: str(v)[:6000] for k, v in params.items() if k not in present}
-        if new:
-            mlflow.log_params(new)
+        log_new_params(params)  # kedro-mlflow logged params:train already
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:

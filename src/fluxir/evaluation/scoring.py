@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fluxir.config import Rule, check_fields
 from fluxir.evaluation.testsets import list_images, pair_key
+from fluxir.io import hash_json, hash_tensors, image_size, read_image, write_png_atomic
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,6 @@ def _outputs(rows: list[list[Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 
-def _size(path: str | Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.size
-
-
 # --------------------------------------------------------------------------------------------- #
 # FluxIR and bicubic
 # --------------------------------------------------------------------------------------------- #
@@ -48,13 +43,8 @@ def _size(path: str | Path) -> tuple[int, int]:
 
 def adapter_fingerprint(adapter: Any) -> str:
     """SHA-256 (12 hex) of the adapter's config and weights: outputs are reused only for the same adapter."""
-    import torch
-
     digest = hashlib.sha256(json.dumps(adapter.config.to_dict(), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(adapter.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:12]
+    return hash_tensors(adapter.state_dict(), digest).hexdigest()[:12]
 
 
 def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str, Any], outputs_dir: str | Path,
@@ -64,7 +54,6 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     ``color_fix`` is evaluation's own choice (``evaluate.color_fix``), never part of ``restore``. Files go to ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and
     settings; files already there are reused, so an interrupted run resumes where it stopped.
     """
-    from fluxir.io import read_image, write_png_atomic
     from fluxir.restoration.sampler import RestoreConfig, Restorer, config_dict
 
     params = dict(restore)
@@ -77,8 +66,7 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     if params.setdefault("scale", scale) != scale:
         raise ValueError(f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {scale!r}; set only evaluate.scale")
     config = RestoreConfig.from_params(params)
-    key = hashlib.sha256(json.dumps([model, config_dict(config), adapter_fingerprint(adapter)],
-                                    sort_keys=True, default=str).encode()).hexdigest()[:12]
+    key = hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
     root = Path(outputs_dir) / "fluxir" / key
     todo = [r for r in manifest.itertuples(index=False) if not (root / r.dataset / f"{r.image}.png").is_file()]
     seconds: list[float] = []
@@ -121,11 +109,9 @@ def describe_training(record: Mapping[str, Any]) -> str:
 
 def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path) -> pd.DataFrame:
     """Bicubic x``scale`` of every LQ (PIL), written once to ``<outputs_dir>/bicubic/<dataset>/<prep_key>/``."""
-    from fluxir.io import read_image, write_png_atomic
     from fluxir.restoration.sampler import upsample
 
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"evaluate.scale must be a positive integer, got {scale!r}")
+    check_fields({"scale": scale}, [Rule("scale", "positive_int")], "evaluate.")
     rows = []
     for r in manifest.itertuples(index=False):
         path = Path(outputs_dir) / "bicubic" / r.dataset / str(r.prep_key) / f"{r.image}.png"
@@ -174,9 +160,9 @@ def baseline_manifest(manifest: pd.DataFrame, baselines_dir: str | Path, scale: 
                             method, dataset, len(missing), len(images), [m[0].image for m in missing[:3]])
                 continue
             for r, path in found:
-                lw, lh = _size(r.lq_path)
-                if _size(path) != (lw * scale, lh * scale):
-                    raise ValueError(f"baseline {method}: {path} is {_size(path)}, expected {(lw * scale, lh * scale)} "
+                lw, lh = image_size(r.lq_path)
+                if image_size(path) != (lw * scale, lh * scale):
+                    raise ValueError(f"baseline {method}: {path} is {image_size(path)}, expected {(lw * scale, lh * scale)} "
                                      f"(x{scale} of the prepared LQ {r.lq_path}); run it on the prepared LQ folder")
                 rows.append([dataset, r.image, method, str(path)])
             log.info("baseline %s on %s: %d images", method, dataset, len(found))
@@ -272,7 +258,6 @@ def grids(manifest: pd.DataFrame, outputs: pd.DataFrame, names: Mapping[str, str
     Columns: LQ | Bicubic | baselines | FluxIR | HQ (when the benchmark has HQ). ``note`` is added to each
     title (e.g. that the models are tiny). A skipped benchmark gets a figure that says why (no PNG).
     """
-    from fluxir.io import read_image
     from fluxir.evaluation.report import figure_png, grid_figure
 
     figures: dict[str, Any] = {}

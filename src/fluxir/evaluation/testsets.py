@@ -24,8 +24,6 @@ bundled photos (real, redistributable images) for the tiny demo; a marker file l
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import re
@@ -36,6 +34,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from fluxir.config import Rule, check_fields
+from fluxir.io import hash_json, image_size, read_image, write_png_atomic
 
 log = logging.getLogger(__name__)
 
@@ -87,25 +88,20 @@ class BenchmarkSpec:
     def validate(self) -> None:
         """Raise ValueError naming the setting when the spec cannot be prepared."""
         where = f"benchmark {self.name!r}"
-        if self.kind not in KINDS:
-            raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
+        check_fields(self, [Rule("kind", "choice", KINDS)], f"{where}: ")
         if self.kind != "lq_only" and not self.hq_dir:
             raise ValueError(f"{where}: kind {self.kind!r} needs hq_dir")
         if self.kind != "synthetic" and not self.lq_dir:
             raise ValueError(f"{where}: kind {self.kind!r} needs lq_dir")
-        sizes = {"lq_size": self.lq_size} if self.kind == "lq_only" else {"hq_size": self.hq_size, "lq_size": self.lq_size}
-        for key, value in sizes.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 16 or value % 16:
-                raise ValueError(f"{where}: {key} must be a positive multiple of 16 (Flux latent grid), got {value!r}")
+        sizes = ("lq_size",) if self.kind == "lq_only" else ("hq_size", "lq_size")
+        check_fields(self, [Rule(key, "multiple_of", 16, must="a positive multiple of 16 (Flux latent grid)")
+                            for key in sizes], f"{where}: ")
         if self.kind != "lq_only" and self.hq_size % self.lq_size:
             raise ValueError(f"{where}: hq_size {self.hq_size} must be a multiple of lq_size {self.lq_size}")
-        if self.num_images is not None and (not isinstance(self.num_images, int) or isinstance(self.num_images, bool)
-                                            or self.num_images < 1):
-            raise ValueError(f"{where}: num_images must be a positive integer or null, got {self.num_images!r}")
+        check_fields(self, [Rule("num_images", "positive_int", nullable=True)], f"{where}: ")
         if self.kind == "synthetic" and self.num_images is None:
             raise ValueError(f"{where}: a synthetic benchmark needs num_images (the paper: 600 crops)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"{where}: seed must be an integer, got {self.seed!r}")
+        check_fields(self, [Rule("seed", "integer")], f"{where}: ")
         try:
             re.compile(self.strip_suffix)
         except re.error as err:
@@ -152,14 +148,6 @@ def list_images(folder: str | Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.size
-
-
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """The centred ``size`` x ``size`` crop of an (H, W, 3) array; ValueError when the image is smaller."""
     h, w = image.shape[:2]
@@ -200,8 +188,7 @@ def _sources_fingerprint(files: list[Path]) -> list[list[Any]]:
 
 
 def _prep_key(spec: BenchmarkSpec, extra: Any, files: list[Path]) -> str:
-    blob = json.dumps([asdict(spec), extra, _sources_fingerprint(files)], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return hash_json([asdict(spec), extra, _sources_fingerprint(files)])
 
 
 def _is_demo(spec: BenchmarkSpec) -> bool:
@@ -220,8 +207,6 @@ def _missing(spec: BenchmarkSpec) -> str | None:
 
 def _write_once(path: Path, make: Any) -> None:
     """Write ``make()`` as PNG at ``path`` unless a complete file is already there."""
-    from fluxir.io import write_png_atomic
-
     if not path.is_file():
         write_png_atomic(path, make())
 
@@ -264,8 +249,6 @@ def prepare_benchmark(spec: BenchmarkSpec, prepared_dir: str | Path, degradation
 
 def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping[str, Any]) -> pd.DataFrame:
     from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
-    from fluxir.io import read_image, write_png_atomic
-
     # The reference is the original crop: USM sharpening is for training HQ only (see the module docstring).
     settings = {**dict(degradation), "crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random",
                 "use_usm": False}
@@ -273,7 +256,7 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
     if config.scale != spec.scale:
         raise ValueError(f"{spec.name}: hq_size/lq_size = {spec.scale} but the degradation scale is {config.scale}")
     files = list_images(spec.hq_dir)
-    usable = [p for p in files if min(_image_size(p)) >= spec.hq_size]
+    usable = [p for p in files if min(image_size(p)) >= spec.hq_size]
     if len(usable) < len(files):
         small = [p.name for p in files if p not in usable]
         log.warning("%s: %d source image(s) smaller than %dpx skipped: %s", spec.name, len(small), spec.hq_size, small[:5])
@@ -298,8 +281,6 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
 
 
 def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    from fluxir.io import read_image, write_png_atomic
-
     hq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.hq_dir)}
     lq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.lq_dir)}
     keys = sorted(hq_files.keys() & lq_files.keys())
@@ -319,7 +300,7 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
     rows = []
     for name in keys:
         hq_src, lq_src = hq_files[name], lq_files[name]
-        (hw, hh), (lw, lh) = _image_size(hq_src), _image_size(lq_src)
+        (hw, hh), (lw, lh) = image_size(hq_src), image_size(lq_src)
         if abs(hw - spec.scale * lw) > 2 * spec.scale or abs(hh - spec.scale * lh) > 2 * spec.scale:
             raise ValueError(
                 f"{spec.name}: {hq_src.name} is {hw}x{hh} but {lq_src.name} is {lw}x{lh}; expected the HQ to be "
@@ -341,14 +322,12 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
 
 
 def _prepare_lq_only(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    from fluxir.io import read_image
-
     files = list_images(spec.lq_dir)
     files = files[: spec.num_images] if spec.num_images else files
     key = _prep_key(spec, None, files)
     rows = []
     for source in files:
-        if min(_image_size(source)) < spec.lq_size:
+        if min(image_size(source)) < spec.lq_size:
             log.warning("%s: %s skipped, smaller than the %dpx centre crop", spec.name, source.name, spec.lq_size)
             continue
         lq_path = out_root / key / "lq" / f"{source.stem}.png"
@@ -409,8 +388,6 @@ def write_demo_benchmarks(specs: Mapping[str, BenchmarkSpec], degradation: Mappi
     Folders that already hold images are left untouched. Returns ``{benchmark: [folders written]}``.
     """
     from fluxir.fluxgen.degrade import degrade_pair
-    from fluxir.io import write_png_atomic
-
     degradation = degradation or {}
     written: dict[str, list[str]] = {}
     for spec in specs.values():

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from fluxir.compat import import_basicsr
+from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
 
 import_basicsr()  # must precede every basicsr import (torchvision removed functional_tensor)
 
@@ -75,6 +76,15 @@ SIDE_MULTIPLE = 16
 # --------------------------------------------------------------------------------------------- #
 # Configuration
 # --------------------------------------------------------------------------------------------- #
+
+
+PROBABILITIES = ("sinc_prob", "sinc_prob2", "final_sinc_prob", "gaussian_noise_prob", "gray_noise_prob",
+                 "second_blur_prob", "gaussian_noise_prob2", "gray_noise_prob2")
+DEGRADATION_RULES = (
+    Rule("scale", "positive_int"),
+    Rule("crop_position", "choice", ("center", "random"), must="'center' or 'random'"),
+    *(Rule(name, "probability") for name in PROBABILITIES),
+)
 
 
 @dataclass(frozen=True)
@@ -132,11 +142,8 @@ class DegradationConfig:
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, _to_tuple(value))
-        if not isinstance(self.scale, int) or isinstance(self.scale, bool) or self.scale < 1:
-            raise ValueError(f"scale must be a positive int, got {self.scale!r}")
+        check_fields(self, DEGRADATION_RULES, "")
         object.__setattr__(self, "crop_sizes", tuple(validate_crop_sizes(self.crop_sizes, self.scale)))
-        if self.crop_position not in ("center", "random"):
-            raise ValueError(f"crop_position must be 'center' or 'random', got {self.crop_position!r}")
         bad = [k for k in self.kernel_sizes if not (isinstance(k, int) and k % 2 == 1 and 3 <= k <= 21)]
         if bad or not self.kernel_sizes:
             raise ValueError(f"kernel_sizes must be odd ints in [3, 21], got {self.kernel_sizes!r}")
@@ -152,19 +159,6 @@ class DegradationConfig:
             _check_probs(f"kernel_prob{suffix}", probs, len(names))
         _check_probs("resize_prob", self.resize_prob, 3)
         _check_probs("resize_prob2", self.resize_prob2, 3)
-        for name in (
-            "sinc_prob",
-            "sinc_prob2",
-            "final_sinc_prob",
-            "gaussian_noise_prob",
-            "gray_noise_prob",
-            "second_blur_prob",
-            "gaussian_noise_prob2",
-            "gray_noise_prob2",
-        ):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
         for name in (
             "blur_sigma",
             "betag_range",
@@ -203,8 +197,6 @@ class DegradationConfig:
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> DegradationConfig:
         """Build from a parameters mapping (e.g. Kedro's ``params:degradation``); unknown keys are errors."""
-        from fluxir.config import reject_unknown_keys
-
         reject_unknown_keys(params, cls, "degradation setting(s)")
         return cls(**params)
 
@@ -239,9 +231,7 @@ def validate_crop_sizes(crop_sizes: Sequence[Sequence[int]], scale: int = 4) -> 
     out: list[tuple[int, int]] = []
     for size in crop_sizes:
         ok_shape = isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2
-        if not ok_shape or not all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size
-        ):
+        if not ok_shape or not all(is_int(s) for s in size):
             raise ValueError(f"crop size {size!r} must be a (width, height) pair of ints")
         w, h = int(size[0]), int(size[1])
         if w % multiple or h % multiple or w <= 0 or h <= 0:
@@ -291,7 +281,7 @@ def pair_seed(image_id: int | str, seed: int) -> int:
     """
     if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
         raise ValueError(f"image_id must be an int or str, got {image_id!r} ({type(image_id).__name__})")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    if not is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
     digest = hashlib.sha256(f"fluxir.degrade\0{image_id}\0{int(seed)}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
@@ -442,6 +432,21 @@ def _resize_sinc(x: torch.Tensor, size: tuple[int, int], sinc: np.ndarray | None
     return (filter2d(x, sinc) if sinc is not None else x), mode
 
 
+def _final_step(x: torch.Tensor, lq_size: tuple[int, int], sinc: np.ndarray | None,
+                quality_range: Sequence[float]) -> tuple[torch.Tensor, str, str, float]:
+    """[resize to the LQ size + sinc] and JPEG in a random order (Real-ESRGAN: other orders give twisted lines).
+
+    Returns (x, the order, the resize mode, the JPEG quality).
+    """
+    if np.random.uniform() < 0.5:
+        x, mode = _resize_sinc(x, lq_size, sinc)
+        x, quality = _jpeg(x, quality_range)
+        return x, "resize_sinc_then_jpeg", mode, quality
+    x, quality = _jpeg(x, quality_range)
+    x, mode = _resize_sinc(x, lq_size, sinc)
+    return x, "jpeg_then_resize_sinc", mode, quality
+
+
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) float in [0, 1] -> (H, W, 3) uint8, rounding like cv2.imwrite / Real-ESRGAN."""
     return torch.clamp((x[0] * 255.0).round(), 0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
@@ -456,6 +461,20 @@ def _check_image(image: Any) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
     return image
+
+
+def _sharpened_crop(image: np.ndarray, box: tuple[int, int, int, int], hflip: bool, usm: bool) -> torch.Tensor:
+    """The (left, top, width, height) crop of (H, W, 3) uint8, flipped and USM-sharpened: (1, 3, h, w) in [0, 1]."""
+    left, top, w, h = box
+    crop = image[top : top + h, left : left + w]  # (h, w, 3)
+    if hflip:
+        crop = crop[:, ::-1]
+    gt = np.ascontiguousarray(crop, dtype=np.float32) / 255.0  # (h, w, 3) in [0, 1]
+    if usm:
+        # basicsr's numpy USM (OpenCV separable blur) = USMSharp's 51x51 conv to ~1e-6, ~100x faster
+        gt = usm_sharp(gt)
+    gt = np.ascontiguousarray(gt, dtype=np.float32)
+    return torch.from_numpy(gt).permute(2, 0, 1)[None]
 
 
 @torch.no_grad()
@@ -474,16 +493,9 @@ def degrade_pair(
     rng = random.Random(seed64)  # crop and flip: a private generator, independent of basicsr's draws
     left, top, w, h = choose_crop(width, height, config.crop_sizes, rng, config.crop_position)
     hflip = config.use_hflip and rng.random() < 0.5
+    # From here a straight-line recipe: Real-ESRGAN's RealESRGANModel.feed_data step by step, one image.
     with _seeded_global_rngs(seed64):
-        crop = image[top : top + h, left : left + w]  # (h, w, 3)
-        if hflip:
-            crop = crop[:, ::-1]
-        gt = np.ascontiguousarray(crop, dtype=np.float32) / 255.0  # (h, w, 3) in [0, 1]
-        if config.use_usm:
-            # basicsr's numpy USM (OpenCV separable blur) = USMSharp's 51x51 conv to ~1e-6, ~100x faster
-            gt = usm_sharp(gt)
-        gt = np.ascontiguousarray(gt, dtype=np.float32)
-        gt_t = torch.from_numpy(gt).permute(2, 0, 1)[None]  # (1, 3, h, w)
+        gt_t = _sharpened_crop(image, (left, top, w, h), hflip, config.use_usm)  # (1, 3, h, w) in [0, 1]
 
         kernel1, k1_info = _blur_kernel(config, order=1)
         kernel2, k2_info = _blur_kernel(config, order=2)
@@ -504,37 +516,15 @@ def degrade_pair(
         )
         out, noise2 = _add_noise(out, config, order=2)
 
-        # ---- final: [resize to LQ + sinc] and JPEG in a random order (other orders give twisted lines) ----
-        lq_size = (h // config.scale, w // config.scale)
-        if np.random.uniform() < 0.5:
-            order = "resize_sinc_then_jpeg"
-            out, mode3 = _resize_sinc(out, lq_size, sinc)
-            out, jpeg2 = _jpeg(out, config.jpeg_range2)
-        else:
-            order = "jpeg_then_resize_sinc"
-            out, jpeg2 = _jpeg(out, config.jpeg_range2)
-            out, mode3 = _resize_sinc(out, lq_size, sinc)
+        out, order, mode3, jpeg2 = _final_step(out, (h // config.scale, w // config.scale), sinc, config.jpeg_range2)
 
     hq, lq = _to_uint8(gt_t), _to_uint8(out)
     info = {
-        "image_id": image_id,
-        "seed": int(seed),
+        "image_id": image_id, "seed": int(seed),
         "crop": [left, top, w, h],  # (left, top, width, height) in the source image
-        "hflip": hflip,
-        "usm": config.use_usm,
-        "hq_size": [w, h],
-        "lq_size": [lq.shape[1], lq.shape[0]],
-        "kernel1": k1_info,
-        "resize1": resize1,
-        "noise1": noise1,
-        "jpeg1": jpeg1,
-        "blur2": blur2,
-        "kernel2": k2_info if blur2 else None,
-        "resize2": resize2,
-        "noise2": noise2,
-        "final_order": order,
-        "final_resize_mode": mode3,
-        "final_sinc": sinc_info,
-        "jpeg2": jpeg2,
+        "hflip": hflip, "usm": config.use_usm, "hq_size": [w, h], "lq_size": [lq.shape[1], lq.shape[0]],
+        "kernel1": k1_info, "resize1": resize1, "noise1": noise1, "jpeg1": jpeg1,
+        "blur2": blur2, "kernel2": k2_info if blur2 else None, "resize2": resize2, "noise2": noise2,
+        "final_order": order, "final_resize_mode": mode3, "final_sinc": sinc_info, "jpeg2": jpeg2,
     }
     return hq, lq, info

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import logging
 import time
@@ -26,13 +27,34 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fluxir.config import load_params, reject_unknown_keys
-from fluxir.io import ImageStore
+import numpy as np
+import torch
+from accelerate import PartialState
+from diffusers import FluxPipeline
+
+from fluxir.config import Rule, check_fields, load_params, reject_unknown_keys
+from fluxir.io import ImageStore, hash_json
+from fluxir.models.flux import accelerate_cpu, fixed_prompt_embeddings, load_pipeline, resolve_device
+from fluxir.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
 # Fields that change the pixels of image i. batch_size/device do not (per-image generators).
 _PIXEL_FIELDS = ("model", "height", "width", "steps", "guidance", "dtype", "prompts", "base_seed", "max_sequence_length")
+
+
+def _nearest_multiple_of_16(value: Any) -> str:
+    return f"; nearest valid: {max(16, round(value / 16) * 16) if isinstance(value, (int, float)) else 16}"
+
+
+GENERATION_RULES = (
+    Rule("num_images", "positive_int"),
+    *(Rule(side, "multiple_of", 16, must="a positive multiple of 16 (VAE /8 and 2x2 packing)",
+           note=_nearest_multiple_of_16) for side in ("height", "width")),
+    Rule("steps", "positive_int"),
+    Rule("batch_size", "positive_int"),
+    Rule("dtype", "choice", ("float32", "bfloat16", "float16"), must="float32, bfloat16 or float16"),
+)
 
 
 @dataclass
@@ -61,26 +83,11 @@ class GenerationConfig:
         return cfg
 
     def validate(self) -> None:
-        if not isinstance(self.num_images, int) or self.num_images <= 0:
-            raise ValueError(f"fluxgen.num_images must be a positive integer, got {self.num_images!r}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0 or value % 16:
-                raise ValueError(
-                    f"fluxgen.{name} must be a positive multiple of 16 (VAE /8 and 2x2 packing), got {value!r}; "
-                    f"nearest valid: {max(16, round(value / 16) * 16) if isinstance(value, (int, float)) else 16}"
-                )
-        if not isinstance(self.steps, int) or self.steps <= 0:
-            raise ValueError(f"fluxgen.steps must be a positive integer, got {self.steps!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise ValueError(f"fluxgen.batch_size must be a positive integer, got {self.batch_size!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"fluxgen.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        check_fields(self, GENERATION_RULES, "fluxgen.")
 
     def key(self) -> str:
         """Short hash of the settings that determine pixels: the store sub-folder of this configuration."""
-        payload = json.dumps({k: asdict(self)[k] for k in _PIXEL_FIELDS}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return hash_json({k: asdict(self)[k] for k in _PIXEL_FIELDS})
 
 
 def image_seed(base_seed: int, image_id: int) -> int:
@@ -118,11 +125,6 @@ class PromptEncoder:
 
     def __init__(self, pipe: Any, prompts: list[str], max_sequence_length: int, device: str,
                  guidance: float | None = None) -> None:
-        import torch
-        from diffusers import FluxPipeline
-
-        from fluxir.models.flux import fixed_prompt_embeddings
-
         self.cache: dict[str, dict[str, Any]] = {}
         distinct = sorted(set(prompts))
         if isinstance(pipe, FluxPipeline):
@@ -161,8 +163,6 @@ class PromptEncoder:
 
     def batch_kwargs(self, texts: list[str]) -> dict[str, Any]:
         """Pipeline keyword arguments for a batch of prompts."""
-        import torch
-
         first = self.cache[texts[0]]
         if "prompt" in first:
             return {"prompt": texts}
@@ -196,12 +196,6 @@ def generate_into_store(
     state_device: Any = None, progress: bool = True,
 ) -> list[int]:
     """Generate this process's missing images into ``store``; returns the ids it generated now."""
-    import numpy as np
-    import torch
-
-    from fluxir.models.flux import load_pipeline, resolve_device
-    from fluxir.progress import progress as progress_bar
-
     todo = [i for i in ids_for_process(cfg.num_images, process_index, num_processes) if not store.exists(i)]
     logger.info("process %d/%d: %d of its images to generate into %s", process_index, num_processes, len(todo), store.root)
     if not todo:
@@ -235,15 +229,11 @@ def generate_into_store(
 
 
 def _call_parameters(pipe: Any) -> set[str]:
-    import inspect
-
     return set(inspect.signature(pipe.__call__).parameters)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Generate FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.generate``)."""
-    from accelerate import PartialState
-
     parser = argparse.ArgumentParser(prog="python -m fluxir.fluxgen.generate", description=main.__doc__)
     parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
     parser.add_argument("--params", action="append", default=[], help="override, e.g. fluxgen.num_images=50 (repeatable)")
@@ -255,10 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.env, args.params, args.project)
     cfg = GenerationConfig.from_params(params["fluxgen"])
     root = Path(args.store or Path(args.project) / "data/02_intermediate/fluxgen_images")
-    import torch
-
-    # Without cpu=True accelerate ignores WORLD_SIZE on a CPU-only machine and every process thinks it is alone.
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=accelerate_cpu(cfg.device))
     store = ImageStore(root).sub(cfg.key())
     done = generate_into_store(cfg, store, state.process_index, state.num_processes, state.device, progress=state.is_local_main_process)
     if args.report:

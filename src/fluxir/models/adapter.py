@@ -33,14 +33,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.utils.checkpoint
+from diffusers.models.embeddings import CombinedTimestepGuidanceTextProjEmbeddings, CombinedTimestepTextProjEmbeddings
+from diffusers.models.transformers.transformer_flux import FluxPosEmbed, FluxTransformerBlock
+from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import Tensor, nn
+
+from fluxir.config import Rule, check_fields
+from fluxir.io import atomic_directory, local_fs
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "adapter.safetensors"
@@ -55,6 +62,15 @@ BASE_FIELDS = (
 
 # ----------------------------------------------------------------------------------------------------
 # Configuration
+
+
+ADAPTER_RULES = (
+    Rule("rank", "positive_int", nullable=True, must="a positive int, None or 'full'"),
+    *(Rule(name, "positive_int") for name in ("text_seq_len", "in_channels", "num_layers", "num_attention_heads",
+                                               "attention_head_dim", "joint_attention_dim", "pooled_projection_dim")),
+    Rule("num_single_layers", "nonneg_int"),
+    Rule("guidance", "number_at_least", 0, note=" (set it with train.adapter.guidance)"),
+)
 
 
 @dataclass
@@ -86,19 +102,8 @@ class FluxIRConfig:
             if self.rank.lower() != "full":
                 raise ValueError(f"FluxIRConfig.rank must be a positive int, None or 'full', got {self.rank!r}")
             self.rank = None
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
-            raise ValueError(f"FluxIRConfig.rank must be a positive int, None or 'full', got {self.rank!r}")
-        for name in ("text_seq_len", "in_channels", "num_layers", "num_attention_heads", "attention_head_dim",
-                     "joint_attention_dim", "pooled_projection_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"FluxIRConfig.{name} must be a positive int, got {value!r}")
-        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or self.guidance < 0:
-            raise ValueError(f"FluxIRConfig.guidance must be a number >= 0 (train.adapter.guidance), got {self.guidance!r}")
+        check_fields(self, ADAPTER_RULES, "FluxIRConfig.")
         self.guidance = float(self.guidance)
-        if isinstance(self.num_single_layers, bool) or not isinstance(self.num_single_layers, int) \
-                or self.num_single_layers < 0:
-            raise ValueError(f"FluxIRConfig.num_single_layers must be an int >= 0, got {self.num_single_layers!r}")
         self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
         if sum(self.axes_dims_rope) != self.attention_head_dim:
             raise ValueError(
@@ -210,18 +215,13 @@ class FluxIRAdapter(nn.Module):
 
     def __init__(self, config: FluxIRConfig) -> None:
         super().__init__()
-        from diffusers.models.embeddings import (
-            CombinedTimestepGuidanceTextProjEmbeddings,
-            CombinedTimestepTextProjEmbeddings,
-        )
-        from diffusers.models.transformers.transformer_flux import FluxPosEmbed, FluxTransformerBlock
-
         self.config = config
         # How it was trained (steps, global batch, run key, ...): written by fluxir.training, saved in config.json
         # as "_training" and shown in evaluation reports; empty for an adapter that was never trained.
         self.training_record: dict[str, Any] = {}
         c = config.inner_dim
-        # The adapter's own copies of Flux's input layers.
+        # The adapter's own copies of Flux's input layers, built as in
+        # diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.__init__ (diffusers 0.42.1).
         self.x_embedder = nn.Linear(config.in_channels, c)
         self.context_embedder = nn.Linear(config.joint_attention_dim, c)
         temb_cls = (CombinedTimestepGuidanceTextProjEmbeddings if config.guidance_embeds
@@ -393,6 +393,8 @@ def freeze_flux(flux: nn.Module) -> None:
     flux.eval()
 
 
+# Adapted from the block loop of diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward
+# (diffusers 0.42.1); flux._gradient_checkpointing_func is the model's own (set by enable_gradient_checkpointing).
 def _run_block(flux: nn.Module, block: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor,
                temb: Tensor, image_rotary_emb: tuple[Tensor, Tensor],
                joint_attention_kwargs: dict | None) -> tuple[Tensor, Tensor]:
@@ -404,6 +406,8 @@ def _run_block(flux: nn.Module, block: nn.Module, hidden_states: Tensor, encoder
                  image_rotary_emb=image_rotary_emb, joint_attention_kwargs=joint_attention_kwargs)
 
 
+# Adapted from diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward (diffusers 0.42.1):
+# the same steps, with the adapter's control added to both streams before every block.
 def controlled_flux_forward(
     flux: nn.Module,
     adapter: FluxIRAdapter | None,
@@ -423,8 +427,6 @@ def controlled_flux_forward(
     Mirrors ``FluxTransformer2DModel.forward`` of diffusers 0.42.1 step by step; with ``adapter=None``
     (or a freshly built adapter, or ``control_scale=0``) the result equals ``flux(...).sample`` exactly.
     """
-    from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
-
     cfg = flux.config
     if adapter is not None:
         check_compatible(adapter, flux)
@@ -519,26 +521,15 @@ def adapter_parameter_breakdown(config: FluxIRConfig) -> dict[str, int]:
 # Save / load (adapter weights only)
 
 
-def _local_fs():
-    import fsspec
-
-    return fsspec.filesystem("file", auto_mkdir=True)
-
-
 def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = None) -> None:
     """Write ``folder/config.json`` + ``folder/adapter.safetensors`` atomically (temp folder, then rename).
 
     ``fs`` is an fsspec filesystem (local by default); an existing folder is replaced.
     """
-    from safetensors.torch import save as st_save
-
     if not isinstance(adapter, FluxIRAdapter):
         raise TypeError(f"save_adapter expects a FluxIRAdapter, got {type(adapter).__name__}")
-    fs = fs or _local_fs()
-    folder = str(folder).rstrip("/")
-    tmp = f"{folder}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.makedirs(tmp, exist_ok=True)
-    try:
+    fs = fs or local_fs()
+    with atomic_directory(folder, fs) as tmp:
         meta = {"_class_name": "FluxIRAdapter", "_format_version": FORMAT_VERSION, **adapter.config.to_dict(),
                 "_training": adapter.training_record}
         with fs.open(f"{tmp}/{CONFIG_NAME}", "w") as f:
@@ -546,24 +537,12 @@ def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = No
         state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
         with fs.open(f"{tmp}/{WEIGHTS_NAME}", "wb") as f:
             f.write(st_save(state, metadata={"format": "pt"}))
-        old = None
-        if fs.exists(folder):
-            old = f"{folder}.old-{uuid.uuid4().hex[:8]}"
-            fs.mv(folder, old, recursive=True)
-        fs.mv(tmp, folder, recursive=True)
-        if old is not None:
-            fs.rm(old, recursive=True)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
 
 
 def load_adapter(folder: str | os.PathLike, fs: Any = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None) -> FluxIRAdapter:
     """Read a folder written by ``save_adapter``; weights must match config.json exactly."""
-    from safetensors.torch import load as st_load
-
-    fs = fs or _local_fs()
+    fs = fs or local_fs()
     folder = str(folder).rstrip("/")
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not fs.exists(f"{folder}/{name}"):

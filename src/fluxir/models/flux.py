@@ -1,4 +1,6 @@
-"""Loading Flux (or any diffusers text-to-image pipeline) from a hub id or a local folder.
+"""Flux helpers shared by generation, training and restoration: loading, prompts, device, latent packing.
+
+A Flux pipeline (or any diffusers text-to-image pipeline) loads from a hub id or a local folder.
 
 The tiny environment uses the same code. The committed ``data/01_raw/tiny/flux`` holds a 2+2-block
 random-weight ``FluxTransformer2DModel`` and a 16-channel ``AutoencoderKL`` (the JSON configs in
@@ -13,6 +15,10 @@ import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, FluxPipeline, FluxTransformer2DModel
+from torch import Tensor
 
 CONFIGS = resources.files("fluxir") / "configs"
 
@@ -29,9 +35,6 @@ def build_transformer(config_name: str, seed: int = 0, device: str = "cpu", **ov
 
     ``overrides`` replace config fields, e.g. a narrow Flux with FLUX.1-dev's 19 + 38 blocks.
     """
-    import torch
-    from diffusers import FluxTransformer2DModel
-
     torch.manual_seed(seed)
     with torch.device(device):
         return FluxTransformer2DModel(**{**load_config(config_name), **overrides})
@@ -39,13 +42,21 @@ def build_transformer(config_name: str, seed: int = 0, device: str = "cpu", **ov
 
 def resolve_device(device: str, process_device: Any = None) -> str:
     """``auto``: this process's accelerate device when it is not the CPU, else cuda when available, else cpu."""
-    import torch
-
     if device != "auto":
         return device
     if process_device is not None and str(process_device) != "cpu":
         return str(process_device)
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def accelerate_cpu(device: str = "auto") -> bool:
+    """The ``cpu=`` argument of accelerate's ``PartialState`` / ``Accelerator`` for a ``device`` setting.
+
+    True when ``device`` is "cpu" or there is no CUDA: without ``cpu=True`` accelerate ignores
+    ``WORLD_SIZE`` on a CPU-only machine, so every process of a multi-process (gloo) launch thinks it
+    is alone and does all the work.
+    """
+    return device == "cpu" or not torch.cuda.is_available()
 
 
 def resolve_source(source: str) -> str:
@@ -137,9 +148,6 @@ def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu"):
     A local folder is checked first (``folder_problems``): every problem is reported at once, each naming
     its path. With ``HF_HUB_OFFLINE=1`` a hub id that is not in the local cache fails with a message naming it.
     """
-    import torch
-    from diffusers import DiffusionPipeline
-
     source = resolve_source(source)
     # Components listed as [null, null] (tiny folders have no text encoders) must be passed as None.
     index_file = Path(source) / "model_index.json"
@@ -165,10 +173,43 @@ def fixed_prompt_embeddings(transformer, seq_len: int = 8, seed: int = 0):
 
     Returns ``(prompt_embeds (1, seq_len, joint_attention_dim), pooled (1, pooled_projection_dim))``.
     """
-    import torch
-
     cfg = transformer.config
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randn(1, seq_len, cfg.joint_attention_dim, generator=gen)
     pooled = torch.randn(1, cfg.pooled_projection_dim, generator=gen)
     return prompt.to(transformer.dtype), pooled.to(transformer.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Latent packing and rope positions (the transformer sees 2x2 latent patches as tokens)
+
+
+# Adapted from diffusers.pipelines.flux.pipeline_flux.FluxPipeline._pack_latents (diffusers 0.42.1): the same
+# 2x2 patches, kept as a (h/2, w/2) grid so restoration can cut tiles from it; ``pack`` flattens it.
+def pack_grid(latents: Tensor) -> Tensor:
+    """(B, C, h, w) latent -> (B, h/2, w/2, 4C) token grid."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h // 2, w // 2, c * 4)
+
+
+# Adapted from diffusers.pipelines.flux.pipeline_flux.FluxPipeline._unpack_latents (diffusers 0.42.1), on the grid.
+def unpack_grid(grid: Tensor) -> Tensor:
+    """(B, h/2, w/2, 4C) token grid -> (B, C, h, w) latent; inverse of ``pack_grid``."""
+    b, h2, w2, d = grid.shape
+    return grid.view(b, h2, w2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h2 * 2, w2 * 2)
+
+
+def pack(z: Tensor) -> Tensor:
+    """(B, C, h, w) -> (B, h/2 * w/2, 4C): the transformer's token sequence (``FluxPipeline._pack_latents``)."""
+    return pack_grid(z).flatten(1, 2)
+
+
+def unpack(x: Tensor, h: int, w: int) -> Tensor:
+    """(B, h/2 * w/2, 4C) -> (B, C, h, w), the inverse of ``pack`` (h, w: latent size)."""
+    return unpack_grid(x.view(x.shape[0], h // 2, w // 2, -1))
+
+
+def image_ids(grid_h: int, grid_w: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Flux's rope positions (grid_h * grid_w, 3) of a (grid_h, grid_w) token grid (an (2 grid_h, 2 grid_w) latent)."""
+    # A private static method of FluxPipeline: diffusers 0.42.1 has no public equivalent; it needs no instance.
+    return FluxPipeline._prepare_latent_image_ids(None, grid_h, grid_w, device, dtype)

@@ -56,20 +56,6 @@ def wavelet_reconstruction(content: Tensor, style: Tensor) -> Tensor:
     return content_high + style_low
 
 
-def calc_mean_std(feat: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std (unbiased variance + eps) of (B, C, H, W), each (B, C, 1, 1)."""
-    b, c = feat.shape[:2]
-    var = feat.reshape(b, c, -1).var(dim=2) + eps
-    return feat.reshape(b, c, -1).mean(dim=2).reshape(b, c, 1, 1), var.sqrt().reshape(b, c, 1, 1)
-
-
-def adaptive_instance_normalization(content: Tensor, style: Tensor) -> Tensor:
-    """content normalised per channel, then given style's per-channel mean and std."""
-    style_mean, style_std = calc_mean_std(style)
-    content_mean, content_std = calc_mean_std(content)
-    return (content - content_mean) / content_std * style_std + style_mean
-
-
 def color_fix(image: np.ndarray, reference: np.ndarray, method: str = "wavelet", strip: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 restored image with the colour of ``reference`` (same shape), as uint8.
 

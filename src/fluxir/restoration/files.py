@@ -17,57 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from fluxir.restoration.sampler import RestoreConfig, Restorer, _progress_bar, upsample
+from fluxir.io import read_photo, write_png_atomic
+from fluxir.progress import progress as progress_bar
+from fluxir.restoration.sampler import RestoreConfig, Restorer, upsample
 
 logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Images in and out
-
-
-def read_photo(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """A photo file of any size and mode -> (RGB (H, W, 3) uint8, alpha (H, W) uint8 or None).
-
-    EXIF orientation is applied (``ImageOps.exif_transpose``); 16-bit greyscale is scaled to 8 bits
-    (v / 257, so 65535 -> 255); palette/greyscale/CMYK/... become RGB; an alpha channel (RGBA, LA,
-    palette transparency) is returned separately. An empty, corrupt, truncated or non-image file raises
-    ValueError starting with the path and saying why.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes)")
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now: truncation is caught here
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb_alpha(img)
-    except UnidentifiedImageError as err:
-        raise ValueError(f"{path}: not an image file PIL can read ({err})") from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: corrupt or truncated image ({err})") from err
-
-
-def _to_rgb_alpha(img: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        a = np.asarray(img).astype(np.float64)  # 16-bit greyscale (or 32-bit int) samples
-        if mode != "I" or a.max(initial=0) > 255:
-            a = a / 257.0  # 0..65535 -> 0..255
-        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2), None
-    if mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        a = a * 255.0 if a.max(initial=0) <= 1.0 else a  # floats in [0, 1] or already 0..255
-        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2), None
-    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info)
-    if has_alpha:
-        rgba = np.asarray(img.convert("RGBA"))
-        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
-    return np.asarray(img.convert("RGB")), None
+# Restoring files (read with ``fluxir.io.read_photo``: EXIF rotation, 16-bit, alpha kept apart)
 
 
 @dataclass
@@ -94,21 +52,6 @@ def restore_photo(restorer: Restorer, rgb: np.ndarray, alpha: np.ndarray | None,
     return out
 
 
-def restore_file(restorer: Restorer, src: str | Path, dst: str | Path, progress: bool = False) -> RestoreResult:
-    """Read ``src`` (any mode), restore it, write ``dst`` as PNG atomically (RGBA when the input had alpha).
-
-    Raises ValueError (path + reason) for an unreadable input.
-    """
-    from fluxir.io import write_png_atomic
-
-    rgb, alpha = read_photo(src)
-    start = time.perf_counter()
-    out = restore_photo(restorer, rgb, alpha, progress)
-    seconds = time.perf_counter() - start
-    write_png_atomic(Path(dst), out)
-    return RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]), seconds)
-
-
 def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple[str, str]], progress: bool = True
                   ) -> tuple[list[RestoreResult], list[dict[str, str]], float]:
     """Restore each (input, output) pair; returns (results, failures [{input, reason}], model load seconds).
@@ -116,12 +59,10 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
     An unreadable input (or one that runs out of accelerator memory) becomes a failure and the loop goes
     on. The model is loaded at the first readable input, so a folder of bad files fails fast.
     """
-    from fluxir.io import write_png_atomic
-
     results: list[RestoreResult] = []
     failures: list[dict[str, str]] = []
     restorer, load_seconds = None, 0.0
-    bar = _progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
     for src, dst in jobs:
         bar.set_postfix_str(Path(src).name)
         bar.update(1)

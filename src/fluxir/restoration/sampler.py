@@ -56,7 +56,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fluxir.models.flux import resolve_device
+from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
+from fluxir.models.flux import image_ids, pack_grid, resolve_device, unpack_grid
+from fluxir.progress import progress as progress_bar
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
 from fluxir.restoration.lowmem import attach_offload, check_modes, quantize_transformer
 
@@ -69,6 +71,18 @@ MULTIPLE = 16  # VAE downsampling 8 x 2x2 packing
 
 # ----------------------------------------------------------------------------------------------------
 # Configuration
+
+
+RESTORE_RULES = (
+    Rule("steps", "positive_int", note=" (paper: 20)"),
+    Rule("schedule", "choice", SCHEDULES),
+    Rule("color_fix", "choice", COLOR_FIX_METHODS),
+    Rule("seed", "nonneg_int"),
+    Rule("dtype", "choice", DTYPES),
+    Rule("batch_size", "positive_int"),
+    Rule("max_sequence_length", "positive_int", nullable=True),
+    Rule("control_scale", "number_at_least", 0, must="a number >= 0 (0: plain Flux, 1: as trained)"),
+)
 
 
 @dataclass
@@ -97,8 +111,6 @@ class RestoreConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
-        from fluxir.config import reject_unknown_keys
-
         if "guidance" in params:
             raise ValueError("restore.guidance is not a parameter: restoration uses the guidance the adapter was trained "
                              "with (train.adapter.guidance, saved in the adapter's config.json); remove it")
@@ -109,54 +121,32 @@ class RestoreConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the parameter for any value the restorer cannot use."""
-        if _bad_int(self.steps, 1):
-            raise ValueError(f"restore.steps must be a positive integer, got {self.steps!r} (paper: 20)")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"restore.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_fields(self, RESTORE_RULES, "restore.")
         if self.target_size is None:
-            if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not self.scale > 0:
-                raise ValueError(f"restore.scale must be a number > 0, got {self.scale!r}")
+            check_fields(self, [Rule("scale", "positive_number")], "restore.")
         else:
             size = self.target_size
             if isinstance(size, (list, tuple)):
-                if len(size) != 2 or any(_bad_int(s, 1) for s in size):
+                if len(size) != 2 or not all(is_int(s, 1) for s in size):
                     raise ValueError(f"restore.target_size must be an int (longer side) or [width, height] of positive "
                                      f"ints, got {size!r}")
                 self.target_size = [int(s) for s in size]
-            elif _bad_int(size, 1):
+            elif not is_int(size, 1):
                 raise ValueError(f"restore.target_size must be an int (longer side) or [width, height], got {size!r}")
         for name, overlap_name, multiple in (("tile_size", "tile_overlap", 16), ("vae_tile_size", "vae_tile_overlap", 8)):
             tile, overlap = getattr(self, name), getattr(self, overlap_name)
             if tile in (None, 0):
                 setattr(self, name, None)
                 continue
-            if _bad_int(tile, 2 * multiple) or tile % multiple:
+            if not is_int(tile, 2 * multiple) or tile % multiple:
                 raise ValueError(f"restore.{name} must be a multiple of {multiple} >= {2 * multiple} (or null: no "
                                  f"tiling), got {tile!r}")
-            if _bad_int(overlap, 0) or overlap % multiple or overlap > tile // 2:
+            if not is_int(overlap, 0) or overlap % multiple or overlap > tile // 2:
                 raise ValueError(f"restore.{overlap_name} must be a multiple of {multiple} in [0, {name}/2 = "
                                  f"{tile // 2}], got {overlap!r}")
-        if self.color_fix not in COLOR_FIX_METHODS:
-            raise ValueError(f"restore.color_fix must be one of {COLOR_FIX_METHODS}, got {self.color_fix!r}")
-        if _bad_int(self.seed, 0):
-            raise ValueError(f"restore.seed must be an integer >= 0, got {self.seed!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"restore.dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if _bad_int(self.batch_size, 1):
-            raise ValueError(f"restore.batch_size must be a positive integer, got {self.batch_size!r}")
-        if self.max_sequence_length is not None and _bad_int(self.max_sequence_length, 1):
-            raise ValueError(f"restore.max_sequence_length must be a positive integer or null, got "
-                             f"{self.max_sequence_length!r}")
-        if _bad_number(self.control_scale) or self.control_scale < 0:
-            raise ValueError(f"restore.control_scale must be a number >= 0 (0: plain Flux, 1: as trained), got "
-                             f"{self.control_scale!r}")
         if _bad_number(self.start_t) or not 0 < self.start_t <= 1:
             raise ValueError(f"restore.start_t must be a number in (0, 1] (1: from pure noise), got {self.start_t!r}")
         check_modes(self.offload, self.quantize)
-
-
-def _bad_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int) or value < minimum
 
 
 def _bad_number(value: Any) -> bool:
@@ -181,18 +171,6 @@ def round_up(n: int, multiple: int = MULTIPLE) -> int:
 
 # ----------------------------------------------------------------------------------------------------
 # Geometry: packing, tiles and their blending weights
-
-
-def pack(latents: Tensor) -> Tensor:
-    """(B, C, h, w) latent -> (B, h/2, w/2, 4C) token grid; ``FluxPipeline._pack_latents`` without the flatten."""
-    b, c, h, w = latents.shape
-    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h // 2, w // 2, c * 4)
-
-
-def unpack(grid: Tensor) -> Tensor:
-    """(B, h/2, w/2, 4C) token grid -> (B, C, h, w) latent; inverse of ``pack``."""
-    b, h2, w2, d = grid.shape
-    return grid.view(b, h2, w2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h2 * 2, w2 * 2)
 
 
 def tile_spans(length: int, tile: int | None, overlap: int) -> list[tuple[int, int]]:
@@ -291,6 +269,8 @@ def decode_tiled(vae: Any, latent: Tensor, tile: int | None, overlap: int, dtype
 # Sampler
 
 
+# Adapted from the timestep set-up of diffusers.pipelines.flux.pipeline_flux.FluxPipeline.__call__ (diffusers 0.42.1):
+# the same sigmas and shift, through the real scheduler, with the token count clamped.
 def sigmas_for(steps: int, schedule: str, scheduler_config: dict[str, Any] | None, image_seq_len: int) -> Tensor:
     """(steps + 1,) float32 times t_0 = 1 > ... > t_steps = 0 of the Euler integration.
 
@@ -407,12 +387,12 @@ class Restorer:
         ph, pw = round_up(height), round_up(width)
         padded = np.pad(reference, ((0, ph - height), (0, pw - width), (0, 0)), mode="edge")  # (ph, pw, 3)
 
-        z_lq = pack(encode_tiled(self.vae, padded, cfg.vae_tile_size, cfg.vae_tile_overlap, self.device,
+        z_lq = pack_grid(encode_tiled(self.vae, padded, cfg.vae_tile_size, cfg.vae_tile_overlap, self.device,
                                  self.vae_dtype))  # (1, ph/16, pw/16, 64)
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
         f = vae_factor(self.vae)
         noise = torch.randn(1, self.vae.config.latent_channels, ph // f, pw // f, generator=gen)  # z_1 (1, 16, h, w)
-        z = pack(noise).to(self.device)  # (1, ph/16, pw/16, 64), float32 throughout the integration
+        z = pack_grid(noise).to(self.device)  # (1, ph/16, pw/16, 64), float32 throughout the integration
         grid_h, grid_w = z.shape[1], z.shape[2]
 
         token_tile = cfg.tile_size and cfg.tile_size // MULTIPLE
@@ -423,7 +403,7 @@ class Restorer:
             sigmas = [cfg.start_t] + [s for s in sigmas if s < cfg.start_t]
             z = (1 - cfg.start_t) * z_lq + cfg.start_t * z
         steps = len(sigmas) - 1
-        bar = _progress_bar(total=steps, desc="steps", unit="step", leave=False, disable=not progress)
+        bar = progress_bar(total=steps, desc="steps", unit="step", leave=False, disable=not progress)
         for i, (t, t_next) in enumerate(itertools.pairwise(sigmas)):
             v = self._blended_velocity(z, z_lq, t, tiles)  # (1, grid_h, grid_w, 64)
             z = z + (t_next - t) * v  # Euler step of dz/dt = v (Eq. 7)
@@ -432,21 +412,19 @@ class Restorer:
                 on_step(i + 1, steps)
         bar.close()
 
-        out = decode_tiled(self.vae, unpack(z), cfg.vae_tile_size, cfg.vae_tile_overlap, self.vae_dtype)
+        out = decode_tiled(self.vae, unpack_grid(z), cfg.vae_tile_size, cfg.vae_tile_overlap, self.vae_dtype)
         out = out[:height, :width]  # (H, W, 3)
         return color_fix(out, reference, cfg.color_fix)
 
     def _blended_velocity(self, z: Tensor, z_lq: Tensor, t: float,
                           tiles: list[tuple[tuple[int, int, int, int], Tensor]]) -> Tensor:
         """Sum over tiles of weight * v_p(tile): each tile's velocity from the model on that tile alone."""
-        from diffusers import FluxPipeline
-
         from fluxir.models.adapter import controlled_flux_forward
 
         v = torch.zeros_like(z)
         (y0, y1, x0, x1), _ = tiles[0]
         th, tw = y1 - y0, x1 - x0  # every tile of an image has the same shape (tile_spans)
-        img_ids = FluxPipeline._prepare_latent_image_ids(None, th, tw, self.device, self.dtype)  # (th*tw, 3)
+        img_ids = image_ids(th, tw, self.device, self.dtype)  # (th*tw, 3)
         for lo in range(0, len(tiles), self.config.batch_size):
             batch = tiles[lo: lo + self.config.batch_size]
             b = len(batch)
@@ -476,13 +454,6 @@ def _to(module: Any, device: str | torch.device, dtype: torch.dtype | None = Non
     if param.device != torch.device(device) or param.dtype != dtype:
         module = module.to(device=device, dtype=dtype)
     return module
-
-
-def _progress_bar(**kwargs: Any) -> Any:
-    """A progress bar (or log lines off a terminal); a function because `progress` is a parameter name here."""
-    from fluxir.progress import progress
-
-    return progress(**kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -89,13 +88,13 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
     """
 
     from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
-    from fluxir.io import portable_path, read_image, sha256_file, write_png_atomic
+    from fluxir.io import hash_json, portable_path, read_image, sha256_file, write_json_atomic, write_png_atomic
     from fluxir.progress import progress
 
     cfg = DegradationConfig.from_dict(degrade.get("config", {}))
     seed = degrade["seed"]
     kept = selection[selection["keep"]]
-    key = hashlib.sha256(json.dumps([repr(cfg), seed, sorted(kept["config_key"].unique())]).encode()).hexdigest()[:12]
+    key = hash_json([repr(cfg), seed, sorted(kept["config_key"].unique())])
     hq_store, lq_store = pair_store.sub(key).sub("hq"), pair_store.sub(key).sub("lq")
     rows = []
     for row in progress(kept.itertuples(index=False), total=len(kept), desc="degrade", unit="pair"):
@@ -106,9 +105,7 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
             write_png_atomic(hq_path, hq)
             write_png_atomic(lq_path, lq)
             # Written last: its presence marks the pair as complete for a rerun.
-            info_tmp = info_path.with_name(f".{info_path.name}.tmp")
-            info_tmp.write_text(json.dumps(info, default=str))
-            info_tmp.replace(info_path)
+            write_json_atomic(info_path, info, default=str)
         info = json.loads(info_path.read_text())
         rows.append({
             "image_id": row.image_id, "source_path": row.path, "source_sha256": row.sha256,

@@ -1,0 +1,76 @@
+"""fluxir.io: atomic writes leave either the old or the new content, hashing sees every bit, the readers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fluxir.io import (
+    atomic_directory,
+    atomic_file,
+    hash_json,
+    hash_tensors,
+    image_size,
+    read_image,
+    read_photo,
+    write_atomic,
+    write_json_atomic,
+)
+
+
+def test_failed_file_write_keeps_the_old_content_and_leaves_no_temporary(tmp_path):
+    target = write_atomic(tmp_path / "sub" / "a.txt", "old")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt"]
+    write_json_atomic(target, {"b": 1, "a": [2]}, sort_keys=True)
+    assert json.loads(target.read_text()) == {"a": [2], "b": 1}
+
+
+def test_directory_is_replaced_whole_or_not_at_all(tmp_path):
+    folder = tmp_path / "adapter"
+    with atomic_directory(folder) as tmp:
+        open(f"{tmp}/x.json", "w").write("1")
+    assert (folder / "x.json").read_text() == "1"
+    with pytest.raises(RuntimeError), atomic_directory(folder) as tmp:
+        open(f"{tmp}/y.json", "w").write("2")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in folder.iterdir()) == ["x.json"], "a failed write left the old folder as it was"
+    with atomic_directory(folder) as tmp:
+        open(f"{tmp}/y.json", "w").write("2")
+    assert sorted(p.name for p in folder.iterdir()) == ["y.json"], "a new write replaces the whole folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"], "no temporary or old folder is left"
+
+
+def test_tensor_hash_sees_names_dtypes_shapes_and_every_bit():
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(3)}
+    ref = hash_tensors(state).hexdigest()
+    assert hash_tensors(dict(reversed(list(state.items())))).hexdigest() == ref, "order of the dict does not matter"
+    flipped = state["w"].clone()
+    flipped.view(torch.int32)[0, 0] ^= 1  # one bit of one value
+    for changed in ({**state, "w": flipped}, {**state, "w": state["w"].reshape(3, 2)},
+                    {**state, "w": state["w"].double()}, {"v": state["w"], "b": state["b"]}):
+        assert hash_tensors(changed).hexdigest() != ref
+    assert hash_json({"a": 1, "b": [1, 2]}) == hash_json({"b": [1, 2], "a": 1}) != hash_json({"a": 1, "b": [2, 1]})
+    assert len(hash_json([1], length=8)) == 8
+
+
+def test_readers_and_header_size(tmp_path):
+    rgba = np.zeros((5, 7, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 100
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    assert image_size(tmp_path / "a.png") == (7, 5)
+    assert read_image(tmp_path / "a.png").shape == (5, 7, 3)
+    rgb, alpha = read_photo(tmp_path / "a.png")
+    assert rgb.shape == (5, 7, 3) and (rgb[..., 0] == 200).all() and (alpha == 100).all()
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="bad.png: not a readable image"):
+        read_image(tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="bad.png: not an image file PIL can read"):
+        read_photo(tmp_path / "bad.png")
