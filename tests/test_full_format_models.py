@@ -234,7 +234,7 @@ def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_d
 def _restore_cfg(**overrides):
     from fluxir.restoration.sampler import RestoreConfig
 
-    params = {"steps": 4, "guidance": 4.0, "schedule": "flux_shift", "scale": 4, "tile_size": None,
+    params = {"steps": 4, "schedule": "flux_shift", "scale": 4, "tile_size": None,
               "vae_tile_size": None, "color_fix": "none", "seed": 3, "dtype": "float32", "device": "cpu",
               "max_sequence_length": 16}
     return RestoreConfig(**{**params, **overrides})
