@@ -164,7 +164,8 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
 
     from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, freeze_flux
     from fluxir.models.flux import build_transformer
-    from fluxir.training_data import decode_latents, image_ids
+    from fluxir.models.flux import image_ids
+    from fluxir.training_data import decode_latents
 
     width, height = SIZES[config]
     h, w = height // 8, width // 8
@@ -215,7 +216,7 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
     def flux_step():
         z = torch.randn(1, h * w // 4, 64, dtype=torch.bfloat16)
         controlled_flux_forward(flux, adapter, z, z, torch.randn(1, 512, 4096, dtype=torch.bfloat16),
-                                torch.randn(1, 768, dtype=torch.bfloat16), torch.rand(1), image_ids(h, w, "meta"),
+                                torch.randn(1, 768, dtype=torch.bfloat16), torch.rand(1), image_ids(h // 2, w // 2, "meta"),
                                 torch.zeros(512, 3), guidance=torch.full((1,), 3.5))
 
     def decode(px_h: int, px_w: int):

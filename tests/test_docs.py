@@ -79,7 +79,8 @@ def test_every_parameter_is_documented():
 
 def _node_names() -> set[str]:
     """``<pipeline>.<node>`` for every node named with a plain string in ``pipelines/<pipeline>/pipeline.py``."""
-    return {f"{folder.name}.{name}" for folder in (REPO / "src/fluxir/pipelines").iterdir() if folder.is_dir()
+    return {f"{folder.name}.{name}" for folder in (REPO / "src/fluxir/pipelines").iterdir()
+            if (folder / "pipeline.py").is_file()
             for name in re.findall(r'name="([^"]+)"', (folder / "pipeline.py").read_text())}
 
 

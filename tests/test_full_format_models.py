@@ -295,7 +295,7 @@ def test_training_target_has_the_sign_the_sampler_integrates(full_flux_dir, tmp_
             super().__init__()
             self.sign = sign
 
-        def forward(self, z_t, z_lq, prompt, pooled, t, img_ids, txt_ids, guidance):
+        def forward(self, z_t, z_lq, prompt, pooled, t, img_ids, txt_ids):  # ControlledFlux's signature
             return self.sign * euler_to_z0(z_t, t)
 
     flux = load_pipeline(str(full_flux_dir), dtype="float32").transformer

@@ -33,7 +33,8 @@ from fluxir.training import (
     sample_timesteps,
     train,
 )
-from fluxir.training_data import DataOrder, LatentCache, PairTable, decode_latents, pair_gaussians, unpack, vae_identity
+from fluxir.models.flux import unpack
+from fluxir.training_data import DataOrder, LatentCache, PairTable, decode_latents, pair_gaussians, vae_identity
 from fluxir.training_records import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]

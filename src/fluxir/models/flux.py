@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, FluxPipeline, FluxTransformer2DModel
+from diffusers import AutoencoderKL, DiffusionPipeline, FluxPipeline, FluxTransformer2DModel
 from torch import Tensor
 
 CONFIGS = resources.files("fluxir") / "configs"
@@ -38,6 +38,12 @@ def build_transformer(config_name: str, seed: int = 0, device: str = "cpu", **ov
     torch.manual_seed(seed)
     with torch.device(device):
         return FluxTransformer2DModel(**{**load_config(config_name), **overrides})
+
+
+def build_tiny_vae(seed: int = 0) -> AutoencoderKL:
+    """A random-weight 16-latent-channel ``AutoencoderKL`` (4 levels of 8 channels) from ``configs/tiny_vae.json``."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(**load_config("tiny_vae"))
 
 
 def resolve_device(device: str, process_device: Any = None) -> str:
