@@ -194,7 +194,7 @@ def _build(spec: MetricSpec, device: Any, extra: Mapping[str, Any] | None = None
     if plan.checkpoint is not None and plan.bare_tensor:
         iqa_weights.load_prompt_tensor(metric.net, plan.checkpoint)
     elif plan.checkpoint is not None:
-        iqa_weights.load_checkpoint(metric.net, plan.checkpoint, plan.only_prefix)
+        iqa_weights.load_checkpoint(metric.net, plan.checkpoint, plan.only_keys)
     metric.eval()
     return metric
 

@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -66,6 +67,8 @@ LPIPS_FILES = {
     "0.0_squeeze": "LPIPS_v0.0_squeeze-c27abd3a.pth", "0.1_alex": "LPIPS_v0.1_alex-df73285e.pth",
     "0.1_vgg": "LPIPS_v0.1_vgg-a78928a0.pth", "0.1_squeeze": "LPIPS_v0.1_squeeze-4a5350f2.pth",
 }
+# The LPIPS release holds lin0..lin4 only; pyiqa's `lins` list aliases the same layers.
+LPIPS_LINEAR_KEYS = r"lin\d+\."
 LPIPS_BACKBONES = {  # pyiqa loads alex/vgg ImageNet weights even with pnet_rand; squeeze honours it
     "alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth", "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
@@ -307,7 +310,7 @@ class LoadPlan:
 
     kwargs: dict[str, Any]
     checkpoint: Path | None = None  # loaded by load_checkpoint after pyiqa built the architecture
-    only_prefix: str | None = None  # the checkpoint covers only these keys of the network (LPIPS: "lin")
+    only_keys: str | None = None  # regex: the checkpoint covers only these keys of the network (LPIPS)
     bare_tensor: bool = False  # clipiqa+ RN50: the file is the prompt-context tensor alone
 
 
@@ -331,7 +334,7 @@ def load_plan(spec: MetricSpec) -> LoadPlan:
         plan.bare_tensor = opts.get("model_type") == "clipiqa+" and opts.get("backbone", "RN50") == "RN50"
     elif arch == "LPIPS" and opts.get("lpips", True):
         file = LPIPS_FILES.get(f"{opts.get('version', '0.1')}_{opts.get('net', 'alex')}")
-        plan.only_prefix = "lin"
+        plan.only_keys = LPIPS_LINEAR_KEYS
     if file in found:
         plan.kwargs["pretrained"] = False
         plan.checkpoint = found[file]
@@ -357,10 +360,10 @@ def _torch_load(path: Path) -> Any:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({err}); download it again") from err
 
 
-def load_checkpoint(net: Any, path: Path, only_prefix: str | None = None) -> None:
+def load_checkpoint(net: Any, path: Path, only_keys: str | None = None) -> None:
     """Load a pyiqa checkpoint (plain or ``{'params': state_dict}``) into ``net``, keys checked first.
 
-    ``only_prefix``: the file holds just the keys of ``net`` starting with it (LPIPS' linear layers).
+    ``only_keys``: a regex; the file holds just the keys of ``net`` matching it (LPIPS' linear layers).
     Raises a ValueError naming the file and the missing, unexpected or mis-shaped keys.
     """
     from pyiqa.archs.arch_util import clean_state_dict
@@ -371,7 +374,7 @@ def load_checkpoint(net: Any, path: Path, only_prefix: str | None = None) -> Non
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}; download the published file again")
     state = clean_state_dict(state)
-    own = {k: v for k, v in net.state_dict().items() if only_prefix is None or k.startswith(only_prefix)}
+    own = {k: v for k, v in net.state_dict().items() if only_keys is None or re.match(only_keys, k)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in set(own) & set(state)
@@ -381,11 +384,11 @@ def load_checkpoint(net: Any, path: Path, only_prefix: str | None = None) -> Non
                  (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
         raise ValueError(f"{path} does not fit {type(net).__name__}: " + "; ".join(parts)
                          + ". Is it the right file for this metric? Download the published one again.")
-    net.load_state_dict(state, strict=only_prefix is None)
+    net.load_state_dict(state, strict=only_keys is None)
 
 
 def load_prompt_tensor(net: Any, path: Path) -> None:
-    """clipiqa+ (RN50): the published file is the learned prompt context alone, shape (16, 512)."""
+    """clipiqa+ (RN50): the published file is the learned prompt context alone, (2 prompts, 16 tokens, 512)."""
     import torch
 
     ctx = _torch_load(path)

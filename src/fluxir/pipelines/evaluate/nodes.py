@@ -93,7 +93,7 @@ def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.Da
 
     outputs = pd.concat([restored, bicubic, baselines], ignore_index=True)
     return score_all(manifest, outputs, evaluate["metrics"], evaluate["convention"], evaluate["crop_border"],
-                     weights_dir=iqa.get("weights_dir"), device=iqa.get("device", "cpu"),
+                     weights_dir=iqa.get("weights_dir"), trust_weight_files=iqa.get("trust_weight_files", False), device=iqa.get("device", "cpu"),
                      batch_size=iqa.get("batch_size", 8))
 
 
