@@ -97,6 +97,9 @@ def test_fluxgen_scores_with_the_real_metric_names_offline(weight_home, kedro_pr
 
 
 def test_evaluate_scores_pretrained_lpips_offline(weight_home, kedro_project, no_network):
+    from test_evaluate import _save_identity_adapter
+
+    _save_identity_adapter(kedro_project)
     _set_params(kedro_project, "parameters_fluxgen.yml",
                 {"iqa": {"weights_dir": str(weight_home), "trust_weight_files": True}})
     metrics = {"full_reference": {"PSNR": "psnr", "SSIM": "ssim", "LPIPS": "lpips"}, "no_reference": {"MUSIQ": "musiq"}}
