@@ -170,7 +170,8 @@ def write_lpips_alex(home: Path) -> list[Path]:
         alexnet = _save(torchvision.models.alexnet().state_dict(), home / "hub" / "checkpoints" / w.LPIPS_BACKBONES["alex"])
     with _seeded(), _torch_home(home):  # pyiqa's LPIPS reads the AlexNet file just written
         net = LPIPS(pretrained=False, net="alex", version="0.1")
-    linear = {k: v for k, v in net.state_dict().items() if re.match(w.LPIPS_LINEAR_KEYS, k)}
+    # LPIPS training clamps its 1x1 channel weights at 0, so released files are non-negative (distances >= 0)
+    linear = {k: v.abs() for k, v in net.state_dict().items() if re.match(w.LPIPS_LINEAR_KEYS, k)}
     return [alexnet, _save(linear, home / "hub" / "pyiqa" / w.LPIPS_FILES["0.1_alex"])]
 
 

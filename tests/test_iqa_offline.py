@@ -79,6 +79,7 @@ def test_fixture_files_have_the_published_names_and_containers(weight_home):
     assert keys["visual.layer1.0.conv1.weight"].dtype == torch.float16
     assert set(torch.load(hub / "pyiqa" / w.MANIQA_FILES["pipal"], weights_only=False)) == {"params"}
     assert all(k.startswith("lin") and k[3].isdigit() for k in torch.load(hub / "pyiqa" / w.LPIPS_FILES["0.1_alex"]))
+    assert all((v >= 0).all() for v in torch.load(hub / "pyiqa" / w.LPIPS_FILES["0.1_alex"]).values())
     assert torch.load(hub / "pyiqa" / w.CLIPIQA_FILES["clipiqa+"]).shape == (2, 16, 512)  # good/bad prompts
 
 
@@ -102,7 +103,9 @@ def test_evaluate_scores_pretrained_lpips_offline(weight_home, kedro_project, no
     _save_identity_adapter(kedro_project)
     _set_params(kedro_project, "parameters_fluxgen.yml",
                 {"iqa": {"weights_dir": str(weight_home), "trust_weight_files": True}})
-    metrics = {"full_reference": {"PSNR": "psnr", "SSIM": "ssim", "LPIPS": "lpips"}, "no_reference": {"MUSIQ": "musiq"}}
+    # the real full-reference set; no-reference: the real MUSIQ, weight-free stand-ins for the others (kept short)
+    metrics = {"full_reference": {"PSNR": "psnr", "SSIM": "ssim", "LPIPS": "lpips"},
+               "no_reference": {"CLIPIQA": "entropy", "MANIQA": "piqe", "MUSIQ": "musiq"}}
     path = kedro_project / "conf" / "tiny" / "parameters_evaluate.yml"
     params = yaml.safe_load(path.read_text())
     params["evaluate"]["metrics"] = metrics
@@ -110,7 +113,7 @@ def test_evaluate_scores_pretrained_lpips_offline(weight_home, kedro_project, no
     path.write_text(yaml.safe_dump(params))
     kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=evaluate")
     per_image = pd.read_parquet(next((kedro_project / "data").rglob("evaluation_per_image.parquet")))
-    lpips = per_image[per_image["metric"] == "LPIPS"]
+    lpips = per_image[per_image["label"] == "LPIPS"]
     assert len(lpips) and lpips["value"].notna().all() and (lpips["value"] >= 0).all()
     assert not lpips["stand_in"].any(), "pretrained lpips is the real metric, not a stand-in"
 
