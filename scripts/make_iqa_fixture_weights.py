@@ -35,12 +35,12 @@ from fluxir.fluxgen import iqa_weights as w
 SEED = 0
 # OpenAI CLIP sizes (pyiqa.archs.clip_model.CLIP arguments), as build_model reads them from the files.
 CLIP_SIZES = {
-    "RN50": dict(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64,
-                 vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=512,
-                 transformer_heads=8, transformer_layers=12),
-    "ViT-L/14": dict(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
-                     vision_patch_size=14, context_length=77, vocab_size=49408, transformer_width=768,
-                     transformer_heads=12, transformer_layers=12),
+    "RN50": {"embed_dim": 1024, "image_resolution": 224, "vision_layers": (3, 4, 6, 3), "vision_width": 64,
+             "vision_patch_size": None, "context_length": 77, "vocab_size": 49408, "transformer_width": 512,
+             "transformer_heads": 8, "transformer_layers": 12},
+    "ViT-L/14": {"embed_dim": 768, "image_resolution": 224, "vision_layers": 24, "vision_width": 1024,
+                 "vision_patch_size": 14, "context_length": 77, "vocab_size": 49408, "transformer_width": 768,
+                 "transformer_heads": 12, "transformer_layers": 12},
 }
 
 

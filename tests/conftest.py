@@ -94,8 +94,9 @@ def no_network(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FLUXIR_NETGUARD_LOG", str(log))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")])))
     sys.path.insert(0, str(NETGUARD))
-    import netguard
     import socket
+
+    import netguard
 
     netguard.install(log)
     try:

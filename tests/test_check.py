@@ -13,10 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import REPO
+from safetensors.torch import load_file, save_file
 
 
 def _check(project: Path, *params: str) -> subprocess.CompletedProcess:
@@ -89,9 +87,9 @@ def test_broken_setup_lists_every_problem(broken_project, tmp_path):
     corrupt = tiny / "flux" / "transformer" / "diffusion_pytorch_model.safetensors"
     expected = [
         f"fluxgen.model: transformer  {corrupt} is not a readable safetensors file",
-        f"train.model: vae",
+        "train.model: vae",
         "missing ['decoder.conv_out.weight'] (1), unexpected ['decoder.conv_out.renamed'] (1)",
-        f"restore.model: vae",
+        "restore.model: vae",
         f"component folder {tiny / 'no_vae' / 'vae'} is missing",
         "fluxir_adapter              FluxIR adapter does not fit this Flux transformer",
         f"musiq needs musiq_koniq_ckpt-e95806b9.pth in {empty_weights.resolve() / 'hub' / 'pyiqa'}",

@@ -24,7 +24,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, kedro_run
 
 SCRIPT = REPO / "scripts" / "make_iqa_fixture_weights.py"

@@ -65,7 +65,7 @@ def safetensors_keys(files: Iterable[Path]) -> set[str]:
         try:
             with safe_open(str(file), framework="pt") as handle:
                 keys.update(handle.keys())
-        except Exception as err:  # safetensors raises its own SafetensorError, OSError, ...
+        except Exception as err:  # noqa: BLE001  (safetensors raises its own SafetensorError, OSError, ...)
             raise ValueError(f"{file} is not a readable safetensors file ({err}); download it again") from err
     return keys
 
@@ -142,7 +142,7 @@ def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Fi
                             else Finding("OK", "model", label, f"{entry[1]} loads"))
             if name == "transformer" and model is not None:
                 cache[str(folder.resolve())] = model
-        except Exception as err:  # one line per broken component, never a crash of the whole report
+        except Exception as err:  # noqa: BLE001  (one line per broken component, never a crash of the report)
             where = "" if str(sub) in str(err) else f"{sub}: {type(err).__name__}: "  # name the path once
             findings.append(Finding("FAIL", "model", label, f"{where}{err}"))
     return findings
@@ -170,7 +170,7 @@ def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str,
         return [Finding("WARN", "adapter", "fluxir_adapter", "no trained adapter yet (train first; restore needs one)")]
     try:
         adapter = catalog.load("fluxir_adapter")
-    except Exception as err:  # reported, not raised: the rest of the report still matters
+    except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
         return [Finding("FAIL", "adapter", "fluxir_adapter", f"{type(err).__name__}: {err}")]
     flux = cache.get(str(Path(str(flux_folder)).expanduser().resolve())) if flux_folder else None
     if flux is None:

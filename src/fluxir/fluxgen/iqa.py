@@ -300,6 +300,7 @@ def score_no_reference(
     """
     import pandas as pd
     import torch
+
     from fluxir.progress import progress as progress_bar
 
     _check_batch_size(batch_size)
@@ -339,6 +340,30 @@ def _fr_plan(spec: MetricSpec, convention: str) -> tuple[dict[str, Any], str]:
     return {}, ""  # read from the built metric
 
 
+def _cropped_pairs(restored: Iterable[Any], reference: Iterable[Any], crop_border: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(restored, reference) HxWx3 uint8 pairs in order, ``crop_border`` pixels cut from each side; sizes checked."""
+    restored_iter, reference_iter = iter(restored), iter(reference)
+    index = 0
+    while True:
+        a = next(restored_iter, None)
+        b = next(reference_iter, None)
+        if a is None and b is None:
+            return
+        if a is None or b is None:
+            which = "restored" if a is None else "reference"
+            raise ValueError(f"restored and reference differ in length: {which} ran out at image {index}")
+        x, y = _as_rgb_uint8(a, index), _as_rgb_uint8(b, index)
+        if x.shape != y.shape:
+            raise ValueError(f"image {index}: restored is {x.shape[:2]} but reference is {y.shape[:2]} (HxW must match)")
+        if min(x.shape[:2]) <= 2 * crop_border:
+            raise ValueError(f"image {index}: size {x.shape[:2]} is too small for crop_border={crop_border} on each side")
+        if crop_border:
+            x = x[crop_border:-crop_border, crop_border:-crop_border]
+            y = y[crop_border:-crop_border, crop_border:-crop_border]
+        yield x, y
+        index += 1
+
+
 def score_full_reference(
     restored: Iterable[Any],
     reference: Iterable[Any],
@@ -364,6 +389,7 @@ def score_full_reference(
     """
     import pandas as pd
     import torch
+
     from fluxir.progress import progress as progress_bar
 
     if convention not in CONVENTIONS:
@@ -388,31 +414,9 @@ def score_full_reference(
             conv = ("ycbcr" if getattr(net, "color_space", "yiq") == "ycbcr" else "y") if y else "rgb"
         conventions[s.name] = conv
 
-    def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        restored_iter, reference_iter = iter(restored), iter(reference)
-        index = 0
-        while True:
-            a = next(restored_iter, None)
-            b = next(reference_iter, None)
-            if a is None and b is None:
-                return
-            if a is None or b is None:
-                which = "restored" if a is None else "reference"
-                raise ValueError(f"restored and reference differ in length: {which} ran out at image {index}")
-            x, y = _as_rgb_uint8(a, index), _as_rgb_uint8(b, index)
-            if x.shape != y.shape:
-                raise ValueError(f"image {index}: restored is {x.shape[:2]} but reference is {y.shape[:2]} (HxW must match)")
-            if min(x.shape[:2]) <= 2 * crop_border:
-                raise ValueError(f"image {index}: size {x.shape[:2]} is too small for crop_border={crop_border} on each side")
-            if crop_border:
-                x = x[crop_border:-crop_border, crop_border:-crop_border]
-                y = y[crop_border:-crop_border, crop_border:-crop_border]
-            yield x, y
-            index += 1
-
     values: dict[int, dict[str, float]] = {}
     with progress_bar(total=_len_or_none(restored), desc="IQA (full-reference)", unit="img", disable=not progress) as bar:
-        for indices, batch in _batches(pairs(), batch_size):
+        for indices, batch in _batches(_cropped_pairs(restored, reference, crop_border), batch_size):
             x = _to_tensor([p[0] for p in batch], device)
             y = _to_tensor([p[1] for p in batch], device)
             with torch.inference_mode():
