@@ -102,3 +102,43 @@ def test_broken_setup_lists_every_problem(broken_project, tmp_path):
         assert text in fails, f"{text!r} not in:\n{fails}"
     summary = result.stdout.splitlines()[-1]
     assert f"{len(_lines(result, 'FAIL'))} FAIL" in summary and len(_lines(result, "FAIL")) >= 9
+
+
+def _with_text_components(folder: Path) -> Path:
+    """The tiny Flux folder plus tiny CLIP / T5 text encoders and a CLIP tokenizer, as in FLUX.1-dev's layout."""
+    import json
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+
+    CLIPTextModel(CLIPTextConfig(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, projection_dim=32, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1)).save_pretrained(folder / "text_encoder")
+    T5EncoderModel(T5Config(vocab_size=6, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2)).save_pretrained(
+        folder / "text_encoder_2")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5}
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder / "tokenizer")
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(text_encoder=["transformers", "CLIPTextModel"], text_encoder_2=["transformers", "T5EncoderModel"],
+                 tokenizer=["transformers", "CLIPTokenizer"])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_text_encoders_and_tokenizer_class(tmp_path):
+    """transformers components: tied T5 embeddings are not a missing key; a tokenizer of another class is named."""
+    import json
+
+    from fluxir.check import check_model_folder
+
+    folder = _with_text_components(Path(shutil.copytree(REPO / "data" / "01_raw" / "tiny" / "flux", tmp_path / "flux")))
+    good = {f.item: f for f in check_model_folder("m", str(folder), {})}
+    assert {i: f.status for i, f in good.items()} == {
+        f"m: {c}": "OK" for c in ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "transformer", "vae")}
+    assert good["m: text_encoder_2"].detail.startswith("T5EncoderModel")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["tokenizer"] = ["transformers", "T5TokenizerFast"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    bad = {f.item: f for f in check_model_folder("m", str(folder), {})}["m: tokenizer"]
+    assert bad.status == "FAIL"
+    assert f"{folder / 'tokenizer' / 'tokenizer_config.json'} holds a CLIPTokenizer" in bad.detail
+    assert "model_index.json declares T5TokenizerFast" in bad.detail

@@ -96,6 +96,11 @@ def _meta_model(library: str, class_name: str, folder: Path) -> Any:
     if library == "transformers" and hasattr(cls, "config_class") and hasattr(cls, "state_dict"):
         with init_empty_weights():
             return cls(cls.config_class.from_pretrained(folder))
+    saved = folder / "tokenizer_config.json"
+    saved_class = json.loads(saved.read_text()).get("tokenizer_class") if saved.is_file() else None
+    if saved_class and saved_class.removesuffix("Fast") != class_name.removesuffix("Fast"):
+        raise ValueError(f"{saved} holds a {saved_class}, but model_index.json declares {class_name}: "
+                         f"replace it with the pipeline's own {folder.name} folder")
     cls.from_pretrained(folder)  # tokenizers and schedulers: small files, loaded for real
     return None
 
@@ -108,13 +113,27 @@ def _key_finding(name: str, folder: Path, model: Any, library: str) -> Finding:
             return Finding("WARN", "model", name, f"{folder}: {bins} are not safetensors; keys not checked")
         return Finding("FAIL", "model", name, f"{folder}: no weight file (*.safetensors)")
     stored, wanted = safetensors_keys(files), set(model.state_dict())
+    if hasattr(model, "get_expanded_tied_weights_keys"):  # transformers: tied copies are not stored (T5's embed_tokens)
+        wanted -= set(model.get_expanded_tied_weights_keys(all_submodels=True))
     missing, unexpected = sorted(wanted - stored), sorted(stored - wanted)
     if not missing and not unexpected:
         return Finding("OK", "model", name, f"{type(model).__name__}, {len(wanted)} tensors in {len(files)} file(s)")
-    # transformers ties and renames some weights at load time (e.g. T5's encoder.embed_tokens): warn only
+    # transformers may rename legacy checkpoint keys at load time: a difference there is a warning only
     status = "FAIL" if library == "diffusers" else "WARN"
     return Finding(status, "model", name, f"{folder}: keys differ from {type(model).__name__}: missing {missing[:3]} "
                    f"({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})")
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot of a hub id in the Hugging Face cache (what an offline run would load), or None."""
+    from huggingface_hub import snapshot_download
+
+    if repo_id.count("/") != 1:
+        return None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001  (not cached, or not a valid id: both mean "not available offline")
+        return None
 
 
 def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Finding]:
@@ -123,8 +142,11 @@ def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Fi
         return [Finding("WARN", "model", role, "not set")]
     folder = Path(str(source)).expanduser().resolve()
     if not folder.is_dir():
-        return [Finding("FAIL", "model", role, f"{source!r} is not a local folder; runs are offline: download it "
-                        f"first (huggingface-cli download {source} --local-dir DIR) and set {role}: DIR")]
+        folder = _cached_snapshot(str(source))
+    if folder is None:
+        return [Finding("FAIL", "model", role, f"{source!r} is neither a local folder nor in the Hugging Face cache; "
+                        f"runs are offline: download it first (huggingface-cli download {source} --local-dir DIR) "
+                        f"and set {role}: DIR")]
     index = folder / "model_index.json"
     if not index.is_file():
         return [Finding("FAIL", "model", role, f"{folder} has no model_index.json (not a diffusers pipeline folder)")]
@@ -328,16 +350,19 @@ def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> l
     params = load_params(env, overrides or [], project)
     findings: list[Finding] = []
     cache: dict[str, Any] = {}
-    checked: dict[str, str] = {}  # folder -> the role it was checked for
+    checked: dict[str, tuple[str, str]] = {}  # folder -> (the role it was checked for, its worst status)
     for role, keys in _MODEL_ROLES.items():
         source = _get(params, *keys)
         if source is None:
             continue
         if str(source) in checked:
-            findings.append(Finding("OK", "model", role, f"same folder as {checked[str(source)]}"))
+            first, status = checked[str(source)]
+            findings.append(Finding(status, "model", role, f"same folder as {first} (see there)"))
             continue
-        checked[str(source)] = role
-        findings += check_model_folder(role, source, cache)
+        found = check_model_folder(role, source, cache)
+        worst = next((s for s in ("FAIL", "WARN") if any(f.status == s for f in found)), "OK")
+        checked[str(source)] = (role, worst)
+        findings += found
     findings += check_adapter(project, env, _get(params, "restore", "model"), cache)
     findings += check_iqa(params)
     findings += check_benchmarks(params)
