@@ -108,7 +108,13 @@ def _with_text_components(folder: Path) -> Path:
     """The tiny Flux folder plus tiny CLIP / T5 text encoders and a CLIP tokenizer, as in FLUX.1-dev's layout."""
     import json
 
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        T5Config,
+        T5EncoderModel,
+    )
 
     CLIPTextModel(CLIPTextConfig(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                  num_attention_heads=2, projection_dim=32, bos_token_id=0, eos_token_id=1,

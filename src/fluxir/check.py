@@ -65,7 +65,7 @@ def safetensors_keys(files: Iterable[Path]) -> set[str]:
         try:
             with safe_open(str(file), framework="pt") as handle:
                 keys.update(handle.keys())
-        except Exception as err:  # noqa: BLE001  (safetensors raises its own SafetensorError, OSError, ...)
+        except Exception as err:  # safetensors raises its own SafetensorError, OSError, ...
             raise ValueError(f"{file} is not a readable safetensors file ({err}); download it again") from err
     return keys
 

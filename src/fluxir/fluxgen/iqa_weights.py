@@ -372,7 +372,8 @@ def load_checkpoint(net: Any, path: Path, only_keys: str | None = None) -> None:
     if isinstance(state, dict) and isinstance(state.get("params"), dict):
         state = state["params"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}; download the published file again")
+        raise ValueError(  # noqa: TRY004  (a bad file, not a bad argument: same error as every other bad file)
+            f"{path}: expected a state dict, found {type(state).__name__}; download the published file again")
     state = clean_state_dict(state)
     own = {k: v for k, v in net.state_dict().items() if only_keys is None or re.match(only_keys, k)}
     missing = sorted(set(own) - set(state))
