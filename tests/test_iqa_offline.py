@@ -206,3 +206,21 @@ def test_clipiqa_vitl14_scores_offline(tmp_path, no_network):
     assert result.returncode == 0, result.stderr[-3000:]
     score = float(result.stdout.split("SCORE")[-1])
     assert 0.0 <= score <= 1.0
+
+
+def test_preflight_check_builds_the_metrics_and_names_a_broken_file(weight_home, kedro_project, tmp_path, no_network):
+    """python -m fluxir.check builds each IQA metric from its files: a wrong key fails before any run."""
+    home = _broken_home(weight_home, tmp_path)
+    musiq_file = home / "hub" / "pyiqa" / "musiq_koniq_ckpt-e95806b9.pth"
+    musiq = torch.load(musiq_file, weights_only=False)
+    musiq["head.renamed.weight"] = musiq.pop("head.weight")
+    _replace(musiq_file, musiq)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    params = f"iqa.metrics=[musiq],iqa.weights_dir={home},iqa.trust_weight_files=true"
+    result = subprocess.run([sys.executable, "-m", "fluxir.check", "--env", "tiny", "--params", params],
+                            cwd=kedro_project, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1 and "iqa          musiq" in fails[0], result.stdout
+    assert f"{musiq_file} does not fit MUSIQ" in fails[0] and "['head.renamed.weight']" in fails[0]
+    assert "OK    iqa          lpips" in result.stdout  # evaluate's stand-in still builds

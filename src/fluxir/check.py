@@ -1,9 +1,10 @@
 """Preflight check before a long run: ``python -m fluxir.check --env base [--params k=v,...]``.
 
-One table of OK / WARN / FAIL lines for everything a real run needs, checked without GPU time and
-without loading any weight tensor: each model folder's components (configs built on the meta device,
-weight-file keys read from safetensors headers and compared with the architecture), the trained adapter
-against the Flux it will drive, every IQA weight file, the benchmark folders and their pair counts, free
+One table of OK / WARN / FAIL lines for everything a real run needs, checked without GPU time: each
+model folder's components (configs built on the meta device, weight-file keys read from safetensors
+headers and compared with the architecture; no tensor loaded), the trained adapter against the Flux it
+will drive, every IQA weight file (each metric then built on the CPU by the run's own loaders, which
+compare checkpoint keys), the benchmark folders and their pair counts, free
 disk for ``fluxgen.num_images``, accelerator memory against the budget of docs/full_scale.md, and the
 installed packages against pyproject.toml. Every problem is listed; the exit status is 1 if any FAILs.
 
@@ -226,11 +227,22 @@ def check_iqa(params: Mapping[str, Any]) -> list[Finding]:
         problems = iqa_weights.file_problems([spec])
         findings += [Finding("FAIL", "iqa", spec.name, problem) for problem in problems]
         if not problems:
-            files = [p.name for p in iqa.required_weight_files(spec)]
-            known = iqa_weights.plan_files(spec)[1]
-            findings.append(Finding("OK" if known else "WARN", "iqa", spec.name,
-                                    (", ".join(files) or "no weight file") + ("" if known else "; files not known here")))
+            findings.append(_build_metric(spec))
     return findings
+
+
+def _build_metric(spec: Any) -> Finding:
+    """Build the metric on the CPU from its files: the same loaders, key checks included, as a run."""
+    from fluxir.fluxgen import iqa, iqa_weights
+
+    files = ", ".join(p.name for p in iqa.required_weight_files(spec)) or "no weight file"
+    try:
+        iqa.create_metrics([spec], "cpu")
+    except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
+        return Finding("FAIL", "iqa", spec.name, f"{type(err).__name__}: {err}")
+    known = iqa_weights.plan_files(spec)[1]
+    return Finding("OK" if known else "WARN", "iqa", spec.name,
+                   f"{files}; builds on the CPU" + ("" if known else "; its files are not known here"))
 
 
 def _pair_count(spec: Any) -> int:
