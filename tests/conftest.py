@@ -100,3 +100,34 @@ def _isolate_mlflow_tracking_uri():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+NETGUARD = REPO / "tests" / "netguard"
+
+
+@pytest.fixture
+def no_network(tmp_path_factory, monkeypatch):
+    """Fail the test on any non-loopback connection, here and in subprocesses started from it.
+
+    Subprocesses inherit PYTHONPATH with tests/netguard first, whose sitecustomize installs the same
+    guard; every attempt is logged, so one swallowed by a library still fails the test.
+    """
+    import sys
+
+    log = tmp_path_factory.mktemp("netguard") / "attempts.log"
+    log.touch()
+    monkeypatch.setenv("FLUXIR_NETGUARD_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")])))
+    sys.path.insert(0, str(NETGUARD))
+    import socket
+
+    import netguard
+
+    netguard.install(log)
+    try:
+        yield log
+    finally:
+        socket._fluxir_netguard_restore()
+        sys.path.remove(str(NETGUARD))
+    attempts = log.read_text()
+    assert not attempts, f"network access attempted (blocked):\n{attempts[:4000]}"

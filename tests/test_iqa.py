@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from fluxir.fluxgen import iqa
+from fluxir.fluxgen import iqa, iqa_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,20 +176,20 @@ def test_weight_table_matches_pyiqa_urls():
     )
 
     base = lambda url: url.rsplit("/", 1)[-1]
-    for key, file in iqa._MUSIQ_FILES.items():
+    for key, file in iqa_weights.MUSIQ_FILES.items():
         assert base(musiq_arch.default_model_urls[key]) == file
-    for key, file in iqa._MANIQA_FILES.items():
+    for key, file in iqa_weights.MANIQA_FILES.items():
         assert base(maniqa_arch.default_model_urls[key]) == file
-    for key, file in iqa._CLIPIQA_FILES.items():
+    for key, file in iqa_weights.CLIPIQA_FILES.items():
         assert base(clipiqa_arch.default_model_urls[key]) == file
-    for key, file in iqa._LPIPS_FILES.items():
+    for key, file in iqa_weights.LPIPS_FILES.items():
         assert base(lpips_arch.default_model_urls[key]) == file
-    for name, (sha, file) in iqa._CLIP_BACKBONES.items():
-        assert clip_model._MODELS[name] == f"{iqa._CLIP_URL}{sha}/{file}"
-    assert set(iqa._CLIP_NAMES) == set(clip_model._MODELS)
-    assert base(tvm.AlexNet_Weights.IMAGENET1K_V1.url) == iqa._LPIPS_BACKBONES["alex"]
-    assert base(tvm.VGG16_Weights.IMAGENET1K_V1.url) == iqa._LPIPS_BACKBONES["vgg"]
-    assert base(tvm.SqueezeNet1_1_Weights.IMAGENET1K_V1.url) == iqa._LPIPS_BACKBONES["squeeze"]
+    for name, (sha, file) in iqa_weights.CLIP_BACKBONES.items():
+        assert clip_model._MODELS[name] == f"{iqa_weights.CLIP_URL}{sha}/{file}"
+    assert set(iqa_weights.CLIP_NAMES) == set(clip_model._MODELS)
+    assert base(tvm.AlexNet_Weights.IMAGENET1K_V1.url) == iqa_weights.LPIPS_BACKBONES["alex"]
+    assert base(tvm.VGG16_Weights.IMAGENET1K_V1.url) == iqa_weights.LPIPS_BACKBONES["vgg"]
+    assert base(tvm.SqueezeNet1_1_Weights.IMAGENET1K_V1.url) == iqa_weights.LPIPS_BACKBONES["squeeze"]
 
 
 def test_missing_weights_one_error_before_any_scoring(tmp_path):

@@ -196,7 +196,8 @@ def parse_metric_groups(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]
 
 
 def score_all(manifest: pd.DataFrame, outputs: pd.DataFrame, metrics: Mapping[str, Any], convention: str,
-              crop_border: int, weights_dir: str | None = None, device: str = "cpu", batch_size: int = 8) -> pd.DataFrame:
+              crop_border: int, weights_dir: str | None = None, trust_weight_files: bool = False, device: str = "cpu",
+              batch_size: int = 8) -> pd.DataFrame:
     """Score every output: the long per-image table of ``fluxir.evaluation.report.PER_IMAGE_COLUMNS``.
 
     All weight files are checked before anything is scored (one error listing every missing file).
@@ -205,7 +206,7 @@ def score_all(manifest: pd.DataFrame, outputs: pd.DataFrame, metrics: Mapping[st
     from fluxir.evaluation.report import PER_IMAGE_COLUMNS, is_stand_in
 
     groups = parse_metric_groups(metrics)
-    iqa.configure_weights(weights_dir)
+    iqa.configure_weights(weights_dir, trust_weight_files)
     iqa.check_weights([*groups["full_reference"].values(), *groups["no_reference"].values()])
     table = outputs.merge(manifest[["dataset", "image", "hq_path"]], on=["dataset", "image"], how="left",
                           validate="many_to_one").reset_index(drop=True)

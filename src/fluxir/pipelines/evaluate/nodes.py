@@ -67,8 +67,8 @@ def find_baselines(manifest: pd.DataFrame, baselines_dir: str, scale: int) -> pd
 
 
 def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.DataFrame, baselines: pd.DataFrame,
-                  metrics: dict[str, Any], convention: str, crop_border: int, weights_dir: str | None, device: str,
-                  batch_size: int) -> pd.DataFrame:
+                  metrics: dict[str, Any], convention: str, crop_border: int, weights_dir: str | None,
+                  trust_weight_files: bool, device: str, batch_size: int) -> pd.DataFrame:
     """Per-image scores of every method: full-reference where HQ exists, no-reference everywhere.
 
     Long table: dataset, method, image, label, metric, value, convention, crop_border, higher_is_better, stand_in.
@@ -76,8 +76,8 @@ def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.Da
     from fluxir.evaluation.scoring import score_all
 
     outputs = pd.concat([restored, bicubic, baselines], ignore_index=True)
-    return score_all(manifest, outputs, metrics, convention, crop_border, weights_dir=weights_dir, device=device,
-                     batch_size=batch_size)
+    return score_all(manifest, outputs, metrics, convention, crop_border, weights_dir=weights_dir,
+                     trust_weight_files=trust_weight_files, device=device, batch_size=batch_size)
 
 
 def summarize_metrics(per_image: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:

@@ -49,7 +49,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  "eval_baseline_images", name="find_baselines"),
             Node(score_outputs,
                  [*OUTPUTS, "params:evaluate.metrics", "params:evaluate.convention", "params:evaluate.crop_border",
-                  "params:iqa.weights_dir", "params:iqa.device", "params:iqa.batch_size"],
+                  "params:iqa.weights_dir", "params:iqa.trust_weight_files", "params:iqa.device", "params:iqa.batch_size"],
                  "evaluation_per_image", name="score_outputs"),
             Node(summarize_metrics, "evaluation_per_image", ["evaluation_means", "evaluation_metrics"],
                  name="summarize_metrics"),

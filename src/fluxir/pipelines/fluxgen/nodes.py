@@ -41,7 +41,7 @@ def score_images(generated: pd.DataFrame, iqa: dict[str, Any]) -> pd.DataFrame:
     from fluxir.io import read_image
 
     specs = [iqa_lib.MetricSpec.parse(s) for s in iqa["metrics"]]
-    iqa_lib.configure_weights(iqa.get("weights_dir"))
+    iqa_lib.configure_weights(iqa.get("weights_dir"), iqa.get("trust_weight_files", False))
     iqa_lib.check_weights(specs)
     images = (read_image(p) for p in generated["path"])
     scores = iqa_lib.score_no_reference(images, specs, batch_size=iqa.get("batch_size", 8), device=iqa.get("device", "cpu"))

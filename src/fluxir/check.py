@@ -1,0 +1,407 @@
+"""Preflight check before a long run: ``python -m fluxir.check --env base [--params k=v,...]``.
+
+One table of OK / WARN / FAIL lines for everything a real run needs, checked without GPU time: each
+model folder's components (configs built on the meta device, weight-file keys read from safetensors
+headers and compared with the architecture; no tensor loaded), the trained adapter against the Flux it
+will drive, every IQA weight file (each metric then built on the CPU by the run's own loaders, which
+compare checkpoint keys), the benchmark folders and their pair counts, free
+disk for ``fluxgen.num_images``, accelerator memory against the budget of docs/full_scale.md, and the
+installed packages against pyproject.toml. Every problem is listed; the exit status is 1 if any FAILs.
+
+A module rather than a Kedro project ``cli.py``: Kedro takes ``run`` from a project ``cli.py`` when one
+exists, so adding one would mean carrying a copy of Kedro's ``run`` command; this leaves it untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fluxir.config import load_params
+
+# Accelerator memory a real run needs per GPU (GB of the card's label), from docs/full_scale.md "Memory".
+BUDGET_GB = {"generation": 40, "restoration": 32, "training (batch 1)": 48, "training (batch >= 2)": 80}
+# Estimated PNG size of generated/HQ/LQ images: raw RGB is 3 B/px; photographic PNGs keep ~50-70% of it.
+PNG_BYTES_PER_PIXEL = 2.0
+_MODEL_ROLES = {"fluxgen.model": ("fluxgen", "model"), "train.model": ("train", "model"),
+                "restore.model": ("restore", "model"), "evaluate.restore.model": ("evaluate", "restore", "model")}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report."""
+
+    status: str  # "OK", "WARN" or "FAIL"
+    area: str
+    item: str
+    detail: str
+
+
+def _get(params: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    node: Any = params
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+# ----------------------------------------------------------------------------- model folders
+
+
+def safetensors_keys(files: Iterable[Path]) -> set[str]:
+    """Tensor names stored in safetensors files, read from their headers (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                keys.update(handle.keys())
+        except Exception as err:  # safetensors raises its own SafetensorError, OSError, ...
+            raise ValueError(f"{file} is not a readable safetensors file ({err}); download it again") from err
+    return keys
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = sorted(folder.glob("*.safetensors.index.json"))
+    if index:
+        shards = set(json.loads(index[0].read_text())["weight_map"].values())
+        missing = [s for s in sorted(shards) if not (folder / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: shard(s) {missing} named in {index[0].name} are missing")
+        return [folder / s for s in sorted(shards)]
+    return sorted(folder.glob("*.safetensors"))
+
+
+def _meta_model(library: str, class_name: str, folder: Path) -> Any:
+    """The component's module built from its config on the meta device, or None for non-modules."""
+    import importlib
+
+    from accelerate import init_empty_weights
+
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if cls is None:
+        raise ValueError(f"{folder}: model_index.json names {library}.{class_name}, which {library} does not have")
+    if library == "diffusers" and hasattr(cls, "from_config") and hasattr(cls, "state_dict"):
+        with init_empty_weights():
+            return cls.from_config(cls.load_config(folder))
+    if library == "transformers" and hasattr(cls, "config_class") and hasattr(cls, "state_dict"):
+        with init_empty_weights():
+            return cls(cls.config_class.from_pretrained(folder))
+    saved = folder / "tokenizer_config.json"
+    saved_class = json.loads(saved.read_text()).get("tokenizer_class") if saved.is_file() else None
+    if saved_class and saved_class.removesuffix("Fast") != class_name.removesuffix("Fast"):
+        raise ValueError(f"{saved} holds a {saved_class}, but model_index.json declares {class_name}: "
+                         f"replace it with the pipeline's own {folder.name} folder")
+    cls.from_pretrained(folder)  # tokenizers and schedulers: small files, loaded for real
+    return None
+
+
+def _key_finding(name: str, folder: Path, model: Any, library: str) -> Finding:
+    files = _weight_files(folder)
+    if not files:
+        bins = sorted(p.name for p in folder.glob("*.bin"))
+        if bins:
+            return Finding("WARN", "model", name, f"{folder}: {bins} are not safetensors; keys not checked")
+        return Finding("FAIL", "model", name, f"{folder}: no weight file (*.safetensors)")
+    stored, wanted = safetensors_keys(files), set(model.state_dict())
+    if hasattr(model, "get_expanded_tied_weights_keys"):  # transformers: tied copies are not stored (T5's embed_tokens)
+        wanted -= set(model.get_expanded_tied_weights_keys(all_submodels=True))
+    missing, unexpected = sorted(wanted - stored), sorted(stored - wanted)
+    if not missing and not unexpected:
+        return Finding("OK", "model", name, f"{type(model).__name__}, {len(wanted)} tensors in {len(files)} file(s)")
+    # transformers may rename legacy checkpoint keys at load time: a difference there is a warning only
+    status = "FAIL" if library == "diffusers" else "WARN"
+    return Finding(status, "model", name, f"{folder}: keys differ from {type(model).__name__}: missing {missing[:3]} "
+                   f"({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})")
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot of a hub id in the Hugging Face cache (what an offline run would load), or None."""
+    from huggingface_hub import snapshot_download
+
+    if repo_id.count("/") != 1:
+        return None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001  (not cached, or not a valid id: both mean "not available offline")
+        return None
+
+
+def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Finding]:
+    """Every component of a diffusers pipeline folder present, built on meta, and its weight keys matching."""
+    if not source:
+        return [Finding("WARN", "model", role, "not set")]
+    folder = Path(str(source)).expanduser().resolve()
+    if not folder.is_dir():
+        folder = _cached_snapshot(str(source))
+    if folder is None:
+        return [Finding("FAIL", "model", role, f"{source!r} is neither a local folder nor in the Hugging Face cache; "
+                        f"runs are offline: download it first (huggingface-cli download {source} --local-dir DIR) "
+                        f"and set {role}: DIR")]
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return [Finding("FAIL", "model", role, f"{folder} has no model_index.json (not a diffusers pipeline folder)")]
+    findings = []
+    for name, entry in json.loads(index.read_text()).items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        label, sub = f"{role}: {name}", folder / name
+        if not sub.is_dir():
+            findings.append(Finding("FAIL", "model", label, f"component folder {sub} is missing"))
+            continue
+        try:
+            model = _meta_model(entry[0], entry[1], sub)
+            findings.append(_key_finding(label, sub, model, entry[0]) if model is not None
+                            else Finding("OK", "model", label, f"{entry[1]} loads"))
+            if name == "transformer" and model is not None:
+                cache[str(folder.resolve())] = model
+        except Exception as err:  # noqa: BLE001  (one line per broken component, never a crash of the report)
+            where = "" if str(sub) in str(err) else f"{sub}: {type(err).__name__}: "  # name the path once
+            findings.append(Finding("FAIL", "model", label, f"{where}{err}"))
+    return findings
+
+
+def _catalog(project: Path, env: str) -> Any:
+    """The project's DataCatalog for ``env``, without a Kedro session (no hooks, no MLflow run)."""
+    from kedro.io import DataCatalog
+
+    from fluxir.config import config_loader
+
+    loader = config_loader(env, project)
+    config = {name: {**entry, "filepath": str(project / entry["filepath"])} if "filepath" in entry else entry
+              for name, entry in loader["catalog"].items() if not name.startswith("_")}
+    return DataCatalog.from_config(config)
+
+
+def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str, Any]) -> list[Finding]:
+    """The catalog's ``fluxir_adapter`` (if trained already) fits the restore Flux transformer."""
+    from fluxir.models.adapter import check_compatible
+
+    catalog = _catalog(project, env)
+    if "fluxir_adapter" not in catalog or not catalog.exists("fluxir_adapter"):
+        return [Finding("WARN", "adapter", "fluxir_adapter", "no trained adapter yet (train first; restore needs one)")]
+    try:
+        adapter = catalog.load("fluxir_adapter")
+    except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
+        return [Finding("FAIL", "adapter", "fluxir_adapter", f"{type(err).__name__}: {err}")]
+    flux = cache.get(str(Path(str(flux_folder)).expanduser().resolve())) if flux_folder else None
+    if flux is None:
+        return [Finding("WARN", "adapter", "fluxir_adapter", "loads; no restore Flux transformer to compare with")]
+    try:
+        check_compatible(adapter, flux)
+    except ValueError as err:
+        return [Finding("FAIL", "adapter", "fluxir_adapter", str(err))]
+    return [Finding("OK", "adapter", "fluxir_adapter", f"fits {flux_folder}")]
+
+
+# ----------------------------------------------------------------------------- IQA, benchmarks, disk
+
+
+def check_iqa(params: Mapping[str, Any]) -> list[Finding]:
+    """Every weight file of iqa.metrics and evaluate.metrics present (and OpenAI's CLIP, unless trusted)."""
+    from fluxir.fluxgen import iqa, iqa_weights
+
+    settings = params.get("iqa") or {}
+    try:
+        iqa.configure_weights(settings.get("weights_dir"), settings.get("trust_weight_files", False))
+        groups = _get(params, "evaluate", "metrics", default={}) or {}
+        specs = [*(settings.get("metrics") or []), *(s for g in groups.values() for s in (g or {}).values())]
+        parsed = []  # selection and evaluation may use the same name with other settings: keep both
+        for spec in map(iqa.MetricSpec.parse, specs):
+            parsed += [] if spec in parsed else [spec]
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        return [Finding("FAIL", "iqa", "settings", str(err))]
+    findings = []
+    for spec in parsed:
+        problems = iqa_weights.file_problems([spec])
+        findings += [Finding("FAIL", "iqa", spec.name, problem) for problem in problems]
+        if not problems:
+            findings.append(_build_metric(spec))
+    return findings
+
+
+def _build_metric(spec: Any) -> Finding:
+    """Build the metric on the CPU from its files: the same loaders, key checks included, as a run."""
+    from fluxir.fluxgen import iqa, iqa_weights
+
+    files = ", ".join(p.name for p in iqa.required_weight_files(spec)) or "no weight file"
+    try:
+        iqa.create_metrics([spec], "cpu")
+    except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
+        return Finding("FAIL", "iqa", spec.name, f"{type(err).__name__}: {err}")
+    known = iqa_weights.plan_files(spec)[1]
+    return Finding("OK" if known else "WARN", "iqa", spec.name,
+                   f"{files}; builds on the CPU" + ("" if known else "; its files are not known here"))
+
+
+def _pair_count(spec: Any) -> int:
+    from fluxir.evaluation.testsets import list_images, pair_key
+
+    if spec.kind == "synthetic":
+        return spec.num_images  # crops cut from the HQ images
+    lq = {pair_key(p.stem, spec.strip_suffix) for p in list_images(spec.lq_dir)}
+    if spec.kind == "lq_only":
+        return len(lq)
+    return len(lq & {pair_key(p.stem, spec.strip_suffix) for p in list_images(spec.hq_dir)})
+
+
+def check_benchmarks(params: Mapping[str, Any]) -> list[Finding]:
+    """Each evaluate.benchmarks entry: folders present with images, and how many pairs it gives."""
+    from fluxir.evaluation.testsets import BenchmarkSpec, list_images
+
+    evaluate = params.get("evaluate") or {}
+    demo = bool(evaluate.get("demo_benchmarks"))
+    findings = []
+    for key, entry in (evaluate.get("benchmarks") or {}).items():
+        try:
+            spec = BenchmarkSpec.from_params(entry)
+        except (ValueError, TypeError) as err:
+            findings.append(Finding("FAIL", "benchmark", key, str(err)))
+            continue
+        empty = [str(Path(d).resolve()) for d in spec.source_dirs if not Path(d).is_dir() or not list_images(d)]
+        if empty and demo:
+            findings.append(Finding("WARN", "benchmark", key, f"{empty} empty: demo images will be written (demo_benchmarks)"))
+        elif empty:
+            findings.append(Finding("FAIL", "benchmark", key, f"folder(s) {empty} missing or without images; see docs/evaluation.md"))
+        else:
+            count = _pair_count(spec)
+            findings.append(Finding("OK" if count else "FAIL", "benchmark", key,
+                                    f"{count} {'images' if spec.kind == 'lq_only' else 'pairs'} ({spec.kind})"))
+    return findings
+
+
+def estimate_fluxgen_bytes(params: Mapping[str, Any]) -> int:
+    """Disk for fluxgen.num_images generated PNGs plus their HQ/LQ pairs (LQ = HQ / 4 per side)."""
+    fluxgen = params.get("fluxgen") or {}
+    crops = _get(params, "degrade", "config", "crop_sizes", default=None) or [[fluxgen.get("width", 1024), fluxgen.get("height", 768)]]
+    crop_px = sum(w * h for w, h in crops) / len(crops)
+    per_image = fluxgen.get("width", 1024) * fluxgen.get("height", 768) + crop_px * (1 + 1 / 16)
+    return int(int(fluxgen.get("num_images", 0)) * per_image * PNG_BYTES_PER_PIXEL)
+
+
+def check_disk(params: Mapping[str, Any], project: Path) -> list[Finding]:
+    data = project / "data"
+    free = shutil.disk_usage(data if data.exists() else project).free
+    need = estimate_fluxgen_bytes(params)
+    num = _get(params, "fluxgen", "num_images", default=0)
+    detail = f"fluxgen.num_images={num} needs ~{need / 1e9:.2f} GB ({PNG_BYTES_PER_PIXEL} B/px PNG), {free / 1e9:.1f} GB free at {data}"
+    status = "FAIL" if need > free else "WARN" if need > 0.8 * free else "OK"
+    return [Finding(status, "disk", "data", detail)]
+
+
+# ----------------------------------------------------------------------------- accelerator, versions
+
+
+def _budgets(params: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+    batch = _get(params, "train", "batch_size", default=1) or 1
+    train = "training (batch 1)" if batch <= 1 else "training (batch >= 2)"
+    return {"fluxgen.device": ("generation", BUDGET_GB["generation"]), "train.device": (train, BUDGET_GB[train]),
+            "restore.device": ("restoration", BUDGET_GB["restoration"]),
+            "evaluate.restore.device": ("restoration", BUDGET_GB["restoration"])}
+
+
+def check_accelerator(params: Mapping[str, Any]) -> list[Finding]:
+    """Configured devices against the GPUs present and the documented memory budget."""
+    import torch
+
+    gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    findings = []
+    for key, (what, budget) in _budgets(params).items():
+        device = str(_get(params, *key.split("."), default="auto"))
+        if device == "cpu":
+            findings.append(Finding("OK", "accelerator", key, "cpu (tiny or debugging runs only)"))
+        elif not gpus:
+            findings.append(Finding("FAIL" if device.startswith("cuda") else "WARN", "accelerator", key,
+                                    f"{device}: no CUDA GPU here; {what} needs ~{budget} GB per GPU (docs/full_scale.md)"))
+        else:
+            small = [f"{g.name} {g.total_memory / 1e9:.0f} GB" for g in gpus if g.total_memory < 0.95 * budget * 1e9]
+            findings.append(Finding("FAIL" if small else "OK", "accelerator", key,
+                                    f"{what} needs ~{budget} GB per GPU; " + (f"too small: {small}" if small else
+                                    f"{len(gpus)} x {gpus[0].name} {gpus[0].total_memory / 1e9:.0f} GB")))
+    return findings
+
+
+def check_versions(project: Path) -> list[Finding]:
+    """Installed versions against pyproject.toml [project].dependencies."""
+    from packaging.requirements import Requirement
+
+    pyproject = project / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    findings = []
+    for line in deps:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            installed = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            findings.append(Finding("FAIL", "package", req.name, f"not installed; pyproject.toml wants {line!r}"))
+            continue
+        fits = not req.specifier or req.specifier.contains(installed, prereleases=True)
+        findings.append(Finding("OK" if fits else "FAIL", "package", req.name,
+                                f"{installed}" + ("" if fits else f" does not satisfy {req.specifier} (pyproject.toml)")))
+    return findings
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> list[Finding]:
+    """All findings for a Kedro environment (``overrides`` as ``kedro run --params``)."""
+    params = load_params(env, overrides or [], project)
+    findings: list[Finding] = []
+    cache: dict[str, Any] = {}
+    checked: dict[str, tuple[str, str]] = {}  # folder -> (the role it was checked for, its worst status)
+    for role, keys in _MODEL_ROLES.items():
+        source = _get(params, *keys)
+        if source is None:
+            continue
+        if str(source) in checked:
+            first, status = checked[str(source)]
+            findings.append(Finding(status, "model", role, f"same folder as {first} (see there)"))
+            continue
+        found = check_model_folder(role, source, cache)
+        worst = next((s for s in ("FAIL", "WARN") if any(f.status == s for f in found)), "OK")
+        checked[str(source)] = (role, worst)
+        findings += found
+    findings += check_adapter(project, env, _get(params, "restore", "model"), cache)
+    findings += check_iqa(params)
+    findings += check_benchmarks(params)
+    findings += check_disk(params, project)
+    findings += check_accelerator(params)
+    findings += check_versions(project)
+    return findings
+
+
+def format_report(findings: list[Finding]) -> str:
+    width = max((len(f.item) for f in findings), default=4)
+    lines = [f"{f.status:<4}  {f.area:<11}  {f.item:<{width}}  {f.detail}" for f in findings]
+    failed = sum(f.status == "FAIL" for f in findings)
+    warned = sum(f.status == "WARN" for f in findings)
+    lines.append(f"{len(findings)} checks: {failed} FAIL, {warned} WARN" + (" -- fix every FAIL before a long run" if failed else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fluxir.check", description="Preflight check before a long run.")
+    parser.add_argument("--env", default="base", help="Kedro environment to check (base, tiny, ...)")
+    parser.add_argument("--params", action="append", default=[], help="overrides as for kedro run: a.b=1,c=2")
+    parser.add_argument("--project", default=".", help="Kedro project root (default: current folder)")
+    args = parser.parse_args(argv)
+    findings = run_checks(Path(args.project).resolve(), args.env, args.params)
+    print(format_report(findings))
+    return 1 if any(f.status == "FAIL" for f in findings) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""``python -m fluxir.check``: one report of everything a real run needs, every problem listed.
+
+Run on a copy of this project (conf/tiny, the committed tiny Flux) as it is, then broken in several
+ways at once: each problem must appear on its own FAIL line naming the path, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from safetensors.torch import load_file, save_file
+
+
+def _check(project: Path, *params: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    args = [sys.executable, "-m", "fluxir.check", "--env", "tiny", *(a for p in params for a in ("--params", p))]
+    return subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _lines(result: subprocess.CompletedProcess, status: str) -> list[str]:
+    return [line for line in result.stdout.splitlines() if line.startswith(status)]
+
+
+def _save_adapter(project: Path, flux_folder: Path) -> None:
+    """An adapter built for the transformer in ``flux_folder``, saved through the project's catalog."""
+    from diffusers import FluxTransformer2DModel
+
+    from fluxir.check import _catalog
+    from fluxir.models.adapter import FluxIRAdapter
+
+    flux = FluxTransformer2DModel.from_pretrained(flux_folder / "transformer")
+    _catalog(project, "tiny").save("fluxir_adapter", FluxIRAdapter.from_flux(flux, rank=4, text_seq_len=8))
+
+
+def test_good_setup_passes(kedro_project):
+    _save_adapter(kedro_project, kedro_project / "data" / "01_raw" / "tiny" / "flux")
+    result = _check(kedro_project)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    out = result.stdout
+    assert not _lines(result, "FAIL")
+    for expected in ("OK    model        fluxgen.model: transformer  FluxTransformer2DModel",
+                     "OK    model        fluxgen.model: vae", "OK    model        train.model",
+                     "OK    adapter      fluxir_adapter", "OK    iqa          musiq", "OK    disk",
+                     "OK    package      torch", "OK    accelerator  fluxgen.device"):
+        assert expected in out, out
+    assert "0 FAIL" in out.splitlines()[-1]
+
+
+@pytest.fixture
+def broken_project(kedro_project) -> Path:
+    """Three model folders each broken in one way, and an adapter for another Flux."""
+    from diffusers import FluxTransformer2DModel
+
+    tiny = kedro_project / "data" / "01_raw" / "tiny"
+    for name in ("no_vae", "bad_keys"):
+        shutil.copytree(tiny / "flux", tiny / name)
+    shutil.rmtree(tiny / "no_vae" / "vae")
+    vae_file = tiny / "bad_keys" / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(vae_file)
+    state["decoder.conv_out.renamed"] = state.pop("decoder.conv_out.weight")
+    save_file(state, vae_file)
+    corrupt = tiny / "flux" / "transformer" / "diffusion_pytorch_model.safetensors"
+    corrupt.write_bytes(corrupt.read_bytes()[:1000])  # a cut-off download
+    other = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+                                   joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4))
+    other.save_pretrained(tiny / "other_flux" / "transformer")
+    _save_adapter(kedro_project, tiny / "other_flux")
+    return kedro_project
+
+
+def test_broken_setup_lists_every_problem(broken_project, tmp_path):
+    tiny = broken_project / "data" / "01_raw" / "tiny"
+    empty_weights = tmp_path / "no_weights"
+    empty_weights.mkdir()
+    result = _check(broken_project, f"train.model={tiny / 'bad_keys'},restore.model={tiny / 'no_vae'}",
+                    f"iqa.metrics=[musiq],iqa.weights_dir={empty_weights}",
+                    "evaluate.demo_benchmarks=false,fluxgen.num_images=1000000000000")
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    fails = "\n".join(_lines(result, "FAIL"))
+    corrupt = tiny / "flux" / "transformer" / "diffusion_pytorch_model.safetensors"
+    expected = [
+        f"fluxgen.model: transformer  {corrupt} is not a readable safetensors file",
+        "train.model: vae",
+        "missing ['decoder.conv_out.weight'] (1), unexpected ['decoder.conv_out.renamed'] (1)",
+        "restore.model: vae",
+        f"component folder {tiny / 'no_vae' / 'vae'} is missing",
+        "fluxir_adapter              FluxIR adapter does not fit this Flux transformer",
+        f"musiq needs musiq_koniq_ckpt-e95806b9.pth in {empty_weights.resolve() / 'hub' / 'pyiqa'}",
+        "benchmark    div2k_val", "benchmark    realsr", "benchmark    drealsr", "benchmark    reallq250",
+        f"folder(s) ['{broken_project / 'data' / '01_raw' / 'benchmarks_demo' / 'RealLQ250'}'] missing or without images",
+        "disk         data",
+        "fluxgen.num_images=1000000000000 needs",
+    ]
+    for text in expected:
+        assert text in fails, f"{text!r} not in:\n{fails}"
+    summary = result.stdout.splitlines()[-1]
+    assert f"{len(_lines(result, 'FAIL'))} FAIL" in summary and len(_lines(result, "FAIL")) >= 9
+
+
+def _with_text_components(folder: Path) -> Path:
+    """The tiny Flux folder plus tiny CLIP / T5 text encoders and a CLIP tokenizer, as in FLUX.1-dev's layout."""
+    import json
+
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    CLIPTextModel(CLIPTextConfig(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, projection_dim=32, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1)).save_pretrained(folder / "text_encoder")
+    T5EncoderModel(T5Config(vocab_size=6, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2)).save_pretrained(
+        folder / "text_encoder_2")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5}
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder / "tokenizer")
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(text_encoder=["transformers", "CLIPTextModel"], text_encoder_2=["transformers", "T5EncoderModel"],
+                 tokenizer=["transformers", "CLIPTokenizer"])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_text_encoders_and_tokenizer_class(tmp_path):
+    """transformers components: tied T5 embeddings are not a missing key; a tokenizer of another class is named."""
+    import json
+
+    from fluxir.check import check_model_folder
+
+    folder = _with_text_components(Path(shutil.copytree(REPO / "data" / "01_raw" / "tiny" / "flux", tmp_path / "flux")))
+    good = {f.item: f for f in check_model_folder("m", str(folder), {})}
+    assert {i: f.status for i, f in good.items()} == {
+        f"m: {c}": "OK" for c in ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "transformer", "vae")}
+    assert good["m: text_encoder_2"].detail.startswith("T5EncoderModel")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["tokenizer"] = ["transformers", "T5TokenizerFast"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    bad = {f.item: f for f in check_model_folder("m", str(folder), {})}["m: tokenizer"]
+    assert bad.status == "FAIL"
+    assert f"{folder / 'tokenizer' / 'tokenizer_config.json'} holds a CLIPTokenizer" in bad.detail
+    assert "model_index.json declares T5TokenizerFast" in bad.detail
