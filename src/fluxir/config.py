@@ -54,3 +54,17 @@ def reject_unknown_keys(params: Mapping[str, Any], config_class: type, what: str
     unknown = sorted(set(params) - known)
     if unknown:
         raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
+
+
+def load_catalog(env: str, project: str | Path = ".") -> Any:
+    """The Kedro ``DataCatalog`` of an environment, for scripts run outside ``kedro run`` from the project root
+    (catalog paths are relative to it); ``load(name)`` gives a versioned dataset's latest version."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    from fluxir.settings import CONFIG_LOADER_ARGS
+
+    conf = Path(project) / "conf"
+    if not conf.is_dir():
+        raise FileNotFoundError(f"no Kedro conf folder at {conf.resolve()}: run from the project root or pass --project")
+    return DataCatalog.from_config(OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, "default_run_env": env})["catalog"])

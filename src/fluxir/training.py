@@ -879,13 +879,9 @@ def train(
 
 
 def _load_catalog(env: str) -> Any:
-    from kedro.config import OmegaConfigLoader
-    from kedro.io import DataCatalog
+    from fluxir.config import load_catalog
 
-    from fluxir.settings import CONFIG_LOADER_ARGS
-
-    loader = OmegaConfigLoader("conf", **{**CONFIG_LOADER_ARGS, "default_run_env": env})
-    return DataCatalog.from_config(loader["catalog"])
+    return load_catalog(env)
 
 
 def _mlflow_settings(env: str) -> dict[str, Any]:

@@ -152,6 +152,7 @@ def generate_into_store(
     import numpy as np
     import torch
 
+    from fluxir.fluxgen.manifest import write_recorded
     from fluxir.models.flux import load_pipeline, resolve_device
     from fluxir.progress import progress as progress_bar
 
@@ -175,7 +176,7 @@ def generate_into_store(
         with torch.inference_mode():
             images = pipe(**encoder.batch_kwargs([prompt_for(i, cfg.prompts) for i in batch]), **kwargs).images
         for image_id, image in zip(batch, images):
-            store.write(image_id, (np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+            write_recorded(store, image_id, (np.clip(image, 0, 1) * 255).round().astype(np.uint8))  # + its sha256
             done.append(image_id)
         bar.update(len(batch))
         bar.set_postfix(img_per_s=f"{len(done) / (time.perf_counter() - start):.2f}")
