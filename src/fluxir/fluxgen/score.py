@@ -77,6 +77,11 @@ class _ChunkImages(Dataset):
         return [read_image(p) for p in self.paths[k]]
 
 
+def _as_is(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Loader collate: keep the decoded arrays (the default would copy each into a tensor)."""
+    return images
+
+
 def _score_batch(metrics: dict[str, Any], images: list[np.ndarray], device: Any) -> dict[str, np.ndarray]:
     """``{metric: (B,) float64}`` for a chunk; images of different sizes are scored in separate calls."""
     out = {name: np.empty(len(images)) for name in metrics}
@@ -127,7 +132,7 @@ def score_into_parts(
     if not mine:
         return 0
     metrics = iqa_lib.create_metrics(parsed, device)
-    loader = DataLoader(_ChunkImages(mine), batch_size=None, shuffle=False, num_workers=loader_workers,
+    loader = DataLoader(_ChunkImages(mine), batch_size=None, shuffle=False, collate_fn=_as_is, num_workers=loader_workers,
                         prefetch_factor=4 if loader_workers else None, persistent_workers=False)
     number, pending, pending_rows, scored = _next_part_number(parts_dir, process_index), [], 0, 0
     with progress_bar(total=sum(len(c) for c in mine), desc=f"IQA[{process_index}]", unit="img", disable=not progress) as bar:
