@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.io import ImageStore, portable_path
+from fluxir.io import ImageStore, portable_path, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,9 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
         name = stores.hq.path_for(int(image_id))
         rows["hq_path"].append(f"{hq_root}/{name.parent.name}/{name.name}")
         rows["lq_path"].append(f"{lq_root}/{name.parent.name}/{name.name}")
+        if "hq_sha256" not in record:  # a record of an earlier version: the bare degradation info, no hashes
+            record = {"hq_sha256": sha256_file(name), "lq_sha256": sha256_file(stores.lq.path_for(int(image_id))),
+                      "degradation": record}
         rows["hq_sha256"].append(record["hq_sha256"])
         rows["lq_sha256"].append(record["lq_sha256"])
         rows["degradation"].append(json.dumps(record["degradation"], sort_keys=True))

@@ -90,10 +90,11 @@ def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.Da
     Long table: dataset, method, image, label, metric, value, convention, crop_border, higher_is_better, stand_in.
     """
     from fluxir.evaluation.scoring import score_all
+    from fluxir.models.flux import resolve_device
 
     outputs = pd.concat([restored, bicubic, baselines], ignore_index=True)
     return score_all(manifest, outputs, evaluate["metrics"], evaluate["convention"], evaluate["crop_border"],
-                     weights_dir=iqa.get("weights_dir"), device=iqa.get("device", "cpu"),
+                     weights_dir=iqa.get("weights_dir"), device=resolve_device(iqa.get("device", "auto")),
                      batch_size=iqa.get("batch_size", 8))
 
 
