@@ -23,7 +23,7 @@ from conftest import free_port
 from fluxir.fluxgen.generate import GenerationConfig
 from fluxir.fluxgen.manifest import INDEX_NAME, generation_manifest, recorded_hashes, write_recorded
 from fluxir.fluxgen.pairs import PairStores, ids_for_rank, make_pairs, pairs_manifest, resolve_workers
-from fluxir.fluxgen.score import merge_scores, score_chunks
+from fluxir.fluxgen.score import chunks_to_score, merge_scores
 from fluxir.io import ImageStore, read_image, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,8 +170,10 @@ def test_scoring_resumes_after_kill(tmp_path, monkeypatch):
 
 def test_chunks_are_fixed_by_the_manifest():
     manifest = pd.DataFrame({"path": [f"p{i}" for i in range(7)], "sha256": ["a", "b", "a", "c", "d", "e", "f"]})
-    chunks = score_chunks(manifest, 2)
+    chunks = chunks_to_score(manifest, set(), 2)
     assert [list(c["sha256"]) for c in chunks] == [["a", "b"], ["c", "d"], ["e", "f"]]  # duplicates scored once
+    # a chunk with any unscored image is scored whole: the same batch as in an uninterrupted run
+    assert [list(c["sha256"]) for c in chunks_to_score(manifest, {"a", "b", "c", "f"}, 2)] == [["c", "d"], ["e", "f"]]
 
 
 def test_unscored_image_is_named(scored_manifest, tmp_path):

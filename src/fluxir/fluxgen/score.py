@@ -58,10 +58,13 @@ def read_parts(parts_dir: Path, names: Sequence[str]) -> pd.DataFrame:
     return table.drop_duplicates("sha256", ignore_index=True)
 
 
-def score_chunks(manifest: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]:
-    """The manifest's distinct images (by sha256, in manifest order) cut into chunks of ``batch_size`` rows."""
+def chunks_to_score(manifest: pd.DataFrame, scored: set[str], batch_size: int) -> list[pd.DataFrame]:
+    """The chunks with an unscored image: the manifest's distinct images (by sha256, in manifest order)
+    cut into fixed chunks of ``batch_size`` rows, so a chunk is the same batch in every run."""
     distinct = manifest.drop_duplicates("sha256")[["path", "sha256"]].reset_index(drop=True)
-    return [distinct.iloc[lo : lo + batch_size] for lo in range(0, len(distinct), batch_size)]
+    chunk_of_row = np.arange(len(distinct)) // batch_size
+    todo = np.unique(chunk_of_row[~distinct["sha256"].isin(scored).to_numpy()])
+    return [distinct.iloc[k * batch_size : (k + 1) * batch_size] for k in todo]
 
 
 class _ChunkImages(Dataset):
@@ -126,7 +129,7 @@ def score_into_parts(
     names = [s.name for s in parsed]
     parts_dir.mkdir(parents=True, exist_ok=True)
     done = set(read_parts(parts_dir, names)["sha256"])
-    todo = [c for c in score_chunks(manifest, batch_size) if not set(c["sha256"]) <= done]
+    todo = chunks_to_score(manifest, done, batch_size)
     mine = todo[process_index::num_processes]
     logger.info("IQA process %d/%d: %d of %d chunks to score into %s", process_index, num_processes, len(mine), len(todo), parts_dir)
     if not mine:
