@@ -23,7 +23,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import tempfile
 import time
 import tracemalloc
@@ -75,19 +74,21 @@ def _rss_child(root: str, n: int, queue) -> None:
     cfg = GenerationConfig.from_params({"model": "none", "num_images": n, "height": 48, "width": 64})
     store = ImageStore(Path(root)).sub(cfg.key())
     generation_manifest(cfg.__class__.from_params({**cfg.__dict__, "num_images": 1}), store)  # warm imports
-    before = _rss_mb()
+    before = _status_mb("VmRSS")
     tracemalloc.start()
     table = generation_manifest(cfg, store)
     peak_traced = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before, peak_traced,
+    queue.put((_status_mb("VmHWM") - before, peak_traced,
                table.memory_usage(deep=True).sum() / 2**20))
 
 
-def _rss_mb() -> float:
-    """Current resident set size in MiB (Linux)."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident of this process image) in MiB (Linux).
+    Not ``ru_maxrss``: a spawned child inherits its parent's across exec."""
+    with open("/proc/self/status") as fh:
+        line = next(line for line in fh if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 
 
 def bench_manifest(work: Path, n: int) -> dict:
