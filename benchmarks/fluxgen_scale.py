@@ -13,7 +13,7 @@
   before it (an upper bound), peak allocations traced by tracemalloc, and the finished table's size.
 - ``degrade_ms_per_pair_1024x768_one_core``: one SeeSR/Real-ESRGAN pair of a 1024x768 image, one thread.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/fluxgen_scale.py --json [--num-images 6000]
+    PYTHONPATH=src .venv/bin/python benchmarks/fluxgen_scale.py --json [--num-images 10000]
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def bench_one_pair_1024x768(repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num-images", type=int, default=6000, help="manifest size; scoring uses N/5, degradation N/30")
+    parser.add_argument("--num-images", type=int, default=10000, help="manifest size; scoring uses N/5, degradation N/30 pairs")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
     args = parser.parse_args()
     os.environ.setdefault("FLUXIR_PROGRESS", "off")
