@@ -21,8 +21,19 @@ import skimage.data
 from conftest import free_port
 
 from fluxir.fluxgen.generate import GenerationConfig
-from fluxir.fluxgen.manifest import INDEX_NAME, generation_manifest, recorded_hashes, write_recorded
-from fluxir.fluxgen.pairs import PairStores, ids_for_rank, make_pairs, pairs_manifest, resolve_workers
+from fluxir.fluxgen.manifest import (
+    INDEX_NAME,
+    generation_manifest,
+    recorded_hashes,
+    write_recorded,
+)
+from fluxir.fluxgen.pairs import (
+    PairStores,
+    ids_for_rank,
+    make_pairs,
+    pairs_manifest,
+    resolve_workers,
+)
 from fluxir.fluxgen.score import chunks_to_score, merge_scores
 from fluxir.io import ImageStore, read_image, sha256_file
 

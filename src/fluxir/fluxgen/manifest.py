@@ -46,7 +46,8 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(f".{path.name}.sha256")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name in the same folder, then rename: readers see all or nothing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -56,7 +57,7 @@ def record_hash(path: Path) -> Recorded:
     """Hash ``path`` (just written, so read from the page cache) and keep the result in its sidecar."""
     stat = path.stat()
     recorded = Recorded(sha256_file(path), stat.st_size, stat.st_mtime_ns)
-    _write_text_atomic(_sidecar(path), json.dumps([recorded.sha256, recorded.size, recorded.mtime_ns]))
+    write_text_atomic(_sidecar(path), json.dumps([recorded.sha256, recorded.size, recorded.mtime_ns]))
     return recorded
 
 
@@ -84,7 +85,7 @@ def _read_index(shard: Path) -> dict[str, Recorded]:
 def recorded_hashes(store: ImageStore, image_ids: Iterable[int]) -> Iterator[tuple[int, Path, str, int]]:
     """``(image_id, path, sha256, size)`` for each id (ascending ids are fastest), without reading images
     whose recorded hash is still valid. A missing image raises FileNotFoundError naming it."""
-    for shard_number, ids in groupby(image_ids, key=lambda i: i // SHARD_SIZE):
+    for _, ids in groupby(image_ids, key=lambda i: i // SHARD_SIZE):
         ids = list(ids)
         shard = store.path_for(ids[0]).parent
         index = _read_index(shard)
@@ -112,7 +113,7 @@ def recorded_hashes(store: ImageStore, image_ids: Iterable[int]) -> Iterator[tup
             yield image_id, path, recorded.sha256, recorded.size
         if changed:
             payload = {name: [r.sha256, r.size, r.mtime_ns] for name, r in sorted(index.items())}
-            _write_text_atomic(shard / INDEX_NAME, json.dumps(payload))
+            write_text_atomic(shard / INDEX_NAME, json.dumps(payload))
 
 
 def generation_manifest(cfg: GenerationConfig, store: ImageStore) -> pd.DataFrame:

@@ -87,7 +87,7 @@ def _single_threaded() -> None:
 def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) -> int:
     """Degrade source ``job = (image_id, path)`` into its HQ/LQ files and record; returns the id."""
     from fluxir.fluxgen.degrade import degrade_pair
-    from fluxir.fluxgen.manifest import write_recorded
+    from fluxir.fluxgen.manifest import write_recorded, write_text_atomic
     from fluxir.io import read_image
 
     image_id, source = job
@@ -95,10 +95,8 @@ def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) 
     hq_rec = write_recorded(stores.hq, image_id, hq)
     lq_rec = write_recorded(stores.lq, image_id, lq)
     record = {"hq_sha256": hq_rec.sha256, "lq_sha256": lq_rec.sha256, "degradation": info}
-    path = stores.record_path(image_id)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, sort_keys=True, default=str))
-    os.replace(tmp, path)  # last: the pair counts as done only once both images are in place
+    # last: the pair counts as done only once both images are in place
+    write_text_atomic(stores.record_path(image_id), json.dumps(record, sort_keys=True, default=str))
     return image_id
 
 
@@ -197,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     catalog = None if args.selection and args.store else load_catalog(args.env, args.project)
     selection = pd.read_parquet(args.selection) if args.selection else catalog.load("iqa_selection")
     store = ImageStore(Path(args.store)) if args.store else catalog.load("pair_store")
-    stores, kept, made = degrade_selection(selection, store, degrade)
+    stores, _, made = degrade_selection(selection, store, degrade)
     print(json.dumps({"pairs": str(stores.lq.root.parent), "made": len(made), "rank": degrade.get("rank", 0),
                       "world_size": degrade.get("world_size", 1)}))
 
