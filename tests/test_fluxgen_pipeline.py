@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,20 @@ def test_corrupt_image_is_named(kedro_project):
     proc = kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=fluxgen", "--params=fluxgen.num_images=3,fluxgen.steps=1", check=False)
     assert proc.returncode != 0
     assert "00000001.png: not a readable image" in " ".join((proc.stdout + proc.stderr).split())
+
+
+def test_reruns_reuse_scores_and_pairs_and_the_clis_read_the_catalog(fluxgen_run):
+    import json
+    import subprocess
+    import sys
+
+    project = fluxgen_run
+    parts = sorted((project / "data/04_feature/iqa_parts").rglob("part-*.parquet"))
+    assert len(parts) == 1, "the second run (another percentile) scored nothing again"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FLUXIR_PROGRESS": "off"}
+    score = subprocess.run([sys.executable, "-m", "fluxir.fluxgen.score", "--env", "tiny"], cwd=project, env=env,
+                           capture_output=True, text=True, check=True)
+    assert json.loads(score.stdout.strip().splitlines()[-1])["scored"] == 0  # latest generated_images, all scored
+    pairs = subprocess.run([sys.executable, "-m", "fluxir.fluxgen.pairs", "--env", "tiny", "--params",
+                            "degrade.rank=1,degrade.world_size=2"], cwd=project, env=env, capture_output=True, text=True, check=True)
+    assert json.loads(pairs.stdout.strip().splitlines()[-1])["made"] == 0  # latest iqa_selection, all pairs done

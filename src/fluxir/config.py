@@ -142,3 +142,11 @@ def check_fields(values: Any, rules: Iterable[Rule], prefix: str) -> None:
         message = rule.problem(get(rule.field), prefix)
         if message:
             raise ValueError(message)
+
+
+def load_catalog(env: str, project: str | Path = ".") -> Any:
+    """The Kedro ``DataCatalog`` of an environment, for scripts run outside ``kedro run`` from the project root
+    (catalog paths are relative to it); ``load(name)`` gives a versioned dataset's latest version."""
+    from kedro.io import DataCatalog
+
+    return DataCatalog.from_config(config_loader(env, project)["catalog"])

@@ -15,17 +15,12 @@ from typing import Any
 import pandas as pd
 from accelerate import PartialState
 from kedro.config import MissingConfigException
-from kedro.io import DataCatalog
 
-from fluxir.config import config_loader, load_params
+from fluxir.config import config_loader, load_catalog, load_params
 from fluxir.models.flux import accelerate_cpu
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
 from fluxir.training import TrainConfig, train
 from fluxir.training_records import weights_digest
-
-
-def _load_catalog(env: str) -> Any:
-    return DataCatalog.from_config(config_loader(env)["catalog"])
 
 
 def _mlflow_settings(env: str) -> dict[str, Any]:
@@ -53,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(args.project)  # relative paths of conf/ and the catalog are the project's
     cfg = TrainConfig.from_params(load_params(args.env, args.params, ".")["train"])
     state = PartialState(cpu=accelerate_cpu(cfg.device))
-    catalog = _load_catalog(args.env)
+    catalog = load_catalog(args.env)
     manifest = pd.read_parquet(manifest_path) if manifest_path else catalog.load("pairs_manifest")
 
     report: list[dict[str, Any]] = []

@@ -196,6 +196,8 @@ def generate_into_store(
     state_device: Any = None, progress: bool = True,
 ) -> list[int]:
     """Generate this process's missing images into ``store``; returns the ids it generated now."""
+    from fluxir.fluxgen.manifest import write_recorded  # manifest imports this module: no top-level import
+
     todo = [i for i in ids_for_process(cfg.num_images, process_index, num_processes) if not store.exists(i)]
     logger.info("process %d/%d: %d of its images to generate into %s", process_index, num_processes, len(todo), store.root)
     if not todo:
@@ -220,7 +222,7 @@ def generate_into_store(
         with torch.inference_mode():
             images = pipe(**encoder.batch_kwargs([prompt_for(i, cfg.prompts) for i in batch]), **kwargs).images
         for image_id, image in zip(batch, images):
-            store.write(image_id, (np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+            write_recorded(store, image_id, (np.clip(image, 0, 1) * 255).round().astype(np.uint8))  # + its sha256
             done.append(image_id)
         bar.update(len(batch))
         bar.set_postfix(img_per_s=f"{len(done) / (time.perf_counter() - start):.2f}")

@@ -1,4 +1,4 @@
-"""Figures written to 08_reporting and MLflow."""
+"""FluxGen step 3: the IQA percentile cut (paper Sec. 3.1) and its figure for 08_reporting and MLflow."""
 
 from __future__ import annotations
 
@@ -29,3 +29,29 @@ def histograms_with_cuts(table: pd.DataFrame, cuts: dict[str, tuple[float, bool]
     fig.suptitle(f"IQA selection: {percentile:g}th percentile cut per metric", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def percentile_cuts(scores: pd.DataFrame, names: list[str], percentile: float) -> tuple[pd.DataFrame, dict[str, tuple[float, bool]]]:
+    """Keep images inside the top ``100 - percentile`` % on every metric (paper: top 95% => percentile 5).
+
+    For a metric where lower is better the cut is the ``100 - percentile`` th percentile and values at or
+    below it pass. Returns (scores plus ``<metric>_threshold``, ``<metric>_pass`` and ``keep``,
+    ``{metric: (cut, lower_is_better)}``).
+    """
+    from fluxir.fluxgen.iqa import lower_is_better
+
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
+        raise ValueError(f"select.percentile must be in (0, 100) exclusive, got {percentile!r} (the paper uses 5)")
+    table = scores.copy()
+    keep = pd.Series(True, index=table.index)
+    cuts: dict[str, tuple[float, bool]] = {}
+    for name in names:
+        lower = lower_is_better(name)
+        cut = float(table[name].quantile((100 - percentile) / 100 if lower else percentile / 100))
+        passed = table[name] <= cut if lower else table[name] >= cut
+        table[f"{name}_threshold"] = cut
+        table[f"{name}_pass"] = passed
+        keep &= passed
+        cuts[name] = (cut, lower)
+    table["keep"] = keep
+    return table, cuts

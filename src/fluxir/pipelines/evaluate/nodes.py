@@ -74,10 +74,11 @@ def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.Da
     Long table: dataset, method, image, label, metric, value, convention, crop_border, higher_is_better, stand_in.
     """
     from fluxir.evaluation.scoring import score_all
+    from fluxir.models.flux import resolve_device
 
     outputs = pd.concat([restored, bicubic, baselines], ignore_index=True)
     return score_all(manifest, outputs, metrics, convention, crop_border, weights_dir=weights_dir,
-                     trust_weight_files=trust_weight_files, device=device, batch_size=batch_size)
+                     trust_weight_files=trust_weight_files, device=resolve_device(device), batch_size=batch_size)
 
 
 def summarize_metrics(per_image: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:

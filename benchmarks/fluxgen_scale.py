@@ -1,0 +1,231 @@
+"""FluxGen at scale, measured on tiny images: every number is a ratio to a reference from the same run.
+
+- ``degrade_speedup_2_workers``: pairs/s with ``degrade.workers=2`` / pairs/s with 1 worker, same crops
+  (pool start-up included; target >= 1.8 on 2 idle cores).
+- ``score_speedup_2_procs``: images/s of 2 scoring processes (ids sharded like ``accelerate launch``) /
+  1 process, weight-free pyiqa metrics on the CPU, model build excluded (target >= 1.7).
+- ``manifest_ms_per_image``: the generation manifest of N existing images, ``cold`` (no recorded hash:
+  every image is read and hashed; from the page cache here, a disk is slower), ``sidecars`` (the first
+  manifest after generation: hashes recorded at write time) and ``warm`` (nothing changed since the last
+  manifest: one ``stat`` per image; target <= 0.05 ms/image).
+- ``resume_scan_ms_per_image``: how long a rerun of each stage takes to find that nothing is left to do.
+- ``manifest_peak_*_per_100k_rows``: while building the manifest, per 100,000 rows: peak RSS over the RSS
+  before it (an upper bound), peak allocations traced by tracemalloc, and the finished table's size.
+- ``degrade_ms_per_pair_1024x768_one_core``: one SeeSR/Real-ESRGAN pair of a 1024x768 image, one thread.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/fluxgen_scale.py --json [--num-images 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage.data
+
+TINY_METRICS = ["entropy", "piqe"]  # weight-free pyiqa metrics (the real ones need downloaded weights)
+
+
+def _photos(n: int, width: int, height: int) -> list[np.ndarray]:
+    """``n`` different (height, width, 3) crops of a bundled photo, resized."""
+    photo = cv2.resize(skimage.data.astronaut(), (2 * width, 2 * height), interpolation=cv2.INTER_AREA)
+    return [np.ascontiguousarray(photo[(3 * i) % height : (3 * i) % height + height, (7 * i) % width : (7 * i) % width + width])
+            for i in range(n)]
+
+
+def _store(root: Path, n: int, record: bool):
+    from fluxir.fluxgen.generate import GenerationConfig
+    from fluxir.fluxgen.manifest import write_recorded
+    from fluxir.io import ImageStore
+
+    cfg = GenerationConfig.from_params({"model": "none", "num_images": n, "height": 48, "width": 64})
+    store = ImageStore(root).sub(cfg.key())
+    for i, image in enumerate(_photos(min(n, 97), 64, 48) * (n // 97 + 1)):
+        if i == n:
+            break
+        image = image.copy()
+        image[0, 0, 0] = i % 256  # every file distinct
+        image[0, 1, 0] = i // 256 % 256
+        image[0, 2, 0] = i // 65536
+        (write_recorded(store, i, image) if record else store.write(i, image))
+    return cfg, store
+
+
+def _timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def _rss_child(root: str, n: int, queue) -> None:
+    from fluxir.fluxgen.generate import GenerationConfig
+    from fluxir.fluxgen.manifest import generation_manifest
+    from fluxir.io import ImageStore
+
+    cfg = GenerationConfig.from_params({"model": "none", "num_images": n, "height": 48, "width": 64})
+    store = ImageStore(Path(root)).sub(cfg.key())
+    generation_manifest(cfg.__class__.from_params({**cfg.__dict__, "num_images": 1}), store)  # warm imports
+    before = _status_mb("VmRSS")
+    tracemalloc.start()
+    table = generation_manifest(cfg, store)
+    peak_traced = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    queue.put((_status_mb("VmHWM") - before, peak_traced,
+               table.memory_usage(deep=True).sum() / 2**20))
+
+
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident of this process image) in MiB (Linux).
+    Not ``ru_maxrss``: a spawned child inherits its parent's across exec."""
+    with open("/proc/self/status") as fh:
+        line = next(line for line in fh if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def bench_manifest(work: Path, n: int) -> dict:
+    from fluxir.fluxgen.generate import generate_into_store
+    from fluxir.fluxgen.manifest import generation_manifest
+
+    os.chdir(work)
+    cfg, store = _store(work / "plain", n, record=False)
+    cold, _ = _timed(generation_manifest, cfg, store)
+    cfg, store = _store(work / "recorded", n, record=True)
+    sidecars, _ = _timed(generation_manifest, cfg, store)
+    warm = min(_timed(generation_manifest, cfg, store)[0] for _ in range(3))
+    generate_into_store(cfg, store, progress=False)  # imports torch/diffusers: not part of the scan
+    resume, todo = _timed(generate_into_store, cfg, store, progress=False)
+    assert todo == []
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_rss_child, args=(str(work / "recorded"), n, queue))
+    child.start()
+    rss_mb, traced_mb, frame_mb = queue.get()
+    child.join()
+    return {
+        "manifest_ms_per_image": {"cold": 1e3 * cold / n, "sidecars": 1e3 * sidecars / n, "warm": 1e3 * warm / n},
+        "resume_scan_ms_per_image": {"generate": 1e3 * resume / n},
+        "manifest_peak_rss_growth_mb_per_100k_rows": rss_mb * 1e5 / n,
+        "manifest_peak_traced_mb_per_100k_rows": traced_mb * 1e5 / n,
+        "manifest_frame_mb_per_100k_rows": frame_mb * 1e5 / n,
+        "manifest_images": n,
+    }
+
+
+def bench_degrade(work: Path, n_pairs: int) -> dict:
+    import pandas as pd
+
+    from fluxir.fluxgen.degrade import DegradationConfig
+    from fluxir.fluxgen.pairs import PairStores, make_pairs, pairs_manifest
+    from fluxir.io import ImageStore
+
+    config = DegradationConfig(crop_sizes=((256, 192), (192, 192), (128, 192)))
+    source = ImageStore(work / "degrade_src")
+    jobs = [(i, str(source.write(i, image))) for i, image in enumerate(_photos(n_pairs, 256, 192))]
+    # start the forkserver (it imports torch + basicsr once per process) before the clock
+    make_pairs(jobs[:2], PairStores(ImageStore(work / "warmup"), "bench"), config, 0, workers=2, progress=False)
+    rates = {}
+    for workers in (1, 2):
+        stores = PairStores(ImageStore(work / f"pairs{workers}"), "bench")
+        seconds, made = _timed(make_pairs, jobs, stores, config, 0, workers=workers, progress=False)
+        assert len(made) == n_pairs
+        rates[workers] = n_pairs / seconds  # wall clock, pool start of the workers included
+    stores = PairStores(ImageStore(work / "pairs2"), "bench")
+    resume, made = _timed(make_pairs, jobs, stores, config, 0, workers=2, progress=False)
+    assert made == []
+    kept = pd.DataFrame({"image_id": [i for i, _ in jobs], "path": [p for _, p in jobs], "sha256": "-"})
+    listing, _ = _timed(pairs_manifest, kept, stores, 0)
+    one = sorted((work / "pairs1").rglob("*.png"))
+    same = len(one) == 2 * n_pairs and all(p.read_bytes() == (work / "pairs2" / p.relative_to(work / "pairs1")).read_bytes() for p in one)
+    return {"degrade_pairs_per_s": rates, "degrade_speedup_2_workers": rates[2] / rates[1],
+            "degrade_pairs": n_pairs, "degrade_pair_size": "256x192 crops of 256x192", "degrade_2_workers_identical": same,
+            "resume_scan_ms_per_image_degrade": 1e3 * resume / n_pairs, "pairs_manifest_ms_per_pair": 1e3 * listing / n_pairs}
+
+
+def _score_process(manifest_path: str, parts: str, rank: int, world: int, barrier, queue) -> None:
+    import pandas as pd
+    import torch
+
+    torch.set_num_threads(1)
+    from fluxir.fluxgen import iqa as iqa_lib
+    from fluxir.fluxgen.score import score_into_parts
+
+    manifest = pd.read_parquet(manifest_path)
+    iqa_lib.create_metrics(TINY_METRICS)  # build once before the clock: import and model set-up excluded
+    barrier.wait()
+    start = time.perf_counter()
+    score_into_parts(manifest, Path(parts), TINY_METRICS, 8, "cpu", rank, world, loader_workers=0, progress=False)
+    queue.put((start, time.perf_counter()))
+
+
+def bench_score(work: Path, n: int) -> dict:
+    from fluxir.fluxgen.manifest import generation_manifest
+    from fluxir.fluxgen.score import score_into_parts
+
+    os.chdir(work)
+    cfg, store = _store(work / "score_images", n, record=True)
+    manifest = generation_manifest(cfg, store)
+    path = work / "score_manifest.parquet"
+    manifest.to_parquet(path)
+    ctx = multiprocessing.get_context("spawn")
+    rates = {}
+    for world in (1, 2):
+        barrier, queue = ctx.Barrier(world), ctx.Queue()
+        procs = [ctx.Process(target=_score_process, args=(str(path), str(work / f"parts{world}"), r, world, barrier, queue))
+                 for r in range(world)]
+        for p in procs:
+            p.start()
+        spans = [queue.get() for _ in procs]
+        for p in procs:
+            p.join()
+        rates[world] = n / (max(e for _, e in spans) - min(s for s, _ in spans))
+    score_into_parts(manifest, work / "parts2", TINY_METRICS, 8, "cpu", loader_workers=0, progress=False)  # imports pyiqa
+    resume, scored = _timed(score_into_parts, manifest, work / "parts2", TINY_METRICS, 8, "cpu", loader_workers=0, progress=False)
+    assert scored == 0
+    return {"score_images_per_s": rates, "score_speedup_2_procs": rates[2] / rates[1], "score_images": n,
+            "score_metrics": TINY_METRICS, "resume_scan_ms_per_image_score": 1e3 * resume / n}
+
+
+def bench_one_pair_1024x768(repeats: int) -> dict:
+    import torch
+
+    from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    image = cv2.resize(skimage.data.astronaut(), (1024, 768), interpolation=cv2.INTER_CUBIC)
+    config = DegradationConfig()
+    times = [_timed(degrade_pair, image, i, 0, config)[0] for i in range(repeats)]
+    ms = 1e3 * float(np.median(times))
+    return {"degrade_ms_per_pair_1024x768_one_core": ms, "degrade_pairs_timed_1024x768": repeats,
+            "computed_hours_350k_pairs_64_cores": 350_000 * ms / 1e3 / (64 * 0.9) / 3600}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-images", type=int, default=10000, help="manifest size; scoring uses N/5, degradation N/30 pairs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
+    args = parser.parse_args()
+    os.environ.setdefault("FLUXIR_PROGRESS", "off")
+    result = {"cpu_count": os.cpu_count(), "python": platform.python_version()}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        result.update(bench_manifest(work, args.num_images))
+        result.update(bench_degrade(work, max(8, args.num_images // 30)))
+        result.update(bench_score(work, max(16, args.num_images // 5)))
+        result.update(bench_one_pair_1024x768(5))
+    result["note"] = ("speedups on a shared or busy machine are lower bounds; the 350k-pair hours are computed "
+                      "from the one-core time assuming 90% efficiency on 64 cores, not measured")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""FluxGen step 4 at scale: HQ/LQ pairs of the kept images on every core of several machines, resumable.
+
+One pair (``fluxir.fluxgen.degrade.degrade_pair``) takes about half a second on one core at 1024x768,
+so 350,000 pairs are ~46 core-hours: this module spreads them out.
+
+- **Cores**: ``degrade.workers`` processes (``auto``: every core this process may use), each with OpenCV
+  and torch single-threaded so that N workers do not start N x cores threads. Workers come from a
+  ``forkserver`` (a clean process with the degradation code preloaded), never forked from a process
+  whose OpenMP pools are already running.
+- **Machines**: ``degrade.rank`` / ``degrade.world_size`` on shared storage take the ids with
+  ``image_id % world_size == rank`` (the sharding of generation): ``python -m fluxir.fluxgen.pairs``
+  on each machine, then one ``kedro run`` writes the manifest of all pairs.
+- **Deterministic**: a pair depends only on (image, id, seed) (see degrade.py), never on the worker,
+  the number of workers or the order, so 1 or 64 workers give byte-identical files.
+- **Resumable, kill-safe**: HQ and LQ are written atomically with their sha256 recorded, then the
+  pair's ``<lq>.json`` (the random choices and both hashes), last: its presence marks the pair done.
+  A pair without it is made again, with the same bytes. The manifest lists only pairs with a record,
+  reads no image, and holds one small row per pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fluxir.io import ImageStore, portable_path, sha256_file
+
+logger = logging.getLogger(__name__)
+
+
+def pairs_key(config_repr: str, seed: int, config_keys: Iterable[str]) -> str:
+    """Folder of one degradation setting: hash of the config, the seed and the generation configs."""
+    return hashlib.sha256(json.dumps([config_repr, seed, sorted(set(config_keys))]).encode()).hexdigest()[:12]
+
+
+def resolve_workers(workers: int | str) -> int:
+    """``auto``: the cores this process may run on; otherwise a positive integer."""
+    if workers == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"degrade.workers must be 'auto' or a positive integer, got {workers!r}")
+    return workers
+
+
+def ids_for_rank(image_ids: Iterable[int], rank: int, world_size: int) -> list[int]:
+    """The ids machine ``rank`` of ``world_size`` degrades: ``image_id % world_size == rank``."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"degrade.world_size must be a positive integer, got {world_size!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"degrade.rank must be an integer in [0, {world_size - 1}] (world_size {world_size}), got {rank!r}")
+    return [i for i in image_ids if i % world_size == rank]
+
+
+class PairStores:
+    """Where the files of pair ``i`` live: ``<root>/<key>/hq``, ``<root>/<key>/lq`` and ``<lq path>.json``."""
+
+    def __init__(self, pair_store: ImageStore, key: str) -> None:
+        self.key = key
+        self.hq, self.lq = pair_store.sub(key).sub("hq"), pair_store.sub(key).sub("lq")
+
+    def record_path(self, image_id: int) -> Path:
+        return self.lq.path_for(image_id).with_suffix(".json")
+
+    def is_done(self, image_id: int) -> bool:
+        return self.record_path(image_id).is_file()
+
+
+def _single_threaded() -> None:
+    """Pool initializer: one OpenCV and one torch thread per worker (N workers = N busy cores)."""
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) -> int:
+    """Degrade source ``job = (image_id, path)`` into its HQ/LQ files and record; returns the id."""
+    from fluxir.fluxgen.degrade import degrade_pair
+    from fluxir.fluxgen.manifest import write_recorded, write_text_atomic
+    from fluxir.io import read_image
+
+    image_id, source = job
+    hq, lq, info = degrade_pair(read_image(source), image_id, seed, config)
+    hq_rec = write_recorded(stores.hq, image_id, hq)
+    lq_rec = write_recorded(stores.lq, image_id, lq)
+    record = {"hq_sha256": hq_rec.sha256, "lq_sha256": lq_rec.sha256, "degradation": info}
+    # last: the pair counts as done only once both images are in place
+    write_text_atomic(stores.record_path(image_id), json.dumps(record, sort_keys=True, default=str))
+    return image_id
+
+
+def make_pairs(
+    jobs: list[tuple[int, str]], stores: PairStores, config: Any, seed: int, workers: int = 1, progress: bool = True,
+) -> list[int]:
+    """Make the pairs of ``jobs`` (``(image_id, source path)``) that are not done yet; returns their ids."""
+    from fluxir.progress import progress as progress_bar
+
+    todo = [job for job in jobs if not stores.is_done(job[0])]
+    logger.info("degrade: %d of %d pairs to make with %d worker(s) into %s", len(todo), len(jobs), workers, stores.lq.root.parent)
+    if not todo:
+        return []
+    work = functools.partial(make_pair, stores=stores, config=config, seed=seed)
+    made: list[int] = []
+    with progress_bar(total=len(todo), desc="degrade", unit="pair", disable=not progress) as bar:
+        if workers == 1:
+            for job in todo:
+                made.append(work(job))
+                bar.update(1)
+        else:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["fluxir.fluxgen.degrade", "fluxir.fluxgen.manifest"])
+            with context.Pool(workers, initializer=_single_threaded) as pool:
+                # chunks of a few pairs: little IPC, and a killed worker loses at most a few seconds of work
+                for image_id in pool.imap_unordered(work, todo, chunksize=4):
+                    made.append(image_id)
+                    bar.update(1)
+    return sorted(made)
+
+
+def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.DataFrame:
+    """One row per kept image from the pair records (no image is read); every pair must be done."""
+    hq_root, lq_root = portable_path(stores.hq.root), portable_path(stores.lq.root)
+    rows: dict[str, list[Any]] = {k: [] for k in ("hq_path", "lq_path", "hq_sha256", "lq_sha256", "degradation")}
+    missing = []
+    for image_id in kept["image_id"]:
+        try:
+            record = json.loads(stores.record_path(int(image_id)).read_text())
+        except FileNotFoundError:
+            missing.append(int(image_id))
+            continue
+        name = stores.hq.path_for(int(image_id))
+        rows["hq_path"].append(f"{hq_root}/{name.parent.name}/{name.name}")
+        rows["lq_path"].append(f"{lq_root}/{name.parent.name}/{name.name}")
+        if "hq_sha256" not in record:  # a record of an earlier version: the bare degradation info, no hashes
+            record = {"hq_sha256": sha256_file(name), "lq_sha256": sha256_file(stores.lq.path_for(int(image_id))),
+                      "degradation": record}
+        rows["hq_sha256"].append(record["hq_sha256"])
+        rows["lq_sha256"].append(record["lq_sha256"])
+        rows["degradation"].append(json.dumps(record["degradation"], sort_keys=True))
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} kept images have no pair yet in {stores.lq.root.parent} (first ids: {missing[:5]}): "
+            "finish every degrade.rank (python -m fluxir.fluxgen.pairs), then rerun with degrade.world_size=1"
+        )
+    return pd.DataFrame({
+        "image_id": kept["image_id"].to_numpy(), "source_path": kept["path"].to_numpy(),
+        "source_sha256": kept["sha256"].to_numpy(), "hq_path": rows["hq_path"], "lq_path": rows["lq_path"],
+        "hq_sha256": rows["hq_sha256"], "lq_sha256": rows["lq_sha256"], "degradation_seed": seed,
+        "pairs_key": stores.key, "degradation": rows["degradation"],
+    })
+
+
+def degrade_selection(
+    selection: pd.DataFrame, pair_store: ImageStore, degrade: dict[str, Any], progress: bool = True
+) -> tuple[PairStores, pd.DataFrame, list[int]]:
+    """Make this rank's missing pairs of the kept images; returns (stores, kept rows, ids made now)."""
+    from fluxir.fluxgen.degrade import DegradationConfig
+
+    config = DegradationConfig.from_dict(degrade.get("config", {}))
+    seed = degrade["seed"]
+    kept = selection[selection["keep"]].sort_values("image_id")
+    if kept.empty:
+        raise ValueError("no image passed the IQA selection: nothing to degrade (check select.percentile and the scores)")
+    stores = PairStores(pair_store, pairs_key(repr(config), seed, kept["config_key"].astype(str)))
+    mine = set(ids_for_rank(kept["image_id"].astype(int), degrade.get("rank", 0), degrade.get("world_size", 1)))
+    jobs = [(int(i), p) for i, p in zip(kept["image_id"], kept["path"]) if int(i) in mine]
+    made = make_pairs(jobs, stores, config, seed, resolve_workers(degrade.get("workers", "auto")), progress)
+    return stores, kept, made
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Degrade this machine's share of the kept images (``degrade.rank`` of ``degrade.world_size``)."""
+    from fluxir.config import load_catalog, load_params
+
+    parser = argparse.ArgumentParser(prog="python -m fluxir.fluxgen.pairs", description=main.__doc__)
+    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
+    parser.add_argument("--params", action="append", default=[], help="override, e.g. degrade.rank=1,degrade.world_size=4")
+    parser.add_argument("--selection", default=None, help="IQA selection parquet (default: the catalog's latest iqa_selection)")
+    parser.add_argument("--store", default=None, help="pair store root (default: the catalog's pair_store path)")
+    parser.add_argument("--project", default=".", help="Kedro project root (holds conf/)")
+    args = parser.parse_args(argv)
+
+    degrade = load_params(args.env, args.params, args.project)["degrade"]
+    catalog = None if args.selection and args.store else load_catalog(args.env, args.project)
+    selection = pd.read_parquet(args.selection) if args.selection else catalog.load("iqa_selection")
+    store = ImageStore(Path(args.store)) if args.store else catalog.load("pair_store")
+    stores, _, made = degrade_selection(selection, store, degrade)
+    print(json.dumps({"pairs": str(stores.lq.root.parent), "made": len(made), "rank": degrade.get("rank", 0),
+                      "world_size": degrade.get("world_size", 1)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""FluxGen step 2 at scale: no-reference IQA scores over many processes, resumable, merged into one table.
+
+Paper Sec. 3.1 scores every generated image with CLIP-IQA, MANIQA and MUSIQ. For 350,000 images:
+
+- Work is cut into *chunks* of ``iqa.batch_size`` consecutive distinct images of the manifest; a chunk
+  is one scorer batch, always the same images whatever the number of processes, so every score is
+  the same number whether 1 or 8 processes computed it. Process ``r`` of ``w`` takes the unscored
+  chunks ``r, r+w, r+2w, ...`` (the id sharding of generation, one chunk at a time):
+  ``accelerate launch -m fluxir.fluxgen.score --env base``.
+- Scores are written in *parts*: ``<parts>/<metrics key>/part-<rank>-<n>.parquet`` with one row per
+  image (``sha256`` + one float64 column per metric), written to a temporary name and renamed, every
+  ``iqa.part_size`` images. The metrics key hashes pyiqa's version and each metric's settings and
+  weight files, so a row is valid for exactly that image content, metric and version. A killed run
+  loses at most the images since its last part; a rerun scores only chunks that are not in a part.
+- Image decoding overlaps the model: a torch DataLoader with ``iqa.loader_workers`` workers decodes
+  the next chunks while the metrics run on the current one.
+- ``merge_scores`` joins the parts onto the manifest by sha256: the versioned ``iqa_scores`` table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fluxir.fluxgen import iqa as iqa_lib
+from fluxir.io import read_image
+from fluxir.progress import progress as progress_bar
+
+logger = logging.getLogger(__name__)
+
+_PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
+
+
+def metrics_key(specs: Sequence[Any]) -> str:
+    """Short hash of pyiqa's version and every metric's name, options and weight files."""
+    payload = json.dumps(iqa_lib.metric_versions(specs), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def read_parts(parts_dir: Path, names: Sequence[str]) -> pd.DataFrame:
+    """All rows scored so far: ``sha256`` + one column per metric name, one row per sha256."""
+    parts = sorted(p for p in parts_dir.glob("part-*.parquet") if _PART.fullmatch(p.name)) if parts_dir.is_dir() else []
+    if not parts:
+        return pd.DataFrame({"sha256": pd.Series([], dtype=str), **{n: pd.Series([], dtype=np.float64) for n in names}})
+    table = pd.concat([pd.read_parquet(p, columns=["sha256", *names]) for p in parts], ignore_index=True)
+    return table.drop_duplicates("sha256", ignore_index=True)
+
+
+def chunks_to_score(manifest: pd.DataFrame, scored: set[str], batch_size: int) -> list[pd.DataFrame]:
+    """The chunks with an unscored image: the manifest's distinct images (by sha256, in manifest order)
+    cut into fixed chunks of ``batch_size`` rows, so a chunk is the same batch in every run."""
+    distinct = manifest.drop_duplicates("sha256")[["path", "sha256"]].reset_index(drop=True)
+    chunk_of_row = np.arange(len(distinct)) // batch_size
+    todo = np.unique(chunk_of_row[~distinct["sha256"].isin(scored).to_numpy()])
+    return [distinct.iloc[k * batch_size : (k + 1) * batch_size] for k in todo]
+
+
+class _ChunkImages(Dataset):
+    """Item ``k``: the decoded images of chunk ``k`` as a list of (H, W, 3) uint8 arrays (in a loader worker)."""
+
+    def __init__(self, chunks: list[pd.DataFrame]) -> None:
+        self.paths = [list(chunk["path"]) for chunk in chunks]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k: int) -> list[np.ndarray]:
+        return [read_image(p) for p in self.paths[k]]
+
+
+def _as_is(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Loader collate: keep the decoded arrays (the default would copy each into a tensor)."""
+    return images
+
+
+def _score_batch(metrics: dict[str, Any], images: list[np.ndarray], device: Any) -> dict[str, np.ndarray]:
+    """``{metric: (B,) float64}`` for a chunk; images of different sizes are scored in separate calls."""
+    out = {name: np.empty(len(images)) for name in metrics}
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(i)
+    for rows in by_shape.values():
+        x = torch.from_numpy(np.stack([images[i] for i in rows])).to(device=device, dtype=torch.float32)
+        x = x.permute(0, 3, 1, 2).contiguous().div_(255.0)  # (B, 3, H, W) in [0, 1], pyiqa's input
+        with torch.inference_mode():
+            for name, metric in metrics.items():
+                out[name][rows] = metric(x).detach().float().cpu().numpy().reshape(-1)
+    return out
+
+
+def _next_part_number(parts_dir: Path, rank: int) -> int:
+    numbers = [int(m[2]) for p in parts_dir.glob(f"part-{rank:05d}-*.parquet") if (m := _PART.fullmatch(p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def _write_part(parts_dir: Path, rank: int, number: int, rows: list[pd.DataFrame]) -> None:
+    path = parts_dir / f"part-{rank:05d}-{number:06d}.parquet"
+    tmp = parts_dir / f".{path.name}.{os.getpid()}.tmp"
+    pd.concat(rows, ignore_index=True).to_parquet(tmp, index=False)
+    os.replace(tmp, path)  # a part is either complete under its name or absent
+
+
+def score_into_parts(
+    manifest: pd.DataFrame, parts_dir: Path, specs: Sequence[Any], batch_size: int = 8, device: Any = "cpu",
+    process_index: int = 0, num_processes: int = 1, loader_workers: int = 2, part_size: int = 1024,
+    progress: bool = True,
+) -> int:
+    """Score this process's share of the not yet scored chunks into parts; returns how many images it scored."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"iqa.batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(loader_workers, int) or loader_workers < 0:
+        raise ValueError(f"iqa.loader_workers must be an integer >= 0 (0: decode in the scoring process), got {loader_workers!r}")
+    parsed = [iqa_lib.MetricSpec.parse(s) for s in specs]
+    not_nr = [s.name for s in parsed if s.metric_mode != "NR"]
+    if not_nr:
+        raise ValueError(f"iqa.metrics {not_nr} are full-reference; FluxGen selection needs no-reference metrics (musiq, piqe, ...)")
+    names = [s.name for s in parsed]
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    done = set(read_parts(parts_dir, names)["sha256"])
+    todo = chunks_to_score(manifest, done, batch_size)
+    mine = todo[process_index::num_processes]
+    logger.info("IQA process %d/%d: %d of %d chunks to score into %s", process_index, num_processes, len(mine), len(todo), parts_dir)
+    if not mine:
+        return 0
+    metrics = iqa_lib.create_metrics(parsed, device)
+    loader = DataLoader(_ChunkImages(mine), batch_size=None, shuffle=False, collate_fn=_as_is, num_workers=loader_workers,
+                        prefetch_factor=4 if loader_workers else None, persistent_workers=False)
+    number, pending, pending_rows, scored = _next_part_number(parts_dir, process_index), [], 0, 0
+    with progress_bar(total=sum(len(c) for c in mine), desc=f"IQA[{process_index}]", unit="img", disable=not progress) as bar:
+        for chunk, images in zip(mine, loader):
+            scores = _score_batch(metrics, images, device)
+            pending.append(pd.DataFrame({"sha256": chunk["sha256"].to_numpy(), **scores}))
+            pending_rows += len(chunk)
+            if pending_rows >= part_size:
+                _write_part(parts_dir, process_index, number, pending)
+                number, pending, pending_rows = number + 1, [], 0
+            scored += len(chunk)
+            bar.update(len(chunk))
+    if pending:
+        _write_part(parts_dir, process_index, number, pending)
+    return scored
+
+
+def merge_scores(manifest: pd.DataFrame, parts_dir: Path, names: Sequence[str]) -> pd.DataFrame:
+    """The manifest plus one score column per metric (joined by sha256); every image must be scored."""
+    scores = read_parts(parts_dir, names)
+    table = manifest.reset_index(drop=True).merge(scores, on="sha256", how="left", validate="many_to_one")
+    missing = table[names].isna().any(axis=1)
+    if missing.any():
+        raise RuntimeError(
+            f"{int(missing.sum())} images have no IQA score in {parts_dir} (first: {table.loc[missing, 'path'].iloc[0]}); "
+            "run the scoring again: it scores only what is missing"
+        )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Score FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.score``)."""
+    from accelerate import PartialState
+
+    from fluxir.config import load_catalog, load_params
+    from fluxir.models.flux import resolve_device
+
+    parser = argparse.ArgumentParser(prog="python -m fluxir.fluxgen.score", description=main.__doc__)
+    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
+    parser.add_argument("--params", action="append", default=[], help="override, e.g. iqa.batch_size=16 (repeatable)")
+    parser.add_argument("--manifest", default=None, help="generated-images parquet (default: the catalog's latest generated_images)")
+    parser.add_argument("--parts", default=None, help="score parts root (default: the catalog's iqa_parts path)")
+    parser.add_argument("--project", default=".", help="Kedro project root (holds conf/)")
+    args = parser.parse_args(argv)
+
+    iqa = load_params(args.env, args.params, args.project)["iqa"]
+    catalog = None if args.manifest and args.parts else load_catalog(args.env, args.project)
+    manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("generated_images")
+    parts_root = Path(args.parts) if args.parts else catalog.load("iqa_parts")
+    # Without cpu=True accelerate ignores WORLD_SIZE on a CPU-only machine and every process thinks it is alone.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    iqa_lib.configure_weights(iqa.get("weights_dir"))
+    device = resolve_device(iqa.get("device", "auto"), state.device)
+    parts_dir = parts_root / metrics_key(iqa["metrics"])
+    scored = score_into_parts(
+        manifest, parts_dir, iqa["metrics"], iqa.get("batch_size", 8), device, state.process_index,
+        state.num_processes, iqa.get("loader_workers", 2), iqa.get("part_size", 1024), progress=state.is_local_main_process,
+    )
+    state.wait_for_everyone()
+    print(json.dumps({"parts": str(parts_dir), "rank": state.process_index, "scored": scored}))
+
+
+if __name__ == "__main__":
+    main()
