@@ -106,7 +106,7 @@ def test_bad_percentile_fails_before_any_cut(percentile):
 
     scores = pd.DataFrame({"entropy": [1.0, 2.0], "piqe": [30.0, 40.0]})
     with pytest.raises(ValueError, match=r"select.percentile must be in \(0, 100\) exclusive, got"):
-        select_by_iqa(scores, {"metrics": ["entropy", "piqe"]}, {"percentile": percentile})
+        select_by_iqa(scores, ["entropy", "piqe"], percentile)
 
 
 def test_corrupt_image_is_named(kedro_project):
