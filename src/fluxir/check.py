@@ -14,7 +14,6 @@ exists, so adding one would mean carrying a copy of Kedro's ``run`` command; thi
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -25,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fluxir.config import load_params
+from fluxir.config import cli_parser, config_loader, load_params
 
 # Accelerator memory a real run needs per GPU (GB of the card's label), from docs/full_scale.md "Memory".
 BUDGET_GB = {"generation": 40, "restoration": 32, "training (batch 1)": 48, "training (batch >= 2)": 80}
@@ -174,8 +173,6 @@ def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Fi
 def _catalog(project: Path, env: str) -> Any:
     """The project's DataCatalog for ``env``, without a Kedro session (no hooks, no MLflow run)."""
     from kedro.io import DataCatalog
-
-    from fluxir.config import config_loader
 
     loader = config_loader(env, project)
     config = {name: {**entry, "filepath": str(project / entry["filepath"])} if "filepath" in entry else entry
@@ -393,10 +390,8 @@ def format_report(findings: list[Finding]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fluxir.check", description="Preflight check before a long run.")
-    parser.add_argument("--env", default="base", help="Kedro environment to check (base, tiny, ...)")
-    parser.add_argument("--params", action="append", default=[], help="overrides as for kedro run: a.b=1,c=2")
-    parser.add_argument("--project", default=".", help="Kedro project root (default: current folder)")
+    parser = cli_parser("python -m fluxir.check", "Preflight check before a long run.", "fluxgen.num_images=350000")
+    parser.set_defaults(env="base")  # a check is for the real run's configuration
     args = parser.parse_args(argv)
     findings = run_checks(Path(args.project).resolve(), args.env, args.params)
     print(format_report(findings))

@@ -9,6 +9,7 @@ is written once.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import numbers
 from collections.abc import Callable, Iterable, Mapping
@@ -150,3 +151,13 @@ def load_catalog(env: str, project: str | Path = ".") -> Any:
     from kedro.io import DataCatalog
 
     return DataCatalog.from_config(config_loader(env, project)["catalog"])
+
+
+def cli_parser(prog: str, description: str | None, params_example: str) -> argparse.ArgumentParser:
+    """The argument parser every ``python -m fluxir...`` command starts from: ``--env``, ``--params``, ``--project``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
+    parser.add_argument("--params", action="append", default=[],
+                        help=f"override, e.g. {params_example} (repeatable; comma-separated like kedro run --params)")
+    parser.add_argument("--project", default=".", help="Kedro project root (holds conf/)")
+    return parser

@@ -6,7 +6,6 @@ on every process of the launch, and (rank 0 only) logs to MLflow and saves the a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ import pandas as pd
 from accelerate import PartialState
 from kedro.config import MissingConfigException
 
-from fluxir.config import config_loader, load_catalog, load_params
+from fluxir.config import cli_parser, config_loader, load_catalog, load_params
 from fluxir.models.flux import accelerate_cpu
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
 from fluxir.training import TrainConfig, train
@@ -34,10 +33,7 @@ def _mlflow_settings(env: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Train the FluxIR adapter on one or many processes (``accelerate launch -m fluxir.training``)."""
 
-    parser = argparse.ArgumentParser(prog="python -m fluxir.training", description=main.__doc__)
-    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
-    parser.add_argument("--params", action="append", default=[], help="override, e.g. train.max_steps=50 (repeatable)")
-    parser.add_argument("--project", default=".", help="Kedro project root (conf/, data/, mlflow.db); the run works there")
+    parser = cli_parser("python -m fluxir.training", main.__doc__, "train.max_steps=50")
     parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")
     parser.add_argument("--output", default=None, help="adapter folder (default: a new version of catalog fluxir_adapter)")
     parser.add_argument("--report", default=None, help="write per-step weight digests to <report>.rank<r>.json")

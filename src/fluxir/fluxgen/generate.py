@@ -17,7 +17,6 @@ Why it is written this way:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import json
@@ -32,7 +31,7 @@ import torch
 from accelerate import PartialState
 from diffusers import FluxPipeline
 
-from fluxir.config import Rule, check_fields, load_params, reject_unknown_keys
+from fluxir.config import Rule, check_fields, cli_parser, load_params, reject_unknown_keys
 from fluxir.io import ImageStore, hash_json
 from fluxir.models.flux import accelerate_cpu, fixed_prompt_embeddings, load_pipeline, resolve_device
 from fluxir.progress import progress as progress_bar
@@ -236,11 +235,8 @@ def _call_parameters(pipe: Any) -> set[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Generate FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.generate``)."""
-    parser = argparse.ArgumentParser(prog="python -m fluxir.fluxgen.generate", description=main.__doc__)
-    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
-    parser.add_argument("--params", action="append", default=[], help="override, e.g. fluxgen.num_images=50 (repeatable)")
+    parser = cli_parser("python -m fluxir.fluxgen.generate", main.__doc__, "fluxgen.num_images=50")
     parser.add_argument("--store", default=None, help="image store root (default: the catalog's fluxgen_image_store path)")
-    parser.add_argument("--project", default=".", help="Kedro project root (holds conf/)")
     parser.add_argument("--report", default=None, help="write the ids this process generated to <report>.rank<r>.json")
     args = parser.parse_args(argv)
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fluxir.fluxgen.generate import GenerationConfig, prompt_for
-from fluxir.io import SHARD_SIZE, ImageStore, portable_path, sha256_file
+from fluxir.io import SHARD_SIZE, ImageStore, portable_path, sha256_file, write_atomic
 
 INDEX_NAME = ".sha256-index.json"
 
@@ -46,18 +46,11 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(f".{path.name}.sha256")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name in the same folder, then rename: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def record_hash(path: Path) -> Recorded:
     """Hash ``path`` (just written, so read from the page cache) and keep the result in its sidecar."""
     stat = path.stat()
     recorded = Recorded(sha256_file(path), stat.st_size, stat.st_mtime_ns)
-    write_text_atomic(_sidecar(path), json.dumps([recorded.sha256, recorded.size, recorded.mtime_ns]))
+    write_atomic(_sidecar(path), json.dumps([recorded.sha256, recorded.size, recorded.mtime_ns]))
     return recorded
 
 
@@ -113,7 +106,7 @@ def recorded_hashes(store: ImageStore, image_ids: Iterable[int]) -> Iterator[tup
             yield image_id, path, recorded.sha256, recorded.size
         if changed:
             payload = {name: [r.sha256, r.size, r.mtime_ns] for name, r in sorted(index.items())}
-            write_text_atomic(shard / INDEX_NAME, json.dumps(payload))
+            write_atomic(shard / INDEX_NAME, json.dumps(payload))
 
 
 def generation_manifest(cfg: GenerationConfig, store: ImageStore) -> pd.DataFrame:

@@ -20,9 +20,7 @@ so 350,000 pairs are ~46 core-hours: this module spreads them out.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -33,14 +31,14 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.io import ImageStore, portable_path, sha256_file
+from fluxir.io import ImageStore, hash_json, portable_path, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 
 def pairs_key(config_repr: str, seed: int, config_keys: Iterable[str]) -> str:
     """Folder of one degradation setting: hash of the config, the seed and the generation configs."""
-    return hashlib.sha256(json.dumps([config_repr, seed, sorted(set(config_keys))]).encode()).hexdigest()[:12]
+    return hash_json([config_repr, seed, sorted(set(config_keys))])
 
 
 def resolve_workers(workers: int | str) -> int:
@@ -87,7 +85,7 @@ def _single_threaded() -> None:
 def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) -> int:
     """Degrade source ``job = (image_id, path)`` into its HQ/LQ files and record; returns the id."""
     from fluxir.fluxgen.degrade import degrade_pair
-    from fluxir.fluxgen.manifest import write_recorded, write_text_atomic
+    from fluxir.fluxgen.manifest import write_recorded
     from fluxir.io import read_image
 
     image_id, source = job
@@ -96,7 +94,7 @@ def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) 
     lq_rec = write_recorded(stores.lq, image_id, lq)
     record = {"hq_sha256": hq_rec.sha256, "lq_sha256": lq_rec.sha256, "degradation": info}
     # last: the pair counts as done only once both images are in place
-    write_text_atomic(stores.record_path(image_id), json.dumps(record, sort_keys=True, default=str))
+    write_json_atomic(stores.record_path(image_id), record, sort_keys=True, default=str)
     return image_id
 
 
@@ -181,14 +179,11 @@ def degrade_selection(
 
 def main(argv: list[str] | None = None) -> None:
     """Degrade this machine's share of the kept images (``degrade.rank`` of ``degrade.world_size``)."""
-    from fluxir.config import load_catalog, load_params
+    from fluxir.config import cli_parser, load_catalog, load_params
 
-    parser = argparse.ArgumentParser(prog="python -m fluxir.fluxgen.pairs", description=main.__doc__)
-    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
-    parser.add_argument("--params", action="append", default=[], help="override, e.g. degrade.rank=1,degrade.world_size=4")
+    parser = cli_parser("python -m fluxir.fluxgen.pairs", main.__doc__, "degrade.rank=1,degrade.world_size=4")
     parser.add_argument("--selection", default=None, help="IQA selection parquet (default: the catalog's latest iqa_selection)")
     parser.add_argument("--store", default=None, help="pair store root (default: the catalog's pair_store path)")
-    parser.add_argument("--project", default=".", help="Kedro project root (holds conf/)")
     args = parser.parse_args(argv)
 
     degrade = load_params(args.env, args.params, args.project)["degrade"]

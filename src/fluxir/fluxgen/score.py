@@ -19,8 +19,6 @@ Paper Sec. 3.1 scores every generated image with CLIP-IQA, MANIQA and MUSIQ. For
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fluxir.fluxgen import iqa as iqa_lib
-from fluxir.io import read_image
+from fluxir.io import hash_json, read_image
 from fluxir.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -45,8 +43,7 @@ _PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
 
 def metrics_key(specs: Sequence[Any]) -> str:
     """Short hash of pyiqa's version and every metric's name, options and weight files."""
-    payload = json.dumps(iqa_lib.metric_versions(specs), sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return hash_json(iqa_lib.metric_versions(specs))
 
 
 def read_parts(parts_dir: Path, names: Sequence[str]) -> pd.DataFrame:
@@ -170,24 +167,20 @@ def main(argv: list[str] | None = None) -> None:
     """Score FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.score``)."""
     from accelerate import PartialState
 
-    from fluxir.config import load_catalog, load_params
-    from fluxir.models.flux import resolve_device
+    from fluxir.config import cli_parser, load_catalog, load_params
+    from fluxir.models.flux import accelerate_cpu, resolve_device
 
-    parser = argparse.ArgumentParser(prog="python -m fluxir.fluxgen.score", description=main.__doc__)
-    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
-    parser.add_argument("--params", action="append", default=[], help="override, e.g. iqa.batch_size=16 (repeatable)")
+    parser = cli_parser("python -m fluxir.fluxgen.score", main.__doc__, "iqa.batch_size=16")
     parser.add_argument("--manifest", default=None, help="generated-images parquet (default: the catalog's latest generated_images)")
     parser.add_argument("--parts", default=None, help="score parts root (default: the catalog's iqa_parts path)")
-    parser.add_argument("--project", default=".", help="Kedro project root (holds conf/)")
     args = parser.parse_args(argv)
 
     iqa = load_params(args.env, args.params, args.project)["iqa"]
     catalog = None if args.manifest and args.parts else load_catalog(args.env, args.project)
     manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("generated_images")
     parts_root = Path(args.parts) if args.parts else catalog.load("iqa_parts")
-    # Without cpu=True accelerate ignores WORLD_SIZE on a CPU-only machine and every process thinks it is alone.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    iqa_lib.configure_weights(iqa.get("weights_dir"))
+    state = PartialState(cpu=accelerate_cpu(iqa.get("device", "auto")))
+    iqa_lib.configure_weights(iqa.get("weights_dir"), iqa.get("trust_weight_files", False))
     device = resolve_device(iqa.get("device", "auto"), state.device)
     parts_dir = parts_root / metrics_key(iqa["metrics"])
     scored = score_into_parts(
