@@ -29,7 +29,7 @@ from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, Versi
 if TYPE_CHECKING:  # torch is imported on load/save only, so building the catalog (kedro viz) stays light
     from fluxir.models.adapter import FluxIRAdapter
 
-CONFIG_NAME = "config.json"  # == fluxir.models.adapter.CONFIG_NAME (checked in tests/test_adapter.py)
+CONFIG_NAME = "config.json"  # == fluxir.models.adapter.CONFIG_NAME (checked in tests/models/test_adapter.py)
 
 
 class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdapter"]):

@@ -365,7 +365,7 @@ def _final_sinc_kernel(config: DegradationConfig) -> tuple[np.ndarray | None, di
 def filter2d(x: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
     """basicsr's ``filter2D`` (reflect-101 padding, correlation) for one image, computed by OpenCV.
 
-    (1, C, H, W) -> (1, C, H, W). Same result to ~1e-6 (tests/test_degradation.py checks it) but
+    (1, C, H, W) -> (1, C, H, W). Same result to ~1e-6 (tests/fluxgen/test_degradation.py checks it) but
     5-25x faster on CPU than torch's conv2d with one big single-channel kernel.
     """
     hwc = x[0].permute(1, 2, 0).contiguous().numpy()  # (H, W, C)

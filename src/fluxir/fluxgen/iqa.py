@@ -387,7 +387,7 @@ def score_full_reference(
     DataFrame with columns image, metric, value, convention, crop_border: each number carries the
     convention it was computed under (lpips and other RGB-defined metrics record "rgb").
 
-    pyiqa's definitions, checked against scikit-image in tests/test_iqa.py: PSNR on [0, 1] with an
+    pyiqa's definitions, checked against scikit-image in tests/fluxgen/test_iqa.py: PSNR on [0, 1] with an
     1e-8 floor on the MSE (identical images give 80 dB); SSIM with an 11x11 Gaussian window (sigma 1.5),
     population variances, 'valid' border, images as integer levels 0..255 (Y rounded), no downsampling,
     and negative local structure terms clamped to 0 (only heavy noise makes that differ from skimage).

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, kedro_run
+from support import CHROMIUM_ARGS, find_chromium
 
 FLUXGEN_NODES = {"fluxgen.generate_images", "fluxgen.score_images", "fluxgen.select_by_iqa", "fluxgen.degrade_pairs"}
 # Each registered pipeline is a modular pipeline (a namespace) of its own name; the default chains three.
@@ -30,17 +31,6 @@ HEAVY_MODULES = ("torch", "torchvision", "diffusers", "transformers", "pyiqa", "
 # Kedro's layer convention, in data-flow order (https://docs.kedro.org/en/stable/faq/faq.html#what-is-data-engineering-convention)
 LAYERS = ("raw", "intermediate", "primary", "feature", "model_input", "models", "model_output", "reporting")
 ARTIFACTS = REPO / "test-artifacts" / "viz"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-def find_chromium() -> str | None:
-    """``FLUXIR_CHROMIUM``, else Debian's chromium (scripts/setup.sh installs it), else None."""
-    for candidate in (os.environ.get("FLUXIR_CHROMIUM"), "chromium", "chromium-browser", "/usr/bin/chromium"):
-        if candidate and (path := shutil.which(candidate)):
-            return path
-    return None
-
-
 # ------------------------------------------------------------------------------------------------ imports
 
 

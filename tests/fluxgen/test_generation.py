@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import REPO, free_port
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
 from fluxir.io import ImageStore, read_image
 from fluxir.models.flux import resolve_source
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_cfg(tiny_flux_dir: Path, **overrides) -> GenerationConfig:

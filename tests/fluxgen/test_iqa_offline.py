@@ -6,7 +6,7 @@ non-loopback connection blocked (``no_network``), ``kedro run --pipeline=fluxgen
 ``clipiqa+_rn50_512`` / ``maniqa-pipal`` / ``musiq`` and ``--pipeline=evaluate`` with pretrained
 ``lpips``: they must read those files and try no download. Scores of random weights mean nothing;
 these tests prove file layouts and loaders only. ``clipiqa+_vitL14_512`` (a ~0.9 GB ViT-L/14 archive)
-is opt-in: ``pytest -m slow tests/test_iqa_offline.py``.
+is opt-in: ``pytest -m slow tests/fluxgen/test_iqa_offline.py``.
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ def test_fluxgen_scores_with_the_real_metric_names_offline(weight_home, kedro_pr
 
 
 def test_evaluate_scores_pretrained_lpips_offline(weight_home, kedro_project, no_network):
-    from test_evaluate import _save_identity_adapter
+    from support import save_identity_adapter
 
-    _save_identity_adapter(kedro_project)
+    save_identity_adapter(kedro_project)
     _set_params(kedro_project, "parameters_fluxgen.yml",
                 {"iqa": {"weights_dir": str(weight_home), "trust_weight_files": True}})
     # the real full-reference set; no-reference: the real MUSIQ, weight-free stand-ins for the others (kept short)
@@ -192,7 +192,7 @@ def test_a_clip_archive_with_a_wrong_key_or_hash_is_named(weight_home, tmp_path,
 
 @pytest.mark.slow
 def test_clipiqa_vitl14_scores_offline(tmp_path, no_network):
-    """Opt-in (writes ~0.9 GB): pytest -m slow tests/test_iqa_offline.py"""
+    """Opt-in (writes ~0.9 GB): pytest -m slow tests/fluxgen/test_iqa_offline.py"""
     module = _fixture_module()
     home = tmp_path / "home"
     module.write_clip_and_prompts(home, "ViT-L/14")

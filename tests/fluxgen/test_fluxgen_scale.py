@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import skimage.data
-from conftest import free_port
+from conftest import REPO, free_port
 
 from fluxir.fluxgen.generate import GenerationConfig
 from fluxir.fluxgen.manifest import (
@@ -37,7 +37,6 @@ from fluxir.fluxgen.pairs import (
 from fluxir.fluxgen.score import chunks_to_score, merge_scores
 from fluxir.io import ImageStore, read_image, sha256_file
 
-REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FLUXIR_PROGRESS": "off", "PYTHONPATH": str(REPO / "src")}
 
 

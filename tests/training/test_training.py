@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 import torch
 from conftest import free_port, kedro_run
+from support import make_pairs, tiny_params
 from PIL import Image
 
-from fluxir.config import load_params
-from fluxir.io import sha256_file
 from fluxir.models.adapter import load_adapter
 from fluxir.training import (
     ControlledFlux,
@@ -36,38 +35,6 @@ from fluxir.training import (
 from fluxir.models.flux import unpack
 from fluxir.training_data import DataOrder, LatentCache, PairTable, decode_latents, pair_gaussians, vae_identity
 from fluxir.training_records import list_checkpoints
-
-REPO = Path(__file__).resolve().parents[1]
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
-SIZES = ((64, 48), (48, 48), (32, 48))  # the tiny env's crop sizes (width, height)
-
-
-def make_pairs(root: Path, n: int = 8, sizes=SIZES, scale: int = 4) -> pd.DataFrame:
-    """n HQ crops of scikit-image sample photos (sizes cycled) + their 1/scale bicubic LQ, and the manifest."""
-    import skimage.data
-
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        photo = Image.fromarray(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()).convert("RGB")
-        w, h = sizes[i % len(sizes)]
-        small = photo.resize((2 * w, max(h, round(photo.height * 2 * w / photo.width))), Image.BICUBIC)
-        left, top = (small.width - w) // 2, (small.height - h) // 2
-        hq = small.crop((left, top, left + w, top + h))
-        hq_path, lq_path = root / f"hq_{i:03d}.png", root / f"lq_{i:03d}.png"
-        hq.save(hq_path)
-        hq.resize((w // scale, h // scale), Image.BICUBIC).save(lq_path)
-        rows.append({"image_id": i, "hq_path": str(hq_path), "lq_path": str(lq_path),
-                     "hq_sha256": sha256_file(hq_path), "lq_sha256": sha256_file(lq_path)})
-    return pd.DataFrame(rows)
-
-
-def tiny_params(tmp: Path, *overrides: str) -> dict:
-    """conf/tiny's train parameters with working folders under tmp (and quick defaults for tests)."""
-    base = [f"train.checkpoint_dir={tmp / 'ckpt'}", f"train.latent_cache_dir={tmp / 'cache'}",
-            "train.gradient_checkpointing=false"]
-    return load_params("tiny", base + list(overrides), REPO)["train"]
-
 
 def max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     sa, sb = a.state_dict(), b.state_dict()

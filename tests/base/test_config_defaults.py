@@ -8,7 +8,6 @@ that differs, fails here with the field's name.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +21,8 @@ from fluxir.models.adapter import FluxIRConfig
 from fluxir.restoration.files import FILE_PARAMS
 from fluxir.restoration.sampler import RestoreConfig
 from fluxir.training import TrainConfig
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

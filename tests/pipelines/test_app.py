@@ -1,4 +1,4 @@
-"""The restoration web app in real headless Chromium (Playwright + Debian's chromium, as tests/test_viz.py).
+"""The restoration web app in real headless Chromium (Playwright + Debian's chromium, as tests/pipelines/test_viz.py).
 
 A project copy gets two versions of a tiny adapter saved through the catalog dataset; the app is built
 from that project's tiny env and served in-process on a free loopback port. The browser uploads a photo,
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, free_port
-from test_viz import CHROMIUM_ARGS, find_chromium
+from support import CHROMIUM_ARGS, find_chromium
 
 ARTIFACTS = REPO / "test-artifacts" / "app"
 

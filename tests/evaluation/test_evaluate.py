@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import skimage.data
 from conftest import REPO, kedro_run
+from support import save_identity_adapter
 from PIL import Image
 
 from fluxir.evaluation.testsets import (
@@ -283,19 +284,7 @@ def test_mlflow_keys_carry_the_convention():
 # --------------------------------------------------------------------------------------------- #
 
 
-def _save_identity_adapter(project: Path) -> None:
-    """A fresh adapter saved through the project's own ``fluxir_adapter`` entry (what train would write)."""
-    from kedro.config import OmegaConfigLoader
-    from kedro.io import DataCatalog
 
-    from fluxir.models.adapter import FluxIRAdapter
-    from fluxir.models.flux import load_pipeline
-
-    loader = OmegaConfigLoader(str(project / "conf"), base_env="base", default_run_env="tiny")
-    entry = dict(loader["catalog"]["fluxir_adapter"])
-    entry["filepath"] = str(project / entry["filepath"])
-    pipe = load_pipeline(str(project / "data/01_raw/tiny/flux"), "float32", "cpu")
-    DataCatalog.from_config({"fluxir_adapter": entry}).save("fluxir_adapter", FluxIRAdapter.from_flux(pipe.transformer))
 
 
 def _latest(project: Path, relative: str) -> Path:
@@ -312,7 +301,7 @@ def evaluated(tmp_path_factory):
 
     project = make_project_copy(tmp_path_factory.mktemp("evaluate") / "project")
     shutil.copytree(REPO / "data/01_raw/reference", project / "data/01_raw/reference", dirs_exist_ok=True)
-    _save_identity_adapter(project)
+    save_identity_adapter(project)
     raw = project / "data/01_raw/benchmarks_demo"  # the tiny environment's benchmark folders
     for name in ("astronaut", "coffee"):
         _png(raw / "DIV2K_valid_HR" / f"{name}.png", getattr(skimage.data, name)())

@@ -18,6 +18,7 @@ from fluxir.models.flux import pack_grid, unpack_grid
 from fluxir.restoration import files as F
 from fluxir.restoration import sampler as S
 from fluxir.io import sha256_file
+from support import make_mixed_folder
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -289,33 +290,6 @@ def test_tiled_vae_has_no_seams_and_bounds_its_input(pipe):
 
 # ----------------------------------------------------------------------------------------------------
 # Files of any kind
-
-
-def make_mixed_folder(root: Path) -> dict[str, Path]:
-    """RGB, greyscale (in a sub-folder), RGBA, 16-bit PNG, EXIF-rotated JPEG + a corrupt PNG, an empty file, a .txt."""
-    rng = np.random.default_rng(0)
-    (root / "sub").mkdir(parents=True)
-    files = {name: root / name for name in ("rgb.png", "sub/gray.png", "rgba.png", "deep16.png", "exif.jpg",
-                                            "corrupt.png", "empty.png", "notes.txt")}
-    Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)).save(files["rgb.png"])
-    Image.fromarray(rng.integers(0, 256, (9, 11), dtype=np.uint8), mode="L").save(files["sub/gray.png"])
-    rgba = rng.integers(0, 256, (8, 12, 4), dtype=np.uint8)
-    rgba[..., 3] = np.linspace(0, 255, 12, dtype=np.uint8)[None, :]  # alpha ramps left to right
-    Image.fromarray(rgba, mode="RGBA").save(files["rgba.png"])
-    Image.fromarray(np.full((12, 10), 40000, np.uint16)).save(files["deep16.png"])  # 40000/257 -> 156
-    stored = np.zeros((16, 32, 3), np.uint8)  # stored landscape: top half red, bottom half blue
-    stored[:8, :, 0] = 230
-    stored[8:, :, 2] = 230
-    exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display -> portrait, red on the right
-    Image.fromarray(stored).save(files["exif.jpg"], exif=exif, quality=95)
-    good = root / "good_to_truncate.png"
-    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
-    files["corrupt.png"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    good.unlink()
-    files["empty.png"].write_bytes(b"")
-    files["notes.txt"].write_text("not an image\n")
-    return files
 
 
 def test_read_photo_converts_every_mode(tmp_path):

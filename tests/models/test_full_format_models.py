@@ -219,7 +219,7 @@ def test_domain_prompts_change_the_images(full_flux_dir, tmp_path):
 def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_dir, tmp_path):
     """The crash regression: embeddings encoded with autograd on carried T5/CLIP's graph into the first
     backward, which freed it, and the second optimizer step died ("backward through the graph a second time")."""
-    from test_training import make_pairs, tiny_params
+    from support import make_pairs, tiny_params
 
     from fluxir.training import TrainConfig, load_models, train
 
@@ -269,7 +269,7 @@ def test_training_target_has_the_sign_the_sampler_integrates(full_flux_dir, tmp_
     """A model predicting the velocity that the sampler's Euler step (diffusers' FlowMatchEulerDiscreteScheduler,
     which the restorer reproduces above) takes from z_t straight to z_0 has zero training loss (Eq. 7-8)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from test_training import tiny_params
+    from support import tiny_params
 
     from fluxir.training import MicroBatch, TrainConfig, flow_matching_loss
 
@@ -335,7 +335,7 @@ def test_kedro_fluxgen_with_another_backend(full_format_model, tmp_path, kind):
 
 def test_kedro_all_pipelines_on_the_full_format_flux(full_flux_dir, tmp_path):
     """`kedro run` (fluxgen -> train -> evaluate) and then `--pipeline=restore`, all on the FLUX.1-dev-format folder."""
-    from test_restore import make_mixed_folder
+    from support import make_mixed_folder
 
     from fluxir.models.adapter import load_adapter
 

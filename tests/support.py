@@ -1,0 +1,98 @@
+"""Helpers shared by several test modules (test modules never import each other)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from conftest import REPO
+from fluxir.config import load_params
+from fluxir.io import sha256_file
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+def find_chromium() -> str | None:
+    """``FLUXIR_CHROMIUM``, else Debian's chromium (scripts/setup.sh installs it), else None."""
+    for candidate in (os.environ.get("FLUXIR_CHROMIUM"), "chromium", "chromium-browser", "/usr/bin/chromium"):
+        if candidate and (path := shutil.which(candidate)):
+            return path
+    return None
+
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+SIZES = ((64, 48), (48, 48), (32, 48))  # the tiny env's crop sizes (width, height)
+
+
+def make_pairs(root: Path, n: int = 8, sizes=SIZES, scale: int = 4) -> pd.DataFrame:
+    """n HQ crops of scikit-image sample photos (sizes cycled) + their 1/scale bicubic LQ, and the manifest."""
+    import skimage.data
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        photo = Image.fromarray(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()).convert("RGB")
+        w, h = sizes[i % len(sizes)]
+        small = photo.resize((2 * w, max(h, round(photo.height * 2 * w / photo.width))), Image.BICUBIC)
+        left, top = (small.width - w) // 2, (small.height - h) // 2
+        hq = small.crop((left, top, left + w, top + h))
+        hq_path, lq_path = root / f"hq_{i:03d}.png", root / f"lq_{i:03d}.png"
+        hq.save(hq_path)
+        hq.resize((w // scale, h // scale), Image.BICUBIC).save(lq_path)
+        rows.append({"image_id": i, "hq_path": str(hq_path), "lq_path": str(lq_path),
+                     "hq_sha256": sha256_file(hq_path), "lq_sha256": sha256_file(lq_path)})
+    return pd.DataFrame(rows)
+
+
+def tiny_params(tmp: Path, *overrides: str) -> dict:
+    """conf/tiny's train parameters with working folders under tmp (and quick defaults for tests)."""
+    base = [f"train.checkpoint_dir={tmp / 'ckpt'}", f"train.latent_cache_dir={tmp / 'cache'}",
+            "train.gradient_checkpointing=false"]
+    return load_params("tiny", base + list(overrides), REPO)["train"]
+
+
+def make_mixed_folder(root: Path) -> dict[str, Path]:
+    """RGB, greyscale (in a sub-folder), RGBA, 16-bit PNG, EXIF-rotated JPEG + a corrupt PNG, an empty file, a .txt."""
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir(parents=True)
+    files = {name: root / name for name in ("rgb.png", "sub/gray.png", "rgba.png", "deep16.png", "exif.jpg",
+                                            "corrupt.png", "empty.png", "notes.txt")}
+    Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)).save(files["rgb.png"])
+    Image.fromarray(rng.integers(0, 256, (9, 11), dtype=np.uint8), mode="L").save(files["sub/gray.png"])
+    rgba = rng.integers(0, 256, (8, 12, 4), dtype=np.uint8)
+    rgba[..., 3] = np.linspace(0, 255, 12, dtype=np.uint8)[None, :]  # alpha ramps left to right
+    Image.fromarray(rgba, mode="RGBA").save(files["rgba.png"])
+    Image.fromarray(np.full((12, 10), 40000, np.uint16)).save(files["deep16.png"])  # 40000/257 -> 156
+    stored = np.zeros((16, 32, 3), np.uint8)  # stored landscape: top half red, bottom half blue
+    stored[:8, :, 0] = 230
+    stored[8:, :, 2] = 230
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display -> portrait, red on the right
+    Image.fromarray(stored).save(files["exif.jpg"], exif=exif, quality=95)
+    good = root / "good_to_truncate.png"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
+    files["corrupt.png"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    good.unlink()
+    files["empty.png"].write_bytes(b"")
+    files["notes.txt"].write_text("not an image\n")
+    return files
+
+
+def save_identity_adapter(project: Path) -> None:
+    """A fresh adapter saved through the project's own ``fluxir_adapter`` entry (what train would write)."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    from fluxir.models.adapter import FluxIRAdapter
+    from fluxir.models.flux import load_pipeline
+
+    loader = OmegaConfigLoader(str(project / "conf"), base_env="base", default_run_env="tiny")
+    entry = dict(loader["catalog"]["fluxir_adapter"])
+    entry["filepath"] = str(project / entry["filepath"])
+    pipe = load_pipeline(str(project / "data/01_raw/tiny/flux"), "float32", "cpu")
+    DataCatalog.from_config({"fluxir_adapter": entry}).save("fluxir_adapter", FluxIRAdapter.from_flux(pipe.transformer))
