@@ -55,18 +55,16 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 
 from fluxir.config import Rule, check_fields, flatten_dict, reject_unknown_keys
+from fluxir.fluxgen.generate import PromptEncoder
 from fluxir.io import hash_json
-from fluxir.models.flux import accelerate_cpu, image_ids, pack, unpack
-from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, count_parameters, freeze_flux
-from fluxir.progress import progress as progress_bar
-from fluxir.training_records import (
-    MlflowLogger,
-    list_checkpoints,
-    load_checkpoint,
-    peak_memory_mb,
-    save_checkpoint,
-    validation_grid,
+from fluxir.models.adapter import (
+    FluxIRAdapter,
+    controlled_flux_forward,
+    count_parameters,
+    freeze_flux,
 )
+from fluxir.models.flux import accelerate_cpu, image_ids, load_pipeline, pack, unpack
+from fluxir.progress import progress as progress_bar
 from fluxir.training_data import (
     DataOrder,
     LatentCache,
@@ -76,6 +74,14 @@ from fluxir.training_data import (
     gaussian_sample,
     pair_gaussians,
     vae_identity,
+)
+from fluxir.training_records import (
+    MlflowLogger,
+    list_checkpoints,
+    load_checkpoint,
+    peak_memory_mb,
+    save_checkpoint,
+    validation_grid,
 )
 
 logger = logging.getLogger(__name__)
@@ -277,9 +283,6 @@ class Models:
 
 def load_models(cfg: TrainConfig, device: torch.device | str) -> Models:
     """Load the pipeline, encode the empty prompt once (T5/CLIP are then dropped), freeze Flux and the VAE."""
-    from fluxir.fluxgen.generate import PromptEncoder
-    from fluxir.models.flux import load_pipeline
-
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=str(device))
     encoder = PromptEncoder(pipe, [""], cfg.max_sequence_length, str(device))  # the paper's empty prompt
     flux, vae = pipe.transformer, pipe.vae

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -101,8 +102,6 @@ class MlflowLogger:
     def __init__(self, enabled: bool) -> None:
         self.run = None
         if enabled:
-            import mlflow
-
             self.run = mlflow.active_run()
 
     def params(self, params: dict[str, Any]) -> None:
@@ -112,14 +111,10 @@ class MlflowLogger:
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
-            import mlflow
-
             mlflow.log_metrics(metrics, step=step)
 
     def image(self, image: np.ndarray, name: str) -> None:
         if self.run is not None:
-            import mlflow
-
             mlflow.log_image(image, artifact_file=name)
 
 

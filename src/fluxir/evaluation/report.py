@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fluxir.fluxgen.iqa import CONVENTION_DEFINITIONS
+
 # The paper's metrics (Table 1 order) and the pyiqa scorers that compute them (paper footnote 2).
 PAPER_METRICS: dict[str, tuple[str, ...]] = {
     "CLIPIQA": ("clipiqa+_vitL14_512",),
@@ -237,8 +239,6 @@ def _stand_in_lines(means: pd.DataFrame, options: Mapping[str, str] | None = Non
 
 def conventions(convention: str, crop_border: int, color_fix: str, metric_names: str) -> dict[str, str]:
     """The scoring conventions behind every number, as rows of the report's setup table (docs/evaluation.md)."""
-    from fluxir.fluxgen.iqa import CONVENTION_DEFINITIONS
-
     if convention not in CONVENTION_DEFINITIONS:
         raise ValueError(f"evaluate.convention must be one of {sorted(CONVENTION_DEFINITIONS)}, got {convention!r}")
     return {

@@ -23,8 +23,18 @@ import numpy as np
 import pandas as pd
 
 from fluxir.config import Rule, check_fields
+from fluxir.evaluation.report import (
+    PER_IMAGE_COLUMNS,
+    figure_png,
+    grid_figure,
+    is_stand_in,
+)
 from fluxir.evaluation.testsets import list_images, pair_key
+from fluxir.fluxgen import iqa
+from fluxir.fluxgen.iqa import MetricSpec
 from fluxir.io import hash_json, hash_tensors, image_size, read_image, write_png_atomic
+from fluxir.progress import progress
+from fluxir.restoration.sampler import RestoreConfig, Restorer, config_dict, upsample
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +64,6 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     ``color_fix`` is evaluation's own choice (``evaluate.color_fix``), never part of ``restore``. Files go to ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and
     settings; files already there are reused, so an interrupted run resumes where it stopped.
     """
-    from fluxir.restoration.sampler import RestoreConfig, Restorer, config_dict
-
     params = dict(restore)
     if "model" not in params:
         raise ValueError("evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls")
@@ -71,8 +79,6 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     todo = [r for r in manifest.itertuples(index=False) if not (root / r.dataset / f"{r.image}.png").is_file()]
     seconds: list[float] = []
     if todo:
-        from fluxir.progress import progress
-
         restorer = Restorer.from_source(model, adapter, config)
         for row in progress(todo, desc="restore", unit="img"):
             lq = read_image(row.lq_path)
@@ -109,8 +115,6 @@ def describe_training(record: Mapping[str, Any]) -> str:
 
 def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path) -> pd.DataFrame:
     """Bicubic x``scale`` of every LQ (PIL), written once to ``<outputs_dir>/bicubic/<dataset>/<prep_key>/``."""
-    from fluxir.restoration.sampler import upsample
-
     check_fields({"scale": scale}, [Rule("scale", "positive_int")], "evaluate.")
     rows = []
     for r in manifest.itertuples(index=False):
@@ -176,8 +180,6 @@ def baseline_manifest(manifest: pd.DataFrame, baselines_dir: str | Path, scale: 
 
 def parse_metric_groups(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``{"full_reference": {label: spec}, "no_reference": {label: spec}}`` with parsed ``MetricSpec`` values."""
-    from fluxir.fluxgen.iqa import MetricSpec
-
     if not isinstance(metrics, Mapping) or set(metrics) - {"full_reference", "no_reference"}:
         raise ValueError("evaluate.metrics must be {full_reference: {LABEL: pyiqa spec}, no_reference: {LABEL: spec}}, "
                          f"got {metrics!r}")
@@ -202,9 +204,6 @@ def score_all(manifest: pd.DataFrame, outputs: pd.DataFrame, metrics: Mapping[st
 
     All weight files are checked before anything is scored (one error listing every missing file).
     """
-    from fluxir.fluxgen import iqa
-    from fluxir.evaluation.report import PER_IMAGE_COLUMNS, is_stand_in
-
     groups = parse_metric_groups(metrics)
     iqa.configure_weights(weights_dir, trust_weight_files)
     iqa.check_weights([*groups["full_reference"].values(), *groups["no_reference"].values()])
@@ -259,8 +258,6 @@ def grids(manifest: pd.DataFrame, outputs: pd.DataFrame, names: Mapping[str, str
     Columns: LQ | Bicubic | baselines | FluxIR | HQ (when the benchmark has HQ). ``note`` is added to each
     title (e.g. that the models are tiny). A skipped benchmark gets a figure that says why (no PNG).
     """
-    from fluxir.evaluation.report import figure_png, grid_figure
-
     figures: dict[str, Any] = {}
     pngs: dict[str, bytes] = {}
     methods = list(dict.fromkeys(["bicubic", *[m for m in outputs["method"] if m != "fluxir"], "fluxir"]))

@@ -34,8 +34,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import skimage.data
 
 from fluxir.config import Rule, check_fields
+from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
 from fluxir.io import hash_json, image_size, read_image, write_png_atomic
 
 log = logging.getLogger(__name__)
@@ -248,7 +250,6 @@ def prepare_benchmark(spec: BenchmarkSpec, prepared_dir: str | Path, degradation
 
 
 def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping[str, Any]) -> pd.DataFrame:
-    from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
     # The reference is the original crop: USM sharpening is for training HQ only (see the module docstring).
     settings = {**dict(degradation), "crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random",
                 "use_usm": False}
@@ -364,8 +365,6 @@ DEMO_PHOTOS = {
 
 
 def _photo(name: str) -> np.ndarray:
-    import skimage.data
-
     image = getattr(skimage.data, name)()
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"skimage.data.{name} is not an RGB photo")
@@ -373,8 +372,6 @@ def _photo(name: str) -> np.ndarray:
 
 
 def _demo_config(size: int, degradation: Mapping[str, Any]) -> Any:
-    from fluxir.fluxgen.degrade import DegradationConfig
-
     return DegradationConfig.from_dict({**dict(degradation), "crop_sizes": [[size, size]], "crop_position": "center"})
 
 
@@ -387,7 +384,6 @@ def write_demo_benchmarks(specs: Mapping[str, BenchmarkSpec], degradation: Mappi
     slightly larger than the crops (so centre cropping is exercised); LQ-only folders get LQ images.
     Folders that already hold images are left untouched. Returns ``{benchmark: [folders written]}``.
     """
-    from fluxir.fluxgen.degrade import degrade_pair
     degradation = degradation or {}
     written: dict[str, list[str]] = {}
     for spec in specs.values():

@@ -29,9 +29,22 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pandas as pd
+import torch
 
-from fluxir.io import ImageStore, hash_json, portable_path, sha256_file, write_json_atomic
+from fluxir.config import cli_parser, load_catalog, load_params
+from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
+from fluxir.fluxgen.manifest import write_recorded
+from fluxir.io import (
+    ImageStore,
+    hash_json,
+    portable_path,
+    read_image,
+    sha256_file,
+    write_json_atomic,
+)
+from fluxir.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -75,19 +88,12 @@ class PairStores:
 
 def _single_threaded() -> None:
     """Pool initializer: one OpenCV and one torch thread per worker (N workers = N busy cores)."""
-    import cv2
-    import torch
-
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 
 
 def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) -> int:
     """Degrade source ``job = (image_id, path)`` into its HQ/LQ files and record; returns the id."""
-    from fluxir.fluxgen.degrade import degrade_pair
-    from fluxir.fluxgen.manifest import write_recorded
-    from fluxir.io import read_image
-
     image_id, source = job
     hq, lq, info = degrade_pair(read_image(source), image_id, seed, config)
     hq_rec = write_recorded(stores.hq, image_id, hq)
@@ -102,8 +108,6 @@ def make_pairs(
     jobs: list[tuple[int, str]], stores: PairStores, config: Any, seed: int, workers: int = 1, progress: bool = True,
 ) -> list[int]:
     """Make the pairs of ``jobs`` (``(image_id, source path)``) that are not done yet; returns their ids."""
-    from fluxir.progress import progress as progress_bar
-
     todo = [job for job in jobs if not stores.is_done(job[0])]
     logger.info("degrade: %d of %d pairs to make with %d worker(s) into %s", len(todo), len(jobs), workers, stores.lq.root.parent)
     if not todo:
@@ -163,8 +167,6 @@ def degrade_selection(
     selection: pd.DataFrame, pair_store: ImageStore, degrade: dict[str, Any], progress: bool = True
 ) -> tuple[PairStores, pd.DataFrame, list[int]]:
     """Make this rank's missing pairs of the kept images; returns (stores, kept rows, ids made now)."""
-    from fluxir.fluxgen.degrade import DegradationConfig
-
     config = DegradationConfig.from_dict(degrade.get("config", {}))
     seed = degrade["seed"]
     kept = selection[selection["keep"]].sort_values("image_id")
@@ -179,8 +181,6 @@ def degrade_selection(
 
 def main(argv: list[str] | None = None) -> None:
     """Degrade this machine's share of the kept images (``degrade.rank`` of ``degrade.world_size``)."""
-    from fluxir.config import cli_parser, load_catalog, load_params
-
     parser = cli_parser("python -m fluxir.fluxgen.pairs", main.__doc__, "degrade.rank=1,degrade.world_size=4")
     parser.add_argument("--selection", default=None, help="IQA selection parquet (default: the catalog's latest iqa_selection)")
     parser.add_argument("--store", default=None, help="pair store root (default: the catalog's pair_store path)")

@@ -30,10 +30,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
+from fluxir.config import cli_parser, load_catalog, load_params
 from fluxir.fluxgen import iqa as iqa_lib
 from fluxir.io import hash_json, read_image
+from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -165,11 +168,6 @@ def merge_scores(manifest: pd.DataFrame, parts_dir: Path, names: Sequence[str]) 
 
 def main(argv: list[str] | None = None) -> None:
     """Score FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.score``)."""
-    from accelerate import PartialState
-
-    from fluxir.config import cli_parser, load_catalog, load_params
-    from fluxir.models.flux import accelerate_cpu, resolve_device
-
     parser = cli_parser("python -m fluxir.fluxgen.score", main.__doc__, "iqa.batch_size=16")
     parser.add_argument("--manifest", default=None, help="generated-images parquet (default: the catalog's latest generated_images)")
     parser.add_argument("--parts", default=None, help="score parts root (default: the catalog's iqa_parts path)")

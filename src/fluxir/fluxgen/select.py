@@ -6,6 +6,8 @@ from typing import Any
 
 import pandas as pd
 
+from fluxir.fluxgen.iqa import lower_is_better
+
 
 def histograms_with_cuts(table: pd.DataFrame, cuts: dict[str, tuple[float, bool]], percentile: float) -> Any:
     """One histogram per IQA metric with the selection cut drawn and the kept side shaded."""
@@ -38,8 +40,6 @@ def percentile_cuts(scores: pd.DataFrame, names: list[str], percentile: float) -
     below it pass. Returns (scores plus ``<metric>_threshold``, ``<metric>_pass`` and ``keep``,
     ``{metric: (cut, lower_is_better)}``).
     """
-    from fluxir.fluxgen.iqa import lower_is_better
-
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
         raise ValueError(f"select.percentile must be in (0, 100) exclusive, got {percentile!r} (the paper uses 5)")
     table = scores.copy()

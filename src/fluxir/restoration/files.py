@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fluxir.io import read_photo, write_png_atomic
 from fluxir.progress import progress as progress_bar
-from fluxir.restoration.sampler import RestoreConfig, Restorer, upsample
+from fluxir.restoration.sampler import RestoreConfig, Restorer, config_dict, upsample
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,6 @@ def restore_planned(plan: Any, files: dict[str, Any], adapter: Any, cfg: Restore
     Returns (failures [{input, reason}], summary). Raises RuntimeError, listing the reasons, when no
     input file could be used at all (nothing restored, nothing skipped).
     """
-    from fluxir.restoration.sampler import config_dict
-
     jobs = list(plan.loc[plan["action"] == "restore", ["input", "output"]].itertuples(index=False, name=None))
     results, failures, load_seconds = restore_files(files.get("model"), adapter, cfg, jobs,
                                                     progress=bool(files.get("progress", True)))
@@ -114,8 +113,6 @@ def restore_planned(plan: Any, files: dict[str, Any], adapter: Any, cfg: Restore
 
 def failure_table(failures: list[dict[str, str]]) -> Any:
     """Failures as a DataFrame with string columns input, reason (also when empty)."""
-    import pandas as pd
-
     return pd.DataFrame({c: pd.Series([f[c] for f in failures], dtype="string") for c in ("input", "reason")})
 
 

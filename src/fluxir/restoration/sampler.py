@@ -54,10 +54,28 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from accelerate import cpu_offload_with_hook
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from PIL import Image
 from torch import Tensor
 
 from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
-from fluxir.models.flux import image_ids, pack_grid, resolve_device, unpack_grid
+from fluxir.fluxgen.generate import PromptEncoder
+from fluxir.models.adapter import (
+    FluxIRConfig,
+    check_compatible,
+    controlled_flux_forward,
+    freeze_flux,
+)
+from fluxir.models.flux import (
+    image_ids,
+    load_pipeline,
+    pack_grid,
+    resolve_device,
+    unpack_grid,
+)
 from fluxir.progress import progress as progress_bar
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
 from fluxir.restoration.lowmem import attach_offload, check_modes, quantize_transformer
@@ -279,8 +297,6 @@ def sigmas_for(steps: int, schedule: str, scheduler_config: dict[str, Any] | Non
     """
     if schedule == "linear":
         return torch.linspace(1.0, 0.0, steps + 1)
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config or {}))
     cfg = scheduler.config
@@ -303,8 +319,6 @@ class Restorer:
 
     def __init__(self, transformer: Any, vae: Any, scheduler_config: dict[str, Any], prompt_embeds: Tensor,
                  pooled_prompt_embeds: Tensor, adapter: Any, config: RestoreConfig) -> None:
-        from fluxir.models.adapter import FluxIRConfig, check_compatible, freeze_flux
-
         config.validate()
         self.config = config
         self.device = resolve_device(config.device)
@@ -336,8 +350,6 @@ class Restorer:
     @classmethod
     def from_pipeline(cls, pipe: Any, adapter: Any = None, config: RestoreConfig | None = None) -> Restorer:
         """From a loaded ``FluxPipeline``: encodes the empty prompt once, then drops T5/CLIP from ``pipe``."""
-        from fluxir.fluxgen.generate import PromptEncoder
-
         config = config or RestoreConfig()
         config.validate()
         seq_len = config.max_sequence_length
@@ -349,8 +361,6 @@ class Restorer:
         # hook, to encode the empty prompt; PromptEncoder then drops them.
         hooks = []
         if device != "cpu":
-            from accelerate import cpu_offload_with_hook
-
             hooks = [cpu_offload_with_hook(encoder, device)[1] for encoder in (pipe.text_encoder, pipe.text_encoder_2)
                      if encoder is not None and encoder.device.type == "cpu"]
         embeds = PromptEncoder(pipe, [""], seq_len, device).cache[""]
@@ -362,8 +372,6 @@ class Restorer:
     @classmethod
     def from_source(cls, model: str, adapter: Any = None, config: RestoreConfig | None = None) -> Restorer:
         """Load the Flux pipeline ``model`` (hub id or local folder) and build a restorer."""
-        from fluxir.models.flux import load_pipeline
-
         config = config or RestoreConfig()
         config.validate()
         low_memory = config.offload != "none" or config.quantize != "none"  # load on the CPU, quantise there
@@ -419,8 +427,6 @@ class Restorer:
     def _blended_velocity(self, z: Tensor, z_lq: Tensor, t: float,
                           tiles: list[tuple[tuple[int, int, int, int], Tensor]]) -> Tensor:
         """Sum over tiles of weight * v_p(tile): each tile's velocity from the model on that tile alone."""
-        from fluxir.models.adapter import controlled_flux_forward
-
         v = torch.zeros_like(z)
         (y0, y1, x0, x1), _ = tiles[0]
         th, tw = y1 - y0, x1 - x0  # every tile of an image has the same shape (tile_spans)
@@ -471,8 +477,6 @@ def check_image(image: np.ndarray) -> np.ndarray:
 
 def upsample(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """(h, w, C) uint8 -> (height, width, C) uint8, PIL bicubic (antialiased when shrinking); used for alpha."""
-    from PIL import Image
-
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
@@ -483,7 +487,6 @@ def upsample_condition(image: np.ndarray, height: int, width: int) -> np.ndarray
     torch bicubic (a = -0.75, align_corners=False), clamped; antialiased when shrinking."""
     if image.shape[:2] == (height, width):
         return image
-    import torch.nn.functional as F
 
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # (1, 3, h, w) in [0, 255]
     shrink = height < image.shape[0] or width < image.shape[1]
