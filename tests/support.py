@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +100,20 @@ def save_identity_adapter(project: Path) -> None:
     entry["filepath"] = str(project / entry["filepath"])
     pipe = load_pipeline(str(project / "data/01_raw/tiny/flux"), "float32", "cpu")
     DataCatalog.from_config({"fluxir_adapter": entry}).save("fluxir_adapter", FluxIRAdapter.from_flux(pipe.transformer))
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float, group: bool = False) -> None:
+    """SIGKILL ``proc`` (its whole process group with ``group``) once ``ready()`` holds or ``timeout`` s pass.
+
+    Asserts the process was still running when killed, so a resume test cannot pass on a run that
+    simply finished.
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and every process it started
+    else:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()

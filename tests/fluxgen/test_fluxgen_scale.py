@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import builtins
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import pandas as pd
 import pytest
 import skimage.data
 from conftest import REPO, free_port
+from support import kill_when
 
 from fluxir.fluxgen.generate import GenerationConfig
 from fluxir.fluxgen.manifest import (
@@ -163,11 +162,7 @@ def test_scoring_resumes_after_kill(tmp_path, monkeypatch):
     parts = tmp_path / "parts"
     proc = subprocess.Popen([sys.executable, *_score_cli(manifest, parts, "piqe")], cwd=tmp_path, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(parts.rglob("part-*.parquet"))) < 2:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: len(list(parts.rglob("part-*.parquet"))) >= 2, timeout=240)
     written = list(parts.rglob("part-*.parquet"))
     scored = sum(len(pd.read_parquet(p)) for p in written)  # every listed part is complete
     assert 12 <= scored < 600, "the run should have been killed part-way"
@@ -252,12 +247,7 @@ def test_degradation_resumes_after_kill_and_ranks_add_up(tmp_path, monkeypatch):
     store = tmp_path / "pairs"
     proc = subprocess.Popen(_pairs_cli(path, store, "degrade.workers=2"), cwd=tmp_path, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(store.rglob("*.json"))) < 10:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the run, its forkserver and its workers at once
-    proc.wait()
+    kill_when(proc, lambda: len(list(store.rglob("*.json"))) >= 10, timeout=240, group=True)  # + forkserver, workers
     records = list(store.rglob("[0-9]*.json"))
     assert 10 <= len(records) < 128, "the run should have been killed part-way"
     for record in records:  # a record is only written once both images are complete

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO, free_port
+from support import kill_when
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
 from fluxir.io import ImageStore, read_image
@@ -109,11 +108,7 @@ def test_killed_run_keeps_complete_images_and_resumes(tmp_path):
         _cli("--params", "fluxgen.num_images=400,fluxgen.steps=2", "--store", str(tmp_path)),
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(tmp_path.rglob("*.png"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: len(list(tmp_path.rglob("*.png"))) >= 3, timeout=120)
     written = sorted(tmp_path.rglob("*.png"))
     assert 3 <= len(written) < 400, "the run should have been killed part-way"
     for path in written:  # every file that exists under its final name is a complete image

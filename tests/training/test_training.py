@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import free_port, kedro_run
-from support import make_pairs, tiny_params
+from support import kill_when, make_pairs, tiny_params
 from PIL import Image
 
 from fluxir.models.adapter import load_adapter
@@ -326,15 +324,11 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, pairs, ke
                                                                               f"train.latent_cache_dir={tmp_path / 'lc'}"))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_cli(kedro_project, *run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, done = time.time() + 300, []
-    while time.time() < deadline and proc.poll() is None:
-        runs = list((tmp_path / "ck").glob("*/step_*"))
-        done = [int(p.name[5:]) for p in runs if not p.name.startswith(".")]
-        if max(done, default=0) >= 10:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    def ten_steps_saved() -> bool:
+        return max((int(p.name[5:]) for p in (tmp_path / "ck").glob("*/step_*") if not p.name.startswith(".")),
+                   default=0) >= 10
+
+    kill_when(proc, ten_steps_saved, timeout=300)
     run_dir = next((tmp_path / "ck").iterdir())
     killed_at = list_checkpoints(run_dir)[-1][0]
     assert 10 <= killed_at < 60, f"the run should have been killed part-way, newest checkpoint {killed_at}"
