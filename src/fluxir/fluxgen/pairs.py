@@ -33,7 +33,7 @@ import cv2
 import pandas as pd
 import torch
 
-from fluxir.config import cli_parser, load_catalog, load_params
+from fluxir.config import Rule, check_fields, cli_parser, is_int, load_catalog, load_params
 from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
 from fluxir.fluxgen.manifest import write_recorded
 from fluxir.io import (
@@ -58,16 +58,15 @@ def resolve_workers(workers: int | str) -> int:
     """``auto``: the cores this process may run on; otherwise a positive integer."""
     if workers == "auto":
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if not is_int(workers, 1):
         raise ValueError(f"degrade.workers must be 'auto' or a positive integer, got {workers!r}")
     return workers
 
 
 def ids_for_rank(image_ids: Iterable[int], rank: int, world_size: int) -> list[int]:
     """The ids machine ``rank`` of ``world_size`` degrades: ``image_id % world_size == rank``."""
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"degrade.world_size must be a positive integer, got {world_size!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+    check_fields({"world_size": world_size}, [Rule("world_size", "positive_int")], "degrade.")
+    if not is_int(rank, 0) or rank >= world_size:
         raise ValueError(f"degrade.rank must be an integer in [0, {world_size - 1}] (world_size {world_size}), got {rank!r}")
     return [i for i in image_ids if i % world_size == rank]
 

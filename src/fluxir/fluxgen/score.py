@@ -33,7 +33,7 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
-from fluxir.config import cli_parser, load_catalog, load_params
+from fluxir.config import Rule, check_fields, cli_parser, load_catalog, load_params
 from fluxir.fluxgen import iqa as iqa_lib
 from fluxir.io import hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
@@ -42,6 +42,13 @@ from fluxir.progress import progress as progress_bar
 logger = logging.getLogger(__name__)
 
 _PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
+
+
+SCORING_RULES = (
+    Rule("batch_size", "positive_int"),
+    Rule("loader_workers", "nonneg_int", must="an integer >= 0 (0: decode in the scoring process)"),
+    Rule("part_size", "positive_int"),
+)
 
 
 def metrics_key(specs: Sequence[Any]) -> str:
@@ -118,10 +125,7 @@ def score_into_parts(
     progress: bool = True,
 ) -> int:
     """Score this process's share of the not yet scored chunks into parts; returns how many images it scored."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"iqa.batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(loader_workers, int) or loader_workers < 0:
-        raise ValueError(f"iqa.loader_workers must be an integer >= 0 (0: decode in the scoring process), got {loader_workers!r}")
+    check_fields({"batch_size": batch_size, "loader_workers": loader_workers, "part_size": part_size}, SCORING_RULES, "iqa.")
     parsed = [iqa_lib.MetricSpec.parse(s) for s in specs]
     not_nr = [s.name for s in parsed if s.metric_mode != "NR"]
     if not_nr:
