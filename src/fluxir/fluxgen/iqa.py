@@ -11,8 +11,8 @@ Tiny environments use the same pyiqa code path with scorers that need no files: 
 metrics (``entropy``, ``piqe``; ``psnr``, ``ssim``, ...) or a pyiqa architecture with random weights
 (``{"name": "musiq", "pretrained": False}``, seeded, so scores are reproducible).
 
-This module imports only the standard library and numpy at import time: kedro pipeline modules read
-its constants, and torch + pyiqa take seconds to import.
+At import time this module loads no torch or pyiqa (only numpy and ``fluxir.io``'s PIL/fsspec): pyiqa fixes
+its weight folder when first imported, so it must come after ``configure_weights``, and both take seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 
 from fluxir.fluxgen import iqa_weights
 from fluxir.fluxgen.iqa_weights import WEIGHT_FREE, configure_weights, pyiqa_configs
+from fluxir.io import read_image
 
 __all__ = [
     "CONVENTIONS", "FULL_REFERENCE_DEFAULT", "FULL_REFERENCE_TINY", "NO_REFERENCE_DEFAULT", "NO_REFERENCE_TINY",
@@ -230,15 +231,12 @@ def metric_versions(specs: Any = NO_REFERENCE_DEFAULT) -> dict[str, Any]:
 
 
 def _as_rgb_uint8(item: Any, index: int) -> np.ndarray:
-    """An HxWx3 uint8 array from an array or an image path (read with PIL, converted to RGB)."""
+    """An HxWx3 uint8 array from an array or an image path (``fluxir.io.read_image``: converted to RGB)."""
     if isinstance(item, (str, os.PathLike)):
-        from PIL import Image
-
         path = Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"image {index}: no such file {str(path)!r}")
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+        return read_image(path)
     arr = np.asarray(item)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(
@@ -247,7 +245,7 @@ def _as_rgb_uint8(item: Any, index: int) -> np.ndarray:
     return arr
 
 
-def _to_tensor(images: Sequence[np.ndarray], device: Any) -> Any:
+def images_to_tensor(images: Sequence[np.ndarray], device: Any) -> Any:
     """(B, 3, H, W) float32 in [0, 1] on ``device``."""
     import torch
 
@@ -276,7 +274,7 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-def _scores(output: Any, expected: int, name: str) -> np.ndarray:
+def metric_scores(output: Any, expected: int, name: str) -> np.ndarray:
     """Per-image scores from a pyiqa output of shape (B,) or (B, 1)."""
     values = output.detach().float().cpu().numpy().reshape(-1)
     if values.size != expected:
@@ -319,10 +317,10 @@ def score_no_reference(
     items = ((_as_rgb_uint8(img, i),) for i, img in enumerate(images))
     with progress_bar(total=_len_or_none(images), desc="IQA (no-reference)", unit="img", disable=not progress) as bar:
         for indices, batch in _batches(items, batch_size):
-            x = _to_tensor([b[0] for b in batch], device)
+            x = images_to_tensor([b[0] for b in batch], device)
             with torch.inference_mode():
                 for name, metric in metrics.items():
-                    for i, value in zip(indices, _scores(metric(x), len(indices), name)):
+                    for i, value in zip(indices, metric_scores(metric(x), len(indices), name)):
                         results[name][i] = float(value)
             count += len(indices)
             bar.update(len(indices))
@@ -422,11 +420,11 @@ def score_full_reference(
     values: dict[int, dict[str, float]] = {}
     with progress_bar(total=_len_or_none(restored), desc="IQA (full-reference)", unit="img", disable=not progress) as bar:
         for indices, batch in _batches(_cropped_pairs(restored, reference, crop_border), batch_size):
-            x = _to_tensor([p[0] for p in batch], device)
-            y = _to_tensor([p[1] for p in batch], device)
+            x = images_to_tensor([p[0] for p in batch], device)
+            y = images_to_tensor([p[1] for p in batch], device)
             with torch.inference_mode():
                 for name, metric in built.items():
-                    for i, value in zip(indices, _scores(metric(x, y), len(indices), name)):
+                    for i, value in zip(indices, metric_scores(metric(x, y), len(indices), name)):
                         values.setdefault(i, {})[name] = float(value)
             bar.update(len(indices))
     count = len(values)

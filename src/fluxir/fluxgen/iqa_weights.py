@@ -19,7 +19,6 @@ Only the standard library is imported at module level: kedro pipeline modules re
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from fluxir.io import sha256_file
 
 if TYPE_CHECKING:  # only for annotations: iqa imports this module, never the other way round
     from fluxir.fluxgen.iqa import MetricSpec
@@ -258,11 +259,7 @@ def needs(spec: MetricSpec) -> list[Need]:
 
 @lru_cache(maxsize=16)
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:  # size/mtime: a replaced file is hashed again
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def file_sha256(path: Path) -> str:

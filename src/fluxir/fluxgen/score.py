@@ -99,11 +99,10 @@ def _score_batch(metrics: dict[str, Any], images: list[np.ndarray], device: Any)
     for i, image in enumerate(images):
         by_shape.setdefault(image.shape, []).append(i)
     for rows in by_shape.values():
-        x = torch.from_numpy(np.stack([images[i] for i in rows])).to(device=device, dtype=torch.float32)
-        x = x.permute(0, 3, 1, 2).contiguous().div_(255.0)  # (B, 3, H, W) in [0, 1], pyiqa's input
+        x = iqa_lib.images_to_tensor([images[i] for i in rows], device)  # (B, 3, H, W) in [0, 1], pyiqa's input
         with torch.inference_mode():
             for name, metric in metrics.items():
-                out[name][rows] = metric(x).detach().float().cpu().numpy().reshape(-1)
+                out[name][rows] = iqa_lib.metric_scores(metric(x), len(rows), name)
     return out
 
 
