@@ -25,7 +25,7 @@ import numpy as np
 
 from fluxir.io import write_png_atomic
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
-from fluxir.restoration.files import read_photo, restore_photo
+from fluxir.restoration.files import read_photo, restore_photo, split_params
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
 from fluxir.restoration.sampler import RestoreConfig, Restorer, output_size, upsample
 
@@ -81,8 +81,6 @@ class ProjectModels:
 
     def restorer(self, version: str, config: RestoreConfig) -> Restorer:
         """A restorer for this adapter version and config; the models are reloaded only when they must be."""
-        from fluxir.restoration.files import split_params
-
         key = (version, *(getattr(config, name) for name in MODEL_FIELDS))
         if self._restorer is None or self._key != key:
             self._restorer = None  # free the old models before loading new ones
@@ -99,8 +97,6 @@ def restore_upload(models: ProjectModels, upload: str | None, version: str, sett
 
     Raises ValueError naming the file (unreadable upload) or the parameter (bad setting).
     """
-    from fluxir.restoration.files import split_params
-
     if not upload:
         raise ValueError("upload a photo first (PNG, JPEG, WebP, TIFF, ...)")
     name = Path(upload).name

@@ -49,12 +49,9 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 QUANTIZE_MODES = ("none", "int8", "fp8", "nf4")
 
 
-def check_modes(offload: str, quantize: str) -> None:
-    """Raise ValueError naming the parameter for an unknown or unsupported offload/quantize combination."""
-    if offload not in OFFLOAD_MODES:
-        raise ValueError(f"restore.offload must be one of {OFFLOAD_MODES}, got {offload!r}")
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(f"restore.quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+def check_combination(offload: str, quantize: str) -> None:
+    """Raise ValueError for an offload/quantize pair that cannot work together (each value is checked by
+    ``RestoreConfig``'s rules)."""
     if offload == "sequential" and quantize != "none":
         # accelerate's per-layer weight swapping rebuilds plain tensors from the CPU state dict; quantised
         # tensor subclasses (torchao, bitsandbytes) do not survive it.

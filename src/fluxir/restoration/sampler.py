@@ -78,7 +78,13 @@ from fluxir.models.flux import (
 )
 from fluxir.progress import progress as progress_bar
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
-from fluxir.restoration.lowmem import attach_offload, check_modes, quantize_transformer
+from fluxir.restoration.lowmem import (
+    OFFLOAD_MODES,
+    QUANTIZE_MODES,
+    attach_offload,
+    check_combination,
+    quantize_transformer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +106,8 @@ RESTORE_RULES = (
     Rule("batch_size", "positive_int"),
     Rule("max_sequence_length", "positive_int", nullable=True),
     Rule("control_scale", "number_at_least", 0, must="a number >= 0 (0: plain Flux, 1: as trained)"),
+    Rule("offload", "choice", OFFLOAD_MODES),
+    Rule("quantize", "choice", QUANTIZE_MODES),
 )
 
 
@@ -164,7 +172,7 @@ class RestoreConfig:
                                  f"{tile // 2}], got {overlap!r}")
         if _bad_number(self.start_t) or not 0 < self.start_t <= 1:
             raise ValueError(f"restore.start_t must be a number in (0, 1] (1: from pure noise), got {self.start_t!r}")
-        check_modes(self.offload, self.quantize)
+        check_combination(self.offload, self.quantize)
 
 
 def _bad_number(value: Any) -> bool:
