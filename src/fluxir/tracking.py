@@ -1,22 +1,53 @@
-"""MLflow helpers shared by the Kedro hooks (``hooks.py``) and the training loop (``training.py``)."""
+"""MLflow helpers shared by the Kedro hooks (``hooks.py``), the pipelines' metric nodes and the training loop.
+
+mlflow is imported inside the functions that talk to it: ``mlflow_key`` serves modules that must stay light.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-import mlflow
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+# MLflow accepts letters, digits, ``_ - . /``, spaces and (except on Windows) ``:`` in metric and param keys.
+_REFUSED_IN_KEYS = re.compile(r"[^\w.\- /]")
+
+
+def mlflow_key(name: str) -> str:
+    """The MLflow metric/param key for ``name``: the one mapping every key built from a metric name goes through.
+
+    ``+`` becomes ``plus`` (``clipiqa+_vitL14_512`` -> ``clipiqaplus_vitL14_512``, so pyiqa's ``+`` variants
+    stay apart from the plain metrics) and every other character MLflow refuses on some platform (``:`` included,
+    which Windows refuses) becomes ``_``; everything else is kept.
+    """
+    return _REFUSED_IN_KEYS.sub("_", str(name).replace("+", "plus"))
+
+
+def mlflow_metric_values(values: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """``{key: {"value": v, "step": 0}}`` (kedro-mlflow's metrics history format) with every key through
+    ``mlflow_key``; two names that map to one key are an error, not a silent overwrite."""
+    out: dict[str, dict[str, float]] = {}
+    for name, value in values.items():
+        key = mlflow_key(name)
+        if key in out:
+            raise ValueError(f"two metrics map to the MLflow key {key!r} (one of them is {name!r}); rename one")
+        out[key] = {"value": float(value), "step": 0}
+    return out
 
 
 def log_new_params(params: Mapping[str, Any]) -> dict[str, str]:
     """Log to the active MLflow run the ``params`` it does not hold yet; returns what was logged.
 
     MLflow refuses to log a parameter twice with another value, and kedro-mlflow already logs every
-    ``params:*`` a node reads, so only new keys go out. Values are cut to MLflow's length limit.
+    ``params:*`` a node reads, so only new keys go out. Keys go through ``mlflow_key``; values are cut to
+    MLflow's length limit.
     """
+    import mlflow
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
     present = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    new = {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in params.items() if k not in present}
+    keyed = {mlflow_key(k): v for k, v in params.items()}
+    new = {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in keyed.items() if k not in present}
     if new:
         mlflow.log_params(new)
     return new

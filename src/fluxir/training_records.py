@@ -23,7 +23,7 @@ from torch import nn
 from fluxir.io import atomic_directory, hash_tensors, read_image
 from fluxir.models.adapter import FluxIRAdapter, load_adapter, save_adapter
 from fluxir.restoration.sampler import RestoreConfig, Restorer, upsample_condition
-from fluxir.tracking import log_new_params
+from fluxir.tracking import log_new_params, mlflow_key
 from fluxir.training_data import PairTable, device_and_dtype
 
 if TYPE_CHECKING:  # fluxir.training imports this module
@@ -111,7 +111,7 @@ class MlflowLogger:
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
-            mlflow.log_metrics(metrics, step=step)
+            mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=step)
 
     def image(self, image: np.ndarray, name: str) -> None:
         if self.run is not None:

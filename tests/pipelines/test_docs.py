@@ -91,7 +91,8 @@ def test_docs_name_only_parameters_that_exist():
         ("degrade", "config"): _dataclass_fields(REPO / "src/fluxir/fluxgen/degrade.py", "DegradationConfig"),
         ("train", "adapter"): _dataclass_fields(REPO / "src/fluxir/models/adapter.py", "FluxIRConfig"),
     }
-    not_parameters = {"select.n_scored", "select.n_kept", "select.kept_fraction", "select.threshold.<metric>"}  # MLflow metrics
+    not_parameters = {"select.n_scored", "select.n_kept", "select.kept_fraction", "select.threshold.<metric>",
+                      "select.threshold.clipiqaplus_vitL14_512"}  # MLflow metrics
     not_parameters |= _node_names()  # `fluxgen.generate_images`: a node of the namespace fluxgen
     groups = "|".join(map(re.escape, params))
     pattern = re.compile(rf"`({groups})\.([A-Za-z0-9_.<>]+?)[`= ]")

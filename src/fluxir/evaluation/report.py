@@ -16,7 +16,6 @@ import base64
 import html
 import io
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -87,29 +86,27 @@ def metric_means(per_image: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(mean="mean", n="count").reset_index()
 
 
-def _mlflow_name(text: str) -> str:
-    """MLflow allows letters, digits, ``_ - . / :`` and spaces in keys."""
-    return re.sub(r"[^\w.\- /:]", "_", text.replace("+", "plus"))
-
-
-def mlflow_key(row: Mapping[str, Any]) -> str:
+def metric_name(row: Mapping[str, Any]) -> str:
     """``<dataset>.<method>.<label>.<convention>_crop<n>``; stand-ins also name their scorer.
 
     The catalog's metrics dataset adds the prefix ``eval.`` (e.g. ``eval.RealSR.fluxir.PSNR.y_crop4``).
     """
     label = row["label"] if not row["stand_in"] else f"{row['label']}_standin_{row['metric']}"
-    return _mlflow_name(f"{row['dataset']}.{row['method']}.{label}.{row['convention']}_crop{int(row['crop_border'])}")
+    return f"{row['dataset']}.{row['method']}.{label}.{row['convention']}_crop{int(row['crop_border'])}"
 
 
 def mlflow_metrics(means: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per-dataset means as ``{key: {"value": v, "step": 0}}`` (kedro-mlflow's metrics history format)."""
-    out: dict[str, dict[str, float]] = {}
+    """Per-dataset means as ``{key: {"value": v, "step": 0}}`` (kedro-mlflow's metrics history format), keys
+    through ``fluxir.tracking.mlflow_key`` (``MANIQA_standin_clipiqa+`` -> ``MANIQA_standin_clipiqaplus``)."""
+    from fluxir.tracking import mlflow_metric_values
+
+    values: dict[str, float] = {}
     for row in means.to_dict("records"):
-        key = mlflow_key(row)
-        if key in out:
-            raise ValueError(f"two metric rows map to the MLflow key {key!r}")
-        out[key] = {"value": float(row["mean"]), "step": 0}
-    return out
+        name = metric_name(row)
+        if name in values:
+            raise ValueError(f"two metric rows map to the MLflow key {name!r}")
+        values[name] = row["mean"]
+    return mlflow_metric_values(values)
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -49,17 +49,19 @@ def score_images(generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any]) 
 def select_by_iqa(scores: pd.DataFrame, metrics: list[Any], percentile: float) -> tuple[pd.DataFrame, dict, Any]:
     """Keep images inside the top ``100 - percentile`` % on every metric (paper: top 95% => percentile 5).
 
-    Returns (table with ``keep`` and the thresholds used, MLflow metrics, histogram figure).
+    Returns (table with ``keep`` and the thresholds used, MLflow metrics, histogram figure). Metric keys go
+    through ``fluxir.tracking.mlflow_key`` (``threshold.clipiqa+_vitL14_512`` -> ``threshold.clipiqaplus_vitL14_512``).
     """
     from fluxir.fluxgen.iqa import MetricSpec
     from fluxir.fluxgen.select import histograms_with_cuts, percentile_cuts
+    from fluxir.tracking import mlflow_metric_values
 
     table, cuts = percentile_cuts(scores, [MetricSpec.parse(s).name for s in metrics], percentile)
     keep = table["keep"]
     values = {"n_scored": len(table), "n_kept": int(keep.sum()), "kept_fraction": float(keep.mean())}
     values.update({f"threshold.{n}": c for n, (c, _) in cuts.items()})
     figure = histograms_with_cuts(table, cuts, percentile)
-    return table, {k: {"value": float(v), "step": 0} for k, v in values.items()}, figure
+    return table, mlflow_metric_values(values), figure
 
 
 def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict[str, Any]) -> pd.DataFrame:
