@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fluxir.io import atomic_file, hash_json, hash_tensors, image_size, read_image, sha256_file
+from fluxir.models.flux import autocast_off
 
 MANIFEST_COLUMNS = ("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256")
 
@@ -182,7 +183,8 @@ def device_and_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def encode_gaussian(vae: Any, images: Tensor) -> Tensor:
     """VAE encoder: images (B, 3, H, W) in [-1, 1] -> Gaussian parameters (B, 2C, h, w) = [mean, logvar]."""
-    return vae.encode(images.to(*device_and_dtype(vae))).latent_dist.parameters
+    with autocast_off():  # the VAE's own dtype (see autocast_off)
+        return vae.encode(images.to(*device_and_dtype(vae))).latent_dist.parameters
 
 
 def pair_gaussians(vae: Any, cache: LatentCache, pairs: PairTable, index: int) -> tuple[Tensor, Tensor]:
@@ -217,4 +219,5 @@ def gaussian_sample(params: Tensor, noise: Tensor, vae: Any) -> Tensor:
 def decode_latents(vae: Any, z: Tensor) -> Tensor:
     """Normalised latents (B, C, h, w) -> images (B, 3, 8h, 8w), about [-1, 1] (the frozen V_d)."""
     z = z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-    return vae.decode(z.to(device_and_dtype(vae)[1])).sample
+    with autocast_off():  # the VAE's own dtype, also under the training step's autocast (see autocast_off)
+        return vae.decode(z.to(device_and_dtype(vae)[1])).sample

@@ -236,6 +236,30 @@ def test_pixel_loss_follows_eq9(pairs, tiny_models):
     assert torch.equal(x0[1], mse) and x0[2] > 0 and not torch.isclose(x0[2], pixel)
 
 
+def test_the_frozen_vae_runs_in_its_own_dtype_outside_autocast(pairs, tiny_models):
+    """Under the step's autocast the VAE still runs with autocast off (CUDA would run its norms in float32)."""
+    cfg, models = tiny_models
+    table = PairTable.from_manifest(pairs)
+    model = ControlledFlux(models.flux, build_adapter(cfg, models))
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, a, out: seen.append((torch.is_autocast_enabled("cpu"), out.dtype)))
+             for m in (models.vae.encoder.conv_out, models.vae.decoder.conv_out)]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            gauss = [pair_gaussians(models.vae, LatentCache(None, "x"), table, 0)]
+            batch = make_micro_batch(cfg, models.vae, gauss, [1])
+            batch.t = torch.tensor([0.5])
+            loss, _, pixel = flow_matching_loss(model, models.flux, models.vae, batch, models.prompt_embeds,
+                                                models.pooled_embeds, cfg)
+            assert torch.is_autocast_enabled("cpu")  # switched off only around the VAE
+        loss.backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) == 3 and pixel > 0  # one encode, two decodes (prediction and target)
+    assert seen == [(False, torch.float32)] * 3  # the tiny VAE is float32; CPU autocast would give bf16
+
+
 def test_the_adapter_carries_its_training_guidance(tmp_path, tiny_models):
     """train.adapter.guidance is fed to Flux in training, saved with the adapter, and used by restoration."""
     from fluxir.models.adapter import load_adapter, save_adapter

@@ -70,6 +70,7 @@ from fluxir.models.adapter import (
     freeze_flux,
 )
 from fluxir.models.flux import (
+    autocast_off,
     image_ids,
     load_pipeline,
     pack_grid,
@@ -269,7 +270,8 @@ def encode_tiled(vae: Any, image: np.ndarray, tile: int | None, overlap: int, de
     for (y0, y1, x0, x1), w in tile_weights(height, width, tile and tile // f, overlap // f):
         x = torch.from_numpy(np.array(image[y0 * f:y1 * f, x0 * f:x1 * f])).to(device)
         x = (x.permute(2, 0, 1)[None].float() / 127.5 - 1).to(dtype)  # (1, 3, th*f, tw*f) in [-1, 1]
-        mean = vae.encode(x).latent_dist.mode()  # (1, C, th, tw)
+        with autocast_off():  # the VAE's own dtype, also inside training's validation
+            mean = vae.encode(x).latent_dist.mode()  # (1, C, th, tw)
         latent[..., y0:y1, x0:x1] += torch.from_numpy(w).to(device) * mean.float()
     shift = vae.config.shift_factor or 0.0
     return (latent - shift) * vae.config.scaling_factor
@@ -285,7 +287,8 @@ def decode_tiled(vae: Any, latent: Tensor, tile: int | None, overlap: int, dtype
     _, _, height, width = z.shape
     canvas = np.zeros((height * f, width * f, 3), dtype=np.float32)
     for (y0, y1, x0, x1), w in tile_weights(height, width, tile and tile // f, overlap // f, factor=f):
-        x = vae.decode(z[..., y0:y1, x0:x1].to(dtype)).sample  # (1, 3, th*f, tw*f) in ~[-1, 1]
+        with autocast_off():
+            x = vae.decode(z[..., y0:y1, x0:x1].to(dtype)).sample  # (1, 3, th*f, tw*f) in ~[-1, 1]
         x = ((x[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()  # (th*f, tw*f, 3) in [0, 1]
         canvas[y0 * f:y1 * f, x0 * f:x1 * f] += w[..., None] * x
     return (canvas * 255).round().clip(0, 255).astype(np.uint8)
