@@ -1,0 +1,231 @@
+"""Fetch every weight file and benchmark a full run needs: ``python -m fluxir.fetch [--only ...] [--list|--dry-run]``.
+
+The manifest (:mod:`fluxir.fetch.manifest`) says what, from where and where to; this module decides
+what is missing on this machine (:func:`plan`), checks the free disk space for it before the first
+byte, then fetches each item (:func:`run`): files through :mod:`fluxir.fetch.transfer` (resumed,
+verified, moved into place), archives unpacked by :mod:`fluxir.fetch.archives`, hub repositories by
+:mod:`fluxir.fetch.hub`. ``--mirror`` takes every file from a folder or an internal HTTP server under
+the same file names (hub repositories from ``<mirror>/<owner>/<name>`` or a hub mirror endpoint).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fluxir.fetch import archives, hub, transfer
+from fluxir.fetch.manifest import Item, Manifest
+
+FreeSpace = Callable[[Path], int]
+ARCHIVE_FACTOR = 2  # an archive needs its own size and about as much again for the unpacked images
+
+
+class DiskSpaceError(RuntimeError):
+    """Not enough free disk for what would be downloaded; nothing was downloaded."""
+
+
+@dataclass
+class Step:
+    """One item on this machine: ``present`` (nothing to do), ``fetch`` (to download) or ``problem``."""
+
+    item: Item
+    state: str
+    size: int | None = None  # bytes of the download (None: unknown)
+    detail: str = ""
+    have: int = 0  # bytes already in a .part file from an earlier, cut run
+
+    @property
+    def disk(self) -> int | None:
+        """Bytes of free disk this step needs (an archive: the rest of itself and its unpacked images)."""
+        if self.size is None:
+            return None
+        return self.size - self.have + (self.size * (ARCHIVE_FACTOR - 1) if self.item.extract else 0)
+
+
+def _is_mirror_folder(mirror: str | None) -> bool:
+    return bool(mirror) and not mirror.startswith(("http://", "https://"))
+
+
+def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
+    expected = transfer.Expected(item.size, item.sha256)
+    if item.extract:
+        states = {folder: archives.folder_state(folder, item.name) for _, folder in item.extract}
+        if all(s != "missing" for s in states.values()):
+            own = [str(f) for f, s in states.items() if s == "user"]
+            return Step(item, "present", 0, f"images you put in {own} are left alone" if own else "unpacked, recorded")
+    elif item.dest is not None and item.dest.is_file():
+        problem = transfer.verify(item.dest, expected)
+        if problem:
+            return Step(item, "problem", None, f"{problem}: this file is not the published one; move it away to fetch "
+                                               f"the published file")
+        return Step(item, "present", 0, "verified" if expected.size or expected.sha256 else "present (nothing published to verify)")
+    size = item.size
+    source = transfer.mirrored(str(item.url), item.name, mirror)
+    if size is None and ask_sizes:
+        try:
+            size = transfer.content_length(source if not _is_mirror_folder(mirror) else Path(source).as_uri())
+        except transfer.DownloadError as err:
+            return Step(item, "problem", None, str(err))
+    part = item.dest.with_name(item.dest.name + ".part") if item.dest is not None else None
+    resumed = part.stat().st_size if part is not None and part.is_file() else 0
+    return Step(item, "fetch", size, f"resumes at {resumed} bytes" if resumed else "", have=resumed)
+
+
+def _hub_step(item: Item, mirror: str | None) -> Step:
+    if _is_mirror_folder(mirror):
+        source = Path(str(mirror)).expanduser() / str(item.repo)
+        if item.dest is None:
+            return Step(item, "problem", None, f"{', '.join(item.used_by)} name the hub id, which lands in the Hugging "
+                                               f"Face cache; with a mirror folder set them to {source} (a folder is "
+                                               f"used as it is) instead")
+        if hub.local_snapshot(str(item.repo), item.revision, item.repo_type, item.dest):
+            return Step(item, "present", 0, f"complete folder {item.dest}")
+        if not source.is_dir():
+            return Step(item, "problem", None, f"mirror folder {source} does not exist")
+        return Step(item, "fetch", sum(p.stat().st_size for p in source.rglob("*") if p.is_file()), f"copy of {source}")
+    endpoint = mirror if mirror else None
+    try:
+        planned = hub.plan(str(item.repo), item.revision, item.repo_type, item.dest, endpoint)
+    except hub.HubError as err:
+        return Step(item, "problem", None, str(err))
+    if planned.complete:
+        return Step(item, "present", 0, "complete in " + (str(item.dest) if item.dest else "the Hugging Face cache"))
+    return Step(item, "fetch", planned.to_download, planned.note or f"{planned.files} file(s)")
+
+
+def plan(manifest: Manifest, mirror: str | None = None, ask_sizes: bool = True) -> list[Step]:
+    """What a run would do on this machine, item by item (asks servers for sizes unless ``ask_sizes`` is False)."""
+    return [_hub_step(i, mirror) if i.repo else _file_step(i, mirror, ask_sizes) for i in manifest.items]
+
+
+def check_disk(steps: list[Step], free_space: FreeSpace = transfer.free_bytes) -> list[str]:
+    """Raise :class:`DiskSpaceError` if a file system lacks room for its downloads; returns warnings."""
+    need: dict[int, tuple[Path, int]] = {}
+    unknown = []
+    for step in steps:
+        if step.state != "fetch":
+            continue
+        where = step.item.dest if step.item.dest is not None else _hub_cache()
+        if step.disk is None:
+            unknown.append(step.item.name)
+            continue
+        device = transfer.device_of(where)
+        path, total = need.get(device, (where, 0))
+        need[device] = (path, total + step.disk)
+    for path, total in need.values():
+        free = free_space(path)
+        if total > free:
+            raise DiskSpaceError(f"{total / 1e9:.2f} GB to download onto the file system of {path}, only {free / 1e9:.2f} GB "
+                                 f"free: free space there or point the destinations elsewhere (the parameters in --list); "
+                                 f"nothing was downloaded")
+    return [f"size not known before download, not counted in the disk check: {', '.join(unknown)}"] if unknown else []
+
+
+def _hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None]) -> str:
+    item = step.item
+    expected = transfer.Expected(item.size, item.sha256)
+    source = transfer.mirrored(str(item.url), item.name, mirror)
+    assert item.dest is not None
+    if _is_mirror_folder(mirror):
+        transfer.copy_file(Path(source), item.dest, expected, on_bytes=on_bytes)
+    else:
+        transfer.download(source, item.dest, expected, on_bytes=on_bytes)
+    if not item.extract:
+        return f"installed {item.dest}"
+    skip = {folder for _, folder in item.extract if archives.folder_state(folder, item.name) != "missing"}
+    counts = archives.unpack(item.dest, list(item.extract), item.name, transfer.sha256_file(item.dest), skip)
+    item.dest.unlink()  # the images are in place and recorded; the archive is not needed again
+    if not any(item.dest.parent.iterdir()):
+        item.dest.parent.rmdir()
+    return "unpacked " + ", ".join(f"{n} images into {folder}" for folder, n in counts.items())
+
+
+def _fetch_hub(step: Step, mirror: str | None) -> str:
+    item = step.item
+    if _is_mirror_folder(mirror):
+        assert item.dest is not None
+        shutil.copytree(Path(str(mirror)).expanduser() / str(item.repo), item.dest, dirs_exist_ok=True)
+        return f"copied into {item.dest}"
+    found = hub.fetch(str(item.repo), item.revision, item.repo_type, item.dest, mirror or None)
+    return f"complete in {found}"
+
+
+def run(steps: list[Step], mirror: str | None = None) -> list[tuple[Step, str, bool]]:
+    """Fetch every ``fetch`` step; one failure does not stop the others. Returns (step, outcome, ok)."""
+    from fluxir.progress import progress
+
+    results: list[tuple[Step, str, bool]] = []
+    files = [s for s in steps if s.state == "fetch" and not s.item.repo]
+    known = sum(s.size or 0 for s in files if s.size is not None)
+    with progress(total=known or None, desc="all files", unit="B", unit_scale=True, unit_divisor=1024) as total:
+        for step in steps:
+            if step.state != "fetch":
+                results.append((step, step.detail or step.state, step.state == "present"))
+                continue
+            try:
+                if step.item.repo:
+                    outcome = _fetch_hub(step, mirror)
+                else:
+                    with progress(total=step.size, desc=step.item.name, unit="B", unit_scale=True, unit_divisor=1024,
+                                  leave=False) as bar:
+                        def on_bytes(n: int, bar=bar) -> None:
+                            bar.update(n)
+                            total.update(n)
+                        outcome = _fetch_file(step, mirror, on_bytes)
+                results.append((step, outcome, True))
+            except (transfer.DownloadError, transfer.VerifyError, ConnectionError, hub.HubError, ValueError, OSError) as err:
+                results.append((step, str(err), False))
+    return results
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def format_list(manifest: Manifest) -> str:
+    """The manifest as text: what, from where, how big, which digest, where it goes and who reads it."""
+    lines = []
+    for item in manifest.items:
+        lines.append(f"[{item.group}] {item.name}")
+        lines.append(f"    from    {item.source}")
+        lines.append(f"    size    {_size(item.size) if item.size else 'not published (the server announces it)'}")
+        lines.append(f"    sha256  {item.sha256 or 'not published'}")
+        if item.extract:
+            lines += [f"    unpack  {pattern}  ->  {folder}" for pattern, folder in item.extract]
+        else:
+            lines.append(f"    to      {item.destination}")
+        lines.append(f"    for     {', '.join(item.used_by)}")
+        if item.note:
+            lines.append(f"    note    {item.note}")
+    lines += [f"not in this env: {line}" for line in manifest.unconfigured]
+    return "\n".join(lines)
+
+
+def format_plan(steps: list[Step]) -> str:
+    width = max((len(s.item.name) for s in steps), default=4)
+    lines = [f"{s.state:<7}  {s.item.name:<{width}}  {_size(s.size) if s.state == 'fetch' else '':>8}  "
+             f"{s.item.destination}" + (f"  ({s.detail})" if s.detail else "") for s in steps]
+    todo = [s for s in steps if s.state == "fetch"]
+    lines.append(f"{len(todo)} to fetch, ~{_size(sum(s.size or 0 for s in todo))}"
+                 + (" plus unknown sizes" if any(s.size is None for s in todo) else "")
+                 + f"; {sum(s.state == 'present' for s in steps)} present; {sum(s.state == 'problem' for s in steps)} problem(s)")
+    return "\n".join(lines)
+
+
+def format_results(results: list[tuple[Step, str, bool]]) -> str:
+    width = max((len(s.item.name) for s, _, _ in results), default=4)
+    return "\n".join(f"{'OK' if ok else 'FAIL':<4}  {s.item.name:<{width}}  {outcome}" for s, outcome, ok in results)

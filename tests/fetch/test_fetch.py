@@ -1,0 +1,392 @@
+"""`python -m fluxir.fetch` without a network: a loopback HTTP server (a thread of this test, stopped at
+teardown) serves the project's random-weight IQA fixtures and small archives laid out like the real test
+sets; it honours Range, can drop a connection half-way and answers 404/401/403 (and the hub's error codes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, make_project_copy
+from fluxir import fetch
+from fluxir.config import load_params
+from fluxir.fetch import archives, manifest, transfer
+from fluxir.fetch.__main__ import main as fetch_main
+from fluxir.io import sha256_file
+
+
+class Loopback:
+    """Files by URL path; ``drop[path] = n``: the next GET sends n bytes and closes; ``status[path] = code``."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.drop: dict[str, int] = {}
+        self.status: dict[str, tuple[int, dict[str, str]]] = {}
+        self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self, head: bool) -> None:
+                path = self.path.split("?")[0]
+                server.log.append((self.command, path, self.headers.get("Range")))
+                if path in server.status:
+                    code, headers = server.status[path]
+                    self.send_response(code)
+                    for key, value in {**headers, "Content-Length": "0"}.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    return
+                from urllib.parse import unquote
+
+                data = server.files.get(unquote(path))
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                if head:
+                    return
+                body = data[start:]
+                cut = server.drop.pop(unquote(path), None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # the client sees the connection end half-way
+                    return
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+                self._answer(head=False)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._answer(head=True)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def gets(self) -> list[str]:
+        return [path for method, path, _ in self.log if method == "GET"]
+
+
+@pytest.fixture
+def server(no_network):
+    loop = Loopback()
+    loop.thread.start()
+    yield loop
+    loop.httpd.shutdown()
+    loop.httpd.server_close()
+    loop.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lpips_fixture(tmp_path_factory) -> dict[str, bytes]:
+    """The project's random-weight LPIPS files (scripts/make_iqa_fixture_weights.py) by published name."""
+    spec = importlib.util.spec_from_file_location("make_iqa_fixture_weights", REPO / "scripts" / "make_iqa_fixture_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    home = tmp_path_factory.mktemp("iqa_fixture")
+    return {p.name: p.read_bytes() for p in module.write_lpips_alex(home)}
+
+
+def _png(seed: int, size: int = 16) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def benchmark_archives() -> dict[str, bytes]:
+    """Small archives with the real ones' names and layouts (RealLQ250's layout is not published: a tar here)."""
+    stablesr = {f"StableSR_testsets/{s}/{d}/{i:04d}.png": _png(i) for s in ("RealSRVal_crop128", "DrealSRVal_crop128")
+                for d in ("test_HR", "test_LR") for i in range(2)}
+    stablesr["StableSR_testsets/DIV2K_V2_val/gt/0000.png"] = _png(9)  # StableSR's own DIV2K set: not installed
+    return {"StableSR_testsets.zip": _zip(stablesr),
+            "RealLQ250.zip": _tar({f"RealLQ250/{i:03d}.png": _png(20 + i) for i in range(3)} | {"__MACOSX/._000.png": b"x"}),
+            "DIV2K_valid_HR.zip": _zip({f"DIV2K_valid_HR/{801 + i:04d}.png": _png(40 + i) for i in range(2)})}
+
+
+# ----------------------------------------------------------------------------- single files
+
+
+def test_a_connection_dropped_half_way_is_resumed_with_a_range_request(server, tmp_path):
+    data = os.urandom(300_000)
+    server.files["/w.pth"] = data
+    server.drop["/w.pth"] = 100_000
+    dest = tmp_path / "hub" / "w.pth"
+    seen = []
+    transfer.download(f"{server.url}/w.pth", dest, transfer.Expected(sha256=sha256_file_bytes(data)), on_bytes=seen.append)
+    assert dest.read_bytes() == data
+    assert not dest.with_name("w.pth.part").exists()
+    assert [r for _, _, r in server.log] == [None, "bytes=100000-"], "the second request resumes at the cut"
+    assert sum(seen) == len(data)
+
+
+def test_a_cut_left_by_an_earlier_run_is_resumed_not_restarted(server, tmp_path):
+    data = os.urandom(200_000)
+    server.files["/w.pth"] = data
+    server.drop["/w.pth"] = 50_000
+    dest = tmp_path / "w.pth"
+    with pytest.raises(ConnectionError, match=r"50000 bytes kept in .*w\.pth\.part \(run again to resume\)"):
+        transfer.download(f"{server.url}/w.pth", dest, transfer.Expected(), retries=0)
+    assert not dest.exists() and dest.with_name("w.pth.part").stat().st_size == 50_000
+    transfer.download(f"{server.url}/w.pth", dest, transfer.Expected(size=len(data)))
+    assert dest.read_bytes() == data
+    assert server.log[-1][2] == "bytes=50000-"
+
+
+def sha256_file_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_wrong_checksum_is_named_and_the_file_not_installed(server, tmp_path, lpips_fixture):
+    """The random AlexNet fixture under torchvision's name fails the SHA-256 prefix in that name."""
+    name = "alexnet-owt-7be5be79.pth"
+    server.files[f"/{name}"] = lpips_fixture[name]
+    dest = tmp_path / "hub" / "checkpoints" / name
+    expected = transfer.Expected(sha256=transfer.sha256_prefix_from_name(name))
+    assert expected.sha256 == "7be5be79"
+    with pytest.raises(transfer.VerifyError) as err:
+        transfer.download(f"{server.url}/{name}", dest, expected)
+    digest = sha256_file_bytes(lpips_fixture[name])
+    assert f"SHA-256 {digest}, expected SHA-256 prefix 7be5be79" in str(err.value) and "not installed" in str(err.value)
+    assert not dest.exists() and not dest.with_name(name + ".part").exists()
+    full = transfer.Expected(sha256="0" * 64)
+    with pytest.raises(transfer.VerifyError, match="expected SHA-256 0000"):
+        transfer.download(f"{server.url}/{name}", dest, full)
+    transfer.download(f"{server.url}/{name}", dest, transfer.Expected(sha256=digest))  # the right digest installs it
+    assert sha256_file(dest) == digest
+
+
+@pytest.mark.parametrize(("code", "words"), [(404, "not found"), (401, "unauthorised"), (403, "forbidden")])
+def test_http_refusals_name_the_url_and_what_they_mean(server, tmp_path, code, words):
+    if code != 404:
+        server.status["/w.pth"] = (code, {})
+    with pytest.raises(transfer.DownloadError, match=rf"{server.url}/w\.pth: HTTP {code} {words}"):
+        transfer.download(f"{server.url}/w.pth", tmp_path / "w.pth", transfer.Expected())
+    assert not list(tmp_path.iterdir()), "nothing is left behind"
+
+
+# ----------------------------------------------------------------------------- the manifest of an env
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    return make_project_copy(tmp_path / "project")
+
+
+def _params(project: Path, *extra: str) -> dict:
+    """The base env with the IQA weights under the project and LPIPS as the only metric with files."""
+    return load_params("base", [f"iqa.weights_dir={project / 'iqa'}", "iqa.metrics=[]",
+                                "evaluate.metrics={full_reference: {LPIPS: lpips}}", *extra], project)
+
+
+def test_list_prints_what_from_where_how_big_and_where_it_goes(project, capsys):
+    assert fetch_main(["--list", "--env", "base", "--project", str(project),
+                       "--params", f"iqa.weights_dir={project / 'iqa'}"]) == 0
+    out = capsys.readouterr().out
+    assert "hub black-forest-labs/FLUX.1-dev@main" in out
+    assert "for     fluxgen.model, train.model, restore.model, evaluate.restore.model" in out
+    vit = "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"
+    assert f"sha256  {vit}" in out and f"{project / 'iqa'}/hub/clip/ViT-L-14.pt" in out  # from iqa.weights_dir
+    for name in ("CLIPIQA%2B_ViTL14_512-e66488f2.pth", "MANIQA_PIPAL-ae6d356b.pth", "musiq_koniq_ckpt-e95806b9.pth",
+                 "LPIPS_v0.1_alex-df73285e.pth", "alexnet-owt-7be5be79.pth"):
+        assert f"{project / 'iqa'}/hub/" in out and name in out
+    assert "sha256  7be5be79" in out
+    assert f"->  {project}/data/01_raw/benchmarks/RealSR/HR" in out  # evaluate.benchmarks.realsr.hq_dir
+    assert "huggingface.co/datasets/Iceclear/StableSR-TestSets/resolve/main/StableSR_testsets.zip" in out
+    assert "DIV2K_valid_HR.zip" in out and "RealLQ250.zip" in out
+    assert "size    not published" in out
+
+
+def test_destinations_follow_the_parameters(project):
+    params = _params(project, "evaluate.benchmarks.realsr.hq_dir=/elsewhere/realsr_hq", "fluxgen.model=/models/flux")
+    built = manifest.build(params, project)
+    stablesr = next(i for i in built.items if i.name == "StableSR_testsets.zip")
+    assert ("StableSR_testsets/RealSRVal_crop128/test_HR/*|StableSR_testsets/RealSRVal_crop128/gt/*",
+            Path("/elsewhere/realsr_hq")) in stablesr.extract
+    flux = [i for i in built.items if i.group == "flux"]
+    assert [(i.dest, i.used_by) for i in flux] == [
+        (Path("/models/flux"), ("fluxgen.model",)), (None, ("train.model", "restore.model", "evaluate.restore.model"))]
+    iqa_files = {i.name: i.dest for i in built.items if i.group == "iqa"}
+    assert iqa_files == {"alexnet-owt-7be5be79.pth": project / "iqa/hub/checkpoints/alexnet-owt-7be5be79.pth",
+                         "LPIPS_v0.1_alex-df73285e.pth": project / "iqa/hub/pyiqa/LPIPS_v0.1_alex-df73285e.pth"}
+
+
+def test_a_full_disk_is_refused_before_any_download(server, project):
+    for name, data in benchmark_archives().items():
+        server.files[f"/{name}"] = data
+    steps = fetch.plan(manifest.build(_params(project), project, ("benchmarks",)), mirror=server.url)
+    need = sum(s.disk for s in steps)
+    assert need >= 2 * sum(len(d) for d in benchmark_archives().values()), "archives count twice (unpacked images)"
+    with pytest.raises(fetch.DiskSpaceError, match=r"only 0\.00 GB free.*nothing was downloaded"):
+        fetch.check_disk(steps, free_space=lambda path: need - 1)
+    assert fetch.check_disk(steps, free_space=lambda path: need) == []
+    assert server.gets() == [], "only HEAD requests (sizes) before the disk check"
+
+
+def test_mirror_folder_installs_into_the_catalog_layout_and_refuses_a_foreign_file(project, tmp_path, lpips_fixture, capsys):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name, data in {**benchmark_archives(), **lpips_fixture}.items():
+        (mirror / name).write_bytes(data)
+    assert fetch_main(["--env", "base", "--project", str(project), "--only", "iqa,benchmarks", "--mirror", str(mirror),
+                       "--params", f"iqa.weights_dir={project / 'iqa'},iqa.metrics=[]",
+                       "--params", "evaluate.metrics={full_reference: {LPIPS: lpips}}"]) == 1
+    out = capsys.readouterr().out
+    bench = project / "data" / "01_raw" / "benchmarks"
+    assert sorted(p.name for p in archives.images_in(bench / "RealSR" / "HR")) == ["0000.png", "0001.png"]
+    assert (bench / "DrealSR" / "LR" / "0001.png").read_bytes() == _png(1)
+    assert sorted(p.name for p in archives.images_in(bench / "RealLQ250")) == ["000.png", "001.png", "002.png"]
+    assert sorted(p.name for p in archives.images_in(bench / "DIV2K_valid_HR")) == ["0801.png", "0802.png"]
+    assert not (bench / ".fetch").exists(), "archives are removed once unpacked"
+    lin = project / "iqa" / "hub" / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth"
+    assert lin.read_bytes() == lpips_fixture[lin.name]
+    alexnet = project / "iqa" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    assert not alexnet.exists(), "the random AlexNet is not torchvision's file: refused"
+    assert "FAIL  alexnet-owt-7be5be79.pth" in out and "expected SHA-256 prefix 7be5be79" in out
+
+
+def test_a_second_run_downloads_nothing(server, project, capsys):
+    for name, data in benchmark_archives().items():
+        server.files[f"/{name}"] = data
+    args = ["--env", "base", "--project", str(project), "--only", "benchmarks", "--mirror", server.url]
+    assert fetch_main(["--dry-run", *args]) == 0
+    assert capsys.readouterr().out.count("fetch  ") == 3
+    built = manifest.build(_params(project), project, ("benchmarks",))
+    results = fetch.run(fetch.plan(built, server.url), server.url)
+    assert all(ok for _, _, ok in results), results
+    assert sorted(server.gets()) == ["/DIV2K_valid_HR.zip", "/RealLQ250.zip", "/StableSR_testsets.zip"]
+    server.log.clear()
+    again = fetch.plan(built, server.url)
+    assert [s.state for s in again] == ["present"] * 3
+    fetch.run(again, server.url)
+    assert server.log == [], "a second run asks the server nothing"
+    assert fetch_main(["--dry-run", *args]) == 0
+    assert "0 to fetch" in capsys.readouterr().out
+
+
+def test_images_put_there_by_hand_are_left_alone(server, project):
+    own = project / "data" / "01_raw" / "benchmarks" / "RealLQ250"
+    own.mkdir(parents=True)
+    (own / "mine.png").write_bytes(_png(99))
+    built = manifest.build(_params(project), project, ("benchmarks",))
+    step = next(s for s in fetch.plan(built, server.url, ask_sizes=False) if s.item.name == "RealLQ250.zip")
+    assert step.state == "present" and "left alone" in step.detail
+    assert [p.name for p in own.iterdir()] == ["mine.png"]
+
+
+# ----------------------------------------------------------------------------- hub repositories
+
+
+def _hub_cache(root: Path, repo: str, files: dict[str, bytes]) -> Path:
+    """A Hugging Face cache holding one snapshot of ``repo`` (the layout huggingface_hub documents)."""
+    commit = "0" * 39 + "1"
+    folder = root / f"models--{repo.replace('/', '--')}"
+    for name, data in files.items():
+        (folder / "snapshots" / commit / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "snapshots" / commit / name).write_bytes(data)
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    return folder / "snapshots" / commit
+
+
+def test_hub_snapshot_offline_from_a_prepared_cache(project, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE, "tests run with HF_HUB_OFFLINE=1"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    built = manifest.build(_params(project), project, ("flux",))
+    [missing] = fetch.plan(built)
+    assert missing.state == "fetch" and missing.size is None and "HF_HUB_OFFLINE=0" in missing.detail
+    [(_, outcome, ok)] = fetch.run([missing])
+    assert not ok and "HF_HUB_OFFLINE=1 forbids downloads" in outcome
+    tiny = REPO / "data" / "01_raw" / "tiny" / "flux"
+    snapshot = _hub_cache(tmp_path / "hf", manifest.FLUX_REPO,
+                          {str(p.relative_to(tiny)): p.read_bytes() for p in tiny.rglob("*") if p.is_file()})
+    [present] = fetch.plan(built)
+    assert present.state == "present"
+    [(_, outcome, ok)] = fetch.run([fetch.Step(present.item, "fetch")])
+    assert ok and outcome == f"complete in {snapshot}"
+
+
+HUB_DRIVER = """
+import json, sys
+from fluxir.fetch import hub
+out = {}
+for case in sys.argv[2:]:
+    try:
+        hub.plan("black-forest-labs/FLUX.1-dev", "main", "model", None, endpoint=sys.argv[1] + "/" + case)
+    except hub.HubError as err:
+        out[case] = str(err)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("token", [None, "hf_fake"])
+def test_hub_refusals_say_what_to_do(server, tmp_path, token):
+    api = "/api/models/black-forest-labs/FLUX.1-dev/revision/main"
+    server.status[f"/gated{api}"] = (403 if token else 401, {"X-Error-Code": "GatedRepo"})
+    server.status[f"/denied{api}"] = (401, {})
+    server.status[f"/missing{api}"] = (404, {"X-Error-Code": "RepoNotFound"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": server.url}
+    env.pop("HF_TOKEN", None)
+    if token:
+        env["HF_TOKEN"] = token
+    proc = subprocess.run([sys.executable, "-c", HUB_DRIVER, server.url, "gated", "denied", "missing"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    if token:
+        assert "has not accepted its licence (HTTP 403)" in said["gated"]
+        assert "the token is invalid or expired" in said["denied"]
+    else:
+        assert "is gated and no token is set (HTTP 401)" in said["gated"] and "HF_TOKEN" in said["gated"]
+        assert "no token is set" in said["denied"]
+    assert "no such repository on the hub (HTTP 404)" in said["missing"]
+    assert any(path.startswith("/gated/api/models/") for _, path, _ in server.log), "asked the loopback server"
