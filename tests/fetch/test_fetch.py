@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, make_project_copy
 from PIL import Image
 
-from conftest import REPO, make_project_copy
 from fluxir import fetch
 from fluxir.config import load_params
 from fluxir.fetch import archives, manifest, transfer
@@ -81,10 +81,10 @@ class Loopback:
                     return
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+            def do_GET(self) -> None:
                 self._answer(head=False)
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 self._answer(head=True)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -108,7 +108,9 @@ def server(no_network):
 @pytest.fixture(scope="module")
 def lpips_fixture(tmp_path_factory) -> dict[str, bytes]:
     """The project's random-weight LPIPS files (scripts/make_iqa_fixture_weights.py) by published name."""
-    spec = importlib.util.spec_from_file_location("make_iqa_fixture_weights", REPO / "scripts" / "make_iqa_fixture_weights.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_iqa_fixture_weights", REPO / "scripts" / "make_iqa_fixture_weights.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     home = tmp_path_factory.mktemp("iqa_fixture")
@@ -141,12 +143,20 @@ def _tar(members: dict[str, bytes]) -> bytes:
 
 def benchmark_archives() -> dict[str, bytes]:
     """Small archives with the real ones' names and layouts (RealLQ250's layout is not published: a tar here)."""
-    stablesr = {f"StableSR_testsets/{s}/{d}/{i:04d}.png": _png(i) for s in ("RealSRVal_crop128", "DrealSRVal_crop128")
-                for d in ("test_HR", "test_LR") for i in range(2)}
+    stablesr = {
+        f"StableSR_testsets/{s}/{d}/{i:04d}.png": _png(i)
+        for s in ("RealSRVal_crop128", "DrealSRVal_crop128")
+        for d in ("test_HR", "test_LR")
+        for i in range(2)
+    }
     stablesr["StableSR_testsets/DIV2K_V2_val/gt/0000.png"] = _png(9)  # StableSR's own DIV2K set: not installed
-    return {"StableSR_testsets.zip": _zip(stablesr),
-            "RealLQ250.zip": _tar({f"RealLQ250/{i:03d}.png": _png(20 + i) for i in range(3)} | {"__MACOSX/._000.png": b"x"}),
-            "DIV2K_valid_HR.zip": _zip({f"DIV2K_valid_HR/{801 + i:04d}.png": _png(40 + i) for i in range(2)})}
+    return {
+        "StableSR_testsets.zip": _zip(stablesr),
+        "RealLQ250.zip": _tar(
+            {f"RealLQ250/{i:03d}.png": _png(20 + i) for i in range(3)} | {"__MACOSX/._000.png": b"x"}
+        ),
+        "DIV2K_valid_HR.zip": _zip({f"DIV2K_valid_HR/{801 + i:04d}.png": _png(40 + i) for i in range(2)}),
+    }
 
 
 # ----------------------------------------------------------------------------- single files
@@ -158,7 +168,9 @@ def test_a_connection_dropped_half_way_is_resumed_with_a_range_request(server, t
     server.drop["/w.pth"] = 100_000
     dest = tmp_path / "hub" / "w.pth"
     seen = []
-    transfer.download(f"{server.url}/w.pth", dest, transfer.Expected(sha256=sha256_file_bytes(data)), on_bytes=seen.append)
+    transfer.download(
+        f"{server.url}/w.pth", dest, transfer.Expected(sha256=sha256_file_bytes(data)), on_bytes=seen.append
+    )
     assert dest.read_bytes() == data
     assert not dest.with_name("w.pth.part").exists()
     assert [r for _, _, r in server.log] == [None, "bytes=100000-"], "the second request resumes at the cut"
@@ -222,20 +234,37 @@ def project(tmp_path) -> Path:
 
 def _params(project: Path, *extra: str) -> dict:
     """The base env with the IQA weights under the project and LPIPS as the only metric with files."""
-    return load_params("base", [f"iqa.weights_dir={project / 'iqa'}", "iqa.metrics=[]",
-                                "evaluate.metrics={full_reference: {LPIPS: lpips}}", *extra], project)
+    return load_params(
+        "base",
+        [
+            f"iqa.weights_dir={project / 'iqa'}",
+            "iqa.metrics=[]",
+            "evaluate.metrics={full_reference: {LPIPS: lpips}}",
+            *extra,
+        ],
+        project,
+    )
 
 
 def test_list_prints_what_from_where_how_big_and_where_it_goes(project, capsys):
-    assert fetch_main(["--list", "--env", "base", "--project", str(project),
-                       "--params", f"iqa.weights_dir={project / 'iqa'}"]) == 0
+    assert (
+        fetch_main(
+            ["--list", "--env", "base", "--project", str(project), "--params", f"iqa.weights_dir={project / 'iqa'}"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "hub black-forest-labs/FLUX.1-dev@main" in out
     assert "for     fluxgen.model, train.model, restore.model, evaluate.restore.model" in out
     vit = "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"
     assert f"sha256  {vit}" in out and f"{project / 'iqa'}/hub/clip/ViT-L-14.pt" in out  # from iqa.weights_dir
-    for name in ("CLIPIQA%2B_ViTL14_512-e66488f2.pth", "MANIQA_PIPAL-ae6d356b.pth", "musiq_koniq_ckpt-e95806b9.pth",
-                 "LPIPS_v0.1_alex-df73285e.pth", "alexnet-owt-7be5be79.pth"):
+    for name in (
+        "CLIPIQA%2B_ViTL14_512-e66488f2.pth",
+        "MANIQA_PIPAL-ae6d356b.pth",
+        "musiq_koniq_ckpt-e95806b9.pth",
+        "LPIPS_v0.1_alex-df73285e.pth",
+        "alexnet-owt-7be5be79.pth",
+    ):
         assert f"{project / 'iqa'}/hub/" in out and name in out
     assert "sha256  7be5be79" in out
     assert f"->  {project}/data/01_raw/benchmarks/RealSR/HR" in out  # evaluate.benchmarks.realsr.hq_dir
@@ -248,14 +277,20 @@ def test_destinations_follow_the_parameters(project):
     params = _params(project, "evaluate.benchmarks.realsr.hq_dir=/elsewhere/realsr_hq", "fluxgen.model=/models/flux")
     built = manifest.build(params, project)
     stablesr = next(i for i in built.items if i.name == "StableSR_testsets.zip")
-    assert ("StableSR_testsets/RealSRVal_crop128/test_HR/*|StableSR_testsets/RealSRVal_crop128/gt/*",
-            Path("/elsewhere/realsr_hq")) in stablesr.extract
+    assert (
+        "StableSR_testsets/RealSRVal_crop128/test_HR/*|StableSR_testsets/RealSRVal_crop128/gt/*",
+        Path("/elsewhere/realsr_hq"),
+    ) in stablesr.extract
     flux = [i for i in built.items if i.group == "flux"]
     assert [(i.dest, i.used_by) for i in flux] == [
-        (Path("/models/flux"), ("fluxgen.model",)), (None, ("train.model", "restore.model", "evaluate.restore.model"))]
+        (Path("/models/flux"), ("fluxgen.model",)),
+        (None, ("train.model", "restore.model", "evaluate.restore.model")),
+    ]
     iqa_files = {i.name: i.dest for i in built.items if i.group == "iqa"}
-    assert iqa_files == {"alexnet-owt-7be5be79.pth": project / "iqa/hub/checkpoints/alexnet-owt-7be5be79.pth",
-                         "LPIPS_v0.1_alex-df73285e.pth": project / "iqa/hub/pyiqa/LPIPS_v0.1_alex-df73285e.pth"}
+    assert iqa_files == {
+        "alexnet-owt-7be5be79.pth": project / "iqa/hub/checkpoints/alexnet-owt-7be5be79.pth",
+        "LPIPS_v0.1_alex-df73285e.pth": project / "iqa/hub/pyiqa/LPIPS_v0.1_alex-df73285e.pth",
+    }
 
 
 def test_a_full_disk_is_refused_before_any_download(server, project):
@@ -270,14 +305,32 @@ def test_a_full_disk_is_refused_before_any_download(server, project):
     assert server.gets() == [], "only HEAD requests (sizes) before the disk check"
 
 
-def test_mirror_folder_installs_into_the_catalog_layout_and_refuses_a_foreign_file(project, tmp_path, lpips_fixture, capsys):
+def test_mirror_folder_installs_into_the_catalog_layout_and_refuses_a_foreign_file(
+    project, tmp_path, lpips_fixture, capsys
+):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     for name, data in {**benchmark_archives(), **lpips_fixture}.items():
         (mirror / name).write_bytes(data)
-    assert fetch_main(["--env", "base", "--project", str(project), "--only", "iqa,benchmarks", "--mirror", str(mirror),
-                       "--params", f"iqa.weights_dir={project / 'iqa'},iqa.metrics=[]",
-                       "--params", "evaluate.metrics={full_reference: {LPIPS: lpips}}"]) == 1
+    assert (
+        fetch_main(
+            [
+                "--env",
+                "base",
+                "--project",
+                str(project),
+                "--only",
+                "iqa,benchmarks",
+                "--mirror",
+                str(mirror),
+                "--params",
+                f"iqa.weights_dir={project / 'iqa'},iqa.metrics=[]",
+                "--params",
+                "evaluate.metrics={full_reference: {LPIPS: lpips}}",
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     bench = project / "data" / "01_raw" / "benchmarks"
     assert sorted(p.name for p in archives.images_in(bench / "RealSR" / "HR")) == ["0000.png", "0001.png"]
@@ -347,8 +400,11 @@ def test_hub_snapshot_offline_from_a_prepared_cache(project, tmp_path, monkeypat
     [(_, outcome, ok)] = fetch.run([missing])
     assert not ok and "HF_HUB_OFFLINE=1 forbids downloads" in outcome
     tiny = REPO / "data" / "01_raw" / "tiny" / "flux"
-    snapshot = _hub_cache(tmp_path / "hf", manifest.FLUX_REPO,
-                          {str(p.relative_to(tiny)): p.read_bytes() for p in tiny.rglob("*") if p.is_file()})
+    snapshot = _hub_cache(
+        tmp_path / "hf",
+        manifest.FLUX_REPO,
+        {str(p.relative_to(tiny)): p.read_bytes() for p in tiny.rglob("*") if p.is_file()},
+    )
     [present] = fetch.plan(built)
     assert present.state == "present"
     [(_, outcome, ok)] = fetch.run([fetch.Step(present.item, "fetch")])
@@ -378,8 +434,14 @@ def test_hub_refusals_say_what_to_do(server, tmp_path, token):
     env.pop("HF_TOKEN", None)
     if token:
         env["HF_TOKEN"] = token
-    proc = subprocess.run([sys.executable, "-c", HUB_DRIVER, server.url, "gated", "denied", "missing"], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", HUB_DRIVER, server.url, "gated", "denied", "missing"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = json.loads(proc.stdout.strip().splitlines()[-1])
     if token:

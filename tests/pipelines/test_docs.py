@@ -177,3 +177,48 @@ def test_index_links_every_page():
         assert f"]({target})" in text
     for page in MY_PAGES:
         assert (DOCS / page).read_text().startswith("# "), f"{page}: one title per page"
+
+
+def _fetch_commands() -> list[str]:
+    """Every ``python -m fluxir.fetch ...`` in README.md and docs/: code-block lines (environment prefix and
+    comment removed) and inline code spans."""
+    found = []
+    for page in [REPO / "README.md", *PAGES]:
+        in_block = False
+        for line in page.read_text().splitlines():
+            if line.lstrip().startswith("```"):
+                in_block = not in_block
+                continue
+            spans = [line.split("#")[0]] if in_block else re.findall(r"`([^`]+)`", line)
+            found += [span[span.index("python -m fluxir.fetch"):].strip() for span in spans if "python -m fluxir.fetch" in span]
+    return found
+
+
+def test_the_weights_and_datasets_sections_start_with_the_fetch_command():
+    for page, heading in (("full_scale.md", "## 1. Flux weights"), ("evaluation.md", "## The benchmarks")):
+        text = (DOCS / page).read_text()
+        section = text[text.index(heading):]
+        first_block = section[section.index("```"):].split("```")[1]
+        assert "python -m fluxir.fetch" in first_block, f"{page}: {heading} does not start with the fetch command"
+    assert "python -m fluxir.fetch" in (REPO / "README.md").read_text()
+
+
+def test_documented_fetch_commands_run(tmp_path, no_network, capsys):
+    """Each documented command as typed, offline: --list prints the manifest; a download becomes --dry-run."""
+    import shlex
+
+    from conftest import make_project_copy
+
+    from fluxir.fetch.__main__ import main as fetch_main
+
+    project = make_project_copy(tmp_path / "project")
+    commands = _fetch_commands()
+    assert len(commands) >= 5 and any("--list" in c for c in commands) and any("--mirror" in c for c in commands)
+    for command in commands:
+        args = shlex.split(command)[3:]
+        if "--list" not in args and "--dry-run" not in args:
+            args.append("--dry-run")  # what it would download: nothing is fetched in a test
+        assert fetch_main([*args, "--project", str(project)]) == 0, command
+        out = capsys.readouterr().out
+        assert "FLUX.1-dev" in out or "--only" in command, command
+        assert ("StableSR_testsets.zip" in out) == ("--only" not in command or "benchmarks" in command), command

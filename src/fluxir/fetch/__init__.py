@@ -44,6 +44,13 @@ class Step:
         return self.size - self.have + (self.size * (ARCHIVE_FACTOR - 1) if self.item.extract else 0)
 
 
+def offline() -> bool:
+    """HF_HUB_OFFLINE=1 (the Makefile's, the tests'): no request to a public server; an explicit --mirror is allowed."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
 def _is_mirror_folder(mirror: str | None) -> bool:
     return bool(mirror) and not mirror.startswith(("http://", "https://"))
 
@@ -58,28 +65,45 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
     elif item.dest is not None and item.dest.is_file():
         problem = transfer.verify(item.dest, expected)
         if problem:
-            return Step(item, "problem", None, f"{problem}: this file is not the published one; move it away to fetch "
-                                               f"the published file")
-        return Step(item, "present", 0, "verified" if expected.size or expected.sha256 else "present (nothing published to verify)")
+            return Step(
+                item,
+                "problem",
+                None,
+                f"{problem}: this file is not the published one; move it away to fetch the published file",
+            )
+        return Step(
+            item,
+            "present",
+            0,
+            "verified" if expected.size or expected.sha256 else "present (nothing published to verify)",
+        )
     size = item.size
     source = transfer.mirrored(str(item.url), item.name, mirror)
-    if size is None and ask_sizes:
+    if size is None and ask_sizes and (mirror or not offline()):
         try:
             size = transfer.content_length(source if not _is_mirror_folder(mirror) else Path(source).as_uri())
         except transfer.DownloadError as err:
             return Step(item, "problem", None, str(err))
     part = item.dest.with_name(item.dest.name + ".part") if item.dest is not None else None
     resumed = part.stat().st_size if part is not None and part.is_file() else 0
-    return Step(item, "fetch", size, f"resumes at {resumed} bytes" if resumed else "", have=resumed)
+    detail = f"resumes at {resumed} bytes" if resumed else ""
+    if offline() and not mirror:
+        detail = ", ".join(filter(None, [detail, "size not asked: HF_HUB_OFFLINE=1"]))
+    return Step(item, "fetch", size, detail, have=resumed)
 
 
 def _hub_step(item: Item, mirror: str | None) -> Step:
     if _is_mirror_folder(mirror):
         source = Path(str(mirror)).expanduser() / str(item.repo)
         if item.dest is None:
-            return Step(item, "problem", None, f"{', '.join(item.used_by)} name the hub id, which lands in the Hugging "
-                                               f"Face cache; with a mirror folder set them to {source} (a folder is "
-                                               f"used as it is) instead")
+            return Step(
+                item,
+                "problem",
+                None,
+                f"{', '.join(item.used_by)} name the hub id, which lands in the Hugging "
+                f"Face cache; with a mirror folder set them to {source} (a folder is "
+                f"used as it is) instead",
+            )
         if hub.local_snapshot(str(item.repo), item.revision, item.repo_type, item.dest):
             return Step(item, "present", 0, f"complete folder {item.dest}")
         if not source.is_dir():
@@ -117,9 +141,11 @@ def check_disk(steps: list[Step], free_space: FreeSpace = transfer.free_bytes) -
     for path, total in need.values():
         free = free_space(path)
         if total > free:
-            raise DiskSpaceError(f"{total / 1e9:.2f} GB to download onto the file system of {path}, only {free / 1e9:.2f} GB "
-                                 f"free: free space there or point the destinations elsewhere (the parameters in --list); "
-                                 f"nothing was downloaded")
+            raise DiskSpaceError(
+                f"{total / 1e9:.2f} GB to download onto the file system of {path}, only {free / 1e9:.2f} GB "
+                f"free: free space there or point the destinations elsewhere (the parameters in --list); "
+                f"nothing was downloaded"
+            )
     return [f"size not known before download, not counted in the disk check: {', '.join(unknown)}"] if unknown else []
 
 
@@ -134,6 +160,10 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
     expected = transfer.Expected(item.size, item.sha256)
     source = transfer.mirrored(str(item.url), item.name, mirror)
     assert item.dest is not None
+    if offline() and not mirror:
+        raise transfer.DownloadError(
+            f"{item.url}: HF_HUB_OFFLINE=1 forbids downloads; run the fetch with HF_HUB_OFFLINE=0 (or give --mirror)"
+        )
     if _is_mirror_folder(mirror):
         transfer.copy_file(Path(source), item.dest, expected, on_bytes=on_bytes)
     else:
@@ -174,14 +204,24 @@ def run(steps: list[Step], mirror: str | None = None) -> list[tuple[Step, str, b
                 if step.item.repo:
                     outcome = _fetch_hub(step, mirror)
                 else:
-                    with progress(total=step.size, desc=step.item.name, unit="B", unit_scale=True, unit_divisor=1024,
-                                  leave=False) as bar:
+                    with progress(
+                        total=step.size, desc=step.item.name, unit="B", unit_scale=True, unit_divisor=1024, leave=False
+                    ) as bar:
+
                         def on_bytes(n: int, bar=bar) -> None:
                             bar.update(n)
                             total.update(n)
+
                         outcome = _fetch_file(step, mirror, on_bytes)
                 results.append((step, outcome, True))
-            except (transfer.DownloadError, transfer.VerifyError, ConnectionError, hub.HubError, ValueError, OSError) as err:
+            except (
+                transfer.DownloadError,
+                transfer.VerifyError,
+                ConnectionError,
+                hub.HubError,
+                ValueError,
+                OSError,
+            ) as err:
                 results.append((step, str(err), False))
     return results
 
@@ -217,12 +257,17 @@ def format_list(manifest: Manifest) -> str:
 
 def format_plan(steps: list[Step]) -> str:
     width = max((len(s.item.name) for s in steps), default=4)
-    lines = [f"{s.state:<7}  {s.item.name:<{width}}  {_size(s.size) if s.state == 'fetch' else '':>8}  "
-             f"{s.item.destination}" + (f"  ({s.detail})" if s.detail else "") for s in steps]
+    lines = [
+        f"{s.state:<7}  {s.item.name:<{width}}  {_size(s.size) if s.state == 'fetch' else '':>8}  "
+        f"{s.item.destination}" + (f"  ({s.detail})" if s.detail else "")
+        for s in steps
+    ]
     todo = [s for s in steps if s.state == "fetch"]
-    lines.append(f"{len(todo)} to fetch, ~{_size(sum(s.size or 0 for s in todo))}"
-                 + (" plus unknown sizes" if any(s.size is None for s in todo) else "")
-                 + f"; {sum(s.state == 'present' for s in steps)} present; {sum(s.state == 'problem' for s in steps)} problem(s)")
+    lines.append(
+        f"{len(todo)} to fetch, ~{_size(sum(s.size or 0 for s in todo))}"
+        + (" plus unknown sizes" if any(s.size is None for s in todo) else "")
+        + f"; {sum(s.state == 'present' for s in steps)} present; {sum(s.state == 'problem' for s in steps)} problem(s)"
+    )
     return "\n".join(lines)
 
 

@@ -23,10 +23,16 @@ def _groups(text: str) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli_parser("python -m fluxir.fetch", "Download every weight file and benchmark of a full run, verified, "
-                        "to where the environment's parameters expect them.", "iqa.weights_dir=/models/iqa")
+    parser = cli_parser(
+        "python -m fluxir.fetch",
+        "Download every weight file and benchmark of a full run, verified, "
+        "to where the environment's parameters expect them.",
+        "iqa.weights_dir=/models/iqa",
+    )
     parser.add_argument("--only", type=_groups, default=GROUPS, help=f"comma-separated subset of {','.join(GROUPS)}")
-    parser.add_argument("--list", action="store_true", help="print the manifest (what, from where, size, digest, where to)")
+    parser.add_argument(
+        "--list", action="store_true", help="print the manifest (what, from where, size, digest, where to)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="say what a run would download on this machine")
     parser.add_argument("--mirror", help="a folder or http(s) URL serving the same file names (air-gapped clusters)")
     args = parser.parse_args(argv)

@@ -26,8 +26,7 @@ MARKER = ".fetched.json"
 
 def _is_image_member(name: str) -> bool:
     path = PurePosixPath(name)
-    return (path.suffix.lower() in IMAGE_SUFFIXES and "__MACOSX" not in path.parts
-            and not path.name.startswith("._"))
+    return path.suffix.lower() in IMAGE_SUFFIXES and "__MACOSX" not in path.parts and not path.name.startswith("._")
 
 
 @contextmanager
@@ -71,8 +70,10 @@ def plan_members(names: list[str], rules: list[tuple[str, Path]], archive: Path)
     for pattern, folder in rules:
         matched = [n for n in names if _is_image_member(n) and any(fnmatch.fnmatch(n, p) for p in pattern.split("|"))]
         if not matched:
-            raise ValueError(f"{archive.name} has no image matching {pattern!r} (for {folder}); the archive's layout "
-                             f"is not the one the manifest knows: its first entries are {sorted(names)[:5]}")
+            raise ValueError(
+                f"{archive.name} has no image matching {pattern!r} (for {folder}); the archive's layout "
+                f"is not the one the manifest knows: its first entries are {sorted(names)[:5]}"
+            )
         planned.setdefault(folder, []).extend(matched)
     for folder, members in planned.items():
         seen: dict[str, str] = {}
@@ -90,8 +91,9 @@ def _write_member(opener: Any, name: str, target: Path) -> None:
         shutil.copyfileobj(source, out, 1 << 20)
 
 
-def unpack(archive: Path, rules: list[tuple[str, Path]], archive_name: str, digest: str,
-           skip: set[Path] = frozenset()) -> dict[Path, int]:
+def unpack(
+    archive: Path, rules: list[tuple[str, Path]], archive_name: str, digest: str, skip: set[Path] = frozenset()
+) -> dict[Path, int]:
     """Write the images matched by ``rules`` into their folders (not those in ``skip``); returns counts."""
     counts: dict[Path, int] = {}
     with _members(archive) as (names, opener):
@@ -107,8 +109,9 @@ def unpack(archive: Path, rules: list[tuple[str, Path]], archive_name: str, dige
                 base = PurePosixPath(name).name
                 _write_member(opener, name, staging / base)
                 files.append(base)
-            (staging / MARKER).write_text(json.dumps({"archive": archive_name, "sha256": digest,
-                                                      "files": sorted(files)}, indent=1))
+            (staging / MARKER).write_text(
+                json.dumps({"archive": archive_name, "sha256": digest, "files": sorted(files)}, indent=1)
+            )
             if folder.exists():  # empty or ours (checked by the caller): replaced as a whole
                 shutil.rmtree(folder)
             staging.rename(folder)

@@ -52,24 +52,34 @@ def explain(err: Exception, repo: str, revision: str) -> str:
     token = get_token()
     if isinstance(err, errors.GatedRepoError):
         if not token:
-            return (f"{repo} is gated and no token is set (HTTP {status}): accept its licence on {page}, then "
-                    f"`export HF_TOKEN=hf_...` (a read token of that account) or `hf auth login`")
-        return (f"{repo} is gated and this token's account has not accepted its licence (HTTP {status}): open {page} "
-                f"with that account and accept it (approval can take a moment), then run again")
+            return (
+                f"{repo} is gated and no token is set (HTTP {status}): accept its licence on {page}, then "
+                f"`export HF_TOKEN=hf_...` (a read token of that account) or `hf auth login`"
+            )
+        return (
+            f"{repo} is gated and this token's account has not accepted its licence (HTTP {status}): open {page} "
+            f"with that account and accept it (approval can take a moment), then run again"
+        )
     if isinstance(err, errors.RevisionNotFoundError):
         return f"{repo}: revision {revision!r} does not exist (HTTP {status}); see {page}/commits/main"
     if status == 401 or (isinstance(err, errors.RepositoryNotFoundError) and status != 404 and not token):
-        return (f"{repo}: the hub refused the request (HTTP {status}): " + (
-            "the token is invalid or expired; make a new read token and set HF_TOKEN" if token else
-            "no token is set; `export HF_TOKEN=hf_...` or `hf auth login` (gated and private repos need one)"))
+        return f"{repo}: the hub refused the request (HTTP {status}): " + (
+            "the token is invalid or expired; make a new read token and set HF_TOKEN"
+            if token
+            else "no token is set; `export HF_TOKEN=hf_...` or `hf auth login` (gated and private repos need one)"
+        )
     if status == 403:
-        return (f"{repo}: this token may not read it (HTTP 403): a gated licence to accept on {page}, or a "
-                f"fine-grained token without read access to public gated repos")
+        return (
+            f"{repo}: this token may not read it (HTTP 403): a gated licence to accept on {page}, or a "
+            f"fine-grained token without read access to public gated repos"
+        )
     if isinstance(err, errors.RepositoryNotFoundError) or status == 404:
         return f"{repo}: no such repository on the hub (HTTP {status}); check the id ({page})"
     if isinstance(err, errors.OfflineModeIsEnabled) or "offline" in str(err).lower():
-        return (f"{repo} is not in the local cache and HF_HUB_OFFLINE=1 forbids downloads: run the fetch with "
-                f"HF_HUB_OFFLINE=0")
+        return (
+            f"{repo} is not in the local cache and HF_HUB_OFFLINE=1 forbids downloads: run the fetch with "
+            f"HF_HUB_OFFLINE=0"
+        )
     return f"{repo}: {type(err).__name__}: {err}"
 
 
@@ -82,7 +92,9 @@ def _offline() -> bool:
 def local_snapshot(repo: str, revision: str, repo_type: str, local_dir: Path | None) -> Path | None:
     """The complete local copy the loaders would use (cache or folder), or None."""
     if local_dir is not None:
-        return local_dir if (local_dir / "model_index.json").is_file() or (local_dir / "config.json").is_file() else None
+        return (
+            local_dir if (local_dir / "model_index.json").is_file() or (local_dir / "config.json").is_file() else None
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -97,11 +109,15 @@ def plan(repo: str, revision: str, repo_type: str, local_dir: Path | None, endpo
 
     found = local_snapshot(repo, revision, repo_type, local_dir)
     if _offline():
-        return HubPlan(0 if found else None, 0, found is not None,
-                       "" if found else "not available offline; the hub is asked for sizes once HF_HUB_OFFLINE=0")
+        return HubPlan(
+            0 if found else None,
+            0,
+            found is not None,
+            "" if found else "not available offline; the hub is asked for sizes once HF_HUB_OFFLINE=0",
+        )
     try:
         infos = snapshot_download(**_kwargs(repo, revision, repo_type, local_dir, endpoint), dry_run=True)
-    except Exception as err:  # noqa: BLE001  (every hub error becomes one explained line)
+    except Exception as err:
         raise HubError(explain(err, repo, revision)) from err
     missing = [i for i in infos if i.will_download]
     size = sum(i.file_size or 0 for i in missing)
@@ -119,5 +135,5 @@ def fetch(repo: str, revision: str, repo_type: str, local_dir: Path | None, endp
         return found
     try:
         return Path(snapshot_download(**_kwargs(repo, revision, repo_type, local_dir, endpoint)))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise HubError(explain(err, repo, revision)) from err

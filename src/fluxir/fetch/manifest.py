@@ -34,22 +34,46 @@ REALESRGAN_PARAM = "evaluate.realesrgan.weights"
 
 STABLESR_URL = "https://huggingface.co/datasets/Iceclear/StableSR-TestSets/resolve/main/StableSR_testsets.zip"
 # DreamClear's README links RealLQ250 as a Google Drive file; the `usercontent` address serves its bytes.
-REALLQ250_URL = "https://drive.usercontent.google.com/download?id=16uWuJOyGMw5fbXHGcl6GOmxYJb_Szrqe&export=download&confirm=t"
+REALLQ250_URL = (
+    "https://drive.usercontent.google.com/download?id=16uWuJOyGMw5fbXHGcl6GOmxYJb_Szrqe&export=download&confirm=t"
+)
 DIV2K_VALID_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/DIV2K_valid_HR.zip"
-STABLESR_NOTE = ("StableSR's crops: LQ 128x128, HQ 512x512. The paper's 1024/256 centre crops need the full-size "
-                 "RealSR v3 / DRealSR x4 test pairs; to use these, set hq_size: 512 and lq_size: 128 for the benchmark")
+STABLESR_NOTE = (
+    "StableSR's crops: LQ 128x128, HQ 512x512. The paper's 1024/256 centre crops need the full-size "
+    "RealSR v3 / DRealSR x4 test pairs; to use these, set hq_size: 512 and lq_size: 128 for the benchmark"
+)
 # benchmark key -> (archive file name, URL, [(member glob, parameter of the destination folder)], note)
 BENCHMARK_ARCHIVES: dict[str, tuple[str, str, list[tuple[str, str]], str]] = {
-    "realsr": ("StableSR_testsets.zip", STABLESR_URL, [
-        ("StableSR_testsets/RealSRVal_crop128/test_HR/*|StableSR_testsets/RealSRVal_crop128/gt/*", "hq_dir"),
-        ("StableSR_testsets/RealSRVal_crop128/test_LR/*|StableSR_testsets/RealSRVal_crop128/lq/*", "lq_dir")], STABLESR_NOTE),
-    "drealsr": ("StableSR_testsets.zip", STABLESR_URL, [
-        ("StableSR_testsets/DrealSRVal_crop128/test_HR/*|StableSR_testsets/DrealSRVal_crop128/gt/*", "hq_dir"),
-        ("StableSR_testsets/DrealSRVal_crop128/test_LR/*|StableSR_testsets/DrealSRVal_crop128/lq/*", "lq_dir")], STABLESR_NOTE),
-    "reallq250": ("RealLQ250.zip", REALLQ250_URL, [("*", "lq_dir")],
-                  "DreamClear's 250 LQ images (no HQ); the archive's inner layout is not published: every image in it"),
-    "div2k_val": ("DIV2K_valid_HR.zip", DIV2K_VALID_URL, [("DIV2K_valid_HR/*", "hq_dir")],
-                  "the 100 DIV2K validation HQ images; DIV2K-Val's 600 crops are cut from them by the evaluate pipeline"),
+    "realsr": (
+        "StableSR_testsets.zip",
+        STABLESR_URL,
+        [
+            ("StableSR_testsets/RealSRVal_crop128/test_HR/*|StableSR_testsets/RealSRVal_crop128/gt/*", "hq_dir"),
+            ("StableSR_testsets/RealSRVal_crop128/test_LR/*|StableSR_testsets/RealSRVal_crop128/lq/*", "lq_dir"),
+        ],
+        STABLESR_NOTE,
+    ),
+    "drealsr": (
+        "StableSR_testsets.zip",
+        STABLESR_URL,
+        [
+            ("StableSR_testsets/DrealSRVal_crop128/test_HR/*|StableSR_testsets/DrealSRVal_crop128/gt/*", "hq_dir"),
+            ("StableSR_testsets/DrealSRVal_crop128/test_LR/*|StableSR_testsets/DrealSRVal_crop128/lq/*", "lq_dir"),
+        ],
+        STABLESR_NOTE,
+    ),
+    "reallq250": (
+        "RealLQ250.zip",
+        REALLQ250_URL,
+        [("*", "lq_dir")],
+        "DreamClear's 250 LQ images (no HQ); the archive's inner layout is not published: every image in it",
+    ),
+    "div2k_val": (
+        "DIV2K_valid_HR.zip",
+        DIV2K_VALID_URL,
+        [("DIV2K_valid_HR/*", "hq_dir")],
+        "the 100 DIV2K validation HQ images; DIV2K-Val's 600 crops are cut from them by the evaluate pipeline",
+    ),
 }
 
 
@@ -101,8 +125,9 @@ def _is_hub_id(value: str, project: Path) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", value)) and not (project / value).exists()
 
 
-def _snapshot_items(name: str, group: str, repo: str, params: Mapping[str, Any], keys: tuple[str, ...],
-                    project: Path, note: str) -> list[Item]:
+def _snapshot_items(
+    name: str, group: str, repo: str, params: Mapping[str, Any], keys: tuple[str, ...], project: Path, note: str
+) -> list[Item]:
     """One item per distinct destination among the parameters ``keys`` that name this repository or a folder."""
     by_dest: dict[Path | None, list[str]] = {}
     for key in keys:
@@ -114,7 +139,10 @@ def _snapshot_items(name: str, group: str, repo: str, params: Mapping[str, Any],
             if value != repo:
                 continue  # another hub model: not this manifest's
             by_dest.setdefault(None, []).append(key)
-        elif not (project / value / "model_index.json").is_file() or (project / value / ".cache" / "huggingface").is_dir():
+        elif (
+            not (project / value / "model_index.json").is_file()
+            or (project / value / ".cache" / "huggingface").is_dir()
+        ):
             by_dest.setdefault((project / value).resolve(), []).append(key)  # a folder to fill (or ours to complete)
     return [Item(name, group, dest, repo=repo, used_by=tuple(used), note=note) for dest, used in by_dest.items()]
 
@@ -150,18 +178,31 @@ def _iqa_items(params: Mapping[str, Any]) -> tuple[list[Item], list[str]]:
                 continue
             url = need.source.removeprefix("download from ")
             need = replace(need, path=home / need.path.relative_to(current))
-            digest = need.sha256 or (sha256_prefix_from_name(need.path.name)
-                                     if url.startswith(iqa_weights.TORCHVISION_URL) else None)
+            digest = need.sha256 or (
+                sha256_prefix_from_name(need.path.name) if url.startswith(iqa_weights.TORCHVISION_URL) else None
+            )
             if need.path in items:
                 old = items[need.path]
-                items[need.path] = Item(old.name, old.group, old.dest, url=old.url, sha256=old.sha256,
-                                        used_by=(*old.used_by, spec.name), note=old.note)
+                items[need.path] = Item(
+                    old.name,
+                    old.group,
+                    old.dest,
+                    url=old.url,
+                    sha256=old.sha256,
+                    used_by=(*old.used_by, spec.name),
+                    note=old.note,
+                )
                 continue
-            note = ("SHA-256 from the digest in OpenAI's URL" if need.sha256 else
-                    "SHA-256 prefix from torch hub's file-name convention" if digest else
-                    "no digest published; size from the server, keys checked by fluxir.check")
-            items[need.path] = Item(need.path.name, "iqa", need.path, url=url, sha256=digest,
-                                    used_by=(spec.name,), note=note)
+            note = (
+                "SHA-256 from the digest in OpenAI's URL"
+                if need.sha256
+                else "SHA-256 prefix from torch hub's file-name convention"
+                if digest
+                else "no digest published; size from the server, keys checked by fluxir.check"
+            )
+            items[need.path] = Item(
+                need.path.name, "iqa", need.path, url=url, sha256=digest, used_by=(spec.name,), note=note
+            )
     return list(items.values()), skipped
 
 
@@ -184,8 +225,17 @@ def _benchmark_items(params: Mapping[str, Any], project: Path) -> tuple[list[Ite
     items = []
     for file_name, row in archives.items():
         staging = row["extract"][0][1].parent / ".fetch" / file_name
-        items.append(Item(file_name, "benchmarks", staging, url=row["url"], extract=tuple(row["extract"]),
-                          used_by=tuple(row["used_by"]), note="; ".join(row["notes"])))
+        items.append(
+            Item(
+                file_name,
+                "benchmarks",
+                staging,
+                url=row["url"],
+                extract=tuple(row["extract"]),
+                used_by=tuple(row["used_by"]),
+                note="; ".join(row["notes"]),
+            )
+        )
     return items, skipped
 
 
@@ -195,11 +245,25 @@ def _baseline_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item
     if weights is None:
         skipped.append(f"baselines RealESRGAN_x4plus.pth: {REALESRGAN_PARAM} is not set in this env")
     else:
-        items.append(Item("RealESRGAN_x4plus.pth", "baselines", (project / str(weights)).resolve(), url=REALESRGAN_URL,
-                          used_by=(REALESRGAN_PARAM,),
-                          note="Real-ESRGAN release v0.1.0; no digest published; loaded by basicsr's RRDBNet"))
-    rows = _snapshot_items("Flux.1-dev-Controlnet-Upscaler", "baselines", CONTROLNET_REPO, params,
-                           (CONTROLNET_PARAM,), project, "a FluxControlNetModel for FLUX.1-dev (its own licence)")
+        items.append(
+            Item(
+                "RealESRGAN_x4plus.pth",
+                "baselines",
+                (project / str(weights)).resolve(),
+                url=REALESRGAN_URL,
+                used_by=(REALESRGAN_PARAM,),
+                note="Real-ESRGAN release v0.1.0; no digest published; loaded by basicsr's RRDBNet",
+            )
+        )
+    rows = _snapshot_items(
+        "Flux.1-dev-Controlnet-Upscaler",
+        "baselines",
+        CONTROLNET_REPO,
+        params,
+        (CONTROLNET_PARAM,),
+        project,
+        "a FluxControlNetModel for FLUX.1-dev (its own licence)",
+    )
     if not rows:
         skipped.append(f"baselines {CONTROLNET_REPO}: {CONTROLNET_PARAM} is not set to it in this env")
     return items + rows, skipped
@@ -209,13 +273,25 @@ def build(params: Mapping[str, Any], project: Path, only: tuple[str, ...] = GROU
     """The manifest for an environment's parameters, restricted to the groups in ``only``."""
     manifest = Manifest()
     if "flux" in only:
-        rows = _snapshot_items("FLUX.1-dev", "flux", FLUX_REPO, params, FLUX_PARAMS, project,
-                               "gated: accept the licence on its hub page; HF_TOKEN of that account")
+        rows = _snapshot_items(
+            "FLUX.1-dev",
+            "flux",
+            FLUX_REPO,
+            params,
+            FLUX_PARAMS,
+            project,
+            "gated: accept the licence on its hub page; HF_TOKEN of that account",
+        )
         manifest.items += rows
         if not rows:
-            manifest.unconfigured.append(f"flux: none of {', '.join(FLUX_PARAMS)} names {FLUX_REPO} or a folder to fill")
-    for group, build_group in (("iqa", lambda: _iqa_items(params)), ("benchmarks", lambda: _benchmark_items(params, project)),
-                               ("baselines", lambda: _baseline_items(params, project))):
+            manifest.unconfigured.append(
+                f"flux: none of {', '.join(FLUX_PARAMS)} names {FLUX_REPO} or a folder to fill"
+            )
+    for group, build_group in (
+        ("iqa", lambda: _iqa_items(params)),
+        ("benchmarks", lambda: _benchmark_items(params, project)),
+        ("baselines", lambda: _baseline_items(params, project)),
+    ):
         if group in only:
             rows, skipped = build_group()
             manifest.items += rows

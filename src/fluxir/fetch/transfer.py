@@ -53,7 +53,9 @@ class Expected:
             return f"{path.name}: {size} bytes, the publisher's file has {self.size}"
         if self.sha256 and digest is not None and not digest.startswith(self.sha256.lower()):
             what = "SHA-256" if len(self.sha256) == 64 else f"SHA-256 prefix {self.sha256}"
-            return f"{path.name}: SHA-256 {digest}, expected {what}" + ("" if len(self.sha256) < 64 else f" {self.sha256}")
+            return f"{path.name}: SHA-256 {digest}, expected {what}" + (
+                "" if len(self.sha256) < 64 else f" {self.sha256}"
+            )
         return None
 
 
@@ -69,7 +71,7 @@ def _open(url: str, start: int, headers: dict[str, str]) -> Any:
     if start:
         request.add_header("Range", f"bytes={start}-")
     try:
-        return urllib.request.urlopen(request, timeout=TIMEOUT_S)  # noqa: S310  (http(s) and file URLs only, see source_url)
+        return urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as err:
         if err.code == 416 and start:  # the part already holds every byte
             return None
@@ -94,7 +96,7 @@ def content_length(url: str, headers: dict[str, str] | None = None) -> int | Non
         return path.stat().st_size if path.is_file() else None
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT, **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             length = response.headers.get("Content-Length")
             return int(length) if length is not None else None
     except urllib.error.HTTPError as err:
@@ -129,8 +131,15 @@ def _copy_to_part(url: str, part: Path, on_bytes: Callable[[int], None], headers
     return total
 
 
-def download(url: str, dest: Path, expected: Expected, *, on_bytes: Callable[[int], None] = lambda n: None,
-             headers: dict[str, str] | None = None, retries: int = RETRIES) -> Path:
+def download(
+    url: str,
+    dest: Path,
+    expected: Expected,
+    *,
+    on_bytes: Callable[[int], None] = lambda n: None,
+    headers: dict[str, str] | None = None,
+    retries: int = RETRIES,
+) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``: resumed, verified, then renamed onto ``dest``.
 
     ``on_bytes(n)`` is told every chunk written (negative when a part is restarted). Raises
@@ -150,19 +159,24 @@ def download(url: str, dest: Path, expected: Expected, *, on_bytes: Callable[[in
         except (ConnectionError, http.client.HTTPException, TimeoutError) as err:
             if attempt == retries:
                 kept = part.stat().st_size if part.exists() else 0
-                raise ConnectionError(f"{err}; gave up after {retries} reconnections, {kept} bytes kept in {part} "
-                                      f"(run again to resume)") from err
+                raise ConnectionError(
+                    f"{err}; gave up after {retries} reconnections, {kept} bytes kept in {part} (run again to resume)"
+                ) from err
     wanted = expected if expected.size is not None or announced is None else Expected(announced, expected.sha256)
     problem = verify(part, wanted)
     if problem:
         part.unlink()
-        raise VerifyError(f"{problem}; not installed ({url}). Run again to download it anew; if it fails again the "
-                          f"source serves another file than the one published")
+        raise VerifyError(
+            f"{problem}; not installed ({url}). Run again to download it anew; if it fails again the "
+            f"source serves another file than the one published"
+        )
     os.replace(part, dest)
     return dest
 
 
-def copy_file(source: Path, dest: Path, expected: Expected, *, on_bytes: Callable[[int], None] = lambda n: None) -> Path:
+def copy_file(
+    source: Path, dest: Path, expected: Expected, *, on_bytes: Callable[[int], None] = lambda n: None
+) -> Path:
     """A mirror folder's file copied to ``dest`` through ``dest.part``, verified like a download."""
     if not source.is_file():
         raise DownloadError(f"{source}: not in the mirror folder (a mirror holds the files under the names of --list)")
@@ -209,4 +223,3 @@ def sha256_prefix_from_name(name: str) -> str | None:
     stem = name.rsplit(".", 1)[0]
     _, _, tail = stem.rpartition("-")
     return tail if len(tail) >= 8 and all(c in "0123456789abcdef" for c in tail) else None
-
