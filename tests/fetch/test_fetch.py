@@ -282,9 +282,22 @@ def test_destinations_follow_the_parameters(project):
         Path("/elsewhere/realsr_hq"),
     ) in stablesr.extract
     flux = [i for i in built.items if i.group == "flux"]
-    assert [(i.dest, i.used_by) for i in flux] == [
+    assert [(i.dest, i.used_by[:3]) for i in flux] == [  # (the ControlNet baseline's base model may follow)
         (Path("/models/flux"), ("fluxgen.model",)),
         (None, ("train.model", "restore.model", "evaluate.restore.model")),
+    ]
+    baselines = manifest.build(
+        _params(
+            project,
+            f"baselines.realesrgan.weights={project / 'w' / 'esrgan.pth'}",
+            f"baselines.flux_controlnet.controlnet={manifest.CONTROLNET_REPO}",
+        ),
+        project,
+        ("baselines",),
+    )
+    assert [(i.name, i.url or i.repo, i.dest) for i in baselines.items] == [
+        ("RealESRGAN_x4plus.pth", manifest.REALESRGAN_URL, project / "w" / "esrgan.pth"),
+        ("Flux.1-dev-Controlnet-Upscaler", "jasperai/Flux.1-dev-Controlnet-Upscaler", None),
     ]
     iqa_files = {i.name: i.dest for i in built.items if i.group == "iqa"}
     assert iqa_files == {

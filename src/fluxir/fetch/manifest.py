@@ -5,12 +5,13 @@ published: such a file is verified against the size its server announces, and ``
 then loads every weight file and compares its keys). Destinations are never written here: each one
 is read from the environment's parameters, so a file lands where the loaders look:
 
-- ``flux``: ``fluxgen.model``, ``train.model``, ``restore.model``, ``evaluate.restore.model`` (a hub id:
-  the Hugging Face cache; a folder: the snapshot is that folder);
+- ``flux``: ``fluxgen.model``, ``train.model``, ``restore.model``, ``evaluate.restore.model``,
+  ``baselines.flux_controlnet.model`` (a hub id: the Hugging Face cache; a folder: the snapshot is that folder);
 - ``iqa``: the files of ``iqa.metrics`` and ``evaluate.metrics`` under ``iqa.weights_dir``, as
   ``fluxir.fluxgen.iqa_weights`` names them (the names pyiqa, torchvision and CLIP look up);
 - ``benchmarks``: the folders of ``evaluate.benchmarks``;
-- ``baselines``: the weights the baseline methods of ``evaluate.methods`` load.
+- ``baselines``: ``baselines.realesrgan.weights`` and ``baselines.flux_controlnet.controlnet``, the public
+  restorers of ``evaluate.methods`` and ``restore.method``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ from fluxir.fetch.transfer import sha256_prefix_from_name
 GROUPS = ("flux", "iqa", "benchmarks", "baselines")
 
 FLUX_REPO = "black-forest-labs/FLUX.1-dev"
-FLUX_PARAMS = ("fluxgen.model", "train.model", "restore.model", "evaluate.restore.model")
+FLUX_PARAMS = (
+    "fluxgen.model",
+    "train.model",
+    "restore.model",
+    "evaluate.restore.model",
+    "baselines.flux_controlnet.model",
+)
 CONTROLNET_REPO = "jasperai/Flux.1-dev-Controlnet-Upscaler"
-CONTROLNET_PARAM = "evaluate.flux_controlnet.model"
+CONTROLNET_PARAM = "baselines.flux_controlnet.controlnet"
 REALESRGAN_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
-REALESRGAN_PARAM = "evaluate.realesrgan.weights"
+REALESRGAN_PARAM = "baselines.realesrgan.weights"
 
 STABLESR_URL = "https://huggingface.co/datasets/Iceclear/StableSR-TestSets/resolve/main/StableSR_testsets.zip"
 # DreamClear's README links RealLQ250 as a Google Drive file; the `usercontent` address serves its bytes.
