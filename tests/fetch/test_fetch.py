@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -364,11 +365,16 @@ def test_a_second_run_downloads_nothing(server, project, capsys):
     args = ["--env", "base", "--project", str(project), "--only", "benchmarks", "--mirror", server.url]
     assert fetch_main(["--dry-run", *args]) == 0
     assert capsys.readouterr().out.count("fetch  ") == 3
-    built = manifest.build(_params(project), project, ("benchmarks",))
-    results = fetch.run(fetch.plan(built, server.url), server.url)
-    assert all(ok for _, _, ok in results), results
+    assert server.gets() == [], "a dry run downloads nothing"
+    status = fetch_main(args)  # fetches, then prints the preflight check (no Flux, no GPU here: it FAILs)
+    out = capsys.readouterr().out
+    assert status == 2, out
+    for name in ("StableSR_testsets.zip", "RealLQ250.zip", "DIV2K_valid_HR.zip"):
+        assert re.search(rf"^OK +{name} +unpacked \d images into ", out, re.MULTILINE), out
+    assert re.search(r"^\w+ +benchmark +realsr ", out, re.MULTILINE) and re.search(r"checks: \d+ FAIL", out), out
     assert sorted(server.gets()) == ["/DIV2K_valid_HR.zip", "/RealLQ250.zip", "/StableSR_testsets.zip"]
     server.log.clear()
+    built = manifest.build(_params(project), project, ("benchmarks",))
     again = fetch.plan(built, server.url)
     assert [s.state for s in again] == ["present"] * 3
     fetch.run(again, server.url)

@@ -264,9 +264,9 @@ def format_plan(steps: list[Step]) -> str:
     ]
     todo = [s for s in steps if s.state == "fetch"]
     lines.append(
-        f"{len(todo)} to fetch, ~{_size(sum(s.size or 0 for s in todo))}"
-        + (" plus unknown sizes" if any(s.size is None for s in todo) else "")
-        + f"; {sum(s.state == 'present' for s in steps)} present; {sum(s.state == 'problem' for s in steps)} problem(s)"
+        f"{len(todo)} to fetch ({_size(sum(s.size or 0 for s in todo))}"
+        + (f" + {unknown} of unknown size" if (unknown := sum(s.size is None for s in todo)) else "")
+        + f"); {sum(s.state == 'present' for s in steps)} present; {sum(s.state == 'problem' for s in steps)} problem(s)"
     )
     return "\n".join(lines)
 
