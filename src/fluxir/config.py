@@ -36,22 +36,75 @@ def config_loader(env: str, project: str | Path = ".", **kwargs: Any) -> OmegaCo
     return OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, "default_run_env": env}, **kwargs)
 
 
-def load_params(env: str, overrides: list[str], project: str | Path = ".") -> dict[str, Any]:
-    """``parameters`` of a Kedro environment with ``key.sub=value`` overrides, as ``kedro run --params``.
+def load_params(env: str, overrides: Iterable[str | Mapping[str, Any]], project: str | Path = ".") -> dict[str, Any]:
+    """``parameters`` of a Kedro environment with ``--params`` overrides, merged as ``kedro run`` merges them.
 
-    ``overrides`` items may themselves be comma-separated (``a.b=1,c=2``), like ``kedro run --params``.
+    ``overrides`` are ``--params`` values in command-line order (see ``parse_overrides``); the config loader
+    gets them as Kedro's runtime parameters, so a value replaces one key and keeps its siblings.
     """
-    params = config_loader(env, project)["parameters"]
-    for item in (p for group in overrides for p in group.split(",") if p):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not of the form key.sub=value")
-        node = params
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return params
+    return config_loader(env, project, runtime_params=parse_overrides(overrides))["parameters"]
+
+
+def split_overrides(text: str) -> list[str]:
+    """``"a=1,b.c=[[512,512],[768,768]]"`` -> ``["a=1", "b.c=[[512,512],[768,768]]"]``.
+
+    A comma separates two overrides only outside brackets, braces and quotes, so lists and dicts are written
+    in YAML flow syntax (``fluxgen.prompts=['a photo, at night', a portrait]``); Kedro's own ``--params``
+    splits at every comma.
+    """
+    items, current, depth, quote = [], [], 0, ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    if depth or quote:
+        raise ValueError(f"--params {text!r}: unbalanced brackets or quotes (lists: 'key=[a, b]', in quotes for the shell)")
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
+
+
+def parse_overrides(groups: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
+    """One nested dict from ``--params`` values given in order: each is ``key.sub=value,...`` (values are
+    YAML, as in Kedro: ``[[512, 512]]`` is a list, ``1e-5`` a float) or a mapping (a run file's ``params``).
+
+    A later ``--params`` wins for the keys it sets and keeps the others (``--params a=1 --params b=2`` sets
+    both; plain Kedro would keep only ``b``).
+    """
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.create({})
+    for group in groups:
+        if isinstance(group, Mapping):
+            merged = OmegaConf.merge(merged, OmegaConf.create(dict(group)))
+            continue
+        items = split_overrides(group)
+        bad = [item for item in items if not item.partition("=")[0].strip() or "=" not in item]
+        if bad:
+            raise ValueError(f"--params item(s) {bad} are not of the form key.sub=value")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{k.strip()}={v}" for k, _, v in
+                                                                (item.partition("=") for item in items)]))
+    return OmegaConf.to_container(merged)
+
+
+def run_file_options(path: str | Path | None) -> dict[str, Any]:
+    """The ``run:`` section of a Kedro run file (``kedro run -c FILE``), ``{}`` without a file."""
+    if path is None:
+        return {}
+    text = Path(path).read_text()
+    options = (yaml.safe_load(text) or {}).get("run")
+    if not isinstance(options, dict):
+        raise ValueError(f"{path}: a run file holds a `run:` section with kedro run's options (env, params, ...)")  # noqa: TRY004
+    return options
 
 
 def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -153,11 +206,34 @@ def load_catalog(env: str, project: str | Path = ".") -> Any:
     return DataCatalog.from_config(config_loader(env, project)["catalog"])
 
 
-def cli_parser(prog: str, description: str | None, params_example: str) -> argparse.ArgumentParser:
-    """The argument parser every ``python -m fluxir...`` command starts from: ``--env``, ``--params``, ``--project``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--env", default="local", help="Kedro configuration environment (base, tiny, local)")
+class _CliParser(argparse.ArgumentParser):
+    """Reads ``-c`` run files as ``kedro run -c`` does: the file's ``env`` and ``params`` are defaults that the
+    command line overrides (``--params`` merged over the file's ``params``, key by key)."""
+
+    default_env = "local"
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        parsed = super().parse_args(args, namespace)
+        try:
+            options = run_file_options(parsed.config)
+        except (OSError, ValueError) as error:
+            self.error(str(error))
+        if parsed.env is None:
+            parsed.env = options.get("env") or self.default_env
+        parsed.params = [options["params"], *parsed.params] if options.get("params") else parsed.params
+        return parsed
+
+
+def cli_parser(prog: str, description: str | None, params_example: str, default_env: str = "local") -> argparse.ArgumentParser:
+    """The argument parser every ``python -m fluxir...`` command starts from: ``--env``, ``--params``,
+    ``-c/--config`` (a ``kedro run -c`` run file), ``--project``; ``args.params`` is a list for ``load_params``."""
+    parser = _CliParser(prog=prog, description=description)
+    parser.default_env = default_env
+    parser.add_argument("--env", default=None, help=f"Kedro configuration environment (base, tiny, local; default {default_env})")
     parser.add_argument("--params", action="append", default=[],
-                        help=f"override, e.g. {params_example} (repeatable; comma-separated like kedro run --params)")
+                        help=f"override, e.g. {params_example}; lists in YAML flow syntax, in quotes: "
+                             "'degrade.config.crop_sizes=[[512,512]]'; repeatable, later ones win per key")
+    parser.add_argument("-c", "--config", default=None,
+                        help="a kedro run file (YAML with a `run:` section); its env and params are defaults")
     parser.add_argument("--project", default=".", help="Kedro project root (holds conf/)")
     return parser

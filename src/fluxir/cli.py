@@ -1,0 +1,50 @@
+"""``kedro run`` with the project's ``--params``: repeatable, merged over the ``-c`` run file's ``params``, and
+lists or dicts in YAML flow syntax (``--params 'degrade.config.crop_sizes=[[512,512]]'``).
+
+Kedro takes ``run`` from this module when it exists. The command is Kedro's own (same options, same
+callback, same help) with one option replaced; Kedro 1.7's ``--params`` splits at every comma (no lists)
+and, given twice, silently keeps the last one. Parsing and merging are ``fluxir.config.parse_overrides``,
+shared with the ``python -m fluxir...`` commands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from kedro.framework.cli.project import run as kedro_run
+
+from fluxir.config import parse_overrides
+
+PARAMS_HELP = (
+    "Parameter overrides key.sub=value,... (values are YAML; lists and dicts in flow syntax, quoted for the "
+    "shell: 'degrade.config.crop_sizes=[[512,512],[768,768]]'). Repeatable: later ones win per key, and all "
+    "are merged over the params of a -c run file."
+)
+
+
+@click.group(name="fluxir")
+def cli() -> None:
+    """fluxir's project commands."""
+
+
+def _run(cli_params: tuple[str, ...], **options: Any) -> Any:
+    # The run file's params arrive as the default of Kedro's option name; this option has another name so
+    # that click does not hand them to it, and both are merged here.
+    from_file = (click.get_current_context().default_map or {}).get("params")
+    try:
+        options["params"] = parse_overrides([from_file, *cli_params] if from_file else cli_params)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--params") from error
+    return kedro_run.callback(**options)
+
+
+_params_option = click.Option(["--params", "cli_params"], multiple=True, type=click.UNPROCESSED, help=PARAMS_HELP)
+run = click.Command(
+    name="run",
+    callback=_run,
+    params=[_params_option if p.name == "params" else p for p in kedro_run.params],
+    help=kedro_run.help,
+    short_help=kedro_run.short_help,
+)
+cli.add_command(run)
