@@ -117,3 +117,51 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float,
     else:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+HUB_COMMIT = "0ef5fff789c832c5c7f4e127f94c8b54bbcced44"  # any 40-hex id: the snapshot folder's name
+WEIGHT_SHARDS = {"transformer": ("diffusion_pytorch_model", 3), "text_encoder_2": ("model", 2)}  # as FLUX.1-dev
+
+
+def write_hub_snapshot(folder: Path, cache: Path, repo_id: str) -> Path:
+    """Lay the pipeline ``folder`` out as huggingface_hub lays out a download of ``repo_id`` in the cache
+    ``cache`` (``HF_HUB_CACHE``): ``models--<org>--<name>/{blobs/<sha256>, refs/main, snapshots/<commit>/...}``,
+    each snapshot file a relative symlink to its blob. The transformer and T5 weights are split into shards
+    with a ``*.safetensors.index.json`` as in the FLUX.1-dev repo. Returns the snapshot folder."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / HUB_COMMIT
+    staging = repo / "staging"
+    shutil.copytree(folder, staging)
+    for component, (stem, shards) in WEIGHT_SHARDS.items():
+        single = staging / component / f"{stem}.safetensors"
+        if not single.is_file():
+            continue
+        state = load_file(single)
+        names = sorted(state)
+        weight_map, total = {}, 0
+        for k in range(shards):
+            part = f"{stem}-{k + 1:05d}-of-{shards:05d}.safetensors"
+            tensors = {n: state[n].contiguous() for n in names[k::shards]}
+            save_file(tensors, single.parent / part, metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(tensors, part))
+            total += sum(t.numel() * t.element_size() for t in tensors.values())
+        (single.parent / f"{stem}.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+        single.unlink()
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        relative = path.relative_to(staging)
+        blob = repo / "blobs" / sha256_file(path)
+        if not blob.exists():
+            path.rename(blob)
+        link = snapshot / relative
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    shutil.rmtree(staging)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    return snapshot

@@ -8,8 +8,7 @@ compare checkpoint keys), the benchmark folders and their pair counts, free
 disk for ``fluxgen.num_images``, accelerator memory against the budget of docs/full_scale.md, and the
 installed packages against pyproject.toml. Every problem is listed; the exit status is 1 if any FAILs.
 
-A module rather than a Kedro project ``cli.py``: Kedro takes ``run`` from a project ``cli.py`` when one
-exists, so adding one would mean carrying a copy of Kedro's ``run`` command; this leaves it untouched.
+Model parameters may be hub ids: they are checked in the Hugging Face cache, where an offline run finds them.
 """
 
 from __future__ import annotations
@@ -136,17 +135,29 @@ def _cached_snapshot(repo_id: str) -> Path | None:
         return None
 
 
+def model_folder(source: Any) -> Path | None:
+    """The folder a run loads for a model parameter: a local folder, or a hub id's cached snapshot (None: neither)."""
+    folder = Path(str(source)).expanduser()
+    return folder.resolve() if folder.is_dir() else _cached_snapshot(str(source))
+
+
+def download_advice(source: Any) -> str:
+    """How to get a model onto this machine (docs/full_scale.md section 1), for every parameter that names it."""
+    roles = ", ".join(_MODEL_ROLES)
+    return (f"runs are offline: download it once with a token of an account that accepted its licence "
+            f"(`hf auth login`, older clients `huggingface-cli login`, or `export HF_TOKEN=hf_...`), then "
+            f"`HF_HUB_OFFLINE=0 hf download {source}` (the hub cache is used offline afterwards), or "
+            f"`HF_HUB_OFFLINE=0 hf download {source} --local-dir DIR` and set {roles} to DIR")
+
+
 def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Finding]:
     """Every component of a diffusers pipeline folder present, built on meta, and its weight keys matching."""
     if not source:
         return [Finding("WARN", "model", role, "not set")]
-    folder = Path(str(source)).expanduser().resolve()
-    if not folder.is_dir():
-        folder = _cached_snapshot(str(source))
+    folder = model_folder(source)
     if folder is None:
         return [Finding("FAIL", "model", role, f"{source!r} is neither a local folder nor in the Hugging Face cache; "
-                        f"runs are offline: download it first (huggingface-cli download {source} --local-dir DIR) "
-                        f"and set {role}: DIR")]
+                        + download_advice(source))]
     index = folder / "model_index.json"
     if not index.is_file():
         return [Finding("FAIL", "model", role, f"{folder} has no model_index.json (not a diffusers pipeline folder)")]
@@ -191,7 +202,8 @@ def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str,
         adapter = catalog.load("fluxir_adapter")
     except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
         return [Finding("FAIL", "adapter", "fluxir_adapter", f"{type(err).__name__}: {err}")]
-    flux = cache.get(str(Path(str(flux_folder)).expanduser().resolve())) if flux_folder else None
+    folder = model_folder(flux_folder) if flux_folder else None
+    flux = cache.get(str(folder)) if folder is not None else None
     if flux is None:
         return [Finding("WARN", "adapter", "fluxir_adapter", "loads; no restore Flux transformer to compare with")]
     try:
@@ -271,10 +283,25 @@ def check_benchmarks(params: Mapping[str, Any]) -> list[Finding]:
         elif empty:
             findings.append(Finding("FAIL", "benchmark", key, f"folder(s) {empty} missing or without images; see docs/evaluation.md"))
         else:
-            count = _pair_count(spec)
-            findings.append(Finding("OK" if count else "FAIL", "benchmark", key,
-                                    f"{count} {'images' if spec.kind == 'lq_only' else 'pairs'} ({spec.kind})"))
+            findings.append(_benchmark_finding(key, spec))
     return findings
+
+
+def _benchmark_finding(key: str, spec: Any) -> Finding:
+    """Pair count, and the images smaller than the crops the run takes (skipped by the run; none left: FAIL)."""
+    from fluxir.evaluation.testsets import sources_too_small
+
+    count = _pair_count(spec)
+    what = f"{count} {'images' if spec.kind == 'lq_only' else 'pairs'} ({spec.kind})"
+    small = {folder: (total, names) for folder, (total, names) in sources_too_small(spec).items() if names}
+    if small:
+        sizes = {"synthetic": ("hq_size",), "lq_only": ("lq_size",), "paired": ("hq_size", "lq_size")}[spec.kind]
+        crops = " / ".join(f"evaluate.benchmarks.{key}.{name} {getattr(spec, name)}" for name in sizes)
+        parts = [f"{len(names)} of {total} in {folder} (e.g. {names[:3]})" for folder, (total, names) in small.items()]
+        none_left = any(len(names) == total for total, names in small.values())
+        return Finding("FAIL" if none_left else "WARN", "benchmark", key,
+                       f"{what}; images smaller than the crops ({crops}) are skipped by the run: {'; '.join(parts)}")
+    return Finding("OK" if count else "FAIL", "benchmark", key, what)
 
 
 def estimate_fluxgen_bytes(params: Mapping[str, Any]) -> int:
@@ -390,8 +417,9 @@ def format_report(findings: list[Finding]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli_parser("python -m fluxir.check", "Preflight check before a long run.", "fluxgen.num_images=350000")
-    parser.set_defaults(env="base")  # a check is for the real run's configuration
+    # A check is for the real run's configuration: base unless --env or the run file says otherwise.
+    parser = cli_parser("python -m fluxir.check", "Preflight check before a long run.", "fluxgen.num_images=350000",
+                        default_env="base")
     args = parser.parse_args(argv)
     findings = run_checks(Path(args.project).resolve(), args.env, args.params)
     print(format_report(findings))

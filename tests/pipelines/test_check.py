@@ -148,3 +148,43 @@ def test_text_encoders_and_tokenizer_class(tmp_path):
     assert bad.status == "FAIL"
     assert f"{folder / 'tokenizer' / 'tokenizer_config.json'} holds a CLIPTokenizer" in bad.detail
     assert "model_index.json declares T5TokenizerFast" in bad.detail
+
+
+def test_hub_ids_are_checked_in_the_cache_and_small_benchmark_images_are_named(kedro_project, tmp_path, monkeypatch):
+    """A hub id is looked up as a run loads it (the cached snapshot), so the adapter is compared with that
+    transformer; a model in no place gets the download advice; benchmark images below the crops are named."""
+    from diffusers import FluxTransformer2DModel
+    from PIL import Image
+    from support import write_hub_snapshot
+
+    tiny = kedro_project / "data" / "01_raw" / "tiny"
+    write_hub_snapshot(tiny / "flux", tmp_path / "hub", "black-forest-labs/FLUX.1-dev")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    other = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+                                   joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4))
+    other.save_pretrained(tiny / "other_flux" / "transformer")
+    _save_adapter(kedro_project, tiny / "other_flux")
+    demo = kedro_project / "data" / "01_raw" / "benchmarks_demo"
+    for folder, size in (("RealSR/HR", 40), ("RealSR/LR", 10), ("DIV2K_valid_HR", 80)):
+        (demo / folder).mkdir(parents=True)
+    for name in ("a", "b"):  # tiny env: realsr hq_size 64 / lq_size 16, div2k_val hq_size 64
+        Image.new("RGB", (40, 40)).save(demo / "RealSR" / "HR" / f"{name}_HR.png")
+        Image.new("RGB", (10, 10)).save(demo / "RealSR" / "LR" / f"{name}_LR4.png")
+    Image.new("RGB", (80, 80)).save(demo / "DIV2K_valid_HR" / "0801.png")
+    Image.new("RGB", (32, 32)).save(demo / "DIV2K_valid_HR" / "0802.png")
+
+    result = _check(kedro_project, "restore.model=black-forest-labs/FLUX.1-dev,train.model=someone/missing-flux",
+                    "evaluate.demo_benchmarks=false")
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    fails, warns = "\n".join(_lines(result, "FAIL")), "\n".join(_lines(result, "WARN"))
+    assert "OK    model        restore.model: transformer  FluxTransformer2DModel" in result.stdout
+    assert "fluxir_adapter              FluxIR adapter does not fit this Flux transformer" in fails, result.stdout
+    missing = next(line for line in _lines(result, "FAIL") if "train.model" in line)
+    for advice in ("HF_HUB_OFFLINE=0 hf download someone/missing-flux", "HF_TOKEN", "huggingface-cli login",
+                   "--local-dir DIR and set fluxgen.model, train.model, restore.model, evaluate.restore.model to DIR"):
+        assert advice in missing.replace("`", ""), missing
+    realsr = next(line for line in _lines(result, "FAIL") if "benchmark    realsr" in line)
+    assert "evaluate.benchmarks.realsr.hq_size 64 / evaluate.benchmarks.realsr.lq_size 16" in realsr
+    assert "2 of 2 in" in realsr and "a_HR.png" in realsr
+    div2k = next(line for line in _lines(result, "WARN") if "benchmark    div2k_val" in line)
+    assert "1 of 2 in" in div2k and "['0802.png']" in div2k, warns

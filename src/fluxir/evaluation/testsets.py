@@ -249,6 +249,18 @@ def prepare_benchmark(spec: BenchmarkSpec, prepared_dir: str | Path, degradation
     return PreparedBenchmark(spec.name, "ready", message, table.reset_index(drop=True), demo)
 
 
+def sources_too_small(spec: BenchmarkSpec) -> dict[str, tuple[int, list[str]]]:
+    """{folder: (images, names of those smaller than the run's crops)}: the HQ ``hq_size`` crops of synthetic
+    and paired benchmarks, the LQ ``lq_size`` crops of paired and LQ-only ones (image headers only)."""
+    crops = {"synthetic": [(spec.hq_dir, spec.hq_size)], "lq_only": [(spec.lq_dir, spec.lq_size)],
+             "paired": [(spec.hq_dir, spec.hq_size), (spec.lq_dir, spec.lq_size)]}[spec.kind]
+    out = {}
+    for folder, size in crops:
+        files = list_images(folder)
+        out[str(folder)] = (len(files), [p.name for p in files if min(image_size(p)) < size])
+    return out
+
+
 def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping[str, Any]) -> pd.DataFrame:
     # The reference is the original crop: USM sharpening is for training HQ only (see the module docstring).
     settings = {**dict(degradation), "crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random",
