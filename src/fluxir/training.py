@@ -490,6 +490,12 @@ def log_run_params(run: TrainingRun) -> None:
         logger.info("training %s: %d pairs in buckets %s, global batch %d = %d per process x %d process(es) x %d "
                     "accumulation, steps %d -> %d, checkpoints in %s", cfg.model, len(run.train_idx), sizes,
                     cfg.global_batch, cfg.batch_size, world, run.accumulation, run.start, cfg.max_steps, run.run_dir)
+        short = {size: n for size, n in sizes.items() if n < cfg.global_batch}
+        if short:  # a batch is drawn from one bucket: a smaller bucket repeats its pairs inside every batch
+            logger.warning("train.global_batch=%d exceeds the training pairs of bucket(s) %s (of %d training pairs): "
+                           "every optimizer step repeats pairs within its batch; generate more images "
+                           "(fluxgen.num_images) or lower train.global_batch", cfg.global_batch, short,
+                           len(run.train_idx))
 
 
 def optimizer_step(run: TrainingRun, step: int) -> dict[str, Any]:

@@ -272,6 +272,16 @@ def test_bad_metric_settings_and_paper_table_are_rejected():
         comparison_table(metric_means(_per_image()), pd.DataFrame({"dataset": ["RealSR"], "value": [1.0]}))
 
 
+def test_setup_names_every_metric_option():
+    from fluxir.evaluation.report import metric_settings
+
+    names, options = metric_settings({"full_reference": {"PSNR": "psnr"},
+                                      "no_reference": {"MANIQA": {"name": "maniqa-pipal", "test_sample": 1},
+                                                       "MUSIQ": {"name": "musiq", "pretrained": False}}})
+    assert names.endswith(": PSNR=psnr; MANIQA=maniqa-pipal (test_sample=1); MUSIQ=musiq (random weights)")
+    assert options == {"MANIQA": "test_sample=1"}
+
+
 def test_mlflow_keys_carry_the_convention():
     metrics = mlflow_metrics(metric_means(_per_image()))
     assert metrics["RealSR.fluxir.PSNR.y_crop4"] == {"value": 21.0, "step": 0}

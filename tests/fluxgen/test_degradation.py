@@ -247,9 +247,11 @@ def test_choose_crop_only_uses_sizes_that_fit():
         choose_crop(600, 400, sizes, rng)
 
 
-def test_small_image_error_names_the_sizes(photos):
-    with pytest.raises(ValueError, match=r"\(160, 120\)"):
+def test_small_image_error_names_the_sizes_and_the_parameter(photos):
+    with pytest.raises(ValueError, match=r"\(160, 120\)") as err:
         degrade_pair(photos["astronaut"], 0, 0)  # default crops are >= 512 wide
+    assert "(degrade.config.crop_sizes, [width, height] pairs)" in str(err.value)
+    assert "--params 'degrade.config.crop_sizes=[[160,120]]'" in str(err.value)
 
 
 def test_bad_image_input_errors(photos):

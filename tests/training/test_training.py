@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -471,3 +472,15 @@ def test_packing_matches_diffusers_and_inverts():
     assert torch.equal(unpack(pack(z), 8, 6), z)
     ids = image_ids(4, 3, "cpu")  # (12, 3): (0, row, col) of each 2x2 patch of the (8, 6) latent
     assert ids.shape == (12, 3) and ids[5].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_global_batch_larger_than_a_bucket_warns_once(tmp_path, pairs, caplog):
+    """8 pairs in three size buckets, 2 held out: a global batch of 4 repeats pairs in every step."""
+    with caplog.at_level(logging.WARNING, logger="fluxir.training"):
+        train(tiny_params(tmp_path / "a", "train.max_steps=2", "train.global_batch=4"), pairs, progress=False)
+    warned = [r.getMessage() for r in caplog.records if "exceeds the training pairs" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("train.global_batch=4 exceeds") and "of 6 training pairs" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fluxir.training"):
+        train(tiny_params(tmp_path / "b", "train.max_steps=1"), pairs, progress=False)  # global batch 1
+    assert not [r for r in caplog.records if "exceeds the training pairs" in r.getMessage()]

@@ -234,6 +234,21 @@ def _stand_in_lines(means: pd.DataFrame, options: Mapping[str, str] | None = Non
     return lines
 
 
+def metric_settings(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict[str, str]]:
+    """The Setup line of ``evaluate.metrics`` (``MANIQA=maniqa-pipal (test_sample=1)``: every pyiqa option,
+    since they change the numbers) and ``{label: options as text}`` for the stand-in notes."""
+    from importlib.metadata import version
+
+    from fluxir.fluxgen.iqa import MetricSpec
+
+    specs = {label: MetricSpec.parse(spec) for group in metrics.values() for label, spec in (group or {}).items()}
+    options = {label: ", ".join(f"{k}={v}" for k, v in s.options.items()) for label, s in specs.items() if s.options}
+    names = f"pyiqa {version('pyiqa')}: " + "; ".join(
+        f"{label}={s.name}" + (f" ({options[label]})" if label in options else "")
+        + ("" if s.pretrained else " (random weights)") for label, s in specs.items())
+    return names, options
+
+
 def conventions(convention: str, crop_border: int, color_fix: str, metric_names: str) -> dict[str, str]:
     """The scoring conventions behind every number, as rows of the report's setup table (docs/evaluation.md)."""
     if convention not in CONVENTION_DEFINITIONS:

@@ -255,8 +255,9 @@ def choose_crop(
     fitting = [(w, h) for w, h in crop_sizes if w <= width and h <= height]
     if not fitting:
         raise ValueError(
-            f"image of (width, height)={(width, height)} is smaller than every crop size {list(crop_sizes)}; "
-            "use larger images or add a smaller crop size"
+            f"image of (width, height)={(width, height)} is smaller than every crop size {list(crop_sizes)} "
+            "(degrade.config.crop_sizes, [width, height] pairs); add a size that fits, e.g. "
+            f"--params 'degrade.config.crop_sizes=[[{width - width % 4},{height - height % 4}]]', or use larger images"
         )
     w, h = rng.choice(fitting)
     if position == "center":

@@ -107,16 +107,10 @@ def build_report(means: pd.DataFrame, paper_table: pd.DataFrame, status: dict[st
                  crop_border: int, color_fix: str, benchmarks: dict[str, Any], tiny_models: bool) -> tuple[str, str]:
     """The Table-1-style report (markdown, HTML): every convention behind its numbers, this run's numbers
     beside the paper's, grids."""
-    from importlib.metadata import version
-
-    from fluxir.evaluation.report import comparison_table, conventions, render_html, render_markdown
-    from fluxir.fluxgen.iqa import MetricSpec
+    from fluxir.evaluation.report import comparison_table, conventions, metric_settings, render_html, render_markdown
 
     table = comparison_table(means, paper_table, datasets=list(status))
-    specs = {label: MetricSpec.parse(spec) for group in metrics.values() for label, spec in (group or {}).items()}
-    options = {label: ", ".join(f"{k}={v}" for k, v in s.options.items()) for label, s in specs.items() if s.options}
-    names = f"pyiqa {version('pyiqa')}: " + "; ".join(
-        f"{label}={s.name}" + ("" if s.pretrained else " (random weights)") for label, s in specs.items())
+    names, options = metric_settings(metrics)
     info = {**conventions(convention, crop_border, color_fix, names), **run_info}
     grid_files = {v["name"]: f"{k}_grid.png" for k, v in benchmarks.items() if v["name"] in grid_pngs}
     return (render_markdown(table, means, status, info, grid_files, tiny_models, options),
