@@ -145,7 +145,9 @@ def download_advice(source: Any) -> str:
     """How to get a model onto this machine (docs/full_scale.md section 1), for every parameter that names it."""
     roles = ", ".join(_MODEL_ROLES)
     return (f"runs are offline: download it once with a token of an account that accepted its licence "
-            f"(`hf auth login`, older clients `huggingface-cli login`, or `export HF_TOKEN=hf_...`), then "
+            f"(`export HF_TOKEN=hf_...`, or `hf auth login`, older clients `huggingface-cli login`): "
+            f"`HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux` (FLUX.1-dev, to the cache or the folder a parameter "
+            f"names), or "
             f"`HF_HUB_OFFLINE=0 hf download {source}` (the hub cache is used offline afterwards), or "
             f"`HF_HUB_OFFLINE=0 hf download {source} --local-dir DIR` and set {roles} to DIR")
 

@@ -180,7 +180,8 @@ def test_hub_ids_are_checked_in_the_cache_and_small_benchmark_images_are_named(k
     assert "OK    model        restore.model: transformer  FluxTransformer2DModel" in result.stdout
     assert "fluxir_adapter              FluxIR adapter does not fit this Flux transformer" in fails, result.stdout
     missing = next(line for line in _lines(result, "FAIL") if "train.model" in line)
-    for advice in ("HF_HUB_OFFLINE=0 hf download someone/missing-flux", "HF_TOKEN", "huggingface-cli login",
+    for advice in ("HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux", "HF_TOKEN", "huggingface-cli login",
+                   "HF_HUB_OFFLINE=0 hf download someone/missing-flux (the hub cache",
                    "--local-dir DIR and set fluxgen.model, train.model, restore.model, evaluate.restore.model to DIR"):
         assert advice in missing.replace("`", ""), missing
     realsr = next(line for line in _lines(result, "FAIL") if "benchmark    realsr" in line)
