@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import fsspec
 import numpy as np
@@ -246,3 +246,72 @@ class ImageStore:
     def sub(self, name: str) -> "ImageStore":
         """A store in a sub-folder (one per generation / degradation configuration)."""
         return ImageStore(self.root / name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writes off the critical path
+
+
+class WriterPool:
+    """Runs file writes on ``threads`` threads behind a bounded queue, so the caller never waits on files.
+
+    PNG's zlib and hashlib release the GIL, so threads overlap encoding with the caller's compute (a
+    denoising loop). At most ``2 x threads`` jobs wait (each holds one image), so memory stays bounded and
+    a slow disk slows the producer down instead of filling RAM. The first error of any job is raised in
+    the calling thread (at the next ``submit`` or at ``close``), never lost. ``close`` (the end of the
+    ``with`` block) waits until every job has finished. ``threads=0`` runs each job inside ``submit``.
+    ``waited_s``: how long the caller was held up (waiting for a free slot, at ``close``, or running jobs
+    itself with ``threads=0``): near 0 when the writes keep up.
+    """
+
+    def __init__(self, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        from threading import BoundedSemaphore
+
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="fluxir-writer") if threads > 0 else None
+        self._slots = BoundedSemaphore(2 * max(threads, 1))
+        self._futures: list[Any] = []
+        self.waited_s = 0.0
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        """Queue ``fn(*args)``; blocks while the queue is full; raises the error of an earlier failed job."""
+        import time
+
+        self._raise_first_error()
+        start = time.perf_counter()
+        if self._executor is None:
+            fn(*args)
+            self.waited_s += time.perf_counter() - start
+            return
+        self._slots.acquire()
+        self.waited_s += time.perf_counter() - start
+        future = self._executor.submit(fn, *args)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._futures.append(future)
+
+    def _raise_first_error(self) -> None:
+        done = [f for f in self._futures if f.done()]
+        self._futures = [f for f in self._futures if not f.done()]
+        for future in done:
+            future.result()  # re-raises the job's exception here, in the caller's thread
+
+    def close(self) -> None:
+        """Wait for every queued job; raise the first error among them."""
+        import time
+
+        start = time.perf_counter()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self.waited_s += time.perf_counter() - start
+        futures, self._futures = self._futures, []
+        for future in futures:
+            future.result()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._executor is not None:  # already failing: let queued writes finish, keep the first error
+            self._executor.shutdown(wait=True)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from fluxir.io import (
+    WriterPool,
     atomic_directory,
     atomic_file,
     hash_json,
@@ -74,3 +75,44 @@ def test_readers_and_header_size(tmp_path):
         read_image(tmp_path / "bad.png")
     with pytest.raises(ValueError, match="bad.png: not an image file PIL can read"):
         read_photo(tmp_path / "bad.png")
+
+
+def _fail(message: str) -> None:
+    raise OSError(message)
+
+
+def test_writer_pool_raises_a_job_error_in_the_caller_and_runs_every_job():
+    done = []
+    with pytest.raises(OSError, match="disk full"), WriterPool(2) as pool:
+        pool.submit(_fail, "disk full")
+        for i in range(20):  # the error surfaces at a later submit or at the end of the block
+            pool.submit(done.append, i)
+    pool = WriterPool(1)
+    pool.submit(_fail, "at close")
+    with pytest.raises(OSError, match="at close"):
+        pool.close()
+    with WriterPool(3) as pool:
+        for i in range(50):
+            pool.submit(done.append, i)
+    assert sorted(done[-50:]) == list(range(50))  # close waited for all of them
+
+
+def test_writer_pool_queue_is_bounded():
+    import threading
+
+    release, submitted = threading.Event(), []
+    pool = WriterPool(1)  # 1 thread: at most 2 jobs queued or running
+
+    def producer():
+        for i in range(3):
+            pool.submit(release.wait)
+            submitted.append(i)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    thread.join(timeout=0.5)
+    assert submitted == [0, 1] and thread.is_alive()  # the third submit waits for a free slot
+    release.set()
+    thread.join(timeout=10)
+    pool.close()
+    assert submitted == [0, 1, 2]

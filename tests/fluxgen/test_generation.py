@@ -14,7 +14,8 @@ from conftest import REPO, free_port
 from support import kill_when
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
-from fluxir.io import ImageStore, read_image
+from fluxir.fluxgen.manifest import recorded_hashes
+from fluxir.io import ImageStore, read_image, sha256_file
 from fluxir.models.flux import resolve_source
 
 
@@ -32,6 +33,7 @@ def tiny_cfg(tiny_flux_dir: Path, **overrides) -> GenerationConfig:
         ({"height": 50}, "height must be a positive multiple of 16"),
         ({"width": 1000}, "nearest valid: 992"),
         ({"dtype": "int8"}, "dtype must be"),
+        ({"write_threads": -1}, "write_threads must be an integer >= 0"),
         ({"num_imgs": 3}, "unknown fluxgen parameter(s) ['num_imgs']"),
     ],
 )
@@ -104,20 +106,46 @@ def _cli(*args: str) -> list[str]:
 
 def test_killed_run_keeps_complete_images_and_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        _cli("--params", "fluxgen.num_images=400,fluxgen.steps=2", "--store", str(tmp_path)),
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    kill_when(proc, lambda: len(list(tmp_path.rglob("*.png"))) >= 3, timeout=120)
-    written = sorted(tmp_path.rglob("*.png"))
+    params = "fluxgen.num_images=400,fluxgen.steps=2,fluxgen.write_threads=2"  # writes in the background pool
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(_cli("--params", params, "--store", str(killed)),
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: len(list(killed.rglob("*.png"))) >= 3, timeout=120)
+    written = sorted(killed.rglob("*.png"))
     assert 3 <= len(written) < 400, "the run should have been killed part-way"
     for path in written:  # every file that exists under its final name is a complete image
         assert read_image(path).shape == (48, 64, 3)
-    subprocess.run(_cli("--params", "fluxgen.num_images=400,fluxgen.steps=2", "--store", str(tmp_path),
-                        "--report", str(tmp_path / "rep")), cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(_cli("--params", params, "--store", str(killed), "--report", str(tmp_path / "rep")),
+                   cwd=REPO, env=env, check=True, capture_output=True)
     regenerated = json.loads((tmp_path / "rep.rank0.json").read_text())
     assert len(regenerated) == 400 - len(written)
-    assert len(list(tmp_path.rglob("*.png"))) == 400
+    assert len(list(killed.rglob("*.png"))) == 400
+    # the first ids (made before and after the kill) are an uninterrupted run's, byte for byte (the store key
+    # does not depend on num_images), and every recorded hash is its file's
+    first = params.replace("num_images=400", f"num_images={len(written) + 5}")
+    subprocess.run(_cli("--params", first, "--store", str(clean)), cwd=REPO, env=env, check=True, capture_output=True)
+    made = {p.relative_to(clean): p.read_bytes() for p in clean.rglob("*.png")}
+    assert len(made) == len(written) + 5 and made == {p: (killed / p).read_bytes() for p in made}
+    (store,) = [ImageStore(p) for p in killed.iterdir() if p.is_dir()]
+    assert [sha for *_, sha, _ in recorded_hashes(store, range(400))] == [
+        sha256_file(store.path_for(i)) for i in range(400)]
+
+
+def test_returns_only_when_every_image_is_written(tiny_flux_dir, tmp_path):
+    store = ImageStore(tmp_path)
+    assert generate_into_store(tiny_cfg(tiny_flux_dir, num_images=5, write_threads=2), store, progress=False) == list(range(5))
+    for i in range(5):  # images and their sidecars are complete when the call returns
+        path = store.path_for(i)
+        assert read_image(path).shape == (48, 64, 3)
+        assert json.loads(path.with_name(f".{path.name}.sha256").read_text())[0] == sha256_file(path)
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_failed_write_raises_in_the_caller(tiny_flux_dir, tmp_path, threads):
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store's folder should be")
+    with pytest.raises((NotADirectoryError, FileExistsError)):
+        generate_into_store(tiny_cfg(tiny_flux_dir, num_images=2, write_threads=threads), ImageStore(blocker), progress=False)
 
 
 def test_two_processes_share_the_ids(tmp_path):
