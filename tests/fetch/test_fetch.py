@@ -4,6 +4,7 @@ sets; it honours Range, can drop a connection half-way and answers 404/401/403 (
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -36,6 +37,7 @@ class Loopback:
         self.files: dict[str, bytes] = {}
         self.drop: dict[str, int] = {}
         self.status: dict[str, tuple[int, dict[str, str]]] = {}
+        self.redirect: dict[str, dict[str, str]] = {}  # path -> headers of a 302 (Location, the hub's X-Linked-*)
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         server = self
 
@@ -48,8 +50,8 @@ class Loopback:
             def _answer(self, head: bool) -> None:
                 path = self.path.split("?")[0]
                 server.log.append((self.command, path, self.headers.get("Range")))
-                if path in server.status:
-                    code, headers = server.status[path]
+                if path in server.status or path in server.redirect:
+                    code, headers = server.status.get(path) or (302, server.redirect[path])
                     self.send_response(code)
                     for key, value in {**headers, "Content-Length": "0"}.items():
                         self.send_header(key, value)
@@ -68,6 +70,7 @@ class Loopback:
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("Content-Type", "text/html" if path.endswith(".html") else "application/octet-stream")
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
                 if head:
@@ -214,6 +217,40 @@ def test_a_wrong_checksum_is_named_and_the_file_not_installed(server, tmp_path, 
         transfer.download(f"{server.url}/{name}", dest, full)
     transfer.download(f"{server.url}/{name}", dest, transfer.Expected(sha256=digest))  # the right digest installs it
     assert sha256_file(dest) == digest
+
+
+def test_the_digest_the_hub_states_on_its_redirect_is_checked(server, project, lpips_fixture):
+    """huggingface.co answers a resolve URL with a 302 carrying the LFS file's SHA-256 (X-Linked-Etag) and size."""
+    name = "LPIPS_v0.1_alex-df73285e.pth"
+    data = lpips_fixture[name]
+    server.redirect[f"/resolve/{name}"] = {
+        "Location": f"/cdn/{name}",
+        "X-Linked-Etag": f'"{sha256_file_bytes(data)}"',
+        "X-Linked-Size": str(len(data)),
+    }
+    server.files[f"/cdn/{name}"] = data[:-1] + bytes([data[-1] ^ 1])  # the CDN serves other bytes of the same size
+    built = manifest.build(_params(project), project, ("iqa",))
+    item = next(i for i in built.items if i.name == name)
+    assert item.sha256 is None, "pyiqa publishes no digest itself"
+    item = dataclasses.replace(item, url=f"{server.url}/resolve/{name}")
+    [step] = fetch.plan(manifest.Manifest([item]))
+    assert step.expected == transfer.Expected(len(data), sha256_file_bytes(data))
+    assert server.log[0][0] == "HEAD" and server.log[1] == ("HEAD", f"/cdn/{name}", None), "HEAD follows the redirect"
+    [(_, outcome, ok)] = fetch.run([step])
+    assert not ok and f"expected SHA-256 {sha256_file_bytes(data)}" in outcome and not item.dest.exists()
+    server.files[f"/cdn/{name}"] = data
+    [(_, outcome, ok)] = fetch.run(fetch.plan(manifest.Manifest([item])))
+    assert ok and item.dest.read_bytes() == data
+
+
+def test_a_web_page_instead_of_the_file_is_refused(server, tmp_path):
+    """Google Drive answers with an HTML page (quota, sign-in) where the archive should be."""
+    server.files["/RealLQ250.zip"] = b"<html>quota exceeded</html>"
+    server.redirect["/drive"] = {"Location": "/page.html"}
+    server.files["/page.html"] = b"<html>quota exceeded</html>"
+    with pytest.raises(transfer.DownloadError, match="sent a web page instead of the file"):
+        transfer.download(f"{server.url}/drive", tmp_path / "RealLQ250.zip", transfer.Expected())
+    assert not (tmp_path / "RealLQ250.zip").exists()
 
 
 @pytest.mark.parametrize(("code", "words"), [(404, "not found"), (401, "unauthorised"), (403, "forbidden")])

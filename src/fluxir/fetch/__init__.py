@@ -11,12 +11,13 @@ the same file names (hub repositories from ``<mirror>/<owner>/<name>`` or a hub 
 from __future__ import annotations
 
 import shutil
+import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fluxir.fetch import archives, hub, transfer
-from fluxir.fetch.manifest import Item, Manifest
+from fluxir.fetch.manifest import HUB_FILES, Item, Manifest
 
 FreeSpace = Callable[[Path], int]
 ARCHIVE_FACTOR = 2  # an archive needs its own size and about as much again for the unpacked images
@@ -35,6 +36,9 @@ class Step:
     size: int | None = None  # bytes of the download (None: unknown)
     detail: str = ""
     have: int = 0  # bytes already in a .part file from an earlier, cut run
+    expected: transfer.Expected = field(
+        default_factory=transfer.Expected
+    )  # manifest's values, filled in by the server's
 
     @property
     def disk(self) -> int | None:
@@ -44,11 +48,13 @@ class Step:
         return self.size - self.have + (self.size * (ARCHIVE_FACTOR - 1) if self.item.extract else 0)
 
 
-def offline() -> bool:
-    """HF_HUB_OFFLINE=1 (the Makefile's, the tests'): no request to a public server; an explicit --mirror is allowed."""
+def offline(url: str | None = None) -> bool:
+    """HF_HUB_OFFLINE=1 (the Makefile's, the tests'): no request to another machine; this machine's servers are allowed."""
     from huggingface_hub import constants
 
-    return constants.is_offline_mode()
+    host = urllib.parse.urlparse(url or "").hostname or ""
+    local = host == "localhost" or host.startswith("127.") or host == "::1"
+    return constants.is_offline_mode() and not local
 
 
 def _is_mirror_folder(mirror: str | None) -> bool:
@@ -77,19 +83,20 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
             0,
             "verified" if expected.size or expected.sha256 else "present (nothing published to verify)",
         )
-    size = item.size
     source = transfer.mirrored(str(item.url), item.name, mirror)
-    if size is None and ask_sizes and (mirror or not offline()):
+    if (item.size is None or item.sha256 is None) and ask_sizes and (_is_mirror_folder(mirror) or not offline(source)):
         try:
-            size = transfer.content_length(source if not _is_mirror_folder(mirror) else Path(source).as_uri())
+            stated = transfer.remote_info(source if not _is_mirror_folder(mirror) else Path(source).as_uri())
         except transfer.DownloadError as err:
             return Step(item, "problem", None, str(err))
+        expected = transfer.Expected(item.size or stated.size, item.sha256 or stated.sha256)
+    size = expected.size
     part = item.dest.with_name(item.dest.name + ".part") if item.dest is not None else None
     resumed = part.stat().st_size if part is not None and part.is_file() else 0
     detail = f"resumes at {resumed} bytes" if resumed else ""
-    if offline() and not mirror:
+    if offline(source) and not _is_mirror_folder(mirror):
         detail = ", ".join(filter(None, [detail, "size not asked: HF_HUB_OFFLINE=1"]))
-    return Step(item, "fetch", size, detail, have=resumed)
+    return Step(item, "fetch", size, detail, have=resumed, expected=expected)
 
 
 def _hub_step(item: Item, mirror: str | None) -> Step:
@@ -157,12 +164,12 @@ def _hub_cache() -> Path:
 
 def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None]) -> str:
     item = step.item
-    expected = transfer.Expected(item.size, item.sha256)
+    expected = transfer.Expected(item.size or step.expected.size, item.sha256 or step.expected.sha256)
     source = transfer.mirrored(str(item.url), item.name, mirror)
     assert item.dest is not None
-    if offline() and not mirror:
+    if offline(source) and not _is_mirror_folder(mirror):
         raise transfer.DownloadError(
-            f"{item.url}: HF_HUB_OFFLINE=1 forbids downloads; run the fetch with HF_HUB_OFFLINE=0 (or give --mirror)"
+            f"{source}: HF_HUB_OFFLINE=1 forbids downloads; run the fetch with HF_HUB_OFFLINE=0 (or give a --mirror folder)"
         )
     if _is_mirror_folder(mirror):
         transfer.copy_file(Path(source), item.dest, expected, on_bytes=on_bytes)
@@ -243,7 +250,8 @@ def format_list(manifest: Manifest) -> str:
         lines.append(f"[{item.group}] {item.name}")
         lines.append(f"    from    {item.source}")
         lines.append(f"    size    {_size(item.size) if item.size else 'not published (the server announces it)'}")
-        lines.append(f"    sha256  {item.sha256 or 'not published'}")
+        hosted = (item.url or "").startswith(HUB_FILES)
+        lines.append(f"    sha256  {item.sha256 or ('the hub states it (LFS)' if hosted else 'not published')}")
         if item.extract:
             lines += [f"    unpack  {pattern}  ->  {folder}" for pattern, folder in item.extract]
         else:

@@ -118,6 +118,16 @@ class Manifest:
     unconfigured: list[str] = field(default_factory=list)  # what this env does not use, and why
 
 
+HUB_FILES = "https://huggingface.co/"
+
+
+def unpublished_digest(url: str) -> str:
+    """How a file without a digest in the manifest is verified."""
+    if url.startswith(HUB_FILES):
+        return "SHA-256 and size as the hub states them for its LFS file (asked before the download)"
+    return "no digest published: checked against the size the server announces"
+
+
 def _get(params: Mapping[str, Any], dotted: str) -> Any:
     node: Any = params
     for key in dotted.split("."):
@@ -205,7 +215,7 @@ def _iqa_items(params: Mapping[str, Any]) -> tuple[list[Item], list[str]]:
                 if need.sha256
                 else "SHA-256 prefix from torch hub's file-name convention"
                 if digest
-                else "no digest published; size from the server, keys checked by fluxir.check"
+                else f"{unpublished_digest(url)}; fluxir.check then loads it and compares its keys"
             )
             items[need.path] = Item(
                 need.path.name, "iqa", need.path, url=url, sha256=digest, used_by=(spec.name,), note=note
@@ -240,7 +250,7 @@ def _benchmark_items(params: Mapping[str, Any], project: Path) -> tuple[list[Ite
                 url=row["url"],
                 extract=tuple(row["extract"]),
                 used_by=tuple(row["used_by"]),
-                note="; ".join(row["notes"]),
+                note="; ".join([*row["notes"], unpublished_digest(row["url"])]),
             )
         )
     return items, skipped

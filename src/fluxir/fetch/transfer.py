@@ -89,20 +89,44 @@ def _http_advice(url: str, code: int) -> str:
     return f"{url}: HTTP {code} {advice}"
 
 
-def content_length(url: str, headers: dict[str, str] | None = None) -> int | None:
-    """The size the server announces for ``url`` (a HEAD request), or None when it does not say."""
+class _RecordRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like urllib, keeping each hop's headers (the hub states digests on its redirect)."""
+
+    def __init__(self) -> None:
+        self.hops: list[Any] = []
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        self.hops.append(headers)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.method = req.get_method()  # a HEAD stays a HEAD
+        return new
+
+
+def _linked_sha256(value: str | None) -> str | None:
+    digest = (value or "").removeprefix("W/").strip('"').lower()
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
+
+
+def remote_info(url: str, headers: dict[str, str] | None = None) -> Expected:
+    """What the server states about ``url`` (a HEAD request): its size, and the SHA-256 the Hugging Face hub
+    gives LFS files (``X-Linked-Etag`` / ``X-Linked-Size``); ``Expected()`` when it cannot be asked."""
     if url.startswith("file:"):
         path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-        return path.stat().st_size if path.is_file() else None
+        return Expected(path.stat().st_size if path.is_file() else None)
+    redirects = _RecordRedirects()
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT, **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            length = response.headers.get("Content-Length")
-            return int(length) if length is not None else None
+        with urllib.request.build_opener(redirects).open(request, timeout=TIMEOUT_S) as response:
+            hops = [*redirects.hops, response.headers]
     except urllib.error.HTTPError as err:
         raise DownloadError(_http_advice(url, err.code)) from err
     except (urllib.error.URLError, OSError, ValueError):
-        return None
+        return Expected()
+    sha256 = next((d for h in hops if (d := _linked_sha256(h.get("X-Linked-Etag")))), None)
+    linked = next((h.get("X-Linked-Size") for h in hops if h.get("X-Linked-Size")), None)
+    length = linked or hops[-1].get("Content-Length")
+    return Expected(int(length) if length is not None and length.isdigit() else None, sha256)
 
 
 def _copy_to_part(url: str, part: Path, on_bytes: Callable[[int], None], headers: dict[str, str]) -> int | None:
@@ -112,6 +136,11 @@ def _copy_to_part(url: str, part: Path, on_bytes: Callable[[int], None], headers
     if response is None:
         return start
     with response:
+        if response.headers.get_content_type() == "text/html":
+            raise DownloadError(
+                f"{url}: the server sent a web page instead of the file (a sign-in, quota or "
+                f"confirmation page): download it in a browser and give its folder as --mirror"
+            )
         status = getattr(response, "status", 200)
         resumed = start > 0 and status == 206
         if start and not resumed:  # the server sent the whole file: start the part again
