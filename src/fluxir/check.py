@@ -29,6 +29,9 @@ from fluxir.config import cli_parser, config_loader, load_params
 BUDGET_GB = {"generation": 40, "restoration": 32, "training (batch 1)": 48, "training (batch >= 2)": 80}
 # Estimated PNG size of generated/HQ/LQ images: raw RGB is 3 B/px; photographic PNGs keep ~50-70% of it.
 PNG_BYTES_PER_PIXEL = 2.0
+# What downloads the missing files into the places this check looks (docs/full_scale.md section 1).
+FETCH_IQA = "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only iqa"
+FETCH_BENCHMARKS = "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only benchmarks"
 _MODEL_ROLES = {"fluxgen.model": ("fluxgen", "model"), "train.model": ("train", "model"),
                 "restore.model": ("restore", "model"), "evaluate.restore.model": ("evaluate", "restore", "model")}
 
@@ -235,7 +238,7 @@ def check_iqa(params: Mapping[str, Any]) -> list[Finding]:
     findings = []
     for spec in parsed:
         problems = iqa_weights.file_problems([spec])
-        findings += [Finding("FAIL", "iqa", spec.name, problem) for problem in problems]
+        findings += [Finding("FAIL", "iqa", spec.name, f"{problem}; or `{FETCH_IQA}`") for problem in problems]
         if not problems:
             findings.append(_build_metric(spec))
     return findings
@@ -283,7 +286,8 @@ def check_benchmarks(params: Mapping[str, Any]) -> list[Finding]:
         if empty and demo:
             findings.append(Finding("WARN", "benchmark", key, f"{empty} empty: demo images will be written (demo_benchmarks)"))
         elif empty:
-            findings.append(Finding("FAIL", "benchmark", key, f"folder(s) {empty} missing or without images; see docs/evaluation.md"))
+            findings.append(Finding("FAIL", "benchmark", key, f"folder(s) {empty} missing or without images: `{FETCH_BENCHMARKS}` "
+                                    f"or see docs/evaluation.md"))
         else:
             findings.append(_benchmark_finding(key, spec))
     return findings

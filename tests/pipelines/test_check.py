@@ -95,6 +95,7 @@ def test_broken_setup_lists_every_problem(broken_project, tmp_path):
         f"musiq needs musiq_koniq_ckpt-e95806b9.pth in {empty_weights.resolve() / 'hub' / 'pyiqa'}",
         "benchmark    div2k_val", "benchmark    realsr", "benchmark    drealsr", "benchmark    reallq250",
         f"folder(s) ['{broken_project / 'data' / '01_raw' / 'benchmarks_demo' / 'RealLQ250'}'] missing or without images",
+        "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only iqa", "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only benchmarks",
         "disk         data",
         "fluxgen.num_images=1000000000000 needs",
     ]
