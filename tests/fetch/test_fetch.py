@@ -277,7 +277,7 @@ def _params(project: Path, *extra: str) -> dict:
         [
             f"iqa.weights_dir={project / 'iqa'}",
             "iqa.metrics=[]",
-            "evaluate.metrics={full_reference: {LPIPS: lpips}}",
+            "evaluate.metrics.no_reference=null",
             *extra,
         ],
         project,
@@ -377,7 +377,7 @@ def test_mirror_folder_installs_into_the_catalog_layout_and_refuses_a_foreign_fi
                 "--params",
                 f"iqa.weights_dir={project / 'iqa'},iqa.metrics=[]",
                 "--params",
-                "evaluate.metrics={full_reference: {LPIPS: lpips}}",
+                "evaluate.metrics.no_reference=null",
             ]
         )
         == 1
@@ -394,6 +394,7 @@ def test_mirror_folder_installs_into_the_catalog_layout_and_refuses_a_foreign_fi
     alexnet = project / "iqa" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     assert not alexnet.exists(), "the random AlexNet is not torchvision's file: refused"
     assert "FAIL  alexnet-owt-7be5be79.pth" in out and "expected SHA-256 prefix 7be5be79" in out
+    assert out.count("FAIL  ") == 1 and out.count("OK    ") == 4, out  # LPIPS' linear layers and the three archives
 
 
 def test_a_second_run_downloads_nothing(server, project, capsys):
