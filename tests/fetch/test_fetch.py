@@ -312,7 +312,13 @@ def test_list_prints_what_from_where_how_big_and_where_it_goes(project, capsys):
 
 
 def test_destinations_follow_the_parameters(project):
-    params = _params(project, "evaluate.benchmarks.realsr.hq_dir=/elsewhere/realsr_hq", "fluxgen.model=/models/flux")
+    tiny = REPO / "data" / "01_raw" / "tiny" / "flux"  # a complete model folder of the user's own: left alone
+    params = _params(
+        project,
+        "evaluate.benchmarks.realsr.hq_dir=/elsewhere/realsr_hq",
+        "fluxgen.model=/models/flux",
+        f"train.model={tiny}",
+    )
     built = manifest.build(params, project)
     stablesr = next(i for i in built.items if i.name == "StableSR_testsets.zip")
     assert (
@@ -320,9 +326,9 @@ def test_destinations_follow_the_parameters(project):
         Path("/elsewhere/realsr_hq"),
     ) in stablesr.extract
     flux = [i for i in built.items if i.group == "flux"]
-    assert [(i.dest, i.used_by[:3]) for i in flux] == [  # (the ControlNet baseline's base model may follow)
+    assert [(i.dest, i.used_by[:2]) for i in flux] == [  # (the ControlNet baseline's base model may follow)
         (Path("/models/flux"), ("fluxgen.model",)),
-        (None, ("train.model", "restore.model", "evaluate.restore.model")),
+        (None, ("restore.model", "evaluate.restore.model")),
     ]
     baselines = manifest.build(
         _params(

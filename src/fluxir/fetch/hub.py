@@ -89,12 +89,20 @@ def _offline() -> bool:
     return constants.is_offline_mode()
 
 
+def is_model_folder(folder: Path) -> bool:
+    """A diffusers pipeline (``model_index.json``) or single-model (``config.json``) folder."""
+    return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
+
+
+def downloaded_here(folder: Path) -> bool:
+    """huggingface_hub's ``local_dir`` record: the folder is (being) filled by a snapshot download."""
+    return (folder / ".cache" / "huggingface").is_dir()
+
+
 def local_snapshot(repo: str, revision: str, repo_type: str, local_dir: Path | None) -> Path | None:
     """The complete local copy the loaders would use (cache or folder), or None."""
     if local_dir is not None:
-        return (
-            local_dir if (local_dir / "model_index.json").is_file() or (local_dir / "config.json").is_file() else None
-        )
+        return local_dir if is_model_folder(local_dir) else None
     from huggingface_hub import snapshot_download
 
     try:

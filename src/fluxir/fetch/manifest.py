@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fluxir.fetch import hub
 from fluxir.fetch.transfer import sha256_prefix_from_name
 
 GROUPS = ("flux", "iqa", "benchmarks", "baselines")
@@ -156,11 +157,9 @@ def _snapshot_items(
             if value != repo:
                 continue  # another hub model: not this manifest's
             by_dest.setdefault(None, []).append(key)
-        elif (
-            not (project / value / "model_index.json").is_file()
-            or (project / value / ".cache" / "huggingface").is_dir()
-        ):
+        elif not hub.is_model_folder(project / value) or hub.downloaded_here(project / value):
             by_dest.setdefault((project / value).resolve(), []).append(key)  # a folder to fill (or ours to complete)
+        # else: a model folder of the user's own (the tiny models, a copy made by hand): not the manifest's
     return [Item(name, group, dest, repo=repo, used_by=tuple(used), note=note) for dest, used in by_dest.items()]
 
 
@@ -282,7 +281,7 @@ def _baseline_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item
         "a FluxControlNetModel for FLUX.1-dev (its own licence)",
     )
     if not rows:
-        skipped.append(f"baselines {CONTROLNET_REPO}: {CONTROLNET_PARAM} is not set to it in this env")
+        skipped.append(f"baselines {CONTROLNET_REPO}: {CONTROLNET_PARAM} names neither it nor a folder to fill")
     return items + rows, skipped
 
 
@@ -302,7 +301,8 @@ def build(params: Mapping[str, Any], project: Path, only: tuple[str, ...] = GROU
         manifest.items += rows
         if not rows:
             manifest.unconfigured.append(
-                f"flux: none of {', '.join(FLUX_PARAMS)} names {FLUX_REPO} or a folder to fill"
+                f"flux: none of {', '.join(FLUX_PARAMS)} names {FLUX_REPO} or a folder to fill "
+                f"(model folders of your own are left alone)"
             )
     for group, build_group in (
         ("iqa", lambda: _iqa_items(params)),
