@@ -427,6 +427,20 @@ def test_a_second_run_downloads_nothing(server, project, capsys):
     assert "0 to fetch" in capsys.readouterr().out
 
 
+def test_an_archive_of_another_layout_installs_nothing(server, project):
+    server.files["/DIV2K_valid_HR.zip"] = _zip({"DIV2K_valid_HR_renamed/0801.png": _png(1)})
+    built = manifest.build(_params(project), project, ("benchmarks",))
+    step = next(s for s in fetch.plan(built, server.url) if s.item.name == "DIV2K_valid_HR.zip")
+    [(_, outcome, ok)] = fetch.run([step], server.url)
+    assert (
+        not ok
+        and "has no image matching 'DIV2K_valid_HR/*'" in outcome
+        and "DIV2K_valid_HR_renamed/0801.png" in outcome
+    )
+    hq = project / "data" / "01_raw" / "benchmarks" / "DIV2K_valid_HR"
+    assert not hq.exists() and not step.item.dest.parent.exists(), "no folder, no archive kept"
+
+
 def test_images_put_there_by_hand_are_left_alone(server, project):
     own = project / "data" / "01_raw" / "benchmarks" / "RealLQ250"
     own.mkdir(parents=True)

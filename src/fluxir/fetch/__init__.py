@@ -36,9 +36,8 @@ class Step:
     size: int | None = None  # bytes of the download (None: unknown)
     detail: str = ""
     have: int = 0  # bytes already in a .part file from an earlier, cut run
-    expected: transfer.Expected = field(
-        default_factory=transfer.Expected
-    )  # manifest's values, filled in by the server's
+    # the manifest's size and digest, completed by what the server states (the hub's LFS SHA-256)
+    expected: transfer.Expected = field(default_factory=transfer.Expected)
 
     @property
     def disk(self) -> int | None:
@@ -178,10 +177,12 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
     if not item.extract:
         return f"installed {item.dest}"
     skip = {folder for _, folder in item.extract if archives.folder_state(folder, item.name) != "missing"}
-    counts = archives.unpack(item.dest, list(item.extract), item.name, transfer.sha256_file(item.dest), skip)
-    item.dest.unlink()  # the images are in place and recorded; the archive is not needed again
-    if not any(item.dest.parent.iterdir()):
-        item.dest.parent.rmdir()
+    try:
+        counts = archives.unpack(item.dest, list(item.extract), item.name, transfer.sha256_file(item.dest), skip)
+    finally:
+        item.dest.unlink()  # unpacked and recorded, or not the archive the manifest knows: not kept either way
+        if not any(item.dest.parent.iterdir()):
+            item.dest.parent.rmdir()
     return "unpacked " + ", ".join(f"{n} images into {folder}" for folder, n in counts.items())
 
 
