@@ -40,6 +40,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -51,7 +52,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs
 from torch import Tensor, nn
 
 from fluxir.config import Rule, check_fields, flatten_dict, reject_unknown_keys
@@ -427,6 +429,32 @@ class TrainingRun:
         return self.accelerator.unwrap_model(self.model).adapter
 
 
+def configure_cuda_allocator() -> None:
+    """``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` unless the user set it: the three aspect buckets'
+    activation shapes would otherwise fragment the caching allocator. Read when CUDA first allocates, so
+    this must run before that (the command line calls it first thing)."""
+    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
+        return
+    if torch.cuda.is_initialized():
+        logger.warning("CUDA is already initialised: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True cannot take "
+                       "effect now; set it in the environment before starting the process")
+        return
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+
+
+def ddp_kwargs(accumulation: int) -> DistributedDataParallelKwargs:
+    """DDP settings: gradients are views into the all-reduce buckets (no second copy of them); the graph is
+    static (the same adapter parameters get a gradient every step) when no micro-step runs under no_sync."""
+    return DistributedDataParallelKwargs(gradient_as_bucket_view=True, static_graph=accumulation == 1)
+
+
+def make_optimizer(params: Any, cfg: TrainConfig, device: torch.device | str) -> torch.optim.AdamW:
+    """AdamW of Sec. 4.1; on CUDA fused (one kernel per step for every tensor instead of a loop over them)."""
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                             fused=torch.device(device).type == "cuda")
+
+
 def _lr_lambda(warmup: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
 
@@ -443,8 +471,11 @@ def _clear_run_dir(run_dir: Path, resume: bool) -> None:
 
 def start_run(cfg: TrainConfig, manifest: pd.DataFrame) -> TrainingRun:
     """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process."""
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=accelerate_cpu(cfg.device))
-    accumulation = accumulation_steps(cfg.global_batch, cfg.batch_size, accelerator.num_processes)
+    configure_cuda_allocator()
+    processes = PartialState(cpu=accelerate_cpu(cfg.device)).num_processes
+    accumulation = accumulation_steps(cfg.global_batch, cfg.batch_size, processes)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=accelerate_cpu(cfg.device),
+                              kwargs_handlers=[ddp_kwargs(accumulation)])
 
     # 1. Data: pairs, buckets, held-out validation pairs, the (seed, step) -> global batch order.
     pairs = PairTable.from_manifest(manifest, cfg.lq_scale)
@@ -455,8 +486,7 @@ def start_run(cfg: TrainConfig, manifest: pd.DataFrame) -> TrainingRun:
     models = load_models(cfg, accelerator.device)
     cache = LatentCache(cfg.latent_cache_dir if cfg.cache_latents else None, vae_identity(models.vae))
     adapter = build_adapter(cfg, models).to(accelerator.device)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    optimizer = make_optimizer(adapter.parameters(), cfg, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.lr_warmup_steps))
 
     # 3. Resume from the newest checkpoint of this run (same settings, same data), if any.

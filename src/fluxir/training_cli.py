@@ -18,7 +18,7 @@ from kedro.config import MissingConfigException
 from fluxir.config import cli_parser, config_loader, load_catalog, load_params
 from fluxir.models.flux import accelerate_cpu
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
-from fluxir.training import TrainConfig, train
+from fluxir.training import TrainConfig, configure_cuda_allocator, train
 from fluxir.training_records import weights_digest
 
 
@@ -32,6 +32,7 @@ def _mlflow_settings(env: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Train the FluxIR adapter on one or many processes (``accelerate launch -m fluxir.training``)."""
+    configure_cuda_allocator()  # before anything touches CUDA
 
     parser = cli_parser("python -m fluxir.training", main.__doc__, "train.max_steps=50")
     parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")

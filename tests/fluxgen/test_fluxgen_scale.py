@@ -33,7 +33,7 @@ from fluxir.fluxgen.pairs import (
     pairs_manifest,
     resolve_workers,
 )
-from fluxir.fluxgen.score import chunks_to_score, merge_scores
+from fluxir.fluxgen.score import chunks_to_score, merge_scores, metrics_key, score_into_parts, scoring_precision
 from fluxir.io import ImageStore, read_image, sha256_file
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FLUXIR_PROGRESS": "off", "PYTHONPATH": str(REPO / "src")}
@@ -179,6 +179,32 @@ def test_chunks_are_fixed_by_the_manifest():
     assert [list(c["sha256"]) for c in chunks] == [["a", "b"], ["c", "d"], ["e", "f"]]  # duplicates scored once
     # a chunk with any unscored image is scored whole: the same batch as in an uninterrupted run
     assert [list(c["sha256"]) for c in chunks_to_score(manifest, {"a", "b", "c", "f"}, 2)] == [["c", "d"], ["e", "f"]]
+
+
+def test_scoring_precision_is_applied_and_keys_the_scores(scored_manifest, tmp_path):
+    """iqa.precision: bf16 really runs the metric in bf16 (scores move a little), tf32 switches TensorFloat-32
+    matmuls on only while scoring, and each precision scores into its own key folder."""
+    import torch
+
+    spec = [{"name": "musiq", "pretrained": False}]
+    keys = {p: metrics_key(spec, p) for p in ("fp32", "tf32", "bf16")}
+    assert len(set(keys.values())) == 3
+    before = torch.backends.cuda.matmul.fp32_precision
+    with scoring_precision("tf32", "cpu"):
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    with scoring_precision("fp32", "cpu"):
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    assert torch.backends.cuda.matmul.fp32_precision == before
+    manifest = pd.read_parquet(scored_manifest).head(4)
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        parts = tmp_path / precision / keys[precision]
+        score_into_parts(manifest, parts, spec, batch_size=4, loader_workers=0, progress=False, precision=precision)
+        scores[precision] = merge_scores(manifest, parts, ["musiq"])["musiq"].to_numpy()
+    assert not np.array_equal(scores["fp32"], scores["bf16"])
+    np.testing.assert_allclose(scores["bf16"], scores["fp32"], rtol=0.05)
+    with pytest.raises(ValueError, match="iqa.precision must be 'fp32' .* got 'fp16'"):
+        score_into_parts(manifest, tmp_path / "x", spec, precision="fp16", progress=False)
 
 
 def test_unscored_image_is_named(scored_manifest, tmp_path):

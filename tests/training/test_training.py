@@ -24,9 +24,12 @@ from fluxir.training import (
     TrainConfig,
     accumulation_steps,
     build_adapter,
+    configure_cuda_allocator,
+    ddp_kwargs,
     flow_matching_loss,
     load_models,
     make_micro_batch,
+    make_optimizer,
     pixel_loss_latents,
     sample_timesteps,
     train,
@@ -89,6 +92,23 @@ def test_a_global_batch_that_cannot_be_split_names_the_fix():
         TrainConfig.from_params({"global_batch": 6, "batch_size": 4})
     with pytest.raises(ValueError, match="set train.global_batch .* and train.adapter.guidance"):
         TrainConfig.from_params({"gradient_accumulation_steps": 4})
+
+
+def test_cuda_settings_ddp_bucket_views_fused_adamw_expandable_segments(monkeypatch):
+    """DDP: gradients are bucket views, static graph only without no_sync micro-steps; AdamW fused on CUDA only;
+    the allocator's expandable segments are set unless the user chose a PYTORCH_CUDA_ALLOC_CONF."""
+    single, accumulating = ddp_kwargs(1).to_kwargs(), ddp_kwargs(8).to_kwargs()
+    assert single == {"gradient_as_bucket_view": True, "static_graph": True}  # what accelerate hands to DDP
+    assert accumulating == {"gradient_as_bucket_view": True}
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert make_optimizer(params, TrainConfig(), "cpu").defaults["fused"] is False
+    assert make_optimizer(params, TrainConfig(), "cuda").defaults["fused"] is True  # builds here: fused CPU kernels exist
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    configure_cuda_allocator()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    configure_cuda_allocator()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
 
 
 def test_yaml_1_1_quirks_are_read_as_meant():

@@ -9,8 +9,9 @@ Paper Sec. 3.1 scores every generated image with CLIP-IQA, MANIQA and MUSIQ. For
   ``accelerate launch -m fluxir.fluxgen.score --env base``.
 - Scores are written in *parts*: ``<parts>/<metrics key>/part-<rank>-<n>.parquet`` with one row per
   image (``sha256`` + one float64 column per metric), written to a temporary name and renamed, every
-  ``iqa.part_size`` images. The metrics key hashes pyiqa's version and each metric's settings and
-  weight files, so a row is valid for exactly that image content, metric and version. A killed run
+  ``iqa.part_size`` images. The metrics key hashes pyiqa's version, each metric's settings and
+  weight files and the arithmetic precision (``iqa.precision``), so a row is valid for exactly that
+  image content, metric, version and precision. A killed run
   loses at most the images since its last part; a rerun scores only chunks that are not in a part.
 - Image decoding overlaps the model: a torch DataLoader with ``iqa.loader_workers`` workers decodes
   the next chunks while the metrics run on the current one.
@@ -19,11 +20,12 @@ Paper Sec. 3.1 scores every generated image with CLIP-IQA, MANIQA and MUSIQ. For
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +46,38 @@ logger = logging.getLogger(__name__)
 _PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
 SCORING_RULES = (
     Rule("batch_size", "positive_int"),
+    Rule("precision", "choice", PRECISIONS,
+         must="'fp32' (IEEE float32 matmuls), 'tf32' (TensorFloat-32 matmuls on CUDA) or 'bf16' (autocast)"),
     Rule("loader_workers", "nonneg_int", must="an integer >= 0 (0: decode in the scoring process)"),
     Rule("part_size", "positive_int"),
 )
 
 
-def metrics_key(specs: Sequence[Any]) -> str:
-    """Short hash of pyiqa's version and every metric's name, options and weight files."""
-    return hash_json(iqa_lib.metric_versions(specs))
+def score_versions(specs: Sequence[Any], precision: str = "fp32") -> dict[str, Any]:
+    """pyiqa's version, every metric's name, options and weight files, and the precision the scores were computed in."""
+    return {**iqa_lib.metric_versions(specs), "precision": precision}
+
+
+def metrics_key(specs: Sequence[Any], precision: str = "fp32") -> str:
+    """Short hash of ``score_versions``: the folder of the score parts."""
+    return hash_json(score_versions(specs, precision))
+
+
+@contextlib.contextmanager
+def scoring_precision(precision: str, device: Any) -> Iterator[None]:
+    """The metrics' arithmetic: ``fp32`` IEEE float32 matmuls, ``tf32`` TensorFloat-32 matmuls (CUDA only; the
+    CPU stays float32), ``bf16`` bf16 autocast. pyiqa runs every metric under ``torch.backends.cudnn.flags``,
+    whose default turns cuDNN's TF32 convolutions on in all three."""
+    before = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
+    try:
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before
 
 
 def read_parts(parts_dir: Path, names: Sequence[str]) -> pd.DataFrame:
@@ -92,7 +116,8 @@ def _as_is(images: list[np.ndarray]) -> list[np.ndarray]:
     return images
 
 
-def _score_batch(metrics: dict[str, Any], images: list[np.ndarray], device: Any) -> dict[str, np.ndarray]:
+def _score_batch(metrics: dict[str, Any], images: list[np.ndarray], device: Any,
+                 precision: str = "fp32") -> dict[str, np.ndarray]:
     """``{metric: (B,) float64}`` for a chunk; images of different sizes are scored in separate calls."""
     out = {name: np.empty(len(images)) for name in metrics}
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -100,7 +125,7 @@ def _score_batch(metrics: dict[str, Any], images: list[np.ndarray], device: Any)
         by_shape.setdefault(image.shape, []).append(i)
     for rows in by_shape.values():
         x = iqa_lib.images_to_tensor([images[i] for i in rows], device)  # (B, 3, H, W) in [0, 1], pyiqa's input
-        with torch.inference_mode():
+        with torch.inference_mode(), scoring_precision(precision, device):
             for name, metric in metrics.items():
                 out[name][rows] = iqa_lib.metric_scores(metric(x), len(rows), name)
     return out
@@ -121,10 +146,11 @@ def _write_part(parts_dir: Path, rank: int, number: int, rows: list[pd.DataFrame
 def score_into_parts(
     manifest: pd.DataFrame, parts_dir: Path, specs: Sequence[Any], batch_size: int = 8, device: Any = "cpu",
     process_index: int = 0, num_processes: int = 1, loader_workers: int = 2, part_size: int = 1024,
-    progress: bool = True,
+    progress: bool = True, precision: str = "fp32",
 ) -> int:
     """Score this process's share of the not yet scored chunks into parts; returns how many images it scored."""
-    check_fields({"batch_size": batch_size, "loader_workers": loader_workers, "part_size": part_size}, SCORING_RULES, "iqa.")
+    check_fields({"batch_size": batch_size, "loader_workers": loader_workers, "part_size": part_size,
+                  "precision": precision}, SCORING_RULES, "iqa.")
     parsed = [iqa_lib.MetricSpec.parse(s) for s in specs]
     not_nr = [s.name for s in parsed if s.metric_mode != "NR"]
     if not_nr:
@@ -143,7 +169,7 @@ def score_into_parts(
     number, pending, pending_rows, scored = _next_part_number(parts_dir, process_index), [], 0, 0
     with progress_bar(total=sum(len(c) for c in mine), desc=f"IQA[{process_index}]", unit="img", disable=not progress) as bar:
         for chunk, images in zip(mine, loader):
-            scores = _score_batch(metrics, images, device)
+            scores = _score_batch(metrics, images, device, precision)
             pending.append(pd.DataFrame({"sha256": chunk["sha256"].to_numpy(), **scores}))
             pending_rows += len(chunk)
             if pending_rows >= part_size:
@@ -183,10 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     state = PartialState(cpu=accelerate_cpu(iqa.get("device", "auto")))
     iqa_lib.configure_weights(iqa.get("weights_dir"), iqa.get("trust_weight_files", False))
     device = resolve_device(iqa.get("device", "auto"), state.device)
-    parts_dir = parts_root / metrics_key(iqa["metrics"])
+    parts_dir = parts_root / metrics_key(iqa["metrics"], iqa["precision"])
     scored = score_into_parts(
         manifest, parts_dir, iqa["metrics"], iqa.get("batch_size", 8), device, state.process_index,
         state.num_processes, iqa.get("loader_workers", 2), iqa.get("part_size", 1024), progress=state.is_local_main_process,
+        precision=iqa["precision"],
     )
     state.wait_for_everyone()
     print(json.dumps({"parts": str(parts_dir), "rank": state.process_index, "scored": scored}))

@@ -32,17 +32,18 @@ def score_images(generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any]) 
     Returns the manifest columns plus one column per metric and the scorers' version info.
     """
     from fluxir.fluxgen import iqa as iqa_lib
-    from fluxir.fluxgen.score import merge_scores, metrics_key, score_into_parts
+    from fluxir.fluxgen.score import merge_scores, metrics_key, score_into_parts, score_versions
     from fluxir.models.flux import resolve_device
 
     specs = [iqa_lib.MetricSpec.parse(s) for s in iqa["metrics"]]
     iqa_lib.configure_weights(iqa.get("weights_dir"), iqa.get("trust_weight_files", False))
     iqa_lib.check_weights(specs)
-    parts_dir = iqa_parts / metrics_key(specs)
+    parts_dir = iqa_parts / metrics_key(specs, iqa["precision"])
     score_into_parts(generated, parts_dir, specs, iqa.get("batch_size", 8), resolve_device(iqa.get("device", "auto")),
-                     loader_workers=iqa.get("loader_workers", 2), part_size=iqa.get("part_size", 1024))
+                     loader_workers=iqa.get("loader_workers", 2), part_size=iqa.get("part_size", 1024),
+                     precision=iqa["precision"])
     table = merge_scores(generated, parts_dir, [s.name for s in specs])
-    table["iqa_versions"] = json.dumps(iqa_lib.metric_versions(specs), sort_keys=True)
+    table["iqa_versions"] = json.dumps(score_versions(specs, iqa["precision"]), sort_keys=True)
     return table
 
 
