@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 setup: $(VENV)/.installed  ## create .venv and install fluxir with its test tools
 
 demo: setup  ## run the default pipeline on the embedded tiny random-weight models
+	$(PY) -m fluxir.models.tiny --kind realesrgan --out data/01_raw/tiny/realesrgan/RealESRGAN_x4plus.pth
+	$(PY) -m fluxir.models.tiny --kind flux_controlnet --out data/01_raw/tiny/flux_controlnet
 	$(VENV)/bin/kedro run --env=tiny
 
 TEST_WORKERS ?= 2

@@ -198,6 +198,22 @@ def check_fields(values: Any, rules: Iterable[Rule], prefix: str) -> None:
             raise ValueError(message)
 
 
+def config_from_params(config_class: type, params: Mapping[str, Any], rules: Iterable[Rule], prefix: str) -> Any:
+    """``config_class(**params)`` once every field is given, none is unknown and each passes ``rules``.
+
+    For config groups whose every default lives in the parameters file; ``prefix`` names the group in
+    messages, e.g. ``"baselines.realesrgan."``.
+    """
+    group = prefix.rstrip(".")
+    reject_unknown_keys(params, config_class, f"{group} key(s)")
+    missing = [name for name in config_class.__dataclass_fields__ if name not in params]
+    if missing:
+        raise ValueError(f"{group} lacks {missing}: conf/base's parameters files set every key")
+    config = config_class(**params)
+    check_fields(config, rules, prefix)
+    return config
+
+
 def load_catalog(env: str, project: str | Path = ".") -> Any:
     """The Kedro ``DataCatalog`` of an environment, for scripts run outside ``kedro run`` from the project root
     (catalog paths are relative to it); ``load(name)`` gives a versioned dataset's latest version."""

@@ -18,9 +18,16 @@ import pandas as pd
 import pytest
 import skimage.data
 from conftest import REPO, kedro_run
-from support import save_identity_adapter
 from PIL import Image
+from support import save_identity_adapter
 
+from fluxir.evaluation.report import (
+    comparison_table,
+    metric_means,
+    mlflow_metrics,
+    render_markdown,
+)
+from fluxir.evaluation.scoring import baseline_manifest, parse_metric_groups
 from fluxir.evaluation.testsets import (
     DEMO_MARKER,
     BenchmarkSpec,
@@ -30,13 +37,6 @@ from fluxir.evaluation.testsets import (
     pair_key,
     prepare_benchmark,
     write_demo_benchmarks,
-)
-from fluxir.evaluation.scoring import baseline_manifest, parse_metric_groups
-from fluxir.evaluation.report import (
-    comparison_table,
-    metric_means,
-    mlflow_metrics,
-    render_markdown,
 )
 
 SIX = ("PSNR", "SSIM", "LPIPS", "CLIPIQA", "MANIQA", "MUSIQ")
@@ -241,7 +241,12 @@ def test_report_puts_this_run_beside_the_paper():
     table = comparison_table(means, paper, datasets=["RealSR", "DrealSR"])
     psnr = table[(table["Dataset"] == "RealSR") & (table["Metric"] == "PSNR ↑")].iloc[0]
     assert psnr["FluxIR (this run)"] == 21.0 and psnr["Bicubic (this run)"] == 24.0
-    assert psnr["paper: FluxIR"] == 20.7176 and psnr["paper: SeeSR"] == 24.1676
+    assert psnr["FluxIR (copied from the paper)"] == 20.7176 and psnr["SeeSR (copied from the paper)"] == 24.1676
+    columns = [c for c in table.columns if not c.startswith("_")]
+    measured = [i for i, c in enumerate(columns) if "(this run" in c]
+    assert max(measured) < min(i for i, c in enumerate(columns) if c.endswith("(copied from the paper)"))
+    tiny = comparison_table(means, paper, datasets=["RealSR"], tiny_models=True)
+    assert "FluxIR (this run, tiny random weights)" in tiny.columns and "Bicubic (this run)" in tiny.columns
     assert psnr["Computed as"] == "psnr, Y, crop 4" and psnr["n"] == 2
     maniqa = table[(table["Dataset"] == "RealSR") & table["Metric"].str.startswith("MANIQA")].iloc[0]
     assert maniqa["Metric"] == "MANIQA STAND-IN (piqe ↓)"
@@ -287,6 +292,31 @@ def test_mlflow_keys_carry_the_convention():
     assert metrics["RealSR.fluxir.PSNR.y_crop4"] == {"value": 21.0, "step": 0}
     assert metrics["RealSR.bicubic.MANIQA_standin_piqe.rgb_crop0"]["value"] == 65.0
     assert len(metrics) == 4
+
+
+def test_methods_without_fluxir_need_no_adapter(tmp_path):
+    from kedro.io.core import Version
+
+    from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset, MissingAdapter
+    from fluxir.pipelines.evaluate.nodes import restore_benchmarks, upsample_bicubic
+
+    missing = FluxIRAdapterDataset(filepath=str(tmp_path / "fluxir_adapter"), version=Version(None, None)).load()
+    assert isinstance(missing, MissingAdapter)
+    manifest = pd.DataFrame({"dataset": ["RealSR"], "image": ["a"], "lq_path": ["x.png"], "hq_path": [None],
+                             "prep_key": ["k"]})
+    outputs, info = restore_benchmarks(manifest, missing, {}, str(tmp_path), 4, "wavelet", ["bicubic", "realesrgan"])
+    assert outputs.empty and info == {"FluxIR": "not run (not in evaluate.methods)"}
+    with pytest.raises(ValueError, match=r"evaluate.methods: fluxir needs a trained FluxIR adapter: .*restore.method="
+                                         r"flux_controlnet or realesrgan"):
+        restore_benchmarks(manifest, missing, {}, str(tmp_path), 4, "wavelet", ["fluxir"])
+    assert upsample_bicubic(manifest, 4, str(tmp_path), ["fluxir"]).empty
+    for bad, message in ((["bicubic", "bicubic"], "twice"), (["seesr"], "each of evaluate.methods must be one of"),
+                         ("fluxir", "non-empty list")):
+        with pytest.raises(ValueError, match=message):
+            upsample_bicubic(manifest, 4, str(tmp_path), bad)
+    _png(tmp_path / "baselines/realesrgan/RealSR/a.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="'realesrgan' names one of this run's methods"):
+        baseline_manifest(manifest, tmp_path / "baselines", 4)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -357,9 +387,9 @@ def test_per_image_table_has_six_metrics_and_their_conventions(evaluated):
     nr = table[table["label"].isin(["CLIPIQA", "MANIQA", "MUSIQ"])]
     assert set(nr["crop_border"]) == {0} and nr["value"].notna().all()
     assert table[table["dataset"] == "RealLQ250"]["label"].isin(["CLIPIQA", "MANIQA", "MUSIQ"]).all()  # no HQ
-    # 4 DIV2K crops + 2 RealSR pairs + 2 RealLQ250: FluxIR and bicubic on all, the oracle on RealSR only
+    # 4 DIV2K crops + 2 RealSR pairs + 2 RealLQ250: every computed method on all, the oracle on RealSR only
     counts = table[table["label"] == "CLIPIQA"].groupby("method").size().to_dict()
-    assert counts == {"fluxir": 8, "bicubic": 8, "oracle": 2}
+    assert counts == {"fluxir": 8, "bicubic": 8, "realesrgan": 8, "flux_controlnet": 8, "oracle": 2}
     oracle = table[table["method"] == "oracle"].set_index(["image", "label"])["value"]
     for image in ("Canon_001", "Nikon_002"):  # HQ paired with the right crop all the way through
         assert oracle[(image, "SSIM")] == pytest.approx(1.0)
@@ -374,15 +404,27 @@ def test_report_compares_with_the_paper_and_says_tiny(evaluated):
     assert "TINY RUN - NOT A QUALITY RESULT" in report
     for label in SIX:
         assert f"| {label} " in report
-    assert "| oracle (your outputs) |" in report.split("## Table 1")[1]
+    table1 = report.split("## Table 1")[1]
+    header = next(line for line in table1.splitlines() if line.startswith("| Dataset |"))
+    assert header.index("| FluxIR (this run, tiny random weights) |") < header.index(
+        "| Flux ControlNet upscaler (this run, tiny random weights) |") < header.index(
+        "| Real-ESRGAN x4plus (this run, tiny random weights) |") < header.index("| Bicubic (this run) |") < header.index(
+        "| oracle (your outputs) |") < header.index("| FluxIR (copied from the paper) |")
     realsr_psnr = next(line for line in report.splitlines() if line.startswith("| RealSR | PSNR ↑"))
     assert "| psnr, Y, crop 4 |" in realsr_psnr and "| 20.7176 |" in realsr_psnr  # paper's FluxIR beside ours
+    values = realsr_psnr.split(" | ")[4:9]  # the five measured columns: all numbers
+    assert all(float(v.strip("*")) > 0 for v in values), values
     assert "| DrealSR | skipped |" in report
     setup = report.split("## Setup")[1].split("## Benchmarks")[0]  # every convention behind the numbers
     for row in ("| PSNR / SSIM channel | y: Y = 0.299 R + 0.587 G + 0.114 B", "| border crop | 4 px cut from each side",
                 "(LPIPS is cropped too", "| colour fix | wavelet (evaluate.color_fix",
                 "| sampler | 20 Euler steps, schedule flux_shift, Flux guidance 4.0 (the adapter's training value)",
-                "| adapter training | no training record: an untrained adapter"):
+                "| adapter training | no training record: an untrained adapter",
+                ("| Real-ESRGAN x4plus | RRDBNet x4 (num_feat 8, num_block 1, num_grow_ch 4) from "
+                 "data/01_raw/tiny/realesrgan/RealESRGAN_x4plus.pth; tiles of 8 px with 4 px context"),
+                ("| Flux ControlNet upscaler | diffusers FluxControlNetPipeline: data/01_raw/tiny/flux_controlnet on "
+                 "data/01_raw/tiny/flux; control image = bicubic-upsampled LQ, empty prompt, 4 steps, "
+                 "controlnet_conditioning_scale 0.6")):
         assert row in setup, row
     project = evaluated["project"]
     html = _latest(project, "data/08_reporting/evaluation_report.html").read_text()
@@ -407,6 +449,7 @@ def test_mlflow_holds_params_metrics_and_the_report(evaluated):
     metrics = first.data.metrics
     assert metrics["eval.RealSR.oracle.SSIM.y_crop4"] == pytest.approx(1.0)
     assert "eval.RealSR.fluxir.PSNR.y_crop4" in metrics
+    assert "eval.RealSR.realesrgan.PSNR.y_crop4" in metrics and "eval.RealSR.flux_controlnet.PSNR.y_crop4" in metrics
     assert "eval.RealLQ250.bicubic.MUSIQ_standin_musiq.rgb_crop0" in metrics
     assert not any(".DrealSR." in key for key in metrics)
     table = evaluated["table"]
@@ -425,7 +468,8 @@ def test_demo_run_fills_only_the_missing_folder_and_reuses_outputs(evaluated):
     assert (raw / "DrealSR/HR" / DEMO_MARKER).is_file()
     assert not (raw / "RealSR/HR" / DEMO_MARKER).exists() and not (raw / "DIV2K_valid_HR" / DEMO_MARKER).exists()
     log = evaluated["second"].stdout + evaluated["second"].stderr
-    assert "FluxIR: 3 images restored now, 8 reused" in log
+    for title in ("FluxIR", "Real-ESRGAN x4plus", "Flux ControlNet upscaler"):
+        assert f"{title}: 3 images restored now, 8 reused" in log
     report = _latest(project, "data/08_reporting/evaluation_report.md").read_text()
     assert "DrealSR: 3 images ready" in report and "[demo data]" in report
     assert pd.read_parquet(_latest(project, "data/08_reporting/evaluation_means.parquet"))["mean"].notna().all()

@@ -363,7 +363,12 @@ def test_dataset_config_name_matches_the_adapter_module():
 def test_missing_trained_adapter_says_what_to_run(tmp_path):
     from kedro.io.core import DatasetError, Version
 
-    from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset
+    from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset, require_adapter
 
-    with pytest.raises(DatasetError, match=r"run `kedro run --pipeline=train` first"):
-        FluxIRAdapterDataset(filepath=str(tmp_path / "fluxir_adapter"), version=Version(None, None)).load()
+    missing = FluxIRAdapterDataset(filepath=str(tmp_path / "fluxir_adapter"), version=Version(None, None)).load()
+    with pytest.raises(ValueError, match=r"restore needs a trained FluxIR adapter: .*run `kedro run --pipeline=train` "
+                                         r"first.*restore.method=flux_controlnet or realesrgan"):
+        require_adapter(missing, "restore")
+    with pytest.raises(DatasetError):  # a version asked for by name that does not exist still fails at load
+        FluxIRAdapterDataset(filepath=str(tmp_path / "fluxir_adapter"), version=Version("2020-01-01T00.00.00.000Z",
+                                                                                         None)).load()

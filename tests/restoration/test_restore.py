@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from support import make_mixed_folder
 
+from fluxir.io import sha256_file
 from fluxir.models.flux import pack_grid, unpack_grid
 from fluxir.restoration import files as F
 from fluxir.restoration import sampler as S
-from fluxir.io import sha256_file
-from support import make_mixed_folder
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -412,9 +412,10 @@ def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pip
         runs = {}
         for overwrite in ("false", "true"):
             override = f"restore.input_dir=photos,restore.output_dir=restored,restore.progress=false,restore.overwrite={overwrite}"
-            restore = load_params("tiny", [override], project)["restore"]
+            params = load_params("tiny", [override], project)
+            restore = params["restore"]
             failures, summary = restore_images(plan_restore(restore["input_dir"], restore["output_dir"], restore["overwrite"]),
-                                               adapter, restore)
+                                               adapter, restore, params["baselines"])
             runs[overwrite] = (summary["restored"], summary["skipped_existing"], len(failures))
             if overwrite == "false":
                 assert all((out / n).stat().st_ino == s.st_ino for n, s in before.items()), "existing outputs kept"
@@ -444,3 +445,55 @@ def test_kedro_restore_all_bad_folder_fails_with_the_reasons(kedro_project, pipe
     for name in ("empty.jpg", "readme.txt", "broken.png"):
         assert name in log
     assert not (project / "restored").exists() or not any((project / "restored").rglob("*.png"))
+
+
+def test_restore_without_an_adapter_uses_public_weights(kedro_project):
+    """No adapter was ever trained: restore.method=realesrgan (through Kedro) and flux_controlnet restore with
+    the public restorers' (tiny) weights; fluxir says what to do."""
+    from conftest import kedro_run
+
+    from fluxir.config import load_params
+    from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset
+    from fluxir.pipelines.restore.nodes import plan_restore, restore_images
+    from fluxir.restoration.methods import build_public, output_geometry, public_config
+
+    project = kedro_project
+    make_mixed_folder(project / "photos")
+    kedro_run(project, "run", "--env=tiny", "--pipelines=restore",
+              "--params=restore.method=realesrgan,restore.input_dir=photos,restore.output_dir=restored,restore.progress=false")
+    out = project / "restored"
+    rgb = np.asarray(Image.open(out / "rgb.png"))
+    assert rgb.shape == (40, 56, 3) and np.asarray(Image.open(out / "rgba.png")).shape == (32, 48, 4)
+    summary = json.loads(_latest(project, "data/08_reporting/restore_summary.json").read_text())
+    assert summary["method"] == "realesrgan" and summary["restored"] == 5 and summary["color_fix"] == "none"
+    assert "RealESRGAN_x4plus.pth" in summary["method_settings"]
+    params = load_params("tiny", [], project)
+    realesrgan = build_public("realesrgan", public_config("realesrgan", params["baselines"]),
+                              output_geometry("realesrgan", 4, None, "wavelet"))
+    from fluxir.io import read_photo
+
+    np.testing.assert_array_equal(rgb, realesrgan.restore(read_photo(project / "photos/rgb.png")[0]))
+
+    from kedro.io.core import Version
+
+    missing = FluxIRAdapterDataset(filepath=str(project / "data/06_models/fluxir_adapter"), version=Version(None, None)).load()
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        for method in ("flux_controlnet", "fluxir"):
+            restore = {**params["restore"], "method": method, "input_dir": "photos", "output_dir": f"out_{method}",
+                       "progress": False}
+            plan = plan_restore(restore["input_dir"], restore["output_dir"], False)
+            if method == "fluxir":
+                with pytest.raises(ValueError, match=r"restore.method: fluxir needs a trained FluxIR adapter.*"
+                                                     r"restore.method=flux_controlnet or realesrgan"):
+                    restore_images(plan, missing, restore, params["baselines"])
+                continue
+            failures, summary = restore_images(plan, missing, restore, params["baselines"])
+            assert summary["method"] == "flux_controlnet" and summary["restored"] == 5 and len(failures) == 3
+            assert np.asarray(Image.open(project / "out_flux_controlnet/rgb.png")).shape == (40, 56, 3)
+        with pytest.raises(ValueError, match=r"restore.method must be one of \('fluxir', 'flux_controlnet', "
+                                             r"'realesrgan'\), got 'seesr'"):
+            restore_images(plan, missing, {**restore, "method": "seesr"}, params["baselines"])
+    finally:
+        os.chdir(cwd)

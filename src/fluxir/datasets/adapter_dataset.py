@@ -13,7 +13,10 @@ renames it into place, so a reader never sees half an adapter. Example ``catalog
         dtype: float32
 
 With ``versioned: true`` each save goes to ``filepath/<timestamp>/fluxir_adapter/`` and earlier
-versions are kept.
+versions are kept. When nothing was saved yet, loading the latest version gives a ``MissingAdapter``
+that says what to run: nodes that can restore without an adapter (``restore.method`` flux_controlnet /
+realesrgan, ``evaluate.methods`` without fluxir) still run, and ``require_adapter`` raises its message
+where one is needed. An explicit ``--load-versions`` that does not exist still fails at load.
 """
 
 from __future__ import annotations
@@ -24,12 +27,39 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import fsspec
-from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, VersionNotFoundError, get_filepath_str, get_protocol_and_path
+from kedro.io.core import (
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    VersionNotFoundError,
+    get_filepath_str,
+    get_protocol_and_path,
+)
 
 if TYPE_CHECKING:  # torch is imported on load/save only, so building the catalog (kedro viz) stays light
     from fluxir.models.adapter import FluxIRAdapter
 
 CONFIG_NAME = "config.json"  # == fluxir.models.adapter.CONFIG_NAME (checked in tests/models/test_adapter.py)
+
+
+class MissingAdapter:
+    """Stands for an adapter that was never trained; ``message`` says what to run."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"MissingAdapter({self.message!r})"
+
+    def fail(self, what: str) -> None:
+        raise ValueError(f"{what} needs a trained FluxIR adapter: {self.message}")
+
+
+def require_adapter(adapter: Any, what: str = "this") -> Any:
+    """``adapter``, or ValueError with the ``MissingAdapter``'s message when none was trained."""
+    if isinstance(adapter, MissingAdapter):
+        adapter.fail(what)
+    return adapter
 
 
 class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdapter"]):
@@ -73,18 +103,18 @@ class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdap
         super().__init__(filepath=PurePosixPath(path), version=version,
                          exists_function=self._fs.exists, glob_function=self._fs.glob)
 
-    def load(self) -> FluxIRAdapter:
+    def load(self) -> FluxIRAdapter | MissingAdapter:
         import torch
 
         from fluxir.models.adapter import load_adapter
 
         try:
             load_path = self._get_load_path()
-        except VersionNotFoundError as err:
-            raise DatasetError(
-                f"no trained FluxIR adapter under {self._filepath}: run `kedro run --pipeline=train` first, "
-                "or pick one with `--load-versions=fluxir_adapter:<version>`"
-            ) from err
+        except VersionNotFoundError:  # only the latest version can be missing (a named one fails in load_adapter)
+            return MissingAdapter(f"no trained FluxIR adapter under {self._filepath}: run `kedro run --pipeline=train` "
+                                  "first, or pick one with `--load-versions=fluxir_adapter:<version>`; without one, "
+                                  "restore with public weights: restore.method=flux_controlnet or realesrgan "
+                                  "(evaluate.methods without fluxir)")
         path = get_filepath_str(load_path, self._protocol)
         dtype = self._load_args["dtype"]
         if isinstance(dtype, str):

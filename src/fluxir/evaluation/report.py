@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fluxir.fluxgen.iqa import CONVENTION_DEFINITIONS
+from fluxir.restoration.methods import TITLES
 
 # The paper's metrics (Table 1 order) and the pyiqa scorers that compute them (paper footnote 2).
 PAPER_METRICS: dict[str, tuple[str, ...]] = {
@@ -66,13 +67,21 @@ def convention_text(convention: str, crop_border: int) -> str:
     return f"{channels}, crop {crop_border}" if crop_border else f"{channels}, whole image"
 
 
-def method_title(method: str) -> str:
-    """Column title of one of this run's methods."""
-    if method == OURS_METHOD:
-        return "FluxIR (this run)"
-    if method == "bicubic":
-        return "Bicubic (this run)"
+WEIGHTLESS = ("bicubic",)
+PAPER_SUFFIX = "(copied from the paper)"
+
+
+def method_title(method: str, tiny_models: bool = False) -> str:
+    """Column title of one of this run's methods; with tiny models the learned ones say so."""
+    if method in TITLES:
+        tiny = tiny_models and method not in WEIGHTLESS
+        return f"{TITLES[method]} (this run{', tiny random weights' if tiny else ''})"
     return f"{method} (your outputs)"
+
+
+def paper_title(method: str) -> str:
+    """Column title of a number copied from the paper's Table 1."""
+    return f"{method} {PAPER_SUFFIX}"
 
 
 def metric_means(per_image: pd.DataFrame) -> pd.DataFrame:
@@ -136,8 +145,10 @@ def _arrow(higher_is_better: bool) -> str:
     return "↑" if higher_is_better else "↓"
 
 
-def comparison_table(means: pd.DataFrame, paper: pd.DataFrame, datasets: Sequence[str] | None = None) -> pd.DataFrame:
-    """Rows: dataset x metric; columns: this run's methods, the paper's FluxIR, the paper's other methods.
+def comparison_table(means: pd.DataFrame, paper: pd.DataFrame, datasets: Sequence[str] | None = None,
+                     tiny_models: bool = False) -> pd.DataFrame:
+    """Rows: dataset x metric; columns: this run's methods (measured), then the paper's FluxIR and its other
+    methods (copied from the paper).
 
     Row labels: ``Dataset``, ``Metric`` (paper label with its arrow; ``STAND-IN (scorer arrow)`` when the
     scorer is not the paper's), ``Computed as`` (scorer, channels, crop border) and ``n`` (images). Missing
@@ -145,7 +156,7 @@ def comparison_table(means: pd.DataFrame, paper: pd.DataFrame, datasets: Sequenc
     """
     paper = check_paper_table(paper)
     datasets = _order(list(datasets or []) + list(means["dataset"]) + list(paper["dataset"]), DATASET_ORDER)
-    ours = _order(list(means["method"]), (OURS_METHOD, "bicubic"))
+    ours = _order(list(means["method"]), (OURS_METHOD, "flux_controlnet", "realesrgan", "bicubic"))
     paper_methods = _order(list(paper["method"]), (PAPER_OURS,))
     rows = []
     for dataset in datasets:
@@ -168,10 +179,10 @@ def comparison_table(means: pd.DataFrame, paper: pd.DataFrame, datasets: Sequenc
             row: dict[str, Any] = {"Dataset": dataset, "Metric": title, "Computed as": how, "n": n}
             for method in ours:
                 cell = mine_rows[mine_rows["method"] == method]["mean"]
-                row[method_title(method)] = float(cell.iloc[0]) if len(cell) else math.nan
+                row[method_title(method, tiny_models)] = float(cell.iloc[0]) if len(cell) else math.nan
             for method in paper_methods:
                 cell = theirs_rows[theirs_rows["method"] == method]["value"]
-                row[f"paper: {method}"] = float(cell.iloc[0]) if len(cell) else math.nan
+                row[paper_title(method)] = float(cell.iloc[0]) if len(cell) else math.nan
             row["_higher"] = higher
             rows.append(row)
     return pd.DataFrame(rows)
@@ -194,7 +205,7 @@ def _best_of_run(row: pd.Series, run_columns: Sequence[str]) -> str | None:
 
 
 def _run_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c.endswith(("(this run)", "(your outputs)"))]
+    return [c for c in table.columns if "(this run" in c or c.endswith("(your outputs)")]
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -267,6 +278,15 @@ def _info_lines(run_info: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(str(k), str(v)) for k, v in run_info.items()]
 
 
+TABLE_NOTE = (
+    "Columns marked (this run) are measured now, every method on the same images with the same metrics, "
+    "channel convention and crop border; (your outputs) are images you supplied, scored the same way; columns "
+    f"marked {PAPER_SUFFIX} are the paper's Table 1 numbers, computed by others with settings the paper does not "
+    "give, so they compare only loosely. ↑ higher is better, ↓ lower is better; the best measured value is in "
+    "bold. Computed as gives the scorer and the channel convention / crop border of every number in the row."
+)
+
+
 def render_markdown(table: pd.DataFrame, means: pd.DataFrame, status: Mapping[str, Mapping[str, Any]],
                     run_info: Mapping[str, Any], grids: Mapping[str, str], tiny: bool,
                     options: Mapping[str, str] | None = None) -> str:
@@ -285,10 +305,7 @@ def render_markdown(table: pd.DataFrame, means: pd.DataFrame, status: Mapping[st
     out += ["## Benchmarks", "", _md_table(["benchmark", "status", "images", "message"],
                                            [[k, v["status"], str(v["images"]), v["message"]] for k, v in status.items()]), ""]
     header, rows = _table_cells(table, lambda s: f"**{s}**")
-    out += ["## Table 1: this run beside the paper", "",
-            ("Columns marked *(this run)* / *(your outputs)* are computed now; *paper:* columns are copied from the "
-             "paper's Table 1. ↑ higher is better, ↓ lower is better; the best of this run's methods is in bold. "
-             "*Computed as* gives the scorer and the channel convention / crop border of every number in the row."),
+    out += ["## Table 1: this run beside the paper", "", TABLE_NOTE,
             "", _md_table(header, rows), ""]
     if grids:
         out += ["## Image grids (LQ / restored / HQ)", ""]
@@ -332,10 +349,7 @@ def render_html(table: pd.DataFrame, means: pd.DataFrame, status: Mapping[str, M
         ["benchmark", "status", "images", "message"], [[k, v["status"], v["images"], v["message"]] for k, v in status.items()]))
     header, rows = _table_cells(table, lambda s: f"\x00{s}\x01")
     rows = [[html.escape(c).replace("\x00", "<b>").replace("\x01", "</b>") for c in row] for row in rows]
-    parts.append("<h2>Table 1: this run beside the paper</h2><p>Columns marked <i>(this run)</i> / <i>(your outputs)</i> "
-                 "are computed now; <i>paper:</i> columns are copied from the paper's Table 1. ↑ higher is better, "
-                 "↓ lower is better; the best of this run's methods is in bold. <i>Computed as</i> gives the scorer "
-                 "and the channel convention / crop border of every number in the row.</p>")
+    parts.append(f"<h2>Table 1: this run beside the paper</h2><p>{html.escape(TABLE_NOTE)}</p>")
     parts.append(_html_table(header, rows, escape_cells=False))
     if grid_pngs:
         parts.append("<h2>Image grids (LQ / restored / HQ)</h2>")

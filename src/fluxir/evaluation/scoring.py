@@ -15,7 +15,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,23 @@ from fluxir.fluxgen import iqa
 from fluxir.fluxgen.iqa import MetricSpec
 from fluxir.io import hash_json, hash_tensors, image_size, read_image, write_png_atomic
 from fluxir.progress import progress
+from fluxir.restoration.methods import (
+    EVALUATE_METHODS,
+    PUBLIC_METHODS,
+    TITLES,
+    build_public,
+    check_methods,
+    describe_public,
+    output_geometry,
+    public_config,
+    public_fingerprint,
+)
 from fluxir.restoration.sampler import RestoreConfig, Restorer, config_dict, upsample
 
 log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ["dataset", "image", "method", "path"]
-RESERVED_METHODS = ("fluxir", "bicubic")
+RESERVED_METHODS = EVALUATE_METHODS  # a user's baseline folder may not reuse a name computed here
 
 
 def _outputs(rows: list[list[Any]]) -> pd.DataFrame:
@@ -76,21 +88,8 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     config = RestoreConfig.from_params(params)
     key = hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
     root = Path(outputs_dir) / "fluxir" / key
-    todo = [r for r in manifest.itertuples(index=False) if not (root / r.dataset / f"{r.image}.png").is_file()]
-    seconds: list[float] = []
-    if todo:
-        restorer = Restorer.from_source(model, adapter, config)
-        for row in progress(todo, desc="restore", unit="img"):
-            lq = read_image(row.lq_path)
-            start = time.perf_counter()
-            out = restorer.restore(lq)
-            seconds.append(time.perf_counter() - start)
-            expected = (lq.shape[0] * config.scale, lq.shape[1] * config.scale)
-            if out.shape[:2] != expected:
-                raise RuntimeError(f"{row.dataset}/{row.image}: restored {out.shape[:2]}, expected {expected}")
-            write_png_atomic(root / row.dataset / f"{row.image}.png", out)
-    log.info("FluxIR: %d images restored now, %d reused from %s", len(todo), len(manifest) - len(todo), root)
-    rows = [[r.dataset, r.image, "fluxir", str(root / r.dataset / f"{r.image}.png")] for r in manifest.itertuples(index=False)]
+    rows, done_now, seconds = restore_into(manifest, root, "fluxir", lambda: Restorer.from_source(model, adapter, config),
+                                           config.scale)
     info = {
         "model": model,
         "adapter": f"{type(adapter).__name__} {adapter_fingerprint(adapter)} "
@@ -99,10 +98,59 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
         "sampler": f"{config.steps} Euler steps, schedule {config.schedule}, Flux guidance {adapter.config.guidance} "
                    f"(the adapter's training value), seed {config.seed}, {config.dtype}",
         "restore settings": ", ".join(f"{k}={v}" for k, v in config_dict(config).items()),
-        "restored images": f"{len(todo)} now, {len(manifest) - len(todo)} reused, in {root}",
+        "restored images": f"{done_now} now, {len(manifest) - done_now} reused, in {root}",
         "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
     }
-    return _outputs(rows), info
+    return rows, info
+
+
+def restore_into(manifest: pd.DataFrame, root: Path, method: str, make_restorer: Callable[[], Any], scale: float
+                 ) -> tuple[pd.DataFrame, int, list[float]]:
+    """Restore every LQ of ``manifest`` that has no ``<root>/<dataset>/<image>.png`` yet; returns (outputs table,
+    images restored now, seconds per image). The restorer is made only when something is left to do, so a
+    finished run reuses its files without loading a model."""
+    todo = [r for r in manifest.itertuples(index=False) if not (root / r.dataset / f"{r.image}.png").is_file()]
+    seconds: list[float] = []
+    if todo:
+        restorer = make_restorer()
+        for row in progress(todo, desc=f"restore ({method})", unit="img"):
+            lq = read_image(row.lq_path)
+            start = time.perf_counter()
+            out = restorer.restore(lq)
+            seconds.append(time.perf_counter() - start)
+            expected = (round(lq.shape[0] * scale), round(lq.shape[1] * scale))
+            if out.shape[:2] != expected:
+                raise RuntimeError(f"{method} {row.dataset}/{row.image}: restored {out.shape[:2]}, expected {expected}")
+            write_png_atomic(root / row.dataset / f"{row.image}.png", out)
+    log.info("%s: %d images restored now, %d reused from %s", TITLES.get(method, method), len(todo),
+             len(manifest) - len(todo), root)
+    rows = [[r.dataset, r.image, method, str(root / r.dataset / f"{r.image}.png")] for r in manifest.itertuples(index=False)]
+    return _outputs(rows), len(todo), seconds
+
+
+def public_manifest(manifest: pd.DataFrame, methods: list[str], baselines: Mapping[str, Any], outputs_dir: str | Path,
+                    scale: int, color_fix: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Restore every LQ with each public restorer of ``methods`` (``realesrgan``, ``flux_controlnet``).
+
+    Files go to ``<outputs_dir>/<method>/<key>/<dataset>/<image>.png``, the key hashing the method, its
+    weights (file hash / ControlNet content), its settings, the scale and the colour fix; files already
+    there are reused. Every method's weights are checked before any is loaded. Returns (outputs, run info).
+    """
+    chosen = [m for m in check_methods(methods) if m in PUBLIC_METHODS]
+    plans = []
+    for method in chosen:
+        cfg = public_config(method, baselines)
+        geometry = output_geometry(method, scale, None, color_fix)
+        key = hash_json([method, public_fingerprint(method, cfg), cfg.settings(), scale, geometry.color_fix])
+        plans.append((method, cfg, geometry, Path(outputs_dir) / method / key))
+    parts, info = [_outputs([])], {}
+    for method, cfg, geometry, root in plans:
+        rows, done_now, seconds = restore_into(manifest, root, method, partial(build_public, method, cfg, geometry), scale)
+        parts.append(rows)
+        info[TITLES[method]] = f"{describe_public(method, cfg)}; colour fix {geometry.color_fix}"
+        info[f"{TITLES[method]} images"] = (f"{done_now} now, {len(manifest) - done_now} reused, in {root}; "
+                                            + (f"{np.mean(seconds):.2f} s per image" if seconds else "all reused"))
+    return pd.concat(parts, ignore_index=True), info
 
 
 def describe_training(record: Mapping[str, Any]) -> str:
@@ -247,7 +295,7 @@ def score_all(manifest: pd.DataFrame, outputs: pd.DataFrame, metrics: Mapping[st
 
 
 def _method_column(method: str) -> str:
-    return {"fluxir": "FluxIR", "bicubic": "Bicubic"}.get(method, method)
+    return TITLES.get(method, method)
 
 
 def grids(manifest: pd.DataFrame, outputs: pd.DataFrame, names: Mapping[str, str],
@@ -260,7 +308,8 @@ def grids(manifest: pd.DataFrame, outputs: pd.DataFrame, names: Mapping[str, str
     """
     figures: dict[str, Any] = {}
     pngs: dict[str, bytes] = {}
-    methods = list(dict.fromkeys(["bicubic", *[m for m in outputs["method"] if m != "fluxir"], "fluxir"]))
+    methods = list(dict.fromkeys(["bicubic", "realesrgan", "flux_controlnet",
+                                  *[m for m in outputs["method"] if m != "fluxir"], "fluxir"]))
     for key, name in names.items():
         images = manifest[manifest["dataset"] == name].head(num_images)
         if images.empty:

@@ -1,10 +1,16 @@
-"""Tiny random-weight text-to-image pipeline folders in the exact format of the hub snapshots.
+"""Tiny random-weight models in the exact format of the published ones.
 
 ``python -m fluxir.models.tiny --kind flux|sdxl|pixart_sigma|sana --out DIR`` writes a diffusers pipeline
 folder with the same component names, classes (``model_index.json``) and file layout as
 FLUX.1-dev, SDXL base 1.0, PixArt-Sigma-XL-2-1024-MS or Sana_1600M_1024px_diffusers, but with a few
 thousand random parameters per component. Everything is built offline in code and seeded: tokenizers
 get a vocabulary made here (byte-level BPE for CLIP, Unigram for T5, byte-fallback BPE for Gemma).
+
+The public restorers' weights, for the tiny environment (``make demo``):
+``--kind realesrgan --out FILE.pth`` writes an RRDBNet checkpoint laid out like RealESRGAN_x4plus.pth
+(``{"params_ema": state_dict}``, architecture ``configs/tiny_realesrgan.json``); ``--kind
+flux_controlnet --out DIR`` a diffusers ``FluxControlNetModel`` folder (config.json + safetensors, like
+jasperai/Flux.1-dev-Controlnet-Upscaler) that fits the tiny Flux (``configs/tiny_flux_controlnet.json``).
 
 Why: the committed ``data/01_raw/tiny/flux`` has no tokenizers and no text encoders, so the code a first
 real run goes through (``encode_prompt`` with CLIP + T5, dropping the encoders, other backends' keywords)
@@ -351,14 +357,75 @@ def write_tiny_pipeline(kind: str, out: str | Path, seed: int = 0) -> Path:
     return out
 
 
+# ----------------------------------------------------------------------------------------------------
+# The public restorers' weights
+
+
+def write_tiny_realesrgan(out: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random RRDBNet as ``{"params_ema": state_dict}`` to the file ``out`` (kept if it exists)."""
+    from fluxir.compat import import_basicsr
+    from fluxir.io import atomic_file
+
+    out = Path(out)
+    if out.is_file():
+        return out
+    import_basicsr()
+    from basicsr.archs.rrdbnet_arch import RRDBNet
+
+    torch.manual_seed(seed)
+    net = RRDBNet(num_in_ch=3, num_out_ch=3, **load_config("tiny_realesrgan"))
+    with torch.no_grad():  # random RRDBNets output ~ -0.05 +- 0.003 (all black once clamped): centre and widen it
+        net.conv_last.weight.mul_(10.0)
+        net.conv_last.bias.fill_(0.5)
+    with atomic_file(out) as tmp:
+        torch.save({"params_ema": net.state_dict()}, tmp)
+    return out
+
+
+def build_flux_controlnet() -> Any:
+    """A random FluxControlNetModel that fits the tiny Flux. Its zero-initialised output layers (ControlNet's
+    "zero convolutions") get small random values, as training gives them, so the control image matters."""
+    from diffusers import FluxControlNetModel
+
+    controlnet = FluxControlNetModel(**load_config("tiny_flux_controlnet"))
+    for name in ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder"):
+        for param in getattr(controlnet, name).parameters():
+            torch.nn.init.normal_(param, std=0.2)
+    return controlnet
+
+
+def write_tiny_controlnet(out: str | Path, seed: int = 0) -> Path:
+    """Write the tiny ControlNet folder at ``out`` (kept if it has a config.json), atomically."""
+    out = Path(out)
+    if (out / "config.json").is_file():
+        return out
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists but has no config.json: delete it or choose another --out")
+    from fluxir.io import atomic_directory
+
+    torch.manual_seed(seed)
+    with atomic_directory(out.resolve()) as tmp:
+        build_flux_controlnet().save_pretrained(tmp)
+    return out
+
+
+WEIGHT_WRITERS: dict[str, Callable[[str | Path, int], Path]] = {
+    "realesrgan": write_tiny_realesrgan, "flux_controlnet": write_tiny_controlnet,
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Write a tiny random-weight pipeline folder in a hub snapshot's format (offline, deterministic)."""
+    """Write a tiny random-weight model in a published model's format (offline, deterministic)."""
     parser = argparse.ArgumentParser(prog="python -m fluxir.models.tiny", description=main.__doc__)
-    parser.add_argument("--kind", required=True, choices=sorted(BUILDERS))
-    parser.add_argument("--out", required=True, help="folder to write (left as it is when already complete)")
+    parser.add_argument("--kind", required=True, choices=sorted([*BUILDERS, *WEIGHT_WRITERS]))
+    parser.add_argument("--out", required=True, help="folder (or .pth file for realesrgan) to write; left as it is "
+                                                     "when already complete")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(write_tiny_pipeline(args.kind, args.out, args.seed))
+    if args.kind in WEIGHT_WRITERS:
+        print(WEIGHT_WRITERS[args.kind](args.out, args.seed))
+    else:
+        print(write_tiny_pipeline(args.kind, args.out, args.seed))
 
 
 if __name__ == "__main__":

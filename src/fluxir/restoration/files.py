@@ -53,12 +53,14 @@ def restore_photo(restorer: Restorer, rgb: np.ndarray, alpha: np.ndarray | None,
     return out
 
 
-def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple[str, str]], progress: bool = True
+def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple[str, str]], progress: bool = True,
+                  make_restorer: Callable[[], Any] | None = None
                   ) -> tuple[list[RestoreResult], list[dict[str, str]], float]:
     """Restore each (input, output) pair; returns (results, failures [{input, reason}], model load seconds).
 
     An unreadable input (or one that runs out of accelerator memory) becomes a failure and the loop goes
-    on. The model is loaded at the first readable input, so a folder of bad files fails fast.
+    on. The model is loaded at the first readable input, so a folder of bad files fails fast. The restorer
+    is Flux + ``adapter`` unless ``make_restorer`` builds another (a public restorer, ``restore.method``).
     """
     results: list[RestoreResult] = []
     failures: list[dict[str, str]] = []
@@ -74,7 +76,7 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
             continue
         if restorer is None:  # model or adapter problems raise here, naming the model
             start = time.perf_counter()
-            restorer = Restorer.from_source(model, adapter, cfg)
+            restorer = make_restorer() if make_restorer else Restorer.from_source(model, adapter, cfg)
             load_seconds = time.perf_counter() - start
         start = time.perf_counter()
         try:
@@ -93,16 +95,18 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
     return results, failures, load_seconds
 
 
-def restore_planned(plan: Any, files: dict[str, Any], adapter: Any, cfg: RestoreConfig
-                    ) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """Restore the rows of a ``plan_folder`` table (a DataFrame) whose action is "restore".
+def restore_planned(plan: Any, files: dict[str, Any], adapter: Any, cfg: RestoreConfig,
+                    make_restorer: Callable[[], Any] | None = None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Restore the rows of a ``plan_folder`` table (a DataFrame) whose action is "restore" (with
+    ``make_restorer``'s restorer when given, see ``restore_files``).
 
     Returns (failures [{input, reason}], summary). Raises RuntimeError, listing the reasons, when no
     input file could be used at all (nothing restored, nothing skipped).
     """
     jobs = list(plan.loc[plan["action"] == "restore", ["input", "output"]].itertuples(index=False, name=None))
     results, failures, load_seconds = restore_files(files.get("model"), adapter, cfg, jobs,
-                                                    progress=bool(files.get("progress", True)))
+                                                    progress=bool(files.get("progress", True)),
+                                                    make_restorer=make_restorer)
     skipped = len(plan) - len(jobs)
     if failures and not results and not skipped:
         listing = "; ".join(f"{f['input']}: {f['reason']}" for f in failures[:20])
@@ -131,6 +135,7 @@ def summarise(results: list[RestoreResult], skipped: int, failures: list[dict[st
         "model_load_seconds": round(load_seconds, 3),
         "input_dir": str(files.get("input_dir")),
         "output_dir": str(files.get("output_dir")),
+        "method": files.get("method", "fluxir"),
         "model": files.get("model"),
         "config": config,
         "images": [{"input": r.input, "output": r.output, "in_size": list(r.in_size), "out_size": list(r.out_size),
@@ -146,7 +151,7 @@ def _fail(failures: list[dict[str, str]], src: str, reason: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Folders: which files to restore, where to write them
 
-FILE_PARAMS = ("input_dir", "output_dir", "overwrite", "model", "progress")
+FILE_PARAMS = ("method", "input_dir", "output_dir", "overwrite", "model", "progress")
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], RestoreConfig]:

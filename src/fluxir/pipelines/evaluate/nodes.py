@@ -1,8 +1,9 @@
 """Nodes of the evaluate pipeline (paper Sec. 4.1, Table 1).
 
-Benchmarks are prepared from downloaded files (``fluxir.evaluation.testsets``), restored with the trained
-adapter (``fluxir.restoration``), upsampled with bicubic, joined by any baseline outputs a user drops
-into ``data/01_raw/baselines``, scored with pyiqa (``fluxir.fluxgen.iqa``) and reported (``fluxir.evaluation.report``).
+Benchmarks are prepared from downloaded files (``fluxir.evaluation.testsets``), restored by every method of
+``evaluate.methods`` (FluxIR with the trained adapter, bicubic, and the public restorers Real-ESRGAN and a Flux
+ControlNet upscaler, ``fluxir.restoration``), joined by any baseline outputs a user drops into
+``data/01_raw/baselines``, scored with pyiqa (``fluxir.fluxgen.iqa``) and reported (``fluxir.evaluation.report``).
 Heavy modules are imported inside the nodes, so building the pipeline stays light.
 """
 
@@ -42,20 +43,38 @@ def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str
 
 
 def restore_benchmarks(manifest: pd.DataFrame, adapter: Any, restore: dict[str, Any], outputs_dir: str, scale: int,
-                       color_fix: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+                       color_fix: str, methods: list[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ image with Flux + the FluxIR adapter; returns (outputs table, run info for the report).
 
-    Outputs already written for the same model, adapter weights, settings and inputs are reused.
+    Outputs already written for the same model, adapter weights, settings and inputs are reused. Nothing is
+    done (and no adapter needed) when ``evaluate.methods`` leaves out fluxir.
     """
-    from fluxir.evaluation.scoring import restore_manifest
+    from fluxir.datasets.adapter_dataset import require_adapter
+    from fluxir.evaluation.scoring import OUTPUT_COLUMNS, restore_manifest
+    from fluxir.restoration.methods import check_methods
 
-    return restore_manifest(manifest, adapter, restore, outputs_dir, scale, color_fix)
+    if "fluxir" not in check_methods(methods):
+        return pd.DataFrame(columns=OUTPUT_COLUMNS), {"FluxIR": "not run (not in evaluate.methods)"}
+    return restore_manifest(manifest, require_adapter(adapter, "evaluate.methods: fluxir"), restore, outputs_dir,
+                            scale, color_fix)
 
 
-def upsample_bicubic(manifest: pd.DataFrame, scale: int, outputs_dir: str) -> pd.DataFrame:
-    """The bicubic baseline: every LQ image upsampled x``scale`` (PIL bicubic)."""
-    from fluxir.evaluation.scoring import bicubic_manifest
+def restore_with_public_weights(manifest: pd.DataFrame, methods: list[str], baselines: dict[str, Any],
+                                outputs_dir: str, scale: int, color_fix: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Restore every LQ image with the public restorers in ``evaluate.methods`` (realesrgan, flux_controlnet);
+    returns (outputs table, run info). Outputs for the same method, weights, settings and inputs are reused."""
+    from fluxir.evaluation.scoring import public_manifest
 
+    return public_manifest(manifest, methods, baselines, outputs_dir, scale, color_fix)
+
+
+def upsample_bicubic(manifest: pd.DataFrame, scale: int, outputs_dir: str, methods: list[str]) -> pd.DataFrame:
+    """The bicubic baseline: every LQ image upsampled x``scale`` (PIL bicubic), when ``evaluate.methods`` has it."""
+    from fluxir.evaluation.scoring import OUTPUT_COLUMNS, bicubic_manifest
+    from fluxir.restoration.methods import check_methods
+
+    if "bicubic" not in check_methods(methods):
+        return pd.DataFrame(columns=OUTPUT_COLUMNS)
     return bicubic_manifest(manifest, scale, outputs_dir)
 
 
@@ -66,8 +85,8 @@ def find_baselines(manifest: pd.DataFrame, baselines_dir: str, scale: int) -> pd
     return baseline_manifest(manifest, baselines_dir, scale)
 
 
-def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.DataFrame, baselines: pd.DataFrame,
-                  metrics: dict[str, Any], convention: str, crop_border: int, weights_dir: str | None,
+def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, public: pd.DataFrame, bicubic: pd.DataFrame,
+                  baselines: pd.DataFrame, metrics: dict[str, Any], convention: str, crop_border: int, weights_dir: str | None,
                   trust_weight_files: bool, device: str, batch_size: int) -> pd.DataFrame:
     """Per-image scores of every method: full-reference where HQ exists, no-reference everywhere.
 
@@ -76,7 +95,7 @@ def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.Da
     from fluxir.evaluation.scoring import score_all
     from fluxir.models.flux import resolve_device
 
-    outputs = pd.concat([restored, bicubic, baselines], ignore_index=True)
+    outputs = pd.concat([restored, public, bicubic, baselines], ignore_index=True)
     return score_all(manifest, outputs, metrics, convention, crop_border, weights_dir=weights_dir,
                      trust_weight_files=trust_weight_files, device=resolve_device(device), batch_size=batch_size)
 
@@ -89,13 +108,14 @@ def summarize_metrics(per_image: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
     return means, mlflow_metrics(means)
 
 
-def make_grids(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.DataFrame, baselines: pd.DataFrame,
-               status: dict[str, dict[str, Any]], benchmarks: dict[str, Any], grid_images: int,
+def make_grids(manifest: pd.DataFrame, restored: pd.DataFrame, public: pd.DataFrame, bicubic: pd.DataFrame,
+               baselines: pd.DataFrame, status: dict[str, dict[str, Any]], benchmarks: dict[str, Any], grid_images: int,
                tiny_models: bool) -> dict[str, Any]:
-    """A LQ / bicubic / FluxIR / baselines / HQ figure per benchmark key, plus ``"png"``: {dataset: PNG bytes}."""
+    """A LQ / bicubic / public restorers / baselines / FluxIR / HQ figure per benchmark key, plus ``"png"``:
+    {dataset: PNG bytes}."""
     from fluxir.evaluation.scoring import grids
 
-    outputs = pd.concat([restored, bicubic, baselines], ignore_index=True)
+    outputs = pd.concat([restored, public, bicubic, baselines], ignore_index=True)
     names = {key: value["name"] for key, value in benchmarks.items()}
     note = "tiny random-weight models: this shows the machinery, not quality" if tiny_models else ""
     figures, pngs = grids(manifest, outputs, names, status, grid_images, note)
@@ -103,15 +123,15 @@ def make_grids(manifest: pd.DataFrame, restored: pd.DataFrame, bicubic: pd.DataF
 
 
 def build_report(means: pd.DataFrame, paper_table: pd.DataFrame, status: dict[str, dict[str, Any]],
-                 run_info: dict[str, Any], grid_pngs: dict[str, bytes], metrics: dict[str, Any], convention: str,
-                 crop_border: int, color_fix: str, benchmarks: dict[str, Any], tiny_models: bool) -> tuple[str, str]:
+                 run_info: dict[str, Any], public_info: dict[str, Any], grid_pngs: dict[str, bytes],
+                 metrics: dict[str, Any], convention: str, crop_border: int, color_fix: str, benchmarks: dict[str, Any], tiny_models: bool) -> tuple[str, str]:
     """The Table-1-style report (markdown, HTML): every convention behind its numbers, this run's numbers
     beside the paper's, grids."""
     from fluxir.evaluation.report import comparison_table, conventions, metric_settings, render_html, render_markdown
 
-    table = comparison_table(means, paper_table, datasets=list(status))
+    table = comparison_table(means, paper_table, datasets=list(status), tiny_models=tiny_models)
     names, options = metric_settings(metrics)
-    info = {**conventions(convention, crop_border, color_fix, names), **run_info}
+    info = {**conventions(convention, crop_border, color_fix, names), **run_info, **public_info}
     grid_files = {v["name"]: f"{k}_grid.png" for k, v in benchmarks.items() if v["name"] in grid_pngs}
     return (render_markdown(table, means, status, info, grid_files, tiny_models, options),
             render_html(table, means, status, info, grid_pngs, tiny_models, options))

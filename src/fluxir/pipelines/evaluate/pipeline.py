@@ -1,4 +1,4 @@
-"""Evaluate wiring: prepare each benchmark -> restore / bicubic / baselines -> score -> report.
+"""Evaluate wiring: prepare each benchmark -> FluxIR / public restorers / bicubic / baselines -> score -> report.
 
 Every node reads only the parameters it names, so the graph shows what each step depends on.
 """
@@ -13,6 +13,7 @@ from .nodes import (
     make_grids,
     prepare_benchmark,
     restore_benchmarks,
+    restore_with_public_weights,
     score_outputs,
     summarize_metrics,
     upsample_bicubic,
@@ -20,7 +21,8 @@ from .nodes import (
 
 # The paper's four test sets (Sec. 4.1); each has an entry in params:evaluate.benchmarks and a grid dataset.
 BENCHMARKS = ("div2k_val", "realsr", "drealsr", "reallq250")
-OUTPUTS = ["benchmark_manifest", "eval_restored_images", "eval_bicubic_images", "eval_baseline_images"]
+OUTPUTS = ["benchmark_manifest", "eval_restored_images", "eval_public_images", "eval_bicubic_images",
+           "eval_baseline_images"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -41,9 +43,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="collect_benchmarks"),
             Node(restore_benchmarks,
                  ["benchmark_manifest", "fluxir_adapter", "params:evaluate.restore", "params:evaluate.outputs_dir",
-                  "params:evaluate.scale", "params:evaluate.color_fix"],
+                  "params:evaluate.scale", "params:evaluate.color_fix", "params:evaluate.methods"],
                  ["eval_restored_images", "eval_restore_info"], name="restore_benchmarks"),
-            Node(upsample_bicubic, ["benchmark_manifest", "params:evaluate.scale", "params:evaluate.outputs_dir"],
+            Node(restore_with_public_weights,
+                 ["benchmark_manifest", "params:evaluate.methods", "params:baselines", "params:evaluate.outputs_dir",
+                  "params:evaluate.scale", "params:evaluate.color_fix"],
+                 ["eval_public_images", "eval_public_info"], name="restore_with_public_weights"),
+            Node(upsample_bicubic, ["benchmark_manifest", "params:evaluate.scale", "params:evaluate.outputs_dir",
+                                    "params:evaluate.methods"],
                  "eval_bicubic_images", name="upsample_bicubic"),
             Node(find_baselines, ["benchmark_manifest", "params:evaluate.baselines_dir", "params:evaluate.scale"],
                  "eval_baseline_images", name="find_baselines"),
@@ -59,7 +66,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                  {**{key: f"{key}_grid" for key in BENCHMARKS}, "png": "eval_grid_pngs"}, name="make_grids"),
             Node(
                 build_report,
-                ["evaluation_means", "paper_table1", "benchmark_status", "eval_restore_info", "eval_grid_pngs",
+                ["evaluation_means", "paper_table1", "benchmark_status", "eval_restore_info", "eval_public_info",
+                 "eval_grid_pngs",
                  "params:evaluate.metrics", "params:evaluate.convention", "params:evaluate.crop_border",
                  "params:evaluate.color_fix", "params:evaluate.benchmarks", "params:evaluate.tiny_models"],
                 ["evaluation_report_md", "evaluation_report_html"],

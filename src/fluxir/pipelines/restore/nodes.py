@@ -1,4 +1,8 @@
-"""Nodes of the restore pipeline (paper Sec. 4.1). The restoration itself lives in ``fluxir.restoration``."""
+"""Nodes of the restore pipeline (paper Sec. 4.1). The restoration itself lives in ``fluxir.restoration``.
+
+``restore.method`` picks the restorer: ``fluxir`` (Flux + the trained adapter) or, without an adapter,
+``flux_controlnet`` / ``realesrgan`` with public weights (settings ``baselines.*``).
+"""
 
 from __future__ import annotations
 
@@ -24,15 +28,20 @@ def plan_restore(input_dir: str | None, output_dir: str | None, overwrite: bool)
     return plan
 
 
-def restore_images(plan: pd.DataFrame, adapter: Any, restore: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Restore the planned files with Flux + ``adapter`` and the ``restore.*`` settings; returns (failures
-    table, summary). Unreadable files are listed (input, reason) and the others still restored; raises
-    RuntimeError when no input file could be used at all, ValueError for bad parameters.
+def restore_images(plan: pd.DataFrame, adapter: Any, restore: dict[str, Any], baselines: dict[str, Any]
+                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Restore the planned files with ``restore.method`` (Flux + ``adapter``, or a public restorer) and the
+    ``restore.*`` settings; returns (failures table, summary). Unreadable files are listed (input, reason)
+    and the others still restored; raises RuntimeError when no input file could be used at all, ValueError
+    for bad parameters (or fluxir without a trained adapter).
     """
     from fluxir.restoration.files import failure_table, restore_planned, split_params
+    from fluxir.restoration.methods import public_restorer_for
 
     files, cfg = split_params(restore)
-    failures, summary = restore_planned(plan, files, adapter, cfg)
+    make_restorer, adapter, summary_extra = public_restorer_for(files, cfg, adapter, baselines)
+    failures, summary = restore_planned(plan, files, adapter, cfg, make_restorer)
+    summary.update(summary_extra)
     logger.info("restored %d image(s), %.2f MP in %.1f s: %.2f s/MP; %d skipped, %d failed%s", summary["restored"],
                 summary["megapixels_out"], summary["restore_seconds"], summary["seconds_per_megapixel"] or 0.0,
                 summary["skipped_existing"], len(failures), " (see restore_failures)" if failures else "")

@@ -1,4 +1,5 @@
-"""Restore wiring: plan (check folders, skip finished) -> restore (Flux + FluxIR adapter)."""
+"""Restore wiring: plan (check folders, skip finished) -> restore (restore.method: Flux + FluxIR adapter, or a
+public restorer)."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -16,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 restore_images,
-                ["restore_plan", "fluxir_adapter", "params:restore"],
+                ["restore_plan", "fluxir_adapter", "params:restore", "params:baselines"],
                 ["restore_failures", "restore_summary"],
                 name="restore_images",
             ),

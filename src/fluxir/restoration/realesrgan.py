@@ -1,0 +1,172 @@
+"""Real-ESRGAN x4plus (Wang et al. 2021), a public restorer computed beside FluxIR: one GAN-trained RRDBNet.
+
+The network is basicsr's ``RRDBNet`` (RealESRGAN_x4plus: num_feat 64, num_block 23, num_grow_ch 32,
+scale 4) loaded from the published ``.pth`` (key ``params_ema``, else ``params``, as Real-ESRGAN's
+``RealESRGANer`` does). Inference follows ``RealESRGANer.enhance``: RGB in [0, 1], optional reflect
+pre-padding, the image cut into ``tile_size`` tiles each seen with ``tile_pad`` pixels of context on
+every side (the context is cut from the output, nothing is blended), output clamped to [0, 1] and
+rounded. An output size other than 4x (``restore.scale`` / ``target_size``) is reached with a Lanczos
+resize of the 4x output, like its ``--outscale``.
+
+Shapes: image (h, w, 3) uint8 -> x (1, 3, h, w) float in [0, 1] -> y (1, 3, 4h, 4w) -> (H, W, 3) uint8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fluxir.compat import import_basicsr
+from fluxir.config import Rule, config_from_params
+from fluxir.io import sha256_file
+from fluxir.models.flux import resolve_device
+from fluxir.progress import progress as progress_bar
+
+DTYPES = ("float32", "float16", "bfloat16")
+REALESRGAN_RULES = (
+    Rule("num_feat", "positive_int"),
+    Rule("num_block", "positive_int"),
+    Rule("num_grow_ch", "positive_int"),
+    Rule("net_scale", "choice", (4,), must="4 (RealESRGAN_x4plus; x2 models need Real-ESRGAN's pixel-unshuffle input)"),
+    Rule("tile_size", "positive_int", nullable=True, note=" (LQ pixels per tile; null: the whole image at once)"),
+    Rule("tile_pad", "nonneg_int"),
+    Rule("pre_pad", "nonneg_int"),
+    Rule("dtype", "choice", DTYPES),
+)
+
+
+@dataclass
+class RealESRGANConfig:
+    """``baselines.realesrgan`` (parameters_baselines.yml documents each key)."""
+
+    weights: str
+    num_feat: int
+    num_block: int
+    num_grow_ch: int
+    net_scale: int
+    tile_size: int | None
+    tile_pad: int
+    pre_pad: int
+    dtype: str
+    device: str
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> RealESRGANConfig:
+        """Validate ``baselines.realesrgan``; raises ValueError naming the key."""
+        return config_from_params(cls, params, REALESRGAN_RULES, "baselines.realesrgan.")
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the output except the weight file's location (its content is hashed)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("weights", "device")}
+
+
+def weights_file(cfg: RealESRGANConfig) -> Path:
+    """The checkpoint path, or ValueError saying how to get it."""
+    path = Path(cfg.weights)
+    if not path.is_file():
+        raise ValueError(f"baselines.realesrgan.weights: {path} not found; download RealESRGAN_x4plus.pth "
+                         "(`python -m fluxir.fetch --only baselines`) or point the parameter at it")
+    return path
+
+
+def load_rrdbnet(cfg: RealESRGANConfig) -> torch.nn.Module:
+    """basicsr's RRDBNet with the weights of ``cfg.weights``; clear errors for a missing or mismatched file."""
+    path = weights_file(cfg)
+    import_basicsr()
+    from basicsr.archs.rrdbnet_arch import RRDBNet
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated download, not a torch file, pickled code
+        raise ValueError(f"baselines.realesrgan.weights: {path} is not a readable PyTorch checkpoint ({err}); "
+                         "download it again") from err
+    key = next((k for k in ("params_ema", "params") if isinstance(checkpoint, dict) and k in checkpoint), None)
+    if key is None:
+        found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{path}: no 'params_ema' or 'params' state dict (found {found}); is it a Real-ESRGAN "
+                         "RRDBNet checkpoint?")
+    net = RRDBNet(num_in_ch=3, num_out_ch=3, scale=cfg.net_scale, num_feat=cfg.num_feat, num_block=cfg.num_block,
+                  num_grow_ch=cfg.num_grow_ch)
+    try:
+        net.load_state_dict(checkpoint[key], strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit RRDBNet(num_feat={cfg.num_feat}, num_block={cfg.num_block}, "
+                         f"num_grow_ch={cfg.num_grow_ch}): set baselines.realesrgan.* to the file's architecture "
+                         f"({str(err).splitlines()[0]})") from err
+    return net.eval().requires_grad_(False)
+
+
+# Adapted from realesrgan/utils.py RealESRGANer.tile_process (Real-ESRGAN 0.3.0, BSD-3-Clause).
+def tiled_forward(net: torch.nn.Module, x: torch.Tensor, scale: int, tile: int | None, pad: int,
+                  progress: bool = False) -> torch.Tensor:
+    """(1, 3, h, w) -> (1, 3, scale*h, scale*w); each ``tile`` x ``tile`` block is run with ``pad`` context pixels."""
+    _, _, height, width = x.shape
+    if tile is None or (height <= tile and width <= tile):
+        return net(x)
+    out = x.new_zeros(1, 3, height * scale, width * scale)
+    tiles = [(y0, x0) for y0 in range(0, height, tile) for x0 in range(0, width, tile)]
+    for y0, x0 in progress_bar(tiles, desc="tiles", unit="tile", leave=False, disable=not progress):
+        y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+        py0, px0 = max(y0 - pad, 0), max(x0 - pad, 0)  # the tile with its context, inside the image
+        py1, px1 = min(y1 + pad, height), min(x1 + pad, width)
+        y = net(x[:, :, py0:py1, px0:px1])  # (1, 3, scale*(py1-py0), scale*(px1-px0))
+        top, left = (y0 - py0) * scale, (x0 - px0) * scale
+        out[:, :, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
+            y[:, :, top:top + (y1 - y0) * scale, left:left + (x1 - x0) * scale]
+    return out
+
+
+class RealESRGANRestorer:
+    """``RealESRGANRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> ``output_size`` (H, W, 3) uint8.
+
+    ``geometry`` is a ``RestoreConfig`` whose ``scale`` / ``target_size`` give the output size; its colour
+    fix is not applied (Real-ESRGAN's published inference has none).
+    """
+
+    method = "realesrgan"
+
+    def __init__(self, cfg: RealESRGANConfig, geometry: Any) -> None:
+        self.cfg = cfg
+        self.config = geometry
+        self.device = resolve_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        self.net = load_rrdbnet(cfg).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def restore(self, lq: np.ndarray, progress: bool = False, on_step: Any = None) -> np.ndarray:
+        from fluxir.restoration.sampler import check_image, output_size
+
+        lq = check_image(lq)
+        height, width = output_size(lq.shape[0], lq.shape[1], self.config)
+        cfg, s = self.cfg, self.cfg.net_scale
+        x = torch.from_numpy(np.array(lq)).permute(2, 0, 1)[None].to(self.device, torch.float32) / 255.0
+        if cfg.pre_pad:  # reflect needs pad < side: Real-ESRGAN's pre_pad 10 on a tiny LQ would fail
+            x = torch.nn.functional.pad(x, (0, min(cfg.pre_pad, x.shape[3] - 1), 0, min(cfg.pre_pad, x.shape[2] - 1)),
+                                        mode="reflect")
+        y = tiled_forward(self.net, x.to(self.dtype), s, cfg.tile_size, cfg.tile_pad, progress)
+        y = y[:, :, :lq.shape[0] * s, :lq.shape[1] * s].float().clamp(0, 1)  # pre-padding cut off
+        out = (y[0].permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)  # (4h, 4w, 3)
+        if on_step is not None:
+            on_step(1, 1)
+        if out.shape[:2] != (height, width):  # --outscale: Lanczos from the network's x4
+            out = np.asarray(Image.fromarray(out).resize((width, height), Image.Resampling.LANCZOS))
+        return out
+
+
+
+def fingerprint(cfg: RealESRGANConfig) -> str:
+    """The weight file's SHA-256 (12 hex): outputs are reused only for the same weights."""
+    return sha256_file(weights_file(cfg))[:12]
+
+
+def describe(cfg: RealESRGANConfig) -> str:
+    """One line for the report: architecture, tiling, precision."""
+    tiles = f"tiles of {cfg.tile_size} px with {cfg.tile_pad} px context" if cfg.tile_size else "untiled"
+    return (f"RRDBNet x{cfg.net_scale} (num_feat {cfg.num_feat}, num_block {cfg.num_block}, num_grow_ch "
+            f"{cfg.num_grow_ch}) from {cfg.weights}; {tiles}, pre_pad {cfg.pre_pad}, {cfg.dtype}")
+
