@@ -124,7 +124,8 @@ def make_grids(manifest: pd.DataFrame, restored: pd.DataFrame, public: pd.DataFr
 
 def build_report(means: pd.DataFrame, paper_table: pd.DataFrame, status: dict[str, dict[str, Any]],
                  run_info: dict[str, Any], public_info: dict[str, Any], grid_pngs: dict[str, bytes],
-                 metrics: dict[str, Any], convention: str, crop_border: int, color_fix: str, benchmarks: dict[str, Any], tiny_models: bool) -> tuple[str, str]:
+                 metrics: dict[str, Any], convention: str, crop_border: int, color_fix: str, benchmarks: dict[str, Any],
+                 tiny_models: bool) -> tuple[str, str]:
     """The Table-1-style report (markdown, HTML): every convention behind its numbers, this run's numbers
     beside the paper's, grids."""
     from fluxir.evaluation.report import comparison_table, conventions, metric_settings, render_html, render_markdown
