@@ -1,11 +1,13 @@
-"""The FluxIR web app: upload a photo, restore it with Flux + a FluxIR adapter, compare, download the PNG.
+"""The FluxIR web app: upload a photo, restore it with Flux + a FluxIR adapter (or, without one, a public
+restorer: the Flux ControlNet upscaler or Real-ESRGAN), compare, download the PNG.
 
     make app                                   # FLUX.1-dev (restore.model), http://127.0.0.1:7860
     .venv/bin/python -m fluxir.app --env tiny  # the tiny random-weight models (machinery only)
 
 The model folder and every default come from the Kedro project's ``restore`` parameters (``--env``); the
 adapter is the catalog entry ``fluxir_adapter``: the latest version by default, any version on disk from
-the picker (or "none": plain Flux). Photos are read by ``fluxir.restoration.files.read_photo`` (any
+the picker (or "none": plain Flux). The method picker is ``restore.method`` (settings of the public ones:
+``baselines.*``); the page says which method and weights produced each result. Photos are read by ``fluxir.restoration.files.read_photo`` (any
 mode, EXIF rotation, 16-bit, alpha kept) and restored by the same ``Restorer`` as ``kedro run
 --pipeline=restore`` (tiling included). One job runs at a time (the queue has concurrency 1: one GPU);
 the server binds 127.0.0.1 unless ``--host`` says otherwise.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,14 @@ from fluxir.io import write_png_atomic
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.files import read_photo, restore_photo, split_params
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
+from fluxir.restoration.methods import (
+    RESTORE_METHODS,
+    TITLES,
+    build_public,
+    describe_public,
+    output_geometry,
+    public_config,
+)
 from fluxir.restoration.sampler import RestoreConfig, Restorer, output_size, upsample
 
 logger = logging.getLogger(__name__)
@@ -44,7 +54,8 @@ class ProjectModels:
     project: Path
     params: dict[str, Any]  # restore.* of the chosen env
     adapter_conf: dict[str, Any]  # the catalog entry of fluxir_adapter, filepath made absolute
-    _restorer: Restorer | None = field(default=None, repr=False)
+    baselines: dict[str, Any] = field(default_factory=dict)  # baselines.* of the chosen env (public restorers)
+    _restorer: Any = field(default=None, repr=False)
     _key: tuple | None = field(default=None, repr=False)
 
     @classmethod
@@ -58,10 +69,15 @@ class ProjectModels:
         with KedroSession.create(project_path=project, env=env) as session:
             context = session.load_context()
             params = dict(context.params["restore"])
+            baselines = dict(context.params.get("baselines") or {})
             conf = dict(context.config_loader["catalog"][ADAPTER_ENTRY])
         filepath = Path(conf["filepath"])
         conf["filepath"] = str(filepath if filepath.is_absolute() else project / filepath)
-        return cls(project, params, conf)
+        for method in baselines.values():  # the project's relative weight paths, wherever the app was started
+            for key in ("weights", "model", "controlnet"):
+                if isinstance(method.get(key), str) and (project / method[key]).exists():
+                    method[key] = str(project / method[key])
+        return cls(project, params, conf, baselines)
 
     def adapter_versions(self) -> list[str]:
         """Saved versions of the adapter on disk, newest first (Kedro's timestamps sort in time order)."""
@@ -79,23 +95,51 @@ class ProjectModels:
         catalog = DataCatalog.from_config({ADAPTER_ENTRY: self.adapter_conf}, load_versions={ADAPTER_ENTRY: version})
         return catalog.load(ADAPTER_ENTRY)
 
-    def restorer(self, version: str, config: RestoreConfig) -> Restorer:
-        """A restorer for this adapter version and config; the models are reloaded only when they must be."""
-        key = (version, *(getattr(config, name) for name in MODEL_FIELDS))
+    def restorer(self, version: str, config: RestoreConfig, method: str = "fluxir", steps: int | None = None,
+                 seed: int | None = None) -> Any:
+        """A restorer for this method (and adapter version) and config; models are reloaded only when they must be.
+
+        Public methods take the output size and colour fix from ``config`` and, for the Flux ControlNet, the
+        page's ``steps`` / ``seed``; their weights and other settings come from ``baselines.<method>``.
+        """
+        if method == "fluxir":
+            key = (method, version, *(getattr(config, name) for name in MODEL_FIELDS))
+        else:
+            key = (method,)
         if self._restorer is None or self._key != key:
             self._restorer = None  # free the old models before loading new ones
-            files, _ = split_params(self.params)
-            self._restorer = Restorer.from_source(files["model"], self.load_adapter(version), config)
+            if method == "fluxir":
+                files, _ = split_params(self.params)
+                self._restorer = Restorer.from_source(files["model"], self.load_adapter(version), config)
+            else:
+                self._restorer = build_public(method, public_config(method, self.baselines),
+                                              output_geometry(method, config.scale, config.target_size,
+                                                              config.color_fix))
             self._key = key
-        self._restorer.config = config
+        if method == "fluxir":
+            self._restorer.config = config
+        else:
+            self._restorer.config = output_geometry(method, config.scale, config.target_size, config.color_fix)
+            if method == "flux_controlnet":
+                self._restorer.cfg = replace(self._restorer.cfg, steps=steps or self._restorer.cfg.steps,
+                                             seed=self._restorer.cfg.seed if seed is None else seed)
         return self._restorer
+
+    def method_label(self, method: str, version: str) -> str:
+        """What produced a result, in one line for the page."""
+        if method == "fluxir":
+            return f"Restored with FluxIR: Flux ({self.params.get('model')}) + adapter {version}"
+        cfg = self._restorer.cfg if self._restorer is not None and self._key == (method,) else public_config(
+            method, self.baselines)
+        return f"Restored with {TITLES[method]}: {describe_public(method, cfg)}"
 
 
 def restore_upload(models: ProjectModels, upload: str | None, version: str, settings: dict[str, Any],
-                   on_step: Any = None) -> tuple[np.ndarray, np.ndarray, Path]:
-    """Restore the uploaded file: (before = bicubic LQ at the output size, after, PNG path).
+                   on_step: Any = None) -> tuple[np.ndarray, np.ndarray, Path, str]:
+    """Restore the uploaded file: (before = bicubic LQ at the output size, after, PNG path, method label).
 
-    Raises ValueError naming the file (unreadable upload) or the parameter (bad setting).
+    ``settings`` may hold ``method`` (``restore.method``: fluxir, flux_controlnet, realesrgan). Raises
+    ValueError naming the file (unreadable upload) or the parameter (bad setting).
     """
     if not upload:
         raise ValueError("upload a photo first (PNG, JPEG, WebP, TIFF, ...)")
@@ -104,14 +148,17 @@ def restore_upload(models: ProjectModels, upload: str | None, version: str, sett
         rgb, alpha = read_photo(upload)
     except ValueError as err:
         raise ValueError(f"{name}: {str(err).removeprefix(f'{Path(upload)}: ')}") from err
-    _, config = split_params({**models.params, **settings})
-    restorer = models.restorer(version, config)
+    files, config = split_params({**models.params, **settings})
+    method = files.get("method", "fluxir")
+    if method not in RESTORE_METHODS:
+        raise ValueError(f"restore.method must be one of {RESTORE_METHODS}, got {method!r}")
+    restorer = models.restorer(version, config, method, steps=settings.get("steps"), seed=settings.get("seed"))
     after = restore_photo(restorer, rgb, alpha, progress=False, on_step=on_step)
     height, width = output_size(rgb.shape[0], rgb.shape[1], config)
     before = upsample(rgb, height, width)
-    out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_restored.png"
+    out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_{method}.png"
     write_png_atomic(out, after)
-    return before, after[..., :3], out
+    return before, after[..., :3], out, models.method_label(method, version)
 
 
 def build_app(models: ProjectModels) -> gr.Blocks:
@@ -119,11 +166,13 @@ def build_app(models: ProjectModels) -> gr.Blocks:
     p = models.params
     versions = models.adapter_versions()
     with gr.Blocks(title="FluxIR restoration") as app:
-        gr.Markdown("## FluxIR restoration\nUpload a photo, restore it with Flux + the FluxIR adapter, compare, "
-                    "download the PNG. One job at a time.")
+        gr.Markdown("## FluxIR restoration\nUpload a photo, restore it with Flux + the FluxIR adapter (or, without "
+                    "one, a public restorer), compare, download the PNG. One job at a time.")
         with gr.Row():
             with gr.Column():
                 upload = gr.File(label="photo", type="filepath", elem_id="upload")
+                method = gr.Radio(list(RESTORE_METHODS), value=p.get("method", "fluxir"), elem_id="method",
+                                  label="method (fluxir: the adapter; flux_controlnet / realesrgan: public weights)")
                 version = gr.Dropdown([*versions, NO_ADAPTER], value=(versions or [NO_ADAPTER])[0],
                                       label=f"adapter version ({ADAPTER_ENTRY})", elem_id="version")
                 steps = gr.Slider(1, 50, value=p.get("steps", 20), step=1, label="steps")
@@ -141,24 +190,26 @@ def build_app(models: ProjectModels) -> gr.Blocks:
                 run = gr.Button("Restore", variant="primary", elem_id="restore")
             with gr.Column():
                 compare = gr.ImageSlider(label="before / after", type="numpy", elem_id="compare")
+                label = gr.Markdown("", elem_id="method_label")
                 download = gr.File(label="restored PNG", elem_id="download")
 
-        def on_restore(upload_path, version_name, steps_, scale_, tile_, color_, control_, start_, seed_,
+        def on_restore(upload_path, method_, version_name, steps_, scale_, tile_, color_, control_, start_, seed_,
                        offload_, quantize_, progress=gr.Progress()):
-            settings = {"steps": int(steps_), "scale": float(scale_), "tile_size": int(tile_ or 0) or None,
-                        "color_fix": color_, "control_scale": float(control_), "start_t": float(start_),
-                        "seed": int(seed_ or 0), "offload": offload_, "quantize": quantize_}
+            settings = {"method": method_, "steps": int(steps_), "scale": float(scale_),
+                        "tile_size": int(tile_ or 0) or None, "color_fix": color_, "control_scale": float(control_),
+                        "start_t": float(start_), "seed": int(seed_ or 0), "offload": offload_, "quantize": quantize_}
             progress(0, desc="loading models")
             try:
-                before, after, png = restore_upload(
+                before, after, png, produced_by = restore_upload(
                     models, upload_path, version_name, settings,
                     on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"))
             except ValueError as err:  # unreadable upload or a bad setting: a message in the page
                 raise gr.Error(str(err), print_exception=False) from err
-            return (before, after), str(png)
+            return (before, after), produced_by, str(png)
 
-        run.click(on_restore, [upload, version, steps, scale, tile, color, control, start_t, seed, offload, quantize],
-                  [compare, download], concurrency_limit=1)
+        run.click(on_restore,
+                  [upload, method, version, steps, scale, tile, color, control, start_t, seed, offload, quantize],
+                  [compare, label, download], concurrency_limit=1)
     app.queue(default_concurrency_limit=1)
     return app
 

@@ -75,6 +75,28 @@ def test_restore_upload_reports_a_bad_file_and_a_bad_setting_by_name(app_project
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
     with pytest.raises(ValueError, match="restore.start_t must be a number in"):
         restore_upload(models, str(photo), versions[0], {"start_t": 0})
+    with pytest.raises(ValueError, match=r"restore.method must be one of \('fluxir', 'flux_controlnet', 'realesrgan'\)"):
+        restore_upload(models, str(photo), versions[0], {"method": "seesr"})
+
+
+def test_public_methods_restore_without_an_adapter_and_say_so(app_project, tmp_path):
+    from fluxir.app import NO_ADAPTER, restore_upload
+
+    models, versions = app_project
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(photo)
+    labels, outputs = {}, {}
+    for method in ("realesrgan", "flux_controlnet", "fluxir"):
+        before, after, png, labels[method] = restore_upload(models, str(photo), versions[0], {"method": method})
+        outputs[method] = after
+        assert after.shape == before.shape == (48, 40, 3) and png.name == f"photo_{method}.png"
+    assert labels["realesrgan"].startswith("Restored with Real-ESRGAN x4plus: RRDBNet x4 (num_feat 8")
+    assert labels["flux_controlnet"].startswith("Restored with Flux ControlNet upscaler: diffusers FluxControlNetPipeline")
+    assert labels["fluxir"] == f"Restored with FluxIR: Flux (data/01_raw/tiny/flux) + adapter {versions[0]}"
+    assert not np.array_equal(outputs["realesrgan"], outputs["flux_controlnet"])
+    # The page's steps reach the ControlNet sampler without reloading it (2 steps: another result).
+    _, two_steps, _, label = restore_upload(models, str(photo), NO_ADAPTER, {"method": "flux_controlnet", "steps": 2})
+    assert "2 steps" in label and not np.array_equal(two_steps, outputs["flux_controlnet"])
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +152,11 @@ def test_upload_restore_compare_download_in_chromium(browser_app, tmp_path):
     restored = np.asarray(Image.open(saved))
     assert restored.shape == (96, 128, 3), "4x of the 32x24 upload, as restore.scale says"
     assert restored.std() > 1
+    assert "Restored with FluxIR" in page.inner_text("#method_label")
+    page.locator("#method").get_by_text("realesrgan", exact=True).click()
+    page.click("#restore")
+    page.wait_for_function("document.querySelector('#method_label').innerText.includes('Real-ESRGAN')")
+    assert "Restored with Real-ESRGAN x4plus: RRDBNet x4" in page.inner_text("#method_label")
 
 
 def test_broken_upload_shows_the_message_not_a_stack_trace(browser_app, tmp_path):
