@@ -309,6 +309,9 @@ def test_list_prints_what_from_where_how_big_and_where_it_goes(project, capsys):
     assert "huggingface.co/datasets/Iceclear/StableSR-TestSets/resolve/main/StableSR_testsets.zip" in out
     assert "DIV2K_valid_HR.zip" in out and "RealLQ250.zip" in out
     assert "size    not published" in out
+    assert f"to      {project}/data/06_models/baselines/RealESRGAN_x4plus.pth" in out  # baselines.realesrgan.weights
+    assert manifest.REALESRGAN_URL in out and "hub jasperai/Flux.1-dev-Controlnet-Upscaler@main" in out
+    assert "not in this env" not in out, "the base env uses every item"
 
 
 def test_destinations_follow_the_parameters(project):

@@ -250,9 +250,13 @@ def format_list(manifest: Manifest) -> str:
     for item in manifest.items:
         lines.append(f"[{item.group}] {item.name}")
         lines.append(f"    from    {item.source}")
-        lines.append(f"    size    {_size(item.size) if item.size else 'not published (the server announces it)'}")
+        unstated = (
+            "the hub lists each file's size (see --dry-run)" if item.repo else "not published (the server announces it)"
+        )
+        lines.append(f"    size    {_size(item.size) if item.size else unstated}")
         hosted = (item.url or "").startswith(HUB_FILES)
-        lines.append(f"    sha256  {item.sha256 or ('the hub states it (LFS)' if hosted else 'not published')}")
+        stated = "the hub states it per LFS file" if hosted or item.repo else "not published"
+        lines.append(f"    sha256  {item.sha256 or stated}")
         if item.extract:
             lines += [f"    unpack  {pattern}  ->  {folder}" for pattern, folder in item.extract]
         else:
