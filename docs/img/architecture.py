@@ -94,16 +94,16 @@ data(300, 370, 170, "fluxir_adapter", "models")
 data(560, 370, 130, "train_loss_curves", "reporting")
 
 # ---- evaluate lane --------------------------------------------------------------------------------
-lane(412, 190, "evaluate", "paper Sec. 4.1, Table 1: four benchmarks, pyiqa metrics, your baselines")
+lane(412, 190, "evaluate", "paper Sec. 4.1, Table 1: benchmarks, baselines run here, metrics")
 box(24, 462, 150, 70, ["prepare_<benchmark>", "DIV2K-Val RealSR", "DrealSR RealLQ250", "evaluation/testsets.py"])
 box(196, 470, 136, 54, ["collect_benchmarks"])
-box(352, 452, 150, 90, ["restore_benchmarks", "upsample_bicubic", "find_baselines", "evaluation/scoring.py"],
-    bold_first=False)
+box(342, 452, 168, 90, ["restore_benchmarks", "restore_with_public_weights", "upsample_bicubic", "find_baselines",
+                        "evaluation/scoring.py"], bold_first=False)
 box(522, 470, 140, 54, ["score_outputs", "PSNR SSIM LPIPS + NR", "evaluation/scoring.py"])
 box(682, 470, 146, 54, ["build_report", "Table-1 style", "evaluation/report.py"])
 arrow(174, 497, 194, 497)
-arrow(332, 497, 350, 497)
-arrow(502, 497, 520, 497)
+arrow(332, 497, 340, 497)
+arrow(510, 497, 520, 497)
 arrow(662, 497, 680, 497)
 data(196, 548, 136, "benchmark_manifest", "primary")
 data(352, 548, 150, "eval_restored_images", "model_output")
