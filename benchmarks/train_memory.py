@@ -4,7 +4,7 @@
 
 The step is training's own code: ``fluxir.training.build_adapter``, ``ControlledFlux`` and
 ``flow_matching_loss`` (forward, L_MSE + L_P, backward) on random-weight FLUX.1-dev
-(``fluxir/configs/flux1_dev_transformer.json``) and the Flux VAE. Every tensor is a fake CUDA tensor
+(``fluxir/configs/flux1_dev_transformer.json``) and the Flux VAE (``flux1_dev_vae.json``). Every tensor is a fake CUDA tensor
 (shapes, dtypes and devices, no data), and CUDA autocast's real kernels decide each op's dtype: the ones
 that run ``group_norm``, ``layer_norm``, ``rms_norm``, ``softmax``, ... in float32, which CPU autocast
 does not have. Per micro-batch size 1-8 and bucket (1024x768, 768x768, 512x768) it counts
@@ -44,12 +44,6 @@ PIXEL_LOSS = {"whole": None, "crop_512": 512, "none": 0}  # L_P variant -> train
 CARDS_GIB = {"80GB": 79.3, "141GB": 139.8}  # A100/H100 80 GB; H200 141 GB
 # CUDA context (~0.5 GiB), cuBLAS and NCCL workspaces, allocator rounding and fragmentation
 RESERVE_GIB = 3.0
-FLUX_VAE = {  # FLUX.1-dev vae/config.json
-    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2, "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "norm_num_groups": 32, "act_fn": "silu", "scaling_factor": 0.3611, "shift_factor": 0.1159,
-    "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True,
-}
 OUTPUT = Path(__file__).resolve().parents[1] / "src/fluxir/configs/train_memory.json"
 
 
@@ -257,11 +251,11 @@ def train_config(pixel_loss: str, checkpointing: bool = True) -> Any:
 def memory_table(progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     from fluxir.models.flux import load_config
 
-    flux_config = load_config("flux1_dev_transformer")
+    flux_config, vae_config = load_config("flux1_dev_transformer"), load_config("flux1_dev_vae")
     rows, static, t0, mode = [], None, time.perf_counter(), fake_mode()
     for checkpointing in (True, False):
         cfg = train_config("whole", checkpointing)
-        models, model = build_models(flux_config, FLUX_VAE, torch.bfloat16, "cuda", cfg.max_sequence_length, cfg, mode)
+        models, model = build_models(flux_config, vae_config, torch.bfloat16, "cuda", cfg.max_sequence_length, cfg, mode)
         static = static or static_gib(models, model)
         with mode:
             for width, height in SIZES:
@@ -293,11 +287,62 @@ def memory_table(progress: Callable[[str], None] = lambda _: None) -> dict[str, 
             "rows": rows, "largest_batch_that_fits": fits}
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The memory tables of docs/training.md (a test holds the docs to the committed JSON)."""
+    static, rows = result["static_gib"], result["rows"]
+    sizes = [f"{w}x{h}" for w, h in SIZES]
+
+    def row(size: str, lp: str, b: int, checkpointing: bool = True) -> dict[str, Any]:
+        return next(r for r in rows if (r["size"], r["pixel_loss"], r["batch_size"], r["gradient_checkpointing"]) ==
+                    (size, lp, b, checkpointing))
+
+    one = {lp: row("1024x768", lp, 1) for lp in PIXEL_LOSS}
+    lines = ["| item (1024x768, batch 1) | GiB |", "|---|---|",
+             f"| Flux weights, bf16, frozen | {static['flux_weights']:.2f} |",
+             f"| VAE weights, bf16, frozen | {static['vae_weights']:.2f} |",
+             f"| adapter weights, fp32 | {static['adapter_weights']:.2f} |",
+             f"| adapter gradients, fp32 (inside DDP's buckets: `gradient_as_bucket_view`) | "
+             f"{static['adapter_grads_in_ddp_buckets']:.2f} |",
+             f"| AdamW m and v, fp32 | {static['adamw_states']:.2f} |",
+             f"| **static total** | **{result['static_total_gib']:.2f}** |",
+             f"| (DDP without bucket views would add) | {result['ddp_extra_gib_without_bucket_view']:.2f} |",
+             f"| saved for backward: Flux + adapter, gradient checkpointing | {one['whole']['saved_flux_adapter']:.2f} |",
+             f"| one checkpointed block recomputed in backward | {one['whole']['recomputed_block']:.2f} |",
+             f"| saved for backward: L_P decoder, whole image / 512 crop | {one['whole']['saved_decoder']:.2f} / "
+             f"{one['crop_512']['saved_decoder']:.2f} |",
+             "| (the same decoder under CUDA autocast, whole image / 512 crop) | "
+             f"{result['decoder_saved_gib_if_under_cuda_autocast']['1024x768']:.2f} / "
+             f"{result['decoder_saved_gib_if_under_cuda_autocast']['crop_512']:.2f} |",
+             f"| saved for backward: Flux + adapter, no checkpointing | "
+             f"{row('1024x768', 'whole', 1, False)['saved_flux_adapter']:.2f} |",
+             f"| step peak (activations + backward working set), whole image L_P | {one['whole']['step_peak']:.2f} |",
+             f"| reserve: CUDA context, workspaces, allocator slack | {result['reserve_gib']:.2f} |",
+             f"| **batch 1, whole-image L_P (the defaults)** | **{one['whole']['total']:.2f}** |",
+             f"| batch 1, no gradient checkpointing | {row('1024x768', 'whole', 1, False)['total']:.2f} |",
+             "", "Total GiB per GPU by micro-batch (`train.batch_size`), with checkpointing; L_P whole image / "
+             "`pixel_loss_crop: 512` / off:", "",
+             "| batch | " + " | ".join(f"{size} {lp}" for size in sizes for lp in ("whole", "crop", "off")) + " |",
+             "|---" * (1 + 3 * len(sizes)) + "|"]
+    for b in BATCH_SIZES:
+        lines.append(f"| {b} | " + " | ".join(f"{row(size, lp, b)['total']:.1f}" for size in sizes for lp in PIXEL_LOSS)
+                     + " |")
+    for card, cap in result["cards_gib"].items():
+        fits = result["largest_batch_that_fits"][card]
+        lines.append(f"| fits {card} ({cap} GiB) | " + " | ".join(
+            str(fits[size][lp]) + ("+" if fits[size][lp] == BATCH_SIZES[-1] else "") for size in sizes for lp in PIXEL_LOSS)
+            + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--write", action="store_true", help=f"also write {OUTPUT.relative_to(OUTPUT.parents[3])}")
+    parser.add_argument("--markdown", action="store_true", help="print the docs tables of the committed JSON only")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown_table(json.loads(OUTPUT.read_text())))
+        return
     result = memory_table(lambda line: print(line, file=sys.stderr))
     if args.write:
         OUTPUT.write_text(json.dumps(result, indent=1) + "\n")

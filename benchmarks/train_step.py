@@ -43,12 +43,6 @@ VARIANTS = {
 }
 # (width, height) of the HQ image per config
 SIZES = {"tiny": (64, 48), "scaled": (256, 192), "flux-dev": (1024, 768)}
-FLUX_VAE = {  # FLUX.1-dev vae/config.json
-    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2, "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "norm_num_groups": 32, "act_fn": "silu", "scaling_factor": 0.3611, "shift_factor": 0.1159,
-    "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True,
-}
 SCALED_FLUX = {  # a small Flux: 2 double + 4 single blocks, 4 heads x 64
     "patch_size": 1, "in_channels": 64, "num_layers": 2, "num_single_layers": 4, "attention_head_dim": 64,
     "num_attention_heads": 4, "joint_attention_dim": 256, "pooled_projection_dim": 128, "guidance_embeds": True,
@@ -74,7 +68,7 @@ def build(config: str, device: str, dtype: Any) -> tuple[Any, Any]:
             with torch.device(device):
                 flux_cfg = load_config("flux1_dev_transformer") if config == "flux-dev" else SCALED_FLUX
                 flux = FluxTransformer2DModel(**flux_cfg)
-                vae_cfg = dict(FLUX_VAE)
+                vae_cfg = load_config("flux1_dev_vae")
                 if config == "scaled":
                     vae_cfg["block_out_channels"] = [32, 64, 128, 128]
                     vae_cfg["norm_num_groups"] = 16
@@ -205,7 +199,7 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
     try:
         flux = build_transformer("flux1_dev_transformer", device="meta")
         with torch.device("meta"):
-            vae = AutoencoderKL(**FLUX_VAE)
+            vae = AutoencoderKL(**load_config("flux1_dev_vae"))
     finally:
         torch.set_default_dtype(previous)
     freeze_flux(flux)

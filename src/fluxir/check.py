@@ -25,8 +25,10 @@ from typing import Any
 
 from fluxir.config import cli_parser, config_loader, load_params
 
-# Accelerator memory a real run needs per GPU (GB of the card's label), from docs/full_scale.md "Memory".
-BUDGET_GB = {"generation": 40, "restoration": 32, "training (batch 1)": 48, "training (batch >= 2)": 80}
+# Accelerator memory a real run needs per GPU (GB of the card's label), from docs/full_scale.md "Memory";
+# training's comes from the memory model's table (``train_memory_budget_gb``).
+BUDGET_GB = {"generation": 40, "restoration": 32}
+TRAIN_MEMORY = "train_memory.json"  # in fluxir/configs: written by benchmarks/train_memory.py --write
 # Estimated PNG size of generated/HQ/LQ images: raw RGB is 3 B/px; photographic PNGs keep ~50-70% of it.
 PNG_BYTES_PER_PIXEL = 2.0
 # What downloads the missing files into the places this check looks (docs/full_scale.md section 1).
@@ -332,10 +334,30 @@ def check_disk(params: Mapping[str, Any], project: Path) -> list[Finding]:
 # ----------------------------------------------------------------------------- accelerator, versions
 
 
-def _budgets(params: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
-    batch = _get(params, "train", "batch_size", default=1) or 1
-    train = "training (batch 1)" if batch <= 1 else "training (batch >= 2)"
-    return {"fluxgen.device": ("generation", BUDGET_GB["generation"]), "train.device": (train, BUDGET_GB[train]),
+def train_memory_budget_gb(train: Mapping[str, Any], size: str = "1024x768") -> tuple[str, float]:
+    """(what, GB per GPU) of the training settings at the largest bucket, from the memory model's table.
+
+    The L_P variant is the table's whole-image, 512-crop or none row that bounds ``train.pixel_loss_crop`` from
+    above; a batch size beyond the table adds the batch-1 step's activations per sample."""
+    from importlib import resources
+
+    table = json.loads((resources.files("fluxir") / "configs" / TRAIN_MEMORY).read_text())
+    batch, crop = int(train.get("batch_size") or 1), train.get("pixel_loss_crop")
+    checkpointing = bool(train.get("gradient_checkpointing", True))
+    variant = ("none" if float(train.get("pixel_loss_weight", 1.0)) == 0 else
+               "crop_512" if crop is not None and int(crop) <= 512 else "whole")
+    rows = {r["batch_size"]: r for r in table["rows"] if r["size"] == size and r["pixel_loss"] == variant
+            and r["gradient_checkpointing"] == checkpointing}
+    gib = rows[batch]["total"] if batch in rows else (
+        table["static_total_gib"] + table["reserve_gib"] + batch * rows[1]["step_peak"])
+    what = (f"training ({size}, batch {batch}, L_P {variant}, checkpointing {'on' if checkpointing else 'off'}: "
+            f"{gib:.1f} GiB, benchmarks/train_memory.py)")
+    return what, round(gib * 2**30 / 1e9, 1)
+
+
+def _budgets(params: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
+    return {"fluxgen.device": ("generation", BUDGET_GB["generation"]),
+            "train.device": train_memory_budget_gb(params.get("train") or {}),
             "restore.device": ("restoration", BUDGET_GB["restoration"]),
             "evaluate.restore.device": ("restoration", BUDGET_GB["restoration"])}
 

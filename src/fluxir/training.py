@@ -137,7 +137,7 @@ class TrainConfig:
     mixed_precision: str = "bf16"  # accelerate autocast: "bf16" or "no"
     device: str = "auto"  # auto: accelerate's device (cuda if present); "cpu" forces CPU
     seed: int = 0
-    max_steps: int = 100_000  # optimizer steps
+    max_steps: int = 48_000  # optimizer steps: the paper's 14 GPU-days at 40% MFU (parameters_train.yml)
     global_batch: int = 64  # pairs per optimizer step, over all processes (paper Sec. 4.1: 64)
     batch_size: int = 1  # per process and micro-step: what fits in memory; accumulation makes up the rest
     learning_rate: float = 1e-5  # paper Sec. 4.1

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import Tensor
 
 from fluxir.models.flux import load_config
-from fluxir.training import ControlledFlux, Models, build_adapter, flow_matching_loss
+from fluxir.training import ControlledFlux, Models, TrainConfig, build_adapter, flow_matching_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,3 +78,31 @@ def test_the_activation_estimate_matches_what_autograd_saves_on_a_tiny_model(pix
     estimated = estimate["saved_flux_adapter"] + estimate["saved_decoder"]
     assert (estimate["saved_decoder"] > 0) == (pixel_loss == "whole")
     assert abs(estimated - actual) <= 0.1 * actual, (estimated, actual)
+
+
+def test_docs_tables_and_preflight_budget_come_from_the_committed_memory_table():
+    """One source: src/fluxir/configs/train_memory.json (benchmarks/train_memory.py --write)."""
+    from fluxir.check import train_memory_budget_gb
+
+    table = json.loads(train_memory.OUTPUT.read_text())
+    assert train_memory.markdown_table(table) in (ROOT / "docs/training.md").read_text()
+    row = next(r for r in table["rows"] if (r["size"], r["batch_size"], r["pixel_loss"], r["gradient_checkpointing"])
+               == ("1024x768", 1, "whole", True))
+    assert train_memory_budget_gb(yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"])[1] \
+        == round(row["total"] * 2**30 / 1e9, 1)
+    crop = next(r for r in table["rows"] if (r["size"], r["batch_size"], r["pixel_loss"], r["gradient_checkpointing"])
+                == ("1024x768", 4, "crop_512", True))
+    assert train_memory_budget_gb({"batch_size": 4, "pixel_loss_crop": 256})[1] == round(crop["total"] * 2**30 / 1e9, 1)
+    # Under CUDA autocast the decoder's float32 norms would cost ~1.6x; the VAE runs outside it.
+    whole = table["decoder_saved_gib_if_under_cuda_autocast"]["1024x768"]
+    assert whole > 1.5 * row["saved_decoder"]
+
+
+@pytest.mark.slow  # counts FLUX.1-dev's training FLOPs on meta: a minute or more on a shared 2-core machine
+def test_the_default_max_steps_fits_the_papers_budget_at_40_percent_mfu():
+    gpu_cost = load_benchmark("gpu_cost")
+    plan = gpu_cost.cost_plan(8, "h800", 0.4, None, 96)
+    max_steps = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]["max_steps"]
+    assert plan["paper"]["train_steps_in_budget_at_mfu"] == max_steps == TrainConfig().max_steps
+    assert plan["stages"]["train"]["gpu_hours"] <= plan["paper"]["gpu_hours"]  # 14 GPU-days on H800
+    assert plan["stages"]["train"]["steps"] + 1000 > plan["paper"]["gpu_hours"] * 3600 * 989 * 0.4 / plan["train_step_tflop"]
