@@ -44,7 +44,6 @@ def _photos(n: int, width: int, height: int) -> list[np.ndarray]:
 
 def _store(root: Path, n: int, record: bool):
     from fluxir.fluxgen.generate import GenerationConfig
-    from fluxir.fluxgen.manifest import write_recorded
     from fluxir.io import ImageStore
 
     cfg = GenerationConfig.from_params({"model": "none", "num_images": n, "height": 48, "width": 64})
@@ -56,7 +55,7 @@ def _store(root: Path, n: int, record: bool):
         image[0, 0, 0] = i % 256  # every file distinct
         image[0, 1, 0] = i // 256 % 256
         image[0, 2, 0] = i // 65536
-        (write_recorded(store, i, image) if record else store.write(i, image))
+        (store.write_recorded(i, image) if record else store.write(i, image))
     return cfg, store
 
 
@@ -155,7 +154,7 @@ def _score_process(manifest_path: str, parts: str, rank: int, world: int, barrie
     import torch
 
     torch.set_num_threads(1)
-    from fluxir.fluxgen import iqa as iqa_lib
+    from fluxir import iqa as iqa_lib
     from fluxir.fluxgen.score import score_into_parts
 
     manifest = pd.read_parquet(manifest_path)

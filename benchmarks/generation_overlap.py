@@ -44,7 +44,8 @@ def main() -> None:
     import torch
 
     from fluxir.config import load_params
-    from fluxir.fluxgen.generate import GenerationConfig, PromptEncoder, denoised_images, write_generated
+    from fluxir.fluxgen.generate import GenerationConfig, denoised_images, write_generated
+    from fluxir.models.prompts import PromptEncoder
     from fluxir.io import ImageStore
     from fluxir.models.flux import load_pipeline
 

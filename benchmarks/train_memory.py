@@ -121,7 +121,7 @@ def build_models(flux_config: dict[str, Any], vae_config: dict[str, Any], dtype:
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     from fluxir.models.adapter import freeze_flux
-    from fluxir.training import ControlledFlux, Models, build_adapter
+    from fluxir.training.models import ControlledFlux, Models, build_adapter
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # frozen weights built in their dtype (no float32 copy)
@@ -162,7 +162,7 @@ def move_to(module: nn.Module, device: str) -> None:
 
 
 def micro_batch(batch_size: int, width: int, height: int, cfg: Any, device: str) -> Any:
-    from fluxir.training import MicroBatch
+    from fluxir.training.loss import MicroBatch
 
     h, w = height // 8, width // 8
     z = [torch.randn(batch_size, h * w // 4, 64, device=device) for _ in range(3)]  # (B, N, 64) float32
@@ -182,7 +182,7 @@ def count_step(models: Any, model: nn.Module, batch: Any, cfg: Any, device: str)
 
         peak = max(saved_flux + saved_decoder + 2 x largest_decoder,  saved_flux + recomputed_block + 2 x largest_flux)
     """
-    from fluxir.training import flow_matching_loss
+    from fluxir.training.loss import flow_matching_loss
 
     saved = SavedBytes([models.flux, models.vae, model.adapter])
     hooks = saved.attribute(models.vae.decoder, "decoder")
@@ -241,7 +241,7 @@ def decoder_saved_under_autocast(models: Any, width: int, height: int) -> float:
 
 
 def train_config(pixel_loss: str, checkpointing: bool = True) -> Any:
-    from fluxir.training import TrainConfig
+    from fluxir.training.config import TrainConfig
 
     crop = PIXEL_LOSS[pixel_loss]
     return TrainConfig.from_params({"pixel_loss_weight": 0.0 if crop == 0 else 1.0,

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py [--json] [--config tiny scaled] [--steps 5] [--activations]
 
-For each model config, one optimizer step (``fluxir.training.flow_matching_loss`` + backward + AdamW)
+For each model config, one optimizer step (``fluxir.training.loss.flow_matching_loss`` + backward + AdamW)
 is timed in five variants, each in a fresh process so that peak memory is its own:
 
     no_pixel_loss        alpha = 0 (Table 3 "w/o L_P"): no decoder pass at all
@@ -82,9 +82,11 @@ def run_variant(config: str, variant: str, steps: int, warmup: int, batch_size: 
     """Time ``steps`` optimizer steps of one variant in this process; returns seconds and memory."""
     import torch
 
-    from fluxir.training import ControlledFlux, Models, TrainConfig, build_adapter, flow_matching_loss, make_micro_batch
-    from fluxir.training_data import encode_gaussian
-    from fluxir.training_records import peak_memory_mb
+    from fluxir.training.config import TrainConfig
+    from fluxir.training.data import encode_gaussian
+    from fluxir.training.loop import peak_memory_mb
+    from fluxir.training.loss import flow_matching_loss, make_micro_batch
+    from fluxir.training.models import ControlledFlux, Models, build_adapter
 
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -159,7 +161,7 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
     from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, freeze_flux
     from fluxir.models.flux import build_transformer
     from fluxir.models.flux import image_ids
-    from fluxir.training_data import decode_latents
+    from fluxir.training.data import decode_latents
 
     width, height = SIZES[config]
     h, w = height // 8, width // 8

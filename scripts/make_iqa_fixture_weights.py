@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from fluxir.fluxgen import iqa_weights as w
+from fluxir.compat.pyiqa import maniqa_backbone_from_checkpoint
+from fluxir.iqa import weights as w
 
 SEED = 0
 # OpenAI CLIP sizes (pyiqa.archs.clip_model.CLIP arguments), as build_model reads them from the files.
@@ -156,7 +157,7 @@ def write_musiq(pyiqa_dir: Path) -> Path:
 def write_maniqa(pyiqa_dir: Path) -> Path:
     from pyiqa.archs.maniqa_arch import MANIQA
 
-    with _seeded(), w.maniqa_backbone_from_checkpoint():
+    with _seeded(), maniqa_backbone_from_checkpoint():
         net = MANIQA(pretrained=False)
     return _save({"params": net.state_dict()}, pyiqa_dir / w.MANIQA_FILES["pipal"])
 

@@ -67,7 +67,7 @@ lane(64, 190, "fluxgen", "paper Sec. 3.1: generate -> score -> select -> degrade
 box(24, 110, 134, 58, ["Flux.1-dev", "frozen, empty prompt", "seed = base_seed + i"], fill="#eeeeee", dash=True)
 X = (178, 346, 514, 682)
 box(X[0], 112, 146, 54, ["generate_images", "accelerate: N GPUs", "fluxgen/generate.py"])
-box(X[1], 112, 146, 54, ["score_images", "CLIPIQA+ MANIQA MUSIQ", "fluxgen/iqa.py"])
+box(X[1], 112, 146, 54, ["score_images", "CLIPIQA+ MANIQA MUSIQ", "iqa/"])
 box(X[2], 112, 146, 54, ["select_by_iqa", "top 95% on every metric", "fluxgen/select.py"])
 box(X[3], 112, 146, 54, ["degrade_pairs", "Real-ESRGAN x4 (SeeSR)", "fluxgen/degrade.py"])
 arrow(158, 139, X[0] - 2, 139)
@@ -85,7 +85,7 @@ for x in X:
 
 # ---- train lane -----------------------------------------------------------------------------------
 lane(268, 130, "train", "paper Sec. 3.3: rectified flow + pixel loss; Flux and VAE frozen, adapter trained")
-box(300, 312, 170, 54, ["train_adapter", "accelerate launch, bf16", "training.py"])
+box(300, 312, 170, 54, ["train_adapter", "accelerate launch, bf16", "training/loop.py"])
 box(560, 312, 130, 54, ["plot_loss_curves"])
 path("M 755 244 L 755 262 L 385 262 L 385 310")
 text(600, 258, "pairs_manifest", size=10, fill="#555", italic=True)
@@ -188,7 +188,7 @@ arrow(1062, 644, 1062, 674)
 box(868, 758, 388, 50, ["restored image, 4x the LQ size", "large images: overlapping tiles, cosine-blended"],
     fill=LAYER_FILL["model_output"], size=11)
 arrow(1062, 726, 1062, 756)
-text(1060, 838, "training.py: loss = ||v_p - (z_1 - z_0)||^2 + alpha * pixel loss", size=10.5, fill="#555")
+text(1060, 838, "training/loss.py: loss = ||v_p - (z_1 - z_0)||^2 + alpha * pixel loss", size=10.5, fill="#555")
 text(1060, 854, "(Eq. 7-10); t ~ clamp(U(-eps, 1 + eps), 0, 1), eps = 0.05 (Eq. 5-6)", size=10.5, fill="#555")
 
 SVG = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '

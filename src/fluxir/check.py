@@ -225,7 +225,8 @@ def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str,
 
 def check_iqa(params: Mapping[str, Any]) -> list[Finding]:
     """Every weight file of iqa.metrics and evaluate.metrics present (and OpenAI's CLIP, unless trusted)."""
-    from fluxir.fluxgen import iqa, iqa_weights
+    from fluxir import iqa
+    from fluxir.iqa import weights as iqa_weights
 
     settings = params.get("iqa") or {}
     try:
@@ -248,7 +249,8 @@ def check_iqa(params: Mapping[str, Any]) -> list[Finding]:
 
 def _build_metric(spec: Any) -> Finding:
     """Build the metric on the CPU from its files: the same loaders, key checks included, as a run."""
-    from fluxir.fluxgen import iqa, iqa_weights
+    from fluxir import iqa
+    from fluxir.iqa import weights as iqa_weights
 
     files = ", ".join(p.name for p in iqa.required_weight_files(spec)) or "no weight file"
     try:

@@ -31,6 +31,9 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from fluxir.compat.git import read_head
+from fluxir.compat.kedro import saved_path
+from fluxir.compat.kedro_mlflow import set_experiment
 from fluxir.config import flatten_dict
 
 logger = logging.getLogger(__name__)
@@ -93,41 +96,7 @@ def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None
                                 capture_output=True, text=True, timeout=30, check=True).stdout
         return sha, bool(status.strip())
     except (OSError, subprocess.SubprocessError):
-        return _read_git_head(path), None
-
-
-def _read_git_head(path: Path) -> str | None:
-    """HEAD's commit from the files of ``.git`` in ``path`` or a parent (loose ref, packed ref or detached)."""
-    for folder in (path, *path.resolve().parents):
-        git = folder / ".git"
-        if git.is_file():  # worktree / submodule: "gitdir: <path>"
-            text = git.read_text().strip()
-            if not text.startswith("gitdir:"):
-                return None
-            git = (folder / text.split(":", 1)[1].strip()).resolve()
-        if not git.is_dir():
-            continue
-        try:
-            head = (git / "HEAD").read_text().strip()
-        except OSError:
-            return None
-        if not head.startswith("ref:"):
-            return head or None
-        ref = head.split(":", 1)[1].strip()
-        common = git
-        if (git / "commondir").is_file():
-            common = (git / (git / "commondir").read_text().strip()).resolve()
-        for base in (git, common):
-            if (base / ref).is_file():
-                return (base / ref).read_text().strip() or None
-            packed = base / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    parts = line.split()
-                    if len(parts) == 2 and parts[1] == ref:
-                        return parts[0]
-        return None
-    return None
+        return read_head(path), None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,12 +135,10 @@ class MlflowRunHook:
         name = experiment_name(names, base=base)
         if name != base:
             try:
-                config.tracking.experiment.name = name
-                config._set_experiment()  # kedro-mlflow: create (or restore) the experiment, make it current
+                set_experiment(config, name)
             except Exception:  # a tracking problem must not stop a run
                 logger.warning("could not use MLflow experiment %r; logging to %r", name, base, exc_info=True)
-                config.tracking.experiment.name = base
-                config._set_experiment()
+                set_experiment(config, base)
         if config.tracking.run.name is None and config.tracking.run.id is None:
             config.tracking.run.name = run_name(names, run_params.get("run_id") or "")
 
@@ -222,12 +189,12 @@ class ReportingArtifactsHook:
             return  # kedro-mlflow's own datasets log themselves
         layer = ((getattr(dataset, "metadata", None) or {}).get("kedro-viz") or {}).get("layer")
         if layer == "reporting":
-            path = _saved_path(dataset)
+            path = saved_path(dataset)
             if path is not None and path.is_file():
                 mlflow.log_artifact(str(path), artifact_path="reporting")
                 logger.info("logged %s to MLflow run %s", path, mlflow.active_run().info.run_id)
         elif layer == "models":
-            path = _saved_path(dataset)
+            path = saved_path(dataset)
             if path is not None and path.exists():
                 log_model_folder(dataset_name, path)
 
@@ -257,12 +224,3 @@ def _log_config_params(prefix: str, config: Any) -> None:
     from fluxir.tracking import log_new_params
 
     log_new_params(flatten_dict({prefix: config}))
-
-
-def _saved_path(dataset: Any) -> Path | None:
-    """The file or folder a (possibly versioned) file dataset just wrote, or None for non-file datasets."""
-    if getattr(dataset, "_version", None) is not None:
-        # _get_save_path() refuses once the file exists; the versioned path of this run's save version is it.
-        return Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))
-    filepath = getattr(dataset, "_filepath", None)
-    return Path(str(filepath)) if filepath is not None else None

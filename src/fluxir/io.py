@@ -219,6 +219,33 @@ def portable_path(path: str | os.PathLike) -> str:
 # Image store
 
 
+# The SHA-256 of a written image is recorded next to it (fluxir.fluxgen.manifest explains why and reads it back).
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What was recorded about one image file; valid while ``size`` and ``mtime_ns`` still match."""
+
+    sha256: str
+    size: int
+    mtime_ns: int
+
+    def matches(self, stat: os.stat_result) -> bool:
+        return stat.st_size == self.size and stat.st_mtime_ns == self.mtime_ns
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sha256")
+
+
+def record_hash(path: Path) -> Recorded:
+    """Hash ``path`` (just written, so read from the page cache) and keep the result in its sidecar."""
+    stat = path.stat()
+    recorded = Recorded(sha256_file(path), stat.st_size, stat.st_mtime_ns)
+    write_atomic(sidecar_path(path), json.dumps([recorded.sha256, recorded.size, recorded.mtime_ns]))
+    return recorded
+
+
 @dataclass(frozen=True)
 class ImageStore:
     """A folder of sharded PNG images keyed by integer id."""
@@ -238,6 +265,10 @@ class ImageStore:
         path = self.path_for(image_id)
         write_png_atomic(path, image)
         return path
+
+    def write_recorded(self, image_id: int, image: np.ndarray) -> Recorded:
+        """``write`` plus :func:`record_hash`: the way every FluxGen image and pair is written."""
+        return record_hash(self.write(image_id, image))
 
     def read(self, image_id: int) -> np.ndarray:
         """Image ``image_id`` as RGB uint8."""

@@ -16,11 +16,11 @@ from fluxir.config import load_params
 from fluxir.evaluation.testsets import BenchmarkSpec
 from fluxir.fluxgen.degrade import DegradationConfig
 from fluxir.fluxgen.generate import GenerationConfig
-from fluxir.fluxgen.iqa import FULL_REFERENCE_DEFAULT, NO_REFERENCE_DEFAULT
+from fluxir.iqa import FULL_REFERENCE_DEFAULT, NO_REFERENCE_DEFAULT
 from fluxir.models.adapter import FluxIRConfig
 from fluxir.restoration.files import FILE_PARAMS
 from fluxir.restoration.sampler import RestoreConfig
-from fluxir.training import TrainConfig
+from fluxir.training.config import TrainConfig
 from conftest import REPO
 
 

@@ -24,7 +24,6 @@ from fluxir.fluxgen.manifest import (
     INDEX_NAME,
     generation_manifest,
     recorded_hashes,
-    write_recorded,
 )
 from fluxir.fluxgen.pairs import (
     PairStores,
@@ -49,7 +48,7 @@ def _make_store(root: Path, n: int) -> tuple[GenerationConfig, ImageStore]:
     cfg = GenerationConfig.from_params({"model": "none", "num_images": n, "height": 48, "width": 64})
     store = ImageStore(root).sub(cfg.key())
     for i, image in enumerate(_images(n)):
-        write_recorded(store, i, image)
+        store.write_recorded(i, image)
     return cfg, store
 
 

@@ -20,7 +20,8 @@ import pytest
 import torch
 from conftest import kedro_run, make_project_copy
 
-from fluxir.fluxgen.generate import GenerationConfig, PromptEncoder, generate_into_store
+from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
+from fluxir.models.prompts import PromptEncoder
 from fluxir.io import ImageStore, read_image
 from fluxir.models.flux import load_pipeline
 from fluxir.models.tiny import HUB_CLASSES, write_tiny_pipeline
@@ -221,7 +222,9 @@ def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_d
     backward, which freed it, and the second optimizer step died ("backward through the graph a second time")."""
     from support import make_pairs, tiny_params
 
-    from fluxir.training import TrainConfig, load_models, train
+    from fluxir.training.config import TrainConfig
+    from fluxir.training.loop import train
+    from fluxir.training.models import load_models
 
     params = tiny_params(tmp_path, f"train.model={full_flux_dir}", "train.max_steps=3", "train.checkpoint_every=3")
     models = load_models(TrainConfig.from_params(params), "cpu")
@@ -271,7 +274,8 @@ def test_training_target_has_the_sign_the_sampler_integrates(full_flux_dir, tmp_
     from diffusers import FlowMatchEulerDiscreteScheduler
     from support import tiny_params
 
-    from fluxir.training import MicroBatch, TrainConfig, flow_matching_loss
+    from fluxir.training.config import TrainConfig
+    from fluxir.training.loss import MicroBatch, flow_matching_loss
 
     cfg = TrainConfig.from_params({**tiny_params(tmp_path, f"train.model={full_flux_dir}"), "pixel_loss_weight": 0})
     gen = torch.Generator().manual_seed(0)

@@ -138,7 +138,7 @@ def test_full_scale_commands_and_weight_files_match_the_code():
     text = (DOCS / "full_scale.md").read_text()
     assert ("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --env base \\\n"
             "    --params fluxgen.num_images=350000") in text
-    from fluxir.fluxgen.iqa import required_weight_files  # stdlib + numpy only at import
+    from fluxir.iqa import required_weight_files  # stdlib + numpy only at import
 
     metrics = [*_params()["iqa"]["metrics"], *_params()["evaluate"]["metrics"]["full_reference"].values()]
     for metric in metrics:

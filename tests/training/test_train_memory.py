@@ -13,7 +13,9 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import Tensor
 
 from fluxir.models.flux import load_config
-from fluxir.training import ControlledFlux, Models, TrainConfig, build_adapter, flow_matching_loss
+from fluxir.training.config import TrainConfig
+from fluxir.training.loss import flow_matching_loss
+from fluxir.training.models import ControlledFlux, Models, build_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +68,7 @@ def test_the_activation_estimate_matches_what_autograd_saves_on_a_tiny_model(pix
                   torch.randn(1, flux.config.pooled_projection_dim), {})
     adapter = build_adapter(cfg, real)
     n = height // 16 * width // 16
-    from fluxir.training import MicroBatch
+    from fluxir.training.loss import MicroBatch
 
     step = MicroBatch(*(torch.randn(batch_size, n, 64) for _ in range(3)), t=torch.full((batch_size,), 0.5),
                       crops=None, h=height // 8, w=width // 8)

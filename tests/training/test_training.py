@@ -19,24 +19,13 @@ from support import kill_when, make_pairs, tiny_params
 from PIL import Image
 
 from fluxir.models.adapter import load_adapter
-from fluxir.training import (
-    ControlledFlux,
-    TrainConfig,
-    accumulation_steps,
-    build_adapter,
-    configure_cuda_allocator,
-    ddp_kwargs,
-    flow_matching_loss,
-    load_models,
-    make_micro_batch,
-    make_optimizer,
-    pixel_loss_latents,
-    sample_timesteps,
-    train,
-)
 from fluxir.models.flux import unpack
-from fluxir.training_data import DataOrder, LatentCache, PairTable, decode_latents, pair_gaussians, vae_identity
-from fluxir.training_records import list_checkpoints
+from fluxir.training.checkpoints import list_checkpoints
+from fluxir.training.config import TrainConfig, accumulation_steps
+from fluxir.training.data import DataOrder, LatentCache, PairTable, decode_latents, pair_gaussians, vae_identity
+from fluxir.training.loop import configure_cuda_allocator, ddp_kwargs, make_optimizer, train
+from fluxir.training.loss import flow_matching_loss, make_micro_batch, pixel_loss_latents, sample_timesteps
+from fluxir.training.models import ControlledFlux, build_adapter, load_models
 
 def max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     sa, sb = a.state_dict(), b.state_dict()

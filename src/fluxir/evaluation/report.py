@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fluxir.fluxgen.iqa import CONVENTION_DEFINITIONS
+from fluxir.iqa import CONVENTION_DEFINITIONS
 from fluxir.restoration.methods import TITLES
 
 # The paper's metrics (Table 1 order) and the pyiqa scorers that compute them (paper footnote 2).
@@ -250,7 +250,7 @@ def metric_settings(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict
     since they change the numbers) and ``{label: options as text}`` for the stand-in notes."""
     from importlib.metadata import version
 
-    from fluxir.fluxgen.iqa import MetricSpec
+    from fluxir.iqa import MetricSpec
 
     specs = {label: MetricSpec.parse(spec) for group in metrics.values() for label, spec in (group or {}).items()}
     options = {label: ", ".join(f"{k}={v}" for k, v in s.options.items()) for label, s in specs.items() if s.options}

@@ -4,7 +4,7 @@ Every method's outputs are listed in one table (dataset, image, method, path) so
 them all: FluxIR (this run), bicubic (always) and any restorer whose outputs a user drops into
 ``<baselines_dir>/<method>/<dataset>/`` under the prepared LQ file names (e.g. SeeSR or SUPIR results).
 
-Scoring (``score_all``) uses ``fluxir.fluxgen.iqa``: full-reference metrics where a benchmark has HQ, under the
+Scoring (``score_all``) uses ``fluxir.iqa``: full-reference metrics where a benchmark has HQ, under the
 configured channel convention and crop border; no-reference metrics on every output, on the whole RGB
 image. Every number keeps its convention and crop border in its row.
 """
@@ -31,8 +31,8 @@ from fluxir.evaluation.report import (
     is_stand_in,
 )
 from fluxir.evaluation.testsets import list_images, pair_key
-from fluxir.fluxgen import iqa
-from fluxir.fluxgen.iqa import MetricSpec
+from fluxir import iqa
+from fluxir.iqa import MetricSpec
 from fluxir.io import hash_json, hash_tensors, image_size, read_image, write_png_atomic
 from fluxir.progress import progress
 from fluxir.restoration.methods import (

@@ -8,7 +8,7 @@ is read from the environment's parameters, so a file lands where the loaders loo
 - ``flux``: ``fluxgen.model``, ``train.model``, ``restore.model``, ``evaluate.restore.model``,
   ``baselines.flux_controlnet.model`` (a hub id: the Hugging Face cache; a folder: the snapshot is that folder);
 - ``iqa``: the files of ``iqa.metrics`` and ``evaluate.metrics`` under ``iqa.weights_dir``, as
-  ``fluxir.fluxgen.iqa_weights`` names them (the names pyiqa, torchvision and CLIP look up);
+  ``fluxir.iqa.weights`` names them (the names pyiqa, torchvision and CLIP look up);
 - ``benchmarks``: the folders of ``evaluate.benchmarks``;
 - ``baselines``: ``baselines.realesrgan.weights`` and ``baselines.flux_controlnet.controlnet``, the public
   restorers of ``evaluate.methods`` and ``restore.method``.
@@ -165,7 +165,7 @@ def _snapshot_items(
 
 def iqa_specs(params: Mapping[str, Any]) -> list[Any]:
     """The distinct metric specs of ``iqa.metrics`` and ``evaluate.metrics``."""
-    from fluxir.fluxgen import iqa
+    from fluxir import iqa
 
     groups = _get(params, "evaluate.metrics") or {}
     specs = [*(_get(params, "iqa.metrics") or []), *(s for g in groups.values() for s in (g or {}).values())]
@@ -176,7 +176,7 @@ def iqa_specs(params: Mapping[str, Any]) -> list[Any]:
 
 
 def _iqa_items(params: Mapping[str, Any]) -> tuple[list[Item], list[str]]:
-    from fluxir.fluxgen import iqa_weights
+    from fluxir.iqa import weights as iqa_weights
 
     items: dict[Path, Item] = {}
     skipped = []

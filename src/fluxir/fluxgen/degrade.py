@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fluxir.compat import import_basicsr
+from fluxir.compat.basicsr import import_basicsr
 from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
 
 import_basicsr()  # must precede every basicsr import (torchvision removed functional_tensor)

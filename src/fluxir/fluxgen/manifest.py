@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
@@ -25,38 +24,9 @@ import numpy as np
 import pandas as pd
 
 from fluxir.fluxgen.generate import GenerationConfig, prompt_for
-from fluxir.io import SHARD_SIZE, ImageStore, portable_path, sha256_file, write_atomic
+from fluxir.io import SHARD_SIZE, ImageStore, Recorded, portable_path, record_hash, sidecar_path, write_atomic
 
 INDEX_NAME = ".sha256-index.json"
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What was recorded about one image file; valid while ``size`` and ``mtime_ns`` still match."""
-
-    sha256: str
-    size: int
-    mtime_ns: int
-
-    def matches(self, stat: os.stat_result) -> bool:
-        return stat.st_size == self.size and stat.st_mtime_ns == self.mtime_ns
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(f".{path.name}.sha256")
-
-
-def record_hash(path: Path) -> Recorded:
-    """Hash ``path`` (just written, so read from the page cache) and keep the result in its sidecar."""
-    stat = path.stat()
-    recorded = Recorded(sha256_file(path), stat.st_size, stat.st_mtime_ns)
-    write_atomic(_sidecar(path), json.dumps([recorded.sha256, recorded.size, recorded.mtime_ns]))
-    return recorded
-
-
-def write_recorded(store: ImageStore, image_id: int, image: np.ndarray) -> Recorded:
-    """``store.write`` plus :func:`record_hash`: the way every FluxGen image and pair is written."""
-    return record_hash(store.write(image_id, image))
 
 
 def _read_sidecar(path: Path) -> Recorded | None:
@@ -97,7 +67,7 @@ def recorded_hashes(store: ImageStore, image_ids: Iterable[int]) -> Iterator[tup
             stat = entry.stat()
             recorded = index.get(path.name)
             if recorded is None or not recorded.matches(stat):
-                sidecar = _sidecar(path)
+                sidecar = sidecar_path(path)
                 recorded = _read_sidecar(sidecar) if sidecar.name in listing else None
                 if recorded is None or not recorded.matches(stat):
                     recorded = record_hash(path)  # new, replaced or touched since: hash it once more

@@ -35,7 +35,6 @@ import torch
 
 from fluxir.config import Rule, check_fields, cli_parser, is_int, load_catalog, load_params
 from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
-from fluxir.fluxgen.manifest import write_recorded
 from fluxir.io import (
     ImageStore,
     hash_json,
@@ -95,8 +94,8 @@ def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) 
     """Degrade source ``job = (image_id, path)`` into its HQ/LQ files and record; returns the id."""
     image_id, source = job
     hq, lq, info = degrade_pair(read_image(source), image_id, seed, config)
-    hq_rec = write_recorded(stores.hq, image_id, hq)
-    lq_rec = write_recorded(stores.lq, image_id, lq)
+    hq_rec = stores.hq.write_recorded(image_id, hq)
+    lq_rec = stores.lq.write_recorded(image_id, lq)
     record = {"hq_sha256": hq_rec.sha256, "lq_sha256": lq_rec.sha256, "degradation": info}
     # last: the pair counts as done only once both images are in place
     write_json_atomic(stores.record_path(image_id), record, sort_keys=True, default=str)

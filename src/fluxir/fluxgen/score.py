@@ -36,7 +36,7 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
 from fluxir.config import Rule, check_fields, cli_parser, load_catalog, load_params
-from fluxir.fluxgen import iqa as iqa_lib
+from fluxir import iqa as iqa_lib
 from fluxir.io import hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.progress import progress as progress_bar

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.fluxgen.iqa import lower_is_better
+from fluxir.iqa import lower_is_better
 
 
 def histograms_with_cuts(table: pd.DataFrame, cuts: dict[str, tuple[float, bool]], percentile: float) -> Any:

@@ -46,6 +46,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from fluxir.compat.accelerate import pre_forward
+from fluxir.compat.diffusers import checkpointed
 from fluxir.config import Rule, check_fields
 from fluxir.io import atomic_directory, local_fs
 
@@ -394,14 +396,14 @@ def freeze_flux(flux: nn.Module) -> None:
 
 
 # Adapted from the block loop of diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward
-# (diffusers 0.42.1); flux._gradient_checkpointing_func is the model's own (set by enable_gradient_checkpointing).
+# (diffusers 0.42.1); ``checkpointed`` calls the model's own checkpointing (set by enable_gradient_checkpointing).
 def _run_block(flux: nn.Module, block: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor,
                temb: Tensor, image_rotary_emb: tuple[Tensor, Tensor],
                joint_attention_kwargs: dict | None) -> tuple[Tensor, Tensor]:
     """One Flux block, checkpointed when flux.enable_gradient_checkpointing() was called (as diffusers does)."""
     if torch.is_grad_enabled() and flux.gradient_checkpointing:
-        return flux._gradient_checkpointing_func(
-            block, hidden_states, encoder_hidden_states, temb, image_rotary_emb, joint_attention_kwargs)
+        return checkpointed(flux, block, hidden_states, encoder_hidden_states, temb, image_rotary_emb,
+                            joint_attention_kwargs)
     return block(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
                  image_rotary_emb=image_rotary_emb, joint_attention_kwargs=joint_attention_kwargs)
 
@@ -450,8 +452,7 @@ def controlled_flux_forward(
         scale_lora_layers(flux, lora_scale)
     # flux.forward is never called here, so fire its accelerate hook (model CPU offload moves the
     # transformer to its execution device) the way diffusers' apply_forward_hook does for vae.encode.
-    if hasattr(flux, "_hf_hook") and hasattr(flux._hf_hook, "pre_forward"):
-        flux._hf_hook.pre_forward(flux)
+    pre_forward(flux)
     try:
         x = flux.x_embedder(hidden_states)  # (B, N, c)
         t = timestep.to(x.dtype) * 1000

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, FluxPipeline, FluxTransformer2DModel
+from diffusers import AutoencoderKL, DiffusionPipeline, FluxTransformer2DModel
 from torch import Tensor
+
+from fluxir.compat.diffusers import latent_image_ids
 
 CONFIGS = resources.files("fluxir") / "configs"
 
@@ -233,5 +235,4 @@ def unpack(x: Tensor, h: int, w: int) -> Tensor:
 
 def image_ids(grid_h: int, grid_w: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
     """Flux's rope positions (grid_h * grid_w, 3) of a (grid_h, grid_w) token grid (an (2 grid_h, 2 grid_w) latent)."""
-    # A private static method of FluxPipeline: diffusers 0.42.1 has no public equivalent; it needs no instance.
-    return FluxPipeline._prepare_latent_image_ids(None, grid_h, grid_w, device, dtype)
+    return latent_image_ids(grid_h, grid_w, device, dtype)

@@ -128,7 +128,7 @@ class ControlNetRestorer:
         """Load Flux (``cfg.model``) and the ControlNet, encode the empty prompt, build the pipeline."""
         from diffusers import FluxControlNetPipeline
 
-        from fluxir.fluxgen.generate import PromptEncoder
+        from fluxir.models.prompts import PromptEncoder
 
         device = resolve_device(cfg.device)
         flux = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fluxir.compat import import_basicsr
+from fluxir.compat.basicsr import import_basicsr
 from fluxir.config import Rule, config_from_params
 from fluxir.io import sha256_file
 from fluxir.models.flux import resolve_device

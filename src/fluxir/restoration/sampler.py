@@ -62,7 +62,7 @@ from PIL import Image
 from torch import Tensor
 
 from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
-from fluxir.fluxgen.generate import PromptEncoder
+from fluxir.models.prompts import PromptEncoder
 from fluxir.models.adapter import (
     FluxIRConfig,
     check_compatible,

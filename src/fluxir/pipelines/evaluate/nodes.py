@@ -3,7 +3,7 @@
 Benchmarks are prepared from downloaded files (``fluxir.evaluation.testsets``), restored by every method of
 ``evaluate.methods`` (FluxIR with the trained adapter, bicubic, and the public restorers Real-ESRGAN and a Flux
 ControlNet upscaler, ``fluxir.restoration``), joined by any baseline outputs a user drops into
-``data/01_raw/baselines``, scored with pyiqa (``fluxir.fluxgen.iqa``) and reported (``fluxir.evaluation.report``).
+``data/01_raw/baselines``, scored with pyiqa (``fluxir.iqa``) and reported (``fluxir.evaluation.report``).
 Heavy modules are imported inside the nodes, so building the pipeline stays light.
 """
 

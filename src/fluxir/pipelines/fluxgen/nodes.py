@@ -31,7 +31,7 @@ def score_images(generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any]) 
 
     Returns the manifest columns plus one column per metric and the scorers' version info.
     """
-    from fluxir.fluxgen import iqa as iqa_lib
+    from fluxir import iqa as iqa_lib
     from fluxir.fluxgen.score import merge_scores, metrics_key, score_into_parts, score_versions
     from fluxir.models.flux import resolve_device
 
@@ -53,7 +53,7 @@ def select_by_iqa(scores: pd.DataFrame, metrics: list[Any], percentile: float) -
     Returns (table with ``keep`` and the thresholds used, MLflow metrics, histogram figure). Metric keys go
     through ``fluxir.tracking.mlflow_key`` (``threshold.clipiqa+_vitL14_512`` -> ``threshold.clipiqaplus_vitL14_512``).
     """
-    from fluxir.fluxgen.iqa import MetricSpec
+    from fluxir.iqa import MetricSpec
     from fluxir.fluxgen.select import histograms_with_cuts, percentile_cuts
     from fluxir.tracking import mlflow_metric_values
 

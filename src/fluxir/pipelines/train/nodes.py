@@ -17,7 +17,7 @@ def train_adapter(pairs_manifest: pd.DataFrame, train: dict[str, Any]) -> tuple[
 
     Resumes from the newest checkpoint of the same settings; logs to the active MLflow run.
     """
-    from fluxir.training import train as run_training
+    from fluxir.training.loop import train as run_training
 
     result = run_training(train, pairs_manifest)
     return result.adapter, result.history
@@ -25,6 +25,6 @@ def train_adapter(pairs_manifest: pd.DataFrame, train: dict[str, Any]) -> tuple[
 
 def plot_loss_curves(history: pd.DataFrame) -> Figure:
     """Total, MSE (Eq. 8) and pixel (Eq. 9) loss per step with a moving average, and the learning rate."""
-    from fluxir.training_records import loss_curves_figure
+    from fluxir.training.validation import loss_curves_figure
 
     return loss_curves_figure(history)

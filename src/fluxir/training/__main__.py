@@ -1,6 +1,6 @@
 """``python -m fluxir.training`` / ``accelerate launch -m fluxir.training``: train outside ``kedro run``.
 
-Reads the same Kedro configuration and catalog as the ``train`` pipeline, runs ``fluxir.training.train``
+Reads the same Kedro configuration and catalog as the ``train`` pipeline, runs ``fluxir.training.loop.train``
 on every process of the launch, and (rank 0 only) logs to MLflow and saves the adapter.
 """
 
@@ -18,8 +18,9 @@ from kedro.config import MissingConfigException
 from fluxir.config import cli_parser, config_loader, load_catalog, load_params
 from fluxir.models.flux import accelerate_cpu
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
-from fluxir.training import TrainConfig, configure_cuda_allocator, train
-from fluxir.training_records import weights_digest
+from fluxir.training.checkpoints import weights_digest
+from fluxir.training.config import TrainConfig
+from fluxir.training.loop import configure_cuda_allocator, train
 
 
 def _mlflow_settings(env: str) -> dict[str, Any]:

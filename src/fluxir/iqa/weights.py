@@ -4,7 +4,7 @@ The weight home is a TORCH_HOME-like folder (``iqa.weights_dir``) holding the re
 their published names: ``hub/pyiqa`` (pyiqa's checkpoints, URL basenames so ``+`` stays ``%2B``),
 ``hub/clip`` (OpenAI's CLIP TorchScript archives) and ``hub/checkpoints`` (torchvision backbones).
 Every file of a described metric is resolved here and handed to pyiqa explicitly; nothing is ever
-downloaded (:func:`no_downloads` turns any attempt into a ``FileNotFoundError`` naming file and URL).
+downloaded (``fluxir.compat.pyiqa.no_downloads`` turns any attempt into a ``FileNotFoundError`` naming file and URL).
 
 Checkpoints are loaded by :func:`load_checkpoint`, which compares the file's keys and shapes with the
 architecture pyiqa built and names the file and the first differing keys, instead of pyiqa's own
@@ -19,22 +19,19 @@ Only the standard library is imported at module level: kedro pipeline modules re
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fluxir.io import sha256_file
 
-if TYPE_CHECKING:  # only for annotations: iqa imports this module, never the other way round
-    from fluxir.fluxgen.iqa import MetricSpec
+from fluxir.iqa.specs import MetricSpec, parse_all, pyiqa_configs
 
 log = logging.getLogger(__name__)
 
@@ -84,27 +81,7 @@ class _Settings:
 _settings = _Settings()
 
 
-# ----------------------------------------------------------------------------- pyiqa's metric table
-
-
-@lru_cache(maxsize=1)
-def pyiqa_configs() -> dict[str, dict[str, Any]]:
-    """pyiqa's DEFAULT_CONFIGS, read without importing pyiqa when it is not loaded yet.
-
-    Importing pyiqa fixes its weight directory and takes seconds; its config module is plain data.
-    """
-    if "pyiqa" in sys.modules:
-        from pyiqa.default_model_configs import DEFAULT_CONFIGS
-
-        return dict(DEFAULT_CONFIGS)
-    found = importlib.util.find_spec("pyiqa")
-    if found is None or not found.submodule_search_locations:
-        raise ModuleNotFoundError("pyiqa is not installed (pip install 'pyiqa>=0.1.16,<0.2')")
-    path = Path(next(iter(found.submodule_search_locations))) / "default_model_configs.py"
-    module_spec = importlib.util.spec_from_file_location("_fluxir_pyiqa_default_configs", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return dict(module.DEFAULT_CONFIGS)
+# ----------------------------------------------------------------------------- metric options
 
 
 def metric_options(spec: MetricSpec) -> dict[str, Any]:
@@ -164,7 +141,7 @@ def configure_weights(weights_dir: str | os.PathLike | None, trust_files: bool =
         if current != wanted:
             raise RuntimeError(
                 f"pyiqa was already imported with weight folder {current}; iqa.weights_dir={str(weights_dir)!r} "
-                f"needs {wanted}. Call fluxir.fluxgen.iqa.configure_weights before anything imports pyiqa "
+                f"needs {wanted}. Call fluxir.iqa.configure_weights before anything imports pyiqa "
                 f"(or set TORCH_HOME={home} in the environment)."
             )
     os.environ["TORCH_HOME"] = str(home)  # torchvision and CLIP read it at load time, pyiqa at import
@@ -397,62 +374,18 @@ def load_prompt_tensor(net: Any, path: Path) -> None:
     net.prompt_learner.ctx.data = ctx.to(net.prompt_learner.ctx)
 
 
-@contextmanager
-def no_downloads(metric: str) -> Iterator[None]:
-    """Turn any download pyiqa, torchvision or CLIP would start into our clear FileNotFoundError."""
-    import torch.hub
-    from pyiqa.archs import clip_model
-    from pyiqa.utils import download_util
-
-    def refuse(url: str, dst: str, *args: Any, **kwargs: Any) -> None:
-        # both callers pass the final cache path as dst
-        raise FileNotFoundError(
-            f"{metric} needs {Path(dst).name} in {Path(dst).parent} (or set iqa.weights_dir); "
-            f"download from {url}. Nothing is downloaded at run time."
-        )
-
-    real_clip = clip_model._download
-
-    def clip_download(url: str, root: str) -> str:
-        target = Path(root) / os.path.basename(url)
-        if target.is_file():  # the real function re-downloads on a bad checksum, so check it here
-            if file_sha256(target) == url.split("/")[-2]:
-                return str(target)
-            raise FileNotFoundError(f"{metric}: {target} has the wrong SHA-256; replace it with {url}")
-        return refuse(url, str(target))
-
-    saved = (download_util.download_url_to_file, torch.hub.download_url_to_file)
-    download_util.download_url_to_file = refuse
-    torch.hub.download_url_to_file = refuse
-    clip_model._download = clip_download
-    try:
-        yield
-    finally:
-        download_util.download_url_to_file, torch.hub.download_url_to_file = saved
-        clip_model._download = real_clip
+# ----------------------------------------------------------------------------- checks before building
 
 
-@contextmanager
-def maniqa_backbone_from_checkpoint() -> Iterator[None]:
-    """Build MANIQA's timm ViT without ImageNet weights (pyiqa hard-codes pretrained=True).
+def required_weight_files(spec: str | Mapping[str, Any] | MetricSpec) -> list[Path]:
+    """Files this metric needs offline, under the configured weight home; empty for weight-free ones.
 
-    The MANIQA checkpoint is loaded with strict=True and holds every ViT weight, so the ImageNet ones
-    (a Hugging Face download) would be overwritten anyway.
+    Metrics outside this module's table also return ``[]`` (nothing known to check up front); building
+    them still never downloads: a missing file raises at :func:`create_metrics`.
     """
-    from pyiqa.archs import maniqa_arch
+    return [need.path for need in needs(MetricSpec.parse(spec))]
 
-    real = maniqa_arch.timm
 
-    class _Timm:
-        def __getattr__(self, attr: str) -> Any:
-            return getattr(real, attr)
-
-        @staticmethod
-        def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> Any:
-            return real.create_model(model_name, pretrained=False, **kwargs)
-
-    maniqa_arch.timm = _Timm()
-    try:
-        yield
-    finally:
-        maniqa_arch.timm = real
+def check_weights(specs: Any) -> None:
+    """Raise one FileNotFoundError listing every missing weight file of ``specs``, where to put it, and its URL."""
+    check_files(parse_all(specs))

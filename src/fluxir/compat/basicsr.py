@@ -14,6 +14,11 @@ import importlib
 import sys
 from types import ModuleType
 
+from fluxir.compat import require
+
+require("basicsr", "==1.4.2", __name__)
+require("torchvision", ">=0.17,<0.30", __name__)  # where the renamed _functional_tensor is checked to exist
+
 _OLD = "torchvision.transforms.functional_tensor"
 
 

@@ -6,7 +6,7 @@ non-loopback connection blocked (``no_network``), ``kedro run --pipeline=fluxgen
 ``clipiqa+_rn50_512`` / ``maniqa-pipal`` / ``musiq`` and ``--pipeline=evaluate`` with pretrained
 ``lpips``: they must read those files and try no download. Scores of random weights mean nothing;
 these tests prove file layouts and loaders only. ``clipiqa+_vitL14_512`` (a ~0.9 GB ViT-L/14 archive)
-is opt-in: ``pytest -m slow tests/fluxgen/test_iqa_offline.py``.
+is opt-in: ``pytest -m slow tests/iqa/test_iqa_offline.py``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_fixture_files_have_the_published_names_and_containers(weight_home):
-    from fluxir.fluxgen import iqa_weights as w
+    from fluxir.iqa import weights as w
 
     hub = weight_home / "hub"
     expected = {hub / "clip" / "RN50.pt", hub / "checkpoints" / "alexnet-owt-7be5be79.pth",
@@ -143,7 +143,7 @@ def test_a_file_with_a_wrong_key_is_named_with_the_key(weight_home, tmp_path, no
     (pyiqa_dir / "MANIQA_PIPAL-ae6d356b.pth").write_bytes(b"PK\x03\x04 truncated download")
     result = _python(f"""
         import numpy as np
-        from fluxir.fluxgen import iqa
+        from fluxir import iqa
         iqa.configure_weights({str(home)!r}, trust_files=True)
         image = [np.full((64, 64, 3), 128, np.uint8)]
         for specs, score in ((["musiq"], iqa.score_no_reference), (["maniqa-pipal"], iqa.score_no_reference),
@@ -172,7 +172,7 @@ def test_a_clip_archive_with_a_wrong_key_or_hash_is_named(weight_home, tmp_path,
     clip_file.unlink()  # a hard link: never write through to the shared fixture
     _fixture_module().archive_from_state_dict(state, clip_file)
     result = _python(f"""
-        from fluxir.fluxgen import iqa
+        from fluxir import iqa
         iqa.configure_weights({str(home)!r})
         try:
             iqa.create_metrics(["clipiqa+_rn50_512"])
@@ -192,13 +192,13 @@ def test_a_clip_archive_with_a_wrong_key_or_hash_is_named(weight_home, tmp_path,
 
 @pytest.mark.slow
 def test_clipiqa_vitl14_scores_offline(tmp_path, no_network):
-    """Opt-in (writes ~0.9 GB): pytest -m slow tests/fluxgen/test_iqa_offline.py"""
+    """Opt-in (writes ~0.9 GB): pytest -m slow tests/iqa/test_iqa_offline.py"""
     module = _fixture_module()
     home = tmp_path / "home"
     module.write_clip_and_prompts(home, "ViT-L/14")
     result = _python(f"""
         import numpy as np
-        from fluxir.fluxgen import iqa
+        from fluxir import iqa
         iqa.configure_weights({str(home)!r}, trust_files=True)
         scores = iqa.score_no_reference([np.full((224, 224, 3), 100, np.uint8)], ["clipiqa+_vitL14_512"], progress=False)
         print("SCORE", float(scores["clipiqa+_vitL14_512"][0]))

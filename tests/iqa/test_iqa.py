@@ -1,4 +1,4 @@
-"""fluxir.fluxgen.iqa: real pyiqa code on tiny inputs (weight-free and seeded random-weight metrics), no downloads.
+"""fluxir.iqa: real pyiqa code on tiny inputs (weight-free and seeded random-weight metrics), no downloads.
 
 Scenarios that need pyiqa imported with another weight folder run in a subprocess: pyiqa fixes its
 folder at import, and this test process has imported it already.
@@ -21,7 +21,8 @@ from PIL import Image, ImageFilter
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from fluxir.fluxgen import iqa, iqa_weights
+from fluxir import iqa
+from fluxir.iqa import weights as iqa_weights
 from conftest import REPO
 
 
@@ -131,7 +132,7 @@ def test_module_import_is_light():
     result = _run_python(
         """
         import sys
-        from fluxir.fluxgen import iqa
+        from fluxir import iqa
         spec = iqa.MetricSpec.parse({"name": "musiq", "pretrained": False})
         assert iqa.lower_is_better("piqe") and not iqa.lower_is_better(spec)
         assert iqa.required_weight_files("maniqa-pipal")
@@ -196,7 +197,7 @@ def test_missing_weights_one_error_before_any_scoring(tmp_path):
     """Empty weights_dir: one FileNotFoundError listing every file, its folder and URL; images untouched."""
     result = _run_python(
         f"""
-        from fluxir.fluxgen import iqa
+        from fluxir import iqa
         folder = iqa.configure_weights({str(tmp_path)!r})
         print("FOLDER", folder)
 
@@ -238,7 +239,7 @@ def test_undescribed_metric_download_is_refused(tmp_path):
     """A metric outside the table (brisque) still never downloads: our error names its file and folder."""
     result = _run_python(
         f"""
-        from fluxir.fluxgen import iqa
+        from fluxir import iqa
         iqa.configure_weights({str(tmp_path)!r})
         iqa.check_weights(["brisque"])  # nothing known to check: passes with a warning
         try:
@@ -281,7 +282,7 @@ def test_pretrained_path_loads_weights_from_weights_dir(tmp_path, photos):
         f"""
         import json, numpy as np, torch
         torch.set_num_threads(1)
-        from fluxir.fluxgen import iqa
+        from fluxir import iqa
         iqa.configure_weights({str(tmp_path)!r})
         scores = iqa.score_no_reference(list(np.load({str(tmp_path / 'imgs.npy')!r})), ["musiq"], progress=False)
         print(json.dumps(scores["musiq"].tolist()))

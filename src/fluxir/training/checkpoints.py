@@ -1,0 +1,79 @@
+"""Training checkpoints (adapter + optimizer + scheduler + RNG + step + history) and weight digests.
+
+Rank 0 writes ``<run_dir>/step_<8 digits>`` through a temporary folder renamed into place, so a run
+killed while writing never leaves a half checkpoint under a final name; the newest ``keep`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fluxir.io import atomic_directory, hash_tensors
+from fluxir.models.adapter import FluxIRAdapter, load_adapter, save_adapter
+
+
+CHECKPOINT_PREFIX = "step_"
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (final names only; temporary folders are ignored), oldest first."""
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for p in run_dir.iterdir():
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit():
+            found.append((int(p.name[len(CHECKPOINT_PREFIX):]), p))
+    return sorted(found)
+
+
+def save_checkpoint(run_dir: Path, step: int, adapter: FluxIRAdapter, optimizer: Any, scheduler: Any,
+                    history: list[dict[str, Any]], extra: dict[str, Any], keep: int) -> Path:
+    """Write adapter + optimizer + scheduler + RNG + step + history atomically; keep the newest ``keep``."""
+    final = checkpoint_path(run_dir, step)
+    # The same step written again: the complete old one stays until the new one is in place.
+    with atomic_directory(final) as tmp_name:
+        tmp = Path(tmp_name)
+        save_adapter(adapter, tmp / "adapter")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra, "history": history}, indent=1))
+    for _, old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, adapter: FluxIRAdapter, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Restore a checkpoint into the given objects; returns its trainer state (step, history, ...)."""
+    saved = load_adapter(path / "adapter", device=next(adapter.parameters()).device, dtype=torch.float32)
+    adapter.load_state_dict(saved.state_dict())
+    device = next(adapter.parameters()).device
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+def weights_digest(adapter: nn.Module) -> str:
+    """sha256 of the adapter's weights (to compare processes)."""
+    return hash_tensors(adapter.state_dict()).hexdigest()

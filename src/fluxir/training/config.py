@@ -1,0 +1,142 @@
+"""FluxIR training settings (``train.*`` in conf/base/parameters_train.yml): fields, checks, run key."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+from fluxir.config import Rule, check_fields, reject_unknown_keys
+from fluxir.io import hash_json
+
+TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
+PIXEL_LOSS_FORMS = ("paper", "x0")
+
+# Fields that do not change what is learned: excluded from the run key, so changing them (or raising
+# max_steps to train longer) resumes the same run instead of starting a new one. batch_size is one:
+# the global batch and every sample's randomness are the same however it is split (see ``batch_plan``).
+_NON_SEMANTIC = (
+    "max_steps", "checkpoint_every", "keep_checkpoints", "resume", "log_every", "validate_every",
+    "validation_steps", "cache_latents", "latent_cache_dir", "checkpoint_dir", "device", "progress",
+    "decoder_gradient_checkpointing", "gradient_checkpointing", "batch_size",
+)
+_FLOAT_FIELDS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                 "timestep_eps", "logit_normal_mean", "logit_normal_std", "pixel_loss_weight")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration
+
+
+TRAIN_RULES = (
+    *(Rule(name, "int_at_least", 1) for name in (
+        "max_steps", "global_batch", "batch_size", "max_sequence_length", "lq_scale",
+        "validation_steps", "validate_every", "log_every", "checkpoint_every", "keep_checkpoints")),
+    *(Rule(name, "int_at_least", 0) for name in ("lr_warmup_steps", "num_validation_pairs", "seed")),
+    Rule("timestep_sampler", "choice", TIMESTEP_SAMPLERS,
+         must="'clamped_uniform' (paper Eq. 5-6) or 'logit_normal' (SD3, the Table 3 ablation)"),
+    Rule("timestep_eps", "number_in", (0, 1), must="in [0, 1) (paper: 0.05)"),
+    Rule("logit_normal_std", "positive_number", must="> 0 (SD3: 1.0)"),
+    Rule("learning_rate", "positive_number", must="> 0 (paper: 1e-5)"),
+    Rule("pixel_loss_weight", "number_at_least", 0, must=">= 0 (alpha of Eq. 10, paper: 1)"),
+    Rule("pixel_loss_form", "choice", PIXEL_LOSS_FORMS,
+         must="'paper' (Eq. 9 as written: V_d(z_0 + t v_p) vs V_d(z_t)) or 'x0' (V_d(z_t - t v_p) vs V_d(z_0))"),
+    Rule("pixel_loss_crop", "multiple_of", 8, nullable=True,
+         must="null or a positive multiple of 8 (pixels; the VAE downsamples by 8)"),
+    Rule("max_grad_norm", "positive_number", nullable=True, must="null or > 0"),
+    Rule("mixed_precision", "choice", ("no", "bf16"), must="'no' or 'bf16' (paper: bf16)"),
+    Rule("dtype", "choice", ("float32", "bfloat16", "float16"), must="float32, bfloat16 or float16"),
+)
+
+
+@dataclass
+class TrainConfig:
+    """Parameters ``train.*`` (conf/base/parameters_train.yml documents each)."""
+
+    model: str = "black-forest-labs/FLUX.1-dev"
+    dtype: str = "bfloat16"  # frozen Flux + VAE weights; the adapter's master weights are float32
+    mixed_precision: str = "bf16"  # accelerate autocast: "bf16" or "no"
+    device: str = "auto"  # auto: accelerate's device (cuda if present); "cpu" forces CPU
+    seed: int = 0
+    max_steps: int = 48_000  # optimizer steps: the paper's 14 GPU-days at 40% MFU (parameters_train.yml)
+    global_batch: int = 64  # pairs per optimizer step, over all processes (paper Sec. 4.1: 64)
+    batch_size: int = 1  # per process and micro-step: what fits in memory; accumulation makes up the rest
+    learning_rate: float = 1e-5  # paper Sec. 4.1
+    weight_decay: float = 0.01  # torch's AdamW default (the paper does not say)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lr_warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0  # None: no clipping (the norm is still checked and logged)
+    timestep_sampler: str = "clamped_uniform"  # Eq. 5-6; "logit_normal" is SD3's (Table 3 ablation)
+    timestep_eps: float = 0.05  # epsilon of Eq. 6
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = 1.0
+    pixel_loss_weight: float = 1.0  # alpha of Eq. 10; 0 switches L_P (and its decoder passes) off
+    pixel_loss_form: str = "paper"  # Eq. 9 as written ("paper") or its clean-estimate reading ("x0")
+    pixel_loss_crop: int | None = None  # decode a random crop of this many pixels square (multiple of 8)
+    decoder_gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True  # Flux blocks and the adapter block
+    adapter: dict[str, Any] = field(default_factory=dict)  # FluxIRConfig overrides, e.g. {rank: 32, guidance: 4.0}
+    max_sequence_length: int = 512  # T5 tokens of the (empty) training prompt
+    lq_scale: int = 4
+    num_validation_pairs: int = 4  # held out of training, restored every validate_every steps
+    validation_steps: int = 20  # sampling steps of the validation restorations (paper: 20)
+    validate_every: int = 2000
+    log_every: int = 10
+    cache_latents: bool = True
+    latent_cache_dir: str = "data/05_model_input/latent_cache"
+    checkpoint_dir: str = "data/06_models/train_checkpoints"
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    resume: bool = True
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
+        """Build and validate from a ``train`` parameters dict; unknown keys and bad values raise ValueError."""
+        if "gradient_accumulation_steps" in params or "guidance" in params:
+            raise ValueError("train.gradient_accumulation_steps and train.guidance are no longer parameters: set "
+                             "train.global_batch (accumulation = global_batch / (batch_size x processes)) and "
+                             "train.adapter.guidance (saved with the adapter; restoration uses it); docs/training.md")
+        reject_unknown_keys(params, cls, "train parameter(s)")
+        params = dict(params)
+        if params.get("mixed_precision") is False:  # YAML 1.1 reads an unquoted `no` as false
+            params["mixed_precision"] = "no"
+        for name in _FLOAT_FIELDS:  # YAML 1.1 reads `1e-5` (no dot) as a string
+            if isinstance(params.get(name), str):
+                try:
+                    params[name] = float(params[name])
+                except ValueError:
+                    raise ValueError(f"train.{name} must be a number, got {params[name]!r}") from None
+        cfg = cls(**{**params, "adapter": dict(params.get("adapter") or {})})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        check_fields(self, TRAIN_RULES, "train.")
+        if self.global_batch % self.batch_size:
+            raise ValueError(f"train.global_batch={self.global_batch} is not a multiple of train.batch_size="
+                             f"{self.batch_size}: choose a batch_size that divides it")
+
+    def run_key(self, data_key: str) -> str:
+        """Hash of everything that changes what is learned: the checkpoint sub-folder of this run."""
+        semantic = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NON_SEMANTIC}
+        return hash_json({"config": semantic, "data": data_key})
+
+
+def accumulation_steps(global_batch: int, batch_size: int, num_processes: int) -> int:
+    """Micro-steps per optimizer step so that batch_size x num_processes x accumulation = global_batch exactly.
+
+    The paper's 64 on 4 GPUs at batch_size 1 accumulates 16 micro-steps, on 8 GPUs 8; ValueError (listing the
+    batch sizes that work) when no whole number of micro-steps gives the global batch.
+    """
+    per_micro_step = batch_size * num_processes
+    if global_batch % per_micro_step == 0:
+        return global_batch // per_micro_step
+    fitting = [b for b in range(1, global_batch + 1) if global_batch % (b * num_processes) == 0]
+    fix = (f"use train.batch_size in {fitting}" if fitting else
+           f"use a number of processes that divides {global_batch}, or change train.global_batch")
+    raise ValueError(f"train.global_batch={global_batch} cannot be split into train.batch_size={batch_size} x "
+                     f"{num_processes} process(es) x whole accumulation steps ({global_batch} is not a multiple of "
+                     f"{per_micro_step}): {fix}")

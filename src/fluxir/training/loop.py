@@ -1,0 +1,323 @@
+"""The FluxIR training loop (paper Sec. 3.3): start or resume a run, optimizer steps, bookkeeping.
+
+The story of one step is told in :mod:`fluxir.training`; this module runs it under ``accelerate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import mlflow
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs
+from torch import nn
+
+from fluxir.config import flatten_dict
+from fluxir.models.adapter import (
+    FluxIRAdapter,
+    count_parameters,
+)
+from fluxir.models.flux import accelerate_cpu
+from fluxir.progress import progress as progress_bar
+from fluxir.tracking import log_new_params, mlflow_key
+from fluxir.training.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from fluxir.training.config import TrainConfig, accumulation_steps
+from fluxir.training.data import DataOrder, LatentCache, PairTable, pair_gaussians, vae_identity
+from fluxir.training.loss import flow_matching_loss, make_micro_batch, sample_seed
+from fluxir.training.models import ControlledFlux, Models, build_adapter, load_models
+from fluxir.training.validation import validation_grid
+
+logger = logging.getLogger(__name__)
+
+def peak_memory_mb(device: torch.device | str) -> float:
+    """Peak memory of this process: CUDA max allocated on GPU, peak RSS on CPU (MiB)."""
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class MlflowLogger:
+    """Logs to the active MLflow run (kedro-mlflow's, or the CLI's) on the main process; no-op otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.run = None
+        if enabled:
+            self.run = mlflow.active_run()
+
+    def params(self, params: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        log_new_params(params)  # kedro-mlflow logged params:train already
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.run is not None:
+            mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=step)
+
+    def image(self, image: np.ndarray, name: str) -> None:
+        if self.run is not None:
+            mlflow.log_image(image, artifact_file=name)
+
+
+@dataclass
+class TrainResult:
+    adapter: FluxIRAdapter  # the trained FluxIRAdapter (unwrapped, float32)
+    history: pd.DataFrame  # one row per optimizer step: step, loss, loss_mse, loss_pixel, lr, grad_norm, ...
+    run_dir: Path  # checkpoint folder of this run (checkpoint_dir/<run key>)
+    resumed_from: int  # step of the checkpoint it resumed from (0: fresh start)
+
+
+@dataclass
+class TrainingRun:
+    """Everything one process holds during training: settings, data, models, optimiser and the history."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    accumulation: int  # micro-steps per optimizer step: global_batch = batch_size x processes x accumulation
+    pairs: PairTable
+    train_idx: list[int]
+    val_idx: list[int]
+    order: DataOrder  # step -> the global batch's pair indices
+    models: Models
+    cache: LatentCache
+    model: nn.Module  # ControlledFlux, prepared by accelerate (DDP on several processes)
+    optimizer: Any
+    scheduler: Any
+    run_dir: Path
+    run_key: str
+    start: int  # step resumed from (0: fresh)
+    history: list[dict[str, Any]]
+    log: MlflowLogger
+
+    @property
+    def adapter(self) -> FluxIRAdapter:
+        return self.accelerator.unwrap_model(self.model).adapter
+
+
+def configure_cuda_allocator() -> None:
+    """``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` unless the user set it: the three aspect buckets'
+    activation shapes would otherwise fragment the caching allocator. Read when CUDA first allocates, so
+    this must run before that (the command line calls it first thing)."""
+    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
+        return
+    if torch.cuda.is_initialized():
+        logger.warning("CUDA is already initialised: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True cannot take "
+                       "effect now; set it in the environment before starting the process")
+        return
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+
+
+def ddp_kwargs(accumulation: int) -> DistributedDataParallelKwargs:
+    """DDP settings: gradients are views into the all-reduce buckets (no second copy of them); the graph is
+    static (the same adapter parameters get a gradient every step) when no micro-step runs under no_sync."""
+    return DistributedDataParallelKwargs(gradient_as_bucket_view=True, static_graph=accumulation == 1)
+
+
+def make_optimizer(params: Any, cfg: TrainConfig, device: torch.device | str) -> torch.optim.AdamW:
+    """AdamW of Sec. 4.1; on CUDA fused (one kernel per step for every tensor instead of a loop over them)."""
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                             fused=torch.device(device).type == "cuda")
+
+
+def _lr_lambda(warmup: int) -> Callable[[int], float]:
+    return lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _clear_run_dir(run_dir: Path, resume: bool) -> None:
+    """Drop leftovers of a run killed while writing a checkpoint; with resume off, every old checkpoint."""
+    for leftover in run_dir.glob(".tmp-*") if run_dir.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
+    if not resume and list_checkpoints(run_dir):
+        logger.warning("train.resume is false: deleting the checkpoints in %s and starting over", run_dir)
+        for _, path in list_checkpoints(run_dir):
+            shutil.rmtree(path)
+
+
+def start_run(cfg: TrainConfig, manifest: pd.DataFrame) -> TrainingRun:
+    """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process."""
+    configure_cuda_allocator()
+    processes = PartialState(cpu=accelerate_cpu(cfg.device)).num_processes
+    accumulation = accumulation_steps(cfg.global_batch, cfg.batch_size, processes)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=accelerate_cpu(cfg.device),
+                              kwargs_handlers=[ddp_kwargs(accumulation)])
+
+    # 1. Data: pairs, buckets, held-out validation pairs, the (seed, step) -> global batch order.
+    pairs = PairTable.from_manifest(manifest, cfg.lq_scale)
+    train_idx, val_idx = pairs.split(cfg.num_validation_pairs)
+    order = DataOrder(pairs.buckets(train_idx), cfg.global_batch, cfg.seed)
+
+    # 2. Models: frozen Flux + VAE, the empty prompt, the trainable adapter, AdamW, constant lr + warm-up.
+    models = load_models(cfg, accelerator.device)
+    cache = LatentCache(cfg.latent_cache_dir if cfg.cache_latents else None, vae_identity(models.vae))
+    adapter = build_adapter(cfg, models).to(accelerator.device)
+    optimizer = make_optimizer(adapter.parameters(), cfg, accelerator.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.lr_warmup_steps))
+
+    # 3. Resume from the newest checkpoint of this run (same settings, same data), if any.
+    run_key = cfg.run_key(pairs.data_key())
+    run_dir = Path(cfg.checkpoint_dir) / run_key
+    if accelerator.is_main_process:
+        _clear_run_dir(run_dir, cfg.resume)
+    accelerator.wait_for_everyone()
+    found = list_checkpoints(run_dir) if cfg.resume else []
+    start, history = 0, []
+    if found:
+        state = load_checkpoint(found[-1][1], adapter, optimizer, scheduler)
+        start, history = state["step"], state["history"][: state["step"]]
+        logger.info("resuming from %s (step %d)", found[-1][1], start)
+    model, optimizer = accelerator.prepare(ControlledFlux(models.flux, adapter), optimizer)  # the scheduler is stepped by hand
+    return TrainingRun(cfg, accelerator, accumulation, pairs, train_idx, val_idx, order, models, cache, model,
+                       optimizer, scheduler, run_dir, run_key, start, history, MlflowLogger(accelerator.is_main_process))
+
+
+def log_run_params(run: TrainingRun) -> None:
+    """The settings, the derived batch split and the data as MLflow parameters, and one log line."""
+    cfg, world = run.cfg, run.accelerator.num_processes
+    sizes = {f"{w}x{h}": len(v) for (w, h), v in sorted(run.order.buckets.items())}
+    run.log.params({**flatten_dict(dataclasses.asdict(cfg), "train."), **flatten_dict({
+        "num_processes": world, "gradient_accumulation_steps": run.accumulation,
+        "num_train_pairs": len(run.train_idx), "num_validation_pairs": len(run.val_idx), "buckets": json.dumps(sizes),
+        "adapter_parameters": count_parameters(run.adapter), "adapter_guidance": run.adapter.config.guidance,
+        "run_key": run.run_key, "resumed_from_step": run.start,
+    }, "train_run.")})
+    if run.accelerator.is_main_process:
+        logger.info("training %s: %d pairs in buckets %s, global batch %d = %d per process x %d process(es) x %d "
+                    "accumulation, steps %d -> %d, checkpoints in %s", cfg.model, len(run.train_idx), sizes,
+                    cfg.global_batch, cfg.batch_size, world, run.accumulation, run.start, cfg.max_steps, run.run_dir)
+        short = {size: n for size, n in sizes.items() if n < cfg.global_batch}
+        if short:  # a batch is drawn from one bucket: a smaller bucket repeats its pairs inside every batch
+            logger.warning("train.global_batch=%d exceeds the training pairs of bucket(s) %s (of %d training pairs): "
+                           "every optimizer step repeats pairs within its batch; generate more images "
+                           "(fluxgen.num_images) or lower train.global_batch", cfg.global_batch, short,
+                           len(run.train_idx))
+
+
+def optimizer_step(run: TrainingRun, step: int) -> dict[str, Any]:
+    """Optimizer step ``step`` (1-based): its global batch over every micro-step and process, then AdamW.
+
+    Sample j of the global batch is trained by process ``(j // batch_size) % processes`` in micro-step
+    ``j // (batch_size x processes)`` with randomness from ``sample_seed(seed, step, j)``: the same
+    samples, noise and t for any split of the global batch. Returns the history row (means over all).
+    """
+    cfg, acc, models = run.cfg, run.accelerator, run.models
+    t0 = time.perf_counter()
+    epoch, batch_ids = run.order.batch(step - 1)
+    parts, seen, ts = [], [], []
+    for k in range(run.accumulation):
+        first = (k * acc.num_processes + acc.process_index) * cfg.batch_size
+        mine = list(range(first, first + cfg.batch_size))  # positions in the global batch
+        gaussians = [pair_gaussians(models.vae, run.cache, run.pairs, batch_ids[j]) for j in mine]
+        batch = make_micro_batch(cfg, models.vae, gaussians, [sample_seed(cfg.seed, step - 1, j) for j in mine])
+        sync = k == run.accumulation - 1
+        with (contextlib.nullcontext() if sync else acc.no_sync(run.model)), acc.autocast():
+            loss, mse, pixel = flow_matching_loss(run.model, models.flux, models.vae, batch, models.prompt_embeds,
+                                                  models.pooled_embeds, cfg)
+            acc.backward(loss / run.accumulation)
+        parts.append(torch.stack([loss.detach().float(), mse.float(), pixel.float()]))
+        seen += [int(run.pairs.rows.image_id[batch_ids[j]]) for j in mine]
+        ts.append(batch.t.detach().float())
+    parts = acc.gather(torch.stack(parts)[None])  # (processes, accumulation, 3): every process sees all
+    trainable = [p for p in run.adapter.parameters() if p.requires_grad]
+    norm = acc.clip_grad_norm_(trainable, cfg.max_grad_norm or float("inf"))  # None under DeepSpeed
+    loss_v, mse_v, pixel_v = (float(x) for x in parts.mean(dim=(0, 1)))
+    grad_norm = float("nan") if norm is None else float(norm)
+    if not torch.isfinite(parts).all() or (norm is not None and not math.isfinite(grad_norm)):
+        raise _non_finite(run, step, f"loss={loss_v}, mse={mse_v}, pixel={pixel_v}, grad_norm={grad_norm}")
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return {"step": step, "loss": loss_v, "loss_mse": mse_v, "loss_pixel": pixel_v,
+            "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "epoch": epoch,
+            "t_mean": float(torch.cat(ts).mean()), "samples_per_s": cfg.global_batch / (time.perf_counter() - t0),
+            "image_ids": seen}
+
+
+def _non_finite(run: TrainingRun, step: int, values: str) -> FloatingPointError:
+    good = list_checkpoints(run.run_dir)
+    where = f"the last good checkpoint is {good[-1][1]} (step {good[-1][0]})" if good else "no checkpoint was written yet"
+    return FloatingPointError(
+        f"non-finite training loss at step {step} ({values}); stopped before the optimizer step, {where}. Lower "
+        f"train.learning_rate (now {run.cfg.learning_rate}) or set train.max_grad_norm, then rerun to resume from "
+        "that checkpoint."
+    )
+
+
+def training_record(run: TrainingRun, step: int) -> dict[str, Any]:
+    """What the adapter carries about its training (saved with it; evaluation reports show it)."""
+    cfg = run.cfg
+    return {"steps": step, "global_batch": cfg.global_batch, "learning_rate": cfg.learning_rate,
+            "timestep_sampler": cfg.timestep_sampler, "pixel_loss_weight": cfg.pixel_loss_weight,
+            "pixel_loss_form": cfg.pixel_loss_form, "run_key": run.run_key, "num_train_pairs": len(run.train_idx)}
+
+
+def bookkeeping(run: TrainingRun, step: int, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """After step ``step``: MLflow metrics (means over ``window``), validation grid, checkpoint, each on its
+    schedule and on the last step. Returns the window still to log."""
+    cfg, main, last = run.cfg, run.accelerator.is_main_process, step == run.cfg.max_steps
+    if main and (step % cfg.log_every == 0 or last):
+        keys = ("loss", "loss_mse", "loss_pixel", "grad_norm", "samples_per_s", "t_mean")
+        mean = {k: float(np.mean([r[k] for r in window])) for k in keys}
+        run.log.metrics({**{f"train/{k}": v for k, v in mean.items()}, "train/lr": window[-1]["lr"],
+                         "train/peak_memory_mb": peak_memory_mb(run.accelerator.device),
+                         "train/epoch": float(window[-1]["epoch"])}, step)
+        window = []
+    if run.log.run is not None and run.val_idx and (step % cfg.validate_every == 0 or last):
+        with run.accelerator.autocast():
+            grid = validation_grid(run.models, run.adapter, run.pairs, run.val_idx, cfg)
+        run.log.image(grid, f"validation/step_{step:08d}.png")
+    run.adapter.training_record = training_record(run, step)
+    if main and (step % cfg.checkpoint_every == 0 or last):
+        extra = {"run_key": run.run_key, "seed": cfg.seed, "num_processes": run.accelerator.num_processes,
+                 "written_by_rank": run.accelerator.process_index, "max_steps": cfg.max_steps}
+        save_checkpoint(run.run_dir, step, run.adapter, run.optimizer, run.scheduler, run.history, extra,
+                        cfg.keep_checkpoints)
+    return window
+
+
+def train(
+    params: dict[str, Any] | TrainConfig,
+    manifest: pd.DataFrame,
+    *,
+    progress: bool = True,
+    step_callback: Callable[[int, FluxIRAdapter, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train a FluxIR adapter on the pairs of ``manifest`` (on every process of an accelerate launch).
+
+    ``step_callback(step, adapter, info)`` runs on every process after each optimizer step (``info``:
+    the pair image ids this process trained on, the epoch). Returns the same ``TrainResult`` everywhere.
+    """
+    cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
+    run = start_run(cfg, manifest)
+    log_run_params(run)
+    main = run.accelerator.is_main_process
+    bar = progress_bar(total=cfg.max_steps, initial=run.start, desc="train", unit="step", disable=not (progress and main))
+    window: list[dict[str, Any]] = []
+    for step in range(run.start + 1, cfg.max_steps + 1):
+        row = optimizer_step(run, step)
+        seen = row.pop("image_ids")
+        run.history.append(row)
+        window.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.2f}")
+        if step_callback is not None:
+            step_callback(step, run.adapter, {"image_ids": seen, "epoch": row["epoch"]})
+        window = bookkeeping(run, step, window)
+    bar.close()
+    run.accelerator.wait_for_everyone()
+    return TrainResult(adapter=run.adapter, history=pd.DataFrame(run.history), run_dir=run.run_dir,
+                       resumed_from=run.start)

@@ -1,0 +1,113 @@
+"""No import circle in src/: a module never imports (directly or through others) a module that imports it.
+
+Read from the source with ``ast``, nothing is imported. Every ``import`` statement counts, also those
+inside functions and under ``if TYPE_CHECKING``: a lazy import only postpones a circle to the first call,
+and an annotation-only one still means the two modules cannot be read one after the other. Importing a
+sub-module runs its package's ``__init__`` first; that is how packages work, not an edge of the graph
+(``from fluxir.iqa import weights`` is an edge to ``fluxir.iqa.weights``, not to ``fluxir.iqa``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+SRC = REPO / "src"
+
+
+def module_names(src: Path) -> dict[str, Path]:
+    names = {}
+    for path in sorted(src.rglob("*.py")):
+        parts = list(path.relative_to(src).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    return names
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The modules of ``modules`` that ``name`` imports anywhere in its file."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: one level is the package itself
+                parents = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parents, base] if base else parents)
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t in modules and t != name}
+    return found
+
+
+def import_graph(src: Path) -> dict[str, set[str]]:
+    modules = module_names(src)
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_finds_a_circle(tmp_path):
+    """The checker itself: a three-module circle through a relative and a function-level import is found."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from pkg.a import x\n")
+    (pkg / "a.py").write_text("from pkg import b\nx = 1\n")
+    (pkg / "b.py").write_text("def f():\n    from .c import y\n")
+    (pkg / "c.py").write_text("import pkg.a\ny = 2\n")
+    (pkg / "d.py").write_text("from pkg.a import x\n")
+    assert circles(import_graph(tmp_path)) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+def test_no_import_circle_in_src():
+    found = circles(import_graph(SRC))
+    assert not found, "import circles in src/ (break each by moving the shared code down a layer):\n" + "\n".join(
+        " <-> ".join(c) for c in found)
+
+
+def test_training_loop_imports_the_rest_and_nothing_imports_it():
+    graph = import_graph(SRC)
+    loop = "fluxir.training.loop"
+    importers = sorted(m for m, deps in graph.items() if loop in deps)
+    assert importers == ["fluxir.pipelines.train.nodes", "fluxir.training.__main__"], importers
+    inside = {m for m in graph if m.startswith("fluxir.training.") and m not in (loop, "fluxir.training.__main__")}
+    assert inside <= graph[loop] | {d for m in graph[loop] for d in graph[m]}
