@@ -11,7 +11,7 @@ adapter at rank 32 and the Flux VAE:
   512 px, MANIQA ViT-B/8 on 20 crops of 224 px, MUSIQ; not counted), at the peak of ``iqa.precision``;
 - degrade: CPU only, seconds per pair measured on one core (``benchmarks/fluxgen_scale.py``) over ``--cpu-cores``;
 - latents: two VAE encodes per pair (HQ and the x4-upsampled LQ), the three buckets in equal shares;
-- train: one training micro-step of ``fluxir.training.flow_matching_loss`` forward and backward (gradient
+- train: one training micro-step of ``fluxir.training.loss.flow_matching_loss`` forward and backward (gradient
   checkpointing's recomputation and L_P's decoder passes included) per sample, the three buckets in equal
   shares, ``train.global_batch`` samples per step;
 - evaluate: ``restore`` at 1024x1024, 20 steps, on the four benchmarks' 1,043 images.
@@ -79,7 +79,9 @@ def flop_counts() -> dict[str, Any]:
     """TFLOP per unit of work of every GPU stage, counted on the meta device."""
     from fluxir.models.adapter import controlled_flux_forward
     from fluxir.models.flux import image_ids
-    from fluxir.training import ControlledFlux, MicroBatch, TrainConfig, flow_matching_loss
+    from fluxir.training.config import TrainConfig
+    from fluxir.training.loss import MicroBatch, flow_matching_loss
+    from fluxir.training.models import ControlledFlux
 
     flux, vae, adapter = _meta_models()
     bf16 = {"device": "meta", "dtype": torch.bfloat16}
