@@ -34,6 +34,7 @@ PNG_BYTES_PER_PIXEL = 2.0
 # What downloads the missing files into the places this check looks (docs/full_scale.md section 1).
 FETCH_IQA = "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only iqa"
 FETCH_BENCHMARKS = "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only benchmarks"
+FETCH_BASELINES = "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only baselines"
 _MODEL_ROLES = {"fluxgen.model": ("fluxgen", "model"), "train.model": ("train", "model"),
                 "restore.model": ("restore", "model"), "evaluate.restore.model": ("evaluate", "restore", "model")}
 
@@ -204,7 +205,7 @@ def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str,
 
     catalog = _catalog(project, env)
     if "fluxir_adapter" not in catalog or not catalog.exists("fluxir_adapter"):
-        return [Finding("WARN", "adapter", "fluxir_adapter", "no trained adapter yet (train first; restore needs one)")]
+        return [Finding("WARN", "adapter", "fluxir_adapter", "no trained adapter yet (train first; without one, restore.method=flux_controlnet or realesrgan)")]
     try:
         adapter = catalog.load("fluxir_adapter")
     except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
@@ -221,6 +222,53 @@ def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str,
 
 
 # ----------------------------------------------------------------------------- IQA, benchmarks, disk
+
+
+def check_baselines(params: Mapping[str, Any]) -> list[Finding]:
+    """The public restorers a run will use (``evaluate.methods``, ``restore.method``): weights present and fitting."""
+    from fluxir.restoration.methods import PUBLIC_METHODS, public_config
+
+    wanted = [*(_get(params, "evaluate", "methods", default=[]) or []), _get(params, "restore", "method")]
+    findings = []
+    for method in [m for m in PUBLIC_METHODS if m in wanted]:
+        item = f"baselines.{method}"
+        try:
+            cfg = public_config(method, _get(params, "baselines", default={}))
+            detail = _check_realesrgan(cfg) if method == "realesrgan" else _check_controlnet(cfg)
+        except Exception as err:  # noqa: BLE001  (one line per broken method, never a crash of the report)
+            advice = "" if "fluxir.fetch" in str(err) else f" ({FETCH_BASELINES})"
+            findings.append(Finding("FAIL", "baseline", item, f"{err}{advice}"))
+            continue
+        findings.append(Finding("OK", "baseline", item, detail))
+    return findings
+
+
+def _check_realesrgan(cfg: Any) -> str:
+    from fluxir.restoration.realesrgan import load_rrdbnet
+
+    net = load_rrdbnet(cfg)  # 67 MB for RealESRGAN_x4plus: loaded for real, every key checked
+    return f"RRDBNet ({sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters) loads from {cfg.weights}"
+
+
+def _check_controlnet(cfg: Any) -> str:
+    from fluxir.restoration.controlnet import config_mismatch
+
+    folder = model_folder(cfg.controlnet)
+    if folder is None or not (folder / "config.json").is_file():
+        raise ValueError(f"{cfg.controlnet!r} is neither a FluxControlNetModel folder nor in the Hugging Face cache; "
+                         f"download it: {FETCH_BASELINES}")
+    model = _meta_model("diffusers", "FluxControlNetModel", folder)
+    found = _key_finding("controlnet", folder, model, "diffusers")
+    if found.status != "OK":
+        raise ValueError(found.detail)
+    base = model_folder(cfg.model)
+    if base is None or not (base / "transformer" / "config.json").is_file():
+        raise ValueError(f"baselines.flux_controlnet.model {cfg.model!r} has no transformer/config.json here: "
+                         "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux")
+    wrong = config_mismatch(model.config, json.loads((base / "transformer" / "config.json").read_text()))
+    if wrong:
+        raise ValueError(f"{folder} does not fit the Flux transformer of {cfg.model!r}: {', '.join(wrong)}")
+    return f"{found.detail}; fits {cfg.model}"
 
 
 def check_iqa(params: Mapping[str, Any]) -> list[Finding]:
@@ -429,6 +477,7 @@ def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> l
         checked[str(source)] = (role, worst)
         findings += found
     findings += check_adapter(project, env, _get(params, "restore", "model"), cache)
+    findings += check_baselines(params)
     findings += check_iqa(params)
     findings += check_benchmarks(params)
     findings += check_disk(params, project)

@@ -48,7 +48,8 @@ def test_good_setup_passes(kedro_project):
     for expected in ("OK    model        fluxgen.model: transformer  FluxTransformer2DModel",
                      "OK    model        fluxgen.model: vae", "OK    model        train.model",
                      "OK    adapter      fluxir_adapter", "OK    iqa          musiq", "OK    disk",
-                     "OK    package      torch", "OK    accelerator  fluxgen.device"):
+                     "OK    package      torch", "OK    accelerator  fluxgen.device",
+                     "OK    baseline     baselines.realesrgan", "OK    baseline     baselines.flux_controlnet"):
         assert expected in out, out
     assert "0 FAIL" in out.splitlines()[-1]
 
@@ -81,7 +82,9 @@ def test_broken_setup_lists_every_problem(broken_project, tmp_path):
     empty_weights.mkdir()
     result = _check(broken_project, f"train.model={tiny / 'bad_keys'},restore.model={tiny / 'no_vae'}",
                     f"iqa.metrics=[musiq],iqa.weights_dir={empty_weights}",
-                    "evaluate.demo_benchmarks=false,fluxgen.num_images=1000000000000")
+                    "evaluate.demo_benchmarks=false,fluxgen.num_images=1000000000000",
+                    f"baselines.realesrgan.weights={tmp_path / 'RealESRGAN_x4plus.pth'}",
+                    f"baselines.flux_controlnet.controlnet={tiny / 'flux'}")
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     fails = "\n".join(_lines(result, "FAIL"))
     corrupt = tiny / "flux" / "transformer" / "diffusion_pytorch_model.safetensors"
@@ -98,6 +101,9 @@ def test_broken_setup_lists_every_problem(broken_project, tmp_path):
         "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only iqa", "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only benchmarks",
         "disk         data",
         "fluxgen.num_images=1000000000000 needs",
+        f"baselines.realesrgan.weights: {tmp_path / 'RealESRGAN_x4plus.pth'} not found",
+        "python -m fluxir.fetch --only baselines",
+        f"'{tiny / 'flux'}' is neither a FluxControlNetModel folder",
     ]
     for text in expected:
         assert text in fails, f"{text!r} not in:\n{fails}"

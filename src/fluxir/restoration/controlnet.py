@@ -82,14 +82,21 @@ def load_controlnet(source: str, dtype: str) -> Any:
                          "a local folder.") from err
 
 
+def config_mismatch(controlnet_config: Any, transformer_config: Any) -> list[str]:
+    """``"<field> <controlnet's> vs <transformer's>"`` for each shared field that differs (empty: they fit)."""
+    def as_list(value: Any) -> list[Any]:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    return [f"{f} {controlnet_config.get(f)} vs {transformer_config.get(f)}" for f in SHARED_FIELDS
+            if as_list(controlnet_config.get(f)) != as_list(transformer_config.get(f))]
+
+
 def check_fits(controlnet: Any, transformer: Any, cfg: FluxControlNetConfig) -> None:
     """Raise ValueError naming both sources when the ControlNet was not made for this Flux."""
-    wrong = {f: (controlnet.config[f], transformer.config[f]) for f in SHARED_FIELDS
-             if list(np.atleast_1d(controlnet.config[f])) != list(np.atleast_1d(transformer.config[f]))}
+    wrong = config_mismatch(controlnet.config, transformer.config)
     if wrong:
-        listing = ", ".join(f"{f} {c} vs {t}" for f, (c, t) in wrong.items())
         raise ValueError(f"the ControlNet {cfg.controlnet!r} does not fit the Flux transformer of {cfg.model!r}: "
-                         f"{listing}; set baselines.flux_controlnet.model and .controlnet to a matching pair")
+                         f"{', '.join(wrong)}; set baselines.flux_controlnet.model and .controlnet to a matching pair")
 
 
 def source_fingerprint(source: str) -> str:
