@@ -1,0 +1,50 @@
+"""benchmarks/gpu_throughput.py, the script for a lent GPU, in its --tiny CPU mode: always valid JSON, on time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "gpu_throughput.py"
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def test_a_tiny_budget_is_respected_and_still_gives_json(tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--budget-s", "4", "--json", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, env=ENV, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["stopped"] and ("deadline" in result["stopped"] or "SIGALRM" in result["stopped"])
+    assert result["elapsed_s"] <= 4 + 1.5  # the script's own clock, from its first line
+    assert json.loads(out.read_text()) == result
+
+
+def test_sigterm_mid_run_keeps_what_was_measured(tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--tiny", "--budget-s", "300", "--json", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_file() and "compile_off" in out.read_text():  # generation measured, training under way
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["stopped"] == "signal SIGTERM"
+    assert result["stages"]["generation"]["compile_off"]["step_s"] > 0
+    assert "step_s" not in result["stages"].get("restoration", {}).get("int8", {})
+    assert json.loads(out.read_text()) == result
