@@ -5,7 +5,8 @@ model folder's components (configs built on the meta device, weight-file keys re
 headers and compared with the architecture; no tensor loaded), the trained adapter against the Flux it
 will drive, every IQA weight file (each metric then built on the CPU by the run's own loaders, which
 compare checkpoint keys), the benchmark folders and their pair counts, free
-disk for ``fluxgen.num_images``, accelerator memory against the budget of docs/full_scale.md, and the
+disk for ``fluxgen.num_images``, accelerator memory against the budget of docs/full_scale.md, the
+process count each stage will run (``<stage>.num_processes``) and the GPUs it takes, and the
 installed packages against pyproject.toml. Every problem is listed; the exit status is 1 if any FAILs.
 
 Model parameters may be hub ids: they are checked in the Hugging Face cache, where an offline run finds them.
@@ -433,6 +434,38 @@ def check_accelerator(params: Mapping[str, Any]) -> list[Finding]:
     return findings
 
 
+STAGE_PROCESSES = {"fluxgen.num_processes": ("generate and score", "fluxgen.device"),
+                   "train.num_processes": ("train", "train.device"),
+                   "evaluate.num_processes": ("evaluate (restoration)", "evaluate.restore.device"),
+                   "restore.num_processes": ("restore", "restore.device")}
+
+
+def check_processes(params: Mapping[str, Any], gpus: int | None = None) -> list[Finding]:
+    """How many processes each stage will run (``<stage>.num_processes``, ``fluxir.launch``) and on which GPUs."""
+    from fluxir.launch import resolve_num_processes, visible_gpus
+
+    gpus = visible_gpus() if gpus is None else gpus
+    findings = []
+    for key, (stage, device_key) in STAGE_PROCESSES.items():
+        setting = _get(params, *key.split("."), default="auto")
+        try:
+            count = resolve_num_processes(setting, key, gpus)
+        except ValueError as err:
+            findings.append(Finding("FAIL", "processes", key, str(err)))
+            continue
+        on_cpu = str(_get(params, *device_key.split("."), default="auto")) == "cpu" or not gpus
+        where = "processes" if count > 1 else "process"
+        if on_cpu:
+            findings.append(Finding("OK", "processes", key, f"{stage}: {count} CPU {where} ({setting}), no GPU"))
+        elif count > gpus:
+            findings.append(Finding("FAIL", "processes", key, f"{stage}: {count} {where} but {gpus} GPU(s) visible; "
+                                    f"set {key}=auto or at most {gpus}"))
+        else:
+            findings.append(Finding("OK", "processes", key, f"{stage}: {count} {where} ({setting}) on GPU(s) "
+                                    f"{', '.join(map(str, range(count)))} of {gpus} visible"))
+    return findings
+
+
 def check_versions(project: Path) -> list[Finding]:
     """Installed versions against pyproject.toml [project].dependencies."""
     from packaging.requirements import Requirement
@@ -482,6 +515,7 @@ def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> l
     findings += check_benchmarks(params)
     findings += check_disk(params, project)
     findings += check_accelerator(params)
+    findings += check_processes(params)
     findings += check_versions(project)
     return findings
 

@@ -118,6 +118,14 @@ def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+LAUNCH_KEYS = ("num_processes",)  # how many processes run a stage (fluxir.launch): never part of its results
+
+
+def stage_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's parameters without the launch settings ``LAUNCH_KEYS`` (they change no output or run key)."""
+    return {k: v for k, v in params.items() if k not in LAUNCH_KEYS}
+
+
 def reject_unknown_keys(params: Mapping[str, Any], config_class: type, what: str) -> None:
     """Raise ValueError naming every key of ``params`` that is not a field of the dataclass ``config_class``.
 

@@ -9,6 +9,14 @@
     ``git.dirty`` and MLflow's own ``mlflow.source.git.commit``. ``FLUXIR_MLFLOW_EXPERIMENT`` forces one
     experiment name; ``FLUXIR_GIT_COMMIT`` supplies the commit where the project is no git checkout.
 
+``LaunchContextHook``
+    Publishes the running ``kedro run``'s ``--env``, ``--params`` (a ``-c`` config file's included) and project
+    root for ``fluxir.launch``: a node whose stage runs on several processes launches its child job with them.
+
+The experiments are created with the tags of ``tracking.experiment.create_experiment_kwargs.tags`` in
+mlflow.yml (``mlflow.experimentKind: custom_model_development``: MLflow's UI opens them in its runs/metrics
+view); an experiment created before without that tag gets it at its next run.
+
 ``ReportingArtifactsHook``
     Every dataset saved with kedro-viz layer ``reporting`` (IQA histograms, restoration grids, the
     Table-1-style report, loss curves ...) is also logged to the active MLflow run under ``reporting/``.
@@ -164,8 +172,42 @@ class MlflowRunHook:
         if dirty is not None:
             tags["git.dirty"] = str(dirty).lower()
         mlflow.set_tags(tags)
+        config = getattr(self._context, "mlflow", None)
+        if config is not None:
+            from fluxir.tracking import tag_experiment
+
+            tag_experiment(run.info.experiment_id, config.tracking.experiment.create_experiment_kwargs.tags or {})
         logger.info("MLflow run %s (%s) in experiment %s", run.info.run_name, run.info.run_id,
                     mlflow.get_experiment(run.info.experiment_id).name)
+
+
+class LaunchContextHook:
+    """``--env``, ``--params`` and project root of the running ``kedro run`` for child jobs (``fluxir.launch``)."""
+
+    def __init__(self) -> None:
+        self._previous: dict[str, str | None] | None = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        from fluxir.launch import set_run_context
+
+        self._previous = set_run_context(run_params.get("env"), run_params.get("runtime_params"),
+                                         run_params.get("project_path") or ".")
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._restore()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        from fluxir.launch import restore_run_context
+
+        if self._previous is not None:
+            restore_run_context(self._previous)
+            self._previous = None
 
 
 class ReportingArtifactsHook:

@@ -51,3 +51,19 @@ def log_new_params(params: Mapping[str, Any]) -> dict[str, str]:
     if new:
         mlflow.log_params(new)
     return new
+
+
+def tag_experiment(experiment_id: str, tags: Mapping[str, Any]) -> dict[str, str]:
+    """Give experiment ``experiment_id`` those of ``tags`` it has no value for; returns what was set.
+
+    mlflow.yml's ``create_experiment_kwargs.tags`` reach only experiments created from now on; this brings an
+    older experiment to the same kind (``mlflow.experimentKind``) without overriding a user's own value.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    present = client.get_experiment(experiment_id).tags
+    new = {str(k): str(v) for k, v in tags.items() if k not in present}
+    for key, value in new.items():
+        client.set_experiment_tag(experiment_id, key, value)
+    return new

@@ -7,6 +7,7 @@ ways at once: each problem must appear on its own FAIL line naming the path, and
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def test_good_setup_passes(kedro_project):
                      "OK    package      torch", "OK    accelerator  fluxgen.device",
                      "OK    baseline     baselines.realesrgan", "OK    baseline     baselines.flux_controlnet"):
         assert expected in out, out
+    assert re.search(r"OK +processes +fluxgen.num_processes +generate and score: 1 CPU process \(auto\), no GPU", out), out
     assert "0 FAIL" in out.splitlines()[-1]
 
 

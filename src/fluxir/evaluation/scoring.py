@@ -11,11 +11,12 @@ image. Every number keeps its convention and crop border in its row.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -69,13 +70,8 @@ def adapter_fingerprint(adapter: Any) -> str:
     return hash_tensors(adapter.state_dict(), digest).hexdigest()[:12]
 
 
-def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str, Any], outputs_dir: str | Path,
-                     scale: int = 4, color_fix: str = "wavelet") -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Restore every LQ of ``manifest`` x``scale`` with Flux (``restore.model``) + ``adapter``; returns (outputs, run info).
-
-    ``color_fix`` is evaluation's own choice (``evaluate.color_fix``), never part of ``restore``. Files go to ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and
-    settings; files already there are reused, so an interrupted run resumes where it stopped.
-    """
+def _restore_settings(restore: Mapping[str, Any], scale: int, color_fix: str) -> tuple[str, RestoreConfig]:
+    """(model, RestoreConfig) of ``evaluate.restore`` with evaluation's own scale and colour fix."""
     params = dict(restore)
     if "model" not in params:
         raise ValueError("evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls")
@@ -85,11 +81,43 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     params["color_fix"] = color_fix
     if params.setdefault("scale", scale) != scale:
         raise ValueError(f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {scale!r}; set only evaluate.scale")
-    config = RestoreConfig.from_params(params)
-    key = hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
-    root = Path(outputs_dir) / "fluxir" / key
-    rows, done_now, seconds = restore_into(manifest, root, "fluxir", lambda: Restorer.from_source(model, adapter, config),
-                                           config.scale)
+    return model, RestoreConfig.from_params(params)
+
+
+def _fluxir_root(model: str, config: RestoreConfig, adapter: Any, outputs_dir: str | Path) -> Path:
+    return Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
+
+
+def restore_missing(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str, Any], outputs_dir: str | Path,
+                    scale: int = 4, color_fix: str = "wavelet", process_index: int = 0, num_processes: int = 1,
+                    device: str | None = None) -> list[float]:
+    """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` that have no FluxIR
+    output yet (every ``num_processes``-th: an output depends only on its input and the seed); returns the
+    seconds per restored image. ``device`` (default ``restore.device``) is not part of the output key."""
+    model, config = _restore_settings(restore, scale, color_fix)
+    root = _fluxir_root(model, config, adapter, outputs_dir)
+    run_config = dataclasses.replace(config, device=device or config.device)
+    _, _, seconds = restore_into(manifest, root, "fluxir", lambda: Restorer.from_source(model, adapter, run_config),
+                                 config.scale, process_index, num_processes)
+    return seconds
+
+
+def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str, Any], outputs_dir: str | Path,
+                     scale: int = 4, color_fix: str = "wavelet", restored_elsewhere: Sequence[float] = ()
+                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Restore every LQ of ``manifest`` x``scale`` with Flux (``restore.model``) + ``adapter``; returns (outputs, run info).
+
+    ``color_fix`` is evaluation's own choice (``evaluate.color_fix``), never part of ``restore``. Files go to ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and
+    settings; files already there are reused, so an interrupted run resumes where it stopped.
+    ``restored_elsewhere``: seconds per image of the images processes launched for this run restored
+    (``restore_missing``), counted in the run info as restored now.
+    """
+    model, config = _restore_settings(restore, scale, color_fix)
+    root = _fluxir_root(model, config, adapter, outputs_dir)
+    rows, _, seconds = restore_into(manifest, root, "fluxir", lambda: Restorer.from_source(model, adapter, config),
+                                    config.scale)
+    seconds = [*restored_elsewhere, *seconds]
+    done_now = len(seconds)
     info = {
         "model": model,
         "adapter": f"{type(adapter).__name__} {adapter_fingerprint(adapter)} "
@@ -104,16 +132,18 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     return rows, info
 
 
-def restore_into(manifest: pd.DataFrame, root: Path, method: str, make_restorer: Callable[[], Any], scale: float
-                 ) -> tuple[pd.DataFrame, int, list[float]]:
+def restore_into(manifest: pd.DataFrame, root: Path, method: str, make_restorer: Callable[[], Any], scale: float,
+                 process_index: int = 0, num_processes: int = 1) -> tuple[pd.DataFrame, int, list[float]]:
     """Restore every LQ of ``manifest`` that has no ``<root>/<dataset>/<image>.png`` yet; returns (outputs table,
     images restored now, seconds per image). The restorer is made only when something is left to do, so a
-    finished run reuses its files without loading a model."""
+    finished run reuses its files without loading a model. Process ``process_index`` of ``num_processes``
+    restores every ``num_processes``-th of those images only."""
     todo = [r for r in manifest.itertuples(index=False) if not (root / r.dataset / f"{r.image}.png").is_file()]
+    todo = todo[process_index::num_processes]
     seconds: list[float] = []
     if todo:
         restorer = make_restorer()
-        for row in progress(todo, desc=f"restore ({method})", unit="img"):
+        for row in progress(todo, desc=f"restore ({method})", unit="img", disable=process_index != 0):
             lq = read_image(row.lq_path)
             start = time.perf_counter()
             out = restorer.restore(lq)

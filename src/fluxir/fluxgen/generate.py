@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from fluxir.config import Rule, check_fields, cli_parser, load_params, reject_unknown_keys
+from fluxir.config import Rule, check_fields, cli_parser, load_params, reject_unknown_keys, stage_params
 from fluxir.io import ImageStore, WriterPool, hash_json
 from fluxir.models.flux import accelerate_cpu, load_pipeline, resolve_device
 from fluxir.models.prompts import PromptEncoder
@@ -82,6 +82,7 @@ class GenerationConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "GenerationConfig":
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
+        params = stage_params(params)
         reject_unknown_keys(params, cls, "fluxgen parameter(s)")
         cfg = cls(**{**params, "prompts": list(params.get("prompts") or [])})
         cfg.validate()

@@ -7,9 +7,12 @@ so 350,000 pairs are ~46 core-hours: this module spreads them out.
   and torch single-threaded so that N workers do not start N x cores threads. Workers come from a
   ``forkserver`` (a clean process with the degradation code preloaded), never forked from a process
   whose OpenMP pools are already running.
-- **Machines**: ``degrade.rank`` / ``degrade.world_size`` on shared storage take the ids with
-  ``image_id % world_size == rank`` (the sharding of generation): ``python -m fluxir.fluxgen.pairs``
-  on each machine, then one ``kedro run`` writes the manifest of all pairs.
+- **Machines**: ``python -m fluxir.fluxgen.pairs`` on each machine of shared storage takes share ``rank`` of
+  ``world_size``, the ids with ``image_id % world_size == rank`` (the sharding of generation). The share
+  comes from the launcher (``launcher_share``: torchrun/accelerate ``RANK``/``WORLD_SIZE``, ``srun``'s
+  ``SLURM_PROCID``/``SLURM_NTASKS``, a SLURM job array's task index and count, or both), or from
+  ``degrade.rank`` / ``degrade.world_size`` set by hand. Then one ``kedro run`` writes the manifest of all
+  pairs (the Kedro node itself always degrades every missing pair, whatever the launcher says).
 - **Deterministic**: a pair depends only on (image, id, seed) (see degrade.py), never on the worker,
   the number of workers or the order, so 1 or 64 workers give byte-identical files.
 - **Resumable, kill-safe**: HQ and LQ are written atomically with their sha256 recorded, then the
@@ -25,7 +28,7 @@ import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,36 @@ def ids_for_rank(image_ids: Iterable[int], rank: int, world_size: int) -> list[i
     if not is_int(rank, 0) or rank >= world_size:
         raise ValueError(f"degrade.rank must be an integer in [0, {world_size - 1}] (world_size {world_size}), got {rank!r}")
     return [i for i in image_ids if i % world_size == rank]
+
+
+def launcher_share(environ: Mapping[str, str]) -> tuple[int, int]:
+    """(rank, world size) of this process from its launcher's environment; (0, 1) without one.
+
+    ``RANK``/``WORLD_SIZE`` (torchrun, accelerate) win. Under SLURM a job array of A tasks, each running
+    T tasks with ``srun``, gives A x T shares: rank = array index x T + ``SLURM_PROCID``. The array index
+    counts from ``SLURM_ARRAY_TASK_MIN`` (``--array=1-8`` works); arrays with a step are refused.
+    """
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return int(environ["RANK"]), int(environ["WORLD_SIZE"])
+    rank, world = int(environ.get("SLURM_PROCID", 0)), int(environ.get("SLURM_NTASKS", 1))
+    if "SLURM_ARRAY_TASK_ID" in environ:
+        if int(environ.get("SLURM_ARRAY_TASK_STEP", 1)) != 1:
+            raise ValueError("degradation over a SLURM job array needs consecutive task ids (--array=0-7, no :step); "
+                             f"got SLURM_ARRAY_TASK_STEP={environ['SLURM_ARRAY_TASK_STEP']}")
+        index = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+        rank, world = index * world + rank, int(environ["SLURM_ARRAY_TASK_COUNT"]) * world
+    return rank, world
+
+
+def share(degrade: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[int, int]:
+    """``degrade.rank``/``degrade.world_size`` when set (both, by hand), else the launcher's share."""
+    rank, world = degrade.get("rank"), degrade.get("world_size")
+    if rank is None and world is None:
+        return launcher_share(environ)
+    if rank is None or world is None:
+        raise ValueError(f"set both degrade.rank and degrade.world_size or neither (null: from the launcher), "
+                         f"got rank={rank!r}, world_size={world!r}")
+    return rank, world
 
 
 class PairStores:
@@ -151,7 +184,7 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
     if missing:
         raise RuntimeError(
             f"{len(missing)} kept images have no pair yet in {stores.lq.root.parent} (first ids: {missing[:5]}): "
-            "finish every degrade.rank (python -m fluxir.fluxgen.pairs), then rerun with degrade.world_size=1"
+            "finish every share of python -m fluxir.fluxgen.pairs, or rerun the Kedro node (it makes every missing pair)"
         )
     return pd.DataFrame({
         "image_id": kept["image_id"].to_numpy(), "source_path": kept["path"].to_numpy(),
@@ -162,24 +195,26 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
 
 
 def degrade_selection(
-    selection: pd.DataFrame, pair_store: ImageStore, degrade: dict[str, Any], progress: bool = True
+    selection: pd.DataFrame, pair_store: ImageStore, degrade: dict[str, Any], progress: bool = True,
+    rank: int = 0, world_size: int = 1,
 ) -> tuple[PairStores, pd.DataFrame, list[int]]:
-    """Make this rank's missing pairs of the kept images; returns (stores, kept rows, ids made now)."""
+    """Make share ``rank`` of ``world_size`` of the missing pairs of the kept images; returns (stores, kept rows,
+    ids made now)."""
     config = DegradationConfig.from_dict(degrade.get("config", {}))
     seed = degrade["seed"]
     kept = selection[selection["keep"]].sort_values("image_id")
     if kept.empty:
         raise ValueError("no image passed the IQA selection: nothing to degrade (check select.percentile and the scores)")
     stores = PairStores(pair_store, pairs_key(repr(config), seed, kept["config_key"].astype(str)))
-    mine = set(ids_for_rank(kept["image_id"].astype(int), degrade.get("rank", 0), degrade.get("world_size", 1)))
+    mine = set(ids_for_rank(kept["image_id"].astype(int), rank, world_size))
     jobs = [(int(i), p) for i, p in zip(kept["image_id"], kept["path"]) if int(i) in mine]
     made = make_pairs(jobs, stores, config, seed, resolve_workers(degrade.get("workers", "auto")), progress)
     return stores, kept, made
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Degrade this machine's share of the kept images (``degrade.rank`` of ``degrade.world_size``)."""
-    parser = cli_parser("python -m fluxir.fluxgen.pairs", main.__doc__, "degrade.rank=1,degrade.world_size=4")
+    """Degrade this process's share of the kept images (from the launcher, or ``degrade.rank`` of ``degrade.world_size``)."""
+    parser = cli_parser("python -m fluxir.fluxgen.pairs", main.__doc__, "degrade.workers=16")
     parser.add_argument("--selection", default=None, help="IQA selection parquet (default: the catalog's latest iqa_selection)")
     parser.add_argument("--store", default=None, help="pair store root (default: the catalog's pair_store path)")
     args = parser.parse_args(argv)
@@ -188,9 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     catalog = None if args.selection and args.store else load_catalog(args.env, args.project)
     selection = pd.read_parquet(args.selection) if args.selection else catalog.load("iqa_selection")
     store = ImageStore(Path(args.store)) if args.store else catalog.load("pair_store")
-    stores, _, made = degrade_selection(selection, store, degrade)
-    print(json.dumps({"pairs": str(stores.lq.root.parent), "made": len(made), "rank": degrade.get("rank", 0),
-                      "world_size": degrade.get("world_size", 1)}))
+    rank, world_size = share(degrade, os.environ)
+    stores, _, made = degrade_selection(selection, store, degrade, rank=rank, world_size=world_size)
+    print(json.dumps({"pairs": str(stores.lq.root.parent), "made": len(made), "rank": rank, "world_size": world_size}))
 
 
 if __name__ == "__main__":

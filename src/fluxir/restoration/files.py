@@ -95,24 +95,60 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
     return results, failures, load_seconds
 
 
-def restore_planned(plan: Any, files: dict[str, Any], adapter: Any, cfg: RestoreConfig,
-                    make_restorer: Callable[[], Any] | None = None) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """Restore the rows of a ``plan_folder`` table (a DataFrame) whose action is "restore" (with
-    ``make_restorer``'s restorer when given, see ``restore_files``).
+@dataclass
+class RestoreShare:
+    """What one process of a (possibly multi-process) restoration did: its results, failures, model load time."""
 
-    Returns (failures [{input, reason}], summary). Raises RuntimeError, listing the reasons, when no
-    input file could be used at all (nothing restored, nothing skipped).
-    """
+    results: list[RestoreResult]
+    failures: list[dict[str, str]]
+    load_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": [vars(r) for r in self.results], "failures": self.failures, "load_seconds": self.load_seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RestoreShare:
+        results = [RestoreResult(**{**r, "in_size": tuple(r["in_size"]), "out_size": tuple(r["out_size"])})
+                   for r in d["results"]]
+        return cls(results, list(d["failures"]), float(d["load_seconds"]))
+
+
+def restore_share(plan: Any, files: dict[str, Any], adapter: Any, cfg: RestoreConfig, process_index: int = 0,
+                  num_processes: int = 1, make_restorer: Callable[[], Any] | None = None) -> RestoreShare:
+    """Restore share ``process_index`` of ``num_processes`` of the plan rows whose action is "restore"
+    (every ``num_processes``-th job: each output depends only on its input and the seed, not on the share),
+    with ``make_restorer``'s restorer when given (see ``restore_files``)."""
     jobs = list(plan.loc[plan["action"] == "restore", ["input", "output"]].itertuples(index=False, name=None))
-    results, failures, load_seconds = restore_files(files.get("model"), adapter, cfg, jobs,
-                                                    progress=bool(files.get("progress", True)),
+    results, failures, load_seconds = restore_files(files.get("model"), adapter, cfg, jobs[process_index::num_processes],
+                                                    progress=bool(files.get("progress", True)) and process_index == 0,
                                                     make_restorer=make_restorer)
-    skipped = len(plan) - len(jobs)
+    return RestoreShare(results, failures, load_seconds)
+
+
+def summarise_shares(plan: Any, shares: list[RestoreShare], files: dict[str, Any], cfg: RestoreConfig
+                     ) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """(failures [{input, reason}], summary) of all shares, in plan order. Raises RuntimeError, listing the
+    reasons, when no input file could be used at all (nothing restored, nothing skipped)."""
+    order = {src: i for i, src in enumerate(plan["input"])}
+    results = sorted((r for s in shares for r in s.results), key=lambda r: order.get(r.input, len(order)))
+    failures = sorted((f for s in shares for f in s.failures), key=lambda f: order.get(f["input"], len(order)))
+    skipped = int((plan["action"] != "restore").sum())
     if failures and not results and not skipped:
         listing = "; ".join(f"{f['input']}: {f['reason']}" for f in failures[:20])
         raise RuntimeError(f"none of the {len(failures)} file(s) in {files.get('input_dir')} could be restored: "
                            f"{listing}")
+    load_seconds = max((s.load_seconds for s in shares), default=0.0)  # the processes load side by side
     return failures, summarise(results, skipped, failures, load_seconds, files, config_dict(cfg))
+
+
+def restore_planned(plan: Any, files: dict[str, Any], adapter: Any, cfg: RestoreConfig,
+                    make_restorer: Callable[[], Any] | None = None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Restore the rows of a ``plan_folder`` table (a DataFrame) whose action is "restore" in this process
+    (with ``make_restorer``'s restorer when given, see ``restore_files``).
+
+    Returns (failures [{input, reason}], summary); see ``summarise_shares``.
+    """
+    return summarise_shares(plan, [restore_share(plan, files, adapter, cfg, make_restorer=make_restorer)], files, cfg)
 
 
 def failure_table(failures: list[dict[str, str]]) -> Any:

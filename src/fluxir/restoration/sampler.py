@@ -61,7 +61,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 from torch import Tensor
 
-from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
+from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys, stage_params
 from fluxir.models.prompts import PromptEncoder
 from fluxir.models.adapter import (
     FluxIRConfig,
@@ -141,6 +141,7 @@ class RestoreConfig:
         if "guidance" in params:
             raise ValueError("restore.guidance is not a parameter: restoration uses the guidance the adapter was trained "
                              "with (train.adapter.guidance, saved in the adapter's config.json); remove it")
+        params = stage_params(params)
         reject_unknown_keys(params, cls, "restore parameter(s)")
         cfg = cls(**params)
         cfg.validate()

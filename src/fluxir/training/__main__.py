@@ -16,8 +16,8 @@ from accelerate import PartialState
 from kedro.config import MissingConfigException
 
 from fluxir.config import cli_parser, config_loader, load_catalog, load_params
-from fluxir.models.flux import accelerate_cpu
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
+from fluxir.models.flux import accelerate_cpu
 from fluxir.training.checkpoints import weights_digest
 from fluxir.training.config import TrainConfig
 from fluxir.training.loop import configure_cuda_allocator, train
@@ -38,10 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli_parser("python -m fluxir.training", main.__doc__, "train.max_steps=50")
     parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")
     parser.add_argument("--output", default=None, help="adapter folder (default: a new version of catalog fluxir_adapter)")
+    parser.add_argument("--history", default=None, help="write the per-step history (the train pipeline's train_history) here")
     parser.add_argument("--report", default=None, help="write per-step weight digests to <report>.rank<r>.json")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     args = parser.parse_args(argv)
-    manifest_path, output, report_path = (Path(p).resolve() if p else None for p in (args.manifest, args.output, args.report))
+    manifest_path, output, history_path, report_path = (
+        Path(p).resolve() if p else None for p in (args.manifest, args.output, args.history, args.report))
 
     os.chdir(args.project)  # relative paths of conf/ and the catalog are the project's
     cfg = TrainConfig.from_params(load_params(args.env, args.params, ".")["train"])
@@ -54,22 +56,32 @@ def main(argv: list[str] | None = None) -> None:
     def record(step: int, adapter: FluxIRAdapter, info: dict[str, Any]) -> None:
         report.append({"step": step, "digest": weights_digest(adapter), **info})
 
+    # A `kedro run` that launched this job passes its run: rank 0 logs into it and leaves it open for Kedro to end.
+    parent_run = os.environ.get("MLFLOW_RUN_ID")
     mlflow = None
     if state.is_main_process and not args.no_mlflow:  # only rank 0 ever talks to MLflow
         import mlflow
+
+        from fluxir.tracking import tag_experiment
 
         settings = _mlflow_settings(args.env)
         uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.get("server", {}).get("mlflow_tracking_uri")
         if uri:
             mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(settings.get("tracking", {}).get("experiment", {}).get("name") or "fluxir")
-        mlflow.start_run(run_name="train-cli", tags={"fluxir.entry": "python -m fluxir.training",
-                                                     "fluxir.num_processes": str(state.num_processes)})
+        experiment = settings.get("tracking", {}).get("experiment", {})
+        if parent_run:
+            mlflow.start_run(run_id=parent_run)
+        else:
+            mlflow.set_experiment(experiment.get("name") or "fluxir")
+            mlflow.start_run(run_name="train-cli", tags={"fluxir.entry": "python -m fluxir.training"})
+        tag_experiment(mlflow.active_run().info.experiment_id,
+                       (experiment.get("create_experiment_kwargs") or {}).get("tags") or {})
+        mlflow.set_tag("fluxir.num_processes", str(state.num_processes))
     status = "FAILED"
     try:
         result = train(cfg, manifest, progress=state.is_local_main_process,
                        step_callback=record if report_path else None)
-        status = "FINISHED"
+        status = "RUNNING" if parent_run else "FINISHED"
     finally:
         if mlflow is not None:
             mlflow.end_run(status=status)
@@ -81,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             save_adapter(result.adapter, output)
         else:
             catalog.save("fluxir_adapter", result.adapter)
+        if history_path:
+            result.history.to_parquet(history_path)
         last = result.history.iloc[-1].to_dict() if len(result.history) else {}
         print(json.dumps({"adapter": str(output or "catalog:fluxir_adapter"), "run_dir": str(result.run_dir),
                           "resumed_from": result.resumed_from, "final_step": int(last.get("step", result.resumed_from)),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from fluxir.config import Rule, check_fields, reject_unknown_keys
+from fluxir.config import Rule, check_fields, reject_unknown_keys, stage_params
 from fluxir.io import hash_json
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
@@ -99,8 +99,8 @@ class TrainConfig:
             raise ValueError("train.gradient_accumulation_steps and train.guidance are no longer parameters: set "
                              "train.global_batch (accumulation = global_batch / (batch_size x processes)) and "
                              "train.adapter.guidance (saved with the adapter; restoration uses it); docs/training.md")
+        params = stage_params(params)
         reject_unknown_keys(params, cls, "train parameter(s)")
-        params = dict(params)
         if params.get("mixed_precision") is False:  # YAML 1.1 reads an unquoted `no` as false
             params["mixed_precision"] = "no"
         for name in _FLOAT_FIELDS:  # YAML 1.1 reads `1e-5` (no dot) as a string

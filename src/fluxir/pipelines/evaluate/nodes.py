@@ -43,20 +43,28 @@ def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str
 
 
 def restore_benchmarks(manifest: pd.DataFrame, adapter: Any, restore: dict[str, Any], outputs_dir: str, scale: int,
-                       color_fix: str, methods: list[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Restore every LQ image with Flux + the FluxIR adapter; returns (outputs table, run info for the report).
+                       color_fix: str, methods: list[str], num_processes: int | str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Restore every LQ image with Flux + the FluxIR adapter on ``num_processes`` processes; returns (outputs
+    table, run info for the report).
 
     Outputs already written for the same model, adapter weights, settings and inputs are reused. Nothing is
-    done (and no adapter needed) when ``evaluate.methods`` leaves out fluxir.
+    done (and no adapter needed) when ``evaluate.methods`` leaves out fluxir. More than one process runs
+    ``accelerate launch -m fluxir.evaluation`` (each restores every N-th missing image) first.
     """
     from fluxir.datasets.adapter_dataset import require_adapter
     from fluxir.evaluation.scoring import OUTPUT_COLUMNS, restore_manifest
+    from fluxir.launch import resolve_num_processes, run_image_shards
     from fluxir.restoration.methods import check_methods
 
     if "fluxir" not in check_methods(methods):
         return pd.DataFrame(columns=OUTPUT_COLUMNS), {"FluxIR": "not run (not in evaluate.methods)"}
-    return restore_manifest(manifest, require_adapter(adapter, "evaluate.methods: fluxir"), restore, outputs_dir,
-                            scale, color_fix)
+    adapter = require_adapter(adapter, "evaluate.methods: fluxir")
+    processes = resolve_num_processes(num_processes, "evaluate.num_processes")
+    seconds: list[float] = []
+    if processes > 1:
+        for report in run_image_shards("fluxir.evaluation", "evaluate", processes, manifest, "--manifest", adapter):
+            seconds += report["seconds"]
+    return restore_manifest(manifest, adapter, restore, outputs_dir, scale, color_fix, restored_elsewhere=seconds)
 
 
 def restore_with_public_weights(manifest: pd.DataFrame, methods: list[str], baselines: dict[str, Any],

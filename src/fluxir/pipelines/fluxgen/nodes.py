@@ -1,4 +1,9 @@
-"""Nodes of the FluxGen pipeline (paper Sec. 3.1). Heavy work lives in plain modules imported lazily."""
+"""Nodes of the FluxGen pipeline (paper Sec. 3.1). Heavy work lives in plain modules imported lazily.
+
+Generation and scoring run on ``fluxgen.num_processes`` processes: more than one launches the stage's
+``accelerate launch -m fluxir.fluxgen.generate|score`` job from the node (``fluxir.launch``); the node then
+lists what it wrote, exactly as after a one-process run.
+"""
 
 from __future__ import annotations
 
@@ -19,29 +24,43 @@ def generate_images(image_store: ImageStore, fluxgen: dict[str, Any]) -> pd.Data
     """
     from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
     from fluxir.fluxgen.manifest import generation_manifest
+    from fluxir.launch import resolve_num_processes, run_stage
 
     cfg = GenerationConfig.from_params(fluxgen)
     store = image_store.sub(cfg.key())
-    generate_into_store(cfg, store)
+    processes = resolve_num_processes(fluxgen["num_processes"], "fluxgen.num_processes")
+    if processes == 1:
+        generate_into_store(cfg, store)
+    else:
+        run_stage("fluxir.fluxgen.generate", ["--store", str(image_store.root)], processes, "generate")
     return generation_manifest(cfg, store)
 
 
-def score_images(generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any]) -> pd.DataFrame:
-    """Score the images not scored yet (by sha256, metric and version) and merge all score parts.
+def score_images(generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any], num_processes: int | str) -> pd.DataFrame:
+    """Score the images not scored yet (by sha256, metric and version) on ``num_processes`` processes and
+    merge all score parts.
 
     Returns the manifest columns plus one column per metric and the scorers' version info.
     """
     from fluxir import iqa as iqa_lib
     from fluxir.fluxgen.score import merge_scores, metrics_key, score_into_parts, score_versions
+    from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
     from fluxir.models.flux import resolve_device
 
     specs = [iqa_lib.MetricSpec.parse(s) for s in iqa["metrics"]]
     iqa_lib.configure_weights(iqa.get("weights_dir"), iqa.get("trust_weight_files", False))
     iqa_lib.check_weights(specs)
     parts_dir = iqa_parts / metrics_key(specs, iqa["precision"])
-    score_into_parts(generated, parts_dir, specs, iqa.get("batch_size", 8), resolve_device(iqa.get("device", "auto")),
-                     loader_workers=iqa.get("loader_workers", 2), part_size=iqa.get("part_size", 1024),
-                     precision=iqa["precision"])
+    processes = resolve_num_processes(num_processes, "fluxgen.num_processes")
+    if processes == 1:
+        score_into_parts(generated, parts_dir, specs, iqa.get("batch_size", 8), resolve_device(iqa.get("device", "auto")),
+                         loader_workers=iqa.get("loader_workers", 2), part_size=iqa.get("part_size", 1024),
+                         precision=iqa["precision"])
+    else:
+        with scratch_dir("score") as scratch:
+            generated.to_parquet(scratch / "generated_images.parquet")
+            run_stage("fluxir.fluxgen.score", ["--manifest", str(scratch / "generated_images.parquet"),
+                                               "--parts", str(iqa_parts)], processes, "score")
     table = merge_scores(generated, parts_dir, [s.name for s in specs])
     table["iqa_versions"] = json.dumps(score_versions(specs, iqa["precision"]), sort_keys=True)
     return table
@@ -72,5 +91,5 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
     """
     from fluxir.fluxgen.pairs import degrade_selection, pairs_manifest
 
-    stores, kept, _ = degrade_selection(selection, pair_store, degrade)
+    stores, kept, _ = degrade_selection(selection, pair_store, degrade)  # every missing pair, on every core
     return pairs_manifest(kept, stores, degrade["seed"])

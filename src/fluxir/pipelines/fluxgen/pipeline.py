@@ -9,7 +9,8 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(generate_images, ["fluxgen_image_store", "params:fluxgen"], "generated_images", name="generate_images"),
-            Node(score_images, ["generated_images", "iqa_parts", "params:iqa"], "iqa_scores", name="score_images"),
+            Node(score_images, ["generated_images", "iqa_parts", "params:iqa", "params:fluxgen.num_processes"], "iqa_scores",
+                 name="score_images"),
             Node(
                 select_by_iqa,
                 ["iqa_scores", "params:iqa.metrics", "params:select.percentile"],

@@ -31,16 +31,24 @@ def plan_restore(input_dir: str | None, output_dir: str | None, overwrite: bool)
 def restore_images(plan: pd.DataFrame, adapter: Any, restore: dict[str, Any], baselines: dict[str, Any]
                    ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore the planned files with ``restore.method`` (Flux + ``adapter``, or a public restorer) and the
-    ``restore.*`` settings; returns (failures table, summary). Unreadable files are listed (input, reason)
-    and the others still restored; raises RuntimeError when no input file could be used at all, ValueError
-    for bad parameters (or fluxir without a trained adapter).
+    ``restore.*`` settings on ``restore.num_processes`` processes; returns (failures table, summary).
+    Unreadable files are listed (input, reason) and the others still restored; raises RuntimeError when no
+    input file could be used at all, ValueError for bad parameters (or fluxir without a trained adapter).
+    More than one process runs ``accelerate launch -m fluxir.restoration``, each restoring every N-th planned
+    file; the summary covers them all.
     """
-    from fluxir.restoration.files import failure_table, restore_planned, split_params
+    from fluxir.launch import resolve_num_processes, run_image_shards
+    from fluxir.restoration.files import RestoreShare, failure_table, restore_planned, split_params, summarise_shares
     from fluxir.restoration.methods import public_restorer_for
 
     files, cfg = split_params(restore)
     make_restorer, adapter, summary_extra = public_restorer_for(files, cfg, adapter, baselines)
-    failures, summary = restore_planned(plan, files, adapter, cfg, make_restorer)
+    processes = resolve_num_processes(restore["num_processes"], "restore.num_processes")
+    if processes == 1:
+        failures, summary = restore_planned(plan, files, adapter, cfg, make_restorer)
+    else:
+        reports = run_image_shards("fluxir.restoration", "restore", processes, plan, "--plan", adapter)
+        failures, summary = summarise_shares(plan, [RestoreShare.from_dict(r) for r in reports], files, cfg)
     summary.update(summary_extra)
     logger.info("restored %d image(s), %.2f MP in %.1f s: %.2f s/MP; %d skipped, %d failed%s", summary["restored"],
                 summary["megapixels_out"], summary["restore_seconds"], summary["seconds_per_megapixel"] or 0.0,

@@ -1,0 +1,48 @@
+"""``python -m fluxir.evaluation`` / ``accelerate launch -m fluxir.evaluation``: restore the benchmarks outside ``kedro run``.
+
+Restores the LQ images of the evaluate pipeline's ``benchmark_manifest`` with ``evaluate.restore.*`` and the
+catalog's ``fluxir_adapter`` (``fluxir.evaluation.scoring.restore_missing``: outputs are keyed by model,
+adapter and settings, so ``kedro run --pipeline=evaluate`` afterwards reuses them and scores and reports).
+Under ``accelerate launch`` process ``r`` of ``w`` restores every ``w``-th missing image on its own GPU; the
+outputs are the same as from one process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from accelerate import PartialState
+
+from fluxir.config import cli_parser, load_catalog, load_params
+from fluxir.evaluation.scoring import restore_missing
+from fluxir.models.adapter import load_adapter
+from fluxir.models.flux import accelerate_cpu, resolve_device
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Restore the benchmark images on one or many processes."""
+    parser = cli_parser("python -m fluxir.evaluation", main.__doc__, "evaluate.restore.steps=20")
+    parser.add_argument("--manifest", default=None, help="benchmark manifest parquet (default: the catalog's latest benchmark_manifest)")
+    parser.add_argument("--adapter", default=None, help="adapter folder (default: the catalog's latest fluxir_adapter)")
+    parser.add_argument("--report", default=None, help="write this process's seconds per restored image to <report>.rank<r>.json")
+    args = parser.parse_args(argv)
+
+    evaluate = load_params(args.env, args.params, args.project)["evaluate"]
+    catalog = None if args.manifest and args.adapter else load_catalog(args.env, args.project)
+    manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("benchmark_manifest")
+    adapter = load_adapter(args.adapter) if args.adapter else catalog.load("fluxir_adapter")
+    restore = evaluate["restore"]
+    state = PartialState(cpu=accelerate_cpu(restore.get("device", "auto")))
+    seconds = restore_missing(manifest, adapter, restore, evaluate["outputs_dir"], evaluate["scale"], evaluate["color_fix"],
+                              state.process_index, state.num_processes,
+                              device=resolve_device(restore.get("device", "auto"), state.device))
+    if args.report:
+        Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps({"seconds": seconds}))
+    state.wait_for_everyone()
+    print(json.dumps({"rank": state.process_index, "restored": len(seconds), "processes": state.num_processes}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""One Kedro node, many processes: a stage's ``accelerate launch -m fluxir...`` entry point as a child job.
+
+Kedro runs a node in one process; a stage that can use every GPU (generate, score, train, evaluate's and
+restore's restoration) reads ``<stage>.num_processes`` (``auto``: one process per visible GPU, 1 on a
+CPU-only machine). With more than one, the node calls ``run_stage``, which
+
+1. builds ``accelerate launch --multi_gpu --num_processes N -m <module> --env <env> --params ...``: the
+   parent run's ``--env`` and ``--params`` (a ``-c`` config file's values included: Kedro merges them into
+   the run parameters) come from ``LaunchContextHook`` (``fluxir.hooks``), so the child reads the same
+   configuration and catalog. On a CPU-only machine the same form runs N gloo processes (``--cpu`` with
+   ``--num_processes`` would silently run one);
+2. hands the child the parent's MLflow run (``MLFLOW_RUN_ID``, ``MLFLOW_TRACKING_URI``): rank 0 logs into
+   it, so one ``kedro run`` stays one MLflow run;
+3. starts it under a guard (``python -m fluxir.launch --parent <pid> -- <command>``) that leads a new
+   process group and ends that whole group (launcher, ranks, their DataLoader workers) when the parent
+   dies, even by SIGKILL; Ctrl-C or SIGTERM of the parent end it too. No orphan keeps a GPU;
+4. streams the child's output into the Kedro log line by line and raises if it fails.
+
+The node then reads what the child wrote (files under the catalog's folders, or a scratch folder from
+``scratch_dir``) and returns it through the catalog as a one-process run would. Reruns resume as the
+stages always do (finished images, score parts, pairs and checkpoints are skipped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Set by fluxir.hooks.LaunchContextHook for the duration of a `kedro run` (environment variables, so a
+# node run by Kedro's ParallelRunner sees them too).
+ENV_VAR, PARAMS_VAR, PROJECT_VAR = "FLUXIR_KEDRO_ENV", "FLUXIR_KEDRO_PARAMS", "FLUXIR_KEDRO_PROJECT"
+GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process can see (``CUDA_VISIBLE_DEVICES`` applied), 0 without CUDA."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_num_processes(setting: Any, name: str, gpus: int | None = None) -> int:
+    """``auto``: one process per visible GPU (``gpus``, default: counted here; 1 on a CPU-only machine);
+    otherwise a positive integer. ``name`` is the parameter (``fluxgen.num_processes``) the error message names.
+    """
+    if setting == "auto":
+        return max(1, visible_gpus() if gpus is None else gpus)
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ValueError(f"{name} must be 'auto' or a positive integer, got {setting!r}")
+    return setting
+
+
+# ------------------------------------------------------------------------------------------------
+# What the child needs from the parent run
+
+
+def set_run_context(env: str | None, params: Mapping[str, Any] | None, project: str | os.PathLike) -> dict[str, str | None]:
+    """Publish the running ``kedro run``'s env, ``--params`` and project root; returns the previous values."""
+    previous = {var: os.environ.get(var) for var in (ENV_VAR, PARAMS_VAR, PROJECT_VAR)}
+    os.environ[ENV_VAR] = env or "local"
+    os.environ[PARAMS_VAR] = json.dumps(dict(params or {}), default=str)
+    os.environ[PROJECT_VAR] = str(Path(project).resolve())
+    return previous
+
+
+def restore_run_context(previous: Mapping[str, str | None]) -> None:
+    for var, value in previous.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
+def run_context() -> tuple[str, dict[str, Any], Path]:
+    """(env, --params overrides, project root) of the running ``kedro run``; raises outside one."""
+    if ENV_VAR not in os.environ:
+        raise RuntimeError("a stage with num_processes > 1 launches a child job with the parameters of its "
+                           "`kedro run`; run it through `kedro run`, or launch the stage's `accelerate launch -m "
+                           "fluxir...` command yourself")
+    return os.environ[ENV_VAR], json.loads(os.environ.get(PARAMS_VAR) or "{}"), Path(os.environ[PROJECT_VAR])
+
+
+def override_args(params: Mapping[str, Any]) -> list[str]:
+    """``--params key.sub=value`` arguments that rebuild ``params`` (nested, as Kedro parses ``--params``)."""
+    from fluxir.config import flatten_dict
+
+    args: list[str] = []
+    for key, value in flatten_dict(params).items():
+        args += ["--params", f"{key}={json.dumps(value)}"]  # JSON is YAML: the child parses it back exactly
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_command(module: str, args: Sequence[str], num_processes: int) -> list[str]:
+    """``accelerate launch`` of ``python -m module args`` on ``num_processes`` local processes.
+
+    ``--multi_gpu`` gives N processes with NCCL on GPUs and gloo on a CPU-only machine (the entry points
+    build their accelerate state with ``cpu=`` from ``fluxir.models.flux.accelerate_cpu``). Mixed precision
+    is each stage's own parameter, so the launcher adds none.
+    """
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()), "-m", module, *args]
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment plus its active MLflow run and tracking URI (rank 0 logs into that run)."""
+    env = dict(os.environ)
+    mlflow = sys.modules.get("mlflow")  # imported by kedro-mlflow when tracking is on; never imported here
+    run = mlflow.active_run() if mlflow is not None else None
+    if run is not None:
+        env["MLFLOW_RUN_ID"] = run.info.run_id
+        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    else:
+        env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+@contextlib.contextmanager
+def scratch_dir(stage: str) -> Iterator[Path]:
+    """A temporary folder for what parent and child hand each other (manifests in, reports out)."""
+    with tempfile.TemporaryDirectory(prefix=f"fluxir-{stage}-") as folder:
+        yield Path(folder)
+
+
+def run_stage(module: str, args: Sequence[str], num_processes: int, what: str) -> None:
+    """Run ``accelerate launch -m module`` on ``num_processes`` processes with this ``kedro run``'s env and
+    ``--params`` plus ``args``; stream its output into the log; raise RuntimeError if it fails."""
+    env, params, project = run_context()
+    command = accelerate_command(module, ["--env", env, "--project", str(project), *override_args(params), *args],
+                                 num_processes)
+    logger.info("%s on %d processes: %s", what, num_processes, " ".join(command[2:]))
+    start = time.perf_counter()
+    code, tail = run_guarded(command, cwd=project, env=child_environment(), log_prefix=f"[{what}] ")
+    if code != 0:
+        raise RuntimeError(f"{what} on {num_processes} processes failed (exit status {code}); last output:\n"
+                           + "\n".join(tail))
+    logger.info("%s on %d processes done in %.1f s", what, num_processes, time.perf_counter() - start)
+
+
+def run_image_shards(module: str, what: str, num_processes: int, table: Any, table_arg: str, adapter: Any
+                     ) -> list[dict[str, Any]]:
+    """Run a restoring entry point (``fluxir.evaluation``, ``fluxir.restoration``) on ``num_processes`` processes,
+    handing it ``table`` (as ``<table_arg> <parquet>``) and ``adapter`` (``--adapter <folder>``; None: a public
+    restorer needs none); returns the report each rank wrote (``--report``), in rank order."""
+    from fluxir.models.adapter import save_adapter
+
+    with scratch_dir(what) as scratch:
+        table.to_parquet(scratch / "input.parquet")
+        args = [table_arg, str(scratch / "input.parquet"), "--report", str(scratch / "share")]
+        if adapter is not None:
+            save_adapter(adapter, scratch / "adapter")
+            args += ["--adapter", str(scratch / "adapter")]
+        run_stage(module, args, num_processes, what)
+        return [json.loads((scratch / f"share.rank{rank}.json").read_text()) for rank in range(num_processes)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Parent side: start the guard, stream, end it on any interruption
+
+
+def run_guarded(command: Sequence[str], cwd: str | os.PathLike, env: Mapping[str, str], log_prefix: str = "",
+                keep: int = 40) -> tuple[int, list[str]]:
+    """Run ``command`` under the guard; every output line goes to the log. Returns (exit status, last lines)."""
+    guard = [sys.executable, "-m", "fluxir.launch", "--parent", str(os.getpid()), "--", *command]
+    proc = subprocess.Popen(guard, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its own process group: the guard ends all of it
+    tail: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:  # progress bars redraw with \r: log each state as a line
+            for line in raw.decode(errors="replace").replace("\r", "\n").splitlines():
+                if line.strip():
+                    logger.info("%s%s", log_prefix, line)
+                    tail = [*tail[-(keep - 1):], line]
+        return proc.wait(), tail
+    except BaseException:  # Ctrl-C, a SIGTERM turned into an exception, a logging failure: no orphans
+        end_group(proc.pid, proc)
+        raise
+
+
+def end_group(pgid: int, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM the process group ``pgid``, SIGKILL it after ``GRACE_SECONDS`` if its leader still runs."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)  # whatever the leader left (ranks, loader workers)
+    if proc is not None:
+        proc.wait()
+
+
+# ------------------------------------------------------------------------------------------------
+# Guard side: `python -m fluxir.launch --parent PID -- command...`
+
+
+def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int:
+    """Run ``command`` in this process group; end the group when ``parent`` is gone or this guard is signalled.
+
+    The guard polls its parent pid rather than using ``PR_SET_PDEATHSIG``: that signal reaches only the
+    direct child (the launcher), not the ranks and DataLoader workers it starts.
+    """
+    stop: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.append(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    proc = subprocess.Popen(list(command))
+    while proc.poll() is None:
+        if stop or os.getppid() != parent:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM is for the others
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgrp(), signal.SIGTERM)
+            deadline = time.monotonic() + GRACE_SECONDS
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # ends this guard too
+        time.sleep(poll_seconds)
+    return proc.returncode
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fluxir.launch", description=guard.__doc__)
+    parser.add_argument("--parent", type=int, required=True, help="pid whose end ends the command's process group")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command after --")
+    sys.exit(guard(args.parent, command))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""``python -m fluxir.restoration`` / ``accelerate launch -m fluxir.restoration``: restore a folder outside ``kedro run``.
+
+Reads the same configuration (``restore.*``) and catalog (``fluxir_adapter``) as the ``restore`` pipeline.
+Under ``accelerate launch`` process ``r`` of ``w`` restores every ``w``-th planned file from the ``r``-th
+(``fluxir.restoration.files.restore_share``) on its own GPU; outputs are the same as from one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+from accelerate import PartialState
+
+from fluxir.config import cli_parser, load_catalog, load_params
+from fluxir.models.adapter import load_adapter
+from fluxir.models.flux import accelerate_cpu, resolve_device
+from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
+from fluxir.restoration.methods import public_restorer_for
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Restore ``restore.input_dir`` into ``restore.output_dir`` on one or many processes."""
+    parser = cli_parser("python -m fluxir.restoration", main.__doc__, "restore.input_dir=photos")
+    parser.add_argument("--plan", default=None, help="restore plan parquet (default: plan restore.input_dir now)")
+    parser.add_argument("--adapter", default=None, help="adapter folder (default: the catalog's latest fluxir_adapter)")
+    parser.add_argument("--report", default=None, help="write this process's share (results, failures) to <report>.rank<r>.json")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.env, args.params, args.project)
+    files, cfg = split_params(params["restore"])
+    state = PartialState(cpu=accelerate_cpu(cfg.device))
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, state.device))  # this process's GPU
+    if args.plan:
+        plan = pd.read_parquet(args.plan)
+    else:
+        plan = pd.DataFrame(plan_folder(files.get("input_dir"), files.get("output_dir"), bool(files.get("overwrite"))),
+                            columns=["input", "output", "action"])
+    adapter = None  # a public restorer (restore.method) needs none
+    if args.adapter:
+        adapter = load_adapter(args.adapter)
+    elif files.get("method", "fluxir") == "fluxir":
+        adapter = load_catalog(args.env, args.project).load("fluxir_adapter")
+    make_restorer, adapter, _ = public_restorer_for(files, cfg, adapter, params["baselines"])
+    share = restore_share(plan, files, adapter, cfg, state.process_index, state.num_processes, make_restorer)
+    if args.report:
+        Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(share.to_dict()))
+    state.wait_for_everyone()
+    if state.num_processes == 1:
+        _, summary = summarise_shares(plan, [share], files, cfg)
+        print(json.dumps({k: v for k, v in summary.items() if k != "images"}, default=str))
+    else:
+        print(json.dumps({"rank": state.process_index, "restored": len(share.results), "failed": len(share.failures)}))
+
+
+if __name__ == "__main__":
+    main()

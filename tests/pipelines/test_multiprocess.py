@@ -1,0 +1,313 @@
+"""`<stage>.num_processes=2`: the node launches the stage's accelerate job (2 gloo processes on CPU) and the
+results equal a one-process run; the child dies with the parent; one MLflow run per `kedro run`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, kedro_run, make_project_copy
+from support import kill_when, make_mixed_folder, make_pairs, save_identity_adapter
+
+from fluxir.config import load_params, split_overrides
+from fluxir.fluxgen.pairs import launcher_share, share
+from fluxir.launch import override_args, resolve_num_processes
+
+FLUXGEN = "fluxgen.num_images=4,fluxgen.steps=1,iqa.batch_size=2"  # two score chunks: one per rank
+
+
+def _latest(project: Path, relative: str) -> Path:
+    return max((project / relative).glob("*/*"))
+
+
+def _files(root: Path, pattern: str = "*.png") -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob(pattern))}
+
+
+def _runs(project: Path):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    return client, experiments, client.search_runs([e.experiment_id for e in experiments])
+
+
+def _children_of(project: Path) -> list[int]:
+    """Pids of processes whose command line names ``project`` (the child job passes it as --project)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if f"--project {project}" in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+# ----------------------------------------------------------------------------------------------------
+# Settings and shares (no process started)
+
+
+def test_num_processes_auto_is_one_without_a_gpu_and_bad_values_are_named():
+    assert resolve_num_processes("auto", "fluxgen.num_processes") == 1  # this machine has no CUDA
+    assert resolve_num_processes(3, "train.num_processes") == 3
+    for bad in (0, "2", True, 1.5):
+        with pytest.raises(ValueError, match="train.num_processes must be 'auto' or a positive integer"):
+            resolve_num_processes(bad, "train.num_processes")
+
+
+def test_overrides_reach_the_child_unchanged():
+    """The parent's --params (nested, as Kedro parses them) rebuilt by the child's load_params."""
+    runtime = {"fluxgen": {"num_images": 4, "prompts": ["a cat, sitting", "a dog"]},
+               "degrade": {"config": {"crop_sizes": [[64, 48], [32, 48]]}}, "select": {"percentile": 12.5}}
+    args = override_args(runtime)
+    params = load_params("tiny", args[1::2], REPO)
+    assert params["fluxgen"]["num_images"] == 4 and params["fluxgen"]["prompts"] == ["a cat, sitting", "a dog"]
+    assert params["degrade"]["config"]["crop_sizes"] == [[64, 48], [32, 48]]
+    assert params["select"]["percentile"] == 12.5
+    assert split_overrides("a=1,b=[2, 3],c='x,y'") == ["a=1", "b=[2, 3]", "c='x,y'"]
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({}, (0, 1)),
+    ({"RANK": "3", "WORLD_SIZE": "8", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, (3, 8)),  # torchrun wins
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "4"}, (1, 4)),  # srun -n 4
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"}, (4, 8)),  # --array=1-8
+    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "3",
+      "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, (5, 6)),  # 3 array tasks x srun -n 2
+])
+def test_degradation_share_comes_from_the_launcher(environ, expected):
+    assert launcher_share(environ) == expected
+    assert share({"rank": None, "world_size": None}, environ) == expected
+    assert share({"rank": 1, "world_size": 2}, environ) == (1, 2)  # set by hand: an explicit override
+
+
+def test_half_a_hand_set_share_and_stepped_arrays_are_refused():
+    with pytest.raises(ValueError, match="set both degrade.rank and degrade.world_size or neither"):
+        share({"rank": 1, "world_size": None}, {})
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_STEP=2"):
+        launcher_share({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "2"})
+
+
+def test_check_reports_processes_and_gpus_per_stage():
+    from fluxir.check import check_processes
+
+    params = {"fluxgen": {"num_processes": "auto"}, "train": {"num_processes": 2}, "evaluate": {"num_processes": 4},
+              "restore": {"num_processes": 0, "device": "auto"}}
+    lines = {f.item: (f.status, f.detail) for f in check_processes(params, gpus=2)}
+    assert lines["fluxgen.num_processes"] == ("OK", "generate and score: 2 processes (auto) on GPU(s) 0, 1 of 2 visible")
+    assert lines["train.num_processes"] == ("OK", "train: 2 processes (2) on GPU(s) 0, 1 of 2 visible")
+    assert lines["evaluate.num_processes"][0] == "FAIL" and "4 processes but 2 GPU(s) visible" in lines["evaluate.num_processes"][1]
+    assert lines["restore.num_processes"][0] == "FAIL" and "must be 'auto' or a positive integer" in lines["restore.num_processes"][1]
+    cpu = {f.item: f.detail for f in check_processes(params, gpus=0)}
+    assert cpu["fluxgen.num_processes"] == "generate and score: 1 CPU process (auto), no GPU"
+    assert cpu["train.num_processes"] == "train: 2 CPU processes (2), no GPU"
+
+
+# ----------------------------------------------------------------------------------------------------
+# FluxGen: generate and score on 2 processes == 1 process
+
+
+@pytest.fixture(scope="module")
+def fluxgen_one_and_two(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fluxgen_np")
+    one, two = make_project_copy(root / "one"), make_project_copy(root / "two")
+    kedro_run(one, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
+    run = kedro_run(two, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=2")
+    return one, two, run
+
+
+def test_fluxgen_on_two_processes_gives_the_same_images_scores_selection_and_pairs(fluxgen_one_and_two):
+    one, two, _ = fluxgen_one_and_two
+    images = "data/02_intermediate/fluxgen_images"
+    assert _files(one / images) == _files(two / images) and len(_files(one / images)) == 4
+    for table in ("data/02_intermediate/generated_images.parquet", "data/04_feature/iqa_selection.parquet",
+                  "data/05_model_input/pairs_manifest.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(_latest(one, table)), pd.read_parquet(_latest(two, table)))
+    scores = [pd.read_parquet(_latest(p, "data/04_feature/iqa_scores.parquet")) for p in (one, two)]
+    pd.testing.assert_frame_equal(*scores, rtol=1e-6)
+    assert _files(one / "data/05_model_input/pairs") == _files(two / "data/05_model_input/pairs")
+    # two ranks really scored: each wrote its own score part
+    parts = sorted(p.name for p in (two / "data/04_feature/iqa_parts").rglob("part-*.parquet"))
+    assert [p[:10] for p in parts] == ["part-00000", "part-00001"]
+
+
+def test_fluxgen_on_two_processes_is_one_mlflow_run_of_kind_model_development(fluxgen_one_and_two):
+    _, two, run = fluxgen_one_and_two
+    assert "generate on 2 processes" in run.stdout + run.stderr
+    client, _, runs = _runs(two)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    experiment = client.get_experiment(runs[0].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert runs[0].data.params["fluxgen.num_processes"] == "2"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Train: DDP over 2 gloo processes from the node == one process with 2 accumulation steps
+
+
+def test_train_on_two_processes_gives_the_same_adapter_and_logs_into_the_kedro_run(kedro_project, tmp_path):
+    from kedro.io.core import generate_timestamp
+    from support import tiny_params
+
+    from fluxir.models.adapter import load_adapter
+    from fluxir.training.loop import train
+
+    project = kedro_project
+    pairs = make_pairs(project / "data" / "pairs", n=6)
+    manifest = project / "data/05_model_input/pairs_manifest.parquet" / generate_timestamp()
+    manifest.mkdir(parents=True)
+    pairs.to_parquet(manifest / "pairs_manifest.parquet")
+    steps = "train.max_steps=4,train.global_batch=2,train.validate_every=4,train.log_every=2,train.checkpoint_every=2"
+    kedro_run(project, "run", "--env=tiny", "--pipeline=train", f"--params={steps},train.num_processes=2")
+
+    adapter = load_adapter(_latest(project, "data/06_models/fluxir_adapter"))
+    single = train(tiny_params(tmp_path, *steps.split(",")), pairs, progress=False)
+    diff = max((a - b).abs().max().item() for a, b in zip(adapter.state_dict().values(), single.adapter.state_dict().values()))
+    assert diff < 1e-4  # the DDP tests' tolerance: gloo's all-reduce sums in another order
+    history = pd.read_parquet(_latest(project, "data/07_model_output/train_history.parquet"))
+    assert list(history["step"]) == [1, 2, 3, 4]
+
+    client, _, runs = _runs(project)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 4]  # logged by rank 0 of the child
+    assert runs[0].data.params["train_run.num_processes"] == "2"
+    assert [a.path for a in client.list_artifacts(run_id, "models/fluxir_adapter")]  # the node's adapter, as ever
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluate and restore: images sharded over 2 processes, same outputs and numbers
+
+
+def test_evaluate_on_two_processes_gives_the_same_outputs_and_report_numbers(kedro_project):
+    project = kedro_project
+    save_identity_adapter(project)
+    params = "evaluate.restore.steps=2,evaluate.grid_images=1"
+    kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
+    outputs = project / "data/07_model_output/evaluate_demo/fluxir"
+    one = _files(outputs)
+    one_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
+    outputs.rename(outputs.parent / "fluxir_one")  # the second run must restore everything again
+    kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=2")
+    assert _files(outputs) == one and len(one) >= 4
+    two_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
+    pd.testing.assert_frame_equal(one_table, two_table, rtol=1e-6)
+    report = _latest(project, "data/08_reporting/evaluation_report.md").read_text()
+    assert f"{len(one)} now, 0 reused" in report  # the children's images count as restored by this run
+
+
+def test_restore_on_two_processes_gives_the_same_files_failures_and_summary(kedro_project):
+    project = kedro_project
+    make_mixed_folder(project / "photos")
+    save_identity_adapter(project)
+    common = "restore.input_dir=photos,restore.progress=false,restore.steps=2"
+    kedro_run(project, "run", "--env=tiny", "--pipeline=restore", f"--params={common},restore.output_dir=one")
+    one_failures = pd.read_parquet(_latest(project, "data/08_reporting/restore_failures.parquet"))
+    kedro_run(project, "run", "--env=tiny", "--pipeline=restore",
+              f"--params={common},restore.output_dir=two,restore.num_processes=2")
+    two_failures = pd.read_parquet(_latest(project, "data/08_reporting/restore_failures.parquet"))
+    assert _files(project / "one") == _files(project / "two") and len(_files(project / "one")) == 5
+    pd.testing.assert_frame_equal(one_failures, two_failures)
+    assert len(two_failures) == 3  # the corrupt, the empty and the text file, from both shares
+
+
+# ----------------------------------------------------------------------------------------------------
+# kill -9 of `kedro run` during a 2-process stage
+
+
+def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project, tmp_path):
+    from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
+    from fluxir.io import ImageStore
+
+    project = kedro_project
+    params = "fluxgen.num_images=16,fluxgen.steps=4,fluxgen.num_processes=2"
+    store = project / "data/02_intermediate/fluxgen_images"
+    kedro = Path(sys.executable).with_name("kedro")
+    proc = subprocess.Popen([str(kedro), "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images",
+                             f"--params={params}"], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        kill_when(proc, lambda: any(store.rglob("*.png")), timeout=300)  # the child job is generating
+        deadline = time.time() + 30
+        while _children_of(project) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _children_of(project) == [], "the child job outlived its kedro run"
+    finally:
+        for pid in _children_of(project):  # never leave one behind, even when the test fails
+            os.kill(pid, 9)
+    made = len(list(store.rglob("*.png")))
+    assert 0 < made < 16
+
+    kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images", f"--params={params}")
+    cfg = GenerationConfig.from_params(load_params("tiny", [params], project)["fluxgen"])
+    generate_into_store(cfg, ImageStore(tmp_path / "fresh").sub(cfg.key()), progress=False)
+    assert _files(store) == _files(tmp_path / "fresh") and len(_files(store)) == 16
+
+
+# ----------------------------------------------------------------------------------------------------
+# scripts/slurm on "2 nodes x 1 process": SLURM's variables set by hand, srun replaced by a local fan-out
+
+LOCAL_SRUN = """#!/bin/bash
+# srun --nodes N --ntasks-per-node 1 [--opt=value] cmd...: N local copies of cmd, task i with SLURM_NODEID=i
+n=1
+while [[ "$1" == --* ]]; do
+  case "$1" in
+    --nodes) n=$2; shift 2 ;;
+    --*=*) shift ;;
+    *) shift 2 ;;
+  esac
+done
+pids=()
+for ((i = 0; i < n; i++)); do SLURM_NODEID=$i SLURM_PROCID=$i SLURM_NTASKS=$n "$@" & pids+=($!); done
+rc=0
+for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+exit $rc
+"""
+
+
+def _sbatch(project: Path, script: str, **env: str) -> subprocess.CompletedProcess:
+    from conftest import free_port
+
+    srun = project / "local_srun.sh"
+    srun.write_text(LOCAL_SRUN)
+    srun.chmod(0o755)
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), "SLURM_NNODES": "2",
+               "SLURM_SUBMIT_DIR": str(project), "MAIN_PROCESS_IP": "127.0.0.1", "MAIN_PROCESS_PORT": str(free_port()),
+               "GPUS_PER_NODE": "1", "FLUXIR_ENV": "tiny", "FLUXIR_PARAMS": FLUXGEN, "FLUXIR_PYTHON": sys.executable,
+               "SRUN": str(srun), **env}
+    proc = subprocess.run(["bash", str(project / "scripts/slurm" / script)], check=False, cwd=project, env=environ,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{script}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def test_slurm_scripts_on_two_nodes_make_the_same_dataset(fluxgen_one_and_two, tmp_path):
+    import json
+    import shutil
+
+    one, _, _ = fluxgen_one_and_two
+    project = make_project_copy(tmp_path / "slurm")
+    shutil.copytree(REPO / "scripts/slurm", project / "scripts/slurm")
+    _sbatch(project, "generate.sbatch")
+    _sbatch(project, "score.sbatch")
+    shares = [json.loads(_sbatch(project, "degrade.sbatch", SLURM_ARRAY_TASK_ID=str(k), SLURM_ARRAY_TASK_MIN="0",
+                                 SLURM_ARRAY_TASK_COUNT="2").stdout.strip().splitlines()[-1]) for k in (0, 1)]
+    assert [(s["rank"], s["world_size"]) for s in shares] == [(0, 2), (1, 2)]
+    kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
+    kept = len(pd.read_parquet(_latest(one, "data/05_model_input/pairs_manifest.parquet")))
+    assert sum(s["made"] for s in shares) == kept, "the array tasks made every pair between them"
+
+    parts = sorted(p.name[:10] for p in (project / "data/04_feature/iqa_parts").rglob("part-*.parquet"))
+    assert parts == ["part-00000", "part-00001"], "both nodes scored"
+    for folder in ("data/02_intermediate/fluxgen_images", "data/05_model_input/pairs"):
+        assert _files(project / folder) == _files(one / folder)
+    for table in ("data/04_feature/iqa_selection.parquet", "data/05_model_input/pairs_manifest.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(_latest(one, table)), pd.read_parquet(_latest(project, table)))
