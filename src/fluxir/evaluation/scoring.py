@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fluxir import iqa
 from fluxir.config import Rule, check_fields
 from fluxir.evaluation.report import (
     PER_IMAGE_COLUMNS,
@@ -32,9 +33,8 @@ from fluxir.evaluation.report import (
     is_stand_in,
 )
 from fluxir.evaluation.testsets import list_images, pair_key
-from fluxir import iqa
-from fluxir.iqa import MetricSpec
 from fluxir.io import hash_json, hash_tensors, image_size, read_image, write_png_atomic
+from fluxir.iqa import MetricSpec
 from fluxir.progress import progress
 from fluxir.restoration.methods import (
     EVALUATE_METHODS,

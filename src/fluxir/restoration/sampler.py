@@ -62,7 +62,6 @@ from PIL import Image
 from torch import Tensor
 
 from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys, stage_params
-from fluxir.models.prompts import PromptEncoder
 from fluxir.models.adapter import (
     FluxIRConfig,
     check_compatible,
@@ -77,6 +76,7 @@ from fluxir.models.flux import (
     resolve_device,
     unpack_grid,
 )
+from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
 from fluxir.restoration.lowmem import (

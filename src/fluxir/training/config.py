@@ -6,7 +6,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from fluxir.config import Rule, check_fields, reject_unknown_keys, stage_params
 from fluxir.io import hash_json
 

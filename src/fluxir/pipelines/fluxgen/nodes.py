@@ -72,8 +72,8 @@ def select_by_iqa(scores: pd.DataFrame, metrics: list[Any], percentile: float) -
     Returns (table with ``keep`` and the thresholds used, MLflow metrics, histogram figure). Metric keys go
     through ``fluxir.tracking.mlflow_key`` (``threshold.clipiqa+_vitL14_512`` -> ``threshold.clipiqaplus_vitL14_512``).
     """
-    from fluxir.iqa import MetricSpec
     from fluxir.fluxgen.select import histograms_with_cuts, percentile_cuts
+    from fluxir.iqa import MetricSpec
     from fluxir.tracking import mlflow_metric_values
 
     table, cuts = percentile_cuts(scores, [MetricSpec.parse(s).name for s in metrics], percentile)
