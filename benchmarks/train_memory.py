@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fluxir.compat.torch import storage_id
+
 GIB = 2**30
 SIZES = ((1024, 768), (768, 768), (512, 768))  # the paper's buckets, (width, height)
 BATCH_SIZES = tuple(range(1, 9))
@@ -55,12 +57,12 @@ class SavedBytes:
     """Bytes saved for backward by autograd, by component (views of one storage count once; weights never)."""
 
     def __init__(self, weights: list[nn.Module]) -> None:
-        self.weights = {p.untyped_storage()._cdata for m in weights for p in m.parameters()}
+        self.weights = {storage_id(p) for m in weights for p in m.parameters()}
         self.saved: dict[str, dict[int, int]] = {}
         self.component = "flux_adapter"
 
     def pack(self, t: Tensor) -> Tensor:
-        key = t.untyped_storage()._cdata
+        key = storage_id(t)
         if key not in self.weights:
             self.saved.setdefault(self.component, {})[key] = t.untyped_storage().nbytes()
         return t
@@ -105,9 +107,9 @@ def autocast_for(device: str) -> contextlib.AbstractContextManager:
 
 
 def fake_mode() -> Any:
-    from torch._subclasses.fake_tensor import FakeTensorMode  # torch 2.4 - 2.14: shapes without data
+    from fluxir.compat.torch import fake_tensor_mode
 
-    return FakeTensorMode(allow_non_fake_inputs=True)
+    return fake_tensor_mode()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -148,17 +150,11 @@ def build_models(flux_config: dict[str, Any], vae_config: dict[str, Any], dtype:
 
 
 def move_to(module: nn.Module, device: str) -> None:
-    """Give every parameter and buffer of a meta module an (uninitialised) tensor on ``device``, in place.
+    """Give every parameter and buffer of a meta module an (uninitialised) tensor on ``device``, in place
+    (``Module.to`` cannot: see ``fluxir.compat.torch``)."""
+    from fluxir.compat.torch import replace_tensors
 
-    ``Module.to`` swaps fake tensors with ``torch.utils.swap_tensors``, which refuses them (every fake
-    tensor carries a weak reference); replacing the entries keeps sharing and ``requires_grad``."""
-    for m in module.modules():
-        for name, p in m._parameters.items():
-            if p is not None:
-                m._parameters[name] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=p.requires_grad)
-        for name, b in m._buffers.items():
-            if b is not None:
-                m._buffers[name] = torch.empty_like(b, device=device)
+    replace_tensors(module, lambda t: torch.empty_like(t, device=device))
 
 
 def micro_batch(batch_size: int, width: int, height: int, cfg: Any, device: str) -> Any:
