@@ -29,15 +29,15 @@ import time
 
 START = time.perf_counter()  # the budget counts from here, imports included
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"full": {"flux": "flux1_dev_transformer", "vae": "flux1_dev_vae", "generate": (1024, 768),
@@ -222,10 +222,7 @@ def training(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, d
             out["measured_over_predicted"] = round(out["peak_allocated_gib"] / out["predicted_allocated_gib"], 3)
     finally:
         flux.disable_gradient_checkpointing()
-        del optimizer, model, adapter
-        if cuda:
-            torch.cuda.empty_cache()
-    return out
+    return out  # the adapter and AdamW's states are freed with this frame (main empties the CUDA cache)
 
 
 def restoration(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, dtype: Any, args: Any) -> dict[str, Any]:
@@ -252,7 +249,7 @@ def restoration(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str
         restorer = Restorer(flux, vae, scheduler, text["encoder_hidden_states"], text["pooled_projections"], adapter, cfg)
         stamps: list[float] = []
 
-        def on_step(done: int, total: int) -> None:
+        def on_step(done: int, total: int, stamps: list[float] = stamps, quantize: str = quantize) -> None:
             if device == "cuda":
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
@@ -314,6 +311,8 @@ def main() -> None:
             except Exception as err:  # noqa: BLE001  (recorded; the next measurement still runs)
                 run.result["stages"].setdefault(stage.__name__, {})["error"] = f"{type(err).__name__}: {err}"[:500]
                 run.check(stage.__name__)  # a library that wrapped the timer's OutOfTime in its own error
+            if device == "cuda":
+                torch.cuda.empty_cache()
             run.save()
     except OutOfTime as stop:
         run.result["stopped"] = str(stop)

@@ -297,26 +297,26 @@ def markdown_table(result: dict[str, Any]) -> str:
              f"| Flux weights, bf16, frozen | {static['flux_weights']:.2f} |",
              f"| VAE weights, bf16, frozen | {static['vae_weights']:.2f} |",
              f"| adapter weights, fp32 | {static['adapter_weights']:.2f} |",
-             f"| adapter gradients, fp32 (inside DDP's buckets: `gradient_as_bucket_view`) | "
-             f"{static['adapter_grads_in_ddp_buckets']:.2f} |",
+             (f"| adapter gradients, fp32 (inside DDP's buckets: `gradient_as_bucket_view`) | "
+              f"{static['adapter_grads_in_ddp_buckets']:.2f} |"),
              f"| AdamW m and v, fp32 | {static['adamw_states']:.2f} |",
              f"| **static total** | **{result['static_total_gib']:.2f}** |",
              f"| (DDP without bucket views would add) | {result['ddp_extra_gib_without_bucket_view']:.2f} |",
              f"| saved for backward: Flux + adapter, gradient checkpointing | {one['whole']['saved_flux_adapter']:.2f} |",
              f"| one checkpointed block recomputed in backward | {one['whole']['recomputed_block']:.2f} |",
-             f"| saved for backward: L_P decoder, whole image / 512 crop | {one['whole']['saved_decoder']:.2f} / "
-             f"{one['crop_512']['saved_decoder']:.2f} |",
-             "| (the same decoder under CUDA autocast, whole image / 512 crop) | "
-             f"{result['decoder_saved_gib_if_under_cuda_autocast']['1024x768']:.2f} / "
-             f"{result['decoder_saved_gib_if_under_cuda_autocast']['crop_512']:.2f} |",
-             f"| saved for backward: Flux + adapter, no checkpointing | "
-             f"{row('1024x768', 'whole', 1, False)['saved_flux_adapter']:.2f} |",
+             (f"| saved for backward: L_P decoder, whole image / 512 crop | {one['whole']['saved_decoder']:.2f} / "
+              f"{one['crop_512']['saved_decoder']:.2f} |"),
+             ("| (the same decoder under CUDA autocast, whole image / 512 crop) | "
+              f"{result['decoder_saved_gib_if_under_cuda_autocast']['1024x768']:.2f} / "
+              f"{result['decoder_saved_gib_if_under_cuda_autocast']['crop_512']:.2f} |"),
+             ("| saved for backward: Flux + adapter, no checkpointing | "
+              f"{row('1024x768', 'whole', 1, False)['saved_flux_adapter']:.2f} |"),
              f"| step peak (activations + backward working set), whole image L_P | {one['whole']['step_peak']:.2f} |",
              f"| reserve: CUDA context, workspaces, allocator slack | {result['reserve_gib']:.2f} |",
              f"| **batch 1, whole-image L_P (the defaults)** | **{one['whole']['total']:.2f}** |",
              f"| batch 1, no gradient checkpointing | {row('1024x768', 'whole', 1, False)['total']:.2f} |",
-             "", "Total GiB per GPU by micro-batch (`train.batch_size`), with checkpointing; L_P whole image / "
-             "`pixel_loss_crop: 512` / off:", "",
+             "", ("Total GiB per GPU by micro-batch (`train.batch_size`), with checkpointing; L_P whole image / "
+                  "`pixel_loss_crop: 512` / off:"), "",
              "| batch | " + " | ".join(f"{size} {lp}" for size in sizes for lp in ("whole", "crop", "off")) + " |",
              "|---" * (1 + 3 * len(sizes)) + "|"]
     for b in BATCH_SIZES:
