@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import numbers
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Any
 
 import yaml
 from kedro.config import OmegaConfigLoader
+
+logger = logging.getLogger(__name__)
 
 CONFIG_LOADER_ARGS: dict[str, Any] = {
     "base_env": "base",
@@ -230,6 +234,21 @@ def load_catalog(env: str, project: str | Path = ".") -> Any:
     return DataCatalog.from_config(config_loader(env, project)["catalog"])
 
 
+def lost_processes_warning(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The warning for an ``accelerate launch`` that asked for several processes and started one, else None.
+
+    ``--cpu`` (or ``--num_processes N`` without ``--multi_gpu``) takes accelerate's single-process launcher,
+    which still sets ``MASTER_PORT`` for N processes but starts one without ``WORLD_SIZE``.
+    """
+    launched = "ACCELERATE_MIXED_PRECISION" in environ and "MASTER_PORT" in environ
+    if not launched or "WORLD_SIZE" in environ:
+        return None
+    return ("accelerate launch asked for several processes but started ONE (accelerate's single-process launcher: "
+            "--cpu, or no --multi_gpu); for N processes use `accelerate launch --multi_gpu --num_processes N ...` "
+            "(on a machine without GPUs these are CPU processes; on a GPU machine set the stage's device to cpu, "
+            "e.g. --params iqa.device=cpu)")
+
+
 class _CliParser(argparse.ArgumentParser):
     """Reads ``-c`` run files as ``kedro run -c`` does: the file's ``env`` and ``params`` are defaults that the
     command line overrides (``--params`` merged over the file's ``params``, key by key)."""
@@ -245,6 +264,8 @@ class _CliParser(argparse.ArgumentParser):
         if parsed.env is None:
             parsed.env = options.get("env") or self.default_env
         parsed.params = [options["params"], *parsed.params] if options.get("params") else parsed.params
+        if warning := lost_processes_warning():
+            logger.warning("%s: %s", self.prog, warning)
         return parsed
 
 

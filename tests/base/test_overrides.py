@@ -52,3 +52,32 @@ def test_kedro_run_refuses_a_broken_list_with_the_option_named():
     result = CliRunner().invoke(kedro_run_command, ["--params", "degrade.config.crop_sizes=[[512,512]"])
     assert result.exit_code == 2 and "--params" in result.output and "unbalanced brackets" in result.output
     assert [p.name for p in kedro_run_command.params if "--params" in getattr(p, "opts", [])] == ["cli_params"]
+
+
+def test_a_launch_that_lost_its_processes_is_named():
+    from fluxir.config import lost_processes_warning
+
+    simple = {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "True", "MASTER_PORT": "29500"}
+    assert "started ONE" in lost_processes_warning(simple)
+    assert lost_processes_warning({**simple, "WORLD_SIZE": "2"}) is None  # the multi-process launcher
+    assert lost_processes_warning({"ACCELERATE_MIXED_PRECISION": "no"}) is None  # one process asked for
+    assert lost_processes_warning({}) is None  # plain python -m
+
+
+def test_accelerate_cpu_with_two_processes_warns_from_the_cli(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` runs one process: the project CLI says so."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                           "-m", "fluxir.fetch", "--env", "tiny", "--list"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("asked for several processes but started ONE") == 1, proc.stderr[-3000:]

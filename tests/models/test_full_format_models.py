@@ -345,6 +345,7 @@ def test_kedro_all_pipelines_on_the_full_format_flux(full_flux_dir, tmp_path):
 
     project = make_project_copy(tmp_path / "project")
     model = str(full_flux_dir)
+    # the documented `kedro run --env=tiny` (docs/index.md) on the full-format Flux, with fewer images and steps
     kedro_run(project, "run", "--env=tiny", "--params=" + ",".join([
         f"fluxgen.model={model}", "fluxgen.num_images=6", "fluxgen.steps=2", f"train.model={model}",
         "train.max_steps=3", "train.validate_every=3", "train.checkpoint_every=3", "train.log_every=1",

@@ -446,6 +446,7 @@ def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
     version.mkdir(parents=True)
     pairs.to_parquet(version / manifest_path.name)
     params = "train.max_steps=6,train.validate_every=3,train.log_every=2,train.checkpoint_every=3"
+    # the documented `kedro run --env=tiny --pipeline=train` (docs/training.md), with fewer steps
     kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=train", f"--params={params}")
 
     adapters = sorted((kedro_project / "data" / "06_models" / "fluxir_adapter").iterdir())

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(iqa.get("device", "auto"), state.device)
     parts_dir = parts_root / metrics_key(iqa["metrics"], iqa["precision"])
     scored = score_into_parts(
-        manifest, parts_dir, iqa["metrics"], iqa.get("batch_size", 8), device, state.process_index,
+        manifest, parts_dir, iqa["metrics"], iqa["batch_size"], device, state.process_index,
         state.num_processes, iqa.get("loader_workers", 2), iqa.get("part_size", 1024), progress=state.is_local_main_process,
         precision=iqa["precision"],
     )

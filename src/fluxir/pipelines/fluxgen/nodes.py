@@ -53,7 +53,7 @@ def score_images(generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any], 
     parts_dir = iqa_parts / metrics_key(specs, iqa["precision"])
     processes = resolve_num_processes(num_processes, "fluxgen.num_processes")
     if processes == 1:
-        score_into_parts(generated, parts_dir, specs, iqa.get("batch_size", 8), resolve_device(iqa.get("device", "auto")),
+        score_into_parts(generated, parts_dir, specs, iqa["batch_size"], resolve_device(iqa.get("device", "auto")),
                          loader_workers=iqa.get("loader_workers", 2), part_size=iqa.get("part_size", 1024),
                          precision=iqa["precision"])
     else:
