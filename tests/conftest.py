@@ -45,6 +45,7 @@ def make_project_copy(project: Path) -> Path:
 
     project.mkdir(parents=True)
     shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
+    shutil.copy(REPO / ".telemetry", project / ".telemetry")
     shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
     for committed in ("tiny", "reference"):  # the committed inputs under data/01_raw

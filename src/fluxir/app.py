@@ -38,6 +38,7 @@ from fluxir.restoration.methods import (
     public_config,
 )
 from fluxir.restoration.sampler import RestoreConfig, Restorer, output_size, upsample
+from fluxir.validation import raise_problems, restore_settings_problems
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,9 @@ def restore_upload(models: ProjectModels, upload: str | None, version: str, sett
         rgb, alpha = read_photo(upload)
     except ValueError as err:
         raise ValueError(f"{name}: {str(err).removeprefix(f'{Path(upload)}: ')}") from err
-    files, config = split_params({**models.params, **settings})
+    restore = {**models.params, **settings}
+    raise_problems(restore_settings_problems(restore), "the restoration")
+    files, config = split_params(restore)
     method = files.get("method", "fluxir")
     if method not in RESTORE_METHODS:
         raise ValueError(f"restore.method must be one of {RESTORE_METHODS}, got {method!r}")

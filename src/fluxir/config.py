@@ -198,6 +198,30 @@ class Rule:
         return f"{prefix}{self.field} must be {must}, got {value!r}{note}"
 
 
+def field_problems(values: Any, rules: Iterable[Rule], prefix: str) -> list[str]:
+    """Every "<prefix><field> must be ..., got <value>" message of ``values`` (a dataclass or a mapping).
+
+    A mapping is checked only on the keys it has (the config class fills in or rejects the others).
+    """
+    if isinstance(values, Mapping):
+        return [m for rule in rules if rule.field in values and (m := rule.problem(values[rule.field], prefix))]
+    return [m for rule in rules if (m := rule.problem(getattr(values, rule.field), prefix))]
+
+
+class ConfigError(ValueError):
+    """Several bad values of one config object; ``problems`` holds one message per value."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def raise_problems_of(problems: list[str]) -> None:
+    """Raise ``ConfigError(problems)`` unless the list is empty."""
+    if problems:
+        raise ConfigError(problems)
+
+
 def check_fields(values: Any, rules: Iterable[Rule], prefix: str) -> None:
     """Raise ValueError "<prefix><field> must be ..., got <value>" for the first field breaking its rule.
 

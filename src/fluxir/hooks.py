@@ -1,5 +1,9 @@
 """Project hooks around kedro-mlflow: where each run goes, what it is called and tagged, what it logs.
 
+``ParameterCheckHook``
+    Before anything runs, every parameter group the pipeline reads is checked (``fluxir.validation``) and
+    all problems are reported in one error; nothing is written.
+
 ``MlflowRunHook``
     One MLflow experiment per pipeline family: ``kedro run --pipeline=fluxgen`` logs to experiment
     ``fluxir-fluxgen`` (``<tracking.experiment.name in mlflow.yml>-<pipeline>``); the default pipeline and
@@ -109,6 +113,31 @@ def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None
 
 # ------------------------------------------------------------------------------------------------
 # Hooks
+
+
+class ParameterCheckHook:
+    """Check every parameter the pipeline about to run reads, before kedro-mlflow starts a run or a node writes.
+
+    The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.validation.ParameterError`` listing
+    every problem, so the run stops with nothing written (no MLflow run, no dataset version).
+    """
+
+    def __init__(self) -> None:
+        self._context: Any = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._context = context
+
+    @hook_impl(wrapper=True, tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
+        from fluxir.validation import groups_read, problems_for, raise_problems
+
+        if self._context is not None:
+            groups = groups_read(pipeline.inputs())
+            raise_problems(problems_for(self._context.params, groups),
+                           f"kedro run --pipeline={pipeline_label(run_params.get('pipeline_names'))}")
+        return (yield)
 
 
 class MlflowRunHook:

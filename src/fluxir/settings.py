@@ -3,7 +3,7 @@
 from kedro.config import OmegaConfigLoader
 
 from fluxir.config import CONFIG_LOADER_ARGS  # noqa: F401 (read by Kedro)
-from fluxir.hooks import LaunchContextHook, MlflowRunHook, ReportingArtifactsHook
+from fluxir.hooks import LaunchContextHook, MlflowRunHook, ParameterCheckHook, ReportingArtifactsHook
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-HOOKS = (MlflowRunHook(), ReportingArtifactsHook(), LaunchContextHook())
+HOOKS = (ParameterCheckHook(), MlflowRunHook(), ReportingArtifactsHook(), LaunchContextHook())

@@ -70,8 +70,8 @@ def adapter_fingerprint(adapter: Any) -> str:
     return hash_tensors(adapter.state_dict(), digest).hexdigest()[:12]
 
 
-def _restore_settings(restore: Mapping[str, Any], scale: int, color_fix: str) -> tuple[str, RestoreConfig]:
-    """(model, RestoreConfig) of ``evaluate.restore`` with evaluation's own scale and colour fix."""
+def evaluation_restore_config(restore: Mapping[str, Any], scale: int, color_fix: str) -> tuple[str, RestoreConfig]:
+    """(model, validated RestoreConfig) of ``evaluate.restore`` with evaluation's own scale and colour fix."""
     params = dict(restore)
     if "model" not in params:
         raise ValueError("evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls")
@@ -94,7 +94,7 @@ def restore_missing(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str, 
     """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` that have no FluxIR
     output yet (every ``num_processes``-th: an output depends only on its input and the seed); returns the
     seconds per restored image. ``device`` (default ``restore.device``) is not part of the output key."""
-    model, config = _restore_settings(restore, scale, color_fix)
+    model, config = evaluation_restore_config(restore, scale, color_fix)
     root = _fluxir_root(model, config, adapter, outputs_dir)
     run_config = dataclasses.replace(config, device=device or config.device)
     _, _, seconds = restore_into(manifest, root, "fluxir", lambda: Restorer.from_source(model, adapter, run_config),
@@ -112,7 +112,7 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     ``restored_elsewhere``: seconds per image of the images processes launched for this run restored
     (``restore_missing``), counted in the run info as restored now.
     """
-    model, config = _restore_settings(restore, scale, color_fix)
+    model, config = evaluation_restore_config(restore, scale, color_fix)
     root = _fluxir_root(model, config, adapter, outputs_dir)
     rows, _, seconds = restore_into(manifest, root, "fluxir", lambda: Restorer.from_source(model, adapter, config),
                                     config.scale)

@@ -39,6 +39,7 @@ from fluxir.io import ImageStore, WriterPool, hash_json
 from fluxir.models.flux import accelerate_cpu, load_pipeline, resolve_device
 from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
+from fluxir.validation import check_params
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.env, args.params, args.project)
+    check_params(params, ["fluxgen"], "python -m fluxir.fluxgen.generate")
     cfg = GenerationConfig.from_params(params["fluxgen"])
     root = Path(args.store or Path(args.project) / "data/02_intermediate/fluxgen_images")
     state = PartialState(cpu=accelerate_cpu(cfg.device))

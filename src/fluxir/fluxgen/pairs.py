@@ -47,6 +47,7 @@ from fluxir.io import (
     write_json_atomic,
 )
 from fluxir.progress import progress as progress_bar
+from fluxir.validation import check_params
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", default=None, help="pair store root (default: the catalog's pair_store path)")
     args = parser.parse_args(argv)
 
-    degrade = load_params(args.env, args.params, args.project)["degrade"]
+    params = load_params(args.env, args.params, args.project)
+    check_params(params, ["degrade"], "python -m fluxir.fluxgen.pairs")
+    degrade = params["degrade"]
     catalog = None if args.selection and args.store else load_catalog(args.env, args.project)
     selection = pd.read_parquet(args.selection) if args.selection else catalog.load("iqa_selection")
     store = ImageStore(Path(args.store)) if args.store else catalog.load("pair_store")

@@ -40,6 +40,7 @@ from fluxir import iqa as iqa_lib
 from fluxir.io import hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.progress import progress as progress_bar
+from fluxir.validation import check_params
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", default=None, help="score parts root (default: the catalog's iqa_parts path)")
     args = parser.parse_args(argv)
 
-    iqa = load_params(args.env, args.params, args.project)["iqa"]
+    params = load_params(args.env, args.params, args.project)
+    check_params(params, ["iqa"], "python -m fluxir.fluxgen.score")
+    iqa = params["iqa"]
     catalog = None if args.manifest and args.parts else load_catalog(args.env, args.project)
     manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("generated_images")
     parts_root = Path(args.parts) if args.parts else catalog.load("iqa_parts")

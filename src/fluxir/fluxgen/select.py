@@ -33,6 +33,12 @@ def histograms_with_cuts(table: pd.DataFrame, cuts: dict[str, tuple[float, bool]
     return fig
 
 
+def check_percentile(percentile: Any) -> None:
+    """``select.percentile`` must be a number in (0, 100): the share cut from the bottom of every metric."""
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
+        raise ValueError(f"select.percentile must be in (0, 100) exclusive, got {percentile!r} (the paper uses 5)")
+
+
 def percentile_cuts(scores: pd.DataFrame, names: list[str], percentile: float) -> tuple[pd.DataFrame, dict[str, tuple[float, bool]]]:
     """Keep images inside the top ``100 - percentile`` % on every metric (paper: top 95% => percentile 5).
 
@@ -40,8 +46,7 @@ def percentile_cuts(scores: pd.DataFrame, names: list[str], percentile: float) -
     below it pass. Returns (scores plus ``<metric>_threshold``, ``<metric>_pass`` and ``keep``,
     ``{metric: (cut, lower_is_better)}``).
     """
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
-        raise ValueError(f"select.percentile must be in (0, 100) exclusive, got {percentile!r} (the paper uses 5)")
+    check_percentile(percentile)
     table = scores.copy()
     keep = pd.Series(True, index=table.index)
     cuts: dict[str, tuple[float, bool]] = {}

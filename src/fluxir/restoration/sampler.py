@@ -61,7 +61,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 from torch import Tensor
 
-from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys, stage_params
+from fluxir.config import Rule, field_problems, is_int, raise_problems_of, reject_unknown_keys, stage_params
 from fluxir.models.adapter import (
     FluxIRConfig,
     check_compatible,
@@ -148,33 +148,36 @@ class RestoreConfig:
         return cfg
 
     def validate(self) -> None:
-        """Raise ValueError naming the parameter for any value the restorer cannot use."""
-        check_fields(self, RESTORE_RULES, "restore.")
+        """Raise ValueError naming the parameter of every value the restorer cannot use (all of them at once)."""
+        problems = field_problems(self, RESTORE_RULES, "restore.")
         if self.target_size is None:
-            check_fields(self, [Rule("scale", "positive_number")], "restore.")
+            problems += field_problems(self, [Rule("scale", "positive_number")], "restore.")
         else:
             size = self.target_size
             if isinstance(size, (list, tuple)):
                 if len(size) != 2 or not all(is_int(s, 1) for s in size):
-                    raise ValueError(f"restore.target_size must be an int (longer side) or [width, height] of positive "
-                                     f"ints, got {size!r}")
-                self.target_size = [int(s) for s in size]
+                    problems.append(f"restore.target_size must be an int (longer side) or [width, height] of positive "
+                                    f"ints, got {size!r}")
+                else:
+                    self.target_size = [int(s) for s in size]
             elif not is_int(size, 1):
-                raise ValueError(f"restore.target_size must be an int (longer side) or [width, height], got {size!r}")
+                problems.append(f"restore.target_size must be an int (longer side) or [width, height], got {size!r}")
         for name, overlap_name, multiple in (("tile_size", "tile_overlap", 16), ("vae_tile_size", "vae_tile_overlap", 8)):
             tile, overlap = getattr(self, name), getattr(self, overlap_name)
             if tile in (None, 0):
                 setattr(self, name, None)
                 continue
             if not is_int(tile, 2 * multiple) or tile % multiple:
-                raise ValueError(f"restore.{name} must be a multiple of {multiple} >= {2 * multiple} (or null: no "
-                                 f"tiling), got {tile!r}")
-            if not is_int(overlap, 0) or overlap % multiple or overlap > tile // 2:
-                raise ValueError(f"restore.{overlap_name} must be a multiple of {multiple} in [0, {name}/2 = "
-                                 f"{tile // 2}], got {overlap!r}")
+                problems.append(f"restore.{name} must be a multiple of {multiple} >= {2 * multiple} (or null: no "
+                                f"tiling), got {tile!r}")
+            elif not is_int(overlap, 0) or overlap % multiple or overlap > tile // 2:
+                problems.append(f"restore.{overlap_name} must be a multiple of {multiple} in [0, {name}/2 = "
+                                f"{tile // 2}], got {overlap!r}")
         if _bad_number(self.start_t) or not 0 < self.start_t <= 1:
-            raise ValueError(f"restore.start_t must be a number in (0, 1] (1: from pure noise), got {self.start_t!r}")
-        check_combination(self.offload, self.quantize)
+            problems.append(f"restore.start_t must be a number in (0, 1] (1: from pure noise), got {self.start_t!r}")
+        if not problems:
+            check_combination(self.offload, self.quantize)
+        raise_problems_of(problems)
 
 
 def _bad_number(value: Any) -> bool:

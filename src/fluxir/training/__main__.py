@@ -21,6 +21,7 @@ from fluxir.models.flux import accelerate_cpu
 from fluxir.training.checkpoints import weights_digest
 from fluxir.training.config import TrainConfig
 from fluxir.training.loop import configure_cuda_allocator, train
+from fluxir.validation import check_params
 
 
 def _mlflow_settings(env: str) -> dict[str, Any]:
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         Path(p).resolve() if p else None for p in (args.manifest, args.output, args.history, args.report))
 
     os.chdir(args.project)  # relative paths of conf/ and the catalog are the project's
-    cfg = TrainConfig.from_params(load_params(args.env, args.params, ".")["train"])
+    params = load_params(args.env, args.params, ".")
+    check_params(params, ["train"], "python -m fluxir.training")
+    cfg = TrainConfig.from_params(params["train"])
     state = PartialState(cpu=accelerate_cpu(cfg.device))
     catalog = load_catalog(args.env)
     manifest = pd.read_parquet(manifest_path) if manifest_path else catalog.load("pairs_manifest")

@@ -1,0 +1,224 @@
+"""Check every parameter a run will read before its first node: all problems at once, nothing written.
+
+A node checks its own parameters only when it runs, so a typo in ``select.percentile`` would surface after
+days of generation. ``validate_<stage>(params)`` builds the stage's config objects from the whole
+``parameters`` mapping exactly as its node and ``python -m`` entry point do and returns the problems as
+messages (empty: fine). ``problems_for_run`` picks the stages a pipeline reads (by its ``params:`` inputs);
+``fluxir.hooks.ParameterCheckHook`` calls it before kedro-mlflow starts a run, the entry points call
+``raise_problems`` themselves.
+
+Each stage check is first its config class (the one source of truth), then the rule table of that class
+on the raw values, so a group with three bad values reports all three rather than the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fluxir.config import ConfigError, Rule, field_problems, is_int
+
+
+class ParameterError(ValueError):
+    """Bad parameters found before a run started; the message lists every one."""
+
+
+def _problems(build: Callable[[], Any], rules: Iterable[Rule] = (), values: Mapping[str, Any] | None = None,
+              prefix: str = "") -> list[str]:
+    """Messages of ``build()`` failing plus every rule ``values`` break (only when ``build`` failed: the
+    config class may normalise values the raw rules would reject, e.g. YAML's ``1e-5`` string)."""
+    try:
+        build()
+        return []
+    except ConfigError as err:
+        found = list(err.problems)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        found = [str(err)]
+    if isinstance(values, Mapping):
+        found += [m for m in field_problems(values, rules, prefix) if m not in found]
+    return found
+
+
+def _group(params: Mapping[str, Any], name: str) -> tuple[Mapping[str, Any] | None, list[str]]:
+    group = params.get(name)
+    if not isinstance(group, Mapping):
+        return None, [f"parameter group {name!r} is missing or not a mapping (conf/base/parameters_*.yml defines it)"]
+    return group, []
+
+
+def validate_fluxgen(params: Mapping[str, Any]) -> list[str]:
+    """``fluxgen.*``: ``GenerationConfig``."""
+    from fluxir.fluxgen.generate import GENERATION_RULES, GenerationConfig
+
+    group, missing = _group(params, "fluxgen")
+    if missing:
+        return missing
+    return _problems(lambda: GenerationConfig.from_params(dict(group)), GENERATION_RULES, group, "fluxgen.")
+
+
+def validate_iqa(params: Mapping[str, Any]) -> list[str]:
+    """``iqa.*`` as FluxGen scoring reads them: metric specs (known to pyiqa, no-reference, weights present),
+    batch / part sizes and loader workers."""
+    from fluxir.fluxgen import iqa as iqa_lib
+    from fluxir.fluxgen.score import SCORING_RULES
+
+    group, missing = _group(params, "iqa")
+    if missing:
+        return missing
+    found = field_problems(group, SCORING_RULES, "iqa.")
+    metrics = group.get("metrics")
+    if isinstance(metrics, (str, Mapping)):
+        metrics = [metrics]
+    if not metrics:
+        found.append("iqa.metrics names no metric (the paper: [clipiqa+_vitL14_512, maniqa-pipal, musiq])")
+    specs: list[Any] = []
+    for spec in metrics or []:
+        try:
+            specs.append(iqa_lib.MetricSpec.parse(spec))
+        except (ValueError, TypeError) as err:
+            found.append(f"iqa.metrics: {err}")
+    not_nr = [s.name for s in specs if s.metric_mode != "NR"]
+    if not_nr:
+        found.append(f"iqa.metrics {not_nr} are full-reference; FluxGen selection needs no-reference metrics "
+                     "(musiq, piqe, ...)")
+    elif specs and len(specs) == len(metrics):
+        try:
+            iqa_lib.configure_weights(group.get("weights_dir"), group.get("trust_weight_files", False))
+            iqa_lib.check_weights(specs)
+        except (ValueError, TypeError, OSError) as err:
+            found.append(str(err))
+    return found
+
+
+def validate_select(params: Mapping[str, Any]) -> list[str]:
+    """``select.percentile``."""
+    from fluxir.fluxgen.select import check_percentile
+
+    group, missing = _group(params, "select")
+    if missing:
+        return missing
+    return _problems(lambda: check_percentile(group.get("percentile")))
+
+
+def validate_degrade(params: Mapping[str, Any]) -> list[str]:
+    """``degrade.*``: ``DegradationConfig``, workers, rank / world size, seed."""
+    from fluxir.fluxgen.degrade import DegradationConfig
+    from fluxir.fluxgen.pairs import ids_for_rank, resolve_workers
+
+    group, missing = _group(params, "degrade")
+    if missing:
+        return missing
+    found = _problems(lambda: DegradationConfig.from_dict(group.get("config") or {}))
+    found = [m if m.startswith("degrade") else f"degrade.config: {m}" for m in found]
+    found += _problems(lambda: resolve_workers(group.get("workers", "auto")))
+    found += _problems(lambda: ids_for_rank([], group.get("rank", 0), group.get("world_size", 1)))
+    if not is_int(group.get("seed")):
+        found.append(f"degrade.seed must be an integer, got {group.get('seed')!r}")
+    return found
+
+
+def validate_train(params: Mapping[str, Any]) -> list[str]:
+    """``train.*``: ``TrainConfig``."""
+    from fluxir.training import TRAIN_RULES, TrainConfig
+
+    group, missing = _group(params, "train")
+    if missing:
+        return missing
+    return _problems(lambda: TrainConfig.from_params(dict(group)), TRAIN_RULES, group, "train.")
+
+
+def restore_settings_problems(restore: Mapping[str, Any]) -> list[str]:
+    """``restore.*`` minus the file parameters: ``RestoreConfig`` (the app checks its settings with this)."""
+    from fluxir.restoration.files import FILE_PARAMS, split_params
+    from fluxir.restoration.sampler import RESTORE_RULES
+
+    config_values = {k: v for k, v in restore.items() if k not in FILE_PARAMS}
+    return _problems(lambda: split_params(dict(restore)), RESTORE_RULES, config_values, "restore.")
+
+
+def validate_restore(params: Mapping[str, Any]) -> list[str]:
+    """``restore.*``: ``RestoreConfig`` and the input / output folders."""
+    group, missing = _group(params, "restore")
+    if missing:
+        return missing
+    found = restore_settings_problems(group)
+    if not group.get("input_dir") or not group.get("output_dir"):
+        found.append("set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
+                     "--params=\"restore.input_dir=photos,restore.output_dir=restored\"")
+    elif not Path(group["input_dir"]).exists():
+        found.append(f"restore.input_dir {str(group['input_dir'])!r} does not exist")
+    return found
+
+
+def validate_evaluate(params: Mapping[str, Any]) -> list[str]:
+    """``evaluate.*``: every ``BenchmarkSpec``, the metric groups and ``evaluate.restore`` (``RestoreConfig``)."""
+    from fluxir.evaluation.scoring import evaluation_restore_config, parse_metric_groups
+    from fluxir.evaluation.testsets import BenchmarkSpec
+    from fluxir.restoration.colorfix import COLOR_FIX_METHODS
+
+    group, missing = _group(params, "evaluate")
+    if missing:
+        return missing
+    found: list[str] = []
+    scale = group.get("scale")
+    if not is_int(scale, 1):
+        found.append(f"evaluate.scale must be a positive integer, got {scale!r}")
+    for key, entry in (group.get("benchmarks") or {}).items():
+        try:
+            spec = BenchmarkSpec.from_params(entry)
+        except (ValueError, TypeError) as err:
+            found.append(f"evaluate.benchmarks.{key}: {err}")
+            continue
+        if is_int(scale, 1) and spec.scale is not None and spec.scale != scale:
+            found.append(f"evaluate.benchmarks.{key}: hq_size/lq_size = {spec.scale} but evaluate.scale is {scale}")
+    found += _problems(lambda: parse_metric_groups(group.get("metrics")))
+    if group.get("color_fix") not in COLOR_FIX_METHODS:
+        found.append(f"evaluate.color_fix must be one of {tuple(COLOR_FIX_METHODS)}, got {group.get('color_fix')!r}")
+    elif is_int(scale, 1):
+        found += _problems(lambda: evaluation_restore_config(group.get("restore") or {}, scale, group["color_fix"]))
+    return found
+
+
+# Top-level parameter group -> its check. A pipeline reading any ``params:<group>...`` gets that group checked.
+VALIDATORS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
+    "fluxgen": validate_fluxgen,
+    "iqa": validate_iqa,
+    "select": validate_select,
+    "degrade": validate_degrade,
+    "train": validate_train,
+    "restore": validate_restore,
+    "evaluate": validate_evaluate,
+}
+
+
+# Groups checked only when one of these is read: evaluation reads iqa.weights_dir / iqa.device but scores with
+# its own evaluate.metrics, so FluxGen's iqa.metrics (and their weights) are no concern of an evaluate run.
+CHECKED_WHEN_READ = {"iqa": ("iqa", "iqa.metrics")}
+
+
+def groups_read(dataset_names: Iterable[str]) -> list[str]:
+    """The parameter groups of ``VALIDATORS`` that datasets named ``params:<group>[.<key>]`` read, in table order."""
+    keys = {name.removeprefix("params:") for name in dataset_names if name.startswith("params:")}
+    read = {key.split(".", 1)[0] for key in keys}
+    return [group for group in VALIDATORS
+            if group in read and (group not in CHECKED_WHEN_READ or keys & set(CHECKED_WHEN_READ[group]))]
+
+
+def problems_for(params: Mapping[str, Any], groups: Iterable[str]) -> list[str]:
+    """Every problem of the named parameter groups, in order."""
+    return [problem for group in groups for problem in VALIDATORS[group](params)]
+
+
+def raise_problems(problems: list[str], where: str = "this run") -> None:
+    """Raise one ``ParameterError`` listing every problem (nothing happens when there is none)."""
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ParameterError(
+            f"{len(problems)} parameter problem(s) found before {where} started (nothing was run or written):\n{lines}\n"
+            "Fix them in conf/<env>/parameters_*.yml or with --params and run again.")
+
+
+def check_params(params: Mapping[str, Any], groups: Iterable[str], where: str) -> None:
+    """``raise_problems(problems_for(params, groups), where)``: the one call of every ``python -m`` entry point."""
+    raise_problems(problems_for(params, groups), where)
