@@ -70,7 +70,7 @@ def test_entry_point_lists_every_problem_before_work(tmp_path):
         assert text in message
     proc = subprocess.run([sys.executable, "-m", "fluxir.fluxgen.pairs", "--env=tiny", "--params=degrade.workers=0",
                            "--selection", str(tmp_path / "absent.parquet"), "--store", str(tmp_path / "store")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "degrade.workers must be 'auto' or a positive integer, got 0" in proc.stderr
     assert "absent.parquet" not in proc.stderr  # stopped before reading any input
