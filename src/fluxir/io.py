@@ -1,7 +1,8 @@
 """Files: atomic writes, image readers, hashing, and the sharded image store.
 
-Every write goes to a temporary file (or folder) next to its target and is renamed into place, so a
-file that exists is complete: a killed run loses at most what was in flight and a rerun skips the rest.
+Every write goes to a temporary file (or folder) next to its target, is flushed to the disk (``fsync``) and
+renamed into place, so a file that exists is complete, after a kill and after a power loss alike: a
+stopped run loses at most what was in flight and a rerun skips the rest.
 
 350,000 images do not belong in one folder: image ``i`` of an ``ImageStore`` lives at
 ``<root>/<i // 1000:04d>/<i:08d>.png``.
@@ -17,7 +18,7 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,38 +34,69 @@ SHARD_SIZE = 1000
 # Atomic writes
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's data to the disk (``fsync``), so a later rename never names an empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (the renames into it) to the disk. No-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on folders; the file data is flushed already
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_file(path: str | os.PathLike, *, fsync: bool = True, fsync_folder: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block succeeds it is renamed onto ``path``.
 
     The temporary name is unique per process and call (``.<name>.<pid>.<random>.tmp``), so concurrent
     writers of the same file never mix bytes; on error it is removed and ``path`` is left as it was.
+    Durable by default: the file is flushed before the rename (after a power loss a file that exists is
+    complete) and the folder after it (the file is there). Many files into one folder (a shard of PNGs)
+    pass ``fsync_folder=False`` and call ``fsync_dir(folder)`` once for the batch; ``fsync=False`` only
+    for caches that are rebuilt when lost or cut (hash sidecars).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
     try:
         yield tmp
+        if fsync:
+            fsync_file(tmp)
         os.replace(tmp, path)
+        if fsync and fsync_folder:
+            fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically; returns the path."""
-    with atomic_file(path) as tmp:
+def write_atomic(path: str | os.PathLike, data: bytes | str, **durability: bool) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically (``durability``: see ``atomic_file``)."""
+    with atomic_file(path, **durability) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> Path:
-    """Write ``json.dumps(obj, **dumps_kwargs)`` to ``path`` atomically; returns the path."""
+    """Write ``json.dumps(obj, **dumps_kwargs)`` to ``path`` atomically and durably; returns the path."""
     return write_atomic(path, json.dumps(obj, **dumps_kwargs))
 
 
-def write_png_atomic(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write ``image`` (H, W, 3 or 4) uint8 as PNG at ``path`` atomically."""
-    with atomic_file(path) as tmp:
+def write_png_atomic(path: str | os.PathLike, image: np.ndarray, **durability: bool) -> None:
+    """Write ``image`` (H, W, 3 or 4) uint8 as PNG at ``path`` atomically (``durability``: see ``atomic_file``)."""
+    with atomic_file(path, **durability) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
@@ -73,12 +105,26 @@ def local_fs() -> Any:
     return fsspec.filesystem("file", auto_mkdir=True)
 
 
+def _is_local(fs: Any) -> bool:
+    protocol = getattr(fs, "protocol", None)
+    return "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flush every file and folder below a local ``folder`` (deepest first), then ``folder`` itself."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+
+
 @contextmanager
 def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]:
     """Yield a temporary folder ``<parent>/.tmp-<name>-<random>``; when the block succeeds it replaces ``folder``.
 
     An existing ``folder`` stays complete until the new one is moved in (it is first moved aside, then
     deleted), so a crash at any point leaves either the old or the new folder under the final name.
+    On the local filesystem every file is flushed before the move and the parent folder after it.
     ``fs`` is an fsspec filesystem (the local one by default); the yielded path is in its syntax.
     """
     fs = fs or local_fs()
@@ -88,11 +134,15 @@ def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]
     fs.makedirs(tmp, exist_ok=True)
     try:
         yield tmp
+        if _is_local(fs):
+            fsync_tree(tmp)
         old = None
         if fs.exists(folder):
             old = posixpath.join(parent, f".old-{name}-{uuid.uuid4().hex[:8]}")
             fs.mv(folder, old, recursive=True)
         fs.mv(tmp, folder, recursive=True)
+        if _is_local(fs):
+            fsync_dir(parent or ".")
         if old is not None:
             fs.rm(old, recursive=True)
     finally:
@@ -104,13 +154,69 @@ def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]
 # Hashing
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
+def sha256_file(path: str | os.PathLike, fs: Any = None) -> str:
+    """Hex SHA-256 of a file's bytes (on the fsspec filesystem ``fs``, the local one by default)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with (fs.open(str(path), "rb") if fs is not None else open(path, "rb")) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Folder manifests: a folder that proves itself
+#
+# A rename makes a folder appear at once, but storage can still lose or cut its files (power loss before
+# the data reached the disk, bit rot, a copy that stopped). ``write_manifest`` records every file's size
+# and SHA-256 as the folder's last file; ``manifest_problem`` says what no longer matches.
+
+MANIFEST_NAME = "manifest.json"
+
+
+def _files_under(folder: str, fs: Any) -> list[str]:
+    """Paths (relative, POSIX) of every file below ``folder`` except the manifest, sorted."""
+    root = folder.rstrip("/")
+    names = [posixpath.relpath(p, root) for p in fs.find(root)]
+    return sorted(n for n in names if n != MANIFEST_NAME)
+
+
+def write_manifest(folder: str | os.PathLike, fs: Any = None) -> dict[str, dict[str, Any]]:
+    """Write ``<folder>/manifest.json``: ``{relative path: {size, sha256}}`` of every other file; returns it.
+
+    Call it last, on the finished (usually still temporary) folder.
+    """
+    fs = fs or local_fs()
+    root = str(folder).rstrip("/")
+    entries = {name: {"size": fs.size(f"{root}/{name}"), "sha256": sha256_file(f"{root}/{name}", fs)}
+               for name in _files_under(root, fs)}
+    with fs.open(f"{root}/{MANIFEST_NAME}", "w") as fh:
+        fh.write(json.dumps({"files": entries}, indent=1, sort_keys=True))
+    return entries
+
+
+def manifest_problem(folder: str | os.PathLike, fs: Any = None) -> str | None:
+    """None when ``<folder>/manifest.json`` exists and every file it lists has its size and SHA-256; else
+    what is wrong, naming the file (``<folder>/<file>: 1024 bytes, the manifest says 4096``)."""
+    fs = fs or local_fs()
+    root = str(folder).rstrip("/")
+    manifest = f"{root}/{MANIFEST_NAME}"
+    if not fs.exists(manifest):
+        return f"{manifest} is missing (the folder was cut off while being written, or predates manifests)"
+    try:
+        with fs.open(manifest, "r") as fh:
+            entries = json.loads(fh.read())["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{manifest} is not a readable manifest ({err})"
+    for name, entry in sorted(entries.items()):
+        path = f"{root}/{name}"
+        if not fs.exists(path):
+            return f"{path} is missing"
+        size = fs.size(path)
+        if size != entry["size"]:
+            return f"{path}: {size} bytes, the manifest says {entry['size']}"
+        if sha256_file(path, fs) != entry["sha256"]:
+            return f"{path}: its SHA-256 differs from the manifest's (the file is corrupt)"
+    return None
 
 
 def hash_tensors(tensors: Mapping[str, Any], digest: Any = None) -> Any:
@@ -242,7 +348,8 @@ def record_hash(path: Path) -> Recorded:
     """Hash ``path`` (just written, so read from the page cache) and keep the result in its sidecar."""
     stat = path.stat()
     recorded = Recorded(sha256_file(path), stat.st_size, stat.st_mtime_ns)
-    write_atomic(sidecar_path(path), json.dumps([recorded.sha256, recorded.size, recorded.mtime_ns]))
+    # a cache: a sidecar lost or cut by a power loss is unreadable or stale and the image is hashed again
+    write_atomic(sidecar_path(path), json.dumps([recorded.sha256, recorded.size, recorded.mtime_ns]), fsync=False)
     return recorded
 
 
@@ -260,15 +367,26 @@ class ImageStore:
         """True when the image was completely written (writes are atomic)."""
         return self.path_for(image_id).is_file()
 
-    def write(self, image_id: int, image: np.ndarray) -> Path:
-        """Atomically write image ``image_id``; returns its path."""
+    def write(self, image_id: int, image: np.ndarray, fsync_folder: bool = True) -> Path:
+        """Atomically and durably write image ``image_id``; returns its path.
+
+        A writer of many images passes ``fsync_folder=False`` and calls ``sync_shards`` once per batch.
+        """
         path = self.path_for(image_id)
-        write_png_atomic(path, image)
+        write_png_atomic(path, image, fsync_folder=fsync_folder)
         return path
 
-    def write_recorded(self, image_id: int, image: np.ndarray) -> Recorded:
-        """``write`` plus :func:`record_hash`: the way every FluxGen image and pair is written."""
-        return record_hash(self.write(image_id, image))
+    def write_recorded(self, image_id: int, image: np.ndarray, fsync_folder: bool = True) -> Recorded:
+        """``write`` plus :func:`record_hash`: the way every FluxGen image and pair is written.
+
+        ``fsync_folder=False``: the caller flushes the shard folders afterwards (``sync_shards``).
+        """
+        return record_hash(self.write(image_id, image, fsync_folder=fsync_folder))
+
+    def sync_shards(self, image_ids: Iterable[int]) -> None:
+        """Flush the shard folders of ``image_ids`` (the renames of images written with ``fsync_folder=False``)."""
+        for shard in sorted({image_id // SHARD_SIZE for image_id in image_ids}):
+            fsync_dir(self.root / f"{shard:04d}")
 
     def read(self, image_id: int) -> np.ndarray:
         """Image ``image_id`` as RGB uint8."""
@@ -296,8 +414,7 @@ class WriterPool:
     """
 
     def __init__(self, threads: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-        from threading import BoundedSemaphore
+                from threading import BoundedSemaphore
 
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="fluxir-writer") if threads > 0 else None
         self._slots = BoundedSemaphore(2 * max(threads, 1))

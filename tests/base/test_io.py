@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,76 @@ def test_writer_pool_queue_is_bounded():
     thread.join(timeout=10)
     pool.close()
     assert submitted == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Durability (a power loss cannot be staged in a test: the order of the real fsync calls is recorded)
+
+
+@pytest.fixture
+def disk_events(monkeypatch):
+    """Every fsync (of which path) and rename, in order; the real calls still run."""
+    import os
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_a_file_is_flushed_before_its_rename_and_its_folder_after(tmp_path, disk_events):
+    target = write_atomic(tmp_path / "a.json", "{}")
+    (kind0, tmp), (kind1, renamed), (kind2, folder) = disk_events
+    assert (kind0, kind1, kind2) == ("fsync", "rename", "fsync")
+    assert tmp.startswith(str(tmp_path / ".a.json.")) and renamed == str(target) and folder == str(tmp_path)
+
+
+def test_images_of_many_writers_flush_each_file_and_each_shard_folder_once(tmp_path, disk_events):
+    from fluxir.io import ImageStore
+
+    store = ImageStore(tmp_path)
+    image = np.zeros((8, 8, 3), np.uint8)
+    for i in (998, 999, 1000):  # as the generation's writer threads: each file's data before its rename
+        store.write(i, image, fsync_folder=False)
+    assert [kind for kind, _ in disk_events] == ["fsync", "rename"] * 3
+    disk_events.clear()
+    store.sync_shards([998, 999, 1000])  # then each shard folder once
+    assert disk_events == [("fsync", str(tmp_path / "0000")), ("fsync", str(tmp_path / "0001"))]
+
+
+def test_a_directory_is_flushed_file_by_file_before_it_is_moved_in(tmp_path, disk_events):
+    with atomic_directory(tmp_path / "ckpt") as tmp:
+        (Path(tmp) / "sub").mkdir()
+        write_atomic(f"{tmp}/sub/w.bin", b"x", fsync=False)
+        disk_events.clear()
+    flushed = [path for kind, path in disk_events if kind == "fsync"]
+    assert flushed[0].endswith("/sub/w.bin") and (tmp_path / "ckpt" / "sub" / "w.bin").read_bytes() == b"x"
+    assert flushed[-1] == str(tmp_path)  # the parent, after the move
+
+
+def test_a_manifest_names_a_cut_a_changed_and_a_missing_file(tmp_path):
+    from fluxir.io import manifest_problem, write_manifest
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.bin").write_bytes(b"abcd")
+    (tmp_path / "sub" / "b.bin").write_bytes(b"efgh")
+    assert set(write_manifest(tmp_path)) == {"a.bin", "sub/b.bin"}
+    assert manifest_problem(tmp_path) is None
+    (tmp_path / "sub" / "b.bin").write_bytes(b"efgX")  # same size, one byte changed
+    assert manifest_problem(tmp_path) == f"{tmp_path}/sub/b.bin: its SHA-256 differs from the manifest's (the file is corrupt)"
+    (tmp_path / "sub" / "b.bin").write_bytes(b"ef")
+    assert manifest_problem(tmp_path) == f"{tmp_path}/sub/b.bin: 2 bytes, the manifest says 4"
+    (tmp_path / "a.bin").unlink()
+    assert manifest_problem(tmp_path) == f"{tmp_path}/a.bin is missing"
+    (tmp_path / "manifest.json").unlink()
+    assert "manifest.json is missing" in manifest_problem(tmp_path)

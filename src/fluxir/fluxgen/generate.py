@@ -165,10 +165,12 @@ def write_generated(cfg: GenerationConfig, store: ImageStore, images: Iterable[t
     bar = progress_bar(total=total, desc=desc, unit="img", disable=not progress)
     with WriterPool(cfg.write_threads) as writer:
         for image_id, image in images:
-            writer.submit(store.write_recorded, image_id, image)  # + its sha256 and sidecar
+            # + its sha256 and sidecar; each PNG reaches the disk before its rename, its folder below
+            writer.submit(store.write_recorded, image_id, image, False)
             done.append(image_id)
             bar.update(1)
             bar.set_postfix(img_per_s=f"{len(done) / (time.perf_counter() - start):.2f}")
+    store.sync_shards(done)  # the renames of this run, one fsync per shard folder
     bar.close()
     elapsed = time.perf_counter() - start
     logger.info("%s: %d images in %.1f s, %.1f s of it waiting on file writes (fluxgen.write_threads=%d)",

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fluxir.fluxgen.generate import GenerationConfig, prompt_for
-from fluxir.io import SHARD_SIZE, ImageStore, Recorded, portable_path, record_hash, sidecar_path, write_atomic
+from fluxir.io import SHARD_SIZE, ImageStore, Recorded, fsync_dir, portable_path, record_hash, sidecar_path, write_atomic
 
 INDEX_NAME = ".sha256-index.json"
 
@@ -76,6 +76,7 @@ def recorded_hashes(store: ImageStore, image_ids: Iterable[int]) -> Iterator[tup
             yield image_id, path, recorded.sha256, recorded.size
         if changed:
             payload = {name: [r.sha256, r.size, r.mtime_ns] for name, r in sorted(index.items())}
+            fsync_dir(shard)  # the images the index lists are on the disk before the index is
             write_atomic(shard / INDEX_NAME, json.dumps(payload))
 
 

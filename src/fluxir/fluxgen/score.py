@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fluxir.config import Rule, check_fields, cli_parser, load_catalog, load_params
 from fluxir import iqa as iqa_lib
-from fluxir.io import hash_json, read_image
+from fluxir.io import atomic_file, hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.progress import progress as progress_bar
 from fluxir.validation import check_params
@@ -138,10 +137,8 @@ def _next_part_number(parts_dir: Path, rank: int) -> int:
 
 
 def _write_part(parts_dir: Path, rank: int, number: int, rows: list[pd.DataFrame]) -> None:
-    path = parts_dir / f"part-{rank:05d}-{number:06d}.parquet"
-    tmp = parts_dir / f".{path.name}.{os.getpid()}.tmp"
-    pd.concat(rows, ignore_index=True).to_parquet(tmp, index=False)
-    os.replace(tmp, path)  # a part is either complete under its name or absent
+    with atomic_file(parts_dir / f"part-{rank:05d}-{number:06d}.parquet") as tmp:  # complete under its name or absent
+        pd.concat(rows, ignore_index=True).to_parquet(tmp, index=False)
 
 
 def score_into_parts(

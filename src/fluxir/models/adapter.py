@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from fluxir.compat.accelerate import pre_forward
 from fluxir.compat.diffusers import checkpointed
 from fluxir.config import Rule, check_fields
-from fluxir.io import atomic_directory, local_fs
+from fluxir.io import MANIFEST_NAME, atomic_directory, local_fs, manifest_problem, write_manifest
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "adapter.safetensors"
@@ -538,6 +538,7 @@ def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = No
         state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
         with fs.open(f"{tmp}/{WEIGHTS_NAME}", "wb") as f:
             f.write(st_save(state, metadata={"format": "pt"}))
+        write_manifest(tmp, fs)  # last: load_adapter checks the files against it
 
 
 def load_adapter(folder: str | os.PathLike, fs: Any = None, device: str | torch.device = "cpu",
@@ -548,14 +549,26 @@ def load_adapter(folder: str | os.PathLike, fs: Any = None, device: str | torch.
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not fs.exists(f"{folder}/{name}"):
             raise FileNotFoundError(f"{folder!r} is not a FluxIR adapter folder: {name} is missing")
-    with fs.open(f"{folder}/{CONFIG_NAME}", "r") as f:
-        raw = json.loads(f.read())
+    if fs.exists(f"{folder}/{MANIFEST_NAME}"):  # adapters saved before manifests have none
+        problem = manifest_problem(folder, fs)
+        if problem:
+            raise ValueError(f"FluxIR adapter {folder!r} is damaged: {problem}. Use another version "
+                             "(--load-versions=fluxir_adapter:<version>) or train it again")
+    try:
+        with fs.open(f"{folder}/{CONFIG_NAME}", "r") as f:
+            raw = json.loads(f.read())
+    except ValueError as err:
+        raise ValueError(f"{folder}/{CONFIG_NAME} is not readable JSON ({err}); the adapter folder is damaged") from err
     version = raw.get("_format_version", FORMAT_VERSION)
     if version > FORMAT_VERSION:
         raise ValueError(f"{folder!r} has adapter format {version}; this fluxir reads up to {FORMAT_VERSION}")
     config = FluxIRConfig.from_dict(raw)
     with fs.open(f"{folder}/{WEIGHTS_NAME}", "rb") as f:
-        state = st_load(f.read())
+        try:
+            state = st_load(f.read())
+        except Exception as err:  # safetensors raises its own SafetensorError for a cut or corrupt file
+            raise ValueError(f"{folder}/{WEIGHTS_NAME} is not a readable safetensors file ({err}); the adapter "
+                             "folder is damaged: use another version or train it again") from err
     with torch.device("meta"):
         adapter = FluxIRAdapter(config)
     try:

@@ -7,8 +7,10 @@ killed while writing never leaves a half checkpoint under a final name; the newe
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fluxir.io import atomic_directory, hash_tensors
+from fluxir.io import atomic_directory, hash_tensors, manifest_problem, write_manifest
 from fluxir.models.adapter import FluxIRAdapter, load_adapter, save_adapter
 
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -53,9 +56,34 @@ def save_checkpoint(run_dir: Path, step: int, adapter: FluxIRAdapter, optimizer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra, "history": history}, indent=1))
+        write_manifest(tmp)  # last: sizes and hashes of everything above
     for _, old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def newest_complete_checkpoint(run_dir: Path, move_damaged: bool) -> tuple[int, Path] | None:
+    """The newest checkpoint of ``run_dir`` whose manifest matches its files; None when there is none.
+
+    A newer checkpoint that does not match (cut off by a power loss, bit rot, written before checkpoints
+    carried manifests) is skipped with a warning naming it and, with ``move_damaged`` (rank 0), moved
+    aside to ``.damaged-step_<n>-<random>`` so that it is neither counted by ``keep_checkpoints`` nor lost.
+    When checkpoints exist but none is complete, RuntimeError names them and says how to start over.
+    """
+    damaged = []
+    for step, path in reversed(list_checkpoints(run_dir)):
+        problem = manifest_problem(path)
+        if problem is None:
+            for bad in damaged if move_damaged else []:
+                bad.rename(bad.with_name(f".damaged-{bad.name}-{uuid.uuid4().hex[:6]}"))
+            return step, path
+        logger.warning("skipping damaged checkpoint %s: %s; resuming from an older one", path, problem)
+        damaged.append(path)
+    if damaged:
+        raise RuntimeError(
+            f"no complete checkpoint in {run_dir}: {', '.join(p.name for p in damaged)} do not match their manifest "
+            f"(see the warnings above). Start over with --params=train.resume=false (deletes them) or move {run_dir} away")
+    return None
 
 
 def load_checkpoint(path: Path, adapter: FluxIRAdapter, optimizer: Any, scheduler: Any) -> dict[str, Any]:

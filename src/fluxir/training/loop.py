@@ -35,7 +35,7 @@ from fluxir.models.adapter import (
 from fluxir.models.flux import accelerate_cpu
 from fluxir.progress import progress as progress_bar
 from fluxir.tracking import log_new_params, mlflow_key
-from fluxir.training.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from fluxir.training.checkpoints import list_checkpoints, load_checkpoint, newest_complete_checkpoint, save_checkpoint
 from fluxir.training.config import TrainConfig, accumulation_steps
 from fluxir.training.data import DataOrder, LatentCache, PairTable, pair_gaussians, vae_identity
 from fluxir.training.loss import flow_matching_loss, make_micro_batch, sample_seed
@@ -174,12 +174,12 @@ def start_run(cfg: TrainConfig, manifest: pd.DataFrame) -> TrainingRun:
     if accelerator.is_main_process:
         _clear_run_dir(run_dir, cfg.resume)
     accelerator.wait_for_everyone()
-    found = list_checkpoints(run_dir) if cfg.resume else []
+    newest = newest_complete_checkpoint(run_dir, move_damaged=accelerator.is_main_process) if cfg.resume else None
     start, history = 0, []
-    if found:
-        state = load_checkpoint(found[-1][1], adapter, optimizer, scheduler)
+    if newest is not None:
+        state = load_checkpoint(newest[1], adapter, optimizer, scheduler)
         start, history = state["step"], state["history"][: state["step"]]
-        logger.info("resuming from %s (step %d)", found[-1][1], start)
+        logger.info("resuming from %s (step %d)", newest[1], start)
     model, optimizer = accelerator.prepare(ControlledFlux(models.flux, adapter), optimizer)  # the scheduler is stepped by hand
     return TrainingRun(cfg, accelerator, accumulation, pairs, train_idx, val_idx, order, models, cache, model,
                        optimizer, scheduler, run_dir, run_key, start, history, MlflowLogger(accelerator.is_main_process))
