@@ -102,21 +102,32 @@ def save_identity_adapter(project: Path) -> None:
     DataCatalog.from_config({"fluxir_adapter": entry}).save("fluxir_adapter", FluxIRAdapter.from_flux(pipe.transformer))
 
 
-def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float, group: bool = False) -> None:
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float, group: bool = False,
+              grace: float = 10.0) -> list[int]:
     """SIGKILL ``proc`` (its whole process group with ``group``) once ``ready()`` holds or ``timeout`` s pass.
 
     Asserts the process was still running when killed, so a resume test cannot pass on a run that
-    simply finished.
+    simply finished, and that every process it had started (loader or pool workers) is gone within
+    ``grace`` seconds; survivors are killed before the assertion fails. Returns the pids of those children.
     """
+    import psutil
+
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
+    children = psutil.Process(proc.pid).children(recursive=True)
     if group:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and every process it started
     else:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    survivors = [f"{p.pid} ({p.name()})" for p in alive if p.is_running()]
+    for p in alive:
+        p.kill()
+    assert not survivors, f"processes left running {grace:g} s after their parent was killed: {survivors}"
+    return [p.pid for p in children]
 
 
 HUB_COMMIT = "0ef5fff789c832c5c7f4e127f94c8b54bbcced44"  # any 40-hex id: the snapshot folder's name

@@ -18,16 +18,19 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
+import torch
+from kedro.io.core import DatasetError
 
 from fluxir.io import write_png_atomic
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
-from fluxir.restoration.files import read_photo, restore_photo, split_params
+from fluxir.restoration.files import out_of_memory_advice, read_photo, restore_photo, split_params
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
 from fluxir.restoration.methods import (
     RESTORE_METHODS,
@@ -37,7 +40,7 @@ from fluxir.restoration.methods import (
     output_geometry,
     public_config,
 )
-from fluxir.restoration.sampler import RestoreConfig, Restorer, output_size, upsample
+from fluxir.restoration.sampler import RestoreConfig, Restorer, check_output_size, output_size, upsample
 from fluxir.validation import raise_problems, restore_settings_problems
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class ProjectModels:
     baselines: dict[str, Any] = field(default_factory=dict)  # baselines.* of the chosen env (public restorers)
     _restorer: Any = field(default=None, repr=False)
     _key: tuple | None = field(default=None, repr=False)
+    seconds_per_pass: dict[str, float] = field(default_factory=dict)  # per method, measured: the next estimate
 
     @classmethod
     def from_kedro(cls, project: str | Path, env: str | None = None) -> ProjectModels:
@@ -136,11 +140,12 @@ class ProjectModels:
 
 
 def restore_upload(models: ProjectModels, upload: str | None, version: str, settings: dict[str, Any],
-                   on_step: Any = None) -> tuple[np.ndarray, np.ndarray, Path, str]:
+                   on_step: Any = None, on_start: Any = None) -> tuple[np.ndarray, np.ndarray, Path, str]:
     """Restore the uploaded file: (before = bicubic LQ at the output size, after, PNG path, method label).
 
-    ``settings`` may hold ``method`` (``restore.method``: fluxir, flux_controlnet, realesrgan). Raises
-    ValueError naming the file (unreadable upload) or the parameter (bad setting).
+    ``settings`` may hold ``method`` (``restore.method``: fluxir, flux_controlnet, realesrgan).
+    ``on_start(text)`` gets the output size, tiles x steps and the time estimate before the models load.
+    Raises ValueError naming the file (unreadable, too large an output, out of memory) or the parameter.
     """
     if not upload:
         raise ValueError("upload a photo first (PNG, JPEG, WebP, TIFF, ...)")
@@ -155,8 +160,20 @@ def restore_upload(models: ProjectModels, upload: str | None, version: str, sett
     method = files.get("method", "fluxir")
     if method not in RESTORE_METHODS:
         raise ValueError(f"restore.method must be one of {RESTORE_METHODS}, got {method!r}")
+    work = check_output_size(rgb.shape[0], rgb.shape[1], config, name)  # before any model is loaded
+    plan = work.describe(models.seconds_per_pass.get(method))
+    logger.info("restoring %s with %s: %s", name, method, plan)
+    if on_start is not None:
+        on_start(plan)
     restorer = models.restorer(version, config, method, steps=settings.get("steps"), seed=settings.get("seed"))
-    after = restore_photo(restorer, rgb, alpha, progress=False, on_step=on_step)
+    start = time.perf_counter()
+    try:
+        after = restore_photo(restorer, rgb, alpha, progress=False, on_step=on_step)
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ValueError(f"{name}: {out_of_memory_advice(err, work)}") from err
+    models.seconds_per_pass[method] = (time.perf_counter() - start) / work.passes
     height, width = output_size(rgb.shape[0], rgb.shape[1], config)
     before = upsample(rgb, height, width)
     out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_{method}.png"
@@ -201,13 +218,18 @@ def build_app(models: ProjectModels) -> gr.Blocks:
             settings = {"method": method_, "steps": int(steps_), "scale": float(scale_),
                         "tile_size": int(tile_ or 0) or None, "color_fix": color_, "control_scale": float(control_),
                         "start_t": float(start_), "seed": int(seed_ or 0), "offload": offload_, "quantize": quantize_}
-            progress(0, desc="loading models")
+            progress(0, desc="checking the photo")
             try:
                 before, after, png, produced_by = restore_upload(
                     models, upload_path, version_name, settings,
-                    on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"))
-            except ValueError as err:  # unreadable upload or a bad setting: a message in the page
+                    on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"),
+                    on_start=lambda plan: progress(0, desc=f"loading models; {plan}"))
+            except (ValueError, FileNotFoundError, DatasetError) as err:  # the project's own messages
                 raise gr.Error(str(err), print_exception=False) from err
+            except Exception as err:  # anything else: our words in the page, the traceback in the server log
+                logger.exception("restoration failed")
+                raise gr.Error(f"the restoration failed ({type(err).__name__}: {(str(err).splitlines() or [''])[0]}); "
+                               "the server log has the details", print_exception=False) from err
             return (before, after), produced_by, str(png)
 
         run.click(on_restore,
@@ -226,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     models = ProjectModels.from_kedro(args.project, args.env)
+    raise_problems(restore_settings_problems(models.params), "the app")
     build_app(models).launch(server_name=args.host, server_port=args.port)
 
 

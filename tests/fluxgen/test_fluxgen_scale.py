@@ -161,7 +161,8 @@ def test_scoring_resumes_after_kill(tmp_path, monkeypatch):
     parts = tmp_path / "parts"
     proc = subprocess.Popen([sys.executable, *_score_cli(manifest, parts, "piqe")], cwd=tmp_path, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(proc, lambda: len(list(parts.rglob("part-*.parquet"))) >= 2, timeout=240)
+    children = kill_when(proc, lambda: len(list(parts.rglob("part-*.parquet"))) >= 2, timeout=240)
+    assert children, "the scorer had its loader worker running; kill_when checked it died with it"
     written = list(parts.rglob("part-*.parquet"))
     scored = sum(len(pd.read_parquet(p)) for p in written)  # every listed part is complete
     assert 12 <= scored < 600, "the run should have been killed part-way"

@@ -77,6 +77,9 @@ def test_restore_upload_reports_a_bad_file_and_a_bad_setting_by_name(app_project
         restore_upload(models, str(photo), versions[0], {"start_t": 0})
     with pytest.raises(ValueError, match=r"restore.method must be one of \('fluxir', 'flux_controlnet', 'realesrgan'\)"):
         restore_upload(models, str(photo), versions[0], {"method": "seesr"})
+    with pytest.raises(ValueError) as err:  # every bad setting at once
+        restore_upload(models, str(photo), versions[0], {"start_t": 0, "steps": 0})
+    assert "restore.start_t must be" in str(err.value) and "restore.steps must be" in str(err.value)
 
 
 def test_public_methods_restore_without_an_adapter_and_say_so(app_project, tmp_path):
@@ -97,6 +100,19 @@ def test_public_methods_restore_without_an_adapter_and_say_so(app_project, tmp_p
     # The page's steps reach the ControlNet sampler without reloading it (2 steps: another result).
     _, two_steps, _, label = restore_upload(models, str(photo), NO_ADAPTER, {"method": "flux_controlnet", "steps": 2})
     assert "2 steps" in label and not np.array_equal(two_steps, outputs["flux_controlnet"])
+
+
+def test_an_oversized_upload_is_refused_before_the_models_load(app_project, tmp_path):
+    from fluxir.app import ProjectModels, restore_upload
+
+    models, versions = app_project
+    fresh = ProjectModels(models.project, models.params, models.adapter_conf)
+    photo = tmp_path / "phone.png"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(photo)
+    with pytest.raises(ValueError, match=r"^phone.png: 40x30 with restore.scale 4 gives a 160x120 output .* above "
+                                         r"restore.max_output_megapixels = 0.001"):
+        restore_upload(fresh, str(photo), versions[0], {"max_output_megapixels": 0.001})
+    assert fresh._restorer is None, "nothing was loaded"
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ from fluxir.io import (
     write_json_atomic,
 )
 from fluxir.progress import progress as progress_bar
+from fluxir.processes import die_with_parent
 from fluxir.validation import check_params
 
 logger = logging.getLogger(__name__)
@@ -118,8 +119,10 @@ class PairStores:
         return self.record_path(image_id).is_file()
 
 
-def _single_threaded() -> None:
-    """Pool initializer: one OpenCV and one torch thread per worker (N workers = N busy cores)."""
+def _start_worker(owner_pid: int) -> None:
+    """Pool initializer: die with the process that owns the pool (not only the forkserver), and one OpenCV and
+    one torch thread per worker (N workers = N busy cores)."""
+    die_with_parent(owner_pid)
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 
@@ -154,7 +157,7 @@ def make_pairs(
         else:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["fluxir.fluxgen.degrade", "fluxir.fluxgen.manifest"])
-            with context.Pool(workers, initializer=_single_threaded) as pool:
+            with context.Pool(workers, initializer=_start_worker, initargs=(os.getpid(),)) as pool:
                 # chunks of a few pairs: little IPC, and a killed worker loses at most a few seconds of work
                 for image_id in pool.imap_unordered(work, todo, chunksize=4):
                     made.append(image_id)

@@ -39,6 +39,7 @@ from fluxir import iqa as iqa_lib
 from fluxir.io import atomic_file, hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.progress import progress as progress_bar
+from fluxir.processes import worker_init
 from fluxir.validation import check_params
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ def score_into_parts(
         return 0
     metrics = iqa_lib.create_metrics(parsed, device)
     loader = DataLoader(_ChunkImages(mine), batch_size=None, shuffle=False, collate_fn=_as_is, num_workers=loader_workers,
+                        worker_init_fn=worker_init(),
                         prefetch_factor=4 if loader_workers else None, persistent_workers=False)
     number, pending, pending_rows, scored = _next_part_number(parts_dir, process_index), [], 0, 0
     with progress_bar(total=sum(len(c) for c in mine), desc=f"IQA[{process_index}]", unit="img", disable=not progress) as bar:

@@ -20,7 +20,7 @@ import torch
 
 from fluxir.io import read_photo, write_png_atomic
 from fluxir.progress import progress as progress_bar
-from fluxir.restoration.sampler import RestoreConfig, Restorer, config_dict, upsample
+from fluxir.restoration.sampler import RestoreConfig, Restorer, RestoreWork, check_output_size, config_dict, upsample
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +58,16 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
                   ) -> tuple[list[RestoreResult], list[dict[str, str]], float]:
     """Restore each (input, output) pair; returns (results, failures [{input, reason}], model load seconds).
 
-    An unreadable input (or one that runs out of accelerator memory) becomes a failure and the loop goes
-    on. The model is loaded at the first readable input, so a folder of bad files fails fast. The restorer
+    An unreadable input, one whose output would exceed ``restore.max_output_megapixels``, or one that runs
+    out of memory (accelerator or CPU) becomes a failure and the loop goes on. The model is loaded at the
+    first usable input, so a folder of bad files fails fast. Before each image the log states its output
+    size, tiles x steps and the time they take at the rate measured on the images before it. The restorer
     is Flux + ``adapter`` unless ``make_restorer`` builds another (a public restorer, ``restore.method``).
     """
     results: list[RestoreResult] = []
     failures: list[dict[str, str]] = []
     restorer, load_seconds = None, 0.0
+    passes, pass_seconds = 0, 0.0  # transformer passes done so far and their time: the rate of the estimate
     bar = progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
     for src, dst in jobs:
         bar.set_postfix_str(Path(src).name)
@@ -74,6 +77,12 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
         except ValueError as err:
             _fail(failures, src, str(err).removeprefix(f"{Path(src)}: "))
             continue
+        try:
+            work = check_output_size(rgb.shape[0], rgb.shape[1], cfg, Path(src).name)
+        except ValueError as err:
+            _fail(failures, src, str(err))
+            continue
+        logger.info("restoring %s: %s", src, work.describe(pass_seconds / passes if passes else None))
         if restorer is None:  # model or adapter problems raise here, naming the model
             start = time.perf_counter()
             restorer = make_restorer() if make_restorer else Restorer.from_source(model, adapter, cfg)
@@ -81,18 +90,27 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
         start = time.perf_counter()
         try:
             out = restore_photo(restorer, rgb, alpha, progress)
-        except torch.OutOfMemoryError as err:
-            _fail(failures, src, f"out of memory ({str(err).splitlines()[0]}); lower restore.tile_size / "
-                                 "restore.vae_tile_size or use dtype bfloat16")
+        except (torch.OutOfMemoryError, MemoryError) as err:
+            _fail(failures, src, out_of_memory_advice(err, work))
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             continue
         seconds = time.perf_counter() - start
+        passes, pass_seconds = passes + work.passes, pass_seconds + seconds
         write_png_atomic(Path(dst), out)
         results.append(RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]),
                                      seconds))
     bar.close()
     return results, failures, load_seconds
+
+
+def out_of_memory_advice(err: BaseException, work: RestoreWork) -> str:
+    """The failure reason of an image that ran out of (GPU or CPU) memory, with what to change."""
+    where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "CPU"
+    first = (str(err).splitlines() or [""])[0] or type(err).__name__
+    return (f"out of {where} memory at a {work.out_size[0]}x{work.out_size[1]} output ({first}); lower "
+            "restore.tile_size / restore.vae_tile_size, restore.scale or restore.max_output_megapixels, or use "
+            "restore.offload=model / restore.quantize (docs/troubleshooting.md)")
 
 
 @dataclass

@@ -107,6 +107,7 @@ RESTORE_RULES = (
     Rule("batch_size", "positive_int"),
     Rule("max_sequence_length", "positive_int", nullable=True),
     Rule("control_scale", "number_at_least", 0, must="a number >= 0 (0: plain Flux, 1: as trained)"),
+    Rule("max_output_megapixels", "positive_number"),
     Rule("offload", "choice", OFFLOAD_MODES),
     Rule("quantize", "choice", QUANTIZE_MODES),
 )
@@ -132,6 +133,7 @@ class RestoreConfig:
     max_sequence_length: int | None = None  # T5 tokens of the empty prompt; None: the adapter's text_seq_len (else 512)
     control_scale: float = 1.0  # multiplies the adapter's controls: 0 = plain Flux, > 1 = closer to the LQ
     start_t: float = 1.0  # start the Euler integration at t = start_t from (1 - t) z_lq + t z_1; < 1: fewer steps
+    max_output_megapixels: float = 16  # larger outputs are refused before any model is loaded
     offload: str = "none"  # none | model | sequential (fluxir.restoration.lowmem)
     quantize: str = "none"  # none | int8 | fp8 | nf4: the frozen Flux transformer's linear weights
 
@@ -198,6 +200,60 @@ def output_size(height: int, width: int, cfg: RestoreConfig) -> tuple[int, int]:
 
 def round_up(n: int, multiple: int = MULTIPLE) -> int:
     return -(-n // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class RestoreWork:
+    """What restoring one image costs: its output size and the transformer passes (tiles x Euler steps)."""
+
+    in_size: tuple[int, int]  # (width, height)
+    out_size: tuple[int, int]  # (width, height)
+    tiles: int  # diffusion tiles of restore.tile_size on the latent grid
+    steps: int  # Euler steps (restore.steps; fewer are run when restore.start_t < 1)
+
+    @property
+    def megapixels(self) -> float:
+        return self.out_size[0] * self.out_size[1] / 1e6
+
+    @property
+    def passes(self) -> int:
+        return self.tiles * self.steps
+
+    def describe(self, seconds_per_pass: float | None = None) -> str:
+        """``1024x768 -> 4096x3072 (12.6 MP), 20 tiles x 20 steps, about 6 min`` (the estimate from a measured rate)."""
+        (w, h), (ow, oh) = self.in_size, self.out_size
+        line = f"{w}x{h} -> {ow}x{oh} ({self.megapixels:.1f} MP), {self.tiles} tile(s) x {self.steps} steps"
+        if seconds_per_pass is None:
+            return f"{line}, time measured on this first image"
+        seconds = self.passes * seconds_per_pass
+        return f"{line}, about {seconds / 60:.1f} min" if seconds >= 90 else f"{line}, about {seconds:.0f} s"
+
+
+def restore_work(height: int, width: int, cfg: RestoreConfig) -> RestoreWork:
+    """The ``RestoreWork`` of an (height, width) input, from the sizes alone (no model needed)."""
+    out_h, out_w = output_size(height, width, cfg)
+    token_tile = cfg.tile_size and cfg.tile_size // MULTIPLE
+    overlap = cfg.tile_overlap // MULTIPLE
+    grid_h, grid_w = round_up(out_h) // MULTIPLE, round_up(out_w) // MULTIPLE
+    tiles = len(tile_spans(grid_h, token_tile, overlap)) * len(tile_spans(grid_w, token_tile, overlap))
+    return RestoreWork((width, height), (out_w, out_h), tiles, cfg.steps)
+
+
+def check_output_size(height: int, width: int, cfg: RestoreConfig, name: str) -> RestoreWork:
+    """The image's ``RestoreWork``; ValueError naming sizes, scale and the parameters to change when its output
+    exceeds ``restore.max_output_megapixels`` (checked before any model is loaded)."""
+    work = restore_work(height, width, cfg)
+    limit = cfg.max_output_megapixels
+    if work.megapixels <= limit:
+        return work
+    (w, h), (ow, oh) = work.in_size, work.out_size
+    fits = math.sqrt(limit * 1e6 / (w * h))  # the scale that gives exactly the limit
+    how = f"restore.scale {cfg.scale:g}" if cfg.target_size is None else f"restore.target_size {cfg.target_size}"
+    raise ValueError(
+        f"{name}: {w}x{h} with {how} gives a {ow}x{oh} output ({work.megapixels:.1f} MP, {work.tiles} tiles x "
+        f"{work.steps} steps), above restore.max_output_megapixels = {limit:g}. Lower restore.scale (at most "
+        f"{math.floor(fits * 10) / 10:g} fits), set restore.target_size (e.g. {math.floor(fits * max(w, h))}), or raise "
+        "restore.max_output_megapixels if this machine can take it (docs/restoration.md)")
 
 
 # ----------------------------------------------------------------------------------------------------
