@@ -289,7 +289,7 @@ def test_kedro_dataset_versioned_roundtrip(tiny_flux, tmp_path):
                            controlled_flux_forward(tiny_flux, first, **inputs))
     # Adapter weights only, and a small readable config; no temporary folders left behind.
     folder = tmp_path / "adapter" / versions[0] / "adapter"
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json", "manifest.json"]
     assert sorted(p.name for p in (tmp_path / "adapter" / versions[0]).iterdir()) == ["adapter"]
     assert set(load_file(folder / "adapter.safetensors")) == set(second.state_dict())
     assert json.loads((folder / "config.json").read_text())["rank"] == 4
@@ -329,6 +329,9 @@ def test_mismatched_adapter_names_both_shapes(tiny_flux, tmp_path):
     cfg_file = tmp_path / "a" / "config.json"
     cfg = json.loads(cfg_file.read_text())
     cfg_file.write_text(json.dumps({**cfg, "rank": 16}))
+    with pytest.raises(ValueError, match=r"config.json: \d+ bytes, the manifest says"):  # changed after saving
+        load_adapter(tmp_path / "a")
+    (tmp_path / "a" / "manifest.json").unlink()  # as an adapter saved before manifests
     with pytest.raises(ValueError, match=r"torch.Size\(\[32, 32\]\).*torch.Size\(\[16, 32\]\)"):
         load_adapter(tmp_path / "a")
 
