@@ -138,11 +138,15 @@ def restore_settings_problems(restore: Mapping[str, Any]) -> list[str]:
 
 
 def validate_restore(params: Mapping[str, Any]) -> list[str]:
-    """``restore.*``: ``RestoreConfig`` and the input / output folders."""
+    """``restore.*``: ``RestoreConfig``, the method and the input / output folders."""
+    from fluxir.restoration.methods import RESTORE_METHODS
+
     group, missing = _group(params, "restore")
     if missing:
         return missing
     found = restore_settings_problems(group)
+    if group.get("method", "fluxir") not in RESTORE_METHODS:
+        found.append(f"restore.method must be one of {RESTORE_METHODS}, got {group.get('method')!r}")
     if not group.get("input_dir") or not group.get("output_dir"):
         found.append("set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
                      "--params=\"restore.input_dir=photos,restore.output_dir=restored\"")
