@@ -414,7 +414,8 @@ class WriterPool:
     """
 
     def __init__(self, threads: int) -> None:
-                from threading import BoundedSemaphore
+        from concurrent.futures import ThreadPoolExecutor
+        from threading import BoundedSemaphore
 
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="fluxir-writer") if threads > 0 else None
         self._slots = BoundedSemaphore(2 * max(threads, 1))
