@@ -60,7 +60,7 @@ def validate_fluxgen(params: Mapping[str, Any]) -> list[str]:
 def validate_iqa(params: Mapping[str, Any]) -> list[str]:
     """``iqa.*`` as FluxGen scoring reads them: metric specs (known to pyiqa, no-reference, weights present),
     batch / part sizes and loader workers."""
-    from fluxir.fluxgen import iqa as iqa_lib
+    from fluxir import iqa as iqa_lib
     from fluxir.fluxgen.score import SCORING_RULES
 
     group, missing = _group(params, "iqa")
@@ -120,7 +120,7 @@ def validate_degrade(params: Mapping[str, Any]) -> list[str]:
 
 def validate_train(params: Mapping[str, Any]) -> list[str]:
     """``train.*``: ``TrainConfig``."""
-    from fluxir.training import TRAIN_RULES, TrainConfig
+    from fluxir.training.config import TRAIN_RULES, TrainConfig
 
     group, missing = _group(params, "train")
     if missing:

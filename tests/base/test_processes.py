@@ -44,7 +44,7 @@ def test_a_child_dies_when_its_owner_is_killed(how):
         assert child.is_running()
         owner.kill()
         owner.wait()
-        gone, alive = psutil.wait_procs([child], timeout=10)
+        _, alive = psutil.wait_procs([child], timeout=10)
         for p in alive:
             p.kill()
         assert not alive, f"the {how} child outlived its killed owner"

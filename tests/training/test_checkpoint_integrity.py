@@ -14,8 +14,8 @@ from support import make_pairs, tiny_params
 from fluxir.datasets import FluxIRAdapterDataset
 from fluxir.io import MANIFEST_NAME
 from fluxir.models.adapter import load_adapter
-from fluxir.training import train
-from fluxir.training_records import list_checkpoints
+from fluxir.training.checkpoints import list_checkpoints
+from fluxir.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_a_truncated_newest_checkpoint_is_skipped_and_training_resumes_from_the_
     newest = list_checkpoints(first.run_dir)[-1][1]
     _truncate_files(newest, but=MANIFEST_NAME)
 
-    with caplog.at_level(logging.WARNING, logger="fluxir.training_records"):
+    with caplog.at_level(logging.WARNING, logger="fluxir.training.checkpoints"):
         resumed = train(tiny_params(tmp_path / "cut", "train.max_steps=6", *common), pairs, progress=False)
     assert resumed.resumed_from == 2
     warning = " ".join(r.getMessage() for r in caplog.records)
