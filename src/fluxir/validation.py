@@ -104,7 +104,7 @@ def validate_select(params: Mapping[str, Any]) -> list[str]:
 def validate_degrade(params: Mapping[str, Any]) -> list[str]:
     """``degrade.*``: ``DegradationConfig``, workers, rank / world size, seed."""
     from fluxir.fluxgen.degrade import DegradationConfig
-    from fluxir.fluxgen.pairs import ids_for_rank, resolve_workers
+    from fluxir.fluxgen.pairs import ids_for_rank, resolve_workers, share
 
     group, missing = _group(params, "degrade")
     if missing:
@@ -112,7 +112,7 @@ def validate_degrade(params: Mapping[str, Any]) -> list[str]:
     found = _problems(lambda: DegradationConfig.from_dict(group.get("config") or {}))
     found = [m if m.startswith("degrade") else f"degrade.config: {m}" for m in found]
     found += _problems(lambda: resolve_workers(group.get("workers", "auto")))
-    found += _problems(lambda: ids_for_rank([], group.get("rank", 0), group.get("world_size", 1)))
+    found += _problems(lambda: ids_for_rank([], *share(group, {})))  # a launcher's share is checked when it runs
     if not is_int(group.get("seed")):
         found.append(f"degrade.seed must be an integer, got {group.get('seed')!r}")
     return found
