@@ -248,6 +248,10 @@ def test_two_workers_make_byte_identical_pairs(tmp_path, monkeypatch):
     for row in manifest.itertuples():
         assert row.hq_sha256 == sha256_file(row.hq_path) and row.lq_sha256 == sha256_file(row.lq_path)
         assert read_image(row.lq_path).shape[0] * 4 == read_image(row.hq_path).shape[0]
+        # the sizes training needs are recorded at degradation time
+        assert read_image(row.hq_path).shape[:2] == (row.height, row.width)
+        assert read_image(row.lq_path).shape[:2] == (row.lq_height, row.lq_width)
+    assert len(set(zip(manifest["width"], manifest["height"]))) > 1  # several aspect buckets
 
 
 def test_machines_share_the_ids():

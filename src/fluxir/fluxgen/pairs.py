@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import pandas as pd
 import torch
 
@@ -41,6 +42,7 @@ from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
 from fluxir.io import (
     ImageStore,
     hash_json,
+    image_size,
     portable_path,
     read_image,
     sha256_file,
@@ -133,7 +135,8 @@ def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) 
     hq, lq, info = degrade_pair(read_image(source), image_id, seed, config)
     hq_rec = stores.hq.write_recorded(image_id, hq)
     lq_rec = stores.lq.write_recorded(image_id, lq)
-    record = {"hq_sha256": hq_rec.sha256, "lq_sha256": lq_rec.sha256, "degradation": info}
+    record = {"hq_sha256": hq_rec.sha256, "lq_sha256": lq_rec.sha256, "degradation": info,
+              "hq_size": [hq.shape[1], hq.shape[0]], "lq_size": [lq.shape[1], lq.shape[0]]}  # (width, height)
     # last: the pair counts as done only once both images are in place
     write_json_atomic(stores.record_path(image_id), record, sort_keys=True, default=str)
     return image_id
@@ -166,9 +169,14 @@ def make_pairs(
 
 
 def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.DataFrame:
-    """One row per kept image from the pair records (no image is read); every pair must be done."""
+    """One row per kept image from the pair records (no image is read); every pair must be done.
+
+    ``width``/``height`` (HQ) and ``lq_width``/``lq_height`` come from the records too, so training
+    never opens an image to learn its size.
+    """
     hq_root, lq_root = portable_path(stores.hq.root), portable_path(stores.lq.root)
-    rows: dict[str, list[Any]] = {k: [] for k in ("hq_path", "lq_path", "hq_sha256", "lq_sha256", "degradation")}
+    rows: dict[str, list[Any]] = {k: [] for k in ("hq_path", "lq_path", "hq_sha256", "lq_sha256", "degradation",
+                                                  "hq_size", "lq_size")}
     missing = []
     for image_id in kept["image_id"]:
         try:
@@ -185,6 +193,8 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
         rows["hq_sha256"].append(record["hq_sha256"])
         rows["lq_sha256"].append(record["lq_sha256"])
         rows["degradation"].append(json.dumps(record["degradation"], sort_keys=True))
+        for kind, store in (("hq", stores.hq), ("lq", stores.lq)):  # records of earlier versions have no sizes
+            rows[f"{kind}_size"].append(record.get(f"{kind}_size") or image_size(store.path_for(int(image_id))))
     if missing:
         raise RuntimeError(
             f"{len(missing)} kept images have no pair yet in {stores.lq.root.parent} (first ids: {missing[:5]}): "
@@ -195,6 +205,10 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
         "source_sha256": kept["sha256"].to_numpy(), "hq_path": rows["hq_path"], "lq_path": rows["lq_path"],
         "hq_sha256": rows["hq_sha256"], "lq_sha256": rows["lq_sha256"], "degradation_seed": seed,
         "pairs_key": stores.key, "degradation": rows["degradation"],
+        "width": np.array([w for w, _ in rows["hq_size"]], dtype=np.int32),
+        "height": np.array([h for _, h in rows["hq_size"]], dtype=np.int32),
+        "lq_width": np.array([w for w, _ in rows["lq_size"]], dtype=np.int32),
+        "lq_height": np.array([h for _, h in rows["lq_size"]], dtype=np.int32),
     })
 
 

@@ -1,7 +1,8 @@
 """FluxIR training data (paper Sec. 3.3, 4.1): the pairs, their aspect buckets, the data order and the VAE latents.
 
 - ``PairTable``: FluxGen's ``pairs_manifest`` checked (HQ sides multiples of 16, LQ exactly 1/lq_scale of HQ),
-  with every HQ size read from the file header.
+  with the sizes the degradation recorded in it (``width``, ``height``, ``lq_width``, ``lq_height``): no
+  process opens an image at start-up (a manifest without them has each size read from the file header).
 - Aspect buckets (paper: 1024x768, 768x768, 512x768): each global batch comes from one bucket. The batch
   order of epoch e is a permutation drawn from (seed, e), so the global batch of optimizer step s is a
   function of (seed, s) (``DataOrder``): a resumed run sees exactly the data an uninterrupted one would.
@@ -32,7 +33,17 @@ from fluxir.io import atomic_file, hash_json, hash_tensors, image_size, read_ima
 from fluxir.models.flux import autocast_off
 
 MANIFEST_COLUMNS = ("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256")
+SIZE_COLUMNS = ("width", "height", "lq_width", "lq_height")  # written by the degradation (fluxgen.pairs)
 
+
+
+def _header_sizes(row: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((width, height) of HQ, of LQ) from the file headers, for manifests written without the size columns."""
+    for kind in ("hq", "lq"):
+        if not Path(getattr(row, f"{kind}_path")).is_file():
+            raise FileNotFoundError(f"pair {row.image_id}: {kind.upper()} image {getattr(row, f'{kind}_path')} "
+                                    "does not exist (rerun the fluxgen pipeline)")
+    return image_size(row.hq_path), image_size(row.lq_path)
 
 
 @dataclass
@@ -44,7 +55,7 @@ class PairTable:
 
     @classmethod
     def from_manifest(cls, manifest: pd.DataFrame, lq_scale: int = 4) -> PairTable:
-        """Check the manifest and read every image's size from its header (no decoding).
+        """Check the manifest; sizes from its columns, else from every image's header (no decoding).
 
         HQ sides must be multiples of 16 (VAE /8, then 2x2 packing) and LQ exactly 1/lq_scale of HQ.
         """
@@ -55,13 +66,13 @@ class PairTable:
         if manifest.empty:
             raise ValueError("pairs manifest is empty: run the fluxgen pipeline first (kedro run --pipeline=fluxgen)")
         rows = manifest.sort_values("image_id").reset_index(drop=True).copy()
+        recorded = all(c in rows.columns for c in SIZE_COLUMNS)
         sizes = []
         for row in rows.itertuples(index=False):
-            for kind in ("hq", "lq"):
-                if not Path(getattr(row, f"{kind}_path")).is_file():
-                    raise FileNotFoundError(f"pair {row.image_id}: {kind.upper()} image {getattr(row, f'{kind}_path')} "
-                                            "does not exist (rerun the fluxgen pipeline)")
-            (w, h), (lw, lh) = image_size(row.hq_path), image_size(row.lq_path)
+            if recorded:
+                (w, h), (lw, lh) = (int(row.width), int(row.height)), (int(row.lq_width), int(row.lq_height))
+            else:
+                (w, h), (lw, lh) = _header_sizes(row)
             if w % 16 or h % 16:
                 raise ValueError(f"pair {row.image_id}: HQ {row.hq_path} is (width, height)={(w, h)}; both sides must "
                                  "be multiples of 16 (VAE /8 and 2x2 packing)")
@@ -205,6 +216,23 @@ def pair_gaussians(vae: Any, cache: LatentCache, pairs: PairTable, index: int) -
         params = encode_gaussian(vae, torch.stack([hq, lq_up]))  # (2, 2C, h, w)
     cache.put(key, {"hq": params[0].cpu(), "lq": params[1].cpu()})
     return params[0], params[1]
+
+
+def encode_missing_latents(vae: Any, cache: LatentCache, pairs: PairTable, process_index: int = 0,
+                           num_processes: int = 1, progress: bool = True) -> dict[str, int]:
+    """Encode into ``cache`` the pairs of process ``process_index`` of ``num_processes`` (pairs ``i`` with
+    ``i % num_processes == process_index``, by image_id order) that are not cached yet.
+
+    Each entry is written atomically, so a killed run keeps what it finished and a rerun encodes only the
+    rest. Returns counts: pairs of this process, encoded now, found cached.
+    """
+    from fluxir.progress import progress as progress_bar
+
+    mine = list(range(process_index, len(pairs), num_processes))
+    todo = [i for i in mine if not cache.path(cache.key(pairs.rows.iloc[i], pairs.lq_scale)).is_file()]
+    for i in progress_bar(todo, desc=f"latents[{process_index}]", unit="pair", disable=not progress):
+        pair_gaussians(vae, cache, pairs, i)
+    return {"pairs": len(mine), "encoded": len(todo), "cached": len(mine) - len(todo)}
 
 
 # Adapted from diffusers.models.autoencoders.vae.DiagonalGaussianDistribution.sample (diffusers 0.42.1): the same
