@@ -166,11 +166,16 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu"):
+TEXT_COMPONENTS = ("text_encoder", "tokenizer")  # prefixes of the prompt-side components of a pipeline
+
+
+def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu", text_encoders: bool = True):
     """Load a diffusers text-to-image pipeline from a hub id or a local folder.
 
     A local folder is checked first (``folder_problems``): every problem is reported at once, each naming
     its path. With ``HF_HUB_OFFLINE=1`` a hub id that is not in the local cache fails with a message naming it.
+    ``text_encoders=False`` leaves out every text encoder and tokenizer (never instantiated): for callers
+    that pass prompt embeddings they already have.
     """
     source = resolve_source(source)
     # Components listed as [null, null] (tiny folders have no text encoders) must be passed as None.
@@ -182,6 +187,9 @@ def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu"):
             raise ValueError(f"model folder {source!r} cannot be loaded:\n- " + "\n- ".join(problems))
         index = json.loads(index_file.read_text())
         absent = {k: None for k, v in index.items() if v == [None, None]}
+    if not text_encoders:
+        index = DiffusionPipeline.load_config(source)
+        absent.update({k: None for k in index if k.startswith(TEXT_COMPONENTS)})
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=getattr(torch, dtype), **absent)
     except (OSError, EnvironmentError) as err:
@@ -236,3 +244,22 @@ def unpack(x: Tensor, h: int, w: int) -> Tensor:
 def image_ids(grid_h: int, grid_w: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
     """Flux's rope positions (grid_h * grid_w, 3) of a (grid_h, grid_w) token grid (an (2 grid_h, 2 grid_w) latent)."""
     return latent_image_ids(grid_h, grid_w, device, dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# torch.compile
+
+
+def compile_blocks(flux: Any, adapter: Any = None) -> None:
+    """``torch.compile`` every Flux transformer block and the adapter's block, in place.
+
+    ``nn.Module.compile`` keeps module names and state dicts unchanged (checkpoints and saved adapters
+    stay loadable without it), and all blocks of one kind share one compiled graph: on FLUX.1-dev the
+    first step compiles two block graphs (plus the adapter's), not 57. On the CPU inductor needs a C++
+    compiler; the embedders and the sampler's loop stay eager (small, and shapes change per tile).
+    """
+    blocks = [*flux.transformer_blocks, *flux.single_transformer_blocks]
+    if adapter is not None:
+        blocks.append(adapter.block)
+    for block in blocks:
+        block.compile()
