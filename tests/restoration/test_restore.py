@@ -415,7 +415,7 @@ def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pip
             params = load_params("tiny", [override], project)
             restore = params["restore"]
             failures, summary = restore_images(plan_restore(restore["input_dir"], restore["output_dir"], restore["overwrite"]),
-                                               adapter, restore, params["baselines"])
+                                               adapter, project / "prompt_embeddings", restore, params["baselines"])
             runs[overwrite] = (summary["restored"], summary["skipped_existing"], len(failures))
             if overwrite == "false":
                 assert all((out / n).stat().st_ino == s.st_ino for n, s in before.items()), "existing outputs kept"

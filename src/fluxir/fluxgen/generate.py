@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from fluxir.config import Rule, check_fields, cli_parser, load_params, reject_unknown_keys, stage_params
+from fluxir.config import Rule, check_fields, cli_parser, load_catalog, load_params, reject_unknown_keys, stage_params
 from fluxir.io import ImageStore, WriterPool, hash_json
 from fluxir.models.flux import accelerate_cpu, load_pipeline, resolve_device
+from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
 from fluxir.validation import check_params
@@ -114,20 +115,26 @@ def ids_for_process(num_images: int, process_index: int, num_processes: int) -> 
 
 def generate_into_store(
     cfg: GenerationConfig, store: ImageStore, process_index: int = 0, num_processes: int = 1,
-    state_device: Any = None, progress: bool = True,
+    state_device: Any = None, progress: bool = True, prompt_cache: str | Path | None = None,
 ) -> list[int]:
     """Generate this process's missing images into ``store``; returns the ids it generated now.
 
-    Returns only once every image and its sidecar is on disk; a failed write raises here.
+    Returns only once every image and its sidecar is on disk; a failed write raises here. With the empty
+    prompt, its embeddings come from ``prompt_cache`` (the catalog's ``prompt_embeddings``) when there:
+    the text encoders are then never loaded (``fluxir.models.empty_prompt``).
     """
     todo = [i for i in ids_for_process(cfg.num_images, process_index, num_processes) if not store.exists(i)]
     logger.info("process %d/%d: %d of its images to generate into %s", process_index, num_processes, len(todo), store.root)
     if not todo:
         return []
     device = resolve_device(cfg.device, state_device)
-    pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)
+    if cfg.prompts:
+        pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)
+        encoder = PromptEncoder(pipe, cfg.prompts, cfg.max_sequence_length, device, guidance=cfg.guidance)
+    else:  # the paper's empty prompt: encoded once per model, then read from the cache
+        pipe, encoder = load_with_empty_prompt(cfg.model, cfg.dtype, device, cfg.max_sequence_length, prompt_cache,
+                                               guidance=cfg.guidance)
     pipe.set_progress_bar_config(disable=True)
-    encoder = PromptEncoder(pipe, cfg.prompts or [""], cfg.max_sequence_length, device, guidance=cfg.guidance)
     done, _ = write_generated(cfg, store, denoised_images(cfg, pipe, encoder, todo, device), len(todo),
                               f"generate[{process_index}]", progress)
     return done
@@ -187,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli_parser("python -m fluxir.fluxgen.generate", main.__doc__, "fluxgen.num_images=50")
     parser.add_argument("--store", default=None, help="image store root (default: the catalog's fluxgen_image_store path)")
     parser.add_argument("--report", default=None, help="write the ids this process generated to <report>.rank<r>.json")
+    parser.add_argument("--prompt-cache", default=None,
+                        help="folder of cached prompt embeddings (default: the catalog's prompt_embeddings path)")
     args = parser.parse_args(argv)
 
     params = load_params(args.env, args.params, args.project)
@@ -195,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.store or Path(args.project) / "data/02_intermediate/fluxgen_images")
     state = PartialState(cpu=accelerate_cpu(cfg.device))
     store = ImageStore(root).sub(cfg.key())
-    done = generate_into_store(cfg, store, state.process_index, state.num_processes, state.device, progress=state.is_local_main_process)
+    prompt_cache = Path(args.prompt_cache) if args.prompt_cache else load_catalog(args.env, args.project).load("prompt_embeddings")
+    done = generate_into_store(cfg, store, state.process_index, state.num_processes, state.device,
+                               progress=state.is_local_main_process, prompt_cache=prompt_cache)
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(done))
     state.wait_for_everyone()

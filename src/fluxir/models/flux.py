@@ -200,6 +200,17 @@ def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu", tex
     return pipe.to(device)
 
 
+def load_vae(source: str, dtype: str = "bfloat16", device: str = "cpu") -> AutoencoderKL:
+    """Only the VAE of a pipeline (hub id or local folder), as ``load_pipeline`` would load it: the same
+    weights and dtype, so ``vae_identity`` and every latent equal those of the full pipeline's VAE."""
+    source = resolve_source(source)
+    try:
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=getattr(torch, dtype))
+    except (OSError, EnvironmentError) as err:
+        raise ValueError(f"could not load the VAE of {source!r} (sub-folder vae): {err}") from err
+    return vae.to(device)
+
+
 def fixed_prompt_embeddings(transformer, seq_len: int = 8, seed: int = 0):
     """Deterministic stand-in prompt embeddings for pipelines without text encoders (tiny models).
 

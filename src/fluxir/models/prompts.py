@@ -70,6 +70,13 @@ class PromptEncoder:
         for name in [n for n in pipe.components if n.startswith(("text_encoder", "tokenizer"))]:
             setattr(pipe, name, None)
 
+    @classmethod
+    def from_embeddings(cls, cache: dict[str, dict[str, Any]]) -> PromptEncoder:
+        """An encoder over embeddings computed earlier (``fluxir.models.empty_prompt``): no pipeline needed."""
+        encoder = cls.__new__(cls)
+        encoder.cache = cache
+        return encoder
+
     def batch_kwargs(self, texts: list[str]) -> dict[str, Any]:
         """Pipeline keyword arguments for a batch of prompts."""
         first = self.cache[texts[0]]

@@ -54,9 +54,11 @@ def restore_photo(restorer: Restorer, rgb: np.ndarray, alpha: np.ndarray | None,
 
 
 def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple[str, str]], progress: bool = True,
-                  make_restorer: Callable[[], Any] | None = None
+                  make_restorer: Callable[[], Any] | None = None, prompt_cache: str | Path | None = None
                   ) -> tuple[list[RestoreResult], list[dict[str, str]], float]:
     """Restore each (input, output) pair; returns (results, failures [{input, reason}], model load seconds).
+
+    ``prompt_cache``: the catalog's ``prompt_embeddings`` folder (``Restorer.from_source``).
 
     An unreadable input, one whose output would exceed ``restore.max_output_megapixels``, or one that runs
     out of memory (accelerator or CPU) becomes a failure and the loop goes on. The model is loaded at the
@@ -85,7 +87,7 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
         logger.info("restoring %s: %s", src, work.describe(pass_seconds / passes if passes else None))
         if restorer is None:  # model or adapter problems raise here, naming the model
             start = time.perf_counter()
-            restorer = make_restorer() if make_restorer else Restorer.from_source(model, adapter, cfg)
+            restorer = make_restorer() if make_restorer else Restorer.from_source(model, adapter, cfg, prompt_cache)
             load_seconds = time.perf_counter() - start
         start = time.perf_counter()
         try:
@@ -132,14 +134,15 @@ class RestoreShare:
 
 
 def restore_share(plan: Any, files: dict[str, Any], adapter: Any, cfg: RestoreConfig, process_index: int = 0,
-                  num_processes: int = 1, make_restorer: Callable[[], Any] | None = None) -> RestoreShare:
+                  num_processes: int = 1, make_restorer: Callable[[], Any] | None = None,
+                  prompt_cache: str | Path | None = None) -> RestoreShare:
     """Restore share ``process_index`` of ``num_processes`` of the plan rows whose action is "restore"
     (every ``num_processes``-th job: each output depends only on its input and the seed, not on the share),
     with ``make_restorer``'s restorer when given (see ``restore_files``)."""
     jobs = list(plan.loc[plan["action"] == "restore", ["input", "output"]].itertuples(index=False, name=None))
     results, failures, load_seconds = restore_files(files.get("model"), adapter, cfg, jobs[process_index::num_processes],
                                                     progress=bool(files.get("progress", True)) and process_index == 0,
-                                                    make_restorer=make_restorer)
+                                                    make_restorer=make_restorer, prompt_cache=prompt_cache)
     return RestoreShare(results, failures, load_seconds)
 
 
@@ -160,13 +163,15 @@ def summarise_shares(plan: Any, shares: list[RestoreShare], files: dict[str, Any
 
 
 def restore_planned(plan: Any, files: dict[str, Any], adapter: Any, cfg: RestoreConfig,
-                    make_restorer: Callable[[], Any] | None = None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+                    make_restorer: Callable[[], Any] | None = None,
+                    prompt_cache: str | Path | None = None) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """Restore the rows of a ``plan_folder`` table (a DataFrame) whose action is "restore" in this process
     (with ``make_restorer``'s restorer when given, see ``restore_files``).
 
     Returns (failures [{input, reason}], summary); see ``summarise_shares``.
     """
-    return summarise_shares(plan, [restore_share(plan, files, adapter, cfg, make_restorer=make_restorer)], files, cfg)
+    share = restore_share(plan, files, adapter, cfg, make_restorer=make_restorer, prompt_cache=prompt_cache)
+    return summarise_shares(plan, [share], files, cfg)
 
 
 def failure_table(failures: list[dict[str, str]]) -> Any:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -62,6 +63,8 @@ from PIL import Image
 from torch import Tensor
 
 from fluxir.config import Rule, field_problems, is_int, raise_problems_of, reject_unknown_keys, stage_params
+from fluxir.models.empty_prompt import cached_empty_prompt, save_empty_prompt
+from fluxir.models.prompts import PromptEncoder
 from fluxir.models.adapter import (
     FluxIRConfig,
     check_compatible,
@@ -76,7 +79,6 @@ from fluxir.models.flux import (
     resolve_device,
     unpack_grid,
 )
-from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
 from fluxir.restoration.lowmem import (
@@ -381,6 +383,14 @@ def sigmas_for(steps: int, schedule: str, scheduler_config: dict[str, Any] | Non
     return scheduler.sigmas.float().cpu()  # the scheduler appends the terminal 0
 
 
+def prompt_length(config: RestoreConfig, adapter: Any) -> int:
+    """T5 tokens of the empty prompt: ``restore.max_sequence_length``, else the adapter's learned length, else 512."""
+    if config.max_sequence_length is not None:
+        return config.max_sequence_length
+    learn = adapter is not None and adapter.config.learn_text_embeddings
+    return adapter.config.text_seq_len if learn else 512
+
+
 class Restorer:
     """Holds a frozen Flux transformer, its VAE, the FluxIR adapter and the cached empty-prompt embeddings.
 
@@ -423,10 +433,7 @@ class Restorer:
         """From a loaded ``FluxPipeline``: encodes the empty prompt once, then drops T5/CLIP from ``pipe``."""
         config = config or RestoreConfig()
         config.validate()
-        seq_len = config.max_sequence_length
-        if seq_len is None:
-            learn = adapter is not None and adapter.config.learn_text_embeddings
-            seq_len = adapter.config.text_seq_len if learn else 512
+        seq_len = prompt_length(config, adapter)
         device = resolve_device(config.device)
         # Text encoders left on the CPU (low-memory loading) visit the accelerator once, through accelerate's
         # hook, to encode the empty prompt; PromptEncoder then drops them.
@@ -441,14 +448,29 @@ class Restorer:
                    embeds["pooled_prompt_embeds"], adapter, config)
 
     @classmethod
-    def from_source(cls, model: str, adapter: Any = None, config: RestoreConfig | None = None) -> Restorer:
-        """Load the Flux pipeline ``model`` (hub id or local folder) and build a restorer."""
+    def from_source(cls, model: str, adapter: Any = None, config: RestoreConfig | None = None,
+                    prompt_cache: str | os.PathLike | None = None) -> Restorer:
+        """Load the Flux pipeline ``model`` (hub id or local folder) and build a restorer.
+
+        With the empty prompt's embeddings in ``prompt_cache`` (the catalog's ``prompt_embeddings``) only the
+        transformer and the VAE are loaded, never T5 or CLIP; otherwise they are encoded once and saved there.
+        """
         config = config or RestoreConfig()
         config.validate()
         low_memory = config.offload != "none" or config.quantize != "none"  # load on the CPU, quantise there
-        pipe = load_pipeline(model, dtype=config.dtype, device="cpu" if low_memory else resolve_device(config.device))
+        device = "cpu" if low_memory else resolve_device(config.device)
+        seq_len = prompt_length(config, adapter)
+        embeds = cached_empty_prompt(prompt_cache, model, seq_len, config.dtype)
+        if embeds is not None:
+            pipe = load_pipeline(model, dtype=config.dtype, device=device, text_encoders=False)
+            return cls(pipe.transformer, pipe.vae, pipe.scheduler.config, embeds["prompt_embeds"],
+                       embeds["pooled_prompt_embeds"], adapter, config)
+        pipe = load_pipeline(model, dtype=config.dtype, device=device)
         pipe.set_progress_bar_config(disable=True)
-        return cls.from_pipeline(pipe, adapter, config)
+        restorer = cls.from_pipeline(pipe, adapter, config)
+        save_empty_prompt(prompt_cache, model, seq_len, config.dtype, pipe,
+                          {"prompt_embeds": restorer.prompt_embeds, "pooled_prompt_embeds": restorer.pooled_prompt_embeds})
+        return restorer
 
     # -- one image ---------------------------------------------------------------------------------
 

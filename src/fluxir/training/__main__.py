@@ -42,9 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--history", default=None, help="write the per-step history (the train pipeline's train_history) here")
     parser.add_argument("--report", default=None, help="write per-step weight digests to <report>.rank<r>.json")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--prompt-cache", default=None,
+                        help="folder of cached prompt embeddings (default: the catalog's prompt_embeddings path)")
     args = parser.parse_args(argv)
-    manifest_path, output, history_path, report_path = (
-        Path(p).resolve() if p else None for p in (args.manifest, args.output, args.history, args.report))
+    manifest_path, output, history_path, report_path, prompt_cache = (
+        Path(p).resolve() if p else None for p in (args.manifest, args.output, args.history, args.report,
+                                                   args.prompt_cache))
 
     os.chdir(args.project)  # relative paths of conf/ and the catalog are the project's
     params = load_params(args.env, args.params, ".")
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     status = "FAILED"
     try:
         result = train(cfg, manifest, progress=state.is_local_main_process,
-                       step_callback=record if report_path else None)
+                       step_callback=record if report_path else None,
+                       prompt_cache=prompt_cache or catalog.load("prompt_embeddings"))
         status = "RUNNING" if parent_run else "FINISHED"
     finally:
         if mlflow is not None:

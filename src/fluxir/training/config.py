@@ -18,7 +18,7 @@ PIXEL_LOSS_FORMS = ("paper", "x0")
 _NON_SEMANTIC = (
     "max_steps", "checkpoint_every", "keep_checkpoints", "resume", "log_every", "validate_every",
     "validation_steps", "cache_latents", "latent_cache_dir", "checkpoint_dir", "device", "progress",
-    "decoder_gradient_checkpointing", "gradient_checkpointing", "batch_size",
+    "decoder_gradient_checkpointing", "gradient_checkpointing", "batch_size", "compile",
 )
 _FLOAT_FIELDS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
                  "timestep_eps", "logit_normal_mean", "logit_normal_std", "pixel_loss_weight")
@@ -90,6 +90,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     resume: bool = True
+    compile: bool = False  # torch.compile Flux's blocks and the adapter block (fluxir.models.flux.compile_blocks)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:

@@ -150,9 +150,14 @@ def load_pair_pixels(row: Any, lq_scale: int) -> tuple[Tensor, Tensor]:
 
 
 def vae_identity(vae: Any) -> str:
-    """Hash of the VAE's class, config and weights: part of every latent-cache key."""
+    """Hash of the VAE's class, config and weights: part of every latent-cache key.
+
+    Config entries starting with ``_`` (``_name_or_path``, ``_diffusers_version``) say where and by what the
+    VAE was loaded, not what it computes: left out, so the VAE alone and the pipeline's VAE hash alike.
+    """
     h = hashlib.sha256(type(vae).__name__.encode())
-    h.update(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
     return hash_tensors(vae.state_dict(), h).hexdigest()[:16]
 
 

@@ -32,7 +32,7 @@ from fluxir.models.adapter import (
     FluxIRAdapter,
     count_parameters,
 )
-from fluxir.models.flux import accelerate_cpu
+from fluxir.models.flux import accelerate_cpu, compile_blocks
 from fluxir.progress import progress as progress_bar
 from fluxir.tracking import log_new_params, mlflow_key
 from fluxir.training.checkpoints import list_checkpoints, load_checkpoint, newest_complete_checkpoint, save_checkpoint
@@ -148,7 +148,7 @@ def _clear_run_dir(run_dir: Path, resume: bool) -> None:
             shutil.rmtree(path)
 
 
-def start_run(cfg: TrainConfig, manifest: pd.DataFrame) -> TrainingRun:
+def start_run(cfg: TrainConfig, manifest: pd.DataFrame, prompt_cache: str | Path | None = None) -> TrainingRun:
     """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process."""
     configure_cuda_allocator()
     processes = PartialState(cpu=accelerate_cpu(cfg.device)).num_processes
@@ -162,9 +162,11 @@ def start_run(cfg: TrainConfig, manifest: pd.DataFrame) -> TrainingRun:
     order = DataOrder(pairs.buckets(train_idx), cfg.global_batch, cfg.seed)
 
     # 2. Models: frozen Flux + VAE, the empty prompt, the trainable adapter, AdamW, constant lr + warm-up.
-    models = load_models(cfg, accelerator.device)
+    models = load_models(cfg, accelerator.device, prompt_cache)
     cache = LatentCache(cfg.latent_cache_dir if cfg.cache_latents else None, vae_identity(models.vae))
     adapter = build_adapter(cfg, models).to(accelerator.device)
+    if cfg.compile:
+        compile_blocks(models.flux, adapter)
     optimizer = make_optimizer(adapter.parameters(), cfg, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.lr_warmup_steps))
 
@@ -295,14 +297,18 @@ def train(
     *,
     progress: bool = True,
     step_callback: Callable[[int, FluxIRAdapter, dict[str, Any]], None] | None = None,
+    prompt_cache: str | Path | None = None,
 ) -> TrainResult:
     """Train a FluxIR adapter on the pairs of ``manifest`` (on every process of an accelerate launch).
+
+    ``prompt_cache``: the catalog's ``prompt_embeddings`` folder (with the empty prompt there, no text
+    encoder is loaded).
 
     ``step_callback(step, adapter, info)`` runs on every process after each optimizer step (``info``:
     the pair image ids this process trained on, the epoch). Returns the same ``TrainResult`` everywhere.
     """
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
-    run = start_run(cfg, manifest)
+    run = start_run(cfg, manifest, prompt_cache)
     log_run_params(run)
     main = run.accelerator.is_main_process
     bar = progress_bar(total=cfg.max_steps, initial=run.start, desc="train", unit="step", disable=not (progress and main))

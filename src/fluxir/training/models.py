@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, freeze_flux
-from fluxir.models.flux import load_pipeline
-from fluxir.models.prompts import PromptEncoder
+from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.training.config import TrainConfig
 
 class ControlledFlux(nn.Module):
@@ -46,10 +46,13 @@ class Models:
     scheduler_config: dict[str, Any]
 
 
-def load_models(cfg: TrainConfig, device: torch.device | str) -> Models:
-    """Load the pipeline, encode the empty prompt once (T5/CLIP are then dropped), freeze Flux and the VAE."""
-    pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=str(device))
-    encoder = PromptEncoder(pipe, [""], cfg.max_sequence_length, str(device))  # the paper's empty prompt
+def load_models(cfg: TrainConfig, device: torch.device | str, prompt_cache: str | Path | None = None) -> Models:
+    """Load Flux and the VAE with the empty prompt's embeddings, freeze both.
+
+    The embeddings come from ``prompt_cache`` when there (T5 and CLIP are then never loaded); otherwise
+    the prompt is encoded once, saved there, and the encoders dropped (``fluxir.models.empty_prompt``).
+    """
+    pipe, encoder = load_with_empty_prompt(cfg.model, cfg.dtype, str(device), cfg.max_sequence_length, prompt_cache)
     flux, vae = pipe.transformer, pipe.vae
     freeze_flux(flux)
     vae.requires_grad_(False).eval()

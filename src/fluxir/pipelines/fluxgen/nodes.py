@@ -16,11 +16,12 @@ import pandas as pd
 from fluxir.io import ImageStore
 
 
-def generate_images(image_store: ImageStore, fluxgen: dict[str, Any]) -> pd.DataFrame:
+def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: dict[str, Any]) -> pd.DataFrame:
     """Generate the missing images of this configuration and return the manifest of all of them.
 
     Columns: image_id, seed, prompt, path, sha256, width, height, model, config_key. Hashes come from
-    the per-shard index written with the images: an unchanged image is never read again.
+    the per-shard index written with the images: an unchanged image is never read again. The empty
+    prompt's embeddings are read from (or, the first time, written to) ``prompt_embeddings``.
     """
     from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
     from fluxir.fluxgen.manifest import generation_manifest
@@ -30,9 +31,10 @@ def generate_images(image_store: ImageStore, fluxgen: dict[str, Any]) -> pd.Data
     store = image_store.sub(cfg.key())
     processes = resolve_num_processes(fluxgen["num_processes"], "fluxgen.num_processes")
     if processes == 1:
-        generate_into_store(cfg, store)
+        generate_into_store(cfg, store, prompt_cache=prompt_embeddings)
     else:
-        run_stage("fluxir.fluxgen.generate", ["--store", str(image_store.root)], processes, "generate")
+        run_stage("fluxir.fluxgen.generate", ["--store", str(image_store.root), "--prompt-cache", str(prompt_embeddings)],
+                  processes, "generate")
     return generation_manifest(cfg, store)
 
 

@@ -8,7 +8,8 @@ from .nodes import degrade_pairs, generate_images, score_images, select_by_iqa
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(generate_images, ["fluxgen_image_store", "params:fluxgen"], "generated_images", name="generate_images"),
+            Node(generate_images, ["fluxgen_image_store", "prompt_embeddings", "params:fluxgen"], "generated_images",
+                 name="generate_images"),
             Node(score_images, ["generated_images", "iqa_parts", "params:iqa", "params:fluxgen.num_processes"], "iqa_scores",
                  name="score_images"),
             Node(

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -28,14 +29,15 @@ def plan_restore(input_dir: str | None, output_dir: str | None, overwrite: bool)
     return plan
 
 
-def restore_images(plan: pd.DataFrame, adapter: Any, restore: dict[str, Any], baselines: dict[str, Any]
-                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
+def restore_images(plan: pd.DataFrame, adapter: Any, prompt_embeddings: Path, restore: dict[str, Any],
+                   baselines: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore the planned files with ``restore.method`` (Flux + ``adapter``, or a public restorer) and the
     ``restore.*`` settings on ``restore.num_processes`` processes; returns (failures table, summary).
     Unreadable files are listed (input, reason) and the others still restored; raises RuntimeError when no
     input file could be used at all, ValueError for bad parameters (or fluxir without a trained adapter).
     More than one process runs ``accelerate launch -m fluxir.restoration``, each restoring every N-th planned
     file; the summary covers them all.
+    Flux's empty-prompt embeddings come from ``prompt_embeddings`` (no text encoder is loaded when there).
     """
     from fluxir.launch import resolve_num_processes, run_image_shards
     from fluxir.restoration.files import RestoreShare, failure_table, restore_planned, split_params, summarise_shares
@@ -45,7 +47,7 @@ def restore_images(plan: pd.DataFrame, adapter: Any, restore: dict[str, Any], ba
     make_restorer, adapter, summary_extra = public_restorer_for(files, cfg, adapter, baselines)
     processes = resolve_num_processes(restore["num_processes"], "restore.num_processes")
     if processes == 1:
-        failures, summary = restore_planned(plan, files, adapter, cfg, make_restorer)
+        failures, summary = restore_planned(plan, files, adapter, cfg, make_restorer, prompt_embeddings)
     else:
         reports = run_image_shards("fluxir.restoration", "restore", processes, plan, "--plan", adapter)
         failures, summary = summarise_shares(plan, [RestoreShare.from_dict(r) for r in reports], files, cfg)

@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 restore_images,
-                ["restore_plan", "fluxir_adapter", "params:restore", "params:baselines"],
+                ["restore_plan", "fluxir_adapter", "prompt_embeddings", "params:restore", "params:baselines"],
                 ["restore_failures", "restore_summary"],
                 name="restore_images",
             ),

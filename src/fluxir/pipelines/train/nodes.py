@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -11,26 +13,43 @@ if TYPE_CHECKING:  # torch is imported only when a node runs (kedro viz stays fa
 
     from fluxir.models.adapter import FluxIRAdapter
 
+logger = logging.getLogger(__name__)
 
-def train_adapter(pairs_manifest: pd.DataFrame, train: dict[str, Any]) -> tuple[FluxIRAdapter, pd.DataFrame]:
+
+def precompute_latents(pairs_manifest: pd.DataFrame, train: dict[str, Any]) -> dict[str, Any]:
+    """Encode the VAE latents of every pair not in ``train.latent_cache_dir`` yet (only the VAE is loaded);
+    returns the counts (pairs, encoded now, already cached) with the cache folder and the VAE's identity.
+    """
+    from fluxir.training.latents import precompute_latents as fill_cache
+
+    return fill_cache(train, pairs_manifest)
+
+
+def train_adapter(pairs_manifest: pd.DataFrame, latent_cache: dict[str, Any], prompt_embeddings: Path,
+                  train: dict[str, Any]) -> tuple[FluxIRAdapter, pd.DataFrame]:
     """Train the FluxIR adapter on FluxGen's pairs on ``train.num_processes`` processes; returns (adapter,
     per-step history).
 
-    Resumes from the newest checkpoint of the same settings; logs to the active MLflow run. More than one
-    process runs ``accelerate launch -m fluxir.training`` (DDP; its rank 0 logs into this run).
+    ``latent_cache`` (what ``precompute_latents`` filled) orders this node after it; the empty prompt's
+    embeddings come from ``prompt_embeddings``. Resumes from the newest checkpoint of the same settings;
+    logs to the active MLflow run. More than one process runs ``accelerate launch -m fluxir.training``
+    (DDP; its rank 0 logs into this run).
     """
     from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
     from fluxir.models.adapter import load_adapter
     from fluxir.training.loop import train as run_training
 
+    logger.info("training with %d of %d pairs' latents cached in %s", latent_cache["encoded"] + latent_cache["cached"],
+                len(pairs_manifest), latent_cache["cache_dir"])
     processes = resolve_num_processes(train["num_processes"], "train.num_processes")
     if processes == 1:
-        result = run_training(train, pairs_manifest)
+        result = run_training(train, pairs_manifest, prompt_cache=prompt_embeddings)
         return result.adapter, result.history
     with scratch_dir("train") as scratch:
         pairs_manifest.to_parquet(scratch / "pairs_manifest.parquet")
         run_stage("fluxir.training", ["--manifest", str(scratch / "pairs_manifest.parquet"), "--output",
-                                      str(scratch / "adapter"), "--history", str(scratch / "history.parquet")],
+                                      str(scratch / "adapter"), "--history", str(scratch / "history.parquet"),
+                                      "--prompt-cache", str(prompt_embeddings)],
                   processes, "train")
         return load_adapter(scratch / "adapter"), pd.read_parquet(scratch / "history.parquet")
 

@@ -1,15 +1,17 @@
-"""Training wiring: pairs_manifest -> train_adapter -> fluxir_adapter (+ history, loss curves)."""
+"""Training wiring: pairs_manifest -> precompute_latents -> train_adapter -> fluxir_adapter (+ history, loss curves)."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import plot_loss_curves, train_adapter
+from .nodes import plot_loss_curves, precompute_latents, train_adapter
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(train_adapter, ["pairs_manifest", "params:train"], ["fluxir_adapter", "train_history"],
-                 name="train_adapter"),
+            Node(precompute_latents, ["pairs_manifest", "params:train"], "latent_cache_summary",
+                 name="precompute_latents"),
+            Node(train_adapter, ["pairs_manifest", "latent_cache_summary", "prompt_embeddings", "params:train"],
+                 ["fluxir_adapter", "train_history"], name="train_adapter"),
             Node(plot_loss_curves, "train_history", "train_loss_curves", name="plot_loss_curves"),
         ]
     )
