@@ -132,3 +132,20 @@ def no_network(tmp_path_factory, monkeypatch):
         sys.path.remove(str(NETGUARD))
     attempts = log.read_text()
     assert not attempts, f"network access attempted (blocked):\n{attempts[:4000]}"
+
+
+@pytest.fixture
+def opened_images(monkeypatch):
+    """Every image file (``*.png``) opened through ``open`` from now on."""
+    opened: list[str] = []
+    import builtins
+
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).endswith(".png"):
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    return opened

@@ -6,7 +6,6 @@ Everything here proves machinery (sharding, resuming, determinism), not image qu
 
 from __future__ import annotations
 
-import builtins
 import os
 import subprocess
 import sys
@@ -50,21 +49,6 @@ def _make_store(root: Path, n: int) -> tuple[GenerationConfig, ImageStore]:
     for i, image in enumerate(_images(n)):
         store.write_recorded(i, image)
     return cfg, store
-
-
-@pytest.fixture
-def opened_images(monkeypatch):
-    """Every image file (``*.png``) opened through ``open`` from now on."""
-    opened: list[str] = []
-    real_open = builtins.open
-
-    def counting_open(file, *args, **kwargs):
-        if str(file).endswith(".png"):
-            opened.append(str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", counting_open)
-    return opened
 
 
 # ------------------------------------------------------------------ recorded hashes and manifests

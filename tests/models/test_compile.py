@@ -24,16 +24,16 @@ pytestmark = pytest.mark.skipif(
 def _inputs(flux, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     cfg = flux.config
-    return dict(
-        hidden_states=torch.randn(2, 12, 64, generator=g),  # (B, N, 64): a 6x8 latent as a 3x4 token grid
-        lq_latents=torch.randn(2, 12, 64, generator=g),
-        encoder_hidden_states=torch.randn(2, 8, cfg.joint_attention_dim, generator=g),
-        pooled_projections=torch.randn(2, cfg.pooled_projection_dim, generator=g),
-        timestep=torch.tensor([0.3, 0.8]),
-        img_ids=image_ids(3, 4, "cpu"),
-        txt_ids=torch.zeros(8, 3),
-        guidance=torch.tensor([4.0, 4.0]),
-    )
+    return {
+        "hidden_states": torch.randn(2, 12, 64, generator=g),  # (B, N, 64): a 6x8 latent as a 3x4 token grid
+        "lq_latents": torch.randn(2, 12, 64, generator=g),
+        "encoder_hidden_states": torch.randn(2, 8, cfg.joint_attention_dim, generator=g),
+        "pooled_projections": torch.randn(2, cfg.pooled_projection_dim, generator=g),
+        "timestep": torch.tensor([0.3, 0.8]),
+        "img_ids": image_ids(3, 4, "cpu"),
+        "txt_ids": torch.zeros(8, 3),
+        "guidance": torch.tensor([4.0, 4.0]),
+    }
 
 
 def _velocity_and_grads(flux, adapter, inputs):
@@ -69,3 +69,29 @@ def test_compiled_blocks_give_the_eager_velocity_and_gradients(tiny_flux_dir):
     # and the comparison can fail: another control input changes the velocity far beyond the tolerance
     other_v, _ = _velocity_and_grads(flux_c, adapter_c, {**inputs, "lq_latents": inputs["lq_latents"] * 1.1})
     assert float((other_v - eager_v).abs().max()) > 1e-2 * scale
+
+
+def _compiled(module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def test_restore_and_train_compile_switch_compiles_the_blocks(tiny_flux_dir, tmp_path):
+    from support import make_pairs, tiny_params
+
+    from fluxir.restoration.sampler import RestoreConfig, Restorer
+    from fluxir.training.config import TrainConfig
+    from fluxir.training.loop import start_run
+
+    pipe = load_pipeline(str(tiny_flux_dir), dtype="float32", device="cpu")
+    adapter = FluxIRAdapter.from_flux(pipe.transformer)
+    for compile_on in (False, True):
+        cfg = RestoreConfig(dtype="float32", device="cpu", compile=compile_on)
+        restorer = Restorer.from_source(str(tiny_flux_dir), adapter, cfg)
+        blocks = [*restorer.transformer.transformer_blocks, *restorer.transformer.single_transformer_blocks,
+                  restorer.adapter.block]
+        assert [_compiled(b) for b in blocks] == [compile_on] * len(blocks)
+    params = tiny_params(tmp_path, "train.compile=true")
+    run = start_run(TrainConfig.from_params(params), make_pairs(tmp_path / "pairs", n=4))
+    assert _compiled(run.models.flux.transformer_blocks[0]) and _compiled(run.adapter.block)
+    assert run.run_key == start_run(TrainConfig.from_params({**params, "compile": False}),
+                                    make_pairs(tmp_path / "pairs", n=4)).run_key, "compile is not part of the run key"

@@ -56,7 +56,7 @@ def test_training_encodes_once_then_loads_no_text_encoder(full_flux_dir, tmp_pat
 
 
 def test_generation_and_restoration_reuse_the_cached_prompt(full_flux_dir, tmp_path, text_encoders_built):
-    from fluxir.restoration.sampler import Restorer, RestoreConfig
+    from fluxir.restoration.sampler import RestoreConfig, Restorer
 
     cache = tmp_path / "prompt_embeddings"
     params = {"model": str(full_flux_dir), "num_images": 2, "height": 48, "width": 64, "steps": 2,

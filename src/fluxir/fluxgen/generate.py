@@ -36,8 +36,8 @@ from accelerate import PartialState
 
 from fluxir.config import Rule, check_fields, cli_parser, load_catalog, load_params, reject_unknown_keys, stage_params
 from fluxir.io import ImageStore, WriterPool, hash_json
-from fluxir.models.flux import accelerate_cpu, load_pipeline, resolve_device
 from fluxir.models.empty_prompt import load_with_empty_prompt
+from fluxir.models.flux import accelerate_cpu, compile_blocks, load_pipeline, resolve_device
 from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
 from fluxir.validation import check_params
@@ -80,6 +80,7 @@ class GenerationConfig:
     prompts: list[str] = field(default_factory=list)  # empty: the paper's empty prompt
     max_sequence_length: int = 512
     write_threads: int = 2  # PNG encode + hash + sidecar threads behind a queue of 2 x write_threads images
+    compile: bool = False  # torch.compile the transformer's blocks (fluxir.models.flux.compile_blocks)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "GenerationConfig":
@@ -135,6 +136,8 @@ def generate_into_store(
         pipe, encoder = load_with_empty_prompt(cfg.model, cfg.dtype, device, cfg.max_sequence_length, prompt_cache,
                                                guidance=cfg.guidance)
     pipe.set_progress_bar_config(disable=True)
+    if cfg.compile:
+        compile_blocks(pipe.transformer)
     done, _ = write_generated(cfg, store, denoised_images(cfg, pipe, encoder, todo, device), len(todo),
                               f"generate[{process_index}]", progress)
     return done

@@ -73,6 +73,7 @@ from fluxir.models.adapter import (
 )
 from fluxir.models.flux import (
     autocast_off,
+    compile_blocks,
     image_ids,
     load_pipeline,
     pack_grid,
@@ -138,6 +139,7 @@ class RestoreConfig:
     max_output_megapixels: float = 16  # larger outputs are refused before any model is loaded
     offload: str = "none"  # none | model | sequential (fluxir.restoration.lowmem)
     quantize: str = "none"  # none | int8 | fp8 | nf4: the frozen Flux transformer's linear weights
+    compile: bool = False  # torch.compile Flux's blocks and the adapter block (fluxir.models.flux.compile_blocks)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
@@ -423,6 +425,8 @@ class Restorer:
         if adapter is not None:
             check_compatible(adapter, transformer)
             self.adapter = adapter.to(self.device, self.dtype).eval().requires_grad_(False)
+        if config.compile:
+            compile_blocks(self.transformer, self.adapter)
         self.scheduler_config = dict(scheduler_config)
         self.prompt_embeds = prompt_embeds.to(self.device, self.dtype)  # (1, S, joint_attention_dim)
         self.pooled_prompt_embeds = pooled_prompt_embeds.to(self.device, self.dtype)  # (1, pooled_projection_dim)
