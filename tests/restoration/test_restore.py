@@ -487,13 +487,13 @@ def test_restore_without_an_adapter_uses_public_weights(kedro_project):
             if method == "fluxir":
                 with pytest.raises(ValueError, match=r"restore.method: fluxir needs a trained FluxIR adapter.*"
                                                      r"restore.method=flux_controlnet or realesrgan"):
-                    restore_images(plan, missing, restore, params["baselines"])
+                    restore_images(plan, missing, project / "prompt_embeddings", restore, params["baselines"])
                 continue
-            failures, summary = restore_images(plan, missing, restore, params["baselines"])
+            failures, summary = restore_images(plan, missing, project / "prompt_embeddings", restore, params["baselines"])
             assert summary["method"] == "flux_controlnet" and summary["restored"] == 5 and len(failures) == 3
             assert np.asarray(Image.open(project / "out_flux_controlnet/rgb.png")).shape == (40, 56, 3)
         with pytest.raises(ValueError, match=r"restore.method must be one of \('fluxir', 'flux_controlnet', "
                                              r"'realesrgan'\), got 'seesr'"):
-            restore_images(plan, missing, {**restore, "method": "seesr"}, params["baselines"])
+            restore_images(plan, missing, project / "prompt_embeddings", {**restore, "method": "seesr"}, params["baselines"])
     finally:
         os.chdir(cwd)

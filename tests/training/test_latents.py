@@ -16,9 +16,9 @@ from PIL import Image
 from support import kill_when, make_pairs, tiny_params
 
 from fluxir.io import sha256_file
-from fluxir.training.loop import train
 from fluxir.training.data import PairTable
 from fluxir.training.latents import precompute_latents
+from fluxir.training.loop import train
 
 
 def with_sizes(manifest: pd.DataFrame) -> pd.DataFrame:

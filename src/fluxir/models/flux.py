@@ -206,7 +206,7 @@ def load_vae(source: str, dtype: str = "bfloat16", device: str = "cpu") -> Autoe
     source = resolve_source(source)
     try:
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=getattr(torch, dtype))
-    except (OSError, EnvironmentError) as err:
+    except OSError as err:
         raise ValueError(f"could not load the VAE of {source!r} (sub-folder vae): {err}") from err
     return vae.to(device)
 
