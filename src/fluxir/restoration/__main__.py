@@ -38,13 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     else:
         plan = pd.DataFrame(plan_folder(files.get("input_dir"), files.get("output_dir"), bool(files.get("overwrite"))),
                             columns=["input", "output", "action"])
+    catalog = load_catalog(args.env, args.project)
     adapter = None  # a public restorer (restore.method) needs none
     if args.adapter:
         adapter = load_adapter(args.adapter)
     elif files.get("method", "fluxir") == "fluxir":
-        adapter = load_catalog(args.env, args.project).load("fluxir_adapter")
+        adapter = catalog.load("fluxir_adapter")
     make_restorer, adapter, _ = public_restorer_for(files, cfg, adapter, params["baselines"])
-    share = restore_share(plan, files, adapter, cfg, state.process_index, state.num_processes, make_restorer)
+    share = restore_share(plan, files, adapter, cfg, state.process_index, state.num_processes, make_restorer,
+                          prompt_cache=catalog.load("prompt_embeddings"))  # the empty prompt, encoded once
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(share.to_dict()))
     state.wait_for_everyone()
