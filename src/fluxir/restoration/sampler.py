@@ -55,7 +55,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import cpu_offload_with_hook
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -63,6 +62,7 @@ from PIL import Image
 from torch import Tensor
 
 from fluxir.config import Rule, field_problems, is_int, raise_problems_of, reject_unknown_keys, stage_params
+from fluxir.models.condition import lq_condition
 from fluxir.models.empty_prompt import cached_empty_prompt, save_empty_prompt
 from fluxir.models.prompts import PromptEncoder
 from fluxir.models.adapter import (
@@ -488,7 +488,7 @@ class Restorer:
         cfg = self.config
         lq = check_image(lq)
         height, width = output_size(lq.shape[0], lq.shape[1], cfg)
-        reference = upsample_condition(lq, height, width)  # (H, W, 3): the LQ condition and the colour reference
+        reference = lq_condition(lq, height, width)  # (H, W, 3): the LQ condition and the colour reference
         ph, pw = round_up(height), round_up(width)
         padded = np.pad(reference, ((0, ph - height), (0, pw - width), (0, 0)), mode="edge")  # (ph, pw, 3)
 
@@ -577,18 +577,6 @@ def upsample(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
-
-
-def upsample_condition(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(h, w, 3) uint8 -> (height, width, 3) uint8 as training prepares the LQ condition (``fluxir.training``):
-    torch bicubic (a = -0.75, align_corners=False), clamped; antialiased when shrinking."""
-    if image.shape[:2] == (height, width):
-        return image
-
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # (1, 3, h, w) in [0, 255]
-    shrink = height < image.shape[0] or width < image.shape[1]
-    x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=shrink)
-    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def config_dict(cfg: RestoreConfig) -> dict[str, Any]:

@@ -6,7 +6,7 @@
 - Aspect buckets (paper: 1024x768, 768x768, 512x768): each global batch comes from one bucket. The batch
   order of epoch e is a permutation drawn from (seed, e), so the global batch of optimizer step s is a
   function of (seed, s) (``DataOrder``): a resumed run sees exactly the data an uninterrupted one would.
-- Latents: HQ and the LQ upsampled x lq_scale (bicubic) go through the frozen Flux VAE encoder; its
+- Latents: HQ and the LQ condition (``fluxir.models.condition``, x lq_scale) go through the frozen Flux VAE encoder; its
   Gaussian's parameters (mean, logvar) are cached on disk (``LatentCache``), keyed by the pair's sha256s,
   the size and the VAE's identity. A latent is ``(mean + std * noise - shift_factor) * scaling_factor``,
   packed 2x2: (B, C, h, w) -> (B, h/2 * w/2, 4C).
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fluxir.io import atomic_file, hash_json, hash_tensors, image_size, read_image, sha256_file
+from fluxir.models.condition import lq_condition
 from fluxir.models.flux import autocast_off
 
 MANIFEST_COLUMNS = ("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256")
@@ -142,11 +142,15 @@ class DataOrder:
 
 
 def load_pair_pixels(row: Any, lq_scale: int) -> tuple[Tensor, Tensor]:
-    """(HQ (3, H, W), LQ upsampled x lq_scale bicubic (3, H, W)), float32 in [-1, 1]."""
-    hq = torch.from_numpy(read_image(row.hq_path).copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
-    lq = torch.from_numpy(read_image(row.lq_path).copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H/4, W/4)
-    lq_up = F.interpolate(lq[None], scale_factor=lq_scale, mode="bicubic", align_corners=False)[0].clamp(-1, 1)
-    return hq, lq_up
+    """(HQ (3, H, W), the LQ condition: LQ resized x lq_scale by ``lq_condition`` (3, H, W)), float32 in [-1, 1]."""
+    lq = read_image(row.lq_path)  # (H/4, W/4, 3)
+    lq_up = lq_condition(lq, lq.shape[0] * lq_scale, lq.shape[1] * lq_scale)  # (H, W, 3), as restoration sees it
+    return to_unit(read_image(row.hq_path)), to_unit(lq_up)
+
+
+def to_unit(image: np.ndarray) -> Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1], the VAE's input range."""
+    return torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 127.5 - 1
 
 
 def vae_identity(vae: Any) -> str:
@@ -173,7 +177,7 @@ class LatentCache:
         self.vae_id = vae_id
 
     def key(self, row: Any, lq_scale: int) -> str:
-        payload = f"{row.hq_sha256}|{row.lq_sha256}|{row.width}x{row.height}|x{lq_scale}|bicubic|{self.vae_id}"
+        payload = f"{row.hq_sha256}|{row.lq_sha256}|{row.width}x{row.height}|x{lq_scale}|lq_condition-uint8|{self.vae_id}"
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def path(self, key: str) -> Path:

@@ -10,7 +10,8 @@ import pandas as pd
 
 from fluxir.io import read_image
 from fluxir.models.adapter import FluxIRAdapter
-from fluxir.restoration.sampler import RestoreConfig, Restorer, upsample_condition
+from fluxir.models.condition import lq_condition
+from fluxir.restoration.sampler import RestoreConfig, Restorer
 from fluxir.training.config import TrainConfig
 from fluxir.training.data import PairTable, device_and_dtype
 from fluxir.training.models import Models
@@ -55,6 +56,6 @@ def validation_grid(models: Models, adapter: FluxIRAdapter, pairs: PairTable, in
     for i in indices:
         row = pairs.rows.iloc[i]
         hq, lq = read_image(row.hq_path), read_image(row.lq_path)  # (H, W, 3), (H/4, W/4, 3)
-        rows.append(np.concatenate([upsample_condition(lq, *hq.shape[:2]), restorer.restore(lq), hq], axis=1))
+        rows.append(np.concatenate([lq_condition(lq, *hq.shape[:2]), restorer.restore(lq), hq], axis=1))
     width = max(r.shape[1] for r in rows)
     return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
