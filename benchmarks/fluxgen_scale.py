@@ -220,7 +220,8 @@ def _score_process(manifest_path: str, parts: str, rank: int, world: int, barrie
     iqa_lib.create_metrics(TINY_METRICS)  # build once before the clock: import and model set-up excluded
     barrier.wait()
     start = time.perf_counter()
-    score_into_parts(manifest, Path(parts), TINY_METRICS, 8, "cpu", rank, world, loader_workers=0, progress=False)
+    score_into_parts(manifest, Path(parts), TINY_METRICS, 8, "cpu", rank, world, loader_workers=0, part_size=1024, precision="fp32",
+                     progress=False)
     queue.put((start, time.perf_counter()))
 
 
@@ -245,8 +246,10 @@ def bench_score(work: Path, n: int) -> dict:
         for p in procs:
             p.join()
         rates[world] = n / (max(e for _, e in spans) - min(s for s, _ in spans))
-    score_into_parts(manifest, work / "parts2", TINY_METRICS, 8, "cpu", loader_workers=0, progress=False)  # imports pyiqa
-    resume, scored = _timed(score_into_parts, manifest, work / "parts2", TINY_METRICS, 8, "cpu", loader_workers=0, progress=False)
+    score_into_parts(manifest, work / "parts2", TINY_METRICS, 8, "cpu", loader_workers=0, part_size=1024, precision="fp32",
+                     progress=False)  # imports pyiqa
+    resume, scored = _timed(score_into_parts, manifest, work / "parts2", TINY_METRICS, 8, "cpu", loader_workers=0,
+                            part_size=1024, precision="fp32", progress=False)
     assert scored == 0
     return {"score_images_per_s": rates, "score_speedup_2_procs": rates[2] / rates[1], "score_images": n,
             "score_metrics": TINY_METRICS, "resume_scan_ms_per_image_score": 1e3 * resume / n}

@@ -183,12 +183,14 @@ def test_scoring_precision_is_applied_and_keys_the_scores(scored_manifest, tmp_p
     scores = {}
     for precision in ("fp32", "bf16"):
         parts = tmp_path / precision / keys[precision]
-        score_into_parts(manifest, parts, spec, batch_size=4, loader_workers=0, progress=False, precision=precision)
+        score_into_parts(manifest, parts, spec, 4, "cpu", loader_workers=0, part_size=1024, progress=False,
+                         precision=precision)
         scores[precision] = merge_scores(manifest, parts, ["musiq"])["musiq"].to_numpy()
     assert not np.array_equal(scores["fp32"], scores["bf16"])
     np.testing.assert_allclose(scores["bf16"], scores["fp32"], rtol=0.05)
     with pytest.raises(ValueError, match="iqa.precision must be 'fp32' .* got 'fp16'"):
-        score_into_parts(manifest, tmp_path / "x", spec, precision="fp16", progress=False)
+        score_into_parts(manifest, tmp_path / "x", spec, 4, "cpu", loader_workers=0, part_size=1024, precision="fp16",
+                         progress=False)
 
 
 def test_unscored_image_is_named(scored_manifest, tmp_path):

@@ -25,6 +25,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
-from fluxir.config import Rule, check_fields, cli_parser, load_catalog, load_params
+from fluxir.config import Rule, check_fields, cli_parser, from_params, load_catalog, load_params
 from fluxir import iqa as iqa_lib
 from fluxir.io import atomic_file, hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
@@ -57,12 +58,35 @@ SCORING_RULES = (
 )
 
 
-def score_versions(specs: Sequence[Any], precision: str = "fp32") -> dict[str, Any]:
+@dataclass
+class IqaConfig:
+    """Parameters ``iqa.*``: their values (defaults included) live in conf/base/parameters_fluxgen.yml only."""
+
+    metrics: list[Any]
+    weights_dir: str | None
+    trust_weight_files: bool
+    batch_size: int
+    device: str
+    loader_workers: int
+    part_size: int
+    precision: str  # fp32, tf32 or bf16: part of the scores' key
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> IqaConfig:
+        cfg = from_params(cls, params, "iqa")
+        check_fields(cfg, SCORING_RULES, "iqa.")
+        return cfg
+
+    def specs(self) -> list[iqa_lib.MetricSpec]:
+        return [iqa_lib.MetricSpec.parse(s) for s in self.metrics]
+
+
+def score_versions(specs: Sequence[Any], precision: str) -> dict[str, Any]:
     """pyiqa's version, every metric's name, options and weight files, and the precision the scores were computed in."""
     return {**iqa_lib.metric_versions(specs), "precision": precision}
 
 
-def metrics_key(specs: Sequence[Any], precision: str = "fp32") -> str:
+def metrics_key(specs: Sequence[Any], precision: str) -> str:
     """Short hash of ``score_versions``: the folder of the score parts."""
     return hash_json(score_versions(specs, precision))
 
@@ -118,7 +142,7 @@ def _as_is(images: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _score_batch(metrics: dict[str, Any], images: list[np.ndarray], device: Any,
-                 precision: str = "fp32") -> dict[str, np.ndarray]:
+                 precision: str) -> dict[str, np.ndarray]:
     """``{metric: (B,) float64}`` for a chunk; images of different sizes are scored in separate calls."""
     out = {name: np.empty(len(images)) for name in metrics}
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -143,9 +167,9 @@ def _write_part(parts_dir: Path, rank: int, number: int, rows: list[pd.DataFrame
 
 
 def score_into_parts(
-    manifest: pd.DataFrame, parts_dir: Path, specs: Sequence[Any], batch_size: int = 8, device: Any = "cpu",
-    process_index: int = 0, num_processes: int = 1, loader_workers: int = 2, part_size: int = 1024,
-    progress: bool = True, precision: str = "fp32",
+    manifest: pd.DataFrame, parts_dir: Path, specs: Sequence[Any], batch_size: int, device: Any,
+    process_index: int = 0, num_processes: int = 1, *, loader_workers: int, part_size: int,
+    precision: str, progress: bool = True,
 ) -> int:
     """Score this process's share of the not yet scored chunks into parts; returns how many images it scored."""
     check_fields({"batch_size": batch_size, "loader_workers": loader_workers, "part_size": part_size,
@@ -195,6 +219,27 @@ def merge_scores(manifest: pd.DataFrame, parts_dir: Path, names: Sequence[str]) 
     return table
 
 
+def run_scoring(
+    cfg: IqaConfig, manifest: pd.DataFrame, parts_root: Path, process_index: int = 0, num_processes: int = 1,
+    state_device: Any = None, progress: bool = True,
+) -> tuple[Path, int]:
+    """FluxGen's scoring step, as the ``fluxgen.score_images`` node and ``python -m fluxir.fluxgen.score`` run it.
+
+    Weight files checked first (one error for all), then this process's unscored chunks into
+    ``<parts_root>/<metrics key>``. Returns that folder and how many images this process scored.
+    """
+    specs = cfg.specs()
+    iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
+    iqa_lib.check_weights(specs)
+    parts_dir = Path(parts_root) / metrics_key(specs, cfg.precision)
+    scored = score_into_parts(
+        manifest, parts_dir, specs, cfg.batch_size, resolve_device(cfg.device, state_device), process_index,
+        num_processes, loader_workers=cfg.loader_workers, part_size=cfg.part_size, precision=cfg.precision,
+        progress=progress,
+    )
+    return parts_dir, scored
+
+
 def main(argv: list[str] | None = None) -> None:
     """Score FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.score``)."""
     parser = cli_parser("python -m fluxir.fluxgen.score", main.__doc__, "iqa.batch_size=16")
@@ -204,19 +249,13 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.env, args.params, args.project)
     check_params(params, ["iqa"], "python -m fluxir.fluxgen.score")
-    iqa = params["iqa"]
+    cfg = IqaConfig.from_params(params["iqa"])
     catalog = None if args.manifest and args.parts else load_catalog(args.env, args.project)
     manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("generated_images")
     parts_root = Path(args.parts) if args.parts else catalog.load("iqa_parts")
-    state = PartialState(cpu=accelerate_cpu(iqa.get("device", "auto")))
-    iqa_lib.configure_weights(iqa.get("weights_dir"), iqa.get("trust_weight_files", False))
-    device = resolve_device(iqa.get("device", "auto"), state.device)
-    parts_dir = parts_root / metrics_key(iqa["metrics"], iqa["precision"])
-    scored = score_into_parts(
-        manifest, parts_dir, iqa["metrics"], iqa["batch_size"], device, state.process_index,
-        state.num_processes, iqa.get("loader_workers", 2), iqa.get("part_size", 1024), progress=state.is_local_main_process,
-        precision=iqa["precision"],
-    )
+    state = PartialState(cpu=accelerate_cpu(cfg.device))
+    parts_dir, scored = run_scoring(cfg, manifest, parts_root, state.process_index, state.num_processes, state.device,
+                                    progress=state.is_local_main_process)
     state.wait_for_everyone()
     print(json.dumps({"parts": str(parts_dir), "rank": state.process_index, "scored": scored}))
 

@@ -45,26 +45,24 @@ def score_images(generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any], 
     Returns the manifest columns plus one column per metric and the scorers' version info.
     """
     from fluxir import iqa as iqa_lib
-    from fluxir.fluxgen.score import merge_scores, metrics_key, score_into_parts, score_versions
+    from fluxir.fluxgen.score import IqaConfig, merge_scores, metrics_key, run_scoring, score_versions
     from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
-    from fluxir.models.flux import resolve_device
 
-    specs = [iqa_lib.MetricSpec.parse(s) for s in iqa["metrics"]]
-    iqa_lib.configure_weights(iqa.get("weights_dir"), iqa.get("trust_weight_files", False))
-    iqa_lib.check_weights(specs)
-    parts_dir = iqa_parts / metrics_key(specs, iqa["precision"])
+    cfg = IqaConfig.from_params(iqa)
+    specs = cfg.specs()
     processes = resolve_num_processes(num_processes, "fluxgen.num_processes")
     if processes == 1:
-        score_into_parts(generated, parts_dir, specs, iqa["batch_size"], resolve_device(iqa.get("device", "auto")),
-                         loader_workers=iqa.get("loader_workers", 2), part_size=iqa.get("part_size", 1024),
-                         precision=iqa["precision"])
-    else:
+        parts_dir, _ = run_scoring(cfg, generated, iqa_parts)
+    else:  # every weight file checked here, before the launch
+        iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
+        iqa_lib.check_weights(specs)
+        parts_dir = iqa_parts / metrics_key(specs, cfg.precision)
         with scratch_dir("score") as scratch:
             generated.to_parquet(scratch / "generated_images.parquet")
             run_stage("fluxir.fluxgen.score", ["--manifest", str(scratch / "generated_images.parquet"),
                                                "--parts", str(iqa_parts)], processes, "score")
     table = merge_scores(generated, parts_dir, [s.name for s in specs])
-    table["iqa_versions"] = json.dumps(score_versions(specs, iqa["precision"]), sort_keys=True)
+    table["iqa_versions"] = json.dumps(score_versions(specs, cfg.precision), sort_keys=True)
     return table
 
 
