@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fluxir.config import Rule, check_fields, cli_parser, is_int, load_catalog, load_params
+from fluxir.config import Rule, check_fields, cli_parser, from_params, is_int, load_catalog, load_params
 from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
 from fluxir.io import (
     ImageStore,
@@ -212,21 +213,42 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
     })
 
 
+@dataclass(frozen=True)
+class DegradeConfig:
+    """Parameters ``degrade.*``: their values (defaults included) live in conf/base/parameters_fluxgen.yml only."""
+
+    seed: int
+    workers: int | str  # "auto": every core
+    rank: int | None
+    world_size: int | None
+    config: DegradationConfig
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> DegradeConfig:
+        cfg = from_params(cls, {**params, "config": DegradationConfig.from_dict(params.get("config", {}))}, "degrade")
+        check_fields(cfg, DEGRADE_RULES, "degrade.")
+        return cfg
+
+
+# rank/world_size null: the launcher's share (``share``)
+DEGRADE_RULES = (Rule("seed", "integer"), Rule("world_size", "positive_int", nullable=True),
+                 Rule("rank", "nonneg_int", nullable=True))
+
+
 def degrade_selection(
-    selection: pd.DataFrame, pair_store: ImageStore, degrade: dict[str, Any], progress: bool = True,
+    selection: pd.DataFrame, pair_store: ImageStore, cfg: DegradeConfig, progress: bool = True,
     rank: int = 0, world_size: int = 1,
 ) -> tuple[PairStores, pd.DataFrame, list[int]]:
-    """Make share ``rank`` of ``world_size`` of the missing pairs of the kept images; returns (stores, kept rows,
-    ids made now)."""
-    config = DegradationConfig.from_dict(degrade.get("config", {}))
-    seed = degrade["seed"]
+    """FluxGen's degradation step, as the ``fluxgen.degrade_pairs`` node and ``python -m fluxir.fluxgen.pairs`` run it:
+    share ``rank`` of ``world_size`` of the missing pairs of the kept images; returns (stores, kept rows, ids made
+    now)."""
     kept = selection[selection["keep"]].sort_values("image_id")
     if kept.empty:
         raise ValueError("no image passed the IQA selection: nothing to degrade (check select.percentile and the scores)")
-    stores = PairStores(pair_store, pairs_key(repr(config), seed, kept["config_key"].astype(str)))
+    stores = PairStores(pair_store, pairs_key(repr(cfg.config), cfg.seed, kept["config_key"].astype(str)))
     mine = set(ids_for_rank(kept["image_id"].astype(int), rank, world_size))
     jobs = [(int(i), p) for i, p in zip(kept["image_id"], kept["path"]) if int(i) in mine]
-    made = make_pairs(jobs, stores, config, seed, resolve_workers(degrade.get("workers", "auto")), progress)
+    made = make_pairs(jobs, stores, cfg.config, cfg.seed, resolve_workers(cfg.workers), progress)
     return stores, kept, made
 
 
@@ -239,12 +261,12 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.env, args.params, args.project)
     check_params(params, ["degrade"], "python -m fluxir.fluxgen.pairs")
-    degrade = params["degrade"]
+    cfg = DegradeConfig.from_params(params["degrade"])
     catalog = None if args.selection and args.store else load_catalog(args.env, args.project)
     selection = pd.read_parquet(args.selection) if args.selection else catalog.load("iqa_selection")
     store = ImageStore(Path(args.store)) if args.store else catalog.load("pair_store")
-    rank, world_size = share(degrade, os.environ)
-    stores, _, made = degrade_selection(selection, store, degrade, rank=rank, world_size=world_size)
+    rank, world_size = share({"rank": cfg.rank, "world_size": cfg.world_size}, os.environ)
+    stores, _, made = degrade_selection(selection, store, cfg, rank=rank, world_size=world_size)
     print(json.dumps({"pairs": str(stores.lq.root.parent), "made": len(made), "rank": rank, "world_size": world_size}))
 
 

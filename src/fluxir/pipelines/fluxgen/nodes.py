@@ -89,7 +89,8 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
 
     Deterministic per (id, seed); pairs written by an earlier run with the same settings are reused.
     """
-    from fluxir.fluxgen.pairs import degrade_selection, pairs_manifest
+    from fluxir.fluxgen.pairs import DegradeConfig, degrade_selection, pairs_manifest
 
-    stores, kept, _ = degrade_selection(selection, pair_store, degrade)  # every missing pair, on every core
-    return pairs_manifest(kept, stores, degrade["seed"])
+    cfg = DegradeConfig.from_params(degrade)
+    stores, kept, _ = degrade_selection(selection, pair_store, cfg)  # every missing pair, on every core
+    return pairs_manifest(kept, stores, cfg.seed)
