@@ -48,11 +48,18 @@ def _photos(n: int, width: int, height: int) -> list[np.ndarray]:
             for i in range(n)]
 
 
+def _base(group: str) -> dict:
+    """conf/base's parameters of ``group``: every field a config class needs."""
+    from fluxir.config import load_params
+
+    return load_params("base", [], Path(__file__).resolve().parents[1])[group]
+
+
 def _store(root: Path, n: int, record: bool):
     from fluxir.fluxgen.generate import GenerationConfig
     from fluxir.io import ImageStore
 
-    cfg = GenerationConfig.from_params({"model": "none", "num_images": n, "height": 48, "width": 64})
+    cfg = GenerationConfig.from_params({**_base("fluxgen"), "model": "none", "num_images": n, "height": 48, "width": 64})
     store = ImageStore(root).sub(cfg.key())
     for i, image in enumerate(_photos(min(n, 97), 64, 48) * (n // 97 + 1)):
         if i == n:
@@ -76,7 +83,7 @@ def _rss_child(root: str, n: int, queue) -> None:
     from fluxir.fluxgen.manifest import generation_manifest
     from fluxir.io import ImageStore
 
-    cfg = GenerationConfig.from_params({"model": "none", "num_images": n, "height": 48, "width": 64})
+    cfg = GenerationConfig.from_params({**_base("fluxgen"), "model": "none", "num_images": n, "height": 48, "width": 64})
     store = ImageStore(Path(root)).sub(cfg.key())
     generation_manifest(cfg.__class__.from_params({**cfg.__dict__, "num_images": 1}), store)  # warm imports
     before = _status_mb("VmRSS")

@@ -32,7 +32,10 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
     "no_pixel_loss": {"pixel_loss_weight": 0.0},
@@ -82,6 +85,7 @@ def run_variant(config: str, variant: str, steps: int, warmup: int, batch_size: 
     """Time ``steps`` optimizer steps of one variant in this process; returns seconds and memory."""
     import torch
 
+    from fluxir.config import load_params
     from fluxir.training.config import TrainConfig
     from fluxir.training.data import encode_gaussian
     from fluxir.training.loop import peak_memory_mb
@@ -97,6 +101,7 @@ def run_variant(config: str, variant: str, steps: int, warmup: int, batch_size: 
     spec = VARIANTS[variant]
     crop_px = (crop or min(width, height) // 2) if spec.get("crop") else None
     cfg = TrainConfig.from_params({
+        **load_params("base", [], REPO)["train"],  # every field; the run's own settings follow
         "dtype": str(dtype).split(".")[1], "mixed_precision": "bf16" if cuda else "no", "device": device,
         "pixel_loss_weight": spec["pixel_loss_weight"], "pixel_loss_crop": crop_px,
         "decoder_gradient_checkpointing": spec.get("decoder_gradient_checkpointing", False),

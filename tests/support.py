@@ -53,6 +53,11 @@ def make_pairs(root: Path, n: int = 8, sizes=SIZES, scale: int = 4) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def base_params(group: str, **overrides) -> dict:
+    """conf/base's parameters of ``group`` with ``overrides``: every field a config class needs (no Python defaults)."""
+    return {**load_params("base", [], REPO)[group], **overrides}
+
+
 def tiny_params(tmp: Path, *overrides: str) -> dict:
     """conf/tiny's train parameters with working folders under tmp (and quick defaults for tests)."""
     base = [f"train.checkpoint_dir={tmp / 'ckpt'}", f"train.latent_cache_dir={tmp / 'cache'}",

@@ -141,7 +141,7 @@ def reject_unknown_keys(params: Mapping[str, Any], config_class: type, what: str
         raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
 
 
-def from_params(config_class: type, params: Mapping[str, Any], group: str) -> Any:
+def config_from_params(config_class: type, params: Mapping[str, Any], group: str) -> Any:
     """``config_class(**params)`` with every field required: the values live in conf/base only.
 
     Unknown and missing keys are both named, with the file that sets them (``parameters_*.yml``).

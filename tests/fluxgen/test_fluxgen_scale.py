@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import skimage.data
 from conftest import REPO, free_port
-from support import kill_when
+from support import base_params, kill_when
 
 from fluxir.fluxgen.generate import GenerationConfig
 from fluxir.fluxgen.manifest import (
@@ -44,7 +44,7 @@ def _images(n: int) -> list[np.ndarray]:
 
 
 def _make_store(root: Path, n: int) -> tuple[GenerationConfig, ImageStore]:
-    cfg = GenerationConfig.from_params({"model": "none", "num_images": n, "height": 48, "width": 64})
+    cfg = GenerationConfig.from_params(base_params("fluxgen", model="none", num_images=n, height=48, width=64))
     store = ImageStore(root).sub(cfg.key())
     for i, image in enumerate(_images(n)):
         store.write_recorded(i, image)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, free_port
-from support import kill_when
+from support import base_params, kill_when
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
 from fluxir.fluxgen.manifest import recorded_hashes
@@ -22,7 +22,7 @@ from fluxir.models.flux import resolve_source
 
 def tiny_cfg(tiny_flux_dir: Path, **overrides) -> GenerationConfig:
     params = dict(model=str(tiny_flux_dir), num_images=3, height=48, width=64, steps=2, dtype="float32", device="cpu")
-    return GenerationConfig.from_params({**params, **overrides})
+    return GenerationConfig.from_params(base_params("fluxgen", **params, **overrides))
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def tiny_cfg(tiny_flux_dir: Path, **overrides) -> GenerationConfig:
 )
 def test_bad_parameters_name_the_value(params, message):
     with pytest.raises(ValueError) as err:
-        GenerationConfig.from_params(params)
+        GenerationConfig.from_params(base_params("fluxgen", **params))
     assert message in str(err.value)
 
 

@@ -20,6 +20,8 @@ import pytest
 import torch
 from conftest import kedro_run, make_project_copy
 
+from support import base_params
+
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
 from fluxir.models.prompts import PromptEncoder
 from fluxir.io import ImageStore, read_image
@@ -135,7 +137,7 @@ def test_prompts_are_encoded_without_autograd_and_the_encoders_are_freed(full_fl
 def _generation_cfg(model: Path, **overrides) -> GenerationConfig:
     params = {"model": str(model), "num_images": 4, "height": 48, "width": 64, "steps": 2, "dtype": "float32",
               "device": "cpu", "max_sequence_length": 16}
-    return GenerationConfig.from_params({**params, **overrides})
+    return GenerationConfig.from_params(base_params("fluxgen", **params, **overrides))
 
 
 @pytest.mark.parametrize("prompts", [[], DOMAIN_PROMPTS], ids=["empty_prompt", "domain_prompts"])

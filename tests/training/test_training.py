@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import free_port, kedro_run
-from support import kill_when, make_pairs, tiny_params
+from support import base_params, kill_when, make_pairs, tiny_params
 from PIL import Image
 
 from fluxir.models.adapter import load_adapter
@@ -56,7 +56,7 @@ def pairs(tmp_path_factory) -> pd.DataFrame:
 )
 def test_bad_parameters_name_the_value(override, message):
     with pytest.raises(ValueError) as err:
-        TrainConfig.from_params(override)
+        TrainConfig.from_params(base_params("train", **override))
     assert message in str(err.value)
 
 
@@ -64,7 +64,7 @@ def test_bad_parameters_name_the_value(override, message):
                                                                       (4, 4, 4), (8, 8, 1)])
 def test_global_batch_of_64_is_reached_on_any_number_of_gpus(processes, batch_size, accumulation):
     """The paper's global batch 64 (Sec. 4.1) = batch_size x processes x accumulation, exactly."""
-    assert TrainConfig().global_batch == 64
+    assert TrainConfig.from_params(base_params("train")).global_batch == 64
     assert accumulation_steps(64, batch_size, processes) == accumulation
     assert batch_size * processes * accumulation == 64
 
@@ -78,9 +78,9 @@ def test_a_global_batch_that_cannot_be_split_names_the_fix():
     with pytest.raises(ValueError, match=r"train.global_batch=1 cannot be split into train.batch_size=1 x 2"):
         accumulation_steps(1, 1, 2)
     with pytest.raises(ValueError, match="train.global_batch=6 is not a multiple of train.batch_size=4"):
-        TrainConfig.from_params({"global_batch": 6, "batch_size": 4})
+        TrainConfig.from_params(base_params("train", global_batch=6, batch_size=4))
     with pytest.raises(ValueError, match="set train.global_batch .* and train.adapter.guidance"):
-        TrainConfig.from_params({"gradient_accumulation_steps": 4})
+        TrainConfig.from_params(base_params("train", gradient_accumulation_steps=4))
 
 
 def test_cuda_settings_ddp_bucket_views_fused_adamw_expandable_segments(monkeypatch):
@@ -101,10 +101,10 @@ def test_cuda_settings_ddp_bucket_views_fused_adamw_expandable_segments(monkeypa
 
 
 def test_yaml_1_1_quirks_are_read_as_meant():
-    cfg = TrainConfig.from_params({"mixed_precision": False, "learning_rate": "1e-5"})  # `no`, `1e-5` unquoted
+    cfg = TrainConfig.from_params(base_params("train", mixed_precision=False, learning_rate="1e-5"))  # `no`, `1e-5` unquoted
     assert cfg.mixed_precision == "no" and cfg.learning_rate == 1e-5
     with pytest.raises(ValueError, match="train.learning_rate must be a number, got 'fast'"):
-        TrainConfig.from_params({"learning_rate": "fast"})
+        TrainConfig.from_params(base_params("train", learning_rate="fast"))
 
 
 @pytest.mark.parametrize("eps", [0.05, 0.2])
@@ -221,7 +221,7 @@ def test_the_two_readings_of_eq9_differ_at_t_above_0_and_agree_in_their_limits(t
     _, target = pixel_loss_latents(z0, z0, t.view(2, 1, 1), v_p, v_gt, "x0")
     assert torch.equal(target, z0)  # x0's target is the clean latent; paper's is the noisy z_t
     with pytest.raises(ValueError, match="train.pixel_loss_form must be 'paper'"):
-        TrainConfig.from_params({"pixel_loss_form": "x_0"})
+        TrainConfig.from_params(base_params("train", pixel_loss_form="x_0"))
 
 
 def test_pixel_loss_follows_eq9(pairs, tiny_models):

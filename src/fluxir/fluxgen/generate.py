@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from fluxir.config import Rule, check_fields, cli_parser, load_catalog, load_params, reject_unknown_keys, stage_params
+from fluxir.config import Rule, check_fields, cli_parser, config_from_params, load_catalog, load_params, reject_unknown_keys, stage_params
 from fluxir.io import ImageStore, WriterPool, hash_json
 from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import accelerate_cpu, compile_blocks, load_pipeline, resolve_device
@@ -65,29 +65,29 @@ GENERATION_RULES = (
 
 @dataclass
 class GenerationConfig:
-    """Parameters ``fluxgen.*`` (conf/base/parameters_fluxgen.yml documents each)."""
+    """Parameters ``fluxgen.*``: their values (defaults included) live in conf/base/parameters_fluxgen.yml only."""
 
-    model: str = "black-forest-labs/FLUX.1-dev"
-    num_images: int = 1000
-    base_seed: int = 0
-    height: int = 768
-    width: int = 1024
-    steps: int = 20
-    guidance: float = 4.0
-    dtype: str = "bfloat16"
-    device: str = "auto"
-    batch_size: int = 1
-    prompts: list[str] = field(default_factory=list)  # empty: the paper's empty prompt
-    max_sequence_length: int = 512
-    write_threads: int = 2  # PNG encode + hash + sidecar threads behind a queue of 2 x write_threads images
-    compile: bool = False  # torch.compile the transformer's blocks (fluxir.models.flux.compile_blocks)
+    model: str
+    num_images: int
+    base_seed: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    dtype: str
+    device: str
+    batch_size: int
+    prompts: list[str]  # empty: the paper's empty prompt
+    max_sequence_length: int
+    write_threads: int  # PNG encode + hash + sidecar threads behind a queue of 2 x write_threads images
+    compile: bool  # torch.compile the transformer's blocks (fluxir.models.flux.compile_blocks)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "GenerationConfig":
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
         params = stage_params(params)
         reject_unknown_keys(params, cls, "fluxgen parameter(s)")
-        cfg = cls(**{**params, "prompts": list(params.get("prompts") or [])})
+        cfg = config_from_params(cls, {**params, "prompts": list(params.get("prompts") or [])}, "fluxgen")
         cfg.validate()
         return cfg
 

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fluxir.config import Rule, check_fields, cli_parser, from_params, is_int, load_catalog, load_params
+from fluxir.config import Rule, check_fields, cli_parser, config_from_params, is_int, load_catalog, load_params
 from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
 from fluxir.io import (
     ImageStore,
@@ -224,8 +224,8 @@ class DegradeConfig:
     config: DegradationConfig
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> DegradeConfig:
-        cfg = from_params(cls, {**params, "config": DegradationConfig.from_dict(params.get("config", {}))}, "degrade")
+    def config_from_params(cls, params: dict[str, Any]) -> DegradeConfig:
+        cfg = config_from_params(cls, {**params, "config": DegradationConfig.from_dict(params.get("config", {}))}, "degrade")
         check_fields(cfg, DEGRADE_RULES, "degrade.")
         return cfg
 

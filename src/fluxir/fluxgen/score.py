@@ -35,7 +35,7 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
-from fluxir.config import Rule, check_fields, cli_parser, from_params, load_catalog, load_params
+from fluxir.config import Rule, check_fields, cli_parser, config_from_params, load_catalog, load_params
 from fluxir import iqa as iqa_lib
 from fluxir.io import atomic_file, hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
@@ -72,8 +72,8 @@ class IqaConfig:
     precision: str  # fp32, tf32 or bf16: part of the scores' key
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> IqaConfig:
-        cfg = from_params(cls, params, "iqa")
+    def config_from_params(cls, params: dict[str, Any]) -> IqaConfig:
+        cfg = config_from_params(cls, params, "iqa")
         check_fields(cfg, SCORING_RULES, "iqa.")
         return cfg
 

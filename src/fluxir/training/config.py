@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from fluxir.config import Rule, check_fields, reject_unknown_keys, stage_params
+from fluxir.config import Rule, check_fields, config_from_params, reject_unknown_keys, stage_params
 from fluxir.io import hash_json
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
@@ -51,46 +51,46 @@ TRAIN_RULES = (
 
 @dataclass
 class TrainConfig:
-    """Parameters ``train.*`` (conf/base/parameters_train.yml documents each)."""
+    """Parameters ``train.*``: their values (defaults included) live in conf/base/parameters_train.yml only."""
 
-    model: str = "black-forest-labs/FLUX.1-dev"
-    dtype: str = "bfloat16"  # frozen Flux + VAE weights; the adapter's master weights are float32
-    mixed_precision: str = "bf16"  # accelerate autocast: "bf16" or "no"
-    device: str = "auto"  # auto: accelerate's device (cuda if present); "cpu" forces CPU
-    seed: int = 0
-    max_steps: int = 48_000  # optimizer steps: the paper's 14 GPU-days at 40% MFU (parameters_train.yml)
-    global_batch: int = 64  # pairs per optimizer step, over all processes (paper Sec. 4.1: 64)
-    batch_size: int = 1  # per process and micro-step: what fits in memory; accumulation makes up the rest
-    learning_rate: float = 1e-5  # paper Sec. 4.1
-    weight_decay: float = 0.01  # torch's AdamW default (the paper does not say)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    lr_warmup_steps: int = 0
-    max_grad_norm: float | None = 1.0  # None: no clipping (the norm is still checked and logged)
-    timestep_sampler: str = "clamped_uniform"  # Eq. 5-6; "logit_normal" is SD3's (Table 3 ablation)
-    timestep_eps: float = 0.05  # epsilon of Eq. 6
-    logit_normal_mean: float = 0.0
-    logit_normal_std: float = 1.0
-    pixel_loss_weight: float = 1.0  # alpha of Eq. 10; 0 switches L_P (and its decoder passes) off
-    pixel_loss_form: str = "paper"  # Eq. 9 as written ("paper") or its clean-estimate reading ("x0")
-    pixel_loss_crop: int | None = None  # decode a random crop of this many pixels square (multiple of 8)
-    decoder_gradient_checkpointing: bool = False
-    gradient_checkpointing: bool = True  # Flux blocks and the adapter block
-    adapter: dict[str, Any] = field(default_factory=dict)  # FluxIRConfig overrides, e.g. {rank: 32, guidance: 4.0}
-    max_sequence_length: int = 512  # T5 tokens of the (empty) training prompt
-    lq_scale: int = 4
-    num_validation_pairs: int = 4  # held out of training, restored every validate_every steps
-    validation_steps: int = 20  # sampling steps of the validation restorations (paper: 20)
-    validate_every: int = 2000
-    log_every: int = 10
-    cache_latents: bool = True
-    latent_cache_dir: str = "data/05_model_input/latent_cache"
-    checkpoint_dir: str = "data/06_models/train_checkpoints"
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    resume: bool = True
-    compile: bool = False  # torch.compile Flux's blocks and the adapter block (fluxir.models.flux.compile_blocks)
+    model: str
+    dtype: str  # frozen Flux + VAE weights; the adapter's master weights are float32
+    mixed_precision: str  # accelerate autocast: "bf16" or "no"
+    device: str  # auto: accelerate's device (cuda if present); "cpu" forces CPU
+    seed: int
+    max_steps: int  # optimizer steps: the paper's 14 GPU-days at 40% MFU (parameters_train.yml)
+    global_batch: int  # pairs per optimizer step, over all processes (the paper: 64)
+    batch_size: int  # per process and micro-step: what fits in memory; accumulation makes up the rest
+    learning_rate: float  # paper Sec. 4.1
+    weight_decay: float  # torch's AdamW default (the paper does not say)
+    adam_beta1: float
+    adam_beta2: float
+    adam_epsilon: float
+    lr_warmup_steps: int
+    max_grad_norm: float | None  # None: no clipping (the norm is still checked and logged)
+    timestep_sampler: str  # Eq. 5-6; "logit_normal" is SD3's (Table 3 ablation)
+    timestep_eps: float  # epsilon of Eq. 6
+    logit_normal_mean: float
+    logit_normal_std: float
+    pixel_loss_weight: float  # alpha of Eq. 10; 0 switches L_P (and its decoder passes) off
+    pixel_loss_form: str  # Eq. 9 as written ("paper") or its clean-estimate reading ("x0")
+    pixel_loss_crop: int | None  # decode a random crop of this many pixels square (multiple of 8)
+    decoder_gradient_checkpointing: bool
+    gradient_checkpointing: bool  # Flux blocks and the adapter block
+    adapter: dict[str, Any]  # FluxIRConfig overrides, (rank, guidance, ...)
+    max_sequence_length: int  # T5 tokens of the (empty) training prompt
+    lq_scale: int
+    num_validation_pairs: int  # held out of training, restored every validate_every steps
+    validation_steps: int  # sampling steps of the validation restorations (paper: 20)
+    validate_every: int
+    log_every: int
+    cache_latents: bool
+    latent_cache_dir: str
+    checkpoint_dir: str
+    checkpoint_every: int
+    keep_checkpoints: int
+    resume: bool
+    compile: bool  # torch.compile Flux's blocks and the adapter block (fluxir.models.flux.compile_blocks)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
@@ -109,7 +109,7 @@ class TrainConfig:
                     params[name] = float(params[name])
                 except ValueError:
                     raise ValueError(f"train.{name} must be a number, got {params[name]!r}") from None
-        cfg = cls(**{**params, "adapter": dict(params.get("adapter") or {})})
+        cfg = config_from_params(cls, {**params, "adapter": dict(params.get("adapter") or {})}, "train")
         cfg.validate()
         return cfg
 
