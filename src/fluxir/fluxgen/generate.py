@@ -192,6 +192,20 @@ def _call_parameters(pipe: Any) -> set[str]:
     return set(inspect.signature(pipe.__call__).parameters)
 
 
+def run_generation(
+    cfg: GenerationConfig, image_store: ImageStore, process_index: int = 0, num_processes: int = 1,
+    state_device: Any = None, progress: bool = True, prompt_cache: Path | None = None,
+) -> tuple[ImageStore, list[int]]:
+    """FluxGen's generation step, as the ``fluxgen.generate_images`` node and ``python -m fluxir.fluxgen.generate``
+    run it: this process's missing images into the store's sub-folder of this configuration.
+
+    Returns that sub-store and the ids generated now.
+    """
+    store = image_store.sub(cfg.key())
+    return store, generate_into_store(cfg, store, process_index, num_processes, state_device, progress=progress,
+                                      prompt_cache=prompt_cache)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Generate FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.generate``)."""
     parser = cli_parser("python -m fluxir.fluxgen.generate", main.__doc__, "fluxgen.num_images=50")
@@ -204,12 +218,11 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.env, args.params, args.project)
     check_params(params, ["fluxgen"], "python -m fluxir.fluxgen.generate")
     cfg = GenerationConfig.from_params(params["fluxgen"])
-    root = Path(args.store or Path(args.project) / "data/02_intermediate/fluxgen_images")
+    image_store = ImageStore(Path(args.store)) if args.store else load_catalog(args.env, args.project).load("fluxgen_image_store")
     state = PartialState(cpu=accelerate_cpu(cfg.device))
-    store = ImageStore(root).sub(cfg.key())
     prompt_cache = Path(args.prompt_cache) if args.prompt_cache else load_catalog(args.env, args.project).load("prompt_embeddings")
-    done = generate_into_store(cfg, store, state.process_index, state.num_processes, state.device,
-                               progress=state.is_local_main_process, prompt_cache=prompt_cache)
+    store, done = run_generation(cfg, image_store, state.process_index, state.num_processes, state.device,
+                                 progress=state.is_local_main_process, prompt_cache=prompt_cache)
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(done))
     state.wait_for_everyone()

@@ -23,16 +23,16 @@ def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: d
     the per-shard index written with the images: an unchanged image is never read again. The empty
     prompt's embeddings are read from (or, the first time, written to) ``prompt_embeddings``.
     """
-    from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
+    from fluxir.fluxgen.generate import GenerationConfig, run_generation
     from fluxir.fluxgen.manifest import generation_manifest
     from fluxir.launch import resolve_num_processes, run_stage
 
     cfg = GenerationConfig.from_params(fluxgen)
-    store = image_store.sub(cfg.key())
     processes = resolve_num_processes(fluxgen["num_processes"], "fluxgen.num_processes")
     if processes == 1:
-        generate_into_store(cfg, store, prompt_cache=prompt_embeddings)
+        store, _ = run_generation(cfg, image_store, prompt_cache=prompt_embeddings)
     else:
+        store = image_store.sub(cfg.key())
         run_stage("fluxir.fluxgen.generate", ["--store", str(image_store.root), "--prompt-cache", str(prompt_embeddings)],
                   processes, "generate")
     return generation_manifest(cfg, store)
