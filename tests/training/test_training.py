@@ -89,9 +89,9 @@ def test_cuda_settings_ddp_bucket_views_fused_adamw_expandable_segments(monkeypa
     single, accumulating = ddp_kwargs(1).to_kwargs(), ddp_kwargs(8).to_kwargs()
     assert single == {"gradient_as_bucket_view": True, "static_graph": True}  # what accelerate hands to DDP
     assert accumulating == {"gradient_as_bucket_view": True}
-    params = [torch.nn.Parameter(torch.zeros(3))]
-    assert make_optimizer(params, TrainConfig(), "cpu").defaults["fused"] is False
-    assert make_optimizer(params, TrainConfig(), "cuda").defaults["fused"] is True  # builds here: fused CPU kernels exist
+    params, cfg = [torch.nn.Parameter(torch.zeros(3))], TrainConfig.from_params(base_params("train"))
+    assert make_optimizer(params, cfg, "cpu").defaults["fused"] is False
+    assert make_optimizer(params, cfg, "cuda").defaults["fused"] is True  # builds here: fused CPU kernels exist
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     configure_cuda_allocator()
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
