@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fluxir.config import cli_parser, config_loader, load_params
+from fluxir.config import cli_parser, load_catalog, load_params
 
 # Accelerator memory a real run needs per GPU (GB of the card's label), from docs/full_scale.md "Memory";
 # training's comes from the memory model's table (``train_memory_budget_gb``).
@@ -190,21 +190,11 @@ def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Fi
     return findings
 
 
-def _catalog(project: Path, env: str) -> Any:
-    """The project's DataCatalog for ``env``, without a Kedro session (no hooks, no MLflow run)."""
-    from kedro.io import DataCatalog
-
-    loader = config_loader(env, project)
-    config = {name: {**entry, "filepath": str(project / entry["filepath"])} if "filepath" in entry else entry
-              for name, entry in loader["catalog"].items() if not name.startswith("_")}
-    return DataCatalog.from_config(config)
-
-
 def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str, Any]) -> list[Finding]:
     """The catalog's ``fluxir_adapter`` (if trained already) fits the restore Flux transformer."""
     from fluxir.models.adapter import check_compatible
 
-    catalog = _catalog(project, env)
+    catalog = load_catalog(env, project)
     if "fluxir_adapter" not in catalog or not catalog.exists("fluxir_adapter"):
         return [Finding("WARN", "adapter", "fluxir_adapter", "no trained adapter yet (train first; without one, restore.method=flux_controlnet or realesrgan)")]
     try:

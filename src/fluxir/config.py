@@ -264,11 +264,15 @@ def config_from_params(config_class: type, params: Mapping[str, Any], rules: Ite
 
 
 def load_catalog(env: str, project: str | Path = ".") -> Any:
-    """The Kedro ``DataCatalog`` of an environment, for scripts run outside ``kedro run`` from the project root
-    (catalog paths are relative to it); ``load(name)`` gives a versioned dataset's latest version."""
+    """The Kedro ``DataCatalog`` of an environment outside a Kedro session (no hooks, no MLflow run): the one way
+    the command lines and the preflight check build it. Relative ``filepath``/``path`` entries are taken from
+    ``project`` (as ``kedro run`` there does); ``load(name)`` gives a versioned dataset's latest version."""
     from kedro.io import DataCatalog
 
-    return DataCatalog.from_config(config_loader(env, project)["catalog"])
+    root = Path(project)
+    config = {name: {**entry, **{key: str(root / entry[key]) for key in ("filepath", "path") if key in entry}}
+              for name, entry in config_loader(env, project)["catalog"].items() if not name.startswith("_")}
+    return DataCatalog.from_config(config)
 
 
 def lost_processes_warning(environ: Mapping[str, str] = os.environ) -> str | None:
