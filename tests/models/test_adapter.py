@@ -1,4 +1,4 @@
-"""FluxIR adapter (issue 3): sizes vs the paper's Table 2, identity at init, gradients, variants, I/O."""
+"""FluxIR adapter: sizes vs the paper's Table 2, identity at init, gradients, variants, I/O."""
 
 from __future__ import annotations
 

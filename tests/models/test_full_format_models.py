@@ -1,4 +1,4 @@
-"""Full-format tiny model folders (issue 10): the code paths a first real run takes, offline.
+"""Full-format tiny model folders: the code paths a first real run takes, offline.
 
 The folders come from ``fluxir.models.tiny``: the hub snapshots' component classes and file layout (CLIP
 vocab.json/merges.txt, T5/Gemma tokenizer.json, safetensors weights) at tiny sizes with random weights.
@@ -220,8 +220,8 @@ def test_domain_prompts_change_the_images(full_flux_dir, tmp_path):
 
 
 def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_dir, tmp_path):
-    """The crash regression: embeddings encoded with autograd on carried T5/CLIP's graph into the first
-    backward, which freed it, and the second optimizer step died ("backward through the graph a second time")."""
+    """Prompt embeddings from real T5/CLIP carry no autograd graph: a graph would be freed by the first backward
+    and the second optimizer step would fail ("backward through the graph a second time")."""
     from support import make_pairs, tiny_params
 
     from fluxir.training.config import TrainConfig

@@ -1,4 +1,4 @@
-"""FluxIR training (issue 4): timestep sampler, data order, latent cache, losses, resume, DDP, Kedro + MLflow."""
+"""FluxIR training: timestep sampler, data order, latent cache, losses, resume, DDP, Kedro + MLflow."""
 
 from __future__ import annotations
 
