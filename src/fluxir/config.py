@@ -141,19 +141,6 @@ def reject_unknown_keys(params: Mapping[str, Any], config_class: type, what: str
         raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
 
 
-def config_from_params(config_class: type, params: Mapping[str, Any], group: str) -> Any:
-    """``config_class(**params)`` with every field required: the values live in conf/base only.
-
-    Unknown and missing keys are both named, with the file that sets them (``parameters_*.yml``).
-    """
-    reject_unknown_keys(params, config_class, f"{group} parameter(s)")
-    missing = [f.name for f in dataclasses.fields(config_class) if f.name not in params]
-    if missing:
-        raise ValueError(f"{group} parameter(s) {missing} missing: conf/base/parameters_*.yml sets every {group}.* key; "
-                         f"pass the parameters of a Kedro environment (fluxir.config.load_params), not a partial dict")
-    return config_class(**params)
-
-
 # ----------------------------------------------------------------------------------------------------
 # One table-driven validator
 

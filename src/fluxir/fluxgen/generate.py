@@ -87,9 +87,8 @@ class GenerationConfig:
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
         params = stage_params(params)
         reject_unknown_keys(params, cls, "fluxgen parameter(s)")
-        cfg = config_from_params(cls, {**params, "prompts": list(params.get("prompts") or [])}, "fluxgen")
-        cfg.validate()
-        return cfg
+        return config_from_params(cls, {**params, "prompts": list(params.get("prompts") or [])}, GENERATION_RULES,
+                                  "fluxgen.")
 
     def validate(self) -> None:
         check_fields(self, GENERATION_RULES, "fluxgen.")

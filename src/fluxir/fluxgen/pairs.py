@@ -225,9 +225,8 @@ class DegradeConfig:
 
     @classmethod
     def config_from_params(cls, params: dict[str, Any]) -> DegradeConfig:
-        cfg = config_from_params(cls, {**params, "config": DegradationConfig.from_dict(params.get("config", {}))}, "degrade")
-        check_fields(cfg, DEGRADE_RULES, "degrade.")
-        return cfg
+        config = DegradationConfig.from_dict(params.get("config", {}))
+        return config_from_params(cls, {**params, "config": config}, DEGRADE_RULES, "degrade.")
 
 
 # rank/world_size null: the launcher's share (``share``)

@@ -73,9 +73,7 @@ class IqaConfig:
 
     @classmethod
     def config_from_params(cls, params: dict[str, Any]) -> IqaConfig:
-        cfg = config_from_params(cls, params, "iqa")
-        check_fields(cfg, SCORING_RULES, "iqa.")
-        return cfg
+        return config_from_params(cls, params, SCORING_RULES, "iqa.")
 
     def specs(self) -> list[iqa_lib.MetricSpec]:
         return [iqa_lib.MetricSpec.parse(s) for s in self.metrics]

@@ -109,7 +109,7 @@ class TrainConfig:
                     params[name] = float(params[name])
                 except ValueError:
                     raise ValueError(f"train.{name} must be a number, got {params[name]!r}") from None
-        cfg = config_from_params(cls, {**params, "adapter": dict(params.get("adapter") or {})}, "train")
+        cfg = config_from_params(cls, {**params, "adapter": dict(params.get("adapter") or {})}, (), "train.")
         cfg.validate()
         return cfg
 
