@@ -78,6 +78,7 @@ def flop_counts() -> dict[str, Any]:
     """TFLOP per unit of work of every GPU stage, counted on the meta device."""
     from fluxir.models.adapter import controlled_flux_forward
     from fluxir.models.flux import image_ids
+    from fluxir.config import load_params
     from fluxir.training.config import TrainConfig
     from fluxir.training.loss import MicroBatch, flow_matching_loss
     from fluxir.training.models import ControlledFlux
@@ -100,7 +101,7 @@ def flop_counts() -> dict[str, Any]:
     def encode(width: int, height: int) -> float:
         return _count(lambda: vae.encode(torch.zeros(1, 3, height, width, **bf16)))
 
-    cfg = TrainConfig()  # the paper's recipe: whole-image L_P, gradient checkpointing
+    cfg = TrainConfig.from_params(load_params("base", [], ROOT)["train"])  # the paper's recipe: whole-image L_P
     flux.enable_gradient_checkpointing()
     adapter.enable_gradient_checkpointing()
     model = ControlledFlux(flux, adapter)
