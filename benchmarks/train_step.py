@@ -164,8 +164,7 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
     from diffusers import AutoencoderKL
 
     from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, freeze_flux
-    from fluxir.models.flux import build_transformer
-    from fluxir.models.flux import image_ids
+    from fluxir.models.flux import build_transformer, image_ids, load_config
     from fluxir.training.data import decode_latents
 
     width, height = SIZES[config]
