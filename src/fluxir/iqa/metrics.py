@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fluxir.compat.pyiqa import maniqa_backbone_from_checkpoint, no_downloads
+from fluxir.config import Rule, check_fields
 from fluxir.io import read_image
 from fluxir.iqa import weights as iqa_weights
 from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, RANDOM_WEIGHT_SEED, MetricSpec, parse_all
@@ -137,9 +138,11 @@ def same_size_batches(groups: Iterable[tuple[np.ndarray, ...]], batch_size: int)
     yield from open_batches.values()
 
 
+BATCH_RULES = (Rule("batch_size", "positive_int"),)
+
+
 def check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_fields({"batch_size": batch_size}, BATCH_RULES, "")
 
 
 def metric_scores(output: Any, expected: int, name: str) -> np.ndarray:
