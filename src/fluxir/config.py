@@ -166,7 +166,22 @@ CHECKS: dict[str, tuple[Callable[[Any, Any], bool], Callable[[Any], str]]] = {
     "number_in": (lambda v, r: _is_number(v) and r[0] <= v < r[1], lambda r: f"a number in [{r[0]}, {r[1]})"),
     "probability": (lambda v, _: _is_number(v) and 0 <= v <= 1, lambda _: "a probability in [0, 1]"),
     "choice": (lambda v, options: v in options, lambda options: f"one of {tuple(options)}"),
+    "choices": (lambda v, options: isinstance(v, (list, tuple)) and all(x in options for x in v),
+                lambda options: f"a list of {tuple(options)}"),
+    # [low, high] of numbers with 0 < low <= high; "range_to": also high <= extra; "range_around": low <= extra <= high
+    "range": (lambda v, _: _is_range(v), lambda _: "[low, high] with 0 < low <= high"),
+    "strict_range": (lambda v, _: _is_range(v) and v[0] < v[1], lambda _: "[low, high] with 0 < low < high"),
+    "range_to": (lambda v, top: _is_range(v) and v[1] <= top, lambda top: f"[low, high] within (0, {top}]"),
+    "range_around": (lambda v, c: _is_range(v) and v[0] <= c <= v[1], lambda c: f"[low, high] with low <= {c} <= high"),
+    "odd_ints_in": (lambda v, r: isinstance(v, (list, tuple)) and bool(v) and all(is_int(k) and k % 2 == 1
+                                                                                  and r[0] <= k <= r[1] for k in v),
+                    lambda r: f"odd ints in [{r[0]}, {r[1]}]"),
 }
+
+
+def _is_range(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
+            and 0 < value[0] <= value[1])
 
 
 @dataclass(frozen=True)

@@ -80,10 +80,21 @@ SIDE_MULTIPLE = 16
 
 PROBABILITIES = ("sinc_prob", "sinc_prob2", "final_sinc_prob", "gaussian_noise_prob", "gray_noise_prob",
                  "second_blur_prob", "gaussian_noise_prob2", "gray_noise_prob2")
+RANGES = ("blur_sigma", "betag_range", "betap_range", "blur_sigma2", "betag_range2", "betap_range2", "resize_range",
+          "noise_range", "poisson_scale_range", "resize_range2", "noise_range2", "poisson_scale_range2", "jpeg_range",
+          "jpeg_range2")
 DEGRADATION_RULES = (
     Rule("scale", "positive_int"),
     Rule("crop_position", "choice", ("center", "random"), must="'center' or 'random'"),
     *(Rule(name, "probability") for name in PROBABILITIES),
+    Rule("kernel_sizes", "odd_ints_in", (3, 21)),
+    *(Rule(name, "choices", KERNEL_TYPES) for name in ("kernel_list", "kernel_list2")),
+    *(Rule(name, "range") for name in RANGES),
+    *(Rule(name, "strict_range", must="[low, high] with low < high (basicsr requires it)")
+      for name in ("blur_sigma", "blur_sigma2")),
+    *(Rule(name, "range_to", 100, must="a JPEG quality range within (0, 100]") for name in ("jpeg_range", "jpeg_range2")),
+    # Real-ESRGAN draws "down" from [low, 1] and "up" from [1, high]
+    *(Rule(name, "range_around", 1) for name in ("resize_range", "resize_range2")),
 )
 
 
@@ -144,55 +155,11 @@ class DegradationConfig:
                 object.__setattr__(self, f.name, _to_tuple(value))
         check_fields(self, DEGRADATION_RULES, "")
         object.__setattr__(self, "crop_sizes", tuple(validate_crop_sizes(self.crop_sizes, self.scale)))
-        bad = [k for k in self.kernel_sizes if not (isinstance(k, int) and k % 2 == 1 and 3 <= k <= 21)]
-        if bad or not self.kernel_sizes:
-            raise ValueError(f"kernel_sizes must be odd ints in [3, 21], got {self.kernel_sizes!r}")
-        for names, probs, suffix in (
-            (self.kernel_list, self.kernel_prob, ""),
-            (self.kernel_list2, self.kernel_prob2, "2"),
-        ):
-            unknown = [n for n in names if n not in KERNEL_TYPES]
-            if unknown:
-                raise ValueError(
-                    f"kernel_list{suffix} has unknown kernel type(s) {unknown}; known: {list(KERNEL_TYPES)}"
-                )
-            _check_probs(f"kernel_prob{suffix}", probs, len(names))
+        # probabilities over lists: their length is another field's, so no single-field rule says it
+        _check_probs("kernel_prob", self.kernel_prob, len(self.kernel_list))
+        _check_probs("kernel_prob2", self.kernel_prob2, len(self.kernel_list2))
         _check_probs("resize_prob", self.resize_prob, 3)
         _check_probs("resize_prob2", self.resize_prob2, 3)
-        for name in (
-            "blur_sigma",
-            "betag_range",
-            "betap_range",
-            "blur_sigma2",
-            "betag_range2",
-            "betap_range2",
-            "resize_range",
-            "noise_range",
-            "poisson_scale_range",
-            "resize_range2",
-            "noise_range2",
-            "poisson_scale_range2",
-            "jpeg_range",
-            "jpeg_range2",
-        ):
-            lo_hi = getattr(self, name)
-            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
-                raise ValueError(f"{name} must be [low, high] with 0 < low <= high, got {lo_hi!r}")
-        for name in ("blur_sigma", "blur_sigma2"):
-            lo, hi = getattr(self, name)
-            if not lo < hi:  # basicsr asserts a non-empty sigma range
-                raise ValueError(
-                    f"{name} must be [low, high] with low < high (basicsr requires it), got {(lo, hi)!r}"
-                )
-        for name in ("jpeg_range", "jpeg_range2"):
-            if getattr(self, name)[1] > 100:
-                raise ValueError(
-                    f"{name} is a JPEG quality range within (0, 100], got {getattr(self, name)!r}"
-                )
-        for name in ("resize_range", "resize_range2"):
-            lo, hi = getattr(self, name)
-            if lo > 1 or hi < 1:  # Real-ESRGAN draws "down" from [lo, 1] and "up" from [1, hi]
-                raise ValueError(f"{name} must satisfy low <= 1 <= high, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> DegradationConfig:
