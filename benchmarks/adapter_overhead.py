@@ -31,7 +31,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, freeze_flux
+from fluxir.models.adapter import FluxIRAdapter
+from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.flux import build_transformer, load_config
 
 

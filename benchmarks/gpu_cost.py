@@ -48,7 +48,8 @@ def _meta_models() -> tuple[Any, Any, Any]:
     """(flux, vae, adapter) on the meta device: FLUX.1-dev, the Flux VAE, the adapter at rank 32."""
     from diffusers import AutoencoderKL
 
-    from fluxir.models.adapter import FluxIRAdapter, freeze_flux
+    from fluxir.models.adapter import FluxIRAdapter
+    from fluxir.models.controlled_flux import freeze_flux
     from fluxir.models.flux import build_transformer, load_config
 
     previous = torch.get_default_dtype()
@@ -76,7 +77,7 @@ def _count(fn) -> float:
 
 def flop_counts() -> dict[str, Any]:
     """TFLOP per unit of work of every GPU stage, counted on the meta device."""
-    from fluxir.models.adapter import controlled_flux_forward
+    from fluxir.models.controlled_flux import controlled_flux_forward
     from fluxir.models.flux import image_ids
     from fluxir.config import load_params
     from fluxir.training.config import TrainConfig

@@ -100,7 +100,7 @@ def build(spec: dict[str, Any], device: str, dtype: Any) -> tuple[Any, Any]:
     import torch
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-    from fluxir.models.adapter import freeze_flux
+    from fluxir.models.controlled_flux import freeze_flux
     from fluxir.models.flux import load_config
 
     torch.manual_seed(0)

@@ -122,7 +122,7 @@ def build_models(flux_config: dict[str, Any], vae_config: dict[str, Any], dtype:
     the meta device, then given fake ``device`` tensors of ``mode`` (``fake_mode()``; nothing allocated)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-    from fluxir.models.adapter import freeze_flux
+    from fluxir.models.controlled_flux import freeze_flux
     from fluxir.training.models import ControlledFlux, Models, build_adapter
 
     previous = torch.get_default_dtype()

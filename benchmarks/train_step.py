@@ -163,7 +163,8 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
     import torch
     from diffusers import AutoencoderKL
 
-    from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, freeze_flux
+    from fluxir.models.adapter import FluxIRAdapter
+    from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
     from fluxir.models.flux import build_transformer, image_ids, load_config
     from fluxir.training.data import decode_latents
 

@@ -175,7 +175,7 @@ arrow(1062, 336, 1062, 366)
 box(868, 470, 388, 92, ["Flux.1-dev transformer (frozen)", "19 double-stream + 38 single-stream blocks",
                         "control z_c^i, p_c^i added BEFORE block i",
                         "(image and text streams) -> velocity v",
-                        "models/adapter.py controlled_flux_forward"], fill="#eeeeee", size=11)
+                        "models/controlled_flux.py"], fill="#eeeeee", size=11)
 for i, x in enumerate(range(890, 1250, 30)):
     out.append(f'<line x1="{x}" y1="434" x2="{x}" y2="468" stroke="#b55" stroke-width="1" '
                f'marker-end="url(#head)"/>')

@@ -13,17 +13,8 @@ from kedro.io.core import Version
 from safetensors.torch import load_file
 
 from fluxir.datasets import FluxIRAdapterDataset
-from fluxir.models.adapter import (
-    FluxIRAdapter,
-    FluxIRConfig,
-    adapter_parameter_breakdown,
-    check_compatible,
-    controlled_flux_forward,
-    count_parameters,
-    freeze_flux,
-    load_adapter,
-    save_adapter,
-)
+from fluxir.models.adapter import FluxIRAdapter, FluxIRConfig, adapter_parameter_breakdown, check_compatible, count_parameters, load_adapter, save_adapter
+from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.flux import build_transformer, load_config
 
 TEXT_LEN = 6  # prompt tokens in the tiny inputs

@@ -1,7 +1,7 @@
 """accelerate 1.16: fire a module's offload hook when its ``forward`` is not the function called.
 
 Model CPU offload moves a module to its execution device in ``_hf_hook.pre_forward``; code that calls the
-sub-modules of Flux itself (``fluxir.models.adapter.controlled_flux_forward``) fires it the way
+sub-modules of Flux itself (``fluxir.models.controlled_flux.controlled_flux_forward``) fires it the way
 diffusers' ``apply_forward_hook`` does for ``vae.encode``.
 """
 

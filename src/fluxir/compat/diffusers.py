@@ -1,6 +1,6 @@
 """diffusers 0.42.1: Flux's rope positions and its gradient-checkpointing function.
 
-``fluxir.models.adapter.controlled_flux_forward`` re-runs ``FluxTransformer2DModel.forward`` of this
+``fluxir.models.controlled_flux.controlled_flux_forward`` re-runs ``FluxTransformer2DModel.forward`` of this
 version block by block, so it needs the model's own checkpointing function
 (``_gradient_checkpointing_func``, set by ``enable_gradient_checkpointing``) and the token positions
 FluxPipeline builds (``_prepare_latent_image_ids``, a static method with no public equivalent).

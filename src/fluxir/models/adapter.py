@@ -17,7 +17,7 @@ The story in one file:
 
    D maps (z_c, p_c, y_c, t) to features (f_z, f_p) (Eq. 2); SE^i maps them to the controls of block i
    (Eq. 4: z_c^i = SE_z^i(f_z), p_c^i = SE_p^i(f_p)).
-3. ``controlled_flux_forward`` walks a frozen, unmodified diffusers ``FluxTransformer2DModel`` the way
+3. ``controlled_flux_forward`` (:mod:`fluxir.models.controlled_flux`) walks a frozen, unmodified diffusers ``FluxTransformer2DModel`` the way
    its own ``forward`` does and adds z_c^i to the image stream and p_c^i to the text stream right
    BEFORE block i. Before (not after) matters: the text output of the last single block is discarded
    by Flux, so a control added after it would never receive gradient; added before, all 114 SE layers
@@ -41,13 +41,10 @@ import torch
 import torch.utils.checkpoint
 from diffusers.models.embeddings import CombinedTimestepGuidanceTextProjEmbeddings, CombinedTimestepTextProjEmbeddings
 from diffusers.models.transformers.transformer_flux import FluxPosEmbed, FluxTransformerBlock
-from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from fluxir.compat.accelerate import pre_forward
-from fluxir.compat.diffusers import checkpointed
 from fluxir.config import Rule, check_fields
 from fluxir.io import MANIFEST_NAME, atomic_directory, local_fs, manifest_problem, write_manifest
 
@@ -314,7 +311,7 @@ class FluxIRAdapter(nn.Module):
         if image_rotary_emb is None:
             if img_ids is None or txt_ids is None:
                 raise ValueError("pass img_ids (N, 3) and txt_ids (S, 3), or image_rotary_emb")
-            image_rotary_emb = self.pos_embed(torch.cat((_ids2d(txt_ids), _ids2d(img_ids)), dim=0))
+            image_rotary_emb = self.pos_embed(torch.cat((ids_2d(txt_ids), ids_2d(img_ids)), dim=0))
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             f_p, f_z = torch.utils.checkpoint.checkpoint(
                 self.block, z_c, p_c, temb, image_rotary_emb, None, use_reentrant=False)
@@ -357,7 +354,7 @@ class FluxIRAdapter(nn.Module):
         return list(z_controls), list(p_controls)
 
 
-def _ids2d(ids: Tensor) -> Tensor:
+def ids_2d(ids: Tensor) -> Tensor:
     return ids[0] if ids.ndim == 3 else ids  # diffusers' deprecated (B, L, 3) form
 
 
@@ -383,107 +380,6 @@ def _check_inputs(cfg: FluxIRConfig, hidden_states: Tensor, lq_latents: Tensor, 
         raise ValueError("this Flux has guidance_embeds=True (FLUX.1-dev): pass guidance (B,)")
     if not cfg.guidance_embeds and guidance is not None:
         raise ValueError("this Flux has guidance_embeds=False: pass guidance=None")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Controlled Flux forward
-
-
-def freeze_flux(flux: nn.Module) -> None:
-    """Flux is never trained: no gradients for its parameters, eval mode."""
-    flux.requires_grad_(False)
-    flux.eval()
-
-
-# Adapted from the block loop of diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward
-# (diffusers 0.42.1); ``checkpointed`` calls the model's own checkpointing (set by enable_gradient_checkpointing).
-def _run_block(flux: nn.Module, block: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor,
-               temb: Tensor, image_rotary_emb: tuple[Tensor, Tensor],
-               joint_attention_kwargs: dict | None) -> tuple[Tensor, Tensor]:
-    """One Flux block, checkpointed when flux.enable_gradient_checkpointing() was called (as diffusers does)."""
-    if torch.is_grad_enabled() and flux.gradient_checkpointing:
-        return checkpointed(flux, block, hidden_states, encoder_hidden_states, temb, image_rotary_emb,
-                            joint_attention_kwargs)
-    return block(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
-                 image_rotary_emb=image_rotary_emb, joint_attention_kwargs=joint_attention_kwargs)
-
-
-# Adapted from diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward (diffusers 0.42.1):
-# the same steps, with the adapter's control added to both streams before every block.
-def controlled_flux_forward(
-    flux: nn.Module,
-    adapter: FluxIRAdapter | None,
-    hidden_states: Tensor,  # (B, N, 64) packed noisy latent z_t
-    lq_latents: Tensor | None,  # (B, N, 64) packed LQ latent z_lq (unused when adapter is None)
-    encoder_hidden_states: Tensor,  # (B, S, 4096) T5 prompt embedding
-    pooled_projections: Tensor,  # (B, 768) pooled CLIP embedding
-    timestep: Tensor,  # (B,) in [0, 1] (FluxPipeline passes t / 1000)
-    img_ids: Tensor,  # (N, 3)
-    txt_ids: Tensor,  # (S, 3)
-    guidance: Tensor | None = None,  # (B,) guidance scale, as FluxPipeline passes it
-    joint_attention_kwargs: dict[str, Any] | None = None,
-    control_scale: float = 1.0,  # multiplies every control (restore.control_scale); 0 = plain Flux
-) -> Tensor:
-    """Flux's predicted velocity (B, N, 64) with FluxIR control added before every block.
-
-    Mirrors ``FluxTransformer2DModel.forward`` of diffusers 0.42.1 step by step; with ``adapter=None``
-    (or a freshly built adapter, or ``control_scale=0``) the result equals ``flux(...).sample`` exactly.
-    """
-    cfg = flux.config
-    if adapter is not None:
-        check_compatible(adapter, flux)
-        if lq_latents is None:
-            raise ValueError("lq_latents (B, N, in_channels) is required when an adapter is given")
-    if cfg.guidance_embeds and guidance is None:
-        raise ValueError("this Flux has guidance_embeds=True (FLUX.1-dev): pass guidance (B,)")
-    if not cfg.guidance_embeds and guidance is not None:
-        raise ValueError("this Flux has guidance_embeds=False: pass guidance=None")
-    img_ids, txt_ids = _ids2d(img_ids), _ids2d(txt_ids)
-    if img_ids.shape[0] != hidden_states.shape[1] or txt_ids.shape[0] != encoder_hidden_states.shape[1]:
-        raise ValueError(f"img_ids {tuple(img_ids.shape)} / txt_ids {tuple(txt_ids.shape)} must have one row per "
-                         f"image token ({hidden_states.shape[1]}) / text token ({encoder_hidden_states.shape[1]})")
-
-    # LoRA scale, as the @apply_lora_scale decorator of FluxTransformer2DModel.forward does.
-    lora_scale = 1.0
-    if joint_attention_kwargs is not None:
-        joint_attention_kwargs = dict(joint_attention_kwargs)
-        lora_scale = joint_attention_kwargs.pop("scale", 1.0)
-    if USE_PEFT_BACKEND:
-        scale_lora_layers(flux, lora_scale)
-    # flux.forward is never called here, so fire its accelerate hook (model CPU offload moves the
-    # transformer to its execution device) the way diffusers' apply_forward_hook does for vae.encode.
-    pre_forward(flux)
-    try:
-        x = flux.x_embedder(hidden_states)  # (B, N, c)
-        t = timestep.to(x.dtype) * 1000
-        g = guidance.to(x.dtype) * 1000 if guidance is not None else None
-        temb = flux.time_text_embed(t, pooled_projections) if g is None else flux.time_text_embed(
-            t, g, pooled_projections)  # (B, c)
-        ctx = flux.context_embedder(encoder_hidden_states)  # (B, S, c)
-        image_rotary_emb = flux.pos_embed(torch.cat((txt_ids, img_ids), dim=0))  # cos, sin: (S + N, head_dim)
-        if joint_attention_kwargs is not None and "ip_adapter_image_embeds" in joint_attention_kwargs:
-            ip_embeds = joint_attention_kwargs.pop("ip_adapter_image_embeds")
-            joint_attention_kwargs["ip_hidden_states"] = flux.encoder_hid_proj(ip_embeds)
-
-        controls = None
-        if adapter is not None and control_scale != 0:
-            f_z, f_p = adapter.features(hidden_states, lq_latents, encoder_hidden_states, pooled_projections,
-                                        timestep, guidance=guidance, image_rotary_emb=image_rotary_emb)
-            controls = adapter.controls(f_z, f_p)
-        blocks = list(flux.transformer_blocks) + list(flux.single_transformer_blocks)
-        for block in blocks:
-            if controls is not None:  # control enters BEFORE the block (see module docstring)
-                z_c, p_c = next(controls)
-                x = x + control_scale * z_c.to(x.dtype)
-                if p_c is not None:
-                    ctx = ctx + control_scale * p_c.to(ctx.dtype)
-            ctx, x = _run_block(flux, block, x, ctx, temb, image_rotary_emb, joint_attention_kwargs)
-
-        x = flux.norm_out(x, temb)
-        return flux.proj_out(x)  # (B, N, 64)
-    finally:
-        if USE_PEFT_BACKEND:
-            unscale_lora_layers(flux, lora_scale)
 
 
 # ----------------------------------------------------------------------------------------------------

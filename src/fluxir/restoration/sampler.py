@@ -65,12 +65,8 @@ from fluxir.config import Rule, field_problems, is_int, raise_problems_of, rejec
 from fluxir.models.condition import lq_condition
 from fluxir.models.empty_prompt import cached_empty_prompt, save_empty_prompt
 from fluxir.models.prompts import PromptEncoder
-from fluxir.models.adapter import (
-    FluxIRConfig,
-    check_compatible,
-    controlled_flux_forward,
-    freeze_flux,
-)
+from fluxir.models.adapter import FluxIRConfig, check_compatible
+from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.flux import (
     autocast_off,
     compile_blocks,

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward, freeze_flux
+from fluxir.models.adapter import FluxIRAdapter
+from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.training.config import TrainConfig
 
