@@ -22,7 +22,7 @@ from fluxir.models.flux import resolve_source
 
 def tiny_cfg(tiny_flux_dir: Path, **overrides) -> GenerationConfig:
     params = dict(model=str(tiny_flux_dir), num_images=3, height=48, width=64, steps=2, dtype="float32", device="cpu")
-    return GenerationConfig.from_params(base_params("fluxgen", **params, **overrides))
+    return GenerationConfig.from_params(base_params("fluxgen", **{**params, **overrides}))
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ def test_prompts_are_encoded_without_autograd_and_the_encoders_are_freed(full_fl
 def _generation_cfg(model: Path, **overrides) -> GenerationConfig:
     params = {"model": str(model), "num_images": 4, "height": 48, "width": 64, "steps": 2, "dtype": "float32",
               "device": "cpu", "max_sequence_length": 16}
-    return GenerationConfig.from_params(base_params("fluxgen", **params, **overrides))
+    return GenerationConfig.from_params(base_params("fluxgen", **{**params, **overrides}))
 
 
 @pytest.mark.parametrize("prompts", [[], DOMAIN_PROMPTS], ids=["empty_prompt", "domain_prompts"])
