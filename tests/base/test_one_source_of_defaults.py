@@ -1,8 +1,8 @@
 """One source for every default: a value in conf/base is not written a second time as a Python default.
 
 Read from the source (``ast``, nothing imported): every default of a function parameter, a dataclass
-field or a ``params.get("key", default)`` in src/ is compared with every leaf of conf/base's parameters. The same name with the same value
-in both is a second copy that can drift from the YAML. The config classes that already read all their
+field or a ``params.get("key", default)`` in src/ is compared with every leaf of conf/base's parameters.
+The same name with the same value in both is a second copy that can drift from the YAML. The config classes that already read all their
 values from conf/base must stay so; the ones still to move are listed in ``NOT_MOVED_YET`` (the list
 may only shrink: an entry that no longer duplicates anything fails too, so it is deleted).
 """

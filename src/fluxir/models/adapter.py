@@ -17,9 +17,9 @@ The story in one file:
 
    D maps (z_c, p_c, y_c, t) to features (f_z, f_p) (Eq. 2); SE^i maps them to the controls of block i
    (Eq. 4: z_c^i = SE_z^i(f_z), p_c^i = SE_p^i(f_p)).
-3. ``controlled_flux_forward`` (:mod:`fluxir.models.controlled_flux`) walks a frozen, unmodified diffusers ``FluxTransformer2DModel`` the way
-   its own ``forward`` does and adds z_c^i to the image stream and p_c^i to the text stream right
-   BEFORE block i. Before (not after) matters: the text output of the last single block is discarded
+3. ``controlled_flux_forward`` (:mod:`fluxir.models.controlled_flux`) walks a frozen, unmodified diffusers
+   ``FluxTransformer2DModel`` the way its own ``forward`` does and adds z_c^i to the image stream and p_c^i
+   to the text stream right BEFORE block i. Before (not after) matters: the text output of the last single block is discarded
    by Flux, so a control added after it would never receive gradient; added before, all 114 SE layers
    train. Because W_e and B_e start at zero, a fresh adapter leaves Flux's output bit-identical.
 4. ``save_adapter`` / ``load_adapter`` write a folder with ``config.json`` and ``adapter.safetensors``
