@@ -23,6 +23,8 @@ TOO_COMMON = (None, True, False, 0, 1, "", ())
 
 # (python file, name) pairs still written twice; each is work left, not an exception to the rule.
 NOT_MOVED_YET = {
+    ("src/fluxir/restoration/__main__.py", "method"),
+    ("src/fluxir/evaluation/__main__.py", "device"),
     ("src/fluxir/app.py", "color_fix"),
     ("src/fluxir/app.py", "method"),
     ("src/fluxir/app.py", "offload"),

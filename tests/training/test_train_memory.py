@@ -105,6 +105,6 @@ def test_the_default_max_steps_fits_the_papers_budget_at_40_percent_mfu():
     gpu_cost = load_benchmark("gpu_cost")
     plan = gpu_cost.cost_plan(8, "h800", 0.4, None, 96)
     max_steps = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]["max_steps"]
-    assert plan["paper"]["train_steps_in_budget_at_mfu"] == max_steps == TrainConfig().max_steps
+    assert plan["paper"]["train_steps_in_budget_at_mfu"] == max_steps  # conf/base is its only copy
     assert plan["stages"]["train"]["gpu_hours"] <= plan["paper"]["gpu_hours"]  # 14 GPU-days on H800
     assert plan["stages"]["train"]["steps"] + 1000 > plan["paper"]["gpu_hours"] * 3600 * 989 * 0.4 / plan["train_step_tflop"]
