@@ -13,7 +13,6 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import Tensor
 
 from fluxir.models.flux import load_config
-from fluxir.training.config import TrainConfig
 from fluxir.training.loss import flow_matching_loss
 from fluxir.training.models import ControlledFlux, Models, build_adapter
 
