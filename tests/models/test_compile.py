@@ -12,7 +12,8 @@ import shutil
 import pytest
 import torch
 
-from fluxir.models.adapter import FluxIRAdapter, controlled_flux_forward
+from fluxir.models.adapter import FluxIRAdapter
+from fluxir.models.controlled_flux import controlled_flux_forward
 from fluxir.models.flux import compile_blocks, image_ids, load_pipeline
 
 pytestmark = pytest.mark.skipif(

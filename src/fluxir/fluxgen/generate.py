@@ -40,7 +40,6 @@ from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import accelerate_cpu, compile_blocks, load_pipeline, resolve_device
 from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
-from fluxir.validation import check_params
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", default=None, help="write the ids this process generated to <report>.rank<r>.json")
     parser.add_argument("--prompt-cache", default=None,
                         help="folder of cached prompt embeddings (default: the catalog's prompt_embeddings path)")
+    from fluxir.validation import check_params  # validation builds this module's config class
+
     args = parser.parse_args(argv)
 
     params = load_params(args.env, args.params, args.project)

@@ -51,7 +51,6 @@ from fluxir.io import (
 )
 from fluxir.progress import progress as progress_bar
 from fluxir.processes import die_with_parent
-from fluxir.validation import check_params
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli_parser("python -m fluxir.fluxgen.pairs", main.__doc__, "degrade.workers=16")
     parser.add_argument("--selection", default=None, help="IQA selection parquet (default: the catalog's latest iqa_selection)")
     parser.add_argument("--store", default=None, help="pair store root (default: the catalog's pair_store path)")
+    from fluxir.validation import check_params  # validation builds this module's config class
+
     args = parser.parse_args(argv)
 
     params = load_params(args.env, args.params, args.project)

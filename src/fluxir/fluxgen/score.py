@@ -41,7 +41,6 @@ from fluxir.io import atomic_file, hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.progress import progress as progress_bar
 from fluxir.processes import worker_init
-from fluxir.validation import check_params
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli_parser("python -m fluxir.fluxgen.score", main.__doc__, "iqa.batch_size=16")
     parser.add_argument("--manifest", default=None, help="generated-images parquet (default: the catalog's latest generated_images)")
     parser.add_argument("--parts", default=None, help="score parts root (default: the catalog's iqa_parts path)")
+    from fluxir.validation import check_params  # validation builds this module's config class
+
     args = parser.parse_args(argv)
 
     params = load_params(args.env, args.params, args.project)
