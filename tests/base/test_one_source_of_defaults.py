@@ -135,7 +135,7 @@ def test_the_check_finds_a_copy(tmp_path):
     src.mkdir()
     (src / "probe.py").write_text(
         "from dataclasses import dataclass\n\n@dataclass\nclass Probe:\n    part_size: int = 1024\n\n\n"
-        "def score(images, iqa, *, loader_workers=2, other=7):\n    return iqa.get(\"batch_size\", 8)\n"
+        "def score(images, iqa, *, loader_workers=2, other=7):\n    return iqa.get(\"batch_size\", 2)\n"
     )
     found = {("src/probe.py", "part_size"), ("src/probe.py", "loader_workers"), ("src/probe.py", "batch_size")}
     assert duplicates(src) == found
