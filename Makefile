@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export KEDRO_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test mlflow viz docs app
+.PHONY: setup demo lint test mlflow viz docs app
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	scripts/setup.sh
@@ -18,8 +18,13 @@ demo: setup  ## run the default pipeline on the embedded tiny random-weight mode
 	$(PY) -m fluxir.models.tiny --kind flux_controlnet --out data/01_raw/tiny/flux_controlnet
 	$(VENV)/bin/kedro run --env=tiny
 
+LINTED := src tests benchmarks scripts docs/img
+lint: setup  ## ruff: the rules and line length of pyproject.toml, and the code formatted as ruff format writes it
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
 TEST_WORKERS ?= 2
-test: setup  ## the test suite (what CI runs): one pytest worker per core, each test file on one worker
+test: lint  ## lint, then the test suite (what CI runs): one pytest worker per core, each test file on one worker
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 mlflow: setup  ## MLflow UI on the project's SQLite store

@@ -36,8 +36,7 @@ from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.flux import build_transformer, load_config
 
 
-def flux_inputs(cfg: dict, batch: int, image_tokens: int, text_tokens: int, device: str = "cpu",
-                seed: int = 0) -> dict:
+def flux_inputs(cfg: dict, batch: int, image_tokens: int, text_tokens: int, device: str = "cpu", seed: int = 0) -> dict:
     """Packed inputs in FluxPipeline's conventions (ids all zero: rope cost does not depend on them)."""
     g = torch.Generator().manual_seed(seed) if device != "meta" else None
 
@@ -73,8 +72,11 @@ def measure_flops(rank: int | None = 32) -> dict:
     plain = {k: v for k, v in x.items() if k != "lq_latents"}
     flux_flops = count_flops(lambda: flux(**plain))
     controlled = count_flops(lambda: controlled_flux_forward(flux, adapter, **x))
-    result = {"flux_tflops": flux_flops / 1e12, "fluxir_tflops": (controlled - flux_flops) / 1e12,
-              "flops_ratio": (controlled - flux_flops) / flux_flops}
+    result = {
+        "flux_tflops": flux_flops / 1e12,
+        "fluxir_tflops": (controlled - flux_flops) / 1e12,
+        "flops_ratio": (controlled - flux_flops) / flux_flops,
+    }
     cn_cfg = {k: v for k, v in cfg.items() if k != "patch_size"}
 
     def controlnet_flops(double: int, single: int) -> int:
@@ -89,13 +91,17 @@ def measure_flops(rank: int | None = 32) -> dict:
     return result
 
 
-def measure_time(heads: int, head_dim: int, image_tokens: int, text_tokens: int, rank: int,
-                 repeats: int) -> dict:
+def measure_time(heads: int, head_dim: int, image_tokens: int, text_tokens: int, rank: int, repeats: int) -> dict:
     """Median seconds of forward + backward, Flux alone vs Flux + FluxIR (same 19 + 38 blocks, small width)."""
     axes = (head_dim // 4, 3 * head_dim // 8, head_dim - head_dim // 4 - 3 * head_dim // 8)
-    cfg = {**load_config("flux1_dev_transformer"), "num_attention_heads": heads, "attention_head_dim": head_dim,
-           "axes_dims_rope": list(axes), "joint_attention_dim": heads * head_dim,
-           "pooled_projection_dim": heads * head_dim}
+    cfg = {
+        **load_config("flux1_dev_transformer"),
+        "num_attention_heads": heads,
+        "attention_head_dim": head_dim,
+        "axes_dims_rope": list(axes),
+        "joint_attention_dim": heads * head_dim,
+        "pooled_projection_dim": heads * head_dim,
+    }
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
@@ -122,8 +128,12 @@ def measure_time(heads: int, head_dim: int, image_tokens: int, text_tokens: int,
     def inference_with_adapter() -> None:
         controlled_flux_forward(flux, adapter, **x)
 
-    runs = {"train_flux": baseline, "train_fluxir": with_adapter,
-            "infer_flux": inference_baseline, "infer_fluxir": inference_with_adapter}
+    runs = {
+        "train_flux": baseline,
+        "train_fluxir": with_adapter,
+        "infer_flux": inference_baseline,
+        "infer_fluxir": inference_with_adapter,
+    }
     for fn in runs.values():  # warm-up
         fn()
     wall: dict[str, list[float]] = {k: [] for k in runs}
@@ -134,6 +144,7 @@ def measure_time(heads: int, head_dim: int, image_tokens: int, text_tokens: int,
             fn()
             cpu[name].append(time.process_time() - start_cpu)
             wall[name].append(time.perf_counter() - start)
+
     # Ratios: median over repeats of (with adapter / without) from back-to-back runs, in this process's
     # CPU time. On a shared machine other processes inflate wall time at random; adjacent runs see
     # about the same load. Wall-clock ratios are reported too.
@@ -141,15 +152,25 @@ def measure_time(heads: int, head_dim: int, image_tokens: int, text_tokens: int,
         return statistics.median(x / y for x, y in zip(clock[a], clock[b]))
 
     return {
-        "time_config": {"num_layers": 19, "num_single_layers": 38, "heads": heads, "head_dim": head_dim,
-                        "image_tokens": image_tokens, "text_tokens": text_tokens, "rank": rank,
-                        "threads": torch.get_num_threads(), "repeats": repeats, "clock": "process_time"},
+        "time_config": {
+            "num_layers": 19,
+            "num_single_layers": 38,
+            "heads": heads,
+            "head_dim": head_dim,
+            "image_tokens": image_tokens,
+            "text_tokens": text_tokens,
+            "rank": rank,
+            "threads": torch.get_num_threads(),
+            "repeats": repeats,
+            "clock": "process_time",
+        },
         "time_flux_s": statistics.median(cpu["train_flux"]),
         "time_flux_fluxir_s": statistics.median(cpu["train_fluxir"]),
         "time_ratio": ratio(cpu, "train_fluxir", "train_flux"),
         "time_ratio_wall": ratio(wall, "train_fluxir", "train_flux"),
         "time_ratio_inference": ratio(cpu, "infer_fluxir", "infer_flux"),
     }
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -160,8 +181,9 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--image-tokens", type=int, default=256)
     parser.add_argument("--text-tokens", type=int, default=32)
-    parser.add_argument("--rank", type=int, default=None,
-                        help="SE rank of the timed model; default keeps the paper's r/c = 32/3072")
+    parser.add_argument(
+        "--rank", type=int, default=None, help="SE rank of the timed model; default keeps the paper's r/c = 32/3072"
+    )
     args = parser.parse_args()
     if args.repeats < 1 or args.head_dim % 8:
         parser.error("--repeats must be >= 1 and --head-dim a multiple of 8")
@@ -169,18 +191,24 @@ def main() -> None:
     # The SE layers' share of the compute scales with r / c; at small width keep the paper's r / c
     # (32 / 3072) so the timed model is FLUX.1-dev in miniature (r = 32 at c = 256 would be 8x heavier).
     rank = args.rank or max(1, round(32 * args.heads * args.head_dim / 3072))
-    result = {**measure_flops(), **measure_time(args.heads, args.head_dim, args.image_tokens, args.text_tokens,
-                                                rank, args.repeats)}
+    result = {
+        **measure_flops(),
+        **measure_time(args.heads, args.head_dim, args.image_tokens, args.text_tokens, rank, args.repeats),
+    }
     result["targets"] = {"flops_ratio": 0.022, "time_ratio": 1.15}
     if args.json:
         print(json.dumps(result))
         return
-    print(f"forward FLOPs at 1024x1024: Flux {result['flux_tflops']:.1f} TFLOP; FluxIR adds "
-          f"{100 * result['flops_ratio']:.2f}%; ControlNet 5+10 {100 * result['controlnet_5_10_flops_ratio']:.1f}%; "
-          f"full ControlNet {100 * result['controlnet_full_flops_ratio']:.1f}%")
-    print(f"CPU forward+backward, 19+38 blocks at width {args.heads * args.head_dim}: Flux "
-          f"{result['time_flux_s']:.3f}s, Flux+FluxIR {result['time_flux_fluxir_s']:.3f}s, "
-          f"ratio {result['time_ratio']:.3f} (inference {result['time_ratio_inference']:.3f})")
+    print(
+        f"forward FLOPs at 1024x1024: Flux {result['flux_tflops']:.1f} TFLOP; FluxIR adds "
+        f"{100 * result['flops_ratio']:.2f}%; ControlNet 5+10 {100 * result['controlnet_5_10_flops_ratio']:.1f}%; "
+        f"full ControlNet {100 * result['controlnet_full_flops_ratio']:.1f}%"
+    )
+    print(
+        f"CPU forward+backward, 19+38 blocks at width {args.heads * args.head_dim}: Flux "
+        f"{result['time_flux_s']:.3f}s, Flux+FluxIR {result['time_flux_fluxir_s']:.3f}s, "
+        f"ratio {result['time_ratio']:.3f} (inference {result['time_ratio_inference']:.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -51,11 +51,15 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"FLUX.1-dev transformer: {result['flux_params'] / 1e9:.3f}B parameters")
-    print(f"adapter without SE:     {result['adapter_params'] / 1e6:.2f}M (paper 387M, "
-          f"{100 * result['adapter_params_rel_error']:+.2f}%)")
+    print(
+        f"adapter without SE:     {result['adapter_params'] / 1e6:.2f}M (paper 387M, "
+        f"{100 * result['adapter_params_rel_error']:+.2f}%)"
+    )
     for key, n in result["se_params"].items():
-        print(f"SE layers, rank {key:>4}:  {n / 1e6:8.2f}M (paper {PAPER_SE[key] / 1e6:.1f}M, "
-              f"{100 * result['se_params_rel_error'][key]:+.2f}%)")
+        print(
+            f"SE layers, rank {key:>4}:  {n / 1e6:8.2f}M (paper {PAPER_SE[key] / 1e6:.1f}M, "
+            f"{100 * result['se_params_rel_error'][key]:+.2f}%)"
+        )
 
 
 if __name__ == "__main__":

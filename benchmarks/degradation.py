@@ -57,9 +57,7 @@ def load_photos(width: int, height: int) -> list[np.ndarray]:
     for name in PHOTOS:
         img = getattr(skimage.data, name)()[..., :3]
         f = max(width / img.shape[1], height / img.shape[0])
-        img = cv2.resize(
-            img, (math.ceil(img.shape[1] * f), math.ceil(img.shape[0] * f)), interpolation=cv2.INTER_CUBIC
-        )
+        img = cv2.resize(img, (math.ceil(img.shape[1] * f), math.ceil(img.shape[0] * f)), interpolation=cv2.INTER_CUBIC)
         top, left = (img.shape[0] - height) // 2, (img.shape[1] - width) // 2
         out.append(np.ascontiguousarray(img[top : top + height, left : left + width]))
     return out
@@ -74,9 +72,7 @@ def dataset_kernels(c: DegradationConfig) -> tuple[torch.Tensor, torch.Tensor, t
     def blur(sinc_prob, kernel_list, kernel_prob, sigma, betag, betap):
         size = random.choice(c.kernel_sizes)
         if np.random.uniform() < sinc_prob:
-            omega_c = (
-                np.random.uniform(np.pi / 3, np.pi) if size < 13 else np.random.uniform(np.pi / 5, np.pi)
-            )
+            omega_c = np.random.uniform(np.pi / 3, np.pi) if size < 13 else np.random.uniform(np.pi / 5, np.pi)
             kernel = circular_lowpass_kernel(omega_c, size, pad_to=False)
         else:
             kernel = random_mixed_kernels(
@@ -97,9 +93,7 @@ def dataset_kernels(c: DegradationConfig) -> tuple[torch.Tensor, torch.Tensor, t
     k2 = blur(c.sinc_prob2, c.kernel_list2, c.kernel_prob2, c.blur_sigma2, c.betag_range2, c.betap_range2)
     if np.random.uniform() < c.final_sinc_prob:
         size = random.choice(c.kernel_sizes)
-        sinc = torch.FloatTensor(
-            circular_lowpass_kernel(np.random.uniform(np.pi / 3, np.pi), size, pad_to=21)
-        )
+        sinc = torch.FloatTensor(circular_lowpass_kernel(np.random.uniform(np.pi / 3, np.pi), size, pad_to=21))
     else:
         sinc = torch.zeros(21, 21)
         sinc[10, 10] = 1
@@ -145,15 +139,11 @@ def reference_feed_data(images: list[np.ndarray], c: DegradationConfig, usm: USM
     out = noise(out, c.gaussian_noise_prob2, c.noise_range2, c.poisson_scale_range2, c.gray_noise_prob2)
     lq_size = (ori_h // c.scale, ori_w // c.scale)
     if np.random.uniform() < 0.5:
-        out = filter2D(
-            F.interpolate(out, size=lq_size, mode=random.choice(["area", "bilinear", "bicubic"])), sinc
-        )
+        out = filter2D(F.interpolate(out, size=lq_size, mode=random.choice(["area", "bilinear", "bicubic"])), sinc)
         out = jpeg(out, c.jpeg_range2)
     else:
         out = jpeg(out, c.jpeg_range2)
-        out = filter2D(
-            F.interpolate(out, size=lq_size, mode=random.choice(["area", "bilinear", "bicubic"])), sinc
-        )
+        out = filter2D(F.interpolate(out, size=lq_size, mode=random.choice(["area", "bilinear", "bicubic"])), sinc)
 
     def to_uint8(x):
         return torch.clamp((x * 255.0).round(), 0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -167,12 +157,8 @@ def reference_feed_data(images: list[np.ndarray], c: DegradationConfig, usm: USM
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("WIDTH", "HEIGHT"))
-    parser.add_argument(
-        "--n", type=int, default=16, help="pairs per side (rounded up to whole reference batches)"
-    )
-    parser.add_argument(
-        "--batch", type=int, default=8, help="reference batch size (Real-ESRGAN / SeeSR style)"
-    )
+    parser.add_argument("--n", type=int, default=16, help="pairs per side (rounded up to whole reference batches)")
+    parser.add_argument("--batch", type=int, default=8, help="reference batch size (Real-ESRGAN / SeeSR style)")
     parser.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads, both sides")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
@@ -184,9 +170,7 @@ def main() -> None:
     photos = load_photos(width, height)
     n_batches = math.ceil(args.n / args.batch)
     n = n_batches * args.batch
-    batches = [
-        [photos[(b * args.batch + i) % len(photos)] for i in range(args.batch)] for b in range(n_batches)
-    ]
+    batches = [[photos[(b * args.batch + i) % len(photos)] for i in range(args.batch)] for b in range(n_batches)]
 
     # warm-up both paths on a small batch (lazy initialisation, allocator), untimed
     usm, jpeger = USMSharp(), DiffJPEG(differentiable=False)

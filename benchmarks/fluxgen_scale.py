@@ -44,8 +44,12 @@ TINY_METRICS = ["entropy", "piqe"]  # weight-free pyiqa metrics (the real ones n
 def _photos(n: int, width: int, height: int) -> list[np.ndarray]:
     """``n`` different (height, width, 3) crops of a bundled photo, resized."""
     photo = cv2.resize(skimage.data.astronaut(), (2 * width, 2 * height), interpolation=cv2.INTER_AREA)
-    return [np.ascontiguousarray(photo[(3 * i) % height : (3 * i) % height + height, (7 * i) % width : (7 * i) % width + width])
-            for i in range(n)]
+    return [
+        np.ascontiguousarray(
+            photo[(3 * i) % height : (3 * i) % height + height, (7 * i) % width : (7 * i) % width + width]
+        )
+        for i in range(n)
+    ]
 
 
 def _base(group: str) -> dict:
@@ -59,7 +63,9 @@ def _store(root: Path, n: int, record: bool):
     from fluxir.fluxgen.generate import GenerationConfig
     from fluxir.io import ImageStore
 
-    cfg = GenerationConfig.from_params({**_base("fluxgen"), "model": "none", "num_images": n, "height": 48, "width": 64})
+    cfg = GenerationConfig.from_params(
+        {**_base("fluxgen"), "model": "none", "num_images": n, "height": 48, "width": 64}
+    )
     store = ImageStore(root).sub(cfg.key())
     for i, image in enumerate(_photos(min(n, 97), 64, 48) * (n // 97 + 1)):
         if i == n:
@@ -83,7 +89,9 @@ def _rss_child(root: str, n: int, queue) -> None:
     from fluxir.fluxgen.manifest import generation_manifest
     from fluxir.io import ImageStore
 
-    cfg = GenerationConfig.from_params({**_base("fluxgen"), "model": "none", "num_images": n, "height": 48, "width": 64})
+    cfg = GenerationConfig.from_params(
+        {**_base("fluxgen"), "model": "none", "num_images": n, "height": 48, "width": 64}
+    )
     store = ImageStore(Path(root)).sub(cfg.key())
     generation_manifest(cfg.__class__.from_params({**cfg.__dict__, "num_images": 1}), store)  # warm imports
     before = _status_mb("VmRSS")
@@ -91,8 +99,7 @@ def _rss_child(root: str, n: int, queue) -> None:
     table = generation_manifest(cfg, store)
     peak_traced = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    queue.put((_status_mb("VmHWM") - before, peak_traced,
-               table.memory_usage(deep=True).sum() / 2**20))
+    queue.put((_status_mb("VmHWM") - before, peak_traced, table.memory_usage(deep=True).sum() / 2**20))
 
 
 def _status_mb(field: str) -> float:
@@ -153,14 +160,29 @@ def bench_durable_writes(work: Path, n: int) -> dict:
     from fluxir.io import ImageStore
 
     tiny = str(Path(__file__).resolve().parents[1] / "data/01_raw/tiny/flux")
-    cfg = GenerationConfig.from_params({"model": tiny, "num_images": max(16, n // 5), "height": 48, "width": 64,
-                                        "steps": 4, "dtype": "float32", "device": "cpu", "batch_size": 4})
+    cfg = GenerationConfig.from_params(
+        {
+            "model": tiny,
+            "num_images": max(16, n // 5),
+            "height": 48,
+            "width": 64,
+            "steps": 4,
+            "dtype": "float32",
+            "device": "cpu",
+            "batch_size": 4,
+        }
+    )
     images = _photos(n, 64, 48)
 
     def write_all(root: Path, threads: int) -> float:
         start = time.perf_counter()
-        write_generated(dataclasses.replace(cfg, write_threads=threads), ImageStore(root),
-                        ((i, images[i]) for i in range(n)), n, progress=False)
+        write_generated(
+            dataclasses.replace(cfg, write_threads=threads),
+            ImageStore(root),
+            ((i, images[i]) for i in range(n)),
+            n,
+            progress=False,
+        )
         return n / (time.perf_counter() - start)
 
     pooled = write_all(work / "w_pool", cfg.write_threads)  # generation's writer threads: fsyncs overlap
@@ -168,20 +190,36 @@ def bench_durable_writes(work: Path, n: int) -> dict:
     with _without_fsync():
         plain = write_all(work / "w_plain", cfg.write_threads)
 
-    generate_into_store(cfg, ImageStore(work / "g_warm"), progress=False)  # model load and first call outside the timing
+    generate_into_store(
+        cfg, ImageStore(work / "g_warm"), progress=False
+    )  # model load and first call outside the timing
     durable_runs, plain_runs = [], []
     for repeat in range(3):  # interleaved, best of 3: a shared machine's load drifts
-        durable_runs.append(_timed(generate_into_store, cfg, ImageStore(work / f"g_durable{repeat}"), progress=False)[0])
+        durable_runs.append(
+            _timed(generate_into_store, cfg, ImageStore(work / f"g_durable{repeat}"), progress=False)[0]
+        )
         with _without_fsync():
-            plain_runs.append(_timed(generate_into_store, cfg, ImageStore(work / f"g_plain{repeat}"), progress=False)[0])
+            plain_runs.append(
+                _timed(generate_into_store, cfg, ImageStore(work / f"g_plain{repeat}"), progress=False)[0]
+            )
     durable_s, plain_s = min(durable_runs), min(plain_runs)
     return {
-        "write_images_per_s": {"durable_writer_threads": pooled, "durable_one_thread": serial, "no_fsync": plain,
-                               "ratio_threads_to_no_fsync": pooled / plain, "ratio_one_thread_to_no_fsync": serial / plain,
-                               "write_threads": cfg.write_threads, "images": n},
-        "generate_images_per_s_tiny": {"durable": cfg.num_images / durable_s, "no_fsync": cfg.num_images / plain_s,
-                                       "ratio_durable_to_no_fsync": plain_s / durable_s, "images": cfg.num_images,
-                                       "includes": "pipeline load per run (best of 3, interleaved)"},
+        "write_images_per_s": {
+            "durable_writer_threads": pooled,
+            "durable_one_thread": serial,
+            "no_fsync": plain,
+            "ratio_threads_to_no_fsync": pooled / plain,
+            "ratio_one_thread_to_no_fsync": serial / plain,
+            "write_threads": cfg.write_threads,
+            "images": n,
+        },
+        "generate_images_per_s_tiny": {
+            "durable": cfg.num_images / durable_s,
+            "no_fsync": cfg.num_images / plain_s,
+            "ratio_durable_to_no_fsync": plain_s / durable_s,
+            "images": cfg.num_images,
+            "includes": "pipeline load per run (best of 3, interleaved)",
+        },
     }
 
 
@@ -209,10 +247,18 @@ def bench_degrade(work: Path, n_pairs: int) -> dict:
     kept = pd.DataFrame({"image_id": [i for i, _ in jobs], "path": [p for _, p in jobs], "sha256": "-"})
     listing, _ = _timed(pairs_manifest, kept, stores, 0)
     one = sorted((work / "pairs1").rglob("*.png"))
-    same = len(one) == 2 * n_pairs and all(p.read_bytes() == (work / "pairs2" / p.relative_to(work / "pairs1")).read_bytes() for p in one)
-    return {"degrade_pairs_per_s": rates, "degrade_speedup_2_workers": rates[2] / rates[1],
-            "degrade_pairs": n_pairs, "degrade_pair_size": "256x192 crops of 256x192", "degrade_2_workers_identical": same,
-            "resume_scan_ms_per_image_degrade": 1e3 * resume / n_pairs, "pairs_manifest_ms_per_pair": 1e3 * listing / n_pairs}
+    same = len(one) == 2 * n_pairs and all(
+        p.read_bytes() == (work / "pairs2" / p.relative_to(work / "pairs1")).read_bytes() for p in one
+    )
+    return {
+        "degrade_pairs_per_s": rates,
+        "degrade_speedup_2_workers": rates[2] / rates[1],
+        "degrade_pairs": n_pairs,
+        "degrade_pair_size": "256x192 crops of 256x192",
+        "degrade_2_workers_identical": same,
+        "resume_scan_ms_per_image_degrade": 1e3 * resume / n_pairs,
+        "pairs_manifest_ms_per_pair": 1e3 * listing / n_pairs,
+    }
 
 
 def _score_process(manifest_path: str, parts: str, rank: int, world: int, barrier, queue) -> None:
@@ -227,8 +273,19 @@ def _score_process(manifest_path: str, parts: str, rank: int, world: int, barrie
     iqa_lib.create_metrics(TINY_METRICS)  # build once before the clock: import and model set-up excluded
     barrier.wait()
     start = time.perf_counter()
-    score_into_parts(manifest, Path(parts), TINY_METRICS, 8, "cpu", rank, world, loader_workers=0, part_size=1024, precision="fp32",
-                     progress=False)
+    score_into_parts(
+        manifest,
+        Path(parts),
+        TINY_METRICS,
+        8,
+        "cpu",
+        rank,
+        world,
+        loader_workers=0,
+        part_size=1024,
+        precision="fp32",
+        progress=False,
+    )
     queue.put((start, time.perf_counter()))
 
 
@@ -245,21 +302,47 @@ def bench_score(work: Path, n: int) -> dict:
     rates = {}
     for world in (1, 2):
         barrier, queue = ctx.Barrier(world), ctx.Queue()
-        procs = [ctx.Process(target=_score_process, args=(str(path), str(work / f"parts{world}"), r, world, barrier, queue))
-                 for r in range(world)]
+        procs = [
+            ctx.Process(target=_score_process, args=(str(path), str(work / f"parts{world}"), r, world, barrier, queue))
+            for r in range(world)
+        ]
         for p in procs:
             p.start()
         spans = [queue.get() for _ in procs]
         for p in procs:
             p.join()
         rates[world] = n / (max(e for _, e in spans) - min(s for s, _ in spans))
-    score_into_parts(manifest, work / "parts2", TINY_METRICS, 8, "cpu", loader_workers=0, part_size=1024, precision="fp32",
-                     progress=False)  # imports pyiqa
-    resume, scored = _timed(score_into_parts, manifest, work / "parts2", TINY_METRICS, 8, "cpu", loader_workers=0,
-                            part_size=1024, precision="fp32", progress=False)
+    score_into_parts(
+        manifest,
+        work / "parts2",
+        TINY_METRICS,
+        8,
+        "cpu",
+        loader_workers=0,
+        part_size=1024,
+        precision="fp32",
+        progress=False,
+    )  # imports pyiqa
+    resume, scored = _timed(
+        score_into_parts,
+        manifest,
+        work / "parts2",
+        TINY_METRICS,
+        8,
+        "cpu",
+        loader_workers=0,
+        part_size=1024,
+        precision="fp32",
+        progress=False,
+    )
     assert scored == 0
-    return {"score_images_per_s": rates, "score_speedup_2_procs": rates[2] / rates[1], "score_images": n,
-            "score_metrics": TINY_METRICS, "resume_scan_ms_per_image_score": 1e3 * resume / n}
+    return {
+        "score_images_per_s": rates,
+        "score_speedup_2_procs": rates[2] / rates[1],
+        "score_images": n,
+        "score_metrics": TINY_METRICS,
+        "resume_scan_ms_per_image_score": 1e3 * resume / n,
+    }
 
 
 def bench_one_pair_1024x768(repeats: int) -> dict:
@@ -273,13 +356,18 @@ def bench_one_pair_1024x768(repeats: int) -> dict:
     config = DegradationConfig()
     times = [_timed(degrade_pair, image, i, 0, config)[0] for i in range(repeats)]
     ms = 1e3 * float(np.median(times))
-    return {"degrade_ms_per_pair_1024x768_one_core": ms, "degrade_pairs_timed_1024x768": repeats,
-            "computed_hours_350k_pairs_64_cores": 350_000 * ms / 1e3 / (64 * 0.9) / 3600}
+    return {
+        "degrade_ms_per_pair_1024x768_one_core": ms,
+        "degrade_pairs_timed_1024x768": repeats,
+        "computed_hours_350k_pairs_64_cores": 350_000 * ms / 1e3 / (64 * 0.9) / 3600,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num-images", type=int, default=10000, help="manifest size; scoring uses N/5, degradation N/30 pairs")
+    parser.add_argument(
+        "--num-images", type=int, default=10000, help="manifest size; scoring uses N/5, degradation N/30 pairs"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
     parser.add_argument("--only", choices=["durable"], default=None, help="durable: only the fsync cost (images/s)")
     args = parser.parse_args()
@@ -293,8 +381,10 @@ def main() -> None:
             result.update(bench_degrade(work, max(8, args.num_images // 30)))
             result.update(bench_score(work, max(16, args.num_images // 5)))
             result.update(bench_one_pair_1024x768(5))
-    result["note"] = ("speedups on a shared or busy machine are lower bounds; the 350k-pair hours are computed "
-                      "from the one-core time assuming 90% efficiency on 64 cores, not measured")
+    result["note"] = (
+        "speedups on a shared or busy machine are lower bounds; the 350k-pair hours are computed "
+        "from the one-core time assuming 90% efficiency on 64 cores, not measured"
+    )
     print(json.dumps(result))
 
 

@@ -45,14 +45,22 @@ def main() -> None:
 
     from fluxir.config import load_params
     from fluxir.fluxgen.generate import GenerationConfig, denoised_images, write_generated
-    from fluxir.models.prompts import PromptEncoder
     from fluxir.io import ImageStore
     from fluxir.models.flux import load_pipeline
+    from fluxir.models.prompts import PromptEncoder
 
     torch.set_num_threads(1)
     base = load_params("tiny", [], REPO)["fluxgen"]
-    cfg = GenerationConfig.from_params({**base, "model": str(REPO / base["model"]), "height": 768, "width": 1024,
-                                        "steps": args.steps, "num_images": args.images})
+    cfg = GenerationConfig.from_params(
+        {
+            **base,
+            "model": str(REPO / base["model"]),
+            "height": 768,
+            "width": 1024,
+            "steps": args.steps,
+            "num_images": args.images,
+        }
+    )
     pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     encoder = PromptEncoder(pipe, [""], cfg.max_sequence_length, "cpu")
@@ -73,31 +81,36 @@ def main() -> None:
                 else:
                     threads = cfg.write_threads if mode == "pool" else 0
                     store = ImageStore(Path(tmp) / f"{mode}{repeat}")
-                    _, waited = write_generated(dataclasses.replace(cfg, write_threads=threads), store, images,
-                                                len(ids), progress=False)
+                    _, waited = write_generated(
+                        dataclasses.replace(cfg, write_threads=threads), store, images, len(ids), progress=False
+                    )
                 times.append(time.perf_counter() - start)
                 if mode in waits:
                     waits[mode].append(waited / times[-1])
         png_mb = sum(p.stat().st_size for p in (Path(tmp) / "pool0").rglob("*.png")) / len(ids) / 2**20
     rate = {mode: len(ids) / min(times) for mode, times in seconds.items()}
-    print(json.dumps({
-        "images_per_s": rate,
-        "ratio_pool": rate["pool"] / rate["discard"],
-        "ratio_inline": rate["inline"] / rate["discard"],
-        "wait_fraction": {mode: min(values) for mode, values in waits.items()},
-        "target_ratio_pool": 0.9,
-        "write_threads": cfg.write_threads,
-        "size": f"{cfg.width}x{cfg.height}",
-        "steps": cfg.steps,
-        "images": len(ids),
-        "repeats": args.repeats,
-        "png_mb_per_image": png_mb,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],  # above cpu_count: no core is free to overlap the writes
-        "python": platform.python_version(),
-        "note": "measured on the CPU with the tiny random-weight Flux; best of the repeats",
-    }))
+    print(
+        json.dumps(
+            {
+                "images_per_s": rate,
+                "ratio_pool": rate["pool"] / rate["discard"],
+                "ratio_inline": rate["inline"] / rate["discard"],
+                "wait_fraction": {mode: min(values) for mode, values in waits.items()},
+                "target_ratio_pool": 0.9,
+                "write_threads": cfg.write_threads,
+                "size": f"{cfg.width}x{cfg.height}",
+                "steps": cfg.steps,
+                "images": len(ids),
+                "repeats": args.repeats,
+                "png_mb_per_image": png_mb,
+                "torch_threads": torch.get_num_threads(),
+                "cpu_count": os.cpu_count(),
+                "load_average_1min": os.getloadavg()[0],  # above cpu_count: no core is free to overlap the writes
+                "python": platform.python_version(),
+                "note": "measured on the CPU with the tiny random-weight Flux; best of the repeats",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_TFLOPS = {  # dense, per GPU: (bf16 tensor cores, tf32 tensor cores, fp32 CUDA cores); SXM parts
-    "h100": (989.0, 494.0, 67.0), "h200": (989.0, 494.0, 67.0), "h800": (989.0, 494.0, 67.0),
+    "h100": (989.0, 494.0, 67.0),
+    "h200": (989.0, 494.0, 67.0),
+    "h800": (989.0, 494.0, 67.0),
     "a100": (312.0, 156.0, 19.5),
 }
 PAPER = {"gpus": 4, "gpu": "h800", "days": 3.5}  # Sec. 4.1: 4 x H800, about 3.5 days
@@ -77,9 +79,9 @@ def _count(fn) -> float:
 
 def flop_counts() -> dict[str, Any]:
     """TFLOP per unit of work of every GPU stage, counted on the meta device."""
+    from fluxir.config import load_params
     from fluxir.models.controlled_flux import controlled_flux_forward
     from fluxir.models.flux import image_ids
-    from fluxir.config import load_params
     from fluxir.training.config import TrainConfig
     from fluxir.training.loss import MicroBatch, flow_matching_loss
     from fluxir.training.models import ControlledFlux
@@ -90,11 +92,18 @@ def flop_counts() -> dict[str, Any]:
 
     def flux_forward(width: int, height: int) -> float:
         n = (height // 16) * (width // 16)
-        return _count(lambda: flux(hidden_states=torch.zeros(1, n, 64, **bf16), encoder_hidden_states=prompt,
-                                   pooled_projections=pooled, timestep=torch.ones(1, device="meta"),
-                                   img_ids=image_ids(height // 16, width // 16, "meta"),
-                                   txt_ids=torch.zeros(TEXT_TOKENS, 3, device="meta"),
-                                   guidance=torch.ones(1, device="meta"), return_dict=False))
+        return _count(
+            lambda: flux(
+                hidden_states=torch.zeros(1, n, 64, **bf16),
+                encoder_hidden_states=prompt,
+                pooled_projections=pooled,
+                timestep=torch.ones(1, device="meta"),
+                img_ids=image_ids(height // 16, width // 16, "meta"),
+                txt_ids=torch.zeros(TEXT_TOKENS, 3, device="meta"),
+                guidance=torch.ones(1, device="meta"),
+                return_dict=False,
+            )
+        )
 
     def decode(width: int, height: int) -> float:
         return _count(lambda: vae.decode(torch.zeros(1, 16, height // 8, width // 8, **bf16)))
@@ -115,21 +124,33 @@ def flop_counts() -> dict[str, Any]:
         def step() -> None:
             loss, _, _ = flow_matching_loss(model, flux, vae, batch, prompt, pooled, cfg)
             loss.backward()
+
         return _count(step)
 
     def restore_step() -> None:  # Flux controlled by the adapter, as restoration's sampler calls it
         with torch.no_grad():
             z = torch.zeros(1, 4096, 64, **bf16)
-            controlled_flux_forward(flux, adapter, z, z, prompt, pooled, torch.ones(1, device="meta"),
-                                    image_ids(64, 64, "meta"), torch.zeros(TEXT_TOKENS, 3, device="meta"),
-                                    guidance=torch.ones(1, device="meta"))
+            controlled_flux_forward(
+                flux,
+                adapter,
+                z,
+                z,
+                prompt,
+                pooled,
+                torch.ones(1, device="meta"),
+                image_ids(64, 64, "meta"),
+                torch.zeros(TEXT_TOKENS, 3, device="meta"),
+                guidance=torch.ones(1, device="meta"),
+            )
 
     restore = _count(restore_step)
     return {
-        "flux_forward_1024x768": flux_forward(1024, 768), "vae_decode_1024x768": decode(1024, 768),
+        "flux_forward_1024x768": flux_forward(1024, 768),
+        "vae_decode_1024x768": decode(1024, 768),
         "vae_encode_per_pair_mean": sum(2 * encode(w, h) for w, h in BUCKETS) / len(BUCKETS),
         "train_sample": {f"{w}x{h}": train_sample(w, h) for w, h in BUCKETS},
-        "restore_step_1024x1024": restore, "vae_encode_decode_1024x1024": encode(1024, 1024) + decode(1024, 1024),
+        "restore_step_1024x1024": restore,
+        "vae_encode_decode_1024x1024": encode(1024, 1024) + decode(1024, 1024),
     }
 
 
@@ -138,8 +159,12 @@ def train_defaults() -> dict[str, Any]:
 
     train = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]
     fluxgen = yaml.safe_load((ROOT / "conf/base/parameters_fluxgen.yml").read_text())
-    return {"max_steps": train["max_steps"], "global_batch": train["global_batch"],
-            "generation_steps": fluxgen["fluxgen"]["steps"], "iqa_precision": fluxgen["iqa"]["precision"]}
+    return {
+        "max_steps": train["max_steps"],
+        "global_batch": train["global_batch"],
+        "generation_steps": fluxgen["fluxgen"]["steps"],
+        "iqa_precision": fluxgen["iqa"]["precision"],
+    }
 
 
 def paper_budget_steps(train_step_tflop: float, mfu: float) -> int:
@@ -159,17 +184,30 @@ def cost_plan(gpus: int, gpu: str, mfu: float, steps: int | None, cpu_cores: int
 
     def gpu_stage(tflop: float, peak: float) -> dict[str, float]:
         gpu_hours = tflop / (peak * mfu) / 3600
-        return {"pflop": round(tflop / 1e3, 1), "gpu_hours": round(gpu_hours, 1), "wall_hours": round(gpu_hours / gpus, 2)}
+        return {
+            "pflop": round(tflop / 1e3, 1),
+            "gpu_hours": round(gpu_hours, 1),
+            "wall_hours": round(gpu_hours / gpus, 2),
+        }
 
-    generate = NUM_IMAGES * (defaults["generation_steps"] * flops["flux_forward_1024x768"] + flops["vae_decode_1024x768"])
+    generate = NUM_IMAGES * (
+        defaults["generation_steps"] * flops["flux_forward_1024x768"] + flops["vae_decode_1024x768"]
+    )
     evaluate = sum(EVAL_IMAGES.values()) * (20 * flops["restore_step_1024x1024"] + flops["vae_encode_decode_1024x1024"])
     degrade_hours = [NUM_IMAGES * s / (cpu_cores * 0.9) / 3600 for s in DEGRADE_S_PER_PAIR]
     stages = {
         "generate": gpu_stage(generate, bf16),
-        "score": {**gpu_stage(NUM_IMAGES * IQA_TFLOP_PER_IMAGE, iqa_peak), "precision": defaults["iqa_precision"],
-                  "gpu_hours_tf32": round(NUM_IMAGES * IQA_TFLOP_PER_IMAGE / (tf32 * mfu) / 3600, 1)},
-        "degrade": {"cpu_cores": cpu_cores, "wall_hours": [round(h, 2) for h in degrade_hours], "gpu_hours": 0.0,
-                    "note": "CPU only: 0.24-0.56 s per pair on one core (measured), 90% parallel efficiency"},
+        "score": {
+            **gpu_stage(NUM_IMAGES * IQA_TFLOP_PER_IMAGE, iqa_peak),
+            "precision": defaults["iqa_precision"],
+            "gpu_hours_tf32": round(NUM_IMAGES * IQA_TFLOP_PER_IMAGE / (tf32 * mfu) / 3600, 1),
+        },
+        "degrade": {
+            "cpu_cores": cpu_cores,
+            "wall_hours": [round(h, 2) for h in degrade_hours],
+            "gpu_hours": 0.0,
+            "note": "CPU only: 0.24-0.56 s per pair on one core (measured), 90% parallel efficiency",
+        },
         "latents": gpu_stage(NUM_IMAGES * flops["vae_encode_per_pair_mean"], bf16),
         "train": {**gpu_stage(steps * train_step, bf16), "steps": steps},
         "evaluate": {**gpu_stage(evaluate, bf16), "images": EVAL_IMAGES},
@@ -178,16 +216,27 @@ def cost_plan(gpus: int, gpu: str, mfu: float, steps: int | None, cpu_cores: int
     total = sum(s["gpu_hours"] for s in stages.values())
     return {
         "what": "computed from meta-device FLOP counts at the stated MFU (benchmarks/gpu_cost.py), not measured",
-        "gpu": gpu, "gpus": gpus, "mfu": mfu, "peak_tflops_bf16_tf32_fp32": PEAK_TFLOPS[gpu],
-        "tflop": {k: (round(v, 2) if isinstance(v, float) else {b: round(x, 2) for b, x in v.items()})
-                  for k, v in flops.items()},
-        "train_step_tflop": round(train_step, 1), "stages": stages, "total_gpu_hours": round(total, 1),
+        "gpu": gpu,
+        "gpus": gpus,
+        "mfu": mfu,
+        "peak_tflops_bf16_tf32_fp32": PEAK_TFLOPS[gpu],
+        "tflop": {
+            k: (round(v, 2) if isinstance(v, float) else {b: round(x, 2) for b, x in v.items()})
+            for k, v in flops.items()
+        },
+        "train_step_tflop": round(train_step, 1),
+        "stages": stages,
+        "total_gpu_hours": round(total, 1),
         "total_wall_hours": round(total / gpus + max(degrade_hours), 1),
-        "paper": {**PAPER, "gpu_hours": paper_gpu_hours,
-                  "train_steps_in_budget_at_mfu": budget_steps,
-                  "note": "Sec. 4.1: training only; the paper does not give generation or scoring time"},
-        "train_gpu_hours_vs_paper": round(stages["train"]["gpu_hours"] * PEAK_TFLOPS[gpu][0] / PEAK_TFLOPS["h800"][0]
-                                          / paper_gpu_hours, 3),
+        "paper": {
+            **PAPER,
+            "gpu_hours": paper_gpu_hours,
+            "train_steps_in_budget_at_mfu": budget_steps,
+            "note": "Sec. 4.1: training only; the paper does not give generation or scoring time",
+        },
+        "train_gpu_hours_vs_paper": round(
+            stages["train"]["gpu_hours"] * PEAK_TFLOPS[gpu][0] / PEAK_TFLOPS["h800"][0] / paper_gpu_hours, 3
+        ),
     }
 
 
@@ -197,7 +246,9 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--gpu", choices=sorted(PEAK_TFLOPS), default="h100")
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (0.4: 40%%)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: train.max_steps of conf/base)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: train.max_steps of conf/base)"
+    )
     parser.add_argument("--cpu-cores", type=int, default=96, help="CPU cores of the node for the degradation")
     args = parser.parse_args()
     if not 0 < args.mfu <= 1 or args.gpus < 1:
@@ -209,8 +260,10 @@ def main() -> None:
     print(f"{args.gpus} x {args.gpu} at {args.mfu:.0%} MFU ({plan['what']})")
     for name, stage in plan["stages"].items():
         print(f"  {name:9s} {stage['gpu_hours']:8.1f} GPU-h   wall {stage['wall_hours']} h")
-    print(f"  total {plan['total_gpu_hours']} GPU-h, ~{plan['total_wall_hours']} h wall; the paper's training: "
-          f"{plan['paper']['gpu_hours']} GPU-h = {plan['paper']['train_steps_in_budget_at_mfu']} steps at this MFU")
+    print(
+        f"  total {plan['total_gpu_hours']} GPU-h, ~{plan['total_wall_hours']} h wall; the paper's training: "
+        f"{plan['paper']['gpu_hours']} GPU-h = {plan['paper']['train_steps_in_budget_at_mfu']} steps at this MFU"
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = {"full": {"flux": "flux1_dev_transformer", "vae": "flux1_dev_vae", "generate": (1024, 768),
-                  "restore": 1024, "text_len": 512},
-         "tiny": {"flux": "tiny_flux_transformer", "vae": "tiny_vae", "generate": (64, 48), "restore": 64, "text_len": 8}}
+SIZES = {
+    "full": {
+        "flux": "flux1_dev_transformer",
+        "vae": "flux1_dev_vae",
+        "generate": (1024, 768),
+        "restore": 1024,
+        "text_len": 512,
+    },
+    "tiny": {"flux": "tiny_flux_transformer", "vae": "tiny_vae", "generate": (64, 48), "restore": 64, "text_len": 8},
+}
 DENOISE_STEPS = 20
 
 
@@ -123,15 +130,21 @@ def flux_inputs(flux: Any, width: int, height: int, text_len: int, device: str, 
     from fluxir.models.flux import image_ids
 
     n = (height // 16) * (width // 16)
-    return {"hidden_states": torch.randn(1, n, 64, device=device, dtype=dtype),
-            "encoder_hidden_states": torch.randn(1, text_len, flux.config.joint_attention_dim, device=device, dtype=dtype),
-            "pooled_projections": torch.randn(1, flux.config.pooled_projection_dim, device=device, dtype=dtype),
-            "timestep": torch.full((1,), 0.5, device=device), "guidance": torch.full((1,), 4.0, device=device),
-            "img_ids": image_ids(height // 16, width // 16, device), "txt_ids": torch.zeros(text_len, 3, device=device),
-            "return_dict": False}
+    return {
+        "hidden_states": torch.randn(1, n, 64, device=device, dtype=dtype),
+        "encoder_hidden_states": torch.randn(1, text_len, flux.config.joint_attention_dim, device=device, dtype=dtype),
+        "pooled_projections": torch.randn(1, flux.config.pooled_projection_dim, device=device, dtype=dtype),
+        "timestep": torch.full((1,), 0.5, device=device),
+        "guidance": torch.full((1,), 4.0, device=device),
+        "img_ids": image_ids(height // 16, width // 16, device),
+        "txt_ids": torch.zeros(text_len, 3, device=device),
+        "return_dict": False,
+    }
 
 
-def generation(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, dtype: Any, args: Any) -> dict[str, Any]:
+def generation(
+    run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, dtype: Any, args: Any
+) -> dict[str, Any]:
     """s/step, s/image and MFU of plain Flux at the generation size, torch.compile of its blocks off then on."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -164,9 +177,12 @@ def generation(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str,
                 for modules, original in zip(blocks, originals):
                     for i, block in enumerate(original):
                         modules[i] = block
-            out[name] = {"step_s": round(step["s"], 4), "image_s": round(DENOISE_STEPS * step["s"] + decode, 3),
-                         "mfu": round(flops / step["s"] / args.peak_flops, 3),
-                         "warmup_and_compile_s": round(time.perf_counter() - t0 - step["s"] * step["calls"], 2)}
+            out[name] = {
+                "step_s": round(step["s"], 4),
+                "image_s": round(DENOISE_STEPS * step["s"] + decode, 3),
+                "mfu": round(flops / step["s"] / args.peak_flops, 3),
+                "warmup_and_compile_s": round(time.perf_counter() - t0 - step["s"] * step["calls"], 2),
+            }
             run.save()
     out["vae_decode_s"] = round(decode, 4)
     return out
@@ -185,17 +201,28 @@ def training(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, d
 
     width, height = spec["generate"]
     cuda = device == "cuda"
-    cfg = TrainConfig.from_params({"device": device, "dtype": str(dtype).removeprefix("torch."),
-                                   "mixed_precision": "bf16" if cuda else "no", "gradient_checkpointing": True,
-                                   "batch_size": 1})
+    cfg = TrainConfig.from_params(
+        {
+            "device": device,
+            "dtype": str(dtype).removeprefix("torch."),
+            "mixed_precision": "bf16" if cuda else "no",
+            "gradient_checkpointing": True,
+            "batch_size": 1,
+        }
+    )
     flux.enable_gradient_checkpointing()
     text = flux_inputs(flux, width, height, spec["text_len"], device, dtype)
     models = Models(flux, vae, text["encoder_hidden_states"], text["pooled_projections"], {})
     adapter = build_adapter(cfg, models).to(device)
     model, optimizer = ControlledFlux(flux, adapter), make_optimizer(adapter.parameters(), cfg, device)
     h, w = height // 8, width // 8
-    batch = MicroBatch(*(torch.randn(1, h * w // 4, 64, device=device) for _ in range(3)),
-                       t=torch.full((1,), 0.5, device=device), crops=None, h=h, w=w)
+    batch = MicroBatch(
+        *(torch.randn(1, h * w // 4, 64, device=device) for _ in range(3)),
+        t=torch.full((1,), 0.5, device=device),
+        crops=None,
+        h=h,
+        w=w,
+    )
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
 
     def step() -> None:
@@ -205,8 +232,12 @@ def training(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, d
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    out: dict[str, Any] = {"size": f"{width}x{height}", "batch_size": 1, "gradient_checkpointing": True,
-                           "pixel_loss": "whole"}
+    out: dict[str, Any] = {
+        "size": f"{width}x{height}",
+        "batch_size": 1,
+        "gradient_checkpointing": True,
+        "pixel_loss": "whole",
+    }
     run.result["stages"]["training"] = out
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -216,8 +247,12 @@ def training(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, d
         if cuda:
             out["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             table = json.loads((ROOT / "src/fluxir/configs/train_memory.json").read_text())
-            row = next(r for r in table["rows"] if (r["size"], r["batch_size"], r["pixel_loss"],
-                                                    r["gradient_checkpointing"]) == ("1024x768", 1, "whole", True))
+            row = next(
+                r
+                for r in table["rows"]
+                if (r["size"], r["batch_size"], r["pixel_loss"], r["gradient_checkpointing"])
+                == ("1024x768", 1, "whole", True)
+            )
             out["predicted_allocated_gib"] = round(row["total"] - table["reserve_gib"], 2)
             out["measured_over_predicted"] = round(out["peak_allocated_gib"] / out["predicted_allocated_gib"], 3)
     finally:
@@ -225,7 +260,9 @@ def training(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, d
     return out  # the adapter and AdamW's states are freed with this frame (main empties the CUDA cache)
 
 
-def restoration(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, dtype: Any, args: Any) -> dict[str, Any]:
+def restoration(
+    run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, dtype: Any, args: Any
+) -> dict[str, Any]:
     """s/step of Restorer for restore.quantize none, then int8 (quantised in place: the last use of ``flux``)."""
     import numpy as np
     import torch
@@ -235,8 +272,14 @@ def restoration(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str
     from fluxir.restoration.sampler import RestoreConfig, Restorer
 
     size = spec["restore"]
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                                base_image_seq_len=256, max_image_seq_len=4096).config
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    ).config
     text = flux_inputs(flux, 16, 16, spec["text_len"], device, dtype)
     adapter = FluxIRAdapter.from_flux(flux, rank=32, text_seq_len=spec["text_len"]).requires_grad_(False)
     lq = np.random.default_rng(0).integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
@@ -244,9 +287,18 @@ def restoration(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str
     run.result["stages"]["restoration"] = out
     for quantize in ("none", "int8"):
         t0 = time.perf_counter()
-        cfg = RestoreConfig(steps=args.restore_steps, dtype=str(dtype).removeprefix("torch."), device=device,
-                            tile_size=None, vae_tile_size=None, color_fix="none", quantize=quantize)
-        restorer = Restorer(flux, vae, scheduler, text["encoder_hidden_states"], text["pooled_projections"], adapter, cfg)
+        cfg = RestoreConfig(
+            steps=args.restore_steps,
+            dtype=str(dtype).removeprefix("torch."),
+            device=device,
+            tile_size=None,
+            vae_tile_size=None,
+            color_fix="none",
+            quantize=quantize,
+        )
+        restorer = Restorer(
+            flux, vae, scheduler, text["encoder_hidden_states"], text["pooled_projections"], adapter, cfg
+        )
         stamps: list[float] = []
 
         def on_step(done: int, total: int, stamps: list[float] = stamps, quantize: str = quantize) -> None:
@@ -259,7 +311,10 @@ def restoration(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str
         run.check(f"restoration ({quantize})")
         restorer.restore(lq, on_step=on_step)
         steps = np.diff(stamps)  # the first step (warm-up) has no predecessor
-        out[quantize] = {"step_s": round(float(np.median(steps)), 4) if len(steps) else None, "setup_s": round(setup, 2)}
+        out[quantize] = {
+            "step_s": round(float(np.median(steps)), 4) if len(steps) else None,
+            "setup_s": round(setup, 2),
+        }
         if device == "cuda":
             out[quantize]["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         run.save()
@@ -274,12 +329,18 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny random models on the CPU (checks the script)")
     parser.add_argument("--budget-s", type=float, default=480.0, help="hard wall-clock limit, imports included")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here after every measurement")
-    parser.add_argument("--peak-flops", type=float, default=989e12, help="the card's dense bf16 peak FLOP/s (H100/H200)")
+    parser.add_argument(
+        "--peak-flops", type=float, default=989e12, help="the card's dense bf16 peak FLOP/s (H100/H200)"
+    )
     parser.add_argument("--iters", type=int, default=5, help="timed denoising steps per measurement")
     parser.add_argument("--train-iters", type=int, default=2, help="timed training steps")
     parser.add_argument("--restore-steps", type=int, default=4, help="Euler steps per restoration (>= 2)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="also time generation with torch.compile'd blocks (default: on a GPU, off with --tiny)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time generation with torch.compile'd blocks (default: on a GPU, off with --tiny)",
+    )
     args = parser.parse_args()
     args.compile = not args.tiny if args.compile is None else args.compile
     run = Run(args.budget_s, args.out)
@@ -297,8 +358,14 @@ def main() -> None:
         if args.tiny:
             torch.set_num_threads(1)
         dtype = torch.float32 if args.tiny else torch.bfloat16
-        run.result.update({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (tiny models)",
-                           "tiny": args.tiny, "torch": torch.__version__, "peak_flops": args.peak_flops})
+        run.result.update(
+            {
+                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (tiny models)",
+                "tiny": args.tiny,
+                "torch": torch.__version__,
+                "peak_flops": args.peak_flops,
+            }
+        )
         t0 = time.perf_counter()
         flux, vae = build(spec, device, dtype)
         run.result["build_s"] = round(time.perf_counter() - t0, 2)

@@ -54,18 +54,31 @@ print(json.dumps({"import_rss_mib": imported, "peak_rss_mib": rss(), "weights_mi
 
 
 def measure(names: list[str], batch: int, size: str, threads: int, home: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", PROBE, ",".join(names), str(batch), size, str(threads), str(home)],
-                         env=env, capture_output=True, text=True, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, ",".join(names), str(batch), size, str(threads), str(home)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{names} batch {batch}: {out.stderr[-3000:]}")
     row = json.loads(out.stdout.strip().splitlines()[-1])
     weights = sum(row["weights_mib"].values())
     activations = row["peak_rss_mib"] - row["import_rss_mib"] - weights
-    return {"peak_rss_mib": round(row["peak_rss_mib"]), "import_rss_mib": round(row["import_rss_mib"]),
-            "weights_mib": round(weights), "activations_mib": round(activations),
-            "gpu_estimate_mib": round(weights + activations)}
+    return {
+        "peak_rss_mib": round(row["peak_rss_mib"]),
+        "import_rss_mib": round(row["import_rss_mib"]),
+        "weights_mib": round(weights),
+        "activations_mib": round(activations),
+        "gpu_estimate_mib": round(weights + activations),
+    }
 
 
 def series(names: list[str], batches: list[int], size: str, threads: int, home: Path) -> dict:
@@ -73,7 +86,7 @@ def series(names: list[str], batches: list[int], size: str, threads: int, home: 
     for b in batches:
         rows[b] = measure(names, b, size, threads, home)
         print(f"{'+'.join(names)} batch {b}: {json.dumps(rows[b])}", file=sys.stderr, flush=True)  # progress
-    for b, row in rows.items():
+    for row in rows.values():
         row["ratio_to_batch_1"] = round(row["peak_rss_mib"] / rows[batches[0]]["peak_rss_mib"], 3)
     out: dict = {f"batch_{b}": row for b, row in rows.items()}
     if len(batches) >= 2:
@@ -97,12 +110,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(args.weights or tmp)
         if not args.weights:
-            subprocess.run([sys.executable, str(REPO / "scripts" / "make_iqa_fixture_weights.py"), "--out", str(home),
-                            "--with-vit-l14"], check=True, capture_output=True)
-        result = {"size": args.size, "threads": args.threads, "measured": "CPU peak RSS (ru_maxrss)",
-                  "computed": "weights_mib (parameter bytes), gpu_estimate_mib (weights + CPU-measured activations)",
-                  "all_metrics": series(metrics, batches, args.size, args.threads, home),
-                  "per_metric": {m: series([m], batches, args.size, args.threads, home) for m in metrics}}
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(REPO / "scripts" / "make_iqa_fixture_weights.py"),
+                    "--out",
+                    str(home),
+                    "--with-vit-l14",
+                ],
+                check=True,
+                capture_output=True,
+            )
+        result = {
+            "size": args.size,
+            "threads": args.threads,
+            "measured": "CPU peak RSS (ru_maxrss)",
+            "computed": "weights_mib (parameter bytes), gpu_estimate_mib (weights + CPU-measured activations)",
+            "all_metrics": series(metrics, batches, args.size, args.threads, home),
+            "per_metric": {m: series([m], batches, args.size, args.threads, home) for m in metrics},
+        }
     print(json.dumps(result, indent=None if args.json else 2))
 
 

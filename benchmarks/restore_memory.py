@@ -44,8 +44,13 @@ GIB = 2**30
 
 def scaled_config(width: int) -> dict:
     """FLUX.1-dev's config at ``width`` channels (heads of 32); rope axes scaled to the head size."""
-    return {"num_attention_heads": width // 32, "attention_head_dim": 32, "joint_attention_dim": 64,
-            "pooled_projection_dim": 64, "axes_dims_rope": [8, 12, 12]}
+    return {
+        "num_attention_heads": width // 32,
+        "attention_head_dim": 32,
+        "joint_attention_dim": 64,
+        "pooled_projection_dim": 64,
+        "axes_dims_rope": [8, 12, 12],
+    }
 
 
 def child(args: argparse.Namespace) -> None:
@@ -78,8 +83,16 @@ def child(args: argparse.Namespace) -> None:
     prompt, pooled = fixed_prompt_embeddings(flux, seq_len=8)
     adapter = FluxIRAdapter.from_flux(flux, text_seq_len=8, rank=4)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config
-    cfg = RestoreConfig(steps=args.steps, dtype="bfloat16", device=args.device, tile_size=None, vae_tile_size=None,
-                        color_fix="none", offload=offload, quantize=quantize)
+    cfg = RestoreConfig(
+        steps=args.steps,
+        dtype="bfloat16",
+        device=args.device,
+        tile_size=None,
+        vae_tile_size=None,
+        color_fix="none",
+        offload=offload,
+        quantize=quantize,
+    )
     restorer = Restorer(flux, vae, scheduler, prompt, pooled, adapter, cfg)
     del flux, vae, adapter
     weights = resident(process) - baseline
@@ -111,14 +124,22 @@ def child(args: argparse.Namespace) -> None:
     done.set()
     sampler.join()
     steps = np.diff([start, *stamps])[1:]  # the first interval also holds the VAE encode
-    print(json.dumps({
-        "mode": args.mode, "offload": offload, "quantize": quantize,
-        "weights_rss_mib": round(weights / 2**20, 1),
-        "restore_peak_rss_mib": round((peak[0] - baseline) / 2**20, 1),
-        "linear_weight_mib": round(linear_weight_bytes(restorer.transformer) / 2**20, 2),
-        "step_s": float(np.median(steps)),
-        "accelerator_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if args.device == "cuda" else None,
-    }))
+    print(
+        json.dumps(
+            {
+                "mode": args.mode,
+                "offload": offload,
+                "quantize": quantize,
+                "weights_rss_mib": round(weights / 2**20, 1),
+                "restore_peak_rss_mib": round((peak[0] - baseline) / 2**20, 1),
+                "linear_weight_mib": round(linear_weight_bytes(restorer.transformer) / 2**20, 2),
+                "step_s": float(np.median(steps)),
+                "accelerator_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                if args.device == "cuda"
+                else None,
+            }
+        )
+    )
 
 
 def resident(process) -> int:
@@ -146,7 +167,8 @@ def flux1_dev_estimate() -> dict:
     other = total - linear  # biases, norms, embeddings stay bf16
     bf16 = 2 * total
     weights = {
-        "none": bf16, "model": bf16,
+        "none": bf16,
+        "model": bf16,
         "int8": linear + 2 * rows + 2 * other,  # 1 byte + one bf16 scale per output row
         "fp8": linear + 4 * rows + 2 * other,  # 1 byte + one float32 scale per row
         "nf4": linear // 2 + linear // 64 * 4 + 2 * other,  # 4 bits + one float32 absmax per 64 weights
@@ -160,8 +182,8 @@ def flux1_dev_estimate() -> dict:
     del torch
     return {
         "note": "ESTIMATE (no GPU measurement yet): weights from parameter counts + 0.8 GB adapter + ~2 GiB "
-                "activations + 0.5 GiB VAE/embeddings; time ratios assume PCIe Gen4 (~25 GB/s) and a "
-                "~0.6 s bf16 step on an H100-class card",
+        "activations + 0.5 GiB VAE/embeddings; time ratios assume PCIe Gen4 (~25 GB/s) and a "
+        "~0.6 s bf16 step on an H100-class card",
         "flux_params": total,
         "peak_gib": {mode: round((w + adapter) / GIB + 2.0 + 0.5, 1) for mode, w in weights.items()},
         "step_ratio_vs_none": {
@@ -172,7 +194,8 @@ def flux1_dev_estimate() -> dict:
             "nf4": "unknown until measured (bitsandbytes dequantises per matmul)",
         },
         "targets": {"int8_or_fp8_peak_gib": 16, "model_peak_gib": 24, "step_ratio": 1.5},
-        "activations_gib_assumed": activations / GIB, "vae_and_embeds_gib_assumed": vae_and_embeds / GIB,
+        "activations_gib_assumed": activations / GIB,
+        "vae_and_embeds_gib_assumed": vae_and_embeds / GIB,
     }
 
 
@@ -199,8 +222,22 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO / "src")}
     rows = {}
     for mode in modes:
-        cmd = [sys.executable, __file__, "--mode", mode, "--device", args.device, "--width", str(args.width),
-               "--side", str(args.side), "--steps", str(args.steps), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--mode",
+            mode,
+            "--device",
+            args.device,
+            "--width",
+            str(args.width),
+            "--side",
+            str(args.side),
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             rows[mode] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -212,8 +249,14 @@ def main() -> None:
             row["step_ratio"] = round(row["step_s"] / ref["step_s"], 3)
             row["weights_rss_ratio"] = round(row["weights_rss_mib"] / ref["weights_rss_mib"], 3)
             row["linear_weight_ratio"] = round(row["linear_weight_mib"] / ref["linear_weight_mib"], 3)
-    result = {"device": args.device, "flux": f"19 + 38 blocks, width {args.width}, bf16", "output": args.side,
-              "steps": args.steps, "modes": rows, "flux1_dev_1024_estimate": flux1_dev_estimate()}
+    result = {
+        "device": args.device,
+        "flux": f"19 + 38 blocks, width {args.width}, bf16",
+        "output": args.side,
+        "steps": args.steps,
+        "modes": rows,
+        "flux1_dev_1024_estimate": flux1_dev_estimate(),
+    }
     if args.json:
         print(json.dumps(result))
         return

@@ -38,9 +38,17 @@ def child(args: argparse.Namespace) -> None:
     from fluxir.restoration.sampler import RestoreConfig, Restorer
 
     tiled = args.mode == "tiled"
-    config = RestoreConfig(steps=args.steps, scale=args.scale, dtype=args.dtype, device=args.device, color_fix="wavelet",
-                           tile_size=args.tile if tiled else None, tile_overlap=args.tile_overlap,
-                           vae_tile_size=args.vae_tile if tiled else None, vae_tile_overlap=args.vae_tile_overlap)
+    config = RestoreConfig(
+        steps=args.steps,
+        scale=args.scale,
+        dtype=args.dtype,
+        device=args.device,
+        color_fix="wavelet",
+        tile_size=args.tile if tiled else None,
+        tile_overlap=args.tile_overlap,
+        vae_tile_size=args.vae_tile if tiled else None,
+        vae_tile_overlap=args.vae_tile_overlap,
+    )
     restorer = Restorer.from_source(args.model, None, config)
     restorer.restore(np.zeros((16, 16, 3), np.uint8))  # warm-up: one-time allocations belong to the baseline
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
@@ -51,18 +59,32 @@ def child(args: argparse.Namespace) -> None:
     out = restorer.restore(lq)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"out_pixels": int(out.shape[0] * out.shape[1]), "peak_rss_mb": round(peak, 1),
-              "baseline_rss_mb": round(baseline, 1), "working_rss_mb": round(peak - baseline, 1),
-              "seconds": round(seconds, 2)}
+    result = {
+        "out_pixels": int(out.shape[0] * out.shape[1]),
+        "peak_rss_mb": round(peak, 1),
+        "baseline_rss_mb": round(baseline, 1),
+        "working_rss_mb": round(peak - baseline, 1),
+        "seconds": round(seconds, 2),
+    }
     if torch.cuda.is_available() and args.device.startswith("cuda"):
-        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     print(json.dumps(result))
 
 
 def run_one(args: argparse.Namespace, mode: str, side: int) -> dict:
     cmd = [sys.executable, __file__, "--child", "--mode", mode, "--side", str(side)]
-    for name in ("model", "steps", "scale", "tile", "tile_overlap", "vae_tile", "vae_tile_overlap", "dtype", "device",
-                 "threads"):
+    for name in (
+        "model",
+        "steps",
+        "scale",
+        "tile",
+        "tile_overlap",
+        "vae_tile",
+        "vae_tile_overlap",
+        "dtype",
+        "device",
+        "threads",
+    ):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
@@ -93,15 +115,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         return child(args)
 
-    report: dict = {"model": args.model, "lq_side_1x": args.base, "scale": args.scale, "steps": args.steps,
-                    "tile_size": args.tile, "tile_overlap": args.tile_overlap, "vae_tile_size": args.vae_tile,
-                    "vae_tile_overlap": args.vae_tile_overlap, "device": args.device, "dtype": args.dtype}
+    report: dict = {
+        "model": args.model,
+        "lq_side_1x": args.base,
+        "scale": args.scale,
+        "steps": args.steps,
+        "tile_size": args.tile,
+        "tile_overlap": args.tile_overlap,
+        "vae_tile_size": args.vae_tile,
+        "vae_tile_overlap": args.vae_tile_overlap,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
     for mode in args.modes.split(","):
         rows = {name: run_one(args, mode, args.base * k) for name, k in SIZES.items()}
         for key in ("peak_rss_mb", "working_rss_mb", "peak_cuda_mb"):
             if key in rows["1x"]:
                 for name in ("4x", "16x"):
-                    rows[f"{key.removesuffix('_mb')}_ratio_{name}"] = round(rows[name][key] / max(rows["1x"][key], 1.0), 2)
+                    rows[f"{key.removesuffix('_mb')}_ratio_{name}"] = round(
+                        rows[name][key] / max(rows["1x"][key], 1.0), 2
+                    )
         rows["peak_sublinear"] = rows["peak_rss_ratio_16x"] < 16 and rows["peak_rss_ratio_4x"] < 4
         report[mode] = rows
     if args.json:
@@ -111,8 +144,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{mode}:")
         for name in SIZES:
             r = report[mode][name]
-            print(f"  {name:>3}  {r['out_pixels'] / 1e6:6.2f} MP  peak {r['peak_rss_mb']:8.1f} MiB  working "
-                  f"{r['working_rss_mb']:8.1f} MiB  {r['seconds']:7.2f} s")
+            print(
+                f"  {name:>3}  {r['out_pixels'] / 1e6:6.2f} MP  peak {r['peak_rss_mb']:8.1f} MiB  working "
+                f"{r['working_rss_mb']:8.1f} MiB  {r['seconds']:7.2f} s"
+            )
         print(f"  peak ratios 4x {report[mode]['peak_rss_ratio_4x']}, 16x {report[mode]['peak_rss_ratio_16x']}")
 
 

@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/train_memory.py [--json] [--write]
 
-The step is training's own code: ``fluxir.training.build_adapter``, ``ControlledFlux`` and
+The step is training's own code: ``fluxir.training.models.build_adapter``, ``ControlledFlux`` and
 ``flow_matching_loss`` (forward, L_MSE + L_P, backward) on random-weight FLUX.1-dev
-(``fluxir/configs/flux1_dev_transformer.json``) and the Flux VAE (``flux1_dev_vae.json``). Every tensor is a fake CUDA tensor
-(shapes, dtypes and devices, no data), and CUDA autocast's real kernels decide each op's dtype: the ones
+(``fluxir/configs/flux1_dev_transformer.json``) and the Flux VAE (``flux1_dev_vae.json``). Every tensor is a fake
+CUDA tensor (shapes, dtypes and devices, no data), and CUDA autocast's real kernels decide each op's dtype: the ones
 that run ``group_norm``, ``layer_norm``, ``rms_norm``, ``softmax``, ... in float32, which CPU autocast
 does not have. Per micro-batch size 1-8 and bucket (1024x768, 768x768, 512x768) it counts
 
@@ -69,6 +69,7 @@ class SavedBytes:
 
     def attribute(self, module: nn.Module, name: str) -> list[Any]:
         """Count what ``module``'s forward saves under ``name``."""
+
         def enter(*_):
             self.component = name
 
@@ -116,8 +117,15 @@ def fake_mode() -> Any:
 # The models and one training micro-step (training's own functions)
 
 
-def build_models(flux_config: dict[str, Any], vae_config: dict[str, Any], dtype: torch.dtype, device: str,
-                 text_len: int, cfg: Any, mode: Any) -> tuple[Any, nn.Module]:
+def build_models(
+    flux_config: dict[str, Any],
+    vae_config: dict[str, Any],
+    dtype: torch.dtype,
+    device: str,
+    text_len: int,
+    cfg: Any,
+    mode: Any,
+) -> tuple[Any, nn.Module]:
     """(fluxir.training.Models, ControlledFlux) as ``load_models`` / ``build_adapter`` set them up, built on
     the meta device, then given fake ``device`` tensors of ``mode`` (``fake_mode()``; nothing allocated)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
@@ -138,8 +146,13 @@ def build_models(flux_config: dict[str, Any], vae_config: dict[str, Any], dtype:
     if cfg.gradient_checkpointing:
         flux.enable_gradient_checkpointing()
     with torch.device("meta"):
-        models = Models(flux, vae, torch.zeros(1, text_len, flux.config.joint_attention_dim, dtype=dtype),
-                        torch.zeros(1, flux.config.pooled_projection_dim, dtype=dtype), {})
+        models = Models(
+            flux,
+            vae,
+            torch.zeros(1, text_len, flux.config.joint_attention_dim, dtype=dtype),
+            torch.zeros(1, flux.config.pooled_projection_dim, dtype=dtype),
+            {},
+        )
         adapter = build_adapter(cfg, models)
     with mode:
         for module in (flux, vae, adapter):
@@ -164,8 +177,9 @@ def micro_batch(batch_size: int, width: int, height: int, cfg: Any, device: str)
     z = [torch.randn(batch_size, h * w // 4, 64, device=device) for _ in range(3)]  # (B, N, 64) float32
     crop = cfg.pixel_loss_crop and cfg.pixel_loss_crop // 8
     crops = None if crop is None else [(0, 0)] * batch_size
-    return MicroBatch(z0=z[0], z1=z[1], z_lq=z[2], t=torch.full((batch_size,), 0.5, device=device), crops=crops,
-                      h=h, w=w)
+    return MicroBatch(
+        z0=z[0], z1=z[1], z_lq=z[2], t=torch.full((batch_size,), 0.5, device=device), crops=crops, h=h, w=w
+    )
 
 
 def count_step(models: Any, model: nn.Module, batch: Any, cfg: Any, device: str) -> dict[str, float]:
@@ -196,12 +210,15 @@ def count_step(models: Any, model: nn.Module, batch: Any, cfg: Any, device: str)
     gib = saved.gib()
     flux, decoder = gib.get("flux_adapter", 0.0), gib.get("decoder", 0.0)
     largest = saved.largest()
-    peak = max(flux + decoder + 2 * largest.get("decoder", 0.0), flux + recomputed + 2 * largest.get("flux_adapter", 0.0))
+    peak = max(
+        flux + decoder + 2 * largest.get("decoder", 0.0), flux + recomputed + 2 * largest.get("flux_adapter", 0.0)
+    )
     return {"saved_flux_adapter": flux, "saved_decoder": decoder, "recomputed_block": recomputed, "step_peak": peak}
 
 
 def block_saved(block: nn.Module, args: tuple, kwargs: dict, models: Any, model: nn.Module, device: str) -> float:
     """GiB one checkpointed block saves when it is recomputed in backward (run alone, with gradient)."""
+
     def grad(x: Any) -> Any:
         return x.detach().requires_grad_() if isinstance(x, Tensor) and x.is_floating_point() else x
 
@@ -213,14 +230,18 @@ def block_saved(block: nn.Module, args: tuple, kwargs: dict, models: Any, model:
 
 def static_gib(models: Any, model: nn.Module) -> dict[str, float]:
     """Memory held for the whole run, from parameter counts and dtypes."""
+
     def size(params) -> float:
         return sum(p.numel() * p.element_size() for p in params) / GIB
 
     grads = sum(p.numel() * 4 for p in model.adapter.parameters() if p.requires_grad) / GIB  # float32 masters
-    return {"flux_weights": size(models.flux.parameters()), "vae_weights": size(models.vae.parameters()),
-            "adapter_weights": size(model.adapter.parameters()),
-            "adapter_grads_in_ddp_buckets": grads,  # gradient_as_bucket_view: the gradients are views of the buckets
-            "adamw_states": 2 * grads}  # m and v, float32
+    return {
+        "flux_weights": size(models.flux.parameters()),
+        "vae_weights": size(models.vae.parameters()),
+        "adapter_weights": size(model.adapter.parameters()),
+        "adapter_grads_in_ddp_buckets": grads,  # gradient_as_bucket_view: the gradients are views of the buckets
+        "adamw_states": 2 * grads,
+    }  # m and v, float32
 
 
 def decoder_saved_under_autocast(models: Any, width: int, height: int) -> float:
@@ -240,8 +261,13 @@ def train_config(pixel_loss: str, checkpointing: bool = True) -> Any:
     from fluxir.training.config import TrainConfig
 
     crop = PIXEL_LOSS[pixel_loss]
-    return TrainConfig.from_params({"pixel_loss_weight": 0.0 if crop == 0 else 1.0,
-                                    "pixel_loss_crop": crop or None, "gradient_checkpointing": checkpointing})
+    return TrainConfig.from_params(
+        {
+            "pixel_loss_weight": 0.0 if crop == 0 else 1.0,
+            "pixel_loss_crop": crop or None,
+            "gradient_checkpointing": checkpointing,
+        }
+    )
 
 
 def memory_table(progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -251,7 +277,9 @@ def memory_table(progress: Callable[[str], None] = lambda _: None) -> dict[str, 
     rows, static, t0, mode = [], None, time.perf_counter(), fake_mode()
     for checkpointing in (True, False):
         cfg = train_config("whole", checkpointing)
-        models, model = build_models(flux_config, vae_config, torch.bfloat16, "cuda", cfg.max_sequence_length, cfg, mode)
+        models, model = build_models(
+            flux_config, vae_config, torch.bfloat16, "cuda", cfg.max_sequence_length, cfg, mode
+        )
         static = static or static_gib(models, model)
         with mode:
             for width, height in SIZES:
@@ -259,28 +287,58 @@ def memory_table(progress: Callable[[str], None] = lambda _: None) -> dict[str, 
                     for b in BATCH_SIZES if checkpointing else (1,):
                         cfg = train_config(pixel_loss, checkpointing)
                         step = count_step(models, model, micro_batch(b, width, height, cfg, "cuda"), cfg, "cuda")
-                        rows.append({"size": f"{width}x{height}", "batch_size": b, "pixel_loss": pixel_loss,
-                                     "gradient_checkpointing": checkpointing,
-                                     **{k: round(v, 3) for k, v in step.items()}})
+                        rows.append(
+                            {
+                                "size": f"{width}x{height}",
+                                "batch_size": b,
+                                "pixel_loss": pixel_loss,
+                                "gradient_checkpointing": checkpointing,
+                                **{k: round(v, 3) for k, v in step.items()},
+                            }
+                        )
                         progress(f"{rows[-1]} ({time.perf_counter() - t0:.0f} s)")
     with mode:
-        under_autocast = {name: round(decoder_saved_under_autocast(models, w, h), 3)
-                          for name, (w, h) in {"1024x768": (1024, 768), "crop_512": (512, 512)}.items()}
+        under_autocast = {
+            name: round(decoder_saved_under_autocast(models, w, h), 3)
+            for name, (w, h) in {"1024x768": (1024, 768), "crop_512": (512, 512)}.items()
+        }
     static_total = sum(static.values())
     for row in rows:
         row["total"] = round(static_total + row["step_peak"] + RESERVE_GIB, 2)
-    fits = {card: {size: {lp: max([r["batch_size"] for r in rows if r["size"] == size and r["pixel_loss"] == lp and
-                                   r["gradient_checkpointing"] and r["total"] <= cap] or [0])
-                          for lp in PIXEL_LOSS} for size in (f"{w}x{h}" for w, h in SIZES)}
-            for card, cap in CARDS_GIB.items()}
-    return {"what": "GiB per GPU of one FluxIR training micro-step on FLUX.1-dev, computed on fake CUDA tensors "
-                    "with CUDA autocast's dtype rules (benchmarks/train_memory.py), not measured",
-            "dtype": "bf16 frozen Flux + VAE, float32 adapter, bf16 autocast", "torch": torch.__version__,
-            "reserve_gib": RESERVE_GIB, "cards_gib": CARDS_GIB,
-            "static_gib": {k: round(v, 3) for k, v in static.items()}, "static_total_gib": round(static_total, 2),
-            "ddp_extra_gib_without_bucket_view": round(static["adapter_grads_in_ddp_buckets"], 3),
-            "decoder_saved_gib_if_under_cuda_autocast": under_autocast,
-            "rows": rows, "largest_batch_that_fits": fits}
+    fits = {
+        card: {
+            size: {
+                lp: max(
+                    [
+                        r["batch_size"]
+                        for r in rows
+                        if r["size"] == size
+                        and r["pixel_loss"] == lp
+                        and r["gradient_checkpointing"]
+                        and r["total"] <= cap
+                    ]
+                    or [0]
+                )
+                for lp in PIXEL_LOSS
+            }
+            for size in (f"{w}x{h}" for w, h in SIZES)
+        }
+        for card, cap in CARDS_GIB.items()
+    }
+    return {
+        "what": "GiB per GPU of one FluxIR training micro-step on FLUX.1-dev, computed on fake CUDA tensors "
+        "with CUDA autocast's dtype rules (benchmarks/train_memory.py), not measured",
+        "dtype": "bf16 frozen Flux + VAE, float32 adapter, bf16 autocast",
+        "torch": torch.__version__,
+        "reserve_gib": RESERVE_GIB,
+        "cards_gib": CARDS_GIB,
+        "static_gib": {k: round(v, 3) for k, v in static.items()},
+        "static_total_gib": round(static_total, 2),
+        "ddp_extra_gib_without_bucket_view": round(static["adapter_grads_in_ddp_buckets"], 3),
+        "decoder_saved_gib_if_under_cuda_autocast": under_autocast,
+        "rows": rows,
+        "largest_batch_that_fits": fits,
+    }
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -289,44 +347,70 @@ def markdown_table(result: dict[str, Any]) -> str:
     sizes = [f"{w}x{h}" for w, h in SIZES]
 
     def row(size: str, lp: str, b: int, checkpointing: bool = True) -> dict[str, Any]:
-        return next(r for r in rows if (r["size"], r["pixel_loss"], r["batch_size"], r["gradient_checkpointing"]) ==
-                    (size, lp, b, checkpointing))
+        return next(
+            r
+            for r in rows
+            if (r["size"], r["pixel_loss"], r["batch_size"], r["gradient_checkpointing"])
+            == (size, lp, b, checkpointing)
+        )
 
     one = {lp: row("1024x768", lp, 1) for lp in PIXEL_LOSS}
-    lines = ["| item (1024x768, batch 1) | GiB |", "|---|---|",
-             f"| Flux weights, bf16, frozen | {static['flux_weights']:.2f} |",
-             f"| VAE weights, bf16, frozen | {static['vae_weights']:.2f} |",
-             f"| adapter weights, fp32 | {static['adapter_weights']:.2f} |",
-             (f"| adapter gradients, fp32 (inside DDP's buckets: `gradient_as_bucket_view`) | "
-              f"{static['adapter_grads_in_ddp_buckets']:.2f} |"),
-             f"| AdamW m and v, fp32 | {static['adamw_states']:.2f} |",
-             f"| **static total** | **{result['static_total_gib']:.2f}** |",
-             f"| (DDP without bucket views would add) | {result['ddp_extra_gib_without_bucket_view']:.2f} |",
-             f"| saved for backward: Flux + adapter, gradient checkpointing | {one['whole']['saved_flux_adapter']:.2f} |",
-             f"| one checkpointed block recomputed in backward | {one['whole']['recomputed_block']:.2f} |",
-             (f"| saved for backward: L_P decoder, whole image / 512 crop | {one['whole']['saved_decoder']:.2f} / "
-              f"{one['crop_512']['saved_decoder']:.2f} |"),
-             ("| (the same decoder under CUDA autocast, whole image / 512 crop) | "
-              f"{result['decoder_saved_gib_if_under_cuda_autocast']['1024x768']:.2f} / "
-              f"{result['decoder_saved_gib_if_under_cuda_autocast']['crop_512']:.2f} |"),
-             ("| saved for backward: Flux + adapter, no checkpointing | "
-              f"{row('1024x768', 'whole', 1, False)['saved_flux_adapter']:.2f} |"),
-             f"| step peak (activations + backward working set), whole image L_P | {one['whole']['step_peak']:.2f} |",
-             f"| reserve: CUDA context, workspaces, allocator slack | {result['reserve_gib']:.2f} |",
-             f"| **batch 1, whole-image L_P (the defaults)** | **{one['whole']['total']:.2f}** |",
-             f"| batch 1, no gradient checkpointing | {row('1024x768', 'whole', 1, False)['total']:.2f} |",
-             "", ("Total GiB per GPU by micro-batch (`train.batch_size`), with checkpointing; L_P whole image / "
-                  "`pixel_loss_crop: 512` / off:"), "",
-             "| batch | " + " | ".join(f"{size} {lp}" for size in sizes for lp in ("whole", "crop", "off")) + " |",
-             "|---" * (1 + 3 * len(sizes)) + "|"]
+    lines = [
+        "| item (1024x768, batch 1) | GiB |",
+        "|---|---|",
+        f"| Flux weights, bf16, frozen | {static['flux_weights']:.2f} |",
+        f"| VAE weights, bf16, frozen | {static['vae_weights']:.2f} |",
+        f"| adapter weights, fp32 | {static['adapter_weights']:.2f} |",
+        (
+            f"| adapter gradients, fp32 (inside DDP's buckets: `gradient_as_bucket_view`) | "
+            f"{static['adapter_grads_in_ddp_buckets']:.2f} |"
+        ),
+        f"| AdamW m and v, fp32 | {static['adamw_states']:.2f} |",
+        f"| **static total** | **{result['static_total_gib']:.2f}** |",
+        f"| (DDP without bucket views would add) | {result['ddp_extra_gib_without_bucket_view']:.2f} |",
+        f"| saved for backward: Flux + adapter, gradient checkpointing | {one['whole']['saved_flux_adapter']:.2f} |",
+        f"| one checkpointed block recomputed in backward | {one['whole']['recomputed_block']:.2f} |",
+        (
+            f"| saved for backward: L_P decoder, whole image / 512 crop | {one['whole']['saved_decoder']:.2f} / "
+            f"{one['crop_512']['saved_decoder']:.2f} |"
+        ),
+        (
+            "| (the same decoder under CUDA autocast, whole image / 512 crop) | "
+            f"{result['decoder_saved_gib_if_under_cuda_autocast']['1024x768']:.2f} / "
+            f"{result['decoder_saved_gib_if_under_cuda_autocast']['crop_512']:.2f} |"
+        ),
+        (
+            "| saved for backward: Flux + adapter, no checkpointing | "
+            f"{row('1024x768', 'whole', 1, False)['saved_flux_adapter']:.2f} |"
+        ),
+        f"| step peak (activations + backward working set), whole image L_P | {one['whole']['step_peak']:.2f} |",
+        f"| reserve: CUDA context, workspaces, allocator slack | {result['reserve_gib']:.2f} |",
+        f"| **batch 1, whole-image L_P (the defaults)** | **{one['whole']['total']:.2f}** |",
+        f"| batch 1, no gradient checkpointing | {row('1024x768', 'whole', 1, False)['total']:.2f} |",
+        "",
+        (
+            "Total GiB per GPU by micro-batch (`train.batch_size`), with checkpointing; L_P whole image / "
+            "`pixel_loss_crop: 512` / off:"
+        ),
+        "",
+        "| batch | " + " | ".join(f"{size} {lp}" for size in sizes for lp in ("whole", "crop", "off")) + " |",
+        "|---" * (1 + 3 * len(sizes)) + "|",
+    ]
     for b in BATCH_SIZES:
-        lines.append(f"| {b} | " + " | ".join(f"{row(size, lp, b)['total']:.1f}" for size in sizes for lp in PIXEL_LOSS)
-                     + " |")
+        lines.append(
+            f"| {b} | " + " | ".join(f"{row(size, lp, b)['total']:.1f}" for size in sizes for lp in PIXEL_LOSS) + " |"
+        )
     for card, cap in result["cards_gib"].items():
         fits = result["largest_batch_that_fits"][card]
-        lines.append(f"| fits {card} ({cap} GiB) | " + " | ".join(
-            str(fits[size][lp]) + ("+" if fits[size][lp] == BATCH_SIZES[-1] else "") for size in sizes for lp in PIXEL_LOSS)
-            + " |")
+        lines.append(
+            f"| fits {card} ({cap} GiB) | "
+            + " | ".join(
+                str(fits[size][lp]) + ("+" if fits[size][lp] == BATCH_SIZES[-1] else "")
+                for size in sizes
+                for lp in PIXEL_LOSS
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -12,8 +12,8 @@ is timed in five variants, each in a fresh process so that peak memory is its ow
     pixel_loss_crop_ckpt window + decoder gradient checkpointing
 
 Peak memory is CUDA max-allocated on GPU and the process's peak RSS on CPU; ``step_memory_mb`` is that
-peak minus what was allocated (GPU) or resident (CPU) just before the first step: the step's own price. Every variant reports its ratio to
-``no_pixel_loss``.
+peak minus what was allocated (GPU) or resident (CPU) just before the first step: the step's own price.
+Every variant reports its ratio to ``no_pixel_loss``.
 
 Configs: ``tiny`` = the tiny random-weight Flux folder at 64x48; ``scaled`` = a random 2+4-block Flux
 (inner 256) with the Flux VAE architecture at quarter width (32-64-128-128 channels) at 256x192, so the
@@ -47,8 +47,15 @@ VARIANTS = {
 # (width, height) of the HQ image per config
 SIZES = {"tiny": (64, 48), "scaled": (256, 192), "flux-dev": (1024, 768)}
 SCALED_FLUX = {  # a small Flux: 2 double + 4 single blocks, 4 heads x 64
-    "patch_size": 1, "in_channels": 64, "num_layers": 2, "num_single_layers": 4, "attention_head_dim": 64,
-    "num_attention_heads": 4, "joint_attention_dim": 256, "pooled_projection_dim": 128, "guidance_embeds": True,
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 2,
+    "num_single_layers": 4,
+    "attention_head_dim": 64,
+    "num_attention_heads": 4,
+    "joint_attention_dim": 256,
+    "pooled_projection_dim": 128,
+    "guidance_embeds": True,
     "axes_dims_rope": [16, 24, 24],
 }
 
@@ -81,7 +88,9 @@ def build(config: str, device: str, dtype: Any) -> tuple[Any, Any]:
     return flux.requires_grad_(False).eval(), vae.requires_grad_(False).eval()
 
 
-def run_variant(config: str, variant: str, steps: int, warmup: int, batch_size: int, crop: int | None) -> dict[str, Any]:
+def run_variant(
+    config: str, variant: str, steps: int, warmup: int, batch_size: int, crop: int | None
+) -> dict[str, Any]:
     """Time ``steps`` optimizer steps of one variant in this process; returns seconds and memory."""
     import torch
 
@@ -100,13 +109,19 @@ def run_variant(config: str, variant: str, steps: int, warmup: int, batch_size: 
     width, height = SIZES[config]
     spec = VARIANTS[variant]
     crop_px = (crop or min(width, height) // 2) if spec.get("crop") else None
-    cfg = TrainConfig.from_params({
-        **load_params("base", [], REPO)["train"],  # every field; the run's own settings follow
-        "dtype": str(dtype).split(".")[1], "mixed_precision": "bf16" if cuda else "no", "device": device,
-        "pixel_loss_weight": spec["pixel_loss_weight"], "pixel_loss_crop": crop_px,
-        "decoder_gradient_checkpointing": spec.get("decoder_gradient_checkpointing", False),
-        "gradient_checkpointing": config == "flux-dev", "adapter": {"rank": 32},
-    })
+    cfg = TrainConfig.from_params(
+        {
+            **load_params("base", [], REPO)["train"],  # every field; the run's own settings follow
+            "dtype": str(dtype).split(".")[1],
+            "mixed_precision": "bf16" if cuda else "no",
+            "device": device,
+            "pixel_loss_weight": spec["pixel_loss_weight"],
+            "pixel_loss_crop": crop_px,
+            "decoder_gradient_checkpointing": spec.get("decoder_gradient_checkpointing", False),
+            "gradient_checkpointing": config == "flux-dev",
+            "adapter": {"rank": 32},
+        }
+    )
     flux, vae = build(config, device, dtype)
     if cfg.gradient_checkpointing:
         flux.enable_gradient_checkpointing()
@@ -143,9 +158,15 @@ def run_variant(config: str, variant: str, steps: int, warmup: int, batch_size: 
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     times.sort()
-    return {"seconds_per_step": times[len(times) // 2], "peak_mb": peak_memory_mb(device), "before_steps_mb": before,
-            "device": torch.cuda.get_device_name() if cuda else "cpu (1 thread)", "size": f"{width}x{height}",
-            "batch_size": batch_size, "pixel_loss_crop": crop_px}
+    return {
+        "seconds_per_step": times[len(times) // 2],
+        "peak_mb": peak_memory_mb(device),
+        "before_steps_mb": before,
+        "device": torch.cuda.get_device_name() if cuda else "cpu (1 thread)",
+        "size": f"{width}x{height}",
+        "batch_size": batch_size,
+        "pixel_loss_crop": crop_px,
+    }
 
 
 def _current_rss_mb() -> float:
@@ -216,9 +237,18 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
 
     def flux_step():
         z = torch.randn(1, h * w // 4, 64, dtype=torch.bfloat16)
-        controlled_flux_forward(flux, adapter, z, z, torch.randn(1, 512, 4096, dtype=torch.bfloat16),
-                                torch.randn(1, 768, dtype=torch.bfloat16), torch.rand(1), image_ids(h // 2, w // 2, "meta"),
-                                torch.zeros(512, 3), guidance=torch.full((1,), 3.5))
+        controlled_flux_forward(
+            flux,
+            adapter,
+            z,
+            z,
+            torch.randn(1, 512, 4096, dtype=torch.bfloat16),
+            torch.randn(1, 768, dtype=torch.bfloat16),
+            torch.rand(1),
+            image_ids(h // 2, w // 2, "meta"),
+            torch.zeros(512, 3),
+            guidance=torch.full((1,), 3.5),
+        )
 
     def decode(px_h: int, px_w: int):
         return lambda: decode_latents(vae, torch.randn(1, 16, px_h // 8, px_w // 8, requires_grad=True))
@@ -247,26 +277,47 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--config", nargs="*", default=["tiny", "scaled"], choices=sorted(SIZES),
-                        help="model configs to time (none: only --activations)")
+    parser.add_argument(
+        "--config",
+        nargs="*",
+        default=["tiny", "scaled"],
+        choices=sorted(SIZES),
+        help="model configs to time (none: only --activations)",
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--crop", type=int, default=None, help="pixel_loss_crop in pixels (default: half the short side)")
+    parser.add_argument(
+        "--crop", type=int, default=None, help="pixel_loss_crop in pixels (default: half the short side)"
+    )
     parser.add_argument("--activations", action="store_true", help="add saved-activation GiB at 1024x768 (meta)")
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # internal: run one variant here
     args = parser.parse_args()
 
     if args.variant:
-        print(json.dumps(run_variant(args.config[0], args.variant, args.steps, args.warmup, args.batch_size, args.crop)))
+        print(
+            json.dumps(run_variant(args.config[0], args.variant, args.steps, args.warmup, args.batch_size, args.crop))
+        )
         return
     result: dict[str, Any] = {}
     for config in args.config:
         rows = {}
         for variant in args.variants:
-            cmd = [sys.executable, __file__, "--config", config, "--variant", variant, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--config",
+                config,
+                "--variant",
+                variant,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--batch-size",
+                str(args.batch_size),
+            ]
             if args.crop:
                 cmd += ["--crop", str(args.crop)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -279,7 +330,9 @@ def main() -> None:
                 row["time_ratio_vs_no_pixel_loss"] = round(row["seconds_per_step"] / base["seconds_per_step"], 3)
                 extra = base["peak_mb"] - base["before_steps_mb"]
                 row["step_memory_mb"] = round(row["peak_mb"] - row["before_steps_mb"], 1)
-                row["step_memory_ratio_vs_no_pixel_loss"] = round(row["step_memory_mb"] / extra, 3) if extra > 0 else None
+                row["step_memory_ratio_vs_no_pixel_loss"] = (
+                    round(row["step_memory_mb"] / extra, 3) if extra > 0 else None
+                )
         result[config] = rows
     if args.activations:
         result["flux_dev_1024x768_saved_activations_gib"] = saved_activation_gib()
@@ -292,8 +345,10 @@ def main() -> None:
             continue
         print(f"\n{config} ({next(iter(rows.values()))['size']}, {next(iter(rows.values()))['device']})")
         for variant, row in rows.items():
-            print(f"  {variant:22s} {row['seconds_per_step']:.4f} s/step (x{row.get('time_ratio_vs_no_pixel_loss')}), "
-                  f"step memory {row.get('step_memory_mb')} MB (x{row.get('step_memory_ratio_vs_no_pixel_loss')})")
+            print(
+                f"  {variant:22s} {row['seconds_per_step']:.4f} s/step (x{row.get('time_ratio_vs_no_pixel_loss')}), "
+                f"step memory {row.get('step_memory_mb')} MB (x{row.get('step_memory_ratio_vs_no_pixel_loss')})"
+            )
 
 
 if __name__ == "__main__":

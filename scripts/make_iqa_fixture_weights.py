@@ -36,12 +36,30 @@ from fluxir.iqa import weights as w
 SEED = 0
 # OpenAI CLIP sizes (pyiqa.archs.clip_model.CLIP arguments), as build_model reads them from the files.
 CLIP_SIZES = {
-    "RN50": {"embed_dim": 1024, "image_resolution": 224, "vision_layers": (3, 4, 6, 3), "vision_width": 64,
-             "vision_patch_size": None, "context_length": 77, "vocab_size": 49408, "transformer_width": 512,
-             "transformer_heads": 8, "transformer_layers": 12},
-    "ViT-L/14": {"embed_dim": 768, "image_resolution": 224, "vision_layers": 24, "vision_width": 1024,
-                 "vision_patch_size": 14, "context_length": 77, "vocab_size": 49408, "transformer_width": 768,
-                 "transformer_heads": 12, "transformer_layers": 12},
+    "RN50": {
+        "embed_dim": 1024,
+        "image_resolution": 224,
+        "vision_layers": (3, 4, 6, 3),
+        "vision_width": 64,
+        "vision_patch_size": None,
+        "context_length": 77,
+        "vocab_size": 49408,
+        "transformer_width": 512,
+        "transformer_heads": 8,
+        "transformer_layers": 12,
+    },
+    "ViT-L/14": {
+        "embed_dim": 768,
+        "image_resolution": 224,
+        "vision_layers": 24,
+        "vision_width": 1024,
+        "vision_patch_size": 14,
+        "context_length": 77,
+        "vocab_size": 49408,
+        "transformer_width": 768,
+        "transformer_heads": 12,
+        "transformer_layers": 12,
+    },
 }
 
 
@@ -81,8 +99,7 @@ def write_clip_archive(name: str, path: Path) -> Path:
     fp16 = _fp16_names(name)
     size = CLIP_SIZES[name]["image_resolution"]
     with torch.no_grad():
-        traced = torch.jit.trace(model, (torch.zeros(1, 3, size, size), _text_tokens()),
-                                 check_trace=False)
+        traced = torch.jit.trace(model, (torch.zeros(1, 3, size, size), _text_tokens()), check_trace=False)
     for param_name, param in traced.named_parameters():
         if param_name in fp16:
             param.data = param.data.half()
@@ -168,7 +185,9 @@ def write_lpips_alex(home: Path) -> list[Path]:
     from pyiqa.archs.lpips_arch import LPIPS
 
     with _seeded():
-        alexnet = _save(torchvision.models.alexnet().state_dict(), home / "hub" / "checkpoints" / w.LPIPS_BACKBONES["alex"])
+        alexnet = _save(
+            torchvision.models.alexnet().state_dict(), home / "hub" / "checkpoints" / w.LPIPS_BACKBONES["alex"]
+        )
     with _seeded(), _torch_home(home):  # pyiqa's LPIPS reads the AlexNet file just written
         net = LPIPS(pretrained=False, net="alex", version="0.1")
     # LPIPS training clamps its 1x1 channel weights at 0, so released files are non-negative (distances >= 0)
@@ -182,17 +201,33 @@ def write_clip_and_prompts(home: Path, name: str) -> list[Path]:
     pyiqa_dir = home / "hub" / "pyiqa"
     if name == "RN50":
         ctx = _clipiqa_state("clipiqa+", backbone)["prompt_learner.ctx"]
-        return [backbone, _save(ctx, pyiqa_dir / w.CLIPIQA_FILES["clipiqa+"]),
-                _save({"params": _clipiqa_state("clipiqa+_rn50_512", backbone)}, pyiqa_dir / w.CLIPIQA_FILES["clipiqa+_rn50_512"])]
-    return [backbone, _save({"params": _clipiqa_state("clipiqa+_vitL14_512", backbone)},
-                            pyiqa_dir / w.CLIPIQA_FILES["clipiqa+_vitL14_512"])]
+        return [
+            backbone,
+            _save(ctx, pyiqa_dir / w.CLIPIQA_FILES["clipiqa+"]),
+            _save(
+                {"params": _clipiqa_state("clipiqa+_rn50_512", backbone)},
+                pyiqa_dir / w.CLIPIQA_FILES["clipiqa+_rn50_512"],
+            ),
+        ]
+    return [
+        backbone,
+        _save(
+            {"params": _clipiqa_state("clipiqa+_vitL14_512", backbone)},
+            pyiqa_dir / w.CLIPIQA_FILES["clipiqa+_vitL14_512"],
+        ),
+    ]
 
 
 def make_fixture_weights(out: str | os.PathLike, with_vit_l14: bool = False) -> list[Path]:
     """Write the fixture weight home at ``out``; returns the files written."""
     home = Path(out)
     pyiqa_dir = home / "hub" / "pyiqa"
-    files = [write_musiq(pyiqa_dir), write_maniqa(pyiqa_dir), *write_lpips_alex(home), *write_clip_and_prompts(home, "RN50")]
+    files = [
+        write_musiq(pyiqa_dir),
+        write_maniqa(pyiqa_dir),
+        *write_lpips_alex(home),
+        *write_clip_and_prompts(home, "RN50"),
+    ]
     if with_vit_l14:
         files += write_clip_and_prompts(home, "ViT-L/14")
     return files
@@ -201,7 +236,9 @@ def make_fixture_weights(out: str | os.PathLike, with_vit_l14: bool = False) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="weight home to write (becomes iqa.weights_dir)")
-    parser.add_argument("--with-vit-l14", action="store_true", help="also write ViT-L/14 (~0.9 GB) for clipiqa+_vitL14_512")
+    parser.add_argument(
+        "--with-vit-l14", action="store_true", help="also write ViT-L/14 (~0.9 GB) for clipiqa+_vitL14_512"
+    )
     args = parser.parse_args(argv)
     for path in make_fixture_weights(args.out, args.with_vit_l14):
         print(f"{path.stat().st_size / 2**20:9.1f} MiB  {path}")

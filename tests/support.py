@@ -14,12 +14,21 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from conftest import REPO
 from fluxir.config import load_params
 from fluxir.io import sha256_file
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+from conftest import REPO
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 
 def find_chromium() -> str | None:
     """``FLUXIR_CHROMIUM``, else Debian's chromium (scripts/setup.sh installs it), else None."""
@@ -48,8 +57,15 @@ def make_pairs(root: Path, n: int = 8, sizes=SIZES, scale: int = 4) -> pd.DataFr
         hq_path, lq_path = root / f"hq_{i:03d}.png", root / f"lq_{i:03d}.png"
         hq.save(hq_path)
         hq.resize((w // scale, h // scale), Image.BICUBIC).save(lq_path)
-        rows.append({"image_id": i, "hq_path": str(hq_path), "lq_path": str(lq_path),
-                     "hq_sha256": sha256_file(hq_path), "lq_sha256": sha256_file(lq_path)})
+        rows.append(
+            {
+                "image_id": i,
+                "hq_path": str(hq_path),
+                "lq_path": str(lq_path),
+                "hq_sha256": sha256_file(hq_path),
+                "lq_sha256": sha256_file(lq_path),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -60,8 +76,11 @@ def base_params(group: str, **overrides) -> dict:
 
 def tiny_params(tmp: Path, *overrides: str) -> dict:
     """conf/tiny's train parameters with working folders under tmp (and quick defaults for tests)."""
-    base = [f"train.checkpoint_dir={tmp / 'ckpt'}", f"train.latent_cache_dir={tmp / 'cache'}",
-            "train.gradient_checkpointing=false"]
+    base = [
+        f"train.checkpoint_dir={tmp / 'ckpt'}",
+        f"train.latent_cache_dir={tmp / 'cache'}",
+        "train.gradient_checkpointing=false",
+    ]
     return load_params("tiny", base + list(overrides), REPO)["train"]
 
 
@@ -69,8 +88,19 @@ def make_mixed_folder(root: Path) -> dict[str, Path]:
     """RGB, greyscale (in a sub-folder), RGBA, 16-bit PNG, EXIF-rotated JPEG + a corrupt PNG, an empty file, a .txt."""
     rng = np.random.default_rng(0)
     (root / "sub").mkdir(parents=True)
-    files = {name: root / name for name in ("rgb.png", "sub/gray.png", "rgba.png", "deep16.png", "exif.jpg",
-                                            "corrupt.png", "empty.png", "notes.txt")}
+    files = {
+        name: root / name
+        for name in (
+            "rgb.png",
+            "sub/gray.png",
+            "rgba.png",
+            "deep16.png",
+            "exif.jpg",
+            "corrupt.png",
+            "empty.png",
+            "notes.txt",
+        )
+    }
     Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)).save(files["rgb.png"])
     Image.fromarray(rng.integers(0, 256, (9, 11), dtype=np.uint8), mode="L").save(files["sub/gray.png"])
     rgba = rng.integers(0, 256, (8, 12, 4), dtype=np.uint8)
@@ -107,8 +137,9 @@ def save_identity_adapter(project: Path) -> None:
     DataCatalog.from_config({"fluxir_adapter": entry}).save("fluxir_adapter", FluxIRAdapter.from_flux(pipe.transformer))
 
 
-def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float, group: bool = False,
-              grace: float = 10.0) -> list[int]:
+def kill_when(
+    proc: subprocess.Popen, ready: Callable[[], bool], timeout: float, group: bool = False, grace: float = 10.0
+) -> list[int]:
     """SIGKILL ``proc`` (its whole process group with ``group``) once ``ready()`` holds or ``timeout`` s pass.
 
     Asserts the process was still running when killed, so a resume test cannot pass on a run that
@@ -166,7 +197,8 @@ def write_hub_snapshot(folder: Path, cache: Path, repo_id: str) -> Path:
             weight_map.update(dict.fromkeys(tensors, part))
             total += sum(t.numel() * t.element_size() for t in tensors.values())
         (single.parent / f"{stem}.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+            json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
+        )
         single.unlink()
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):

@@ -120,7 +120,8 @@ def test_finds_a_circle(tmp_path):
 def test_no_import_circle_in_src():
     found = circles(import_graph(SRC))
     assert not found, "import circles in src/ (break each by moving the shared code down a layer):\n" + "\n".join(
-        " <-> ".join(c) for c in found)
+        " <-> ".join(c) for c in found
+    )
 
 
 def test_training_loop_imports_the_rest_and_nothing_imports_it():

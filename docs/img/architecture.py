@@ -1,4 +1,7 @@
-"""Draw docs/img/architecture.svg (pipelines, modules, layers and the FluxIR adapter). Run: python docs/img/architecture.py"""
+"""Draw docs/img/architecture.svg (pipelines, modules, layers and the FluxIR adapter).
+
+Run: python docs/img/architecture.py
+"""
 
 from __future__ import annotations
 
@@ -8,26 +11,41 @@ from xml.sax.saxutils import escape
 
 W, H = 1280, 940
 LAYER_FILL = {
-    "raw": "#eeeeee", "intermediate": "#dbe9f6", "primary": "#fff2cc", "feature": "#e3f1d4",
-    "model_input": "#fde2c8", "models": "#f8d0d4", "model_output": "#f3e0f7", "reporting": "#e2ddf7",
+    "raw": "#eeeeee",
+    "intermediate": "#dbe9f6",
+    "primary": "#fff2cc",
+    "feature": "#e3f1d4",
+    "model_input": "#fde2c8",
+    "models": "#f8d0d4",
+    "model_output": "#f3e0f7",
+    "reporting": "#e2ddf7",
 }
 out: list[str] = []
 
 
 def text(x, y, s, size=12, anchor="middle", weight="normal", fill="#222", italic=False):
     style = ' font-style="italic"' if italic else ""
-    out.append(f'<text x="{x}" y="{y}" font-size="{size}" text-anchor="{anchor}" font-weight="{weight}" '
-               f'fill="{fill}"{style}>{escape(s)}</text>')
+    out.append(
+        f'<text x="{x}" y="{y}" font-size="{size}" text-anchor="{anchor}" font-weight="{weight}" '
+        f'fill="{fill}"{style}>{escape(s)}</text>'
+    )
 
 
 def box(x, y, w, h, lines, fill="#ffffff", stroke="#333", rx=4, size=12, bold_first=True, dash=False):
     d = ' stroke-dasharray="5,3"' if dash else ""
-    out.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="{rx}" fill="{fill}" stroke="{stroke}" '
-               f'stroke-width="1.3"{d}/>')
+    out.append(
+        f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="{rx}" fill="{fill}" stroke="{stroke}" '
+        f'stroke-width="1.3"{d}/>'
+    )
     top = y + h / 2 - (len(lines) - 1) * (size + 3) / 2 + size / 3
     for i, line in enumerate(lines):
-        text(x + w / 2, top + i * (size + 3), line, size=size if i == 0 else size - 1.5,
-             weight="bold" if (i == 0 and bold_first) else "normal")
+        text(
+            x + w / 2,
+            top + i * (size + 3),
+            line,
+            size=size if i == 0 else size - 1.5,
+            weight="bold" if (i == 0 and bold_first) else "normal",
+        )
 
 
 def data(x, y, w, name, layer, h=24):
@@ -36,8 +54,10 @@ def data(x, y, w, name, layer, h=24):
 
 def arrow(x1, y1, x2, y2, label=None, dash=False, color="#444"):
     d = ' stroke-dasharray="5,3"' if dash else ""
-    out.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" stroke-width="1.4" '
-               f'marker-end="url(#head)"{d}/>')
+    out.append(
+        f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" stroke-width="1.4" '
+        f'marker-end="url(#head)"{d}/>'
+    )
     if label:
         text((x1 + x2) / 2, (y1 + y2) / 2 - 6, label, size=10, fill="#555", italic=True)
 
@@ -53,14 +73,26 @@ def lane(y, h, title, subtitle):
     text(24, y + 34, subtitle, size=10.5, anchor="start", fill="#555")
 
 
-out.append('<defs><marker id="head" markerWidth="9" markerHeight="7" refX="8" refY="3.5" orient="auto">'
-           '<polygon points="0 0, 9 3.5, 0 7" fill="#444"/></marker></defs>')
+out.append(
+    '<defs><marker id="head" markerWidth="9" markerHeight="7" refX="8" refY="3.5" orient="auto">'
+    '<polygon points="0 0, 9 3.5, 0 7" fill="#444"/></marker></defs>'
+)
 out.append(f'<rect width="{W}" height="{H}" fill="#ffffff"/>')
-text(W / 2, 28, "fluxir: FluxGen builds the training set, FluxIR adapts a frozen Flux to restoration", size=17,
-     weight="bold")
-text(W / 2, 48, "Each lane is a Kedro modular pipeline (namespace = its name); boxes are nodes with the module "
-     "under src/fluxir/ that does the work; pills are catalog datasets coloured by kedro-viz layer", size=11.5,
-     fill="#444")
+text(
+    W / 2,
+    28,
+    "fluxir: FluxGen builds the training set, FluxIR adapts a frozen Flux to restoration",
+    size=17,
+    weight="bold",
+)
+text(
+    W / 2,
+    48,
+    "Each lane is a Kedro modular pipeline (namespace = its name); boxes are nodes with the module "
+    "under src/fluxir/ that does the work; pills are catalog datasets coloured by kedro-viz layer",
+    size=11.5,
+    fill="#444",
+)
 
 # ---- fluxgen lane ---------------------------------------------------------------------------------
 lane(64, 190, "fluxgen", "paper Sec. 3.1: generate -> score -> select -> degrade")
@@ -97,8 +129,20 @@ data(560, 370, 130, "train_loss_curves", "reporting")
 lane(412, 190, "evaluate", "paper Sec. 4.1, Table 1: benchmarks, baselines run here, metrics")
 box(24, 462, 150, 70, ["prepare_<benchmark>", "DIV2K-Val RealSR", "DrealSR RealLQ250", "evaluation/testsets.py"])
 box(196, 470, 136, 54, ["collect_benchmarks"])
-box(342, 452, 168, 90, ["restore_benchmarks", "restore_with_public_weights", "upsample_bicubic", "find_baselines",
-                        "evaluation/scoring.py"], bold_first=False)
+box(
+    342,
+    452,
+    168,
+    90,
+    [
+        "restore_benchmarks",
+        "restore_with_public_weights",
+        "upsample_bicubic",
+        "find_baselines",
+        "evaluation/scoring.py",
+    ],
+    bold_first=False,
+)
 box(522, 470, 140, 54, ["score_outputs", "PSNR SSIM LPIPS + NR", "evaluation/scoring.py"])
 box(682, 470, 146, 54, ["build_report", "Table-1 style", "evaluation/report.py"])
 arrow(174, 497, 194, 497)
@@ -128,11 +172,19 @@ text(600, 604, "fluxir_adapter", size=10, fill="#555", italic=True)
 
 # ---- shared base ----------------------------------------------------------------------------------
 lane(736, 90, "shared base", "src/fluxir/: used by every stage")
-for i, (left, right) in enumerate((
-    ("config.py: parameter loading, one validator table", "io.py: atomic writes, image readers, hashing, image store"),
-    ("models/flux.py: Flux loading, prompts, device", "tracking.py: MLflow params;  progress.py: bars or log lines"),
-    ("hooks.py, settings.py, pipeline_registry.py: Kedro glue", "datasets/: catalog types (image store, adapter)"),
-)):
+for i, (left, right) in enumerate(
+    (
+        (
+            "config.py: parameter loading, one validator table",
+            "io.py: atomic writes, image readers, hashing, image store",
+        ),
+        (
+            "models/flux.py: Flux loading, prompts, device",
+            "tracking.py: MLflow params;  progress.py: bars or log lines",
+        ),
+        ("hooks.py, settings.py, pipeline_registry.py: Kedro glue", "datasets/: catalog types (image store, adapter)"),
+    )
+):
     text(190, 760 + i * 18, left, size=10.5, anchor="start", fill="#333")
     text(510, 760 + i * 18, right, size=10.5, anchor="start", fill="#333")
 
@@ -143,12 +195,31 @@ for layer, fill in LAYER_FILL.items():
     w = 9 + 6.6 * len(layer)
     box(x, 832, w, 20, [layer], fill=fill, stroke="#777", rx=10, size=10.5, bold_first=False)
     x += w + 8
-text(24, 879, "MLflow: one experiment per pipeline (fluxir-fluxgen, fluxir-train, fluxir-evaluate, fluxir-restore);",
-     size=11, anchor="start", fill="#333")
-text(24, 896, "every reporting dataset is logged as an artifact, the adapter with its config.json (fluxir.hooks).",
-     size=11, anchor="start", fill="#333")
-text(24, 924, "Heavy libraries (torch, diffusers, pyiqa) are imported inside the nodes: kedro viz and the catalog "
-     "start without them.", size=11, anchor="start", fill="#333")
+text(
+    24,
+    879,
+    "MLflow: one experiment per pipeline (fluxir-fluxgen, fluxir-train, fluxir-evaluate, fluxir-restore);",
+    size=11,
+    anchor="start",
+    fill="#333",
+)
+text(
+    24,
+    896,
+    "every reporting dataset is logged as an artifact, the adapter with its config.json (fluxir.hooks).",
+    size=11,
+    anchor="start",
+    fill="#333",
+)
+text(
+    24,
+    924,
+    "Heavy libraries (torch, diffusers, pyiqa) are imported inside the nodes: kedro viz and the catalog "
+    "start without them.",
+    size=11,
+    anchor="start",
+    fill="#333",
+)
 
 # ---- adapter panel --------------------------------------------------------------------------------
 out.append('<rect x="852" y="64" width="416" height="864" rx="8" fill="#fff8f8" stroke="#c99"/>')
@@ -157,42 +228,104 @@ text(1060, 102, "trainable ~0.41B (387M + 22.8M SE at r = 32); Flux 11.9B frozen
 box(868, 118, 124, 50, ["LQ image", "bicubic x4 -> VAE enc"], fill="#eeeeee", bold_first=False, size=11)
 box(1000, 118, 124, 50, ["noisy latent z_t", "t from 1 to 0"], fill="#eeeeee", bold_first=False, size=11)
 box(1132, 118, 124, 50, ["empty-prompt", "T5 p, CLIP y"], fill="#eeeeee", bold_first=False, size=11)
-box(868, 196, 256, 54, ["M_i: zero-init Linear(64 -> 3072)", "z_c = x_embed(z_t) + M_i(z_lq)", "models/adapter.py"],
-    fill=LAYER_FILL["models"], size=11)
+box(
+    868,
+    196,
+    256,
+    54,
+    ["M_i: zero-init Linear(64 -> 3072)", "z_c = x_embed(z_t) + M_i(z_lq)", "models/adapter.py"],
+    fill=LAYER_FILL["models"],
+    size=11,
+)
 box(1132, 196, 124, 54, ["theta_p, theta_y", "p + theta_p", "y + theta_y"], fill=LAYER_FILL["models"], size=11)
 arrow(930, 168, 930, 194)
 arrow(1062, 168, 1062, 194)
 arrow(1194, 168, 1194, 194)
-box(868, 282, 388, 54, ["D: one MM-DiT double block", "initialised from Flux block 0 -> features (f_z, f_p)",
-                        "models/adapter.py (FluxIRAdapter)"],
-    fill=LAYER_FILL["models"], size=11)
+box(
+    868,
+    282,
+    388,
+    54,
+    [
+        "D: one MM-DiT double block",
+        "initialised from Flux block 0 -> features (f_z, f_p)",
+        "models/adapter.py (FluxIRAdapter)",
+    ],
+    fill=LAYER_FILL["models"],
+    size=11,
+)
 arrow(996, 250, 996, 280)
 arrow(1194, 250, 1194, 280)
-box(868, 368, 388, 66, ["114 squeeze-excitation layers (SE_z, SE_p per block)",
-                        "SE(x) = W_e (W_s x + B_s) + B_e, rank r = 32",
-                        "W_e, B_e zero-init: a new adapter leaves Flux unchanged"], fill=LAYER_FILL["models"], size=11)
+box(
+    868,
+    368,
+    388,
+    66,
+    [
+        "114 squeeze-excitation layers (SE_z, SE_p per block)",
+        "SE(x) = W_e (W_s x + B_s) + B_e, rank r = 32",
+        "W_e, B_e zero-init: a new adapter leaves Flux unchanged",
+    ],
+    fill=LAYER_FILL["models"],
+    size=11,
+)
 arrow(1062, 336, 1062, 366)
-box(868, 470, 388, 92, ["Flux.1-dev transformer (frozen)", "19 double-stream + 38 single-stream blocks",
-                        "control z_c^i, p_c^i added BEFORE block i",
-                        "(image and text streams) -> velocity v",
-                        "models/controlled_flux.py"], fill="#eeeeee", size=11)
-for i, x in enumerate(range(890, 1250, 30)):
-    out.append(f'<line x1="{x}" y1="434" x2="{x}" y2="468" stroke="#b55" stroke-width="1" '
-               f'marker-end="url(#head)"/>')
-box(868, 594, 388, 50, ["Euler sampler, 20 steps (guidance 4)", "z <- z + (t_next - t) v", "restoration/sampler.py"],
-    size=11)
+box(
+    868,
+    470,
+    388,
+    92,
+    [
+        "Flux.1-dev transformer (frozen)",
+        "19 double-stream + 38 single-stream blocks",
+        "control z_c^i, p_c^i added BEFORE block i",
+        "(image and text streams) -> velocity v",
+        "models/controlled_flux.py",
+    ],
+    fill="#eeeeee",
+    size=11,
+)
+for x in range(890, 1250, 30):
+    out.append(f'<line x1="{x}" y1="434" x2="{x}" y2="468" stroke="#b55" stroke-width="1" marker-end="url(#head)"/>')
+box(
+    868,
+    594,
+    388,
+    50,
+    ["Euler sampler, 20 steps (guidance 4)", "z <- z + (t_next - t) v", "restoration/sampler.py"],
+    size=11,
+)
 arrow(1062, 562, 1062, 592)
-box(868, 676, 388, 50, ["VAE decode (tiled) -> colour fix", "wavelet | adain | none against the upsampled LQ",
-                        "restoration/sampler.py, colorfix.py"], size=11)
+box(
+    868,
+    676,
+    388,
+    50,
+    [
+        "VAE decode (tiled) -> colour fix",
+        "wavelet | adain | none against the upsampled LQ",
+        "restoration/sampler.py, colorfix.py",
+    ],
+    size=11,
+)
 arrow(1062, 644, 1062, 674)
-box(868, 758, 388, 50, ["restored image, 4x the LQ size", "large images: overlapping tiles, cosine-blended"],
-    fill=LAYER_FILL["model_output"], size=11)
+box(
+    868,
+    758,
+    388,
+    50,
+    ["restored image, 4x the LQ size", "large images: overlapping tiles, cosine-blended"],
+    fill=LAYER_FILL["model_output"],
+    size=11,
+)
 arrow(1062, 726, 1062, 756)
 text(1060, 838, "training/loss.py: loss = ||v_p - (z_1 - z_0)||^2 + alpha * pixel loss", size=10.5, fill="#555")
 text(1060, 854, "(Eq. 7-10); t ~ clamp(U(-eps, 1 + eps), 0, 1), eps = 0.05 (Eq. 5-6)", size=10.5, fill="#555")
 
-SVG = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
-       f'font-family="DejaVu Sans, Helvetica, Arial, sans-serif">\n' + "\n".join(out) + "\n</svg>\n")
+SVG = (
+    f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+    f'font-family="DejaVu Sans, Helvetica, Arial, sans-serif">\n' + "\n".join(out) + "\n</svg>\n"
+)
 
 if __name__ == "__main__":
     Path(__file__).with_name("architecture.svg").write_text(SVG)

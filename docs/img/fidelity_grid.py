@@ -37,8 +37,9 @@ def main() -> None:
     yy, xx = np.mgrid[0:32, 0:32] / 31.0  # a smooth LQ: colour ramps and a disc
     disc = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.08).astype(float)
     lq = (np.stack([xx, yy, disc], axis=2) * 255).astype(np.uint8)
-    restorer = Restorer.from_pipeline(pipe, adapter, RestoreConfig(steps=8, dtype="float32", device="cpu",
-                                                                   tile_size=None, vae_tile_size=None))
+    restorer = Restorer.from_pipeline(
+        pipe, adapter, RestoreConfig(steps=8, dtype="float32", device="cpu", tile_size=None, vae_tile_size=None)
+    )
     width = LABEL * 4 + CELL * (len(START_TS) + 1)
     grid = Image.new("RGB", (width, LABEL + CELL * len(CONTROL_SCALES)), "white")
     draw = ImageDraw.Draw(grid)

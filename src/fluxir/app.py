@@ -7,10 +7,10 @@ restorer: the Flux ControlNet upscaler or Real-ESRGAN), compare, download the PN
 The model folder and every default come from the Kedro project's ``restore`` parameters (``--env``); the
 adapter is the catalog entry ``fluxir_adapter``: the latest version by default, any version on disk from
 the picker (or "none": plain Flux). The method picker is ``restore.method`` (settings of the public ones:
-``baselines.*``); the page says which method and weights produced each result. Photos are read by ``fluxir.restoration.files.read_photo`` (any
-mode, EXIF rotation, 16-bit, alpha kept) and restored by the same ``Restorer`` as ``kedro run
---pipeline=restore`` (tiling included). One job runs at a time (the queue has concurrency 1: one GPU);
-the server binds 127.0.0.1 unless ``--host`` says otherwise.
+``baselines.*``); the page says which method and weights produced each result. Photos are read by
+``fluxir.restoration.files.read_photo`` (any mode, EXIF rotation, 16-bit, alpha kept) and restored by the
+same ``Restorer`` as ``kedro run --pipeline=restore`` (tiling included). One job runs at a time (the queue
+has concurrency 1: one GPU); the server binds 127.0.0.1 unless ``--host`` says otherwise.
 """
 
 from __future__ import annotations
@@ -100,8 +100,14 @@ class ProjectModels:
         catalog = DataCatalog.from_config({ADAPTER_ENTRY: self.adapter_conf}, load_versions={ADAPTER_ENTRY: version})
         return catalog.load(ADAPTER_ENTRY)
 
-    def restorer(self, version: str, config: RestoreConfig, method: str = "fluxir", steps: int | None = None,
-                 seed: int | None = None) -> Any:
+    def restorer(
+        self,
+        version: str,
+        config: RestoreConfig,
+        method: str = "fluxir",
+        steps: int | None = None,
+        seed: int | None = None,
+    ) -> Any:
         """A restorer for this method (and adapter version) and config; models are reloaded only when they must be.
 
         Public methods take the output size and colour fix from ``config`` and, for the Flux ControlNet, the
@@ -117,30 +123,44 @@ class ProjectModels:
                 files, _ = split_params(self.params)
                 self._restorer = Restorer.from_source(files["model"], self.load_adapter(version), config)
             else:
-                self._restorer = build_public(method, public_config(method, self.baselines),
-                                              output_geometry(method, config.scale, config.target_size,
-                                                              config.color_fix))
+                self._restorer = build_public(
+                    method,
+                    public_config(method, self.baselines),
+                    output_geometry(method, config.scale, config.target_size, config.color_fix),
+                )
             self._key = key
         if method == "fluxir":
             self._restorer.config = config
         else:
             self._restorer.config = output_geometry(method, config.scale, config.target_size, config.color_fix)
             if method == "flux_controlnet":
-                self._restorer.cfg = replace(self._restorer.cfg, steps=steps or self._restorer.cfg.steps,
-                                             seed=self._restorer.cfg.seed if seed is None else seed)
+                self._restorer.cfg = replace(
+                    self._restorer.cfg,
+                    steps=steps or self._restorer.cfg.steps,
+                    seed=self._restorer.cfg.seed if seed is None else seed,
+                )
         return self._restorer
 
     def method_label(self, method: str, version: str) -> str:
         """What produced a result, in one line for the page."""
         if method == "fluxir":
             return f"Restored with FluxIR: Flux ({self.params.get('model')}) + adapter {version}"
-        cfg = self._restorer.cfg if self._restorer is not None and self._key == (method,) else public_config(
-            method, self.baselines)
+        cfg = (
+            self._restorer.cfg
+            if self._restorer is not None and self._key == (method,)
+            else public_config(method, self.baselines)
+        )
         return f"Restored with {TITLES[method]}: {describe_public(method, cfg)}"
 
 
-def restore_upload(models: ProjectModels, upload: str | None, version: str, settings: dict[str, Any],
-                   on_step: Any = None, on_start: Any = None) -> tuple[np.ndarray, np.ndarray, Path, str]:
+def restore_upload(
+    models: ProjectModels,
+    upload: str | None,
+    version: str,
+    settings: dict[str, Any],
+    on_step: Any = None,
+    on_start: Any = None,
+) -> tuple[np.ndarray, np.ndarray, Path, str]:
     """Restore the uploaded file: (before = bicubic LQ at the output size, after, PNG path, method label).
 
     ``settings`` may hold ``method`` (``restore.method``: fluxir, flux_controlnet, realesrgan).
@@ -186,24 +206,47 @@ def build_app(models: ProjectModels) -> gr.Blocks:
     p = models.params
     versions = models.adapter_versions()
     with gr.Blocks(title="FluxIR restoration") as app:
-        gr.Markdown("## FluxIR restoration\nUpload a photo, restore it with Flux + the FluxIR adapter (or, without "
-                    "one, a public restorer), compare, download the PNG. One job at a time.")
+        gr.Markdown(
+            "## FluxIR restoration\nUpload a photo, restore it with Flux + the FluxIR adapter (or, without "
+            "one, a public restorer), compare, download the PNG. One job at a time."
+        )
         with gr.Row():
             with gr.Column():
                 upload = gr.File(label="photo", type="filepath", elem_id="upload")
-                method = gr.Radio(list(RESTORE_METHODS), value=p.get("method", "fluxir"), elem_id="method",
-                                  label="method (fluxir: the adapter; flux_controlnet / realesrgan: public weights)")
-                version = gr.Dropdown([*versions, NO_ADAPTER], value=(versions or [NO_ADAPTER])[0],
-                                      label=f"adapter version ({ADAPTER_ENTRY})", elem_id="version")
+                method = gr.Radio(
+                    list(RESTORE_METHODS),
+                    value=p.get("method", "fluxir"),
+                    elem_id="method",
+                    label="method (fluxir: the adapter; flux_controlnet / realesrgan: public weights)",
+                )
+                version = gr.Dropdown(
+                    [*versions, NO_ADAPTER],
+                    value=(versions or [NO_ADAPTER])[0],
+                    label=f"adapter version ({ADAPTER_ENTRY})",
+                    elem_id="version",
+                )
                 steps = gr.Slider(1, 50, value=p.get("steps", 20), step=1, label="steps")
                 scale = gr.Slider(1, 8, value=p.get("scale", 4), step=0.5, label="scale (output = input x scale)")
-                tile = gr.Number(value=p.get("tile_size") or 0, precision=0,
-                                 label="tile size (output pixels, multiple of 16; 0: no tiling)")
+                tile = gr.Number(
+                    value=p.get("tile_size") or 0,
+                    precision=0,
+                    label="tile size (output pixels, multiple of 16; 0: no tiling)",
+                )
                 color = gr.Radio(list(COLOR_FIX_METHODS), value=p.get("color_fix", "wavelet"), label="colour fix")
-                control = gr.Slider(0, 2, value=p.get("control_scale", 1.0), step=0.05,
-                                    label="control scale (0: plain Flux, 1: as trained, >1: closer to the photo)")
-                start_t = gr.Slider(0.05, 1, value=p.get("start_t", 1.0), step=0.05,
-                                    label="start t (1: from noise; lower: more fidelity, fewer steps)")
+                control = gr.Slider(
+                    0,
+                    2,
+                    value=p.get("control_scale", 1.0),
+                    step=0.05,
+                    label="control scale (0: plain Flux, 1: as trained, >1: closer to the photo)",
+                )
+                start_t = gr.Slider(
+                    0.05,
+                    1,
+                    value=p.get("start_t", 1.0),
+                    step=0.05,
+                    label="start t (1: from noise; lower: more fidelity, fewer steps)",
+                )
                 seed = gr.Number(value=p.get("seed", 0), precision=0, label="seed")
                 offload = gr.Radio(list(OFFLOAD_MODES), value=p.get("offload", "none"), label="offload")
                 quantize = gr.Radio(list(QUANTIZE_MODES), value=p.get("quantize", "none"), label="quantize Flux")
@@ -213,28 +256,60 @@ def build_app(models: ProjectModels) -> gr.Blocks:
                 label = gr.Markdown("", elem_id="method_label")
                 download = gr.File(label="restored PNG", elem_id="download")
 
-        def on_restore(upload_path, method_, version_name, steps_, scale_, tile_, color_, control_, start_, seed_,
-                       offload_, quantize_, progress=gr.Progress()):
-            settings = {"method": method_, "steps": int(steps_), "scale": float(scale_),
-                        "tile_size": int(tile_ or 0) or None, "color_fix": color_, "control_scale": float(control_),
-                        "start_t": float(start_), "seed": int(seed_ or 0), "offload": offload_, "quantize": quantize_}
+        def on_restore(
+            upload_path,
+            method_,
+            version_name,
+            steps_,
+            scale_,
+            tile_,
+            color_,
+            control_,
+            start_,
+            seed_,
+            offload_,
+            quantize_,
+            progress=gr.Progress(),  # noqa: B008 (gradio's way to ask for a progress bar)
+        ):
+            settings = {
+                "method": method_,
+                "steps": int(steps_),
+                "scale": float(scale_),
+                "tile_size": int(tile_ or 0) or None,
+                "color_fix": color_,
+                "control_scale": float(control_),
+                "start_t": float(start_),
+                "seed": int(seed_ or 0),
+                "offload": offload_,
+                "quantize": quantize_,
+            }
             progress(0, desc="checking the photo")
             try:
                 before, after, png, produced_by = restore_upload(
-                    models, upload_path, version_name, settings,
+                    models,
+                    upload_path,
+                    version_name,
+                    settings,
                     on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"),
-                    on_start=lambda plan: progress(0, desc=f"loading models; {plan}"))
+                    on_start=lambda plan: progress(0, desc=f"loading models; {plan}"),
+                )
             except (ValueError, FileNotFoundError, DatasetError) as err:  # the project's own messages
                 raise gr.Error(str(err), print_exception=False) from err
             except Exception as err:  # anything else: our words in the page, the traceback in the server log
                 logger.exception("restoration failed")
-                raise gr.Error(f"the restoration failed ({type(err).__name__}: {(str(err).splitlines() or [''])[0]}); "
-                               "the server log has the details", print_exception=False) from err
+                raise gr.Error(
+                    f"the restoration failed ({type(err).__name__}: {(str(err).splitlines() or [''])[0]}); "
+                    "the server log has the details",
+                    print_exception=False,
+                ) from err
             return (before, after), produced_by, str(png)
 
-        run.click(on_restore,
-                  [upload, method, version, steps, scale, tile, color, control, start_t, seed, offload, quantize],
-                  [compare, label, download], concurrency_limit=1)
+        run.click(
+            on_restore,
+            [upload, method, version, steps, scale, tile, color, control, start_t, seed, offload, quantize],
+            [compare, label, download],
+            concurrency_limit=1,
+        )
     app.queue(default_concurrency_limit=1)
     return app
 

@@ -36,8 +36,12 @@ PNG_BYTES_PER_PIXEL = 2.0
 FETCH_IQA = "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only iqa"
 FETCH_BENCHMARKS = "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only benchmarks"
 FETCH_BASELINES = "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only baselines"
-_MODEL_ROLES = {"fluxgen.model": ("fluxgen", "model"), "train.model": ("train", "model"),
-                "restore.model": ("restore", "model"), "evaluate.restore.model": ("evaluate", "restore", "model")}
+_MODEL_ROLES = {
+    "fluxgen.model": ("fluxgen", "model"),
+    "train.model": ("train", "model"),
+    "restore.model": ("restore", "model"),
+    "evaluate.restore.model": ("evaluate", "restore", "model"),
+}
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,10 @@ def _meta_model(library: str, class_name: str, folder: Path) -> Any:
     saved = folder / "tokenizer_config.json"
     saved_class = json.loads(saved.read_text()).get("tokenizer_class") if saved.is_file() else None
     if saved_class and saved_class.removesuffix("Fast") != class_name.removesuffix("Fast"):
-        raise ValueError(f"{saved} holds a {saved_class}, but model_index.json declares {class_name}: "
-                         f"replace it with the pipeline's own {folder.name} folder")
+        raise ValueError(
+            f"{saved} holds a {saved_class}, but model_index.json declares {class_name}: "
+            f"replace it with the pipeline's own {folder.name} folder"
+        )
     cls.from_pretrained(folder)  # tokenizers and schedulers: small files, loaded for real
     return None
 
@@ -126,8 +132,13 @@ def _key_finding(name: str, folder: Path, model: Any, library: str) -> Finding:
         return Finding("OK", "model", name, f"{type(model).__name__}, {len(wanted)} tensors in {len(files)} file(s)")
     # transformers may rename legacy checkpoint keys at load time: a difference there is a warning only
     status = "FAIL" if library == "diffusers" else "WARN"
-    return Finding(status, "model", name, f"{folder}: keys differ from {type(model).__name__}: missing {missing[:3]} "
-                   f"({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})")
+    return Finding(
+        status,
+        "model",
+        name,
+        f"{folder}: keys differ from {type(model).__name__}: missing {missing[:3]} "
+        f"({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})",
+    )
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:
@@ -151,12 +162,14 @@ def model_folder(source: Any) -> Path | None:
 def download_advice(source: Any) -> str:
     """How to get a model onto this machine (docs/full_scale.md section 1), for every parameter that names it."""
     roles = ", ".join(_MODEL_ROLES)
-    return (f"runs are offline: download it once with a token of an account that accepted its licence "
-            f"(`export HF_TOKEN=hf_...`, or `hf auth login`, older clients `huggingface-cli login`): "
-            f"`HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux` (FLUX.1-dev, to the cache or the folder a parameter "
-            f"names), or "
-            f"`HF_HUB_OFFLINE=0 hf download {source}` (the hub cache is used offline afterwards), or "
-            f"`HF_HUB_OFFLINE=0 hf download {source} --local-dir DIR` and set {roles} to DIR")
+    return (
+        f"runs are offline: download it once with a token of an account that accepted its licence "
+        f"(`export HF_TOKEN=hf_...`, or `hf auth login`, older clients `huggingface-cli login`): "
+        f"`HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux` (FLUX.1-dev, to the cache or the folder a parameter "
+        f"names), or "
+        f"`HF_HUB_OFFLINE=0 hf download {source}` (the hub cache is used offline afterwards), or "
+        f"`HF_HUB_OFFLINE=0 hf download {source} --local-dir DIR` and set {roles} to DIR"
+    )
 
 
 def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Finding]:
@@ -165,8 +178,14 @@ def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Fi
         return [Finding("WARN", "model", role, "not set")]
     folder = model_folder(source)
     if folder is None:
-        return [Finding("FAIL", "model", role, f"{source!r} is neither a local folder nor in the Hugging Face cache; "
-                        + download_advice(source))]
+        return [
+            Finding(
+                "FAIL",
+                "model",
+                role,
+                f"{source!r} is neither a local folder nor in the Hugging Face cache; " + download_advice(source),
+            )
+        ]
     index = folder / "model_index.json"
     if not index.is_file():
         return [Finding("FAIL", "model", role, f"{folder} has no model_index.json (not a diffusers pipeline folder)")]
@@ -180,8 +199,11 @@ def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Fi
             continue
         try:
             model = _meta_model(entry[0], entry[1], sub)
-            findings.append(_key_finding(label, sub, model, entry[0]) if model is not None
-                            else Finding("OK", "model", label, f"{entry[1]} loads"))
+            findings.append(
+                _key_finding(label, sub, model, entry[0])
+                if model is not None
+                else Finding("OK", "model", label, f"{entry[1]} loads")
+            )
             if name == "transformer" and model is not None:
                 cache[str(folder.resolve())] = model
         except Exception as err:  # noqa: BLE001  (one line per broken component, never a crash of the report)
@@ -196,7 +218,14 @@ def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str,
 
     catalog = load_catalog(env, project)
     if "fluxir_adapter" not in catalog or not catalog.exists("fluxir_adapter"):
-        return [Finding("WARN", "adapter", "fluxir_adapter", "no trained adapter yet (train first; without one, restore.method=flux_controlnet or realesrgan)")]
+        return [
+            Finding(
+                "WARN",
+                "adapter",
+                "fluxir_adapter",
+                "no trained adapter yet (train first; without one, restore.method=flux_controlnet or realesrgan)",
+            )
+        ]
     try:
         adapter = catalog.load("fluxir_adapter")
     except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
@@ -246,16 +275,20 @@ def _check_controlnet(cfg: Any) -> str:
 
     folder = model_folder(cfg.controlnet)
     if folder is None or not (folder / "config.json").is_file():
-        raise ValueError(f"{cfg.controlnet!r} is neither a FluxControlNetModel folder nor in the Hugging Face cache; "
-                         f"download it: {FETCH_BASELINES}")
+        raise ValueError(
+            f"{cfg.controlnet!r} is neither a FluxControlNetModel folder nor in the Hugging Face cache; "
+            f"download it: {FETCH_BASELINES}"
+        )
     model = _meta_model("diffusers", "FluxControlNetModel", folder)
     found = _key_finding("controlnet", folder, model, "diffusers")
     if found.status != "OK":
         raise ValueError(found.detail)
     base = model_folder(cfg.model)
     if base is None or not (base / "transformer" / "config.json").is_file():
-        raise ValueError(f"baselines.flux_controlnet.model {cfg.model!r} has no transformer/config.json here: "
-                         "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux")
+        raise ValueError(
+            f"baselines.flux_controlnet.model {cfg.model!r} has no transformer/config.json here: "
+            "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux"
+        )
     wrong = config_mismatch(model.config, json.loads((base / "transformer" / "config.json").read_text()))
     if wrong:
         raise ValueError(f"{folder} does not fit the Flux transformer of {cfg.model!r}: {', '.join(wrong)}")
@@ -297,8 +330,12 @@ def _build_metric(spec: Any) -> Finding:
     except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
         return Finding("FAIL", "iqa", spec.name, f"{type(err).__name__}: {err}")
     known = iqa_weights.plan_files(spec)[1]
-    return Finding("OK" if known else "WARN", "iqa", spec.name,
-                   f"{files}; builds on the CPU" + ("" if known else "; its files are not known here"))
+    return Finding(
+        "OK" if known else "WARN",
+        "iqa",
+        spec.name,
+        f"{files}; builds on the CPU" + ("" if known else "; its files are not known here"),
+    )
 
 
 def _pair_count(spec: Any) -> int:
@@ -327,10 +364,18 @@ def check_benchmarks(params: Mapping[str, Any]) -> list[Finding]:
             continue
         empty = [str(Path(d).resolve()) for d in spec.source_dirs if not Path(d).is_dir() or not list_images(d)]
         if empty and demo:
-            findings.append(Finding("WARN", "benchmark", key, f"{empty} empty: demo images will be written (demo_benchmarks)"))
+            findings.append(
+                Finding("WARN", "benchmark", key, f"{empty} empty: demo images will be written (demo_benchmarks)")
+            )
         elif empty:
-            findings.append(Finding("FAIL", "benchmark", key, f"folder(s) {empty} missing or without images: `{FETCH_BENCHMARKS}` "
-                                    f"or see docs/evaluation.md"))
+            findings.append(
+                Finding(
+                    "FAIL",
+                    "benchmark",
+                    key,
+                    f"folder(s) {empty} missing or without images: `{FETCH_BENCHMARKS}` or see docs/evaluation.md",
+                )
+            )
         else:
             findings.append(_benchmark_finding(key, spec))
     return findings
@@ -348,15 +393,21 @@ def _benchmark_finding(key: str, spec: Any) -> Finding:
         crops = " / ".join(f"evaluate.benchmarks.{key}.{name} {getattr(spec, name)}" for name in sizes)
         parts = [f"{len(names)} of {total} in {folder} (e.g. {names[:3]})" for folder, (total, names) in small.items()]
         none_left = any(len(names) == total for total, names in small.values())
-        return Finding("FAIL" if none_left else "WARN", "benchmark", key,
-                       f"{what}; images smaller than the crops ({crops}) are skipped by the run: {'; '.join(parts)}")
+        return Finding(
+            "FAIL" if none_left else "WARN",
+            "benchmark",
+            key,
+            f"{what}; images smaller than the crops ({crops}) are skipped by the run: {'; '.join(parts)}",
+        )
     return Finding("OK" if count else "FAIL", "benchmark", key, what)
 
 
 def estimate_fluxgen_bytes(params: Mapping[str, Any]) -> int:
     """Disk for fluxgen.num_images generated PNGs plus their HQ/LQ pairs (LQ = HQ / 4 per side)."""
     fluxgen = params.get("fluxgen") or {}
-    crops = _get(params, "degrade", "config", "crop_sizes", default=None) or [[fluxgen.get("width", 1024), fluxgen.get("height", 768)]]
+    crops = _get(params, "degrade", "config", "crop_sizes", default=None) or [
+        [fluxgen.get("width", 1024), fluxgen.get("height", 768)]
+    ]
     crop_px = sum(w * h for w, h in crops) / len(crops)
     per_image = fluxgen.get("width", 1024) * fluxgen.get("height", 768) + crop_px * (1 + 1 / 16)
     return int(int(fluxgen.get("num_images", 0)) * per_image * PNG_BYTES_PER_PIXEL)
@@ -367,7 +418,10 @@ def check_disk(params: Mapping[str, Any], project: Path) -> list[Finding]:
     free = shutil.disk_usage(data if data.exists() else project).free
     need = estimate_fluxgen_bytes(params)
     num = _get(params, "fluxgen", "num_images", default=0)
-    detail = f"fluxgen.num_images={num} needs ~{need / 1e9:.2f} GB ({PNG_BYTES_PER_PIXEL} B/px PNG), {free / 1e9:.1f} GB free at {data}"
+    detail = (
+        f"fluxgen.num_images={num} needs ~{need / 1e9:.2f} GB ({PNG_BYTES_PER_PIXEL} B/px PNG), "
+        f"{free / 1e9:.1f} GB free at {data}"
+    )
     status = "FAIL" if need > free else "WARN" if need > 0.8 * free else "OK"
     return [Finding(status, "disk", "data", detail)]
 
@@ -385,49 +439,86 @@ def train_memory_budget_gb(train: Mapping[str, Any], size: str = "1024x768") -> 
     table = json.loads((resources.files("fluxir") / "configs" / TRAIN_MEMORY).read_text())
     batch, crop = int(train.get("batch_size") or 1), train.get("pixel_loss_crop")
     checkpointing = bool(train.get("gradient_checkpointing", True))
-    variant = ("none" if float(train.get("pixel_loss_weight", 1.0)) == 0 else
-               "crop_512" if crop is not None and int(crop) <= 512 else "whole")
-    rows = {r["batch_size"]: r for r in table["rows"] if r["size"] == size and r["pixel_loss"] == variant
-            and r["gradient_checkpointing"] == checkpointing}
-    gib = rows[batch]["total"] if batch in rows else (
-        table["static_total_gib"] + table["reserve_gib"] + batch * rows[1]["step_peak"])
-    what = (f"training ({size}, batch {batch}, L_P {variant}, checkpointing {'on' if checkpointing else 'off'}: "
-            f"{gib:.1f} GiB, benchmarks/train_memory.py)")
+    variant = (
+        "none"
+        if float(train.get("pixel_loss_weight", 1.0)) == 0
+        else "crop_512"
+        if crop is not None and int(crop) <= 512
+        else "whole"
+    )
+    rows = {
+        r["batch_size"]: r
+        for r in table["rows"]
+        if r["size"] == size and r["pixel_loss"] == variant and r["gradient_checkpointing"] == checkpointing
+    }
+    gib = (
+        rows[batch]["total"]
+        if batch in rows
+        else (table["static_total_gib"] + table["reserve_gib"] + batch * rows[1]["step_peak"])
+    )
+    what = (
+        f"training ({size}, batch {batch}, L_P {variant}, checkpointing {'on' if checkpointing else 'off'}: "
+        f"{gib:.1f} GiB, benchmarks/train_memory.py)"
+    )
     return what, round(gib * 2**30 / 1e9, 1)
 
 
 def _budgets(params: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
-    return {"fluxgen.device": ("generation", BUDGET_GB["generation"]),
-            "train.device": train_memory_budget_gb(params.get("train") or {}),
-            "restore.device": ("restoration", BUDGET_GB["restoration"]),
-            "evaluate.restore.device": ("restoration", BUDGET_GB["restoration"])}
+    return {
+        "fluxgen.device": ("generation", BUDGET_GB["generation"]),
+        "train.device": train_memory_budget_gb(params.get("train") or {}),
+        "restore.device": ("restoration", BUDGET_GB["restoration"]),
+        "evaluate.restore.device": ("restoration", BUDGET_GB["restoration"]),
+    }
 
 
 def check_accelerator(params: Mapping[str, Any]) -> list[Finding]:
     """Configured devices against the GPUs present and the documented memory budget."""
     import torch
 
-    gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
     findings = []
     for key, (what, budget) in _budgets(params).items():
         device = str(_get(params, *key.split("."), default="auto"))
         if device == "cpu":
             findings.append(Finding("OK", "accelerator", key, "cpu (tiny or debugging runs only)"))
         elif not gpus:
-            findings.append(Finding("FAIL" if device.startswith("cuda") else "WARN", "accelerator", key,
-                                    f"{device}: no CUDA GPU here; {what} needs ~{budget} GB per GPU (docs/full_scale.md)"))
+            findings.append(
+                Finding(
+                    "FAIL" if device.startswith("cuda") else "WARN",
+                    "accelerator",
+                    key,
+                    f"{device}: no CUDA GPU here; {what} needs ~{budget} GB per GPU (docs/full_scale.md)",
+                )
+            )
         else:
             small = [f"{g.name} {g.total_memory / 1e9:.0f} GB" for g in gpus if g.total_memory < 0.95 * budget * 1e9]
-            findings.append(Finding("FAIL" if small else "OK", "accelerator", key,
-                                    f"{what} needs ~{budget} GB per GPU; " + (f"too small: {small}" if small else
-                                    f"{len(gpus)} x {gpus[0].name} {gpus[0].total_memory / 1e9:.0f} GB")))
+            findings.append(
+                Finding(
+                    "FAIL" if small else "OK",
+                    "accelerator",
+                    key,
+                    f"{what} needs ~{budget} GB per GPU; "
+                    + (
+                        f"too small: {small}"
+                        if small
+                        else f"{len(gpus)} x {gpus[0].name} {gpus[0].total_memory / 1e9:.0f} GB"
+                    ),
+                )
+            )
     return findings
 
 
-STAGE_PROCESSES = {"fluxgen.num_processes": ("generate and score", "fluxgen.device"),
-                   "train.num_processes": ("train", "train.device"),
-                   "evaluate.num_processes": ("evaluate (restoration)", "evaluate.restore.device"),
-                   "restore.num_processes": ("restore", "restore.device")}
+STAGE_PROCESSES = {
+    "fluxgen.num_processes": ("generate and score", "fluxgen.device"),
+    "train.num_processes": ("train", "train.device"),
+    "evaluate.num_processes": ("evaluate (restoration)", "evaluate.restore.device"),
+    "restore.num_processes": ("restore", "restore.device"),
+}
 
 
 def check_processes(params: Mapping[str, Any], gpus: int | None = None) -> list[Finding]:
@@ -448,11 +539,24 @@ def check_processes(params: Mapping[str, Any], gpus: int | None = None) -> list[
         if on_cpu:
             findings.append(Finding("OK", "processes", key, f"{stage}: {count} CPU {where} ({setting}), no GPU"))
         elif count > gpus:
-            findings.append(Finding("FAIL", "processes", key, f"{stage}: {count} {where} but {gpus} GPU(s) visible; "
-                                    f"set {key}=auto or at most {gpus}"))
+            findings.append(
+                Finding(
+                    "FAIL",
+                    "processes",
+                    key,
+                    f"{stage}: {count} {where} but {gpus} GPU(s) visible; set {key}=auto or at most {gpus}",
+                )
+            )
         else:
-            findings.append(Finding("OK", "processes", key, f"{stage}: {count} {where} ({setting}) on GPU(s) "
-                                    f"{', '.join(map(str, range(count)))} of {gpus} visible"))
+            findings.append(
+                Finding(
+                    "OK",
+                    "processes",
+                    key,
+                    f"{stage}: {count} {where} ({setting}) on GPU(s) "
+                    f"{', '.join(map(str, range(count)))} of {gpus} visible",
+                )
+            )
     return findings
 
 
@@ -473,8 +577,14 @@ def check_versions(project: Path) -> list[Finding]:
             findings.append(Finding("FAIL", "package", req.name, f"not installed; pyproject.toml wants {line!r}"))
             continue
         fits = not req.specifier or req.specifier.contains(installed, prereleases=True)
-        findings.append(Finding("OK" if fits else "FAIL", "package", req.name,
-                                f"{installed}" + ("" if fits else f" does not satisfy {req.specifier} (pyproject.toml)")))
+        findings.append(
+            Finding(
+                "OK" if fits else "FAIL",
+                "package",
+                req.name,
+                f"{installed}" + ("" if fits else f" does not satisfy {req.specifier} (pyproject.toml)"),
+            )
+        )
     return findings
 
 
@@ -515,14 +625,18 @@ def format_report(findings: list[Finding]) -> str:
     lines = [f"{f.status:<4}  {f.area:<11}  {f.item:<{width}}  {f.detail}" for f in findings]
     failed = sum(f.status == "FAIL" for f in findings)
     warned = sum(f.status == "WARN" for f in findings)
-    lines.append(f"{len(findings)} checks: {failed} FAIL, {warned} WARN" + (" -- fix every FAIL before a long run" if failed else ""))
+    lines.append(
+        f"{len(findings)} checks: {failed} FAIL, {warned} WARN"
+        + (" -- fix every FAIL before a long run" if failed else "")
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     # A check is for the real run's configuration: base unless --env or the run file says otherwise.
-    parser = cli_parser("python -m fluxir.check", "Preflight check before a long run.", "fluxgen.num_images=350000",
-                        default_env="base")
+    parser = cli_parser(
+        "python -m fluxir.check", "Preflight check before a long run.", "fluxgen.num_images=350000", default_env="base"
+    )
     args = parser.parse_args(argv)
     findings = run_checks(Path(args.project).resolve(), args.env, args.params)
     print(format_report(findings))

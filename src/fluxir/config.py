@@ -36,7 +36,9 @@ def config_loader(env: str, project: str | Path = ".", **kwargs: Any) -> OmegaCo
     """The project's ``OmegaConfigLoader`` for environment ``env``, as ``kedro run --env`` builds it."""
     conf = Path(project) / "conf"
     if not conf.is_dir():
-        raise FileNotFoundError(f"no Kedro conf folder at {conf.resolve()}: run from the project root or pass --project")
+        raise FileNotFoundError(
+            f"no Kedro conf folder at {conf.resolve()}: run from the project root or pass --project"
+        )
     return OmegaConfigLoader(str(conf), **{**CONFIG_LOADER_ARGS, "default_run_env": env}, **kwargs)
 
 
@@ -72,7 +74,9 @@ def split_overrides(text: str) -> list[str]:
             continue
         current.append(char)
     if depth or quote:
-        raise ValueError(f"--params {text!r}: unbalanced brackets or quotes (lists: 'key=[a, b]', in quotes for the shell)")
+        raise ValueError(
+            f"--params {text!r}: unbalanced brackets or quotes (lists: 'key=[a, b]', in quotes for the shell)"
+        )
     items.append("".join(current))
     return [item.strip() for item in items if item.strip()]
 
@@ -95,8 +99,9 @@ def parse_overrides(groups: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]
         bad = [item for item in items if not item.partition("=")[0].strip() or "=" not in item]
         if bad:
             raise ValueError(f"--params item(s) {bad} are not of the form key.sub=value")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{k.strip()}={v}" for k, _, v in
-                                                                (item.partition("=") for item in items)]))
+        merged = OmegaConf.merge(
+            merged, OmegaConf.from_dotlist([f"{k.strip()}={v}" for k, _, v in (item.partition("=") for item in items)])
+        )
     return OmegaConf.to_container(merged)
 
 
@@ -166,22 +171,31 @@ CHECKS: dict[str, tuple[Callable[[Any, Any], bool], Callable[[Any], str]]] = {
     "number_in": (lambda v, r: _is_number(v) and r[0] <= v < r[1], lambda r: f"a number in [{r[0]}, {r[1]})"),
     "probability": (lambda v, _: _is_number(v) and 0 <= v <= 1, lambda _: "a probability in [0, 1]"),
     "choice": (lambda v, options: v in options, lambda options: f"one of {tuple(options)}"),
-    "choices": (lambda v, options: isinstance(v, (list, tuple)) and all(x in options for x in v),
-                lambda options: f"a list of {tuple(options)}"),
+    "choices": (
+        lambda v, options: isinstance(v, (list, tuple)) and all(x in options for x in v),
+        lambda options: f"a list of {tuple(options)}",
+    ),
     # [low, high] of numbers with 0 < low <= high; "range_to": also high <= extra; "range_around": low <= extra <= high
     "range": (lambda v, _: _is_range(v), lambda _: "[low, high] with 0 < low <= high"),
     "strict_range": (lambda v, _: _is_range(v) and v[0] < v[1], lambda _: "[low, high] with 0 < low < high"),
     "range_to": (lambda v, top: _is_range(v) and v[1] <= top, lambda top: f"[low, high] within (0, {top}]"),
     "range_around": (lambda v, c: _is_range(v) and v[0] <= c <= v[1], lambda c: f"[low, high] with low <= {c} <= high"),
-    "odd_ints_in": (lambda v, r: isinstance(v, (list, tuple)) and bool(v) and all(is_int(k) and k % 2 == 1
-                                                                                  and r[0] <= k <= r[1] for k in v),
-                    lambda r: f"odd ints in [{r[0]}, {r[1]}]"),
+    "odd_ints_in": (
+        lambda v, r: (
+            isinstance(v, (list, tuple)) and bool(v) and all(is_int(k) and k % 2 == 1 and r[0] <= k <= r[1] for k in v)
+        ),
+        lambda r: f"odd ints in [{r[0]}, {r[1]}]",
+    ),
 }
 
 
 def _is_range(value: Any) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
-            and 0 < value[0] <= value[1])
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(_is_number(v) for v in value)
+        and 0 < value[0] <= value[1]
+    )
 
 
 @dataclass(frozen=True)
@@ -272,8 +286,11 @@ def load_catalog(env: str, project: str | Path = ".") -> Any:
     from kedro.io import DataCatalog
 
     root = Path(project)
-    config = {name: {**entry, **{key: str(root / entry[key]) for key in ("filepath", "path") if key in entry}}
-              for name, entry in config_loader(env, project)["catalog"].items() if not name.startswith("_")}
+    config = {
+        name: {**entry, **{key: str(root / entry[key]) for key in ("filepath", "path") if key in entry}}
+        for name, entry in config_loader(env, project)["catalog"].items()
+        if not name.startswith("_")
+    }
     return DataCatalog.from_config(config)
 
 
@@ -286,10 +303,12 @@ def lost_processes_warning(environ: Mapping[str, str] = os.environ) -> str | Non
     launched = "ACCELERATE_MIXED_PRECISION" in environ and "MASTER_PORT" in environ
     if not launched or "WORLD_SIZE" in environ:
         return None
-    return ("accelerate launch asked for several processes but started ONE (accelerate's single-process launcher: "
-            "--cpu, or no --multi_gpu); for N processes use `accelerate launch --multi_gpu --num_processes N ...` "
-            "(on a machine without GPUs these are CPU processes; on a GPU machine set the stage's device to cpu, "
-            "e.g. --params iqa.device=cpu)")
+    return (
+        "accelerate launch asked for several processes but started ONE (accelerate's single-process launcher: "
+        "--cpu, or no --multi_gpu); for N processes use `accelerate launch --multi_gpu --num_processes N ...` "
+        "(on a machine without GPUs these are CPU processes; on a GPU machine set the stage's device to cpu, "
+        "e.g. --params iqa.device=cpu)"
+    )
 
 
 class _CliParser(argparse.ArgumentParser):
@@ -312,16 +331,28 @@ class _CliParser(argparse.ArgumentParser):
         return parsed
 
 
-def cli_parser(prog: str, description: str | None, params_example: str, default_env: str = "local") -> argparse.ArgumentParser:
+def cli_parser(
+    prog: str, description: str | None, params_example: str, default_env: str = "local"
+) -> argparse.ArgumentParser:
     """The argument parser every ``python -m fluxir...`` command starts from: ``--env``, ``--params``,
     ``-c/--config`` (a ``kedro run -c`` run file), ``--project``; ``args.params`` is a list for ``load_params``."""
     parser = _CliParser(prog=prog, description=description)
     parser.default_env = default_env
-    parser.add_argument("--env", default=None, help=f"Kedro configuration environment (base, tiny, local; default {default_env})")
-    parser.add_argument("--params", action="append", default=[],
-                        help=f"override, e.g. {params_example}; lists in YAML flow syntax, in quotes: "
-                             "'degrade.config.crop_sizes=[[512,512]]'; repeatable, later ones win per key")
-    parser.add_argument("-c", "--config", default=None,
-                        help="a kedro run file (YAML with a `run:` section); its env and params are defaults")
+    parser.add_argument(
+        "--env", default=None, help=f"Kedro configuration environment (base, tiny, local; default {default_env})"
+    )
+    parser.add_argument(
+        "--params",
+        action="append",
+        default=[],
+        help=f"override, e.g. {params_example}; lists in YAML flow syntax, in quotes: "
+        "'degrade.config.crop_sizes=[[512,512]]'; repeatable, later ones win per key",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        help="a kedro run file (YAML with a `run:` section); its env and params are defaults",
+    )
     parser.add_argument("--project", default=".", help="Kedro project root (holds conf/)")
     return parser

@@ -102,10 +102,17 @@ def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None
         return forced, None
     path = Path(project_path)
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10,
-                             check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                                capture_output=True, text=True, timeout=30, check=True).stdout
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
         return sha, bool(status.strip())
     except (OSError, subprocess.SubprocessError):
         return read_head(path), None
@@ -135,8 +142,10 @@ class ParameterCheckHook:
 
         if self._context is not None:
             groups = groups_read(pipeline.inputs())
-            raise_problems(problems_for(self._context.params, groups),
-                           f"kedro run --pipeline={pipeline_label(run_params.get('pipeline_names'))}")
+            raise_problems(
+                problems_for(self._context.params, groups),
+                f"kedro run --pipeline={pipeline_label(run_params.get('pipeline_names'))}",
+            )
         return (yield)
 
 
@@ -206,8 +215,12 @@ class MlflowRunHook:
             from fluxir.tracking import tag_experiment
 
             tag_experiment(run.info.experiment_id, config.tracking.experiment.create_experiment_kwargs.tags or {})
-        logger.info("MLflow run %s (%s) in experiment %s", run.info.run_name, run.info.run_id,
-                    mlflow.get_experiment(run.info.experiment_id).name)
+        logger.info(
+            "MLflow run %s (%s) in experiment %s",
+            run.info.run_name,
+            run.info.run_id,
+            mlflow.get_experiment(run.info.experiment_id).name,
+        )
 
 
 class LaunchContextHook:
@@ -220,8 +233,9 @@ class LaunchContextHook:
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         from fluxir.launch import set_run_context
 
-        self._previous = set_run_context(run_params.get("env"), run_params.get("runtime_params"),
-                                         run_params.get("project_path") or ".")
+        self._previous = set_run_context(
+            run_params.get("env"), run_params.get("runtime_params"), run_params.get("project_path") or "."
+        )
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -157,7 +157,7 @@ def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]
 def sha256_file(path: str | os.PathLike, fs: Any = None) -> str:
     """Hex SHA-256 of a file's bytes (on the fsspec filesystem ``fs``, the local one by default)."""
     digest = hashlib.sha256()
-    with (fs.open(str(path), "rb") if fs is not None else open(path, "rb")) as fh:
+    with fs.open(str(path), "rb") if fs is not None else open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -187,8 +187,10 @@ def write_manifest(folder: str | os.PathLike, fs: Any = None) -> dict[str, dict[
     """
     fs = fs or local_fs()
     root = str(folder).rstrip("/")
-    entries = {name: {"size": fs.size(f"{root}/{name}"), "sha256": sha256_file(f"{root}/{name}", fs)}
-               for name in _files_under(root, fs)}
+    entries = {
+        name: {"size": fs.size(f"{root}/{name}"), "sha256": sha256_file(f"{root}/{name}", fs)}
+        for name in _files_under(root, fs)
+    }
     with fs.open(f"{root}/{MANIFEST_NAME}", "w") as fh:
         fh.write(json.dumps({"files": entries}, indent=1, sort_keys=True))
     return entries
@@ -392,7 +394,7 @@ class ImageStore:
         """Image ``image_id`` as RGB uint8."""
         return read_image(self.path_for(image_id))
 
-    def sub(self, name: str) -> "ImageStore":
+    def sub(self, name: str) -> ImageStore:
         """A store in a sub-folder (one per generation / degradation configuration)."""
         return ImageStore(self.root / name)
 

@@ -67,7 +67,9 @@ def resolve_num_processes(setting: Any, name: str, gpus: int | None = None) -> i
 # What the child needs from the parent run
 
 
-def set_run_context(env: str | None, params: Mapping[str, Any] | None, project: str | os.PathLike) -> dict[str, str | None]:
+def set_run_context(
+    env: str | None, params: Mapping[str, Any] | None, project: str | os.PathLike
+) -> dict[str, str | None]:
     """Publish the running ``kedro run``'s env, ``--params`` and project root; returns the previous values."""
     previous = {var: os.environ.get(var) for var in (ENV_VAR, PARAMS_VAR, PROJECT_VAR)}
     os.environ[ENV_VAR] = env or "local"
@@ -87,9 +89,11 @@ def restore_run_context(previous: Mapping[str, str | None]) -> None:
 def run_context() -> tuple[str, dict[str, Any], Path]:
     """(env, --params overrides, project root) of the running ``kedro run``; raises outside one."""
     if ENV_VAR not in os.environ:
-        raise RuntimeError("a stage with num_processes > 1 launches a child job with the parameters of its "
-                           "`kedro run`; run it through `kedro run`, or launch the stage's `accelerate launch -m "
-                           "fluxir...` command yourself")
+        raise RuntimeError(
+            "a stage with num_processes > 1 launches a child job with the parameters of its "
+            "`kedro run`; run it through `kedro run`, or launch the stage's `accelerate launch -m "
+            "fluxir...` command yourself"
+        )
     return os.environ[ENV_VAR], json.loads(os.environ.get(PARAMS_VAR) or "{}"), Path(os.environ[PROJECT_VAR])
 
 
@@ -116,9 +120,25 @@ def accelerate_command(module: str, args: Sequence[str], num_processes: int) -> 
     build their accelerate state with ``cpu=`` from ``fluxir.models.flux.accelerate_cpu``). Mixed precision
     is each stage's own parameter, so the launcher adds none.
     """
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), "-m", module, *args]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        module,
+        *args,
+    ]
 
 
 def child_environment() -> dict[str, str]:
@@ -145,19 +165,22 @@ def run_stage(module: str, args: Sequence[str], num_processes: int, what: str) -
     """Run ``accelerate launch -m module`` on ``num_processes`` processes with this ``kedro run``'s env and
     ``--params`` plus ``args``; stream its output into the log; raise RuntimeError if it fails."""
     env, params, project = run_context()
-    command = accelerate_command(module, ["--env", env, "--project", str(project), *override_args(params), *args],
-                                 num_processes)
+    command = accelerate_command(
+        module, ["--env", env, "--project", str(project), *override_args(params), *args], num_processes
+    )
     logger.info("%s on %d processes: %s", what, num_processes, " ".join(command[2:]))
     start = time.perf_counter()
     code, tail = run_guarded(command, cwd=project, env=child_environment(), log_prefix=f"[{what}] ")
     if code != 0:
-        raise RuntimeError(f"{what} on {num_processes} processes failed (exit status {code}); last output:\n"
-                           + "\n".join(tail))
+        raise RuntimeError(
+            f"{what} on {num_processes} processes failed (exit status {code}); last output:\n" + "\n".join(tail)
+        )
     logger.info("%s on %d processes done in %.1f s", what, num_processes, time.perf_counter() - start)
 
 
-def run_image_shards(module: str, what: str, num_processes: int, table: Any, table_arg: str, adapter: Any
-                     ) -> list[dict[str, Any]]:
+def run_image_shards(
+    module: str, what: str, num_processes: int, table: Any, table_arg: str, adapter: Any
+) -> list[dict[str, Any]]:
     """Run a restoring entry point (``fluxir.evaluation``, ``fluxir.restoration``) on ``num_processes`` processes,
     handing it ``table`` (as ``<table_arg> <parquet>``) and ``adapter`` (``--adapter <folder>``; None: a public
     restorer needs none); returns the report each rank wrote (``--report``), in rank order."""
@@ -177,12 +200,14 @@ def run_image_shards(module: str, what: str, num_processes: int, table: Any, tab
 # Parent side: start the guard, stream, end it on any interruption
 
 
-def run_guarded(command: Sequence[str], cwd: str | os.PathLike, env: Mapping[str, str], log_prefix: str = "",
-                keep: int = 40) -> tuple[int, list[str]]:
+def run_guarded(
+    command: Sequence[str], cwd: str | os.PathLike, env: Mapping[str, str], log_prefix: str = "", keep: int = 40
+) -> tuple[int, list[str]]:
     """Run ``command`` under the guard; every output line goes to the log. Returns (exit status, last lines)."""
     guard = [sys.executable, "-m", "fluxir.launch", "--parent", str(os.getpid()), "--", *command]
-    proc = subprocess.Popen(guard, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # its own process group: the guard ends all of it
+    proc = subprocess.Popen(
+        guard, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )  # its own process group: the guard ends all of it
     tail: list[str] = []
     try:
         assert proc.stdout is not None
@@ -190,7 +215,7 @@ def run_guarded(command: Sequence[str], cwd: str | os.PathLike, env: Mapping[str
             for line in raw.decode(errors="replace").replace("\r", "\n").splitlines():
                 if line.strip():
                     logger.info("%s%s", log_prefix, line)
-                    tail = [*tail[-(keep - 1):], line]
+                    tail = [*tail[-(keep - 1) :], line]
         return proc.wait(), tail
     except BaseException:  # Ctrl-C, a SIGTERM turned into an exception, a logging failure: no orphans
         end_group(proc.pid, proc)

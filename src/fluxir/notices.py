@@ -22,18 +22,42 @@ class Notice:
 
 
 NOTICES = (
-    Notice("warnings", r"register_new_resolver\(\) is deprecated", "omegaconf 2.4.0, called by kedro 1.7.0",
-           "Kedro's config loader registers its resolvers under the old name; fluxir registers none"),
-    Notice("warnings", r"(\x1b\[\d+m)?Add type hints to the `predict` method", "mlflow 3.17.2, at kedro-mlflow 2.0.3's import",
-           "kedro-mlflow's PipelineML model class, not a model of this project"),
-    Notice("torch.utils._pytree", r"<enum '\w+'> is an Enum subclass and is now natively supported",
-           "torch 2.14.1, at torchao 0.18.0's import", "torchao registers its enums the old way"),
-    Notice("bitsandbytes.backends.cpu.ops", r"Failed to load CPU gemm_4bit_forward from kernels-community",
-           "bitsandbytes 0.50.2", "an optional CPU kernel from the Hub; offline the built-in one runs"),
-    Notice("kernels._internals.hf_hub", r"Skipping publisher trust check for 'kernels-community/",
-           "kernels 0.19.1, asked by bitsandbytes 0.50.2", "the same optional kernel, looked up offline"),
-    Notice("diffusers.quantizers.torchao.torchao_quantizer", r"Unable to import `torchao` Tensor objects",
-           "diffusers 0.42.1 with torchao 0.18.0", "only checkpoints saved by torchao need them; fluxir quantises at load"),
+    Notice(
+        "warnings",
+        r"register_new_resolver\(\) is deprecated",
+        "omegaconf 2.4.0, called by kedro 1.7.0",
+        "Kedro's config loader registers its resolvers under the old name; fluxir registers none",
+    ),
+    Notice(
+        "warnings",
+        r"(\x1b\[\d+m)?Add type hints to the `predict` method",
+        "mlflow 3.17.2, at kedro-mlflow 2.0.3's import",
+        "kedro-mlflow's PipelineML model class, not a model of this project",
+    ),
+    Notice(
+        "torch.utils._pytree",
+        r"<enum '\w+'> is an Enum subclass and is now natively supported",
+        "torch 2.14.1, at torchao 0.18.0's import",
+        "torchao registers its enums the old way",
+    ),
+    Notice(
+        "bitsandbytes.backends.cpu.ops",
+        r"Failed to load CPU gemm_4bit_forward from kernels-community",
+        "bitsandbytes 0.50.2",
+        "an optional CPU kernel from the Hub; offline the built-in one runs",
+    ),
+    Notice(
+        "kernels._internals.hf_hub",
+        r"Skipping publisher trust check for 'kernels-community/",
+        "kernels 0.19.1, asked by bitsandbytes 0.50.2",
+        "the same optional kernel, looked up offline",
+    ),
+    Notice(
+        "diffusers.quantizers.torchao.torchao_quantizer",
+        r"Unable to import `torchao` Tensor objects",
+        "diffusers 0.42.1 with torchao 0.18.0",
+        "only checkpoints saved by torchao need them; fluxir quantises at load",
+    ),
 )
 
 

@@ -85,8 +85,17 @@ def progress(
         from tqdm.auto import tqdm
 
         return tqdm(iterable, desc=desc, total=total, unit=unit, initial=initial, **tqdm_kwargs)
-    return LogProgress(iterable, desc=desc, total=total, unit=unit, initial=initial, every_pct=every_pct,
-                       interval_s=interval_s, log=log or logger, silent=mode == "off")
+    return LogProgress(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        initial=initial,
+        every_pct=every_pct,
+        interval_s=interval_s,
+        log=log or logger,
+        silent=mode == "off",
+    )
 
 
 class LogProgress:
@@ -97,9 +106,19 @@ class LogProgress:
     ``degrade: 30/120 pair (25%), 4.1 pair/s, eta 0:00:22``.
     """
 
-    def __init__(self, iterable: Iterable[Any] | None = None, *, desc: str = "", total: float | None = None,
-                 unit: str = "it", initial: float = 0, every_pct: float = 10.0, interval_s: float = 30.0,
-                 log: logging.Logger | None = None, silent: bool = False) -> None:
+    def __init__(
+        self,
+        iterable: Iterable[Any] | None = None,
+        *,
+        desc: str = "",
+        total: float | None = None,
+        unit: str = "it",
+        initial: float = 0,
+        every_pct: float = 10.0,
+        interval_s: float = 30.0,
+        log: logging.Logger | None = None,
+        silent: bool = False,
+    ) -> None:
         if every_pct <= 0:
             raise ValueError(f"every_pct must be > 0, got {every_pct}")
         self.iterable = iterable

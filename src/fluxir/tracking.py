@@ -1,4 +1,5 @@
-"""MLflow helpers shared by the Kedro hooks (``hooks.py``), the pipelines' metric nodes and the training loop (``training/loop.py``).
+"""MLflow helpers shared by the Kedro hooks (``hooks.py``), the pipelines' metric nodes and the training loop
+(``training/loop.py``).
 
 mlflow is imported inside the functions that talk to it: ``mlflow_key`` serves modules that must stay light.
 """

@@ -24,8 +24,9 @@ class ParameterError(ValueError):
     """Bad parameters found before a run started; the message lists every one."""
 
 
-def _problems(build: Callable[[], Any], rules: Iterable[Rule] = (), values: Mapping[str, Any] | None = None,
-              prefix: str = "") -> list[str]:
+def _problems(
+    build: Callable[[], Any], rules: Iterable[Rule] = (), values: Mapping[str, Any] | None = None, prefix: str = ""
+) -> list[str]:
     """Messages of ``build()`` failing plus every rule ``values`` break (only when ``build`` failed: the
     config class may normalise values the raw rules would reject, e.g. YAML's ``1e-5`` string)."""
     try:
@@ -80,8 +81,9 @@ def validate_iqa(params: Mapping[str, Any]) -> list[str]:
             found.append(f"iqa.metrics: {err}")
     not_nr = [s.name for s in specs if s.metric_mode != "NR"]
     if not_nr:
-        found.append(f"iqa.metrics {not_nr} are full-reference; FluxGen selection needs no-reference metrics "
-                     "(musiq, piqe, ...)")
+        found.append(
+            f"iqa.metrics {not_nr} are full-reference; FluxGen selection needs no-reference metrics (musiq, piqe, ...)"
+        )
     elif specs and len(specs) == len(metrics):
         try:
             iqa_lib.configure_weights(group.get("weights_dir"), group.get("trust_weight_files", False))
@@ -148,8 +150,10 @@ def validate_restore(params: Mapping[str, Any]) -> list[str]:
     if group.get("method", "fluxir") not in RESTORE_METHODS:
         found.append(f"restore.method must be one of {RESTORE_METHODS}, got {group.get('method')!r}")
     if not group.get("input_dir") or not group.get("output_dir"):
-        found.append("set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
-                     "--params=\"restore.input_dir=photos,restore.output_dir=restored\"")
+        found.append(
+            "set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
+            '--params="restore.input_dir=photos,restore.output_dir=restored"'
+        )
     elif not Path(group["input_dir"]).exists():
         found.append(f"restore.input_dir {str(group['input_dir'])!r} does not exist")
     return found
@@ -205,8 +209,11 @@ def groups_read(dataset_names: Iterable[str]) -> list[str]:
     """The parameter groups of ``VALIDATORS`` that datasets named ``params:<group>[.<key>]`` read, in table order."""
     keys = {name.removeprefix("params:") for name in dataset_names if name.startswith("params:")}
     read = {key.split(".", 1)[0] for key in keys}
-    return [group for group in VALIDATORS
-            if group in read and (group not in CHECKED_WHEN_READ or keys & set(CHECKED_WHEN_READ[group]))]
+    return [
+        group
+        for group in VALIDATORS
+        if group in read and (group not in CHECKED_WHEN_READ or keys & set(CHECKED_WHEN_READ[group]))
+    ]
 
 
 def problems_for(params: Mapping[str, Any], groups: Iterable[str]) -> list[str]:
@@ -219,8 +226,10 @@ def raise_problems(problems: list[str], where: str = "this run") -> None:
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ParameterError(
-            f"{len(problems)} parameter problem(s) found before {where} started (nothing was run or written):\n{lines}\n"
-            "Fix them in conf/<env>/parameters_*.yml or with --params and run again.")
+            f"{len(problems)} parameter problem(s) found before {where} started (nothing was run or written):"
+            f"\n{lines}\n"
+            "Fix them in conf/<env>/parameters_*.yml or with --params and run again."
+        )
 
 
 def check_params(params: Mapping[str, Any], groups: Iterable[str], where: str) -> None:

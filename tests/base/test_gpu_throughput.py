@@ -17,8 +17,14 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "H
 
 def test_a_tiny_budget_is_respected_and_still_gives_json(tmp_path):
     out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--budget-s", "4", "--json", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, env=ENV, check=True)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--budget-s", "4", "--json", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+        check=True,
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["stopped"] and ("deadline" in result["stopped"] or "SIGALRM" in result["stopped"])
     assert result["elapsed_s"] <= 4 + 1.5  # the script's own clock, from its first line
@@ -27,8 +33,13 @@ def test_a_tiny_budget_is_respected_and_still_gives_json(tmp_path):
 
 def test_sigterm_mid_run_keeps_what_was_measured(tmp_path):
     out = tmp_path / "result.json"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--tiny", "--budget-s", "300", "--json", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--tiny", "--budget-s", "300", "--json", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:

@@ -56,8 +56,12 @@ def test_tensor_hash_sees_names_dtypes_shapes_and_every_bit():
     assert hash_tensors(dict(reversed(list(state.items())))).hexdigest() == ref, "order of the dict does not matter"
     flipped = state["w"].clone()
     flipped.view(torch.int32)[0, 0] ^= 1  # one bit of one value
-    for changed in ({**state, "w": flipped}, {**state, "w": state["w"].reshape(3, 2)},
-                    {**state, "w": state["w"].double()}, {"v": state["w"], "b": state["b"]}):
+    for changed in (
+        {**state, "w": flipped},
+        {**state, "w": state["w"].reshape(3, 2)},
+        {**state, "w": state["w"].double()},
+        {"v": state["w"], "b": state["b"]},
+    ):
         assert hash_tensors(changed).hexdigest() != ref
     assert hash_json({"a": 1, "b": [1, 2]}) == hash_json({"b": [1, 2], "a": 1}) != hash_json({"a": 1, "b": [2, 1]})
     assert len(hash_json([1], length=8)) == 8
@@ -183,7 +187,10 @@ def test_a_manifest_names_a_cut_a_changed_and_a_missing_file(tmp_path):
     assert set(write_manifest(tmp_path)) == {"a.bin", "sub/b.bin"}
     assert manifest_problem(tmp_path) is None
     (tmp_path / "sub" / "b.bin").write_bytes(b"efgX")  # same size, one byte changed
-    assert manifest_problem(tmp_path) == f"{tmp_path}/sub/b.bin: its SHA-256 differs from the manifest's (the file is corrupt)"
+    assert (
+        manifest_problem(tmp_path)
+        == f"{tmp_path}/sub/b.bin: its SHA-256 differs from the manifest's (the file is corrupt)"
+    )
     (tmp_path / "sub" / "b.bin").write_bytes(b"ef")
     assert manifest_problem(tmp_path) == f"{tmp_path}/sub/b.bin: 2 bytes, the manifest says 4"
     (tmp_path / "a.bin").unlink()

@@ -8,15 +8,16 @@ import subprocess
 import sys
 import warnings
 
-from conftest import REPO
-
 from fluxir import notices
+
+from conftest import REPO
 
 
 def _stderr_of(code: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True
+    )
     return result.stderr
 
 

@@ -2,9 +2,10 @@
 
 Read from the source (``ast``, nothing imported): every default of a function parameter, a dataclass
 field or a ``params.get("key", default)`` in src/ is compared with every leaf of conf/base's parameters.
-The same name with the same value in both is a second copy that can drift from the YAML. The config classes that already read all their
-values from conf/base must stay so; the ones still to move are listed in ``NOT_MOVED_YET`` (the list
-may only shrink: an entry that no longer duplicates anything fails too, so it is deleted).
+The same name with the same value in both is a second copy that can drift from the YAML. The config classes
+that already read all their values from conf/base must stay so; the ones still to move are listed in
+``NOT_MOVED_YET`` (the list may only shrink: an entry that no longer duplicates anything fails too, so it is
+deleted).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO
-
 from fluxir.config import load_params
+
+from conftest import REPO
 
 # None, flags, 0/1 and empty values say "off" or "none" far more often than they copy a setting.
 TOO_COMMON = (None, True, False, 0, 1, "", ())
@@ -93,15 +94,23 @@ def python_defaults(src: Path) -> Iterator[tuple[str, str, Any]]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 args = node.args
                 positional = args.posonlyargs + args.args
-                pairs += list(zip([a.arg for a in positional[len(positional) - len(args.defaults):]], args.defaults))
+                pairs += list(zip([a.arg for a in positional[len(positional) - len(args.defaults) :]], args.defaults))
                 pairs += [(a.arg, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                  and len(node.args) == 2 and isinstance(node.args[0], ast.Constant)
-                  and isinstance(node.args[0].value, str)):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get"
+                and len(node.args) == 2
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 pairs.append((node.args[0].value, node.args[1]))  # params.get("key", default)
             elif isinstance(node, ast.ClassDef):
-                pairs += [(s.target.id, s.value) for s in node.body
-                          if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and s.value is not None]
+                pairs += [
+                    (s.target.id, s.value)
+                    for s in node.body
+                    if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and s.value is not None
+                ]
             for name, expr in pairs:
                 try:
                     value = _plain(ast.literal_eval(expr))
@@ -116,8 +125,11 @@ def duplicates(src: Path = REPO / "src") -> set[tuple[str, str]]:
     for key, value in yaml_leaves(base):
         if value not in TOO_COMMON:
             leaves.setdefault(key, set()).add(value)
-    return {(file, name) for file, name, value in python_defaults(src)
-            if value not in TOO_COMMON and value in leaves.get(name, set())}
+    return {
+        (file, name)
+        for file, name, value in python_defaults(src)
+        if value not in TOO_COMMON and value in leaves.get(name, set())
+    }
 
 
 def test_no_default_is_written_in_conf_base_and_in_python():
@@ -135,7 +147,7 @@ def test_the_check_finds_a_copy(tmp_path):
     src.mkdir()
     (src / "probe.py").write_text(
         "from dataclasses import dataclass\n\n@dataclass\nclass Probe:\n    part_size: int = 1024\n\n\n"
-        "def score(images, iqa, *, loader_workers=2, other=7):\n    return iqa.get(\"batch_size\", 2)\n"
+        'def score(images, iqa, *, loader_workers=2, other=7):\n    return iqa.get("batch_size", 2)\n'
     )
     found = {("src/probe.py", "part_size"), ("src/probe.py", "loader_workers"), ("src/probe.py", "batch_size")}
     assert duplicates(src) == found

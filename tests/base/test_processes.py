@@ -15,7 +15,8 @@ import pytest
 # watchdog can notice.
 OWNER = textwrap.dedent("""
     import os, subprocess, sys, time
-    child = "from fluxir.processes import die_with_parent; die_with_parent(%d); print('ready', flush=True); import time; time.sleep(600)" % os.getpid()
+    child = ("from fluxir.processes import die_with_parent; die_with_parent(%d); "
+             "print('ready', flush=True); import time; time.sleep(600)" % os.getpid())
     if sys.argv[1] == "via_shell":
         subprocess.Popen(["sh", "-c", f"{sys.executable} -c \\"{child}\\" &"])
     else:
@@ -28,7 +29,7 @@ def _child_of(owner: psutil.Process, timeout: float = 60) -> psutil.Process:
     deadline = time.time() + timeout
     while time.time() < deadline:
         for p in psutil.process_iter(["cmdline"]):
-            if "die_with_parent(%d)" % owner.pid in " ".join(p.info["cmdline"] or []) and p.pid != owner.pid:
+            if f"die_with_parent({owner.pid})" in " ".join(p.info["cmdline"] or []) and p.pid != owner.pid:
                 if p.name() != "sh":
                     return p
         time.sleep(0.1)

@@ -49,9 +49,7 @@ def test_fresh_interpreter_needs_the_alias_and_gets_it():
         import torchvision.transforms.functional_tensor as ft
         print("SAME" if first is second and ft.rgb_to_grayscale is rgb_to_grayscale else "DIFFERENT")
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300
-    )
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
     if _version(torchvision.__version__) >= (0, 17):  # the release that removed the module

@@ -17,9 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import skimage.data
-from conftest import REPO, kedro_run
 from PIL import Image
-from support import save_identity_adapter
 
 from fluxir.evaluation.report import (
     comparison_table,
@@ -38,6 +36,9 @@ from fluxir.evaluation.testsets import (
     prepare_benchmark,
     write_demo_benchmarks,
 )
+
+from conftest import REPO, kedro_run
+from support import save_identity_adapter
 
 SIX = ("PSNR", "SSIM", "LPIPS", "CLIPIQA", "MANIQA", "MUSIQ")
 
@@ -150,13 +151,16 @@ def test_wrong_benchmark_content_is_an_error_not_a_skip(tmp_path):
         prepare_benchmark(spec, tmp_path / "prepared")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"kind": "paired", "hq_dir": "x"}, "needs lq_dir"),
-    ({"kind": "lq_only", "lq_dir": "x", "lq_size": 20}, "multiple of 16"),
-    ({"kind": "synthetic", "hq_dir": "x"}, "needs num_images"),
-    ({"kind": "weird", "lq_dir": "x"}, "kind must be one of"),
-    ({"kind": "lq_only", "lq_dir": "x", "colour": 1}, "unknown setting"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"kind": "paired", "hq_dir": "x"}, "needs lq_dir"),
+        ({"kind": "lq_only", "lq_dir": "x", "lq_size": 20}, "multiple of 16"),
+        ({"kind": "synthetic", "hq_dir": "x"}, "needs num_images"),
+        ({"kind": "weird", "lq_dir": "x"}, "kind must be one of"),
+        ({"kind": "lq_only", "lq_dir": "x", "colour": 1}, "unknown setting"),
+    ],
+)
 def test_bad_benchmark_settings_are_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
         _spec(name="B", **bad)
@@ -176,12 +180,20 @@ def test_div2k_val_crops_are_deterministic_degraded_pairs(tmp_path):
     # The reference is the original DIV2K crop (no USM sharpening: that is for training HQ only).
     source = _read(tmp_path / "DIV2K" / "astronaut.png")
     hq = _read(first["hq_path"][0])
-    found = [(y, x) for y in range(source.shape[0] - 63) for x in range(source.shape[1] - 63)
-             if np.array_equal(source[y, x : x + 64], hq[0]) or np.array_equal(source[y, x : x + 64][::-1], hq[0])]
-    assert any(np.array_equal(source[y : y + 64, x : x + 64], hq) or np.array_equal(source[y : y + 64, x : x + 64][:, ::-1], hq)
-               for y, x in found), "the DIV2K-Val reference must be an unmodified crop of the source"
-    other = prepare_benchmark(_spec(name="DIV2K-Val", kind="synthetic", hq_dir=str(tmp_path / "DIV2K"),
-                                    num_images=3, seed=6), tmp_path / "a").images
+    found = [
+        (y, x)
+        for y in range(source.shape[0] - 63)
+        for x in range(source.shape[1] - 63)
+        if np.array_equal(source[y, x : x + 64], hq[0]) or np.array_equal(source[y, x : x + 64][::-1], hq[0])
+    ]
+    assert any(
+        np.array_equal(source[y : y + 64, x : x + 64], hq)
+        or np.array_equal(source[y : y + 64, x : x + 64][:, ::-1], hq)
+        for y, x in found
+    ), "the DIV2K-Val reference must be an unmodified crop of the source"
+    other = prepare_benchmark(
+        _spec(name="DIV2K-Val", kind="synthetic", hq_dir=str(tmp_path / "DIV2K"), num_images=3, seed=6), tmp_path / "a"
+    ).images
     assert other["prep_key"][0] != first["prep_key"][0]  # another seed never mixes with the old crops
     assert not np.array_equal(_read(other["lq_path"][0]), _read(first["lq_path"][0]))
 
@@ -189,7 +201,9 @@ def test_div2k_val_crops_are_deterministic_degraded_pairs(tmp_path):
 def test_demo_writer_fills_only_empty_folders(tmp_path):
     hr = _paired_folders(tmp_path / "RealSR")
     specs = {
-        "realsr": _spec(name="RealSR", kind="paired", hq_dir=str(tmp_path / "RealSR/HR"), lq_dir=str(tmp_path / "RealSR/LR")),
+        "realsr": _spec(
+            name="RealSR", kind="paired", hq_dir=str(tmp_path / "RealSR/HR"), lq_dir=str(tmp_path / "RealSR/LR")
+        ),
         "reallq250": _spec(name="RealLQ250", kind="lq_only", lq_dir=str(tmp_path / "LQ")),
     }
     written = write_demo_benchmarks(specs, count=2)
@@ -201,10 +215,14 @@ def test_demo_writer_fills_only_empty_folders(tmp_path):
 
 
 def test_baselines_are_matched_by_name_and_checked(tmp_path, caplog):
-    manifest = pd.DataFrame({
-        "dataset": ["RealSR", "RealSR", "RealLQ250"], "image": ["Canon_001", "Nikon_002", "x"],
-        "lq_path": [str(tmp_path / f"lq{i}.png") for i in range(3)], "hq_path": ["h", "h", None],
-    })
+    manifest = pd.DataFrame(
+        {
+            "dataset": ["RealSR", "RealSR", "RealLQ250"],
+            "image": ["Canon_001", "Nikon_002", "x"],
+            "lq_path": [str(tmp_path / f"lq{i}.png") for i in range(3)],
+            "hq_path": ["h", "h", None],
+        }
+    )
     for i in range(3):
         _png(tmp_path / f"lq{i}.png", np.zeros((16, 16, 3), np.uint8))
     root = tmp_path / "baselines"
@@ -231,8 +249,21 @@ def _per_image() -> pd.DataFrame:
         for i in range(2):
             rows.append(["RealSR", method, f"im{i}", "PSNR", "psnr", psnr[i], "y", 4, True, False])
             rows.append(["RealSR", method, f"im{i}", "MANIQA", "piqe", piqe[i], "rgb", 0, False, True])
-    return pd.DataFrame(rows, columns=["dataset", "method", "image", "label", "metric", "value", "convention",
-                                       "crop_border", "higher_is_better", "stand_in"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "dataset",
+            "method",
+            "image",
+            "label",
+            "metric",
+            "value",
+            "convention",
+            "crop_border",
+            "higher_is_better",
+            "stand_in",
+        ],
+    )
 
 
 def test_report_puts_this_run_beside_the_paper():
@@ -252,8 +283,10 @@ def test_report_puts_this_run_beside_the_paper():
     assert maniqa["Metric"] == "MANIQA STAND-IN (piqe ↓)"
     dreal = table[table["Dataset"] == "DrealSR"]
     assert len(dreal) == 6 and dreal["FluxIR (this run)"].isna().all() and (dreal["Computed as"] == "not run").all()
-    status = {"RealSR": {"status": "ready", "message": "ok", "images": 2},
-              "DrealSR": {"status": "skipped", "message": "DrealSR: skipped, folder x not found", "images": 0}}
+    status = {
+        "RealSR": {"status": "ready", "message": "ok", "images": 2},
+        "DrealSR": {"status": "skipped", "message": "DrealSR: skipped, folder x not found", "images": 0},
+    }
     md = render_markdown(table, means, status, {"model": "m"}, {}, tiny=True)
     assert "TINY RUN - NOT A QUALITY RESULT" in md and "pyiqa `piqe` in place of the paper's `maniqa-pipal`" in md
     lines = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| RealSR | ")}
@@ -280,9 +313,15 @@ def test_bad_metric_settings_and_paper_table_are_rejected():
 def test_setup_names_every_metric_option():
     from fluxir.evaluation.report import metric_settings
 
-    names, options = metric_settings({"full_reference": {"PSNR": "psnr"},
-                                      "no_reference": {"MANIQA": {"name": "maniqa-pipal", "test_sample": 1},
-                                                       "MUSIQ": {"name": "musiq", "pretrained": False}}})
+    names, options = metric_settings(
+        {
+            "full_reference": {"PSNR": "psnr"},
+            "no_reference": {
+                "MANIQA": {"name": "maniqa-pipal", "test_sample": 1},
+                "MUSIQ": {"name": "musiq", "pretrained": False},
+            },
+        }
+    )
     assert names.endswith(": PSNR=psnr; MANIQA=maniqa-pipal (test_sample=1); MUSIQ=musiq (random weights)")
     assert options == {"MANIQA": "test_sample=1"}
 
@@ -302,16 +341,23 @@ def test_methods_without_fluxir_need_no_adapter(tmp_path):
 
     missing = FluxIRAdapterDataset(filepath=str(tmp_path / "fluxir_adapter"), version=Version(None, None)).load()
     assert isinstance(missing, MissingAdapter)
-    manifest = pd.DataFrame({"dataset": ["RealSR"], "image": ["a"], "lq_path": ["x.png"], "hq_path": [None],
-                             "prep_key": ["k"]})
+    manifest = pd.DataFrame(
+        {"dataset": ["RealSR"], "image": ["a"], "lq_path": ["x.png"], "hq_path": [None], "prep_key": ["k"]}
+    )
     outputs, info = restore_benchmarks(manifest, missing, {}, str(tmp_path), 4, "wavelet", ["bicubic", "realesrgan"])
     assert outputs.empty and info == {"FluxIR": "not run (not in evaluate.methods)"}
-    with pytest.raises(ValueError, match=r"evaluate.methods: fluxir needs a trained FluxIR adapter: .*restore.method="
-                                         r"flux_controlnet or realesrgan"):
+    with pytest.raises(
+        ValueError,
+        match=r"evaluate.methods: fluxir needs a trained FluxIR adapter: .*restore.method="
+        r"flux_controlnet or realesrgan",
+    ):
         restore_benchmarks(manifest, missing, {}, str(tmp_path), 4, "wavelet", ["fluxir"])
     assert upsample_bicubic(manifest, 4, str(tmp_path), ["fluxir"]).empty
-    for bad, message in ((["bicubic", "bicubic"], "twice"), (["seesr"], "each of evaluate.methods must be one of"),
-                         ("fluxir", "non-empty list")):
+    for bad, message in (
+        (["bicubic", "bicubic"], "twice"),
+        (["seesr"], "each of evaluate.methods must be one of"),
+        ("fluxir", "non-empty list"),
+    ):
         with pytest.raises(ValueError, match=message):
             upsample_bicubic(manifest, 4, str(tmp_path), bad)
     _png(tmp_path / "baselines/realesrgan/RealSR/a.png", np.zeros((4, 4, 3), np.uint8))
@@ -322,9 +368,6 @@ def test_methods_without_fluxir_need_no_adapter(tmp_path):
 # --------------------------------------------------------------------------------------------- #
 # The pipeline through Kedro and MLflow (tiny environment)
 # --------------------------------------------------------------------------------------------- #
-
-
-
 
 
 def _latest(project: Path, relative: str) -> Path:
@@ -352,13 +395,17 @@ def evaluated(tmp_path_factory):
         _png(project / "data/01_raw/baselines/oracle/RealSR" / f"{name}.png", center_crop(image, 64))
     # plain one-line log records (the project's rich handler wraps long lines)
     (project / "logging_plain.yml").write_text(
-        "version: 1\ndisable_existing_loggers: False\nformatters:\n  simple:\n    format: '%(name)s %(levelname)s %(message)s'\n"
+        "version: 1\ndisable_existing_loggers: False\n"
+        "formatters:\n  simple:\n    format: '%(name)s %(levelname)s %(message)s'\n"
         "handlers:\n  console:\n    class: logging.StreamHandler\n    formatter: simple\n    stream: ext://sys.stdout\n"
-        "loggers:\n  kedro: {level: INFO}\n  fluxir: {level: INFO}\nroot:\n  level: INFO\n  handlers: [console]\n")
+        "loggers:\n  kedro: {level: INFO}\n  fluxir: {level: INFO}\nroot:\n  level: INFO\n  handlers: [console]\n"
+    )
     saved = os.environ.get("KEDRO_LOGGING_CONFIG")
     os.environ["KEDRO_LOGGING_CONFIG"] = str(project / "logging_plain.yml")
     try:
-        first = kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", "--params=evaluate.demo_benchmarks=false")
+        first = kedro_run(
+            project, "run", "--env=tiny", "--pipeline=evaluate", "--params=evaluate.demo_benchmarks=false"
+        )
         first_report = _latest(project, "data/08_reporting/evaluation_report.md").read_text()
         first_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
         second = kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate")
@@ -406,25 +453,37 @@ def test_report_compares_with_the_paper_and_says_tiny(evaluated):
         assert f"| {label} " in report
     table1 = report.split("## Table 1")[1]
     header = next(line for line in table1.splitlines() if line.startswith("| Dataset |"))
-    assert header.index("| FluxIR (this run, tiny random weights) |") < header.index(
-        "| Flux ControlNet upscaler (this run, tiny random weights) |") < header.index(
-        "| Real-ESRGAN x4plus (this run, tiny random weights) |") < header.index("| Bicubic (this run) |") < header.index(
-        "| oracle (your outputs) |") < header.index("| FluxIR (copied from the paper) |")
+    assert (
+        header.index("| FluxIR (this run, tiny random weights) |")
+        < header.index("| Flux ControlNet upscaler (this run, tiny random weights) |")
+        < header.index("| Real-ESRGAN x4plus (this run, tiny random weights) |")
+        < header.index("| Bicubic (this run) |")
+        < header.index("| oracle (your outputs) |")
+        < header.index("| FluxIR (copied from the paper) |")
+    )
     realsr_psnr = next(line for line in report.splitlines() if line.startswith("| RealSR | PSNR ↑"))
     assert "| psnr, Y, crop 4 |" in realsr_psnr and "| 20.7176 |" in realsr_psnr  # paper's FluxIR beside ours
     values = realsr_psnr.split(" | ")[4:9]  # the five measured columns: all numbers
     assert all(float(v.strip("*")) > 0 for v in values), values
     assert "| DrealSR | skipped |" in report
     setup = report.split("## Setup")[1].split("## Benchmarks")[0]  # every convention behind the numbers
-    for row in ("| PSNR / SSIM channel | y: Y = 0.299 R + 0.587 G + 0.114 B", "| border crop | 4 px cut from each side",
-                "(LPIPS is cropped too", "| colour fix | wavelet (evaluate.color_fix",
-                "| sampler | 20 Euler steps, schedule flux_shift, Flux guidance 4.0 (the adapter's training value)",
-                "| adapter training | no training record: an untrained adapter",
-                ("| Real-ESRGAN x4plus | RRDBNet x4 (num_feat 8, num_block 1, num_grow_ch 4) from "
-                 "data/01_raw/tiny/realesrgan/RealESRGAN_x4plus.pth; tiles of 8 px with 4 px context"),
-                ("| Flux ControlNet upscaler | diffusers FluxControlNetPipeline: data/01_raw/tiny/flux_controlnet on "
-                 "data/01_raw/tiny/flux; control image = bicubic-upsampled LQ, empty prompt, 4 steps, "
-                 "controlnet_conditioning_scale 0.6")):
+    for row in (
+        "| PSNR / SSIM channel | y: Y = 0.299 R + 0.587 G + 0.114 B",
+        "| border crop | 4 px cut from each side",
+        "(LPIPS is cropped too",
+        "| colour fix | wavelet (evaluate.color_fix",
+        "| sampler | 20 Euler steps, schedule flux_shift, Flux guidance 4.0 (the adapter's training value)",
+        "| adapter training | no training record: an untrained adapter",
+        (
+            "| Real-ESRGAN x4plus | RRDBNet x4 (num_feat 8, num_block 1, num_grow_ch 4) from "
+            "data/01_raw/tiny/realesrgan/RealESRGAN_x4plus.pth; tiles of 8 px with 4 px context"
+        ),
+        (
+            "| Flux ControlNet upscaler | diffusers FluxControlNetPipeline: data/01_raw/tiny/flux_controlnet on "
+            "data/01_raw/tiny/flux; control image = bicubic-upsampled LQ, empty prompt, 4 steps, "
+            "controlnet_conditioning_scale 0.6"
+        ),
+    ):
         assert row in setup, row
     project = evaluated["project"]
     html = _latest(project, "data/08_reporting/evaluation_report.html").read_text()

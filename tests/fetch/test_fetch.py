@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, make_project_copy
 from PIL import Image
 
 from fluxir import fetch
@@ -28,6 +27,8 @@ from fluxir.config import load_params
 from fluxir.fetch import archives, manifest, transfer
 from fluxir.fetch.__main__ import main as fetch_main
 from fluxir.io import sha256_file
+
+from conftest import REPO, make_project_copy
 
 
 class Loopback:

@@ -172,9 +172,7 @@ def test_hq_is_seesr_usm_sharpened_gt(photos):
     image = photos["astronaut"]
     hq, _, info = degrade_pair(image, "u", 0, config)
     left, top, w, h = info["crop"]
-    crop = torch.from_numpy(image[top : top + h, left : left + w].astype(np.float32) / 255).permute(2, 0, 1)[
-        None
-    ]
+    crop = torch.from_numpy(image[top : top + h, left : left + w].astype(np.float32) / 255).permute(2, 0, 1)[None]
     reference = (USMSharp()(crop)[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
     assert np.abs(hq.astype(int) - reference.astype(int)).max() <= 1
     assert not np.array_equal(hq, image[top : top + h, left : left + w])  # it did sharpen
@@ -324,7 +322,5 @@ def test_first_order_blur_follows_blur_sigma(photos):
         _, sharp_lq, _ = degrade_pair(
             photos["astronaut"], "b", seed, DegradationConfig(**quiet, blur_sigma=(0.2, 0.21))
         )
-        _, soft_lq, _ = degrade_pair(
-            photos["astronaut"], "b", seed, DegradationConfig(**quiet, blur_sigma=(3.0, 3.01))
-        )
+        _, soft_lq, _ = degrade_pair(photos["astronaut"], "b", seed, DegradationConfig(**quiet, blur_sigma=(3.0, 3.01)))
         assert sharpness(soft_lq) < 0.7 * sharpness(sharp_lq)

@@ -15,8 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import skimage.data
-from conftest import REPO, free_port
-from support import base_params, kill_when
 
 from fluxir.fluxgen.generate import GenerationConfig
 from fluxir.fluxgen.manifest import (
@@ -34,13 +32,19 @@ from fluxir.fluxgen.pairs import (
 from fluxir.fluxgen.score import chunks_to_score, merge_scores, metrics_key, score_into_parts, scoring_precision
 from fluxir.io import ImageStore, read_image, sha256_file
 
+from conftest import REPO, free_port
+from support import base_params, kill_when
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FLUXIR_PROGRESS": "off", "PYTHONPATH": str(REPO / "src")}
 
 
 def _images(n: int) -> list[np.ndarray]:
     """``n`` different (48, 64, 3) uint8 crops of a photo."""
     photo = skimage.data.astronaut()  # (512, 512, 3)
-    return [np.ascontiguousarray(photo[(7 * i) % 460 : (7 * i) % 460 + 48, (13 * i) % 440 : (13 * i) % 440 + 64]) for i in range(n)]
+    return [
+        np.ascontiguousarray(photo[(7 * i) % 460 : (7 * i) % 460 + 48, (13 * i) % 440 : (13 * i) % 440 + 64])
+        for i in range(n)
+    ]
 
 
 def _make_store(root: Path, n: int) -> tuple[GenerationConfig, ImageStore]:
@@ -96,8 +100,21 @@ def test_missing_image_is_named(tmp_path):
 
 def _score_cli(manifest: Path, parts: Path, metric: str, *extra: str) -> list[str]:
     params = f"iqa.metrics=[{metric}],iqa.batch_size=3,iqa.part_size=6,iqa.loader_workers=1,iqa.device=cpu"
-    return ["-m", "fluxir.fluxgen.score", "--env", "tiny", "--params", params,
-            "--manifest", str(manifest), "--parts", str(parts), "--project", str(REPO), *extra]
+    return [
+        "-m",
+        "fluxir.fluxgen.score",
+        "--env",
+        "tiny",
+        "--params",
+        params,
+        "--manifest",
+        str(manifest),
+        "--parts",
+        str(parts),
+        "--project",
+        str(REPO),
+        *extra,
+    ]
 
 
 def _merged(manifest: Path, parts: Path, metric: str) -> pd.DataFrame:
@@ -118,21 +135,54 @@ def scored_manifest(tmp_path, monkeypatch):
 def test_two_scoring_processes_equal_one(scored_manifest, tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         *_score_cli(scored_manifest, tmp_path / "two", "entropy")],
-        cwd=tmp_path, env=ENV, check=True, capture_output=True, timeout=300,
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            *_score_cli(scored_manifest, tmp_path / "two", "entropy"),
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
-    subprocess.run([sys.executable, *_score_cli(scored_manifest, tmp_path / "one", "entropy")],
-                   cwd=tmp_path, env=ENV, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, *_score_cli(scored_manifest, tmp_path / "one", "entropy")],
+        cwd=tmp_path,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     two_parts = sorted(p.name for p in (tmp_path / "two").rglob("part-*.parquet"))
     assert {name.split("-")[1] for name in two_parts} == {"00000", "00001"}, "both processes wrote parts"
-    one, two = _merged(scored_manifest, tmp_path / "one", "entropy"), _merged(scored_manifest, tmp_path / "two", "entropy")
+    one, two = (
+        _merged(scored_manifest, tmp_path / "one", "entropy"),
+        _merged(scored_manifest, tmp_path / "two", "entropy"),
+    )
     pd.testing.assert_frame_equal(one, two)  # exact: every chunk is the same batch in both runs
     assert one["entropy"].nunique() > 30
     # a rerun finds nothing left to score
-    rerun = subprocess.run([sys.executable, *_score_cli(scored_manifest, tmp_path / "two", "entropy")],
-                           cwd=tmp_path, env=ENV, check=True, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        [sys.executable, *_score_cli(scored_manifest, tmp_path / "two", "entropy")],
+        cwd=tmp_path,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert '"scored": 0' in rerun.stdout
     assert sorted(p.name for p in (tmp_path / "two").rglob("part-*.parquet")) == two_parts
 
@@ -143,17 +193,34 @@ def test_scoring_resumes_after_kill(tmp_path, monkeypatch):
     manifest = tmp_path / "generated.parquet"
     generation_manifest(cfg, store).to_parquet(manifest)
     parts = tmp_path / "parts"
-    proc = subprocess.Popen([sys.executable, *_score_cli(manifest, parts, "piqe")], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *_score_cli(manifest, parts, "piqe")],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     children = kill_when(proc, lambda: len(list(parts.rglob("part-*.parquet"))) >= 2, timeout=240)
     assert children, "the scorer had its loader worker running; kill_when checked it died with it"
     written = list(parts.rglob("part-*.parquet"))
     scored = sum(len(pd.read_parquet(p)) for p in written)  # every listed part is complete
     assert 12 <= scored < 600, "the run should have been killed part-way"
-    subprocess.run([sys.executable, *_score_cli(manifest, parts, "piqe")], cwd=tmp_path, env=ENV, check=True,
-                   capture_output=True, timeout=600)
-    subprocess.run([sys.executable, *_score_cli(manifest, tmp_path / "clean", "piqe")], cwd=tmp_path, env=ENV,
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, *_score_cli(manifest, parts, "piqe")],
+        cwd=tmp_path,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    subprocess.run(
+        [sys.executable, *_score_cli(manifest, tmp_path / "clean", "piqe")],
+        cwd=tmp_path,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     pd.testing.assert_frame_equal(_merged(manifest, parts, "piqe"), _merged(manifest, tmp_path / "clean", "piqe"))
 
 
@@ -183,14 +250,16 @@ def test_scoring_precision_is_applied_and_keys_the_scores(scored_manifest, tmp_p
     scores = {}
     for precision in ("fp32", "bf16"):
         parts = tmp_path / precision / keys[precision]
-        score_into_parts(manifest, parts, spec, 4, "cpu", loader_workers=0, part_size=1024, progress=False,
-                         precision=precision)
+        score_into_parts(
+            manifest, parts, spec, 4, "cpu", loader_workers=0, part_size=1024, progress=False, precision=precision
+        )
         scores[precision] = merge_scores(manifest, parts, ["musiq"])["musiq"].to_numpy()
     assert not np.array_equal(scores["fp32"], scores["bf16"])
     np.testing.assert_allclose(scores["bf16"], scores["fp32"], rtol=0.05)
     with pytest.raises(ValueError, match="iqa.precision must be 'fp32' .* got 'fp16'"):
-        score_into_parts(manifest, tmp_path / "x", spec, 4, "cpu", loader_workers=0, part_size=1024, precision="fp16",
-                         progress=False)
+        score_into_parts(
+            manifest, tmp_path / "x", spec, 4, "cpu", loader_workers=0, part_size=1024, precision="fp16", progress=False
+        )
 
 
 def test_unscored_image_is_named(scored_manifest, tmp_path):
@@ -215,8 +284,11 @@ def _tiny_degradation():
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-            and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def test_two_workers_make_byte_identical_pairs(tmp_path, monkeypatch):
@@ -251,8 +323,21 @@ def test_machines_share_the_ids():
 
 
 def _pairs_cli(selection: Path, store: Path, *params: str) -> list[str]:
-    return [sys.executable, "-m", "fluxir.fluxgen.pairs", "--env", "tiny", "--selection", str(selection),
-            "--store", str(store), "--project", str(REPO), "--params", ",".join(["degrade.seed=5", *params])]
+    return [
+        sys.executable,
+        "-m",
+        "fluxir.fluxgen.pairs",
+        "--env",
+        "tiny",
+        "--selection",
+        str(selection),
+        "--store",
+        str(store),
+        "--project",
+        str(REPO),
+        "--params",
+        ",".join(["degrade.seed=5", *params]),
+    ]
 
 
 def test_degradation_resumes_after_kill_and_ranks_add_up(tmp_path, monkeypatch):
@@ -261,8 +346,14 @@ def test_degradation_resumes_after_kill_and_ranks_add_up(tmp_path, monkeypatch):
     path = tmp_path / "selection.parquet"
     selection.to_parquet(path)
     store = tmp_path / "pairs"
-    proc = subprocess.Popen(_pairs_cli(path, store, "degrade.workers=2"), cwd=tmp_path, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _pairs_cli(path, store, "degrade.workers=2"),
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     kill_when(proc, lambda: len(list(store.rglob("*.json"))) >= 10, timeout=240, group=True)  # + forkserver, workers
     records = list(store.rglob("[0-9]*.json"))
     assert 10 <= len(records) < 128, "the run should have been killed part-way"
@@ -273,7 +364,12 @@ def test_degradation_resumes_after_kill_and_ranks_add_up(tmp_path, monkeypatch):
     subprocess.run(_pairs_cli(path, store, "degrade.workers=2"), cwd=tmp_path, env=ENV, check=True, capture_output=True)
     # two machines (ranks) of one worker each make the same files as the resumed run
     for rank in (0, 1):
-        subprocess.run(_pairs_cli(path, tmp_path / "ranks", "degrade.workers=1", f"degrade.rank={rank}",
-                                  "degrade.world_size=2"), cwd=tmp_path, env=ENV, check=True, capture_output=True)
+        subprocess.run(
+            _pairs_cli(path, tmp_path / "ranks", "degrade.workers=1", f"degrade.rank={rank}", "degrade.world_size=2"),
+            cwd=tmp_path,
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
     assert _files(store) == _files(tmp_path / "ranks")
     assert len(list(store.rglob("[0-9]*.json"))) == int(selection["keep"].sum())

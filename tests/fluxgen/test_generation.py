@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, free_port
-from support import base_params, kill_when
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
 from fluxir.fluxgen.manifest import recorded_hashes
 from fluxir.io import ImageStore, read_image, sha256_file
 from fluxir.models.flux import resolve_source
 
+from conftest import REPO, free_port
+from support import base_params, kill_when
 
 
 def tiny_cfg(tiny_flux_dir: Path, **overrides) -> GenerationConfig:
@@ -108,15 +108,25 @@ def test_killed_run_keeps_complete_images_and_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     params = "fluxgen.num_images=400,fluxgen.steps=2,fluxgen.write_threads=2"  # writes in the background pool
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen(_cli("--params", params, "--store", str(killed)),
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli("--params", params, "--store", str(killed)),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     kill_when(proc, lambda: len(list(killed.rglob("*.png"))) >= 3, timeout=120)
     written = sorted(killed.rglob("*.png"))
     assert 3 <= len(written) < 400, "the run should have been killed part-way"
     for path in written:  # every file that exists under its final name is a complete image
         assert read_image(path).shape == (48, 64, 3)
-    subprocess.run(_cli("--params", params, "--store", str(killed), "--report", str(tmp_path / "rep")),
-                   cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(
+        _cli("--params", params, "--store", str(killed), "--report", str(tmp_path / "rep")),
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     regenerated = json.loads((tmp_path / "rep.rank0.json").read_text())
     assert len(regenerated) == 400 - len(written)
     assert len(list(killed.rglob("*.png"))) == 400
@@ -128,12 +138,15 @@ def test_killed_run_keeps_complete_images_and_resumes(tmp_path):
     assert len(made) == len(written) + 5 and made == {p: (killed / p).read_bytes() for p in made}
     (store,) = [ImageStore(p) for p in killed.iterdir() if p.is_dir()]
     assert [sha for *_, sha, _ in recorded_hashes(store, range(400))] == [
-        sha256_file(store.path_for(i)) for i in range(400)]
+        sha256_file(store.path_for(i)) for i in range(400)
+    ]
 
 
 def test_returns_only_when_every_image_is_written(tiny_flux_dir, tmp_path):
     store = ImageStore(tmp_path)
-    assert generate_into_store(tiny_cfg(tiny_flux_dir, num_images=5, write_threads=2), store, progress=False) == list(range(5))
+    assert generate_into_store(tiny_cfg(tiny_flux_dir, num_images=5, write_threads=2), store, progress=False) == list(
+        range(5)
+    )
     for i in range(5):  # images and their sidecars are complete when the call returns
         path = store.path_for(i)
         assert read_image(path).shape == (48, 64, 3)
@@ -145,7 +158,9 @@ def test_a_failed_write_raises_in_the_caller(tiny_flux_dir, tmp_path, threads):
     blocker = tmp_path / "store"
     blocker.write_text("a file where the store's folder should be")
     with pytest.raises((NotADirectoryError, FileExistsError)):
-        generate_into_store(tiny_cfg(tiny_flux_dir, num_images=2, write_threads=threads), ImageStore(blocker), progress=False)
+        generate_into_store(
+            tiny_cfg(tiny_flux_dir, num_images=2, write_threads=threads), ImageStore(blocker), progress=False
+        )
 
 
 def test_two_processes_share_the_ids(tmp_path):
@@ -153,14 +168,44 @@ def test_two_processes_share_the_ids(tmp_path):
     params = "fluxgen.num_images=7,fluxgen.steps=2"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         "-m", "fluxir.fluxgen.generate", "--env", "tiny", "--params", params,
-         "--store", str(tmp_path / "two"), "--report", str(tmp_path / "two")],
-        cwd=REPO, env=env, check=True, capture_output=True, timeout=300,
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "fluxir.fluxgen.generate",
+            "--env",
+            "tiny",
+            "--params",
+            params,
+            "--store",
+            str(tmp_path / "two"),
+            "--report",
+            str(tmp_path / "two"),
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
-    subprocess.run(_cli("--params", params, "--store", str(tmp_path / "one"), "--report", str(tmp_path / "one")),
-                   cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(
+        _cli("--params", params, "--store", str(tmp_path / "one"), "--report", str(tmp_path / "one")),
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     rank0 = json.loads((tmp_path / "two.rank0.json").read_text())
     rank1 = json.loads((tmp_path / "two.rank1.json").read_text())
     single = json.loads((tmp_path / "one.rank0.json").read_text())

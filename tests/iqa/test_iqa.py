@@ -23,9 +23,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from fluxir import iqa
 from fluxir.iqa import weights as iqa_weights
+
 from conftest import REPO
-
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -58,7 +57,9 @@ def _degrade(img: np.ndarray, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def photos() -> list[np.ndarray]:
     """Four real photos (scikit-image samples) at the tiny 64x48 size."""
-    return [_small(f()) for f in (skimage.data.astronaut, skimage.data.coffee, skimage.data.chelsea, skimage.data.rocket)]
+    return [
+        _small(f()) for f in (skimage.data.astronaut, skimage.data.coffee, skimage.data.chelsea, skimage.data.rocket)
+    ]
 
 
 def _run_python(code: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -77,7 +78,9 @@ def _run_python(code: str, env_extra: dict[str, str] | None = None) -> subproces
 
 def test_metric_spec_parse_forms():
     assert iqa.MetricSpec.parse("musiq") == iqa.MetricSpec("musiq", True, {})
-    spec = iqa.MetricSpec.parse({"name": "lpips", "pretrained": False, "net": "squeeze", "options": {"pnet_rand": True}})
+    spec = iqa.MetricSpec.parse(
+        {"name": "lpips", "pretrained": False, "net": "squeeze", "options": {"pnet_rand": True}}
+    )
     assert spec == iqa.MetricSpec("lpips", False, {"net": "squeeze", "pnet_rand": True})
     assert iqa.MetricSpec.parse(spec) is spec
     assert spec.metric_mode == "FR" and iqa.MetricSpec.parse("piqe").metric_mode == "NR"
@@ -113,8 +116,17 @@ def test_duplicate_metric_names_are_rejected():
 
 @pytest.mark.parametrize(
     "name, lower",
-    [("piqe", True), ("brisque", True), ("niqe", True), ("lpips", True),
-     ("musiq", False), ("maniqa-pipal", False), ("clipiqa+_vitL14_512", False), ("psnr", False), ("entropy", False)],
+    [
+        ("piqe", True),
+        ("brisque", True),
+        ("niqe", True),
+        ("lpips", True),
+        ("musiq", False),
+        ("maniqa-pipal", False),
+        ("clipiqa+_vitL14_512", False),
+        ("psnr", False),
+        ("entropy", False),
+    ],
 )
 def test_lower_is_better_by_name(name, lower):
     assert iqa.lower_is_better(name) is lower
@@ -148,7 +160,10 @@ def test_module_import_is_light():
 
 def test_required_weight_files_per_metric():
     hub = Path(iqa.configure_weights(None)).parent
-    names = lambda spec: [(p.parent.name, p.name) for p in iqa.required_weight_files(spec)]
+
+    def names(spec):
+        return [(p.parent.name, p.name) for p in iqa.required_weight_files(spec)]
+
     assert names("musiq") == [("pyiqa", "musiq_koniq_ckpt-e95806b9.pth")]
     # The MANIQA checkpoint holds the whole ViT, so no timm/Hugging Face backbone is needed.
     assert names("maniqa-pipal") == [("pyiqa", "MANIQA_PIPAL-ae6d356b.pth")]
@@ -176,7 +191,9 @@ def test_weight_table_matches_pyiqa_urls():
         musiq_arch,
     )
 
-    base = lambda url: url.rsplit("/", 1)[-1]
+    def base(url):
+        return url.rsplit("/", 1)[-1]
+
     for key, file in iqa_weights.MUSIQ_FILES.items():
         assert base(musiq_arch.default_model_urls[key]) == file
     for key, file in iqa_weights.MANIQA_FILES.items():
@@ -284,7 +301,7 @@ def test_pretrained_path_loads_weights_from_weights_dir(tmp_path, photos):
         torch.set_num_threads(1)
         from fluxir import iqa
         iqa.configure_weights({str(tmp_path)!r})
-        scores = iqa.score_no_reference(list(np.load({str(tmp_path / 'imgs.npy')!r})), ["musiq"], progress=False)
+        scores = iqa.score_no_reference(list(np.load({str(tmp_path / "imgs.npy")!r})), ["musiq"], progress=False)
         print(json.dumps(scores["musiq"].tolist()))
         """
     )
@@ -331,8 +348,14 @@ def test_weight_free_scores_are_finite_and_see_blur(photos):
 
 def test_batching_matches_one_by_one_and_keeps_order(photos):
     # Mixed sizes interleaved: batches group equal sizes, rows must still follow the input order.
-    images = [photos[0], _small(photos[1], (48, 64)), photos[2], _small(photos[3], (48, 64)), photos[3],
-              _noise(photos[0], 20, 1)]
+    images = [
+        photos[0],
+        _small(photos[1], (48, 64)),
+        photos[2],
+        _small(photos[3], (48, 64)),
+        photos[3],
+        _noise(photos[0], 20, 1),
+    ]
     specs = iqa.NO_REFERENCE_TINY
     batched = iqa.score_no_reference(images, specs, batch_size=3, progress=False)
     single = iqa.score_no_reference(images, specs, batch_size=1, progress=False)
@@ -379,10 +402,12 @@ def _skimage_reference(restored: np.ndarray, reference: np.ndarray, convention: 
     if convention == "rgb":
         psnr = peak_signal_noise_ratio(reference, restored, data_range=255)
         return psnr, structural_similarity(reference, restored, channel_axis=-1, **ssim_args)
-    if convention == "y":  # full-range BT.601 luma, as pyiqa's default YIQ Y
-        luma = lambda a: a.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    else:  # MATLAB/BasicSR rgb2ycbcr Y in [16, 235]
-        luma = lambda a: rgb2ycbcr(a)[..., 0]
+
+    def luma(a):
+        if convention == "y":  # full-range BT.601 luma, as pyiqa's default YIQ Y
+            return a.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        return rgb2ycbcr(a)[..., 0]  # MATLAB/BasicSR rgb2ycbcr Y in [16, 235]
+
     y_res, y_ref = luma(restored), luma(reference)
     psnr = peak_signal_noise_ratio(y_ref / 255, y_res / 255, data_range=1)
     # pyiqa's SSIM rounds Y to integer levels first (as MATLAB's uint8 images).
@@ -393,7 +418,9 @@ def _skimage_reference(restored: np.ndarray, reference: np.ndarray, convention: 
 @pytest.mark.parametrize("crop_border", [0, 4])
 def test_psnr_ssim_agree_with_skimage(degraded_pairs, convention, crop_border):
     restored, reference = degraded_pairs
-    table = iqa.score_full_reference(restored, reference, ["psnr", "ssim"], convention=convention, crop_border=crop_border)
+    table = iqa.score_full_reference(
+        restored, reference, ["psnr", "ssim"], convention=convention, crop_border=crop_border
+    )
     assert (table["convention"] == convention).all() and (table["crop_border"] == crop_border).all()
     c = crop_border
     for i, (res, ref) in enumerate(zip(restored, reference)):
@@ -409,7 +436,9 @@ def test_psnr_ssim_agree_with_skimage(degraded_pairs, convention, crop_border):
 def test_conventions_differ_as_documented(degraded_pairs):
     restored, reference = degraded_pairs
     psnr = {
-        conv: iqa.score_full_reference(restored[:1], reference[:1], ["psnr"], convention=conv, crop_border=4)["value"][0]
+        conv: iqa.score_full_reference(restored[:1], reference[:1], ["psnr"], convention=conv, crop_border=4)["value"][
+            0
+        ]
         for conv in iqa.CONVENTIONS
     }
     # Studio-range Y compresses differences by 219/255: +20*log10(255/219) = +1.32 dB over full-range Y.
@@ -423,7 +452,14 @@ def test_ssim_clamps_negative_structure_like_pyiqa():
     res = _noise(ref, 80, 0)
     got = iqa.score_full_reference([res], [ref], ["ssim"], convention="rgb", crop_border=0)["value"][0]
     plain, ssim_map = structural_similarity(
-        ref, res, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True
+        ref,
+        res,
+        channel_axis=-1,
+        data_range=255,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
     )
     assert (ssim_map < 0).any()
     assert abs(got - np.maximum(ssim_map, 0)[5:-5, 5:-5].mean()) < 1e-6  # pad 5 = (11 - 1) / 2, as skimage
@@ -434,13 +470,16 @@ def test_full_reference_records_convention_and_applies_crop(photos):
     ref = photos[0]
     res = ref.copy()
     res[:3] = 0  # differs only inside a 3-pixel top border
-    table = iqa.score_full_reference([res, _blur(ref)], [ref, ref], iqa.FULL_REFERENCE_TINY, convention="y",
-                                     crop_border=4, names=["border", "blur"])
+    table = iqa.score_full_reference(
+        [res, _blur(ref)], [ref, ref], iqa.FULL_REFERENCE_TINY, convention="y", crop_border=4, names=["border", "blur"]
+    )
     assert list(table.columns) == ["image", "metric", "value", "convention", "crop_border"]
     assert list(table["metric"]) == ["psnr", "ssim", "lpips"] * 2
     assert dict(zip(table["metric"], table["convention"], strict=True)) == {"psnr": "y", "ssim": "y", "lpips": "rgb"}
     wide = table.pivot(index="image", columns="metric", values="value")
-    assert wide.loc["border", "ssim"] == pytest.approx(1.0) and wide.loc["border", "lpips"] == pytest.approx(0.0, abs=1e-7)
+    assert wide.loc["border", "ssim"] == pytest.approx(1.0) and wide.loc["border", "lpips"] == pytest.approx(
+        0.0, abs=1e-7
+    )
     assert wide.loc["blur", "psnr"] < 40 and wide.loc["blur", "lpips"] > 0.01
     uncropped = iqa.score_full_reference([res], [ref], ["psnr"], convention="y", crop_border=0)
     assert uncropped["value"][0] < wide.loc["border", "psnr"] - 20

@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
 from conftest import REPO, kedro_run
 
 SCRIPT = REPO / "scripts" / "make_iqa_fixture_weights.py"
@@ -60,17 +61,29 @@ def _python(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("TORCH_HOME", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(REPO / "src")]))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                          timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=600, check=False
+    )
 
 
 def test_fixture_files_have_the_published_names_and_containers(weight_home):
     from fluxir.iqa import weights as w
 
     hub = weight_home / "hub"
-    expected = {hub / "clip" / "RN50.pt", hub / "checkpoints" / "alexnet-owt-7be5be79.pth",
-                *(hub / "pyiqa" / f for f in (w.MUSIQ_FILES["koniq10k"], w.MANIQA_FILES["pipal"], w.LPIPS_FILES["0.1_alex"],
-                                             w.CLIPIQA_FILES["clipiqa+"], w.CLIPIQA_FILES["clipiqa+_rn50_512"]))}
+    expected = {
+        hub / "clip" / "RN50.pt",
+        hub / "checkpoints" / "alexnet-owt-7be5be79.pth",
+        *(
+            hub / "pyiqa" / f
+            for f in (
+                w.MUSIQ_FILES["koniq10k"],
+                w.MANIQA_FILES["pipal"],
+                w.LPIPS_FILES["0.1_alex"],
+                w.CLIPIQA_FILES["clipiqa+"],
+                w.CLIPIQA_FILES["clipiqa+_rn50_512"],
+            )
+        ),
+    }
     assert {p for p in weight_home.rglob("*") if p.is_file()} == expected
     archive = torch.jit.load(str(hub / "clip" / "RN50.pt"), map_location="cpu")  # TorchScript, like OpenAI's
     keys = archive.state_dict()
@@ -83,11 +96,26 @@ def test_fixture_files_have_the_published_names_and_containers(weight_home):
 
 
 def test_fluxgen_scores_with_the_real_metric_names_offline(weight_home, kedro_project, no_network):
-    _set_params(kedro_project, "parameters_fluxgen.yml",
-                {"iqa": {"metrics": SELECTION_METRICS, "weights_dir": str(weight_home), "trust_weight_files": True,
-                         "batch_size": 2}})
-    kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images,fluxgen.score_images",
-              "--params=fluxgen.num_images=2,fluxgen.steps=1")
+    _set_params(
+        kedro_project,
+        "parameters_fluxgen.yml",
+        {
+            "iqa": {
+                "metrics": SELECTION_METRICS,
+                "weights_dir": str(weight_home),
+                "trust_weight_files": True,
+                "batch_size": 2,
+            }
+        },
+    )
+    kedro_run(
+        kedro_project,
+        "run",
+        "--env=tiny",
+        "--pipeline=fluxgen",
+        "--nodes=fluxgen.generate_images,fluxgen.score_images",
+        "--params=fluxgen.num_images=2,fluxgen.steps=1",
+    )
     scores = pd.read_parquet(next((kedro_project / "data").rglob("iqa_scores.parquet")))
     for name in ("clipiqa+_rn50_512", "maniqa-pipal", "musiq"):
         assert scores[name].notna().all() and scores[name].nunique() == 2, scores
@@ -100,11 +128,14 @@ def test_evaluate_scores_pretrained_lpips_offline(weight_home, kedro_project, no
     from support import save_identity_adapter
 
     save_identity_adapter(kedro_project)
-    _set_params(kedro_project, "parameters_fluxgen.yml",
-                {"iqa": {"weights_dir": str(weight_home), "trust_weight_files": True}})
+    _set_params(
+        kedro_project, "parameters_fluxgen.yml", {"iqa": {"weights_dir": str(weight_home), "trust_weight_files": True}}
+    )
     # the real full-reference set; no-reference: the real MUSIQ, weight-free stand-ins for the others (kept short)
-    metrics = {"full_reference": {"PSNR": "psnr", "SSIM": "ssim", "LPIPS": "lpips"},
-               "no_reference": {"CLIPIQA": "entropy", "MANIQA": "piqe", "MUSIQ": "musiq"}}
+    metrics = {
+        "full_reference": {"PSNR": "psnr", "SSIM": "ssim", "LPIPS": "lpips"},
+        "no_reference": {"CLIPIQA": "entropy", "MANIQA": "piqe", "MUSIQ": "musiq"},
+    }
     path = kedro_project / "conf" / "tiny" / "parameters_evaluate.yml"
     params = yaml.safe_load(path.read_text())
     params["evaluate"]["metrics"] = metrics
@@ -185,7 +216,10 @@ def test_a_clip_archive_with_a_wrong_key_or_hash_is_named(weight_home, tmp_path,
             print("ERR", err)
         """)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"{clip_file} is not OpenAI's file (SHA-256" in result.stdout and "iqa.trust_weight_files: true" in result.stdout
+    assert (
+        f"{clip_file} is not OpenAI's file (SHA-256" in result.stdout
+        and "iqa.trust_weight_files: true" in result.stdout
+    )
     assert "ERR IQA metric 'clipiqa+_rn50_512' could not load its weights from" in result.stdout
     assert str(clip_file) in result.stdout and "visual.attnpool.positional_embedding" in result.stdout
 
@@ -200,7 +234,8 @@ def test_clipiqa_vitl14_scores_offline(tmp_path, no_network):
         import numpy as np
         from fluxir import iqa
         iqa.configure_weights({str(home)!r}, trust_files=True)
-        scores = iqa.score_no_reference([np.full((224, 224, 3), 100, np.uint8)], ["clipiqa+_vitL14_512"], progress=False)
+        image = np.full((224, 224, 3), 100, np.uint8)
+        scores = iqa.score_no_reference([image], ["clipiqa+_vitL14_512"], progress=False)
         print("SCORE", float(scores["clipiqa+_vitL14_512"][0]))
         """)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -217,8 +252,15 @@ def test_preflight_check_builds_the_metrics_and_names_a_broken_file(weight_home,
     _replace(musiq_file, musiq)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     params = f"iqa.metrics=[musiq],iqa.weights_dir={home},iqa.trust_weight_files=true"
-    result = subprocess.run([sys.executable, "-m", "fluxir.check", "--env", "tiny", "--params", params],
-                            cwd=kedro_project, env=env, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "fluxir.check", "--env", "tiny", "--params", params],
+        cwd=kedro_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
     assert len(fails) == 1 and "iqa          musiq" in fails[0], result.stdout

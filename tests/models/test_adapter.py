@@ -13,7 +13,15 @@ from kedro.io.core import Version
 from safetensors.torch import load_file
 
 from fluxir.datasets import FluxIRAdapterDataset
-from fluxir.models.adapter import FluxIRAdapter, FluxIRConfig, adapter_parameter_breakdown, check_compatible, count_parameters, load_adapter, save_adapter
+from fluxir.models.adapter import (
+    FluxIRAdapter,
+    FluxIRConfig,
+    adapter_parameter_breakdown,
+    check_compatible,
+    count_parameters,
+    load_adapter,
+    save_adapter,
+)
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.flux import build_transformer, load_config
 
@@ -94,8 +102,9 @@ def test_flux1_dev_sizes_match_table_2(dev_config):
     # Parts of the 387M: D is a copy of one Flux double block; embedders are Flux's.
     sizes = adapter_parameter_breakdown(dev_config)
     assert sizes["block"] == count_parameters(meta_flux.transformer_blocks[0])
-    assert sizes["embedders"] == sum(count_parameters(getattr(meta_flux, n))
-                                     for n in ("x_embedder", "context_embedder", "time_text_embed"))
+    assert sizes["embedders"] == sum(
+        count_parameters(getattr(meta_flux, n)) for n in ("x_embedder", "context_embedder", "time_text_embed")
+    )
     assert sizes["text_embeddings"] == 512 * 4096 + 768
     # The paper's "0.4B adapter" at r = 32; full-rank SE is > 72% of the full-rank adapter (Sec. 4.3).
     assert round(sizes["total"] / 1e9, 1) == 0.4
@@ -261,8 +270,15 @@ def test_kedro_dataset_versioned_roundtrip(tiny_flux, tmp_path):
     inputs = make_inputs(tiny_flux)
     first = perturb(FluxIRAdapter.from_flux(tiny_flux, rank=4, **TINY), seed=1)
     second = perturb(FluxIRAdapter.from_flux(tiny_flux, rank=4, **TINY), seed=2)
-    catalog = DataCatalog.from_config({"fluxir_adapter": {
-        "type": "fluxir.datasets.FluxIRAdapterDataset", "filepath": str(tmp_path / "adapter"), "versioned": True}})
+    catalog = DataCatalog.from_config(
+        {
+            "fluxir_adapter": {
+                "type": "fluxir.datasets.FluxIRAdapterDataset",
+                "filepath": str(tmp_path / "adapter"),
+                "versioned": True,
+            }
+        }
+    )
     dataset = catalog["fluxir_adapter"]
     assert isinstance(dataset, FluxIRAdapterDataset) and not dataset.exists()
     catalog.save("fluxir_adapter", first)  # a catalog saves one version per run: save again as a new run
@@ -273,11 +289,13 @@ def test_kedro_dataset_versioned_roundtrip(tiny_flux, tmp_path):
     loaded = dataset.load()  # the latest
     assert loaded.config == second.config
     with torch.no_grad():
-        assert torch.equal(controlled_flux_forward(tiny_flux, loaded, **inputs),
-                           controlled_flux_forward(tiny_flux, second, **inputs))
+        assert torch.equal(
+            controlled_flux_forward(tiny_flux, loaded, **inputs), controlled_flux_forward(tiny_flux, second, **inputs)
+        )
         old = FluxIRAdapterDataset(filepath=str(tmp_path / "adapter"), version=Version(versions[-1], None)).load()
-        assert torch.equal(controlled_flux_forward(tiny_flux, old, **inputs),
-                           controlled_flux_forward(tiny_flux, first, **inputs))
+        assert torch.equal(
+            controlled_flux_forward(tiny_flux, old, **inputs), controlled_flux_forward(tiny_flux, first, **inputs)
+        )
     # Adapter weights only, and a small readable config; no temporary folders left behind.
     folder = tmp_path / "adapter" / versions[0] / "adapter"
     assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json", "manifest.json"]
@@ -288,8 +306,11 @@ def test_kedro_dataset_versioned_roundtrip(tiny_flux, tmp_path):
 
 
 def test_save_load_full_rank_without_text_variant(tiny_flux, tmp_path):
-    adapter = perturb(FluxIRAdapter.from_flux(tiny_flux, rank="full", learn_text_embeddings=False,
-                                              text_control=False, shared_se=True, **TINY))
+    adapter = perturb(
+        FluxIRAdapter.from_flux(
+            tiny_flux, rank="full", learn_text_embeddings=False, text_control=False, shared_se=True, **TINY
+        )
+    )
     save_adapter(adapter, tmp_path / "a")
     save_adapter(adapter, tmp_path / "a")  # an existing folder is replaced
     loaded = load_adapter(tmp_path / "a", dtype=torch.bfloat16)
@@ -360,9 +381,13 @@ def test_missing_trained_adapter_says_what_to_run(tmp_path):
     from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset, require_adapter
 
     missing = FluxIRAdapterDataset(filepath=str(tmp_path / "fluxir_adapter"), version=Version(None, None)).load()
-    with pytest.raises(ValueError, match=r"restore needs a trained FluxIR adapter: .*run `kedro run --pipeline=train` "
-                                         r"first.*restore.method=flux_controlnet or realesrgan"):
+    with pytest.raises(
+        ValueError,
+        match=r"restore needs a trained FluxIR adapter: .*run `kedro run --pipeline=train` "
+        r"first.*restore.method=flux_controlnet or realesrgan",
+    ):
         require_adapter(missing, "restore")
     with pytest.raises(DatasetError):  # a version asked for by name that does not exist still fails at load
-        FluxIRAdapterDataset(filepath=str(tmp_path / "fluxir_adapter"), version=Version("2020-01-01T00.00.00.000Z",
-                                                                                         None)).load()
+        FluxIRAdapterDataset(
+            filepath=str(tmp_path / "fluxir_adapter"), version=Version("2020-01-01T00.00.00.000Z", None)
+        ).load()

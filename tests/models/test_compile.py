@@ -39,9 +39,18 @@ def _inputs(flux, seed: int = 0):
 
 def _velocity_and_grads(flux, adapter, inputs):
     adapter.zero_grad(set_to_none=True)
-    v = controlled_flux_forward(flux, adapter, inputs["hidden_states"], inputs["lq_latents"],
-                                inputs["encoder_hidden_states"], inputs["pooled_projections"], inputs["timestep"],
-                                inputs["img_ids"], inputs["txt_ids"], guidance=inputs["guidance"])
+    v = controlled_flux_forward(
+        flux,
+        adapter,
+        inputs["hidden_states"],
+        inputs["lq_latents"],
+        inputs["encoder_hidden_states"],
+        inputs["pooled_projections"],
+        inputs["timestep"],
+        inputs["img_ids"],
+        inputs["txt_ids"],
+        guidance=inputs["guidance"],
+    )
     v.square().mean().backward()
     return v.detach(), {n: p.grad.clone() for n, p in adapter.named_parameters() if p.grad is not None}
 
@@ -77,22 +86,27 @@ def _compiled(module) -> bool:
 
 
 def test_restore_and_train_compile_switch_compiles_the_blocks(tiny_flux_dir, tmp_path):
-    from support import make_pairs, tiny_params
-
     from fluxir.restoration.sampler import RestoreConfig, Restorer
     from fluxir.training.config import TrainConfig
     from fluxir.training.loop import start_run
+
+    from support import make_pairs, tiny_params
 
     pipe = load_pipeline(str(tiny_flux_dir), dtype="float32", device="cpu")
     adapter = FluxIRAdapter.from_flux(pipe.transformer)
     for compile_on in (False, True):
         cfg = RestoreConfig(dtype="float32", device="cpu", compile=compile_on)
         restorer = Restorer.from_source(str(tiny_flux_dir), adapter, cfg)
-        blocks = [*restorer.transformer.transformer_blocks, *restorer.transformer.single_transformer_blocks,
-                  restorer.adapter.block]
+        blocks = [
+            *restorer.transformer.transformer_blocks,
+            *restorer.transformer.single_transformer_blocks,
+            restorer.adapter.block,
+        ]
         assert [_compiled(b) for b in blocks] == [compile_on] * len(blocks)
     params = tiny_params(tmp_path, "train.compile=true")
     run = start_run(TrainConfig.from_params(params), make_pairs(tmp_path / "pairs", n=4))
     assert _compiled(run.models.flux.transformer_blocks[0]) and _compiled(run.adapter.block)
-    assert run.run_key == start_run(TrainConfig.from_params({**params, "compile": False}),
-                                    make_pairs(tmp_path / "pairs", n=4)).run_key, "compile is not part of the run key"
+    assert (
+        run.run_key
+        == start_run(TrainConfig.from_params({**params, "compile": False}), make_pairs(tmp_path / "pairs", n=4)).run_key
+    ), "compile is not part of the run key"

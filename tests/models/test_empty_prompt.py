@@ -33,10 +33,10 @@ def text_encoders_built(monkeypatch):
 
 
 def test_training_encodes_once_then_loads_no_text_encoder(full_flux_dir, tmp_path, text_encoders_built):
-    from support import tiny_params
-
     from fluxir.training.config import TrainConfig
     from fluxir.training.models import load_models
+
+    from support import tiny_params
 
     cfg = TrainConfig.from_params(tiny_params(tmp_path, f"train.model={full_flux_dir}"))
     cache = tmp_path / "prompt_embeddings"
@@ -50,7 +50,9 @@ def test_training_encodes_once_then_loads_no_text_encoder(full_flux_dir, tmp_pat
     assert torch.equal(first.pooled_embeds, second.pooled_embeds)
     assert second.prompt_embeds.shape == (1, cfg.max_sequence_length, 32)
     # another sequence length is another entry (encoded, not reused)
-    other = TrainConfig.from_params(tiny_params(tmp_path, f"train.model={full_flux_dir}", "train.max_sequence_length=6"))
+    other = TrainConfig.from_params(
+        tiny_params(tmp_path, f"train.model={full_flux_dir}", "train.max_sequence_length=6")
+    )
     assert load_models(other, "cpu", cache).prompt_embeds.shape == (1, 6, 32)
     assert sorted(text_encoders_built) == ["CLIPTextModel", "T5EncoderModel"]
 
@@ -59,8 +61,15 @@ def test_generation_and_restoration_reuse_the_cached_prompt(full_flux_dir, tmp_p
     from fluxir.restoration.sampler import RestoreConfig, Restorer
 
     cache = tmp_path / "prompt_embeddings"
-    params = {"model": str(full_flux_dir), "num_images": 2, "height": 48, "width": 64, "steps": 2,
-              "dtype": "float32", "device": "cpu"}
+    params = {
+        "model": str(full_flux_dir),
+        "num_images": 2,
+        "height": 48,
+        "width": 64,
+        "steps": 2,
+        "dtype": "float32",
+        "device": "cpu",
+    }
     cfg = GenerationConfig.from_params(params)
     encoded, cached = ImageStore(tmp_path / "encoded"), ImageStore(tmp_path / "cached")
     generate_into_store(cfg, encoded, progress=False, prompt_cache=cache)
@@ -71,8 +80,15 @@ def test_generation_and_restoration_reuse_the_cached_prompt(full_flux_dir, tmp_p
     for i in range(2):
         assert np.array_equal(encoded.read(i), cached.read(i))
 
-    restore = RestoreConfig(steps=2, tile_size=None, vae_tile_size=None, color_fix="none", dtype="float32",
-                            device="cpu", max_sequence_length=cfg.max_sequence_length)
+    restore = RestoreConfig(
+        steps=2,
+        tile_size=None,
+        vae_tile_size=None,
+        color_fix="none",
+        dtype="float32",
+        device="cpu",
+        max_sequence_length=cfg.max_sequence_length,
+    )
     lq = (np.random.default_rng(0).random((12, 16, 3)) * 255).astype(np.uint8)
     from_cache = Restorer.from_source(str(full_flux_dir), None, restore, prompt_cache=cache).restore(lq)
     assert text_encoders_built == [], "the generation's entry serves restoration (same model, length, dtype)"

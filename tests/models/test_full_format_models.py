@@ -18,22 +18,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import kedro_run, make_project_copy
-
-from support import base_params
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
-from fluxir.models.prompts import PromptEncoder
 from fluxir.io import ImageStore, read_image
 from fluxir.models.flux import load_pipeline
+from fluxir.models.prompts import PromptEncoder
 from fluxir.models.tiny import HUB_CLASSES, write_tiny_pipeline
+
+from conftest import kedro_run, make_project_copy
+from support import base_params
 
 DOMAIN_PROMPTS = ["a photo of a city street at night", "a detailed portrait"]
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -49,7 +52,10 @@ def test_flux_folder_has_the_hub_layout_and_matching_dimensions(full_flux_dir):
     assert (full_flux_dir / "tokenizer_2" / "tokenizer.json").is_file()
     pipe = load_pipeline(str(full_flux_dir), dtype="float32")
     assert [type(pipe.components[n]).__name__ for n in ("tokenizer", "text_encoder", "text_encoder_2")] == [
-        "CLIPTokenizer", "CLIPTextModel", "T5EncoderModel"]
+        "CLIPTokenizer",
+        "CLIPTextModel",
+        "T5EncoderModel",
+    ]
     assert type(pipe.tokenizer_2).__name__ in ("T5TokenizerFast", "T5Tokenizer")  # one class in transformers 5
     cfg = pipe.transformer.config
     assert pipe.text_encoder_2.config.d_model == cfg.joint_attention_dim
@@ -68,8 +74,10 @@ def test_builder_is_deterministic_idempotent_and_refuses_a_foreign_folder(full_f
     assert write_tiny_pipeline("flux", again) == again and (again / "model_index.json").stat().st_mtime_ns == stamp
     assert not (tmp_path / "flux.tmp").exists()
     other = write_tiny_pipeline("flux", tmp_path / "other", seed=1)
-    assert _digests(other)["transformer/diffusion_pytorch_model.safetensors"] != \
-        _digests(again)["transformer/diffusion_pytorch_model.safetensors"]
+    assert (
+        _digests(other)["transformer/diffusion_pytorch_model.safetensors"]
+        != _digests(again)["transformer/diffusion_pytorch_model.safetensors"]
+    )
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="foreign exists but is not a complete tiny sdxl folder"):
@@ -123,20 +131,35 @@ def test_prompts_are_encoded_without_autograd_and_the_encoders_are_freed(full_fl
     encoder = PromptEncoder(pipe, ["", *DOMAIN_PROMPTS], max_sequence_length=16, device="cpu")
     # On FLUX.1-dev an encoder run with autograd on keeps T5's activations alive (and crashed training).
     assert grad_during_encoding and not any(grad_during_encoding)
-    assert pipe.text_encoder is None and pipe.text_encoder_2 is None and pipe.tokenizer is None and pipe.tokenizer_2 is None
+    assert (
+        pipe.text_encoder is None
+        and pipe.text_encoder_2 is None
+        and pipe.tokenizer is None
+        and pipe.tokenizer_2 is None
+    )
     gc.collect()
     assert [r() for r in refs] == [None] * 4, "T5/CLIP and the tokenizers are garbage-collected"
     empty, domain = encoder.cache[""], encoder.cache[DOMAIN_PROMPTS[0]]
     assert empty["prompt_embeds"].shape == (1, 16, 32) and empty["pooled_prompt_embeds"].shape == (1, 32)
-    assert torch.equal(domain["prompt_embeds"], expected[0]) and torch.equal(domain["pooled_prompt_embeds"], expected[1])
+    assert torch.equal(domain["prompt_embeds"], expected[0]) and torch.equal(
+        domain["pooled_prompt_embeds"], expected[1]
+    )
     assert not torch.allclose(empty["prompt_embeds"], domain["prompt_embeds"]), "the prompt reaches the embedding"
     for embeds in encoder.cache.values():
         assert all(t.grad_fn is None and not t.requires_grad for t in embeds.values())
 
 
 def _generation_cfg(model: Path, **overrides) -> GenerationConfig:
-    params = {"model": str(model), "num_images": 4, "height": 48, "width": 64, "steps": 2, "dtype": "float32",
-              "device": "cpu", "max_sequence_length": 16}
+    params = {
+        "model": str(model),
+        "num_images": 4,
+        "height": 48,
+        "width": 64,
+        "steps": 2,
+        "dtype": "float32",
+        "device": "cpu",
+        "max_sequence_length": 16,
+    }
     return GenerationConfig.from_params(base_params("fluxgen", **{**params, **overrides}))
 
 
@@ -158,7 +181,9 @@ def test_fluxgen_seeds_batches_and_resume_with_real_text_encoders(full_flux_dir,
 
 
 @pytest.mark.parametrize("kind", ["sdxl", "pixart_sigma", "sana"])
-def test_other_backends_cache_the_embeddings_their_call_computes_and_free_the_encoders(full_format_model, tmp_path, kind):
+def test_other_backends_cache_the_embeddings_their_call_computes_and_free_the_encoders(
+    full_format_model, tmp_path, kind
+):
     """Embeddings encoded once (with the negative ones for classifier-free guidance) give the images the
     pipeline makes from the prompt text itself; the text encoders and tokenizers are gone afterwards."""
     model = full_format_model(kind)
@@ -169,8 +194,16 @@ def test_other_backends_cache_the_embeddings_their_call_computes_and_free_the_en
     pipe = load_pipeline(str(model), dtype="float32")
     pipe.set_progress_bar_config(disable=True)
     extra = {"clean_caption": False} if kind == "pixart_sigma" else {}
-    expected = pipe(prompt=DOMAIN_PROMPTS, height=48, width=64, num_inference_steps=2, guidance_scale=4.0,
-                    generator=[torch.Generator().manual_seed(i) for i in (0, 1)], output_type="np", **extra).images
+    expected = pipe(
+        prompt=DOMAIN_PROMPTS,
+        height=48,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        generator=[torch.Generator().manual_seed(i) for i in (0, 1)],
+        output_type="np",
+        **extra,
+    ).images
     for i in (0, 1):
         assert np.abs(read_image(store.path_for(i)).astype(int) - np.round(expected[i] * 255)).max() <= 1
 
@@ -200,8 +233,9 @@ def test_t5_and_gemma_backends_use_the_prompt_as_given(full_format_model, tmp_pa
     diffusers_logger.addHandler(handler)
     try:
         store = ImageStore(tmp_path)
-        generate_into_store(_generation_cfg(full_format_model(kind), num_images=2, prompts=DOMAIN_PROMPTS), store,
-                            progress=False)
+        generate_into_store(
+            _generation_cfg(full_format_model(kind), num_images=2, prompts=DOMAIN_PROMPTS), store, progress=False
+        )
     finally:
         diffusers_logger.removeHandler(handler)
     assert all(store.exists(i) for i in (0, 1))
@@ -222,11 +256,11 @@ def test_domain_prompts_change_the_images(full_flux_dir, tmp_path):
 def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_dir, tmp_path):
     """Prompt embeddings from real T5/CLIP carry no autograd graph: a graph would be freed by the first backward
     and the second optimizer step would fail ("backward through the graph a second time")."""
-    from support import make_pairs, tiny_params
-
     from fluxir.training.config import TrainConfig
     from fluxir.training.loop import train
     from fluxir.training.models import load_models
+
+    from support import make_pairs, tiny_params
 
     params = tiny_params(tmp_path, f"train.model={full_flux_dir}", "train.max_steps=3", "train.checkpoint_every=3")
     models = load_models(TrainConfig.from_params(params), "cpu")
@@ -239,9 +273,18 @@ def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_d
 def _restore_cfg(**overrides):
     from fluxir.restoration.sampler import RestoreConfig
 
-    params = {"steps": 4, "schedule": "flux_shift", "scale": 4, "tile_size": None,
-              "vae_tile_size": None, "color_fix": "none", "seed": 3, "dtype": "float32", "device": "cpu",
-              "max_sequence_length": 16}
+    params = {
+        "steps": 4,
+        "schedule": "flux_shift",
+        "scale": 4,
+        "tile_size": None,
+        "vae_tile_size": None,
+        "color_fix": "none",
+        "seed": 3,
+        "dtype": "float32",
+        "device": "cpu",
+        "max_sequence_length": 16,
+    }
     return RestoreConfig(**{**params, **overrides})
 
 
@@ -260,9 +303,14 @@ def test_sampler_without_adapter_is_diffusers_flux_pipeline(full_flux_dir):
     ours = restorer.restore(lq)  # (48, 64, 3) uint8
     noise = torch.randn(1, 16, 6, 8, generator=torch.Generator("cpu").manual_seed(cfg.seed))  # the restorer's z_1
     theirs = pipe(
-        prompt_embeds=restorer.prompt_embeds, pooled_prompt_embeds=restorer.pooled_prompt_embeds,
-        latents=pack_grid(noise).reshape(1, -1, 64), height=48, width=64, num_inference_steps=cfg.steps,
-        guidance_scale=restorer.guidance, output_type="np",
+        prompt_embeds=restorer.prompt_embeds,
+        pooled_prompt_embeds=restorer.pooled_prompt_embeds,
+        latents=pack_grid(noise).reshape(1, -1, 64),
+        height=48,
+        width=64,
+        num_inference_steps=cfg.steps,
+        guidance_scale=restorer.guidance,
+        output_type="np",
     ).images[0]  # (48, 64, 3) float in [0, 1]
     assert ours.shape == theirs.shape == (48, 64, 3)
     assert np.abs(ours / 255.0 - theirs).max() <= 1 / 255
@@ -274,10 +322,11 @@ def test_training_target_has_the_sign_the_sampler_integrates(full_flux_dir, tmp_
     """A model predicting the velocity that the sampler's Euler step (diffusers' FlowMatchEulerDiscreteScheduler,
     which the restorer reproduces above) takes from z_t straight to z_0 has zero training loss (Eq. 7-8)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from support import tiny_params
 
     from fluxir.training.config import TrainConfig
     from fluxir.training.loss import MicroBatch, flow_matching_loss
+
+    from support import tiny_params
 
     cfg = TrainConfig.from_params({**tiny_params(tmp_path, f"train.model={full_flux_dir}"), "pixel_loss_weight": 0})
     gen = torch.Generator().manual_seed(0)
@@ -325,8 +374,13 @@ def test_kedro_fluxgen_with_another_backend(full_format_model, tmp_path, kind):
 
     model = full_format_model(kind)
     project = make_project_copy(tmp_path / "project")
-    kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen",
-              f"--params=fluxgen.model={model},fluxgen.num_images=4,fluxgen.steps=2")
+    kedro_run(
+        project,
+        "run",
+        "--env=tiny",
+        "--pipeline=fluxgen",
+        f"--params=fluxgen.model={model},fluxgen.num_images=4,fluxgen.steps=2",
+    )
     generated = pd.read_parquet(_latest(project, "data/02_intermediate/generated_images.parquet"))
     assert list(generated["image_id"]) == [0, 1, 2, 3] and set(generated["model"]) == {str(model)}
     images = [read_image(project / p) for p in generated["path"]]
@@ -341,17 +395,33 @@ def test_kedro_fluxgen_with_another_backend(full_format_model, tmp_path, kind):
 
 def test_kedro_all_pipelines_on_the_full_format_flux(full_flux_dir, tmp_path):
     """`kedro run` (fluxgen -> train -> evaluate) and then `--pipeline=restore`, all on the FLUX.1-dev-format folder."""
-    from support import make_mixed_folder
-
     from fluxir.models.adapter import load_adapter
+
+    from support import make_mixed_folder
 
     project = make_project_copy(tmp_path / "project")
     model = str(full_flux_dir)
     # the documented `kedro run --env=tiny` (docs/index.md) on the full-format Flux, with fewer images and steps
-    kedro_run(project, "run", "--env=tiny", "--params=" + ",".join([
-        f"fluxgen.model={model}", "fluxgen.num_images=6", "fluxgen.steps=2", f"train.model={model}",
-        "train.max_steps=3", "train.validate_every=3", "train.checkpoint_every=3", "train.log_every=1",
-        f"evaluate.restore.model={model}", "evaluate.restore.steps=2"]))
+    kedro_run(
+        project,
+        "run",
+        "--env=tiny",
+        "--params="
+        + ",".join(
+            [
+                f"fluxgen.model={model}",
+                "fluxgen.num_images=6",
+                "fluxgen.steps=2",
+                f"train.model={model}",
+                "train.max_steps=3",
+                "train.validate_every=3",
+                "train.checkpoint_every=3",
+                "train.log_every=1",
+                f"evaluate.restore.model={model}",
+                "evaluate.restore.steps=2",
+            ]
+        ),
+    )
     history = pd.read_parquet(next((project / "data/07_model_output/train_history.parquet").rglob("*.parquet")))
     assert list(history.step) == [1, 2, 3], "three optimizer steps on real T5/CLIP embeddings"
     adapter = load_adapter(next((project / "data/06_models/fluxir_adapter").glob("*/fluxir_adapter")))
@@ -361,8 +431,21 @@ def test_kedro_all_pipelines_on_the_full_format_flux(full_flux_dir, tmp_path):
     assert set(fluxir["label"]) >= {"PSNR", "SSIM", "LPIPS"} and fluxir["value"].notna().all()
 
     make_mixed_folder(project / "photos")
-    kedro_run(project, "run", "--env=tiny", "--pipeline=restore", "--params=" + ",".join([
-        f"restore.model={model}", "restore.input_dir=photos", "restore.output_dir=restored", "restore.progress=false"]))
+    kedro_run(
+        project,
+        "run",
+        "--env=tiny",
+        "--pipeline=restore",
+        "--params="
+        + ",".join(
+            [
+                f"restore.model={model}",
+                "restore.input_dir=photos",
+                "restore.output_dir=restored",
+                "restore.progress=false",
+            ]
+        ),
+    )
     summary = json.loads(_latest(project, "data/08_reporting/restore_summary.json").read_text())
     assert summary["restored"] == 5 and summary["failed"] == 3
     assert read_image(project / "restored" / "rgb.png").shape == (40, 56, 3)

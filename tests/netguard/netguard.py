@@ -30,7 +30,11 @@ def install(log_path: str | os.PathLike) -> None:
             log.write(f"pid {os.getpid()} {what} {address!r}\n{''.join(traceback.format_stack(limit=12))}\n")
         raise ConnectionRefusedError(f"network access blocked in tests: {what} {address!r}")
 
-    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+    real_connect, real_connect_ex, real_getaddrinfo = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.getaddrinfo,
+    )
 
     def connect(self: socket.socket, address: object) -> None:
         if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address[0]):

@@ -37,16 +37,17 @@ def save_adapter_versions(project: Path, count: int) -> list[str]:
     for i in range(count):
         torch.manual_seed(i)
         FluxIRAdapterDataset(filepath=str(root), version=Version(None, None)).save(
-            FluxIRAdapter.from_flux(flux, text_seq_len=8))
+            FluxIRAdapter.from_flux(flux, text_seq_len=8)
+        )
         time.sleep(0.01)  # distinct timestamps
     return sorted((p.name for p in root.iterdir()), reverse=True)
 
 
 @pytest.fixture(scope="module")
 def app_project(tmp_path_factory):
-    from conftest import make_project_copy
-
     from fluxir.app import ProjectModels
+
+    from conftest import make_project_copy
 
     project = make_project_copy(tmp_path_factory.mktemp("app") / "project")
     versions = save_adapter_versions(project, 2)
@@ -75,7 +76,9 @@ def test_restore_upload_reports_a_bad_file_and_a_bad_setting_by_name(app_project
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
     with pytest.raises(ValueError, match="restore.start_t must be a number in"):
         restore_upload(models, str(photo), versions[0], {"start_t": 0})
-    with pytest.raises(ValueError, match=r"restore.method must be one of \('fluxir', 'flux_controlnet', 'realesrgan'\)"):
+    with pytest.raises(
+        ValueError, match=r"restore.method must be one of \('fluxir', 'flux_controlnet', 'realesrgan'\)"
+    ):
         restore_upload(models, str(photo), versions[0], {"method": "seesr"})
     with pytest.raises(ValueError) as err:  # every bad setting at once
         restore_upload(models, str(photo), versions[0], {"start_t": 0, "steps": 0})
@@ -94,7 +97,9 @@ def test_public_methods_restore_without_an_adapter_and_say_so(app_project, tmp_p
         outputs[method] = after
         assert after.shape == before.shape == (48, 40, 3) and png.name == f"photo_{method}.png"
     assert labels["realesrgan"].startswith("Restored with Real-ESRGAN x4plus: RRDBNet x4 (num_feat 8")
-    assert labels["flux_controlnet"].startswith("Restored with Flux ControlNet upscaler: diffusers FluxControlNetPipeline")
+    assert labels["flux_controlnet"].startswith(
+        "Restored with Flux ControlNet upscaler: diffusers FluxControlNetPipeline"
+    )
     assert labels["fluxir"] == f"Restored with FluxIR: Flux (data/01_raw/tiny/flux) + adapter {versions[0]}"
     assert not np.array_equal(outputs["realesrgan"], outputs["flux_controlnet"])
     # The page's steps reach the ControlNet sampler without reloading it (2 steps: another result).
@@ -109,8 +114,11 @@ def test_an_oversized_upload_is_refused_before_the_models_load(app_project, tmp_
     fresh = ProjectModels(models.project, models.params, models.adapter_conf)
     photo = tmp_path / "phone.png"
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(photo)
-    with pytest.raises(ValueError, match=r"^phone.png: 40x30 with restore.scale 4 gives a 160x120 output .* above "
-                                         r"restore.max_output_megapixels = 0.001"):
+    with pytest.raises(
+        ValueError,
+        match=r"^phone.png: 40x30 with restore.scale 4 gives a 160x120 output .* above "
+        r"restore.max_output_megapixels = 0.001",
+    ):
         restore_upload(fresh, str(photo), versions[0], {"max_output_megapixels": 0.001})
     assert fresh._restorer is None, "nothing was loaded"
 

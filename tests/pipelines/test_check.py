@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from safetensors.torch import load_file, save_file
+
+from conftest import REPO
 
 
 def _check(project: Path, *params: str) -> subprocess.CompletedProcess:
@@ -46,13 +47,22 @@ def test_good_setup_passes(kedro_project):
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     out = result.stdout
     assert not _lines(result, "FAIL")
-    for expected in ("OK    model        fluxgen.model: transformer  FluxTransformer2DModel",
-                     "OK    model        fluxgen.model: vae", "OK    model        train.model",
-                     "OK    adapter      fluxir_adapter", "OK    iqa          musiq", "OK    disk",
-                     "OK    package      torch", "OK    accelerator  fluxgen.device",
-                     "OK    baseline     baselines.realesrgan", "OK    baseline     baselines.flux_controlnet"):
+    for expected in (
+        "OK    model        fluxgen.model: transformer  FluxTransformer2DModel",
+        "OK    model        fluxgen.model: vae",
+        "OK    model        train.model",
+        "OK    adapter      fluxir_adapter",
+        "OK    iqa          musiq",
+        "OK    disk",
+        "OK    package      torch",
+        "OK    accelerator  fluxgen.device",
+        "OK    baseline     baselines.realesrgan",
+        "OK    baseline     baselines.flux_controlnet",
+    ):
         assert expected in out, out
-    assert re.search(r"OK +processes +fluxgen.num_processes +generate and score: 1 CPU process \(auto\), no GPU", out), out
+    assert re.search(
+        r"OK +processes +fluxgen.num_processes +generate and score: 1 CPU process \(auto\), no GPU", out
+    ), out
     assert "0 FAIL" in out.splitlines()[-1]
 
 
@@ -71,8 +81,15 @@ def broken_project(kedro_project) -> Path:
     save_file(state, vae_file)
     corrupt = tiny / "flux" / "transformer" / "diffusion_pytorch_model.safetensors"
     corrupt.write_bytes(corrupt.read_bytes()[:1000])  # a cut-off download
-    other = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
-                                   joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4))
+    other = FluxTransformer2DModel(
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        pooled_projection_dim=16,
+        axes_dims_rope=(2, 2, 4),
+    )
     other.save_pretrained(tiny / "other_flux" / "transformer")
     _save_adapter(kedro_project, tiny / "other_flux")
     return kedro_project
@@ -82,11 +99,14 @@ def test_broken_setup_lists_every_problem(broken_project, tmp_path):
     tiny = broken_project / "data" / "01_raw" / "tiny"
     empty_weights = tmp_path / "no_weights"
     empty_weights.mkdir()
-    result = _check(broken_project, f"train.model={tiny / 'bad_keys'},restore.model={tiny / 'no_vae'}",
-                    f"iqa.metrics=[musiq],iqa.weights_dir={empty_weights}",
-                    "evaluate.demo_benchmarks=false,fluxgen.num_images=1000000000000",
-                    f"baselines.realesrgan.weights={tmp_path / 'RealESRGAN_x4plus.pth'}",
-                    f"baselines.flux_controlnet.controlnet={tiny / 'flux'}")
+    result = _check(
+        broken_project,
+        f"train.model={tiny / 'bad_keys'},restore.model={tiny / 'no_vae'}",
+        f"iqa.metrics=[musiq],iqa.weights_dir={empty_weights}",
+        "evaluate.demo_benchmarks=false,fluxgen.num_images=1000000000000",
+        f"baselines.realesrgan.weights={tmp_path / 'RealESRGAN_x4plus.pth'}",
+        f"baselines.flux_controlnet.controlnet={tiny / 'flux'}",
+    )
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     fails = "\n".join(_lines(result, "FAIL"))
     corrupt = tiny / "flux" / "transformer" / "diffusion_pytorch_model.safetensors"
@@ -98,9 +118,14 @@ def test_broken_setup_lists_every_problem(broken_project, tmp_path):
         f"component folder {tiny / 'no_vae' / 'vae'} is missing",
         "fluxir_adapter              FluxIR adapter does not fit this Flux transformer",
         f"musiq needs musiq_koniq_ckpt-e95806b9.pth in {empty_weights.resolve() / 'hub' / 'pyiqa'}",
-        "benchmark    div2k_val", "benchmark    realsr", "benchmark    drealsr", "benchmark    reallq250",
-        f"folder(s) ['{broken_project / 'data' / '01_raw' / 'benchmarks_demo' / 'RealLQ250'}'] missing or without images",
-        "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only iqa", "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only benchmarks",
+        "benchmark    div2k_val",
+        "benchmark    realsr",
+        "benchmark    drealsr",
+        "benchmark    reallq250",
+        f"folder(s) ['{broken_project / 'data' / '01_raw' / 'benchmarks_demo' / 'RealLQ250'}'] missing or "
+        "without images",
+        "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only iqa",
+        "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only benchmarks",
         "disk         data",
         "fluxgen.num_images=1000000000000 needs",
         f"baselines.realesrgan.weights: {tmp_path / 'RealESRGAN_x4plus.pth'} not found",
@@ -125,16 +150,30 @@ def _with_text_components(folder: Path) -> Path:
         T5EncoderModel,
     )
 
-    CLIPTextModel(CLIPTextConfig(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, projection_dim=32, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(folder / "text_encoder")
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=6,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            projection_dim=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    ).save_pretrained(folder / "text_encoder")
     T5EncoderModel(T5Config(vocab_size=6, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2)).save_pretrained(
-        folder / "text_encoder_2")
+        folder / "text_encoder_2"
+    )
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5}
     CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder / "tokenizer")
     index = json.loads((folder / "model_index.json").read_text())
-    index.update(text_encoder=["transformers", "CLIPTextModel"], text_encoder_2=["transformers", "T5EncoderModel"],
-                 tokenizer=["transformers", "CLIPTokenizer"])
+    index.update(
+        text_encoder=["transformers", "CLIPTextModel"],
+        text_encoder_2=["transformers", "T5EncoderModel"],
+        tokenizer=["transformers", "CLIPTokenizer"],
+    )
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 
@@ -148,7 +187,8 @@ def test_text_encoders_and_tokenizer_class(tmp_path):
     folder = _with_text_components(Path(shutil.copytree(REPO / "data" / "01_raw" / "tiny" / "flux", tmp_path / "flux")))
     good = {f.item: f for f in check_model_folder("m", str(folder), {})}
     assert {i: f.status for i, f in good.items()} == {
-        f"m: {c}": "OK" for c in ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "transformer", "vae")}
+        f"m: {c}": "OK" for c in ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "transformer", "vae")
+    }
     assert good["m: text_encoder_2"].detail.startswith("T5EncoderModel")
     index = json.loads((folder / "model_index.json").read_text())
     index["tokenizer"] = ["transformers", "T5TokenizerFast"]
@@ -164,17 +204,25 @@ def test_hub_ids_are_checked_in_the_cache_and_small_benchmark_images_are_named(k
     transformer; a model in no place gets the download advice; benchmark images below the crops are named."""
     from diffusers import FluxTransformer2DModel
     from PIL import Image
+
     from support import write_hub_snapshot
 
     tiny = kedro_project / "data" / "01_raw" / "tiny"
     write_hub_snapshot(tiny / "flux", tmp_path / "hub", "black-forest-labs/FLUX.1-dev")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    other = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
-                                   joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4))
+    other = FluxTransformer2DModel(
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        pooled_projection_dim=16,
+        axes_dims_rope=(2, 2, 4),
+    )
     other.save_pretrained(tiny / "other_flux" / "transformer")
     _save_adapter(kedro_project, tiny / "other_flux")
     demo = kedro_project / "data" / "01_raw" / "benchmarks_demo"
-    for folder, size in (("RealSR/HR", 40), ("RealSR/LR", 10), ("DIV2K_valid_HR", 80)):
+    for folder, _size in (("RealSR/HR", 40), ("RealSR/LR", 10), ("DIV2K_valid_HR", 80)):
         (demo / folder).mkdir(parents=True)
     for name in ("a", "b"):  # tiny env: realsr hq_size 64 / lq_size 16, div2k_val hq_size 64
         Image.new("RGB", (40, 40)).save(demo / "RealSR" / "HR" / f"{name}_HR.png")
@@ -182,16 +230,23 @@ def test_hub_ids_are_checked_in_the_cache_and_small_benchmark_images_are_named(k
     Image.new("RGB", (80, 80)).save(demo / "DIV2K_valid_HR" / "0801.png")
     Image.new("RGB", (32, 32)).save(demo / "DIV2K_valid_HR" / "0802.png")
 
-    result = _check(kedro_project, "restore.model=black-forest-labs/FLUX.1-dev,train.model=someone/missing-flux",
-                    "evaluate.demo_benchmarks=false")
+    result = _check(
+        kedro_project,
+        "restore.model=black-forest-labs/FLUX.1-dev,train.model=someone/missing-flux",
+        "evaluate.demo_benchmarks=false",
+    )
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     fails, warns = "\n".join(_lines(result, "FAIL")), "\n".join(_lines(result, "WARN"))
     assert "OK    model        restore.model: transformer  FluxTransformer2DModel" in result.stdout
     assert "fluxir_adapter              FluxIR adapter does not fit this Flux transformer" in fails, result.stdout
     missing = next(line for line in _lines(result, "FAIL") if "train.model" in line)
-    for advice in ("HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux", "HF_TOKEN", "huggingface-cli login",
-                   "HF_HUB_OFFLINE=0 hf download someone/missing-flux (the hub cache",
-                   "--local-dir DIR and set fluxgen.model, train.model, restore.model, evaluate.restore.model to DIR"):
+    for advice in (
+        "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux",
+        "HF_TOKEN",
+        "huggingface-cli login",
+        "HF_HUB_OFFLINE=0 hf download someone/missing-flux (the hub cache",
+        "--local-dir DIR and set fluxgen.model, train.model, restore.model, evaluate.restore.model to DIR",
+    ):
         assert advice in missing.replace("`", ""), missing
     realsr = next(line for line in _lines(result, "FAIL") if "benchmark    realsr" in line)
     assert "evaluate.benchmarks.realsr.hq_size 64 / evaluate.benchmarks.realsr.lq_size 16" in realsr

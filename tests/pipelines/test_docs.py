@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import yaml
+
 from conftest import REPO
 
 DOCS = REPO / "docs"
@@ -51,8 +52,14 @@ def _pipelines() -> list[str]:
 def test_mkdocs_builds_strict(tmp_path):
     """Broken links, anchors, nav entries or missing pages (training.md, evaluation.md) fail the build."""
     site = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                          check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     nav = yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]
     in_nav = {next(iter(item.values())) for item in nav}
@@ -70,7 +77,7 @@ def test_every_parameter_is_documented():
     for key in _leaves(_params()):
         parts = key.split(".")
         # exact, or with one segment written as a placeholder: evaluate.benchmarks.<benchmark>.hq_dir
-        variants = {key} | {".".join(parts[:i] + ["<"] + parts[i + 1:]) for i in range(1, len(parts))}
+        variants = {key} | {".".join(parts[:i] + ["<"] + parts[i + 1 :]) for i in range(1, len(parts))}
         normalised = {re.sub(r"<[^>]+>", "<", d) for d in documented}
         if not variants & normalised:
             missing.append(key)
@@ -79,9 +86,12 @@ def test_every_parameter_is_documented():
 
 def _node_names() -> set[str]:
     """``<pipeline>.<node>`` for every node named with a plain string in ``pipelines/<pipeline>/pipeline.py``."""
-    return {f"{folder.name}.{name}" for folder in (REPO / "src/fluxir/pipelines").iterdir()
-            if (folder / "pipeline.py").is_file()
-            for name in re.findall(r'name="([^"]+)"', (folder / "pipeline.py").read_text())}
+    return {
+        f"{folder.name}.{name}"
+        for folder in (REPO / "src/fluxir/pipelines").iterdir()
+        if (folder / "pipeline.py").is_file()
+        for name in re.findall(r'name="([^"]+)"', (folder / "pipeline.py").read_text())
+    }
 
 
 def test_docs_name_only_parameters_that_exist():
@@ -91,8 +101,13 @@ def test_docs_name_only_parameters_that_exist():
         ("degrade", "config"): _dataclass_fields(REPO / "src/fluxir/fluxgen/degrade.py", "DegradationConfig"),
         ("train", "adapter"): _dataclass_fields(REPO / "src/fluxir/models/adapter.py", "FluxIRConfig"),
     }
-    not_parameters = {"select.n_scored", "select.n_kept", "select.kept_fraction", "select.threshold.<metric>",
-                      "select.threshold.clipiqaplus_vitL14_512"}  # MLflow metrics
+    not_parameters = {
+        "select.n_scored",
+        "select.n_kept",
+        "select.kept_fraction",
+        "select.threshold.<metric>",
+        "select.threshold.clipiqaplus_vitL14_512",
+    }  # MLflow metrics
     not_parameters |= _node_names()  # `fluxgen.generate_images`: a node of the namespace fluxgen
     groups = "|".join(map(re.escape, params))
     pattern = re.compile(rf"`({groups})\.([A-Za-z0-9_.<>]+?)[`= ]")
@@ -124,8 +139,17 @@ def test_architecture_picture_shows_every_pipeline_and_the_adapter():
     texts = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
     for name in _pipelines():
         assert name in texts, f"pipeline {name} is not in docs/img/architecture.svg"
-    for node in ("generate_images", "score_images", "select_by_iqa", "degrade_pairs", "train_adapter",
-                 "restore_images", "FluxIR adapter", "squeeze-excitation", "Flux.1-dev transformer (frozen)"):
+    for node in (
+        "generate_images",
+        "score_images",
+        "select_by_iqa",
+        "degrade_pairs",
+        "train_adapter",
+        "restore_images",
+        "FluxIR adapter",
+        "squeeze-excitation",
+        "Flux.1-dev transformer (frozen)",
+    ):
         assert node in texts
     for page in ("index.md", "architecture.md"):
         assert "(img/architecture.svg)" in (DOCS / page).read_text()
@@ -136,8 +160,10 @@ def test_architecture_picture_shows_every_pipeline_and_the_adapter():
 
 def test_full_scale_commands_and_weight_files_match_the_code():
     text = (DOCS / "full_scale.md").read_text()
-    assert ("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --env base \\\n"
-            "    --params fluxgen.num_images=350000") in text
+    assert (
+        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --env base \\\n"
+        "    --params fluxgen.num_images=350000"
+    ) in text
     from fluxir.iqa import required_weight_files  # stdlib + numpy only at import
 
     metrics = [*_params()["iqa"]["metrics"], *_params()["evaluate"]["metrics"]["full_reference"].values()]
@@ -161,10 +187,16 @@ def test_troubleshooting_covers_the_common_failures():
 def test_troubleshooting_basicsr_workaround_runs():
     """The snippet users copy for the basicsr import error really imports basicsr on this torchvision."""
     text = (DOCS / "troubleshooting.md").read_text()
-    section = text[text.index("functional_tensor'` (basicsr)"):]
+    section = text[text.index("functional_tensor'` (basicsr)") :]
     snippet = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    proc = subprocess.run([sys.executable, "-c", snippet + "\nprint('ok', basicsr.__version__)"],
-                          check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet + "\nprint('ok', basicsr.__version__)"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-3000:]
 
 
@@ -190,15 +222,19 @@ def _fetch_commands() -> list[str]:
                 in_block = not in_block
                 continue
             spans = [line.split("#")[0]] if in_block else re.findall(r"`([^`]+)`", line)
-            found += [span[span.index("python -m fluxir.fetch"):].strip() for span in spans if "python -m fluxir.fetch" in span]
+            found += [
+                span[span.index("python -m fluxir.fetch") :].strip()
+                for span in spans
+                if "python -m fluxir.fetch" in span
+            ]
     return found
 
 
 def test_the_weights_and_datasets_sections_start_with_the_fetch_command():
     for page, heading in (("full_scale.md", "## 1. Flux weights"), ("evaluation.md", "## The benchmarks")):
         text = (DOCS / page).read_text()
-        section = text[text.index(heading):]
-        first_block = section[section.index("```"):].split("```")[1]
+        section = text[text.index(heading) :]
+        first_block = section[section.index("```") :].split("```")[1]
         assert "python -m fluxir.fetch" in first_block, f"{page}: {heading} does not start with the fetch command"
     assert "python -m fluxir.fetch" in (REPO / "README.md").read_text()
 
@@ -207,9 +243,9 @@ def test_documented_fetch_commands_run(tmp_path, no_network, capsys):
     """Each documented command as typed, offline: --list prints the manifest; a download becomes --dry-run."""
     import shlex
 
-    from conftest import make_project_copy
-
     from fluxir.fetch.__main__ import main as fetch_main
+
+    from conftest import make_project_copy
 
     project = make_project_copy(tmp_path / "project")
     commands = _fetch_commands()

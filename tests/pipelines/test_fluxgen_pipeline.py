@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import kedro_run, make_project_copy
 from PIL import Image
+
+from conftest import kedro_run, make_project_copy
 
 
 def _versions(project: Path, relative: str) -> list[Path]:
@@ -21,8 +22,13 @@ def fluxgen_run(tmp_path_factory):
     """One tiny fluxgen run, then a second with another percentile (shared by the tests below)."""
     project = make_project_copy(tmp_path_factory.mktemp("fluxgen") / "project")
     kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", "--params=fluxgen.num_images=10,fluxgen.steps=2")
-    kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen",
-              "--params=fluxgen.num_images=10,fluxgen.steps=2,select.percentile=20")
+    kedro_run(
+        project,
+        "run",
+        "--env=tiny",
+        "--pipeline=fluxgen",
+        "--params=fluxgen.num_images=10,fluxgen.steps=2,select.percentile=20",
+    )
     return project
 
 
@@ -48,8 +54,11 @@ def test_selection_cuts_at_the_percentile(fluxgen_run):
         assert table["entropy_threshold"].iloc[0] == pytest.approx(np.quantile(table["entropy"], pct / 100))
         # piqe: lower is better, so the cut is the (100 - pct)th percentile and we keep values below it
         assert table["piqe_threshold"].iloc[0] == pytest.approx(np.quantile(table["piqe"], 1 - pct / 100))
-        expected = (table["entropy"] >= table["entropy_threshold"]) & (table["piqe"] <= table["piqe_threshold"]) & (
-            table["musiq"] >= table["musiq_threshold"])
+        expected = (
+            (table["entropy"] >= table["entropy_threshold"])
+            & (table["piqe"] <= table["piqe_threshold"])
+            & (table["musiq"] >= table["musiq_threshold"])
+        )
         assert (table["keep"] == expected).all()
     assert second["keep"].sum() < first["keep"].sum() < 10
 
@@ -94,7 +103,14 @@ def test_histograms_and_mlflow_run(fluxgen_run):
     ],
 )
 def test_bad_input_fails_with_a_clear_message(kedro_project, params, message):
-    proc = kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=fluxgen", f"--params=fluxgen.num_images=4,fluxgen.steps=1,{params}", check=False)
+    proc = kedro_run(
+        kedro_project,
+        "run",
+        "--env=tiny",
+        "--pipeline=fluxgen",
+        f"--params=fluxgen.num_images=4,fluxgen.steps=1,{params}",
+        check=False,
+    )
     assert proc.returncode != 0
     assert message in " ".join((proc.stdout + proc.stderr).split())
 
@@ -110,11 +126,24 @@ def test_bad_percentile_fails_before_any_cut(percentile):
 
 
 def test_corrupt_image_is_named(kedro_project):
-    kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images",
-              "--params=fluxgen.num_images=3,fluxgen.steps=1")
+    kedro_run(
+        kedro_project,
+        "run",
+        "--env=tiny",
+        "--pipeline=fluxgen",
+        "--nodes=fluxgen.generate_images",
+        "--params=fluxgen.num_images=3,fluxgen.steps=1",
+    )
     victim = sorted((kedro_project / "data/02_intermediate/fluxgen_images").rglob("00000001.png"))[0]
     victim.write_bytes(victim.read_bytes()[:100])  # truncated
-    proc = kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=fluxgen", "--params=fluxgen.num_images=3,fluxgen.steps=1", check=False)
+    proc = kedro_run(
+        kedro_project,
+        "run",
+        "--env=tiny",
+        "--pipeline=fluxgen",
+        "--params=fluxgen.num_images=3,fluxgen.steps=1",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "00000001.png: not a readable image" in " ".join((proc.stdout + proc.stderr).split())
 
@@ -128,9 +157,29 @@ def test_reruns_reuse_scores_and_pairs_and_the_clis_read_the_catalog(fluxgen_run
     parts = sorted((project / "data/04_feature/iqa_parts").rglob("part-*.parquet"))
     assert len(parts) == 1, "the second run (another percentile) scored nothing again"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FLUXIR_PROGRESS": "off"}
-    score = subprocess.run([sys.executable, "-m", "fluxir.fluxgen.score", "--env", "tiny"], cwd=project, env=env,
-                           capture_output=True, text=True, check=True)
+    score = subprocess.run(
+        [sys.executable, "-m", "fluxir.fluxgen.score", "--env", "tiny"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(score.stdout.strip().splitlines()[-1])["scored"] == 0  # latest generated_images, all scored
-    pairs = subprocess.run([sys.executable, "-m", "fluxir.fluxgen.pairs", "--env", "tiny", "--params",
-                            "degrade.rank=1,degrade.world_size=2"], cwd=project, env=env, capture_output=True, text=True, check=True)
+    pairs = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fluxir.fluxgen.pairs",
+            "--env",
+            "tiny",
+            "--params",
+            "degrade.rank=1,degrade.world_size=2",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(pairs.stdout.strip().splitlines()[-1])["made"] == 0  # latest iqa_selection, all pairs done

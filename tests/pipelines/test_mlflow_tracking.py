@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from conftest import free_port, kedro_run, make_project_copy
 
 FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -36,8 +37,9 @@ def _get(base: str, endpoint: str, **query) -> dict:
 
 
 def _post(base: str, endpoint: str, body: dict) -> dict:
-    request = urllib.request.Request(f"{base}{endpoint}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        f"{base}{endpoint}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -49,7 +51,9 @@ def _get_bytes(base: str, endpoint: str, **query) -> bytes:
 
 def _experiment_id(base: str, name: str) -> str | None:
     try:
-        return _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=name)["experiment"]["experiment_id"]
+        return _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=name)["experiment"][
+            "experiment_id"
+        ]
     except urllib.error.HTTPError as error:
         if error.code == 404:
             return None
@@ -58,7 +62,8 @@ def _experiment_id(base: str, name: str) -> str | None:
 
 def _runs(base: str, experiment_id: str) -> list[dict]:
     return _post(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id], "max_results": 100}).get(
-        "runs", [])
+        "runs", []
+    )
 
 
 def _as_dict(entries: list[dict] | None) -> dict:
@@ -99,10 +104,24 @@ def mlflow_server(tmp_path_factory):
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(mlflow_cli),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "mlartifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -187,11 +206,15 @@ def test_params_are_flattened_and_metrics_logged(tracked_fluxgen):
 
 
 def test_reporting_artifacts_are_uploaded(tracked_fluxgen):
-    base, run_id, project = tracked_fluxgen["base"], tracked_fluxgen["run"]["info"]["run_id"], tracked_fluxgen["project"]
+    base, run_id, project = (
+        tracked_fluxgen["base"],
+        tracked_fluxgen["run"]["info"]["run_id"],
+        tracked_fluxgen["project"],
+    )
     files = {Path(f["path"]).name: f for f in _artifacts(base, run_id, "reporting")}
     assert "iqa_histograms.png" in files
     remote = _get_bytes(base, "/get-artifact", run_id=run_id, path="reporting/iqa_histograms.png")
-    local = (project / "data/08_reporting/iqa_histograms.png" / tracked_fluxgen["run_id"] / "iqa_histograms.png")
+    local = project / "data/08_reporting/iqa_histograms.png" / tracked_fluxgen["run_id"] / "iqa_histograms.png"
     assert remote == local.read_bytes() and remote.startswith(b"\x89PNG")
 
 
@@ -208,15 +231,27 @@ def test_adapter_is_logged_with_its_config(mlflow_server, tmp_path, monkeypatch)
     from fluxir.hooks import ReportingArtifactsHook
     from fluxir.models.adapter import FluxIRAdapter, FluxIRConfig
 
-    config = FluxIRConfig(rank=4, text_seq_len=8, num_layers=2, num_single_layers=2, num_attention_heads=2,
-                          attention_head_dim=16, joint_attention_dim=32, pooled_projection_dim=32,
-                          axes_dims_rope=(4, 6, 6))
+    config = FluxIRConfig(
+        rank=4,
+        text_seq_len=8,
+        num_layers=2,
+        num_single_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 6, 6),
+    )
     monkeypatch.chdir(tmp_path)
-    catalog = DataCatalog({
-        "fluxir_adapter": FluxIRAdapterDataset(filepath=str(tmp_path / "06_models" / "fluxir_adapter"),
-                                               version=Version(None, None),
-                                               metadata={"kedro-viz": {"layer": "models"}}),
-    })
+    catalog = DataCatalog(
+        {
+            "fluxir_adapter": FluxIRAdapterDataset(
+                filepath=str(tmp_path / "06_models" / "fluxir_adapter"),
+                version=Version(None, None),
+                metadata={"kedro-viz": {"layer": "models"}},
+            ),
+        }
+    )
     hooks = _create_hook_manager()
     hook = ReportingArtifactsHook()
     hooks.register(hook)
@@ -236,11 +271,13 @@ def test_adapter_is_logged_with_its_config(mlflow_server, tmp_path, monkeypatch)
     saved = next((tmp_path / "06_models" / "fluxir_adapter").glob("*/fluxir_adapter"))
     files = {Path(f["path"]).name for f in _artifacts(mlflow_server, run_id, "models/fluxir_adapter")}
     assert {"config.json", "adapter.safetensors"} <= files
-    remote_config = json.loads(_get_bytes(mlflow_server, "/get-artifact", run_id=run_id,
-                                          path="models/fluxir_adapter/config.json"))
+    remote_config = json.loads(
+        _get_bytes(mlflow_server, "/get-artifact", run_id=run_id, path="models/fluxir_adapter/config.json")
+    )
     assert remote_config == json.loads((saved / "config.json").read_text())
-    remote_weights = _get_bytes(mlflow_server, "/get-artifact", run_id=run_id,
-                                path="models/fluxir_adapter/adapter.safetensors")
+    remote_weights = _get_bytes(
+        mlflow_server, "/get-artifact", run_id=run_id, path="models/fluxir_adapter/adapter.safetensors"
+    )
     assert remote_weights == (saved / "adapter.safetensors").read_bytes()
     data = _get(mlflow_server, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]["data"]
     params, tags = _as_dict(data.get("params")), _as_dict(data.get("tags"))

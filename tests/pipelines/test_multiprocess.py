@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, kedro_run, make_project_copy
-from support import kill_when, make_mixed_folder, make_pairs, save_identity_adapter
 
 from fluxir.config import load_params, split_overrides
 from fluxir.fluxgen.pairs import launcher_share, share
 from fluxir.launch import override_args, resolve_num_processes
+
+from conftest import REPO, kedro_run, make_project_copy
+from support import kill_when, make_mixed_folder, make_pairs, save_identity_adapter
 
 FLUXGEN = "fluxgen.num_images=4,fluxgen.steps=1,iqa.batch_size=2"  # two score chunks: one per rank
 
@@ -65,8 +66,11 @@ def test_num_processes_auto_is_one_without_a_gpu_and_bad_values_are_named():
 
 def test_overrides_reach_the_child_unchanged():
     """The parent's --params (nested, as Kedro parses them) rebuilt by the child's load_params."""
-    runtime = {"fluxgen": {"num_images": 4, "prompts": ["a cat, sitting", "a dog"]},
-               "degrade": {"config": {"crop_sizes": [[64, 48], [32, 48]]}}, "select": {"percentile": 12.5}}
+    runtime = {
+        "fluxgen": {"num_images": 4, "prompts": ["a cat, sitting", "a dog"]},
+        "degrade": {"config": {"crop_sizes": [[64, 48], [32, 48]]}},
+        "select": {"percentile": 12.5},
+    }
     args = override_args(runtime)
     params = load_params("tiny", args[1::2], REPO)
     assert params["fluxgen"]["num_images"] == 4 and params["fluxgen"]["prompts"] == ["a cat, sitting", "a dog"]
@@ -75,14 +79,28 @@ def test_overrides_reach_the_child_unchanged():
     assert split_overrides("a=1,b=[2, 3],c='x,y'") == ["a=1", "b=[2, 3]", "c='x,y'"]
 
 
-@pytest.mark.parametrize(("environ", "expected"), [
-    ({}, (0, 1)),
-    ({"RANK": "3", "WORLD_SIZE": "8", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, (3, 8)),  # torchrun wins
-    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "4"}, (1, 4)),  # srun -n 4
-    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"}, (4, 8)),  # --array=1-8
-    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "3",
-      "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, (5, 6)),  # 3 array tasks x srun -n 2
-])
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, (0, 1)),
+        ({"RANK": "3", "WORLD_SIZE": "8", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, (3, 8)),  # torchrun wins
+        ({"SLURM_PROCID": "1", "SLURM_NTASKS": "4"}, (1, 4)),  # srun -n 4
+        (
+            {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"},
+            (4, 8),
+        ),  # --array=1-8
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "2",
+                "SLURM_ARRAY_TASK_MIN": "0",
+                "SLURM_ARRAY_TASK_COUNT": "3",
+                "SLURM_PROCID": "1",
+                "SLURM_NTASKS": "2",
+            },
+            (5, 6),
+        ),  # 3 array tasks x srun -n 2
+    ],
+)
 def test_degradation_share_comes_from_the_launcher(environ, expected):
     assert launcher_share(environ) == expected
     assert share({"rank": None, "world_size": None}, environ) == expected
@@ -99,13 +117,26 @@ def test_half_a_hand_set_share_and_stepped_arrays_are_refused():
 def test_check_reports_processes_and_gpus_per_stage():
     from fluxir.check import check_processes
 
-    params = {"fluxgen": {"num_processes": "auto"}, "train": {"num_processes": 2}, "evaluate": {"num_processes": 4},
-              "restore": {"num_processes": 0, "device": "auto"}}
+    params = {
+        "fluxgen": {"num_processes": "auto"},
+        "train": {"num_processes": 2},
+        "evaluate": {"num_processes": 4},
+        "restore": {"num_processes": 0, "device": "auto"},
+    }
     lines = {f.item: (f.status, f.detail) for f in check_processes(params, gpus=2)}
-    assert lines["fluxgen.num_processes"] == ("OK", "generate and score: 2 processes (auto) on GPU(s) 0, 1 of 2 visible")
+    assert lines["fluxgen.num_processes"] == (
+        "OK",
+        "generate and score: 2 processes (auto) on GPU(s) 0, 1 of 2 visible",
+    )
     assert lines["train.num_processes"] == ("OK", "train: 2 processes (2) on GPU(s) 0, 1 of 2 visible")
-    assert lines["evaluate.num_processes"][0] == "FAIL" and "4 processes but 2 GPU(s) visible" in lines["evaluate.num_processes"][1]
-    assert lines["restore.num_processes"][0] == "FAIL" and "must be 'auto' or a positive integer" in lines["restore.num_processes"][1]
+    assert (
+        lines["evaluate.num_processes"][0] == "FAIL"
+        and "4 processes but 2 GPU(s) visible" in lines["evaluate.num_processes"][1]
+    )
+    assert (
+        lines["restore.num_processes"][0] == "FAIL"
+        and "must be 'auto' or a positive integer" in lines["restore.num_processes"][1]
+    )
     cpu = {f.item: f.detail for f in check_processes(params, gpus=0)}
     assert cpu["fluxgen.num_processes"] == "generate and score: 1 CPU process (auto), no GPU"
     assert cpu["train.num_processes"] == "train: 2 CPU processes (2), no GPU"
@@ -128,8 +159,11 @@ def test_fluxgen_on_two_processes_gives_the_same_images_scores_selection_and_pai
     one, two, _ = fluxgen_one_and_two
     images = "data/02_intermediate/fluxgen_images"
     assert _files(one / images) == _files(two / images) and len(_files(one / images)) == 4
-    for table in ("data/02_intermediate/generated_images.parquet", "data/04_feature/iqa_selection.parquet",
-                  "data/05_model_input/pairs_manifest.parquet"):
+    for table in (
+        "data/02_intermediate/generated_images.parquet",
+        "data/04_feature/iqa_selection.parquet",
+        "data/05_model_input/pairs_manifest.parquet",
+    ):
         pd.testing.assert_frame_equal(pd.read_parquet(_latest(one, table)), pd.read_parquet(_latest(two, table)))
     scores = [pd.read_parquet(_latest(p, "data/04_feature/iqa_scores.parquet")) for p in (one, two)]
     pd.testing.assert_frame_equal(*scores, rtol=1e-6)
@@ -155,10 +189,11 @@ def test_fluxgen_on_two_processes_is_one_mlflow_run_of_kind_model_development(fl
 
 def test_train_on_two_processes_gives_the_same_adapter_and_logs_into_the_kedro_run(kedro_project, tmp_path):
     from kedro.io.core import generate_timestamp
-    from support import tiny_params
 
     from fluxir.models.adapter import load_adapter
     from fluxir.training.loop import train
+
+    from support import tiny_params
 
     project = kedro_project
     pairs = make_pairs(project / "data" / "pairs", n=6)
@@ -170,7 +205,9 @@ def test_train_on_two_processes_gives_the_same_adapter_and_logs_into_the_kedro_r
 
     adapter = load_adapter(_latest(project, "data/06_models/fluxir_adapter"))
     single = train(tiny_params(tmp_path, *steps.split(",")), pairs, progress=False)
-    diff = max((a - b).abs().max().item() for a, b in zip(adapter.state_dict().values(), single.adapter.state_dict().values()))
+    diff = max(
+        (a - b).abs().max().item() for a, b in zip(adapter.state_dict().values(), single.adapter.state_dict().values())
+    )
     assert diff < 1e-4  # the DDP tests' tolerance: gloo's all-reduce sums in another order
     history = pd.read_parquet(_latest(project, "data/07_model_output/train_history.parquet"))
     assert list(history["step"]) == [1, 2, 3, 4]
@@ -211,8 +248,13 @@ def test_restore_on_two_processes_gives_the_same_files_failures_and_summary(kedr
     common = "restore.input_dir=photos,restore.progress=false,restore.steps=2"
     kedro_run(project, "run", "--env=tiny", "--pipeline=restore", f"--params={common},restore.output_dir=one")
     one_failures = pd.read_parquet(_latest(project, "data/08_reporting/restore_failures.parquet"))
-    kedro_run(project, "run", "--env=tiny", "--pipeline=restore",
-              f"--params={common},restore.output_dir=two,restore.num_processes=2")
+    kedro_run(
+        project,
+        "run",
+        "--env=tiny",
+        "--pipeline=restore",
+        f"--params={common},restore.output_dir=two,restore.num_processes=2",
+    )
     two_failures = pd.read_parquet(_latest(project, "data/08_reporting/restore_failures.parquet"))
     assert _files(project / "one") == _files(project / "two") and len(_files(project / "one")) == 5
     pd.testing.assert_frame_equal(one_failures, two_failures)
@@ -231,9 +273,20 @@ def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project,
     params = "fluxgen.num_images=16,fluxgen.steps=4,fluxgen.num_processes=2"
     store = project / "data/02_intermediate/fluxgen_images"
     kedro = Path(sys.executable).with_name("kedro")
-    proc = subprocess.Popen([str(kedro), "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images",
-                             f"--params={params}"], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [
+            str(kedro),
+            "run",
+            "--env=tiny",
+            "--pipeline=fluxgen",
+            "--nodes=fluxgen.generate_images",
+            f"--params={params}",
+        ],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         kill_when(proc, lambda: any(store.rglob("*.png")), timeout=300)  # the child job is generating
         deadline = time.time() + 30
@@ -246,7 +299,9 @@ def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project,
     made = len(list(store.rglob("*.png")))
     assert 0 < made < 16
 
-    kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images", f"--params={params}")
+    kedro_run(
+        project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images", f"--params={params}"
+    )
     cfg = GenerationConfig.from_params(load_params("tiny", [params], project)["fluxgen"])
     generate_into_store(cfg, ImageStore(tmp_path / "fresh").sub(cfg.key()), progress=False)
     assert _files(store) == _files(tmp_path / "fresh") and len(_files(store)) == 16
@@ -279,12 +334,30 @@ def _sbatch(project: Path, script: str, **env: str) -> subprocess.CompletedProce
     srun = project / "local_srun.sh"
     srun.write_text(LOCAL_SRUN)
     srun.chmod(0o755)
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), "SLURM_NNODES": "2",
-               "SLURM_SUBMIT_DIR": str(project), "MAIN_PROCESS_IP": "127.0.0.1", "MAIN_PROCESS_PORT": str(free_port()),
-               "GPUS_PER_NODE": "1", "FLUXIR_ENV": "tiny", "FLUXIR_PARAMS": FLUXGEN, "FLUXIR_PYTHON": sys.executable,
-               "SRUN": str(srun), **env}
-    proc = subprocess.run(["bash", str(project / "scripts/slurm" / script)], check=False, cwd=project, env=environ,
-                          capture_output=True, text=True, timeout=600)
+    environ = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO / "src"),
+        "SLURM_NNODES": "2",
+        "SLURM_SUBMIT_DIR": str(project),
+        "MAIN_PROCESS_IP": "127.0.0.1",
+        "MAIN_PROCESS_PORT": str(free_port()),
+        "GPUS_PER_NODE": "1",
+        "FLUXIR_ENV": "tiny",
+        "FLUXIR_PARAMS": FLUXGEN,
+        "FLUXIR_PYTHON": sys.executable,
+        "SRUN": str(srun),
+        **env,
+    }
+    proc = subprocess.run(
+        ["bash", str(project / "scripts/slurm" / script)],
+        check=False,
+        cwd=project,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{script}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -298,8 +371,20 @@ def test_slurm_scripts_on_two_nodes_make_the_same_dataset(fluxgen_one_and_two, t
     shutil.copytree(REPO / "scripts/slurm", project / "scripts/slurm")
     _sbatch(project, "generate.sbatch")
     _sbatch(project, "score.sbatch")
-    shares = [json.loads(_sbatch(project, "degrade.sbatch", SLURM_ARRAY_TASK_ID=str(k), SLURM_ARRAY_TASK_MIN="0",
-                                 SLURM_ARRAY_TASK_COUNT="2").stdout.strip().splitlines()[-1]) for k in (0, 1)]
+    shares = [
+        json.loads(
+            _sbatch(
+                project,
+                "degrade.sbatch",
+                SLURM_ARRAY_TASK_ID=str(k),
+                SLURM_ARRAY_TASK_MIN="0",
+                SLURM_ARRAY_TASK_COUNT="2",
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for k in (0, 1)
+    ]
     assert [(s["rank"], s["world_size"]) for s in shares] == [(0, 2), (1, 2)]
     kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
     kept = len(pd.read_parquet(_latest(one, "data/05_model_input/pairs_manifest.parquet")))

@@ -15,8 +15,9 @@ import sys
 import nbformat
 import pandas as pd
 import pytest
-from conftest import REPO
 from nbclient import NotebookClient
+
+from conftest import REPO
 
 NOTEBOOK = REPO / "notebooks" / "explore_fluxgen.ipynb"
 ARTIFACTS = REPO / "test-artifacts" / "notebooks"
@@ -28,17 +29,28 @@ def executed(tiny_fluxgen_project, tmp_path_factory):
     # A kernel spec for this interpreter: the notebook must run in the project's venv, whatever else is installed.
     kernels = tmp_path_factory.mktemp("jupyter") / "kernels" / "fluxir-test"
     kernels.mkdir(parents=True)
-    (kernels / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "fluxir test", "language": "python"}))
+    (kernels / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "fluxir test",
+                "language": "python",
+            }
+        )
+    )
     mp = pytest.MonkeyPatch()
     mp.setenv("JUPYTER_PATH", str(kernels.parent.parent))
     mp.setenv("FLUXIR_NOTEBOOK_ENV", "tiny")
     mp.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     try:
         nb = nbformat.read(NOTEBOOK, as_version=4)
-        client = NotebookClient(nb, kernel_name="fluxir-test", timeout=300, allow_errors=False,
-                                resources={"metadata": {"path": str(project)}})
+        client = NotebookClient(
+            nb,
+            kernel_name="fluxir-test",
+            timeout=300,
+            allow_errors=False,
+            resources={"metadata": {"path": str(project)}},
+        )
         client.execute()
     finally:
         mp.undo()
@@ -58,8 +70,9 @@ def _text(nb) -> str:
 def test_notebook_is_committed_without_outputs():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
-    assert all(not cell.get("outputs") and cell.get("execution_count") is None
-               for cell in nb.cells if cell.cell_type == "code"), "clear the outputs before committing"
+    assert all(
+        not cell.get("outputs") and cell.get("execution_count") is None for cell in nb.cells if cell.cell_type == "code"
+    ), "clear the outputs before committing"
     source = "\n".join(cell.source for cell in nb.cells)
     assert "%load_ext kedro.ipython" in source and "%reload_kedro" in source
 
@@ -72,15 +85,22 @@ def test_notebook_runs_on_the_tiny_run_and_reports_its_numbers(executed):
     match = re.search(r"scored (\d+) images, kept (\d+), rejected (\d+), (\d+) pairs \(env tiny", _text(nb))
     assert match, _text(nb)[-2000:]
     scored, kept, rejected, n_pairs = map(int, match.groups())
-    assert (scored, kept, rejected, n_pairs) == (len(selection), int(selection["keep"].sum()),
-                                                 int((~selection["keep"]).sum()), len(pairs))
+    assert (scored, kept, rejected, n_pairs) == (
+        len(selection),
+        int(selection["keep"].sum()),
+        int((~selection["keep"]).sum()),
+        len(pairs),
+    )
     assert "HQ/LQ size ratios (w, h): [(4.0, 4.0)]" in _text(nb)
 
 
 def test_notebook_draws_distributions_extremes_and_pairs(executed):
     nb, _ = executed
-    pngs = [base64.b64decode(out["data"]["image/png"]) for out in _outputs(nb)
-            if out.get("output_type") in {"display_data", "execute_result"} and "image/png" in out.get("data", {})]
+    pngs = [
+        base64.b64decode(out["data"]["image/png"])
+        for out in _outputs(nb)
+        if out.get("output_type") in {"display_data", "execute_result"} and "image/png" in out.get("data", {})
+    ]
     assert len(pngs) == 3, "histograms, kept/rejected extremes, HQ/LQ pairs"
     assert all(png.startswith(b"\x89PNG") and len(png) > 5_000 for png in pngs)
     tables = [out["data"]["text/html"] for out in _outputs(nb) if "<table" in out.get("data", {}).get("text/html", "")]

@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, kedro_run
 
 from fluxir.config import load_params
 from fluxir.validation import ParameterError, check_params, groups_read, problems_for
+
+from conftest import REPO, kedro_run
 
 
 def _files(folder):
@@ -19,8 +20,14 @@ def _files(folder):
 
 def test_fluxgen_run_with_three_bad_parameters_stops_before_anything_is_written(kedro_project):
     before = _files(kedro_project / "data")
-    proc = kedro_run(kedro_project, "run", "--env=tiny", "--pipeline=fluxgen",
-                     "--params=select.percentile=150,iqa.metrics=[no_such_metric],degrade.workers=0", check=False)
+    proc = kedro_run(
+        kedro_project,
+        "run",
+        "--env=tiny",
+        "--pipeline=fluxgen",
+        "--params=select.percentile=150,iqa.metrics=[no_such_metric],degrade.workers=0",
+        check=False,
+    )
     out = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode != 0
     assert "3 parameter problem(s) found before kedro run --pipeline=fluxgen started" in out
@@ -35,8 +42,11 @@ def test_fluxgen_run_with_three_bad_parameters_stops_before_anything_is_written(
 
 
 def test_all_problems_of_one_group_are_listed():
-    params = load_params("tiny", ["restore.tile_size=10", "restore.steps=0", "restore.color_fix=sepia",
-                                  "restore.input_dir=nowhere"], REPO)
+    params = load_params(
+        "tiny",
+        ["restore.tile_size=10", "restore.steps=0", "restore.color_fix=sepia", "restore.input_dir=nowhere"],
+        REPO,
+    )
     problems = problems_for(params, ["restore"])
     text = "\n".join(problems)
     assert "restore.tile_size must be a multiple of 16 >= 32 (or null: no tiling), got 10" in text
@@ -48,7 +58,10 @@ def test_all_problems_of_one_group_are_listed():
 
 def test_groups_follow_the_parameters_the_pipeline_reads():
     assert groups_read(["params:fluxgen", "generated_images", "params:select.percentile", "params:iqa.metrics"]) == [
-        "fluxgen", "iqa", "select"]
+        "fluxgen",
+        "iqa",
+        "select",
+    ]
     assert groups_read(["params:evaluate.scale", "params:iqa.device", "params:degrade.seed"]) == ["degrade", "evaluate"]
 
 
@@ -68,9 +81,24 @@ def test_entry_point_lists_every_problem_before_work(tmp_path):
     assert "3 parameter problem(s)" in message
     for text in ("degrade.workers", "crop_position must be 'center' or 'random'", "degrade.seed must be an integer"):
         assert text in message
-    proc = subprocess.run([sys.executable, "-m", "fluxir.fluxgen.pairs", "--env=tiny", "--params=degrade.workers=0",
-                           "--selection", str(tmp_path / "absent.parquet"), "--store", str(tmp_path / "store")],
-                          check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fluxir.fluxgen.pairs",
+            "--env=tiny",
+            "--params=degrade.workers=0",
+            "--selection",
+            str(tmp_path / "absent.parquet"),
+            "--store",
+            str(tmp_path / "store"),
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "degrade.workers must be 'auto' or a positive integer, got 0" in proc.stderr
     assert "absent.parquet" not in proc.stderr  # stopped before reading any input

@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO, kedro_run
 from support import CHROMIUM_ARGS, find_chromium
 
@@ -61,8 +62,15 @@ print(json.dumps({
 def registry() -> dict:
     """Registered pipelines with their node names, and the heavy modules their import loaded (fresh interpreter)."""
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.run([sys.executable, "-c", _REGISTRY_PROBE], check=False, capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _REGISTRY_PROBE],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -70,7 +78,8 @@ def registry() -> dict:
 def test_pipeline_registry_and_all_pipelines_import_no_heavy_libraries(registry):
     assert not registry["loaded"], (
         f"importing fluxir.pipeline_registry and every fluxir.pipelines.* (pipeline + nodes) loaded "
-        f"{registry['loaded']}: import torch/diffusers/pyiqa inside the node functions instead")
+        f"{registry['loaded']}: import torch/diffusers/pyiqa inside the node functions instead"
+    )
     assert "__default__" in registry["pipelines"] and "fluxgen" in registry["pipelines"]
     assert FLUXGEN_NODES <= set(registry["pipelines"]["fluxgen"])
     named = {name: nodes for name, nodes in registry["pipelines"].items() if name != "__default__"}
@@ -100,11 +109,15 @@ with KedroSession.create(project_path=Path.cwd(), env="tiny") as session:
 print(json.dumps(sorted({n.split(".")[0] for n in sys.modules} & set(HEAVY_MODULES))))
 """.replace("HEAVY_MODULES", repr(HEAVY_MODULES))
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not loaded, (f"creating the catalog (as kedro viz does) imported {loaded}: dataset modules should "
-                        f"import torch and model code inside load()/save()")
+    assert not loaded, (
+        f"creating the catalog (as kedro viz does) imported {loaded}: dataset modules should "
+        f"import torch and model code inside load()/save()"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -117,7 +130,9 @@ def viz_site(tiny_fluxgen_project) -> Path:
     shutil.rmtree(project / "build", ignore_errors=True)
     proc = kedro_run(project, "viz", "build", "--include-previews")
     site = project / "build"
-    assert (site / "index.html").is_file() and (site / "api" / "main").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (site / "index.html").is_file() and (site / "api" / "main").is_file(), (
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    )
     return site
 
 
@@ -189,8 +204,10 @@ def browser_page(viz_site):
     """A Playwright page in headless Debian Chromium, and the URL of the static site served on 127.0.0.1."""
     chromium = find_chromium()
     if chromium is None:
-        pytest.skip("Chromium is not installed: scripts/setup.sh installs Debian's `chromium` "
-                    "(apt-get, as root or with sudo), or set FLUXIR_CHROMIUM to a Chromium/Chrome binary")
+        pytest.skip(
+            "Chromium is not installed: scripts/setup.sh installs Debian's `chromium` "
+            "(apt-get, as root or with sudo), or set FLUXIR_CHROMIUM to a Chromium/Chrome binary"
+        )
     from playwright.sync_api import sync_playwright
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -206,7 +223,9 @@ def browser_page(viz_site):
             context = browser.new_context(viewport={"width": 1600, "height": 1100})
             # No onboarding tour over the graph; raw node names (the pipeline code's names).
             context.add_init_script(
-                "window.localStorage.setItem('KedroViz', JSON.stringify({showFeatureHints: false, isPrettyName: false}))")
+                "window.localStorage.setItem('KedroViz', "
+                "JSON.stringify({showFeatureHints: false, isPrettyName: false}))"
+            )
             page = context.new_page()
             page.set_default_timeout(60_000)
             yield page, f"http://127.0.0.1:{server.server_address[1]}"
@@ -218,9 +237,13 @@ def browser_page(viz_site):
 def _open_pipeline(page, url: str, pipeline: str, expand: bool = True) -> None:
     """Open ``pipeline``; ``expand``: every namespace box opened (all task nodes drawn), else all collapsed."""
     page.goto(f"{url}/?pid={pipeline}&expandAllPipelines={str(expand).lower()}")
-    page.wait_for_selector("svg g.pipeline-node--task" if expand else "svg g.pipeline-node[data-node-type=modularPipeline]")
-    page.wait_for_function("() => document.querySelectorAll('svg g.pipeline-node').length > 0 && "
-                           "Array.from(document.querySelectorAll('svg .pipeline-node__text')).every(t => t.textContent)")
+    page.wait_for_selector(
+        "svg g.pipeline-node--task" if expand else "svg g.pipeline-node[data-node-type=modularPipeline]"
+    )
+    page.wait_for_function(
+        "() => document.querySelectorAll('svg g.pipeline-node').length > 0 && "
+        "Array.from(document.querySelectorAll('svg .pipeline-node__text')).every(t => t.textContent)"
+    )
 
 
 def test_every_pipeline_is_drawn_in_chromium(browser_page, registry):
@@ -235,13 +258,22 @@ def test_every_pipeline_is_drawn_in_chromium(browser_page, registry):
             page.wait_for_function(
                 "names => { const got = new Set(Array.from(document.querySelectorAll('svg g.pipeline-node--task'))"
                 ".map(n => n.getAttribute('data-node-fullname'))); "
-                "return got.size === names.length && names.every(n => got.has(n)); }", arg=expected, timeout=30_000)
+                "return got.size === names.length && names.every(n => got.has(n)); }",
+                arg=expected,
+                timeout=30_000,
+            )
         except PlaywrightTimeout:
             pass  # the assertions below say what was drawn instead
-        drawn = set(page.eval_on_selector_all("svg g.pipeline-node--task",
-                                              "nodes => nodes.map(n => n.getAttribute('data-node-fullname'))"))
-        labels = set(page.eval_on_selector_all("svg g.pipeline-node--task .pipeline-node__text",
-                                               "texts => texts.map(t => t.textContent.trim())"))
+        drawn = set(
+            page.eval_on_selector_all(
+                "svg g.pipeline-node--task", "nodes => nodes.map(n => n.getAttribute('data-node-fullname'))"
+            )
+        )
+        labels = set(
+            page.eval_on_selector_all(
+                "svg g.pipeline-node--task .pipeline-node__text", "texts => texts.map(t => t.textContent.trim())"
+            )
+        )
         page.screenshot(path=str(ARTIFACTS / f"{pipeline.strip('_') or 'default'}.png"))
         assert drawn == set(expected), f"pipeline {pipeline}: drawn {sorted(drawn)}"
         assert labels == set(expected), f"pipeline {pipeline}: node labels {sorted(labels)}"
@@ -258,8 +290,12 @@ def test_collapsed_pipelines_read_as_one_box_per_namespace(browser_page, registr
     page, url = browser_page
     for pipeline in registry["pipelines"]:
         _open_pipeline(page, url, pipeline, expand=False)
-        boxes = set(page.eval_on_selector_all("svg g.pipeline-node[data-node-type=modularPipeline]",
-                                              "nodes => nodes.map(n => n.getAttribute('data-node-fullname'))"))
+        boxes = set(
+            page.eval_on_selector_all(
+                "svg g.pipeline-node[data-node-type=modularPipeline]",
+                "nodes => nodes.map(n => n.getAttribute('data-node-fullname'))",
+            )
+        )
         page.screenshot(path=str(ARTIFACTS / f"{pipeline.strip('_') or 'default'}_collapsed.png"))
         assert boxes == (DEFAULT_GROUPS if pipeline == "__default__" else {pipeline}), f"pipeline {pipeline}: {boxes}"
         assert page.locator("svg g.pipeline-node--task").count() == 0, f"pipeline {pipeline}: tasks outside a box"
@@ -271,13 +307,16 @@ def test_dataset_previews_render_in_chromium(browser_page):
     # dispatch the click: floating notifications may cover nodes at the bottom of the graph
     page.locator('svg g.pipeline-node[data-node-fullname="iqa_scores"]').dispatch_event("click")
     page.wait_for_selector(".pipeline-metadata .preview-table")
-    headers = page.eval_on_selector_all(".pipeline-metadata .preview-table__header",
-                                        "els => els.map(e => e.textContent.trim())")
+    headers = page.eval_on_selector_all(
+        ".pipeline-metadata .preview-table__header", "els => els.map(e => e.textContent.trim())"
+    )
     assert {"entropy", "piqe", "musiq"} <= set(headers)
     assert page.locator(".pipeline-metadata .preview-table__row").count() == 6
     page.locator('svg g.pipeline-node[data-node-fullname="iqa_histograms"]').dispatch_event("click")
     image = page.wait_for_selector(".pipeline-metadata img.pipeline-metadata__plot-image")
     assert image.get_attribute("src").startswith("data:image/png;base64,")
-    page.wait_for_function("() => { const i = document.querySelector('.pipeline-metadata__plot-image'); "
-                           "return i && i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('.pipeline-metadata__plot-image'); "
+        "return i && i.complete && i.naturalWidth > 0; }"
+    )
     page.screenshot(path=str(ARTIFACTS / "fluxgen_iqa_histograms_preview.png"))

@@ -18,8 +18,9 @@ def _smooth_field(seed: int) -> np.ndarray:
     channels = []
     for _ in range(3):
         fy, fx, py, px = rng.uniform(0.5, 1.5, 2).tolist() + rng.uniform(0, 2 * np.pi, 2).tolist()
-        channels.append(127 + 45 * np.sin(2 * np.pi * fy * yy + py) * np.cos(2 * np.pi * fx * xx + px)
-                        + rng.uniform(-40, 40))
+        channels.append(
+            127 + 45 * np.sin(2 * np.pi * fy * yy + py) * np.cos(2 * np.pi * fx * xx + px) + rng.uniform(-40, 40)
+        )
     return np.stack(channels, -1)
 
 

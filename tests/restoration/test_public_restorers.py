@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 from PIL import Image
 
 from fluxir.config import load_params
 from fluxir.restoration.methods import build_public, public_config, public_fingerprint
 from fluxir.restoration.sampler import RestoreConfig
+
+from conftest import REPO
 
 TINY = REPO / "data" / "01_raw" / "tiny"
 
@@ -159,8 +160,12 @@ def test_fingerprints_follow_the_weights(tmp_path):
     cfg = public_config("realesrgan", baselines())
     first = public_fingerprint("realesrgan", cfg)
     shutil.copy(cfg.weights, tmp_path / "same.pth")
-    assert public_fingerprint("realesrgan", public_config("realesrgan", baselines(
-        realesrgan={"weights": str(tmp_path / "same.pth")}))) == first  # content, not location
+    assert (
+        public_fingerprint(
+            "realesrgan", public_config("realesrgan", baselines(realesrgan={"weights": str(tmp_path / "same.pth")}))
+        )
+        == first
+    )  # content, not location
     from fluxir.models.tiny import write_tiny_controlnet
 
     tiny = public_config("flux_controlnet", baselines())

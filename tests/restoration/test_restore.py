@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from support import make_mixed_folder
 
 from fluxir.io import sha256_file
 from fluxir.models.flux import pack_grid, unpack_grid
 from fluxir.restoration import files as F
 from fluxir.restoration import sampler as S
+
+from support import make_mixed_folder
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -27,9 +28,9 @@ from fluxir.restoration import sampler as S
 @pytest.fixture(scope="module")
 def pipe():
     """The tiny random-weight Flux pipeline (float32, CPU), loaded once for this module."""
-    from conftest import TINY_FLUX
-
     from fluxir.models.flux import load_pipeline
+
+    from conftest import TINY_FLUX
 
     pipe = load_pipeline(str(TINY_FLUX), dtype="float32", device="cpu")
     pipe.set_progress_bar_config(disable=True)
@@ -37,7 +38,14 @@ def pipe():
 
 
 def restorer(pipe, adapter=None, **overrides) -> S.Restorer:
-    params = {"steps": 4, "dtype": "float32", "device": "cpu", "tile_size": None, "vae_tile_size": None, "color_fix": "none"}
+    params = {
+        "steps": 4,
+        "dtype": "float32",
+        "device": "cpu",
+        "tile_size": None,
+        "vae_tile_size": None,
+        "color_fix": "none",
+    }
     return S.Restorer.from_pipeline(pipe, adapter, S.RestoreConfig(**{**params, **overrides}))
 
 
@@ -66,7 +74,7 @@ def seam_zone(spans: list[tuple[int, int]], unit: int, length: int, margin: int 
     """Boolean mask over pixels: the overlaps between neighbouring tiles (where blending happens) +- margin."""
     zone = np.zeros(length, bool)
     for (_, end_prev), (start_next, _) in itertools.pairwise(spans):
-        zone[max(0, start_next * unit - margin): end_prev * unit + margin] = True
+        zone[max(0, start_next * unit - margin) : end_prev * unit + margin] = True
     return zone
 
 
@@ -84,8 +92,9 @@ def test_pack_is_fluxpipelines_packing_and_unpack_inverts_it():
     assert torch.equal(unpack_grid(grid), latents)
 
 
-@pytest.mark.parametrize(("length", "tile", "overlap"), [(24, 8, 2), (25, 8, 4), (100, 64, 16), (64, 64, 16), (7, 8, 2),
-                                                         (500, 64, 0)])
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"), [(24, 8, 2), (25, 8, 4), (100, 64, 16), (64, 64, 16), (7, 8, 2), (500, 64, 0)]
+)
 def test_tiles_cover_the_image_with_at_least_the_overlap(length, tile, overlap):
     spans = S.tile_spans(length, tile, overlap)
     assert spans[0][0] == 0 and spans[-1][1] == length
@@ -105,7 +114,7 @@ def test_tile_weights_sum_to_one_and_change_smoothly(factor):
     assert len(tiles) > 4
     for (y0, y1, x0, x1), w in tiles:
         assert w.shape == ((y1 - y0) * factor, (x1 - x0) * factor) and (w > 0).all()
-        canvas[y0 * factor:y1 * factor, x0 * factor:x1 * factor] += w
+        canvas[y0 * factor : y1 * factor, x0 * factor : x1 * factor] += w
         # the steepest step of a sin^2 ramp over R samples is pi / (2R); R >= overlap * factor
         assert np.abs(np.diff(w, axis=1)).max() <= math.pi / (2 * overlap * factor) + 1e-9
     np.testing.assert_allclose(canvas, 1.0, atol=1e-6)
@@ -114,8 +123,14 @@ def test_tile_weights_sum_to_one_and_change_smoothly(factor):
 
 
 def test_flux_shift_is_fluxs_schedule_and_linear_is_linear():
-    config = {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
-              "max_image_seq_len": 4096, "shift": 3.0}
+    config = {
+        "use_dynamic_shifting": True,
+        "base_shift": 0.5,
+        "max_shift": 1.15,
+        "base_image_seq_len": 256,
+        "max_image_seq_len": 4096,
+        "shift": 3.0,
+    }
     linear = S.sigmas_for(20, "linear", config, 4096)
     assert torch.allclose(linear, torch.linspace(1, 0, 21))
     shifted = S.sigmas_for(20, "flux_shift", config, 4096)  # 1024x1024 output: mu = max_shift = 1.15
@@ -124,7 +139,7 @@ def test_flux_shift_is_fluxs_schedule_and_linear_is_linear():
     np.testing.assert_allclose(shifted[:-1].numpy(), expected, rtol=1e-5)
     assert shifted[0] == 1 and shifted[-1] == 0 and (shifted.diff() < 0).all()
     assert (shifted[1:-1] > linear[1:-1]).all(), "the shift spends more steps at high noise"
-    huge = S.sigmas_for(20, "flux_shift", config, 10 ** 6)  # 16k x 16k: clamped, not extrapolated to all ~1
+    huge = S.sigmas_for(20, "flux_shift", config, 10**6)  # 16k x 16k: clamped, not extrapolated to all ~1
     assert torch.equal(huge, shifted)
 
 
@@ -134,7 +149,10 @@ def test_flux_shift_is_fluxs_schedule_and_linear_is_linear():
         ({"steps": 0}, "restore.steps must be a positive integer"),
         ({"schedule": "cosine"}, "restore.schedule must be one of"),
         ({"tile_size": 100}, "restore.tile_size must be a multiple of 16"),
-        ({"tile_size": 128, "tile_overlap": 80}, "restore.tile_overlap must be a multiple of 16 in [0, tile_size/2 = 64]"),
+        (
+            {"tile_size": 128, "tile_overlap": 80},
+            "restore.tile_overlap must be a multiple of 16 in [0, tile_size/2 = 64]",
+        ),
         ({"vae_tile_size": 100}, "restore.vae_tile_size must be a multiple of 8"),
         ({"color_fix": "histogram"}, "restore.color_fix must be one of"),
         ({"scale": 0}, "restore.scale must be a number > 0"),
@@ -180,7 +198,9 @@ def test_start_t_one_is_the_full_integration_and_lower_start_t_stays_closer_to_t
     assert np.array_equal(restorer(pipe, adapter, steps=8, start_t=1.0).restore(lq), full)
 
     steps_run.clear()
-    half = restorer(pipe, adapter, steps=8, start_t=0.5).restore(lq, on_step=lambda done, total: steps_run.append(total))
+    half = restorer(pipe, adapter, steps=8, start_t=0.5).restore(
+        lq, on_step=lambda done, total: steps_run.append(total)
+    )
     sigmas = S.sigmas_for(8, "flux_shift", dict(pipe.scheduler.config), 8 * 8)  # 128x128 output: 8x8 tokens
     assert steps_run[-1] == int((sigmas < 0.5).sum()) < 8, "start_t saves the steps above it"
     # start_t -> 0 returns the LQ latent decoded: the lower start_t, the closer the output to it.
@@ -266,14 +286,17 @@ def test_tiled_vae_has_no_seams_and_bounds_its_input(pipe):
     image = np.stack([128 + 60 * np.sin(xx / 40), 128 + 60 * np.cos(yy / 50), 128 + 40 * np.sin((xx + yy) / 30)], -1)
     image = np.clip(image + np.random.default_rng(0).normal(0, 10, image.shape), 0, 255).astype(np.uint8)
     sizes: list[tuple[int, ...]] = []
-    hooks = [vae.encoder.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:]))),
-             vae.decoder.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:]) * 8))]
+    hooks = [
+        vae.encoder.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:]))),
+        vae.decoder.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:]) * 8)),
+    ]
     with torch.inference_mode():
         latent = S.encode_tiled(vae, image, None, 0, "cpu", torch.float32)
         full = S.decode_tiled(vae, latent, None, 0, torch.float32).astype(float)
         sizes.clear()
-        tiled = S.decode_tiled(vae, S.encode_tiled(vae, image, 128, 32, "cpu", torch.float32), 128, 32,
-                               torch.float32).astype(float)
+        tiled = S.decode_tiled(
+            vae, S.encode_tiled(vae, image, 128, 32, "cpu", torch.float32), 128, 32, torch.float32
+        ).astype(float)
     for h in hooks:
         h.remove()
     assert max(max(s) for s in sizes) == 128, "no encoder/decoder call is larger than one 128-px tile"
@@ -303,8 +326,11 @@ def test_read_photo_converts_every_mode(tmp_path):
     rgb, _ = F.read_photo(files["exif.jpg"])
     assert rgb.shape == (32, 16, 3), "EXIF orientation applied: portrait"
     assert rgb[:, 8:, 0].mean() > 150 > rgb[:, :8, 0].mean(), "red ends up on the right"
-    for name, reason in (("corrupt.png", "corrupt or truncated"), ("empty.png", "empty file (0 bytes)"),
-                         ("notes.txt", "not an image file")):
+    for name, reason in (
+        ("corrupt.png", "corrupt or truncated"),
+        ("empty.png", "empty file (0 bytes)"),
+        ("notes.txt", "not an image file"),
+    ):
         with pytest.raises(ValueError) as err:
             F.read_photo(files[name])
         assert str(err.value).startswith(f"{files[name]}: ") and reason in str(err.value)
@@ -331,7 +357,9 @@ def test_plan_refuses_to_touch_inputs_and_names_outputs(tmp_path):
     (src / ".DS_Store").write_bytes(b"\0")
     rows = {Path(r["input"]).relative_to(src).as_posix(): r for r in F.plan_folder(str(src), str(nested))}
     assert "restored/old.png" not in rows and ".DS_Store" not in rows
-    assert Path(rows["rgb.jpg"]["output"]).name == "rgb.jpg.png" and Path(rows["rgb.png"]["output"]).name == "rgb.png.png"
+    assert (
+        Path(rows["rgb.jpg"]["output"]).name == "rgb.jpg.png" and Path(rows["rgb.png"]["output"]).name == "rgb.png.png"
+    )
     assert rows["sub/gray.png"]["output"] == str(nested / "sub" / "gray.png")
     assert {r["action"] for r in rows.values()} == {"restore"}
     (nested / "sub" / "gray.png").parent.mkdir()
@@ -357,9 +385,11 @@ def _add_identity_adapter(project: Path, flux) -> None:
     if "\nfluxir_adapter:" not in "\n" + conf:  # declared with the train pipeline; stand in until it exists
         (project / "conf" / "base" / "catalog_test_adapter.yml").write_text(
             "fluxir_adapter:\n  type: fluxir.datasets.adapter_dataset.FluxIRAdapterDataset\n"
-            "  filepath: data/06_models/fluxir_adapter\n  versioned: true\n")
+            "  filepath: data/06_models/fluxir_adapter\n  versioned: true\n"
+        )
     FluxIRAdapterDataset(filepath=str(project / "data/06_models/fluxir_adapter"), version=Version(None, None)).save(
-        FluxIRAdapter.from_flux(flux, text_seq_len=8))
+        FluxIRAdapter.from_flux(flux, text_seq_len=8)
+    )
 
 
 def _latest(project: Path, relative: str) -> Path:
@@ -367,10 +397,10 @@ def _latest(project: Path, relative: str) -> Path:
 
 
 def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pipe):
-    from conftest import kedro_run
-
     from fluxir.config import load_params
     from fluxir.pipelines.restore.nodes import plan_restore, restore_images
+
+    from conftest import kedro_run
 
     project = kedro_project
     files = make_mixed_folder(project / "photos")
@@ -380,8 +410,13 @@ def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pip
     kedro_run(project, "run", "--env=tiny", "--pipelines=restore", params)
 
     out = project / "restored"
-    expected = {"rgb.png": (40, 56, 3), "sub/gray.png": (36, 44, 3), "rgba.png": (32, 48, 4), "deep16.png": (48, 40, 3),
-                "exif.png": (128, 64, 3)}
+    expected = {
+        "rgb.png": (40, 56, 3),
+        "sub/gray.png": (36, 44, 3),
+        "rgba.png": (32, 48, 4),
+        "deep16.png": (48, 40, 3),
+        "exif.png": (128, 64, 3),
+    }
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == sorted(expected), "one PNG per readable input, sub-folders kept, no temporary files left"
     arrays = {name: np.asarray(Image.open(out / name)) for name in expected}
@@ -411,11 +446,19 @@ def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pip
     try:
         runs = {}
         for overwrite in ("false", "true"):
-            override = f"restore.input_dir=photos,restore.output_dir=restored,restore.progress=false,restore.overwrite={overwrite}"
+            override = (
+                "restore.input_dir=photos,restore.output_dir=restored,restore.progress=false,"
+                f"restore.overwrite={overwrite}"
+            )
             params = load_params("tiny", [override], project)
             restore = params["restore"]
-            failures, summary = restore_images(plan_restore(restore["input_dir"], restore["output_dir"], restore["overwrite"]),
-                                               adapter, project / "prompt_embeddings", restore, params["baselines"])
+            failures, summary = restore_images(
+                plan_restore(restore["input_dir"], restore["output_dir"], restore["overwrite"]),
+                adapter,
+                project / "prompt_embeddings",
+                restore,
+                params["baselines"],
+            )
             runs[overwrite] = (summary["restored"], summary["skipped_existing"], len(failures))
             if overwrite == "false":
                 assert all((out / n).stat().st_ino == s.st_ino for n, s in before.items()), "existing outputs kept"
@@ -437,8 +480,14 @@ def test_kedro_restore_all_bad_folder_fails_with_the_reasons(kedro_project, pipe
     (bad / "readme.txt").write_text("hello")
     (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     _add_identity_adapter(project, pipe.transformer)
-    proc = kedro_run(project, "run", "--env=tiny", "--pipelines=restore",
-                     "--params=restore.input_dir=bad,restore.output_dir=restored,restore.progress=false", check=False)
+    proc = kedro_run(
+        project,
+        "run",
+        "--env=tiny",
+        "--pipelines=restore",
+        "--params=restore.input_dir=bad,restore.output_dir=restored,restore.progress=false",
+        check=False,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "none of the 3 file(s) in bad could be restored" in log
@@ -450,17 +499,22 @@ def test_kedro_restore_all_bad_folder_fails_with_the_reasons(kedro_project, pipe
 def test_restore_without_an_adapter_uses_public_weights(kedro_project):
     """No adapter was ever trained: restore.method=realesrgan (through Kedro) and flux_controlnet restore with
     the public restorers' (tiny) weights; fluxir says what to do."""
-    from conftest import kedro_run
-
     from fluxir.config import load_params
     from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset
     from fluxir.pipelines.restore.nodes import plan_restore, restore_images
     from fluxir.restoration.methods import build_public, output_geometry, public_config
 
+    from conftest import kedro_run
+
     project = kedro_project
     make_mixed_folder(project / "photos")
-    kedro_run(project, "run", "--env=tiny", "--pipelines=restore",
-              "--params=restore.method=realesrgan,restore.input_dir=photos,restore.output_dir=restored,restore.progress=false")
+    kedro_run(
+        project,
+        "run",
+        "--env=tiny",
+        "--pipelines=restore",
+        "--params=restore.method=realesrgan,restore.input_dir=photos,restore.output_dir=restored,restore.progress=false",
+    )
     out = project / "restored"
     rgb = np.asarray(Image.open(out / "rgb.png"))
     assert rgb.shape == (40, 56, 3) and np.asarray(Image.open(out / "rgba.png")).shape == (32, 48, 4)
@@ -468,32 +522,52 @@ def test_restore_without_an_adapter_uses_public_weights(kedro_project):
     assert summary["method"] == "realesrgan" and summary["restored"] == 5 and summary["color_fix"] == "none"
     assert "RealESRGAN_x4plus.pth" in summary["method_settings"]
     params = load_params("tiny", [], project)
-    realesrgan = build_public("realesrgan", public_config("realesrgan", params["baselines"]),
-                              output_geometry("realesrgan", 4, None, "wavelet"))
+    realesrgan = build_public(
+        "realesrgan",
+        public_config("realesrgan", params["baselines"]),
+        output_geometry("realesrgan", 4, None, "wavelet"),
+    )
     from fluxir.io import read_photo
 
     np.testing.assert_array_equal(rgb, realesrgan.restore(read_photo(project / "photos/rgb.png")[0]))
 
     from kedro.io.core import Version
 
-    missing = FluxIRAdapterDataset(filepath=str(project / "data/06_models/fluxir_adapter"), version=Version(None, None)).load()
+    missing = FluxIRAdapterDataset(
+        filepath=str(project / "data/06_models/fluxir_adapter"), version=Version(None, None)
+    ).load()
     cwd = os.getcwd()
     os.chdir(project)
     try:
         for method in ("flux_controlnet", "fluxir"):
-            restore = {**params["restore"], "method": method, "input_dir": "photos", "output_dir": f"out_{method}",
-                       "progress": False}
+            restore = {
+                **params["restore"],
+                "method": method,
+                "input_dir": "photos",
+                "output_dir": f"out_{method}",
+                "progress": False,
+            }
             plan = plan_restore(restore["input_dir"], restore["output_dir"], False)
             if method == "fluxir":
-                with pytest.raises(ValueError, match=r"restore.method: fluxir needs a trained FluxIR adapter.*"
-                                                     r"restore.method=flux_controlnet or realesrgan"):
+                with pytest.raises(
+                    ValueError,
+                    match=r"restore.method: fluxir needs a trained FluxIR adapter.*"
+                    r"restore.method=flux_controlnet or realesrgan",
+                ):
                     restore_images(plan, missing, project / "prompt_embeddings", restore, params["baselines"])
                 continue
-            failures, summary = restore_images(plan, missing, project / "prompt_embeddings", restore, params["baselines"])
+            failures, summary = restore_images(
+                plan, missing, project / "prompt_embeddings", restore, params["baselines"]
+            )
             assert summary["method"] == "flux_controlnet" and summary["restored"] == 5 and len(failures) == 3
             assert np.asarray(Image.open(project / "out_flux_controlnet/rgb.png")).shape == (40, 56, 3)
-        with pytest.raises(ValueError, match=r"restore.method must be one of \('fluxir', 'flux_controlnet', "
-                                             r"'realesrgan'\), got 'seesr'"):
-            restore_images(plan, missing, project / "prompt_embeddings", {**restore, "method": "seesr"}, params["baselines"])
+        with pytest.raises(
+            ValueError,
+            match=r"restore.method must be one of \('fluxir', 'flux_controlnet', "
+            r"'realesrgan'\), got 'seesr'",
+        ):
+            restore_images(
+                plan, missing, project / "prompt_embeddings", {**restore, "method": "seesr"}, params["baselines"]
+            )
     finally:
         os.chdir(cwd)

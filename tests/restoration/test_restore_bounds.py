@@ -7,12 +7,13 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import TINY_FLUX
 from PIL import Image
 
 from fluxir.models.adapter import FluxIRAdapter
 from fluxir.restoration.files import restore_files
 from fluxir.restoration.sampler import RestoreConfig, check_output_size
+
+from conftest import TINY_FLUX
 
 FAST = {"steps": 2, "dtype": "float32", "device": "cpu", "tile_size": None, "vae_tile_size": None, "color_fix": "none"}
 
@@ -38,8 +39,9 @@ def test_an_oversized_file_fails_before_the_model_is_loaded(tmp_path):
     big = _photo(tmp_path / "big.png", 64, 48)
     cfg = RestoreConfig(**FAST, max_output_megapixels=0.01)  # x4: 256x192 = 0.05 MP
     # the model does not exist: loading it would raise, so an entry in the failures proves it was never loaded
-    results, failures, load_seconds = restore_files("no/such/model", None, cfg, [(big, str(tmp_path / "out.png"))],
-                                                    progress=False)
+    results, failures, load_seconds = restore_files(
+        "no/such/model", None, cfg, [(big, str(tmp_path / "out.png"))], progress=False
+    )
     assert results == [] and load_seconds == 0.0
     assert failures == [{"input": big, "reason": failures[0]["reason"]}]
     assert "big.png: 64x48 with restore.scale 4 gives a 256x192 output" in failures[0]["reason"]
@@ -63,8 +65,10 @@ def test_out_of_memory_on_one_file_is_its_failure_row_and_the_others_are_restore
     flux = load_pipeline(str(TINY_FLUX), dtype="float32", device="cpu").transformer
     adapter = RunsOutOfMemoryOn.from_flux(flux, text_seq_len=8)
     adapter.tokens_that_fail = (48 * 4 // 16) * (48 * 4 // 16)  # the 48x48 input's output grid, 12 x 12 tokens
-    jobs = [(_photo(tmp_path / f"{name}.png", w, h), str(tmp_path / "out" / f"{name}.png"))
-            for name, (w, h) in {"a": (32, 32), "b": (48, 48), "c": (32, 48)}.items()]
+    jobs = [
+        (_photo(tmp_path / f"{name}.png", w, h), str(tmp_path / "out" / f"{name}.png"))
+        for name, (w, h) in {"a": (32, 32), "b": (48, 48), "c": (32, 48)}.items()
+    ]
     with caplog.at_level(logging.INFO, logger="fluxir.restoration.files"):
         results, failures, _ = restore_files(str(TINY_FLUX), adapter, RestoreConfig(**FAST), jobs, progress=False)
     assert [r.input for r in results] == [jobs[0][0], jobs[2][0]]

@@ -16,8 +16,13 @@ from fluxir.restoration import lowmem as L
 from fluxir.restoration import sampler as S
 
 # FLUX.1-dev's block structure at a width a CPU test can afford (2 heads x 16 = 32 channels).
-SCALED = {"num_attention_heads": 2, "attention_head_dim": 16, "joint_attention_dim": 32, "pooled_projection_dim": 32,
-          "axes_dims_rope": [4, 6, 6]}
+SCALED = {
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "joint_attention_dim": 32,
+    "pooled_projection_dim": 32,
+    "axes_dims_rope": [4, 6, 6],
+}
 
 
 def scaled_restorer(**overrides) -> S.Restorer:
@@ -36,8 +41,17 @@ def scaled_restorer(**overrides) -> S.Restorer:
         for module in [adapter.input_proj, *[se.excite for se in adapter.se_z]]:
             module.weight.copy_(0.2 * torch.randn(module.weight.shape, generator=gen))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config
-    cfg = S.RestoreConfig(**{"steps": 3, "dtype": "float32", "device": "cpu", "tile_size": None, "vae_tile_size": None,
-                             "color_fix": "none", **overrides})
+    cfg = S.RestoreConfig(
+        **{
+            "steps": 3,
+            "dtype": "float32",
+            "device": "cpu",
+            "tile_size": None,
+            "vae_tile_size": None,
+            "color_fix": "none",
+            **overrides,
+        }
+    )
     return S.Restorer(flux, build_tiny_vae(0), scheduler, prompt, pooled, adapter, cfg)
 
 
@@ -62,6 +76,7 @@ def test_model_offload_runs_through_the_hooks_and_gives_the_plain_image(plain):
         def counted(module, *args, _name=name, _original=original, **kwargs):
             calls[_name] += 1
             return _original(module, *args, **kwargs)
+
         user_hook.hook.pre_forward = counted
     out = r.restore(LQ)
     assert calls == {"transformer": 3, "vae": 2}, "one transformer move per step call, VAE at encode and decode"
@@ -77,13 +92,17 @@ def test_sequential_offload_streams_every_weight_and_gives_the_plain_image(plain
     assert np.array_equal(out, plain)
 
 
-@pytest.mark.parametrize(("mode", "bytes_per_weight", "max_mean_error"), [
-    ("int8", 1, 1.0),  # measured: mean |error| 0.13 grey levels, max 2
-    ("fp8", 1, 3.0),  # e4m3 keeps 3 mantissa bits: measured mean 0.9, max 11
-    ("nf4", 0.5, 8.0),  # 16 levels per block of 64: measured mean 3.3, max 33
-])
-def test_quantized_transformer_restores_close_to_plain_with_smaller_weights(plain, mode, bytes_per_weight,
-                                                                           max_mean_error):
+@pytest.mark.parametrize(
+    ("mode", "bytes_per_weight", "max_mean_error"),
+    [
+        ("int8", 1, 1.0),  # measured: mean |error| 0.13 grey levels, max 2
+        ("fp8", 1, 3.0),  # e4m3 keeps 3 mantissa bits: measured mean 0.9, max 11
+        ("nf4", 0.5, 8.0),  # 16 levels per block of 64: measured mean 3.3, max 33
+    ],
+)
+def test_quantized_transformer_restores_close_to_plain_with_smaller_weights(
+    plain, mode, bytes_per_weight, max_mean_error
+):
     r = scaled_restorer(quantize=mode)
     plain_bytes = L.linear_weight_bytes(scaled_restorer().transformer)  # float32: 4 bytes per weight
     ratio = L.linear_weight_bytes(r.transformer) / plain_bytes
@@ -101,7 +120,14 @@ def test_quantize_and_model_offload_combine(plain):
 
 
 def test_from_source_loads_on_the_cpu_for_low_memory_modes(tiny_flux_dir):
-    cfg = {"steps": 2, "dtype": "float32", "device": "cpu", "tile_size": None, "vae_tile_size": None, "color_fix": "none"}
+    cfg = {
+        "steps": 2,
+        "dtype": "float32",
+        "device": "cpu",
+        "tile_size": None,
+        "vae_tile_size": None,
+        "color_fix": "none",
+    }
     plain = S.Restorer.from_source(str(tiny_flux_dir), None, S.RestoreConfig(**cfg)).restore(LQ)
     r = S.Restorer.from_source(str(tiny_flux_dir), None, S.RestoreConfig(**cfg, offload="model", quantize="int8"))
     assert r.transformer._hf_hook is not None and type(r.transformer.proj_out.weight) is not torch.nn.Parameter

@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 import torch
 from kedro.io.core import DatasetError
-from support import make_pairs, tiny_params
 
 from fluxir.datasets import FluxIRAdapterDataset
 from fluxir.io import MANIFEST_NAME
 from fluxir.models.adapter import load_adapter
 from fluxir.training.checkpoints import list_checkpoints
 from fluxir.training.loop import train
+
+from support import make_pairs, tiny_params
 
 
 @pytest.fixture(scope="module")

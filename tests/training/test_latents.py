@@ -11,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from conftest import REPO
 from PIL import Image
-from support import kill_when, make_pairs, tiny_params
 
 from fluxir.io import sha256_file
 from fluxir.training.data import PairTable
 from fluxir.training.latents import precompute_latents
 from fluxir.training.loop import train
+
+from conftest import REPO
+from support import kill_when, make_pairs, tiny_params
 
 
 def with_sizes(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -39,8 +40,19 @@ def noise_pairs(root: Path, n: int) -> pd.DataFrame:
         hq, lq = root / f"hq_{i:04d}.png", root / f"lq_{i:04d}.png"
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(hq)
         Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(lq)
-        rows.append({"image_id": i, "hq_path": str(hq), "lq_path": str(lq), "hq_sha256": sha256_file(hq),
-                     "lq_sha256": sha256_file(lq), "width": 64, "height": 48, "lq_width": 16, "lq_height": 12})
+        rows.append(
+            {
+                "image_id": i,
+                "hq_path": str(hq),
+                "lq_path": str(lq),
+                "hq_sha256": sha256_file(hq),
+                "lq_sha256": sha256_file(lq),
+                "width": 64,
+                "height": 48,
+                "lq_width": 16,
+                "lq_height": 12,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -80,8 +92,17 @@ def test_shards_add_up_to_one_process(tmp_path):
 
 
 def _cli(manifest: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "fluxir.training.latents", "--env", "tiny", "--manifest", str(manifest),
-            "--params", f"train.latent_cache_dir={cache}"]
+    return [
+        sys.executable,
+        "-m",
+        "fluxir.training.latents",
+        "--env",
+        "tiny",
+        "--manifest",
+        str(manifest),
+        "--params",
+        f"train.latent_cache_dir={cache}",
+    ]
 
 
 def test_killed_precompute_resumes(tmp_path):

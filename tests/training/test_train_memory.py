@@ -54,8 +54,9 @@ def test_the_activation_estimate_matches_what_autograd_saves_on_a_tiny_model(pix
     width, height, batch_size, text_len = 128, 96, 2, 8
     cfg = train_memory.train_config(pixel_loss, checkpointing=False)
     flux_config, vae_config = load_config("tiny_flux_transformer"), load_config("tiny_vae")
-    models, model = train_memory.build_models(flux_config, vae_config, torch.float32, "cpu", text_len, cfg,
-                                              train_memory.fake_mode())
+    models, model = train_memory.build_models(
+        flux_config, vae_config, torch.float32, "cpu", text_len, cfg, train_memory.fake_mode()
+    )
     with train_memory.fake_mode():
         batch = train_memory.micro_batch(batch_size, width, height, cfg, "cpu")
     estimate = train_memory.count_step(models, model, batch, cfg, "cpu")
@@ -63,17 +64,28 @@ def test_the_activation_estimate_matches_what_autograd_saves_on_a_tiny_model(pix
     torch.manual_seed(0)
     flux = FluxTransformer2DModel(**flux_config).requires_grad_(False).eval()
     vae = AutoencoderKL(**vae_config).requires_grad_(False).eval()
-    real = Models(flux, vae, torch.randn(1, text_len, flux.config.joint_attention_dim),
-                  torch.randn(1, flux.config.pooled_projection_dim), {})
+    real = Models(
+        flux,
+        vae,
+        torch.randn(1, text_len, flux.config.joint_attention_dim),
+        torch.randn(1, flux.config.pooled_projection_dim),
+        {},
+    )
     adapter = build_adapter(cfg, real)
     n = height // 16 * width // 16
     from fluxir.training.loss import MicroBatch
 
-    step = MicroBatch(*(torch.randn(batch_size, n, 64) for _ in range(3)), t=torch.full((batch_size,), 0.5),
-                      crops=None, h=height // 8, w=width // 8)
+    step = MicroBatch(
+        *(torch.randn(batch_size, n, 64) for _ in range(3)),
+        t=torch.full((batch_size,), 0.5),
+        crops=None,
+        h=height // 8,
+        w=width // 8,
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, _, _ = flow_matching_loss(ControlledFlux(flux, adapter), flux, vae, step, real.prompt_embeds,
-                                        real.pooled_embeds, cfg)
+        loss, _, _ = flow_matching_loss(
+            ControlledFlux(flux, adapter), flux, vae, step, real.prompt_embeds, real.pooled_embeds, cfg
+        )
     weights = {p.untyped_storage().data_ptr() for m in (flux, vae, adapter) for p in m.parameters()}
     actual = saved_by_autograd(loss, weights) / train_memory.GIB
     estimated = estimate["saved_flux_adapter"] + estimate["saved_decoder"]
@@ -87,12 +99,20 @@ def test_docs_tables_and_preflight_budget_come_from_the_committed_memory_table()
 
     table = json.loads(train_memory.OUTPUT.read_text())
     assert train_memory.markdown_table(table) in (ROOT / "docs/training.md").read_text()
-    row = next(r for r in table["rows"] if (r["size"], r["batch_size"], r["pixel_loss"], r["gradient_checkpointing"])
-               == ("1024x768", 1, "whole", True))
-    assert train_memory_budget_gb(yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"])[1] \
-        == round(row["total"] * 2**30 / 1e9, 1)
-    crop = next(r for r in table["rows"] if (r["size"], r["batch_size"], r["pixel_loss"], r["gradient_checkpointing"])
-                == ("1024x768", 4, "crop_512", True))
+    row = next(
+        r
+        for r in table["rows"]
+        if (r["size"], r["batch_size"], r["pixel_loss"], r["gradient_checkpointing"]) == ("1024x768", 1, "whole", True)
+    )
+    assert train_memory_budget_gb(yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"])[
+        1
+    ] == round(row["total"] * 2**30 / 1e9, 1)
+    crop = next(
+        r
+        for r in table["rows"]
+        if (r["size"], r["batch_size"], r["pixel_loss"], r["gradient_checkpointing"])
+        == ("1024x768", 4, "crop_512", True)
+    )
     assert train_memory_budget_gb({"batch_size": 4, "pixel_loss_crop": 256})[1] == round(crop["total"] * 2**30 / 1e9, 1)
     # Under CUDA autocast the decoder's float32 norms would cost ~1.6x; the VAE runs outside it.
     whole = table["decoder_saved_gib_if_under_cuda_autocast"]["1024x768"]
@@ -106,4 +126,7 @@ def test_the_default_max_steps_fits_the_papers_budget_at_40_percent_mfu():
     max_steps = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]["max_steps"]
     assert plan["paper"]["train_steps_in_budget_at_mfu"] == max_steps  # conf/base is its only copy
     assert plan["stages"]["train"]["gpu_hours"] <= plan["paper"]["gpu_hours"]  # 14 GPU-days on H800
-    assert plan["stages"]["train"]["steps"] + 1000 > plan["paper"]["gpu_hours"] * 3600 * 989 * 0.4 / plan["train_step_tflop"]
+    assert (
+        plan["stages"]["train"]["steps"] + 1000
+        > plan["paper"]["gpu_hours"] * 3600 * 989 * 0.4 / plan["train_step_tflop"]
+    )

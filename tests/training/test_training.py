@@ -14,8 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import free_port, kedro_run
-from support import base_params, kill_when, make_pairs, tiny_params
 from PIL import Image
 
 from fluxir.models.adapter import load_adapter
@@ -26,6 +24,10 @@ from fluxir.training.data import DataOrder, LatentCache, PairTable, decode_laten
 from fluxir.training.loop import configure_cuda_allocator, ddp_kwargs, make_optimizer, train
 from fluxir.training.loss import flow_matching_loss, make_micro_batch, pixel_loss_latents, sample_timesteps
 from fluxir.training.models import ControlledFlux, build_adapter, load_models
+
+from conftest import free_port, kedro_run
+from support import base_params, kill_when, make_pairs, tiny_params
+
 
 def max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     sa, sb = a.state_dict(), b.state_dict()
@@ -60,8 +62,9 @@ def test_bad_parameters_name_the_value(override, message):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize(("processes", "batch_size", "accumulation"), [(1, 1, 64), (2, 1, 32), (4, 1, 16), (8, 1, 8),
-                                                                      (4, 4, 4), (8, 8, 1)])
+@pytest.mark.parametrize(
+    ("processes", "batch_size", "accumulation"), [(1, 1, 64), (2, 1, 32), (4, 1, 16), (8, 1, 8), (4, 4, 4), (8, 8, 1)]
+)
 def test_global_batch_of_64_is_reached_on_any_number_of_gpus(processes, batch_size, accumulation):
     """The paper's global batch 64 (Sec. 4.1) = batch_size x processes x accumulation, exactly."""
     assert TrainConfig.from_params(base_params("train")).global_batch == 64
@@ -70,10 +73,15 @@ def test_global_batch_of_64_is_reached_on_any_number_of_gpus(processes, batch_si
 
 
 def test_a_global_batch_that_cannot_be_split_names_the_fix():
-    with pytest.raises(ValueError, match=r"train.global_batch=64 cannot be split into train.batch_size=1 x 3 "
-                                         r"process\(es\).*use a number of processes that divides 64"):
+    with pytest.raises(
+        ValueError,
+        match=r"train.global_batch=64 cannot be split into train.batch_size=1 x 3 "
+        r"process\(es\).*use a number of processes that divides 64",
+    ):
         accumulation_steps(64, 1, 3)
-    with pytest.raises(ValueError, match=r"global_batch=16 .* train.batch_size=4 x 8 process\(es\).*use train.batch_size in \[1, 2\]"):
+    with pytest.raises(
+        ValueError, match=r"global_batch=16 .* train.batch_size=4 x 8 process\(es\).*use train.batch_size in \[1, 2\]"
+    ):
         accumulation_steps(16, 4, 8)
     with pytest.raises(ValueError, match=r"train.global_batch=1 cannot be split into train.batch_size=1 x 2"):
         accumulation_steps(1, 1, 2)
@@ -101,7 +109,9 @@ def test_cuda_settings_ddp_bucket_views_fused_adamw_expandable_segments(monkeypa
 
 
 def test_yaml_1_1_quirks_are_read_as_meant():
-    cfg = TrainConfig.from_params(base_params("train", mixed_precision=False, learning_rate="1e-5"))  # `no`, `1e-5` unquoted
+    cfg = TrainConfig.from_params(
+        base_params("train", mixed_precision=False, learning_rate="1e-5")
+    )  # `no`, `1e-5` unquoted
     assert cfg.mixed_precision == "no" and cfg.learning_rate == 1e-5
     with pytest.raises(ValueError, match="train.learning_rate must be a number, got 'fast'"):
         TrainConfig.from_params(base_params("train", learning_rate="fast"))
@@ -149,7 +159,9 @@ def test_manifest_errors_name_the_pair(tmp_path, pairs):
     bad = pairs.copy()
     Image.open(bad.lq_path[3]).resize((5, 5)).save(tmp_path / "small.png")
     bad.loc[3, "lq_path"] = str(tmp_path / "small.png")
-    with pytest.raises(ValueError, match=r"pair 3: LQ .* is \(5, 5\) but must be exactly 1/4 of the HQ size \(64, 48\)"):
+    with pytest.raises(
+        ValueError, match=r"pair 3: LQ .* is \(5, 5\) but must be exactly 1/4 of the HQ size \(64, 48\)"
+    ):
         PairTable.from_manifest(bad)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['lq_sha256'\]"):
         PairTable.from_manifest(pairs.drop(columns="lq_sha256"))
@@ -252,15 +264,18 @@ def test_the_frozen_vae_runs_in_its_own_dtype_outside_autocast(pairs, tiny_model
     table = PairTable.from_manifest(pairs)
     model = ControlledFlux(models.flux, build_adapter(cfg, models))
     seen = []
-    hooks = [m.register_forward_hook(lambda m, a, out: seen.append((torch.is_autocast_enabled("cpu"), out.dtype)))
-             for m in (models.vae.encoder.conv_out, models.vae.decoder.conv_out)]
+    hooks = [
+        m.register_forward_hook(lambda m, a, out: seen.append((torch.is_autocast_enabled("cpu"), out.dtype)))
+        for m in (models.vae.encoder.conv_out, models.vae.decoder.conv_out)
+    ]
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             gauss = [pair_gaussians(models.vae, LatentCache(None, "x"), table, 0)]
             batch = make_micro_batch(cfg, models.vae, gauss, [1])
             batch.t = torch.tensor([0.5])
-            loss, _, pixel = flow_matching_loss(model, models.flux, models.vae, batch, models.prompt_embeds,
-                                                models.pooled_embeds, cfg)
+            loss, _, pixel = flow_matching_loss(
+                model, models.flux, models.vae, batch, models.prompt_embeds, models.pooled_embeds, cfg
+            )
             assert torch.is_autocast_enabled("cpu")  # switched off only around the VAE
         loss.backward()
     finally:
@@ -281,8 +296,15 @@ def test_the_adapter_carries_its_training_guidance(tmp_path, tiny_models):
     adapter.training_record = {"steps": 3, "global_batch": 64}
     save_adapter(adapter, tmp_path / "adapter")
     assert load_adapter(tmp_path / "adapter").training_record == {"steps": 3, "global_batch": 64}
-    restorer = Restorer(models.flux, models.vae, models.scheduler_config, models.prompt_embeds, models.pooled_embeds,
-                        load_adapter(tmp_path / "adapter"), RestoreConfig(dtype="float32", device="cpu"))
+    restorer = Restorer(
+        models.flux,
+        models.vae,
+        models.scheduler_config,
+        models.prompt_embeds,
+        models.pooled_embeds,
+        load_adapter(tmp_path / "adapter"),
+        RestoreConfig(dtype="float32", device="cpu"),
+    )
     assert restorer.guidance == 2.5
     with pytest.raises(ValueError, match="restore.guidance is not a parameter.*train.adapter.guidance"):
         RestoreConfig.from_params({"guidance": 4.0})
@@ -305,8 +327,17 @@ def test_cache_and_checkpointing_do_not_change_training(tmp_path, pairs):
     common = ("train.max_steps=3", "train.pixel_loss_crop=16")
     ref = train(tiny_params(tmp_path / "a", *common), pairs, progress=False)
     assert len(list((tmp_path / "a" / "cache").rglob("*.safetensors"))) > 0
-    other = train(tiny_params(tmp_path / "b", *common, "train.cache_latents=false", "train.gradient_checkpointing=true",
-                              "train.decoder_gradient_checkpointing=true"), pairs, progress=False)
+    other = train(
+        tiny_params(
+            tmp_path / "b",
+            *common,
+            "train.cache_latents=false",
+            "train.gradient_checkpointing=true",
+            "train.decoder_gradient_checkpointing=true",
+        ),
+        pairs,
+        progress=False,
+    )
     assert not (tmp_path / "b" / "cache").exists()
     np.testing.assert_allclose(other.history.loss, ref.history.loss, rtol=1e-5)
     assert max_diff(other.adapter, ref.adapter) < 1e-6
@@ -329,8 +360,14 @@ def test_200_steps_reduce_the_loss(tmp_path, pairs):
 
 
 def test_nan_loss_stops_and_keeps_the_good_checkpoint(tmp_path, pairs):
-    params = tiny_params(tmp_path, "train.max_steps=10", "train.checkpoint_every=1", "train.learning_rate=1e30",
-                         "train.max_grad_norm=null", "train.keep_checkpoints=5")
+    params = tiny_params(
+        tmp_path,
+        "train.max_steps=10",
+        "train.checkpoint_every=1",
+        "train.learning_rate=1e30",
+        "train.max_grad_norm=null",
+        "train.keep_checkpoints=5",
+    )
     with pytest.raises(FloatingPointError) as err:
         train(params, pairs, progress=False)
     message = str(err.value)
@@ -353,14 +390,25 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, pairs, ke
     params = ("train.max_steps=60", "train.checkpoint_every=5", "train.keep_checkpoints=50")
     manifest = tmp_path / "manifest.parquet"
     pairs.to_parquet(manifest)
-    run = ["--manifest", str(manifest), "--no-mlflow", "--output", str(tmp_path / "resumed"),
-           "--report", str(tmp_path / "rep"), "--params", ",".join(params + (f"train.checkpoint_dir={tmp_path / 'ck'}",
-                                                                              f"train.latent_cache_dir={tmp_path / 'lc'}"))]
+    run = [
+        "--manifest",
+        str(manifest),
+        "--no-mlflow",
+        "--output",
+        str(tmp_path / "resumed"),
+        "--report",
+        str(tmp_path / "rep"),
+        "--params",
+        ",".join(params + (f"train.checkpoint_dir={tmp_path / 'ck'}", f"train.latent_cache_dir={tmp_path / 'lc'}")),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_cli(kedro_project, *run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def ten_steps_saved() -> bool:
-        return max((int(p.name[5:]) for p in (tmp_path / "ck").glob("*/step_*") if not p.name.startswith(".")),
-                   default=0) >= 10
+        return (
+            max((int(p.name[5:]) for p in (tmp_path / "ck").glob("*/step_*") if not p.name.startswith(".")), default=0)
+            >= 10
+        )
 
     kill_when(proc, ten_steps_saved, timeout=300)
     run_dir = next((tmp_path / "ck").iterdir())
@@ -393,15 +441,46 @@ def _mlflow_runs(project: Path) -> list:
 def test_two_processes_keep_identical_weights_and_only_rank0_writes(tmp_path, pairs, kedro_project):
     manifest = tmp_path / "manifest.parquet"
     pairs.to_parquet(manifest)
-    params = f"train.max_steps=6,train.global_batch=2,train.checkpoint_every=3,train.validate_every=6,train.log_every=2," \
-             f"train.checkpoint_dir={tmp_path / 'ck'},train.latent_cache_dir={tmp_path / 'lc'}"
+    params = (
+        f"train.max_steps=6,train.global_batch=2,train.checkpoint_every=3,train.validate_every=6,train.log_every=2,"
+        f"train.checkpoint_dir={tmp_path / 'ck'},train.latent_cache_dir={tmp_path / 'lc'}"
+    )
     accelerate = Path(sys.executable).with_name("accelerate")
     proc = subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         "-m", "fluxir.training", "--env", "tiny", "--project", str(kedro_project), "--manifest", str(manifest),
-         "--output", str(tmp_path / "adapter"), "--report", str(tmp_path / "rep"), "--params", params],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600, check=False,
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "fluxir.training",
+            "--env",
+            "tiny",
+            "--project",
+            str(kedro_project),
+            "--manifest",
+            str(manifest),
+            "--output",
+            str(tmp_path / "adapter"),
+            "--report",
+            str(tmp_path / "rep"),
+            "--params",
+            params,
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -433,13 +512,14 @@ def test_two_processes_keep_identical_weights_and_only_rank0_writes(tmp_path, pa
 
 
 def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
-    from kedro.io.core import generate_timestamp
-
     from kedro.config import OmegaConfigLoader
+    from kedro.io.core import generate_timestamp
 
     from fluxir.settings import CONFIG_LOADER_ARGS
 
-    catalog = OmegaConfigLoader(str(kedro_project / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "tiny"})["catalog"]
+    catalog = OmegaConfigLoader(str(kedro_project / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "tiny"})[
+        "catalog"
+    ]
     manifest_path = kedro_project / catalog["pairs_manifest"]["filepath"]  # versioned: <path>/<version>/<name>
     pairs = make_pairs(kedro_project / "data" / "pairs", n=6)
     version = manifest_path / generate_timestamp()
@@ -461,8 +541,14 @@ def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
     client, runs = _mlflow_runs(kedro_project)
     assert len(runs) == 1
     run = runs[0]
-    for name in ("train/loss", "train/loss_mse", "train/loss_pixel", "train/lr", "train/samples_per_s",
-                 "train/peak_memory_mb"):
+    for name in (
+        "train/loss",
+        "train/loss_mse",
+        "train/loss_pixel",
+        "train/lr",
+        "train/samples_per_s",
+        "train/peak_memory_mb",
+    ):
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [2, 4, 6], name
     assert run.data.params["train.learning_rate"] == "0.001"
     assert run.data.params["train_run.adapter_parameters"] == str(sum(p.numel() for p in adapter.parameters()))
@@ -489,7 +575,9 @@ def test_a_global_batch_larger_than_a_bucket_warns_once(tmp_path, pairs, caplog)
     with caplog.at_level(logging.WARNING, logger="fluxir.training"):
         train(tiny_params(tmp_path / "a", "train.max_steps=2", "train.global_batch=4"), pairs, progress=False)
     warned = [r.getMessage() for r in caplog.records if "exceeds the training pairs" in r.getMessage()]
-    assert len(warned) == 1 and warned[0].startswith("train.global_batch=4 exceeds") and "of 6 training pairs" in warned[0]
+    assert (
+        len(warned) == 1 and warned[0].startswith("train.global_batch=4 exceeds") and "of 6 training pairs" in warned[0]
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="fluxir.training"):
         train(tiny_params(tmp_path / "b", "train.max_steps=1"), pairs, progress=False)  # global batch 1

@@ -90,8 +90,9 @@ class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdap
         load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         unknown = set(load_args) - set(self.DEFAULT_LOAD_ARGS)
         if unknown:
-            raise DatasetError(f"unknown load_args {sorted(unknown)} for FluxIRAdapterDataset; "
-                               f"valid: {sorted(self.DEFAULT_LOAD_ARGS)}")
+            raise DatasetError(
+                f"unknown load_args {sorted(unknown)} for FluxIRAdapterDataset; valid: {sorted(self.DEFAULT_LOAD_ARGS)}"
+            )
         protocol, path = get_protocol_and_path(str(filepath), version)
         fs_args = deepcopy(fs_args) or {}
         if protocol == "file":
@@ -100,8 +101,9 @@ class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdap
         self._fs = fsspec.filesystem(protocol, **(deepcopy(credentials) or {}), **fs_args)
         self._load_args = load_args
         self.metadata = metadata
-        super().__init__(filepath=PurePosixPath(path), version=version,
-                         exists_function=self._fs.exists, glob_function=self._fs.glob)
+        super().__init__(
+            filepath=PurePosixPath(path), version=version, exists_function=self._fs.exists, glob_function=self._fs.glob
+        )
 
     def load(self) -> FluxIRAdapter | MissingAdapter:
         import torch
@@ -111,10 +113,12 @@ class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdap
         try:
             load_path = self._get_load_path()
         except VersionNotFoundError:  # only the latest version can be missing (a named one fails in load_adapter)
-            return MissingAdapter(f"no trained FluxIR adapter under {self._filepath}: run `kedro run --pipeline=train` "
-                                  "first, or pick one with `--load-versions=fluxir_adapter:<version>`; without one, "
-                                  "restore with public weights: restore.method=flux_controlnet or realesrgan "
-                                  "(evaluate.methods without fluxir)")
+            return MissingAdapter(
+                f"no trained FluxIR adapter under {self._filepath}: run `kedro run --pipeline=train` "
+                "first, or pick one with `--load-versions=fluxir_adapter:<version>`; without one, "
+                "restore with public weights: restore.method=flux_controlnet or realesrgan "
+                "(evaluate.methods without fluxir)"
+            )
         path = get_filepath_str(load_path, self._protocol)
         dtype = self._load_args["dtype"]
         if isinstance(dtype, str):
@@ -140,5 +144,9 @@ class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdap
         return self._fs.exists(f"{path}/{CONFIG_NAME}")
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "protocol": self._protocol, "load_args": self._load_args,
-                "version": self._version}
+        return {
+            "filepath": self._filepath,
+            "protocol": self._protocol,
+            "load_args": self._load_args,
+            "version": self._version,
+        }

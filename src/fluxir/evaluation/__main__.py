@@ -1,4 +1,5 @@
-"""``python -m fluxir.evaluation`` / ``accelerate launch -m fluxir.evaluation``: restore the benchmarks outside ``kedro run``.
+"""``python -m fluxir.evaluation`` / ``accelerate launch -m fluxir.evaluation``: restore the benchmarks outside
+``kedro run``.
 
 Restores the LQ images of the evaluate pipeline's ``benchmark_manifest`` with ``evaluate.restore.*`` and the
 catalog's ``fluxir_adapter`` (``fluxir.evaluation.scoring.restore_missing``: outputs are keyed by model,
@@ -24,9 +25,13 @@ from fluxir.models.flux import accelerate_cpu, resolve_device
 def main(argv: list[str] | None = None) -> None:
     """Restore the benchmark images on one or many processes."""
     parser = cli_parser("python -m fluxir.evaluation", main.__doc__, "evaluate.restore.steps=20")
-    parser.add_argument("--manifest", default=None, help="benchmark manifest parquet (default: the catalog's latest benchmark_manifest)")
+    parser.add_argument(
+        "--manifest", default=None, help="benchmark manifest parquet (default: the catalog's latest benchmark_manifest)"
+    )
     parser.add_argument("--adapter", default=None, help="adapter folder (default: the catalog's latest fluxir_adapter)")
-    parser.add_argument("--report", default=None, help="write this process's seconds per restored image to <report>.rank<r>.json")
+    parser.add_argument(
+        "--report", default=None, help="write this process's seconds per restored image to <report>.rank<r>.json"
+    )
     args = parser.parse_args(argv)
 
     evaluate = load_params(args.env, args.params, args.project)["evaluate"]
@@ -35,9 +40,17 @@ def main(argv: list[str] | None = None) -> None:
     adapter = load_adapter(args.adapter) if args.adapter else catalog.load("fluxir_adapter")
     restore = evaluate["restore"]
     state = PartialState(cpu=accelerate_cpu(restore.get("device", "auto")))
-    seconds = restore_missing(manifest, adapter, restore, evaluate["outputs_dir"], evaluate["scale"], evaluate["color_fix"],
-                              state.process_index, state.num_processes,
-                              device=resolve_device(restore.get("device", "auto"), state.device))
+    seconds = restore_missing(
+        manifest,
+        adapter,
+        restore,
+        evaluate["outputs_dir"],
+        evaluate["scale"],
+        evaluate["color_fix"],
+        state.process_index,
+        state.num_processes,
+        device=resolve_device(restore.get("device", "auto"), state.device),
+    )
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps({"seconds": seconds}))
     state.wait_for_everyone()

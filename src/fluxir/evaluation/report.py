@@ -36,8 +36,18 @@ PAPER_METRICS: dict[str, tuple[str, ...]] = {
 }
 DATASET_ORDER = ("DIV2K-Val", "RealSR", "DrealSR", "RealLQ250")
 PAPER_COLUMNS = ("dataset", "metric", "higher_is_better", "method", "value")
-PER_IMAGE_COLUMNS = ["dataset", "method", "image", "label", "metric", "value", "convention", "crop_border",
-                     "higher_is_better", "stand_in"]
+PER_IMAGE_COLUMNS = [
+    "dataset",
+    "method",
+    "image",
+    "label",
+    "metric",
+    "value",
+    "convention",
+    "crop_border",
+    "higher_is_better",
+    "stand_in",
+]
 MEAN_KEYS = ["dataset", "method", "label", "metric", "convention", "crop_border", "higher_is_better", "stand_in"]
 OURS_METHOD = "fluxir"
 PAPER_OURS = "FluxIR"
@@ -145,8 +155,9 @@ def _arrow(higher_is_better: bool) -> str:
     return "↑" if higher_is_better else "↓"
 
 
-def comparison_table(means: pd.DataFrame, paper: pd.DataFrame, datasets: Sequence[str] | None = None,
-                     tiny_models: bool = False) -> pd.DataFrame:
+def comparison_table(
+    means: pd.DataFrame, paper: pd.DataFrame, datasets: Sequence[str] | None = None, tiny_models: bool = False
+) -> pd.DataFrame:
     """Rows: dataset x metric; columns: this run's methods (measured), then the paper's FluxIR and its other
     methods (copied from the paper).
 
@@ -175,7 +186,11 @@ def comparison_table(means: pd.DataFrame, paper: pd.DataFrame, datasets: Sequenc
             else:
                 higher = bool(theirs_rows["higher_is_better"].iloc[0]) if not theirs_rows.empty else True
                 stand_in, how, n = False, "not run", 0
-            title = f"{label} STAND-IN ({mine_rows.iloc[0]['metric']} {_arrow(higher)})" if stand_in else f"{label} {_arrow(higher)}"
+            title = (
+                f"{label} STAND-IN ({mine_rows.iloc[0]['metric']} {_arrow(higher)})"
+                if stand_in
+                else f"{label} {_arrow(higher)}"
+            )
             row: dict[str, Any] = {"Dataset": dataset, "Metric": title, "Computed as": how, "n": n}
             for method in ours:
                 cell = mine_rows[mine_rows["method"] == method]["mean"]
@@ -255,8 +270,11 @@ def metric_settings(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict
     specs = {label: MetricSpec.parse(spec) for group in metrics.values() for label, spec in (group or {}).items()}
     options = {label: ", ".join(f"{k}={v}" for k, v in s.options.items()) for label, s in specs.items() if s.options}
     names = f"pyiqa {version('pyiqa')}: " + "; ".join(
-        f"{label}={s.name}" + (f" ({options[label]})" if label in options else "")
-        + ("" if s.pretrained else " (random weights)") for label, s in specs.items())
+        f"{label}={s.name}"
+        + (f" ({options[label]})" if label in options else "")
+        + ("" if s.pretrained else " (random weights)")
+        for label, s in specs.items()
+    )
     return names, options
 
 
@@ -267,10 +285,14 @@ def conventions(convention: str, crop_border: int, color_fix: str, metric_names:
     return {
         "metrics": metric_names,
         "PSNR / SSIM channel": f"{convention}: {CONVENTION_DEFINITIONS[convention]}",
-        "border crop": (f"{crop_border} px cut from each side of restored and HQ before PSNR, SSIM and LPIPS "
-                        "(LPIPS is cropped too, on RGB); no-reference metrics see the whole RGB output"),
-        "colour fix": (f"{color_fix} (evaluate.color_fix; the default follows SUPIR's and DreamClear's test "
-                       "scripts, the paper names none)"),
+        "border crop": (
+            f"{crop_border} px cut from each side of restored and HQ before PSNR, SSIM and LPIPS "
+            "(LPIPS is cropped too, on RGB); no-reference metrics see the whole RGB output"
+        ),
+        "colour fix": (
+            f"{color_fix} (evaluate.color_fix; the default follows SUPIR's and DreamClear's test "
+            "scripts, the paper names none)"
+        ),
     }
 
 
@@ -287,9 +309,15 @@ TABLE_NOTE = (
 )
 
 
-def render_markdown(table: pd.DataFrame, means: pd.DataFrame, status: Mapping[str, Mapping[str, Any]],
-                    run_info: Mapping[str, Any], grids: Mapping[str, str], tiny: bool,
-                    options: Mapping[str, str] | None = None) -> str:
+def render_markdown(
+    table: pd.DataFrame,
+    means: pd.DataFrame,
+    status: Mapping[str, Mapping[str, Any]],
+    run_info: Mapping[str, Any],
+    grids: Mapping[str, str],
+    tiny: bool,
+    options: Mapping[str, str] | None = None,
+) -> str:
     """The report as markdown; ``grids`` maps dataset name to the grid's PNG file name (same folder).
 
     ``options`` maps a metric label to its pyiqa options as text (named in the stand-in notes).
@@ -302,11 +330,17 @@ def render_markdown(table: pd.DataFrame, means: pd.DataFrame, status: Mapping[st
         out += ["**Stand-in metrics** (their numbers are not comparable with the paper's):", ""]
         out += [f"- {line}" for line in stand_ins] + [""]
     out += ["## Setup", "", _md_table(["setting", "value"], _info_lines(run_info)), ""]
-    out += ["## Benchmarks", "", _md_table(["benchmark", "status", "images", "message"],
-                                           [[k, v["status"], str(v["images"]), v["message"]] for k, v in status.items()]), ""]
+    out += [
+        "## Benchmarks",
+        "",
+        _md_table(
+            ["benchmark", "status", "images", "message"],
+            [[k, v["status"], str(v["images"]), v["message"]] for k, v in status.items()],
+        ),
+        "",
+    ]
     header, rows = _table_cells(table, lambda s: f"**{s}**")
-    out += ["## Table 1: this run beside the paper", "", TABLE_NOTE,
-            "", _md_table(header, rows), ""]
+    out += ["## Table 1: this run beside the paper", "", TABLE_NOTE, "", _md_table(header, rows), ""]
     if grids:
         out += ["## Image grids (LQ / restored / HQ)", ""]
         for dataset, file in grids.items():
@@ -327,26 +361,42 @@ th{background:#eee} td:nth-child(-n+3){text-align:left}
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], escape_cells: bool = True) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c)) if escape_cells else c}</td>" for c in row) + "</tr>" for row in rows
+        "<tr>" + "".join(f"<td>{html.escape(str(c)) if escape_cells else c}</td>" for c in row) + "</tr>"
+        for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(table: pd.DataFrame, means: pd.DataFrame, status: Mapping[str, Mapping[str, Any]],
-                run_info: Mapping[str, Any], grid_pngs: Mapping[str, bytes], tiny: bool,
-                options: Mapping[str, str] | None = None) -> str:
+def render_html(
+    table: pd.DataFrame,
+    means: pd.DataFrame,
+    status: Mapping[str, Mapping[str, Any]],
+    run_info: Mapping[str, Any],
+    grid_pngs: Mapping[str, bytes],
+    tiny: bool,
+    options: Mapping[str, str] | None = None,
+) -> str:
     """The report as one self-contained HTML page (grids embedded as PNG data URIs)."""
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>FluxIR evaluation report</title>",
-             f"<style>{_CSS}</style></head><body><h1>FluxIR evaluation report</h1>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>FluxIR evaluation report</title>",
+        f"<style>{_CSS}</style></head><body><h1>FluxIR evaluation report</h1>",
+    ]
     if tiny:
         parts.append(f"<p class='notice'>{html.escape(TINY_NOTICE)}</p>")
     stand_ins = _stand_in_lines(means, options)
     if stand_ins:
         items = "".join(f"<li>{html.escape(line)}</li>" for line in stand_ins)
-        parts.append(f"<p class='standin'><b>Stand-in metrics</b> (not comparable with the paper's):</p><ul>{items}</ul>")
+        parts.append(
+            f"<p class='standin'><b>Stand-in metrics</b> (not comparable with the paper's):</p><ul>{items}</ul>"
+        )
     parts.append("<h2>Setup</h2>" + _html_table(["setting", "value"], _info_lines(run_info)))
-    parts.append("<h2>Benchmarks</h2>" + _html_table(
-        ["benchmark", "status", "images", "message"], [[k, v["status"], v["images"], v["message"]] for k, v in status.items()]))
+    parts.append(
+        "<h2>Benchmarks</h2>"
+        + _html_table(
+            ["benchmark", "status", "images", "message"],
+            [[k, v["status"], v["images"], v["message"]] for k, v in status.items()],
+        )
+    )
     header, rows = _table_cells(table, lambda s: f"\x00{s}\x01")
     rows = [[html.escape(c).replace("\x00", "<b>").replace("\x01", "</b>") for c in row] for row in rows]
     parts.append(f"<h2>Table 1: this run beside the paper</h2><p>{html.escape(TABLE_NOTE)}</p>")
@@ -355,7 +405,9 @@ def render_html(table: pd.DataFrame, means: pd.DataFrame, status: Mapping[str, M
         parts.append("<h2>Image grids (LQ / restored / HQ)</h2>")
         for dataset, png in grid_pngs.items():
             data = base64.b64encode(png).decode()
-            parts.append(f"<h3>{html.escape(dataset)}</h3><img alt='{html.escape(dataset)}' src='data:image/png;base64,{data}'>")
+            parts.append(
+                f"<h3>{html.escape(dataset)}</h3><img alt='{html.escape(dataset)}' src='data:image/png;base64,{data}'>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -365,8 +417,14 @@ def render_html(table: pd.DataFrame, means: pd.DataFrame, status: Mapping[str, M
 # --------------------------------------------------------------------------------------------- #
 
 
-def grid_figure(title: str, columns: Sequence[str], rows: Sequence[Mapping[str, np.ndarray | None]],
-                row_titles: Sequence[str], cell_inches: float = 3.0, message: str | None = None) -> Any:
+def grid_figure(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Mapping[str, np.ndarray | None]],
+    row_titles: Sequence[str],
+    cell_inches: float = 3.0,
+    message: str | None = None,
+) -> Any:
     """A matplotlib figure: one row per image, one column per stage (e.g. LQ, Bicubic, FluxIR, HQ).
 
     Cells are shown at the restored size (small LQ images are enlarged with nearest-neighbour); a missing
@@ -382,8 +440,9 @@ def grid_figure(title: str, columns: Sequence[str], rows: Sequence[Mapping[str, 
         ax.axis("off")
         ax.text(0.5, 0.5, f"{title}\n{message or 'no images'}", ha="center", va="center", wrap=True)
         return fig
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(cell_inches * len(columns), cell_inches * len(rows) + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(columns), figsize=(cell_inches * len(columns), cell_inches * len(rows) + 0.6), squeeze=False
+    )
     for r, (row, row_title) in enumerate(zip(rows, row_titles)):
         for c, column in enumerate(columns):
             ax = axes[r][c]

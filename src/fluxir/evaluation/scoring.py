@@ -74,13 +74,17 @@ def evaluation_restore_config(restore: Mapping[str, Any], scale: int, color_fix:
     """(model, validated RestoreConfig) of ``evaluate.restore`` with evaluation's own scale and colour fix."""
     params = dict(restore)
     if "model" not in params:
-        raise ValueError("evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls")
+        raise ValueError(
+            "evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls"
+        )
     model = params.pop("model")
     if "color_fix" in params:
         raise ValueError("evaluate.restore.color_fix is not a parameter: set evaluate.color_fix (docs/evaluation.md)")
     params["color_fix"] = color_fix
     if params.setdefault("scale", scale) != scale:
-        raise ValueError(f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {scale!r}; set only evaluate.scale")
+        raise ValueError(
+            f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {scale!r}; set only evaluate.scale"
+        )
     return model, RestoreConfig.from_params(params)
 
 
@@ -88,43 +92,66 @@ def _fluxir_root(model: str, config: RestoreConfig, adapter: Any, outputs_dir: s
     return Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
 
 
-def restore_missing(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str, Any], outputs_dir: str | Path,
-                    scale: int = 4, color_fix: str = "wavelet", process_index: int = 0, num_processes: int = 1,
-                    device: str | None = None) -> list[float]:
+def restore_missing(
+    manifest: pd.DataFrame,
+    adapter: Any,
+    restore: Mapping[str, Any],
+    outputs_dir: str | Path,
+    scale: int = 4,
+    color_fix: str = "wavelet",
+    process_index: int = 0,
+    num_processes: int = 1,
+    device: str | None = None,
+) -> list[float]:
     """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` that have no FluxIR
     output yet (every ``num_processes``-th: an output depends only on its input and the seed); returns the
     seconds per restored image. ``device`` (default ``restore.device``) is not part of the output key."""
     model, config = evaluation_restore_config(restore, scale, color_fix)
     root = _fluxir_root(model, config, adapter, outputs_dir)
     run_config = dataclasses.replace(config, device=device or config.device)
-    _, _, seconds = restore_into(manifest, root, "fluxir", lambda: Restorer.from_source(model, adapter, run_config),
-                                 config.scale, process_index, num_processes)
+    _, _, seconds = restore_into(
+        manifest,
+        root,
+        "fluxir",
+        lambda: Restorer.from_source(model, adapter, run_config),
+        config.scale,
+        process_index,
+        num_processes,
+    )
     return seconds
 
 
-def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str, Any], outputs_dir: str | Path,
-                     scale: int = 4, color_fix: str = "wavelet", restored_elsewhere: Sequence[float] = ()
-                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Restore every LQ of ``manifest`` x``scale`` with Flux (``restore.model``) + ``adapter``; returns (outputs, run info).
+def restore_manifest(
+    manifest: pd.DataFrame,
+    adapter: Any,
+    restore: Mapping[str, Any],
+    outputs_dir: str | Path,
+    scale: int = 4,
+    color_fix: str = "wavelet",
+    restored_elsewhere: Sequence[float] = (),
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Restore every LQ of ``manifest`` x``scale`` with Flux (``restore.model``) + ``adapter``; returns (outputs, info).
 
-    ``color_fix`` is evaluation's own choice (``evaluate.color_fix``), never part of ``restore``. Files go to ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and
-    settings; files already there are reused, so an interrupted run resumes where it stopped.
+    ``color_fix`` is evaluation's own choice (``evaluate.color_fix``), never part of ``restore``. Files go to
+    ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and settings; files
+    already there are reused, so an interrupted run resumes where it stopped.
     ``restored_elsewhere``: seconds per image of the images processes launched for this run restored
     (``restore_missing``), counted in the run info as restored now.
     """
     model, config = evaluation_restore_config(restore, scale, color_fix)
     root = _fluxir_root(model, config, adapter, outputs_dir)
-    rows, _, seconds = restore_into(manifest, root, "fluxir", lambda: Restorer.from_source(model, adapter, config),
-                                    config.scale)
+    rows, _, seconds = restore_into(
+        manifest, root, "fluxir", lambda: Restorer.from_source(model, adapter, config), config.scale
+    )
     seconds = [*restored_elsewhere, *seconds]
     done_now = len(seconds)
     info = {
         "model": model,
         "adapter": f"{type(adapter).__name__} {adapter_fingerprint(adapter)} "
-                   f"({sum(p.numel() for p in adapter.parameters()) / 1e6:.2f}M parameters)",
+        f"({sum(p.numel() for p in adapter.parameters()) / 1e6:.2f}M parameters)",
         "adapter training": describe_training(adapter.training_record),
         "sampler": f"{config.steps} Euler steps, schedule {config.schedule}, Flux guidance {adapter.config.guidance} "
-                   f"(the adapter's training value), seed {config.seed}, {config.dtype}",
+        f"(the adapter's training value), seed {config.seed}, {config.dtype}",
         "restore settings": ", ".join(f"{k}={v}" for k, v in config_dict(config).items()),
         "restored images": f"{done_now} now, {len(manifest) - done_now} reused, in {root}",
         "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
@@ -132,8 +159,15 @@ def restore_manifest(manifest: pd.DataFrame, adapter: Any, restore: Mapping[str,
     return rows, info
 
 
-def restore_into(manifest: pd.DataFrame, root: Path, method: str, make_restorer: Callable[[], Any], scale: float,
-                 process_index: int = 0, num_processes: int = 1) -> tuple[pd.DataFrame, int, list[float]]:
+def restore_into(
+    manifest: pd.DataFrame,
+    root: Path,
+    method: str,
+    make_restorer: Callable[[], Any],
+    scale: float,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> tuple[pd.DataFrame, int, list[float]]:
     """Restore every LQ of ``manifest`` that has no ``<root>/<dataset>/<image>.png`` yet; returns (outputs table,
     images restored now, seconds per image). The restorer is made only when something is left to do, so a
     finished run reuses its files without loading a model. Process ``process_index`` of ``num_processes``
@@ -152,14 +186,27 @@ def restore_into(manifest: pd.DataFrame, root: Path, method: str, make_restorer:
             if out.shape[:2] != expected:
                 raise RuntimeError(f"{method} {row.dataset}/{row.image}: restored {out.shape[:2]}, expected {expected}")
             write_png_atomic(root / row.dataset / f"{row.image}.png", out)
-    log.info("%s: %d images restored now, %d reused from %s", TITLES.get(method, method), len(todo),
-             len(manifest) - len(todo), root)
-    rows = [[r.dataset, r.image, method, str(root / r.dataset / f"{r.image}.png")] for r in manifest.itertuples(index=False)]
+    log.info(
+        "%s: %d images restored now, %d reused from %s",
+        TITLES.get(method, method),
+        len(todo),
+        len(manifest) - len(todo),
+        root,
+    )
+    rows = [
+        [r.dataset, r.image, method, str(root / r.dataset / f"{r.image}.png")] for r in manifest.itertuples(index=False)
+    ]
     return _outputs(rows), len(todo), seconds
 
 
-def public_manifest(manifest: pd.DataFrame, methods: list[str], baselines: Mapping[str, Any], outputs_dir: str | Path,
-                    scale: int, color_fix: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+def public_manifest(
+    manifest: pd.DataFrame,
+    methods: list[str],
+    baselines: Mapping[str, Any],
+    outputs_dir: str | Path,
+    scale: int,
+    color_fix: str,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ with each public restorer of ``methods`` (``realesrgan``, ``flux_controlnet``).
 
     Files go to ``<outputs_dir>/<method>/<key>/<dataset>/<image>.png``, the key hashing the method, its
@@ -175,11 +222,14 @@ def public_manifest(manifest: pd.DataFrame, methods: list[str], baselines: Mappi
         plans.append((method, cfg, geometry, Path(outputs_dir) / method / key))
     parts, info = [_outputs([])], {}
     for method, cfg, geometry, root in plans:
-        rows, done_now, seconds = restore_into(manifest, root, method, partial(build_public, method, cfg, geometry), scale)
+        rows, done_now, seconds = restore_into(
+            manifest, root, method, partial(build_public, method, cfg, geometry), scale
+        )
         parts.append(rows)
         info[TITLES[method]] = f"{describe_public(method, cfg)}; colour fix {geometry.color_fix}"
-        info[f"{TITLES[method]} images"] = (f"{done_now} now, {len(manifest) - done_now} reused, in {root}; "
-                                            + (f"{np.mean(seconds):.2f} s per image" if seconds else "all reused"))
+        info[f"{TITLES[method]} images"] = f"{done_now} now, {len(manifest) - done_now} reused, in {root}; " + (
+            f"{np.mean(seconds):.2f} s per image" if seconds else "all reused"
+        )
     return pd.concat(parts, ignore_index=True), info
 
 
@@ -238,14 +288,22 @@ def baseline_manifest(manifest: pd.DataFrame, baselines_dir: str | Path, scale: 
                 path = by_stem.get(r.image) or by_key.get(r.image)
                 (found if path is not None else missing).append((r, path))
             if missing:
-                log.warning("baseline %s on %s: %d of %d images missing (e.g. %s): skipped for this dataset",
-                            method, dataset, len(missing), len(images), [m[0].image for m in missing[:3]])
+                log.warning(
+                    "baseline %s on %s: %d of %d images missing (e.g. %s): skipped for this dataset",
+                    method,
+                    dataset,
+                    len(missing),
+                    len(images),
+                    [m[0].image for m in missing[:3]],
+                )
                 continue
             for r, path in found:
                 lw, lh = image_size(r.lq_path)
                 if image_size(path) != (lw * scale, lh * scale):
-                    raise ValueError(f"baseline {method}: {path} is {image_size(path)}, expected {(lw * scale, lh * scale)} "
-                                     f"(x{scale} of the prepared LQ {r.lq_path}); run it on the prepared LQ folder")
+                    raise ValueError(
+                        f"baseline {method}: {path} is {image_size(path)}, expected {(lw * scale, lh * scale)} "
+                        f"(x{scale} of the prepared LQ {r.lq_path}); run it on the prepared LQ folder"
+                    )
                 rows.append([dataset, r.image, method, str(path)])
             log.info("baseline %s on %s: %d images", method, dataset, len(found))
     return _outputs(rows)
@@ -259,10 +317,14 @@ def baseline_manifest(manifest: pd.DataFrame, baselines_dir: str | Path, scale: 
 def parse_metric_groups(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``{"full_reference": {label: spec}, "no_reference": {label: spec}}`` with parsed ``MetricSpec`` values."""
     if not isinstance(metrics, Mapping) or set(metrics) - {"full_reference", "no_reference"}:
-        raise ValueError("evaluate.metrics must be {full_reference: {LABEL: pyiqa spec}, no_reference: {LABEL: spec}}, "
-                         f"got {metrics!r}")
-    groups = {g: {str(label): MetricSpec.parse(spec) for label, spec in (metrics.get(g) or {}).items()}
-              for g in ("full_reference", "no_reference")}
+        raise ValueError(
+            "evaluate.metrics must be {full_reference: {LABEL: pyiqa spec}, no_reference: {LABEL: spec}}, "
+            f"got {metrics!r}"
+        )
+    groups = {
+        g: {str(label): MetricSpec.parse(spec) for label, spec in (metrics.get(g) or {}).items()}
+        for g in ("full_reference", "no_reference")
+    }
     both = set(groups["full_reference"]) & set(groups["no_reference"])
     if both:
         raise ValueError(f"metric labels {sorted(both)} are used twice (full_reference and no_reference)")
@@ -275,9 +337,17 @@ def parse_metric_groups(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]
     return groups
 
 
-def score_all(manifest: pd.DataFrame, outputs: pd.DataFrame, metrics: Mapping[str, Any], convention: str,
-              crop_border: int, weights_dir: str | None = None, trust_weight_files: bool = False, device: str = "cpu",
-              batch_size: int = 8) -> pd.DataFrame:
+def score_all(
+    manifest: pd.DataFrame,
+    outputs: pd.DataFrame,
+    metrics: Mapping[str, Any],
+    convention: str,
+    crop_border: int,
+    weights_dir: str | None = None,
+    trust_weight_files: bool = False,
+    device: str = "cpu",
+    batch_size: int = 8,
+) -> pd.DataFrame:
     """Score every output: the long per-image table of ``fluxir.evaluation.report.PER_IMAGE_COLUMNS``.
 
     All weight files are checked before anything is scored (one error listing every missing file).
@@ -285,35 +355,54 @@ def score_all(manifest: pd.DataFrame, outputs: pd.DataFrame, metrics: Mapping[st
     groups = parse_metric_groups(metrics)
     iqa.configure_weights(weights_dir, trust_weight_files)
     iqa.check_weights([*groups["full_reference"].values(), *groups["no_reference"].values()])
-    table = outputs.merge(manifest[["dataset", "image", "hq_path"]], on=["dataset", "image"], how="left",
-                          validate="many_to_one").reset_index(drop=True)
+    table = outputs.merge(
+        manifest[["dataset", "image", "hq_path"]], on=["dataset", "image"], how="left", validate="many_to_one"
+    ).reset_index(drop=True)
     if table.empty:
         raise ValueError("no restored output to score")
     parts = []
 
     def frame(rows: pd.DataFrame, label: str, spec: Any, values: Any, convention_: Any, crop: Any) -> pd.DataFrame:
-        return pd.DataFrame({
-            "dataset": rows["dataset"].values, "method": rows["method"].values, "image": rows["image"].values,
-            "label": label, "metric": spec.name, "value": np.asarray(values, dtype=np.float64),
-            "convention": convention_, "crop_border": crop, "higher_is_better": not iqa.lower_is_better(spec),
-            "stand_in": is_stand_in(label, spec.name, spec.pretrained),
-        })
+        return pd.DataFrame(
+            {
+                "dataset": rows["dataset"].values,
+                "method": rows["method"].values,
+                "image": rows["image"].values,
+                "label": label,
+                "metric": spec.name,
+                "value": np.asarray(values, dtype=np.float64),
+                "convention": convention_,
+                "crop_border": crop,
+                "higher_is_better": not iqa.lower_is_better(spec),
+                "stand_in": is_stand_in(label, spec.name, spec.pretrained),
+            }
+        )
 
     if groups["no_reference"]:
         specs = list(groups["no_reference"].values())
-        scores = iqa.score_no_reference(list(table["path"]), specs, batch_size=batch_size, device=device, progress=False)
+        scores = iqa.score_no_reference(
+            list(table["path"]), specs, batch_size=batch_size, device=device, progress=False
+        )
         for label, spec in groups["no_reference"].items():
             parts.append(frame(table, label, spec, scores[spec.name].values, "rgb", 0))
     paired = table[table["hq_path"].notna()].reset_index(drop=True)
     if groups["full_reference"] and not paired.empty:
         specs = list(groups["full_reference"].values())
-        long = iqa.score_full_reference(list(paired["path"]), list(paired["hq_path"]), specs, convention=convention,
-                                        crop_border=crop_border, device=device, batch_size=batch_size,
-                                        names=list(range(len(paired))))
+        long = iqa.score_full_reference(
+            list(paired["path"]),
+            list(paired["hq_path"]),
+            specs,
+            convention=convention,
+            crop_border=crop_border,
+            device=device,
+            batch_size=batch_size,
+            names=list(range(len(paired))),
+        )
         for label, spec in groups["full_reference"].items():
             part = long[long["metric"] == spec.name].sort_values("image")
-            parts.append(frame(paired, label, spec, part["value"].values, part["convention"].values,
-                               part["crop_border"].values))
+            parts.append(
+                frame(paired, label, spec, part["value"].values, part["convention"].values, part["crop_border"].values)
+            )
     per_image = pd.concat(parts, ignore_index=True)[PER_IMAGE_COLUMNS]
     per_image["crop_border"] = per_image["crop_border"].astype(int)
     return per_image
@@ -328,9 +417,14 @@ def _method_column(method: str) -> str:
     return TITLES.get(method, method)
 
 
-def grids(manifest: pd.DataFrame, outputs: pd.DataFrame, names: Mapping[str, str],
-          status: Mapping[str, Mapping[str, Any]], num_images: int = 3, note: str = ""
-          ) -> tuple[dict[str, Any], dict[str, bytes]]:
+def grids(
+    manifest: pd.DataFrame,
+    outputs: pd.DataFrame,
+    names: Mapping[str, str],
+    status: Mapping[str, Mapping[str, Any]],
+    num_images: int = 3,
+    note: str = "",
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Per benchmark key: a figure of the first ``num_images`` images; and PNG bytes by dataset name.
 
     Columns: LQ | Bicubic | baselines | FluxIR | HQ (when the benchmark has HQ). ``note`` is added to each
@@ -338,8 +432,11 @@ def grids(manifest: pd.DataFrame, outputs: pd.DataFrame, names: Mapping[str, str
     """
     figures: dict[str, Any] = {}
     pngs: dict[str, bytes] = {}
-    methods = list(dict.fromkeys(["bicubic", "realesrgan", "flux_controlnet",
-                                  *[m for m in outputs["method"] if m != "fluxir"], "fluxir"]))
+    methods = list(
+        dict.fromkeys(
+            ["bicubic", "realesrgan", "flux_controlnet", *[m for m in outputs["method"] if m != "fluxir"], "fluxir"]
+        )
+    )
     for key, name in names.items():
         images = manifest[manifest["dataset"] == name].head(num_images)
         if images.empty:

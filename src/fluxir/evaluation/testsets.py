@@ -82,7 +82,9 @@ class BenchmarkSpec:
             raise TypeError(f"a benchmark entry must be a mapping, got {params!r}")
         unknown = sorted(set(params) - set(_SPEC_KEYS))
         if unknown:
-            raise ValueError(f"benchmark {params.get('name')!r}: unknown setting(s) {unknown}; known: {list(_SPEC_KEYS)}")
+            raise ValueError(
+                f"benchmark {params.get('name')!r}: unknown setting(s) {unknown}; known: {list(_SPEC_KEYS)}"
+            )
         spec = cls(**dict(params))
         spec.validate()
         return spec
@@ -96,8 +98,11 @@ class BenchmarkSpec:
         if self.kind != "synthetic" and not self.lq_dir:
             raise ValueError(f"{where}: kind {self.kind!r} needs lq_dir")
         sizes = ("lq_size",) if self.kind == "lq_only" else ("hq_size", "lq_size")
-        check_fields(self, [Rule(key, "multiple_of", 16, must="a positive multiple of 16 (Flux latent grid)")
-                            for key in sizes], f"{where}: ")
+        check_fields(
+            self,
+            [Rule(key, "multiple_of", 16, must="a positive multiple of 16 (Flux latent grid)") for key in sizes],
+            f"{where}: ",
+        )
         if self.kind != "lq_only" and self.hq_size % self.lq_size:
             raise ValueError(f"{where}: hq_size {self.hq_size} must be a multiple of lq_size {self.lq_size}")
         check_fields(self, [Rule("num_images", "positive_int", nullable=True)], f"{where}: ")
@@ -146,8 +151,9 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -173,10 +179,14 @@ def aligned_crops(hq: np.ndarray, lq: np.ndarray, lq_size: int, scale: int) -> t
     if top < 0 or left < 0:
         raise ValueError(f"LQ of (width, height)={(lw, lh)} is smaller than the {lq_size}x{lq_size} crop")
     if hq.shape[0] < scale * top + hq_size or hq.shape[1] < scale * left + hq_size:
-        raise ValueError(f"HQ of (width, height)={hq.shape[1::-1]} does not cover the {hq_size}px crop at "
-                         f"(top, left)={(scale * top, scale * left)} = {scale} x the LQ crop's offset")
-    return (np.ascontiguousarray(hq[scale * top : scale * top + hq_size, scale * left : scale * left + hq_size]),
-            np.ascontiguousarray(lq[top : top + lq_size, left : left + lq_size]))
+        raise ValueError(
+            f"HQ of (width, height)={hq.shape[1::-1]} does not cover the {hq_size}px crop at "
+            f"(top, left)={(scale * top, scale * left)} = {scale} x the LQ crop's offset"
+        )
+    return (
+        np.ascontiguousarray(hq[scale * top : scale * top + hq_size, scale * left : scale * left + hq_size]),
+        np.ascontiguousarray(lq[top : top + lq_size, left : left + lq_size]),
+    )
 
 
 def pair_key(stem: str, strip_suffix: str = DEFAULT_STRIP_SUFFIX) -> str:
@@ -218,7 +228,9 @@ def _write_once(path: Path, make: Any) -> None:
 # --------------------------------------------------------------------------------------------- #
 
 
-def prepare_benchmark(spec: BenchmarkSpec, prepared_dir: str | Path, degradation: Mapping[str, Any] | None = None) -> PreparedBenchmark:
+def prepare_benchmark(
+    spec: BenchmarkSpec, prepared_dir: str | Path, degradation: Mapping[str, Any] | None = None
+) -> PreparedBenchmark:
     """Prepare one benchmark, or return it skipped (with the reason, logged) when its files are missing.
 
     ``degradation`` is the training ``DegradationConfig`` as a dict (``params:degrade.config``); only the
@@ -227,8 +239,10 @@ def prepare_benchmark(spec: BenchmarkSpec, prepared_dir: str | Path, degradation
     spec.validate()
     reason = _missing(spec)
     if reason is not None:
-        message = (f"{spec.name}: skipped, {reason}. Download it and put the files there "
-                   f"(see {DOCS}); the other benchmarks still run.")
+        message = (
+            f"{spec.name}: skipped, {reason}. Download it and put the files there "
+            f"(see {DOCS}); the other benchmarks still run."
+        )
         log.warning(message)
         return PreparedBenchmark(spec.name, "skipped", message, reason=reason)
     demo = _is_demo(spec)
@@ -252,8 +266,11 @@ def prepare_benchmark(spec: BenchmarkSpec, prepared_dir: str | Path, degradation
 def sources_too_small(spec: BenchmarkSpec) -> dict[str, tuple[int, list[str]]]:
     """{folder: (images, names of those smaller than the run's crops)}: the HQ ``hq_size`` crops of synthetic
     and paired benchmarks, the LQ ``lq_size`` crops of paired and LQ-only ones (image headers only)."""
-    crops = {"synthetic": [(spec.hq_dir, spec.hq_size)], "lq_only": [(spec.lq_dir, spec.lq_size)],
-             "paired": [(spec.hq_dir, spec.hq_size), (spec.lq_dir, spec.lq_size)]}[spec.kind]
+    crops = {
+        "synthetic": [(spec.hq_dir, spec.hq_size)],
+        "lq_only": [(spec.lq_dir, spec.lq_size)],
+        "paired": [(spec.hq_dir, spec.hq_size), (spec.lq_dir, spec.lq_size)],
+    }[spec.kind]
     out = {}
     for folder, size in crops:
         files = list_images(folder)
@@ -263,8 +280,12 @@ def sources_too_small(spec: BenchmarkSpec) -> dict[str, tuple[int, list[str]]]:
 
 def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping[str, Any]) -> pd.DataFrame:
     # The reference is the original crop: USM sharpening is for training HQ only (see the module docstring).
-    settings = {**dict(degradation), "crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random",
-                "use_usm": False}
+    settings = {
+        **dict(degradation),
+        "crop_sizes": [[spec.hq_size, spec.hq_size]],
+        "crop_position": "random",
+        "use_usm": False,
+    }
     config = DegradationConfig.from_dict(settings)
     if config.scale != spec.scale:
         raise ValueError(f"{spec.name}: hq_size/lq_size = {spec.scale} but the degradation scale is {config.scale}")
@@ -272,7 +293,9 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
     usable = [p for p in files if min(image_size(p)) >= spec.hq_size]
     if len(usable) < len(files):
         small = [p.name for p in files if p not in usable]
-        log.warning("%s: %d source image(s) smaller than %dpx skipped: %s", spec.name, len(small), spec.hq_size, small[:5])
+        log.warning(
+            "%s: %d source image(s) smaller than %dpx skipped: %s", spec.name, len(small), spec.hq_size, small[:5]
+        )
     if not usable:
         return pd.DataFrame(columns=MANIFEST_COLUMNS)
     key = _prep_key(spec, config.to_dict(), usable)
@@ -299,8 +322,13 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
     keys = sorted(hq_files.keys() & lq_files.keys())
     unmatched = sorted(hq_files.keys() ^ lq_files.keys())
     if unmatched:
-        log.warning("%s: %d file(s) without a partner (after stripping %r) ignored, e.g. %s",
-                    spec.name, len(unmatched), spec.strip_suffix, unmatched[:5])
+        log.warning(
+            "%s: %d file(s) without a partner (after stripping %r) ignored, e.g. %s",
+            spec.name,
+            len(unmatched),
+            spec.strip_suffix,
+            unmatched[:5],
+        )
     if not keys:
         raise ValueError(
             f"{spec.name}: no HQ/LQ pair in {spec.hq_dir} and {spec.lq_dir}. Files pair by name once "
@@ -320,7 +348,9 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
                 f"x{spec.scale} the LQ (use the x{spec.scale} test split with LQ at its own low resolution, see {DOCS})"
             )
         if min(hw, hh) < spec.hq_size or min(lw, lh) < spec.lq_size:
-            log.warning("%s: %s skipped, smaller than the %d/%d px centre crops", spec.name, name, spec.hq_size, spec.lq_size)
+            log.warning(
+                "%s: %s skipped, smaller than the %d/%d px centre crops", spec.name, name, spec.hq_size, spec.lq_size
+            )
             continue
         hq_path, lq_path = out_root / key / "hq" / f"{name}.png", out_root / key / "lq" / f"{name}.png"
         if not (hq_path.is_file() and lq_path.is_file()):
@@ -351,16 +381,21 @@ def _prepare_lq_only(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
 
 def collect(prepared: list[PreparedBenchmark]) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """One manifest of all ready benchmarks and a status per benchmark; error when none is ready."""
-    status = {p.name: {"status": p.status, "message": p.message, "images": len(p.images), "demo": p.demo}
-              for p in prepared}
+    status = {
+        p.name: {"status": p.status, "message": p.message, "images": len(p.images), "demo": p.demo} for p in prepared
+    }
     ready = [p.images for p in prepared if p.ready]
     if not ready:
-        raise ValueError(f"no benchmark is available; download at least one and put it where its parameters say "
-                         f"({DOCS}): " + "; ".join(f"{p.name}: {p.reason}" for p in prepared))
+        raise ValueError(
+            f"no benchmark is available; download at least one and put it where its parameters say "
+            f"({DOCS}): " + "; ".join(f"{p.name}: {p.reason}" for p in prepared)
+        )
     manifest = pd.concat(ready, ignore_index=True)
     duplicated = manifest.duplicated(["dataset", "image"])
     if duplicated.any():
-        raise ValueError(f"duplicate (dataset, image) names: {manifest[duplicated][['dataset', 'image']].values[:5].tolist()}")
+        raise ValueError(
+            f"duplicate (dataset, image) names: {manifest[duplicated][['dataset', 'image']].values[:5].tolist()}"
+        )
     return manifest, status
 
 
@@ -387,8 +422,9 @@ def _demo_config(size: int, degradation: Mapping[str, Any]) -> Any:
     return DegradationConfig.from_dict({**dict(degradation), "crop_sizes": [[size, size]], "crop_position": "center"})
 
 
-def write_demo_benchmarks(specs: Mapping[str, BenchmarkSpec], degradation: Mapping[str, Any] | None = None,
-                          count: int = 3, seed: int = 0) -> dict[str, list[str]]:
+def write_demo_benchmarks(
+    specs: Mapping[str, BenchmarkSpec], degradation: Mapping[str, Any] | None = None, count: int = 3, seed: int = 0
+) -> dict[str, list[str]]:
     """Fill the folders of every benchmark that has no image yet with ``count`` small demo images.
 
     Sources are scikit-image's bundled photos degraded with the training degradation: the synthetic
@@ -408,7 +444,9 @@ def write_demo_benchmarks(specs: Mapping[str, BenchmarkSpec], degradation: Mappi
             for name in photos:
                 photo = _photo(name)
                 if min(photo.shape[:2]) < spec.hq_size:
-                    raise ValueError(f"demo benchmarks are for small sizes: {name} is smaller than hq_size {spec.hq_size}")
+                    raise ValueError(
+                        f"demo benchmarks are for small sizes: {name} is smaller than hq_size {spec.hq_size}"
+                    )
                 write_png_atomic(folder / f"{name}.png", photo)
             folders = [folder]
         else:

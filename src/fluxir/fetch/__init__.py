@@ -48,7 +48,8 @@ class Step:
 
 
 def offline(url: str | None = None) -> bool:
-    """HF_HUB_OFFLINE=1 (the Makefile's, the tests'): no request to another machine; this machine's servers are allowed."""
+    """HF_HUB_OFFLINE=1 (the Makefile's, the tests'): no request to another machine; this machine's servers are
+    allowed."""
     from huggingface_hub import constants
 
     host = urllib.parse.urlparse(url or "").hostname or ""
@@ -168,7 +169,8 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
     assert item.dest is not None
     if offline(source) and not _is_mirror_folder(mirror):
         raise transfer.DownloadError(
-            f"{source}: HF_HUB_OFFLINE=1 forbids downloads; run the fetch with HF_HUB_OFFLINE=0 (or give a --mirror folder)"
+            f"{source}: HF_HUB_OFFLINE=1 forbids downloads; run the fetch with HF_HUB_OFFLINE=0 "
+            "(or give a --mirror folder)"
         )
     if _is_mirror_folder(mirror):
         transfer.copy_file(Path(source), item.dest, expected, on_bytes=on_bytes)
@@ -279,7 +281,8 @@ def format_plan(steps: list[Step]) -> str:
     lines.append(
         f"{len(todo)} to fetch ({_size(sum(s.size or 0 for s in todo))}"
         + (f" + {unknown} of unknown size" if (unknown := sum(s.size is None for s in todo)) else "")
-        + f"); {sum(s.state == 'present' for s in steps)} present; {sum(s.state == 'problem' for s in steps)} problem(s)"
+        + f"); {sum(s.state == 'present' for s in steps)} present; "
+        + f"{sum(s.state == 'problem' for s in steps)} problem(s)"
     )
     return "\n".join(lines)
 

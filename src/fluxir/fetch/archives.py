@@ -1,7 +1,8 @@
 """Unpack a verified archive (zip or tar, told apart by content) into the catalog's image folders.
 
 Each rule is ``(member pattern, folder)``: the archive's image files whose path matches the glob
-pattern (alternatives separated by ``|``) are written, flat, into the folder (the benchmark folders of conf/base/parameters_evaluate.yml).
+pattern (alternatives separated by ``|``) are written, flat, into the folder (the benchmark folders of
+conf/base/parameters_evaluate.yml).
 A folder is filled in a temporary sibling and renamed into place only when every rule found its
 files, so a broken archive leaves nothing half-installed. A ``.fetched.json`` in the folder records
 which archive it came from and its files: a second run finds it and skips the download. A folder that

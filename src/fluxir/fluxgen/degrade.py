@@ -78,11 +78,32 @@ SIDE_MULTIPLE = 16
 # --------------------------------------------------------------------------------------------- #
 
 
-PROBABILITIES = ("sinc_prob", "sinc_prob2", "final_sinc_prob", "gaussian_noise_prob", "gray_noise_prob",
-                 "second_blur_prob", "gaussian_noise_prob2", "gray_noise_prob2")
-RANGES = ("blur_sigma", "betag_range", "betap_range", "blur_sigma2", "betag_range2", "betap_range2", "resize_range",
-          "noise_range", "poisson_scale_range", "resize_range2", "noise_range2", "poisson_scale_range2", "jpeg_range",
-          "jpeg_range2")
+PROBABILITIES = (
+    "sinc_prob",
+    "sinc_prob2",
+    "final_sinc_prob",
+    "gaussian_noise_prob",
+    "gray_noise_prob",
+    "second_blur_prob",
+    "gaussian_noise_prob2",
+    "gray_noise_prob2",
+)
+RANGES = (
+    "blur_sigma",
+    "betag_range",
+    "betap_range",
+    "blur_sigma2",
+    "betag_range2",
+    "betap_range2",
+    "resize_range",
+    "noise_range",
+    "poisson_scale_range",
+    "resize_range2",
+    "noise_range2",
+    "poisson_scale_range2",
+    "jpeg_range",
+    "jpeg_range2",
+)
 DEGRADATION_RULES = (
     Rule("scale", "positive_int"),
     Rule("crop_position", "choice", ("center", "random"), must="'center' or 'random'"),
@@ -90,9 +111,14 @@ DEGRADATION_RULES = (
     Rule("kernel_sizes", "odd_ints_in", (3, 21)),
     *(Rule(name, "choices", KERNEL_TYPES) for name in ("kernel_list", "kernel_list2")),
     *(Rule(name, "range") for name in RANGES),
-    *(Rule(name, "strict_range", must="[low, high] with low < high (basicsr requires it)")
-      for name in ("blur_sigma", "blur_sigma2")),
-    *(Rule(name, "range_to", 100, must="a JPEG quality range within (0, 100]") for name in ("jpeg_range", "jpeg_range2")),
+    *(
+        Rule(name, "strict_range", must="[low, high] with low < high (basicsr requires it)")
+        for name in ("blur_sigma", "blur_sigma2")
+    ),
+    *(
+        Rule(name, "range_to", 100, must="a JPEG quality range within (0, 100]")
+        for name in ("jpeg_range", "jpeg_range2")
+    ),
     # Real-ESRGAN draws "down" from [low, 1] and "up" from [1, high]
     *(Rule(name, "range_around", 1) for name in ("resize_range", "resize_range2")),
 )
@@ -291,9 +317,7 @@ def _blur_kernel(c: DegradationConfig, order: int) -> tuple[np.ndarray, dict[str
     kernel_size = random.choice(list(c.kernel_sizes))
     if np.random.uniform() < sinc_prob:
         # Real-ESRGAN's cut-off range for sizes 7..21: small kernels cannot hold a very low cut-off
-        omega_c = (
-            np.random.uniform(np.pi / 3, np.pi) if kernel_size < 13 else np.random.uniform(np.pi / 5, np.pi)
-        )
+        omega_c = np.random.uniform(np.pi / 3, np.pi) if kernel_size < 13 else np.random.uniform(np.pi / 5, np.pi)
         kernel = _sinc(omega_c, kernel_size)
         info = {"type": "sinc", "size": kernel_size, "omega_c": float(omega_c)}
     else:
@@ -400,8 +424,9 @@ def _resize_sinc(x: torch.Tensor, size: tuple[int, int], sinc: np.ndarray | None
     return (filter2d(x, sinc) if sinc is not None else x), mode
 
 
-def _final_step(x: torch.Tensor, lq_size: tuple[int, int], sinc: np.ndarray | None,
-                quality_range: Sequence[float]) -> tuple[torch.Tensor, str, str, float]:
+def _final_step(
+    x: torch.Tensor, lq_size: tuple[int, int], sinc: np.ndarray | None, quality_range: Sequence[float]
+) -> tuple[torch.Tensor, str, str, float]:
     """[resize to the LQ size + sinc] and JPEG in a random order (Real-ESRGAN: other orders give twisted lines).
 
     Returns (x, the order, the resize mode, the JPEG quality).
@@ -488,11 +513,24 @@ def degrade_pair(
 
     hq, lq = _to_uint8(gt_t), _to_uint8(out)
     info = {
-        "image_id": image_id, "seed": int(seed),
+        "image_id": image_id,
+        "seed": int(seed),
         "crop": [left, top, w, h],  # (left, top, width, height) in the source image
-        "hflip": hflip, "usm": config.use_usm, "hq_size": [w, h], "lq_size": [lq.shape[1], lq.shape[0]],
-        "kernel1": k1_info, "resize1": resize1, "noise1": noise1, "jpeg1": jpeg1,
-        "blur2": blur2, "kernel2": k2_info if blur2 else None, "resize2": resize2, "noise2": noise2,
-        "final_order": order, "final_resize_mode": mode3, "final_sinc": sinc_info, "jpeg2": jpeg2,
+        "hflip": hflip,
+        "usm": config.use_usm,
+        "hq_size": [w, h],
+        "lq_size": [lq.shape[1], lq.shape[0]],
+        "kernel1": k1_info,
+        "resize1": resize1,
+        "noise1": noise1,
+        "jpeg1": jpeg1,
+        "blur2": blur2,
+        "kernel2": k2_info if blur2 else None,
+        "resize2": resize2,
+        "noise2": noise2,
+        "final_order": order,
+        "final_resize_mode": mode3,
+        "final_sinc": sinc_info,
+        "jpeg2": jpeg2,
     }
     return hq, lq, info

@@ -34,7 +34,16 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from fluxir.config import Rule, check_fields, cli_parser, config_from_params, load_catalog, load_params, reject_unknown_keys, stage_params
+from fluxir.config import (
+    Rule,
+    check_fields,
+    cli_parser,
+    config_from_params,
+    load_catalog,
+    load_params,
+    reject_unknown_keys,
+    stage_params,
+)
 from fluxir.io import ImageStore, WriterPool, hash_json
 from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import accelerate_cpu, compile_blocks, load_pipeline, resolve_device
@@ -44,7 +53,17 @@ from fluxir.progress import progress as progress_bar
 logger = logging.getLogger(__name__)
 
 # Fields that change the pixels of image i. batch_size/device do not (per-image generators).
-_PIXEL_FIELDS = ("model", "height", "width", "steps", "guidance", "dtype", "prompts", "base_seed", "max_sequence_length")
+_PIXEL_FIELDS = (
+    "model",
+    "height",
+    "width",
+    "steps",
+    "guidance",
+    "dtype",
+    "prompts",
+    "base_seed",
+    "max_sequence_length",
+)
 
 
 def _nearest_multiple_of_16(value: Any) -> str:
@@ -53,8 +72,16 @@ def _nearest_multiple_of_16(value: Any) -> str:
 
 GENERATION_RULES = (
     Rule("num_images", "positive_int"),
-    *(Rule(side, "multiple_of", 16, must="a positive multiple of 16 (VAE /8 and 2x2 packing)",
-           note=_nearest_multiple_of_16) for side in ("height", "width")),
+    *(
+        Rule(
+            side,
+            "multiple_of",
+            16,
+            must="a positive multiple of 16 (VAE /8 and 2x2 packing)",
+            note=_nearest_multiple_of_16,
+        )
+        for side in ("height", "width")
+    ),
     Rule("steps", "positive_int"),
     Rule("batch_size", "positive_int"),
     Rule("write_threads", "nonneg_int", note=" (0: write each image before the next denoising starts)"),
@@ -82,12 +109,13 @@ class GenerationConfig:
     compile: bool  # torch.compile the transformer's blocks (fluxir.models.flux.compile_blocks)
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "GenerationConfig":
+    def from_params(cls, params: dict[str, Any]) -> GenerationConfig:
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
         params = stage_params(params)
         reject_unknown_keys(params, cls, "fluxgen parameter(s)")
-        return config_from_params(cls, {**params, "prompts": list(params.get("prompts") or [])}, GENERATION_RULES,
-                                  "fluxgen.")
+        return config_from_params(
+            cls, {**params, "prompts": list(params.get("prompts") or [])}, GENERATION_RULES, "fluxgen."
+        )
 
     def validate(self) -> None:
         check_fields(self, GENERATION_RULES, "fluxgen.")
@@ -113,8 +141,13 @@ def ids_for_process(num_images: int, process_index: int, num_processes: int) -> 
 
 
 def generate_into_store(
-    cfg: GenerationConfig, store: ImageStore, process_index: int = 0, num_processes: int = 1,
-    state_device: Any = None, progress: bool = True, prompt_cache: str | Path | None = None,
+    cfg: GenerationConfig,
+    store: ImageStore,
+    process_index: int = 0,
+    num_processes: int = 1,
+    state_device: Any = None,
+    progress: bool = True,
+    prompt_cache: str | Path | None = None,
 ) -> list[int]:
     """Generate this process's missing images into ``store``; returns the ids it generated now.
 
@@ -123,7 +156,9 @@ def generate_into_store(
     the text encoders are then never loaded (``fluxir.models.empty_prompt``).
     """
     todo = [i for i in ids_for_process(cfg.num_images, process_index, num_processes) if not store.exists(i)]
-    logger.info("process %d/%d: %d of its images to generate into %s", process_index, num_processes, len(todo), store.root)
+    logger.info(
+        "process %d/%d: %d of its images to generate into %s", process_index, num_processes, len(todo), store.root
+    )
     if not todo:
         return []
     device = resolve_device(cfg.device, state_device)
@@ -131,24 +166,29 @@ def generate_into_store(
         pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)
         encoder = PromptEncoder(pipe, cfg.prompts, cfg.max_sequence_length, device, guidance=cfg.guidance)
     else:  # the paper's empty prompt: encoded once per model, then read from the cache
-        pipe, encoder = load_with_empty_prompt(cfg.model, cfg.dtype, device, cfg.max_sequence_length, prompt_cache,
-                                               guidance=cfg.guidance)
+        pipe, encoder = load_with_empty_prompt(
+            cfg.model, cfg.dtype, device, cfg.max_sequence_length, prompt_cache, guidance=cfg.guidance
+        )
     pipe.set_progress_bar_config(disable=True)
     if cfg.compile:
         compile_blocks(pipe.transformer)
-    done, _ = write_generated(cfg, store, denoised_images(cfg, pipe, encoder, todo, device), len(todo),
-                              f"generate[{process_index}]", progress)
+    done, _ = write_generated(
+        cfg, store, denoised_images(cfg, pipe, encoder, todo, device), len(todo), f"generate[{process_index}]", progress
+    )
     return done
 
 
-def denoised_images(cfg: GenerationConfig, pipe: Any, encoder: PromptEncoder, ids: list[int],
-                    device: str) -> Iterator[tuple[int, np.ndarray]]:
+def denoised_images(
+    cfg: GenerationConfig, pipe: Any, encoder: PromptEncoder, ids: list[int], device: str
+) -> Iterator[tuple[int, np.ndarray]]:
     """``(image_id, (H, W, 3) uint8 image)`` of each id, ``cfg.batch_size`` ids per pipeline call."""
     call = _call_parameters(pipe)
     for lo in range(0, len(ids), cfg.batch_size):
         batch = ids[lo : lo + cfg.batch_size]
         generators = [torch.Generator(device).manual_seed(image_seed(cfg.base_seed, i)) for i in batch]
-        kwargs = dict(height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps, output_type="np", generator=generators)
+        kwargs = dict(
+            height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps, output_type="np", generator=generators
+        )
         if "guidance_scale" in call:
             kwargs["guidance_scale"] = cfg.guidance
         if "clean_caption" in call:
@@ -161,8 +201,14 @@ def denoised_images(cfg: GenerationConfig, pipe: Any, encoder: PromptEncoder, id
             yield image_id, (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
-def write_generated(cfg: GenerationConfig, store: ImageStore, images: Iterable[tuple[int, np.ndarray]], total: int,
-                    desc: str = "generate", progress: bool = True) -> tuple[list[int], float]:
+def write_generated(
+    cfg: GenerationConfig,
+    store: ImageStore,
+    images: Iterable[tuple[int, np.ndarray]],
+    total: int,
+    desc: str = "generate",
+    progress: bool = True,
+) -> tuple[list[int], float]:
     """Write ``images`` into ``store`` (each with its recorded sha256) on ``cfg.write_threads`` threads.
 
     The next image is denoised while earlier ones are encoded. Returns once all are written: (their ids,
@@ -181,8 +227,14 @@ def write_generated(cfg: GenerationConfig, store: ImageStore, images: Iterable[t
     store.sync_shards(done)  # the renames of this run, one fsync per shard folder
     bar.close()
     elapsed = time.perf_counter() - start
-    logger.info("%s: %d images in %.1f s, %.1f s of it waiting on file writes (fluxgen.write_threads=%d)",
-                desc, len(done), elapsed, writer.waited_s, cfg.write_threads)
+    logger.info(
+        "%s: %d images in %.1f s, %.1f s of it waiting on file writes (fluxgen.write_threads=%d)",
+        desc,
+        len(done),
+        elapsed,
+        writer.waited_s,
+        cfg.write_threads,
+    )
     return done, writer.waited_s
 
 
@@ -191,8 +243,13 @@ def _call_parameters(pipe: Any) -> set[str]:
 
 
 def run_generation(
-    cfg: GenerationConfig, image_store: ImageStore, process_index: int = 0, num_processes: int = 1,
-    state_device: Any = None, progress: bool = True, prompt_cache: Path | None = None,
+    cfg: GenerationConfig,
+    image_store: ImageStore,
+    process_index: int = 0,
+    num_processes: int = 1,
+    state_device: Any = None,
+    progress: bool = True,
+    prompt_cache: Path | None = None,
 ) -> tuple[ImageStore, list[int]]:
     """FluxGen's generation step, as the ``fluxgen.generate_images`` node and ``python -m fluxir.fluxgen.generate``
     run it: this process's missing images into the store's sub-folder of this configuration.
@@ -200,17 +257,23 @@ def run_generation(
     Returns that sub-store and the ids generated now.
     """
     store = image_store.sub(cfg.key())
-    return store, generate_into_store(cfg, store, process_index, num_processes, state_device, progress=progress,
-                                      prompt_cache=prompt_cache)
+    return store, generate_into_store(
+        cfg, store, process_index, num_processes, state_device, progress=progress, prompt_cache=prompt_cache
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     """Generate FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.generate``)."""
     parser = cli_parser("python -m fluxir.fluxgen.generate", main.__doc__, "fluxgen.num_images=50")
-    parser.add_argument("--store", default=None, help="image store root (default: the catalog's fluxgen_image_store path)")
+    parser.add_argument(
+        "--store", default=None, help="image store root (default: the catalog's fluxgen_image_store path)"
+    )
     parser.add_argument("--report", default=None, help="write the ids this process generated to <report>.rank<r>.json")
-    parser.add_argument("--prompt-cache", default=None,
-                        help="folder of cached prompt embeddings (default: the catalog's prompt_embeddings path)")
+    parser.add_argument(
+        "--prompt-cache",
+        default=None,
+        help="folder of cached prompt embeddings (default: the catalog's prompt_embeddings path)",
+    )
     from fluxir.validation import check_params  # validation builds this module's config class
 
     args = parser.parse_args(argv)
@@ -218,11 +281,22 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.env, args.params, args.project)
     check_params(params, ["fluxgen"], "python -m fluxir.fluxgen.generate")
     cfg = GenerationConfig.from_params(params["fluxgen"])
-    image_store = ImageStore(Path(args.store)) if args.store else load_catalog(args.env, args.project).load("fluxgen_image_store")
+    image_store = (
+        ImageStore(Path(args.store)) if args.store else load_catalog(args.env, args.project).load("fluxgen_image_store")
+    )
     state = PartialState(cpu=accelerate_cpu(cfg.device))
-    prompt_cache = Path(args.prompt_cache) if args.prompt_cache else load_catalog(args.env, args.project).load("prompt_embeddings")
-    store, done = run_generation(cfg, image_store, state.process_index, state.num_processes, state.device,
-                                 progress=state.is_local_main_process, prompt_cache=prompt_cache)
+    prompt_cache = (
+        Path(args.prompt_cache) if args.prompt_cache else load_catalog(args.env, args.project).load("prompt_embeddings")
+    )
+    store, done = run_generation(
+        cfg,
+        image_store,
+        state.process_index,
+        state.num_processes,
+        state.device,
+        progress=state.is_local_main_process,
+        prompt_cache=prompt_cache,
+    )
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(done))
     state.wait_for_everyone()

@@ -24,7 +24,16 @@ import numpy as np
 import pandas as pd
 
 from fluxir.fluxgen.generate import GenerationConfig, prompt_for
-from fluxir.io import SHARD_SIZE, ImageStore, Recorded, fsync_dir, portable_path, record_hash, sidecar_path, write_atomic
+from fluxir.io import (
+    SHARD_SIZE,
+    ImageStore,
+    Recorded,
+    fsync_dir,
+    portable_path,
+    record_hash,
+    sidecar_path,
+    write_atomic,
+)
 
 INDEX_NAME = ".sha256-index.json"
 
@@ -91,14 +100,16 @@ def generation_manifest(cfg: GenerationConfig, store: ImageStore) -> pd.DataFram
     for _, path, sha, _ in recorded_hashes(store, range(cfg.num_images)):
         paths.append(f"{root}/{path.parent.name}/{path.name}")
         hashes.append(sha)
-    return pd.DataFrame({
-        "image_id": ids,
-        "seed": cfg.base_seed + ids,  # image_seed(base_seed, i), vectorised
-        "prompt": [prompt_for(i, cfg.prompts) for i in range(cfg.num_images)],
-        "path": paths,
-        "sha256": hashes,
-        "width": np.full(len(ids), cfg.width, dtype=np.int32),
-        "height": np.full(len(ids), cfg.height, dtype=np.int32),
-        "model": cfg.model,
-        "config_key": cfg.key(),
-    })
+    return pd.DataFrame(
+        {
+            "image_id": ids,
+            "seed": cfg.base_seed + ids,  # image_seed(base_seed, i), vectorised
+            "prompt": [prompt_for(i, cfg.prompts) for i in range(cfg.num_images)],
+            "path": paths,
+            "sha256": hashes,
+            "width": np.full(len(ids), cfg.width, dtype=np.int32),
+            "height": np.full(len(ids), cfg.height, dtype=np.int32),
+            "model": cfg.model,
+            "config_key": cfg.key(),
+        }
+    )

@@ -49,8 +49,8 @@ from fluxir.io import (
     sha256_file,
     write_json_atomic,
 )
-from fluxir.progress import progress as progress_bar
 from fluxir.processes import die_with_parent
+from fluxir.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ def ids_for_rank(image_ids: Iterable[int], rank: int, world_size: int) -> list[i
     """The ids machine ``rank`` of ``world_size`` degrades: ``image_id % world_size == rank``."""
     check_fields({"world_size": world_size}, [Rule("world_size", "positive_int")], "degrade.")
     if not is_int(rank, 0) or rank >= world_size:
-        raise ValueError(f"degrade.rank must be an integer in [0, {world_size - 1}] (world_size {world_size}), got {rank!r}")
+        raise ValueError(
+            f"degrade.rank must be an integer in [0, {world_size - 1}] (world_size {world_size}), got {rank!r}"
+        )
     return [i for i in image_ids if i % world_size == rank]
 
 
@@ -89,8 +91,10 @@ def launcher_share(environ: Mapping[str, str]) -> tuple[int, int]:
     rank, world = int(environ.get("SLURM_PROCID", 0)), int(environ.get("SLURM_NTASKS", 1))
     if "SLURM_ARRAY_TASK_ID" in environ:
         if int(environ.get("SLURM_ARRAY_TASK_STEP", 1)) != 1:
-            raise ValueError("degradation over a SLURM job array needs consecutive task ids (--array=0-7, no :step); "
-                             f"got SLURM_ARRAY_TASK_STEP={environ['SLURM_ARRAY_TASK_STEP']}")
+            raise ValueError(
+                "degradation over a SLURM job array needs consecutive task ids (--array=0-7, no :step); "
+                f"got SLURM_ARRAY_TASK_STEP={environ['SLURM_ARRAY_TASK_STEP']}"
+            )
         index = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
         rank, world = index * world + rank, int(environ["SLURM_ARRAY_TASK_COUNT"]) * world
     return rank, world
@@ -102,8 +106,10 @@ def share(degrade: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[int, 
     if rank is None and world is None:
         return launcher_share(environ)
     if rank is None or world is None:
-        raise ValueError(f"set both degrade.rank and degrade.world_size or neither (null: from the launcher), "
-                         f"got rank={rank!r}, world_size={world!r}")
+        raise ValueError(
+            f"set both degrade.rank and degrade.world_size or neither (null: from the launcher), "
+            f"got rank={rank!r}, world_size={world!r}"
+        )
     return rank, world
 
 
@@ -135,19 +141,35 @@ def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) 
     hq, lq, info = degrade_pair(read_image(source), image_id, seed, config)
     hq_rec = stores.hq.write_recorded(image_id, hq)
     lq_rec = stores.lq.write_recorded(image_id, lq)
-    record = {"hq_sha256": hq_rec.sha256, "lq_sha256": lq_rec.sha256, "degradation": info,
-              "hq_size": [hq.shape[1], hq.shape[0]], "lq_size": [lq.shape[1], lq.shape[0]]}  # (width, height)
+    record = {
+        "hq_sha256": hq_rec.sha256,
+        "lq_sha256": lq_rec.sha256,
+        "degradation": info,
+        "hq_size": [hq.shape[1], hq.shape[0]],
+        "lq_size": [lq.shape[1], lq.shape[0]],
+    }  # (width, height)
     # last: the pair counts as done only once both images are in place
     write_json_atomic(stores.record_path(image_id), record, sort_keys=True, default=str)
     return image_id
 
 
 def make_pairs(
-    jobs: list[tuple[int, str]], stores: PairStores, config: Any, seed: int, workers: int = 1, progress: bool = True,
+    jobs: list[tuple[int, str]],
+    stores: PairStores,
+    config: Any,
+    seed: int,
+    workers: int = 1,
+    progress: bool = True,
 ) -> list[int]:
     """Make the pairs of ``jobs`` (``(image_id, source path)``) that are not done yet; returns their ids."""
     todo = [job for job in jobs if not stores.is_done(job[0])]
-    logger.info("degrade: %d of %d pairs to make with %d worker(s) into %s", len(todo), len(jobs), workers, stores.lq.root.parent)
+    logger.info(
+        "degrade: %d of %d pairs to make with %d worker(s) into %s",
+        len(todo),
+        len(jobs),
+        workers,
+        stores.lq.root.parent,
+    )
     if not todo:
         return []
     work = functools.partial(make_pair, stores=stores, config=config, seed=seed)
@@ -175,8 +197,9 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
     never opens an image to learn its size.
     """
     hq_root, lq_root = portable_path(stores.hq.root), portable_path(stores.lq.root)
-    rows: dict[str, list[Any]] = {k: [] for k in ("hq_path", "lq_path", "hq_sha256", "lq_sha256", "degradation",
-                                                  "hq_size", "lq_size")}
+    rows: dict[str, list[Any]] = {
+        k: [] for k in ("hq_path", "lq_path", "hq_sha256", "lq_sha256", "degradation", "hq_size", "lq_size")
+    }
     missing = []
     for image_id in kept["image_id"]:
         try:
@@ -188,8 +211,11 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
         rows["hq_path"].append(f"{hq_root}/{name.parent.name}/{name.name}")
         rows["lq_path"].append(f"{lq_root}/{name.parent.name}/{name.name}")
         if "hq_sha256" not in record:  # a record of an earlier version: the bare degradation info, no hashes
-            record = {"hq_sha256": sha256_file(name), "lq_sha256": sha256_file(stores.lq.path_for(int(image_id))),
-                      "degradation": record}
+            record = {
+                "hq_sha256": sha256_file(name),
+                "lq_sha256": sha256_file(stores.lq.path_for(int(image_id))),
+                "degradation": record,
+            }
         rows["hq_sha256"].append(record["hq_sha256"])
         rows["lq_sha256"].append(record["lq_sha256"])
         rows["degradation"].append(json.dumps(record["degradation"], sort_keys=True))
@@ -198,18 +224,27 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
     if missing:
         raise RuntimeError(
             f"{len(missing)} kept images have no pair yet in {stores.lq.root.parent} (first ids: {missing[:5]}): "
-            "finish every share of python -m fluxir.fluxgen.pairs, or rerun the Kedro node (it makes every missing pair)"
+            "finish every share of python -m fluxir.fluxgen.pairs, or rerun the Kedro node "
+            "(it makes every missing pair)"
         )
-    return pd.DataFrame({
-        "image_id": kept["image_id"].to_numpy(), "source_path": kept["path"].to_numpy(),
-        "source_sha256": kept["sha256"].to_numpy(), "hq_path": rows["hq_path"], "lq_path": rows["lq_path"],
-        "hq_sha256": rows["hq_sha256"], "lq_sha256": rows["lq_sha256"], "degradation_seed": seed,
-        "pairs_key": stores.key, "degradation": rows["degradation"],
-        "width": np.array([w for w, _ in rows["hq_size"]], dtype=np.int32),
-        "height": np.array([h for _, h in rows["hq_size"]], dtype=np.int32),
-        "lq_width": np.array([w for w, _ in rows["lq_size"]], dtype=np.int32),
-        "lq_height": np.array([h for _, h in rows["lq_size"]], dtype=np.int32),
-    })
+    return pd.DataFrame(
+        {
+            "image_id": kept["image_id"].to_numpy(),
+            "source_path": kept["path"].to_numpy(),
+            "source_sha256": kept["sha256"].to_numpy(),
+            "hq_path": rows["hq_path"],
+            "lq_path": rows["lq_path"],
+            "hq_sha256": rows["hq_sha256"],
+            "lq_sha256": rows["lq_sha256"],
+            "degradation_seed": seed,
+            "pairs_key": stores.key,
+            "degradation": rows["degradation"],
+            "width": np.array([w for w, _ in rows["hq_size"]], dtype=np.int32),
+            "height": np.array([h for _, h in rows["hq_size"]], dtype=np.int32),
+            "lq_width": np.array([w for w, _ in rows["lq_size"]], dtype=np.int32),
+            "lq_height": np.array([h for _, h in rows["lq_size"]], dtype=np.int32),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -229,20 +264,29 @@ class DegradeConfig:
 
 
 # rank/world_size null: the launcher's share (``share``)
-DEGRADE_RULES = (Rule("seed", "integer"), Rule("world_size", "positive_int", nullable=True),
-                 Rule("rank", "nonneg_int", nullable=True))
+DEGRADE_RULES = (
+    Rule("seed", "integer"),
+    Rule("world_size", "positive_int", nullable=True),
+    Rule("rank", "nonneg_int", nullable=True),
+)
 
 
 def degrade_selection(
-    selection: pd.DataFrame, pair_store: ImageStore, cfg: DegradeConfig, progress: bool = True,
-    rank: int = 0, world_size: int = 1,
+    selection: pd.DataFrame,
+    pair_store: ImageStore,
+    cfg: DegradeConfig,
+    progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[PairStores, pd.DataFrame, list[int]]:
     """FluxGen's degradation step, as the ``fluxgen.degrade_pairs`` node and ``python -m fluxir.fluxgen.pairs`` run it:
     share ``rank`` of ``world_size`` of the missing pairs of the kept images; returns (stores, kept rows, ids made
     now)."""
     kept = selection[selection["keep"]].sort_values("image_id")
     if kept.empty:
-        raise ValueError("no image passed the IQA selection: nothing to degrade (check select.percentile and the scores)")
+        raise ValueError(
+            "no image passed the IQA selection: nothing to degrade (check select.percentile and the scores)"
+        )
     stores = PairStores(pair_store, pairs_key(repr(cfg.config), cfg.seed, kept["config_key"].astype(str)))
     mine = set(ids_for_rank(kept["image_id"].astype(int), rank, world_size))
     jobs = [(int(i), p) for i, p in zip(kept["image_id"], kept["path"]) if int(i) in mine]
@@ -251,9 +295,12 @@ def degrade_selection(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Degrade this process's share of the kept images (from the launcher, or ``degrade.rank`` of ``degrade.world_size``)."""
+    """Degrade this process's share of the kept images (the launcher's, or ``degrade.rank`` of
+    ``degrade.world_size``)."""
     parser = cli_parser("python -m fluxir.fluxgen.pairs", main.__doc__, "degrade.workers=16")
-    parser.add_argument("--selection", default=None, help="IQA selection parquet (default: the catalog's latest iqa_selection)")
+    parser.add_argument(
+        "--selection", default=None, help="IQA selection parquet (default: the catalog's latest iqa_selection)"
+    )
     parser.add_argument("--store", default=None, help="pair store root (default: the catalog's pair_store path)")
     from fluxir.validation import check_params  # validation builds this module's config class
 

@@ -35,12 +35,12 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
-from fluxir.config import Rule, check_fields, cli_parser, config_from_params, load_catalog, load_params
 from fluxir import iqa as iqa_lib
+from fluxir.config import Rule, check_fields, cli_parser, config_from_params, load_catalog, load_params
 from fluxir.io import atomic_file, hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
-from fluxir.progress import progress as progress_bar
 from fluxir.processes import worker_init
+from fluxir.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,12 @@ _PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
 PRECISIONS = ("fp32", "tf32", "bf16")
 SCORING_RULES = (
     Rule("batch_size", "positive_int"),
-    Rule("precision", "choice", PRECISIONS,
-         must="'fp32' (IEEE float32 matmuls), 'tf32' (TensorFloat-32 matmuls on CUDA) or 'bf16' (autocast)"),
+    Rule(
+        "precision",
+        "choice",
+        PRECISIONS,
+        must="'fp32' (IEEE float32 matmuls), 'tf32' (TensorFloat-32 matmuls on CUDA) or 'bf16' (autocast)",
+    ),
     Rule("loader_workers", "nonneg_int", must="an integer >= 0 (0: decode in the scoring process)"),
     Rule("part_size", "positive_int"),
 )
@@ -138,8 +142,9 @@ def _as_is(images: list[np.ndarray]) -> list[np.ndarray]:
     return images
 
 
-def _score_batch(metrics: dict[str, Any], images: list[np.ndarray], device: Any,
-                 precision: str) -> dict[str, np.ndarray]:
+def _score_batch(
+    metrics: dict[str, Any], images: list[np.ndarray], device: Any, precision: str
+) -> dict[str, np.ndarray]:
     """``{metric: (B,) float64}`` for a chunk; images of different sizes are scored in separate calls."""
     out = {name: np.empty(len(images)) for name in metrics}
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -164,31 +169,61 @@ def _write_part(parts_dir: Path, rank: int, number: int, rows: list[pd.DataFrame
 
 
 def score_into_parts(
-    manifest: pd.DataFrame, parts_dir: Path, specs: Sequence[Any], batch_size: int, device: Any,
-    process_index: int = 0, num_processes: int = 1, *, loader_workers: int, part_size: int,
-    precision: str, progress: bool = True,
+    manifest: pd.DataFrame,
+    parts_dir: Path,
+    specs: Sequence[Any],
+    batch_size: int,
+    device: Any,
+    process_index: int = 0,
+    num_processes: int = 1,
+    *,
+    loader_workers: int,
+    part_size: int,
+    precision: str,
+    progress: bool = True,
 ) -> int:
     """Score this process's share of the not yet scored chunks into parts; returns how many images it scored."""
-    check_fields({"batch_size": batch_size, "loader_workers": loader_workers, "part_size": part_size,
-                  "precision": precision}, SCORING_RULES, "iqa.")
+    check_fields(
+        {"batch_size": batch_size, "loader_workers": loader_workers, "part_size": part_size, "precision": precision},
+        SCORING_RULES,
+        "iqa.",
+    )
     parsed = [iqa_lib.MetricSpec.parse(s) for s in specs]
     not_nr = [s.name for s in parsed if s.metric_mode != "NR"]
     if not_nr:
-        raise ValueError(f"iqa.metrics {not_nr} are full-reference; FluxGen selection needs no-reference metrics (musiq, piqe, ...)")
+        raise ValueError(
+            f"iqa.metrics {not_nr} are full-reference; FluxGen selection needs no-reference metrics (musiq, piqe, ...)"
+        )
     names = [s.name for s in parsed]
     parts_dir.mkdir(parents=True, exist_ok=True)
     done = set(read_parts(parts_dir, names)["sha256"])
     todo = chunks_to_score(manifest, done, batch_size)
     mine = todo[process_index::num_processes]
-    logger.info("IQA process %d/%d: %d of %d chunks to score into %s", process_index, num_processes, len(mine), len(todo), parts_dir)
+    logger.info(
+        "IQA process %d/%d: %d of %d chunks to score into %s",
+        process_index,
+        num_processes,
+        len(mine),
+        len(todo),
+        parts_dir,
+    )
     if not mine:
         return 0
     metrics = iqa_lib.create_metrics(parsed, device)
-    loader = DataLoader(_ChunkImages(mine), batch_size=None, shuffle=False, collate_fn=_as_is, num_workers=loader_workers,
-                        worker_init_fn=worker_init(),
-                        prefetch_factor=4 if loader_workers else None, persistent_workers=False)
+    loader = DataLoader(
+        _ChunkImages(mine),
+        batch_size=None,
+        shuffle=False,
+        collate_fn=_as_is,
+        num_workers=loader_workers,
+        worker_init_fn=worker_init(),
+        prefetch_factor=4 if loader_workers else None,
+        persistent_workers=False,
+    )
     number, pending, pending_rows, scored = _next_part_number(parts_dir, process_index), [], 0, 0
-    with progress_bar(total=sum(len(c) for c in mine), desc=f"IQA[{process_index}]", unit="img", disable=not progress) as bar:
+    with progress_bar(
+        total=sum(len(c) for c in mine), desc=f"IQA[{process_index}]", unit="img", disable=not progress
+    ) as bar:
         for chunk, images in zip(mine, loader):
             scores = _score_batch(metrics, images, device, precision)
             pending.append(pd.DataFrame({"sha256": chunk["sha256"].to_numpy(), **scores}))
@@ -210,15 +245,21 @@ def merge_scores(manifest: pd.DataFrame, parts_dir: Path, names: Sequence[str]) 
     missing = table[names].isna().any(axis=1)
     if missing.any():
         raise RuntimeError(
-            f"{int(missing.sum())} images have no IQA score in {parts_dir} (first: {table.loc[missing, 'path'].iloc[0]}); "
+            f"{int(missing.sum())} images have no IQA score in {parts_dir} "
+            f"(first: {table.loc[missing, 'path'].iloc[0]}); "
             "run the scoring again: it scores only what is missing"
         )
     return table
 
 
 def run_scoring(
-    cfg: IqaConfig, manifest: pd.DataFrame, parts_root: Path, process_index: int = 0, num_processes: int = 1,
-    state_device: Any = None, progress: bool = True,
+    cfg: IqaConfig,
+    manifest: pd.DataFrame,
+    parts_root: Path,
+    process_index: int = 0,
+    num_processes: int = 1,
+    state_device: Any = None,
+    progress: bool = True,
 ) -> tuple[Path, int]:
     """FluxGen's scoring step, as the ``fluxgen.score_images`` node and ``python -m fluxir.fluxgen.score`` run it.
 
@@ -230,8 +271,16 @@ def run_scoring(
     iqa_lib.check_weights(specs)
     parts_dir = Path(parts_root) / metrics_key(specs, cfg.precision)
     scored = score_into_parts(
-        manifest, parts_dir, specs, cfg.batch_size, resolve_device(cfg.device, state_device), process_index,
-        num_processes, loader_workers=cfg.loader_workers, part_size=cfg.part_size, precision=cfg.precision,
+        manifest,
+        parts_dir,
+        specs,
+        cfg.batch_size,
+        resolve_device(cfg.device, state_device),
+        process_index,
+        num_processes,
+        loader_workers=cfg.loader_workers,
+        part_size=cfg.part_size,
+        precision=cfg.precision,
         progress=progress,
     )
     return parts_dir, scored
@@ -240,7 +289,9 @@ def run_scoring(
 def main(argv: list[str] | None = None) -> None:
     """Score FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.score``)."""
     parser = cli_parser("python -m fluxir.fluxgen.score", main.__doc__, "iqa.batch_size=16")
-    parser.add_argument("--manifest", default=None, help="generated-images parquet (default: the catalog's latest generated_images)")
+    parser.add_argument(
+        "--manifest", default=None, help="generated-images parquet (default: the catalog's latest generated_images)"
+    )
     parser.add_argument("--parts", default=None, help="score parts root (default: the catalog's iqa_parts path)")
     from fluxir.validation import check_params  # validation builds this module's config class
 
@@ -253,8 +304,15 @@ def main(argv: list[str] | None = None) -> None:
     manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("generated_images")
     parts_root = Path(args.parts) if args.parts else catalog.load("iqa_parts")
     state = PartialState(cpu=accelerate_cpu(cfg.device))
-    parts_dir, scored = run_scoring(cfg, manifest, parts_root, state.process_index, state.num_processes, state.device,
-                                    progress=state.is_local_main_process)
+    parts_dir, scored = run_scoring(
+        cfg,
+        manifest,
+        parts_root,
+        state.process_index,
+        state.num_processes,
+        state.device,
+        progress=state.is_local_main_process,
+    )
     state.wait_for_everyone()
     print(json.dumps({"parts": str(parts_dir), "rank": state.process_index, "scored": scored}))
 

@@ -22,7 +22,9 @@ def histograms_with_cuts(table: pd.DataFrame, cuts: dict[str, tuple[float, bool]
         ax.hist(values, bins=min(50, max(5, len(values) // 4)), color="#4c72b0", alpha=0.85)
         ax.axvline(cut, color="#c44e52", lw=2, label=f"cut {cut:.4g}")
         lo, hi = ax.get_xlim()
-        ax.axvspan(cut, hi, color="#55a868", alpha=0.12) if not lower else ax.axvspan(lo, cut, color="#55a868", alpha=0.12)
+        ax.axvspan(cut, hi, color="#55a868", alpha=0.12) if not lower else ax.axvspan(
+            lo, cut, color="#55a868", alpha=0.12
+        )
         kept = (values <= cut) if lower else (values >= cut)
         ax.set_title(f"{name} ({'lower' if lower else 'higher'} is better)\nkept {kept.sum()}/{len(values)}")
         ax.set_xlabel("score")
@@ -39,7 +41,9 @@ def check_percentile(percentile: Any) -> None:
         raise ValueError(f"select.percentile must be in (0, 100) exclusive, got {percentile!r} (the paper uses 5)")
 
 
-def percentile_cuts(scores: pd.DataFrame, names: list[str], percentile: float) -> tuple[pd.DataFrame, dict[str, tuple[float, bool]]]:
+def percentile_cuts(
+    scores: pd.DataFrame, names: list[str], percentile: float
+) -> tuple[pd.DataFrame, dict[str, tuple[float, bool]]]:
     """Keep images inside the top ``100 - percentile`` % on every metric (paper: top 95% => percentile 5).
 
     For a metric where lower is better the cut is the ``100 - percentile`` th percentile and values at or

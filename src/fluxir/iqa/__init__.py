@@ -5,6 +5,9 @@
 re-exports their public names; importing it loads no torch or pyiqa.
 """
 
+from fluxir.iqa.full_reference import score_full_reference
+from fluxir.iqa.metrics import create_metrics, images_to_tensor, metric_scores, metric_versions
+from fluxir.iqa.no_reference import score_no_reference
 from fluxir.iqa.specs import (
     CONVENTION_DEFINITIONS,
     CONVENTIONS,
@@ -17,13 +20,25 @@ from fluxir.iqa.specs import (
     lower_is_better,
 )
 from fluxir.iqa.weights import WEIGHT_FREE, check_weights, configure_weights, required_weight_files
-from fluxir.iqa.metrics import create_metrics, images_to_tensor, metric_scores, metric_versions
-from fluxir.iqa.no_reference import score_no_reference
-from fluxir.iqa.full_reference import score_full_reference
 
 __all__ = [
-    "CONVENTIONS", "CONVENTION_DEFINITIONS", "FULL_REFERENCE_DEFAULT", "FULL_REFERENCE_TINY", "NO_REFERENCE_DEFAULT",
-    "NO_REFERENCE_TINY", "RANDOM_WEIGHT_SEED", "WEIGHT_FREE", "MetricSpec", "check_weights", "configure_weights",
-    "create_metrics", "images_to_tensor", "lower_is_better", "metric_scores", "metric_versions", "required_weight_files",
-    "score_full_reference", "score_no_reference",
+    "CONVENTIONS",
+    "CONVENTION_DEFINITIONS",
+    "FULL_REFERENCE_DEFAULT",
+    "FULL_REFERENCE_TINY",
+    "NO_REFERENCE_DEFAULT",
+    "NO_REFERENCE_TINY",
+    "RANDOM_WEIGHT_SEED",
+    "WEIGHT_FREE",
+    "MetricSpec",
+    "check_weights",
+    "configure_weights",
+    "create_metrics",
+    "images_to_tensor",
+    "lower_is_better",
+    "metric_scores",
+    "metric_versions",
+    "required_weight_files",
+    "score_full_reference",
+    "score_no_reference",
 ]

@@ -7,7 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from fluxir.iqa.metrics import as_rgb_uint8, build_metric, check_batch_size, images_to_tensor, len_or_none, metric_scores, same_size_batches
+from fluxir.iqa.metrics import (
+    as_rgb_uint8,
+    build_metric,
+    check_batch_size,
+    images_to_tensor,
+    len_or_none,
+    metric_scores,
+    same_size_batches,
+)
 from fluxir.iqa.specs import CONVENTIONS, FULL_REFERENCE_DEFAULT, MetricSpec, parse_all
 from fluxir.iqa.weights import check_weights
 
@@ -22,7 +30,10 @@ def _fr_plan(spec: MetricSpec, convention: str) -> tuple[dict[str, Any], str]:
             f"IQA metric {spec.name!r}: options {reserved} are set by score_full_reference's convention/crop_border"
         )
     if spec.name in ("psnr", "ssim"):
-        return {"test_y_channel": convention != "rgb", "color_space": "ycbcr" if convention == "ycbcr" else "yiq"}, convention
+        return {
+            "test_y_channel": convention != "rgb",
+            "color_space": "ycbcr" if convention == "ycbcr" else "yiq",
+        }, convention
     if spec.name == "psnry":
         return {}, "y"
     if spec.name == "ssimc":
@@ -30,7 +41,9 @@ def _fr_plan(spec: MetricSpec, convention: str) -> tuple[dict[str, Any], str]:
     return {}, ""  # read from the built metric
 
 
-def _cropped_pairs(restored: Iterable[Any], reference: Iterable[Any], crop_border: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _cropped_pairs(
+    restored: Iterable[Any], reference: Iterable[Any], crop_border: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(restored, reference) HxWx3 uint8 pairs in order, ``crop_border`` pixels cut from each side; sizes checked."""
     restored_iter, reference_iter = iter(restored), iter(reference)
     index = 0
@@ -44,9 +57,13 @@ def _cropped_pairs(restored: Iterable[Any], reference: Iterable[Any], crop_borde
             raise ValueError(f"restored and reference differ in length: {which} ran out at image {index}")
         x, y = as_rgb_uint8(a, index), as_rgb_uint8(b, index)
         if x.shape != y.shape:
-            raise ValueError(f"image {index}: restored is {x.shape[:2]} but reference is {y.shape[:2]} (HxW must match)")
+            raise ValueError(
+                f"image {index}: restored is {x.shape[:2]} but reference is {y.shape[:2]} (HxW must match)"
+            )
         if min(x.shape[:2]) <= 2 * crop_border:
-            raise ValueError(f"image {index}: size {x.shape[:2]} is too small for crop_border={crop_border} on each side")
+            raise ValueError(
+                f"image {index}: size {x.shape[:2]} is too small for crop_border={crop_border} on each side"
+            )
         if crop_border:
             x = x[crop_border:-crop_border, crop_border:-crop_border]
             y = y[crop_border:-crop_border, crop_border:-crop_border]
@@ -90,7 +107,9 @@ def score_full_reference(
     parsed = parse_all(metrics)
     not_fr = [s.name for s in parsed if s.metric_mode != "FR"]
     if not_fr:
-        raise ValueError(f"{not_fr} are no-reference metrics; use score_no_reference (full-reference: psnr, ssim, lpips, ...)")
+        raise ValueError(
+            f"{not_fr} are no-reference metrics; use score_no_reference (full-reference: psnr, ssim, lpips, ...)"
+        )
     plans = {s.name: _fr_plan(s, convention) for s in parsed}
     check_weights(parsed)
     built: dict[str, Any] = {}
@@ -105,7 +124,9 @@ def score_full_reference(
         conventions[s.name] = conv
 
     values: dict[int, dict[str, float]] = {}
-    with progress_bar(total=len_or_none(restored), desc="IQA (full-reference)", unit="img", disable=not progress) as bar:
+    with progress_bar(
+        total=len_or_none(restored), desc="IQA (full-reference)", unit="img", disable=not progress
+    ) as bar:
         for indices, batch in same_size_batches(_cropped_pairs(restored, reference, crop_border), batch_size):
             x = images_to_tensor([p[0] for p in batch], device)
             y = images_to_tensor([p[1] for p in batch], device)
@@ -118,8 +139,14 @@ def score_full_reference(
     if names is not None and len(names) != count:
         raise ValueError(f"names has {len(names)} entries for {count} image pairs")
     rows = [
-        {"image": names[i] if names is not None else i, "metric": name, "value": values[i][name],
-         "convention": conventions[name], "crop_border": crop_border}
-        for i in range(count) for name in built
+        {
+            "image": names[i] if names is not None else i,
+            "metric": name,
+            "value": values[i][name],
+            "convention": conventions[name],
+            "crop_border": crop_border,
+        }
+        for i in range(count)
+        for name in built
     ]
     return pd.DataFrame(rows, columns=["image", "metric", "value", "convention", "crop_border"])

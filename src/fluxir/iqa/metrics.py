@@ -25,7 +25,6 @@ from fluxir.iqa import weights as iqa_weights
 from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, RANDOM_WEIGHT_SEED, MetricSpec, parse_all
 from fluxir.iqa.weights import check_weights, required_weight_files
 
-
 # ----------------------------------------------------------------------------- building metrics
 
 
@@ -56,7 +55,12 @@ def build_metric(spec: MetricSpec, device: Any, extra: Mapping[str, Any] | None 
     kwargs: dict[str, Any] = {**spec.options, **(extra or {}), **plan.kwargs}
     is_maniqa = iqa_weights.metric_options(spec)["type"] == "MANIQA"
     maniqa = maniqa_backbone_from_checkpoint() if is_maniqa else nullcontext()
-    with no_downloads(spec.name, iqa_weights.file_sha256), maniqa, _seeded(not spec.pretrained), warnings.catch_warnings():
+    with (
+        no_downloads(spec.name, iqa_weights.file_sha256),
+        maniqa,
+        _seeded(not spec.pretrained),
+        warnings.catch_warnings(),
+    ):
         # pyiqa's LPIPS backbones still call torchvision with the deprecated `pretrained=` argument
         warnings.filterwarnings("ignore", message=r"(The parameter 'pretrained'|Arguments other than a weight enum)")
         try:
@@ -109,7 +113,8 @@ def as_rgb_uint8(item: Any, index: int) -> np.ndarray:
     arr = np.asarray(item)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(
-            f"image {index}: expected an HxWx3 uint8 RGB array or an image path, got dtype {arr.dtype} shape {arr.shape}"
+            f"image {index}: expected an HxWx3 uint8 RGB array or an image path, "
+            f"got dtype {arr.dtype} shape {arr.shape}"
         )
     return arr
 
@@ -122,7 +127,9 @@ def images_to_tensor(images: Sequence[np.ndarray], device: Any) -> Any:
     return batch.permute(0, 3, 1, 2).contiguous().div_(255.0)
 
 
-def same_size_batches(groups: Iterable[tuple[np.ndarray, ...]], batch_size: int) -> Iterator[tuple[list[int], list[tuple[np.ndarray, ...]]]]:
+def same_size_batches(
+    groups: Iterable[tuple[np.ndarray, ...]], batch_size: int
+) -> Iterator[tuple[list[int], list[tuple[np.ndarray, ...]]]]:
     """Group items of equal image size into batches of up to ``batch_size``, streaming.
 
     At most one open batch per distinct size is held in memory, so long image lists never load at once.

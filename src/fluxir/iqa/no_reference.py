@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fluxir.iqa.metrics import as_rgb_uint8, check_batch_size, create_metrics, images_to_tensor, len_or_none, metric_scores, same_size_batches
+from fluxir.iqa.metrics import (
+    as_rgb_uint8,
+    check_batch_size,
+    create_metrics,
+    images_to_tensor,
+    len_or_none,
+    metric_scores,
+    same_size_batches,
+)
 from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, parse_all
 
 
@@ -30,7 +38,9 @@ def score_no_reference(
     parsed = parse_all(specs)
     not_nr = [s.name for s in parsed if s.metric_mode != "NR"]
     if not_nr:
-        raise ValueError(f"{not_nr} are full-reference metrics; use score_full_reference (no-reference: musiq, piqe, ...)")
+        raise ValueError(
+            f"{not_nr} are full-reference metrics; use score_full_reference (no-reference: musiq, piqe, ...)"
+        )
     metrics = create_metrics(parsed, device)
     results: dict[str, dict[int, float]] = {name: {} for name in metrics}
     count = 0

@@ -37,7 +37,9 @@ NO_REFERENCE_TINY = ("entropy", "piqe", {"name": "musiq", "pretrained": False})
 # LPIPS stand-in: pyiqa's LPIPS code on a random (seeded) SqueezeNet without the learned linear layers
 # (lpips=False averages the normalised feature differences), so distances stay >= 0 and 0 for equal images.
 FULL_REFERENCE_TINY = (
-    "psnr", "ssim", {"name": "lpips", "pretrained": False, "net": "squeeze", "pnet_rand": True, "lpips": False},
+    "psnr",
+    "ssim",
+    {"name": "lpips", "pretrained": False, "net": "squeeze", "pnet_rand": True, "lpips": False},
 )
 # Seed for metrics built with random weights, so tiny-run scores are reproducible across processes.
 RANDOM_WEIGHT_SEED = 0
@@ -101,7 +103,9 @@ class MetricSpec:
             if key in _SPEC_KEYS:
                 continue
             if key in options and options[key] != value:
-                raise ValueError(f"IQA metric {spec['name']!r}: option {key!r} given twice ({value!r} and {options[key]!r})")
+                raise ValueError(
+                    f"IQA metric {spec['name']!r}: option {key!r} given twice ({value!r} and {options[key]!r})"
+                )
             options[key] = value
         if "pretrained" in options:  # pyiqa's own `pretrained` option is our field; keep one source of truth
             raise ValueError(f"IQA metric {spec['name']!r}: set 'pretrained' at the top level, not in options")

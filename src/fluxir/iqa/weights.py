@@ -30,24 +30,39 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.io import sha256_file
-
 from fluxir.iqa.specs import MetricSpec, parse_all, pyiqa_configs
 
 log = logging.getLogger(__name__)
 
 # Metrics checked to build and run in pyiqa 0.1.16 without any file (shared/reference/notes.md).
-WEIGHT_FREE = frozenset({
-    "psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "gmsd", "mad", "nlpd", "vif", "vsi",
-    "entropy", "piqe",
-})
+WEIGHT_FREE = frozenset(
+    {
+        "psnr",
+        "psnry",
+        "ssim",
+        "ssimc",
+        "ms_ssim",
+        "cw_ssim",
+        "fsim",
+        "gmsd",
+        "mad",
+        "nlpd",
+        "vif",
+        "vsi",
+        "entropy",
+        "piqe",
+    }
+)
 
 PYIQA_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
 CLIP_URL = "https://openaipublic.azureedge.net/clip/models/"
 TORCHVISION_URL = "https://download.pytorch.org/models/"
 # File names as pyiqa 0.1.16 stores them (URL basenames, so "+" stays "%2B"); tests compare with pyiqa.
 MUSIQ_FILES = {
-    "koniq10k": "musiq_koniq_ckpt-e95806b9.pth", "ava": "musiq_ava_ckpt-e8d3f067.pth",
-    "spaq": "musiq_spaq_ckpt-358bb6af.pth", "paq2piq": "musiq_paq2piq_ckpt-364c0c84.pth",
+    "koniq10k": "musiq_koniq_ckpt-e95806b9.pth",
+    "ava": "musiq_ava_ckpt-e8d3f067.pth",
+    "spaq": "musiq_spaq_ckpt-358bb6af.pth",
+    "paq2piq": "musiq_paq2piq_ckpt-364c0c84.pth",
 }
 MANIQA_FILES = {"pipal": "MANIQA_PIPAL-ae6d356b.pth", "koniq": "ckpt_koniq10k.pt", "kadid": "ckpt_kadid10k.pt"}
 CLIPIQA_FILES = {
@@ -61,14 +76,19 @@ CLIP_BACKBONES = {  # name -> (sha256 of the file, the directory of its URL; fil
 }
 CLIP_NAMES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px")
 LPIPS_FILES = {
-    "0.0_alex": "LPIPS_v0.0_alex-18720f55.pth", "0.0_vgg": "LPIPS_v0.0_vgg-b9e42362.pth",
-    "0.0_squeeze": "LPIPS_v0.0_squeeze-c27abd3a.pth", "0.1_alex": "LPIPS_v0.1_alex-df73285e.pth",
-    "0.1_vgg": "LPIPS_v0.1_vgg-a78928a0.pth", "0.1_squeeze": "LPIPS_v0.1_squeeze-4a5350f2.pth",
+    "0.0_alex": "LPIPS_v0.0_alex-18720f55.pth",
+    "0.0_vgg": "LPIPS_v0.0_vgg-b9e42362.pth",
+    "0.0_squeeze": "LPIPS_v0.0_squeeze-c27abd3a.pth",
+    "0.1_alex": "LPIPS_v0.1_alex-df73285e.pth",
+    "0.1_vgg": "LPIPS_v0.1_vgg-a78928a0.pth",
+    "0.1_squeeze": "LPIPS_v0.1_squeeze-4a5350f2.pth",
 }
 # The LPIPS release holds lin0..lin4 only; pyiqa's `lins` list aliases the same layers.
 LPIPS_LINEAR_KEYS = r"lin\d+\."
 LPIPS_BACKBONES = {  # pyiqa loads alex/vgg ImageNet weights even with pnet_rand; squeeze honours it
-    "alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth", "squeeze": "squeezenet1_1-b8a52dc0.pth",
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
 
 
@@ -132,7 +152,9 @@ def configure_weights(weights_dir: str | os.PathLike | None, trust_files: bool =
         return weights_home() / "hub" / "pyiqa"
     home = Path(weights_dir).expanduser().resolve()
     if home.exists() and not home.is_dir():
-        raise NotADirectoryError(f"iqa.weights_dir {str(weights_dir)!r} is a file; give the folder that holds hub/pyiqa")
+        raise NotADirectoryError(
+            f"iqa.weights_dir {str(weights_dir)!r} is a file; give the folder that holds hub/pyiqa"
+        )
     wanted = home / "hub" / "pyiqa"
     if "pyiqa" in sys.modules:
         from pyiqa.utils import download_util
@@ -265,7 +287,9 @@ def check_files(specs: list[MetricSpec]) -> None:
     """Raise one FileNotFoundError listing every missing or foreign weight file, where to put it, and its URL."""
     for spec in specs:
         if not plan_files(spec)[1]:
-            log.warning("IQA metric %r: its weight files are not known here; a missing one stops create_metrics", spec.name)
+            log.warning(
+                "IQA metric %r: its weight files are not known here; a missing one stops create_metrics", spec.name
+            )
     problems = file_problems(specs)
     if problems:
         raise FileNotFoundError(
@@ -347,18 +371,32 @@ def load_checkpoint(net: Any, path: Path, only_keys: str | None = None) -> None:
         state = state["params"]
     if not isinstance(state, dict):
         raise ValueError(  # noqa: TRY004  (a bad file, not a bad argument: same error as every other bad file)
-            f"{path}: expected a state dict, found {type(state).__name__}; download the published file again")
+            f"{path}: expected a state dict, found {type(state).__name__}; download the published file again"
+        )
     state = clean_state_dict(state)
     own = {k: v for k, v in net.state_dict().items() if only_keys is None or re.match(only_keys, k)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in set(own) & set(state)
-                    if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    )
     if missing or unexpected or shapes:
-        parts = [f"{label} {len(keys)}: {keys[:5]}" for label, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
-        raise ValueError(f"{path} does not fit {type(net).__name__}: " + "; ".join(parts)
-                         + ". Is it the right file for this metric? Download the published one again.")
+        parts = [
+            f"{label} {len(keys)}: {keys[:5]}"
+            for label, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", shapes),
+            )
+            if keys
+        ]
+        raise ValueError(
+            f"{path} does not fit {type(net).__name__}: "
+            + "; ".join(parts)
+            + ". Is it the right file for this metric? Download the published one again."
+        )
     net.load_state_dict(state, strict=only_keys is None)
 
 

@@ -19,8 +19,8 @@ The story in one file:
    (Eq. 4: z_c^i = SE_z^i(f_z), p_c^i = SE_p^i(f_p)).
 3. ``controlled_flux_forward`` (:mod:`fluxir.models.controlled_flux`) walks a frozen, unmodified diffusers
    ``FluxTransformer2DModel`` the way its own ``forward`` does and adds z_c^i to the image stream and p_c^i
-   to the text stream right BEFORE block i. Before (not after) matters: the text output of the last single block is discarded
-   by Flux, so a control added after it would never receive gradient; added before, all 114 SE layers
+   to the text stream right BEFORE block i. Before (not after) matters: the text output of the last single
+   block is discarded by Flux, so a control added after it would never receive gradient; added before, all 114 SE layers
    train. Because W_e and B_e start at zero, a fresh adapter leaves Flux's output bit-identical.
 4. ``save_adapter`` / ``load_adapter`` write a folder with ``config.json`` and ``adapter.safetensors``
    (adapter weights only); ``check_compatible`` refuses an adapter built for a different Flux.
@@ -54,8 +54,15 @@ FORMAT_VERSION = 1
 
 # Base-model fields that must agree between an adapter and the Flux transformer it controls.
 BASE_FIELDS = (
-    "in_channels", "num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim",
-    "joint_attention_dim", "pooled_projection_dim", "guidance_embeds", "axes_dims_rope",
+    "in_channels",
+    "num_layers",
+    "num_single_layers",
+    "num_attention_heads",
+    "attention_head_dim",
+    "joint_attention_dim",
+    "pooled_projection_dim",
+    "guidance_embeds",
+    "axes_dims_rope",
 )
 
 
@@ -65,8 +72,18 @@ BASE_FIELDS = (
 
 ADAPTER_RULES = (
     Rule("rank", "positive_int", nullable=True, must="a positive int, None or 'full'"),
-    *(Rule(name, "positive_int") for name in ("text_seq_len", "in_channels", "num_layers", "num_attention_heads",
-                                               "attention_head_dim", "joint_attention_dim", "pooled_projection_dim")),
+    *(
+        Rule(name, "positive_int")
+        for name in (
+            "text_seq_len",
+            "in_channels",
+            "num_layers",
+            "num_attention_heads",
+            "attention_head_dim",
+            "joint_attention_dim",
+            "pooled_projection_dim",
+        )
+    ),
     Rule("num_single_layers", "nonneg_int"),
     Rule("guidance", "number_at_least", 0, note=" (set it with train.adapter.guidance)"),
 )
@@ -152,8 +169,9 @@ class FluxIRConfig:
         inner = d.pop("inner_dim", None)
         config = cls(**d)
         if inner is not None and inner != config.inner_dim:
-            raise ValueError(f"inner_dim {inner} does not equal num_attention_heads x attention_head_dim "
-                             f"= {config.inner_dim}")
+            raise ValueError(
+                f"inner_dim {inner} does not equal num_attention_heads x attention_head_dim = {config.inner_dim}"
+            )
         return config
 
 
@@ -223,8 +241,9 @@ class FluxIRAdapter(nn.Module):
         # diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.__init__ (diffusers 0.42.1).
         self.x_embedder = nn.Linear(config.in_channels, c)
         self.context_embedder = nn.Linear(config.joint_attention_dim, c)
-        temb_cls = (CombinedTimestepGuidanceTextProjEmbeddings if config.guidance_embeds
-                    else CombinedTimestepTextProjEmbeddings)
+        temb_cls = (
+            CombinedTimestepGuidanceTextProjEmbeddings if config.guidance_embeds else CombinedTimestepTextProjEmbeddings
+        )
         self.time_text_embed = temb_cls(embedding_dim=c, pooled_projection_dim=config.pooled_projection_dim)
         self.pos_embed = FluxPosEmbed(theta=10000, axes_dim=list(config.axes_dims_rope))  # no parameters
         # M_i of Eq. 1, zero-initialised: z_c = z_t + M_i(z_lq) starts as z_t.
@@ -239,8 +258,9 @@ class FluxIRAdapter(nn.Module):
             self.register_parameter("theta_p", None)
             self.register_parameter("theta_y", None)
         # D of Eq. 2.
-        self.block = FluxTransformerBlock(dim=c, num_attention_heads=config.num_attention_heads,
-                                          attention_head_dim=config.attention_head_dim)
+        self.block = FluxTransformerBlock(
+            dim=c, num_attention_heads=config.num_attention_heads, attention_head_dim=config.attention_head_dim
+        )
         # SE layers of Eq. 3-4: one per Flux block and stream, or one shared per stream (Table 5).
         n_se = 1 if config.shared_se else config.num_blocks
         self.se_z = nn.ModuleList(SELayer(c, config.rank) for _ in range(n_se))
@@ -314,10 +334,12 @@ class FluxIRAdapter(nn.Module):
             image_rotary_emb = self.pos_embed(torch.cat((ids_2d(txt_ids), ids_2d(img_ids)), dim=0))
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             f_p, f_z = torch.utils.checkpoint.checkpoint(
-                self.block, z_c, p_c, temb, image_rotary_emb, None, use_reentrant=False)
+                self.block, z_c, p_c, temb, image_rotary_emb, None, use_reentrant=False
+            )
         else:
-            f_p, f_z = self.block(hidden_states=z_c, encoder_hidden_states=p_c, temb=temb,
-                                  image_rotary_emb=image_rotary_emb)
+            f_p, f_z = self.block(
+                hidden_states=z_c, encoder_hidden_states=p_c, temb=temb, image_rotary_emb=image_rotary_emb
+            )
         return f_z, f_p
 
     def controls(self, f_z: Tensor, f_p: Tensor) -> Iterator[tuple[Tensor, Tensor | None]]:
@@ -348,8 +370,9 @@ class FluxIRAdapter(nn.Module):
         ``controlled_flux_forward`` uses ``features`` + ``controls`` instead, so that only one control
         (B, N, c) is alive at a time.
         """
-        f_z, f_p = self.features(hidden_states, lq_latents, encoder_hidden_states, pooled_projections,
-                                 timestep, img_ids, txt_ids, guidance)
+        f_z, f_p = self.features(
+            hidden_states, lq_latents, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance
+        )
         z_controls, p_controls = zip(*self.controls(f_z, f_p))
         return list(z_controls), list(p_controls)
 
@@ -358,24 +381,37 @@ def ids_2d(ids: Tensor) -> Tensor:
     return ids[0] if ids.ndim == 3 else ids  # diffusers' deprecated (B, L, 3) form
 
 
-def _check_inputs(cfg: FluxIRConfig, hidden_states: Tensor, lq_latents: Tensor, encoder_hidden_states: Tensor,
-                  pooled_projections: Tensor, guidance: Tensor | None) -> None:
+def _check_inputs(
+    cfg: FluxIRConfig,
+    hidden_states: Tensor,
+    lq_latents: Tensor,
+    encoder_hidden_states: Tensor,
+    pooled_projections: Tensor,
+    guidance: Tensor | None,
+) -> None:
     """Clear errors for inputs the adapter cannot take."""
     if hidden_states.ndim != 3 or hidden_states.shape[-1] != cfg.in_channels:
-        raise ValueError(f"hidden_states must be packed latents (B, N, {cfg.in_channels}), "
-                         f"got {tuple(hidden_states.shape)}")
+        raise ValueError(
+            f"hidden_states must be packed latents (B, N, {cfg.in_channels}), got {tuple(hidden_states.shape)}"
+        )
     if lq_latents.shape != hidden_states.shape:
-        raise ValueError(f"lq_latents {tuple(lq_latents.shape)} must have the shape of the packed noisy latents "
-                         f"hidden_states {tuple(hidden_states.shape)} (encode the LQ image upscaled to the output size)")
+        raise ValueError(
+            f"lq_latents {tuple(lq_latents.shape)} must have the shape of the packed noisy latents "
+            f"hidden_states {tuple(hidden_states.shape)} (encode the LQ image upscaled to the output size)"
+        )
     if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[-1] != cfg.joint_attention_dim:
-        raise ValueError(f"encoder_hidden_states must be (B, S, {cfg.joint_attention_dim}), "
-                         f"got {tuple(encoder_hidden_states.shape)}")
+        raise ValueError(
+            f"encoder_hidden_states must be (B, S, {cfg.joint_attention_dim}), got {tuple(encoder_hidden_states.shape)}"
+        )
     if cfg.learn_text_embeddings and encoder_hidden_states.shape[1] > cfg.text_seq_len:
-        raise ValueError(f"prompt has {encoder_hidden_states.shape[1]} tokens but the adapter's theta_p has "
-                         f"text_seq_len={cfg.text_seq_len} rows")
+        raise ValueError(
+            f"prompt has {encoder_hidden_states.shape[1]} tokens but the adapter's theta_p has "
+            f"text_seq_len={cfg.text_seq_len} rows"
+        )
     if pooled_projections.shape[-1] != cfg.pooled_projection_dim:
-        raise ValueError(f"pooled_projections must be (B, {cfg.pooled_projection_dim}), "
-                         f"got {tuple(pooled_projections.shape)}")
+        raise ValueError(
+            f"pooled_projections must be (B, {cfg.pooled_projection_dim}), got {tuple(pooled_projections.shape)}"
+        )
     if cfg.guidance_embeds and guidance is None:
         raise ValueError("this Flux has guidance_embeds=True (FLUX.1-dev): pass guidance (B,)")
     if not cfg.guidance_embeds and guidance is not None:
@@ -407,8 +443,9 @@ def adapter_parameter_breakdown(config: FluxIRConfig) -> dict[str, int]:
         "without_se": total - se,
         "se": se,
         "block": count_parameters(adapter.block),
-        "embedders": sum(count_parameters(getattr(adapter, n))
-                         for n in ("x_embedder", "context_embedder", "time_text_embed")),
+        "embedders": sum(
+            count_parameters(getattr(adapter, n)) for n in ("x_embedder", "context_embedder", "time_text_embed")
+        ),
         "input_proj": count_parameters(adapter.input_proj),
         "text_embeddings": text,
     }
@@ -427,8 +464,12 @@ def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = No
         raise TypeError(f"save_adapter expects a FluxIRAdapter, got {type(adapter).__name__}")
     fs = fs or local_fs()
     with atomic_directory(folder, fs) as tmp:
-        meta = {"_class_name": "FluxIRAdapter", "_format_version": FORMAT_VERSION, **adapter.config.to_dict(),
-                "_training": adapter.training_record}
+        meta = {
+            "_class_name": "FluxIRAdapter",
+            "_format_version": FORMAT_VERSION,
+            **adapter.config.to_dict(),
+            "_training": adapter.training_record,
+        }
         with fs.open(f"{tmp}/{CONFIG_NAME}", "w") as f:
             f.write(json.dumps(meta, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
@@ -437,8 +478,9 @@ def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = No
         write_manifest(tmp, fs)  # last: load_adapter checks the files against it
 
 
-def load_adapter(folder: str | os.PathLike, fs: Any = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None) -> FluxIRAdapter:
+def load_adapter(
+    folder: str | os.PathLike, fs: Any = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> FluxIRAdapter:
     """Read a folder written by ``save_adapter``; weights must match config.json exactly."""
     fs = fs or local_fs()
     folder = str(folder).rstrip("/")
@@ -448,8 +490,10 @@ def load_adapter(folder: str | os.PathLike, fs: Any = None, device: str | torch.
     if fs.exists(f"{folder}/{MANIFEST_NAME}"):  # adapters saved before manifests have none
         problem = manifest_problem(folder, fs)
         if problem:
-            raise ValueError(f"FluxIR adapter {folder!r} is damaged: {problem}. Use another version "
-                             "(--load-versions=fluxir_adapter:<version>) or train it again")
+            raise ValueError(
+                f"FluxIR adapter {folder!r} is damaged: {problem}. Use another version "
+                "(--load-versions=fluxir_adapter:<version>) or train it again"
+            )
     try:
         with fs.open(f"{folder}/{CONFIG_NAME}", "r") as f:
             raw = json.loads(f.read())
@@ -463,8 +507,10 @@ def load_adapter(folder: str | os.PathLike, fs: Any = None, device: str | torch.
         try:
             state = st_load(f.read())
         except Exception as err:  # safetensors raises its own SafetensorError for a cut or corrupt file
-            raise ValueError(f"{folder}/{WEIGHTS_NAME} is not a readable safetensors file ({err}); the adapter "
-                             "folder is damaged: use another version or train it again") from err
+            raise ValueError(
+                f"{folder}/{WEIGHTS_NAME} is not a readable safetensors file ({err}); the adapter "
+                "folder is damaged: use another version or train it again"
+            ) from err
     with torch.device("meta"):
         adapter = FluxIRAdapter(config)
     try:

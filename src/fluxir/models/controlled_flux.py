@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from fluxir.compat.accelerate import pre_forward
 from fluxir.compat.diffusers import checkpointed
-from fluxir.models.adapter import FluxIRAdapter, ids_2d, check_compatible
+from fluxir.models.adapter import FluxIRAdapter, check_compatible, ids_2d
 
 
 def freeze_flux(flux: nn.Module) -> None:
@@ -28,15 +28,27 @@ def freeze_flux(flux: nn.Module) -> None:
 
 # Adapted from the block loop of diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward
 # (diffusers 0.42.1); ``checkpointed`` calls the model's own checkpointing (set by enable_gradient_checkpointing).
-def _run_block(flux: nn.Module, block: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor,
-               temb: Tensor, image_rotary_emb: tuple[Tensor, Tensor],
-               joint_attention_kwargs: dict | None) -> tuple[Tensor, Tensor]:
+def _run_block(
+    flux: nn.Module,
+    block: nn.Module,
+    hidden_states: Tensor,
+    encoder_hidden_states: Tensor,
+    temb: Tensor,
+    image_rotary_emb: tuple[Tensor, Tensor],
+    joint_attention_kwargs: dict | None,
+) -> tuple[Tensor, Tensor]:
     """One Flux block, checkpointed when flux.enable_gradient_checkpointing() was called (as diffusers does)."""
     if torch.is_grad_enabled() and flux.gradient_checkpointing:
-        return checkpointed(flux, block, hidden_states, encoder_hidden_states, temb, image_rotary_emb,
-                            joint_attention_kwargs)
-    return block(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
-                 image_rotary_emb=image_rotary_emb, joint_attention_kwargs=joint_attention_kwargs)
+        return checkpointed(
+            flux, block, hidden_states, encoder_hidden_states, temb, image_rotary_emb, joint_attention_kwargs
+        )
+    return block(
+        hidden_states=hidden_states,
+        encoder_hidden_states=encoder_hidden_states,
+        temb=temb,
+        image_rotary_emb=image_rotary_emb,
+        joint_attention_kwargs=joint_attention_kwargs,
+    )
 
 
 # Adapted from diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward (diffusers 0.42.1):
@@ -71,8 +83,10 @@ def controlled_flux_forward(
         raise ValueError("this Flux has guidance_embeds=False: pass guidance=None")
     img_ids, txt_ids = ids_2d(img_ids), ids_2d(txt_ids)
     if img_ids.shape[0] != hidden_states.shape[1] or txt_ids.shape[0] != encoder_hidden_states.shape[1]:
-        raise ValueError(f"img_ids {tuple(img_ids.shape)} / txt_ids {tuple(txt_ids.shape)} must have one row per "
-                         f"image token ({hidden_states.shape[1]}) / text token ({encoder_hidden_states.shape[1]})")
+        raise ValueError(
+            f"img_ids {tuple(img_ids.shape)} / txt_ids {tuple(txt_ids.shape)} must have one row per "
+            f"image token ({hidden_states.shape[1]}) / text token ({encoder_hidden_states.shape[1]})"
+        )
 
     # LoRA scale, as the @apply_lora_scale decorator of FluxTransformer2DModel.forward does.
     lora_scale = 1.0
@@ -88,8 +102,9 @@ def controlled_flux_forward(
         x = flux.x_embedder(hidden_states)  # (B, N, c)
         t = timestep.to(x.dtype) * 1000
         g = guidance.to(x.dtype) * 1000 if guidance is not None else None
-        temb = flux.time_text_embed(t, pooled_projections) if g is None else flux.time_text_embed(
-            t, g, pooled_projections)  # (B, c)
+        temb = (
+            flux.time_text_embed(t, pooled_projections) if g is None else flux.time_text_embed(t, g, pooled_projections)
+        )  # (B, c)
         ctx = flux.context_embedder(encoder_hidden_states)  # (B, S, c)
         image_rotary_emb = flux.pos_embed(torch.cat((txt_ids, img_ids), dim=0))  # cos, sin: (S + N, head_dim)
         if joint_attention_kwargs is not None and "ip_adapter_image_embeds" in joint_attention_kwargs:
@@ -98,8 +113,15 @@ def controlled_flux_forward(
 
         controls = None
         if adapter is not None and control_scale != 0:
-            f_z, f_p = adapter.features(hidden_states, lq_latents, encoder_hidden_states, pooled_projections,
-                                        timestep, guidance=guidance, image_rotary_emb=image_rotary_emb)
+            f_z, f_p = adapter.features(
+                hidden_states,
+                lq_latents,
+                encoder_hidden_states,
+                pooled_projections,
+                timestep,
+                guidance=guidance,
+                image_rotary_emb=image_rotary_emb,
+            )
             controls = adapter.controls(f_z, f_p)
         blocks = list(flux.transformer_blocks) + list(flux.single_transformer_blocks)
         for block in blocks:

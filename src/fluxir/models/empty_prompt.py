@@ -45,8 +45,9 @@ def empty_prompt_file(folder: str | os.PathLike, source: str, max_sequence_lengt
     return Path(folder) / f"{empty_prompt_key(source, max_sequence_length, dtype)}.safetensors"
 
 
-def cached_empty_prompt(folder: str | os.PathLike | None, source: str, max_sequence_length: int, dtype: str,
-                        device: str = "cpu") -> dict[str, Tensor] | None:
+def cached_empty_prompt(
+    folder: str | os.PathLike | None, source: str, max_sequence_length: int, dtype: str, device: str = "cpu"
+) -> dict[str, Tensor] | None:
     """{prompt_embeds (1, S, joint), pooled_prompt_embeds (1, pooled)} from ``folder``, or None if not there."""
     if folder is None:
         return None
@@ -56,8 +57,14 @@ def cached_empty_prompt(folder: str | os.PathLike | None, source: str, max_seque
     return {name: tensor.to(device) for name, tensor in load_file(path).items()}
 
 
-def save_empty_prompt(folder: str | os.PathLike | None, source: str, max_sequence_length: int, dtype: str,
-                      pipe: Any, embeds: dict[str, Tensor]) -> None:
+def save_empty_prompt(
+    folder: str | os.PathLike | None,
+    source: str,
+    max_sequence_length: int,
+    dtype: str,
+    pipe: Any,
+    embeds: dict[str, Tensor],
+) -> None:
     """Keep the embeddings ``PromptEncoder`` computed for the empty prompt (Flux pipelines only; atomic)."""
     if folder is None or not isinstance(pipe, FluxPipeline):
         return
@@ -65,8 +72,14 @@ def save_empty_prompt(folder: str | os.PathLike | None, source: str, max_sequenc
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in embeds.items()}, str(tmp))
 
 
-def load_with_empty_prompt(source: str, dtype: str, device: str, max_sequence_length: int,
-                           folder: str | os.PathLike | None, guidance: float | None = None) -> tuple[Any, PromptEncoder]:
+def load_with_empty_prompt(
+    source: str,
+    dtype: str,
+    device: str,
+    max_sequence_length: int,
+    folder: str | os.PathLike | None,
+    guidance: float | None = None,
+) -> tuple[Any, PromptEncoder]:
     """(pipeline, a ``PromptEncoder`` holding the empty prompt) for generation and training.
 
     Cached in ``folder``: the pipeline comes without text encoders and tokenizers (never instantiated).

@@ -192,7 +192,7 @@ def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu", tex
         absent.update({k: None for k in index if k.startswith(TEXT_COMPONENTS)})
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=getattr(torch, dtype), **absent)
-    except (OSError, EnvironmentError) as err:
+    except OSError as err:
         raise ValueError(
             f"could not load model {source!r}: {err}. Download it first (huggingface-cli download "
             f"{source}) or point fluxgen.model at a local diffusers folder."

@@ -16,11 +16,24 @@ from fluxir.models.flux import fixed_prompt_embeddings
 
 # Pipelines whose __call__ takes encode_prompt's outputs back as keyword arguments (in encode_prompt's order).
 EMBEDDING_KWARGS = {
-    "StableDiffusionXLPipeline": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
-                                  "negative_pooled_prompt_embeds"),
-    "PixArtSigmaPipeline": ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
-                            "negative_prompt_attention_mask"),
-    "SanaPipeline": ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask"),
+    "StableDiffusionXLPipeline": (
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds",
+    ),
+    "PixArtSigmaPipeline": (
+        "prompt_embeds",
+        "prompt_attention_mask",
+        "negative_prompt_embeds",
+        "negative_prompt_attention_mask",
+    ),
+    "SanaPipeline": (
+        "prompt_embeds",
+        "prompt_attention_mask",
+        "negative_prompt_embeds",
+        "negative_prompt_attention_mask",
+    ),
 }
 
 
@@ -32,8 +45,9 @@ class PromptEncoder:
     classifier-free guidance). Other pipelines keep their encoders and get the prompt text.
     """
 
-    def __init__(self, pipe: Any, prompts: list[str], max_sequence_length: int, device: str,
-                 guidance: float | None = None) -> None:
+    def __init__(
+        self, pipe: Any, prompts: list[str], max_sequence_length: int, device: str, guidance: float | None = None
+    ) -> None:
         self.cache: dict[str, dict[str, Any]] = {}
         distinct = sorted(set(prompts))
         if isinstance(pipe, FluxPipeline):
@@ -56,7 +70,9 @@ class PromptEncoder:
                 }
         elif type(pipe).__name__ in EMBEDDING_KWARGS:
             if guidance is None:
-                raise ValueError(f"{type(pipe).__name__}: pass guidance (classifier-free guidance needs negative embeddings)")
+                raise ValueError(
+                    f"{type(pipe).__name__}: pass guidance (classifier-free guidance needs negative embeddings)"
+                )
             names = EMBEDDING_KWARGS[type(pipe).__name__]
             kwargs = _encode_kwargs(pipe, guidance)
             with torch.no_grad():

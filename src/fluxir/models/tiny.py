@@ -68,9 +68,32 @@ from fluxir.models.flux import load_config
 
 # Words that get whole-word tokens; everything else falls back to characters (CLIP, Gemma) or <unk> (T5).
 WORDS = (
-    "a", "photo", "of", "the", "an", "in", "on", "with", "and", "high", "quality", "detailed", "image",
-    "landscape", "portrait", "city", "street", "animal", "face", "food", "building", "sky", "water", "tree",
-    "night", "day",
+    "a",
+    "photo",
+    "of",
+    "the",
+    "an",
+    "in",
+    "on",
+    "with",
+    "and",
+    "high",
+    "quality",
+    "detailed",
+    "image",
+    "landscape",
+    "portrait",
+    "city",
+    "street",
+    "animal",
+    "face",
+    "food",
+    "building",
+    "sky",
+    "water",
+    "tree",
+    "night",
+    "day",
 )
 
 # The component classes in each hub snapshot's model_index.json (transformers 5 resolves the *Fast
@@ -117,7 +140,9 @@ HUB_CLASSES: dict[str, dict[str, tuple[str, str]]] = {
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable character map (the base alphabet of byte-level BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -173,28 +198,54 @@ def gemma_tokenizer() -> GemmaTokenizerFast:
 
 def _clip_text_config(tokenizer: CLIPTokenizer, hidden_size: int, projection_dim: int = 32) -> CLIPTextConfig:
     return CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=projection_dim, hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
 
 
 def _t5_encoder(tokenizer: T5TokenizerFast, d_model: int) -> T5EncoderModel:
     """A T5 v1.1 encoder (gated-gelu, as in FLUX.1-dev's and PixArt-Sigma's t5-v1_1-xxl) of width ``d_model``."""
-    return T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0,
-    ))
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            is_encoder_decoder=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=0,
+        )
+    )
 
 
 def _sd_vae(latent_channels: int, scaling_factor: float) -> AutoencoderKL:
     """A 4-level (downscale 8, as the real SD/SDXL VAE) AutoencoderKL with 8 channels per level."""
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=latent_channels,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 8, 8, 8], layers_per_block=1, norm_num_groups=4, sample_size=64,
-        scaling_factor=scaling_factor, force_upcast=True,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 8, 8, 8],
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+        force_upcast=True,
     )
 
 
@@ -209,8 +260,12 @@ def build_flux() -> FluxPipeline:
     tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(
-            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-            base_image_seq_len=256, max_image_seq_len=4096,
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
         ),
         text_encoder=CLIPTextModel(_clip_text_config(tokenizer, hidden_size=cfg.pooled_projection_dim)),
         tokenizer=tokenizer,
@@ -227,19 +282,39 @@ def build_sdxl() -> StableDiffusionXLPipeline:
     text_encoder = CLIPTextModel(_clip_text_config(tokenizer, hidden_size=16))
     text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer_2, hidden_size=32, projection_dim=32))
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 1),
-        cross_attention_dim=16 + 32, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32, norm_num_groups=4,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 1),
+        cross_attention_dim=16 + 32,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        norm_num_groups=4,
     )
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-        timestep_spacing="leading", prediction_type="epsilon",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
     )
     return StableDiffusionXLPipeline(
-        vae=_sd_vae(4, 0.13025), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+        vae=_sd_vae(4, 0.13025),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
 
@@ -248,53 +323,111 @@ def build_pixart_sigma() -> PixArtSigmaPipeline:
     """PixArt-Sigma's layout: T5 v1.1 + a 2-layer PixArtTransformer2DModel (sample_size 32: the 256 bins)."""
     tokenizer = t5_tokenizer(model_max_length=300)
     transformer = PixArtTransformer2DModel(
-        sample_size=32, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, in_channels=4,
-        out_channels=8, caption_channels=32, cross_attention_dim=16, attention_bias=True,
-        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-        norm_elementwise_affine=False, norm_eps=1e-6, use_additional_conditions=False, interpolation_scale=0.5,
+        sample_size=32,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,
+        caption_channels=32,
+        cross_attention_dim=16,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        use_additional_conditions=False,
+        interpolation_scale=0.5,
     )
     scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon",
-        solver_order=2, algorithm_type="dpmsolver++", lower_order_final=True,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+        solver_order=2,
+        algorithm_type="dpmsolver++",
+        lower_order_final=True,
     )
-    return PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=_t5_encoder(tokenizer, d_model=32),
-                               vae=_sd_vae(4, 0.13025), transformer=transformer, scheduler=scheduler)
+    return PixArtSigmaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_t5_encoder(tokenizer, d_model=32),
+        vae=_sd_vae(4, 0.13025),
+        transformer=transformer,
+        scheduler=scheduler,
+    )
 
 
 def build_sana() -> SanaPipeline:
     """Sana's layout: Gemma2 + a 1-layer SanaTransformer2DModel (sample_size 16: the 512 bins) + a 32x DC-AE."""
     tokenizer = gemma_tokenizer()
-    text_encoder = Gemma2Model(Gemma2Config(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=8, max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    ))
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=2048,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     transformer = SanaTransformer2DModel(
-        in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=4, num_layers=1,
-        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=16,
-        mlp_ratio=2.5, sample_size=16, patch_size=1,
+        in_channels=8,
+        out_channels=8,
+        num_attention_heads=2,
+        attention_head_dim=4,
+        num_layers=1,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=4,
+        cross_attention_dim=8,
+        caption_channels=16,
+        mlp_ratio=2.5,
+        sample_size=16,
+        patch_size=1,
     )
     stages = 6  # 2**5 = 32x spatial compression, as the real DC-AE f32c32
     vae = AutoencoderDC(
-        in_channels=3, latent_channels=8, attention_head_dim=4,
+        in_channels=3,
+        latent_channels=8,
+        attention_head_dim=4,
         encoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
         decoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
-        encoder_block_out_channels=(8,) * stages, decoder_block_out_channels=(8,) * stages,
-        encoder_layers_per_block=(1,) * stages, decoder_layers_per_block=(1,) * stages,
-        encoder_qkv_multiscales=((),) * 3 + ((5,),) * 3, decoder_qkv_multiscales=((),) * 3 + ((5,),) * 3,
-        upsample_block_type="interpolate", downsample_block_type="Conv", decoder_norm_types="rms_norm",
-        decoder_act_fns="silu", scaling_factor=0.41407,
+        encoder_block_out_channels=(8,) * stages,
+        decoder_block_out_channels=(8,) * stages,
+        encoder_layers_per_block=(1,) * stages,
+        decoder_layers_per_block=(1,) * stages,
+        encoder_qkv_multiscales=((),) * 3 + ((5,),) * 3,
+        decoder_qkv_multiscales=((),) * 3 + ((5,),) * 3,
+        upsample_block_type="interpolate",
+        downsample_block_type="Conv",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
     )
     scheduler = DPMSolverMultistepScheduler(
-        use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0, solver_order=2,
-        algorithm_type="dpmsolver++", lower_order_final=True,
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+        flow_shift=3.0,
+        solver_order=2,
+        algorithm_type="dpmsolver++",
+        lower_order_final=True,
     )
-    return SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                        scheduler=scheduler)
+    return SanaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
 
 
 BUILDERS: dict[str, Callable[[], Any]] = {
-    "flux": build_flux, "sdxl": build_sdxl, "pixart_sigma": build_pixart_sigma, "sana": build_sana,
+    "flux": build_flux,
+    "sdxl": build_sdxl,
+    "pixart_sigma": build_pixart_sigma,
+    "sana": build_sana,
 }
 
 
@@ -410,7 +543,8 @@ def write_tiny_controlnet(out: str | Path, seed: int = 0) -> Path:
 
 
 WEIGHT_WRITERS: dict[str, Callable[[str | Path, int], Path]] = {
-    "realesrgan": write_tiny_realesrgan, "flux_controlnet": write_tiny_controlnet,
+    "realesrgan": write_tiny_realesrgan,
+    "flux_controlnet": write_tiny_controlnet,
 }
 
 
@@ -418,8 +552,11 @@ def main(argv: list[str] | None = None) -> None:
     """Write a tiny random-weight model in a published model's format (offline, deterministic)."""
     parser = argparse.ArgumentParser(prog="python -m fluxir.models.tiny", description=main.__doc__)
     parser.add_argument("--kind", required=True, choices=sorted([*BUILDERS, *WEIGHT_WRITERS]))
-    parser.add_argument("--out", required=True, help="folder (or .pth file for realesrgan) to write; left as it is "
-                                                     "when already complete")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder (or .pth file for realesrgan) to write; left as it is when already complete",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.kind in WEIGHT_WRITERS:

@@ -1,4 +1,5 @@
-"""``python -m fluxir.restoration`` / ``accelerate launch -m fluxir.restoration``: restore a folder outside ``kedro run``.
+"""``python -m fluxir.restoration`` / ``accelerate launch -m fluxir.restoration``: restore a folder outside
+``kedro run``.
 
 Reads the same configuration (``restore.*``) and catalog (``fluxir_adapter``) as the ``restore`` pipeline.
 Under ``accelerate launch`` process ``r`` of ``w`` restores every ``w``-th planned file from the ``r``-th
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli_parser("python -m fluxir.restoration", main.__doc__, "restore.input_dir=photos")
     parser.add_argument("--plan", default=None, help="restore plan parquet (default: plan restore.input_dir now)")
     parser.add_argument("--adapter", default=None, help="adapter folder (default: the catalog's latest fluxir_adapter)")
-    parser.add_argument("--report", default=None, help="write this process's share (results, failures) to <report>.rank<r>.json")
+    parser.add_argument(
+        "--report", default=None, help="write this process's share (results, failures) to <report>.rank<r>.json"
+    )
     args = parser.parse_args(argv)
 
     params = load_params(args.env, args.params, args.project)
@@ -36,8 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.plan:
         plan = pd.read_parquet(args.plan)
     else:
-        plan = pd.DataFrame(plan_folder(files.get("input_dir"), files.get("output_dir"), bool(files.get("overwrite"))),
-                            columns=["input", "output", "action"])
+        plan = pd.DataFrame(
+            plan_folder(files.get("input_dir"), files.get("output_dir"), bool(files.get("overwrite"))),
+            columns=["input", "output", "action"],
+        )
     catalog = load_catalog(args.env, args.project)
     adapter = None  # a public restorer (restore.method) needs none
     if args.adapter:
@@ -45,8 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     elif files.get("method", "fluxir") == "fluxir":
         adapter = catalog.load("fluxir_adapter")
     make_restorer, adapter, _ = public_restorer_for(files, cfg, adapter, params["baselines"])
-    share = restore_share(plan, files, adapter, cfg, state.process_index, state.num_processes, make_restorer,
-                          prompt_cache=catalog.load("prompt_embeddings"))  # the empty prompt, encoded once
+    share = restore_share(
+        plan,
+        files,
+        adapter,
+        cfg,
+        state.process_index,
+        state.num_processes,
+        make_restorer,
+        prompt_cache=catalog.load("prompt_embeddings"),
+    )  # the empty prompt, encoded once
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(share.to_dict()))
     state.wait_for_everyone()

@@ -27,14 +27,15 @@ from torch import Tensor
 
 COLOR_FIX_METHODS = ("wavelet", "adain", "none")
 LEVELS = 5
-HALO = 2 ** LEVELS  # > 1 + 2 + 4 + 8 + 16, the reach of the lowest band
+HALO = 2**LEVELS  # > 1 + 2 + 4 + 8 + 16, the reach of the lowest band
 STRIP_PIXELS = 1 << 18  # pixels per strip (rows = this / width, at least 2 * HALO)
 
 
 def wavelet_blur(image: Tensor, radius: int) -> Tensor:
     """(B, C, H, W) -> (B, C, H, W): the 3x3 binomial kernel at dilation ``radius``, replicate padding."""
-    kernel = torch.tensor([[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]],
-                          dtype=image.dtype, device=image.device)
+    kernel = torch.tensor(
+        [[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]], dtype=image.dtype, device=image.device
+    )
     channels = image.shape[1]
     kernel = kernel[None, None].repeat(channels, 1, 1, 1)  # (C, 1, 3, 3), one filter per channel
     image = F.pad(image, (radius, radius, radius, radius), mode="replicate")
@@ -45,7 +46,7 @@ def wavelet_decomposition(image: Tensor, levels: int = LEVELS) -> tuple[Tensor, 
     """(high, low): ``low`` is the image after ``levels`` blurs at radius 1, 2, 4, ...; high = image - low."""
     low = image
     for i in range(levels):
-        low = wavelet_blur(low, 2 ** i)
+        low = wavelet_blur(low, 2**i)
     return image - low, low
 
 
@@ -56,7 +57,9 @@ def wavelet_reconstruction(content: Tensor, style: Tensor) -> Tensor:
     return content_high + style_low
 
 
-def color_fix(image: np.ndarray, reference: np.ndarray, method: str = "wavelet", strip: int | None = None) -> np.ndarray:
+def color_fix(
+    image: np.ndarray, reference: np.ndarray, method: str = "wavelet", strip: int | None = None
+) -> np.ndarray:
     """(H, W, 3) uint8 restored image with the colour of ``reference`` (same shape), as uint8.
 
     Works in strips of ``strip`` rows (default: about 0.26 megapixels each), so memory stays bounded for any
@@ -66,8 +69,10 @@ def color_fix(image: np.ndarray, reference: np.ndarray, method: str = "wavelet",
         raise ValueError(f"colour fix must be one of {COLOR_FIX_METHODS}, got {method!r}")
     for name, arr in (("image", image), ("reference", reference)):
         if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 3:
-            raise ValueError(f"color_fix: {name} must be an (H, W, C) uint8 array, got "
-                             f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}")
+            raise ValueError(
+                f"color_fix: {name} must be an (H, W, C) uint8 array, got "
+                f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
+            )
     if image.shape != reference.shape:
         raise ValueError(f"color_fix: image {image.shape} and reference {reference.shape} must have the same shape")
     if method == "none":
@@ -93,7 +98,7 @@ def _wavelet_strips(image: np.ndarray, reference: np.ndarray, strip: int) -> np.
         r1 = min(height, r0 + strip)
         h0, h1 = max(0, r0 - HALO), min(height, r1 + HALO)  # strip plus halo: exact for rows r0..r1
         fixed = wavelet_reconstruction(_to_tensor(image[h0:h1]), _to_tensor(reference[h0:h1]))
-        out[r0:r1] = _to_uint8(fixed[:, :, r0 - h0: r1 - h0])
+        out[r0:r1] = _to_uint8(fixed[:, :, r0 - h0 : r1 - h0])
     return out
 
 
@@ -103,11 +108,11 @@ def _channel_stats(image: np.ndarray, strip: int, eps: float = 1e-5) -> tuple[np
     s = np.zeros(image.shape[2])
     s2 = np.zeros(image.shape[2])
     for r0 in range(0, image.shape[0], strip):
-        rows = image[r0:r0 + strip].reshape(-1, image.shape[2]).astype(np.float64) / 255.0
+        rows = image[r0 : r0 + strip].reshape(-1, image.shape[2]).astype(np.float64) / 255.0
         s += rows.sum(0)
-        s2 += (rows ** 2).sum(0)
+        s2 += (rows**2).sum(0)
     mean = s / n
-    var = (s2 - n * mean ** 2) / max(n - 1, 1)
+    var = (s2 - n * mean**2) / max(n - 1, 1)
     return mean, np.sqrt(np.maximum(var, 0) + eps)
 
 
@@ -118,6 +123,6 @@ def _adain_strips(image: np.ndarray, reference: np.ndarray, strip: int) -> np.nd
     bias = (s_mean - c_mean * s_std / c_std).astype(np.float32)
     out = np.empty_like(image)
     for r0 in range(0, image.shape[0], strip):
-        x = image[r0:r0 + strip].astype(np.float32) / 255.0
-        out[r0:r0 + strip] = np.clip(np.round((x * gain + bias) * 255.0), 0, 255).astype(np.uint8)
+        x = image[r0 : r0 + strip].astype(np.float32) / 255.0
+        out[r0 : r0 + strip] = np.clip(np.round((x * gain + bias) * 255.0), 0, 255).astype(np.uint8)
     return out

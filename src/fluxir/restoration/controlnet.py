@@ -38,8 +38,14 @@ CONTROLNET_RULES = (
     Rule("max_sequence_length", "positive_int"),
 )
 # Fields a ControlNet must share with the Flux transformer it steers.
-SHARED_FIELDS = ("in_channels", "num_attention_heads", "attention_head_dim", "joint_attention_dim",
-                 "pooled_projection_dim", "axes_dims_rope")
+SHARED_FIELDS = (
+    "in_channels",
+    "num_attention_heads",
+    "attention_head_dim",
+    "joint_attention_dim",
+    "pooled_projection_dim",
+    "axes_dims_rope",
+)
 
 
 @dataclass
@@ -72,31 +78,41 @@ def load_controlnet(source: str, dtype: str) -> Any:
 
     path = Path(source).expanduser()
     if path.exists() and not (path / "config.json").is_file():
-        raise ValueError(f"baselines.flux_controlnet.controlnet: {path} has no config.json; point it at a diffusers "
-                         "FluxControlNetModel folder (e.g. a snapshot of jasperai/Flux.1-dev-Controlnet-Upscaler)")
+        raise ValueError(
+            f"baselines.flux_controlnet.controlnet: {path} has no config.json; point it at a diffusers "
+            "FluxControlNetModel folder (e.g. a snapshot of jasperai/Flux.1-dev-Controlnet-Upscaler)"
+        )
     try:
         return FluxControlNetModel.from_pretrained(str(path) if path.exists() else source, dtype=getattr(torch, dtype))
     except OSError as err:
-        raise ValueError(f"could not load the ControlNet {source!r} (baselines.flux_controlnet.controlnet): {err}. "
-                         f"Download it first (`python -m fluxir.fetch --only baselines`) or point the parameter at "
-                         "a local folder.") from err
+        raise ValueError(
+            f"could not load the ControlNet {source!r} (baselines.flux_controlnet.controlnet): {err}. "
+            f"Download it first (`python -m fluxir.fetch --only baselines`) or point the parameter at "
+            "a local folder."
+        ) from err
 
 
 def config_mismatch(controlnet_config: Any, transformer_config: Any) -> list[str]:
     """``"<field> <controlnet's> vs <transformer's>"`` for each shared field that differs (empty: they fit)."""
+
     def as_list(value: Any) -> list[Any]:
         return list(value) if isinstance(value, (list, tuple)) else [value]
 
-    return [f"{f} {controlnet_config.get(f)} vs {transformer_config.get(f)}" for f in SHARED_FIELDS
-            if as_list(controlnet_config.get(f)) != as_list(transformer_config.get(f))]
+    return [
+        f"{f} {controlnet_config.get(f)} vs {transformer_config.get(f)}"
+        for f in SHARED_FIELDS
+        if as_list(controlnet_config.get(f)) != as_list(transformer_config.get(f))
+    ]
 
 
 def check_fits(controlnet: Any, transformer: Any, cfg: FluxControlNetConfig) -> None:
     """Raise ValueError naming both sources when the ControlNet was not made for this Flux."""
     wrong = config_mismatch(controlnet.config, transformer.config)
     if wrong:
-        raise ValueError(f"the ControlNet {cfg.controlnet!r} does not fit the Flux transformer of {cfg.model!r}: "
-                         f"{', '.join(wrong)}; set baselines.flux_controlnet.model and .controlnet to a matching pair")
+        raise ValueError(
+            f"the ControlNet {cfg.controlnet!r} does not fit the Flux transformer of {cfg.model!r}: "
+            f"{', '.join(wrong)}; set baselines.flux_controlnet.model and .controlnet to a matching pair"
+        )
 
 
 def source_fingerprint(source: str) -> str:
@@ -124,8 +140,14 @@ class ControlNetRestorer:
 
     method = "flux_controlnet"
 
-    def __init__(self, pipe: Any, prompt_embeds: torch.Tensor, pooled_prompt_embeds: torch.Tensor,
-                 cfg: FluxControlNetConfig, geometry: Any) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        prompt_embeds: torch.Tensor,
+        pooled_prompt_embeds: torch.Tensor,
+        cfg: FluxControlNetConfig,
+        geometry: Any,
+    ) -> None:
         self.pipe, self.cfg, self.config = pipe, cfg, geometry
         self.prompt_embeds = prompt_embeds  # (1, S, joint_attention_dim)
         self.pooled_prompt_embeds = pooled_prompt_embeds  # (1, pooled_projection_dim)
@@ -142,12 +164,24 @@ class ControlNetRestorer:
         controlnet = load_controlnet(cfg.controlnet, cfg.dtype).to(device)
         check_fits(controlnet, flux.transformer, cfg)
         embeds = PromptEncoder(flux, [""], cfg.max_sequence_length, device).cache[""]  # drops T5 / CLIP
-        pipe = FluxControlNetPipeline(scheduler=flux.scheduler, vae=flux.vae, text_encoder=None, tokenizer=None,
-                                      text_encoder_2=None, tokenizer_2=None, transformer=flux.transformer,
-                                      controlnet=controlnet)
+        pipe = FluxControlNetPipeline(
+            scheduler=flux.scheduler,
+            vae=flux.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            transformer=flux.transformer,
+            controlnet=controlnet,
+        )
         dtype = getattr(torch, cfg.dtype)
-        return cls(pipe, embeds["prompt_embeds"].to(device, dtype), embeds["pooled_prompt_embeds"].to(device, dtype),
-                   cfg, geometry)
+        return cls(
+            pipe,
+            embeds["prompt_embeds"].to(device, dtype),
+            embeds["pooled_prompt_embeds"].to(device, dtype),
+            cfg,
+            geometry,
+        )
 
     @torch.no_grad()
     def restore(self, lq: np.ndarray, progress: bool = False, on_step: Any = None) -> np.ndarray:
@@ -168,10 +202,16 @@ class ControlNetRestorer:
 
         self.pipe.set_progress_bar_config(disable=not progress, leave=False)
         images = self.pipe(
-            prompt_embeds=self.prompt_embeds, pooled_prompt_embeds=self.pooled_prompt_embeds,
-            control_image=Image.fromarray(control), controlnet_conditioning_scale=float(cfg.conditioning_scale),
-            num_inference_steps=cfg.steps, guidance_scale=float(cfg.guidance_scale), height=ph, width=pw,
-            generator=torch.Generator("cpu").manual_seed(cfg.seed), output_type="np",
+            prompt_embeds=self.prompt_embeds,
+            pooled_prompt_embeds=self.pooled_prompt_embeds,
+            control_image=Image.fromarray(control),
+            controlnet_conditioning_scale=float(cfg.conditioning_scale),
+            num_inference_steps=cfg.steps,
+            guidance_scale=float(cfg.guidance_scale),
+            height=ph,
+            width=pw,
+            generator=torch.Generator("cpu").manual_seed(cfg.seed),
+            output_type="np",
             callback_on_step_end=step_done,
         ).images  # (1, ph, pw, 3) float in [0, 1]
         out = (np.asarray(images[0], dtype=np.float32) * 255).round().clip(0, 255).astype(np.uint8)[:height, :width]
@@ -185,6 +225,8 @@ def fingerprint(cfg: FluxControlNetConfig) -> str:
 
 def describe(cfg: FluxControlNetConfig) -> str:
     """One line for the report."""
-    return (f"diffusers FluxControlNetPipeline: {cfg.controlnet} on {cfg.model}; control image = bicubic-upsampled "
-            f"LQ, empty prompt, {cfg.steps} steps, controlnet_conditioning_scale {cfg.conditioning_scale}, "
-            f"guidance {cfg.guidance_scale}, seed {cfg.seed}, {cfg.dtype}")
+    return (
+        f"diffusers FluxControlNetPipeline: {cfg.controlnet} on {cfg.model}; control image = bicubic-upsampled "
+        f"LQ, empty prompt, {cfg.steps} steps, controlnet_conditioning_scale {cfg.conditioning_scale}, "
+        f"guidance {cfg.guidance_scale}, seed {cfg.seed}, {cfg.dtype}"
+    )

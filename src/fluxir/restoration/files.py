@@ -44,8 +44,13 @@ class RestoreResult:
         return self.out_size[0] * self.out_size[1] / 1e6
 
 
-def restore_photo(restorer: Restorer, rgb: np.ndarray, alpha: np.ndarray | None, progress: bool = False,
-                  on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+def restore_photo(
+    restorer: Restorer,
+    rgb: np.ndarray,
+    alpha: np.ndarray | None,
+    progress: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """Restore RGB; an alpha channel is carried over, bicubic-resized to the output: (H, W, 3 or 4) uint8."""
     out = restorer.restore(rgb, progress=progress, on_step=on_step)
     if alpha is not None:
@@ -53,9 +58,15 @@ def restore_photo(restorer: Restorer, rgb: np.ndarray, alpha: np.ndarray | None,
     return out
 
 
-def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple[str, str]], progress: bool = True,
-                  make_restorer: Callable[[], Any] | None = None, prompt_cache: str | Path | None = None
-                  ) -> tuple[list[RestoreResult], list[dict[str, str]], float]:
+def restore_files(
+    model: str,
+    adapter: Any,
+    cfg: RestoreConfig,
+    jobs: list[tuple[str, str]],
+    progress: bool = True,
+    make_restorer: Callable[[], Any] | None = None,
+    prompt_cache: str | Path | None = None,
+) -> tuple[list[RestoreResult], list[dict[str, str]], float]:
     """Restore each (input, output) pair; returns (results, failures [{input, reason}], model load seconds).
 
     ``prompt_cache``: the catalog's ``prompt_embeddings`` folder (``Restorer.from_source``).
@@ -100,8 +111,9 @@ def restore_files(model: str, adapter: Any, cfg: RestoreConfig, jobs: list[tuple
         seconds = time.perf_counter() - start
         passes, pass_seconds = passes + work.passes, pass_seconds + seconds
         write_png_atomic(Path(dst), out)
-        results.append(RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]),
-                                     seconds))
+        results.append(
+            RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]), seconds)
+        )
     bar.close()
     return results, failures, load_seconds
 
@@ -110,9 +122,11 @@ def out_of_memory_advice(err: BaseException, work: RestoreWork) -> str:
     """The failure reason of an image that ran out of (GPU or CPU) memory, with what to change."""
     where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "CPU"
     first = (str(err).splitlines() or [""])[0] or type(err).__name__
-    return (f"out of {where} memory at a {work.out_size[0]}x{work.out_size[1]} output ({first}); lower "
-            "restore.tile_size / restore.vae_tile_size, restore.scale or restore.max_output_megapixels, or use "
-            "restore.offload=model / restore.quantize (docs/troubleshooting.md)")
+    return (
+        f"out of {where} memory at a {work.out_size[0]}x{work.out_size[1]} output ({first}); lower "
+        "restore.tile_size / restore.vae_tile_size, restore.scale or restore.max_output_megapixels, or use "
+        "restore.offload=model / restore.quantize (docs/troubleshooting.md)"
+    )
 
 
 @dataclass
@@ -124,30 +138,50 @@ class RestoreShare:
     load_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"results": [vars(r) for r in self.results], "failures": self.failures, "load_seconds": self.load_seconds}
+        return {
+            "results": [vars(r) for r in self.results],
+            "failures": self.failures,
+            "load_seconds": self.load_seconds,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RestoreShare:
-        results = [RestoreResult(**{**r, "in_size": tuple(r["in_size"]), "out_size": tuple(r["out_size"])})
-                   for r in d["results"]]
+        results = [
+            RestoreResult(**{**r, "in_size": tuple(r["in_size"]), "out_size": tuple(r["out_size"])})
+            for r in d["results"]
+        ]
         return cls(results, list(d["failures"]), float(d["load_seconds"]))
 
 
-def restore_share(plan: Any, files: dict[str, Any], adapter: Any, cfg: RestoreConfig, process_index: int = 0,
-                  num_processes: int = 1, make_restorer: Callable[[], Any] | None = None,
-                  prompt_cache: str | Path | None = None) -> RestoreShare:
+def restore_share(
+    plan: Any,
+    files: dict[str, Any],
+    adapter: Any,
+    cfg: RestoreConfig,
+    process_index: int = 0,
+    num_processes: int = 1,
+    make_restorer: Callable[[], Any] | None = None,
+    prompt_cache: str | Path | None = None,
+) -> RestoreShare:
     """Restore share ``process_index`` of ``num_processes`` of the plan rows whose action is "restore"
     (every ``num_processes``-th job: each output depends only on its input and the seed, not on the share),
     with ``make_restorer``'s restorer when given (see ``restore_files``)."""
     jobs = list(plan.loc[plan["action"] == "restore", ["input", "output"]].itertuples(index=False, name=None))
-    results, failures, load_seconds = restore_files(files.get("model"), adapter, cfg, jobs[process_index::num_processes],
-                                                    progress=bool(files.get("progress", True)) and process_index == 0,
-                                                    make_restorer=make_restorer, prompt_cache=prompt_cache)
+    results, failures, load_seconds = restore_files(
+        files.get("model"),
+        adapter,
+        cfg,
+        jobs[process_index::num_processes],
+        progress=bool(files.get("progress", True)) and process_index == 0,
+        make_restorer=make_restorer,
+        prompt_cache=prompt_cache,
+    )
     return RestoreShare(results, failures, load_seconds)
 
 
-def summarise_shares(plan: Any, shares: list[RestoreShare], files: dict[str, Any], cfg: RestoreConfig
-                     ) -> tuple[list[dict[str, str]], dict[str, Any]]:
+def summarise_shares(
+    plan: Any, shares: list[RestoreShare], files: dict[str, Any], cfg: RestoreConfig
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """(failures [{input, reason}], summary) of all shares, in plan order. Raises RuntimeError, listing the
     reasons, when no input file could be used at all (nothing restored, nothing skipped)."""
     order = {src: i for i, src in enumerate(plan["input"])}
@@ -156,15 +190,21 @@ def summarise_shares(plan: Any, shares: list[RestoreShare], files: dict[str, Any
     skipped = int((plan["action"] != "restore").sum())
     if failures and not results and not skipped:
         listing = "; ".join(f"{f['input']}: {f['reason']}" for f in failures[:20])
-        raise RuntimeError(f"none of the {len(failures)} file(s) in {files.get('input_dir')} could be restored: "
-                           f"{listing}")
+        raise RuntimeError(
+            f"none of the {len(failures)} file(s) in {files.get('input_dir')} could be restored: {listing}"
+        )
     load_seconds = max((s.load_seconds for s in shares), default=0.0)  # the processes load side by side
     return failures, summarise(results, skipped, failures, load_seconds, files, config_dict(cfg))
 
 
-def restore_planned(plan: Any, files: dict[str, Any], adapter: Any, cfg: RestoreConfig,
-                    make_restorer: Callable[[], Any] | None = None,
-                    prompt_cache: str | Path | None = None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+def restore_planned(
+    plan: Any,
+    files: dict[str, Any],
+    adapter: Any,
+    cfg: RestoreConfig,
+    make_restorer: Callable[[], Any] | None = None,
+    prompt_cache: str | Path | None = None,
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """Restore the rows of a ``plan_folder`` table (a DataFrame) whose action is "restore" in this process
     (with ``make_restorer``'s restorer when given, see ``restore_files``).
 
@@ -179,8 +219,14 @@ def failure_table(failures: list[dict[str, str]]) -> Any:
     return pd.DataFrame({c: pd.Series([f[c] for f in failures], dtype="string") for c in ("input", "reason")})
 
 
-def summarise(results: list[RestoreResult], skipped: int, failures: list[dict[str, str]], load_seconds: float,
-              files: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def summarise(
+    results: list[RestoreResult],
+    skipped: int,
+    failures: list[dict[str, str]],
+    load_seconds: float,
+    files: dict[str, Any],
+    config: dict[str, Any],
+) -> dict[str, Any]:
     """Counts, megapixels and time per megapixel of a run, with the per-image rows and the config."""
     megapixels = sum(r.megapixels for r in results)
     seconds = sum(r.seconds for r in results)
@@ -197,8 +243,16 @@ def summarise(results: list[RestoreResult], skipped: int, failures: list[dict[st
         "method": files.get("method", "fluxir"),
         "model": files.get("model"),
         "config": config,
-        "images": [{"input": r.input, "output": r.output, "in_size": list(r.in_size), "out_size": list(r.out_size),
-                    "seconds": round(r.seconds, 3)} for r in results],
+        "images": [
+            {
+                "input": r.input,
+                "output": r.output,
+                "in_size": list(r.in_size),
+                "out_size": list(r.out_size),
+                "seconds": round(r.seconds, 3),
+            }
+            for r in results
+        ],
     }
 
 
@@ -228,19 +282,27 @@ def plan_folder(input_dir: str, output_dir: str, overwrite: bool = False) -> lis
     input is missing or empty, output_dir is the input folder, or an output would replace an input.
     """
     if not input_dir or not output_dir:
-        raise ValueError("set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
-                         "--params=\"restore.input_dir=photos,restore.output_dir=restored\"")
+        raise ValueError(
+            "set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
+            '--params="restore.input_dir=photos,restore.output_dir=restored"'
+        )
     src, dst = Path(input_dir), Path(output_dir)
     if not src.exists():
         raise ValueError(f"restore.input_dir {str(src)!r} does not exist")
     if src.is_dir():
         if dst.resolve() == src.resolve():
-            raise ValueError(f"restore.output_dir {str(dst)!r} is the input folder: restored images would be mixed "
-                             "with (and could replace) the originals; choose another folder")
+            raise ValueError(
+                f"restore.output_dir {str(dst)!r} is the input folder: restored images would be mixed "
+                "with (and could replace) the originals; choose another folder"
+            )
         out_root = dst.resolve()
-        files = sorted(p for p in src.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(src).parts)
-                       and not p.resolve().is_relative_to(out_root))
+        files = sorted(
+            p
+            for p in src.rglob("*")
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(src).parts)
+            and not p.resolve().is_relative_to(out_root)
+        )
         relative = [p.relative_to(src) for p in files]
     else:
         files, relative = [src], [Path(src.name)]
@@ -255,8 +317,11 @@ def plan_folder(input_dir: str, output_dir: str, overwrite: bool = False) -> lis
         name = rel.with_suffix(".png") if stems[rel.with_suffix(".png")] == 1 else rel.with_name(rel.name + ".png")
         out = dst / name
         if out.resolve() in inputs:
-            raise ValueError(f"output {str(out)!r} would overwrite the input {str(path)!r}: choose another "
-                             "restore.output_dir")
+            raise ValueError(
+                f"output {str(out)!r} would overwrite the input {str(path)!r}: choose another restore.output_dir"
+            )
         exists = out.is_file()
-        rows.append({"input": str(path), "output": str(out), "action": "skip" if exists and not overwrite else "restore"})
+        rows.append(
+            {"input": str(path), "output": str(out), "action": "skip" if exists and not overwrite else "restore"}
+        )
     return rows

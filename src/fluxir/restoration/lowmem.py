@@ -55,8 +55,10 @@ def check_combination(offload: str, quantize: str) -> None:
     if offload == "sequential" and quantize != "none":
         # accelerate's per-layer weight swapping rebuilds plain tensors from the CPU state dict; quantised
         # tensor subclasses (torchao, bitsandbytes) do not survive it.
-        raise ValueError(f"restore.offload=sequential cannot be combined with restore.quantize={quantize!r}: "
-                         "use offload=model with quantize, or sequential with quantize=none")
+        raise ValueError(
+            f"restore.offload=sequential cannot be combined with restore.quantize={quantize!r}: "
+            "use offload=model with quantize, or sequential with quantize=none"
+        )
 
 
 def quantize_transformer(transformer: nn.Module, mode: str) -> nn.Module:
@@ -86,8 +88,14 @@ def _to_nf4(transformer: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         parent = transformer.get_submodule(parent_name) if parent_name else transformer
         device, dtype = linear.weight.device, linear.weight.dtype
-        q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                              compute_dtype=dtype, quant_type="nf4", device="meta")
+        q = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            compute_dtype=dtype,
+            quant_type="nf4",
+            device="meta",
+        )
         q.weight = bnb.nn.Params4bit(linear.weight.data.to("cpu"), requires_grad=False, quant_type="nf4")
         if linear.bias is not None:
             q.bias = nn.Parameter(linear.bias.data, requires_grad=False)

@@ -19,8 +19,12 @@ from typing import Any
 RESTORE_METHODS = ("fluxir", "flux_controlnet", "realesrgan")
 PUBLIC_METHODS = ("flux_controlnet", "realesrgan")  # restorers with published weights, no training needed
 EVALUATE_METHODS = ("fluxir", "bicubic", "flux_controlnet", "realesrgan")
-TITLES = {"fluxir": "FluxIR", "bicubic": "Bicubic", "realesrgan": "Real-ESRGAN x4plus",
-          "flux_controlnet": "Flux ControlNet upscaler"}
+TITLES = {
+    "fluxir": "FluxIR",
+    "bicubic": "Bicubic",
+    "realesrgan": "Real-ESRGAN x4plus",
+    "flux_controlnet": "Flux ControlNet upscaler",
+}
 
 
 def check_method(method: Any, allowed: tuple[str, ...], parameter: str) -> str:
@@ -88,8 +92,9 @@ def describe_public(method: str, cfg: Any) -> str:
     return (controlnet if method == "flux_controlnet" else realesrgan).describe(cfg)
 
 
-def public_restorer_for(files: Mapping[str, Any], cfg: Any, adapter: Any, baselines: Mapping[str, Any]
-                        ) -> tuple[Any, Any, dict[str, Any]]:
+def public_restorer_for(
+    files: Mapping[str, Any], cfg: Any, adapter: Any, baselines: Mapping[str, Any]
+) -> tuple[Any, Any, dict[str, Any]]:
     """What the restore pipeline needs for ``restore.method``: (restorer factory or None for FluxIR, the adapter,
     summary fields). FluxIR requires a trained adapter; a public method checks its weights here, before any
     photo is read, and takes the output size and colour fix from ``cfg`` (the ``restore.*`` RestoreConfig)."""
@@ -103,6 +108,5 @@ def public_restorer_for(files: Mapping[str, Any], cfg: Any, adapter: Any, baseli
     settings = public_config(method, baselines)
     public_fingerprint(method, settings)  # a missing weight file fails now, naming the parameter
     geometry = output_geometry(method, cfg.scale, cfg.target_size, cfg.color_fix)
-    summary = {"method": method, "method_settings": describe_public(method, settings),
-               "color_fix": geometry.color_fix}
+    summary = {"method": method, "method_settings": describe_public(method, settings), "color_fix": geometry.color_fix}
     return partial(build_public, method, settings, geometry), None, summary

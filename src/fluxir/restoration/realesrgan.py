@@ -69,8 +69,10 @@ def weights_file(cfg: RealESRGANConfig) -> Path:
     """The checkpoint path, or ValueError saying how to get it."""
     path = Path(cfg.weights)
     if not path.is_file():
-        raise ValueError(f"baselines.realesrgan.weights: {path} not found; download RealESRGAN_x4plus.pth "
-                         "(`python -m fluxir.fetch --only baselines`) or point the parameter at it")
+        raise ValueError(
+            f"baselines.realesrgan.weights: {path} not found; download RealESRGAN_x4plus.pth "
+            "(`python -m fluxir.fetch --only baselines`) or point the parameter at it"
+        )
     return path
 
 
@@ -83,27 +85,38 @@ def load_rrdbnet(cfg: RealESRGANConfig) -> torch.nn.Module:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated download, not a torch file, pickled code
-        raise ValueError(f"baselines.realesrgan.weights: {path} is not a readable PyTorch checkpoint ({err}); "
-                         "download it again") from err
+        raise ValueError(
+            f"baselines.realesrgan.weights: {path} is not a readable PyTorch checkpoint ({err}); download it again"
+        ) from err
     key = next((k for k in ("params_ema", "params") if isinstance(checkpoint, dict) and k in checkpoint), None)
     if key is None:
         found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path}: no 'params_ema' or 'params' state dict (found {found}); is it a Real-ESRGAN "
-                         "RRDBNet checkpoint?")
-    net = RRDBNet(num_in_ch=3, num_out_ch=3, scale=cfg.net_scale, num_feat=cfg.num_feat, num_block=cfg.num_block,
-                  num_grow_ch=cfg.num_grow_ch)
+        raise ValueError(
+            f"{path}: no 'params_ema' or 'params' state dict (found {found}); is it a Real-ESRGAN RRDBNet checkpoint?"
+        )
+    net = RRDBNet(
+        num_in_ch=3,
+        num_out_ch=3,
+        scale=cfg.net_scale,
+        num_feat=cfg.num_feat,
+        num_block=cfg.num_block,
+        num_grow_ch=cfg.num_grow_ch,
+    )
     try:
         net.load_state_dict(checkpoint[key], strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path} does not fit RRDBNet(num_feat={cfg.num_feat}, num_block={cfg.num_block}, "
-                         f"num_grow_ch={cfg.num_grow_ch}): set baselines.realesrgan.* to the file's architecture "
-                         f"({str(err).splitlines()[0]})") from err
+        raise ValueError(
+            f"{path} does not fit RRDBNet(num_feat={cfg.num_feat}, num_block={cfg.num_block}, "
+            f"num_grow_ch={cfg.num_grow_ch}): set baselines.realesrgan.* to the file's architecture "
+            f"({str(err).splitlines()[0]})"
+        ) from err
     return net.eval().requires_grad_(False)
 
 
 # Adapted from realesrgan/utils.py RealESRGANer.tile_process (Real-ESRGAN 0.3.0, BSD-3-Clause).
-def tiled_forward(net: torch.nn.Module, x: torch.Tensor, scale: int, tile: int | None, pad: int,
-                  progress: bool = False) -> torch.Tensor:
+def tiled_forward(
+    net: torch.nn.Module, x: torch.Tensor, scale: int, tile: int | None, pad: int, progress: bool = False
+) -> torch.Tensor:
     """(1, 3, h, w) -> (1, 3, scale*h, scale*w); each ``tile`` x ``tile`` block is run with ``pad`` context pixels."""
     _, _, height, width = x.shape
     if tile is None or (height <= tile and width <= tile):
@@ -116,8 +129,9 @@ def tiled_forward(net: torch.nn.Module, x: torch.Tensor, scale: int, tile: int |
         py1, px1 = min(y1 + pad, height), min(x1 + pad, width)
         y = net(x[:, :, py0:py1, px0:px1])  # (1, 3, scale*(py1-py0), scale*(px1-px0))
         top, left = (y0 - py0) * scale, (x0 - px0) * scale
-        out[:, :, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
-            y[:, :, top:top + (y1 - y0) * scale, left:left + (x1 - x0) * scale]
+        out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = y[
+            :, :, top : top + (y1 - y0) * scale, left : left + (x1 - x0) * scale
+        ]
     return out
 
 
@@ -146,17 +160,17 @@ class RealESRGANRestorer:
         cfg, s = self.cfg, self.cfg.net_scale
         x = torch.from_numpy(np.array(lq)).permute(2, 0, 1)[None].to(self.device, torch.float32) / 255.0
         if cfg.pre_pad:  # reflect needs pad < side: Real-ESRGAN's pre_pad 10 on a tiny LQ would fail
-            x = torch.nn.functional.pad(x, (0, min(cfg.pre_pad, x.shape[3] - 1), 0, min(cfg.pre_pad, x.shape[2] - 1)),
-                                        mode="reflect")
+            x = torch.nn.functional.pad(
+                x, (0, min(cfg.pre_pad, x.shape[3] - 1), 0, min(cfg.pre_pad, x.shape[2] - 1)), mode="reflect"
+            )
         y = tiled_forward(self.net, x.to(self.dtype), s, cfg.tile_size, cfg.tile_pad, progress)
-        y = y[:, :, :lq.shape[0] * s, :lq.shape[1] * s].float().clamp(0, 1)  # pre-padding cut off
+        y = y[:, :, : lq.shape[0] * s, : lq.shape[1] * s].float().clamp(0, 1)  # pre-padding cut off
         out = (y[0].permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)  # (4h, 4w, 3)
         if on_step is not None:
             on_step(1, 1)
         if out.shape[:2] != (height, width):  # --outscale: Lanczos from the network's x4
             out = np.asarray(Image.fromarray(out).resize((width, height), Image.Resampling.LANCZOS))
         return out
-
 
 
 def fingerprint(cfg: RealESRGANConfig) -> str:
@@ -167,6 +181,7 @@ def fingerprint(cfg: RealESRGANConfig) -> str:
 def describe(cfg: RealESRGANConfig) -> str:
     """One line for the report: architecture, tiling, precision."""
     tiles = f"tiles of {cfg.tile_size} px with {cfg.tile_pad} px context" if cfg.tile_size else "untiled"
-    return (f"RRDBNet x{cfg.net_scale} (num_feat {cfg.num_feat}, num_block {cfg.num_block}, num_grow_ch "
-            f"{cfg.num_grow_ch}) from {cfg.weights}; {tiles}, pre_pad {cfg.pre_pad}, {cfg.dtype}")
-
+    return (
+        f"RRDBNet x{cfg.net_scale} (num_feat {cfg.num_feat}, num_block {cfg.num_block}, num_grow_ch "
+        f"{cfg.num_grow_ch}) from {cfg.weights}; {tiles}, pre_pad {cfg.pre_pad}, {cfg.dtype}"
+    )

@@ -62,11 +62,10 @@ from PIL import Image
 from torch import Tensor
 
 from fluxir.config import Rule, field_problems, is_int, raise_problems_of, reject_unknown_keys, stage_params
-from fluxir.models.condition import lq_condition
-from fluxir.models.empty_prompt import cached_empty_prompt, save_empty_prompt
-from fluxir.models.prompts import PromptEncoder
 from fluxir.models.adapter import FluxIRConfig, check_compatible
+from fluxir.models.condition import lq_condition
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
+from fluxir.models.empty_prompt import cached_empty_prompt, save_empty_prompt
 from fluxir.models.flux import (
     autocast_off,
     compile_blocks,
@@ -76,6 +75,7 @@ from fluxir.models.flux import (
     resolve_device,
     unpack_grid,
 )
+from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
 from fluxir.restoration.lowmem import (
@@ -141,8 +141,10 @@ class RestoreConfig:
     def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
         if "guidance" in params:
-            raise ValueError("restore.guidance is not a parameter: restoration uses the guidance the adapter was trained "
-                             "with (train.adapter.guidance, saved in the adapter's config.json); remove it")
+            raise ValueError(
+                "restore.guidance is not a parameter: restoration uses the guidance the adapter was trained "
+                "with (train.adapter.guidance, saved in the adapter's config.json); remove it"
+            )
         params = stage_params(params)
         reject_unknown_keys(params, cls, "restore parameter(s)")
         cfg = cls(**params)
@@ -158,23 +160,32 @@ class RestoreConfig:
             size = self.target_size
             if isinstance(size, (list, tuple)):
                 if len(size) != 2 or not all(is_int(s, 1) for s in size):
-                    problems.append(f"restore.target_size must be an int (longer side) or [width, height] of positive "
-                                    f"ints, got {size!r}")
+                    problems.append(
+                        f"restore.target_size must be an int (longer side) or [width, height] of positive "
+                        f"ints, got {size!r}"
+                    )
                 else:
                     self.target_size = [int(s) for s in size]
             elif not is_int(size, 1):
                 problems.append(f"restore.target_size must be an int (longer side) or [width, height], got {size!r}")
-        for name, overlap_name, multiple in (("tile_size", "tile_overlap", 16), ("vae_tile_size", "vae_tile_overlap", 8)):
+        for name, overlap_name, multiple in (
+            ("tile_size", "tile_overlap", 16),
+            ("vae_tile_size", "vae_tile_overlap", 8),
+        ):
             tile, overlap = getattr(self, name), getattr(self, overlap_name)
             if tile in (None, 0):
                 setattr(self, name, None)
                 continue
             if not is_int(tile, 2 * multiple) or tile % multiple:
-                problems.append(f"restore.{name} must be a multiple of {multiple} >= {2 * multiple} (or null: no "
-                                f"tiling), got {tile!r}")
+                problems.append(
+                    f"restore.{name} must be a multiple of {multiple} >= {2 * multiple} (or null: no "
+                    f"tiling), got {tile!r}"
+                )
             elif not is_int(overlap, 0) or overlap % multiple or overlap > tile // 2:
-                problems.append(f"restore.{overlap_name} must be a multiple of {multiple} in [0, {name}/2 = "
-                                f"{tile // 2}], got {overlap!r}")
+                problems.append(
+                    f"restore.{overlap_name} must be a multiple of {multiple} in [0, {name}/2 = "
+                    f"{tile // 2}], got {overlap!r}"
+                )
         if _bad_number(self.start_t) or not 0 < self.start_t <= 1:
             problems.append(f"restore.start_t must be a number in (0, 1] (1: from pure noise), got {self.start_t!r}")
         if not problems:
@@ -252,8 +263,10 @@ def check_output_size(height: int, width: int, cfg: RestoreConfig, name: str) ->
     raise ValueError(
         f"{name}: {w}x{h} with {how} gives a {ow}x{oh} output ({work.megapixels:.1f} MP, {work.tiles} tiles x "
         f"{work.steps} steps), above restore.max_output_megapixels = {limit:g}. Lower restore.scale (at most "
-        f"{math.floor(fits * 10) / 10:g} fits), set restore.target_size (e.g. {math.floor(fits * max(w, h))}), or raise "
-        "restore.max_output_megapixels if this machine can take it (docs/restoration.md)")
+        f"{math.floor(fits * 10) / 10:g} fits), set restore.target_size (e.g. {math.floor(fits * max(w, h))}), "
+        "or raise "
+        "restore.max_output_megapixels if this machine can take it (docs/restoration.md)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -288,16 +301,17 @@ def span_weights(spans: list[tuple[int, int]], factor: int = 1) -> list[np.ndarr
             w[:r] *= np.sin(0.5 * np.pi * (np.arange(r) + 0.5) / r) ** 2
         if k + 1 < len(spans) and spans[k + 1][0] < end:
             r = (end - spans[k + 1][0]) * factor
-            w[len(w) - r:] *= np.sin(0.5 * np.pi * (np.arange(r)[::-1] + 0.5) / r) ** 2
+            w[len(w) - r :] *= np.sin(0.5 * np.pi * (np.arange(r)[::-1] + 0.5) / r) ** 2
         raw.append(w)
     total = np.zeros(spans[-1][1] * factor)
     for (start, _), w in zip(spans, raw):
-        total[start * factor: start * factor + len(w)] += w
-    return [w / total[start * factor: start * factor + len(w)] for (start, _), w in zip(spans, raw)]
+        total[start * factor : start * factor + len(w)] += w
+    return [w / total[start * factor : start * factor + len(w)] for (start, _), w in zip(spans, raw)]
 
 
-def tile_weights(height: int, width: int, tile: int | None, overlap: int, factor: int = 1
-                 ) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
+def tile_weights(
+    height: int, width: int, tile: int | None, overlap: int, factor: int = 1
+) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
     """Tiles of a (height, width) grid, row by row: ((y0, y1, x0, x1), weight (factor*(y1-y0), factor*(x1-x0))).
 
     The weights are products of per-axis partitions of unity, so they sum to 1 over all tiles everywhere.
@@ -319,7 +333,9 @@ def vae_factor(vae: Any) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def encode_tiled(vae: Any, image: np.ndarray, tile: int | None, overlap: int, device: str, dtype: torch.dtype) -> Tensor:
+def encode_tiled(
+    vae: Any, image: np.ndarray, tile: int | None, overlap: int, device: str, dtype: torch.dtype
+) -> Tensor:
     """(H, W, 3) uint8 -> normalised latent (1, C, H/f, W/f) float32: z = (E(x) - shift) * scale, E = posterior mean.
 
     ``tile``/``overlap`` are in pixels (multiples of f); tiles are encoded one at a time and blended.
@@ -328,7 +344,7 @@ def encode_tiled(vae: Any, image: np.ndarray, tile: int | None, overlap: int, de
     height, width = image.shape[0] // f, image.shape[1] // f
     latent = torch.zeros(1, vae.config.latent_channels, height, width, device=device)
     for (y0, y1, x0, x1), w in tile_weights(height, width, tile and tile // f, overlap // f):
-        x = torch.from_numpy(np.array(image[y0 * f:y1 * f, x0 * f:x1 * f])).to(device)
+        x = torch.from_numpy(np.array(image[y0 * f : y1 * f, x0 * f : x1 * f])).to(device)
         x = (x.permute(2, 0, 1)[None].float() / 127.5 - 1).to(dtype)  # (1, 3, th*f, tw*f) in [-1, 1]
         with autocast_off():  # the VAE's own dtype, also inside training's validation
             mean = vae.encode(x).latent_dist.mode()  # (1, C, th, tw)
@@ -350,7 +366,7 @@ def decode_tiled(vae: Any, latent: Tensor, tile: int | None, overlap: int, dtype
         with autocast_off():
             x = vae.decode(z[..., y0:y1, x0:x1].to(dtype)).sample  # (1, 3, th*f, tw*f) in ~[-1, 1]
         x = ((x[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()  # (th*f, tw*f, 3) in [0, 1]
-        canvas[y0 * f:y1 * f, x0 * f:x1 * f] += w[..., None] * x
+        canvas[y0 * f : y1 * f, x0 * f : x1 * f] += w[..., None] * x
     return (canvas * 255).round().clip(0, 255).astype(np.uint8)
 
 
@@ -375,8 +391,13 @@ def sigmas_for(steps: int, schedule: str, scheduler_config: dict[str, Any] | Non
     kwargs = {}
     if cfg.use_dynamic_shifting:
         seq_len = min(image_seq_len, cfg.get("max_image_seq_len", 4096))
-        kwargs["mu"] = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                                       cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        kwargs["mu"] = calculate_shift(
+            seq_len,
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.15),
+        )
     scheduler.set_timesteps(sigmas=base, device="cpu", **kwargs)
     return scheduler.sigmas.float().cpu()  # the scheduler appends the terminal 0
 
@@ -396,8 +417,16 @@ class Restorer:
     ``adapter=None`` the plain Flux velocity is used (what a freshly initialised adapter gives too).
     """
 
-    def __init__(self, transformer: Any, vae: Any, scheduler_config: dict[str, Any], prompt_embeds: Tensor,
-                 pooled_prompt_embeds: Tensor, adapter: Any, config: RestoreConfig) -> None:
+    def __init__(
+        self,
+        transformer: Any,
+        vae: Any,
+        scheduler_config: dict[str, Any],
+        prompt_embeds: Tensor,
+        pooled_prompt_embeds: Tensor,
+        adapter: Any,
+        config: RestoreConfig,
+    ) -> None:
         config.validate()
         self.config = config
         self.device = resolve_device(config.device)
@@ -439,17 +468,32 @@ class Restorer:
         # hook, to encode the empty prompt; PromptEncoder then drops them.
         hooks = []
         if device != "cpu":
-            hooks = [cpu_offload_with_hook(encoder, device)[1] for encoder in (pipe.text_encoder, pipe.text_encoder_2)
-                     if encoder is not None and encoder.device.type == "cpu"]
+            hooks = [
+                cpu_offload_with_hook(encoder, device)[1]
+                for encoder in (pipe.text_encoder, pipe.text_encoder_2)
+                if encoder is not None and encoder.device.type == "cpu"
+            ]
         embeds = PromptEncoder(pipe, [""], seq_len, device).cache[""]
         for hook in hooks:
             hook.offload()
-        return cls(pipe.transformer, pipe.vae, pipe.scheduler.config, embeds["prompt_embeds"],
-                   embeds["pooled_prompt_embeds"], adapter, config)
+        return cls(
+            pipe.transformer,
+            pipe.vae,
+            pipe.scheduler.config,
+            embeds["prompt_embeds"],
+            embeds["pooled_prompt_embeds"],
+            adapter,
+            config,
+        )
 
     @classmethod
-    def from_source(cls, model: str, adapter: Any = None, config: RestoreConfig | None = None,
-                    prompt_cache: str | os.PathLike | None = None) -> Restorer:
+    def from_source(
+        cls,
+        model: str,
+        adapter: Any = None,
+        config: RestoreConfig | None = None,
+        prompt_cache: str | os.PathLike | None = None,
+    ) -> Restorer:
         """Load the Flux pipeline ``model`` (hub id or local folder) and build a restorer.
 
         With the empty prompt's embeddings in ``prompt_cache`` (the catalog's ``prompt_embeddings``) only the
@@ -463,20 +507,34 @@ class Restorer:
         embeds = cached_empty_prompt(prompt_cache, model, seq_len, config.dtype)
         if embeds is not None:
             pipe = load_pipeline(model, dtype=config.dtype, device=device, text_encoders=False)
-            return cls(pipe.transformer, pipe.vae, pipe.scheduler.config, embeds["prompt_embeds"],
-                       embeds["pooled_prompt_embeds"], adapter, config)
+            return cls(
+                pipe.transformer,
+                pipe.vae,
+                pipe.scheduler.config,
+                embeds["prompt_embeds"],
+                embeds["pooled_prompt_embeds"],
+                adapter,
+                config,
+            )
         pipe = load_pipeline(model, dtype=config.dtype, device=device)
         pipe.set_progress_bar_config(disable=True)
         restorer = cls.from_pipeline(pipe, adapter, config)
-        save_empty_prompt(prompt_cache, model, seq_len, config.dtype, pipe,
-                          {"prompt_embeds": restorer.prompt_embeds, "pooled_prompt_embeds": restorer.pooled_prompt_embeds})
+        save_empty_prompt(
+            prompt_cache,
+            model,
+            seq_len,
+            config.dtype,
+            pipe,
+            {"prompt_embeds": restorer.prompt_embeds, "pooled_prompt_embeds": restorer.pooled_prompt_embeds},
+        )
         return restorer
 
     # -- one image ---------------------------------------------------------------------------------
 
     @torch.no_grad()  # not inference_mode: model offload moves quantised (tensor-subclass) weights, which fails there
-    def restore(self, lq: np.ndarray, progress: bool = False,
-                on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def restore(
+        self, lq: np.ndarray, progress: bool = False, on_step: Callable[[int, int], None] | None = None
+    ) -> np.ndarray:
         """(h, w, 3) uint8 LQ -> (H, W, 3) uint8 restored, (H, W) = ``output_size(h, w, config)``.
 
         ``on_step(done, total)`` is called after every Euler step (the web app's progress bar).
@@ -488,8 +546,9 @@ class Restorer:
         ph, pw = round_up(height), round_up(width)
         padded = np.pad(reference, ((0, ph - height), (0, pw - width), (0, 0)), mode="edge")  # (ph, pw, 3)
 
-        z_lq = pack_grid(encode_tiled(self.vae, padded, cfg.vae_tile_size, cfg.vae_tile_overlap, self.device,
-                                 self.vae_dtype))  # (1, ph/16, pw/16, 64)
+        z_lq = pack_grid(
+            encode_tiled(self.vae, padded, cfg.vae_tile_size, cfg.vae_tile_overlap, self.device, self.vae_dtype)
+        )  # (1, ph/16, pw/16, 64)
         gen = torch.Generator("cpu").manual_seed(cfg.seed)
         f = vae_factor(self.vae)
         noise = torch.randn(1, self.vae.config.latent_channels, ph // f, pw // f, generator=gen)  # z_1 (1, 16, h, w)
@@ -497,8 +556,10 @@ class Restorer:
         grid_h, grid_w = z.shape[1], z.shape[2]
 
         token_tile = cfg.tile_size and cfg.tile_size // MULTIPLE
-        tiles = [(box, torch.from_numpy(w).to(self.device)[..., None])  # weight (th, tw, 1)
-                 for box, w in tile_weights(grid_h, grid_w, token_tile, cfg.tile_overlap // MULTIPLE)]
+        tiles = [
+            (box, torch.from_numpy(w).to(self.device)[..., None])  # weight (th, tw, 1)
+            for box, w in tile_weights(grid_h, grid_w, token_tile, cfg.tile_overlap // MULTIPLE)
+        ]
         sigmas = sigmas_for(cfg.steps, cfg.schedule, self.scheduler_config, grid_h * grid_w).tolist()
         if cfg.start_t < 1:  # z_t = (1 - t) z_lq + t z_1 (Eq. 7 with the LQ latent as z_0), then the later steps
             sigmas = [cfg.start_t] + [s for s in sigmas if s < cfg.start_t]
@@ -517,31 +578,43 @@ class Restorer:
         out = out[:height, :width]  # (H, W, 3)
         return color_fix(out, reference, cfg.color_fix)
 
-    def _blended_velocity(self, z: Tensor, z_lq: Tensor, t: float,
-                          tiles: list[tuple[tuple[int, int, int, int], Tensor]]) -> Tensor:
+    def _blended_velocity(
+        self, z: Tensor, z_lq: Tensor, t: float, tiles: list[tuple[tuple[int, int, int, int], Tensor]]
+    ) -> Tensor:
         """Sum over tiles of weight * v_p(tile): each tile's velocity from the model on that tile alone."""
         v = torch.zeros_like(z)
         (y0, y1, x0, x1), _ = tiles[0]
         th, tw = y1 - y0, x1 - x0  # every tile of an image has the same shape (tile_spans)
         img_ids = image_ids(th, tw, self.device, self.dtype)  # (th*tw, 3)
         for lo in range(0, len(tiles), self.config.batch_size):
-            batch = tiles[lo: lo + self.config.batch_size]
+            batch = tiles[lo : lo + self.config.batch_size]
             b = len(batch)
             z_t = torch.cat([z[:, y0:y1, x0:x1] for (y0, y1, x0, x1), _ in batch]).reshape(b, th * tw, -1)
             z_c = torch.cat([z_lq[:, y0:y1, x0:x1] for (y0, y1, x0, x1), _ in batch]).reshape(b, th * tw, -1)
-            guidance = (torch.full((b,), self.guidance, device=self.device, dtype=self.dtype)
-                        if self.transformer.config.guidance_embeds else None)
-            v_tiles = controlled_flux_forward(
-                self.transformer, self.adapter,
-                hidden_states=z_t.to(self.dtype),  # (b, th*tw, 64)
-                lq_latents=z_c.to(self.dtype),  # (b, th*tw, 64)
-                encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1),  # (b, S, joint)
-                pooled_projections=self.pooled_prompt_embeds.expand(b, -1),  # (b, pooled)
-                timestep=torch.full((b,), t, device=self.device, dtype=self.dtype),  # (b,) in [0, 1]
-                img_ids=img_ids, txt_ids=self.txt_ids, guidance=guidance, control_scale=self.config.control_scale,
-            ).float().reshape(b, th, tw, -1)  # (b, th, tw, 64)
+            guidance = (
+                torch.full((b,), self.guidance, device=self.device, dtype=self.dtype)
+                if self.transformer.config.guidance_embeds
+                else None
+            )
+            v_tiles = (
+                controlled_flux_forward(
+                    self.transformer,
+                    self.adapter,
+                    hidden_states=z_t.to(self.dtype),  # (b, th*tw, 64)
+                    lq_latents=z_c.to(self.dtype),  # (b, th*tw, 64)
+                    encoder_hidden_states=self.prompt_embeds.expand(b, -1, -1),  # (b, S, joint)
+                    pooled_projections=self.pooled_prompt_embeds.expand(b, -1),  # (b, pooled)
+                    timestep=torch.full((b,), t, device=self.device, dtype=self.dtype),  # (b,) in [0, 1]
+                    img_ids=img_ids,
+                    txt_ids=self.txt_ids,
+                    guidance=guidance,
+                    control_scale=self.config.control_scale,
+                )
+                .float()
+                .reshape(b, th, tw, -1)
+            )  # (b, th, tw, 64)
             for i, ((y0, y1, x0, x1), w) in enumerate(batch):
-                v[:, y0:y1, x0:x1] += w * v_tiles[i: i + 1]
+                v[:, y0:y1, x0:x1] += w * v_tiles[i : i + 1]
         return v
 
 
@@ -561,8 +634,14 @@ def _to(module: Any, device: str | torch.device, dtype: torch.dtype | None = Non
 
 def check_image(image: np.ndarray) -> np.ndarray:
     """Return ``image`` if it is (h, w, 3) uint8 with h, w >= 1, else raise ValueError saying what it is."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 \
-            or image.shape[0] < 1 or image.shape[1] < 1:
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or image.ndim != 3
+        or image.shape[2] != 3
+        or image.shape[0] < 1
+        or image.shape[1] < 1
+    ):
         desc = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
         raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {desc}; use read_photo() for files")
     return image

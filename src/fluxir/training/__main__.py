@@ -38,16 +38,24 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = cli_parser("python -m fluxir.training", main.__doc__, "train.max_steps=50")
     parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")
-    parser.add_argument("--output", default=None, help="adapter folder (default: a new version of catalog fluxir_adapter)")
-    parser.add_argument("--history", default=None, help="write the per-step history (the train pipeline's train_history) here")
+    parser.add_argument(
+        "--output", default=None, help="adapter folder (default: a new version of catalog fluxir_adapter)"
+    )
+    parser.add_argument(
+        "--history", default=None, help="write the per-step history (the train pipeline's train_history) here"
+    )
     parser.add_argument("--report", default=None, help="write per-step weight digests to <report>.rank<r>.json")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    parser.add_argument("--prompt-cache", default=None,
-                        help="folder of cached prompt embeddings (default: the catalog's prompt_embeddings path)")
+    parser.add_argument(
+        "--prompt-cache",
+        default=None,
+        help="folder of cached prompt embeddings (default: the catalog's prompt_embeddings path)",
+    )
     args = parser.parse_args(argv)
     manifest_path, output, history_path, report_path, prompt_cache = (
-        Path(p).resolve() if p else None for p in (args.manifest, args.output, args.history, args.report,
-                                                   args.prompt_cache))
+        Path(p).resolve() if p else None
+        for p in (args.manifest, args.output, args.history, args.report, args.prompt_cache)
+    )
 
     os.chdir(args.project)  # relative paths of conf/ and the catalog are the project's
     params = load_params(args.env, args.params, ".")
@@ -80,21 +88,27 @@ def main(argv: list[str] | None = None) -> None:
         else:
             mlflow.set_experiment(experiment.get("name") or "fluxir")
             mlflow.start_run(run_name="train-cli", tags={"fluxir.entry": "python -m fluxir.training"})
-        tag_experiment(mlflow.active_run().info.experiment_id,
-                       (experiment.get("create_experiment_kwargs") or {}).get("tags") or {})
+        tag_experiment(
+            mlflow.active_run().info.experiment_id, (experiment.get("create_experiment_kwargs") or {}).get("tags") or {}
+        )
         mlflow.set_tag("fluxir.num_processes", str(state.num_processes))
     status = "FAILED"
     try:
-        result = train(cfg, manifest, progress=state.is_local_main_process,
-                       step_callback=record if report_path else None,
-                       prompt_cache=prompt_cache or catalog.load("prompt_embeddings"))
+        result = train(
+            cfg,
+            manifest,
+            progress=state.is_local_main_process,
+            step_callback=record if report_path else None,
+            prompt_cache=prompt_cache or catalog.load("prompt_embeddings"),
+        )
         status = "RUNNING" if parent_run else "FINISHED"
     finally:
         if mlflow is not None:
             mlflow.end_run(status=status)
     if report_path:
         Path(f"{report_path}.rank{state.process_index}.json").write_text(
-            json.dumps({"resumed_from": result.resumed_from, "steps": report}))
+            json.dumps({"resumed_from": result.resumed_from, "steps": report})
+        )
     if state.is_main_process:
         if output:
             save_adapter(result.adapter, output)
@@ -103,9 +117,18 @@ def main(argv: list[str] | None = None) -> None:
         if history_path:
             result.history.to_parquet(history_path)
         last = result.history.iloc[-1].to_dict() if len(result.history) else {}
-        print(json.dumps({"adapter": str(output or "catalog:fluxir_adapter"), "run_dir": str(result.run_dir),
-                          "resumed_from": result.resumed_from, "final_step": int(last.get("step", result.resumed_from)),
-                          "final_loss": last.get("loss"), "processes": state.num_processes}))
+        print(
+            json.dumps(
+                {
+                    "adapter": str(output or "catalog:fluxir_adapter"),
+                    "run_dir": str(result.run_dir),
+                    "resumed_from": result.resumed_from,
+                    "final_step": int(last.get("step", result.resumed_from)),
+                    "final_loss": last.get("loss"),
+                    "processes": state.num_processes,
+                }
+            )
+        )
     state.wait_for_everyone()
 
 

@@ -36,13 +36,21 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for p in run_dir.iterdir():
-        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit():
-            found.append((int(p.name[len(CHECKPOINT_PREFIX):]), p))
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX) :].isdigit():
+            found.append((int(p.name[len(CHECKPOINT_PREFIX) :]), p))
     return sorted(found)
 
 
-def save_checkpoint(run_dir: Path, step: int, adapter: FluxIRAdapter, optimizer: Any, scheduler: Any,
-                    history: list[dict[str, Any]], extra: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    adapter: FluxIRAdapter,
+    optimizer: Any,
+    scheduler: Any,
+    history: list[dict[str, Any]],
+    extra: dict[str, Any],
+    keep: int,
+) -> Path:
     """Write adapter + optimizer + scheduler + RNG + step + history atomically; keep the newest ``keep``."""
     final = checkpoint_path(run_dir, step)
     # The same step written again: the complete old one stays until the new one is in place.
@@ -82,7 +90,9 @@ def newest_complete_checkpoint(run_dir: Path, move_damaged: bool) -> tuple[int, 
     if damaged:
         raise RuntimeError(
             f"no complete checkpoint in {run_dir}: {', '.join(p.name for p in damaged)} do not match their manifest "
-            f"(see the warnings above). Start over with --params=train.resume=false (deletes them) or move {run_dir} away")
+            "(see the warnings above). Start over with --params=train.resume=false (deletes them) "
+            f"or move {run_dir} away"
+        )
     return None
 
 

@@ -16,12 +16,35 @@ PIXEL_LOSS_FORMS = ("paper", "x0")
 # max_steps to train longer) resumes the same run instead of starting a new one. batch_size is one:
 # the global batch and every sample's randomness are the same however it is split (see ``batch_plan``).
 _NON_SEMANTIC = (
-    "max_steps", "checkpoint_every", "keep_checkpoints", "resume", "log_every", "validate_every",
-    "validation_steps", "cache_latents", "latent_cache_dir", "checkpoint_dir", "device", "progress",
-    "decoder_gradient_checkpointing", "gradient_checkpointing", "batch_size", "compile",
+    "max_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "resume",
+    "log_every",
+    "validate_every",
+    "validation_steps",
+    "cache_latents",
+    "latent_cache_dir",
+    "checkpoint_dir",
+    "device",
+    "progress",
+    "decoder_gradient_checkpointing",
+    "gradient_checkpointing",
+    "batch_size",
+    "compile",
 )
-_FLOAT_FIELDS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-                 "timestep_eps", "logit_normal_mean", "logit_normal_std", "pixel_loss_weight")
+_FLOAT_FIELDS = (
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "timestep_eps",
+    "logit_normal_mean",
+    "logit_normal_std",
+    "pixel_loss_weight",
+)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -29,20 +52,45 @@ _FLOAT_FIELDS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "a
 
 
 TRAIN_RULES = (
-    *(Rule(name, "int_at_least", 1) for name in (
-        "max_steps", "global_batch", "batch_size", "max_sequence_length", "lq_scale",
-        "validation_steps", "validate_every", "log_every", "checkpoint_every", "keep_checkpoints")),
+    *(
+        Rule(name, "int_at_least", 1)
+        for name in (
+            "max_steps",
+            "global_batch",
+            "batch_size",
+            "max_sequence_length",
+            "lq_scale",
+            "validation_steps",
+            "validate_every",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        )
+    ),
     *(Rule(name, "int_at_least", 0) for name in ("lr_warmup_steps", "num_validation_pairs", "seed")),
-    Rule("timestep_sampler", "choice", TIMESTEP_SAMPLERS,
-         must="'clamped_uniform' (paper Eq. 5-6) or 'logit_normal' (SD3, the Table 3 ablation)"),
+    Rule(
+        "timestep_sampler",
+        "choice",
+        TIMESTEP_SAMPLERS,
+        must="'clamped_uniform' (paper Eq. 5-6) or 'logit_normal' (SD3, the Table 3 ablation)",
+    ),
     Rule("timestep_eps", "number_in", (0, 1), must="in [0, 1) (paper: 0.05)"),
     Rule("logit_normal_std", "positive_number", must="> 0 (SD3: 1.0)"),
     Rule("learning_rate", "positive_number", must="> 0 (paper: 1e-5)"),
     Rule("pixel_loss_weight", "number_at_least", 0, must=">= 0 (alpha of Eq. 10, paper: 1)"),
-    Rule("pixel_loss_form", "choice", PIXEL_LOSS_FORMS,
-         must="'paper' (Eq. 9 as written: V_d(z_0 + t v_p) vs V_d(z_t)) or 'x0' (V_d(z_t - t v_p) vs V_d(z_0))"),
-    Rule("pixel_loss_crop", "multiple_of", 8, nullable=True,
-         must="null or a positive multiple of 8 (pixels; the VAE downsamples by 8)"),
+    Rule(
+        "pixel_loss_form",
+        "choice",
+        PIXEL_LOSS_FORMS,
+        must="'paper' (Eq. 9 as written: V_d(z_0 + t v_p) vs V_d(z_t)) or 'x0' (V_d(z_t - t v_p) vs V_d(z_0))",
+    ),
+    Rule(
+        "pixel_loss_crop",
+        "multiple_of",
+        8,
+        nullable=True,
+        must="null or a positive multiple of 8 (pixels; the VAE downsamples by 8)",
+    ),
     Rule("max_grad_norm", "positive_number", nullable=True, must="null or > 0"),
     Rule("mixed_precision", "choice", ("no", "bf16"), must="'no' or 'bf16' (paper: bf16)"),
     Rule("dtype", "choice", ("float32", "bfloat16", "float16"), must="float32, bfloat16 or float16"),
@@ -96,9 +144,11 @@ class TrainConfig:
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
         """Build and validate from a ``train`` parameters dict; unknown keys and bad values raise ValueError."""
         if "gradient_accumulation_steps" in params or "guidance" in params:
-            raise ValueError("train.gradient_accumulation_steps and train.guidance are no longer parameters: set "
-                             "train.global_batch (accumulation = global_batch / (batch_size x processes)) and "
-                             "train.adapter.guidance (saved with the adapter; restoration uses it); docs/training.md")
+            raise ValueError(
+                "train.gradient_accumulation_steps and train.guidance are no longer parameters: set "
+                "train.global_batch (accumulation = global_batch / (batch_size x processes)) and "
+                "train.adapter.guidance (saved with the adapter; restoration uses it); docs/training.md"
+            )
         params = stage_params(params)
         reject_unknown_keys(params, cls, "train parameter(s)")
         if params.get("mixed_precision") is False:  # YAML 1.1 reads an unquoted `no` as false
@@ -116,8 +166,10 @@ class TrainConfig:
     def validate(self) -> None:
         check_fields(self, TRAIN_RULES, "train.")
         if self.global_batch % self.batch_size:
-            raise ValueError(f"train.global_batch={self.global_batch} is not a multiple of train.batch_size="
-                             f"{self.batch_size}: choose a batch_size that divides it")
+            raise ValueError(
+                f"train.global_batch={self.global_batch} is not a multiple of train.batch_size="
+                f"{self.batch_size}: choose a batch_size that divides it"
+            )
 
     def run_key(self, data_key: str) -> str:
         """Hash of everything that changes what is learned: the checkpoint sub-folder of this run."""
@@ -135,8 +187,13 @@ def accumulation_steps(global_batch: int, batch_size: int, num_processes: int) -
     if global_batch % per_micro_step == 0:
         return global_batch // per_micro_step
     fitting = [b for b in range(1, global_batch + 1) if global_batch % (b * num_processes) == 0]
-    fix = (f"use train.batch_size in {fitting}" if fitting else
-           f"use a number of processes that divides {global_batch}, or change train.global_batch")
-    raise ValueError(f"train.global_batch={global_batch} cannot be split into train.batch_size={batch_size} x "
-                     f"{num_processes} process(es) x whole accumulation steps ({global_batch} is not a multiple of "
-                     f"{per_micro_step}): {fix}")
+    fix = (
+        f"use train.batch_size in {fitting}"
+        if fitting
+        else f"use a number of processes that divides {global_batch}, or change train.global_batch"
+    )
+    raise ValueError(
+        f"train.global_batch={global_batch} cannot be split into train.batch_size={batch_size} x "
+        f"{num_processes} process(es) x whole accumulation steps ({global_batch} is not a multiple of "
+        f"{per_micro_step}): {fix}"
+    )

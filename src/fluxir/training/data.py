@@ -36,13 +36,14 @@ MANIFEST_COLUMNS = ("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256")
 SIZE_COLUMNS = ("width", "height", "lq_width", "lq_height")  # written by the degradation (fluxgen.pairs)
 
 
-
 def _header_sizes(row: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     """((width, height) of HQ, of LQ) from the file headers, for manifests written without the size columns."""
     for kind in ("hq", "lq"):
         if not Path(getattr(row, f"{kind}_path")).is_file():
-            raise FileNotFoundError(f"pair {row.image_id}: {kind.upper()} image {getattr(row, f'{kind}_path')} "
-                                    "does not exist (rerun the fluxgen pipeline)")
+            raise FileNotFoundError(
+                f"pair {row.image_id}: {kind.upper()} image {getattr(row, f'{kind}_path')} "
+                "does not exist (rerun the fluxgen pipeline)"
+            )
     return image_size(row.hq_path), image_size(row.lq_path)
 
 
@@ -61,8 +62,10 @@ class PairTable:
         """
         missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
         if missing:
-            raise ValueError(f"pairs manifest lacks column(s) {missing}; it needs {list(MANIFEST_COLUMNS)} "
-                             f"(the output of the fluxgen pipeline's degrade_pairs node)")
+            raise ValueError(
+                f"pairs manifest lacks column(s) {missing}; it needs {list(MANIFEST_COLUMNS)} "
+                f"(the output of the fluxgen pipeline's degrade_pairs node)"
+            )
         if manifest.empty:
             raise ValueError("pairs manifest is empty: run the fluxgen pipeline first (kedro run --pipeline=fluxgen)")
         rows = manifest.sort_values("image_id").reset_index(drop=True).copy()
@@ -74,11 +77,15 @@ class PairTable:
             else:
                 (w, h), (lw, lh) = _header_sizes(row)
             if w % 16 or h % 16:
-                raise ValueError(f"pair {row.image_id}: HQ {row.hq_path} is (width, height)={(w, h)}; both sides must "
-                                 "be multiples of 16 (VAE /8 and 2x2 packing)")
+                raise ValueError(
+                    f"pair {row.image_id}: HQ {row.hq_path} is (width, height)={(w, h)}; both sides must "
+                    "be multiples of 16 (VAE /8 and 2x2 packing)"
+                )
             if (lw * lq_scale, lh * lq_scale) != (w, h):
-                raise ValueError(f"pair {row.image_id}: LQ {row.lq_path} is {(lw, lh)} but must be exactly 1/{lq_scale} "
-                                 f"of the HQ size {(w, h)}, i.e. {(w // lq_scale, h // lq_scale)}")
+                raise ValueError(
+                    f"pair {row.image_id}: LQ {row.lq_path} is {(lw, lh)} but must be exactly 1/{lq_scale} "
+                    f"of the HQ size {(w, h)}, i.e. {(w // lq_scale, h // lq_scale)}"
+                )
             sizes.append((w, h))
         rows["width"] = [s[0] for s in sizes]
         rows["height"] = [s[1] for s in sizes]
@@ -91,8 +98,9 @@ class PairTable:
         """(train indices, validation indices): the last ``num_validation`` pairs are held out."""
         n = len(self.rows)
         if num_validation >= n:
-            raise ValueError(f"train.num_validation_pairs={num_validation} leaves no training pair out of {n}; "
-                             f"use at most {n - 1}")
+            raise ValueError(
+                f"train.num_validation_pairs={num_validation} leaves no training pair out of {n}; use at most {n - 1}"
+            )
         return list(range(n - num_validation)), list(range(n - num_validation, n))
 
     def buckets(self, indices: list[int]) -> dict[tuple[int, int], list[int]]:
@@ -107,7 +115,9 @@ class PairTable:
         return hash_json(self.rows[["image_id", "hq_sha256", "lq_sha256"]].astype(str).values.tolist())
 
 
-def epoch_batches(buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(
+    buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int, epoch: int
+) -> list[list[int]]:
     """The global batches of one epoch, each from one aspect bucket, in an order drawn from (seed, epoch).
 
     A bucket whose size is not a multiple of the batch wraps around to the start of its permutation.
@@ -177,7 +187,9 @@ class LatentCache:
         self.vae_id = vae_id
 
     def key(self, row: Any, lq_scale: int) -> str:
-        payload = f"{row.hq_sha256}|{row.lq_sha256}|{row.width}x{row.height}|x{lq_scale}|lq_condition-uint8|{self.vae_id}"
+        payload = (
+            f"{row.hq_sha256}|{row.lq_sha256}|{row.width}x{row.height}|x{lq_scale}|lq_condition-uint8|{self.vae_id}"
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def path(self, key: str) -> Path:
@@ -217,9 +229,11 @@ def pair_gaussians(vae: Any, cache: LatentCache, pairs: PairTable, index: int) -
     for kind in ("hq", "lq"):  # the cache key trusts the manifest's sha256: check it when we read the file
         actual = sha256_file(row[f"{kind}_path"])
         if actual != row[f"{kind}_sha256"]:
-            raise ValueError(f"pair {row.image_id}: {row[f'{kind}_path']} has sha256 {actual[:12]}... but the manifest "
-                             f"says {str(row[f'{kind}_sha256'])[:12]}...: the file changed after the manifest was "
-                             "written; rerun the fluxgen pipeline to rebuild pairs_manifest")
+            raise ValueError(
+                f"pair {row.image_id}: {row[f'{kind}_path']} has sha256 {actual[:12]}... but the manifest "
+                f"says {str(row[f'{kind}_sha256'])[:12]}...: the file changed after the manifest was "
+                "written; rerun the fluxgen pipeline to rebuild pairs_manifest"
+            )
     hq, lq_up = load_pair_pixels(row, pairs.lq_scale)
     with torch.no_grad():
         params = encode_gaussian(vae, torch.stack([hq, lq_up]))  # (2, 2C, h, w)
@@ -227,8 +241,14 @@ def pair_gaussians(vae: Any, cache: LatentCache, pairs: PairTable, index: int) -
     return params[0], params[1]
 
 
-def encode_missing_latents(vae: Any, cache: LatentCache, pairs: PairTable, process_index: int = 0,
-                           num_processes: int = 1, progress: bool = True) -> dict[str, int]:
+def encode_missing_latents(
+    vae: Any,
+    cache: LatentCache,
+    pairs: PairTable,
+    process_index: int = 0,
+    num_processes: int = 1,
+    progress: bool = True,
+) -> dict[str, int]:
     """Encode into ``cache`` the pairs of process ``process_index`` of ``num_processes`` (pairs ``i`` with
     ``i % num_processes == process_index``, by image_id order) that are not cached yet.
 

@@ -29,8 +29,14 @@ from fluxir.training.data import LatentCache, PairTable, encode_missing_latents,
 logger = logging.getLogger(__name__)
 
 
-def precompute_latents(params: dict[str, Any] | TrainConfig, manifest: pd.DataFrame, process_index: int = 0,
-                       num_processes: int = 1, process_device: Any = None, progress: bool = True) -> dict[str, Any]:
+def precompute_latents(
+    params: dict[str, Any] | TrainConfig,
+    manifest: pd.DataFrame,
+    process_index: int = 0,
+    num_processes: int = 1,
+    process_device: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Encode this process's pairs of ``manifest`` that are not in ``train.latent_cache_dir`` yet.
 
     Returns what it did: pairs of this process, encoded now, found cached, the cache folder and VAE identity.
@@ -43,8 +49,15 @@ def precompute_latents(params: dict[str, Any] | TrainConfig, manifest: pd.DataFr
     vae = load_vae(cfg.model, cfg.dtype, resolve_device(cfg.device, process_device)).requires_grad_(False).eval()
     cache = LatentCache(cfg.latent_cache_dir, vae_identity(vae))
     counts = encode_missing_latents(vae, cache, pairs, process_index, num_processes, progress)
-    logger.info("latents[%d/%d]: %d pairs, %d encoded now, %d already cached in %s", process_index, num_processes,
-                counts["pairs"], counts["encoded"], counts["cached"], cache.root)
+    logger.info(
+        "latents[%d/%d]: %d pairs, %d encoded now, %d already cached in %s",
+        process_index,
+        num_processes,
+        counts["pairs"],
+        counts["encoded"],
+        counts["cached"],
+        cache.root,
+    )
     return {**counts, "cache_dir": str(cache.root), "vae_identity": cache.vae_id}
 
 
@@ -61,10 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.env, args.params, args.project)["train"]
     cfg = TrainConfig.from_params(params)
     state = PartialState(cpu=accelerate_cpu(cfg.device))
-    manifest = pd.read_parquet(args.manifest) if args.manifest else load_catalog(args.env, args.project).load(
-        "pairs_manifest")
-    done = precompute_latents(cfg, manifest, state.process_index, state.num_processes, state.device,
-                              progress=state.is_local_main_process)
+    manifest = (
+        pd.read_parquet(args.manifest) if args.manifest else load_catalog(args.env, args.project).load("pairs_manifest")
+    )
+    done = precompute_latents(
+        cfg, manifest, state.process_index, state.num_processes, state.device, progress=state.is_local_main_process
+    )
     state.wait_for_everyone()
     print(json.dumps({**done, "process_index": state.process_index, "processes": state.num_processes}))
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
-import mlflow
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs
@@ -43,6 +43,7 @@ from fluxir.training.models import ControlledFlux, Models, build_adapter, load_m
 from fluxir.training.validation import validation_grid
 
 logger = logging.getLogger(__name__)
+
 
 def peak_memory_mb(device: torch.device | str) -> float:
     """Peak memory of this process: CUDA max allocated on GPU, peak RSS on CPU (MiB)."""
@@ -115,8 +116,10 @@ def configure_cuda_allocator() -> None:
     if "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
         return
     if torch.cuda.is_initialized():
-        logger.warning("CUDA is already initialised: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True cannot take "
-                       "effect now; set it in the environment before starting the process")
+        logger.warning(
+            "CUDA is already initialised: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True cannot take "
+            "effect now; set it in the environment before starting the process"
+        )
         return
     os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
@@ -129,9 +132,14 @@ def ddp_kwargs(accumulation: int) -> DistributedDataParallelKwargs:
 
 def make_optimizer(params: Any, cfg: TrainConfig, device: torch.device | str) -> torch.optim.AdamW:
     """AdamW of Sec. 4.1; on CUDA fused (one kernel per step for every tensor instead of a loop over them)."""
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-                             fused=torch.device(device).type == "cuda")
+    return torch.optim.AdamW(
+        params,
+        lr=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+        fused=torch.device(device).type == "cuda",
+    )
 
 
 def _lr_lambda(warmup: int) -> Callable[[int], float]:
@@ -153,8 +161,9 @@ def start_run(cfg: TrainConfig, manifest: pd.DataFrame, prompt_cache: str | Path
     configure_cuda_allocator()
     processes = PartialState(cpu=accelerate_cpu(cfg.device)).num_processes
     accumulation = accumulation_steps(cfg.global_batch, cfg.batch_size, processes)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=accelerate_cpu(cfg.device),
-                              kwargs_handlers=[ddp_kwargs(accumulation)])
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, cpu=accelerate_cpu(cfg.device), kwargs_handlers=[ddp_kwargs(accumulation)]
+    )
 
     # 1. Data: pairs, buckets, held-out validation pairs, the (seed, step) -> global batch order.
     pairs = PairTable.from_manifest(manifest, cfg.lq_scale)
@@ -182,31 +191,78 @@ def start_run(cfg: TrainConfig, manifest: pd.DataFrame, prompt_cache: str | Path
         state = load_checkpoint(newest[1], adapter, optimizer, scheduler)
         start, history = state["step"], state["history"][: state["step"]]
         logger.info("resuming from %s (step %d)", newest[1], start)
-    model, optimizer = accelerator.prepare(ControlledFlux(models.flux, adapter), optimizer)  # the scheduler is stepped by hand
-    return TrainingRun(cfg, accelerator, accumulation, pairs, train_idx, val_idx, order, models, cache, model,
-                       optimizer, scheduler, run_dir, run_key, start, history, MlflowLogger(accelerator.is_main_process))
+    model, optimizer = accelerator.prepare(
+        ControlledFlux(models.flux, adapter), optimizer
+    )  # the scheduler is stepped by hand
+    return TrainingRun(
+        cfg,
+        accelerator,
+        accumulation,
+        pairs,
+        train_idx,
+        val_idx,
+        order,
+        models,
+        cache,
+        model,
+        optimizer,
+        scheduler,
+        run_dir,
+        run_key,
+        start,
+        history,
+        MlflowLogger(accelerator.is_main_process),
+    )
 
 
 def log_run_params(run: TrainingRun) -> None:
     """The settings, the derived batch split and the data as MLflow parameters, and one log line."""
     cfg, world = run.cfg, run.accelerator.num_processes
     sizes = {f"{w}x{h}": len(v) for (w, h), v in sorted(run.order.buckets.items())}
-    run.log.params({**flatten_dict(dataclasses.asdict(cfg), "train."), **flatten_dict({
-        "num_processes": world, "gradient_accumulation_steps": run.accumulation,
-        "num_train_pairs": len(run.train_idx), "num_validation_pairs": len(run.val_idx), "buckets": json.dumps(sizes),
-        "adapter_parameters": count_parameters(run.adapter), "adapter_guidance": run.adapter.config.guidance,
-        "run_key": run.run_key, "resumed_from_step": run.start,
-    }, "train_run.")})
+    run.log.params(
+        {
+            **flatten_dict(dataclasses.asdict(cfg), "train."),
+            **flatten_dict(
+                {
+                    "num_processes": world,
+                    "gradient_accumulation_steps": run.accumulation,
+                    "num_train_pairs": len(run.train_idx),
+                    "num_validation_pairs": len(run.val_idx),
+                    "buckets": json.dumps(sizes),
+                    "adapter_parameters": count_parameters(run.adapter),
+                    "adapter_guidance": run.adapter.config.guidance,
+                    "run_key": run.run_key,
+                    "resumed_from_step": run.start,
+                },
+                "train_run.",
+            ),
+        }
+    )
     if run.accelerator.is_main_process:
-        logger.info("training %s: %d pairs in buckets %s, global batch %d = %d per process x %d process(es) x %d "
-                    "accumulation, steps %d -> %d, checkpoints in %s", cfg.model, len(run.train_idx), sizes,
-                    cfg.global_batch, cfg.batch_size, world, run.accumulation, run.start, cfg.max_steps, run.run_dir)
+        logger.info(
+            "training %s: %d pairs in buckets %s, global batch %d = %d per process x %d process(es) x %d "
+            "accumulation, steps %d -> %d, checkpoints in %s",
+            cfg.model,
+            len(run.train_idx),
+            sizes,
+            cfg.global_batch,
+            cfg.batch_size,
+            world,
+            run.accumulation,
+            run.start,
+            cfg.max_steps,
+            run.run_dir,
+        )
         short = {size: n for size, n in sizes.items() if n < cfg.global_batch}
         if short:  # a batch is drawn from one bucket: a smaller bucket repeats its pairs inside every batch
-            logger.warning("train.global_batch=%d exceeds the training pairs of bucket(s) %s (of %d training pairs): "
-                           "every optimizer step repeats pairs within its batch; generate more images "
-                           "(fluxgen.num_images) or lower train.global_batch", cfg.global_batch, short,
-                           len(run.train_idx))
+            logger.warning(
+                "train.global_batch=%d exceeds the training pairs of bucket(s) %s (of %d training pairs): "
+                "every optimizer step repeats pairs within its batch; generate more images "
+                "(fluxgen.num_images) or lower train.global_batch",
+                cfg.global_batch,
+                short,
+                len(run.train_idx),
+            )
 
 
 def optimizer_step(run: TrainingRun, step: int) -> dict[str, Any]:
@@ -226,9 +282,10 @@ def optimizer_step(run: TrainingRun, step: int) -> dict[str, Any]:
         gaussians = [pair_gaussians(models.vae, run.cache, run.pairs, batch_ids[j]) for j in mine]
         batch = make_micro_batch(cfg, models.vae, gaussians, [sample_seed(cfg.seed, step - 1, j) for j in mine])
         sync = k == run.accumulation - 1
-        with (contextlib.nullcontext() if sync else acc.no_sync(run.model)), acc.autocast():
-            loss, mse, pixel = flow_matching_loss(run.model, models.flux, models.vae, batch, models.prompt_embeds,
-                                                  models.pooled_embeds, cfg)
+        with contextlib.nullcontext() if sync else acc.no_sync(run.model), acc.autocast():
+            loss, mse, pixel = flow_matching_loss(
+                run.model, models.flux, models.vae, batch, models.prompt_embeds, models.pooled_embeds, cfg
+            )
             acc.backward(loss / run.accumulation)
         parts.append(torch.stack([loss.detach().float(), mse.float(), pixel.float()]))
         seen += [int(run.pairs.rows.image_id[batch_ids[j]]) for j in mine]
@@ -243,15 +300,25 @@ def optimizer_step(run: TrainingRun, step: int) -> dict[str, Any]:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return {"step": step, "loss": loss_v, "loss_mse": mse_v, "loss_pixel": pixel_v,
-            "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "epoch": epoch,
-            "t_mean": float(torch.cat(ts).mean()), "samples_per_s": cfg.global_batch / (time.perf_counter() - t0),
-            "image_ids": seen}
+    return {
+        "step": step,
+        "loss": loss_v,
+        "loss_mse": mse_v,
+        "loss_pixel": pixel_v,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "grad_norm": grad_norm,
+        "epoch": epoch,
+        "t_mean": float(torch.cat(ts).mean()),
+        "samples_per_s": cfg.global_batch / (time.perf_counter() - t0),
+        "image_ids": seen,
+    }
 
 
 def _non_finite(run: TrainingRun, step: int, values: str) -> FloatingPointError:
     good = list_checkpoints(run.run_dir)
-    where = f"the last good checkpoint is {good[-1][1]} (step {good[-1][0]})" if good else "no checkpoint was written yet"
+    where = (
+        f"the last good checkpoint is {good[-1][1]} (step {good[-1][0]})" if good else "no checkpoint was written yet"
+    )
     return FloatingPointError(
         f"non-finite training loss at step {step} ({values}); stopped before the optimizer step, {where}. Lower "
         f"train.learning_rate (now {run.cfg.learning_rate}) or set train.max_grad_norm, then rerun to resume from "
@@ -262,9 +329,16 @@ def _non_finite(run: TrainingRun, step: int, values: str) -> FloatingPointError:
 def training_record(run: TrainingRun, step: int) -> dict[str, Any]:
     """What the adapter carries about its training (saved with it; evaluation reports show it)."""
     cfg = run.cfg
-    return {"steps": step, "global_batch": cfg.global_batch, "learning_rate": cfg.learning_rate,
-            "timestep_sampler": cfg.timestep_sampler, "pixel_loss_weight": cfg.pixel_loss_weight,
-            "pixel_loss_form": cfg.pixel_loss_form, "run_key": run.run_key, "num_train_pairs": len(run.train_idx)}
+    return {
+        "steps": step,
+        "global_batch": cfg.global_batch,
+        "learning_rate": cfg.learning_rate,
+        "timestep_sampler": cfg.timestep_sampler,
+        "pixel_loss_weight": cfg.pixel_loss_weight,
+        "pixel_loss_form": cfg.pixel_loss_form,
+        "run_key": run.run_key,
+        "num_train_pairs": len(run.train_idx),
+    }
 
 
 def bookkeeping(run: TrainingRun, step: int, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -274,9 +348,15 @@ def bookkeeping(run: TrainingRun, step: int, window: list[dict[str, Any]]) -> li
     if main and (step % cfg.log_every == 0 or last):
         keys = ("loss", "loss_mse", "loss_pixel", "grad_norm", "samples_per_s", "t_mean")
         mean = {k: float(np.mean([r[k] for r in window])) for k in keys}
-        run.log.metrics({**{f"train/{k}": v for k, v in mean.items()}, "train/lr": window[-1]["lr"],
-                         "train/peak_memory_mb": peak_memory_mb(run.accelerator.device),
-                         "train/epoch": float(window[-1]["epoch"])}, step)
+        run.log.metrics(
+            {
+                **{f"train/{k}": v for k, v in mean.items()},
+                "train/lr": window[-1]["lr"],
+                "train/peak_memory_mb": peak_memory_mb(run.accelerator.device),
+                "train/epoch": float(window[-1]["epoch"]),
+            },
+            step,
+        )
         window = []
     if run.log.run is not None and run.val_idx and (step % cfg.validate_every == 0 or last):
         with run.accelerator.autocast():
@@ -284,10 +364,16 @@ def bookkeeping(run: TrainingRun, step: int, window: list[dict[str, Any]]) -> li
         run.log.image(grid, f"validation/step_{step:08d}.png")
     run.adapter.training_record = training_record(run, step)
     if main and (step % cfg.checkpoint_every == 0 or last):
-        extra = {"run_key": run.run_key, "seed": cfg.seed, "num_processes": run.accelerator.num_processes,
-                 "written_by_rank": run.accelerator.process_index, "max_steps": cfg.max_steps}
-        save_checkpoint(run.run_dir, step, run.adapter, run.optimizer, run.scheduler, run.history, extra,
-                        cfg.keep_checkpoints)
+        extra = {
+            "run_key": run.run_key,
+            "seed": cfg.seed,
+            "num_processes": run.accelerator.num_processes,
+            "written_by_rank": run.accelerator.process_index,
+            "max_steps": cfg.max_steps,
+        }
+        save_checkpoint(
+            run.run_dir, step, run.adapter, run.optimizer, run.scheduler, run.history, extra, cfg.keep_checkpoints
+        )
     return window
 
 
@@ -311,7 +397,9 @@ def train(
     run = start_run(cfg, manifest, prompt_cache)
     log_run_params(run)
     main = run.accelerator.is_main_process
-    bar = progress_bar(total=cfg.max_steps, initial=run.start, desc="train", unit="step", disable=not (progress and main))
+    bar = progress_bar(
+        total=cfg.max_steps, initial=run.start, desc="train", unit="step", disable=not (progress and main)
+    )
     window: list[dict[str, Any]] = []
     for step in range(run.start + 1, cfg.max_steps + 1):
         row = optimizer_step(run, step)
@@ -325,5 +413,6 @@ def train(
         window = bookkeeping(run, step, window)
     bar.close()
     run.accelerator.wait_for_everyone()
-    return TrainResult(adapter=run.adapter, history=pd.DataFrame(run.history), run_dir=run.run_dir,
-                       resumed_from=run.start)
+    return TrainResult(
+        adapter=run.adapter, history=pd.DataFrame(run.history), run_dir=run.run_dir, resumed_from=run.start
+    )

@@ -20,8 +20,14 @@ from fluxir.training.data import decode_latents, device_and_dtype, gaussian_samp
 # Timesteps (Eq. 5-6) and per-sample randomness
 
 
-def sample_timesteps(n: int, generator: torch.Generator, sampler: str = "clamped_uniform", eps: float = 0.05,
-                     mean: float = 0.0, std: float = 1.0) -> Tensor:
+def sample_timesteps(
+    n: int,
+    generator: torch.Generator,
+    sampler: str = "clamped_uniform",
+    eps: float = 0.05,
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> Tensor:
     """n timesteps t in [0, 1], shape (n,).
 
     ``clamped_uniform`` (Eq. 5-6): u ~ U(-eps, 1 + eps), t = clamp(u, 0, 1), so t = 0 and t = 1 each
@@ -57,8 +63,9 @@ class MicroBatch:
     w: int  # latent width (W / 8)
 
 
-def make_micro_batch(cfg: TrainConfig, vae: nn.Module, gaussians: list[tuple[Tensor, Tensor]],
-                     seeds: list[int]) -> MicroBatch:
+def make_micro_batch(
+    cfg: TrainConfig, vae: nn.Module, gaussians: list[tuple[Tensor, Tensor]], seeds: list[int]
+) -> MicroBatch:
     """Draw t, z_1, the VAE samples and the decoder crops of each sample from its own generator."""
     h, w = gaussians[0][0].shape[-2:]
     c = gaussians[0][0].shape[-3] // 2
@@ -66,8 +73,9 @@ def make_micro_batch(cfg: TrainConfig, vae: nn.Module, gaussians: list[tuple[Ten
     z0, z1, zlq, ts, crops = [], [], [], [], []
     for (hq, lq), seed in zip(gaussians, seeds):
         g = torch.Generator().manual_seed(seed)
-        ts.append(sample_timesteps(1, g, cfg.timestep_sampler, cfg.timestep_eps,
-                                   cfg.logit_normal_mean, cfg.logit_normal_std))
+        ts.append(
+            sample_timesteps(1, g, cfg.timestep_sampler, cfg.timestep_eps, cfg.logit_normal_mean, cfg.logit_normal_std)
+        )
         z1.append(torch.randn(c, h, w, generator=g))
         z0.append(gaussian_sample(hq, torch.randn(c, h, w, generator=g), vae))
         zlq.append(gaussian_sample(lq, torch.randn(c, h, w, generator=g), vae))
@@ -77,14 +85,25 @@ def make_micro_batch(cfg: TrainConfig, vae: nn.Module, gaussians: list[tuple[Ten
             crops.append((top, left))
     device = device_and_dtype(vae)[0]
     return MicroBatch(
-        z0=pack(torch.stack(z0)).to(device), z1=pack(torch.stack(z1)).to(device),
-        z_lq=pack(torch.stack(zlq)).to(device), t=torch.cat(ts).to(device),
-        crops=crops if crop is not None else None, h=h, w=w,
+        z0=pack(torch.stack(z0)).to(device),
+        z1=pack(torch.stack(z1)).to(device),
+        z_lq=pack(torch.stack(zlq)).to(device),
+        t=torch.cat(ts).to(device),
+        crops=crops if crop is not None else None,
+        h=h,
+        w=w,
     )
 
 
-def flow_matching_loss(model: nn.Module, flux: nn.Module, vae: nn.Module, batch: MicroBatch, prompt: Tensor,
-                       pooled: Tensor, cfg: TrainConfig) -> tuple[Tensor, Tensor, Tensor]:
+def flow_matching_loss(
+    model: nn.Module,
+    flux: nn.Module,
+    vae: nn.Module,
+    batch: MicroBatch,
+    prompt: Tensor,
+    pooled: Tensor,
+    cfg: TrainConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
     """(L, L_MSE, L_P) of one micro-batch (Eq. 7-10); L_P is 0 when alpha = 0."""
     b = batch.z0.shape[0]
     t = batch.t.view(b, 1, 1)  # (B, 1, 1)
@@ -93,8 +112,13 @@ def flow_matching_loss(model: nn.Module, flux: nn.Module, vae: nn.Module, batch:
     s = prompt.shape[1]
     flux_dtype = device_and_dtype(flux)[1]
     v_p = model(
-        z_t.to(flux_dtype), batch.z_lq.to(flux_dtype), prompt.expand(b, -1, -1), pooled.expand(b, -1),
-        batch.t, image_ids(batch.h // 2, batch.w // 2, z_t.device), torch.zeros(s, 3, device=z_t.device),
+        z_t.to(flux_dtype),
+        batch.z_lq.to(flux_dtype),
+        prompt.expand(b, -1, -1),
+        pooled.expand(b, -1),
+        batch.t,
+        image_ids(batch.h // 2, batch.w // 2, z_t.device),
+        torch.zeros(s, 3, device=z_t.device),
     ).float()  # (B, N, 64)
     mse = F.mse_loss(v_p, v_gt.float())  # Eq. 8
     if cfg.pixel_loss_weight == 0:
@@ -112,7 +136,9 @@ def flow_matching_loss(model: nn.Module, flux: nn.Module, vae: nn.Module, batch:
     return mse + cfg.pixel_loss_weight * pixel, mse.detach(), pixel.detach()  # Eq. 10
 
 
-def pixel_loss_latents(z0: Tensor, z_t: Tensor, t: Tensor, v_p: Tensor, v_gt: Tensor, form: str) -> tuple[Tensor, Tensor]:
+def pixel_loss_latents(
+    z0: Tensor, z_t: Tensor, t: Tensor, v_p: Tensor, v_gt: Tensor, form: str
+) -> tuple[Tensor, Tensor]:
     """The two latents (prediction, target) whose decodings Eq. 9 compares; all (B, N, 64), t (B, 1, 1).
 
     ``paper``: Eq. 9 as written, V_d(z_0 + t v_p) vs V_d(z_0 + t v_gt). Since z_0 + t v_gt = z_t, the target

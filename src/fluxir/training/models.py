@@ -14,6 +14,7 @@ from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.training.config import TrainConfig
 
+
 class ControlledFlux(nn.Module):
     """What DDP / FSDP / DeepSpeed wrap: the trainable adapter. The frozen Flux is held outside the
     module tree, so it is never broadcast, synchronised or sharded as a trainable model."""
@@ -32,8 +33,9 @@ class ControlledFlux(nn.Module):
         guidance = None
         if self.flux.config.guidance_embeds:
             guidance = torch.full((z_t.shape[0],), float(self.adapter.config.guidance), device=z_t.device)
-        return controlled_flux_forward(self.flux, self.adapter, z_t, z_lq, prompt, pooled, t, img_ids, txt_ids,
-                                       guidance=guidance)
+        return controlled_flux_forward(
+            self.flux, self.adapter, z_t, z_lq, prompt, pooled, t, img_ids, txt_ids, guidance=guidance
+        )
 
 
 @dataclass

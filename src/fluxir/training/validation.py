@@ -43,15 +43,28 @@ def loss_curves_figure(history: pd.DataFrame) -> Any:
 # Validation restorations: exactly what `kedro run --pipeline=restore` does (fluxir.restoration.sampler.Restorer)
 
 
-def validation_grid(models: Models, adapter: FluxIRAdapter, pairs: PairTable, indices: list[int],
-                    cfg: TrainConfig) -> np.ndarray:
+def validation_grid(
+    models: Models, adapter: FluxIRAdapter, pairs: PairTable, indices: list[int], cfg: TrainConfig
+) -> np.ndarray:
     """uint8 (rows*H, 3*W, 3) grid: one row per validation pair, [LQ upsampled | restored | HQ]."""
     device, dtype = device_and_dtype(models.flux)
-    restore_cfg = RestoreConfig(steps=cfg.validation_steps, seed=cfg.seed, scale=pairs.lq_scale,
-                                dtype=str(dtype).removeprefix("torch."), device=str(device))
+    restore_cfg = RestoreConfig(
+        steps=cfg.validation_steps,
+        seed=cfg.seed,
+        scale=pairs.lq_scale,
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+    )
     # The Restorer casts and freezes the adapter it gets: hand it a copy, never the one being trained.
-    restorer = Restorer(models.flux, models.vae, models.scheduler_config, models.prompt_embeds, models.pooled_embeds,
-                        copy.deepcopy(adapter), restore_cfg)
+    restorer = Restorer(
+        models.flux,
+        models.vae,
+        models.scheduler_config,
+        models.prompt_embeds,
+        models.pooled_embeds,
+        copy.deepcopy(adapter),
+        restore_cfg,
+    )
     rows = []
     for i in indices:
         row = pairs.rows.iloc[i]

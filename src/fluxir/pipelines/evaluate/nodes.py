@@ -17,8 +17,14 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
-def prepare_benchmark(benchmark: dict[str, Any], write_demo: bool, prepared_dir: str, scale: int,
-                      degradation: dict[str, Any], degradation_seed: int) -> Any:
+def prepare_benchmark(
+    benchmark: dict[str, Any],
+    write_demo: bool,
+    prepared_dir: str,
+    scale: int,
+    degradation: dict[str, Any],
+    degradation_seed: int,
+) -> Any:
     """Prepare one benchmark from its downloaded files, or mark it skipped (logged) when they are missing.
 
     With ``write_demo`` (the tiny environment) an empty benchmark folder is first filled with small demo
@@ -42,8 +48,16 @@ def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str
     return collect(list(prepared))
 
 
-def restore_benchmarks(manifest: pd.DataFrame, adapter: Any, restore: dict[str, Any], outputs_dir: str, scale: int,
-                       color_fix: str, methods: list[str], num_processes: int | str) -> tuple[pd.DataFrame, dict[str, Any]]:
+def restore_benchmarks(
+    manifest: pd.DataFrame,
+    adapter: Any,
+    restore: dict[str, Any],
+    outputs_dir: str,
+    scale: int,
+    color_fix: str,
+    methods: list[str],
+    num_processes: int | str,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ image with Flux + the FluxIR adapter on ``num_processes`` processes; returns (outputs
     table, run info for the report).
 
@@ -67,8 +81,9 @@ def restore_benchmarks(manifest: pd.DataFrame, adapter: Any, restore: dict[str, 
     return restore_manifest(manifest, adapter, restore, outputs_dir, scale, color_fix, restored_elsewhere=seconds)
 
 
-def restore_with_public_weights(manifest: pd.DataFrame, methods: list[str], baselines: dict[str, Any],
-                                outputs_dir: str, scale: int, color_fix: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+def restore_with_public_weights(
+    manifest: pd.DataFrame, methods: list[str], baselines: dict[str, Any], outputs_dir: str, scale: int, color_fix: str
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ image with the public restorers in ``evaluate.methods`` (realesrgan, flux_controlnet);
     returns (outputs table, run info). Outputs for the same method, weights, settings and inputs are reused."""
     from fluxir.evaluation.scoring import public_manifest
@@ -93,9 +108,20 @@ def find_baselines(manifest: pd.DataFrame, baselines_dir: str, scale: int) -> pd
     return baseline_manifest(manifest, baselines_dir, scale)
 
 
-def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, public: pd.DataFrame, bicubic: pd.DataFrame,
-                  baselines: pd.DataFrame, metrics: dict[str, Any], convention: str, crop_border: int, weights_dir: str | None,
-                  trust_weight_files: bool, device: str, batch_size: int) -> pd.DataFrame:
+def score_outputs(
+    manifest: pd.DataFrame,
+    restored: pd.DataFrame,
+    public: pd.DataFrame,
+    bicubic: pd.DataFrame,
+    baselines: pd.DataFrame,
+    metrics: dict[str, Any],
+    convention: str,
+    crop_border: int,
+    weights_dir: str | None,
+    trust_weight_files: bool,
+    device: str,
+    batch_size: int,
+) -> pd.DataFrame:
     """Per-image scores of every method: full-reference where HQ exists, no-reference everywhere.
 
     Long table: dataset, method, image, label, metric, value, convention, crop_border, higher_is_better, stand_in.
@@ -104,8 +130,17 @@ def score_outputs(manifest: pd.DataFrame, restored: pd.DataFrame, public: pd.Dat
     from fluxir.models.flux import resolve_device
 
     outputs = pd.concat([restored, public, bicubic, baselines], ignore_index=True)
-    return score_all(manifest, outputs, metrics, convention, crop_border, weights_dir=weights_dir,
-                     trust_weight_files=trust_weight_files, device=resolve_device(device), batch_size=batch_size)
+    return score_all(
+        manifest,
+        outputs,
+        metrics,
+        convention,
+        crop_border,
+        weights_dir=weights_dir,
+        trust_weight_files=trust_weight_files,
+        device=resolve_device(device),
+        batch_size=batch_size,
+    )
 
 
 def summarize_metrics(per_image: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
@@ -116,9 +151,17 @@ def summarize_metrics(per_image: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
     return means, mlflow_metrics(means)
 
 
-def make_grids(manifest: pd.DataFrame, restored: pd.DataFrame, public: pd.DataFrame, bicubic: pd.DataFrame,
-               baselines: pd.DataFrame, status: dict[str, dict[str, Any]], benchmarks: dict[str, Any], grid_images: int,
-               tiny_models: bool) -> dict[str, Any]:
+def make_grids(
+    manifest: pd.DataFrame,
+    restored: pd.DataFrame,
+    public: pd.DataFrame,
+    bicubic: pd.DataFrame,
+    baselines: pd.DataFrame,
+    status: dict[str, dict[str, Any]],
+    benchmarks: dict[str, Any],
+    grid_images: int,
+    tiny_models: bool,
+) -> dict[str, Any]:
     """A LQ / bicubic / public restorers / baselines / FluxIR / HQ figure per benchmark key, plus ``"png"``:
     {dataset: PNG bytes}."""
     from fluxir.evaluation.scoring import grids
@@ -130,10 +173,20 @@ def make_grids(manifest: pd.DataFrame, restored: pd.DataFrame, public: pd.DataFr
     return {**figures, "png": pngs}
 
 
-def build_report(means: pd.DataFrame, paper_table: pd.DataFrame, status: dict[str, dict[str, Any]],
-                 run_info: dict[str, Any], public_info: dict[str, Any], grid_pngs: dict[str, bytes],
-                 metrics: dict[str, Any], convention: str, crop_border: int, color_fix: str, benchmarks: dict[str, Any],
-                 tiny_models: bool) -> tuple[str, str]:
+def build_report(
+    means: pd.DataFrame,
+    paper_table: pd.DataFrame,
+    status: dict[str, dict[str, Any]],
+    run_info: dict[str, Any],
+    public_info: dict[str, Any],
+    grid_pngs: dict[str, bytes],
+    metrics: dict[str, Any],
+    convention: str,
+    crop_border: int,
+    color_fix: str,
+    benchmarks: dict[str, Any],
+    tiny_models: bool,
+) -> tuple[str, str]:
     """The Table-1-style report (markdown, HTML): every convention behind its numbers, this run's numbers
     beside the paper's, grids."""
     from fluxir.evaluation.report import comparison_table, conventions, metric_settings, render_html, render_markdown
@@ -142,8 +195,10 @@ def build_report(means: pd.DataFrame, paper_table: pd.DataFrame, status: dict[st
     names, options = metric_settings(metrics)
     info = {**conventions(convention, crop_border, color_fix, names), **run_info, **public_info}
     grid_files = {v["name"]: f"{k}_grid.png" for k, v in benchmarks.items() if v["name"] in grid_pngs}
-    return (render_markdown(table, means, status, info, grid_files, tiny_models, options),
-            render_html(table, means, status, info, grid_pngs, tiny_models, options))
+    return (
+        render_markdown(table, means, status, info, grid_files, tiny_models, options),
+        render_html(table, means, status, info, grid_pngs, tiny_models, options),
+    )
 
 
 def announce_report(report_html: str) -> None:

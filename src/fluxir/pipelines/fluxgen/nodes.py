@@ -33,12 +33,18 @@ def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: d
         store, _ = run_generation(cfg, image_store, prompt_cache=prompt_embeddings)
     else:
         store = image_store.sub(cfg.key())
-        run_stage("fluxir.fluxgen.generate", ["--store", str(image_store.root), "--prompt-cache", str(prompt_embeddings)],
-                  processes, "generate")
+        run_stage(
+            "fluxir.fluxgen.generate",
+            ["--store", str(image_store.root), "--prompt-cache", str(prompt_embeddings)],
+            processes,
+            "generate",
+        )
     return generation_manifest(cfg, store)
 
 
-def score_images(generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any], num_processes: int | str) -> pd.DataFrame:
+def score_images(
+    generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any], num_processes: int | str
+) -> pd.DataFrame:
     """Score the images not scored yet (by sha256, metric and version) on ``num_processes`` processes and
     merge all score parts.
 
@@ -59,8 +65,12 @@ def score_images(generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any], 
         parts_dir = iqa_parts / metrics_key(specs, cfg.precision)
         with scratch_dir("score") as scratch:
             generated.to_parquet(scratch / "generated_images.parquet")
-            run_stage("fluxir.fluxgen.score", ["--manifest", str(scratch / "generated_images.parquet"),
-                                               "--parts", str(iqa_parts)], processes, "score")
+            run_stage(
+                "fluxir.fluxgen.score",
+                ["--manifest", str(scratch / "generated_images.parquet"), "--parts", str(iqa_parts)],
+                processes,
+                "score",
+            )
     table = merge_scores(generated, parts_dir, [s.name for s in specs])
     table["iqa_versions"] = json.dumps(score_versions(specs, cfg.precision), sort_keys=True)
     return table

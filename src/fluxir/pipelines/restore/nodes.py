@@ -24,13 +24,20 @@ def plan_restore(input_dir: str | None, output_dir: str | None, overwrite: bool)
 
     plan = pd.DataFrame(plan_folder(input_dir, output_dir, bool(overwrite)), columns=["input", "output", "action"])
     skipped = int((plan["action"] == "skip").sum())
-    logger.info("restore plan: %d file(s) in %s, %d to restore, %d skipped (output exists; set restore.overwrite=true "
-                "to redo them)", len(plan), input_dir, len(plan) - skipped, skipped)
+    logger.info(
+        "restore plan: %d file(s) in %s, %d to restore, %d skipped (output exists; set restore.overwrite=true "
+        "to redo them)",
+        len(plan),
+        input_dir,
+        len(plan) - skipped,
+        skipped,
+    )
     return plan
 
 
-def restore_images(plan: pd.DataFrame, adapter: Any, prompt_embeddings: Path, restore: dict[str, Any],
-                   baselines: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def restore_images(
+    plan: pd.DataFrame, adapter: Any, prompt_embeddings: Path, restore: dict[str, Any], baselines: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore the planned files with ``restore.method`` (Flux + ``adapter``, or a public restorer) and the
     ``restore.*`` settings on ``restore.num_processes`` processes; returns (failures table, summary).
     Unreadable files are listed (input, reason) and the others still restored; raises RuntimeError when no
@@ -52,7 +59,14 @@ def restore_images(plan: pd.DataFrame, adapter: Any, prompt_embeddings: Path, re
         reports = run_image_shards("fluxir.restoration", "restore", processes, plan, "--plan", adapter)
         failures, summary = summarise_shares(plan, [RestoreShare.from_dict(r) for r in reports], files, cfg)
     summary.update(summary_extra)
-    logger.info("restored %d image(s), %.2f MP in %.1f s: %.2f s/MP; %d skipped, %d failed%s", summary["restored"],
-                summary["megapixels_out"], summary["restore_seconds"], summary["seconds_per_megapixel"] or 0.0,
-                summary["skipped_existing"], len(failures), " (see restore_failures)" if failures else "")
+    logger.info(
+        "restored %d image(s), %.2f MP in %.1f s: %.2f s/MP; %d skipped, %d failed%s",
+        summary["restored"],
+        summary["megapixels_out"],
+        summary["restore_seconds"],
+        summary["seconds_per_megapixel"] or 0.0,
+        summary["skipped_existing"],
+        len(failures),
+        " (see restore_failures)" if failures else "",
+    )
     return failure_table(failures), summary

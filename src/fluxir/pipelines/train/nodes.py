@@ -25,8 +25,9 @@ def precompute_latents(pairs_manifest: pd.DataFrame, train: dict[str, Any]) -> d
     return fill_cache(train, pairs_manifest)
 
 
-def train_adapter(pairs_manifest: pd.DataFrame, latent_cache: dict[str, Any], prompt_embeddings: Path,
-                  train: dict[str, Any]) -> tuple[FluxIRAdapter, pd.DataFrame]:
+def train_adapter(
+    pairs_manifest: pd.DataFrame, latent_cache: dict[str, Any], prompt_embeddings: Path, train: dict[str, Any]
+) -> tuple[FluxIRAdapter, pd.DataFrame]:
     """Train the FluxIR adapter on FluxGen's pairs on ``train.num_processes`` processes; returns (adapter,
     per-step history).
 
@@ -39,18 +40,33 @@ def train_adapter(pairs_manifest: pd.DataFrame, latent_cache: dict[str, Any], pr
     from fluxir.models.adapter import load_adapter
     from fluxir.training.loop import train as run_training
 
-    logger.info("training with %d of %d pairs' latents cached in %s", latent_cache["encoded"] + latent_cache["cached"],
-                len(pairs_manifest), latent_cache["cache_dir"])
+    logger.info(
+        "training with %d of %d pairs' latents cached in %s",
+        latent_cache["encoded"] + latent_cache["cached"],
+        len(pairs_manifest),
+        latent_cache["cache_dir"],
+    )
     processes = resolve_num_processes(train["num_processes"], "train.num_processes")
     if processes == 1:
         result = run_training(train, pairs_manifest, prompt_cache=prompt_embeddings)
         return result.adapter, result.history
     with scratch_dir("train") as scratch:
         pairs_manifest.to_parquet(scratch / "pairs_manifest.parquet")
-        run_stage("fluxir.training", ["--manifest", str(scratch / "pairs_manifest.parquet"), "--output",
-                                      str(scratch / "adapter"), "--history", str(scratch / "history.parquet"),
-                                      "--prompt-cache", str(prompt_embeddings)],
-                  processes, "train")
+        run_stage(
+            "fluxir.training",
+            [
+                "--manifest",
+                str(scratch / "pairs_manifest.parquet"),
+                "--output",
+                str(scratch / "adapter"),
+                "--history",
+                str(scratch / "history.parquet"),
+                "--prompt-cache",
+                str(prompt_embeddings),
+            ],
+            processes,
+            "train",
+        )
         return load_adapter(scratch / "adapter"), pd.read_parquet(scratch / "history.parquet")
 
 

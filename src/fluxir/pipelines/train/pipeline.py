@@ -8,10 +8,18 @@ from .nodes import plot_loss_curves, precompute_latents, train_adapter
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(precompute_latents, ["pairs_manifest", "params:train"], "latent_cache_summary",
-                 name="precompute_latents"),
-            Node(train_adapter, ["pairs_manifest", "latent_cache_summary", "prompt_embeddings", "params:train"],
-                 ["fluxir_adapter", "train_history"], name="train_adapter"),
+            Node(
+                precompute_latents,
+                ["pairs_manifest", "params:train"],
+                "latent_cache_summary",
+                name="precompute_latents",
+            ),
+            Node(
+                train_adapter,
+                ["pairs_manifest", "latent_cache_summary", "prompt_embeddings", "params:train"],
+                ["fluxir_adapter", "train_history"],
+                name="train_adapter",
+            ),
             Node(plot_loss_curves, "train_history", "train_loss_curves", name="plot_loss_curves"),
         ]
     )
