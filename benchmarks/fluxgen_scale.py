@@ -162,6 +162,7 @@ def bench_durable_writes(work: Path, n: int) -> dict:
     tiny = str(Path(__file__).resolve().parents[1] / "data/01_raw/tiny/flux")
     cfg = GenerationConfig.from_params(
         {
+            **_base("fluxgen"),
             "model": tiny,
             "num_images": max(16, n // 5),
             "height": 48,

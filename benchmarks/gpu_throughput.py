@@ -201,8 +201,11 @@ def training(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, d
 
     width, height = spec["generate"]
     cuda = device == "cuda"
+    from fluxir.config import load_params
+
     cfg = TrainConfig.from_params(
         {
+            **load_params("base", [], ROOT)["train"],  # every field; this run's settings follow
             "device": device,
             "dtype": str(dtype).removeprefix("torch."),
             "mixed_precision": "bf16" if cuda else "no",

@@ -258,11 +258,13 @@ def decoder_saved_under_autocast(models: Any, width: int, height: int) -> float:
 
 
 def train_config(pixel_loss: str, checkpointing: bool = True) -> Any:
+    from fluxir.config import load_params
     from fluxir.training.config import TrainConfig
 
     crop = PIXEL_LOSS[pixel_loss]
     return TrainConfig.from_params(
         {
+            **load_params("base", [], Path(__file__).resolve().parents[1])["train"],  # every field
             "pixel_loss_weight": 0.0 if crop == 0 else 1.0,
             "pixel_loss_crop": crop or None,
             "gradient_checkpointing": checkpointing,
