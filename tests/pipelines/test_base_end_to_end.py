@@ -4,7 +4,8 @@ The module fixture lays out what a user has after downloading: the full-format t
 (``python -m fluxir.models.tiny --kind flux``) as a hub-cache snapshot of ``black-forest-labs/FLUX.1-dev``
 (``HF_HUB_CACHE``: blobs, refs/main, snapshots/<commit>; transformer and T5 weights in shards with their
 index json, as in the real repo), the IQA files of the published names in ``TORCH_HOME``
-(``scripts/make_iqa_fixture_weights.py``), a few small benchmark images and photos. The commands of
+(``scripts/make_iqa_fixture_weights.py``), Real-ESRGAN x4plus's checkpoint layout (random weights), a few
+small benchmark images and photos. The commands of
 README.md and docs/ then run as documented (tests/doc_commands.py lists which test runs which), with
 ``-c conf/run_small.yml`` appended (sizes only), 2 CPU processes where the docs say 4, 8 or N, and the
 documented 350,000 images as 4. Everything else is the base configuration: ``--env base``, FLUX.1-dev by
@@ -120,6 +121,20 @@ def base_project(request, tmp_path_factory) -> BaseProject:
     evaluate = yaml.safe_load(evaluate_file.read_text())
     evaluate["evaluate"]["metrics"]["no_reference"].update(CLIPIQA=project.clip, MANIQA=MANIQA)
     evaluate_file.write_text(yaml.safe_dump(evaluate, sort_keys=False))
+    # Real-ESRGAN x4plus where conf/base expects it (evaluate.methods lists realesrgan): the published
+    # architecture and container ({"params_ema": state_dict}), random weights
+    import torch
+
+    from fluxir.compat.basicsr import import_basicsr
+
+    import_basicsr()
+    from basicsr.archs.rrdbnet_arch import RRDBNet
+
+    esrgan = yaml.safe_load((project.path / "conf" / "base" / "parameters_baselines.yml").read_text())["baselines"]["realesrgan"]
+    net = RRDBNet(num_in_ch=3, num_out_ch=3, scale=esrgan["net_scale"], num_feat=esrgan["num_feat"],
+                  num_block=esrgan["num_block"], num_grow_ch=esrgan["num_grow_ch"])
+    (project.path / esrgan["weights"]).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"params_ema": net.state_dict()}, project.path / esrgan["weights"])
     # benchmarks where conf/base expects them (two of four: the others are skipped, as for a user), photos
     raw = project.path / "data" / "01_raw" / "benchmarks"
     (raw / "DIV2K_valid_HR").mkdir(parents=True)
