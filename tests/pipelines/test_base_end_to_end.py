@@ -240,7 +240,7 @@ def test_evaluate_restore_and_check_commands(base_project):
           ("restore.tile_size=512", "restore.tile_size=64"), ("restore.vae_tile_size=512", "restore.vae_tile_size=64"))
     p.run("kedro run --env base -c conf/run_small.yml --pipeline=restore --params=\"restore.input_dir=my_photos\"")
     summary = json.loads(p.latest("data/08_reporting/restore_summary.json").read_text())
-    assert summary["restored"] + summary.get("skipped", 0) >= 1 and summary["failed"] == 0
+    assert summary["restored"] + summary["skipped_existing"] >= 1 and summary["failed"] == 0
 
     check = p.run("python -m fluxir.check --env base", check=False)
     fails = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
