@@ -106,6 +106,11 @@ SKIP: list[tuple[str, str]] = [
      "a public baseline restorer: its weights are not in the base fixtures; test_public_restorers.py runs both"),
     (r"\$FLUXIR_PARAMS", ("a line of the SLURM scripts (they set FLUXIR_PARAMS); "
                           "test_multiprocess.py::test_slurm_scripts_on_two_nodes_make_the_same_dataset runs them")),
+    (r"-m fluxir\.training\.latents --env base",
+     ("the latent cache before training, not in the base end-to-end run yet: tests/training/test_latents.py runs "
+      "python -m fluxir.training.latents (tiny) and its 2-process shards")),
+    (r"^accelerate launch --multi_gpu --num_processes 8 -m fluxir\.training --env base$",
+     "the 4-process training command with 8 processes: test_training_commands runs it with 2"),
     (r"^python -m fluxir\.training --env base$",
      "the training of `kedro run --pipeline=train` outside Kedro: test_training.py runs python -m fluxir.training"),
     (r"--load-versions=fluxir_adapter:<version>", "a template (<version>, \"...\"): Kedro's own --load-versions"),
