@@ -87,7 +87,7 @@ SKIP: list[tuple[str, str]] = [
      "run offline (downloads as --dry-run) by tests/pipelines/test_docs.py::test_documented_fetch_commands_run"),
     (r"^(HF_HUB_OFFLINE=0 )?(hf|huggingface-cli) download ", "downloads from the hub: no network in tests"),
     (r"^curl ", "downloads a weight file: no network in tests (the layout is tested with fixture files)"),
-    (r"^make (demo|test)\b|^scripts/setup\.sh", "creates the virtualenv / runs the whole suite: CI runs it"),
+    (r"^make (demo|test|lint)\b|^scripts/setup\.sh", "creates the virtualenv / runs the whole suite or the linter: CI runs it"),
     (r"^make (app|mlflow|viz)\b|^mlflow server |^python -m http\.server ",
      "a server that runs until stopped (test_app.py, test_viz.py, test_mlflow_tracking.py start and stop their own)"),
     (r"^\.venv/bin/python -m pytest ", "the opt-in slow tests themselves"),
