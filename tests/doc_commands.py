@@ -25,95 +25,130 @@ import re
 from conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-PROGRAMS = re.compile(r"^(?:[A-Z_]+=\S*\s+)*(kedro|python|\.venv/bin/python|accelerate|make|hf|huggingface-cli|mlflow|"
-                      r"curl|scripts/\S+)\b")
+PROGRAMS = re.compile(
+    r"^(?:[A-Z_]+=\S*\s+)*(kedro|python|\.venv/bin/python|accelerate|make|hf|huggingface-cli|mlflow|"
+    r"curl|scripts/\S+)\b"
+)
 
 E2E = "tests/pipelines/test_base_end_to_end.py::"
 RUN: dict[str, str] = {
     # README, FluxGen at scale: the four-stage block, with 2 CPU processes and P=fluxgen.num_images=4
-    "accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.generate --env base --params $P":
-        E2E + "test_readme_fluxgen_block_with_two_processes",
-    "kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=$P":
-        E2E + "test_readme_fluxgen_block_with_two_processes",
-    "accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.score --env base":
-        E2E + "test_readme_fluxgen_block_with_two_processes",
+    "accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.generate --env base --params $P": E2E
+    + "test_readme_fluxgen_block_with_two_processes",
+    "kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=$P": E2E
+    + "test_readme_fluxgen_block_with_two_processes",
+    "accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.score --env base": E2E
+    + "test_readme_fluxgen_block_with_two_processes",
     "kedro run --env base --pipeline=fluxgen --params=$P": E2E + "test_readme_fluxgen_block_with_two_processes",
     # full_scale.md, section 4: the same stages, N processes, and degradation on M machines
-    "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --env base --params fluxgen.num_images=350000":
-        E2E + "test_full_scale_fluxgen_commands",
-    "accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.generate --env base --params fluxgen.num_images=350000":
-        E2E + "test_full_scale_fluxgen_commands",
-    "kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000":
-        E2E + "test_full_scale_fluxgen_commands",
-    "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score --env base":
-        E2E + "test_full_scale_fluxgen_commands",
-    "kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.select_by_iqa --params=fluxgen.num_images=350000":
-        E2E + "test_full_scale_fluxgen_commands",
-    "python -m fluxir.fluxgen.pairs --env base --params degrade.rank=k,degrade.world_size=M":
-        E2E + "test_full_scale_fluxgen_commands",
-    "kedro run --env base --pipeline=fluxgen --params=fluxgen.num_images=350000": E2E + "test_full_scale_fluxgen_commands",
-    "kedro run --pipeline=fluxgen --params=\"fluxgen.num_images=350000\"": E2E + "test_full_scale_fluxgen_commands",
+    "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --env base --params fluxgen.num_images=350000": E2E  # noqa: E501
+    + "test_full_scale_fluxgen_commands",
+    "accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.generate --env base --params fluxgen.num_images=350000": E2E  # noqa: E501
+    + "test_full_scale_fluxgen_commands",
+    "kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000": E2E
+    + "test_full_scale_fluxgen_commands",
+    "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score --env base": E2E
+    + "test_full_scale_fluxgen_commands",
+    "kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.select_by_iqa --params=fluxgen.num_images=350000": E2E
+    + "test_full_scale_fluxgen_commands",
+    "python -m fluxir.fluxgen.pairs --env base --params degrade.rank=k,degrade.world_size=M": E2E
+    + "test_full_scale_fluxgen_commands",
+    "kedro run --env base --pipeline=fluxgen --params=fluxgen.num_images=350000": E2E
+    + "test_full_scale_fluxgen_commands",
+    'kedro run --pipeline=fluxgen --params="fluxgen.num_images=350000"': E2E + "test_full_scale_fluxgen_commands",
     "kedro run --pipeline=fluxgen": E2E + "test_full_scale_fluxgen_commands",
     # training
     "accelerate launch --multi_gpu --num_processes 4 -m fluxir.training --env base": E2E + "test_training_commands",
-    "kedro run --pipeline=train --params=\"train.max_steps=2000,train.pixel_loss_crop=512\"":
-        E2E + "test_training_commands",
+    'kedro run --pipeline=train --params="train.max_steps=2000,train.pixel_loss_crop=512"': E2E
+    + "test_training_commands",
     "kedro run --pipeline=train": E2E + "test_training_commands",
     # evaluation, restoration, the preflight check, the run file
     "kedro run --pipeline=evaluate": E2E + "test_evaluate_restore_and_check_commands",
-    "kedro run --pipeline=restore --params=\"restore.input_dir=my_photos,restore.output_dir=restored\"":
-        E2E + "test_evaluate_restore_and_check_commands",
-    "kedro run --pipeline=restore --params=\"restore.input_dir=photos,restore.output_dir=restored\"":
-        E2E + "test_evaluate_restore_and_check_commands",
-    "kedro run --pipeline=restore --params=\"restore.input_dir=photos,restore.tile_size=512,restore.vae_tile_size=512\"":
-        E2E + "test_evaluate_restore_and_check_commands",
+    'kedro run --pipeline=restore --params="restore.input_dir=my_photos,restore.output_dir=restored"': E2E
+    + "test_evaluate_restore_and_check_commands",
+    'kedro run --pipeline=restore --params="restore.input_dir=photos,restore.output_dir=restored"': E2E
+    + "test_evaluate_restore_and_check_commands",
+    'kedro run --pipeline=restore --params="restore.input_dir=photos,restore.tile_size=512,restore.vae_tile_size=512"': E2E  # noqa: E501
+    + "test_evaluate_restore_and_check_commands",
     "python -m fluxir.check --env base": E2E + "test_evaluate_restore_and_check_commands",
     "kedro run --env base -c conf/run_small.yml": E2E + "test_evaluate_restore_and_check_commands",
-    "kedro run --env base -c conf/run_small.yml --pipeline=restore --params=\"restore.input_dir=my_photos\"":
-        E2E + "test_evaluate_restore_and_check_commands",
-    "accelerate launch --multi_gpu --num_processes 2 -m fluxir.fluxgen.score --env base -c conf/run_small.yml":
-        E2E + "test_evaluate_restore_and_check_commands",
+    'kedro run --env base -c conf/run_small.yml --pipeline=restore --params="restore.input_dir=my_photos"': E2E
+    + "test_evaluate_restore_and_check_commands",
+    "accelerate launch --multi_gpu --num_processes 2 -m fluxir.fluxgen.score --env base -c conf/run_small.yml": E2E
+    + "test_evaluate_restore_and_check_commands",
     # the tiny environment
-    "kedro run --env=tiny --pipeline=fluxgen --params=\"fluxgen.num_images=50\"": E2E + "test_tiny_commands",
+    'kedro run --env=tiny --pipeline=fluxgen --params="fluxgen.num_images=50"': E2E + "test_tiny_commands",
     "kedro run --env=tiny --pipeline=fluxgen": E2E + "test_tiny_commands",
-    "kedro run --env=tiny --pipeline=fluxgen --params \"degrade.config.crop_sizes=[[64,48],[48,48]]\" "
-    "--params \"iqa.metrics=[entropy, piqe]\"": E2E + "test_tiny_commands",
+    'kedro run --env=tiny --pipeline=fluxgen --params "degrade.config.crop_sizes=[[64,48],[48,48]]" '
+    '--params "iqa.metrics=[entropy, piqe]"': E2E + "test_tiny_commands",
     "kedro run --env=tiny": "tests/models/test_full_format_models.py::test_kedro_all_pipelines_on_the_full_format_flux",
-    "kedro run --env=tiny --pipeline=train": "tests/training/test_training.py::test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow",
+    "kedro run --env=tiny --pipeline=train": "tests/training/test_training.py::test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow",  # noqa: E501
 }
 
 SKIP: list[tuple[str, str]] = [
-    (r"^python -m fluxir\.fetch\b|^HF_HUB_OFFLINE=0 python -m fluxir\.fetch\b",
-     "run offline (downloads as --dry-run) by tests/pipelines/test_docs.py::test_documented_fetch_commands_run"),
+    (
+        r"^python -m fluxir\.fetch\b|^HF_HUB_OFFLINE=0 python -m fluxir\.fetch\b",
+        "run offline (downloads as --dry-run) by tests/pipelines/test_docs.py::test_documented_fetch_commands_run",
+    ),
     (r"^(HF_HUB_OFFLINE=0 )?(hf|huggingface-cli) download ", "downloads from the hub: no network in tests"),
     (r"^curl ", "downloads a weight file: no network in tests (the layout is tested with fixture files)"),
-    (r"^make (demo|test|lint)\b|^scripts/setup\.sh", "creates the virtualenv / runs the whole suite or the linter: CI runs it"),
-    (r"^make (app|mlflow|viz)\b|^mlflow server |^python -m http\.server ",
-     "a server that runs until stopped (test_app.py, test_viz.py, test_mlflow_tracking.py start and stop their own)"),
+    (
+        r"^make (demo|test|lint)\b|^scripts/setup\.sh",
+        "creates the virtualenv / runs the whole suite or the linter: CI runs it",
+    ),
+    (
+        r"^make (app|mlflow|viz)\b|^mlflow server |^python -m http\.server ",
+        "a server that runs until stopped (test_app.py, test_viz.py, test_mlflow_tracking.py start and stop their own)",
+    ),
     (r"^\.venv/bin/python -m pytest ", "the opt-in slow tests themselves"),
     (r"^(\.venv/bin/)?python benchmarks/", "a benchmark: prints JSON, run by hand (never a timed assertion in a test)"),
-    (r"restore\.quantize=|restore\.offload=",
-     "the plain restore command with a low-memory mode; tests/restoration/test_restore_lowmem.py runs every mode"),
+    (
+        r"restore\.quantize=|restore\.offload=",
+        "the plain restore command with a low-memory mode; tests/restoration/test_restore_lowmem.py runs every mode",
+    ),
     (r"iqa\.device=cuda", "needs a CUDA GPU"),
-    (r"--mixed_precision bf16",
-     "accelerate's bf16 flag on the 2-process training command (train.mixed_precision is bf16 in base already)"),
-    (r"--num_processes 8 -m fluxir\.training --env base --params train\.batch_size=\d",
-     "batch 4-8 per process on 8 GPUs (80 GB each); the same command with 2 processes runs in test_training_commands"),
-    (r"-m fluxir\.(evaluation|restoration) --env base",
-     ("the entry point the evaluate / restore nodes launch for *.num_processes > 1; "
-      "tests/pipelines/test_multiprocess.py runs both on 2 processes (tiny)")),
-    (r"restore\.method=(flux_controlnet|realesrgan)",
-     "a public baseline restorer: its weights are not in the base fixtures; test_public_restorers.py runs both"),
-    (r"\$FLUXIR_PARAMS", ("a line of the SLURM scripts (they set FLUXIR_PARAMS); "
-                          "test_multiprocess.py::test_slurm_scripts_on_two_nodes_make_the_same_dataset runs them")),
-    (r"-m fluxir\.training\.latents --env base",
-     ("the latent cache before training, not in the base end-to-end run yet: tests/training/test_latents.py runs "
-      "python -m fluxir.training.latents (tiny) and its 2-process shards")),
-    (r"^accelerate launch --multi_gpu --num_processes 8 -m fluxir\.training --env base$",
-     "the 4-process training command with 8 processes: test_training_commands runs it with 2"),
-    (r"^python -m fluxir\.training --env base$",
-     "the training of `kedro run --pipeline=train` outside Kedro: test_training.py runs python -m fluxir.training"),
-    (r"--load-versions=fluxir_adapter:<version>", "a template (<version>, \"...\"): Kedro's own --load-versions"),
+    (
+        r"--mixed_precision bf16",
+        "accelerate's bf16 flag on the 2-process training command (train.mixed_precision is bf16 in base already)",
+    ),
+    (
+        r"--num_processes 8 -m fluxir\.training --env base --params train\.batch_size=\d",
+        "batch 4-8 per process on 8 GPUs (80 GB each); the same command with 2 processes runs in test_training_commands",  # noqa: E501
+    ),
+    (
+        r"-m fluxir\.(evaluation|restoration) --env base",
+        (
+            "the entry point the evaluate / restore nodes launch for *.num_processes > 1; "
+            "tests/pipelines/test_multiprocess.py runs both on 2 processes (tiny)"
+        ),
+    ),
+    (
+        r"restore\.method=(flux_controlnet|realesrgan)",
+        "a public baseline restorer: its weights are not in the base fixtures; test_public_restorers.py runs both",
+    ),
+    (
+        r"\$FLUXIR_PARAMS",
+        (
+            "a line of the SLURM scripts (they set FLUXIR_PARAMS); "
+            "test_multiprocess.py::test_slurm_scripts_on_two_nodes_make_the_same_dataset runs them"
+        ),
+    ),
+    (
+        r"-m fluxir\.training\.latents --env base",
+        (
+            "the latent cache before training, not in the base end-to-end run yet: tests/training/test_latents.py runs "
+            "python -m fluxir.training.latents (tiny) and its 2-process shards"
+        ),
+    ),
+    (
+        r"^accelerate launch --multi_gpu --num_processes 8 -m fluxir\.training --env base$",
+        "the 4-process training command with 8 processes: test_training_commands runs it with 2",
+    ),
+    (
+        r"^python -m fluxir\.training --env base$",
+        "the training of `kedro run --pipeline=train` outside Kedro: test_training.py runs python -m fluxir.training",
+    ),
+    (r"--load-versions=fluxir_adapter:<version>", 'a template (<version>, "..."): Kedro\'s own --load-versions'),
     (r"^kedro viz ", "kedro-viz's own server / static build (tests/pipelines/test_viz.py builds it)"),
 ]
 
@@ -167,19 +202,25 @@ def documented(command: str) -> str:
 
 def uncovered() -> list[str]:
     """Documented commands that no test runs and no SKIP pattern explains, with where they appear."""
-    return [f"{command}   ({', '.join(pages)})" for command, pages in documented_commands().items()
-            if command not in RUN and skip_reason(command) is None]
+    return [
+        f"{command}   ({', '.join(pages)})"
+        for command, pages in documented_commands().items()
+        if command not in RUN and skip_reason(command) is None
+    ]
 
 
 def stale() -> list[str]:
     """RUN entries no longer documented, and SKIP patterns matching no documented command."""
     commands = documented_commands()
-    return ([f"RUN: {c}" for c in RUN if c not in commands]
-            + [f"SKIP: {p}" for p, _ in SKIP if not any(re.search(p, c) for c in commands)])
+    return [f"RUN: {c}" for c in RUN if c not in commands] + [
+        f"SKIP: {p}" for p, _ in SKIP if not any(re.search(p, c) for c in commands)
+    ]
 
 
 def runner_exists(target: str) -> bool:
     """``tests/<file>.py::<name>``: the file defines that test (or fixture) and names the command it runs."""
     file, _, name = target.partition("::")
     path = REPO / file
-    return path.is_file() and re.search(rf"^(async )?def {re.escape(name)}\(", path.read_text(), re.MULTILINE) is not None
+    return (
+        path.is_file() and re.search(rf"^(async )?def {re.escape(name)}\(", path.read_text(), re.MULTILINE) is not None
+    )

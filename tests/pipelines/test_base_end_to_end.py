@@ -33,9 +33,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import NETGUARD, REPO, free_port, make_project_copy
-from doc_commands import documented
 from PIL import Image
+
+from doc_commands import documented
+
+from conftest import NETGUARD, REPO, free_port, make_project_copy
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 RUN_FILE = "conf/run_small.yml"
@@ -50,14 +52,21 @@ class BaseProject:
     def __init__(self, root: Path, clip: str) -> None:
         self.root, self.clip = root, clip
         self.path = make_project_copy(root / "project")
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "HF_HUB_OFFLINE": "1",
-                    "HF_HUB_CACHE": str(root / "hf_cache"), "TORCH_HOME": str(root / "torch_home"),
-                    "PYTHONPATH": os.pathsep.join([str(NETGUARD), str(REPO / "src")])}
+        self.env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "COLUMNS": "200",
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_CACHE": str(root / "hf_cache"),
+            "TORCH_HOME": str(root / "torch_home"),
+            "PYTHONPATH": os.pathsep.join([str(NETGUARD), str(REPO / "src")]),
+        }
         self.env.pop("MLFLOW_TRACKING_URI", None)  # the project's mlflow.yml: mlflow.db in the project
         self.ran: list[list[str]] = []
 
-    def run(self, command: str, *subs: tuple[str, str], run_file: bool = True, check: bool = True
-            ) -> subprocess.CompletedProcess:
+    def run(
+        self, command: str, *subs: tuple[str, str], run_file: bool = True, check: bool = True
+    ) -> subprocess.CompletedProcess:
         """``command`` as documented, with ``subs`` (old, new) applied and ``-c conf/run_small.yml`` appended."""
         text = documented(command)
         for old, new in (("$P", f"fluxgen.num_images={NUM_IMAGES}"), ("350000", str(NUM_IMAGES)), *subs):
@@ -69,8 +78,9 @@ class BaseProject:
             argv[2:2] = ["--main_process_port", str(free_port())]
         self.ran.append(argv)
         program = {"python": sys.executable}.get(argv[0], str(Path(sys.executable).with_name(argv[0])))
-        proc = subprocess.run([program, *argv[1:]], cwd=self.path, env=self.env, capture_output=True, text=True,
-                              timeout=900, check=False)
+        proc = subprocess.run(
+            [program, *argv[1:]], cwd=self.path, env=self.env, capture_output=True, text=True, timeout=900, check=False
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"{text} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
         return proc
@@ -102,20 +112,32 @@ def base_project(request, tmp_path_factory) -> BaseProject:
     project = BaseProject(root, request.param)
     env = {**project.env, "PYTHONPATH": str(REPO / "src")}
     # FLUX.1-dev as a download leaves it: the full-format tiny folder, then the hub cache layout (sharded)
-    subprocess.run([sys.executable, "-m", "fluxir.models.tiny", "--kind", "flux", "--out", str(root / "flux")],
-                   env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "fluxir.models.tiny", "--kind", "flux", "--out", str(root / "flux")],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     from support import write_hub_snapshot
 
     write_hub_snapshot(root / "flux", root / "hf_cache", FLUX)
     script = [sys.executable, str(REPO / "scripts" / "make_iqa_fixture_weights.py"), "--out", str(root / "torch_home")]
-    subprocess.run(script + (["--with-vit-l14"] if "vitL14" in project.clip else []), env=env, check=True,
-                   capture_output=True, timeout=900)
+    subprocess.run(
+        script + (["--with-vit-l14"] if "vitL14" in project.clip else []),
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     # the two departures from conf/base (module docstring)
     params_file = project.path / "conf" / "base" / "parameters_fluxgen.yml"
     params = yaml.safe_load(params_file.read_text())
     params["iqa"]["trust_weight_files"] = True
-    params["iqa"]["metrics"] = [project.clip if m.startswith("clipiqa+") else MANIQA if m == "maniqa-pipal" else m
-                                for m in params["iqa"]["metrics"]]
+    params["iqa"]["metrics"] = [
+        project.clip if m.startswith("clipiqa+") else MANIQA if m == "maniqa-pipal" else m
+        for m in params["iqa"]["metrics"]
+    ]
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     evaluate_file = project.path / "conf" / "base" / "parameters_evaluate.yml"
     evaluate = yaml.safe_load(evaluate_file.read_text())
@@ -130,9 +152,17 @@ def base_project(request, tmp_path_factory) -> BaseProject:
     import_basicsr()
     from basicsr.archs.rrdbnet_arch import RRDBNet
 
-    esrgan = yaml.safe_load((project.path / "conf" / "base" / "parameters_baselines.yml").read_text())["baselines"]["realesrgan"]
-    net = RRDBNet(num_in_ch=3, num_out_ch=3, scale=esrgan["net_scale"], num_feat=esrgan["num_feat"],
-                  num_block=esrgan["num_block"], num_grow_ch=esrgan["num_grow_ch"])
+    esrgan = yaml.safe_load((project.path / "conf" / "base" / "parameters_baselines.yml").read_text())["baselines"][
+        "realesrgan"
+    ]
+    net = RRDBNet(
+        num_in_ch=3,
+        num_out_ch=3,
+        scale=esrgan["net_scale"],
+        num_feat=esrgan["num_feat"],
+        num_block=esrgan["num_block"],
+        num_grow_ch=esrgan["num_grow_ch"],
+    )
     (project.path / esrgan["weights"]).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"params_ema": net.state_dict()}, project.path / esrgan["weights"])
     # benchmarks where conf/base expects them (two of four: the others are skipped, as for a user), photos
@@ -168,7 +198,9 @@ def test_readme_fluxgen_block_with_two_processes(base_project):
     for name in (p.clip, "maniqa-pipal", "musiq"):
         assert scores[name].notna().all(), name
     versions = json.loads(scores["iqa_versions"].iloc[0])["metrics"]
-    assert versions["maniqa-pipal"]["pretrained"] and versions["maniqa-pipal"]["weights"] == ["MANIQA_PIPAL-ae6d356b.pth"]
+    assert versions["maniqa-pipal"]["pretrained"] and versions["maniqa-pipal"]["weights"] == [
+        "MANIQA_PIPAL-ae6d356b.pth"
+    ]
     assert versions["musiq"]["weights"] == ["musiq_koniq_ckpt-e95806b9.pth"]
     selection = pd.read_parquet(p.latest("data/04_feature/iqa_selection.parquet"))
     pairs = pd.read_parquet(p.latest("data/05_model_input/pairs_manifest.parquet"))
@@ -183,23 +215,34 @@ def test_full_scale_fluxgen_commands(base_project):
     """docs/full_scale.md section 4 with N = 2, and degradation on M = 2 "machines" sharing data/."""
     p = base_project
     n = ("--num_processes N", "--num_processes 2")
-    p.run("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --env base "
-          "--params fluxgen.num_images=350000", n)
-    p.run("accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.generate --env base "
-          "--params fluxgen.num_images=350000", ("--num_processes 8", "--num_processes 2"))  # docs/index.md
-    p.run("kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000")
+    p.run(
+        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --env base "
+        "--params fluxgen.num_images=350000",
+        n,
+    )
+    p.run(
+        "accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.generate --env base "
+        "--params fluxgen.num_images=350000",
+        ("--num_processes 8", "--num_processes 2"),
+    )  # docs/index.md
+    p.run(
+        "kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000"
+    )
     p.run("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score --env base", n)
     shutil.rmtree(p.path / "data" / "05_model_input" / "pairs")  # degrade again, split over two machines
     p.run("kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.select_by_iqa --params=fluxgen.num_images=350000")
     for k in (0, 1):
-        p.run("python -m fluxir.fluxgen.pairs --env base --params degrade.rank=k,degrade.world_size=M",
-              ("rank=k", f"rank={k}"), ("world_size=M", "world_size=2"))
+        p.run(
+            "python -m fluxir.fluxgen.pairs --env base --params degrade.rank=k,degrade.world_size=M",
+            ("rank=k", f"rank={k}"),
+            ("world_size=M", "world_size=2"),
+        )
     p.run("kedro run --env base --pipeline=fluxgen --params=fluxgen.num_images=350000")
     selection = pd.read_parquet(p.latest("data/04_feature/iqa_selection.parquet"))
     pairs = pd.read_parquet(p.latest("data/05_model_input/pairs_manifest.parquet"))
     assert sorted(pairs["image_id"]) == sorted(selection.loc[selection["keep"], "image_id"])
     # Rerunning with everything done: the env's defaults (conf/local is empty, so local = base), no --params.
-    p.run("kedro run --pipeline=fluxgen --params=\"fluxgen.num_images=350000\"")
+    p.run('kedro run --pipeline=fluxgen --params="fluxgen.num_images=350000"')
     p.run("kedro run --pipeline=fluxgen")
     assert len(sorted((p.path / "data" / "02_intermediate" / "fluxgen_images").rglob("*.png"))) == NUM_IMAGES
 
@@ -208,11 +251,17 @@ def test_training_commands(base_project):
     """README / docs/training.md: DDP on 2 processes, then `kedro run --pipeline=train` (global batch 2 from
     the run file: 1 per process x 2 processes, then 1 x 1 x 2 accumulation)."""
     p = base_project
-    p.run("accelerate launch --multi_gpu --num_processes 4 -m fluxir.training --env base", ("--num_processes 4", "--num_processes 2"))
+    p.run(
+        "accelerate launch --multi_gpu --num_processes 4 -m fluxir.training --env base",
+        ("--num_processes 4", "--num_processes 2"),
+    )
     runs = p.mlflow_runs("fluxir")
     assert runs[-1].data.params["train_run.num_processes"] == "2" and runs[-1].data.params["train.model"] == FLUX
-    p.run("kedro run --pipeline=train --params=\"train.max_steps=2000,train.pixel_loss_crop=512\"",
-          ("train.max_steps=2000", "train.max_steps=2"), ("train.pixel_loss_crop=512", "train.pixel_loss_crop=32"))
+    p.run(
+        'kedro run --pipeline=train --params="train.max_steps=2000,train.pixel_loss_crop=512"',
+        ("train.max_steps=2000", "train.max_steps=2"),
+        ("train.pixel_loss_crop=512", "train.pixel_loss_crop=32"),
+    )
     history = pd.read_parquet(p.latest("data/07_model_output/train_history.parquet"))
     assert list(history.step) == [1, 2]
     p.run("kedro run --pipeline=train")  # the same settings but the crop: another run key, trained to step 2
@@ -233,12 +282,15 @@ def test_evaluate_restore_and_check_commands(base_project):
     eval_metrics = p.mlflow_runs("fluxir-evaluate")[-1].data.metrics
     assert "eval.RealSR.fluxir.PSNR.y_crop4" in eval_metrics
 
-    p.run("kedro run --pipeline=restore --params=\"restore.input_dir=my_photos,restore.output_dir=restored\"")
+    p.run('kedro run --pipeline=restore --params="restore.input_dir=my_photos,restore.output_dir=restored"')
     assert Image.open(p.path / "restored" / "street.png").size == (96, 80)
-    p.run("kedro run --pipeline=restore --params=\"restore.input_dir=photos,restore.output_dir=restored\"")
-    p.run("kedro run --pipeline=restore --params=\"restore.input_dir=photos,restore.tile_size=512,restore.vae_tile_size=512\"",
-          ("restore.tile_size=512", "restore.tile_size=64"), ("restore.vae_tile_size=512", "restore.vae_tile_size=64"))
-    p.run("kedro run --env base -c conf/run_small.yml --pipeline=restore --params=\"restore.input_dir=my_photos\"")
+    p.run('kedro run --pipeline=restore --params="restore.input_dir=photos,restore.output_dir=restored"')
+    p.run(
+        'kedro run --pipeline=restore --params="restore.input_dir=photos,restore.tile_size=512,restore.vae_tile_size=512"',  # noqa: E501
+        ("restore.tile_size=512", "restore.tile_size=64"),
+        ("restore.vae_tile_size=512", "restore.vae_tile_size=64"),
+    )
+    p.run('kedro run --env base -c conf/run_small.yml --pipeline=restore --params="restore.input_dir=my_photos"')
     summary = json.loads(p.latest("data/08_reporting/restore_summary.json").read_text())
     assert summary["restored"] + summary["skipped_existing"] >= 1 and summary["failed"] == 0
 
@@ -260,13 +312,21 @@ def test_tiny_commands(tmp_path, no_network):
     """The tiny environment's documented fluxgen commands; lists and repeated --params reach the run."""
     project = BaseProject(tmp_path, "")
     project.env["PYTHONPATH"] = os.pathsep.join([str(NETGUARD), str(REPO / "src")])
-    project.run("kedro run --env=tiny --pipeline=fluxgen --params=\"fluxgen.num_images=50\"",
-                ("num_images=50", "num_images=6"), run_file=False)
+    project.run(
+        'kedro run --env=tiny --pipeline=fluxgen --params="fluxgen.num_images=50"',
+        ("num_images=50", "num_images=6"),
+        run_file=False,
+    )
     project.run("kedro run --env=tiny --pipeline=fluxgen", run_file=False)
-    project.run("kedro run --env=tiny --pipeline=fluxgen --params \"degrade.config.crop_sizes=[[64,48],[48,48]]\" "
-                "--params \"iqa.metrics=[entropy, piqe]\"", run_file=False)
+    project.run(
+        'kedro run --env=tiny --pipeline=fluxgen --params "degrade.config.crop_sizes=[[64,48],[48,48]]" '
+        '--params "iqa.metrics=[entropy, piqe]"',
+        run_file=False,
+    )
     params = project.mlflow_runs("fluxir-fluxgen")[-1].data.params
-    assert params["degrade.config.crop_sizes"] == "[[64, 48], [48, 48]]" and params["iqa.metrics"] == "['entropy', 'piqe']"
+    assert (
+        params["degrade.config.crop_sizes"] == "[[64, 48], [48, 48]]" and params["iqa.metrics"] == "['entropy', 'piqe']"
+    )
     pairs = pd.read_parquet(project.latest("data/05_model_input/pairs_manifest.parquet"))
     sizes = {Image.open(path if Path(path).is_absolute() else project.path / path).size for path in pairs["hq_path"]}
     assert len(pairs) and sizes <= {(64, 48), (48, 48)}, sizes

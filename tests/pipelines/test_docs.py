@@ -266,16 +266,21 @@ def test_every_documented_command_is_run_or_skipped():
     from doc_commands import RUN, runner_exists, stale, uncovered
 
     missing = uncovered()
-    assert not missing, ("documented commands no test runs; run each from a test and add it to RUN in "
-                         "tests/doc_commands.py, or add a SKIP pattern with the reason:\n" + "\n".join(missing))
+    assert not missing, (
+        "documented commands no test runs; run each from a test and add it to RUN in "
+        "tests/doc_commands.py, or add a SKIP pattern with the reason:\n" + "\n".join(missing)
+    )
     assert not stale(), f"entries in tests/doc_commands.py that match no documented command: {stale()}"
     absent = sorted({target for target in RUN.values() if not runner_exists(target)})
     assert not absent, f"RUN names tests that do not exist: {absent}"
     for command, target in RUN.items():
         source = (REPO / target.partition("::")[0]).read_text()
-        strings = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        strings = {
+            n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        }  # noqa: E501
         assert command in strings or f"`{command}`" in source, (
-            f"{target.partition('::')[0]} does not quote {command!r}: the test that runs it names it verbatim")
+            f"{target.partition('::')[0]} does not quote {command!r}: the test that runs it names it verbatim"
+        )
 
 
 def test_node_names_in_docs_carry_their_namespace():
@@ -285,5 +290,7 @@ def test_node_names_in_docs_carry_their_namespace():
     wrong = []
     for page in [REPO / "README.md", *PAGES]:
         for match in re.finditer(r"--(?:to-|from-)?nodes[= ]([\w.,]+)", page.read_text()):
-            wrong += [f"{page.name}: {n}" for n in match.group(1).split(",") if n in bare or (n not in nodes and "." in n)]
+            wrong += [
+                f"{page.name}: {n}" for n in match.group(1).split(",") if n in bare or (n not in nodes and "." in n)
+            ]  # noqa: E501
     assert not wrong, f"node names without their pipeline namespace (or unknown): {wrong}"
