@@ -149,6 +149,20 @@ class ParameterCheckHook:
         return (yield)
 
 
+class MlflowStoreLockHook:
+    """Two first runs at once: kedro-mlflow creates the SQLite store's schema (and the experiment) when the
+    context is created, and two processes doing that together fail (``table ... already exists``). This
+    wraps kedro-mlflow's ``after_context_created`` in a lock on ``<project>/mlflow.db.lock``: the second
+    run waits a moment and then finds the store made."""
+
+    @hook_impl(wrapper=True, tryfirst=True)
+    def after_context_created(self, context: Any) -> Any:
+        from fluxir.io import exclusive_lock
+
+        with exclusive_lock(Path(context.project_path) / "mlflow.db.lock", "the MLflow store"):
+            return (yield)
+
+
 class MlflowRunHook:
     """Experiment per pipeline family, run name and tags for kedro-mlflow's run (see the module docstring)."""
 
@@ -162,9 +176,13 @@ class MlflowRunHook:
     @hook_impl(wrapper=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
         # Wraps kedro-mlflow's before_pipeline_run: choose the experiment and name before it starts the run,
-        # tag the run once it is active.
-        self._choose_experiment(run_params)
-        result = yield
+        # tag the run once it is active. The store lock: two new runs may create the same experiment.
+        from fluxir.io import exclusive_lock
+
+        project = Path(run_params.get("project_path") or (self._context.project_path if self._context else "."))
+        with exclusive_lock(project / "mlflow.db.lock", "the MLflow store"):
+            self._choose_experiment(run_params)
+            result = yield
         self._tag_run(run_params)
         return result
 

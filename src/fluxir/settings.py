@@ -3,7 +3,13 @@
 from kedro.config import OmegaConfigLoader
 
 from fluxir.config import CONFIG_LOADER_ARGS  # noqa: F401 (read by Kedro)
-from fluxir.hooks import LaunchContextHook, MlflowRunHook, ParameterCheckHook, ReportingArtifactsHook
+from fluxir.hooks import (
+    LaunchContextHook,
+    MlflowRunHook,
+    MlflowStoreLockHook,
+    ParameterCheckHook,
+    ReportingArtifactsHook,
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-HOOKS = (ParameterCheckHook(), MlflowRunHook(), ReportingArtifactsHook(), LaunchContextHook())
+HOOKS = (MlflowStoreLockHook(), ParameterCheckHook(), MlflowRunHook(), ReportingArtifactsHook(), LaunchContextHook())

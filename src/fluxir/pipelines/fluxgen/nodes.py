@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.io import ImageStore
+from fluxir.io import LOCK_NAME, ImageStore, exclusive_lock
 
 
 def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: dict[str, Any]) -> pd.DataFrame:
@@ -29,17 +29,18 @@ def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: d
 
     cfg = GenerationConfig.from_params(fluxgen)
     processes = resolve_num_processes(fluxgen["num_processes"], "fluxgen.num_processes")
-    if processes == 1:
-        store, _ = run_generation(cfg, image_store, prompt_cache=prompt_embeddings)
-    else:
-        store = image_store.sub(cfg.key())
-        run_stage(
-            "fluxir.fluxgen.generate",
-            ["--store", str(image_store.root), "--prompt-cache", str(prompt_embeddings)],
-            processes,
-            "generate",
-        )
-    return generation_manifest(cfg, store)
+    store = image_store.sub(cfg.key())
+    with exclusive_lock(store.root / LOCK_NAME, f"the image store {store.root}"):  # a second run waits, then reuses
+        if processes == 1:
+            run_generation(cfg, image_store, prompt_cache=prompt_embeddings)
+        else:
+            run_stage(
+                "fluxir.fluxgen.generate",
+                ["--store", str(image_store.root), "--prompt-cache", str(prompt_embeddings)],
+                processes,
+                "generate",
+            )
+        return generation_manifest(cfg, store)
 
 
 def score_images(
@@ -57,21 +58,22 @@ def score_images(
     cfg = IqaConfig.from_params(iqa)
     specs = cfg.specs()
     processes = resolve_num_processes(num_processes, "fluxgen.num_processes")
-    if processes == 1:
-        parts_dir, _ = run_scoring(cfg, generated, iqa_parts)
-    else:  # every weight file checked here, before the launch
-        iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
-        iqa_lib.check_weights(specs)
-        parts_dir = iqa_parts / metrics_key(specs, cfg.precision)
-        with scratch_dir("score") as scratch:
-            generated.to_parquet(scratch / "generated_images.parquet")
-            run_stage(
-                "fluxir.fluxgen.score",
-                ["--manifest", str(scratch / "generated_images.parquet"), "--parts", str(iqa_parts)],
-                processes,
-                "score",
-            )
-    table = merge_scores(generated, parts_dir, [s.name for s in specs])
+    parts_dir = iqa_parts / metrics_key(specs, cfg.precision)
+    with exclusive_lock(parts_dir / LOCK_NAME, f"the IQA parts {parts_dir}"):  # part numbers are per writer
+        if processes == 1:
+            run_scoring(cfg, generated, iqa_parts)
+        else:  # every weight file checked here, before the launch
+            iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
+            iqa_lib.check_weights(specs)
+            with scratch_dir("score") as scratch:
+                generated.to_parquet(scratch / "generated_images.parquet")
+                run_stage(
+                    "fluxir.fluxgen.score",
+                    ["--manifest", str(scratch / "generated_images.parquet"), "--parts", str(iqa_parts)],
+                    processes,
+                    "score",
+                )
+        table = merge_scores(generated, parts_dir, [s.name for s in specs])
     table["iqa_versions"] = json.dumps(score_versions(specs, cfg.precision), sort_keys=True)
     return table
 
@@ -102,5 +104,6 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
     from fluxir.fluxgen.pairs import DegradeConfig, degrade_selection, pairs_manifest
 
     cfg = DegradeConfig.from_params(degrade)
-    stores, kept, _ = degrade_selection(selection, pair_store, cfg)  # every missing pair, on every core
+    with exclusive_lock(pair_store.root / LOCK_NAME, f"the pair store {pair_store.root}"):
+        stores, kept, _ = degrade_selection(selection, pair_store, cfg)  # every missing pair, on every core
     return pairs_manifest(kept, stores, cfg.seed)
