@@ -258,7 +258,7 @@ class DegradeConfig:
     config: DegradationConfig
 
     @classmethod
-    def config_from_params(cls, params: dict[str, Any]) -> DegradeConfig:
+    def from_params(cls, params: dict[str, Any]) -> DegradeConfig:
         config = DegradationConfig.from_dict(params.get("config", {}))
         return config_from_params(cls, {**params, "config": config}, DEGRADE_RULES, "degrade.")
 

@@ -75,7 +75,7 @@ class IqaConfig:
     precision: str  # fp32, tf32 or bf16: part of the scores' key
 
     @classmethod
-    def config_from_params(cls, params: dict[str, Any]) -> IqaConfig:
+    def from_params(cls, params: dict[str, Any]) -> IqaConfig:
         return config_from_params(cls, params, SCORING_RULES, "iqa.")
 
     def specs(self) -> list[iqa_lib.MetricSpec]:
