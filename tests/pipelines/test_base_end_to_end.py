@@ -5,7 +5,8 @@ The module fixture lays out what a user has after downloading: the full-format t
 (``HF_HUB_CACHE``: blobs, refs/main, snapshots/<commit>; transformer and T5 weights in shards with their
 index json, as in the real repo), the IQA files of the published names in ``TORCH_HOME``
 (``scripts/make_iqa_fixture_weights.py``), Real-ESRGAN x4plus's checkpoint layout (random weights), a few
-small benchmark images and photos. The commands of
+small benchmark images and photos, and the tiny Flux ControlNet as a hub-cache snapshot of the
+baseline's id. The commands of
 README.md and docs/ then run as documented (tests/doc_commands.py lists which test runs which), with
 ``-c conf/run_small.yml`` appended (sizes only), 2 CPU processes where the docs say 4, 8 or N, and the
 documented 350,000 images as 4. Everything else is the base configuration: ``--env base``, FLUX.1-dev by
@@ -122,6 +123,12 @@ def base_project(request, tmp_path_factory) -> BaseProject:
     from support import write_hub_snapshot
 
     write_hub_snapshot(root / "flux", root / "hf_cache", FLUX)
+    # the Flux ControlNet baseline (evaluate.methods lists flux_controlnet) as a download of its hub id
+    from fluxir.models.tiny import write_tiny_controlnet
+
+    baselines = yaml.safe_load((project.path / "conf" / "base" / "parameters_baselines.yml").read_text())
+    write_tiny_controlnet(root / "controlnet")
+    write_hub_snapshot(root / "controlnet", root / "hf_cache", baselines["baselines"]["flux_controlnet"]["controlnet"])
     script = [sys.executable, str(REPO / "scripts" / "make_iqa_fixture_weights.py"), "--out", str(root / "torch_home")]
     subprocess.run(
         script + (["--with-vit-l14"] if "vitL14" in project.clip else []),
