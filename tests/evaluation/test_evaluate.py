@@ -344,14 +344,14 @@ def test_methods_without_fluxir_need_no_adapter(tmp_path):
     manifest = pd.DataFrame(
         {"dataset": ["RealSR"], "image": ["a"], "lq_path": ["x.png"], "hq_path": [None], "prep_key": ["k"]}
     )
-    outputs, info = restore_benchmarks(manifest, missing, {}, str(tmp_path), 4, "wavelet", ["bicubic", "realesrgan"])
+    outputs, info = restore_benchmarks(manifest, missing, {}, str(tmp_path), 4, "wavelet", ["bicubic", "realesrgan"], 1)
     assert outputs.empty and info == {"FluxIR": "not run (not in evaluate.methods)"}
     with pytest.raises(
         ValueError,
         match=r"evaluate.methods: fluxir needs a trained FluxIR adapter: .*restore.method="
         r"flux_controlnet or realesrgan",
     ):
-        restore_benchmarks(manifest, missing, {}, str(tmp_path), 4, "wavelet", ["fluxir"])
+        restore_benchmarks(manifest, missing, {}, str(tmp_path), 4, "wavelet", ["fluxir"], 1)
     assert upsample_bicubic(manifest, 4, str(tmp_path), ["fluxir"]).empty
     for bad, message in (
         (["bicubic", "bicubic"], "twice"),
