@@ -270,7 +270,7 @@ def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project,
     from fluxir.io import ImageStore
 
     project = kedro_project
-    params = "fluxgen.num_images=16,fluxgen.steps=4,fluxgen.num_processes=2"
+    params = "fluxgen.num_images=64,fluxgen.steps=4,fluxgen.num_processes=2"
     store = project / "data/02_intermediate/fluxgen_images"
     kedro = Path(sys.executable).with_name("kedro")
     proc = subprocess.Popen(
@@ -297,14 +297,14 @@ def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project,
         for pid in _children_of(project):  # never leave one behind, even when the test fails
             os.kill(pid, 9)
     made = len(list(store.rglob("*.png")))
-    assert 0 < made < 16
+    assert 0 < made < 64
 
     kedro_run(
         project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images", f"--params={params}"
     )
     cfg = GenerationConfig.from_params(load_params("tiny", [params], project)["fluxgen"])
     generate_into_store(cfg, ImageStore(tmp_path / "fresh").sub(cfg.key()), progress=False)
-    assert _files(store) == _files(tmp_path / "fresh") and len(_files(store)) == 16
+    assert _files(store) == _files(tmp_path / "fresh") and len(_files(store)) == 64
 
 
 # ----------------------------------------------------------------------------------------------------
