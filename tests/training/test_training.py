@@ -555,7 +555,7 @@ def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
     validation = [a.path for a in client.list_artifacts(run.info.run_id, "validation")]
     assert validation == ["validation/step_00000003.png", "validation/step_00000006.png"]
     reporting = [a.path for a in client.list_artifacts(run.info.run_id, "reporting")]
-    assert reporting == ["reporting/latent_cache_summary.json", "reporting/train_loss_curves.png"]  # + the pre-compute
+    assert reporting == ["reporting/train_loss_curves.png"]
 
 
 def test_packing_matches_diffusers_and_inverts():
