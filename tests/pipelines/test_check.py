@@ -34,11 +34,11 @@ def _save_adapter(project: Path, flux_folder: Path) -> None:
     """An adapter built for the transformer in ``flux_folder``, saved through the project's catalog."""
     from diffusers import FluxTransformer2DModel
 
-    from fluxir.check import _catalog
+    from fluxir.config import load_catalog
     from fluxir.models.adapter import FluxIRAdapter
 
     flux = FluxTransformer2DModel.from_pretrained(flux_folder / "transformer")
-    _catalog(project, "tiny").save("fluxir_adapter", FluxIRAdapter.from_flux(flux, rank=4, text_seq_len=8))
+    load_catalog("tiny", project).save("fluxir_adapter", FluxIRAdapter.from_flux(flux, rank=4, text_seq_len=8))
 
 
 def test_good_setup_passes(kedro_project):
