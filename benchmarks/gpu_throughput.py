@@ -83,6 +83,17 @@ def _stop(signum: int, _frame: Any) -> None:
     raise OutOfTime(f"signal {signal.Signals(signum).name}")
 
 
+def out_of_time(err: BaseException) -> OutOfTime | None:
+    """The OutOfTime in ``err``'s chain: libraries (diffusers' lazy imports) re-raise it as their own error."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OutOfTime):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def timed(fn: Callable[[], Any], run: Run, what: str, iters: int, warmup: int = 1) -> dict[str, Any]:
     """Median seconds of ``iters`` calls after ``warmup``; the deadline is checked before every call."""
     import torch
@@ -376,15 +387,17 @@ def main() -> None:
         for stage in (generation, training, restoration):
             try:
                 stage(run, flux, vae, spec, device, dtype, args)
-            except OutOfTime:
-                raise
             except Exception as err:  # noqa: BLE001  (recorded; the next measurement still runs)
+                if out_of_time(err) is not None:
+                    raise
                 run.result["stages"].setdefault(stage.__name__, {})["error"] = f"{type(err).__name__}: {err}"[:500]
-                run.check(stage.__name__)  # a library that wrapped the timer's OutOfTime in its own error
             if device == "cuda":
                 torch.cuda.empty_cache()
             run.save()
-    except OutOfTime as stop:
+    except Exception as err:
+        stop = out_of_time(err)
+        if stop is None:
+            raise
         run.result["stopped"] = str(stop)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

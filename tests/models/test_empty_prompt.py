@@ -16,6 +16,8 @@ from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
 from fluxir.io import ImageStore
 from fluxir.models.empty_prompt import empty_prompt_file, empty_prompt_key
 
+from support import base_params
+
 
 @pytest.fixture
 def text_encoders_built(monkeypatch):
@@ -61,16 +63,19 @@ def test_generation_and_restoration_reuse_the_cached_prompt(full_flux_dir, tmp_p
     from fluxir.restoration.sampler import RestoreConfig, Restorer
 
     cache = tmp_path / "prompt_embeddings"
-    params = {
-        "model": str(full_flux_dir),
-        "num_images": 2,
-        "height": 48,
-        "width": 64,
-        "steps": 2,
-        "dtype": "float32",
-        "device": "cpu",
-    }
-    cfg = GenerationConfig.from_params(params)
+    cfg = GenerationConfig.from_params(
+        base_params(
+            "fluxgen",
+            model=str(full_flux_dir),
+            num_images=2,
+            height=48,
+            width=64,
+            steps=2,
+            dtype="float32",
+            device="cpu",
+            write_threads=0,
+        )
+    )
     encoded, cached = ImageStore(tmp_path / "encoded"), ImageStore(tmp_path / "cached")
     generate_into_store(cfg, encoded, progress=False, prompt_cache=cache)
     assert sorted(text_encoders_built) == ["CLIPTextModel", "T5EncoderModel"]

@@ -29,7 +29,8 @@ def _save_and_read_back(tmp_path, prefix: str, metrics: dict) -> dict[str, float
     from kedro_mlflow.io.metrics import MlflowMetricsHistoryDataset
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")  # conftest restores MLFLOW_TRACKING_URI
-    with mlflow.start_run() as run:
+    experiment = mlflow.set_experiment("mlflow-keys")  # not the id an earlier test left active in this process
+    with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
         MlflowMetricsHistoryDataset(prefix=prefix).save(metrics)  # as conf/base/catalog*.yml saves them
     return mlflow.get_run(run.info.run_id).data.metrics
 
