@@ -160,10 +160,15 @@ def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]
 # Locks: one writer per stage output
 
 
+class FolderBusy(RuntimeError):
+    """Another process holds the lock of an output that cannot be shared or waited for."""
+
+
 @contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+def exclusive_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created if needed) for the block: a second run of the same
-    stage waits here, logging which process holds it, and then finds the first one's work done.
+    stage waits here, logging which process holds it, and then finds the first one's work done. With
+    ``wait=False`` (a training run: waiting would be for days) it raises ``FolderBusy`` naming the holder.
 
     ``fcntl.flock``: released by the kernel when the holder ends in any way (a kill -9 leaves no stale lock);
     works on local disks and NFSv4. Where ``fcntl`` does not exist (Windows) the block runs unlocked.
@@ -181,6 +186,11 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            if not wait:
+                raise FolderBusy(
+                    f"{what} is being written by {holder} (lock {path}): let that run finish or stop it, "
+                    "or give this one another folder"
+                ) from None
             logger.warning("%s is being written by %s; waiting for it to finish (lock %s)", what, holder, path)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)

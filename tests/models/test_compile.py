@@ -6,6 +6,7 @@ machine compiles for minutes; torch's inductor cache makes later runs take secon
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 
@@ -104,9 +105,11 @@ def test_restore_and_train_compile_switch_compiles_the_blocks(tiny_flux_dir, tmp
         ]
         assert [_compiled(b) for b in blocks] == [compile_on] * len(blocks)
     params = tiny_params(tmp_path, "train.compile=true")
-    run = start_run(TrainConfig.from_params(params), make_pairs(tmp_path / "pairs", n=4))
+    with contextlib.ExitStack() as lock:
+        run = start_run(TrainConfig.from_params(params), make_pairs(tmp_path / "pairs", n=4), None, lock)
     assert _compiled(run.models.flux.transformer_blocks[0]) and _compiled(run.adapter.block)
-    assert (
-        run.run_key
-        == start_run(TrainConfig.from_params({**params, "compile": False}), make_pairs(tmp_path / "pairs", n=4)).run_key
-    ), "compile is not part of the run key"
+    with contextlib.ExitStack() as lock:
+        uncompiled = start_run(
+            TrainConfig.from_params({**params, "compile": False}), make_pairs(tmp_path / "pairs", n=4), None, lock
+        )
+    assert run.run_key == uncompiled.run_key, "compile is not part of the run key"

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fluxir.io import LOCK_NAME, FolderBusy, exclusive_lock
 from fluxir.models.adapter import load_adapter
 from fluxir.models.flux import unpack
 from fluxir.training.checkpoints import list_checkpoints
@@ -320,6 +321,21 @@ def test_any_split_of_the_global_batch_trains_the_same(tmp_path, pairs):
     assert max_diff(accumulated.adapter, at_once.adapter) < 1e-5  # float sums in another order only
     single = train(tiny_params(tmp_path / "c", "train.max_steps=3"), pairs, progress=False)  # global batch 1
     assert max_diff(single.adapter, at_once.adapter) > 1e-4
+
+
+def test_a_second_run_of_the_same_settings_refuses_while_the_first_holds_the_folder(tmp_path, pairs):
+    """One writer per checkpoint folder: the second run names the holder and writes nothing; once the first has
+    ended the same command resumes from its checkpoint."""
+    params = tiny_params(tmp_path, "train.max_steps=2", "train.checkpoint_every=1")
+    first = train(params, pairs, progress=False)
+    before = sorted(p.name for p in first.run_dir.iterdir())
+    with exclusive_lock(first.run_dir / LOCK_NAME, "a training run"):  # a run of these settings still going
+        with pytest.raises(
+            FolderBusy, match=rf"checkpoint folder .*{first.run_dir.name} is being written by pid {os.getpid()}"
+        ):
+            train({**params, "max_steps": 3}, pairs, progress=False)
+    assert sorted(p.name for p in first.run_dir.iterdir()) == before
+    assert train({**params, "max_steps": 3}, pairs, progress=False).resumed_from == 2
 
 
 def test_cache_and_checkpointing_do_not_change_training(tmp_path, pairs):

@@ -28,6 +28,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 
 from fluxir.config import flatten_dict
+from fluxir.io import LOCK_NAME, exclusive_lock
 from fluxir.models.adapter import (
     FluxIRAdapter,
     count_parameters,
@@ -156,8 +157,15 @@ def _clear_run_dir(run_dir: Path, resume: bool) -> None:
             shutil.rmtree(path)
 
 
-def start_run(cfg: TrainConfig, manifest: pd.DataFrame, prompt_cache: str | Path | None = None) -> TrainingRun:
-    """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process."""
+def start_run(
+    cfg: TrainConfig,
+    manifest: pd.DataFrame,
+    prompt_cache: str | Path | None,
+    lock: contextlib.ExitStack,
+) -> TrainingRun:
+    """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process.
+
+    The main process takes the run folder's lock into ``lock``: held until that stack closes."""
     configure_cuda_allocator()
     processes = PartialState(cpu=accelerate_cpu(cfg.device)).num_processes
     accumulation = accumulation_steps(cfg.global_batch, cfg.batch_size, processes)
@@ -183,6 +191,8 @@ def start_run(cfg: TrainConfig, manifest: pd.DataFrame, prompt_cache: str | Path
     run_key = cfg.run_key(pairs.data_key())
     run_dir = Path(cfg.checkpoint_dir) / run_key
     if accelerator.is_main_process:
+        # One writer per run folder: a second run of the same settings refuses (the holder's pid in the message).
+        lock.enter_context(exclusive_lock(run_dir / LOCK_NAME, f"the checkpoint folder {run_dir}", wait=False))
         _clear_run_dir(run_dir, cfg.resume)
     accelerator.wait_for_everyone()
     newest = newest_complete_checkpoint(run_dir, move_damaged=accelerator.is_main_process) if cfg.resume else None
@@ -394,7 +404,14 @@ def train(
     the pair image ids this process trained on, the epoch). Returns the same ``TrainResult`` everywhere.
     """
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
-    run = start_run(cfg, manifest, prompt_cache)
+    with contextlib.ExitStack() as lock:
+        return _train(start_run(cfg, manifest, prompt_cache, lock), progress, step_callback)
+
+
+def _train(
+    run: TrainingRun, progress: bool, step_callback: Callable[[int, FluxIRAdapter, dict[str, Any]], None] | None
+) -> TrainResult:
+    cfg = run.cfg
     log_run_params(run)
     main = run.accelerator.is_main_process
     bar = progress_bar(
