@@ -41,7 +41,7 @@ from fluxir.restoration.methods import (
     public_config,
 )
 from fluxir.restoration.sampler import RestoreConfig, Restorer, check_output_size, output_size, upsample
-from fluxir.validation import raise_problems, restore_settings_problems
+from fluxir.validation import baselines_problems, raise_problems, restore_settings_problems
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,9 @@ def restore_upload(
     except ValueError as err:
         raise ValueError(f"{name}: {str(err).removeprefix(f'{Path(upload)}: ')}") from err
     restore = {**models.params, **settings}
-    raise_problems(restore_settings_problems(restore), "the restoration")
+    public = restore.get("method", "fluxir") != "fluxir"  # only a public restorer reads baselines.*
+    problems = restore_settings_problems(restore) + (baselines_problems(models.baselines) if public else [])
+    raise_problems(problems, "the restoration")
     files, config = split_params(restore)
     method = files.get("method", "fluxir")
     if method not in RESTORE_METHODS:
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     models = ProjectModels.from_kedro(args.project, args.env)
-    raise_problems(restore_settings_problems(models.params), "the app")
+    raise_problems(restore_settings_problems(models.params) + baselines_problems(models.baselines), "the app")
     build_app(models).launch(server_name=args.host, server_port=args.port)
 
 

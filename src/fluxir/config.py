@@ -175,6 +175,17 @@ CHECKS: dict[str, tuple[Callable[[Any, Any], bool], Callable[[Any], str]]] = {
         lambda v, options: isinstance(v, (list, tuple)) and all(x in options for x in v),
         lambda options: f"a list of {tuple(options)}",
     ),
+    "distinct_choices": (
+        lambda v, options: (
+            isinstance(v, (list, tuple))
+            and bool(v)
+            and all(isinstance(x, str) and x in options for x in v)
+            and len(set(v)) == len(v)
+        ),
+        lambda options: f"a non-empty list of distinct names from {tuple(options)}",
+    ),
+    "auto_or_positive_int": (lambda v, _: v == "auto" or (is_int(v) and v >= 1), lambda _: "'auto' or an integer >= 1"),
+    "text": (lambda v, _: isinstance(v, str) and bool(v.strip()), lambda _: "a non-empty string"),
     # [low, high] of numbers with 0 < low <= high; "range_to": also high <= extra; "range_around": low <= extra <= high
     "range": (lambda v, _: _is_range(v), lambda _: "[low, high] with 0 < low <= high"),
     "strict_range": (lambda v, _: _is_range(v) and v[0] < v[1], lambda _: "[low, high] with 0 < low < high"),

@@ -139,8 +139,52 @@ def restore_settings_problems(restore: Mapping[str, Any]) -> list[str]:
     return _problems(lambda: split_params(dict(restore)), RESTORE_RULES, config_values, "restore.")
 
 
+def baselines_problems(baselines: Any) -> list[str]:
+    """``baselines.*`` (the public restorers' settings): ``RealESRGANConfig`` and ``FluxControlNetConfig``, every
+    bad value of both (the app checks its ``baselines`` with this)."""
+    from fluxir.restoration.controlnet import CONTROLNET_RULES, FluxControlNetConfig
+    from fluxir.restoration.realesrgan import REALESRGAN_RULES, RealESRGANConfig
+
+    if not isinstance(baselines, Mapping):
+        return ["parameter group 'baselines' is missing or not a mapping (conf/base/parameters_baselines.yml)"]
+    found: list[str] = []
+    for method, config_class, rules in (
+        ("realesrgan", RealESRGANConfig, REALESRGAN_RULES),
+        ("flux_controlnet", FluxControlNetConfig, CONTROLNET_RULES),
+    ):
+        section = baselines.get(method)
+        if not isinstance(section, Mapping):
+            found.append(f"baselines.{method} is missing or not a mapping (conf/base/parameters_baselines.yml)")
+            continue
+        found += _problems(
+            lambda c=config_class, s=section: c.from_params(dict(s)), rules, section, f"baselines.{method}."
+        )
+    return found
+
+
+def validate_baselines(params: Mapping[str, Any]) -> list[str]:
+    """``baselines.*``: the settings of Real-ESRGAN and the Flux ControlNet (``baselines_problems``)."""
+    return baselines_problems(params.get("baselines"))
+
+
+def public_weights_problems(params: Mapping[str, Any], methods: Iterable[str]) -> list[str]:
+    """A missing Real-ESRGAN weight file when ``methods`` use it (the settings themselves: ``validate_baselines``;
+    the ControlNet may be a hub id, found in the cache only when it loads)."""
+    from fluxir.restoration.realesrgan import RealESRGANConfig, weights_file
+
+    if "realesrgan" not in methods:
+        return []
+    section = params.get("baselines", {}).get("realesrgan") if isinstance(params.get("baselines"), Mapping) else None
+    try:
+        weights_file(RealESRGANConfig.from_params(dict(section or {})))
+    except ValueError as err:
+        message = str(err)
+        return [message] if message.startswith("baselines.realesrgan.weights:") else []  # bad settings: reported once
+    return []
+
+
 def validate_restore(params: Mapping[str, Any]) -> list[str]:
-    """``restore.*``: ``RestoreConfig``, the method and the input / output folders."""
+    """``restore.*``: ``RestoreConfig``, the method (a public one's weight file) and the input / output folders."""
     from fluxir.restoration.methods import RESTORE_METHODS
 
     group, missing = _group(params, "restore")
@@ -149,6 +193,8 @@ def validate_restore(params: Mapping[str, Any]) -> list[str]:
     found = restore_settings_problems(group)
     if group.get("method", "fluxir") not in RESTORE_METHODS:
         found.append(f"restore.method must be one of {RESTORE_METHODS}, got {group.get('method')!r}")
+    else:
+        found += public_weights_problems(params, [group.get("method", "fluxir")])
     if not group.get("input_dir") or not group.get("output_dir"):
         found.append(
             "set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
@@ -159,8 +205,24 @@ def validate_restore(params: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def evaluate_rules() -> tuple[Rule, ...]:
+    """The rule table of ``evaluate.*``'s plain values (the group has no config class; its nodes take them one
+    by one)."""
+    from fluxir.evaluation.report import CONVENTION_DEFINITIONS
+    from fluxir.restoration.methods import EVALUATE_METHODS
+
+    return (
+        Rule("methods", "distinct_choices", EVALUATE_METHODS, note=" (restored and scored in this run)"),
+        Rule("convention", "choice", tuple(CONVENTION_DEFINITIONS), note=" (the PSNR / SSIM channel convention)"),
+        Rule("crop_border", "nonneg_int", note=" (pixels cut from each side before PSNR / SSIM / LPIPS)"),
+        Rule("num_processes", "auto_or_positive_int", note=" (auto: one process per visible GPU)"),
+        Rule("grid_images", "positive_int", note=" (images per dataset in the grids)"),
+    )
+
+
 def validate_evaluate(params: Mapping[str, Any]) -> list[str]:
-    """``evaluate.*``: every ``BenchmarkSpec``, the metric groups and ``evaluate.restore`` (``RestoreConfig``)."""
+    """``evaluate.*``: the plain values (``evaluate_rules``), every ``BenchmarkSpec``, the metric groups,
+    ``evaluate.restore`` (``RestoreConfig``) and the weight file of Real-ESRGAN when it is one of the methods."""
     from fluxir.evaluation.scoring import evaluation_restore_config, parse_metric_groups
     from fluxir.evaluation.testsets import BenchmarkSpec
     from fluxir.restoration.colorfix import COLOR_FIX_METHODS
@@ -168,7 +230,10 @@ def validate_evaluate(params: Mapping[str, Any]) -> list[str]:
     group, missing = _group(params, "evaluate")
     if missing:
         return missing
-    found: list[str] = []
+    rules = evaluate_rules()
+    found = [m for rule in rules if (m := rule.problem(group.get(rule.field), "evaluate."))]
+    if not any(m.startswith("evaluate.methods ") for m in found):
+        found += public_weights_problems(params, group["methods"])
     scale = group.get("scale")
     if not is_int(scale, 1):
         found.append(f"evaluate.scale must be a positive integer, got {scale!r}")
@@ -197,6 +262,7 @@ VALIDATORS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
     "train": validate_train,
     "restore": validate_restore,
     "evaluate": validate_evaluate,
+    "baselines": validate_baselines,
 }
 
 

@@ -41,6 +41,77 @@ def test_fluxgen_run_with_three_bad_parameters_stops_before_anything_is_written(
             assert conn.execute("select count(*) from runs").fetchone()[0] == 0
 
 
+def test_evaluate_run_with_bad_methods_convention_and_baselines_stops_before_anything_is_written(kedro_project):
+    before = _files(kedro_project / "data")
+    proc = kedro_run(
+        kedro_project,
+        "run",
+        "--env=tiny",
+        "--pipeline=evaluate",
+        "--params=evaluate.methods=[fluxir,sharpen],evaluate.convention=lab,baselines.realesrgan.tile_pad=-1",
+        check=False,
+    )
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0
+    assert "3 parameter problem(s) found before kedro run --pipeline=evaluate started" in out
+    assert "evaluate.methods must be a non-empty list of distinct names from" in out
+    assert "got ['fluxir', 'sharpen']" in out
+    assert "evaluate.convention must be one of ('rgb', 'y', 'ycbcr'), got 'lab'" in out
+    assert "baselines.realesrgan.tile_pad must be an integer >= 0, got -1" in out
+    assert _files(kedro_project / "data") == before  # no prepared benchmark, no restored image, no version
+
+
+@pytest.mark.parametrize(
+    ("value", "wording"),
+    [
+        ("[]", "got []"),
+        ("[bicubic,bicubic]", "got ['bicubic', 'bicubic']"),
+        ("bicubic", "got 'bicubic'"),
+    ],
+)
+def test_evaluate_methods_must_be_distinct_known_names(value, wording):
+    problems = problems_for(load_params("tiny", [f"evaluate.methods={value}"], REPO), ["evaluate"])
+    assert len(problems) == 1
+    assert problems[0].startswith("evaluate.methods must be a non-empty list of distinct names from")
+    assert wording in problems[0]
+
+
+def test_every_bad_evaluate_and_baselines_value_is_listed():
+    overrides = [
+        "evaluate.crop_border=-1",
+        "evaluate.num_processes=0",
+        "evaluate.grid_images=0",
+        "baselines.realesrgan.weights=''",
+        "baselines.realesrgan.tile_size=0",
+        "baselines.flux_controlnet.steps=0",
+        "baselines.flux_controlnet.guidance_scale=-1",
+    ]
+    problems = problems_for(load_params("tiny", overrides, REPO), ["evaluate", "baselines"])
+    text = "\n".join(problems)
+    for expected in (
+        "evaluate.crop_border must be an integer >= 0, got -1",
+        "evaluate.num_processes must be 'auto' or an integer >= 1, got 0",
+        "evaluate.grid_images must be a positive integer, got 0",
+        "baselines.realesrgan.weights must be a non-empty string, got ''",
+        "baselines.realesrgan.tile_size must be a positive integer or null, got 0",
+        "baselines.flux_controlnet.steps must be a positive integer, got 0",
+        "baselines.flux_controlnet.guidance_scale must be a number >= 0",
+    ):
+        assert expected in text
+    assert len(problems) == 7
+    assert problems_for(load_params("tiny", ["evaluate.num_processes=2"], REPO), ["evaluate"]) == []
+
+
+def test_a_missing_realesrgan_weight_file_is_a_problem_only_where_a_run_uses_it():
+    missing = ["baselines.realesrgan.weights=nowhere/RealESRGAN_x4plus.pth", "restore.input_dir=conf"]
+    params = load_params("tiny", missing, REPO)
+    assert any("baselines.realesrgan.weights: nowhere" in p for p in problems_for(params, ["evaluate"]))
+    assert problems_for(params, ["restore", "baselines"]) == []  # restore.method fluxir reads no weights
+    params = load_params("tiny", [*missing, "evaluate.methods=[fluxir,bicubic]", "restore.method=realesrgan"], REPO)
+    assert problems_for(params, ["evaluate"]) == []
+    assert any("baselines.realesrgan.weights: nowhere" in p for p in problems_for(params, ["restore"]))
+
+
 def test_all_problems_of_one_group_are_listed():
     params = load_params(
         "tiny",
@@ -66,9 +137,11 @@ def test_groups_follow_the_parameters_the_pipeline_reads():
 
 
 def test_the_base_and_tiny_parameters_pass():
+    # base's Real-ESRGAN weights are downloaded by `python -m fluxir.fetch`; the tiny ones are committed
+    tiny_weights = load_params("tiny", [], REPO)["baselines"]["realesrgan"]["weights"]
     for env in ("base", "tiny"):
-        params = load_params(env, ["restore.input_dir=conf"], REPO)
-        groups = [g for g in ("fluxgen", "select", "degrade", "train", "restore", "evaluate")]
+        params = load_params(env, ["restore.input_dir=conf", f"baselines.realesrgan.weights={tiny_weights}"], REPO)
+        groups = [g for g in ("fluxgen", "select", "degrade", "train", "restore", "evaluate", "baselines")]
         assert problems_for(params, groups) == [], env
     assert problems_for(load_params("tiny", [], REPO), ["iqa"]) == []
 
@@ -103,6 +176,50 @@ def test_entry_point_lists_every_problem_before_work(tmp_path):
     assert "degrade.workers must be 'auto' or a positive integer, got 0" in proc.stderr
     assert "absent.parquet" not in proc.stderr  # stopped before reading any input
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "params", "expected"),
+    [
+        (
+            "fluxir.restoration",
+            "restore.input_dir=nowhere,restore.output_dir={out},baselines.flux_controlnet.steps=0",
+            [
+                "restore.input_dir 'nowhere' does not exist",
+                "baselines.flux_controlnet.steps must be a positive integer",
+            ],
+        ),
+        (
+            "fluxir.evaluation",
+            "evaluate.methods=[fluxir,sharpen],evaluate.crop_border=-2",
+            ["evaluate.methods must be a non-empty list", "evaluate.crop_border must be an integer >= 0, got -2"],
+        ),
+    ],
+)
+def test_restoration_and_evaluation_entry_points_refuse_bad_parameters_before_work(tmp_path, module, params, expected):
+    out = tmp_path / "restored"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            module,
+            "--env=tiny",
+            f"--params={params.format(out=out)}",
+            *(["--manifest", str(tmp_path / "absent.parquet")] if module == "fluxir.evaluation" else []),
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode != 0
+    assert f"2 parameter problem(s) found before python -m {module} started" in err
+    for text in expected:
+        assert text in err
+    assert "absent.parquet" not in err  # stopped before reading the manifest
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("opted_out", [True, False])

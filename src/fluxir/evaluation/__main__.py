@@ -20,6 +20,7 @@ from fluxir.config import cli_parser, load_catalog, load_params
 from fluxir.evaluation.scoring import restore_missing
 from fluxir.models.adapter import load_adapter
 from fluxir.models.flux import accelerate_cpu, resolve_device
+from fluxir.validation import check_params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    evaluate = load_params(args.env, args.params, args.project)["evaluate"]
+    params = load_params(args.env, args.params, args.project)
+    check_params(params, ["evaluate"], "python -m fluxir.evaluation")
+    evaluate = params["evaluate"]
     catalog = None if args.manifest and args.adapter else load_catalog(args.env, args.project)
     manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("benchmark_manifest")
     adapter = load_adapter(args.adapter) if args.adapter else catalog.load("fluxir_adapter")

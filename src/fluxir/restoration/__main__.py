@@ -20,6 +20,7 @@ from fluxir.models.adapter import load_adapter
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
 from fluxir.restoration.methods import public_restorer_for
+from fluxir.validation import check_params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.env, args.params, args.project)
+    check_params(params, ["restore", "baselines"], "python -m fluxir.restoration")
     files, cfg = split_params(params["restore"])
     state = PartialState(cpu=accelerate_cpu(cfg.device))
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, state.device))  # this process's GPU

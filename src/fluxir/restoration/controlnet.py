@@ -30,12 +30,15 @@ from fluxir.models.flux import load_pipeline, resolve_device
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONTROLNET_RULES = (
+    Rule("model", "text", note=" (hub id or local diffusers folder of the Flux base)"),
+    Rule("controlnet", "text", note=" (hub id or local FluxControlNetModel folder)"),
     Rule("steps", "positive_int", note=" (the paper's budget: 20; the model card: 28)"),
     Rule("conditioning_scale", "number_at_least", 0, must="a number >= 0 (model card: 0.6)"),
     Rule("guidance_scale", "number_at_least", 0, must="a number >= 0 (Flux-dev's distilled guidance; card: 3.5)"),
     Rule("seed", "nonneg_int"),
     Rule("dtype", "choice", DTYPES),
     Rule("max_sequence_length", "positive_int"),
+    Rule("device", "text", note=" (auto, cpu, cuda, cuda:1, ...)"),
 )
 # Fields a ControlNet must share with the Flux transformer it steers.
 SHARED_FIELDS = (

@@ -29,6 +29,7 @@ from fluxir.progress import progress as progress_bar
 
 DTYPES = ("float32", "float16", "bfloat16")
 REALESRGAN_RULES = (
+    Rule("weights", "text", note=" (the RealESRGAN_x4plus.pth file)"),
     Rule("num_feat", "positive_int"),
     Rule("num_block", "positive_int"),
     Rule("num_grow_ch", "positive_int"),
@@ -37,6 +38,7 @@ REALESRGAN_RULES = (
     Rule("tile_pad", "nonneg_int"),
     Rule("pre_pad", "nonneg_int"),
     Rule("dtype", "choice", DTYPES),
+    Rule("device", "text", note=" (auto, cpu, cuda, cuda:1, ...)"),
 )
 
 
