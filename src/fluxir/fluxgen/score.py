@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fluxir import iqa as iqa_lib
 from fluxir.config import Rule, check_fields, cli_parser, config_from_params, load_catalog, load_params
-from fluxir.io import atomic_file, hash_json, read_image
+from fluxir.datasets.durable_parquet import write_parquet
+from fluxir.io import hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.processes import worker_init
 from fluxir.progress import progress as progress_bar
@@ -164,8 +165,8 @@ def _next_part_number(parts_dir: Path, rank: int) -> int:
 
 
 def _write_part(parts_dir: Path, rank: int, number: int, rows: list[pd.DataFrame]) -> None:
-    with atomic_file(parts_dir / f"part-{rank:05d}-{number:06d}.parquet") as tmp:  # complete under its name or absent
-        pd.concat(rows, ignore_index=True).to_parquet(tmp, index=False)
+    path = parts_dir / f"part-{rank:05d}-{number:06d}.parquet"
+    write_parquet(path, pd.concat(rows, ignore_index=True), index=False)  # complete under its name or absent
 
 
 def score_into_parts(

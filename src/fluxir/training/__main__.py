@@ -16,6 +16,7 @@ from accelerate import PartialState
 from kedro.config import MissingConfigException
 
 from fluxir.config import cli_parser, config_loader, load_catalog, load_params
+from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
 from fluxir.models.flux import accelerate_cpu
 from fluxir.training.checkpoints import weights_digest
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             catalog.save("fluxir_adapter", result.adapter)
         if history_path:
-            result.history.to_parquet(history_path)
+            write_parquet(history_path, result.history)  # as the catalog's train_history: atomic, fsynced
         last = result.history.iloc[-1].to_dict() if len(result.history) else {}
         print(
             json.dumps(
