@@ -40,7 +40,9 @@ from fluxir.restoration.methods import (
     output_geometry,
     public_config,
 )
-from fluxir.restoration.sampler import RestoreConfig, Restorer, check_output_size, output_size, upsample
+from fluxir.restoration.restore_config import RestoreConfig, output_size
+from fluxir.restoration.sampler import Restorer, upsample
+from fluxir.restoration.work import check_output_size, warm_up_rate
 from fluxir.validation import baselines_problems, raise_problems, restore_settings_problems
 
 logger = logging.getLogger(__name__)
@@ -164,7 +166,8 @@ def restore_upload(
     """Restore the uploaded file: (before = bicubic LQ at the output size, after, PNG path, method label).
 
     ``settings`` may hold ``method`` (``restore.method``: fluxir, flux_controlnet, realesrgan).
-    ``on_start(text)`` gets the output size, tiles x steps and the time estimate before the models load.
+    ``on_start(text)`` gets the output size and the method's work before the models load, then again with the
+    estimated time (the first time per method from a warm-up, ``fluxir.restoration.work``) before restoring.
     Raises ValueError naming the file (unreadable, too large an output, out of memory) or the parameter.
     """
     if not upload:
@@ -182,12 +185,20 @@ def restore_upload(
     method = files.get("method", "fluxir")
     if method not in RESTORE_METHODS:
         raise ValueError(f"restore.method must be one of {RESTORE_METHODS}, got {method!r}")
-    work = check_output_size(rgb.shape[0], rgb.shape[1], config, name)  # before any model is loaded
-    plan = work.describe(models.seconds_per_pass.get(method))
+    public = None if method == "fluxir" else public_config(method, models.baselines)
+    if method == "flux_controlnet" and settings.get("steps"):
+        public = replace(public, steps=settings["steps"])  # the page's steps, as models.restorer sets them
+    work = check_output_size(rgb.shape[0], rgb.shape[1], config, name, public)  # before any model is loaded
+    rate, basis = models.seconds_per_pass.get(method), "rate of the image before"
+    if on_start is not None:
+        on_start(f"loading models; {work.describe(rate, basis)}")
+    restorer = models.restorer(version, config, method, steps=settings.get("steps"), seed=settings.get("seed"))
+    if rate is None:
+        rate, basis = warm_up_rate(restorer, work), "timed on a warm-up"
+    plan = work.describe(rate, basis)
     logger.info("restoring %s with %s: %s", name, method, plan)
     if on_start is not None:
         on_start(plan)
-    restorer = models.restorer(version, config, method, steps=settings.get("steps"), seed=settings.get("seed"))
     start = time.perf_counter()
     try:
         after = restore_photo(restorer, rgb, alpha, progress=False, on_step=on_step)
@@ -293,7 +304,7 @@ def build_app(models: ProjectModels) -> gr.Blocks:
                     version_name,
                     settings,
                     on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"),
-                    on_start=lambda plan: progress(0, desc=f"loading models; {plan}"),
+                    on_start=lambda plan: progress(0, desc=plan),
                 )
             except (ValueError, FileNotFoundError, DatasetError) as err:  # the project's own messages
                 raise gr.Error(str(err), print_exception=False) from err

@@ -4,16 +4,21 @@ image, and running out of memory on one file leaves a row in the failures while 
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fluxir.config import load_params
 from fluxir.models.adapter import FluxIRAdapter
 from fluxir.restoration.files import restore_files
-from fluxir.restoration.sampler import RestoreConfig, check_output_size
+from fluxir.restoration.methods import public_config, public_restorer_for
+from fluxir.restoration.restore_config import RestoreConfig
+from fluxir.restoration.sampler import Restorer
+from fluxir.restoration.work import check_output_size, plan_work, warm_up_rate
 
-from conftest import TINY_FLUX
+from conftest import REPO, TINY_FLUX
 
 FAST = {"steps": 2, "dtype": "float32", "device": "cpu", "tile_size": None, "vae_tile_size": None, "color_fix": "none"}
 
@@ -77,5 +82,71 @@ def test_out_of_memory_on_one_file_is_its_failure_row_and_the_others_are_restore
     assert (tmp_path / "out" / "a.png").is_file() and (tmp_path / "out" / "c.png").is_file()
     assert not (tmp_path / "out" / "b.png").exists()
     log = caplog.text
-    assert "32x32 -> 128x128 (0.0 MP), 1 tile(s) x 2 steps, time measured on this first image" in log
-    assert "32x48 -> 128x192 (0.0 MP), 1 tile(s) x 2 steps, about" in log  # estimated from the first image's rate
+    # the first image's estimate comes from a warm-up after the model loaded, the later ones' from the images before
+    assert "a.png: 32x32 -> 128x128 (0.0 MP), 1 tile(s) x 2 steps, estimated " in log
+    assert re.search(r"a\.png: .*estimated \d+ s \(2 tile-steps x [0-9.e-]+ s, timed on a warm-up\)", log)
+    assert re.search(
+        r"c\.png: 32x48 -> 128x192 .*estimated \d+ s \(2 tile-steps x .*, rate of the images before\)", log
+    )
+    assert "no time estimate" not in log
+
+
+BASELINES = load_params("tiny", [], REPO)["baselines"]
+
+
+def test_each_method_states_its_own_work():
+    cfg = RestoreConfig(**FAST)
+    esrgan = public_config("realesrgan", BASELINES)  # tiny: tiles of 8 LQ pixels
+    work = plan_work(16, 24, cfg, esrgan)
+    assert (work.tiles, work.steps, work.passes) == (6, None, 6)
+    assert (
+        work.describe()
+        == "24x16 -> 96x64 (0.0 MP), 6 Real-ESRGAN tile(s), one pass each (no steps), no time estimate yet"
+    )
+    assert work.describe(0.5).endswith("estimated 3 s (6 tiles x 0.5 s, rate of the images before)")
+    controlnet = public_config("flux_controlnet", BASELINES)
+    work = plan_work(16, 24, cfg, controlnet)
+    assert (work.tiles, work.steps, work.passes) == (1, 4, 4)
+    assert "96x64 (0.0 MP), the whole image (the Flux ControlNet does not tile) x 4 steps" in work.describe()
+    tiled = plan_work(768, 1024, RestoreConfig(), None)
+    assert (tiled.tiles, tiled.steps, tiled.unit_size) == (20, 20, (1024, 1024))
+    assert tiled.describe(1.5, "timed on a warm-up").endswith(
+        "20 tile(s) x 20 steps, estimated 10.0 min (400 tile-steps x 1.5 s, timed on a warm-up)"
+    )
+
+
+def test_the_controlnet_has_its_own_smaller_output_bound():
+    controlnet = public_config("flux_controlnet", BASELINES)  # max_output_megapixels 2: it does not tile
+    assert controlnet.max_output_megapixels < RestoreConfig().max_output_megapixels
+    check_output_size(512, 512, RestoreConfig(), "ok.png")  # 2048x2048 = 4.2 MP: FluxIR tiles it
+    with pytest.raises(ValueError) as err:
+        check_output_size(512, 512, RestoreConfig(), "big.png", controlnet)
+    message = str(err.value)
+    assert "big.png: 512x512 with restore.scale 4 gives a 2048x2048 output (4.2 MP, the whole image" in message
+    assert (
+        "above baselines.flux_controlnet.max_output_megapixels = 2 (the Flux ControlNet restores the whole" in message
+    )
+    assert "Lower restore.scale (at most 2.7 fits)" in message
+    assert "or raise baselines.flux_controlnet.max_output_megapixels" in message
+    with pytest.raises(ValueError, match="above restore.max_output_megapixels = 1. Lower"):  # the smaller one binds
+        check_output_size(512, 512, RestoreConfig(max_output_megapixels=1), "big.png", controlnet)
+
+
+def test_a_warm_up_times_one_unit_and_leaves_the_restorer_as_it_was(tmp_path, caplog):
+    lq = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    cfg = RestoreConfig(**{**FAST, "tile_size": 32, "tile_overlap": 16, "steps": 3})
+    fresh = Restorer.from_source(str(TINY_FLUX), None, cfg).restore(lq)
+    restorer = Restorer.from_source(str(TINY_FLUX), None, cfg)
+    work = check_output_size(12, 20, cfg, "lq.png")
+    assert work.tiles > 1 and work.unit_size == (32, 32)
+    assert warm_up_rate(restorer, work) > 0
+    assert restorer.config == cfg
+    np.testing.assert_array_equal(restorer.restore(lq), fresh)
+
+    files = {"method": "realesrgan"}
+    factory, _, _ = public_restorer_for(files, RestoreConfig(**FAST), None, BASELINES)
+    jobs = [(_photo(tmp_path / "p.png", 24, 16), str(tmp_path / "out" / "p.png"))]
+    with caplog.at_level(logging.INFO, logger="fluxir.restoration.files"):
+        results, failures, _ = restore_files("unused", None, RestoreConfig(**FAST), jobs, False, factory)
+    assert failures == [] and results[0].out_size == (96, 64)
+    assert re.search(r"24x16 -> 96x64 .*6 Real-ESRGAN tile\(s\).*\(6 tiles x .* s, timed on a warm-up\)", caplog.text)

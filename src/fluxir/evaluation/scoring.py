@@ -47,7 +47,8 @@ from fluxir.restoration.methods import (
     public_config,
     public_fingerprint,
 )
-from fluxir.restoration.sampler import RestoreConfig, Restorer, config_dict, upsample
+from fluxir.restoration.restore_config import RestoreConfig, config_dict
+from fluxir.restoration.sampler import Restorer, upsample
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ FluxIR's follows (``restore.color_fix`` / ``evaluate.color_fix``).
 
 The empty prompt is encoded once with Flux's own T5 + CLIP (``PromptEncoder``; folders without text
 encoders get its deterministic stand-ins), then the text encoders are dropped. No tiling: memory grows
-with the output size (1024^2 output: 4096 image tokens, as FluxIR's default tile).
+with the output size (1024^2 output: 4096 image tokens, as FluxIR's default tile), so its own
+``max_output_megapixels`` bounds the output (``fluxir.restoration.work``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ CONTROLNET_RULES = (
     Rule("dtype", "choice", DTYPES),
     Rule("max_sequence_length", "positive_int"),
     Rule("device", "text", note=" (auto, cpu, cuda, cuda:1, ...)"),
+    Rule("max_output_megapixels", "positive_number", note=" (untiled: memory grows with the output)"),
 )
 # Fields a ControlNet must share with the Flux transformer it steers.
 SHARED_FIELDS = (
@@ -64,6 +66,7 @@ class FluxControlNetConfig:
     dtype: str
     device: str
     max_sequence_length: int
+    max_output_megapixels: float  # larger outputs are refused before loading (fluxir.restoration.work)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> FluxControlNetConfig:
@@ -71,8 +74,8 @@ class FluxControlNetConfig:
         return config_from_params(cls, params, CONTROLNET_RULES, "baselines.flux_controlnet.")
 
     def settings(self) -> dict[str, Any]:
-        """Everything that changes the output except the device."""
-        return {k: v for k, v in asdict(self).items() if k != "device"}
+        """Everything that changes the output (not the device, not the size limit)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("device", "max_output_megapixels")}
 
 
 def load_controlnet(source: str, dtype: str) -> Any:

@@ -20,7 +20,9 @@ import torch
 
 from fluxir.io import read_photo, write_png_atomic
 from fluxir.progress import progress as progress_bar
-from fluxir.restoration.sampler import RestoreConfig, Restorer, RestoreWork, check_output_size, config_dict, upsample
+from fluxir.restoration.restore_config import RestoreConfig, config_dict
+from fluxir.restoration.sampler import Restorer, upsample
+from fluxir.restoration.work import RestoreWork, check_output_size, warm_up_rate
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +76,15 @@ def restore_files(
     An unreadable input, one whose output would exceed ``restore.max_output_megapixels``, or one that runs
     out of memory (accelerator or CPU) becomes a failure and the loop goes on. The model is loaded at the
     first usable input, so a folder of bad files fails fast. Before each image the log states its output
-    size, tiles x steps and the time they take at the rate measured on the images before it. The restorer
-    is Flux + ``adapter`` unless ``make_restorer`` builds another (a public restorer, ``restore.method``).
+    size, the restorer's work and an estimated time (``fluxir.restoration.work``: the first image's rate from
+    a warm-up, the later ones' from the images before). The restorer is Flux + ``adapter`` unless
+    ``make_restorer`` builds another (a public restorer, ``restore.method``: its ``settings`` size the work).
     """
+    public = getattr(make_restorer, "settings", None)
     results: list[RestoreResult] = []
     failures: list[dict[str, str]] = []
     restorer, load_seconds = None, 0.0
-    passes, pass_seconds = 0, 0.0  # transformer passes done so far and their time: the rate of the estimate
+    passes, pass_seconds = 0, 0.0  # model passes done so far and their time: the rate of the estimate
     bar = progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
     for src, dst in jobs:
         bar.set_postfix_str(Path(src).name)
@@ -91,15 +95,17 @@ def restore_files(
             _fail(failures, src, str(err).removeprefix(f"{Path(src)}: "))
             continue
         try:
-            work = check_output_size(rgb.shape[0], rgb.shape[1], cfg, Path(src).name)
+            work = check_output_size(rgb.shape[0], rgb.shape[1], cfg, Path(src).name, public)
         except ValueError as err:
             _fail(failures, src, str(err))
             continue
-        logger.info("restoring %s: %s", src, work.describe(pass_seconds / passes if passes else None))
+        rate, basis = (pass_seconds / passes if passes else None), "rate of the images before"
         if restorer is None:  # model or adapter problems raise here, naming the model
             start = time.perf_counter()
             restorer = make_restorer() if make_restorer else Restorer.from_source(model, adapter, cfg, prompt_cache)
             load_seconds = time.perf_counter() - start
+            rate, basis = warm_up_rate(restorer, work), "timed on a warm-up"
+        logger.info("restoring %s: %s", src, work.describe(rate, basis))
         start = time.perf_counter()
         try:
             out = restore_photo(restorer, rgb, alpha, progress)

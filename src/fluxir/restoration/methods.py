@@ -14,6 +14,7 @@ Every restorer has ``restore(lq, progress=False, on_step=None) -> (H, W, 3) uint
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 RESTORE_METHODS = ("fluxir", "flux_controlnet", "realesrgan")
@@ -61,7 +62,7 @@ def public_config(method: str, baselines: Mapping[str, Any]) -> Any:
 def output_geometry(method: str, scale: Any, target_size: Any, color_fix: str) -> Any:
     """The ``RestoreConfig`` a public restorer reads its output size and colour fix from. Real-ESRGAN gets no
     colour fix (its published inference has none); the Flux ControlNet gets FluxIR's."""
-    from fluxir.restoration.sampler import RestoreConfig
+    from fluxir.restoration.restore_config import RestoreConfig
 
     fix = "none" if method == "realesrgan" else color_fix
     return RestoreConfig.from_params({"scale": scale, "target_size": target_size, "color_fix": fix})
@@ -92,14 +93,25 @@ def describe_public(method: str, cfg: Any) -> str:
     return (controlnet if method == "flux_controlnet" else realesrgan).describe(cfg)
 
 
+@dataclass(frozen=True)
+class PublicFactory:
+    """Builds a public restorer when first called; ``settings`` also size its work before it loads
+    (``fluxir.restoration.work.check_output_size``)."""
+
+    method: str
+    settings: Any
+    geometry: Any
+
+    def __call__(self) -> Any:
+        return build_public(self.method, self.settings, self.geometry)
+
+
 def public_restorer_for(
     files: Mapping[str, Any], cfg: Any, adapter: Any, baselines: Mapping[str, Any]
 ) -> tuple[Any, Any, dict[str, Any]]:
     """What the restore pipeline needs for ``restore.method``: (restorer factory or None for FluxIR, the adapter,
     summary fields). FluxIR requires a trained adapter; a public method checks its weights here, before any
     photo is read, and takes the output size and colour fix from ``cfg`` (the ``restore.*`` RestoreConfig)."""
-    from functools import partial
-
     from fluxir.datasets.adapter_dataset import require_adapter
 
     method = check_method(files.get("method", "fluxir"), RESTORE_METHODS, "restore.method")
@@ -109,4 +121,4 @@ def public_restorer_for(
     public_fingerprint(method, settings)  # a missing weight file fails now, naming the parameter
     geometry = output_geometry(method, cfg.scale, cfg.target_size, cfg.color_fix)
     summary = {"method": method, "method_settings": describe_public(method, settings), "color_fix": geometry.color_fix}
-    return partial(build_public, method, settings, geometry), None, summary
+    return PublicFactory(method, settings, geometry), None, summary

@@ -1,6 +1,7 @@
 """FluxIR restoration: a low-quality photo in, a restored photo ``scale`` times larger out (paper Sec. 3.2, 4.1).
 
-The story in one file:
+The story in one file (the settings and the output size in ``fluxir.restoration.restore_config``, a job's cost
+before it runs in ``fluxir.restoration.work``):
 
 1. ``RestoreConfig``: steps (paper: 20), the sigma schedule, the output size, tile sizes, colour fix, seed,
    dtype/device. Flux-dev's distilled guidance is not a setting here: it is the adapter's
@@ -50,7 +51,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,6 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 from torch import Tensor
 
-from fluxir.config import Rule, field_problems, is_int, raise_problems_of, reject_unknown_keys, stage_params
 from fluxir.models.adapter import FluxIRConfig, check_compatible
 from fluxir.models.condition import lq_condition
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
@@ -77,197 +76,11 @@ from fluxir.models.flux import (
 )
 from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
-from fluxir.restoration.colorfix import COLOR_FIX_METHODS, color_fix
-from fluxir.restoration.lowmem import (
-    OFFLOAD_MODES,
-    QUANTIZE_MODES,
-    attach_offload,
-    check_combination,
-    quantize_transformer,
-)
+from fluxir.restoration.colorfix import color_fix
+from fluxir.restoration.lowmem import attach_offload, quantize_transformer
+from fluxir.restoration.restore_config import MULTIPLE, RestoreConfig, output_size, round_up
 
 logger = logging.getLogger(__name__)
-
-SCHEDULES = ("flux_shift", "linear")
-DTYPES = ("float32", "bfloat16", "float16")
-MULTIPLE = 16  # VAE downsampling 8 x 2x2 packing
-
-
-# ----------------------------------------------------------------------------------------------------
-# Configuration
-
-
-RESTORE_RULES = (
-    Rule("steps", "positive_int", note=" (paper: 20)"),
-    Rule("schedule", "choice", SCHEDULES),
-    Rule("color_fix", "choice", COLOR_FIX_METHODS),
-    Rule("seed", "nonneg_int"),
-    Rule("dtype", "choice", DTYPES),
-    Rule("batch_size", "positive_int"),
-    Rule("max_sequence_length", "positive_int", nullable=True),
-    Rule("control_scale", "number_at_least", 0, must="a number >= 0 (0: plain Flux, 1: as trained)"),
-    Rule("max_output_megapixels", "positive_number"),
-    Rule("offload", "choice", OFFLOAD_MODES),
-    Rule("quantize", "choice", QUANTIZE_MODES),
-)
-
-
-@dataclass
-class RestoreConfig:
-    """How to restore: the parameters ``restore.*`` other than the file ones (parameters_restore.yml documents each)."""
-
-    steps: int = 20  # paper Sec. 4.1: 20 sampling steps
-    schedule: str = "flux_shift"  # "flux_shift" | "linear"
-    scale: float = 4  # output = input x scale (ignored when target_size is set)
-    target_size: int | list[int] | None = None  # int: longer output side (aspect kept); [width, height]: exact
-    tile_size: int | None = 1024  # diffusion tile in output pixels (multiple of 16); None/0: never tile
-    tile_overlap: int = 256  # pixels (multiple of 16), at most tile_size / 2
-    vae_tile_size: int | None = 1024  # VAE tile in output pixels (multiple of 8); None/0: never tile
-    vae_tile_overlap: int = 128  # pixels (multiple of 8), at most vae_tile_size / 2
-    color_fix: str = "wavelet"  # "wavelet" | "adain" | "none"
-    seed: int = 0  # noise seed; the same seed gives the same output
-    dtype: str = "bfloat16"  # transformer/adapter/VAE dtype (float16 VAEs run in float32 when force_upcast)
-    device: str = "auto"  # auto: cuda if available, else cpu
-    batch_size: int = 1  # tiles per transformer call
-    max_sequence_length: int | None = None  # T5 tokens of the empty prompt; None: the adapter's text_seq_len (else 512)
-    control_scale: float = 1.0  # multiplies the adapter's controls: 0 = plain Flux, > 1 = closer to the LQ
-    start_t: float = 1.0  # start the Euler integration at t = start_t from (1 - t) z_lq + t z_1; < 1: fewer steps
-    max_output_megapixels: float = 16  # larger outputs are refused before any model is loaded
-    offload: str = "none"  # none | model | sequential (fluxir.restoration.lowmem)
-    quantize: str = "none"  # none | int8 | fp8 | nf4: the frozen Flux transformer's linear weights
-    compile: bool = False  # torch.compile Flux's blocks and the adapter block (fluxir.models.flux.compile_blocks)
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
-        """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
-        if "guidance" in params:
-            raise ValueError(
-                "restore.guidance is not a parameter: restoration uses the guidance the adapter was trained "
-                "with (train.adapter.guidance, saved in the adapter's config.json); remove it"
-            )
-        params = stage_params(params)
-        reject_unknown_keys(params, cls, "restore parameter(s)")
-        cfg = cls(**params)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Raise ValueError naming the parameter of every value the restorer cannot use (all of them at once)."""
-        problems = field_problems(self, RESTORE_RULES, "restore.")
-        if self.target_size is None:
-            problems += field_problems(self, [Rule("scale", "positive_number")], "restore.")
-        else:
-            size = self.target_size
-            if isinstance(size, (list, tuple)):
-                if len(size) != 2 or not all(is_int(s, 1) for s in size):
-                    problems.append(
-                        f"restore.target_size must be an int (longer side) or [width, height] of positive "
-                        f"ints, got {size!r}"
-                    )
-                else:
-                    self.target_size = [int(s) for s in size]
-            elif not is_int(size, 1):
-                problems.append(f"restore.target_size must be an int (longer side) or [width, height], got {size!r}")
-        for name, overlap_name, multiple in (
-            ("tile_size", "tile_overlap", 16),
-            ("vae_tile_size", "vae_tile_overlap", 8),
-        ):
-            tile, overlap = getattr(self, name), getattr(self, overlap_name)
-            if tile in (None, 0):
-                setattr(self, name, None)
-                continue
-            if not is_int(tile, 2 * multiple) or tile % multiple:
-                problems.append(
-                    f"restore.{name} must be a multiple of {multiple} >= {2 * multiple} (or null: no "
-                    f"tiling), got {tile!r}"
-                )
-            elif not is_int(overlap, 0) or overlap % multiple or overlap > tile // 2:
-                problems.append(
-                    f"restore.{overlap_name} must be a multiple of {multiple} in [0, {name}/2 = "
-                    f"{tile // 2}], got {overlap!r}"
-                )
-        if _bad_number(self.start_t) or not 0 < self.start_t <= 1:
-            problems.append(f"restore.start_t must be a number in (0, 1] (1: from pure noise), got {self.start_t!r}")
-        if not problems:
-            check_combination(self.offload, self.quantize)
-        raise_problems_of(problems)
-
-
-def _bad_number(value: Any) -> bool:
-    return isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-
-
-def output_size(height: int, width: int, cfg: RestoreConfig) -> tuple[int, int]:
-    """(H, W) of the restored image for an input of (height, width)."""
-    if cfg.target_size is None:
-        return max(1, round(height * cfg.scale)), max(1, round(width * cfg.scale))
-    if isinstance(cfg.target_size, (list, tuple)):
-        return int(cfg.target_size[1]), int(cfg.target_size[0])
-    side = int(cfg.target_size)
-    if width >= height:
-        return max(1, round(height * side / width)), side
-    return side, max(1, round(width * side / height))
-
-
-def round_up(n: int, multiple: int = MULTIPLE) -> int:
-    return -(-n // multiple) * multiple
-
-
-@dataclass(frozen=True)
-class RestoreWork:
-    """What restoring one image costs: its output size and the transformer passes (tiles x Euler steps)."""
-
-    in_size: tuple[int, int]  # (width, height)
-    out_size: tuple[int, int]  # (width, height)
-    tiles: int  # diffusion tiles of restore.tile_size on the latent grid
-    steps: int  # Euler steps (restore.steps; fewer are run when restore.start_t < 1)
-
-    @property
-    def megapixels(self) -> float:
-        return self.out_size[0] * self.out_size[1] / 1e6
-
-    @property
-    def passes(self) -> int:
-        return self.tiles * self.steps
-
-    def describe(self, seconds_per_pass: float | None = None) -> str:
-        """``1024x768 -> 4096x3072 (12.6 MP), 20 tiles x 20 steps, about 6 min`` (the estimate from a measured rate)."""
-        (w, h), (ow, oh) = self.in_size, self.out_size
-        line = f"{w}x{h} -> {ow}x{oh} ({self.megapixels:.1f} MP), {self.tiles} tile(s) x {self.steps} steps"
-        if seconds_per_pass is None:
-            return f"{line}, time measured on this first image"
-        seconds = self.passes * seconds_per_pass
-        return f"{line}, about {seconds / 60:.1f} min" if seconds >= 90 else f"{line}, about {seconds:.0f} s"
-
-
-def restore_work(height: int, width: int, cfg: RestoreConfig) -> RestoreWork:
-    """The ``RestoreWork`` of an (height, width) input, from the sizes alone (no model needed)."""
-    out_h, out_w = output_size(height, width, cfg)
-    token_tile = cfg.tile_size and cfg.tile_size // MULTIPLE
-    overlap = cfg.tile_overlap // MULTIPLE
-    grid_h, grid_w = round_up(out_h) // MULTIPLE, round_up(out_w) // MULTIPLE
-    tiles = len(tile_spans(grid_h, token_tile, overlap)) * len(tile_spans(grid_w, token_tile, overlap))
-    return RestoreWork((width, height), (out_w, out_h), tiles, cfg.steps)
-
-
-def check_output_size(height: int, width: int, cfg: RestoreConfig, name: str) -> RestoreWork:
-    """The image's ``RestoreWork``; ValueError naming sizes, scale and the parameters to change when its output
-    exceeds ``restore.max_output_megapixels`` (checked before any model is loaded)."""
-    work = restore_work(height, width, cfg)
-    limit = cfg.max_output_megapixels
-    if work.megapixels <= limit:
-        return work
-    (w, h), (ow, oh) = work.in_size, work.out_size
-    fits = math.sqrt(limit * 1e6 / (w * h))  # the scale that gives exactly the limit
-    how = f"restore.scale {cfg.scale:g}" if cfg.target_size is None else f"restore.target_size {cfg.target_size}"
-    raise ValueError(
-        f"{name}: {w}x{h} with {how} gives a {ow}x{oh} output ({work.megapixels:.1f} MP, {work.tiles} tiles x "
-        f"{work.steps} steps), above restore.max_output_megapixels = {limit:g}. Lower restore.scale (at most "
-        f"{math.floor(fits * 10) / 10:g} fits), set restore.target_size (e.g. {math.floor(fits * max(w, h))}), "
-        "or raise "
-        "restore.max_output_megapixels if this machine can take it (docs/restoration.md)"
-    )
-
 
 # ----------------------------------------------------------------------------------------------------
 # Geometry: packing, tiles and their blending weights
@@ -652,8 +465,3 @@ def upsample(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
-
-
-def config_dict(cfg: RestoreConfig) -> dict[str, Any]:
-    """The config as a JSON-ready dict."""
-    return asdict(cfg)
