@@ -39,7 +39,8 @@ import pandas as pd
 import torch
 
 from fluxir.config import Rule, check_fields, cli_parser, config_from_params, is_int, load_catalog, load_params
-from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
+from fluxir.fluxgen.degrade import degrade_pair
+from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io import (
     ImageStore,
     hash_json,
