@@ -40,8 +40,6 @@ NOT_MOVED_YET = {
     ("src/fluxir/evaluation/testsets.py", "hq_size"),
     ("src/fluxir/evaluation/testsets.py", "lq_size"),
     ("src/fluxir/evaluation/testsets.py", "scale"),
-    ("src/fluxir/iqa/full_reference.py", "convention"),
-    ("src/fluxir/iqa/full_reference.py", "crop_border"),
     ("src/fluxir/models/adapter_config.py", "guidance"),
     ("src/fluxir/models/adapter_config.py", "rank"),
     ("src/fluxir/models/flux.py", "device"),

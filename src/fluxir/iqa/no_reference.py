@@ -20,7 +20,8 @@ from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, parse_all
 def score_no_reference(
     images: Iterable[Any],
     specs: Any = NO_REFERENCE_DEFAULT,
-    batch_size: int = 8,
+    *,
+    batch_size: int,
     device: Any = "cpu",
     progress: bool = True,
 ) -> Any:
