@@ -29,6 +29,8 @@ CONFIG_LOADER_ARGS: dict[str, Any] = {
     "default_run_env": "local",
     # Environments (tiny, local) override single keys of a parameter group, not the whole group.
     "merge_strategy": {"parameters": "soft"},
+    # kedro-mlflow's settings file, the pattern kedro-mlflow itself adds: readable by every loader, in a session or not
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
 }
 
 
@@ -320,6 +322,27 @@ def lost_processes_warning(environ: Mapping[str, str] = os.environ) -> str | Non
         "(on a machine without GPUs these are CPU processes; on a GPU machine set the stage's device to cpu, "
         "e.g. --params iqa.device=cpu)"
     )
+
+
+def stage_command_inputs(
+    args: argparse.Namespace,
+    command: str,
+    group: str,
+    check_params: Callable[[Mapping[str, Any], list[str], str], None],
+    from_params: Callable[[Mapping[str, Any]], Any],
+    inputs: Mapping[str, tuple[str | None, Callable[[str], Any]]],
+) -> tuple[Any, dict[str, Any]]:
+    """The start every stage's ``python -m`` command (``command``) shares: the parameters of ``args.env`` with
+    ``--params``, the ``group`` checked (``check_params``, i.e. ``fluxir.validation.check_params``: passed in, as
+    validation builds the stage's own config class) and built by ``from_params``; then each catalog entry of
+    ``inputs`` (``{name: (path from the command line or None, how to read that path)}``) read from its path, else
+    loaded from the catalog. Returns (config, ``{name: value}``)."""
+    params = load_params(args.env, args.params, args.project)
+    check_params(params, [group], command)
+    config = from_params(params[group])
+    catalog = None if all(path for path, _ in inputs.values()) else load_catalog(args.env, args.project)
+    values = {name: read(path) if path else catalog.load(name) for name, (path, read) in inputs.items()}
+    return config, values
 
 
 class _CliParser(argparse.ArgumentParser):

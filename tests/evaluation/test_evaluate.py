@@ -38,7 +38,9 @@ from fluxir.evaluation.testsets import (
 )
 
 from conftest import REPO, kedro_run
-from support import save_identity_adapter
+from support import base_params, save_identity_adapter
+
+DEGRADATION = base_params("degrade")["config"]  # params:degrade.config, as the evaluate pipeline passes it
 
 SIX = ("PSNR", "SSIM", "LPIPS", "CLIPIQA", "MANIQA", "MUSIQ")
 
@@ -170,8 +172,8 @@ def test_div2k_val_crops_are_deterministic_degraded_pairs(tmp_path):
     for name in ("astronaut", "coffee"):
         _png(tmp_path / "DIV2K" / f"{name}.png", getattr(skimage.data, name)())
     spec = _spec(name="DIV2K-Val", kind="synthetic", hq_dir=str(tmp_path / "DIV2K"), num_images=3, seed=5)
-    first = prepare_benchmark(spec, tmp_path / "a").images
-    second = prepare_benchmark(spec, tmp_path / "b").images
+    first = prepare_benchmark(spec, tmp_path / "a", DEGRADATION).images
+    second = prepare_benchmark(spec, tmp_path / "b", DEGRADATION).images
     assert list(first["image"]) == ["astronaut_0", "coffee_0", "astronaut_1"]  # crop i from source i mod n
     for a, b in zip(first.itertuples(), second.itertuples()):
         assert _read(a.hq_path).shape == (64, 64, 3) and _read(a.lq_path).shape == (16, 16, 3)
@@ -192,7 +194,9 @@ def test_div2k_val_crops_are_deterministic_degraded_pairs(tmp_path):
         for y, x in found
     ), "the DIV2K-Val reference must be an unmodified crop of the source"
     other = prepare_benchmark(
-        _spec(name="DIV2K-Val", kind="synthetic", hq_dir=str(tmp_path / "DIV2K"), num_images=3, seed=6), tmp_path / "a"
+        _spec(name="DIV2K-Val", kind="synthetic", hq_dir=str(tmp_path / "DIV2K"), num_images=3, seed=6),
+        tmp_path / "a",
+        DEGRADATION,
     ).images
     assert other["prep_key"][0] != first["prep_key"][0]  # another seed never mixes with the old crops
     assert not np.array_equal(_read(other["lq_path"][0]), _read(first["lq_path"][0]))
@@ -206,7 +210,7 @@ def test_demo_writer_fills_only_empty_folders(tmp_path):
         ),
         "reallq250": _spec(name="RealLQ250", kind="lq_only", lq_dir=str(tmp_path / "LQ")),
     }
-    written = write_demo_benchmarks(specs, count=2)
+    written = write_demo_benchmarks(specs, DEGRADATION, count=2)
     assert list(written) == ["RealLQ250"]
     assert (tmp_path / "LQ" / DEMO_MARKER).is_file() and not (tmp_path / "RealSR/HR" / DEMO_MARKER).exists()
     assert sorted(p.name for p in (tmp_path / "RealSR/HR").iterdir()) == sorted(f"{k}_HR.png" for k in hr)

@@ -21,16 +21,20 @@ import_basicsr()
 from basicsr.utils import USMSharp  # noqa: E402
 from basicsr.utils.img_process_util import filter2D  # noqa: E402
 
-from fluxir.fluxgen.degrade import (  # noqa: E402
-    DegradationConfig,
-    choose_crop,
-    degrade_pair,
-    filter2d,
-    pair_seed,
-    validate_crop_sizes,
-)
+from fluxir.fluxgen.degrade import choose_crop, degrade_pair, filter2d, pair_seed  # noqa: E402
+from fluxir.fluxgen.degrade_config import DegradationConfig, validate_crop_sizes  # noqa: E402
 
-SMALL = DegradationConfig(crop_sizes=((128, 96), (96, 96), (64, 96)))  # the paper's 4:3, 1:1, 2:3 at 1/8
+from support import base_params  # noqa: E402
+
+SEESR = base_params("degrade")["config"]  # conf/base: SeeSR's settings and the paper's crops
+
+
+def seesr(**overrides) -> DegradationConfig:
+    """conf/base's degradation settings with ``overrides``."""
+    return DegradationConfig.from_dict({**SEESR, **overrides})
+
+
+SMALL = seesr(crop_sizes=((128, 96), (96, 96), (64, 96)))  # the paper's 4:3, 1:1, 2:3 at 1/8
 
 
 def _photo(name: str, width: int, height: int) -> np.ndarray:
@@ -108,7 +112,7 @@ def test_pair_seed_is_stable_across_processes_and_id_types():
 
 
 def test_thread_counts_and_threads_do_not_change_the_result(photos):
-    config = DegradationConfig(crop_sizes=((128, 96),))
+    config = seesr(crop_sizes=((128, 96),))
     image = photos["astronaut"]
     expected = [degrade_pair(image, i, 5, config)[1] for i in range(4)]
     torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
@@ -141,7 +145,7 @@ def test_default_config_gives_paper_crops_and_exact_quarter_lq():
     image = _photo("astronaut", 1024, 768)  # FluxGen's generation size, (width, height)
     seen = set()
     for seed in range(3):
-        hq, lq, info = degrade_pair(image, "gen", seed)
+        hq, lq, info = degrade_pair(image, "gen", seed, seesr())
         h, w = hq.shape[:2]
         assert (w, h) in {(1024, 768), (768, 768), (512, 768)}
         assert lq.shape == (h // 4, w // 4, 3) and h % 4 == 0 and w % 4 == 0
@@ -155,7 +159,7 @@ def test_default_config_gives_paper_crops_and_exact_quarter_lq():
 
 def test_hq_is_the_exact_crop_without_usm(photos):
     image = photos["rocket"]
-    config = DegradationConfig(crop_sizes=((64, 96),), use_usm=False, crop_position="random")
+    config = seesr(crop_sizes=((64, 96),), use_usm=False, crop_position="random")
     flips = set()
     for seed in range(6):
         hq, _, info = degrade_pair(image, "r", seed, config)
@@ -168,7 +172,7 @@ def test_hq_is_the_exact_crop_without_usm(photos):
 
 def test_hq_is_seesr_usm_sharpened_gt(photos):
     """With use_usm the HQ is the crop after basicsr's USMSharp (what SeeSR saves as GT)."""
-    config = DegradationConfig(crop_sizes=((128, 96),), use_hflip=False)
+    config = seesr(crop_sizes=((128, 96),), use_hflip=False)
     image = photos["astronaut"]
     hq, _, info = degrade_pair(image, "u", 0, config)
     left, top, w, h = info["crop"]
@@ -192,7 +196,7 @@ def test_opencv_filter_matches_basicsr_filter2d():
 
 def test_lq_is_much_worse_than_clean_bicubic(photos):
     """Bicubic-upsampled LQ vs HQ: far below a clean x4 down/up-sampling of the same HQ."""
-    config = DegradationConfig(crop_sizes=((128, 96),), use_usm=False)
+    config = seesr(crop_sizes=((128, 96),), use_usm=False)
     degraded, clean = [], []
     for seed in range(4):
         hq, lq, _ = degrade_pair(photos["astronaut"], "p", seed, config)
@@ -206,7 +210,7 @@ def test_lq_is_much_worse_than_clean_bicubic(photos):
 def test_noise_is_added():
     """Blur, resize and JPEG keep a flat grey image flat: any spread in the LQ is the added noise."""
     flat = np.full((64, 64, 3), 128, np.uint8)
-    config = DegradationConfig(crop_sizes=((64, 64),))
+    config = seesr(crop_sizes=((64, 64),))
     for seed in range(6):
         hq, lq, info = degrade_pair(flat, "flat", seed, config)
         assert (hq == 128).all()
@@ -221,15 +225,15 @@ def test_noise_is_added():
 
 
 def test_validate_crop_sizes():
-    assert validate_crop_sizes([[1024, 768], (512, 768)]) == [(1024, 768), (512, 768)]
+    assert validate_crop_sizes([[1024, 768], (512, 768)], 4) == [(1024, 768), (512, 768)]
     with pytest.raises(ValueError, match=r"\(512, 770\).*nearest valid size: \(512, 768\)"):
-        validate_crop_sizes([(1024, 768), (512, 770)])
+        validate_crop_sizes([(1024, 768), (512, 770)], 4)
     with pytest.raises(ValueError, match=r"multiples of 48.*nearest valid size: \(1008, 768\)"):
         validate_crop_sizes([(1024, 768)], scale=3)  # 16 and 3 -> 48
     with pytest.raises(ValueError, match="pair"):
-        validate_crop_sizes([(1024, 768, 3)])
+        validate_crop_sizes([(1024, 768, 3)], 4)
     with pytest.raises(ValueError, match="non-empty"):
-        validate_crop_sizes([])
+        validate_crop_sizes([], 4)
 
 
 def test_choose_crop_only_uses_sizes_that_fit():
@@ -247,7 +251,7 @@ def test_choose_crop_only_uses_sizes_that_fit():
 
 def test_small_image_error_names_the_sizes_and_the_parameter(photos):
     with pytest.raises(ValueError, match=r"\(160, 120\)") as err:
-        degrade_pair(photos["astronaut"], 0, 0)  # default crops are >= 512 wide
+        degrade_pair(photos["astronaut"], 0, 0, seesr())  # the paper's crops are >= 512 wide
     assert "(degrade.config.crop_sizes, [width, height] pairs)" in str(err.value)
     assert "--params 'degrade.config.crop_sizes=[[160,120]]'" in str(err.value)
 
@@ -261,8 +265,8 @@ def test_bad_image_input_errors(photos):
         degrade_pair(photos["coffee"].tolist(), 0, 0, SMALL)  # type: ignore[arg-type]
 
 
-def test_config_defaults_are_seesr_settings():
-    c = DegradationConfig()
+def test_conf_base_holds_seesr_settings():
+    c = seesr()
     assert c.scale == 4 and c.crop_sizes == ((1024, 768), (768, 768), (512, 768))
     assert c.kernel_sizes == tuple(range(7, 22, 2))
     assert c.kernel_prob == c.kernel_prob2 == (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
@@ -276,23 +280,24 @@ def test_config_defaults_are_seesr_settings():
 
 
 def test_config_from_dict():
-    params = DegradationConfig().to_dict()
-    params["crop_sizes"] = [[512, 512]]
-    config = DegradationConfig.from_dict(params)
+    config = DegradationConfig.from_dict({**SEESR, "crop_sizes": [[512, 512]]})
     assert config.crop_sizes == ((512, 512),) and isinstance(config.noise_range, tuple)
     assert DegradationConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="'noise_rnage'"):
-        DegradationConfig.from_dict({"noise_rnage": [1, 30]})
+        DegradationConfig.from_dict({**SEESR, "noise_rnage": [1, 30]})
+    partial = {k: v for k, v in SEESR.items() if k != "noise_range"}
+    with pytest.raises(ValueError, match=r"degrade.config lacks \['noise_range'\]"):
+        DegradationConfig.from_dict(partial)
     with pytest.raises(ValueError, match="resize_prob"):
-        DegradationConfig.from_dict({"resize_prob": [0.5, 0.5, 0.5]})
+        DegradationConfig.from_dict({**SEESR, "resize_prob": [0.5, 0.5, 0.5]})
     with pytest.raises(ValueError, match="kernel_list2.*'gauss'"):
-        DegradationConfig.from_dict({"kernel_list2": ["gauss"], "kernel_prob2": [1.0]})
+        DegradationConfig.from_dict({**SEESR, "kernel_list2": ["gauss"], "kernel_prob2": [1.0]})
     with pytest.raises(ValueError, match=r"\(500, 768\)"):
-        DegradationConfig.from_dict({"crop_sizes": [[500, 768]]})
-    with pytest.raises(ValueError, match="blur_sigma2.*low < high"):
-        DegradationConfig.from_dict({"blur_sigma2": [1.0, 1.0]})
+        DegradationConfig.from_dict({**SEESR, "crop_sizes": [[500, 768]]})
+    with pytest.raises(ValueError, match="degrade.config.blur_sigma2.*low < high"):
+        DegradationConfig.from_dict({**SEESR, "blur_sigma2": [1.0, 1.0]})
     with pytest.raises(ValueError, match="jpeg_range"):
-        DegradationConfig.from_dict({"jpeg_range": [30, 120]})
+        DegradationConfig.from_dict({**SEESR, "jpeg_range": [30, 120]})
 
 
 def test_first_order_blur_follows_blur_sigma(photos):
@@ -319,8 +324,6 @@ def test_first_order_blur_follows_blur_sigma(photos):
         return float(cv2.Laplacian(lq.astype(np.float32), cv2.CV_32F).var())
 
     for seed in range(3):
-        _, sharp_lq, _ = degrade_pair(
-            photos["astronaut"], "b", seed, DegradationConfig(**quiet, blur_sigma=(0.2, 0.21))
-        )
-        _, soft_lq, _ = degrade_pair(photos["astronaut"], "b", seed, DegradationConfig(**quiet, blur_sigma=(3.0, 3.01)))
+        _, sharp_lq, _ = degrade_pair(photos["astronaut"], "b", seed, seesr(**quiet, blur_sigma=(0.2, 0.21)))
+        _, soft_lq, _ = degrade_pair(photos["astronaut"], "b", seed, seesr(**quiet, blur_sigma=(3.0, 3.01)))
         assert sharpness(soft_lq) < 0.7 * sharpness(sharp_lq)

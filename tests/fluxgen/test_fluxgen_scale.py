@@ -278,9 +278,11 @@ def _selection(tmp_path: Path, n: int) -> pd.DataFrame:
 
 
 def _tiny_degradation():
-    from fluxir.fluxgen.degrade import DegradationConfig
+    from fluxir.fluxgen.degrade_config import DegradationConfig
 
-    return DegradationConfig(crop_sizes=((64, 48), (48, 48), (32, 48)))
+    return DegradationConfig.from_dict(
+        base_params("degrade")["config"] | {"crop_sizes": [[64, 48], [48, 48], [32, 48]]}
+    )
 
 
 def _files(root: Path) -> dict[str, bytes]:

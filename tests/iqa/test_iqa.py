@@ -223,7 +223,7 @@ def test_missing_weights_one_error_before_any_scoring(tmp_path):
             yield
 
         try:
-            iqa.score_no_reference(images(), [*iqa.NO_REFERENCE_DEFAULT, "piqe"], progress=False)
+            iqa.score_no_reference(images(), [*iqa.NO_REFERENCE_DEFAULT, "piqe"], progress=False, batch_size=2)
         except FileNotFoundError as err:
             print(err)
         try:
@@ -293,7 +293,9 @@ def test_pretrained_path_loads_weights_from_weights_dir(tmp_path, photos):
     folder = tmp_path / "hub" / "pyiqa"
     folder.mkdir(parents=True)
     torch.save(random_musiq.net.state_dict(), folder / "musiq_koniq_ckpt-e95806b9.pth")
-    expected = iqa.score_no_reference(photos[:2], [{"name": "musiq", "pretrained": False}], progress=False)
+    expected = iqa.score_no_reference(
+        photos[:2], [{"name": "musiq", "pretrained": False}], progress=False, batch_size=2
+    )
     np.save(tmp_path / "imgs.npy", np.stack(photos[:2]))
     result = _run_python(
         f"""
@@ -301,7 +303,8 @@ def test_pretrained_path_loads_weights_from_weights_dir(tmp_path, photos):
         torch.set_num_threads(1)
         from fluxir import iqa
         iqa.configure_weights({str(tmp_path)!r})
-        scores = iqa.score_no_reference(list(np.load({str(tmp_path / "imgs.npy")!r})), ["musiq"], progress=False)
+        images = list(np.load({str(tmp_path / "imgs.npy")!r}))
+        scores = iqa.score_no_reference(images, ["musiq"], progress=False, batch_size=2)
         print(json.dumps(scores["musiq"].tolist()))
         """
     )
@@ -342,7 +345,7 @@ def test_weight_free_scores_are_finite_and_see_blur(photos):
     # Seeded random weights: a second build gives the same scores (reproducible tiny runs). It scores at another
     # batch size (2 vs 4), and BLAS kernels differ by batch (2.4e-7 apart seen), so not bit for bit; other
     # weights (another seed) would move the scores by far more than this tolerance.
-    again = iqa.score_no_reference(photos[:2], [{"name": "musiq", "pretrained": False}], progress=False)
+    again = iqa.score_no_reference(photos[:2], [{"name": "musiq", "pretrained": False}], progress=False, batch_size=2)
     np.testing.assert_allclose(again["musiq"].to_numpy(), sharp["musiq"].to_numpy()[:2], rtol=1e-5, atol=1e-6)
 
 
@@ -360,7 +363,7 @@ def test_batching_matches_one_by_one_and_keeps_order(photos):
     batched = iqa.score_no_reference(images, specs, batch_size=3, progress=False)
     single = iqa.score_no_reference(images, specs, batch_size=1, progress=False)
     np.testing.assert_allclose(batched.to_numpy(), single.to_numpy(), rtol=1e-5, atol=1e-6)
-    alone = iqa.score_no_reference([images[3]], specs, progress=False)
+    alone = iqa.score_no_reference([images[3]], specs, progress=False, batch_size=2)
     np.testing.assert_allclose(batched.iloc[3].to_numpy(), alone.iloc[0].to_numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(batched.iloc[0].to_numpy(), batched.iloc[5].to_numpy())
 
@@ -370,18 +373,18 @@ def test_paths_and_arrays_score_the_same(tmp_path, photos):
     for i, img in enumerate(photos[:2]):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(img).save(paths[-1])
-    from_paths = iqa.score_no_reference(paths, ["entropy", "piqe"], progress=False)
-    from_arrays = iqa.score_no_reference(photos[:2], ["entropy", "piqe"], progress=False)
+    from_paths = iqa.score_no_reference(paths, ["entropy", "piqe"], progress=False, batch_size=2)
+    from_arrays = iqa.score_no_reference(photos[:2], ["entropy", "piqe"], progress=False, batch_size=2)
     np.testing.assert_array_equal(from_paths.to_numpy(), from_arrays.to_numpy())
 
 
 def test_bad_no_reference_inputs(tmp_path, photos):
     with pytest.raises(ValueError, match=r"image 1: expected an HxWx3 uint8 RGB array.*float64"):
-        iqa.score_no_reference([photos[0], photos[1] / 255.0], ["piqe"], progress=False)
+        iqa.score_no_reference([photos[0], photos[1] / 255.0], ["piqe"], progress=False, batch_size=2)
     with pytest.raises(FileNotFoundError, match="image 0: no such file"):
-        iqa.score_no_reference([tmp_path / "missing.png"], ["piqe"], progress=False)
+        iqa.score_no_reference([tmp_path / "missing.png"], ["piqe"], progress=False, batch_size=2)
     with pytest.raises(ValueError, match="full-reference"):
-        iqa.score_no_reference(photos, ["psnr"], progress=False)
+        iqa.score_no_reference(photos, ["psnr"], progress=False, batch_size=2)
     with pytest.raises(ValueError, match="batch_size"):
         iqa.score_no_reference(photos, ["piqe"], batch_size=0, progress=False)
 
@@ -419,7 +422,7 @@ def _skimage_reference(restored: np.ndarray, reference: np.ndarray, convention: 
 def test_psnr_ssim_agree_with_skimage(degraded_pairs, convention, crop_border):
     restored, reference = degraded_pairs
     table = iqa.score_full_reference(
-        restored, reference, ["psnr", "ssim"], convention=convention, crop_border=crop_border
+        restored, reference, ["psnr", "ssim"], convention=convention, crop_border=crop_border, batch_size=2
     )
     assert (table["convention"] == convention).all() and (table["crop_border"] == crop_border).all()
     c = crop_border
@@ -436,9 +439,9 @@ def test_psnr_ssim_agree_with_skimage(degraded_pairs, convention, crop_border):
 def test_conventions_differ_as_documented(degraded_pairs):
     restored, reference = degraded_pairs
     psnr = {
-        conv: iqa.score_full_reference(restored[:1], reference[:1], ["psnr"], convention=conv, crop_border=4)["value"][
-            0
-        ]
+        conv: iqa.score_full_reference(
+            restored[:1], reference[:1], ["psnr"], convention=conv, crop_border=4, batch_size=2
+        )["value"][0]
         for conv in iqa.CONVENTIONS
     }
     # Studio-range Y compresses differences by 219/255: +20*log10(255/219) = +1.32 dB over full-range Y.
@@ -450,7 +453,7 @@ def test_ssim_clamps_negative_structure_like_pyiqa():
     """pyiqa zeroes negative local structure terms by design; scikit-image does not (visible on heavy noise)."""
     ref = skimage.data.coffee()[:96, :128]
     res = _noise(ref, 80, 0)
-    got = iqa.score_full_reference([res], [ref], ["ssim"], convention="rgb", crop_border=0)["value"][0]
+    got = iqa.score_full_reference([res], [ref], ["ssim"], convention="rgb", crop_border=0, batch_size=2)["value"][0]
     plain, ssim_map = structural_similarity(
         ref,
         res,
@@ -471,7 +474,13 @@ def test_full_reference_records_convention_and_applies_crop(photos):
     res = ref.copy()
     res[:3] = 0  # differs only inside a 3-pixel top border
     table = iqa.score_full_reference(
-        [res, _blur(ref)], [ref, ref], iqa.FULL_REFERENCE_TINY, convention="y", crop_border=4, names=["border", "blur"]
+        [res, _blur(ref)],
+        [ref, ref],
+        iqa.FULL_REFERENCE_TINY,
+        convention="y",
+        crop_border=4,
+        names=["border", "blur"],
+        batch_size=2,
     )
     assert list(table.columns) == ["image", "metric", "value", "convention", "crop_border"]
     assert list(table["metric"]) == ["psnr", "ssim", "lpips"] * 2
@@ -481,23 +490,25 @@ def test_full_reference_records_convention_and_applies_crop(photos):
         0.0, abs=1e-7
     )
     assert wide.loc["blur", "psnr"] < 40 and wide.loc["blur", "lpips"] > 0.01
-    uncropped = iqa.score_full_reference([res], [ref], ["psnr"], convention="y", crop_border=0)
+    uncropped = iqa.score_full_reference([res], [ref], ["psnr"], convention="y", crop_border=0, batch_size=2)
     assert uncropped["value"][0] < wide.loc["border", "psnr"] - 20
-    fixed = iqa.score_full_reference([res], [ref], ["psnry", "ssimc"], convention="rgb", crop_border=0)
+    fixed = iqa.score_full_reference([res], [ref], ["psnry", "ssimc"], convention="rgb", crop_border=0, batch_size=2)
     assert list(fixed["convention"]) == ["y", "rgb"]
 
 
 def test_full_reference_bad_inputs(photos):
     a, b = photos[0], photos[1]
     with pytest.raises(ValueError, match=r"image 0: restored is \(48, 64\) but reference is \(64, 48\)"):
-        iqa.score_full_reference([a], [_small(b, (48, 64))], ["psnr"])
+        iqa.score_full_reference([a], [_small(b, (48, 64))], ["psnr"], batch_size=2, convention="y", crop_border=4)
     with pytest.raises(ValueError, match="reference ran out at image 1"):
-        iqa.score_full_reference([a, a], [b], ["psnr"])
+        iqa.score_full_reference([a, a], [b], ["psnr"], batch_size=2, convention="y", crop_border=4)
     with pytest.raises(ValueError, match="convention must be one of"):
-        iqa.score_full_reference([a], [b], ["psnr"], convention="Y")
+        iqa.score_full_reference([a], [b], ["psnr"], convention="Y", batch_size=2, crop_border=4)
     with pytest.raises(ValueError, match="too small for crop_border=24"):
-        iqa.score_full_reference([a], [b], ["psnr"], crop_border=24)
+        iqa.score_full_reference([a], [b], ["psnr"], crop_border=24, batch_size=2, convention="y")
     with pytest.raises(ValueError, match="no-reference"):
-        iqa.score_full_reference([a], [b], ["psnr", "piqe"])
+        iqa.score_full_reference([a], [b], ["psnr", "piqe"], batch_size=2, convention="y", crop_border=4)
     with pytest.raises(ValueError, match="set by score_full_reference"):
-        iqa.score_full_reference([a], [b], [{"name": "ssim", "test_y_channel": False}])
+        iqa.score_full_reference(
+            [a], [b], [{"name": "ssim", "test_y_channel": False}], batch_size=2, convention="y", crop_border=4
+        )

@@ -177,10 +177,11 @@ def test_a_file_with_a_wrong_key_is_named_with_the_key(weight_home, tmp_path, no
         from fluxir import iqa
         iqa.configure_weights({str(home)!r}, trust_files=True)
         image = [np.full((64, 64, 3), 128, np.uint8)]
+        fr = lambda x, s, **kw: iqa.score_full_reference(x, x, s, convention="y", crop_border=4, **kw)
         for specs, score in ((["musiq"], iqa.score_no_reference), (["maniqa-pipal"], iqa.score_no_reference),
-                             (["lpips"], lambda x, s, progress: iqa.score_full_reference(x, x, s))):
+                             (["lpips"], fr)):
             try:
-                score(image, specs, progress=False)
+                score(image, specs, batch_size=2, progress=False)
                 print("LOADED", specs)
             except ValueError as err:
                 print("ERR", err)
@@ -235,7 +236,7 @@ def test_clipiqa_vitl14_scores_offline(tmp_path, no_network):
         from fluxir import iqa
         iqa.configure_weights({str(home)!r}, trust_files=True)
         image = np.full((224, 224, 3), 100, np.uint8)
-        scores = iqa.score_no_reference([image], ["clipiqa+_vitL14_512"], progress=False)
+        scores = iqa.score_no_reference([image], ["clipiqa+_vitL14_512"], progress=False, batch_size=2)
         print("SCORE", float(scores["clipiqa+_vitL14_512"][0]))
         """)
     assert result.returncode == 0, result.stderr[-3000:]

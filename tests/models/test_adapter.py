@@ -15,13 +15,12 @@ from safetensors.torch import load_file
 from fluxir.datasets import FluxIRAdapterDataset
 from fluxir.models.adapter import (
     FluxIRAdapter,
-    FluxIRConfig,
     adapter_parameter_breakdown,
-    check_compatible,
     count_parameters,
     load_adapter,
     save_adapter,
 )
+from fluxir.models.adapter_config import FluxIRConfig, check_compatible
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.flux import build_transformer, load_config
 

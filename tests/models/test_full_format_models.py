@@ -23,7 +23,8 @@ from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
 from fluxir.io import ImageStore, read_image
 from fluxir.models.flux import load_pipeline
 from fluxir.models.prompts import PromptEncoder
-from fluxir.models.tiny import HUB_CLASSES, write_tiny_pipeline
+from fluxir.models.tiny import write_tiny_pipeline
+from fluxir.models.tiny_pipelines import HUB_CLASSES
 
 from conftest import kedro_run, make_project_copy
 from support import base_params

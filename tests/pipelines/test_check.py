@@ -182,7 +182,7 @@ def test_text_encoders_and_tokenizer_class(tmp_path):
     """transformers components: tied T5 embeddings are not a missing key; a tokenizer of another class is named."""
     import json
 
-    from fluxir.check import check_model_folder
+    from fluxir.preflight.models import check_model_folder
 
     folder = _with_text_components(Path(shutil.copytree(REPO / "data" / "01_raw" / "tiny" / "flux", tmp_path / "flux")))
     good = {f.item: f for f in check_model_folder("m", str(folder), {})}

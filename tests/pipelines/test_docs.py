@@ -98,8 +98,7 @@ def test_docs_name_only_parameters_that_exist():
     """A backticked `group.key...` in any page must be a real key (stale docs fail here)."""
     params = _params()
     extra = {  # fields settable below a YAML key without being in the YAML file
-        ("degrade", "config"): _dataclass_fields(REPO / "src/fluxir/fluxgen/degrade.py", "DegradationConfig"),
-        ("train", "adapter"): _dataclass_fields(REPO / "src/fluxir/models/adapter.py", "FluxIRConfig"),
+        ("train", "adapter"): _dataclass_fields(REPO / "src/fluxir/models/adapter_config.py", "FluxIRConfig"),
     }
     not_parameters = {
         "select.n_scored",

@@ -229,7 +229,8 @@ def test_adapter_is_logged_with_its_config(mlflow_server, tmp_path, monkeypatch)
 
     from fluxir.datasets import FluxIRAdapterDataset
     from fluxir.hooks import ReportingArtifactsHook
-    from fluxir.models.adapter import FluxIRAdapter, FluxIRConfig
+    from fluxir.models.adapter import FluxIRAdapter
+    from fluxir.models.adapter_config import FluxIRConfig
 
     config = FluxIRConfig(
         rank=4,

@@ -115,7 +115,7 @@ def test_half_a_hand_set_share_and_stepped_arrays_are_refused():
 
 
 def test_check_reports_processes_and_gpus_per_stage():
-    from fluxir.check import check_processes
+    from fluxir.preflight.machine import check_processes
 
     params = {
         "fluxgen": {"num_processes": "auto"},

@@ -95,7 +95,7 @@ def test_the_activation_estimate_matches_what_autograd_saves_on_a_tiny_model(pix
 
 def test_docs_tables_and_preflight_budget_come_from_the_committed_memory_table():
     """One source: src/fluxir/configs/train_memory.json (benchmarks/train_memory.py --write)."""
-    from fluxir.check import train_memory_budget_gb
+    from fluxir.preflight.machine import train_memory_budget_gb
 
     table = json.loads(train_memory.OUTPUT.read_text())
     assert train_memory.markdown_table(table) in (ROOT / "docs/training.md").read_text()

@@ -30,20 +30,19 @@ Two CPU speed-ups compute what Real-ESRGAN computes, to ~1e-6: USM with basicsr'
 with OpenCV's ``filter2D`` instead of basicsr's torch ``filter2D`` (same reflect-101 padding and
 correlation, 5-25x faster). Everything runs on the CPU, so results do not depend on a GPU's kernels.
 
-Conventions: sizes are (width, height), like PIL and the paper's "1024x768" generation resolution
-(all three default crops are 768 high); arrays are (H, W, 3) uint8 RGB.
+The settings (``DegradationConfig``, values in ``conf/base/parameters_fluxgen.yml``) are in
+:mod:`fluxir.fluxgen.degrade_config`. Conventions: sizes are (width, height), like PIL and the paper's
+"1024x768" generation resolution; arrays are (H, W, 3) uint8 RGB.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import random
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -53,7 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from fluxir.compat.basicsr import import_basicsr
-from fluxir.config import Rule, check_fields, is_int, reject_unknown_keys
+from fluxir.config import is_int
+from fluxir.fluxgen.degrade_config import DegradationConfig
 
 import_basicsr()  # must precede every basicsr import (torchvision removed functional_tensor)
 
@@ -66,175 +66,12 @@ from basicsr.data.degradations import (  # noqa: E402
 from basicsr.utils import DiffJPEG  # noqa: E402
 from basicsr.utils.img_process_util import usm_sharp  # noqa: E402
 
-KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
-SEESR_KERNEL_PROB = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
 RESIZE_MODES = ("area", "bilinear", "bicubic")  # Real-ESRGAN picks one uniformly for every resize
-# Latents are /8 of the image and Flux packs 2x2 latent patches: image sides must be multiples of 16.
-SIDE_MULTIPLE = 16
-
-
-# --------------------------------------------------------------------------------------------- #
-# Configuration
-# --------------------------------------------------------------------------------------------- #
-
-
-PROBABILITIES = (
-    "sinc_prob",
-    "sinc_prob2",
-    "final_sinc_prob",
-    "gaussian_noise_prob",
-    "gray_noise_prob",
-    "second_blur_prob",
-    "gaussian_noise_prob2",
-    "gray_noise_prob2",
-)
-RANGES = (
-    "blur_sigma",
-    "betag_range",
-    "betap_range",
-    "blur_sigma2",
-    "betag_range2",
-    "betap_range2",
-    "resize_range",
-    "noise_range",
-    "poisson_scale_range",
-    "resize_range2",
-    "noise_range2",
-    "poisson_scale_range2",
-    "jpeg_range",
-    "jpeg_range2",
-)
-DEGRADATION_RULES = (
-    Rule("scale", "positive_int"),
-    Rule("crop_position", "choice", ("center", "random"), must="'center' or 'random'"),
-    *(Rule(name, "probability") for name in PROBABILITIES),
-    Rule("kernel_sizes", "odd_ints_in", (3, 21)),
-    *(Rule(name, "choices", KERNEL_TYPES) for name in ("kernel_list", "kernel_list2")),
-    *(Rule(name, "range") for name in RANGES),
-    *(
-        Rule(name, "strict_range", must="[low, high] with low < high (basicsr requires it)")
-        for name in ("blur_sigma", "blur_sigma2")
-    ),
-    *(
-        Rule(name, "range_to", 100, must="a JPEG quality range within (0, 100]")
-        for name in ("jpeg_range", "jpeg_range2")
-    ),
-    # Real-ESRGAN draws "down" from [low, 1] and "up" from [1, high]
-    *(Rule(name, "range_around", 1) for name in ("resize_range", "resize_range2")),
-)
-
-
-@dataclass(frozen=True)
-class DegradationConfig:
-    """SeeSR ``make_paired_data.py`` settings (field names are SeeSR's) plus FluxGen's crops.
-
-    Left out on purpose: SeeSR's ``blur_kernel_size`` 21 / ``blur_kernel_size2`` 11 (basicsr's
-    dataset ignores them and hard-codes kernel sizes 7..21, here ``kernel_sizes``),
-    ``no_degradation_prob`` and ``gt_size`` (set but never used by its degradation function; our
-    crop comes from ``crop_sizes``).
-    """
-
-    scale: int = 4
-    crop_sizes: tuple[tuple[int, int], ...] = ((1024, 768), (768, 768), (512, 768))  # (width, height)
-    crop_position: str = "center"  # "center" (paper Sec. 4.1) or "random" (e.g. DIV2K-Val crops)
-    use_hflip: bool = True
-    use_usm: bool = True
-    # kernels, first order
-    kernel_sizes: tuple[int, ...] = (7, 9, 11, 13, 15, 17, 19, 21)
-    kernel_list: tuple[str, ...] = KERNEL_TYPES
-    kernel_prob: tuple[float, ...] = SEESR_KERNEL_PROB
-    sinc_prob: float = 0.1
-    blur_sigma: tuple[float, float] = (0.2, 3.0)
-    betag_range: tuple[float, float] = (0.5, 4.0)
-    betap_range: tuple[float, float] = (1.0, 2.0)
-    # kernels, second order
-    kernel_list2: tuple[str, ...] = KERNEL_TYPES
-    kernel_prob2: tuple[float, ...] = SEESR_KERNEL_PROB
-    sinc_prob2: float = 0.1
-    blur_sigma2: tuple[float, float] = (0.2, 1.5)
-    betag_range2: tuple[float, float] = (0.5, 4.0)
-    betap_range2: tuple[float, float] = (1.0, 2.0)
-    final_sinc_prob: float = 0.8
-    # first degradation process
-    resize_prob: tuple[float, float, float] = (0.2, 0.7, 0.1)  # up, down, keep
-    resize_range: tuple[float, float] = (0.15, 1.5)
-    gaussian_noise_prob: float = 0.5
-    noise_range: tuple[float, float] = (1.0, 30.0)
-    poisson_scale_range: tuple[float, float] = (0.05, 3.0)
-    gray_noise_prob: float = 0.4
-    jpeg_range: tuple[float, float] = (30.0, 95.0)
-    # second degradation process
-    second_blur_prob: float = 0.8
-    resize_prob2: tuple[float, float, float] = (0.3, 0.4, 0.3)  # up, down, keep
-    resize_range2: tuple[float, float] = (0.3, 1.2)
-    gaussian_noise_prob2: float = 0.5
-    noise_range2: tuple[float, float] = (1.0, 25.0)
-    poisson_scale_range2: tuple[float, float] = (0.05, 2.5)
-    gray_noise_prob2: float = 0.4
-    jpeg_range2: tuple[float, float] = (30.0, 95.0)
-
-    def __post_init__(self) -> None:
-        # YAML gives lists; store tuples so the frozen config is hashable and safe to share.
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, _to_tuple(value))
-        check_fields(self, DEGRADATION_RULES, "")
-        object.__setattr__(self, "crop_sizes", tuple(validate_crop_sizes(self.crop_sizes, self.scale)))
-        # probabilities over lists: their length is another field's, so no single-field rule says it
-        _check_probs("kernel_prob", self.kernel_prob, len(self.kernel_list))
-        _check_probs("kernel_prob2", self.kernel_prob2, len(self.kernel_list2))
-        _check_probs("resize_prob", self.resize_prob, 3)
-        _check_probs("resize_prob2", self.resize_prob2, 3)
-
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any]) -> DegradationConfig:
-        """Build from a parameters mapping (e.g. Kedro's ``params:degradation``); unknown keys are errors."""
-        reject_unknown_keys(params, cls, "degradation setting(s)")
-        return cls(**params)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-friendly dict (lists instead of tuples) that ``from_dict`` reads back."""
-        return {f.name: _to_list(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def _to_tuple(value: Any) -> Any:
-    return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def _to_list(value: Any) -> Any:
-    return [_to_list(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _check_probs(name: str, probs: Sequence[float], n: int) -> None:
-    if len(probs) != n or any(p < 0 for p in probs) or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
-        raise ValueError(f"{name} must be {n} non-negative probabilities summing to 1, got {list(probs)!r}")
 
 
 # --------------------------------------------------------------------------------------------- #
 # Crops
 # --------------------------------------------------------------------------------------------- #
-
-
-def validate_crop_sizes(crop_sizes: Sequence[Sequence[int]], scale: int = 4) -> list[tuple[int, int]]:
-    """Check (width, height) crop sizes: sides must be multiples of 16 (VAE /8, 2x2 packing) and ``scale``."""
-    multiple = math.lcm(SIDE_MULTIPLE, scale)
-    if isinstance(crop_sizes, (str, bytes)) or not isinstance(crop_sizes, Sequence) or len(crop_sizes) == 0:
-        raise ValueError(f"crop_sizes must be a non-empty list of (width, height) pairs, got {crop_sizes!r}")
-    out: list[tuple[int, int]] = []
-    for size in crop_sizes:
-        ok_shape = isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2
-        if not ok_shape or not all(is_int(s) for s in size):
-            raise ValueError(f"crop size {size!r} must be a (width, height) pair of ints")
-        w, h = int(size[0]), int(size[1])
-        if w % multiple or h % multiple or w <= 0 or h <= 0:
-            nearest = tuple(max(multiple, multiple * round(s / multiple)) for s in (w, h))
-            raise ValueError(
-                f"crop size (width, height)={(w, h)} must have both sides positive multiples of {multiple} "
-                f"(16 for the Flux latent grid, {scale} for the LQ scale); nearest valid size: {nearest}"
-            )
-        out.append((w, h))
-    return out
 
 
 def choose_crop(
@@ -472,14 +309,13 @@ def _sharpened_crop(image: np.ndarray, box: tuple[int, int, int, int], hflip: bo
 
 @torch.no_grad()
 def degrade_pair(
-    image: np.ndarray, image_id: int | str, seed: int, config: DegradationConfig | None = None
+    image: np.ndarray, image_id: int | str, seed: int, config: DegradationConfig
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Crop, sharpen and degrade one image.
 
     Returns (hq (h, w, 3) uint8, lq (h/scale, w/scale, 3) uint8, info), where hq is the USM-sharpened
     crop (SeeSR's saved GT) unless ``config.use_usm`` is False, and info records every random choice.
     """
-    config = config or DegradationConfig()
     image = _check_image(image)
     height, width = image.shape[:2]
     seed64 = pair_seed(image_id, seed)

@@ -38,8 +38,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fluxir.config import Rule, check_fields, cli_parser, config_from_params, is_int, load_catalog, load_params
-from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
+from fluxir.config import Rule, check_fields, cli_parser, config_from_params, is_int, stage_command_inputs
+from fluxir.fluxgen.degrade import degrade_pair
+from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io import (
     ImageStore,
     hash_json,
@@ -305,13 +306,12 @@ def main(argv: list[str] | None = None) -> None:
     from fluxir.validation import check_params  # validation builds this module's config class
 
     args = parser.parse_args(argv)
-
-    params = load_params(args.env, args.params, args.project)
-    check_params(params, ["degrade"], "python -m fluxir.fluxgen.pairs")
-    cfg = DegradeConfig.from_params(params["degrade"])
-    catalog = None if args.selection and args.store else load_catalog(args.env, args.project)
-    selection = pd.read_parquet(args.selection) if args.selection else catalog.load("iqa_selection")
-    store = ImageStore(Path(args.store)) if args.store else catalog.load("pair_store")
+    inputs = {
+        "iqa_selection": (args.selection, pd.read_parquet),
+        "pair_store": (args.store, lambda path: ImageStore(Path(path))),
+    }
+    cfg, loaded = stage_command_inputs(args, parser.prog, "degrade", check_params, DegradeConfig.from_params, inputs)
+    selection, store = loaded["iqa_selection"], loaded["pair_store"]
     rank, world_size = share({"rank": cfg.rank, "world_size": cfg.world_size}, os.environ)
     stores, _, made = degrade_selection(selection, store, cfg, rank=rank, world_size=world_size)
     print(json.dumps({"pairs": str(stores.lq.root.parent), "made": len(made), "rank": rank, "world_size": world_size}))

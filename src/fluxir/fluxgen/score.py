@@ -36,7 +36,7 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
 from fluxir import iqa as iqa_lib
-from fluxir.config import Rule, check_fields, cli_parser, config_from_params, load_catalog, load_params
+from fluxir.config import Rule, check_fields, cli_parser, config_from_params, stage_command_inputs
 from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.io import hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
@@ -297,13 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     from fluxir.validation import check_params  # validation builds this module's config class
 
     args = parser.parse_args(argv)
-
-    params = load_params(args.env, args.params, args.project)
-    check_params(params, ["iqa"], "python -m fluxir.fluxgen.score")
-    cfg = IqaConfig.from_params(params["iqa"])
-    catalog = None if args.manifest and args.parts else load_catalog(args.env, args.project)
-    manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("generated_images")
-    parts_root = Path(args.parts) if args.parts else catalog.load("iqa_parts")
+    inputs = {"generated_images": (args.manifest, pd.read_parquet), "iqa_parts": (args.parts, Path)}
+    cfg, loaded = stage_command_inputs(args, parser.prog, "iqa", check_params, IqaConfig.from_params, inputs)
+    manifest, parts_root = loaded["generated_images"], loaded["iqa_parts"]
     state = PartialState(cpu=accelerate_cpu(cfg.device))
     parts_dir, scored = run_scoring(
         cfg,

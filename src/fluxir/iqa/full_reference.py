@@ -16,7 +16,7 @@ from fluxir.iqa.metrics import (
     metric_scores,
     same_size_batches,
 )
-from fluxir.iqa.specs import CONVENTIONS, FULL_REFERENCE_DEFAULT, MetricSpec, parse_all
+from fluxir.iqa.specs import CONVENTIONS, FULL_REFERENCE_DEFAULT, MetricSpec, parse_of_mode
 from fluxir.iqa.weights import check_weights
 
 _RESERVED_FR_OPTIONS = ("test_y_channel", "color_space", "crop_border")
@@ -75,10 +75,11 @@ def score_full_reference(
     restored: Iterable[Any],
     reference: Iterable[Any],
     metrics: Any = FULL_REFERENCE_DEFAULT,
-    convention: str = "y",
-    crop_border: int = 4,
+    *,
+    convention: str,
+    crop_border: int,
+    batch_size: int,
     device: Any = "cpu",
-    batch_size: int = 8,
     names: Sequence[str] | None = None,
     progress: bool = False,
 ) -> Any:
@@ -104,12 +105,7 @@ def score_full_reference(
     if not isinstance(crop_border, int) or isinstance(crop_border, bool) or crop_border < 0:
         raise ValueError(f"crop_border must be a non-negative integer (pixels per side), got {crop_border!r}")
     check_batch_size(batch_size)
-    parsed = parse_all(metrics)
-    not_fr = [s.name for s in parsed if s.metric_mode != "FR"]
-    if not_fr:
-        raise ValueError(
-            f"{not_fr} are no-reference metrics; use score_no_reference (full-reference: psnr, ssim, lpips, ...)"
-        )
+    parsed = parse_of_mode(metrics, "FR")
     plans = {s.name: _fr_plan(s, convention) for s in parsed}
     check_weights(parsed)
     built: dict[str, Any] = {}

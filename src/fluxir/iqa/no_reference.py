@@ -14,13 +14,14 @@ from fluxir.iqa.metrics import (
     metric_scores,
     same_size_batches,
 )
-from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, parse_all
+from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, parse_of_mode
 
 
 def score_no_reference(
     images: Iterable[Any],
     specs: Any = NO_REFERENCE_DEFAULT,
-    batch_size: int = 8,
+    *,
+    batch_size: int,
     device: Any = "cpu",
     progress: bool = True,
 ) -> Any:
@@ -35,12 +36,7 @@ def score_no_reference(
     from fluxir.progress import progress as progress_bar
 
     check_batch_size(batch_size)
-    parsed = parse_all(specs)
-    not_nr = [s.name for s in parsed if s.metric_mode != "NR"]
-    if not_nr:
-        raise ValueError(
-            f"{not_nr} are full-reference metrics; use score_full_reference (no-reference: musiq, piqe, ...)"
-        )
+    parsed = parse_of_mode(specs, "NR")
     metrics = create_metrics(parsed, device)
     results: dict[str, dict[int, float]] = {name: {} for name in metrics}
     count = 0

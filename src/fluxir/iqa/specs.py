@@ -131,6 +131,23 @@ def parse_all(specs: Any) -> list[MetricSpec]:
     return parsed
 
 
+# mode -> (what the other metrics are, the function that scores them, examples of this mode)
+_OTHER_MODE = {
+    "NR": ("full-reference", "score_full_reference", "no-reference: musiq, piqe, ..."),
+    "FR": ("no-reference", "score_no_reference", "full-reference: psnr, ssim, lpips, ..."),
+}
+
+
+def parse_of_mode(specs: Any, mode: str) -> list[MetricSpec]:
+    """``parse_all``, refusing metrics of the other mode ("NR" no-reference, "FR" full-reference) by name."""
+    parsed = parse_all(specs)
+    wrong = [s.name for s in parsed if s.metric_mode != mode]
+    if wrong:
+        kind, use, examples = _OTHER_MODE[mode]
+        raise ValueError(f"{wrong} are {kind} metrics; use {use} ({examples})")
+    return parsed
+
+
 def _known_name(name: str) -> str:
     """Return ``name`` if pyiqa knows it, else raise naming close matches and every known metric."""
     configs = pyiqa_configs()

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from fluxir.compat.accelerate import pre_forward
 from fluxir.compat.diffusers import checkpointed
-from fluxir.models.adapter import FluxIRAdapter, check_compatible, ids_2d
+from fluxir.models.adapter import FluxIRAdapter, ids_2d
+from fluxir.models.adapter_config import check_compatible
 
 
 def freeze_flux(flux: nn.Module) -> None:

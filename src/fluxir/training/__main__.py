@@ -25,14 +25,6 @@ from fluxir.training.loop import configure_cuda_allocator, train
 from fluxir.validation import check_params
 
 
-def _mlflow_settings(env: str) -> dict[str, Any]:
-    loader = config_loader(env, config_patterns={"mlflow": ["mlflow*", "mlflow*/**"]})
-    try:
-        return dict(loader["mlflow"])
-    except MissingConfigException:  # no mlflow.yml: MLflow's own defaults
-        return {}
-
-
 def main(argv: list[str] | None = None) -> None:
     """Train the FluxIR adapter on one or many processes (``accelerate launch -m fluxir.training``)."""
     configure_cuda_allocator()  # before anything touches CUDA
@@ -79,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
 
         from fluxir.tracking import tag_experiment
 
-        settings = _mlflow_settings(args.env)
+        try:
+            settings = config_loader(args.env)["mlflow"]  # kedro-mlflow's mlflow.yml, as `kedro run` reads it
+        except MissingConfigException:  # no mlflow.yml: MLflow's own defaults
+            settings = {}
         uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.get("server", {}).get("mlflow_tracking_uri")
         if uri:
             mlflow.set_tracking_uri(uri)

@@ -1,0 +1,154 @@
+"""What a FluxIR adapter is: its variant switches and the sizes of the Flux it controls (paper Sec. 3.2).
+
+``FluxIRConfig`` holds the base-model sizes (those of ``FluxTransformer2DModel``) and the variant
+switches of the paper's ablations: SE rank 16/32/64/128 or full (Table 2), one shared MLP for all
+blocks (Table 5), no learnable text embeddings theta_p/theta_y and no text-branch SE_p (Table 6).
+``check_compatible`` refuses an adapter built for a different Flux.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from fluxir.config import Rule, check_fields
+
+# Base-model fields that must agree between an adapter and the Flux transformer it controls.
+BASE_FIELDS = (
+    "in_channels",
+    "num_layers",
+    "num_single_layers",
+    "num_attention_heads",
+    "attention_head_dim",
+    "joint_attention_dim",
+    "pooled_projection_dim",
+    "guidance_embeds",
+    "axes_dims_rope",
+)
+
+
+ADAPTER_RULES = (
+    Rule("rank", "positive_int", nullable=True, must="a positive int, None or 'full'"),
+    *(
+        Rule(name, "positive_int")
+        for name in (
+            "text_seq_len",
+            "in_channels",
+            "num_layers",
+            "num_attention_heads",
+            "attention_head_dim",
+            "joint_attention_dim",
+            "pooled_projection_dim",
+        )
+    ),
+    Rule("num_single_layers", "nonneg_int"),
+    Rule("guidance", "number_at_least", 0, note=" (set it with train.adapter.guidance)"),
+)
+
+
+@dataclass
+class FluxIRConfig:
+    """Adapter configuration: variant switches + the sizes of the Flux it controls (FLUX.1-dev defaults)."""
+
+    rank: int | None = 32  # SE rank r (Eq. 3); None (or "full") = one full c x c Linear per SE
+    shared_se: bool = False  # Table 5 "single MLP": one SE_z (and SE_p) for all blocks; the paper uses rank=None
+    learn_text_embeddings: bool = True  # theta_p, theta_y (Table 6)
+    text_control: bool = True  # SE_p, control of the text stream (Table 6)
+    text_seq_len: int = 512  # rows of theta_p: the longest prompt (T5 tokens) the adapter accepts
+    # The value a guidance-distilled Flux (FLUX.1-dev) is given while this adapter is trained; restoration
+    # uses the same, so the two cannot disagree. The paper gives guidance 4 only for FluxGen's generation;
+    # 4.0 here matches the guidance its training images were generated with (our choice, not the paper's).
+    guidance: float = 4.0
+    # Base-model sizes, as in FluxTransformer2DModel's config.
+    in_channels: int = 64
+    num_layers: int = 19
+    num_single_layers: int = 38
+    num_attention_heads: int = 24
+    attention_head_dim: int = 128
+    joint_attention_dim: int = 4096
+    pooled_projection_dim: int = 768
+    guidance_embeds: bool = True
+    axes_dims_rope: tuple[int, ...] = field(default=(16, 56, 56))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, str):
+            if self.rank.lower() != "full":
+                raise ValueError(f"FluxIRConfig.rank must be a positive int, None or 'full', got {self.rank!r}")
+            self.rank = None
+        check_fields(self, ADAPTER_RULES, "FluxIRConfig.")
+        self.guidance = float(self.guidance)
+        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
+        if sum(self.axes_dims_rope) != self.attention_head_dim:
+            raise ValueError(
+                f"FluxIRConfig.axes_dims_rope {self.axes_dims_rope} must sum to attention_head_dim "
+                f"{self.attention_head_dim}"
+            )
+
+    @property
+    def inner_dim(self) -> int:
+        """Channel width c of both Flux streams."""
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def num_blocks(self) -> int:
+        """Flux blocks controlled: double then single (57 for FLUX.1-dev)."""
+        return self.num_layers + self.num_single_layers
+
+    def base_shape(self) -> dict[str, Any]:
+        """The base-model sizes, with the derived inner_dim (used in mismatch messages)."""
+        shape = {name: getattr(self, name) for name in BASE_FIELDS}
+        shape["inner_dim"] = self.inner_dim
+        return shape
+
+    @classmethod
+    def from_flux(cls, flux: nn.Module, **overrides: Any) -> FluxIRConfig:
+        """Config for a given ``FluxTransformer2DModel``; ``overrides`` set variant fields (rank=16, ...)."""
+        cfg = flux.config
+        if getattr(cfg, "patch_size", 1) != 1:
+            raise ValueError(f"FluxIR supports Flux with patch_size 1, got {cfg.patch_size}")
+        base = {name: getattr(cfg, name) for name in BASE_FIELDS}
+        return cls.from_dict({**base, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (rank None = full)."""
+        d = dataclasses.asdict(self)
+        d["axes_dims_rope"] = list(self.axes_dims_rope)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FluxIRConfig:
+        """Inverse of ``to_dict``; keys starting with '_' (file metadata) are ignored, unknown keys refused."""
+        d = {k: v for k, v in d.items() if not k.startswith("_")}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known - {"inner_dim"})
+        if unknown:
+            raise ValueError(f"unknown FluxIRConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        inner = d.pop("inner_dim", None)
+        config = cls(**d)
+        if inner is not None and inner != config.inner_dim:
+            raise ValueError(
+                f"inner_dim {inner} does not equal num_attention_heads x attention_head_dim = {config.inner_dim}"
+            )
+        return config
+
+
+def check_compatible(adapter_or_config: Any, flux: nn.Module) -> None:
+    """Raise ValueError naming both shapes when an adapter (or its ``FluxIRConfig``) was built for a different
+    Flux transformer."""
+    config = getattr(adapter_or_config, "config", adapter_or_config)
+    if not isinstance(config, FluxIRConfig):
+        raise TypeError(f"expected a FluxIRAdapter or FluxIRConfig, got {type(adapter_or_config).__name__}")
+    flux_shape = {name: getattr(flux.config, name) for name in BASE_FIELDS}
+    flux_shape["axes_dims_rope"] = tuple(flux_shape["axes_dims_rope"])
+    flux_shape["inner_dim"] = flux.config.num_attention_heads * flux.config.attention_head_dim
+    ours = config.base_shape()
+    bad = [k for k in ours if ours[k] != flux_shape[k]]
+    if bad:
+        diffs = ", ".join(f"{k}: adapter {ours[k]} vs flux {flux_shape[k]}" for k in bad)
+        raise ValueError(
+            f"FluxIR adapter does not fit this Flux transformer ({diffs}). The adapter was built for "
+            f"{ours}; the transformer has {flux_shape}."
+        )
