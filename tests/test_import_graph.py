@@ -137,7 +137,6 @@ def test_training_loop_imports_the_rest_and_nothing_imports_it():
 MAX_LINES = 500
 # Modules still over MAX_LINES; the list may only shrink (an entry back under the limit fails too).
 OVER_MAX_LINES = {
-    "fluxir/restoration/sampler.py",  # to split next
     "fluxir/io.py",  # to split next
 }
 
