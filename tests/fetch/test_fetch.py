@@ -164,6 +164,21 @@ def benchmark_archives() -> dict[str, bytes]:
     }
 
 
+STAND_INS = ("StableSR_testsets.zip", "DIV2K_valid_HR.zip")  # published sizes/digests are the real archives'
+
+
+@pytest.fixture
+def stand_in_archives(monkeypatch):
+    """The fixture archives stand in for the real ones: the manifest's published sizes and digests are
+    taken out for them (the test below shows those refuse a fixture)."""
+    monkeypatch.setattr(
+        manifest, "PUBLISHED_SIZES", {k: v for k, v in manifest.PUBLISHED_SIZES.items() if k not in STAND_INS}
+    )
+    monkeypatch.setattr(
+        manifest, "PUBLISHED_SHA256", {k: v for k, v in manifest.PUBLISHED_SHA256.items() if k not in STAND_INS}
+    )
+
+
 # ----------------------------------------------------------------------------- single files
 
 
@@ -309,7 +324,21 @@ def test_list_prints_what_from_where_how_big_and_where_it_goes(project, capsys):
     assert f"->  {project}/data/01_raw/benchmarks/RealSR/HR" in out  # evaluate.benchmarks.realsr.hq_dir
     assert "huggingface.co/datasets/Iceclear/StableSR-TestSets/resolve/main/StableSR_testsets.zip" in out
     assert "DIV2K_valid_HR.zip" in out and "RealLQ250.zip" in out
-    assert "size    not published" in out
+    blocks = re.split(r"^\[", out.split("not in this env")[0], flags=re.MULTILINE)[1:]
+    sizes = {
+        b.split("]")[1].split("\n")[0].strip(): re.search(r"^    size    (.*)$", b, re.MULTILINE)[1] for b in blocks
+    }
+    assert len(sizes) == len(blocks) == 12, "every item has a size line"
+    assert sizes["ViT-L-14.pt"] == "932.8 MB (932768134 bytes)"
+    assert sizes["alexnet-owt-7be5be79.pth"] == "244.4 MB (244408911 bytes)"
+    assert sizes["StableSR_testsets.zip"] == "3.1 GB (3055396861 bytes)"
+    assert sizes["RealESRGAN_x4plus.pth"] == "67.0 MB (67040989 bytes)"
+    assert sizes["FLUX.1-dev"].startswith("~33.7 GB: 9 large files of exact size")
+    assert "9.9 GB  transformer/diffusion_pytorch_model-00002-of-00003.safetensors" in out
+    assert sizes["Flux.1-dev-Controlnet-Upscaler"].startswith("~3.6 GB (a rounded figure")
+    unknown = sorted(k for k, v in sizes.items() if v.startswith("unknown: "))
+    assert unknown == ["CLIPIQA%2B_ViTL14_512-e66488f2.pth", "LPIPS_v0.1_alex-df73285e.pth", "RealLQ250.zip"]
+    assert "sha256  32a6344e2a0d394ffcaa7a9245df14105c590dab3ef0d3540e940add1ef9b803" in out  # StableSR's LFS pointer
     assert f"to      {project}/data/06_models/baselines/RealESRGAN_x4plus.pth" in out  # baselines.realesrgan.weights
     assert manifest.REALESRGAN_URL in out and "hub jasperai/Flux.1-dev-Controlnet-Upscaler@main" in out
     assert "not in this env" not in out, "the base env uses every item"
@@ -354,7 +383,7 @@ def test_destinations_follow_the_parameters(project):
     }
 
 
-def test_a_full_disk_is_refused_before_any_download(server, project):
+def test_a_full_disk_is_refused_before_any_download(server, project, stand_in_archives):
     for name, data in benchmark_archives().items():
         server.files[f"/{name}"] = data
     steps = fetch.plan(manifest.build(_params(project), project, ("benchmarks",)), mirror=server.url)
@@ -367,7 +396,7 @@ def test_a_full_disk_is_refused_before_any_download(server, project):
 
 
 def test_mirror_folder_installs_into_the_catalog_layout_and_refuses_a_foreign_file(
-    project, tmp_path, lpips_fixture, capsys
+    project, tmp_path, lpips_fixture, capsys, stand_in_archives
 ):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -403,11 +432,17 @@ def test_mirror_folder_installs_into_the_catalog_layout_and_refuses_a_foreign_fi
     assert lin.read_bytes() == lpips_fixture[lin.name]
     alexnet = project / "iqa" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     assert not alexnet.exists(), "the random AlexNet is not torchvision's file: refused"
-    assert "FAIL  alexnet-owt-7be5be79.pth" in out and "expected SHA-256 prefix 7be5be79" in out
+    size = len(lpips_fixture[alexnet.name])
+    assert re.search(
+        rf"^FAIL  alexnet-owt-7be5be79\.pth +alexnet-owt-7be5be79\.pth: {size} bytes, "
+        r"the publisher's file has 244408911;",
+        out,
+        re.MULTILINE,
+    ), out
     assert out.count("FAIL  ") == 1 and out.count("OK    ") == 4, out  # LPIPS' linear layers and the three archives
 
 
-def test_a_second_run_downloads_nothing(server, project, capsys):
+def test_a_second_run_downloads_nothing(server, project, capsys, stand_in_archives):
     for name, data in benchmark_archives().items():
         server.files[f"/{name}"] = data
     args = ["--env", "base", "--project", str(project), "--only", "benchmarks", "--mirror", server.url]
@@ -431,7 +466,7 @@ def test_a_second_run_downloads_nothing(server, project, capsys):
     assert "0 to fetch" in capsys.readouterr().out
 
 
-def test_an_archive_of_another_layout_installs_nothing(server, project):
+def test_an_archive_of_another_layout_installs_nothing(server, project, stand_in_archives):
     server.files["/DIV2K_valid_HR.zip"] = _zip({"DIV2K_valid_HR_renamed/0801.png": _png(1)})
     built = manifest.build(_params(project), project, ("benchmarks",))
     step = next(s for s in fetch.plan(built, server.url) if s.item.name == "DIV2K_valid_HR.zip")
@@ -477,7 +512,8 @@ def test_hub_snapshot_offline_from_a_prepared_cache(project, tmp_path, monkeypat
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     built = manifest.build(_params(project), project, ("flux",))
     [missing] = fetch.plan(built)
-    assert missing.state == "fetch" and missing.size is None and "HF_HUB_OFFLINE=0" in missing.detail
+    assert missing.state == "fetch" and "HF_HUB_OFFLINE=0" in missing.detail
+    assert missing.size == missing.item.size, "offline the hub is not asked: the manifest's size for the disk check"
     [(_, outcome, ok)] = fetch.run([missing])
     assert not ok and "HF_HUB_OFFLINE=1 forbids downloads" in outcome
     tiny = REPO / "data" / "01_raw" / "tiny" / "flux"
@@ -533,3 +569,146 @@ def test_hub_refusals_say_what_to_do(server, tmp_path, token):
         assert "no token is set" in said["denied"]
     assert "no such repository on the hub (HTTP 404)" in said["missing"]
     assert any(path.startswith("/gated/api/models/") for _, path, _ in server.log), "asked the loopback server"
+
+
+def test_the_published_size_and_digest_refuse_a_stand_in_archive(server, project):
+    """Without the stand-in fixture the manifest's published StableSR size is checked: the fixture archive fails."""
+    data = benchmark_archives()["StableSR_testsets.zip"]
+    server.files["/StableSR_testsets.zip"] = data
+    built = manifest.build(_params(project), project, ("benchmarks",))
+    step = next(s for s in fetch.plan(built, server.url) if s.item.name == "StableSR_testsets.zip")
+    assert step.expected == transfer.Expected(3_055_396_861, manifest.PUBLISHED_SHA256["StableSR_testsets.zip"])
+    [(_, outcome, ok)] = fetch.run([step], server.url)
+    assert not ok and f"StableSR_testsets.zip: {len(data)} bytes, the publisher's file has 3055396861" in outcome
+    bench = project / "data" / "01_raw" / "benchmarks"
+    assert not (bench / "RealSR").exists(), "no image, no archive, no staging folder left"
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+PROGRESS_DRIVER = """
+import runpy, sys
+from fluxir.fetch import manifest
+for name in {stand_ins!r}:  # the loopback server's archives stand in for the real ones
+    manifest.PUBLISHED_SIZES.pop(name)
+    manifest.PUBLISHED_SHA256.pop(name)
+sys.argv = ["fluxir.fetch", *sys.argv[1:]]
+runpy.run_module("fluxir.fetch", run_name="__main__")
+"""
+
+
+def test_progress_per_file_and_in_total_reach_the_byte_counts(server, project):
+    """`python -m fluxir.fetch` without a terminal: each bar ends with a log line on stderr whose count is
+    every byte of its file, and the total's is the sum."""
+    archives_ = benchmark_archives()
+    for name, data in archives_.items():
+        server.files[f"/{name}"] = data
+    env = {**os.environ, "FLUXIR_PROGRESS": "log"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PROGRESS_DRIVER.format(stand_ins=STAND_INS),
+            *("--env", "base", "--project", str(project), "--only", "benchmarks", "--mirror", server.url),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]  # fetched; the check FAILs (no Flux)
+    for name, data in archives_.items():
+        n = len(data)
+        assert re.search(rf"^{re.escape(name)}: {n}/{n} B \(100%\)", proc.stderr, re.MULTILINE), proc.stderr
+    total = sum(len(d) for d in archives_.values())
+    assert re.search(rf"^all files: {total}/{total} B \(100%\)", proc.stderr, re.MULTILINE), proc.stderr
+
+
+def test_progress_bars_on_a_terminal_count_every_byte(server, tmp_path, monkeypatch, capsys):
+    """With a terminal (FLUXIR_PROGRESS=bar) tqdm draws the bars on stderr; the total's last state is every byte."""
+    data = os.urandom(3000)
+    server.files["/a.pth"] = data
+    server.files["/b.pth"] = data[:1000]
+    monkeypatch.setenv("FLUXIR_PROGRESS", "bar")
+    items = [
+        manifest.Item(n, "iqa", tmp_path / n, url=f"{server.url}/{n}", used_by=("test",)) for n in ("a.pth", "b.pth")
+    ]
+    results = fetch.run(fetch.plan(manifest.Manifest(items)))
+    assert all(ok for _, _, ok in results)
+    err = capsys.readouterr().err
+    assert re.search(r"all files: 100%\|[^\r\n]*\| 3\.91k/3\.91k", err), err  # 4000 B at unit_divisor 1024
+    assert re.search(r"a\.pth: +\d+%\|", err) and re.search(r"b\.pth: +\d+%\|", err), err
+
+
+# ----------------------------------------------------------------------------- hub repositories from a mirror folder
+
+
+LOAD_DRIVER = """
+import sys, torch
+from fluxir.models.flux import load_pipeline
+pipe = load_pipeline(sys.argv[1], "float32")
+print(type(pipe).__name__, type(pipe.text_encoder_2).__name__,
+      float(sum(p.double().sum() for p in pipe.transformer.parameters())))
+"""
+
+
+def _load_in_subprocess(source: str, env: dict[str, str]) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_DRIVER, source], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.split()
+
+
+def test_mirror_folder_serves_hub_repositories_into_the_cache_verified(project, tmp_path, full_flux_dir, monkeypatch):
+    """An air-gapped cluster: the mirror holds FLUX.1-dev as <mirror>/black-forest-labs/FLUX.1-dev (here the tiny
+    full-format Flux); a hub-id parameter gets it copied into the Hugging Face cache, where the loader finds it
+    offline; sizes the manifest publishes and SHA-256s the folder's hub records state are checked first."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(full_flux_dir, mirror / manifest.FLUX_REPO)
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    [real] = manifest.build(_params(project), project, ("flux",)).items
+    assert real.dest is None, "globals.flux_model is the hub id: the Hugging Face cache"
+
+    [refused] = fetch.plan(manifest.Manifest([real]), str(mirror))
+    te = mirror / manifest.FLUX_REPO / "text_encoder" / "model.safetensors"
+    assert refused.state == "problem"
+    assert f"{te}: {te.stat().st_size} bytes, the publisher's file has 246144352" in refused.detail
+    assert re.search(r"lacks [^;]*transformer/diffusion_pytorch_model-00001-of-00003\.safetensors", refused.detail)
+    assert not cache.exists(), "nothing installed"
+
+    item = dataclasses.replace(real, files=())  # the tiny stand-in: no published sizes to hold it to
+    records = mirror / manifest.FLUX_REPO / ".cache" / "huggingface" / "download" / "vae"
+    records.mkdir(parents=True)
+    vae = mirror / manifest.FLUX_REPO / "vae" / "diffusion_pytorch_model.safetensors"
+    commit = "c0ffee" + "0" * 34
+    (records / "diffusion_pytorch_model.safetensors.metadata").write_text(f"{commit}\n{'1' * 64}\n1700000000.0\n")
+    [step] = fetch.plan(manifest.Manifest([item]), str(mirror))
+    source_files = [p for p in (mirror / manifest.FLUX_REPO).rglob("*") if p.is_file() and ".cache" not in p.parts]
+    assert step.state == "fetch" and step.size == sum(p.stat().st_size for p in source_files)
+    [(_, outcome, ok)] = fetch.run([step], str(mirror))
+    assert not ok and f"expected SHA-256 {'1' * 64}" in outcome and "not the file the hub published" in outcome
+    assert not (cache / "models--black-forest-labs--FLUX.1-dev" / "refs" / "main").exists(), "not marked complete"
+    assert fetch.plan(manifest.Manifest([item]), str(mirror))[0].state == "fetch"
+
+    (records / "diffusion_pytorch_model.safetensors.metadata").write_text(
+        f"{commit}\n{sha256_file(vae)}\n1700000000.0\n"
+    )
+    [(_, outcome, ok)] = fetch.run(fetch.plan(manifest.Manifest([item]), str(mirror)), str(mirror))
+    snapshot = cache / "models--black-forest-labs--FLUX.1-dev" / "snapshots" / commit
+    assert ok and outcome == f"copied into {snapshot}", outcome
+    assert (cache / "models--black-forest-labs--FLUX.1-dev" / "refs" / "main").read_text() == commit
+    assert not (snapshot / ".cache").exists(), "the mirror's download records are not repository files"
+    assert [s.state for s in fetch.plan(manifest.Manifest([item]), str(mirror))] == ["present"]
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    from_cache = _load_in_subprocess(manifest.FLUX_REPO, env)
+    assert from_cache == _load_in_subprocess(str(full_flux_dir), env), "the same pipeline and weights as the mirror's"
+    assert from_cache[:2] == ["FluxPipeline", "T5EncoderModel"]

@@ -5,12 +5,12 @@ what is missing on this machine (:func:`plan`), checks the free disk space for i
 byte, then fetches each item (:func:`run`): files through :mod:`fluxir.fetch.transfer` (resumed,
 verified, moved into place), archives unpacked by :mod:`fluxir.fetch.archives`, hub repositories by
 :mod:`fluxir.fetch.hub`. ``--mirror`` takes every file from a folder or an internal HTTP server under
-the same file names (hub repositories from ``<mirror>/<owner>/<name>`` or a hub mirror endpoint).
+the same file names (hub repositories from ``<mirror>/<owner>/<name>``, copied into the folder parameter
+or the Hugging Face cache, or from a hub mirror endpoint).
 """
 
 from __future__ import annotations
 
-import shutil
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +62,7 @@ def _is_mirror_folder(mirror: str | None) -> bool:
 
 
 def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
-    expected = transfer.Expected(item.size, item.sha256)
+    expected = transfer.Expected(item.exact_size, item.sha256)
     if item.extract:
         states = {folder: archives.folder_state(folder, item.name) for _, folder in item.extract}
         if all(s != "missing" for s in states.values()):
@@ -84,13 +84,17 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
             "verified" if expected.size or expected.sha256 else "present (nothing published to verify)",
         )
     source = transfer.mirrored(str(item.url), item.name, mirror)
-    if (item.size is None or item.sha256 is None) and ask_sizes and (_is_mirror_folder(mirror) or not offline(source)):
+    if (
+        (item.exact_size is None or item.sha256 is None)
+        and ask_sizes
+        and (_is_mirror_folder(mirror) or not offline(source))
+    ):
         try:
             stated = transfer.remote_info(source if not _is_mirror_folder(mirror) else Path(source).as_uri())
         except transfer.DownloadError as err:
             return Step(item, "problem", None, str(err))
-        expected = transfer.Expected(item.size or stated.size, item.sha256 or stated.sha256)
-    size = expected.size
+        expected = transfer.Expected(item.exact_size or stated.size, item.sha256 or stated.sha256)
+    size = expected.size or item.size
     part = item.dest.with_name(item.dest.name + ".part") if item.dest is not None else None
     resumed = part.stat().st_size if part is not None and part.is_file() else 0
     detail = f"resumes at {resumed} bytes" if resumed else ""
@@ -101,29 +105,25 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
 
 def _hub_step(item: Item, mirror: str | None) -> Step:
     if _is_mirror_folder(mirror):
-        source = Path(str(mirror)).expanduser() / str(item.repo)
-        if item.dest is None:
-            return Step(
-                item,
-                "problem",
-                None,
-                f"{', '.join(item.used_by)} name the hub id, which lands in the Hugging "
-                f"Face cache; with a mirror folder set them to {source} (a folder is "
-                f"used as it is) instead",
-            )
+        source = Path(str(mirror)).expanduser().resolve() / str(item.repo)
         if hub.local_snapshot(str(item.repo), item.revision, item.repo_type, item.dest):
-            return Step(item, "present", 0, f"complete folder {item.dest}")
-        if not source.is_dir():
-            return Step(item, "problem", None, f"mirror folder {source} does not exist")
-        return Step(item, "fetch", sum(p.stat().st_size for p in source.rglob("*") if p.is_file()), f"copy of {source}")
+            where = str(item.dest) if item.dest else "the Hugging Face cache"
+            return Step(item, "present", 0, f"complete in {where}")
+        files, problems = hub.check_folder(source, item.allow_patterns, dict(item.files))
+        if problems:
+            return Step(item, "problem", None, "; ".join(problems))
+        size = sum(p.stat().st_size for p in files.values())
+        return Step(item, "fetch", size, f"copy of {source} ({len(files)} files)")
     endpoint = mirror if mirror else None
     try:
-        planned = hub.plan(str(item.repo), item.revision, item.repo_type, item.dest, endpoint)
+        planned = hub.plan(str(item.repo), item.revision, item.repo_type, item.dest, endpoint, item.allow_patterns)
     except hub.HubError as err:
         return Step(item, "problem", None, str(err))
     if planned.complete:
         return Step(item, "present", 0, "complete in " + (str(item.dest) if item.dest else "the Hugging Face cache"))
-    return Step(item, "fetch", planned.to_download, planned.note or f"{planned.files} file(s)")
+    # offline the hub is not asked: the manifest's size stands in for the disk check
+    size = planned.to_download if planned.to_download is not None else item.size
+    return Step(item, "fetch", size, planned.note or f"{planned.files} file(s)")
 
 
 def plan(manifest: Manifest, mirror: str | None = None, ask_sizes: bool = True) -> list[Step]:
@@ -164,7 +164,7 @@ def _hub_cache() -> Path:
 
 def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None]) -> str:
     item = step.item
-    expected = transfer.Expected(item.size or step.expected.size, item.sha256 or step.expected.sha256)
+    expected = transfer.Expected(item.exact_size or step.expected.size, item.sha256 or step.expected.sha256)
     source = transfer.mirrored(str(item.url), item.name, mirror)
     assert item.dest is not None
     if offline(source) and not _is_mirror_folder(mirror):
@@ -172,10 +172,15 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
             f"{source}: HF_HUB_OFFLINE=1 forbids downloads; run the fetch with HF_HUB_OFFLINE=0 "
             "(or give a --mirror folder)"
         )
-    if _is_mirror_folder(mirror):
-        transfer.copy_file(Path(source), item.dest, expected, on_bytes=on_bytes)
-    else:
-        transfer.download(source, item.dest, expected, on_bytes=on_bytes)
+    try:
+        if _is_mirror_folder(mirror):
+            transfer.copy_file(Path(source), item.dest, expected, on_bytes=on_bytes)
+        else:
+            transfer.download(source, item.dest, expected, on_bytes=on_bytes)
+    except transfer.VerifyError:
+        if item.extract:  # a refused archive leaves no empty staging folders behind
+            _remove_empty(item.dest.parent, stop=item.extract[0][1].parents[1])
+        raise
     if not item.extract:
         return f"installed {item.dest}"
     skip = {folder for _, folder in item.extract if archives.folder_state(folder, item.name) != "missing"}
@@ -188,41 +193,66 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
     return "unpacked " + ", ".join(f"{n} images into {folder}" for folder, n in counts.items())
 
 
-def _fetch_hub(step: Step, mirror: str | None) -> str:
+def _remove_empty(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents while they are empty, up to (not including) ``stop``."""
+    while folder != stop and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
+def _fetch_hub(step: Step, mirror: str | None, on_bytes: Callable[[int], None]) -> str:
     item = step.item
     if _is_mirror_folder(mirror):
-        assert item.dest is not None
-        shutil.copytree(Path(str(mirror)).expanduser() / str(item.repo), item.dest, dirs_exist_ok=True)
-        return f"copied into {item.dest}"
-    found = hub.fetch(str(item.repo), item.revision, item.repo_type, item.dest, mirror or None)
+        found = hub.install_from_folder(
+            Path(str(mirror)).expanduser().resolve() / str(item.repo),
+            str(item.repo),
+            item.revision,
+            item.repo_type,
+            item.dest,
+            item.allow_patterns,
+            dict(item.files),
+            on_bytes=on_bytes,
+        )
+        return f"copied into {found}"
+    found = hub.fetch(str(item.repo), item.revision, item.repo_type, item.dest, mirror or None, item.allow_patterns)
     return f"complete in {found}"
 
 
+def _counted(step: Step, mirror: str | None) -> bool:
+    """Bytes that pass through this process (files, a mirror folder's repositories) and count in the bars;
+    a hub download shows huggingface_hub's own bars."""
+    return step.state == "fetch" and (not step.item.repo or _is_mirror_folder(mirror))
+
+
 def run(steps: list[Step], mirror: str | None = None) -> list[tuple[Step, str, bool]]:
-    """Fetch every ``fetch`` step; one failure does not stop the others. Returns (step, outcome, ok)."""
+    """Fetch every ``fetch`` step; one failure does not stop the others. Returns (step, outcome, ok).
+
+    A progress bar per file (or per copied repository) and one for all of them together ("all files").
+    """
     from fluxir.progress import progress
 
     results: list[tuple[Step, str, bool]] = []
-    files = [s for s in steps if s.state == "fetch" and not s.item.repo]
-    known = sum(s.size or 0 for s in files if s.size is not None)
+    known = sum(s.size or 0 for s in steps if _counted(s, mirror))
     with progress(total=known or None, desc="all files", unit="B", unit_scale=True, unit_divisor=1024) as total:
         for step in steps:
             if step.state != "fetch":
                 results.append((step, step.detail or step.state, step.state == "present"))
                 continue
             try:
-                if step.item.repo:
-                    outcome = _fetch_hub(step, mirror)
-                else:
-                    with progress(
-                        total=step.size, desc=step.item.name, unit="B", unit_scale=True, unit_divisor=1024, leave=False
-                    ) as bar:
+                if not _counted(step, mirror):
+                    outcome = _fetch_hub(step, mirror, lambda n: None)
+                    results.append((step, outcome, True))
+                    continue
+                with progress(
+                    total=step.size, desc=step.item.name, unit="B", unit_scale=True, unit_divisor=1024, leave=False
+                ) as bar:
 
-                        def on_bytes(n: int, bar=bar) -> None:
-                            bar.update(n)
-                            total.update(n)
+                    def on_bytes(n: int, bar=bar) -> None:
+                        bar.update(n)
+                        total.update(n)
 
-                        outcome = _fetch_file(step, mirror, on_bytes)
+                    fetch = _fetch_hub if step.item.repo else _fetch_file
+                    outcome = fetch(step, mirror, on_bytes)
                 results.append((step, outcome, True))
             except (
                 transfer.DownloadError,
@@ -246,16 +276,30 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def _size_line(item: Item) -> str:
+    """How big an item is, and how sure: exact, "~" (rounded or a part), or unknown."""
+    if item.size is None:
+        return "unknown: no publisher or record states it; checked against what the server announces"
+    if not item.size_approx:
+        return _size(item.size) + (f" ({item.size} bytes)" if item.size >= 1000 else "")
+    if item.files:
+        return (
+            f"~{_size(item.size)}: {len(item.files)} large files of exact size (below) and small config "
+            "files; each download is checked against what the hub states"
+        )
+    return f"~{_size(item.size)} (a rounded figure; the download is checked against what the server announces)"
+
+
 def format_list(manifest: Manifest) -> str:
     """The manifest as text: what, from where, how big, which digest, where it goes and who reads it."""
     lines = []
     for item in manifest.items:
         lines.append(f"[{item.group}] {item.name}")
         lines.append(f"    from    {item.source}")
-        unstated = (
-            "the hub lists each file's size (see --dry-run)" if item.repo else "not published (the server announces it)"
-        )
-        lines.append(f"    size    {_size(item.size) if item.size else unstated}")
+        if item.allow_patterns:
+            lines.append(f"    files   {' '.join(item.allow_patterns)}")
+        lines.append(f"    size    {_size_line(item)}")
+        lines += [f"            {_size(n):>8}  {name}" for name, n in item.files]
         hosted = (item.url or "").startswith(HUB_FILES)
         stated = "the hub states it per LFS file" if hosted or item.repo else "not published"
         lines.append(f"    sha256  {item.sha256 or stated}")

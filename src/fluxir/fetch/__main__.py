@@ -6,6 +6,7 @@ could not be fetched or the disk is too small, 2 when the fetch succeeded but th
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -64,4 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # without a terminal the progress bars are log lines (fluxir.progress): they go to stderr
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("fluxir").setLevel(logging.INFO)
     sys.exit(main())

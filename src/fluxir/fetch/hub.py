@@ -7,13 +7,27 @@ hashing it again; ``fluxir.check`` then reads every safetensors header against t
 user's token (``HF_TOKEN`` or ``hf auth login``) is used as is. Its errors become one line that says
 what to do: a gated licence not accepted, a token missing or refused, a repository or revision that does
 not exist, the offline switch still on.
+
+A mirror folder (an air-gapped cluster) holds a repository as ``<mirror>/<owner>/<name>/`` (what
+``hf download <repo> --local-dir`` writes): :func:`install_from_folder` checks every file against the
+sizes the manifest knows and, where the folder keeps huggingface_hub's download records, against the
+SHA-256 the hub stated for each LFS file, then copies it into the folder parameter or into the Hugging
+Face cache as a snapshot of the repository (so ``from_pretrained(<hub id>)`` finds it offline).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fluxir.fetch import transfer
+
+RECORDS = Path(".cache") / "huggingface"  # huggingface_hub's local_dir records (documented layout)
 
 
 class HubError(RuntimeError):
@@ -30,8 +44,17 @@ class HubPlan:
     note: str = ""
 
 
-def _kwargs(repo: str, revision: str, repo_type: str, local_dir: Path | None, endpoint: str | None) -> dict[str, Any]:
+def _kwargs(
+    repo: str,
+    revision: str,
+    repo_type: str,
+    local_dir: Path | None,
+    endpoint: str | None,
+    patterns: tuple[str, ...] = (),
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"repo_id": repo, "revision": revision, "repo_type": repo_type}
+    if patterns:
+        kwargs["allow_patterns"] = list(patterns)
     if local_dir is not None:
         kwargs["local_dir"] = str(local_dir)
     if endpoint:
@@ -112,7 +135,14 @@ def local_snapshot(repo: str, revision: str, repo_type: str, local_dir: Path | N
         return None
 
 
-def plan(repo: str, revision: str, repo_type: str, local_dir: Path | None, endpoint: str | None = None) -> HubPlan:
+def plan(
+    repo: str,
+    revision: str,
+    repo_type: str,
+    local_dir: Path | None,
+    endpoint: str | None = None,
+    patterns: tuple[str, ...] = (),
+) -> HubPlan:
     """What :func:`fetch` would download, asked from the hub (file sizes); offline: only what is cached."""
     from huggingface_hub import snapshot_download
 
@@ -125,7 +155,7 @@ def plan(repo: str, revision: str, repo_type: str, local_dir: Path | None, endpo
             "" if found else "not available offline; the hub is asked for sizes once HF_HUB_OFFLINE=0",
         )
     try:
-        infos = snapshot_download(**_kwargs(repo, revision, repo_type, local_dir, endpoint), dry_run=True)
+        infos = snapshot_download(**_kwargs(repo, revision, repo_type, local_dir, endpoint, patterns), dry_run=True)
     except Exception as err:
         raise HubError(explain(err, repo, revision)) from err
     missing = [i for i in infos if i.will_download]
@@ -133,7 +163,14 @@ def plan(repo: str, revision: str, repo_type: str, local_dir: Path | None, endpo
     return HubPlan(size, len(missing), not missing)
 
 
-def fetch(repo: str, revision: str, repo_type: str, local_dir: Path | None, endpoint: str | None = None) -> Path:
+def fetch(
+    repo: str,
+    revision: str,
+    repo_type: str,
+    local_dir: Path | None,
+    endpoint: str | None = None,
+    patterns: tuple[str, ...] = (),
+) -> Path:
     """Download (or find complete) the snapshot; returns its folder. Raises :class:`HubError`."""
     from huggingface_hub import snapshot_download
 
@@ -143,6 +180,105 @@ def fetch(repo: str, revision: str, repo_type: str, local_dir: Path | None, endp
             raise HubError(explain(RuntimeError("offline"), repo, revision))
         return found
     try:
-        return Path(snapshot_download(**_kwargs(repo, revision, repo_type, local_dir, endpoint)))
+        return Path(snapshot_download(**_kwargs(repo, revision, repo_type, local_dir, endpoint, patterns)))
     except Exception as err:
         raise HubError(explain(err, repo, revision)) from err
+
+
+def folder_files(source: Path, patterns: tuple[str, ...] = ()) -> dict[str, Path]:
+    """A repository folder's files by repository path (``a/b.json``), those ``patterns`` select (all: empty);
+    huggingface_hub's records are not repository files."""
+    files = {}
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        rel = path.relative_to(source)
+        if rel.parts[: len(RECORDS.parts)] == RECORDS.parts:
+            continue
+        name = rel.as_posix()
+        if not patterns or any(fnmatch.fnmatch(name, p) for p in patterns):
+            files[name] = path
+    return files
+
+
+def recorded_sha256(source: Path, name: str) -> str | None:
+    """The SHA-256 the hub stated for ``name`` when ``hf download --local-dir`` fetched it (an LFS file's etag,
+    line 2 of ``.cache/huggingface/download/<name>.metadata``); None for git files or folders without records."""
+    record = source / RECORDS / "download" / f"{name}.metadata"
+    if not record.is_file():
+        return None
+    lines = record.read_text().splitlines()
+    etag = lines[1].strip().lower() if len(lines) > 1 else ""
+    return etag if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) else None
+
+
+def _recorded_commit(source: Path, names: list[str]) -> str | None:
+    for name in names:
+        record = source / RECORDS / "download" / f"{name}.metadata"
+        if record.is_file():
+            commit = record.read_text().splitlines()[0].strip()
+            if len(commit) == 40:
+                return commit
+    return None
+
+
+def check_folder(source: Path, patterns: tuple[str, ...], sizes: dict[str, int]) -> tuple[dict[str, Path], list[str]]:
+    """The files a copy of ``source`` would install, and why it must not be installed (empty: it may)."""
+    if not source.is_dir():
+        return {}, [f"mirror folder {source} does not exist (a mirror holds each repository as <owner>/<name>/)"]
+    files = folder_files(source, patterns)
+    if not is_model_folder(source):
+        return files, [f"{source} is not a model folder (no model_index.json or config.json)"]
+    problems = [
+        f"{source / name}: {files[name].stat().st_size} bytes, the publisher's file has {size}"
+        for name, size in sizes.items()
+        if name in files and files[name].stat().st_size != size
+    ]
+    missing = sorted(set(sizes) - set(files))
+    if missing:
+        problems.append(f"{source} lacks {', '.join(missing)}")
+    return files, problems
+
+
+def install_from_folder(
+    source: Path,
+    repo: str,
+    revision: str,
+    repo_type: str,
+    local_dir: Path | None,
+    patterns: tuple[str, ...] = (),
+    sizes: dict[str, int] | None = None,
+    on_bytes: Callable[[int], None] = lambda n: None,
+) -> Path:
+    """Copy a mirror's repository folder into ``local_dir`` or the Hugging Face cache, each file verified
+    (sizes the manifest knows, SHA-256 the folder's records state); returns the installed folder.
+
+    In the cache it becomes ``models--<owner>--<name>/snapshots/<commit>/`` (the commit the records name,
+    else one derived from the files) and ``refs/<revision>`` is written last, so a copy cut half-way is
+    not taken as complete. Raises :class:`HubError` naming the file and both values.
+    """
+    files, problems = check_folder(source, patterns, sizes or {})
+    if problems:
+        raise HubError("; ".join(problems) + "; nothing was installed from the mirror")
+    if local_dir is not None:
+        target, ref = local_dir, None
+    else:
+        from huggingface_hub import constants
+
+        commit = revision if len(revision) == 40 else _recorded_commit(source, list(files))
+        if commit is None:  # a copy made without records: a stable name from its files
+            listing = "\n".join(f"{n} {p.stat().st_size}" for n, p in files.items())
+            commit = hashlib.sha1(listing.encode()).hexdigest()
+        cache = Path(constants.HF_HUB_CACHE) / f"{repo_type}s--{repo.replace('/', '--')}"
+        target, ref = cache / "snapshots" / commit, (cache / "refs" / revision, commit)
+    markers = ("model_index.json", "config.json")  # what marks a folder complete: copied last
+    for name, path in sorted(files.items(), key=lambda item: item[0] in markers):
+        expected = transfer.Expected((sizes or {}).get(name, path.stat().st_size), recorded_sha256(source, name))
+        try:
+            transfer.copy_file(path, target / name, expected, on_bytes=on_bytes)
+        except transfer.VerifyError as err:
+            raise HubError(f"{err}: the mirror's copy is not the file the hub published") from err
+    if ref is not None and ref[0].name != ref[1]:
+        ref[0].parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref[0].with_name(ref[0].name + ".tmp")
+        tmp.write_text(ref[1])
+        os.replace(tmp, ref[0])
+    return target

@@ -1,9 +1,13 @@
 """The manifest: every file and repository a full run needs, where it comes from and where it goes.
 
-Sources, sizes and digests are the publishers' (checked 2026-12; ``None`` where nothing is
-published: such a file is verified against the size its server announces, and ``fluxir.check``
-then loads every weight file and compares its keys). Destinations are never written here: each one
-is read from the environment's parameters, so a file lands where the loaders look:
+Sources, sizes and digests are the publishers' where they state them (checked 2026-12), else the
+byte counts and digests that independent download scripts record for the same URL (two or more
+agreeing) or a checksum registry's (TFDS). A size known only rounded (a hub page's "3.58 GB") is
+marked approximate: it is shown with "~" and counted in the disk check, but the download is verified
+against what the server announces. ``None`` where nothing was found: such a file is verified against the
+size its server announces, and ``fluxir.check`` then loads every weight file and compares its keys.
+Destinations are never written here: each one is read from the environment's parameters, so a file
+lands where the loaders look:
 
 - ``flux``: ``fluxgen.model``, ``train.model``, ``restore.model``, ``evaluate.restore.model``,
   ``baselines.flux_controlnet.model`` (a hub id: the Hugging Face cache; a folder: the snapshot is that folder);
@@ -46,9 +50,53 @@ REALLQ250_URL = (
     "https://drive.usercontent.google.com/download?id=16uWuJOyGMw5fbXHGcl6GOmxYJb_Szrqe&export=download&confirm=t"
 )
 DIV2K_VALID_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/DIV2K_valid_HR.zip"
+# Byte counts (and digests where found) by file name. FLUX.1-dev's and the IQA files' from download
+# scripts that record the hub API's LFS sizes; ViT-L-14.pt's SHA-256 is in OpenAI's URL; DIV2K's from
+# TFDS' url_checksums/div2k.txt; StableSR's from its LFS pointer (commit a1acb40). Not found: the RealLQ250
+# archive (Google Drive), pyiqa's LPIPS_v0.1_alex and CLIPIQA+_ViTL14_512 files.
+PUBLISHED_SIZES = {
+    "ViT-L-14.pt": 932_768_134,
+    "alexnet-owt-7be5be79.pth": 244_408_911,
+    "MANIQA_PIPAL-ae6d356b.pth": 543_335_435,
+    "musiq_koniq_ckpt-e95806b9.pth": 108_610_983,
+    "RealESRGAN_x4plus.pth": 67_040_989,
+    "DIV2K_valid_HR.zip": 448_993_893,
+    "StableSR_testsets.zip": 3_055_396_861,
+}
+PUBLISHED_SHA256 = {
+    "RealESRGAN_x4plus.pth": "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
+    "DIV2K_valid_HR.zip": "20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc",
+    "StableSR_testsets.zip": "32a6344e2a0d394ffcaa7a9245df14105c590dab3ef0d3540e940add1ef9b803",
+}
+# Hub repositories: only the diffusers layout the loaders read (FLUX.1-dev's single-file
+# flux1-dev.safetensors and ae.safetensors, 24 GB, are not fetched), and the exact sizes of its large
+# files; the small config files (a few MB together) are not listed.
+FLUX_PATTERNS = (
+    "model_index.json",
+    "scheduler/*",
+    "text_encoder/*",
+    "text_encoder_2/*",
+    "tokenizer/*",
+    "tokenizer_2/*",
+    "transformer/*",
+    "vae/*",
+)
+FLUX_FILES = (
+    ("transformer/diffusion_pytorch_model-00001-of-00003.safetensors", 9_983_040_304),
+    ("transformer/diffusion_pytorch_model-00002-of-00003.safetensors", 9_949_328_904),
+    ("transformer/diffusion_pytorch_model-00003-of-00003.safetensors", 3_870_584_832),
+    ("text_encoder_2/model-00001-of-00002.safetensors", 4_994_582_224),
+    ("text_encoder_2/model-00002-of-00002.safetensors", 4_530_066_360),
+    ("text_encoder/model.safetensors", 246_144_352),
+    ("vae/diffusion_pytorch_model.safetensors", 167_666_902),
+    ("tokenizer/vocab.json", 1_059_962),
+    ("tokenizer_2/tokenizer.json", 2_424_235),
+)
+CONTROLNET_PATTERNS = ("config.json", "*.safetensors")
+CONTROLNET_APPROX_SIZE = 3_580_000_000  # the hub page's "3.58 GB" for diffusion_pytorch_model.safetensors
 STABLESR_NOTE = (
-    "StableSR's crops: LQ 128x128, HQ 512x512. The paper's 1024/256 centre crops need the full-size "
-    "RealSR v3 / DRealSR x4 test pairs; to use these, set hq_size: 512 and lq_size: 128 for the benchmark"
+    "StableSR's crops: LQ 128x128, HQ 512x512 (conf/base's hq_size/lq_size for realsr and drealsr); "
+    "the paper's 1024/256 centre crops need the full-size RealSR v3 / DRealSR x4 pairs (docs/evaluation.md)"
 )
 # benchmark key -> (archive file name, URL, [(member glob, parameter of the destination folder)], note)
 BENCHMARK_ARCHIVES: dict[str, tuple[str, str, list[tuple[str, str]], str]] = {
@@ -96,11 +144,19 @@ class Item:
     repo: str | None = None
     revision: str = "main"
     repo_type: str = "model"
-    size: int | None = None
+    size: int | None = None  # bytes (a repository: the sum of ``files``, or an approximate total)
     sha256: str | None = None  # full digest, or the prefix a torch hub file name publishes
+    size_approx: bool = False  # ``size`` is a rounded figure: shown with "~", never used to verify
+    files: tuple[tuple[str, int], ...] = ()  # a repository's files of known exact size (path, bytes)
+    allow_patterns: tuple[str, ...] = ()  # a repository's files that are fetched (empty: all)
     extract: tuple[tuple[str, Path], ...] = ()  # archives: (member glob, destination folder)
     used_by: tuple[str, ...] = ()  # the parameters that point here
     note: str = ""
+
+    @property
+    def exact_size(self) -> int | None:
+        """The size a download is verified against (None: only what the server announces)."""
+        return None if self.size_approx else self.size
 
     @property
     def source(self) -> str:
@@ -144,7 +200,14 @@ def _is_hub_id(value: str, project: Path) -> bool:
 
 
 def _snapshot_items(
-    name: str, group: str, repo: str, params: Mapping[str, Any], keys: tuple[str, ...], project: Path, note: str
+    name: str,
+    group: str,
+    repo: str,
+    params: Mapping[str, Any],
+    keys: tuple[str, ...],
+    project: Path,
+    note: str,
+    **published: Any,
 ) -> list[Item]:
     """One item per distinct destination among the parameters ``keys`` that name this repository or a folder."""
     by_dest: dict[Path | None, list[str]] = {}
@@ -160,7 +223,10 @@ def _snapshot_items(
         elif not hub.is_model_folder(project / value) or hub.downloaded_here(project / value):
             by_dest.setdefault((project / value).resolve(), []).append(key)  # a folder to fill (or ours to complete)
         # else: a model folder of the user's own (the tiny models, a copy made by hand): not the manifest's
-    return [Item(name, group, dest, repo=repo, used_by=tuple(used), note=note) for dest, used in by_dest.items()]
+    return [
+        Item(name, group, dest, repo=repo, used_by=tuple(used), note=note, **published)
+        for dest, used in by_dest.items()
+    ]
 
 
 def iqa_specs(params: Mapping[str, Any]) -> list[Any]:
@@ -199,15 +265,7 @@ def _iqa_items(params: Mapping[str, Any]) -> tuple[list[Item], list[str]]:
             )
             if need.path in items:
                 old = items[need.path]
-                items[need.path] = Item(
-                    old.name,
-                    old.group,
-                    old.dest,
-                    url=old.url,
-                    sha256=old.sha256,
-                    used_by=(*old.used_by, spec.name),
-                    note=old.note,
-                )
+                items[need.path] = replace(old, used_by=(*old.used_by, spec.name))
                 continue
             note = (
                 "SHA-256 from the digest in OpenAI's URL"
@@ -217,7 +275,14 @@ def _iqa_items(params: Mapping[str, Any]) -> tuple[list[Item], list[str]]:
                 else f"{unpublished_digest(url)}; fluxir.check then loads it and compares its keys"
             )
             items[need.path] = Item(
-                need.path.name, "iqa", need.path, url=url, sha256=digest, used_by=(spec.name,), note=note
+                need.path.name,
+                "iqa",
+                need.path,
+                url=url,
+                size=PUBLISHED_SIZES.get(need.path.name),
+                sha256=digest,
+                used_by=(spec.name,),
+                note=note,
             )
     return list(items.values()), skipped
 
@@ -247,9 +312,13 @@ def _benchmark_items(params: Mapping[str, Any], project: Path) -> tuple[list[Ite
                 "benchmarks",
                 staging,
                 url=row["url"],
+                size=PUBLISHED_SIZES.get(file_name),
+                sha256=PUBLISHED_SHA256.get(file_name),
                 extract=tuple(row["extract"]),
                 used_by=tuple(row["used_by"]),
-                note="; ".join([*row["notes"], unpublished_digest(row["url"])]),
+                note="; ".join(
+                    [*row["notes"]] + ([] if file_name in PUBLISHED_SHA256 else [unpublished_digest(row["url"])])
+                ),
             )
         )
     return items, skipped
@@ -267,8 +336,11 @@ def _baseline_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item
                 "baselines",
                 (project / str(weights)).resolve(),
                 url=REALESRGAN_URL,
+                size=PUBLISHED_SIZES["RealESRGAN_x4plus.pth"],
+                sha256=PUBLISHED_SHA256["RealESRGAN_x4plus.pth"],
                 used_by=(REALESRGAN_PARAM,),
-                note="Real-ESRGAN release v0.1.0; no digest published; loaded by basicsr's RRDBNet",
+                note="Real-ESRGAN release v0.1.0 (the release states no digest; this one is what its users "
+                "record); loaded by basicsr's RRDBNet",
             )
         )
     rows = _snapshot_items(
@@ -278,7 +350,10 @@ def _baseline_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item
         params,
         (CONTROLNET_PARAM,),
         project,
-        "a FluxControlNetModel for FLUX.1-dev (its own licence)",
+        "a FluxControlNetModel for FLUX.1-dev (its own licence); its example images are not fetched",
+        size=CONTROLNET_APPROX_SIZE,
+        size_approx=True,
+        allow_patterns=CONTROLNET_PATTERNS,
     )
     if not rows:
         skipped.append(f"baselines {CONTROLNET_REPO}: {CONTROLNET_PARAM} names neither it nor a folder to fill")
@@ -296,7 +371,12 @@ def build(params: Mapping[str, Any], project: Path, only: tuple[str, ...] = GROU
             params,
             FLUX_PARAMS,
             project,
-            "gated: accept the licence on its hub page; HF_TOKEN of that account",
+            "gated: accept the licence on its hub page; HF_TOKEN of that account. The diffusers layout only "
+            "(not the single-file flux1-dev.safetensors / ae.safetensors); the size counts its large files",
+            size=sum(n for _, n in FLUX_FILES),
+            size_approx=True,
+            files=FLUX_FILES,
+            allow_patterns=FLUX_PATTERNS,
         )
         manifest.items += rows
         if not rows:

@@ -46,24 +46,24 @@ class Expected:
     size: int | None = None
     sha256: str | None = None  # a full hex digest, or the published prefix (torch hub names: name-<8 hex>.ext)
 
-    def problem(self, path: Path, digest: str | None) -> str | None:
-        """Why ``path`` is not the published file, or None when it is (or nothing is published)."""
-        size = path.stat().st_size
+    def problem(self, path: Path, digest: str | None, name: str | None = None) -> str | None:
+        """Why ``path`` (the file ``name``) is not the published file, or None when it is (or nothing is
+        published)."""
+        size, name = path.stat().st_size, name or path.name
         if self.size is not None and size != self.size:
-            return f"{path.name}: {size} bytes, the publisher's file has {self.size}"
+            return f"{name}: {size} bytes, the publisher's file has {self.size}"
         if self.sha256 and digest is not None and not digest.startswith(self.sha256.lower()):
             what = "SHA-256" if len(self.sha256) == 64 else f"SHA-256 prefix {self.sha256}"
-            return f"{path.name}: SHA-256 {digest}, expected {what}" + (
-                "" if len(self.sha256) < 64 else f" {self.sha256}"
-            )
+            return f"{name}: SHA-256 {digest}, expected {what}" + ("" if len(self.sha256) < 64 else f" {self.sha256}")
         return None
 
 
-def verify(path: Path, expected: Expected) -> str | None:
-    """None when ``path`` matches ``expected``, else the reason (its digest is computed only when one is published)."""
+def verify(path: Path, expected: Expected, name: str | None = None) -> str | None:
+    """None when ``path`` matches ``expected``, else the reason naming ``name`` (default: the file's own); its
+    digest is computed only when one is published."""
     if expected.size is not None and path.stat().st_size != expected.size:
-        return expected.problem(path, None)
-    return expected.problem(path, sha256_file(path) if expected.sha256 else None)
+        return expected.problem(path, None, name)
+    return expected.problem(path, sha256_file(path) if expected.sha256 else None, name)
 
 
 def _open(url: str, start: int, headers: dict[str, str]) -> Any:
@@ -192,7 +192,7 @@ def download(
                     f"{err}; gave up after {retries} reconnections, {kept} bytes kept in {part} (run again to resume)"
                 ) from err
     wanted = expected if expected.size is not None or announced is None else Expected(announced, expected.sha256)
-    problem = verify(part, wanted)
+    problem = verify(part, wanted, dest.name)
     if problem:
         part.unlink()
         raise VerifyError(
@@ -215,7 +215,7 @@ def copy_file(
         for chunk in iter(lambda: src.read(CHUNK), b""):
             out.write(chunk)
             on_bytes(len(chunk))
-    problem = verify(part, expected)
+    problem = verify(part, expected, dest.name)
     if problem:
         part.unlink()
         raise VerifyError(f"{problem}; not installed (mirror file {source})")
