@@ -138,13 +138,20 @@ def save_identity_adapter(project: Path) -> None:
 
 
 def kill_when(
-    proc: subprocess.Popen, ready: Callable[[], bool], timeout: float, group: bool = False, grace: float = 10.0
+    proc: subprocess.Popen,
+    ready: Callable[[], bool],
+    timeout: float,
+    group: bool = False,
+    grace: float = 10.0,
+    sig: int = signal.SIGKILL,
 ) -> list[int]:
-    """SIGKILL ``proc`` (its whole process group with ``group``) once ``ready()`` holds or ``timeout`` s pass.
+    """Send ``sig`` (SIGKILL) to ``proc`` (its whole process group with ``group``) once ``ready()`` holds or
+    ``timeout`` s pass.
 
-    Asserts the process was still running when killed, so a resume test cannot pass on a run that
-    simply finished, and that every process it had started (loader or pool workers) is gone within
-    ``grace`` seconds; survivors are killed before the assertion fails. Returns the pids of those children.
+    Asserts the process was still running when signalled, so a resume test cannot pass on a run that
+    simply finished, that it ended within ``grace`` seconds, and that every process it had started (loader
+    or pool workers, child jobs) is gone within ``grace`` seconds; survivors are killed before the assertion
+    fails. Returns the pids of those children.
     """
     import psutil
 
@@ -154,15 +161,22 @@ def kill_when(
     assert proc.poll() is None, "the run ended before it could be killed"
     children = psutil.Process(proc.pid).children(recursive=True)
     if group:
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and every process it started
+        os.killpg(proc.pid, sig)  # the run and every process it started
     else:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=grace)
+        ended = True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        ended = False
     _, alive = psutil.wait_procs(children, timeout=grace)
     survivors = [f"{p.pid} ({p.name()})" for p in alive if p.is_running()]
     for p in alive:
         p.kill()
-    assert not survivors, f"processes left running {grace:g} s after their parent was killed: {survivors}"
+    assert ended, f"the run was still running {grace:g} s after signal {signal.Signals(sig).name}"
+    assert not survivors, f"processes left running {grace:g} s after their parent was signalled: {survivors}"
     return [p.pid for p in children]
 
 

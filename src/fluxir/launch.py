@@ -11,9 +11,12 @@ CPU-only machine). With more than one, the node calls ``run_stage``, which
    ``--num_processes`` would silently run one);
 2. hands the child the parent's MLflow run (``MLFLOW_RUN_ID``, ``MLFLOW_TRACKING_URI``): rank 0 logs into
    it, so one ``kedro run`` stays one MLflow run;
-3. starts it under a guard (``python -m fluxir.launch --parent <pid> -- <command>``) that leads a new
-   process group and ends that whole group (launcher, ranks, their DataLoader workers) when the parent
-   dies, even by SIGKILL; Ctrl-C or SIGTERM of the parent end it too. No orphan keeps a GPU;
+3. starts it under a guard (``python -m fluxir.launch --parent <pid> -- <command>``), a child subreaper
+   (``fluxir.processes.become_subreaper``): torchrun starts each rank in a session of its own, so the
+   guard's process group does not hold the ranks, but every descendant orphaned below the guard is
+   reparented to it. When the parent dies (even by SIGKILL), on Ctrl-C or SIGTERM of the parent, and when
+   the launcher ends, the guard SIGTERMs every descendant left (launcher, ranks, DataLoader workers) and
+   SIGKILLs those still there after ``GRACE_SECONDS``. No orphan keeps a GPU;
 4. streams the child's output into the Kedro log line by line and raises if it fails.
 
 The node then reads what the child wrote (files under the catalog's folders, or a scratch folder from
@@ -161,10 +164,22 @@ def scratch_dir(stage: str) -> Iterator[Path]:
         yield Path(folder)
 
 
+def release_gpu_memory() -> None:
+    """Hand the GPU memory this process's caching allocator holds back to the device, so the children get
+    all of it (models of an earlier node of this run are gone by now). Nothing when CUDA was never used."""
+    torch = sys.modules.get("torch")  # never imported here: a parent that did no torch work has nothing to free
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        import gc
+
+        gc.collect()  # tensors only a reference cycle still holds
+        torch.cuda.empty_cache()
+
+
 def run_stage(module: str, args: Sequence[str], num_processes: int, what: str) -> None:
     """Run ``accelerate launch -m module`` on ``num_processes`` processes with this ``kedro run``'s env and
     ``--params`` plus ``args``; stream its output into the log; raise RuntimeError if it fails."""
     env, params, project = run_context()
+    release_gpu_memory()
     command = accelerate_command(
         module, ["--env", env, "--project", str(project), *override_args(params), *args], num_processes
     )
@@ -179,16 +194,23 @@ def run_stage(module: str, args: Sequence[str], num_processes: int, what: str) -
 
 
 def run_image_shards(
-    module: str, what: str, num_processes: int, table: Any, table_arg: str, adapter: Any
+    module: str,
+    what: str,
+    num_processes: int,
+    table: Any,
+    table_arg: str,
+    adapter: Any = None,
+    extra: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Run a restoring entry point (``fluxir.evaluation``, ``fluxir.restoration``) on ``num_processes`` processes,
-    handing it ``table`` (as ``<table_arg> <parquet>``) and ``adapter`` (``--adapter <folder>``; None: a public
-    restorer needs none); returns the report each rank wrote (``--report``), in rank order."""
+    """Run an entry point that shares out the rows of a table (``fluxir.evaluation``, ``fluxir.restoration``,
+    ``fluxir.training.latents``) on ``num_processes`` processes, handing it ``table`` (as ``<table_arg>
+    <parquet>``), ``adapter`` (``--adapter <folder>``; None: none needed) and ``extra`` arguments; returns the
+    report each rank wrote (``--report``), in rank order."""
     from fluxir.models.adapter import save_adapter
 
     with scratch_dir(what) as scratch:
         table.to_parquet(scratch / "input.parquet")
-        args = [table_arg, str(scratch / "input.parquet"), "--report", str(scratch / "share")]
+        args = [table_arg, str(scratch / "input.parquet"), "--report", str(scratch / "share"), *extra]
         if adapter is not None:
             save_adapter(adapter, scratch / "adapter")
             args += ["--adapter", str(scratch / "adapter")]
@@ -223,16 +245,17 @@ def run_guarded(
 
 
 def end_group(pgid: int, proc: subprocess.Popen | None = None) -> None:
-    """SIGTERM the process group ``pgid``, SIGKILL it after ``GRACE_SECONDS`` if its leader still runs."""
+    """SIGTERM the process group ``pgid`` (the guard's), SIGKILL it if its leader still runs after the guard's
+    own clean-up had time (``GRACE_SECONDS`` for what it started, and as long again)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_SECONDS
+    deadline = time.monotonic() + 2 * GRACE_SECONDS
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             break
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)  # whatever the leader left (ranks, loader workers)
+        os.killpg(pgid, signal.SIGKILL)  # a guard that hangs, and what is left of its group
     if proc is not None:
         proc.wait()
 
@@ -242,11 +265,15 @@ def end_group(pgid: int, proc: subprocess.Popen | None = None) -> None:
 
 
 def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int:
-    """Run ``command`` in this process group; end the group when ``parent`` is gone or this guard is signalled.
+    """Run ``command``; end it and everything it started when ``parent`` is gone or this guard is signalled.
 
     The guard polls its parent pid rather than using ``PR_SET_PDEATHSIG``: that signal reaches only the
-    direct child (the launcher), not the ranks and DataLoader workers it starts.
+    direct child (the launcher), not the ranks and DataLoader workers it starts. As a subreaper it also
+    ends what the command leaves behind when it ends by itself (a rank that outlived its launcher).
     """
+    from fluxir.processes import become_subreaper, end_descendants
+
+    reaper = become_subreaper()
     stop: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -255,17 +282,21 @@ def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     proc = subprocess.Popen(list(command))
-    while proc.poll() is None:
-        if stop or os.getppid() != parent:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM is for the others
+    while proc.poll() is None and not stop and os.getppid() == parent:
+        time.sleep(poll_seconds)
+    if not reaper:  # no subreaper (not Linux): the process group (led by the guard) is all it can reach
+        if proc.poll() is None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgrp(), signal.SIGTERM)
             deadline = time.monotonic() + GRACE_SECONDS
             while proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             os.killpg(os.getpgrp(), signal.SIGKILL)  # ends this guard too
-        time.sleep(poll_seconds)
-    return proc.returncode
+        return proc.returncode
+    end_descendants(GRACE_SECONDS)
+    code = proc.wait()
+    return 128 + stop[0] if stop else code
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,10 +5,15 @@ DataLoader workers would stay, blocked forever. ``die_with_parent`` is called fi
 (a ``worker_init_fn`` or pool initializer): on Linux the kernel sends the child SIGKILL when its parent
 ends (``prctl(PR_SET_PDEATHSIG)``); elsewhere, or to follow a process that is not the direct parent (a
 forkserver's client), a daemon thread checks once a second and kills the child when that process is gone.
+
+A process that must outlive nothing it started (``fluxir.launch``'s guard) becomes a child subreaper
+(``become_subreaper``): descendants orphaned below it (ranks a launcher started in their own sessions) are
+reparented to it instead of init, so ``end_descendants`` finds and ends them all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -17,8 +22,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
 WATCH_INTERVAL_S = 1.0
 
 
@@ -36,15 +43,63 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _parent_death_signal() -> bool:
-    """Ask Linux to SIGKILL this process when its parent ends; False where that is not available."""
+def _prctl(option: int, value: int) -> bool:
+    """Linux ``prctl(option, value)``; False where that is not available or it fails."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        return libc.prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def _parent_death_signal() -> bool:
+    """Ask Linux to SIGKILL this process when its parent ends; False where that is not available."""
+    return _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def become_subreaper() -> bool:
+    """Make this process the one its orphaned descendants are reparented to (Linux); False elsewhere."""
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Live (not zombie) descendants of ``pid`` (default: this process), from ``/proc``; [] without ``/proc``."""
+    root = os.getpid() if pid is None else pid
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = entry.read_text()
+        except OSError:  # ended while listed
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": the name may hold spaces
+        if fields and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.split(" ", 1)[0]))
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def end_descendants(grace: float, poll: float = 0.05) -> None:
+    """SIGTERM every live descendant of this process, SIGKILL those left after ``grace`` seconds; again until
+    none is left (a process whose parent ended meanwhile is reparented here when this is a subreaper)."""
+    while pids := descendants():
+        _signal_all(pids, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and set(pids) & set(descendants()):
+            time.sleep(poll)
+        _signal_all(descendants(), signal.SIGKILL)
+        time.sleep(poll)
 
 
 def _watch(pid: int, interval: float) -> None:

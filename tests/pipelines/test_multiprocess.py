@@ -3,7 +3,9 @@ results equal a one-process run; the child dies with the parent; one MLflow run 
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from conftest import REPO, kedro_run, make_project_copy
 from support import kill_when, make_mixed_folder, make_pairs, save_identity_adapter
 
 FLUXGEN = "fluxgen.num_images=4,fluxgen.steps=1,iqa.batch_size=2"  # two score chunks: one per rank
+RESTORED = ("fluxir", "realesrgan", "flux_controlnet")  # evaluate's restorers (bicubic is not sharded)
 
 
 def _latest(project: Path, relative: str) -> Path:
@@ -50,6 +53,21 @@ def _children_of(project: Path) -> list[int]:
             if f"--project {project}" in cmdline:
                 pids.append(int(entry.name))
     return pids
+
+
+def _ranks_reported(log: str) -> set[int]:
+    """Ranks whose JSON line (``{"rank": r, ...}``, the child job's last line per process) reached the log."""
+    import re
+
+    return {int(rank) for rank in re.findall(r'"rank": (\d+)', log)}
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -201,7 +219,10 @@ def test_train_on_two_processes_gives_the_same_adapter_and_logs_into_the_kedro_r
     manifest.mkdir(parents=True)
     pairs.to_parquet(manifest / "pairs_manifest.parquet")
     steps = "train.max_steps=4,train.global_batch=2,train.validate_every=4,train.log_every=2,train.checkpoint_every=2"
-    kedro_run(project, "run", "--env=tiny", "--pipeline=train", f"--params={steps},train.num_processes=2")
+    run = kedro_run(project, "run", "--env=tiny", "--pipeline=train", f"--params={steps},train.num_processes=2")
+    assert "latents on 2 processes:" in run.stdout + run.stderr  # precompute_latents ran as a child job too
+    latents = json.loads(_latest(project, "data/08_reporting/latent_cache_summary.json").read_text())
+    assert (latents["pairs"], latents["encoded"], latents["cached"]) == (6, 6, 0)
 
     adapter = load_adapter(_latest(project, "data/06_models/fluxir_adapter"))
     single = train(tiny_params(tmp_path, *steps.split(",")), pairs, progress=False)
@@ -229,16 +250,22 @@ def test_evaluate_on_two_processes_gives_the_same_outputs_and_report_numbers(ked
     save_identity_adapter(project)
     params = "evaluate.restore.steps=2,evaluate.grid_images=1"
     kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
-    outputs = project / "data/07_model_output/evaluate_demo/fluxir"
-    one = _files(outputs)
+    outputs = project / "data/07_model_output/evaluate_demo"
+    one = {method: _files(outputs / method) for method in RESTORED}
     one_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
-    outputs.rename(outputs.parent / "fluxir_one")  # the second run must restore everything again
-    kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=2")
-    assert _files(outputs) == one and len(one) >= 4
+    for method in RESTORED:  # the second run must restore everything again
+        (outputs / method).rename(outputs / f"{method}_one")
+    run = kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=2")
+    assert {method: _files(outputs / method) for method in RESTORED} == one
+    images = len(one["fluxir"])
+    assert images >= 4 and all(len(files) == images for files in one.values())
     two_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
     pd.testing.assert_frame_equal(one_table, two_table, rtol=1e-6)
+    log = run.stdout + run.stderr
+    assert log.count("evaluate on 2 processes:") == 2, "FluxIR, then the public restorers, each on 2 processes"
+    assert _ranks_reported(log) == {0, 1}
     report = _latest(project, "data/08_reporting/evaluation_report.md").read_text()
-    assert f"{len(one)} now, 0 reused" in report  # the children's images count as restored by this run
+    assert report.count(f"{images} now, 0 reused") == 3  # the children's images count as restored by this run
 
 
 def test_restore_on_two_processes_gives_the_same_files_failures_and_summary(kedro_project):
@@ -248,7 +275,8 @@ def test_restore_on_two_processes_gives_the_same_files_failures_and_summary(kedr
     common = "restore.input_dir=photos,restore.progress=false,restore.steps=2"
     kedro_run(project, "run", "--env=tiny", "--pipeline=restore", f"--params={common},restore.output_dir=one")
     one_failures = pd.read_parquet(_latest(project, "data/08_reporting/restore_failures.parquet"))
-    kedro_run(
+    one_summary = json.loads(_latest(project, "data/08_reporting/restore_summary.json").read_text())
+    run = kedro_run(
         project,
         "run",
         "--env=tiny",
@@ -256,21 +284,30 @@ def test_restore_on_two_processes_gives_the_same_files_failures_and_summary(kedr
         f"--params={common},restore.output_dir=two,restore.num_processes=2",
     )
     two_failures = pd.read_parquet(_latest(project, "data/08_reporting/restore_failures.parquet"))
+    two_summary = json.loads(_latest(project, "data/08_reporting/restore_summary.json").read_text())
     assert _files(project / "one") == _files(project / "two") and len(_files(project / "one")) == 5
     pd.testing.assert_frame_equal(one_failures, two_failures)
     assert len(two_failures) == 3  # the corrupt, the empty and the text file, from both shares
+    log = run.stdout + run.stderr
+    assert "restore on 2 processes:" in log and _ranks_reported(log) == {0, 1}
+
+    def counts(summary: dict) -> dict:
+        images = [{k: v for k, v in image.items() if k not in ("output", "seconds")} for image in summary["images"]]
+        kept = ("restored", "skipped_existing", "failed", "megapixels_out", "method", "config")
+        return {**{key: summary[key] for key in kept}, "images": images}
+
+    assert counts(two_summary) == counts(one_summary) and two_summary["restored"] == 5
 
 
 # ----------------------------------------------------------------------------------------------------
-# kill -9 of `kedro run` during a 2-process stage
+# The child job ends with its `kedro run`: kill -9, SIGTERM, Ctrl-C (SIGINT) of the parent
+
+INTERRUPTED = "fluxgen.num_images=64,fluxgen.steps=4,fluxgen.num_processes=2"  # runs long enough to interrupt
 
 
-def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project, tmp_path):
-    from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
-    from fluxir.io import ImageStore
-
-    project = kedro_project
-    params = "fluxgen.num_images=64,fluxgen.steps=4,fluxgen.num_processes=2"
+def _interrupt_generation(project: Path, sig: int) -> int:
+    """Start the 2-process generate node, send ``sig`` to `kedro run` once images appear, assert that no child
+    job process is left; returns the images made."""
     store = project / "data/02_intermediate/fluxgen_images"
     kedro = Path(sys.executable).with_name("kedro")
     proc = subprocess.Popen(
@@ -280,7 +317,7 @@ def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project,
             "--env=tiny",
             "--pipeline=fluxgen",
             "--nodes=fluxgen.generate_images",
-            f"--params={params}",
+            f"--params={INTERRUPTED}",
         ],
         cwd=project,
         stdout=subprocess.DEVNULL,
@@ -288,7 +325,8 @@ def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     try:
-        kill_when(proc, lambda: any(store.rglob("*.png")), timeout=300)  # the child job is generating
+        # the child job is generating; the guard's clean-up may take its SIGTERM grace before a SIGKILL
+        kill_when(proc, lambda: any(store.rglob("*.png")), timeout=300, grace=30, sig=sig)
         deadline = time.time() + 30
         while _children_of(project) and time.time() < deadline:
             time.sleep(0.2)
@@ -296,15 +334,65 @@ def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project,
     finally:
         for pid in _children_of(project):  # never leave one behind, even when the test fails
             os.kill(pid, 9)
-    made = len(list(store.rglob("*.png")))
+    return len(list(store.rglob("*.png")))
+
+
+def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project, tmp_path):
+    from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
+    from fluxir.io import ImageStore
+
+    project = kedro_project
+    made = _interrupt_generation(project, signal.SIGKILL)
     assert 0 < made < 64
 
     kedro_run(
-        project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images", f"--params={params}"
+        project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images", f"--params={INTERRUPTED}"
     )
-    cfg = GenerationConfig.from_params(load_params("tiny", [params], project)["fluxgen"])
+    cfg = GenerationConfig.from_params(load_params("tiny", [INTERRUPTED], project)["fluxgen"])
     generate_into_store(cfg, ImageStore(tmp_path / "fresh").sub(cfg.key()), progress=False)
+    store = project / "data/02_intermediate/fluxgen_images"
     assert _files(store) == _files(tmp_path / "fresh") and len(_files(store)) == 64
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_of_the_parent_leaves_no_child(kedro_project, sig):
+    assert 0 < _interrupt_generation(kedro_project, sig) < 64
+
+
+LAUNCHER_LEAVING_A_RANK = """
+import os, subprocess, sys, time
+rank = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(600)"
+proc = subprocess.Popen([sys.executable, "-c", rank], start_new_session=True, stdout=subprocess.PIPE)
+proc.stdout.readline()  # its SIGTERM handler is set
+open(sys.argv[1], "w").write(str(proc.pid))
+sys.exit(3)
+"""
+
+
+def test_the_guard_ends_a_rank_in_its_own_session_that_ignores_sigterm(tmp_path):
+    """As torchrun starts ranks: outside the guard's process group. The launcher ends and leaves its rank behind;
+    the guard (a subreaper) SIGKILLs it after the grace and passes the launcher's exit status on."""
+    from fluxir.launch import GRACE_SECONDS
+
+    pid_file = tmp_path / "rank.pid"
+    guard = [sys.executable, "-m", "fluxir.launch", "--parent", str(os.getpid()), "--"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [*guard, sys.executable, "-c", LAUNCHER_LEAVING_A_RANK, str(pid_file)],
+        env=env,
+        timeout=GRACE_SECONDS + 60,
+        start_new_session=True,  # the guard leads its own process group, as run_guarded starts it
+    )
+    rank = int(pid_file.read_text())
+    try:
+        deadline = time.time() + 5  # the SIGKILLed rank is reaped by init once the guard is gone
+        while _running(rank) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _running(rank), "the rank outlived its guard"
+        assert done.returncode == 3
+    finally:
+        if _running(rank):
+            os.kill(rank, signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -362,12 +450,13 @@ def _sbatch(project: Path, script: str, **env: str) -> subprocess.CompletedProce
     return proc
 
 
-def test_slurm_scripts_on_two_nodes_make_the_same_dataset(fluxgen_one_and_two, tmp_path):
-    import json
+@pytest.fixture(scope="module")
+def slurm_project(fluxgen_one_and_two, tmp_path_factory):
+    """A project made by generate.sbatch, score.sbatch and a 2-task degrade.sbatch array on "2 nodes", then the
+    bookkeeping `kedro run`; returns (project, the array tasks' shares)."""
     import shutil
 
-    one, _, _ = fluxgen_one_and_two
-    project = make_project_copy(tmp_path / "slurm")
+    project = make_project_copy(tmp_path_factory.mktemp("slurm") / "project")
     shutil.copytree(REPO / "scripts/slurm", project / "scripts/slurm")
     _sbatch(project, "generate.sbatch")
     _sbatch(project, "score.sbatch")
@@ -385,8 +474,14 @@ def test_slurm_scripts_on_two_nodes_make_the_same_dataset(fluxgen_one_and_two, t
         )
         for k in (0, 1)
     ]
-    assert [(s["rank"], s["world_size"]) for s in shares] == [(0, 2), (1, 2)]
     kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
+    return project, shares
+
+
+def test_slurm_scripts_on_two_nodes_make_the_same_dataset(fluxgen_one_and_two, slurm_project):
+    one, _, _ = fluxgen_one_and_two
+    project, shares = slurm_project
+    assert [(s["rank"], s["world_size"]) for s in shares] == [(0, 2), (1, 2)]
     kept = len(pd.read_parquet(_latest(one, "data/05_model_input/pairs_manifest.parquet")))
     assert sum(s["made"] for s in shares) == kept, "the array tasks made every pair between them"
 
@@ -396,3 +491,50 @@ def test_slurm_scripts_on_two_nodes_make_the_same_dataset(fluxgen_one_and_two, t
         assert _files(project / folder) == _files(one / folder)
     for table in ("data/04_feature/iqa_selection.parquet", "data/05_model_input/pairs_manifest.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(_latest(one, table)), pd.read_parquet(_latest(project, table)))
+
+
+SLURM_TRAIN = (  # 2 pairs from 4 images: both train, none held out
+    "train.max_steps=2,train.global_batch=2,train.num_validation_pairs=0,train.validate_every=2,train.log_every=1,"
+    "train.checkpoint_every=2"
+)
+SLURM_EVALUATE = (  # 5 demo images (3 + 2 per node), short sampling
+    "evaluate.restore.steps=2,evaluate.grid_images=1,evaluate.benchmarks.div2k_val.num_images=2,"
+    "evaluate.benchmarks.realsr.num_images=1,evaluate.benchmarks.drealsr.num_images=1,"
+    "evaluate.benchmarks.reallq250.num_images=1"
+)
+
+
+def test_slurm_train_and_evaluate_on_two_nodes_match_one_process(slurm_project, tmp_path, monkeypatch):
+    import torch
+
+    from fluxir.models.adapter import load_adapter
+    from fluxir.training.loop import train
+
+    from support import tiny_params
+
+    project, _ = slurm_project
+    params = f"{FLUXGEN},{SLURM_TRAIN},{SLURM_EVALUATE}"
+    _sbatch(project, "train.sbatch", FLUXIR_PARAMS=params)
+    adapter = load_adapter(_latest(project, "data/06_models/fluxir_adapter"))
+    pairs = pd.read_parquet(_latest(project, "data/05_model_input/pairs_manifest.parquet"))
+    monkeypatch.chdir(project)  # the manifest's paths are the project's
+    one_process = tiny_params(tmp_path, *SLURM_TRAIN.split(","))
+    single = train(one_process, pairs, progress=False)
+    diff = torch.cat(
+        [(a - b).abs().flatten() for a, b in zip(adapter.state_dict().values(), single.adapter.state_dict().values())]
+    )
+    # the DDP tests' tolerance (1e-4: gloo's all-reduce sums in another order) on all but a few weights: with
+    # only 2 pairs, AdamW turns that rounding into up to one step (the learning rate) where a gradient is ~0
+    assert (diff > 1e-4).float().mean() < 1e-3 and diff.max() < one_process["learning_rate"]
+
+    run = _sbatch(project, "evaluate.sbatch", FLUXIR_PARAMS=params)
+    assert _ranks_reported(run.stdout + run.stderr) == {0, 1}, "both nodes restored"
+    outputs = project / "data/07_model_output/evaluate_demo"
+    two = {method: _files(outputs / method) for method in RESTORED}
+    two_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
+    outputs.rename(outputs.with_name("evaluate_demo_slurm"))  # restored again by one process below
+    kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
+    assert {method: _files(outputs / method) for method in RESTORED} == two
+    assert all(len(files) == 5 for files in two.values())
+    one_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
+    pd.testing.assert_frame_equal(one_table, two_table, rtol=1e-6)

@@ -1,11 +1,13 @@
 """``python -m fluxir.evaluation`` / ``accelerate launch -m fluxir.evaluation``: restore the benchmarks outside
 ``kedro run``.
 
-Restores the LQ images of the evaluate pipeline's ``benchmark_manifest`` with ``evaluate.restore.*`` and the
-catalog's ``fluxir_adapter`` (``fluxir.evaluation.scoring.restore_missing``: outputs are keyed by model,
-adapter and settings, so ``kedro run --pipeline=evaluate`` afterwards reuses them and scores and reports).
-Under ``accelerate launch`` process ``r`` of ``w`` restores every ``w``-th missing image on its own GPU; the
-outputs are the same as from one process.
+Restores the LQ images of the evaluate pipeline's ``benchmark_manifest`` with every restorer of
+``evaluate.methods`` that runs here (or ``--methods``): FluxIR with ``evaluate.restore.*`` and the catalog's
+``fluxir_adapter`` (``fluxir.evaluation.scoring.restore_missing``), the public restorers with
+``baselines.*`` (``restore_public_missing``). Outputs are keyed by method, weights, settings and input, so
+``kedro run --pipeline=evaluate`` afterwards reuses them and scores and reports. Under ``accelerate launch``
+process ``r`` of ``w`` restores every ``w``-th image on its own GPU; the outputs are the same as from one
+process.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import pandas as pd
 from accelerate import PartialState
 
 from fluxir.config import cli_parser, load_catalog, load_params
-from fluxir.evaluation.scoring import restore_missing
+from fluxir.evaluation.scoring import restore_missing, restore_public_missing
 from fluxir.models.adapter import load_adapter
 from fluxir.models.flux import accelerate_cpu, resolve_device
+from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
 from fluxir.validation import check_params
 
 
@@ -31,6 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--adapter", default=None, help="adapter folder (default: the catalog's latest fluxir_adapter)")
     parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated restorers (fluxir, realesrgan, flux_controlnet; default: those of evaluate.methods)",
+    )
+    parser.add_argument(
         "--report", default=None, help="write this process's seconds per restored image to <report>.rank<r>.json"
     )
     args = parser.parse_args(argv)
@@ -38,26 +46,44 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.env, args.params, args.project)
     check_params(params, ["evaluate"], "python -m fluxir.evaluation")
     evaluate = params["evaluate"]
-    catalog = None if args.manifest and args.adapter else load_catalog(args.env, args.project)
+    methods = check_methods(args.methods.split(",") if args.methods else evaluate["methods"])
+    public = [m for m in methods if m in PUBLIC_METHODS]
+    needs_catalog = not args.manifest or ("fluxir" in methods and not args.adapter)
+    catalog = load_catalog(args.env, args.project) if needs_catalog else None
     manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("benchmark_manifest")
-    adapter = load_adapter(args.adapter) if args.adapter else catalog.load("fluxir_adapter")
     restore = evaluate["restore"]
     state = PartialState(cpu=accelerate_cpu(restore.get("device", "auto")))
-    seconds = restore_missing(
-        manifest,
-        adapter,
-        restore,
-        evaluate["outputs_dir"],
-        evaluate["scale"],
-        evaluate["color_fix"],
-        state.process_index,
-        state.num_processes,
-        device=resolve_device(restore.get("device", "auto"), state.device),
-    )
+    seconds: dict[str, list[float]] = {}
+    if "fluxir" in methods:
+        adapter = load_adapter(args.adapter) if args.adapter else catalog.load("fluxir_adapter")
+        seconds["fluxir"] = restore_missing(
+            manifest,
+            adapter,
+            restore,
+            evaluate["outputs_dir"],
+            evaluate["scale"],
+            evaluate["color_fix"],
+            state.process_index,
+            state.num_processes,
+            device=resolve_device(restore.get("device", "auto"), state.device),
+        )
+    if public:
+        seconds |= restore_public_missing(
+            manifest,
+            public,
+            params["baselines"],
+            evaluate["outputs_dir"],
+            evaluate["scale"],
+            evaluate["color_fix"],
+            state.process_index,
+            state.num_processes,
+            state.device,
+        )
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps({"seconds": seconds}))
     state.wait_for_everyone()
-    print(json.dumps({"rank": state.process_index, "restored": len(seconds), "processes": state.num_processes}))
+    restored = {method: len(s) for method, s in seconds.items()}
+    print(json.dumps({"rank": state.process_index, "restored": restored, "processes": state.num_processes}))
 
 
 if __name__ == "__main__":

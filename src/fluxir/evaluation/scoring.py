@@ -33,8 +33,9 @@ from fluxir.evaluation.report import (
     is_stand_in,
 )
 from fluxir.evaluation.testsets import list_images, pair_key
-from fluxir.io import hash_json, hash_tensors, image_size, read_image, write_png_atomic
+from fluxir.io import hash_json, hash_tensors, image_size, read_image, sha256_file, write_png_atomic
 from fluxir.iqa import MetricSpec
+from fluxir.models.flux import resolve_device
 from fluxir.progress import progress
 from fluxir.restoration.methods import (
     EVALUATE_METHODS,
@@ -104,9 +105,9 @@ def restore_missing(
     num_processes: int = 1,
     device: str | None = None,
 ) -> list[float]:
-    """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` that have no FluxIR
-    output yet (every ``num_processes``-th: an output depends only on its input and the seed); returns the
-    seconds per restored image. ``device`` (default ``restore.device``) is not part of the output key."""
+    """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` (every
+    ``num_processes``-th, less those with a FluxIR output already: an output depends only on its input and the
+    seed); returns the seconds per restored image. ``device`` (default ``restore.device``) is not in the key."""
     model, config = evaluation_restore_config(restore, scale, color_fix)
     root = _fluxir_root(model, config, adapter, outputs_dir)
     run_config = dataclasses.replace(config, device=device or config.device)
@@ -134,8 +135,8 @@ def restore_manifest(
     """Restore every LQ of ``manifest`` x``scale`` with Flux (``restore.model``) + ``adapter``; returns (outputs, info).
 
     ``color_fix`` is evaluation's own choice (``evaluate.color_fix``), never part of ``restore``. Files go to
-    ``<outputs_dir>/fluxir/<key>/<dataset>/<image>.png``, the key hashing model, adapter and settings; files
-    already there are reused, so an interrupted run resumes where it stopped.
+    ``<outputs_dir>/fluxir/<key>/<dataset>/<image>_<LQ hash>.png``, the key hashing model, adapter and settings;
+    files already there are reused, so an interrupted run resumes where it stopped.
     ``restored_elsewhere``: seconds per image of the images processes launched for this run restored
     (``restore_missing``), counted in the run info as restored now.
     """
@@ -160,6 +161,12 @@ def restore_manifest(
     return rows, info
 
 
+def output_path(root: Path, row: Any) -> Path:
+    """``<root>/<dataset>/<image>_<LQ sha256, 12 hex>.png``: a re-prepared crop of the same name (other pixels)
+    gets a new output instead of reusing the old one."""
+    return root / row.dataset / f"{row.image}_{sha256_file(row.lq_path)[:12]}.png"
+
+
 def restore_into(
     manifest: pd.DataFrame,
     root: Path,
@@ -169,16 +176,18 @@ def restore_into(
     process_index: int = 0,
     num_processes: int = 1,
 ) -> tuple[pd.DataFrame, int, list[float]]:
-    """Restore every LQ of ``manifest`` that has no ``<root>/<dataset>/<image>.png`` yet; returns (outputs table,
-    images restored now, seconds per image). The restorer is made only when something is left to do, so a
-    finished run reuses its files without loading a model. Process ``process_index`` of ``num_processes``
-    restores every ``num_processes``-th of those images only."""
-    todo = [r for r in manifest.itertuples(index=False) if not (root / r.dataset / f"{r.image}.png").is_file()]
-    todo = todo[process_index::num_processes]
+    """Restore every LQ of ``manifest`` that has no output (``output_path``) yet; returns (outputs table, images
+    restored now, seconds per image). The restorer is made only when something is left to do, so a finished
+    run reuses its files without loading a model. Process ``process_index`` of ``num_processes`` takes every
+    ``num_processes``-th row of the manifest and skips those of its rows already restored: the shares never
+    depend on when a process looked at the folder."""
+    paths = [output_path(root, r) for r in manifest.itertuples(index=False)]
+    mine = list(zip(manifest.itertuples(index=False), paths, strict=True))[process_index::num_processes]
+    todo = [(row, path) for row, path in mine if not path.is_file()]
     seconds: list[float] = []
     if todo:
         restorer = make_restorer()
-        for row in progress(todo, desc=f"restore ({method})", unit="img", disable=process_index != 0):
+        for row, path in progress(todo, desc=f"restore ({method})", unit="img", disable=process_index != 0):
             lq = read_image(row.lq_path)
             start = time.perf_counter()
             out = restorer.restore(lq)
@@ -186,18 +195,51 @@ def restore_into(
             expected = (round(lq.shape[0] * scale), round(lq.shape[1] * scale))
             if out.shape[:2] != expected:
                 raise RuntimeError(f"{method} {row.dataset}/{row.image}: restored {out.shape[:2]}, expected {expected}")
-            write_png_atomic(root / row.dataset / f"{row.image}.png", out)
+            write_png_atomic(path, out)
     log.info(
         "%s: %d images restored now, %d reused from %s",
         TITLES.get(method, method),
         len(todo),
-        len(manifest) - len(todo),
+        len(mine) - len(todo),
         root,
     )
-    rows = [
-        [r.dataset, r.image, method, str(root / r.dataset / f"{r.image}.png")] for r in manifest.itertuples(index=False)
-    ]
+    rows = [[r.dataset, r.image, method, str(p)] for r, p in zip(manifest.itertuples(index=False), paths, strict=True)]
     return _outputs(rows), len(todo), seconds
+
+
+def _public_plans(
+    methods: list[str], baselines: Mapping[str, Any], outputs_dir: str | Path, scale: int, color_fix: str
+) -> list[tuple[str, Any, Any, Path]]:
+    """(method, settings, output geometry, output folder) of each public restorer of ``methods``; every method's
+    weights are checked before any is loaded."""
+    plans = []
+    for method in [m for m in check_methods(methods) if m in PUBLIC_METHODS]:
+        cfg = public_config(method, baselines)
+        geometry = output_geometry(method, scale, None, color_fix)
+        key = hash_json([method, public_fingerprint(method, cfg), cfg.settings(), scale, geometry.color_fix])
+        plans.append((method, cfg, geometry, Path(outputs_dir) / method / key))
+    return plans
+
+
+def restore_public_missing(
+    manifest: pd.DataFrame,
+    methods: list[str],
+    baselines: Mapping[str, Any],
+    outputs_dir: str | Path,
+    scale: int,
+    color_fix: str,
+    process_index: int = 0,
+    num_processes: int = 1,
+    process_device: Any = None,
+) -> dict[str, list[float]]:
+    """Share ``process_index`` of ``num_processes`` of ``public_manifest``'s work (on ``process_device`` where a
+    method's device is ``auto``); returns the seconds per restored image of each method."""
+    seconds = {}
+    for method, cfg, geometry, root in _public_plans(methods, baselines, outputs_dir, scale, color_fix):
+        run_cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, process_device))  # not in the key
+        make = partial(build_public, method, run_cfg, geometry)
+        seconds[method] = restore_into(manifest, root, method, make, scale, process_index, num_processes)[2]
+    return seconds
 
 
 def public_manifest(
@@ -207,28 +249,23 @@ def public_manifest(
     outputs_dir: str | Path,
     scale: int,
     color_fix: str,
+    restored_elsewhere: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ with each public restorer of ``methods`` (``realesrgan``, ``flux_controlnet``).
 
-    Files go to ``<outputs_dir>/<method>/<key>/<dataset>/<image>.png``, the key hashing the method, its
-    weights (file hash / ControlNet content), its settings, the scale and the colour fix; files already
+    Files go to ``<outputs_dir>/<method>/<key>/<dataset>/<image>_<LQ hash>.png``, the key hashing the method,
+    its weights (file hash / ControlNet content), its settings, the scale and the colour fix; files already
     there are reused. Every method's weights are checked before any is loaded. Returns (outputs, run info).
+    ``restored_elsewhere``: {method: seconds per image} of what processes launched for this run restored
+    (``restore_public_missing``), counted in the run info as restored now.
     """
-    chosen = [m for m in check_methods(methods) if m in PUBLIC_METHODS]
-    plans = []
-    for method in chosen:
-        cfg = public_config(method, baselines)
-        geometry = output_geometry(method, scale, None, color_fix)
-        key = hash_json([method, public_fingerprint(method, cfg), cfg.settings(), scale, geometry.color_fix])
-        plans.append((method, cfg, geometry, Path(outputs_dir) / method / key))
     parts, info = [_outputs([])], {}
-    for method, cfg, geometry, root in plans:
-        rows, done_now, seconds = restore_into(
-            manifest, root, method, partial(build_public, method, cfg, geometry), scale
-        )
+    for method, cfg, geometry, root in _public_plans(methods, baselines, outputs_dir, scale, color_fix):
+        rows, _, seconds = restore_into(manifest, root, method, partial(build_public, method, cfg, geometry), scale)
+        seconds = [*(restored_elsewhere or {}).get(method, []), *seconds]
         parts.append(rows)
         info[TITLES[method]] = f"{describe_public(method, cfg)}; colour fix {geometry.color_fix}"
-        info[f"{TITLES[method]} images"] = f"{done_now} now, {len(manifest) - done_now} reused, in {root}; " + (
+        info[f"{TITLES[method]} images"] = f"{len(seconds)} now, {len(manifest) - len(seconds)} reused, in {root}; " + (
             f"{np.mean(seconds):.2f} s per image" if seconds else "all reused"
         )
     return pd.concat(parts, ignore_index=True), info
@@ -243,11 +280,11 @@ def describe_training(record: Mapping[str, Any]) -> str:
 
 
 def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path) -> pd.DataFrame:
-    """Bicubic x``scale`` of every LQ (PIL), written once to ``<outputs_dir>/bicubic/<dataset>/<prep_key>/``."""
+    """Bicubic x``scale`` of every LQ (PIL), written once under ``<outputs_dir>/bicubic/<dataset>/<prep_key>/``."""
     check_fields({"scale": scale}, [Rule("scale", "positive_int")], "evaluate.")
     rows = []
     for r in manifest.itertuples(index=False):
-        path = Path(outputs_dir) / "bicubic" / r.dataset / str(r.prep_key) / f"{r.image}.png"
+        path = output_path(Path(outputs_dir) / "bicubic" / r.dataset / str(r.prep_key), r)
         if not path.is_file():
             lq = read_image(r.lq_path)
             write_png_atomic(path, upsample(lq, lq.shape[0] * scale, lq.shape[1] * scale))

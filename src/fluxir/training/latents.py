@@ -11,13 +11,15 @@ no image (the sizes come from ``pairs_manifest``).
     python -m fluxir.training.latents --env base
     accelerate launch --multi_gpu --num_processes 8 -m fluxir.training.latents --env base
 
-``kedro run --pipeline=train`` runs the same step as its first node, ``precompute_latents``.
+``kedro run --pipeline=train`` runs the same step as its first node, ``precompute_latents`` (on
+``train.num_processes`` processes: more than one launches this module as a child job).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -61,6 +63,13 @@ def precompute_latents(
     return {**counts, "cache_dir": str(cache.root), "vae_identity": cache.vae_id}
 
 
+def merge_counts(shares: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of the ranks' ``precompute_latents`` results (in rank order): counts summed, folder and VAE
+    identity as the ranks share them."""
+    merged = {key: shares[0][key] for key in ("cache_dir", "vae_identity")}
+    return {**{key: sum(s[key] for s in shares) for key in ("pairs", "encoded", "cached")}, **merged}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Fill the latent cache of the training pairs on one or many processes (``accelerate launch -m ...``)."""
     from accelerate import PartialState
@@ -70,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = cli_parser("python -m fluxir.training.latents", main.__doc__, "train.latent_cache_dir=/fast/latents")
     parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")
+    parser.add_argument("--report", default=None, help="write this process's counts to <report>.rank<r>.json")
     args = parser.parse_args(argv)
     params = load_params(args.env, args.params, args.project)["train"]
     cfg = TrainConfig.from_params(params)
@@ -80,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     done = precompute_latents(
         cfg, manifest, state.process_index, state.num_processes, state.device, progress=state.is_local_main_process
     )
+    if args.report:
+        Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(done))
     state.wait_for_everyone()
     print(json.dumps({**done, "process_index": state.process_index, "processes": state.num_processes}))
 

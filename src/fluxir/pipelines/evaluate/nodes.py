@@ -63,7 +63,7 @@ def restore_benchmarks(
 
     Outputs already written for the same model, adapter weights, settings and inputs are reused. Nothing is
     done (and no adapter needed) when ``evaluate.methods`` leaves out fluxir. More than one process runs
-    ``accelerate launch -m fluxir.evaluation`` (each restores every N-th missing image) first.
+    ``accelerate launch -m fluxir.evaluation --methods fluxir`` (each restores every N-th image) first.
     """
     from fluxir.datasets.adapter_dataset import require_adapter
     from fluxir.evaluation.scoring import OUTPUT_COLUMNS, restore_manifest
@@ -76,19 +76,40 @@ def restore_benchmarks(
     processes = resolve_num_processes(num_processes, "evaluate.num_processes")
     seconds: list[float] = []
     if processes > 1:
-        for report in run_image_shards("fluxir.evaluation", "evaluate", processes, manifest, "--manifest", adapter):
-            seconds += report["seconds"]
+        extra = ["--methods", "fluxir"]
+        for report in run_image_shards(
+            "fluxir.evaluation", "evaluate", processes, manifest, "--manifest", adapter, extra
+        ):
+            seconds += report["seconds"]["fluxir"]
     return restore_manifest(manifest, adapter, restore, outputs_dir, scale, color_fix, restored_elsewhere=seconds)
 
 
 def restore_with_public_weights(
-    manifest: pd.DataFrame, methods: list[str], baselines: dict[str, Any], outputs_dir: str, scale: int, color_fix: str
+    manifest: pd.DataFrame,
+    methods: list[str],
+    baselines: dict[str, Any],
+    outputs_dir: str,
+    scale: int,
+    color_fix: str,
+    num_processes: int | str,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Restore every LQ image with the public restorers in ``evaluate.methods`` (realesrgan, flux_controlnet);
-    returns (outputs table, run info). Outputs for the same method, weights, settings and inputs are reused."""
+    """Restore every LQ image with the public restorers in ``evaluate.methods`` (realesrgan, flux_controlnet) on
+    ``num_processes`` processes; returns (outputs table, run info). Outputs for the same method, weights,
+    settings and inputs are reused. More than one process runs ``accelerate launch -m fluxir.evaluation
+    --methods <them>`` (each restores every N-th image) first."""
     from fluxir.evaluation.scoring import public_manifest
+    from fluxir.launch import resolve_num_processes, run_image_shards
+    from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
 
-    return public_manifest(manifest, methods, baselines, outputs_dir, scale, color_fix)
+    public = [m for m in check_methods(methods) if m in PUBLIC_METHODS]
+    processes = resolve_num_processes(num_processes, "evaluate.num_processes")
+    seconds: dict[str, list[float]] = {m: [] for m in public}
+    if public and processes > 1:
+        extra = ["--methods", ",".join(public)]
+        for report in run_image_shards("fluxir.evaluation", "evaluate", processes, manifest, "--manifest", None, extra):
+            for method, values in report["seconds"].items():
+                seconds[method] += values
+    return public_manifest(manifest, methods, baselines, outputs_dir, scale, color_fix, restored_elsewhere=seconds)
 
 
 def upsample_bicubic(manifest: pd.DataFrame, scale: int, outputs_dir: str, methods: list[str]) -> pd.DataFrame:

@@ -80,6 +80,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:evaluate.outputs_dir",
                     "params:evaluate.scale",
                     "params:evaluate.color_fix",
+                    "params:evaluate.num_processes",
                 ],
                 ["eval_public_images", "eval_public_info"],
                 name="restore_with_public_weights",

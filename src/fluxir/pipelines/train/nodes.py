@@ -17,12 +17,19 @@ logger = logging.getLogger(__name__)
 
 
 def precompute_latents(pairs_manifest: pd.DataFrame, train: dict[str, Any]) -> dict[str, Any]:
-    """Encode the VAE latents of every pair not in ``train.latent_cache_dir`` yet (only the VAE is loaded);
-    returns the counts (pairs, encoded now, already cached) with the cache folder and the VAE's identity.
+    """Encode the VAE latents of every pair not in ``train.latent_cache_dir`` yet (only the VAE is loaded) on
+    ``train.num_processes`` processes; returns the counts (pairs, encoded now, already cached) with the cache
+    folder and the VAE's identity. More than one process runs ``accelerate launch -m fluxir.training.latents``.
     """
+    from fluxir.launch import resolve_num_processes, run_image_shards
+    from fluxir.training.config import TrainConfig
+    from fluxir.training.latents import merge_counts
     from fluxir.training.latents import precompute_latents as fill_cache
 
-    return fill_cache(train, pairs_manifest)
+    processes = resolve_num_processes(train["num_processes"], "train.num_processes")
+    if processes == 1 or not TrainConfig.from_params(train).cache_latents:
+        return fill_cache(train, pairs_manifest)
+    return merge_counts(run_image_shards("fluxir.training.latents", "latents", processes, pairs_manifest, "--manifest"))
 
 
 def train_adapter(
