@@ -1,6 +1,8 @@
 """GPU-hours and wall-clock of every stage of the paper's run, computed from meta-device FLOP counts (not measured).
 
     .venv/bin/python benchmarks/gpu_cost.py --json --gpus 8 --gpu h100 [--mfu 0.4] [--steps N] [--cpu-cores 96]
+    .venv/bin/python benchmarks/gpu_cost.py --write      # count again, store the FLOPs in FLOPS_FILE
+    .venv/bin/python benchmarks/gpu_cost.py --markdown   # the docs' cost tables from the stored FLOPs
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (nothing is
 allocated) on random-weight FLUX.1-dev (``fluxir/configs/flux1_dev_transformer.json``), the FluxIR
@@ -18,6 +20,11 @@ adapter at rank 32 and the Flux VAE:
 
 GPU time = FLOPs / (GPUs x peak x MFU). The paper's budget (Sec. 4.1): 4 x H800 for ~3.5 days = 14 GPU-days;
 ``paper_budget_steps`` is the step count that fits it at the stated MFU (H800: H100's 989 TFLOP/s bf16).
+
+Counting takes about a minute on 2 cores, so ``--write`` stores the counts in
+``src/fluxir/configs/gpu_cost_flops.json``; the cost tables of docs/training.md and docs/full_scale.md are
+``--markdown`` of that file (with conf/base's steps and batch), and tests hold the docs, ``train.max_steps``
+and the file to the counting code.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
+FLOPS_FILE = ROOT / "src" / "fluxir" / "configs" / "gpu_cost_flops.json"
 PEAK_TFLOPS = {  # dense, per GPU: (bf16 tensor cores, tf32 tensor cores, fp32 CUDA cores); SXM parts
     "h100": (989.0, 494.0, 67.0),
     "h200": (989.0, 494.0, 67.0),
@@ -174,8 +182,16 @@ def paper_budget_steps(train_step_tflop: float, mfu: float) -> int:
     return int(steps // 1000 * 1000)
 
 
-def cost_plan(gpus: int, gpu: str, mfu: float, steps: int | None, cpu_cores: int) -> dict[str, Any]:
-    flops, defaults = flop_counts(), train_defaults()
+def stored_flops() -> dict[str, Any]:
+    """The TFLOP counts ``--write`` stored (``flop_counts()`` of the committed code)."""
+    return json.loads(FLOPS_FILE.read_text())["tflop"]
+
+
+def cost_plan(
+    gpus: int, gpu: str, mfu: float, steps: int | None, cpu_cores: int, flops: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """GPU-hours per stage from ``flops`` (default: counted now, about a minute)."""
+    flops, defaults = flops or flop_counts(), train_defaults()
     bf16, tf32, fp32 = PEAK_TFLOPS[gpu]
     iqa_peak = {"fp32": fp32, "tf32": tf32, "bf16": bf16}[defaults["iqa_precision"]]
     train_step = defaults["global_batch"] * sum(flops["train_sample"].values()) / len(BUCKETS)  # TFLOP
@@ -225,6 +241,9 @@ def cost_plan(gpus: int, gpu: str, mfu: float, steps: int | None, cpu_cores: int
             for k, v in flops.items()
         },
         "train_step_tflop": round(train_step, 1),
+        "paper_budget_steps_unrounded": round(
+            PAPER["gpus"] * PAPER["days"] * 86400 * PEAK_TFLOPS[PAPER["gpu"]][0] * mfu / train_step
+        ),
         "stages": stages,
         "total_gpu_hours": round(total, 1),
         "total_wall_hours": round(total / gpus + max(degrade_hours), 1),
@@ -240,9 +259,116 @@ def cost_plan(gpus: int, gpu: str, mfu: float, steps: int | None, cpu_cores: int
     }
 
 
+def _gpu_h(stage: dict[str, Any]) -> str:
+    return f"{stage['gpu_hours']} GPU-h, {stage['wall_hours']} h"
+
+
+def training_md(flops: dict[str, Any], mfu: float = 0.4, cpu_cores: int = 96) -> str:
+    """The cost table and the ``train.max_steps`` paragraph of docs/training.md ("The cost of a run")."""
+    plans = {gpu: cost_plan(8, gpu, mfu, None, cpu_cores, flops) for gpu in ("h100", "a100")}
+    h100, a100 = plans["h100"], plans["a100"]
+    tf, steps, batch = h100["tflop"], h100["stages"]["train"]["steps"], train_defaults()["global_batch"]
+    degrade = h100["stages"]["degrade"]["wall_hours"]
+    degrade_cell = f"0 GPU-h; {degrade[0]}-{degrade[1]} h on {cpu_cores} CPU cores"
+    per_sample = ", ".join(
+        f"{size}: {value}" + (" per sample" if i == 0 else "")
+        for i, (size, value) in enumerate(tf["train_sample"].items())
+    )
+    precision = h100["stages"]["score"]["precision"]
+
+    def row(label: str, stage: str, flops_cell: str) -> str:
+        return f"| {label} | {_gpu_h(h100['stages'][stage])} | {_gpu_h(a100['stages'][stage])} | {flops_cell} |"
+
+    lines = [
+        "| stage | 8 x H100 (or H200) | 8 x A100 | FLOPs |",
+        "|---|---|---|---|",
+        row(
+            f"generate {NUM_IMAGES:,} images at 1024x768, {train_defaults()['generation_steps']} steps",
+            "generate",
+            f"{tf['flux_forward_1024x768']} TFLOP per Flux forward x {train_defaults()['generation_steps']} + "
+            f"{tf['vae_decode_1024x768']} decode",
+        ),
+        row(
+            f"score (3 IQA metrics, `iqa.precision: {precision}`)",
+            "score",
+            f"~{IQA_TFLOP_PER_IMAGE:g} TFLOP per image (*estimate*, not counted) at the {precision} peak; with `tf32`: "
+            f"{h100['stages']['score']['gpu_hours_tf32']} GPU-h on H100",
+        ),
+        f"| degrade (CPU) | {degrade_cell} | {degrade_cell} | "
+        f"{DEGRADE_S_PER_PAIR[0]}-{DEGRADE_S_PER_PAIR[1]} s per pair on one core (measured) |",
+        row("latent pre-compute (HQ + LQ encodes)", "latents", f"{tf['vae_encode_per_pair_mean']} TFLOP per pair"),
+        row(
+            f"train {steps:,} steps (`train.max_steps`)",
+            "train",
+            f"{h100['train_step_tflop']:,} TFLOP per step of {batch} ({per_sample})",
+        ),
+        row(
+            f"evaluate the 4 benchmarks ({sum(EVAL_IMAGES.values()):,} images, 20 steps at 1024x1024)",
+            "evaluate",
+            f"{tf['restore_step_1024x1024']} TFLOP per step",
+        ),
+        f"| **total** | **{h100['total_gpu_hours']} GPU-h, ~{h100['total_wall_hours']} h** | "
+        f"**{a100['total_gpu_hours']} GPU-h, ~{a100['total_wall_hours']} h** | |",
+        f"| the paper's training (Sec. 4.1) | {PAPER['gpus']} x H800 x {PAPER['days']} days = "
+        f"{h100['paper']['gpu_hours']:g} GPU-h | | |",
+        "",
+        f"**`train.max_steps: {steps}`** is the step count that fits the paper's budget (Sec. 4.1: 4 x H800, about",
+        f"3.5 days = 14 GPU-days, batch 64, on {NUM_IMAGES:,} images): a global batch of {batch} with the three "
+        "buckets in equal",
+        f"shares is {h100['train_step_tflop']:,} TFLOP, and {PAPER['gpus']} x {PAPER['days']} x 86,400 s x "
+        f"{PEAK_TFLOPS[PAPER['gpu']][0]:g} TFLOP/s x {mfu} / {h100['train_step_tflop']:,} TFLOP =",
+        f"{h100['paper_budget_steps_unrounded']:,} steps, rounded down to "
+        f"{h100['paper']['train_steps_in_budget_at_mfu']:,}"
+        f" (about {steps * batch / NUM_IMAGES:.1f} epochs of {NUM_IMAGES:,} pairs; training at {steps:,} steps is",
+        f"{h100['train_gpu_hours_vs_paper']:.0%} of the paper's {h100['paper']['gpu_hours']:g} GPU-hours). "
+        "Recomputation and L_P are a large share of a step: per 1024x768",
+        f"sample, {tf['train_sample']['1024x768']} TFLOP against {tf['flux_forward_1024x768']} for one Flux forward.",
+    ]
+    return "\n".join(lines)
+
+
+def full_scale_md(flops: dict[str, Any], mfu: float = 0.4, cpu_cores: int = 96) -> str:
+    """The "Time" table of docs/full_scale.md: one H100 at ``mfu``, per image and for the whole run."""
+    plan = cost_plan(8, "h100", mfu, None, cpu_cores, flops)
+    tf, stages, defaults = plan["tflop"], plan["stages"], train_defaults()
+    rate = PEAK_TFLOPS["h100"][0] * mfu  # TFLOP/s
+    n_steps = defaults["generation_steps"]
+    generate_s = (n_steps * flops["flux_forward_1024x768"] + flops["vae_decode_1024x768"]) / rate
+    restore_s = (20 * flops["restore_step_1024x1024"] + flops["vae_encode_decode_1024x1024"]) / rate
+    share = IQA_TFLOP_PER_IMAGE / (n_steps * flops["flux_forward_1024x768"] + flops["vae_decode_1024x768"])
+    lo, hi = stages["degrade"]["wall_hours"]
+    s_lo, s_hi = DEGRADE_S_PER_PAIR
+    lines = [
+        f"**Time** (*computed* by `python benchmarks/gpu_cost.py` from meta-device FLOP counts, for an H100 at "
+        f"{mfu:.0%} MFU, unless a source is given):",
+        "",
+        "| job | cost | time |",
+        "|---|---|---|",
+        f"| generating one 1024x768 image, {n_steps} steps | Flux forward {tf['flux_forward_1024x768']} TFLOP x "
+        f"{n_steps} + VAE decode {tf['vae_decode_1024x768']} TFLOP | ~{generate_s:.1f} s; {NUM_IMAGES:,} images "
+        f"{stages['generate']['gpu_hours']} GPU-hours (~{stages['generate']['gpu_hours'] / 24:.1f} GPU-days) |",
+        f"| scoring one image (3 metrics) | ~{IQA_TFLOP_PER_IMAGE:g} TFLOP (*estimate*), {share:.1%} of generating it "
+        f"| {NUM_IMAGES:,} images {stages['score']['gpu_hours']} GPU-hours at `iqa.precision: "
+        f"{stages['score']['precision']}`, {stages['score']['gpu_hours_tf32']} with `tf32` |",
+        f"| degrading one pair (CPU) | SeeSR/Real-ESRGAN degradation of a 1024x768 image | {s_lo}-{s_hi} s on one "
+        "core (measured on the shared machine, `benchmarks/fluxgen_scale.py`); "
+        f"{NUM_IMAGES:,} pairs on {cpu_cores} cores: {lo}-{hi} hours (*computed*: {NUM_IMAGES:,} x {s_lo}-{s_hi} s / "
+        f"({cpu_cores} cores x 0.9 efficiency)) |",
+        f"| training | the paper: batch 64, AdamW lr 1e-5; fluxir's `train.max_steps` {stages['train']['steps']:,}: "
+        f"{plan['train_step_tflop']:,} TFLOP per step of {defaults['global_batch']} | the paper: 3.5 days on 4 H800 "
+        f"(14 GPU-days), Sec. 4.1; the default steps: {stages['train']['gpu_hours']} GPU-hours |",
+        f"| restoring one 1024x1024 image, 20 steps | Flux + adapter {tf['restore_step_1024x1024']} TFLOP x 20 + "
+        f"VAE encode and decode {tf['vae_encode_decode_1024x1024']} TFLOP | ~{restore_s:.1f} s; the evaluation's "
+        f"{sum(EVAL_IMAGES.values()):,} benchmark images {stages['evaluate']['gpu_hours']} GPU-hours |",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--write", action="store_true", help=f"count and store the FLOPs in {FLOPS_FILE.name}")
+    parser.add_argument("--markdown", action="store_true", help="print the docs' cost tables of the stored FLOPs")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--gpu", choices=sorted(PEAK_TFLOPS), default="h100")
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (0.4: 40%%)")
@@ -253,7 +379,16 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.mfu <= 1 or args.gpus < 1:
         raise SystemExit(f"--mfu must be in (0, 1] and --gpus >= 1, got {args.mfu} and {args.gpus}")
-    plan = cost_plan(args.gpus, args.gpu, args.mfu, args.steps, args.cpu_cores)
+    if args.markdown:
+        flops = stored_flops()
+        print(f"docs/training.md, The cost of a run:\n\n{training_md(flops)}\n")
+        print(f"docs/full_scale.md, Time:\n\n{full_scale_md(flops)}")
+        return
+    flops = flop_counts()
+    if args.write:
+        stored = {"what": "TFLOP counted on the meta device by benchmarks/gpu_cost.py", "torch": torch.__version__}
+        FLOPS_FILE.write_text(json.dumps({**stored, "tflop": flops}, indent=1) + "\n")
+    plan = cost_plan(args.gpus, args.gpu, args.mfu, args.steps, args.cpu_cores, flops)
     if args.json:
         print(json.dumps(plan))
         return

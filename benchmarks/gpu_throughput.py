@@ -113,6 +113,21 @@ def timed(fn: Callable[[], Any], run: Run, what: str, iters: int, warmup: int = 
 # ----------------------------------------------------------------------------------------------------
 
 
+def reset_peak(device: str) -> None:
+    """Start a stage's or mode's peak memory from what is allocated now, not from an earlier stage's peak."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: str) -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
+
+
 def build(spec: dict[str, Any], device: str, dtype: Any) -> tuple[Any, Any]:
     """Random-weight Flux and VAE made on ``device`` in ``dtype`` (``meta``: nothing allocated), frozen."""
     import torch
@@ -177,6 +192,7 @@ def generation(
             name = "compile_on" if compiled else "compile_off"
             blocks = (flux.transformer_blocks, flux.single_transformer_blocks)
             originals = [list(b) for b in blocks]
+            reset_peak(device)
             t0 = time.perf_counter()
             if compiled:  # each block compiled alone; the originals go back afterwards
                 for modules in blocks:
@@ -194,6 +210,8 @@ def generation(
                 "mfu": round(flops / step["s"] / args.peak_flops, 3),
                 "warmup_and_compile_s": round(time.perf_counter() - t0 - step["s"] * step["calls"], 2),
             }
+            if device == "cuda":
+                out[name]["peak_allocated_gib"] = peak_gib(device)
             run.save()
     out["vae_decode_s"] = round(decode, 4)
     return out
@@ -253,13 +271,12 @@ def training(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, d
         "pixel_loss": "whole",
     }
     run.result["stages"]["training"] = out
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak(device)
     try:
         m = timed(step, run, "training", args.train_iters)
         out["step_s"] = round(m["s"], 3)
         if cuda:
-            out["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            out["peak_allocated_gib"] = peak_gib(device)
             table = json.loads((ROOT / "src/fluxir/configs/train_memory.json").read_text())
             row = next(
                 r
@@ -300,6 +317,7 @@ def restoration(
     out: dict[str, Any] = {"output": f"{size}x{size}", "steps": args.restore_steps}
     run.result["stages"]["restoration"] = out
     for quantize in ("none", "int8"):
+        reset_peak(device)  # each mode's own peak (quantising included), not training's or the previous mode's
         t0 = time.perf_counter()
         cfg = RestoreConfig(
             steps=args.restore_steps,
@@ -330,7 +348,7 @@ def restoration(
             "setup_s": round(setup, 2),
         }
         if device == "cuda":
-            out[quantize]["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            out[quantize]["peak_allocated_gib"] = peak_gib(device)
         run.save()
     if out["none"].get("step_s") and out["int8"].get("step_s"):
         out["int8_over_none"] = round(out["int8"]["step_s"] / out["none"]["step_s"], 3)

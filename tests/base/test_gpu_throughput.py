@@ -60,3 +60,33 @@ def test_sigterm_mid_run_keeps_what_was_measured(tmp_path):
     assert result["stages"]["generation"]["compile_off"]["step_s"] > 0
     assert "step_s" not in result["stages"].get("restoration", {}).get("int8", {})
     assert json.loads(out.read_text()) == result
+
+
+def _errors(node, path=""):
+    """Every ``error`` entry anywhere in the result, with where it is."""
+    if isinstance(node, dict):
+        found = [f"{path}: {node['error']}"] if "error" in node else []
+        return found + [e for key, value in node.items() for e in _errors(value, f"{path}.{key}")]
+    return []
+
+
+def test_a_whole_tiny_run_measures_every_stage_without_an_error():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--budget-s", "60", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+        check=True,
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["stopped"] is None, proc.stderr[-2000:]
+    assert _errors(result) == []
+    stages = result["stages"]
+    assert set(stages) == {"generation", "training", "restoration"}
+    assert stages["generation"]["compile_off"]["step_s"] > 0
+    assert stages["generation"]["compile_off"]["image_s"] > stages["generation"]["compile_off"]["step_s"]
+    assert stages["training"]["step_s"] > 0
+    for mode in ("none", "int8"):
+        assert stages["restoration"][mode]["step_s"] > 0
+    assert stages["restoration"]["int8_over_none"] > 0

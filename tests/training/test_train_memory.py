@@ -119,10 +119,43 @@ def test_docs_tables_and_preflight_budget_come_from_the_committed_memory_table()
     assert whole > 1.5 * row["saved_decoder"]
 
 
-@pytest.mark.slow  # counts FLUX.1-dev's training FLOPs on meta: a minute or more on a shared 2-core machine
+def test_full_scale_docs_quote_the_committed_memory_table():
+    """docs/full_scale.md's memory figures (section 5 and the preflight list) are the memory model's."""
+    from fluxir.check import train_memory_budget_gb
+
+    table = json.loads(train_memory.OUTPUT.read_text())
+    docs = (ROOT / "docs/full_scale.md").read_text()
+    static, fits = table["static_gib"], table["largest_batch_that_fits"]["80GB"]["1024x768"]
+    whole = next(
+        r["total"]
+        for r in table["rows"]
+        if (r["size"], r["batch_size"], r["pixel_loss"], r["gradient_checkpointing"]) == ("1024x768", 1, "whole", True)
+    )
+    gb = 2**30 / 1e9
+    for quoted in (
+        f"Flux bf16 ({static['flux_weights'] * gb:.1f} GB)",
+        f"AdamW state (4 x {static['adapter_weights'] * gb:.1f} GB)",
+        f"{table['static_total_gib']:.1f} GiB before activations",
+        f"batch 1 with whole-image L_P {whole:.1f} GiB",
+        f"up to {fits['whole']} samples with whole-image L_P or {fits['crop_512']} with `train.pixel_loss_crop=512`",
+    ):
+        assert quoted in docs
+    defaults = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]
+    assert f"{train_memory_budget_gb(defaults)[1]:.0f} GB at the defaults" in docs
+
+
+gpu_cost = load_benchmark("gpu_cost")
+
+
+def test_docs_cost_tables_come_from_the_stored_flop_counts():
+    """docs/training.md's cost table and docs/full_scale.md's "Time" table: `gpu_cost.py --markdown`."""
+    flops = gpu_cost.stored_flops()
+    assert gpu_cost.training_md(flops) in (ROOT / "docs/training.md").read_text()
+    assert gpu_cost.full_scale_md(flops) in (ROOT / "docs/full_scale.md").read_text()
+
+
 def test_the_default_max_steps_fits_the_papers_budget_at_40_percent_mfu():
-    gpu_cost = load_benchmark("gpu_cost")
-    plan = gpu_cost.cost_plan(8, "h800", 0.4, None, 96)
+    plan = gpu_cost.cost_plan(8, "h800", 0.4, None, 96, gpu_cost.stored_flops())
     max_steps = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]["max_steps"]
     assert plan["paper"]["train_steps_in_budget_at_mfu"] == max_steps  # conf/base is its only copy
     assert plan["stages"]["train"]["gpu_hours"] <= plan["paper"]["gpu_hours"]  # 14 GPU-days on H800
@@ -130,3 +163,15 @@ def test_the_default_max_steps_fits_the_papers_budget_at_40_percent_mfu():
         plan["stages"]["train"]["steps"] + 1000
         > plan["paper"]["gpu_hours"] * 3600 * 989 * 0.4 / plan["train_step_tflop"]
     )
+    # the YAML comment shows the derivation with the same numbers
+    derivation = f"/ {plan['train_step_tflop']:,.0f} = {plan['paper_budget_steps_unrounded']:,}"
+    assert derivation in (ROOT / "conf/base/parameters_train.yml").read_text()
+
+
+@pytest.mark.slow  # counts FLUX.1-dev's FLOPs on meta: about a minute on a shared 2-core machine
+def test_the_stored_flop_counts_are_what_the_code_counts_now():
+    """`gpu_cost.py --write` after a change to Flux, the adapter, the VAE or the loss keeps the docs honest."""
+    fresh, stored = gpu_cost.flop_counts(), gpu_cost.stored_flops()
+    assert fresh.keys() == stored.keys()
+    for key, value in fresh.items():
+        assert value == pytest.approx(stored[key], rel=1e-9), key
