@@ -51,6 +51,14 @@ PHOTOS = (
 )
 
 
+def seesr_config(**overrides):
+    """conf/base's degrade.config (SeeSR's settings, the one copy) with ``overrides``."""
+    from fluxir.config import load_params
+    from fluxir.fluxgen.degrade import DegradationConfig
+
+    return DegradationConfig.from_dict({**load_params("base", []).get("degrade")["config"], **overrides})
+
+
 def load_photos(width: int, height: int) -> list[np.ndarray]:
     """Bundled photos scaled to cover (width, height), then centre-cropped: (height, width, 3) uint8."""
     out = []
@@ -166,7 +174,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     width, height = args.size
-    config = DegradationConfig(crop_sizes=((width, height),))  # SeeSR settings; the crop is the whole photo
+    config = seesr_config(crop_sizes=((width, height),))  # SeeSR settings; the crop is the whole photo
     photos = load_photos(width, height)
     n_batches = math.ceil(args.n / args.batch)
     n = n_batches * args.batch
@@ -177,8 +185,8 @@ def main() -> None:
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
     # 128 px: after a x0.15 resize torch's reflect padding of a 21x21 kernel still fits
     small = [np.ascontiguousarray(p[:128, :128]) for p in photos[:2]]
-    reference_feed_data(small, DegradationConfig(crop_sizes=((128, 128),)), usm, jpeger)
-    degrade_pair(small[0], "warm-up", 0, DegradationConfig(crop_sizes=((128, 128),)))
+    reference_feed_data(small, seesr_config(crop_sizes=((128, 128),)), usm, jpeger)
+    degrade_pair(small[0], "warm-up", 0, seesr_config(crop_sizes=((128, 128),)))
 
     # Interleave the two sides batch by batch so that load from other processes hits both alike.
     reference_s = ours_s = 0.0

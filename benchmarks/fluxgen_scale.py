@@ -41,6 +41,14 @@ import skimage.data
 TINY_METRICS = ["entropy", "piqe"]  # weight-free pyiqa metrics (the real ones need downloaded weights)
 
 
+def seesr_config(**overrides):
+    """conf/base's degrade.config (SeeSR's settings, the one copy) with ``overrides``."""
+    from fluxir.config import load_params
+    from fluxir.fluxgen.degrade import DegradationConfig
+
+    return DegradationConfig.from_dict({**load_params("base", []).get("degrade")["config"], **overrides})
+
+
 def _photos(n: int, width: int, height: int) -> list[np.ndarray]:
     """``n`` different (height, width, 3) crops of a bundled photo, resized."""
     photo = cv2.resize(skimage.data.astronaut(), (2 * width, 2 * height), interpolation=cv2.INTER_AREA)
@@ -227,11 +235,10 @@ def bench_durable_writes(work: Path, n: int) -> dict:
 def bench_degrade(work: Path, n_pairs: int) -> dict:
     import pandas as pd
 
-    from fluxir.fluxgen.degrade import DegradationConfig
     from fluxir.fluxgen.pairs import PairStores, make_pairs, pairs_manifest
     from fluxir.io import ImageStore
 
-    config = DegradationConfig(crop_sizes=((256, 192), (192, 192), (128, 192)))
+    config = seesr_config(crop_sizes=((256, 192), (192, 192), (128, 192)))
     source = ImageStore(work / "degrade_src")
     jobs = [(i, str(source.write(i, image))) for i, image in enumerate(_photos(n_pairs, 256, 192))]
     # start the forkserver (it imports torch + basicsr once per process) before the clock
@@ -349,12 +356,12 @@ def bench_score(work: Path, n: int) -> dict:
 def bench_one_pair_1024x768(repeats: int) -> dict:
     import torch
 
-    from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
+    from fluxir.fluxgen.degrade import degrade_pair
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     image = cv2.resize(skimage.data.astronaut(), (1024, 768), interpolation=cv2.INTER_CUBIC)
-    config = DegradationConfig()
+    config = seesr_config()
     times = [_timed(degrade_pair, image, i, 0, config)[0] for i in range(repeats)]
     ms = 1e3 * float(np.median(times))
     return {
