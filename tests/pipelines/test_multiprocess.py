@@ -302,7 +302,8 @@ def test_restore_on_two_processes_gives_the_same_files_failures_and_summary(kedr
 # ----------------------------------------------------------------------------------------------------
 # The child job ends with its `kedro run`: kill -9, SIGTERM, Ctrl-C (SIGINT) of the parent
 
-INTERRUPTED = "fluxgen.num_images=64,fluxgen.steps=16,fluxgen.num_processes=2"  # 16 steps: long enough that the signal lands mid-run (at 4 steps all 64 could finish first)
+# 16 steps: long enough that the signal lands mid-run (at 4 steps all 64 could finish first)
+INTERRUPTED = "fluxgen.num_images=64,fluxgen.steps=16,fluxgen.num_processes=2"
 
 
 def _interrupt_generation(project: Path, sig: int) -> int:
