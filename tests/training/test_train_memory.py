@@ -121,7 +121,7 @@ def test_docs_tables_and_preflight_budget_come_from_the_committed_memory_table()
 
 def test_full_scale_docs_quote_the_committed_memory_table():
     """docs/full_scale.md's memory figures (section 5 and the preflight list) are the memory model's."""
-    from fluxir.check import train_memory_budget_gb
+    from fluxir.preflight.machine import train_memory_budget_gb
 
     table = json.loads(train_memory.OUTPUT.read_text())
     docs = (ROOT / "docs/full_scale.md").read_text()
