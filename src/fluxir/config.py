@@ -1,26 +1,25 @@
-"""Parameters: the Kedro config loader's settings, loading outside ``kedro run``, and checking values.
+"""Parameters: the Kedro config loader's settings, loading parameters and the catalog outside ``kedro run``,
+``--params`` overrides and run files, and the argument parser every ``python -m fluxir...`` command starts from.
 
 ``settings.py`` takes ``CONFIG_LOADER_ARGS`` from here, so library code never imports the Kedro
-settings module (which imports the hooks). Every config class (``GenerationConfig``,
-``DegradationConfig``, ``TrainConfig``, ``RestoreConfig``, ``BenchmarkSpec``, ``FluxIRConfig``) checks
-its fields with one table of ``Rule`` rows and ``check_fields``, so "a positive integer, not a bool"
-is written once.
+settings module (which imports the hooks). How a config class checks the values it is built from is
+``fluxir.rules``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
-import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kedro.config import OmegaConfigLoader
+
+# evaluation/scoring.py still imports these two from here; drop this line once it imports fluxir.rules
+from fluxir.rules import Rule, check_fields  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -135,161 +134,6 @@ LAUNCH_KEYS = ("num_processes",)  # how many processes run a stage (fluxir.launc
 def stage_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """A stage's parameters without the launch settings ``LAUNCH_KEYS`` (they change no output or run key)."""
     return {k: v for k, v in params.items() if k not in LAUNCH_KEYS}
-
-
-def reject_unknown_keys(params: Mapping[str, Any], config_class: type, what: str) -> None:
-    """Raise ValueError naming every key of ``params`` that is not a field of the dataclass ``config_class``.
-
-    ``what`` names the group in the message, e.g. ``"fluxgen parameter(s)"``.
-    """
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
-
-
-# ----------------------------------------------------------------------------------------------------
-# One table-driven validator
-
-
-def is_int(value: Any, minimum: int | None = None) -> bool:
-    """``value`` is an integer (numpy's too; not a bool: YAML ``true`` is an int to Python), >= ``minimum`` if given."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and (minimum is None or value >= minimum)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# kind -> (test(value, extra), wording(extra)) of "<field> must be <wording>"
-CHECKS: dict[str, tuple[Callable[[Any, Any], bool], Callable[[Any], str]]] = {
-    "positive_int": (lambda v, _: is_int(v) and v >= 1, lambda _: "a positive integer"),
-    "nonneg_int": (lambda v, _: is_int(v) and v >= 0, lambda _: "an integer >= 0"),
-    "int_at_least": (lambda v, low: is_int(v) and v >= low, lambda low: f"an integer >= {low}"),
-    "integer": (lambda v, _: is_int(v), lambda _: "an integer"),
-    "multiple_of": (lambda v, m: is_int(v) and v >= m and v % m == 0, lambda m: f"a positive multiple of {m}"),
-    "positive_number": (lambda v, _: _is_number(v) and v > 0, lambda _: "a number > 0"),
-    "number_at_least": (lambda v, low: _is_number(v) and v >= low, lambda low: f"a number >= {low}"),
-    "number_in": (lambda v, r: _is_number(v) and r[0] <= v < r[1], lambda r: f"a number in [{r[0]}, {r[1]})"),
-    "probability": (lambda v, _: _is_number(v) and 0 <= v <= 1, lambda _: "a probability in [0, 1]"),
-    "choice": (lambda v, options: v in options, lambda options: f"one of {tuple(options)}"),
-    "choices": (
-        lambda v, options: isinstance(v, (list, tuple)) and all(x in options for x in v),
-        lambda options: f"a list of {tuple(options)}",
-    ),
-    "distinct_choices": (
-        lambda v, options: (
-            isinstance(v, (list, tuple))
-            and bool(v)
-            and all(isinstance(x, str) and x in options for x in v)
-            and len(set(v)) == len(v)
-        ),
-        lambda options: f"a non-empty list of distinct names from {tuple(options)}",
-    ),
-    "auto_or_positive_int": (lambda v, _: v == "auto" or (is_int(v) and v >= 1), lambda _: "'auto' or an integer >= 1"),
-    "text": (lambda v, _: isinstance(v, str) and bool(v.strip()), lambda _: "a non-empty string"),
-    # [low, high] of numbers with 0 < low <= high; "range_to": also high <= extra; "range_around": low <= extra <= high
-    "range": (lambda v, _: _is_range(v), lambda _: "[low, high] with 0 < low <= high"),
-    "strict_range": (lambda v, _: _is_range(v) and v[0] < v[1], lambda _: "[low, high] with 0 < low < high"),
-    "range_to": (lambda v, top: _is_range(v) and v[1] <= top, lambda top: f"[low, high] within (0, {top}]"),
-    "range_around": (lambda v, c: _is_range(v) and v[0] <= c <= v[1], lambda c: f"[low, high] with low <= {c} <= high"),
-    "odd_ints_in": (
-        lambda v, r: (
-            isinstance(v, (list, tuple)) and bool(v) and all(is_int(k) and k % 2 == 1 and r[0] <= k <= r[1] for k in v)
-        ),
-        lambda r: f"odd ints in [{r[0]}, {r[1]}]",
-    ),
-}
-
-
-def _is_range(value: Any) -> bool:
-    return (
-        isinstance(value, (list, tuple))
-        and len(value) == 2
-        and all(_is_number(v) for v in value)
-        and 0 < value[0] <= value[1]
-    )
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One row of a config class's table: ``field`` must pass ``CHECKS[kind]`` with ``extra``.
-
-    ``nullable``: None is allowed too. ``must`` replaces the kind's wording (to cite the paper or give
-    the reason); ``note`` follows the value in the message: a string, or a function of the value.
-    """
-
-    field: str
-    kind: str
-    extra: Any = None
-    nullable: bool = False
-    must: str | None = None
-    note: str | Callable[[Any], str] = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in CHECKS:
-            raise ValueError(f"Rule {self.field!r}: unknown kind {self.kind!r}; known: {sorted(CHECKS)}")
-
-    def problem(self, value: Any, prefix: str) -> str | None:
-        """The error message for ``value``, or None when it passes."""
-        test, wording = CHECKS[self.kind]
-        if (value is None and self.nullable) or (value is not None and test(value, self.extra)):
-            return None
-        must = self.must or wording(self.extra) + (" or null" if self.nullable else "")
-        note = self.note(value) if callable(self.note) else self.note
-        return f"{prefix}{self.field} must be {must}, got {value!r}{note}"
-
-
-def field_problems(values: Any, rules: Iterable[Rule], prefix: str) -> list[str]:
-    """Every "<prefix><field> must be ..., got <value>" message of ``values`` (a dataclass or a mapping).
-
-    A mapping is checked only on the keys it has (the config class fills in or rejects the others).
-    """
-    if isinstance(values, Mapping):
-        return [m for rule in rules if rule.field in values and (m := rule.problem(values[rule.field], prefix))]
-    return [m for rule in rules if (m := rule.problem(getattr(values, rule.field), prefix))]
-
-
-class ConfigError(ValueError):
-    """Several bad values of one config object; ``problems`` holds one message per value."""
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
-
-
-def raise_problems_of(problems: list[str]) -> None:
-    """Raise ``ConfigError(problems)`` unless the list is empty."""
-    if problems:
-        raise ConfigError(problems)
-
-
-def check_fields(values: Any, rules: Iterable[Rule], prefix: str) -> None:
-    """Raise ValueError "<prefix><field> must be ..., got <value>" for the first field breaking its rule.
-
-    ``values`` is a dataclass instance or a mapping; ``prefix`` names the group, e.g. ``"train."``.
-    """
-    get = values.get if isinstance(values, Mapping) else lambda name: getattr(values, name)
-    for rule in rules:
-        message = rule.problem(get(rule.field), prefix)
-        if message:
-            raise ValueError(message)
-
-
-def config_from_params(config_class: type, params: Mapping[str, Any], rules: Iterable[Rule], prefix: str) -> Any:
-    """``config_class(**params)`` once every field is given, none is unknown and each passes ``rules``.
-
-    For config groups whose every default lives in the parameters file; ``prefix`` names the group in
-    messages, e.g. ``"baselines.realesrgan."``.
-    """
-    group = prefix.rstrip(".")
-    reject_unknown_keys(params, config_class, f"{group} key(s)")
-    missing = [name for name in config_class.__dataclass_fields__ if name not in params]
-    if missing:
-        raise ValueError(f"{group} lacks {missing}: conf/base's parameters files set every key")
-    config = config_class(**params)
-    check_fields(config, rules, prefix)
-    return config
 
 
 def load_catalog(env: str, project: str | Path = ".") -> Any:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fluxir.config import ConfigError, Rule, field_problems, is_int
+from fluxir.rules import ConfigError, Rule, field_problems, is_int
 
 
 class ParameterError(ValueError):

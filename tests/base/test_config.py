@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fluxir.config import CONFIG_LOADER_ARGS, Rule, check_fields, is_int
+from fluxir.config import CONFIG_LOADER_ARGS
+from fluxir.rules import Rule, check_fields, is_int
 
 
 @pytest.mark.parametrize(

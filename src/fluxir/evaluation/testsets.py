@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 import skimage.data
 
-from fluxir.config import Rule, check_fields
 from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
 from fluxir.io import hash_json, image_size, read_image, write_png_atomic
+from fluxir.rules import Rule, check_fields
 
 log = logging.getLogger(__name__)
 

@@ -52,8 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from fluxir.compat.basicsr import import_basicsr
-from fluxir.config import is_int
 from fluxir.fluxgen.degrade_config import DegradationConfig
+from fluxir.rules import is_int
 
 import_basicsr()  # must precede every basicsr import (torchvision removed functional_tensor)
 

@@ -34,21 +34,13 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from fluxir.config import (
-    Rule,
-    check_fields,
-    cli_parser,
-    config_from_params,
-    load_catalog,
-    load_params,
-    reject_unknown_keys,
-    stage_params,
-)
+from fluxir.config import cli_parser, load_catalog, load_params, stage_params
 from fluxir.io import ImageStore, WriterPool, hash_json
 from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import accelerate_cpu, compile_blocks, load_pipeline, resolve_device
 from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
+from fluxir.rules import Rule, check_fields, config_from_params, reject_unknown_keys
 
 logger = logging.getLogger(__name__)
 

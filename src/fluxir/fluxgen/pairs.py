@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fluxir.config import Rule, check_fields, cli_parser, config_from_params, is_int, stage_command_inputs
+from fluxir.config import cli_parser, stage_command_inputs
 from fluxir.fluxgen.degrade import degrade_pair
 from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io import (
@@ -52,6 +52,7 @@ from fluxir.io import (
 )
 from fluxir.processes import die_with_parent
 from fluxir.progress import progress as progress_bar
+from fluxir.rules import Rule, check_fields, config_from_params, is_int
 
 logger = logging.getLogger(__name__)
 

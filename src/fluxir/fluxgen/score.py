@@ -36,12 +36,13 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
 from fluxir import iqa as iqa_lib
-from fluxir.config import Rule, check_fields, cli_parser, config_from_params, stage_command_inputs
+from fluxir.config import cli_parser, stage_command_inputs
 from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.io import hash_json, read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.processes import worker_init
 from fluxir.progress import progress as progress_bar
+from fluxir.rules import Rule, check_fields, config_from_params
 
 logger = logging.getLogger(__name__)
 

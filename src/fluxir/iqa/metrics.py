@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from fluxir.compat.pyiqa import maniqa_backbone_from_checkpoint, no_downloads
-from fluxir.config import Rule, check_fields
 from fluxir.io import read_image
 from fluxir.iqa import weights as iqa_weights
 from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, RANDOM_WEIGHT_SEED, MetricSpec, parse_all
 from fluxir.iqa.weights import check_weights, required_weight_files
+from fluxir.rules import Rule, check_fields
 
 # ----------------------------------------------------------------------------- building metrics
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fluxir.config import Rule, config_from_params
 from fluxir.io import sha256_file
 from fluxir.models.flux import load_pipeline, resolve_device
+from fluxir.rules import Rule, config_from_params
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONTROLNET_RULES = (

@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 
 from fluxir.compat.basicsr import import_basicsr
-from fluxir.config import Rule, config_from_params
 from fluxir.io import sha256_file
 from fluxir.models.flux import resolve_device
 from fluxir.progress import progress as progress_bar
+from fluxir.rules import Rule, config_from_params
 
 DTYPES = ("float32", "float16", "bfloat16")
 REALESRGAN_RULES = (

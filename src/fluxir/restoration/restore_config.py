@@ -11,9 +11,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fluxir.config import Rule, field_problems, is_int, raise_problems_of, reject_unknown_keys, stage_params
+from fluxir.config import stage_params
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES, check_combination
+from fluxir.rules import Rule, field_problems, is_int, raise_problems_of, reject_unknown_keys
 
 SCHEDULES = ("flux_shift", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
