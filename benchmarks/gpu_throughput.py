@@ -299,8 +299,10 @@ def restoration(
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
+    from fluxir.config import load_params
     from fluxir.models.adapter import FluxIRAdapter
-    from fluxir.restoration.sampler import RestoreConfig, Restorer
+    from fluxir.restoration.files import split_params
+    from fluxir.restoration.sampler import Restorer
 
     size = spec["restore"]
     scheduler = FlowMatchEulerDiscreteScheduler(
@@ -319,15 +321,19 @@ def restoration(
     for quantize in ("none", "int8"):
         reset_peak(device)  # each mode's own peak (quantising included), not training's or the previous mode's
         t0 = time.perf_counter()
-        cfg = RestoreConfig(
-            steps=args.restore_steps,
-            dtype=str(dtype).removeprefix("torch."),
-            device=device,
-            tile_size=None,
-            vae_tile_size=None,
-            color_fix="none",
-            quantize=quantize,
-        )
+        # conf/base's restore settings (every field), this run's own after them
+        cfg = split_params(
+            {
+                **load_params("base", [], ROOT)["restore"],
+                "steps": args.restore_steps,
+                "dtype": str(dtype).removeprefix("torch."),
+                "device": device,
+                "tile_size": None,
+                "vae_tile_size": None,
+                "color_fix": "none",
+                "quantize": quantize,
+            }
+        )[1]
         restorer = Restorer(
             flux, vae, scheduler, text["encoder_hidden_states"], text["pooled_projections"], adapter, cfg
         )

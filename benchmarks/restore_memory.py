@@ -63,10 +63,12 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
+    from fluxir.config import load_params
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.flux import build_tiny_vae, build_transformer, fixed_prompt_embeddings
+    from fluxir.restoration.files import split_params
     from fluxir.restoration.lowmem import linear_weight_bytes
-    from fluxir.restoration.sampler import RestoreConfig, Restorer
+    from fluxir.restoration.sampler import Restorer
 
     torch.set_num_threads(args.threads)
     process = psutil.Process()
@@ -83,16 +85,20 @@ def child(args: argparse.Namespace) -> None:
     prompt, pooled = fixed_prompt_embeddings(flux, seq_len=8)
     adapter = FluxIRAdapter.from_flux(flux, text_seq_len=8, rank=4)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config
-    cfg = RestoreConfig(
-        steps=args.steps,
-        dtype="bfloat16",
-        device=args.device,
-        tile_size=None,
-        vae_tile_size=None,
-        color_fix="none",
-        offload=offload,
-        quantize=quantize,
-    )
+    # conf/base's restore settings (every field), this run's own after them
+    cfg = split_params(
+        {
+            **load_params("base", [], REPO)["restore"],
+            "steps": args.steps,
+            "dtype": "bfloat16",
+            "device": args.device,
+            "tile_size": None,
+            "vae_tile_size": None,
+            "color_fix": "none",
+            "offload": offload,
+            "quantize": quantize,
+        }
+    )[1]
     restorer = Restorer(flux, vae, scheduler, prompt, pooled, adapter, cfg)
     del flux, vae, adapter
     weights = resident(process) - baseline

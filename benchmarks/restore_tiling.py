@@ -35,20 +35,26 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from fluxir.restoration.sampler import RestoreConfig, Restorer
+    from fluxir.config import load_params
+    from fluxir.restoration.files import split_params
+    from fluxir.restoration.sampler import Restorer
 
     tiled = args.mode == "tiled"
-    config = RestoreConfig(
-        steps=args.steps,
-        scale=args.scale,
-        dtype=args.dtype,
-        device=args.device,
-        color_fix="wavelet",
-        tile_size=args.tile if tiled else None,
-        tile_overlap=args.tile_overlap,
-        vae_tile_size=args.vae_tile if tiled else None,
-        vae_tile_overlap=args.vae_tile_overlap,
-    )
+    # conf/base's restore settings (every field), this run's own after them
+    config = split_params(
+        {
+            **load_params("base", [], REPO)["restore"],
+            "steps": args.steps,
+            "scale": args.scale,
+            "dtype": args.dtype,
+            "device": args.device,
+            "color_fix": "wavelet",
+            "tile_size": args.tile if tiled else None,
+            "tile_overlap": args.tile_overlap,
+            "vae_tile_size": args.vae_tile if tiled else None,
+            "vae_tile_overlap": args.vae_tile_overlap,
+        }
+    )[1]
     restorer = Restorer.from_source(args.model, None, config)
     restorer.restore(np.zeros((16, 16, 3), np.uint8))  # warm-up: one-time allocations belong to the baseline
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)

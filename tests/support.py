@@ -74,6 +74,21 @@ def base_params(group: str, **overrides) -> dict:
     return {**load_params("base", [], REPO)[group], **overrides}
 
 
+def restore_settings(**overrides) -> dict:
+    """conf/base's ``restore.*`` without the file and launch parameters, with ``overrides``: what
+    ``RestoreConfig.from_params`` takes."""
+    from fluxir.restoration.files import FILE_PARAMS
+
+    return {k: v for k, v in base_params("restore", **overrides).items() if k not in (*FILE_PARAMS, "num_processes")}
+
+
+def restore_config(**overrides):
+    """A validated ``RestoreConfig`` of conf/base's ``restore.*`` with ``overrides``."""
+    from fluxir.restoration.restore_config import RestoreConfig
+
+    return RestoreConfig.from_params(restore_settings(**overrides))
+
+
 def tiny_params(tmp: Path, *overrides: str) -> dict:
     """conf/tiny's train parameters with working folders under tmp (and quick defaults for tests)."""
     base = [

@@ -106,7 +106,7 @@ class ProjectModels:
         self,
         version: str,
         config: RestoreConfig,
-        method: str = "fluxir",
+        method: str,
         steps: int | None = None,
         seed: int | None = None,
     ) -> Any:
@@ -178,11 +178,11 @@ def restore_upload(
     except ValueError as err:
         raise ValueError(f"{name}: {str(err).removeprefix(f'{Path(upload)}: ')}") from err
     restore = {**models.params, **settings}
-    public = restore.get("method", "fluxir") != "fluxir"  # only a public restorer reads baselines.*
+    public = restore["method"] != "fluxir"  # only a public restorer reads baselines.*
     problems = restore_settings_problems(restore) + (baselines_problems(models.baselines) if public else [])
     raise_problems(problems, "the restoration")
     files, config = split_params(restore)
-    method = files.get("method", "fluxir")
+    method = files["method"]
     if method not in RESTORE_METHODS:
         raise ValueError(f"restore.method must be one of {RESTORE_METHODS}, got {method!r}")
     public = None if method == "fluxir" else public_config(method, models.baselines)
@@ -228,7 +228,7 @@ def build_app(models: ProjectModels) -> gr.Blocks:
                 upload = gr.File(label="photo", type="filepath", elem_id="upload")
                 method = gr.Radio(
                     list(RESTORE_METHODS),
-                    value=p.get("method", "fluxir"),
+                    value=p["method"],
                     elem_id="method",
                     label="method (fluxir: the adapter; flux_controlnet / realesrgan: public weights)",
                 )
@@ -238,31 +238,31 @@ def build_app(models: ProjectModels) -> gr.Blocks:
                     label=f"adapter version ({ADAPTER_ENTRY})",
                     elem_id="version",
                 )
-                steps = gr.Slider(1, 50, value=p.get("steps", 20), step=1, label="steps")
-                scale = gr.Slider(1, 8, value=p.get("scale", 4), step=0.5, label="scale (output = input x scale)")
+                steps = gr.Slider(1, 50, value=p["steps"], step=1, label="steps")
+                scale = gr.Slider(1, 8, value=p["scale"], step=0.5, label="scale (output = input x scale)")
                 tile = gr.Number(
                     value=p.get("tile_size") or 0,
                     precision=0,
                     label="tile size (output pixels, multiple of 16; 0: no tiling)",
                 )
-                color = gr.Radio(list(COLOR_FIX_METHODS), value=p.get("color_fix", "wavelet"), label="colour fix")
+                color = gr.Radio(list(COLOR_FIX_METHODS), value=p["color_fix"], label="colour fix")
                 control = gr.Slider(
                     0,
                     2,
-                    value=p.get("control_scale", 1.0),
+                    value=p["control_scale"],
                     step=0.05,
                     label="control scale (0: plain Flux, 1: as trained, >1: closer to the photo)",
                 )
                 start_t = gr.Slider(
                     0.05,
                     1,
-                    value=p.get("start_t", 1.0),
+                    value=p["start_t"],
                     step=0.05,
                     label="start t (1: from noise; lower: more fidelity, fewer steps)",
                 )
-                seed = gr.Number(value=p.get("seed", 0), precision=0, label="seed")
-                offload = gr.Radio(list(OFFLOAD_MODES), value=p.get("offload", "none"), label="offload")
-                quantize = gr.Radio(list(QUANTIZE_MODES), value=p.get("quantize", "none"), label="quantize Flux")
+                seed = gr.Number(value=p["seed"], precision=0, label="seed")
+                offload = gr.Radio(list(OFFLOAD_MODES), value=p["offload"], label="offload")
+                quantize = gr.Radio(list(QUANTIZE_MODES), value=p["quantize"], label="quantize Flux")
                 run = gr.Button("Restore", variant="primary", elem_id="restore")
             with gr.Column():
                 compare = gr.ImageSlider(label="before / after", type="numpy", elem_id="compare")

@@ -34,8 +34,8 @@ def is_int(value: Any, minimum: int | None = None) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    """A finite int or float, not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """An int or float, not a bool (comparisons reject NaN wherever a rule compares)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _in_interval(value: Any, interval: str) -> bool:

@@ -48,14 +48,21 @@ def _group(params: Mapping[str, Any], name: str) -> tuple[Mapping[str, Any] | No
     return group, []
 
 
+def _config_problems(
+    params: Mapping[str, Any], name: str, from_params: Callable[[dict[str, Any]], Any], rules: Iterable[Rule]
+) -> list[str]:
+    """The group ``name`` built by its config class's ``from_params``, checked with the class's ``rules``."""
+    group, missing = _group(params, name)
+    if missing:
+        return missing
+    return _problems(lambda: from_params(dict(group)), rules, group, f"{name}.")
+
+
 def validate_fluxgen(params: Mapping[str, Any]) -> list[str]:
     """``fluxgen.*``: ``GenerationConfig``."""
     from fluxir.fluxgen.generate import GENERATION_RULES, GenerationConfig
 
-    group, missing = _group(params, "fluxgen")
-    if missing:
-        return missing
-    return _problems(lambda: GenerationConfig.from_params(dict(group)), GENERATION_RULES, group, "fluxgen.")
+    return _config_problems(params, "fluxgen", GenerationConfig.from_params, GENERATION_RULES)
 
 
 def validate_iqa(params: Mapping[str, Any]) -> list[str]:
@@ -113,7 +120,7 @@ def validate_degrade(params: Mapping[str, Any]) -> list[str]:
         return missing
     found = _problems(lambda: DegradationConfig.from_dict(group.get("config") or {}))
     found = [m if m.startswith("degrade") else f"degrade.config: {m}" for m in found]
-    found += _problems(lambda: resolve_workers(group.get("workers", "auto")))
+    found += _problems(lambda: resolve_workers(group.get("workers")))
     found += _problems(lambda: ids_for_rank([], *share(group, {})))  # a launcher's share is checked when it runs
     if not is_int(group.get("seed")):
         found.append(f"degrade.seed must be an integer, got {group.get('seed')!r}")
@@ -124,10 +131,7 @@ def validate_train(params: Mapping[str, Any]) -> list[str]:
     """``train.*``: ``TrainConfig``."""
     from fluxir.training.config import TRAIN_RULES, TrainConfig
 
-    group, missing = _group(params, "train")
-    if missing:
-        return missing
-    return _problems(lambda: TrainConfig.from_params(dict(group)), TRAIN_RULES, group, "train.")
+    return _config_problems(params, "train", TrainConfig.from_params, TRAIN_RULES)
 
 
 def restore_settings_problems(restore: Mapping[str, Any]) -> list[str]:
@@ -191,10 +195,10 @@ def validate_restore(params: Mapping[str, Any]) -> list[str]:
     if missing:
         return missing
     found = restore_settings_problems(group)
-    if group.get("method", "fluxir") not in RESTORE_METHODS:
+    if group.get("method") not in RESTORE_METHODS:
         found.append(f"restore.method must be one of {RESTORE_METHODS}, got {group.get('method')!r}")
     else:
-        found += public_weights_problems(params, [group.get("method", "fluxir")])
+        found += public_weights_problems(params, [group["method"]])
     if not group.get("input_dir") or not group.get("output_dir"):
         found.append(
             "set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "

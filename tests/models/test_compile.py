@@ -17,6 +17,8 @@ from fluxir.models.adapter import FluxIRAdapter
 from fluxir.models.controlled_flux import controlled_flux_forward
 from fluxir.models.flux import compile_blocks, image_ids, load_pipeline
 
+from support import restore_config
+
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
     reason="torch.compile (inductor) on the CPU needs a C++ compiler (g++/clang++), none on PATH",
@@ -87,7 +89,7 @@ def _compiled(module) -> bool:
 
 
 def test_restore_and_train_compile_switch_compiles_the_blocks(tiny_flux_dir, tmp_path):
-    from fluxir.restoration.sampler import RestoreConfig, Restorer
+    from fluxir.restoration.sampler import Restorer
     from fluxir.training.config import TrainConfig
     from fluxir.training.loop import start_run
 
@@ -96,7 +98,7 @@ def test_restore_and_train_compile_switch_compiles_the_blocks(tiny_flux_dir, tmp
     pipe = load_pipeline(str(tiny_flux_dir), dtype="float32", device="cpu")
     adapter = FluxIRAdapter.from_flux(pipe.transformer)
     for compile_on in (False, True):
-        cfg = RestoreConfig(dtype="float32", device="cpu", compile=compile_on)
+        cfg = restore_config(dtype="float32", device="cpu", compile=compile_on)
         restorer = Restorer.from_source(str(tiny_flux_dir), adapter, cfg)
         blocks = [
             *restorer.transformer.transformer_blocks,

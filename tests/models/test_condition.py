@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 
 from fluxir.models.condition import lq_condition
-from fluxir.restoration.sampler import RestoreConfig, output_size
+from fluxir.restoration.sampler import output_size
 from fluxir.training.data import load_pair_pixels, to_unit
+
+from support import restore_config
 
 
 @pytest.mark.parametrize(("lq_size", "scale"), [((7, 5), 4), ((9, 13), 2), ((1, 3), 4)])
@@ -26,7 +28,7 @@ def test_training_and_restoration_condition_are_equal(tmp_path, lq_size, scale):
 
     hq_t, trained_on = load_pair_pixels(row, scale)  # what training encodes, (3, H, W) in [-1, 1]
     # restoration (and evaluation, which restores with the same Restorer) at the same scale
-    height, width = output_size(h, w, RestoreConfig(scale=scale))
+    height, width = output_size(h, w, restore_config(scale=scale))
     restored_from = to_unit(lq_condition(lq, height, width))
     assert (height, width) == hq.shape[:2] == tuple(trained_on.shape[1:])
     assert torch.equal(trained_on, restored_from)  # bit for bit, not within a tolerance

@@ -16,7 +16,7 @@ from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
 from fluxir.io import ImageStore
 from fluxir.models.empty_prompt import empty_prompt_file, empty_prompt_key
 
-from support import base_params
+from support import base_params, restore_config
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_training_encodes_once_then_loads_no_text_encoder(full_flux_dir, tmp_pat
 
 
 def test_generation_and_restoration_reuse_the_cached_prompt(full_flux_dir, tmp_path, text_encoders_built):
-    from fluxir.restoration.sampler import RestoreConfig, Restorer
+    from fluxir.restoration.sampler import Restorer
 
     cache = tmp_path / "prompt_embeddings"
     cfg = GenerationConfig.from_params(
@@ -85,7 +85,7 @@ def test_generation_and_restoration_reuse_the_cached_prompt(full_flux_dir, tmp_p
     for i in range(2):
         assert np.array_equal(encoded.read(i), cached.read(i))
 
-    restore = RestoreConfig(
+    restore = restore_config(
         steps=2,
         tile_size=None,
         vae_tile_size=None,

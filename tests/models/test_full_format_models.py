@@ -27,7 +27,7 @@ from fluxir.models.tiny import write_tiny_pipeline
 from fluxir.models.tiny_pipelines import HUB_CLASSES
 
 from conftest import kedro_run, make_project_copy
-from support import base_params
+from support import base_params, restore_config
 
 DOMAIN_PROMPTS = ["a photo of a city street at night", "a detailed portrait"]
 
@@ -272,7 +272,6 @@ def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_d
 
 
 def _restore_cfg(**overrides):
-    from fluxir.restoration.sampler import RestoreConfig
 
     params = {
         "steps": 4,
@@ -286,7 +285,7 @@ def _restore_cfg(**overrides):
         "device": "cpu",
         "max_sequence_length": 16,
     }
-    return RestoreConfig(**{**params, **overrides})
+    return restore_config(**{**params, **overrides})
 
 
 def test_sampler_without_adapter_is_diffusers_flux_pipeline(full_flux_dir):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from fluxir.config import load_params
 from fluxir.restoration.methods import build_public, public_config, public_fingerprint
-from fluxir.restoration.sampler import RestoreConfig
+from fluxir.restoration.restore_config import OutputGeometry
 
 from conftest import REPO
 
@@ -34,7 +34,7 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def make(method: str, scale: float = 4, color_fix: str = "none", target_size=None, **changes):
     cfg = public_config(method, baselines(**{method: changes}))
-    geometry = RestoreConfig.from_params({"scale": scale, "target_size": target_size, "color_fix": color_fix})
+    geometry = OutputGeometry(scale=scale, target_size=target_size, color_fix=color_fix)
     return build_public(method, cfg, geometry)
 
 
@@ -129,11 +129,11 @@ def test_controlnet_colour_fix_pulls_colours_to_the_lq(controlnet_restorer):
 
     lq = photo(16, 16)
     raw = controlnet_restorer.restore(lq)
-    controlnet_restorer.config = RestoreConfig.from_params({"scale": 4, "color_fix": "adain"})
+    controlnet_restorer.config = OutputGeometry(scale=4, target_size=None, color_fix="adain")
     try:
         fixed = controlnet_restorer.restore(lq)
     finally:
-        controlnet_restorer.config = RestoreConfig.from_params({"scale": 4, "color_fix": "none"})
+        controlnet_restorer.config = OutputGeometry(scale=4, target_size=None, color_fix="none")
     reference = upsample(lq, 64, 64).reshape(-1, 3).mean(0)
     assert np.abs(fixed.reshape(-1, 3).mean(0) - reference).max() < np.abs(raw.reshape(-1, 3).mean(0) - reference).max()
 

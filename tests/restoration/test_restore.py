@@ -19,7 +19,7 @@ from fluxir.models.flux import pack_grid, unpack_grid
 from fluxir.restoration import files as F
 from fluxir.restoration import sampler as S
 
-from support import make_mixed_folder
+from support import make_mixed_folder, restore_config, restore_settings
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -46,7 +46,7 @@ def restorer(pipe, adapter=None, **overrides) -> S.Restorer:
         "vae_tile_size": None,
         "color_fix": "none",
     }
-    return S.Restorer.from_pipeline(pipe, adapter, S.RestoreConfig(**{**params, **overrides}))
+    return S.Restorer.from_pipeline(pipe, adapter, restore_config(**{**params, **overrides}))
 
 
 def smooth_lq(size: int, seed: int = 0) -> np.ndarray:
@@ -169,7 +169,7 @@ def test_flux_shift_is_fluxs_schedule_and_linear_is_linear():
 )
 def test_bad_parameters_name_the_parameter(params, message):
     with pytest.raises(ValueError) as err:
-        S.RestoreConfig.from_params(params)
+        S.RestoreConfig.from_params(restore_settings(**params))
     assert message in str(err.value)
 
 

@@ -14,11 +14,11 @@ from fluxir.config import load_params
 from fluxir.models.adapter import FluxIRAdapter
 from fluxir.restoration.files import restore_files
 from fluxir.restoration.methods import public_config, public_restorer_for
-from fluxir.restoration.restore_config import RestoreConfig
 from fluxir.restoration.sampler import Restorer
 from fluxir.restoration.work import check_output_size, plan_work, warm_up_rate
 
 from conftest import REPO, TINY_FLUX
+from support import restore_config
 
 FAST = {"steps": 2, "dtype": "float32", "device": "cpu", "tile_size": None, "vae_tile_size": None, "color_fix": "none"}
 
@@ -31,18 +31,18 @@ def _photo(path, width, height):
 
 def test_a_phone_photo_at_scale_4_is_refused_with_sizes_scale_and_the_parameter():
     with pytest.raises(ValueError) as err:
-        check_output_size(4000, 6000, RestoreConfig(), "phone.jpg")
+        check_output_size(4000, 6000, restore_config(), "phone.jpg")
     message = str(err.value)
     assert "phone.jpg: 6000x4000 with restore.scale 4 gives a 24000x16000 output (384.0 MP" in message
     assert "above restore.max_output_megapixels = 16" in message
     assert "Lower restore.scale (at most 0.8 fits)" in message
-    work = check_output_size(768, 1024, RestoreConfig(), "ok.png")  # 4096x3072 = 12.6 MP: allowed
+    work = check_output_size(768, 1024, restore_config(), "ok.png")  # 4096x3072 = 12.6 MP: allowed
     assert work.out_size == (4096, 3072) and work.tiles == 20 and work.passes == 400
 
 
 def test_an_oversized_file_fails_before_the_model_is_loaded(tmp_path):
     big = _photo(tmp_path / "big.png", 64, 48)
-    cfg = RestoreConfig(**FAST, max_output_megapixels=0.01)  # x4: 256x192 = 0.05 MP
+    cfg = restore_config(**FAST, max_output_megapixels=0.01)  # x4: 256x192 = 0.05 MP
     # the model does not exist: loading it would raise, so an entry in the failures proves it was never loaded
     results, failures, load_seconds = restore_files(
         "no/such/model", None, cfg, [(big, str(tmp_path / "out.png"))], progress=False
@@ -75,7 +75,7 @@ def test_out_of_memory_on_one_file_is_its_failure_row_and_the_others_are_restore
         for name, (w, h) in {"a": (32, 32), "b": (48, 48), "c": (32, 48)}.items()
     ]
     with caplog.at_level(logging.INFO, logger="fluxir.restoration.files"):
-        results, failures, _ = restore_files(str(TINY_FLUX), adapter, RestoreConfig(**FAST), jobs, progress=False)
+        results, failures, _ = restore_files(str(TINY_FLUX), adapter, restore_config(**FAST), jobs, progress=False)
     assert [r.input for r in results] == [jobs[0][0], jobs[2][0]]
     assert [f["input"] for f in failures] == [jobs[1][0]]
     assert failures[0]["reason"].startswith("out of CPU memory at a 192x192 output (Unable to allocate 4.6 GiB")
@@ -95,7 +95,7 @@ BASELINES = load_params("tiny", [], REPO)["baselines"]
 
 
 def test_each_method_states_its_own_work():
-    cfg = RestoreConfig(**FAST)
+    cfg = restore_config(**FAST)
     esrgan = public_config("realesrgan", BASELINES)  # tiny: tiles of 8 LQ pixels
     work = plan_work(16, 24, cfg, esrgan)
     assert (work.tiles, work.steps, work.passes) == (6, None, 6)
@@ -108,7 +108,7 @@ def test_each_method_states_its_own_work():
     work = plan_work(16, 24, cfg, controlnet)
     assert (work.tiles, work.steps, work.passes) == (1, 4, 4)
     assert "96x64 (0.0 MP), the whole image (the Flux ControlNet does not tile) x 4 steps" in work.describe()
-    tiled = plan_work(768, 1024, RestoreConfig(), None)
+    tiled = plan_work(768, 1024, restore_config(), None)
     assert (tiled.tiles, tiled.steps, tiled.unit_size) == (20, 20, (1024, 1024))
     assert tiled.describe(1.5, "timed on a warm-up").endswith(
         "20 tile(s) x 20 steps, estimated 10.0 min (400 tile-steps x 1.5 s, timed on a warm-up)"
@@ -117,10 +117,10 @@ def test_each_method_states_its_own_work():
 
 def test_the_controlnet_has_its_own_smaller_output_bound():
     controlnet = public_config("flux_controlnet", BASELINES)  # max_output_megapixels 2: it does not tile
-    assert controlnet.max_output_megapixels < RestoreConfig().max_output_megapixels
-    check_output_size(512, 512, RestoreConfig(), "ok.png")  # 2048x2048 = 4.2 MP: FluxIR tiles it
+    assert controlnet.max_output_megapixels < restore_config().max_output_megapixels
+    check_output_size(512, 512, restore_config(), "ok.png")  # 2048x2048 = 4.2 MP: FluxIR tiles it
     with pytest.raises(ValueError) as err:
-        check_output_size(512, 512, RestoreConfig(), "big.png", controlnet)
+        check_output_size(512, 512, restore_config(), "big.png", controlnet)
     message = str(err.value)
     assert "big.png: 512x512 with restore.scale 4 gives a 2048x2048 output (4.2 MP, the whole image" in message
     assert (
@@ -129,12 +129,12 @@ def test_the_controlnet_has_its_own_smaller_output_bound():
     assert "Lower restore.scale (at most 2.7 fits)" in message
     assert "or raise baselines.flux_controlnet.max_output_megapixels" in message
     with pytest.raises(ValueError, match="above restore.max_output_megapixels = 1. Lower"):  # the smaller one binds
-        check_output_size(512, 512, RestoreConfig(max_output_megapixels=1), "big.png", controlnet)
+        check_output_size(512, 512, restore_config(max_output_megapixels=1), "big.png", controlnet)
 
 
 def test_a_warm_up_times_one_unit_and_leaves_the_restorer_as_it_was(tmp_path, caplog):
     lq = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
-    cfg = RestoreConfig(**{**FAST, "tile_size": 32, "tile_overlap": 16, "steps": 3})
+    cfg = restore_config(**{**FAST, "tile_size": 32, "tile_overlap": 16, "steps": 3})
     fresh = Restorer.from_source(str(TINY_FLUX), None, cfg).restore(lq)
     restorer = Restorer.from_source(str(TINY_FLUX), None, cfg)
     work = check_output_size(12, 20, cfg, "lq.png")
@@ -144,9 +144,9 @@ def test_a_warm_up_times_one_unit_and_leaves_the_restorer_as_it_was(tmp_path, ca
     np.testing.assert_array_equal(restorer.restore(lq), fresh)
 
     files = {"method": "realesrgan"}
-    factory, _, _ = public_restorer_for(files, RestoreConfig(**FAST), None, BASELINES)
+    factory, _, _ = public_restorer_for(files, restore_config(**FAST), None, BASELINES)
     jobs = [(_photo(tmp_path / "p.png", 24, 16), str(tmp_path / "out" / "p.png"))]
     with caplog.at_level(logging.INFO, logger="fluxir.restoration.files"):
-        results, failures, _ = restore_files("unused", None, RestoreConfig(**FAST), jobs, False, factory)
+        results, failures, _ = restore_files("unused", None, restore_config(**FAST), jobs, False, factory)
     assert failures == [] and results[0].out_size == (96, 64)
     assert re.search(r"24x16 -> 96x64 .*6 Real-ESRGAN tile\(s\).*\(6 tiles x .* s, timed on a warm-up\)", caplog.text)

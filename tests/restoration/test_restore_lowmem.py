@@ -15,6 +15,8 @@ import torch
 from fluxir.restoration import lowmem as L
 from fluxir.restoration import sampler as S
 
+from support import restore_config
+
 # FLUX.1-dev's block structure at a width a CPU test can afford (2 heads x 16 = 32 channels).
 SCALED = {
     "num_attention_heads": 2,
@@ -41,7 +43,7 @@ def scaled_restorer(**overrides) -> S.Restorer:
         for module in [adapter.input_proj, *[se.excite for se in adapter.se_z]]:
             module.weight.copy_(0.2 * torch.randn(module.weight.shape, generator=gen))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config
-    cfg = S.RestoreConfig(
+    cfg = restore_config(
         **{
             "steps": 3,
             "dtype": "float32",
@@ -128,7 +130,7 @@ def test_from_source_loads_on_the_cpu_for_low_memory_modes(tiny_flux_dir):
         "vae_tile_size": None,
         "color_fix": "none",
     }
-    plain = S.Restorer.from_source(str(tiny_flux_dir), None, S.RestoreConfig(**cfg)).restore(LQ)
-    r = S.Restorer.from_source(str(tiny_flux_dir), None, S.RestoreConfig(**cfg, offload="model", quantize="int8"))
+    plain = S.Restorer.from_source(str(tiny_flux_dir), None, restore_config(**cfg)).restore(LQ)
+    r = S.Restorer.from_source(str(tiny_flux_dir), None, restore_config(**cfg, offload="model", quantize="int8"))
     assert r.transformer._hf_hook is not None and type(r.transformer.proj_out.weight) is not torch.nn.Parameter
     assert np.abs(r.restore(LQ).astype(int) - plain).mean() <= 1.0

@@ -27,7 +27,7 @@ from fluxir.training.loss import flow_matching_loss, make_micro_batch, pixel_los
 from fluxir.training.models import ControlledFlux, build_adapter, load_models
 
 from conftest import free_port, kedro_run
-from support import base_params, kill_when, make_pairs, tiny_params
+from support import base_params, kill_when, make_pairs, restore_config, tiny_params
 
 
 def max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -304,7 +304,7 @@ def test_the_adapter_carries_its_training_guidance(tmp_path, tiny_models):
         models.prompt_embeds,
         models.pooled_embeds,
         load_adapter(tmp_path / "adapter"),
-        RestoreConfig(dtype="float32", device="cpu"),
+        restore_config(dtype="float32", device="cpu"),
     )
     assert restorer.guidance == 2.5
     with pytest.raises(ValueError, match="restore.guidance is not a parameter.*train.adapter.guidance"):

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     adapter = None  # a public restorer (restore.method) needs none
     if args.adapter:
         adapter = load_adapter(args.adapter)
-    elif files.get("method", "fluxir") == "fluxir":
+    elif files["method"] == "fluxir":
         adapter = catalog.load("fluxir_adapter")
     make_restorer, adapter, _ = public_restorer_for(files, cfg, adapter, params["baselines"])
     share = restore_share(

@@ -140,7 +140,7 @@ def source_fingerprint(source: str) -> str:
 class ControlNetRestorer:
     """``ControlNetRestorer.from_config(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> (H, W, 3) uint8.
 
-    ``geometry`` is a ``RestoreConfig`` whose ``scale`` / ``target_size`` give the output size and whose
+    ``geometry`` is an ``OutputGeometry`` whose ``scale`` / ``target_size`` give the output size and whose
     ``color_fix`` is applied against the upsampled LQ.
     """
 

@@ -246,7 +246,7 @@ def summarise(
         "model_load_seconds": round(load_seconds, 3),
         "input_dir": str(files.get("input_dir")),
         "output_dir": str(files.get("output_dir")),
-        "method": files.get("method", "fluxir"),
+        "method": files["method"],
         "model": files.get("model"),
         "config": config,
         "images": [
@@ -274,8 +274,12 @@ FILE_PARAMS = ("method", "input_dir", "output_dir", "overwrite", "model", "progr
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], RestoreConfig]:
-    """``restore.*`` parameters -> (file parameters, validated RestoreConfig)."""
-    files = {k: params[k] for k in FILE_PARAMS if k in params}
+    """``restore.*`` parameters -> (file parameters, validated RestoreConfig); every key is required (conf/base's
+    parameters_restore.yml sets them all)."""
+    missing = [k for k in FILE_PARAMS if k not in params]
+    if missing:
+        raise ValueError(f"restore lacks {missing}: conf/base's parameters files set every key")
+    files = {k: params[k] for k in FILE_PARAMS}
     return files, RestoreConfig.from_params({k: v for k, v in params.items() if k not in FILE_PARAMS})
 
 

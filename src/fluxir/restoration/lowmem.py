@@ -49,16 +49,17 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 QUANTIZE_MODES = ("none", "int8", "fp8", "nf4")
 
 
-def check_combination(offload: str, quantize: str) -> None:
-    """Raise ValueError for an offload/quantize pair that cannot work together (each value is checked by
-    ``RestoreConfig``'s rules)."""
+def combination_problems(prefix: str, offload: str, quantize: str) -> list[str]:
+    """The problem of an offload/quantize pair that cannot work together (each value is checked by
+    ``RestoreConfig``'s rules); ``prefix`` names the parameter group, e.g. ``"restore."``."""
     if offload == "sequential" and quantize != "none":
         # accelerate's per-layer weight swapping rebuilds plain tensors from the CPU state dict; quantised
         # tensor subclasses (torchao, bitsandbytes) do not survive it.
-        raise ValueError(
-            f"restore.offload=sequential cannot be combined with restore.quantize={quantize!r}: "
+        return [
+            f"{prefix}offload=sequential cannot be combined with {prefix}quantize={quantize!r}: "
             "use offload=model with quantize, or sequential with quantize=none"
-        )
+        ]
+    return []
 
 
 def quantize_transformer(transformer: nn.Module, mode: str) -> nn.Module:

@@ -8,7 +8,8 @@
 - ``bicubic`` (evaluation only): PIL bicubic.
 
 Every restorer has ``restore(lq, progress=False, on_step=None) -> (H, W, 3) uint8`` and a ``config``
-(a ``RestoreConfig``) whose ``scale`` / ``target_size`` / ``color_fix`` set the output.
+(a ``RestoreConfig``, or an ``OutputGeometry`` for the public ones) whose ``scale`` / ``target_size`` /
+``color_fix`` set the output.
 """
 
 from __future__ import annotations
@@ -60,12 +61,12 @@ def public_config(method: str, baselines: Mapping[str, Any]) -> Any:
 
 
 def output_geometry(method: str, scale: Any, target_size: Any, color_fix: str) -> Any:
-    """The ``RestoreConfig`` a public restorer reads its output size and colour fix from. Real-ESRGAN gets no
+    """The ``OutputGeometry`` a public restorer reads its output size and colour fix from. Real-ESRGAN gets no
     colour fix (its published inference has none); the Flux ControlNet gets FluxIR's."""
-    from fluxir.restoration.restore_config import RestoreConfig
+    from fluxir.restoration.restore_config import OutputGeometry
 
     fix = "none" if method == "realesrgan" else color_fix
-    return RestoreConfig.from_params({"scale": scale, "target_size": target_size, "color_fix": fix})
+    return OutputGeometry(scale=scale, target_size=target_size, color_fix=fix)
 
 
 def build_public(method: str, cfg: Any, geometry: Any) -> Any:
@@ -114,7 +115,7 @@ def public_restorer_for(
     photo is read, and takes the output size and colour fix from ``cfg`` (the ``restore.*`` RestoreConfig)."""
     from fluxir.datasets.adapter_dataset import require_adapter
 
-    method = check_method(files.get("method", "fluxir"), RESTORE_METHODS, "restore.method")
+    method = check_method(files["method"], RESTORE_METHODS, "restore.method")
     if method == "fluxir":
         return None, require_adapter(adapter, "restore.method: fluxir"), {"method": method}
     settings = public_config(method, baselines)

@@ -140,7 +140,7 @@ def tiled_forward(
 class RealESRGANRestorer:
     """``RealESRGANRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> ``output_size`` (H, W, 3) uint8.
 
-    ``geometry`` is a ``RestoreConfig`` whose ``scale`` / ``target_size`` give the output size; its colour
+    ``geometry`` is an ``OutputGeometry`` whose ``scale`` / ``target_size`` give the output size; its colour
     fix is not applied (Real-ESRGAN's published inference has none).
     """
 

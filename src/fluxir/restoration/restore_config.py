@@ -7,63 +7,116 @@ from one; ``fluxir.restoration.work`` sizes a job from it before any model is lo
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from fluxir.config import stage_params
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
-from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES, check_combination
-from fluxir.rules import Rule, field_problems, is_int, raise_problems_of, reject_unknown_keys
+from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES, combination_problems
+from fluxir.rules import Relation, Rule, check_fields, config_from_params, is_int, reject_unknown_keys
 
 SCHEDULES = ("flux_shift", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
 MULTIPLE = 16  # VAE downsampling 8 x 2x2 packing
 
 
+def _scale_problems(prefix: str, target_size: Any, scale: Any) -> list[str]:
+    """``scale`` sets the output only without a ``target_size``; then it must be a number > 0."""
+    message = target_size is None and Rule("scale", "positive_number").problem(scale, prefix)
+    return [message] if message else []
+
+
+def _overlap_problems(tile_name: str, overlap_name: str, multiple: int) -> Any:
+    """The check of a tile's overlap: a multiple of ``multiple`` in [0, tile / 2] (none without tiling)."""
+
+    def check(prefix: str, tile: int | None, overlap: Any) -> list[str]:
+        if tile is None or (is_int(overlap, 0) and overlap % multiple == 0 and overlap <= tile // 2):
+            return []
+        return [
+            f"{prefix}{overlap_name} must be a multiple of {multiple} in [0, {tile_name}/2 = {tile // 2}], "
+            f"got {overlap!r}"
+        ]
+
+    return check
+
+
+def _tile_rule(name: str, multiple: int) -> Rule:
+    return Rule(
+        name,
+        "multiple_at_least",
+        (multiple, 2 * multiple),
+        nullable=True,
+        must=f"a multiple of {multiple} >= {2 * multiple} (or null: no tiling)",
+    )
+
+
+GEOMETRY_RULES = (
+    Rule("target_size", "size", nullable=True),
+    Rule("color_fix", "choice", COLOR_FIX_METHODS),
+    Relation(("target_size", "scale"), _scale_problems),
+)
 RESTORE_RULES = (
+    *GEOMETRY_RULES,
     Rule("steps", "positive_int", note=" (paper: 20)"),
     Rule("schedule", "choice", SCHEDULES),
-    Rule("color_fix", "choice", COLOR_FIX_METHODS),
+    _tile_rule("tile_size", 16),
+    _tile_rule("vae_tile_size", 8),
     Rule("seed", "nonneg_int"),
     Rule("dtype", "choice", DTYPES),
     Rule("batch_size", "positive_int"),
     Rule("max_sequence_length", "positive_int", nullable=True),
     Rule("control_scale", "number_at_least", 0, must="a number >= 0 (0: plain Flux, 1: as trained)"),
+    Rule("start_t", "interval", "(0, 1]", must="a number in (0, 1] (1: from pure noise)"),
     Rule("max_output_megapixels", "positive_number"),
     Rule("offload", "choice", OFFLOAD_MODES),
     Rule("quantize", "choice", QUANTIZE_MODES),
+    Relation(("tile_size", "tile_overlap"), _overlap_problems("tile_size", "tile_overlap", 16)),
+    Relation(("vae_tile_size", "vae_tile_overlap"), _overlap_problems("vae_tile_size", "vae_tile_overlap", 8)),
+    Relation(("offload", "quantize"), combination_problems),
 )
+
+
+def _check(config: Any, rules: tuple[Rule | Relation, ...]) -> None:
+    """Check ``config`` with ``rules`` after reading a tile size 0 as null (no tiling); a [width, height] target
+    becomes a list of ints."""
+    for name in ("tile_size", "vae_tile_size"):
+        if getattr(config, name, None) == 0:
+            setattr(config, name, None)
+    check_fields(config, rules, "restore.")
+    if isinstance(config.target_size, (list, tuple)):
+        config.target_size = [int(s) for s in config.target_size]
 
 
 @dataclass
 class RestoreConfig:
-    """How to restore: the parameters ``restore.*`` other than the file ones (parameters_restore.yml documents each)."""
+    """How to restore: the parameters ``restore.*`` other than the file ones. Their values live in
+    conf/base/parameters_restore.yml only (which documents each); ``RESTORE_RULES`` checks them."""
 
-    steps: int = 20  # paper Sec. 4.1: 20 sampling steps
-    schedule: str = "flux_shift"  # "flux_shift" | "linear"
-    scale: float = 4  # output = input x scale (ignored when target_size is set)
-    target_size: int | list[int] | None = None  # int: longer output side (aspect kept); [width, height]: exact
-    tile_size: int | None = 1024  # diffusion tile in output pixels (multiple of 16); None/0: never tile
-    tile_overlap: int = 256  # pixels (multiple of 16), at most tile_size / 2
-    vae_tile_size: int | None = 1024  # VAE tile in output pixels (multiple of 8); None/0: never tile
-    vae_tile_overlap: int = 128  # pixels (multiple of 8), at most vae_tile_size / 2
-    color_fix: str = "wavelet"  # "wavelet" | "adain" | "none"
-    seed: int = 0  # noise seed; the same seed gives the same output
-    dtype: str = "bfloat16"  # transformer/adapter/VAE dtype (float16 VAEs run in float32 when force_upcast)
-    device: str = "auto"  # auto: cuda if available, else cpu
-    batch_size: int = 1  # tiles per transformer call
-    max_sequence_length: int | None = None  # T5 tokens of the empty prompt; None: the adapter's text_seq_len (else 512)
-    control_scale: float = 1.0  # multiplies the adapter's controls: 0 = plain Flux, > 1 = closer to the LQ
-    start_t: float = 1.0  # start the Euler integration at t = start_t from (1 - t) z_lq + t z_1; < 1: fewer steps
-    max_output_megapixels: float = 16  # larger outputs are refused before any model is loaded
-    offload: str = "none"  # none | model | sequential (fluxir.restoration.lowmem)
-    quantize: str = "none"  # none | int8 | fp8 | nf4: the frozen Flux transformer's linear weights
-    compile: bool = False  # torch.compile Flux's blocks and the adapter block (fluxir.models.flux.compile_blocks)
+    steps: int  # paper Sec. 4.1: 20 sampling steps
+    schedule: str  # "flux_shift" | "linear"
+    scale: float  # output = input x scale (ignored when target_size is set)
+    target_size: int | list[int] | None  # int: longer output side (aspect kept); [width, height]: exact
+    tile_size: int | None  # diffusion tile in output pixels (multiple of 16); None/0: never tile
+    tile_overlap: int  # pixels (multiple of 16), at most tile_size / 2
+    vae_tile_size: int | None  # VAE tile in output pixels (multiple of 8); None/0: never tile
+    vae_tile_overlap: int  # pixels (multiple of 8), at most vae_tile_size / 2
+    color_fix: str  # "wavelet" | "adain" | "none"
+    seed: int  # noise seed; the same seed gives the same output
+    dtype: str  # transformer/adapter/VAE dtype (float16 VAEs run in float32 when force_upcast)
+    device: str  # auto: cuda if available, else cpu
+    batch_size: int  # tiles per transformer call
+    max_sequence_length: int | None  # T5 tokens of the empty prompt; None: the adapter's text_seq_len (else 512)
+    control_scale: float  # multiplies the adapter's controls: 0 = plain Flux, > 1 = closer to the LQ
+    start_t: float  # start the Euler integration at t = start_t from (1 - t) z_lq + t z_1; < 1: fewer steps
+    max_output_megapixels: float  # larger outputs are refused before any model is loaded
+    offload: str  # none | model | sequential (fluxir.restoration.lowmem)
+    quantize: str  # none | int8 | fp8 | nf4: the frozen Flux transformer's linear weights
+    compile: bool  # torch.compile Flux's blocks and the adapter block (fluxir.models.flux.compile_blocks)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
-        """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
+        """Build and validate from a parameters dict: every field given, none unknown, all values usable
+        (ValueError listing every problem otherwise)."""
         if "guidance" in params:
             raise ValueError(
                 "restore.guidance is not a parameter: restoration uses the guidance the adapter was trained "
@@ -71,57 +124,29 @@ class RestoreConfig:
             )
         params = stage_params(params)
         reject_unknown_keys(params, cls, "restore parameter(s)")
-        cfg = cls(**params)
+        cfg = config_from_params(cls, params, (), "restore.")
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         """Raise ValueError naming the parameter of every value the restorer cannot use (all of them at once)."""
-        problems = field_problems(self, RESTORE_RULES, "restore.")
-        if self.target_size is None:
-            problems += field_problems(self, [Rule("scale", "positive_number")], "restore.")
-        else:
-            size = self.target_size
-            if isinstance(size, (list, tuple)):
-                if len(size) != 2 or not all(is_int(s, 1) for s in size):
-                    problems.append(
-                        f"restore.target_size must be an int (longer side) or [width, height] of positive "
-                        f"ints, got {size!r}"
-                    )
-                else:
-                    self.target_size = [int(s) for s in size]
-            elif not is_int(size, 1):
-                problems.append(f"restore.target_size must be an int (longer side) or [width, height], got {size!r}")
-        for name, overlap_name, multiple in (
-            ("tile_size", "tile_overlap", 16),
-            ("vae_tile_size", "vae_tile_overlap", 8),
-        ):
-            tile, overlap = getattr(self, name), getattr(self, overlap_name)
-            if tile in (None, 0):
-                setattr(self, name, None)
-                continue
-            if not is_int(tile, 2 * multiple) or tile % multiple:
-                problems.append(
-                    f"restore.{name} must be a multiple of {multiple} >= {2 * multiple} (or null: no "
-                    f"tiling), got {tile!r}"
-                )
-            elif not is_int(overlap, 0) or overlap % multiple or overlap > tile // 2:
-                problems.append(
-                    f"restore.{overlap_name} must be a multiple of {multiple} in [0, {name}/2 = "
-                    f"{tile // 2}], got {overlap!r}"
-                )
-        if _bad_number(self.start_t) or not 0 < self.start_t <= 1:
-            problems.append(f"restore.start_t must be a number in (0, 1] (1: from pure noise), got {self.start_t!r}")
-        if not problems:
-            check_combination(self.offload, self.quantize)
-        raise_problems_of(problems)
+        _check(self, RESTORE_RULES)
 
 
-def _bad_number(value: Any) -> bool:
-    return isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+@dataclass
+class OutputGeometry:
+    """What a public restorer takes from the restore settings: the output size (``scale`` or ``target_size``,
+    as ``output_size`` reads them) and the colour fix."""
+
+    scale: float
+    target_size: int | list[int] | None
+    color_fix: str
+
+    def __post_init__(self) -> None:
+        _check(self, GEOMETRY_RULES)
 
 
-def output_size(height: int, width: int, cfg: RestoreConfig) -> tuple[int, int]:
+def output_size(height: int, width: int, cfg: RestoreConfig | OutputGeometry) -> tuple[int, int]:
     """(H, W) of the restored image for an input of (height, width)."""
     if cfg.target_size is None:
         return max(1, round(height * cfg.scale)), max(1, round(width * cfg.scale))

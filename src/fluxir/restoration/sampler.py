@@ -271,9 +271,9 @@ class Restorer:
         self.txt_ids = torch.zeros(self.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)  # (S, 3)
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, adapter: Any = None, config: RestoreConfig | None = None) -> Restorer:
-        """From a loaded ``FluxPipeline``: encodes the empty prompt once, then drops T5/CLIP from ``pipe``."""
-        config = config or RestoreConfig()
+    def from_pipeline(cls, pipe: Any, adapter: Any, config: RestoreConfig) -> Restorer:
+        """From a loaded ``FluxPipeline`` (``adapter`` None: plain Flux): encodes the empty prompt once, then drops
+        T5/CLIP from ``pipe``."""
         config.validate()
         seq_len = prompt_length(config, adapter)
         device = resolve_device(config.device)
@@ -289,6 +289,11 @@ class Restorer:
         embeds = PromptEncoder(pipe, [""], seq_len, device).cache[""]
         for hook in hooks:
             hook.offload()
+        return cls._from_parts(pipe, embeds, adapter, config)
+
+    @classmethod
+    def _from_parts(cls, pipe: Any, embeds: dict[str, Tensor], adapter: Any, config: RestoreConfig) -> Restorer:
+        """From ``pipe``'s transformer, VAE and scheduler and the empty prompt's ``embeds``."""
         return cls(
             pipe.transformer,
             pipe.vae,
@@ -303,8 +308,8 @@ class Restorer:
     def from_source(
         cls,
         model: str,
-        adapter: Any = None,
-        config: RestoreConfig | None = None,
+        adapter: Any,
+        config: RestoreConfig,
         prompt_cache: str | os.PathLike | None = None,
     ) -> Restorer:
         """Load the Flux pipeline ``model`` (hub id or local folder) and build a restorer.
@@ -312,7 +317,6 @@ class Restorer:
         With the empty prompt's embeddings in ``prompt_cache`` (the catalog's ``prompt_embeddings``) only the
         transformer and the VAE are loaded, never T5 or CLIP; otherwise they are encoded once and saved there.
         """
-        config = config or RestoreConfig()
         config.validate()
         low_memory = config.offload != "none" or config.quantize != "none"  # load on the CPU, quantise there
         device = "cpu" if low_memory else resolve_device(config.device)
@@ -320,15 +324,7 @@ class Restorer:
         embeds = cached_empty_prompt(prompt_cache, model, seq_len, config.dtype)
         if embeds is not None:
             pipe = load_pipeline(model, dtype=config.dtype, device=device, text_encoders=False)
-            return cls(
-                pipe.transformer,
-                pipe.vae,
-                pipe.scheduler.config,
-                embeds["prompt_embeds"],
-                embeds["pooled_prompt_embeds"],
-                adapter,
-                config,
-            )
+            return cls._from_parts(pipe, embeds, adapter, config)
         pipe = load_pipeline(model, dtype=config.dtype, device=device)
         pipe.set_progress_bar_config(disable=True)
         restorer = cls.from_pipeline(pipe, adapter, config)

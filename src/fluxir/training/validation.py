@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -48,12 +49,30 @@ def validation_grid(
 ) -> np.ndarray:
     """uint8 (rows*H, 3*W, 3) grid: one row per validation pair, [LQ upsampled | restored | HQ]."""
     device, dtype = device_and_dtype(models.flux)
+    # The training's own steps, seed, scale, dtype and device; the rest are the sampler settings this grid has
+    # always shown (the run reads no restore.* parameters): training crops restored whole from pure noise at
+    # the trained control strength, with the wavelet colour fix.
     restore_cfg = RestoreConfig(
         steps=cfg.validation_steps,
-        seed=cfg.seed,
+        schedule="flux_shift",
         scale=pairs.lq_scale,
+        target_size=None,
+        tile_size=None,
+        tile_overlap=0,
+        vae_tile_size=None,
+        vae_tile_overlap=0,
+        color_fix="wavelet",
+        seed=cfg.seed,
         dtype=str(dtype).removeprefix("torch."),
         device=str(device),
+        batch_size=1,
+        max_sequence_length=None,
+        control_scale=1.0,
+        start_t=1.0,
+        max_output_megapixels=math.inf,  # the grid's crops are training crops: no limit
+        offload="none",
+        quantize="none",
+        compile=False,
     )
     # The Restorer casts and freezes the adapter it gets: hand it a copy, never the one being trained.
     restorer = Restorer(
