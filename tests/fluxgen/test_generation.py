@@ -55,7 +55,7 @@ def test_unknown_hub_id_offline_names_it(tmp_path):
     from fluxir.models.flux import load_pipeline
 
     with pytest.raises(ValueError, match="could not load model 'nobody-here/no-such-model'"):
-        load_pipeline("nobody-here/no-such-model")
+        load_pipeline("nobody-here/no-such-model", "float32")
 
 
 def test_ids_and_seeds():

@@ -95,14 +95,14 @@ def test_missing_component_wrong_tokenizer_and_truncated_weights_are_named(full_
     missing = Path(shutil.copytree(full_flux_dir, tmp_path / "missing"))
     shutil.rmtree(missing / "text_encoder_2")
     with pytest.raises(ValueError) as err:
-        load_pipeline(str(missing))
+        load_pipeline(str(missing), "float32")
     assert f"{missing / 'text_encoder_2'}: missing" in str(err.value) and "T5EncoderModel" in str(err.value)
 
     swapped = Path(shutil.copytree(full_flux_dir, tmp_path / "swapped"))
     shutil.rmtree(swapped / "tokenizer")
     shutil.copytree(full_flux_dir / "tokenizer_2", swapped / "tokenizer")  # T5 files where CLIP's belong
     with pytest.raises(ValueError) as err:
-        load_pipeline(str(swapped))
+        load_pipeline(str(swapped), "float32")
     message = str(err.value)
     assert f"{swapped / 'tokenizer' / 'tokenizer_config.json'}: tokenizer_class 'T5Tokenizer'" in message
     assert "lists 'tokenizer' as 'CLIPTokenizer'" in message
@@ -112,7 +112,7 @@ def test_missing_component_wrong_tokenizer_and_truncated_weights_are_named(full_
     weights.write_bytes(weights.read_bytes()[:-100])
     shutil.rmtree(truncated / "vae")  # every problem is listed, not just the first
     with pytest.raises(ValueError) as err:
-        load_pipeline(str(truncated))
+        load_pipeline(str(truncated), "float32")
     assert f"{weights}: truncated" in str(err.value) and f"{truncated / 'vae'}: missing" in str(err.value)
 
 

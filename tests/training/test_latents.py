@@ -63,9 +63,9 @@ def _cache_files(root: Path) -> dict[str, bytes]:
 def test_with_a_complete_cache_training_opens_no_image(tmp_path, opened_images):
     manifest = with_sizes(make_pairs(tmp_path / "pairs", n=6))
     params = tiny_params(tmp_path, "train.max_steps=3", "train.num_validation_pairs=1")
-    assert PairTable.from_manifest(manifest).rows.width.tolist() == manifest.width.tolist()
+    assert PairTable.from_manifest(manifest, 4).rows.width.tolist() == manifest.width.tolist()
     opened_images.clear()
-    PairTable.from_manifest(manifest)
+    PairTable.from_manifest(manifest, 4)
     assert opened_images == [], "the pair table read sizes from files although the manifest has them"
     half = precompute_latents(params, manifest, process_index=0, num_processes=2, progress=False)
     assert half["encoded"] == 3 and half["cached"] == 0

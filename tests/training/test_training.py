@@ -140,7 +140,7 @@ def test_logit_normal_never_hits_the_ends_and_centres_on_half():
 
 
 def test_data_order_is_a_function_of_seed_and_step(pairs):
-    table = PairTable.from_manifest(pairs)
+    table = PairTable.from_manifest(pairs, 4)
     train_idx, val_idx = table.split(2)
     assert val_idx == [6, 7] and len(train_idx) == 6
     buckets = table.buckets(train_idx)
@@ -163,11 +163,11 @@ def test_manifest_errors_name_the_pair(tmp_path, pairs):
     with pytest.raises(
         ValueError, match=r"pair 3: LQ .* is \(5, 5\) but must be exactly 1/4 of the HQ size \(64, 48\)"
     ):
-        PairTable.from_manifest(bad)
+        PairTable.from_manifest(bad, 4)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['lq_sha256'\]"):
-        PairTable.from_manifest(pairs.drop(columns="lq_sha256"))
+        PairTable.from_manifest(pairs.drop(columns="lq_sha256"), 4)
     with pytest.raises(ValueError, match="num_validation_pairs=8 leaves no training pair out of 8"):
-        PairTable.from_manifest(pairs).split(8)
+        PairTable.from_manifest(pairs, 4).split(8)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def tiny_models(tmp_path_factory):
 
 def test_latent_cache_is_keyed_by_image_and_vae(tmp_path, pairs, tiny_models):
     _, models = tiny_models
-    table = PairTable.from_manifest(pairs)
+    table = PairTable.from_manifest(pairs, 4)
     vae_id = vae_identity(models.vae)
     cache = LatentCache(tmp_path / "cache", vae_id)
     hq, lq = pair_gaussians(models.vae, cache, table, 0)
@@ -207,7 +207,7 @@ def test_latent_cache_is_keyed_by_image_and_vae(tmp_path, pairs, tiny_models):
     Image.open(stale.hq_path[1]).transpose(Image.FLIP_LEFT_RIGHT).save(tmp_path / "flipped.png")
     stale.loc[1, "hq_path"] = str(tmp_path / "flipped.png")
     with pytest.raises(ValueError, match="pair 1: .*flipped.png has sha256 .* but the manifest says"):
-        pair_gaussians(models.vae, cache, PairTable.from_manifest(stale), 1)
+        pair_gaussians(models.vae, cache, PairTable.from_manifest(stale, 4), 1)
 
 
 def test_the_two_readings_of_eq9_differ_at_t_above_0_and_agree_in_their_limits(tiny_models):
@@ -240,7 +240,7 @@ def test_the_two_readings_of_eq9_differ_at_t_above_0_and_agree_in_their_limits(t
 def test_pixel_loss_follows_eq9(pairs, tiny_models):
     """t = 0: z_0 + t v = z_0 for both terms, so L_P = 0; alpha = 0 leaves L = L_MSE."""
     cfg, models = tiny_models
-    table = PairTable.from_manifest(pairs)
+    table = PairTable.from_manifest(pairs, 4)
     gauss = [pair_gaussians(models.vae, LatentCache(None, "x"), table, i) for i in (0, 3)]
     model = ControlledFlux(models.flux, build_adapter(cfg, models))
     batch = make_micro_batch(cfg, models.vae, gauss, [1, 2])
@@ -262,7 +262,7 @@ def test_pixel_loss_follows_eq9(pairs, tiny_models):
 def test_the_frozen_vae_runs_in_its_own_dtype_outside_autocast(pairs, tiny_models):
     """Under the step's autocast the VAE still runs with autocast off (CUDA would run its norms in float32)."""
     cfg, models = tiny_models
-    table = PairTable.from_manifest(pairs)
+    table = PairTable.from_manifest(pairs, 4)
     model = ControlledFlux(models.flux, build_adapter(cfg, models))
     seen = []
     hooks = [

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     catalog = load_catalog(args.env, args.project) if needs_catalog else None
     manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("benchmark_manifest")
     restore = evaluate["restore"]
-    state = PartialState(cpu=accelerate_cpu(restore.get("device", "auto")))
+    state = PartialState(cpu=accelerate_cpu(restore["device"]))
     seconds: dict[str, list[float]] = {}
     if "fluxir" in methods:
         adapter = load_adapter(args.adapter) if args.adapter else catalog.load("fluxir_adapter")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             evaluate["color_fix"],
             state.process_index,
             state.num_processes,
-            device=resolve_device(restore.get("device", "auto"), state.device),
+            device=resolve_device(restore["device"], state.device),
         )
     if public:
         seconds |= restore_public_missing(

@@ -56,7 +56,7 @@ _SPEC_KEYS = ("name", "kind", "hq_dir", "lq_dir", "hq_size", "lq_size", "num_ima
 # --------------------------------------------------------------------------------------------- #
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BenchmarkSpec:
     """Where one benchmark's downloaded files are and how to prepare them (one ``evaluate.benchmarks`` entry).
 
@@ -69,8 +69,8 @@ class BenchmarkSpec:
     kind: str
     hq_dir: str | None = None
     lq_dir: str | None = None
-    hq_size: int | None = 1024
-    lq_size: int = 256
+    hq_size: int | None = None  # unused for lq_only; the others must set it (a rule says so)
+    lq_size: int
     num_images: int | None = None
     seed: int = 0
     strip_suffix: str = DEFAULT_STRIP_SUFFIX
@@ -423,7 +423,7 @@ def _demo_config(size: int, degradation: Mapping[str, Any]) -> Any:
 
 
 def write_demo_benchmarks(
-    specs: Mapping[str, BenchmarkSpec], degradation: Mapping[str, Any] | None = None, count: int = 3, seed: int = 0
+    specs: Mapping[str, BenchmarkSpec], degradation: Mapping[str, Any], count: int = 3, seed: int = 0
 ) -> dict[str, list[str]]:
     """Fill the folders of every benchmark that has no image yet with ``count`` small demo images.
 
@@ -432,13 +432,12 @@ def write_demo_benchmarks(
     slightly larger than the crops (so centre cropping is exercised); LQ-only folders get LQ images.
     Folders that already hold images are left untouched. Returns ``{benchmark: [folders written]}``.
     """
-    degradation = degradation or {}
     written: dict[str, list[str]] = {}
     for spec in specs.values():
         if _missing(spec) is None:
             continue
         photos = DEMO_PHOTOS[spec.kind][:count]
-        scale = spec.scale or degradation.get("scale", 4)
+        scale = spec.scale or degradation["scale"]
         if spec.kind == "synthetic":
             folder = Path(spec.hq_dir)
             for name in photos:

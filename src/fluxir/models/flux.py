@@ -73,7 +73,7 @@ def resolve_device(device: str, process_device: Any = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def accelerate_cpu(device: str = "auto") -> bool:
+def accelerate_cpu(device: str) -> bool:
     """The ``cpu=`` argument of accelerate's ``PartialState`` / ``Accelerator`` for a ``device`` setting.
 
     True when ``device`` is "cpu" or there is no CUDA: without ``cpu=True`` accelerate ignores
@@ -169,7 +169,7 @@ def _safetensors_problem(path: Path) -> str | None:
 TEXT_COMPONENTS = ("text_encoder", "tokenizer")  # prefixes of the prompt-side components of a pipeline
 
 
-def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu", text_encoders: bool = True):
+def load_pipeline(source: str, dtype: str, device: str = "cpu", text_encoders: bool = True):
     """Load a diffusers text-to-image pipeline from a hub id or a local folder.
 
     A local folder is checked first (``folder_problems``): every problem is reported at once, each naming
@@ -200,7 +200,7 @@ def load_pipeline(source: str, dtype: str = "bfloat16", device: str = "cpu", tex
     return pipe.to(device)
 
 
-def load_vae(source: str, dtype: str = "bfloat16", device: str = "cpu") -> AutoencoderKL:
+def load_vae(source: str, dtype: str, device: str = "cpu") -> AutoencoderKL:
     """Only the VAE of a pipeline (hub id or local folder), as ``load_pipeline`` would load it: the same
     weights and dtype, so ``vae_identity`` and every latent equal those of the full pipeline's VAE."""
     source = resolve_source(source)

@@ -52,10 +52,10 @@ class PairTable:
     """The training pairs: one row per pair with its HQ size (width, height); sorted by image_id."""
 
     rows: pd.DataFrame  # manifest columns + width, height
-    lq_scale: int = 4
+    lq_scale: int  # HQ side / LQ side (train.lq_scale)
 
     @classmethod
-    def from_manifest(cls, manifest: pd.DataFrame, lq_scale: int = 4) -> PairTable:
+    def from_manifest(cls, manifest: pd.DataFrame, lq_scale: int) -> PairTable:
         """Check the manifest; sizes from its columns, else from every image's header (no decoding).
 
         HQ sides must be multiples of 16 (VAE /8, then 2x2 packing) and LQ exactly 1/lq_scale of HQ.
