@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fluxir.rules import Rule, check_fields, config_from_params, is_int
+from fluxir.rules import Relation, Rule, check_fields, config_from_params, is_int
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 # Latents are /8 of the image and Flux packs 2x2 latent patches: image sides must be multiples of 16.
@@ -48,6 +48,26 @@ RANGES = (
     "jpeg_range2",
 )
 PREFIX = "degrade.config."  # the parameters group, named in every message
+
+
+def _crop_problems(prefix: str, crop_sizes: Any, scale: int) -> list[str]:
+    try:
+        validate_crop_sizes(crop_sizes, scale)
+    except ValueError as err:
+        return [f"{prefix}crop_sizes: {err}"]
+    return []
+
+
+def _kernel_prob_problems(prob_name: str) -> Any:
+    """``kernel_prob`` holds one probability per kernel of ``kernel_list``: its length is the other field's."""
+
+    def check(prefix: str, kernels: Sequence[str], probs: Any) -> list[str]:
+        message = Rule(prob_name, "distribution", len(kernels)).problem(probs, prefix)
+        return [message] if message else []
+
+    return check
+
+
 DEGRADATION_RULES = (
     Rule("scale", "positive_int"),
     Rule("crop_position", "choice", ("center", "random"), must="'center' or 'random'"),
@@ -65,6 +85,10 @@ DEGRADATION_RULES = (
     ),
     # Real-ESRGAN draws "down" from [low, 1] and "up" from [1, high]
     *(Rule(name, "range_around", 1) for name in ("resize_range", "resize_range2")),
+    *(Rule(name, "distribution", 3, note=" (up, down, keep)") for name in ("resize_prob", "resize_prob2")),
+    Relation(("kernel_list", "kernel_prob"), _kernel_prob_problems("kernel_prob")),
+    Relation(("kernel_list2", "kernel_prob2"), _kernel_prob_problems("kernel_prob2")),
+    Relation(("crop_sizes", "scale"), _crop_problems),
 )
 
 
@@ -126,11 +150,6 @@ class DegradationConfig:
                 object.__setattr__(self, f.name, _to_tuple(value))
         check_fields(self, DEGRADATION_RULES, PREFIX)
         object.__setattr__(self, "crop_sizes", tuple(validate_crop_sizes(self.crop_sizes, self.scale)))
-        # probabilities over lists: their length is another field's, so no single-field rule says it
-        _check_probs("kernel_prob", self.kernel_prob, len(self.kernel_list))
-        _check_probs("kernel_prob2", self.kernel_prob2, len(self.kernel_list2))
-        _check_probs("resize_prob", self.resize_prob, 3)
-        _check_probs("resize_prob2", self.resize_prob2, 3)
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> DegradationConfig:
@@ -148,11 +167,6 @@ def _to_tuple(value: Any) -> Any:
 
 def _to_list(value: Any) -> Any:
     return [_to_list(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _check_probs(name: str, probs: Sequence[float], n: int) -> None:
-    if len(probs) != n or any(p < 0 for p in probs) or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
-        raise ValueError(f"{PREFIX}{name} must be {n} non-negative probabilities summing to 1, got {list(probs)!r}")
 
 
 def validate_crop_sizes(crop_sizes: Sequence[Sequence[int]], scale: int) -> list[tuple[int, int]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from fluxir.config import stage_params
 from fluxir.io import hash_json
-from fluxir.rules import Rule, check_fields, config_from_params, reject_unknown_keys
+from fluxir.rules import Relation, Rule, check_fields, config_from_params, reject_unknown_keys
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
 PIXEL_LOSS_FORMS = ("paper", "x0")
@@ -50,6 +50,15 @@ _FLOAT_FIELDS = (
 
 # ----------------------------------------------------------------------------------------------------
 # Configuration
+
+
+def _global_batch_problems(prefix: str, global_batch: int, batch_size: int) -> list[str]:
+    if global_batch % batch_size == 0:
+        return []
+    return [
+        f"{prefix}global_batch={global_batch} is not a multiple of {prefix}batch_size={batch_size}: choose a "
+        "batch_size that divides it"
+    ]
 
 
 TRAIN_RULES = (
@@ -95,6 +104,7 @@ TRAIN_RULES = (
     Rule("max_grad_norm", "positive_number", nullable=True, must="null or > 0"),
     Rule("mixed_precision", "choice", ("no", "bf16"), must="'no' or 'bf16' (paper: bf16)"),
     Rule("dtype", "choice", ("float32", "bfloat16", "float16"), must="float32, bfloat16 or float16"),
+    Relation(("global_batch", "batch_size"), _global_batch_problems),
 )
 
 
@@ -166,11 +176,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         check_fields(self, TRAIN_RULES, "train.")
-        if self.global_batch % self.batch_size:
-            raise ValueError(
-                f"train.global_batch={self.global_batch} is not a multiple of train.batch_size="
-                f"{self.batch_size}: choose a batch_size that divides it"
-            )
 
     def run_key(self, data_key: str) -> str:
         """Hash of everything that changes what is learned: the checkpoint sub-folder of this run."""
