@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from kedro.io.core import DatasetError
 
-from fluxir.io import write_png_atomic
+from fluxir.io.atomic import write_png_atomic
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.files import out_of_memory_advice, read_photo, restore_photo, split_params
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES

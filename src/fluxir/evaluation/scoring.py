@@ -33,7 +33,9 @@ from fluxir.evaluation.report import (
     is_stand_in,
 )
 from fluxir.evaluation.testsets import list_images, pair_key
-from fluxir.io import hash_json, hash_tensors, image_size, read_image, sha256_file, write_png_atomic
+from fluxir.io.atomic import write_png_atomic
+from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
+from fluxir.io.images import image_size, read_image
 from fluxir.iqa import MetricSpec
 from fluxir.models.flux import resolve_device
 from fluxir.progress import progress

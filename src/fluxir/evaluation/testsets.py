@@ -38,7 +38,9 @@ import skimage.data
 
 from fluxir.config import Rule, check_fields
 from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
-from fluxir.io import hash_json, image_size, read_image, write_png_atomic
+from fluxir.io.atomic import write_png_atomic
+from fluxir.io.hashing import hash_json
+from fluxir.io.images import image_size, read_image
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ Why it is written this way:
 - Files are written atomically into an ``ImageStore`` keyed by a hash of everything that changes
   pixels, so reruns skip finished ids, and other settings never overwrite earlier images.
 - PNG encoding (~0.1-0.3 s per 1024x768 image on one core), hashing and sidecars run on
-  ``fluxgen.write_threads`` threads (``fluxir.io.WriterPool``) while the next images denoise: the
+  ``fluxgen.write_threads`` threads (``fluxir.io.store.WriterPool``) while the next images denoise: the
   accelerator never waits on files. A killed run loses only the images in flight (every file under
   its final name is complete) and a rerun makes exactly those again.
 - Under ``accelerate launch`` process ``r`` of ``w`` takes ids ``r, r+w, r+2w, ...``:
@@ -44,7 +44,8 @@ from fluxir.config import (
     reject_unknown_keys,
     stage_params,
 )
-from fluxir.io import ImageStore, WriterPool, hash_json
+from fluxir.io.hashing import hash_json
+from fluxir.io.store import ImageStore, WriterPool
 from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import accelerate_cpu, compile_blocks, load_pipeline, resolve_device
 from fluxir.models.prompts import PromptEncoder

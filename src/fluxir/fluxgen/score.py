@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 from fluxir import iqa as iqa_lib
 from fluxir.config import Rule, check_fields, cli_parser, config_from_params, stage_command_inputs
 from fluxir.datasets.durable_parquet import write_parquet
-from fluxir.io import hash_json, read_image
+from fluxir.io.hashing import hash_json
+from fluxir.io.images import read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.processes import worker_init
 from fluxir.progress import progress as progress_bar

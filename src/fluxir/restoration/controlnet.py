@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from fluxir.config import Rule, config_from_params
-from fluxir.io import sha256_file
+from fluxir.io.hashing import sha256_file
 from fluxir.models.flux import load_pipeline, resolve_device
 
 DTYPES = ("float32", "bfloat16", "float16")

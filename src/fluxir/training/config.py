@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluxir.config import Rule, check_fields, config_from_params, reject_unknown_keys, stage_params
-from fluxir.io import hash_json
+from fluxir.io.hashing import hash_json
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
 PIXEL_LOSS_FORMS = ("paper", "x0")

@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.io import LOCK_NAME, ImageStore, exclusive_lock
+from fluxir.io.locks import LOCK_NAME, exclusive_lock
+from fluxir.io.store import ImageStore
 
 
 def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: dict[str, Any]) -> pd.DataFrame:
