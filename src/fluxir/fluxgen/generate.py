@@ -39,9 +39,8 @@ from fluxir.config import (
     check_fields,
     cli_parser,
     config_from_params,
-    load_catalog,
-    load_params,
     reject_unknown_keys,
+    stage_command_inputs,
     stage_params,
 )
 from fluxir.io.hashing import hash_json
@@ -278,17 +277,13 @@ def main(argv: list[str] | None = None) -> None:
     from fluxir.validation import check_params  # validation builds this module's config class
 
     args = parser.parse_args(argv)
-
-    params = load_params(args.env, args.params, args.project)
-    check_params(params, ["fluxgen"], "python -m fluxir.fluxgen.generate")
-    cfg = GenerationConfig.from_params(params["fluxgen"])
-    image_store = (
-        ImageStore(Path(args.store)) if args.store else load_catalog(args.env, args.project).load("fluxgen_image_store")
-    )
+    inputs = {
+        "fluxgen_image_store": (args.store, lambda path: ImageStore(Path(path))),
+        "prompt_embeddings": (args.prompt_cache, Path),
+    }
+    cfg, loaded = stage_command_inputs(args, parser.prog, "fluxgen", check_params, GenerationConfig.from_params, inputs)
+    image_store, prompt_cache = loaded["fluxgen_image_store"], loaded["prompt_embeddings"]
     state = PartialState(cpu=accelerate_cpu(cfg.device))
-    prompt_cache = (
-        Path(args.prompt_cache) if args.prompt_cache else load_catalog(args.env, args.project).load("prompt_embeddings")
-    )
     store, done = run_generation(
         cfg,
         image_store,

@@ -254,6 +254,14 @@ def merge_scores(manifest: pd.DataFrame, parts_dir: Path, names: Sequence[str]) 
     return table
 
 
+def checked_specs(cfg: IqaConfig) -> list[iqa_lib.MetricSpec]:
+    """``cfg``'s metrics with the weight folder set and every weight file checked (one error listing all)."""
+    specs = cfg.specs()
+    iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
+    iqa_lib.check_weights(specs)
+    return specs
+
+
 def run_scoring(
     cfg: IqaConfig,
     manifest: pd.DataFrame,
@@ -268,9 +276,7 @@ def run_scoring(
     Weight files checked first (one error for all), then this process's unscored chunks into
     ``<parts_root>/<metrics key>``. Returns that folder and how many images this process scored.
     """
-    specs = cfg.specs()
-    iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
-    iqa_lib.check_weights(specs)
+    specs = checked_specs(cfg)
     parts_dir = Path(parts_root) / metrics_key(specs, cfg.precision)
     scored = score_into_parts(
         manifest,
