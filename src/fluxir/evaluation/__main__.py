@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds: dict[str, list[float]] = {}
     if "fluxir" in methods:
         adapter = load_adapter(args.adapter) if args.adapter else catalog.load("fluxir_adapter")
-        seconds["fluxir"] = restore_missing(
+        share = restore_missing(
             manifest,
             adapter,
             restore,
@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
             state.num_processes,
             device=resolve_device(restore.get("device", "auto"), state.device),
         )
+        seconds["fluxir"] = share.seconds
     if public:
-        seconds |= restore_public_missing(
+        shares = restore_public_missing(
             manifest,
             public,
             params["baselines"],
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             state.num_processes,
             state.device,
         )
+        seconds |= {share.method: share.seconds for share in shares}
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps({"seconds": seconds}))
     state.wait_for_everyone()

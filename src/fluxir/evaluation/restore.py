@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -120,25 +121,16 @@ def evaluation_restore_config(restore: Mapping[str, Any], scale: int, color_fix:
     return model, RestoreConfig.from_params(params)
 
 
-def _restore_fluxir(
-    manifest: pd.DataFrame,
-    adapter: Any,
-    restore: Mapping[str, Any],
-    outputs_dir: str | Path,
-    scale: int,
-    color_fix: str,
-    process_index: int = 0,
-    num_processes: int = 1,
-    device: str | None = None,
-) -> tuple[str, RestoreConfig, Path, pd.DataFrame, list[float]]:
-    """(model, settings, output folder, outputs, seconds per image restored now) of FluxIR's share
-    ``process_index`` of ``num_processes``; ``device`` (default ``restore.device``) is not in the key."""
-    model, config = evaluation_restore_config(restore, scale, color_fix)
-    root = Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
-    run_config = dataclasses.replace(config, device=device or config.device)
-    make = partial(Restorer.from_source, model, adapter, run_config)
-    rows, seconds = restore_into(manifest, root, "fluxir", make, config.scale, process_index, num_processes)
-    return model, config, root, rows, seconds
+@dataclass(frozen=True)
+class Share:
+    """What one method restored of one process's share: its settings, output folder, the outputs table of the
+    whole manifest and the seconds per image restored now (files already there are reused)."""
+
+    method: str
+    settings: Any
+    root: Path
+    rows: pd.DataFrame
+    seconds: list[float]
 
 
 def restore_missing(
@@ -148,15 +140,20 @@ def restore_missing(
     outputs_dir: str | Path,
     scale: int,
     color_fix: str,
-    process_index: int,
-    num_processes: int,
+    process_index: int = 0,
+    num_processes: int = 1,
     device: str | None = None,
-) -> list[float]:
-    """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` (every
-    ``num_processes``-th, less those with a FluxIR output already: an output depends only on its input and the
-    seed); returns the seconds per restored image. ``device`` (default ``restore.device``) is not in the key."""
-    args = (manifest, adapter, restore, outputs_dir, scale, color_fix, process_index, num_processes, device)
-    return _restore_fluxir(*args)[-1]
+) -> Share:
+    """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` with FluxIR (every
+    ``num_processes``-th, less those with an output already: an output depends only on its input and the seed).
+    ``settings`` of the result: (model, RestoreConfig). ``device`` (default ``restore.device``) is not in the key.
+    """
+    model, config = evaluation_restore_config(restore, scale, color_fix)
+    root = Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
+    run_config = dataclasses.replace(config, device=device or config.device)
+    make = partial(Restorer.from_source, model, adapter, run_config)
+    rows, seconds = restore_into(manifest, root, "fluxir", make, config.scale, process_index, num_processes)
+    return Share("fluxir", (model, config), root, rows, seconds)
 
 
 def restore_manifest(
@@ -176,8 +173,9 @@ def restore_manifest(
     ``restored_elsewhere``: seconds per image of the images processes launched for this run restored
     (``restore_missing``), counted in the run info as restored now.
     """
-    model, config, root, rows, seconds = _restore_fluxir(manifest, adapter, restore, outputs_dir, scale, color_fix)
-    seconds = [*restored_elsewhere, *seconds]
+    share = restore_missing(manifest, adapter, restore, outputs_dir, scale, color_fix)
+    (model, config), root, rows = share.settings, share.root, share.rows
+    seconds = [*restored_elsewhere, *share.seconds]
     done_now = len(seconds)
     info = {
         "model": model,
@@ -206,7 +204,7 @@ def describe_training(record: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------- #
 
 
-def _restore_public(
+def restore_public_missing(
     manifest: pd.DataFrame,
     methods: list[str],
     baselines: Mapping[str, Any],
@@ -216,40 +214,23 @@ def _restore_public(
     process_index: int = 0,
     num_processes: int = 1,
     process_device: Any = None,
-) -> list[tuple[str, Any, Any, Path, pd.DataFrame, list[float]]]:
-    """(method, settings, output geometry, output folder, outputs, seconds per image restored now) of each public
-    restorer of ``methods``, for share ``process_index`` of ``num_processes`` (on ``process_device`` where a
-    method's device is ``auto``). Every method's weights are checked before any is loaded."""
+) -> list[Share]:
+    """Restore share ``process_index`` of ``num_processes`` of ``manifest`` with each public restorer of ``methods``
+    (on ``process_device`` where a method's device is ``auto``). ``settings`` of each result: (method config,
+    output geometry). Every method's weights are checked before any is loaded."""
     plans = []
     for method in [m for m in check_methods(methods) if m in PUBLIC_METHODS]:
         cfg = public_config(method, baselines)
         geometry = output_geometry(method, scale, None, color_fix)
         key = hash_json([method, public_fingerprint(method, cfg), cfg.settings(), scale, geometry.color_fix])
         plans.append((method, cfg, geometry, Path(outputs_dir) / method / key))
-    done = []
+    shares = []
     for method, cfg, geometry, root in plans:
         run_cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, process_device))  # not in the key
         make = partial(build_public, method, run_cfg, geometry)
         rows, seconds = restore_into(manifest, root, method, make, scale, process_index, num_processes)
-        done.append((method, cfg, geometry, root, rows, seconds))
-    return done
-
-
-def restore_public_missing(
-    manifest: pd.DataFrame,
-    methods: list[str],
-    baselines: Mapping[str, Any],
-    outputs_dir: str | Path,
-    scale: int,
-    color_fix: str,
-    process_index: int,
-    num_processes: int,
-    process_device: Any = None,
-) -> dict[str, list[float]]:
-    """Share ``process_index`` of ``num_processes`` of ``public_manifest``'s work (on ``process_device`` where a
-    method's device is ``auto``); returns the seconds per restored image of each method."""
-    args = (manifest, methods, baselines, outputs_dir, scale, color_fix, process_index, num_processes, process_device)
-    return {method: seconds for method, *_, seconds in _restore_public(*args)}
+        shares.append(Share(method, (cfg, geometry), root, rows, seconds))
+    return shares
 
 
 def public_manifest(
@@ -270,11 +251,10 @@ def public_manifest(
     (``restore_public_missing``), counted in the run info as restored now.
     """
     parts, info = [outputs_table([])], {}
-    for method, cfg, geometry, root, rows, seconds in _restore_public(
-        manifest, methods, baselines, outputs_dir, scale, color_fix
-    ):
-        seconds = [*(restored_elsewhere or {}).get(method, []), *seconds]
-        parts.append(rows)
+    for share in restore_public_missing(manifest, methods, baselines, outputs_dir, scale, color_fix):
+        method, (cfg, geometry), root = share.method, share.settings, share.root
+        seconds = [*(restored_elsewhere or {}).get(method, []), *share.seconds]
+        parts.append(share.rows)
         info[TITLES[method]] = f"{describe_public(method, cfg)}; colour fix {geometry.color_fix}"
         info[f"{TITLES[method]} images"] = f"{len(seconds)} now, {len(manifest) - len(seconds)} reused, in {root}; " + (
             f"{np.mean(seconds):.2f} s per image" if seconds else "all reused"
