@@ -69,7 +69,7 @@ def _base(group: str) -> dict:
 
 def _store(root: Path, n: int, record: bool):
     from fluxir.fluxgen.generate import GenerationConfig
-    from fluxir.io import ImageStore
+    from fluxir.io.store import ImageStore
 
     cfg = GenerationConfig.from_params(
         {**_base("fluxgen"), "model": "none", "num_images": n, "height": 48, "width": 64}
@@ -95,7 +95,7 @@ def _timed(fn, *args, **kwargs) -> tuple[float, object]:
 def _rss_child(root: str, n: int, queue) -> None:
     from fluxir.fluxgen.generate import GenerationConfig
     from fluxir.fluxgen.manifest import generation_manifest
-    from fluxir.io import ImageStore
+    from fluxir.io.store import ImageStore
 
     cfg = GenerationConfig.from_params(
         {**_base("fluxgen"), "model": "none", "num_images": n, "height": 48, "width": 64}
@@ -150,14 +150,14 @@ def bench_manifest(work: Path, n: int) -> dict:
 @contextmanager
 def _without_fsync():
     """The reference of the durability cost: the same writes with every fsync skipped."""
-    import fluxir.io as io
+    from fluxir.io import atomic, store
 
-    saved = io.fsync_file, io.fsync_dir
-    io.fsync_file = io.fsync_dir = lambda path: None
+    saved = atomic.fsync_file, atomic.fsync_dir, store.fsync_dir
+    atomic.fsync_file = atomic.fsync_dir = store.fsync_dir = lambda path: None
     try:
         yield
     finally:
-        io.fsync_file, io.fsync_dir = saved
+        atomic.fsync_file, atomic.fsync_dir, store.fsync_dir = saved
 
 
 def bench_durable_writes(work: Path, n: int) -> dict:
@@ -165,7 +165,7 @@ def bench_durable_writes(work: Path, n: int) -> dict:
     import dataclasses
 
     from fluxir.fluxgen.generate import GenerationConfig, generate_into_store, write_generated
-    from fluxir.io import ImageStore
+    from fluxir.io.store import ImageStore
 
     tiny = str(Path(__file__).resolve().parents[1] / "data/01_raw/tiny/flux")
     cfg = GenerationConfig.from_params(
@@ -236,7 +236,7 @@ def bench_degrade(work: Path, n_pairs: int) -> dict:
     import pandas as pd
 
     from fluxir.fluxgen.pairs import PairStores, make_pairs, pairs_manifest
-    from fluxir.io import ImageStore
+    from fluxir.io.store import ImageStore
 
     config = seesr_config(crop_sizes=((256, 192), (192, 192), (128, 192)))
     source = ImageStore(work / "degrade_src")

@@ -45,7 +45,7 @@ def main() -> None:
 
     from fluxir.config import load_params
     from fluxir.fluxgen.generate import GenerationConfig, denoised_images, write_generated
-    from fluxir.io import ImageStore
+    from fluxir.io.store import ImageStore
     from fluxir.models.flux import load_pipeline
     from fluxir.models.prompts import PromptEncoder
 

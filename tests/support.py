@@ -15,7 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from fluxir.config import load_params
-from fluxir.io import sha256_file
+from fluxir.io.hashing import sha256_file
 
 from conftest import REPO
 

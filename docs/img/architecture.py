@@ -139,7 +139,7 @@ box(
         "restore_with_public_weights",
         "upsample_bicubic",
         "find_baselines",
-        "evaluation/scoring.py",
+        "evaluation/restore.py",
     ],
     bold_first=False,
 )
@@ -176,7 +176,7 @@ for i, (left, right) in enumerate(
     (
         (
             "config.py: parameter loading, one validator table",
-            "io.py: atomic writes, image readers, hashing, image store",
+            "io/: atomic writes, locks, hashing, image readers, image store",
         ),
         (
             "models/flux.py: Flux loading, prompts, device",

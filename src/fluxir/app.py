@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from kedro.io.core import DatasetError
 
-from fluxir.io import write_png_atomic
+from fluxir.io.atomic import write_png_atomic
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.files import out_of_memory_advice, read_photo, restore_photo, split_params
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
@@ -59,7 +59,7 @@ class ProjectModels:
 
     project: Path
     params: dict[str, Any]  # restore.* of the chosen env
-    adapter_conf: dict[str, Any]  # the catalog entry of fluxir_adapter, filepath made absolute
+    catalog: Any  # the env's DataCatalog (fluxir.config.load_catalog): the fluxir_adapter entry's versions
     baselines: dict[str, Any] = field(default_factory=dict)  # baselines.* of the chosen env (public restorers)
     _restorer: Any = field(default=None, repr=False)
     _key: tuple | None = field(default=None, repr=False)
@@ -67,40 +67,30 @@ class ProjectModels:
 
     @classmethod
     def from_kedro(cls, project: str | Path, env: str | None = None) -> ProjectModels:
-        """Read ``restore`` parameters and the ``fluxir_adapter`` entry of the project at ``project``."""
-        from kedro.framework.session import KedroSession
-        from kedro.framework.startup import bootstrap_project
+        """Read ``restore`` parameters and the catalog of the project at ``project`` (env None: ``local``)."""
+        from fluxir.config import load_catalog, load_params
 
         project = Path(project).resolve()
-        bootstrap_project(project)
-        with KedroSession.create(project_path=project, env=env) as session:
-            context = session.load_context()
-            params = dict(context.params["restore"])
-            baselines = dict(context.params.get("baselines") or {})
-            conf = dict(context.config_loader["catalog"][ADAPTER_ENTRY])
-        filepath = Path(conf["filepath"])
-        conf["filepath"] = str(filepath if filepath.is_absolute() else project / filepath)
+        env = env or "local"  # what `kedro run` without --env reads: base + local
+        params = load_params(env, [], project)
+        baselines = dict(params.get("baselines") or {})
         for method in baselines.values():  # the project's relative weight paths, wherever the app was started
             for key in ("weights", "model", "controlnet"):
                 if isinstance(method.get(key), str) and (project / method[key]).exists():
                     method[key] = str(project / method[key])
-        return cls(project, params, conf, baselines)
+        return cls(project, dict(params["restore"]), load_catalog(env, project), baselines)
 
     def adapter_versions(self) -> list[str]:
-        """Saved versions of the adapter on disk, newest first (Kedro's timestamps sort in time order)."""
-        root = Path(self.adapter_conf["filepath"])
-        if not root.is_dir():
-            return []
-        return sorted((p.name for p in root.iterdir() if (p / root.name / "config.json").is_file()), reverse=True)
+        """Saved versions of the adapter on disk, newest first."""
+        return self.catalog.get(ADAPTER_ENTRY).versions()
 
     def load_adapter(self, version: str) -> Any:
         """The adapter of ``version`` through the catalog dataset, or None for ``NO_ADAPTER``."""
-        from kedro.io import DataCatalog
+        from kedro.io import Version
 
         if version == NO_ADAPTER:
             return None
-        catalog = DataCatalog.from_config({ADAPTER_ENTRY: self.adapter_conf}, load_versions={ADAPTER_ENTRY: version})
-        return catalog.load(ADAPTER_ENTRY)
+        return self.catalog.get(ADAPTER_ENTRY, version=Version(version, None)).load()
 
     def restorer(
         self,

@@ -18,9 +18,6 @@ from typing import Any
 import yaml
 from kedro.config import OmegaConfigLoader
 
-# evaluation/scoring.py still imports these two from here; drop this line once it imports fluxir.rules
-from fluxir.rules import Rule, check_fields  # noqa: F401
-
 logger = logging.getLogger(__name__)
 
 CONFIG_LOADER_ARGS: dict[str, Any] = {

@@ -157,7 +157,7 @@ class MlflowStoreLockHook:
 
     @hook_impl(wrapper=True, tryfirst=True)
     def after_context_created(self, context: Any) -> Any:
-        from fluxir.io import exclusive_lock
+        from fluxir.io.locks import exclusive_lock
 
         with exclusive_lock(Path(context.project_path) / "mlflow.db.lock", "the MLflow store"):
             return (yield)
@@ -177,7 +177,7 @@ class MlflowRunHook:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
         # Wraps kedro-mlflow's before_pipeline_run: choose the experiment and name before it starts the run,
         # tag the run once it is active. The store lock: two new runs may create the same experiment.
-        from fluxir.io import exclusive_lock
+        from fluxir.io.locks import exclusive_lock
 
         project = Path(run_params.get("project_path") or (self._context.project_path if self._context else "."))
         with exclusive_lock(project / "mlflow.db.lock", "the MLflow store"):

@@ -1,13 +1,16 @@
-"""MLflow helpers shared by the Kedro hooks (``hooks.py``), the pipelines' metric nodes and the training loop
-(``training/loop.py``).
+"""MLflow helpers shared by the Kedro hooks (``hooks.py``), the pipelines' metric nodes, the training loop
+(``training/loop.py``) and the run of a ``python -m`` command (``command_run``).
 
 mlflow is imported inside the functions that talk to it: ``mlflow_key`` serves modules that must stay light.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 # MLflow accepts letters, digits, ``_ - . /``, spaces and (except on Windows) ``:`` in metric and param keys.
@@ -68,3 +71,43 @@ def tag_experiment(experiment_id: str, tags: Mapping[str, Any]) -> dict[str, str
     for key, value in new.items():
         client.set_experiment_tag(experiment_id, key, value)
     return new
+
+
+@contextmanager
+def command_run(env: str, project: str | Path, run_name: str, tags: Mapping[str, str]) -> Iterator[None]:
+    """The MLflow run of a ``python -m`` command for the block, set up from the env's ``mlflow.yml`` as
+    kedro-mlflow reads it (``KedroMlflowConfig``: tracking URI, experiment, its tags).
+
+    A ``kedro run`` that launched the command passes its run (``MLFLOW_RUN_ID``): the block logs into it and
+    leaves it open for Kedro to end. Otherwise a new run ``run_name`` with ``tags`` is started in the
+    experiment and ended FINISHED, or FAILED when the block raises. ``MLFLOW_TRACKING_URI`` wins over the file.
+    """
+    import mlflow
+    from kedro.config import MissingConfigException
+    from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
+
+    from fluxir.config import config_loader
+
+    try:
+        settings = config_loader(env, project)["mlflow"]
+    except MissingConfigException:  # no mlflow.yml: kedro-mlflow's defaults
+        settings = {}
+    config = KedroMlflowConfig.model_validate(settings)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.server.mlflow_tracking_uri
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    parent_run = os.environ.get("MLFLOW_RUN_ID")
+    if parent_run:
+        mlflow.start_run(run_id=parent_run)
+    else:
+        mlflow.set_experiment(config.tracking.experiment.name)
+        mlflow.start_run(run_name=run_name, tags=dict(tags))
+    tag_experiment(
+        mlflow.active_run().info.experiment_id, config.tracking.experiment.create_experiment_kwargs.tags or {}
+    )
+    status = "FAILED"
+    try:
+        yield
+        status = "RUNNING" if parent_run else "FINISHED"
+    finally:
+        mlflow.end_run(status=status)

@@ -227,7 +227,8 @@ def evaluate_rules() -> tuple[Rule, ...]:
 def validate_evaluate(params: Mapping[str, Any]) -> list[str]:
     """``evaluate.*``: the plain values (``evaluate_rules``), every ``BenchmarkSpec``, the metric groups,
     ``evaluate.restore`` (``RestoreConfig``) and the weight file of Real-ESRGAN when it is one of the methods."""
-    from fluxir.evaluation.scoring import evaluation_restore_config, parse_metric_groups
+    from fluxir.evaluation.restore import evaluation_restore_config
+    from fluxir.evaluation.scoring import parse_metric_groups
     from fluxir.evaluation.testsets import BenchmarkSpec
     from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 

@@ -65,7 +65,7 @@ def test_library_code_does_not_import_the_kedro_settings_module():
     import sys
 
     probe = (
-        "import sys, fluxir.config, fluxir.hooks, fluxir.io, fluxir.tracking; "
+        "import sys, fluxir.config, fluxir.hooks, fluxir.io.store, fluxir.tracking; "
         "print(sorted(m for m in sys.modules if m == 'fluxir.settings'))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout

@@ -10,18 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxir.io import (
-    WriterPool,
-    atomic_directory,
-    atomic_file,
-    hash_json,
-    hash_tensors,
-    image_size,
-    read_image,
-    read_photo,
-    write_atomic,
-    write_json_atomic,
-)
+from fluxir.io.atomic import atomic_directory, atomic_file, write_atomic, write_json_atomic
+from fluxir.io.hashing import hash_json, hash_tensors
+from fluxir.io.images import image_size, read_image, read_photo
+from fluxir.io.store import WriterPool
 
 
 def test_failed_file_write_keeps_the_old_content_and_leaves_no_temporary(tmp_path):
@@ -156,7 +148,7 @@ def test_a_file_is_flushed_before_its_rename_and_its_folder_after(tmp_path, disk
 
 
 def test_images_of_many_writers_flush_each_file_and_each_shard_folder_once(tmp_path, disk_events):
-    from fluxir.io import ImageStore
+    from fluxir.io.store import ImageStore
 
     store = ImageStore(tmp_path)
     image = np.zeros((8, 8, 3), np.uint8)
@@ -179,7 +171,7 @@ def test_a_directory_is_flushed_file_by_file_before_it_is_moved_in(tmp_path, dis
 
 
 def test_a_manifest_names_a_cut_a_changed_and_a_missing_file(tmp_path):
-    from fluxir.io import manifest_problem, write_manifest
+    from fluxir.io.manifests import manifest_problem, write_manifest
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.bin").write_bytes(b"abcd")

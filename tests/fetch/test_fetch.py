@@ -26,7 +26,7 @@ from fluxir import fetch
 from fluxir.config import load_params
 from fluxir.fetch import archives, manifest, transfer
 from fluxir.fetch.__main__ import main as fetch_main
-from fluxir.io import sha256_file
+from fluxir.io.hashing import sha256_file
 
 from conftest import REPO, make_project_copy
 

@@ -13,7 +13,9 @@ import pytest
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
 from fluxir.fluxgen.manifest import recorded_hashes
-from fluxir.io import ImageStore, read_image, sha256_file
+from fluxir.io.hashing import sha256_file
+from fluxir.io.images import read_image
+from fluxir.io.store import ImageStore
 from fluxir.models.flux import resolve_source
 
 from conftest import REPO, free_port

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
-from fluxir.io import ImageStore
+from fluxir.io.store import ImageStore
 from fluxir.models.empty_prompt import empty_prompt_file, empty_prompt_key
 
 from support import base_params, restore_config

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
-from fluxir.io import ImageStore, read_image
+from fluxir.io.images import read_image
+from fluxir.io.store import ImageStore
 from fluxir.models.flux import load_pipeline
 from fluxir.models.prompts import PromptEncoder
 from fluxir.models.tiny import write_tiny_pipeline

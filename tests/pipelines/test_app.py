@@ -111,7 +111,7 @@ def test_an_oversized_upload_is_refused_before_the_models_load(app_project, tmp_
     from fluxir.app import ProjectModels, restore_upload
 
     models, versions = app_project
-    fresh = ProjectModels(models.project, models.params, models.adapter_conf)
+    fresh = ProjectModels(models.project, models.params, models.catalog)
     photo = tmp_path / "phone.png"
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(photo)
     with pytest.raises(

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from fluxir.io import exclusive_lock
+from fluxir.io.locks import exclusive_lock
 
 WAITER = textwrap.dedent("""
     import logging, sys, time
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    from fluxir.io import exclusive_lock
+    from fluxir.io.locks import exclusive_lock
     with exclusive_lock(sys.argv[1], "the test output"):
         print("got it", flush=True)
 """)
@@ -40,7 +40,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom fluxir.io import exclusive_lock\n"
+            "import sys, time\nfrom fluxir.io.locks import exclusive_lock\n"
             "with exclusive_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(600)",
             str(lock),
         ],

@@ -340,7 +340,7 @@ def _interrupt_generation(project: Path, sig: int) -> int:
 
 def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project, tmp_path):
     from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
-    from fluxir.io import ImageStore
+    from fluxir.io.store import ImageStore
 
     project = kedro_project
     made = _interrupt_generation(project, signal.SIGKILL)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxir.io import sha256_file
+from fluxir.io.hashing import sha256_file
 from fluxir.models.flux import pack_grid, unpack_grid
 from fluxir.restoration import files as F
 from fluxir.restoration import sampler as S
@@ -527,7 +527,7 @@ def test_restore_without_an_adapter_uses_public_weights(kedro_project):
         public_config("realesrgan", params["baselines"]),
         output_geometry("realesrgan", 4, None, "wavelet"),
     )
-    from fluxir.io import read_photo
+    from fluxir.io.images import read_photo
 
     np.testing.assert_array_equal(rgb, realesrgan.restore(read_photo(project / "photos/rgb.png")[0]))
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fluxir.io import sha256_file
+from fluxir.io.hashing import sha256_file
 from fluxir.training.data import PairTable
 from fluxir.training.latents import precompute_latents
 from fluxir.training.loop import train

@@ -136,6 +136,16 @@ class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdap
         save_adapter(data, path, fs=self._fs)
         self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
 
+    def versions(self) -> list[str]:
+        """Versions saved under ``filepath`` that hold a complete adapter, newest first (Kedro's timestamps
+        sort in time order); empty for an unversioned entry or when nothing was saved."""
+        root = get_filepath_str(self._filepath, self._protocol)
+        if self._version is None or not self._fs.isdir(root):
+            return []
+        name = PurePosixPath(root).name
+        found = [PurePosixPath(p).name for p in self._fs.ls(root, detail=False)]
+        return sorted((v for v in found if self._fs.exists(f"{root}/{v}/{name}/{CONFIG_NAME}")), reverse=True)
+
     def _exists(self) -> bool:
         try:
             path = get_filepath_str(self._get_load_path(), self._protocol)

@@ -3,7 +3,7 @@ history) written so that a table that exists is complete, even after a power los
 
 ``DurableParquetDataset`` is kedro-datasets' ``pandas.ParquetDataset`` whose save goes through
 ``write_parquet``: the table is written to a temporary file in the same folder, flushed to the disk (fsync),
-renamed onto its path and the folder flushed (``fluxir.io.atomic_file``); a versioned table also flushes
+renamed onto its path and the folder flushed (``fluxir.io.atomic.atomic_file``); a versioned table also flushes
 the folder above (the new version folder's entry). A failed write leaves nothing at the path. Remote
 filesystems (s3://, gs://) keep the parent's write: their objects appear whole or not at all.
 """
@@ -18,7 +18,7 @@ from kedro.io import DatasetError
 from kedro_datasets.pandas import ParquetDataset
 
 from fluxir.compat.kedro import invalidate_cache, save_target
-from fluxir.io import atomic_file, fsync_dir
+from fluxir.io.atomic import atomic_file, fsync_dir
 
 
 def write_parquet(path: str | Path, data: pd.DataFrame, fsync_parent: bool = False, **save_args: Any) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from fluxir.io import ImageStore
+from fluxir.io.store import ImageStore
 
 
 class ImageStoreDataset(AbstractDataset[None, ImageStore]):

@@ -3,7 +3,7 @@
 
 Restores the LQ images of the evaluate pipeline's ``benchmark_manifest`` with every restorer of
 ``evaluate.methods`` that runs here (or ``--methods``): FluxIR with ``evaluate.restore.*`` and the catalog's
-``fluxir_adapter`` (``fluxir.evaluation.scoring.restore_missing``), the public restorers with
+``fluxir_adapter`` (``fluxir.evaluation.restore.restore_missing``), the public restorers with
 ``baselines.*`` (``restore_public_missing``). Outputs are keyed by method, weights, settings and input, so
 ``kedro run --pipeline=evaluate`` afterwards reuses them and scores and reports. Under ``accelerate launch``
 process ``r`` of ``w`` restores every ``w``-th image on its own GPU; the outputs are the same as from one
@@ -19,7 +19,7 @@ import pandas as pd
 from accelerate import PartialState
 
 from fluxir.config import cli_parser, load_catalog, load_params
-from fluxir.evaluation.scoring import restore_missing, restore_public_missing
+from fluxir.evaluation.restore import restore_missing, restore_public_missing
 from fluxir.models.adapter import load_adapter
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds: dict[str, list[float]] = {}
     if "fluxir" in methods:
         adapter = load_adapter(args.adapter) if args.adapter else catalog.load("fluxir_adapter")
-        seconds["fluxir"] = restore_missing(
+        share = restore_missing(
             manifest,
             adapter,
             restore,
@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
             state.num_processes,
             device=resolve_device(restore["device"], state.device),
         )
+        seconds["fluxir"] = share.seconds
     if public:
-        seconds |= restore_public_missing(
+        shares = restore_public_missing(
             manifest,
             public,
             params["baselines"],
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             state.num_processes,
             state.device,
         )
+        seconds |= {share.method: share.seconds for share in shares}
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps({"seconds": seconds}))
     state.wait_for_everyone()

@@ -300,6 +300,12 @@ def _info_lines(run_info: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(str(k), str(v)) for k, v in run_info.items()]
 
 
+def _status_cells(status: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the benchmarks table: each benchmark's status, image count and message."""
+    rows = [[str(k), str(v["status"]), str(v["images"]), str(v["message"])] for k, v in status.items()]
+    return ["benchmark", "status", "images", "message"], rows
+
+
 TABLE_NOTE = (
     "Columns marked (this run) are measured now, every method on the same images with the same metrics, "
     "channel convention and crop border; (your outputs) are images you supplied, scored the same way; columns "
@@ -333,10 +339,7 @@ def render_markdown(
     out += [
         "## Benchmarks",
         "",
-        _md_table(
-            ["benchmark", "status", "images", "message"],
-            [[k, v["status"], str(v["images"]), v["message"]] for k, v in status.items()],
-        ),
+        _md_table(*_status_cells(status)),
         "",
     ]
     header, rows = _table_cells(table, lambda s: f"**{s}**")
@@ -390,13 +393,7 @@ def render_html(
             f"<p class='standin'><b>Stand-in metrics</b> (not comparable with the paper's):</p><ul>{items}</ul>"
         )
     parts.append("<h2>Setup</h2>" + _html_table(["setting", "value"], _info_lines(run_info)))
-    parts.append(
-        "<h2>Benchmarks</h2>"
-        + _html_table(
-            ["benchmark", "status", "images", "message"],
-            [[k, v["status"], v["images"], v["message"]] for k, v in status.items()],
-        )
-    )
+    parts.append("<h2>Benchmarks</h2>" + _html_table(*_status_cells(status)))
     header, rows = _table_cells(table, lambda s: f"\x00{s}\x01")
     rows = [[html.escape(c).replace("\x00", "<b>").replace("\x01", "</b>") for c in row] for row in rows]
     parts.append(f"<h2>Table 1: this run beside the paper</h2><p>{html.escape(TABLE_NOTE)}</p>")

@@ -37,7 +37,9 @@ import pandas as pd
 import skimage.data
 
 from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
-from fluxir.io import hash_json, image_size, read_image, write_png_atomic
+from fluxir.io.atomic import write_png_atomic
+from fluxir.io.hashing import hash_json
+from fluxir.io.images import image_size, read_image
 from fluxir.rules import Rule, check_fields
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ KINDS = ("synthetic", "paired", "lq_only")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_STRIP_SUFFIX = r"(_HR|_LR\d*|_x\d+)$"
 MANIFEST_COLUMNS = ["dataset", "image", "lq_path", "hq_path", "source", "prep_key"]
+OUTPUT_COLUMNS = ["dataset", "image", "method", "path"]  # one row per output image of any method, any source
 DEMO_MARKER = "FLUXIR_DEMO_DATA.txt"
 DOCS = "docs/evaluation.md"
 _SPEC_KEYS = ("name", "kind", "hq_dir", "lq_dir", "hq_size", "lq_size", "num_images", "seed", "strip_suffix")
@@ -154,6 +157,11 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(
         p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
+
+
+def outputs_table(rows: list[list[Any]]) -> pd.DataFrame:
+    """Rows of (dataset, image, method, path) as the outputs table every restorer and baseline fills."""
+    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:

@@ -62,6 +62,16 @@ def _kwargs(
     return kwargs
 
 
+def _snapshot_download(kwargs: dict[str, Any], **extra: Any) -> Any:
+    """``huggingface_hub.snapshot_download(**kwargs, **extra)``; any failure as a :class:`HubError` saying why."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(**kwargs, **extra)
+    except Exception as err:
+        raise HubError(explain(err, kwargs["repo_id"], kwargs["revision"])) from err
+
+
 def explain(err: Exception, repo: str, revision: str) -> str:
     """The hub's exception as one actionable line."""
     from huggingface_hub import errors, get_token
@@ -144,20 +154,15 @@ def plan(
     patterns: tuple[str, ...] = (),
 ) -> HubPlan:
     """What :func:`fetch` would download, asked from the hub (file sizes); offline: only what is cached."""
-    from huggingface_hub import snapshot_download
-
-    found = local_snapshot(repo, revision, repo_type, local_dir)
     if _offline():
+        found = local_snapshot(repo, revision, repo_type, local_dir)
         return HubPlan(
             0 if found else None,
             0,
             found is not None,
             "" if found else "not available offline; the hub is asked for sizes once HF_HUB_OFFLINE=0",
         )
-    try:
-        infos = snapshot_download(**_kwargs(repo, revision, repo_type, local_dir, endpoint, patterns), dry_run=True)
-    except Exception as err:
-        raise HubError(explain(err, repo, revision)) from err
+    infos = _snapshot_download(_kwargs(repo, revision, repo_type, local_dir, endpoint, patterns), dry_run=True)
     missing = [i for i in infos if i.will_download]
     size = sum(i.file_size or 0 for i in missing)
     return HubPlan(size, len(missing), not missing)
@@ -172,17 +177,12 @@ def fetch(
     patterns: tuple[str, ...] = (),
 ) -> Path:
     """Download (or find complete) the snapshot; returns its folder. Raises :class:`HubError`."""
-    from huggingface_hub import snapshot_download
-
     if _offline():
         found = local_snapshot(repo, revision, repo_type, local_dir)
         if found is None:
             raise HubError(explain(RuntimeError("offline"), repo, revision))
         return found
-    try:
-        return Path(snapshot_download(**_kwargs(repo, revision, repo_type, local_dir, endpoint, patterns)))
-    except Exception as err:
-        raise HubError(explain(err, repo, revision)) from err
+    return Path(_snapshot_download(_kwargs(repo, revision, repo_type, local_dir, endpoint, patterns)))
 
 
 def folder_files(source: Path, patterns: tuple[str, ...] = ()) -> dict[str, Path]:

@@ -12,7 +12,7 @@ Why it is written this way:
 - Files are written atomically into an ``ImageStore`` keyed by a hash of everything that changes
   pixels, so reruns skip finished ids, and other settings never overwrite earlier images.
 - PNG encoding (~0.1-0.3 s per 1024x768 image on one core), hashing and sidecars run on
-  ``fluxgen.write_threads`` threads (``fluxir.io.WriterPool``) while the next images denoise: the
+  ``fluxgen.write_threads`` threads (``fluxir.io.store.WriterPool``) while the next images denoise: the
   accelerator never waits on files. A killed run loses only the images in flight (every file under
   its final name is complete) and a rerun makes exactly those again.
 - Under ``accelerate launch`` process ``r`` of ``w`` takes ids ``r, r+w, r+2w, ...``:
@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from fluxir.config import cli_parser, load_catalog, load_params, stage_params
-from fluxir.io import ImageStore, WriterPool, hash_json
+from fluxir.config import cli_parser, stage_command_inputs, stage_params
+from fluxir.io.hashing import hash_json
+from fluxir.io.store import ImageStore, WriterPool
 from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import accelerate_cpu, compile_blocks, load_pipeline, resolve_device
 from fluxir.models.prompts import PromptEncoder
@@ -269,17 +270,13 @@ def main(argv: list[str] | None = None) -> None:
     from fluxir.validation import check_params  # validation builds this module's config class
 
     args = parser.parse_args(argv)
-
-    params = load_params(args.env, args.params, args.project)
-    check_params(params, ["fluxgen"], "python -m fluxir.fluxgen.generate")
-    cfg = GenerationConfig.from_params(params["fluxgen"])
-    image_store = (
-        ImageStore(Path(args.store)) if args.store else load_catalog(args.env, args.project).load("fluxgen_image_store")
-    )
+    inputs = {
+        "fluxgen_image_store": (args.store, lambda path: ImageStore(Path(path))),
+        "prompt_embeddings": (args.prompt_cache, Path),
+    }
+    cfg, loaded = stage_command_inputs(args, parser.prog, "fluxgen", check_params, GenerationConfig.from_params, inputs)
+    image_store, prompt_cache = loaded["fluxgen_image_store"], loaded["prompt_embeddings"]
     state = PartialState(cpu=accelerate_cpu(cfg.device))
-    prompt_cache = (
-        Path(args.prompt_cache) if args.prompt_cache else load_catalog(args.env, args.project).load("prompt_embeddings")
-    )
     store, done = run_generation(
         cfg,
         image_store,

@@ -24,16 +24,8 @@ import numpy as np
 import pandas as pd
 
 from fluxir.fluxgen.generate import GenerationConfig, prompt_for
-from fluxir.io import (
-    SHARD_SIZE,
-    ImageStore,
-    Recorded,
-    fsync_dir,
-    portable_path,
-    record_hash,
-    sidecar_path,
-    write_atomic,
-)
+from fluxir.io.atomic import fsync_dir, write_atomic
+from fluxir.io.store import SHARD_SIZE, ImageStore, Recorded, portable_path, record_hash, sidecar_path
 
 INDEX_NAME = ".sha256-index.json"
 

@@ -41,15 +41,10 @@ import torch
 from fluxir.config import cli_parser, stage_command_inputs
 from fluxir.fluxgen.degrade import degrade_pair
 from fluxir.fluxgen.degrade_config import DegradationConfig
-from fluxir.io import (
-    ImageStore,
-    hash_json,
-    image_size,
-    portable_path,
-    read_image,
-    sha256_file,
-    write_json_atomic,
-)
+from fluxir.io.atomic import write_json_atomic
+from fluxir.io.hashing import hash_json, sha256_file
+from fluxir.io.images import image_size, read_image
+from fluxir.io.store import ImageStore, portable_path
 from fluxir.processes import die_with_parent
 from fluxir.progress import progress as progress_bar
 from fluxir.rules import Rule, check_fields, config_from_params, is_int

@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 from fluxir import iqa as iqa_lib
 from fluxir.config import cli_parser, stage_command_inputs
 from fluxir.datasets.durable_parquet import write_parquet
-from fluxir.io import hash_json, read_image
+from fluxir.io.hashing import hash_json
+from fluxir.io.images import read_image
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.processes import worker_init
 from fluxir.progress import progress as progress_bar
@@ -254,6 +255,14 @@ def merge_scores(manifest: pd.DataFrame, parts_dir: Path, names: Sequence[str]) 
     return table
 
 
+def checked_specs(cfg: IqaConfig) -> list[iqa_lib.MetricSpec]:
+    """``cfg``'s metrics with the weight folder set and every weight file checked (one error listing all)."""
+    specs = cfg.specs()
+    iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
+    iqa_lib.check_weights(specs)
+    return specs
+
+
 def run_scoring(
     cfg: IqaConfig,
     manifest: pd.DataFrame,
@@ -268,9 +277,7 @@ def run_scoring(
     Weight files checked first (one error for all), then this process's unscored chunks into
     ``<parts_root>/<metrics key>``. Returns that folder and how many images this process scored.
     """
-    specs = cfg.specs()
-    iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
-    iqa_lib.check_weights(specs)
+    specs = checked_specs(cfg)
     parts_dir = Path(parts_root) / metrics_key(specs, cfg.precision)
     scored = score_into_parts(
         manifest,

@@ -3,7 +3,7 @@
 Weights are never downloaded: which files each metric needs, where they live and how they are loaded
 (keys checked, file named on a mismatch) is :mod:`fluxir.iqa.weights`.
 
-At import time this module loads no torch or pyiqa (only numpy and ``fluxir.io``'s PIL/fsspec): pyiqa fixes
+At import time this module loads no torch or pyiqa (only numpy and ``fluxir.io.images``' PIL): pyiqa fixes
 its weight folder when first imported, so it must come after ``configure_weights``, and both take seconds.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fluxir.compat.pyiqa import maniqa_backbone_from_checkpoint, no_downloads
-from fluxir.io import read_image
+from fluxir.io.images import read_image
 from fluxir.iqa import weights as iqa_weights
 from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, RANDOM_WEIGHT_SEED, MetricSpec, parse_all
 from fluxir.iqa.weights import check_weights, required_weight_files
@@ -104,7 +104,7 @@ def metric_versions(specs: Any = NO_REFERENCE_DEFAULT) -> dict[str, Any]:
 
 
 def as_rgb_uint8(item: Any, index: int) -> np.ndarray:
-    """An HxWx3 uint8 array from an array or an image path (``fluxir.io.read_image``: converted to RGB)."""
+    """An HxWx3 uint8 array from an array or an image path (``fluxir.io.images.read_image``: converted to RGB)."""
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         if not path.is_file():

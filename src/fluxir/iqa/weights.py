@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fluxir.io import sha256_file
+from fluxir.io.hashing import sha256_file
 from fluxir.iqa.specs import MetricSpec, parse_all, pyiqa_configs
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from diffusers import FluxPipeline
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from fluxir.io import atomic_file, hash_json
+from fluxir.io.atomic import atomic_file
+from fluxir.io.hashing import hash_json
 from fluxir.models.flux import TEXT_COMPONENTS, load_pipeline, resolve_source
 from fluxir.models.prompts import PromptEncoder
 

@@ -102,7 +102,7 @@ def write_tiny_pipeline(kind: str, out: str | Path, seed: int = 0) -> Path:
 def write_tiny_realesrgan(out: str | Path, seed: int = 0) -> Path:
     """Write a tiny random RRDBNet as ``{"params_ema": state_dict}`` to the file ``out`` (kept if it exists)."""
     from fluxir.compat.basicsr import import_basicsr
-    from fluxir.io import atomic_file
+    from fluxir.io.atomic import atomic_file
 
     out = Path(out)
     if out.is_file():
@@ -139,7 +139,7 @@ def write_tiny_controlnet(out: str | Path, seed: int = 0) -> Path:
         return out
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists but has no config.json: delete it or choose another --out")
-    from fluxir.io import atomic_directory
+    from fluxir.io.atomic import atomic_directory
 
     torch.manual_seed(seed)
     with atomic_directory(out.resolve()) as tmp:

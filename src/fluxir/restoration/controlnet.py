@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fluxir.io import sha256_file
+from fluxir.io.hashing import sha256_file
 from fluxir.models.flux import load_pipeline, resolve_device
 from fluxir.rules import Rule, config_from_params
 

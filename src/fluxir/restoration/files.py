@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fluxir.io import read_photo, write_png_atomic
+from fluxir.io.atomic import write_png_atomic
+from fluxir.io.images import read_photo
 from fluxir.progress import progress as progress_bar
 from fluxir.restoration.restore_config import RestoreConfig, config_dict
 from fluxir.restoration.sampler import Restorer, upsample
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Restoring files (read with ``fluxir.io.read_photo``: EXIF rotation, 16-bit, alpha kept apart)
+# Restoring files (read with ``fluxir.io.images.read_photo``: EXIF rotation, 16-bit, alpha kept apart)
 
 
 @dataclass

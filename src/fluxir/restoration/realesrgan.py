@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from fluxir.compat.basicsr import import_basicsr
-from fluxir.io import sha256_file
+from fluxir.io.hashing import sha256_file
 from fluxir.models.flux import resolve_device
 from fluxir.progress import progress as progress_bar
 from fluxir.rules import Rule, config_from_params

@@ -6,19 +6,21 @@ on every process of the launch, and (rank 0 only) logs to MLflow and saves the a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 from accelerate import PartialState
-from kedro.config import MissingConfigException
 
-from fluxir.config import cli_parser, config_loader, load_catalog, load_params
+from fluxir.config import cli_parser, load_catalog, stage_command_inputs
 from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
 from fluxir.models.flux import accelerate_cpu
+from fluxir.tracking import command_run
 from fluxir.training.checkpoints import weights_digest
 from fluxir.training.config import TrainConfig
 from fluxir.training.loop import configure_cuda_allocator, train
@@ -49,58 +51,31 @@ def main(argv: list[str] | None = None) -> None:
         Path(p).resolve() if p else None
         for p in (args.manifest, args.output, args.history, args.report, args.prompt_cache)
     )
+    os.chdir(args.project)  # the training settings' relative folders (checkpoints, latent cache) are the project's
+    args.project = "."
 
-    os.chdir(args.project)  # relative paths of conf/ and the catalog are the project's
-    params = load_params(args.env, args.params, ".")
-    check_params(params, ["train"], "python -m fluxir.training")
-    cfg = TrainConfig.from_params(params["train"])
+    inputs = {"pairs_manifest": (manifest_path, pd.read_parquet), "prompt_embeddings": (prompt_cache, Path)}
+    cfg, loaded = stage_command_inputs(args, parser.prog, "train", check_params, TrainConfig.from_params, inputs)
     state = PartialState(cpu=accelerate_cpu(cfg.device))
-    catalog = load_catalog(args.env)
-    manifest = pd.read_parquet(manifest_path) if manifest_path else catalog.load("pairs_manifest")
 
     report: list[dict[str, Any]] = []
 
     def record(step: int, adapter: FluxIRAdapter, info: dict[str, Any]) -> None:
         report.append({"step": step, "digest": weights_digest(adapter), **info})
 
-    # A `kedro run` that launched this job passes its run: rank 0 logs into it and leaves it open for Kedro to end.
-    parent_run = os.environ.get("MLFLOW_RUN_ID")
-    mlflow = None
-    if state.is_main_process and not args.no_mlflow:  # only rank 0 ever talks to MLflow
-        import mlflow
-
-        from fluxir.tracking import tag_experiment
-
-        try:
-            settings = config_loader(args.env)["mlflow"]  # kedro-mlflow's mlflow.yml, as `kedro run` reads it
-        except MissingConfigException:  # no mlflow.yml: MLflow's own defaults
-            settings = {}
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.get("server", {}).get("mlflow_tracking_uri")
-        if uri:
-            mlflow.set_tracking_uri(uri)
-        experiment = settings.get("tracking", {}).get("experiment", {})
-        if parent_run:
-            mlflow.start_run(run_id=parent_run)
-        else:
-            mlflow.set_experiment(experiment.get("name") or "fluxir")
-            mlflow.start_run(run_name="train-cli", tags={"fluxir.entry": "python -m fluxir.training"})
-        tag_experiment(
-            mlflow.active_run().info.experiment_id, (experiment.get("create_experiment_kwargs") or {}).get("tags") or {}
-        )
-        mlflow.set_tag("fluxir.num_processes", str(state.num_processes))
-    status = "FAILED"
-    try:
+    # Only rank 0 ever talks to MLflow (into the launching `kedro run`'s run, when there is one).
+    tracked = state.is_main_process and not args.no_mlflow
+    run_name, tags = "train-cli", {"fluxir.entry": parser.prog}
+    with command_run(args.env, args.project, run_name, tags) if tracked else contextlib.nullcontext():
+        if tracked:
+            mlflow.set_tag("fluxir.num_processes", str(state.num_processes))
         result = train(
             cfg,
-            manifest,
+            loaded["pairs_manifest"],
             progress=state.is_local_main_process,
             step_callback=record if report_path else None,
-            prompt_cache=prompt_cache or catalog.load("prompt_embeddings"),
+            prompt_cache=loaded["prompt_embeddings"],
         )
-        status = "RUNNING" if parent_run else "FINISHED"
-    finally:
-        if mlflow is not None:
-            mlflow.end_run(status=status)
     if report_path:
         Path(f"{report_path}.rank{state.process_index}.json").write_text(
             json.dumps({"resumed_from": result.resumed_from, "steps": report})
@@ -109,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         if output:
             save_adapter(result.adapter, output)
         else:
-            catalog.save("fluxir_adapter", result.adapter)
+            load_catalog(args.env, args.project).save("fluxir_adapter", result.adapter)
         if history_path:
             write_parquet(history_path, result.history)  # as the catalog's train_history: atomic, fsynced
         last = result.history.iloc[-1].to_dict() if len(result.history) else {}

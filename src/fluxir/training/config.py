@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluxir.config import stage_params
-from fluxir.io import hash_json
+from fluxir.io.hashing import hash_json
 from fluxir.rules import Relation, Rule, check_fields, config_from_params, reject_unknown_keys
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")

@@ -28,7 +28,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from fluxir.io import atomic_file, hash_json, hash_tensors, image_size, read_image, sha256_file
+from fluxir.io.atomic import atomic_file
+from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
+from fluxir.io.images import image_size, read_image
 from fluxir.models.condition import lq_condition
 from fluxir.models.flux import autocast_off
 

@@ -74,19 +74,18 @@ def main(argv: list[str] | None = None) -> None:
     """Fill the latent cache of the training pairs on one or many processes (``accelerate launch -m ...``)."""
     from accelerate import PartialState
 
-    from fluxir.config import cli_parser, load_catalog, load_params
+    from fluxir.config import cli_parser, stage_command_inputs
     from fluxir.models.flux import accelerate_cpu
+    from fluxir.validation import check_params
 
     parser = cli_parser("python -m fluxir.training.latents", main.__doc__, "train.latent_cache_dir=/fast/latents")
     parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")
     parser.add_argument("--report", default=None, help="write this process's counts to <report>.rank<r>.json")
     args = parser.parse_args(argv)
-    params = load_params(args.env, args.params, args.project)["train"]
-    cfg = TrainConfig.from_params(params)
+    inputs = {"pairs_manifest": (args.manifest, pd.read_parquet)}
+    cfg, loaded = stage_command_inputs(args, parser.prog, "train", check_params, TrainConfig.from_params, inputs)
+    manifest = loaded["pairs_manifest"]
     state = PartialState(cpu=accelerate_cpu(cfg.device))
-    manifest = (
-        pd.read_parquet(args.manifest) if args.manifest else load_catalog(args.env, args.project).load("pairs_manifest")
-    )
     done = precompute_latents(
         cfg, manifest, state.process_index, state.num_processes, state.device, progress=state.is_local_main_process
     )

@@ -28,7 +28,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 
 from fluxir.config import flatten_dict
-from fluxir.io import LOCK_NAME, exclusive_lock
+from fluxir.io.locks import LOCK_NAME, exclusive_lock
 from fluxir.models.adapter import (
     FluxIRAdapter,
     count_parameters,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fluxir.io import read_image
+from fluxir.io.images import read_image
 from fluxir.models.adapter import FluxIRAdapter
 from fluxir.models.condition import lq_condition
 from fluxir.restoration.sampler import RestoreConfig, Restorer

@@ -66,7 +66,8 @@ def restore_benchmarks(
     ``accelerate launch -m fluxir.evaluation --methods fluxir`` (each restores every N-th image) first.
     """
     from fluxir.datasets.adapter_dataset import require_adapter
-    from fluxir.evaluation.scoring import OUTPUT_COLUMNS, restore_manifest
+    from fluxir.evaluation.restore import restore_manifest
+    from fluxir.evaluation.testsets import OUTPUT_COLUMNS
     from fluxir.launch import resolve_num_processes, run_image_shards
     from fluxir.restoration.methods import check_methods
 
@@ -97,7 +98,7 @@ def restore_with_public_weights(
     ``num_processes`` processes; returns (outputs table, run info). Outputs for the same method, weights,
     settings and inputs are reused. More than one process runs ``accelerate launch -m fluxir.evaluation
     --methods <them>`` (each restores every N-th image) first."""
-    from fluxir.evaluation.scoring import public_manifest
+    from fluxir.evaluation.restore import public_manifest
     from fluxir.launch import resolve_num_processes, run_image_shards
     from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
 
@@ -114,7 +115,8 @@ def restore_with_public_weights(
 
 def upsample_bicubic(manifest: pd.DataFrame, scale: int, outputs_dir: str, methods: list[str]) -> pd.DataFrame:
     """The bicubic baseline: every LQ image upsampled x``scale`` (PIL bicubic), when ``evaluate.methods`` has it."""
-    from fluxir.evaluation.scoring import OUTPUT_COLUMNS, bicubic_manifest
+    from fluxir.evaluation.restore import bicubic_manifest
+    from fluxir.evaluation.testsets import OUTPUT_COLUMNS
     from fluxir.restoration.methods import check_methods
 
     if "bicubic" not in check_methods(methods):
@@ -124,7 +126,7 @@ def upsample_bicubic(manifest: pd.DataFrame, scale: int, outputs_dir: str, metho
 
 def find_baselines(manifest: pd.DataFrame, baselines_dir: str, scale: int) -> pd.DataFrame:
     """Outputs of other restorers found in ``baselines_dir/<method>/<dataset>/`` (same image names)."""
-    from fluxir.evaluation.scoring import baseline_manifest
+    from fluxir.evaluation.baselines import baseline_manifest
 
     return baseline_manifest(manifest, baselines_dir, scale)
 
@@ -185,7 +187,7 @@ def make_grids(
 ) -> dict[str, Any]:
     """A LQ / bicubic / public restorers / baselines / FluxIR / HQ figure per benchmark key, plus ``"png"``:
     {dataset: PNG bytes}."""
-    from fluxir.evaluation.scoring import grids
+    from fluxir.evaluation.grids import grids
 
     outputs = pd.concat([restored, public, bicubic, baselines], ignore_index=True)
     names = {key: value["name"] for key, value in benchmarks.items()}

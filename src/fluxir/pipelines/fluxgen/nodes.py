@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.io import LOCK_NAME, ImageStore, exclusive_lock
+from fluxir.io.locks import LOCK_NAME, exclusive_lock
+from fluxir.io.store import ImageStore
 
 
 def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: dict[str, Any]) -> pd.DataFrame:
@@ -51,8 +52,7 @@ def score_images(
 
     Returns the manifest columns plus one column per metric and the scorers' version info.
     """
-    from fluxir import iqa as iqa_lib
-    from fluxir.fluxgen.score import IqaConfig, merge_scores, metrics_key, run_scoring, score_versions
+    from fluxir.fluxgen.score import IqaConfig, checked_specs, merge_scores, metrics_key, run_scoring, score_versions
     from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
 
     cfg = IqaConfig.from_params(iqa)
@@ -62,9 +62,8 @@ def score_images(
     with exclusive_lock(parts_dir / LOCK_NAME, f"the IQA parts {parts_dir}"):  # part numbers are per writer
         if processes == 1:
             run_scoring(cfg, generated, iqa_parts)
-        else:  # every weight file checked here, before the launch
-            iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
-            iqa_lib.check_weights(specs)
+        else:
+            checked_specs(cfg)  # every weight file checked here, before the launch
             with scratch_dir("score") as scratch:
                 generated.to_parquet(scratch / "generated_images.parquet")
                 run_stage(

@@ -1,0 +1,280 @@
+"""Every output this run computes: FluxIR with the trained adapter, the public restorers and bicubic.
+
+Each method's outputs are files under ``<outputs_dir>/<method>/<key>/<dataset>/<image>_<LQ hash>.png``, the
+key hashing what changes the pixels (model, weights, settings), so a rerun reuses them and an interrupted
+run resumes. The returned tables (``testsets.OUTPUT_COLUMNS``) list them for scoring and grids. Processes
+launched for a run (``python -m fluxir.evaluation``) restore every N-th image through the same functions
+(``restore_missing``, ``restore_public_missing``) before the node restores the rest and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fluxir.evaluation.testsets import outputs_table
+from fluxir.io.atomic import write_png_atomic
+from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
+from fluxir.io.images import read_image
+from fluxir.models.flux import resolve_device
+from fluxir.progress import progress
+from fluxir.restoration.methods import (
+    PUBLIC_METHODS,
+    TITLES,
+    build_public,
+    check_methods,
+    describe_public,
+    output_geometry,
+    public_config,
+    public_fingerprint,
+)
+from fluxir.restoration.restore_config import RestoreConfig, config_dict
+from fluxir.restoration.sampler import Restorer, upsample
+from fluxir.rules import Rule, check_fields
+
+log = logging.getLogger(__name__)
+
+
+def output_path(root: Path, row: Any) -> Path:
+    """``<root>/<dataset>/<image>_<LQ sha256, 12 hex>.png``: a re-prepared crop of the same name (other pixels)
+    gets a new output instead of reusing the old one."""
+    return root / row.dataset / f"{row.image}_{sha256_file(row.lq_path)[:12]}.png"
+
+
+def restore_into(
+    manifest: pd.DataFrame,
+    root: Path,
+    method: str,
+    make_restorer: Callable[[], Any],
+    scale: float,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> tuple[pd.DataFrame, list[float]]:
+    """Restore every LQ of ``manifest`` that has no output (``output_path``) yet; returns (outputs table,
+    seconds per image restored now). The restorer is made only when something is left to do, so a finished
+    run reuses its files without loading a model. Process ``process_index`` of ``num_processes`` takes every
+    ``num_processes``-th row of the manifest and skips those of its rows already restored: the shares never
+    depend on when a process looked at the folder."""
+    paths = [output_path(root, r) for r in manifest.itertuples(index=False)]
+    mine = list(zip(manifest.itertuples(index=False), paths, strict=True))[process_index::num_processes]
+    todo = [(row, path) for row, path in mine if not path.is_file()]
+    seconds: list[float] = []
+    if todo:
+        restorer = make_restorer()
+        for row, path in progress(todo, desc=f"restore ({method})", unit="img", disable=process_index != 0):
+            lq = read_image(row.lq_path)
+            start = time.perf_counter()
+            out = restorer.restore(lq)
+            seconds.append(time.perf_counter() - start)
+            expected = (round(lq.shape[0] * scale), round(lq.shape[1] * scale))
+            if out.shape[:2] != expected:
+                raise RuntimeError(f"{method} {row.dataset}/{row.image}: restored {out.shape[:2]}, expected {expected}")
+            write_png_atomic(path, out)
+    log.info(
+        "%s: %d images restored now, %d reused from %s",
+        TITLES.get(method, method),
+        len(todo),
+        len(mine) - len(todo),
+        root,
+    )
+    rows = [[r.dataset, r.image, method, str(p)] for r, p in zip(manifest.itertuples(index=False), paths, strict=True)]
+    return outputs_table(rows), seconds
+
+
+# --------------------------------------------------------------------------------------------- #
+# FluxIR
+# --------------------------------------------------------------------------------------------- #
+
+
+def adapter_fingerprint(adapter: Any) -> str:
+    """SHA-256 (12 hex) of the adapter's config and weights: outputs are reused only for the same adapter."""
+    digest = hashlib.sha256(json.dumps(adapter.config.to_dict(), sort_keys=True, default=str).encode())
+    return hash_tensors(adapter.state_dict(), digest).hexdigest()[:12]
+
+
+def evaluation_restore_config(restore: Mapping[str, Any], scale: int, color_fix: str) -> tuple[str, RestoreConfig]:
+    """(model, validated RestoreConfig) of ``evaluate.restore`` with evaluation's own scale and colour fix."""
+    params = dict(restore)
+    if "model" not in params:
+        raise ValueError(
+            "evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls"
+        )
+    model = params.pop("model")
+    if "color_fix" in params:
+        raise ValueError("evaluate.restore.color_fix is not a parameter: set evaluate.color_fix (docs/evaluation.md)")
+    params["color_fix"] = color_fix
+    if params.setdefault("scale", scale) != scale:
+        raise ValueError(
+            f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {scale!r}; set only evaluate.scale"
+        )
+    return model, RestoreConfig.from_params(params)
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one method restored of one process's share: its settings, output folder, the outputs table of the
+    whole manifest and the seconds per image restored now (files already there are reused)."""
+
+    method: str
+    settings: Any
+    root: Path
+    rows: pd.DataFrame
+    seconds: list[float]
+
+
+def restore_missing(
+    manifest: pd.DataFrame,
+    adapter: Any,
+    restore: Mapping[str, Any],
+    outputs_dir: str | Path,
+    scale: int,
+    color_fix: str,
+    process_index: int = 0,
+    num_processes: int = 1,
+    device: str | None = None,
+) -> Share:
+    """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` with FluxIR (every
+    ``num_processes``-th, less those with an output already: an output depends only on its input and the seed).
+    ``settings`` of the result: (model, RestoreConfig). ``device`` (default ``restore.device``) is not in the key.
+    """
+    model, config = evaluation_restore_config(restore, scale, color_fix)
+    root = Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
+    run_config = dataclasses.replace(config, device=device or config.device)
+    make = partial(Restorer.from_source, model, adapter, run_config)
+    rows, seconds = restore_into(manifest, root, "fluxir", make, config.scale, process_index, num_processes)
+    return Share("fluxir", (model, config), root, rows, seconds)
+
+
+def restore_manifest(
+    manifest: pd.DataFrame,
+    adapter: Any,
+    restore: Mapping[str, Any],
+    outputs_dir: str | Path,
+    scale: int,
+    color_fix: str,
+    restored_elsewhere: Sequence[float] = (),
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Restore every LQ of ``manifest`` x``scale`` with Flux (``restore.model``) + ``adapter``; returns (outputs, info).
+
+    ``color_fix`` is evaluation's own choice (``evaluate.color_fix``), never part of ``restore``. Files go to
+    ``<outputs_dir>/fluxir/<key>/<dataset>/<image>_<LQ hash>.png``, the key hashing model, adapter and settings;
+    files already there are reused, so an interrupted run resumes where it stopped.
+    ``restored_elsewhere``: seconds per image of the images processes launched for this run restored
+    (``restore_missing``), counted in the run info as restored now.
+    """
+    share = restore_missing(manifest, adapter, restore, outputs_dir, scale, color_fix)
+    (model, config), root, rows = share.settings, share.root, share.rows
+    seconds = [*restored_elsewhere, *share.seconds]
+    done_now = len(seconds)
+    info = {
+        "model": model,
+        "adapter": f"{type(adapter).__name__} {adapter_fingerprint(adapter)} "
+        f"({sum(p.numel() for p in adapter.parameters()) / 1e6:.2f}M parameters)",
+        "adapter training": describe_training(adapter.training_record),
+        "sampler": f"{config.steps} Euler steps, schedule {config.schedule}, Flux guidance {adapter.config.guidance} "
+        f"(the adapter's training value), seed {config.seed}, {config.dtype}",
+        "restore settings": ", ".join(f"{k}={v}" for k, v in config_dict(config).items()),
+        "restored images": f"{done_now} now, {len(manifest) - done_now} reused, in {root}",
+        "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
+    }
+    return rows, info
+
+
+def describe_training(record: Mapping[str, Any]) -> str:
+    """One line on how an adapter was trained, from its ``training_record`` (empty: never trained)."""
+    if not record:
+        return "no training record: an untrained adapter (or one saved before fluxir recorded training)"
+    rest = ", ".join(f"{k} {v}" for k, v in record.items() if k != "steps")
+    return f"{record.get('steps', '?')} optimizer steps ({rest})"
+
+
+# --------------------------------------------------------------------------------------------- #
+# Public restorers (Real-ESRGAN, a Flux ControlNet upscaler)
+# --------------------------------------------------------------------------------------------- #
+
+
+def restore_public_missing(
+    manifest: pd.DataFrame,
+    methods: list[str],
+    baselines: Mapping[str, Any],
+    outputs_dir: str | Path,
+    scale: int,
+    color_fix: str,
+    process_index: int = 0,
+    num_processes: int = 1,
+    process_device: Any = None,
+) -> list[Share]:
+    """Restore share ``process_index`` of ``num_processes`` of ``manifest`` with each public restorer of ``methods``
+    (on ``process_device`` where a method's device is ``auto``). ``settings`` of each result: (method config,
+    output geometry). Every method's weights are checked before any is loaded."""
+    plans = []
+    for method in [m for m in check_methods(methods) if m in PUBLIC_METHODS]:
+        cfg = public_config(method, baselines)
+        geometry = output_geometry(method, scale, None, color_fix)
+        key = hash_json([method, public_fingerprint(method, cfg), cfg.settings(), scale, geometry.color_fix])
+        plans.append((method, cfg, geometry, Path(outputs_dir) / method / key))
+    shares = []
+    for method, cfg, geometry, root in plans:
+        run_cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, process_device))  # not in the key
+        make = partial(build_public, method, run_cfg, geometry)
+        rows, seconds = restore_into(manifest, root, method, make, scale, process_index, num_processes)
+        shares.append(Share(method, (cfg, geometry), root, rows, seconds))
+    return shares
+
+
+def public_manifest(
+    manifest: pd.DataFrame,
+    methods: list[str],
+    baselines: Mapping[str, Any],
+    outputs_dir: str | Path,
+    scale: int,
+    color_fix: str,
+    restored_elsewhere: Mapping[str, Sequence[float]] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Restore every LQ with each public restorer of ``methods`` (``realesrgan``, ``flux_controlnet``).
+
+    Files go to ``<outputs_dir>/<method>/<key>/<dataset>/<image>_<LQ hash>.png``, the key hashing the method,
+    its weights (file hash / ControlNet content), its settings, the scale and the colour fix; files already
+    there are reused. Every method's weights are checked before any is loaded. Returns (outputs, run info).
+    ``restored_elsewhere``: {method: seconds per image} of what processes launched for this run restored
+    (``restore_public_missing``), counted in the run info as restored now.
+    """
+    parts, info = [outputs_table([])], {}
+    for share in restore_public_missing(manifest, methods, baselines, outputs_dir, scale, color_fix):
+        method, (cfg, geometry), root = share.method, share.settings, share.root
+        seconds = [*(restored_elsewhere or {}).get(method, []), *share.seconds]
+        parts.append(share.rows)
+        info[TITLES[method]] = f"{describe_public(method, cfg)}; colour fix {geometry.color_fix}"
+        info[f"{TITLES[method]} images"] = f"{len(seconds)} now, {len(manifest) - len(seconds)} reused, in {root}; " + (
+            f"{np.mean(seconds):.2f} s per image" if seconds else "all reused"
+        )
+    return pd.concat(parts, ignore_index=True), info
+
+
+# --------------------------------------------------------------------------------------------- #
+# Bicubic
+# --------------------------------------------------------------------------------------------- #
+
+
+def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path) -> pd.DataFrame:
+    """Bicubic x``scale`` of every LQ (PIL), written once under ``<outputs_dir>/bicubic/<dataset>/<prep_key>/``."""
+    check_fields({"scale": scale}, [Rule("scale", "positive_int")], "evaluate.")
+    rows = []
+    for r in manifest.itertuples(index=False):
+        path = output_path(Path(outputs_dir) / "bicubic" / r.dataset / str(r.prep_key), r)
+        if not path.is_file():
+            lq = read_image(r.lq_path)
+            write_png_atomic(path, upsample(lq, lq.shape[0] * scale, lq.shape[1] * scale))
+        rows.append([r.dataset, r.image, "bicubic", str(path)])
+    return outputs_table(rows)

@@ -1,0 +1,136 @@
+"""Atomic, durable writes: a file or folder that exists under its final name is complete.
+
+Every write goes to a temporary file (or folder) next to its target, is flushed to the disk (``fsync``) and
+renamed into place, after a kill and after a power loss alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+from PIL import Image
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's data to the disk (``fsync``), so a later rename never names an empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (the renames into it) to the disk. No-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on folders; the file data is flushed already
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, *, fsync: bool = True, fsync_folder: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; when the block succeeds it is renamed onto ``path``.
+
+    The temporary name is unique per process and call (``.<name>.<pid>.<random>.tmp``), so concurrent
+    writers of the same file never mix bytes; on error it is removed and ``path`` is left as it was.
+    Durable by default: the file is flushed before the rename (after a power loss a file that exists is
+    complete) and the folder after it (the file is there). Many files into one folder (a shard of PNGs)
+    pass ``fsync_folder=False`` and call ``fsync_dir(folder)`` once for the batch; ``fsync=False`` only
+    for caches that are rebuilt when lost or cut (hash sidecars).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    try:
+        yield tmp
+        if fsync:
+            fsync_file(tmp)
+        os.replace(tmp, path)
+        if fsync and fsync_folder:
+            fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str, **durability: bool) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically (``durability``: see ``atomic_file``)."""
+    with atomic_file(path, **durability) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> Path:
+    """Write ``json.dumps(obj, **dumps_kwargs)`` to ``path`` atomically and durably; returns the path."""
+    return write_atomic(path, json.dumps(obj, **dumps_kwargs))
+
+
+def write_png_atomic(path: str | os.PathLike, image: np.ndarray, **durability: bool) -> None:
+    """Write ``image`` (H, W, 3 or 4) uint8 as PNG at ``path`` atomically (``durability``: see ``atomic_file``)."""
+    with atomic_file(path, **durability) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def local_fs() -> Any:
+    """The local fsspec filesystem, creating parent folders on write (the default of every ``fs=`` here)."""
+    return fsspec.filesystem("file", auto_mkdir=True)
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = getattr(fs, "protocol", None)
+    return "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flush every file and folder below a local ``folder`` (deepest first), then ``folder`` itself."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+
+
+@contextmanager
+def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]:
+    """Yield a temporary folder ``<parent>/.tmp-<name>-<random>``; when the block succeeds it replaces ``folder``.
+
+    An existing ``folder`` stays complete until the new one is moved in (it is first moved aside, then
+    deleted), so a crash at any point leaves either the old or the new folder under the final name.
+    On the local filesystem every file is flushed before the move and the parent folder after it.
+    ``fs`` is an fsspec filesystem (the local one by default); the yielded path is in its syntax.
+    """
+    fs = fs or local_fs()
+    folder = str(folder).rstrip("/")
+    parent, name = posixpath.split(folder)
+    tmp = posixpath.join(parent, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
+    fs.makedirs(tmp, exist_ok=True)
+    try:
+        yield tmp
+        if _is_local(fs):
+            fsync_tree(tmp)
+        old = None
+        if fs.exists(folder):
+            old = posixpath.join(parent, f".old-{name}-{uuid.uuid4().hex[:8]}")
+            fs.mv(folder, old, recursive=True)
+        fs.mv(tmp, folder, recursive=True)
+        if _is_local(fs):
+            fsync_dir(parent or ".")
+        if old is not None:
+            fs.rm(old, recursive=True)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)

@@ -1,0 +1,78 @@
+"""Reading images.
+
+Two readers on purpose. ``read_image`` reads the files this project writes or downloads as data
+(generated images, HQ/LQ pairs, benchmark crops): pixels exactly as stored, no EXIF rotation, since
+an HQ and its LQ must stay aligned whatever their tags say. ``read_photo`` reads a user's photo for
+restoration: EXIF rotation applied as a viewer shows it, 16-bit and float greyscale scaled to 8 bits,
+alpha kept apart so it can be carried over. Both decode fully at once (a truncated file fails here,
+not later) and raise ValueError starting with the path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding the pixels."""
+    with Image.open(path) as img:
+        return img.size
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """A data image file as stored -> RGB uint8 ``(H, W, 3)``; a corrupt or non-image file raises ValueError."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes fully, so truncation is caught here, not later
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable image ({err}); delete or replace the file and rerun") from err
+
+
+def read_photo(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """A photo file of any size and mode -> (RGB (H, W, 3) uint8, alpha (H, W) uint8 or None).
+
+    EXIF orientation is applied (``ImageOps.exif_transpose``); 16-bit greyscale is scaled to 8 bits
+    (v / 257, so 65535 -> 255); palette/greyscale/CMYK/... become RGB; an alpha channel (RGBA, LA,
+    palette transparency) is returned separately. An empty, corrupt, truncated or non-image file raises
+    ValueError starting with the path and saying why.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: truncation is caught here
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_alpha(img)
+    except UnidentifiedImageError as err:
+        raise ValueError(f"{path}: not an image file PIL can read ({err})") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: corrupt or truncated image ({err})") from err
+
+
+def _to_rgb_alpha(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(img).astype(np.float64)  # 16-bit greyscale (or 32-bit int) samples
+        if mode != "I" or a.max(initial=0) > 255:
+            a = a / 257.0  # 0..65535 -> 0..255
+        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        a = a * 255.0 if a.max(initial=0) <= 1.0 else a  # floats in [0, 1] or already 0..255
+        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"))
+        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
+    return np.asarray(img.convert("RGB")), None
