@@ -24,7 +24,8 @@ from fluxir.validation import check_params
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Restore ``restore.input_dir`` into ``restore.output_dir`` on one or many processes."""
+    """Restore the catalog's ``restore_input`` into ``restore_output`` (``--params restore.input_dir=photos,
+    restore.output_dir=restored`` sets them) on one or many processes."""
     parser = cli_parser("python -m fluxir.restoration", main.__doc__, "restore.input_dir=photos")
     parser.add_argument("--plan", default=None, help="restore plan parquet (default: plan restore.input_dir now)")
     parser.add_argument("--adapter", default=None, help="adapter folder (default: the catalog's latest fluxir_adapter)")
@@ -38,14 +39,15 @@ def main(argv: list[str] | None = None) -> None:
     files, cfg = split_params(params["restore"])
     state = PartialState(cpu=accelerate_cpu(cfg.device))
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, state.device))  # this process's GPU
+    catalog = load_catalog(args.env, args.project, args.params)  # restore_input / _output read the runtime params
+    files = {**files, "input_dir": catalog.load("restore_input"), "output_dir": catalog.load("restore_output")}
     if args.plan:
         plan = pd.read_parquet(args.plan)
     else:
         plan = pd.DataFrame(
-            plan_folder(files.get("input_dir"), files.get("output_dir"), bool(files.get("overwrite"))),
+            plan_folder(files["input_dir"], files["output_dir"], bool(files.get("overwrite"))),
             columns=["input", "output", "action"],
         )
-    catalog = load_catalog(args.env, args.project)
     adapter = None  # a public restorer (restore.method) needs none
     if args.adapter:
         adapter = load_adapter(args.adapter)

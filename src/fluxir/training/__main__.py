@@ -20,7 +20,7 @@ from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
 from fluxir.models.flux import accelerate_cpu
 from fluxir.training.checkpoints import weights_digest
-from fluxir.training.config import TrainConfig
+from fluxir.training.config import TrainConfig, TrainFolders
 from fluxir.training.loop import configure_cuda_allocator, train
 from fluxir.validation import check_params
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     check_params(params, ["train"], "python -m fluxir.training")
     cfg = TrainConfig.from_params(params["train"])
     state = PartialState(cpu=accelerate_cpu(cfg.device))
-    catalog = load_catalog(args.env)
+    catalog = load_catalog(args.env, ".", args.params)  # train_checkpoints / _latent_cache read runtime params
     manifest = pd.read_parquet(manifest_path) if manifest_path else catalog.load("pairs_manifest")
 
     report: list[dict[str, Any]] = []
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         result = train(
             cfg,
             manifest,
+            folders=TrainFolders(catalog.load("train_checkpoints"), catalog.load("train_latent_cache")),
             progress=state.is_local_main_process,
             step_callback=record if report_path else None,
             prompt_cache=prompt_cache or catalog.load("prompt_embeddings"),
