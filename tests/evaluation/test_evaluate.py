@@ -19,6 +19,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from fluxir.evaluation.demo import write_demo_benchmarks, write_env_demo
 from fluxir.evaluation.report import (
     comparison_table,
     metric_means,
@@ -35,7 +36,6 @@ from fluxir.evaluation.testsets import (
     pair_key,
     prepare_benchmark,
 )
-from fluxir.evaluation.demo import write_demo_benchmarks, write_env_demo
 
 from conftest import REPO, kedro_run
 from support import base_params, save_identity_adapter
