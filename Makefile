@@ -16,6 +16,7 @@ setup: $(VENV)/.installed  ## create .venv and install fluxir with its test tool
 demo: setup  ## run the default pipeline on the embedded tiny random-weight models
 	$(PY) -m fluxir.models.tiny --kind realesrgan --out data/01_raw/tiny/realesrgan/RealESRGAN_x4plus.pth
 	$(PY) -m fluxir.models.tiny --kind flux_controlnet --out data/01_raw/tiny/flux_controlnet
+	$(PY) -m fluxir.evaluation.demo --env tiny
 	$(VENV)/bin/kedro run --env=tiny
 
 LINTED := src tests benchmarks scripts docs/img

@@ -39,8 +39,9 @@ def full_flux_dir(full_format_model) -> Path:
     return full_format_model("flux")
 
 
-def make_project_copy(project: Path) -> Path:
-    """A throw-away copy of this Kedro project (pyproject, conf, tiny models; src linked) at ``project``."""
+def make_project_copy(project: Path, demo_benchmarks: bool = True) -> Path:
+    """A throw-away copy of this Kedro project (pyproject, conf, tiny models; src linked) at ``project``; with
+    ``demo_benchmarks``, the tiny environment's demo benchmark folders written as `make demo` writes them."""
     import shutil
 
     project.mkdir(parents=True)
@@ -51,6 +52,10 @@ def make_project_copy(project: Path) -> Path:
     for committed in ("tiny", "reference"):  # the committed inputs under data/01_raw
         shutil.copytree(REPO / "data" / "01_raw" / committed, project / "data" / "01_raw" / committed)
     (project / "src").mkdir()  # kedro checks the source dir exists; fluxir itself is installed (editable)
+    if demo_benchmarks:
+        from fluxir.evaluation.demo import write_env_demo
+
+        write_env_demo("tiny", project)
     return project
 
 

@@ -90,13 +90,16 @@ def restore_config(**overrides):
 
 
 def tiny_params(tmp: Path, *overrides: str) -> dict:
-    """conf/tiny's train parameters with working folders under tmp (and quick defaults for tests)."""
-    base = [
-        f"train.checkpoint_dir={tmp / 'ckpt'}",
-        f"train.latent_cache_dir={tmp / 'cache'}",
-        "train.gradient_checkpointing=false",
-    ]
-    return load_params("tiny", base + list(overrides), REPO)["train"]
+    """conf/tiny's train parameters (and quick defaults for tests); ``tmp`` names the run, whose folders are
+    ``tiny_folders(tmp)``."""
+    return load_params("tiny", ["train.gradient_checkpointing=false", *overrides], REPO)["train"]
+
+
+def tiny_folders(tmp: Path):
+    """A training run's working folders under tmp (the catalog's train_checkpoints and train_latent_cache)."""
+    from fluxir.training.config import TrainFolders
+
+    return TrainFolders(tmp / "ckpt", tmp / "cache")
 
 
 def make_mixed_folder(root: Path) -> dict[str, Path]:

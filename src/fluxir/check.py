@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fluxir.config import cli_parser, load_params
+from fluxir.config import catalog_config, cli_parser, load_params
 from fluxir.preflight.data import check_baselines, check_benchmarks, check_disk, check_iqa
 from fluxir.preflight.findings import Finding, lookup
 from fluxir.preflight.machine import check_accelerator, check_processes, check_versions
@@ -48,7 +48,7 @@ def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> l
     findings += check_adapter(project, env, lookup(params, "restore", "model"), cache)
     findings += check_baselines(params)
     findings += check_iqa(params)
-    findings += check_benchmarks(params)
+    findings += check_benchmarks(params, catalog_config(env, project, overrides or []))
     findings += check_disk(params, project)
     findings += check_accelerator(params)
     findings += check_processes(params)

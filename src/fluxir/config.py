@@ -133,19 +133,31 @@ def stage_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in LAUNCH_KEYS}
 
 
-def load_catalog(env: str, project: str | Path = ".") -> Any:
-    """The Kedro ``DataCatalog`` of an environment outside a Kedro session (no hooks, no MLflow run): the one way
-    the command lines and the preflight check build it. Relative ``filepath``/``path`` entries are taken from
-    ``project`` (as ``kedro run`` there does); ``load(name)`` gives a versioned dataset's latest version."""
-    from kedro.io import DataCatalog
+CATALOG_PATH_KEYS = ("filepath", "path", "hq_path", "lq_path")  # dataset arguments that are project paths
 
+
+def catalog_config(
+    env: str, project: str | Path = ".", overrides: Iterable[str | Mapping[str, Any]] = ()
+) -> dict[str, dict[str, Any]]:
+    """The catalog entries of an environment with ``--params`` ``overrides`` as runtime params (entries such as
+    ``restore_input`` read ``${runtime_params:restore.input_dir}``), relative paths taken from ``project``."""
     root = Path(project)
-    config = {
-        name: {**entry, **{key: str(root / entry[key]) for key in ("filepath", "path") if key in entry}}
-        for name, entry in config_loader(env, project)["catalog"].items()
+    entries = config_loader(env, project, runtime_params=parse_overrides(overrides))["catalog"]
+    return {
+        name: {**entry, **{key: str(root / entry[key]) for key in CATALOG_PATH_KEYS if entry.get(key)}}
+        for name, entry in entries.items()
         if not name.startswith("_")
     }
-    return DataCatalog.from_config(config)
+
+
+def load_catalog(env: str, project: str | Path = ".", overrides: Iterable[str | Mapping[str, Any]] = ()) -> Any:
+    """The Kedro ``DataCatalog`` of an environment outside a Kedro session (no hooks, no MLflow run): the one way
+    the command lines and the preflight check build it. Relative paths are taken from ``project`` (as ``kedro
+    run`` there does); ``overrides`` are the command's ``--params`` (``kedro run`` passes them to the catalog as
+    runtime params too); ``load(name)`` gives a versioned dataset's latest version."""
+    from kedro.io import DataCatalog
+
+    return DataCatalog.from_config(catalog_config(env, project, overrides))
 
 
 def lost_processes_warning(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -181,7 +193,7 @@ def stage_command_inputs(
     params = load_params(args.env, args.params, args.project)
     check_params(params, [group], command)
     config = from_params(params[group])
-    catalog = None if all(path for path, _ in inputs.values()) else load_catalog(args.env, args.project)
+    catalog = None if all(path for path, _ in inputs.values()) else load_catalog(args.env, args.project, args.params)
     values = {name: read(path) if path else catalog.load(name) for name, (path, read) in inputs.items()}
     return config, values
 

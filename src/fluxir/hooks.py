@@ -123,7 +123,8 @@ def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None
 
 
 class ParameterCheckHook:
-    """Check every parameter the pipeline about to run reads, before kedro-mlflow starts a run or a node writes.
+    """Check every parameter the pipeline about to run reads (and the catalog folders of its stages), before
+    kedro-mlflow starts a run or a node writes.
 
     The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.validation.ParameterError`` listing
     every problem, so the run stops with nothing written (no MLflow run, no dataset version).
@@ -143,7 +144,7 @@ class ParameterCheckHook:
         if self._context is not None:
             groups = groups_read(pipeline.inputs())
             raise_problems(
-                problems_for(self._context.params, groups),
+                problems_for(self._context.params, groups, self._context.config_loader["catalog"]),
                 f"kedro run --pipeline={pipeline_label(run_params.get('pipeline_names'))}",
             )
         return (yield)

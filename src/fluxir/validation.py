@@ -13,6 +13,7 @@ on the raw values, so a group with three bad values reports all three rather tha
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,7 @@ def public_weights_problems(params: Mapping[str, Any], methods: Iterable[str]) -
 
 
 def validate_restore(params: Mapping[str, Any]) -> list[str]:
-    """``restore.*``: ``RestoreConfig``, the method (a public one's weight file) and the input / output folders."""
+    """``restore.*``: ``RestoreConfig`` and the method (a public one's weight file)."""
     from fluxir.restoration.methods import RESTORE_METHODS
 
     group, missing = _group(params, "restore")
@@ -199,14 +200,19 @@ def validate_restore(params: Mapping[str, Any]) -> list[str]:
         found.append(f"restore.method must be one of {RESTORE_METHODS}, got {group.get('method')!r}")
     else:
         found += public_weights_problems(params, [group["method"]])
-    if not group.get("input_dir") or not group.get("output_dir"):
-        found.append(
-            "set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
-            '--params="restore.input_dir=photos,restore.output_dir=restored"'
-        )
-    elif not Path(group["input_dir"]).exists():
-        found.append(f"restore.input_dir {str(group['input_dir'])!r} does not exist")
     return found
+
+
+def restore_folder_problems(catalog: Mapping[str, Any]) -> list[str]:
+    """The catalog's ``restore_input``: a path given (``--params restore.input_dir=...``) that exists."""
+    from fluxir.restoration.files import SET_INPUT
+
+    path = (catalog.get("restore_input") or {}).get("path")
+    if not path:
+        return [f"catalog entry restore_input has no path: nothing to restore; {SET_INPUT}"]
+    if not Path(path).exists():
+        return [f"catalog entry restore_input: {str(path)!r} does not exist; {SET_INPUT}"]
+    return []
 
 
 def evaluate_rules() -> tuple[Rule, ...]:
@@ -258,6 +264,30 @@ def validate_evaluate(params: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def benchmark_folder_problems(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> list[str]:
+    """Every ``evaluate.benchmarks.<key>`` has its catalog entry ``<key>_benchmark`` with the folders its kind
+    reads (whether they hold images is the run's concern: a benchmark without files is skipped)."""
+    from fluxir.evaluation.testsets import FOLDERS_ENTRY, BenchmarkSpec
+
+    group = params.get("evaluate")
+    found = []
+    for key, settings in ((group or {}).get("benchmarks") or {}).items() if isinstance(group, Mapping) else ():
+        entry = FOLDERS_ENTRY.format(key=key)
+        if not isinstance(catalog.get(entry), Mapping):
+            found.append(f"evaluate.benchmarks.{key} has no catalog entry {entry} (conf/base/catalog_evaluate.yml)")
+            continue
+        folders = {side: catalog[entry].get(f"{side}_path") for side in ("hq", "lq")}
+        try:
+            spec = BenchmarkSpec.from_params(settings)
+        except (ValueError, TypeError):
+            continue  # a bad setting: validate_evaluate reports it
+        try:
+            dataclasses.replace(spec, hq_dir=folders["hq"], lq_dir=folders["lq"]).check_folders(entry)
+        except ValueError as err:
+            found.append(f"evaluate.benchmarks.{key}: {err}")
+    return found
+
+
 # Top-level parameter group -> its check. A pipeline reading any ``params:<group>...`` gets that group checked.
 VALIDATORS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
     "fluxgen": validate_fluxgen,
@@ -287,9 +317,25 @@ def groups_read(dataset_names: Iterable[str]) -> list[str]:
     ]
 
 
-def problems_for(params: Mapping[str, Any], groups: Iterable[str]) -> list[str]:
-    """Every problem of the named parameter groups, in order."""
-    return [problem for group in groups for problem in VALIDATORS[group](params)]
+# Group -> the check of the catalog folders its stage reads, given the parameters and the catalog's entries as
+# the config loader gives them (runtime params resolved).
+FOLDER_VALIDATORS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]] = {
+    "restore": lambda params, catalog: restore_folder_problems(catalog),
+    "evaluate": lambda params, catalog: benchmark_folder_problems(params, catalog),
+}
+
+
+def problems_for(
+    params: Mapping[str, Any], groups: Iterable[str], catalog: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Every problem of the named parameter groups, in order; with the ``catalog`` entries, also of the folders
+    those stages read (``FOLDER_VALIDATORS``)."""
+    found = []
+    for group in groups:
+        found += VALIDATORS[group](params)
+        if catalog is not None and group in FOLDER_VALIDATORS:
+            found += FOLDER_VALIDATORS[group](params, catalog)
+    return found
 
 
 def raise_problems(problems: list[str], where: str = "this run") -> None:
@@ -299,10 +345,14 @@ def raise_problems(problems: list[str], where: str = "this run") -> None:
         raise ParameterError(
             f"{len(problems)} parameter problem(s) found before {where} started (nothing was run or written):"
             f"\n{lines}\n"
-            "Fix them in conf/<env>/parameters_*.yml or with --params and run again."
+            "Fix them in conf/<env>/parameters_*.yml (folders: conf/<env>/catalog_*.yml) or with --params and run "
+            "again."
         )
 
 
-def check_params(params: Mapping[str, Any], groups: Iterable[str], where: str) -> None:
-    """``raise_problems(problems_for(params, groups), where)``: the one call of every ``python -m`` entry point."""
-    raise_problems(problems_for(params, groups), where)
+def check_params(
+    params: Mapping[str, Any], groups: Iterable[str], where: str, catalog: Mapping[str, Any] | None = None
+) -> None:
+    """``raise_problems(problems_for(params, groups, catalog), where)``: the one call of every ``python -m`` entry
+    point."""
+    raise_problems(problems_for(params, groups, catalog), where)

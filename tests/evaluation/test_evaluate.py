@@ -20,6 +20,7 @@ import skimage.data
 from PIL import Image
 
 from fluxir.evaluation.baselines import baseline_manifest
+from fluxir.evaluation.demo import write_demo_benchmarks, write_env_demo
 from fluxir.evaluation.report import (
     comparison_table,
     metric_means,
@@ -35,7 +36,6 @@ from fluxir.evaluation.testsets import (
     collect,
     pair_key,
     prepare_benchmark,
-    write_demo_benchmarks,
 )
 
 from conftest import REPO, kedro_run
@@ -70,8 +70,9 @@ def _paired_folders(root: Path) -> dict[str, np.ndarray]:
     return hr
 
 
-def _spec(**kw) -> BenchmarkSpec:
-    return BenchmarkSpec.from_params({"hq_size": 64, "lq_size": 16, **kw})
+def _spec(hq_dir: str | None = None, lq_dir: str | None = None, **kw) -> BenchmarkSpec:
+    """Settings as in evaluate.benchmarks, folders as its catalog entry <key>_benchmark gives them."""
+    return BenchmarkSpec.from_params({"hq_size": 64, "lq_size": 16, **kw}, {"hq": hq_dir, "lq": lq_dir})
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -154,10 +155,15 @@ def test_wrong_benchmark_content_is_an_error_not_a_skip(tmp_path):
         prepare_benchmark(spec, tmp_path / "prepared")
 
 
+def test_benchmark_folders_are_not_parameters():
+    with pytest.raises(ValueError, match="the folders are the catalog entry's hq_path / lq_path"):
+        BenchmarkSpec.from_params({"name": "B", "kind": "lq_only", "lq_size": 16, "lq_dir": "x"})
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"kind": "paired", "hq_dir": "x"}, "needs lq_dir"),
+        ({"kind": "paired", "hq_dir": "x"}, "set lq_path in its catalog entry"),
         ({"kind": "lq_only", "lq_dir": "x", "lq_size": 20}, "multiple of 16"),
         ({"kind": "synthetic", "hq_dir": "x"}, "needs num_images"),
         ({"kind": "weird", "lq_dir": "x"}, "kind must be one of"),
@@ -384,10 +390,10 @@ def _latest(project: Path, relative: str) -> Path:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """The tiny evaluate pipeline on test-made benchmarks (DrealSR missing) plus an oracle baseline, then the
-    default tiny run (demo benchmarks on), which fills only the missing DrealSR folder."""
+    demo writer (what `make demo` runs), which fills only the missing DrealSR folder, and the run again."""
     from conftest import make_project_copy
 
-    project = make_project_copy(tmp_path_factory.mktemp("evaluate") / "project")
+    project = make_project_copy(tmp_path_factory.mktemp("evaluate") / "project", demo_benchmarks=False)
     shutil.copytree(REPO / "data/01_raw/reference", project / "data/01_raw/reference", dirs_exist_ok=True)
     save_identity_adapter(project)
     raw = project / "data/01_raw/benchmarks_demo"  # the tiny environment's benchmark folders
@@ -408,18 +414,24 @@ def evaluated(tmp_path_factory):
     saved = os.environ.get("KEDRO_LOGGING_CONFIG")
     os.environ["KEDRO_LOGGING_CONFIG"] = str(project / "logging_plain.yml")
     try:
-        first = kedro_run(
-            project, "run", "--env=tiny", "--pipeline=evaluate", "--params=evaluate.demo_benchmarks=false"
-        )
+        first = kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate")
         first_report = _latest(project, "data/08_reporting/evaluation_report.md").read_text()
         first_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
+        demo = write_env_demo("tiny", project)
         second = kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate")
     finally:
         if saved is None:
             os.environ.pop("KEDRO_LOGGING_CONFIG", None)
         else:
             os.environ["KEDRO_LOGGING_CONFIG"] = saved
-    return {"project": project, "first": first, "second": second, "report": first_report, "table": first_table}
+    return {
+        "project": project,
+        "first": first,
+        "second": second,
+        "demo": demo,
+        "report": first_report,
+        "table": first_table,
+    }
 
 
 def test_missing_dataset_is_skipped_and_the_rest_runs(evaluated):
@@ -526,9 +538,12 @@ def test_mlflow_holds_params_metrics_and_the_report(evaluated):
     assert any(key.startswith("eval.DrealSR.fluxir.") for key in runs[1].data.metrics)  # demo filled it
 
 
-def test_demo_run_fills_only_the_missing_folder_and_reuses_outputs(evaluated):
+def test_demo_writer_fills_only_the_missing_folder_and_the_run_reuses_outputs(evaluated):
     project = evaluated["project"]
     raw = project / "data/01_raw/benchmarks_demo"
+    assert evaluated["demo"] == {
+        "DrealSR": sorted(str(project / f"data/01_raw/benchmarks_demo/DrealSR/{s}") for s in ("HR", "LR"))
+    }
     assert (raw / "DrealSR/HR" / DEMO_MARKER).is_file()
     assert not (raw / "RealSR/HR" / DEMO_MARKER).exists() and not (raw / "DIV2K_valid_HR" / DEMO_MARKER).exists()
     log = evaluated["second"].stdout + evaluated["second"].stderr

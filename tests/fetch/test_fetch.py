@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from fluxir import fetch
-from fluxir.config import load_params
+from fluxir.config import catalog_config, load_params
 from fluxir.fetch import archives, manifest, transfer
 from fluxir.fetch.__main__ import main as fetch_main
 from fluxir.io.hashing import sha256_file
@@ -321,7 +321,7 @@ def test_list_prints_what_from_where_how_big_and_where_it_goes(project, capsys):
     ):
         assert f"{project / 'iqa'}/hub/" in out and name in out
     assert "sha256  7be5be79" in out
-    assert f"->  {project}/data/01_raw/benchmarks/RealSR/HR" in out  # evaluate.benchmarks.realsr.hq_dir
+    assert f"->  {project}/data/01_raw/benchmarks/RealSR/HR" in out  # catalog realsr_benchmark's hq_path
     assert "huggingface.co/datasets/Iceclear/StableSR-TestSets/resolve/main/StableSR_testsets.zip" in out
     assert "DIV2K_valid_HR.zip" in out and "RealLQ250.zip" in out
     blocks = re.split(r"^\[", out.split("not in this env")[0], flags=re.MULTILINE)[1:]
@@ -344,15 +344,16 @@ def test_list_prints_what_from_where_how_big_and_where_it_goes(project, capsys):
     assert "not in this env" not in out, "the base env uses every item"
 
 
-def test_destinations_follow_the_parameters(project):
+def test_destinations_follow_the_parameters_and_the_catalog(project):
     tiny = REPO / "data" / "01_raw" / "tiny" / "flux"  # a complete model folder of the user's own: left alone
     params = _params(
         project,
-        "evaluate.benchmarks.realsr.hq_dir=/elsewhere/realsr_hq",
         "fluxgen.model=/models/flux",
         f"train.model={tiny}",
     )
-    built = manifest.build(params, project)
+    catalog = catalog_config("base", project)
+    catalog["realsr_benchmark"]["hq_path"] = "/elsewhere/realsr_hq"  # as a conf/local/catalog_evaluate.yml entry
+    built = manifest.build(params, project, catalog=catalog)
     stablesr = next(i for i in built.items if i.name == "StableSR_testsets.zip")
     assert (
         "StableSR_testsets/RealSRVal_crop128/test_HR/*|StableSR_testsets/RealSRVal_crop128/gt/*",
@@ -386,7 +387,9 @@ def test_destinations_follow_the_parameters(project):
 def test_a_full_disk_is_refused_before_any_download(server, project, stand_in_archives):
     for name, data in benchmark_archives().items():
         server.files[f"/{name}"] = data
-    steps = fetch.plan(manifest.build(_params(project), project, ("benchmarks",)), mirror=server.url)
+    steps = fetch.plan(
+        manifest.build(_params(project), project, ("benchmarks",), catalog_config("base", project)), mirror=server.url
+    )
     need = sum(s.disk for s in steps)
     assert need >= 2 * sum(len(d) for d in benchmark_archives().values()), "archives count twice (unpacked images)"
     with pytest.raises(fetch.DiskSpaceError, match=r"only 0\.00 GB free.*nothing was downloaded"):
@@ -457,7 +460,7 @@ def test_a_second_run_downloads_nothing(server, project, capsys, stand_in_archiv
     assert re.search(r"^\w+ +benchmark +realsr ", out, re.MULTILINE) and re.search(r"checks: \d+ FAIL", out), out
     assert sorted(server.gets()) == ["/DIV2K_valid_HR.zip", "/RealLQ250.zip", "/StableSR_testsets.zip"]
     server.log.clear()
-    built = manifest.build(_params(project), project, ("benchmarks",))
+    built = manifest.build(_params(project), project, ("benchmarks",), catalog_config("base", project))
     again = fetch.plan(built, server.url)
     assert [s.state for s in again] == ["present"] * 3
     fetch.run(again, server.url)
@@ -468,7 +471,7 @@ def test_a_second_run_downloads_nothing(server, project, capsys, stand_in_archiv
 
 def test_an_archive_of_another_layout_installs_nothing(server, project, stand_in_archives):
     server.files["/DIV2K_valid_HR.zip"] = _zip({"DIV2K_valid_HR_renamed/0801.png": _png(1)})
-    built = manifest.build(_params(project), project, ("benchmarks",))
+    built = manifest.build(_params(project), project, ("benchmarks",), catalog_config("base", project))
     step = next(s for s in fetch.plan(built, server.url) if s.item.name == "DIV2K_valid_HR.zip")
     [(_, outcome, ok)] = fetch.run([step], server.url)
     assert (
@@ -484,7 +487,7 @@ def test_images_put_there_by_hand_are_left_alone(server, project):
     own = project / "data" / "01_raw" / "benchmarks" / "RealLQ250"
     own.mkdir(parents=True)
     (own / "mine.png").write_bytes(_png(99))
-    built = manifest.build(_params(project), project, ("benchmarks",))
+    built = manifest.build(_params(project), project, ("benchmarks",), catalog_config("base", project))
     step = next(s for s in fetch.plan(built, server.url, ask_sizes=False) if s.item.name == "RealLQ250.zip")
     assert step.state == "present" and "left alone" in step.detail
     assert [p.name for p in own.iterdir()] == ["mine.png"]
@@ -575,7 +578,7 @@ def test_the_published_size_and_digest_refuse_a_stand_in_archive(server, project
     """Without the stand-in fixture the manifest's published StableSR size is checked: the fixture archive fails."""
     data = benchmark_archives()["StableSR_testsets.zip"]
     server.files["/StableSR_testsets.zip"] = data
-    built = manifest.build(_params(project), project, ("benchmarks",))
+    built = manifest.build(_params(project), project, ("benchmarks",), catalog_config("base", project))
     step = next(s for s in fetch.plan(built, server.url) if s.item.name == "StableSR_testsets.zip")
     assert step.expected == transfer.Expected(3_055_396_861, manifest.PUBLISHED_SHA256["StableSR_testsets.zip"])
     [(_, outcome, ok)] = fetch.run([step], server.url)

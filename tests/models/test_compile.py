@@ -93,7 +93,7 @@ def test_restore_and_train_compile_switch_compiles_the_blocks(tiny_flux_dir, tmp
     from fluxir.training.config import TrainConfig
     from fluxir.training.loop import start_run
 
-    from support import make_pairs, tiny_params
+    from support import make_pairs, tiny_folders, tiny_params
 
     pipe = load_pipeline(str(tiny_flux_dir), dtype="float32", device="cpu")
     adapter = FluxIRAdapter.from_flux(pipe.transformer)
@@ -108,10 +108,16 @@ def test_restore_and_train_compile_switch_compiles_the_blocks(tiny_flux_dir, tmp
         assert [_compiled(b) for b in blocks] == [compile_on] * len(blocks)
     params = tiny_params(tmp_path, "train.compile=true")
     with contextlib.ExitStack() as lock:
-        run = start_run(TrainConfig.from_params(params), make_pairs(tmp_path / "pairs", n=4), None, lock)
+        run = start_run(
+            TrainConfig.from_params(params), make_pairs(tmp_path / "pairs", n=4), None, lock, tiny_folders(tmp_path)
+        )
     assert _compiled(run.models.flux.transformer_blocks[0]) and _compiled(run.adapter.block)
     with contextlib.ExitStack() as lock:
         uncompiled = start_run(
-            TrainConfig.from_params({**params, "compile": False}), make_pairs(tmp_path / "pairs", n=4), None, lock
+            TrainConfig.from_params({**params, "compile": False}),
+            make_pairs(tmp_path / "pairs", n=4),
+            None,
+            lock,
+            tiny_folders(tmp_path),
         )
     assert run.run_key == uncompiled.run_key, "compile is not part of the run key"

@@ -262,13 +262,13 @@ def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_d
     from fluxir.training.loop import train
     from fluxir.training.models import load_models
 
-    from support import make_pairs, tiny_params
+    from support import make_pairs, tiny_folders, tiny_params
 
     params = tiny_params(tmp_path, f"train.model={full_flux_dir}", "train.max_steps=3", "train.checkpoint_every=3")
     models = load_models(TrainConfig.from_params(params), "cpu")
     assert models.prompt_embeds.grad_fn is None and models.pooled_embeds.grad_fn is None
     assert models.prompt_embeds.shape == (1, 8, 32), "train.max_sequence_length T5 tokens of the empty prompt"
-    result = train(params, make_pairs(tmp_path / "pairs", n=4), progress=False)
+    result = train(params, make_pairs(tmp_path / "pairs", n=4), folders=tiny_folders(tmp_path), progress=False)
     assert list(result.history.step) == [1, 2, 3] and np.isfinite(result.history.loss).all()
 
 

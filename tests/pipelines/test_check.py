@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO
+from conftest import REPO, make_project_copy
 
 
 def _check(project: Path, *params: str) -> subprocess.CompletedProcess:
@@ -67,11 +67,17 @@ def test_good_setup_passes(kedro_project):
 
 
 @pytest.fixture
-def broken_project(kedro_project) -> Path:
+def bare_project(tmp_path) -> Path:
+    """A project copy without the tiny demo benchmarks (`make demo` not run)."""
+    return make_project_copy(tmp_path / "project", demo_benchmarks=False)
+
+
+@pytest.fixture
+def broken_project(bare_project) -> Path:
     """Three model folders each broken in one way, and an adapter for another Flux."""
     from diffusers import FluxTransformer2DModel
 
-    tiny = kedro_project / "data" / "01_raw" / "tiny"
+    tiny = bare_project / "data" / "01_raw" / "tiny"
     for name in ("no_vae", "bad_keys"):
         shutil.copytree(tiny / "flux", tiny / name)
     shutil.rmtree(tiny / "no_vae" / "vae")
@@ -91,8 +97,8 @@ def broken_project(kedro_project) -> Path:
         axes_dims_rope=(2, 2, 4),
     )
     other.save_pretrained(tiny / "other_flux" / "transformer")
-    _save_adapter(kedro_project, tiny / "other_flux")
-    return kedro_project
+    _save_adapter(bare_project, tiny / "other_flux")
+    return bare_project
 
 
 def test_broken_setup_lists_every_problem(broken_project, tmp_path):
@@ -103,7 +109,7 @@ def test_broken_setup_lists_every_problem(broken_project, tmp_path):
         broken_project,
         f"train.model={tiny / 'bad_keys'},restore.model={tiny / 'no_vae'}",
         f"iqa.metrics=[musiq],iqa.weights_dir={empty_weights}",
-        "evaluate.demo_benchmarks=false,fluxgen.num_images=1000000000000",
+        "fluxgen.num_images=1000000000000",
         f"baselines.realesrgan.weights={tmp_path / 'RealESRGAN_x4plus.pth'}",
         f"baselines.flux_controlnet.controlnet={tiny / 'flux'}",
     )
@@ -122,10 +128,9 @@ def test_broken_setup_lists_every_problem(broken_project, tmp_path):
         "benchmark    realsr",
         "benchmark    drealsr",
         "benchmark    reallq250",
-        f"folder(s) ['{broken_project / 'data' / '01_raw' / 'benchmarks_demo' / 'RealLQ250'}'] missing or "
-        "without images",
+        f"folder(s) ['{broken_project / 'data' / '01_raw' / 'benchmarks_demo' / 'RealLQ250'}'] of catalog entry "
+        "reallq250_benchmark missing or without images: `python -m fluxir.evaluation.demo --env tiny` (make demo)",
         "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only iqa",
-        "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only benchmarks",
         "disk         data",
         "fluxgen.num_images=1000000000000 needs",
         f"baselines.realesrgan.weights: {tmp_path / 'RealESRGAN_x4plus.pth'} not found",
@@ -199,7 +204,8 @@ def test_text_encoders_and_tokenizer_class(tmp_path):
     assert "model_index.json declares T5TokenizerFast" in bad.detail
 
 
-def test_hub_ids_are_checked_in_the_cache_and_small_benchmark_images_are_named(kedro_project, tmp_path, monkeypatch):
+def test_hub_ids_are_checked_in_the_cache_and_small_benchmark_images_are_named(bare_project, tmp_path, monkeypatch):
+    kedro_project = bare_project
     """A hub id is looked up as a run loads it (the cached snapshot), so the adapter is compared with that
     transformer; a model in no place gets the download advice; benchmark images below the crops are named."""
     from diffusers import FluxTransformer2DModel
@@ -233,7 +239,6 @@ def test_hub_ids_are_checked_in_the_cache_and_small_benchmark_images_are_named(k
     result = _check(
         kedro_project,
         "restore.model=black-forest-labs/FLUX.1-dev,train.model=someone/missing-flux",
-        "evaluate.demo_benchmarks=false",
     )
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     fails, warns = "\n".join(_lines(result, "FAIL")), "\n".join(_lines(result, "WARN"))

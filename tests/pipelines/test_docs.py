@@ -94,6 +94,12 @@ def _node_names() -> set[str]:
     }
 
 
+def _catalog_runtime_params() -> set[str]:
+    """The runtime params that conf/base's catalog entries read (``${runtime_params:restore.input_dir, ...}``)."""
+    text = "".join(p.read_text() for p in (REPO / "conf" / "base").glob("catalog*.yml"))
+    return set(re.findall(r"\$\{runtime_params:\s*([A-Za-z0-9_.]+)", text))
+
+
 def test_docs_name_only_parameters_that_exist():
     """A backticked `group.key...` in any page must be a real key (stale docs fail here)."""
     params = _params()
@@ -108,6 +114,7 @@ def test_docs_name_only_parameters_that_exist():
         "select.threshold.clipiqaplus_vitL14_512",
     }  # MLflow metrics
     not_parameters |= _node_names()  # `fluxgen.generate_images`: a node of the namespace fluxgen
+    not_parameters |= _catalog_runtime_params()  # `restore.input_dir`: read by the catalog entry restore_input
     groups = "|".join(map(re.escape, params))
     pattern = re.compile(rf"`({groups})\.([A-Za-z0-9_.<>]+?)[`= ]")
     unknown = []

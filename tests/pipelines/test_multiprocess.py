@@ -211,7 +211,7 @@ def test_train_on_two_processes_gives_the_same_adapter_and_logs_into_the_kedro_r
     from fluxir.models.adapter import load_adapter
     from fluxir.training.loop import train
 
-    from support import tiny_params
+    from support import tiny_folders, tiny_params
 
     project = kedro_project
     pairs = make_pairs(project / "data" / "pairs", n=6)
@@ -225,7 +225,7 @@ def test_train_on_two_processes_gives_the_same_adapter_and_logs_into_the_kedro_r
     assert (latents["pairs"], latents["encoded"], latents["cached"]) == (6, 6, 0)
 
     adapter = load_adapter(_latest(project, "data/06_models/fluxir_adapter"))
-    single = train(tiny_params(tmp_path, *steps.split(",")), pairs, progress=False)
+    single = train(tiny_params(tmp_path, *steps.split(",")), pairs, folders=tiny_folders(tmp_path), progress=False)
     diff = max(
         (a - b).abs().max().item() for a, b in zip(adapter.state_dict().values(), single.adapter.state_dict().values())
     )
@@ -511,7 +511,7 @@ def test_slurm_train_and_evaluate_on_two_nodes_match_one_process(slurm_project, 
     from fluxir.models.adapter import load_adapter
     from fluxir.training.loop import train
 
-    from support import tiny_params
+    from support import tiny_folders, tiny_params
 
     project, _ = slurm_project
     params = f"{FLUXGEN},{SLURM_TRAIN},{SLURM_EVALUATE}"
@@ -520,7 +520,7 @@ def test_slurm_train_and_evaluate_on_two_nodes_match_one_process(slurm_project, 
     pairs = pd.read_parquet(_latest(project, "data/05_model_input/pairs_manifest.parquet"))
     monkeypatch.chdir(project)  # the manifest's paths are the project's
     one_process = tiny_params(tmp_path, *SLURM_TRAIN.split(","))
-    single = train(one_process, pairs, progress=False)
+    single = train(one_process, pairs, folders=tiny_folders(tmp_path), progress=False)
     diff = torch.cat(
         [(a - b).abs().flatten() for a, b in zip(adapter.state_dict().values(), single.adapter.state_dict().values())]
     )

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fluxir.config import load_params
+from fluxir.config import catalog_config, load_params
 from fluxir.validation import ParameterError, check_params, groups_read, problems_for
 
 from conftest import REPO, kedro_run
@@ -113,18 +113,18 @@ def test_a_missing_realesrgan_weight_file_is_a_problem_only_where_a_run_uses_it(
 
 
 def test_all_problems_of_one_group_are_listed():
-    params = load_params(
-        "tiny",
-        ["restore.tile_size=10", "restore.steps=0", "restore.color_fix=sepia", "restore.input_dir=nowhere"],
-        REPO,
-    )
-    problems = problems_for(params, ["restore"])
+    overrides = ["restore.tile_size=10", "restore.steps=0", "restore.color_fix=sepia", "restore.input_dir=nowhere"]
+    params = load_params("tiny", overrides, REPO)
+    problems = problems_for(params, ["restore"], catalog_config("tiny", REPO, overrides))
     text = "\n".join(problems)
     assert "restore.tile_size must be a multiple of 16 >= 32 (or null: no tiling), got 10" in text
     assert "restore.steps must be a positive integer, got 0" in text
     assert "restore.color_fix must be one of" in text
-    assert "restore.input_dir 'nowhere' does not exist" in text
+    assert f"catalog entry restore_input: '{REPO / 'nowhere'}' does not exist" in text
     assert len(problems) == 4
+    no_input = problems_for(load_params("tiny", [], REPO), ["restore"], catalog_config("tiny", REPO))
+    assert no_input == [p for p in no_input if "catalog entry restore_input has no path" in p] and no_input
+    assert 'kedro run --pipeline=restore --params="restore.input_dir=photos' in no_input[0]
 
 
 def test_groups_follow_the_parameters_the_pipeline_reads():
@@ -185,7 +185,7 @@ def test_entry_point_lists_every_problem_before_work(tmp_path):
             "fluxir.restoration",
             "restore.input_dir=nowhere,restore.output_dir={out},baselines.flux_controlnet.steps=0",
             [
-                "restore.input_dir 'nowhere' does not exist",
+                "catalog entry restore_input: 'nowhere' does not exist",
                 "baselines.flux_controlnet.steps must be a positive integer",
             ],
         ),

@@ -344,9 +344,9 @@ def test_plan_refuses_to_touch_inputs_and_names_outputs(tmp_path):
         F.plan_folder(str(src), str(src))
     with pytest.raises(ValueError, match="would overwrite the input"):
         F.plan_folder(str(src / "rgb.png"), str(src))  # one file, written next to itself
-    with pytest.raises(ValueError, match="set restore.input_dir"):
+    with pytest.raises(ValueError, match=r'restore_input has no path.*--params="restore.input_dir=photos'):
         F.plan_folder(None, str(tmp_path / "out"))
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="catalog entry restore_input: .* does not exist"):
         F.plan_folder(str(tmp_path / "missing"), str(tmp_path / "out"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="has no files"):
@@ -397,7 +397,7 @@ def _latest(project: Path, relative: str) -> Path:
 
 
 def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pipe):
-    from fluxir.config import load_params
+    from fluxir.config import load_catalog, load_params
     from fluxir.pipelines.restore.nodes import plan_restore, restore_images
 
     from conftest import kedro_run
@@ -451,11 +451,14 @@ def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pip
                 f"restore.overwrite={overwrite}"
             )
             params = load_params("tiny", [override], project)
+            catalog = load_catalog("tiny", project, [override])  # the folders as a run's catalog has them
+            folders = catalog.load("restore_input"), catalog.load("restore_output")
             restore = params["restore"]
             failures, summary = restore_images(
-                plan_restore(restore["input_dir"], restore["output_dir"], restore["overwrite"]),
+                plan_restore(*folders, restore["overwrite"]),
                 adapter,
                 project / "prompt_embeddings",
+                *folders,
                 restore,
                 params["baselines"],
             )
@@ -490,7 +493,7 @@ def test_kedro_restore_all_bad_folder_fails_with_the_reasons(kedro_project, pipe
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "none of the 3 file(s) in bad could be restored" in log
+    assert f"none of the 3 file(s) in {bad} could be restored" in log
     for name in ("empty.jpg", "readme.txt", "broken.png"):
         assert name in log
     assert not (project / "restored").exists() or not any((project / "restored").rglob("*.png"))
@@ -540,24 +543,19 @@ def test_restore_without_an_adapter_uses_public_weights(kedro_project):
     os.chdir(project)
     try:
         for method in ("flux_controlnet", "fluxir"):
-            restore = {
-                **params["restore"],
-                "method": method,
-                "input_dir": "photos",
-                "output_dir": f"out_{method}",
-                "progress": False,
-            }
-            plan = plan_restore(restore["input_dir"], restore["output_dir"], False)
+            restore = {**params["restore"], "method": method, "progress": False}
+            folders = Path("photos"), Path(f"out_{method}")
+            plan = plan_restore(*folders, False)
             if method == "fluxir":
                 with pytest.raises(
                     ValueError,
                     match=r"restore.method: fluxir needs a trained FluxIR adapter.*"
                     r"restore.method=flux_controlnet or realesrgan",
                 ):
-                    restore_images(plan, missing, project / "prompt_embeddings", restore, params["baselines"])
+                    restore_images(plan, missing, project / "prompt_embeddings", *folders, restore, params["baselines"])
                 continue
             failures, summary = restore_images(
-                plan, missing, project / "prompt_embeddings", restore, params["baselines"]
+                plan, missing, project / "prompt_embeddings", *folders, restore, params["baselines"]
             )
             assert summary["method"] == "flux_controlnet" and summary["restored"] == 5 and len(failures) == 3
             assert np.asarray(Image.open(project / "out_flux_controlnet/rgb.png")).shape == (40, 56, 3)
@@ -567,7 +565,12 @@ def test_restore_without_an_adapter_uses_public_weights(kedro_project):
             r"'realesrgan'\), got 'seesr'",
         ):
             restore_images(
-                plan, missing, project / "prompt_embeddings", {**restore, "method": "seesr"}, params["baselines"]
+                plan,
+                missing,
+                project / "prompt_embeddings",
+                *folders,
+                {**restore, "method": "seesr"},
+                params["baselines"],
             )
     finally:
         os.chdir(cwd)

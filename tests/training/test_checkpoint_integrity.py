@@ -16,7 +16,7 @@ from fluxir.models.adapter import load_adapter
 from fluxir.training.checkpoints import list_checkpoints
 from fluxir.training.loop import train
 
-from support import make_pairs, tiny_params
+from support import make_pairs, tiny_folders, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +38,31 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 def test_a_truncated_newest_checkpoint_is_skipped_and_training_resumes_from_the_previous(tmp_path, pairs, caplog):
     common = ("train.checkpoint_every=2", "train.keep_checkpoints=10", "train.num_validation_pairs=0")
-    whole = train(tiny_params(tmp_path / "whole", "train.max_steps=6", *common), pairs, progress=False)
+    whole = train(
+        tiny_params(tmp_path / "whole", "train.max_steps=6", *common),
+        pairs,
+        folders=tiny_folders(tmp_path / "whole"),
+        progress=False,
+    )
 
-    first = train(tiny_params(tmp_path / "cut", "train.max_steps=4", *common), pairs, progress=False)
+    first = train(
+        tiny_params(tmp_path / "cut", "train.max_steps=4", *common),
+        pairs,
+        folders=tiny_folders(tmp_path / "cut"),
+        progress=False,
+    )
     assert [s for s, _ in list_checkpoints(first.run_dir)] == [2, 4]
     assert all((p / MANIFEST_NAME).is_file() for _, p in list_checkpoints(first.run_dir))
     newest = list_checkpoints(first.run_dir)[-1][1]
     _truncate_files(newest, but=MANIFEST_NAME)
 
     with caplog.at_level(logging.WARNING, logger="fluxir.training.checkpoints"):
-        resumed = train(tiny_params(tmp_path / "cut", "train.max_steps=6", *common), pairs, progress=False)
+        resumed = train(
+            tiny_params(tmp_path / "cut", "train.max_steps=6", *common),
+            pairs,
+            folders=tiny_folders(tmp_path / "cut"),
+            progress=False,
+        )
     assert resumed.resumed_from == 2
     warning = " ".join(r.getMessage() for r in caplog.records)
     assert f"skipping damaged checkpoint {newest}" in warning
@@ -58,20 +73,35 @@ def test_a_truncated_newest_checkpoint_is_skipped_and_training_resumes_from_the_
 
 def test_no_complete_checkpoint_names_the_folder_and_how_to_start_over(tmp_path, pairs):
     params = ("train.max_steps=2", "train.checkpoint_every=1", "train.num_validation_pairs=0")
-    first = train(tiny_params(tmp_path, *params), pairs, progress=False)
+    first = train(tiny_params(tmp_path, *params), pairs, folders=tiny_folders(tmp_path), progress=False)
     for _, path in list_checkpoints(first.run_dir):
         _truncate_files(path)
     with pytest.raises(RuntimeError) as err:
-        train(tiny_params(tmp_path, "train.max_steps=3", *params[1:]), pairs, progress=False)
+        train(
+            tiny_params(tmp_path, "train.max_steps=3", *params[1:]),
+            pairs,
+            folders=tiny_folders(tmp_path),
+            progress=False,
+        )
     message = str(err.value)
     assert f"no complete checkpoint in {first.run_dir}" in message
     assert "train.resume=false" in message
-    again = train(tiny_params(tmp_path, "train.max_steps=3", "train.resume=false", *params[1:]), pairs, progress=False)
+    again = train(
+        tiny_params(tmp_path, "train.max_steps=3", "train.resume=false", *params[1:]),
+        pairs,
+        folders=tiny_folders(tmp_path),
+        progress=False,
+    )
     assert again.resumed_from == 0
 
 
 def test_a_damaged_adapter_is_named_when_loaded(tmp_path, pairs):
-    result = train(tiny_params(tmp_path, "train.max_steps=1", "train.num_validation_pairs=0"), pairs, progress=False)
+    result = train(
+        tiny_params(tmp_path, "train.max_steps=1", "train.num_validation_pairs=0"),
+        pairs,
+        folders=tiny_folders(tmp_path),
+        progress=False,
+    )
     dataset = FluxIRAdapterDataset(filepath=str(tmp_path / "adapter"))
     dataset.save(result.adapter)
     assert _max_diff(dataset.load(), result.adapter) == 0

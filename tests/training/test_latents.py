@@ -19,7 +19,7 @@ from fluxir.training.latents import precompute_latents
 from fluxir.training.loop import train
 
 from conftest import REPO
-from support import kill_when, make_pairs, tiny_params
+from support import kill_when, make_pairs, tiny_folders, tiny_params
 
 
 def with_sizes(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -67,15 +67,16 @@ def test_with_a_complete_cache_training_opens_no_image(tmp_path, opened_images):
     opened_images.clear()
     PairTable.from_manifest(manifest, 4)
     assert opened_images == [], "the pair table read sizes from files although the manifest has them"
-    half = precompute_latents(params, manifest, process_index=0, num_processes=2, progress=False)
+    folders = tiny_folders(tmp_path)
+    half = precompute_latents(params, manifest, 0, 2, progress=False, cache_dir=folders.latent_cache)
     assert half["encoded"] == 3 and half["cached"] == 0
     opened_images.clear()
-    train(params, manifest, progress=False, prompt_cache=tmp_path / "prompts")
+    train(params, manifest, folders=folders, progress=False, prompt_cache=tmp_path / "prompts")
     assert opened_images, "the check can fail: with half the cache, training reads the other pairs' images"
-    rest = precompute_latents(params, manifest, process_index=1, num_processes=2, progress=False)
+    rest = precompute_latents(params, manifest, 1, 2, progress=False, cache_dir=folders.latent_cache)
     assert rest["encoded"] + rest["cached"] == 3 and rest["cached"] >= 1, "training cached what it encoded"
     opened_images.clear()
-    train({**params, "resume": False}, manifest, progress=False, prompt_cache=tmp_path / "prompts")
+    train({**params, "resume": False}, manifest, folders=folders, progress=False, prompt_cache=tmp_path / "prompts")
     assert opened_images == []
 
 
@@ -83,11 +84,21 @@ def test_shards_add_up_to_one_process(tmp_path):
     manifest = noise_pairs(tmp_path / "pairs", 7)
     one = tiny_params(tmp_path / "one")
     two = tiny_params(tmp_path / "two")
-    assert precompute_latents(one, manifest, progress=False)["encoded"] == 7
-    counts = [precompute_latents(two, manifest, r, 2, progress=False)["encoded"] for r in (0, 1)]
+    assert (
+        precompute_latents(one, manifest, progress=False, cache_dir=tiny_folders(tmp_path / "one").latent_cache)[
+            "encoded"
+        ]
+        == 7
+    )
+    counts = [
+        precompute_latents(two, manifest, r, 2, progress=False, cache_dir=tiny_folders(tmp_path / "two").latent_cache)[
+            "encoded"
+        ]
+        for r in (0, 1)
+    ]
     assert counts == [4, 3]
     assert _cache_files(tmp_path / "two" / "cache") == _cache_files(tmp_path / "one" / "cache")
-    again = precompute_latents(two, manifest, progress=False)
+    again = precompute_latents(two, manifest, progress=False, cache_dir=tiny_folders(tmp_path / "two").latent_cache)
     assert (again["encoded"], again["cached"]) == (0, 7)
 
 

@@ -27,7 +27,7 @@ from fluxir.training.loss import flow_matching_loss, make_micro_batch, pixel_los
 from fluxir.training.models import ControlledFlux, build_adapter, load_models
 
 from conftest import free_port, kedro_run
-from support import base_params, kill_when, make_pairs, restore_config, tiny_params
+from support import base_params, kill_when, make_pairs, restore_config, tiny_folders, tiny_params
 
 
 def max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -314,12 +314,24 @@ def test_the_adapter_carries_its_training_guidance(tmp_path, tiny_models):
 def test_any_split_of_the_global_batch_trains_the_same(tmp_path, pairs):
     """Global batch 2 as 1 pair x 2 accumulation micro-steps or as 2 pairs in one: same samples, same steps."""
     common = ("train.max_steps=3", "train.global_batch=2")
-    accumulated = train(tiny_params(tmp_path / "a", *common, "train.batch_size=1"), pairs, progress=False)
-    at_once = train(tiny_params(tmp_path / "b", *common, "train.batch_size=2"), pairs, progress=False)
+    accumulated = train(
+        tiny_params(tmp_path / "a", *common, "train.batch_size=1"),
+        pairs,
+        folders=tiny_folders(tmp_path / "a"),
+        progress=False,
+    )
+    at_once = train(
+        tiny_params(tmp_path / "b", *common, "train.batch_size=2"),
+        pairs,
+        folders=tiny_folders(tmp_path / "b"),
+        progress=False,
+    )
     assert accumulated.run_dir.name == at_once.run_dir.name  # batch_size does not change what is learned
     np.testing.assert_allclose(accumulated.history.loss, at_once.history.loss, rtol=1e-4)
     assert max_diff(accumulated.adapter, at_once.adapter) < 1e-5  # float sums in another order only
-    single = train(tiny_params(tmp_path / "c", "train.max_steps=3"), pairs, progress=False)  # global batch 1
+    single = train(
+        tiny_params(tmp_path / "c", "train.max_steps=3"), pairs, folders=tiny_folders(tmp_path / "c"), progress=False
+    )  # global batch 1
     assert max_diff(single.adapter, at_once.adapter) > 1e-4
 
 
@@ -327,21 +339,21 @@ def test_a_second_run_of_the_same_settings_refuses_while_the_first_holds_the_fol
     """One writer per checkpoint folder: the second run names the holder and writes nothing; once the first has
     ended the same command resumes from its checkpoint."""
     params = tiny_params(tmp_path, "train.max_steps=2", "train.checkpoint_every=1")
-    first = train(params, pairs, progress=False)
+    first = train(params, pairs, folders=tiny_folders(tmp_path), progress=False)
     before = sorted(p.name for p in first.run_dir.iterdir())
     with exclusive_lock(first.run_dir / LOCK_NAME, "a training run"):  # a run of these settings still going
         with pytest.raises(
             FolderBusy, match=rf"checkpoint folder .*{first.run_dir.name} is being written by pid {os.getpid()}"
         ):
-            train({**params, "max_steps": 3}, pairs, progress=False)
+            train({**params, "max_steps": 3}, pairs, folders=tiny_folders(tmp_path), progress=False)
     assert sorted(p.name for p in first.run_dir.iterdir()) == before
-    assert train({**params, "max_steps": 3}, pairs, progress=False).resumed_from == 2
+    assert train({**params, "max_steps": 3}, pairs, folders=tiny_folders(tmp_path), progress=False).resumed_from == 2
 
 
 def test_cache_and_checkpointing_do_not_change_training(tmp_path, pairs):
     """Latent cache on/off and gradient checkpointing (Flux, adapter, decoder) give the same steps."""
     common = ("train.max_steps=3", "train.pixel_loss_crop=16")
-    ref = train(tiny_params(tmp_path / "a", *common), pairs, progress=False)
+    ref = train(tiny_params(tmp_path / "a", *common), pairs, folders=tiny_folders(tmp_path / "a"), progress=False)
     assert len(list((tmp_path / "a" / "cache").rglob("*.safetensors"))) > 0
     other = train(
         tiny_params(
@@ -352,6 +364,7 @@ def test_cache_and_checkpointing_do_not_change_training(tmp_path, pairs):
             "train.decoder_gradient_checkpointing=true",
         ),
         pairs,
+        folders=tiny_folders(tmp_path / "b"),
         progress=False,
     )
     assert not (tmp_path / "b" / "cache").exists()
@@ -365,7 +378,12 @@ def test_cache_and_checkpointing_do_not_change_training(tmp_path, pairs):
 
 def test_200_steps_reduce_the_loss(tmp_path, pairs):
     """Tiny env (lr 1e-3, see conf/tiny): the last-20-step mean loss is clearly below the first-20."""
-    result = train(tiny_params(tmp_path, "train.max_steps=200", "train.checkpoint_every=200"), pairs, progress=False)
+    result = train(
+        tiny_params(tmp_path, "train.max_steps=200", "train.checkpoint_every=200"),
+        pairs,
+        folders=tiny_folders(tmp_path),
+        progress=False,
+    )
     h = result.history
     assert list(h.step) == list(range(1, 201))
     first, last = h.loss.head(20).mean(), h.loss.tail(20).mean()
@@ -385,7 +403,7 @@ def test_nan_loss_stops_and_keeps_the_good_checkpoint(tmp_path, pairs):
         "train.keep_checkpoints=5",
     )
     with pytest.raises(FloatingPointError) as err:
-        train(params, pairs, progress=False)
+        train(params, pairs, folders=tiny_folders(tmp_path), progress=False)
     message = str(err.value)
     good = list_checkpoints(Path(next((tmp_path / "ckpt").iterdir())))
     assert good, "the first step (finite loss) should have been checkpointed"
@@ -436,7 +454,9 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, pairs, ke
     assert report["resumed_from"] == killed_at
     assert [s["step"] for s in report["steps"]] == list(range(killed_at + 1, 61))
 
-    whole = train(tiny_params(tmp_path / "whole", *params), pairs, progress=False)
+    whole = train(
+        tiny_params(tmp_path / "whole", *params), pairs, folders=tiny_folders(tmp_path / "whole"), progress=False
+    )
     assert max_diff(load_adapter(tmp_path / "resumed"), whole.adapter) < 1e-6
     state = json.loads((run_dir / "step_00000060" / "trainer_state.json").read_text())
     np.testing.assert_allclose([r["loss"] for r in state["history"]], whole.history.loss, rtol=1e-6)
@@ -523,7 +543,12 @@ def test_two_processes_keep_identical_weights_and_only_rank0_writes(tmp_path, pa
 
     # Global batch 2: two processes x batch 1 == one process x batch 1 x 2 accumulation steps (same samples,
     # same per-sample randomness; the tolerance covers gloo's all-reduce summing in another order).
-    single = train(tiny_params(tmp_path / "one", "train.max_steps=6", "train.global_batch=2"), pairs, progress=False)
+    single = train(
+        tiny_params(tmp_path / "one", "train.max_steps=6", "train.global_batch=2"),
+        pairs,
+        folders=tiny_folders(tmp_path / "one"),
+        progress=False,
+    )
     assert max_diff(load_adapter(tmp_path / "adapter"), single.adapter) < 1e-4
 
 
@@ -589,12 +614,22 @@ def test_packing_matches_diffusers_and_inverts():
 def test_a_global_batch_larger_than_a_bucket_warns_once(tmp_path, pairs, caplog):
     """8 pairs in three size buckets, 2 held out: a global batch of 4 repeats pairs in every step."""
     with caplog.at_level(logging.WARNING, logger="fluxir.training"):
-        train(tiny_params(tmp_path / "a", "train.max_steps=2", "train.global_batch=4"), pairs, progress=False)
+        train(
+            tiny_params(tmp_path / "a", "train.max_steps=2", "train.global_batch=4"),
+            pairs,
+            folders=tiny_folders(tmp_path / "a"),
+            progress=False,
+        )
     warned = [r.getMessage() for r in caplog.records if "exceeds the training pairs" in r.getMessage()]
     assert (
         len(warned) == 1 and warned[0].startswith("train.global_batch=4 exceeds") and "of 6 training pairs" in warned[0]
     )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="fluxir.training"):
-        train(tiny_params(tmp_path / "b", "train.max_steps=1"), pairs, progress=False)  # global batch 1
+        train(
+            tiny_params(tmp_path / "b", "train.max_steps=1"),
+            pairs,
+            folders=tiny_folders(tmp_path / "b"),
+            progress=False,
+        )  # global batch 1
     assert not [r for r in caplog.records if "exceeds the training pairs" in r.getMessage()]

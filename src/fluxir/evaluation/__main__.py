@@ -4,10 +4,10 @@
 Restores the LQ images of the evaluate pipeline's ``benchmark_manifest`` with every restorer of
 ``evaluate.methods`` that runs here (or ``--methods``): FluxIR with ``evaluate.restore.*`` and the catalog's
 ``fluxir_adapter`` (``fluxir.evaluation.restore.restore_missing``), the public restorers with
-``baselines.*`` (``restore_public_missing``). Outputs are keyed by method, weights, settings and input, so
-``kedro run --pipeline=evaluate`` afterwards reuses them and scores and reports. Under ``accelerate launch``
-process ``r`` of ``w`` restores every ``w``-th image on its own GPU; the outputs are the same as from one
-process.
+``baselines.*`` (``restore_public_missing``), into the catalog's ``eval_outputs``. Outputs are keyed by
+method, weights, settings and input, so ``kedro run --pipeline=evaluate`` afterwards reuses them and scores
+and reports. Under ``accelerate launch`` process ``r`` of ``w`` restores every ``w``-th image on its own GPU;
+the outputs are the same as from one process.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate = params["evaluate"]
     methods = check_methods(args.methods.split(",") if args.methods else evaluate["methods"])
     public = [m for m in methods if m in PUBLIC_METHODS]
-    needs_catalog = not args.manifest or ("fluxir" in methods and not args.adapter)
-    catalog = load_catalog(args.env, args.project) if needs_catalog else None
+    catalog = load_catalog(args.env, args.project, args.params)
+    outputs = catalog.load("eval_outputs")  # the evaluate pipeline's folder of every method's outputs
     manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("benchmark_manifest")
     restore = evaluate["restore"]
     state = PartialState(cpu=accelerate_cpu(restore["device"]))
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             manifest,
             adapter,
             restore,
-            evaluate["outputs_dir"],
+            outputs,
             evaluate["scale"],
             evaluate["color_fix"],
             state.process_index,
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             manifest,
             public,
             params["baselines"],
-            evaluate["outputs_dir"],
+            outputs,
             evaluate["scale"],
             evaluate["color_fix"],
             state.process_index,

@@ -13,19 +13,18 @@
   (:func:`aligned_crops`), so both show the same scene whatever the parity of the sizes.
 - **RealLQ250** (``kind: lq_only``): LQ images only, centre-cropped to ``lq_size`` (256); no HQ.
 
-Prepared images go to ``<prepared_dir>/<name>/<key>/{lq,hq}/<image>.png``; the key hashes the settings
+Each benchmark's downloaded folders are the catalog entry ``<key>_benchmark`` (``BenchmarkFoldersDataset``: HQ
+and LQ folder), its settings ``evaluate.benchmarks.<key>``. Prepared images go to the catalog's
+``prepared_benchmarks`` folder, ``<folder>/<name>/<key>/{lq,hq}/<image>.png``; the key hashes the settings
 and the source file list, so a rerun with the same inputs reuses the files (writes are atomic) and a
 change of settings never mixes with old crops. A benchmark whose folder is missing or holds no image
 is *skipped* with a message saying where to put it; a folder with the wrong content is an error.
-
-:func:`write_demo_benchmarks` fills missing folders with small degraded crops of scikit-image's
-bundled photos (real, redistributable images) for the tiny demo; a marker file labels them as demo data.
+The tiny environment's demo folders are written by ``fluxir.evaluation.demo`` (``make demo``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import skimage.data
 
 from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
 from fluxir.io.atomic import write_png_atomic
@@ -51,7 +49,8 @@ MANIFEST_COLUMNS = ["dataset", "image", "lq_path", "hq_path", "source", "prep_ke
 OUTPUT_COLUMNS = ["dataset", "image", "method", "path"]  # one row per output image of any method, any source
 DEMO_MARKER = "FLUXIR_DEMO_DATA.txt"
 DOCS = "docs/evaluation.md"
-_SPEC_KEYS = ("name", "kind", "hq_dir", "lq_dir", "hq_size", "lq_size", "num_images", "seed", "strip_suffix")
+_SPEC_KEYS = ("name", "kind", "hq_size", "lq_size", "num_images", "seed", "strip_suffix")
+FOLDERS_ENTRY = "{key}_benchmark"  # the catalog entry of benchmark <key>'s downloaded folders
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -61,7 +60,8 @@ _SPEC_KEYS = ("name", "kind", "hq_dir", "lq_dir", "hq_size", "lq_size", "num_ima
 
 @dataclass(frozen=True, kw_only=True)
 class BenchmarkSpec:
-    """Where one benchmark's downloaded files are and how to prepare them (one ``evaluate.benchmarks`` entry).
+    """Where one benchmark's downloaded files are and how to prepare them: the settings of one
+    ``evaluate.benchmarks`` entry and the folders of its catalog entry ``<key>_benchmark``.
 
     ``hq_dir`` is the DIV2K validation HQ folder for ``synthetic``, the HQ folder for ``paired`` and
     unused for ``lq_only``; ``lq_dir`` the LQ folder (unused for ``synthetic``). ``num_images`` is the
@@ -79,27 +79,46 @@ class BenchmarkSpec:
     strip_suffix: str = DEFAULT_STRIP_SUFFIX
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> BenchmarkSpec:
-        """Build from a parameters mapping; unknown keys and impossible sizes are errors."""
+    def from_params(
+        cls, params: Mapping[str, Any], folders: Mapping[str, Any] | None = None, entry: str = "<key>_benchmark"
+    ) -> BenchmarkSpec:
+        """Build from a parameters mapping and the folders ``{"hq": ..., "lq": ...}`` of its catalog ``entry``
+        (None: the settings alone are checked); unknown keys, impossible sizes and a folder the kind needs but
+        the entry lacks are errors."""
         if not isinstance(params, Mapping):
             raise TypeError(f"a benchmark entry must be a mapping, got {params!r}")
         unknown = sorted(set(params) - set(_SPEC_KEYS))
         if unknown:
-            raise ValueError(
-                f"benchmark {params.get('name')!r}: unknown setting(s) {unknown}; known: {list(_SPEC_KEYS)}"
+            moved = (
+                " (the folders are the catalog entry's hq_path / lq_path)"
+                if {"hq_dir", "lq_dir"} & set(unknown)
+                else ""
             )
-        spec = cls(**dict(params))
+            raise ValueError(
+                f"benchmark {params.get('name')!r}: unknown setting(s) {unknown}; known: {list(_SPEC_KEYS)}{moved}"
+            )
+        given = {f"{side}_dir": str(path) if path else None for side, path in (folders or {}).items()}
+        spec = cls(**dict(params), **given)
         spec.validate()
+        if folders is not None:
+            spec.check_folders(entry)
         return spec
 
+    def check_folders(self, entry: str = "<key>_benchmark") -> None:
+        """Raise ValueError naming the catalog ``entry`` when it lacks a folder this kind reads."""
+        where = f"benchmark {self.name!r}"
+        needs = {"synthetic": ("hq",), "paired": ("hq", "lq"), "lq_only": ("lq",)}[self.kind]
+        lacking = [f"{side}_path" for side in needs if not getattr(self, f"{side}_dir")]
+        if lacking:
+            raise ValueError(
+                f"{where}: kind {self.kind!r} reads {' and '.join(f'{s}_path' for s in needs)}; set "
+                f"{' and '.join(lacking)} in its catalog entry {entry} (conf/<env>/catalog_evaluate.yml)"
+            )
+
     def validate(self) -> None:
-        """Raise ValueError naming the setting when the spec cannot be prepared."""
+        """Raise ValueError naming the setting when the spec cannot be prepared (the folders: ``check_folders``)."""
         where = f"benchmark {self.name!r}"
         check_fields(self, [Rule("kind", "choice", KINDS)], f"{where}: ")
-        if self.kind != "lq_only" and not self.hq_dir:
-            raise ValueError(f"{where}: kind {self.kind!r} needs hq_dir")
-        if self.kind != "synthetic" and not self.lq_dir:
-            raise ValueError(f"{where}: kind {self.kind!r} needs lq_dir")
         sizes = ("lq_size",) if self.kind == "lq_only" else ("hq_size", "lq_size")
         check_fields(
             self,
@@ -215,7 +234,7 @@ def _is_demo(spec: BenchmarkSpec) -> bool:
     return any(d and (Path(d) / DEMO_MARKER).is_file() for d in spec.source_dirs)
 
 
-def _missing(spec: BenchmarkSpec) -> str | None:
+def missing_files(spec: BenchmarkSpec) -> str | None:
     """Why a benchmark cannot run (a folder absent or without images), or None when its files are there."""
     for folder in spec.source_dirs:
         if not Path(folder).is_dir():
@@ -239,13 +258,15 @@ def _write_once(path: Path, make: Any) -> None:
 def prepare_benchmark(
     spec: BenchmarkSpec, prepared_dir: str | Path, degradation: Mapping[str, Any] | None = None
 ) -> PreparedBenchmark:
-    """Prepare one benchmark, or return it skipped (with the reason, logged) when its files are missing.
+    """Prepare one benchmark into ``prepared_dir`` (the catalog's ``prepared_benchmarks``), or return it skipped
+    (with the reason, logged) when its files are missing.
 
     ``degradation`` is the training ``DegradationConfig`` as a dict (``params:degrade.config``); only the
     synthetic kind uses it (crop size and a random crop position are set here).
     """
     spec.validate()
-    reason = _missing(spec)
+    spec.check_folders()
+    reason = missing_files(spec)
     if reason is not None:
         message = (
             f"{spec.name}: skipped, {reason}. Download it and put the files there "
@@ -395,8 +416,8 @@ def collect(prepared: list[PreparedBenchmark]) -> tuple[pd.DataFrame, dict[str, 
     ready = [p.images for p in prepared if p.ready]
     if not ready:
         raise ValueError(
-            f"no benchmark is available; download at least one and put it where its parameters say "
-            f"({DOCS}): " + "; ".join(f"{p.name}: {p.reason}" for p in prepared)
+            f"no benchmark is available; download at least one and put it where its catalog entry "
+            f"<key>_benchmark says ({DOCS}): " + "; ".join(f"{p.name}: {p.reason}" for p in prepared)
         )
     manifest = pd.concat(ready, ignore_index=True)
     duplicated = manifest.duplicated(["dataset", "image"])
@@ -405,76 +426,3 @@ def collect(prepared: list[PreparedBenchmark]) -> tuple[pd.DataFrame, dict[str, 
             f"duplicate (dataset, image) names: {manifest[duplicated][['dataset', 'image']].values[:5].tolist()}"
         )
     return manifest, status
-
-
-# --------------------------------------------------------------------------------------------- #
-# Demo folders for the tiny environment
-# --------------------------------------------------------------------------------------------- #
-
-# scikit-image's bundled colour photos (no download needed), by benchmark kind.
-DEMO_PHOTOS = {
-    "synthetic": ("astronaut", "coffee", "chelsea"),
-    "paired": ("rocket", "immunohistochemistry", "hubble_deep_field"),
-    "lq_only": ("retina", "cat", "astronaut"),
-}
-
-
-def _photo(name: str) -> np.ndarray:
-    image = getattr(skimage.data, name)()
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"skimage.data.{name} is not an RGB photo")
-    return np.ascontiguousarray(image)
-
-
-def _demo_config(size: int, degradation: Mapping[str, Any]) -> Any:
-    return DegradationConfig.from_dict({**dict(degradation), "crop_sizes": [[size, size]], "crop_position": "center"})
-
-
-def write_demo_benchmarks(
-    specs: Mapping[str, BenchmarkSpec], degradation: Mapping[str, Any], count: int = 3, seed: int = 0
-) -> dict[str, list[str]]:
-    """Fill the folders of every benchmark that has no image yet with ``count`` small demo images.
-
-    Sources are scikit-image's bundled photos degraded with the training degradation: the synthetic
-    source folder gets whole photos; paired folders get ``<photo>_HR.png`` / ``<photo>_LR4.png`` pairs
-    slightly larger than the crops (so centre cropping is exercised); LQ-only folders get LQ images.
-    Folders that already hold images are left untouched. Returns ``{benchmark: [folders written]}``.
-    """
-    written: dict[str, list[str]] = {}
-    for spec in specs.values():
-        if _missing(spec) is None:
-            continue
-        photos = DEMO_PHOTOS[spec.kind][:count]
-        scale = spec.scale or degradation["scale"]
-        if spec.kind == "synthetic":
-            folder = Path(spec.hq_dir)
-            for name in photos:
-                photo = _photo(name)
-                if min(photo.shape[:2]) < spec.hq_size:
-                    raise ValueError(
-                        f"demo benchmarks are for small sizes: {name} is smaller than hq_size {spec.hq_size}"
-                    )
-                write_png_atomic(folder / f"{name}.png", photo)
-            folders = [folder]
-        else:
-            lq_side = spec.lq_size + max(4, spec.lq_size // 2)  # larger than the crop, a multiple of 4
-            lq_side += (-lq_side) % 4
-            hq_side = math.lcm(16, scale) * math.ceil(lq_side * scale / math.lcm(16, scale))
-            config = _demo_config(hq_side, degradation)
-            hq_folder, lq_folder = Path(spec.hq_dir or spec.lq_dir), Path(spec.lq_dir)
-            for name in photos:
-                hq, lq, _ = degrade_pair(_photo(name), f"demo-{spec.name}-{name}", seed, config)
-                if spec.kind == "paired":
-                    write_png_atomic(hq_folder / f"{name}_HR.png", hq)
-                    write_png_atomic(lq_folder / f"{name}_LR{scale}.png", lq)
-                else:
-                    write_png_atomic(lq_folder / f"{name}.png", lq)
-            folders = [hq_folder, lq_folder] if spec.kind == "paired" else [lq_folder]
-        for folder in folders:
-            (folder / DEMO_MARKER).write_text(
-                "Demo data written by fluxir for the tiny environment: degraded crops of scikit-image's sample\n"
-                f"photos, NOT the {spec.name} benchmark. Delete this folder and put the real files here ({DOCS}).\n"
-            )
-        written[spec.name] = sorted({str(f) for f in folders})
-        log.info("%s: wrote %d demo images into %s", spec.name, len(photos), ", ".join(written[spec.name]))
-    return written

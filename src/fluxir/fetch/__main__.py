@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fluxir.config import cli_parser, load_params
+from fluxir.config import catalog_config, cli_parser, load_params
 from fluxir.fetch import DiskSpaceError, check_disk, format_list, format_plan, format_results, plan, run
 from fluxir.fetch.manifest import GROUPS, build
 
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mirror", help="a folder or http(s) URL serving the same file names (air-gapped clusters)")
     args = parser.parse_args(argv)
     project = Path(args.project).resolve()
-    manifest = build(load_params(args.env, args.params, project), project, args.only)
+    params = load_params(args.env, args.params, project)
+    manifest = build(params, project, args.only, catalog_config(args.env, project, args.params))
     if args.list:
         print(format_list(manifest))
         return 0

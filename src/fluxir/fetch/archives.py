@@ -2,7 +2,7 @@
 
 Each rule is ``(member pattern, folder)``: the archive's image files whose path matches the glob
 pattern (alternatives separated by ``|``) are written, flat, into the folder (the benchmark folders of
-conf/base/parameters_evaluate.yml).
+the catalog entries <key>_benchmark, conf/base/catalog_evaluate.yml).
 A folder is filled in a temporary sibling and renamed into place only when every rule found its
 files, so a broken archive leaves nothing half-installed. A ``.fetched.json`` in the folder records
 which archive it came from and its files: a second run finds it and skips the download. A folder that

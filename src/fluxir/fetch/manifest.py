@@ -6,14 +6,15 @@ agreeing) or a checksum registry's (TFDS). A size known only rounded (a hub page
 marked approximate: it is shown with "~" and counted in the disk check, but the download is verified
 against what the server announces. ``None`` where nothing was found: such a file is verified against the
 size its server announces, and ``fluxir.check`` then loads every weight file and compares its keys.
-Destinations are never written here: each one is read from the environment's parameters, so a file
-lands where the loaders look:
+Destinations are never written here: each one is read from the environment's parameters (the benchmark
+folders from its catalog), so a file lands where the loaders look:
 
 - ``flux``: ``fluxgen.model``, ``train.model``, ``restore.model``, ``evaluate.restore.model``,
   ``baselines.flux_controlnet.model`` (a hub id: the Hugging Face cache; a folder: the snapshot is that folder);
 - ``iqa``: the files of ``iqa.metrics`` and ``evaluate.metrics`` under ``iqa.weights_dir``, as
   ``fluxir.iqa.weights`` names them (the names pyiqa, torchvision and CLIP look up);
-- ``benchmarks``: the folders of ``evaluate.benchmarks``;
+- ``benchmarks``: the folders (``hq_path``, ``lq_path``) of the catalog entry ``<key>_benchmark`` of each
+  ``evaluate.benchmarks.<key>``;
 - ``baselines``: ``baselines.realesrgan.weights`` and ``baselines.flux_controlnet.controlnet``, the public
   restorers of ``evaluate.methods`` and ``restore.method``.
 """
@@ -98,14 +99,14 @@ STABLESR_NOTE = (
     "StableSR's crops: LQ 128x128, HQ 512x512 (conf/base's hq_size/lq_size for realsr and drealsr); "
     "the paper's 1024/256 centre crops need the full-size RealSR v3 / DRealSR x4 pairs (docs/evaluation.md)"
 )
-# benchmark key -> (archive file name, URL, [(member glob, parameter of the destination folder)], note)
+# benchmark key -> (archive file name, URL, [(member glob, destination folder in catalog entry <key>_benchmark)], note)
 BENCHMARK_ARCHIVES: dict[str, tuple[str, str, list[tuple[str, str]], str]] = {
     "realsr": (
         "StableSR_testsets.zip",
         STABLESR_URL,
         [
-            ("StableSR_testsets/RealSRVal_crop128/test_HR/*|StableSR_testsets/RealSRVal_crop128/gt/*", "hq_dir"),
-            ("StableSR_testsets/RealSRVal_crop128/test_LR/*|StableSR_testsets/RealSRVal_crop128/lq/*", "lq_dir"),
+            ("StableSR_testsets/RealSRVal_crop128/test_HR/*|StableSR_testsets/RealSRVal_crop128/gt/*", "hq_path"),
+            ("StableSR_testsets/RealSRVal_crop128/test_LR/*|StableSR_testsets/RealSRVal_crop128/lq/*", "lq_path"),
         ],
         STABLESR_NOTE,
     ),
@@ -113,21 +114,21 @@ BENCHMARK_ARCHIVES: dict[str, tuple[str, str, list[tuple[str, str]], str]] = {
         "StableSR_testsets.zip",
         STABLESR_URL,
         [
-            ("StableSR_testsets/DrealSRVal_crop128/test_HR/*|StableSR_testsets/DrealSRVal_crop128/gt/*", "hq_dir"),
-            ("StableSR_testsets/DrealSRVal_crop128/test_LR/*|StableSR_testsets/DrealSRVal_crop128/lq/*", "lq_dir"),
+            ("StableSR_testsets/DrealSRVal_crop128/test_HR/*|StableSR_testsets/DrealSRVal_crop128/gt/*", "hq_path"),
+            ("StableSR_testsets/DrealSRVal_crop128/test_LR/*|StableSR_testsets/DrealSRVal_crop128/lq/*", "lq_path"),
         ],
         STABLESR_NOTE,
     ),
     "reallq250": (
         "RealLQ250.zip",
         REALLQ250_URL,
-        [("*", "lq_dir")],
+        [("*", "lq_path")],
         "DreamClear's 250 LQ images (no HQ); the archive's inner layout is not published: every image in it",
     ),
     "div2k_val": (
         "DIV2K_valid_HR.zip",
         DIV2K_VALID_URL,
-        [("DIV2K_valid_HR/*", "hq_dir")],
+        [("DIV2K_valid_HR/*", "hq_path")],
         "the 100 DIV2K validation HQ images; DIV2K-Val's 600 crops are cut from them by the evaluate pipeline",
     ),
 }
@@ -287,7 +288,9 @@ def _iqa_items(params: Mapping[str, Any]) -> tuple[list[Item], list[str]]:
     return list(items.values()), skipped
 
 
-def _benchmark_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item], list[str]]:
+def _benchmark_items(
+    params: Mapping[str, Any], catalog: Mapping[str, Any], project: Path
+) -> tuple[list[Item], list[str]]:
     benchmarks = _get(params, "evaluate.benchmarks") or {}
     archives: dict[str, dict[str, Any]] = {}
     skipped = []
@@ -296,12 +299,16 @@ def _benchmark_items(params: Mapping[str, Any], project: Path) -> tuple[list[Ite
         if not isinstance(entry, Mapping):
             skipped.append(f"benchmarks {key}: not in evaluate.benchmarks of this env")
             continue
+        folders = catalog.get(f"{key}_benchmark")
+        if not isinstance(folders, Mapping):
+            skipped.append(f"benchmarks {key}: no catalog entry {key}_benchmark in this env")
+            continue
         row = archives.setdefault(file_name, {"url": url, "extract": [], "used_by": [], "notes": []})
         for pattern, folder_key in rules:
-            if entry.get(folder_key) is None:
+            if folders.get(folder_key) is None:
                 continue
-            row["extract"].append((pattern, (project / str(entry[folder_key])).resolve()))
-        row["used_by"].append(f"evaluate.benchmarks.{key}")
+            row["extract"].append((pattern, (project / str(folders[folder_key])).resolve()))
+        row["used_by"].append(f"catalog {key}_benchmark")
         row["notes"] += [] if note in row["notes"] else [note]
     items = []
     for file_name, row in archives.items():
@@ -360,8 +367,13 @@ def _baseline_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item
     return items + rows, skipped
 
 
-def build(params: Mapping[str, Any], project: Path, only: tuple[str, ...] = GROUPS) -> Manifest:
-    """The manifest for an environment's parameters, restricted to the groups in ``only``."""
+def build(
+    params: Mapping[str, Any], project: Path, only: tuple[str, ...] = GROUPS, catalog: Mapping[str, Any] | None = None
+) -> Manifest:
+    """The manifest for an environment's parameters and ``catalog`` entries (``fluxir.config.catalog_config``;
+    needed for the benchmarks), restricted to the groups in ``only``."""
+    if "benchmarks" in only and catalog is None:
+        raise ValueError("the benchmark folders are catalog entries: pass the environment's catalog config")
     manifest = Manifest()
     if "flux" in only:
         rows = _snapshot_items(
@@ -386,7 +398,7 @@ def build(params: Mapping[str, Any], project: Path, only: tuple[str, ...] = GROU
             )
     for group, build_group in (
         ("iqa", lambda: _iqa_items(params)),
-        ("benchmarks", lambda: _benchmark_items(params, project)),
+        ("benchmarks", lambda: _benchmark_items(params, catalog, project)),
         ("baselines", lambda: _baseline_items(params, project)),
     ):
         if group in only:

@@ -126,31 +126,34 @@ def _pair_count(spec: Any) -> int:
     return len(lq & {pair_key(p.stem, spec.strip_suffix) for p in list_images(spec.hq_dir)})
 
 
-def check_benchmarks(params: Mapping[str, Any]) -> list[Finding]:
-    """Each evaluate.benchmarks entry: folders present with images, and how many pairs it gives."""
-    from fluxir.evaluation.testsets import BenchmarkSpec, list_images
+def check_benchmarks(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> list[Finding]:
+    """Each evaluate.benchmarks entry: the folders of its catalog entry ``<key>_benchmark`` (``catalog``: entries
+    as ``fluxir.config.catalog_config`` gives them) present with images, and how many pairs it gives."""
+    from fluxir.evaluation.testsets import FOLDERS_ENTRY, BenchmarkSpec, list_images
 
     evaluate = params.get("evaluate") or {}
-    demo = bool(evaluate.get("demo_benchmarks"))
+    # The tiny environment's demo folders are written by `make demo`; a real run's benchmarks are downloaded.
+    fix = (
+        "`python -m fluxir.evaluation.demo --env tiny` (make demo)" if evaluate.get("tiny_models") else FETCH_BENCHMARKS
+    )
     findings = []
-    for key, entry in (evaluate.get("benchmarks") or {}).items():
+    for key, settings in (evaluate.get("benchmarks") or {}).items():
+        entry = FOLDERS_ENTRY.format(key=key)
+        folders = {side: (catalog.get(entry) or {}).get(f"{side}_path") for side in ("hq", "lq")}
         try:
-            spec = BenchmarkSpec.from_params(entry)
+            spec = BenchmarkSpec.from_params(settings, folders, entry)
         except (ValueError, TypeError) as err:
             findings.append(Finding("FAIL", "benchmark", key, str(err)))
             continue
         empty = [str(Path(d).resolve()) for d in spec.source_dirs if not Path(d).is_dir() or not list_images(d)]
-        if empty and demo:
-            findings.append(
-                Finding("WARN", "benchmark", key, f"{empty} empty: demo images will be written (demo_benchmarks)")
-            )
-        elif empty:
+        if empty:
             findings.append(
                 Finding(
                     "FAIL",
                     "benchmark",
                     key,
-                    f"folder(s) {empty} missing or without images: `{FETCH_BENCHMARKS}` or see docs/evaluation.md",
+                    f"folder(s) {empty} of catalog entry {entry} missing or without images: {fix} or see "
+                    "docs/evaluation.md",
                 )
             )
         else:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from accelerate import PartialState
 
-from fluxir.config import cli_parser, load_catalog, load_params
+from fluxir.config import catalog_config, cli_parser, load_catalog, load_params
 from fluxir.models.adapter import load_adapter
 from fluxir.models.flux import accelerate_cpu, resolve_device
 from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
@@ -24,9 +24,12 @@ from fluxir.validation import check_params
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Restore ``restore.input_dir`` into ``restore.output_dir`` on one or many processes."""
+    """Restore the catalog's ``restore_input`` into ``restore_output`` (``--params restore.input_dir=photos,
+    restore.output_dir=restored`` sets them) on one or many processes."""
     parser = cli_parser("python -m fluxir.restoration", main.__doc__, "restore.input_dir=photos")
-    parser.add_argument("--plan", default=None, help="restore plan parquet (default: plan restore.input_dir now)")
+    parser.add_argument(
+        "--plan", default=None, help="restore plan parquet (default: plan the catalog's restore_input now)"
+    )
     parser.add_argument("--adapter", default=None, help="adapter folder (default: the catalog's latest fluxir_adapter)")
     parser.add_argument(
         "--report", default=None, help="write this process's share (results, failures) to <report>.rank<r>.json"
@@ -34,18 +37,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.env, args.params, args.project)
-    check_params(params, ["restore", "baselines"], "python -m fluxir.restoration")
+    # Without --plan the input folder is read here: the catalog's restore_input is checked with the parameters.
+    folders = None if args.plan else catalog_config(args.env, args.project, args.params)
+    check_params(params, ["restore", "baselines"], "python -m fluxir.restoration", folders)
     files, cfg = split_params(params["restore"])
     state = PartialState(cpu=accelerate_cpu(cfg.device))
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, state.device))  # this process's GPU
+    catalog = load_catalog(args.env, args.project, args.params)  # restore_input / _output read the runtime params
+    files = {**files, "input_dir": catalog.load("restore_input"), "output_dir": catalog.load("restore_output")}
     if args.plan:
         plan = pd.read_parquet(args.plan)
     else:
         plan = pd.DataFrame(
-            plan_folder(files.get("input_dir"), files.get("output_dir"), bool(files.get("overwrite"))),
+            plan_folder(files["input_dir"], files["output_dir"], bool(files.get("overwrite"))),
             columns=["input", "output", "action"],
         )
-    catalog = load_catalog(args.env, args.project)
     adapter = None  # a public restorer (restore.method) needs none
     if args.adapter:
         adapter = load_adapter(args.adapter)

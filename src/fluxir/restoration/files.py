@@ -271,6 +271,8 @@ def _fail(failures: list[dict[str, str]], src: str, reason: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Folders: which files to restore, where to write them
 
+# input_dir / output_dir are not parameters but the runtime params the catalog's restore_input / restore_output
+# read; Kedro merges every runtime param into the parameters too, so a run's restore group may hold them.
 FILE_PARAMS = ("method", "input_dir", "output_dir", "overwrite", "model", "progress")
 
 
@@ -284,27 +286,33 @@ def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], RestoreConfig]
     return files, RestoreConfig.from_params({k: v for k, v in params.items() if k not in FILE_PARAMS})
 
 
-def plan_folder(input_dir: str, output_dir: str, overwrite: bool = False) -> list[dict[str, Any]]:
+# What to tell a user whose restore input is missing: the catalog entries and how to set them per run.
+SET_INPUT = (
+    'give it per run: kedro run --pipeline=restore --params="restore.input_dir=photos,restore.output_dir=restored" '
+    "(the catalog entries restore_input / restore_output read these runtime params; a fixed folder goes in "
+    "conf/local/catalog_restore.yml)"
+)
+
+
+def plan_folder(input_dir: str | Path | None, output_dir: str | Path, overwrite: bool = False) -> list[dict[str, Any]]:
     """One row per input file: {input, output, action} with action "restore" or "skip" (output exists).
 
     ``input_dir`` is a folder (searched recursively; hidden files and anything under ``output_dir`` are
-    left out) or one file. Outputs are ``output_dir/<relative path>.png``; when two inputs would share an
-    output (a.jpg, a.png) both keep their extension (a.jpg.png, a.png.png). Raises ValueError when the
-    input is missing or empty, output_dir is the input folder, or an output would replace an input.
+    left out) or one file: the catalog's ``restore_input``; ``output_dir`` is ``restore_output``. Outputs are
+    ``output_dir/<relative path>.png``; when two inputs would share an output (a.jpg, a.png) both keep their
+    extension (a.jpg.png, a.png.png). Raises ValueError when the input is missing or empty, output_dir is the
+    input folder, or an output would replace an input.
     """
-    if not input_dir or not output_dir:
-        raise ValueError(
-            "set restore.input_dir (a folder or one image) and restore.output_dir, e.g. "
-            '--params="restore.input_dir=photos,restore.output_dir=restored"'
-        )
+    if not input_dir:
+        raise ValueError(f"catalog entry restore_input has no path: nothing to restore; {SET_INPUT}")
     src, dst = Path(input_dir), Path(output_dir)
     if not src.exists():
-        raise ValueError(f"restore.input_dir {str(src)!r} does not exist")
+        raise ValueError(f"catalog entry restore_input: {str(src)!r} does not exist; {SET_INPUT}")
     if src.is_dir():
         if dst.resolve() == src.resolve():
             raise ValueError(
-                f"restore.output_dir {str(dst)!r} is the input folder: restored images would be mixed "
-                "with (and could replace) the originals; choose another folder"
+                f"catalog entry restore_output {str(dst)!r} is the input folder: restored images would be mixed "
+                "with (and could replace) the originals; choose another folder (--params restore.output_dir=...)"
             )
         out_root = dst.resolve()
         files = sorted(
@@ -318,7 +326,7 @@ def plan_folder(input_dir: str, output_dir: str, overwrite: bool = False) -> lis
     else:
         files, relative = [src], [Path(src.name)]
     if not files:
-        raise ValueError(f"restore.input_dir {str(src)!r} has no files")
+        raise ValueError(f"catalog entry restore_input: {str(src)!r} has no files")
     stems: dict[Path, int] = {}
     for rel in relative:
         stems[rel.with_suffix(".png")] = stems.get(rel.with_suffix(".png"), 0) + 1

@@ -22,7 +22,7 @@ from fluxir.models.adapter import FluxIRAdapter, save_adapter
 from fluxir.models.flux import accelerate_cpu
 from fluxir.tracking import command_run
 from fluxir.training.checkpoints import weights_digest
-from fluxir.training.config import TrainConfig
+from fluxir.training.config import TrainConfig, TrainFolders
 from fluxir.training.loop import configure_cuda_allocator, train
 from fluxir.validation import check_params
 
@@ -54,7 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(args.project)  # the training settings' relative folders (checkpoints, latent cache) are the project's
     args.project = "."
 
-    inputs = {"pairs_manifest": (manifest_path, pd.read_parquet), "prompt_embeddings": (prompt_cache, Path)}
+    inputs = {
+        "pairs_manifest": (manifest_path, pd.read_parquet),
+        "prompt_embeddings": (prompt_cache, Path),
+        "train_checkpoints": (None, Path),  # the catalog's folders (runtime params train.checkpoint_dir, ...)
+        "train_latent_cache": (None, Path),
+    }
     cfg, loaded = stage_command_inputs(args, parser.prog, "train", check_params, TrainConfig.from_params, inputs)
     state = PartialState(cpu=accelerate_cpu(cfg.device))
 
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         result = train(
             cfg,
             loaded["pairs_manifest"],
+            folders=TrainFolders(loaded["train_checkpoints"], loaded["train_latent_cache"]),
             progress=state.is_local_main_process,
             step_callback=record if report_path else None,
             prompt_cache=loaded["prompt_embeddings"],

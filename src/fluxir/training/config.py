@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fluxir.config import stage_params
@@ -25,8 +26,6 @@ _NON_SEMANTIC = (
     "validate_every",
     "validation_steps",
     "cache_latents",
-    "latent_cache_dir",
-    "checkpoint_dir",
     "device",
     "progress",
     "decoder_gradient_checkpointing",
@@ -46,6 +45,20 @@ _FLOAT_FIELDS = (
     "logit_normal_std",
     "pixel_loss_weight",
 )
+
+
+# ``--params train.checkpoint_dir=...`` / ``train.latent_cache_dir=...`` are runtime params that the catalog entries
+# train_checkpoints / train_latent_cache read; Kedro merges runtime params into the parameters too: not settings.
+FOLDER_PARAMS = ("checkpoint_dir", "latent_cache_dir")
+
+
+@dataclass(frozen=True)
+class TrainFolders:
+    """Where a run keeps its files: the catalog's ``train_checkpoints`` (a sub-folder per run key) and
+    ``train_latent_cache`` (VAE encodings, unused when ``train.cache_latents`` is false)."""
+
+    checkpoints: Path
+    latent_cache: Path
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -144,8 +157,6 @@ class TrainConfig:
     validate_every: int
     log_every: int
     cache_latents: bool
-    latent_cache_dir: str
-    checkpoint_dir: str
     checkpoint_every: int
     keep_checkpoints: int
     resume: bool
@@ -160,7 +171,7 @@ class TrainConfig:
                 "train.global_batch (accumulation = global_batch / (batch_size x processes)) and "
                 "train.adapter.guidance (saved with the adapter; restoration uses it); docs/training.md"
             )
-        params = stage_params(params)
+        params = {k: v for k, v in stage_params(params).items() if k not in FOLDER_PARAMS}
         reject_unknown_keys(params, cls, "train parameter(s)")
         if params.get("mixed_precision") is False:  # YAML 1.1 reads an unquoted `no` as false
             params["mixed_precision"] = "no"

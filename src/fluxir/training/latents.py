@@ -38,8 +38,11 @@ def precompute_latents(
     num_processes: int = 1,
     process_device: Any = None,
     progress: bool = True,
+    *,
+    cache_dir: str | Path,
 ) -> dict[str, Any]:
-    """Encode this process's pairs of ``manifest`` that are not in ``train.latent_cache_dir`` yet.
+    """Encode this process's pairs of ``manifest`` that are not in ``cache_dir`` (the catalog's
+    ``train_latent_cache``) yet.
 
     Returns what it did: pairs of this process, encoded now, found cached, the cache folder and VAE identity.
     """
@@ -49,7 +52,7 @@ def precompute_latents(
         return {"pairs": 0, "encoded": 0, "cached": 0, "cache_dir": None, "vae_identity": None}
     pairs = PairTable.from_manifest(manifest, cfg.lq_scale)
     vae = load_vae(cfg.model, cfg.dtype, resolve_device(cfg.device, process_device)).requires_grad_(False).eval()
-    cache = LatentCache(cfg.latent_cache_dir, vae_identity(vae))
+    cache = LatentCache(cache_dir, vae_identity(vae))
     counts = encode_missing_latents(vae, cache, pairs, process_index, num_processes, progress)
     logger.info(
         "latents[%d/%d]: %d pairs, %d encoded now, %d already cached in %s",
@@ -79,15 +82,22 @@ def main(argv: list[str] | None = None) -> None:
     from fluxir.validation import check_params
 
     parser = cli_parser("python -m fluxir.training.latents", main.__doc__, "train.latent_cache_dir=/fast/latents")
+    # (train.latent_cache_dir is the runtime param the catalog entry train_latent_cache reads)
     parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")
     parser.add_argument("--report", default=None, help="write this process's counts to <report>.rank<r>.json")
     args = parser.parse_args(argv)
-    inputs = {"pairs_manifest": (args.manifest, pd.read_parquet)}
+    inputs = {"pairs_manifest": (args.manifest, pd.read_parquet), "train_latent_cache": (None, Path)}
     cfg, loaded = stage_command_inputs(args, parser.prog, "train", check_params, TrainConfig.from_params, inputs)
     manifest = loaded["pairs_manifest"]
     state = PartialState(cpu=accelerate_cpu(cfg.device))
     done = precompute_latents(
-        cfg, manifest, state.process_index, state.num_processes, state.device, progress=state.is_local_main_process
+        cfg,
+        manifest,
+        state.process_index,
+        state.num_processes,
+        state.device,
+        progress=state.is_local_main_process,
+        cache_dir=loaded["train_latent_cache"],
     )
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(done))

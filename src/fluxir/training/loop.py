@@ -37,7 +37,7 @@ from fluxir.models.flux import accelerate_cpu, compile_blocks
 from fluxir.progress import progress as progress_bar
 from fluxir.tracking import log_new_params, mlflow_key
 from fluxir.training.checkpoints import list_checkpoints, load_checkpoint, newest_complete_checkpoint, save_checkpoint
-from fluxir.training.config import TrainConfig, accumulation_steps
+from fluxir.training.config import TrainConfig, TrainFolders, accumulation_steps
 from fluxir.training.data import DataOrder, LatentCache, PairTable, pair_gaussians, vae_identity
 from fluxir.training.loss import flow_matching_loss, make_micro_batch, sample_seed
 from fluxir.training.models import ControlledFlux, Models, build_adapter, load_models
@@ -79,7 +79,7 @@ class MlflowLogger:
 class TrainResult:
     adapter: FluxIRAdapter  # the trained FluxIRAdapter (unwrapped, float32)
     history: pd.DataFrame  # one row per optimizer step: step, loss, loss_mse, loss_pixel, lr, grad_norm, ...
-    run_dir: Path  # checkpoint folder of this run (checkpoint_dir/<run key>)
+    run_dir: Path  # checkpoint folder of this run (train_checkpoints/<run key>)
     resumed_from: int  # step of the checkpoint it resumed from (0: fresh start)
 
 
@@ -162,8 +162,10 @@ def start_run(
     manifest: pd.DataFrame,
     prompt_cache: str | Path | None,
     lock: contextlib.ExitStack,
+    folders: TrainFolders,
 ) -> TrainingRun:
-    """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process.
+    """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process; checkpoints
+    and cached latents in ``folders``.
 
     The main process takes the run folder's lock into ``lock``: held until that stack closes."""
     configure_cuda_allocator()
@@ -180,7 +182,7 @@ def start_run(
 
     # 2. Models: frozen Flux + VAE, the empty prompt, the trainable adapter, AdamW, constant lr + warm-up.
     models = load_models(cfg, accelerator.device, prompt_cache)
-    cache = LatentCache(cfg.latent_cache_dir if cfg.cache_latents else None, vae_identity(models.vae))
+    cache = LatentCache(folders.latent_cache if cfg.cache_latents else None, vae_identity(models.vae))
     adapter = build_adapter(cfg, models).to(accelerator.device)
     if cfg.compile:
         compile_blocks(models.flux, adapter)
@@ -189,7 +191,7 @@ def start_run(
 
     # 3. Resume from the newest checkpoint of this run (same settings, same data), if any.
     run_key = cfg.run_key(pairs.data_key())
-    run_dir = Path(cfg.checkpoint_dir) / run_key
+    run_dir = Path(folders.checkpoints) / run_key
     if accelerator.is_main_process:
         # One writer per run folder: a second run of the same settings refuses (the holder's pid in the message).
         lock.enter_context(exclusive_lock(run_dir / LOCK_NAME, f"the checkpoint folder {run_dir}", wait=False))
@@ -391,21 +393,22 @@ def train(
     params: dict[str, Any] | TrainConfig,
     manifest: pd.DataFrame,
     *,
+    folders: TrainFolders,
     progress: bool = True,
     step_callback: Callable[[int, FluxIRAdapter, dict[str, Any]], None] | None = None,
     prompt_cache: str | Path | None = None,
 ) -> TrainResult:
     """Train a FluxIR adapter on the pairs of ``manifest`` (on every process of an accelerate launch).
 
-    ``prompt_cache``: the catalog's ``prompt_embeddings`` folder (with the empty prompt there, no text
-    encoder is loaded).
+    ``folders``: the catalog's ``train_checkpoints`` and ``train_latent_cache``. ``prompt_cache``: the catalog's
+    ``prompt_embeddings`` folder (with the empty prompt there, no text encoder is loaded).
 
     ``step_callback(step, adapter, info)`` runs on every process after each optimizer step (``info``:
     the pair image ids this process trained on, the epoch). Returns the same ``TrainResult`` everywhere.
     """
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
     with contextlib.ExitStack() as lock:
-        return _train(start_run(cfg, manifest, prompt_cache, lock), progress, step_callback)
+        return _train(start_run(cfg, manifest, prompt_cache, lock, folders), progress, step_callback)
 
 
 def _train(

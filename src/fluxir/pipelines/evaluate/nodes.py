@@ -3,13 +3,15 @@
 Benchmarks are prepared from downloaded files (``fluxir.evaluation.testsets``), restored by every method of
 ``evaluate.methods`` (FluxIR with the trained adapter, bicubic, and the public restorers Real-ESRGAN and a Flux
 ControlNet upscaler, ``fluxir.restoration``), joined by any baseline outputs a user drops into
-``data/01_raw/baselines``, scored with pyiqa (``fluxir.iqa``) and reported (``fluxir.evaluation.report``).
+the catalog's ``baseline_outputs`` folder, scored with pyiqa (``fluxir.iqa``) and reported
+(``fluxir.evaluation.report``).
 Heavy modules are imported inside the nodes, so building the pipeline stays light.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,26 +21,21 @@ log = logging.getLogger(__name__)
 
 def prepare_benchmark(
     benchmark: dict[str, Any],
-    write_demo: bool,
-    prepared_dir: str,
+    folders: dict[str, Path | None],
+    prepared_benchmarks: Path,
     scale: int,
     degradation: dict[str, Any],
-    degradation_seed: int,
 ) -> Any:
-    """Prepare one benchmark from its downloaded files, or mark it skipped (logged) when they are missing.
-
-    With ``write_demo`` (the tiny environment) an empty benchmark folder is first filled with small demo
-    images. Returns a ``PreparedBenchmark``.
+    """Prepare one benchmark from its downloaded ``folders`` (its catalog entry ``<key>_benchmark``) into
+    ``prepared_benchmarks``, or mark it skipped (logged) when they are missing. Returns a ``PreparedBenchmark``.
     """
-    from fluxir.evaluation.testsets import BenchmarkSpec, write_demo_benchmarks
+    from fluxir.evaluation.testsets import BenchmarkSpec
     from fluxir.evaluation.testsets import prepare_benchmark as prepare
 
-    spec = BenchmarkSpec.from_params(benchmark)
+    spec = BenchmarkSpec.from_params(benchmark, folders)
     if spec.scale is not None and spec.scale != scale:
         raise ValueError(f"benchmark {spec.name}: hq_size/lq_size = {spec.scale} but evaluate.scale is {scale}")
-    if write_demo:
-        write_demo_benchmarks({spec.name: spec}, degradation, seed=degradation_seed)
-    return prepare(spec, prepared_dir, degradation)
+    return prepare(spec, prepared_benchmarks, degradation)
 
 
 def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
@@ -52,7 +49,7 @@ def restore_benchmarks(
     manifest: pd.DataFrame,
     adapter: Any,
     restore: dict[str, Any],
-    outputs_dir: str,
+    eval_outputs: Path,
     scale: int,
     color_fix: str,
     methods: list[str],
@@ -82,14 +79,14 @@ def restore_benchmarks(
             "fluxir.evaluation", "evaluate", processes, manifest, "--manifest", adapter, extra
         ):
             seconds += report["seconds"]["fluxir"]
-    return restore_manifest(manifest, adapter, restore, outputs_dir, scale, color_fix, restored_elsewhere=seconds)
+    return restore_manifest(manifest, adapter, restore, eval_outputs, scale, color_fix, restored_elsewhere=seconds)
 
 
 def restore_with_public_weights(
     manifest: pd.DataFrame,
     methods: list[str],
     baselines: dict[str, Any],
-    outputs_dir: str,
+    eval_outputs: Path,
     scale: int,
     color_fix: str,
     num_processes: int | str,
@@ -110,10 +107,10 @@ def restore_with_public_weights(
         for report in run_image_shards("fluxir.evaluation", "evaluate", processes, manifest, "--manifest", None, extra):
             for method, values in report["seconds"].items():
                 seconds[method] += values
-    return public_manifest(manifest, methods, baselines, outputs_dir, scale, color_fix, restored_elsewhere=seconds)
+    return public_manifest(manifest, methods, baselines, eval_outputs, scale, color_fix, restored_elsewhere=seconds)
 
 
-def upsample_bicubic(manifest: pd.DataFrame, scale: int, outputs_dir: str, methods: list[str]) -> pd.DataFrame:
+def upsample_bicubic(manifest: pd.DataFrame, scale: int, eval_outputs: Path, methods: list[str]) -> pd.DataFrame:
     """The bicubic baseline: every LQ image upsampled x``scale`` (PIL bicubic), when ``evaluate.methods`` has it."""
     from fluxir.evaluation.restore import bicubic_manifest
     from fluxir.evaluation.testsets import OUTPUT_COLUMNS
@@ -121,14 +118,14 @@ def upsample_bicubic(manifest: pd.DataFrame, scale: int, outputs_dir: str, metho
 
     if "bicubic" not in check_methods(methods):
         return pd.DataFrame(columns=OUTPUT_COLUMNS)
-    return bicubic_manifest(manifest, scale, outputs_dir)
+    return bicubic_manifest(manifest, scale, eval_outputs)
 
 
-def find_baselines(manifest: pd.DataFrame, baselines_dir: str, scale: int) -> pd.DataFrame:
-    """Outputs of other restorers found in ``baselines_dir/<method>/<dataset>/`` (same image names)."""
+def find_baselines(manifest: pd.DataFrame, baseline_outputs: Path, scale: int) -> pd.DataFrame:
+    """Outputs of other restorers found in ``<baseline_outputs>/<method>/<dataset>/`` (same image names)."""
     from fluxir.evaluation.baselines import baseline_manifest
 
-    return baseline_manifest(manifest, baselines_dir, scale)
+    return baseline_manifest(manifest, baseline_outputs, scale)
 
 
 def score_outputs(

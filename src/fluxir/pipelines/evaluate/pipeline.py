@@ -19,7 +19,8 @@ from .nodes import (
     upsample_bicubic,
 )
 
-# The paper's four test sets (Sec. 4.1); each has an entry in params:evaluate.benchmarks and a grid dataset.
+# The paper's four test sets (Sec. 4.1); each has settings params:evaluate.benchmarks.<key>, a folders entry
+# <key>_benchmark and a grid dataset <key>_grid.
 BENCHMARKS = ("div2k_val", "realsr", "drealsr", "reallq250")
 OUTPUTS = [
     "benchmark_manifest",
@@ -36,11 +37,10 @@ def create_pipeline(**kwargs) -> Pipeline:
             prepare_benchmark,
             [
                 f"params:evaluate.benchmarks.{key}",
-                "params:evaluate.demo_benchmarks",
-                "params:evaluate.prepared_dir",
+                f"{key}_benchmark",
+                "prepared_benchmarks",
                 "params:evaluate.scale",
                 "params:degrade.config",
-                "params:degrade.seed",
             ],
             f"prepared_{key}",
             name=f"prepare_{key}",
@@ -62,7 +62,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "benchmark_manifest",
                     "fluxir_adapter",
                     "params:evaluate.restore",
-                    "params:evaluate.outputs_dir",
+                    "eval_outputs",
                     "params:evaluate.scale",
                     "params:evaluate.color_fix",
                     "params:evaluate.methods",
@@ -77,7 +77,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "benchmark_manifest",
                     "params:evaluate.methods",
                     "params:baselines",
-                    "params:evaluate.outputs_dir",
+                    "eval_outputs",
                     "params:evaluate.scale",
                     "params:evaluate.color_fix",
                     "params:evaluate.num_processes",
@@ -90,7 +90,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 [
                     "benchmark_manifest",
                     "params:evaluate.scale",
-                    "params:evaluate.outputs_dir",
+                    "eval_outputs",
                     "params:evaluate.methods",
                 ],
                 "eval_bicubic_images",
@@ -98,7 +98,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 find_baselines,
-                ["benchmark_manifest", "params:evaluate.baselines_dir", "params:evaluate.scale"],
+                ["benchmark_manifest", "baseline_outputs", "params:evaluate.scale"],
                 "eval_baseline_images",
                 name="find_baselines",
             ),

@@ -15,20 +15,22 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 
-def plan_restore(input_dir: str | None, output_dir: str | None, overwrite: bool) -> pd.DataFrame:
-    """List what to do: one row per input file with its output and action ("restore", or "skip" when the
-    output exists and ``overwrite`` is off). Raises ValueError for a missing or empty input or outputs that
-    would replace inputs.
+def plan_restore(restore_input: Path | None, restore_output: Path, overwrite: bool) -> pd.DataFrame:
+    """List what to do: one row per file of the catalog's ``restore_input`` with its output in ``restore_output``
+    and action ("restore", or "skip" when the output exists and ``overwrite`` is off). Raises ValueError for a
+    missing or empty input or outputs that would replace inputs.
     """
     from fluxir.restoration.files import plan_folder
 
-    plan = pd.DataFrame(plan_folder(input_dir, output_dir, bool(overwrite)), columns=["input", "output", "action"])
+    plan = pd.DataFrame(
+        plan_folder(restore_input, restore_output, bool(overwrite)), columns=["input", "output", "action"]
+    )
     skipped = int((plan["action"] == "skip").sum())
     logger.info(
         "restore plan: %d file(s) in %s, %d to restore, %d skipped (output exists; set restore.overwrite=true "
         "to redo them)",
         len(plan),
-        input_dir,
+        restore_input,
         len(plan) - skipped,
         skipped,
     )
@@ -36,7 +38,13 @@ def plan_restore(input_dir: str | None, output_dir: str | None, overwrite: bool)
 
 
 def restore_images(
-    plan: pd.DataFrame, adapter: Any, prompt_embeddings: Path, restore: dict[str, Any], baselines: dict[str, Any]
+    plan: pd.DataFrame,
+    adapter: Any,
+    prompt_embeddings: Path,
+    restore_input: Path,
+    restore_output: Path,
+    restore: dict[str, Any],
+    baselines: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore the planned files with ``restore.method`` (Flux + ``adapter``, or a public restorer) and the
     ``restore.*`` settings on ``restore.num_processes`` processes; returns (failures table, summary).
@@ -44,13 +52,15 @@ def restore_images(
     input file could be used at all, ValueError for bad parameters (or fluxir without a trained adapter).
     More than one process runs ``accelerate launch -m fluxir.restoration``, each restoring every N-th planned
     file; the summary covers them all.
-    Flux's empty-prompt embeddings come from ``prompt_embeddings`` (no text encoder is loaded when there).
+    Flux's empty-prompt embeddings come from ``prompt_embeddings`` (no text encoder is loaded when there); the
+    folders (``restore_input``, ``restore_output``) are named in the summary.
     """
     from fluxir.launch import resolve_num_processes, run_image_shards
     from fluxir.restoration.files import RestoreShare, failure_table, restore_planned, split_params, summarise_shares
     from fluxir.restoration.methods import public_restorer_for
 
     files, cfg = split_params(restore)
+    files = {**files, "input_dir": str(restore_input), "output_dir": str(restore_output)}
     make_restorer, adapter, summary_extra = public_restorer_for(files, cfg, adapter, baselines)
     processes = resolve_num_processes(restore["num_processes"], "restore.num_processes")
     if processes == 1:

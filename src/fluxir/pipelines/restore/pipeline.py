@@ -11,13 +11,21 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 plan_restore,
-                ["params:restore.input_dir", "params:restore.output_dir", "params:restore.overwrite"],
+                ["restore_input", "restore_output", "params:restore.overwrite"],
                 "restore_plan",
                 name="plan_restore",
             ),
             Node(
                 restore_images,
-                ["restore_plan", "fluxir_adapter", "prompt_embeddings", "params:restore", "params:baselines"],
+                [
+                    "restore_plan",
+                    "fluxir_adapter",
+                    "prompt_embeddings",
+                    "restore_input",
+                    "restore_output",
+                    "params:restore",
+                    "params:baselines",
+                ],
                 ["restore_failures", "restore_summary"],
                 name="restore_images",
             ),

@@ -16,8 +16,8 @@ if TYPE_CHECKING:  # torch is imported only when a node runs (kedro viz stays fa
 logger = logging.getLogger(__name__)
 
 
-def precompute_latents(pairs_manifest: pd.DataFrame, train: dict[str, Any]) -> dict[str, Any]:
-    """Encode the VAE latents of every pair not in ``train.latent_cache_dir`` yet (only the VAE is loaded) on
+def precompute_latents(pairs_manifest: pd.DataFrame, train_latent_cache: Path, train: dict[str, Any]) -> dict[str, Any]:
+    """Encode the VAE latents of every pair not in ``train_latent_cache`` yet (only the VAE is loaded) on
     ``train.num_processes`` processes; returns the counts (pairs, encoded now, already cached) with the cache
     folder and the VAE's identity. More than one process runs ``accelerate launch -m fluxir.training.latents``.
     """
@@ -28,23 +28,30 @@ def precompute_latents(pairs_manifest: pd.DataFrame, train: dict[str, Any]) -> d
 
     processes = resolve_num_processes(train["num_processes"], "train.num_processes")
     if processes == 1 or not TrainConfig.from_params(train).cache_latents:
-        return fill_cache(train, pairs_manifest)
+        return fill_cache(train, pairs_manifest, cache_dir=train_latent_cache)
     return merge_counts(run_image_shards("fluxir.training.latents", "latents", processes, pairs_manifest, "--manifest"))
 
 
 def train_adapter(
-    pairs_manifest: pd.DataFrame, latent_cache: dict[str, Any], prompt_embeddings: Path, train: dict[str, Any]
+    pairs_manifest: pd.DataFrame,
+    latent_cache: dict[str, Any],
+    prompt_embeddings: Path,
+    train_checkpoints: Path,
+    train_latent_cache: Path,
+    train: dict[str, Any],
 ) -> tuple[FluxIRAdapter, pd.DataFrame]:
     """Train the FluxIR adapter on FluxGen's pairs on ``train.num_processes`` processes; returns (adapter,
     per-step history).
 
     ``latent_cache`` (what ``precompute_latents`` filled) orders this node after it; the empty prompt's
-    embeddings come from ``prompt_embeddings``. Resumes from the newest checkpoint of the same settings;
+    embeddings come from ``prompt_embeddings``. Checkpoints go to ``train_checkpoints``; resumes from the newest
+    checkpoint of the same settings there;
     logs to the active MLflow run. More than one process runs ``accelerate launch -m fluxir.training``
     (DDP; its rank 0 logs into this run).
     """
     from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
     from fluxir.models.adapter import load_adapter
+    from fluxir.training.config import TrainFolders
     from fluxir.training.loop import train as run_training
 
     logger.info(
@@ -55,7 +62,8 @@ def train_adapter(
     )
     processes = resolve_num_processes(train["num_processes"], "train.num_processes")
     if processes == 1:
-        result = run_training(train, pairs_manifest, prompt_cache=prompt_embeddings)
+        folders = TrainFolders(train_checkpoints, train_latent_cache)
+        result = run_training(train, pairs_manifest, folders=folders, prompt_cache=prompt_embeddings)
         return result.adapter, result.history
     with scratch_dir("train") as scratch:
         pairs_manifest.to_parquet(scratch / "pairs_manifest.parquet")

@@ -10,13 +10,20 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 precompute_latents,
-                ["pairs_manifest", "params:train"],
+                ["pairs_manifest", "train_latent_cache", "params:train"],
                 "latent_cache_summary",
                 name="precompute_latents",
             ),
             Node(
                 train_adapter,
-                ["pairs_manifest", "latent_cache_summary", "prompt_embeddings", "params:train"],
+                [
+                    "pairs_manifest",
+                    "latent_cache_summary",
+                    "prompt_embeddings",
+                    "train_checkpoints",
+                    "train_latent_cache",
+                    "params:train",
+                ],
                 ["fluxir_adapter", "train_history"],
                 name="train_adapter",
             ),
