@@ -137,10 +137,10 @@ def validate_train(params: Mapping[str, Any]) -> list[str]:
 
 def restore_settings_problems(restore: Mapping[str, Any]) -> list[str]:
     """``restore.*`` minus the file parameters: ``RestoreConfig`` (the app checks its settings with this)."""
-    from fluxir.restoration.files import FILE_PARAMS, split_params
+    from fluxir.restoration.files import FILE_PARAMS, FOLDER_PARAMS, split_params
     from fluxir.restoration.restore_config import RESTORE_RULES
 
-    config_values = {k: v for k, v in restore.items() if k not in FILE_PARAMS}
+    config_values = {k: v for k, v in restore.items() if k not in FILE_PARAMS + FOLDER_PARAMS}
     return _problems(lambda: split_params(dict(restore)), RESTORE_RULES, config_values, "restore.")
 
 

@@ -271,9 +271,10 @@ def _fail(failures: list[dict[str, str]], src: str, reason: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Folders: which files to restore, where to write them
 
-# input_dir / output_dir are not parameters but the runtime params the catalog's restore_input / restore_output
-# read; Kedro merges every runtime param into the parameters too, so a run's restore group may hold them.
-FILE_PARAMS = ("method", "input_dir", "output_dir", "overwrite", "model", "progress")
+FILE_PARAMS = ("method", "overwrite", "model", "progress")
+# Not parameters but the runtime params the catalog's restore_input / restore_output read; Kedro merges every
+# runtime param into the parameters too, so a run's restore group may hold them: they are dropped here.
+FOLDER_PARAMS = ("input_dir", "output_dir")
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], RestoreConfig]:
@@ -283,7 +284,8 @@ def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], RestoreConfig]
     if missing:
         raise ValueError(f"restore lacks {missing}: conf/base's parameters files set every key")
     files = {k: params[k] for k in FILE_PARAMS}
-    return files, RestoreConfig.from_params({k: v for k, v in params.items() if k not in FILE_PARAMS})
+    settings = {k: v for k, v in params.items() if k not in FILE_PARAMS + FOLDER_PARAMS}
+    return files, RestoreConfig.from_params(settings)
 
 
 # What to tell a user whose restore input is missing: the catalog entries and how to set them per run.
