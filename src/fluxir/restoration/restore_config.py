@@ -66,6 +66,7 @@ RESTORE_RULES = (
     Rule("batch_size", "positive_int"),
     Rule("max_sequence_length", "positive_int", nullable=True),
     Rule("control_scale", "number_at_least", 0, must="a number >= 0 (0: plain Flux, 1: as trained)"),
+    Rule("plain_flux_guidance", "number_at_least", 0),
     Rule("start_t", "interval", "(0, 1]", must="a number in (0, 1] (1: from pure noise)"),
     Rule("max_output_megapixels", "positive_number"),
     Rule("offload", "choice", OFFLOAD_MODES),
@@ -107,6 +108,7 @@ class RestoreConfig:
     batch_size: int  # tiles per transformer call
     max_sequence_length: int | None  # T5 tokens of the empty prompt; None: the adapter's text_seq_len (else 512)
     control_scale: float  # multiplies the adapter's controls: 0 = plain Flux, > 1 = closer to the LQ
+    plain_flux_guidance: float  # Flux-dev's guidance input with no adapter (an adapter brings its trained one)
     start_t: float  # start the Euler integration at t = start_t from (1 - t) z_lq + t z_1; < 1: fewer steps
     max_output_megapixels: float  # larger outputs are refused before any model is loaded
     offload: str  # none | model | sequential (fluxir.restoration.lowmem)
@@ -120,7 +122,8 @@ class RestoreConfig:
         if "guidance" in params:
             raise ValueError(
                 "restore.guidance is not a parameter: restoration uses the guidance the adapter was trained "
-                "with (train.adapter.guidance, saved in the adapter's config.json); remove it"
+                "with (train.adapter.guidance, saved in the adapter's config.json), and restore.plain_flux_guidance "
+                "with no adapter; remove it"
             )
         params = stage_params(params)
         reject_unknown_keys(params, cls, "restore parameter(s)")

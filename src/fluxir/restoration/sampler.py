@@ -61,7 +61,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 from torch import Tensor
 
-from fluxir.models.adapter import FluxIRConfig, check_compatible
+from fluxir.models.adapter import check_compatible
 from fluxir.models.condition import lq_condition
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.empty_prompt import cached_empty_prompt, save_empty_prompt
@@ -258,8 +258,8 @@ class Restorer:
         self.vae = _to(vae, home, self.vae_dtype).eval().requires_grad_(False)
         self.offload_hooks = attach_offload(self.transformer, self.vae, config.offload, self.device)
         self.adapter = None
-        # Flux-dev's guidance input: the value the adapter was trained with (no adapter: FluxIRConfig's default).
-        self.guidance = (adapter.config if adapter is not None else FluxIRConfig()).guidance
+        # Flux-dev's guidance input: the value the adapter was trained with (no adapter: restore.plain_flux_guidance).
+        self.guidance = adapter.config.guidance if adapter is not None else config.plain_flux_guidance
         if adapter is not None:
             check_compatible(adapter, transformer)
             self.adapter = adapter.to(self.device, self.dtype).eval().requires_grad_(False)

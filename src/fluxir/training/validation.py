@@ -68,6 +68,7 @@ def validation_grid(
         batch_size=1,
         max_sequence_length=None,
         control_scale=1.0,
+        plain_flux_guidance=adapter.config.guidance,  # unused: the grid restores with the adapter and its guidance
         start_t=1.0,
         max_output_megapixels=math.inf,  # the grid's crops are training crops: no limit
         offload="none",
