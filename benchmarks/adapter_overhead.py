@@ -27,13 +27,17 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fluxir.config import load_params
 from fluxir.models.adapter import FluxIRAdapter
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.flux import build_transformer, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def flux_inputs(cfg: dict, batch: int, image_tokens: int, text_tokens: int, device: str = "cpu", seed: int = 0) -> dict:
@@ -61,13 +65,13 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def measure_flops(rank: int | None = 32) -> dict:
+def measure_flops(adapter_settings: dict) -> dict:
     from diffusers import FluxControlNetModel
 
     cfg = load_config("flux1_dev_transformer")
     flux = build_transformer("flux1_dev_transformer", device="meta")
     freeze_flux(flux)
-    adapter = FluxIRAdapter.from_flux(flux, rank=rank)
+    adapter = FluxIRAdapter.from_flux(flux, **adapter_settings)
     x = flux_inputs(cfg, batch=1, image_tokens=4096, text_tokens=512, device="meta")
     plain = {k: v for k, v in x.items() if k != "lq_latents"}
     flux_flops = count_flops(lambda: flux(**plain))
@@ -91,7 +95,9 @@ def measure_flops(rank: int | None = 32) -> dict:
     return result
 
 
-def measure_time(heads: int, head_dim: int, image_tokens: int, text_tokens: int, rank: int, repeats: int) -> dict:
+def measure_time(
+    heads: int, head_dim: int, image_tokens: int, text_tokens: int, adapter_settings: dict, repeats: int
+) -> dict:
     """Median seconds of forward + backward, Flux alone vs Flux + FluxIR (same 19 + 38 blocks, small width)."""
     axes = (head_dim // 4, 3 * head_dim // 8, head_dim - head_dim // 4 - 3 * head_dim // 8)
     cfg = {
@@ -107,7 +113,7 @@ def measure_time(heads: int, head_dim: int, image_tokens: int, text_tokens: int,
     torch.manual_seed(0)
     flux = FluxTransformer2DModel(**cfg)
     freeze_flux(flux)
-    adapter = FluxIRAdapter.from_flux(flux, rank=rank, text_seq_len=text_tokens)
+    adapter = FluxIRAdapter.from_flux(flux, **adapter_settings, text_seq_len=text_tokens)
     x = flux_inputs(cfg, batch=1, image_tokens=image_tokens, text_tokens=text_tokens)
 
     def baseline() -> None:  # frozen Flux, activation gradients through all blocks (to the input latent)
@@ -159,7 +165,7 @@ def measure_time(heads: int, head_dim: int, image_tokens: int, text_tokens: int,
             "head_dim": head_dim,
             "image_tokens": image_tokens,
             "text_tokens": text_tokens,
-            "rank": rank,
+            "rank": adapter_settings["rank"],
             "threads": torch.get_num_threads(),
             "repeats": repeats,
             "clock": "process_time",
@@ -188,12 +194,14 @@ def main() -> None:
     if args.repeats < 1 or args.head_dim % 8:
         parser.error("--repeats must be >= 1 and --head-dim a multiple of 8")
     torch.set_num_threads(args.threads)
-    # The SE layers' share of the compute scales with r / c; at small width keep the paper's r / c
-    # (32 / 3072) so the timed model is FLUX.1-dev in miniature (r = 32 at c = 256 would be 8x heavier).
-    rank = args.rank or max(1, round(32 * args.heads * args.head_dim / 3072))
+    adapter = load_params("base", [], ROOT)["train"]["adapter"]  # rank and guidance
+    # The SE layers' share of the compute scales with r / c; at small width keep train.adapter.rank / 3072
+    # (the paper's 32 / 3072) so the timed model is FLUX.1-dev in miniature (r = 32 at c = 256: 8x heavier).
+    rank = args.rank or max(1, round(adapter["rank"] * args.heads * args.head_dim / 3072))
+    small = {**adapter, "rank": rank}
     result = {
-        **measure_flops(),
-        **measure_time(args.heads, args.head_dim, args.image_tokens, args.text_tokens, rank, args.repeats),
+        **measure_flops(adapter),
+        **measure_time(args.heads, args.head_dim, args.image_tokens, args.text_tokens, small, args.repeats),
     }
     result["targets"] = {"flops_ratio": 0.022, "time_ratio": 1.15}
     if args.json:

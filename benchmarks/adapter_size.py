@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
+from fluxir.config import load_params
 from fluxir.models.adapter import FluxIRConfig, adapter_parameter_breakdown, count_parameters
 from fluxir.models.flux import build_transformer
 
+ROOT = Path(__file__).resolve().parents[1]
 PAPER_ADAPTER = 387e6  # Table 2 caption
 PAPER_SE = {"16": 11.6e6, "32": 22.8e6, "64": 45.2e6, "128": 90.0e6, "full": 1076.2e6}  # Table 2
 
 
 def measure() -> dict:
     flux = build_transformer("flux1_dev_transformer", device="meta")
-    base = FluxIRConfig.from_flux(flux)
+    base = FluxIRConfig.from_flux(flux, **load_params("base", [], ROOT)["train"]["adapter"])  # rank is set below
     se, parts = {}, None
     for key in PAPER_SE:
         rank = None if key == "full" else int(key)

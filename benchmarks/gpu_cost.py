@@ -55,9 +55,10 @@ TEXT_TOKENS = 512
 
 
 def _meta_models() -> tuple[Any, Any, Any]:
-    """(flux, vae, adapter) on the meta device: FLUX.1-dev, the Flux VAE, the adapter at rank 32."""
+    """(flux, vae, adapter) on the meta device: FLUX.1-dev, the Flux VAE, the adapter of conf/base's train.adapter."""
     from diffusers import AutoencoderKL
 
+    from fluxir.config import load_params
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.controlled_flux import freeze_flux
     from fluxir.models.flux import build_transformer, load_config
@@ -73,7 +74,8 @@ def _meta_models() -> tuple[Any, Any, Any]:
     freeze_flux(flux)
     vae.requires_grad_(False).eval()
     # bf16 like Flux: meta tensors get no autocast, and an op's FLOPs do not depend on its dtype
-    adapter = FluxIRAdapter.from_flux(flux, text_seq_len=TEXT_TOKENS, rank=32).to(torch.bfloat16)
+    settings = {**load_params("base", [], ROOT)["train"]["adapter"], "text_seq_len": TEXT_TOKENS}
+    adapter = FluxIRAdapter.from_flux(flux, **settings).to(torch.bfloat16)
     return flux, vae, adapter
 
 

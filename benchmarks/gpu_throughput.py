@@ -314,7 +314,8 @@ def restoration(
         max_image_seq_len=4096,
     ).config
     text = flux_inputs(flux, 16, 16, spec["text_len"], device, dtype)
-    adapter = FluxIRAdapter.from_flux(flux, rank=32, text_seq_len=spec["text_len"]).requires_grad_(False)
+    settings = {**load_params("base", [], ROOT)["train"]["adapter"], "text_seq_len": spec["text_len"]}
+    adapter = FluxIRAdapter.from_flux(flux, **settings).requires_grad_(False)
     lq = np.random.default_rng(0).integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
     out: dict[str, Any] = {"output": f"{size}x{size}", "steps": args.restore_steps}
     run.result["stages"]["restoration"] = out

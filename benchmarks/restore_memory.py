@@ -83,12 +83,13 @@ def child(args: argparse.Namespace) -> None:
     finally:
         torch.set_default_dtype(default)
     prompt, pooled = fixed_prompt_embeddings(flux, seq_len=8)
-    adapter = FluxIRAdapter.from_flux(flux, text_seq_len=8, rank=4)
+    base = load_params("base", [], REPO)
+    adapter = FluxIRAdapter.from_flux(flux, **{**base["train"]["adapter"], "text_seq_len": 8, "rank": 4})
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config
     # conf/base's restore settings (every field), this run's own after them
     cfg = split_params(
         {
-            **load_params("base", [], REPO)["restore"],
+            **base["restore"],
             "steps": args.steps,
             "dtype": "bfloat16",
             "device": args.device,

@@ -119,7 +119,6 @@ def run_variant(
             "pixel_loss_crop": crop_px,
             "decoder_gradient_checkpointing": spec.get("decoder_gradient_checkpointing", False),
             "gradient_checkpointing": config == "flux-dev",
-            "adapter": {"rank": 32},
         }
     )
     flux, vae = build(config, device, dtype)
@@ -184,6 +183,7 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
     import torch
     from diffusers import AutoencoderKL
 
+    from fluxir.config import load_params
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
     from fluxir.models.flux import build_transformer, image_ids, load_config
@@ -232,7 +232,9 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
         torch.set_default_dtype(previous)
     freeze_flux(flux)
     vae.requires_grad_(False)
-    adapter = FluxIRAdapter.from_flux(flux, text_seq_len=512)
+    adapter = FluxIRAdapter.from_flux(
+        flux, **{**load_params("base", [], REPO)["train"]["adapter"], "text_seq_len": 512}
+    )
     params |= {p.untyped_storage()._cdata for m in (flux, vae, adapter) for p in m.parameters()}
 
     def flux_step():

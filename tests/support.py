@@ -74,6 +74,11 @@ def base_params(group: str, **overrides) -> dict:
     return {**load_params("base", [], REPO)[group], **overrides}
 
 
+def adapter_params(**overrides) -> dict:
+    """conf/base's ``train.adapter`` (rank, guidance) with ``overrides``: what ``FluxIRAdapter.from_flux`` needs."""
+    return {**base_params("train")["adapter"], **overrides}
+
+
 def restore_settings(**overrides) -> dict:
     """conf/base's ``restore.*`` without the file and launch parameters, with ``overrides``: what
     ``RestoreConfig.from_params`` takes."""
@@ -152,7 +157,8 @@ def save_identity_adapter(project: Path) -> None:
     entry = dict(loader["catalog"]["fluxir_adapter"])
     entry["filepath"] = str(project / entry["filepath"])
     pipe = load_pipeline(str(project / "data/01_raw/tiny/flux"), "float32", "cpu")
-    DataCatalog.from_config({"fluxir_adapter": entry}).save("fluxir_adapter", FluxIRAdapter.from_flux(pipe.transformer))
+    adapter = FluxIRAdapter.from_flux(pipe.transformer, **adapter_params())
+    DataCatalog.from_config({"fluxir_adapter": entry}).save("fluxir_adapter", adapter)
 
 
 def kill_when(

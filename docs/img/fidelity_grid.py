@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from fluxir.config import load_params
 from fluxir.models.adapter import FluxIRAdapter
 from fluxir.models.flux import load_pipeline
-from fluxir.restoration.sampler import RestoreConfig, Restorer
+from fluxir.restoration.files import split_params
+from fluxir.restoration.sampler import Restorer
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROL_SCALES = (0.0, 0.5, 1.0, 2.0)
@@ -28,8 +30,9 @@ CELL, LABEL = 128, 18
 def main() -> None:
     torch.set_num_threads(1)
     pipe = load_pipeline(str(REPO / "data/01_raw/tiny/flux"), dtype="float32", device="cpu")
+    params = load_params("base", [], REPO)  # rank, guidance and the restore settings: conf/base's
     torch.manual_seed(0)
-    adapter = FluxIRAdapter.from_flux(pipe.transformer, text_seq_len=8)
+    adapter = FluxIRAdapter.from_flux(pipe.transformer, **params["train"]["adapter"], text_seq_len=8)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in [adapter.input_proj, *[se.excite for se in adapter.se_z]]:
@@ -37,9 +40,8 @@ def main() -> None:
     yy, xx = np.mgrid[0:32, 0:32] / 31.0  # a smooth LQ: colour ramps and a disc
     disc = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.08).astype(float)
     lq = (np.stack([xx, yy, disc], axis=2) * 255).astype(np.uint8)
-    restorer = Restorer.from_pipeline(
-        pipe, adapter, RestoreConfig(steps=8, dtype="float32", device="cpu", tile_size=None, vae_tile_size=None)
-    )
+    small = {"steps": 8, "dtype": "float32", "device": "cpu", "tile_size": None, "vae_tile_size": None}
+    restorer = Restorer.from_pipeline(pipe, adapter, split_params({**params["restore"], **small})[1])
     width = LABEL * 4 + CELL * (len(START_TS) + 1)
     grid = Image.new("RGB", (width, LABEL + CELL * len(CONTROL_SCALES)), "white")
     draw = ImageDraw.Draw(grid)

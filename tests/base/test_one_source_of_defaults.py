@@ -2,10 +2,7 @@
 
 Read from the source (``ast``, nothing imported): every default of a function parameter, a dataclass
 field or a ``params.get("key", default)`` in src/ is compared with every leaf of conf/base's parameters.
-The same name with the same value in both is a second copy that can drift from the YAML. The config classes
-that already read all their values from conf/base must stay so; the ones still to move are listed in
-``NOT_MOVED_YET`` (the list may only shrink: an entry that no longer duplicates anything fails too, so it is
-deleted).
+The same name with the same value in both is a second copy that can drift from the YAML: there must be none.
 """
 
 from __future__ import annotations
@@ -21,12 +18,6 @@ from conftest import REPO
 
 # None, flags, 0/1 and empty values say "off" or "none" far more often than they copy a setting.
 TOO_COMMON = (None, True, False, 0, 1, "", ())
-
-# (python file, name) pairs still written twice; each is work left, not an exception to the rule.
-NOT_MOVED_YET = {
-    ("src/fluxir/models/adapter_config.py", "guidance"),
-    ("src/fluxir/models/adapter_config.py", "rank"),
-}
 
 
 def yaml_leaves(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
@@ -94,11 +85,8 @@ def duplicates(src: Path = REPO / "src") -> set[tuple[str, str]]:
 
 
 def test_no_default_is_written_in_conf_base_and_in_python():
-    found = duplicates()
-    new = sorted(found - NOT_MOVED_YET)
-    assert not new, f"defaults written in conf/base and again in Python (delete the Python one): {new}"
-    moved = sorted(NOT_MOVED_YET - found)
-    assert not moved, f"no longer duplicated, delete from NOT_MOVED_YET: {moved}"
+    found = sorted(duplicates())
+    assert not found, f"defaults written in conf/base and again in Python (delete the Python one): {found}"
 
 
 def test_the_check_finds_a_copy(tmp_path):

@@ -24,8 +24,15 @@ from fluxir.models.adapter_config import FluxIRConfig, check_compatible
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.flux import build_transformer, load_config
 
+from support import adapter_params
+
 TEXT_LEN = 6  # prompt tokens in the tiny inputs
 TINY = {"text_seq_len": 8}  # theta_p rows for tiny adapters
+
+
+def tiny(**overrides) -> dict:
+    """``from_flux`` settings of a tiny adapter: conf/base's train.adapter (rank, guidance), 8 prompt tokens."""
+    return adapter_params(**TINY, **overrides)
 
 
 def make_inputs(flux, batch: int = 2, h: int = 4, w: int = 4, text_len: int = TEXT_LEN, seed: int = 0):
@@ -84,13 +91,13 @@ def deep_flux():
 
 @pytest.fixture(scope="module")
 def dev_config():
-    return FluxIRConfig.from_flux(build_transformer("flux1_dev_transformer", device="meta"))
+    return FluxIRConfig.from_flux(build_transformer("flux1_dev_transformer", device="meta"), **adapter_params())
 
 
 def test_flux1_dev_sizes_match_table_2(dev_config):
     meta_flux = build_transformer("flux1_dev_transformer", device="meta")
     assert count_parameters(meta_flux) == 11_901_408_320
-    assert dev_config == FluxIRConfig()  # the defaults are FLUX.1-dev
+    assert dev_config == FluxIRConfig(**adapter_params())  # the base-size defaults are FLUX.1-dev's
     paper_se = {16: 11.6, 32: 22.8, 64: 45.2, 128: 90.0, None: 1076.2}  # Table 2, millions
     for rank, se_m in paper_se.items():
         sizes = adapter_parameter_breakdown(FluxIRConfig.from_dict({**dev_config.to_dict(), "rank": rank}))
@@ -111,14 +118,14 @@ def test_flux1_dev_sizes_match_table_2(dev_config):
 
 def test_from_flux_on_meta_allocates_nothing():
     meta_flux = build_transformer("flux1_dev_transformer", device="meta")
-    adapter = FluxIRAdapter.from_flux(meta_flux)
+    adapter = FluxIRAdapter.from_flux(meta_flux, **adapter_params())
     assert all(p.device.type == "meta" for p in adapter.parameters())
     assert count_parameters(adapter, trainable_only=True) == adapter_parameter_breakdown(adapter.config)["total"]
 
 
 def test_variant_parameter_counts(tiny_flux):
     c, n = 32, 4  # tiny: inner dim, 2 + 2 blocks
-    base = FluxIRAdapter.from_flux(tiny_flux, rank=16, **TINY)
+    base = FluxIRAdapter.from_flux(tiny_flux, **tiny(rank=16))
     without_se = count_parameters(base) - count_parameters(base.se_z) - count_parameters(base.se_p)
     theta = 8 * 32 + 32  # theta_p (text_seq_len x joint) + theta_y (pooled)
 
@@ -134,17 +141,17 @@ def test_variant_parameter_counts(tiny_flux):
         "no_se_p": ({"rank": 16, "text_control": False}, without_se + n * se(16)),
     }
     for name, (overrides, expected) in cases.items():
-        adapter = FluxIRAdapter.from_flux(tiny_flux, **TINY, **overrides)
+        adapter = FluxIRAdapter.from_flux(tiny_flux, **tiny(**overrides))
         assert count_parameters(adapter) == expected, name
         assert count_parameters(adapter) == adapter_parameter_breakdown(adapter.config)["total"], name
-    assert FluxIRAdapter.from_flux(tiny_flux, rank=16, text_control=False, **TINY).se_p is None
+    assert FluxIRAdapter.from_flux(tiny_flux, **tiny(rank=16, text_control=False)).se_p is None
 
 
 # ------------------------------------------------------------------------------------------ identity
 
 
 def test_fresh_adapter_leaves_flux_output_bit_identical(tiny_flux):
-    adapter = FluxIRAdapter.from_flux(tiny_flux, **TINY)
+    adapter = FluxIRAdapter.from_flux(tiny_flux, **tiny())
     for seed, t in enumerate([0.0, 0.25, 0.7, 1.0]):
         inputs = make_inputs(tiny_flux, seed=seed)
         inputs["timestep"] = torch.full((2,), t)
@@ -159,11 +166,11 @@ def test_adapter_controls_both_streams(tiny_flux):
     with torch.no_grad():
         ref = flux_sample(tiny_flux, inputs)
         for streams in (("se_z",), ("se_p",)):  # image control alone, text control alone
-            adapter = perturb(FluxIRAdapter.from_flux(tiny_flux, **TINY), streams=streams)
+            adapter = perturb(FluxIRAdapter.from_flux(tiny_flux, **tiny()), streams=streams)
             out = controlled_flux_forward(tiny_flux, adapter, **inputs)
             assert (out - ref).abs().max() > 1e-3, streams
         # The LQ latent reaches the output (through M_i, Eq. 1) once the adapter is non-zero.
-        adapter = perturb(FluxIRAdapter.from_flux(tiny_flux, **TINY))
+        adapter = perturb(FluxIRAdapter.from_flux(tiny_flux, **tiny()))
         out = controlled_flux_forward(tiny_flux, adapter, **inputs)
         other = controlled_flux_forward(tiny_flux, adapter, **{**inputs, "lq_latents": -inputs["lq_latents"]})
         assert (out - other).abs().max() > 1e-4
@@ -171,15 +178,15 @@ def test_adapter_controls_both_streams(tiny_flux):
 
 def test_forward_returns_one_control_per_block(tiny_flux):
     inputs = make_inputs(tiny_flux)
-    adapter = perturb(FluxIRAdapter.from_flux(tiny_flux, **TINY))
+    adapter = perturb(FluxIRAdapter.from_flux(tiny_flux, **tiny()))
     z, p = adapter(**inputs)
     assert len(z) == len(p) == 4
     assert z[0].shape == (2, 16, 32) and p[0].shape == (2, TEXT_LEN, 32)
     assert not torch.equal(z[0], z[1])  # a dedicated SE per block
-    shared = perturb(FluxIRAdapter.from_flux(tiny_flux, shared_se=True, **TINY))
+    shared = perturb(FluxIRAdapter.from_flux(tiny_flux, **tiny(shared_se=True)))
     z, p = shared(**inputs)
     assert all(zi is z[0] for zi in z) and all(pi is p[0] for pi in p)
-    z, p = FluxIRAdapter.from_flux(tiny_flux, text_control=False, **TINY)(**inputs)
+    z, p = FluxIRAdapter.from_flux(tiny_flux, **tiny(text_control=False))(**inputs)
     assert p == [None] * 4 and len(z) == 4
 
 
@@ -188,7 +195,7 @@ def test_forward_returns_one_control_per_block(tiny_flux):
 
 def test_only_adapter_trains_and_every_se_gets_gradient(deep_flux):
     flux_before = {k: v.clone() for k, v in deep_flux.state_dict().items()}
-    adapter = FluxIRAdapter.from_flux(deep_flux, **TINY)
+    adapter = FluxIRAdapter.from_flux(deep_flux, **tiny())
     assert len(adapter.se_z) + len(adapter.se_p) == 114
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-3)
     inputs = make_inputs(deep_flux, batch=1)
@@ -206,7 +213,7 @@ def test_only_adapter_trains_and_every_se_gets_gradient(deep_flux):
 
 def test_gradient_checkpointing_same_output_and_grads(tiny_flux):
     inputs = make_inputs(tiny_flux)
-    trained = perturb(FluxIRAdapter.from_flux(tiny_flux, **TINY))
+    trained = perturb(FluxIRAdapter.from_flux(tiny_flux, **tiny()))
 
     def run(checkpointing: bool):
         adapter = copy.deepcopy(trained)
@@ -234,7 +241,7 @@ def test_gradient_checkpointing_same_output_and_grads(tiny_flux):
 
 def test_bf16_autocast_identity_and_backward(tiny_flux):
     inputs = make_inputs(tiny_flux)
-    adapter = FluxIRAdapter.from_flux(tiny_flux, **TINY)  # fp32 master weights
+    adapter = FluxIRAdapter.from_flux(tiny_flux, **tiny())  # fp32 master weights
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.no_grad():
             ref = flux_sample(tiny_flux, inputs)
@@ -249,7 +256,7 @@ def test_bf16_autocast_identity_and_backward(tiny_flux):
 def test_compiled_flux_blocks(tiny_flux):
     flux = build_transformer("tiny_flux_transformer", seed=0)  # own copy: compile changes the modules
     freeze_flux(flux)
-    adapter = perturb(FluxIRAdapter.from_flux(flux, **TINY))
+    adapter = perturb(FluxIRAdapter.from_flux(flux, **tiny()))
     inputs = make_inputs(flux, batch=1)
     ref = controlled_flux_forward(flux, adapter, **inputs)
     for block in list(flux.transformer_blocks) + list(flux.single_transformer_blocks):
@@ -267,8 +274,8 @@ def test_compiled_flux_blocks(tiny_flux):
 
 def test_kedro_dataset_versioned_roundtrip(tiny_flux, tmp_path):
     inputs = make_inputs(tiny_flux)
-    first = perturb(FluxIRAdapter.from_flux(tiny_flux, rank=4, **TINY), seed=1)
-    second = perturb(FluxIRAdapter.from_flux(tiny_flux, rank=4, **TINY), seed=2)
+    first = perturb(FluxIRAdapter.from_flux(tiny_flux, **tiny(rank=4)), seed=1)
+    second = perturb(FluxIRAdapter.from_flux(tiny_flux, **tiny(rank=4)), seed=2)
     catalog = DataCatalog.from_config(
         {
             "fluxir_adapter": {
@@ -307,7 +314,7 @@ def test_kedro_dataset_versioned_roundtrip(tiny_flux, tmp_path):
 def test_save_load_full_rank_without_text_variant(tiny_flux, tmp_path):
     adapter = perturb(
         FluxIRAdapter.from_flux(
-            tiny_flux, rank="full", learn_text_embeddings=False, text_control=False, shared_se=True, **TINY
+            tiny_flux, **tiny(rank="full", learn_text_embeddings=False, text_control=False, shared_se=True)
         )
     )
     save_adapter(adapter, tmp_path / "a")
@@ -324,7 +331,7 @@ def test_save_load_full_rank_without_text_variant(tiny_flux, tmp_path):
 
 
 def test_mismatched_adapter_names_both_shapes(tiny_flux, tmp_path):
-    adapter = FluxIRAdapter.from_flux(tiny_flux, **TINY)
+    adapter = FluxIRAdapter.from_flux(tiny_flux, **tiny())
     wider = FluxTransformer2DModel(**{**load_config("tiny_flux_transformer"), "num_attention_heads": 4})
     with pytest.raises(ValueError, match=r"inner_dim: adapter 32 vs flux 64"):
         check_compatible(adapter, wider)
@@ -348,7 +355,7 @@ def test_mismatched_adapter_names_both_shapes(tiny_flux, tmp_path):
 
 
 def test_bad_inputs_fail_clearly(tiny_flux):
-    adapter = FluxIRAdapter.from_flux(tiny_flux, **TINY)
+    adapter = FluxIRAdapter.from_flux(tiny_flux, **tiny())
     inputs = make_inputs(tiny_flux)
     with pytest.raises(ValueError, match="lq_latents"):
         controlled_flux_forward(tiny_flux, adapter, **{**inputs, "lq_latents": inputs["lq_latents"][:, :8]})
@@ -357,14 +364,20 @@ def test_bad_inputs_fail_clearly(tiny_flux):
     with pytest.raises(ValueError, match="guidance"):
         controlled_flux_forward(tiny_flux, adapter, **{**inputs, "guidance": None})
     with pytest.raises(ValueError, match="rank"):
-        FluxIRConfig(rank=0)
+        FluxIRConfig(**adapter_params(rank=0))
     with pytest.raises(ValueError, match="rank"):
-        FluxIRConfig(rank="half")
+        FluxIRConfig(**adapter_params(rank="half"))
     with pytest.raises(ValueError, match="unknown FluxIRConfig field"):
-        FluxIRConfig.from_flux(tiny_flux, rnak=4)
+        FluxIRConfig.from_flux(tiny_flux, **adapter_params(rnak=4))
+    # rank and guidance have one source, conf/base's train.adapter: without them from_flux says where they are
+    for missing in ("rank", "guidance"):
+        given = {k: v for k, v in adapter_params().items() if k != missing}
+        with pytest.raises(ValueError, match=rf"needs {missing}: .*train\.adapter in conf/base/parameters_train\.yml"):
+            FluxIRAdapter.from_flux(tiny_flux, **given)
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_adapter("/nonexistent/adapter")
-    assert FluxIRConfig.from_dict(FluxIRConfig(rank=None).to_dict()) == FluxIRConfig(rank=None)
+    full = FluxIRConfig(**adapter_params(rank=None))
+    assert FluxIRConfig.from_dict(full.to_dict()) == full
 
 
 def test_dataset_config_name_matches_the_adapter_module():

@@ -17,7 +17,7 @@ from fluxir.models.adapter import FluxIRAdapter
 from fluxir.models.controlled_flux import controlled_flux_forward
 from fluxir.models.flux import compile_blocks, image_ids, load_pipeline
 
-from support import restore_config
+from support import adapter_params, restore_config
 
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
@@ -62,7 +62,7 @@ def test_compiled_blocks_give_the_eager_velocity_and_gradients(tiny_flux_dir):
     pipe = load_pipeline(str(tiny_flux_dir), dtype="float32", device="cpu")
     flux = pipe.transformer.requires_grad_(False)
     torch.manual_seed(0)
-    adapter = FluxIRAdapter.from_flux(flux)
+    adapter = FluxIRAdapter.from_flux(flux, **adapter_params())
     with torch.no_grad():  # non-zero controls, so the adapter's output reaches the velocity
         for p in adapter.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -96,7 +96,7 @@ def test_restore_and_train_compile_switch_compiles_the_blocks(tiny_flux_dir, tmp
     from support import make_pairs, tiny_folders, tiny_params
 
     pipe = load_pipeline(str(tiny_flux_dir), dtype="float32", device="cpu")
-    adapter = FluxIRAdapter.from_flux(pipe.transformer)
+    adapter = FluxIRAdapter.from_flux(pipe.transformer, **adapter_params())
     for compile_on in (False, True):
         cfg = restore_config(dtype="float32", device="cpu", compile=compile_on)
         restorer = Restorer.from_source(str(tiny_flux_dir), adapter, cfg)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, free_port
-from support import CHROMIUM_ARGS, find_chromium
+from support import CHROMIUM_ARGS, adapter_params, find_chromium
 
 ARTIFACTS = REPO / "test-artifacts" / "app"
 
@@ -37,7 +37,7 @@ def save_adapter_versions(project: Path, count: int) -> list[str]:
     for i in range(count):
         torch.manual_seed(i)
         FluxIRAdapterDataset(filepath=str(root), version=Version(None, None)).save(
-            FluxIRAdapter.from_flux(flux, text_seq_len=8)
+            FluxIRAdapter.from_flux(flux, **adapter_params(text_seq_len=8))
         )
         time.sleep(0.01)  # distinct timestamps
     return sorted((p.name for p in root.iterdir()), reverse=True)

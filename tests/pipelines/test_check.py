@@ -17,6 +17,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO, make_project_copy
+from support import adapter_params
 
 
 def _check(project: Path, *params: str) -> subprocess.CompletedProcess:
@@ -38,7 +39,9 @@ def _save_adapter(project: Path, flux_folder: Path) -> None:
     from fluxir.models.adapter import FluxIRAdapter
 
     flux = FluxTransformer2DModel.from_pretrained(flux_folder / "transformer")
-    load_catalog("tiny", project).save("fluxir_adapter", FluxIRAdapter.from_flux(flux, rank=4, text_seq_len=8))
+    load_catalog("tiny", project).save(
+        "fluxir_adapter", FluxIRAdapter.from_flux(flux, **adapter_params(rank=4, text_seq_len=8))
+    )
 
 
 def test_good_setup_passes(kedro_project):

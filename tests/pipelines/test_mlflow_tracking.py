@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, kedro_run, make_project_copy
+from support import adapter_params
 
 FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -233,7 +234,7 @@ def test_adapter_is_logged_with_its_config(mlflow_server, tmp_path, monkeypatch)
     from fluxir.models.adapter_config import FluxIRConfig
 
     config = FluxIRConfig(
-        rank=4,
+        **adapter_params(rank=4),
         text_seq_len=8,
         num_layers=2,
         num_single_layers=2,

@@ -19,7 +19,7 @@ from fluxir.models.flux import pack_grid, unpack_grid
 from fluxir.restoration import files as F
 from fluxir.restoration import sampler as S
 
-from support import make_mixed_folder, restore_config, restore_settings
+from support import adapter_params, make_mixed_folder, restore_config, restore_settings
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -62,7 +62,7 @@ def perturbed_adapter(pipe):
 
     with torch.random.fork_rng():
         torch.manual_seed(0)  # the SE squeeze layers W_s are randomly initialised
-        adapter = FluxIRAdapter.from_flux(pipe.transformer, text_seq_len=8)
+        adapter = FluxIRAdapter.from_flux(pipe.transformer, **adapter_params(text_seq_len=8))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in [adapter.input_proj, *[se.excite for se in adapter.se_z]]:
@@ -160,6 +160,7 @@ def test_flux_shift_is_fluxs_schedule_and_linear_is_linear():
         ({"dtype": "int8"}, "restore.dtype must be one of"),
         ({"sampler": "dpm"}, "unknown restore parameter(s) ['sampler']"),
         ({"control_scale": -1}, "restore.control_scale must be a number >= 0"),
+        ({"plain_flux_guidance": -1}, "restore.plain_flux_guidance must be a number >= 0"),
         ({"start_t": 0}, "restore.start_t must be a number in (0, 1]"),
         ({"start_t": 1.5}, "restore.start_t must be a number in (0, 1]"),
         ({"offload": "disk"}, "restore.offload must be one of"),
@@ -187,6 +188,18 @@ def test_control_scale_zero_is_plain_flux_and_the_scale_changes_the_output(pipe)
     stronger = restorer(pipe, adapter, control_scale=2.0).restore(lq)
     assert np.abs(as_trained.astype(int) - plain).mean() > 1
     assert np.abs(stronger.astype(int) - as_trained).mean() > 1
+
+
+def test_plain_flux_guidance_is_flux_guidance_without_an_adapter_only(pipe):
+    """No adapter: Flux-dev gets restore.plain_flux_guidance; an adapter brings the guidance it was trained with."""
+    from fluxir.models.adapter import FluxIRAdapter
+
+    lq = smooth_lq(32, seed=2)
+    low, high = restorer(pipe, plain_flux_guidance=1.0), restorer(pipe, plain_flux_guidance=8.0)
+    assert (low.guidance, high.guidance) == (1.0, 8.0)
+    assert np.abs(low.restore(lq).astype(int) - high.restore(lq)).mean() > 0  # the value reaches Flux
+    adapter = FluxIRAdapter.from_flux(pipe.transformer, **adapter_params(text_seq_len=8, guidance=2.5))
+    assert restorer(pipe, adapter, plain_flux_guidance=8.0).guidance == 2.5
 
 
 def test_start_t_one_is_the_full_integration_and_lower_start_t_stays_closer_to_the_lq(pipe):
@@ -241,7 +254,7 @@ def test_the_lq_steers_the_flow_only_through_the_adapter(pipe):
 
     lq_a, lq_b = smooth_lq(32, seed=1), smooth_lq(32, seed=2)
     plain = restorer(pipe)
-    fresh = restorer(pipe, FluxIRAdapter.from_flux(pipe.transformer, text_seq_len=8))
+    fresh = restorer(pipe, FluxIRAdapter.from_flux(pipe.transformer, **adapter_params(text_seq_len=8)))
     assert np.array_equal(fresh.restore(lq_a), plain.restore(lq_a)), "an untrained adapter is the identity"
     assert np.array_equal(plain.restore(lq_a), plain.restore(lq_b)), "without control the LQ cannot matter"
     steered = restorer(pipe, perturbed_adapter(pipe))
@@ -388,7 +401,7 @@ def _add_identity_adapter(project: Path, flux) -> None:
             "  filepath: data/06_models/fluxir_adapter\n  versioned: true\n"
         )
     FluxIRAdapterDataset(filepath=str(project / "data/06_models/fluxir_adapter"), version=Version(None, None)).save(
-        FluxIRAdapter.from_flux(flux, text_seq_len=8)
+        FluxIRAdapter.from_flux(flux, **adapter_params(text_seq_len=8))
     )
 
 
@@ -439,7 +452,7 @@ def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pip
     # Rerun and overwrite through the same two nodes in-process (each kedro start-up costs ~20-50 s here).
     from fluxir.models.adapter import FluxIRAdapter
 
-    adapter = FluxIRAdapter.from_flux(pipe.transformer, text_seq_len=8)
+    adapter = FluxIRAdapter.from_flux(pipe.transformer, **adapter_params(text_seq_len=8))
     before = {name: (out / name).stat() for name in expected}
     cwd = os.getcwd()
     os.chdir(project)

@@ -18,7 +18,7 @@ from fluxir.restoration.sampler import Restorer
 from fluxir.restoration.work import check_output_size, plan_work, warm_up_rate
 
 from conftest import REPO, TINY_FLUX
-from support import restore_config
+from support import adapter_params, restore_config
 
 FAST = {"steps": 2, "dtype": "float32", "device": "cpu", "tile_size": None, "vae_tile_size": None, "color_fix": "none"}
 
@@ -68,7 +68,7 @@ def test_out_of_memory_on_one_file_is_its_failure_row_and_the_others_are_restore
     from fluxir.models.flux import load_pipeline
 
     flux = load_pipeline(str(TINY_FLUX), dtype="float32", device="cpu").transformer
-    adapter = RunsOutOfMemoryOn.from_flux(flux, text_seq_len=8)
+    adapter = RunsOutOfMemoryOn.from_flux(flux, **adapter_params(text_seq_len=8))
     adapter.tokens_that_fail = (48 * 4 // 16) * (48 * 4 // 16)  # the 48x48 input's output grid, 12 x 12 tokens
     jobs = [
         (_photo(tmp_path / f"{name}.png", w, h), str(tmp_path / "out" / f"{name}.png"))

@@ -15,7 +15,7 @@ import torch
 from fluxir.restoration import lowmem as L
 from fluxir.restoration import sampler as S
 
-from support import restore_config
+from support import adapter_params, restore_config
 
 # FLUX.1-dev's block structure at a width a CPU test can afford (2 heads x 16 = 32 channels).
 SCALED = {
@@ -37,7 +37,7 @@ def scaled_restorer(**overrides) -> S.Restorer:
     flux = build_transformer("flux1_dev_transformer", seed=0, **SCALED)
     assert (flux.config.num_layers, flux.config.num_single_layers) == (19, 38)
     prompt, pooled = fixed_prompt_embeddings(flux, seq_len=8)
-    adapter = FluxIRAdapter.from_flux(flux, text_seq_len=8, rank=4)
+    adapter = FluxIRAdapter.from_flux(flux, **adapter_params(text_seq_len=8, rank=4))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # give the zero-initialised control layers values, as training does
         for module in [adapter.input_proj, *[se.excite for se in adapter.se_z]]:

@@ -292,7 +292,7 @@ def test_the_adapter_carries_its_training_guidance(tmp_path, tiny_models):
     from fluxir.restoration.sampler import RestoreConfig, Restorer
 
     cfg, models = tiny_models
-    adapter = build_adapter(TrainConfig.from_params({**tiny_params(tmp_path), "adapter": {"guidance": 2.5}}), models)
+    adapter = build_adapter(TrainConfig.from_params(tiny_params(tmp_path, "train.adapter.guidance=2.5")), models)
     assert adapter.config.guidance == 2.5 and build_adapter(cfg, models).config.guidance == 4.0
     adapter.training_record = {"steps": 3, "global_batch": 64}
     save_adapter(adapter, tmp_path / "adapter")

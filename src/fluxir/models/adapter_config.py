@@ -29,6 +29,8 @@ BASE_FIELDS = (
     "axes_dims_rope",
 )
 
+# Variant fields without a Python default: their one value is train.adapter in conf/base/parameters_train.yml.
+REQUIRED_FIELDS = ("rank", "guidance")
 
 ADAPTER_RULES = (
     Rule("rank", "positive_int", nullable=True, must="a positive int, None or 'full'"),
@@ -51,17 +53,20 @@ ADAPTER_RULES = (
 
 @dataclass
 class FluxIRConfig:
-    """Adapter configuration: variant switches + the sizes of the Flux it controls (FLUX.1-dev defaults)."""
+    """Adapter configuration: variant switches + the sizes of the Flux it controls (FLUX.1-dev defaults).
 
-    rank: int | None = 32  # SE rank r (Eq. 3); None (or "full") = one full c x c Linear per SE
+    ``rank`` and ``guidance`` have no default here: their values are ``train.adapter`` in
+    conf/base/parameters_train.yml. The base-model sizes default to FLUX.1-dev's (facts of that model).
+    """
+
+    rank: int | None  # SE rank r (Eq. 3); None (or "full") = one full c x c Linear per SE
+    # The value a guidance-distilled Flux (FLUX.1-dev) is given while this adapter is trained; restoration
+    # uses the same, so the two cannot disagree.
+    guidance: float
     shared_se: bool = False  # Table 5 "single MLP": one SE_z (and SE_p) for all blocks; the paper uses rank=None
     learn_text_embeddings: bool = True  # theta_p, theta_y (Table 6)
     text_control: bool = True  # SE_p, control of the text stream (Table 6)
     text_seq_len: int = 512  # rows of theta_p: the longest prompt (T5 tokens) the adapter accepts
-    # The value a guidance-distilled Flux (FLUX.1-dev) is given while this adapter is trained; restoration
-    # uses the same, so the two cannot disagree. The paper gives guidance 4 only for FluxGen's generation;
-    # 4.0 here matches the guidance its training images were generated with (our choice, not the paper's).
-    guidance: float = 4.0
     # Base-model sizes, as in FluxTransformer2DModel's config.
     in_channels: int = 64
     num_layers: int = 19
@@ -105,7 +110,14 @@ class FluxIRConfig:
 
     @classmethod
     def from_flux(cls, flux: nn.Module, **overrides: Any) -> FluxIRConfig:
-        """Config for a given ``FluxTransformer2DModel``; ``overrides`` set variant fields (rank=16, ...)."""
+        """Config for a given ``FluxTransformer2DModel``; ``overrides`` set the variant fields and must hold
+        ``rank`` and ``guidance`` (the ``train.adapter`` parameters)."""
+        missing = [name for name in REQUIRED_FIELDS if name not in overrides]
+        if missing:
+            raise ValueError(
+                f"FluxIRConfig.from_flux needs {' and '.join(missing)}: pass the values of train.adapter in "
+                "conf/base/parameters_train.yml (e.g. load_params(...)['train']['adapter'])"
+            )
         cfg = flux.config
         if getattr(cfg, "patch_size", 1) != 1:
             raise ValueError(f"FluxIR supports Flux with patch_size 1, got {cfg.patch_size}")
