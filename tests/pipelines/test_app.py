@@ -179,7 +179,7 @@ def test_upload_restore_compare_download_in_chromium(browser_app, tmp_path):
     assert "Restored with FluxIR" in page.inner_text("#method_label")
     page.locator("#method").get_by_text("realesrgan", exact=True).click()
     page.click("#restore")
-    page.wait_for_function("document.querySelector('#method_label').innerText.includes('Real-ESRGAN')")
+    page.wait_for_function("document.querySelector('#method_label').innerText.includes('Restored with Real-ESRGAN')")
     assert "Restored with Real-ESRGAN x4plus: RRDBNet x4" in page.inner_text("#method_label")
 
 
