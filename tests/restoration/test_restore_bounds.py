@@ -150,3 +150,11 @@ def test_a_warm_up_times_one_unit_and_leaves_the_restorer_as_it_was(tmp_path, ca
         results, failures, _ = restore_files("unused", None, restore_config(**FAST), jobs, False, factory)
     assert failures == [] and results[0].out_size == (96, 64)
     assert re.search(r"24x16 -> 96x64 .*6 Real-ESRGAN tile\(s\).*\(6 tiles x .* s, timed on a warm-up\)", caplog.text)
+
+
+def test_each_restore_process_runs_a_public_restorer_on_its_own_device():
+    """``auto`` follows the process's accelerate device (rank r on cuda:r); a device set by hand is kept."""
+    files, cfg = {"method": "realesrgan"}, restore_config(**FAST)
+    auto = {**BASELINES, "realesrgan": {**BASELINES["realesrgan"], "device": "auto"}}
+    assert public_restorer_for(files, cfg, None, auto, "cuda:3")[0].settings.device == "cuda:3"
+    assert public_restorer_for(files, cfg, None, BASELINES, "cuda:3")[0].settings.device == "cpu"

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         adapter = load_adapter(args.adapter)
     elif files["method"] == "fluxir":
         adapter = catalog.load("fluxir_adapter")
-    make_restorer, adapter, _ = public_restorer_for(files, cfg, adapter, params["baselines"])
+    make_restorer, adapter, _ = public_restorer_for(files, cfg, adapter, params["baselines"], state.device)
     share = restore_share(
         plan,
         files,

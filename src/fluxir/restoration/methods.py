@@ -14,6 +14,7 @@ Every restorer has ``restore(lq, progress=False, on_step=None) -> (H, W, 3) uint
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -108,17 +109,21 @@ class PublicFactory:
 
 
 def public_restorer_for(
-    files: Mapping[str, Any], cfg: Any, adapter: Any, baselines: Mapping[str, Any]
+    files: Mapping[str, Any], cfg: Any, adapter: Any, baselines: Mapping[str, Any], process_device: Any = None
 ) -> tuple[Any, Any, dict[str, Any]]:
     """What the restore pipeline needs for ``restore.method``: (restorer factory or None for FluxIR, the adapter,
     summary fields). FluxIR requires a trained adapter; a public method checks its weights here, before any
-    photo is read, and takes the output size and colour fix from ``cfg`` (the ``restore.*`` RestoreConfig)."""
+    photo is read, and takes the output size and colour fix from ``cfg`` (the ``restore.*`` RestoreConfig).
+    ``process_device``: this process's accelerate device, used where the method's device is ``auto`` (each rank
+    of a multi-process restore on its own GPU)."""
     from fluxir.datasets.adapter_dataset import require_adapter
+    from fluxir.models.flux import resolve_device
 
     method = check_method(files["method"], RESTORE_METHODS, "restore.method")
     if method == "fluxir":
         return None, require_adapter(adapter, "restore.method: fluxir"), {"method": method}
     settings = public_config(method, baselines)
+    settings = dataclasses.replace(settings, device=resolve_device(settings.device, process_device))
     public_fingerprint(method, settings)  # a missing weight file fails now, naming the parameter
     geometry = output_geometry(method, cfg.scale, cfg.target_size, cfg.color_fix)
     summary = {"method": method, "method_settings": describe_public(method, settings), "color_fix": geometry.color_fix}
