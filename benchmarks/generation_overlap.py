@@ -46,7 +46,7 @@ def main() -> None:
     from fluxir.config import load_params
     from fluxir.fluxgen.generate import GenerationConfig, denoised_images, write_generated
     from fluxir.io.store import ImageStore
-    from fluxir.models.flux import load_pipeline
+    from fluxir.models.loading import load_pipeline
     from fluxir.models.prompts import PromptEncoder
 
     torch.set_num_threads(1)

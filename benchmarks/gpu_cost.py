@@ -91,7 +91,7 @@ def flop_counts() -> dict[str, Any]:
     """TFLOP per unit of work of every GPU stage, counted on the meta device."""
     from fluxir.config import load_params
     from fluxir.models.controlled_flux import controlled_flux_forward
-    from fluxir.models.flux import image_ids
+    from fluxir.models.packing import image_ids
     from fluxir.training.config import TrainConfig
     from fluxir.training.loss import MicroBatch, flow_matching_loss
     from fluxir.training.models import ControlledFlux

@@ -153,7 +153,7 @@ def flux_inputs(flux: Any, width: int, height: int, text_len: int, device: str, 
     """FluxPipeline's transformer inputs for one image (packed latents, ids, t, guidance)."""
     import torch
 
-    from fluxir.models.flux import image_ids
+    from fluxir.models.packing import image_ids
 
     n = (height // 16) * (width // 16)
     return {

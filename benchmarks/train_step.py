@@ -65,7 +65,8 @@ def build(config: str, device: str, dtype: Any) -> tuple[Any, Any]:
     import torch
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-    from fluxir.models.flux import load_config, load_pipeline
+    from fluxir.models.flux import load_config
+    from fluxir.models.loading import load_pipeline
 
     if config == "tiny":
         pipe = load_pipeline("data/01_raw/tiny/flux", dtype="float32", device=device)
@@ -186,7 +187,8 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
     from fluxir.config import load_params
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
-    from fluxir.models.flux import build_transformer, image_ids, load_config
+    from fluxir.models.flux import build_transformer, load_config
+    from fluxir.models.packing import image_ids
     from fluxir.training.data import decode_latents
 
     width, height = SIZES[config]

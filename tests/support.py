@@ -151,7 +151,7 @@ def save_identity_adapter(project: Path) -> None:
     from kedro.io import DataCatalog
 
     from fluxir.models.adapter import FluxIRAdapter
-    from fluxir.models.flux import load_pipeline
+    from fluxir.models.loading import load_pipeline
 
     loader = OmegaConfigLoader(str(project / "conf"), base_env="base", default_run_env="tiny")
     entry = dict(loader["catalog"]["fluxir_adapter"])

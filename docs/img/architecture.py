@@ -175,11 +175,11 @@ lane(736, 90, "shared base", "src/fluxir/: used by every stage")
 for i, (left, right) in enumerate(
     (
         (
-            "config.py: parameter loading, one validator table",
+            "config.py: parameters, catalog;  rules.py: one validator table",
             "io/: atomic writes, locks, hashing, image readers, image store",
         ),
         (
-            "models/flux.py: Flux loading, prompts, device",
+            "models/: loading, devices, packing, prompts",
             "tracking.py: MLflow params;  progress.py: bars or log lines",
         ),
         ("hooks.py, settings.py, pipeline_registry.py: Kedro glue", "datasets/: catalog types (image store, adapter)"),

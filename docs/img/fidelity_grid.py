@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from fluxir.config import load_params
 from fluxir.models.adapter import FluxIRAdapter
-from fluxir.models.flux import load_pipeline
+from fluxir.models.loading import load_pipeline
 from fluxir.restoration.files import split_params
 from fluxir.restoration.sampler import Restorer
 

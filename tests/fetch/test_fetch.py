@@ -650,7 +650,7 @@ def test_progress_bars_on_a_terminal_count_every_byte(server, tmp_path, monkeypa
 
 LOAD_DRIVER = """
 import sys, torch
-from fluxir.models.flux import load_pipeline
+from fluxir.models.loading import load_pipeline
 pipe = load_pipeline(sys.argv[1], "float32")
 print(type(pipe).__name__, type(pipe.text_encoder_2).__name__,
       float(sum(p.double().sum() for p in pipe.transformer.parameters())))

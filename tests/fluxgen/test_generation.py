@@ -16,7 +16,7 @@ from fluxir.fluxgen.manifest import recorded_hashes
 from fluxir.io.hashing import sha256_file
 from fluxir.io.images import read_image
 from fluxir.io.store import ImageStore
-from fluxir.models.flux import resolve_source
+from fluxir.models.loading import resolve_source
 
 from conftest import REPO, free_port
 from support import base_params, kill_when
@@ -54,7 +54,7 @@ def test_bad_model_sources(tmp_path):
 
 
 def test_unknown_hub_id_offline_names_it(tmp_path):
-    from fluxir.models.flux import load_pipeline
+    from fluxir.models.loading import load_pipeline
 
     with pytest.raises(ValueError, match="could not load model 'nobody-here/no-such-model'"):
         load_pipeline("nobody-here/no-such-model", "float32")

@@ -22,7 +22,7 @@ import torch
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
 from fluxir.io.images import read_image
 from fluxir.io.store import ImageStore
-from fluxir.models.flux import load_pipeline
+from fluxir.models.loading import load_pipeline
 from fluxir.models.prompts import PromptEncoder
 from fluxir.models.tiny import write_tiny_pipeline
 from fluxir.models.tiny_pipelines import HUB_CLASSES
@@ -292,7 +292,7 @@ def _restore_cfg(**overrides):
 def test_sampler_without_adapter_is_diffusers_flux_pipeline(full_flux_dir):
     """Same noise, prompt embeddings, steps, guidance and schedule: the decoded images agree within 1/255, so
     the restorer's time direction, sign, packing and VAE scaling are the library's."""
-    from fluxir.models.flux import pack_grid
+    from fluxir.models.packing import pack_grid
     from fluxir.restoration.sampler import Restorer
 
     pipe = load_pipeline(str(full_flux_dir), dtype="float32")

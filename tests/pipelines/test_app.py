@@ -30,7 +30,7 @@ def save_adapter_versions(project: Path, count: int) -> list[str]:
 
     from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset
     from fluxir.models.adapter import FluxIRAdapter
-    from fluxir.models.flux import load_pipeline
+    from fluxir.models.loading import load_pipeline
 
     flux = load_pipeline(str(project / "data/01_raw/tiny/flux"), dtype="float32", device="cpu").transformer
     root = project / "data/06_models/fluxir_adapter"

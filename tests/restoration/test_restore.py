@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from fluxir.io.hashing import sha256_file
-from fluxir.models.flux import pack_grid, unpack_grid
+from fluxir.models.packing import pack_grid, unpack_grid
 from fluxir.restoration import files as F
 from fluxir.restoration import sampler as S
 
@@ -28,7 +28,7 @@ from support import adapter_params, make_mixed_folder, restore_config, restore_s
 @pytest.fixture(scope="module")
 def pipe():
     """The tiny random-weight Flux pipeline (float32, CPU), loaded once for this module."""
-    from fluxir.models.flux import load_pipeline
+    from fluxir.models.loading import load_pipeline
 
     from conftest import TINY_FLUX
 

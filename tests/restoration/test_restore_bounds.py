@@ -65,7 +65,7 @@ class RunsOutOfMemoryOn(FluxIRAdapter):
 
 
 def test_out_of_memory_on_one_file_is_its_failure_row_and_the_others_are_restored(tmp_path, caplog):
-    from fluxir.models.flux import load_pipeline
+    from fluxir.models.loading import load_pipeline
 
     flux = load_pipeline(str(TINY_FLUX), dtype="float32", device="cpu").transformer
     adapter = RunsOutOfMemoryOn.from_flux(flux, **adapter_params(text_seq_len=8))

@@ -18,7 +18,7 @@ from PIL import Image
 
 from fluxir.io.locks import LOCK_NAME, FolderBusy, exclusive_lock
 from fluxir.models.adapter import load_adapter
-from fluxir.models.flux import unpack
+from fluxir.models.packing import unpack
 from fluxir.training.checkpoints import list_checkpoints
 from fluxir.training.config import TrainConfig, accumulation_steps
 from fluxir.training.data import DataOrder, LatentCache, PairTable, decode_latents, pair_gaussians, vae_identity
@@ -602,7 +602,7 @@ def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
 def test_packing_matches_diffusers_and_inverts():
     from diffusers import FluxPipeline
 
-    from fluxir.models.flux import image_ids, pack, unpack
+    from fluxir.models.packing import image_ids, pack, unpack
 
     z = torch.randn(2, 16, 8, 6)
     assert torch.equal(pack(z), FluxPipeline._pack_latents(z, 2, 16, 8, 6))  # (2, 12, 64)

@@ -21,7 +21,7 @@ from accelerate import PartialState
 from fluxir.config import cli_parser, load_catalog, load_params
 from fluxir.evaluation.restore import restore_missing, restore_public_missing
 from fluxir.models.adapter import load_adapter
-from fluxir.models.flux import accelerate_cpu, resolve_device
+from fluxir.models.devices import accelerate_cpu, resolve_device
 from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
 from fluxir.validation import check_params
 

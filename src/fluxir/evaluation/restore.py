@@ -27,7 +27,7 @@ from fluxir.evaluation.testsets import outputs_table
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
 from fluxir.io.images import read_image
-from fluxir.models.flux import resolve_device
+from fluxir.models.devices import resolve_device
 from fluxir.progress import progress
 from fluxir.restoration.methods import (
     PUBLIC_METHODS,

@@ -37,8 +37,10 @@ from accelerate import PartialState
 from fluxir.config import cli_parser, stage_command_inputs, stage_params
 from fluxir.io.hashing import hash_json
 from fluxir.io.store import ImageStore, WriterPool
+from fluxir.models.devices import accelerate_cpu, resolve_device
 from fluxir.models.empty_prompt import load_with_empty_prompt
-from fluxir.models.flux import accelerate_cpu, compile_blocks, load_pipeline, resolve_device
+from fluxir.models.flux import compile_blocks
+from fluxir.models.loading import load_pipeline
 from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
 from fluxir.rules import Rule, check_fields, config_from_params, reject_unknown_keys

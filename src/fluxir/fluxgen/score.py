@@ -40,7 +40,7 @@ from fluxir.config import cli_parser, stage_command_inputs
 from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.io.hashing import hash_json
 from fluxir.io.images import read_image
-from fluxir.models.flux import accelerate_cpu, resolve_device
+from fluxir.models.devices import accelerate_cpu, resolve_device
 from fluxir.processes import worker_init
 from fluxir.progress import progress as progress_bar
 from fluxir.rules import Rule, check_fields, config_from_params

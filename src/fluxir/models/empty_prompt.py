@@ -24,7 +24,7 @@ from torch import Tensor
 
 from fluxir.io.atomic import atomic_file
 from fluxir.io.hashing import hash_json
-from fluxir.models.flux import TEXT_COMPONENTS, load_pipeline, resolve_source
+from fluxir.models.loading import TEXT_COMPONENTS, load_pipeline, resolve_source
 from fluxir.models.prompts import PromptEncoder
 
 

@@ -17,7 +17,7 @@ from accelerate import PartialState
 
 from fluxir.config import catalog_config, cli_parser, load_catalog, load_params
 from fluxir.models.adapter import load_adapter
-from fluxir.models.flux import accelerate_cpu, resolve_device
+from fluxir.models.devices import accelerate_cpu, resolve_device
 from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
 from fluxir.restoration.methods import public_restorer_for
 from fluxir.validation import check_params

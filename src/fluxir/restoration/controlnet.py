@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 
 from fluxir.io.hashing import sha256_file
-from fluxir.models.flux import load_pipeline, resolve_device
+from fluxir.models.devices import resolve_device
+from fluxir.models.loading import load_pipeline
 from fluxir.rules import Rule, config_from_params
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -117,7 +117,7 @@ def public_restorer_for(
     ``process_device``: this process's accelerate device, used where the method's device is ``auto`` (each rank
     of a multi-process restore on its own GPU)."""
     from fluxir.datasets.adapter_dataset import require_adapter
-    from fluxir.models.flux import resolve_device
+    from fluxir.models.devices import resolve_device
 
     method = check_method(files["method"], RESTORE_METHODS, "restore.method")
     if method == "fluxir":

@@ -23,7 +23,7 @@ from PIL import Image
 
 from fluxir.compat.basicsr import import_basicsr
 from fluxir.io.hashing import sha256_file
-from fluxir.models.flux import resolve_device
+from fluxir.models.devices import resolve_device
 from fluxir.progress import progress as progress_bar
 from fluxir.rules import Rule, config_from_params
 

@@ -64,16 +64,11 @@ from torch import Tensor
 from fluxir.models.adapter import check_compatible
 from fluxir.models.condition import lq_condition
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
+from fluxir.models.devices import autocast_off, resolve_device
 from fluxir.models.empty_prompt import cached_empty_prompt, save_empty_prompt
-from fluxir.models.flux import (
-    autocast_off,
-    compile_blocks,
-    image_ids,
-    load_pipeline,
-    pack_grid,
-    resolve_device,
-    unpack_grid,
-)
+from fluxir.models.flux import compile_blocks
+from fluxir.models.loading import load_pipeline
+from fluxir.models.packing import image_ids, pack_grid, unpack_grid
 from fluxir.models.prompts import PromptEncoder
 from fluxir.progress import progress as progress_bar
 from fluxir.restoration.colorfix import color_fix

@@ -19,7 +19,7 @@ from accelerate import PartialState
 from fluxir.config import cli_parser, load_catalog, stage_command_inputs
 from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
-from fluxir.models.flux import accelerate_cpu
+from fluxir.models.devices import accelerate_cpu
 from fluxir.tracking import command_run
 from fluxir.training.checkpoints import weights_digest
 from fluxir.training.config import TrainConfig, TrainFolders

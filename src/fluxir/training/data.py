@@ -32,7 +32,7 @@ from fluxir.io.atomic import atomic_file
 from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
 from fluxir.io.images import image_size, read_image
 from fluxir.models.condition import lq_condition
-from fluxir.models.flux import autocast_off
+from fluxir.models.devices import autocast_off
 
 MANIFEST_COLUMNS = ("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256")
 SIZE_COLUMNS = ("width", "height", "lq_width", "lq_height")  # written by the degradation (fluxgen.pairs)

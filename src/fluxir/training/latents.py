@@ -24,7 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.models.flux import load_vae, resolve_device
+from fluxir.models.devices import resolve_device
+from fluxir.models.loading import load_vae
 from fluxir.training.config import TrainConfig
 from fluxir.training.data import LatentCache, PairTable, encode_missing_latents, vae_identity
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import PartialState
 
     from fluxir.config import cli_parser, stage_command_inputs
-    from fluxir.models.flux import accelerate_cpu
+    from fluxir.models.devices import accelerate_cpu
     from fluxir.validation import check_params
 
     parser = cli_parser("python -m fluxir.training.latents", main.__doc__, "train.latent_cache_dir=/fast/latents")

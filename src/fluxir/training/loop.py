@@ -33,7 +33,8 @@ from fluxir.models.adapter import (
     FluxIRAdapter,
     count_parameters,
 )
-from fluxir.models.flux import accelerate_cpu, compile_blocks
+from fluxir.models.devices import accelerate_cpu
+from fluxir.models.flux import compile_blocks
 from fluxir.progress import progress as progress_bar
 from fluxir.tracking import log_new_params, mlflow_key
 from fluxir.training.checkpoints import list_checkpoints, load_checkpoint, newest_complete_checkpoint, save_checkpoint

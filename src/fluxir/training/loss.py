@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fluxir.models.flux import image_ids, pack, unpack
+from fluxir.models.packing import image_ids, pack, unpack
 from fluxir.training.config import PIXEL_LOSS_FORMS, TIMESTEP_SAMPLERS, TrainConfig
 from fluxir.training.data import decode_latents, device_and_dtype, gaussian_sample
 

@@ -147,7 +147,7 @@ def score_outputs(
     Long table: dataset, method, image, label, metric, value, convention, crop_border, higher_is_better, stand_in.
     """
     from fluxir.evaluation.scoring import score_all
-    from fluxir.models.flux import resolve_device
+    from fluxir.models.devices import resolve_device
 
     outputs = pd.concat([restored, public, bicubic, baselines], ignore_index=True)
     return score_all(

@@ -1,0 +1,141 @@
+"""Loading a diffusers text-to-image pipeline (or only its VAE) from a hub id or a local folder.
+
+A local folder is checked before anything loads (``folder_problems``: every missing component, wrong tokenizer
+or truncated safetensors file, each naming its path), so a bad download fails with the files to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline
+
+
+def resolve_source(source: str) -> str:
+    """Check a model source: an existing local folder with ``model_index.json``, or a hub id.
+
+    Raises ValueError naming the source when it is neither.
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").exists():
+            raise ValueError(
+                f"model folder {str(path)!r} has no model_index.json: point fluxgen.model at a diffusers "
+                "pipeline folder (the output of save_pretrained or a hub snapshot) or give a hub id "
+                "such as 'black-forest-labs/FLUX.1-dev'"
+            )
+        return str(path)
+    if source.count("/") != 1 or source.startswith((".", "/")) or " " in source:
+        raise ValueError(
+            f"model source {source!r} is neither an existing local folder nor a hub id of the form "
+            "'owner/name' (e.g. 'black-forest-labs/FLUX.1-dev')"
+        )
+    return source
+
+
+def folder_problems(folder: str | Path) -> list[str]:
+    """Every problem a loader would hit in the local pipeline ``folder``, each naming its path (empty: none).
+
+    Checked without loading weights: each component listed in model_index.json has its sub-folder; a
+    tokenizer's tokenizer_config.json names the class model_index.json lists (a T5 tokenizer saved where a
+    CLIP one is expected would otherwise load silently and tokenize wrongly); every ``.safetensors`` file
+    has a readable header (a truncated download otherwise fails with a message naming no file).
+    """
+    import transformers
+
+    folder = Path(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    problems = []
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry == [None, None]:
+            continue
+        library, class_name = entry
+        sub = folder / name
+        if not sub.is_dir():
+            problems.append(
+                f"{sub}: missing, but {folder / 'model_index.json'} lists component {name!r} ({library}.{class_name}); "
+                "copy the complete snapshot (huggingface-cli download <repo> --local-dir <folder>) or set the "
+                f"entry to [null, null] if the pipeline should load without it"
+            )
+            continue
+        tokenizer_config = sub / "tokenizer_config.json"
+        if library == "transformers" and "Tokenizer" in class_name and tokenizer_config.is_file():
+            saved = json.loads(tokenizer_config.read_text()).get("tokenizer_class")
+            expected, found = getattr(transformers, class_name, None), getattr(transformers, saved or "", None)
+            if saved and expected is not found:
+                problems.append(
+                    f"{tokenizer_config}: tokenizer_class {saved!r}, but model_index.json lists {name!r} as "
+                    f"{class_name!r}; put the {class_name} files in {sub} (or fix the entry in model_index.json)"
+                )
+        for weights in sorted(sub.glob("*.safetensors")):
+            problem = _safetensors_problem(weights)
+            if problem:
+                problems.append(f"{weights}: {problem}; download this file again")
+    return problems
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable safetensors file (None when its header parses and fits the file)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"not a safetensors file ({size} bytes)"
+        header_len = int.from_bytes(head, "little")
+        if header_len > size - 8:
+            return f"truncated or not a safetensors file (header of {header_len} bytes in a {size}-byte file)"
+        try:
+            header = json.loads(handle.read(header_len))
+        except ValueError:
+            return "corrupt safetensors header"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        return f"truncated: the header needs {8 + header_len + end} bytes, the file has {size}"
+    return None
+
+
+TEXT_COMPONENTS = ("text_encoder", "tokenizer")  # prefixes of the prompt-side components of a pipeline
+
+
+def load_pipeline(source: str, dtype: str, device: str = "cpu", text_encoders: bool = True):
+    """Load a diffusers text-to-image pipeline from a hub id or a local folder.
+
+    A local folder is checked first (``folder_problems``): every problem is reported at once, each naming
+    its path. With ``HF_HUB_OFFLINE=1`` a hub id that is not in the local cache fails with a message naming it.
+    ``text_encoders=False`` leaves out every text encoder and tokenizer (never instantiated): for callers
+    that pass prompt embeddings they already have.
+    """
+    source = resolve_source(source)
+    # Components listed as [null, null] (tiny folders have no text encoders) must be passed as None.
+    index_file = Path(source) / "model_index.json"
+    absent = {}
+    if index_file.exists():
+        problems = folder_problems(source)
+        if problems:
+            raise ValueError(f"model folder {source!r} cannot be loaded:\n- " + "\n- ".join(problems))
+        index = json.loads(index_file.read_text())
+        absent = {k: None for k, v in index.items() if v == [None, None]}
+    if not text_encoders:
+        index = DiffusionPipeline.load_config(source)
+        absent.update({k: None for k in index if k.startswith(TEXT_COMPONENTS)})
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=getattr(torch, dtype), **absent)
+    except OSError as err:
+        raise ValueError(
+            f"could not load model {source!r}: {err}. Download it first (huggingface-cli download "
+            f"{source}) or point fluxgen.model at a local diffusers folder."
+        ) from err
+    return pipe.to(device)
+
+
+def load_vae(source: str, dtype: str, device: str = "cpu") -> AutoencoderKL:
+    """Only the VAE of a pipeline (hub id or local folder), as ``load_pipeline`` would load it: the same
+    weights and dtype, so ``vae_identity`` and every latent equal those of the full pipeline's VAE."""
+    source = resolve_source(source)
+    try:
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=getattr(torch, dtype))
+    except OSError as err:
+        raise ValueError(f"could not load the VAE of {source!r} (sub-folder vae): {err}") from err
+    return vae.to(device)
