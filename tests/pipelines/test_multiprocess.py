@@ -16,7 +16,7 @@ import pytest
 
 from fluxir.config import load_params, split_overrides
 from fluxir.fluxgen.pairs import launcher_share, share
-from fluxir.launch import override_args, resolve_num_processes
+from fluxir.launch import GRACE_SECONDS, override_args, resolve_num_processes
 
 from conftest import REPO, kedro_run, make_project_copy
 from support import kill_when, make_mixed_folder, make_pairs, save_identity_adapter
@@ -330,8 +330,10 @@ def _interrupt_generation(project: Path, sig: int, params: str = INTERRUPTED) ->
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     try:
-        # the child job is generating; the guard's clean-up may take its SIGTERM grace before a SIGKILL
-        kill_when(proc, lambda: any(store.rglob("*.png")), timeout=300, grace=30, sig=sig)
+        # The child job is generating. Ctrl-C ends the run through its own clean-up: the node ends the guard's
+        # group within 2 x GRACE_SECONDS (SIGKILL after that), then Kedro's hooks end the MLflow run; on a loaded
+        # CI machine it has taken over 30 s.
+        kill_when(proc, lambda: any(store.rglob("*.png")), timeout=300, grace=2 * GRACE_SECONDS + 30, sig=sig)
         deadline = time.time() + 30
         while _children_of(project) and time.time() < deadline:
             time.sleep(0.2)
