@@ -192,6 +192,9 @@ def kill_when(
         proc.wait(timeout=grace)
         ended = True
     except subprocess.TimeoutExpired:
+        state = Path(f"/proc/{proc.pid}/status")
+        masks = [line for line in state.read_text().splitlines() if line.startswith("Sig")] if state.exists() else []
+        print(f"signal masks of the run that did not end: {masks}")
         proc.kill()
         proc.wait()
         ended = False
