@@ -386,8 +386,13 @@ def test_ctrl_c_in_the_node_ends_the_child_job_and_reaches_kedro(tmp_path):
     sender.start()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     started = time.time()
-    with pytest.raises(KeyboardInterrupt):
-        run_guarded([sys.executable, "-c", RANK_WRITING_ITS_PID, str(pid_file)], tmp_path, env)
+    # Python's own Ctrl-C handler, as in `kedro run` (a web server an earlier test started here may have replaced it)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_guarded([sys.executable, "-c", RANK_WRITING_ITS_PID, str(pid_file)], tmp_path, env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     sender.join()
     rank = int(pid_file.read_text())
     try:
