@@ -254,3 +254,30 @@ def write_hub_snapshot(folder: Path, cache: Path, repo_id: str) -> Path:
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(HUB_COMMIT)
     return snapshot
+
+
+def kedro_session_run(
+    project: Path, env: str = "tiny", pipeline: str | None = None, params: dict | None = None, **run_args
+) -> dict:
+    """Run ``pipeline`` of the Kedro project copy ``project`` in this process (``KedroSession``, the runner
+    ``kedro run`` uses), with ``params`` as ``--params`` would give them; returns the free outputs.
+
+    The catalog's relative paths resolve against the working directory, so the run switches into ``project``
+    and back; MLFLOW_TRACKING_URI, which kedro-mlflow exports, is put back as it was.
+    """
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    cwd, tracking_uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(project)
+    try:
+        bootstrap_project(project)
+        with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
+            names = [pipeline] if pipeline else None
+            return session.run(pipeline_names=names, **run_args)
+    finally:
+        os.chdir(cwd)
+        if tracking_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
