@@ -169,6 +169,8 @@ class MlflowRunHook:
 
     def __init__(self) -> None:
         self._context: Any = None
+        self._run_id: str | None = None  # kedro-mlflow's run of the pipeline running now
+        self._run_was_open = False  # started before the session (an orchestrator's): left open
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -181,9 +183,15 @@ class MlflowRunHook:
         from fluxir.io.locks import exclusive_lock
 
         project = Path(run_params.get("project_path") or (self._context.project_path if self._context else "."))
+        import mlflow
+
+        outer = mlflow.active_run()
         with exclusive_lock(project / "mlflow.db.lock", "the MLflow store"):
             self._choose_experiment(run_params)
             result = yield
+        run = mlflow.active_run()
+        self._run_id = run.info.run_id if run is not None else None
+        self._run_was_open = outer is not None and outer.info.run_id == self._run_id
         self._tag_run(run_params)
         return result
 
@@ -240,6 +248,22 @@ class MlflowRunHook:
             run.info.run_id,
             mlflow.get_experiment(run.info.experiment_id).name,
         )
+
+    @hook_impl(wrapper=True)
+    def after_pipeline_run(self, run_params: dict[str, Any], run_result: Any, pipeline: Any, catalog: Any) -> Any:
+        return self._close_after((yield))
+
+    @hook_impl(wrapper=True)
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
+        return self._close_after((yield))
+
+    def _close_after(self, result: Any) -> Any:
+        # After kedro-mlflow ended its run: a second run in this process (a notebook, `kedro ipython`, the
+        # tests) must not log into this one.
+        from fluxir.compat.kedro_mlflow import close_reopened_run
+
+        close_reopened_run(self._run_id, keep_one=self._run_was_open)
+        return result
 
 
 class LaunchContextHook:
