@@ -1,11 +1,11 @@
-# fluxir: the two commands a new user needs are `make demo` and `make test` (both create .venv first).
+# fluxir: the commands a new user needs are `make demo` and `make test` (both create .venv first); CI runs `make test-all`.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export KEDRO_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo lint test mlflow viz docs app
+.PHONY: setup demo lint test test-all mlflow viz docs app
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	scripts/setup.sh
@@ -25,8 +25,12 @@ lint: setup  ## ruff: the rules and line length of pyproject.toml, and the code 
 	$(VENV)/bin/ruff format --check $(LINTED)
 
 TEST_WORKERS ?= 2
-test: lint  ## lint, then the test suite (what CI runs): one pytest worker per core, each test file on one worker
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
+test: lint  ## lint + the fast tier (about 5 min on 2 cores): every test whose subject is not a process of its own
+	$(PYTEST) -m "not slow and not e2e"
+
+test-all: lint  ## lint + both tiers (what CI runs): adds kill/signal/multi-process/browser/base end-to-end tests
+	$(PYTEST) -m "not slow"
 
 mlflow: setup  ## MLflow UI on the project's SQLite store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

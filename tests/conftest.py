@@ -84,7 +84,49 @@ def free_port() -> int:
 
 
 def kedro_run(project: Path, *args: str, check: bool = True, timeout: int = 600):
-    """Run ``kedro <args>`` in ``project`` in a subprocess; returns the CompletedProcess."""
+    """``kedro <args>`` in ``project``, in this process (Kedro's own CLI object, so ``--params``, ``-c`` and
+    ``--env`` are parsed as on the command line); returns a CompletedProcess with what it printed.
+
+    A failure (an exception out of the run) is returncode 1 with its traceback in stderr. The working
+    directory and the MLFLOW_* variables (mlflow exports the tracking URI and experiment) are put back
+    afterwards. ``timeout`` is unused: an in-process run has no process to bound.
+    """
+    import contextlib
+    import io
+    import subprocess
+    import traceback
+
+    from kedro.framework.cli.cli import KedroCLI
+
+    out, err = io.StringIO(), io.StringIO()
+    cwd, mlflow_environ = Path.cwd(), {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    returncode = 0
+    os.chdir(project)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                KedroCLI(project).main(args=list(args), prog_name="kedro", standalone_mode=False)
+            except SystemExit as exit_:
+                returncode = exit_.code if isinstance(exit_.code, int) else 1
+            except Exception:  # what `kedro run` would print before exiting with 1
+                traceback.print_exc(file=err)
+                returncode = 1
+    finally:
+        os.chdir(cwd)
+        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+            os.environ.pop(key)
+        os.environ.update(mlflow_environ)
+    proc = subprocess.CompletedProcess(["kedro", *args], returncode, out.getvalue(), err.getvalue())
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"kedro {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def kedro_process(project: Path, *args: str, check: bool = True, timeout: int = 600):
+    """Run ``kedro <args>`` in ``project`` in a subprocess; returns the CompletedProcess. Only for tests whose
+    subject is the process (exit codes, signals, child jobs, what the command prints): others use ``kedro_run``."""
     import subprocess
     import sys
 
@@ -96,6 +138,36 @@ def kedro_run(project: Path, *args: str, check: bool = True, timeout: int = 600)
             f"kedro {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+PROGRAMS = ("python", "kedro", "accelerate", "mlflow", "sbatch", "srun", "chromium")  # what costs a start-up
+
+
+@pytest.fixture(autouse=True)
+def _process_starts_are_declared(request, monkeypatch):
+    """The fast tier starts no Python program unless the test says why (``@pytest.mark.starts_process(reason)``);
+    tests whose subject is a process are ``@pytest.mark.e2e`` (``make test-all``). A start-up costs seconds here."""
+    import subprocess
+
+    if request.node.get_closest_marker("e2e") or request.node.get_closest_marker("starts_process"):
+        yield
+        return
+    started: list[str] = []
+    real_init = subprocess.Popen.__init__
+
+    def recording_init(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+        program = Path(os.fsdecode(argv[0]).split(" ")[0]).name if argv else ""
+        if program.startswith(PROGRAMS):
+            started.append(" ".join(os.fsdecode(a) for a in argv)[:160])
+        real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+    yield
+    assert not started, (
+        f"a fast-tier test started {started}: mark it e2e (its subject is the process) or "
+        "starts_process('why it must') (docs: tests/conftest.py)"
+    )
 
 
 @pytest.fixture(autouse=True)

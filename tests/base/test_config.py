@@ -60,6 +60,7 @@ def test_settings_take_the_loader_arguments_from_config():
     assert CONFIG_LOADER_ARGS["merge_strategy"] == {"parameters": "soft"}
 
 
+@pytest.mark.starts_process("a fresh interpreter is the only way to see what an import pulls in")
 def test_library_code_does_not_import_the_kedro_settings_module():
     import subprocess
     import sys

@@ -9,12 +9,15 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_throughput.py"
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.e2e  # the script's own wall-clock budget and signals, imports included
 def test_a_tiny_budget_is_respected_and_still_gives_json(tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.run(
@@ -32,6 +35,7 @@ def test_a_tiny_budget_is_respected_and_still_gives_json(tmp_path):
     assert json.loads(out.read_text()) == result
 
 
+@pytest.mark.e2e  # the script's own wall-clock budget and signals, imports included
 def test_sigterm_mid_run_keeps_what_was_measured(tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.Popen(
@@ -70,6 +74,7 @@ def _errors(node, path=""):
     return []
 
 
+@pytest.mark.e2e  # the script's own wall-clock budget and signals, imports included
 def test_a_whole_tiny_run_measures_every_stage_without_an_error():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--tiny", "--budget-s", "60", "--json"],

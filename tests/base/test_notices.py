@@ -8,6 +8,8 @@ import subprocess
 import sys
 import warnings
 
+import pytest
+
 from fluxir import notices
 
 from conftest import REPO
@@ -21,6 +23,7 @@ def _stderr_of(code: str) -> str:
     return result.stderr
 
 
+@pytest.mark.starts_process("what a fresh interpreter prints at import")
 def test_torchao_import_notice_is_gone_once_fluxir_is_imported():
     """torch's pytree notices at torchao's import: printed without fluxir, not after ``import fluxir``."""
     marker = "is an Enum subclass and is now natively supported"

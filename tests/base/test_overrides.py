@@ -87,6 +87,7 @@ def test_a_launch_that_lost_its_processes_is_named():
     assert lost_processes_warning({}) is None  # plain python -m
 
 
+@pytest.mark.e2e  # the accelerate launcher's own CLI and its warning
 def test_accelerate_cpu_with_two_processes_warns_from_the_cli(tmp_path):
     """`accelerate launch --cpu --num_processes 2` runs one process: the project CLI says so."""
     import os

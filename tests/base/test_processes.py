@@ -10,6 +10,9 @@ import time
 import psutil
 import pytest
 
+# A child must die with its killed owner: the processes are the subject.
+pytestmark = pytest.mark.e2e
+
 # The owner starts a child that ties itself to the owner and sleeps; ``via_shell`` starts it through a shell
 # that exits at once, so the child's parent is not the owner (as a forkserver's workers) and only the
 # watchdog can notice.

@@ -134,6 +134,7 @@ def scored_manifest(tmp_path, monkeypatch):
     return path
 
 
+@pytest.mark.e2e  # several processes or a killed one
 def test_two_scoring_processes_equal_one(scored_manifest, tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     subprocess.run(
@@ -189,6 +190,7 @@ def test_two_scoring_processes_equal_one(scored_manifest, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").rglob("part-*.parquet")) == two_parts
 
 
+@pytest.mark.e2e  # several processes or a killed one
 def test_scoring_resumes_after_kill(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg, store = _make_store(tmp_path / "images", 600)
@@ -344,6 +346,7 @@ def _pairs_cli(selection: Path, store: Path, *params: str) -> list[str]:
     ]
 
 
+@pytest.mark.e2e  # several processes or a killed one
 def test_degradation_resumes_after_kill_and_ranks_add_up(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     selection = _selection(tmp_path, 160)

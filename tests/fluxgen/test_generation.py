@@ -106,6 +106,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fluxir.fluxgen.generate", "--env", "tiny", *args]
 
 
+@pytest.mark.e2e  # a killed process, several processes
 def test_killed_run_keeps_complete_images_and_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     params = "fluxgen.num_images=400,fluxgen.steps=2,fluxgen.write_threads=2"  # writes in the background pool
@@ -165,6 +166,7 @@ def test_a_failed_write_raises_in_the_caller(tiny_flux_dir, tmp_path, threads):
         )
 
 
+@pytest.mark.e2e  # a killed process, several processes
 def test_two_processes_share_the_ids(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     params = "fluxgen.num_images=7,fluxgen.steps=2"

@@ -156,6 +156,7 @@ def open_app(browser_app):
     return page
 
 
+@pytest.mark.e2e  # a real browser against the app's server
 def test_upload_restore_compare_download_in_chromium(browser_app, tmp_path):
     page = open_app(browser_app)
     rng = np.random.default_rng(0)
@@ -183,6 +184,7 @@ def test_upload_restore_compare_download_in_chromium(browser_app, tmp_path):
     assert "Restored with Real-ESRGAN x4plus: RRDBNet x4" in page.inner_text("#method_label")
 
 
+@pytest.mark.e2e  # a real browser against the app's server
 def test_broken_upload_shows_the_message_not_a_stack_trace(browser_app, tmp_path):
     page = open_app(browser_app)
     broken = tmp_path / "broken.png"

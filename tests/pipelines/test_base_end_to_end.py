@@ -40,6 +40,9 @@ from doc_commands import documented
 
 from conftest import NETGUARD, REPO, free_port, make_project_copy
 
+# The base configuration end to end: every documented command as its own process, as a user types it.
+pytestmark = pytest.mark.e2e
+
 FLUX = "black-forest-labs/FLUX.1-dev"
 RUN_FILE = "conf/run_small.yml"
 NUM_IMAGES = 4  # conf/run_small.yml: fluxgen.num_images

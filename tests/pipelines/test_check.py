@@ -6,11 +6,9 @@ ways at once: each problem must appear on its own FAIL line naming the path, and
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,10 +19,16 @@ from support import adapter_params
 
 
 def _check(project: Path, *params: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-    args = [sys.executable, "-m", "fluxir.check", "--env", "tiny", *(a for p in params for a in ("--params", p))]
-    return subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False)
+    """``python -m fluxir.check --env tiny`` in ``project``, run in this process: its exit status and output."""
+    import contextlib
+    import io
+
+    from fluxir.check import main
+
+    out = io.StringIO()
+    with contextlib.chdir(project), contextlib.redirect_stdout(out):
+        code = main(["--env", "tiny", "--project", str(project), *(a for p in params for a in ("--params", p))])
+    return subprocess.CompletedProcess(["python", "-m", "fluxir.check"], code, out.getvalue(), "")
 
 
 def _lines(result: subprocess.CompletedProcess, status: str) -> list[str]:

@@ -11,8 +11,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from fluxir.io.locks import exclusive_lock
+
+# Two runs at once, or a holder killed: the processes are the subject.
+pytestmark = pytest.mark.e2e
 
 WAITER = textwrap.dedent("""
     import logging, sys, time

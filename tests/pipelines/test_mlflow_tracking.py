@@ -25,6 +25,9 @@ import pytest
 from conftest import free_port, kedro_run, make_project_copy
 from support import adapter_params
 
+# Every test logs to a real mlflow server process (HTTP tracking), started once for the module.
+pytestmark = pytest.mark.e2e
+
 FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
 
 

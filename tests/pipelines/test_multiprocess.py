@@ -14,12 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fluxir.config import load_params, split_overrides
-from fluxir.fluxgen.pairs import launcher_share, share
-from fluxir.launch import GRACE_SECONDS, override_args, resolve_num_processes
+from fluxir.config import load_params
+from fluxir.launch import GRACE_SECONDS
 
-from conftest import REPO, kedro_run, make_project_copy
+from conftest import REPO, kedro_process, make_project_copy
 from support import kill_when, make_mixed_folder, make_pairs, save_identity_adapter
+
+# Every test here starts `kedro run` or a launcher as a process: the process boundary is the subject.
+pytestmark = pytest.mark.e2e
 
 FLUXGEN = "fluxgen.num_images=4,fluxgen.steps=1,iqa.batch_size=2"  # two score chunks: one per rank
 RESTORED = ("fluxir", "realesrgan", "flux_controlnet")  # evaluate's restorers (bicubic is not sharded)
@@ -71,96 +73,6 @@ def _running(pid: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Settings and shares (no process started)
-
-
-def test_num_processes_auto_is_one_without_a_gpu_and_bad_values_are_named():
-    assert resolve_num_processes("auto", "fluxgen.num_processes") == 1  # this machine has no CUDA
-    assert resolve_num_processes(3, "train.num_processes") == 3
-    for bad in (0, "2", True, 1.5):
-        with pytest.raises(ValueError, match="train.num_processes must be 'auto' or a positive integer"):
-            resolve_num_processes(bad, "train.num_processes")
-
-
-def test_overrides_reach_the_child_unchanged():
-    """The parent's --params (nested, as Kedro parses them) rebuilt by the child's load_params."""
-    runtime = {
-        "fluxgen": {"num_images": 4, "prompts": ["a cat, sitting", "a dog"]},
-        "degrade": {"config": {"crop_sizes": [[64, 48], [32, 48]]}},
-        "select": {"percentile": 12.5},
-    }
-    args = override_args(runtime)
-    params = load_params("tiny", args[1::2], REPO)
-    assert params["fluxgen"]["num_images"] == 4 and params["fluxgen"]["prompts"] == ["a cat, sitting", "a dog"]
-    assert params["degrade"]["config"]["crop_sizes"] == [[64, 48], [32, 48]]
-    assert params["select"]["percentile"] == 12.5
-    assert split_overrides("a=1,b=[2, 3],c='x,y'") == ["a=1", "b=[2, 3]", "c='x,y'"]
-
-
-@pytest.mark.parametrize(
-    ("environ", "expected"),
-    [
-        ({}, (0, 1)),
-        ({"RANK": "3", "WORLD_SIZE": "8", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, (3, 8)),  # torchrun wins
-        ({"SLURM_PROCID": "1", "SLURM_NTASKS": "4"}, (1, 4)),  # srun -n 4
-        (
-            {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"},
-            (4, 8),
-        ),  # --array=1-8
-        (
-            {
-                "SLURM_ARRAY_TASK_ID": "2",
-                "SLURM_ARRAY_TASK_MIN": "0",
-                "SLURM_ARRAY_TASK_COUNT": "3",
-                "SLURM_PROCID": "1",
-                "SLURM_NTASKS": "2",
-            },
-            (5, 6),
-        ),  # 3 array tasks x srun -n 2
-    ],
-)
-def test_degradation_share_comes_from_the_launcher(environ, expected):
-    assert launcher_share(environ) == expected
-    assert share({"rank": None, "world_size": None}, environ) == expected
-    assert share({"rank": 1, "world_size": 2}, environ) == (1, 2)  # set by hand: an explicit override
-
-
-def test_half_a_hand_set_share_and_stepped_arrays_are_refused():
-    with pytest.raises(ValueError, match="set both degrade.rank and degrade.world_size or neither"):
-        share({"rank": 1, "world_size": None}, {})
-    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_STEP=2"):
-        launcher_share({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "2"})
-
-
-def test_check_reports_processes_and_gpus_per_stage():
-    from fluxir.preflight.machine import check_processes
-
-    params = {
-        "fluxgen": {"num_processes": "auto"},
-        "train": {"num_processes": 2},
-        "evaluate": {"num_processes": 4},
-        "restore": {"num_processes": 0, "device": "auto"},
-    }
-    lines = {f.item: (f.status, f.detail) for f in check_processes(params, gpus=2)}
-    assert lines["fluxgen.num_processes"] == (
-        "OK",
-        "generate and score: 2 processes (auto) on GPU(s) 0, 1 of 2 visible",
-    )
-    assert lines["train.num_processes"] == ("OK", "train: 2 processes (2) on GPU(s) 0, 1 of 2 visible")
-    assert (
-        lines["evaluate.num_processes"][0] == "FAIL"
-        and "4 processes but 2 GPU(s) visible" in lines["evaluate.num_processes"][1]
-    )
-    assert (
-        lines["restore.num_processes"][0] == "FAIL"
-        and "must be 'auto' or a positive integer" in lines["restore.num_processes"][1]
-    )
-    cpu = {f.item: f.detail for f in check_processes(params, gpus=0)}
-    assert cpu["fluxgen.num_processes"] == "generate and score: 1 CPU process (auto), no GPU"
-    assert cpu["train.num_processes"] == "train: 2 CPU processes (2), no GPU"
-
-
-# ----------------------------------------------------------------------------------------------------
 # FluxGen: generate and score on 2 processes == 1 process
 
 
@@ -168,8 +80,8 @@ def test_check_reports_processes_and_gpus_per_stage():
 def fluxgen_one_and_two(tmp_path_factory):
     root = tmp_path_factory.mktemp("fluxgen_np")
     one, two = make_project_copy(root / "one"), make_project_copy(root / "two")
-    kedro_run(one, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
-    run = kedro_run(two, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=2")
+    kedro_process(one, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
+    run = kedro_process(two, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=2")
     return one, two, run
 
 
@@ -219,7 +131,7 @@ def test_train_on_two_processes_gives_the_same_adapter_and_logs_into_the_kedro_r
     manifest.mkdir(parents=True)
     pairs.to_parquet(manifest / "pairs_manifest.parquet")
     steps = "train.max_steps=4,train.global_batch=2,train.validate_every=4,train.log_every=2,train.checkpoint_every=2"
-    run = kedro_run(project, "run", "--env=tiny", "--pipeline=train", f"--params={steps},train.num_processes=2")
+    run = kedro_process(project, "run", "--env=tiny", "--pipeline=train", f"--params={steps},train.num_processes=2")
     assert "latents on 2 processes:" in run.stdout + run.stderr  # precompute_latents ran as a child job too
     latents = json.loads(_latest(project, "data/08_reporting/latent_cache_summary.json").read_text())
     assert (latents["pairs"], latents["encoded"], latents["cached"]) == (6, 6, 0)
@@ -249,13 +161,15 @@ def test_evaluate_on_two_processes_gives_the_same_outputs_and_report_numbers(ked
     project = kedro_project
     save_identity_adapter(project)
     params = "evaluate.restore.steps=2,evaluate.grid_images=1"
-    kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
+    kedro_process(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
     outputs = project / "data/07_model_output/evaluate_demo"
     one = {method: _files(outputs / method) for method in RESTORED}
     one_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
     for method in RESTORED:  # the second run must restore everything again
         (outputs / method).rename(outputs / f"{method}_one")
-    run = kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=2")
+    run = kedro_process(
+        project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=2"
+    )
     assert {method: _files(outputs / method) for method in RESTORED} == one
     images = len(one["fluxir"])
     assert images >= 4 and all(len(files) == images for files in one.values())
@@ -273,10 +187,10 @@ def test_restore_on_two_processes_gives_the_same_files_failures_and_summary(kedr
     make_mixed_folder(project / "photos")
     save_identity_adapter(project)
     common = "restore.input_dir=photos,restore.progress=false,restore.steps=2"
-    kedro_run(project, "run", "--env=tiny", "--pipeline=restore", f"--params={common},restore.output_dir=one")
+    kedro_process(project, "run", "--env=tiny", "--pipeline=restore", f"--params={common},restore.output_dir=one")
     one_failures = pd.read_parquet(_latest(project, "data/08_reporting/restore_failures.parquet"))
     one_summary = json.loads(_latest(project, "data/08_reporting/restore_summary.json").read_text())
-    run = kedro_run(
+    run = kedro_process(
         project,
         "run",
         "--env=tiny",
@@ -350,7 +264,7 @@ def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project,
     made = _interrupt_generation(project, signal.SIGKILL)
     assert 0 < made < 64
 
-    kedro_run(
+    kedro_process(
         project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images", f"--params={INTERRUPTED}"
     )
     cfg = GenerationConfig.from_params(load_params("tiny", [INTERRUPTED], project)["fluxgen"])
@@ -518,7 +432,7 @@ def slurm_project(fluxgen_one_and_two, tmp_path_factory):
         )
         for k in (0, 1)
     ]
-    kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
+    kedro_process(project, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
     return project, shares
 
 
@@ -577,7 +491,7 @@ def test_slurm_train_and_evaluate_on_two_nodes_match_one_process(slurm_project, 
     two = {method: _files(outputs / method) for method in RESTORED}
     two_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
     outputs.rename(outputs.with_name("evaluate_demo_slurm"))  # restored again by one process below
-    kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
+    kedro_process(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
     assert {method: _files(outputs / method) for method in RESTORED} == two
     assert all(len(files) == 5 for files in two.values())
     one_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))

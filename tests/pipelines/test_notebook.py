@@ -77,6 +77,7 @@ def test_notebook_is_committed_without_outputs():
     assert "%load_ext kedro.ipython" in source and "%reload_kedro" in source
 
 
+@pytest.mark.starts_process("the notebook runs in a real Jupyter kernel, a process of its own")
 def test_notebook_runs_on_the_tiny_run_and_reports_its_numbers(executed):
     nb, project = executed
     assert all(out.get("output_type") != "error" for out in _outputs(nb))

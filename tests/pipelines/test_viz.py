@@ -75,6 +75,7 @@ def registry() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.starts_process("a fresh interpreter is the only way to see what an import pulls in")
 def test_pipeline_registry_and_all_pipelines_import_no_heavy_libraries(registry):
     assert not registry["loaded"], (
         f"importing fluxir.pipeline_registry and every fluxir.pipelines.* (pipeline + nodes) loaded "
@@ -86,6 +87,7 @@ def test_pipeline_registry_and_all_pipelines_import_no_heavy_libraries(registry)
     assert set(registry["pipelines"]["__default__"]) <= set().union(*map(set, named.values()))
 
 
+@pytest.mark.starts_process("a fresh interpreter is the only way to see what an import pulls in")
 def test_every_pipeline_is_a_namespace_of_its_own_name(registry):
     for name, nodes in registry["pipelines"].items():
         groups = {node.split(".")[0] for node in nodes}
@@ -93,6 +95,7 @@ def test_every_pipeline_is_a_namespace_of_its_own_name(registry):
         assert groups == (DEFAULT_GROUPS if name == "__default__" else {name}), f"pipeline {name}: {sorted(groups)}"
 
 
+@pytest.mark.starts_process("a fresh interpreter is the only way to see what an import pulls in")
 def test_catalog_loads_without_heavy_libraries():
     """What `kedro viz` loads besides the pipelines: the catalog of every dataset, with no torch behind it."""
     probe = r"""
@@ -246,6 +249,7 @@ def _open_pipeline(page, url: str, pipeline: str, expand: bool = True) -> None:
     )
 
 
+@pytest.mark.e2e  # kedro-viz's site in a real browser
 def test_every_pipeline_is_drawn_in_chromium(browser_page, registry):
     page, url = browser_page
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -284,6 +288,7 @@ def test_every_pipeline_is_drawn_in_chromium(browser_page, registry):
     assert (ARTIFACTS / "fluxgen.png").stat().st_size > 10_000
 
 
+@pytest.mark.e2e  # kedro-viz's site in a real browser
 def test_collapsed_pipelines_read_as_one_box_per_namespace(browser_page, registry):
     """All namespaces collapsed: the default pipeline is three boxes (fluxgen, train, evaluate), every
     other pipeline one box, and no task node is drawn outside a box."""
@@ -301,6 +306,7 @@ def test_collapsed_pipelines_read_as_one_box_per_namespace(browser_page, registr
         assert page.locator("svg g.pipeline-node--task").count() == 0, f"pipeline {pipeline}: tasks outside a box"
 
 
+@pytest.mark.e2e  # kedro-viz's site in a real browser
 def test_dataset_previews_render_in_chromium(browser_page):
     page, url = browser_page
     _open_pipeline(page, url, "fluxgen")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from fluxir.io.hashing import sha256_file
@@ -116,6 +117,7 @@ def _cli(manifest: Path, cache: Path) -> list[str]:
     ]
 
 
+@pytest.mark.e2e  # a killed process resumes
 def test_killed_precompute_resumes(tmp_path):
     manifest = noise_pairs(tmp_path / "pairs", 240)
     path = tmp_path / "pairs.parquet"

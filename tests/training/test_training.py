@@ -420,6 +420,7 @@ def _cli(project: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "fluxir.training", "--env", "tiny", "--project", str(project), *args]
 
 
+@pytest.mark.e2e  # a killed run, or two DDP processes
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, pairs, kedro_project):
     params = ("train.max_steps=60", "train.checkpoint_every=5", "train.keep_checkpoints=50")
     manifest = tmp_path / "manifest.parquet"
@@ -474,6 +475,7 @@ def _mlflow_runs(project: Path) -> list:
     return client, client.search_runs([e.experiment_id for e in experiments])
 
 
+@pytest.mark.e2e  # a killed run, or two DDP processes
 def test_two_processes_keep_identical_weights_and_only_rank0_writes(tmp_path, pairs, kedro_project):
     manifest = tmp_path / "manifest.parquet"
     pairs.to_parquet(manifest)
