@@ -178,7 +178,7 @@ def measure_time(
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--repeats", type=int, default=9)
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument(
         "--rank", type=int, default=None, help="SE rank of the timed model; default keeps the paper's r/c = 32/3072"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.repeats < 1 or args.head_dim % 8:
         parser.error("--repeats must be >= 1 and --head-dim a multiple of 8")
     torch.set_num_threads(args.threads)

@@ -162,14 +162,14 @@ def reference_feed_data(images: list[np.ndarray], c: DegradationConfig, usm: USM
 # ------------------------------------------------------------------ timing
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("WIDTH", "HEIGHT"))
     parser.add_argument("--n", type=int, default=16, help="pairs per side (rounded up to whole reference batches)")
     parser.add_argument("--batch", type=int, default=8, help="reference batch size (Real-ESRGAN / SeeSR style)")
     parser.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads, both sides")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)

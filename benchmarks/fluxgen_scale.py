@@ -43,10 +43,9 @@ TINY_METRICS = ["entropy", "piqe"]  # weight-free pyiqa metrics (the real ones n
 
 def seesr_config(**overrides):
     """conf/base's degrade.config (SeeSR's settings, the one copy) with ``overrides``."""
-    from fluxir.config import load_params
     from fluxir.fluxgen.degrade import DegradationConfig
 
-    return DegradationConfig.from_dict({**load_params("base", []).get("degrade")["config"], **overrides})
+    return DegradationConfig.from_dict({**_base("degrade")["config"], **overrides})
 
 
 def _photos(n: int, width: int, height: int) -> list[np.ndarray]:
@@ -371,14 +370,14 @@ def bench_one_pair_1024x768(repeats: int) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--num-images", type=int, default=10000, help="manifest size; scoring uses N/5, degradation N/30 pairs"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
     parser.add_argument("--only", choices=["durable"], default=None, help="durable: only the fsync cost (images/s)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ.setdefault("FLUXIR_PROGRESS", "off")
     result = {"cpu_count": os.cpu_count(), "python": platform.python_version()}
     with tempfile.TemporaryDirectory(dir=os.environ.get("FLUXIR_BENCH_DIR")) as tmp:

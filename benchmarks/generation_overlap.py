@@ -32,13 +32,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=6, help="images per timed run")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per image")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per mode (best counts)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ.setdefault("FLUXIR_PROGRESS", "off")
 
     import torch

@@ -366,7 +366,7 @@ def full_scale_md(flops: dict[str, Any], mfu: float = 0.4, cpu_cores: int = 96) 
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--write", action="store_true", help=f"count and store the FLOPs in {FLOPS_FILE.name}")
@@ -378,7 +378,7 @@ def main() -> None:
         "--steps", type=int, default=None, help="training steps (default: train.max_steps of conf/base)"
     )
     parser.add_argument("--cpu-cores", type=int, default=96, help="CPU cores of the node for the degradation")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not 0 < args.mfu <= 1 or args.gpus < 1:
         raise SystemExit(f"--mfu must be in (0, 1] and --gpus >= 1, got {args.mfu} and {args.gpus}")
     if args.markdown:

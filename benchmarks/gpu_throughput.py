@@ -362,7 +362,7 @@ def restoration(
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--tiny", action="store_true", help="tiny random models on the CPU (checks the script)")
@@ -380,7 +380,7 @@ def main() -> None:
         default=None,
         help="also time generation with torch.compile'd blocks (default: on a GPU, off with --tiny)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.compile = not args.tiny if args.compile is None else args.compile
     run = Run(args.budget_s, args.out)
     signal.signal(signal.SIGTERM, _stop)

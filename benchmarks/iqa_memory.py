@@ -150,7 +150,7 @@ def fixture_weights(metrics: list[str], home: Path) -> None:
     subprocess.run([sys.executable, str(script), "--out", str(home), *vit], check=True, capture_output=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", default=",".join(METRICS))
     parser.add_argument("--batch-sizes", default="1,2")
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--max-rss-mib", type=float, default=8000, help="stop a measurement above this RSS")
     parser.add_argument("--no-combined", action="store_true", help="skip the all-metrics-in-one-process series")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     metrics, batches = args.metrics.split(","), sorted(int(b) for b in args.batch_sizes.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(args.weights or tmp)

@@ -206,7 +206,7 @@ def flux1_dev_estimate() -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {list(MODES)}")
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # internal: run one mode in this process
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.mode:
         child(args)
         return

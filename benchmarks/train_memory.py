@@ -416,12 +416,12 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--write", action="store_true", help=f"also write {OUTPUT.relative_to(OUTPUT.parents[3])}")
     parser.add_argument("--markdown", action="store_true", help="print the docs tables of the committed JSON only")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.markdown:
         print(markdown_table(json.loads(OUTPUT.read_text())))
         return

@@ -278,7 +278,7 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -297,7 +297,7 @@ def main() -> None:
     )
     parser.add_argument("--activations", action="store_true", help="add saved-activation GiB at 1024x768 (meta)")
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # internal: run one variant here
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.variant:
         print(

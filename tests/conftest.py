@@ -171,15 +171,26 @@ def _process_starts_are_declared(request, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _isolate_mlflow_tracking_uri():
-    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; without this, an in-process Kedro run in one
-    test would send the MLflow records of later tests' subprocesses to that test's (deleted) store."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+def _restore_process_state():
+    """Put back what a test changed in this worker process: the SIGINT/SIGTERM handlers (a web server or a run
+    guard installs its own, and a later test that interrupts something must find Python's), the working
+    directory, the environment (mlflow exports MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_ID) and torch's
+    thread count."""
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    cwd, environ, threads = os.getcwd(), dict(os.environ), torch.get_num_threads()
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    for sig, handler in handlers.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 NETGUARD = REPO / "tests" / "netguard"

@@ -164,13 +164,13 @@ def save_identity_adapter(project: Path) -> None:
 def kill_when(
     proc: subprocess.Popen,
     ready: Callable[[], bool],
-    timeout: float,
+    timeout: float = 600.0,
     group: bool = False,
-    grace: float = 10.0,
+    grace: float = 120.0,
     sig: int = signal.SIGKILL,
 ) -> list[int]:
-    """Send ``sig`` (SIGKILL) to ``proc`` (its whole process group with ``group``) once ``ready()`` holds or
-    ``timeout`` s pass.
+    """Send ``sig`` (SIGKILL) to ``proc`` (its whole process group with ``group``) once ``ready()`` holds;
+    ``timeout`` and ``grace`` are safety nets (each wait returns at its event), never a speed claim.
 
     Asserts the process was still running when signalled, so a resume test cannot pass on a run that
     simply finished, that it ended within ``grace`` seconds, and that every process it had started (loader
@@ -183,6 +183,7 @@ def kill_when(
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
+    assert ready(), f"the run did not reach the point to kill it at within {timeout:g} s (a safety net, not a claim)"
     children = psutil.Process(proc.pid).children(recursive=True)
     if group:
         os.killpg(proc.pid, sig)  # the run and every process it started

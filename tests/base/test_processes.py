@@ -41,14 +41,14 @@ def _child_of(owner: psutil.Process, timeout: float = 60) -> psutil.Process:
 
 @pytest.mark.parametrize("how", ["direct", "via_shell"])
 def test_a_child_dies_when_its_owner_is_killed(how):
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, how])
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, how], stdout=subprocess.PIPE, text=True)
     try:
         child = _child_of(psutil.Process(owner.pid))
-        time.sleep(1.0)  # past die_with_parent
+        assert owner.stdout.readline().strip() == "ready"  # the child printed it past die_with_parent
         assert child.is_running()
         owner.kill()
         owner.wait()
-        _, alive = psutil.wait_procs([child], timeout=10)
+        _, alive = psutil.wait_procs([child], timeout=120)  # a safety net: it returns as soon as the child is gone
         for p in alive:
             p.kill()
         assert not alive, f"the {how} child outlived its killed owner"

@@ -545,6 +545,9 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("token", [None, "hf_fake"])
+@pytest.mark.starts_process(
+    "huggingface_hub reads HF_ENDPOINT, HF_HOME and offline mode at import: a fresh interpreter"
+)
 def test_hub_refusals_say_what_to_do(server, tmp_path, token):
     api = "/api/models/black-forest-labs/FLUX.1-dev/revision/main"
     server.status[f"/gated{api}"] = (403 if token else 401, {"X-Error-Code": "GatedRepo"})
@@ -601,6 +604,7 @@ runpy.run_module("fluxir.fetch", run_name="__main__")
 """
 
 
+@pytest.mark.starts_process("what the command writes to a stderr that is not a terminal, and its exit status")
 def test_progress_per_file_and_in_total_reach_the_byte_counts(server, project):
     """`python -m fluxir.fetch` without a terminal: each bar ends with a log line on stderr whose count is
     every byte of its file, and the total's is the sum."""
@@ -665,6 +669,9 @@ def _load_in_subprocess(source: str, env: dict[str, str]) -> list[str]:
     return proc.stdout.split()
 
 
+@pytest.mark.starts_process(
+    "huggingface_hub reads HF_ENDPOINT, HF_HOME and offline mode at import: a fresh interpreter"
+)
 def test_mirror_folder_serves_hub_repositories_into_the_cache_verified(project, tmp_path, full_flux_dir, monkeypatch):
     """An air-gapped cluster: the mirror holds FLUX.1-dev as <mirror>/black-forest-labs/FLUX.1-dev (here the tiny
     full-format Flux); a hub-id parameter gets it copied into the Hugging Face cache, where the loader finds it

@@ -11,7 +11,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+# The benchmark measures each setting in a fresh process of its own (peak RSS): processes are its method.
+pytestmark = pytest.mark.e2e
 
 SCRIPT = REPO / "benchmarks" / "iqa_memory.py"
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

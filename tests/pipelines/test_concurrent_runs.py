@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,11 +30,11 @@ def test_a_second_writer_waits_for_the_holder_and_names_it(tmp_path):
     lock = tmp_path / "out" / ".lock"
     with exclusive_lock(lock, "the test output"):
         waiter = subprocess.Popen([sys.executable, "-c", WAITER, str(lock)], stdout=subprocess.PIPE, text=True)
-        time.sleep(3)
+        said = waiter.stdout.readline()  # the event: the waiter found the lock held and names the holder
+        assert f"the test output is being written by pid {os.getpid()}" in said
         assert waiter.poll() is None, "the second writer must wait while the first holds the lock"
-    out, _ = waiter.communicate(timeout=60)
-    assert f"the test output is being written by pid {os.getpid()}" in out
-    assert out.strip().endswith("got it")
+    out, _ = waiter.communicate(timeout=600)  # a safety net: it returns once the waiter got the lock
+    assert out.strip().endswith("got it") and "got it" not in said
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -148,38 +147,26 @@ def test_corrupt_image_is_named(kedro_project):
     assert "00000001.png: not a readable image" in " ".join((proc.stdout + proc.stderr).split())
 
 
-def test_reruns_reuse_scores_and_pairs_and_the_clis_read_the_catalog(fluxgen_run):
+def test_reruns_reuse_scores_and_pairs_and_the_clis_read_the_catalog(fluxgen_run, monkeypatch):
+    """The ``python -m fluxir.fluxgen.score`` / ``.pairs`` commands (their ``main``, in this process) find the
+    catalog's latest manifests and have nothing left to do."""
+    import contextlib
+    import io
     import json
-    import subprocess
-    import sys
+
+    from fluxir.fluxgen import pairs, score
 
     project = fluxgen_run
     parts = sorted((project / "data/04_feature/iqa_parts").rglob("part-*.parquet"))
     assert len(parts) == 1, "the second run (another percentile) scored nothing again"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FLUXIR_PROGRESS": "off"}
-    score = subprocess.run(
-        [sys.executable, "-m", "fluxir.fluxgen.score", "--env", "tiny"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(score.stdout.strip().splitlines()[-1])["scored"] == 0  # latest generated_images, all scored
-    pairs = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fluxir.fluxgen.pairs",
-            "--env",
-            "tiny",
-            "--params",
-            "degrade.rank=1,degrade.world_size=2",
-        ],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(pairs.stdout.strip().splitlines()[-1])["made"] == 0  # latest iqa_selection, all pairs done
+    monkeypatch.setenv("FLUXIR_PROGRESS", "off")
+
+    def last_json(main, *argv: str) -> dict:
+        out = io.StringIO()
+        with contextlib.chdir(project), contextlib.redirect_stdout(out):
+            main(list(argv))
+        return json.loads(out.getvalue().strip().splitlines()[-1])
+
+    assert last_json(score.main, "--env", "tiny")["scored"] == 0  # latest generated_images, all scored
+    made = last_json(pairs.main, "--env", "tiny", "--params", "degrade.rank=1,degrade.world_size=2")["made"]
+    assert made == 0  # latest iqa_selection, all pairs done

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
@@ -154,27 +153,13 @@ def test_entry_point_lists_every_problem_before_work(tmp_path):
     assert "3 parameter problem(s)" in message
     for text in ("degrade.workers", "crop_position must be 'center' or 'random'", "degrade.seed must be an integer"):
         assert text in message
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fluxir.fluxgen.pairs",
-            "--env=tiny",
-            "--params=degrade.workers=0",
-            "--selection",
-            str(tmp_path / "absent.parquet"),
-            "--store",
-            str(tmp_path / "store"),
-        ],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode != 0
-    assert "degrade.workers must be 'auto' or a positive integer, got 0" in proc.stderr
-    assert "absent.parquet" not in proc.stderr  # stopped before reading any input
+    from fluxir.fluxgen.pairs import main  # `python -m fluxir.fluxgen.pairs`, in this process
+
+    argv = ["--env=tiny", "--params=degrade.workers=0", "--selection", str(tmp_path / "absent.parquet")]
+    with contextlib.chdir(REPO), pytest.raises(ParameterError) as caught:
+        main([*argv, "--store", str(tmp_path / "store")])
+    assert "degrade.workers must be 'auto' or a positive integer, got 0" in str(caught.value)
+    assert "absent.parquet" not in str(caught.value)  # stopped before reading any input
     assert not (tmp_path / "store").exists()
 
 
@@ -197,24 +182,16 @@ def test_entry_point_lists_every_problem_before_work(tmp_path):
     ],
 )
 def test_restoration_and_evaluation_entry_points_refuse_bad_parameters_before_work(tmp_path, module, params, expected):
+    """``python -m <module>`` (its ``main``, in this process) stops on the parameters before reading anything."""
+    import importlib
+
+    main = importlib.import_module(f"{module}.__main__").main
     out = tmp_path / "restored"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            module,
-            "--env=tiny",
-            f"--params={params.format(out=out)}",
-            *(["--manifest", str(tmp_path / "absent.parquet")] if module == "fluxir.evaluation" else []),
-        ],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    err = " ".join(proc.stderr.split())
-    assert proc.returncode != 0
+    argv = ["--env=tiny", f"--params={params.format(out=out)}"]
+    argv += ["--manifest", str(tmp_path / "absent.parquet")] if module == "fluxir.evaluation" else []
+    with contextlib.chdir(REPO), pytest.raises(ParameterError) as caught:
+        main(argv)
+    err = " ".join(str(caught.value).split())
     assert f"2 parameter problem(s) found before python -m {module} started" in err
     for text in expected:
         assert text in err

@@ -445,7 +445,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, pairs, ke
             >= 10
         )
 
-    kill_when(proc, ten_steps_saved, timeout=300)
+    kill_when(proc, ten_steps_saved)
     run_dir = next((tmp_path / "ck").iterdir())
     killed_at = list_checkpoints(run_dir)[-1][0]
     assert 10 <= killed_at < 60, f"the run should have been killed part-way, newest checkpoint {killed_at}"
