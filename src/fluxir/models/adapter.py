@@ -175,7 +175,8 @@ class FluxIRAdapter(nn.Module):
                 )
             from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(name, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+            # The whole repository (a few small files besides the weights): its manifest lists them all.
+            folder = Path(snapshot_download(name, revision=revision))
         return load_adapter(folder, device=device, dtype=dtype)
 
     def save_pretrained(
