@@ -52,6 +52,9 @@ def pixels(source) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict:
+    """A tiny fluxgen run, then docs/sharing.md's `kedro run --pipeline=export` (parquet, pushed to a file://
+    hub) and `kedro run --pipeline=export --params="export.format=webdataset,export.include_generated=true"`,
+    in-process on the tiny env."""
     root = tmp_path_factory.mktemp("export")
     project = make_project_copy(root / "project", demo_benchmarks=False)
     run(project, "fluxgen", {"fluxgen": {"num_images": 6, "steps": 2}})
