@@ -173,3 +173,18 @@ def test_generator_licences_by_model_id():
     own = generator_license("my/model", None, {"license": "mit"})
     assert own.card_fields() == {"license": "mit"} and not own.non_commercial
     assert yaml.safe_load(yaml.safe_dump(own.card_fields())) == {"license": "mit"}
+
+
+def test_bad_export_parameters_are_all_reported_before_a_run():
+    from fluxir.config import load_params
+    from fluxir.validation import groups_read, problems_for
+
+    from conftest import REPO
+
+    assert "export" in groups_read(["params:export", "params:fluxgen"])
+    bad = ["export.format=zip", "export.max_shard_mb=0", "export.push_to_hub=true", "export.colour=red"]
+    problems = problems_for(load_params("tiny", bad, REPO), ["export"])
+    assert len(problems) == 4, problems
+    for needle in ("export.format", "export.max_shard_mb", "export.repo_id", "['colour']"):
+        assert any(needle in p for p in problems), (needle, problems)
+    assert problems_for(load_params("base", [], REPO), ["export"]) == []

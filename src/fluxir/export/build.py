@@ -11,6 +11,7 @@ import pandas as pd
 from fluxir.export.cards import dataset_card, markdown_table
 from fluxir.export.dataset import export_table, write_shards
 from fluxir.export.licenses import generator_license
+from fluxir.export.settings import export_problems
 from fluxir.io.atomic import atomic_directory
 
 HISTOGRAMS_NAME = "iqa_histograms.png"
@@ -47,6 +48,9 @@ def build_dataset_export(
     export: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Replace ``folder`` with the shards, README.md and the histogram image; returns a summary."""
+    problems = export_problems(export)
+    if problems:
+        raise ValueError("; ".join(problems))
     names = metric_names(metrics)
     model = str(fluxgen["model"])
     license_info = generator_license(model, export["license_model"], export["license"])
