@@ -188,3 +188,36 @@ def test_bad_export_parameters_are_all_reported_before_a_run():
     for needle in ("export.format", "export.max_shard_mb", "export.repo_id", "['colour']"):
         assert any(needle in p for p in problems), (needle, problems)
     assert problems_for(load_params("base", [], REPO), ["export"]) == []
+
+
+def test_push_to_the_hub_calls_upload_folder_with_the_export(tmp_path, monkeypatch):
+    """The Hub branch of the upload, with HfApi's two network calls replaced by a copy into a folder."""
+    from huggingface_hub import HfApi
+
+    from fluxir.export.hub import upload_export
+
+    folder = tmp_path / "export"
+    (folder / "data").mkdir(parents=True)
+    (folder / "README.md").write_text("---\nlicense: other\n---\n")
+    (folder / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, *, repo_id, repo_type, folder_path, **kwargs):
+        calls.append(("upload_folder", repo_id, repo_type))
+        shutil.copytree(folder_path, tmp_path / "uploaded" / repo_id)
+        return f"https://hub.example/datasets/{repo_id}/commit/0"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    result = upload_export(folder, "someone/pairs", "dataset", None, True)
+    assert calls == [
+        ("create_repo", "someone/pairs", {"repo_type": "dataset", "private": True, "exist_ok": True}),
+        ("upload_folder", "someone/pairs", "dataset"),
+    ]
+    assert result["files"] == ["README.md", "data/train-00000-of-00001.parquet"]
+    assert (tmp_path / "uploaded" / "someone/pairs" / "data" / "train-00000-of-00001.parquet").read_bytes() == b"PAR1"
+    with pytest.raises(ValueError, match="export.repo_id"):
+        upload_export(folder, None, "dataset", None, True)
