@@ -20,10 +20,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from fluxir.config import load_params
 from fluxir.export.cards import read_card_header
 from fluxir.export.licenses import FLUX_DEV_LICENSE_LINK, generator_license
 
-from conftest import make_project_copy
+from conftest import REPO, make_project_copy
 from support import kedro_session_run
 
 MAX_SHARD_MB = 0.04
@@ -105,7 +106,11 @@ def test_card_header_parses_and_names_the_licence(exported):
     assert config["data_files"] == [{"split": "train", "path": "data/train-*.parquet"}]
     n_kept, n_scored = int(exported["selection"]["keep"].sum()), len(exported["selection"])
     assert f"Kept {n_kept} of {n_scored} scored images" in card
-    assert "Images flagged and dropped in this run: n/a" in card  # this selection table has no flag column
+    content_filter = load_params("tiny", [], REPO)["fluxgen"].get("content_filter")
+    if content_filter is None:  # no filter stage in this fluxgen: the card must not claim one
+        assert "no content filter stage" in card and "2(e)(i)(B)" in card
+    else:
+        assert f"above `fluxgen.content_filter.threshold` {content_filter['threshold']}" in card
     assert "random-weight" in card and "2(d)" in card and "4(a)" in card
     # the histogram image next to the card is the one select_by_iqa saved
     (saved,) = sorted((exported["project"] / "data/08_reporting/iqa_histograms.png").glob("*/iqa_histograms.png"))
@@ -176,10 +181,7 @@ def test_generator_licences_by_model_id():
 
 
 def test_bad_export_parameters_are_all_reported_before_a_run():
-    from fluxir.config import load_params
     from fluxir.validation import groups_read, problems_for
-
-    from conftest import REPO
 
     assert "export" in groups_read(["params:export", "params:fluxgen"])
     bad = ["export.format=zip", "export.max_shard_mb=0", "export.push_to_hub=true", "export.colour=red"]

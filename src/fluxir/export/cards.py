@@ -25,7 +25,6 @@ KNOWN_BIASES = (
     "what the chosen metrics rate highly, which adds those metrics' own preferences."
 )
 FILTER_CLASSIFIER = "Falconsai/nsfw_image_detection"
-FILTER_THRESHOLD = 0.85
 TINY_NOTE = (
     "\n**Made by tiny random-weight models** (fluxir's `tiny` environment): this export proves the machinery "
     "(generation, scoring, selection, degradation, export); its images are noise-like and not for training.\n"
@@ -63,22 +62,24 @@ def _fence(lang: str, body: str) -> str:
     return f"```{lang}\n{body.rstrip()}\n```"
 
 
-def content_filter_text(fluxgen: Mapping[str, Any], selection_columns: Sequence[str], flagged: int | None) -> str:
-    """What the run did against unlawful content (FLUX.1 [dev] licence 2(e)), from ``fluxgen.content_filter``."""
+def content_filter_text(fluxgen: Mapping[str, Any], flagged: int | None) -> str:
+    """What the run did against unlawful content (FLUX.1 [dev] licence 2(e)), from ``fluxgen.content_filter``.
+
+    A run without that parameter group had no filter stage: the card says so and leaves the review to the
+    publisher rather than claim a filter that did not run.
+    """
     cfg = fluxgen.get("content_filter")
-    if isinstance(cfg, Mapping) and cfg.get("enabled") is False:
-        return (
-            "The content filter was turned off (`fluxgen.content_filter.enabled: false`): reviewing every image "
-            "before distribution is the publisher's duty (FLUX.1 [dev] licence 2(e)(i)(B))."
-        )
-    cfg = cfg if isinstance(cfg, Mapping) else {}
+    review = "reviewing every image before distribution is the publisher's duty (FLUX.1 [dev] licence 2(e)(i)(B))."
+    if not isinstance(cfg, Mapping):
+        return f"This run's FluxGen had no content filter stage (no `fluxgen.content_filter` parameters): {review}"
+    if cfg.get("enabled") is False:
+        return f"The content filter was turned off (`fluxgen.content_filter.enabled: false`): {review}"
     classifier = cfg.get("classifier") or cfg.get("model") or FILTER_CLASSIFIER
-    threshold = cfg.get("threshold", FILTER_THRESHOLD)
     count = "n/a" if flagged is None else str(flagged)
     return (
         f"FluxGen's `content_filter` node scores every generated image with `{classifier}` and drops those whose "
-        f"`nsfw` score is above `fluxgen.content_filter.threshold` {threshold}, as Black Forest Labs' reference "
-        f"code does. Images flagged and dropped in this run: {count}."
+        f"`nsfw` score is above `fluxgen.content_filter.threshold` {cfg.get('threshold')}, as Black Forest Labs' "
+        f"reference code does. Images flagged and dropped in this run: {count}."
     )
 
 
@@ -137,7 +138,6 @@ def dataset_card(
     prompt_text = (
         "the empty prompt (the paper's setting)" if not prompts else f"{len(prompts)} prompts, cycled over ids"
     )
-    load_path = repo_id or "<this folder>"
     if fmt == "parquet":
         loader = (
             f'from datasets import load_dataset\n\nds = load_dataset("parquet", data_files="{pattern}", split="train")'
@@ -178,12 +178,13 @@ as {len(shards)} {"parquet" if fmt == "parquet" else "WebDataset tar"} shard(s) 
 
 ## Content filter
 
-{content_filter_text(fluxgen, list(getattr(selection, "columns", [])), flagged)}
+{content_filter_text(fluxgen, flagged)}
 
 ## IQA selection
 
 Every generated image is scored with {", ".join(f"`{m}`" for m in metric_names)} (pyiqa); an image is kept
-when it is above the `select.percentile` = {select.get("percentile")} percentile cut on every metric.
+when it is inside the best {100 - float(select["percentile"]):g}% on every metric (`select.percentile` =
+{select["percentile"]}; each cut follows its metric's direction).
 Kept {n_kept} of {n_scored} scored images (selection rate {rate}).
 
 | metric | threshold | min | median | max |
@@ -210,7 +211,7 @@ score column per metric.
 
 {_fence("python", loader)}
 
-(`{load_path}`: the folder holding this card.)
+Paths are relative to the folder holding this card.
 
 ## Known biases
 
@@ -228,8 +229,8 @@ def _non_commercial_text(info: LicenseInfo) -> str:
         return ""
     return (
         " Its terms bind this data: no commercial or production use of data produced by the model (4(a)); it "
-        "may not train, fine-tune or distill a model competitive with FLUX.1 [dev] (2(d)); it is distributed "
-        "with a content filter and an AI-generated disclosure (2(e))."
+        "may not train, fine-tune or distill a model competitive with FLUX.1 [dev] (2(d)); output may be "
+        "distributed only after a content filter or a review, with an AI-generated disclosure (2(e))."
     )
 
 
@@ -323,7 +324,7 @@ controlled.
 
 {_fence("python", usage)}
 
-Restore a folder of photos with it (`pip install` fluxir, then):
+Restore a folder of photos with it (fluxir installed from its repository, in the project's folder):
 
 {_fence("bash", restore_command)}
 """
