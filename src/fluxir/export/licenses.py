@@ -82,7 +82,8 @@ def generator_license(model: str, license_model: str | None, override: Mapping[s
     raise ValueError(
         f"the licence of generator {key!r} is unknown to fluxir (known: {sorted(GENERATOR_LICENSES)}): set "
         "export.license to {license: <Hugging Face licence id or other>, license_name: ..., license_link: ...} "
-        "as the model's own card states, or export.license_model to the hub id the model is a copy of"
+        "as the model's own card states (FluxIRAdapter.save_pretrained: license={...}), or export.license_model "
+        "to the hub id the model is a copy of"
     )
 
 
