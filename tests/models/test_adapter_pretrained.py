@@ -180,13 +180,14 @@ def test_export_adapter_node_puts_the_evaluation_of_these_weights_in_the_card(ti
              "crop_border": 4, "higher_is_better": True, "stand_in": False, "mean": 19.5, "n": 3},
         ]
     )  # fmt: skip
-    export = {"license_model": None, "license": None}
+    export = {"license_model": None, "license": None, "tiny_models": True}
     report = f"| adapter | FluxIRAdapter {adapter_fingerprint(adapter)} (0.50M parameters) |"
     summary = export_adapter(adapter, means, report, tmp_path / "evaluated", FLUX_DEV, export)
     card = (tmp_path / "evaluated" / "README.md").read_text()
     assert summary["evaluated"] and "| RealSR | PSNR | y, crop 4 | 21.25 | 3 |" in card and "19.5" not in card
-    other = export_adapter(
-        adapter, means, "| adapter | FluxIRAdapter 0123456789ab |", tmp_path / "other", FLUX_DEV, export
-    )
-    assert not other["evaluated"] and "Not evaluated" in (tmp_path / "other" / "README.md").read_text()
+    assert "Trained on tiny random-weight models" in card
+    unrelated = "| adapter | FluxIRAdapter 0123456789ab |"
+    other = export_adapter(adapter, means, unrelated, tmp_path / "other", FLUX_DEV, {**export, "tiny_models": False})
+    card = (tmp_path / "other" / "README.md").read_text()
+    assert not other["evaluated"] and "Not evaluated" in card and "tiny random-weight" not in card
     assert_same_weights(FluxIRAdapter.from_pretrained(tmp_path / "evaluated"), adapter)

@@ -25,6 +25,11 @@ KNOWN_BIASES = (
     "what the chosen metrics rate highly, which adds those metrics' own preferences."
 )
 FILTER_CLASSIFIER = "Falconsai/nsfw_image_detection"
+TINY_ADAPTER_NOTE = (
+    "\n**Trained on tiny random-weight models** (fluxir's `tiny` environment): this adapter proves the machinery "
+    "(training, evaluation, export); its `base_model` is the model the tiny one stands in for, and its numbers "
+    "say nothing about quality.\n"
+)
 TINY_NOTE = (
     "\n**Made by tiny random-weight models** (fluxir's `tiny` environment): this export proves the machinery "
     "(generation, scoring, selection, degradation, export); its images are noise-like and not for training.\n"
@@ -224,11 +229,11 @@ Non-commercial research on image restoration.{_intended_use_text(license_info)}
     return yaml_header(header) + "\n" + body
 
 
-def _non_commercial_text(info: LicenseInfo) -> str:
+def _non_commercial_text(info: LicenseInfo, subject: str = "this data") -> str:
     if not info.non_commercial:
         return ""
     return (
-        " Its terms bind this data: no commercial or production use of data produced by the model (4(a)); it "
+        f" Its terms bind {subject}: no commercial or production use of data produced by the model (4(a)); it "
         "may not train, fine-tune or distill a model competitive with FLUX.1 [dev] (2(d)); output may be "
         "distributed only after a content filter or a review, with an AI-generated disclosure (2(e))."
     )
@@ -262,8 +267,9 @@ def model_card(
     evaluation: str,
     memory: str,
     load_path: str,
+    note: str,
 ) -> str:
-    """The README.md of a shared FluxIR adapter folder."""
+    """The README.md of a shared FluxIR adapter folder; ``note`` (markdown, may be empty) follows the licence."""
     header = {
         "base_model": base_model,
         "base_model_relation": "adapter",
@@ -297,7 +303,8 @@ control to a frozen, unmodified `{base_model}` transformer. The folder holds the
 
 {license_info.title or license_info.license} ({license_info.license_link or license_info.license}): this adapter is
 a Derivative of `{base_model}`. `LICENSE` points to the licence, `NOTICE` carries the Attribution Notice and
-the statement that the model was modified.{_non_commercial_text(license_info) if license_info.non_commercial else ""}
+the statement that the model was modified.{_non_commercial_text(license_info, "this adapter and what it produces")}
+{note}
 
 ## Configuration
 

@@ -16,7 +16,7 @@ FLUX_DEV_SHAPE = {"num_layers": 19, "num_single_layers": 38, "num_attention_head
 
 def memory_text(config: Mapping[str, Any], weights_bytes: int) -> str:
     """Markdown: the adapter's size and, for a FLUX.1-dev adapter, the computed training memory per GPU."""
-    lines = [f"- Adapter weights: {weights_bytes / 2**30:.2f} GiB (the file; add Flux itself, loaded separately)."]
+    lines = [f"- Adapter weights: {weights_bytes / 1e6:.1f} MB (the file; add Flux itself, loaded separately)."]
     if any(config.get(k) != v for k, v in FLUX_DEV_SHAPE.items()):
         lines.append(
             "- Training and restoration figures: n/a for this base model (the memory model covers FLUX.1-dev's "

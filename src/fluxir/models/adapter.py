@@ -186,6 +186,8 @@ class FluxIRAdapter(nn.Module):
         base_model: str,
         license: Mapping[str, Any] | None = None,
         evaluation: str | None = None,
+        usage_path: str | None = None,
+        note: str = "",
         fs: Any = None,
     ) -> None:
         """``save_adapter`` plus ``LICENSE`` (a pointer to the base model's licence), ``NOTICE`` (its Attribution
@@ -193,7 +195,9 @@ class FluxIRAdapter(nn.Module):
 
         ``base_model``: the hub id of the Flux this adapter controls (its licence is looked up by it);
         ``license``: ``{license, license_name, license_link}`` for a base model fluxir does not know;
-        ``evaluation``: the card's evaluation section (markdown), e.g. from the export_adapter pipeline.
+        ``evaluation``: the card's evaluation section (markdown), e.g. from the export_adapter pipeline;
+        ``usage_path``: the folder or hub id the card's usage snippet loads (default ``folder``);
+        ``note``: markdown after the card's licence section (e.g. that tiny models trained it).
         """
         from fluxir.export.cards import model_card
         from fluxir.export.licenses import attribution_notice, generator_license, license_file_text
@@ -210,7 +214,8 @@ class FluxIRAdapter(nn.Module):
             training_record=self.training_record,
             evaluation=evaluation or "Not evaluated: run `kedro run --pipeline=evaluate`, then export again.",
             memory=memory_text(self.config.to_dict(), weights_bytes),
-            load_path=str(folder),
+            load_path=usage_path or str(folder),
+            note=note,
         )
         extra = {
             LICENSE_NAME: license_file_text(info, base_model),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,18 @@ def export_adapter(
     """
     from fluxir.datasets.adapter_dataset import require_adapter
     from fluxir.export.build import evaluation_for
+    from fluxir.export.cards import TINY_ADAPTER_NOTE
 
     adapter = require_adapter(adapter, "kedro run --pipeline=export_adapter")
     evaluation = evaluation_for(adapter, means, report_md)
     base_model = export["license_model"] or model
-    adapter.save_pretrained(folder, base_model=base_model, license=export["license"], evaluation=evaluation)
+    adapter.save_pretrained(
+        folder,
+        base_model=base_model,
+        license=export["license"],
+        evaluation=evaluation,
+        usage_path=os.path.relpath(folder),  # the project's folder, where `kedro run` ran
+        note=TINY_ADAPTER_NOTE if export["tiny_models"] else "",
+    )
     log.info("Adapter for %s exported to %s", base_model, folder)
     return {"folder": str(folder), "base_model": base_model, "evaluated": not evaluation.startswith("Not evaluated")}
