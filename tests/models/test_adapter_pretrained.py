@@ -191,3 +191,19 @@ def test_export_adapter_node_puts_the_evaluation_of_these_weights_in_the_card(ti
     card = (tmp_path / "other" / "README.md").read_text()
     assert not other["evaluated"] and "Not evaluated" in card and "tiny random-weight" not in card
     assert_same_weights(FluxIRAdapter.from_pretrained(tmp_path / "evaluated"), adapter)
+
+
+def test_memory_figures_come_from_the_memory_model_for_flux1_dev():
+    from importlib import resources
+
+    from fluxir.export.memory import memory_text
+    from fluxir.memory_budget import BUDGET_GB
+
+    dev = FluxIRConfig.from_dict({**adapter_params(), "text_seq_len": 512}).to_dict()  # FLUX.1-dev's sizes
+    text = memory_text(dev, 1_527_000_000)
+    table = json.loads((resources.files("fluxir") / "configs" / "train_memory.json").read_text())
+    row = next(r for r in table["rows"] if (r["size"], r["batch_size"], r["pixel_loss"]) == ("1024x768", 1, "whole"))
+    assert f"1024x768, pixel loss whole: {row['total']:.1f} GiB" in text
+    assert f"budgets {BUDGET_GB['restoration']} GB per GPU" in text and "1527.0 MB" in text
+    tiny = FluxIRConfig.from_dict({**dev, "num_layers": 2, "num_single_layers": 2}).to_dict()
+    assert "n/a for this base model" in memory_text(tiny, 1000)
