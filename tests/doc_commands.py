@@ -32,6 +32,11 @@ PROGRAMS = re.compile(
 
 E2E = "tests/pipelines/test_base_end_to_end.py::"
 RUN: dict[str, str] = {
+    # docs/sharing.md: the export pipeline after a tiny fluxgen run, in-process with the same parameters
+    "kedro run --pipeline=export": "tests/pipelines/test_export.py::exported",
+    'kedro run --pipeline=export --params="export.format=webdataset,export.include_generated=true"': (
+        "tests/pipelines/test_export.py::exported"
+    ),
     # README, FluxGen at scale: the four-stage block, with 2 CPU processes and P=fluxgen.num_images=4
     "accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.generate --env base --params $P": E2E
     + "test_readme_fluxgen_block_with_two_processes",
@@ -150,6 +155,15 @@ SKIP: list[tuple[str, str]] = [
     ),
     (r"--load-versions=fluxir_adapter:<version>", 'a template (<version>, "..."): Kedro\'s own --load-versions'),
     (r"^kedro viz ", "kedro-viz's own server / static build (tests/pipelines/test_viz.py builds it)"),
+    (
+        r"^kedro run --pipeline=export --params=\"export\.push_to_hub=true",
+        "uploads to the Hugging Face Hub: no network in tests (tests/pipelines/test_export.py pushes to a file:// "
+        "endpoint)",
+    ),
+    (
+        r"^kedro run --pipeline=export_adapter$",
+        "needs a trained and evaluated adapter (kedro run); tests/models/test_adapter_pretrained.py runs its node",
+    ),
 ]
 
 

@@ -288,6 +288,16 @@ def benchmark_folder_problems(params: Mapping[str, Any], catalog: Mapping[str, A
     return found
 
 
+def validate_export(params: Mapping[str, Any]) -> list[str]:
+    """``export.*``: format, shard size, switches, repo id when pushing (the licence is checked by the nodes)."""
+    from fluxir.export.settings import export_problems
+
+    group, missing = _group(params, "export")
+    if missing:
+        return missing
+    return export_problems(group)
+
+
 # Top-level parameter group -> its check. A pipeline reading any ``params:<group>...`` gets that group checked.
 VALIDATORS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
     "fluxgen": validate_fluxgen,
@@ -298,6 +308,7 @@ VALIDATORS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
     "restore": validate_restore,
     "evaluate": validate_evaluate,
     "baselines": validate_baselines,
+    "export": validate_export,
 }
 
 

@@ -23,7 +23,8 @@ The story in one file:
    block is discarded by Flux, so a control added after it would never receive gradient; added before, all 114 SE layers
    train. Because W_e and B_e start at zero, a fresh adapter leaves Flux's output bit-identical.
 4. ``save_adapter`` / ``load_adapter`` write a folder with ``config.json`` and ``adapter.safetensors``
-   (adapter weights only).
+   (adapter weights only). ``FluxIRAdapter.save_pretrained`` adds what sharing needs (``LICENSE``, ``NOTICE``
+   and a model card ``README.md``); ``FluxIRAdapter.from_pretrained`` loads a folder or a hub id in one call.
 
 Shapes (FLUX.1-dev at 1024x1024): B batch, N = 4096 image tokens, S = 512 text tokens, c = 3072.
 """
@@ -32,7 +33,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +52,14 @@ from fluxir.models.adapter_config import FluxIRConfig, check_compatible
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 FORMAT_VERSION = 1
+LICENSE_NAME, NOTICE_NAME, CARD_NAME = "LICENSE", "NOTICE", "README.md"
+# The statement that the base model was modified, which its licence asks of a Derivative (FLUX.1 [dev] 3(c)).
+MODIFIED_STATEMENT = (
+    "The FluxIR adapter modifies the model: it adds a control branch (a trained copy of the model's first "
+    "double-stream block and input embedders, a projection of the degraded image's latent, learnable text "
+    "embeddings and one squeeze-excite layer per block) whose outputs are added to the model's blocks. The "
+    "base model's own weights are not changed and not included."
+)
 
 # ----------------------------------------------------------------------------------------------------
 # Modules
@@ -144,6 +154,75 @@ class FluxIRAdapter(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.x_embedder.weight.dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder_or_hub_id: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> FluxIRAdapter:
+        """Load an adapter from a folder written by ``save_pretrained`` or ``save_adapter`` (any version), or
+        from a Hugging Face hub id (``revision``: a branch, tag or commit), in one call."""
+        folder = Path(folder_or_hub_id)
+        if not folder.exists():
+            name = str(folder_or_hub_id)
+            if name.count("/") != 1 or name.startswith((".", "/")):
+                raise FileNotFoundError(
+                    f"FluxIRAdapter.from_pretrained({name!r}): no such folder, and not a hub id (<owner>/<name>)"
+                )
+            from huggingface_hub import snapshot_download
+
+            # The whole repository (a few small files besides the weights): its manifest lists them all.
+            folder = Path(snapshot_download(name, revision=revision))
+        return load_adapter(folder, device=device, dtype=dtype)
+
+    def save_pretrained(
+        self,
+        folder: str | os.PathLike,
+        *,
+        base_model: str,
+        license: Mapping[str, Any] | None = None,
+        evaluation: str | None = None,
+        usage_path: str | None = None,
+        note: str = "",
+        fs: Any = None,
+    ) -> None:
+        """``save_adapter`` plus ``LICENSE`` (a pointer to the base model's licence), ``NOTICE`` (its Attribution
+        Notice and the statement that the model was modified) and a model card ``README.md``.
+
+        ``base_model``: the hub id of the Flux this adapter controls (its licence is looked up by it);
+        ``license``: ``{license, license_name, license_link}`` for a base model fluxir does not know;
+        ``evaluation``: the card's evaluation section (markdown), e.g. from the export_adapter pipeline;
+        ``usage_path``: the folder or hub id the card's usage snippet loads (default ``folder``);
+        ``note``: markdown after the card's licence section (e.g. that tiny models trained it).
+        """
+        from fluxir.export.cards import model_card
+        from fluxir.export.licenses import attribution_notice, generator_license, license_file_text
+        from fluxir.export.memory import memory_text
+
+        info = generator_license(base_model, None, license)
+        weights_bytes = sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        card = model_card(
+            base_model=base_model,
+            license_info=info,
+            config=self.config.to_dict(),
+            parameters=count_parameters(self),
+            weights_bytes=weights_bytes,
+            training_record=self.training_record,
+            evaluation=evaluation or "Not evaluated: run `kedro run --pipeline=evaluate`, then export again.",
+            memory=memory_text(self.config.to_dict(), weights_bytes),
+            load_path=usage_path or str(folder),
+            note=note,
+        )
+        extra = {
+            LICENSE_NAME: license_file_text(info, base_model),
+            NOTICE_NAME: attribution_notice(info, MODIFIED_STATEMENT),
+            CARD_NAME: card,
+        }
+        save_adapter(self, folder, fs=fs, extra_files=extra)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the adapter block D in backward (Flux's blocks follow ``flux.gradient_checkpointing``)."""
@@ -307,10 +386,13 @@ def adapter_parameter_breakdown(config: FluxIRConfig) -> dict[str, int]:
 # Save / load (adapter weights only)
 
 
-def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = None) -> None:
+def save_adapter(
+    adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = None, extra_files: Mapping[str, str] | None = None
+) -> None:
     """Write ``folder/config.json`` + ``folder/adapter.safetensors`` atomically (temp folder, then rename).
 
-    ``fs`` is an fsspec filesystem (local by default); an existing folder is replaced.
+    ``fs`` is an fsspec filesystem (local by default); an existing folder is replaced. ``extra_files``
+    ({name: text}, e.g. LICENSE, NOTICE, README.md) are written alongside and listed in the manifest.
     """
     if not isinstance(adapter, FluxIRAdapter):
         raise TypeError(f"save_adapter expects a FluxIRAdapter, got {type(adapter).__name__}")
@@ -327,6 +409,9 @@ def save_adapter(adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = No
         state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
         with fs.open(f"{tmp}/{WEIGHTS_NAME}", "wb") as f:
             f.write(st_save(state, metadata={"format": "pt"}))
+        for name, text in (extra_files or {}).items():
+            with fs.open(f"{tmp}/{name}", "w") as f:
+                f.write(text)
         write_manifest(tmp, fs)  # last: load_adapter checks the files against it
 
 

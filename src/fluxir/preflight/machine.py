@@ -11,12 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fluxir.memory_budget import BUDGET_GB, TRAIN_MEMORY
 from fluxir.preflight.findings import Finding, lookup
-
-# Accelerator memory a real run needs per GPU (GB of the card's label), from docs/full_scale.md "Memory";
-# training's comes from the memory model's table (``train_memory_budget_gb``).
-BUDGET_GB = {"generation": 40, "restoration": 32}
-TRAIN_MEMORY = "train_memory.json"  # in fluxir/configs: written by benchmarks/train_memory.py --write
 
 
 def train_memory_budget_gb(train: Mapping[str, Any], size: str = "1024x768") -> tuple[str, float]:
