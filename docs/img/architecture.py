@@ -117,10 +117,13 @@ for x in X:
 
 # ---- train lane -----------------------------------------------------------------------------------
 lane(268, 130, "train", "paper Sec. 3.3: rectified flow + pixel loss; Flux and VAE frozen, adapter trained")
+box(90, 312, 170, 54, ["precompute_latents", "VAE latents once", "training/latents.py"])
 box(300, 312, 170, 54, ["train_adapter", "accelerate launch, bf16", "training/loop.py"])
 box(560, 312, 130, 54, ["plot_loss_curves"])
-path("M 755 244 L 755 262 L 385 262 L 385 310")
+path("M 755 244 L 755 262 L 175 262 L 175 310")
 text(600, 258, "pairs_manifest", size=10, fill="#555", italic=True)
+arrow(260, 339, 298, 339)
+data(90, 370, 170, "train_latent_cache", "model_input")
 arrow(470, 339, 558, 339, "train_history")
 data(300, 370, 170, "fluxir_adapter", "models")
 data(560, 370, 130, "train_loss_curves", "reporting")
