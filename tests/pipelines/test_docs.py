@@ -4,6 +4,7 @@ and what it tells users to type or download matches the code."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import re
 import runpy
@@ -469,3 +470,40 @@ def test_readme_and_docs_stay_within_their_length():
     if not (DOCS / "sharing.md").exists():
         docs += SHARING_BUDGET
     assert docs <= DOCS_MAX_LINES, f"docs/*.md have {docs} lines (at most {DOCS_MAX_LINES}): link, do not repeat"
+
+
+def test_readme_gives_the_real_run_in_order():
+    """The README's real run: licence and token, fetch, check, then fluxgen -> train -> evaluate, in one block,
+    with the expected hours next to it taken from the cost plan (benchmarks/gpu_cost.py)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The real run on one GPU node") :]
+    block = section[section.index("```bash") : section.index("```", section.index("```bash") + 3)]
+    order = [
+        "export HF_TOKEN=",
+        "python -m fluxir.fetch",
+        "python -m fluxir.check",
+        "kedro run --pipeline=fluxgen",
+        "kedro run --pipeline=train",
+        "kedro run --pipeline=evaluate",
+    ]
+    positions = [block.find(step) for step in order]
+    assert -1 not in positions and positions == sorted(positions), dict(zip(order, positions, strict=True))
+    table = section[: section.index("## Restore your photos")]
+    assert "conf/run_paper.yml" in table and "Table 1" in table
+    # the hours are the cost plan's (8 x H100 at 40 % MFU): the paper's scale and the plain run's 280 steps
+    spec = importlib.util.spec_from_file_location("gpu_cost", REPO / "benchmarks" / "gpu_cost.py")
+    gpu_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_cost)
+    flops = gpu_cost.stored_flops()
+    paper = gpu_cost.cost_plan(8, "h100", 0.4, 48000, 96, flops)["stages"]
+    plain = gpu_cost.cost_plan(8, "h100", 0.4, 280, 96, flops)["stages"]
+    fluxgen = paper["generate"]["gpu_hours"] + paper["score"]["gpu_hours"]
+    per_1000 = paper["generate"]["gpu_hours"] * 1000 / 350_000
+    for figure in (
+        f"{fluxgen:.1f} GPU-h; {paper['generate']['wall_hours'] + paper['score']['wall_hours']:.0f} h",
+        f"{paper['train']['gpu_hours']:.1f} GPU-h; {paper['train']['wall_hours']:.1f} h",
+        f"{plain['train']['gpu_hours']:.1f} GPU-h; {plain['train']['wall_hours']:.2f} h",
+        f"{paper['evaluate']['gpu_hours']:.1f} GPU-h; {paper['evaluate']['wall_hours']:.2f} h",
+        f"{per_1000:.1f} GPU-h; {per_1000 / 8:.1f} h",
+    ):
+        assert figure in table, figure
