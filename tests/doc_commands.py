@@ -32,6 +32,11 @@ PROGRAMS = re.compile(
 
 E2E = "tests/pipelines/test_base_end_to_end.py::"
 RUN: dict[str, str] = {
+    # docs/sharing.md: the export pipeline after a tiny fluxgen run, in-process with the same parameters
+    "kedro run --pipeline=export": "tests/pipelines/test_export.py::exported",
+    'kedro run --pipeline=export --params="export.format=webdataset,export.include_generated=true"': (
+        "tests/pipelines/test_export.py::exported"
+    ),
     # full_scale.md, section 4: the FluxGen stages by hand, with 2 CPU processes where it says N and
     # fluxgen.num_images=4 where it says 350000; then degradation on M = 2 "machines"
     "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --params fluxgen.num_images=350000": E2E
@@ -137,6 +142,15 @@ SKIP: list[tuple[str, str]] = [
     ),
     (r"--load-versions=fluxir_adapter:<version>", 'a template (<version>, "..."): Kedro\'s own --load-versions'),
     (r"^kedro viz ", "kedro-viz's own server / static build (tests/pipelines/test_viz.py builds it)"),
+    (
+        r"^kedro run --pipeline=export --params=\"export\.push_to_hub=true",
+        "uploads to the Hugging Face Hub: no network in tests (tests/pipelines/test_export.py pushes to a file:// "
+        "endpoint)",
+    ),
+    (
+        r"^kedro run --pipeline=export_adapter$",
+        "needs a trained and evaluated adapter (kedro run); tests/models/test_adapter_pretrained.py runs its node",
+    ),
 ]
 
 

@@ -13,6 +13,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -63,6 +64,7 @@ def _pipelines() -> list[str]:
     return sorted(p.parent.name for p in (REPO / "src" / "fluxir" / "pipelines").glob("*/pipeline.py"))
 
 
+@pytest.mark.starts_process("mkdocs build --strict as `make docs` runs it: its theme and plugins load in a process")
 def test_mkdocs_builds_strict(tmp_path):
     """Broken links, anchors, nav entries or missing pages (training.md, evaluation.md) fail the build."""
     site = tmp_path / "site"
@@ -204,6 +206,7 @@ def test_troubleshooting_covers_the_common_failures():
     assert "No module named 'torchvision.transforms.functional_tensor'" in text
 
 
+@pytest.mark.starts_process("the snippet must import basicsr in a fresh interpreter, as a user's script does")
 def test_troubleshooting_basicsr_workaround_runs():
     """The snippet users copy for the basicsr import error really imports basicsr on this torchvision."""
     text = (DOCS / "troubleshooting.md").read_text()
