@@ -95,7 +95,12 @@ text(
 )
 
 # ---- fluxgen lane ---------------------------------------------------------------------------------
-lane(64, 190, "fluxgen", "paper Sec. 3.1: generate -> score -> select -> degrade")
+lane(
+    64,
+    190,
+    "fluxgen",
+    "paper Sec. 3.1: generate -> content_filter (NSFW, dropped at selection) and score -> select -> degrade",
+)
 box(24, 110, 134, 58, ["Flux.1-dev", "frozen, empty prompt", "seed = base_seed + i"], fill="#eeeeee", dash=True)
 X = (178, 346, 514, 682)
 box(X[0], 112, 146, 54, ["generate_images", "accelerate: N GPUs", "fluxgen/generate.py"])
@@ -106,6 +111,7 @@ arrow(158, 139, X[0] - 2, 139)
 for a, b in pairwise(X):
     arrow(a + 146, 139, b - 2, 139)
 data(X[0] + 6, 190, 134, "generated_images", "intermediate")
+data(X[0] + 6, 220, 134, "nsfw_scores", "feature")
 data(X[1] + 6, 190, 134, "iqa_scores", "feature")
 data(X[2] + 6, 190, 134, "iqa_selection", "feature")
 data(X[2] + 6, 220, 134, "iqa_histograms", "reporting")
@@ -117,10 +123,13 @@ for x in X:
 
 # ---- train lane -----------------------------------------------------------------------------------
 lane(268, 130, "train", "paper Sec. 3.3: rectified flow + pixel loss; Flux and VAE frozen, adapter trained")
+box(90, 312, 170, 54, ["precompute_latents", "VAE latents once", "training/latents.py"])
 box(300, 312, 170, 54, ["train_adapter", "accelerate launch, bf16", "training/loop.py"])
 box(560, 312, 130, 54, ["plot_loss_curves"])
-path("M 755 244 L 755 262 L 385 262 L 385 310")
+path("M 755 244 L 755 262 L 175 262 L 175 310")
 text(600, 258, "pairs_manifest", size=10, fill="#555", italic=True)
+arrow(260, 339, 298, 339)
+data(90, 370, 170, "train_latent_cache", "model_input")
 arrow(470, 339, 558, 339, "train_history")
 data(300, 370, 170, "fluxir_adapter", "models")
 data(560, 370, 130, "train_loss_curves", "reporting")
@@ -169,6 +178,8 @@ data(544, 688, 130, "restore_failures", "reporting")
 arrow(512, 685, 542, 675)
 path("M 385 405 L 845 405 L 845 609 L 437 609 L 437 658", dash=True)
 text(600, 604, "fluxir_adapter", size=10, fill="#555", italic=True)
+text(762, 640, "sharing (run when named)", size=10, fill="#555", italic=True)
+box(690, 646, 144, 72, ["export", "pairs: parquet / tar", "export_adapter", "adapter + LICENSE"])
 
 # ---- shared base ----------------------------------------------------------------------------------
 lane(736, 90, "shared base", "src/fluxir/: used by every stage")

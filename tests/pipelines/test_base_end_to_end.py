@@ -9,8 +9,9 @@ small benchmark images and photos, and the tiny Flux ControlNet as a hub-cache s
 baseline's id. The commands of
 README.md and docs/ then run as documented (tests/doc_commands.py lists which test runs which), with
 ``-c conf/run_small.yml`` appended (sizes only), 2 CPU processes where the docs say 4, 8 or N, and the
-documented 350,000 images as 4. Everything else is the base configuration: ``--env base``, FLUX.1-dev by
-hub id, bf16, the paper's selection metrics under their pyiqa names (a ``+`` in MLflow keys included).
+documented 350,000 images as 4. Everything else is the base configuration (the default env: the project
+copy's conf/local is empty), FLUX.1-dev by hub id, bf16, the paper's selection metrics under their pyiqa
+names (a ``+`` in MLflow keys included).
 
 Three departures from ``conf/base``, written into the project copy: ``iqa.trust_weight_files: true`` (the
 fixture CLIP archives cannot have OpenAI's SHA-256), MANIQA with ``test_sample: 1`` (one random 224 px
@@ -192,15 +193,19 @@ def base_project(request, tmp_path_factory) -> BaseProject:
 
 
 def test_readme_fluxgen_block_with_two_processes(base_project):
-    """README "FluxGen": generate on 2 processes, the manifest, score on 2 processes, select + degrade."""
+    """docs/full_scale.md's FluxGen stages by hand: generate on 2 processes, the manifest, score on 2 processes,
+    then filter, select and degrade."""
     p = base_project
-    two = ("--num_processes 8", "--num_processes 2")
-    p.run("accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.generate --env base --params $P", two)
-    p.run("kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=$P")
-    p.run("accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.score --env base", two)
+    two = ("--num_processes N", "--num_processes 2")
+    p.run(
+        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --params fluxgen.num_images=350000",
+        two,
+    )
+    p.run("kedro run --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000")
+    p.run("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score", two)
     parts = sorted((p.path / "data" / "04_feature" / "iqa_parts").rglob("part-*.parquet"))
     assert {int(part.name.split("-")[1]) for part in parts} == {0, 1}, "both processes wrote scores"
-    p.run("kedro run --env base --pipeline=fluxgen --params=$P")
+    p.run("kedro run --pipeline=fluxgen --params=fluxgen.num_images=350000")
 
     images = sorted((p.path / "data" / "02_intermediate" / "fluxgen_images").rglob("*.png"))
     assert len(images) == NUM_IMAGES and all(Image.open(f).size == (64, 48) for f in images)
@@ -226,33 +231,24 @@ def test_full_scale_fluxgen_commands(base_project):
     p = base_project
     n = ("--num_processes N", "--num_processes 2")
     p.run(
-        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --env base "
-        "--params fluxgen.num_images=350000",
+        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --params fluxgen.num_images=350000",
         n,
     )
-    p.run(
-        "accelerate launch --multi_gpu --num_processes 8 -m fluxir.fluxgen.generate --env base "
-        "--params fluxgen.num_images=350000",
-        ("--num_processes 8", "--num_processes 2"),
-    )  # docs/index.md
-    p.run(
-        "kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000"
-    )
-    p.run("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score --env base", n)
+    p.run("kedro run --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000")
+    p.run("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score", n)
     shutil.rmtree(p.path / "data" / "05_model_input" / "pairs")  # degrade again, split over two machines
-    p.run("kedro run --env base --pipeline=fluxgen --to-nodes=fluxgen.select_by_iqa --params=fluxgen.num_images=350000")
+    p.run("kedro run --pipeline=fluxgen --to-nodes=fluxgen.select_by_iqa --params=fluxgen.num_images=350000")
     for k in (0, 1):
         p.run(
-            "python -m fluxir.fluxgen.pairs --env base --params degrade.rank=k,degrade.world_size=M",
+            "python -m fluxir.fluxgen.pairs --params degrade.rank=k,degrade.world_size=M",
             ("rank=k", f"rank={k}"),
             ("world_size=M", "world_size=2"),
         )
-    p.run("kedro run --env base --pipeline=fluxgen --params=fluxgen.num_images=350000")
+    p.run("kedro run --pipeline=fluxgen --params=fluxgen.num_images=350000")
     selection = pd.read_parquet(p.latest("data/04_feature/iqa_selection.parquet"))
     pairs = pd.read_parquet(p.latest("data/05_model_input/pairs_manifest.parquet"))
     assert sorted(pairs["image_id"]) == sorted(selection.loc[selection["keep"], "image_id"])
-    # Rerunning with everything done: the env's defaults (conf/local is empty, so local = base), no --params.
-    p.run('kedro run --pipeline=fluxgen --params="fluxgen.num_images=350000"')
+    # Rerunning with everything done: the env's defaults, no --params (the README's plain fluxgen step).
     p.run("kedro run --pipeline=fluxgen")
     assert len(sorted((p.path / "data" / "02_intermediate" / "fluxgen_images").rglob("*.png"))) == NUM_IMAGES
 
@@ -262,14 +258,14 @@ def test_training_commands(base_project):
     the run file: 1 per process x 2 processes, then 1 x 1 x 2 accumulation)."""
     p = base_project
     p.run(
-        "accelerate launch --multi_gpu --num_processes 4 -m fluxir.training --env base",
+        "accelerate launch --multi_gpu --num_processes 4 -m fluxir.training",
         ("--num_processes 4", "--num_processes 2"),
     )
     runs = p.mlflow_runs("fluxir")
     assert runs[-1].data.params["train_run.num_processes"] == "2" and runs[-1].data.params["train.model"] == FLUX
     p.run(
-        'kedro run --pipeline=train --params="train.max_steps=2000,train.pixel_loss_crop=512"',
-        ("train.max_steps=2000", "train.max_steps=2"),
+        'kedro run --pipeline=train --params="train.max_steps=500,train.pixel_loss_crop=512"',
+        ("train.max_steps=500", "train.max_steps=2"),
         ("train.pixel_loss_crop=512", "train.pixel_loss_crop=32"),
     )
     history = pd.read_parquet(p.latest("data/07_model_output/train_history.parquet"))
@@ -294,17 +290,16 @@ def test_evaluate_restore_and_check_commands(base_project):
 
     p.run('kedro run --pipeline=restore --params="restore.input_dir=my_photos,restore.output_dir=restored"')
     assert Image.open(p.path / "restored" / "street.png").size == (96, 80)
-    p.run('kedro run --pipeline=restore --params="restore.input_dir=photos,restore.output_dir=restored"')
     p.run(
         'kedro run --pipeline=restore --params="restore.input_dir=photos,restore.tile_size=512,restore.vae_tile_size=512"',  # noqa: E501
         ("restore.tile_size=512", "restore.tile_size=64"),
         ("restore.vae_tile_size=512", "restore.vae_tile_size=64"),
     )
-    p.run('kedro run --env base -c conf/run_small.yml --pipeline=restore --params="restore.input_dir=my_photos"')
+    p.run('kedro run -c conf/run_small.yml --pipeline=restore --params="restore.input_dir=my_photos"')
     summary = json.loads(p.latest("data/08_reporting/restore_summary.json").read_text())
     assert summary["restored"] + summary["skipped_existing"] >= 1 and summary["failed"] == 0
 
-    check = p.run("python -m fluxir.check --env base", check=False)
+    check = p.run("python -m fluxir.check", check=False)
     fails = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
     assert check.returncode == 1 and len(fails) == 2, check.stdout + check.stderr[-3000:]
     assert all(f.split()[1:3] in (["benchmark", "drealsr"], ["benchmark", "reallq250"]) for f in fails), fails
@@ -314,8 +309,8 @@ def test_evaluate_restore_and_check_commands(base_project):
     transformer = next(line for line in check.stdout.splitlines() if "fluxgen.model: transformer" in line)
     assert transformer.startswith("OK") and "in 3 file(s)" in transformer, transformer  # the three shards
 
-    p.run("accelerate launch --multi_gpu --num_processes 2 -m fluxir.fluxgen.score --env base -c conf/run_small.yml")
-    p.run("kedro run --env base -c conf/run_small.yml")  # everything done: fluxgen, train, evaluate find it so
+    p.run("accelerate launch --multi_gpu --num_processes 2 -m fluxir.fluxgen.score -c conf/run_small.yml")
+    p.run("kedro run -c conf/run_small.yml")  # everything done: fluxgen, train, evaluate find it so
 
 
 def test_tiny_commands(tmp_path, no_network):

@@ -4,6 +4,7 @@ and what it tells users to type or download matches the code."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import re
 import runpy
@@ -12,13 +13,27 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import REPO
 
 DOCS = REPO / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
-MY_PAGES = ("index.md", "architecture.md", "full_scale.md", "parameters.md", "tracking.md", "troubleshooting.md")
+MY_PAGES = (
+    "index.md",
+    "architecture.md",
+    "full_scale.md",
+    "parameters.md",
+    "training.md",
+    "evaluation.md",
+    "restoration.md",
+    "tracking.md",
+    "troubleshooting.md",
+)
+README_MAX_LINES = 150
+DOCS_MAX_LINES = 1800  # every page of docs/ together
+SHARING_BUDGET = 120  # docs/sharing.md's share of DOCS_MAX_LINES while it is not in this checkout
 
 
 def _params() -> dict:
@@ -49,6 +64,7 @@ def _pipelines() -> list[str]:
     return sorted(p.parent.name for p in (REPO / "src" / "fluxir" / "pipelines").glob("*/pipeline.py"))
 
 
+@pytest.mark.starts_process("mkdocs build --strict as `make docs` runs it: its theme and plugins load in a process")
 def test_mkdocs_builds_strict(tmp_path):
     """Broken links, anchors, nav entries or missing pages (training.md, evaluation.md) fail the build."""
     site = tmp_path / "site"
@@ -167,7 +183,7 @@ def test_architecture_picture_shows_every_pipeline_and_the_adapter():
 def test_full_scale_commands_and_weight_files_match_the_code():
     text = (DOCS / "full_scale.md").read_text()
     assert (
-        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --env base \\\n"
+        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate \\\n"
         "    --params fluxgen.num_images=350000"
     ) in text
     from fluxir.iqa import required_weight_files  # stdlib + numpy only at import
@@ -190,6 +206,7 @@ def test_troubleshooting_covers_the_common_failures():
     assert "No module named 'torchvision.transforms.functional_tensor'" in text
 
 
+@pytest.mark.starts_process("the snippet must import basicsr in a fresh interpreter, as a user's script does")
 def test_troubleshooting_basicsr_workaround_runs():
     """The snippet users copy for the basicsr import error really imports basicsr on this torchvision."""
     text = (DOCS / "troubleshooting.md").read_text()
@@ -300,3 +317,196 @@ def test_node_names_in_docs_carry_their_namespace():
                 f"{page.name}: {n}" for n in match.group(1).split(",") if n in bare or (n not in nodes and "." in n)
             ]  # noqa: E501
     assert not wrong, f"node names without their pipeline namespace (or unknown): {wrong}"
+
+
+# ---- messages quoted in the docs ------------------------------------------------------------------------------
+# The convention: a message of this project (an error, a warning, a log line) quoted in README.md or docs/*.md
+# stands alone in a fenced ```text block, exactly as the code writes it; the lines of a block are one message
+# (joined with a space), and `...` marks a part left out. Values the code fills in (a path, a count) appear as
+# a user would see them (`64`, `<folder>`). Other people's messages (a torch traceback) go in a plain ``` block.
+
+_PLACEHOLDER = object()
+_PRINTF = re.compile(r"%(?:\([^)]*\))?[-+ #0]*\d*(?:\.\d+)?[sdifgGeExXr]")
+_FORMAT_FIELD = re.compile(r"\{[^{}]*\}")
+MIN_LITERAL_CHARS = 15  # a template with less fixed text (f"{a}: {b}") would match any quote
+
+
+def _template_tokens(node: ast.AST) -> list | None:
+    """A string literal or f-string of the source as tokens: characters and ``_PLACEHOLDER`` (an f-string field,
+    a ``%s``-style or ``{}``-style field of a logging / ``str.format`` template)."""
+    parts: list = []
+    values = node.values if isinstance(node, ast.JoinedStr) else [node]
+    for value in values:
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            text, pos = value.value, 0
+            for field in re.finditer(f"{_PRINTF.pattern}|{_FORMAT_FIELD.pattern}", text):
+                parts += list(text[pos : field.start()]) + [_PLACEHOLDER]
+                pos = field.end()
+            parts += list(text[pos:])
+        else:
+            parts.append(_PLACEHOLDER)
+    tokens: list = []
+    for part in parts:  # a line break or indent of the code's text reads as one space in a quote
+        if part is _PLACEHOLDER or not part.isspace():
+            tokens.append(part)
+        elif not tokens or tokens[-1] != " ":
+            tokens.append(" ")
+    literal = sum(1 for p in tokens if p is not _PLACEHOLDER and p != " ")
+    return tokens if literal >= MIN_LITERAL_CHARS else None
+
+
+def _source_templates() -> list[list]:
+    templates = []
+    for path in sorted((REPO / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                tokens = _template_tokens(node)
+                if tokens:
+                    templates.append(tokens)
+    return templates
+
+
+def _fragment_ends(fragment: str, tokens: list, starts: set[int]) -> set[int]:
+    """Positions in ``tokens`` where ``fragment`` can end when it starts at one of ``starts``: a character
+    token matches itself, a placeholder one or more characters (a fragment may begin or end inside one)."""
+    current = {(j, False) for j in starts} | {
+        (j, True) for j in starts if j < len(tokens) and tokens[j] is _PLACEHOLDER
+    }
+    for char in fragment:
+        following = set()
+        for j, inside in current:
+            if inside:
+                following.add((j, True))  # the placeholder takes this character too
+                j += 1  # ... or it has ended before it
+            if j < len(tokens):
+                if tokens[j] is _PLACEHOLDER:
+                    following.add((j, True))
+                elif tokens[j] == char:
+                    following.add((j + 1, False))
+        current = following
+        if not current:
+            return set()
+    return {j + 1 if inside else j for j, inside in current}
+
+
+def quote_matches(quote: str, tokens: list) -> bool:
+    """``quote`` (``...`` = left out) is what the template ``tokens`` writes for some values: its fragments
+    appear in order, the first at the template's start unless the quote begins with ``...``, the last at its
+    end unless the quote ends with ``...``."""
+    fragments = quote.split("...")
+    starts = {0}
+    for i, fragment in enumerate(fragments):
+        if i > 0:  # an ellipsis: the next fragment may start anywhere later
+            starts = set(range(min(starts), len(tokens) + 1))
+        if fragment:
+            starts = _fragment_ends(fragment, tokens, starts)
+            if not starts:
+                return False
+    return fragments[-1] == "" or len(tokens) in starts
+
+
+def quoted_messages() -> list[tuple[str, str]]:
+    """``(page, message)`` for every ```text block of README.md and docs/*.md."""
+    found = []
+    for page in [REPO / "README.md", *PAGES]:
+        for block in re.findall(r"^```text\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL):
+            found.append((page.name, " ".join(block.split())))
+    return found
+
+
+def test_messages_quoted_in_the_docs_are_the_codes():
+    quotes = quoted_messages()
+    pages = {page for page, _ in quotes}
+    assert len(quotes) >= 8 and {"troubleshooting.md", "training.md", "evaluation.md"} <= pages, quotes
+    templates = _source_templates()
+    unknown = [f"{page}: {quote}" for page, quote in quotes if not any(quote_matches(quote, t) for t in templates)]
+    assert not unknown, "quoted messages that no string in src/ writes (fix the quote or the code):\n" + "\n".join(
+        unknown
+    )
+
+
+def test_a_changed_word_or_a_value_in_fixed_text_fails_the_quote_check():
+    """The matcher itself: placeholders take any value, the fixed text must be the code's, word for word."""
+    tokens = _template_tokens(
+        ast.parse('f"train.global_batch={g} cannot be split into {n} process(es): {fix}"').body[0].value
+    )
+    assert quote_matches("train.global_batch=64 cannot be split into 3 process(es): use 2", tokens)
+    assert quote_matches("train.global_batch=64 cannot be split into ...", tokens)
+    assert quote_matches("... into 3 process(es): use 2", tokens)
+    assert not quote_matches("train.global_batch=64 can not be split into 3 process(es): use 2", tokens)
+    assert not quote_matches("train.global_batch=64 cannot be split into 3 processes: use 2", tokens)
+    assert not quote_matches("train.global_batch=64 cannot be split into", tokens)  # the end is missing
+    logged = _template_tokens(
+        ast.parse('"skipping damaged checkpoint %s: %s; resuming from an older one"').body[0].value
+    )
+    assert quote_matches("skipping damaged checkpoint run/step_2: a: 1 bytes; resuming from an older one", logged)
+    assert not quote_matches("skipping damaged checkpoint run/step_2; resuming from the older one", logged)
+
+
+# ---- one path: the environment rule and the length of the docs ------------------------------------------------
+
+
+def test_no_documented_command_passes_env_base():
+    """Every command reads the default env (conf/base + the user's conf/local); `--env base` would drop
+    conf/local, so a user command never passes it (the README states the rule once)."""
+    from doc_commands import documented_commands
+
+    with_base = [c for c in documented_commands() if re.search(r"--env[= ]base\b", c)]
+    assert not with_base, with_base
+    from doc_commands import PROGRAMS
+
+    inline = [
+        f"{page.name}: {span}"
+        for page in [REPO / "README.md", *PAGES]
+        for span in re.findall(r"`([^`]+)`", page.read_text())
+        if PROGRAMS.match(span) and re.search(r"--env[= ]base\b", span)
+    ]
+    assert not inline, inline
+    readme = (REPO / "README.md").read_text()
+    assert "conf/local" in readme and "Never pass `--env base`" in readme
+
+
+def test_readme_and_docs_stay_within_their_length():
+    readme = len((REPO / "README.md").read_text().splitlines())
+    assert readme <= README_MAX_LINES, f"README.md has {readme} lines (at most {README_MAX_LINES})"
+    docs = sum(len(page.read_text().splitlines()) for page in PAGES)
+    if not (DOCS / "sharing.md").exists():
+        docs += SHARING_BUDGET
+    assert docs <= DOCS_MAX_LINES, f"docs/*.md have {docs} lines (at most {DOCS_MAX_LINES}): link, do not repeat"
+
+
+def test_readme_gives_the_real_run_in_order():
+    """The README's real run: licence and token, fetch, check, then fluxgen -> train -> evaluate, in one block,
+    with the expected hours next to it taken from the cost plan (benchmarks/gpu_cost.py)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The real run on one GPU node") :]
+    block = section[section.index("```bash") : section.index("```", section.index("```bash") + 3)]
+    order = [
+        "export HF_TOKEN=",
+        "python -m fluxir.fetch",
+        "python -m fluxir.check",
+        "kedro run --pipeline=fluxgen",
+        "kedro run --pipeline=train",
+        "kedro run --pipeline=evaluate",
+    ]
+    positions = [block.find(step) for step in order]
+    assert -1 not in positions and positions == sorted(positions), dict(zip(order, positions, strict=True))
+    table = section[: section.index("## Restore your photos")]
+    assert "conf/run_paper.yml" in table and "Table 1" in table
+    # the hours are the cost plan's (8 x H100 at 40 % MFU): the paper's scale and the plain run's 280 steps
+    spec = importlib.util.spec_from_file_location("gpu_cost", REPO / "benchmarks" / "gpu_cost.py")
+    gpu_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_cost)
+    flops = gpu_cost.stored_flops()
+    paper = gpu_cost.cost_plan(8, "h100", 0.4, 48000, 96, flops)["stages"]
+    plain = gpu_cost.cost_plan(8, "h100", 0.4, 280, 96, flops)["stages"]
+    fluxgen = paper["generate"]["gpu_hours"] + paper["score"]["gpu_hours"]
+    per_1000 = paper["generate"]["gpu_hours"] * 1000 / 350_000
+    for figure in (
+        f"{fluxgen:.1f} GPU-h; {paper['generate']['wall_hours'] + paper['score']['wall_hours']:.0f} h",
+        f"{paper['train']['gpu_hours']:.1f} GPU-h; {paper['train']['wall_hours']:.1f} h",
+        f"{plain['train']['gpu_hours']:.1f} GPU-h; {plain['train']['wall_hours']:.2f} h",
+        f"{paper['evaluate']['gpu_hours']:.1f} GPU-h; {paper['evaluate']['wall_hours']:.2f} h",
+        f"{per_1000:.1f} GPU-h; {per_1000 / 8:.1f} h",
+    ):
+        assert figure in table, figure
