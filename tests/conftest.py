@@ -93,6 +93,7 @@ def kedro_run(project: Path, *args: str, check: bool = True, timeout: int = 600)
     """
     import contextlib
     import io
+    import logging
     import subprocess
     import traceback
 
@@ -101,6 +102,9 @@ def kedro_run(project: Path, *args: str, check: bool = True, timeout: int = 600)
     out, err = io.StringIO(), io.StringIO()
     cwd, mlflow_environ = Path.cwd(), {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     returncode = 0
+    records = logging.StreamHandler(out)  # every log line whole: the console wraps them at its width
+    records.setLevel(logging.INFO)
+    logging.getLogger().addHandler(records)
     os.chdir(project)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -112,6 +116,7 @@ def kedro_run(project: Path, *args: str, check: bool = True, timeout: int = 600)
                 traceback.print_exc(file=err)
                 returncode = 1
     finally:
+        logging.getLogger().removeHandler(records)
         os.chdir(cwd)
         for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
             os.environ.pop(key)
@@ -175,12 +180,13 @@ def _restore_process_state():
     """Put back what a test changed in this worker process: the SIGINT/SIGTERM handlers (a web server or a run
     guard installs its own, and a later test that interrupts something must find Python's), the working
     directory, the environment (mlflow exports MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_ID) and torch's
-    thread count."""
+    thread count; and end an MLflow run a test left active (kedro-mlflow would log the next run into it)."""
     import signal
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     cwd, environ, threads = os.getcwd(), dict(os.environ), torch.get_num_threads()
     yield
+    _end_mlflow_runs_left_open()
     for sig, handler in handlers.items():
         if handler is not None and signal.getsignal(sig) is not handler:
             signal.signal(sig, handler)
@@ -191,6 +197,17 @@ def _restore_process_state():
         os.environ.update(environ)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def _end_mlflow_runs_left_open() -> None:
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    while mlflow is not None and mlflow.active_run() is not None:
+        try:
+            mlflow.end_run()
+        except Exception:  # its store may be a deleted temporary folder: forget the run all the same
+            mlflow.tracking.fluent._active_run_stack.get().pop()
 
 
 NETGUARD = REPO / "tests" / "netguard"

@@ -23,7 +23,7 @@ def _stderr_of(code: str) -> str:
     return result.stderr
 
 
-@pytest.mark.starts_process("what a fresh interpreter prints at import")
+@pytest.mark.e2e  # what a fresh process prints at import
 def test_torchao_import_notice_is_gone_once_fluxir_is_imported():
     """torch's pytree notices at torchao's import: printed without fluxir, not after ``import fluxir``."""
     marker = "is an Enum subclass and is now natively supported"

@@ -33,7 +33,7 @@ def _version(text: str) -> tuple[int, ...]:
 KERNEL_TYPES = ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
 
 
-@pytest.mark.starts_process("the alias must work in an interpreter that never imported basicsr")
+@pytest.mark.e2e  # the alias must work in a process that never imported basicsr
 def test_fresh_interpreter_needs_the_alias_and_gets_it():
     """Proves the premise (the old module is gone) and the fix, away from this process's sys.modules."""
     code = textwrap.dedent("""

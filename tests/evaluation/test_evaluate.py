@@ -41,6 +41,9 @@ from fluxir.evaluation.testsets import (
 from conftest import REPO, kedro_run
 from support import base_params, save_identity_adapter
 
+# its module-scoped runs are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_evaluate")
+
 DEGRADATION = base_params("degrade")["config"]  # params:degrade.config, as the evaluate pipeline passes it
 
 SIX = ("PSNR", "SSIM", "LPIPS", "CLIPIQA", "MANIQA", "MUSIQ")

@@ -604,7 +604,7 @@ runpy.run_module("fluxir.fetch", run_name="__main__")
 """
 
 
-@pytest.mark.starts_process("what the command writes to a stderr that is not a terminal, and its exit status")
+@pytest.mark.e2e  # what the command writes to a stderr that is not a terminal, and its exit status
 def test_progress_per_file_and_in_total_reach_the_byte_counts(server, project):
     """`python -m fluxir.fetch` without a terminal: each bar ends with a log line on stderr whose count is
     every byte of its file, and the total's is the sum."""

@@ -297,6 +297,7 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.e2e  # two worker processes must make byte-identical pairs
 def test_two_workers_make_byte_identical_pairs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     kept = _selection(tmp_path, 12)

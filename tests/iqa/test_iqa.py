@@ -139,7 +139,7 @@ def test_lower_is_better_on_built_metrics():
     assert iqa.lower_is_better(built["entropy"]) is False
 
 
-@pytest.mark.starts_process("pyiqa fixes its weight folder (TORCH_HOME) at import: a fresh interpreter per setting")
+@pytest.mark.e2e  # pyiqa fixes its weight folder (TORCH_HOME) at import: a fresh process per setting
 def test_module_import_is_light():
     """Kedro pipeline modules import the constants: no torch, no pyiqa until something is computed."""
     result = _run_python(
@@ -211,7 +211,7 @@ def test_weight_table_matches_pyiqa_urls():
     assert base(tvm.SqueezeNet1_1_Weights.IMAGENET1K_V1.url) == iqa_weights.LPIPS_BACKBONES["squeeze"]
 
 
-@pytest.mark.starts_process("pyiqa fixes its weight folder (TORCH_HOME) at import: a fresh interpreter per setting")
+@pytest.mark.e2e  # pyiqa fixes its weight folder (TORCH_HOME) at import: a fresh process per setting
 def test_missing_weights_one_error_before_any_scoring(tmp_path):
     """Empty weights_dir: one FileNotFoundError listing every file, its folder and URL; images untouched."""
     result = _run_python(
@@ -254,7 +254,7 @@ def test_missing_weights_one_error_before_any_scoring(tmp_path):
     assert not any(p.is_file() for p in tmp_path.rglob("*")), "nothing may be written, let alone downloaded"
 
 
-@pytest.mark.starts_process("pyiqa fixes its weight folder (TORCH_HOME) at import: a fresh interpreter per setting")
+@pytest.mark.e2e  # pyiqa fixes its weight folder (TORCH_HOME) at import: a fresh process per setting
 def test_undescribed_metric_download_is_refused(tmp_path):
     """A metric outside the table (brisque) still never downloads: our error names its file and folder."""
     result = _run_python(
@@ -288,7 +288,7 @@ def test_configure_weights_refuses_a_second_folder_after_pyiqa_import(tmp_path):
         iqa.configure_weights(file)
 
 
-@pytest.mark.starts_process("pyiqa fixes its weight folder (TORCH_HOME) at import: a fresh interpreter per setting")
+@pytest.mark.e2e  # pyiqa fixes its weight folder (TORCH_HOME) at import: a fresh process per setting
 def test_pretrained_path_loads_weights_from_weights_dir(tmp_path, photos):
     """musiq with 'trained' weights read from <weights_dir>/hub/pyiqa gives that checkpoint's scores."""
     import torch

@@ -27,6 +27,9 @@ import yaml
 
 from conftest import REPO, kedro_process
 
+# its module-scoped runs are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_iqa_offline")
+
 SCRIPT = REPO / "scripts" / "make_iqa_fixture_weights.py"
 # The paper's selection metrics; MANIQA scores 1 crop instead of 20 (a pyiqa option) to keep CI short.
 SELECTION_METRICS = ["clipiqa+_rn50_512", {"name": "maniqa-pipal", "test_sample": 1}, "musiq"]
@@ -95,7 +98,7 @@ def test_fixture_files_have_the_published_names_and_containers(weight_home):
     assert torch.load(hub / "pyiqa" / w.CLIPIQA_FILES["clipiqa+"]).shape == (2, 16, 512)  # good/bad prompts
 
 
-@pytest.mark.starts_process("pyiqa fixes its weight folder at import: each weight folder needs a fresh interpreter")
+@pytest.mark.e2e  # pyiqa fixes its weight folder at import: each weight folder needs a fresh process
 def test_fluxgen_scores_with_the_real_metric_names_offline(weight_home, kedro_project, no_network):
     _set_params(
         kedro_project,
@@ -125,7 +128,7 @@ def test_fluxgen_scores_with_the_real_metric_names_offline(weight_home, kedro_pr
     assert versions["clipiqa+_rn50_512"]["weights"] == ["RN50.pt", "CLIPIQA%2B_RN50_512-89f5d940.pth"]
 
 
-@pytest.mark.starts_process("pyiqa fixes its weight folder at import: each weight folder needs a fresh interpreter")
+@pytest.mark.e2e  # pyiqa fixes its weight folder at import: each weight folder needs a fresh process
 def test_evaluate_scores_pretrained_lpips_offline(weight_home, kedro_project, no_network):
     from support import save_identity_adapter
 
@@ -162,7 +165,7 @@ def _replace(path: Path, obj: object) -> None:
     torch.save(obj, path)
 
 
-@pytest.mark.starts_process("pyiqa fixes its weight folder at import: each weight folder needs a fresh interpreter")
+@pytest.mark.e2e  # pyiqa fixes its weight folder at import: each weight folder needs a fresh process
 def test_a_file_with_a_wrong_key_is_named_with_the_key(weight_home, tmp_path, no_network):
     """Break one key per file: each metric fails with the file and the key, not a silent partial load."""
     home = _broken_home(weight_home, tmp_path)
@@ -199,7 +202,7 @@ def test_a_file_with_a_wrong_key_is_named_with_the_key(weight_home, tmp_path, no
     assert f"ERR {pyiqa_dir / 'MANIQA_PIPAL-ae6d356b.pth'} is not a readable PyTorch checkpoint" in out
 
 
-@pytest.mark.starts_process("pyiqa fixes its weight folder at import: each weight folder needs a fresh interpreter")
+@pytest.mark.e2e  # pyiqa fixes its weight folder at import: each weight folder needs a fresh process
 def test_a_clip_archive_with_a_wrong_key_or_hash_is_named(weight_home, tmp_path, no_network):
     home = _broken_home(weight_home, tmp_path)
     clip_file = home / "hub" / "clip" / "RN50.pt"
@@ -230,7 +233,7 @@ def test_a_clip_archive_with_a_wrong_key_or_hash_is_named(weight_home, tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.starts_process("pyiqa fixes its weight folder at import: each weight folder needs a fresh interpreter")
+@pytest.mark.e2e  # pyiqa fixes its weight folder at import: each weight folder needs a fresh process
 def test_clipiqa_vitl14_scores_offline(tmp_path, no_network):
     """Opt-in (writes ~0.9 GB): pytest -m slow tests/iqa/test_iqa_offline.py"""
     module = _fixture_module()
@@ -249,7 +252,7 @@ def test_clipiqa_vitl14_scores_offline(tmp_path, no_network):
     assert 0.0 <= score <= 1.0
 
 
-@pytest.mark.starts_process("pyiqa fixes its weight folder at import: each weight folder needs a fresh interpreter")
+@pytest.mark.e2e  # pyiqa fixes its weight folder at import: each weight folder needs a fresh process
 def test_preflight_check_builds_the_metrics_and_names_a_broken_file(weight_home, kedro_project, tmp_path, no_network):
     """python -m fluxir.check builds each IQA metric from its files: a wrong key fails before any run."""
     home = _broken_home(weight_home, tmp_path)

@@ -60,6 +60,7 @@ def _velocity_and_grads(flux, adapter, inputs):
     return v.detach(), {n: p.grad.clone() for n, p in adapter.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.e2e  # torch.compile builds its kernels in worker processes (minutes of C++ on 2 cores)
 def test_compiled_blocks_give_the_eager_velocity_and_gradients(tiny_flux_dir):
     pipe = load_pipeline(str(tiny_flux_dir), dtype="float32", device="cpu")
     flux = pipe.transformer.requires_grad_(False)

@@ -18,6 +18,9 @@ from PIL import Image
 from conftest import REPO, free_port
 from support import CHROMIUM_ARGS, adapter_params, find_chromium
 
+# its module-scoped runs are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_app")
+
 ARTIFACTS = REPO / "test-artifacts" / "app"
 
 

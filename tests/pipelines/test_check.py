@@ -6,9 +6,11 @@ ways at once: each problem must appear on its own FAIL line naming the path, and
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,16 +21,11 @@ from support import adapter_params
 
 
 def _check(project: Path, *params: str) -> subprocess.CompletedProcess:
-    """``python -m fluxir.check --env tiny`` in ``project``, run in this process: its exit status and output."""
-    import contextlib
-    import io
-
-    from fluxir.check import main
-
-    out = io.StringIO()
-    with contextlib.chdir(project), contextlib.redirect_stdout(out):
-        code = main(["--env", "tiny", "--project", str(project), *(a for p in params for a in ("--params", p))])
-    return subprocess.CompletedProcess(["python", "-m", "fluxir.check"], code, out.getvalue(), "")
+    """``python -m fluxir.check --env tiny`` as a user runs it: its report and exit status."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    args = [sys.executable, "-m", "fluxir.check", "--env", "tiny", *(a for p in params for a in ("--params", p))]
+    return subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def _lines(result: subprocess.CompletedProcess, status: str) -> list[str]:
@@ -48,6 +45,7 @@ def _save_adapter(project: Path, flux_folder: Path) -> None:
     )
 
 
+@pytest.mark.e2e  # the check's report and exit status as a user runs it (pyiqa, the hub fix folders at import)
 def test_good_setup_passes(kedro_project):
     _save_adapter(kedro_project, kedro_project / "data" / "01_raw" / "tiny" / "flux")
     result = _check(kedro_project)
@@ -108,6 +106,7 @@ def broken_project(bare_project) -> Path:
     return bare_project
 
 
+@pytest.mark.e2e  # the check's report and exit status as a user runs it (pyiqa, the hub fix folders at import)
 def test_broken_setup_lists_every_problem(broken_project, tmp_path):
     tiny = broken_project / "data" / "01_raw" / "tiny"
     empty_weights = tmp_path / "no_weights"
@@ -211,6 +210,7 @@ def test_text_encoders_and_tokenizer_class(tmp_path):
     assert "model_index.json declares T5TokenizerFast" in bad.detail
 
 
+@pytest.mark.e2e  # the check's report and exit status as a user runs it (pyiqa, the hub fix folders at import)
 def test_hub_ids_are_checked_in_the_cache_and_small_benchmark_images_are_named(bare_project, tmp_path, monkeypatch):
     kedro_project = bare_project
     """A hub id is looked up as a run loads it (the cached snapshot), so the adapter is compared with that

@@ -11,6 +11,9 @@ from PIL import Image
 
 from conftest import kedro_run, make_project_copy
 
+# its module-scoped runs are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_fluxgen_pipeline")
+
 
 def _versions(project: Path, relative: str) -> list[Path]:
     return sorted((project / relative).glob("*/*"))

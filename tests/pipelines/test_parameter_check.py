@@ -10,7 +10,7 @@ import pytest
 from fluxir.config import catalog_config, load_params
 from fluxir.validation import ParameterError, check_params, groups_read, problems_for
 
-from conftest import REPO, kedro_run
+from conftest import REPO, kedro_process, kedro_run
 
 
 def _files(folder):
@@ -200,13 +200,14 @@ def test_restoration_and_evaluation_entry_points_refuse_bad_parameters_before_wo
 
 
 @pytest.mark.parametrize("opted_out", [True, False])
+@pytest.mark.e2e  # what a plain kedro command does at start-up, typed without make
 def test_plain_kedro_commands_send_no_telemetry(kedro_project, no_network, monkeypatch, opted_out):
     """The project's .telemetry file opts out, so kedro without make (no KEDRO_DISABLE_TELEMETRY) stays offline."""
     for name in ("KEDRO_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         monkeypatch.delenv(name, raising=False)
     if not opted_out:
         (kedro_project / ".telemetry").unlink()
-    kedro_run(kedro_project, "registry", "list")
+    kedro_process(kedro_project, "registry", "list")
     attempts = no_network.read_text()
     no_network.write_text("")  # the fixture fails on any attempt left in its log
     assert bool(attempts) != opted_out, attempts

@@ -103,6 +103,9 @@ import json, sys
 from pathlib import Path
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+
+# its module-scoped runs are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_viz")
 bootstrap_project(Path.cwd())
 with KedroSession.create(project_path=Path.cwd(), env="tiny") as session:
     catalog = session.load_context().catalog

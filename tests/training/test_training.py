@@ -328,11 +328,12 @@ def test_any_split_of_the_global_batch_trains_the_same(tmp_path, pairs):
     )
     assert accumulated.run_dir.name == at_once.run_dir.name  # batch_size does not change what is learned
     np.testing.assert_allclose(accumulated.history.loss, at_once.history.loss, rtol=1e-4)
-    assert max_diff(accumulated.adapter, at_once.adapter) < 1e-5  # float sums in another order only
+    split = max_diff(accumulated.adapter, at_once.adapter)
+    assert split < 5e-5  # float sums in another order only (the kernels' order depends on the batch shape)
     single = train(
         tiny_params(tmp_path / "c", "train.max_steps=3"), pairs, folders=tiny_folders(tmp_path / "c"), progress=False
     )  # global batch 1
-    assert max_diff(single.adapter, at_once.adapter) > 1e-4
+    assert max_diff(single.adapter, at_once.adapter) > max(1e-4, 4 * split)  # another batch: clearly apart
 
 
 def test_a_second_run_of_the_same_settings_refuses_while_the_first_holds_the_folder(tmp_path, pairs):
