@@ -49,6 +49,13 @@ def make_project_copy(project: Path, demo_benchmarks: bool = True) -> Path:
     shutil.copy(REPO / ".telemetry", project / ".telemetry")
     shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
+    # mlflow keys its stores by URI text: a relative sqlite:///mlflow.db would send an in-process run of this copy
+    # to the database of the first project this worker ran
+    mlflow_yml = project / "conf" / "base" / "mlflow.yml"
+    text = mlflow_yml.read_text()
+    assert "mlflow_tracking_uri: sqlite:///mlflow.db" in text
+    absolute = f"mlflow_tracking_uri: sqlite:///{project.resolve() / 'mlflow.db'}"
+    mlflow_yml.write_text(text.replace("mlflow_tracking_uri: sqlite:///mlflow.db", absolute))
     for committed in ("tiny", "reference"):  # the committed inputs under data/01_raw
         shutil.copytree(REPO / "data" / "01_raw" / committed, project / "data" / "01_raw" / committed)
     (project / "src").mkdir()  # kedro checks the source dir exists; fluxir itself is installed (editable)
@@ -98,7 +105,9 @@ def kedro_run(project: Path, *args: str, check: bool = True, timeout: int = 600)
     import traceback
 
     from kedro.framework.cli.cli import KedroCLI
+    from kedro.framework.startup import bootstrap_project
 
+    bootstrap_project(project)  # Kedro's first configuration of logging, before the handler below is added
     out, err = io.StringIO(), io.StringIO()
     cwd, mlflow_environ = Path.cwd(), {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     returncode = 0

@@ -53,7 +53,7 @@ IN_PROCESS = {
         {"flux_tflops", "fluxir_tflops", "flops_ratio", "targets"},
     ),
     "degradation": (
-        ["--json", "--size", "64", "64", "--n", "2", "--batch", "2", "--threads", "1"],
+        ["--json", "--size", "128", "128", "--n", "2", "--batch", "2", "--threads", "1"],
         {"ratio", "pairs_per_s", "reference_pairs_per_s"},
     ),
     "generation_overlap": (
