@@ -74,8 +74,10 @@ def set_run_context(
     env: str | None, params: Mapping[str, Any] | None, project: str | os.PathLike
 ) -> dict[str, str | None]:
     """Publish the running ``kedro run``'s env, ``--params`` and project root; returns the previous values."""
+    from fluxir.config import default_env  # imported here: the process guard (main) stays free of Kedro
+
     previous = {var: os.environ.get(var) for var in (ENV_VAR, PARAMS_VAR, PROJECT_VAR)}
-    os.environ[ENV_VAR] = env or "local"
+    os.environ[ENV_VAR] = env or default_env()
     os.environ[PARAMS_VAR] = json.dumps(dict(params or {}), default=str)
     os.environ[PROJECT_VAR] = str(Path(project).resolve())
     return previous
