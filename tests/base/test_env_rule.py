@@ -33,9 +33,7 @@ def entry_point_modules() -> list[str]:
     for path in sorted(SRC.rglob("*.py")):
         tree = ast.parse(path.read_text())
         for func in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"):
-            calls = {
-                c.func.id for c in ast.walk(func) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
-            }
+            calls = {c.func.id for c in ast.walk(func) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
             if "cli_parser" in calls:
                 module = ".".join(path.relative_to(SRC.parent).with_suffix("").parts)
                 found.append(module)

@@ -408,6 +408,7 @@ def train(
     the pair image ids this process trained on, the epoch). Returns the same ``TrainResult`` everywhere.
     """
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
+    cfg.check_epoch_budget(len(manifest))  # before any model loads
     with contextlib.ExitStack() as lock:
         return _train(start_run(cfg, manifest, prompt_cache, lock, folders), progress, step_callback)
 

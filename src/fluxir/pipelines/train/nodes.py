@@ -26,8 +26,10 @@ def precompute_latents(pairs_manifest: pd.DataFrame, train_latent_cache: Path, t
     from fluxir.training.latents import merge_counts
     from fluxir.training.latents import precompute_latents as fill_cache
 
+    config = TrainConfig.from_params(train)
+    config.check_epoch_budget(len(pairs_manifest))  # the VAE loads next: refuse an over-long run first
     processes = resolve_num_processes(train["num_processes"], "train.num_processes")
-    if processes == 1 or not TrainConfig.from_params(train).cache_latents:
+    if processes == 1 or not config.cache_latents:
         return fill_cache(train, pairs_manifest, cache_dir=train_latent_cache)
     return merge_counts(run_image_shards("fluxir.training.latents", "latents", processes, pairs_manifest, "--manifest"))
 
@@ -51,9 +53,10 @@ def train_adapter(
     """
     from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
     from fluxir.models.adapter import load_adapter
-    from fluxir.training.config import TrainFolders
+    from fluxir.training.config import TrainConfig, TrainFolders
     from fluxir.training.loop import train as run_training
 
+    TrainConfig.from_params(train).check_epoch_budget(len(pairs_manifest))  # before any model or child process
     logger.info(
         "training with %d of %d pairs' latents cached in %s",
         latent_cache["encoded"] + latent_cache["cached"],
