@@ -23,8 +23,8 @@ GPU time = FLOPs / (GPUs x peak x MFU). The paper's budget (Sec. 4.1): 4 x H800 
 
 Counting takes about a minute on 2 cores, so ``--write`` stores the counts in
 ``src/fluxir/configs/gpu_cost_flops.json``; the cost tables of docs/training.md and docs/full_scale.md are
-``--markdown`` of that file (with conf/run_paper.yml's steps, conf/base's batch), and tests hold the docs, ``train.max_steps``
-and the file to the counting code.
+``--markdown`` of that file (with conf/run_paper.yml's steps, conf/base's batch), and tests hold the docs,
+conf/run_paper.yml's ``train.max_steps`` and the file to the counting code.
 """
 
 from __future__ import annotations
