@@ -13,6 +13,17 @@
     ``git.dirty`` and MLflow's own ``mlflow.source.git.commit``. ``FLUXIR_MLFLOW_EXPERIMENT`` forces one
     experiment name; ``FLUXIR_GIT_COMMIT`` supplies the commit where the project is no git checkout.
 
+    Each run is also tagged ``fluxir.command`` (and kedro-mlflow's ``kedro_command``, overwritten with the same
+    text): a ``kedro run`` command line that reruns it, with ``--env`` (resolved: ``local`` when none was given),
+    ``--pipeline``/``--pipelines``, ``-c`` run file and ``--params`` as typed (in a ``kedro run`` command; from an
+    in-process session, the runtime params), ``--tags``, ``--nodes``, ``--from-nodes`` ... and ``--load-versions``.
+
+``AdapterProvenanceHook``
+    A run that loads the FluxIR adapter and uses it (evaluate with ``fluxir`` in ``evaluate.methods``, restore
+    with ``restore.method: fluxir``) gets parameters ``fluxir_adapter.version``, ``.fingerprint``, ``.path``,
+    ``.training_run_id`` (the MLflow run that trained it), ``.training_run_key`` and ``.training_steps``: runs of
+    two adapters can be told apart, and compared, in MLflow's run table.
+
 ``LaunchContextHook``
     Publishes the running ``kedro run``'s ``--env``, ``--params`` (a ``-c`` config file's included) and project
     root for ``fluxir.launch``: a node whose stage runs on several processes launches its child job with them.
@@ -84,6 +95,88 @@ def experiment_name(pipeline_names: Any, base: str = "fluxir") -> str:
 
 def run_name(pipeline_names: Any, run_id: str) -> str:
     return f"{pipeline_label(pipeline_names)}-{run_id}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The command that reruns a run
+
+# kedro run's options with a value, in the order a command shows them: (run_params key, option)
+_LIST_OPTIONS = (
+    ("tags", "--tags"),
+    ("node_names", "--nodes"),
+    ("from_nodes", "--from-nodes"),
+    ("to_nodes", "--to-nodes"),
+    ("from_inputs", "--from-inputs"),
+    ("to_outputs", "--to-outputs"),
+    ("namespaces", "--namespaces"),
+)
+
+
+def params_value(value: Any) -> str:
+    """``value`` as ``--params`` text that parses back to it (``fluxir.config.parse_overrides``): plain where
+    that round-trips (``data/photos``, ``0.5``), else JSON, which is YAML flow syntax (``[[512, 512]]``, ``"1"``)."""
+    from fluxir.config import parse_overrides
+
+    texts = [value] if isinstance(value, str) else []
+    texts.append(json.dumps(value))
+    for text in texts:
+        try:
+            if parse_overrides([{"k": None}, f"k={text}"])["k"] == value:
+                return text
+        except ValueError:
+            continue
+    return json.dumps(str(value))
+
+
+def rerun_command(run_params: dict[str, Any], cli_options: dict[str, Any] | None = None) -> str:
+    """A ``kedro run`` command line that reruns the run of ``run_params`` (Kedro's ``before_pipeline_run``
+    record). ``cli_options``: the options of the ``kedro run`` command being run (click's), whose ``-c`` run file,
+    ``--conf-source`` and ``--params`` as typed are kept; without them the runtime params are written out."""
+    import shlex
+
+    from fluxir.config import default_env
+
+    cli_options = cli_options or {}
+    args = ["kedro", "run", f"--env={run_params.get('env') or default_env()}"]
+    if cli_options.get("conf_source"):
+        args.append(f"--conf-source={cli_options['conf_source']}")
+    if cli_options.get("config"):
+        args.append(f"--config={cli_options['config']}")
+    pipelines = [p for p in (run_params.get("pipeline_names") or []) if p != DEFAULT_PIPELINE]
+    if len(pipelines) == 1:
+        args.append(f"--pipeline={pipelines[0]}")
+    elif pipelines:
+        args.append(f"--pipelines={','.join(pipelines)}")
+    for key, option in _LIST_OPTIONS:
+        values = run_params.get(key)
+        if values:
+            args.append(f"{option}={','.join(str(v) for v in values)}")
+    if run_params.get("load_versions"):
+        args.append("--load-versions=" + ",".join(f"{k}:{v}" for k, v in run_params["load_versions"].items()))
+    if cli_options.get("runner"):  # run_params hold no usable runner name
+        args.append(f"--runner={cli_options['runner']}")
+    if cli_options.get("runner_params"):
+        args.append("--runner-params=" + ",".join(f"{k}={v}" for k, v in cli_options["runner_params"].items()))
+    if cli_options.get("is_async"):
+        args.append("--async")
+    if run_params.get("only_missing_outputs"):
+        args.append("--only-missing-outputs")
+    if "cli_params" in cli_options:
+        args += [f"--params={typed}" for typed in cli_options["cli_params"]]
+    else:
+        args += [
+            f"--params={k}={params_value(v)}" for k, v in flatten_dict(run_params.get("runtime_params") or {}).items()
+        ]
+    return shlex.join(args)
+
+
+def kedro_run_options() -> dict[str, Any]:
+    """The options of the ``kedro run`` command this process is running (click's), or ``{}`` (a session started
+    from Python)."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    return dict(context.params) if context is not None and context.command.name == "run" else {}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,6 +262,7 @@ class MlflowRunHook:
 
     def __init__(self) -> None:
         self._context: Any = None
+        self._started_run: str | None = None
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -178,14 +272,42 @@ class MlflowRunHook:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
         # Wraps kedro-mlflow's before_pipeline_run: choose the experiment and name before it starts the run,
         # tag the run once it is active. The store lock: two new runs may create the same experiment.
+        import mlflow
+
         from fluxir.io.locks import exclusive_lock
 
         project = Path(run_params.get("project_path") or (self._context.project_path if self._context else "."))
+        outer = mlflow.active_run()
         with exclusive_lock(project / "mlflow.db.lock", "the MLflow store"):
             self._choose_experiment(run_params)
             result = yield
+        started = mlflow.active_run()
+        self._started_run = started.info.run_id if started is not None and outer is None else None
         self._tag_run(run_params)
         return result
+
+    @hook_impl(wrapper=True)
+    def after_pipeline_run(self) -> Any:
+        result = yield
+        self._end_started_run("FINISHED")
+        return result
+
+    @hook_impl(wrapper=True)
+    def on_pipeline_error(self) -> Any:
+        result = yield
+        self._end_started_run("FAILED")
+        return result
+
+    def _end_started_run(self, status: str) -> None:
+        """kedro-mlflow reopens its run before every node (``start_run(run_id=..., nested=True)``), and MLflow 3
+        stacks each reopening: its one ``end_run`` after the pipeline leaves the run active in this process. A
+        second run in the same process would log into it, and at exit MLflow would end a failed run as FINISHED.
+        A run that was active before the session (an orchestrator's) is left alone."""
+        import mlflow
+
+        run_id, self._started_run = self._started_run, None
+        while run_id is not None and (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)
 
     def _choose_experiment(self, run_params: dict[str, Any]) -> None:
         import mlflow
@@ -214,7 +336,10 @@ class MlflowRunHook:
         if run is None:
             return
         run_id = run_params.get("run_id") or ""
+        command = rerun_command(run_params, kedro_run_options())
         tags = {
+            "fluxir.command": command,
+            "kedro_command": command,  # kedro-mlflow's tag, which drops --env and --params
             "kedro.run_id": run_id,
             "kedro.session_id": run_id,
             "kedro.pipeline": pipeline_label(run_params.get("pipeline_names")),
@@ -240,6 +365,54 @@ class MlflowRunHook:
             run.info.run_id,
             mlflow.get_experiment(run.info.experiment_id).name,
         )
+
+
+class AdapterProvenanceHook:
+    """Log which FluxIR adapter a run used as parameters of its MLflow run (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._params: dict[str, Any] = {}
+        self._catalog: Any = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._params = context.params
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data: Any, node: Any) -> None:
+        from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset, MissingAdapter
+
+        dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
+        if not isinstance(dataset, FluxIRAdapterDataset) or isinstance(data, MissingAdapter):
+            return
+        if not self._uses_adapter(node):
+            return
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        from fluxir.compat.kedro import loaded_path
+        from fluxir.evaluation.restore import adapter_provenance
+        from fluxir.tracking import log_new_params
+
+        versioned = getattr(dataset, "_version", None) is not None
+        provenance = adapter_provenance(data, loaded_path(dataset), versioned)
+        logged = log_new_params({f"{dataset_name}.{key}": value for key, value in provenance.items()})
+        if logged:
+            logger.info("adapter of this run: %s", ", ".join(f"{k}={v}" for k, v in logged.items()))
+
+    def _uses_adapter(self, node: Any) -> bool:
+        """False where the node's settings restore without it (a public method)."""
+        inputs = set(node.inputs)
+        if "params:evaluate.methods" in inputs:
+            return "fluxir" in (self._params.get("evaluate") or {}).get("methods", [])
+        if "params:restore" in inputs:
+            return (self._params.get("restore") or {}).get("method") == "fluxir"
+        return True
 
 
 class LaunchContextHook:

@@ -351,6 +351,8 @@ def training_record(run: TrainingRun, step: int) -> dict[str, Any]:
         "pixel_loss_form": cfg.pixel_loss_form,
         "run_key": run.run_key,
         "num_train_pairs": len(run.train_idx),
+        # the MLflow run this training logged to (rank 0's): evaluate and restore runs name it
+        **({"mlflow_run_id": run.log.run.info.run_id} if run.log.run is not None else {}),
     }
 
 
