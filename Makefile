@@ -28,8 +28,8 @@ TEST_WORKERS ?= 2
 test: lint  ## lint, then the test suite (what CI runs): one pytest worker per core, each test file on one worker
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-mlflow: setup  ## MLflow UI on the project's SQLite store
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+mlflow: setup  ## MLflow UI on the project's SQLite store; prints each experiment's runs-table address
+	$(PY) -m fluxir.mlflow_ui --store mlflow.db --host 127.0.0.1 --port 5000
 
 app: setup  ## restoration web app on http://127.0.0.1:7860 (APP_ARGS="--env tiny" for the tiny models)
 	$(PY) -m fluxir.app $(APP_ARGS)

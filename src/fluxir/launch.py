@@ -42,6 +42,11 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# A stage's ``num_processes`` parameter: an int or "auto". Nodes take it typed Any: Kedro 1.7's parameter
+# validator warns about a union hint (int | str) on a params input, and it validates only dataclasses and
+# pydantic models anyway (fluxir.validation checks the value).
+NumProcesses = Any
+
 # Set by fluxir.hooks.LaunchContextHook for the duration of a `kedro run` (environment variables, so a
 # node run by Kedro's ParallelRunner sees them too).
 ENV_VAR, PARAMS_VAR, PROJECT_VAR = "FLUXIR_KEDRO_ENV", "FLUXIR_KEDRO_PARAMS", "FLUXIR_KEDRO_PROJECT"

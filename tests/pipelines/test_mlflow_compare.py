@@ -8,6 +8,7 @@ Tiny random-weight models: this proves the bookkeeping, never the quality of eit
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -154,3 +155,107 @@ def test_the_cli_accepts_the_command_it_is_given():
     command = rerun_command({"env": "tiny", "pipeline_names": ["evaluate"], "runtime_params": {"a": {"b": [1, 2]}}})
     result = CliRunner().invoke(kedro_run_command, [*shlex.split(command)[2:], "--help"])
     assert result.exit_code == 0, result.output
+
+
+# ------------------------------------------------------------------------------------------------
+# The UI: `make mlflow`'s address lands on the runs table; the compare view of the two evaluate runs
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(compared):
+    """``python -m fluxir.mlflow_ui`` (what ``make mlflow`` runs) on the compared project's store: the addresses
+    it printed and the server's root."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fluxir.mlflow_ui", "--port", str(port)],
+        cwd=compared["project"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # mlflow ui starts workers: the whole group is stopped at the end
+    )
+    printed: list[str] = []
+    root = f"http://127.0.0.1:{port}"
+    try:
+        while not any("fluxir-evaluate" in line for line in printed):
+            line = server.stdout.readline()
+            assert line, f"python -m fluxir.mlflow_ui ended before printing the addresses: {printed}"
+            printed.append(line.rstrip())
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{root}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "mlflow ui did not come up"
+            time.sleep(1)
+        yield {"printed": printed, "root": root}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def mlflow_page(mlflow_ui):
+    from support import CHROMIUM_ARGS, find_chromium
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed: scripts/setup.sh (make setup) installs it, or set FLUXIR_CHROMIUM")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1500, "height": 1000}).new_page()
+        page.set_default_timeout(90_000)
+        yield page
+        browser.close()
+
+
+@pytest.mark.e2e  # starts a server (mlflow ui) and a browser: its subject is what a user sees
+def test_make_mlflow_prints_the_runs_table_of_each_experiment(compared, mlflow_ui, mlflow_page):
+    experiment = client(compared["project"]).get_experiment_by_name("fluxir-evaluate")
+    address = f"{mlflow_ui['root']}/#/experiments/{experiment.experiment_id}/runs"
+    assert any(line.split()[-1] == address for line in mlflow_ui["printed"]), mlflow_ui["printed"]
+    page = mlflow_page
+    page.goto(address)
+    for run in compared["evaluations"]:
+        page.get_by_text(run.info.run_name, exact=False).first.wait_for()
+    route = page.url.partition("#")[2].partition("?")[0]
+    assert route == f"/experiments/{experiment.experiment_id}/runs"  # still the runs table, not the overview
+    body = page.inner_text("body")
+    assert "Token usage" not in body and "No traces" not in body  # not the GenAI overview
+
+
+@pytest.mark.e2e  # a browser on the server: the compare view a user opens from the runs table
+def test_the_compare_view_shows_both_adapters(compared, mlflow_ui, mlflow_page):
+    import json
+    import urllib.parse
+
+    from conftest import REPO
+
+    evaluations = compared["evaluations"][:2]
+    runs = json.dumps([r.info.run_id for r in evaluations])
+    experiments = json.dumps([evaluations[0].info.experiment_id])
+    query = urllib.parse.urlencode({"runs": runs, "experiments": experiments}, quote_via=urllib.parse.quote)
+    page = mlflow_page
+    page.goto(f"{mlflow_ui['root']}/#/compare-runs?{query}")
+    page.get_by_text("fluxir_adapter.fingerprint").first.wait_for()
+    body = page.inner_text("body")
+    for run in evaluations:
+        assert run.data.params["fluxir_adapter.fingerprint"] in body
+        assert run.data.params["fluxir_adapter.version"] in body
+    screenshot = REPO / "docs" / "img" / "mlflow_compare.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000

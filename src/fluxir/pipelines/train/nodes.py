@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
-
-if TYPE_CHECKING:  # torch is imported only when a node runs (kedro viz stays fast)
-    from matplotlib.figure import Figure
-
-    from fluxir.models.adapter import FluxIRAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +36,7 @@ def train_adapter(
     train_checkpoints: Path,
     train_latent_cache: Path,
     train: dict[str, Any],
-) -> tuple[FluxIRAdapter, pd.DataFrame]:
+) -> tuple[Any, pd.DataFrame]:  # (a FluxIRAdapter, ...): Any keeps torch out of this module
     """Train the FluxIR adapter on FluxGen's pairs on ``train.num_processes`` processes; returns (adapter,
     per-step history).
 
@@ -88,7 +83,7 @@ def train_adapter(
         return load_adapter(scratch / "adapter"), pd.read_parquet(scratch / "history.parquet")
 
 
-def plot_loss_curves(history: pd.DataFrame) -> Figure:
+def plot_loss_curves(history: pd.DataFrame) -> Any:  # a matplotlib Figure, imported when the node runs
     """Total, MSE (Eq. 8) and pixel (Eq. 9) loss per step with a moving average, and the learning rate."""
     from fluxir.training.validation import loss_curves_figure
 
