@@ -249,8 +249,17 @@ def test_the_compare_view_shows_both_adapters(compared, mlflow_ui, mlflow_page):
     experiments = json.dumps([evaluations[0].info.experiment_id])
     query = urllib.parse.urlencode({"runs": runs, "experiments": experiments}, quote_via=urllib.parse.quote)
     page = mlflow_page
+    page.set_viewport_size({"width": 1500, "height": 2000})
     page.goto(f"{mlflow_ui['root']}/#/compare-runs?{query}")
     page.get_by_text("fluxir_adapter.fingerprint").first.wait_for()
+    close = page.get_by_role("button", name="Close", exact=True)  # MLflow's assistant panel, open by default
+    if close.count():
+        close.first.click()
+    for table in ("Parameters", "Metrics", "Tags"):  # the rows in which the two runs differ
+        page.get_by_role("switch", name=f"{table} - Show diff only").click()
+    page.locator(".js-plotly-plot").first.wait_for()
+    page.get_by_text("Comparing 2 Runs").scroll_into_view_if_needed()
+    page.wait_for_timeout(1500)  # the plot's transition
     body = page.inner_text("body")
     for run in evaluations:
         assert run.data.params["fluxir_adapter.fingerprint"] in body
