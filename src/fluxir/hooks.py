@@ -175,8 +175,12 @@ def kedro_run_options() -> dict[str, Any]:
     from Python)."""
     import click
 
+    from fluxir.cli import RUN_FILE_META
+
     context = click.get_current_context(silent=True)
-    return dict(context.params) if context is not None and context.command.name == "run" else {}
+    if context is None or context.command.name != "run":
+        return {}
+    return {**context.params, "config": context.meta.get(RUN_FILE_META)}
 
 
 # ------------------------------------------------------------------------------------------------

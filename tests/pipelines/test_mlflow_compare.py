@@ -268,3 +268,20 @@ def test_the_compare_view_shows_both_adapters(compared, mlflow_ui, mlflow_page):
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
+
+
+def test_a_kedro_run_keeps_its_run_file_path_and_typed_params():
+    """Inside ``kedro run -c FILE --params ...`` (click's context, as the hooks see it)."""
+    from fluxir.hooks import kedro_run_options
+
+    from conftest import REPO
+
+    run_file = str(REPO / "conf" / "run_small.yml")
+    context = kedro_run_command.make_context("run", ["-c", run_file, "--env", "tiny", "--params", "fluxgen.steps=3"])
+    with context:
+        options = kedro_run_options()
+    assert options["config"] == run_file
+    assert options["cli_params"] == ("fluxgen.steps=3",)
+    args = shlex.split(rerun_command({"env": "tiny", "runtime_params": {"fluxgen": {"steps": 3}}}, options))
+    assert args == ["kedro", "run", "--env=tiny", f"--config={run_file}", "--params=fluxgen.steps=3"]
+    assert kedro_run_options() == {}  # outside a kedro run command
