@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from fluxir.cli import run as kedro_run_command
 from fluxir.config import parse_overrides
-from fluxir.hooks import params_value, rerun_command
+from fluxir.rerun import params_value, rerun_command
 
 from conftest import make_project_copy
 from support import kedro_session_run
@@ -272,7 +272,7 @@ def test_the_compare_view_shows_both_adapters(compared, mlflow_ui, mlflow_page):
 
 def test_a_kedro_run_keeps_its_run_file_path_and_typed_params():
     """Inside ``kedro run -c FILE --params ...`` (click's context, as the hooks see it)."""
-    from fluxir.hooks import kedro_run_options
+    from fluxir.rerun import kedro_run_options
 
     from conftest import REPO
 
