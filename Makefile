@@ -19,7 +19,7 @@ $(VENV)/.installed-demo: pyproject.toml scripts/setup.sh
 setup: $(VENV)/.installed  ## create .venv and install fluxir with its test tools and Chromium (browser tests)
 
 # The restore example on the demo's own photos: the tiny adapter that `kedro run --env=tiny` trained.
-RESTORE_EXAMPLE := $(VENV)/bin/kedro run --env=tiny --pipeline=restore --params=restore.input_dir=data/01_raw/benchmarks_demo/RealLQ250
+RESTORE_EXAMPLE := $(VENV)/bin/kedro run --env=tiny --pipelines=restore --params=restore.input_dir=data/01_raw/benchmarks_demo/RealLQ250
 
 demo: $(VENV)/.installed-demo  ## fluxgen -> train -> evaluate -> restore on the tiny random-weight models (no GPU, no test tools)
 	$(PY) -m fluxir.models.tiny --kind realesrgan --out data/01_raw/tiny/realesrgan/RealESRGAN_x4plus.pth

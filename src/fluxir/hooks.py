@@ -15,7 +15,7 @@
 
     Each run is also tagged ``fluxir.command`` (and kedro-mlflow's ``kedro_command``, overwritten with the same
     text): a ``kedro run`` command line that reruns it, with ``--env`` (resolved: ``local`` when none was given),
-    ``--pipeline``/``--pipelines``, ``-c`` run file and ``--params`` as typed (in a ``kedro run`` command; from an
+    ``--pipelines``, ``-c`` run file and ``--params`` as typed (in a ``kedro run`` command; from an
     in-process session, the runtime params), ``--tags``, ``--nodes``, ``--from-nodes`` ... and ``--load-versions``.
 
 ``AdapterProvenanceHook``

@@ -41,23 +41,23 @@ def produced(env: str, project: Path, overrides: list[Any] = ()) -> list[tuple[s
             folder = Path(os.path.commonpath([*map(str, pairs["hq_path"]), *map(str, pairs["lq_path"])]))
             rows.append(("pairs (HQ/LQ)", f"{len(pairs)} pairs", f"{_relative(folder, project)}/"))
         else:
-            rows.append(("pairs (HQ/LQ)", "none yet", f"kedro run --env {env} --pipeline=fluxgen"))
+            rows.append(("pairs (HQ/LQ)", "none yet", f"kedro run --env {env} --pipelines=fluxgen"))
         adapter = loaded_path(catalog.get("fluxir_adapter"))
         if adapter is not None and adapter.is_dir():
             rows.append(("FluxIR adapter", f"version {adapter.parent.name}", f"{_relative(adapter, project)}/"))
         else:
-            rows.append(("FluxIR adapter", "none yet", f"kedro run --env {env} --pipeline=train"))
+            rows.append(("FluxIR adapter", "none yet", f"kedro run --env {env} --pipelines=train"))
         report = loaded_path(catalog.get("evaluation_report_html"))
         if report is not None and report.is_file():
             rows.append(("evaluation report", "Table 1 (HTML)", _relative(report, project)))
         else:
-            rows.append(("evaluation report", "none yet", f"kedro run --env {env} --pipeline=evaluate"))
+            rows.append(("evaluation report", "none yet", f"kedro run --env {env} --pipelines=evaluate"))
         restored = Path(catalog_config(env, project, overrides)[RESTORE_DEFAULT_OUTPUT]["path"])
         count = sum(1 for _ in restored.rglob("*.png")) if restored.is_dir() else 0
         if count:
             rows.append(("restored photos", f"{count} PNGs", f"{_relative(restored, project)}/"))
         else:
-            how = f"kedro run --env {env} --pipeline=restore --params=restore.input_dir=<photos>"
+            how = f"kedro run --env {env} --pipelines=restore --params=restore.input_dir=<photos>"
             rows.append(("restored photos", "none yet", how))
         store = project / "mlflow.db"
         runs = "every run" if store.is_file() else "none yet"

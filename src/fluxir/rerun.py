@@ -1,7 +1,7 @@
 """The ``kedro run`` command line that reruns a run, for its MLflow tags ``fluxir.command`` and ``kedro_command``
-(``fluxir.hooks.MlflowRunHook``): ``--env`` (resolved), ``--pipeline``/``--pipelines``, the ``-c`` run file and
-``--params`` as typed in a ``kedro run`` command (from a session started in Python: the runtime params), and the
-node filters, ``--load-versions`` and runner options of the run.
+(``fluxir.hooks.MlflowRunHook``): ``--env`` (resolved), ``--pipelines`` (Kedro 1.7 deprecates ``--pipeline``),
+the ``-c`` run file and ``--params`` as typed in a ``kedro run`` command (from a session started in Python: the
+runtime params), and the node filters, ``--load-versions`` and runner options of the run.
 """
 
 from __future__ import annotations
@@ -57,9 +57,7 @@ def rerun_command(run_params: dict[str, Any], cli_options: dict[str, Any] | None
     if cli_options.get("config"):
         args.append(f"--config={cli_options['config']}")
     pipelines = [p for p in (run_params.get("pipeline_names") or []) if p != DEFAULT_PIPELINE]
-    if len(pipelines) == 1:
-        args.append(f"--pipeline={pipelines[0]}")
-    elif pipelines:
+    if pipelines:
         args.append(f"--pipelines={','.join(pipelines)}")
     for key, option in _LIST_OPTIONS:
         values = run_params.get(key)

@@ -86,7 +86,7 @@ def test_the_command_tag_parses_as_the_run_it_came_from(compared):
     assert args[:2] == ["kedro", "run"]
     options = kedro_run_command.make_context("run", args[2:]).params
     assert options["env"] == "tiny"
-    assert options["pipeline"] == "evaluate"
+    assert list(options["pipelines"]) == ["evaluate"]
     assert options["load_versions"] == {"fluxir_adapter": version}
     assert parse_overrides(options["cli_params"]) == EVALUATE_PARAMS
 
@@ -98,7 +98,7 @@ def test_the_command_tag_reruns_the_run(compared):
     kedro_session_run(
         project,
         options["env"],
-        options["pipeline"],
+        options["pipelines"][0],
         parse_overrides(options["cli_params"]),
         load_versions=options["load_versions"],
     )
@@ -119,7 +119,7 @@ def test_a_restore_with_a_public_method_names_no_adapter(compared, tmp_path):
     kedro_session_run(project, "tiny", "restore", params)
     run = runs_of(project, "fluxir-restore")[-1]
     assert not any(k.startswith("fluxir_adapter.") for k in run.data.params)
-    assert "--pipeline=restore" in run.data.tags["fluxir.command"]
+    assert "--pipelines=restore" in run.data.tags["fluxir.command"]
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_typed_options_and_run_file_are_kept_as_given():
     assert options["env"] == "local"  # resolved: what a run without --env read
     assert "--config=conf/run_small.yml" in shlex.split(command)
     assert options["config"]  # Kedro's option read the run file
-    assert options["pipelines"] == "fluxgen,train" or options["pipelines"] == ["fluxgen", "train"]
+    assert list(options["pipelines"]) == ["fluxgen", "train"]
     assert options["tags"] in ("a,b", ["a", "b"], ("a", "b"))
     assert options["to_nodes"] in ("fluxgen.select_by_iqa", ["fluxgen.select_by_iqa"])
     assert options["runner"] == "ThreadRunner"

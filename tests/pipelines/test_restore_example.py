@@ -35,13 +35,14 @@ def restored(tmp_path_factory) -> dict:
     save_identity_adapter(project)
     options = kedro_run_command.make_context("run", restore_example()[2:]).params
     params = parse_overrides(options["cli_params"])
-    kedro_session_run(project, options["env"], options["pipeline"], params)
+    (pipeline,) = options["pipelines"]  # Kedro's option splits at commas
+    kedro_session_run(project, options["env"], pipeline, params)
     return {"project": project, "options": options, "params": params}
 
 
 def test_the_example_is_the_tiny_restore_pipeline_on_the_demo_photos(restored):
     options, params = restored["options"], restored["params"]
-    assert options["env"] == "tiny" and options["pipeline"] == "restore"
+    assert options["env"] == "tiny" and list(options["pipelines"]) == ["restore"]
     assert Path(params["restore"]["input_dir"]) == Path("data/01_raw/benchmarks_demo/RealLQ250")
 
 
@@ -65,4 +66,4 @@ def test_the_restore_run_names_its_adapter(restored):
     versions = [p.name for p in (project / "data/06_models/fluxir_adapter").iterdir()]
     assert run.data.params["fluxir_adapter.version"] in versions
     assert run.data.params["fluxir_adapter.training_run_id"] == "not recorded"  # an adapter saved outside training
-    assert run.data.tags["fluxir.command"].startswith("kedro run --env=tiny --pipeline=restore")
+    assert run.data.tags["fluxir.command"].startswith("kedro run --env=tiny --pipelines=restore")
