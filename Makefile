@@ -1,4 +1,5 @@
-# fluxir: the commands a new user needs are `make demo` and `make test` (both create .venv first); CI runs `make test-all`.
+# fluxir: the commands a new user needs are `make demo` (fluxir alone) and `make test` (with test tools); CI runs
+# `make test-all`.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,15 +10,25 @@ export KEDRO_DISABLE_TELEMETRY := true
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	scripts/setup.sh
-	touch $@
+	touch $@ $(VENV)/.installed-demo
 
-setup: $(VENV)/.installed  ## create .venv and install fluxir with its test tools
+# The demo's own install: fluxir without test tools or Chromium (a full .installed serves it too).
+$(VENV)/.installed-demo: pyproject.toml scripts/setup.sh
+	if [ -f $(VENV)/.installed ] && [ $(VENV)/.installed -nt pyproject.toml ] && [ $(VENV)/.installed -nt scripts/setup.sh ]; \
+	then touch $@; else scripts/setup.sh --no-test-extras && touch $@; fi
 
-demo: setup  ## run the default pipeline on the embedded tiny random-weight models
+setup: $(VENV)/.installed  ## create .venv and install fluxir with its test tools and Chromium (browser tests)
+
+# The restore example on the demo's own photos: the tiny adapter that `kedro run --env=tiny` trained.
+RESTORE_EXAMPLE := $(VENV)/bin/kedro run --env=tiny --pipelines=restore --params=restore.input_dir=data/01_raw/benchmarks_demo/RealLQ250
+
+demo: $(VENV)/.installed-demo  ## fluxgen -> train -> evaluate -> restore on the tiny random-weight models (no GPU, no test tools)
 	$(PY) -m fluxir.models.tiny --kind realesrgan --out data/01_raw/tiny/realesrgan/RealESRGAN_x4plus.pth
 	$(PY) -m fluxir.models.tiny --kind flux_controlnet --out data/01_raw/tiny/flux_controlnet
 	$(PY) -m fluxir.evaluation.demo --env tiny
 	$(VENV)/bin/kedro run --env=tiny
+	$(RESTORE_EXAMPLE)
+	$(PY) -m fluxir.outputs --env tiny
 
 LINTED := src tests benchmarks scripts docs/img
 lint: setup  ## ruff: the rules and line length of pyproject.toml, and the code formatted as ruff format writes it
@@ -32,8 +43,8 @@ test: lint  ## lint + the fast tier (about 5 min on 2 cores): every test whose s
 test-all: lint  ## lint + both tiers (what CI runs): adds kill/signal/multi-process/browser/base end-to-end tests
 	$(PYTEST) -m "not slow"
 
-mlflow: setup  ## MLflow UI on the project's SQLite store
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+mlflow: $(VENV)/.installed-demo  ## MLflow UI on the project's SQLite store; prints each experiment's runs-table address
+	$(PY) -m fluxir.mlflow_ui --store mlflow.db --host 127.0.0.1 --port 5000
 
 app: setup  ## restoration web app on http://127.0.0.1:7860 (APP_ARGS="--env tiny" for the tiny models)
 	$(PY) -m fluxir.app $(APP_ARGS)

@@ -23,8 +23,8 @@ GPU time = FLOPs / (GPUs x peak x MFU). The paper's budget (Sec. 4.1): 4 x H800 
 
 Counting takes about a minute on 2 cores, so ``--write`` stores the counts in
 ``src/fluxir/configs/gpu_cost_flops.json``; the cost tables of docs/training.md and docs/full_scale.md are
-``--markdown`` of that file (with conf/base's steps and batch), and tests hold the docs, ``train.max_steps``
-and the file to the counting code.
+``--markdown`` of that file (with conf/run_paper.yml's steps, conf/base's batch), and tests hold the docs,
+conf/run_paper.yml's ``train.max_steps`` and the file to the counting code.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ PEAK_TFLOPS = {  # dense, per GPU: (bf16 tensor cores, tf32 tensor cores, fp32 C
 PAPER = {"gpus": 4, "gpu": "h800", "days": 3.5}  # Sec. 4.1: 4 x H800, about 3.5 days
 BUCKETS = ((1024, 768), (768, 768), (512, 768))  # (width, height); equal shares of the pairs
 NUM_IMAGES = 350_000  # the paper's FluxGen set
+PAPER_RUN_FILE = "conf/run_paper.yml"  # kedro run -c conf/run_paper.yml: the paper's scale
 EVAL_IMAGES = {"DIV2K-Val": 600, "RealSR": 100, "DrealSR": 93, "RealLQ250": 250}  # restored at 1024x1024
 IQA_TFLOP_PER_IMAGE = 4.0  # estimate, see the module docstring
 DEGRADE_S_PER_PAIR = (0.24, 0.56)  # one core, measured (docs/full_scale.md "Time")
@@ -169,8 +170,9 @@ def train_defaults() -> dict[str, Any]:
 
     train = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]
     fluxgen = yaml.safe_load((ROOT / "conf/base/parameters_fluxgen.yml").read_text())
+    paper_run = yaml.safe_load((ROOT / PAPER_RUN_FILE).read_text())["run"]["params"]["train"]
     return {
-        "max_steps": train["max_steps"],
+        "max_steps": paper_run["max_steps"],  # the paper's run: conf/base runs a small real run
         "global_batch": train["global_batch"],
         "generation_steps": fluxgen["fluxgen"]["steps"],
         "iqa_precision": fluxgen["iqa"]["precision"],
@@ -190,9 +192,16 @@ def stored_flops() -> dict[str, Any]:
 
 
 def cost_plan(
-    gpus: int, gpu: str, mfu: float, steps: int | None, cpu_cores: int, flops: dict[str, Any] | None = None
+    gpus: int,
+    gpu: str,
+    mfu: float,
+    steps: int | None,
+    cpu_cores: int,
+    flops: dict[str, Any] | None = None,
+    images: int = NUM_IMAGES,
 ) -> dict[str, Any]:
-    """GPU-hours per stage from ``flops`` (default: counted now, about a minute)."""
+    """GPU-hours per stage from ``flops`` (default: counted now, about a minute) for ``images`` generated images
+    (generate, score, degrade, latents scale with it; training with ``steps``)."""
     flops, defaults = flops or flop_counts(), train_defaults()
     bf16, tf32, fp32 = PEAK_TFLOPS[gpu]
     iqa_peak = {"fp32": fp32, "tf32": tf32, "bf16": bf16}[defaults["iqa_precision"]]
@@ -208,17 +217,15 @@ def cost_plan(
             "wall_hours": round(gpu_hours / gpus, 2),
         }
 
-    generate = NUM_IMAGES * (
-        defaults["generation_steps"] * flops["flux_forward_1024x768"] + flops["vae_decode_1024x768"]
-    )
+    generate = images * (defaults["generation_steps"] * flops["flux_forward_1024x768"] + flops["vae_decode_1024x768"])
     evaluate = sum(EVAL_IMAGES.values()) * (20 * flops["restore_step_1024x1024"] + flops["vae_encode_decode_1024x1024"])
-    degrade_hours = [NUM_IMAGES * s / (cpu_cores * 0.9) / 3600 for s in DEGRADE_S_PER_PAIR]
+    degrade_hours = [images * s / (cpu_cores * 0.9) / 3600 for s in DEGRADE_S_PER_PAIR]
     stages = {
         "generate": gpu_stage(generate, bf16),
         "score": {
-            **gpu_stage(NUM_IMAGES * IQA_TFLOP_PER_IMAGE, iqa_peak),
+            **gpu_stage(images * IQA_TFLOP_PER_IMAGE, iqa_peak),
             "precision": defaults["iqa_precision"],
-            "gpu_hours_tf32": round(NUM_IMAGES * IQA_TFLOP_PER_IMAGE / (tf32 * mfu) / 3600, 1),
+            "gpu_hours_tf32": round(images * IQA_TFLOP_PER_IMAGE / (tf32 * mfu) / 3600, 1),
         },
         "degrade": {
             "cpu_cores": cpu_cores,
@@ -226,7 +233,7 @@ def cost_plan(
             "gpu_hours": 0.0,
             "note": "CPU only: 0.24-0.56 s per pair on one core (measured), 90% parallel efficiency",
         },
-        "latents": gpu_stage(NUM_IMAGES * flops["vae_encode_per_pair_mean"], bf16),
+        "latents": gpu_stage(images * flops["vae_encode_per_pair_mean"], bf16),
         "train": {**gpu_stage(steps * train_step, bf16), "steps": steps},
         "evaluate": {**gpu_stage(evaluate, bf16), "images": EVAL_IMAGES},
     }
@@ -236,6 +243,7 @@ def cost_plan(
         "what": "computed from meta-device FLOP counts at the stated MFU (benchmarks/gpu_cost.py), not measured",
         "gpu": gpu,
         "gpus": gpus,
+        "images": images,
         "mfu": mfu,
         "peak_tflops_bf16_tf32_fp32": PEAK_TFLOPS[gpu],
         "tflop": {
@@ -375,7 +383,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", choices=sorted(PEAK_TFLOPS), default="h100")
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (0.4: 40%%)")
     parser.add_argument(
-        "--steps", type=int, default=None, help="training steps (default: train.max_steps of conf/base)"
+        "--steps", type=int, default=None, help="training steps (default: train.max_steps of conf/run_paper.yml)"
+    )
+    parser.add_argument(
+        "--images", type=int, default=NUM_IMAGES, help=f"generated images (default: the paper's {NUM_IMAGES:,})"
     )
     parser.add_argument("--cpu-cores", type=int, default=96, help="CPU cores of the node for the degradation")
     args = parser.parse_args(argv)
@@ -390,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.write:
         stored = {"what": "TFLOP counted on the meta device by benchmarks/gpu_cost.py", "torch": torch.__version__}
         FLOPS_FILE.write_text(json.dumps({**stored, "tflop": flops}, indent=1) + "\n")
-    plan = cost_plan(args.gpus, args.gpu, args.mfu, args.steps, args.cpu_cores, flops)
+    plan = cost_plan(args.gpus, args.gpu, args.mfu, args.steps, args.cpu_cores, flops, args.images)
     if args.json:
         print(json.dumps(plan))
         return

@@ -6,13 +6,14 @@
 #                                      <params> (e.g. fluxgen.num_processes=1: the bookkeeping between launches,
 #                                      manifests, merge, select, report, needs no GPU job of its own).
 #
-# Settings (environment): FLUXIR_ENV (Kedro env, default base), FLUXIR_PARAMS (kedro-style overrides,
+# Settings (environment): FLUXIR_ENV (Kedro env, default local: conf/base plus
+# conf/local, as for kedro run), FLUXIR_PARAMS (kedro-style overrides,
 # e.g. fluxgen.num_images=350000), GPUS_PER_NODE (default: $SLURM_GPUS_ON_NODE, else 8), MAIN_PROCESS_IP
 # (default: the first host of $SLURM_JOB_NODELIST), MAIN_PROCESS_PORT (default 29500),
 # FLUXIR_PYTHON (default python), SRUN (default srun: the tests replace it by a local fan-out).
 set -euo pipefail
 
-FLUXIR_ENV=${FLUXIR_ENV:-base}
+FLUXIR_ENV=${FLUXIR_ENV:-local}
 FLUXIR_PARAMS=${FLUXIR_PARAMS:-}
 FLUXIR_PYTHON=${FLUXIR_PYTHON:-python}
 SRUN=${SRUN:-srun}

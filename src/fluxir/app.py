@@ -15,10 +15,10 @@ has concurrency 1: one GPU); the server binds 127.0.0.1 unless ``--host`` says o
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from kedro.io.core import DatasetError
 
+from fluxir.config import cli_parser
 from fluxir.io.atomic import write_png_atomic
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.files import out_of_memory_advice, read_photo, restore_photo, split_params
@@ -66,19 +67,21 @@ class ProjectModels:
     seconds_per_pass: dict[str, float] = field(default_factory=dict)  # per method, measured: the next estimate
 
     @classmethod
-    def from_kedro(cls, project: str | Path, env: str | None = None) -> ProjectModels:
-        """Read ``restore`` parameters and the catalog of the project at ``project`` (env None: ``local``)."""
-        from fluxir.config import load_catalog, load_params
+    def from_kedro(
+        cls, project: str | Path, env: str | None = None, overrides: Iterable[str | Mapping[str, Any]] = ()
+    ) -> ProjectModels:
+        """Read ``restore`` parameters and the catalog of the project at ``project`` (env None: as kedro run)."""
+        from fluxir.config import default_env, load_catalog, load_params
 
         project = Path(project).resolve()
-        env = env or "local"  # what `kedro run` without --env reads: base + local
-        params = load_params(env, [], project)
+        env = env or default_env()  # what `kedro run` without --env reads
+        params = load_params(env, overrides, project)
         baselines = dict(params.get("baselines") or {})
         for method in baselines.values():  # the project's relative weight paths, wherever the app was started
             for key in ("weights", "model", "controlnet"):
                 if isinstance(method.get(key), str) and (project / method[key]).exists():
                     method[key] = str(project / method[key])
-        return cls(project, dict(params["restore"]), load_catalog(env, project), baselines)
+        return cls(project, dict(params["restore"]), load_catalog(env, project, overrides), baselines)
 
     def adapter_versions(self) -> list[str]:
         """Saved versions of the adapter on disk, newest first."""
@@ -318,14 +321,12 @@ def build_app(models: ProjectModels) -> gr.Blocks:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="FluxIR restoration web app")
-    parser.add_argument("--project", default=".", help="Kedro project folder (default: the current one)")
-    parser.add_argument("--env", default=None, help="Kedro env, e.g. tiny (default: base + local)")
+    parser = cli_parser("python -m fluxir.app", "FluxIR restoration web app", "restore.steps=20")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    models = ProjectModels.from_kedro(args.project, args.env)
+    models = ProjectModels.from_kedro(args.project, args.env, args.params)
     raise_problems(restore_settings_problems(models.params) + baselines_problems(models.baselines), "the app")
     build_app(models).launch(server_name=args.host, server_port=args.port)
 

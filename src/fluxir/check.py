@@ -1,4 +1,4 @@
-"""Preflight check before a long run: ``python -m fluxir.check --env base [--params k=v,...]``.
+"""Preflight check before a long run: ``python -m fluxir.check [--env ENV] [--params k=v,...]``.
 
 One table of OK / WARN / FAIL lines for everything a real run needs, checked without GPU time: each
 model folder's components (configs built on the meta device, weight-file keys read from safetensors
@@ -69,10 +69,8 @@ def format_report(findings: list[Finding]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # A check is for the real run's configuration: base unless --env or the run file says otherwise.
-    parser = cli_parser(
-        "python -m fluxir.check", "Preflight check before a long run.", "fluxgen.num_images=350000", default_env="base"
-    )
+    # A check is for the configuration the run will read: the same default env as kedro run.
+    parser = cli_parser("python -m fluxir.check", "Preflight check before a long run.", "fluxgen.num_images=350000")
     args = parser.parse_args(argv)
     findings = run_checks(Path(args.project).resolve(), args.env, args.params)
     print(format_report(findings))

@@ -9,6 +9,7 @@ shared with the ``python -m fluxir...`` commands.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import click
@@ -40,10 +41,36 @@ def _run(cli_params: tuple[str, ...], **options: Any) -> Any:
 
 
 _params_option = click.Option(["--params", "cli_params"], multiple=True, type=click.UNPROCESSED, help=PARAMS_HELP)
+
+# Where the -c run file's path is kept for the run's hooks (fluxir.hooks.rerun_command): Kedro's own callback for
+# -c returns the last value it read from the file, not the path, so the path is recorded before it runs.
+RUN_FILE_META = "fluxir.run_file"
+
+
+def _run_file_option(option: click.Option) -> click.Option:
+    kept = copy.copy(option)
+    read_file = option.callback
+
+    def keep_path(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        ctx.meta[RUN_FILE_META] = value
+        return read_file(ctx, param, value) if read_file else value
+
+    kept.callback = keep_path
+    return kept
+
+
+def _option(param: click.Parameter) -> click.Parameter:
+    if param.name == "params":
+        return _params_option
+    if param.name == "config" and isinstance(param, click.Option):
+        return _run_file_option(param)
+    return param
+
+
 run = click.Command(
     name="run",
     callback=_run,
-    params=[_params_option if p.name == "params" else p for p in kedro_run.params],
+    params=[_option(p) for p in kedro_run.params],
     help=kedro_run.help,
     short_help=kedro_run.short_help,
 )

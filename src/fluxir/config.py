@@ -20,9 +20,13 @@ from kedro.config import OmegaConfigLoader
 
 logger = logging.getLogger(__name__)
 
+# The one environment every command reads when given no --env: Kedro's own default run env, i.e. conf/base with
+# the user's conf/local overlay on top (conf/local is honoured whenever it exists).
+DEFAULT_ENV = "local"
+
 CONFIG_LOADER_ARGS: dict[str, Any] = {
     "base_env": "base",
-    "default_run_env": "local",
+    "default_run_env": DEFAULT_ENV,
     # Environments (tiny, local) override single keys of a parameter group, not the whole group.
     "merge_strategy": {"parameters": "soft"},
     # kedro-mlflow's settings file, the pattern kedro-mlflow itself adds: readable by every loader, in a session or not
@@ -198,11 +202,21 @@ def stage_command_inputs(
     return config, values
 
 
+def default_env(from_run_file: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
+    """The env of a command given no ``--env``, chosen as ``kedro run`` chooses it: a run file's ``env``, else
+    ``KEDRO_ENV``, else ``DEFAULT_ENV``."""
+    return from_run_file or environ.get("KEDRO_ENV") or DEFAULT_ENV
+
+
+ENV_HELP = (
+    f"Kedro configuration environment (default {DEFAULT_ENV}, as for kedro run: conf/base plus your conf/local; "
+    "tiny: the tiny random-weight models; base: conf/base alone)"
+)
+
+
 class _CliParser(argparse.ArgumentParser):
     """Reads ``-c`` run files as ``kedro run -c`` does: the file's ``env`` and ``params`` are defaults that the
     command line overrides (``--params`` merged over the file's ``params``, key by key)."""
-
-    default_env = "local"
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
         parsed = super().parse_args(args, namespace)
@@ -211,23 +225,18 @@ class _CliParser(argparse.ArgumentParser):
         except (OSError, ValueError) as error:
             self.error(str(error))
         if parsed.env is None:
-            parsed.env = options.get("env") or self.default_env
+            parsed.env = default_env(options.get("env"))
         parsed.params = [options["params"], *parsed.params] if options.get("params") else parsed.params
         if warning := lost_processes_warning():
             logger.warning("%s: %s", self.prog, warning)
         return parsed
 
 
-def cli_parser(
-    prog: str, description: str | None, params_example: str, default_env: str = "local"
-) -> argparse.ArgumentParser:
+def cli_parser(prog: str, description: str | None, params_example: str) -> argparse.ArgumentParser:
     """The argument parser every ``python -m fluxir...`` command starts from: ``--env``, ``--params``,
     ``-c/--config`` (a ``kedro run -c`` run file), ``--project``; ``args.params`` is a list for ``load_params``."""
     parser = _CliParser(prog=prog, description=description)
-    parser.default_env = default_env
-    parser.add_argument(
-        "--env", default=None, help=f"Kedro configuration environment (base, tiny, local; default {default_env})"
-    )
+    parser.add_argument("--env", default=None, help=ENV_HELP)
     parser.add_argument(
         "--params",
         action="append",

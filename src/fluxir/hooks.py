@@ -13,6 +13,17 @@
     ``git.dirty`` and MLflow's own ``mlflow.source.git.commit``. ``FLUXIR_MLFLOW_EXPERIMENT`` forces one
     experiment name; ``FLUXIR_GIT_COMMIT`` supplies the commit where the project is no git checkout.
 
+    Each run is also tagged ``fluxir.command`` (and kedro-mlflow's ``kedro_command``, overwritten with the same
+    text): a ``kedro run`` command line that reruns it, with ``--env`` (resolved: ``local`` when none was given),
+    ``--pipelines``, ``-c`` run file and ``--params`` as typed (in a ``kedro run`` command; from an
+    in-process session, the runtime params), ``--tags``, ``--nodes``, ``--from-nodes`` ... and ``--load-versions``.
+
+``AdapterProvenanceHook``
+    A run that loads the FluxIR adapter and uses it (evaluate with ``fluxir`` in ``evaluate.methods``, restore
+    with ``restore.method: fluxir``) gets parameters ``fluxir_adapter.version``, ``.fingerprint``, ``.path``,
+    ``.training_run_id`` (the MLflow run that trained it), ``.training_run_key`` and ``.training_steps``: runs of
+    two adapters can be told apart, and compared, in MLflow's run table.
+
 ``LaunchContextHook``
     Publishes the running ``kedro run``'s ``--env``, ``--params`` (a ``-c`` config file's included) and project
     root for ``fluxir.launch``: a node whose stage runs on several processes launches its child job with them.
@@ -47,10 +58,9 @@ from fluxir.compat.git import read_head
 from fluxir.compat.kedro import saved_path
 from fluxir.compat.kedro_mlflow import set_experiment
 from fluxir.config import flatten_dict
+from fluxir.rerun import DEFAULT_PIPELINE
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PIPELINE = "__default__"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,8 +179,7 @@ class MlflowRunHook:
 
     def __init__(self) -> None:
         self._context: Any = None
-        self._run_id: str | None = None  # kedro-mlflow's run of the pipeline running now
-        self._run_was_open = False  # started before the session (an orchestrator's): left open
+        self._started_run: str | None = None
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -180,20 +189,42 @@ class MlflowRunHook:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
         # Wraps kedro-mlflow's before_pipeline_run: choose the experiment and name before it starts the run,
         # tag the run once it is active. The store lock: two new runs may create the same experiment.
+        import mlflow
+
         from fluxir.io.locks import exclusive_lock
 
         project = Path(run_params.get("project_path") or (self._context.project_path if self._context else "."))
-        import mlflow
-
         outer = mlflow.active_run()
         with exclusive_lock(project / "mlflow.db.lock", "the MLflow store"):
             self._choose_experiment(run_params)
             result = yield
-        run = mlflow.active_run()
-        self._run_id = run.info.run_id if run is not None else None
-        self._run_was_open = outer is not None and outer.info.run_id == self._run_id
+        started = mlflow.active_run()
+        self._started_run = started.info.run_id if started is not None and outer is None else None
         self._tag_run(run_params)
         return result
+
+    @hook_impl(wrapper=True)
+    def after_pipeline_run(self) -> Any:
+        result = yield
+        self._end_started_run("FINISHED")
+        return result
+
+    @hook_impl(wrapper=True)
+    def on_pipeline_error(self) -> Any:
+        result = yield
+        self._end_started_run("FAILED")
+        return result
+
+    def _end_started_run(self, status: str) -> None:
+        """kedro-mlflow reopens its run before every node (``start_run(run_id=..., nested=True)``), and MLflow 3
+        stacks each reopening: its one ``end_run`` after the pipeline leaves the run active in this process. A
+        second run in the same process would log into it, and at exit MLflow would end a failed run as FINISHED.
+        A run that was active before the session (an orchestrator's) is left alone."""
+        import mlflow
+
+        run_id, self._started_run = self._started_run, None
+        while run_id is not None and (active := mlflow.active_run()) is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)
 
     def _choose_experiment(self, run_params: dict[str, Any]) -> None:
         import mlflow
@@ -222,7 +253,12 @@ class MlflowRunHook:
         if run is None:
             return
         run_id = run_params.get("run_id") or ""
+        from fluxir.rerun import kedro_run_options, rerun_command
+
+        command = rerun_command(run_params, kedro_run_options())
         tags = {
+            "fluxir.command": command,
+            "kedro_command": command,  # kedro-mlflow's tag, which drops --env and --params
             "kedro.run_id": run_id,
             "kedro.session_id": run_id,
             "kedro.pipeline": pipeline_label(run_params.get("pipeline_names")),
@@ -249,21 +285,53 @@ class MlflowRunHook:
             mlflow.get_experiment(run.info.experiment_id).name,
         )
 
-    @hook_impl(wrapper=True)
-    def after_pipeline_run(self, run_params: dict[str, Any], run_result: Any, pipeline: Any, catalog: Any) -> Any:
-        return self._close_after((yield))
 
-    @hook_impl(wrapper=True)
-    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
-        return self._close_after((yield))
+class AdapterProvenanceHook:
+    """Log which FluxIR adapter a run used as parameters of its MLflow run (see the module docstring)."""
 
-    def _close_after(self, result: Any) -> Any:
-        # After kedro-mlflow ended its run: a second run in this process (a notebook, `kedro ipython`, the
-        # tests) must not log into this one.
-        from fluxir.compat.kedro_mlflow import close_reopened_run
+    def __init__(self) -> None:
+        self._params: dict[str, Any] = {}
+        self._catalog: Any = None
 
-        close_reopened_run(self._run_id, keep_one=self._run_was_open)
-        return result
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._params = context.params
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data: Any, node: Any) -> None:
+        from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset, MissingAdapter
+
+        dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
+        if not isinstance(dataset, FluxIRAdapterDataset) or isinstance(data, MissingAdapter):
+            return
+        if not self._uses_adapter(node):
+            return
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        from fluxir.compat.kedro import loaded_path
+        from fluxir.evaluation.restore import adapter_provenance
+        from fluxir.tracking import log_new_params
+
+        versioned = getattr(dataset, "_version", None) is not None
+        provenance = adapter_provenance(data, loaded_path(dataset), versioned)
+        logged = log_new_params({f"{dataset_name}.{key}": value for key, value in provenance.items()})
+        if logged:
+            logger.info("adapter of this run: %s", ", ".join(f"{k}={v}" for k, v in logged.items()))
+
+    def _uses_adapter(self, node: Any) -> bool:
+        """False where the node's settings restore without it (a public method)."""
+        inputs = set(node.inputs)
+        if "params:evaluate.methods" in inputs:
+            return "fluxir" in (self._params.get("evaluate") or {}).get("methods", [])
+        if "params:restore" in inputs:
+            return (self._params.get("restore") or {}).get("method") == "fluxir"
+        return True
 
 
 class LaunchContextHook:

@@ -42,6 +42,11 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# A stage's ``num_processes`` parameter: an int or "auto". Nodes take it typed Any: Kedro 1.7's parameter
+# validator warns about a union hint (int | str) on a params input, and it validates only dataclasses and
+# pydantic models anyway (fluxir.validation checks the value).
+NumProcesses = Any
+
 # Set by fluxir.hooks.LaunchContextHook for the duration of a `kedro run` (environment variables, so a
 # node run by Kedro's ParallelRunner sees them too).
 ENV_VAR, PARAMS_VAR, PROJECT_VAR = "FLUXIR_KEDRO_ENV", "FLUXIR_KEDRO_PARAMS", "FLUXIR_KEDRO_PROJECT"
@@ -74,8 +79,10 @@ def set_run_context(
     env: str | None, params: Mapping[str, Any] | None, project: str | os.PathLike
 ) -> dict[str, str | None]:
     """Publish the running ``kedro run``'s env, ``--params`` and project root; returns the previous values."""
+    from fluxir.config import default_env  # imported here: the process guard (main) stays free of Kedro
+
     previous = {var: os.environ.get(var) for var in (ENV_VAR, PARAMS_VAR, PROJECT_VAR)}
-    os.environ[ENV_VAR] = env or "local"
+    os.environ[ENV_VAR] = env or default_env()
     os.environ[PARAMS_VAR] = json.dumps(dict(params or {}), default=str)
     os.environ[PROJECT_VAR] = str(Path(project).resolve())
     return previous

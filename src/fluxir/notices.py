@@ -11,6 +11,7 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,12 @@ NOTICES = (
         r"(\x1b\[\d+m)?Add type hints to the `predict` method",
         "mlflow 3.17.2, at kedro-mlflow 2.0.3's import",
         "kedro-mlflow's PipelineML model class, not a model of this project",
+    ),
+    Notice(
+        "warnings",
+        r"`FluxPosEmbed` is deprecated",
+        "diffusers 0.42.1, in its own FluxControlNetModel",
+        "diffusers' ControlNet imports the class from its old place; fluxir imports it from the new one",
     ),
     Notice(
         "torch.utils._pytree",
@@ -71,15 +78,41 @@ class _DropNotices(logging.Filter):
         return not any(p.match(text) for p in self.patterns)
 
 
+# How ``logging.captureWarnings`` (on in every Kedro command) words a warning: "file:line: Category: message".
+_CAPTURED_WARNING = r"(?s).*?:\d+: \w+: "
+
+
 def filter_third_party_notices() -> None:
-    """Install the filters of :data:`NOTICES` (a second call adds nothing)."""
+    """Install the filters of :data:`NOTICES` (a second call adds nothing).
+
+    A warning is filtered three ways, as libraries can route around each: a ``warnings`` filter; a filter on
+    ``showwarning`` (mlflow shows its own warnings under a ``simplefilter("once")`` that outranks the first);
+    and a filter on the ``py.warnings`` logger, where Kedro's ``logging.captureWarnings`` sends them."""
     by_logger: dict[str, list[re.Pattern[str]]] = {}
+    shown: list[re.Pattern[str]] = []
     for notice in NOTICES:
         if notice.source == "warnings":
             warnings.filterwarnings("ignore", message=notice.message)
+            shown.append(re.compile(notice.message))
+            by_logger.setdefault("py.warnings", []).append(re.compile(_CAPTURED_WARNING + notice.message))
         else:
             by_logger.setdefault(notice.source, []).append(re.compile(notice.message))
     for name, patterns in by_logger.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNotices) for f in logger.filters):
             logger.addFilter(_DropNotices(patterns))
+    _filter_showwarning(shown)
+
+
+def _filter_showwarning(patterns: list[re.Pattern[str]]) -> None:
+    current = warnings.showwarning
+    if getattr(current, "fluxir_notices", False):
+        return
+
+    def showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None):
+        if any(p.match(str(message)) for p in patterns):
+            return None
+        return current(message, category, filename, lineno, file, line)
+
+    showwarning.fluxir_notices = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning

@@ -34,6 +34,17 @@ logger = logging.getLogger("fluxir.progress")
 MODES = ("auto", "bar", "log", "off")
 
 
+def library_bars_follow_mode() -> None:
+    """diffusers' and transformers' own tqdm bars ("Loading pipeline components...", checkpoint shards) follow
+    this module's mode: drawn only in ``bar`` mode, silent otherwise (no carriage-return lines in logs). Call it
+    before loading models; libraries not imported yet are left alone."""
+    if progress_mode() == "bar":
+        return
+    for name in ("diffusers", "transformers"):
+        if name in sys.modules:
+            __import__(f"{name}.utils.logging", fromlist=["disable_progress_bar"]).disable_progress_bar()
+
+
 def progress_mode(stream: Any = None) -> str:
     """``bar``, ``log`` or ``off``: ``FLUXIR_PROGRESS`` if set, else ``bar`` when ``stream`` (stderr) is a TTY."""
     mode = os.environ.get("FLUXIR_PROGRESS", "auto").strip().lower() or "auto"

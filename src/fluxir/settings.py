@@ -4,6 +4,7 @@ from kedro.config import OmegaConfigLoader
 
 from fluxir.config import CONFIG_LOADER_ARGS  # noqa: F401 (read by Kedro)
 from fluxir.hooks import (
+    AdapterProvenanceHook,
     LaunchContextHook,
     MlflowRunHook,
     MlflowStoreLockHook,
@@ -12,4 +13,11 @@ from fluxir.hooks import (
 )
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-HOOKS = (MlflowStoreLockHook(), ParameterCheckHook(), MlflowRunHook(), ReportingArtifactsHook(), LaunchContextHook())
+HOOKS = (
+    MlflowStoreLockHook(),
+    ParameterCheckHook(),
+    MlflowRunHook(),
+    ReportingArtifactsHook(),
+    AdapterProvenanceHook(),
+    LaunchContextHook(),
+)

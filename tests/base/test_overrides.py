@@ -67,7 +67,6 @@ def test_project_clis_read_a_run_file_and_merge_their_params(tmp_path):
     assert params["fluxgen"]["height"] == 48  # siblings kept (conf/tiny)
     assert params["degrade"]["config"]["crop_sizes"] == [[32, 32]] and params["degrade"]["seed"] == 0
     assert parser.parse_args(["--env", "base", "-c", str(run_file)]).env == "base"
-    assert cli_parser("python -m fluxir.check", None, "a=1", default_env="base").parse_args([]).env == "base"
 
 
 def test_kedro_run_refuses_a_broken_list_with_the_option_named():

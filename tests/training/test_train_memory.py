@@ -154,10 +154,10 @@ def test_docs_cost_tables_come_from_the_stored_flop_counts():
     assert gpu_cost.full_scale_md(flops) in (ROOT / "docs/full_scale.md").read_text()
 
 
-def test_the_default_max_steps_fits_the_papers_budget_at_40_percent_mfu():
+def test_the_paper_runs_max_steps_fits_the_papers_budget_at_40_percent_mfu():
     plan = gpu_cost.cost_plan(8, "h800", 0.4, None, 96, gpu_cost.stored_flops())
-    max_steps = yaml.safe_load((ROOT / "conf/base/parameters_train.yml").read_text())["train"]["max_steps"]
-    assert plan["paper"]["train_steps_in_budget_at_mfu"] == max_steps  # conf/base is its only copy
+    max_steps = yaml.safe_load((ROOT / "conf/run_paper.yml").read_text())["run"]["params"]["train"]["max_steps"]
+    assert plan["paper"]["train_steps_in_budget_at_mfu"] == max_steps  # the paper's run file is its only copy
     assert plan["stages"]["train"]["gpu_hours"] <= plan["paper"]["gpu_hours"]  # 14 GPU-days on H800
     assert (
         plan["stages"]["train"]["steps"] + 1000
@@ -165,7 +165,7 @@ def test_the_default_max_steps_fits_the_papers_budget_at_40_percent_mfu():
     )
     # the YAML comment shows the derivation with the same numbers
     derivation = f"/ {plan['train_step_tflop']:,.0f} = {plan['paper_budget_steps_unrounded']:,}"
-    assert derivation in (ROOT / "conf/base/parameters_train.yml").read_text()
+    assert derivation in (ROOT / "conf/run_paper.yml").read_text()
 
 
 @pytest.mark.slow  # counts FLUX.1-dev's FLOPs on meta: about a minute on a shared 2-core machine

@@ -26,6 +26,20 @@ def saved_path(dataset: Any) -> Path | None:
     return Path(str(filepath)) if filepath is not None else None
 
 
+def loaded_path(dataset: Any) -> Path | None:
+    """The file or folder a (possibly versioned) file dataset loads: the latest version unless one was pinned
+    (``--load-versions``); None for non-file datasets or a versioned one with no version saved."""
+    from kedro.io.core import DatasetError
+
+    if getattr(dataset, "_version", None) is not None:
+        try:
+            return Path(str(dataset._get_load_path()))
+        except DatasetError:
+            return None
+    filepath = getattr(dataset, "_filepath", None)
+    return Path(str(filepath)) if filepath is not None else None
+
+
 @dataclass(frozen=True)
 class SaveTarget:
     """Where a kedro-datasets file dataset's ``save`` goes now: ``path`` (the run's save version for a

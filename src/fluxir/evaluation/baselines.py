@@ -31,7 +31,11 @@ def baseline_manifest(manifest: pd.DataFrame, baselines_dir: str | Path, scale: 
     """
     root = Path(baselines_dir)
     if not root.is_dir():
-        log.info("no baselines folder %s: only FluxIR and bicubic are scored", root)
+        log.info(
+            "no outputs of other restorers in %s (<method>/<dataset>/ folders): only evaluate.methods and bicubic "
+            "are scored",
+            root,
+        )
         return outputs_table([])
     rows: list[list[Any]] = []
     for method_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):

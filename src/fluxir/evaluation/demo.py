@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     from fluxir.config import cli_parser
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = cli_parser("python -m fluxir.evaluation.demo", main.__doc__, "degrade.seed=1", default_env="tiny")
+    parser = cli_parser("python -m fluxir.evaluation.demo", main.__doc__, "degrade.seed=1")
     args = parser.parse_args(argv)
     print(json.dumps(write_env_demo(args.env, args.project, args.params)))
 

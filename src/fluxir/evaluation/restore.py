@@ -103,6 +103,22 @@ def adapter_fingerprint(adapter: Any) -> str:
     return hash_tensors(adapter.state_dict(), digest).hexdigest()[:12]
 
 
+def adapter_provenance(adapter: Any, folder: Path | None, versioned: bool) -> dict[str, str]:
+    """Which adapter a run used, as MLflow parameters: the catalog version (its folder under the entry), the
+    fingerprint of config and weights, and what its ``training_record`` says of the training run (the MLflow
+    run id, the checkpoint run key, the steps); ``not recorded`` for an adapter saved without them."""
+    record = adapter.training_record or {}
+    unknown = "not recorded"
+    return {
+        "version": (folder.parent.name if versioned else "unversioned") if folder is not None else unknown,
+        "path": str(folder) if folder is not None else unknown,
+        "fingerprint": adapter_fingerprint(adapter),
+        "training_run_id": str(record.get("mlflow_run_id", unknown)),
+        "training_run_key": str(record.get("run_key", unknown)),
+        "training_steps": str(record.get("steps", unknown)),
+    }
+
+
 def evaluation_restore_config(restore: Mapping[str, Any], scale: int, color_fix: str) -> tuple[str, RestoreConfig]:
     """(model, validated RestoreConfig) of ``evaluate.restore`` with evaluation's own scale and colour fix."""
     params = dict(restore)

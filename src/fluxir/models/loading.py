@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 
+from fluxir.progress import library_bars_follow_mode
+
 
 def resolve_source(source: str) -> str:
     """Check a model source: an existing local folder with ``model_index.json``, or a hub id.
@@ -120,6 +122,7 @@ def load_pipeline(source: str, dtype: str, device: str = "cpu", text_encoders: b
     if not text_encoders:
         index = DiffusionPipeline.load_config(source)
         absent.update({k: None for k in index if k.startswith(TEXT_COMPONENTS)})
+    library_bars_follow_mode()
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=getattr(torch, dtype), **absent)
     except OSError as err:

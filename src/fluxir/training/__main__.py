@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_latent_cache": (None, Path),
     }
     cfg, loaded = stage_command_inputs(args, parser.prog, "train", check_params, TrainConfig.from_params, inputs)
+    cfg.check_epoch_budget(len(loaded["pairs_manifest"]))  # before MLflow or any model
     state = PartialState(cpu=accelerate_cpu(cfg.device))
 
     report: list[dict[str, Any]] = []

@@ -19,6 +19,7 @@ PIXEL_LOSS_FORMS = ("paper", "x0")
 # the global batch and every sample's randomness are the same however it is split (see ``batch_plan``).
 _NON_SEMANTIC = (
     "max_steps",
+    "max_epochs",
     "checkpoint_every",
     "keep_checkpoints",
     "resume",
@@ -115,6 +116,7 @@ TRAIN_RULES = (
         must="null or a positive multiple of 8 (pixels; the VAE downsamples by 8)",
     ),
     Rule("max_grad_norm", "positive_number", nullable=True, must="null or > 0"),
+    Rule("max_epochs", "positive_number", nullable=True, must="null (no limit) or > 0 epochs"),
     Rule("mixed_precision", "choice", ("no", "bf16"), must="'no' or 'bf16' (paper: bf16)"),
     Rule("dtype", "choice", ("float32", "bfloat16", "float16"), must="float32, bfloat16 or float16"),
     Relation(("global_batch", "batch_size"), _global_batch_problems),
@@ -130,7 +132,8 @@ class TrainConfig:
     mixed_precision: str  # accelerate autocast: "bf16" or "no"
     device: str  # auto: accelerate's device (cuda if present); "cpu" forces CPU
     seed: int
-    max_steps: int  # optimizer steps: the paper's 14 GPU-days at 40% MFU (parameters_train.yml)
+    max_steps: int  # optimizer steps (conf/run_paper.yml: the paper's 14 GPU-days at 40% MFU)
+    max_epochs: float | None  # a guard: max_steps x global_batch may not exceed this many epochs; None: no limit
     global_batch: int  # pairs per optimizer step, over all processes (the paper: 64)
     batch_size: int  # per process and micro-step: what fits in memory; accumulation makes up the rest
     learning_rate: float  # paper Sec. 4.1
@@ -187,6 +190,25 @@ class TrainConfig:
 
     def validate(self) -> None:
         check_fields(self, TRAIN_RULES, "train.")
+
+    def check_epoch_budget(self, num_pairs: int) -> None:
+        """Refuse a run whose samples (``max_steps x global_batch``) exceed ``max_epochs`` passes over the training
+        pairs (``num_pairs`` minus the ``num_validation_pairs`` held out): a budget meant for more data than there
+        is. Checked before any model loads."""
+        train_pairs = num_pairs - self.num_validation_pairs
+        if self.max_epochs is None or train_pairs < 1:  # no pair to train on: the pair table's own check says so
+            return
+        samples, allowed = self.max_steps * self.global_batch, self.max_epochs * train_pairs
+        if samples <= allowed:
+            return
+        epochs = f"{samples / train_pairs:,.1f} epochs"
+        raise ValueError(
+            f"train.max_steps x train.global_batch = {self.max_steps:,} x {self.global_batch:,} = {samples:,} samples "
+            f"is more than train.max_epochs x training pairs = {self.max_epochs:g} x {train_pairs:,} = "
+            f"{allowed:,.0f} ({epochs}; {num_pairs:,} pairs minus train.num_validation_pairs="
+            f"{self.num_validation_pairs}): raise train.max_epochs (null = no limit), lower train.max_steps, "
+            "or generate more pairs (fluxgen.num_images)"
+        )
 
     def run_key(self, data_key: str) -> str:
         """Hash of everything that changes what is learned: the checkpoint sub-folder of this run."""

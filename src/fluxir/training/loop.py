@@ -351,6 +351,8 @@ def training_record(run: TrainingRun, step: int) -> dict[str, Any]:
         "pixel_loss_form": cfg.pixel_loss_form,
         "run_key": run.run_key,
         "num_train_pairs": len(run.train_idx),
+        # the MLflow run this training logged to (rank 0's): evaluate and restore runs name it
+        **({"mlflow_run_id": run.log.run.info.run_id} if run.log.run is not None else {}),
     }
 
 
@@ -408,6 +410,7 @@ def train(
     the pair image ids this process trained on, the epoch). Returns the same ``TrainResult`` everywhere.
     """
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
+    cfg.check_epoch_budget(len(manifest))  # before any model loads
     with contextlib.ExitStack() as lock:
         return _train(start_run(cfg, manifest, prompt_cache, lock, folders), progress, step_callback)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from fluxir.launch import NumProcesses
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,7 @@ def restore_benchmarks(
     scale: int,
     color_fix: str,
     methods: list[str],
-    num_processes: int | str,
+    num_processes: NumProcesses,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ image with Flux + the FluxIR adapter on ``num_processes`` processes; returns (outputs
     table, run info for the report).
@@ -89,7 +91,7 @@ def restore_with_public_weights(
     eval_outputs: Path,
     scale: int,
     color_fix: str,
-    num_processes: int | str,
+    num_processes: NumProcesses,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ image with the public restorers in ``evaluate.methods`` (realesrgan, flux_controlnet) on
     ``num_processes`` processes; returns (outputs table, run info). Outputs for the same method, weights,

@@ -15,6 +15,7 @@ import pandas as pd
 
 from fluxir.io.locks import LOCK_NAME, exclusive_lock
 from fluxir.io.store import ImageStore
+from fluxir.launch import NumProcesses
 
 
 def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: dict[str, Any]) -> pd.DataFrame:
@@ -45,7 +46,7 @@ def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: d
 
 
 def score_images(
-    generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any], num_processes: int | str
+    generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any], num_processes: NumProcesses
 ) -> pd.DataFrame:
     """Score the images not scored yet (by sha256, metric and version) on ``num_processes`` processes and
     merge all score parts.

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
-
-if TYPE_CHECKING:  # torch is imported only when a node runs (kedro viz stays fast)
-    from matplotlib.figure import Figure
-
-    from fluxir.models.adapter import FluxIRAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +21,10 @@ def precompute_latents(pairs_manifest: pd.DataFrame, train_latent_cache: Path, t
     from fluxir.training.latents import merge_counts
     from fluxir.training.latents import precompute_latents as fill_cache
 
+    config = TrainConfig.from_params(train)
+    config.check_epoch_budget(len(pairs_manifest))  # the VAE loads next: refuse an over-long run first
     processes = resolve_num_processes(train["num_processes"], "train.num_processes")
-    if processes == 1 or not TrainConfig.from_params(train).cache_latents:
+    if processes == 1 or not config.cache_latents:
         return fill_cache(train, pairs_manifest, cache_dir=train_latent_cache)
     return merge_counts(run_image_shards("fluxir.training.latents", "latents", processes, pairs_manifest, "--manifest"))
 
@@ -39,7 +36,7 @@ def train_adapter(
     train_checkpoints: Path,
     train_latent_cache: Path,
     train: dict[str, Any],
-) -> tuple[FluxIRAdapter, pd.DataFrame]:
+) -> tuple[Any, pd.DataFrame]:  # (a FluxIRAdapter, ...): Any keeps torch out of this module
     """Train the FluxIR adapter on FluxGen's pairs on ``train.num_processes`` processes; returns (adapter,
     per-step history).
 
@@ -51,9 +48,10 @@ def train_adapter(
     """
     from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
     from fluxir.models.adapter import load_adapter
-    from fluxir.training.config import TrainFolders
+    from fluxir.training.config import TrainConfig, TrainFolders
     from fluxir.training.loop import train as run_training
 
+    TrainConfig.from_params(train).check_epoch_budget(len(pairs_manifest))  # before any model or child process
     logger.info(
         "training with %d of %d pairs' latents cached in %s",
         latent_cache["encoded"] + latent_cache["cached"],
@@ -85,7 +83,7 @@ def train_adapter(
         return load_adapter(scratch / "adapter"), pd.read_parquet(scratch / "history.parquet")
 
 
-def plot_loss_curves(history: pd.DataFrame) -> Figure:
+def plot_loss_curves(history: pd.DataFrame) -> Any:  # a matplotlib Figure, imported when the node runs
     """Total, MSE (Eq. 8) and pixel (Eq. 9) loss per step with a moving average, and the learning rate."""
     from fluxir.training.validation import loss_curves_figure
 
