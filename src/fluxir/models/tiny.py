@@ -158,7 +158,7 @@ def build_nsfw_classifier() -> Any:
     processor's [-1, 1] pixels (red: r = 1, grey or white: r = -1); attention is uniform (zero query/key) with
     identity values, so the CLS token becomes the mean of the normalised patch embeddings; the MLP adds nothing;
     after the final layer norm the CLS token's first entry is the sign of r, scaled by the classifier to a
-    logit gap of 10. A machinery check, not an NSFW detector.
+    logit gap of 20. A machinery check, not an NSFW detector.
     """
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -190,7 +190,7 @@ def build_nsfw_classifier() -> Any:
                 param.copy_(eye)
             elif "layernorm" in name and name.endswith(".weight"):
                 param.fill_(1.0)
-        model.classifier.weight.copy_(torch.tensor([[-5.0, 0.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]]))
+        model.classifier.weight.copy_(torch.tensor([[-10.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0]]))
     return model
 
 

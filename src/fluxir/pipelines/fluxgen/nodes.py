@@ -119,7 +119,7 @@ def content_filter(
 
 
 def select_by_iqa(
-    scores: pd.DataFrame, nsfw: pd.DataFrame, metrics: list[Any], percentile: float
+    scores: pd.DataFrame, metrics: list[Any], percentile: float, nsfw: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, dict, Any]:
     """Keep images inside the top ``100 - percentile`` % on every metric (paper: top 95% => percentile 5) that the
     content filter did not flag.
@@ -128,6 +128,7 @@ def select_by_iqa(
     histogram figure). The IQA cuts are taken over every scored image, so they do not depend on the filter.
     Metric keys go through ``fluxir.tracking.mlflow_key`` (``threshold.clipiqa+_vitL14_512`` ->
     ``threshold.clipiqaplus_vitL14_512``); ``flagged_nsfw`` counts the images the content filter dropped.
+    ``nsfw`` None (selection of scores alone, outside the pipeline): no content filter columns.
     """
     from fluxir.fluxgen.select import apply_content_filter, histograms_with_cuts, percentile_cuts
     from fluxir.iqa import MetricSpec
@@ -135,15 +136,13 @@ def select_by_iqa(
 
     names = [MetricSpec.parse(s).name for s in metrics]
     table, cuts = percentile_cuts(scores, names, percentile)
-    table = apply_content_filter(table, nsfw, names)
+    values: dict[str, float] = {}
+    if nsfw is not None:
+        table = apply_content_filter(table, nsfw, names)
+        enabled = bool(len(table)) and table["content_filter"].iloc[0] != "disabled"
+        values.update({"flagged_nsfw": int(table["nsfw_flagged"].sum()), "content_filter_enabled": int(enabled)})
     keep = table["keep"]
-    values = {
-        "n_scored": len(table),
-        "n_kept": int(keep.sum()),
-        "kept_fraction": float(keep.mean()),
-        "flagged_nsfw": int(table["nsfw_flagged"].sum()),
-        "content_filter_enabled": int(table["content_filter"].iloc[0] != "disabled") if len(table) else 0,
-    }
+    values.update({"n_scored": len(table), "n_kept": int(keep.sum()), "kept_fraction": float(keep.mean())})
     values.update({f"threshold.{n}": c for n, (c, _) in cuts.items()})
     figure = histograms_with_cuts(table, cuts, percentile)
     return table, mlflow_metric_values(values), figure

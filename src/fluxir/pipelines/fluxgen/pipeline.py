@@ -28,7 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 select_by_iqa,
-                ["iqa_scores", "nsfw_scores", "params:iqa.metrics", "params:select.percentile"],
+                ["iqa_scores", "params:iqa.metrics", "params:select.percentile", "nsfw_scores"],
                 ["iqa_selection", "select_metrics", "iqa_histograms"],
                 name="select_by_iqa",
             ),
