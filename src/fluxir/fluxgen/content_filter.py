@@ -49,8 +49,8 @@ logger = logging.getLogger(__name__)
 SCORE_COLUMN = "nsfw_score"
 NSFW_LABEL = "nsfw"
 REVIEW_DUTY = (
-    "fluxgen.content_filter.enabled is false: no content filter ran on these images. The FLUX.1 [dev] licence, "
-    "section 2(e)(i)(B), then makes reviewing every output before distribution the user's duty."
+    "fluxgen.content_filter.enabled is false: no content filter checks the generated images. The FLUX.1 [dev] "
+    "licence, section 2(e)(i)(B), then makes reviewing every output before distribution the user's duty."
 )
 
 FILTER_RULES = (
