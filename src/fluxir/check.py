@@ -5,8 +5,8 @@ model folder's components (configs built on the meta device, weight-file keys re
 headers and compared with the architecture; no tensor loaded), the trained adapter against the Flux it
 will drive, FluxGen's content filter classifier (a WARN when it is turned off), every IQA weight file (each
 metric then built on the CPU by the run's own loaders, which compare checkpoint keys), the benchmark folders
-and their pair counts, free disk for ``fluxgen.num_images``, accelerator memory against the budget of docs/full_scale.md, the
-process count each stage will run (``<stage>.num_processes``) and the GPUs it takes, and the
+and their pair counts, free disk for ``fluxgen.num_images``, accelerator memory against the budget of
+docs/full_scale.md, the process count each stage will run (``<stage>.num_processes``) and the GPUs it takes, and the
 installed packages against pyproject.toml. Every problem is listed; the exit status is 1 if any FAILs.
 
 Model parameters may be hub ids: they are checked in the Hugging Face cache, where an offline run finds them.
