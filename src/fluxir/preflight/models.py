@@ -221,24 +221,24 @@ def check_content_filter(params: Mapping[str, Any], project: Path) -> list[Findi
             Finding(
                 "FAIL",
                 "model",
-                f"{item}.model",
+                item,
                 f"{source!r} is neither a local folder nor in the Hugging Face cache; download it: {fetch}",
             )
         ]
     missing = [name for name in FILTER_FILES if not (folder / name).is_file()]
     if missing:
-        return [Finding("FAIL", "model", f"{item}.model", f"{folder} lacks {missing}; download them: {fetch}")]
+        return [Finding("FAIL", "model", item, f"{folder} lacks {missing}; download them: {fetch}")]
     try:
         labels = json.loads((folder / "config.json").read_text()).get("id2label") or {}
         safetensors_keys([folder / "model.safetensors"])
     except (ValueError, OSError) as err:
-        return [Finding("FAIL", "model", f"{item}.model", f"{folder}: {err}; download it again: {fetch}")]
+        return [Finding("FAIL", "model", item, f"{folder}: {err}; download it again: {fetch}")]
     if NSFW_LABEL not in {str(v).lower() for v in labels.values()}:
         return [
             Finding(
                 "FAIL",
                 "model",
-                f"{item}.model",
+                item,
                 f"{folder}: labels {sorted(labels.values())} have no {NSFW_LABEL!r}: use a classifier in the format of "
                 "Falconsai/nsfw_image_detection (id2label {0: normal, 1: nsfw})",
             )
@@ -247,7 +247,7 @@ def check_content_filter(params: Mapping[str, Any], project: Path) -> list[Findi
         Finding(
             "OK",
             "model",
-            f"{item}.model",
+            item,
             f"{folder}: labels {sorted(labels.values())}, flags nsfw > {group.get('threshold')}",
         )
     ]
