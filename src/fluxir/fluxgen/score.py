@@ -16,6 +16,8 @@ Paper Sec. 3.1 scores every generated image with CLIP-IQA, MANIQA and MUSIQ. For
 - Image decoding overlaps the model: a torch DataLoader with ``iqa.loader_workers`` workers decodes
   the next chunks while the metrics run on the current one.
 - ``merge_scores`` joins the parts onto the manifest by sha256: the versioned ``iqa_scores`` table.
+- The mechanism is not IQA's own: ``score_chunks_into_parts`` takes any per-image scorer, and FluxGen's content
+  filter (``fluxir.fluxgen.content_filter``) scores its NSFW classifier through it.
 """
 
 from __future__ import annotations

@@ -98,16 +98,26 @@ def read_provenance(path: str | os.PathLike) -> dict[str, str]:
         return {str(k): str(v) for k, v in getattr(img, "text", {}).items()}
 
 
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The Hugging Face cache's snapshot of hub id ``repo_id`` (what an offline load reads), or None."""
+    from huggingface_hub import snapshot_download
+
+    if repo_id.count("/") != 1:
+        return None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001  (not cached, or not a valid id: no revision to name)
+        return None
+
+
 def model_revision(source: str | os.PathLike) -> str:
     """The revision of the weights ``source`` names: a hub snapshot's commit (hub id found in the Hugging Face
     cache, or a folder inside ``snapshots/<commit>``), else ``local-<hash of its config files>``, else
     ``unknown`` (a hub id not cached here: the loader would fail first)."""
     folder = Path(str(source)).expanduser()
     if not folder.is_dir():
-        from fluxir.preflight.models import model_folder
-
-        folder = model_folder(source) or folder
-        if not folder.is_dir():
+        folder = _cached_snapshot(str(source))
+        if folder is None:
             return "unknown"
     resolved = folder.resolve()
     parts = resolved.parts
