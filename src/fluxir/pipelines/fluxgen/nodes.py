@@ -78,7 +78,7 @@ def score_images(
 
 
 def content_filter(
-    generated: pd.DataFrame, nsfw_parts: Path, content_filter: dict[str, Any], num_processes: int | str
+    generated: pd.DataFrame, nsfw_parts: Path, settings: dict[str, Any], num_processes: int | str
 ) -> pd.DataFrame:
     """Score every generated image not scored yet with the NSFW classifier ``fluxgen.content_filter.model`` on
     ``num_processes`` processes (as ``score_images``) and flag those above ``fluxgen.content_filter.threshold``.
@@ -95,7 +95,7 @@ def content_filter(
     )
     from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
 
-    cfg = ContentFilterConfig.from_params(content_filter)
+    cfg = ContentFilterConfig.from_params(settings)
     if not cfg.enabled:
         record_filter_state(cfg, None)
         return filter_table(generated, None, cfg)
