@@ -30,6 +30,7 @@ from kedro.io.core import DatasetError
 
 from fluxir.config import cli_parser
 from fluxir.io.atomic import write_png_atomic
+from fluxir.io.provenance import png_text, restored_fields
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.files import out_of_memory_advice, read_photo, restore_photo, split_params
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
@@ -203,7 +204,8 @@ def restore_upload(
     height, width = output_size(rgb.shape[0], rgb.shape[1], config)
     before = upsample(rgb, height, width)
     out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_{method}.png"
-    write_png_atomic(out, after)
+    # the disclosure and the restorer travel with the downloaded file
+    write_png_atomic(out, after, png_text(restored_fields(method, **{"Adapter-Version": version})))
     return before, after[..., :3], out, models.method_label(method, version)
 
 

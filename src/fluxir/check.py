@@ -3,10 +3,10 @@
 One table of OK / WARN / FAIL lines for everything a real run needs, checked without GPU time: each
 model folder's components (configs built on the meta device, weight-file keys read from safetensors
 headers and compared with the architecture; no tensor loaded), the trained adapter against the Flux it
-will drive, every IQA weight file (each metric then built on the CPU by the run's own loaders, which
-compare checkpoint keys), the benchmark folders and their pair counts, free
-disk for ``fluxgen.num_images``, accelerator memory against the budget of docs/full_scale.md, the
-process count each stage will run (``<stage>.num_processes``) and the GPUs it takes, and the
+will drive, FluxGen's content filter classifier (a WARN when it is turned off), every IQA weight file (each
+metric then built on the CPU by the run's own loaders, which compare checkpoint keys), the benchmark folders
+and their pair counts, free disk for ``fluxgen.num_images``, accelerator memory against the budget of
+docs/full_scale.md, the process count each stage will run (``<stage>.num_processes``) and the GPUs it takes, and the
 installed packages against pyproject.toml. Every problem is listed; the exit status is 1 if any FAILs.
 
 Model parameters may be hub ids: they are checked in the Hugging Face cache, where an offline run finds them.
@@ -24,7 +24,7 @@ from fluxir.config import catalog_config, cli_parser, load_params
 from fluxir.preflight.data import check_baselines, check_benchmarks, check_disk, check_iqa
 from fluxir.preflight.findings import Finding, lookup
 from fluxir.preflight.machine import check_accelerator, check_processes, check_versions
-from fluxir.preflight.models import MODEL_ROLES, check_adapter, check_model_folder
+from fluxir.preflight.models import MODEL_ROLES, check_adapter, check_content_filter, check_model_folder
 
 
 def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> list[Finding]:
@@ -46,6 +46,7 @@ def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> l
         checked[str(source)] = (role, worst)
         findings += found
     findings += check_adapter(project, env, lookup(params, "restore", "model"), cache)
+    findings += check_content_filter(params, project)
     findings += check_baselines(params)
     findings += check_iqa(params)
     findings += check_benchmarks(params, catalog_config(env, project, overrides or []))

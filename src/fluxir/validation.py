@@ -60,10 +60,27 @@ def _config_problems(
 
 
 def validate_fluxgen(params: Mapping[str, Any]) -> list[str]:
-    """``fluxgen.*``: ``GenerationConfig``."""
+    """``fluxgen.*``: ``GenerationConfig``, and ``fluxgen.content_filter``: ``ContentFilterConfig``."""
+    from fluxir.fluxgen.content_filter import FILTER_RULES, ContentFilterConfig
     from fluxir.fluxgen.generate import GENERATION_RULES, GenerationConfig
 
-    return _config_problems(params, "fluxgen", GenerationConfig.from_params, GENERATION_RULES)
+    found = _config_problems(params, "fluxgen", GenerationConfig.from_params, GENERATION_RULES)
+    group = params.get("fluxgen")
+    if isinstance(group, Mapping):
+        content_filter = group.get("content_filter")
+        if not isinstance(content_filter, Mapping):
+            found.append(
+                "parameter group 'fluxgen.content_filter' is missing or not a mapping "
+                "(conf/base/parameters_fluxgen.yml defines it)"
+            )
+        else:
+            found += _problems(
+                lambda: ContentFilterConfig.from_params(dict(content_filter)),
+                FILTER_RULES,
+                content_filter,
+                "fluxgen.content_filter.",
+            )
+    return found
 
 
 def validate_iqa(params: Mapping[str, Any]) -> list[str]:

@@ -328,7 +328,7 @@ def test_list_prints_what_from_where_how_big_and_where_it_goes(project, capsys):
     sizes = {
         b.split("]")[1].split("\n")[0].strip(): re.search(r"^    size    (.*)$", b, re.MULTILINE)[1] for b in blocks
     }
-    assert len(sizes) == len(blocks) == 12, "every item has a size line"
+    assert len(sizes) == len(blocks) == 13, "every item has a size line"
     assert sizes["ViT-L-14.pt"] == "932.8 MB (932768134 bytes)"
     assert sizes["alexnet-owt-7be5be79.pth"] == "244.4 MB (244408911 bytes)"
     assert sizes["StableSR_testsets.zip"] == "3.1 GB (3055396861 bytes)"

@@ -5,8 +5,9 @@ The module fixture lays out what a user has after downloading: the full-format t
 (``HF_HUB_CACHE``: blobs, refs/main, snapshots/<commit>; transformer and T5 weights in shards with their
 index json, as in the real repo), the IQA files of the published names in ``TORCH_HOME``
 (``scripts/make_iqa_fixture_weights.py``), Real-ESRGAN x4plus's checkpoint layout (random weights), a few
-small benchmark images and photos, and the tiny Flux ControlNet as a hub-cache snapshot of the
-baseline's id. The commands of
+small benchmark images and photos, the tiny Flux ControlNet as a hub-cache snapshot of the
+baseline's id, and the tiny content filter classifier (``data/01_raw/tiny/nsfw_classifier``, Falconsai's format)
+as a hub-cache snapshot of ``Falconsai/nsfw_image_detection``. The commands of
 README.md and docs/ then run as documented (tests/doc_commands.py lists which test runs which), with
 ``-c conf/run_small.yml`` appended (sizes only), 2 CPU processes where the docs say 4, 8 or N, and the
 documented 350,000 images as 4. Everything else is the base configuration (the default env: the project
@@ -133,6 +134,10 @@ def base_project(request, tmp_path_factory) -> BaseProject:
     baselines = yaml.safe_load((project.path / "conf" / "base" / "parameters_baselines.yml").read_text())
     write_tiny_controlnet(root / "controlnet")
     write_hub_snapshot(root / "controlnet", root / "hf_cache", baselines["baselines"]["flux_controlnet"]["controlnet"])
+    fluxgen = yaml.safe_load((project.path / "conf" / "base" / "parameters_fluxgen.yml").read_text())["fluxgen"]
+    write_hub_snapshot(
+        REPO / "data" / "01_raw" / "tiny" / "nsfw_classifier", root / "hf_cache", fluxgen["content_filter"]["model"]
+    )
     script = [sys.executable, str(REPO / "scripts" / "make_iqa_fixture_weights.py"), "--out", str(root / "torch_home")]
     subprocess.run(
         script + (["--with-vit-l14"] if "vitL14" in project.clip else []),

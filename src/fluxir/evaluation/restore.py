@@ -27,6 +27,7 @@ from fluxir.evaluation.testsets import outputs_table
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
 from fluxir.io.images import read_image
+from fluxir.io.provenance import fluxir_version, png_text, restored_fields
 from fluxir.models.devices import resolve_device
 from fluxir.progress import progress
 from fluxir.restoration.methods import (
@@ -72,6 +73,7 @@ def restore_into(
     seconds: list[float] = []
     if todo:
         restorer = make_restorer()
+        provenance = png_text(restored_fields(method))
         for row, path in progress(todo, desc=f"restore ({method})", unit="img", disable=process_index != 0):
             lq = read_image(row.lq_path)
             start = time.perf_counter()
@@ -80,7 +82,7 @@ def restore_into(
             expected = (round(lq.shape[0] * scale), round(lq.shape[1] * scale))
             if out.shape[:2] != expected:
                 raise RuntimeError(f"{method} {row.dataset}/{row.image}: restored {out.shape[:2]}, expected {expected}")
-            write_png_atomic(path, out)
+            write_png_atomic(path, out, provenance)
     log.info(
         "%s: %d images restored now, %d reused from %s",
         TITLES.get(method, method),
@@ -283,6 +285,10 @@ def public_manifest(
 # --------------------------------------------------------------------------------------------- #
 
 
+# Bicubic is no AI model: its outputs carry what made them, without the AI disclosure.
+BICUBIC_PROVENANCE = png_text({"Software": "fluxir", "Restorer": "bicubic (PIL)", "Fluxir-Version": fluxir_version()})
+
+
 def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path) -> pd.DataFrame:
     """Bicubic x``scale`` of every LQ (PIL), written once under ``<outputs_dir>/bicubic/<dataset>/<prep_key>/``."""
     check_fields({"scale": scale}, [Rule("scale", "positive_int")], "evaluate.")
@@ -291,6 +297,6 @@ def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path
         path = output_path(Path(outputs_dir) / "bicubic" / r.dataset / str(r.prep_key), r)
         if not path.is_file():
             lq = read_image(r.lq_path)
-            write_png_atomic(path, upsample(lq, lq.shape[0] * scale, lq.shape[1] * scale))
+            write_png_atomic(path, upsample(lq, lq.shape[0] * scale, lq.shape[1] * scale), BICUBIC_PROVENANCE)
         rows.append([r.dataset, r.image, "bicubic", str(path)])
     return outputs_table(rows)

@@ -16,7 +16,9 @@ folders from its catalog), so a file lands where the loaders look:
 - ``benchmarks``: the folders (``hq_path``, ``lq_path``) of the catalog entry ``<key>_benchmark`` of each
   ``evaluate.benchmarks.<key>``;
 - ``baselines``: ``baselines.realesrgan.weights`` and ``baselines.flux_controlnet.controlnet``, the public
-  restorers of ``evaluate.methods`` and ``restore.method``.
+  restorers of ``evaluate.methods`` and ``restore.method``;
+- ``filter``: ``fluxgen.content_filter.model``, FluxGen's NSFW image classifier (a hub id: the Hugging Face
+  cache; a folder: the snapshot is that folder).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 from fluxir.fetch import hub
 from fluxir.fetch.transfer import sha256_prefix_from_name
 
-GROUPS = ("flux", "iqa", "benchmarks", "baselines")
+GROUPS = ("flux", "iqa", "benchmarks", "baselines", "filter")
 
 FLUX_REPO = "black-forest-labs/FLUX.1-dev"
 FLUX_PARAMS = (
@@ -94,6 +96,11 @@ FLUX_FILES = (
     ("tokenizer_2/tokenizer.json", 2_424_235),
 )
 CONTROLNET_PATTERNS = ("config.json", "*.safetensors")
+FILTER_REPO = "Falconsai/nsfw_image_detection"
+FILTER_PARAM = "fluxgen.content_filter.model"
+# what AutoImageProcessor / AutoModelForImageClassification.from_pretrained read (not the repo's .bin, ONNX or TF files)
+FILTER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
+FILTER_APPROX_SIZE = 343_000_000  # model.safetensors: the hub page's "343 MB" (ViT-B/16, 85.8M float32 parameters)
 CONTROLNET_APPROX_SIZE = 3_580_000_000  # the hub page's "3.58 GB" for diffusion_pytorch_model.safetensors
 STABLESR_NOTE = (
     "StableSR's crops: LQ 128x128, HQ 512x512 (conf/base's hq_size/lq_size for realsr and drealsr); "
@@ -367,6 +374,26 @@ def _baseline_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item
     return items + rows, skipped
 
 
+def _filter_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item], list[str]]:
+    if _get(params, "fluxgen.content_filter.enabled") is False:
+        return [], [f"filter {FILTER_REPO}: fluxgen.content_filter.enabled is false in this env"]
+    rows = _snapshot_items(
+        "nsfw_image_detection",
+        "filter",
+        FILTER_REPO,
+        params,
+        (FILTER_PARAM,),
+        project,
+        "FluxGen's content filter (FLUX.1-dev licence 2(e)(i)(A)), the classifier Black Forest Labs' cli.py runs",
+        size=FILTER_APPROX_SIZE,
+        size_approx=True,
+        allow_patterns=FILTER_FILES,
+    )
+    if not rows:
+        return [], [f"filter {FILTER_REPO}: {FILTER_PARAM} names neither it nor a folder to fill"]
+    return rows, []
+
+
 def build(
     params: Mapping[str, Any], project: Path, only: tuple[str, ...] = GROUPS, catalog: Mapping[str, Any] | None = None
 ) -> Manifest:
@@ -400,6 +427,7 @@ def build(
         ("iqa", lambda: _iqa_items(params)),
         ("benchmarks", lambda: _benchmark_items(params, catalog, project)),
         ("baselines", lambda: _baseline_items(params, project)),
+        ("filter", lambda: _filter_items(params, project)),
     ):
         if group in only:
             rows, skipped = build_group()

@@ -36,6 +36,7 @@ from accelerate import PartialState
 
 from fluxir.config import cli_parser, stage_command_inputs, stage_params
 from fluxir.io.hashing import hash_json
+from fluxir.io.provenance import generated_fields, model_revision, png_text
 from fluxir.io.store import ImageStore, WriterPool
 from fluxir.models.devices import accelerate_cpu, resolve_device
 from fluxir.models.empty_prompt import load_with_empty_prompt
@@ -59,6 +60,10 @@ _PIXEL_FIELDS = (
     "base_seed",
     "max_sequence_length",
 )
+
+
+# Groups under ``fluxgen`` read by other stages (``fluxgen.content_filter``: fluxir.fluxgen.content_filter).
+SUBSTAGE_KEYS = ("content_filter",)
 
 
 def _nearest_multiple_of_16(value: Any) -> str:
@@ -106,7 +111,7 @@ class GenerationConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> GenerationConfig:
         """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
-        params = stage_params(params)
+        params = {k: v for k, v in stage_params(params).items() if k not in SUBSTAGE_KEYS}
         reject_unknown_keys(params, cls, "fluxgen parameter(s)")
         return config_from_params(
             cls, {**params, "prompts": list(params.get("prompts") or [])}, GENERATION_RULES, "fluxgen."
@@ -204,18 +209,22 @@ def write_generated(
     desc: str = "generate",
     progress: bool = True,
 ) -> tuple[list[int], float]:
-    """Write ``images`` into ``store`` (each with its recorded sha256) on ``cfg.write_threads`` threads.
+    """Write ``images`` into ``store`` (each with its recorded sha256 and its provenance text chunks:
+    ``fluxir.io.provenance``) on ``cfg.write_threads`` threads.
 
     The next image is denoised while earlier ones are encoded. Returns once all are written: (their ids,
     seconds the producer was held up by the writes).
     """
     done: list[int] = []
     start = time.perf_counter()
+    revision, config_hash = model_revision(cfg.model), cfg.key()
     bar = progress_bar(total=total, desc=desc, unit="img", disable=not progress)
     with WriterPool(cfg.write_threads) as writer:
         for image_id, image in images:
+            seed = image_seed(cfg.base_seed, image_id)
+            provenance = png_text(generated_fields(cfg.model, revision, seed, config_hash, **{"Image-Id": image_id}))
             # + its sha256 and sidecar; each PNG reaches the disk before its rename, its folder below
-            writer.submit(store.write_recorded, image_id, image, False)
+            writer.submit(store.write_recorded, image_id, image, False, provenance)
             done.append(image_id)
             bar.update(1)
             bar.set_postfix(img_per_s=f"{len(done) / (time.perf_counter() - start):.2f}")

@@ -44,6 +44,15 @@ from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io.atomic import write_json_atomic
 from fluxir.io.hashing import hash_json, sha256_file
 from fluxir.io.images import image_size, read_image
+from fluxir.io.provenance import (
+    DISCLOSURE_KEY,
+    GENERATED_SOFTWARE,
+    PAIR_DISCLOSURE,
+    SOFTWARE_KEY,
+    fluxir_version,
+    png_text,
+    read_provenance,
+)
 from fluxir.io.store import ImageStore, portable_path
 from fluxir.processes import die_with_parent
 from fluxir.progress import progress as progress_bar
@@ -132,12 +141,28 @@ def _start_worker(owner_pid: int) -> None:
     torch.set_num_threads(1)
 
 
+def pair_provenance(source: str | os.PathLike, key: str, seed: int, side: str) -> Any:
+    """The text chunks of one side of a pair: the generated source's provenance (model, revision, seed, config
+    hash, the AI disclosure) with the pair's own disclosure, side, degradation seed and pairs key."""
+    return png_text(
+        {
+            SOFTWARE_KEY: GENERATED_SOFTWARE,  # a FluxGen source written before provenance existed has none
+            **read_provenance(source),
+            DISCLOSURE_KEY: PAIR_DISCLOSURE,
+            "Fluxir-Version": fluxir_version(),
+            "Pair-Side": side,
+            "Degradation-Seed": seed,
+            "Pairs-Key": key,
+        }
+    )
+
+
 def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) -> int:
     """Degrade source ``job = (image_id, path)`` into its HQ/LQ files and record; returns the id."""
     image_id, source = job
     hq, lq, info = degrade_pair(read_image(source), image_id, seed, config)
-    hq_rec = stores.hq.write_recorded(image_id, hq)
-    lq_rec = stores.lq.write_recorded(image_id, lq)
+    hq_rec = stores.hq.write_recorded(image_id, hq, pnginfo=pair_provenance(source, stores.key, seed, "hq"))
+    lq_rec = stores.lq.write_recorded(image_id, lq, pnginfo=pair_provenance(source, stores.key, seed, "lq"))
     record = {
         "hq_sha256": hq_rec.sha256,
         "lq_sha256": lq_rec.sha256,

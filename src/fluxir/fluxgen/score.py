@@ -16,6 +16,8 @@ Paper Sec. 3.1 scores every generated image with CLIP-IQA, MANIQA and MUSIQ. For
 - Image decoding overlaps the model: a torch DataLoader with ``iqa.loader_workers`` workers decodes
   the next chunks while the metrics run on the current one.
 - ``merge_scores`` joins the parts onto the manifest by sha256: the versioned ``iqa_scores`` table.
+- The mechanism is not IQA's own: ``score_chunks_into_parts`` takes any per-image scorer, and FluxGen's content
+  filter (``fluxir.fluxgen.content_filter``) scores its NSFW classifier through it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +173,72 @@ def _write_part(parts_dir: Path, rank: int, number: int, rows: list[pd.DataFrame
     write_parquet(path, pd.concat(rows, ignore_index=True), index=False)  # complete under its name or absent
 
 
+def score_chunks_into_parts(
+    manifest: pd.DataFrame,
+    parts_dir: Path,
+    names: Sequence[str],
+    batch_size: int,
+    make_scorer: Callable[[], Callable[[list[np.ndarray]], dict[str, np.ndarray]]],
+    process_index: int = 0,
+    num_processes: int = 1,
+    *,
+    loader_workers: int,
+    part_size: int,
+    progress: bool = True,
+    label: str = "IQA",
+) -> int:
+    """Score this process's share of the chunks not in a part yet with ``make_scorer()`` (called only when there is
+    work: loading a model for nothing costs minutes at scale); returns how many images it scored.
+
+    The mechanism of this module for any per-image scorer (IQA metrics here, the content filter's classifier in
+    ``fluxir.fluxgen.content_filter``): chunks of ``batch_size`` distinct images by sha256, share
+    ``process_index`` of ``num_processes``, decoded by ``loader_workers`` processes, parts of ``part_size`` rows
+    holding ``sha256`` + one float64 column per name of ``names``.
+    """
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    done = set(read_parts(parts_dir, names)["sha256"])
+    todo = chunks_to_score(manifest, done, batch_size)
+    mine = todo[process_index::num_processes]
+    logger.info(
+        "%s process %d/%d: %d of %d chunks to score into %s",
+        label,
+        process_index,
+        num_processes,
+        len(mine),
+        len(todo),
+        parts_dir,
+    )
+    if not mine:
+        return 0
+    score_chunk = make_scorer()
+    loader = DataLoader(
+        _ChunkImages(mine),
+        batch_size=None,
+        shuffle=False,
+        collate_fn=_as_is,
+        num_workers=loader_workers,
+        worker_init_fn=worker_init(),
+        prefetch_factor=4 if loader_workers else None,
+        persistent_workers=False,
+    )
+    number, pending, pending_rows, scored = _next_part_number(parts_dir, process_index), [], 0, 0
+    with progress_bar(
+        total=sum(len(c) for c in mine), desc=f"{label}[{process_index}]", unit="img", disable=not progress
+    ) as bar:
+        for chunk, images in zip(mine, loader):
+            scores = score_chunk(images)
+            pending.append(pd.DataFrame({"sha256": chunk["sha256"].to_numpy(), **scores}))
+            pending_rows += len(chunk)
+            if pending_rows >= part_size:
+                _write_part(parts_dir, process_index, number, pending)
+                number, pending, pending_rows = number + 1, [], 0
+            scored += len(chunk)
+            bar.update(len(chunk))
+    if pending:
+        _write_part(parts_dir, process_index, number, pending)
+    return scored
+
+
 def score_into_parts(
     manifest: pd.DataFrame,
     parts_dir: Path,
@@ -197,58 +265,35 @@ def score_into_parts(
         raise ValueError(
             f"iqa.metrics {not_nr} are full-reference; FluxGen selection needs no-reference metrics (musiq, piqe, ...)"
         )
-    names = [s.name for s in parsed]
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    done = set(read_parts(parts_dir, names)["sha256"])
-    todo = chunks_to_score(manifest, done, batch_size)
-    mine = todo[process_index::num_processes]
-    logger.info(
-        "IQA process %d/%d: %d of %d chunks to score into %s",
+
+    def make_scorer() -> Callable[[list[np.ndarray]], dict[str, np.ndarray]]:
+        metrics = iqa_lib.create_metrics(parsed, device)
+        return lambda images: _score_batch(metrics, images, device, precision)
+
+    return score_chunks_into_parts(
+        manifest,
+        parts_dir,
+        [s.name for s in parsed],
+        batch_size,
+        make_scorer,
         process_index,
         num_processes,
-        len(mine),
-        len(todo),
-        parts_dir,
+        loader_workers=loader_workers,
+        part_size=part_size,
+        progress=progress,
     )
-    if not mine:
-        return 0
-    metrics = iqa_lib.create_metrics(parsed, device)
-    loader = DataLoader(
-        _ChunkImages(mine),
-        batch_size=None,
-        shuffle=False,
-        collate_fn=_as_is,
-        num_workers=loader_workers,
-        worker_init_fn=worker_init(),
-        prefetch_factor=4 if loader_workers else None,
-        persistent_workers=False,
-    )
-    number, pending, pending_rows, scored = _next_part_number(parts_dir, process_index), [], 0, 0
-    with progress_bar(
-        total=sum(len(c) for c in mine), desc=f"IQA[{process_index}]", unit="img", disable=not progress
-    ) as bar:
-        for chunk, images in zip(mine, loader):
-            scores = _score_batch(metrics, images, device, precision)
-            pending.append(pd.DataFrame({"sha256": chunk["sha256"].to_numpy(), **scores}))
-            pending_rows += len(chunk)
-            if pending_rows >= part_size:
-                _write_part(parts_dir, process_index, number, pending)
-                number, pending, pending_rows = number + 1, [], 0
-            scored += len(chunk)
-            bar.update(len(chunk))
-    if pending:
-        _write_part(parts_dir, process_index, number, pending)
-    return scored
 
 
-def merge_scores(manifest: pd.DataFrame, parts_dir: Path, names: Sequence[str]) -> pd.DataFrame:
+def merge_scores(
+    manifest: pd.DataFrame, parts_dir: Path, names: Sequence[str], what: str = "IQA score"
+) -> pd.DataFrame:
     """The manifest plus one score column per metric (joined by sha256); every image must be scored."""
     scores = read_parts(parts_dir, names)
     table = manifest.reset_index(drop=True).merge(scores, on="sha256", how="left", validate="many_to_one")
     missing = table[names].isna().any(axis=1)
     if missing.any():
         raise RuntimeError(
-            f"{int(missing.sum())} images have no IQA score in {parts_dir} "
+            f"{int(missing.sum())} images have no {what} in {parts_dir} "
             f"(first: {table.loc[missing, 'path'].iloc[0]}); "
             "run the scoring again: it scores only what is missing"
         )

@@ -64,3 +64,30 @@ def percentile_cuts(
         cuts[name] = (cut, lower)
     table["keep"] = keep
     return table, cuts
+
+
+def apply_content_filter(table: pd.DataFrame, nsfw: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """``table`` (``percentile_cuts``'s) joined with the content filter's rows by image_id: flagged images lose
+    ``keep``, and ``drop_reason`` says why each dropped image is out (the filter's score and threshold, or the
+    IQA metrics it fell below the cut on)."""
+    columns = ["image_id", "nsfw_score", "nsfw_flagged", "nsfw_threshold", "content_filter"]
+    out = table.merge(nsfw[columns], on="image_id", how="left", validate="one_to_one")
+    if out["nsfw_flagged"].isna().any():
+        missing = out.loc[out["nsfw_flagged"].isna(), "image_id"].tolist()
+        raise RuntimeError(
+            f"images {missing[:5]} have IQA scores but no content filter row: rerun the fluxgen pipeline "
+            "(both stages read the same generated_images)"
+        )
+    flagged = out["nsfw_flagged"].astype(bool)
+    out["nsfw_flagged"] = flagged
+    iqa_reason = [
+        "" if row_keep else "iqa: below the cut on " + ", ".join(n for n in names if not out.at[i, f"{n}_pass"])
+        for i, row_keep in out["keep"].items()
+    ]
+    filter_reason = [
+        f"content filter: nsfw score {score:.4f} > {threshold:g}" if is_flagged else ""
+        for score, threshold, is_flagged in zip(out["nsfw_score"], out["nsfw_threshold"], flagged)
+    ]
+    out["drop_reason"] = ["; ".join(r for r in pair if r) for pair in zip(filter_reason, iqa_reason)]
+    out["keep"] = out["keep"] & ~flagged
+    return out

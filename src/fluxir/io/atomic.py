@@ -80,10 +80,13 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) ->
     return write_atomic(path, json.dumps(obj, **dumps_kwargs))
 
 
-def write_png_atomic(path: str | os.PathLike, image: np.ndarray, **durability: bool) -> None:
-    """Write ``image`` (H, W, 3 or 4) uint8 as PNG at ``path`` atomically (``durability``: see ``atomic_file``)."""
+def write_png_atomic(path: str | os.PathLike, image: np.ndarray, pnginfo: Any = None, **durability: bool) -> None:
+    """Write ``image`` (H, W, 3 or 4) uint8 as PNG at ``path`` atomically (``durability``: see ``atomic_file``).
+
+    ``pnginfo``: the text chunks (``fluxir.io.provenance.png_text``) every image this project makes carries.
+    """
     with atomic_file(path, **durability) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=pnginfo)
 
 
 def local_fs() -> Any:

@@ -62,21 +62,24 @@ class ImageStore:
         """True when the image was completely written (writes are atomic)."""
         return self.path_for(image_id).is_file()
 
-    def write(self, image_id: int, image: np.ndarray, fsync_folder: bool = True) -> Path:
-        """Atomically and durably write image ``image_id``; returns its path.
+    def write(self, image_id: int, image: np.ndarray, fsync_folder: bool = True, pnginfo: Any = None) -> Path:
+        """Atomically and durably write image ``image_id`` with the text chunks ``pnginfo``; returns its path.
 
         A writer of many images passes ``fsync_folder=False`` and calls ``sync_shards`` once per batch.
         """
         path = self.path_for(image_id)
-        write_png_atomic(path, image, fsync_folder=fsync_folder)
+        write_png_atomic(path, image, pnginfo, fsync_folder=fsync_folder)
         return path
 
-    def write_recorded(self, image_id: int, image: np.ndarray, fsync_folder: bool = True) -> Recorded:
-        """``write`` plus :func:`record_hash`: the way every FluxGen image and pair is written.
+    def write_recorded(
+        self, image_id: int, image: np.ndarray, fsync_folder: bool = True, pnginfo: Any = None
+    ) -> Recorded:
+        """``write`` plus :func:`record_hash`: the way every FluxGen image and pair is written (``pnginfo``: its
+        provenance, ``fluxir.io.provenance``).
 
         ``fsync_folder=False``: the caller flushes the shard folders afterwards (``sync_shards``).
         """
-        return record_hash(self.write(image_id, image, fsync_folder=fsync_folder))
+        return record_hash(self.write(image_id, image, fsync_folder=fsync_folder, pnginfo=pnginfo))
 
     def sync_shards(self, image_ids: Iterable[int]) -> None:
         """Flush the shard folders of ``image_ids`` (the renames of images written with ``fsync_folder=False``)."""

@@ -10,7 +10,9 @@ The public restorers' weights, for the tiny environment (``make demo``):
 ``--kind realesrgan --out FILE.pth`` writes an RRDBNet checkpoint laid out like RealESRGAN_x4plus.pth
 (``{"params_ema": state_dict}``, architecture ``configs/tiny_realesrgan.json``); ``--kind
 flux_controlnet --out DIR`` a diffusers ``FluxControlNetModel`` folder (config.json + safetensors, like
-jasperai/Flux.1-dev-Controlnet-Upscaler) that fits the tiny Flux (``configs/tiny_flux_controlnet.json``).
+jasperai/Flux.1-dev-Controlnet-Upscaler) that fits the tiny Flux (``configs/tiny_flux_controlnet.json``);
+``--kind nsfw_classifier --out DIR`` a ViT image classifier folder like Falconsai/nsfw_image_detection (the
+content filter's, ``fluxir.fluxgen.content_filter``) whose weights are set so a red image is flagged.
 
 Why: the committed ``data/01_raw/tiny/flux`` has no tokenizers and no text encoders, so the code a first
 real run goes through (``encode_prompt`` with CLIP + T5, dropping the encoders, other backends' keywords)
@@ -147,9 +149,82 @@ def write_tiny_controlnet(out: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def build_nsfw_classifier() -> Any:
+    """A tiny ``ViTForImageClassification`` in Falconsai/nsfw_image_detection's format (labels {0: normal, 1: nsfw})
+    whose weights are set by hand so its answer is known: its ``nsfw`` probability is ~1 for a saturated red image
+    and ~0 for grey, white, black or typical images, so a test can flag an image it chose.
+
+    How: each 16x16 patch embeds to [r, -r, 1, -1] with r = mean(R) - (mean(G) + mean(B)) / 2 - 1 on the
+    processor's [-1, 1] pixels (red: r = 1, grey or white: r = -1); attention is uniform (zero query/key) with
+    identity values, so the CLS token becomes the mean of the normalised patch embeddings; the MLP adds nothing;
+    after the final layer norm the CLS token's first entry is the sign of r, scaled by the classifier to a
+    logit gap of 20. A machinery check, not an NSFW detector.
+    """
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=32,
+        patch_size=16,
+        num_channels=3,
+        hidden_size=4,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=8,
+        id2label={0: "normal", 1: "nsfw"},
+        label2id={"normal": 0, "nsfw": 1},
+    )
+    model = ViTForImageClassification(config).eval()
+    eye = torch.eye(4)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        embeddings = model.vit.embeddings
+        projection = embeddings.patch_embeddings.projection  # Conv2d(3, 4, 16, stride 16)
+        area = projection.kernel_size[0] * projection.kernel_size[1]
+        redness = torch.stack([torch.full((16, 16), 1.0), torch.full((16, 16), -0.5), torch.full((16, 16), -0.5)])
+        projection.weight[0] = redness / area
+        projection.weight[1] = -redness / area
+        projection.bias.copy_(torch.tensor([-1.0, 1.0, 1.0, -1.0]))
+        for name, param in model.named_parameters():
+            if name.endswith(("v_proj.weight", "o_proj.weight")):  # transformers 5's names of ViT's value/output
+                param.copy_(eye)
+            elif "layernorm" in name and name.endswith(".weight"):
+                param.fill_(1.0)
+        model.classifier.weight.copy_(torch.tensor([[-10.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0]]))
+    return model
+
+
+def write_tiny_nsfw_classifier(out: str | Path, seed: int = 0) -> Path:
+    """Write the tiny classifier folder at ``out`` (config.json, preprocessor_config.json, model.safetensors, as
+    Falconsai/nsfw_image_detection), kept if it has a config.json; ``seed`` is unused (the weights are set)."""
+    from transformers import ViTImageProcessor
+
+    out = Path(out)
+    if (out / "config.json").is_file():
+        return out
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists but has no config.json: delete it or choose another --out")
+    from fluxir.io.atomic import atomic_directory
+
+    processor = ViTImageProcessor(
+        do_resize=True,
+        size={"height": 32, "width": 32},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    with atomic_directory(out.resolve()) as tmp:
+        build_nsfw_classifier().save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return out
+
+
 WEIGHT_WRITERS: dict[str, Callable[[str | Path, int], Path]] = {
     "realesrgan": write_tiny_realesrgan,
     "flux_controlnet": write_tiny_controlnet,
+    "nsfw_classifier": write_tiny_nsfw_classifier,
 }
 
 

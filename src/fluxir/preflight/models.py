@@ -195,3 +195,59 @@ def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str,
     except ValueError as err:
         return [Finding("FAIL", "adapter", "fluxir_adapter", str(err))]
     return [Finding("OK", "adapter", "fluxir_adapter", f"fits {flux_folder}")]
+
+
+FILTER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
+
+
+def check_content_filter(params: Mapping[str, Any], project: Path) -> list[Finding]:
+    """FluxGen's content filter (``fluxgen.content_filter``): off -> a WARN naming the licence clause that then
+    applies; on -> the classifier's folder (a folder, or a hub id's cached snapshot) holds the files the loaders
+    read and an ``nsfw`` label."""
+    from fluxir.fluxgen.content_filter import NSFW_LABEL, REVIEW_DUTY
+
+    group = params.get("fluxgen", {}).get("content_filter") if isinstance(params.get("fluxgen"), Mapping) else None
+    item = "fluxgen.content_filter"
+    if not isinstance(group, Mapping):
+        return [Finding("FAIL", "model", item, "missing: conf/base/parameters_fluxgen.yml defines it")]
+    if group.get("enabled") is False:
+        return [Finding("WARN", "model", item, REVIEW_DUTY)]
+    source = group.get("model")
+    local = project / str(source)
+    folder = local.resolve() if source and local.is_dir() else model_folder(source) if source else None
+    fetch = "`HF_HUB_OFFLINE=0 python -m fluxir.fetch --only filter` (to the cache or the folder the parameter names)"
+    if folder is None:
+        return [
+            Finding(
+                "FAIL",
+                "model",
+                item,
+                f"{source!r} is neither a local folder nor in the Hugging Face cache; download it: {fetch}",
+            )
+        ]
+    missing = [name for name in FILTER_FILES if not (folder / name).is_file()]
+    if missing:
+        return [Finding("FAIL", "model", item, f"{folder} lacks {missing}; download them: {fetch}")]
+    try:
+        labels = json.loads((folder / "config.json").read_text()).get("id2label") or {}
+        safetensors_keys([folder / "model.safetensors"])
+    except (ValueError, OSError) as err:
+        return [Finding("FAIL", "model", item, f"{folder}: {err}; download it again: {fetch}")]
+    if NSFW_LABEL not in {str(v).lower() for v in labels.values()}:
+        return [
+            Finding(
+                "FAIL",
+                "model",
+                item,
+                f"{folder}: labels {sorted(labels.values())} have no {NSFW_LABEL!r}: use a classifier in the format of "
+                "Falconsai/nsfw_image_detection (id2label {0: normal, 1: nsfw})",
+            )
+        ]
+    return [
+        Finding(
+            "OK",
+            "model",
+            item,
+            f"{folder}: labels {sorted(labels.values())}, flags nsfw > {group.get('threshold')}",
+        )
+    ]

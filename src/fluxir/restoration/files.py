@@ -20,6 +20,7 @@ import torch
 
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.images import read_photo
+from fluxir.io.provenance import model_revision, png_text, restored_fields
 from fluxir.progress import progress as progress_bar
 from fluxir.restoration.restore_config import RestoreConfig, config_dict
 from fluxir.restoration.sampler import Restorer, upsample
@@ -61,6 +62,24 @@ def restore_photo(
     return out
 
 
+def restorer_provenance(model: str | None, adapter: Any, make_restorer: Callable[[], Any] | None) -> Any:
+    """The text chunks of every image one restorer writes: the AI disclosure and the restorer (FluxIR: Flux's id
+    and revision and the adapter's fingerprint, a hash of its weights; a public method: its name and the
+    fingerprint of its weight files)."""
+    from fluxir.io.hashing import hash_tensors
+
+    public = getattr(make_restorer, "settings", None)
+    if make_restorer is not None and public is not None:
+        from fluxir.restoration.methods import public_fingerprint
+
+        method = make_restorer.method
+        return png_text(restored_fields(method, **{"Restorer-Weights": public_fingerprint(method, public)}))
+    fields: dict[str, Any] = {"Model": model, "Model-Revision": model_revision(model) if model else None}
+    if adapter is not None and hasattr(adapter, "state_dict"):
+        fields["Adapter-Fingerprint"] = hash_tensors(adapter.state_dict()).hexdigest()[:16]
+    return png_text(restored_fields("fluxir", **fields))
+
+
 def restore_files(
     model: str,
     adapter: Any,
@@ -78,13 +97,14 @@ def restore_files(
     out of memory (accelerator or CPU) becomes a failure and the loop goes on. The model is loaded at the
     first usable input, so a folder of bad files fails fast. Before each image the log states its output
     size, the restorer's work and an estimated time (``fluxir.restoration.work``: the first image's rate from
-    a warm-up, the later ones' from the images before). The restorer is Flux + ``adapter`` unless
+    a warm-up, the later ones' from the images before). Every output carries the AI disclosure and the
+    restorer (``restorer_provenance``). The restorer is Flux + ``adapter`` unless
     ``make_restorer`` builds another (a public restorer, ``restore.method``: its ``settings`` size the work).
     """
     public = getattr(make_restorer, "settings", None)
     results: list[RestoreResult] = []
     failures: list[dict[str, str]] = []
-    restorer, load_seconds = None, 0.0
+    restorer, load_seconds, provenance = None, 0.0, None
     passes, pass_seconds = 0, 0.0  # model passes done so far and their time: the rate of the estimate
     bar = progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
     for src, dst in jobs:
@@ -105,6 +125,7 @@ def restore_files(
             start = time.perf_counter()
             restorer = make_restorer() if make_restorer else Restorer.from_source(model, adapter, cfg, prompt_cache)
             load_seconds = time.perf_counter() - start
+            provenance = restorer_provenance(model, adapter, make_restorer)
             rate, basis = warm_up_rate(restorer, work), "timed on a warm-up"
         logger.info("restoring %s: %s", src, work.describe(rate, basis))
         start = time.perf_counter()
@@ -117,7 +138,7 @@ def restore_files(
             continue
         seconds = time.perf_counter() - start
         passes, pass_seconds = passes + work.passes, pass_seconds + seconds
-        write_png_atomic(Path(dst), out)
+        write_png_atomic(Path(dst), out, provenance)
         results.append(
             RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]), seconds)
         )

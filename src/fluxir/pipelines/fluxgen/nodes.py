@@ -78,19 +78,72 @@ def score_images(
     return table
 
 
-def select_by_iqa(scores: pd.DataFrame, metrics: list[Any], percentile: float) -> tuple[pd.DataFrame, dict, Any]:
-    """Keep images inside the top ``100 - percentile`` % on every metric (paper: top 95% => percentile 5).
+def content_filter(
+    generated: pd.DataFrame, nsfw_parts: Path, settings: dict[str, Any], num_processes: int | str
+) -> pd.DataFrame:
+    """Score every generated image not scored yet with the NSFW classifier ``fluxgen.content_filter.model`` on
+    ``num_processes`` processes (as ``score_images``) and flag those above ``fluxgen.content_filter.threshold``.
 
-    Returns (table with ``keep`` and the thresholds used, MLflow metrics, histogram figure). Metric keys go
-    through ``fluxir.tracking.mlflow_key`` (``threshold.clipiqa+_vitL14_512`` -> ``threshold.clipiqaplus_vitL14_512``).
+    Returns image_id, sha256, nsfw_score, nsfw_flagged, nsfw_threshold, content_filter. Disabled: nothing is
+    scored, nothing flagged, and the run records that reviewing every output is the user's duty.
     """
-    from fluxir.fluxgen.select import histograms_with_cuts, percentile_cuts
+    from fluxir.fluxgen.content_filter import (
+        ContentFilterConfig,
+        filter_key,
+        filter_table,
+        record_filter_state,
+        run_filter,
+    )
+    from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
+
+    cfg = ContentFilterConfig.from_params(settings)
+    if not cfg.enabled:
+        record_filter_state(cfg, None)
+        return filter_table(generated, None, cfg)
+    processes = resolve_num_processes(num_processes, "fluxgen.num_processes")
+    parts_dir = nsfw_parts / filter_key(cfg)
+    with exclusive_lock(parts_dir / LOCK_NAME, f"the content filter parts {parts_dir}"):  # part numbers are per writer
+        if processes == 1:
+            run_filter(cfg, generated, nsfw_parts)
+        else:
+            with scratch_dir("content_filter") as scratch:
+                generated.to_parquet(scratch / "generated_images.parquet")
+                run_stage(
+                    "fluxir.fluxgen.content_filter",
+                    ["--manifest", str(scratch / "generated_images.parquet"), "--parts", str(nsfw_parts)],
+                    processes,
+                    "content_filter",
+                )
+        table = filter_table(generated, parts_dir, cfg)
+    record_filter_state(cfg, int(table["nsfw_flagged"].sum()))
+    return table
+
+
+def select_by_iqa(
+    scores: pd.DataFrame, metrics: list[Any], percentile: float, nsfw: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, dict, Any]:
+    """Keep images inside the top ``100 - percentile`` % on every metric (paper: top 95% => percentile 5) that the
+    content filter did not flag.
+
+    Returns (table with ``keep``, the thresholds used, the nsfw score and ``drop_reason``; MLflow metrics;
+    histogram figure). The IQA cuts are taken over every scored image, so they do not depend on the filter.
+    Metric keys go through ``fluxir.tracking.mlflow_key`` (``threshold.clipiqa+_vitL14_512`` ->
+    ``threshold.clipiqaplus_vitL14_512``); ``flagged_nsfw`` counts the images the content filter dropped.
+    ``nsfw`` None (selection of scores alone, outside the pipeline): no content filter columns.
+    """
+    from fluxir.fluxgen.select import apply_content_filter, histograms_with_cuts, percentile_cuts
     from fluxir.iqa import MetricSpec
     from fluxir.tracking import mlflow_metric_values
 
-    table, cuts = percentile_cuts(scores, [MetricSpec.parse(s).name for s in metrics], percentile)
+    names = [MetricSpec.parse(s).name for s in metrics]
+    table, cuts = percentile_cuts(scores, names, percentile)
+    values: dict[str, float] = {}
+    if nsfw is not None:
+        table = apply_content_filter(table, nsfw, names)
+        enabled = bool(len(table)) and table["content_filter"].iloc[0] != "disabled"
+        values.update({"flagged_nsfw": int(table["nsfw_flagged"].sum()), "content_filter_enabled": int(enabled)})
     keep = table["keep"]
-    values = {"n_scored": len(table), "n_kept": int(keep.sum()), "kept_fraction": float(keep.mean())}
+    values.update({"n_scored": len(table), "n_kept": int(keep.sum()), "kept_fraction": float(keep.mean())})
     values.update({f"threshold.{n}": c for n, (c, _) in cuts.items()})
     figure = histograms_with_cuts(table, cuts, percentile)
     return table, mlflow_metric_values(values), figure

@@ -1,8 +1,8 @@
-"""FluxGen wiring: generate -> score -> select -> degrade."""
+"""FluxGen wiring: generate -> content filter and IQA scores -> select -> degrade."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import degrade_pairs, generate_images, score_images, select_by_iqa
+from .nodes import content_filter, degrade_pairs, generate_images, score_images, select_by_iqa
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -21,8 +21,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="score_images",
             ),
             Node(
+                content_filter,
+                ["generated_images", "nsfw_parts", "params:fluxgen.content_filter", "params:fluxgen.num_processes"],
+                "nsfw_scores",
+                name="content_filter",
+            ),
+            Node(
                 select_by_iqa,
-                ["iqa_scores", "params:iqa.metrics", "params:select.percentile"],
+                ["iqa_scores", "params:iqa.metrics", "params:select.percentile", "nsfw_scores"],
                 ["iqa_selection", "select_metrics", "iqa_histograms"],
                 name="select_by_iqa",
             ),
