@@ -25,6 +25,9 @@ import pytest
 from conftest import REPO, kedro_run
 from support import CHROMIUM_ARGS, find_chromium
 
+# its module-scoped runs are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_viz")
+
 FLUXGEN_NODES = {"fluxgen.generate_images", "fluxgen.score_images", "fluxgen.select_by_iqa", "fluxgen.degrade_pairs"}
 # Each registered pipeline is a modular pipeline (a namespace) of its own name; the default chains three.
 DEFAULT_GROUPS = {"fluxgen", "train", "evaluate"}
@@ -104,8 +107,6 @@ from pathlib import Path
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-# its module-scoped runs are made once: every test of the file on one worker
-pytestmark = pytest.mark.xdist_group("test_viz")
 bootstrap_project(Path.cwd())
 with KedroSession.create(project_path=Path.cwd(), env="tiny") as session:
     catalog = session.load_context().catalog
