@@ -256,8 +256,8 @@ def test_hub_ids_are_checked_in_the_cache_and_small_benchmark_images_are_named(b
         "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux",
         "HF_TOKEN",
         "huggingface-cli login",
-        "HF_HUB_OFFLINE=0 hf download someone/missing-flux (the hub cache",
-        "--local-dir DIR and set fluxgen.model, train.model, restore.model, evaluate.restore.model to DIR",
+        'HF_HUB_OFFLINE=0 hf download someone/missing-flux --include "model_index.json" "scheduler/*"',
+        "add --local-dir DIR for a folder and set flux_model: DIR in conf/local/globals.yml",
     ):
         assert advice in missing.replace("`", ""), missing
     realsr = next(line for line in _lines(result, "FAIL") if "benchmark    realsr" in line)

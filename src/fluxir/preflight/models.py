@@ -13,6 +13,9 @@ from typing import Any
 from fluxir.config import load_catalog
 from fluxir.preflight.findings import Finding
 
+# The files of a diffusers pipeline repository a run reads (FLUX.1-dev also holds ~24 GB of single-file weights).
+DIFFUSERS_LAYOUT = '"model_index.json" "scheduler/*" "text_encoder*/*" "tokenizer*/*" "transformer/*" "vae/*"'
+
 # Every parameter that names a pipeline folder, as (report name, parameter keys).
 MODEL_ROLES = {
     "fluxgen.model": ("fluxgen", "model"),
@@ -117,14 +120,13 @@ def model_folder(source: Any) -> Path | None:
 
 def download_advice(source: Any) -> str:
     """How to get a model onto this machine (docs/full_scale.md section 1), for every parameter that names it."""
-    roles = ", ".join(MODEL_ROLES)
     return (
         f"runs are offline: download it once with a token of an account that accepted its licence "
         f"(`export HF_TOKEN=hf_...`, or `hf auth login`, older clients `huggingface-cli login`): "
         f"`HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux` (FLUX.1-dev, to the cache or the folder a parameter "
-        f"names), or "
-        f"`HF_HUB_OFFLINE=0 hf download {source}` (the hub cache is used offline afterwards), or "
-        f"`HF_HUB_OFFLINE=0 hf download {source} --local-dir DIR` and set {roles} to DIR"
+        f"names), or `HF_HUB_OFFLINE=0 hf download {source} --include {DIFFUSERS_LAYOUT}` (the diffusers layout only; "
+        f"the hub cache is used offline afterwards; add `--local-dir DIR` for a folder and set `flux_model: DIR` in "
+        f"conf/local/globals.yml, which every Flux parameter reads)"
     )
 
 
