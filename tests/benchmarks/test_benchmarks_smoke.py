@@ -66,7 +66,8 @@ AS_PROCESS = {  # each measures in processes of its own
     "fluxgen_scale": (["--json", "--num-images", "60"], {"degrade_speedup_2_workers", "score_speedup_2_procs"}),
     "restore_memory": (["--json", "--width", "64", "--side", "32", "--steps", "2", "--modes", "none,int8"], {"modes"}),
     "restore_tiling": (
-        ["--json", "--base", "8", "--steps", "2", "--tile", "32", "--tile-overlap", "8", "--vae-tile", "32"],
+        ["--json", "--base", "8", "--steps", "2", "--tile", "32", "--tile-overlap", "16", "--vae-tile", "32"]
+        + ["--vae-tile-overlap", "8"],
         {"tiled", "untiled"},
     ),
     "train_step": (

@@ -42,8 +42,9 @@ from doc_commands import documented
 
 from conftest import NETGUARD, REPO, free_port, make_project_copy
 
-# The base configuration end to end: every documented command as its own process, as a user types it.
-pytestmark = pytest.mark.e2e
+# The base configuration end to end: every documented command as its own process, as a user types it. The
+# tests follow one another on one project (fluxgen, then train on its pairs, ...): one worker runs them all.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_base_end_to_end")]
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 RUN_FILE = "conf/run_small.yml"

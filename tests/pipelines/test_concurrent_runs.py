@@ -83,8 +83,9 @@ def test_two_fluxgen_runs_at_once_on_a_new_project(kedro_project):
     images = sorted(p.name for p in (data / "02_intermediate/fluxgen_images").rglob("*.png"))
     assert images == [f"{i:08d}.png" for i in range(6)]  # each image once, in one store
     assert not [p for p in data.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp-")]
-    parts = pd.concat([pd.read_parquet(p) for p in data.rglob("part-*.parquet")])
-    assert len(parts) == parts["sha256"].nunique() == 6  # scored once, no part overwritten by the other run
+    for stage in ("04_feature/iqa_parts", "04_feature/nsfw_parts"):  # IQA scores and the content filter's
+        parts = pd.concat([pd.read_parquet(p) for p in (data / stage).rglob("part-*.parquet")])
+        assert len(parts) == parts["sha256"].nunique() == 6, stage  # scored once, no part overwritten by the other
     records = [p.name for p in (data / "05_model_input/pairs").rglob("*.json") if not p.name.startswith(".")]
     assert records and len(records) == len(set(records))  # one pair setting, each pair once
     import mlflow

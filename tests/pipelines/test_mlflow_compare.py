@@ -23,6 +23,9 @@ from fluxir.rerun import params_value, rerun_command
 from conftest import make_project_copy
 from support import kedro_session_run
 
+# its module-scoped runs are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_mlflow_compare")
+
 EVALUATE_PARAMS = {"evaluate": {"restore": {"steps": 2}}, "restore": {"seed": 3}}
 
 

@@ -85,6 +85,7 @@ def fluxgen_one_and_two(tmp_path_factory):
     return one, two, run
 
 
+@pytest.mark.xdist_group("multiprocess_fluxgen")  # fluxgen_one_and_two is made once
 def test_fluxgen_on_two_processes_gives_the_same_images_scores_selection_and_pairs(fluxgen_one_and_two):
     one, two, _ = fluxgen_one_and_two
     images = "data/02_intermediate/fluxgen_images"
@@ -103,6 +104,7 @@ def test_fluxgen_on_two_processes_gives_the_same_images_scores_selection_and_pai
     assert [p[:10] for p in parts] == ["part-00000", "part-00001"]
 
 
+@pytest.mark.xdist_group("multiprocess_fluxgen")  # fluxgen_one_and_two is made once
 def test_fluxgen_on_two_processes_is_one_mlflow_run_of_kind_model_development(fluxgen_one_and_two):
     _, two, run = fluxgen_one_and_two
     assert "generate on 2 processes" in run.stdout + run.stderr
@@ -436,6 +438,7 @@ def slurm_project(fluxgen_one_and_two, tmp_path_factory):
     return project, shares
 
 
+@pytest.mark.xdist_group("multiprocess_fluxgen")  # fluxgen_one_and_two is made once
 def test_slurm_scripts_on_two_nodes_make_the_same_dataset(fluxgen_one_and_two, slurm_project):
     one, _, _ = fluxgen_one_and_two
     project, shares = slurm_project
@@ -462,6 +465,7 @@ SLURM_EVALUATE = (  # 5 demo images (3 + 2 per node), short sampling
 )
 
 
+@pytest.mark.xdist_group("multiprocess_fluxgen")  # fluxgen_one_and_two is made once
 def test_slurm_train_and_evaluate_on_two_nodes_match_one_process(slurm_project, tmp_path, monkeypatch):
     import torch
 

@@ -18,6 +18,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+# its module-scoped runs are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_quiet_log")
+
 FORBIDDEN = {
     "mlflow's notice at kedro-mlflow's import": "Add type hints to the `predict` method",
     "Kedro's validator on TYPE_CHECKING-only hints": "Could not extract type hints",

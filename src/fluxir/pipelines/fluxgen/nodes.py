@@ -79,7 +79,7 @@ def score_images(
 
 
 def content_filter(
-    generated: pd.DataFrame, nsfw_parts: Path, settings: dict[str, Any], num_processes: int | str
+    generated: pd.DataFrame, nsfw_parts: Path, settings: dict[str, Any], num_processes: NumProcesses
 ) -> pd.DataFrame:
     """Score every generated image not scored yet with the NSFW classifier ``fluxgen.content_filter.model`` on
     ``num_processes`` processes (as ``score_images``) and flag those above ``fluxgen.content_filter.threshold``.
