@@ -42,8 +42,8 @@ from doc_commands import documented
 
 from conftest import NETGUARD, REPO, free_port, make_project_copy
 
-# The base configuration end to end: every documented command as its own process, as a user types it. The
-# tests follow one another on one project (fluxgen, then train on its pairs, ...): one worker runs them all.
+# The base configuration end to end: every documented command as its own process, as a user types it. The tests
+# share one project (module fixtures: pairs, then an adapter): one worker runs them all.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_base_end_to_end")]
 
 FLUX = "black-forest-labs/FLUX.1-dev"
@@ -259,10 +259,25 @@ def test_full_scale_fluxgen_commands(base_project):
     assert len(sorted((p.path / "data" / "02_intermediate" / "fluxgen_images").rglob("*.png"))) == NUM_IMAGES
 
 
-def test_training_commands(base_project):
+@pytest.fixture(scope="module")
+def base_pairs(base_project) -> BaseProject:
+    """The project with FluxGen's pairs, whichever test ran first on this worker: the README's plain fluxgen step
+    (resumes, so it costs a few seconds where a fluxgen test already made them)."""
+    base_project.run("kedro run --pipeline=fluxgen")
+    return base_project
+
+
+@pytest.fixture(scope="module")
+def base_adapter(base_pairs) -> BaseProject:
+    """The project with a trained adapter as well: the README's plain train step (finds a finished run done)."""
+    base_pairs.run("kedro run --pipeline=train")
+    return base_pairs
+
+
+def test_training_commands(base_pairs):
     """README / docs/training.md: DDP on 2 processes, then `kedro run --pipeline=train` (global batch 2 from
     the run file: 1 per process x 2 processes, then 1 x 1 x 2 accumulation)."""
-    p = base_project
+    p = base_pairs
     p.run(
         "accelerate launch --multi_gpu --num_processes 4 -m fluxir.training",
         ("--num_processes 4", "--num_processes 2"),
@@ -279,8 +294,8 @@ def test_training_commands(base_project):
     p.run("kedro run --pipeline=train")  # the same settings but the crop: another run key, trained to step 2
 
 
-def test_evaluate_restore_and_check_commands(base_project):
-    p = base_project
+def test_evaluate_restore_and_check_commands(base_adapter):
+    p = base_adapter
     p.run("kedro run --pipeline=evaluate")
     per_image = pd.read_parquet(p.latest("data/08_reporting/evaluation_per_image.parquet"))
     assert set(per_image["dataset"]) == {"DIV2K-Val", "RealSR"}  # DrealSR and RealLQ250 are not there: skipped
