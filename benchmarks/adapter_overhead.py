@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fluxir.config import load_params
 from fluxir.models.adapter import FluxIRAdapter
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.flux import build_transformer, load_config
+from fluxir.parameters.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from fluxir.config import load_params
 from fluxir.models.adapter import FluxIRConfig, adapter_parameter_breakdown, count_parameters
 from fluxir.models.flux import build_transformer
+from fluxir.parameters.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ADAPTER = 387e6  # Table 2 caption

@@ -53,8 +53,8 @@ PHOTOS = (
 
 def seesr_config(**overrides):
     """conf/base's degrade.config (SeeSR's settings, the one copy) with ``overrides``."""
-    from fluxir.config import load_params
     from fluxir.fluxgen.degrade import DegradationConfig
+    from fluxir.parameters.config import load_params
 
     return DegradationConfig.from_dict({**load_params("base", []).get("degrade")["config"], **overrides})
 

@@ -61,7 +61,7 @@ def _photos(n: int, width: int, height: int) -> list[np.ndarray]:
 
 def _base(group: str) -> dict:
     """conf/base's parameters of ``group``: every field a config class needs."""
-    from fluxir.config import load_params
+    from fluxir.parameters.config import load_params
 
     return load_params("base", [], Path(__file__).resolve().parents[1])[group]
 

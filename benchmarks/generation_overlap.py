@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from fluxir.config import load_params
     from fluxir.fluxgen.generate import GenerationConfig, denoised_images, write_generated
     from fluxir.io.store import ImageStore
     from fluxir.models.loading import load_pipeline
     from fluxir.models.prompts import PromptEncoder
+    from fluxir.parameters.config import load_params
 
     torch.set_num_threads(1)
     base = load_params("tiny", [], REPO)["fluxgen"]

@@ -59,10 +59,10 @@ def _meta_models() -> tuple[Any, Any, Any]:
     """(flux, vae, adapter) on the meta device: FLUX.1-dev, the Flux VAE, the adapter of conf/base's train.adapter."""
     from diffusers import AutoencoderKL
 
-    from fluxir.config import load_params
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.controlled_flux import freeze_flux
     from fluxir.models.flux import build_transformer, load_config
+    from fluxir.parameters.config import load_params
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -90,9 +90,9 @@ def _count(fn) -> float:
 
 def flop_counts() -> dict[str, Any]:
     """TFLOP per unit of work of every GPU stage, counted on the meta device."""
-    from fluxir.config import load_params
     from fluxir.models.controlled_flux import controlled_flux_forward
     from fluxir.models.packing import image_ids
+    from fluxir.parameters.config import load_params
     from fluxir.training.config import TrainConfig
     from fluxir.training.loss import MicroBatch, flow_matching_loss
     from fluxir.training.models import ControlledFlux

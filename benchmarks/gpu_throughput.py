@@ -230,7 +230,7 @@ def training(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, d
 
     width, height = spec["generate"]
     cuda = device == "cuda"
-    from fluxir.config import load_params
+    from fluxir.parameters.config import load_params
 
     cfg = TrainConfig.from_params(
         {
@@ -299,8 +299,8 @@ def restoration(
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from fluxir.config import load_params
     from fluxir.models.adapter import FluxIRAdapter
+    from fluxir.parameters.config import load_params
     from fluxir.restoration.files import split_params
     from fluxir.restoration.sampler import Restorer
 

@@ -63,9 +63,9 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from fluxir.config import load_params
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.flux import build_tiny_vae, build_transformer, fixed_prompt_embeddings
+    from fluxir.parameters.config import load_params
     from fluxir.restoration.files import split_params
     from fluxir.restoration.lowmem import linear_weight_bytes
     from fluxir.restoration.sampler import Restorer

@@ -35,7 +35,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from fluxir.config import load_params
+    from fluxir.parameters.config import load_params
     from fluxir.restoration.files import split_params
     from fluxir.restoration.sampler import Restorer
 

@@ -19,7 +19,7 @@ weights, gradients and AdamW m and v, DDP's gradient buckets (no extra copy with
 workspaces and allocator slack. ``fits`` lists the largest micro-batch whose total is within a card.
 
 ``--write`` stores the result in ``src/fluxir/configs/train_memory.json``: the preflight check's budgets
-(``fluxir.check``) and the memory table of docs/training.md are read from / tested against that file.
+(``fluxir.preflight``) and the memory table of docs/training.md are read from / tested against that file.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def decoder_saved_under_autocast(models: Any, width: int, height: int) -> float:
 
 
 def train_config(pixel_loss: str, checkpointing: bool = True) -> Any:
-    from fluxir.config import load_params
+    from fluxir.parameters.config import load_params
     from fluxir.training.config import TrainConfig
 
     crop = PIXEL_LOSS[pixel_loss]

@@ -95,7 +95,7 @@ def run_variant(
     """Time ``steps`` optimizer steps of one variant in this process; returns seconds and memory."""
     import torch
 
-    from fluxir.config import load_params
+    from fluxir.parameters.config import load_params
     from fluxir.training.config import TrainConfig
     from fluxir.training.data import encode_gaussian
     from fluxir.training.loop import peak_memory_mb
@@ -184,11 +184,11 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
     import torch
     from diffusers import AutoencoderKL
 
-    from fluxir.config import load_params
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
     from fluxir.models.flux import build_transformer, load_config
     from fluxir.models.packing import image_ids
+    from fluxir.parameters.config import load_params
     from fluxir.training.data import decode_latents
 
     width, height = SIZES[config]

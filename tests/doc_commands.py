@@ -55,7 +55,7 @@ RUN: dict[str, str] = {
     "kedro run --pipeline=fluxgen": E2E + "test_full_scale_fluxgen_commands",
     "kedro run --pipeline=train": E2E + "test_training_commands",
     "kedro run --pipeline=evaluate": E2E + "test_evaluate_restore_and_check_commands",
-    "python -m fluxir.check": E2E + "test_evaluate_restore_and_check_commands",
+    "python -m fluxir.preflight": E2E + "test_evaluate_restore_and_check_commands",
     # training
     "accelerate launch --multi_gpu --num_processes 4 -m fluxir.training": E2E + "test_training_commands",
     'kedro run --pipeline=train --params="train.max_steps=500,train.pixel_loss_crop=512"': E2E

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fluxir.config import load_params
 from fluxir.io.hashing import sha256_file
+from fluxir.parameters.config import load_params
 
 from conftest import REPO
 

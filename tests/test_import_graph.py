@@ -6,7 +6,7 @@ and an annotation-only one still means the two modules cannot be read one after 
 sub-module runs its package's ``__init__`` first; that is how packages work, not an edge of the graph
 (``from fluxir.iqa import weights`` is an edge to ``fluxir.iqa.weights``, not to ``fluxir.iqa``).
 The one exception is a command line's ``main()``: it runs only as ``python -m``, is never called by library
-code, and sits on top of the whole stack, so what it imports (the parameter checks of ``fluxir.validation``,
+code, and sits on top of the whole stack, so what it imports (the parameter checks of ``fluxir.parameters.validation``,
 which build this module's own config class) is no edge either.
 """
 

@@ -217,7 +217,7 @@ text(
 text(
     24,
     896,
-    "every reporting dataset is logged as an artifact, the adapter with its config.json (fluxir.hooks).",
+    "every reporting dataset is logged as an artifact, the adapter with its config.json (fluxir.runtime.hooks).",
     size=11,
     anchor="start",
     fill="#333",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fluxir.config import load_params
+from fluxir.parameters.config import load_params
 from fluxir.models.adapter import FluxIRAdapter
 from fluxir.models.loading import load_pipeline
 from fluxir.restoration.files import split_params

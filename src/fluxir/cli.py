@@ -3,7 +3,7 @@ lists or dicts in YAML flow syntax (``--params 'degrade.config.crop_sizes=[[512,
 
 Kedro takes ``run`` from this module when it exists. The command is Kedro's own (same options, same
 callback, same help) with one option replaced; Kedro 1.7's ``--params`` splits at every comma (no lists)
-and, given twice, silently keeps the last one. Parsing and merging are ``fluxir.config.parse_overrides``,
+and, given twice, silently keeps the last one. Parsing and merging are ``fluxir.parameters.config.parse_overrides``,
 shared with the ``python -m fluxir...`` commands.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import click
 from kedro.framework.cli.project import run as kedro_run
 
-from fluxir.config import parse_overrides
+from fluxir.parameters.config import parse_overrides
 
 PARAMS_HELP = (
     "Parameter overrides key.sub=value,... (values are YAML; lists and dicts in flow syntax, quoted for the "
@@ -42,8 +42,8 @@ def _run(cli_params: tuple[str, ...], **options: Any) -> Any:
 
 _params_option = click.Option(["--params", "cli_params"], multiple=True, type=click.UNPROCESSED, help=PARAMS_HELP)
 
-# Where the -c run file's path is kept for the run's hooks (fluxir.hooks.rerun_command): Kedro's own callback for
-# -c returns the last value it read from the file, not the path, so the path is recorded before it runs.
+# Where the -c run file's path is kept for the run's hooks (fluxir.runtime.hooks.rerun_command): Kedro's own
+# callback for -c returns the last value it read from the file, not the path, so the path is recorded before it runs.
 RUN_FILE_META = "fluxir.run_file"
 
 

@@ -2,8 +2,8 @@
 
 from kedro.config import OmegaConfigLoader
 
-from fluxir.config import CONFIG_LOADER_ARGS  # noqa: F401 (read by Kedro)
-from fluxir.hooks import (
+from fluxir.parameters.config import CONFIG_LOADER_ARGS  # noqa: F401 (read by Kedro)
+from fluxir.runtime.hooks import (
     AdapterProvenanceHook,
     LaunchContextHook,
     MlflowRunHook,

@@ -1,12 +1,12 @@
-"""fluxir.config: the one validation table and the config loader's settings."""
+"""fluxir.parameters.config: the one validation table and the config loader's settings."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fluxir.config import CONFIG_LOADER_ARGS
-from fluxir.rules import Rule, check_fields, is_int
+from fluxir.parameters.config import CONFIG_LOADER_ARGS
+from fluxir.parameters.rules import Rule, check_fields, is_int
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_library_code_does_not_import_the_kedro_settings_module():
     import sys
 
     probe = (
-        "import sys, fluxir.config, fluxir.hooks, fluxir.io.store, fluxir.tracking; "
+        "import sys, fluxir.parameters.config, fluxir.runtime.hooks, fluxir.io.store, fluxir.runtime.tracking; "
         "print(sorted(m for m in sys.modules if m == 'fluxir.settings'))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout

@@ -8,8 +8,8 @@ from kedro.io import DatasetError
 from kedro.io.core import Version
 from kedro_datasets.pandas import ParquetDataset
 
-from fluxir.config import load_catalog
 from fluxir.datasets.durable_parquet import DurableParquetDataset, write_parquet
+from fluxir.parameters.config import load_catalog
 
 from conftest import REPO
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from kedro.framework.project import _ProjectSettings
 
-from fluxir import config
+from fluxir.parameters import config
 
 from conftest import REPO
 
@@ -68,8 +68,8 @@ def test_the_project_runs_kedros_default_env():
 def test_every_entry_point_is_found():
     modules = set(entry_point_modules())
     expected = {
-        "fluxir.check",
-        "fluxir.app",
+        "fluxir.preflight.__main__",
+        "fluxir.app.__main__",
         "fluxir.fetch.__main__",
         "fluxir.fluxgen.generate",
         "fluxir.fluxgen.score",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from fluxir.config import load_params, split_overrides
 from fluxir.fluxgen.pairs import launcher_share, share
-from fluxir.launch import override_args, resolve_num_processes
+from fluxir.parameters.config import load_params, split_overrides
+from fluxir.runtime.launch import override_args, resolve_num_processes
 
 from conftest import REPO
 

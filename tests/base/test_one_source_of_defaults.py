@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from fluxir.config import load_params
+from fluxir.parameters.config import load_params
 
 from conftest import REPO
 

@@ -1,6 +1,6 @@
 """Command-line parameter overrides: lists in YAML flow syntax, repeated ``--params`` merged, ``-c`` run files.
 
-``fluxir.config.parse_overrides`` serves ``kedro run`` (the project's ``fluxir/cli.py``) and every
+``fluxir.parameters.config.parse_overrides`` serves ``kedro run`` (the project's ``fluxir/cli.py``) and every
 ``python -m fluxir...`` command; the base end-to-end test (tests/pipelines/test_base_end_to_end.py) runs
 ``kedro run -c`` with repeated ``--params`` through the real Kedro CLI.
 """
@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from fluxir.cli import run as kedro_run_command
-from fluxir.config import cli_parser, load_params, parse_overrides, split_overrides
+from fluxir.parameters.config import cli_parser, load_params, parse_overrides, split_overrides
 
 from conftest import REPO
 
@@ -77,7 +77,7 @@ def test_kedro_run_refuses_a_broken_list_with_the_option_named():
 
 
 def test_a_launch_that_lost_its_processes_is_named():
-    from fluxir.config import lost_processes_warning
+    from fluxir.parameters.config import lost_processes_warning
 
     simple = {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "True", "MASTER_PORT": "29500"}
     assert "started ONE" in lost_processes_warning(simple)

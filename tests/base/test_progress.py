@@ -6,16 +6,16 @@ import logging
 
 import pytest
 
-from fluxir.progress import progress
+from fluxir.runtime.progress import progress
 
 
 def _lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "fluxir.progress"]
+    return [r.getMessage() for r in caplog.records if r.name == "fluxir.runtime.progress"]
 
 
 def test_log_mode_logs_every_ten_percent(monkeypatch, caplog):
     monkeypatch.setenv("FLUXIR_PROGRESS", "log")
-    with caplog.at_level(logging.INFO, logger="fluxir.progress"):
+    with caplog.at_level(logging.INFO, logger="fluxir.runtime.progress"):
         assert list(progress(range(25), desc="d")) == list(range(25))
     lines = _lines(caplog)
     percents = [int(line.split("(")[1].split("%")[0]) for line in lines if "%)" in line]
@@ -25,7 +25,7 @@ def test_log_mode_logs_every_ten_percent(monkeypatch, caplog):
 
 def test_manual_updates_log_once_per_step_and_finish(monkeypatch, caplog):
     monkeypatch.setenv("FLUXIR_PROGRESS", "log")
-    with caplog.at_level(logging.INFO, logger="fluxir.progress"):
+    with caplog.at_level(logging.INFO, logger="fluxir.runtime.progress"):
         with progress(total=7, initial=2, desc="gen", unit="img") as bar:
             for _ in range(5):
                 bar.update(1)
@@ -36,7 +36,7 @@ def test_manual_updates_log_once_per_step_and_finish(monkeypatch, caplog):
 
 def test_off_and_bar_modes(monkeypatch, caplog):
     monkeypatch.setenv("FLUXIR_PROGRESS", "off")
-    with caplog.at_level(logging.INFO, logger="fluxir.progress"):
+    with caplog.at_level(logging.INFO, logger="fluxir.runtime.progress"):
         assert list(progress(range(5), desc="x")) == list(range(5))
     assert _lines(caplog) == []
     monkeypatch.setenv("FLUXIR_PROGRESS", "bar")

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 
-from fluxir.config import load_params
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.images import read_image
 from fluxir.io.provenance import GENERATED_SOFTWARE, generated_fields, model_revision, png_text, read_provenance
+from fluxir.parameters.config import load_params
 
 from conftest import REPO
 

@@ -515,7 +515,7 @@ def test_report_compares_with_the_paper_and_says_tiny(evaluated):
 def test_mlflow_holds_params_metrics_and_the_report(evaluated):
     import mlflow
 
-    from fluxir.hooks import experiment_name
+    from fluxir.runtime.hooks import experiment_name
 
     project = evaluated["project"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")

@@ -23,10 +23,10 @@ import pytest
 from PIL import Image
 
 from fluxir import fetch
-from fluxir.config import catalog_config, load_params
 from fluxir.fetch import archives, manifest, transfer
 from fluxir.fetch.__main__ import main as fetch_main
 from fluxir.io.hashing import sha256_file
+from fluxir.parameters.config import catalog_config, load_params
 
 from conftest import REPO, make_project_copy
 

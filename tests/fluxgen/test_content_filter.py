@@ -14,12 +14,12 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from fluxir.config import load_params
 from fluxir.fluxgen.content_filter import REVIEW_DUTY
 from fluxir.fluxgen.generate import GenerationConfig, image_seed
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.provenance import GENERATED_SOFTWARE, PAIR_DISCLOSURE, model_revision, read_provenance
 from fluxir.io.store import ImageStore
+from fluxir.parameters.config import load_params
 
 from conftest import make_project_copy
 from support import kedro_session_run
@@ -40,7 +40,7 @@ def _latest(project: Path, relative: str) -> pd.DataFrame:
 
 
 def _latest_run(project: Path) -> mlflow.entities.Run:
-    from fluxir.hooks import experiment_name
+    from fluxir.runtime.hooks import experiment_name
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(experiment_name("fluxgen"))

@@ -254,7 +254,7 @@ def test_clipiqa_vitl14_scores_offline(tmp_path, no_network):
 
 @pytest.mark.e2e  # pyiqa fixes its weight folder at import: each weight folder needs a fresh process
 def test_preflight_check_builds_the_metrics_and_names_a_broken_file(weight_home, kedro_project, tmp_path, no_network):
-    """python -m fluxir.check builds each IQA metric from its files: a wrong key fails before any run."""
+    """python -m fluxir.preflight builds each IQA metric from its files: a wrong key fails before any run."""
     home = _broken_home(weight_home, tmp_path)
     musiq_file = home / "hub" / "pyiqa" / "musiq_koniq_ckpt-e95806b9.pth"
     musiq = torch.load(musiq_file, weights_only=False)
@@ -263,7 +263,7 @@ def test_preflight_check_builds_the_metrics_and_names_a_broken_file(weight_home,
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     params = f"iqa.metrics=[musiq],iqa.weights_dir={home},iqa.trust_weight_files=true"
     result = subprocess.run(
-        [sys.executable, "-m", "fluxir.check", "--env", "tiny", "--params", params],
+        [sys.executable, "-m", "fluxir.preflight", "--env", "tiny", "--params", params],
         cwd=kedro_project,
         env=env,
         capture_output=True,

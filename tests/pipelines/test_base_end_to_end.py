@@ -321,7 +321,7 @@ def test_evaluate_restore_and_check_commands(base_adapter):
     summary = json.loads(p.latest("data/08_reporting/restore_summary.json").read_text())
     assert summary["restored"] + summary["skipped_existing"] >= 1 and summary["failed"] == 0
 
-    check = p.run("python -m fluxir.check", check=False)
+    check = p.run("python -m fluxir.preflight", check=False)
     fails = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
     assert check.returncode == 1 and len(fails) == 2, check.stdout + check.stderr[-3000:]
     assert all(f.split()[1:3] in (["benchmark", "drealsr"], ["benchmark", "reallq250"]) for f in fails), fails

@@ -1,4 +1,4 @@
-"""``python -m fluxir.check``: one report of everything a real run needs, every problem listed.
+"""``python -m fluxir.preflight``: one report of everything a real run needs, every problem listed.
 
 Run on a copy of this project (conf/tiny, the committed tiny Flux) as it is, then broken in several
 ways at once: each problem must appear on its own FAIL line naming the path, and the exit status is 1.
@@ -21,10 +21,10 @@ from support import adapter_params
 
 
 def _check(project: Path, *params: str) -> subprocess.CompletedProcess:
-    """``python -m fluxir.check --env tiny`` as a user runs it: its report and exit status."""
+    """``python -m fluxir.preflight --env tiny`` as a user runs it: its report and exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-    args = [sys.executable, "-m", "fluxir.check", "--env", "tiny", *(a for p in params for a in ("--params", p))]
+    args = [sys.executable, "-m", "fluxir.preflight", "--env", "tiny", *(a for p in params for a in ("--params", p))]
     return subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -36,8 +36,8 @@ def _save_adapter(project: Path, flux_folder: Path) -> None:
     """An adapter built for the transformer in ``flux_folder``, saved through the project's catalog."""
     from diffusers import FluxTransformer2DModel
 
-    from fluxir.config import load_catalog
     from fluxir.models.adapter import FluxIRAdapter
+    from fluxir.parameters.config import load_catalog
 
     flux = FluxTransformer2DModel.from_pretrained(flux_folder / "transformer")
     load_catalog("tiny", project).save(

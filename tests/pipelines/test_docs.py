@@ -484,7 +484,7 @@ def test_readme_gives_the_real_run_in_order():
     order = [
         "export HF_TOKEN=",
         "python -m fluxir.fetch",
-        "python -m fluxir.check",
+        "python -m fluxir.preflight",
         "kedro run --pipeline=fluxgen",
         "kedro run --pipeline=train",
         "kedro run --pipeline=evaluate",

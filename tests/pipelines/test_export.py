@@ -20,9 +20,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from fluxir.config import load_params
 from fluxir.export.cards import read_card_header
 from fluxir.export.licenses import FLUX_DEV_LICENSE_LINK, generator_license
+from fluxir.parameters.config import load_params
 
 from conftest import REPO, make_project_copy
 from support import kedro_session_run
@@ -181,7 +181,7 @@ def test_generator_licences_by_model_id():
 
 
 def test_bad_export_parameters_are_all_reported_before_a_run():
-    from fluxir.validation import groups_read, problems_for
+    from fluxir.parameters.validation import groups_read, problems_for
 
     assert "export" in groups_read(["params:export", "params:fluxgen"])
     bad = ["export.format=zip", "export.max_shard_mb=0", "export.push_to_hub=true", "export.colour=red"]

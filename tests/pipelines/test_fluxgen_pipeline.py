@@ -83,7 +83,7 @@ def test_histograms_and_mlflow_run(fluxgen_run):
     project = fluxgen_run
     assert len(_versions(project, "data/08_reporting/iqa_histograms.png")) == 2
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    from fluxir.hooks import experiment_name
+    from fluxir.runtime.hooks import experiment_name
 
     experiment = client.get_experiment_by_name(experiment_name("fluxgen"))
     runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])

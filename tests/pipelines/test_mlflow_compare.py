@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from fluxir.cli import run as kedro_run_command
-from fluxir.config import parse_overrides
-from fluxir.rerun import params_value, rerun_command
+from fluxir.parameters.config import parse_overrides
+from fluxir.runtime.rerun import params_value, rerun_command
 
 from conftest import make_project_copy
 from support import kedro_session_run
@@ -166,7 +166,7 @@ def test_the_cli_accepts_the_command_it_is_given():
 
 @pytest.fixture(scope="module")
 def mlflow_ui(compared):
-    """``python -m fluxir.mlflow_ui`` (what ``make mlflow`` runs) on the compared project's store: the addresses
+    """``python -m fluxir.runtime.mlflow_ui`` (what ``make mlflow`` runs) on the compared project's store: the addresses
     it printed and the server's root."""
     import signal
     import subprocess
@@ -178,7 +178,7 @@ def mlflow_ui(compared):
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "fluxir.mlflow_ui", "--port", str(port)],
+        [sys.executable, "-m", "fluxir.runtime.mlflow_ui", "--port", str(port)],
         cwd=compared["project"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -190,7 +190,7 @@ def mlflow_ui(compared):
     try:
         while not any("fluxir-evaluate" in line for line in printed):
             line = server.stdout.readline()
-            assert line, f"python -m fluxir.mlflow_ui ended before printing the addresses: {printed}"
+            assert line, f"python -m fluxir.runtime.mlflow_ui ended before printing the addresses: {printed}"
             printed.append(line.rstrip())
         deadline = time.monotonic() + 120
         while True:
@@ -275,7 +275,7 @@ def test_the_compare_view_shows_both_adapters(compared, mlflow_ui, mlflow_page):
 
 def test_a_kedro_run_keeps_its_run_file_path_and_typed_params():
     """Inside ``kedro run -c FILE --params ...`` (click's context, as the hooks see it)."""
-    from fluxir.rerun import kedro_run_options
+    from fluxir.runtime.rerun import kedro_run_options
 
     from conftest import REPO
 

@@ -1,5 +1,5 @@
 """Metric names with characters MLflow refuses (pyiqa's ``clipiqa+_vitL14_512``, the paper's CLIP-IQA+) reach
-MLflow under the keys of ``fluxir.tracking.mlflow_key``: the selection and evaluation nodes' outputs are
+MLflow under the keys of ``fluxir.runtime.tracking.mlflow_key``: the selection and evaluation nodes' outputs are
 saved through the catalog's kedro-mlflow dataset into a real SQLite store and read back."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from fluxir.evaluation.report import PER_IMAGE_COLUMNS
 from fluxir.pipelines.evaluate.nodes import summarize_metrics
 from fluxir.pipelines.fluxgen.nodes import select_by_iqa
-from fluxir.tracking import mlflow_key, mlflow_metric_values
+from fluxir.runtime.tracking import mlflow_key, mlflow_metric_values
 
 BASE_METRICS = ["clipiqa+_vitL14_512", "maniqa-pipal", "musiq"]  # conf/base/parameters_fluxgen.yml: iqa.metrics
 

@@ -232,9 +232,9 @@ def test_adapter_is_logged_with_its_config(mlflow_server, tmp_path, monkeypatch)
     from kedro.runner import SequentialRunner
 
     from fluxir.datasets import FluxIRAdapterDataset
-    from fluxir.hooks import ReportingArtifactsHook
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.adapter_config import FluxIRConfig
+    from fluxir.runtime.hooks import ReportingArtifactsHook
 
     config = FluxIRConfig(
         **adapter_params(rank=4),

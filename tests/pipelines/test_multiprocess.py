@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fluxir.config import load_params
-from fluxir.launch import GRACE_SECONDS
+from fluxir.parameters.config import load_params
+from fluxir.runtime.launch import GRACE_SECONDS
 
 from conftest import REPO, kedro_process, make_project_copy
 from support import kill_when, make_mixed_folder, make_pairs, save_identity_adapter
@@ -288,7 +288,7 @@ def test_ctrl_c_in_the_node_ends_the_child_job_and_reaches_kedro(tmp_path):
     timed here (on a loaded machine it has taken over 50 s; the job is gone by then)."""
     import threading
 
-    from fluxir.launch import run_guarded
+    from fluxir.runtime.launch import run_guarded
 
     pid_file = tmp_path / "rank.pid"
 
@@ -332,10 +332,10 @@ sys.exit(3)
 def test_the_guard_ends_a_rank_in_its_own_session_that_ignores_sigterm(tmp_path):
     """As torchrun starts ranks: outside the guard's process group. The launcher ends and leaves its rank behind;
     the guard (a subreaper) SIGKILLs it after the grace and passes the launcher's exit status on."""
-    from fluxir.launch import GRACE_SECONDS
+    from fluxir.runtime.launch import GRACE_SECONDS
 
     pid_file = tmp_path / "rank.pid"
-    guard = [sys.executable, "-m", "fluxir.launch", "--parent", str(os.getpid()), "--"]
+    guard = [sys.executable, "-m", "fluxir.runtime.launch", "--parent", str(os.getpid()), "--"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run(
         [*guard, sys.executable, "-c", LAUNCHER_LEAVING_A_RANK, str(pid_file)],

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from fluxir.config import catalog_config, load_params
-from fluxir.validation import ParameterError, check_params, groups_read, problems_for
+from fluxir.parameters.config import catalog_config, load_params
+from fluxir.parameters.validation import ParameterError, check_params, groups_read, problems_for
 
 from conftest import REPO, kedro_process, kedro_run
 

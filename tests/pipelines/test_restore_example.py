@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from fluxir.cli import run as kedro_run_command
-from fluxir.config import parse_overrides
+from fluxir.parameters.config import parse_overrides
 
 from conftest import REPO, make_project_copy
 from support import kedro_session_run, save_identity_adapter

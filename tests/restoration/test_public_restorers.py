@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxir.config import load_params
+from fluxir.parameters.config import load_params
 from fluxir.restoration.methods import build_public, public_config, public_fingerprint
 from fluxir.restoration.restore_config import OutputGeometry
 

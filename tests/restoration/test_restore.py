@@ -410,7 +410,7 @@ def _latest(project: Path, relative: str) -> Path:
 
 
 def test_kedro_restore_mixed_folder_then_rerun_then_overwrite(kedro_project, pipe):
-    from fluxir.config import load_catalog, load_params
+    from fluxir.parameters.config import load_catalog, load_params
     from fluxir.pipelines.restore.nodes import plan_restore, restore_images
 
     from conftest import kedro_run
@@ -515,8 +515,8 @@ def test_kedro_restore_all_bad_folder_fails_with_the_reasons(kedro_project, pipe
 def test_restore_without_an_adapter_uses_public_weights(kedro_project):
     """No adapter was ever trained: restore.method=realesrgan (through Kedro) and flux_controlnet restore with
     the public restorers' (tiny) weights; fluxir says what to do."""
-    from fluxir.config import load_params
     from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset
+    from fluxir.parameters.config import load_params
     from fluxir.pipelines.restore.nodes import plan_restore, restore_images
     from fluxir.restoration.methods import build_public, output_geometry, public_config
 

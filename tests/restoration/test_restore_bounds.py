@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fluxir.config import load_params
 from fluxir.models.adapter import FluxIRAdapter
+from fluxir.parameters.config import load_params
 from fluxir.restoration.files import restore_files
 from fluxir.restoration.methods import public_config, public_restorer_for
 from fluxir.restoration.sampler import Restorer

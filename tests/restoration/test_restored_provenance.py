@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fluxir.config import load_params
 from fluxir.io.hashing import hash_tensors
 from fluxir.io.provenance import RESTORED_DISCLOSURE, RESTORED_SOFTWARE, model_revision, read_provenance
+from fluxir.parameters.config import load_params
 from fluxir.restoration.files import restore_files
 
 from conftest import REPO, TINY_FLUX

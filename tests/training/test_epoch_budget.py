@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from fluxir.config import load_params
+from fluxir.parameters.config import load_params
 from fluxir.training.config import TrainConfig
 
 from conftest import REPO
@@ -27,7 +27,7 @@ def fewest_selected_pairs(params: dict) -> int:
     [("base", None), ("tiny", None), ("base", "conf/run_paper.yml"), ("tiny", "conf/run_small.yml")],
 )
 def test_every_shipped_configuration_passes_on_its_own_pairs(env, run_file):
-    from fluxir.config import run_file_options
+    from fluxir.parameters.config import run_file_options
 
     overrides = [run_file_options(REPO / run_file)["params"]] if run_file else []
     params = load_params(env, overrides, REPO)

@@ -18,12 +18,12 @@ from pathlib import Path
 import pandas as pd
 from accelerate import PartialState
 
-from fluxir.config import cli_parser, load_catalog, load_params
 from fluxir.evaluation.restore import restore_missing, restore_public_missing
 from fluxir.models.adapter import load_adapter
 from fluxir.models.devices import accelerate_cpu, resolve_device
+from fluxir.parameters.config import cli_parser, load_catalog, load_params
+from fluxir.parameters.validation import check_params
 from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
-from fluxir.validation import check_params
 
 
 def main(argv: list[str] | None = None) -> None:

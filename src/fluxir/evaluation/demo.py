@@ -101,7 +101,7 @@ def write_demo_benchmarks(
 def write_env_demo(env: str, project: str | Path = ".", overrides: list[Any] | None = None) -> dict[str, list[str]]:
     """``write_demo_benchmarks`` for the benchmarks of a Kedro environment: settings from its parameters, folders
     from its catalog (relative to ``project``)."""
-    from fluxir.config import catalog_config, load_params
+    from fluxir.parameters.config import catalog_config, load_params
 
     params = load_params(env, overrides or [], project)
     if not params["evaluate"].get("tiny_models"):
@@ -124,7 +124,7 @@ def write_env_demo(env: str, project: str | Path = ".", overrides: list[Any] | N
 
 def main(argv: list[str] | None = None) -> None:
     """Write the tiny environment's demo benchmark images into its empty benchmark folders."""
-    from fluxir.config import cli_parser
+    from fluxir.parameters.config import cli_parser
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = cli_parser("python -m fluxir.evaluation.demo", main.__doc__, "degrade.seed=1")

@@ -116,8 +116,8 @@ def metric_name(row: Mapping[str, Any]) -> str:
 
 def mlflow_metrics(means: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per-dataset means as ``{key: {"value": v, "step": 0}}`` (kedro-mlflow's metrics history format), keys
-    through ``fluxir.tracking.mlflow_key`` (``MANIQA_standin_clipiqa+`` -> ``MANIQA_standin_clipiqaplus``)."""
-    from fluxir.tracking import mlflow_metric_values
+    through ``fluxir.runtime.tracking.mlflow_key`` (``MANIQA_standin_clipiqa+`` -> ``MANIQA_standin_clipiqaplus``)."""
+    from fluxir.runtime.tracking import mlflow_metric_values
 
     values: dict[str, float] = {}
     for row in means.to_dict("records"):

@@ -29,7 +29,7 @@ from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
 from fluxir.io.images import read_image
 from fluxir.io.provenance import fluxir_version, png_text, restored_fields
 from fluxir.models.devices import resolve_device
-from fluxir.progress import progress
+from fluxir.parameters.rules import Rule, check_fields
 from fluxir.restoration.methods import (
     PUBLIC_METHODS,
     TITLES,
@@ -42,7 +42,7 @@ from fluxir.restoration.methods import (
 )
 from fluxir.restoration.restore_config import RestoreConfig, config_dict
 from fluxir.restoration.sampler import Restorer, upsample
-from fluxir.rules import Rule, check_fields
+from fluxir.runtime.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.hashing import hash_json
 from fluxir.io.images import image_size, read_image
-from fluxir.rules import Rule, check_fields
+from fluxir.parameters.rules import Rule, check_fields
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from fluxir.memory_budget import BUDGET_GB, TRAIN_MEMORY
+from fluxir.preflight.budget import BUDGET_GB, TRAIN_MEMORY
 
 FLUX_DEV_SHAPE = {"num_layers": 19, "num_single_layers": 38, "num_attention_heads": 24, "attention_head_dim": 128}
 

@@ -229,7 +229,7 @@ def run(steps: list[Step], mirror: str | None = None) -> list[tuple[Step, str, b
 
     A progress bar per file (or per copied repository) and one for all of them together ("all files").
     """
-    from fluxir.progress import progress
+    from fluxir.runtime.progress import progress
 
     results: list[tuple[Step, str, bool]] = []
     known = sum(s.size or 0 for s in steps if _counted(s, mirror))

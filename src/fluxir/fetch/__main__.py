@@ -10,9 +10,9 @@ import logging
 import sys
 from pathlib import Path
 
-from fluxir.config import catalog_config, cli_parser, load_params
 from fluxir.fetch import DiskSpaceError, check_disk, format_list, format_plan, format_results, plan, run
 from fluxir.fetch.manifest import GROUPS, build
+from fluxir.parameters.config import catalog_config, cli_parser, load_params
 
 
 def _groups(text: str) -> tuple[str, ...]:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all(ok for _, _, ok in results):
         print("some items were not fetched (see FAIL above); run again once fixed: finished files are kept")
         return 1
-    from fluxir.check import format_report, run_checks
+    from fluxir.preflight.checks import format_report, run_checks
 
     findings = run_checks(project, args.env, args.params)
     print(format_report(findings))
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # without a terminal the progress bars are log lines (fluxir.progress): they go to stderr
+    # without a terminal the progress bars are log lines (fluxir.runtime.progress): they go to stderr
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fluxir").setLevel(logging.INFO)
     sys.exit(main())

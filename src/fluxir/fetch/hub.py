@@ -3,7 +3,7 @@
 A hub id parameter lands in the Hugging Face cache (what ``from_pretrained(<id>)`` reads offline);
 a folder parameter gets the snapshot as that folder (``local_dir``). huggingface_hub resumes cut
 files and skips what is already there (it files each LFS blob under the SHA-256 the hub states, without
-hashing it again; ``fluxir.check`` then reads every safetensors header against the architecture). The
+hashing it again; ``fluxir.preflight`` then reads every safetensors header against the architecture). The
 user's token (``HF_TOKEN`` or ``hf auth login``) is used as is. Its errors become one line that says
 what to do: a gated licence not accepted, a token missing or refused, a repository or revision that does
 not exist, the offline switch still on.

@@ -5,7 +5,7 @@ byte counts and digests that independent download scripts record for the same UR
 agreeing) or a checksum registry's (TFDS). A size known only rounded (a hub page's "3.58 GB") is
 marked approximate: it is shown with "~" and counted in the disk check, but the download is verified
 against what the server announces. ``None`` where nothing was found: such a file is verified against the
-size its server announces, and ``fluxir.check`` then loads every weight file and compares its keys.
+size its server announces, and ``fluxir.preflight`` then loads every weight file and compares its keys.
 Destinations are never written here: each one is read from the environment's parameters (the benchmark
 folders from its catalog), so a file lands where the loaders look:
 
@@ -280,7 +280,7 @@ def _iqa_items(params: Mapping[str, Any]) -> tuple[list[Item], list[str]]:
                 if need.sha256
                 else "SHA-256 prefix from torch hub's file-name convention"
                 if digest
-                else f"{unpublished_digest(url)}; fluxir.check then loads it and compares its keys"
+                else f"{unpublished_digest(url)}; fluxir.preflight then loads it and compares its keys"
             )
             items[need.path] = Item(
                 need.path.name,
@@ -397,7 +397,8 @@ def _filter_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item],
 def build(
     params: Mapping[str, Any], project: Path, only: tuple[str, ...] = GROUPS, catalog: Mapping[str, Any] | None = None
 ) -> Manifest:
-    """The manifest for an environment's parameters and ``catalog`` entries (``fluxir.config.catalog_config``;
+    """The manifest for an environment's parameters and ``catalog`` entries
+    (``fluxir.parameters.config.catalog_config``;
     needed for the benchmarks), restricted to the groups in ``only``."""
     if "benchmarks" in only and catalog is None:
         raise ValueError("the benchmark folders are catalog entries: pass the environment's catalog config")

@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fluxir.config import cli_parser, stage_command_inputs
 from fluxir.io.hashing import hash_json
 from fluxir.io.provenance import model_revision
-from fluxir.rules import Rule, config_from_params
+from fluxir.parameters.config import cli_parser, stage_command_inputs
+from fluxir.parameters.rules import Rule, config_from_params
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def record_filter_state(cfg: ContentFilterConfig, flagged: int | None) -> dict[s
     if mlflow.active_run() is not None:
         mlflow.set_tags(tags)
         if not cfg.enabled:
-            from fluxir.tracking import log_new_params
+            from fluxir.runtime.tracking import log_new_params
 
             log_new_params({"content_filter.review_duty": "user (FLUX.1-dev licence 2(e)(i)(B))"})
     return tags
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import PartialState
 
     from fluxir.models.devices import accelerate_cpu
-    from fluxir.validation import check_params  # validation builds this module's config class
+    from fluxir.parameters.validation import check_params  # validation builds this module's config class
 
     parser = cli_parser("python -m fluxir.fluxgen.content_filter", main.__doc__, "fluxgen.content_filter.batch_size=32")
     parser.add_argument(

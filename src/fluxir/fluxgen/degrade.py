@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from fluxir.compat.basicsr import import_basicsr
 from fluxir.fluxgen.degrade_config import DegradationConfig
-from fluxir.rules import is_int
+from fluxir.parameters.rules import is_int
 
 import_basicsr()  # must precede every basicsr import (torchvision removed functional_tensor)
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fluxir.rules import Relation, Rule, check_fields, config_from_params, is_int
+from fluxir.parameters.rules import Relation, Rule, check_fields, config_from_params, is_int
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 # Latents are /8 of the image and Flux packs 2x2 latent patches: image sides must be multiples of 16.

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from fluxir.config import cli_parser, stage_command_inputs, stage_params
 from fluxir.io.hashing import hash_json
 from fluxir.io.provenance import generated_fields, model_revision, png_text
 from fluxir.io.store import ImageStore, WriterPool
@@ -43,8 +42,9 @@ from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import compile_blocks
 from fluxir.models.loading import load_pipeline
 from fluxir.models.prompts import PromptEncoder
-from fluxir.progress import progress as progress_bar
-from fluxir.rules import Rule, check_fields, config_from_params, reject_unknown_keys
+from fluxir.parameters.config import cli_parser, stage_command_inputs, stage_params
+from fluxir.parameters.rules import Rule, check_fields, config_from_params, reject_unknown_keys
+from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="folder of cached prompt embeddings (default: the catalog's prompt_embeddings path)",
     )
-    from fluxir.validation import check_params  # validation builds this module's config class
+    from fluxir.parameters.validation import check_params  # validation builds this module's config class
 
     args = parser.parse_args(argv)
     inputs = {

@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fluxir.config import cli_parser, stage_command_inputs
 from fluxir.fluxgen.degrade import degrade_pair
 from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io.atomic import write_json_atomic
@@ -54,9 +53,10 @@ from fluxir.io.provenance import (
     read_provenance,
 )
 from fluxir.io.store import ImageStore, portable_path
-from fluxir.processes import die_with_parent
-from fluxir.progress import progress as progress_bar
-from fluxir.rules import Rule, check_fields, config_from_params, is_int
+from fluxir.parameters.config import cli_parser, stage_command_inputs
+from fluxir.parameters.rules import Rule, check_fields, config_from_params, is_int
+from fluxir.runtime.processes import die_with_parent
+from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         "--selection", default=None, help="IQA selection parquet (default: the catalog's latest iqa_selection)"
     )
     parser.add_argument("--store", default=None, help="pair store root (default: the catalog's pair_store path)")
-    from fluxir.validation import check_params  # validation builds this module's config class
+    from fluxir.parameters.validation import check_params  # validation builds this module's config class
 
     args = parser.parse_args(argv)
     inputs = {

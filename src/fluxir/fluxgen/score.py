@@ -38,14 +38,14 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
 from fluxir import iqa as iqa_lib
-from fluxir.config import cli_parser, stage_command_inputs
 from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.io.hashing import hash_json
 from fluxir.io.images import read_image
 from fluxir.models.devices import accelerate_cpu, resolve_device
-from fluxir.processes import worker_init
-from fluxir.progress import progress as progress_bar
-from fluxir.rules import Rule, check_fields, config_from_params
+from fluxir.parameters.config import cli_parser, stage_command_inputs
+from fluxir.parameters.rules import Rule, check_fields, config_from_params
+from fluxir.runtime.processes import worker_init
+from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         "--manifest", default=None, help="generated-images parquet (default: the catalog's latest generated_images)"
     )
     parser.add_argument("--parts", default=None, help="score parts root (default: the catalog's iqa_parts path)")
-    from fluxir.validation import check_params  # validation builds this module's config class
+    from fluxir.parameters.validation import check_params  # validation builds this module's config class
 
     args = parser.parse_args(argv)
     inputs = {"generated_images": (args.manifest, pd.read_parquet), "iqa_parts": (args.parts, Path)}

@@ -98,7 +98,7 @@ def score_full_reference(
     import pandas as pd
     import torch
 
-    from fluxir.progress import progress as progress_bar
+    from fluxir.runtime.progress import progress as progress_bar
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")

@@ -33,7 +33,7 @@ def score_no_reference(
     import pandas as pd
     import torch
 
-    from fluxir.progress import progress as progress_bar
+    from fluxir.runtime.progress import progress as progress_bar
 
     check_batch_size(batch_size)
     parsed = parse_of_mode(specs, "NR")

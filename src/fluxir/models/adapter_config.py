@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from fluxir.rules import Rule, check_fields
+from fluxir.parameters.rules import Rule, check_fields
 
 # Base-model fields that must agree between an adapter and the Flux transformer it controls.
 BASE_FIELDS = (

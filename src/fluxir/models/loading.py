@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 
-from fluxir.progress import library_bars_follow_mode
+from fluxir.runtime.progress import library_bars_follow_mode
 
 
 def resolve_source(source: str) -> str:

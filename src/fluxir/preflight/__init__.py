@@ -1,4 +1,4 @@
-"""The preflight checks of a real run, one module per area; ``python -m fluxir.check`` runs them all.
+"""The preflight checks of a real run, one module per area; ``python -m fluxir.preflight`` runs them all.
 
 - ``findings``: one report line (``Finding``) and reading a nested parameter;
 - ``models``: diffusers pipeline folders (meta-device builds against safetensors headers) and the trained adapter;

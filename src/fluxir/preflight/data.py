@@ -128,7 +128,7 @@ def _pair_count(spec: Any) -> int:
 
 def check_benchmarks(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> list[Finding]:
     """Each evaluate.benchmarks entry: the folders of its catalog entry ``<key>_benchmark`` (``catalog``: entries
-    as ``fluxir.config.catalog_config`` gives them) present with images, and how many pairs it gives."""
+    as ``fluxir.parameters.config.catalog_config`` gives them) present with images, and how many pairs it gives."""
     from fluxir.evaluation.testsets import FOLDERS_ENTRY, BenchmarkSpec, list_images
 
     evaluate = params.get("evaluate") or {}

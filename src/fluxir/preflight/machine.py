@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fluxir.memory_budget import BUDGET_GB, TRAIN_MEMORY
+from fluxir.preflight.budget import BUDGET_GB, TRAIN_MEMORY
 from fluxir.preflight.findings import Finding, lookup
 
 
@@ -108,8 +108,8 @@ STAGE_PROCESSES = {
 
 
 def check_processes(params: Mapping[str, Any], gpus: int | None = None) -> list[Finding]:
-    """How many processes each stage will run (``<stage>.num_processes``, ``fluxir.launch``) and on which GPUs."""
-    from fluxir.launch import resolve_num_processes, visible_gpus
+    """How many processes each stage will run (``<stage>.num_processes``, ``fluxir.runtime.launch``), on which GPUs."""
+    from fluxir.runtime.launch import resolve_num_processes, visible_gpus
 
     gpus = visible_gpus() if gpus is None else gpus
     findings = []

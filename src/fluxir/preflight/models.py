@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fluxir.config import load_catalog
+from fluxir.parameters.config import load_catalog
 from fluxir.preflight.findings import Finding
 
 # The files of a diffusers pipeline repository a run reads (FLUX.1-dev also holds ~24 GB of single-file weights).

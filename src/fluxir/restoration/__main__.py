@@ -15,12 +15,12 @@ from pathlib import Path
 import pandas as pd
 from accelerate import PartialState
 
-from fluxir.config import catalog_config, cli_parser, load_catalog, load_params
 from fluxir.models.adapter import load_adapter
 from fluxir.models.devices import accelerate_cpu, resolve_device
+from fluxir.parameters.config import catalog_config, cli_parser, load_catalog, load_params
+from fluxir.parameters.validation import check_params
 from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
 from fluxir.restoration.methods import public_restorer_for
-from fluxir.validation import check_params
 
 
 def main(argv: list[str] | None = None) -> None:

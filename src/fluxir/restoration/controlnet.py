@@ -28,7 +28,7 @@ from PIL import Image
 from fluxir.io.hashing import sha256_file
 from fluxir.models.devices import resolve_device
 from fluxir.models.loading import load_pipeline
-from fluxir.rules import Rule, config_from_params
+from fluxir.parameters.rules import Rule, config_from_params
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONTROLNET_RULES = (

@@ -21,10 +21,10 @@ import torch
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.images import read_photo
 from fluxir.io.provenance import model_revision, png_text, restored_fields
-from fluxir.progress import progress as progress_bar
 from fluxir.restoration.restore_config import RestoreConfig, config_dict
 from fluxir.restoration.sampler import Restorer, upsample
 from fluxir.restoration.work import RestoreWork, check_output_size, warm_up_rate
+from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 

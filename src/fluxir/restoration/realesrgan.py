@@ -24,8 +24,8 @@ from PIL import Image
 from fluxir.compat.basicsr import import_basicsr
 from fluxir.io.hashing import sha256_file
 from fluxir.models.devices import resolve_device
-from fluxir.progress import progress as progress_bar
-from fluxir.rules import Rule, config_from_params
+from fluxir.parameters.rules import Rule, config_from_params
+from fluxir.runtime.progress import progress as progress_bar
 
 DTYPES = ("float32", "float16", "bfloat16")
 REALESRGAN_RULES = (

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fluxir.config import stage_params
+from fluxir.parameters.config import stage_params
+from fluxir.parameters.rules import Relation, Rule, check_fields, config_from_params, is_int, reject_unknown_keys
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES, combination_problems
-from fluxir.rules import Relation, Rule, check_fields, config_from_params, is_int, reject_unknown_keys
 
 SCHEDULES = ("flux_shift", "linear")
 DTYPES = ("float32", "bfloat16", "float16")

@@ -70,10 +70,10 @@ from fluxir.models.flux import compile_blocks
 from fluxir.models.loading import load_pipeline
 from fluxir.models.packing import image_ids, pack_grid, unpack_grid
 from fluxir.models.prompts import PromptEncoder
-from fluxir.progress import progress as progress_bar
 from fluxir.restoration.colorfix import color_fix
 from fluxir.restoration.lowmem import attach_offload, quantize_transformer
 from fluxir.restoration.restore_config import MULTIPLE, RestoreConfig, output_size, round_up
+from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 

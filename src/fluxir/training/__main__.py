@@ -16,15 +16,15 @@ import mlflow
 import pandas as pd
 from accelerate import PartialState
 
-from fluxir.config import cli_parser, load_catalog, stage_command_inputs
 from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.models.adapter import FluxIRAdapter, save_adapter
 from fluxir.models.devices import accelerate_cpu
-from fluxir.tracking import command_run
+from fluxir.parameters.config import cli_parser, load_catalog, stage_command_inputs
+from fluxir.parameters.validation import check_params
+from fluxir.runtime.tracking import command_run
 from fluxir.training.checkpoints import weights_digest
 from fluxir.training.config import TrainConfig, TrainFolders
 from fluxir.training.loop import configure_cuda_allocator, train
-from fluxir.validation import check_params
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxir.config import stage_params
 from fluxir.io.hashing import hash_json
-from fluxir.rules import Relation, Rule, check_fields, config_from_params, reject_unknown_keys
+from fluxir.parameters.config import stage_params
+from fluxir.parameters.rules import Relation, Rule, check_fields, config_from_params, reject_unknown_keys
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
 PIXEL_LOSS_FORMS = ("paper", "x0")

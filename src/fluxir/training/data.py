@@ -257,7 +257,7 @@ def encode_missing_latents(
     Each entry is written atomically, so a killed run keeps what it finished and a rerun encodes only the
     rest. Returns counts: pairs of this process, encoded now, found cached.
     """
-    from fluxir.progress import progress as progress_bar
+    from fluxir.runtime.progress import progress as progress_bar
 
     mine = list(range(process_index, len(pairs), num_processes))
     todo = [i for i in mine if not cache.path(cache.key(pairs.rows.iloc[i], pairs.lq_scale)).is_file()]

@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     """Fill the latent cache of the training pairs on one or many processes (``accelerate launch -m ...``)."""
     from accelerate import PartialState
 
-    from fluxir.config import cli_parser, stage_command_inputs
     from fluxir.models.devices import accelerate_cpu
-    from fluxir.validation import check_params
+    from fluxir.parameters.config import cli_parser, stage_command_inputs
+    from fluxir.parameters.validation import check_params
 
     parser = cli_parser("python -m fluxir.training.latents", main.__doc__, "train.latent_cache_dir=/fast/latents")
     # (train.latent_cache_dir is the runtime param the catalog entry train_latent_cache reads)

@@ -27,7 +27,6 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 
-from fluxir.config import flatten_dict
 from fluxir.io.locks import LOCK_NAME, exclusive_lock
 from fluxir.models.adapter import (
     FluxIRAdapter,
@@ -35,8 +34,9 @@ from fluxir.models.adapter import (
 )
 from fluxir.models.devices import accelerate_cpu
 from fluxir.models.flux import compile_blocks
-from fluxir.progress import progress as progress_bar
-from fluxir.tracking import log_new_params, mlflow_key
+from fluxir.parameters.config import flatten_dict
+from fluxir.runtime.progress import progress as progress_bar
+from fluxir.runtime.tracking import log_new_params, mlflow_key
 from fluxir.training.checkpoints import list_checkpoints, load_checkpoint, newest_complete_checkpoint, save_checkpoint
 from fluxir.training.config import TrainConfig, TrainFolders, accumulation_steps
 from fluxir.training.data import DataOrder, LatentCache, PairTable, pair_gaussians, vae_identity

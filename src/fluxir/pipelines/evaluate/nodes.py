@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.launch import NumProcesses
+from fluxir.runtime.launch import NumProcesses
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def restore_benchmarks(
     from fluxir.datasets.adapter_dataset import require_adapter
     from fluxir.evaluation.restore import restore_manifest
     from fluxir.evaluation.testsets import OUTPUT_COLUMNS
-    from fluxir.launch import resolve_num_processes, run_image_shards
     from fluxir.restoration.methods import check_methods
+    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
 
     if "fluxir" not in check_methods(methods):
         return pd.DataFrame(columns=OUTPUT_COLUMNS), {"FluxIR": "not run (not in evaluate.methods)"}
@@ -98,8 +98,8 @@ def restore_with_public_weights(
     settings and inputs are reused. More than one process runs ``accelerate launch -m fluxir.evaluation
     --methods <them>`` (each restores every N-th image) first."""
     from fluxir.evaluation.restore import public_manifest
-    from fluxir.launch import resolve_num_processes, run_image_shards
     from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
+    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
 
     public = [m for m in check_methods(methods) if m in PUBLIC_METHODS]
     processes = resolve_num_processes(num_processes, "evaluate.num_processes")

@@ -1,7 +1,7 @@
 """Nodes of the FluxGen pipeline (paper Sec. 3.1). Heavy work lives in plain modules imported lazily.
 
 Generation and scoring run on ``fluxgen.num_processes`` processes: more than one launches the stage's
-``accelerate launch -m fluxir.fluxgen.generate|score`` job from the node (``fluxir.launch``); the node then
+``accelerate launch -m fluxir.fluxgen.generate|score`` job from the node (``fluxir.runtime.launch``); the node then
 lists what it wrote, exactly as after a one-process run.
 """
 
@@ -15,7 +15,7 @@ import pandas as pd
 
 from fluxir.io.locks import LOCK_NAME, exclusive_lock
 from fluxir.io.store import ImageStore
-from fluxir.launch import NumProcesses
+from fluxir.runtime.launch import NumProcesses
 
 
 def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: dict[str, Any]) -> pd.DataFrame:
@@ -27,7 +27,7 @@ def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: d
     """
     from fluxir.fluxgen.generate import GenerationConfig, run_generation
     from fluxir.fluxgen.manifest import generation_manifest
-    from fluxir.launch import resolve_num_processes, run_stage
+    from fluxir.runtime.launch import resolve_num_processes, run_stage
 
     cfg = GenerationConfig.from_params(fluxgen)
     processes = resolve_num_processes(fluxgen["num_processes"], "fluxgen.num_processes")
@@ -54,7 +54,7 @@ def score_images(
     Returns the manifest columns plus one column per metric and the scorers' version info.
     """
     from fluxir.fluxgen.score import IqaConfig, checked_specs, merge_scores, metrics_key, run_scoring, score_versions
-    from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
+    from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
 
     cfg = IqaConfig.from_params(iqa)
     specs = cfg.specs()
@@ -94,7 +94,7 @@ def content_filter(
         record_filter_state,
         run_filter,
     )
-    from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
+    from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
 
     cfg = ContentFilterConfig.from_params(settings)
     if not cfg.enabled:
@@ -127,13 +127,13 @@ def select_by_iqa(
 
     Returns (table with ``keep``, the thresholds used, the nsfw score and ``drop_reason``; MLflow metrics;
     histogram figure). The IQA cuts are taken over every scored image, so they do not depend on the filter.
-    Metric keys go through ``fluxir.tracking.mlflow_key`` (``threshold.clipiqa+_vitL14_512`` ->
+    Metric keys go through ``fluxir.runtime.tracking.mlflow_key`` (``threshold.clipiqa+_vitL14_512`` ->
     ``threshold.clipiqaplus_vitL14_512``); ``flagged_nsfw`` counts the images the content filter dropped.
     ``nsfw`` None (selection of scores alone, outside the pipeline): no content filter columns.
     """
     from fluxir.fluxgen.select import apply_content_filter, histograms_with_cuts, percentile_cuts
     from fluxir.iqa import MetricSpec
-    from fluxir.tracking import mlflow_metric_values
+    from fluxir.runtime.tracking import mlflow_metric_values
 
     names = [MetricSpec.parse(s).name for s in metrics]
     table, cuts = percentile_cuts(scores, names, percentile)

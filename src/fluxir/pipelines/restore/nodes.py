@@ -55,9 +55,9 @@ def restore_images(
     Flux's empty-prompt embeddings come from ``prompt_embeddings`` (no text encoder is loaded when there); the
     folders (``restore_input``, ``restore_output``) are named in the summary.
     """
-    from fluxir.launch import resolve_num_processes, run_image_shards
     from fluxir.restoration.files import RestoreShare, failure_table, restore_planned, split_params, summarise_shares
     from fluxir.restoration.methods import public_restorer_for
+    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
 
     files, cfg = split_params(restore)
     files = {**files, "input_dir": str(restore_input), "output_dir": str(restore_output)}

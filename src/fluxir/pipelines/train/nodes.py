@@ -16,7 +16,7 @@ def precompute_latents(pairs_manifest: pd.DataFrame, train_latent_cache: Path, t
     ``train.num_processes`` processes; returns the counts (pairs, encoded now, already cached) with the cache
     folder and the VAE's identity. More than one process runs ``accelerate launch -m fluxir.training.latents``.
     """
-    from fluxir.launch import resolve_num_processes, run_image_shards
+    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
     from fluxir.training.config import TrainConfig
     from fluxir.training.latents import merge_counts
     from fluxir.training.latents import precompute_latents as fill_cache
@@ -46,8 +46,8 @@ def train_adapter(
     logs to the active MLflow run. More than one process runs ``accelerate launch -m fluxir.training``
     (DDP; its rank 0 logs into this run).
     """
-    from fluxir.launch import resolve_num_processes, run_stage, scratch_dir
     from fluxir.models.adapter import load_adapter
+    from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
     from fluxir.training.config import TrainConfig, TrainFolders
     from fluxir.training.loop import train as run_training
 

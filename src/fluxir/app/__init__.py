@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from kedro.io.core import DatasetError
 
-from fluxir.config import cli_parser
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.provenance import png_text, restored_fields
+from fluxir.parameters.validation import baselines_problems, raise_problems, restore_settings_problems
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.files import out_of_memory_advice, read_photo, restore_photo, split_params
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
@@ -45,7 +45,6 @@ from fluxir.restoration.methods import (
 from fluxir.restoration.restore_config import RestoreConfig, output_size
 from fluxir.restoration.sampler import Restorer, upsample
 from fluxir.restoration.work import check_output_size, warm_up_rate
-from fluxir.validation import baselines_problems, raise_problems, restore_settings_problems
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ class ProjectModels:
 
     project: Path
     params: dict[str, Any]  # restore.* of the chosen env
-    catalog: Any  # the env's DataCatalog (fluxir.config.load_catalog): the fluxir_adapter entry's versions
+    catalog: Any  # the env's DataCatalog (fluxir.parameters.config.load_catalog): the fluxir_adapter entry's versions
     baselines: dict[str, Any] = field(default_factory=dict)  # baselines.* of the chosen env (public restorers)
     _restorer: Any = field(default=None, repr=False)
     _key: tuple | None = field(default=None, repr=False)
@@ -72,7 +71,7 @@ class ProjectModels:
         cls, project: str | Path, env: str | None = None, overrides: Iterable[str | Mapping[str, Any]] = ()
     ) -> ProjectModels:
         """Read ``restore`` parameters and the catalog of the project at ``project`` (env None: as kedro run)."""
-        from fluxir.config import default_env, load_catalog, load_params
+        from fluxir.parameters.config import default_env, load_catalog, load_params
 
         project = Path(project).resolve()
         env = env or default_env()  # what `kedro run` without --env reads
@@ -320,18 +319,3 @@ def build_app(models: ProjectModels) -> gr.Blocks:
         )
     app.queue(default_concurrency_limit=1)
     return app
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = cli_parser("python -m fluxir.app", "FluxIR restoration web app", "restore.steps=20")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
-    parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    models = ProjectModels.from_kedro(args.project, args.env, args.params)
-    raise_problems(restore_settings_problems(models.params) + baselines_problems(models.baselines), "the app")
-    build_app(models).launch(server_name=args.host, server_port=args.port)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Preflight check before a long run: ``python -m fluxir.check [--env ENV] [--params k=v,...]``.
+"""Preflight check before a long run: run by ``python -m fluxir.preflight [--env ENV] [--params k=v,...]``.
 
 One table of OK / WARN / FAIL lines for everything a real run needs, checked without GPU time: each
 model folder's components (configs built on the meta device, weight-file keys read from safetensors
@@ -16,11 +16,10 @@ The checks live in :mod:`fluxir.preflight` (one module per area); this module ru
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from fluxir.config import catalog_config, cli_parser, load_params
+from fluxir.parameters.config import catalog_config, load_params
 from fluxir.preflight.data import check_baselines, check_benchmarks, check_disk, check_iqa
 from fluxir.preflight.findings import Finding, lookup
 from fluxir.preflight.machine import check_accelerator, check_processes, check_versions
@@ -67,16 +66,3 @@ def format_report(findings: list[Finding]) -> str:
         + (" -- fix every FAIL before a long run" if failed else "")
     )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    # A check is for the configuration the run will read: the same default env as kedro run.
-    parser = cli_parser("python -m fluxir.check", "Preflight check before a long run.", "fluxgen.num_images=350000")
-    args = parser.parse_args(argv)
-    findings = run_checks(Path(args.project).resolve(), args.env, args.params)
-    print(format_report(findings))
-    return 1 if any(f.status == "FAIL" for f in findings) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """``make mlflow``: MLflow's UI on the project's SQLite store, and the address of each experiment's runs table.
 
-    python -m fluxir.mlflow_ui [--store mlflow.db] [--host 127.0.0.1] [--port 5000]
+    python -m fluxir.runtime.mlflow_ui [--store mlflow.db] [--host 127.0.0.1] [--port 5000]
 
 MLflow 3.17's UI opens an experiment on its GenAI overview (traces, token usage), whatever the experiment's
 ``mlflow.experimentKind`` tag says; the runs table, where runs are compared, is one click away or at
@@ -45,7 +45,7 @@ def addresses_text(store: Path, host: str, port: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fluxir.mlflow_ui", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fluxir.runtime.mlflow_ui", description=__doc__.splitlines()[0])
     parser.add_argument("--store", default="mlflow.db", help="the SQLite tracking store (conf/base/mlflow.yml's)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     parser.add_argument("--port", type=int, default=5000)

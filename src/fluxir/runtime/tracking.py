@@ -86,7 +86,7 @@ def command_run(env: str, project: str | Path, run_name: str, tags: Mapping[str,
     from kedro.config import MissingConfigException
     from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 
-    from fluxir.config import config_loader
+    from fluxir.parameters.config import config_loader
 
     try:
         settings = config_loader(env, project)["mlflow"]

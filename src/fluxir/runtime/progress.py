@@ -5,7 +5,7 @@ files and MLflow's captured stderr. ``progress`` gives a bar when stderr is a te
 object with the same small API that writes one log line every ``every_pct`` percent (or every
 ``interval_s`` seconds when the total is unknown)::
 
-    from fluxir.progress import progress
+    from fluxir.runtime.progress import progress
 
     for row in progress(rows, desc="degrade", unit="pair"):
         ...
@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Self
 
-logger = logging.getLogger("fluxir.progress")
+logger = logging.getLogger("fluxir.runtime.progress")
 
 MODES = ("auto", "bar", "log", "off")
 
@@ -83,7 +83,7 @@ def progress(
         initial: count already done (resumed runs).
         every_pct: log-line mode: one line each time this many percent more are done.
         interval_s: log-line mode without a total: one line at most every this many seconds.
-        log: logger for the lines (default ``fluxir.progress``).
+        log: logger for the lines (default ``fluxir.runtime.progress``).
         **tqdm_kwargs: passed to tqdm only (``leave``, ``position``, ``dynamic_ncols`` ...).
     """
     if total is None and iterable is not None:

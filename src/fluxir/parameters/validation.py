@@ -4,7 +4,7 @@ A node checks its own parameters only when it runs, so a typo in ``select.percen
 days of generation. ``validate_<stage>(params)`` builds the stage's config objects from the whole
 ``parameters`` mapping exactly as its node and ``python -m`` entry point do and returns the problems as
 messages (empty: fine). ``problems_for_run`` picks the stages a pipeline reads (by its ``params:`` inputs);
-``fluxir.hooks.ParameterCheckHook`` calls it before kedro-mlflow starts a run, the entry points call
+``fluxir.runtime.hooks.ParameterCheckHook`` calls it before kedro-mlflow starts a run, the entry points call
 ``raise_problems`` themselves.
 
 Each stage check is first its config class (the one source of truth), then the rule table of that class
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fluxir.rules import ConfigError, Rule, field_problems, is_int
+from fluxir.parameters.rules import ConfigError, Rule, field_problems, is_int
 
 
 class ParameterError(ValueError):

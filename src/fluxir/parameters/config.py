@@ -3,7 +3,7 @@
 
 ``settings.py`` takes ``CONFIG_LOADER_ARGS`` from here, so library code never imports the Kedro
 settings module (which imports the hooks). How a config class checks the values it is built from is
-``fluxir.rules``.
+``fluxir.parameters.rules``.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-LAUNCH_KEYS = ("num_processes",)  # how many processes run a stage (fluxir.launch): never part of its results
+LAUNCH_KEYS = ("num_processes",)  # how many processes run a stage (fluxir.runtime.launch): never part of its results
 
 
 def stage_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,7 +190,8 @@ def stage_command_inputs(
     inputs: Mapping[str, tuple[str | None, Callable[[str], Any]]],
 ) -> tuple[Any, dict[str, Any]]:
     """The start every stage's ``python -m`` command (``command``) shares: the parameters of ``args.env`` with
-    ``--params``, the ``group`` checked (``check_params``, i.e. ``fluxir.validation.check_params``: passed in, as
+    ``--params``, the ``group`` checked (``check_params``, i.e.
+    ``fluxir.parameters.validation.check_params``: passed in, as
     validation builds the stage's own config class) and built by ``from_params``; then each catalog entry of
     ``inputs`` (``{name: (path from the command line or None, how to read that path)}``) read from its path, else
     loaded from the catalog. Returns (config, ``{name: value}``)."""

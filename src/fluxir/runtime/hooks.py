@@ -1,7 +1,7 @@
 """Project hooks around kedro-mlflow: where each run goes, what it is called and tagged, what it logs.
 
 ``ParameterCheckHook``
-    Before anything runs, every parameter group the pipeline reads is checked (``fluxir.validation``) and
+    Before anything runs, every parameter group the pipeline reads is checked (``fluxir.parameters.validation``) and
     all problems are reported in one error; nothing is written.
 
 ``MlflowRunHook``
@@ -26,7 +26,7 @@
 
 ``LaunchContextHook``
     Publishes the running ``kedro run``'s ``--env``, ``--params`` (a ``-c`` config file's included) and project
-    root for ``fluxir.launch``: a node whose stage runs on several processes launches its child job with them.
+    root for ``fluxir.runtime.launch``: a node whose stage runs on several processes launches its child job with them.
 
 The experiments are created with the tags of ``tracking.experiment.create_experiment_kwargs.tags`` in
 mlflow.yml (``mlflow.experimentKind: custom_model_development``: MLflow's UI opens them in its runs/metrics
@@ -39,7 +39,7 @@ view); an experiment created before without that tag gets it at its next run.
     with its ``config.json``, whose values also become run parameters ``<name>.<key>``.
     ``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false`` logs only the model's JSON files, not its weights.
 
-Everything here imports mlflow (and ``fluxir.tracking``, which imports it) lazily: the module is imported by
+Everything here imports mlflow (and ``fluxir.runtime.tracking``, which imports it) lazily: the module is imported by
 ``settings.py`` on every Kedro command.
 """
 
@@ -57,8 +57,8 @@ from kedro.framework.hooks import hook_impl
 from fluxir.compat.git import read_head
 from fluxir.compat.kedro import saved_path
 from fluxir.compat.kedro_mlflow import set_experiment
-from fluxir.config import flatten_dict
-from fluxir.rerun import DEFAULT_PIPELINE
+from fluxir.parameters.config import flatten_dict
+from fluxir.runtime.rerun import DEFAULT_PIPELINE
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class ParameterCheckHook:
     """Check every parameter the pipeline about to run reads (and the catalog folders of its stages), before
     kedro-mlflow starts a run or a node writes.
 
-    The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.validation.ParameterError`` listing
+    The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.parameters.validation.ParameterError`` listing
     every problem, so the run stops with nothing written (no MLflow run, no dataset version).
     """
 
@@ -149,7 +149,7 @@ class ParameterCheckHook:
 
     @hook_impl(wrapper=True, tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
-        from fluxir.validation import groups_read, problems_for, raise_problems
+        from fluxir.parameters.validation import groups_read, problems_for, raise_problems
 
         if self._context is not None:
             groups = groups_read(pipeline.inputs())
@@ -253,7 +253,7 @@ class MlflowRunHook:
         if run is None:
             return
         run_id = run_params.get("run_id") or ""
-        from fluxir.rerun import kedro_run_options, rerun_command
+        from fluxir.runtime.rerun import kedro_run_options, rerun_command
 
         command = rerun_command(run_params, kedro_run_options())
         tags = {
@@ -275,7 +275,7 @@ class MlflowRunHook:
         mlflow.set_tags(tags)
         config = getattr(self._context, "mlflow", None)
         if config is not None:
-            from fluxir.tracking import tag_experiment
+            from fluxir.runtime.tracking import tag_experiment
 
             tag_experiment(run.info.experiment_id, config.tracking.experiment.create_experiment_kwargs.tags or {})
         logger.info(
@@ -316,7 +316,7 @@ class AdapterProvenanceHook:
             return
         from fluxir.compat.kedro import loaded_path
         from fluxir.evaluation.restore import adapter_provenance
-        from fluxir.tracking import log_new_params
+        from fluxir.runtime.tracking import log_new_params
 
         versioned = getattr(dataset, "_version", None) is not None
         provenance = adapter_provenance(data, loaded_path(dataset), versioned)
@@ -335,14 +335,14 @@ class AdapterProvenanceHook:
 
 
 class LaunchContextHook:
-    """``--env``, ``--params`` and project root of the running ``kedro run`` for child jobs (``fluxir.launch``)."""
+    """``--env``, ``--params`` and project root of the running ``kedro run`` for child jobs (``runtime.launch``)."""
 
     def __init__(self) -> None:
         self._previous: dict[str, str | None] | None = None
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
-        from fluxir.launch import set_run_context
+        from fluxir.runtime.launch import set_run_context
 
         self._previous = set_run_context(
             run_params.get("env"), run_params.get("runtime_params"), run_params.get("project_path") or "."
@@ -357,7 +357,7 @@ class LaunchContextHook:
         self._restore()
 
     def _restore(self) -> None:
-        from fluxir.launch import restore_run_context
+        from fluxir.runtime.launch import restore_run_context
 
         if self._previous is not None:
             restore_run_context(self._previous)
@@ -417,6 +417,6 @@ def log_model_folder(dataset_name: str, path: Path) -> None:
 
 
 def _log_config_params(prefix: str, config: Any) -> None:
-    from fluxir.tracking import log_new_params
+    from fluxir.runtime.tracking import log_new_params
 
     log_new_params(flatten_dict({prefix: config}))

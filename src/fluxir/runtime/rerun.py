@@ -1,5 +1,5 @@
 """The ``kedro run`` command line that reruns a run, for its MLflow tags ``fluxir.command`` and ``kedro_command``
-(``fluxir.hooks.MlflowRunHook``): ``--env`` (resolved), ``--pipelines`` (Kedro 1.7 deprecates ``--pipeline``),
+(``fluxir.runtime.hooks.MlflowRunHook``): ``--env`` (resolved), ``--pipelines`` (Kedro 1.7 deprecates ``--pipeline``),
 the ``-c`` run file and ``--params`` as typed in a ``kedro run`` command (from a session started in Python: the
 runtime params), and the node filters, ``--load-versions`` and runner options of the run.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fluxir.config import flatten_dict
+from fluxir.parameters.config import flatten_dict
 
 DEFAULT_PIPELINE = "__default__"
 
@@ -27,9 +27,9 @@ _LIST_OPTIONS = (
 
 
 def params_value(value: Any) -> str:
-    """``value`` as ``--params`` text that parses back to it (``fluxir.config.parse_overrides``): plain where
+    """``value`` as ``--params`` text that parses back to it (``fluxir.parameters.config.parse_overrides``): plain where
     that round-trips (``data/photos``, ``0.5``), else JSON, which is YAML flow syntax (``[[512, 512]]``, ``"1"``)."""
-    from fluxir.config import parse_overrides
+    from fluxir.parameters.config import parse_overrides
 
     texts = [value] if isinstance(value, str) else []
     texts.append(json.dumps(value))
@@ -48,7 +48,7 @@ def rerun_command(run_params: dict[str, Any], cli_options: dict[str, Any] | None
     ``--conf-source`` and ``--params`` as typed are kept; without them the runtime params are written out."""
     import shlex
 
-    from fluxir.config import default_env
+    from fluxir.parameters.config import default_env
 
     cli_options = cli_options or {}
     args = ["kedro", "run", f"--env={run_params.get('env') or default_env()}"]

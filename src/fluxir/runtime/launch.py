@@ -6,13 +6,13 @@ CPU-only machine). With more than one, the node calls ``run_stage``, which
 
 1. builds ``accelerate launch --multi_gpu --num_processes N -m <module> --env <env> --params ...``: the
    parent run's ``--env`` and ``--params`` (a ``-c`` config file's values included: Kedro merges them into
-   the run parameters) come from ``LaunchContextHook`` (``fluxir.hooks``), so the child reads the same
+   the run parameters) come from ``LaunchContextHook`` (``fluxir.runtime.hooks``), so the child reads the same
    configuration and catalog. On a CPU-only machine the same form runs N gloo processes (``--cpu`` with
    ``--num_processes`` would silently run one);
 2. hands the child the parent's MLflow run (``MLFLOW_RUN_ID``, ``MLFLOW_TRACKING_URI``): rank 0 logs into
    it, so one ``kedro run`` stays one MLflow run;
-3. starts it under a guard (``python -m fluxir.launch --parent <pid> -- <command>``), a child subreaper
-   (``fluxir.processes.become_subreaper``): torchrun starts each rank in a session of its own, so the
+3. starts it under a guard (``python -m fluxir.runtime.launch --parent <pid> -- <command>``), a child subreaper
+   (``fluxir.runtime.processes.become_subreaper``): torchrun starts each rank in a session of its own, so the
    guard's process group does not hold the ranks, but every descendant orphaned below the guard is
    reparented to it. When the parent dies (even by SIGKILL), on Ctrl-C or SIGTERM of the parent, and when
    the launcher ends, the guard SIGTERMs every descendant left (launcher, ranks, DataLoader workers) and
@@ -44,10 +44,10 @@ logger = logging.getLogger(__name__)
 
 # A stage's ``num_processes`` parameter: an int or "auto". Nodes take it typed Any: Kedro 1.7's parameter
 # validator warns about a union hint (int | str) on a params input, and it validates only dataclasses and
-# pydantic models anyway (fluxir.validation checks the value).
+# pydantic models anyway (fluxir.parameters.validation checks the value).
 NumProcesses = Any
 
-# Set by fluxir.hooks.LaunchContextHook for the duration of a `kedro run` (environment variables, so a
+# Set by fluxir.runtime.hooks.LaunchContextHook for the duration of a `kedro run` (environment variables, so a
 # node run by Kedro's ParallelRunner sees them too).
 ENV_VAR, PARAMS_VAR, PROJECT_VAR = "FLUXIR_KEDRO_ENV", "FLUXIR_KEDRO_PARAMS", "FLUXIR_KEDRO_PROJECT"
 GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
@@ -79,7 +79,7 @@ def set_run_context(
     env: str | None, params: Mapping[str, Any] | None, project: str | os.PathLike
 ) -> dict[str, str | None]:
     """Publish the running ``kedro run``'s env, ``--params`` and project root; returns the previous values."""
-    from fluxir.config import default_env  # imported here: the process guard (main) stays free of Kedro
+    from fluxir.parameters.config import default_env  # imported here: the process guard (main) stays free of Kedro
 
     previous = {var: os.environ.get(var) for var in (ENV_VAR, PARAMS_VAR, PROJECT_VAR)}
     os.environ[ENV_VAR] = env or default_env()
@@ -109,7 +109,7 @@ def run_context() -> tuple[str, dict[str, Any], Path]:
 
 def override_args(params: Mapping[str, Any]) -> list[str]:
     """``--params key.sub=value`` arguments that rebuild ``params`` (nested, as Kedro parses ``--params``)."""
-    from fluxir.config import flatten_dict
+    from fluxir.parameters.config import flatten_dict
 
     args: list[str] = []
     for key, value in flatten_dict(params).items():
@@ -233,7 +233,7 @@ def run_guarded(
     command: Sequence[str], cwd: str | os.PathLike, env: Mapping[str, str], log_prefix: str = "", keep: int = 40
 ) -> tuple[int, list[str]]:
     """Run ``command`` under the guard; every output line goes to the log. Returns (exit status, last lines)."""
-    guard = [sys.executable, "-m", "fluxir.launch", "--parent", str(os.getpid()), "--", *command]
+    guard = [sys.executable, "-m", "fluxir.runtime.launch", "--parent", str(os.getpid()), "--", *command]
     proc = subprocess.Popen(
         guard, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )  # its own process group: the guard ends all of it
@@ -268,7 +268,7 @@ def end_group(pgid: int, proc: subprocess.Popen | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Guard side: `python -m fluxir.launch --parent PID -- command...`
+# Guard side: `python -m fluxir.runtime.launch --parent PID -- command...`
 
 
 def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int:
@@ -278,7 +278,7 @@ def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int
     direct child (the launcher), not the ranks and DataLoader workers it starts. As a subreaper it also
     ends what the command leaves behind when it ends by itself (a rank that outlived its launcher).
     """
-    from fluxir.processes import become_subreaper, end_descendants
+    from fluxir.runtime.processes import become_subreaper, end_descendants
 
     reaper = become_subreaper()
     stop: list[int] = []
@@ -309,7 +309,7 @@ def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m fluxir.launch", description=guard.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fluxir.runtime.launch", description=guard.__doc__)
     parser.add_argument("--parent", type=int, required=True, help="pid whose end ends the command's process group")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     args = parser.parse_args(argv)

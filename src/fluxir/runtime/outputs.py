@@ -1,6 +1,6 @@
 """What a run produced and where: the pairs, the adapter, the evaluation report, restored photos, the MLflow store.
 
-    python -m fluxir.outputs [--env ENV]        (``make demo`` ends with it, ``--env tiny``)
+    python -m fluxir.runtime.outputs [--env ENV]        (``make demo`` ends with it, ``--env tiny``)
 
 Each row is read from the environment's catalog (the latest version of each versioned entry), so it names the
 files a later ``--load-versions`` or ``make mlflow`` finds, and says what to run where nothing is there yet.
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fluxir.config import catalog_config, cli_parser, load_catalog
+from fluxir.parameters.config import catalog_config, cli_parser, load_catalog
 
 RESTORE_DEFAULT_OUTPUT = "restore_output"  # the catalog entry of restored photos
 
@@ -74,7 +74,7 @@ def table(rows: list[tuple[str, str, str]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Print what the env's runs produced and where."""
-    parser = cli_parser("python -m fluxir.outputs", main.__doc__, "restore.output_dir=restored")
+    parser = cli_parser("python -m fluxir.runtime.outputs", main.__doc__, "restore.output_dir=restored")
     args = parser.parse_args(argv)
     project = Path(args.project).resolve()
     print(f"What the runs of env {args.env} produced, and where (under {project}):")

@@ -6,7 +6,7 @@ DataLoader workers would stay, blocked forever. ``die_with_parent`` is called fi
 ends (``prctl(PR_SET_PDEATHSIG)``); elsewhere, or to follow a process that is not the direct parent (a
 forkserver's client), a daemon thread checks once a second and kills the child when that process is gone.
 
-A process that must outlive nothing it started (``fluxir.launch``'s guard) becomes a child subreaper
+A process that must outlive nothing it started (``fluxir.runtime.launch``'s guard) becomes a child subreaper
 (``become_subreaper``): descendants orphaned below it (ranks a launcher started in their own sessions) are
 reparented to it instead of init, so ``end_descendants`` finds and ends them all.
 """
