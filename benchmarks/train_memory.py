@@ -272,7 +272,11 @@ def train_config(pixel_loss: str, checkpointing: bool = True) -> Any:
     )
 
 
-def memory_table(progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def memory_table(
+    progress: Callable[[str], None] = lambda _: None,
+    sizes: tuple[tuple[int, int], ...] = SIZES,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+) -> dict[str, Any]:
     from fluxir.models.flux import load_config
 
     flux_config, vae_config = load_config("flux1_dev_transformer"), load_config("flux1_dev_vae")
@@ -284,9 +288,9 @@ def memory_table(progress: Callable[[str], None] = lambda _: None) -> dict[str, 
         )
         static = static or static_gib(models, model)
         with mode:
-            for width, height in SIZES:
+            for width, height in sizes:
                 for pixel_loss in PIXEL_LOSS:
-                    for b in BATCH_SIZES if checkpointing else (1,):
+                    for b in batch_sizes if checkpointing else (1,):
                         cfg = train_config(pixel_loss, checkpointing)
                         step = count_step(models, model, micro_batch(b, width, height, cfg, "cuda"), cfg, "cuda")
                         rows.append(
@@ -323,7 +327,7 @@ def memory_table(progress: Callable[[str], None] = lambda _: None) -> dict[str, 
                 )
                 for lp in PIXEL_LOSS
             }
-            for size in (f"{w}x{h}" for w, h in SIZES)
+            for size in (f"{w}x{h}" for w, h in sizes)
         }
         for card, cap in CARDS_GIB.items()
     }
@@ -421,11 +425,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--write", action="store_true", help=f"also write {OUTPUT.relative_to(OUTPUT.parents[3])}")
     parser.add_argument("--markdown", action="store_true", help="print the docs tables of the committed JSON only")
+    parser.add_argument(
+        "--sizes", nargs="+", default=[f"{w}x{h}" for w, h in SIZES], help="buckets WIDTHxHEIGHT (default: the paper's)"
+    )
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(BATCH_SIZES), help="micro-batch sizes")
     args = parser.parse_args(argv)
+    sizes = tuple(tuple(int(v) for v in size.split("x")) for size in args.sizes)
+    if args.write and (sizes != SIZES or tuple(args.batch_sizes) != BATCH_SIZES):
+        parser.error("--write stores the whole table: drop --sizes and --batch-sizes")
     if args.markdown:
         print(markdown_table(json.loads(OUTPUT.read_text())))
         return
-    result = memory_table(lambda line: print(line, file=sys.stderr))
+    result = memory_table(lambda line: print(line, file=sys.stderr), sizes, tuple(args.batch_sizes))
     if args.write:
         OUTPUT.write_text(json.dumps(result, indent=1) + "\n")
     if args.json:

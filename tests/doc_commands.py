@@ -38,15 +38,13 @@ RUN: dict[str, str] = {
         "tests/pipelines/test_export.py::exported"
     ),
     # full_scale.md, section 4: the FluxGen stages by hand, with 2 CPU processes where it says N and
-    # fluxgen.num_images=4 where it says 350000; then degradation on M = 2 "machines"
+    # fluxgen.num_images=4 where it says 350000, degradation on M = 2 "machines"
     "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --params fluxgen.num_images=350000": E2E
-    + "test_readme_fluxgen_block_with_two_processes",
+    + "test_full_scale_fluxgen_commands",
     "kedro run --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000": E2E
-    + "test_readme_fluxgen_block_with_two_processes",
-    "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score": E2E
-    + "test_readme_fluxgen_block_with_two_processes",
-    "kedro run --pipeline=fluxgen --params=fluxgen.num_images=350000": E2E
-    + "test_readme_fluxgen_block_with_two_processes",
+    + "test_full_scale_fluxgen_commands",
+    "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score": E2E + "test_full_scale_fluxgen_commands",
+    "kedro run --pipeline=fluxgen --params=fluxgen.num_images=350000": E2E + "test_full_scale_fluxgen_commands",
     "kedro run --pipeline=fluxgen --to-nodes=fluxgen.select_by_iqa --params=fluxgen.num_images=350000": E2E
     + "test_full_scale_fluxgen_commands",
     "python -m fluxir.fluxgen.pairs --params degrade.rank=k,degrade.world_size=M": E2E

@@ -47,7 +47,7 @@ def _as_process(name: str, *argv: str) -> dict:
 IN_PROCESS = {
     "adapter_size": (["--json"], {"flux_params", "adapter_params", "se_params"}),
     "gpu_cost": (["--json", "--gpus", "8", "--gpu", "h100"], {"stages", "total_gpu_hours", "paper"}),
-    "train_memory": (["--json"], {"static_total_gib", "rows"}),
+    "train_memory": (["--json", "--sizes", "512x768", "--batch-sizes", "1"], {"static_total_gib", "rows"}),
     "adapter_overhead": (
         ["--json", "--repeats", "1", "--heads", "2", "--head-dim", "16", "--image-tokens", "16", "--text-tokens", "8"],
         {"flux_tflops", "fluxir_tflops", "flops_ratio", "targets"},

@@ -198,9 +198,9 @@ def base_project(request, tmp_path_factory) -> BaseProject:
     return project
 
 
-def test_readme_fluxgen_block_with_two_processes(base_project):
-    """docs/full_scale.md's FluxGen stages by hand: generate on 2 processes, the manifest, score on 2 processes,
-    then filter, select and degrade."""
+def test_full_scale_fluxgen_commands(base_project):
+    """docs/full_scale.md section 4 with N = 2: generate on 2 processes, the manifest, score on 2 processes, select,
+    then degradation on M = 2 "machines" sharing data/, and the whole fluxgen run that finds every stage done."""
     p = base_project
     two = ("--num_processes N", "--num_processes 2")
     p.run(
@@ -211,6 +211,14 @@ def test_readme_fluxgen_block_with_two_processes(base_project):
     p.run("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score", two)
     parts = sorted((p.path / "data" / "04_feature" / "iqa_parts").rglob("part-*.parquet"))
     assert {int(part.name.split("-")[1]) for part in parts} == {0, 1}, "both processes wrote scores"
+    p.run("kedro run --pipeline=fluxgen --to-nodes=fluxgen.select_by_iqa --params=fluxgen.num_images=350000")
+    shutil.rmtree(p.path / "data" / "05_model_input" / "pairs", ignore_errors=True)  # base_pairs may have run first
+    for k in (0, 1):
+        p.run(
+            "python -m fluxir.fluxgen.pairs --params degrade.rank=k,degrade.world_size=M",
+            ("rank=k", f"rank={k}"),
+            ("world_size=M", "world_size=2"),
+        )
     p.run("kedro run --pipeline=fluxgen --params=fluxgen.num_images=350000")
 
     images = sorted((p.path / "data" / "02_intermediate" / "fluxgen_images").rglob("*.png"))
@@ -226,35 +234,11 @@ def test_readme_fluxgen_block_with_two_processes(base_project):
     selection = pd.read_parquet(p.latest("data/04_feature/iqa_selection.parquet"))
     pairs = pd.read_parquet(p.latest("data/05_model_input/pairs_manifest.parquet"))
     assert 0 < len(pairs) == int(selection["keep"].sum())
+    assert sorted(pairs["image_id"]) == sorted(selection.loc[selection["keep"], "image_id"])
     metrics = p.mlflow_runs("fluxir-fluxgen")[-1].data.metrics
     key = "select.threshold." + p.clip.replace("+", "plus")
     assert metrics[key] == pytest.approx(float(selection[f"{p.clip}_threshold"].iloc[0]))
     assert metrics["select.n_scored"] == NUM_IMAGES
-
-
-def test_full_scale_fluxgen_commands(base_project):
-    """docs/full_scale.md section 4 with N = 2, and degradation on M = 2 "machines" sharing data/."""
-    p = base_project
-    n = ("--num_processes N", "--num_processes 2")
-    p.run(
-        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --params fluxgen.num_images=350000",
-        n,
-    )
-    p.run("kedro run --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000")
-    p.run("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score", n)
-    # degrade again, split over two machines (the pairs exist where the README block ran first on this worker)
-    shutil.rmtree(p.path / "data" / "05_model_input" / "pairs", ignore_errors=True)
-    p.run("kedro run --pipeline=fluxgen --to-nodes=fluxgen.select_by_iqa --params=fluxgen.num_images=350000")
-    for k in (0, 1):
-        p.run(
-            "python -m fluxir.fluxgen.pairs --params degrade.rank=k,degrade.world_size=M",
-            ("rank=k", f"rank={k}"),
-            ("world_size=M", "world_size=2"),
-        )
-    p.run("kedro run --pipeline=fluxgen --params=fluxgen.num_images=350000")
-    selection = pd.read_parquet(p.latest("data/04_feature/iqa_selection.parquet"))
-    pairs = pd.read_parquet(p.latest("data/05_model_input/pairs_manifest.parquet"))
-    assert sorted(pairs["image_id"]) == sorted(selection.loc[selection["keep"], "image_id"])
     # Rerunning with everything done: the env's defaults, no --params (the README's plain fluxgen step).
     p.run("kedro run --pipeline=fluxgen")
     assert len(sorted((p.path / "data" / "02_intermediate" / "fluxgen_images").rglob("*.png"))) == NUM_IMAGES
