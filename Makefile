@@ -36,7 +36,7 @@ lint: setup  ## ruff: the rules and line length of pyproject.toml, and the code 
 	$(VENV)/bin/ruff format --check $(LINTED)
 
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=25
 test: lint  ## lint + the fast tier (about 5 min on 2 cores): every test whose subject is not a process of its own
 	$(PYTEST) -m "not slow and not e2e"
 

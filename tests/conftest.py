@@ -154,6 +154,39 @@ def kedro_process(project: Path, *args: str, check: bool = True, timeout: int = 
     return proc
 
 
+# The heaviest work units of `make test-all` first, by `--durations`: xdist hands a worker its next unit when it is
+# nearly idle, so a long unit handed out last would run alone at the end. Longest first keeps both workers busy to
+# the end (the Makefile passes --no-loadscope-reorder, which would otherwise order units by their number of tests).
+# An xdist_group name or a node id prefix; everything else keeps its collection order.
+HEAVIEST_FIRST = (
+    "test_base_end_to_end",
+    "multiprocess_fluxgen",
+    "tests/pipelines/test_multiprocess.py::test_evaluate_on_two_processes",
+    "tests/pipelines/test_multiprocess.py::test_kill_9",
+    "tests/pipelines/test_multiprocess.py::test_train_on_two_processes",
+    "tests/pipelines/test_multiprocess.py::test_restore_on_two_processes",
+    "test_evaluate",
+    "tests/benchmarks/test_benchmarks_smoke.py::test_benchmark_with_processes_prints_its_json",
+    "test_mlflow_compare",
+    "test_iqa_offline",
+    "test_quiet_log",
+    "test_fluxgen_pipeline",
+    "tests/fluxgen/test_fluxgen_scale.py",
+    "tests/models/test_compile.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        groups = {str(m.args[0]) if m.args else m.kwargs.get("name", "") for m in item.iter_markers("xdist_group")}
+        for index, key in enumerate(HEAVIEST_FIRST):
+            if key in groups or item.nodeid.startswith(key):
+                return index
+        return len(HEAVIEST_FIRST)
+
+    items.sort(key=rank)  # stable: the collection order within a rank
+
+
 PROGRAMS = ("python", "kedro", "accelerate", "mlflow", "sbatch", "srun", "chromium")  # what costs a start-up
 
 
