@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fluxir.parameters.config import load_params
 from fluxir.models.adapter import FluxIRAdapter
 from fluxir.models.loading import load_pipeline
+from fluxir.parameters.config import load_params
 from fluxir.restoration.files import split_params
 from fluxir.restoration.sampler import Restorer
 
