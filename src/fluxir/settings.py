@@ -7,14 +7,12 @@ from fluxir.runtime.hooks import (
     AdapterProvenanceHook,
     LaunchContextHook,
     MlflowRunHook,
-    MlflowStoreLockHook,
     ParameterCheckHook,
     ReportingArtifactsHook,
 )
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 HOOKS = (
-    MlflowStoreLockHook(),
     ParameterCheckHook(),
     MlflowRunHook(),
     ReportingArtifactsHook(),

@@ -54,7 +54,6 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from fluxir.compat.git import read_head
 from fluxir.compat.kedro import saved_path
 from fluxir.compat.kedro_mlflow import set_experiment
 from fluxir.parameters.config import flatten_dict
@@ -101,31 +100,21 @@ def run_name(pipeline_names: Any, run_id: str) -> str:
 
 
 def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None]:
-    """(full commit sha, working tree dirty?) of the checkout holding ``project_path``; None where unknown.
-
-    ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``). Otherwise ``git`` answers; where
-    git is not installed or the folder is no real repository, ``.git/HEAD`` and its ref are read directly
-    (then dirtiness is unknown).
-    """
+    """(commit sha, tracked files changed?) of the checkout holding ``project_path``, from ``git``; (None, None)
+    outside a checkout or without git. ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``)."""
     forced = os.environ.get("FLUXIR_GIT_COMMIT", "").strip()
     if forced:
         return forced, None
-    path = Path(project_path)
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=path,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=project_path, capture_output=True, text=True, timeout=30, check=True
         ).stdout
-        return sha, bool(status.strip())
+
+    try:
+        return git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.SubprocessError):
-        return read_head(path), None
+        return None, None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,42 +149,38 @@ class ParameterCheckHook:
         return (yield)
 
 
-class MlflowStoreLockHook:
-    """Two first runs at once: kedro-mlflow creates the SQLite store's schema (and the experiment) when the
-    context is created, and two processes doing that together fail (``table ... already exists``). This
-    wraps kedro-mlflow's ``after_context_created`` in a lock on ``<project>/mlflow.db.lock``: the second
-    run waits a moment and then finds the store made."""
+def _store_lock(project_path: str | os.PathLike) -> Any:
+    from fluxir.io.locks import exclusive_lock
 
-    @hook_impl(wrapper=True, tryfirst=True)
-    def after_context_created(self, context: Any) -> Any:
-        from fluxir.io.locks import exclusive_lock
-
-        with exclusive_lock(Path(context.project_path) / "mlflow.db.lock", "the MLflow store"):
-            return (yield)
+    return exclusive_lock(Path(project_path) / "mlflow.db.lock", "the MLflow store")
 
 
 class MlflowRunHook:
-    """Experiment per pipeline family, run name and tags for kedro-mlflow's run (see the module docstring)."""
+    """Experiment per pipeline family, run name and tags for kedro-mlflow's run (see the module docstring).
+
+    kedro-mlflow creates the SQLite store's schema (and the experiment) when the context is created, and two
+    first runs doing that together fail (``table ... already exists``); two new runs may also create the same
+    experiment. Both steps of kedro-mlflow run under a lock on ``<project>/mlflow.db.lock``.
+    """
 
     def __init__(self) -> None:
         self._context: Any = None
         self._started_run: str | None = None
 
-    @hook_impl
-    def after_context_created(self, context: Any) -> None:
+    @hook_impl(wrapper=True, tryfirst=True)
+    def after_context_created(self, context: Any) -> Any:
         self._context = context
+        with _store_lock(context.project_path):
+            return (yield)
 
     @hook_impl(wrapper=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
         # Wraps kedro-mlflow's before_pipeline_run: choose the experiment and name before it starts the run,
-        # tag the run once it is active. The store lock: two new runs may create the same experiment.
+        # tag the run once it is active.
         import mlflow
 
-        from fluxir.io.locks import exclusive_lock
-
-        project = Path(run_params.get("project_path") or (self._context.project_path if self._context else "."))
         outer = mlflow.active_run()
-        with exclusive_lock(project / "mlflow.db.lock", "the MLflow store"):
+        with _store_lock(run_params.get("project_path") or (self._context.project_path if self._context else ".")):
             self._choose_experiment(run_params)
             result = yield
         started = mlflow.active_run()
