@@ -42,7 +42,7 @@ def _run(cli_params: tuple[str, ...], **options: Any) -> Any:
 
 _params_option = click.Option(["--params", "cli_params"], multiple=True, type=click.UNPROCESSED, help=PARAMS_HELP)
 
-# Where the -c run file's path is kept for the run's hooks (fluxir.runtime.hooks.rerun_command): Kedro's own
+# Where the -c run file's path is kept for the run's hooks (fluxir.runtime.tracking.rerun_command): Kedro's own
 # callback for -c returns the last value it read from the file, not the path, so the path is recorded before it runs.
 RUN_FILE_META = "fluxir.run_file"
 
@@ -75,3 +75,25 @@ run = click.Command(
     short_help=kedro_run.short_help,
 )
 cli.add_command(run)
+
+
+# `make demo` and `make mlflow`: their options are fluxir.runtime.tracking's (`kedro outputs --help`).
+_PASS_ARGS = {"ignore_unknown_options": True, "help_option_names": []}
+
+
+@cli.command(context_settings=_PASS_ARGS)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def outputs(args: tuple[str, ...]) -> None:
+    """What the runs of an env produced, and where."""
+    from fluxir.runtime.tracking import show_outputs
+
+    show_outputs(list(args))
+
+
+@cli.command("mlflow-ui", context_settings=_PASS_ARGS)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def mlflow_ui(args: tuple[str, ...]) -> None:
+    """MLflow's UI on the project's store, after the address of each experiment's runs table."""
+    from fluxir.runtime.tracking import mlflow_ui
+
+    mlflow_ui(list(args))

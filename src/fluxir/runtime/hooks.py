@@ -57,7 +57,7 @@ from kedro.framework.hooks import hook_impl
 from fluxir.compat.kedro import saved_path
 from fluxir.compat.kedro_mlflow import set_experiment
 from fluxir.parameters.config import flatten_dict
-from fluxir.runtime.rerun import DEFAULT_PIPELINE
+from fluxir.runtime.tracking import DEFAULT_PIPELINE, kedro_run_options, log_new_params, rerun_command, tag_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -238,8 +238,6 @@ class MlflowRunHook:
         if run is None:
             return
         run_id = run_params.get("run_id") or ""
-        from fluxir.runtime.rerun import kedro_run_options, rerun_command
-
         command = rerun_command(run_params, kedro_run_options())
         tags = {
             "fluxir.command": command,
@@ -260,8 +258,6 @@ class MlflowRunHook:
         mlflow.set_tags(tags)
         config = getattr(self._context, "mlflow", None)
         if config is not None:
-            from fluxir.runtime.tracking import tag_experiment
-
             tag_experiment(run.info.experiment_id, config.tracking.experiment.create_experiment_kwargs.tags or {})
         logger.info(
             "MLflow run %s (%s) in experiment %s",
@@ -301,7 +297,6 @@ class AdapterProvenanceHook:
             return
         from fluxir.compat.kedro import loaded_path
         from fluxir.evaluation.restore import adapter_provenance
-        from fluxir.runtime.tracking import log_new_params
 
         versioned = getattr(dataset, "_version", None) is not None
         provenance = adapter_provenance(data, loaded_path(dataset), versioned)
@@ -402,6 +397,4 @@ def log_model_folder(dataset_name: str, path: Path) -> None:
 
 
 def _log_config_params(prefix: str, config: Any) -> None:
-    from fluxir.runtime.tracking import log_new_params
-
     log_new_params(flatten_dict({prefix: config}))
