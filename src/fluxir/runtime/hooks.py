@@ -1,46 +1,8 @@
-"""Project hooks around kedro-mlflow: where each run goes, what it is called and tagged, what it logs.
+"""The project's Kedro hooks (``settings.HOOKS``): check the parameters before anything runs; name, tag and end
+kedro-mlflow's run; log the adapter a run used and the reporting and model datasets it saved; hand a node's child
+job the run's ``--env`` and ``--params``. docs/tracking.md lists what a run logs.
 
-``ParameterCheckHook``
-    Before anything runs, every parameter group the pipeline reads is checked (``fluxir.parameters.validation``) and
-    all problems are reported in one error; nothing is written.
-
-``MlflowRunHook``
-    One MLflow experiment per pipeline family: ``kedro run --pipeline=fluxgen`` logs to experiment
-    ``fluxir-fluxgen`` (``<tracking.experiment.name in mlflow.yml>-<pipeline>``); the default pipeline and
-    runs of several pipelines at once log to ``fluxir``. Runs are named ``<pipeline>-<kedro run id>`` and
-    tagged ``kedro.run_id`` / ``kedro.session_id`` (the Kedro session id, also the save version of every
-    versioned dataset of the run), ``kedro.pipeline``, ``kedro.env``, ``kedro.version``, ``git.commit``,
-    ``git.dirty`` and MLflow's own ``mlflow.source.git.commit``. ``FLUXIR_MLFLOW_EXPERIMENT`` forces one
-    experiment name; ``FLUXIR_GIT_COMMIT`` supplies the commit where the project is no git checkout.
-
-    Each run is also tagged ``fluxir.command`` (and kedro-mlflow's ``kedro_command``, overwritten with the same
-    text): a ``kedro run`` command line that reruns it, with ``--env`` (resolved: ``local`` when none was given),
-    ``--pipelines``, ``-c`` run file and ``--params`` as typed (in a ``kedro run`` command; from an
-    in-process session, the runtime params), ``--tags``, ``--nodes``, ``--from-nodes`` ... and ``--load-versions``.
-
-``AdapterProvenanceHook``
-    A run that loads the FluxIR adapter and uses it (evaluate with ``fluxir`` in ``evaluate.methods``, restore
-    with ``restore.method: fluxir``) gets parameters ``fluxir_adapter.version``, ``.fingerprint``, ``.path``,
-    ``.training_run_id`` (the MLflow run that trained it), ``.training_run_key`` and ``.training_steps``: runs of
-    two adapters can be told apart, and compared, in MLflow's run table.
-
-``LaunchContextHook``
-    Publishes the running ``kedro run``'s ``--env``, ``--params`` (a ``-c`` config file's included) and project
-    root for ``fluxir.runtime.launch``: a node whose stage runs on several processes launches its child job with them.
-
-The experiments are created with the tags of ``tracking.experiment.create_experiment_kwargs.tags`` in
-mlflow.yml (``mlflow.experimentKind: custom_model_development``: MLflow's UI opens them in its runs/metrics
-view); an experiment created before without that tag gets it at its next run.
-
-``ReportingArtifactsHook``
-    Every dataset saved with kedro-viz layer ``reporting`` (IQA histograms, restoration grids, the
-    Table-1-style report, loss curves ...) is also logged to the active MLflow run under ``reporting/``.
-    Every dataset saved with layer ``models`` (the FluxIR adapter) is logged under ``models/<name>/``
-    with its ``config.json``, whose values also become run parameters ``<name>.<key>``.
-    ``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false`` logs only the model's JSON files, not its weights.
-
-Everything here imports mlflow (and ``fluxir.runtime.tracking``, which imports it) lazily: the module is imported by
-``settings.py`` on every Kedro command.
+mlflow is imported inside the hooks: ``settings.py`` imports this module on every Kedro command.
 """
 
 from __future__ import annotations
@@ -156,7 +118,9 @@ def _store_lock(project_path: str | os.PathLike) -> Any:
 
 
 class MlflowRunHook:
-    """Experiment per pipeline family, run name and tags for kedro-mlflow's run (see the module docstring).
+    """kedro-mlflow's run in the experiment of its pipeline (``experiment_name``), named ``<pipeline>-<kedro run
+    id>``, tagged with the Kedro run, the command that reruns it (``fluxir.command``) and the git commit; its
+    experiment gets mlflow.yml's ``create_experiment_kwargs.tags`` it lacks (an experiment made before them).
 
     kedro-mlflow creates the SQLite store's schema (and the experiment) when the context is created, and two
     first runs doing that together fail (``table ... already exists``); two new runs may also create the same
@@ -268,7 +232,9 @@ class MlflowRunHook:
 
 
 class AdapterProvenanceHook:
-    """Log which FluxIR adapter a run used as parameters of its MLflow run (see the module docstring)."""
+    """A run that loads the FluxIR adapter and uses it (``fluxir`` in ``evaluate.methods``, ``restore.method:
+    fluxir``) logs it as parameters ``fluxir_adapter.{version,fingerprint,path,training_run_id,...}``: runs of
+    two adapters can be told apart, and compared, in MLflow's run table."""
 
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}
@@ -345,7 +311,9 @@ class LaunchContextHook:
 
 
 class ReportingArtifactsHook:
-    """Log datasets saved with kedro-viz layer ``reporting`` (and ``models``) to the active MLflow run."""
+    """Datasets saved with kedro-viz layer ``reporting`` go to the MLflow run under ``reporting/``; those of layer
+    ``models`` under ``models/<name>/``, their ``config.json`` values also as parameters ``<name>.<key>``
+    (``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false``: the JSON files only)."""
 
     def __init__(self) -> None:
         self._catalog: Any = None
@@ -391,10 +359,6 @@ def log_model_folder(dataset_name: str, path: Path) -> None:
                 mlflow.log_artifact(str(file), artifact_path=artifact_path if sub == "." else f"{artifact_path}/{sub}")
         config = path / "config.json"
         if config.is_file():
-            _log_config_params(dataset_name, json.loads(config.read_text()))
+            log_new_params(flatten_dict({dataset_name: json.loads(config.read_text())}))
     mlflow.set_tags({f"{dataset_name}.path": str(path), f"{dataset_name}.weights_logged": str(with_weights).lower()})
     logger.info("logged model %s (%s) to MLflow run %s", dataset_name, path, mlflow.active_run().info.run_id)
-
-
-def _log_config_params(prefix: str, config: Any) -> None:
-    log_new_params(flatten_dict({prefix: config}))
