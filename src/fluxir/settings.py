@@ -4,18 +4,16 @@ from kedro.config import OmegaConfigLoader
 
 from fluxir.parameters.config import CONFIG_LOADER_ARGS  # noqa: F401 (read by Kedro)
 from fluxir.runtime.hooks import (
-    AdapterProvenanceHook,
     LaunchContextHook,
+    MlflowDatasetsHook,
     MlflowRunHook,
     ParameterCheckHook,
-    ReportingArtifactsHook,
 )
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 HOOKS = (
     ParameterCheckHook(),
     MlflowRunHook(),
-    ReportingArtifactsHook(),
-    AdapterProvenanceHook(),
+    MlflowDatasetsHook(),
     LaunchContextHook(),
 )

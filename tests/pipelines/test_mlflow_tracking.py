@@ -234,7 +234,7 @@ def test_adapter_is_logged_with_its_config(mlflow_server, tmp_path, monkeypatch)
     from fluxir.datasets import FluxIRAdapterDataset
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.adapter_config import FluxIRConfig
-    from fluxir.runtime.hooks import ReportingArtifactsHook
+    from fluxir.runtime.hooks import MlflowDatasetsHook
 
     config = FluxIRConfig(
         **adapter_params(rank=4),
@@ -258,7 +258,7 @@ def test_adapter_is_logged_with_its_config(mlflow_server, tmp_path, monkeypatch)
         }
     )
     hooks = _create_hook_manager()
-    hook = ReportingArtifactsHook()
+    hook = MlflowDatasetsHook()
     hooks.register(hook)
     hook.after_catalog_created(catalog)
     pipeline = Pipeline([Node(lambda: FluxIRAdapter(config), None, "fluxir_adapter", name="make_adapter")])

@@ -231,10 +231,46 @@ class MlflowRunHook:
         )
 
 
-class AdapterProvenanceHook:
-    """A run that loads the FluxIR adapter and uses it (``fluxir`` in ``evaluate.methods``, ``restore.method:
+class LaunchContextHook:
+    """``--env``, ``--params`` and project root of the running ``kedro run`` for child jobs (``runtime.launch``)."""
+
+    def __init__(self) -> None:
+        self._previous: dict[str, str | None] | None = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        from fluxir.runtime.launch import set_run_context
+
+        self._previous = set_run_context(
+            run_params.get("env"), run_params.get("runtime_params"), run_params.get("project_path") or "."
+        )
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._restore()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        from fluxir.runtime.launch import restore_run_context
+
+        if self._previous is not None:
+            restore_run_context(self._previous)
+            self._previous = None
+
+
+class MlflowDatasetsHook:
+    """What a run's datasets tell its MLflow run.
+
+    A run that loads the FluxIR adapter and uses it (``fluxir`` in ``evaluate.methods``, ``restore.method:
     fluxir``) logs it as parameters ``fluxir_adapter.{version,fingerprint,path,training_run_id,...}``: runs of
-    two adapters can be told apart, and compared, in MLflow's run table."""
+    two adapters can be told apart, and compared, in MLflow's run table. Datasets saved with kedro-viz layer
+    ``reporting`` go to the run under ``reporting/``; those of layer ``models`` under ``models/<name>/``, their
+    ``config.json`` values also as parameters ``<name>.<key>`` (``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false``: the
+    JSON files only).
+    """
 
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}
@@ -278,49 +314,6 @@ class AdapterProvenanceHook:
         if "params:restore" in inputs:
             return (self._params.get("restore") or {}).get("method") == "fluxir"
         return True
-
-
-class LaunchContextHook:
-    """``--env``, ``--params`` and project root of the running ``kedro run`` for child jobs (``runtime.launch``)."""
-
-    def __init__(self) -> None:
-        self._previous: dict[str, str | None] | None = None
-
-    @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
-        from fluxir.runtime.launch import set_run_context
-
-        self._previous = set_run_context(
-            run_params.get("env"), run_params.get("runtime_params"), run_params.get("project_path") or "."
-        )
-
-    @hook_impl
-    def after_pipeline_run(self) -> None:
-        self._restore()
-
-    @hook_impl
-    def on_pipeline_error(self) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        from fluxir.runtime.launch import restore_run_context
-
-        if self._previous is not None:
-            restore_run_context(self._previous)
-            self._previous = None
-
-
-class ReportingArtifactsHook:
-    """Datasets saved with kedro-viz layer ``reporting`` go to the MLflow run under ``reporting/``; those of layer
-    ``models`` under ``models/<name>/``, their ``config.json`` values also as parameters ``<name>.<key>``
-    (``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false``: the JSON files only)."""
-
-    def __init__(self) -> None:
-        self._catalog: Any = None
-
-    @hook_impl
-    def after_catalog_created(self, catalog: Any) -> None:
-        self._catalog = catalog
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
