@@ -130,6 +130,7 @@ def command_run(env: str, project: str | Path, run_name: str, tags: Mapping[str,
 # The kedro run command line that reruns a run (tags fluxir.command and kedro_command)
 
 DEFAULT_PIPELINE = "__default__"
+RUN_FILE_META = "fluxir.run_file"  # where fluxir.cli's `kedro run` keeps the path of its -c run file
 
 
 # kedro run's options with a value, in the order a command shows them: (run_params key, option)
@@ -200,8 +201,6 @@ def kedro_run_options() -> dict[str, Any]:
     """The options of the ``kedro run`` command this process is running (click's), or ``{}`` (a session started
     from Python)."""
     import click
-
-    from fluxir.cli import RUN_FILE_META
 
     context = click.get_current_context(silent=True)
     if context is None or context.command.name != "run":
