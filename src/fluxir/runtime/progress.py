@@ -123,10 +123,10 @@ class LogProgress:
         self._lines += 1
         elapsed = max(now - self._start, 1e-9)
         rate = (self.n - self._start_n) / elapsed
-        text = f"{self.desc}: " if self.desc else ""
-        text += f"{_count(self.n)}/{_count(self.total)} {self.unit}" if self.total else f"{_count(self.n)} {self.unit}"
-        if self.total:
-            text += f" ({100 * self.n / self.total:.0f}%)"
+        text = (f"{self.desc}: " if self.desc else "") + _count(self.n)
+        text += (
+            f"/{_count(self.total)} {self.unit} ({100 * self.n / self.total:.0f}%)" if self.total else f" {self.unit}"
+        )
         if self.n != self._start_n:
             text += f", {rate:.0f} {self.unit}/s" if rate >= 100 else f", {rate:.3g} {self.unit}/s"
         if done:
