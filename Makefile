@@ -28,7 +28,7 @@ demo: $(VENV)/.installed-demo  ## fluxgen -> train -> evaluate -> restore on the
 	$(PY) -m fluxir.evaluation.demo --env tiny
 	$(VENV)/bin/kedro run --env=tiny
 	$(RESTORE_EXAMPLE)
-	$(PY) -m fluxir.runtime.outputs --env tiny
+	$(VENV)/bin/kedro outputs --env tiny
 
 LINTED := src tests benchmarks scripts docs/img
 lint: setup  ## ruff: the rules and line length of pyproject.toml, and the code formatted as ruff format writes it
@@ -44,7 +44,7 @@ test-all: lint  ## lint + both tiers (what CI runs): adds kill/signal/multi-proc
 	$(PYTEST) -m "not slow"
 
 mlflow: $(VENV)/.installed-demo  ## MLflow UI on the project's SQLite store; prints each experiment's runs-table address
-	$(PY) -m fluxir.runtime.mlflow_ui --store mlflow.db --host 127.0.0.1 --port 5000
+	$(VENV)/bin/kedro mlflow-ui --store mlflow.db --host 127.0.0.1 --port 5000
 
 app: setup  ## restoration web app on http://127.0.0.1:7860 (APP_ARGS="--env tiny" for the tiny models)
 	$(PY) -m fluxir.app $(APP_ARGS)

@@ -16,6 +16,7 @@ import click
 from kedro.framework.cli.project import run as kedro_run
 
 from fluxir.parameters.config import parse_overrides
+from fluxir.runtime.tracking import RUN_FILE_META, mlflow_ui, show_outputs
 
 PARAMS_HELP = (
     "Parameter overrides key.sub=value,... (values are YAML; lists and dicts in flow syntax, quoted for the "
@@ -42,11 +43,9 @@ def _run(cli_params: tuple[str, ...], **options: Any) -> Any:
 
 _params_option = click.Option(["--params", "cli_params"], multiple=True, type=click.UNPROCESSED, help=PARAMS_HELP)
 
-# Where the -c run file's path is kept for the run's hooks (fluxir.runtime.hooks.rerun_command): Kedro's own
-# callback for -c returns the last value it read from the file, not the path, so the path is recorded before it runs.
-RUN_FILE_META = "fluxir.run_file"
 
-
+# Kedro's own callback for -c returns the last value it read from the file, not the path, so the path is recorded
+# (ctx.meta[RUN_FILE_META]) before it runs, for the command the run's MLflow tags name.
 def _run_file_option(option: click.Option) -> click.Option:
     kept = copy.copy(option)
     read_file = option.callback
@@ -75,3 +74,21 @@ run = click.Command(
     short_help=kedro_run.short_help,
 )
 cli.add_command(run)
+
+
+# `make demo` and `make mlflow`: their options are fluxir.runtime.tracking's (`kedro outputs --help`).
+_PASS_ARGS = {"ignore_unknown_options": True, "help_option_names": []}
+
+
+@cli.command(context_settings=_PASS_ARGS)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def outputs(args: tuple[str, ...]) -> None:
+    """What the runs of an env produced, and where."""
+    show_outputs(list(args))
+
+
+@cli.command("mlflow-ui", context_settings=_PASS_ARGS)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def mlflow_ui_command(args: tuple[str, ...]) -> None:
+    """MLflow's UI on the project's store, after the address of each experiment's runs table."""
+    mlflow_ui(list(args))

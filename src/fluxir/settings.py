@@ -4,20 +4,16 @@ from kedro.config import OmegaConfigLoader
 
 from fluxir.parameters.config import CONFIG_LOADER_ARGS  # noqa: F401 (read by Kedro)
 from fluxir.runtime.hooks import (
-    AdapterProvenanceHook,
     LaunchContextHook,
+    MlflowDatasetsHook,
     MlflowRunHook,
-    MlflowStoreLockHook,
     ParameterCheckHook,
-    ReportingArtifactsHook,
 )
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 HOOKS = (
-    MlflowStoreLockHook(),
     ParameterCheckHook(),
     MlflowRunHook(),
-    ReportingArtifactsHook(),
-    AdapterProvenanceHook(),
+    MlflowDatasetsHook(),
     LaunchContextHook(),
 )

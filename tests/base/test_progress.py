@@ -29,9 +29,12 @@ def test_manual_updates_log_once_per_step_and_finish(monkeypatch, caplog):
         with progress(total=7, initial=2, desc="gen", unit="img") as bar:
             for _ in range(5):
                 bar.update(1)
+                bar.set_postfix(loss=0.123456, batch="b")
     lines = _lines(caplog)
     assert len([line for line in lines if "%)" in line]) == 5  # 3/7..7/7 each cross a new 10 % step
-    assert "done in" in lines[-1]
+    assert lines[0].startswith("gen: 3/7 img (43%)")
+    assert "done in" in lines[-1] and lines[-1].startswith("gen: 7/7 img (100%)")
+    assert lines[-1].endswith("[loss=0.1235, batch=b]")  # the postfix, floats to 4 significant digits
 
 
 def test_off_and_bar_modes(monkeypatch, caplog):

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from fluxir.cli import run as kedro_run_command
 from fluxir.parameters.config import parse_overrides
-from fluxir.runtime.rerun import params_value, rerun_command
+from fluxir.runtime.tracking import params_value, rerun_command
 
 from conftest import make_project_copy
 from support import kedro_session_run
@@ -125,6 +125,19 @@ def test_a_restore_with_a_public_method_names_no_adapter(compared, tmp_path):
     assert "--pipelines=restore" in run.data.tags["fluxir.command"]
 
 
+def test_kedro_outputs_names_what_the_runs_made(compared):
+    """`kedro outputs` (``make demo``'s last command) reads the catalog: the latest adapter, the report, the store."""
+    from conftest import kedro_run
+
+    printed = kedro_run(compared["project"], "outputs", "--env", "tiny").stdout
+    rows = {line.split("  ")[1].strip(): line for line in printed.splitlines() if line.startswith("  ")}
+    assert "none yet" not in rows["pairs (HQ/LQ)"], printed
+    latest = sorted(compared["versions"])[-1]
+    assert f"version {latest}" in rows["FluxIR adapter"] and f"/{latest}/" in rows["FluxIR adapter"], printed
+    assert rows["evaluation report"].endswith("evaluation_report.html"), printed
+    assert "mlflow.db: make mlflow" in rows["MLflow runs"] and "every run" in rows["MLflow runs"], printed
+
+
 @pytest.mark.parametrize(
     "value", ["data/photos", "1", "true", "a,b", "x=y", 0.5, 1e-5, 3, None, True, [[512, 512]], []]
 )
@@ -166,7 +179,7 @@ def test_the_cli_accepts_the_command_it_is_given():
 
 @pytest.fixture(scope="module")
 def mlflow_ui(compared):
-    """``python -m fluxir.runtime.mlflow_ui`` (what ``make mlflow`` runs) on the compared project's store: the addresses
+    """``kedro mlflow-ui`` (what ``make mlflow`` runs) on the compared project's store: the addresses
     it printed and the server's root."""
     import signal
     import subprocess
@@ -178,7 +191,7 @@ def mlflow_ui(compared):
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "fluxir.runtime.mlflow_ui", "--port", str(port)],
+        [str(Path(sys.executable).with_name("kedro")), "mlflow-ui", "--port", str(port)],
         cwd=compared["project"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -190,7 +203,7 @@ def mlflow_ui(compared):
     try:
         while not any("fluxir-evaluate" in line for line in printed):
             line = server.stdout.readline()
-            assert line, f"python -m fluxir.runtime.mlflow_ui ended before printing the addresses: {printed}"
+            assert line, f"kedro mlflow-ui ended before printing the addresses: {printed}"
             printed.append(line.rstrip())
         deadline = time.monotonic() + 120
         while True:
@@ -275,7 +288,7 @@ def test_the_compare_view_shows_both_adapters(compared, mlflow_ui, mlflow_page):
 
 def test_a_kedro_run_keeps_its_run_file_path_and_typed_params():
     """Inside ``kedro run -c FILE --params ...`` (click's context, as the hooks see it)."""
-    from fluxir.runtime.rerun import kedro_run_options
+    from fluxir.runtime.tracking import kedro_run_options
 
     from conftest import REPO
 

@@ -28,8 +28,6 @@ from support import adapter_params
 # Every test logs to a real mlflow server process (HTTP tracking), started once for the module.
 pytestmark = pytest.mark.e2e
 
-FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
-
 
 # ------------------------------------------------------------------------------------------------ REST
 
@@ -150,14 +148,15 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tracked_fluxgen(mlflow_server, tmp_path_factory):
-    """A tiny fluxgen run in a project copy whose conf points kedro-mlflow at the server; a fake git HEAD."""
+    """A tiny fluxgen run in a project copy whose conf points kedro-mlflow at the server; the copy a git checkout."""
     project = make_project_copy(tmp_path_factory.mktemp("mlflow_run") / "project")
     # The env's mlflow.yml replaces base's top-level `server` key: the run logs to the server, not mlflow.db.
     (project / "conf" / "tiny" / "mlflow.yml").write_text(f"server:\n  mlflow_tracking_uri: {mlflow_server}\n")
-    # A checkout's HEAD as files (no git command): the hook reads the commit from them.
-    (project / ".git" / "refs" / "heads").mkdir(parents=True)
-    (project / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
-    (project / ".git" / "refs" / "heads" / "main").write_text(FAKE_SHA + "\n")
+    # A checkout with one commit and no tracked file: the hook asks git for the commit and whether it is dirty.
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "run"], cwd=project, check=True)
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, check=True, capture_output=True, text=True)
     env_backup = os.environ.pop("FLUXIR_GIT_COMMIT", None)
     try:
         kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", "--params=fluxgen.num_images=6,fluxgen.steps=2")
@@ -171,7 +170,7 @@ def tracked_fluxgen(mlflow_server, tmp_path_factory):
     assert experiment_id is not None, "a run of pipeline fluxgen logs to experiment fluxir-fluxgen"
     runs = _runs(mlflow_server, experiment_id)
     assert len(runs) == 1
-    return {"project": project, "base": mlflow_server, "run_id": versions[0], "run": runs[0]}
+    return {"project": project, "base": mlflow_server, "run_id": versions[0], "run": runs[0], "sha": sha.stdout.strip()}
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -187,8 +186,9 @@ def test_run_lands_in_its_pipeline_experiment_named_and_tagged(tracked_fluxgen):
     assert tags["kedro.session_id"] == kedro_run_id
     assert tags["kedro.pipeline"] == "fluxgen"
     assert tags["kedro.env"] == "tiny"
-    assert tags["git.commit"] == FAKE_SHA
-    assert tags["mlflow.source.git.commit"] == FAKE_SHA
+    assert tags["git.commit"] == tracked_fluxgen["sha"]
+    assert tags["mlflow.source.git.commit"] == tracked_fluxgen["sha"]
+    assert tags["git.dirty"] == "false"
     # Nothing went to the default pipeline's experiment (kedro-mlflow creates it, empty).
     default_id = _experiment_id(base, "fluxir")
     assert default_id is None or _runs(base, default_id) == []
@@ -234,7 +234,7 @@ def test_adapter_is_logged_with_its_config(mlflow_server, tmp_path, monkeypatch)
     from fluxir.datasets import FluxIRAdapterDataset
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.adapter_config import FluxIRConfig
-    from fluxir.runtime.hooks import ReportingArtifactsHook
+    from fluxir.runtime.hooks import MlflowDatasetsHook
 
     config = FluxIRConfig(
         **adapter_params(rank=4),
@@ -258,7 +258,7 @@ def test_adapter_is_logged_with_its_config(mlflow_server, tmp_path, monkeypatch)
         }
     )
     hooks = _create_hook_manager()
-    hook = ReportingArtifactsHook()
+    hook = MlflowDatasetsHook()
     hooks.register(hook)
     hook.after_catalog_created(catalog)
     pipeline = Pipeline([Node(lambda: FluxIRAdapter(config), None, "fluxir_adapter", name="make_adapter")])

@@ -1,46 +1,8 @@
-"""Project hooks around kedro-mlflow: where each run goes, what it is called and tagged, what it logs.
+"""The project's Kedro hooks (``settings.HOOKS``): check the parameters before anything runs; name, tag and end
+kedro-mlflow's run; log the adapter a run used and the reporting and model datasets it saved; hand a node's child
+job the run's ``--env`` and ``--params``. docs/tracking.md lists what a run logs.
 
-``ParameterCheckHook``
-    Before anything runs, every parameter group the pipeline reads is checked (``fluxir.parameters.validation``) and
-    all problems are reported in one error; nothing is written.
-
-``MlflowRunHook``
-    One MLflow experiment per pipeline family: ``kedro run --pipeline=fluxgen`` logs to experiment
-    ``fluxir-fluxgen`` (``<tracking.experiment.name in mlflow.yml>-<pipeline>``); the default pipeline and
-    runs of several pipelines at once log to ``fluxir``. Runs are named ``<pipeline>-<kedro run id>`` and
-    tagged ``kedro.run_id`` / ``kedro.session_id`` (the Kedro session id, also the save version of every
-    versioned dataset of the run), ``kedro.pipeline``, ``kedro.env``, ``kedro.version``, ``git.commit``,
-    ``git.dirty`` and MLflow's own ``mlflow.source.git.commit``. ``FLUXIR_MLFLOW_EXPERIMENT`` forces one
-    experiment name; ``FLUXIR_GIT_COMMIT`` supplies the commit where the project is no git checkout.
-
-    Each run is also tagged ``fluxir.command`` (and kedro-mlflow's ``kedro_command``, overwritten with the same
-    text): a ``kedro run`` command line that reruns it, with ``--env`` (resolved: ``local`` when none was given),
-    ``--pipelines``, ``-c`` run file and ``--params`` as typed (in a ``kedro run`` command; from an
-    in-process session, the runtime params), ``--tags``, ``--nodes``, ``--from-nodes`` ... and ``--load-versions``.
-
-``AdapterProvenanceHook``
-    A run that loads the FluxIR adapter and uses it (evaluate with ``fluxir`` in ``evaluate.methods``, restore
-    with ``restore.method: fluxir``) gets parameters ``fluxir_adapter.version``, ``.fingerprint``, ``.path``,
-    ``.training_run_id`` (the MLflow run that trained it), ``.training_run_key`` and ``.training_steps``: runs of
-    two adapters can be told apart, and compared, in MLflow's run table.
-
-``LaunchContextHook``
-    Publishes the running ``kedro run``'s ``--env``, ``--params`` (a ``-c`` config file's included) and project
-    root for ``fluxir.runtime.launch``: a node whose stage runs on several processes launches its child job with them.
-
-The experiments are created with the tags of ``tracking.experiment.create_experiment_kwargs.tags`` in
-mlflow.yml (``mlflow.experimentKind: custom_model_development``: MLflow's UI opens them in its runs/metrics
-view); an experiment created before without that tag gets it at its next run.
-
-``ReportingArtifactsHook``
-    Every dataset saved with kedro-viz layer ``reporting`` (IQA histograms, restoration grids, the
-    Table-1-style report, loss curves ...) is also logged to the active MLflow run under ``reporting/``.
-    Every dataset saved with layer ``models`` (the FluxIR adapter) is logged under ``models/<name>/``
-    with its ``config.json``, whose values also become run parameters ``<name>.<key>``.
-    ``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false`` logs only the model's JSON files, not its weights.
-
-Everything here imports mlflow (and ``fluxir.runtime.tracking``, which imports it) lazily: the module is imported by
-``settings.py`` on every Kedro command.
+mlflow is imported inside the hooks: ``settings.py`` imports this module on every Kedro command.
 """
 
 from __future__ import annotations
@@ -54,11 +16,10 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from fluxir.compat.git import read_head
 from fluxir.compat.kedro import saved_path
 from fluxir.compat.kedro_mlflow import set_experiment
 from fluxir.parameters.config import flatten_dict
-from fluxir.runtime.rerun import DEFAULT_PIPELINE
+from fluxir.runtime.tracking import DEFAULT_PIPELINE, kedro_run_options, log_new_params, rerun_command, tag_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -101,31 +62,21 @@ def run_name(pipeline_names: Any, run_id: str) -> str:
 
 
 def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None]:
-    """(full commit sha, working tree dirty?) of the checkout holding ``project_path``; None where unknown.
-
-    ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``). Otherwise ``git`` answers; where
-    git is not installed or the folder is no real repository, ``.git/HEAD`` and its ref are read directly
-    (then dirtiness is unknown).
-    """
+    """(commit sha, tracked files changed?) of the checkout holding ``project_path``, from ``git``; (None, None)
+    outside a checkout or without git. ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``)."""
     forced = os.environ.get("FLUXIR_GIT_COMMIT", "").strip()
     if forced:
         return forced, None
-    path = Path(project_path)
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=path,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=project_path, capture_output=True, text=True, timeout=30, check=True
         ).stdout
-        return sha, bool(status.strip())
+
+    try:
+        return git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.SubprocessError):
-        return read_head(path), None
+        return None, None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,42 +111,40 @@ class ParameterCheckHook:
         return (yield)
 
 
-class MlflowStoreLockHook:
-    """Two first runs at once: kedro-mlflow creates the SQLite store's schema (and the experiment) when the
-    context is created, and two processes doing that together fail (``table ... already exists``). This
-    wraps kedro-mlflow's ``after_context_created`` in a lock on ``<project>/mlflow.db.lock``: the second
-    run waits a moment and then finds the store made."""
+def _store_lock(project_path: str | os.PathLike) -> Any:
+    from fluxir.io.locks import exclusive_lock
 
-    @hook_impl(wrapper=True, tryfirst=True)
-    def after_context_created(self, context: Any) -> Any:
-        from fluxir.io.locks import exclusive_lock
-
-        with exclusive_lock(Path(context.project_path) / "mlflow.db.lock", "the MLflow store"):
-            return (yield)
+    return exclusive_lock(Path(project_path) / "mlflow.db.lock", "the MLflow store")
 
 
 class MlflowRunHook:
-    """Experiment per pipeline family, run name and tags for kedro-mlflow's run (see the module docstring)."""
+    """kedro-mlflow's run in the experiment of its pipeline (``experiment_name``), named ``<pipeline>-<kedro run
+    id>``, tagged with the Kedro run, the command that reruns it (``fluxir.command``) and the git commit; its
+    experiment gets mlflow.yml's ``create_experiment_kwargs.tags`` it lacks (an experiment made before them).
+
+    kedro-mlflow creates the SQLite store's schema (and the experiment) when the context is created, and two
+    first runs doing that together fail (``table ... already exists``); two new runs may also create the same
+    experiment. Both steps of kedro-mlflow run under a lock on ``<project>/mlflow.db.lock``.
+    """
 
     def __init__(self) -> None:
         self._context: Any = None
         self._started_run: str | None = None
 
-    @hook_impl
-    def after_context_created(self, context: Any) -> None:
+    @hook_impl(wrapper=True, tryfirst=True)
+    def after_context_created(self, context: Any) -> Any:
         self._context = context
+        with _store_lock(context.project_path):
+            return (yield)
 
     @hook_impl(wrapper=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> Any:
         # Wraps kedro-mlflow's before_pipeline_run: choose the experiment and name before it starts the run,
-        # tag the run once it is active. The store lock: two new runs may create the same experiment.
+        # tag the run once it is active.
         import mlflow
 
-        from fluxir.io.locks import exclusive_lock
-
-        project = Path(run_params.get("project_path") or (self._context.project_path if self._context else "."))
         outer = mlflow.active_run()
-        with exclusive_lock(project / "mlflow.db.lock", "the MLflow store"):
+        with _store_lock(run_params.get("project_path") or (self._context.project_path if self._context else ".")):
             self._choose_experiment(run_params)
             result = yield
         started = mlflow.active_run()
@@ -253,8 +202,6 @@ class MlflowRunHook:
         if run is None:
             return
         run_id = run_params.get("run_id") or ""
-        from fluxir.runtime.rerun import kedro_run_options, rerun_command
-
         command = rerun_command(run_params, kedro_run_options())
         tags = {
             "fluxir.command": command,
@@ -275,8 +222,6 @@ class MlflowRunHook:
         mlflow.set_tags(tags)
         config = getattr(self._context, "mlflow", None)
         if config is not None:
-            from fluxir.runtime.tracking import tag_experiment
-
             tag_experiment(run.info.experiment_id, config.tracking.experiment.create_experiment_kwargs.tags or {})
         logger.info(
             "MLflow run %s (%s) in experiment %s",
@@ -284,54 +229,6 @@ class MlflowRunHook:
             run.info.run_id,
             mlflow.get_experiment(run.info.experiment_id).name,
         )
-
-
-class AdapterProvenanceHook:
-    """Log which FluxIR adapter a run used as parameters of its MLflow run (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self._params: dict[str, Any] = {}
-        self._catalog: Any = None
-
-    @hook_impl
-    def after_context_created(self, context: Any) -> None:
-        self._params = context.params
-
-    @hook_impl
-    def after_catalog_created(self, catalog: Any) -> None:
-        self._catalog = catalog
-
-    @hook_impl
-    def after_dataset_loaded(self, dataset_name: str, data: Any, node: Any) -> None:
-        from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset, MissingAdapter
-
-        dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
-        if not isinstance(dataset, FluxIRAdapterDataset) or isinstance(data, MissingAdapter):
-            return
-        if not self._uses_adapter(node):
-            return
-        import mlflow
-
-        if mlflow.active_run() is None:
-            return
-        from fluxir.compat.kedro import loaded_path
-        from fluxir.evaluation.restore import adapter_provenance
-        from fluxir.runtime.tracking import log_new_params
-
-        versioned = getattr(dataset, "_version", None) is not None
-        provenance = adapter_provenance(data, loaded_path(dataset), versioned)
-        logged = log_new_params({f"{dataset_name}.{key}": value for key, value in provenance.items()})
-        if logged:
-            logger.info("adapter of this run: %s", ", ".join(f"{k}={v}" for k, v in logged.items()))
-
-    def _uses_adapter(self, node: Any) -> bool:
-        """False where the node's settings restore without it (a public method)."""
-        inputs = set(node.inputs)
-        if "params:evaluate.methods" in inputs:
-            return "fluxir" in (self._params.get("evaluate") or {}).get("methods", [])
-        if "params:restore" in inputs:
-            return (self._params.get("restore") or {}).get("method") == "fluxir"
-        return True
 
 
 class LaunchContextHook:
@@ -364,15 +261,59 @@ class LaunchContextHook:
             self._previous = None
 
 
-class ReportingArtifactsHook:
-    """Log datasets saved with kedro-viz layer ``reporting`` (and ``models``) to the active MLflow run."""
+class MlflowDatasetsHook:
+    """What a run's datasets tell its MLflow run.
+
+    A run that loads the FluxIR adapter and uses it (``fluxir`` in ``evaluate.methods``, ``restore.method:
+    fluxir``) logs it as parameters ``fluxir_adapter.{version,fingerprint,path,training_run_id,...}``: runs of
+    two adapters can be told apart, and compared, in MLflow's run table. Datasets saved with kedro-viz layer
+    ``reporting`` go to the run under ``reporting/``; those of layer ``models`` under ``models/<name>/``, their
+    ``config.json`` values also as parameters ``<name>.<key>`` (``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false``: the
+    JSON files only).
+    """
 
     def __init__(self) -> None:
+        self._params: dict[str, Any] = {}
         self._catalog: Any = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._params = context.params
 
     @hook_impl
     def after_catalog_created(self, catalog: Any) -> None:
         self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data: Any, node: Any) -> None:
+        from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset, MissingAdapter
+
+        dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
+        if not isinstance(dataset, FluxIRAdapterDataset) or isinstance(data, MissingAdapter):
+            return
+        if not self._uses_adapter(node):
+            return
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        from fluxir.compat.kedro import loaded_path
+        from fluxir.evaluation.restore import adapter_provenance
+
+        versioned = getattr(dataset, "_version", None) is not None
+        provenance = adapter_provenance(data, loaded_path(dataset), versioned)
+        logged = log_new_params({f"{dataset_name}.{key}": value for key, value in provenance.items()})
+        if logged:
+            logger.info("adapter of this run: %s", ", ".join(f"{k}={v}" for k, v in logged.items()))
+
+    def _uses_adapter(self, node: Any) -> bool:
+        """False where the node's settings restore without it (a public method)."""
+        inputs = set(node.inputs)
+        if "params:evaluate.methods" in inputs:
+            return "fluxir" in (self._params.get("evaluate") or {}).get("methods", [])
+        if "params:restore" in inputs:
+            return (self._params.get("restore") or {}).get("method") == "fluxir"
+        return True
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
@@ -411,12 +352,6 @@ def log_model_folder(dataset_name: str, path: Path) -> None:
                 mlflow.log_artifact(str(file), artifact_path=artifact_path if sub == "." else f"{artifact_path}/{sub}")
         config = path / "config.json"
         if config.is_file():
-            _log_config_params(dataset_name, json.loads(config.read_text()))
+            log_new_params(flatten_dict({dataset_name: json.loads(config.read_text())}))
     mlflow.set_tags({f"{dataset_name}.path": str(path), f"{dataset_name}.weights_logged": str(with_weights).lower()})
     logger.info("logged model %s (%s) to MLflow run %s", dataset_name, path, mlflow.active_run().info.run_id)
-
-
-def _log_config_params(prefix: str, config: Any) -> None:
-    from fluxir.runtime.tracking import log_new_params
-
-    log_new_params(flatten_dict({prefix: config}))

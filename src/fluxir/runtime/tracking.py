@@ -1,17 +1,32 @@
-"""MLflow helpers shared by the Kedro hooks (``hooks.py``), the pipelines' metric nodes, the training loop
-(``training/loop.py``) and the run of a ``python -m`` command (``command_run``).
+"""MLflow around a run: metric and parameter keys, the command line that reruns a run, the MLflow run of a
+``python -m`` command, and the two commands that show results: ``kedro outputs`` (what the runs of an env
+produced and where; ``make demo`` ends with it) and ``kedro mlflow-ui`` (``make mlflow``).
 
-mlflow is imported inside the functions that talk to it: ``mlflow_key`` serves modules that must stay light.
+mlflow is imported inside the functions that talk to it: ``settings.py`` imports this module (through the
+hooks) on every Kedro command.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from fluxir.parameters.config import (
+    catalog_config,
+    cli_parser,
+    config_loader,
+    default_env,
+    flatten_dict,
+    load_catalog,
+    parse_overrides,
+)
 
 # MLflow accepts letters, digits, ``_ - . /``, spaces and (except on Windows) ``:`` in metric and param keys.
 _REFUSED_IN_KEYS = re.compile(r"[^\w.\- /]")
@@ -86,8 +101,6 @@ def command_run(env: str, project: str | Path, run_name: str, tags: Mapping[str,
     from kedro.config import MissingConfigException
     from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 
-    from fluxir.parameters.config import config_loader
-
     try:
         settings = config_loader(env, project)["mlflow"]
     except MissingConfigException:  # no mlflow.yml: kedro-mlflow's defaults
@@ -111,3 +124,202 @@ def command_run(env: str, project: str | Path, run_name: str, tags: Mapping[str,
         status = "RUNNING" if parent_run else "FINISHED"
     finally:
         mlflow.end_run(status=status)
+
+
+# ------------------------------------------------------------------------------------------------
+# The kedro run command line that reruns a run (tags fluxir.command and kedro_command)
+
+DEFAULT_PIPELINE = "__default__"
+RUN_FILE_META = "fluxir.run_file"  # where fluxir.cli's `kedro run` keeps the path of its -c run file
+
+
+# kedro run's options with a value, in the order a command shows them: (run_params key, option)
+_LIST_OPTIONS = (
+    ("tags", "--tags"),
+    ("node_names", "--nodes"),
+    ("from_nodes", "--from-nodes"),
+    ("to_nodes", "--to-nodes"),
+    ("from_inputs", "--from-inputs"),
+    ("to_outputs", "--to-outputs"),
+    ("namespaces", "--namespaces"),
+)
+
+
+def params_value(value: Any) -> str:
+    """``value`` as ``--params`` text that parses back to it (``fluxir.parameters.config.parse_overrides``): plain where
+    that round-trips (``data/photos``, ``0.5``), else JSON, which is YAML flow syntax (``[[512, 512]]``, ``"1"``)."""
+    texts = [value] if isinstance(value, str) else []
+    texts.append(json.dumps(value))
+    for text in texts:
+        try:
+            if parse_overrides([{"k": None}, f"k={text}"])["k"] == value:
+                return text
+        except ValueError:
+            continue
+    return json.dumps(str(value))
+
+
+def rerun_command(run_params: dict[str, Any], cli_options: dict[str, Any] | None = None) -> str:
+    """A ``kedro run`` command line that reruns the run of ``run_params`` (Kedro's ``before_pipeline_run``
+    record). ``cli_options``: the options of the ``kedro run`` command being run (click's), whose ``-c`` run file,
+    ``--conf-source`` and ``--params`` as typed are kept; without them the runtime params are written out."""
+    import shlex
+
+    cli_options = cli_options or {}
+    args = ["kedro", "run", f"--env={run_params.get('env') or default_env()}"]
+    if cli_options.get("conf_source"):
+        args.append(f"--conf-source={cli_options['conf_source']}")
+    if cli_options.get("config"):
+        args.append(f"--config={cli_options['config']}")
+    pipelines = [p for p in (run_params.get("pipeline_names") or []) if p != DEFAULT_PIPELINE]
+    if pipelines:
+        args.append(f"--pipelines={','.join(pipelines)}")
+    for key, option in _LIST_OPTIONS:
+        values = run_params.get(key)
+        if values:
+            args.append(f"{option}={','.join(str(v) for v in values)}")
+    if run_params.get("load_versions"):
+        args.append("--load-versions=" + ",".join(f"{k}:{v}" for k, v in run_params["load_versions"].items()))
+    if cli_options.get("runner"):  # run_params hold no usable runner name
+        args.append(f"--runner={cli_options['runner']}")
+    if cli_options.get("runner_params"):
+        args.append("--runner-params=" + ",".join(f"{k}={v}" for k, v in cli_options["runner_params"].items()))
+    if cli_options.get("is_async"):
+        args.append("--async")
+    if run_params.get("only_missing_outputs"):
+        args.append("--only-missing-outputs")
+    if "cli_params" in cli_options:
+        args += [f"--params={typed}" for typed in cli_options["cli_params"]]
+    else:
+        args += [
+            f"--params={k}={params_value(v)}" for k, v in flatten_dict(run_params.get("runtime_params") or {}).items()
+        ]
+    return shlex.join(args)
+
+
+def kedro_run_options() -> dict[str, Any]:
+    """The options of the ``kedro run`` command this process is running (click's), or ``{}`` (a session started
+    from Python)."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is None or context.command.name != "run":
+        return {}
+    return {**context.params, "config": context.meta.get(RUN_FILE_META)}
+
+
+# ------------------------------------------------------------------------------------------------
+# kedro outputs: what the runs of an env produced, and where
+
+RESTORE_DEFAULT_OUTPUT = "restore_output"  # the catalog entry of restored photos
+
+
+def _relative(path: Path, project: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(project.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def produced(env: str, project: Path, overrides: list[Any] = ()) -> list[tuple[str, str, str]]:
+    """(what, how many, where) of each output of ``env``'s runs under ``project``."""
+    import pandas as pd
+
+    from fluxir.compat.kedro import loaded_path
+
+    cwd = Path.cwd()
+    os.chdir(project)  # the catalog's paths are the project's
+    try:
+        catalog = load_catalog(env, project, overrides)
+        rows = []
+        manifest_path = loaded_path(catalog.get("pairs_manifest"))
+        if manifest_path is not None and manifest_path.is_file():
+            pairs = pd.read_parquet(manifest_path)
+            folder = Path(os.path.commonpath([*map(str, pairs["hq_path"]), *map(str, pairs["lq_path"])]))
+            rows.append(("pairs (HQ/LQ)", f"{len(pairs)} pairs", f"{_relative(folder, project)}/"))
+        else:
+            rows.append(("pairs (HQ/LQ)", "none yet", f"kedro run --env {env} --pipelines=fluxgen"))
+        adapter = loaded_path(catalog.get("fluxir_adapter"))
+        if adapter is not None and adapter.is_dir():
+            rows.append(("FluxIR adapter", f"version {adapter.parent.name}", f"{_relative(adapter, project)}/"))
+        else:
+            rows.append(("FluxIR adapter", "none yet", f"kedro run --env {env} --pipelines=train"))
+        report = loaded_path(catalog.get("evaluation_report_html"))
+        if report is not None and report.is_file():
+            rows.append(("evaluation report", "Table 1 (HTML)", _relative(report, project)))
+        else:
+            rows.append(("evaluation report", "none yet", f"kedro run --env {env} --pipelines=evaluate"))
+        restored = Path(catalog_config(env, project, overrides)[RESTORE_DEFAULT_OUTPUT]["path"])
+        count = sum(1 for _ in restored.rglob("*.png")) if restored.is_dir() else 0
+        if count:
+            rows.append(("restored photos", f"{count} PNGs", f"{_relative(restored, project)}/"))
+        else:
+            how = f"kedro run --env {env} --pipelines=restore --params=restore.input_dir=<photos>"
+            rows.append(("restored photos", "none yet", how))
+        store = project / "mlflow.db"
+        runs = "every run" if store.is_file() else "none yet"
+        rows.append(("MLflow runs", runs, f"{_relative(store, project)}: make mlflow prints each runs-table address"))
+        return rows
+    finally:
+        os.chdir(cwd)
+
+
+def table(rows: list[tuple[str, str, str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"  {what:<{widths[0]}}  {count:<{widths[1]}}  {where}" for what, count, where in rows)
+
+
+def show_outputs(argv: list[str] | None = None) -> None:
+    """Print what the env's runs produced and where: each row from the env's catalog (the latest version of each
+    versioned entry), so it names the files a later ``--load-versions`` finds, or says what to run."""
+    parser = cli_parser("kedro outputs", show_outputs.__doc__, "restore.output_dir=restored")
+    args = parser.parse_args(argv)
+    project = Path(args.project).resolve()
+    print(f"What the runs of env {args.env} produced, and where (under {project}):")
+    print(table(produced(args.env, project, args.params)))
+
+
+# ------------------------------------------------------------------------------------------------
+# kedro mlflow-ui: MLflow's UI on the project's store, and the address of each experiment's runs table
+
+
+def runs_table_address(host: str, port: int, experiment_id: str) -> str:
+    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
+
+
+def experiments(store: Path) -> list[tuple[str, str]]:
+    """(name, id) of the store's active experiments that hold runs, by name; none when there is no store yet."""
+    if not store.is_file():
+        return []
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    found = [(e.name, e.experiment_id) for e in client.search_experiments()]
+    return sorted((name, eid) for name, eid in found if client.search_runs([eid], max_results=1))
+
+
+def addresses_text(store: Path, host: str, port: int) -> str:
+    found = experiments(store)
+    if not found:
+        return (
+            f"MLflow UI on http://{host}:{port}: no runs in {store} yet (make demo or kedro run writes them); "
+            "an experiment's runs table is then at " + runs_table_address(host, port, "<id>")
+        )
+    width = max(len(name) for name, _ in found)
+    lines = [f"MLflow UI on http://{host}:{port} ({store}); the runs table of each experiment:"]
+    lines += [f"  {name:<{width}}  {runs_table_address(host, port, eid)}" for name, eid in found]
+    return "\n".join(lines)
+
+
+def mlflow_ui(argv: list[str] | None = None) -> None:
+    """MLflow's UI on the project's SQLite store (Ctrl-C stops it), after the address of each experiment's runs
+    table: MLflow 3.17's UI opens an experiment on its GenAI overview whatever its ``mlflow.experimentKind`` tag."""
+    parser = argparse.ArgumentParser(prog="kedro mlflow-ui", description=mlflow_ui.__doc__)
+    parser.add_argument("--store", default="mlflow.db", help="the SQLite tracking store (conf/base/mlflow.yml's)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    store = Path(args.store).resolve()
+    print(addresses_text(store, args.host, args.port), flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}"]
+    os.execv(sys.executable, [*command, "--host", args.host, "--port", str(args.port)])
