@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from fluxir.io.hashing import sha256_file
+from fluxir.io.images import check_rgb_uint8
 from fluxir.models.devices import resolve_device
 from fluxir.models.loading import load_pipeline
 from fluxir.parameters.rules import Rule, config_from_params
@@ -193,10 +194,10 @@ class ControlNetRestorer:
     @torch.no_grad()
     def restore(self, lq: np.ndarray, progress: bool = False, on_step: Any = None) -> np.ndarray:
         from fluxir.restoration.colorfix import color_fix
-        from fluxir.restoration.sampler import MULTIPLE, check_image, output_size, round_up, upsample
+        from fluxir.restoration.sampler import MULTIPLE, output_size, round_up, upsample
 
         cfg = self.cfg
-        lq = check_image(lq)
+        lq = check_rgb_uint8(lq, "use read_photo() for files")
         height, width = output_size(lq.shape[0], lq.shape[1], self.config)
         reference = upsample(lq, height, width)  # (H, W, 3): the control image and the colour reference
         ph, pw = round_up(height, MULTIPLE), round_up(width, MULTIPLE)

@@ -23,6 +23,7 @@ from PIL import Image
 
 from fluxir.compat.basicsr import import_basicsr
 from fluxir.io.hashing import sha256_file
+from fluxir.io.images import check_rgb_uint8
 from fluxir.models.devices import resolve_device
 from fluxir.parameters.rules import Rule, config_from_params
 from fluxir.runtime.progress import progress as progress_bar
@@ -155,9 +156,9 @@ class RealESRGANRestorer:
 
     @torch.no_grad()
     def restore(self, lq: np.ndarray, progress: bool = False, on_step: Any = None) -> np.ndarray:
-        from fluxir.restoration.sampler import check_image, output_size
+        from fluxir.restoration.sampler import output_size
 
-        lq = check_image(lq)
+        lq = check_rgb_uint8(lq, "use read_photo() for files")
         height, width = output_size(lq.shape[0], lq.shape[1], self.config)
         cfg, s = self.cfg, self.cfg.net_scale
         x = torch.from_numpy(np.array(lq)).permute(2, 0, 1)[None].to(self.device, torch.float32) / 255.0
