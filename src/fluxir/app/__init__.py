@@ -7,9 +7,9 @@ restorer: the Flux ControlNet upscaler or Real-ESRGAN), compare, download the PN
 The model folder and every default come from the Kedro project's ``restore`` parameters (``--env``); the
 adapter is the catalog entry ``fluxir_adapter``: the latest version by default, any version on disk from
 the picker (or "none": plain Flux). The method picker is ``restore.method`` (settings of the public ones:
-``baselines.*``); the page says which method and weights produced each result. Photos are read by
-``fluxir.restoration.files.read_photo`` (any mode, EXIF rotation, 16-bit, alpha kept) and restored by the
-same ``Restorer`` as ``kedro run --pipeline=restore`` (tiling included). One job runs at a time (the queue
+``baselines.*``); the page says which method and weights produced each result. Photos are restored by the
+same ``fluxir.restoration.files.restore_one`` as ``kedro run --pipeline=restore`` (any mode, EXIF rotation,
+16-bit, alpha kept; size bound, tiling and provenance included). One job runs at a time (the queue
 has concurrency 1: one GPU); the server binds 127.0.0.1 unless ``--host`` says otherwise.
 """
 

@@ -202,15 +202,15 @@ def restore_public_missing(
     color_fix: str,
     process_index: int = 0,
     num_processes: int = 1,
-    process_device: Any = None,
+    device: Any = None,
 ) -> list[Share]:
     """Restore share ``process_index`` of ``num_processes`` of ``manifest`` with each public restorer of ``methods``
-    (on ``process_device`` where a method's device is ``auto``). ``settings`` of each result: (method config,
+    (on ``device`` where a method's device is ``auto``). ``settings`` of each result: (method config,
     output geometry). Every method's weights are checked before any is loaded."""
     config = OutputGeometry(scale=scale, target_size=None, color_fix=color_fix)  # the benchmark's size: no bound
     plans = []
     for method in [m for m in check_methods(methods) if m in PUBLIC_METHODS]:
-        spec = restorer_spec(method, config, baselines, device=process_device, parameter="evaluate.methods")
+        spec = restorer_spec(method, config, baselines, device=device, parameter="evaluate.methods")
         settings, geometry = spec.settings, spec.method.output(config)  # the device is not in the key
         key = hash_json([method, spec.fingerprint, settings.settings(), scale, geometry.color_fix])
         plans.append((spec, Path(outputs_dir) / method / key))
