@@ -92,7 +92,7 @@ class ProjectModels:
         if self.loaded is None or self._key != key:
             self.loaded = None  # free the old models before loading new ones
             adapter = self.load_adapter(version) if entry.needs_adapter else None
-            spec = restorer_spec(entry.name, config, self.baselines, job.model, adapter, adapter_required=False)
+            spec = restorer_spec(entry.name, config, self.baselines, job.model, adapter)
             self.loaded, self._key = LoadedRestorer(spec), key
         spec = self.loaded.spec
         if spec.settings is not None:

@@ -176,8 +176,9 @@ class FluxControlNet(PublicMethod):
 
     def bound(self, cfg: Any, settings: Any) -> tuple[float, str, str]:
         """The smaller of ``restore.max_output_megapixels`` and its own: it does not tile."""
-        if settings.max_output_megapixels >= cfg.max_output_megapixels:
-            return super().bound(cfg, settings)
+        general = super().bound(cfg, settings)
+        if settings.max_output_megapixels >= general[0]:
+            return general
         why = " (the Flux ControlNet restores the whole image at once, without tiles: memory and time grow with it)"
         return settings.max_output_megapixels, "baselines.flux_controlnet.max_output_megapixels", why
 
@@ -251,21 +252,17 @@ def restorer_spec(
     prompt_cache: str | Path | None = None,
     device: Any = None,
     parameter: str = "restore.method",
-    adapter_required: bool = True,
 ) -> RestorerSpec:
     """The spec of restore method ``name`` with ``config`` (``restore.*``) and its ``baselines.<name>`` settings.
     ``device``: this process's accelerate device, used where the method's device is ``auto`` (each process of a
-    multi-process run on its own GPU). FluxIR needs a trained ``adapter`` unless ``adapter_required`` is off
-    (the app's plain Flux); the others take none. A public method's weights are checked here: a missing file
+    multi-process run on its own GPU). FluxIR takes a trained ``adapter`` (None: plain Flux; a ``MissingAdapter``
+    fails, saying what to run); the others take none. A public method's weights are checked here: a missing file
     fails now, naming the parameter."""
     from fluxir.datasets.adapter_dataset import require_adapter
     from fluxir.models.devices import resolve_device
 
     entry = method_named(name, parameter)
-    if not entry.needs_adapter:
-        adapter = None
-    elif adapter_required:
-        adapter = require_adapter(adapter, f"{parameter}: {name}")
+    adapter = require_adapter(adapter, f"{parameter}: {name}") if entry.needs_adapter else None
     settings = entry.settings(baselines or {})
     if settings is not None:
         settings = dataclasses.replace(settings, device=resolve_device(settings.device, device))
