@@ -28,7 +28,7 @@ from fluxir.io.images import read_image
 from fluxir.io.provenance import fluxir_version, png_text
 from fluxir.parameters.rules import Rule, check_fields
 from fluxir.restoration.files import LoadedRestorer, restore_one
-from fluxir.restoration.methods import METHODS, PUBLIC_METHODS, TITLES, RestorerSpec, check_methods, restorer_spec
+from fluxir.restoration.methods import PUBLIC_METHODS, TITLES, RestorerSpec, check_methods, restorer_spec
 from fluxir.restoration.restore_config import OutputGeometry, RestoreConfig, config_dict
 from fluxir.restoration.sampler import upsample
 from fluxir.runtime.progress import progress
@@ -112,14 +112,17 @@ def evaluation_restore_config(restore: Mapping[str, Any], scale: int, color_fix:
 
 @dataclass(frozen=True)
 class Share:
-    """What one method restored of one process's share: its settings, output folder, the outputs table of the
-    whole manifest and the seconds per image restored now (files already there are reused)."""
+    """What one method restored of one process's share: its restorer's spec, output folder, the outputs table of
+    the whole manifest and the seconds per image restored now (files already there are reused)."""
 
-    method: str
-    settings: Any
+    spec: RestorerSpec
     root: Path
     rows: pd.DataFrame
     seconds: list[float]
+
+    @property
+    def method(self) -> str:
+        return self.spec.method.name
 
 
 def restore_missing(
@@ -135,14 +138,13 @@ def restore_missing(
 ) -> Share:
     """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` with FluxIR (every
     ``num_processes``-th, less those with an output already: an output depends only on its input and the seed).
-    ``settings`` of the result: (model, RestoreConfig). ``device`` (default ``restore.device``) is not in the key.
+    ``device`` (default ``restore.device``) is not in the key.
     """
     model, config = evaluation_restore_config(restore, scale, color_fix)
     root = Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
     run_config = dataclasses.replace(config, device=device or config.device)
     spec = restorer_spec("fluxir", run_config, model=model, adapter=adapter, parameter="evaluate.methods")
-    rows, seconds = restore_into(manifest, root, spec, process_index, num_processes)
-    return Share("fluxir", (model, config), root, rows, seconds)
+    return Share(spec, root, *restore_into(manifest, root, spec, process_index, num_processes))
 
 
 def restore_manifest(
@@ -163,7 +165,7 @@ def restore_manifest(
     (``restore_missing``), counted in the run info as restored now.
     """
     share = restore_missing(manifest, adapter, restore, outputs_dir, scale, color_fix)
-    (model, config), root, rows = share.settings, share.root, share.rows
+    model, config, root = share.spec.model, share.spec.config, share.root
     seconds = [*restored_elsewhere, *share.seconds]
     done_now = len(seconds)
     info = {
@@ -177,7 +179,7 @@ def restore_manifest(
         "restored images": f"{done_now} now, {len(manifest) - done_now} reused, in {root}",
         "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
     }
-    return rows, info
+    return share.rows, info
 
 
 def describe_training(record: Mapping[str, Any]) -> str:
@@ -205,8 +207,7 @@ def restore_public_missing(
     device: Any = None,
 ) -> list[Share]:
     """Restore share ``process_index`` of ``num_processes`` of ``manifest`` with each public restorer of ``methods``
-    (on ``device`` where a method's device is ``auto``). ``settings`` of each result: (method config,
-    output geometry). Every method's weights are checked before any is loaded."""
+    (on ``device`` where a method's device is ``auto``). Every method's weights are checked before any is loaded."""
     config = OutputGeometry(scale=scale, target_size=None, color_fix=color_fix)  # the benchmark's size: no bound
     plans = []
     for method in [m for m in check_methods(methods) if m in PUBLIC_METHODS]:
@@ -214,11 +215,9 @@ def restore_public_missing(
         settings, geometry = spec.settings, spec.method.output(config)  # the device is not in the key
         key = hash_json([method, spec.fingerprint, settings.settings(), scale, geometry.color_fix])
         plans.append((spec, Path(outputs_dir) / method / key))
-    shares = []
-    for spec, root in plans:
-        rows, seconds = restore_into(manifest, root, spec, process_index, num_processes)
-        shares.append(Share(spec.method.name, (spec.settings, spec.method.output(config)), root, rows, seconds))
-    return shares
+    return [
+        Share(spec, root, *restore_into(manifest, root, spec, process_index, num_processes)) for spec, root in plans
+    ]
 
 
 def public_manifest(
@@ -240,10 +239,12 @@ def public_manifest(
     """
     parts, info = [outputs_table([])], {}
     for share in restore_public_missing(manifest, methods, baselines, outputs_dir, scale, color_fix):
-        method, (cfg, geometry), root = share.method, share.settings, share.root
+        method, spec, root = share.method, share.spec, share.root
         seconds = [*(restored_elsewhere or {}).get(method, []), *share.seconds]
         parts.append(share.rows)
-        info[TITLES[method]] = f"{METHODS[method].describe(cfg)}; colour fix {geometry.color_fix}"
+        info[TITLES[method]] = (
+            f"{spec.method.describe(spec.settings)}; colour fix {spec.method.output(spec.config).color_fix}"
+        )
         info[f"{TITLES[method]} images"] = f"{len(seconds)} now, {len(manifest) - len(seconds)} reused, in {root}; " + (
             f"{np.mean(seconds):.2f} s per image" if seconds else "all reused"
         )
