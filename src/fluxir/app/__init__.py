@@ -29,7 +29,7 @@ from kedro.io.core import DatasetError
 from fluxir.io.images import read_image, read_photo
 from fluxir.parameters.validation import baselines_problems, raise_problems, restore_settings_problems
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
-from fluxir.restoration.files import LoadedRestorer, RestoreJob, restore_one, split_params
+from fluxir.restoration.files import LazyRestorer, RestoreJob, restore_one, split_params
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
 from fluxir.restoration.methods import RESTORE_METHODS, RestorerSpec, method_named, restorer_spec, uses_adapter
 from fluxir.restoration.restore_config import RestoreConfig
@@ -51,7 +51,7 @@ class ProjectModels:
     params: dict[str, Any]  # restore.* of the chosen env
     catalog: Any  # the env's DataCatalog (fluxir.parameters.config.load_catalog): the fluxir_adapter entry's versions
     baselines: dict[str, Any] = field(default_factory=dict)  # baselines.* of the chosen env (public restorers)
-    loaded: LoadedRestorer | None = field(default=None, repr=False)
+    current: LazyRestorer | None = field(default=None, repr=False)
     _key: tuple | None = field(default=None, repr=False)
 
     @classmethod
@@ -83,25 +83,25 @@ class ProjectModels:
             return None
         return self.catalog.get(ADAPTER_ENTRY, version=Version(version, None)).load()
 
-    def restorer(self, job: RestoreJob, config: RestoreConfig, version: str, page: Mapping[str, Any]) -> LoadedRestorer:
+    def restorer(self, job: RestoreJob, config: RestoreConfig, version: str, page: Mapping[str, Any]) -> LazyRestorer:
         """The restorer of ``job.method`` (and adapter ``version``) with ``config``; its models are reloaded only
         when the method, the adapter or a setting it was loaded with (``Method.load_fields``) changed. A public
         method's settings come from ``baselines.<method>``, its ``PAGE_SETTINGS`` from the page."""
         entry = method_named(job.method)
         key = (entry.name, version if entry.needs_adapter else None, *(getattr(config, f) for f in entry.load_fields))
-        if self.loaded is None or self._key != key:
-            self.loaded = None  # free the old models before loading new ones
+        if self.current is None or self._key != key:
+            self.current = None  # free the old models before loading new ones
             adapter = self.load_adapter(version) if entry.needs_adapter else None
             spec = restorer_spec(entry.name, config, self.baselines, job.model, adapter)
-            self.loaded, self._key = LoadedRestorer(spec), key
-        spec = self.loaded.spec
+            self.current, self._key = LazyRestorer(spec), key
+        spec = self.current.spec
         if spec.settings is not None:
             chosen = {k: page[k] for k in PAGE_SETTINGS if page.get(k) is not None and hasattr(spec.settings, k)}
-            spec = replace(spec, settings=replace(self.loaded.spec.settings, **chosen))
-        self.loaded.spec = replace(spec, config=config)
-        if self.loaded.restorer is not None:
-            entry.configure(self.loaded.restorer, self.loaded.spec)
-        return self.loaded
+            spec = replace(spec, settings=replace(self.current.spec.settings, **chosen))
+        self.current.spec = replace(spec, config=config)
+        if self.current.restorer is not None:
+            entry.configure(self.current.restorer, self.current.spec)
+        return self.current
 
     def method_label(self, spec: RestorerSpec, version: str) -> str:
         """What produced a result, in one line for the page."""
@@ -137,12 +137,12 @@ def restore_upload(
     problems = restore_settings_problems(restore) + (baselines_problems(models.baselines) if public else [])
     raise_problems(problems, "the restoration")
     job, config = split_params(restore)
-    loaded = models.restorer(job, config, version, settings)
+    lazy = models.restorer(job, config, version, settings)
     out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_{job.method}.png"
     # the disclosure and the restorer travel with the downloaded file
-    result = restore_one(loaded, upload, out, on_step=on_step, on_plan=on_start)
+    result = restore_one(lazy, upload, out, on_step=on_step, on_plan=on_start)
     before = upsample(rgb, result.out_size[1], result.out_size[0])
-    return before, read_image(out), out, models.method_label(loaded.spec, version)
+    return before, read_image(out), out, models.method_label(lazy.spec, version)
 
 
 def build_app(models: ProjectModels) -> gr.Blocks:

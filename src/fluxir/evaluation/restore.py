@@ -27,7 +27,7 @@ from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
 from fluxir.io.images import read_image
 from fluxir.io.provenance import fluxir_version, png_text
 from fluxir.parameters.rules import Rule, check_fields
-from fluxir.restoration.files import LoadedRestorer, restore_one
+from fluxir.restoration.files import LazyRestorer, restore_one
 from fluxir.restoration.methods import PUBLIC_METHODS, TITLES, RestorerSpec, check_methods, restorer_spec
 from fluxir.restoration.restore_config import OutputGeometry, RestoreConfig, config_dict
 from fluxir.restoration.sampler import upsample
@@ -54,10 +54,10 @@ def restore_into(
     paths = [output_path(root, r) for r in manifest.itertuples(index=False)]
     mine = list(zip(manifest.itertuples(index=False), paths, strict=True))[process_index::num_processes]
     todo = [(row, path) for row, path in mine if not path.is_file()]
-    loaded = LoadedRestorer(spec)
+    lazy = LazyRestorer(spec)
     seconds: list[float] = []
     for row, path in progress(todo, desc=f"restore ({name})", unit="img", disable=process_index != 0):
-        result = restore_one(loaded, row.lq_path, path, as_stored=True)  # data files: pixels as stored
+        result = restore_one(lazy, row.lq_path, path, as_stored=True)  # data files: pixels as stored
         seconds.append(result.seconds)
         (w, h), scale = result.in_size, spec.config.scale
         if result.out_size != (round(w * scale), round(h * scale)):  # the HQ's size, or the scores compare nothing
@@ -207,7 +207,7 @@ def restore_public_missing(
     device: Any = None,
 ) -> list[Share]:
     """Restore share ``process_index`` of ``num_processes`` of ``manifest`` with each public restorer of ``methods``
-    (on ``device`` where a method's device is ``auto``). Every method's weights are checked before any is loaded."""
+    (on ``device`` where a method's device is ``auto``). Every method's weights are checked before any is lazy."""
     config = OutputGeometry(scale=scale, target_size=None, color_fix=color_fix)  # the benchmark's size: no bound
     plans = []
     for method in [m for m in check_methods(methods) if m in PUBLIC_METHODS]:
@@ -233,7 +233,7 @@ def public_manifest(
 
     Files go to ``<outputs_dir>/<method>/<key>/<dataset>/<image>_<LQ hash>.png``, the key hashing the method,
     its weights (file hash / ControlNet content), its settings, the scale and the colour fix; files already
-    there are reused. Every method's weights are checked before any is loaded. Returns (outputs, run info).
+    there are reused. Every method's weights are checked before any is lazy. Returns (outputs, run info).
     ``restored_elsewhere``: {method: seconds per image} of what processes launched for this run restored
     (``restore_public_missing``), counted in the run info as restored now.
     """

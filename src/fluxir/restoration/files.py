@@ -58,7 +58,7 @@ class PhotoFailed(ValueError):
 
 
 @dataclass
-class LoadedRestorer:
+class LazyRestorer:
     """One restorer for many photos: loaded at the first photo that needs it, its rate measured as it goes."""
 
     spec: RestorerSpec
@@ -73,7 +73,7 @@ class LoadedRestorer:
 
 
 def restore_one(
-    loaded: LoadedRestorer,
+    lazy: LazyRestorer,
     src: str | Path,
     dst: str | Path,
     progress: bool = False,
@@ -81,7 +81,7 @@ def restore_one(
     on_plan: Callable[[str], None] | None = None,
     as_stored: bool = False,
 ) -> RestoreResult:
-    """Restore the photo ``src`` into the PNG ``dst`` with ``loaded``'s restorer (loaded here when not yet).
+    """Restore the photo ``src`` into the PNG ``dst`` with ``lazy``'s restorer (loaded here when not yet).
 
     The photo is read (``read_photo``: EXIF rotation, 16-bit, alpha; ``as_stored``: ``read_image``, pixels as
     stored, for data files), its output size checked against the method's bound before any model loads, the
@@ -97,26 +97,26 @@ def restore_one(
         reason = str(err).removeprefix(f"{Path(src)}: ")
         raise PhotoFailed(f"{name}: {reason}", reason) from err
     try:
-        work = loaded.spec.work(rgb.shape[0], rgb.shape[1], name)
+        work = lazy.spec.work(rgb.shape[0], rgb.shape[1], name)
     except ValueError as err:
         raise PhotoFailed(str(err), str(err)) from err
-    rate, basis = loaded.rate(), "rate of the images before"
-    if loaded.restorer is None:
+    rate, basis = lazy.rate(), "rate of the images before"
+    if lazy.restorer is None:
         if on_plan is not None:
             on_plan(f"loading models; {work.describe(rate, basis)}")
         start = time.perf_counter()
-        loaded.restorer = loaded.spec.load()
-        loaded.load_seconds = time.perf_counter() - start
-        loaded.provenance = loaded.spec.provenance()
+        lazy.restorer = lazy.spec.load()
+        lazy.load_seconds = time.perf_counter() - start
+        lazy.provenance = lazy.spec.provenance()
     if rate is None:
-        rate, basis = loaded.spec.method.warm_up(loaded.restorer, work), "timed on a warm-up"
+        rate, basis = lazy.spec.method.warm_up(lazy.restorer, work), "timed on a warm-up"
     plan = work.describe(rate, basis)
     logger.info("restoring %s: %s", src, plan)
     if on_plan is not None:
         on_plan(plan)
     start = time.perf_counter()
     try:
-        out = loaded.restorer.restore(rgb, progress=progress, on_step=on_step)
+        out = lazy.restorer.restore(rgb, progress=progress, on_step=on_step)
         if alpha is not None:  # carried over, bicubic-resized to the output: (H, W, 4)
             out = np.concatenate([out, upsample(alpha, out.shape[0], out.shape[1])[..., None]], axis=2)
     except (torch.OutOfMemoryError, MemoryError) as err:
@@ -125,8 +125,8 @@ def restore_one(
         reason = out_of_memory_advice(err, work)
         raise PhotoFailed(f"{name}: {reason}", reason) from err
     seconds = time.perf_counter() - start
-    loaded.passes, loaded.pass_seconds = loaded.passes + work.passes, loaded.pass_seconds + seconds
-    write_png_atomic(Path(dst), out, loaded.provenance)
+    lazy.passes, lazy.pass_seconds = lazy.passes + work.passes, lazy.pass_seconds + seconds
+    write_png_atomic(Path(dst), out, lazy.provenance)
     return RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]), seconds)
 
 
@@ -136,7 +136,7 @@ def restore_files(
     """Restore each (input, output) pair with ``restore_one``; returns (results, failures [{input, reason}], model
     load seconds). A photo that fails (``PhotoFailed``) becomes a failure and the loop goes on; the model loads
     at the first usable input, so a folder of bad files fails fast."""
-    loaded = LoadedRestorer(spec)
+    lazy = LazyRestorer(spec)
     results: list[RestoreResult] = []
     failures: list[dict[str, str]] = []
     bar = progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
@@ -144,12 +144,12 @@ def restore_files(
         bar.set_postfix_str(Path(src).name)
         bar.update(1)
         try:
-            results.append(restore_one(loaded, src, dst, progress))
+            results.append(restore_one(lazy, src, dst, progress))
         except PhotoFailed as err:
             failures.append({"input": str(src), "reason": err.reason})
             logger.warning("could not restore %s: %s", src, err.reason)
     bar.close()
-    return results, failures, loaded.load_seconds
+    return results, failures, lazy.load_seconds
 
 
 def out_of_memory_advice(err: BaseException, work: RestoreWork) -> str:
