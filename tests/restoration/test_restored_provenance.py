@@ -14,7 +14,7 @@ from fluxir.io.hashing import hash_tensors
 from fluxir.io.provenance import RESTORED_DISCLOSURE, RESTORED_SOFTWARE, model_revision, read_provenance
 from fluxir.parameters.config import load_params
 from fluxir.restoration.files import restore_files
-from fluxir.restoration.methods import restorer_spec
+from fluxir.restoration.methods import METHODS, PUBLIC_METHODS, restorer_spec
 
 from conftest import REPO, TINY_FLUX
 from support import adapter_params, restore_config
@@ -52,21 +52,22 @@ def test_fluxir_output_names_flux_and_the_adapter(tmp_path, photo):
     assert text["Fluxir-Version"]
 
 
-def test_public_restorer_output_names_the_method_and_its_weights(tmp_path, photo):
-    from fluxir.restoration.methods import METHODS
-
+@pytest.mark.parametrize("method", PUBLIC_METHODS)
+def test_public_restorer_output_names_the_method_and_its_weights(tmp_path, photo, method):
+    """Every public entry of the registry restores a file through ``restore_one`` and names its weights."""
     params = load_params("tiny", [], REPO)
     cwd = os.getcwd()
     os.chdir(REPO)  # the tiny env's weight paths are relative to the project
     try:
         cfg = restore_config(**SETTINGS, scale=4)
-        spec = restorer_spec("realesrgan", cfg, params["baselines"])
+        spec = restorer_spec(method, cfg, params["baselines"])
         out = tmp_path / "out" / "in.png"
         results, failures, _ = restore_files(spec, [(str(photo), str(out))], False)
+        weights = METHODS[method].fingerprint(METHODS[method].settings(params["baselines"]))
     finally:
         os.chdir(cwd)
-    assert failures == [] and len(results) == 1
+    assert failures == [] and len(results) == 1 and results[0].out_size == (64, 64)
     text = read_provenance(out)
     assert text["Software"] == RESTORED_SOFTWARE and text["Disclosure"] == RESTORED_DISCLOSURE
-    assert text["Restorer"] == "realesrgan"
-    assert text["Restorer-Weights"] == METHODS["realesrgan"].fingerprint(spec.settings)
+    assert text["Restorer"] == method
+    assert text["Restorer-Weights"] == weights
