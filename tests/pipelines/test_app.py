@@ -123,7 +123,7 @@ def test_an_oversized_upload_is_refused_before_the_models_load(app_project, tmp_
         r"restore.max_output_megapixels = 0.001",
     ):
         restore_upload(fresh, str(photo), versions[0], {"max_output_megapixels": 0.001})
-    assert fresh._restorer is None, "nothing was loaded"
+    assert fresh.current.restorer is None, "nothing was loaded"
 
 
 @pytest.fixture(scope="module")

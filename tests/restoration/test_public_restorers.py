@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from fluxir.parameters.config import load_params
-from fluxir.restoration.methods import build_public, public_config, public_fingerprint
+from fluxir.restoration.methods import METHODS, RestorerSpec
 from fluxir.restoration.restore_config import OutputGeometry
 
 from conftest import REPO
@@ -33,9 +33,9 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def make(method: str, scale: float = 4, color_fix: str = "none", target_size=None, **changes):
-    cfg = public_config(method, baselines(**{method: changes}))
+    cfg = METHODS[method].settings(baselines(**{method: changes}))
     geometry = OutputGeometry(scale=scale, target_size=target_size, color_fix=color_fix)
-    return build_public(method, cfg, geometry)
+    return RestorerSpec(METHODS[method], geometry, cfg).load()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_realesrgan_bad_weights_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"baselines.realesrgan.tile_pad must be an integer >= 0, got -1"):
         make("realesrgan", tile_pad=-1)
     with pytest.raises(ValueError, match=r"unknown baselines.realesrgan key"):
-        public_config("realesrgan", baselines(realesrgan={"tile": 4}))
+        METHODS["realesrgan"].settings(baselines(realesrgan={"tile": 4}))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -157,18 +157,14 @@ def test_controlnet_that_does_not_fit_the_flux_is_named(tmp_path):
 def test_fingerprints_follow_the_weights(tmp_path):
     import shutil
 
-    cfg = public_config("realesrgan", baselines())
-    first = public_fingerprint("realesrgan", cfg)
+    cfg = METHODS["realesrgan"].settings(baselines())
+    first = METHODS["realesrgan"].fingerprint(cfg)
     shutil.copy(cfg.weights, tmp_path / "same.pth")
-    assert (
-        public_fingerprint(
-            "realesrgan", public_config("realesrgan", baselines(realesrgan={"weights": str(tmp_path / "same.pth")}))
-        )
-        == first
-    )  # content, not location
+    same = METHODS["realesrgan"].settings(baselines(realesrgan={"weights": str(tmp_path / "same.pth")}))
+    assert METHODS["realesrgan"].fingerprint(same) == first  # content, not location
     from fluxir.models.tiny import write_tiny_controlnet
 
-    tiny = public_config("flux_controlnet", baselines())
+    tiny = METHODS["flux_controlnet"].settings(baselines())
     other = write_tiny_controlnet(tmp_path / "seed1", seed=1)
-    changed = public_config("flux_controlnet", baselines(flux_controlnet={"controlnet": str(other)}))
-    assert public_fingerprint("flux_controlnet", changed) != public_fingerprint("flux_controlnet", tiny)
+    changed = METHODS["flux_controlnet"].settings(baselines(flux_controlnet={"controlnet": str(other)}))
+    assert METHODS["flux_controlnet"].fingerprint(changed) != METHODS["flux_controlnet"].fingerprint(tiny)

@@ -518,7 +518,7 @@ def test_restore_without_an_adapter_uses_public_weights(kedro_project):
     from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset
     from fluxir.parameters.config import load_params
     from fluxir.pipelines.restore.nodes import plan_restore, restore_images
-    from fluxir.restoration.methods import build_public, output_geometry, public_config
+    from fluxir.restoration.methods import restorer_spec
 
     from conftest import kedro_run
 
@@ -538,11 +538,8 @@ def test_restore_without_an_adapter_uses_public_weights(kedro_project):
     assert summary["method"] == "realesrgan" and summary["restored"] == 5 and summary["color_fix"] == "none"
     assert "RealESRGAN_x4plus.pth" in summary["method_settings"]
     params = load_params("tiny", [], project)
-    realesrgan = build_public(
-        "realesrgan",
-        public_config("realesrgan", params["baselines"]),
-        output_geometry("realesrgan", 4, None, "wavelet"),
-    )
+    cfg = restore_config(scale=4, target_size=None, color_fix="wavelet")
+    realesrgan = restorer_spec("realesrgan", cfg, params["baselines"]).load()  # without the colour fix
     from fluxir.io.images import read_photo
 
     np.testing.assert_array_equal(rgb, realesrgan.restore(read_photo(project / "photos/rgb.png")[0]))

@@ -1,6 +1,6 @@
 """Restored PNGs carry the AI disclosure and the restorer (FluxIR with a tiny Flux and a fresh adapter; Real-ESRGAN with
-the tiny env's weights), written by the same ``restore_files`` the restore pipeline and command run. Tiny models prove
-the machinery only."""
+the tiny env's weights), written by the same ``restore_one`` the restore pipeline, the evaluation and the app run. Tiny
+models prove the machinery only."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fluxir.io.hashing import hash_tensors
 from fluxir.io.provenance import RESTORED_DISCLOSURE, RESTORED_SOFTWARE, model_revision, read_provenance
 from fluxir.parameters.config import load_params
 from fluxir.restoration.files import restore_files
+from fluxir.restoration.methods import METHODS, PUBLIC_METHODS, restorer_spec
 
 from conftest import REPO, TINY_FLUX
 from support import adapter_params, restore_config
@@ -36,14 +37,10 @@ def test_fluxir_output_names_flux_and_the_adapter(tmp_path, photo):
     pipe = load_pipeline(str(TINY_FLUX), dtype="float32", device="cpu")
     adapter = FluxIRAdapter.from_flux(pipe.transformer, **adapter_params(text_seq_len=8))
     out = tmp_path / "out" / "in.png"
-    results, failures, _ = restore_files(
-        str(TINY_FLUX),
-        adapter,
-        restore_config(**SETTINGS),
-        [(str(photo), str(out))],
-        progress=False,
-        prompt_cache=tmp_path / "prompts",
+    spec = restorer_spec(
+        "fluxir", restore_config(**SETTINGS), model=str(TINY_FLUX), adapter=adapter, prompt_cache=tmp_path / "prompts"
     )
+    results, failures, _ = restore_files(spec, [(str(photo), str(out))], progress=False)
     assert failures == [] and len(results) == 1
     text = read_provenance(out)
     assert text["Software"] == RESTORED_SOFTWARE
@@ -55,21 +52,22 @@ def test_fluxir_output_names_flux_and_the_adapter(tmp_path, photo):
     assert text["Fluxir-Version"]
 
 
-def test_public_restorer_output_names_the_method_and_its_weights(tmp_path, photo):
-    from fluxir.restoration.methods import public_fingerprint, public_restorer_for
-
+@pytest.mark.parametrize("method", PUBLIC_METHODS)
+def test_public_restorer_output_names_the_method_and_its_weights(tmp_path, photo, method):
+    """Every public entry of the registry restores a file through ``restore_one`` and names its weights."""
     params = load_params("tiny", [], REPO)
     cwd = os.getcwd()
     os.chdir(REPO)  # the tiny env's weight paths are relative to the project
     try:
         cfg = restore_config(**SETTINGS, scale=4)
-        factory, _, _ = public_restorer_for({"method": "realesrgan"}, cfg, None, params["baselines"])
+        spec = restorer_spec(method, cfg, params["baselines"])
         out = tmp_path / "out" / "in.png"
-        results, failures, _ = restore_files(None, None, cfg, [(str(photo), str(out))], False, factory)
+        results, failures, _ = restore_files(spec, [(str(photo), str(out))], False)
+        weights = METHODS[method].fingerprint(METHODS[method].settings(params["baselines"]))
     finally:
         os.chdir(cwd)
-    assert failures == [] and len(results) == 1
+    assert failures == [] and len(results) == 1 and results[0].out_size == (64, 64)
     text = read_provenance(out)
     assert text["Software"] == RESTORED_SOFTWARE and text["Disclosure"] == RESTORED_DISCLOSURE
-    assert text["Restorer"] == "realesrgan"
-    assert text["Restorer-Weights"] == public_fingerprint("realesrgan", factory.settings)
+    assert text["Restorer"] == method
+    assert text["Restorer-Weights"] == weights

@@ -7,9 +7,9 @@ restorer: the Flux ControlNet upscaler or Real-ESRGAN), compare, download the PN
 The model folder and every default come from the Kedro project's ``restore`` parameters (``--env``); the
 adapter is the catalog entry ``fluxir_adapter``: the latest version by default, any version on disk from
 the picker (or "none": plain Flux). The method picker is ``restore.method`` (settings of the public ones:
-``baselines.*``); the page says which method and weights produced each result. Photos are read by
-``fluxir.restoration.files.read_photo`` (any mode, EXIF rotation, 16-bit, alpha kept) and restored by the
-same ``Restorer`` as ``kedro run --pipeline=restore`` (tiling included). One job runs at a time (the queue
+``baselines.*``); the page says which method and weights produced each result. Photos are restored by the
+same ``fluxir.restoration.files.restore_one`` as ``kedro run --pipeline=restore`` (any mode, EXIF rotation,
+16-bit, alpha kept; size bound, tiling and provenance included). One job runs at a time (the queue
 has concurrency 1: one GPU); the server binds 127.0.0.1 unless ``--host`` says otherwise.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,46 +24,35 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-import torch
 from kedro.io.core import DatasetError
 
-from fluxir.io.atomic import write_png_atomic
-from fluxir.io.provenance import png_text, restored_fields
+from fluxir.io.images import read_image, read_photo
 from fluxir.parameters.validation import baselines_problems, raise_problems, restore_settings_problems
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
-from fluxir.restoration.files import out_of_memory_advice, read_photo, restore_photo, split_params
+from fluxir.restoration.files import LazyRestorer, RestoreJob, restore_one, split_params
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
-from fluxir.restoration.methods import (
-    RESTORE_METHODS,
-    TITLES,
-    build_public,
-    describe_public,
-    output_geometry,
-    public_config,
-)
-from fluxir.restoration.restore_config import RestoreConfig, output_size
-from fluxir.restoration.sampler import Restorer, upsample
-from fluxir.restoration.work import check_output_size, warm_up_rate
+from fluxir.restoration.methods import RESTORE_METHODS, RestorerSpec, method_named, restorer_spec, uses_adapter
+from fluxir.restoration.restore_config import RestoreConfig
+from fluxir.restoration.sampler import upsample
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_ENTRY = "fluxir_adapter"
 NO_ADAPTER = "none (plain Flux)"
-# RestoreConfig fields that need the models rebuilt (the others are read at every restore)
-MODEL_FIELDS = ("dtype", "device", "offload", "quantize", "max_sequence_length")
+PAGE_SETTINGS = ("steps", "seed")  # the page's values also reach a public method's own settings of that name
 
 
 @dataclass
 class ProjectModels:
-    """What the app reads from the Kedro project: restore parameters and the adapter catalog entry."""
+    """What the app reads from the Kedro project (restore parameters, the adapter catalog entry) and the restorer
+    it keeps loaded between uploads."""
 
     project: Path
     params: dict[str, Any]  # restore.* of the chosen env
     catalog: Any  # the env's DataCatalog (fluxir.parameters.config.load_catalog): the fluxir_adapter entry's versions
     baselines: dict[str, Any] = field(default_factory=dict)  # baselines.* of the chosen env (public restorers)
-    _restorer: Any = field(default=None, repr=False)
+    current: LazyRestorer | None = field(default=None, repr=False)
     _key: tuple | None = field(default=None, repr=False)
-    seconds_per_pass: dict[str, float] = field(default_factory=dict)  # per method, measured: the next estimate
 
     @classmethod
     def from_kedro(
@@ -95,57 +83,31 @@ class ProjectModels:
             return None
         return self.catalog.get(ADAPTER_ENTRY, version=Version(version, None)).load()
 
-    def restorer(
-        self,
-        version: str,
-        config: RestoreConfig,
-        method: str,
-        steps: int | None = None,
-        seed: int | None = None,
-    ) -> Any:
-        """A restorer for this method (and adapter version) and config; models are reloaded only when they must be.
+    def restorer(self, job: RestoreJob, config: RestoreConfig, version: str, page: Mapping[str, Any]) -> LazyRestorer:
+        """The restorer of ``job.method`` (and adapter ``version``) with ``config``; its models are reloaded only
+        when the method, the adapter or a setting it was loaded with (``Method.load_fields``) changed. A public
+        method's settings come from ``baselines.<method>``, its ``PAGE_SETTINGS`` from the page."""
+        entry = method_named(job.method)
+        key = (entry.name, version if entry.needs_adapter else None, *(getattr(config, f) for f in entry.load_fields))
+        if self.current is None or self._key != key:
+            self.current = None  # free the old models before loading new ones
+            adapter = self.load_adapter(version) if entry.needs_adapter else None
+            spec = restorer_spec(entry.name, config, self.baselines, job.model, adapter)
+            self.current, self._key = LazyRestorer(spec), key
+        spec = self.current.spec
+        if spec.settings is not None:
+            chosen = {k: page[k] for k in PAGE_SETTINGS if page.get(k) is not None and hasattr(spec.settings, k)}
+            spec = replace(spec, settings=replace(self.current.spec.settings, **chosen))
+        self.current.spec = replace(spec, config=config)
+        if self.current.restorer is not None:
+            entry.configure(self.current.restorer, self.current.spec)
+        return self.current
 
-        Public methods take the output size and colour fix from ``config`` and, for the Flux ControlNet, the
-        page's ``steps`` / ``seed``; their weights and other settings come from ``baselines.<method>``.
-        """
-        if method == "fluxir":
-            key = (method, version, *(getattr(config, name) for name in MODEL_FIELDS))
-        else:
-            key = (method,)
-        if self._restorer is None or self._key != key:
-            self._restorer = None  # free the old models before loading new ones
-            if method == "fluxir":
-                files, _ = split_params(self.params)
-                self._restorer = Restorer.from_source(files["model"], self.load_adapter(version), config)
-            else:
-                self._restorer = build_public(
-                    method,
-                    public_config(method, self.baselines),
-                    output_geometry(method, config.scale, config.target_size, config.color_fix),
-                )
-            self._key = key
-        if method == "fluxir":
-            self._restorer.config = config
-        else:
-            self._restorer.config = output_geometry(method, config.scale, config.target_size, config.color_fix)
-            if method == "flux_controlnet":
-                self._restorer.cfg = replace(
-                    self._restorer.cfg,
-                    steps=steps or self._restorer.cfg.steps,
-                    seed=self._restorer.cfg.seed if seed is None else seed,
-                )
-        return self._restorer
-
-    def method_label(self, method: str, version: str) -> str:
+    def method_label(self, spec: RestorerSpec, version: str) -> str:
         """What produced a result, in one line for the page."""
-        if method == "fluxir":
-            return f"Restored with FluxIR: Flux ({self.params.get('model')}) + adapter {version}"
-        cfg = (
-            self._restorer.cfg
-            if self._restorer is not None and self._key == (method,)
-            else public_config(method, self.baselines)
-        )
-        return f"Restored with {TITLES[method]}: {describe_public(method, cfg)}"
+        if spec.method.needs_adapter:
+            return f"Restored with {spec.method.title}: Flux ({self.params.get('model')}) + adapter {version}"
+        return f"Restored with {spec.method.title}: {spec.method.describe(spec.settings)}"
 
 
 def restore_upload(
@@ -158,54 +120,29 @@ def restore_upload(
 ) -> tuple[np.ndarray, np.ndarray, Path, str]:
     """Restore the uploaded file: (before = bicubic LQ at the output size, after, PNG path, method label).
 
-    ``settings`` may hold ``method`` (``restore.method``: fluxir, flux_controlnet, realesrgan).
-    ``on_start(text)`` gets the output size and the method's work before the models load, then again with the
-    estimated time (the first time per method from a warm-up, ``fluxir.restoration.work``) before restoring.
-    Raises ValueError naming the file (unreadable, too large an output, out of memory) or the parameter.
+    ``settings`` may hold ``method`` (``restore.method``: fluxir, flux_controlnet, realesrgan). ``on_start(text)``
+    gets the output size and the method's work before the models load, then again with the estimated time
+    (``restore_one``). Raises ValueError naming the file (unreadable, too large an output, out of memory) or the
+    parameter.
     """
     if not upload:
         raise ValueError("upload a photo first (PNG, JPEG, WebP, TIFF, ...)")
     name = Path(upload).name
     try:
-        rgb, alpha = read_photo(upload)
+        rgb, _ = read_photo(upload)
     except ValueError as err:
         raise ValueError(f"{name}: {str(err).removeprefix(f'{Path(upload)}: ')}") from err
     restore = {**models.params, **settings}
-    public = restore["method"] != "fluxir"  # only a public restorer reads baselines.*
+    public = not uses_adapter([restore["method"]])  # only a public restorer reads baselines.*
     problems = restore_settings_problems(restore) + (baselines_problems(models.baselines) if public else [])
     raise_problems(problems, "the restoration")
-    files, config = split_params(restore)
-    method = files["method"]
-    if method not in RESTORE_METHODS:
-        raise ValueError(f"restore.method must be one of {RESTORE_METHODS}, got {method!r}")
-    public = None if method == "fluxir" else public_config(method, models.baselines)
-    if method == "flux_controlnet" and settings.get("steps"):
-        public = replace(public, steps=settings["steps"])  # the page's steps, as models.restorer sets them
-    work = check_output_size(rgb.shape[0], rgb.shape[1], config, name, public)  # before any model is loaded
-    rate, basis = models.seconds_per_pass.get(method), "rate of the image before"
-    if on_start is not None:
-        on_start(f"loading models; {work.describe(rate, basis)}")
-    restorer = models.restorer(version, config, method, steps=settings.get("steps"), seed=settings.get("seed"))
-    if rate is None:
-        rate, basis = warm_up_rate(restorer, work), "timed on a warm-up"
-    plan = work.describe(rate, basis)
-    logger.info("restoring %s with %s: %s", name, method, plan)
-    if on_start is not None:
-        on_start(plan)
-    start = time.perf_counter()
-    try:
-        after = restore_photo(restorer, rgb, alpha, progress=False, on_step=on_step)
-    except (torch.OutOfMemoryError, MemoryError) as err:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise ValueError(f"{name}: {out_of_memory_advice(err, work)}") from err
-    models.seconds_per_pass[method] = (time.perf_counter() - start) / work.passes
-    height, width = output_size(rgb.shape[0], rgb.shape[1], config)
-    before = upsample(rgb, height, width)
-    out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_{method}.png"
+    job, config = split_params(restore)
+    lazy = models.restorer(job, config, version, settings)
+    out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_{job.method}.png"
     # the disclosure and the restorer travel with the downloaded file
-    write_png_atomic(out, after, png_text(restored_fields(method, **{"Adapter-Version": version})))
-    return before, after[..., :3], out, models.method_label(method, version)
+    result = restore_one(lazy, upload, out, on_step=on_step, on_plan=on_start)
+    before = upsample(rgb, result.out_size[1], result.out_size[0])
+    return before, read_image(out), out, models.method_label(lazy.spec, version)
 
 
 def build_app(models: ProjectModels) -> gr.Blocks:

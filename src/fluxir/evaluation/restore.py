@@ -13,10 +13,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +25,12 @@ from fluxir.evaluation.testsets import outputs_table
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
 from fluxir.io.images import read_image
-from fluxir.io.provenance import fluxir_version, png_text, restored_fields
-from fluxir.models.devices import resolve_device
+from fluxir.io.provenance import fluxir_version, png_text
 from fluxir.parameters.rules import Rule, check_fields
-from fluxir.restoration.methods import (
-    PUBLIC_METHODS,
-    TITLES,
-    build_public,
-    check_methods,
-    describe_public,
-    output_geometry,
-    public_config,
-    public_fingerprint,
-)
-from fluxir.restoration.restore_config import RestoreConfig, config_dict
-from fluxir.restoration.sampler import Restorer, upsample
+from fluxir.restoration.files import LazyRestorer, restore_one
+from fluxir.restoration.methods import PUBLIC_METHODS, TITLES, RestorerSpec, check_methods, restorer_spec
+from fluxir.restoration.restore_config import OutputGeometry, RestoreConfig, config_dict
+from fluxir.restoration.sampler import upsample
 from fluxir.runtime.progress import progress
 
 log = logging.getLogger(__name__)
@@ -54,43 +43,28 @@ def output_path(root: Path, row: Any) -> Path:
 
 
 def restore_into(
-    manifest: pd.DataFrame,
-    root: Path,
-    method: str,
-    make_restorer: Callable[[], Any],
-    scale: float,
-    process_index: int = 0,
-    num_processes: int = 1,
+    manifest: pd.DataFrame, root: Path, spec: RestorerSpec, process_index: int = 0, num_processes: int = 1
 ) -> tuple[pd.DataFrame, list[float]]:
-    """Restore every LQ of ``manifest`` that has no output (``output_path``) yet; returns (outputs table,
-    seconds per image restored now). The restorer is made only when something is left to do, so a finished
-    run reuses its files without loading a model. Process ``process_index`` of ``num_processes`` takes every
-    ``num_processes``-th row of the manifest and skips those of its rows already restored: the shares never
-    depend on when a process looked at the folder."""
+    """Restore every LQ of ``manifest`` that has no output (``output_path``) yet with ``restore_one``; returns
+    (outputs table, seconds per image restored now). The restorer is loaded only when something is left to do,
+    so a finished run reuses its files without loading a model. Process ``process_index`` of ``num_processes``
+    takes every ``num_processes``-th row of the manifest and skips those of its rows already restored: the
+    shares never depend on when a process looked at the folder."""
+    name = spec.method.name
     paths = [output_path(root, r) for r in manifest.itertuples(index=False)]
     mine = list(zip(manifest.itertuples(index=False), paths, strict=True))[process_index::num_processes]
     todo = [(row, path) for row, path in mine if not path.is_file()]
+    lazy = LazyRestorer(spec)
     seconds: list[float] = []
-    if todo:
-        restorer = make_restorer()
-        provenance = png_text(restored_fields(method))
-        for row, path in progress(todo, desc=f"restore ({method})", unit="img", disable=process_index != 0):
-            lq = read_image(row.lq_path)
-            start = time.perf_counter()
-            out = restorer.restore(lq)
-            seconds.append(time.perf_counter() - start)
-            expected = (round(lq.shape[0] * scale), round(lq.shape[1] * scale))
-            if out.shape[:2] != expected:
-                raise RuntimeError(f"{method} {row.dataset}/{row.image}: restored {out.shape[:2]}, expected {expected}")
-            write_png_atomic(path, out, provenance)
-    log.info(
-        "%s: %d images restored now, %d reused from %s",
-        TITLES.get(method, method),
-        len(todo),
-        len(mine) - len(todo),
-        root,
-    )
-    rows = [[r.dataset, r.image, method, str(p)] for r, p in zip(manifest.itertuples(index=False), paths, strict=True)]
+    for row, path in progress(todo, desc=f"restore ({name})", unit="img", disable=process_index != 0):
+        result = restore_one(lazy, row.lq_path, path, as_stored=True)  # data files: pixels as stored
+        seconds.append(result.seconds)
+        (w, h), scale = result.in_size, spec.config.scale
+        if result.out_size != (round(w * scale), round(h * scale)):  # the HQ's size, or the scores compare nothing
+            path.unlink()
+            raise RuntimeError(f"{name} {row.dataset}/{row.image}: restored {result.out_size}, expected x{scale}")
+    log.info("%s: %d images restored now, %d reused from %s", TITLES[name], len(todo), len(mine) - len(todo), root)
+    rows = [[r.dataset, r.image, name, str(p)] for r, p in zip(manifest.itertuples(index=False), paths, strict=True)]
     return outputs_table(rows), seconds
 
 
@@ -129,26 +103,26 @@ def evaluation_restore_config(restore: Mapping[str, Any], scale: int, color_fix:
             "evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls"
         )
     model = params.pop("model")
-    if "color_fix" in params:
-        raise ValueError("evaluate.restore.color_fix is not a parameter: set evaluate.color_fix (docs/evaluation.md)")
-    params["color_fix"] = color_fix
     if params.setdefault("scale", scale) != scale:
         raise ValueError(
             f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {scale!r}; set only evaluate.scale"
         )
-    return model, RestoreConfig.from_params(params)
+    return model, RestoreConfig.from_params({**params, "color_fix": color_fix})
 
 
 @dataclass(frozen=True)
 class Share:
-    """What one method restored of one process's share: its settings, output folder, the outputs table of the
-    whole manifest and the seconds per image restored now (files already there are reused)."""
+    """What one method restored of one process's share: its restorer's spec, output folder, the outputs table of
+    the whole manifest and the seconds per image restored now (files already there are reused)."""
 
-    method: str
-    settings: Any
+    spec: RestorerSpec
     root: Path
     rows: pd.DataFrame
     seconds: list[float]
+
+    @property
+    def method(self) -> str:
+        return self.spec.method.name
 
 
 def restore_missing(
@@ -164,14 +138,13 @@ def restore_missing(
 ) -> Share:
     """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` with FluxIR (every
     ``num_processes``-th, less those with an output already: an output depends only on its input and the seed).
-    ``settings`` of the result: (model, RestoreConfig). ``device`` (default ``restore.device``) is not in the key.
+    ``device`` (default ``restore.device``) is not in the key.
     """
     model, config = evaluation_restore_config(restore, scale, color_fix)
     root = Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
     run_config = dataclasses.replace(config, device=device or config.device)
-    make = partial(Restorer.from_source, model, adapter, run_config)
-    rows, seconds = restore_into(manifest, root, "fluxir", make, config.scale, process_index, num_processes)
-    return Share("fluxir", (model, config), root, rows, seconds)
+    spec = restorer_spec("fluxir", run_config, model=model, adapter=adapter, parameter="evaluate.methods")
+    return Share(spec, root, *restore_into(manifest, root, spec, process_index, num_processes))
 
 
 def restore_manifest(
@@ -192,7 +165,7 @@ def restore_manifest(
     (``restore_missing``), counted in the run info as restored now.
     """
     share = restore_missing(manifest, adapter, restore, outputs_dir, scale, color_fix)
-    (model, config), root, rows = share.settings, share.root, share.rows
+    model, config, root = share.spec.model, share.spec.config, share.root
     seconds = [*restored_elsewhere, *share.seconds]
     done_now = len(seconds)
     info = {
@@ -206,13 +179,13 @@ def restore_manifest(
         "restored images": f"{done_now} now, {len(manifest) - done_now} reused, in {root}",
         "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
     }
-    return rows, info
+    return share.rows, info
 
 
 def describe_training(record: Mapping[str, Any]) -> str:
     """One line on how an adapter was trained, from its ``training_record`` (empty: never trained)."""
     if not record:
-        return "no training record: an untrained adapter (or one saved before fluxir recorded training)"
+        return "no training record: an untrained adapter"
     rest = ", ".join(f"{k} {v}" for k, v in record.items() if k != "steps")
     return f"{record.get('steps', '?')} optimizer steps ({rest})"
 
@@ -231,24 +204,20 @@ def restore_public_missing(
     color_fix: str,
     process_index: int = 0,
     num_processes: int = 1,
-    process_device: Any = None,
+    device: Any = None,
 ) -> list[Share]:
     """Restore share ``process_index`` of ``num_processes`` of ``manifest`` with each public restorer of ``methods``
-    (on ``process_device`` where a method's device is ``auto``). ``settings`` of each result: (method config,
-    output geometry). Every method's weights are checked before any is loaded."""
+    (on ``device`` where a method's device is ``auto``). Every method's weights are checked before any is lazy."""
+    config = OutputGeometry(scale=scale, target_size=None, color_fix=color_fix)  # the benchmark's size: no bound
     plans = []
     for method in [m for m in check_methods(methods) if m in PUBLIC_METHODS]:
-        cfg = public_config(method, baselines)
-        geometry = output_geometry(method, scale, None, color_fix)
-        key = hash_json([method, public_fingerprint(method, cfg), cfg.settings(), scale, geometry.color_fix])
-        plans.append((method, cfg, geometry, Path(outputs_dir) / method / key))
-    shares = []
-    for method, cfg, geometry, root in plans:
-        run_cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, process_device))  # not in the key
-        make = partial(build_public, method, run_cfg, geometry)
-        rows, seconds = restore_into(manifest, root, method, make, scale, process_index, num_processes)
-        shares.append(Share(method, (cfg, geometry), root, rows, seconds))
-    return shares
+        spec = restorer_spec(method, config, baselines, device=device, parameter="evaluate.methods")
+        settings, geometry = spec.settings, spec.method.output(config)  # the device is not in the key
+        key = hash_json([method, spec.fingerprint, settings.settings(), scale, geometry.color_fix])
+        plans.append((spec, Path(outputs_dir) / method / key))
+    return [
+        Share(spec, root, *restore_into(manifest, root, spec, process_index, num_processes)) for spec, root in plans
+    ]
 
 
 def public_manifest(
@@ -264,16 +233,18 @@ def public_manifest(
 
     Files go to ``<outputs_dir>/<method>/<key>/<dataset>/<image>_<LQ hash>.png``, the key hashing the method,
     its weights (file hash / ControlNet content), its settings, the scale and the colour fix; files already
-    there are reused. Every method's weights are checked before any is loaded. Returns (outputs, run info).
+    there are reused. Every method's weights are checked before any is lazy. Returns (outputs, run info).
     ``restored_elsewhere``: {method: seconds per image} of what processes launched for this run restored
     (``restore_public_missing``), counted in the run info as restored now.
     """
     parts, info = [outputs_table([])], {}
     for share in restore_public_missing(manifest, methods, baselines, outputs_dir, scale, color_fix):
-        method, (cfg, geometry), root = share.method, share.settings, share.root
+        method, spec, root = share.method, share.spec, share.root
         seconds = [*(restored_elsewhere or {}).get(method, []), *share.seconds]
         parts.append(share.rows)
-        info[TITLES[method]] = f"{describe_public(method, cfg)}; colour fix {geometry.color_fix}"
+        info[TITLES[method]] = (
+            f"{spec.method.describe(spec.settings)}; colour fix {spec.method.output(spec.config).color_fix}"
+        )
         info[f"{TITLES[method]} images"] = f"{len(seconds)} now, {len(manifest) - len(seconds)} reused, in {root}; " + (
             f"{np.mean(seconds):.2f} s per image" if seconds else "all reused"
         )

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 from fluxir.compat.basicsr import import_basicsr
 from fluxir.fluxgen.degrade_config import DegradationConfig
+from fluxir.io.images import check_rgb_uint8
 from fluxir.parameters.rules import is_int
 
 import_basicsr()  # must precede every basicsr import (torchvision removed functional_tensor)
@@ -282,17 +283,6 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return torch.clamp((x[0] * 255.0).round(), 0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
-def _check_image(image: Any) -> np.ndarray:
-    if not isinstance(image, np.ndarray):
-        raise ValueError(
-            f"image must be a numpy array (H, W, 3) uint8 RGB, got {type(image).__name__}; "
-            "for a PIL image pass np.asarray(img.convert('RGB'))"
-        )
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
-    return image
-
-
 def _sharpened_crop(image: np.ndarray, box: tuple[int, int, int, int], hflip: bool, usm: bool) -> torch.Tensor:
     """The (left, top, width, height) crop of (H, W, 3) uint8, flipped and USM-sharpened: (1, 3, h, w) in [0, 1]."""
     left, top, w, h = box
@@ -316,7 +306,7 @@ def degrade_pair(
     Returns (hq (h, w, 3) uint8, lq (h/scale, w/scale, 3) uint8, info), where hq is the USM-sharpened
     crop (SeeSR's saved GT) unless ``config.use_usm`` is False, and info records every random choice.
     """
-    image = _check_image(image)
+    image = check_rgb_uint8(image, "for a PIL image pass np.asarray(img.convert('RGB'))")
     height, width = image.shape[:2]
     seed64 = pair_seed(image_id, seed)
     rng = random.Random(seed64)  # crop and flip: a private generator, independent of basicsr's draws

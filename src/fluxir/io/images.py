@@ -12,9 +12,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+def check_rgb_uint8(image: Any, hint: str) -> np.ndarray:
+    """``image`` if it is an (H, W, 3) uint8 array with H, W >= 1, else ValueError saying what it is and ``hint``."""
+    shape = getattr(image, "shape", ())
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or len(shape) != 3 or shape[2] != 3 or 0 in shape:
+        array = isinstance(image, np.ndarray)
+        desc = f"{image.dtype} {shape}" if array else f"{type(image).__name__}, not a numpy array"
+        raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {desc}; {hint}")
+    return image
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

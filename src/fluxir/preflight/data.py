@@ -23,15 +23,15 @@ FETCH_BASELINES = "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only baselines"
 
 def check_baselines(params: Mapping[str, Any]) -> list[Finding]:
     """The public restorers a run will use (``evaluate.methods``, ``restore.method``): weights present and fitting."""
-    from fluxir.restoration.methods import PUBLIC_METHODS, public_config
+    from fluxir.restoration.methods import METHODS, PUBLIC_METHODS
 
     wanted = [*(lookup(params, "evaluate", "methods", default=[]) or []), lookup(params, "restore", "method")]
     findings = []
     for method in [m for m in PUBLIC_METHODS if m in wanted]:
         item = f"baselines.{method}"
         try:
-            cfg = public_config(method, lookup(params, "baselines", default={}))
-            detail = _check_realesrgan(cfg) if method == "realesrgan" else _check_controlnet(cfg)
+            cfg = METHODS[method].settings(lookup(params, "baselines", default={}))
+            detail = WEIGHT_CHECKS[method](cfg)
         except Exception as err:  # noqa: BLE001  (one line per broken method, never a crash of the report)
             advice = "" if "fluxir.fetch" in str(err) else f" ({FETCH_BASELINES})"
             findings.append(Finding("FAIL", "baseline", item, f"{err}{advice}"))
@@ -70,6 +70,10 @@ def _check_controlnet(cfg: Any) -> str:
     if wrong:
         raise ValueError(f"{folder} does not fit the Flux transformer of {cfg.model!r}: {', '.join(wrong)}")
     return f"{found.detail}; fits {cfg.model}"
+
+
+# What loads a public restorer's weights for the check, per method (fluxir.restoration.methods.PUBLIC_METHODS).
+WEIGHT_CHECKS = {"realesrgan": _check_realesrgan, "flux_controlnet": _check_controlnet}
 
 
 def check_iqa(params: Mapping[str, Any]) -> list[Finding]:

@@ -20,7 +20,7 @@ from fluxir.models.devices import accelerate_cpu, resolve_device
 from fluxir.parameters.config import catalog_config, cli_parser, load_catalog, load_params
 from fluxir.parameters.validation import check_params
 from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
-from fluxir.restoration.methods import public_restorer_for
+from fluxir.restoration.methods import restorer_spec, uses_adapter
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,39 +40,30 @@ def main(argv: list[str] | None = None) -> None:
     # Without --plan the input folder is read here: the catalog's restore_input is checked with the parameters.
     folders = None if args.plan else catalog_config(args.env, args.project, args.params)
     check_params(params, ["restore", "baselines"], "python -m fluxir.restoration", folders)
-    files, cfg = split_params(params["restore"])
+    job, cfg = split_params(params["restore"])
     state = PartialState(cpu=accelerate_cpu(cfg.device))
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, state.device))  # this process's GPU
     catalog = load_catalog(args.env, args.project, args.params)  # restore_input / _output read the runtime params
-    files = {**files, "input_dir": catalog.load("restore_input"), "output_dir": catalog.load("restore_output")}
+    job = dataclasses.replace(job, input_dir=catalog.load("restore_input"), output_dir=catalog.load("restore_output"))
     if args.plan:
         plan = pd.read_parquet(args.plan)
     else:
         plan = pd.DataFrame(
-            plan_folder(files["input_dir"], files["output_dir"], bool(files.get("overwrite"))),
-            columns=["input", "output", "action"],
+            plan_folder(job.input_dir, job.output_dir, job.overwrite), columns=["input", "output", "action"]
         )
     adapter = None  # a public restorer (restore.method) needs none
     if args.adapter:
         adapter = load_adapter(args.adapter)
-    elif files["method"] == "fluxir":
+    elif uses_adapter([job.method]):
         adapter = catalog.load("fluxir_adapter")
-    make_restorer, adapter, _ = public_restorer_for(files, cfg, adapter, params["baselines"], state.device)
-    share = restore_share(
-        plan,
-        files,
-        adapter,
-        cfg,
-        state.process_index,
-        state.num_processes,
-        make_restorer,
-        prompt_cache=catalog.load("prompt_embeddings"),
-    )  # the empty prompt, encoded once
+    prompts = catalog.load("prompt_embeddings")  # the empty prompt, encoded once
+    spec = restorer_spec(job.method, cfg, params["baselines"], job.model, adapter, prompts, state.device)
+    share = restore_share(plan, job, spec, state.process_index, state.num_processes)
     if args.report:
         Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(share.to_dict()))
     state.wait_for_everyone()
     if state.num_processes == 1:
-        _, summary = summarise_shares(plan, [share], files, cfg)
+        _, summary = summarise_shares(plan, [share], job, cfg)
         print(json.dumps({k: v for k, v in summary.items() if k != "images"}, default=str))
     else:
         print(json.dumps({"rank": state.process_index, "restored": len(share.results), "failed": len(share.failures)}))

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fluxir.io.images import check_rgb_uint8
+
 COLOR_FIX_METHODS = ("wavelet", "adain", "none")
 LEVELS = 5
 HALO = 2**LEVELS  # > 1 + 2 + 4 + 8 + 16, the reach of the lowest band
@@ -68,11 +70,7 @@ def color_fix(
     if method not in COLOR_FIX_METHODS:
         raise ValueError(f"colour fix must be one of {COLOR_FIX_METHODS}, got {method!r}")
     for name, arr in (("image", image), ("reference", reference)):
-        if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 3:
-            raise ValueError(
-                f"color_fix: {name} must be an (H, W, C) uint8 array, got "
-                f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
-            )
+        check_rgb_uint8(arr, f"color_fix takes it as its {name}")
     if image.shape != reference.shape:
         raise ValueError(f"color_fix: image {image.shape} and reference {reference.shape} must have the same shape")
     if method == "none":

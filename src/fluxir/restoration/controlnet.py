@@ -17,7 +17,7 @@ with the output size (1024^2 output: 4096 image tokens, as FluxIR's default tile
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,12 @@ import torch
 from PIL import Image
 
 from fluxir.io.hashing import sha256_file
+from fluxir.io.images import check_rgb_uint8
 from fluxir.models.devices import resolve_device
 from fluxir.models.loading import load_pipeline
 from fluxir.parameters.rules import Rule, config_from_params
+from fluxir.restoration.restore_config import MULTIPLE, output_size, round_up
+from fluxir.restoration.work import RestoreWork, time_two_steps
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONTROLNET_RULES = (
@@ -193,10 +196,10 @@ class ControlNetRestorer:
     @torch.no_grad()
     def restore(self, lq: np.ndarray, progress: bool = False, on_step: Any = None) -> np.ndarray:
         from fluxir.restoration.colorfix import color_fix
-        from fluxir.restoration.sampler import MULTIPLE, check_image, output_size, round_up, upsample
+        from fluxir.restoration.sampler import upsample
 
         cfg = self.cfg
-        lq = check_image(lq)
+        lq = check_rgb_uint8(lq, "use read_photo() for files")
         height, width = output_size(lq.shape[0], lq.shape[1], self.config)
         reference = upsample(lq, height, width)  # (H, W, 3): the control image and the colour reference
         ph, pw = round_up(height, MULTIPLE), round_up(width, MULTIPLE)
@@ -223,6 +226,27 @@ class ControlNetRestorer:
         ).images  # (1, ph, pw, 3) float in [0, 1]
         out = (np.asarray(images[0], dtype=np.float32) * 255).round().clip(0, 255).astype(np.uint8)[:height, :width]
         return color_fix(out, reference, self.config.color_fix)
+
+
+def load(cfg: FluxControlNetConfig, geometry: Any) -> ControlNetRestorer:
+    return ControlNetRestorer.from_config(cfg, geometry)
+
+
+def plan_work(height: int, width: int, restore: Any, cfg: FluxControlNetConfig) -> RestoreWork:
+    """The ``RestoreWork`` of an (height, width) input: the whole padded output (no tiles) x ``cfg.steps``."""
+    out_h, out_w = output_size(height, width, restore)
+    text = f"the whole image (the Flux ControlNet does not tile) x {cfg.steps} steps"
+    return RestoreWork((width, height), (out_w, out_h), 1, cfg.steps, (round_up(out_h), round_up(out_w)), "step", text)
+
+
+def warm_up_rate(restorer: ControlNetRestorer, work: RestoreWork) -> float:
+    """Seconds per step at ``work``'s size, the second of two steps timed (the first carries start-up costs)."""
+    geometry, cfg = restorer.config, restorer.cfg
+    restorer.cfg = replace(cfg, steps=2)
+    try:
+        return time_two_steps(restorer, [work.unit_size[1], work.unit_size[0]])
+    finally:
+        restorer.config, restorer.cfg = geometry, cfg
 
 
 def fingerprint(cfg: FluxControlNetConfig) -> str:

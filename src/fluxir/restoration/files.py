@@ -1,8 +1,9 @@
-"""FluxIR restoration of files: photos of any mode in, restored PNGs out, folders planned so nothing is overwritten.
+"""Restoration of files: photos of any mode in, restored PNGs out, folders planned so nothing is overwritten.
 
-``fluxir.restoration.sampler`` restores one RGB array; this module reads files (EXIF rotation, 16-bit,
-alpha), writes results atomically, lists unreadable inputs as failures, and plans which files of a folder
-to restore (``plan_folder``).
+A restorer (``fluxir.restoration.methods``) restores one RGB array; ``restore_one`` restores one photo file
+(read with EXIF rotation, 16-bit, alpha; size checked; time estimated; written atomically with provenance) for
+the restore pipeline, the evaluation and the web app alike. ``restore_files`` lists the photos that fail and
+goes on; ``plan_folder`` plans which files of a folder to restore.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import pandas as pd
 import torch
 
 from fluxir.io.atomic import write_png_atomic
-from fluxir.io.images import read_photo
-from fluxir.io.provenance import model_revision, png_text, restored_fields
+from fluxir.io.images import read_image, read_photo
+from fluxir.restoration.methods import RestorerSpec
 from fluxir.restoration.restore_config import RestoreConfig, config_dict
-from fluxir.restoration.sampler import Restorer, upsample
-from fluxir.restoration.work import RestoreWork, check_output_size, warm_up_rate
+from fluxir.restoration.sampler import upsample
+from fluxir.restoration.work import RestoreWork
 from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -48,102 +49,107 @@ class RestoreResult:
         return self.out_size[0] * self.out_size[1] / 1e6
 
 
-def restore_photo(
-    restorer: Restorer,
-    rgb: np.ndarray,
-    alpha: np.ndarray | None,
+class PhotoFailed(ValueError):
+    """A photo that could not be restored: the message names the file; ``reason`` is a failure row's text."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class LazyRestorer:
+    """One restorer for many photos: loaded at the first photo that needs it, its rate measured as it goes."""
+
+    spec: RestorerSpec
+    restorer: Any = None
+    load_seconds: float = 0.0
+    provenance: Any = None  # the text chunks of every image it writes (RestorerSpec.provenance)
+    passes: int = 0  # model passes done so far and their time: the rate of the next estimate
+    pass_seconds: float = 0.0
+
+    def rate(self) -> float | None:
+        return self.pass_seconds / self.passes if self.passes else None
+
+
+def restore_one(
+    lazy: LazyRestorer,
+    src: str | Path,
+    dst: str | Path,
     progress: bool = False,
     on_step: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """Restore RGB; an alpha channel is carried over, bicubic-resized to the output: (H, W, 3 or 4) uint8."""
-    out = restorer.restore(rgb, progress=progress, on_step=on_step)
-    if alpha is not None:
-        out = np.concatenate([out, upsample(alpha, out.shape[0], out.shape[1])[..., None]], axis=2)
-    return out
+    on_plan: Callable[[str], None] | None = None,
+    as_stored: bool = False,
+) -> RestoreResult:
+    """Restore the photo ``src`` into the PNG ``dst`` with ``lazy``'s restorer (loaded here when not yet).
 
-
-def restorer_provenance(model: str | None, adapter: Any, make_restorer: Callable[[], Any] | None) -> Any:
-    """The text chunks of every image one restorer writes: the AI disclosure and the restorer (FluxIR: Flux's id
-    and revision and the adapter's fingerprint, a hash of its weights; a public method: its name and the
-    fingerprint of its weight files)."""
-    from fluxir.io.hashing import hash_tensors
-
-    public = getattr(make_restorer, "settings", None)
-    if make_restorer is not None and public is not None:
-        from fluxir.restoration.methods import public_fingerprint
-
-        method = make_restorer.method
-        return png_text(restored_fields(method, **{"Restorer-Weights": public_fingerprint(method, public)}))
-    fields: dict[str, Any] = {"Model": model, "Model-Revision": model_revision(model) if model else None}
-    if adapter is not None and hasattr(adapter, "state_dict"):
-        fields["Adapter-Fingerprint"] = hash_tensors(adapter.state_dict()).hexdigest()[:16]
-    return png_text(restored_fields("fluxir", **fields))
+    The photo is read (``read_photo``: EXIF rotation, 16-bit, alpha; ``as_stored``: ``read_image``, pixels as
+    stored, for data files), its output size checked against the method's bound before any model loads, the
+    work and estimated time logged and given to ``on_plan`` (the rate of the photos before, else a warm-up,
+    ``fluxir.restoration.work``), then restored and written atomically with the restorer's provenance (the AI
+    disclosure and what made it). Raises ``PhotoFailed`` for an unreadable photo, too large an output or one
+    that ran out of (GPU or CPU) memory; model or adapter problems raise as they are.
+    """
+    name = Path(src).name
+    try:
+        rgb, alpha = (read_image(src), None) if as_stored else read_photo(src)
+    except ValueError as err:
+        reason = str(err).removeprefix(f"{Path(src)}: ")
+        raise PhotoFailed(f"{name}: {reason}", reason) from err
+    try:
+        work = lazy.spec.work(rgb.shape[0], rgb.shape[1], name)
+    except ValueError as err:
+        raise PhotoFailed(str(err), str(err)) from err
+    rate, basis = lazy.rate(), "rate of the images before"
+    if lazy.restorer is None:
+        if on_plan is not None:
+            on_plan(f"loading models; {work.describe(rate, basis)}")
+        start = time.perf_counter()
+        lazy.restorer = lazy.spec.load()
+        lazy.load_seconds = time.perf_counter() - start
+        lazy.provenance = lazy.spec.provenance()
+    if rate is None:
+        rate, basis = lazy.spec.method.warm_up(lazy.restorer, work), "timed on a warm-up"
+    plan = work.describe(rate, basis)
+    logger.info("restoring %s: %s", src, plan)
+    if on_plan is not None:
+        on_plan(plan)
+    start = time.perf_counter()
+    try:
+        out = lazy.restorer.restore(rgb, progress=progress, on_step=on_step)
+        if alpha is not None:  # carried over, bicubic-resized to the output: (H, W, 4)
+            out = np.concatenate([out, upsample(alpha, out.shape[0], out.shape[1])[..., None]], axis=2)
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        reason = out_of_memory_advice(err, work)
+        raise PhotoFailed(f"{name}: {reason}", reason) from err
+    seconds = time.perf_counter() - start
+    lazy.passes, lazy.pass_seconds = lazy.passes + work.passes, lazy.pass_seconds + seconds
+    write_png_atomic(Path(dst), out, lazy.provenance)
+    return RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]), seconds)
 
 
 def restore_files(
-    model: str,
-    adapter: Any,
-    cfg: RestoreConfig,
-    jobs: list[tuple[str, str]],
-    progress: bool = True,
-    make_restorer: Callable[[], Any] | None = None,
-    prompt_cache: str | Path | None = None,
+    spec: RestorerSpec, jobs: list[tuple[str, str]], progress: bool = True
 ) -> tuple[list[RestoreResult], list[dict[str, str]], float]:
-    """Restore each (input, output) pair; returns (results, failures [{input, reason}], model load seconds).
-
-    ``prompt_cache``: the catalog's ``prompt_embeddings`` folder (``Restorer.from_source``).
-
-    An unreadable input, one whose output would exceed ``restore.max_output_megapixels``, or one that runs
-    out of memory (accelerator or CPU) becomes a failure and the loop goes on. The model is loaded at the
-    first usable input, so a folder of bad files fails fast. Before each image the log states its output
-    size, the restorer's work and an estimated time (``fluxir.restoration.work``: the first image's rate from
-    a warm-up, the later ones' from the images before). Every output carries the AI disclosure and the
-    restorer (``restorer_provenance``). The restorer is Flux + ``adapter`` unless
-    ``make_restorer`` builds another (a public restorer, ``restore.method``: its ``settings`` size the work).
-    """
-    public = getattr(make_restorer, "settings", None)
+    """Restore each (input, output) pair with ``restore_one``; returns (results, failures [{input, reason}], model
+    load seconds). A photo that fails (``PhotoFailed``) becomes a failure and the loop goes on; the model loads
+    at the first usable input, so a folder of bad files fails fast."""
+    lazy = LazyRestorer(spec)
     results: list[RestoreResult] = []
     failures: list[dict[str, str]] = []
-    restorer, load_seconds, provenance = None, 0.0, None
-    passes, pass_seconds = 0, 0.0  # model passes done so far and their time: the rate of the estimate
     bar = progress_bar(total=len(jobs), desc="restore", unit="img", disable=not progress)
     for src, dst in jobs:
         bar.set_postfix_str(Path(src).name)
         bar.update(1)
         try:
-            rgb, alpha = read_photo(src)
-        except ValueError as err:
-            _fail(failures, src, str(err).removeprefix(f"{Path(src)}: "))
-            continue
-        try:
-            work = check_output_size(rgb.shape[0], rgb.shape[1], cfg, Path(src).name, public)
-        except ValueError as err:
-            _fail(failures, src, str(err))
-            continue
-        rate, basis = (pass_seconds / passes if passes else None), "rate of the images before"
-        if restorer is None:  # model or adapter problems raise here, naming the model
-            start = time.perf_counter()
-            restorer = make_restorer() if make_restorer else Restorer.from_source(model, adapter, cfg, prompt_cache)
-            load_seconds = time.perf_counter() - start
-            provenance = restorer_provenance(model, adapter, make_restorer)
-            rate, basis = warm_up_rate(restorer, work), "timed on a warm-up"
-        logger.info("restoring %s: %s", src, work.describe(rate, basis))
-        start = time.perf_counter()
-        try:
-            out = restore_photo(restorer, rgb, alpha, progress)
-        except (torch.OutOfMemoryError, MemoryError) as err:
-            _fail(failures, src, out_of_memory_advice(err, work))
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            continue
-        seconds = time.perf_counter() - start
-        passes, pass_seconds = passes + work.passes, pass_seconds + seconds
-        write_png_atomic(Path(dst), out, provenance)
-        results.append(
-            RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]), seconds)
-        )
+            results.append(restore_one(lazy, src, dst, progress))
+        except PhotoFailed as err:
+            failures.append({"input": str(src), "reason": err.reason})
+            logger.warning("could not restore %s: %s", src, err.reason)
     bar.close()
-    return results, failures, load_seconds
+    return results, failures, lazy.load_seconds
 
 
 def out_of_memory_advice(err: BaseException, work: RestoreWork) -> str:
@@ -182,33 +188,17 @@ class RestoreShare:
 
 
 def restore_share(
-    plan: Any,
-    files: dict[str, Any],
-    adapter: Any,
-    cfg: RestoreConfig,
-    process_index: int = 0,
-    num_processes: int = 1,
-    make_restorer: Callable[[], Any] | None = None,
-    prompt_cache: str | Path | None = None,
+    plan: Any, job: RestoreJob, spec: RestorerSpec, process_index: int = 0, num_processes: int = 1
 ) -> RestoreShare:
     """Restore share ``process_index`` of ``num_processes`` of the plan rows whose action is "restore"
-    (every ``num_processes``-th job: each output depends only on its input and the seed, not on the share),
-    with ``make_restorer``'s restorer when given (see ``restore_files``)."""
+    (every ``num_processes``-th job: each output depends only on its input and the seed, not on the share)."""
     jobs = list(plan.loc[plan["action"] == "restore", ["input", "output"]].itertuples(index=False, name=None))
-    results, failures, load_seconds = restore_files(
-        files.get("model"),
-        adapter,
-        cfg,
-        jobs[process_index::num_processes],
-        progress=bool(files.get("progress", True)) and process_index == 0,
-        make_restorer=make_restorer,
-        prompt_cache=prompt_cache,
-    )
-    return RestoreShare(results, failures, load_seconds)
+    mine = jobs[process_index::num_processes]
+    return RestoreShare(*restore_files(spec, mine, progress=job.progress and process_index == 0))
 
 
 def summarise_shares(
-    plan: Any, shares: list[RestoreShare], files: dict[str, Any], cfg: RestoreConfig
+    plan: Any, shares: list[RestoreShare], job: RestoreJob, cfg: RestoreConfig
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """(failures [{input, reason}], summary) of all shares, in plan order. Raises RuntimeError, listing the
     reasons, when no input file could be used at all (nothing restored, nothing skipped)."""
@@ -218,28 +208,9 @@ def summarise_shares(
     skipped = int((plan["action"] != "restore").sum())
     if failures and not results and not skipped:
         listing = "; ".join(f"{f['input']}: {f['reason']}" for f in failures[:20])
-        raise RuntimeError(
-            f"none of the {len(failures)} file(s) in {files.get('input_dir')} could be restored: {listing}"
-        )
+        raise RuntimeError(f"none of the {len(failures)} file(s) in {job.input_dir} could be restored: {listing}")
     load_seconds = max((s.load_seconds for s in shares), default=0.0)  # the processes load side by side
-    return failures, summarise(results, skipped, failures, load_seconds, files, config_dict(cfg))
-
-
-def restore_planned(
-    plan: Any,
-    files: dict[str, Any],
-    adapter: Any,
-    cfg: RestoreConfig,
-    make_restorer: Callable[[], Any] | None = None,
-    prompt_cache: str | Path | None = None,
-) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """Restore the rows of a ``plan_folder`` table (a DataFrame) whose action is "restore" in this process
-    (with ``make_restorer``'s restorer when given, see ``restore_files``).
-
-    Returns (failures [{input, reason}], summary); see ``summarise_shares``.
-    """
-    share = restore_share(plan, files, adapter, cfg, make_restorer=make_restorer, prompt_cache=prompt_cache)
-    return summarise_shares(plan, [share], files, cfg)
+    return failures, summarise(results, skipped, failures, load_seconds, job, config_dict(cfg))
 
 
 def failure_table(failures: list[dict[str, str]]) -> Any:
@@ -252,7 +223,7 @@ def summarise(
     skipped: int,
     failures: list[dict[str, str]],
     load_seconds: float,
-    files: dict[str, Any],
+    job: RestoreJob,
     config: dict[str, Any],
 ) -> dict[str, Any]:
     """Counts, megapixels and time per megapixel of a run, with the per-image rows and the config."""
@@ -266,10 +237,10 @@ def summarise(
         "restore_seconds": round(seconds, 3),
         "seconds_per_megapixel": round(seconds / megapixels, 4) if megapixels else None,
         "model_load_seconds": round(load_seconds, 3),
-        "input_dir": str(files.get("input_dir")),
-        "output_dir": str(files.get("output_dir")),
-        "method": files["method"],
-        "model": files.get("model"),
+        "input_dir": str(job.input_dir),
+        "output_dir": str(job.output_dir),
+        "method": job.method,
+        "model": job.model,
         "config": config,
         "images": [
             {
@@ -284,11 +255,6 @@ def summarise(
     }
 
 
-def _fail(failures: list[dict[str, str]], src: str, reason: str) -> None:
-    failures.append({"input": str(src), "reason": reason})
-    logger.warning("could not restore %s: %s", src, reason)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Folders: which files to restore, where to write them
 
@@ -298,15 +264,27 @@ FILE_PARAMS = ("method", "overwrite", "model", "progress")
 FOLDER_PARAMS = ("input_dir", "output_dir")
 
 
-def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], RestoreConfig]:
-    """``restore.*`` parameters -> (file parameters, validated RestoreConfig); every key is required (conf/base's
+@dataclass(frozen=True)
+class RestoreJob:
+    """What a restore run does besides the pixels: the ``FILE_PARAMS`` of ``restore.*`` and its folders."""
+
+    method: str  # restore.method: a key of fluxir.restoration.methods.METHODS
+    overwrite: bool  # restore outputs that exist again
+    model: str  # the Flux pipeline FluxIR controls (hub id or local folder)
+    progress: bool  # a progress bar
+    input_dir: str | None = None  # the catalog's restore_input
+    output_dir: str | None = None  # the catalog's restore_output
+
+
+def split_params(params: dict[str, Any]) -> tuple[RestoreJob, RestoreConfig]:
+    """``restore.*`` parameters -> (the job, validated RestoreConfig); every key is required (conf/base's
     parameters_restore.yml sets them all)."""
     missing = [k for k in FILE_PARAMS if k not in params]
     if missing:
         raise ValueError(f"restore lacks {missing}: conf/base's parameters files set every key")
-    files = {k: params[k] for k in FILE_PARAMS}
+    job = RestoreJob(params["method"], bool(params["overwrite"]), params["model"], bool(params["progress"]))
     settings = {k: v for k, v in params.items() if k not in FILE_PARAMS + FOLDER_PARAMS}
-    return files, RestoreConfig.from_params(settings)
+    return job, RestoreConfig.from_params(settings)
 
 
 # What to tell a user whose restore input is missing: the catalog entries and how to set them per run.

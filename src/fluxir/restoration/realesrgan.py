@@ -13,7 +13,8 @@ Shapes: image (h, w, 3) uint8 -> x (1, 3, h, w) float in [0, 1] -> y (1, 3, 4h, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from math import ceil
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,11 @@ from PIL import Image
 
 from fluxir.compat.basicsr import import_basicsr
 from fluxir.io.hashing import sha256_file
+from fluxir.io.images import check_rgb_uint8
 from fluxir.models.devices import resolve_device
 from fluxir.parameters.rules import Rule, config_from_params
+from fluxir.restoration.restore_config import output_size
+from fluxir.restoration.work import RestoreWork, now
 from fluxir.runtime.progress import progress as progress_bar
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -155,9 +159,7 @@ class RealESRGANRestorer:
 
     @torch.no_grad()
     def restore(self, lq: np.ndarray, progress: bool = False, on_step: Any = None) -> np.ndarray:
-        from fluxir.restoration.sampler import check_image, output_size
-
-        lq = check_image(lq)
+        lq = check_rgb_uint8(lq, "use read_photo() for files")
         height, width = output_size(lq.shape[0], lq.shape[1], self.config)
         cfg, s = self.cfg, self.cfg.net_scale
         x = torch.from_numpy(np.array(lq)).permute(2, 0, 1)[None].to(self.device, torch.float32) / 255.0
@@ -173,6 +175,37 @@ class RealESRGANRestorer:
         if out.shape[:2] != (height, width):  # --outscale: Lanczos from the network's x4
             out = np.asarray(Image.fromarray(out).resize((width, height), Image.Resampling.LANCZOS))
         return out
+
+
+def load(cfg: RealESRGANConfig, geometry: Any) -> RealESRGANRestorer:
+    return RealESRGANRestorer(cfg, geometry)
+
+
+def plan_work(height: int, width: int, restore: Any, cfg: RealESRGANConfig) -> RestoreWork:
+    """The ``RestoreWork`` of an (height, width) input: one pass per tile of ``cfg.tile_size`` padded LQ pixels."""
+    out_h, out_w = output_size(height, width, restore)
+    h, w = height + min(cfg.pre_pad, height - 1), width + min(cfg.pre_pad, width - 1)  # reflect pre-pad
+    tile = cfg.tile_size
+    tiles, unit = (
+        (1, (h, w)) if tile is None or (h <= tile and w <= tile) else (ceil(h / tile) * ceil(w / tile), (tile, tile))
+    )
+    text = f"{tiles} Real-ESRGAN tile(s), one pass each (no steps)"
+    return RestoreWork((width, height), (out_w, out_h), tiles, None, unit, "tile", text)
+
+
+def warm_up_rate(restorer: RealESRGANRestorer, work: RestoreWork) -> float:
+    """Seconds per tile, timed on one tile of ``work``'s shape run twice (the first carries start-up costs)."""
+    unit_h, unit_w = work.unit_size
+    geometry, scale, pad = restorer.config, restorer.cfg.net_scale, restorer.cfg.pre_pad
+    lq = np.full((max(1, unit_h - pad), max(1, unit_w - pad), 3), 128, np.uint8)
+    restorer.config = replace(geometry, target_size=[lq.shape[1] * scale, lq.shape[0] * scale])
+    try:
+        restorer.restore(lq)
+        start = now()
+        restorer.restore(lq)
+        return now() - start
+    finally:
+        restorer.config = geometry
 
 
 def fingerprint(cfg: RealESRGANConfig) -> str:

@@ -119,12 +119,6 @@ class RestoreConfig:
     def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
         """Build and validate from a parameters dict: every field given, none unknown, all values usable
         (ValueError listing every problem otherwise)."""
-        if "guidance" in params:
-            raise ValueError(
-                "restore.guidance is not a parameter: restoration uses the guidance the adapter was trained "
-                "with (train.adapter.guidance, saved in the adapter's config.json), and restore.plain_flux_guidance "
-                "with no adapter; remove it"
-            )
         params = stage_params(params)
         reject_unknown_keys(params, cls, "restore parameter(s)")
         cfg = config_from_params(cls, params, (), "restore.")

@@ -61,6 +61,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 from torch import Tensor
 
+from fluxir.io.images import check_rgb_uint8
 from fluxir.models.adapter import check_compatible
 from fluxir.models.condition import lq_condition
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
@@ -344,7 +345,7 @@ class Restorer:
         ``on_step(done, total)`` is called after every Euler step (the web app's progress bar).
         """
         cfg = self.config
-        lq = check_image(lq)
+        lq = check_rgb_uint8(lq, "use read_photo() for files")
         height, width = output_size(lq.shape[0], lq.shape[1], cfg)
         reference = lq_condition(lq, height, width)  # (H, W, 3): the LQ condition and the colour reference
         ph, pw = round_up(height), round_up(width)
@@ -434,21 +435,6 @@ def _to(module: Any, device: str | torch.device, dtype: torch.dtype | None = Non
 
 # ----------------------------------------------------------------------------------------------------
 # Image arrays in
-
-
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Return ``image`` if it is (h, w, 3) uint8 with h, w >= 1, else raise ValueError saying what it is."""
-    if (
-        not isinstance(image, np.ndarray)
-        or image.dtype != np.uint8
-        or image.ndim != 3
-        or image.shape[2] != 3
-        or image.shape[0] < 1
-        or image.shape[1] < 1
-    ):
-        desc = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
-        raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {desc}; use read_photo() for files")
-    return image
 
 
 def upsample(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -308,11 +308,13 @@ class MlflowDatasetsHook:
 
     def _uses_adapter(self, node: Any) -> bool:
         """False where the node's settings restore without it (a public method)."""
+        from fluxir.restoration.methods import uses_adapter
+
         inputs = set(node.inputs)
         if "params:evaluate.methods" in inputs:
-            return "fluxir" in (self._params.get("evaluate") or {}).get("methods", [])
+            return uses_adapter((self._params.get("evaluate") or {}).get("methods", []))
         if "params:restore" in inputs:
-            return (self._params.get("restore") or {}).get("method") == "fluxir"
+            return uses_adapter([(self._params.get("restore") or {}).get("method")])
         return True
 
     @hook_impl

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +56,21 @@ def restore_images(
     Flux's empty-prompt embeddings come from ``prompt_embeddings`` (no text encoder is loaded when there); the
     folders (``restore_input``, ``restore_output``) are named in the summary.
     """
-    from fluxir.restoration.files import RestoreShare, failure_table, restore_planned, split_params, summarise_shares
-    from fluxir.restoration.methods import public_restorer_for
+    from fluxir.restoration.files import RestoreShare, failure_table, restore_share, split_params, summarise_shares
+    from fluxir.restoration.methods import restorer_spec
     from fluxir.runtime.launch import resolve_num_processes, run_image_shards
 
-    files, cfg = split_params(restore)
-    files = {**files, "input_dir": str(restore_input), "output_dir": str(restore_output)}
-    make_restorer, adapter, summary_extra = public_restorer_for(files, cfg, adapter, baselines)
+    job, cfg = split_params(restore)
+    job = replace(job, input_dir=str(restore_input), output_dir=str(restore_output))
+    spec = restorer_spec(job.method, cfg, baselines, job.model, adapter, prompt_embeddings)
     processes = resolve_num_processes(restore["num_processes"], "restore.num_processes")
     if processes == 1:
-        failures, summary = restore_planned(plan, files, adapter, cfg, make_restorer, prompt_embeddings)
+        shares = [restore_share(plan, job, spec)]
     else:
-        reports = run_image_shards("fluxir.restoration", "restore", processes, plan, "--plan", adapter)
-        failures, summary = summarise_shares(plan, [RestoreShare.from_dict(r) for r in reports], files, cfg)
-    summary.update(summary_extra)
+        reports = run_image_shards("fluxir.restoration", "restore", processes, plan, "--plan", spec.adapter)
+        shares = [RestoreShare.from_dict(r) for r in reports]
+    failures, summary = summarise_shares(plan, shares, job, cfg)
+    summary.update(spec.method.summary(spec))
     logger.info(
         "restored %d image(s), %.2f MP in %.1f s: %.2f s/MP; %d skipped, %d failed%s",
         summary["restored"],
