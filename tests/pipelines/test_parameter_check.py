@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from fluxir.parameters.config import catalog_config, load_params
-from fluxir.parameters.validation import ParameterError, check_params, groups_read, problems_for
+from fluxir.parameters.validation import ConfigError, check_params, groups_read, problems_for
 
 from conftest import REPO, kedro_process, kedro_run
 
@@ -147,7 +147,7 @@ def test_the_base_and_tiny_parameters_pass():
 
 def test_entry_point_lists_every_problem_before_work(tmp_path):
     params = load_params("tiny", ["degrade.workers=0", "degrade.config.crop_position=left", "degrade.seed=x"], REPO)
-    with pytest.raises(ParameterError) as caught:
+    with pytest.raises(ConfigError) as caught:
         check_params(params, ["degrade"], "python -m fluxir.fluxgen.pairs")
     message = str(caught.value)
     assert "3 parameter problem(s)" in message
@@ -156,7 +156,7 @@ def test_entry_point_lists_every_problem_before_work(tmp_path):
     from fluxir.fluxgen.pairs import main  # `python -m fluxir.fluxgen.pairs`, in this process
 
     argv = ["--env=tiny", "--params=degrade.workers=0", "--selection", str(tmp_path / "absent.parquet")]
-    with contextlib.chdir(REPO), pytest.raises(ParameterError) as caught:
+    with contextlib.chdir(REPO), pytest.raises(ConfigError) as caught:
         main([*argv, "--store", str(tmp_path / "store")])
     assert "degrade.workers must be 'auto' or a positive integer, got 0" in str(caught.value)
     assert "absent.parquet" not in str(caught.value)  # stopped before reading any input
@@ -189,7 +189,7 @@ def test_restoration_and_evaluation_entry_points_refuse_bad_parameters_before_wo
     out = tmp_path / "restored"
     argv = ["--env=tiny", f"--params={params.format(out=out)}"]
     argv += ["--manifest", str(tmp_path / "absent.parquet")] if module == "fluxir.evaluation" else []
-    with contextlib.chdir(REPO), pytest.raises(ParameterError) as caught:
+    with contextlib.chdir(REPO), pytest.raises(ConfigError) as caught:
         main(argv)
     err = " ".join(str(caught.value).split())
     assert f"2 parameter problem(s) found before python -m {module} started" in err

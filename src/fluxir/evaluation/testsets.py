@@ -315,7 +315,7 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
         "crop_position": "random",
         "use_usm": False,
     }
-    config = DegradationConfig.from_dict(settings)
+    config = DegradationConfig.from_params(settings)
     if config.scale != spec.scale:
         raise ValueError(f"{spec.name}: hq_size/lq_size = {spec.scale} but the degradation scale is {config.scale}")
     files = list_images(spec.hq_dir)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fluxir.parameters.rules import Relation, Rule, check_fields, config_from_params, is_int
+from fluxir.parameters.rules import Config, Relation, Rule, is_int
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 # Latents are /8 of the image and Flux packs 2x2 latent patches: image sides must be multiples of 16.
@@ -93,7 +93,7 @@ DEGRADATION_RULES = (
 
 
 @dataclass(frozen=True)
-class DegradationConfig:
+class DegradationConfig(Config):
     """SeeSR ``make_paired_data.py`` settings (field names are SeeSR's) plus FluxGen's crops; values in
     ``conf/base/parameters_fluxgen.yml`` (``degrade.config``).
 
@@ -148,16 +148,13 @@ class DegradationConfig:
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, _to_tuple(value))
-        check_fields(self, DEGRADATION_RULES, PREFIX)
+        super().__post_init__()
         object.__setattr__(self, "crop_sizes", tuple(validate_crop_sizes(self.crop_sizes, self.scale)))
 
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any]) -> DegradationConfig:
-        """Build from ``params:degrade.config`` (every key set, none unknown; the checks run on construction)."""
-        return config_from_params(cls, params, (), PREFIX)
+    PREFIX, RULES = PREFIX, DEGRADATION_RULES
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-friendly dict (lists instead of tuples) that ``from_dict`` reads back."""
+        """JSON/YAML-friendly dict (lists instead of tuples) that ``from_params`` reads back."""
         return {f.name: _to_list(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 

@@ -13,19 +13,10 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import MISSING, dataclass
+from typing import Any, ClassVar, Self
 
-
-def reject_unknown_keys(params: Mapping[str, Any], config_class: type, what: str) -> None:
-    """Raise ValueError naming every key of ``params`` that is not a field of the dataclass ``config_class``.
-
-    ``what`` names the group in the message, e.g. ``"fluxgen parameter(s)"``.
-    """
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
+from fluxir.parameters.config import LAUNCH_KEYS
 
 
 def is_int(value: Any, minimum: int | None = None) -> bool:
@@ -183,40 +174,76 @@ def field_problems(values: Any, rules: Iterable[Rule | Relation], prefix: str) -
 
 
 class ConfigError(ValueError):
-    """Several bad values of one config object; ``problems`` holds one message per value."""
+    """Bad parameter values; ``problems`` holds one message per value. With ``where`` (the run or command about
+    to start) the message lists them as the run's refusal: nothing was run or written."""
 
-    def __init__(self, problems: Iterable[str]) -> None:
+    def __init__(self, problems: Iterable[str], where: str | None = None) -> None:
         self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
+        if where is None:
+            super().__init__("; ".join(self.problems))
+            return
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"{len(self.problems)} parameter problem(s) found before {where} started (nothing was run or written):"
+            f"\n{lines}\n"
+            "Fix them in conf/<env>/parameters_*.yml (folders: conf/<env>/catalog_*.yml) or with --params and run "
+            "again."
+        )
 
 
-def raise_problems_of(problems: list[str]) -> None:
-    """Raise ``ConfigError(problems)`` unless the list is empty."""
+def raise_problems(problems: list[str], where: str | None = None) -> None:
+    """Raise one ``ConfigError`` listing every problem (nothing happens when there is none)."""
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, where)
+
+
+class Config:
+    """The base of every config dataclass: ``Cls.from_params(mapping)`` builds one from its parameter group
+    (unknown and missing keys refused, naming the valid ones); construction checks every value once and raises
+    one ``ConfigError`` listing every problem.
+
+    A subclass sets ``PREFIX`` (the group in messages, e.g. ``"train."``) and ``RULES``; it overrides
+    ``problems`` for checks of several fields (plain Python, run once the fields passed their rules) and
+    ``prepare`` for what YAML gives in another form (``1e-5`` as a string).
+    """
+
+    PREFIX: ClassVar[str] = ""
+    RULES: ClassVar[tuple[Rule | Relation, ...]] = ()
+    NOT_FIELDS: ClassVar[tuple[str, ...]] = ()  # keys of the group that other code reads (sub-groups, folders)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Self:
+        group = cls.PREFIX.rstrip(".") or cls.__name__
+        if not isinstance(params, Mapping):
+            raise ConfigError(
+                [f"parameter group {group!r} is missing or not a mapping (conf/base/parameters_*.yml defines it)"]
+            )
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        known = sorted(f.name for f in fields)
+        skipped = {*cls.NOT_FIELDS, *(set(LAUNCH_KEYS) - set(known))}  # launch settings: read by the node
+        params = {k: v for k, v in params.items() if k not in skipped}
+        problems = []
+        if unknown := sorted(set(params) - set(known)):
+            problems.append(f"unknown {group} parameter(s) {unknown}; known: {known}")
+        required = [f.name for f in fields if f.default is MISSING and f.default_factory is MISSING]
+        if missing := [name for name in required if name not in params]:
+            problems.append(f"{group} lacks {missing}: conf/base's parameters files set every key")
+        raise_problems(problems)
+        return cls(**cls.prepare(params))
+
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return params
+
+    def __post_init__(self) -> None:
+        raise_problems(self.problems())
+
+    def problems(self) -> list[str]:
+        """Every "<prefix><field> must be ..., got <value>" message of this config (empty: fine)."""
+        return field_problems(self, self.RULES, self.PREFIX)
 
 
 def check_fields(values: Any, rules: Iterable[Rule | Relation], prefix: str) -> None:
-    """Raise ``ConfigError`` listing every message of ``field_problems`` (nothing when all values pass).
-
-    ``values`` is a dataclass instance or a mapping; ``prefix`` names the group, e.g. ``"train."``.
-    """
-    raise_problems_of(field_problems(values, rules, prefix))
-
-
-def config_from_params(
-    config_class: type, params: Mapping[str, Any], rules: Iterable[Rule | Relation], prefix: str
-) -> Any:
-    """``config_class(**params)`` once every field is given, none is unknown and each passes ``rules``.
-
-    For config groups whose every default lives in the parameters file; ``prefix`` names the group in
-    messages, e.g. ``"baselines.realesrgan."``.
-    """
-    group = prefix.rstrip(".")
-    reject_unknown_keys(params, config_class, f"{group} key(s)")
-    missing = [name for name in config_class.__dataclass_fields__ if name not in params]
-    if missing:
-        raise ValueError(f"{group} lacks {missing}: conf/base's parameters files set every key")
-    config = config_class(**params)
-    check_fields(config, rules, prefix)
-    return config
+    """Raise ``ConfigError`` listing every message of ``field_problems`` (for values that are no config's field,
+    e.g. a function argument)."""
+    raise_problems(field_problems(values, rules, prefix))

@@ -28,7 +28,7 @@ from PIL import Image
 from fluxir.io.hashing import sha256_file
 from fluxir.models.devices import resolve_device
 from fluxir.models.loading import load_pipeline
-from fluxir.parameters.rules import Rule, config_from_params
+from fluxir.parameters.rules import Config, Rule
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONTROLNET_RULES = (
@@ -55,7 +55,7 @@ SHARED_FIELDS = (
 
 
 @dataclass
-class FluxControlNetConfig:
+class FluxControlNetConfig(Config):
     """``baselines.flux_controlnet`` (parameters_baselines.yml documents each key)."""
 
     model: str
@@ -69,10 +69,7 @@ class FluxControlNetConfig:
     max_sequence_length: int
     max_output_megapixels: float  # larger outputs are refused before loading (fluxir.restoration.work)
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> FluxControlNetConfig:
-        """Validate ``baselines.flux_controlnet``; raises ValueError naming the key."""
-        return config_from_params(cls, params, CONTROLNET_RULES, "baselines.flux_controlnet.")
+    PREFIX, RULES = "baselines.flux_controlnet.", CONTROLNET_RULES
 
     def settings(self) -> dict[str, Any]:
         """Everything that changes the output (not the device, not the size limit)."""

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fluxir.parameters.config import stage_params
-from fluxir.parameters.rules import Relation, Rule, check_fields, config_from_params, is_int, reject_unknown_keys
+from fluxir.parameters.rules import Config, Relation, Rule, is_int
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES, combination_problems
 
@@ -77,19 +76,22 @@ RESTORE_RULES = (
 )
 
 
-def _check(config: Any, rules: tuple[Rule | Relation, ...]) -> None:
-    """Check ``config`` with ``rules`` after reading a tile size 0 as null (no tiling); a [width, height] target
-    becomes a list of ints."""
-    for name in ("tile_size", "vae_tile_size"):
-        if getattr(config, name, None) == 0:
-            setattr(config, name, None)
-    check_fields(config, rules, "restore.")
-    if isinstance(config.target_size, (list, tuple)):
-        config.target_size = [int(s) for s in config.target_size]
+class _Geometry(Config):
+    """Reads a tile size 0 as null (no tiling) before the checks; a [width, height] target becomes a list of ints."""
+
+    PREFIX = "restore."
+
+    def __post_init__(self) -> None:
+        for name in ("tile_size", "vae_tile_size"):
+            if getattr(self, name, None) == 0:
+                setattr(self, name, None)
+        super().__post_init__()
+        if isinstance(self.target_size, (list, tuple)):
+            self.target_size = [int(s) for s in self.target_size]
 
 
 @dataclass
-class RestoreConfig:
+class RestoreConfig(_Geometry):
     """How to restore: the parameters ``restore.*`` other than the file ones. Their values live in
     conf/base/parameters_restore.yml only (which documents each); ``RESTORE_RULES`` checks them."""
 
@@ -125,19 +127,13 @@ class RestoreConfig:
                 "with (train.adapter.guidance, saved in the adapter's config.json), and restore.plain_flux_guidance "
                 "with no adapter; remove it"
             )
-        params = stage_params(params)
-        reject_unknown_keys(params, cls, "restore parameter(s)")
-        cfg = config_from_params(cls, params, (), "restore.")
-        cfg.validate()
-        return cfg
+        return super().from_params(params)
 
-    def validate(self) -> None:
-        """Raise ValueError naming the parameter of every value the restorer cannot use (all of them at once)."""
-        _check(self, RESTORE_RULES)
+    RULES = RESTORE_RULES
 
 
 @dataclass
-class OutputGeometry:
+class OutputGeometry(_Geometry):
     """What a public restorer takes from the restore settings: the output size (``scale`` or ``target_size``,
     as ``output_size`` reads them) and the colour fix."""
 
@@ -145,8 +141,7 @@ class OutputGeometry:
     target_size: int | list[int] | None
     color_fix: str
 
-    def __post_init__(self) -> None:
-        _check(self, GEOMETRY_RULES)
+    RULES = GEOMETRY_RULES
 
 
 def output_size(height: int, width: int, cfg: RestoreConfig | OutputGeometry) -> tuple[int, int]:

@@ -136,7 +136,7 @@ class ParameterCheckHook:
     """Check every parameter the pipeline about to run reads (and the catalog folders of its stages), before
     kedro-mlflow starts a run or a node writes.
 
-    The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.parameters.validation.ParameterError`` listing
+    The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.parameters.rules.ConfigError`` listing
     every problem, so the run stops with nothing written (no MLflow run, no dataset version).
     """
 

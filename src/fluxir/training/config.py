@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.io.hashing import hash_json
-from fluxir.parameters.config import stage_params
-from fluxir.parameters.rules import Relation, Rule, check_fields, config_from_params, reject_unknown_keys
+from fluxir.parameters.rules import Config, ConfigError, Relation, Rule
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
 PIXEL_LOSS_FORMS = ("paper", "x0")
@@ -124,7 +123,7 @@ TRAIN_RULES = (
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Parameters ``train.*``: their values (defaults included) live in conf/base/parameters_train.yml only."""
 
     model: str
@@ -165,31 +164,23 @@ class TrainConfig:
     resume: bool
     compile: bool  # torch.compile Flux's blocks and the adapter block (fluxir.models.flux.compile_blocks)
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
-        """Build and validate from a ``train`` parameters dict; unknown keys and bad values raise ValueError."""
-        if "gradient_accumulation_steps" in params or "guidance" in params:
-            raise ValueError(
-                "train.gradient_accumulation_steps and train.guidance are no longer parameters: set "
-                "train.global_batch (accumulation = global_batch / (batch_size x processes)) and "
-                "train.adapter.guidance (saved with the adapter; restoration uses it); docs/training.md"
-            )
-        params = {k: v for k, v in stage_params(params).items() if k not in FOLDER_PARAMS}
-        reject_unknown_keys(params, cls, "train parameter(s)")
-        if params.get("mixed_precision") is False:  # YAML 1.1 reads an unquoted `no` as false
-            params["mixed_precision"] = "no"
-        for name in _FLOAT_FIELDS:  # YAML 1.1 reads `1e-5` (no dot) as a string
-            if isinstance(params.get(name), str):
-                try:
-                    params[name] = float(params[name])
-                except ValueError:
-                    raise ValueError(f"train.{name} must be a number, got {params[name]!r}") from None
-        cfg = config_from_params(cls, {**params, "adapter": dict(params.get("adapter") or {})}, (), "train.")
-        cfg.validate()
-        return cfg
+    PREFIX, RULES, NOT_FIELDS = "train.", TRAIN_RULES, FOLDER_PARAMS
 
-    def validate(self) -> None:
-        check_fields(self, TRAIN_RULES, "train.")
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> dict[str, Any]:
+        if params["mixed_precision"] is False:  # YAML 1.1 reads an unquoted `no` as false
+            params["mixed_precision"] = "no"
+        return {**params, "adapter": dict(params["adapter"] or {})}
+
+    def __post_init__(self) -> None:
+        for name in _FLOAT_FIELDS:  # YAML 1.1 reads `1e-5` (no dot) as a string
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, float(value))
+                except ValueError:
+                    raise ConfigError([f"train.{name} must be a number, got {value!r}"]) from None
+        super().__post_init__()
 
     def check_epoch_budget(self, num_pairs: int) -> None:
         """Refuse a run whose samples (``max_steps x global_batch``) exceed ``max_epochs`` passes over the training
