@@ -11,6 +11,7 @@ from fluxir.parameters.config import catalog_config, load_params
 from fluxir.parameters.validation import ConfigError, check_params, groups_read, problems_for
 
 from conftest import REPO, kedro_process, kedro_run
+from support import kedro_session_run
 
 
 def _files(folder):
@@ -38,6 +39,19 @@ def test_fluxgen_run_with_three_bad_parameters_stops_before_anything_is_written(
     if db.exists():  # kedro-mlflow opens its store when the session starts; no run may be left in it
         with sqlite3.connect(db) as conn:
             assert conn.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_a_missing_model_folder_stops_the_run_before_the_image_store_is_touched(kedro_project):
+    # The model loads inside the node, after the image store's lock is taken: a check there would leave a new store
+    # folder holding only its .lock.
+    before = _files(kedro_project / "data")
+    with pytest.raises(ConfigError) as caught:
+        kedro_session_run(
+            kedro_project, env="tiny", pipeline="fluxgen", params={"fluxgen": {"model": "/nonexistent/flux"}}
+        )
+    assert "1 parameter problem(s) found before kedro run --pipeline=fluxgen started" in str(caught.value)
+    assert "fluxgen.model: '/nonexistent/flux' is not a folder" in str(caught.value)
+    assert _files(kedro_project / "data") == before
 
 
 def test_evaluate_run_with_bad_methods_convention_and_baselines_stops_before_anything_is_written(kedro_project):

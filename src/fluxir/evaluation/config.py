@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluxir.evaluation.report import CONVENTION_DEFINITIONS
-from fluxir.evaluation.restore import evaluation_restore_config
-from fluxir.evaluation.scoring import parse_metric_groups
-from fluxir.evaluation.testsets import BenchmarkSpec
 from fluxir.parameters.rules import Config, Rule, is_int
-from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.methods import EVALUATE_METHODS
+
+# fluxir.restoration.colorfix's methods, named here so that building the pipeline does not import torch
+COLOR_FIX_METHODS = ("wavelet", "adain", "none")
 
 
 @dataclass
@@ -43,6 +42,9 @@ class EvaluateConfig(Config):
     )
 
     def problems(self) -> list[str]:
+        from fluxir.evaluation.scoring import parse_metric_groups
+        from fluxir.evaluation.testsets import BenchmarkSpec
+
         found = super().problems()
         scale_ok = is_int(self.scale, 1)
         for key, entry in (self.benchmarks or {}).items():
@@ -68,4 +70,6 @@ class EvaluateConfig(Config):
 
     def restore_config(self) -> tuple[str, Any]:
         """(model, ``RestoreConfig``) of ``evaluate.restore`` with this config's scale and colour fix."""
+        from fluxir.evaluation.restore import evaluation_restore_config
+
         return evaluation_restore_config(self.restore or {}, self.scale, self.color_fix)

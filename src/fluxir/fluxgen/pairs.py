@@ -293,11 +293,19 @@ class PairsStageConfig(Config):
         try:
             return {**params, "config": DegradationConfig.from_params(params["config"])}
         except ConfigError as err:  # every problem at once: the stage's own values too
-            raise ConfigError(err.problems + field_problems(params, cls.RULES, cls.PREFIX)) from None
+            raise ConfigError(err.problems + cls.stage_problems(params)) from None
 
     def problems(self) -> list[str]:
-        found = super().problems()
-        for check in (lambda: resolve_workers(self.workers), lambda: ids_for_rank([], *share(vars(self), {}))):
+        return self.stage_problems(vars(self))
+
+    @classmethod
+    def stage_problems(cls, values: Mapping[str, Any]) -> list[str]:
+        """The problems of the stage's own values (``config`` checks itself)."""
+        found = field_problems(values, cls.RULES, cls.PREFIX)
+        checks = [lambda: resolve_workers(values["workers"])]
+        if not any(m.startswith(("degrade.rank ", "degrade.world_size ")) for m in found):
+            checks.append(lambda: ids_for_rank([], *share(values, {})))  # a launcher's share: checked when it runs
+        for check in checks:
             try:
                 check()
             except ValueError as err:

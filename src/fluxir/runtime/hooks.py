@@ -327,7 +327,7 @@ class AdapterProvenanceHook:
     def _uses_adapter(self, node: Any) -> bool:
         """False where the node's settings restore without it (a public method)."""
         inputs = set(node.inputs)
-        if "params:evaluate.methods" in inputs:
+        if "evaluate_config" in inputs:
             return "fluxir" in (self._params.get("evaluate") or {}).get("methods", [])
         if "params:restore" in inputs:
             return (self._params.get("restore") or {}).get("method") == "fluxir"
