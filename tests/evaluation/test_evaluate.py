@@ -26,6 +26,7 @@ from fluxir.evaluation.report import (
     metric_means,
     mlflow_metrics,
     render_markdown,
+    report_blocks,
 )
 from fluxir.evaluation.scoring import parse_metric_groups
 from fluxir.evaluation.testsets import (
@@ -301,7 +302,7 @@ def test_report_puts_this_run_beside_the_paper():
         "RealSR": {"status": "ready", "message": "ok", "images": 2},
         "DrealSR": {"status": "skipped", "message": "DrealSR: skipped, folder x not found", "images": 0},
     }
-    md = render_markdown(table, means, status, {"model": "m"}, {}, tiny=True)
+    md = render_markdown(report_blocks(table, means, status, {"model": "m"}, {}, tiny=True))
     assert "TINY RUN - NOT A QUALITY RESULT" in md and "pyiqa `piqe` in place of the paper's `maniqa-pipal`" in md
     lines = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| RealSR | ")}
     assert "| 21.0000 | **24.0000** |" in lines["PSNR ↑"]  # best of this run: higher is better

@@ -195,17 +195,26 @@ def build_report(
 ) -> tuple[str, str]:
     """The Table-1-style report (markdown, HTML): every convention behind its numbers, this run's numbers
     beside the paper's, grids."""
-    from fluxir.evaluation.report import comparison_table, conventions, metric_settings, render_html, render_markdown
+    from fluxir.evaluation.report import (
+        comparison_table,
+        conventions,
+        metric_settings,
+        render_html,
+        render_markdown,
+        report_blocks,
+    )
 
     tiny_models = config.tiny_models
     table = comparison_table(means, paper_table, datasets=list(status), tiny_models=tiny_models)
     names, options = metric_settings(config.metrics)
     info = {**conventions(config.convention, config.crop_border, config.color_fix, names), **run_info, **public_info}
-    grid_files = {v["name"]: f"{k}_grid.png" for k, v in config.benchmarks.items() if v["name"] in grid_pngs}
-    return (
-        render_markdown(table, means, status, info, grid_files, tiny_models, options),
-        render_html(table, means, status, info, grid_pngs, tiny_models, options),
-    )
+    grids = {
+        v["name"]: (f"{k}_grid.png", grid_pngs[v["name"]])
+        for k, v in config.benchmarks.items()
+        if v["name"] in grid_pngs
+    }
+    blocks = report_blocks(table, means, status, info, grids, tiny_models, options)
+    return render_markdown(blocks), render_html(blocks)
 
 
 def announce_report(report_html: str) -> None:
