@@ -32,21 +32,37 @@ class EvaluateConfig(Config):
 
     PREFIX = "evaluate."
     RULES = (
-        Rule("methods", "distinct_choices", EVALUATE_METHODS, note=" (restored and scored in this run)"),
+        Rule(
+            "methods",
+            lambda v: (
+                isinstance(v, (list, tuple))
+                and bool(v)
+                and all(isinstance(x, str) and x in EVALUATE_METHODS for x in v)
+                and len(set(v)) == len(v)
+            ),
+            must=f"a non-empty list of distinct names from {EVALUATE_METHODS}",
+            note=" (restored and scored in this run)",
+        ),
         Rule("convention", "choice", tuple(CONVENTION_DEFINITIONS), note=" (the PSNR / SSIM channel convention)"),
         Rule("crop_border", "nonneg_int", note=" (pixels cut from each side before PSNR / SSIM / LPIPS)"),
-        Rule("num_processes", "auto_or_positive_int", note=" (auto: one process per visible GPU)"),
+        Rule(
+            "num_processes",
+            lambda v: v == "auto" or is_int(v, 1),
+            must="'auto' or an integer >= 1",
+            note=" (auto: one process per visible GPU)",
+        ),
         Rule("grid_images", "positive_int", note=" (images per dataset in the grids)"),
         Rule("scale", "positive_int"),
         Rule("color_fix", "choice", tuple(COLOR_FIX_METHODS)),
     )
 
-    def problems(self) -> list[str]:
+    def joint_problems(self, failed: set[str]) -> list[str]:
+        """Every benchmark's settings (and its scale against ``scale``), the metric groups, ``restore``."""
         from fluxir.evaluation.scoring import parse_metric_groups
         from fluxir.evaluation.testsets import BenchmarkSpec
 
-        found = super().problems()
-        scale_ok = is_int(self.scale, 1)
+        found = []
+        scale_ok = "scale" not in failed
         for key, entry in (self.benchmarks or {}).items():
             try:
                 spec = BenchmarkSpec.from_params(entry)
@@ -61,7 +77,7 @@ class EvaluateConfig(Config):
             parse_metric_groups(self.metrics)
         except (ValueError, TypeError) as err:
             found.append(str(err))
-        if scale_ok and self.color_fix in COLOR_FIX_METHODS:
+        if scale_ok and "color_fix" not in failed:
             try:
                 self.restore_config()
             except (ValueError, TypeError) as err:

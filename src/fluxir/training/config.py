@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.io.hashing import hash_json
-from fluxir.parameters.rules import Config, ConfigError, Relation, Rule
+from fluxir.parameters.rules import Config, ConfigError, Rule
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
 PIXEL_LOSS_FORMS = ("paper", "x0")
@@ -65,18 +65,9 @@ class TrainFolders:
 # Configuration
 
 
-def _global_batch_problems(prefix: str, global_batch: int, batch_size: int) -> list[str]:
-    if global_batch % batch_size == 0:
-        return []
-    return [
-        f"{prefix}global_batch={global_batch} is not a multiple of {prefix}batch_size={batch_size}: choose a "
-        "batch_size that divides it"
-    ]
-
-
 TRAIN_RULES = (
     *(
-        Rule(name, "int_at_least", 1)
+        Rule(name, "positive_int", must="an integer >= 1")
         for name in (
             "max_steps",
             "global_batch",
@@ -90,14 +81,14 @@ TRAIN_RULES = (
             "keep_checkpoints",
         )
     ),
-    *(Rule(name, "int_at_least", 0) for name in ("lr_warmup_steps", "num_validation_pairs", "seed")),
+    *(Rule(name, "nonneg_int") for name in ("lr_warmup_steps", "num_validation_pairs", "seed")),
     Rule(
         "timestep_sampler",
         "choice",
         TIMESTEP_SAMPLERS,
         must="'clamped_uniform' (paper Eq. 5-6) or 'logit_normal' (SD3, the Table 3 ablation)",
     ),
-    Rule("timestep_eps", "number_in", (0, 1), must="in [0, 1) (paper: 0.05)"),
+    Rule("timestep_eps", "interval", "[0, 1)", must="in [0, 1) (paper: 0.05)"),
     Rule("logit_normal_std", "positive_number", must="> 0 (SD3: 1.0)"),
     Rule("learning_rate", "positive_number", must="> 0 (paper: 1e-5)"),
     Rule("pixel_loss_weight", "number_at_least", 0, must=">= 0 (alpha of Eq. 10, paper: 1)"),
@@ -118,7 +109,6 @@ TRAIN_RULES = (
     Rule("max_epochs", "positive_number", nullable=True, must="null (no limit) or > 0 epochs"),
     Rule("mixed_precision", "choice", ("no", "bf16"), must="'no' or 'bf16' (paper: bf16)"),
     Rule("dtype", "choice", ("float32", "bfloat16", "float16"), must="float32, bfloat16 or float16"),
-    Relation(("global_batch", "batch_size"), _global_batch_problems),
 )
 
 
@@ -181,6 +171,14 @@ class TrainConfig(Config):
                 except ValueError:
                     raise ConfigError([f"train.{name} must be a number, got {value!r}"]) from None
         super().__post_init__()
+
+    def joint_problems(self, failed: set[str]) -> list[str]:
+        if failed & {"global_batch", "batch_size"} or self.global_batch % self.batch_size == 0:
+            return []
+        return [
+            f"train.global_batch={self.global_batch} is not a multiple of train.batch_size={self.batch_size}: choose "
+            "a batch_size that divides it"
+        ]
 
     def check_epoch_budget(self, num_pairs: int) -> None:
         """Refuse a run whose samples (``max_steps x global_batch``) exceed ``max_epochs`` passes over the training
