@@ -18,7 +18,7 @@ from typing import Any
 
 from fluxir.parameters.rules import ConfigError, raise_problems
 
-__all__ = ["ConfigError", "check_params", "groups_read", "problems_for", "raise_problems"]
+__all__ = ["check_params", "groups_read", "problems_for", "raise_problems"]  # raise_problems: for the app and the hooks
 
 
 def config_classes() -> dict[str, type]:
@@ -107,14 +107,6 @@ def validate_select(params: Mapping[str, Any]) -> list[str]:
     return _problems(lambda: check_percentile(_get(params, "select.percentile")))
 
 
-def validate_degrade(params: Mapping[str, Any]) -> list[str]:
-    return built(params, "degrade")[1]
-
-
-def validate_train(params: Mapping[str, Any]) -> list[str]:
-    return built(params, "train")[1]
-
-
 def restore_settings_problems(restore: Mapping[str, Any]) -> list[str]:
     """``restore.*`` minus the file parameters: ``RestoreConfig`` (the app checks its settings with this)."""
     from fluxir.restoration.files import split_params
@@ -129,10 +121,6 @@ def baselines_problems(baselines: Any) -> list[str]:
         return ["parameter group 'baselines' is missing or not a mapping (conf/base/parameters_baselines.yml)"]
     params = {"baselines": baselines}
     return built(params, "baselines.realesrgan")[1] + built(params, "baselines.flux_controlnet")[1]
-
-
-def validate_baselines(params: Mapping[str, Any]) -> list[str]:
-    return baselines_problems(params.get("baselines"))
 
 
 def public_weights_problems(params: Mapping[str, Any], methods: Iterable[str]) -> list[str]:
@@ -219,11 +207,11 @@ VALIDATORS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
     "fluxgen": validate_fluxgen,
     "iqa": validate_iqa,
     "select": validate_select,
-    "degrade": validate_degrade,
-    "train": validate_train,
+    "degrade": lambda params: built(params, "degrade")[1],
+    "train": lambda params: built(params, "train")[1],
     "restore": validate_restore,
     "evaluate": validate_evaluate,
-    "baselines": validate_baselines,
+    "baselines": lambda params: baselines_problems(params.get("baselines")),
     "export": validate_export,
 }
 
