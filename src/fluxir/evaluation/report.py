@@ -346,31 +346,57 @@ def report_blocks(
     return blocks
 
 
+def _md_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ").replace(BOLD, "**").replace(END_BOLD, "**")
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows])
+
+
+# block kind -> its Markdown
+_MARKDOWN: dict[str, Any] = {
+    "heading": lambda level, text: f"{'#' * level} {text}",
+    "notice": lambda text: f"> **{text}**",
+    "list": lambda title, note, lines: f"**{title}** ({note}):\n\n" + "\n".join(f"- {line}" for line in lines),
+    "text": lambda text: text,
+    "table": _md_table,
+    "image": lambda dataset, file, png: f"![{dataset}]({file})",
+}
+
+
 def render_markdown(blocks: Sequence[tuple[Any, ...]]) -> str:
     """The report of ``report_blocks`` as Markdown; grids are links to their PNG files in the same folder."""
+    return "\n\n".join(_MARKDOWN[kind](*rest) for kind, *rest in blocks) + "\n"
 
-    def cell(text: Any) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ").replace(BOLD, "**").replace(END_BOLD, "**")
 
-    out = []
-    for kind, *rest in blocks:
-        if kind == "heading":
-            out.append(f"{'#' * rest[0]} {rest[1]}")
-        elif kind == "notice":
-            out.append(f"> **{rest[0]}**")
-        elif kind == "list":
-            title, note, lines = rest
-            out.append(f"**{title}** ({note}):\n\n" + "\n".join(f"- {line}" for line in lines))
-        elif kind == "text":
-            out.append(rest[0])
-        elif kind == "table":
-            header, rows = rest
-            lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-            out.append("\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]))
-        elif kind == "image":
-            out.append(f"![{rest[0]}]({rest[1]})")
-    return "\n\n".join(out) + "\n"
+def _html_cell(text: Any) -> str:
+    return html.escape(str(text)).replace(BOLD, "<b>").replace(END_BOLD, "</b>")
 
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{_html_cell(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_list(title: str, note: str, lines: Sequence[str]) -> str:
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f"<p class='standin'><b>{html.escape(title)}</b> ({html.escape(note)}):</p><ul>{items}</ul>"
+
+
+# block kind -> its HTML; grids are embedded as PNG data URIs
+_HTML: dict[str, Any] = {
+    "heading": lambda level, text: f"<h{level}>{html.escape(text)}</h{level}>",
+    "notice": lambda text: f"<p class='notice'>{html.escape(text)}</p>",
+    "list": _html_list,
+    "text": lambda text: f"<p>{html.escape(text)}</p>",
+    "table": _html_table,
+    "image": lambda dataset, file, png: (
+        f"<img alt='{html.escape(dataset)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    ),
+}
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:100%}
@@ -383,36 +409,10 @@ th{background:#eee} td:nth-child(-n+3){text-align:left}
 
 
 def render_html(blocks: Sequence[tuple[Any, ...]]) -> str:
-    """The report of ``report_blocks`` as one self-contained HTML page (grids embedded as PNG data URIs)."""
-
-    def cell(text: Any) -> str:
-        return html.escape(str(text)).replace(BOLD, "<b>").replace(END_BOLD, "</b>")
-
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>FluxIR evaluation report</title>",
-        f"<style>{_CSS}</style></head><body>",
-    ]
-    for kind, *rest in blocks:
-        if kind == "heading":
-            parts.append(f"<h{rest[0]}>{html.escape(rest[1])}</h{rest[0]}>")
-        elif kind == "notice":
-            parts.append(f"<p class='notice'>{html.escape(rest[0])}</p>")
-        elif kind == "list":
-            title, note, lines = rest
-            items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
-            parts.append(f"<p class='standin'><b>{html.escape(title)}</b> ({html.escape(note)}):</p><ul>{items}</ul>")
-        elif kind == "text":
-            parts.append(f"<p>{html.escape(rest[0])}</p>")
-        elif kind == "table":
-            header, rows = rest
-            head = "".join(f"<th>{cell(h)}</th>" for h in header)
-            body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in rows)
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "image" and rest[2] is not None:
-            data = base64.b64encode(rest[2]).decode()
-            parts.append(f"<img alt='{html.escape(rest[0])}' src='data:image/png;base64,{data}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    """The report of ``report_blocks`` as one self-contained HTML page."""
+    head = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>FluxIR evaluation report</title>"
+    body = "\n".join(_HTML[kind](*rest) for kind, *rest in blocks)
+    return f"{head}\n<style>{_CSS}</style></head><body>\n{body}\n</body></html>"
 
 
 # --------------------------------------------------------------------------------------------- #
