@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass
 from typing import Any, ClassVar, Self
 
-from fluxir.parameters.config import LAUNCH_KEYS
+# How many processes run a stage (fluxir.runtime.launch): read by the node, never part of a config or its results.
+LAUNCH_KEYS = ("num_processes",)
 
 
 def is_int(value: Any, minimum: int | None = None) -> bool:
