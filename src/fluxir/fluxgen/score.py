@@ -86,10 +86,10 @@ class IqaConfig(Config):
         metrics = params["metrics"]
         return {**params, "metrics": [metrics] if isinstance(metrics, (str, Mapping)) else list(metrics or [])}
 
-    def problems(self) -> list[str]:
-        """The rules, then the metrics: at least one, each known to pyiqa and no-reference (their weight files
-        are ``fluxir.parameters.validation``'s concern)."""
-        found = super().problems()
+    def joint_problems(self, failed: set[str]) -> list[str]:
+        """The metrics: at least one, each known to pyiqa and no-reference (their weight files are
+        ``fluxir.parameters.validation``'s concern)."""
+        found = []
         if not self.metrics:
             found.append("iqa.metrics names no metric (the paper: [clipiqa+_vitL14_512, maniqa-pipal, musiq])")
         specs = []

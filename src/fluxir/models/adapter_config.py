@@ -90,14 +90,13 @@ class FluxIRConfig(Config):
         self.guidance = float(self.guidance)
         self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
 
-    def problems(self) -> list[str]:
-        found = super().problems()
-        if sum(self.axes_dims_rope) != self.attention_head_dim:
-            found.append(
-                f"FluxIRConfig.axes_dims_rope {tuple(self.axes_dims_rope)} must sum to attention_head_dim "
-                f"{self.attention_head_dim}"
-            )
-        return found
+    def joint_problems(self, failed: set[str]) -> list[str]:
+        if "attention_head_dim" in failed or sum(self.axes_dims_rope) == self.attention_head_dim:
+            return []
+        return [
+            f"FluxIRConfig.axes_dims_rope {tuple(self.axes_dims_rope)} must sum to attention_head_dim "
+            f"{self.attention_head_dim}"
+        ]
 
     @property
     def inner_dim(self) -> int:
