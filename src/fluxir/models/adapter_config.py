@@ -86,9 +86,9 @@ class FluxIRConfig(Config):
             if self.rank.lower() != "full":
                 raise ConfigError([f"FluxIRConfig.rank must be a positive int, None or 'full', got {self.rank!r}"])
             self.rank = None
+        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
         super().__post_init__()
         self.guidance = float(self.guidance)
-        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
 
     def joint_problems(self, failed: set[str]) -> list[str]:
         if "attention_head_dim" in failed or sum(self.axes_dims_rope) == self.attention_head_dim:
