@@ -67,10 +67,9 @@ def restore_benchmarks(
     from fluxir.datasets.adapter_dataset import require_adapter
     from fluxir.evaluation.restore import restore_manifest
     from fluxir.evaluation.testsets import OUTPUT_COLUMNS
-    from fluxir.restoration.methods import check_methods
     from fluxir.runtime.launch import resolve_num_processes, run_image_shards
 
-    if "fluxir" not in check_methods(config.methods):
+    if "fluxir" not in config.methods:
         return pd.DataFrame(columns=OUTPUT_COLUMNS), {"FluxIR": "not run (not in evaluate.methods)"}
     adapter = require_adapter(adapter, "evaluate.methods: fluxir")
     processes = resolve_num_processes(config.num_processes, "evaluate.num_processes")
@@ -94,11 +93,10 @@ def restore_with_public_weights(
     settings and inputs are reused. More than one process runs ``accelerate launch -m fluxir.evaluation
     --methods <them>`` (each restores every N-th image) first."""
     from fluxir.evaluation.restore import public_manifest
-    from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
+    from fluxir.restoration.methods import PUBLIC_METHODS
     from fluxir.runtime.launch import resolve_num_processes, run_image_shards
 
-    methods = config.methods
-    public = [m for m in check_methods(methods) if m in PUBLIC_METHODS]
+    public = [m for m in config.methods if m in PUBLIC_METHODS]
     processes = resolve_num_processes(config.num_processes, "evaluate.num_processes")
     seconds: dict[str, list[float]] = {m: [] for m in public}
     if public and processes > 1:
@@ -107,7 +105,7 @@ def restore_with_public_weights(
             for method, values in report["seconds"].items():
                 seconds[method] += values
     return public_manifest(
-        manifest, methods, baselines, eval_outputs, config.scale, config.color_fix, restored_elsewhere=seconds
+        manifest, config.methods, baselines, eval_outputs, config.scale, config.color_fix, restored_elsewhere=seconds
     )
 
 
@@ -115,9 +113,8 @@ def upsample_bicubic(manifest: pd.DataFrame, eval_outputs: Path, config: Evaluat
     """The bicubic baseline: every LQ image upsampled x``scale`` (PIL bicubic), when ``evaluate.methods`` has it."""
     from fluxir.evaluation.restore import bicubic_manifest
     from fluxir.evaluation.testsets import OUTPUT_COLUMNS
-    from fluxir.restoration.methods import check_methods
 
-    if "bicubic" not in check_methods(config.methods):
+    if "bicubic" not in config.methods:
         return pd.DataFrame(columns=OUTPUT_COLUMNS)
     return bicubic_manifest(manifest, config.scale, eval_outputs)
 
