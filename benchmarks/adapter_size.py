@@ -28,7 +28,7 @@ def measure() -> dict:
     se, parts = {}, None
     for key in PAPER_SE:
         rank = None if key == "full" else int(key)
-        sizes = adapter_parameter_breakdown(FluxIRConfig.from_dict({**base.to_dict(), "rank": rank}))
+        sizes = adapter_parameter_breakdown(FluxIRConfig.from_params({**base.to_dict(), "rank": rank}))
         se[key] = sizes["se"]
         parts = sizes
     adapter = parts["without_se"]

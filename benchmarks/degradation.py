@@ -56,7 +56,7 @@ def seesr_config(**overrides):
     from fluxir.fluxgen.degrade import DegradationConfig
     from fluxir.parameters.config import load_params
 
-    return DegradationConfig.from_dict({**load_params("base", []).get("degrade")["config"], **overrides})
+    return DegradationConfig.from_params({**load_params("base", []).get("degrade")["config"], **overrides})
 
 
 def load_photos(width: int, height: int) -> list[np.ndarray]:

@@ -45,7 +45,7 @@ def seesr_config(**overrides):
     """conf/base's degrade.config (SeeSR's settings, the one copy) with ``overrides``."""
     from fluxir.fluxgen.degrade import DegradationConfig
 
-    return DegradationConfig.from_dict({**_base("degrade")["config"], **overrides})
+    return DegradationConfig.from_params({**_base("degrade")["config"], **overrides})
 
 
 def _photos(n: int, width: int, height: int) -> list[np.ndarray]:

@@ -14,11 +14,12 @@ from fluxir.parameters.rules import Rule, check_fields, is_int
     [
         (Rule("n", "positive_int"), [1, 7, np.int64(3)], [0, -1, 2.0, True, "3", None]),
         (Rule("n", "nonneg_int"), [0, 5], [-1, 1.5, False]),
-        (Rule("n", "int_at_least", 2), [2, 9], [1, True]),
+        (Rule("n", "integer"), [-3, 0, 9], [1.0, True, "2"]),
         (Rule("n", "multiple_of", 16), [16, 64], [0, 8, 24, 32.0]),
         (Rule("n", "positive_number"), [0.1, 3], [0, -2, True, "1"]),
-        (Rule("n", "number_in", (0, 1)), [0, 0.5], [1, -0.1]),
-        (Rule("n", "probability"), [0, 1, 0.3], [1.1, -0.1, None]),
+        (Rule("n", "interval", "[0, 1)"), [0, 0.5], [1, -0.1]),
+        (Rule("n", "interval", "[0, 1]"), [0, 1, 0.3], [1.1, -0.1, None]),
+        (Rule("n", lambda v: v in (1, 3), must="1 or 3"), [1, 3], [2, None]),
         (Rule("n", "choice", ("a", "b")), ["a"], ["c", None]),
         (Rule("n", "positive_int", nullable=True), [None, 2], [0]),
     ],
@@ -50,6 +51,8 @@ def test_message_names_the_field_the_value_and_the_note():
         check_fields({"steps": 1, "size": 50}, rules, "")
     with pytest.raises(ValueError, match="unknown kind 'positive'"):
         Rule("x", "positive")
+    with pytest.raises(ValueError, match="a predicate needs `must`"):
+        Rule("x", lambda v: v == 1)
     assert is_int(3, 3) and not is_int(2, 3) and not is_int(True)
 
 

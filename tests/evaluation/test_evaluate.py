@@ -26,6 +26,7 @@ from fluxir.evaluation.report import (
     metric_means,
     mlflow_metrics,
     render_markdown,
+    report_blocks,
 )
 from fluxir.evaluation.scoring import parse_metric_groups
 from fluxir.evaluation.testsets import (
@@ -301,7 +302,7 @@ def test_report_puts_this_run_beside_the_paper():
         "RealSR": {"status": "ready", "message": "ok", "images": 2},
         "DrealSR": {"status": "skipped", "message": "DrealSR: skipped, folder x not found", "images": 0},
     }
-    md = render_markdown(table, means, status, {"model": "m"}, {}, tiny=True)
+    md = render_markdown(report_blocks(table, means, status, {"model": "m"}, {}, tiny=True))
     assert "TINY RUN - NOT A QUALITY RESULT" in md and "pyiqa `piqe` in place of the paper's `maniqa-pipal`" in md
     lines = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| RealSR | ")}
     assert "| 21.0000 | **24.0000** |" in lines["PSNR ↑"]  # best of this run: higher is better
@@ -358,22 +359,24 @@ def test_methods_without_fluxir_need_no_adapter(tmp_path):
     manifest = pd.DataFrame(
         {"dataset": ["RealSR"], "image": ["a"], "lq_path": ["x.png"], "hq_path": [None], "prep_key": ["k"]}
     )
-    outputs, info = restore_benchmarks(manifest, missing, {}, str(tmp_path), 4, "wavelet", ["bicubic", "realesrgan"], 1)
+    from fluxir.evaluation.config import EvaluateConfig
+
+    def config(methods):
+        return EvaluateConfig.from_params(base_params("evaluate", methods=methods, num_processes=1))
+
+    outputs, info = restore_benchmarks(manifest, missing, str(tmp_path), config(["bicubic", "realesrgan"]))
     assert outputs.empty and info == {"FluxIR": "not run (not in evaluate.methods)"}
     with pytest.raises(
         ValueError,
         match=r"evaluate.methods: fluxir needs a trained FluxIR adapter: .*restore.method="
         r"flux_controlnet or realesrgan",
     ):
-        restore_benchmarks(manifest, missing, {}, str(tmp_path), 4, "wavelet", ["fluxir"], 1)
-    assert upsample_bicubic(manifest, 4, str(tmp_path), ["fluxir"]).empty
-    for bad, message in (
-        (["bicubic", "bicubic"], "twice"),
-        (["seesr"], "each of evaluate.methods must be one of"),
-        ("fluxir", "non-empty list"),
-    ):
-        with pytest.raises(ValueError, match=message):
-            upsample_bicubic(manifest, 4, str(tmp_path), bad)
+        restore_benchmarks(manifest, missing, str(tmp_path), config(["fluxir"]))
+    assert upsample_bicubic(manifest, str(tmp_path), config(["fluxir"])).empty
+    # bad methods are refused when the config is built, before any node runs
+    for bad in (["bicubic", "bicubic"], ["seesr"], "fluxir"):
+        with pytest.raises(ValueError, match=r"evaluate.methods must be a non-empty list of distinct names from"):
+            config(bad)
     _png(tmp_path / "baselines/realesrgan/RealSR/a.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="'realesrgan' names one of this run's methods"):
         baseline_manifest(manifest, tmp_path / "baselines", 4)

@@ -31,7 +31,7 @@ SEESR = base_params("degrade")["config"]  # conf/base: SeeSR's settings and the 
 
 def seesr(**overrides) -> DegradationConfig:
     """conf/base's degradation settings with ``overrides``."""
-    return DegradationConfig.from_dict({**SEESR, **overrides})
+    return DegradationConfig.from_params({**SEESR, **overrides})
 
 
 SMALL = seesr(crop_sizes=((128, 96), (96, 96), (64, 96)))  # the paper's 4:3, 1:1, 2:3 at 1/8
@@ -279,25 +279,25 @@ def test_conf_base_holds_seesr_settings():
     assert c.use_usm and c.use_hflip
 
 
-def test_config_from_dict():
-    config = DegradationConfig.from_dict({**SEESR, "crop_sizes": [[512, 512]]})
+def test_config_from_params():
+    config = DegradationConfig.from_params({**SEESR, "crop_sizes": [[512, 512]]})
     assert config.crop_sizes == ((512, 512),) and isinstance(config.noise_range, tuple)
-    assert DegradationConfig.from_dict(config.to_dict()) == config
+    assert DegradationConfig.from_params(config.to_dict()) == config
     with pytest.raises(ValueError, match="'noise_rnage'"):
-        DegradationConfig.from_dict({**SEESR, "noise_rnage": [1, 30]})
+        DegradationConfig.from_params({**SEESR, "noise_rnage": [1, 30]})
     partial = {k: v for k, v in SEESR.items() if k != "noise_range"}
     with pytest.raises(ValueError, match=r"degrade.config lacks \['noise_range'\]"):
-        DegradationConfig.from_dict(partial)
+        DegradationConfig.from_params(partial)
     with pytest.raises(ValueError, match="resize_prob"):
-        DegradationConfig.from_dict({**SEESR, "resize_prob": [0.5, 0.5, 0.5]})
+        DegradationConfig.from_params({**SEESR, "resize_prob": [0.5, 0.5, 0.5]})
     with pytest.raises(ValueError, match="kernel_list2.*'gauss'"):
-        DegradationConfig.from_dict({**SEESR, "kernel_list2": ["gauss"], "kernel_prob2": [1.0]})
+        DegradationConfig.from_params({**SEESR, "kernel_list2": ["gauss"], "kernel_prob2": [1.0]})
     with pytest.raises(ValueError, match=r"\(500, 768\)"):
-        DegradationConfig.from_dict({**SEESR, "crop_sizes": [[500, 768]]})
+        DegradationConfig.from_params({**SEESR, "crop_sizes": [[500, 768]]})
     with pytest.raises(ValueError, match="degrade.config.blur_sigma2.*low < high"):
-        DegradationConfig.from_dict({**SEESR, "blur_sigma2": [1.0, 1.0]})
+        DegradationConfig.from_params({**SEESR, "blur_sigma2": [1.0, 1.0]})
     with pytest.raises(ValueError, match="jpeg_range"):
-        DegradationConfig.from_dict({**SEESR, "jpeg_range": [30, 120]})
+        DegradationConfig.from_params({**SEESR, "jpeg_range": [30, 120]})
 
 
 def test_first_order_blur_follows_blur_sigma(photos):

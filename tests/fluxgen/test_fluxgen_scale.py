@@ -284,7 +284,7 @@ def _selection(tmp_path: Path, n: int) -> pd.DataFrame:
 def _tiny_degradation():
     from fluxir.fluxgen.degrade_config import DegradationConfig
 
-    return DegradationConfig.from_dict(
+    return DegradationConfig.from_params(
         base_params("degrade")["config"] | {"crop_sizes": [[64, 48], [48, 48], [32, 48]]}
     )
 

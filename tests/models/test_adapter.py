@@ -100,7 +100,7 @@ def test_flux1_dev_sizes_match_table_2(dev_config):
     assert dev_config == FluxIRConfig(**adapter_params())  # the base-size defaults are FLUX.1-dev's
     paper_se = {16: 11.6, 32: 22.8, 64: 45.2, 128: 90.0, None: 1076.2}  # Table 2, millions
     for rank, se_m in paper_se.items():
-        sizes = adapter_parameter_breakdown(FluxIRConfig.from_dict({**dev_config.to_dict(), "rank": rank}))
+        sizes = adapter_parameter_breakdown(FluxIRConfig.from_params({**dev_config.to_dict(), "rank": rank}))
         assert round(sizes["without_se"] / 1e6) == 387
         assert abs(sizes["without_se"] / 387e6 - 1) < 0.005
         assert round(sizes["se"] / 1e6, 1) == se_m, (rank, sizes["se"])
@@ -367,7 +367,7 @@ def test_bad_inputs_fail_clearly(tiny_flux):
         FluxIRConfig(**adapter_params(rank=0))
     with pytest.raises(ValueError, match="rank"):
         FluxIRConfig(**adapter_params(rank="half"))
-    with pytest.raises(ValueError, match="unknown FluxIRConfig field"):
+    with pytest.raises(ValueError, match=r"unknown FluxIRConfig parameter\(s\)"):
         FluxIRConfig.from_flux(tiny_flux, **adapter_params(rnak=4))
     # rank and guidance have one source, conf/base's train.adapter: without them from_flux says where they are
     for missing in ("rank", "guidance"):
@@ -377,7 +377,7 @@ def test_bad_inputs_fail_clearly(tiny_flux):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_adapter("/nonexistent/adapter")
     full = FluxIRConfig(**adapter_params(rank=None))
-    assert FluxIRConfig.from_dict(full.to_dict()) == full
+    assert FluxIRConfig.from_params(full.to_dict()) == full
 
 
 def test_dataset_config_name_matches_the_adapter_module():

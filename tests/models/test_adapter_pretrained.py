@@ -131,7 +131,7 @@ def test_card_usage_snippet_runs(tiny_flux, tmp_path):
 def test_adapter_written_by_the_earlier_code_still_loads(tiny_flux, tmp_path):
     raw = json.loads((OLD_FOLDER / "config.json").read_text())
     loaded = FluxIRAdapter.from_pretrained(OLD_FOLDER)
-    assert loaded.config == FluxIRConfig.from_dict(raw)
+    assert loaded.config == FluxIRConfig.from_params(raw)
     assert loaded.training_record == raw["_training"]
     weights = load_file(OLD_FOLDER / "adapter.safetensors")
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in weights.items())
@@ -199,11 +199,11 @@ def test_memory_figures_come_from_the_memory_model_for_flux1_dev():
     from fluxir.export.memory import memory_text
     from fluxir.preflight.budget import BUDGET_GB
 
-    dev = FluxIRConfig.from_dict({**adapter_params(), "text_seq_len": 512}).to_dict()  # FLUX.1-dev's sizes
+    dev = FluxIRConfig.from_params({**adapter_params(), "text_seq_len": 512}).to_dict()  # FLUX.1-dev's sizes
     text = memory_text(dev, 1_527_000_000)
     table = json.loads((resources.files("fluxir") / "configs" / "train_memory.json").read_text())
     row = next(r for r in table["rows"] if (r["size"], r["batch_size"], r["pixel_loss"]) == ("1024x768", 1, "whole"))
     assert f"1024x768, pixel loss whole: {row['total']:.1f} GiB" in text
     assert f"budgets {BUDGET_GB['restoration']} GB per GPU" in text and "1527.0 MB" in text
-    tiny = FluxIRConfig.from_dict({**dev, "num_layers": 2, "num_single_layers": 2}).to_dict()
+    tiny = FluxIRConfig.from_params({**dev, "num_layers": 2, "num_single_layers": 2}).to_dict()
     assert "n/a for this base model" in memory_text(tiny, 1000)

@@ -8,9 +8,11 @@ import sqlite3
 import pytest
 
 from fluxir.parameters.config import catalog_config, load_params
-from fluxir.parameters.validation import ParameterError, check_params, groups_read, problems_for
+from fluxir.parameters.rules import ConfigError
+from fluxir.parameters.validation import check_params, groups_read, problems_for
 
 from conftest import REPO, kedro_process, kedro_run
+from support import kedro_session_run
 
 
 def _files(folder):
@@ -38,6 +40,19 @@ def test_fluxgen_run_with_three_bad_parameters_stops_before_anything_is_written(
     if db.exists():  # kedro-mlflow opens its store when the session starts; no run may be left in it
         with sqlite3.connect(db) as conn:
             assert conn.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_a_missing_model_folder_stops_the_run_before_the_image_store_is_touched(kedro_project):
+    # The model loads inside the node, after the image store's lock is taken: a check there would leave a new store
+    # folder holding only its .lock.
+    before = _files(kedro_project / "data")
+    with pytest.raises(ConfigError) as caught:
+        kedro_session_run(
+            kedro_project, env="tiny", pipeline="fluxgen", params={"fluxgen": {"model": "/nonexistent/flux"}}
+        )
+    assert "1 parameter problem(s) found before kedro run --pipeline=fluxgen started" in str(caught.value)
+    assert "fluxgen.model: '/nonexistent/flux' is not a folder" in str(caught.value)
+    assert _files(kedro_project / "data") == before
 
 
 def test_evaluate_run_with_bad_methods_convention_and_baselines_stops_before_anything_is_written(kedro_project):
@@ -147,7 +162,7 @@ def test_the_base_and_tiny_parameters_pass():
 
 def test_entry_point_lists_every_problem_before_work(tmp_path):
     params = load_params("tiny", ["degrade.workers=0", "degrade.config.crop_position=left", "degrade.seed=x"], REPO)
-    with pytest.raises(ParameterError) as caught:
+    with pytest.raises(ConfigError) as caught:
         check_params(params, ["degrade"], "python -m fluxir.fluxgen.pairs")
     message = str(caught.value)
     assert "3 parameter problem(s)" in message
@@ -156,7 +171,7 @@ def test_entry_point_lists_every_problem_before_work(tmp_path):
     from fluxir.fluxgen.pairs import main  # `python -m fluxir.fluxgen.pairs`, in this process
 
     argv = ["--env=tiny", "--params=degrade.workers=0", "--selection", str(tmp_path / "absent.parquet")]
-    with contextlib.chdir(REPO), pytest.raises(ParameterError) as caught:
+    with contextlib.chdir(REPO), pytest.raises(ConfigError) as caught:
         main([*argv, "--store", str(tmp_path / "store")])
     assert "degrade.workers must be 'auto' or a positive integer, got 0" in str(caught.value)
     assert "absent.parquet" not in str(caught.value)  # stopped before reading any input
@@ -189,7 +204,7 @@ def test_restoration_and_evaluation_entry_points_refuse_bad_parameters_before_wo
     out = tmp_path / "restored"
     argv = ["--env=tiny", f"--params={params.format(out=out)}"]
     argv += ["--manifest", str(tmp_path / "absent.parquet")] if module == "fluxir.evaluation" else []
-    with contextlib.chdir(REPO), pytest.raises(ParameterError) as caught:
+    with contextlib.chdir(REPO), pytest.raises(ConfigError) as caught:
         main(argv)
     err = " ".join(str(caught.value).split())
     assert f"2 parameter problem(s) found before python -m {module} started" in err

@@ -94,7 +94,7 @@ def test_realesrgan_bad_weights_are_named(tmp_path):
         make("realesrgan", weights=str(tmp_path / "cut.pth"))
     with pytest.raises(ValueError, match=r"baselines.realesrgan.tile_pad must be an integer >= 0, got -1"):
         make("realesrgan", tile_pad=-1)
-    with pytest.raises(ValueError, match=r"unknown baselines.realesrgan key"):
+    with pytest.raises(ValueError, match=r"unknown baselines.realesrgan parameter\(s\) \[.tile.\]"):
         METHODS["realesrgan"].settings(baselines(realesrgan={"tile": 4}))
 
 

@@ -44,7 +44,7 @@ def _photo(name: str) -> np.ndarray:
 
 
 def _demo_config(size: int, degradation: Mapping[str, Any]) -> Any:
-    return DegradationConfig.from_dict({**dict(degradation), "crop_sizes": [[size, size]], "crop_position": "center"})
+    return DegradationConfig.from_params({**dict(degradation), "crop_sizes": [[size, size]], "crop_position": "center"})
 
 
 def write_demo_benchmarks(

@@ -228,22 +228,16 @@ def _run_columns(table: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------------------------- #
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def esc(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+BOLD, END_BOLD = "\x00", "\x01"  # around the best measured value of a row; each renderer writes its own markup
 
 
-def _table_cells(table: pd.DataFrame, bold: Any) -> tuple[list[str], list[list[str]]]:
+def _table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = [c for c in table.columns if not c.startswith("_")]
     run_columns = _run_columns(table)
     rows = []
     for _, row in table.iterrows():
         best = _best_of_run(row, run_columns)
-        rows.append([bold(_fmt(row[c])) if c == best else _fmt(row[c]) for c in header])
+        rows.append([f"{BOLD}{_fmt(row[c])}{END_BOLD}" if c == best else _fmt(row[c]) for c in header])
     return header, rows
 
 
@@ -315,41 +309,94 @@ TABLE_NOTE = (
 )
 
 
-def render_markdown(
+def report_blocks(
     table: pd.DataFrame,
     means: pd.DataFrame,
     status: Mapping[str, Mapping[str, Any]],
     run_info: Mapping[str, Any],
-    grids: Mapping[str, str],
+    grids: Mapping[str, tuple[str, bytes | None]],
     tiny: bool,
     options: Mapping[str, str] | None = None,
-) -> str:
-    """The report as markdown; ``grids`` maps dataset name to the grid's PNG file name (same folder).
+) -> list[tuple[Any, ...]]:
+    """What the report says, in order, for ``render_markdown`` and ``render_html``: ``("notice", text)``,
+    ``("list", title, note, lines)``, ``("heading", level, text)``, ``("text", text)``, ``("table", header, rows)``,
+    ``("image", dataset, file name, PNG bytes)``.
 
+    ``grids`` maps a dataset name to its grid's (PNG file name beside the Markdown, PNG bytes for the HTML);
     ``options`` maps a metric label to its pyiqa options as text (named in the stand-in notes).
     """
-    out = ["# FluxIR evaluation report", ""]
+    blocks: list[tuple[Any, ...]] = [("heading", 1, "FluxIR evaluation report")]
     if tiny:
-        out += [f"> **{TINY_NOTICE}**", ""]
-    stand_ins = _stand_in_lines(means, options)
-    if stand_ins:
-        out += ["**Stand-in metrics** (their numbers are not comparable with the paper's):", ""]
-        out += [f"- {line}" for line in stand_ins] + [""]
-    out += ["## Setup", "", _md_table(["setting", "value"], _info_lines(run_info)), ""]
-    out += [
-        "## Benchmarks",
-        "",
-        _md_table(*_status_cells(status)),
-        "",
+        blocks.append(("notice", TINY_NOTICE))
+    if stand_ins := _stand_in_lines(means, options):
+        blocks.append(("list", "Stand-in metrics", "their numbers are not comparable with the paper's", stand_ins))
+    blocks += [
+        ("heading", 2, "Setup"),
+        ("table", ["setting", "value"], _info_lines(run_info)),
+        ("heading", 2, "Benchmarks"),
+        ("table", *_status_cells(status)),
+        ("heading", 2, "Table 1: this run beside the paper"),
+        ("text", TABLE_NOTE),
+        ("table", *_table_cells(table)),
     ]
-    header, rows = _table_cells(table, lambda s: f"**{s}**")
-    out += ["## Table 1: this run beside the paper", "", TABLE_NOTE, "", _md_table(header, rows), ""]
     if grids:
-        out += ["## Image grids (LQ / restored / HQ)", ""]
-        for dataset, file in grids.items():
-            out += [f"### {dataset}", "", f"![{dataset}]({file})", ""]
-    return "\n".join(out)
+        blocks.append(("heading", 2, "Image grids (LQ / restored / HQ)"))
+        for dataset, (file, png) in grids.items():
+            blocks += [("heading", 3, dataset), ("image", dataset, file, png)]
+    return blocks
 
+
+def _md_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ").replace(BOLD, "**").replace(END_BOLD, "**")
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows])
+
+
+# block kind -> its Markdown
+_MARKDOWN: dict[str, Any] = {
+    "heading": lambda level, text: f"{'#' * level} {text}",
+    "notice": lambda text: f"> **{text}**",
+    "list": lambda title, note, lines: f"**{title}** ({note}):\n\n" + "\n".join(f"- {line}" for line in lines),
+    "text": lambda text: text,
+    "table": _md_table,
+    "image": lambda dataset, file, png: f"![{dataset}]({file})",
+}
+
+
+def render_markdown(blocks: Sequence[tuple[Any, ...]]) -> str:
+    """The report of ``report_blocks`` as Markdown; grids are links to their PNG files in the same folder."""
+    return "\n\n".join(_MARKDOWN[kind](*rest) for kind, *rest in blocks) + "\n"
+
+
+def _html_cell(text: Any) -> str:
+    return html.escape(str(text)).replace(BOLD, "<b>").replace(END_BOLD, "</b>")
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{_html_cell(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_list(title: str, note: str, lines: Sequence[str]) -> str:
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f"<p class='standin'><b>{html.escape(title)}</b> ({html.escape(note)}):</p><ul>{items}</ul>"
+
+
+# block kind -> its HTML; grids are embedded as PNG data URIs
+_HTML: dict[str, Any] = {
+    "heading": lambda level, text: f"<h{level}>{html.escape(text)}</h{level}>",
+    "notice": lambda text: f"<p class='notice'>{html.escape(text)}</p>",
+    "list": _html_list,
+    "text": lambda text: f"<p>{html.escape(text)}</p>",
+    "table": _html_table,
+    "image": lambda dataset, file, png: (
+        f"<img alt='{html.escape(dataset)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    ),
+}
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:100%}
@@ -361,52 +408,11 @@ th{background:#eee} td:nth-child(-n+3){text-align:left}
 """
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], escape_cells: bool = True) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c)) if escape_cells else c}</td>" for c in row) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def render_html(
-    table: pd.DataFrame,
-    means: pd.DataFrame,
-    status: Mapping[str, Mapping[str, Any]],
-    run_info: Mapping[str, Any],
-    grid_pngs: Mapping[str, bytes],
-    tiny: bool,
-    options: Mapping[str, str] | None = None,
-) -> str:
-    """The report as one self-contained HTML page (grids embedded as PNG data URIs)."""
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>FluxIR evaluation report</title>",
-        f"<style>{_CSS}</style></head><body><h1>FluxIR evaluation report</h1>",
-    ]
-    if tiny:
-        parts.append(f"<p class='notice'>{html.escape(TINY_NOTICE)}</p>")
-    stand_ins = _stand_in_lines(means, options)
-    if stand_ins:
-        items = "".join(f"<li>{html.escape(line)}</li>" for line in stand_ins)
-        parts.append(
-            f"<p class='standin'><b>Stand-in metrics</b> (not comparable with the paper's):</p><ul>{items}</ul>"
-        )
-    parts.append("<h2>Setup</h2>" + _html_table(["setting", "value"], _info_lines(run_info)))
-    parts.append("<h2>Benchmarks</h2>" + _html_table(*_status_cells(status)))
-    header, rows = _table_cells(table, lambda s: f"\x00{s}\x01")
-    rows = [[html.escape(c).replace("\x00", "<b>").replace("\x01", "</b>") for c in row] for row in rows]
-    parts.append(f"<h2>Table 1: this run beside the paper</h2><p>{html.escape(TABLE_NOTE)}</p>")
-    parts.append(_html_table(header, rows, escape_cells=False))
-    if grid_pngs:
-        parts.append("<h2>Image grids (LQ / restored / HQ)</h2>")
-        for dataset, png in grid_pngs.items():
-            data = base64.b64encode(png).decode()
-            parts.append(
-                f"<h3>{html.escape(dataset)}</h3><img alt='{html.escape(dataset)}' src='data:image/png;base64,{data}'>"
-            )
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def render_html(blocks: Sequence[tuple[Any, ...]]) -> str:
+    """The report of ``report_blocks`` as one self-contained HTML page."""
+    head = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>FluxIR evaluation report</title>"
+    body = "\n".join(_HTML[kind](*rest) for kind, *rest in blocks)
+    return f"{head}\n<style>{_CSS}</style></head><body>\n{body}\n</body></html>"
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -38,7 +38,7 @@ from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.hashing import hash_json
 from fluxir.io.images import image_size, read_image
-from fluxir.parameters.rules import Rule, check_fields
+from fluxir.parameters.rules import Config, Rule, field_problems
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ FOLDERS_ENTRY = "{key}_benchmark"  # the catalog entry of benchmark <key>'s down
 
 
 @dataclass(frozen=True, kw_only=True)
-class BenchmarkSpec:
+class BenchmarkSpec(Config):
     """Where one benchmark's downloaded files are and how to prepare them: the settings of one
     ``evaluate.benchmarks`` entry and the folders of its catalog entry ``<key>_benchmark``.
 
@@ -99,7 +99,6 @@ class BenchmarkSpec:
             )
         given = {f"{side}_dir": str(path) if path else None for side, path in (folders or {}).items()}
         spec = cls(**dict(params), **given)
-        spec.validate()
         if folders is not None:
             spec.check_folders(entry)
         return spec
@@ -115,26 +114,27 @@ class BenchmarkSpec:
                 f"{' and '.join(lacking)} in its catalog entry {entry} (conf/<env>/catalog_evaluate.yml)"
             )
 
-    def validate(self) -> None:
-        """Raise ValueError naming the setting when the spec cannot be prepared (the folders: ``check_folders``)."""
-        where = f"benchmark {self.name!r}"
-        check_fields(self, [Rule("kind", "choice", KINDS)], f"{where}: ")
+    def problems(self) -> list[str]:
+        """Every setting with which the spec cannot be prepared (the folders: ``check_folders``)."""
+        where = f"benchmark {self.name!r}: "
         sizes = ("lq_size",) if self.kind == "lq_only" else ("hq_size", "lq_size")
-        check_fields(
-            self,
-            [Rule(key, "multiple_of", 16, must="a positive multiple of 16 (Flux latent grid)") for key in sizes],
-            f"{where}: ",
+        size_rules = [
+            Rule(key, "multiple_of", 16, must="a positive multiple of 16 (Flux latent grid)") for key in sizes
+        ]
+        found = field_problems(self, [Rule("kind", "choice", KINDS)], where)
+        found += (size_problems := field_problems(self, size_rules, where))
+        if len(sizes) == 2 and not size_problems and self.hq_size % self.lq_size:
+            found.append(f"{where}hq_size {self.hq_size} must be a multiple of lq_size {self.lq_size}")
+        found += field_problems(
+            self, [Rule("num_images", "positive_int", nullable=True), Rule("seed", "integer")], where
         )
-        if self.kind != "lq_only" and self.hq_size % self.lq_size:
-            raise ValueError(f"{where}: hq_size {self.hq_size} must be a multiple of lq_size {self.lq_size}")
-        check_fields(self, [Rule("num_images", "positive_int", nullable=True)], f"{where}: ")
         if self.kind == "synthetic" and self.num_images is None:
-            raise ValueError(f"{where}: a synthetic benchmark needs num_images (the paper: 600 crops)")
-        check_fields(self, [Rule("seed", "integer")], f"{where}: ")
+            found.append(f"{where}a synthetic benchmark needs num_images (the paper: 600 crops)")
         try:
             re.compile(self.strip_suffix)
-        except re.error as err:
-            raise ValueError(f"{where}: strip_suffix {self.strip_suffix!r} is not a regular expression: {err}") from err
+        except (re.error, TypeError) as err:
+            found.append(f"{where}strip_suffix {self.strip_suffix!r} is not a regular expression: {err}")
+        return found
 
     @property
     def scale(self) -> int | None:
@@ -264,7 +264,6 @@ def prepare_benchmark(
     ``degradation`` is the training ``DegradationConfig`` as a dict (``params:degrade.config``); only the
     synthetic kind uses it (crop size and a random crop position are set here).
     """
-    spec.validate()
     spec.check_folders()
     reason = missing_files(spec)
     if reason is not None:
@@ -315,7 +314,7 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
         "crop_position": "random",
         "use_usm": False,
     }
-    config = DegradationConfig.from_dict(settings)
+    config = DegradationConfig.from_params(settings)
     if config.scale != spec.scale:
         raise ValueError(f"{spec.name}: hq_size/lq_size = {spec.scale} but the degradation scale is {config.scale}")
     files = list_images(spec.hq_dir)

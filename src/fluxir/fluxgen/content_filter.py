@@ -42,7 +42,7 @@ import pandas as pd
 from fluxir.io.hashing import hash_json
 from fluxir.io.provenance import model_revision
 from fluxir.parameters.config import cli_parser, stage_command_inputs
-from fluxir.parameters.rules import Rule, config_from_params
+from fluxir.parameters.rules import Config, Rule
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ FILTER_RULES = (
 
 
 @dataclass
-class ContentFilterConfig:
+class ContentFilterConfig(Config):
     """Parameters ``fluxgen.content_filter.*``: their values live in conf/base/parameters_fluxgen.yml only."""
 
     enabled: bool
@@ -77,9 +77,7 @@ class ContentFilterConfig:
     loader_workers: int
     part_size: int
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> ContentFilterConfig:
-        return config_from_params(cls, dict(params), FILTER_RULES, "fluxgen.content_filter.")
+    PREFIX, RULES = "fluxgen.content_filter.", FILTER_RULES
 
 
 def filter_versions(cfg: ContentFilterConfig) -> dict[str, Any]:

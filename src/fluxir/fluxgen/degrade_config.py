@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fluxir.parameters.rules import Relation, Rule, check_fields, config_from_params, is_int
+from fluxir.parameters.rules import Config, Rule, is_int, is_number
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 # Latents are /8 of the image and Flux packs 2x2 latent patches: image sides must be multiples of 16.
@@ -50,50 +50,66 @@ RANGES = (
 PREFIX = "degrade.config."  # the parameters group, named in every message
 
 
-def _crop_problems(prefix: str, crop_sizes: Any, scale: int) -> list[str]:
-    try:
-        validate_crop_sizes(crop_sizes, scale)
-    except ValueError as err:
-        return [f"{prefix}crop_sizes: {err}"]
-    return []
+def _is_range(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(is_number(v) for v in value)
+        and 0 < value[0] <= value[1]
+    )
 
 
-def _kernel_prob_problems(prob_name: str) -> Any:
-    """``kernel_prob`` holds one probability per kernel of ``kernel_list``: its length is the other field's."""
+def _is_distribution(value: Any, n: int) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == n
+        and all(is_number(p) and p >= 0 for p in value)
+        and math.isclose(sum(value), 1.0, abs_tol=1e-6)
+    )
 
-    def check(prefix: str, kernels: Sequence[str], probs: Any) -> list[str]:
-        message = Rule(prob_name, "distribution", len(kernels)).problem(probs, prefix)
-        return [message] if message else []
 
-    return check
+def _distribution_problem(name: str, value: Any, n: int, note: str = "") -> list[str]:
+    if _is_distribution(value, n):
+        return []
+    return [f"{PREFIX}{name} must be {n} non-negative probabilities summing to 1, got {value!r}{note}"]
 
 
 DEGRADATION_RULES = (
     Rule("scale", "positive_int"),
     Rule("crop_position", "choice", ("center", "random"), must="'center' or 'random'"),
-    *(Rule(name, "probability") for name in PROBABILITIES),
-    Rule("kernel_sizes", "odd_ints_in", (3, 21)),
-    *(Rule(name, "choices", KERNEL_TYPES) for name in ("kernel_list", "kernel_list2")),
-    *(Rule(name, "range") for name in RANGES),
+    *(Rule(name, "interval", "[0, 1]", must="a probability in [0, 1]") for name in PROBABILITIES),
+    Rule(
+        "kernel_sizes",
+        lambda v: isinstance(v, (list, tuple)) and bool(v) and all(is_int(k) and k % 2 and 3 <= k <= 21 for k in v),
+        must="odd ints in [3, 21]",
+    ),
     *(
-        Rule(name, "strict_range", must="[low, high] with low < high (basicsr requires it)")
+        Rule(
+            name,
+            lambda v: isinstance(v, (list, tuple)) and all(x in KERNEL_TYPES for x in v),
+            must=f"a list of {KERNEL_TYPES}",
+        )
+        for name in ("kernel_list", "kernel_list2")
+    ),
+    *(Rule(name, _is_range, must="[low, high] with 0 < low <= high") for name in RANGES),
+    *(
+        Rule(name, lambda v: _is_range(v) and v[0] < v[1], must="[low, high] with low < high (basicsr requires it)")
         for name in ("blur_sigma", "blur_sigma2")
     ),
     *(
-        Rule(name, "range_to", 100, must="a JPEG quality range within (0, 100]")
+        Rule(name, lambda v: _is_range(v) and v[1] <= 100, must="a JPEG quality range within (0, 100]")
         for name in ("jpeg_range", "jpeg_range2")
     ),
     # Real-ESRGAN draws "down" from [low, 1] and "up" from [1, high]
-    *(Rule(name, "range_around", 1) for name in ("resize_range", "resize_range2")),
-    *(Rule(name, "distribution", 3, note=" (up, down, keep)") for name in ("resize_prob", "resize_prob2")),
-    Relation(("kernel_list", "kernel_prob"), _kernel_prob_problems("kernel_prob")),
-    Relation(("kernel_list2", "kernel_prob2"), _kernel_prob_problems("kernel_prob2")),
-    Relation(("crop_sizes", "scale"), _crop_problems),
+    *(
+        Rule(name, lambda v: _is_range(v) and v[0] <= 1 <= v[1], must="[low, high] with low <= 1 <= high")
+        for name in ("resize_range", "resize_range2")
+    ),
 )
 
 
 @dataclass(frozen=True)
-class DegradationConfig:
+class DegradationConfig(Config):
     """SeeSR ``make_paired_data.py`` settings (field names are SeeSR's) plus FluxGen's crops; values in
     ``conf/base/parameters_fluxgen.yml`` (``degrade.config``).
 
@@ -148,16 +164,27 @@ class DegradationConfig:
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, _to_tuple(value))
-        check_fields(self, DEGRADATION_RULES, PREFIX)
+        super().__post_init__()
         object.__setattr__(self, "crop_sizes", tuple(validate_crop_sizes(self.crop_sizes, self.scale)))
 
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any]) -> DegradationConfig:
-        """Build from ``params:degrade.config`` (every key set, none unknown; the checks run on construction)."""
-        return config_from_params(cls, params, (), PREFIX)
+    def joint_problems(self, failed: set[str]) -> list[str]:
+        """The resize distributions; a probability per kernel of each kernel list; the crops' sides."""
+        found = _distribution_problem("resize_prob", self.resize_prob, 3, " (up, down, keep)")
+        found += _distribution_problem("resize_prob2", self.resize_prob2, 3, " (up, down, keep)")
+        for kernels, probs in (("kernel_list", "kernel_prob"), ("kernel_list2", "kernel_prob2")):
+            if kernels not in failed:
+                found += _distribution_problem(probs, getattr(self, probs), len(getattr(self, kernels)))
+        if "scale" not in failed:
+            try:
+                validate_crop_sizes(self.crop_sizes, self.scale)
+            except ValueError as err:
+                found.append(f"{PREFIX}crop_sizes: {err}")
+        return found
+
+    PREFIX, RULES = PREFIX, DEGRADATION_RULES
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-friendly dict (lists instead of tuples) that ``from_dict`` reads back."""
+        """JSON/YAML-friendly dict (lists instead of tuples) that ``from_params`` reads back."""
         return {f.name: _to_list(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 

@@ -42,8 +42,8 @@ from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import compile_blocks
 from fluxir.models.loading import load_pipeline
 from fluxir.models.prompts import PromptEncoder
-from fluxir.parameters.config import cli_parser, stage_command_inputs, stage_params
-from fluxir.parameters.rules import Rule, check_fields, config_from_params, reject_unknown_keys
+from fluxir.parameters.config import cli_parser, stage_command_inputs
+from fluxir.parameters.rules import Config, Rule
 from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ GENERATION_RULES = (
 
 
 @dataclass
-class GenerationConfig:
+class GenerationConfig(Config):
     """Parameters ``fluxgen.*``: their values (defaults included) live in conf/base/parameters_fluxgen.yml only."""
 
     model: str
@@ -108,17 +108,11 @@ class GenerationConfig:
     write_threads: int  # PNG encode + hash + sidecar threads behind a queue of 2 x write_threads images
     compile: bool  # torch.compile the transformer's blocks (fluxir.models.flux.compile_blocks)
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> GenerationConfig:
-        """Build and validate from a parameters dict; unknown keys and bad values raise ValueError."""
-        params = {k: v for k, v in stage_params(params).items() if k not in SUBSTAGE_KEYS}
-        reject_unknown_keys(params, cls, "fluxgen parameter(s)")
-        return config_from_params(
-            cls, {**params, "prompts": list(params.get("prompts") or [])}, GENERATION_RULES, "fluxgen."
-        )
+    PREFIX, RULES, NOT_FIELDS = "fluxgen.", GENERATION_RULES, SUBSTAGE_KEYS
 
-    def validate(self) -> None:
-        check_fields(self, GENERATION_RULES, "fluxgen.")
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return {**params, "prompts": list(params.get("prompts") or [])}
 
     def key(self) -> str:
         """Short hash of the settings that determine pixels: the store sub-folder of this configuration."""

@@ -54,7 +54,7 @@ from fluxir.io.provenance import (
 )
 from fluxir.io.store import ImageStore, portable_path
 from fluxir.parameters.config import cli_parser, stage_command_inputs
-from fluxir.parameters.rules import Rule, check_fields, config_from_params, is_int
+from fluxir.parameters.rules import Config, ConfigError, Rule, check_fields, field_problems, is_int
 from fluxir.runtime.processes import die_with_parent
 from fluxir.runtime.progress import progress as progress_bar
 
@@ -270,8 +270,9 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
 
 
 @dataclass(frozen=True)
-class DegradeConfig:
-    """Parameters ``degrade.*``: their values (defaults included) live in conf/base/parameters_fluxgen.yml only."""
+class PairsStageConfig(Config):
+    """Parameters ``degrade.*``, how the pairs stage runs (seed, workers, share) and the degradation it applies
+    (``config``): their values (defaults included) live in conf/base/parameters_fluxgen.yml only."""
 
     seed: int
     workers: int | str  # "auto": every core
@@ -279,24 +280,43 @@ class DegradeConfig:
     world_size: int | None
     config: DegradationConfig
 
+    PREFIX = "degrade."
+    # rank/world_size null: the launcher's share (``share``)
+    RULES = (
+        Rule("seed", "integer"),
+        Rule("world_size", "positive_int", nullable=True),
+        Rule("rank", "nonneg_int", nullable=True),
+    )
+
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> DegradeConfig:
-        config = DegradationConfig.from_dict(params.get("config", {}))
-        return config_from_params(cls, {**params, "config": config}, DEGRADE_RULES, "degrade.")
+    def prepare(cls, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {**params, "config": DegradationConfig.from_params(params["config"])}
+        except ConfigError as err:  # every problem at once: the stage's own values too
+            raise ConfigError(err.problems + cls.stage_problems(params)) from None
 
+    def problems(self) -> list[str]:
+        return self.stage_problems(vars(self))
 
-# rank/world_size null: the launcher's share (``share``)
-DEGRADE_RULES = (
-    Rule("seed", "integer"),
-    Rule("world_size", "positive_int", nullable=True),
-    Rule("rank", "nonneg_int", nullable=True),
-)
+    @classmethod
+    def stage_problems(cls, values: Mapping[str, Any]) -> list[str]:
+        """The problems of the stage's own values (``config`` checks itself)."""
+        found = field_problems(values, cls.RULES, cls.PREFIX)
+        checks = [lambda: resolve_workers(values["workers"])]
+        if not any(m.startswith(("degrade.rank ", "degrade.world_size ")) for m in found):
+            checks.append(lambda: ids_for_rank([], *share(values, {})))  # a launcher's share: checked when it runs
+        for check in checks:
+            try:
+                check()
+            except ValueError as err:
+                found.append(str(err))
+        return found
 
 
 def degrade_selection(
     selection: pd.DataFrame,
     pair_store: ImageStore,
-    cfg: DegradeConfig,
+    cfg: PairsStageConfig,
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
@@ -331,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         "iqa_selection": (args.selection, pd.read_parquet),
         "pair_store": (args.store, lambda path: ImageStore(Path(path))),
     }
-    cfg, loaded = stage_command_inputs(args, parser.prog, "degrade", check_params, DegradeConfig.from_params, inputs)
+    cfg, loaded = stage_command_inputs(args, parser.prog, "degrade", check_params, PairsStageConfig.from_params, inputs)
     selection, store = loaded["iqa_selection"], loaded["pair_store"]
     rank, world_size = share({"rank": cfg.rank, "world_size": cfg.world_size}, os.environ)
     stores, _, made = degrade_selection(selection, store, cfg, rank=rank, world_size=world_size)

@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from fluxir.io.hashing import hash_json
 from fluxir.io.images import read_image
 from fluxir.models.devices import accelerate_cpu, resolve_device
 from fluxir.parameters.config import cli_parser, stage_command_inputs
-from fluxir.parameters.rules import Rule, check_fields, config_from_params
+from fluxir.parameters.rules import Config, Rule, check_fields
 from fluxir.runtime.processes import worker_init
 from fluxir.runtime.progress import progress as progress_bar
 
@@ -67,7 +67,7 @@ SCORING_RULES = (
 
 
 @dataclass
-class IqaConfig:
+class IqaConfig(Config):
     """Parameters ``iqa.*``: their values (defaults included) live in conf/base/parameters_fluxgen.yml only."""
 
     metrics: list[Any]
@@ -79,9 +79,31 @@ class IqaConfig:
     part_size: int
     precision: str  # fp32, tf32 or bf16: part of the scores' key
 
+    PREFIX, RULES = "iqa.", SCORING_RULES
+
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> IqaConfig:
-        return config_from_params(cls, params, SCORING_RULES, "iqa.")
+    def prepare(cls, params: dict[str, Any]) -> dict[str, Any]:
+        metrics = params["metrics"]
+        return {**params, "metrics": [metrics] if isinstance(metrics, (str, Mapping)) else list(metrics or [])}
+
+    def joint_problems(self, failed: set[str]) -> list[str]:
+        """The metrics: at least one, each known to pyiqa and no-reference (their weight files are
+        ``fluxir.parameters.validation``'s concern)."""
+        found = []
+        if not self.metrics:
+            found.append("iqa.metrics names no metric (the paper: [clipiqa+_vitL14_512, maniqa-pipal, musiq])")
+        specs = []
+        for spec in self.metrics:
+            try:
+                specs.append(iqa_lib.MetricSpec.parse(spec))
+            except (ValueError, TypeError) as err:
+                found.append(f"iqa.metrics: {err}")
+        if not_nr := [s.name for s in specs if s.metric_mode != "NR"]:
+            found.append(
+                f"iqa.metrics {not_nr} are full-reference; FluxGen selection needs no-reference metrics "
+                "(musiq, piqe, ...)"
+            )
+        return found
 
     def specs(self) -> list[iqa_lib.MetricSpec]:
         return [iqa_lib.MetricSpec.parse(s) for s in self.metrics]

@@ -139,7 +139,7 @@ class FluxIRAdapter(nn.Module):
         if config is None:
             config = FluxIRConfig.from_flux(flux, **overrides)
         elif overrides:
-            config = FluxIRConfig.from_dict({**config.to_dict(), **overrides})
+            config = FluxIRConfig.from_params({**config.to_dict(), **overrides})
         check_compatible(config, flux)
         device, dtype = flux.x_embedder.weight.device, flux.x_embedder.weight.dtype
         with torch.device(device):
@@ -439,7 +439,7 @@ def load_adapter(
     version = raw.get("_format_version", FORMAT_VERSION)
     if version > FORMAT_VERSION:
         raise ValueError(f"{folder!r} has adapter format {version}; this fluxir reads up to {FORMAT_VERSION}")
-    config = FluxIRConfig.from_dict(raw)
+    config = FluxIRConfig.from_params(raw)
     with fs.open(f"{folder}/{WEIGHTS_NAME}", "rb") as f:
         try:
             state = st_load(f.read())

@@ -9,12 +9,13 @@ blocks (Table 5), no learnable text embeddings theta_p/theta_y and no text-branc
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from fluxir.parameters.rules import Rule, check_fields
+from fluxir.parameters.rules import Config, ConfigError, Rule
 
 # Base-model fields that must agree between an adapter and the Flux transformer it controls.
 BASE_FIELDS = (
@@ -52,7 +53,7 @@ ADAPTER_RULES = (
 
 
 @dataclass
-class FluxIRConfig:
+class FluxIRConfig(Config):
     """Adapter configuration: variant switches + the sizes of the Flux it controls (FLUX.1-dev defaults).
 
     ``rank`` and ``guidance`` have no default here: their values are ``train.adapter`` in
@@ -78,19 +79,24 @@ class FluxIRConfig:
     guidance_embeds: bool = True
     axes_dims_rope: tuple[int, ...] = field(default=(16, 56, 56))
 
+    PREFIX, RULES = "FluxIRConfig.", ADAPTER_RULES
+
     def __post_init__(self) -> None:
         if isinstance(self.rank, str):
             if self.rank.lower() != "full":
-                raise ValueError(f"FluxIRConfig.rank must be a positive int, None or 'full', got {self.rank!r}")
+                raise ConfigError([f"FluxIRConfig.rank must be a positive int, None or 'full', got {self.rank!r}"])
             self.rank = None
-        check_fields(self, ADAPTER_RULES, "FluxIRConfig.")
-        self.guidance = float(self.guidance)
         self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
-        if sum(self.axes_dims_rope) != self.attention_head_dim:
-            raise ValueError(
-                f"FluxIRConfig.axes_dims_rope {self.axes_dims_rope} must sum to attention_head_dim "
-                f"{self.attention_head_dim}"
-            )
+        super().__post_init__()
+        self.guidance = float(self.guidance)
+
+    def joint_problems(self, failed: set[str]) -> list[str]:
+        if "attention_head_dim" in failed or sum(self.axes_dims_rope) == self.attention_head_dim:
+            return []
+        return [
+            f"FluxIRConfig.axes_dims_rope {tuple(self.axes_dims_rope)} must sum to attention_head_dim "
+            f"{self.attention_head_dim}"
+        ]
 
     @property
     def inner_dim(self) -> int:
@@ -122,7 +128,7 @@ class FluxIRConfig:
         if getattr(cfg, "patch_size", 1) != 1:
             raise ValueError(f"FluxIR supports Flux with patch_size 1, got {cfg.patch_size}")
         base = {name: getattr(cfg, name) for name in BASE_FIELDS}
-        return cls.from_dict({**base, **overrides})
+        return cls.from_params({**base, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (rank None = full)."""
@@ -131,15 +137,11 @@ class FluxIRConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FluxIRConfig:
+    def from_params(cls, params: Mapping[str, Any]) -> FluxIRConfig:
         """Inverse of ``to_dict``; keys starting with '_' (file metadata) are ignored, unknown keys refused."""
-        d = {k: v for k, v in d.items() if not k.startswith("_")}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known - {"inner_dim"})
-        if unknown:
-            raise ValueError(f"unknown FluxIRConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        d = {k: v for k, v in params.items() if not k.startswith("_")}
         inner = d.pop("inner_dim", None)
-        config = cls(**d)
+        config = super().from_params(d)
         if inner is not None and inner != config.inner_dim:
             raise ValueError(
                 f"inner_dim {inner} does not equal num_attention_heads x attention_head_dim = {config.inner_dim}"

@@ -129,14 +129,6 @@ def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-LAUNCH_KEYS = ("num_processes",)  # how many processes run a stage (fluxir.runtime.launch): never part of its results
-
-
-def stage_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """A stage's parameters without the launch settings ``LAUNCH_KEYS`` (they change no output or run key)."""
-    return {k: v for k, v in params.items() if k not in LAUNCH_KEYS}
-
-
 CATALOG_PATH_KEYS = ("filepath", "path", "hq_path", "lq_path")  # dataset arguments that are project paths
 
 

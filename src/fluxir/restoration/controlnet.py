@@ -29,7 +29,7 @@ from fluxir.io.hashing import sha256_file
 from fluxir.io.images import check_rgb_uint8
 from fluxir.models.devices import resolve_device
 from fluxir.models.loading import load_pipeline
-from fluxir.parameters.rules import Rule, config_from_params
+from fluxir.parameters.rules import Config, Rule
 from fluxir.restoration.restore_config import MULTIPLE, output_size, round_up
 from fluxir.restoration.work import RestoreWork, time_two_steps
 
@@ -58,7 +58,7 @@ SHARED_FIELDS = (
 
 
 @dataclass
-class FluxControlNetConfig:
+class FluxControlNetConfig(Config):
     """``baselines.flux_controlnet`` (parameters_baselines.yml documents each key)."""
 
     model: str
@@ -72,10 +72,7 @@ class FluxControlNetConfig:
     max_sequence_length: int
     max_output_megapixels: float  # larger outputs are refused before loading (fluxir.restoration.work)
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> FluxControlNetConfig:
-        """Validate ``baselines.flux_controlnet``; raises ValueError naming the key."""
-        return config_from_params(cls, params, CONTROLNET_RULES, "baselines.flux_controlnet.")
+    PREFIX, RULES = "baselines.flux_controlnet.", CONTROLNET_RULES
 
     def settings(self) -> dict[str, Any]:
         """Everything that changes the output (not the device, not the size limit)."""

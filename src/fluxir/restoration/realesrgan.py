@@ -26,7 +26,7 @@ from fluxir.compat.basicsr import import_basicsr
 from fluxir.io.hashing import sha256_file
 from fluxir.io.images import check_rgb_uint8
 from fluxir.models.devices import resolve_device
-from fluxir.parameters.rules import Rule, config_from_params
+from fluxir.parameters.rules import Config, Rule
 from fluxir.restoration.restore_config import output_size
 from fluxir.restoration.work import RestoreWork, now
 from fluxir.runtime.progress import progress as progress_bar
@@ -47,7 +47,7 @@ REALESRGAN_RULES = (
 
 
 @dataclass
-class RealESRGANConfig:
+class RealESRGANConfig(Config):
     """``baselines.realesrgan`` (parameters_baselines.yml documents each key)."""
 
     weights: str
@@ -61,10 +61,7 @@ class RealESRGANConfig:
     dtype: str
     device: str
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> RealESRGANConfig:
-        """Validate ``baselines.realesrgan``; raises ValueError naming the key."""
-        return config_from_params(cls, params, REALESRGAN_RULES, "baselines.realesrgan.")
+    PREFIX, RULES = "baselines.realesrgan.", REALESRGAN_RULES
 
     def settings(self) -> dict[str, Any]:
         """Everything that changes the output except the weight file's location (its content is hashed)."""

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fluxir.parameters.config import stage_params
-from fluxir.parameters.rules import Relation, Rule, check_fields, config_from_params, is_int, reject_unknown_keys
+from fluxir.parameters.rules import Config, Rule, is_int
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES, combination_problems
 
@@ -20,40 +19,27 @@ DTYPES = ("float32", "bfloat16", "float16")
 MULTIPLE = 16  # VAE downsampling 8 x 2x2 packing
 
 
-def _scale_problems(prefix: str, target_size: Any, scale: Any) -> list[str]:
-    """``scale`` sets the output only without a ``target_size``; then it must be a number > 0."""
-    message = target_size is None and Rule("scale", "positive_number").problem(scale, prefix)
-    return [message] if message else []
-
-
-def _overlap_problems(tile_name: str, overlap_name: str, multiple: int) -> Any:
-    """The check of a tile's overlap: a multiple of ``multiple`` in [0, tile / 2] (none without tiling)."""
-
-    def check(prefix: str, tile: int | None, overlap: Any) -> list[str]:
-        if tile is None or (is_int(overlap, 0) and overlap % multiple == 0 and overlap <= tile // 2):
-            return []
-        return [
-            f"{prefix}{overlap_name} must be a multiple of {multiple} in [0, {tile_name}/2 = {tile // 2}], "
-            f"got {overlap!r}"
-        ]
-
-    return check
+def _is_size(value: Any) -> bool:
+    """An int >= 1 (the longer side) or [width, height] of ints >= 1."""
+    if isinstance(value, (list, tuple)):
+        return len(value) == 2 and all(is_int(s, 1) for s in value)
+    return is_int(value, 1)
 
 
 def _tile_rule(name: str, multiple: int) -> Rule:
     return Rule(
         name,
-        "multiple_at_least",
-        (multiple, 2 * multiple),
+        lambda v: is_int(v, 2 * multiple) and v % multiple == 0,
         nullable=True,
         must=f"a multiple of {multiple} >= {2 * multiple} (or null: no tiling)",
     )
 
 
 GEOMETRY_RULES = (
-    Rule("target_size", "size", nullable=True),
+    Rule(
+        "target_size", _is_size, nullable=True, must="an int (longer side) or [width, height] of positive ints or null"
+    ),
     Rule("color_fix", "choice", COLOR_FIX_METHODS),
-    Relation(("target_size", "scale"), _scale_problems),
 )
 RESTORE_RULES = (
     *GEOMETRY_RULES,
@@ -71,25 +57,32 @@ RESTORE_RULES = (
     Rule("max_output_megapixels", "positive_number"),
     Rule("offload", "choice", OFFLOAD_MODES),
     Rule("quantize", "choice", QUANTIZE_MODES),
-    Relation(("tile_size", "tile_overlap"), _overlap_problems("tile_size", "tile_overlap", 16)),
-    Relation(("vae_tile_size", "vae_tile_overlap"), _overlap_problems("vae_tile_size", "vae_tile_overlap", 8)),
-    Relation(("offload", "quantize"), combination_problems),
 )
 
 
-def _check(config: Any, rules: tuple[Rule | Relation, ...]) -> None:
-    """Check ``config`` with ``rules`` after reading a tile size 0 as null (no tiling); a [width, height] target
-    becomes a list of ints."""
-    for name in ("tile_size", "vae_tile_size"):
-        if getattr(config, name, None) == 0:
-            setattr(config, name, None)
-    check_fields(config, rules, "restore.")
-    if isinstance(config.target_size, (list, tuple)):
-        config.target_size = [int(s) for s in config.target_size]
+class _Geometry(Config):
+    """Reads a tile size 0 as null (no tiling) before the checks; a [width, height] target becomes a list of ints.
+    ``scale`` sets the output only without a ``target_size``; then it must be a number > 0."""
+
+    PREFIX = "restore."
+
+    def joint_problems(self, failed: set[str]) -> list[str]:
+        if "target_size" in failed or self.target_size is not None:
+            return []
+        message = Rule("scale", "positive_number").problem(self.scale, self.PREFIX)
+        return [message] if message else []
+
+    def __post_init__(self) -> None:
+        for name in ("tile_size", "vae_tile_size"):
+            if getattr(self, name, None) == 0:
+                setattr(self, name, None)
+        super().__post_init__()
+        if isinstance(self.target_size, (list, tuple)):
+            self.target_size = [int(s) for s in self.target_size]
 
 
 @dataclass
-class RestoreConfig:
+class RestoreConfig(_Geometry):
     """How to restore: the parameters ``restore.*`` other than the file ones. Their values live in
     conf/base/parameters_restore.yml only (which documents each); ``RESTORE_RULES`` checks them."""
 
@@ -115,23 +108,29 @@ class RestoreConfig:
     quantize: str  # none | int8 | fp8 | nf4: the frozen Flux transformer's linear weights
     compile: bool  # torch.compile Flux's blocks and the adapter block (fluxir.models.flux.compile_blocks)
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> RestoreConfig:
-        """Build and validate from a parameters dict: every field given, none unknown, all values usable
-        (ValueError listing every problem otherwise)."""
-        params = stage_params(params)
-        reject_unknown_keys(params, cls, "restore parameter(s)")
-        cfg = config_from_params(cls, params, (), "restore.")
-        cfg.validate()
-        return cfg
+    RULES = RESTORE_RULES
 
-    def validate(self) -> None:
-        """Raise ValueError naming the parameter of every value the restorer cannot use (all of them at once)."""
-        _check(self, RESTORE_RULES)
+    def joint_problems(self, failed: set[str]) -> list[str]:
+        found = super().joint_problems(failed)
+        for tile_name, overlap_name, multiple in (
+            ("tile_size", "tile_overlap", 16),
+            ("vae_tile_size", "vae_tile_overlap", 8),
+        ):
+            tile, overlap = getattr(self, tile_name), getattr(self, overlap_name)
+            if tile_name in failed or tile is None:
+                continue
+            if not (is_int(overlap, 0) and overlap % multiple == 0 and overlap <= tile // 2):
+                found.append(
+                    f"restore.{overlap_name} must be a multiple of {multiple} in [0, {tile_name}/2 = {tile // 2}], "
+                    f"got {overlap!r}"
+                )
+        if not failed & {"offload", "quantize"}:
+            found += combination_problems("restore.", self.offload, self.quantize)
+        return found
 
 
 @dataclass
-class OutputGeometry:
+class OutputGeometry(_Geometry):
     """What a public restorer takes from the restore settings: the output size (``scale`` or ``target_size``,
     as ``output_size`` reads them) and the colour fix."""
 
@@ -139,8 +138,7 @@ class OutputGeometry:
     target_size: int | list[int] | None
     color_fix: str
 
-    def __post_init__(self) -> None:
-        _check(self, GEOMETRY_RULES)
+    RULES = GEOMETRY_RULES
 
 
 def output_size(height: int, width: int, cfg: RestoreConfig | OutputGeometry) -> tuple[int, int]:

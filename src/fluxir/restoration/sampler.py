@@ -236,7 +236,6 @@ class Restorer:
         adapter: Any,
         config: RestoreConfig,
     ) -> None:
-        config.validate()
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = getattr(torch, config.dtype)
@@ -270,7 +269,6 @@ class Restorer:
     def from_pipeline(cls, pipe: Any, adapter: Any, config: RestoreConfig) -> Restorer:
         """From a loaded ``FluxPipeline`` (``adapter`` None: plain Flux): encodes the empty prompt once, then drops
         T5/CLIP from ``pipe``."""
-        config.validate()
         seq_len = prompt_length(config, adapter)
         device = resolve_device(config.device)
         # Text encoders left on the CPU (low-memory loading) visit the accelerator once, through accelerate's
@@ -313,7 +311,6 @@ class Restorer:
         With the empty prompt's embeddings in ``prompt_cache`` (the catalog's ``prompt_embeddings``) only the
         transformer and the VAE are loaded, never T5 or CLIP; otherwise they are encoded once and saved there.
         """
-        config.validate()
         low_memory = config.offload != "none" or config.quantize != "none"  # load on the CPU, quantise there
         device = "cpu" if low_memory else resolve_device(config.device)
         seq_len = prompt_length(config, adapter)

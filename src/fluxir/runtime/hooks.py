@@ -87,7 +87,7 @@ class ParameterCheckHook:
     """Check every parameter the pipeline about to run reads (and the catalog folders of its stages), before
     kedro-mlflow starts a run or a node writes.
 
-    The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.parameters.validation.ParameterError`` listing
+    The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.parameters.rules.ConfigError`` listing
     every problem, so the run stops with nothing written (no MLflow run, no dataset version).
     """
 
@@ -311,7 +311,7 @@ class MlflowDatasetsHook:
         from fluxir.restoration.methods import uses_adapter
 
         inputs = set(node.inputs)
-        if "params:evaluate.methods" in inputs:
+        if "evaluate_config" in inputs:
             return uses_adapter((self._params.get("evaluate") or {}).get("methods", []))
         if "params:restore" in inputs:
             return uses_adapter([(self._params.get("restore") or {}).get("method")])

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.io.hashing import hash_json
-from fluxir.parameters.config import stage_params
-from fluxir.parameters.rules import Relation, Rule, check_fields, config_from_params, reject_unknown_keys
+from fluxir.parameters.rules import Config, ConfigError, Rule
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
 PIXEL_LOSS_FORMS = ("paper", "x0")
@@ -66,18 +65,9 @@ class TrainFolders:
 # Configuration
 
 
-def _global_batch_problems(prefix: str, global_batch: int, batch_size: int) -> list[str]:
-    if global_batch % batch_size == 0:
-        return []
-    return [
-        f"{prefix}global_batch={global_batch} is not a multiple of {prefix}batch_size={batch_size}: choose a "
-        "batch_size that divides it"
-    ]
-
-
 TRAIN_RULES = (
     *(
-        Rule(name, "int_at_least", 1)
+        Rule(name, "positive_int", must="an integer >= 1")
         for name in (
             "max_steps",
             "global_batch",
@@ -91,14 +81,14 @@ TRAIN_RULES = (
             "keep_checkpoints",
         )
     ),
-    *(Rule(name, "int_at_least", 0) for name in ("lr_warmup_steps", "num_validation_pairs", "seed")),
+    *(Rule(name, "nonneg_int") for name in ("lr_warmup_steps", "num_validation_pairs", "seed")),
     Rule(
         "timestep_sampler",
         "choice",
         TIMESTEP_SAMPLERS,
         must="'clamped_uniform' (paper Eq. 5-6) or 'logit_normal' (SD3, the Table 3 ablation)",
     ),
-    Rule("timestep_eps", "number_in", (0, 1), must="in [0, 1) (paper: 0.05)"),
+    Rule("timestep_eps", "interval", "[0, 1)", must="in [0, 1) (paper: 0.05)"),
     Rule("logit_normal_std", "positive_number", must="> 0 (SD3: 1.0)"),
     Rule("learning_rate", "positive_number", must="> 0 (paper: 1e-5)"),
     Rule("pixel_loss_weight", "number_at_least", 0, must=">= 0 (alpha of Eq. 10, paper: 1)"),
@@ -119,12 +109,11 @@ TRAIN_RULES = (
     Rule("max_epochs", "positive_number", nullable=True, must="null (no limit) or > 0 epochs"),
     Rule("mixed_precision", "choice", ("no", "bf16"), must="'no' or 'bf16' (paper: bf16)"),
     Rule("dtype", "choice", ("float32", "bfloat16", "float16"), must="float32, bfloat16 or float16"),
-    Relation(("global_batch", "batch_size"), _global_batch_problems),
 )
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Parameters ``train.*``: their values (defaults included) live in conf/base/parameters_train.yml only."""
 
     model: str
@@ -165,31 +154,31 @@ class TrainConfig:
     resume: bool
     compile: bool  # torch.compile Flux's blocks and the adapter block (fluxir.models.flux.compile_blocks)
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
-        """Build and validate from a ``train`` parameters dict; unknown keys and bad values raise ValueError."""
-        if "gradient_accumulation_steps" in params or "guidance" in params:
-            raise ValueError(
-                "train.gradient_accumulation_steps and train.guidance are no longer parameters: set "
-                "train.global_batch (accumulation = global_batch / (batch_size x processes)) and "
-                "train.adapter.guidance (saved with the adapter; restoration uses it); docs/training.md"
-            )
-        params = {k: v for k, v in stage_params(params).items() if k not in FOLDER_PARAMS}
-        reject_unknown_keys(params, cls, "train parameter(s)")
-        if params.get("mixed_precision") is False:  # YAML 1.1 reads an unquoted `no` as false
-            params["mixed_precision"] = "no"
-        for name in _FLOAT_FIELDS:  # YAML 1.1 reads `1e-5` (no dot) as a string
-            if isinstance(params.get(name), str):
-                try:
-                    params[name] = float(params[name])
-                except ValueError:
-                    raise ValueError(f"train.{name} must be a number, got {params[name]!r}") from None
-        cfg = config_from_params(cls, {**params, "adapter": dict(params.get("adapter") or {})}, (), "train.")
-        cfg.validate()
-        return cfg
+    PREFIX, RULES, NOT_FIELDS = "train.", TRAIN_RULES, FOLDER_PARAMS
 
-    def validate(self) -> None:
-        check_fields(self, TRAIN_RULES, "train.")
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> dict[str, Any]:
+        if params["mixed_precision"] is False:  # YAML 1.1 reads an unquoted `no` as false
+            params["mixed_precision"] = "no"
+        return {**params, "adapter": dict(params["adapter"] or {})}
+
+    def __post_init__(self) -> None:
+        for name in _FLOAT_FIELDS:  # YAML 1.1 reads `1e-5` (no dot) as a string
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, float(value))
+                except ValueError:
+                    raise ConfigError([f"train.{name} must be a number, got {value!r}"]) from None
+        super().__post_init__()
+
+    def joint_problems(self, failed: set[str]) -> list[str]:
+        if failed & {"global_batch", "batch_size"} or self.global_batch % self.batch_size == 0:
+            return []
+        return [
+            f"train.global_batch={self.global_batch} is not a multiple of train.batch_size={self.batch_size}: choose "
+            "a batch_size that divides it"
+        ]
 
     def check_epoch_budget(self, num_pairs: int) -> None:
         """Refuse a run whose samples (``max_steps x global_batch``) exceed ``max_epochs`` passes over the training

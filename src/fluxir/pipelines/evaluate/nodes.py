@@ -16,16 +16,23 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.runtime.launch import NumProcesses
+from fluxir.evaluation.config import EvaluateConfig
 
 log = logging.getLogger(__name__)
+
+
+def evaluate_config(evaluate: dict[str, Any]) -> EvaluateConfig:
+    """``params:evaluate`` as the ``EvaluateConfig`` every other node takes (checked once, here and before the run)."""
+    from fluxir.evaluation.config import EvaluateConfig
+
+    return EvaluateConfig.from_params(evaluate)
 
 
 def prepare_benchmark(
     benchmark: dict[str, Any],
     folders: dict[str, Path | None],
     prepared_benchmarks: Path,
-    scale: int,
+    config: EvaluateConfig,
     degradation: dict[str, Any],
 ) -> Any:
     """Prepare one benchmark from its downloaded ``folders`` (its catalog entry ``<key>_benchmark``) into
@@ -34,10 +41,7 @@ def prepare_benchmark(
     from fluxir.evaluation.testsets import BenchmarkSpec
     from fluxir.evaluation.testsets import prepare_benchmark as prepare
 
-    spec = BenchmarkSpec.from_params(benchmark, folders)
-    if spec.scale is not None and spec.scale != scale:
-        raise ValueError(f"benchmark {spec.name}: hq_size/lq_size = {spec.scale} but evaluate.scale is {scale}")
-    return prepare(spec, prepared_benchmarks, degradation)
+    return prepare(BenchmarkSpec.from_params(benchmark, folders), prepared_benchmarks, degradation)
 
 
 def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
@@ -50,12 +54,8 @@ def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str
 def restore_benchmarks(
     manifest: pd.DataFrame,
     adapter: Any,
-    restore: dict[str, Any],
     eval_outputs: Path,
-    scale: int,
-    color_fix: str,
-    methods: list[str],
-    num_processes: NumProcesses,
+    config: EvaluateConfig,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ image with Flux + the FluxIR adapter on ``num_processes`` processes; returns (outputs
     table, run info for the report).
@@ -67,13 +67,12 @@ def restore_benchmarks(
     from fluxir.datasets.adapter_dataset import require_adapter
     from fluxir.evaluation.restore import restore_manifest
     from fluxir.evaluation.testsets import OUTPUT_COLUMNS
-    from fluxir.restoration.methods import check_methods
     from fluxir.runtime.launch import resolve_num_processes, run_image_shards
 
-    if "fluxir" not in check_methods(methods):
+    if "fluxir" not in config.methods:
         return pd.DataFrame(columns=OUTPUT_COLUMNS), {"FluxIR": "not run (not in evaluate.methods)"}
     adapter = require_adapter(adapter, "evaluate.methods: fluxir")
-    processes = resolve_num_processes(num_processes, "evaluate.num_processes")
+    processes = resolve_num_processes(config.num_processes, "evaluate.num_processes")
     seconds: list[float] = []
     if processes > 1:
         extra = ["--methods", "fluxir"]
@@ -81,64 +80,61 @@ def restore_benchmarks(
             "fluxir.evaluation", "evaluate", processes, manifest, "--manifest", adapter, extra
         ):
             seconds += report["seconds"]["fluxir"]
-    return restore_manifest(manifest, adapter, restore, eval_outputs, scale, color_fix, restored_elsewhere=seconds)
+    return restore_manifest(
+        manifest, adapter, config.restore, eval_outputs, config.scale, config.color_fix, restored_elsewhere=seconds
+    )
 
 
 def restore_with_public_weights(
-    manifest: pd.DataFrame,
-    methods: list[str],
-    baselines: dict[str, Any],
-    eval_outputs: Path,
-    scale: int,
-    color_fix: str,
-    num_processes: NumProcesses,
+    manifest: pd.DataFrame, baselines: dict[str, Any], eval_outputs: Path, config: EvaluateConfig
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ image with the public restorers in ``evaluate.methods`` (realesrgan, flux_controlnet) on
     ``num_processes`` processes; returns (outputs table, run info). Outputs for the same method, weights,
     settings and inputs are reused. More than one process runs ``accelerate launch -m fluxir.evaluation
     --methods <them>`` (each restores every N-th image) first."""
     from fluxir.evaluation.restore import public_manifest
-    from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
+    from fluxir.restoration.methods import PUBLIC_METHODS
     from fluxir.runtime.launch import resolve_num_processes, run_image_shards
 
-    public = [m for m in check_methods(methods) if m in PUBLIC_METHODS]
-    processes = resolve_num_processes(num_processes, "evaluate.num_processes")
+    public = [m for m in config.methods if m in PUBLIC_METHODS]
+    processes = resolve_num_processes(config.num_processes, "evaluate.num_processes")
     seconds: dict[str, list[float]] = {m: [] for m in public}
     if public and processes > 1:
         extra = ["--methods", ",".join(public)]
         for report in run_image_shards("fluxir.evaluation", "evaluate", processes, manifest, "--manifest", None, extra):
             for method, values in report["seconds"].items():
                 seconds[method] += values
-    return public_manifest(manifest, methods, baselines, eval_outputs, scale, color_fix, restored_elsewhere=seconds)
+    return public_manifest(
+        manifest, config.methods, baselines, eval_outputs, config.scale, config.color_fix, restored_elsewhere=seconds
+    )
 
 
-def upsample_bicubic(manifest: pd.DataFrame, scale: int, eval_outputs: Path, methods: list[str]) -> pd.DataFrame:
+def upsample_bicubic(manifest: pd.DataFrame, eval_outputs: Path, config: EvaluateConfig) -> pd.DataFrame:
     """The bicubic baseline: every LQ image upsampled x``scale`` (PIL bicubic), when ``evaluate.methods`` has it."""
     from fluxir.evaluation.restore import bicubic_manifest
     from fluxir.evaluation.testsets import OUTPUT_COLUMNS
-    from fluxir.restoration.methods import check_methods
 
-    if "bicubic" not in check_methods(methods):
+    if "bicubic" not in config.methods:
         return pd.DataFrame(columns=OUTPUT_COLUMNS)
-    return bicubic_manifest(manifest, scale, eval_outputs)
+    return bicubic_manifest(manifest, config.scale, eval_outputs)
 
 
-def find_baselines(manifest: pd.DataFrame, baseline_outputs: Path, scale: int) -> pd.DataFrame:
+def find_baselines(manifest: pd.DataFrame, baseline_outputs: Path, config: EvaluateConfig) -> pd.DataFrame:
     """Outputs of other restorers found in ``<baseline_outputs>/<method>/<dataset>/`` (same image names)."""
     from fluxir.evaluation.baselines import baseline_manifest
 
-    return baseline_manifest(manifest, baseline_outputs, scale)
+    return baseline_manifest(manifest, baseline_outputs, config.scale)
+
+
+def collect_outputs(*outputs: pd.DataFrame) -> pd.DataFrame:
+    """The outputs tables of every method (FluxIR, public restorers, bicubic, baselines) as one table."""
+    return pd.concat(outputs, ignore_index=True)
 
 
 def score_outputs(
     manifest: pd.DataFrame,
-    restored: pd.DataFrame,
-    public: pd.DataFrame,
-    bicubic: pd.DataFrame,
-    baselines: pd.DataFrame,
-    metrics: dict[str, Any],
-    convention: str,
-    crop_border: int,
+    outputs: pd.DataFrame,
+    config: EvaluateConfig,
     weights_dir: str | None,
     trust_weight_files: bool,
     device: str,
@@ -151,13 +147,12 @@ def score_outputs(
     from fluxir.evaluation.scoring import score_all
     from fluxir.models.devices import resolve_device
 
-    outputs = pd.concat([restored, public, bicubic, baselines], ignore_index=True)
     return score_all(
         manifest,
         outputs,
-        metrics,
-        convention,
-        crop_border,
+        config.metrics,
+        config.convention,
+        config.crop_border,
         weights_dir=weights_dir,
         trust_weight_files=trust_weight_files,
         device=resolve_device(device),
@@ -174,24 +169,15 @@ def summarize_metrics(per_image: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
 
 
 def make_grids(
-    manifest: pd.DataFrame,
-    restored: pd.DataFrame,
-    public: pd.DataFrame,
-    bicubic: pd.DataFrame,
-    baselines: pd.DataFrame,
-    status: dict[str, dict[str, Any]],
-    benchmarks: dict[str, Any],
-    grid_images: int,
-    tiny_models: bool,
+    manifest: pd.DataFrame, outputs: pd.DataFrame, status: dict[str, dict[str, Any]], config: EvaluateConfig
 ) -> dict[str, Any]:
     """A LQ / bicubic / public restorers / baselines / FluxIR / HQ figure per benchmark key, plus ``"png"``:
     {dataset: PNG bytes}."""
     from fluxir.evaluation.grids import grids
 
-    outputs = pd.concat([restored, public, bicubic, baselines], ignore_index=True)
-    names = {key: value["name"] for key, value in benchmarks.items()}
-    note = "tiny random-weight models: this shows the machinery, not quality" if tiny_models else ""
-    figures, pngs = grids(manifest, outputs, names, status, grid_images, note)
+    names = {key: value["name"] for key, value in config.benchmarks.items()}
+    note = "tiny random-weight models: this shows the machinery, not quality" if config.tiny_models else ""
+    figures, pngs = grids(manifest, outputs, names, status, config.grid_images, note)
     return {**figures, "png": pngs}
 
 
@@ -202,25 +188,30 @@ def build_report(
     run_info: dict[str, Any],
     public_info: dict[str, Any],
     grid_pngs: dict[str, bytes],
-    metrics: dict[str, Any],
-    convention: str,
-    crop_border: int,
-    color_fix: str,
-    benchmarks: dict[str, Any],
-    tiny_models: bool,
+    config: EvaluateConfig,
 ) -> tuple[str, str]:
     """The Table-1-style report (markdown, HTML): every convention behind its numbers, this run's numbers
     beside the paper's, grids."""
-    from fluxir.evaluation.report import comparison_table, conventions, metric_settings, render_html, render_markdown
-
-    table = comparison_table(means, paper_table, datasets=list(status), tiny_models=tiny_models)
-    names, options = metric_settings(metrics)
-    info = {**conventions(convention, crop_border, color_fix, names), **run_info, **public_info}
-    grid_files = {v["name"]: f"{k}_grid.png" for k, v in benchmarks.items() if v["name"] in grid_pngs}
-    return (
-        render_markdown(table, means, status, info, grid_files, tiny_models, options),
-        render_html(table, means, status, info, grid_pngs, tiny_models, options),
+    from fluxir.evaluation.report import (
+        comparison_table,
+        conventions,
+        metric_settings,
+        render_html,
+        render_markdown,
+        report_blocks,
     )
+
+    tiny_models = config.tiny_models
+    table = comparison_table(means, paper_table, datasets=list(status), tiny_models=tiny_models)
+    names, options = metric_settings(config.metrics)
+    info = {**conventions(config.convention, config.crop_border, config.color_fix, names), **run_info, **public_info}
+    grids = {
+        v["name"]: (f"{k}_grid.png", grid_pngs[v["name"]])
+        for k, v in config.benchmarks.items()
+        if v["name"] in grid_pngs
+    }
+    blocks = report_blocks(table, means, status, info, grids, tiny_models, options)
+    return render_markdown(blocks), render_html(blocks)
 
 
 def announce_report(report_html: str) -> None:

@@ -1,6 +1,7 @@
 """Evaluate wiring: prepare each benchmark -> FluxIR / public restorers / bicubic / baselines -> score -> report.
 
-Every node reads only the parameters it names, so the graph shows what each step depends on.
+The nodes take ``params:evaluate`` as one ``EvaluateConfig`` (node ``evaluate_config``); the union of every
+method's outputs is built once (``eval_outputs_table``) for scoring and the grids.
 """
 
 from kedro.pipeline import Node, Pipeline
@@ -9,6 +10,8 @@ from .nodes import (
     announce_report,
     build_report,
     collect_benchmarks,
+    collect_outputs,
+    evaluate_config,
     find_baselines,
     make_grids,
     prepare_benchmark,
@@ -22,13 +25,7 @@ from .nodes import (
 # The paper's four test sets (Sec. 4.1); each has settings params:evaluate.benchmarks.<key>, a folders entry
 # <key>_benchmark and a grid dataset <key>_grid.
 BENCHMARKS = ("div2k_val", "realsr", "drealsr", "reallq250")
-OUTPUTS = [
-    "benchmark_manifest",
-    "eval_restored_images",
-    "eval_public_images",
-    "eval_bicubic_images",
-    "eval_baseline_images",
-]
+OUTPUTS = ["eval_restored_images", "eval_public_images", "eval_bicubic_images", "eval_baseline_images"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -39,7 +36,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 f"params:evaluate.benchmarks.{key}",
                 f"{key}_benchmark",
                 "prepared_benchmarks",
-                "params:evaluate.scale",
+                "evaluate_config",
                 "params:degrade.config",
             ],
             f"prepared_{key}",
@@ -49,6 +46,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     ]
     return Pipeline(
         [
+            Node(evaluate_config, "params:evaluate", "evaluate_config", name="evaluate_config"),
             *prepare,
             Node(
                 collect_benchmarks,
@@ -61,12 +59,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 [
                     "benchmark_manifest",
                     "fluxir_adapter",
-                    "params:evaluate.restore",
                     "eval_outputs",
-                    "params:evaluate.scale",
-                    "params:evaluate.color_fix",
-                    "params:evaluate.methods",
-                    "params:evaluate.num_processes",
+                    "evaluate_config",
                 ],
                 ["eval_restored_images", "eval_restore_info"],
                 name="restore_benchmarks",
@@ -75,40 +69,32 @@ def create_pipeline(**kwargs) -> Pipeline:
                 restore_with_public_weights,
                 [
                     "benchmark_manifest",
-                    "params:evaluate.methods",
                     "params:baselines",
                     "eval_outputs",
-                    "params:evaluate.scale",
-                    "params:evaluate.color_fix",
-                    "params:evaluate.num_processes",
+                    "evaluate_config",
                 ],
                 ["eval_public_images", "eval_public_info"],
                 name="restore_with_public_weights",
             ),
             Node(
                 upsample_bicubic,
-                [
-                    "benchmark_manifest",
-                    "params:evaluate.scale",
-                    "eval_outputs",
-                    "params:evaluate.methods",
-                ],
+                ["benchmark_manifest", "eval_outputs", "evaluate_config"],
                 "eval_bicubic_images",
                 name="upsample_bicubic",
             ),
             Node(
                 find_baselines,
-                ["benchmark_manifest", "baseline_outputs", "params:evaluate.scale"],
+                ["benchmark_manifest", "baseline_outputs", "evaluate_config"],
                 "eval_baseline_images",
                 name="find_baselines",
             ),
+            Node(collect_outputs, OUTPUTS, "eval_outputs_table", name="collect_outputs"),
             Node(
                 score_outputs,
                 [
-                    *OUTPUTS,
-                    "params:evaluate.metrics",
-                    "params:evaluate.convention",
-                    "params:evaluate.crop_border",
+                    "benchmark_manifest",
+                    "eval_outputs_table",
+                    "evaluate_config",
                     "params:iqa.weights_dir",
                     "params:iqa.trust_weight_files",
                     "params:iqa.device",
@@ -125,13 +111,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 make_grids,
-                [
-                    *OUTPUTS,
-                    "benchmark_status",
-                    "params:evaluate.benchmarks",
-                    "params:evaluate.grid_images",
-                    "params:evaluate.tiny_models",
-                ],
+                ["benchmark_manifest", "eval_outputs_table", "benchmark_status", "evaluate_config"],
                 {**{key: f"{key}_grid" for key in BENCHMARKS}, "png": "eval_grid_pngs"},
                 name="make_grids",
             ),
@@ -144,12 +124,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "eval_restore_info",
                     "eval_public_info",
                     "eval_grid_pngs",
-                    "params:evaluate.metrics",
-                    "params:evaluate.convention",
-                    "params:evaluate.crop_border",
-                    "params:evaluate.color_fix",
-                    "params:evaluate.benchmarks",
-                    "params:evaluate.tiny_models",
+                    "evaluate_config",
                 ],
                 ["evaluation_report_md", "evaluation_report_html"],
                 name="build_report",

@@ -154,9 +154,9 @@ def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict
 
     Deterministic per (id, seed); pairs written by an earlier run with the same settings are reused.
     """
-    from fluxir.fluxgen.pairs import DegradeConfig, degrade_selection, pairs_manifest
+    from fluxir.fluxgen.pairs import PairsStageConfig, degrade_selection, pairs_manifest
 
-    cfg = DegradeConfig.from_params(degrade)
+    cfg = PairsStageConfig.from_params(degrade)
     with exclusive_lock(pair_store.root / LOCK_NAME, f"the pair store {pair_store.root}"):
         stores, kept, _ = degrade_selection(selection, pair_store, cfg)  # every missing pair, on every core
     return pairs_manifest(kept, stores, cfg.seed)
