@@ -6,7 +6,7 @@ latent packing ``fluxir.models.packing``.
 The tiny environment uses the same code. The committed ``data/01_raw/tiny/flux`` holds a 2+2-block
 random-weight ``FluxTransformer2DModel`` and a 16-channel ``AutoencoderKL`` (the JSON configs in
 ``fluxir/configs``) and no text encoders: ``fixed_prompt_embeddings`` stands in for T5/CLIP there.
-``fluxir.models.tiny`` writes full-format folders (tokenizers and text encoders too) of the same models.
+``scripts/tiny_models.py`` writes full-format folders (tokenizers and text encoders too) of the same models.
 Tiny models prove the machinery, never image quality.
 """
 
