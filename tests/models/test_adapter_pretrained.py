@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -128,7 +127,7 @@ def test_card_usage_snippet_runs(tiny_flux, tmp_path):
     )
 
 
-def test_adapter_written_by_the_earlier_code_still_loads(tiny_flux, tmp_path):
+def test_adapter_written_by_the_earlier_code_still_loads(tiny_flux):
     raw = json.loads((OLD_FOLDER / "config.json").read_text())
     loaded = FluxIRAdapter.from_pretrained(OLD_FOLDER)
     assert loaded.config == FluxIRConfig.from_dict(raw)
@@ -136,11 +135,6 @@ def test_adapter_written_by_the_earlier_code_still_loads(tiny_flux, tmp_path):
     weights = load_file(OLD_FOLDER / "adapter.safetensors")
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in weights.items())
     assert outputs(tiny_flux, loaded).shape == (1, 16, tiny_flux.config.in_channels)
-    # and one from before manifests (config.json + adapter.safetensors only)
-    bare = tmp_path / "bare"
-    shutil.copytree(OLD_FOLDER, bare)
-    (bare / "manifest.json").unlink()
-    assert_same_weights(FluxIRAdapter.from_pretrained(bare), loaded)
 
 
 def test_from_pretrained_hub_id_from_the_local_cache(tiny_flux, tmp_path, monkeypatch):

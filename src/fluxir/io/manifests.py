@@ -48,7 +48,7 @@ def manifest_problem(folder: str | os.PathLike, fs: Any = None) -> str | None:
     root = str(folder).rstrip("/")
     manifest = f"{root}/{MANIFEST_NAME}"
     if not fs.exists(manifest):
-        return f"{manifest} is missing (the folder was cut off while being written, or predates manifests)"
+        return f"{manifest} is missing (the folder was cut off while being written)"
     try:
         with fs.open(manifest, "r") as fh:
             entries = json.loads(fh.read())["files"]

@@ -46,7 +46,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from fluxir.io.atomic import atomic_directory, local_fs
-from fluxir.io.manifests import MANIFEST_NAME, manifest_problem, write_manifest
+from fluxir.io.manifests import manifest_problem, write_manifest
 from fluxir.models.adapter_config import FluxIRConfig, check_compatible
 
 CONFIG_NAME = "config.json"
@@ -424,13 +424,12 @@ def load_adapter(
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not fs.exists(f"{folder}/{name}"):
             raise FileNotFoundError(f"{folder!r} is not a FluxIR adapter folder: {name} is missing")
-    if fs.exists(f"{folder}/{MANIFEST_NAME}"):  # adapters saved before manifests have none
-        problem = manifest_problem(folder, fs)
-        if problem:
-            raise ValueError(
-                f"FluxIR adapter {folder!r} is damaged: {problem}. Use another version "
-                "(--load-versions=fluxir_adapter:<version>) or train it again"
-            )
+    problem = manifest_problem(folder, fs)
+    if problem:
+        raise ValueError(
+            f"FluxIR adapter {folder!r} is damaged: {problem}. Use another version "
+            "(--load-versions=fluxir_adapter:<version>) or train it again"
+        )
     try:
         with fs.open(f"{folder}/{CONFIG_NAME}", "r") as f:
             raw = json.loads(f.read())
