@@ -1,4 +1,5 @@
-"""Flux models built from the configs fluxir ships, stand-in prompt embeddings, and compiling the blocks.
+"""Flux models built from the configs fluxir ships, stand-in prompt embeddings, the VAE latent normalisation, and
+compiling the blocks.
 
 Loading a pipeline from a hub id or a local folder is ``fluxir.models.loading``; devices ``fluxir.models.devices``;
 latent packing ``fluxir.models.packing``.
@@ -55,6 +56,17 @@ def fixed_prompt_embeddings(transformer, seq_len: int = 8, seed: int = 0):
     prompt = torch.randn(1, seq_len, cfg.joint_attention_dim, generator=gen)
     pooled = torch.randn(1, cfg.pooled_projection_dim, generator=gen)
     return prompt.to(transformer.dtype), pooled.to(transformer.dtype)
+
+
+def normalise_latents(vae: Any, latents: Any) -> Any:
+    """The VAE's latents -> the transformer's: ``(z - shift_factor) * scaling_factor`` (Flux's VAE config; a VAE
+    without ``shift_factor`` shifts by 0)."""
+    return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
+
+def denormalise_latents(vae: Any, latents: Any) -> Any:
+    """The inverse of :func:`normalise_latents`: the transformer's latents -> what the VAE decodes."""
+    return latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------
