@@ -190,8 +190,8 @@ def test_export_adapter_node_puts_the_evaluation_of_these_weights_in_the_card(ti
 def test_memory_figures_come_from_the_memory_model_for_flux1_dev():
     from importlib import resources
 
-    from fluxir.export.memory import memory_text
-    from fluxir.preflight.budget import BUDGET_GB
+    from fluxir.export.cards import memory_text
+    from fluxir.preflight.machine import BUDGET_GB
 
     dev = FluxIRConfig.from_dict({**adapter_params(), "text_seq_len": 512}).to_dict()  # FLUX.1-dev's sizes
     text = memory_text(dev, 1_527_000_000)
