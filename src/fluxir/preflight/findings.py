@@ -1,10 +1,17 @@
-"""One line of the preflight report, and reading a nested parameter that may be absent."""
+"""What the preflight checks share: one line of the report, reading a nested parameter that may be absent, and
+the accelerator memory budgets (the model card, ``fluxir.export.cards.memory_text``, states them too; this module
+imports nothing of fluxir, so both can read it)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+# GB per GPU (of the card's label) a real run needs, from docs/full_scale.md "Memory"; training's comes from the
+# memory model's table TRAIN_MEMORY in fluxir/configs (written by benchmarks/train_memory.py --write).
+BUDGET_GB = {"generation": 40, "restoration": 32}
+TRAIN_MEMORY = "train_memory.json"
 
 
 @dataclass(frozen=True)

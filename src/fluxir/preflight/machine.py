@@ -11,13 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fluxir.preflight.findings import Finding, lookup
-
-# GB per GPU (of the card's label) a real run needs, from docs/full_scale.md "Memory"; training's comes from the
-# memory model's table TRAIN_MEMORY in fluxir/configs (written by benchmarks/train_memory.py --write). The model
-# card (fluxir.export.cards.memory_text) states the same figures.
-BUDGET_GB = {"generation": 40, "restoration": 32}
-TRAIN_MEMORY = "train_memory.json"
+from fluxir.preflight.findings import BUDGET_GB, TRAIN_MEMORY, Finding, lookup
 
 
 def train_memory_budget_gb(train: Mapping[str, Any], size: str = "1024x768") -> tuple[str, float]:
