@@ -13,7 +13,7 @@ from kedro.io.core import Version
 from safetensors.torch import load_file
 
 from fluxir.datasets import FluxIRAdapterDataset
-from fluxir.io.manifests import write_manifest
+from fluxir.io.atomic import write_manifest
 from fluxir.models.adapter import (
     FluxIRAdapter,
     adapter_parameter_breakdown,

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from fluxir.export.cards import read_card_header
 from fluxir.export.licenses import FLUX_DEV, FLUX_DEV_LICENSE_LINK
-from fluxir.io.manifests import manifest_problem
+from fluxir.io.atomic import manifest_problem
 from fluxir.models.adapter import FluxIRAdapter, count_parameters
 from fluxir.models.adapter_config import FluxIRConfig
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux

@@ -11,7 +11,7 @@ import torch
 from kedro.io.core import DatasetError
 
 from fluxir.datasets import FluxIRAdapterDataset
-from fluxir.io.manifests import MANIFEST_NAME
+from fluxir.io.atomic import MANIFEST_NAME
 from fluxir.models.adapter import load_adapter
 from fluxir.training.checkpoints import list_checkpoints
 from fluxir.training.loop import train

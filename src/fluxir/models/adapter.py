@@ -45,8 +45,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from fluxir.io.atomic import atomic_directory, local_fs
-from fluxir.io.manifests import manifest_problem, write_manifest
+from fluxir.io.atomic import atomic_directory, local_fs, manifest_problem, write_manifest
 from fluxir.models.adapter_config import FluxIRConfig, check_compatible
 
 CONFIG_NAME = "config.json"
