@@ -23,9 +23,9 @@ setup: $(VENV)/.installed  ## create .venv and install fluxir with its test tool
 RESTORE_EXAMPLE := $(VENV)/bin/kedro run --env=tiny --pipelines=restore --params=restore.input_dir=data/01_raw/benchmarks_demo/RealLQ250
 
 demo: $(VENV)/.installed-demo  ## fluxgen -> train -> evaluate -> restore on the tiny random-weight models (no GPU, no test tools)
-	$(PY) -m fluxir.models.tiny --kind realesrgan --out data/01_raw/tiny/realesrgan/RealESRGAN_x4plus.pth
-	$(PY) -m fluxir.models.tiny --kind flux_controlnet --out data/01_raw/tiny/flux_controlnet
-	$(PY) -m fluxir.evaluation.demo --env tiny
+	$(PY) scripts/tiny_models.py --kind realesrgan --out data/01_raw/tiny/realesrgan/RealESRGAN_x4plus.pth
+	$(PY) scripts/tiny_models.py --kind flux_controlnet --out data/01_raw/tiny/flux_controlnet
+	$(PY) scripts/demo_data.py --env tiny
 	$(VENV)/bin/kedro run --env=tiny
 	$(RESTORE_EXAMPLE)
 	$(VENV)/bin/kedro outputs --env tiny

@@ -25,9 +25,9 @@ def tiny_flux_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def full_format_model(tmp_path_factory):
-    """``full_format_model(kind) -> folder``: a hub-format tiny pipeline folder (``fluxir.models.tiny``) with
+    """``full_format_model(kind) -> folder``: a hub-format tiny pipeline folder (``scripts/tiny_models.py``) with
     real tokenizers and text encoders, built once per test session (a few seconds each)."""
-    from fluxir.models.tiny import write_tiny_pipeline
+    from tiny_models import write_tiny_pipeline
 
     root = tmp_path_factory.mktemp("full_format_models")
     return lambda kind: write_tiny_pipeline(kind, root / kind)  # idempotent: built on first use only
@@ -60,7 +60,7 @@ def make_project_copy(project: Path, demo_benchmarks: bool = True) -> Path:
         shutil.copytree(REPO / "data" / "01_raw" / committed, project / "data" / "01_raw" / committed)
     (project / "src").mkdir()  # kedro checks the source dir exists; fluxir itself is installed (editable)
     if demo_benchmarks:
-        from fluxir.evaluation.demo import write_env_demo
+        from demo_data import write_env_demo
 
         write_env_demo("tiny", project)
     return project

@@ -43,7 +43,8 @@ SIZES = ((64, 48), (48, 48), (32, 48))  # the tiny env's crop sizes (width, heig
 
 
 def make_pairs(root: Path, n: int = 8, sizes=SIZES, scale: int = 4) -> pd.DataFrame:
-    """n HQ crops of scikit-image sample photos (sizes cycled) + their 1/scale bicubic LQ, and the manifest."""
+    """n HQ crops of scikit-image sample photos (sizes cycled) + their 1/scale bicubic LQ, and the manifest (with
+    the sizes, as ``pairs_manifest`` records them)."""
     import skimage.data
 
     root.mkdir(parents=True, exist_ok=True)
@@ -64,6 +65,7 @@ def make_pairs(root: Path, n: int = 8, sizes=SIZES, scale: int = 4) -> pd.DataFr
                 "lq_path": str(lq_path),
                 "hq_sha256": sha256_file(hq_path),
                 "lq_sha256": sha256_file(lq_path),
+                **{"width": w, "height": h, "lq_width": w // scale, "lq_height": h // scale},
             }
         )
     return pd.DataFrame(rows)

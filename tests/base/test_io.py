@@ -171,7 +171,7 @@ def test_a_directory_is_flushed_file_by_file_before_it_is_moved_in(tmp_path, dis
 
 
 def test_a_manifest_names_a_cut_a_changed_and_a_missing_file(tmp_path):
-    from fluxir.io.manifests import manifest_problem, write_manifest
+    from fluxir.io.atomic import manifest_problem, write_manifest
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.bin").write_bytes(b"abcd")

@@ -19,8 +19,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from demo_data import write_demo_benchmarks, write_env_demo
 from fluxir.evaluation.baselines import baseline_manifest
-from fluxir.evaluation.demo import write_demo_benchmarks, write_env_demo
 from fluxir.evaluation.report import (
     comparison_table,
     metric_means,

@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fluxir import fetch
-from fluxir.fetch import archives, manifest, transfer
+from fluxir.fetch import archives, manifest, steps, transfer
 from fluxir.fetch.__main__ import main as fetch_main
 from fluxir.io.hashing import sha256_file
 from fluxir.parameters.config import catalog_config, load_params
@@ -249,13 +248,13 @@ def test_the_digest_the_hub_states_on_its_redirect_is_checked(server, project, l
     item = next(i for i in built.items if i.name == name)
     assert item.sha256 is None, "pyiqa publishes no digest itself"
     item = dataclasses.replace(item, url=f"{server.url}/resolve/{name}")
-    [step] = fetch.plan(manifest.Manifest([item]))
+    [step] = steps.plan(manifest.Manifest([item]))
     assert step.expected == transfer.Expected(len(data), sha256_file_bytes(data))
     assert server.log[0][0] == "HEAD" and server.log[1] == ("HEAD", f"/cdn/{name}", None), "HEAD follows the redirect"
-    [(_, outcome, ok)] = fetch.run([step])
+    [(_, outcome, ok)] = steps.run([step])
     assert not ok and f"expected SHA-256 {sha256_file_bytes(data)}" in outcome and not item.dest.exists()
     server.files[f"/cdn/{name}"] = data
-    [(_, outcome, ok)] = fetch.run(fetch.plan(manifest.Manifest([item])))
+    [(_, outcome, ok)] = steps.run(steps.plan(manifest.Manifest([item])))
     assert ok and item.dest.read_bytes() == data
 
 
@@ -387,14 +386,14 @@ def test_destinations_follow_the_parameters_and_the_catalog(project):
 def test_a_full_disk_is_refused_before_any_download(server, project, stand_in_archives):
     for name, data in benchmark_archives().items():
         server.files[f"/{name}"] = data
-    steps = fetch.plan(
+    planned = steps.plan(
         manifest.build(_params(project), project, ("benchmarks",), catalog_config("base", project)), mirror=server.url
     )
-    need = sum(s.disk for s in steps)
+    need = sum(s.disk for s in planned)
     assert need >= 2 * sum(len(d) for d in benchmark_archives().values()), "archives count twice (unpacked images)"
-    with pytest.raises(fetch.DiskSpaceError, match=r"only 0\.00 GB free.*nothing was downloaded"):
-        fetch.check_disk(steps, free_space=lambda path: need - 1)
-    assert fetch.check_disk(steps, free_space=lambda path: need) == []
+    with pytest.raises(steps.DiskSpaceError, match=r"only 0\.00 GB free.*nothing was downloaded"):
+        steps.check_disk(planned, free_space=lambda path: need - 1)
+    assert steps.check_disk(planned, free_space=lambda path: need) == []
     assert server.gets() == [], "only HEAD requests (sizes) before the disk check"
 
 
@@ -461,9 +460,9 @@ def test_a_second_run_downloads_nothing(server, project, capsys, stand_in_archiv
     assert sorted(server.gets()) == ["/DIV2K_valid_HR.zip", "/RealLQ250.zip", "/StableSR_testsets.zip"]
     server.log.clear()
     built = manifest.build(_params(project), project, ("benchmarks",), catalog_config("base", project))
-    again = fetch.plan(built, server.url)
+    again = steps.plan(built, server.url)
     assert [s.state for s in again] == ["present"] * 3
-    fetch.run(again, server.url)
+    steps.run(again, server.url)
     assert server.log == [], "a second run asks the server nothing"
     assert fetch_main(["--dry-run", *args]) == 0
     assert "0 to fetch" in capsys.readouterr().out
@@ -472,8 +471,8 @@ def test_a_second_run_downloads_nothing(server, project, capsys, stand_in_archiv
 def test_an_archive_of_another_layout_installs_nothing(server, project, stand_in_archives):
     server.files["/DIV2K_valid_HR.zip"] = _zip({"DIV2K_valid_HR_renamed/0801.png": _png(1)})
     built = manifest.build(_params(project), project, ("benchmarks",), catalog_config("base", project))
-    step = next(s for s in fetch.plan(built, server.url) if s.item.name == "DIV2K_valid_HR.zip")
-    [(_, outcome, ok)] = fetch.run([step], server.url)
+    step = next(s for s in steps.plan(built, server.url) if s.item.name == "DIV2K_valid_HR.zip")
+    [(_, outcome, ok)] = steps.run([step], server.url)
     assert (
         not ok
         and "has no image matching 'DIV2K_valid_HR/*'" in outcome
@@ -488,7 +487,7 @@ def test_images_put_there_by_hand_are_left_alone(server, project):
     own.mkdir(parents=True)
     (own / "mine.png").write_bytes(_png(99))
     built = manifest.build(_params(project), project, ("benchmarks",), catalog_config("base", project))
-    step = next(s for s in fetch.plan(built, server.url, ask_sizes=False) if s.item.name == "RealLQ250.zip")
+    step = next(s for s in steps.plan(built, server.url, ask_sizes=False) if s.item.name == "RealLQ250.zip")
     assert step.state == "present" and "left alone" in step.detail
     assert [p.name for p in own.iterdir()] == ["mine.png"]
 
@@ -514,10 +513,10 @@ def test_hub_snapshot_offline_from_a_prepared_cache(project, tmp_path, monkeypat
     assert constants.HF_HUB_OFFLINE, "tests run with HF_HUB_OFFLINE=1"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     built = manifest.build(_params(project), project, ("flux",))
-    [missing] = fetch.plan(built)
+    [missing] = steps.plan(built)
     assert missing.state == "fetch" and "HF_HUB_OFFLINE=0" in missing.detail
     assert missing.size == missing.item.size, "offline the hub is not asked: the manifest's size for the disk check"
-    [(_, outcome, ok)] = fetch.run([missing])
+    [(_, outcome, ok)] = steps.run([missing])
     assert not ok and "HF_HUB_OFFLINE=1 forbids downloads" in outcome
     tiny = REPO / "data" / "01_raw" / "tiny" / "flux"
     snapshot = _hub_cache(
@@ -525,9 +524,9 @@ def test_hub_snapshot_offline_from_a_prepared_cache(project, tmp_path, monkeypat
         manifest.FLUX_REPO,
         {str(p.relative_to(tiny)): p.read_bytes() for p in tiny.rglob("*") if p.is_file()},
     )
-    [present] = fetch.plan(built)
+    [present] = steps.plan(built)
     assert present.state == "present"
-    [(_, outcome, ok)] = fetch.run([fetch.Step(present.item, "fetch")])
+    [(_, outcome, ok)] = steps.run([steps.Step(present.item, "fetch")])
     assert ok and outcome == f"complete in {snapshot}"
 
 
@@ -582,9 +581,9 @@ def test_the_published_size_and_digest_refuse_a_stand_in_archive(server, project
     data = benchmark_archives()["StableSR_testsets.zip"]
     server.files["/StableSR_testsets.zip"] = data
     built = manifest.build(_params(project), project, ("benchmarks",), catalog_config("base", project))
-    step = next(s for s in fetch.plan(built, server.url) if s.item.name == "StableSR_testsets.zip")
+    step = next(s for s in steps.plan(built, server.url) if s.item.name == "StableSR_testsets.zip")
     assert step.expected == transfer.Expected(3_055_396_861, manifest.PUBLISHED_SHA256["StableSR_testsets.zip"])
-    [(_, outcome, ok)] = fetch.run([step], server.url)
+    [(_, outcome, ok)] = steps.run([step], server.url)
     assert not ok and f"StableSR_testsets.zip: {len(data)} bytes, the publisher's file has 3055396861" in outcome
     bench = project / "data" / "01_raw" / "benchmarks"
     assert not (bench / "RealSR").exists(), "no image, no archive, no staging folder left"
@@ -642,7 +641,7 @@ def test_progress_bars_on_a_terminal_count_every_byte(server, tmp_path, monkeypa
     items = [
         manifest.Item(n, "iqa", tmp_path / n, url=f"{server.url}/{n}", used_by=("test",)) for n in ("a.pth", "b.pth")
     ]
-    results = fetch.run(fetch.plan(manifest.Manifest(items)))
+    results = steps.run(steps.plan(manifest.Manifest(items)))
     assert all(ok for _, _, ok in results)
     err = capsys.readouterr().err
     assert re.search(r"all files: 100%\|[^\r\n]*\| 3\.91k/3\.91k", err), err  # 4000 B at unit_divisor 1024
@@ -687,7 +686,7 @@ def test_mirror_folder_serves_hub_repositories_into_the_cache_verified(project, 
     [real] = manifest.build(_params(project), project, ("flux",)).items
     assert real.dest is None, "globals.flux_model is the hub id: the Hugging Face cache"
 
-    [refused] = fetch.plan(manifest.Manifest([real]), str(mirror))
+    [refused] = steps.plan(manifest.Manifest([real]), str(mirror))
     te = mirror / manifest.FLUX_REPO / "text_encoder" / "model.safetensors"
     assert refused.state == "problem"
     assert f"{te}: {te.stat().st_size} bytes, the publisher's file has 246144352" in refused.detail
@@ -700,23 +699,23 @@ def test_mirror_folder_serves_hub_repositories_into_the_cache_verified(project, 
     vae = mirror / manifest.FLUX_REPO / "vae" / "diffusion_pytorch_model.safetensors"
     commit = "c0ffee" + "0" * 34
     (records / "diffusion_pytorch_model.safetensors.metadata").write_text(f"{commit}\n{'1' * 64}\n1700000000.0\n")
-    [step] = fetch.plan(manifest.Manifest([item]), str(mirror))
+    [step] = steps.plan(manifest.Manifest([item]), str(mirror))
     source_files = [p for p in (mirror / manifest.FLUX_REPO).rglob("*") if p.is_file() and ".cache" not in p.parts]
     assert step.state == "fetch" and step.size == sum(p.stat().st_size for p in source_files)
-    [(_, outcome, ok)] = fetch.run([step], str(mirror))
+    [(_, outcome, ok)] = steps.run([step], str(mirror))
     assert not ok and f"expected SHA-256 {'1' * 64}" in outcome and "not the file the hub published" in outcome
     assert not (cache / "models--black-forest-labs--FLUX.1-dev" / "refs" / "main").exists(), "not marked complete"
-    assert fetch.plan(manifest.Manifest([item]), str(mirror))[0].state == "fetch"
+    assert steps.plan(manifest.Manifest([item]), str(mirror))[0].state == "fetch"
 
     (records / "diffusion_pytorch_model.safetensors.metadata").write_text(
         f"{commit}\n{sha256_file(vae)}\n1700000000.0\n"
     )
-    [(_, outcome, ok)] = fetch.run(fetch.plan(manifest.Manifest([item]), str(mirror)), str(mirror))
+    [(_, outcome, ok)] = steps.run(steps.plan(manifest.Manifest([item]), str(mirror)), str(mirror))
     snapshot = cache / "models--black-forest-labs--FLUX.1-dev" / "snapshots" / commit
     assert ok and outcome == f"copied into {snapshot}", outcome
     assert (cache / "models--black-forest-labs--FLUX.1-dev" / "refs" / "main").read_text() == commit
     assert not (snapshot / ".cache").exists(), "the mirror's download records are not repository files"
-    assert [s.state for s in fetch.plan(manifest.Manifest([item]), str(mirror))] == ["present"]
+    assert [s.state for s in steps.plan(manifest.Manifest([item]), str(mirror))] == ["present"]
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     from_cache = _load_in_subprocess(manifest.FLUX_REPO, env)

@@ -1,7 +1,8 @@
 """The content filter stage and provenance of FluxGen, through one tiny in-process Kedro run (and one with the filter
 off): a known red image put among the generated ones is flagged by the tiny classifier (whose weights flag saturated
-red, fluxir.models.tiny.build_nsfw_classifier), dropped before the pairs and counted in MLflow; every generated and
-paired PNG carries the AI disclosure and its provenance. Tiny models prove the machinery, never detection quality."""
+red, build_nsfw_classifier in scripts/tiny_models.py), dropped before the pairs and counted in MLflow; every generated
+and paired PNG carries the AI disclosure and its provenance. Tiny models prove the machinery, never detection
+quality."""
 
 from __future__ import annotations
 

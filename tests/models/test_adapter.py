@@ -13,6 +13,7 @@ from kedro.io.core import Version
 from safetensors.torch import load_file
 
 from fluxir.datasets import FluxIRAdapterDataset
+from fluxir.io.atomic import write_manifest
 from fluxir.models.adapter import (
     FluxIRAdapter,
     adapter_parameter_breakdown,
@@ -349,8 +350,11 @@ def test_mismatched_adapter_names_both_shapes(tiny_flux, tmp_path):
     cfg_file.write_text(json.dumps({**cfg, "rank": 16}))
     with pytest.raises(ValueError, match=r"config.json: \d+ bytes, the manifest says"):  # changed after saving
         load_adapter(tmp_path / "a")
-    (tmp_path / "a" / "manifest.json").unlink()  # as an adapter saved before manifests
+    write_manifest(tmp_path / "a")  # the changed config.json recorded as if saved so
     with pytest.raises(ValueError, match=r"torch.Size\(\[32, 32\]\).*torch.Size\(\[16, 32\]\)"):
+        load_adapter(tmp_path / "a")
+    (tmp_path / "a" / "manifest.json").unlink()  # a folder without its manifest is not a finished save
+    with pytest.raises(ValueError, match=r"is damaged: .*manifest.json is missing"):
         load_adapter(tmp_path / "a")
 
 

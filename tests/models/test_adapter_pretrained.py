@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +16,7 @@ from safetensors.torch import load_file
 
 from fluxir.export.cards import read_card_header
 from fluxir.export.licenses import FLUX_DEV, FLUX_DEV_LICENSE_LINK
-from fluxir.io.manifests import manifest_problem
+from fluxir.io.atomic import manifest_problem
 from fluxir.models.adapter import FluxIRAdapter, count_parameters
 from fluxir.models.adapter_config import FluxIRConfig
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
@@ -128,7 +127,7 @@ def test_card_usage_snippet_runs(tiny_flux, tmp_path):
     )
 
 
-def test_adapter_written_by_the_earlier_code_still_loads(tiny_flux, tmp_path):
+def test_adapter_written_by_the_earlier_code_still_loads(tiny_flux):
     raw = json.loads((OLD_FOLDER / "config.json").read_text())
     loaded = FluxIRAdapter.from_pretrained(OLD_FOLDER)
     assert loaded.config == FluxIRConfig.from_params(raw)
@@ -136,11 +135,6 @@ def test_adapter_written_by_the_earlier_code_still_loads(tiny_flux, tmp_path):
     weights = load_file(OLD_FOLDER / "adapter.safetensors")
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in weights.items())
     assert outputs(tiny_flux, loaded).shape == (1, 16, tiny_flux.config.in_channels)
-    # and one from before manifests (config.json + adapter.safetensors only)
-    bare = tmp_path / "bare"
-    shutil.copytree(OLD_FOLDER, bare)
-    (bare / "manifest.json").unlink()
-    assert_same_weights(FluxIRAdapter.from_pretrained(bare), loaded)
 
 
 def test_from_pretrained_hub_id_from_the_local_cache(tiny_flux, tmp_path, monkeypatch):
@@ -196,8 +190,8 @@ def test_export_adapter_node_puts_the_evaluation_of_these_weights_in_the_card(ti
 def test_memory_figures_come_from_the_memory_model_for_flux1_dev():
     from importlib import resources
 
-    from fluxir.export.memory import memory_text
-    from fluxir.preflight.budget import BUDGET_GB
+    from fluxir.export.cards import memory_text
+    from fluxir.preflight.findings import BUDGET_GB
 
     dev = FluxIRConfig.from_params({**adapter_params(), "text_seq_len": 512}).to_dict()  # FLUX.1-dev's sizes
     text = memory_text(dev, 1_527_000_000)

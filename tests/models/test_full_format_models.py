@@ -1,6 +1,6 @@
 """Full-format tiny model folders: the code paths a first real run takes, offline.
 
-The folders come from ``fluxir.models.tiny``: the hub snapshots' component classes and file layout (CLIP
+The folders come from ``scripts/tiny_models.py``: the hub snapshots' component classes and file layout (CLIP
 vocab.json/merges.txt, T5/Gemma tokenizer.json, safetensors weights) at tiny sizes with random weights.
 They prove loaders, keywords, shapes, memory release and conventions; never image quality.
 """
@@ -24,8 +24,8 @@ from fluxir.io.images import read_image
 from fluxir.io.store import ImageStore
 from fluxir.models.loading import load_pipeline
 from fluxir.models.prompts import PromptEncoder
-from fluxir.models.tiny import write_tiny_pipeline
-from fluxir.models.tiny_pipelines import HUB_CLASSES
+from tiny_models import write_tiny_pipeline
+from tiny_pipelines import HUB_CLASSES
 
 from conftest import kedro_run, make_project_copy
 from support import base_params, restore_config

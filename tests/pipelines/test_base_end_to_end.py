@@ -1,7 +1,7 @@
 """The base configuration end to end, as a new user runs it: the documented commands, offline.
 
 The module fixture lays out what a user has after downloading: the full-format tiny Flux
-(``python -m fluxir.models.tiny --kind flux``) as a hub-cache snapshot of ``black-forest-labs/FLUX.1-dev``
+(``python scripts/tiny_models.py --kind flux``) as a hub-cache snapshot of ``black-forest-labs/FLUX.1-dev``
 (``HF_HUB_CACHE``: blobs, refs/main, snapshots/<commit>; transformer and T5 weights in shards with their
 index json, as in the real repo), the IQA files of the published names in ``TORCH_HOME``
 (``scripts/make_iqa_fixture_weights.py``), Real-ESRGAN x4plus's checkpoint layout (random weights), a few
@@ -120,7 +120,7 @@ def base_project(request, tmp_path_factory) -> BaseProject:
     env = {**project.env, "PYTHONPATH": str(REPO / "src")}
     # FLUX.1-dev as a download leaves it: the full-format tiny folder, then the hub cache layout (sharded)
     subprocess.run(
-        [sys.executable, "-m", "fluxir.models.tiny", "--kind", "flux", "--out", str(root / "flux")],
+        [sys.executable, str(REPO / "scripts" / "tiny_models.py"), "--kind", "flux", "--out", str(root / "flux")],
         env=env,
         check=True,
         capture_output=True,
@@ -130,7 +130,7 @@ def base_project(request, tmp_path_factory) -> BaseProject:
 
     write_hub_snapshot(root / "flux", root / "hf_cache", FLUX)
     # the Flux ControlNet baseline (evaluate.methods lists flux_controlnet) as a download of its hub id
-    from fluxir.models.tiny import write_tiny_controlnet
+    from tiny_models import write_tiny_controlnet
 
     baselines = yaml.safe_load((project.path / "conf" / "base" / "parameters_baselines.yml").read_text())
     write_tiny_controlnet(root / "controlnet")

@@ -135,7 +135,7 @@ def test_broken_setup_lists_every_problem(broken_project, tmp_path):
         "benchmark    drealsr",
         "benchmark    reallq250",
         f"folder(s) ['{broken_project / 'data' / '01_raw' / 'benchmarks_demo' / 'RealLQ250'}'] of catalog entry "
-        "reallq250_benchmark missing or without images: `python -m fluxir.evaluation.demo --env tiny` (make demo)",
+        "reallq250_benchmark missing or without images: `python scripts/demo_data.py --env tiny` (make demo)",
         "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only iqa",
         "disk         data",
         "fluxgen.num_images=1000000000000 needs",

@@ -1,6 +1,6 @@
 """The public restorers (Real-ESRGAN x4plus, a Flux ControlNet upscaler) on tiny random weights.
 
-The tiny weights are written in the published layouts by ``python -m fluxir.models.tiny`` (a ``.pth`` with
+The tiny weights are written in the published layouts by ``python scripts/tiny_models.py`` (a ``.pth`` with
 ``params_ema``; a diffusers ``FluxControlNetModel`` folder) and loaded through the same code a user's real
 weights go through. They prove loading, tiling, geometry and determinism, never quality.
 """
@@ -45,7 +45,7 @@ def make(method: str, scale: float = 4, color_fix: str = "none", target_size=Non
 def test_tiny_weights_are_what_the_builder_writes(tmp_path):
     from safetensors.torch import load_file
 
-    from fluxir.models.tiny import main
+    from tiny_models import main
 
     main(["--kind", "realesrgan", "--out", str(tmp_path / "r.pth")])
     main(["--kind", "flux_controlnet", "--out", str(tmp_path / "c")])
@@ -162,7 +162,7 @@ def test_fingerprints_follow_the_weights(tmp_path):
     shutil.copy(cfg.weights, tmp_path / "same.pth")
     same = METHODS["realesrgan"].settings(baselines(realesrgan={"weights": str(tmp_path / "same.pth")}))
     assert METHODS["realesrgan"].fingerprint(same) == first  # content, not location
-    from fluxir.models.tiny import write_tiny_controlnet
+    from tiny_models import write_tiny_controlnet
 
     tiny = METHODS["flux_controlnet"].settings(baselines())
     other = write_tiny_controlnet(tmp_path / "seed1", seed=1)

@@ -11,7 +11,7 @@ import torch
 from kedro.io.core import DatasetError
 
 from fluxir.datasets import FluxIRAdapterDataset
-from fluxir.io.manifests import MANIFEST_NAME
+from fluxir.io.atomic import MANIFEST_NAME, write_manifest
 from fluxir.models.adapter import load_adapter
 from fluxir.training.checkpoints import list_checkpoints
 from fluxir.training.loop import train
@@ -109,6 +109,9 @@ def test_a_damaged_adapter_is_named_when_loaded(tmp_path, pairs):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(DatasetError, match=rf"adapter .* is damaged: {weights}: 100 bytes, the manifest says"):
         dataset.load()  # what the restore and evaluate pipelines see
-    (tmp_path / "adapter" / MANIFEST_NAME).unlink()  # an adapter saved before manifests: the file is still named
+    write_manifest(tmp_path / "adapter")  # the cut file recorded as if saved so: the loader still names it
     with pytest.raises(ValueError, match=rf"{weights} is not a readable safetensors file"):
+        load_adapter(tmp_path / "adapter")
+    (tmp_path / "adapter" / MANIFEST_NAME).unlink()  # a folder without its manifest is not a finished save
+    with pytest.raises(ValueError, match=rf"is damaged: .*{MANIFEST_NAME} is missing"):
         load_adapter(tmp_path / "adapter")

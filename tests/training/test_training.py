@@ -159,7 +159,7 @@ def test_data_order_is_a_function_of_seed_and_step(pairs):
 def test_manifest_errors_name_the_pair(tmp_path, pairs):
     bad = pairs.copy()
     Image.open(bad.lq_path[3]).resize((5, 5)).save(tmp_path / "small.png")
-    bad.loc[3, "lq_path"] = str(tmp_path / "small.png")
+    bad.loc[3, ["lq_path", "lq_width", "lq_height"]] = [str(tmp_path / "small.png"), 5, 5]
     with pytest.raises(
         ValueError, match=r"pair 3: LQ .* is \(5, 5\) but must be exactly 1/4 of the HQ size \(64, 48\)"
     ):

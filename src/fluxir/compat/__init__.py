@@ -1,4 +1,5 @@
-"""Every private API of a dependency, and every patch of one, in one module per dependency.
+"""Every private API of a dependency, and every patch of one, in one module per dependency (accelerate's offload
+hook sits in ``diffusers``, beside the Flux forward code that fires it).
 
 Each module names the version its code was written for and calls :func:`require` when it is imported, so
 another version fails at import with a message that names the package, both versions and the file to

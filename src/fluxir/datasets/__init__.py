@@ -1,6 +1,7 @@
 """Kedro datasets of fluxir (catalog ``type: fluxir.datasets.FluxIRAdapterDataset``).
 
-Imported lazily, so ``fluxir.datasets.image_store`` does not pull in torch and diffusers.
+Imported lazily, so the catalog's other datasets (``fluxir.datasets.folder``, ``fluxir.datasets.durable_parquet``)
+do not pull in torch and diffusers.
 """
 
 from __future__ import annotations

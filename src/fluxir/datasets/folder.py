@@ -1,9 +1,10 @@
 """Kedro datasets that hand a node a folder: one it fills file by file (e.g. the IQA score parts, the
-checkpoints) or one it only reads (a benchmark, the images to restore).
+checkpoints, the generated images as an ``ImageStore`` of sharded files) or one it only reads (a benchmark, the
+images to restore).
 
-Like ``ImageStoreDataset``: the catalog owns the location; the node writes (atomically) into it while it
-runs, so a killed run keeps what it finished, and a versioned table is the record of the run. Folders a
-node only reads are declared ``create: false``: loading never makes them, and the node that reads one
+The catalog owns the location; the node writes (atomically) into it while it runs, so a killed run keeps what
+it finished, and a versioned table (e.g. the parquet manifest of the generated images) is the record of the run.
+Folders a node only reads are declared ``create: false``: loading never makes them, and the node that reads one
 says what is missing (a benchmark is then skipped, a restore stops with the fix).
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
+
+from fluxir.io.store import ImageStore
 
 
 class FolderDataset(AbstractDataset[None, Path]):
@@ -69,3 +72,24 @@ class BenchmarkFoldersDataset(AbstractDataset[None, dict[str, Path | None]]):
 
     def _describe(self) -> dict[str, Any]:
         return {key: str(path) if path else None for key, path in self._folders.items()}
+
+
+class ImageStoreDataset(AbstractDataset[None, ImageStore]):
+    """``load()`` returns an ``ImageStore`` rooted at ``path``; nodes write images through it."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> ImageStore:
+        self._path.mkdir(parents=True, exist_ok=True)
+        return ImageStore(self._path)
+
+    def save(self, data: None) -> None:
+        raise DatasetError("ImageStoreDataset is read-only: nodes write images through the ImageStore it loads")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

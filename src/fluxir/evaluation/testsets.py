@@ -19,7 +19,7 @@ and LQ folder), its settings ``evaluate.benchmarks.<key>``. Prepared images go t
 and the source file list, so a rerun with the same inputs reuses the files (writes are atomic) and a
 change of settings never mixes with old crops. A benchmark whose folder is missing or holds no image
 is *skipped* with a message saying where to put it; a folder with the wrong content is an error.
-The tiny environment's demo folders are written by ``fluxir.evaluation.demo`` (``make demo``).
+The tiny environment's demo folders are written by ``scripts/demo_data.py`` (``make demo``).
 """
 
 from __future__ import annotations

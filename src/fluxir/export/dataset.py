@@ -21,7 +21,6 @@ import pandas as pd
 DATA_DIR = "data"
 SPLIT = "train"
 FORMATS = ("parquet", "webdataset")
-IMAGE_COLUMNS = ("hq", "lq")
 GENERATED_COLUMN = "generated"
 # Bytes a row adds beyond its PNGs (its other columns; tar headers and padding) and a shard beyond its rows
 # (parquet footer and schema); a shard that still comes out too large is split again (``_write_within``).

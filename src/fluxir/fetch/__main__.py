@@ -1,4 +1,4 @@
-"""``python -m fluxir.fetch``: parse the arguments, then list, plan or fetch (see :mod:`fluxir.fetch`).
+"""``python -m fluxir.fetch``: parse the arguments, then list, plan or fetch (see :mod:`fluxir.fetch.steps`).
 
 Exit status: 0 when everything is in place (the preflight check's table follows), 1 when an item
 could not be fetched or the disk is too small, 2 when the fetch succeeded but the check has a FAIL.
@@ -10,9 +10,79 @@ import logging
 import sys
 from pathlib import Path
 
-from fluxir.fetch import DiskSpaceError, check_disk, format_list, format_plan, format_results, plan, run
-from fluxir.fetch.manifest import GROUPS, build
+from fluxir.fetch.manifest import GROUPS, HUB_FILES, Item, Manifest, build
+from fluxir.fetch.steps import DiskSpaceError, Step, check_disk, plan, run
 from fluxir.parameters.config import catalog_config, cli_parser, load_params
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _size_line(item: Item) -> str:
+    """How big an item is, and how sure: exact, "~" (rounded or a part), or unknown."""
+    if item.size is None:
+        return "unknown: no publisher or record states it; checked against what the server announces"
+    if not item.size_approx:
+        return _size(item.size) + (f" ({item.size} bytes)" if item.size >= 1000 else "")
+    if item.files:
+        return (
+            f"~{_size(item.size)}: {len(item.files)} large files of exact size (below) and small config "
+            "files; each download is checked against what the hub states"
+        )
+    return f"~{_size(item.size)} (a rounded figure; the download is checked against what the server announces)"
+
+
+def format_list(manifest: Manifest) -> str:
+    """The manifest as text: what, from where, how big, which digest, where it goes and who reads it."""
+    lines = []
+    for item in manifest.items:
+        lines.append(f"[{item.group}] {item.name}")
+        lines.append(f"    from    {item.source}")
+        if item.allow_patterns:
+            lines.append(f"    files   {' '.join(item.allow_patterns)}")
+        lines.append(f"    size    {_size_line(item)}")
+        lines += [f"            {_size(n):>8}  {name}" for name, n in item.files]
+        hosted = (item.url or "").startswith(HUB_FILES)
+        stated = "the hub states it per LFS file" if hosted or item.repo else "not published"
+        lines.append(f"    sha256  {item.sha256 or stated}")
+        if item.extract:
+            lines += [f"    unpack  {pattern}  ->  {folder}" for pattern, folder in item.extract]
+        else:
+            lines.append(f"    to      {item.destination}")
+        lines.append(f"    for     {', '.join(item.used_by)}")
+        if item.note:
+            lines.append(f"    note    {item.note}")
+    lines += [f"not in this env: {line}" for line in manifest.unconfigured]
+    return "\n".join(lines)
+
+
+def format_plan(steps: list[Step]) -> str:
+    width = max((len(s.item.name) for s in steps), default=4)
+    lines = [
+        f"{s.state:<7}  {s.item.name:<{width}}  {_size(s.size) if s.state == 'fetch' else '':>8}  "
+        f"{s.item.destination}" + (f"  ({s.detail})" if s.detail else "")
+        for s in steps
+    ]
+    todo = [s for s in steps if s.state == "fetch"]
+    lines.append(
+        f"{len(todo)} to fetch ({_size(sum(s.size or 0 for s in todo))}"
+        + (f" + {unknown} of unknown size" if (unknown := sum(s.size is None for s in todo)) else "")
+        + f"); {sum(s.state == 'present' for s in steps)} present; "
+        + f"{sum(s.state == 'problem' for s in steps)} problem(s)"
+    )
+    return "\n".join(lines)
+
+
+def format_results(results: list[tuple[Step, str, bool]]) -> str:
+    width = max((len(s.item.name) for s, _, _ in results), default=4)
+    return "\n".join(f"{'OK' if ok else 'FAIL':<4}  {s.item.name:<{width}}  {outcome}" for s, outcome, ok in results)
 
 
 def _groups(text: str) -> tuple[str, ...]:

@@ -41,8 +41,8 @@ import torch
 from fluxir.fluxgen.degrade import degrade_pair
 from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io.atomic import write_json_atomic
-from fluxir.io.hashing import hash_json, sha256_file
-from fluxir.io.images import image_size, read_image
+from fluxir.io.hashing import hash_json
+from fluxir.io.images import read_image
 from fluxir.io.provenance import (
     DISCLOSURE_KEY,
     GENERATED_SOFTWARE,
@@ -232,17 +232,11 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
         name = stores.hq.path_for(int(image_id))
         rows["hq_path"].append(f"{hq_root}/{name.parent.name}/{name.name}")
         rows["lq_path"].append(f"{lq_root}/{name.parent.name}/{name.name}")
-        if "hq_sha256" not in record:  # a record of an earlier version: the bare degradation info, no hashes
-            record = {
-                "hq_sha256": sha256_file(name),
-                "lq_sha256": sha256_file(stores.lq.path_for(int(image_id))),
-                "degradation": record,
-            }
         rows["hq_sha256"].append(record["hq_sha256"])
         rows["lq_sha256"].append(record["lq_sha256"])
         rows["degradation"].append(json.dumps(record["degradation"], sort_keys=True))
-        for kind, store in (("hq", stores.hq), ("lq", stores.lq)):  # records of earlier versions have no sizes
-            rows[f"{kind}_size"].append(record.get(f"{kind}_size") or image_size(store.path_for(int(image_id))))
+        for kind in ("hq", "lq"):
+            rows[f"{kind}_size"].append(record[f"{kind}_size"])
     if missing:
         raise RuntimeError(
             f"{len(missing)} kept images have no pair yet in {stores.lq.root.parent} (first ids: {missing[:5]}): "

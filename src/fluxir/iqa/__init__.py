@@ -1,13 +1,12 @@
 """Image quality assessment with pyiqa: no-reference scores for FluxGen selection, full-reference for evaluation.
 
 ``specs`` (which metric, which options) <- ``weights`` (which files, loaded offline) <- ``metrics``
-(building them, batching images) <- ``no_reference`` / ``full_reference`` (the two scorers). This package
+(building them, batching images) <- ``scoring`` (the no-reference and full-reference scorers). This package
 re-exports their public names; importing it loads no torch or pyiqa.
 """
 
-from fluxir.iqa.full_reference import score_full_reference
 from fluxir.iqa.metrics import create_metrics, images_to_tensor, metric_scores, metric_versions
-from fluxir.iqa.no_reference import score_no_reference
+from fluxir.iqa.scoring import score_full_reference, score_no_reference
 from fluxir.iqa.specs import (
     CONVENTION_DEFINITIONS,
     CONVENTIONS,

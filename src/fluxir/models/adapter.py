@@ -45,8 +45,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from fluxir.io.atomic import atomic_directory, local_fs
-from fluxir.io.manifests import MANIFEST_NAME, manifest_problem, write_manifest
+from fluxir.io.atomic import atomic_directory, local_fs, manifest_problem, write_manifest
 from fluxir.models.adapter_config import FluxIRConfig, check_compatible
 
 CONFIG_NAME = "config.json"
@@ -199,9 +198,8 @@ class FluxIRAdapter(nn.Module):
         ``usage_path``: the folder or hub id the card's usage snippet loads (default ``folder``);
         ``note``: markdown after the card's licence section (e.g. that tiny models trained it).
         """
-        from fluxir.export.cards import model_card
+        from fluxir.export.cards import memory_text, model_card
         from fluxir.export.licenses import attribution_notice, generator_license, license_file_text
-        from fluxir.export.memory import memory_text
 
         info = generator_license(base_model, None, license)
         weights_bytes = sum(t.numel() * t.element_size() for t in self.state_dict().values())
@@ -424,13 +422,12 @@ def load_adapter(
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not fs.exists(f"{folder}/{name}"):
             raise FileNotFoundError(f"{folder!r} is not a FluxIR adapter folder: {name} is missing")
-    if fs.exists(f"{folder}/{MANIFEST_NAME}"):  # adapters saved before manifests have none
-        problem = manifest_problem(folder, fs)
-        if problem:
-            raise ValueError(
-                f"FluxIR adapter {folder!r} is damaged: {problem}. Use another version "
-                "(--load-versions=fluxir_adapter:<version>) or train it again"
-            )
+    problem = manifest_problem(folder, fs)
+    if problem:
+        raise ValueError(
+            f"FluxIR adapter {folder!r} is damaged: {problem}. Use another version "
+            "(--load-versions=fluxir_adapter:<version>) or train it again"
+        )
     try:
         with fs.open(f"{folder}/{CONFIG_NAME}", "r") as f:
             raw = json.loads(f.read())

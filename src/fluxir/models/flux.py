@@ -1,4 +1,5 @@
-"""Flux models built from the configs fluxir ships, stand-in prompt embeddings, and compiling the blocks.
+"""Flux models built from the configs fluxir ships, stand-in prompt embeddings, the VAE latent normalisation, and
+compiling the blocks.
 
 Loading a pipeline from a hub id or a local folder is ``fluxir.models.loading``; devices ``fluxir.models.devices``;
 latent packing ``fluxir.models.packing``.
@@ -6,7 +7,7 @@ latent packing ``fluxir.models.packing``.
 The tiny environment uses the same code. The committed ``data/01_raw/tiny/flux`` holds a 2+2-block
 random-weight ``FluxTransformer2DModel`` and a 16-channel ``AutoencoderKL`` (the JSON configs in
 ``fluxir/configs``) and no text encoders: ``fixed_prompt_embeddings`` stands in for T5/CLIP there.
-``fluxir.models.tiny`` writes full-format folders (tokenizers and text encoders too) of the same models.
+``scripts/tiny_models.py`` writes full-format folders (tokenizers and text encoders too) of the same models.
 Tiny models prove the machinery, never image quality.
 """
 
@@ -55,6 +56,17 @@ def fixed_prompt_embeddings(transformer, seq_len: int = 8, seed: int = 0):
     prompt = torch.randn(1, seq_len, cfg.joint_attention_dim, generator=gen)
     pooled = torch.randn(1, cfg.pooled_projection_dim, generator=gen)
     return prompt.to(transformer.dtype), pooled.to(transformer.dtype)
+
+
+def normalise_latents(vae: Any, latents: Any) -> Any:
+    """The VAE's latents -> the transformer's: ``(z - shift_factor) * scaling_factor`` (Flux's VAE config; a VAE
+    without ``shift_factor`` shifts by 0)."""
+    return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
+
+def denormalise_latents(vae: Any, latents: Any) -> Any:
+    """The inverse of :func:`normalise_latents`: the transformer's latents -> what the VAE decodes."""
+    return latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------

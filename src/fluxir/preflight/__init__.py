@@ -1,6 +1,6 @@
 """The preflight checks of a real run, one module per area; ``python -m fluxir.preflight`` runs them all.
 
-- ``findings``: one report line (``Finding``) and reading a nested parameter;
+- ``findings``: one report line (``Finding``), reading a nested parameter, the memory budgets;
 - ``models``: diffusers pipeline folders (meta-device builds against safetensors headers) and the trained adapter;
 - ``data``: public restorers' weights, IQA weight files, benchmark folders, free disk;
 - ``machine``: accelerator memory, processes per stage, installed package versions.

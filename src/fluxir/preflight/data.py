@@ -137,9 +137,7 @@ def check_benchmarks(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> l
 
     evaluate = params.get("evaluate") or {}
     # The tiny environment's demo folders are written by `make demo`; a real run's benchmarks are downloaded.
-    fix = (
-        "`python -m fluxir.evaluation.demo --env tiny` (make demo)" if evaluate.get("tiny_models") else FETCH_BENCHMARKS
-    )
+    fix = "`python scripts/demo_data.py --env tiny` (make demo)" if evaluate.get("tiny_models") else FETCH_BENCHMARKS
     findings = []
     for key, settings in (evaluate.get("benchmarks") or {}).items():
         entry = FOLDERS_ENTRY.format(key=key)

@@ -4,15 +4,13 @@ pyproject.toml."""
 
 from __future__ import annotations
 
-import json
 import tomllib
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fluxir.preflight.budget import BUDGET_GB, TRAIN_MEMORY
-from fluxir.preflight.findings import Finding, lookup
+from fluxir.preflight.findings import BUDGET_GB, Finding, lookup, train_memory_table
 
 
 def train_memory_budget_gb(train: Mapping[str, Any], size: str = "1024x768") -> tuple[str, float]:
@@ -20,9 +18,7 @@ def train_memory_budget_gb(train: Mapping[str, Any], size: str = "1024x768") -> 
 
     The L_P variant is the table's whole-image, 512-crop or none row that bounds ``train.pixel_loss_crop`` from
     above; a batch size beyond the table adds the batch-1 step's activations per sample."""
-    from importlib import resources
-
-    table = json.loads((resources.files("fluxir") / "configs" / TRAIN_MEMORY).read_text())
+    table = train_memory_table()
     batch, crop = int(train.get("batch_size") or 1), train.get("pixel_loss_crop")
     checkpointing = bool(train.get("gradient_checkpointing", True))
     variant = (

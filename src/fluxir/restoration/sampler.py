@@ -67,7 +67,7 @@ from fluxir.models.condition import lq_condition
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.devices import autocast_off, resolve_device
 from fluxir.models.empty_prompt import cached_empty_prompt, save_empty_prompt
-from fluxir.models.flux import compile_blocks
+from fluxir.models.flux import compile_blocks, denormalise_latents, normalise_latents
 from fluxir.models.loading import load_pipeline
 from fluxir.models.packing import image_ids, pack_grid, unpack_grid
 from fluxir.models.prompts import PromptEncoder
@@ -158,8 +158,7 @@ def encode_tiled(
         with autocast_off():  # the VAE's own dtype, also inside training's validation
             mean = vae.encode(x).latent_dist.mode()  # (1, C, th, tw)
         latent[..., y0:y1, x0:x1] += torch.from_numpy(w).to(device) * mean.float()
-    shift = vae.config.shift_factor or 0.0
-    return (latent - shift) * vae.config.scaling_factor
+    return normalise_latents(vae, latent)
 
 
 def decode_tiled(vae: Any, latent: Tensor, tile: int | None, overlap: int, dtype: torch.dtype) -> np.ndarray:
@@ -168,7 +167,7 @@ def decode_tiled(vae: Any, latent: Tensor, tile: int | None, overlap: int, dtype
     Tiles are blended into a CPU float32 canvas, so accelerator memory depends on the tile only.
     """
     f = vae_factor(vae)
-    z = latent / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    z = denormalise_latents(vae, latent)
     _, _, height, width = z.shape
     canvas = np.zeros((height * f, width * f, 3), dtype=np.float32)
     for (y0, y1, x0, x1), w in tile_weights(height, width, tile and tile // f, overlap // f, factor=f):

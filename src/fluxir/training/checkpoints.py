@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fluxir.io.atomic import atomic_directory
+from fluxir.io.atomic import atomic_directory, manifest_problem, write_manifest
 from fluxir.io.hashing import hash_tensors
-from fluxir.io.manifests import manifest_problem, write_manifest
 from fluxir.models.adapter import FluxIRAdapter, load_adapter, save_adapter
 
 logger = logging.getLogger(__name__)

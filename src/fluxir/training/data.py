@@ -2,7 +2,7 @@
 
 - ``PairTable``: FluxGen's ``pairs_manifest`` checked (HQ sides multiples of 16, LQ exactly 1/lq_scale of HQ),
   with the sizes the degradation recorded in it (``width``, ``height``, ``lq_width``, ``lq_height``): no
-  process opens an image at start-up (a manifest without them has each size read from the file header).
+  process opens an image at start-up.
 - Aspect buckets (paper: 1024x768, 768x768, 512x768): each global batch comes from one bucket. The batch
   order of epoch e is a permutation drawn from (seed, e), so the global batch of optimizer step s is a
   function of (seed, s) (``DataOrder``): a resumed run sees exactly the data an uninterrupted one would.
@@ -30,23 +30,26 @@ from torch import Tensor, nn
 
 from fluxir.io.atomic import atomic_file
 from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
-from fluxir.io.images import image_size, read_image
+from fluxir.io.images import read_image
 from fluxir.models.condition import lq_condition
 from fluxir.models.devices import autocast_off
+from fluxir.models.flux import denormalise_latents, normalise_latents
 
-MANIFEST_COLUMNS = ("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256")
-SIZE_COLUMNS = ("width", "height", "lq_width", "lq_height")  # written by the degradation (fluxgen.pairs)
-
-
-def _header_sizes(row: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((width, height) of HQ, of LQ) from the file headers, for manifests written without the size columns."""
-    for kind in ("hq", "lq"):
-        if not Path(getattr(row, f"{kind}_path")).is_file():
-            raise FileNotFoundError(
-                f"pair {row.image_id}: {kind.upper()} image {getattr(row, f'{kind}_path')} "
-                "does not exist (rerun the fluxgen pipeline)"
-            )
-    return image_size(row.hq_path), image_size(row.lq_path)
+MANIFEST_COLUMNS = (
+    *("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256"),
+    *("width", "height", "lq_width", "lq_height"),  # HQ and LQ sizes, recorded by the degradation (fluxgen.pairs)
+)
+MANIFEST_COLUMNS = (
+    "image_id",
+    "hq_path",
+    "lq_path",
+    "hq_sha256",
+    "lq_sha256",
+    "width",
+    "height",
+    "lq_width",
+    "lq_height",
+)
 
 
 @dataclass
@@ -58,7 +61,7 @@ class PairTable:
 
     @classmethod
     def from_manifest(cls, manifest: pd.DataFrame, lq_scale: int) -> PairTable:
-        """Check the manifest; sizes from its columns, else from every image's header (no decoding).
+        """Check the manifest and the sizes it records.
 
         HQ sides must be multiples of 16 (VAE /8, then 2x2 packing) and LQ exactly 1/lq_scale of HQ.
         """
@@ -71,13 +74,8 @@ class PairTable:
         if manifest.empty:
             raise ValueError("pairs manifest is empty: run the fluxgen pipeline first (kedro run --pipeline=fluxgen)")
         rows = manifest.sort_values("image_id").reset_index(drop=True).copy()
-        recorded = all(c in rows.columns for c in SIZE_COLUMNS)
-        sizes = []
         for row in rows.itertuples(index=False):
-            if recorded:
-                (w, h), (lw, lh) = (int(row.width), int(row.height)), (int(row.lq_width), int(row.lq_height))
-            else:
-                (w, h), (lw, lh) = _header_sizes(row)
+            (w, h), (lw, lh) = (int(row.width), int(row.height)), (int(row.lq_width), int(row.lq_height))
             if w % 16 or h % 16:
                 raise ValueError(
                     f"pair {row.image_id}: HQ {row.hq_path} is (width, height)={(w, h)}; both sides must "
@@ -88,9 +86,7 @@ class PairTable:
                     f"pair {row.image_id}: LQ {row.lq_path} is {(lw, lh)} but must be exactly 1/{lq_scale} "
                     f"of the HQ size {(w, h)}, i.e. {(w // lq_scale, h // lq_scale)}"
                 )
-            sizes.append((w, h))
-        rows["width"] = [s[0] for s in sizes]
-        rows["height"] = [s[1] for s in sizes]
+        rows[["width", "height"]] = rows[["width", "height"]].astype(int)
         return cls(rows, lq_scale)
 
     def __len__(self) -> int:
@@ -272,11 +268,11 @@ def gaussian_sample(params: Tensor, noise: Tensor, vae: Any) -> Tensor:
     """Normalised Flux latent (.., C, h, w) = ((mean + std * noise) - shift_factor) * scaling_factor."""
     mean, logvar = params.float().chunk(2, dim=-3)
     z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise.to(mean.device)
-    return (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+    return normalise_latents(vae, z)
 
 
 def decode_latents(vae: Any, z: Tensor) -> Tensor:
     """Normalised latents (B, C, h, w) -> images (B, 3, 8h, 8w), about [-1, 1] (the frozen V_d)."""
-    z = z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    z = denormalise_latents(vae, z)
     with autocast_off():  # the VAE's own dtype, also under the training step's autocast (see autocast_off)
         return vae.decode(z.to(device_and_dtype(vae)[1])).sample

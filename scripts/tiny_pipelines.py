@@ -2,7 +2,7 @@
 
 Each builder returns a diffusers pipeline with the published model's component names and classes
 (``HUB_CLASSES``, as in its ``model_index.json``) but a few thousand parameters per component;
-:mod:`fluxir.models.tiny` writes them to folders.
+:mod:`tiny_models` writes them to folders.
 
 Dimensions that must agree (as in the real checkpoints):
 - Flux: T5 ``d_model`` = transformer ``joint_attention_dim``; CLIP ``hidden_size`` (its pooled output)
@@ -36,7 +36,7 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, Gemma2Config, Gemma2Model
 
 from fluxir.models.flux import load_config
-from fluxir.models.tiny_text import clip_text_config, clip_tokenizer, gemma_tokenizer, t5_encoder, t5_tokenizer
+from tiny_text import clip_text_config, clip_tokenizer, gemma_tokenizer, t5_encoder, t5_tokenizer
 
 # The component classes in each hub snapshot's model_index.json (transformers 5 resolves the *Fast
 # names to the same tokenizers-backed classes; the names are kept so the folders read like the hub's).

@@ -1,6 +1,6 @@
 """Tiny random-weight models in the exact format of the published ones.
 
-``python -m fluxir.models.tiny --kind flux|sdxl|pixart_sigma|sana --out DIR`` writes a diffusers pipeline
+``python scripts/tiny_models.py --kind flux|sdxl|pixart_sigma|sana --out DIR`` writes a diffusers pipeline
 folder with the same component names, classes (``model_index.json``) and file layout as
 FLUX.1-dev, SDXL base 1.0, PixArt-Sigma-XL-2-1024-MS or Sana_1600M_1024px_diffusers, but with a few
 thousand random parameters per component. Everything is built offline in code and seeded: tokenizers
@@ -19,8 +19,9 @@ real run goes through (``encode_prompt`` with CLIP + T5, dropping the encoders, 
 would otherwise never run before a GPU job. These folders prove loaders, keywords, shapes and file
 formats; they prove nothing about image quality.
 
-Tokenizers and text encoders are made in :mod:`fluxir.models.tiny_text`, the pipelines in
-:mod:`fluxir.models.tiny_pipelines`; this module writes them as folders and files.
+Tokenizers and text encoders are made in :mod:`tiny_text`, the pipelines in :mod:`tiny_pipelines` (both
+next to this script); this module writes them as folders and files. These are development tools: they are not
+part of the installed ``fluxir`` package.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from transformers import CLIPTokenizer
 
 from fluxir.models.flux import load_config
-from fluxir.models.tiny_pipelines import BUILDERS, HUB_CLASSES
+from tiny_pipelines import BUILDERS, HUB_CLASSES
 
 # ----------------------------------------------------------------------------------------------------
 # Writing a folder
@@ -230,7 +231,7 @@ WEIGHT_WRITERS: dict[str, Callable[[str | Path, int], Path]] = {
 
 def main(argv: list[str] | None = None) -> None:
     """Write a tiny random-weight model in a published model's format (offline, deterministic)."""
-    parser = argparse.ArgumentParser(prog="python -m fluxir.models.tiny", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python scripts/tiny_models.py", description=main.__doc__)
     parser.add_argument("--kind", required=True, choices=sorted([*BUILDERS, *WEIGHT_WRITERS]))
     parser.add_argument(
         "--out",

@@ -1,4 +1,4 @@
-"""Tokenizers and text encoders for the tiny hub-format pipelines (:mod:`fluxir.models.tiny`).
+"""Tokenizers and text encoders for the tiny hub-format pipelines (``scripts/tiny_models.py``).
 
 Everything is built offline in code: tokenizers get a vocabulary made here (byte-level BPE for CLIP,
 Unigram for T5, byte-fallback BPE for Gemma) in the file formats of the published ones, and the text

@@ -1,6 +1,6 @@
 """Demo benchmark folders for the tiny environment: small degraded crops of scikit-image's bundled photos.
 
-    python -m fluxir.evaluation.demo --env tiny
+    python scripts/demo_data.py --env tiny
 
 (``make demo`` runs it before ``kedro run --env=tiny``.) Every benchmark of ``evaluate.benchmarks`` whose catalog
 entry ``<key>_benchmark`` points at folders without images gets a few demo images there, degraded with the
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     from fluxir.parameters.config import cli_parser
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = cli_parser("python -m fluxir.evaluation.demo", main.__doc__, "degrade.seed=1")
+    parser = cli_parser("python scripts/demo_data.py", main.__doc__, "degrade.seed=1")
     args = parser.parse_args(argv)
     print(json.dumps(write_env_demo(args.env, args.project, args.params)))
 
