@@ -53,7 +53,6 @@ from fluxir.io.provenance import (
     read_provenance,
 )
 from fluxir.io.store import ImageStore, portable_path
-from fluxir.parameters.config import cli_parser, stage_command_inputs
 from fluxir.parameters.rules import Rule, check_fields, config_from_params, is_int
 from fluxir.runtime.processes import die_with_parent
 from fluxir.runtime.progress import progress as progress_bar
@@ -314,29 +313,3 @@ def degrade_selection(
     jobs = [(int(i), p) for i, p in zip(kept["image_id"], kept["path"]) if int(i) in mine]
     made = make_pairs(jobs, stores, cfg.config, cfg.seed, resolve_workers(cfg.workers), progress)
     return stores, kept, made
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Degrade this process's share of the kept images (the launcher's, or ``degrade.rank`` of
-    ``degrade.world_size``)."""
-    parser = cli_parser("python -m fluxir.fluxgen.pairs", main.__doc__, "degrade.workers=16")
-    parser.add_argument(
-        "--selection", default=None, help="IQA selection parquet (default: the catalog's latest iqa_selection)"
-    )
-    parser.add_argument("--store", default=None, help="pair store root (default: the catalog's pair_store path)")
-    from fluxir.parameters.validation import check_params  # validation builds this module's config class
-
-    args = parser.parse_args(argv)
-    inputs = {
-        "iqa_selection": (args.selection, pd.read_parquet),
-        "pair_store": (args.store, lambda path: ImageStore(Path(path))),
-    }
-    cfg, loaded = stage_command_inputs(args, parser.prog, "degrade", check_params, DegradeConfig.from_params, inputs)
-    selection, store = loaded["iqa_selection"], loaded["pair_store"]
-    rank, world_size = share({"rank": cfg.rank, "world_size": cfg.world_size}, os.environ)
-    stores, _, made = degrade_selection(selection, store, cfg, rank=rank, world_size=world_size)
-    print(json.dumps({"pairs": str(stores.lq.root.parent), "made": len(made), "rank": rank, "world_size": world_size}))
-
-
-if __name__ == "__main__":
-    main()

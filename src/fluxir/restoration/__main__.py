@@ -13,20 +13,21 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from accelerate import PartialState
 
 from fluxir.models.adapter import load_adapter
-from fluxir.models.devices import accelerate_cpu, resolve_device
-from fluxir.parameters.config import catalog_config, cli_parser, load_catalog, load_params
-from fluxir.parameters.validation import check_params
+from fluxir.models.devices import resolve_device
+from fluxir.parameters.config import catalog_config, load_catalog
 from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
 from fluxir.restoration.methods import public_restorer_for
+from fluxir.runtime.entry import load_stage, process_state, stage_parser
+
+PROG = "python -m fluxir.restoration"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Restore the catalog's ``restore_input`` into ``restore_output`` (``--params restore.input_dir=photos,
     restore.output_dir=restored`` sets them) on one or many processes."""
-    parser = cli_parser("python -m fluxir.restoration", main.__doc__, "restore.input_dir=photos")
+    parser = stage_parser(PROG, main.__doc__, "restore.input_dir=photos")
     parser.add_argument(
         "--plan", default=None, help="restore plan parquet (default: plan the catalog's restore_input now)"
     )
@@ -36,12 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    params = load_params(args.env, args.params, args.project)
     # Without --plan the input folder is read here: the catalog's restore_input is checked with the parameters.
     folders = None if args.plan else catalog_config(args.env, args.project, args.params)
-    check_params(params, ["restore", "baselines"], "python -m fluxir.restoration", folders)
+    params, _ = load_stage(args, PROG, ["restore", "baselines"], folders=folders)
     files, cfg = split_params(params["restore"])
-    state = PartialState(cpu=accelerate_cpu(cfg.device))
+    state = process_state(cfg.device)
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, state.device))  # this process's GPU
     catalog = load_catalog(args.env, args.project, args.params)  # restore_input / _output read the runtime params
     files = {**files, "input_dir": catalog.load("restore_input"), "output_dir": catalog.load("restore_output")}

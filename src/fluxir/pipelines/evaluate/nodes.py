@@ -78,7 +78,7 @@ def restore_benchmarks(
     if processes > 1:
         extra = ["--methods", "fluxir"]
         for report in run_image_shards(
-            "fluxir.evaluation", "evaluate", processes, manifest, "--manifest", adapter, extra
+            ["fluxir.evaluation"], "evaluate", processes, manifest, "--manifest", adapter, extra
         ):
             seconds += report["seconds"]["fluxir"]
     return restore_manifest(manifest, adapter, restore, eval_outputs, scale, color_fix, restored_elsewhere=seconds)
@@ -106,7 +106,9 @@ def restore_with_public_weights(
     seconds: dict[str, list[float]] = {m: [] for m in public}
     if public and processes > 1:
         extra = ["--methods", ",".join(public)]
-        for report in run_image_shards("fluxir.evaluation", "evaluate", processes, manifest, "--manifest", None, extra):
+        for report in run_image_shards(
+            ["fluxir.evaluation"], "evaluate", processes, manifest, "--manifest", None, extra
+        ):
             for method, values in report["seconds"].items():
                 seconds[method] += values
     return public_manifest(manifest, methods, baselines, eval_outputs, scale, color_fix, restored_elsewhere=seconds)

@@ -66,7 +66,7 @@ def restore_images(
     if processes == 1:
         failures, summary = restore_planned(plan, files, adapter, cfg, make_restorer, prompt_embeddings)
     else:
-        reports = run_image_shards("fluxir.restoration", "restore", processes, plan, "--plan", adapter)
+        reports = run_image_shards(["fluxir.restoration"], "restore", processes, plan, "--plan", adapter)
         failures, summary = summarise_shares(plan, [RestoreShare.from_dict(r) for r in reports], files, cfg)
     summary.update(summary_extra)
     logger.info(
