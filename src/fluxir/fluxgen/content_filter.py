@@ -15,7 +15,7 @@ The story, in order:
    the softmax probability of that label, the number BFL's pipeline call compares with 0.85.
 3. Scoring at scale is FluxGen's IQA scoring (``fluxir.fluxgen.score``), reused as is: chunks of
    ``batch_size`` distinct images keyed by sha256, share ``r`` of ``w`` processes (``accelerate launch -m
-   fluxir.fluxgen.content_filter``), images decoded by ``loader_workers`` processes, parts of ``part_size``
+   fluxir.fluxgen content_filter``), images decoded by ``loader_workers`` processes, parts of ``part_size``
    rows under ``<nsfw_parts>/<filter key>/``. The filter key hashes the classifier's id, its revision (hub
    snapshot commit or folder hash, ``fluxir.io.provenance.model_revision``), the dtype and transformers'
    version: a rerun scores only images not scored by that very classifier. The threshold is not in the key:

@@ -16,7 +16,7 @@ Why it is written this way:
   accelerator never waits on files. A killed run loses only the images in flight (every file under
   its final name is complete) and a rerun makes exactly those again.
 - Under ``accelerate launch`` process ``r`` of ``w`` takes ids ``r, r+w, r+2w, ...``:
-  ``accelerate launch -m fluxir.fluxgen.generate --env base --params fluxgen.num_images=350000``.
+  ``accelerate launch -m fluxir.fluxgen generate --env base --params fluxgen.num_images=350000``.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def run_generation(
     progress: bool = True,
     prompt_cache: Path | None = None,
 ) -> tuple[ImageStore, list[int]]:
-    """FluxGen's generation step, as the ``fluxgen.generate_images`` node and ``python -m fluxir.fluxgen.generate``
+    """FluxGen's generation step, as the ``fluxgen.generate_images`` node and ``python -m fluxir.fluxgen generate``
     run it: this process's missing images into the store's sub-folder of this configuration.
 
     Returns that sub-store and the ids generated now.

@@ -7,7 +7,7 @@ so 350,000 pairs are ~46 core-hours: this module spreads them out.
   and torch single-threaded so that N workers do not start N x cores threads. Workers come from a
   ``forkserver`` (a clean process with the degradation code preloaded), never forked from a process
   whose OpenMP pools are already running.
-- **Machines**: ``python -m fluxir.fluxgen.pairs`` on each machine of shared storage takes share ``rank`` of
+- **Machines**: ``python -m fluxir.fluxgen pairs`` on each machine of shared storage takes share ``rank`` of
   ``world_size``, the ids with ``image_id % world_size == rank`` (the sharding of generation). The share
   comes from the launcher (``launcher_share``: torchrun/accelerate ``RANK``/``WORLD_SIZE``, ``srun``'s
   ``SLURM_PROCID``/``SLURM_NTASKS``, a SLURM job array's task index and count, or both), or from
@@ -245,7 +245,7 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
     if missing:
         raise RuntimeError(
             f"{len(missing)} kept images have no pair yet in {stores.lq.root.parent} (first ids: {missing[:5]}): "
-            "finish every share of python -m fluxir.fluxgen.pairs, or rerun the Kedro node "
+            "finish every share of python -m fluxir.fluxgen pairs, or rerun the Kedro node "
             "(it makes every missing pair)"
         )
     return pd.DataFrame(
@@ -300,7 +300,7 @@ def degrade_selection(
     rank: int = 0,
     world_size: int = 1,
 ) -> tuple[PairStores, pd.DataFrame, list[int]]:
-    """FluxGen's degradation step, as the ``fluxgen.degrade_pairs`` node and ``python -m fluxir.fluxgen.pairs`` run it:
+    """FluxGen's degradation step, as the ``fluxgen.degrade_pairs`` node and ``python -m fluxir.fluxgen pairs`` run it:
     share ``rank`` of ``world_size`` of the missing pairs of the kept images; returns (stores, kept rows, ids made
     now)."""
     kept = selection[selection["keep"]].sort_values("image_id")

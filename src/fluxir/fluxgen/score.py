@@ -6,7 +6,7 @@ Paper Sec. 3.1 scores every generated image with CLIP-IQA, MANIQA and MUSIQ. For
   is one scorer batch, always the same images whatever the number of processes, so every score is
   the same number whether 1 or 8 processes computed it. Process ``r`` of ``w`` takes the unscored
   chunks ``r, r+w, r+2w, ...`` (the id sharding of generation, one chunk at a time):
-  ``accelerate launch -m fluxir.fluxgen.score --env base``.
+  ``accelerate launch -m fluxir.fluxgen score --env base``.
 - Scores are written in *parts*: ``<parts>/<metrics key>/part-<rank>-<n>.parquet`` with one row per
   image (``sha256`` + one float64 column per metric), written to a temporary name and renamed, every
   ``iqa.part_size`` images. The metrics key hashes pyiqa's version, each metric's settings and
@@ -314,7 +314,7 @@ def run_scoring(
     state_device: Any = None,
     progress: bool = True,
 ) -> tuple[Path, int]:
-    """FluxGen's scoring step, as the ``fluxgen.score_images`` node and ``python -m fluxir.fluxgen.score`` run it.
+    """FluxGen's scoring step, as the ``fluxgen.score_images`` node and ``python -m fluxir.fluxgen score`` run it.
 
     Weight files checked first (one error for all), then this process's unscored chunks into
     ``<parts_root>/<metrics key>``. Returns that folder and how many images this process scored.
