@@ -153,9 +153,9 @@ def test_entry_point_lists_every_problem_before_work(tmp_path):
     assert "3 parameter problem(s)" in message
     for text in ("degrade.workers", "crop_position must be 'center' or 'random'", "degrade.seed must be an integer"):
         assert text in message
-    from fluxir.fluxgen.pairs import main  # `python -m fluxir.fluxgen pairs`, in this process
+    from fluxir.fluxgen.__main__ import main  # `python -m fluxir.fluxgen pairs`, in this process
 
-    argv = ["--env=tiny", "--params=degrade.workers=0", "--selection", str(tmp_path / "absent.parquet")]
+    argv = ["pairs", "--env=tiny", "--params=degrade.workers=0", "--selection", str(tmp_path / "absent.parquet")]
     with contextlib.chdir(REPO), pytest.raises(ParameterError) as caught:
         main([*argv, "--store", str(tmp_path / "store")])
     assert "degrade.workers must be 'auto' or a positive integer, got 0" in str(caught.value)

@@ -12,12 +12,13 @@ the outputs are the same as from one process.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
+from accelerate.utils import gather_object
 
 from fluxir.evaluation.restore import restore_missing, restore_public_missing
+from fluxir.io.atomic import write_json_atomic
 from fluxir.models.adapter import load_adapter
 from fluxir.models.devices import resolve_device
 from fluxir.parameters.config import load_catalog
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated restorers (fluxir, realesrgan, flux_controlnet; default: those of evaluate.methods)",
     )
     parser.add_argument(
-        "--report", default=None, help="write this process's seconds per restored image to <report>.rank<r>.json"
+        "--seconds", default=None, help="write {method: seconds per image restored now} of all processes here (JSON)"
     )
     args = parser.parse_args(argv)
 
@@ -86,8 +87,9 @@ def main(argv: list[str] | None = None) -> None:
             state.device,
         )
         seconds |= {share.method: share.seconds for share in shares}
-    if args.report:
-        Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps({"seconds": seconds}))
+    every = gather_object([seconds])  # rank order
+    if args.seconds and state.is_main_process:
+        write_json_atomic(Path(args.seconds), {m: [x for share in every for x in share[m]] for m in seconds})
     finish(state, {"restored": {method: len(s) for method, s in seconds.items()}})
 
 

@@ -13,13 +13,15 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from accelerate.utils import gather_object
 
+from fluxir.io.atomic import write_json_atomic
 from fluxir.models.adapter import load_adapter
 from fluxir.models.devices import resolve_device
 from fluxir.parameters.config import catalog_config, load_catalog
 from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
 from fluxir.restoration.methods import public_restorer_for
-from fluxir.runtime.entry import load_stage, process_state, stage_parser
+from fluxir.runtime.entry import finish, load_stage, process_state, stage_parser
 
 PROG = "python -m fluxir.restoration"
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--adapter", default=None, help="adapter folder (default: the catalog's latest fluxir_adapter)")
     parser.add_argument(
-        "--report", default=None, help="write this process's share (results, failures) to <report>.rank<r>.json"
+        "--summary", default=None, help="write the summary and the failures of all processes here (JSON)"
     )
     args = parser.parse_args(argv)
 
@@ -68,14 +70,13 @@ def main(argv: list[str] | None = None) -> None:
         make_restorer,
         prompt_cache=catalog.load("prompt_embeddings"),
     )  # the empty prompt, encoded once
-    if args.report:
-        Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(share.to_dict()))
-    state.wait_for_everyone()
-    if state.num_processes == 1:
-        _, summary = summarise_shares(plan, [share], files, cfg)
+    shares = gather_object([share])  # every process's, in rank order
+    if state.is_main_process:
+        failures, summary = summarise_shares(plan, shares, files, cfg)
+        if args.summary:
+            write_json_atomic(Path(args.summary), {"failures": failures, "summary": summary}, default=str)
         print(json.dumps({k: v for k, v in summary.items() if k != "images"}, default=str))
-    else:
-        print(json.dumps({"rank": state.process_index, "restored": len(share.results), "failed": len(share.failures)}))
+    finish(state, {"restored": len(share.results), "failed": len(share.failures)})
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 Kedro runs a node in one process; a stage that can use every GPU (generate, score, train, evaluate's and
 restore's restoration) reads ``<stage>.num_processes`` (``auto``: one process per visible GPU, 1 on a
-CPU-only machine). With more than one, the node calls ``run_stage``, which
+CPU-only machine). Every such node calls ``run_stage``: on one process it runs the stage function in-process;
+with more than one it
 
-1. builds ``accelerate launch --multi_gpu --num_processes N -m <module> --env <env> --params ...``: the
+1. builds ``accelerate launch --multi_gpu --num_processes N -m <module> [<stage>] --env <env> --params ...``: the
    parent run's ``--env`` and ``--params`` (a ``-c`` config file's values included: Kedro merges them into
    the run parameters) come from ``LaunchContextHook`` (``fluxir.runtime.hooks``), so the child reads the same
    configuration and catalog. On a CPU-only machine the same form runs N gloo processes (``--cpu`` with
@@ -19,9 +20,11 @@ CPU-only machine). With more than one, the node calls ``run_stage``, which
    SIGKILLs those still there after ``GRACE_SECONDS``. No orphan keeps a GPU;
 4. streams the child's output into the Kedro log line by line and raises if it fails.
 
-The node then reads what the child wrote (files under the catalog's folders, or a scratch folder from
-``scratch_dir``) and returns it through the catalog as a one-process run would. Reruns resume as the
-stages always do (finished images, score parts, pairs and checkpoints are skipped).
+The child runs the stage's own ``python -m`` command (``fluxir.runtime.entry``), the same function on every
+process. Either way the node then lists what the stage wrote where the catalog expects it (training, the
+evaluation's timings and a restoration's summary: what rank 0 of the job wrote into a ``scratch_dir``) and
+returns it through the catalog. Reruns resume as the stages always do (finished images, score parts,
+pairs and checkpoints are skipped).
 """
 
 from __future__ import annotations
@@ -211,30 +214,6 @@ def run_stage(
             save_adapter(adapter, scratch / "adapter")
             args += ["--adapter", str(scratch / "adapter")]
         launch(command, args, num_processes, what)
-
-
-def run_image_shards(
-    command: Sequence[str],
-    what: str,
-    num_processes: int,
-    table: Any,
-    table_arg: str,
-    adapter: Any = None,
-    extra: Sequence[str] = (),
-) -> list[dict[str, Any]]:
-    """Launch an entry point that shares out the rows of ``table`` (``fluxir.evaluation``, ``fluxir.restoration``)
-    on ``num_processes`` processes and return the report each rank wrote (``--report``), in rank order: their
-    per-image timings and failures are not on disk."""
-    from fluxir.models.adapter import save_adapter
-
-    with scratch_dir(what) as scratch:
-        table.to_parquet(scratch / "input.parquet")
-        args = [table_arg, str(scratch / "input.parquet"), "--report", str(scratch / "share"), *extra]
-        if adapter is not None:
-            save_adapter(adapter, scratch / "adapter")
-            args += ["--adapter", str(scratch / "adapter")]
-        launch(command, args, num_processes, what)
-        return [json.loads((scratch / f"share.rank{rank}.json").read_text()) for rank in range(num_processes)]
 
 
 def launch(command: Sequence[str], args: Sequence[str], num_processes: int, what: str) -> None:

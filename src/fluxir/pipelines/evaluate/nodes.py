@@ -47,6 +47,30 @@ def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str
     return collect(list(prepared))
 
 
+def _restore_stage(
+    methods: list[str], manifest: pd.DataFrame, eval_outputs: Path, processes: int, restore: Any, adapter: Any = None
+) -> dict[str, list[float]]:
+    """Restore the LQ images of ``manifest`` with ``methods`` here (``restore``: the in-process call, returning
+    ``Share`` s) or with ``python -m fluxir.evaluation --methods <them>`` on ``processes`` processes; returns
+    {method: seconds per image restored now, every process}. The outputs are on disk in ``eval_outputs``."""
+    import json
+
+    from fluxir.runtime.launch import run_stage, scratch_dir
+
+    seconds: dict[str, list[float]] = {m: [] for m in methods}
+
+    def in_process() -> None:
+        for share in restore():
+            seconds[share.method] += share.seconds
+
+    with scratch_dir("evaluate-seconds") as scratch:
+        args = ["--methods", ",".join(methods), "--seconds", str(scratch / "seconds.json")]
+        run_stage(["fluxir.evaluation"], processes, "evaluate", in_process, args, {"--manifest": manifest}, adapter)
+        if (scratch / "seconds.json").is_file():
+            seconds |= json.loads((scratch / "seconds.json").read_text())
+    return seconds
+
+
 def restore_benchmarks(
     manifest: pd.DataFrame,
     adapter: Any,
@@ -62,26 +86,30 @@ def restore_benchmarks(
 
     Outputs already written for the same model, adapter weights, settings and inputs are reused. Nothing is
     done (and no adapter needed) when ``evaluate.methods`` leaves out fluxir. More than one process runs
-    ``accelerate launch -m fluxir.evaluation --methods fluxir`` (each restores every N-th image) first.
+    ``accelerate launch -m fluxir.evaluation --methods fluxir`` (each restores every N-th image); either way
+    the table then lists the outputs on disk.
     """
     from fluxir.datasets.adapter_dataset import require_adapter
-    from fluxir.evaluation.restore import restore_manifest
+    from fluxir.evaluation.restore import restore_manifest, restore_missing
     from fluxir.evaluation.testsets import OUTPUT_COLUMNS
     from fluxir.restoration.methods import check_methods
-    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
+    from fluxir.runtime.launch import resolve_num_processes
 
     if "fluxir" not in check_methods(methods):
         return pd.DataFrame(columns=OUTPUT_COLUMNS), {"FluxIR": "not run (not in evaluate.methods)"}
     adapter = require_adapter(adapter, "evaluate.methods: fluxir")
     processes = resolve_num_processes(num_processes, "evaluate.num_processes")
-    seconds: list[float] = []
-    if processes > 1:
-        extra = ["--methods", "fluxir"]
-        for report in run_image_shards(
-            ["fluxir.evaluation"], "evaluate", processes, manifest, "--manifest", adapter, extra
-        ):
-            seconds += report["seconds"]["fluxir"]
-    return restore_manifest(manifest, adapter, restore, eval_outputs, scale, color_fix, restored_elsewhere=seconds)
+    seconds = _restore_stage(
+        ["fluxir"],
+        manifest,
+        eval_outputs,
+        processes,
+        lambda: [restore_missing(manifest, adapter, restore, eval_outputs, scale, color_fix)],
+        adapter,
+    )
+    return restore_manifest(
+        manifest, adapter, restore, eval_outputs, scale, color_fix, restored_elsewhere=seconds["fluxir"]
+    )
 
 
 def restore_with_public_weights(
@@ -96,21 +124,22 @@ def restore_with_public_weights(
     """Restore every LQ image with the public restorers in ``evaluate.methods`` (realesrgan, flux_controlnet) on
     ``num_processes`` processes; returns (outputs table, run info). Outputs for the same method, weights,
     settings and inputs are reused. More than one process runs ``accelerate launch -m fluxir.evaluation
-    --methods <them>`` (each restores every N-th image) first."""
-    from fluxir.evaluation.restore import public_manifest
+    --methods <them>`` (each restores every N-th image); either way the table then lists the outputs on disk."""
+    from fluxir.evaluation.restore import public_manifest, restore_public_missing
     from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
-    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
+    from fluxir.runtime.launch import resolve_num_processes
 
     public = [m for m in check_methods(methods) if m in PUBLIC_METHODS]
     processes = resolve_num_processes(num_processes, "evaluate.num_processes")
-    seconds: dict[str, list[float]] = {m: [] for m in public}
-    if public and processes > 1:
-        extra = ["--methods", ",".join(public)]
-        for report in run_image_shards(
-            ["fluxir.evaluation"], "evaluate", processes, manifest, "--manifest", None, extra
-        ):
-            for method, values in report["seconds"].items():
-                seconds[method] += values
+    seconds: dict[str, list[float]] = {}
+    if public:
+        seconds = _restore_stage(
+            public,
+            manifest,
+            eval_outputs,
+            processes,
+            lambda: restore_public_missing(manifest, public, baselines, eval_outputs, scale, color_fix),
+        )
     return public_manifest(manifest, methods, baselines, eval_outputs, scale, color_fix, restored_elsewhere=seconds)
 
 

@@ -55,19 +55,28 @@ def restore_images(
     Flux's empty-prompt embeddings come from ``prompt_embeddings`` (no text encoder is loaded when there); the
     folders (``restore_input``, ``restore_output``) are named in the summary.
     """
-    from fluxir.restoration.files import RestoreShare, failure_table, restore_planned, split_params, summarise_shares
+    import json
+
+    from fluxir.restoration.files import failure_table, restore_planned, split_params
     from fluxir.restoration.methods import public_restorer_for
-    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
+    from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
 
     files, cfg = split_params(restore)
     files = {**files, "input_dir": str(restore_input), "output_dir": str(restore_output)}
     make_restorer, adapter, summary_extra = public_restorer_for(files, cfg, adapter, baselines)
     processes = resolve_num_processes(restore["num_processes"], "restore.num_processes")
-    if processes == 1:
-        failures, summary = restore_planned(plan, files, adapter, cfg, make_restorer, prompt_embeddings)
-    else:
-        reports = run_image_shards(["fluxir.restoration"], "restore", processes, plan, "--plan", adapter)
-        failures, summary = summarise_shares(plan, [RestoreShare.from_dict(r) for r in reports], files, cfg)
+    done = []  # one process: (failures, summary) here; several: rank 0 of the job writes them to summary.json
+
+    def in_process() -> None:
+        done.append(restore_planned(plan, files, adapter, cfg, make_restorer, prompt_embeddings))
+
+    with scratch_dir("restore") as scratch:
+        args = ["--summary", str(scratch / "summary.json")]
+        run_stage(["fluxir.restoration"], processes, "restore", in_process, args, {"--plan": plan}, adapter)
+        if not done:
+            written = json.loads((scratch / "summary.json").read_text())
+            done.append((written["failures"], written["summary"]))
+    failures, summary = done[0]
     summary.update(summary_extra)
     logger.info(
         "restored %d image(s), %.2f MP in %.1f s: %.2f s/MP; %d skipped, %d failed%s",
