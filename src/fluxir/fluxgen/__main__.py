@@ -20,7 +20,7 @@ from fluxir.fluxgen.generate import GenerationConfig, run_generation
 from fluxir.fluxgen.pairs import DegradeConfig, degrade_selection, share
 from fluxir.fluxgen.score import IqaConfig, run_scoring
 from fluxir.io.store import ImageStore
-from fluxir.runtime.entry import Input, StageCommand, load_stage, run_subcommand, stage_parser
+from fluxir.runtime.entry import Input, StageCommand, load_stage, run_subcommand, shard, stage_parser
 
 PROG = "python -m fluxir.fluxgen"
 MANIFEST = Input("--manifest", pd.read_parquet, "generated-images parquet (default: the catalog's latest)")
@@ -28,27 +28,13 @@ MANIFEST = Input("--manifest", pd.read_parquet, "generated-images parquet (defau
 
 def _generate(cfg: GenerationConfig, inputs: dict[str, Any], state: Any) -> dict[str, Any]:
     store, done = run_generation(
-        cfg,
-        inputs["fluxgen_image_store"],
-        state.process_index,
-        state.num_processes,
-        state.device,
-        progress=state.is_local_main_process,
-        prompt_cache=inputs["prompt_embeddings"],
+        cfg, inputs["fluxgen_image_store"], *shard(state), prompt_cache=inputs["prompt_embeddings"]
     )
     return {"store": str(store.root), "generated": len(done)}
 
 
 def _score(cfg: IqaConfig, inputs: dict[str, Any], state: Any) -> dict[str, Any]:
-    parts, scored = run_scoring(
-        cfg,
-        inputs["generated_images"],
-        inputs["iqa_parts"],
-        state.process_index,
-        state.num_processes,
-        state.device,
-        progress=state.is_local_main_process,
-    )
+    parts, scored = run_scoring(cfg, inputs["generated_images"], inputs["iqa_parts"], *shard(state))
     return {"parts": str(parts), "scored": scored}
 
 
@@ -60,15 +46,7 @@ def _content_filter_config(fluxgen: dict[str, Any]) -> ContentFilterConfig:
 
 
 def _content_filter(cfg: ContentFilterConfig, inputs: dict[str, Any], state: Any) -> dict[str, Any]:
-    parts, scored = run_filter(
-        cfg,
-        inputs["generated_images"],
-        inputs["nsfw_parts"],
-        state.process_index,
-        state.num_processes,
-        state.device,
-        progress=state.is_local_main_process,
-    )
+    parts, scored = run_filter(cfg, inputs["generated_images"], inputs["nsfw_parts"], *shard(state))
     return {"parts": str(parts), "scored": scored}
 
 

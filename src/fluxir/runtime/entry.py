@@ -71,6 +71,12 @@ def process_state(device: str) -> Any:
     return PartialState(cpu=accelerate_cpu(device))
 
 
+def shard(state: Any) -> tuple[int, int, Any, bool]:
+    """(process index, processes, device, progress bar on): what every sharded stage function takes after its
+    inputs."""
+    return state.process_index, state.num_processes, state.device, state.is_local_main_process
+
+
 def finish(state: Any, summary: Mapping[str, Any]) -> None:
     """Wait for every process, then print this process's summary (with its rank) as one JSON line."""
     state.wait_for_everyone()

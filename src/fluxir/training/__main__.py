@@ -21,7 +21,7 @@ import pandas as pd
 from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.models.adapter import save_adapter
 from fluxir.parameters.config import load_catalog
-from fluxir.runtime.entry import Input, finish, load_stage, process_state, stage_parser
+from fluxir.runtime.entry import Input, StageCommand, load_stage, process_state, shard, stage_parser
 from fluxir.runtime.tracking import command_run
 from fluxir.training.config import TrainConfig, TrainFolders
 from fluxir.training.latents import precompute_latents
@@ -32,32 +32,24 @@ PAIRS = Input("--manifest", pd.read_parquet, "pairs parquet (default: the catalo
 LATENT_CACHE = Input(None, Path)  # the catalog's folder (runtime param train.latent_cache_dir)
 
 
-def latents(argv: list[str]) -> None:
-    """Fill the latent cache of the training pairs on one or many processes."""
-    inputs = {"pairs_manifest": PAIRS, "train_latent_cache": LATENT_CACHE}
-    args = stage_parser(f"{PROG} latents", latents.__doc__, "train.latent_cache_dir=/fast/latents", inputs).parse_args(
-        argv
-    )
-    params, loaded = load_stage(args, f"{PROG} latents", ["train"], inputs)
-    cfg = TrainConfig.from_params(params["train"])
-    state = process_state(cfg.device)
-    done = precompute_latents(
-        cfg,
-        loaded["pairs_manifest"],
-        state.process_index,
-        state.num_processes,
-        state.device,
-        progress=state.is_local_main_process,
-        cache_dir=loaded["train_latent_cache"],
-    )
-    finish(state, done)
+LATENTS = StageCommand(
+    f"{PROG} latents",
+    "Fill the latent cache of the training pairs on one or many processes.",
+    "train.latent_cache_dir=/fast/latents",
+    "train",
+    TrainConfig.from_params,
+    {"pairs_manifest": PAIRS, "train_latent_cache": LATENT_CACHE},
+    lambda cfg, inputs, state: precompute_latents(
+        cfg, inputs["pairs_manifest"], *shard(state), cache_dir=inputs["train_latent_cache"]
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Train the FluxIR adapter on one or many processes (``accelerate launch -m fluxir.training``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["latents"]:
-        latents(argv[1:])
+        LATENTS.main(argv[1:])
         return
     configure_cuda_allocator()  # before anything touches CUDA
 

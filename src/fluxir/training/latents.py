@@ -79,7 +79,7 @@ def fill_and_count(cfg: TrainConfig, manifest: pd.DataFrame, cache_dir: str | Pa
     cache = LatentCache(cache_dir, vae_identity(load_vae(cfg.model, cfg.dtype, "cpu")))
 
     def cached() -> int:
-        return sum(cache.path(cache.key(row, pairs.lq_scale)).is_file() for _, row in pairs.rows.iterrows())
+        return sum(cache.path(cache.key(row, pairs.lq_scale)).is_file() for row in pairs.rows.itertuples())
 
     before = cached()
     fill()
