@@ -191,18 +191,18 @@ def run_stage(
     command: Sequence[str],
     num_processes: int,
     what: str,
-    in_process: Callable[[], object],
+    in_process: Callable[[], Any],
     args: Sequence[str] = (),
     tables: Mapping[str, Any] | None = None,
     adapter: Any = None,
-) -> None:
+) -> Any:
     """The one way a node runs its stage: ``in_process()`` here on one process, else the stage's command
     (``python -m <command>``, the same stage function on every process) launched on ``num_processes``, handed
     ``args``, ``tables`` (``{"--manifest": DataFrame}``: written as parquet files) and ``adapter`` (``--adapter
-    <folder>``). Either way the stage's outputs are then on disk where the catalog expects them."""
+    <folder>``). Either way the stage's outputs are then on disk where the catalog expects them. Returns what
+    ``in_process()`` returned, None after a launch."""
     if num_processes == 1:
-        in_process()
-        return
+        return in_process()
     from fluxir.models.adapter import save_adapter
 
     with scratch_dir(what) as scratch:
@@ -214,6 +214,7 @@ def run_stage(
             save_adapter(adapter, scratch / "adapter")
             args += ["--adapter", str(scratch / "adapter")]
         launch(command, args, num_processes, what)
+    return None
 
 
 def launch(command: Sequence[str], args: Sequence[str], num_processes: int, what: str) -> None:

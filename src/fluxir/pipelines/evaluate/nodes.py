@@ -48,27 +48,23 @@ def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str
 
 
 def _restore_stage(
-    methods: list[str], manifest: pd.DataFrame, eval_outputs: Path, processes: int, restore: Any, adapter: Any = None
+    methods: list[str], manifest: pd.DataFrame, processes: int, restore: Any, adapter: Any = None
 ) -> dict[str, list[float]]:
-    """Restore the LQ images of ``manifest`` with ``methods`` here (``restore``: the in-process call, returning
-    ``Share`` s) or with ``python -m fluxir.evaluation --methods <them>`` on ``processes`` processes; returns
-    {method: seconds per image restored now, every process}. The outputs are on disk in ``eval_outputs``."""
+    """Restore the LQ images of ``manifest`` with ``methods`` here (``restore()``, returning a ``Share`` per
+    method) or with ``python -m fluxir.evaluation --methods <them>`` on ``processes`` processes; the outputs are
+    then on disk. Returns {method: seconds per image restored now, every process}."""
     import json
 
     from fluxir.runtime.launch import run_stage, scratch_dir
 
-    seconds: dict[str, list[float]] = {m: [] for m in methods}
-
-    def in_process() -> None:
-        for share in restore():
-            seconds[share.method] += share.seconds
-
-    with scratch_dir("evaluate-seconds") as scratch:
+    with scratch_dir("evaluate") as scratch:  # several processes: rank 0 writes every process's seconds here
         args = ["--methods", ",".join(methods), "--seconds", str(scratch / "seconds.json")]
-        run_stage(["fluxir.evaluation"], processes, "evaluate", in_process, args, {"--manifest": manifest}, adapter)
-        if (scratch / "seconds.json").is_file():
-            seconds |= json.loads((scratch / "seconds.json").read_text())
-    return seconds
+        shares = run_stage(
+            ["fluxir.evaluation"], processes, "evaluate", restore, args, {"--manifest": manifest}, adapter
+        )
+        if shares is None:
+            return json.loads((scratch / "seconds.json").read_text())
+    return {share.method: share.seconds for share in shares}
 
 
 def restore_benchmarks(
@@ -102,7 +98,6 @@ def restore_benchmarks(
     seconds = _restore_stage(
         ["fluxir"],
         manifest,
-        eval_outputs,
         processes,
         lambda: [restore_missing(manifest, adapter, restore, eval_outputs, scale, color_fix)],
         adapter,
@@ -136,7 +131,6 @@ def restore_with_public_weights(
         seconds = _restore_stage(
             public,
             manifest,
-            eval_outputs,
             processes,
             lambda: restore_public_missing(manifest, public, baselines, eval_outputs, scale, color_fix),
         )

@@ -65,18 +65,20 @@ def restore_images(
     files = {**files, "input_dir": str(restore_input), "output_dir": str(restore_output)}
     make_restorer, adapter, summary_extra = public_restorer_for(files, cfg, adapter, baselines)
     processes = resolve_num_processes(restore["num_processes"], "restore.num_processes")
-    done = []  # one process: (failures, summary) here; several: rank 0 of the job writes them to summary.json
-
-    def in_process() -> None:
-        done.append(restore_planned(plan, files, adapter, cfg, make_restorer, prompt_embeddings))
-
-    with scratch_dir("restore") as scratch:
-        args = ["--summary", str(scratch / "summary.json")]
-        run_stage(["fluxir.restoration"], processes, "restore", in_process, args, {"--plan": plan}, adapter)
-        if not done:
+    with scratch_dir("restore") as scratch:  # several processes: rank 0 writes failures and summary here
+        done = run_stage(
+            ["fluxir.restoration"],
+            processes,
+            "restore",
+            lambda: restore_planned(plan, files, adapter, cfg, make_restorer, prompt_embeddings),
+            ["--summary", str(scratch / "summary.json")],
+            {"--plan": plan},
+            adapter,
+        )
+        if done is None:
             written = json.loads((scratch / "summary.json").read_text())
-            done.append((written["failures"], written["summary"]))
-    failures, summary = done[0]
+            done = written["failures"], written["summary"]
+    failures, summary = done
     summary.update(summary_extra)
     logger.info(
         "restored %d image(s), %.2f MP in %.1f s: %.2f s/MP; %d skipped, %d failed%s",

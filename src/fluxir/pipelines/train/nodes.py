@@ -68,24 +68,19 @@ def train_adapter(
         latent_cache["cache_dir"],
     )
     processes = resolve_num_processes(train["num_processes"], "train.num_processes")
-    result = []  # one process: the run itself; several: rank 0 saves adapter and history into the scratch folder
-
-    def in_process() -> None:
-        folders = TrainFolders(train_checkpoints, train_latent_cache)
-        result.append(run_training(train, pairs_manifest, folders=folders, prompt_cache=prompt_embeddings))
-
-    with scratch_dir("train") as scratch:
+    folders = TrainFolders(train_checkpoints, train_latent_cache)
+    with scratch_dir("train") as scratch:  # several processes: rank 0 saves adapter and history here
         adapter, history = scratch / "adapter", scratch / "history.parquet"
-        run_stage(
+        result = run_stage(
             ["fluxir.training"],
             processes,
             "train",
-            in_process,
+            lambda: run_training(train, pairs_manifest, folders=folders, prompt_cache=prompt_embeddings),
             ["--output", str(adapter), "--history", str(history), "--prompt-cache", str(prompt_embeddings)],
             tables={"--manifest": pairs_manifest},
         )
-        if result:
-            return result[0].adapter, result[0].history
+        if result is not None:
+            return result.adapter, result.history
         return load_adapter(adapter), pd.read_parquet(history)
 
 
