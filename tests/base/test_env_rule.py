@@ -129,3 +129,14 @@ def test_slurm_scripts_default_to_kedro_runs_env():
     assert defaults == [kedro_default_run_env()]
     for script in (REPO / "scripts" / "slurm").iterdir():
         assert "--env base" not in script.read_text(), script.name
+
+
+@pytest.mark.parametrize("argv", [[], ["generat"]])
+def test_a_command_with_stages_names_them_when_given_none_it_knows(argv):
+    from fluxir.fluxgen.__main__ import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    message = str(stopped.value)
+    assert "python -m fluxir.fluxgen {generate,score,content_filter,pairs}" in message
+    assert ("'generat'" if argv else "got none") in message
