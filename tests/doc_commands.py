@@ -39,15 +39,15 @@ RUN: dict[str, str] = {
     ),
     # full_scale.md, section 4: the FluxGen stages by hand, with 2 CPU processes where it says N and
     # fluxgen.num_images=4 where it says 350000, degradation on M = 2 "machines"
-    "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --params fluxgen.num_images=350000": E2E
+    "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen generate --params fluxgen.num_images=350000": E2E
     + "test_full_scale_fluxgen_commands",
     "kedro run --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000": E2E
     + "test_full_scale_fluxgen_commands",
-    "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score": E2E + "test_full_scale_fluxgen_commands",
+    "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen score": E2E + "test_full_scale_fluxgen_commands",
     "kedro run --pipeline=fluxgen --params=fluxgen.num_images=350000": E2E + "test_full_scale_fluxgen_commands",
     "kedro run --pipeline=fluxgen --to-nodes=fluxgen.select_by_iqa --params=fluxgen.num_images=350000": E2E
     + "test_full_scale_fluxgen_commands",
-    "python -m fluxir.fluxgen.pairs --params degrade.rank=k,degrade.world_size=M": E2E
+    "python -m fluxir.fluxgen pairs --params degrade.rank=k,degrade.world_size=M": E2E
     + "test_full_scale_fluxgen_commands",
     # the README's real run, in order (the base configuration's models as a hub-cache snapshot, run_small sizes)
     "kedro run --pipeline=fluxgen": E2E + "test_full_scale_fluxgen_commands",
@@ -66,7 +66,7 @@ RUN: dict[str, str] = {
     "kedro run -c conf/run_small.yml": E2E + "test_evaluate_restore_and_check_commands",
     'kedro run -c conf/run_small.yml --pipeline=restore --params="restore.input_dir=my_photos"': E2E
     + "test_evaluate_restore_and_check_commands",
-    "accelerate launch --multi_gpu --num_processes 2 -m fluxir.fluxgen.score -c conf/run_small.yml": E2E
+    "accelerate launch --multi_gpu --num_processes 2 -m fluxir.fluxgen score -c conf/run_small.yml": E2E
     + "test_evaluate_restore_and_check_commands",
     # the tiny environment
     'kedro run --env=tiny --pipeline=fluxgen --params="fluxgen.num_images=50"': E2E + "test_tiny_commands",
@@ -118,10 +118,10 @@ SKIP: list[tuple[str, str]] = [
         ),
     ),
     (
-        r"-m fluxir\.training\.latents$",
+        r"-m fluxir\.training latents$",
         (
             "the latent cache before training, not in the base end-to-end run: tests/training/test_latents.py runs "
-            "python -m fluxir.training.latents (tiny) and its 2-process shards"
+            "python -m fluxir.training latents (tiny) and its 2-process shards"
         ),
     ),
     (

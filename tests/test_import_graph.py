@@ -5,9 +5,7 @@ inside functions and under ``if TYPE_CHECKING``: a lazy import only postpones a 
 and an annotation-only one still means the two modules cannot be read one after the other. Importing a
 sub-module runs its package's ``__init__`` first; that is how packages work, not an edge of the graph
 (``from fluxir.iqa import weights`` is an edge to ``fluxir.iqa.weights``, not to ``fluxir.iqa``).
-The one exception is a command line's ``main()``: it runs only as ``python -m``, is never called by library
-code, and sits on top of the whole stack, so what it imports (the parameter checks of ``fluxir.parameters.validation``,
-which build this module's own config class) is no edge either.
+A command line's ``main()`` counts like any other function.
 """
 
 from __future__ import annotations
@@ -30,27 +28,11 @@ def module_names(src: Path) -> dict[str, Path]:
     return names
 
 
-def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    """Every import statement, except those inside a command line's ``main()`` (see the module docstring)."""
-    found: list[ast.Import | ast.ImportFrom] = []
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "main":
-            return
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    return found
-
-
 def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The modules of ``modules`` that ``name`` imports anywhere in its file."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in _imports(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

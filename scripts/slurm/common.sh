@@ -1,7 +1,7 @@
 # Sourced by the sbatch scripts of this folder: one accelerate launch over every node of the allocation.
 #
-#   fluxir_launch <module> [args...]   runs `accelerate launch -m <module> args` once per node (srun, one task
-#                                      per node), GPUS_PER_NODE processes each, node k as machine rank k.
+#   fluxir_launch <module> [args...]   runs `accelerate launch -m <module> args --env .. --params ..` once per
+#                                      node (srun, one task per node), GPUS_PER_NODE processes each, node k as machine rank k.
 #   fluxir_kedro <params> [args...]    runs `kedro run args` here (the first node) with FLUXIR_PARAMS plus
 #                                      <params> (e.g. fluxgen.num_processes=1: the bookkeeping between launches,
 #                                      manifests, merge, select, report, needs no GPU job of its own).
@@ -39,7 +39,7 @@ node_launch() {
     --num_processes $((SLURM_NNODES * GPUS_PER_NODE)) \
     --main_process_ip "$MAIN_PROCESS_IP" --main_process_port "$MAIN_PROCESS_PORT" \
     --mixed_precision no --dynamo_backend no \
-    -m "$module" --env "$FLUXIR_ENV" "${extra[@]}" "$@"
+    -m "$module" "$@" --env "$FLUXIR_ENV" "${extra[@]}"  # "$@" first: a subcommand (fluxir.fluxgen generate)
 }
 export -f node_launch params_args
 

@@ -28,18 +28,32 @@ def kedro_default_run_env() -> str:
     return _ProjectSettings._CONFIG_LOADER_ARGS.default["default_run_env"]
 
 
+PARSERS = {"cli_parser", "stage_parser", "run_subcommand"}  # how a command line starts (fluxir.runtime.entry)
+# Commands with subcommands: each is a command of its own (``python -m fluxir.fluxgen generate``).
+SUBCOMMANDS = {
+    "fluxir.fluxgen.__main__": [["generate"], ["score"], ["content_filter"], ["pairs"]],
+    "fluxir.training.__main__": [[], ["latents"]],
+}
+
+
 def entry_point_modules() -> list[str]:
-    """Modules under src/fluxir and scripts/ whose ``main`` builds its parser with ``cli_parser``."""
+    """Modules under src/fluxir and scripts/ whose ``main`` builds its parser with ``cli_parser`` (or the stage
+    skeleton's ``stage_parser`` / ``run_subcommand``)."""
     found = []
     for path in [*sorted(SRC.rglob("*.py")), *sorted(SCRIPTS.glob("*.py"))]:
         tree = ast.parse(path.read_text())
         for func in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"):
             calls = {c.func.id for c in ast.walk(func) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
-            if "cli_parser" in calls:
+            if calls & PARSERS:
                 root = SCRIPTS if path.parent == SCRIPTS else SRC.parent
                 module = ".".join(path.relative_to(root).with_suffix("").parts)
                 found.append(module)
     return found
+
+
+def entry_point_commands() -> list[tuple[str, ...]]:
+    """(module, subcommand...) of every command line."""
+    return [(m, *sub) for m in entry_point_modules() for sub in SUBCOMMANDS.get(m, [[]])]
 
 
 class _Parsed(Exception):
@@ -47,8 +61,8 @@ class _Parsed(Exception):
         self.namespace = namespace
 
 
-def parsed_default_env(module_name: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The env ``module_name``'s ``main([])`` settles on, stopped before it reads any configuration."""
+def parsed_default_env(module_name: str, monkeypatch: pytest.MonkeyPatch, *subcommand: str) -> str:
+    """The env ``module_name``'s ``main([*subcommand])`` settles on, stopped before it reads any configuration."""
     parse = config._CliParser.parse_args
 
     def stop_after_parsing(self, args=None, namespace=None):
@@ -57,7 +71,7 @@ def parsed_default_env(module_name: str, monkeypatch: pytest.MonkeyPatch) -> str
     monkeypatch.setattr(config._CliParser, "parse_args", stop_after_parsing)
     module = importlib.import_module(module_name)
     with pytest.raises(_Parsed) as parsed:
-        module.main([])
+        module.main(list(subcommand))
     return parsed.value.namespace.env
 
 
@@ -73,11 +87,8 @@ def test_every_entry_point_is_found():
         "fluxir.preflight.__main__",
         "fluxir.app.__main__",
         "fluxir.fetch.__main__",
-        "fluxir.fluxgen.generate",
-        "fluxir.fluxgen.score",
-        "fluxir.fluxgen.pairs",
+        "fluxir.fluxgen.__main__",
         "fluxir.training.__main__",
-        "fluxir.training.latents",
         "fluxir.evaluation.__main__",
         "demo_data",
         "fluxir.restoration.__main__",
@@ -95,10 +106,10 @@ def test_no_entry_point_declares_its_own_env_option():
     assert offenders == []
 
 
-@pytest.mark.parametrize("module_name", entry_point_modules())
-def test_entry_point_default_env_is_kedro_runs(module_name, monkeypatch):
+@pytest.mark.parametrize("command", entry_point_commands(), ids=" ".join)
+def test_entry_point_default_env_is_kedro_runs(command, monkeypatch):
     monkeypatch.delenv("KEDRO_ENV", raising=False)
-    assert parsed_default_env(module_name, monkeypatch) == kedro_default_run_env()
+    assert parsed_default_env(command[0], monkeypatch, *command[1:]) == kedro_default_run_env()
 
 
 def test_run_file_env_then_kedro_env_then_default(monkeypatch, tmp_path: Path):
@@ -120,3 +131,14 @@ def test_slurm_scripts_default_to_kedro_runs_env():
     assert defaults == [kedro_default_run_env()]
     for script in (REPO / "scripts" / "slurm").iterdir():
         assert "--env base" not in script.read_text(), script.name
+
+
+@pytest.mark.parametrize("argv", [[], ["generat"]])
+def test_a_command_with_stages_names_them_when_given_none_it_knows(argv):
+    from fluxir.fluxgen.__main__ import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    message = str(stopped.value)
+    assert "python -m fluxir.fluxgen {generate,score,content_filter,pairs}" in message
+    assert ("'generat'" if argv else "got none") in message

@@ -104,7 +104,8 @@ def _score_cli(manifest: Path, parts: Path, metric: str, *extra: str) -> list[st
     params = f"iqa.metrics=[{metric}],iqa.batch_size=3,iqa.part_size=6,iqa.loader_workers=1,iqa.device=cpu"
     return [
         "-m",
-        "fluxir.fluxgen.score",
+        "fluxir.fluxgen",
+        "score",
         "--env",
         "tiny",
         "--params",
@@ -333,7 +334,8 @@ def _pairs_cli(selection: Path, store: Path, *params: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "fluxir.fluxgen.pairs",
+        "fluxir.fluxgen",
+        "pairs",
         "--env",
         "tiny",
         "--selection",

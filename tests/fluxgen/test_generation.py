@@ -103,7 +103,13 @@ def test_prompt_list_changes_images(tiny_flux_dir, tmp_path):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fluxir.fluxgen.generate", "--env", "tiny", *args]
+    return [sys.executable, "-m", "fluxir.fluxgen", "generate", "--env", "tiny", *args]
+
+
+def _summaries(stdout: str) -> dict[int, int]:
+    """{rank: images it generated} from the JSON line each process of the command prints last."""
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return {line["rank"]: line["generated"] for line in lines}
 
 
 @pytest.mark.e2e  # a killed process, several processes
@@ -123,15 +129,10 @@ def test_killed_run_keeps_complete_images_and_resumes(tmp_path):
     assert 3 <= len(written) < 400, "the run should have been killed part-way"
     for path in written:  # every file that exists under its final name is a complete image
         assert read_image(path).shape == (48, 64, 3)
-    subprocess.run(
-        _cli("--params", params, "--store", str(killed), "--report", str(tmp_path / "rep")),
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
+    rerun = subprocess.run(
+        _cli("--params", params, "--store", str(killed)), cwd=REPO, env=env, check=True, capture_output=True, text=True
     )
-    regenerated = json.loads((tmp_path / "rep.rank0.json").read_text())
-    assert len(regenerated) == 400 - len(written)
+    assert _summaries(rerun.stdout) == {0: 400 - len(written)}
     assert len(list(killed.rglob("*.png"))) == 400
     # the first ids (made before and after the kill) are an uninterrupted run's, byte for byte (the store key
     # does not depend on num_images), and every recorded hash is its file's
@@ -171,7 +172,7 @@ def test_two_processes_share_the_ids(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     params = "fluxgen.num_images=7,fluxgen.steps=2"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
+    two = subprocess.run(
         [
             str(accelerate),
             "launch",
@@ -187,34 +188,32 @@ def test_two_processes_share_the_ids(tmp_path):
             "--main_process_port",
             str(free_port()),
             "-m",
-            "fluxir.fluxgen.generate",
+            "fluxir.fluxgen",
+            "generate",
             "--env",
             "tiny",
             "--params",
             params,
             "--store",
             str(tmp_path / "two"),
-            "--report",
-            str(tmp_path / "two"),
         ],
         cwd=REPO,
         env=env,
         check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
-    subprocess.run(
-        _cli("--params", params, "--store", str(tmp_path / "one"), "--report", str(tmp_path / "one")),
+    one = subprocess.run(
+        _cli("--params", params, "--store", str(tmp_path / "one")),
         cwd=REPO,
         env=env,
         check=True,
         capture_output=True,
+        text=True,
     )
-    rank0 = json.loads((tmp_path / "two.rank0.json").read_text())
-    rank1 = json.loads((tmp_path / "two.rank1.json").read_text())
-    single = json.loads((tmp_path / "one.rank0.json").read_text())
-    assert rank0 and rank1 and not set(rank0) & set(rank1)
-    assert sorted(rank0 + rank1) == single == list(range(7))
-    two = {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*.png")}
-    one = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*.png")}
-    assert two == one
+    # ids r, r+2, ...: rank 0 makes 4 of the 7, rank 1 the other 3 (the files below: the same 7 images)
+    assert _summaries(two.stdout) == {0: 4, 1: 3} and _summaries(one.stdout) == {0: 7}
+    two_files = {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*.png")}
+    one_files = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*.png")}
+    assert two_files == one_files and len(one_files) == 7

@@ -204,18 +204,18 @@ def test_full_scale_fluxgen_commands(base_project):
     p = base_project
     two = ("--num_processes N", "--num_processes 2")
     p.run(
-        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate --params fluxgen.num_images=350000",
+        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen generate --params fluxgen.num_images=350000",
         two,
     )
     p.run("kedro run --pipeline=fluxgen --to-nodes=fluxgen.generate_images --params=fluxgen.num_images=350000")
-    p.run("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.score", two)
+    p.run("accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen score", two)
     parts = sorted((p.path / "data" / "04_feature" / "iqa_parts").rglob("part-*.parquet"))
     assert {int(part.name.split("-")[1]) for part in parts} == {0, 1}, "both processes wrote scores"
     p.run("kedro run --pipeline=fluxgen --to-nodes=fluxgen.select_by_iqa --params=fluxgen.num_images=350000")
     shutil.rmtree(p.path / "data" / "05_model_input" / "pairs", ignore_errors=True)  # base_pairs may have run first
     for k in (0, 1):
         p.run(
-            "python -m fluxir.fluxgen.pairs --params degrade.rank=k,degrade.world_size=M",
+            "python -m fluxir.fluxgen pairs --params degrade.rank=k,degrade.world_size=M",
             ("rank=k", f"rank={k}"),
             ("world_size=M", "world_size=2"),
         )
@@ -315,7 +315,7 @@ def test_evaluate_restore_and_check_commands(base_adapter):
     transformer = next(line for line in check.stdout.splitlines() if "fluxgen.model: transformer" in line)
     assert transformer.startswith("OK") and "in 3 file(s)" in transformer, transformer  # the three shards
 
-    p.run("accelerate launch --multi_gpu --num_processes 2 -m fluxir.fluxgen.score -c conf/run_small.yml")
+    p.run("accelerate launch --multi_gpu --num_processes 2 -m fluxir.fluxgen score -c conf/run_small.yml")
     p.run("kedro run -c conf/run_small.yml")  # everything done: fluxgen, train, evaluate find it so
 
 

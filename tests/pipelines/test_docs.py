@@ -183,7 +183,7 @@ def test_architecture_picture_shows_every_pipeline_and_the_adapter():
 def test_full_scale_commands_and_weight_files_match_the_code():
     text = (DOCS / "full_scale.md").read_text()
     assert (
-        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen.generate \\\n"
+        "accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen generate \\\n"
         "    --params fluxgen.num_images=350000"
     ) in text
     from fluxir.iqa import required_weight_files  # stdlib + numpy only at import

@@ -151,13 +151,13 @@ def test_corrupt_image_is_named(kedro_project):
 
 
 def test_reruns_reuse_scores_and_pairs_and_the_clis_read_the_catalog(fluxgen_run, monkeypatch):
-    """The ``python -m fluxir.fluxgen.score`` / ``.pairs`` commands (their ``main``, in this process) find the
+    """The ``python -m fluxir.fluxgen score`` / ``pairs`` commands (their ``main``, in this process) find the
     catalog's latest manifests and have nothing left to do."""
     import contextlib
     import io
     import json
 
-    from fluxir.fluxgen import pairs, score
+    from fluxir.fluxgen.__main__ import main as fluxgen
 
     project = fluxgen_run
     parts = sorted((project / "data/04_feature/iqa_parts").rglob("part-*.parquet"))
@@ -170,6 +170,6 @@ def test_reruns_reuse_scores_and_pairs_and_the_clis_read_the_catalog(fluxgen_run
             main(list(argv))
         return json.loads(out.getvalue().strip().splitlines()[-1])
 
-    assert last_json(score.main, "--env", "tiny")["scored"] == 0  # latest generated_images, all scored
-    made = last_json(pairs.main, "--env", "tiny", "--params", "degrade.rank=1,degrade.world_size=2")["made"]
+    assert last_json(fluxgen, "score", "--env", "tiny")["scored"] == 0  # latest generated_images, all scored
+    made = last_json(fluxgen, "pairs", "--env", "tiny", "--params", "degrade.rank=1,degrade.world_size=2")["made"]
     assert made == 0  # latest iqa_selection, all pairs done

@@ -335,7 +335,7 @@ def test_the_guard_ends_a_rank_in_its_own_session_that_ignores_sigterm(tmp_path)
     from fluxir.runtime.launch import GRACE_SECONDS
 
     pid_file = tmp_path / "rank.pid"
-    guard = [sys.executable, "-m", "fluxir.runtime.launch", "--parent", str(os.getpid()), "--"]
+    guard = [sys.executable, "-m", "fluxir.runtime", "--parent", str(os.getpid()), "--"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run(
         [*guard, sys.executable, "-c", LAUNCHER_LEAVING_A_RANK, str(pid_file)],

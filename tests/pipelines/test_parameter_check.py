@@ -163,14 +163,14 @@ def test_the_base_and_tiny_parameters_pass():
 def test_entry_point_lists_every_problem_before_work(tmp_path):
     params = load_params("tiny", ["degrade.workers=0", "degrade.config.crop_position=left", "degrade.seed=x"], REPO)
     with pytest.raises(ConfigError) as caught:
-        check_params(params, ["degrade"], "python -m fluxir.fluxgen.pairs")
+        check_params(params, ["degrade"], "python -m fluxir.fluxgen pairs")
     message = str(caught.value)
     assert "3 parameter problem(s)" in message
     for text in ("degrade.workers", "crop_position must be 'center' or 'random'", "degrade.seed must be an integer"):
         assert text in message
-    from fluxir.fluxgen.pairs import main  # `python -m fluxir.fluxgen.pairs`, in this process
+    from fluxir.fluxgen.__main__ import main  # `python -m fluxir.fluxgen pairs`, in this process
 
-    argv = ["--env=tiny", "--params=degrade.workers=0", "--selection", str(tmp_path / "absent.parquet")]
+    argv = ["pairs", "--env=tiny", "--params=degrade.workers=0", "--selection", str(tmp_path / "absent.parquet")]
     with contextlib.chdir(REPO), pytest.raises(ConfigError) as caught:
         main([*argv, "--store", str(tmp_path / "store")])
     assert "degrade.workers must be 'auto' or a positive integer, got 0" in str(caught.value)

@@ -107,7 +107,8 @@ def _cli(manifest: Path, cache: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "fluxir.training.latents",
+        "fluxir.training",
+        "latents",
         "--env",
         "tiny",
         "--manifest",

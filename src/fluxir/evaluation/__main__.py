@@ -12,26 +12,31 @@ the outputs are the same as from one process.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
-from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from fluxir.evaluation.restore import restore_missing, restore_public_missing
+from fluxir.io.atomic import write_json_atomic
 from fluxir.models.adapter import load_adapter
-from fluxir.models.devices import accelerate_cpu, resolve_device
-from fluxir.parameters.config import cli_parser, load_catalog, load_params
-from fluxir.parameters.validation import check_params
+from fluxir.models.devices import resolve_device
+from fluxir.parameters.config import load_catalog
 from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
+from fluxir.runtime.entry import Input, finish, load_stage, process_state, stage_parser
+
+PROG = "python -m fluxir.evaluation"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Restore the benchmark images on one or many processes."""
-    parser = cli_parser("python -m fluxir.evaluation", main.__doc__, "evaluate.restore.steps=20")
-    parser.add_argument(
-        "--manifest", default=None, help="benchmark manifest parquet (default: the catalog's latest benchmark_manifest)"
-    )
+    inputs = {
+        "eval_outputs": Input(None, Path),  # the evaluate pipeline's folder of every method's outputs
+        "benchmark_manifest": Input(
+            "--manifest", pd.read_parquet, "benchmark manifest parquet (default: the catalog's)"
+        ),
+    }
+    parser = stage_parser(PROG, main.__doc__, "evaluate.restore.steps=20", inputs)
     parser.add_argument("--adapter", default=None, help="adapter folder (default: the catalog's latest fluxir_adapter)")
     parser.add_argument(
         "--methods",
@@ -39,23 +44,24 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated restorers (fluxir, realesrgan, flux_controlnet; default: those of evaluate.methods)",
     )
     parser.add_argument(
-        "--report", default=None, help="write this process's seconds per restored image to <report>.rank<r>.json"
+        "--seconds", default=None, help="write {method: seconds per image restored now} of all processes here (JSON)"
     )
     args = parser.parse_args(argv)
 
-    params = load_params(args.env, args.params, args.project)
-    check_params(params, ["evaluate"], "python -m fluxir.evaluation")
+    params, loaded = load_stage(args, PROG, ["evaluate"], inputs)
     evaluate = params["evaluate"]
     methods = check_methods(args.methods.split(",") if args.methods else evaluate["methods"])
     public = [m for m in methods if m in PUBLIC_METHODS]
-    catalog = load_catalog(args.env, args.project, args.params)
-    outputs = catalog.load("eval_outputs")  # the evaluate pipeline's folder of every method's outputs
-    manifest = pd.read_parquet(args.manifest) if args.manifest else catalog.load("benchmark_manifest")
+    outputs, manifest = loaded["eval_outputs"], loaded["benchmark_manifest"]
     restore = evaluate["restore"]
-    state = PartialState(cpu=accelerate_cpu(restore["device"]))
+    state = process_state(restore["device"])
     seconds: dict[str, list[float]] = {}
     if "fluxir" in methods:
-        adapter = load_adapter(args.adapter) if args.adapter else catalog.load("fluxir_adapter")
+        adapter = (
+            load_adapter(args.adapter)
+            if args.adapter
+            else load_catalog(args.env, args.project, args.params).load("fluxir_adapter")
+        )
         share = restore_missing(
             manifest,
             adapter,
@@ -81,11 +87,10 @@ def main(argv: list[str] | None = None) -> None:
             state.device,
         )
         seconds |= {share.method: share.seconds for share in shares}
-    if args.report:
-        Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps({"seconds": seconds}))
-    state.wait_for_everyone()
-    restored = {method: len(s) for method, s in seconds.items()}
-    print(json.dumps({"rank": state.process_index, "restored": restored, "processes": state.num_processes}))
+    every = gather_object([seconds])  # rank order
+    if args.seconds and state.is_main_process:
+        write_json_atomic(Path(args.seconds), {m: [x for share in every for x in share[m]] for m in seconds})
+    finish(state, {"restored": {method: len(s) for method, s in seconds.items()}})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ The story, in order:
    the softmax probability of that label, the number BFL's pipeline call compares with 0.85.
 3. Scoring at scale is FluxGen's IQA scoring (``fluxir.fluxgen.score``), reused as is: chunks of
    ``batch_size`` distinct images keyed by sha256, share ``r`` of ``w`` processes (``accelerate launch -m
-   fluxir.fluxgen.content_filter``), images decoded by ``loader_workers`` processes, parts of ``part_size``
+   fluxir.fluxgen content_filter``), images decoded by ``loader_workers`` processes, parts of ``part_size``
    rows under ``<nsfw_parts>/<filter key>/``. The filter key hashes the classifier's id, its revision (hub
    snapshot commit or folder hash, ``fluxir.io.provenance.model_revision``), the dtype and transformers'
    version: a rerun scores only images not scored by that very classifier. The threshold is not in the key:
@@ -41,7 +41,6 @@ import pandas as pd
 
 from fluxir.io.hashing import hash_json
 from fluxir.io.provenance import model_revision
-from fluxir.parameters.config import cli_parser, stage_command_inputs
 from fluxir.parameters.rules import Config, Rule
 
 logger = logging.getLogger(__name__)
@@ -220,46 +219,3 @@ def record_filter_state(cfg: ContentFilterConfig, flagged: int | None) -> dict[s
 
             log_new_params({"content_filter.review_duty": "user (FLUX.1-dev licence 2(e)(i)(B))"})
     return tags
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Score FluxGen images with the content filter on one or many processes
-    (``accelerate launch -m fluxir.fluxgen.content_filter``)."""
-    from accelerate import PartialState
-
-    from fluxir.models.devices import accelerate_cpu
-    from fluxir.parameters.validation import check_params  # validation builds this module's config class
-
-    parser = cli_parser("python -m fluxir.fluxgen.content_filter", main.__doc__, "fluxgen.content_filter.batch_size=32")
-    parser.add_argument(
-        "--manifest", default=None, help="generated-images parquet (default: the catalog's latest generated_images)"
-    )
-    parser.add_argument("--parts", default=None, help="score parts root (default: the catalog's nsfw_parts path)")
-    args = parser.parse_args(argv)
-    inputs = {"generated_images": (args.manifest, pd.read_parquet), "nsfw_parts": (args.parts, Path)}
-    cfg, loaded = stage_command_inputs(
-        args,
-        parser.prog,
-        "fluxgen",
-        check_params,
-        lambda fluxgen: ContentFilterConfig.from_params(fluxgen["content_filter"]),
-        inputs,
-    )
-    if not cfg.enabled:
-        raise SystemExit(f"{parser.prog}: {REVIEW_DUTY} Nothing to score.")
-    state = PartialState(cpu=accelerate_cpu(cfg.device))
-    parts_dir, scored = run_filter(
-        cfg,
-        loaded["generated_images"],
-        loaded["nsfw_parts"],
-        state.process_index,
-        state.num_processes,
-        state.device,
-        progress=state.is_local_main_process,
-    )
-    state.wait_for_everyone()
-    print(json.dumps({"parts": str(parts_dir), "rank": state.process_index, "scored": scored}))
-
-
-if __name__ == "__main__":
-    main()

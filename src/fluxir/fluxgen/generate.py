@@ -16,13 +16,12 @@ Why it is written this way:
   accelerator never waits on files. A killed run loses only the images in flight (every file under
   its final name is complete) and a rerun makes exactly those again.
 - Under ``accelerate launch`` process ``r`` of ``w`` takes ids ``r, r+w, r+2w, ...``:
-  ``accelerate launch -m fluxir.fluxgen.generate --env base --params fluxgen.num_images=350000``.
+  ``accelerate launch -m fluxir.fluxgen generate --env base --params fluxgen.num_images=350000``.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -32,17 +31,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 
 from fluxir.io.hashing import hash_json
 from fluxir.io.provenance import generated_fields, model_revision, png_text
 from fluxir.io.store import ImageStore, WriterPool
-from fluxir.models.devices import accelerate_cpu, resolve_device
+from fluxir.models.devices import resolve_device
 from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import compile_blocks
 from fluxir.models.loading import load_pipeline
 from fluxir.models.prompts import PromptEncoder
-from fluxir.parameters.config import cli_parser, stage_command_inputs
 from fluxir.parameters.rules import Config, Rule
 from fluxir.runtime.progress import progress as progress_bar
 
@@ -249,7 +246,7 @@ def run_generation(
     progress: bool = True,
     prompt_cache: Path | None = None,
 ) -> tuple[ImageStore, list[int]]:
-    """FluxGen's generation step, as the ``fluxgen.generate_images`` node and ``python -m fluxir.fluxgen.generate``
+    """FluxGen's generation step, as the ``fluxgen.generate_images`` node and ``python -m fluxir.fluxgen generate``
     run it: this process's missing images into the store's sub-folder of this configuration.
 
     Returns that sub-store and the ids generated now.
@@ -258,45 +255,3 @@ def run_generation(
     return store, generate_into_store(
         cfg, store, process_index, num_processes, state_device, progress=progress, prompt_cache=prompt_cache
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Generate FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.generate``)."""
-    parser = cli_parser("python -m fluxir.fluxgen.generate", main.__doc__, "fluxgen.num_images=50")
-    parser.add_argument(
-        "--store", default=None, help="image store root (default: the catalog's fluxgen_image_store path)"
-    )
-    parser.add_argument("--report", default=None, help="write the ids this process generated to <report>.rank<r>.json")
-    parser.add_argument(
-        "--prompt-cache",
-        default=None,
-        help="folder of cached prompt embeddings (default: the catalog's prompt_embeddings path)",
-    )
-    from fluxir.parameters.validation import check_params  # validation builds this module's config class
-
-    args = parser.parse_args(argv)
-    inputs = {
-        "fluxgen_image_store": (args.store, lambda path: ImageStore(Path(path))),
-        "prompt_embeddings": (args.prompt_cache, Path),
-    }
-    cfg, loaded = stage_command_inputs(args, parser.prog, "fluxgen", check_params, GenerationConfig.from_params, inputs)
-    image_store, prompt_cache = loaded["fluxgen_image_store"], loaded["prompt_embeddings"]
-    state = PartialState(cpu=accelerate_cpu(cfg.device))
-    store, done = run_generation(
-        cfg,
-        image_store,
-        state.process_index,
-        state.num_processes,
-        state.device,
-        progress=state.is_local_main_process,
-        prompt_cache=prompt_cache,
-    )
-    if args.report:
-        Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(done))
-    state.wait_for_everyone()
-    if state.is_main_process:
-        print(json.dumps({"store": str(store.root), "generated_by_rank0": len(done), "processes": state.num_processes}))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@ so 350,000 pairs are ~46 core-hours: this module spreads them out.
   and torch single-threaded so that N workers do not start N x cores threads. Workers come from a
   ``forkserver`` (a clean process with the degradation code preloaded), never forked from a process
   whose OpenMP pools are already running.
-- **Machines**: ``python -m fluxir.fluxgen.pairs`` on each machine of shared storage takes share ``rank`` of
+- **Machines**: ``python -m fluxir.fluxgen pairs`` on each machine of shared storage takes share ``rank`` of
   ``world_size``, the ids with ``image_id % world_size == rank`` (the sharding of generation). The share
   comes from the launcher (``launcher_share``: torchrun/accelerate ``RANK``/``WORLD_SIZE``, ``srun``'s
   ``SLURM_PROCID``/``SLURM_NTASKS``, a SLURM job array's task index and count, or both), or from
@@ -53,7 +53,6 @@ from fluxir.io.provenance import (
     read_provenance,
 )
 from fluxir.io.store import ImageStore, portable_path
-from fluxir.parameters.config import cli_parser, stage_command_inputs
 from fluxir.parameters.rules import Config, ConfigError, Rule, check_fields, field_problems, is_int
 from fluxir.runtime.processes import die_with_parent
 from fluxir.runtime.progress import progress as progress_bar
@@ -240,7 +239,7 @@ def pairs_manifest(kept: pd.DataFrame, stores: PairStores, seed: int) -> pd.Data
     if missing:
         raise RuntimeError(
             f"{len(missing)} kept images have no pair yet in {stores.lq.root.parent} (first ids: {missing[:5]}): "
-            "finish every share of python -m fluxir.fluxgen.pairs, or rerun the Kedro node "
+            "finish every share of python -m fluxir.fluxgen pairs, or rerun the Kedro node "
             "(it makes every missing pair)"
         )
     return pd.DataFrame(
@@ -315,7 +314,7 @@ def degrade_selection(
     rank: int = 0,
     world_size: int = 1,
 ) -> tuple[PairStores, pd.DataFrame, list[int]]:
-    """FluxGen's degradation step, as the ``fluxgen.degrade_pairs`` node and ``python -m fluxir.fluxgen.pairs`` run it:
+    """FluxGen's degradation step, as the ``fluxgen.degrade_pairs`` node and ``python -m fluxir.fluxgen pairs`` run it:
     share ``rank`` of ``world_size`` of the missing pairs of the kept images; returns (stores, kept rows, ids made
     now)."""
     kept = selection[selection["keep"]].sort_values("image_id")
@@ -328,29 +327,3 @@ def degrade_selection(
     jobs = [(int(i), p) for i, p in zip(kept["image_id"], kept["path"]) if int(i) in mine]
     made = make_pairs(jobs, stores, cfg.config, cfg.seed, resolve_workers(cfg.workers), progress)
     return stores, kept, made
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Degrade this process's share of the kept images (the launcher's, or ``degrade.rank`` of
-    ``degrade.world_size``)."""
-    parser = cli_parser("python -m fluxir.fluxgen.pairs", main.__doc__, "degrade.workers=16")
-    parser.add_argument(
-        "--selection", default=None, help="IQA selection parquet (default: the catalog's latest iqa_selection)"
-    )
-    parser.add_argument("--store", default=None, help="pair store root (default: the catalog's pair_store path)")
-    from fluxir.parameters.validation import check_params  # validation builds this module's config class
-
-    args = parser.parse_args(argv)
-    inputs = {
-        "iqa_selection": (args.selection, pd.read_parquet),
-        "pair_store": (args.store, lambda path: ImageStore(Path(path))),
-    }
-    cfg, loaded = stage_command_inputs(args, parser.prog, "degrade", check_params, PairsStageConfig.from_params, inputs)
-    selection, store = loaded["iqa_selection"], loaded["pair_store"]
-    rank, world_size = share({"rank": cfg.rank, "world_size": cfg.world_size}, os.environ)
-    stores, _, made = degrade_selection(selection, store, cfg, rank=rank, world_size=world_size)
-    print(json.dumps({"pairs": str(stores.lq.root.parent), "made": len(made), "rank": rank, "world_size": world_size}))
-
-
-if __name__ == "__main__":
-    main()

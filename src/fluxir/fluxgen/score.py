@@ -6,7 +6,7 @@ Paper Sec. 3.1 scores every generated image with CLIP-IQA, MANIQA and MUSIQ. For
   is one scorer batch, always the same images whatever the number of processes, so every score is
   the same number whether 1 or 8 processes computed it. Process ``r`` of ``w`` takes the unscored
   chunks ``r, r+w, r+2w, ...`` (the id sharding of generation, one chunk at a time):
-  ``accelerate launch -m fluxir.fluxgen.score --env base``.
+  ``accelerate launch -m fluxir.fluxgen score --env base``.
 - Scores are written in *parts*: ``<parts>/<metrics key>/part-<rank>-<n>.parquet`` with one row per
   image (``sha256`` + one float64 column per metric), written to a temporary name and renamed, every
   ``iqa.part_size`` images. The metrics key hashes pyiqa's version, each metric's settings and
@@ -23,7 +23,6 @@ Paper Sec. 3.1 scores every generated image with CLIP-IQA, MANIQA and MUSIQ. For
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,15 +33,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 
 from fluxir import iqa as iqa_lib
 from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.io.hashing import hash_json
 from fluxir.io.images import read_image
-from fluxir.models.devices import accelerate_cpu, resolve_device
-from fluxir.parameters.config import cli_parser, stage_command_inputs
+from fluxir.models.devices import resolve_device
 from fluxir.parameters.rules import Config, Rule, check_fields
 from fluxir.runtime.processes import worker_init
 from fluxir.runtime.progress import progress as progress_bar
@@ -339,7 +336,7 @@ def run_scoring(
     state_device: Any = None,
     progress: bool = True,
 ) -> tuple[Path, int]:
-    """FluxGen's scoring step, as the ``fluxgen.score_images`` node and ``python -m fluxir.fluxgen.score`` run it.
+    """FluxGen's scoring step, as the ``fluxgen.score_images`` node and ``python -m fluxir.fluxgen score`` run it.
 
     Weight files checked first (one error for all), then this process's unscored chunks into
     ``<parts_root>/<metrics key>``. Returns that folder and how many images this process scored.
@@ -360,34 +357,3 @@ def run_scoring(
         progress=progress,
     )
     return parts_dir, scored
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Score FluxGen images on one or many processes (``accelerate launch -m fluxir.fluxgen.score``)."""
-    parser = cli_parser("python -m fluxir.fluxgen.score", main.__doc__, "iqa.batch_size=16")
-    parser.add_argument(
-        "--manifest", default=None, help="generated-images parquet (default: the catalog's latest generated_images)"
-    )
-    parser.add_argument("--parts", default=None, help="score parts root (default: the catalog's iqa_parts path)")
-    from fluxir.parameters.validation import check_params  # validation builds this module's config class
-
-    args = parser.parse_args(argv)
-    inputs = {"generated_images": (args.manifest, pd.read_parquet), "iqa_parts": (args.parts, Path)}
-    cfg, loaded = stage_command_inputs(args, parser.prog, "iqa", check_params, IqaConfig.from_params, inputs)
-    manifest, parts_root = loaded["generated_images"], loaded["iqa_parts"]
-    state = PartialState(cpu=accelerate_cpu(cfg.device))
-    parts_dir, scored = run_scoring(
-        cfg,
-        manifest,
-        parts_root,
-        state.process_index,
-        state.num_processes,
-        state.device,
-        progress=state.is_local_main_process,
-    )
-    state.wait_for_everyone()
-    print(json.dumps({"parts": str(parts_dir), "rank": state.process_index, "scored": scored}))
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,28 +171,6 @@ def lost_processes_warning(environ: Mapping[str, str] = os.environ) -> str | Non
         "(on a machine without GPUs these are CPU processes; on a GPU machine set the stage's device to cpu, "
         "e.g. --params iqa.device=cpu)"
     )
-
-
-def stage_command_inputs(
-    args: argparse.Namespace,
-    command: str,
-    group: str,
-    check_params: Callable[[Mapping[str, Any], list[str], str], None],
-    from_params: Callable[[Mapping[str, Any]], Any],
-    inputs: Mapping[str, tuple[str | None, Callable[[str], Any]]],
-) -> tuple[Any, dict[str, Any]]:
-    """The start every stage's ``python -m`` command (``command``) shares: the parameters of ``args.env`` with
-    ``--params``, the ``group`` checked (``check_params``, i.e.
-    ``fluxir.parameters.validation.check_params``: passed in, as
-    validation builds the stage's own config class) and built by ``from_params``; then each catalog entry of
-    ``inputs`` (``{name: (path from the command line or None, how to read that path)}``) read from its path, else
-    loaded from the catalog. Returns (config, ``{name: value}``)."""
-    params = load_params(args.env, args.params, args.project)
-    check_params(params, [group], command)
-    config = from_params(params[group])
-    catalog = None if all(path for path, _ in inputs.values()) else load_catalog(args.env, args.project, args.params)
-    values = {name: read(path) if path else catalog.load(name) for name, (path, read) in inputs.items()}
-    return config, values
 
 
 def default_env(from_run_file: str | None = None, environ: Mapping[str, str] = os.environ) -> str:

@@ -13,35 +13,37 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from accelerate import PartialState
+from accelerate.utils import gather_object
 
+from fluxir.io.atomic import write_json_atomic
 from fluxir.models.adapter import load_adapter
-from fluxir.models.devices import accelerate_cpu, resolve_device
-from fluxir.parameters.config import catalog_config, cli_parser, load_catalog, load_params
-from fluxir.parameters.validation import check_params
+from fluxir.models.devices import resolve_device
+from fluxir.parameters.config import catalog_config, load_catalog
 from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
 from fluxir.restoration.methods import restorer_spec, uses_adapter
+from fluxir.runtime.entry import finish, load_stage, process_state, stage_parser
+
+PROG = "python -m fluxir.restoration"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Restore the catalog's ``restore_input`` into ``restore_output`` (``--params restore.input_dir=photos,
     restore.output_dir=restored`` sets them) on one or many processes."""
-    parser = cli_parser("python -m fluxir.restoration", main.__doc__, "restore.input_dir=photos")
+    parser = stage_parser(PROG, main.__doc__, "restore.input_dir=photos")
     parser.add_argument(
         "--plan", default=None, help="restore plan parquet (default: plan the catalog's restore_input now)"
     )
     parser.add_argument("--adapter", default=None, help="adapter folder (default: the catalog's latest fluxir_adapter)")
     parser.add_argument(
-        "--report", default=None, help="write this process's share (results, failures) to <report>.rank<r>.json"
+        "--summary", default=None, help="write the summary and the failures of all processes here (JSON)"
     )
     args = parser.parse_args(argv)
 
-    params = load_params(args.env, args.params, args.project)
     # Without --plan the input folder is read here: the catalog's restore_input is checked with the parameters.
     folders = None if args.plan else catalog_config(args.env, args.project, args.params)
-    check_params(params, ["restore", "baselines"], "python -m fluxir.restoration", folders)
+    params, _ = load_stage(args, PROG, ["restore", "baselines"], folders=folders)
     job, cfg = split_params(params["restore"])
-    state = PartialState(cpu=accelerate_cpu(cfg.device))
+    state = process_state(cfg.device)
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, state.device))  # this process's GPU
     catalog = load_catalog(args.env, args.project, args.params)  # restore_input / _output read the runtime params
     job = dataclasses.replace(job, input_dir=catalog.load("restore_input"), output_dir=catalog.load("restore_output"))
@@ -59,14 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     prompts = catalog.load("prompt_embeddings")  # the empty prompt, encoded once
     spec = restorer_spec(job.method, cfg, params["baselines"], job.model, adapter, prompts, state.device)
     share = restore_share(plan, job, spec, state.process_index, state.num_processes)
-    if args.report:
-        Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(share.to_dict()))
-    state.wait_for_everyone()
-    if state.num_processes == 1:
-        _, summary = summarise_shares(plan, [share], job, cfg)
+    shares = gather_object([share])  # every process's, in rank order
+    if state.is_main_process:
+        failures, summary = summarise_shares(plan, shares, job, cfg)
+        if args.summary:
+            write_json_atomic(Path(args.summary), {"failures": failures, "summary": summary}, default=str)
         print(json.dumps({k: v for k, v in summary.items() if k != "images"}, default=str))
-    else:
-        print(json.dumps({"rank": state.process_index, "restored": len(share.results), "failed": len(share.failures)}))
+    finish(state, {"restored": len(share.results), "failed": len(share.failures)})
 
 
 if __name__ == "__main__":

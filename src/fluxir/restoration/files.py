@@ -171,21 +171,6 @@ class RestoreShare:
     failures: list[dict[str, str]]
     load_seconds: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "results": [vars(r) for r in self.results],
-            "failures": self.failures,
-            "load_seconds": self.load_seconds,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RestoreShare:
-        results = [
-            RestoreResult(**{**r, "in_size": tuple(r["in_size"]), "out_size": tuple(r["out_size"])})
-            for r in d["results"]
-        ]
-        return cls(results, list(d["failures"]), float(d["load_seconds"]))
-
 
 def restore_share(
     plan: Any, job: RestoreJob, spec: RestorerSpec, process_index: int = 0, num_processes: int = 1

@@ -2,16 +2,17 @@
 
 Kedro runs a node in one process; a stage that can use every GPU (generate, score, train, evaluate's and
 restore's restoration) reads ``<stage>.num_processes`` (``auto``: one process per visible GPU, 1 on a
-CPU-only machine). With more than one, the node calls ``run_stage``, which
+CPU-only machine). Every such node calls ``run_stage``: on one process it runs the stage function in-process;
+with more than one it
 
-1. builds ``accelerate launch --multi_gpu --num_processes N -m <module> --env <env> --params ...``: the
+1. builds ``accelerate launch --multi_gpu --num_processes N -m <module> [<stage>] --env <env> --params ...``: the
    parent run's ``--env`` and ``--params`` (a ``-c`` config file's values included: Kedro merges them into
    the run parameters) come from ``LaunchContextHook`` (``fluxir.runtime.hooks``), so the child reads the same
    configuration and catalog. On a CPU-only machine the same form runs N gloo processes (``--cpu`` with
    ``--num_processes`` would silently run one);
 2. hands the child the parent's MLflow run (``MLFLOW_RUN_ID``, ``MLFLOW_TRACKING_URI``): rank 0 logs into
    it, so one ``kedro run`` stays one MLflow run;
-3. starts it under a guard (``python -m fluxir.runtime.launch --parent <pid> -- <command>``), a child subreaper
+3. starts it under a guard (``python -m fluxir.runtime --parent <pid> -- <command>``), a child subreaper
    (``fluxir.runtime.processes.become_subreaper``): torchrun starts each rank in a session of its own, so the
    guard's process group does not hold the ranks, but every descendant orphaned below the guard is
    reparented to it. When the parent dies (even by SIGKILL), on Ctrl-C or SIGTERM of the parent, and when
@@ -19,9 +20,11 @@ CPU-only machine). With more than one, the node calls ``run_stage``, which
    SIGKILLs those still there after ``GRACE_SECONDS``. No orphan keeps a GPU;
 4. streams the child's output into the Kedro log line by line and raises if it fails.
 
-The node then reads what the child wrote (files under the catalog's folders, or a scratch folder from
-``scratch_dir``) and returns it through the catalog as a one-process run would. Reruns resume as the
-stages always do (finished images, score parts, pairs and checkpoints are skipped).
+The child runs the stage's own ``python -m`` command (``fluxir.runtime.entry``), the same function on every
+process. Either way the node then lists what the stage wrote where the catalog expects it (training, the
+evaluation's timings and a restoration's summary: what rank 0 of the job wrote into a ``scratch_dir``) and
+returns it through the catalog. Reruns resume as the stages always do (finished images, score parts,
+pairs and checkpoints are skipped).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +82,9 @@ def set_run_context(
     env: str | None, params: Mapping[str, Any] | None, project: str | os.PathLike
 ) -> dict[str, str | None]:
     """Publish the running ``kedro run``'s env, ``--params`` and project root; returns the previous values."""
-    from fluxir.parameters.config import default_env  # imported here: the process guard (main) stays free of Kedro
+    from fluxir.parameters.config import (
+        default_env,
+    )  # imported here: the process guard (python -m fluxir.runtime) stays free of Kedro
 
     previous = {var: os.environ.get(var) for var in (ENV_VAR, PARAMS_VAR, PROJECT_VAR)}
     os.environ[ENV_VAR] = env or default_env()
@@ -166,7 +171,7 @@ def child_environment() -> dict[str, str]:
 
 @contextlib.contextmanager
 def scratch_dir(stage: str) -> Iterator[Path]:
-    """A temporary folder for what parent and child hand each other (manifests in, reports out)."""
+    """A temporary folder for what a node hands its child job (tables, an adapter) and gets back (train's)."""
     with tempfile.TemporaryDirectory(prefix=f"fluxir-{stage}-") as folder:
         yield Path(folder)
 
@@ -182,13 +187,45 @@ def release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_stage(module: str, args: Sequence[str], num_processes: int, what: str) -> None:
-    """Run ``accelerate launch -m module`` on ``num_processes`` processes with this ``kedro run``'s env and
-    ``--params`` plus ``args``; stream its output into the log; raise RuntimeError if it fails."""
+def run_stage(
+    command: Sequence[str],
+    num_processes: int,
+    what: str,
+    in_process: Callable[[], Any],
+    args: Sequence[str] = (),
+    tables: Mapping[str, Any] | None = None,
+    adapter: Any = None,
+) -> Any:
+    """The one way a node runs its stage: ``in_process()`` here on one process, else the stage's command
+    (``python -m <command>``, the same stage function on every process) launched on ``num_processes``, handed
+    ``args``, ``tables`` (``{"--manifest": DataFrame}``: written as parquet files) and ``adapter`` (``--adapter
+    <folder>``). Either way the stage's outputs are then on disk where the catalog expects them. Returns what
+    ``in_process()`` returned, None after a launch."""
+    if num_processes == 1:
+        return in_process()
+    from fluxir.models.adapter import save_adapter
+
+    with scratch_dir(what) as scratch:
+        args = list(args)
+        for flag, table in (tables or {}).items():
+            table.to_parquet(scratch / f"{flag.lstrip('-')}.parquet")
+            args += [flag, str(scratch / f"{flag.lstrip('-')}.parquet")]
+        if adapter is not None:
+            save_adapter(adapter, scratch / "adapter")
+            args += ["--adapter", str(scratch / "adapter")]
+        launch(command, args, num_processes, what)
+    return None
+
+
+def launch(command: Sequence[str], args: Sequence[str], num_processes: int, what: str) -> None:
+    """Run ``accelerate launch -m <command>`` (a module and its subcommand, ``["fluxir.fluxgen", "generate"]``) on
+    ``num_processes`` processes with this ``kedro run``'s env and ``--params`` plus ``args``; stream its output
+    into the log; raise RuntimeError if it fails. What the stage wrote is on disk where the catalog expects it."""
     env, params, project = run_context()
     release_gpu_memory()
+    module, *subcommand = command
     command = accelerate_command(
-        module, ["--env", env, "--project", str(project), *override_args(params), *args], num_processes
+        module, [*subcommand, "--env", env, "--project", str(project), *override_args(params), *args], num_processes
     )
     logger.info("%s on %d processes: %s", what, num_processes, " ".join(command[2:]))
     start = time.perf_counter()
@@ -200,31 +237,6 @@ def run_stage(module: str, args: Sequence[str], num_processes: int, what: str) -
     logger.info("%s on %d processes done in %.1f s", what, num_processes, time.perf_counter() - start)
 
 
-def run_image_shards(
-    module: str,
-    what: str,
-    num_processes: int,
-    table: Any,
-    table_arg: str,
-    adapter: Any = None,
-    extra: Sequence[str] = (),
-) -> list[dict[str, Any]]:
-    """Run an entry point that shares out the rows of a table (``fluxir.evaluation``, ``fluxir.restoration``,
-    ``fluxir.training.latents``) on ``num_processes`` processes, handing it ``table`` (as ``<table_arg>
-    <parquet>``), ``adapter`` (``--adapter <folder>``; None: none needed) and ``extra`` arguments; returns the
-    report each rank wrote (``--report``), in rank order."""
-    from fluxir.models.adapter import save_adapter
-
-    with scratch_dir(what) as scratch:
-        table.to_parquet(scratch / "input.parquet")
-        args = [table_arg, str(scratch / "input.parquet"), "--report", str(scratch / "share"), *extra]
-        if adapter is not None:
-            save_adapter(adapter, scratch / "adapter")
-            args += ["--adapter", str(scratch / "adapter")]
-        run_stage(module, args, num_processes, what)
-        return [json.loads((scratch / f"share.rank{rank}.json").read_text()) for rank in range(num_processes)]
-
-
 # ------------------------------------------------------------------------------------------------
 # Parent side: start the guard, stream, end it on any interruption
 
@@ -233,7 +245,7 @@ def run_guarded(
     command: Sequence[str], cwd: str | os.PathLike, env: Mapping[str, str], log_prefix: str = "", keep: int = 40
 ) -> tuple[int, list[str]]:
     """Run ``command`` under the guard; every output line goes to the log. Returns (exit status, last lines)."""
-    guard = [sys.executable, "-m", "fluxir.runtime.launch", "--parent", str(os.getpid()), "--", *command]
+    guard = [sys.executable, "-m", "fluxir.runtime", "--parent", str(os.getpid()), "--", *command]
     proc = subprocess.Popen(
         guard, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )  # its own process group: the guard ends all of it
@@ -268,7 +280,7 @@ def end_group(pgid: int, proc: subprocess.Popen | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Guard side: `python -m fluxir.runtime.launch --parent PID -- command...`
+# Guard side: `python -m fluxir.runtime --parent PID -- command...`
 
 
 def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int:
@@ -304,20 +316,3 @@ def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int
     end_descendants(GRACE_SECONDS)
     code = proc.wait()
     return 128 + stop[0] if stop else code
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m fluxir.runtime.launch", description=guard.__doc__)
-    parser.add_argument("--parent", type=int, required=True, help="pid whose end ends the command's process group")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("no command after --")
-    sys.exit(guard(args.parent, command))
-
-
-if __name__ == "__main__":
-    main()

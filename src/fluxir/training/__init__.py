@@ -34,5 +34,5 @@ the command line is ``__main__``); ``kedro run --pipeline=train`` calls the same
 
 Imports go one way: ``config`` <- ``data`` <- ``models`` <- ``loss`` <- ``checkpoints``, ``validation`` <-
 ``loop`` <- ``__main__``; nothing imports back, and this package's ``__init__`` imports nothing. ``latents``
-(the pre-compute of the VAE latents, ``python -m fluxir.training.latents``) uses ``config`` and ``data`` only.
+(the pre-compute of the VAE latents, ``python -m fluxir.training latents``) uses ``config`` and ``data`` only.
 """

@@ -1,7 +1,10 @@
-"""``python -m fluxir.training`` / ``accelerate launch -m fluxir.training``: train outside ``kedro run``.
+"""``python -m fluxir.training [latents]`` / ``accelerate launch -m fluxir.training [latents]``: train outside
+``kedro run``.
 
-Reads the same Kedro configuration and catalog as the ``train`` pipeline, runs ``fluxir.training.loop.train``
-on every process of the launch, and (rank 0 only) logs to MLflow and saves the adapter.
+Reads the same Kedro configuration and catalog as the ``train`` pipeline. ``latents`` fills the latent cache
+(``fluxir.training.latents.precompute_latents``, the pipeline's first node); without it, runs
+``fluxir.training.loop.train`` on every process of the launch and (rank 0 only) logs to MLflow and saves the
+adapter.
 """
 
 from __future__ import annotations
@@ -9,65 +12,73 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pandas as pd
-from accelerate import PartialState
 
 from fluxir.datasets.durable_parquet import write_parquet
-from fluxir.models.adapter import FluxIRAdapter, save_adapter
-from fluxir.models.devices import accelerate_cpu
-from fluxir.parameters.config import cli_parser, load_catalog, stage_command_inputs
-from fluxir.parameters.validation import check_params
+from fluxir.models.adapter import save_adapter
+from fluxir.parameters.config import load_catalog
+from fluxir.runtime.entry import Input, StageCommand, load_stage, process_state, shard, stage_parser
 from fluxir.runtime.tracking import command_run
-from fluxir.training.checkpoints import weights_digest
 from fluxir.training.config import TrainConfig, TrainFolders
+from fluxir.training.latents import precompute_latents
 from fluxir.training.loop import configure_cuda_allocator, train
+
+PROG = "python -m fluxir.training"
+PAIRS = Input("--manifest", pd.read_parquet, "pairs parquet (default: the catalog's latest pairs_manifest)")
+LATENT_CACHE = Input(None, Path)  # the catalog's folder (runtime param train.latent_cache_dir)
+
+
+LATENTS = StageCommand(
+    f"{PROG} latents",
+    "Fill the latent cache of the training pairs on one or many processes.",
+    "train.latent_cache_dir=/fast/latents",
+    "train",
+    TrainConfig.from_params,
+    {"pairs_manifest": PAIRS, "train_latent_cache": LATENT_CACHE},
+    lambda cfg, inputs, state: precompute_latents(
+        cfg, inputs["pairs_manifest"], *shard(state), cache_dir=inputs["train_latent_cache"]
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Train the FluxIR adapter on one or many processes (``accelerate launch -m fluxir.training``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["latents"]:
+        LATENTS.main(argv[1:])
+        return
     configure_cuda_allocator()  # before anything touches CUDA
 
-    parser = cli_parser("python -m fluxir.training", main.__doc__, "train.max_steps=50")
-    parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")
+    inputs = {
+        "pairs_manifest": PAIRS,
+        "prompt_embeddings": Input("--prompt-cache", Path, "cached prompt embeddings (default: the catalog's)"),
+        "train_checkpoints": Input(None, Path),  # the catalog's folders (runtime params train.checkpoint_dir, ...)
+        "train_latent_cache": LATENT_CACHE,
+    }
+    parser = stage_parser(
+        PROG, f"{main.__doc__} `{PROG} latents` fills the latent cache.", "train.max_steps=50", inputs
+    )
     parser.add_argument(
         "--output", default=None, help="adapter folder (default: a new version of catalog fluxir_adapter)"
     )
     parser.add_argument(
-        "--history", default=None, help="write the per-step history (the train pipeline's train_history) here"
+        "--history", default=None, help="write the per-step history (the pipeline's train_history) here"
     )
-    parser.add_argument("--report", default=None, help="write per-step weight digests to <report>.rank<r>.json")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    parser.add_argument(
-        "--prompt-cache",
-        default=None,
-        help="folder of cached prompt embeddings (default: the catalog's prompt_embeddings path)",
-    )
     args = parser.parse_args(argv)
-    manifest_path, output, history_path, report_path, prompt_cache = (
-        Path(p).resolve() if p else None
-        for p in (args.manifest, args.output, args.history, args.report, args.prompt_cache)
+    args.manifest, output, history_path, args.prompt_cache = (
+        Path(p).resolve() if p else None for p in (args.manifest, args.output, args.history, args.prompt_cache)
     )
     os.chdir(args.project)  # the training settings' relative folders (checkpoints, latent cache) are the project's
     args.project = "."
-
-    inputs = {
-        "pairs_manifest": (manifest_path, pd.read_parquet),
-        "prompt_embeddings": (prompt_cache, Path),
-        "train_checkpoints": (None, Path),  # the catalog's folders (runtime params train.checkpoint_dir, ...)
-        "train_latent_cache": (None, Path),
-    }
-    cfg, loaded = stage_command_inputs(args, parser.prog, "train", check_params, TrainConfig.from_params, inputs)
+    params, loaded = load_stage(args, PROG, ["train"], inputs)
+    cfg = TrainConfig.from_params(params["train"])
     cfg.check_epoch_budget(len(loaded["pairs_manifest"]))  # before MLflow or any model
-    state = PartialState(cpu=accelerate_cpu(cfg.device))
-
-    report: list[dict[str, Any]] = []
-
-    def record(step: int, adapter: FluxIRAdapter, info: dict[str, Any]) -> None:
-        report.append({"step": step, "digest": weights_digest(adapter), **info})
+    state = process_state(cfg.device)
 
     # Only rank 0 ever talks to MLflow (into the launching `kedro run`'s run, when there is one).
     tracked = state.is_main_process and not args.no_mlflow
@@ -80,12 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             loaded["pairs_manifest"],
             folders=TrainFolders(loaded["train_checkpoints"], loaded["train_latent_cache"]),
             progress=state.is_local_main_process,
-            step_callback=record if report_path else None,
             prompt_cache=loaded["prompt_embeddings"],
-        )
-    if report_path:
-        Path(f"{report_path}.rank{state.process_index}.json").write_text(
-            json.dumps({"resumed_from": result.resumed_from, "steps": report})
         )
     if state.is_main_process:
         if output:

@@ -16,10 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from fluxir.io.atomic import atomic_directory, manifest_problem, write_manifest
-from fluxir.io.hashing import hash_tensors
 from fluxir.models.adapter import FluxIRAdapter, load_adapter, save_adapter
 
 logger = logging.getLogger(__name__)
@@ -111,8 +109,3 @@ def load_checkpoint(path: Path, adapter: FluxIRAdapter, optimizer: Any, schedule
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((path / "trainer_state.json").read_text())
-
-
-def weights_digest(adapter: nn.Module) -> str:
-    """sha256 of the adapter's weights (to compare processes)."""
-    return hash_tensors(adapter.state_dict()).hexdigest()

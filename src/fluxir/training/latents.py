@@ -8,17 +8,18 @@ pair's sha256s, size, ``lq_scale`` and the VAE's identity) with only the VAE loa
 run keeps what it finished and the rerun encodes only the rest. With every entry cached, training opens
 no image (the sizes come from ``pairs_manifest``).
 
-    python -m fluxir.training.latents --env base
-    accelerate launch --multi_gpu --num_processes 8 -m fluxir.training.latents --env base
+    python -m fluxir.training latents --env base
+    accelerate launch --multi_gpu --num_processes 8 -m fluxir.training latents --env base
 
 ``kedro run --pipeline=train`` runs the same step as its first node, ``precompute_latents`` (on
-``train.num_processes`` processes: more than one launches this module as a child job).
+``train.num_processes`` processes: more than one launches that command as a child job), then counts the
+cache entries on disk (``fill_and_count``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,44 +68,26 @@ def precompute_latents(
     return {**counts, "cache_dir": str(cache.root), "vae_identity": cache.vae_id}
 
 
-def merge_counts(shares: list[dict[str, Any]]) -> dict[str, Any]:
-    """One summary of the ranks' ``precompute_latents`` results (in rank order): counts summed, folder and VAE
-    identity as the ranks share them."""
-    merged = {key: shares[0][key] for key in ("cache_dir", "vae_identity")}
-    return {**{key: sum(s[key] for s in shares) for key in ("pairs", "encoded", "cached")}, **merged}
+def fill_and_count(cfg: TrainConfig, manifest: pd.DataFrame, cache_dir: str | Path, fill: Callable[[], object]) -> dict:
+    """Run ``fill`` (``precompute_latents`` here, or the same on several processes) and count on disk what it did:
+    pairs, encoded now, already cached, the cache folder and the VAE identity. The VAE is loaded on the CPU
+    for its identity (part of every cache key) only; ``fill`` loads its own."""
+    if not cfg.cache_latents:
+        fill()
+        return {"pairs": 0, "encoded": 0, "cached": 0, "cache_dir": None, "vae_identity": None}
+    pairs = PairTable.from_manifest(manifest, cfg.lq_scale)
+    cache = LatentCache(cache_dir, vae_identity(load_vae(cfg.model, cfg.dtype, "cpu")))
 
+    def cached() -> int:
+        return sum(cache.path(cache.key(row, pairs.lq_scale)).is_file() for row in pairs.rows.itertuples())
 
-def main(argv: list[str] | None = None) -> None:
-    """Fill the latent cache of the training pairs on one or many processes (``accelerate launch -m ...``)."""
-    from accelerate import PartialState
-
-    from fluxir.models.devices import accelerate_cpu
-    from fluxir.parameters.config import cli_parser, stage_command_inputs
-    from fluxir.parameters.validation import check_params
-
-    parser = cli_parser("python -m fluxir.training.latents", main.__doc__, "train.latent_cache_dir=/fast/latents")
-    # (train.latent_cache_dir is the runtime param the catalog entry train_latent_cache reads)
-    parser.add_argument("--manifest", default=None, help="pairs parquet (default: the catalog's latest pairs_manifest)")
-    parser.add_argument("--report", default=None, help="write this process's counts to <report>.rank<r>.json")
-    args = parser.parse_args(argv)
-    inputs = {"pairs_manifest": (args.manifest, pd.read_parquet), "train_latent_cache": (None, Path)}
-    cfg, loaded = stage_command_inputs(args, parser.prog, "train", check_params, TrainConfig.from_params, inputs)
-    manifest = loaded["pairs_manifest"]
-    state = PartialState(cpu=accelerate_cpu(cfg.device))
-    done = precompute_latents(
-        cfg,
-        manifest,
-        state.process_index,
-        state.num_processes,
-        state.device,
-        progress=state.is_local_main_process,
-        cache_dir=loaded["train_latent_cache"],
-    )
-    if args.report:
-        Path(f"{args.report}.rank{state.process_index}.json").write_text(json.dumps(done))
-    state.wait_for_everyone()
-    print(json.dumps({**done, "process_index": state.process_index, "processes": state.num_processes}))
-
-
-if __name__ == "__main__":
-    main()
+    before = cached()
+    fill()
+    encoded = cached() - before
+    return {
+        "pairs": len(pairs),
+        "encoded": encoded,
+        "cached": before,
+        "cache_dir": str(cache.root),
+        "vae_identity": cache.vae_id,
+    }

@@ -208,23 +208,23 @@ def start_run(
         ControlledFlux(models.flux, adapter), optimizer
     )  # the scheduler is stepped by hand
     return TrainingRun(
-        cfg,
-        accelerator,
-        accumulation,
-        pairs,
-        train_idx,
-        val_idx,
-        order,
-        models,
-        cache,
-        model,
-        optimizer,
-        scheduler,
-        run_dir,
-        run_key,
-        start,
-        history,
-        MlflowLogger(accelerator.is_main_process),
+        cfg=cfg,
+        accelerator=accelerator,
+        accumulation=accumulation,
+        pairs=pairs,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        order=order,
+        models=models,
+        cache=cache,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        run_dir=run_dir,
+        run_key=run_key,
+        start=start,
+        history=history,
+        log=MlflowLogger(accelerator.is_main_process),
     )
 
 
@@ -288,7 +288,7 @@ def optimizer_step(run: TrainingRun, step: int) -> dict[str, Any]:
     cfg, acc, models = run.cfg, run.accelerator, run.models
     t0 = time.perf_counter()
     epoch, batch_ids = run.order.batch(step - 1)
-    parts, seen, ts = [], [], []
+    parts, ts = [], []
     for k in range(run.accumulation):
         first = (k * acc.num_processes + acc.process_index) * cfg.batch_size
         mine = list(range(first, first + cfg.batch_size))  # positions in the global batch
@@ -301,7 +301,6 @@ def optimizer_step(run: TrainingRun, step: int) -> dict[str, Any]:
             )
             acc.backward(loss / run.accumulation)
         parts.append(torch.stack([loss.detach().float(), mse.float(), pixel.float()]))
-        seen += [int(run.pairs.rows.image_id[batch_ids[j]]) for j in mine]
         ts.append(batch.t.detach().float())
     parts = acc.gather(torch.stack(parts)[None])  # (processes, accumulation, 3): every process sees all
     trainable = [p for p in run.adapter.parameters() if p.requires_grad]
@@ -323,7 +322,6 @@ def optimizer_step(run: TrainingRun, step: int) -> dict[str, Any]:
         "epoch": epoch,
         "t_mean": float(torch.cat(ts).mean()),
         "samples_per_s": cfg.global_batch / (time.perf_counter() - t0),
-        "image_ids": seen,
     }
 
 
@@ -398,26 +396,21 @@ def train(
     *,
     folders: TrainFolders,
     progress: bool = True,
-    step_callback: Callable[[int, FluxIRAdapter, dict[str, Any]], None] | None = None,
     prompt_cache: str | Path | None = None,
 ) -> TrainResult:
     """Train a FluxIR adapter on the pairs of ``manifest`` (on every process of an accelerate launch).
 
     ``folders``: the catalog's ``train_checkpoints`` and ``train_latent_cache``. ``prompt_cache``: the catalog's
     ``prompt_embeddings`` folder (with the empty prompt there, no text encoder is loaded).
-
-    ``step_callback(step, adapter, info)`` runs on every process after each optimizer step (``info``:
-    the pair image ids this process trained on, the epoch). Returns the same ``TrainResult`` everywhere.
+    Returns the same ``TrainResult`` on every process.
     """
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
     cfg.check_epoch_budget(len(manifest))  # before any model loads
     with contextlib.ExitStack() as lock:
-        return _train(start_run(cfg, manifest, prompt_cache, lock, folders), progress, step_callback)
+        return _train(start_run(cfg, manifest, prompt_cache, lock, folders), progress)
 
 
-def _train(
-    run: TrainingRun, progress: bool, step_callback: Callable[[int, FluxIRAdapter, dict[str, Any]], None] | None
-) -> TrainResult:
+def _train(run: TrainingRun, progress: bool) -> TrainResult:
     cfg = run.cfg
     log_run_params(run)
     main = run.accelerator.is_main_process
@@ -427,13 +420,10 @@ def _train(
     window: list[dict[str, Any]] = []
     for step in range(run.start + 1, cfg.max_steps + 1):
         row = optimizer_step(run, step)
-        seen = row.pop("image_ids")
         run.history.append(row)
         window.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.2f}")
-        if step_callback is not None:
-            step_callback(step, run.adapter, {"image_ids": seen, "epoch": row["epoch"]})
         window = bookkeeping(run, step, window)
     bar.close()
     run.accelerator.wait_for_everyone()

@@ -51,6 +51,26 @@ def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str
     return collect(list(prepared))
 
 
+def _restore_stage(
+    methods: list[str], manifest: pd.DataFrame, processes: int, restore: Any, adapter: Any = None
+) -> dict[str, list[float]]:
+    """Restore the LQ images of ``manifest`` with ``methods`` here (``restore()``, returning a ``Share`` per
+    method) or with ``python -m fluxir.evaluation --methods <them>`` on ``processes`` processes; the outputs are
+    then on disk. Returns {method: seconds per image restored now, every process}."""
+    import json
+
+    from fluxir.runtime.launch import run_stage, scratch_dir
+
+    with scratch_dir("evaluate") as scratch:  # several processes: rank 0 writes every process's seconds here
+        args = ["--methods", ",".join(methods), "--seconds", str(scratch / "seconds.json")]
+        shares = run_stage(
+            ["fluxir.evaluation"], processes, "evaluate", restore, args, {"--manifest": manifest}, adapter
+        )
+        if shares is None:
+            return json.loads((scratch / "seconds.json").read_text())
+    return {share.method: share.seconds for share in shares}
+
+
 def restore_benchmarks(
     manifest: pd.DataFrame,
     adapter: Any,
@@ -62,26 +82,28 @@ def restore_benchmarks(
 
     Outputs already written for the same model, adapter weights, settings and inputs are reused. Nothing is
     done (and no adapter needed) when ``evaluate.methods`` leaves out fluxir. More than one process runs
-    ``accelerate launch -m fluxir.evaluation --methods fluxir`` (each restores every N-th image) first.
+    ``accelerate launch -m fluxir.evaluation --methods fluxir`` (each restores every N-th image); either way
+    the table then lists the outputs on disk.
     """
     from fluxir.datasets.adapter_dataset import require_adapter
-    from fluxir.evaluation.restore import restore_manifest
+    from fluxir.evaluation.restore import restore_manifest, restore_missing
     from fluxir.evaluation.testsets import OUTPUT_COLUMNS
-    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
+    from fluxir.runtime.launch import resolve_num_processes
 
     if "fluxir" not in config.methods:
         return pd.DataFrame(columns=OUTPUT_COLUMNS), {"FluxIR": "not run (not in evaluate.methods)"}
     adapter = require_adapter(adapter, "evaluate.methods: fluxir")
     processes = resolve_num_processes(config.num_processes, "evaluate.num_processes")
-    seconds: list[float] = []
-    if processes > 1:
-        extra = ["--methods", "fluxir"]
-        for report in run_image_shards(
-            "fluxir.evaluation", "evaluate", processes, manifest, "--manifest", adapter, extra
-        ):
-            seconds += report["seconds"]["fluxir"]
+    seconds = _restore_stage(
+        ["fluxir"],
+        manifest,
+        processes,
+        lambda: [restore_missing(manifest, adapter, config.restore, eval_outputs, config.scale, config.color_fix)],
+        adapter,
+    )
     return restore_manifest(
-        manifest, adapter, config.restore, eval_outputs, config.scale, config.color_fix, restored_elsewhere=seconds
+        manifest, adapter, config.restore, eval_outputs, config.scale, config.color_fix,
+        restored_elsewhere=seconds["fluxir"],
     )
 
 
@@ -91,19 +113,23 @@ def restore_with_public_weights(
     """Restore every LQ image with the public restorers in ``evaluate.methods`` (realesrgan, flux_controlnet) on
     ``num_processes`` processes; returns (outputs table, run info). Outputs for the same method, weights,
     settings and inputs are reused. More than one process runs ``accelerate launch -m fluxir.evaluation
-    --methods <them>`` (each restores every N-th image) first."""
-    from fluxir.evaluation.restore import public_manifest
+    --methods <them>`` (each restores every N-th image); either way the table then lists the outputs on disk."""
+    from fluxir.evaluation.restore import public_manifest, restore_public_missing
     from fluxir.restoration.methods import PUBLIC_METHODS
-    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
+    from fluxir.runtime.launch import resolve_num_processes
 
     public = [m for m in config.methods if m in PUBLIC_METHODS]
     processes = resolve_num_processes(config.num_processes, "evaluate.num_processes")
-    seconds: dict[str, list[float]] = {m: [] for m in public}
-    if public and processes > 1:
-        extra = ["--methods", ",".join(public)]
-        for report in run_image_shards("fluxir.evaluation", "evaluate", processes, manifest, "--manifest", None, extra):
-            for method, values in report["seconds"].items():
-                seconds[method] += values
+    seconds: dict[str, list[float]] = {}
+    if public:
+        seconds = _restore_stage(
+            public,
+            manifest,
+            processes,
+            lambda: restore_public_missing(
+                manifest, public, baselines, eval_outputs, config.scale, config.color_fix
+            ),
+        )
     return public_manifest(
         manifest, config.methods, baselines, eval_outputs, config.scale, config.color_fix, restored_elsewhere=seconds
     )

@@ -1,8 +1,8 @@
 """Nodes of the FluxGen pipeline (paper Sec. 3.1). Heavy work lives in plain modules imported lazily.
 
 Generation and scoring run on ``fluxgen.num_processes`` processes: more than one launches the stage's
-``accelerate launch -m fluxir.fluxgen.generate|score`` job from the node (``fluxir.runtime.launch``); the node then
-lists what it wrote, exactly as after a one-process run.
+``accelerate launch -m fluxir.fluxgen generate|score|content_filter`` job from the node
+(``fluxir.runtime.launch.run_stage``); either way the node then lists what is on disk.
 """
 
 from __future__ import annotations
@@ -33,15 +33,13 @@ def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: d
     processes = resolve_num_processes(fluxgen["num_processes"], "fluxgen.num_processes")
     store = image_store.sub(cfg.key())
     with exclusive_lock(store.root / LOCK_NAME, f"the image store {store.root}"):  # a second run waits, then reuses
-        if processes == 1:
-            run_generation(cfg, image_store, prompt_cache=prompt_embeddings)
-        else:
-            run_stage(
-                "fluxir.fluxgen.generate",
-                ["--store", str(image_store.root), "--prompt-cache", str(prompt_embeddings)],
-                processes,
-                "generate",
-            )
+        run_stage(
+            ["fluxir.fluxgen", "generate"],
+            processes,
+            "generate",
+            lambda: run_generation(cfg, image_store, prompt_cache=prompt_embeddings),
+            ["--store", str(image_store.root), "--prompt-cache", str(prompt_embeddings)],
+        )
         return generation_manifest(cfg, store)
 
 
@@ -53,26 +51,22 @@ def score_images(
 
     Returns the manifest columns plus one column per metric and the scorers' version info.
     """
-    from fluxir.fluxgen.score import IqaConfig, checked_specs, merge_scores, metrics_key, run_scoring, score_versions
-    from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
+    from fluxir.fluxgen.score import IqaConfig, merge_scores, metrics_key, run_scoring, score_versions
+    from fluxir.runtime.launch import resolve_num_processes, run_stage
 
     cfg = IqaConfig.from_params(iqa)
-    specs = cfg.specs()
+    specs = cfg.specs()  # the stage checks every weight file first, on every process
     processes = resolve_num_processes(num_processes, "fluxgen.num_processes")
     parts_dir = iqa_parts / metrics_key(specs, cfg.precision)
     with exclusive_lock(parts_dir / LOCK_NAME, f"the IQA parts {parts_dir}"):  # part numbers are per writer
-        if processes == 1:
-            run_scoring(cfg, generated, iqa_parts)
-        else:
-            checked_specs(cfg)  # every weight file checked here, before the launch
-            with scratch_dir("score") as scratch:
-                generated.to_parquet(scratch / "generated_images.parquet")
-                run_stage(
-                    "fluxir.fluxgen.score",
-                    ["--manifest", str(scratch / "generated_images.parquet"), "--parts", str(iqa_parts)],
-                    processes,
-                    "score",
-                )
+        run_stage(
+            ["fluxir.fluxgen", "score"],
+            processes,
+            "score",
+            lambda: run_scoring(cfg, generated, iqa_parts),
+            ["--parts", str(iqa_parts)],
+            tables={"--manifest": generated},
+        )
         table = merge_scores(generated, parts_dir, [s.name for s in specs])
     table["iqa_versions"] = json.dumps(score_versions(specs, cfg.precision), sort_keys=True)
     return table
@@ -94,7 +88,7 @@ def content_filter(
         record_filter_state,
         run_filter,
     )
-    from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
+    from fluxir.runtime.launch import resolve_num_processes, run_stage
 
     cfg = ContentFilterConfig.from_params(settings)
     if not cfg.enabled:
@@ -103,17 +97,14 @@ def content_filter(
     processes = resolve_num_processes(num_processes, "fluxgen.num_processes")
     parts_dir = nsfw_parts / filter_key(cfg)
     with exclusive_lock(parts_dir / LOCK_NAME, f"the content filter parts {parts_dir}"):  # part numbers are per writer
-        if processes == 1:
-            run_filter(cfg, generated, nsfw_parts)
-        else:
-            with scratch_dir("content_filter") as scratch:
-                generated.to_parquet(scratch / "generated_images.parquet")
-                run_stage(
-                    "fluxir.fluxgen.content_filter",
-                    ["--manifest", str(scratch / "generated_images.parquet"), "--parts", str(nsfw_parts)],
-                    processes,
-                    "content_filter",
-                )
+        run_stage(
+            ["fluxir.fluxgen", "content_filter"],
+            processes,
+            "content_filter",
+            lambda: run_filter(cfg, generated, nsfw_parts),
+            ["--parts", str(nsfw_parts)],
+            tables={"--manifest": generated},
+        )
         table = filter_table(generated, parts_dir, cfg)
     record_filter_state(cfg, int(table["nsfw_flagged"].sum()))
     return table

@@ -56,20 +56,30 @@ def restore_images(
     Flux's empty-prompt embeddings come from ``prompt_embeddings`` (no text encoder is loaded when there); the
     folders (``restore_input``, ``restore_output``) are named in the summary.
     """
-    from fluxir.restoration.files import RestoreShare, failure_table, restore_share, split_params, summarise_shares
+    import json
+
+    from fluxir.restoration.files import failure_table, restore_share, split_params, summarise_shares
     from fluxir.restoration.methods import restorer_spec
-    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
+    from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
 
     job, cfg = split_params(restore)
     job = replace(job, input_dir=str(restore_input), output_dir=str(restore_output))
     spec = restorer_spec(job.method, cfg, baselines, job.model, adapter, prompt_embeddings)
     processes = resolve_num_processes(restore["num_processes"], "restore.num_processes")
-    if processes == 1:
-        shares = [restore_share(plan, job, spec)]
-    else:
-        reports = run_image_shards("fluxir.restoration", "restore", processes, plan, "--plan", spec.adapter)
-        shares = [RestoreShare.from_dict(r) for r in reports]
-    failures, summary = summarise_shares(plan, shares, job, cfg)
+    with scratch_dir("restore") as scratch:  # several processes: rank 0 writes failures and summary here
+        done = run_stage(
+            ["fluxir.restoration"],
+            processes,
+            "restore",
+            lambda: summarise_shares(plan, [restore_share(plan, job, spec)], job, cfg),
+            ["--summary", str(scratch / "summary.json")],
+            {"--plan": plan},
+            spec.adapter,
+        )
+        if done is None:
+            written = json.loads((scratch / "summary.json").read_text())
+            done = written["failures"], written["summary"]
+    failures, summary = done
     summary.update(spec.method.summary(spec))
     logger.info(
         "restored %d image(s), %.2f MP in %.1f s: %.2f s/MP; %d skipped, %d failed%s",

@@ -13,20 +13,29 @@ logger = logging.getLogger(__name__)
 
 def precompute_latents(pairs_manifest: pd.DataFrame, train_latent_cache: Path, train: dict[str, Any]) -> dict[str, Any]:
     """Encode the VAE latents of every pair not in ``train_latent_cache`` yet (only the VAE is loaded) on
-    ``train.num_processes`` processes; returns the counts (pairs, encoded now, already cached) with the cache
-    folder and the VAE's identity. More than one process runs ``accelerate launch -m fluxir.training.latents``.
+    ``train.num_processes`` processes; returns the counts on disk (pairs, encoded now, already cached) with the
+    cache folder and the VAE's identity. More than one process runs ``accelerate launch -m fluxir.training latents``.
     """
-    from fluxir.runtime.launch import resolve_num_processes, run_image_shards
+    from fluxir.runtime.launch import resolve_num_processes, run_stage
     from fluxir.training.config import TrainConfig
-    from fluxir.training.latents import merge_counts
+    from fluxir.training.latents import fill_and_count
     from fluxir.training.latents import precompute_latents as fill_cache
 
     config = TrainConfig.from_params(train)
     config.check_epoch_budget(len(pairs_manifest))  # the VAE loads next: refuse an over-long run first
     processes = resolve_num_processes(train["num_processes"], "train.num_processes")
-    if processes == 1 or not config.cache_latents:
-        return fill_cache(train, pairs_manifest, cache_dir=train_latent_cache)
-    return merge_counts(run_image_shards("fluxir.training.latents", "latents", processes, pairs_manifest, "--manifest"))
+    return fill_and_count(
+        config,
+        pairs_manifest,
+        train_latent_cache,
+        lambda: run_stage(
+            ["fluxir.training", "latents"],
+            processes if config.cache_latents else 1,
+            "latents",
+            lambda: fill_cache(config, pairs_manifest, cache_dir=train_latent_cache),
+            tables={"--manifest": pairs_manifest},
+        ),
+    )
 
 
 def train_adapter(
@@ -42,9 +51,9 @@ def train_adapter(
 
     ``latent_cache`` (what ``precompute_latents`` filled) orders this node after it; the empty prompt's
     embeddings come from ``prompt_embeddings``. Checkpoints go to ``train_checkpoints``; resumes from the newest
-    checkpoint of the same settings there;
-    logs to the active MLflow run. More than one process runs ``accelerate launch -m fluxir.training``
-    (DDP; its rank 0 logs into this run).
+    checkpoint of the same settings there; logs to the active MLflow run. More than one process runs
+    ``accelerate launch -m fluxir.training`` (DDP; its rank 0 logs into this run and writes the adapter and the
+    history where the node reads them).
     """
     from fluxir.models.adapter import load_adapter
     from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
@@ -59,28 +68,20 @@ def train_adapter(
         latent_cache["cache_dir"],
     )
     processes = resolve_num_processes(train["num_processes"], "train.num_processes")
-    if processes == 1:
-        folders = TrainFolders(train_checkpoints, train_latent_cache)
-        result = run_training(train, pairs_manifest, folders=folders, prompt_cache=prompt_embeddings)
-        return result.adapter, result.history
-    with scratch_dir("train") as scratch:
-        pairs_manifest.to_parquet(scratch / "pairs_manifest.parquet")
-        run_stage(
-            "fluxir.training",
-            [
-                "--manifest",
-                str(scratch / "pairs_manifest.parquet"),
-                "--output",
-                str(scratch / "adapter"),
-                "--history",
-                str(scratch / "history.parquet"),
-                "--prompt-cache",
-                str(prompt_embeddings),
-            ],
+    folders = TrainFolders(train_checkpoints, train_latent_cache)
+    with scratch_dir("train") as scratch:  # several processes: rank 0 saves adapter and history here
+        adapter, history = scratch / "adapter", scratch / "history.parquet"
+        result = run_stage(
+            ["fluxir.training"],
             processes,
             "train",
+            lambda: run_training(train, pairs_manifest, folders=folders, prompt_cache=prompt_embeddings),
+            ["--output", str(adapter), "--history", str(history), "--prompt-cache", str(prompt_embeddings)],
+            tables={"--manifest": pairs_manifest},
         )
-        return load_adapter(scratch / "adapter"), pd.read_parquet(scratch / "history.parquet")
+        if result is not None:
+            return result.adapter, result.history
+        return load_adapter(adapter), pd.read_parquet(history)
 
 
 def plot_loss_curves(history: pd.DataFrame) -> Any:  # a matplotlib Figure, imported when the node runs

@@ -1,0 +1,113 @@
+"""The one skeleton of every stage's command line.
+
+``python -m fluxir.fluxgen generate|score|pairs|content_filter``, ``python -m fluxir.training [latents]``,
+``python -m fluxir.evaluation`` and ``python -m fluxir.restoration`` (each also as ``accelerate launch -m ...``)
+all run: parse (``cli_parser``: ``--env``, ``--params``, ``-c``, ``--project``) -> load the parameters and check
+the stage's groups (``fluxir.parameters.validation``) -> build the stage's config and read its catalog inputs
+-> ``PartialState`` -> run the stage function on this process -> ``wait_for_everyone`` -> print this process's
+summary as one JSON line.
+
+A node that uses several processes launches the same command (``fluxir.runtime.launch.run_stage``); the stage
+writes its outputs where the catalog expects them, so only the exit status crosses the process boundary and
+the node lists what is on disk, as after an in-process run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fluxir.parameters.config import cli_parser, load_catalog, load_params
+from fluxir.parameters.validation import check_params
+
+
+@dataclass(frozen=True)
+class Input:
+    """A catalog entry a stage reads: from ``flag``'s path when the command line gives one, else the catalog's."""
+
+    flag: str | None  # e.g. "--manifest"; None: always the catalog's
+    read: Callable[[str], Any]  # how to read the path given with ``flag``
+    help: str = ""
+
+
+def stage_parser(
+    prog: str, description: str | None, params_example: str, inputs: Mapping[str, Input] = {}
+) -> argparse.ArgumentParser:
+    """``cli_parser`` plus one option per input that has a flag."""
+    parser = cli_parser(prog, description, params_example)
+    for spec in inputs.values():
+        if spec.flag:
+            parser.add_argument(spec.flag, default=None, help=spec.help)
+    return parser
+
+
+def load_stage(
+    args: argparse.Namespace, prog: str, groups: Sequence[str], inputs: Mapping[str, Input] = {}, folders: Any = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parameters of ``args.env`` with ``--params``, ``groups`` checked (one error naming every problem, before
+    anything loads), and each input read from its flag's path or loaded from the catalog. Returns
+    (parameters, ``{input name: value}``)."""
+    params = load_params(args.env, args.params, args.project)
+    check_params(params, list(groups), prog, folders)
+    paths = {
+        name: getattr(args, spec.flag.lstrip("-").replace("-", "_")) if spec.flag else None
+        for name, spec in inputs.items()
+    }
+    catalog = None if all(paths.values()) else load_catalog(args.env, args.project, args.params)
+    values = {name: spec.read(paths[name]) if paths[name] else catalog.load(name) for name, spec in inputs.items()}
+    return params, values
+
+
+def process_state(device: str) -> Any:
+    """This process's ``accelerate`` state (CPU processes with gloo when ``device`` is cpu or no GPU is there)."""
+    from accelerate import PartialState
+
+    from fluxir.models.devices import accelerate_cpu
+
+    return PartialState(cpu=accelerate_cpu(device))
+
+
+def shard(state: Any) -> tuple[int, int, Any, bool]:
+    """(process index, processes, device, progress bar on): what every sharded stage function takes after its
+    inputs."""
+    return state.process_index, state.num_processes, state.device, state.is_local_main_process
+
+
+def finish(state: Any, summary: Mapping[str, Any]) -> None:
+    """Wait for every process, then print this process's summary (with its rank) as one JSON line."""
+    state.wait_for_everyone()
+    print(json.dumps({**summary, "rank": state.process_index, "processes": state.num_processes}, default=str))
+
+
+@dataclass(frozen=True)
+class StageCommand:
+    """What one stage adds to the skeleton: its parameter group, config, inputs and the function it runs."""
+
+    prog: str
+    description: str
+    params_example: str
+    group: str
+    build: Callable[[Mapping[str, Any]], Any]  # the stage's config from its parameter group
+    inputs: Mapping[str, Input]
+    run: Callable[[Any, dict[str, Any], Any], Mapping[str, Any]]  # (config, inputs, state) -> summary
+
+    def main(self, argv: Sequence[str] | None = None) -> None:
+        parser = stage_parser(self.prog, self.description, self.params_example, self.inputs)
+        args = parser.parse_args(argv)
+        params, values = load_stage(args, self.prog, [self.group], self.inputs)
+        cfg = self.build(params[self.group])
+        state = process_state(cfg.device)
+        finish(state, self.run(cfg, values, state))
+
+
+def run_subcommand(prog: str, commands: Mapping[str, Callable[[list[str]], None]], argv: Sequence[str] | None) -> None:
+    """``prog <name> [options]``: run ``commands[name]`` with the options; a usage error names the choices."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in commands:
+        given = f"{argv[0]!r}" if argv else "none"
+        sys.exit(f"usage: {prog} {{{','.join(commands)}}} [options]; got {given} (options: {prog} <name> --help)")
+    commands[argv[0]](argv[1:])
