@@ -74,9 +74,10 @@ def local_model_problems(name: str, source: Any) -> list[str]:
         return []
     if Path(source).expanduser().is_dir():
         return []
-    return [
-        f"{name}: {source!r} is not a folder (a local diffusers folder, or a hub id owner/name): point {name} at the "
-        "model (`python -m fluxir.preflight` says which are on this machine)"
+    return [  # the loader's words (models.loading.resolve_source), said before anything is written
+        f"{name}: model source {source!r} is neither an existing local folder nor a hub id of the form 'owner/name' "
+        f"(e.g. 'black-forest-labs/FLUX.1-dev'): point {name} at the model (`python -m fluxir.preflight` says "
+        "which are on this machine)"
     ]
 
 

@@ -102,7 +102,12 @@ def restore_benchmarks(
         adapter,
     )
     return restore_manifest(
-        manifest, adapter, config.restore, eval_outputs, config.scale, config.color_fix,
+        manifest,
+        adapter,
+        config.restore,
+        eval_outputs,
+        config.scale,
+        config.color_fix,
         restored_elsewhere=seconds["fluxir"],
     )
 
@@ -126,9 +131,7 @@ def restore_with_public_weights(
             public,
             manifest,
             processes,
-            lambda: restore_public_missing(
-                manifest, public, baselines, eval_outputs, config.scale, config.color_fix
-            ),
+            lambda: restore_public_missing(manifest, public, baselines, eval_outputs, config.scale, config.color_fix),
         )
     return public_manifest(
         manifest, config.methods, baselines, eval_outputs, config.scale, config.color_fix, restored_elsewhere=seconds
