@@ -51,7 +51,7 @@ def test_a_missing_model_folder_stops_the_run_before_the_image_store_is_touched(
             kedro_project, env="tiny", pipeline="fluxgen", params={"fluxgen": {"model": "/nonexistent/flux"}}
         )
     assert "1 parameter problem(s) found before kedro run --pipeline=fluxgen started" in str(caught.value)
-    assert "fluxgen.model: '/nonexistent/flux' is not a folder" in str(caught.value)
+    assert "fluxgen.model: model source '/nonexistent/flux' is neither an existing local folder" in str(caught.value)
     assert _files(kedro_project / "data") == before
 
 
