@@ -124,3 +124,25 @@ def test_no_module_in_src_is_longer_than_500_lines():
     lengths = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in sorted(SRC.rglob("*.py"))}
     over = sorted(f"{name} ({n} lines)" for name, n in lengths.items() if n > MAX_LINES)
     assert not over, f"modules over {MAX_LINES} lines (split each into modules that tell one story each): {over}"
+
+
+def runs_as_script(path: Path) -> bool:
+    """The module has an ``if __name__ == "__main__":`` block."""
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name):
+            if node.test.left.id == "__name__":
+                return True
+    return False
+
+
+def test_python_m_commands_live_only_in_main_modules(tmp_path):
+    """A library module is imported, never run: ``python -m`` commands are the packages' ``__main__.py``."""
+    library = tmp_path / "library.py"
+    library.write_text('def main():\n    pass\n\n\nif __name__ == "__main__":\n    main()\n')
+    assert runs_as_script(library)  # the check sees such a block
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in sorted((SRC / "fluxir").rglob("*.py"))
+        if path.name != "__main__.py" and runs_as_script(path)
+    ]
+    assert not offenders, f"a python -m command outside a __main__.py: {offenders}"

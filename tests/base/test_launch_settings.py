@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fluxir.fluxgen.pairs import launcher_share, share
+from fluxir.fluxgen.pairs import launcher_rank_and_world, rank_and_world
 from fluxir.parameters.config import load_params, split_overrides
 from fluxir.runtime.launch import override_args, resolve_num_processes
 
@@ -58,16 +58,18 @@ def test_overrides_reach_the_child_unchanged():
     ],
 )
 def test_degradation_share_comes_from_the_launcher(environ, expected):
-    assert launcher_share(environ) == expected
-    assert share({"rank": None, "world_size": None}, environ) == expected
-    assert share({"rank": 1, "world_size": 2}, environ) == (1, 2)  # set by hand: an explicit override
+    assert launcher_rank_and_world(environ) == expected
+    assert rank_and_world({"rank": None, "world_size": None}, environ) == expected
+    assert rank_and_world({"rank": 1, "world_size": 2}, environ) == (1, 2)  # set by hand: an explicit override
 
 
 def test_half_a_hand_set_share_and_stepped_arrays_are_refused():
     with pytest.raises(ValueError, match="set both degrade.rank and degrade.world_size or neither"):
-        share({"rank": 1, "world_size": None}, {})
+        rank_and_world({"rank": 1, "world_size": None}, {})
     with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_STEP=2"):
-        launcher_share({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "2"})
+        launcher_rank_and_world(
+            {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "2"}
+        )
 
 
 def test_check_reports_processes_and_gpus_per_stage():

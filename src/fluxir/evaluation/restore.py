@@ -111,7 +111,7 @@ def evaluation_restore_config(restore: Mapping[str, Any], scale: int, color_fix:
 
 
 @dataclass(frozen=True)
-class Share:
+class MethodOutputs:
     """What one method restored of one process's share: its restorer's spec, output folder, the outputs table of
     the whole manifest and the seconds per image restored now (files already there are reused)."""
 
@@ -135,7 +135,7 @@ def restore_missing(
     process_index: int = 0,
     num_processes: int = 1,
     device: str | None = None,
-) -> Share:
+) -> MethodOutputs:
     """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` with FluxIR (every
     ``num_processes``-th, less those with an output already: an output depends only on its input and the seed).
     ``device`` (default ``restore.device``) is not in the key.
@@ -144,7 +144,7 @@ def restore_missing(
     root = Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
     run_config = dataclasses.replace(config, device=device or config.device)
     spec = restorer_spec("fluxir", run_config, model=model, adapter=adapter, parameter="evaluate.methods")
-    return Share(spec, root, *restore_into(manifest, root, spec, process_index, num_processes))
+    return MethodOutputs(spec, root, *restore_into(manifest, root, spec, process_index, num_processes))
 
 
 def restore_manifest(
@@ -155,6 +155,7 @@ def restore_manifest(
     scale: int,
     color_fix: str,
     restored_elsewhere: Sequence[float] = (),
+    done: MethodOutputs | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ of ``manifest`` x``scale`` with Flux (``restore.model``) + ``adapter``; returns (outputs, info).
 
@@ -162,9 +163,10 @@ def restore_manifest(
     ``<outputs_dir>/fluxir/<key>/<dataset>/<image>_<LQ hash>.png``, the key hashing model, adapter and settings;
     files already there are reused, so an interrupted run resumes where it stopped.
     ``restored_elsewhere``: seconds per image of the images processes launched for this run restored
-    (``restore_missing``), counted in the run info as restored now.
+    (``restore_missing``), counted in the run info as restored now. ``done``: what ``restore_missing`` already
+    made in this process (else the outputs on disk are listed, restoring what is missing).
     """
-    share = restore_missing(manifest, adapter, restore, outputs_dir, scale, color_fix)
+    share = done or restore_missing(manifest, adapter, restore, outputs_dir, scale, color_fix)
     model, config, root = share.spec.model, share.spec.config, share.root
     seconds = [*restored_elsewhere, *share.seconds]
     done_now = len(seconds)
@@ -205,7 +207,7 @@ def restore_public_missing(
     process_index: int = 0,
     num_processes: int = 1,
     device: Any = None,
-) -> list[Share]:
+) -> list[MethodOutputs]:
     """Restore share ``process_index`` of ``num_processes`` of ``manifest`` with each public restorer of ``methods``
     (on ``device`` where a method's device is ``auto``). Every method's weights are checked before any is lazy."""
     config = OutputGeometry(scale=scale, target_size=None, color_fix=color_fix)  # the benchmark's size: no bound
@@ -216,7 +218,8 @@ def restore_public_missing(
         key = hash_json([method, spec.fingerprint, settings.settings(), scale, geometry.color_fix])
         plans.append((spec, Path(outputs_dir) / method / key))
     return [
-        Share(spec, root, *restore_into(manifest, root, spec, process_index, num_processes)) for spec, root in plans
+        MethodOutputs(spec, root, *restore_into(manifest, root, spec, process_index, num_processes))
+        for spec, root in plans
     ]
 
 
@@ -228,6 +231,7 @@ def public_manifest(
     scale: int,
     color_fix: str,
     restored_elsewhere: Mapping[str, Sequence[float]] | None = None,
+    done: list[MethodOutputs] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore every LQ with each public restorer of ``methods`` (``realesrgan``, ``flux_controlnet``).
 
@@ -235,10 +239,16 @@ def public_manifest(
     its weights (file hash / ControlNet content), its settings, the scale and the colour fix; files already
     there are reused. Every method's weights are checked before any is lazy. Returns (outputs, run info).
     ``restored_elsewhere``: {method: seconds per image} of what processes launched for this run restored
-    (``restore_public_missing``), counted in the run info as restored now.
+    (``restore_public_missing``), counted in the run info as restored now. ``done``: what
+    ``restore_public_missing`` already made in this process (else the outputs on disk are listed).
     """
     parts, info = [outputs_table([])], {}
-    for share in restore_public_missing(manifest, methods, baselines, outputs_dir, scale, color_fix):
+    shares = (
+        done
+        if done is not None
+        else restore_public_missing(manifest, methods, baselines, outputs_dir, scale, color_fix)
+    )
+    for share in shares:
         method, spec, root = share.method, share.spec, share.root
         seconds = [*(restored_elsewhere or {}).get(method, []), *share.seconds]
         parts.append(share.rows)

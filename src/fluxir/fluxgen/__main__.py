@@ -17,7 +17,7 @@ import pandas as pd
 
 from fluxir.fluxgen.content_filter import REVIEW_DUTY, ContentFilterConfig, run_filter
 from fluxir.fluxgen.generate import GenerationConfig, run_generation
-from fluxir.fluxgen.pairs import PairsStageConfig, degrade_selection, share
+from fluxir.fluxgen.pairs import PairsStageConfig, degrade_selection, rank_and_world
 from fluxir.fluxgen.score import IqaConfig, run_scoring
 from fluxir.io.store import ImageStore
 from fluxir.runtime.entry import Input, StageCommand, load_stage, run_subcommand, shard, stage_parser
@@ -105,7 +105,7 @@ def pairs(argv: list[str] | None = None) -> None:
     args = stage_parser(prog, pairs.__doc__, "degrade.workers=16", inputs).parse_args(argv)
     params, loaded = load_stage(args, prog, ["degrade"], inputs)
     cfg = PairsStageConfig.from_params(params["degrade"])
-    rank, world_size = share({"rank": cfg.rank, "world_size": cfg.world_size}, os.environ)
+    rank, world_size = rank_and_world({"rank": cfg.rank, "world_size": cfg.world_size}, os.environ)
     stores, _, made = degrade_selection(
         loaded["iqa_selection"], loaded["pair_store"], cfg, rank=rank, world_size=world_size
     )

@@ -150,7 +150,7 @@ def run_filter(
     parts_root: Path,
     process_index: int = 0,
     num_processes: int = 1,
-    state_device: Any = None,
+    process_device: Any = None,
     progress: bool = True,
 ) -> tuple[Path, int]:
     """Score this process's share of the unscored images into ``<parts_root>/<filter key>``; returns that folder
@@ -159,7 +159,7 @@ def run_filter(
     from fluxir.models.devices import resolve_device
 
     parts_dir = Path(parts_root) / filter_key(cfg)
-    device = resolve_device(cfg.device, state_device)
+    device = resolve_device(cfg.device, process_device)
     scored = score_chunks_into_parts(
         manifest,
         parts_dir,

@@ -136,7 +136,7 @@ def generate_into_store(
     store: ImageStore,
     process_index: int = 0,
     num_processes: int = 1,
-    state_device: Any = None,
+    process_device: Any = None,
     progress: bool = True,
     prompt_cache: str | Path | None = None,
 ) -> list[int]:
@@ -152,7 +152,7 @@ def generate_into_store(
     )
     if not todo:
         return []
-    device = resolve_device(cfg.device, state_device)
+    device = resolve_device(cfg.device, process_device)
     if cfg.prompts:
         pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)
         encoder = PromptEncoder(pipe, cfg.prompts, cfg.max_sequence_length, device, guidance=cfg.guidance)
@@ -242,7 +242,7 @@ def run_generation(
     image_store: ImageStore,
     process_index: int = 0,
     num_processes: int = 1,
-    state_device: Any = None,
+    process_device: Any = None,
     progress: bool = True,
     prompt_cache: Path | None = None,
 ) -> tuple[ImageStore, list[int]]:
@@ -253,5 +253,5 @@ def run_generation(
     """
     store = image_store.sub(cfg.key())
     return store, generate_into_store(
-        cfg, store, process_index, num_processes, state_device, progress=progress, prompt_cache=prompt_cache
+        cfg, store, process_index, num_processes, process_device, progress=progress, prompt_cache=prompt_cache
     )

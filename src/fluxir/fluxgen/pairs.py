@@ -9,7 +9,7 @@ so 350,000 pairs are ~46 core-hours: this module spreads them out.
   whose OpenMP pools are already running.
 - **Machines**: ``python -m fluxir.fluxgen pairs`` on each machine of shared storage takes share ``rank`` of
   ``world_size``, the ids with ``image_id % world_size == rank`` (the sharding of generation). The share
-  comes from the launcher (``launcher_share``: torchrun/accelerate ``RANK``/``WORLD_SIZE``, ``srun``'s
+  comes from the launcher (``launcher_rank_and_world``: torchrun/accelerate ``RANK``/``WORLD_SIZE``, ``srun``'s
   ``SLURM_PROCID``/``SLURM_NTASKS``, a SLURM job array's task index and count, or both), or from
   ``degrade.rank`` / ``degrade.world_size`` set by hand. Then one ``kedro run`` writes the manifest of all
   pairs (the Kedro node itself always degrades every missing pair, whatever the launcher says).
@@ -84,7 +84,7 @@ def ids_for_rank(image_ids: Iterable[int], rank: int, world_size: int) -> list[i
     return [i for i in image_ids if i % world_size == rank]
 
 
-def launcher_share(environ: Mapping[str, str]) -> tuple[int, int]:
+def launcher_rank_and_world(environ: Mapping[str, str]) -> tuple[int, int]:
     """(rank, world size) of this process from its launcher's environment; (0, 1) without one.
 
     ``RANK``/``WORLD_SIZE`` (torchrun, accelerate) win. Under SLURM a job array of A tasks, each running
@@ -105,11 +105,11 @@ def launcher_share(environ: Mapping[str, str]) -> tuple[int, int]:
     return rank, world
 
 
-def share(degrade: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[int, int]:
+def rank_and_world(degrade: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[int, int]:
     """``degrade.rank``/``degrade.world_size`` when set (both, by hand), else the launcher's share."""
     rank, world = degrade.get("rank"), degrade.get("world_size")
     if rank is None and world is None:
-        return launcher_share(environ)
+        return launcher_rank_and_world(environ)
     if rank is None or world is None:
         raise ValueError(
             f"set both degrade.rank and degrade.world_size or neither (null: from the launcher), "
@@ -297,7 +297,7 @@ class PairsStageConfig(Config):
         found = field_problems(values, cls.RULES, cls.PREFIX)
         checks = [lambda: resolve_workers(values["workers"])]
         if not any(m.startswith(("degrade.rank ", "degrade.world_size ")) for m in found):
-            checks.append(lambda: ids_for_rank([], *share(values, {})))  # a launcher's share: checked when it runs
+            checks.append(lambda: ids_for_rank([], *rank_and_world(values, {})))  # a launcher's: checked when it runs
         for check in checks:
             try:
                 check()

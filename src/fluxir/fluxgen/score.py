@@ -333,7 +333,7 @@ def run_scoring(
     parts_root: Path,
     process_index: int = 0,
     num_processes: int = 1,
-    state_device: Any = None,
+    process_device: Any = None,
     progress: bool = True,
 ) -> tuple[Path, int]:
     """FluxGen's scoring step, as the ``fluxgen.score_images`` node and ``python -m fluxir.fluxgen score`` run it.
@@ -348,7 +348,7 @@ def run_scoring(
         parts_dir,
         specs,
         cfg.batch_size,
-        resolve_device(cfg.device, state_device),
+        resolve_device(cfg.device, process_device),
         process_index,
         num_processes,
         loader_workers=cfg.loader_workers,

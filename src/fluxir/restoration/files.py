@@ -164,7 +164,7 @@ def out_of_memory_advice(err: BaseException, work: RestoreWork) -> str:
 
 
 @dataclass
-class RestoreShare:
+class RankResult:
     """What one process of a (possibly multi-process) restoration did: its results, failures, model load time."""
 
     results: list[RestoreResult]
@@ -174,16 +174,16 @@ class RestoreShare:
 
 def restore_share(
     plan: Any, job: RestoreJob, spec: RestorerSpec, process_index: int = 0, num_processes: int = 1
-) -> RestoreShare:
+) -> RankResult:
     """Restore share ``process_index`` of ``num_processes`` of the plan rows whose action is "restore"
     (every ``num_processes``-th job: each output depends only on its input and the seed, not on the share)."""
     jobs = list(plan.loc[plan["action"] == "restore", ["input", "output"]].itertuples(index=False, name=None))
     mine = jobs[process_index::num_processes]
-    return RestoreShare(*restore_files(spec, mine, progress=job.progress and process_index == 0))
+    return RankResult(*restore_files(spec, mine, progress=job.progress and process_index == 0))
 
 
 def summarise_shares(
-    plan: Any, shares: list[RestoreShare], job: RestoreJob, cfg: RestoreConfig
+    plan: Any, shares: list[RankResult], job: RestoreJob, cfg: RestoreConfig
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """(failures [{input, reason}], summary) of all shares, in plan order. Raises RuntimeError, listing the
     reasons, when no input file could be used at all (nothing restored, nothing skipped)."""

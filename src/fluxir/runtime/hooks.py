@@ -254,10 +254,10 @@ class LaunchContextHook:
         self._restore()
 
     def _restore(self) -> None:
-        from fluxir.runtime.launch import restore_run_context
+        from fluxir.runtime.launch import revert_run_context
 
         if self._previous is not None:
-            restore_run_context(self._previous)
+            revert_run_context(self._previous)
             self._previous = None
 
 

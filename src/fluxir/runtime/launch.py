@@ -93,7 +93,7 @@ def set_run_context(
     return previous
 
 
-def restore_run_context(previous: Mapping[str, str | None]) -> None:
+def revert_run_context(previous: Mapping[str, str | None]) -> None:
     for var, value in previous.items():
         if value is None:
             os.environ.pop(var, None)

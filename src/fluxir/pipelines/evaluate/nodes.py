@@ -53,10 +53,11 @@ def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str
 
 def _restore_stage(
     methods: list[str], manifest: pd.DataFrame, processes: int, restore: Any, adapter: Any = None
-) -> dict[str, list[float]]:
-    """Restore the LQ images of ``manifest`` with ``methods`` here (``restore()``, returning a ``Share`` per
+) -> tuple[list[Any] | None, dict[str, list[float]]]:
+    """Restore the LQ images of ``manifest`` with ``methods`` here (``restore()``, returning a ``MethodOutputs`` per
     method) or with ``python -m fluxir.evaluation --methods <them>`` on ``processes`` processes; the outputs are
-    then on disk. Returns {method: seconds per image restored now, every process}."""
+    then on disk. Returns (the ``MethodOutputs`` made here, or None after a launch; {method: seconds per image the
+    launched processes restored})."""
     import json
 
     from fluxir.runtime.launch import run_stage, scratch_dir
@@ -67,8 +68,8 @@ def _restore_stage(
             ["fluxir.evaluation"], processes, "evaluate", restore, args, {"--manifest": manifest}, adapter
         )
         if shares is None:
-            return json.loads((scratch / "seconds.json").read_text())
-    return {share.method: share.seconds for share in shares}
+            return None, json.loads((scratch / "seconds.json").read_text())
+    return shares, {}
 
 
 def restore_benchmarks(
@@ -94,7 +95,7 @@ def restore_benchmarks(
         return pd.DataFrame(columns=OUTPUT_COLUMNS), {"FluxIR": "not run (not in evaluate.methods)"}
     adapter = require_adapter(adapter, "evaluate.methods: fluxir")
     processes = resolve_num_processes(config.num_processes, "evaluate.num_processes")
-    seconds = _restore_stage(
+    done, seconds = _restore_stage(
         ["fluxir"],
         manifest,
         processes,
@@ -108,7 +109,8 @@ def restore_benchmarks(
         eval_outputs,
         config.scale,
         config.color_fix,
-        restored_elsewhere=seconds["fluxir"],
+        restored_elsewhere=seconds.get("fluxir", []),
+        done=done[0] if done else None,
     )
 
 
@@ -125,16 +127,23 @@ def restore_with_public_weights(
 
     public = [m for m in config.methods if m in PUBLIC_METHODS]
     processes = resolve_num_processes(config.num_processes, "evaluate.num_processes")
-    seconds: dict[str, list[float]] = {}
+    done, seconds = None, {}
     if public:
-        seconds = _restore_stage(
+        done, seconds = _restore_stage(
             public,
             manifest,
             processes,
             lambda: restore_public_missing(manifest, public, baselines, eval_outputs, config.scale, config.color_fix),
         )
     return public_manifest(
-        manifest, config.methods, baselines, eval_outputs, config.scale, config.color_fix, restored_elsewhere=seconds
+        manifest,
+        config.methods,
+        baselines,
+        eval_outputs,
+        config.scale,
+        config.color_fix,
+        restored_elsewhere=seconds,
+        done=done,
     )
 
 
