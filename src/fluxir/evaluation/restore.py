@@ -103,6 +103,8 @@ def evaluation_restore_config(restore: Mapping[str, Any], scale: int, color_fix:
             "evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls"
         )
     model = params.pop("model")
+    if "color_fix" in params:  # evaluation's colour fix is its own; a second one here would be silently overridden
+        raise ValueError("evaluate.restore.color_fix is not read: evaluation uses evaluate.color_fix; remove it")
     if params.setdefault("scale", scale) != scale:
         raise ValueError(
             f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {scale!r}; set only evaluate.scale"
