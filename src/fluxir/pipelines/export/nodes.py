@@ -1,8 +1,9 @@
-"""Export nodes: write the shards and the dataset card into the export folder; upload it when asked."""
+"""Export nodes: the dataset's shards and card (then an optional upload), and the adapter with its model card."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,30 @@ def push_dataset(summary: dict[str, Any], folder: Path, export: dict[str, Any]) 
     result = upload_export(Path(folder), export["repo_id"], "dataset", export["hub_endpoint"], export["private"])
     log.info("Uploaded %d pairs (%d files) to %s", summary["pairs"], len(result["files"]), result["url"])
     return result
+
+
+def export_adapter(
+    adapter: Any, means: pd.DataFrame, report_md: str, folder: Path, model: str, export: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the adapter with LICENSE, NOTICE and a model card into ``folder``.
+
+    The card's evaluation table is the FluxIR rows of ``evaluation_means`` only when the latest evaluation report
+    names this adapter's fingerprint (it evaluated these weights); otherwise the card says it was not evaluated.
+    """
+    from fluxir.datasets.adapter_dataset import require_adapter
+    from fluxir.export.build import evaluation_for
+    from fluxir.export.cards import TINY_ADAPTER_NOTE
+
+    adapter = require_adapter(adapter, "kedro run --pipeline=export_adapter")
+    evaluation = evaluation_for(adapter, means, report_md)
+    base_model = export["license_model"] or model
+    adapter.save_pretrained(
+        folder,
+        base_model=base_model,
+        license=export["license"],
+        evaluation=evaluation,
+        usage_path=os.path.relpath(folder),  # the project's folder, where `kedro run` ran
+        note=TINY_ADAPTER_NOTE if export["tiny_models"] else "",
+    )
+    log.info("Adapter for %s exported to %s", base_model, folder)
+    return {"folder": str(folder), "base_model": base_model, "evaluated": not evaluation.startswith("Not evaluated")}

@@ -1,8 +1,9 @@
-"""Export wiring: pairs + IQA selection + the run's parameters -> shards and a dataset card -> (optional) upload."""
+"""Export wiring: pairs + IQA selection + the run's parameters -> shards and a dataset card -> (optional) upload;
+the latest trained adapter + the latest evaluation -> a shareable folder with a card."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import export_dataset, push_dataset
+from .nodes import export_adapter, export_dataset, push_dataset
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -29,3 +30,9 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
         ]
     )
+
+
+def create_adapter_pipeline(**kwargs) -> Pipeline:
+    """``kedro run --pipeline=export_adapter`` (pipeline_registry names it)."""
+    inputs = ["fluxir_adapter", "evaluation_means", "evaluation_report_md", "adapter_export", "params:train.model"]
+    return Pipeline([Node(export_adapter, [*inputs, "params:export"], "adapter_export_summary", name="export_adapter")])
