@@ -8,7 +8,7 @@ from kedro.io import DatasetError
 from kedro.io.core import Version
 from kedro_datasets.pandas import ParquetDataset
 
-from fluxir.datasets.durable_parquet import DurableParquetDataset, write_parquet
+from fluxir.datasets import DurableParquetDataset, write_parquet
 from fluxir.parameters.config import load_catalog
 
 from conftest import REPO

@@ -351,7 +351,7 @@ def test_mlflow_keys_carry_the_convention():
 def test_methods_without_fluxir_need_no_adapter(tmp_path):
     from kedro.io.core import Version
 
-    from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset, MissingAdapter
+    from fluxir.datasets import FluxIRAdapterDataset, MissingAdapter
     from fluxir.pipelines.evaluate.nodes import restore_benchmarks, upsample_bicubic
 
     missing = FluxIRAdapterDataset(filepath=str(tmp_path / "fluxir_adapter"), version=Version(None, None)).load()

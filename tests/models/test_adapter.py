@@ -385,16 +385,16 @@ def test_bad_inputs_fail_clearly(tiny_flux):
 
 
 def test_dataset_config_name_matches_the_adapter_module():
-    from fluxir.datasets import adapter_dataset
+    from fluxir.datasets import catalog
     from fluxir.models import adapter
 
-    assert adapter_dataset.CONFIG_NAME == adapter.CONFIG_NAME
+    assert catalog.CONFIG_NAME == adapter.CONFIG_NAME
 
 
 def test_missing_trained_adapter_says_what_to_run(tmp_path):
     from kedro.io.core import DatasetError, Version
 
-    from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset, require_adapter
+    from fluxir.datasets import FluxIRAdapterDataset, require_adapter
 
     missing = FluxIRAdapterDataset(filepath=str(tmp_path / "fluxir_adapter"), version=Version(None, None)).load()
     with pytest.raises(

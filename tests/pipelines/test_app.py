@@ -31,7 +31,7 @@ def save_adapter_versions(project: Path, count: int) -> list[str]:
     import torch
     from kedro.io import Version
 
-    from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset
+    from fluxir.datasets import FluxIRAdapterDataset
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.loading import load_pipeline
 

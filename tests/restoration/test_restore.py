@@ -391,13 +391,13 @@ def _add_identity_adapter(project: Path, flux) -> None:
     """Store an untrained (identity) adapter as a version of fluxir_adapter, as the train pipeline would."""
     from kedro.io import Version
 
-    from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset
+    from fluxir.datasets import FluxIRAdapterDataset
     from fluxir.models.adapter import FluxIRAdapter
 
     conf = "\n".join(p.read_text() for p in (project / "conf" / "base").glob("catalog*.yml"))
     if "\nfluxir_adapter:" not in "\n" + conf:  # declared with the train pipeline; stand in until it exists
         (project / "conf" / "base" / "catalog_test_adapter.yml").write_text(
-            "fluxir_adapter:\n  type: fluxir.datasets.adapter_dataset.FluxIRAdapterDataset\n"
+            "fluxir_adapter:\n  type: fluxir.datasets.FluxIRAdapterDataset\n"
             "  filepath: data/06_models/fluxir_adapter\n  versioned: true\n"
         )
     FluxIRAdapterDataset(filepath=str(project / "data/06_models/fluxir_adapter"), version=Version(None, None)).save(
@@ -515,7 +515,7 @@ def test_kedro_restore_all_bad_folder_fails_with_the_reasons(kedro_project, pipe
 def test_restore_without_an_adapter_uses_public_weights(kedro_project):
     """No adapter was ever trained: restore.method=realesrgan (through Kedro) and flux_controlnet restore with
     the public restorers' (tiny) weights; fluxir says what to do."""
-    from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset
+    from fluxir.datasets import FluxIRAdapterDataset
     from fluxir.parameters.config import load_params
     from fluxir.pipelines.restore.nodes import plan_restore, restore_images
     from fluxir.restoration.methods import restorer_spec

@@ -3,7 +3,7 @@
 ``AbstractVersionedDataset`` has no public "where did this save go"; ``_get_save_path()`` refuses once
 the file exists, so the versioned path of the run's save version is asked for instead. kedro-datasets'
 file datasets keep their filesystem, protocol and save arguments in private attributes; ``save_target``
-reads them for a dataset that writes its file itself (``fluxir.datasets.durable_parquet``).
+reads them for a dataset that writes its file itself (``fluxir.datasets.DurableParquetDataset``).
 """
 
 from __future__ import annotations

@@ -1,19 +1,23 @@
-"""Kedro datasets of fluxir (catalog ``type: fluxir.datasets.FluxIRAdapterDataset``).
+"""Kedro datasets of fluxir: ``type: fluxir.datasets.FolderDataset`` (and the others below) in the catalog."""
 
-Imported lazily, so the catalog's other datasets (``fluxir.datasets.folder``, ``fluxir.datasets.durable_parquet``)
-do not pull in torch and diffusers.
-"""
+from .catalog import (
+    BenchmarkFoldersDataset,
+    DurableParquetDataset,
+    FluxIRAdapterDataset,
+    FolderDataset,
+    ImageStoreDataset,
+    MissingAdapter,
+    require_adapter,
+    write_parquet,
+)
 
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["FluxIRAdapterDataset"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "FluxIRAdapterDataset":
-        from .adapter_dataset import FluxIRAdapterDataset
-
-        return FluxIRAdapterDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "BenchmarkFoldersDataset",
+    "DurableParquetDataset",
+    "FluxIRAdapterDataset",
+    "FolderDataset",
+    "ImageStoreDataset",
+    "MissingAdapter",
+    "require_adapter",
+    "write_parquet",
+]

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fluxir import iqa as iqa_lib
-from fluxir.datasets.durable_parquet import write_parquet
+from fluxir.datasets import write_parquet
 from fluxir.io.hashing import hash_json
 from fluxir.io.images import read_image
 from fluxir.models.devices import resolve_device

@@ -258,7 +258,7 @@ def restorer_spec(
     multi-process run on its own GPU). FluxIR takes a trained ``adapter`` (None: plain Flux; a ``MissingAdapter``
     fails, saying what to run); the others take none. A public method's weights are checked here: a missing file
     fails now, naming the parameter."""
-    from fluxir.datasets.adapter_dataset import require_adapter
+    from fluxir.datasets import require_adapter
     from fluxir.models.devices import resolve_device
 
     entry = method_named(name, parameter)

@@ -286,7 +286,7 @@ class MlflowDatasetsHook:
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, data: Any, node: Any) -> None:
-        from fluxir.datasets.adapter_dataset import FluxIRAdapterDataset, MissingAdapter
+        from fluxir.datasets import FluxIRAdapterDataset, MissingAdapter
 
         dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
         if not isinstance(dataset, FluxIRAdapterDataset) or isinstance(data, MissingAdapter):

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from fluxir.datasets.durable_parquet import write_parquet
+from fluxir.datasets import write_parquet
 from fluxir.models.adapter import save_adapter
 from fluxir.parameters.config import load_catalog
 from fluxir.runtime.entry import Input, StageCommand, load_stage, process_state, shard, stage_parser

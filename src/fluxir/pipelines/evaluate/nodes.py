@@ -86,7 +86,7 @@ def restore_benchmarks(
     ``accelerate launch -m fluxir.evaluation --methods fluxir`` (each restores every N-th image); either way
     the table then lists the outputs on disk.
     """
-    from fluxir.datasets.adapter_dataset import require_adapter
+    from fluxir.datasets import require_adapter
     from fluxir.evaluation.restore import restore_manifest, restore_missing
     from fluxir.evaluation.testsets import OUTPUT_COLUMNS
     from fluxir.runtime.launch import resolve_num_processes

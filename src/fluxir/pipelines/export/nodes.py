@@ -53,7 +53,7 @@ def export_adapter(
     The card's evaluation table is the FluxIR rows of ``evaluation_means`` only when the latest evaluation report
     names this adapter's fingerprint (it evaluated these weights); otherwise the card says it was not evaluated.
     """
-    from fluxir.datasets.adapter_dataset import require_adapter
+    from fluxir.datasets import require_adapter
     from fluxir.export.build import evaluation_for
     from fluxir.export.cards import TINY_ADAPTER_NOTE
 
