@@ -105,7 +105,7 @@ box(24, 110, 134, 58, ["Flux.1-dev", "frozen, empty prompt", "seed = base_seed +
 X = (178, 346, 514, 682)
 box(X[0], 112, 146, 54, ["generate_images", "accelerate: N GPUs", "fluxgen/generate.py"])
 box(X[1], 112, 146, 54, ["score_images", "CLIPIQA+ MANIQA MUSIQ", "iqa/"])
-box(X[2], 112, 146, 54, ["select_by_iqa", "top 95% on every metric", "fluxgen/select.py"])
+box(X[2], 112, 146, 54, ["select_by_iqa", "top 95% on every metric", "fluxgen/score.py"])
 box(X[3], 112, 146, 54, ["degrade_pairs", "Real-ESRGAN x4 (SeeSR)", "fluxgen/degrade.py"])
 arrow(158, 139, X[0] - 2, 139)
 for a, b in pairwise(X):

@@ -1,34 +1,18 @@
-"""FluxGen's content filter: every generated image scored by an NSFW image classifier before selection.
+"""FluxGen's content filter: every generated image scored by an NSFW image classifier; selection drops those above
+the threshold.
 
-The story, in order:
-
-1. Why. The FLUX.1 [dev] licence, section 2(e)(i), lets Output be created or distributed only by a user who
-   (A) implements and maintains content filters against unlawful or infringing content, or (B) reviews
-   Output before distribution. Black Forest Labs' own reference code does (A): ``src/flux/cli.py`` runs a
-   transformers ``pipeline("image-classification", model="Falconsai/nsfw_image_detection")`` on every image
-   and does not save one whose ``nsfw`` label scores above 0.85 (``content_filters.py`` holds their filters).
-   FluxGen does the same by default: ``fluxgen.content_filter`` with ``enabled: true``, that classifier and
-   that threshold (conf/base/parameters_fluxgen.yml), and selection drops the flagged images.
-2. The classifier (``load_classifier``) is any transformers image classifier in the hub's format (a hub id or a
-   folder with config.json, preprocessor_config.json, model.safetensors) whose ``id2label`` has an ``nsfw``
-   label, loaded with ``AutoImageProcessor`` / ``AutoModelForImageClassification.from_pretrained``. A score is
-   the softmax probability of that label, the number BFL's pipeline call compares with 0.85.
-3. Scoring at scale is FluxGen's IQA scoring (``fluxir.fluxgen.score``), reused as is: chunks of
-   ``batch_size`` distinct images keyed by sha256, share ``r`` of ``w`` processes (``accelerate launch -m
-   fluxir.fluxgen content_filter``), images decoded by ``loader_workers`` processes, parts of ``part_size``
-   rows under ``<nsfw_parts>/<filter key>/``. The filter key hashes the classifier's id, its revision (hub
-   snapshot commit or folder hash, ``fluxir.io.provenance.model_revision``), the dtype and transformers'
-   version: a rerun scores only images not scored by that very classifier. The threshold is not in the key:
-   changing it re-reads the scores, it does not recompute them.
-4. ``filter_table``: the generated manifest joined with the scores, ``nsfw_flagged = nsfw_score > threshold``;
-   ``fluxir.fluxgen.select.apply_content_filter`` drops those rows from the selection and says why.
-5. Turned off (``enabled: false``, which must be written explicitly): nothing is loaded or scored, every row is
-   unflagged with no score, and ``record_filter_state`` logs a WARNING and MLflow tags saying that reviewing
-   every output before distribution is the user's duty (2(e)(i)(B)).
+Why: the FLUX.1 [dev] licence, section 2(e)(i), lets Output be distributed only by a user who (A) maintains content
+filters or (B) reviews Output before distribution. Black Forest Labs' ``src/flux/cli.py`` does (A) with
+``Falconsai/nsfw_image_detection`` and a threshold of 0.85, FluxGen's defaults. The classifier is any transformers
+image classifier with an ``nsfw`` label; a score is that label's softmax probability. Scoring reuses
+``fluxir.fluxgen.score``'s resumable parts, keyed by the classifier's id, revision, dtype and transformers' version
+(not the threshold: changing it re-reads the scores). Disabled (``enabled: false``), nothing is scored and the run
+logs and tags that reviewing every output is the user's duty (2(e)(i)(B)).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -65,7 +49,7 @@ FILTER_RULES = (
 
 @dataclass
 class ContentFilterConfig(Config):
-    """Parameters ``fluxgen.content_filter.*``: their values live in conf/base/parameters_fluxgen.yml only."""
+    """Parameters ``fluxgen.content_filter.*`` (values in conf/base/parameters_fluxgen.yml)."""
 
     enabled: bool
     model: str  # hub id or folder of a transformers image classifier with an "nsfw" label
@@ -80,7 +64,7 @@ class ContentFilterConfig(Config):
 
 
 def filter_versions(cfg: ContentFilterConfig) -> dict[str, Any]:
-    """What makes a score: the classifier (id and revision), its dtype and transformers' version."""
+    """What makes a score: the classifier's id and revision, its dtype and transformers' version."""
     import transformers
 
     return {
@@ -92,12 +76,8 @@ def filter_versions(cfg: ContentFilterConfig) -> dict[str, Any]:
 
 
 def filter_key(cfg: ContentFilterConfig) -> str:
-    """Short hash of ``filter_versions``: the folder of the score parts."""
+    """The folder of the score parts: a short hash of ``filter_versions``."""
     return hash_json(filter_versions(cfg))
-
-
-# ----------------------------------------------------------------------------------------------------
-# The classifier
 
 
 def load_classifier(model: str, device: str, dtype: str) -> tuple[Any, Any, int]:
@@ -135,13 +115,8 @@ def nsfw_probabilities(processor: Any, classifier: Any, nsfw_index: int, images:
 
 
 def classifier_scorer(cfg: ContentFilterConfig, device: str) -> Callable[[list[np.ndarray]], dict[str, np.ndarray]]:
-    """The chunk scorer ``fluxir.fluxgen.score.score_chunks_into_parts`` calls: loads the classifier once."""
     processor, classifier, nsfw_index = load_classifier(cfg.model, device, cfg.dtype)
     return lambda images: {SCORE_COLUMN: nsfw_probabilities(processor, classifier, nsfw_index, images)}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Scoring every image, resumable, on one or many processes
 
 
 def run_filter(
@@ -153,34 +128,28 @@ def run_filter(
     process_device: Any = None,
     progress: bool = True,
 ) -> tuple[Path, int]:
-    """Score this process's share of the unscored images into ``<parts_root>/<filter key>``; returns that folder
-    and how many images this process scored."""
-    from fluxir.fluxgen.score import score_chunks_into_parts
-    from fluxir.models.devices import resolve_device
+    """This process's unscored images into ``<parts_root>/<filter key>``; returns that folder and the count."""
+    from fluxir.fluxgen.score import run_parts
 
     parts_dir = Path(parts_root) / filter_key(cfg)
-    device = resolve_device(cfg.device, process_device)
-    scored = score_chunks_into_parts(
+    scorer = functools.partial(classifier_scorer, cfg)  # called with the device
+    return run_parts(
+        cfg,
         manifest,
         parts_dir,
         [SCORE_COLUMN],
-        cfg.batch_size,
-        lambda: classifier_scorer(cfg, device),
+        scorer,
         process_index,
         num_processes,
-        loader_workers=cfg.loader_workers,
-        part_size=cfg.part_size,
-        progress=progress,
-        label="content filter",
+        process_device,
+        progress,
+        "content filter",
     )
-    return parts_dir, scored
 
 
 def filter_table(manifest: pd.DataFrame, parts_dir: Path | None, cfg: ContentFilterConfig) -> pd.DataFrame:
-    """One row per generated image: image_id, sha256, nsfw_score, nsfw_flagged, nsfw_threshold, content_filter.
-
-    ``parts_dir`` None (filter disabled): no score (NaN), nothing flagged, ``content_filter`` says "disabled".
-    """
+    """One row per image: image_id, sha256, nsfw_score, nsfw_flagged, nsfw_threshold, content_filter ("disabled",
+    with no score and nothing flagged, when ``parts_dir`` is None)."""
     from fluxir.fluxgen.score import merge_scores
 
     base = manifest[["image_id", "sha256"]].reset_index(drop=True)
@@ -199,8 +168,7 @@ def filter_table(manifest: pd.DataFrame, parts_dir: Path | None, cfg: ContentFil
 
 
 def record_filter_state(cfg: ContentFilterConfig, flagged: int | None) -> dict[str, str]:
-    """Log what filtered this run (or that nothing did: a WARNING naming 2(e)(i)(B)) and set the matching tags
-    on the active MLflow run, if any; returns the tags."""
+    """Log what filtered this run (or a WARNING naming 2(e)(i)(B)) and tag the active MLflow run; returns the tags."""
     if cfg.enabled:
         tags = {
             "content_filter": f"{cfg.model} (nsfw > {cfg.threshold} flagged)",

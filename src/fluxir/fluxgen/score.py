@@ -1,28 +1,17 @@
-"""FluxGen step 2 at scale: no-reference IQA scores over many processes, resumable, merged into one table.
+"""FluxGen steps 2 and 3 (paper Sec. 3.1): no-reference IQA scores of every generated image, then the percentile cut.
 
-Paper Sec. 3.1 scores every generated image with CLIP-IQA, MANIQA and MUSIQ. For 350,000 images:
-
-- Work is cut into *chunks* of ``iqa.batch_size`` consecutive distinct images of the manifest; a chunk
-  is one scorer batch, always the same images whatever the number of processes, so every score is
-  the same number whether 1 or 8 processes computed it. Process ``r`` of ``w`` takes the unscored
-  chunks ``r, r+w, r+2w, ...`` (the id sharding of generation, one chunk at a time):
-  ``accelerate launch -m fluxir.fluxgen score --env base``.
-- Scores are written in *parts*: ``<parts>/<metrics key>/part-<rank>-<n>.parquet`` with one row per
-  image (``sha256`` + one float64 column per metric), written to a temporary name and renamed, every
-  ``iqa.part_size`` images. The metrics key hashes pyiqa's version, each metric's settings and
-  weight files and the arithmetic precision (``iqa.precision``), so a row is valid for exactly that
-  image content, metric, version and precision. A killed run
-  loses at most the images since its last part; a rerun scores only chunks that are not in a part.
-- Image decoding overlaps the model: a torch DataLoader with ``iqa.loader_workers`` workers decodes
-  the next chunks while the metrics run on the current one.
-- ``merge_scores`` joins the parts onto the manifest by sha256: the versioned ``iqa_scores`` table.
-- The mechanism is not IQA's own: ``score_chunks_into_parts`` takes any per-image scorer, and FluxGen's content
-  filter (``fluxir.fluxgen.content_filter``) scores its NSFW classifier through it.
+Scoring is resumable and runs on many processes. The manifest's distinct images (by sha256) are cut into fixed
+chunks of ``iqa.batch_size`` (so every score is the same whatever the number of processes); process ``r`` of ``w``
+takes the unscored chunks ``r, r+w, ...`` and writes ``<parts>/<metrics key>/part-<rank>-<n>.parquet`` (sha256 +
+one float64 column per metric) every ``iqa.part_size`` images, atomically. The key hashes pyiqa's version, every
+metric's settings and weight files and ``iqa.precision``. ``score_chunks_into_parts`` takes any per-image scorer:
+the content filter (``fluxir.fluxgen.content_filter``) scores its classifier through it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,7 +54,7 @@ SCORING_RULES = (
 
 @dataclass
 class IqaConfig(Config):
-    """Parameters ``iqa.*``: their values (defaults included) live in conf/base/parameters_fluxgen.yml only."""
+    """Parameters ``iqa.*`` (values in conf/base/parameters_fluxgen.yml)."""
 
     metrics: list[Any]
     weights_dir: str | None
@@ -84,8 +73,7 @@ class IqaConfig(Config):
         return {**params, "metrics": [metrics] if isinstance(metrics, (str, Mapping)) else list(metrics or [])}
 
     def joint_problems(self, failed: set[str]) -> list[str]:
-        """The metrics: at least one, each known to pyiqa and no-reference (their weight files are
-        ``fluxir.parameters.validation``'s concern)."""
+        """At least one metric, each known to pyiqa and no-reference (weight files: ``parameters.validation``)."""
         found = []
         if not self.metrics:
             found.append("iqa.metrics names no metric (the paper: [clipiqa+_vitL14_512, maniqa-pipal, musiq])")
@@ -107,20 +95,19 @@ class IqaConfig(Config):
 
 
 def score_versions(specs: Sequence[Any], precision: str) -> dict[str, Any]:
-    """pyiqa's version, every metric's name, options and weight files, and the precision the scores were computed in."""
+    """pyiqa's version, every metric's name, options and weight files, and the precision of the scores."""
     return {**iqa_lib.metric_versions(specs), "precision": precision}
 
 
 def metrics_key(specs: Sequence[Any], precision: str) -> str:
-    """Short hash of ``score_versions``: the folder of the score parts."""
+    """The folder of the score parts: a short hash of ``score_versions``."""
     return hash_json(score_versions(specs, precision))
 
 
 @contextlib.contextmanager
 def scoring_precision(precision: str, device: Any) -> Iterator[None]:
-    """The metrics' arithmetic: ``fp32`` IEEE float32 matmuls, ``tf32`` TensorFloat-32 matmuls (CUDA only; the
-    CPU stays float32), ``bf16`` bf16 autocast. pyiqa runs every metric under ``torch.backends.cudnn.flags``,
-    whose default turns cuDNN's TF32 convolutions on in all three."""
+    """``fp32`` IEEE float32 matmuls, ``tf32`` TensorFloat-32 matmuls (CUDA only), ``bf16`` autocast. pyiqa's
+    ``torch.backends.cudnn.flags`` turn cuDNN's TF32 convolutions on in all three."""
     before = torch.backends.cuda.matmul.fp32_precision
     torch.backends.cuda.matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
     try:
@@ -131,7 +118,7 @@ def scoring_precision(precision: str, device: Any) -> Iterator[None]:
 
 
 def read_parts(parts_dir: Path, names: Sequence[str]) -> pd.DataFrame:
-    """All rows scored so far: ``sha256`` + one column per metric name, one row per sha256."""
+    """All rows scored so far, one per sha256."""
     parts = sorted(p for p in parts_dir.glob("part-*.parquet") if _PART.fullmatch(p.name)) if parts_dir.is_dir() else []
     if not parts:
         return pd.DataFrame({"sha256": pd.Series([], dtype=str), **{n: pd.Series([], dtype=np.float64) for n in names}})
@@ -140,8 +127,7 @@ def read_parts(parts_dir: Path, names: Sequence[str]) -> pd.DataFrame:
 
 
 def chunks_to_score(manifest: pd.DataFrame, scored: set[str], batch_size: int) -> list[pd.DataFrame]:
-    """The chunks with an unscored image: the manifest's distinct images (by sha256, in manifest order)
-    cut into fixed chunks of ``batch_size`` rows, so a chunk is the same batch in every run."""
+    """The chunks holding an unscored image; a chunk is the same batch in every run."""
     distinct = manifest.drop_duplicates("sha256")[["path", "sha256"]].reset_index(drop=True)
     chunk_of_row = np.arange(len(distinct)) // batch_size
     todo = np.unique(chunk_of_row[~distinct["sha256"].isin(scored).to_numpy()])
@@ -162,8 +148,7 @@ class _ChunkImages(Dataset):
 
 
 def _as_is(images: list[np.ndarray]) -> list[np.ndarray]:
-    """Loader collate: keep the decoded arrays (the default would copy each into a tensor)."""
-    return images
+    return images  # the default collate would copy each array into a tensor
 
 
 def _score_batch(
@@ -197,7 +182,7 @@ def score_chunks_into_parts(
     parts_dir: Path,
     names: Sequence[str],
     batch_size: int,
-    make_scorer: Callable[[], Callable[[list[np.ndarray]], dict[str, np.ndarray]]],
+    make_scorer: Callable[[], Scorer],
     process_index: int = 0,
     num_processes: int = 1,
     *,
@@ -206,13 +191,9 @@ def score_chunks_into_parts(
     progress: bool = True,
     label: str = "IQA",
 ) -> int:
-    """Score this process's share of the chunks not in a part yet with ``make_scorer()`` (called only when there is
-    work: loading a model for nothing costs minutes at scale); returns how many images it scored.
+    """Score this process's unscored chunks into parts; returns how many images it scored.
 
-    The mechanism of this module for any per-image scorer (IQA metrics here, the content filter's classifier in
-    ``fluxir.fluxgen.content_filter``): chunks of ``batch_size`` distinct images by sha256, share
-    ``process_index`` of ``num_processes``, decoded by ``loader_workers`` processes, parts of ``part_size`` rows
-    holding ``sha256`` + one float64 column per name of ``names``.
+    ``make_scorer()`` is called only when there is work: loading a model for nothing costs minutes at scale.
     """
     parts_dir.mkdir(parents=True, exist_ok=True)
     done = set(read_parts(parts_dir, names)["sha256"])
@@ -258,6 +239,14 @@ def score_chunks_into_parts(
     return scored
 
 
+Scorer = Callable[[list[np.ndarray]], dict[str, np.ndarray]]  # images -> {column: (B,) float64}
+
+
+def _iqa_scorer(specs: list[iqa_lib.MetricSpec], device: Any, precision: str) -> Scorer:
+    metrics = iqa_lib.create_metrics(specs, device)
+    return lambda images: _score_batch(metrics, images, device, precision)
+
+
 def score_into_parts(
     manifest: pd.DataFrame,
     parts_dir: Path,
@@ -272,29 +261,19 @@ def score_into_parts(
     precision: str,
     progress: bool = True,
 ) -> int:
-    """Score this process's share of the not yet scored chunks into parts; returns how many images it scored."""
+    """``run_scoring`` without a config (benchmarks, tests): IQA scores of this process's unscored chunks."""
     check_fields(
         {"batch_size": batch_size, "loader_workers": loader_workers, "part_size": part_size, "precision": precision},
         SCORING_RULES,
         "iqa.",
     )
     parsed = [iqa_lib.MetricSpec.parse(s) for s in specs]
-    not_nr = [s.name for s in parsed if s.metric_mode != "NR"]
-    if not_nr:
-        raise ValueError(
-            f"iqa.metrics {not_nr} are full-reference; FluxGen selection needs no-reference metrics (musiq, piqe, ...)"
-        )
-
-    def make_scorer() -> Callable[[list[np.ndarray]], dict[str, np.ndarray]]:
-        metrics = iqa_lib.create_metrics(parsed, device)
-        return lambda images: _score_batch(metrics, images, device, precision)
-
     return score_chunks_into_parts(
         manifest,
         parts_dir,
         [s.name for s in parsed],
         batch_size,
-        make_scorer,
+        lambda: _iqa_scorer(parsed, device, precision),
         process_index,
         num_processes,
         loader_workers=loader_workers,
@@ -306,7 +285,7 @@ def score_into_parts(
 def merge_scores(
     manifest: pd.DataFrame, parts_dir: Path, names: Sequence[str], what: str = "IQA score"
 ) -> pd.DataFrame:
-    """The manifest plus one score column per metric (joined by sha256); every image must be scored."""
+    """The manifest plus one score column per name (joined by sha256); every image must be scored."""
     scores = read_parts(parts_dir, names)
     table = manifest.reset_index(drop=True).merge(scores, on="sha256", how="left", validate="many_to_one")
     missing = table[names].isna().any(axis=1)
@@ -327,6 +306,37 @@ def checked_specs(cfg: IqaConfig) -> list[iqa_lib.MetricSpec]:
     return specs
 
 
+def run_parts(
+    cfg: Any,
+    manifest: pd.DataFrame,
+    parts_dir: Path,
+    names: list[str],
+    make_scorer: Callable[[Any], Scorer],
+    process_index: int,
+    num_processes: int,
+    process_device: Any,
+    progress: bool,
+    label: str = "IQA",
+) -> tuple[Path, int]:
+    """A scoring stage (IQA, content filter) of ``cfg`` (its device, batch_size, loader_workers, part_size): this
+    process's unscored chunks into ``parts_dir`` with ``make_scorer(device)``; returns the folder and the count."""
+    device = resolve_device(cfg.device, process_device)
+    scored = score_chunks_into_parts(
+        manifest,
+        parts_dir,
+        names,
+        cfg.batch_size,
+        lambda: make_scorer(device),
+        process_index,
+        num_processes,
+        loader_workers=cfg.loader_workers,
+        part_size=cfg.part_size,
+        progress=progress,
+        label=label,
+    )
+    return parts_dir, scored
+
+
 def run_scoring(
     cfg: IqaConfig,
     manifest: pd.DataFrame,
@@ -336,24 +346,93 @@ def run_scoring(
     process_device: Any = None,
     progress: bool = True,
 ) -> tuple[Path, int]:
-    """FluxGen's scoring step, as the ``fluxgen.score_images`` node and ``python -m fluxir.fluxgen score`` run it.
-
-    Weight files checked first (one error for all), then this process's unscored chunks into
-    ``<parts_root>/<metrics key>``. Returns that folder and how many images this process scored.
-    """
+    """The ``fluxgen.score_images`` node's and ``python -m fluxir.fluxgen score``'s step: every weight file checked
+    (one error for all), then this process's unscored chunks into ``<parts_root>/<metrics key>``."""
     specs = checked_specs(cfg)
     parts_dir = Path(parts_root) / metrics_key(specs, cfg.precision)
-    scored = score_into_parts(
-        manifest,
-        parts_dir,
-        specs,
-        cfg.batch_size,
-        resolve_device(cfg.device, process_device),
-        process_index,
-        num_processes,
-        loader_workers=cfg.loader_workers,
-        part_size=cfg.part_size,
-        precision=cfg.precision,
-        progress=progress,
-    )
-    return parts_dir, scored
+    names = [s.name for s in specs]
+    scorer = functools.partial(_iqa_scorer, specs, precision=cfg.precision)  # called with the device
+    return run_parts(cfg, manifest, parts_dir, names, scorer, process_index, num_processes, process_device, progress)
+
+
+# Step 3: the percentile cut and its figure (08_reporting, MLflow)
+
+
+def histograms_with_cuts(table: pd.DataFrame, cuts: dict[str, tuple[float, bool]], percentile: float) -> Any:
+    """One histogram per IQA metric with the selection cut drawn and the kept side shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cuts), figsize=(4.5 * len(cuts), 3.4), squeeze=False)
+    for ax, (name, (cut, lower)) in zip(axes[0], cuts.items()):
+        values = table[name].to_numpy()
+        ax.hist(values, bins=min(50, max(5, len(values) // 4)), color="#4c72b0", alpha=0.85)
+        ax.axvline(cut, color="#c44e52", lw=2, label=f"cut {cut:.4g}")
+        lo, hi = ax.get_xlim()
+        ax.axvspan(cut, hi, color="#55a868", alpha=0.12) if not lower else ax.axvspan(
+            lo, cut, color="#55a868", alpha=0.12
+        )
+        kept = (values <= cut) if lower else (values >= cut)
+        ax.set_title(f"{name} ({'lower' if lower else 'higher'} is better)\nkept {kept.sum()}/{len(values)}")
+        ax.set_xlabel("score")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[0][0].set_ylabel("images")
+    fig.suptitle(f"IQA selection: {percentile:g}th percentile cut per metric", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def check_percentile(percentile: Any) -> None:
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
+        raise ValueError(f"select.percentile must be in (0, 100) exclusive, got {percentile!r} (the paper uses 5)")
+
+
+def percentile_cuts(
+    scores: pd.DataFrame, names: list[str], percentile: float
+) -> tuple[pd.DataFrame, dict[str, tuple[float, bool]]]:
+    """Keep images inside the top ``100 - percentile`` % on every metric (paper: top 95% => percentile 5).
+
+    Returns (scores plus ``<metric>_threshold``, ``<metric>_pass`` and ``keep``, ``{metric: (cut, lower_is_better)}``).
+    """
+    check_percentile(percentile)
+    table = scores.copy()
+    keep = pd.Series(True, index=table.index)
+    cuts: dict[str, tuple[float, bool]] = {}
+    for name in names:
+        lower = iqa_lib.lower_is_better(name)
+        cut = float(table[name].quantile((100 - percentile) / 100 if lower else percentile / 100))
+        passed = table[name] <= cut if lower else table[name] >= cut
+        table[f"{name}_threshold"] = cut
+        table[f"{name}_pass"] = passed
+        keep &= passed
+        cuts[name] = (cut, lower)
+    table["keep"] = keep
+    return table, cuts
+
+
+def apply_content_filter(table: pd.DataFrame, nsfw: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """``percentile_cuts``'s table joined with the content filter's rows: flagged images lose ``keep``, and
+    ``drop_reason`` says why each dropped image is out."""
+    columns = ["image_id", "nsfw_score", "nsfw_flagged", "nsfw_threshold", "content_filter"]
+    out = table.merge(nsfw[columns], on="image_id", how="left", validate="one_to_one")
+    if out["nsfw_flagged"].isna().any():
+        missing = out.loc[out["nsfw_flagged"].isna(), "image_id"].tolist()
+        raise RuntimeError(
+            f"images {missing[:5]} have IQA scores but no content filter row: rerun the fluxgen pipeline "
+            "(both stages read the same generated_images)"
+        )
+    flagged = out["nsfw_flagged"].astype(bool)
+    out["nsfw_flagged"] = flagged
+    iqa_reason = [
+        "" if row_keep else "iqa: below the cut on " + ", ".join(n for n in names if not out.at[i, f"{n}_pass"])
+        for i, row_keep in out["keep"].items()
+    ]
+    filter_reason = [
+        f"content filter: nsfw score {score:.4f} > {threshold:g}" if is_flagged else ""
+        for score, threshold, is_flagged in zip(out["nsfw_score"], out["nsfw_threshold"], flagged)
+    ]
+    out["drop_reason"] = ["; ".join(r for r in pair if r) for pair in zip(filter_reason, iqa_reason)]
+    out["keep"] = out["keep"] & ~flagged
+    return out

@@ -103,7 +103,7 @@ def validate_iqa(params: Mapping[str, Any]) -> list[str]:
 
 def validate_select(params: Mapping[str, Any]) -> list[str]:
     """``select.percentile``."""
-    from fluxir.fluxgen.select import check_percentile
+    from fluxir.fluxgen.score import check_percentile
 
     return _problems(lambda: check_percentile(_get(params, "select.percentile")))
 

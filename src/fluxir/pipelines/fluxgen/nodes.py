@@ -122,7 +122,7 @@ def select_by_iqa(
     ``threshold.clipiqaplus_vitL14_512``); ``flagged_nsfw`` counts the images the content filter dropped.
     ``nsfw`` None (selection of scores alone, outside the pipeline): no content filter columns.
     """
-    from fluxir.fluxgen.select import apply_content_filter, histograms_with_cuts, percentile_cuts
+    from fluxir.fluxgen.score import apply_content_filter, histograms_with_cuts, percentile_cuts
     from fluxir.iqa import MetricSpec
     from fluxir.runtime.tracking import mlflow_metric_values
 
