@@ -92,8 +92,7 @@ def _timed(fn, *args, **kwargs) -> tuple[float, object]:
 
 
 def _rss_child(root: str, n: int, queue) -> None:
-    from fluxir.fluxgen.generate import GenerationConfig
-    from fluxir.fluxgen.manifest import generation_manifest
+    from fluxir.fluxgen.generate import GenerationConfig, generation_manifest
     from fluxir.io.store import ImageStore
 
     cfg = GenerationConfig.from_params(
@@ -118,8 +117,7 @@ def _status_mb(field: str) -> float:
 
 
 def bench_manifest(work: Path, n: int) -> dict:
-    from fluxir.fluxgen.generate import generate_into_store
-    from fluxir.fluxgen.manifest import generation_manifest
+    from fluxir.fluxgen.generate import generate_into_store, generation_manifest
 
     os.chdir(work)
     cfg, store = _store(work / "plain", n, record=False)
@@ -297,7 +295,7 @@ def _score_process(manifest_path: str, parts: str, rank: int, world: int, barrie
 
 
 def bench_score(work: Path, n: int) -> dict:
-    from fluxir.fluxgen.manifest import generation_manifest
+    from fluxir.fluxgen.generate import generation_manifest
     from fluxir.fluxgen.score import score_into_parts
 
     os.chdir(work)

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import skimage.data
 
-from fluxir.fluxgen.generate import GenerationConfig
-from fluxir.fluxgen.manifest import (
+from fluxir.fluxgen.generate import (
     INDEX_NAME,
+    GenerationConfig,
     generation_manifest,
     recorded_hashes,
 )

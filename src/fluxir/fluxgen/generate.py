@@ -1,40 +1,39 @@
-"""FluxGen step 1: unconditional image generation (paper Sec. 3.1, Fig. 2).
+"""FluxGen step 1: unconditional image generation (paper Sec. 3.1, Fig. 2), and the manifest of the images.
 
-An empty prompt and a fresh Gaussian noise per image go into Flux; the decoded image is the training
-image. Image ``i`` always uses ``seed = base_seed + i``, so any image can be regenerated from its id.
+An empty prompt and a fresh Gaussian noise per image go into Flux; image ``i`` always uses ``seed = base_seed + i``
+and its own ``torch.Generator``, so any image can be regenerated from its id, whatever the batch size. The prompt
+is encoded once and the text encoders dropped (350,000 images never keep T5 on the GPU). Images go atomically into
+an ``ImageStore`` keyed by a hash of everything that changes pixels, so reruns skip finished ids; PNG encoding,
+hashing and sidecars run on ``fluxgen.write_threads`` threads while the next images denoise. Process ``r`` of ``w``
+takes ids ``r, r+w, ...`` (``accelerate launch -m fluxir.fluxgen generate``).
 
-Why it is written this way:
-- The prompt (empty, or a short domain list) is encoded once; the text encoders are then dropped so
-  that 350,000 images never keep a 4.7B-parameter T5 on the GPU (Flux; SDXL, PixArt-Sigma and Sana
-  likewise, with the negative embeddings their classifier-free guidance needs).
-- Each image gets its own ``torch.Generator``: a batch of 4 gives the same noise per image as
-  batches of 1.
-- Files are written atomically into an ``ImageStore`` keyed by a hash of everything that changes
-  pixels, so reruns skip finished ids, and other settings never overwrite earlier images.
-- PNG encoding (~0.1-0.3 s per 1024x768 image on one core), hashing and sidecars run on
-  ``fluxgen.write_threads`` threads (``fluxir.io.store.WriterPool``) while the next images denoise: the
-  accelerator never waits on files. A killed run loses only the images in flight (every file under
-  its final name is complete) and a rerun makes exactly those again.
-- Under ``accelerate launch`` process ``r`` of ``w`` takes ids ``r, r+w, r+2w, ...``:
-  ``accelerate launch -m fluxir.fluxgen generate --env base --params fluxgen.num_images=350000``.
+The SHA-256 of every image is computed once, when it is written (hashing 0.5 TB on every run would take longer than
+the run), and kept in a sidecar ``.<id>.png.sha256`` with the file's size and ``mtime_ns``. The manifest merges a
+shard's sidecars into ``<shard>/.sha256-index.json`` and then only ``stat``s the images: a recorded hash is trusted
+while size and mtime_ns are unchanged.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from fluxir.io.atomic import fsync_dir, write_atomic
 from fluxir.io.hashing import hash_json
 from fluxir.io.provenance import generated_fields, model_revision, png_text
-from fluxir.io.store import ImageStore, WriterPool
+from fluxir.io.store import SHARD_SIZE, ImageStore, Recorded, WriterPool, portable_path, record_hash, sidecar_path
 from fluxir.models.devices import resolve_device
 from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import compile_blocks
@@ -59,8 +58,7 @@ _PIXEL_FIELDS = (
 )
 
 
-# Groups under ``fluxgen`` read by other stages (``fluxgen.content_filter``: fluxir.fluxgen.content_filter).
-SUBSTAGE_KEYS = ("content_filter",)
+SUBSTAGE_KEYS = ("content_filter",)  # groups under ``fluxgen`` read by other stages
 
 
 def _nearest_multiple_of_16(value: Any) -> str:
@@ -88,7 +86,7 @@ GENERATION_RULES = (
 
 @dataclass
 class GenerationConfig(Config):
-    """Parameters ``fluxgen.*``: their values (defaults included) live in conf/base/parameters_fluxgen.yml only."""
+    """Parameters ``fluxgen.*`` (values in conf/base/parameters_fluxgen.yml)."""
 
     model: str
     num_images: int
@@ -112,23 +110,21 @@ class GenerationConfig(Config):
         return {**params, "prompts": list(params.get("prompts") or [])}
 
     def key(self) -> str:
-        """Short hash of the settings that determine pixels: the store sub-folder of this configuration."""
+        """The store sub-folder of this configuration: a short hash of the settings that determine pixels."""
         return hash_json({k: asdict(self)[k] for k in _PIXEL_FIELDS})
 
 
 def image_seed(base_seed: int, image_id: int) -> int:
-    """The noise seed of image ``image_id``."""
     return base_seed + image_id
 
 
 def prompt_for(image_id: int, prompts: list[str]) -> str:
-    """The prompt of image ``image_id``: the empty prompt, or the domain list cycled."""
+    """The empty prompt, or the domain list cycled."""
     return prompts[image_id % len(prompts)] if prompts else ""
 
 
 def ids_for_process(num_images: int, process_index: int, num_processes: int) -> list[int]:
-    """The ids one of ``num_processes`` workers generates (interleaved, so shares differ by at most one)."""
-    return list(range(process_index, num_images, num_processes))
+    return list(range(process_index, num_images, num_processes))  # interleaved: shares differ by one at most
 
 
 def generate_into_store(
@@ -140,11 +136,9 @@ def generate_into_store(
     progress: bool = True,
     prompt_cache: str | Path | None = None,
 ) -> list[int]:
-    """Generate this process's missing images into ``store``; returns the ids it generated now.
+    """Generate this process's missing images into ``store``; returns the ids generated now, once all are on disk.
 
-    Returns only once every image and its sidecar is on disk; a failed write raises here. With the empty
-    prompt, its embeddings come from ``prompt_cache`` (the catalog's ``prompt_embeddings``) when there:
-    the text encoders are then never loaded (``fluxir.models.empty_prompt``).
+    The empty prompt's embeddings come from ``prompt_cache`` when there: the text encoders are then never loaded.
     """
     todo = [i for i in ids_for_process(cfg.num_images, process_index, num_processes) if not store.exists(i)]
     logger.info(
@@ -200,12 +194,8 @@ def write_generated(
     desc: str = "generate",
     progress: bool = True,
 ) -> tuple[list[int], float]:
-    """Write ``images`` into ``store`` (each with its recorded sha256 and its provenance text chunks:
-    ``fluxir.io.provenance``) on ``cfg.write_threads`` threads.
-
-    The next image is denoised while earlier ones are encoded. Returns once all are written: (their ids,
-    seconds the producer was held up by the writes).
-    """
+    """Write ``images`` with their sha256 and provenance on ``cfg.write_threads`` threads; returns once all are
+    written: (their ids, seconds the producer waited on the writes)."""
     done: list[int] = []
     start = time.perf_counter()
     revision, config_hash = model_revision(cfg.model), cfg.key()
@@ -246,12 +236,88 @@ def run_generation(
     progress: bool = True,
     prompt_cache: Path | None = None,
 ) -> tuple[ImageStore, list[int]]:
-    """FluxGen's generation step, as the ``fluxgen.generate_images`` node and ``python -m fluxir.fluxgen generate``
-    run it: this process's missing images into the store's sub-folder of this configuration.
-
-    Returns that sub-store and the ids generated now.
-    """
+    """The ``fluxgen.generate_images`` node's and ``python -m fluxir.fluxgen generate``'s step: this process's
+    missing images into the store's sub-folder of this configuration; returns that sub-store and the ids made now."""
     store = image_store.sub(cfg.key())
     return store, generate_into_store(
         cfg, store, process_index, num_processes, process_device, progress=progress, prompt_cache=prompt_cache
+    )
+
+
+# The manifest: recorded hashes, never re-read
+
+INDEX_NAME = ".sha256-index.json"
+
+
+def _read_sidecar(path: Path) -> Recorded | None:
+    try:
+        sha, size, mtime_ns = json.loads(path.read_text())
+        return Recorded(sha, size, mtime_ns)
+    except (OSError, ValueError, TypeError):
+        return None  # missing or unreadable sidecar: the image is hashed again
+
+
+def _read_index(shard: Path) -> dict[str, Recorded]:
+    try:
+        raw = json.loads((shard / INDEX_NAME).read_text())
+        return {name: Recorded(*values) for name, values in raw.items()}
+    except (OSError, ValueError, TypeError):
+        return {}  # no index yet, or a damaged one (rebuilt from sidecars / hashes below)
+
+
+def recorded_hashes(store: ImageStore, image_ids: Iterable[int]) -> Iterator[tuple[int, Path, str, int]]:
+    """``(image_id, path, sha256, size)`` for each id (ascending ids are fastest); an image is read only when its
+    recorded hash is stale. The index is written by the process building the manifest only."""
+    for _, ids in groupby(image_ids, key=lambda i: i // SHARD_SIZE):
+        ids = list(ids)
+        shard = store.path_for(ids[0]).parent
+        index = _read_index(shard)
+        try:
+            listing = {entry.name: entry for entry in os.scandir(shard)}
+        except FileNotFoundError:
+            listing = {}
+        changed = False
+        for image_id in ids:
+            path = store.path_for(image_id)
+            entry = listing.get(path.name)
+            if entry is None:
+                raise FileNotFoundError(
+                    f"image {image_id} is missing: no file {path}; run the generation again (it makes only missing ids)"
+                )
+            stat = entry.stat()
+            recorded = index.get(path.name)
+            if recorded is None or not recorded.matches(stat):
+                sidecar = sidecar_path(path)
+                recorded = _read_sidecar(sidecar) if sidecar.name in listing else None
+                if recorded is None or not recorded.matches(stat):
+                    recorded = record_hash(path)  # new, replaced or touched since: hash it once more
+                index[path.name] = recorded
+                changed = True
+            yield image_id, path, recorded.sha256, recorded.size
+        if changed:
+            payload = {name: [r.sha256, r.size, r.mtime_ns] for name, r in sorted(index.items())}
+            fsync_dir(shard)  # the images the index lists are on the disk before the index is
+            write_atomic(shard / INDEX_NAME, json.dumps(payload))
+
+
+def generation_manifest(cfg: GenerationConfig, store: ImageStore) -> pd.DataFrame:
+    """One row per image id of ``cfg``: image_id, seed, prompt, path, sha256, width, height, model, config_key."""
+    ids = np.arange(cfg.num_images, dtype=np.int64)
+    root = portable_path(store.root)  # resolved once: resolving 350,000 paths would cost more than the scan
+    paths, hashes = [], []
+    for _, path, sha, _ in recorded_hashes(store, range(cfg.num_images)):
+        paths.append(f"{root}/{path.parent.name}/{path.name}")
+        hashes.append(sha)
+    return pd.DataFrame(
+        {
+            "image_id": ids,
+            "seed": cfg.base_seed + ids,  # image_seed(base_seed, i), vectorised
+            "prompt": [prompt_for(i, cfg.prompts) for i in range(cfg.num_images)],
+            "path": paths,
+            "sha256": hashes,
+            "width": np.full(len(ids), cfg.width, dtype=np.int32),
+            "height": np.full(len(ids), cfg.height, dtype=np.int32),
+            "model": cfg.model,
+            "config_key": cfg.key(),
+        }
     )

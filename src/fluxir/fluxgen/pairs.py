@@ -202,7 +202,7 @@ def make_pairs(
                 bar.update(1)
         else:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["fluxir.fluxgen.degrade", "fluxir.fluxgen.manifest"])
+            context.set_forkserver_preload(["fluxir.fluxgen.pairs"])  # the degradation code, once
             with context.Pool(workers, initializer=_start_worker, initargs=(os.getpid(),)) as pool:
                 # chunks of a few pairs: little IPC, and a killed worker loses at most a few seconds of work
                 for image_id in pool.imap_unordered(work, todo, chunksize=4):

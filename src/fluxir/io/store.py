@@ -1,7 +1,7 @@
 """The image store: 350,000 images do not belong in one folder.
 
 Image ``i`` of an ``ImageStore`` lives at ``<root>/<i // 1000:04d>/<i:08d>.png``; the SHA-256 of every
-written image is recorded next to it (``fluxir.fluxgen.manifest`` explains why and reads it back). A
+written image is recorded next to it (``fluxir.fluxgen.generate`` explains why and reads it back). A
 ``WriterPool`` runs the writes on threads, off the generating loop's critical path.
 """
 

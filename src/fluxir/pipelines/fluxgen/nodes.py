@@ -25,8 +25,7 @@ def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: d
     the per-shard index written with the images: an unchanged image is never read again. The empty
     prompt's embeddings are read from (or, the first time, written to) ``prompt_embeddings``.
     """
-    from fluxir.fluxgen.generate import GenerationConfig, run_generation
-    from fluxir.fluxgen.manifest import generation_manifest
+    from fluxir.fluxgen.generate import GenerationConfig, generation_manifest, run_generation
     from fluxir.runtime.launch import resolve_num_processes, run_stage
 
     cfg = GenerationConfig.from_params(fluxgen)
