@@ -1,10 +1,7 @@
-"""The settings of FluxGen's "degrade" step and their checks: SeeSR's degradation settings plus FluxGen's crops.
+"""The settings of FluxGen's "degrade" step (``degrade.config``): SeeSR's ``utils_data/make_paired_data.py`` settings
+under SeeSR's names, plus FluxGen's crops; :mod:`fluxir.fluxgen.degrade` applies them to one image.
 
-The values live in ``conf/base/parameters_fluxgen.yml`` (``degrade.config``, SeeSR's
-``utils_data/make_paired_data.py`` settings under SeeSR's names); ``DegradationConfig`` declares the fields
-and checks them, and :mod:`fluxir.fluxgen.degrade` applies them to one image.
-
-Conventions: sizes are (width, height), like PIL and the paper's "1024x768" generation resolution.
+Sizes are (width, height), like PIL and the paper's "1024x768" generation resolution.
 """
 
 from __future__ import annotations
@@ -15,103 +12,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fluxir.parameters.rules import Config, Rule, is_int, is_number
+from fluxir.parameters.rules import Config, is_int, is_number
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 # Latents are /8 of the image and Flux packs 2x2 latent patches: image sides must be multiples of 16.
 SIDE_MULTIPLE = 16
-
-PROBABILITIES = (
-    "sinc_prob",
-    "sinc_prob2",
-    "final_sinc_prob",
-    "gaussian_noise_prob",
-    "gray_noise_prob",
-    "second_blur_prob",
-    "gaussian_noise_prob2",
-    "gray_noise_prob2",
-)
-RANGES = (
-    "blur_sigma",
-    "betag_range",
-    "betap_range",
-    "blur_sigma2",
-    "betag_range2",
-    "betap_range2",
-    "resize_range",
-    "noise_range",
-    "poisson_scale_range",
-    "resize_range2",
-    "noise_range2",
-    "poisson_scale_range2",
-    "jpeg_range",
-    "jpeg_range2",
-)
 PREFIX = "degrade.config."  # the parameters group, named in every message
+
+PROBABILITIES = ("sinc_prob", "sinc_prob2", "final_sinc_prob", "second_blur_prob")
+PROBABILITIES += ("gaussian_noise_prob", "gray_noise_prob", "gaussian_noise_prob2", "gray_noise_prob2")
+RANGES = ("blur_sigma", "betag_range", "betap_range", "blur_sigma2", "betag_range2", "betap_range2")
+RANGES += ("resize_range", "noise_range", "poisson_scale_range", "jpeg_range")
+RANGES += ("resize_range2", "noise_range2", "poisson_scale_range2", "jpeg_range2")
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
 
 
 def _is_range(value: Any) -> bool:
-    return (
-        isinstance(value, (list, tuple))
-        and len(value) == 2
-        and all(is_number(v) for v in value)
-        and 0 < value[0] <= value[1]
-    )
+    return _is_list(value) and len(value) == 2 and all(is_number(v) for v in value) and 0 < value[0] <= value[1]
 
 
 def _is_distribution(value: Any, n: int) -> bool:
     return (
-        isinstance(value, (list, tuple))
+        _is_list(value)
         and len(value) == n
         and all(is_number(p) and p >= 0 for p in value)
         and math.isclose(sum(value), 1.0, abs_tol=1e-6)
     )
 
 
-def _distribution_problem(name: str, value: Any, n: int, note: str = "") -> list[str]:
-    if _is_distribution(value, n):
-        return []
-    return [f"{PREFIX}{name} must be {n} non-negative probabilities summing to 1, got {value!r}{note}"]
-
-
-DEGRADATION_RULES = (
-    Rule("scale", "positive_int"),
-    Rule("crop_position", "choice", ("center", "random"), must="'center' or 'random'"),
-    *(Rule(name, "interval", "[0, 1]", must="a probability in [0, 1]") for name in PROBABILITIES),
-    Rule(
-        "kernel_sizes",
-        lambda v: isinstance(v, (list, tuple)) and bool(v) and all(is_int(k) and k % 2 and 3 <= k <= 21 for k in v),
-        must="odd ints in [3, 21]",
-    ),
-    *(
-        Rule(
-            name,
-            lambda v: isinstance(v, (list, tuple)) and all(x in KERNEL_TYPES for x in v),
-            must=f"a list of {KERNEL_TYPES}",
-        )
-        for name in ("kernel_list", "kernel_list2")
-    ),
-    *(Rule(name, _is_range, must="[low, high] with 0 < low <= high") for name in RANGES),
-    *(
-        Rule(name, lambda v: _is_range(v) and v[0] < v[1], must="[low, high] with low < high (basicsr requires it)")
-        for name in ("blur_sigma", "blur_sigma2")
-    ),
-    *(
-        Rule(name, lambda v: _is_range(v) and v[1] <= 100, must="a JPEG quality range within (0, 100]")
-        for name in ("jpeg_range", "jpeg_range2")
-    ),
-    # Real-ESRGAN draws "down" from [low, 1] and "up" from [1, high]
-    *(
-        Rule(name, lambda v: _is_range(v) and v[0] <= 1 <= v[1], must="[low, high] with low <= 1 <= high")
-        for name in ("resize_range", "resize_range2")
-    ),
-)
-
-
 @dataclass(frozen=True)
 class DegradationConfig(Config):
-    """SeeSR ``make_paired_data.py`` settings (field names are SeeSR's) plus FluxGen's crops; values in
-    ``conf/base/parameters_fluxgen.yml`` (``degrade.config``).
+    """SeeSR ``make_paired_data.py`` settings plus FluxGen's crops (values in conf/base/parameters_fluxgen.yml).
 
     Left out on purpose: SeeSR's ``blur_kernel_size`` 21 / ``blur_kernel_size2`` 11 (basicsr's
     dataset ignores them and hard-codes kernel sizes 7..21, here ``kernel_sizes``),
@@ -158,6 +92,8 @@ class DegradationConfig(Config):
     gray_noise_prob2: float
     jpeg_range2: tuple[float, float]
 
+    PREFIX = PREFIX
+
     def __post_init__(self) -> None:
         # YAML gives lists; store tuples so the frozen config is hashable and safe to share.
         for f in dataclasses.fields(self):
@@ -167,21 +103,46 @@ class DegradationConfig(Config):
         super().__post_init__()
         object.__setattr__(self, "crop_sizes", tuple(validate_crop_sizes(self.crop_sizes, self.scale)))
 
-    def joint_problems(self, failed: set[str]) -> list[str]:
-        """The resize distributions; a probability per kernel of each kernel list; the crops' sides."""
-        found = _distribution_problem("resize_prob", self.resize_prob, 3, " (up, down, keep)")
-        found += _distribution_problem("resize_prob2", self.resize_prob2, 3, " (up, down, keep)")
+    def problems(self) -> list[str]:
+        found: list[str] = []
+
+        def check(name: str, ok: bool, must: str, note: str = "") -> bool:
+            if not ok:
+                found.append(f"{PREFIX}{name} must be {must}, got {getattr(self, name)!r}{note}")
+            return ok
+
+        check("scale", is_int(self.scale, 1), "a positive integer")
+        check("crop_position", self.crop_position in ("center", "random"), "'center' or 'random'")
+        for name in PROBABILITIES:
+            check(name, is_number(p := getattr(self, name)) and 0 <= p <= 1, "a probability in [0, 1]")
+        sizes = self.kernel_sizes
+        odd = _is_list(sizes) and bool(sizes) and all(is_int(k) and k % 2 and 3 <= k <= 21 for k in sizes)
+        check("kernel_sizes", odd, "odd ints in [3, 21]")
         for kernels, probs in (("kernel_list", "kernel_prob"), ("kernel_list2", "kernel_prob2")):
-            if kernels not in failed:
-                found += _distribution_problem(probs, getattr(self, probs), len(getattr(self, kernels)))
-        if "scale" not in failed:
+            names = getattr(self, kernels)
+            if check(kernels, _is_list(names) and all(k in KERNEL_TYPES for k in names), f"a list of {KERNEL_TYPES}"):
+                n = len(names)
+                check(probs, _is_distribution(getattr(self, probs), n), f"{n} non-negative probabilities summing to 1")
+        for name in ("resize_prob", "resize_prob2"):
+            ok = _is_distribution(getattr(self, name), 3)
+            check(name, ok, "3 non-negative probabilities summing to 1", " (up, down, keep)")
+        for name in RANGES:
+            low_high = getattr(self, name)
+            if not check(name, _is_range(low_high), "[low, high] with 0 < low <= high"):
+                continue
+            low, high = low_high
+            if name.startswith("blur_sigma"):
+                check(name, low < high, "[low, high] with low < high (basicsr requires it)")
+            elif name.startswith("jpeg_range"):
+                check(name, high <= 100, "a JPEG quality range within (0, 100]")
+            elif name.startswith("resize_range"):  # Real-ESRGAN draws "down" from [low, 1] and "up" from [1, high]
+                check(name, low <= 1 <= high, "[low, high] with low <= 1 <= high")
+        if is_int(self.scale, 1):
             try:
                 validate_crop_sizes(self.crop_sizes, self.scale)
             except ValueError as err:
                 found.append(f"{PREFIX}crop_sizes: {err}")
         return found
-
-    PREFIX, RULES = PREFIX, DEGRADATION_RULES
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-friendly dict (lists instead of tuples) that ``from_params`` reads back."""
