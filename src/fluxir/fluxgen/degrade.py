@@ -18,21 +18,14 @@ The story of one pair, as SeeSR's ``utils_data/make_paired_data.py`` does it (it
    then JPEG] or [JPEG, then resize + sinc], 50/50;
 7. round to uint8: HQ is H x W, LQ is exactly H/scale x W/scale.
 
-Every random step uses basicsr's own functions (``random_mixed_kernels``, ``circular_lowpass_kernel``,
-``add_*_noise_pt``, ``DiffJPEG``, ``usm_sharp``). They draw from the *global* Python / numpy / torch
-generators, so for each pair we seed all three from a SHA-256 of (image id, seed) and restore them
-afterwards: the same id and seed give byte-identical HQ/LQ whatever else is processed, in any order.
-Pairs are degraded one at a time on purpose: Real-ESRGAN's batched path shares one resize scale and
-one noise tensor across the batch, which would make an image's LQ depend on its batch mates.
+Every random step uses basicsr's own functions, which draw from the *global* Python / numpy / torch
+generators: each pair seeds all three from a SHA-256 of (image id, seed) and restores them afterwards, so the
+same id and seed give byte-identical HQ/LQ in any order. Pairs are degraded one at a time on purpose: Real-ESRGAN's
+batched path shares one resize scale and one noise tensor across the batch (an LQ would depend on its batch mates).
+USM (basicsr's numpy ``usm_sharp``, ~100x faster) and the blurs (OpenCV's ``filter2D``, 5-25x faster) compute what
+Real-ESRGAN computes to ~1e-6, on the CPU, so results do not depend on a GPU's kernels.
 
-Two CPU speed-ups compute what Real-ESRGAN computes, to ~1e-6: USM with basicsr's numpy ``usm_sharp``
-(OpenCV separable blur) instead of the 51x51 ``USMSharp`` convolution (~100x faster), and the blurs
-with OpenCV's ``filter2D`` instead of basicsr's torch ``filter2D`` (same reflect-101 padding and
-correlation, 5-25x faster). Everything runs on the CPU, so results do not depend on a GPU's kernels.
-
-The settings (``DegradationConfig``, values in ``conf/base/parameters_fluxgen.yml``) are in
-:mod:`fluxir.fluxgen.degrade_config`. Conventions: sizes are (width, height), like PIL and the paper's
-"1024x768" generation resolution; arrays are (H, W, 3) uint8 RGB.
+Settings: :mod:`fluxir.fluxgen.degrade_config`. Sizes are (width, height); arrays are (H, W, 3) uint8 RGB.
 """
 
 from __future__ import annotations
@@ -70,17 +63,11 @@ from basicsr.utils.img_process_util import usm_sharp  # noqa: E402
 RESIZE_MODES = ("area", "bilinear", "bicubic")  # Real-ESRGAN picks one uniformly for every resize
 
 
-# --------------------------------------------------------------------------------------------- #
 # Crops
-# --------------------------------------------------------------------------------------------- #
 
 
 def choose_crop(
-    width: int,
-    height: int,
-    crop_sizes: Sequence[tuple[int, int]],
-    rng: random.Random,
-    position: str = "center",
+    width: int, height: int, crop_sizes: Sequence[tuple[int, int]], rng: random.Random, position: str = "center"
 ) -> tuple[int, int, int, int]:
     """Pick (left, top, w, h): a uniformly chosen size among those that fit, centred or at a random place."""
     fitting = [(w, h) for w, h in crop_sizes if w <= width and h <= height]
@@ -98,19 +85,14 @@ def choose_crop(
     raise ValueError(f"position must be 'center' or 'random', got {position!r}")
 
 
-# --------------------------------------------------------------------------------------------- #
 # Per-pair seeding
-# --------------------------------------------------------------------------------------------- #
 
 # basicsr draws from the process-wide generators; the lock keeps two threads from interleaving.
 _RNG_LOCK = threading.Lock()
 
 
 def pair_seed(image_id: int | str, seed: int) -> int:
-    """A 64-bit seed from (id, seed) that is stable across processes (Python's ``hash`` is salted).
-
-    Ids are compared as text, so 7 and "7" (an id read back from a manifest) give the same pair.
-    """
+    """A 64-bit seed from (id, seed), stable across processes (Python's ``hash`` is salted); 7 and "7" are alike."""
     if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
         raise ValueError(f"image_id must be an int or str, got {image_id!r} ({type(image_id).__name__})")
     if not is_int(seed):
@@ -134,9 +116,7 @@ def _seeded_global_rngs(seed64: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-# --------------------------------------------------------------------------------------------- #
 # Kernels (basicsr's RealESRGANDataset.__getitem__)
-# --------------------------------------------------------------------------------------------- #
 
 
 def _sinc(omega_c: float, kernel_size: int) -> np.ndarray:
@@ -163,15 +143,7 @@ def _blur_kernel(c: DegradationConfig, order: int) -> tuple[np.ndarray, dict[str
         # then draws sigma/angle/beta for that single type.
         kernel_type = random.choices(list(kernel_list), list(kernel_prob))[0]
         kernel = random_mixed_kernels(
-            [kernel_type],
-            [1.0],
-            kernel_size,
-            sigma,
-            sigma,
-            [-math.pi, math.pi],
-            betag,
-            betap,
-            noise_range=None,
+            [kernel_type], [1.0], kernel_size, sigma, sigma, [-math.pi, math.pi], betag, betap, noise_range=None
         )
         info = {"type": kernel_type, "size": kernel_size}
     # The dataset zero-pads to 21x21; filtering with the unpadded kernel is the same sum, 1-9x cheaper.
@@ -187,17 +159,11 @@ def _final_sinc_kernel(config: DegradationConfig) -> tuple[np.ndarray | None, di
     return None, None  # Real-ESRGAN filters with a unit pulse here: the identity, so skip it
 
 
-# --------------------------------------------------------------------------------------------- #
 # Degradation steps (Real-ESRGAN feed_data, one image)
-# --------------------------------------------------------------------------------------------- #
 
 
 def filter2d(x: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
-    """basicsr's ``filter2D`` (reflect-101 padding, correlation) for one image, computed by OpenCV.
-
-    (1, C, H, W) -> (1, C, H, W). Same result to ~1e-6 (tests/fluxgen/test_degradation.py checks it) but
-    5-25x faster on CPU than torch's conv2d with one big single-channel kernel.
-    """
+    """basicsr's ``filter2D`` (reflect-101 padding, correlation) of (1, C, H, W), by OpenCV: 5-25x faster on CPU."""
     hwc = x[0].permute(1, 2, 0).contiguous().numpy()  # (H, W, C)
     out = cv2.filter2D(hwc, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
     return torch.from_numpy(out.reshape(hwc.shape)).permute(2, 0, 1)[None].contiguous()
@@ -241,11 +207,7 @@ def _add_noise(x: torch.Tensor, c: DegradationConfig, order: int) -> tuple[torch
     gray = bool(torch.rand(1) < gray_prob)
     add = add_gaussian_noise_pt if gaussian else add_poisson_noise_pt  # Gaussian sigma is in 0..255 units
     x = add(x, x.new_tensor([strength]), clip=True, rounds=False, gray_noise=x.new_tensor([float(gray)]))
-    return x, {
-        "type": "gaussian" if gaussian else "poisson",
-        "sigma" if gaussian else "scale": strength,
-        "gray": gray,
-    }
+    return x, {"type": "gaussian" if gaussian else "poisson", "sigma" if gaussian else "scale": strength, "gray": gray}
 
 
 def _jpeg(x: torch.Tensor, quality_range: Sequence[float]) -> tuple[torch.Tensor, float]:
@@ -265,10 +227,7 @@ def _resize_sinc(x: torch.Tensor, size: tuple[int, int], sinc: np.ndarray | None
 def _final_step(
     x: torch.Tensor, lq_size: tuple[int, int], sinc: np.ndarray | None, quality_range: Sequence[float]
 ) -> tuple[torch.Tensor, str, str, float]:
-    """[resize to the LQ size + sinc] and JPEG in a random order (Real-ESRGAN: other orders give twisted lines).
-
-    Returns (x, the order, the resize mode, the JPEG quality).
-    """
+    """[resize to the LQ size + sinc] and JPEG in a random order (Real-ESRGAN: other orders give twisted lines)."""
     if np.random.uniform() < 0.5:
         x, mode = _resize_sinc(x, lq_size, sinc)
         x, quality = _jpeg(x, quality_range)
@@ -301,11 +260,8 @@ def _sharpened_crop(image: np.ndarray, box: tuple[int, int, int, int], hflip: bo
 def degrade_pair(
     image: np.ndarray, image_id: int | str, seed: int, config: DegradationConfig
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Crop, sharpen and degrade one image.
-
-    Returns (hq (h, w, 3) uint8, lq (h/scale, w/scale, 3) uint8, info), where hq is the USM-sharpened
-    crop (SeeSR's saved GT) unless ``config.use_usm`` is False, and info records every random choice.
-    """
+    """Crop, sharpen and degrade one image: (hq (h, w, 3) uint8, lq (h/scale, w/scale, 3) uint8, info), hq the
+    USM-sharpened crop (SeeSR's saved GT) unless ``config.use_usm`` is False, info every random choice."""
     image = check_rgb_uint8(image, "for a PIL image pass np.asarray(img.convert('RGB'))")
     height, width = image.shape[:2]
     seed64 = pair_seed(image_id, seed)
