@@ -36,17 +36,12 @@ from fluxir.runtime.progress import progress as progress_bar
 logger = logging.getLogger(__name__)
 
 _PART = re.compile(r"part-(\d+)-(\d+)\.parquet")
+Scorer = Callable[[list[np.ndarray]], dict[str, np.ndarray]]  # images -> {column: (B,) float64}
 
-
-PRECISIONS = ("fp32", "tf32", "bf16")
+_PRECISIONS = "'fp32' (IEEE float32 matmuls), 'tf32' (TensorFloat-32 matmuls on CUDA) or 'bf16' (autocast)"
 SCORING_RULES = (
     Rule("batch_size", "positive_int"),
-    Rule(
-        "precision",
-        "choice",
-        PRECISIONS,
-        must="'fp32' (IEEE float32 matmuls), 'tf32' (TensorFloat-32 matmuls on CUDA) or 'bf16' (autocast)",
-    ),
+    Rule("precision", "choice", ("fp32", "tf32", "bf16"), must=_PRECISIONS),
     Rule("loader_workers", "nonneg_int", must="an integer >= 0 (0: decode in the scoring process)"),
     Rule("part_size", "positive_int"),
 )
@@ -135,7 +130,7 @@ def chunks_to_score(manifest: pd.DataFrame, scored: set[str], batch_size: int) -
 
 
 class _ChunkImages(Dataset):
-    """Item ``k``: the decoded images of chunk ``k`` as a list of (H, W, 3) uint8 arrays (in a loader worker)."""
+    """Item ``k``: chunk ``k``'s images, (H, W, 3) uint8, decoded in a loader worker."""
 
     def __init__(self, chunks: list[pd.DataFrame]) -> None:
         self.paths = [list(chunk["path"]) for chunk in chunks]
@@ -200,7 +195,7 @@ def score_chunks_into_parts(
     todo = chunks_to_score(manifest, done, batch_size)
     mine = todo[process_index::num_processes]
     logger.info(
-        "%s process %d/%d: %d of %d chunks to score into %s",
+        "%s %d/%d: %d of %d chunks to score into %s",
         label,
         process_index,
         num_processes,
@@ -214,12 +209,10 @@ def score_chunks_into_parts(
     loader = DataLoader(
         _ChunkImages(mine),
         batch_size=None,
-        shuffle=False,
         collate_fn=_as_is,
         num_workers=loader_workers,
         worker_init_fn=worker_init(),
         prefetch_factor=4 if loader_workers else None,
-        persistent_workers=False,
     )
     number, pending, pending_rows, scored = _next_part_number(parts_dir, process_index), [], 0, 0
     with progress_bar(
@@ -237,9 +230,6 @@ def score_chunks_into_parts(
     if pending:
         _write_part(parts_dir, process_index, number, pending)
     return scored
-
-
-Scorer = Callable[[list[np.ndarray]], dict[str, np.ndarray]]  # images -> {column: (B,) float64}
 
 
 def _iqa_scorer(specs: list[iqa_lib.MetricSpec], device: Any, precision: str) -> Scorer:
@@ -298,14 +288,6 @@ def merge_scores(
     return table
 
 
-def checked_specs(cfg: IqaConfig) -> list[iqa_lib.MetricSpec]:
-    """``cfg``'s metrics with the weight folder set and every weight file checked (one error listing all)."""
-    specs = cfg.specs()
-    iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
-    iqa_lib.check_weights(specs)
-    return specs
-
-
 def run_parts(
     cfg: Any,
     manifest: pd.DataFrame,
@@ -348,7 +330,9 @@ def run_scoring(
 ) -> tuple[Path, int]:
     """The ``fluxgen.score_images`` node's and ``python -m fluxir.fluxgen score``'s step: every weight file checked
     (one error for all), then this process's unscored chunks into ``<parts_root>/<metrics key>``."""
-    specs = checked_specs(cfg)
+    specs = cfg.specs()
+    iqa_lib.configure_weights(cfg.weights_dir, cfg.trust_weight_files)
+    iqa_lib.check_weights(specs)
     parts_dir = Path(parts_root) / metrics_key(specs, cfg.precision)
     names = [s.name for s in specs]
     scorer = functools.partial(_iqa_scorer, specs, precision=cfg.precision)  # called with the device

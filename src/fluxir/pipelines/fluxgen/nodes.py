@@ -1,8 +1,7 @@
-"""Nodes of the FluxGen pipeline (paper Sec. 3.1). Heavy work lives in plain modules imported lazily.
+"""Nodes of the FluxGen pipeline (paper Sec. 3.1); the work lives in ``fluxir.fluxgen``, imported lazily.
 
-Generation and scoring run on ``fluxgen.num_processes`` processes: more than one launches the stage's
-``accelerate launch -m fluxir.fluxgen generate|score|content_filter`` job from the node
-(``fluxir.runtime.launch.run_stage``); either way the node then lists what is on disk.
+Generation and scoring run on ``fluxgen.num_processes`` processes (``fluxir.runtime.launch.run_stage``); either way
+the node then lists what is on disk.
 """
 
 from __future__ import annotations
@@ -15,18 +14,12 @@ import pandas as pd
 
 from fluxir.io.locks import LOCK_NAME, exclusive_lock
 from fluxir.io.store import ImageStore
-from fluxir.runtime.launch import NumProcesses
+from fluxir.runtime.launch import NumProcesses, resolve_num_processes, run_stage
 
 
 def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: dict[str, Any]) -> pd.DataFrame:
-    """Generate the missing images of this configuration and return the manifest of all of them.
-
-    Columns: image_id, seed, prompt, path, sha256, width, height, model, config_key. Hashes come from
-    the per-shard index written with the images: an unchanged image is never read again. The empty
-    prompt's embeddings are read from (or, the first time, written to) ``prompt_embeddings``.
-    """
+    """Generate the missing images of this configuration; returns the manifest of all of them."""
     from fluxir.fluxgen.generate import GenerationConfig, generation_manifest, run_generation
-    from fluxir.runtime.launch import resolve_num_processes, run_stage
 
     cfg = GenerationConfig.from_params(fluxgen)
     processes = resolve_num_processes(fluxgen["num_processes"], "fluxgen.num_processes")
@@ -45,13 +38,9 @@ def generate_images(image_store: ImageStore, prompt_embeddings: Path, fluxgen: d
 def score_images(
     generated: pd.DataFrame, iqa_parts: Path, iqa: dict[str, Any], num_processes: NumProcesses
 ) -> pd.DataFrame:
-    """Score the images not scored yet (by sha256, metric and version) on ``num_processes`` processes and
-    merge all score parts.
-
-    Returns the manifest columns plus one column per metric and the scorers' version info.
-    """
+    """Score the images not scored yet (by sha256, metric and version); returns the manifest plus one column per
+    metric and the scorers' versions."""
     from fluxir.fluxgen.score import IqaConfig, merge_scores, metrics_key, run_scoring, score_versions
-    from fluxir.runtime.launch import resolve_num_processes, run_stage
 
     cfg = IqaConfig.from_params(iqa)
     specs = cfg.specs()  # the stage checks every weight file first, on every process
@@ -74,12 +63,8 @@ def score_images(
 def content_filter(
     generated: pd.DataFrame, nsfw_parts: Path, settings: dict[str, Any], num_processes: NumProcesses
 ) -> pd.DataFrame:
-    """Score every generated image not scored yet with the NSFW classifier ``fluxgen.content_filter.model`` on
-    ``num_processes`` processes (as ``score_images``) and flag those above ``fluxgen.content_filter.threshold``.
-
-    Returns image_id, sha256, nsfw_score, nsfw_flagged, nsfw_threshold, content_filter. Disabled: nothing is
-    scored, nothing flagged, and the run records that reviewing every output is the user's duty.
-    """
+    """Score the images not scored yet with the NSFW classifier and flag those above the threshold (disabled:
+    nothing scored or flagged, and the run records that reviewing every output is the user's duty)."""
     from fluxir.fluxgen.content_filter import (
         ContentFilterConfig,
         filter_key,
@@ -87,7 +72,6 @@ def content_filter(
         record_filter_state,
         run_filter,
     )
-    from fluxir.runtime.launch import resolve_num_processes, run_stage
 
     cfg = ContentFilterConfig.from_params(settings)
     if not cfg.enabled:
@@ -113,13 +97,10 @@ def select_by_iqa(
     scores: pd.DataFrame, metrics: list[Any], percentile: float, nsfw: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, dict, Any]:
     """Keep images inside the top ``100 - percentile`` % on every metric (paper: top 95% => percentile 5) that the
-    content filter did not flag.
+    content filter did not flag; returns (table with ``keep`` and ``drop_reason``, MLflow metrics, histograms).
 
-    Returns (table with ``keep``, the thresholds used, the nsfw score and ``drop_reason``; MLflow metrics;
-    histogram figure). The IQA cuts are taken over every scored image, so they do not depend on the filter.
-    Metric keys go through ``fluxir.runtime.tracking.mlflow_key`` (``threshold.clipiqa+_vitL14_512`` ->
-    ``threshold.clipiqaplus_vitL14_512``); ``flagged_nsfw`` counts the images the content filter dropped.
-    ``nsfw`` None (selection of scores alone, outside the pipeline): no content filter columns.
+    The cuts are taken over every scored image, so they do not depend on the filter; ``nsfw`` None (scores alone,
+    outside the pipeline): no content filter columns.
     """
     from fluxir.fluxgen.score import apply_content_filter, histograms_with_cuts, percentile_cuts
     from fluxir.iqa import MetricSpec
@@ -140,10 +121,7 @@ def select_by_iqa(
 
 
 def degrade_pairs(selection: pd.DataFrame, pair_store: ImageStore, degrade: dict[str, Any]) -> pd.DataFrame:
-    """Make the missing HQ/LQ pairs of the kept images on ``degrade.workers`` cores and list all pairs.
-
-    Deterministic per (id, seed); pairs written by an earlier run with the same settings are reused.
-    """
+    """Make the missing HQ/LQ pairs of the kept images on ``degrade.workers`` cores and list all pairs."""
     from fluxir.fluxgen.pairs import PairsStageConfig, degrade_selection, pairs_manifest
 
     cfg = PairsStageConfig.from_params(degrade)

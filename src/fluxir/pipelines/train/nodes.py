@@ -12,10 +12,8 @@ logger = logging.getLogger(__name__)
 
 
 def precompute_latents(pairs_manifest: pd.DataFrame, train_latent_cache: Path, train: dict[str, Any]) -> dict[str, Any]:
-    """Encode the VAE latents of every pair not in ``train_latent_cache`` yet (only the VAE is loaded) on
-    ``train.num_processes`` processes; returns the counts on disk (pairs, encoded now, already cached) with the
-    cache folder and the VAE's identity. More than one process runs ``accelerate launch -m fluxir.training latents``.
-    """
+    """Encode the VAE latents of every pair not cached yet (only the VAE is loaded); returns the counts on disk
+    (pairs, encoded now, already cached) with the cache folder and the VAE's identity."""
     from fluxir.runtime.launch import resolve_num_processes, run_stage
     from fluxir.training.config import TrainConfig
     from fluxir.training.latents import fill_and_count
@@ -46,14 +44,11 @@ def train_adapter(
     train_latent_cache: Path,
     train: dict[str, Any],
 ) -> tuple[Any, pd.DataFrame]:  # (a FluxIRAdapter, ...): Any keeps torch out of this module
-    """Train the FluxIR adapter on FluxGen's pairs on ``train.num_processes`` processes; returns (adapter,
-    per-step history).
+    """Train the FluxIR adapter on FluxGen's pairs; returns (adapter, per-step history).
 
-    ``latent_cache`` (what ``precompute_latents`` filled) orders this node after it; the empty prompt's
-    embeddings come from ``prompt_embeddings``. Checkpoints go to ``train_checkpoints``; resumes from the newest
-    checkpoint of the same settings there; logs to the active MLflow run. More than one process runs
-    ``accelerate launch -m fluxir.training`` (DDP; its rank 0 logs into this run and writes the adapter and the
-    history where the node reads them).
+    ``latent_cache`` orders this node after ``precompute_latents``. Resumes from the newest checkpoint of the same
+    settings in ``train_checkpoints``. With several processes (DDP), rank 0 logs into this MLflow run and writes the
+    adapter and the history where the node reads them.
     """
     from fluxir.models.adapter import load_adapter
     from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
