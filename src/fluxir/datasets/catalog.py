@@ -87,25 +87,17 @@ class BenchmarkFoldersDataset(AbstractDataset[None, dict[str, Path | None]]):
         return {key: str(path) if path else None for key, path in self._folders.items()}
 
 
-class ImageStoreDataset(AbstractDataset[None, ImageStore]):
+class ImageStoreDataset(FolderDataset):
     """``load()`` returns an ``ImageStore`` rooted at ``path``; nodes write images through it."""
 
     def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
-        self._path = Path(path)
-        self.metadata = metadata
+        super().__init__(path, metadata=metadata)
 
     def load(self) -> ImageStore:
-        self._path.mkdir(parents=True, exist_ok=True)
-        return ImageStore(self._path)
+        return ImageStore(super().load())
 
     def save(self, data: None) -> None:
         raise DatasetError("ImageStoreDataset is read-only: nodes write images through the ImageStore it loads")
-
-    def _exists(self) -> bool:
-        return self._path.is_dir()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path)}
 
 
 def write_parquet(path: str | Path, data: pd.DataFrame, fsync_parent: bool = False, **save_args: Any) -> Path:

@@ -1,10 +1,8 @@
-"""``python -m fluxir.fluxgen generate|score|content_filter|pairs``: FluxGen's stages outside ``kedro run``.
+"""``python -m fluxir.fluxgen generate|score|content_filter|pairs``: FluxGen's stages outside ``kedro run``, reading
+the same configuration and catalog and writing where the nodes do (a later ``kedro run`` reuses everything).
 
-Each reads the same configuration and catalog as the ``fluxgen`` pipeline and writes where its node does, so a
-``kedro run --pipeline=fluxgen`` afterwards reuses every image, score and pair. ``generate``, ``score`` and
-``content_filter`` run on every process of ``accelerate launch --multi_gpu --num_processes N -m fluxir.fluxgen
-<stage>`` (process ``r`` of ``w`` takes every ``w``-th image); ``pairs`` takes its share of the kept images from
-the launcher (SLURM, torchrun) or ``degrade.rank``/``degrade.world_size`` and uses every core.
+``generate``, ``score`` and ``content_filter`` run on every process of ``accelerate launch -m fluxir.fluxgen <stage>``;
+``pairs`` takes its share from the launcher (SLURM, torchrun) or ``degrade.rank``/``degrade.world_size``.
 """
 
 from __future__ import annotations

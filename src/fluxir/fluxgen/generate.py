@@ -44,7 +44,7 @@ from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
-# Fields that change the pixels of image i. batch_size/device do not (per-image generators).
+# The fields that change the pixels of image i (batch_size and device do not: per-image generators).
 _PIXEL_FIELDS = (
     "model",
     "height",
@@ -58,25 +58,15 @@ _PIXEL_FIELDS = (
 )
 
 
-SUBSTAGE_KEYS = ("content_filter",)  # groups under ``fluxgen`` read by other stages
-
-
 def _nearest_multiple_of_16(value: Any) -> str:
     return f"; nearest valid: {max(16, round(value / 16) * 16) if isinstance(value, (int, float)) else 16}"
 
 
+_SIDE = "a positive multiple of 16 (VAE /8 and 2x2 packing)"
 GENERATION_RULES = (
     Rule("num_images", "positive_int"),
-    *(
-        Rule(
-            side,
-            "multiple_of",
-            16,
-            must="a positive multiple of 16 (VAE /8 and 2x2 packing)",
-            note=_nearest_multiple_of_16,
-        )
-        for side in ("height", "width")
-    ),
+    Rule("height", "multiple_of", 16, must=_SIDE, note=_nearest_multiple_of_16),
+    Rule("width", "multiple_of", 16, must=_SIDE, note=_nearest_multiple_of_16),
     Rule("steps", "positive_int"),
     Rule("batch_size", "positive_int"),
     Rule("write_threads", "nonneg_int", note=" (0: write each image before the next denoising starts)"),
@@ -103,7 +93,8 @@ class GenerationConfig(Config):
     write_threads: int  # PNG encode + hash + sidecar threads behind a queue of 2 x write_threads images
     compile: bool  # torch.compile the transformer's blocks (fluxir.models.flux.compile_blocks)
 
-    PREFIX, RULES, NOT_FIELDS = "fluxgen.", GENERATION_RULES, SUBSTAGE_KEYS
+    PREFIX, RULES = "fluxgen.", GENERATION_RULES
+    NOT_FIELDS = ("content_filter",)  # groups under ``fluxgen`` read by other stages
 
     @classmethod
     def prepare(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +158,7 @@ def denoised_images(
     cfg: GenerationConfig, pipe: Any, encoder: PromptEncoder, ids: list[int], device: str
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(image_id, (H, W, 3) uint8 image)`` of each id, ``cfg.batch_size`` ids per pipeline call."""
-    call = _call_parameters(pipe)
+    call = set(inspect.signature(pipe.__call__).parameters)
     for lo in range(0, len(ids), cfg.batch_size):
         batch = ids[lo : lo + cfg.batch_size]
         generators = [torch.Generator(device).manual_seed(image_seed(cfg.base_seed, i)) for i in batch]
@@ -221,10 +212,6 @@ def write_generated(
         cfg.write_threads,
     )
     return done, writer.waited_s
-
-
-def _call_parameters(pipe: Any) -> set[str]:
-    return set(inspect.signature(pipe.__call__).parameters)
 
 
 def run_generation(
