@@ -78,11 +78,9 @@ def choose_crop(
             f"--params 'degrade.config.crop_sizes=[[{width - width % 4},{height - height % 4}]]', or use larger images"
         )
     w, h = rng.choice(fitting)
-    if position == "center":
+    if position == "center":  # else "random" (DegradationConfig.crop_position allows no other)
         return (width - w) // 2, (height - h) // 2, w, h
-    if position == "random":
-        return rng.randint(0, width - w), rng.randint(0, height - h), w, h
-    raise ValueError(f"position must be 'center' or 'random', got {position!r}")
+    return rng.randint(0, width - w), rng.randint(0, height - h), w, h
 
 
 # Per-pair seeding

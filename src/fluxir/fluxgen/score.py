@@ -355,9 +355,7 @@ def histograms_with_cuts(table: pd.DataFrame, cuts: dict[str, tuple[float, bool]
         ax.hist(values, bins=min(50, max(5, len(values) // 4)), color="#4c72b0", alpha=0.85)
         ax.axvline(cut, color="#c44e52", lw=2, label=f"cut {cut:.4g}")
         lo, hi = ax.get_xlim()
-        ax.axvspan(cut, hi, color="#55a868", alpha=0.12) if not lower else ax.axvspan(
-            lo, cut, color="#55a868", alpha=0.12
-        )
+        ax.axvspan(*((lo, cut) if lower else (cut, hi)), color="#55a868", alpha=0.12)  # the kept side
         kept = (values <= cut) if lower else (values >= cut)
         ax.set_title(f"{name} ({'lower' if lower else 'higher'} is better)\nkept {kept.sum()}/{len(values)}")
         ax.set_xlabel("score")
