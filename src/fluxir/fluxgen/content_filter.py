@@ -1,13 +1,10 @@
-"""FluxGen's content filter: every generated image scored by an NSFW image classifier; selection drops those above
-the threshold.
+"""FluxGen's content filter: an NSFW image classifier scores every generated image; selection drops those above the
+threshold.
 
-Why: the FLUX.1 [dev] licence, section 2(e)(i), lets Output be distributed only by a user who (A) maintains content
-filters or (B) reviews Output before distribution. Black Forest Labs' ``src/flux/cli.py`` does (A) with
-``Falconsai/nsfw_image_detection`` and a threshold of 0.85, FluxGen's defaults. The classifier is any transformers
-image classifier with an ``nsfw`` label; a score is that label's softmax probability. Scoring reuses
-``fluxir.fluxgen.score``'s resumable parts, keyed by the classifier's id, revision, dtype and transformers' version
-(not the threshold: changing it re-reads the scores). Disabled (``enabled: false``), nothing is scored and the run
-logs and tags that reviewing every output is the user's duty (2(e)(i)(B)).
+The FLUX.1 [dev] licence, section 2(e)(i), lets Output be distributed only by a user who (A) maintains content
+filters or (B) reviews it first. Black Forest Labs' ``src/flux/cli.py`` does (A) with
+``Falconsai/nsfw_image_detection`` above 0.85, FluxGen's defaults; ``enabled: false`` logs and tags (B) as the
+user's duty. Scores reuse ``fluxir.fluxgen.score``'s resumable parts, keyed by the classifier, not the threshold.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
-"""FluxGen step 1: unconditional image generation (paper Sec. 3.1, Fig. 2), and the manifest of the images.
+"""FluxGen step 1 (paper Sec. 3.1, Fig. 2): unconditional generation, image ``i`` from noise seed ``base_seed + i``,
+resumable, on ``r`` of ``w`` processes; and the manifest of the images.
 
-An empty prompt and a fresh Gaussian noise per image go into Flux; image ``i`` always uses ``seed = base_seed + i``
-and its own ``torch.Generator``, so any image can be regenerated from its id, whatever the batch size. The prompt
-is encoded once and the text encoders dropped (350,000 images never keep T5 on the GPU). Images go atomically into
-an ``ImageStore`` keyed by a hash of everything that changes pixels, so reruns skip finished ids; PNG encoding,
-hashing and sidecars run on ``fluxgen.write_threads`` threads while the next images denoise. Process ``r`` of ``w``
-takes ids ``r, r+w, ...`` (``accelerate launch -m fluxir.fluxgen generate``).
-
-The SHA-256 of every image is computed once, when it is written (hashing 0.5 TB on every run would take longer than
-the run), and kept in a sidecar ``.<id>.png.sha256`` with the file's size and ``mtime_ns``. The manifest merges a
-shard's sidecars into ``<shard>/.sha256-index.json`` and then only ``stat``s the images: a recorded hash is trusted
-while size and mtime_ns are unchanged.
+An image's SHA-256 is computed once, when it is written, and kept in a sidecar (size, mtime_ns) merged into a
+per-shard index: hashing 0.5 TB on every run would take longer than the run.
 """
 
 from __future__ import annotations
@@ -161,6 +153,7 @@ def denoised_images(
     call = set(inspect.signature(pipe.__call__).parameters)
     for lo in range(0, len(ids), cfg.batch_size):
         batch = ids[lo : lo + cfg.batch_size]
+        # one generator per image: a batch of 4 gives each image the noise it gets in a batch of 1
         generators = [torch.Generator(device).manual_seed(image_seed(cfg.base_seed, i)) for i in batch]
         kwargs = dict(
             height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps, output_type="np", generator=generators

@@ -1,12 +1,8 @@
 """FluxGen step 4 at scale: HQ/LQ pairs of the kept images on every core of several machines, resumable.
 
-One pair (``fluxir.fluxgen.degrade.degrade_pair``) takes about half a second on one core, so 350,000 pairs are
-~46 core-hours. ``degrade.workers`` processes (``auto``: every core) come from a ``forkserver``, never forked from
-a process whose OpenMP pools run, each with one OpenCV and one torch thread. ``python -m fluxir.fluxgen pairs`` on
-each machine takes the ids with ``image_id % world_size == rank`` (from the launcher or ``degrade.rank`` /
-``degrade.world_size``); the Kedro node always makes every missing pair. A pair depends only on (image, id, seed):
-1 or 64 workers give byte-identical files. HQ and LQ are written atomically, then the pair's ``<lq>.json`` record,
-last: its presence marks the pair done, and the manifest reads only records.
+Workers come from a ``forkserver`` with one OpenCV and one torch thread each; machine ``rank`` of ``world_size``
+takes the ids with ``image_id % world_size == rank``. A pair depends only on (image, id, seed), so 1 or 64 workers
+give byte-identical files; its ``<lq>.json`` record is written last and marks it done.
 """
 
 from __future__ import annotations

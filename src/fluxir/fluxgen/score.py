@@ -1,11 +1,8 @@
 """FluxGen steps 2 and 3 (paper Sec. 3.1): no-reference IQA scores of every generated image, then the percentile cut.
 
-Scoring is resumable and runs on many processes. The manifest's distinct images (by sha256) are cut into fixed
-chunks of ``iqa.batch_size`` (so every score is the same whatever the number of processes); process ``r`` of ``w``
-takes the unscored chunks ``r, r+w, ...`` and writes ``<parts>/<metrics key>/part-<rank>-<n>.parquet`` (sha256 +
-one float64 column per metric) every ``iqa.part_size`` images, atomically. The key hashes pyiqa's version, every
-metric's settings and weight files and ``iqa.precision``. ``score_chunks_into_parts`` takes any per-image scorer:
-the content filter (``fluxir.fluxgen.content_filter``) scores its classifier through it.
+Scoring is resumable on many processes: fixed chunks of ``iqa.batch_size`` distinct images (the same scores
+whatever the number of processes) go into atomic parquet parts under a key of pyiqa's version, the metrics, their
+weights and ``iqa.precision``. ``score_chunks_into_parts`` takes any per-image scorer (the content filter's too).
 """
 
 from __future__ import annotations
