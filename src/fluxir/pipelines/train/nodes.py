@@ -8,13 +8,14 @@ from typing import Any
 
 import pandas as pd
 
+from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
+
 logger = logging.getLogger(__name__)
 
 
 def precompute_latents(pairs_manifest: pd.DataFrame, train_latent_cache: Path, train: dict[str, Any]) -> dict[str, Any]:
     """Encode the VAE latents of every pair not cached yet (only the VAE is loaded); returns the counts on disk
     (pairs, encoded now, already cached) with the cache folder and the VAE's identity."""
-    from fluxir.runtime.launch import resolve_num_processes, run_stage
     from fluxir.training.config import TrainConfig
     from fluxir.training.latents import fill_and_count
     from fluxir.training.latents import precompute_latents as fill_cache
@@ -51,7 +52,6 @@ def train_adapter(
     adapter and the history where the node reads them.
     """
     from fluxir.models.adapter import load_adapter
-    from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
     from fluxir.training.config import TrainConfig, TrainFolders
     from fluxir.training.loop import train as run_training
 
