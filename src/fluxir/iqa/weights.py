@@ -1,10 +1,6 @@
-"""IQA metric specs and their weight files: which pyiqa metric with which options, which files it needs under the
-weight home (``iqa.weights_dir``: ``hub/pyiqa``, ``hub/clip``, ``hub/checkpoints``), loaded offline and checked.
-
-Paper Sec. 3.1 selects generated images on CLIP-IQA, MANIQA and MUSIQ; Sec. 4.1 (footnote 2) names the pyiqa models
-``clipiqa+_vitL14_512``, ``maniqa-pipal`` and ``musiq``. Only the standard library is imported at module level:
-kedro pipeline modules read these tables, and pyiqa fixes its weight folder when first imported.
-"""
+"""IQA metric specs (paper Sec. 3.1 and footnote 2: ``clipiqa+_vitL14_512``, ``maniqa-pipal``, ``musiq``) and the
+weight files each needs under ``iqa.weights_dir`` (``hub/pyiqa``, ``hub/clip``, ``hub/checkpoints``), loaded offline
+and checked. Only the standard library at import: pipeline modules read these tables before pyiqa may load."""
 
 from __future__ import annotations
 
@@ -473,15 +469,8 @@ def load_checkpoint(net: Any, path: Path, only_keys: str | None = None) -> None:
         if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
     )
     if missing or unexpected or shapes:
-        parts = [
-            f"{label} {len(keys)}: {keys[:5]}"
-            for label, keys in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches", shapes),
-            )
-            if keys
-        ]
+        found = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+        parts = [f"{label} {len(keys)}: {keys[:5]}" for label, keys in found if keys]
         raise ValueError(
             f"{path} does not fit {type(net).__name__}: "
             + "; ".join(parts)
