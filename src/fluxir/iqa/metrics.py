@@ -32,6 +32,7 @@ from fluxir.iqa.weights import (
     required_weight_files,
 )
 from fluxir.parameters.rules import Rule, check_fields
+from fluxir.runtime.progress import progress as progress_bar
 
 
 @contextmanager
@@ -160,6 +161,24 @@ def len_or_none(items: Any) -> int | None:
         return None
 
 
+def _score_batches(
+    items: Iterable[tuple[np.ndarray, ...]], metrics: Mapping[str, Any], batch_size: int, device: Any, **bar: Any
+) -> dict[int, dict[str, float]]:
+    """{item index: {metric: score}}, items of equal size batched; an item holds the metric's input images."""
+    import torch
+
+    scores: dict[int, dict[str, float]] = {}
+    with progress_bar(unit="img", **bar) as shown:
+        for indices, batch in same_size_batches(items, batch_size):
+            inputs = [images_to_tensor(list(images), device) for images in zip(*batch)]
+            with torch.inference_mode():
+                for name, metric in metrics.items():
+                    for i, value in zip(indices, metric_scores(metric(*inputs), len(indices), name)):
+                        scores.setdefault(i, {})[name] = float(value)
+            shown.update(len(indices))
+    return scores
+
+
 def score_no_reference(
     images: Iterable[Any],
     specs: Any = NO_REFERENCE_DEFAULT,
@@ -171,26 +190,13 @@ def score_no_reference(
     """No-reference scores of images (HxWx3 uint8 arrays or paths): a DataFrame, one column per metric, one row
     per image in input order. All weight files are checked before any scoring."""
     import pandas as pd
-    import torch
-
-    from fluxir.runtime.progress import progress as progress_bar
 
     check_batch_size(batch_size)
-    parsed = parse_of_mode(specs, "NR")
-    metrics = create_metrics(parsed, device)
-    results: dict[str, dict[int, float]] = {name: {} for name in metrics}
-    count = 0
+    metrics = create_metrics(parse_of_mode(specs, "NR"), device)
     items = ((as_rgb_uint8(img, i),) for i, img in enumerate(images))
-    with progress_bar(total=len_or_none(images), desc="IQA (no-reference)", unit="img", disable=not progress) as bar:
-        for indices, batch in same_size_batches(items, batch_size):
-            x = images_to_tensor([b[0] for b in batch], device)
-            with torch.inference_mode():
-                for name, metric in metrics.items():
-                    for i, value in zip(indices, metric_scores(metric(x), len(indices), name)):
-                        results[name][i] = float(value)
-            count += len(indices)
-            bar.update(len(indices))
-    return pd.DataFrame({name: [values[i] for i in range(count)] for name, values in results.items()})
+    bar = {"total": len_or_none(images), "desc": "IQA (no-reference)", "disable": not progress}
+    scores = _score_batches(items, metrics, batch_size, device, **bar)
+    return pd.DataFrame({name: [scores[i][name] for i in range(len(scores))] for name in metrics})
 
 
 _RESERVED_FR_OPTIONS = ("test_y_channel", "color_space", "crop_border")
@@ -259,9 +265,6 @@ def score_full_reference(
     and negative local structure terms clamped to 0 (only heavy noise makes that differ from skimage).
     """
     import pandas as pd
-    import torch
-
-    from fluxir.runtime.progress import progress as progress_bar
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -282,18 +285,9 @@ def score_full_reference(
             conv = ("ycbcr" if getattr(net, "color_space", "yiq") == "ycbcr" else "y") if y else "rgb"
         conventions[s.name] = conv
 
-    values: dict[int, dict[str, float]] = {}
-    with progress_bar(
-        total=len_or_none(restored), desc="IQA (full-reference)", unit="img", disable=not progress
-    ) as bar:
-        for indices, batch in same_size_batches(_cropped_pairs(restored, reference, crop_border), batch_size):
-            x = images_to_tensor([p[0] for p in batch], device)
-            y = images_to_tensor([p[1] for p in batch], device)
-            with torch.inference_mode():
-                for name, metric in built.items():
-                    for i, value in zip(indices, metric_scores(metric(x, y), len(indices), name)):
-                        values.setdefault(i, {})[name] = float(value)
-            bar.update(len(indices))
+    pairs = _cropped_pairs(restored, reference, crop_border)
+    bar = {"total": len_or_none(restored), "desc": "IQA (full-reference)", "disable": not progress}
+    values = _score_batches(pairs, built, batch_size, device, **bar)
     count = len(values)
     if names is not None and len(names) != count:
         raise ValueError(f"names has {len(names)} entries for {count} image pairs")

@@ -1,8 +1,5 @@
 """Evaluate wiring: prepare each benchmark -> FluxIR / public restorers / bicubic / baselines -> score -> report.
-
-The nodes take ``params:evaluate`` as one ``EvaluateConfig`` (node ``evaluate_config``); the union of every
-method's outputs is built once (``eval_outputs_table``) for scoring and the grids.
-"""
+The nodes take ``params:evaluate`` as one ``EvaluateConfig``; the union of every method's outputs is built once."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -56,23 +53,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 restore_benchmarks,
-                [
-                    "benchmark_manifest",
-                    "fluxir_adapter",
-                    "eval_outputs",
-                    "evaluate_config",
-                ],
+                ["benchmark_manifest", "fluxir_adapter", "eval_outputs", "evaluate_config"],
                 ["eval_restored_images", "eval_restore_info"],
                 name="restore_benchmarks",
             ),
             Node(
                 restore_with_public_weights,
-                [
-                    "benchmark_manifest",
-                    "params:baselines",
-                    "eval_outputs",
-                    "evaluate_config",
-                ],
+                ["benchmark_manifest", "params:baselines", "eval_outputs", "evaluate_config"],
                 ["eval_public_images", "eval_public_info"],
                 name="restore_with_public_weights",
             ),
