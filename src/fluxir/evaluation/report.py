@@ -33,7 +33,7 @@ PAPER_METRICS: dict[str, tuple[str, ...]] = {
 DATASET_ORDER = ("DIV2K-Val", "RealSR", "DrealSR", "RealLQ250")
 PAPER_COLUMNS = ("dataset", "metric", "higher_is_better", "method", "value")
 PER_IMAGE_COLUMNS = "dataset method image label metric value convention crop_border higher_is_better stand_in".split()
-MEAN_KEYS = ["dataset", "method", "label", "metric", "convention", "crop_border", "higher_is_better", "stand_in"]
+MEAN_KEYS = [c for c in PER_IMAGE_COLUMNS if c not in ("image", "value")]  # a mean per each of these
 OURS_METHOD = "fluxir"
 PAPER_OURS = "FluxIR"
 TINY_NOTICE = (
@@ -46,9 +46,7 @@ TINY_NOTICE = (
 
 def is_stand_in(label: str, name: str, pretrained: bool = True) -> bool:
     """True when ``label`` is one of the paper's metrics but ``name`` / ``pretrained`` is not its scorer."""
-    if label not in PAPER_METRICS:
-        return False
-    return name not in PAPER_METRICS[label] or not pretrained
+    return label in PAPER_METRICS and (name not in PAPER_METRICS[label] or not pretrained)
 
 
 def convention_text(convention: str, crop_border: int) -> str:

@@ -40,6 +40,7 @@ DEMO_MARKER = "FLUXIR_DEMO_DATA.txt"
 DOCS = "docs/evaluation.md"
 _SPEC_KEYS = ("name", "kind", "hq_size", "lq_size", "num_images", "seed", "strip_suffix")
 FOLDERS_ENTRY = "{key}_benchmark"  # the catalog entry of benchmark <key>'s downloaded folders
+SIDES = {"synthetic": ("hq",), "paired": ("hq", "lq"), "lq_only": ("lq",)}  # the folders each kind reads
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +85,7 @@ class BenchmarkSpec(Config):
     def check_folders(self, entry: str = "<key>_benchmark") -> None:
         """Raise ValueError naming the catalog ``entry`` when it lacks a folder this kind reads."""
         where = f"benchmark {self.name!r}"
-        needs = {"synthetic": ("hq",), "paired": ("hq", "lq"), "lq_only": ("lq",)}[self.kind]
+        needs = SIDES[self.kind]
         lacking = [f"{side}_path" for side in needs if not getattr(self, f"{side}_dir")]
         if lacking:
             raise ValueError(
@@ -122,7 +123,7 @@ class BenchmarkSpec(Config):
     @property
     def source_dirs(self) -> list[str]:
         """The folders a user fills for this benchmark."""
-        return {"synthetic": [self.hq_dir], "paired": [self.hq_dir, self.lq_dir], "lq_only": [self.lq_dir]}[self.kind]
+        return [getattr(self, f"{side}_dir") for side in SIDES[self.kind]]
 
 
 @dataclass
@@ -248,13 +249,8 @@ def prepare_benchmark(
 def sources_too_small(spec: BenchmarkSpec) -> dict[str, tuple[int, list[str]]]:
     """{folder: (images, names of those smaller than the run's crops)}: the HQ ``hq_size`` crops of synthetic
     and paired benchmarks, the LQ ``lq_size`` crops of paired and LQ-only ones (image headers only)."""
-    crops = {
-        "synthetic": [(spec.hq_dir, spec.hq_size)],
-        "lq_only": [(spec.lq_dir, spec.lq_size)],
-        "paired": [(spec.hq_dir, spec.hq_size), (spec.lq_dir, spec.lq_size)],
-    }[spec.kind]
     out = {}
-    for folder, size in crops:
+    for folder, size in ((getattr(spec, f"{s}_dir"), getattr(spec, f"{s}_size")) for s in SIDES[spec.kind]):
         files = list_images(folder)
         out[str(folder)] = (len(files), [p.name for p in files if min(image_size(p)) < size])
     return out

@@ -16,11 +16,6 @@ from fluxir.evaluation.config import EvaluateConfig
 log = logging.getLogger(__name__)
 
 
-def evaluate_config(evaluate: dict[str, Any]) -> EvaluateConfig:
-    """``params:evaluate`` as the ``EvaluateConfig`` every other node takes."""
-    return EvaluateConfig.from_params(evaluate)
-
-
 def prepare_benchmark(
     benchmark: dict[str, Any],
     folders: dict[str, Path | None],
@@ -143,15 +138,6 @@ def summarize_metrics(per_image: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
 
     means = metric_means(per_image)
     return means, mlflow_metrics(means)
-
-
-def make_grids(
-    manifest: pd.DataFrame, outputs: pd.DataFrame, status: dict[str, dict[str, Any]], config: EvaluateConfig
-) -> dict[str, Any]:
-    """A grid figure per benchmark key, plus ``"png"``: {dataset: PNG bytes}."""
-    from fluxir.evaluation.report import grids
-
-    return grids(manifest, outputs, status, config)
 
 
 def build_report(

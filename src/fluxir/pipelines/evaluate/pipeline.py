@@ -3,14 +3,15 @@ The nodes take ``params:evaluate`` as one ``EvaluateConfig``; the union of every
 
 from kedro.pipeline import Node, Pipeline
 
+from fluxir.evaluation.config import EvaluateConfig
+from fluxir.evaluation.report import grids
+
 from .nodes import (
     announce_report,
     build_report,
     collect_benchmarks,
     collect_outputs,
-    evaluate_config,
     find_baselines,
-    make_grids,
     prepare_benchmark,
     restore_benchmarks,
     restore_with_public_weights,
@@ -43,7 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     ]
     return Pipeline(
         [
-            Node(evaluate_config, "params:evaluate", "evaluate_config", name="evaluate_config"),
+            Node(EvaluateConfig.from_params, "params:evaluate", "evaluate_config", name="evaluate_config"),
             *prepare,
             Node(
                 collect_benchmarks,
@@ -97,7 +98,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="summarize_metrics",
             ),
             Node(
-                make_grids,
+                grids,
                 ["benchmark_manifest", "eval_outputs_table", "benchmark_status", "evaluate_config"],
                 {**{key: f"{key}_grid" for key in BENCHMARKS}, "png": "eval_grid_pngs"},
                 name="make_grids",
