@@ -149,26 +149,22 @@ def run_info(share: MethodOutputs, images: int, elsewhere: Sequence[float] = ())
             title: f"{spec.method.describe(spec.settings)}; colour fix {spec.method.output(spec.config).color_fix}",
             f"{title} images": f"{done}; {rate}",
         }
-    adapter, config = spec.adapter, spec.config
+    adapter, config, record = spec.adapter, spec.config, spec.adapter.training_record
+    trained = "no training record: an untrained adapter"
+    if record:
+        rest = ", ".join(f"{k} {v}" for k, v in record.items() if k != "steps")
+        trained = f"{record.get('steps', '?')} optimizer steps ({rest})"
     return {
         "model": spec.model,
         "adapter": f"{type(adapter).__name__} {adapter_fingerprint(adapter)} "
         f"({sum(p.numel() for p in adapter.parameters()) / 1e6:.2f}M parameters)",
-        "adapter training": describe_training(adapter.training_record),
+        "adapter training": trained,
         "sampler": f"{config.steps} Euler steps, schedule {config.schedule}, Flux guidance {adapter.config.guidance} "
         f"(the adapter's training value), seed {config.seed}, {config.dtype}",
         "restore settings": ", ".join(f"{k}={v}" for k, v in config_dict(config).items()),
         "restored images": done,
         "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
     }
-
-
-def describe_training(record: dict[str, Any]) -> str:
-    """One line on how an adapter was trained, from its ``training_record`` (empty: never trained)."""
-    if not record:
-        return "no training record: an untrained adapter"
-    rest = ", ".join(f"{k} {v}" for k, v in record.items() if k != "steps")
-    return f"{record.get('steps', '?')} optimizer steps ({rest})"
 
 
 # Bicubic is no AI model: its outputs carry what made them, without the AI disclosure.

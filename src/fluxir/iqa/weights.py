@@ -318,19 +318,12 @@ def plan_files(spec: MetricSpec) -> tuple[list[Need], bool]:
     if own is not None:  # an explicit checkpoint replaces the default one
         needs.append(Need(Path(own).expanduser(), "your own file (pretrained_model_path)"))
     complete = True
-    if arch == "MUSIQ":
-        key = musiq_key(opts)
+    if arch in ("MUSIQ", "MANIQA"):  # MANIQA's ViT backbone needs no file: its checkpoint replaces all of it
+        file = _checkpoint_file(arch, opts)
         if spec.pretrained and own is None:
-            complete = key in MUSIQ_FILES
+            complete = file is not None
             if complete:
-                needs.append(_need(hub / "pyiqa", MUSIQ_FILES[key], PYIQA_URL))
-    elif arch == "MANIQA":
-        # The ViT backbone needs no file: the MANIQA checkpoint is loaded strictly and replaces all of it.
-        dataset = opts.get("train_dataset", "pipal")
-        if spec.pretrained and own is None:
-            complete = dataset in MANIQA_FILES
-            if complete:
-                needs.append(_need(hub / "pyiqa", MANIQA_FILES[dataset], PYIQA_URL))
+                needs.append(_need(hub / "pyiqa", file, PYIQA_URL))
     elif arch == "CLIPIQA":
         extra, complete = _clip_needs(spec, opts, hub)
         needs += extra
@@ -340,6 +333,19 @@ def plan_files(spec: MetricSpec) -> tuple[list[Need], bool]:
     else:
         complete = spec.name in WEIGHT_FREE
     return needs, complete
+
+
+def _checkpoint_file(arch: str, opts: Mapping[str, Any]) -> str | None:
+    """The name of the published pyiqa checkpoint of a described architecture with ``opts``; None: not known."""
+    if arch == "MUSIQ":
+        return MUSIQ_FILES.get(musiq_key(opts))
+    if arch == "MANIQA":
+        return MANIQA_FILES.get(opts.get("train_dataset", "pipal"))
+    if arch == "CLIPIQA":
+        return CLIPIQA_FILES.get(opts.get("model_type", "clipiqa"))
+    if arch == "LPIPS" and opts.get("lpips", True):
+        return LPIPS_FILES.get(f"{opts.get('version', '0.1')}_{opts.get('net', 'alex')}")
+    return None
 
 
 def needs(spec: MetricSpec) -> list[Need]:
@@ -408,19 +414,13 @@ def load_plan(spec: MetricSpec) -> LoadPlan:
     plan = LoadPlan({} if spec.pretrained else {"pretrained": False})
     if "pretrained_model_path" in spec.options or not spec.pretrained:
         return _with_clip_backbone(plan, arch, opts, found)
-    file = None
-    if arch == "MUSIQ":
-        file = MUSIQ_FILES.get(musiq_key(opts))
-        if musiq_key(opts) == "ava":
-            plan.kwargs.setdefault("num_class", 10)  # pyiqa sets this only when it resolves the URL itself
-    elif arch == "MANIQA":
-        file = MANIQA_FILES.get(opts.get("train_dataset"))
+    if arch == "MUSIQ" and musiq_key(opts) == "ava":
+        plan.kwargs.setdefault("num_class", 10)  # pyiqa sets this only when it resolves the URL itself
     elif arch == "CLIPIQA":
-        file = CLIPIQA_FILES.get(opts.get("model_type", "clipiqa"))
         plan.bare_tensor = opts.get("model_type") == "clipiqa+" and opts.get("backbone", "RN50") == "RN50"
-    elif arch == "LPIPS" and opts.get("lpips", True):
-        file = LPIPS_FILES.get(f"{opts.get('version', '0.1')}_{opts.get('net', 'alex')}")
+    elif arch == "LPIPS":
         plan.only_keys = LPIPS_LINEAR_KEYS
+    file = _checkpoint_file(arch, opts)
     if file in found:
         plan.kwargs["pretrained"] = False
         plan.checkpoint = found[file]
