@@ -88,20 +88,15 @@ def score_all(
         raise ValueError("no restored output to score")
     parts = []
 
-    def frame(rows: pd.DataFrame, label: str, spec: Any, values: Any, convention_: Any, crop: Any) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "dataset": rows["dataset"].values,
-                "method": rows["method"].values,
-                "image": rows["image"].values,
-                "label": label,
-                "metric": spec.name,
-                "value": np.asarray(values, dtype=np.float64),
-                "convention": convention_,
-                "crop_border": crop,
-                "higher_is_better": not iqa.lower_is_better(spec),
-                "stand_in": is_stand_in(label, spec.name, spec.pretrained),
-            }
+    def frame(rows: pd.DataFrame, label: str, spec: Any, values: Any, convention: Any, crop: Any) -> pd.DataFrame:
+        return rows[["dataset", "method", "image"]].assign(
+            label=label,
+            metric=spec.name,
+            value=np.asarray(values, dtype=np.float64),
+            convention=convention,
+            crop_border=crop,
+            higher_is_better=not iqa.lower_is_better(spec),
+            stand_in=is_stand_in(label, spec.name, spec.pretrained),
         )
 
     if groups["no_reference"]:

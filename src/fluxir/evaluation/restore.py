@@ -1,9 +1,6 @@
-"""Every method's outputs: FluxIR with the trained adapter, the public restorers, bicubic and a user's baselines.
-
-Each restored output is a file ``<outputs_dir>/<method>/<key>/<dataset>/<image>_<LQ hash>.png``, the key hashing
-what changes the pixels (model, weights, settings), so a rerun reuses it and an interrupted run resumes. The tables
-returned (``testsets.OUTPUT_COLUMNS``) list them for scoring and grids.
-"""
+"""Every method's outputs (``testsets.OUTPUT_COLUMNS`` tables): FluxIR with the trained adapter, the public
+restorers, bicubic and a user's baselines. A restored output is ``<outputs_dir>/<method>/<key>/<dataset>/<image>_<LQ
+hash>.png``, the key hashing what changes the pixels, so a rerun reuses it and an interrupted run resumes."""
 
 from __future__ import annotations
 

@@ -200,10 +200,6 @@ def _prep_key(spec: BenchmarkSpec, extra: Any, files: list[Path]) -> str:
     return hash_json([asdict(spec), extra, [[p.name, p.stat().st_size] for p in files]])
 
 
-def _is_demo(spec: BenchmarkSpec) -> bool:
-    return any(d and (Path(d) / DEMO_MARKER).is_file() for d in spec.source_dirs)
-
-
 def missing_files(spec: BenchmarkSpec) -> str | None:
     """Why a benchmark cannot run (a folder absent or without images), or None when its files are there."""
     for folder in spec.source_dirs:
@@ -228,7 +224,7 @@ def prepare_benchmark(
         )
         log.warning(message)
         return PreparedBenchmark(spec.name, "skipped", message, reason=reason)
-    demo = _is_demo(spec)
+    demo = any(d and (Path(d) / DEMO_MARKER).is_file() for d in spec.source_dirs)
     if demo:
         log.warning("%s: the folders hold fluxir's DEMO data (%s), not the real benchmark", spec.name, DEMO_MARKER)
     out_root = Path(prepared_dir) / spec.name

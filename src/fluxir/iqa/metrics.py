@@ -1,9 +1,6 @@
 """Building pyiqa metrics offline and scoring with them: no-reference scores (paper Sec. 3.1: FluxGen keeps the
-generated images these rate best) and full-reference scores (paper Sec. 4.1: PSNR, SSIM, LPIPS) against the HQ.
-
-No torch or pyiqa at import time: pyiqa fixes its weight folder when first imported, so it must come after
-``configure_weights``.
-"""
+generated images these rate best) and full-reference scores (Sec. 4.1: PSNR, SSIM, LPIPS) against the HQ. No torch
+or pyiqa at import time: pyiqa fixes its weight folder when first imported, after ``configure_weights``."""
 
 from __future__ import annotations
 
@@ -36,10 +33,7 @@ from fluxir.runtime.progress import progress as progress_bar
 
 
 @contextmanager
-def _seeded(active: bool) -> Iterator[None]:  # the caller's RNG stays untouched
-    if not active:
-        yield
-        return
+def _seeded() -> Iterator[None]:  # the caller's RNG stays untouched
     import torch
 
     with torch.random.fork_rng(devices=[]):
@@ -60,7 +54,7 @@ def build_metric(spec: MetricSpec, device: Any, extra: Mapping[str, Any] | None 
     with (
         no_downloads(spec.name, iqa_weights.file_sha256),
         maniqa,
-        _seeded(not spec.pretrained),
+        _seeded() if not spec.pretrained else nullcontext(),
         warnings.catch_warnings(),
     ):
         # pyiqa's LPIPS backbones still call torchvision with the deprecated `pretrained=` argument
@@ -292,13 +286,7 @@ def score_full_reference(
     if names is not None and len(names) != count:
         raise ValueError(f"names has {len(names)} entries for {count} image pairs")
     rows = [
-        {
-            "image": names[i] if names is not None else i,
-            "metric": name,
-            "value": values[i][name],
-            "convention": conventions[name],
-            "crop_border": crop_border,
-        }
+        (names[i] if names is not None else i, name, values[i][name], conventions[name], crop_border)
         for i in range(count)
         for name in built
     ]

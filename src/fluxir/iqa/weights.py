@@ -237,28 +237,25 @@ def configure_weights(weights_dir: str | os.PathLike | None, trust_files: bool =
     if not isinstance(trust_files, bool):
         raise TypeError(f"iqa.trust_weight_files must be true or false, got {trust_files!r}")
     _settings.trust_files = trust_files
-    if weights_dir is None:
-        if "pyiqa" in sys.modules:
-            from pyiqa.utils import download_util
+    loaded = None  # pyiqa's folder, fixed when it was imported
+    if "pyiqa" in sys.modules:
+        from pyiqa.utils import download_util
 
-            return Path(download_util.DEFAULT_CACHE_DIR)
-        return weights_home() / "hub" / "pyiqa"
+        loaded = Path(download_util.DEFAULT_CACHE_DIR)
+    if weights_dir is None:
+        return loaded if loaded is not None else weights_home() / "hub" / "pyiqa"
     home = Path(weights_dir).expanduser().resolve()
     if home.exists() and not home.is_dir():
         raise NotADirectoryError(
             f"iqa.weights_dir {str(weights_dir)!r} is a file; give the folder that holds hub/pyiqa"
         )
     wanted = home / "hub" / "pyiqa"
-    if "pyiqa" in sys.modules:
-        from pyiqa.utils import download_util
-
-        current = Path(download_util.DEFAULT_CACHE_DIR).expanduser().resolve()
-        if current != wanted:
-            raise RuntimeError(
-                f"pyiqa was already imported with weight folder {current}; iqa.weights_dir={str(weights_dir)!r} "
-                f"needs {wanted}. Call fluxir.iqa.configure_weights before anything imports pyiqa "
-                f"(or set TORCH_HOME={home} in the environment)."
-            )
+    if loaded is not None and (current := loaded.expanduser().resolve()) != wanted:
+        raise RuntimeError(
+            f"pyiqa was already imported with weight folder {current}; iqa.weights_dir={str(weights_dir)!r} "
+            f"needs {wanted}. Call fluxir.iqa.configure_weights before anything imports pyiqa "
+            f"(or set TORCH_HOME={home} in the environment)."
+        )
     os.environ["TORCH_HOME"] = str(home)  # torchvision and CLIP read it at load time, pyiqa at import
     _settings.home = home
     return wanted

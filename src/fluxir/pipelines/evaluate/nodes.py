@@ -52,8 +52,11 @@ def _restore(
     import json
 
     from fluxir.evaluation.restore import restore_methods, run_info
+    from fluxir.evaluation.testsets import outputs_table
     from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
 
+    if not methods:
+        return outputs_table([]), {}
     processes = resolve_num_processes(config.num_processes, "evaluate.num_processes")
     with scratch_dir("evaluate") as scratch:  # rank 0 of a launch writes every process's seconds here
         seconds = scratch / "seconds.json"
@@ -85,12 +88,9 @@ def restore_with_public_weights(
     manifest: pd.DataFrame, baselines: dict[str, Any], eval_outputs: Path, config: EvaluateConfig
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The outputs of the public restorers in ``evaluate.methods`` (realesrgan, flux_controlnet) and run info."""
-    from fluxir.evaluation.testsets import outputs_table
     from fluxir.restoration.methods import PUBLIC_METHODS
 
     public = [m for m in config.methods if m in PUBLIC_METHODS]
-    if not public:
-        return outputs_table([]), {}
     return _restore(public, manifest, eval_outputs, config, baselines=baselines)
 
 
