@@ -79,8 +79,9 @@ def score_all(
     ``evaluate.convention`` and ``crop_border``; no-reference metrics on every whole RGB output. All weight files
     are checked before anything is scored."""
     groups = parse_metric_groups(config.metrics)
+    full, no_ref = groups["full_reference"], groups["no_reference"]
     iqa.configure_weights(weights_dir, trust_weight_files)
-    iqa.check_weights([*groups["full_reference"].values(), *groups["no_reference"].values()])
+    iqa.check_weights([*full.values(), *no_ref.values()])
     table = outputs.merge(
         manifest[["dataset", "image", "hq_path"]], on=["dataset", "image"], how="left", validate="many_to_one"
     ).reset_index(drop=True)
@@ -99,27 +100,23 @@ def score_all(
             stand_in=is_stand_in(label, spec.name, spec.pretrained),
         )
 
-    if groups["no_reference"]:
-        specs = list(groups["no_reference"].values())
-        scores = iqa.score_no_reference(
-            list(table["path"]), specs, batch_size=batch_size, device=device, progress=False
-        )
-        for label, spec in groups["no_reference"].items():
+    if no_ref:
+        paths, specs = list(table["path"]), list(no_ref.values())
+        scores = iqa.score_no_reference(paths, specs, batch_size=batch_size, device=device, progress=False)
+        for label, spec in no_ref.items():
             parts.append(frame(table, label, spec, scores[spec.name].values, "rgb", 0))
     paired = table[table["hq_path"].notna()].reset_index(drop=True)
-    if groups["full_reference"] and not paired.empty:
-        specs = list(groups["full_reference"].values())
+    if full and not paired.empty:
         long = iqa.score_full_reference(
             list(paired["path"]),
             list(paired["hq_path"]),
-            specs,
+            list(full.values()),
             convention=config.convention,
             crop_border=config.crop_border,
             device=device,
             batch_size=batch_size,
-            names=list(range(len(paired))),
-        )
-        for label, spec in groups["full_reference"].items():
+        )  # its image column: the row of ``paired``
+        for label, spec in full.items():
             part = long[long["metric"] == spec.name].sort_values("image")
             parts.append(
                 frame(paired, label, spec, part["value"].values, part["convention"].values, part["crop_border"].values)
@@ -179,10 +176,6 @@ def _order(values: Sequence[str], preferred: Sequence[str]) -> list[str]:
     return [v for v in preferred if v in seen] + [v for v in seen if v not in preferred]
 
 
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
-
-
 def comparison_table(
     means: pd.DataFrame, paper: pd.DataFrame, datasets: Sequence[str] | None = None, tiny_models: bool = False
 ) -> pd.DataFrame:
@@ -210,7 +203,7 @@ def comparison_table(
             else:
                 higher = bool(theirs_rows["higher_is_better"].iloc[0]) if not theirs_rows.empty else True
                 stand_in, how, n = False, "not run", 0
-            arrow = _arrow(higher)
+            arrow = "↑" if higher else "↓"
             title = f"{label} STAND-IN ({mine_rows.iloc[0]['metric']} {arrow})" if stand_in else f"{label} {arrow}"
             row: dict[str, Any] = {"Dataset": dataset, "Metric": title, "Computed as": how, "n": n}
             for method in ours:
@@ -414,7 +407,6 @@ def grid_figure(
     columns: Sequence[str],
     rows: Sequence[Mapping[str, np.ndarray | None]],
     row_titles: Sequence[str],
-    cell_inches: float = 3.0,
     message: str | None = None,
 ) -> Any:
     """A matplotlib figure: one row per image, one column per stage (e.g. LQ, Bicubic, FluxIR, HQ), cells at the
@@ -429,9 +421,7 @@ def grid_figure(
         ax.axis("off")
         ax.text(0.5, 0.5, f"{title}\n{message or 'no images'}", ha="center", va="center", wrap=True)
         return fig
-    fig, axes = plt.subplots(
-        len(rows), len(columns), figsize=(cell_inches * len(columns), cell_inches * len(rows) + 0.6), squeeze=False
-    )
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3 * len(columns), 3 * len(rows) + 0.6), squeeze=False)
     for r, (row, row_title) in enumerate(zip(rows, row_titles)):
         for c, column in enumerate(columns):
             ax = axes[r][c]
@@ -448,13 +438,6 @@ def grid_figure(
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def figure_png(fig: Any, dpi: int = 100) -> bytes:
-    """The figure as PNG bytes."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
 
 
 def grids(
@@ -486,5 +469,7 @@ def grids(
                 cells["HQ"] = read_image(r.hq_path) if isinstance(r.hq_path, str) else None
             rows.append(cells)
         figures[key] = grid_figure(f"{name}: LQ / restored / HQ{note}", columns, rows, list(images["image"]))
-        pngs[name] = figure_png(figures[key])
+        buffer = io.BytesIO()
+        figures[key].savefig(buffer, format="png", dpi=100)
+        pngs[name] = buffer.getvalue()
     return {**figures, "png": pngs}

@@ -292,8 +292,7 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
 
 
 def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    hq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.hq_dir)}
-    lq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.lq_dir)}
+    hq_files, lq_files = ({pair_key(p.stem, spec.strip_suffix): p for p in list_images(d)} for d in spec.source_dirs)
     keys = sorted(hq_files.keys() & lq_files.keys())
     unmatched = sorted(hq_files.keys() ^ lq_files.keys())
     if unmatched:

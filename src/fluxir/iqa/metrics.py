@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager, nullcontext
 from itertools import zip_longest
 from pathlib import Path
@@ -148,21 +148,20 @@ def metric_scores(output: Any, expected: int, name: str) -> np.ndarray:
     return values.astype(np.float64)
 
 
-def len_or_none(items: Any) -> int | None:
-    try:
-        return len(items)
-    except TypeError:
-        return None
-
-
 def _score_batches(
-    items: Iterable[tuple[np.ndarray, ...]], metrics: Mapping[str, Any], batch_size: int, device: Any, **bar: Any
+    items: Iterable[tuple],
+    metrics: Mapping[str, Any],
+    batch_size: int,
+    device: Any,
+    total: int | None,
+    desc: str,
+    show: bool,
 ) -> dict[int, dict[str, float]]:
     """{item index: {metric: score}}, items of equal size batched; an item holds the metric's input images."""
     import torch
 
     scores: dict[int, dict[str, float]] = {}
-    with progress_bar(unit="img", **bar) as shown:
+    with progress_bar(total=total, desc=desc, unit="img", disable=not show) as shown:
         for indices, batch in same_size_batches(items, batch_size):
             inputs = [images_to_tensor(list(images), device) for images in zip(*batch)]
             with torch.inference_mode():
@@ -188,8 +187,9 @@ def score_no_reference(
     check_batch_size(batch_size)
     metrics = create_metrics(parse_of_mode(specs, "NR"), device)
     items = ((as_rgb_uint8(img, i),) for i, img in enumerate(images))
-    bar = {"total": len_or_none(images), "desc": "IQA (no-reference)", "disable": not progress}
-    scores = _score_batches(items, metrics, batch_size, device, **bar)
+    total = len(images) if isinstance(images, Sized) else None
+    scores = _score_batches(items, metrics, batch_size, device, total, "IQA (no-reference)", progress)
+
     return pd.DataFrame({name: [scores[i][name] for i in range(len(scores))] for name in metrics})
 
 
@@ -280,8 +280,8 @@ def score_full_reference(
         conventions[s.name] = conv
 
     pairs = _cropped_pairs(restored, reference, crop_border)
-    bar = {"total": len_or_none(restored), "desc": "IQA (full-reference)", "disable": not progress}
-    values = _score_batches(pairs, built, batch_size, device, **bar)
+    total = len(restored) if isinstance(restored, Sized) else None
+    values = _score_batches(pairs, built, batch_size, device, total, "IQA (full-reference)", progress)
     count = len(values)
     if names is not None and len(names) != count:
         raise ValueError(f"names has {len(names)} entries for {count} image pairs")
