@@ -117,7 +117,8 @@ def restore_methods(
     if "fluxir" in methods:
         model, restore = config.restore_config()
         root = Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(restore), adapter_fingerprint(adapter)])
-        restore = dataclasses.replace(restore, device=resolve_device(restore.device, device))
+        if device is not None:  # this process's GPU where evaluate.restore.device is auto
+            restore = dataclasses.replace(restore, device=resolve_device(restore.device, device))
         plans.append(
             (restorer_spec("fluxir", restore, model=model, adapter=adapter, parameter="evaluate.methods"), root)
         )

@@ -116,22 +116,6 @@ def collect_outputs(*outputs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(outputs, ignore_index=True)
 
 
-def score_outputs(
-    manifest: pd.DataFrame,
-    outputs: pd.DataFrame,
-    config: EvaluateConfig,
-    weights_dir: str | None,
-    trust_weight_files: bool,
-    device: str,
-    batch_size: int,
-) -> pd.DataFrame:
-    """Per-image scores of every method (``fluxir.evaluation.report.PER_IMAGE_COLUMNS``)."""
-    from fluxir.evaluation.report import score_all
-    from fluxir.models.devices import resolve_device
-
-    return score_all(manifest, outputs, config, weights_dir, trust_weight_files, resolve_device(device), batch_size)
-
-
 def summarize_metrics(per_image: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Means per dataset, method and metric, and the same as MLflow metrics ``{key: {"value", "step"}}``."""
     from fluxir.evaluation.report import metric_means, mlflow_metrics

@@ -4,7 +4,7 @@ The nodes take ``params:evaluate`` as one ``EvaluateConfig``; the union of every
 from kedro.pipeline import Node, Pipeline
 
 from fluxir.evaluation.config import EvaluateConfig
-from fluxir.evaluation.report import grids
+from fluxir.evaluation.report import grids, score_all
 
 from .nodes import (
     announce_report,
@@ -15,7 +15,6 @@ from .nodes import (
     prepare_benchmark,
     restore_benchmarks,
     restore_with_public_weights,
-    score_outputs,
     summarize_metrics,
     upsample_bicubic,
 )
@@ -78,7 +77,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(collect_outputs, OUTPUTS, "eval_outputs_table", name="collect_outputs"),
             Node(
-                score_outputs,
+                score_all,
                 [
                     "benchmark_manifest",
                     "eval_outputs_table",
