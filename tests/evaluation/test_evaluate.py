@@ -20,7 +20,7 @@ import skimage.data
 from PIL import Image
 
 from demo_data import write_demo_benchmarks, write_env_demo
-from fluxir.evaluation.baselines import baseline_manifest
+from fluxir.evaluation.config import parse_metric_groups
 from fluxir.evaluation.report import (
     comparison_table,
     metric_means,
@@ -28,7 +28,7 @@ from fluxir.evaluation.report import (
     render_markdown,
     report_blocks,
 )
-from fluxir.evaluation.scoring import parse_metric_groups
+from fluxir.evaluation.restore import baseline_manifest
 from fluxir.evaluation.testsets import (
     DEMO_MARKER,
     BenchmarkSpec,
@@ -244,7 +244,7 @@ def test_baselines_are_matched_by_name_and_checked(tmp_path, caplog):
     _png(root / "SeeSR/RealSR/Canon_001.png", np.zeros((64, 64, 3), np.uint8))
     _png(root / "SeeSR/RealSR/Nikon_002_LR4.png", np.zeros((64, 64, 3), np.uint8))  # suffix stripped
     _png(root / "SUPIR/RealSR/Canon_001.png", np.zeros((64, 64, 3), np.uint8))  # Nikon_002 missing
-    with caplog.at_level(logging.WARNING, logger="fluxir.evaluation.baselines"):
+    with caplog.at_level(logging.WARNING, logger="fluxir.evaluation.restore"):
         found = baseline_manifest(manifest, root, 4)
     assert sorted(found["method"] + "/" + found["image"]) == ["SeeSR/Canon_001", "SeeSR/Nikon_002"]
     assert "SUPIR on RealSR: 1 of 2 images missing" in caplog.text

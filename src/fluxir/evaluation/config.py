@@ -3,10 +3,11 @@ once on construction; the evaluate nodes take it built from ``params:evaluate``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fluxir.evaluation.report import CONVENTION_DEFINITIONS
+from fluxir.iqa import CONVENTION_DEFINITIONS, MetricSpec
 from fluxir.parameters.rules import Config, Rule, is_int
 from fluxir.restoration.methods import EVALUATE_METHODS
 
@@ -16,7 +17,7 @@ COLOR_FIX_METHODS = ("wavelet", "adain", "none")
 
 @dataclass
 class EvaluateConfig(Config):
-    """Parameters ``evaluate.*``: their values (defaults included) live in conf/base/parameters_evaluate.yml only."""
+    """Parameters ``evaluate.*``: their values (defaults included) live in conf/base/parameters_evaluate.yml."""
 
     num_processes: int | str  # restoring the benchmarks; auto: one process per visible GPU
     tiny_models: bool  # the report says it proves the machinery only
@@ -58,7 +59,6 @@ class EvaluateConfig(Config):
 
     def joint_problems(self, failed: set[str]) -> list[str]:
         """Every benchmark's settings (and its scale against ``scale``), the metric groups, ``restore``."""
-        from fluxir.evaluation.scoring import parse_metric_groups
         from fluxir.evaluation.testsets import BenchmarkSpec
 
         found = []
@@ -86,6 +86,42 @@ class EvaluateConfig(Config):
 
     def restore_config(self) -> tuple[str, Any]:
         """(model, ``RestoreConfig``) of ``evaluate.restore`` with this config's scale and colour fix."""
-        from fluxir.evaluation.restore import evaluation_restore_config
+        from fluxir.restoration.restore_config import RestoreConfig
 
-        return evaluation_restore_config(self.restore or {}, self.scale, self.color_fix)
+        params = dict(self.restore or {})
+        if "model" not in params:
+            raise ValueError(
+                "evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls"
+            )
+        model = params.pop("model")
+        if "color_fix" in params:  # evaluation's colour fix is its own; a second one here would be silently overridden
+            raise ValueError("evaluate.restore.color_fix is not read: evaluation uses evaluate.color_fix; remove it")
+        if params.setdefault("scale", self.scale) != self.scale:
+            raise ValueError(
+                f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {self.scale!r}; "
+                "set only evaluate.scale"
+            )
+        return model, RestoreConfig.from_params({**params, "color_fix": self.color_fix})
+
+
+def parse_metric_groups(metrics: Mapping[str, Any]) -> dict[str, dict[str, MetricSpec]]:
+    """``evaluate.metrics`` as ``{"full_reference": {label: MetricSpec}, "no_reference": {label: MetricSpec}}``."""
+    if not isinstance(metrics, Mapping) or set(metrics) - {"full_reference", "no_reference"}:
+        raise ValueError(
+            "evaluate.metrics must be {full_reference: {LABEL: pyiqa spec}, no_reference: {LABEL: spec}}, "
+            f"got {metrics!r}"
+        )
+    groups = {
+        g: {str(label): MetricSpec.parse(spec) for label, spec in (metrics.get(g) or {}).items()}
+        for g in ("full_reference", "no_reference")
+    }
+    both = set(groups["full_reference"]) & set(groups["no_reference"])
+    if both:
+        raise ValueError(f"metric labels {sorted(both)} are used twice (full_reference and no_reference)")
+    for group, mode in (("full_reference", "FR"), ("no_reference", "NR")):
+        wrong = [f"{label}: {s.name}" for label, s in groups[group].items() if s.metric_mode != mode]
+        if wrong:
+            raise ValueError(f"evaluate.metrics.{group} holds metrics of the other kind: {wrong}")
+    if not groups["full_reference"] and not groups["no_reference"]:
+        raise ValueError("evaluate.metrics names no metric")
+    return groups

@@ -1,13 +1,6 @@
-"""The evaluation report: this run's numbers beside the paper's Table 1 (markdown + HTML) and image grids.
-
-Numbers come in as a long per-image table (one row per dataset, method, image, metric) that carries
-the convention each number was computed under; :func:`metric_means` averages it per dataset and
-method, :func:`comparison_table` lays the means out like Table 1 (rows: dataset x metric; columns:
-this run's methods, then the paper's), and :func:`render_markdown` / :func:`render_html` write the
-report. A metric row whose scorer is not the paper's (a weight-free or random-weight stand-in, used by
-the tiny environment) is labelled STAND-IN in every place its numbers appear.
-
-Imports are light (pandas, numpy); matplotlib is imported only to draw grids.
+"""The evaluation report: every output scored (a long per-image table carrying each number's convention), the
+means laid out like the paper's Table 1 beside its numbers, rendered as Markdown and HTML, and image grids.
+A metric whose scorer is not the paper's (a tiny run's stand-in) is labelled STAND-IN wherever its numbers appear.
 """
 
 from __future__ import annotations
@@ -22,7 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fluxir.iqa import CONVENTION_DEFINITIONS
+from fluxir import iqa
+from fluxir.evaluation.config import EvaluateConfig, parse_metric_groups
+from fluxir.io.images import read_image
+from fluxir.iqa import CONVENTION_DEFINITIONS, MetricSpec
 from fluxir.restoration.methods import TITLES
 
 # The paper's metrics (Table 1 order) and the pyiqa scorers that compute them (paper footnote 2).
@@ -36,19 +32,8 @@ PAPER_METRICS: dict[str, tuple[str, ...]] = {
 }
 DATASET_ORDER = ("DIV2K-Val", "RealSR", "DrealSR", "RealLQ250")
 PAPER_COLUMNS = ("dataset", "metric", "higher_is_better", "method", "value")
-PER_IMAGE_COLUMNS = [
-    "dataset",
-    "method",
-    "image",
-    "label",
-    "metric",
-    "value",
-    "convention",
-    "crop_border",
-    "higher_is_better",
-    "stand_in",
-]
-MEAN_KEYS = ["dataset", "method", "label", "metric", "convention", "crop_border", "higher_is_better", "stand_in"]
+PER_IMAGE_COLUMNS = "dataset method image label metric value convention crop_border higher_is_better stand_in".split()
+MEAN_KEYS = [c for c in PER_IMAGE_COLUMNS if c not in ("image", "value")]  # a mean per each of these
 OURS_METHOD = "fluxir"
 PAPER_OURS = "FluxIR"
 TINY_NOTICE = (
@@ -59,39 +44,89 @@ TINY_NOTICE = (
 )
 
 
-# --------------------------------------------------------------------------------------------- #
-# Labels and means
-# --------------------------------------------------------------------------------------------- #
-
-
 def is_stand_in(label: str, name: str, pretrained: bool = True) -> bool:
     """True when ``label`` is one of the paper's metrics but ``name`` / ``pretrained`` is not its scorer."""
-    if label not in PAPER_METRICS:
-        return False
-    return name not in PAPER_METRICS[label] or not pretrained
+    return label in PAPER_METRICS and (name not in PAPER_METRICS[label] or not pretrained)
 
 
 def convention_text(convention: str, crop_border: int) -> str:
-    """Human form of a convention, e.g. ``"Y, crop 4"`` or ``"RGB, whole image"``."""
+    """E.g. ``"Y, crop 4"`` or ``"RGB, whole image"``."""
     channels = {"y": "Y", "ycbcr": "Y (YCbCr)", "rgb": "RGB"}.get(convention, convention)
     return f"{channels}, crop {crop_border}" if crop_border else f"{channels}, whole image"
 
 
-WEIGHTLESS = ("bicubic",)
 PAPER_SUFFIX = "(copied from the paper)"
 
 
 def method_title(method: str, tiny_models: bool = False) -> str:
     """Column title of one of this run's methods; with tiny models the learned ones say so."""
     if method in TITLES:
-        tiny = tiny_models and method not in WEIGHTLESS
+        tiny = tiny_models and method != "bicubic"  # no weights
         return f"{TITLES[method]} (this run{', tiny random weights' if tiny else ''})"
     return f"{method} (your outputs)"
 
 
-def paper_title(method: str) -> str:
-    """Column title of a number copied from the paper's Table 1."""
-    return f"{method} {PAPER_SUFFIX}"
+def score_all(
+    manifest: pd.DataFrame,
+    outputs: pd.DataFrame,
+    config: EvaluateConfig,
+    weights_dir: str | None,
+    trust_weight_files: bool,
+    device: str,
+    batch_size: int,
+) -> pd.DataFrame:
+    """The per-image table (``PER_IMAGE_COLUMNS``): full-reference metrics where a benchmark has HQ, under
+    ``evaluate.convention`` and ``crop_border``; no-reference metrics on every whole RGB output. All weight files
+    are checked before anything is scored."""
+    from fluxir.models.devices import resolve_device
+
+    device = resolve_device(device)
+    groups = parse_metric_groups(config.metrics)
+    full, no_ref = groups["full_reference"], groups["no_reference"]
+    iqa.configure_weights(weights_dir, trust_weight_files)
+    iqa.check_weights([*full.values(), *no_ref.values()])
+    table = outputs.merge(
+        manifest[["dataset", "image", "hq_path"]], on=["dataset", "image"], how="left", validate="many_to_one"
+    ).reset_index(drop=True)
+    if table.empty:
+        raise ValueError("no restored output to score")
+    parts = []
+
+    def frame(rows: pd.DataFrame, label: str, spec: Any, values: Any, convention: Any, crop: Any) -> pd.DataFrame:
+        return rows[["dataset", "method", "image"]].assign(
+            label=label,
+            metric=spec.name,
+            value=np.asarray(values, dtype=np.float64),
+            convention=convention,
+            crop_border=crop,
+            higher_is_better=not iqa.lower_is_better(spec),
+            stand_in=is_stand_in(label, spec.name, spec.pretrained),
+        )
+
+    if no_ref:
+        paths, specs = list(table["path"]), list(no_ref.values())
+        scores = iqa.score_no_reference(paths, specs, batch_size=batch_size, device=device, progress=False)
+        for label, spec in no_ref.items():
+            parts.append(frame(table, label, spec, scores[spec.name].values, "rgb", 0))
+    paired = table[table["hq_path"].notna()].reset_index(drop=True)
+    if full and not paired.empty:
+        long = iqa.score_full_reference(
+            list(paired["path"]),
+            list(paired["hq_path"]),
+            list(full.values()),
+            convention=config.convention,
+            crop_border=config.crop_border,
+            device=device,
+            batch_size=batch_size,
+        )  # its image column: the row of ``paired``
+        for label, spec in full.items():
+            part = long[long["metric"] == spec.name].sort_values("image")
+            parts.append(
+                frame(paired, label, spec, part["value"].values, part["convention"].values, part["crop_border"].values)
+            )
+    per_image = pd.concat(parts, ignore_index=True)[PER_IMAGE_COLUMNS]
+    per_image["crop_border"] = per_image["crop_border"].astype(int)
+    return per_image
 
 
 def metric_means(per_image: pd.DataFrame) -> pd.DataFrame:
@@ -106,10 +141,8 @@ def metric_means(per_image: pd.DataFrame) -> pd.DataFrame:
 
 
 def metric_name(row: Mapping[str, Any]) -> str:
-    """``<dataset>.<method>.<label>.<convention>_crop<n>``; stand-ins also name their scorer.
-
-    The catalog's metrics dataset adds the prefix ``eval.`` (e.g. ``eval.RealSR.fluxir.PSNR.y_crop4``).
-    """
+    """``<dataset>.<method>.<label>.<convention>_crop<n>`` (stand-ins also name their scorer); the catalog's
+    metrics dataset adds the prefix ``eval.``."""
     label = row["label"] if not row["stand_in"] else f"{row['label']}_standin_{row['metric']}"
     return f"{row['dataset']}.{row['method']}.{label}.{row['convention']}_crop{int(row['crop_border'])}"
 
@@ -126,11 +159,6 @@ def mlflow_metrics(means: pd.DataFrame) -> dict[str, dict[str, float]]:
             raise ValueError(f"two metric rows map to the MLflow key {name!r}")
         values[name] = row["mean"]
     return mlflow_metric_values(values)
-
-
-# --------------------------------------------------------------------------------------------- #
-# The Table-1-style comparison
-# --------------------------------------------------------------------------------------------- #
 
 
 def check_paper_table(paper: pd.DataFrame) -> pd.DataFrame:
@@ -151,20 +179,12 @@ def _order(values: Sequence[str], preferred: Sequence[str]) -> list[str]:
     return [v for v in preferred if v in seen] + [v for v in seen if v not in preferred]
 
 
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
-
-
 def comparison_table(
     means: pd.DataFrame, paper: pd.DataFrame, datasets: Sequence[str] | None = None, tiny_models: bool = False
 ) -> pd.DataFrame:
-    """Rows: dataset x metric; columns: this run's methods (measured), then the paper's FluxIR and its other
-    methods (copied from the paper).
-
-    Row labels: ``Dataset``, ``Metric`` (paper label with its arrow; ``STAND-IN (scorer arrow)`` when the
-    scorer is not the paper's), ``Computed as`` (scorer, channels, crop border) and ``n`` (images). Missing
-    numbers are NaN: a dataset that was skipped keeps the paper's row with empty cells of ours.
-    """
+    """Rows: dataset x metric (with its arrow, STAND-IN when the scorer is not the paper's, how it was computed
+    and the image count); columns: this run's methods, then the paper's. A skipped dataset keeps the paper's row
+    with NaN cells of ours."""
     paper = check_paper_table(paper)
     datasets = _order(list(datasets or []) + list(means["dataset"]) + list(paper["dataset"]), DATASET_ORDER)
     ours = _order(list(means["method"]), (OURS_METHOD, "flux_controlnet", "realesrgan", "bicubic"))
@@ -186,29 +206,24 @@ def comparison_table(
             else:
                 higher = bool(theirs_rows["higher_is_better"].iloc[0]) if not theirs_rows.empty else True
                 stand_in, how, n = False, "not run", 0
-            title = (
-                f"{label} STAND-IN ({mine_rows.iloc[0]['metric']} {_arrow(higher)})"
-                if stand_in
-                else f"{label} {_arrow(higher)}"
-            )
+            arrow = "↑" if higher else "↓"
+            title = f"{label} STAND-IN ({mine_rows.iloc[0]['metric']} {arrow})" if stand_in else f"{label} {arrow}"
             row: dict[str, Any] = {"Dataset": dataset, "Metric": title, "Computed as": how, "n": n}
             for method in ours:
                 cell = mine_rows[mine_rows["method"] == method]["mean"]
                 row[method_title(method, tiny_models)] = float(cell.iloc[0]) if len(cell) else math.nan
             for method in paper_methods:
                 cell = theirs_rows[theirs_rows["method"] == method]["value"]
-                row[paper_title(method)] = float(cell.iloc[0]) if len(cell) else math.nan
+                row[f"{method} {PAPER_SUFFIX}"] = float(cell.iloc[0]) if len(cell) else math.nan
             row["_higher"] = higher
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
+    if not isinstance(value, float):
+        return str(value)
+    return "–" if math.isnan(value) else f"{value:.4f}"
 
 
 def _best_of_run(row: pd.Series, run_columns: Sequence[str]) -> str | None:
@@ -219,21 +234,12 @@ def _best_of_run(row: pd.Series, run_columns: Sequence[str]) -> str | None:
     return pick(values, key=values.get)
 
 
-def _run_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if "(this run" in c or c.endswith("(your outputs)")]
-
-
-# --------------------------------------------------------------------------------------------- #
-# Rendering
-# --------------------------------------------------------------------------------------------- #
-
-
 BOLD, END_BOLD = "\x00", "\x01"  # around the best measured value of a row; each renderer writes its own markup
 
 
 def _table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = [c for c in table.columns if not c.startswith("_")]
-    run_columns = _run_columns(table)
+    run_columns = [c for c in table.columns if "(this run" in c or c.endswith("(your outputs)")]
     rows = []
     for _, row in table.iterrows():
         best = _best_of_run(row, run_columns)
@@ -259,8 +265,6 @@ def metric_settings(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict
     since they change the numbers) and ``{label: options as text}`` for the stand-in notes."""
     from importlib.metadata import version
 
-    from fluxir.iqa import MetricSpec
-
     specs = {label: MetricSpec.parse(spec) for group in metrics.values() for label, spec in (group or {}).items()}
     options = {label: ", ".join(f"{k}={v}" for k, v in s.options.items()) for label, s in specs.items() if s.options}
     names = f"pyiqa {version('pyiqa')}: " + "; ".join(
@@ -272,32 +276,20 @@ def metric_settings(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict
     return names, options
 
 
-def conventions(convention: str, crop_border: int, color_fix: str, metric_names: str) -> dict[str, str]:
+def conventions(config: EvaluateConfig, metric_names: str) -> dict[str, str]:
     """The scoring conventions behind every number, as rows of the report's setup table (docs/evaluation.md)."""
-    if convention not in CONVENTION_DEFINITIONS:
-        raise ValueError(f"evaluate.convention must be one of {sorted(CONVENTION_DEFINITIONS)}, got {convention!r}")
     return {
         "metrics": metric_names,
-        "PSNR / SSIM channel": f"{convention}: {CONVENTION_DEFINITIONS[convention]}",
+        "PSNR / SSIM channel": f"{config.convention}: {CONVENTION_DEFINITIONS[config.convention]}",
         "border crop": (
-            f"{crop_border} px cut from each side of restored and HQ before PSNR, SSIM and LPIPS "
+            f"{config.crop_border} px cut from each side of restored and HQ before PSNR, SSIM and LPIPS "
             "(LPIPS is cropped too, on RGB); no-reference metrics see the whole RGB output"
         ),
         "colour fix": (
-            f"{color_fix} (evaluate.color_fix; the default follows SUPIR's and DreamClear's test "
+            f"{config.color_fix} (evaluate.color_fix; the default follows SUPIR's and DreamClear's test "
             "scripts, the paper names none)"
         ),
     }
-
-
-def _info_lines(run_info: Mapping[str, Any]) -> list[tuple[str, str]]:
-    return [(str(k), str(v)) for k, v in run_info.items()]
-
-
-def _status_cells(status: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the benchmarks table: each benchmark's status, image count and message."""
-    rows = [[str(k), str(v["status"]), str(v["images"]), str(v["message"])] for k, v in status.items()]
-    return ["benchmark", "status", "images", "message"], rows
 
 
 TABLE_NOTE = (
@@ -318,13 +310,11 @@ def report_blocks(
     tiny: bool,
     options: Mapping[str, str] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """What the report says, in order, for ``render_markdown`` and ``render_html``: ``("notice", text)``,
-    ``("list", title, note, lines)``, ``("heading", level, text)``, ``("text", text)``, ``("table", header, rows)``,
-    ``("image", dataset, file name, PNG bytes)``.
-
-    ``grids`` maps a dataset name to its grid's (PNG file name beside the Markdown, PNG bytes for the HTML);
-    ``options`` maps a metric label to its pyiqa options as text (named in the stand-in notes).
-    """
+    """What the report says, in order, as blocks both renderers write: ``("notice", text)``, ``("list", title,
+    note, lines)``, ``("heading", level, text)``, ``("text", text)``, ``("table", header, rows)``, ``("image",
+    dataset, file name, PNG bytes)``. ``grids``: {dataset: (PNG file name, PNG bytes)}; ``options``: {metric
+    label: its pyiqa options as text}."""
+    benchmarks = [[str(k), str(v["status"]), str(v["images"]), str(v["message"])] for k, v in status.items()]
     blocks: list[tuple[Any, ...]] = [("heading", 1, "FluxIR evaluation report")]
     if tiny:
         blocks.append(("notice", TINY_NOTICE))
@@ -332,9 +322,9 @@ def report_blocks(
         blocks.append(("list", "Stand-in metrics", "their numbers are not comparable with the paper's", stand_ins))
     blocks += [
         ("heading", 2, "Setup"),
-        ("table", ["setting", "value"], _info_lines(run_info)),
+        ("table", ["setting", "value"], [(str(k), str(v)) for k, v in run_info.items()]),
         ("heading", 2, "Benchmarks"),
-        ("table", *_status_cells(status)),
+        ("table", ["benchmark", "status", "images", "message"], benchmarks),
         ("heading", 2, "Table 1: this run beside the paper"),
         ("text", TABLE_NOTE),
         ("table", *_table_cells(table)),
@@ -415,24 +405,15 @@ def render_html(blocks: Sequence[tuple[Any, ...]]) -> str:
     return f"{head}\n<style>{_CSS}</style></head><body>\n{body}\n</body></html>"
 
 
-# --------------------------------------------------------------------------------------------- #
-# Grids
-# --------------------------------------------------------------------------------------------- #
-
-
 def grid_figure(
     title: str,
     columns: Sequence[str],
     rows: Sequence[Mapping[str, np.ndarray | None]],
     row_titles: Sequence[str],
-    cell_inches: float = 3.0,
     message: str | None = None,
 ) -> Any:
-    """A matplotlib figure: one row per image, one column per stage (e.g. LQ, Bicubic, FluxIR, HQ).
-
-    Cells are shown at the restored size (small LQ images are enlarged with nearest-neighbour); a missing
-    cell (no HQ) stays blank. With no rows, the figure shows ``message`` (e.g. why a benchmark was skipped).
-    """
+    """A matplotlib figure: one row per image, one column per stage (e.g. LQ, Bicubic, FluxIR, HQ), cells at the
+    restored size (LQ enlarged nearest-neighbour), a missing one blank; no rows: ``message`` (why it was skipped)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -443,14 +424,11 @@ def grid_figure(
         ax.axis("off")
         ax.text(0.5, 0.5, f"{title}\n{message or 'no images'}", ha="center", va="center", wrap=True)
         return fig
-    fig, axes = plt.subplots(
-        len(rows), len(columns), figsize=(cell_inches * len(columns), cell_inches * len(rows) + 0.6), squeeze=False
-    )
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3 * len(columns), 3 * len(rows) + 0.6), squeeze=False)
     for r, (row, row_title) in enumerate(zip(rows, row_titles)):
         for c, column in enumerate(columns):
             ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             image = row.get(column)
             if image is None:
                 ax.axis("off")
@@ -465,8 +443,36 @@ def grid_figure(
     return fig
 
 
-def figure_png(fig: Any, dpi: int = 100) -> bytes:
-    """The figure as PNG bytes."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
+def grids(
+    manifest: pd.DataFrame, outputs: pd.DataFrame, status: Mapping[str, Mapping[str, Any]], config: EvaluateConfig
+) -> dict[str, Any]:
+    """Per benchmark key, a figure of its first ``evaluate.grid_images`` images: LQ | Bicubic | public restorers |
+    baselines | FluxIR | HQ (when it has HQ), or saying why it was skipped; plus ``"png"``: {dataset: PNG bytes}."""
+    note = "\ntiny random-weight models: this shows the machinery, not quality" if config.tiny_models else ""
+    figures: dict[str, Any] = {}
+    pngs: dict[str, bytes] = {}
+    methods = ["bicubic", "realesrgan", "flux_controlnet", *[m for m in outputs["method"] if m != "fluxir"], "fluxir"]
+    methods = list(dict.fromkeys(methods))
+    for key, name in ((key, value["name"]) for key, value in config.benchmarks.items()):
+        images = manifest[manifest["dataset"] == name].head(config.grid_images)
+        if images.empty:
+            message = (status.get(name) or {}).get("message", "not evaluated")
+            figures[key] = grid_figure(name, [], [], [], message=message)
+            continue
+        has_hq = images["hq_path"].notna().any()
+        present = [m for m in methods if not outputs[(outputs["dataset"] == name) & (outputs["method"] == m)].empty]
+        columns = ["LQ", *[TITLES.get(m, m) for m in present]] + (["HQ"] if has_hq else [])
+        rows = []
+        for r in images.itertuples(index=False):
+            cells: dict[str, np.ndarray | None] = {"LQ": read_image(r.lq_path)}
+            for m in present:
+                match = outputs[(outputs["dataset"] == name) & (outputs["method"] == m) & (outputs["image"] == r.image)]
+                cells[TITLES.get(m, m)] = read_image(match["path"].iloc[0]) if len(match) else None
+            if has_hq:
+                cells["HQ"] = read_image(r.hq_path) if isinstance(r.hq_path, str) else None
+            rows.append(cells)
+        figures[key] = grid_figure(f"{name}: LQ / restored / HQ{note}", columns, rows, list(images["image"]))
+        buffer = io.BytesIO()
+        figures[key].savefig(buffer, format="png", dpi=100)
+        pngs[name] = buffer.getvalue()
+    return {**figures, "png": pngs}

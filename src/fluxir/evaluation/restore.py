@@ -1,11 +1,6 @@
-"""Every output this run computes: FluxIR with the trained adapter, the public restorers and bicubic.
-
-Each method's outputs are files under ``<outputs_dir>/<method>/<key>/<dataset>/<image>_<LQ hash>.png``, the
-key hashing what changes the pixels (model, weights, settings), so a rerun reuses them and an interrupted
-run resumes. The returned tables (``testsets.OUTPUT_COLUMNS``) list them for scoring and grids. Processes
-launched for a run (``python -m fluxir.evaluation``) restore every N-th image through the same functions
-(``restore_missing``, ``restore_public_missing``) before the node restores the rest and reports.
-"""
+"""Every method's outputs (``testsets.OUTPUT_COLUMNS`` tables): FluxIR with the trained adapter, the public
+restorers, bicubic and a user's baselines. A restored output is ``<outputs_dir>/<method>/<key>/<dataset>/<image>_<LQ
+hash>.png``, the key hashing what changes the pixels, so a rerun reuses it and an interrupted run resumes."""
 
 from __future__ import annotations
 
@@ -13,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fluxir.evaluation.testsets import outputs_table
+from fluxir.evaluation.config import EvaluateConfig
+from fluxir.evaluation.testsets import list_images, outputs_table, pair_key
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
-from fluxir.io.images import read_image
+from fluxir.io.images import image_size, read_image
 from fluxir.io.provenance import fluxir_version, png_text
-from fluxir.parameters.rules import Rule, check_fields
+from fluxir.models.devices import resolve_device
 from fluxir.restoration.files import LazyRestorer, restore_one
-from fluxir.restoration.methods import PUBLIC_METHODS, TITLES, RestorerSpec, check_methods, restorer_spec
-from fluxir.restoration.restore_config import OutputGeometry, RestoreConfig, config_dict
+from fluxir.restoration.methods import EVALUATE_METHODS, PUBLIC_METHODS, TITLES, RestorerSpec, restorer_spec
+from fluxir.restoration.restore_config import OutputGeometry, config_dict
 from fluxir.restoration.sampler import upsample
 from fluxir.runtime.progress import progress
 
@@ -45,11 +41,9 @@ def output_path(root: Path, row: Any) -> Path:
 def restore_into(
     manifest: pd.DataFrame, root: Path, spec: RestorerSpec, process_index: int = 0, num_processes: int = 1
 ) -> tuple[pd.DataFrame, list[float]]:
-    """Restore every LQ of ``manifest`` that has no output (``output_path``) yet with ``restore_one``; returns
-    (outputs table, seconds per image restored now). The restorer is loaded only when something is left to do,
-    so a finished run reuses its files without loading a model. Process ``process_index`` of ``num_processes``
-    takes every ``num_processes``-th row of the manifest and skips those of its rows already restored: the
-    shares never depend on when a process looked at the folder."""
+    """Restore every LQ of ``manifest`` without an output yet; returns (outputs table, seconds per image restored
+    now). The restorer loads only when something is left to do. Process ``process_index`` of ``num_processes``
+    takes every ``num_processes``-th row: the shares never depend on when a process looked at the folder."""
     name = spec.method.name
     paths = [output_path(root, r) for r in manifest.itertuples(index=False)]
     mine = list(zip(manifest.itertuples(index=False), paths, strict=True))[process_index::num_processes]
@@ -68,11 +62,6 @@ def restore_into(
     return outputs_table(rows), seconds
 
 
-# --------------------------------------------------------------------------------------------- #
-# FluxIR
-# --------------------------------------------------------------------------------------------- #
-
-
 def adapter_fingerprint(adapter: Any) -> str:
     """SHA-256 (12 hex) of the adapter's config and weights: outputs are reused only for the same adapter."""
     digest = hashlib.sha256(json.dumps(adapter.config.to_dict(), sort_keys=True, default=str).encode())
@@ -80,9 +69,8 @@ def adapter_fingerprint(adapter: Any) -> str:
 
 
 def adapter_provenance(adapter: Any, folder: Path | None, versioned: bool) -> dict[str, str]:
-    """Which adapter a run used, as MLflow parameters: the catalog version (its folder under the entry), the
-    fingerprint of config and weights, and what its ``training_record`` says of the training run (the MLflow
-    run id, the checkpoint run key, the steps); ``not recorded`` for an adapter saved without them."""
+    """Which adapter a run used, as MLflow parameters: catalog version, fingerprint and what its
+    ``training_record`` says of the training run; ``not recorded`` for an adapter saved without them."""
     record = adapter.training_record or {}
     unknown = "not recorded"
     return {
@@ -93,23 +81,6 @@ def adapter_provenance(adapter: Any, folder: Path | None, versioned: bool) -> di
         "training_run_key": str(record.get("run_key", unknown)),
         "training_steps": str(record.get("steps", unknown)),
     }
-
-
-def evaluation_restore_config(restore: Mapping[str, Any], scale: int, color_fix: str) -> tuple[str, RestoreConfig]:
-    """(model, validated RestoreConfig) of ``evaluate.restore`` with evaluation's own scale and colour fix."""
-    params = dict(restore)
-    if "model" not in params:
-        raise ValueError(
-            "evaluate.restore.model is missing: the Flux pipeline (hub id or local folder) the adapter controls"
-        )
-    model = params.pop("model")
-    if "color_fix" in params:  # evaluation's colour fix is its own; a second one here would be silently overridden
-        raise ValueError("evaluate.restore.color_fix is not read: evaluation uses evaluate.color_fix; remove it")
-    if params.setdefault("scale", scale) != scale:
-        raise ValueError(
-            f"evaluate.restore.scale {params['scale']!r} differs from evaluate.scale {scale!r}; set only evaluate.scale"
-        )
-    return model, RestoreConfig.from_params({**params, "color_fix": color_fix})
 
 
 @dataclass(frozen=True)
@@ -127,97 +98,35 @@ class MethodOutputs:
         return self.spec.method.name
 
 
-def restore_missing(
+def restore_methods(
     manifest: pd.DataFrame,
-    adapter: Any,
-    restore: Mapping[str, Any],
+    methods: Sequence[str],
+    config: EvaluateConfig,
     outputs_dir: str | Path,
-    scale: int,
-    color_fix: str,
-    process_index: int = 0,
-    num_processes: int = 1,
-    device: str | None = None,
-) -> MethodOutputs:
-    """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` with FluxIR (every
-    ``num_processes``-th, less those with an output already: an output depends only on its input and the seed).
-    ``device`` (default ``restore.device``) is not in the key.
-    """
-    model, config = evaluation_restore_config(restore, scale, color_fix)
-    root = Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(config), adapter_fingerprint(adapter)])
-    run_config = dataclasses.replace(config, device=device or config.device)
-    spec = restorer_spec("fluxir", run_config, model=model, adapter=adapter, parameter="evaluate.methods")
-    return MethodOutputs(spec, root, *restore_into(manifest, root, spec, process_index, num_processes))
-
-
-def restore_manifest(
-    manifest: pd.DataFrame,
-    adapter: Any,
-    restore: Mapping[str, Any],
-    outputs_dir: str | Path,
-    scale: int,
-    color_fix: str,
-    restored_elsewhere: Sequence[float] = (),
-    done: MethodOutputs | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Restore every LQ of ``manifest`` x``scale`` with Flux (``restore.model``) + ``adapter``; returns (outputs, info).
-
-    ``color_fix`` is evaluation's own choice (``evaluate.color_fix``), never part of ``restore``. Files go to
-    ``<outputs_dir>/fluxir/<key>/<dataset>/<image>_<LQ hash>.png``, the key hashing model, adapter and settings;
-    files already there are reused, so an interrupted run resumes where it stopped.
-    ``restored_elsewhere``: seconds per image of the images processes launched for this run restored
-    (``restore_missing``), counted in the run info as restored now. ``done``: what ``restore_missing`` already
-    made in this process (else the outputs on disk are listed, restoring what is missing).
-    """
-    share = done or restore_missing(manifest, adapter, restore, outputs_dir, scale, color_fix)
-    model, config, root = share.spec.model, share.spec.config, share.root
-    seconds = [*restored_elsewhere, *share.seconds]
-    done_now = len(seconds)
-    info = {
-        "model": model,
-        "adapter": f"{type(adapter).__name__} {adapter_fingerprint(adapter)} "
-        f"({sum(p.numel() for p in adapter.parameters()) / 1e6:.2f}M parameters)",
-        "adapter training": describe_training(adapter.training_record),
-        "sampler": f"{config.steps} Euler steps, schedule {config.schedule}, Flux guidance {adapter.config.guidance} "
-        f"(the adapter's training value), seed {config.seed}, {config.dtype}",
-        "restore settings": ", ".join(f"{k}={v}" for k, v in config_dict(config).items()),
-        "restored images": f"{done_now} now, {len(manifest) - done_now} reused, in {root}",
-        "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
-    }
-    return share.rows, info
-
-
-def describe_training(record: Mapping[str, Any]) -> str:
-    """One line on how an adapter was trained, from its ``training_record`` (empty: never trained)."""
-    if not record:
-        return "no training record: an untrained adapter"
-    rest = ", ".join(f"{k} {v}" for k, v in record.items() if k != "steps")
-    return f"{record.get('steps', '?')} optimizer steps ({rest})"
-
-
-# --------------------------------------------------------------------------------------------- #
-# Public restorers (Real-ESRGAN, a Flux ControlNet upscaler)
-# --------------------------------------------------------------------------------------------- #
-
-
-def restore_public_missing(
-    manifest: pd.DataFrame,
-    methods: list[str],
-    baselines: Mapping[str, Any],
-    outputs_dir: str | Path,
-    scale: int,
-    color_fix: str,
+    adapter: Any = None,
+    baselines: Any = None,
     process_index: int = 0,
     num_processes: int = 1,
     device: Any = None,
 ) -> list[MethodOutputs]:
-    """Restore share ``process_index`` of ``num_processes`` of ``manifest`` with each public restorer of ``methods``
-    (on ``device`` where a method's device is ``auto``). Every method's weights are checked before any is lazy."""
-    config = OutputGeometry(scale=scale, target_size=None, color_fix=color_fix)  # the benchmark's size: no bound
+    """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` with FluxIR
+    (``evaluate.restore`` + ``adapter``) and the public restorers (``baselines.<method>``) among ``methods``, on
+    this process's ``device`` where a method's device is ``auto`` (not in the key). Every method's weights are
+    checked before any restores; outputs already there are reused."""
     plans = []
-    for method in [m for m in check_methods(methods) if m in PUBLIC_METHODS]:
-        spec = restorer_spec(method, config, baselines, device=device, parameter="evaluate.methods")
-        settings, geometry = spec.settings, spec.method.output(config)  # the device is not in the key
-        key = hash_json([method, spec.fingerprint, settings.settings(), scale, geometry.color_fix])
+    if "fluxir" in methods:
+        model, restore = config.restore_config()
+        root = Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(restore), adapter_fingerprint(adapter)])
+        if device is not None:  # this process's GPU where evaluate.restore.device is auto
+            restore = dataclasses.replace(restore, device=resolve_device(restore.device, device))
+        plans.append(
+            (restorer_spec("fluxir", restore, model=model, adapter=adapter, parameter="evaluate.methods"), root)
+        )
+    geometry = OutputGeometry(scale=config.scale, target_size=None, color_fix=config.color_fix)  # no size bound
+    for method in [m for m in methods if m in PUBLIC_METHODS]:
+        spec = restorer_spec(method, geometry, baselines, device=device, parameter="evaluate.methods")
+        color_fix = spec.method.output(geometry).color_fix
+        key = hash_json([method, spec.fingerprint, spec.settings.settings(), config.scale, color_fix])
         plans.append((spec, Path(outputs_dir) / method / key))
     return [
         MethodOutputs(spec, root, *restore_into(manifest, root, spec, process_index, num_processes))
@@ -225,47 +134,35 @@ def restore_public_missing(
     ]
 
 
-def public_manifest(
-    manifest: pd.DataFrame,
-    methods: list[str],
-    baselines: Mapping[str, Any],
-    outputs_dir: str | Path,
-    scale: int,
-    color_fix: str,
-    restored_elsewhere: Mapping[str, Sequence[float]] | None = None,
-    done: list[MethodOutputs] | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Restore every LQ with each public restorer of ``methods`` (``realesrgan``, ``flux_controlnet``).
-
-    Files go to ``<outputs_dir>/<method>/<key>/<dataset>/<image>_<LQ hash>.png``, the key hashing the method,
-    its weights (file hash / ControlNet content), its settings, the scale and the colour fix; files already
-    there are reused. Every method's weights are checked before any is lazy. Returns (outputs, run info).
-    ``restored_elsewhere``: {method: seconds per image} of what processes launched for this run restored
-    (``restore_public_missing``), counted in the run info as restored now. ``done``: what
-    ``restore_public_missing`` already made in this process (else the outputs on disk are listed).
-    """
-    parts, info = [outputs_table([])], {}
-    shares = (
-        done
-        if done is not None
-        else restore_public_missing(manifest, methods, baselines, outputs_dir, scale, color_fix)
-    )
-    for share in shares:
-        method, spec, root = share.method, share.spec, share.root
-        seconds = [*(restored_elsewhere or {}).get(method, []), *share.seconds]
-        parts.append(share.rows)
-        info[TITLES[method]] = (
-            f"{spec.method.describe(spec.settings)}; colour fix {spec.method.output(spec.config).color_fix}"
-        )
-        info[f"{TITLES[method]} images"] = f"{len(seconds)} now, {len(manifest) - len(seconds)} reused, in {root}; " + (
-            f"{np.mean(seconds):.2f} s per image" if seconds else "all reused"
-        )
-    return pd.concat(parts, ignore_index=True), info
-
-
-# --------------------------------------------------------------------------------------------- #
-# Bicubic
-# --------------------------------------------------------------------------------------------- #
+def run_info(share: MethodOutputs, images: int, elsewhere: Sequence[float] = ()) -> dict[str, str]:
+    """The report's setup lines on one method: its weights and settings, and how many of the ``images`` were
+    restored now (here, or ``elsewhere``: by the processes launched for this run, their seconds per image) or
+    reused."""
+    spec, seconds = share.spec, [*elsewhere, *share.seconds]
+    done = f"{len(seconds)} now, {images - len(seconds)} reused, in {share.root}"
+    if spec.settings is not None:  # a public restorer
+        title = TITLES[share.method]
+        rate = f"{np.mean(seconds):.2f} s per image" if seconds else "all reused"
+        return {
+            title: f"{spec.method.describe(spec.settings)}; colour fix {spec.method.output(spec.config).color_fix}",
+            f"{title} images": f"{done}; {rate}",
+        }
+    adapter, config, record = spec.adapter, spec.config, spec.adapter.training_record
+    trained = "no training record: an untrained adapter"
+    if record:
+        rest = ", ".join(f"{k} {v}" for k, v in record.items() if k != "steps")
+        trained = f"{record.get('steps', '?')} optimizer steps ({rest})"
+    return {
+        "model": spec.model,
+        "adapter": f"{type(adapter).__name__} {adapter_fingerprint(adapter)} "
+        f"({sum(p.numel() for p in adapter.parameters()) / 1e6:.2f}M parameters)",
+        "adapter training": trained,
+        "sampler": f"{config.steps} Euler steps, schedule {config.schedule}, Flux guidance {adapter.config.guidance} "
+        f"(the adapter's training value), seed {config.seed}, {config.dtype}",
+        "restore settings": ", ".join(f"{k}={v}" for k, v in config_dict(config).items()),
+        "restored images": done,
+        "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
+    }
 
 
 # Bicubic is no AI model: its outputs carry what made them, without the AI disclosure.
@@ -274,7 +171,6 @@ BICUBIC_PROVENANCE = png_text({"Software": "fluxir", "Restorer": "bicubic (PIL)"
 
 def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path) -> pd.DataFrame:
     """Bicubic x``scale`` of every LQ (PIL), written once under ``<outputs_dir>/bicubic/<dataset>/<prep_key>/``."""
-    check_fields({"scale": scale}, [Rule("scale", "positive_int")], "evaluate.")
     rows = []
     for r in manifest.itertuples(index=False):
         path = output_path(Path(outputs_dir) / "bicubic" / r.dataset / str(r.prep_key), r)
@@ -282,4 +178,54 @@ def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path
             lq = read_image(r.lq_path)
             write_png_atomic(path, upsample(lq, lq.shape[0] * scale, lq.shape[1] * scale), BICUBIC_PROVENANCE)
         rows.append([r.dataset, r.image, "bicubic", str(path)])
+    return outputs_table(rows)
+
+
+def baseline_manifest(manifest: pd.DataFrame, baselines_dir: str | Path, scale: int) -> pd.DataFrame:
+    """Outputs of other restorers (SeeSR, SUPIR, ...) a user put in ``<baselines_dir>/<method>/<dataset>/``, matched
+    to the benchmark images by file stem (or the stem without a suffix like ``_LR4``). A method lacking some
+    images of a dataset is skipped there with a warning (its mean would not compare); an output that is not
+    ``scale`` x the LQ is an error naming the file."""
+    root = Path(baselines_dir)
+    if not root.is_dir():
+        log.info(
+            "no outputs of other restorers in %s (<method>/<dataset>/ folders): only evaluate.methods and bicubic "
+            "are scored",
+            root,
+        )
+        return outputs_table([])
+    rows: list[list[Any]] = []
+    for method_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        method = method_dir.name
+        if method in EVALUATE_METHODS:
+            raise ValueError(f"{method_dir}: '{method}' names one of this run's methods; rename the baseline folder")
+        for dataset, images in manifest.groupby("dataset", sort=False):
+            files = list_images(method_dir / dataset)
+            if not files:
+                continue
+            by_stem = {p.stem: p for p in files}
+            by_key = {pair_key(p.stem): p for p in files}
+            found, missing = [], []
+            for r in images.itertuples(index=False):
+                path = by_stem.get(r.image) or by_key.get(r.image)
+                (found if path is not None else missing).append((r, path))
+            if missing:
+                log.warning(
+                    "baseline %s on %s: %d of %d images missing (e.g. %s): skipped for this dataset",
+                    method,
+                    dataset,
+                    len(missing),
+                    len(images),
+                    [m[0].image for m in missing[:3]],
+                )
+                continue
+            for r, path in found:
+                lw, lh = image_size(r.lq_path)
+                if image_size(path) != (lw * scale, lh * scale):
+                    raise ValueError(
+                        f"baseline {method}: {path} is {image_size(path)}, expected {(lw * scale, lh * scale)} "
+                        f"(x{scale} of the prepared LQ {r.lq_path}); run it on the prepared LQ folder"
+                    )
+                rows.append([dataset, r.image, method, str(path)])
+            log.info("baseline %s on %s: %d images", method, dataset, len(found))
     return outputs_table(rows)

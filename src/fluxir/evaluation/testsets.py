@@ -1,25 +1,14 @@
 """The test sets of paper Sec. 4.1, prepared from the files a user downloads (nothing is fetched here).
 
-- **DIV2K-Val** (``kind: synthetic``): ``num_images`` (600) random 1024x1024 crops of the DIV2K
-  validation HQ images, degraded with the training degradation (:func:`fluxir.fluxgen.degrade.degrade_pair`,
-  SeeSR's settings) under a fixed seed. The reference is the original crop and the LQ is degraded from
-  it: USM sharpening belongs to training HQ only (a sharpened reference would reward over-sharpening),
-  as in StableSR's DIV2K-Val, which SeeSR and later papers evaluate on. Crop ``i`` comes from source image
-  ``i mod n`` (sorted by file name), so 100 DIV2K images give 6 crops each; its position and every
-  degradation choice follow from (file stem, crop index, seed) alone.
-- **RealSR**, **DrealSR** (``kind: paired``): HQ/LQ pairs matched by file name after stripping a suffix
-  such as ``_HR`` / ``_LR4`` / ``_x1`` / ``_x4`` (``strip_suffix``); the LQ is centre-cropped to
-  ``lq_size`` (256) and the HQ crop starts at exactly ``scale`` x the LQ crop's offset
-  (:func:`aligned_crops`), so both show the same scene whatever the parity of the sizes.
-- **RealLQ250** (``kind: lq_only``): LQ images only, centre-cropped to ``lq_size`` (256); no HQ.
+- **DIV2K-Val** (``synthetic``): ``num_images`` (600) random crops of the DIV2K validation HQ images, degraded
+  with the training degradation (SeeSR's settings) under a fixed seed; crop ``i`` comes from source ``i mod n``.
+- **RealSR**, **DrealSR** (``paired``): HQ/LQ pairs matched by name once ``strip_suffix`` (``_HR``, ``_LR4``, ...)
+  is stripped; the LQ centre-cropped to ``lq_size`` (256), the HQ crop at ``scale`` x its offset (``aligned_crops``).
+- **RealLQ250** (``lq_only``): LQ images only, centre-cropped to ``lq_size`` (256).
 
-Each benchmark's downloaded folders are the catalog entry ``<key>_benchmark`` (``BenchmarkFoldersDataset``: HQ
-and LQ folder), its settings ``evaluate.benchmarks.<key>``. Prepared images go to the catalog's
-``prepared_benchmarks`` folder, ``<folder>/<name>/<key>/{lq,hq}/<image>.png``; the key hashes the settings
-and the source file list, so a rerun with the same inputs reuses the files (writes are atomic) and a
-change of settings never mixes with old crops. A benchmark whose folder is missing or holds no image
-is *skipped* with a message saying where to put it; a folder with the wrong content is an error.
-The tiny environment's demo folders are written by ``scripts/demo_data.py`` (``make demo``).
+Prepared images go to ``<prepared_benchmarks>/<name>/<key>/{lq,hq}/<image>.png``, the key hashing the settings and
+the source files, so a rerun reuses them and new settings never mix with old crops. A benchmark whose folder is
+missing or empty is *skipped* with a message saying where to put it; wrong content is an error.
 """
 
 from __future__ import annotations
@@ -51,22 +40,13 @@ DEMO_MARKER = "FLUXIR_DEMO_DATA.txt"
 DOCS = "docs/evaluation.md"
 _SPEC_KEYS = ("name", "kind", "hq_size", "lq_size", "num_images", "seed", "strip_suffix")
 FOLDERS_ENTRY = "{key}_benchmark"  # the catalog entry of benchmark <key>'s downloaded folders
-
-
-# --------------------------------------------------------------------------------------------- #
-# Specs and results
-# --------------------------------------------------------------------------------------------- #
+SIDES = {"synthetic": ("hq",), "paired": ("hq", "lq"), "lq_only": ("lq",)}  # the folders each kind reads
 
 
 @dataclass(frozen=True, kw_only=True)
 class BenchmarkSpec(Config):
-    """Where one benchmark's downloaded files are and how to prepare them: the settings of one
-    ``evaluate.benchmarks`` entry and the folders of its catalog entry ``<key>_benchmark``.
-
-    ``hq_dir`` is the DIV2K validation HQ folder for ``synthetic``, the HQ folder for ``paired`` and
-    unused for ``lq_only``; ``lq_dir`` the LQ folder (unused for ``synthetic``). ``num_images`` is the
-    number of crops for ``synthetic`` and an upper bound (first files by name; ``None``: all) otherwise.
-    """
+    """One ``evaluate.benchmarks`` entry and the folders of its catalog entry ``<key>_benchmark``. ``num_images``:
+    the number of crops for ``synthetic``, else an upper bound (first files by name; ``None``: all)."""
 
     name: str
     kind: str
@@ -82,9 +62,8 @@ class BenchmarkSpec(Config):
     def from_params(
         cls, params: Mapping[str, Any], folders: Mapping[str, Any] | None = None, entry: str = "<key>_benchmark"
     ) -> BenchmarkSpec:
-        """Build from a parameters mapping and the folders ``{"hq": ..., "lq": ...}`` of its catalog ``entry``
-        (None: the settings alone are checked); unknown keys, impossible sizes and a folder the kind needs but
-        the entry lacks are errors."""
+        """From parameters and the folders ``{"hq": ..., "lq": ...}`` of its catalog ``entry`` (None: the settings
+        alone are checked)."""
         if not isinstance(params, Mapping):
             raise TypeError(f"a benchmark entry must be a mapping, got {params!r}")
         unknown = sorted(set(params) - set(_SPEC_KEYS))
@@ -106,7 +85,7 @@ class BenchmarkSpec(Config):
     def check_folders(self, entry: str = "<key>_benchmark") -> None:
         """Raise ValueError naming the catalog ``entry`` when it lacks a folder this kind reads."""
         where = f"benchmark {self.name!r}"
-        needs = {"synthetic": ("hq",), "paired": ("hq", "lq"), "lq_only": ("lq",)}[self.kind]
+        needs = SIDES[self.kind]
         lacking = [f"{side}_path" for side in needs if not getattr(self, f"{side}_dir")]
         if lacking:
             raise ValueError(
@@ -138,13 +117,13 @@ class BenchmarkSpec(Config):
 
     @property
     def scale(self) -> int | None:
-        """Restoration scale hq_size / lq_size (None without HQ)."""
+        """hq_size / lq_size (None without HQ)."""
         return None if self.kind == "lq_only" else self.hq_size // self.lq_size
 
     @property
     def source_dirs(self) -> list[str]:
         """The folders a user fills for this benchmark."""
-        return {"synthetic": [self.hq_dir], "paired": [self.hq_dir, self.lq_dir], "lq_only": [self.lq_dir]}[self.kind]
+        return [getattr(self, f"{side}_dir") for side in SIDES[self.kind]]
 
 
 @dataclass
@@ -161,11 +140,6 @@ class PreparedBenchmark:
     @property
     def ready(self) -> bool:
         return self.status == "ready"
-
-
-# --------------------------------------------------------------------------------------------- #
-# Files
-# --------------------------------------------------------------------------------------------- #
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -222,16 +196,8 @@ def pair_key(stem: str, strip_suffix: str = DEFAULT_STRIP_SUFFIX) -> str:
     return key or stem
 
 
-def _sources_fingerprint(files: list[Path]) -> list[list[Any]]:
-    return [[p.name, p.stat().st_size] for p in files]
-
-
 def _prep_key(spec: BenchmarkSpec, extra: Any, files: list[Path]) -> str:
-    return hash_json([asdict(spec), extra, _sources_fingerprint(files)])
-
-
-def _is_demo(spec: BenchmarkSpec) -> bool:
-    return any(d and (Path(d) / DEMO_MARKER).is_file() for d in spec.source_dirs)
+    return hash_json([asdict(spec), extra, [[p.name, p.stat().st_size] for p in files]])
 
 
 def missing_files(spec: BenchmarkSpec) -> str | None:
@@ -244,26 +210,11 @@ def missing_files(spec: BenchmarkSpec) -> str | None:
     return None
 
 
-def _write_once(path: Path, make: Any) -> None:
-    """Write ``make()`` as PNG at ``path`` unless a complete file is already there."""
-    if not path.is_file():
-        write_png_atomic(path, make())
-
-
-# --------------------------------------------------------------------------------------------- #
-# Preparation
-# --------------------------------------------------------------------------------------------- #
-
-
 def prepare_benchmark(
     spec: BenchmarkSpec, prepared_dir: str | Path, degradation: Mapping[str, Any] | None = None
 ) -> PreparedBenchmark:
-    """Prepare one benchmark into ``prepared_dir`` (the catalog's ``prepared_benchmarks``), or return it skipped
-    (with the reason, logged) when its files are missing.
-
-    ``degradation`` is the training ``DegradationConfig`` as a dict (``params:degrade.config``); only the
-    synthetic kind uses it (crop size and a random crop position are set here).
-    """
+    """Prepare one benchmark into ``prepared_dir``, or return it skipped (logged) when its files are missing.
+    ``degradation``: ``params:degrade.config``, for the synthetic kind (crop size and position are set here)."""
     spec.check_folders()
     reason = missing_files(spec)
     if reason is not None:
@@ -273,7 +224,7 @@ def prepare_benchmark(
         )
         log.warning(message)
         return PreparedBenchmark(spec.name, "skipped", message, reason=reason)
-    demo = _is_demo(spec)
+    demo = any(d and (Path(d) / DEMO_MARKER).is_file() for d in spec.source_dirs)
     if demo:
         log.warning("%s: the folders hold fluxir's DEMO data (%s), not the real benchmark", spec.name, DEMO_MARKER)
     out_root = Path(prepared_dir) / spec.name
@@ -294,20 +245,16 @@ def prepare_benchmark(
 def sources_too_small(spec: BenchmarkSpec) -> dict[str, tuple[int, list[str]]]:
     """{folder: (images, names of those smaller than the run's crops)}: the HQ ``hq_size`` crops of synthetic
     and paired benchmarks, the LQ ``lq_size`` crops of paired and LQ-only ones (image headers only)."""
-    crops = {
-        "synthetic": [(spec.hq_dir, spec.hq_size)],
-        "lq_only": [(spec.lq_dir, spec.lq_size)],
-        "paired": [(spec.hq_dir, spec.hq_size), (spec.lq_dir, spec.lq_size)],
-    }[spec.kind]
     out = {}
-    for folder, size in crops:
+    for folder, size in ((getattr(spec, f"{s}_dir"), getattr(spec, f"{s}_size")) for s in SIDES[spec.kind]):
         files = list_images(folder)
         out[str(folder)] = (len(files), [p.name for p in files if min(image_size(p)) < size])
     return out
 
 
 def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping[str, Any]) -> pd.DataFrame:
-    # The reference is the original crop: USM sharpening is for training HQ only (see the module docstring).
+    # The reference is the original crop, never USM-sharpened (that is for training HQ only): a sharpened
+    # reference would reward over-sharpening, as in StableSR's DIV2K-Val that SeeSR and later papers use.
     settings = {
         **dict(degradation),
         "crop_sizes": [[spec.hq_size, spec.hq_size]],
@@ -345,8 +292,7 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
 
 
 def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    hq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.hq_dir)}
-    lq_files = {pair_key(p.stem, spec.strip_suffix): p for p in list_images(spec.lq_dir)}
+    hq_files, lq_files = ({pair_key(p.stem, spec.strip_suffix): p for p in list_images(d)} for d in spec.source_dirs)
     keys = sorted(hq_files.keys() & lq_files.keys())
     unmatched = sorted(hq_files.keys() ^ lq_files.keys())
     if unmatched:
@@ -402,7 +348,8 @@ def _prepare_lq_only(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
             log.warning("%s: %s skipped, smaller than the %dpx centre crop", spec.name, source.name, spec.lq_size)
             continue
         lq_path = out_root / key / "lq" / f"{source.stem}.png"
-        _write_once(lq_path, lambda src=source: center_crop(read_image(src), spec.lq_size))
+        if not lq_path.is_file():
+            write_png_atomic(lq_path, center_crop(read_image(source), spec.lq_size))
         rows.append([spec.name, source.stem, str(lq_path), None, str(source), key])
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 

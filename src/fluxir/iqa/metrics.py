@@ -1,18 +1,14 @@
-"""Building pyiqa metrics offline, and the image batches both scorers feed them.
-
-Weights are never downloaded: which files each metric needs, where they live and how they are loaded
-(keys checked, file named on a mismatch) is :mod:`fluxir.iqa.weights`.
-
-At import time this module loads no torch or pyiqa (only numpy and ``fluxir.io.images``' PIL): pyiqa fixes
-its weight folder when first imported, so it must come after ``configure_weights``, and both take seconds.
-"""
+"""Building pyiqa metrics offline and scoring with them: no-reference scores (paper Sec. 3.1: FluxGen keeps the
+generated images these rate best) and full-reference scores (Sec. 4.1: PSNR, SSIM, LPIPS) against the HQ. No torch
+or pyiqa at import time: pyiqa fixes its weight folder when first imported, after ``configure_weights``."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager, nullcontext
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +17,23 @@ import numpy as np
 from fluxir.compat.pyiqa import maniqa_backbone_from_checkpoint, no_downloads
 from fluxir.io.images import read_image
 from fluxir.iqa import weights as iqa_weights
-from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, RANDOM_WEIGHT_SEED, MetricSpec, parse_all
-from fluxir.iqa.weights import check_weights, required_weight_files
+from fluxir.iqa.weights import (
+    CONVENTIONS,
+    FULL_REFERENCE_DEFAULT,
+    NO_REFERENCE_DEFAULT,
+    RANDOM_WEIGHT_SEED,
+    MetricSpec,
+    check_weights,
+    parse_all,
+    parse_of_mode,
+    required_weight_files,
+)
 from fluxir.parameters.rules import Rule, check_fields
-
-# ----------------------------------------------------------------------------- building metrics
+from fluxir.runtime.progress import progress as progress_bar
 
 
 @contextmanager
-def _seeded(active: bool) -> Iterator[None]:
-    """Fixed torch seed while building random-weight metrics, leaving the caller's RNG untouched."""
-    if not active:
-        yield
-        return
+def _seeded() -> Iterator[None]:  # the caller's RNG stays untouched
     import torch
 
     with torch.random.fork_rng(devices=[]):
@@ -42,12 +42,8 @@ def _seeded(active: bool) -> Iterator[None]:
 
 
 def build_metric(spec: MetricSpec, device: Any, extra: Mapping[str, Any] | None = None) -> Any:
-    """Create one pyiqa metric from files under the weight home (checked before), never downloading.
-
-    Described metrics are built with random weights and their checkpoint loaded by
-    :func:`iqa_weights.load_checkpoint` (keys compared, file named on a mismatch); anything outside
-    the table pyiqa resolves itself, inside ``fluxir.compat.pyiqa.no_downloads``.
-    """
+    """One pyiqa metric from the files under the weight home, never downloading: described metrics get their
+    checkpoint through ``load_checkpoint`` (keys compared), the rest resolve inside ``no_downloads``."""
     import pyiqa
     import torch
 
@@ -58,7 +54,7 @@ def build_metric(spec: MetricSpec, device: Any, extra: Mapping[str, Any] | None 
     with (
         no_downloads(spec.name, iqa_weights.file_sha256),
         maniqa,
-        _seeded(not spec.pretrained),
+        _seeded() if not spec.pretrained else nullcontext(),
         warnings.catch_warnings(),
     ):
         # pyiqa's LPIPS backbones still call torchvision with the deprecated `pretrained=` argument
@@ -93,14 +89,11 @@ def metric_versions(specs: Any = NO_REFERENCE_DEFAULT) -> dict[str, Any]:
     for s in parse_all(specs):
         out["metrics"][s.name] = {
             "pretrained": s.pretrained,
-            "options": {k: v for k, v in s.options.items()},
+            "options": dict(s.options),
             "weights": [need.path.name for need in iqa_weights.needs(s)],
             "random_weight_seed": None if s.pretrained else RANDOM_WEIGHT_SEED,
         }
     return out
-
-
-# ----------------------------------------------------------------------------- images and batches
 
 
 def as_rgb_uint8(item: Any, index: int) -> np.ndarray:
@@ -130,10 +123,8 @@ def images_to_tensor(images: Sequence[np.ndarray], device: Any) -> Any:
 def same_size_batches(
     groups: Iterable[tuple[np.ndarray, ...]], batch_size: int
 ) -> Iterator[tuple[list[int], list[tuple[np.ndarray, ...]]]]:
-    """Group items of equal image size into batches of up to ``batch_size``, streaming.
-
-    At most one open batch per distinct size is held in memory, so long image lists never load at once.
-    """
+    """(indices, items) batches of equal image size, streaming: one open batch per size, so long lists never
+    load at once."""
     open_batches: dict[tuple[int, ...], tuple[list[int], list[tuple[np.ndarray, ...]]]] = {}
     for index, item in enumerate(groups):
         key = item[0].shape
@@ -145,11 +136,8 @@ def same_size_batches(
     yield from open_batches.values()
 
 
-BATCH_RULES = (Rule("batch_size", "positive_int"),)
-
-
 def check_batch_size(batch_size: int) -> None:
-    check_fields({"batch_size": batch_size}, BATCH_RULES, "")
+    check_fields({"batch_size": batch_size}, [Rule("batch_size", "positive_int")], "")
 
 
 def metric_scores(output: Any, expected: int, name: str) -> np.ndarray:
@@ -160,8 +148,146 @@ def metric_scores(output: Any, expected: int, name: str) -> np.ndarray:
     return values.astype(np.float64)
 
 
-def len_or_none(items: Any) -> int | None:
-    try:
-        return len(items)
-    except TypeError:
-        return None
+def _score_batches(
+    items: Iterable[tuple],
+    metrics: Mapping[str, Any],
+    batch_size: int,
+    device: Any,
+    total: int | None,
+    desc: str,
+    show: bool,
+) -> dict[int, dict[str, float]]:
+    """{item index: {metric: score}}, items of equal size batched; an item holds the metric's input images."""
+    import torch
+
+    scores: dict[int, dict[str, float]] = {}
+    with progress_bar(total=total, desc=desc, unit="img", disable=not show) as shown:
+        for indices, batch in same_size_batches(items, batch_size):
+            inputs = [images_to_tensor(list(images), device) for images in zip(*batch)]
+            with torch.inference_mode():
+                for name, metric in metrics.items():
+                    for i, value in zip(indices, metric_scores(metric(*inputs), len(indices), name)):
+                        scores.setdefault(i, {})[name] = float(value)
+            shown.update(len(indices))
+    return scores
+
+
+def score_no_reference(
+    images: Iterable[Any],
+    specs: Any = NO_REFERENCE_DEFAULT,
+    *,
+    batch_size: int,
+    device: Any = "cpu",
+    progress: bool = True,
+) -> Any:
+    """No-reference scores of images (HxWx3 uint8 arrays or paths): a DataFrame, one column per metric, one row
+    per image in input order. All weight files are checked before any scoring."""
+    import pandas as pd
+
+    check_batch_size(batch_size)
+    metrics = create_metrics(parse_of_mode(specs, "NR"), device)
+    items = ((as_rgb_uint8(img, i),) for i, img in enumerate(images))
+    total = len(images) if isinstance(images, Sized) else None
+    scores = _score_batches(items, metrics, batch_size, device, total, "IQA (no-reference)", progress)
+
+    return pd.DataFrame({name: [scores[i][name] for i in range(len(scores))] for name in metrics})
+
+
+_RESERVED_FR_OPTIONS = ("test_y_channel", "color_space", "crop_border")
+
+
+def _fr_plan(spec: MetricSpec, convention: str) -> tuple[dict[str, Any], str]:
+    # pyiqa options that realise ``convention`` for psnr/ssim, and the convention each metric uses
+    reserved = sorted(set(spec.options) & set(_RESERVED_FR_OPTIONS))
+    if reserved:
+        raise ValueError(
+            f"IQA metric {spec.name!r}: options {reserved} are set by score_full_reference's convention/crop_border"
+        )
+    if spec.name in ("psnr", "ssim"):
+        return {
+            "test_y_channel": convention != "rgb",
+            "color_space": "ycbcr" if convention == "ycbcr" else "yiq",
+        }, convention
+    if spec.name == "psnry":
+        return {}, "y"
+    if spec.name == "ssimc":
+        return {}, "rgb"
+    return {}, ""  # read from the built metric
+
+
+def _cropped_pairs(
+    restored: Iterable[Any], reference: Iterable[Any], crop_border: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for index, (a, b) in enumerate(zip_longest(restored, reference)):
+        if a is None or b is None:
+            which = "restored" if a is None else "reference"
+            raise ValueError(f"restored and reference differ in length: {which} ran out at image {index}")
+        x, y = as_rgb_uint8(a, index), as_rgb_uint8(b, index)
+        if x.shape != y.shape:
+            raise ValueError(
+                f"image {index}: restored is {x.shape[:2]} but reference is {y.shape[:2]} (HxW must match)"
+            )
+        if min(x.shape[:2]) <= 2 * crop_border:
+            raise ValueError(
+                f"image {index}: size {x.shape[:2]} is too small for crop_border={crop_border} on each side"
+            )
+        if crop_border:
+            x = x[crop_border:-crop_border, crop_border:-crop_border]
+            y = y[crop_border:-crop_border, crop_border:-crop_border]
+        yield x, y
+
+
+def score_full_reference(
+    restored: Iterable[Any],
+    reference: Iterable[Any],
+    metrics: Any = FULL_REFERENCE_DEFAULT,
+    *,
+    convention: str,
+    crop_border: int,
+    batch_size: int,
+    device: Any = "cpu",
+    names: Sequence[str] | None = None,
+    progress: bool = False,
+) -> Any:
+    """Full-reference scores of restored vs. reference images (arrays or paths, paired in order), ``crop_border``
+    pixels cut from each side; ``convention`` sets the channels of psnr and ssim. A long DataFrame (image, metric,
+    value, convention, crop_border): each number carries its convention (lpips and the like record "rgb").
+
+    pyiqa's definitions, checked against scikit-image in tests/iqa/test_iqa.py: PSNR on [0, 1] with an
+    1e-8 floor on the MSE (identical images give 80 dB); SSIM with an 11x11 Gaussian window (sigma 1.5),
+    population variances, 'valid' border, images as integer levels 0..255 (Y rounded), no downsampling,
+    and negative local structure terms clamped to 0 (only heavy noise makes that differ from skimage).
+    """
+    import pandas as pd
+
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if not isinstance(crop_border, int) or isinstance(crop_border, bool) or crop_border < 0:
+        raise ValueError(f"crop_border must be a non-negative integer (pixels per side), got {crop_border!r}")
+    check_batch_size(batch_size)
+    parsed = parse_of_mode(metrics, "FR")
+    plans = {s.name: _fr_plan(s, convention) for s in parsed}
+    check_weights(parsed)
+    built: dict[str, Any] = {}
+    conventions: dict[str, str] = {}
+    for s in parsed:
+        extra, conv = plans[s.name]
+        built[s.name] = build_metric(s, device, extra)
+        if not conv:  # e.g. ms_ssim defaults to Y; record what the metric really does
+            net = built[s.name].net
+            y = bool(getattr(net, "test_y_channel", False))
+            conv = ("ycbcr" if getattr(net, "color_space", "yiq") == "ycbcr" else "y") if y else "rgb"
+        conventions[s.name] = conv
+
+    pairs = _cropped_pairs(restored, reference, crop_border)
+    total = len(restored) if isinstance(restored, Sized) else None
+    values = _score_batches(pairs, built, batch_size, device, total, "IQA (full-reference)", progress)
+    count = len(values)
+    if names is not None and len(names) != count:
+        raise ValueError(f"names has {len(names)} entries for {count} image pairs")
+    rows = [
+        (names[i] if names is not None else i, name, values[i][name], conventions[name], crop_border)
+        for i in range(count)
+        for name in built
+    ]
+    return pd.DataFrame(rows, columns=["image", "metric", "value", "convention", "crop_border"])

@@ -1,58 +1,162 @@
-"""IQA weight files: which files each pyiqa metric needs, where they live, and loading them offline.
-
-The weight home is a TORCH_HOME-like folder (``iqa.weights_dir``) holding the released files under
-their published names: ``hub/pyiqa`` (pyiqa's checkpoints, URL basenames so ``+`` stays ``%2B``),
-``hub/clip`` (OpenAI's CLIP TorchScript archives) and ``hub/checkpoints`` (torchvision backbones).
-Every file of a described metric is resolved here and handed to pyiqa explicitly; nothing is ever
-downloaded (``fluxir.compat.pyiqa.no_downloads`` turns any attempt into a ``FileNotFoundError`` naming file and URL).
-
-Checkpoints are loaded by :func:`load_checkpoint`, which compares the file's keys and shapes with the
-architecture pyiqa built and names the file and the first differing keys, instead of pyiqa's own
-loaders (LPIPS loads with ``strict=False`` and would silently ignore a wrong file).
-
-OpenAI CLIP backbones are SHA-256 checked against the digest in their URL, as pyiqa's own loader does;
-a file with another digest (a fine-tune, or the random-weight fixtures of
-``scripts/make_iqa_fixture_weights.py``) is refused unless ``iqa.trust_weight_files: true``.
-
-Only the standard library is imported at module level: kedro pipeline modules read these tables.
-"""
+"""IQA metric specs (paper Sec. 3.1 and footnote 2: ``clipiqa+_vitL14_512``, ``maniqa-pipal``, ``musiq``) and the
+weight files each needs under ``iqa.weights_dir`` (``hub/pyiqa``, ``hub/clip``, ``hub/checkpoints``), loaded offline
+and checked. Only the standard library at import: pipeline modules read these tables before pyiqa may load."""
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import logging
 import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from fluxir.io.hashing import sha256_file
-from fluxir.iqa.specs import MetricSpec, parse_all, pyiqa_configs
 
 log = logging.getLogger(__name__)
 
-# Metrics checked to build and run in pyiqa 0.1.16 without any file (shared/reference/notes.md).
-WEIGHT_FREE = frozenset(
-    {
-        "psnr",
-        "psnry",
-        "ssim",
-        "ssimc",
-        "ms_ssim",
-        "cw_ssim",
-        "fsim",
-        "gmsd",
-        "mad",
-        "nlpd",
-        "vif",
-        "vsi",
-        "entropy",
-        "piqe",
-    }
+NO_REFERENCE_DEFAULT = ("clipiqa+_vitL14_512", "maniqa-pipal", "musiq")
+FULL_REFERENCE_DEFAULT = ("psnr", "ssim", "lpips")
+# "y": pyiqa's default luma, Y = 0.299 R + 0.587 G + 0.114 B on [0, 1] (BT.601 weights, full range; pyiqa
+# `psnry`/`ssim`). "ycbcr": the Y of MATLAB rgb2ycbcr / BasicSR (16 + 65.481 R + 128.553 G + 24.966 B,
+# studio range); it reads about 1.3 dB higher in PSNR than "y" on the same pair, so always say which.
+CONVENTIONS = ("rgb", "y", "ycbcr")
+CONVENTION_DEFINITIONS = {  # what each convention computes PSNR/SSIM on, as evaluation reports state it
+    "rgb": "RGB channels (no luma conversion)",
+    "y": "Y = 0.299 R + 0.587 G + 0.114 B on [0, 1] (BT.601 weights, full range; pyiqa's default)",
+    "ycbcr": "Y = 16 + 65.481 R + 128.553 G + 24.966 B (MATLAB rgb2ycbcr / BasicSR, studio range)",
+}
+# Recommended no-download stand-ins for tiny runs (conf/tiny): same pyiqa code path, no weight files.
+NO_REFERENCE_TINY = ("entropy", "piqe", {"name": "musiq", "pretrained": False})
+# LPIPS stand-in: pyiqa's LPIPS code on a random (seeded) SqueezeNet without the learned linear layers
+# (lpips=False averages the normalised feature differences), so distances stay >= 0 and 0 for equal images.
+FULL_REFERENCE_TINY = (
+    "psnr",
+    "ssim",
+    {"name": "lpips", "pretrained": False, "net": "squeeze", "pnet_rand": True, "lpips": False},
 )
+# Seed for metrics built with random weights, so tiny-run scores are reproducible across processes.
+RANDOM_WEIGHT_SEED = 0
+
+_SPEC_KEYS = ("name", "pretrained", "options")
+
+
+@lru_cache(maxsize=1)
+def pyiqa_configs() -> dict[str, dict[str, Any]]:
+    """pyiqa's DEFAULT_CONFIGS, read without importing pyiqa (which fixes its weight folder and takes seconds)."""
+    if "pyiqa" in sys.modules:
+        from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+        return dict(DEFAULT_CONFIGS)
+    found = importlib.util.find_spec("pyiqa")
+    if found is None or not found.submodule_search_locations:
+        raise ModuleNotFoundError("pyiqa is not installed (pip install 'pyiqa>=0.1.16,<0.2')")
+    path = Path(next(iter(found.submodule_search_locations))) / "default_model_configs.py"
+    module_spec = importlib.util.spec_from_file_location("_fluxir_pyiqa_default_configs", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return dict(module.DEFAULT_CONFIGS)
+
+
+@dataclass
+class MetricSpec:
+    """One pyiqa metric: its name, whether to load trained weights, and extra pyiqa options."""
+
+    name: str
+    pretrained: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str | Mapping[str, Any] | MetricSpec) -> MetricSpec:
+        """``"musiq"`` or ``{"name": "musiq", "pretrained": False, ...}``; other keys become options."""
+        if isinstance(spec, MetricSpec):
+            return spec
+        if isinstance(spec, str):
+            return cls(_known_name(spec))
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"an IQA metric spec is a name or a dict with 'name', got {type(spec).__name__}: {spec!r}")
+        if "name" not in spec or not isinstance(spec["name"], str):
+            raise ValueError(f"an IQA metric spec dict needs a string 'name', got {dict(spec)!r}")
+        pretrained = spec.get("pretrained", True)
+        if not isinstance(pretrained, bool):
+            raise TypeError(f"IQA metric {spec['name']!r}: 'pretrained' must be true or false, got {pretrained!r}")
+        options = spec.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise TypeError(f"IQA metric {spec['name']!r}: 'options' must be a dict, got {options!r}")
+        options = dict(options)
+        for key, value in spec.items():
+            if key in _SPEC_KEYS:
+                continue
+            if key in options and options[key] != value:
+                raise ValueError(
+                    f"IQA metric {spec['name']!r}: option {key!r} given twice ({value!r} and {options[key]!r})"
+                )
+            options[key] = value
+        if "pretrained" in options:  # pyiqa's own `pretrained` option is our field; keep one source of truth
+            raise ValueError(f"IQA metric {spec['name']!r}: set 'pretrained' at the top level, not in options")
+        return cls(_known_name(spec["name"]), pretrained, options)
+
+    @property
+    def metric_mode(self) -> str:
+        """``"NR"`` (no-reference) or ``"FR"`` (full-reference)."""
+        return pyiqa_configs()[self.name]["metric_mode"]
+
+
+def parse_all(specs: Any) -> list[MetricSpec]:
+    """One spec or a sequence of them; metric names must be unique (they become column names)."""
+    if isinstance(specs, (str, Mapping, MetricSpec)):
+        specs = [specs]
+    parsed = [MetricSpec.parse(s) for s in specs]
+    if not parsed:
+        raise ValueError("no IQA metric given")
+    names = [s.name for s in parsed]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"IQA metric names must be unique (they name the score columns), repeated: {duplicates}")
+    return parsed
+
+
+# mode -> (what the other metrics are, the function that scores them, examples of this mode)
+_OTHER_MODE = {
+    "NR": ("full-reference", "score_full_reference", "no-reference: musiq, piqe, ..."),
+    "FR": ("no-reference", "score_no_reference", "full-reference: psnr, ssim, lpips, ..."),
+}
+
+
+def parse_of_mode(specs: Any, mode: str) -> list[MetricSpec]:
+    """``parse_all``, refusing metrics of the other mode ("NR" no-reference, "FR" full-reference) by name."""
+    parsed = parse_all(specs)
+    wrong = [s.name for s in parsed if s.metric_mode != mode]
+    if wrong:
+        kind, use, examples = _OTHER_MODE[mode]
+        raise ValueError(f"{wrong} are {kind} metrics; use {use} ({examples})")
+    return parsed
+
+
+def _known_name(name: str) -> str:
+    configs = pyiqa_configs()
+    if name in configs:
+        return name
+    close = difflib.get_close_matches(name, list(configs), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown IQA metric {name!r}.{hint} pyiqa knows: {', '.join(sorted(configs))}")
+
+
+def lower_is_better(metric_or_name: Any) -> bool:
+    """True when a lower score means better quality (piqe, brisque, niqe, lpips), False for musiq etc."""
+    if hasattr(metric_or_name, "lower_better"):  # a pyiqa InferenceModel
+        return bool(metric_or_name.lower_better)
+    name = MetricSpec.parse(metric_or_name).name
+    return bool(pyiqa_configs()[name].get("lower_better", False))
+
+
+# Metrics checked to build and run in pyiqa 0.1.16 without any file (shared/reference/notes.md).
+WEIGHT_FREE = frozenset("psnr psnry ssim ssimc ms_ssim cw_ssim fsim gmsd mad nlpd vif vsi entropy piqe".split())
 
 PYIQA_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
 CLIP_URL = "https://openaipublic.azureedge.net/clip/models/"
@@ -101,9 +205,6 @@ class _Settings:
 _settings = _Settings()
 
 
-# ----------------------------------------------------------------------------- metric options
-
-
 def metric_options(spec: MetricSpec) -> dict[str, Any]:
     """pyiqa's default options for the metric overlaid with the spec's options."""
     return {**pyiqa_configs()[spec.name]["metric_opts"], **spec.options}
@@ -114,11 +215,8 @@ def musiq_key(opts: Mapping[str, Any]) -> str:
     return "ava" if key is True else str(key)
 
 
-# ----------------------------------------------------------------------------- the weight home
-
-
 def _default_torch_home() -> Path:
-    """What torch.hub would use now, without importing torch when it is not loaded."""
+    # what torch.hub would use now, without importing torch when it is not loaded
     if "torch" in sys.modules:
         import torch.hub
 
@@ -133,45 +231,34 @@ def weights_home() -> Path:
 
 
 def configure_weights(weights_dir: str | os.PathLike | None, trust_files: bool = False) -> Path:
-    """Use ``weights_dir`` as TORCH_HOME for IQA weights; return the pyiqa weight folder in use.
-
-    Files then live in ``<weights_dir>/hub/pyiqa`` (pyiqa checkpoints), ``<weights_dir>/hub/clip``
-    (OpenAI CLIP backbones) and ``<weights_dir>/hub/checkpoints`` (torchvision backbones). pyiqa fixes
-    its own folder when first imported, so this raises if pyiqa is already loaded with another one.
-    ``None`` keeps the current cache (``$TORCH_HOME`` or ``~/.cache/torch``). ``trust_files`` accepts
-    CLIP backbones whose SHA-256 differs from OpenAI's (your own or fixture files).
-    """
+    """Use ``weights_dir`` as TORCH_HOME for IQA weights (``None``: the current cache); return the pyiqa weight
+    folder in use. pyiqa fixes its folder when first imported, so this raises if it was loaded with another one.
+    ``trust_files`` accepts CLIP backbones whose SHA-256 differs from OpenAI's (your own or fixture files)."""
     if not isinstance(trust_files, bool):
         raise TypeError(f"iqa.trust_weight_files must be true or false, got {trust_files!r}")
     _settings.trust_files = trust_files
-    if weights_dir is None:
-        if "pyiqa" in sys.modules:
-            from pyiqa.utils import download_util
+    loaded = None  # pyiqa's folder, fixed when it was imported
+    if "pyiqa" in sys.modules:
+        from pyiqa.utils import download_util
 
-            return Path(download_util.DEFAULT_CACHE_DIR)
-        return weights_home() / "hub" / "pyiqa"
+        loaded = Path(download_util.DEFAULT_CACHE_DIR)
+    if weights_dir is None:
+        return loaded if loaded is not None else weights_home() / "hub" / "pyiqa"
     home = Path(weights_dir).expanduser().resolve()
     if home.exists() and not home.is_dir():
         raise NotADirectoryError(
             f"iqa.weights_dir {str(weights_dir)!r} is a file; give the folder that holds hub/pyiqa"
         )
     wanted = home / "hub" / "pyiqa"
-    if "pyiqa" in sys.modules:
-        from pyiqa.utils import download_util
-
-        current = Path(download_util.DEFAULT_CACHE_DIR).expanduser().resolve()
-        if current != wanted:
-            raise RuntimeError(
-                f"pyiqa was already imported with weight folder {current}; iqa.weights_dir={str(weights_dir)!r} "
-                f"needs {wanted}. Call fluxir.iqa.configure_weights before anything imports pyiqa "
-                f"(or set TORCH_HOME={home} in the environment)."
-            )
+    if loaded is not None and (current := loaded.expanduser().resolve()) != wanted:
+        raise RuntimeError(
+            f"pyiqa was already imported with weight folder {current}; iqa.weights_dir={str(weights_dir)!r} "
+            f"needs {wanted}. Call fluxir.iqa.configure_weights before anything imports pyiqa "
+            f"(or set TORCH_HOME={home} in the environment)."
+        )
     os.environ["TORCH_HOME"] = str(home)  # torchvision and CLIP read it at load time, pyiqa at import
     _settings.home = home
     return wanted
-
-
-# ----------------------------------------------------------------------------- which files
 
 
 @dataclass(frozen=True)
@@ -228,19 +315,12 @@ def plan_files(spec: MetricSpec) -> tuple[list[Need], bool]:
     if own is not None:  # an explicit checkpoint replaces the default one
         needs.append(Need(Path(own).expanduser(), "your own file (pretrained_model_path)"))
     complete = True
-    if arch == "MUSIQ":
-        key = musiq_key(opts)
+    if arch in ("MUSIQ", "MANIQA"):  # MANIQA's ViT backbone needs no file: its checkpoint replaces all of it
+        file = _checkpoint_file(arch, opts)
         if spec.pretrained and own is None:
-            complete = key in MUSIQ_FILES
+            complete = file is not None
             if complete:
-                needs.append(_need(hub / "pyiqa", MUSIQ_FILES[key], PYIQA_URL))
-    elif arch == "MANIQA":
-        # The ViT backbone needs no file: the MANIQA checkpoint is loaded strictly and replaces all of it.
-        dataset = opts.get("train_dataset", "pipal")
-        if spec.pretrained and own is None:
-            complete = dataset in MANIQA_FILES
-            if complete:
-                needs.append(_need(hub / "pyiqa", MANIQA_FILES[dataset], PYIQA_URL))
+                needs.append(_need(hub / "pyiqa", file, PYIQA_URL))
     elif arch == "CLIPIQA":
         extra, complete = _clip_needs(spec, opts, hub)
         needs += extra
@@ -250,6 +330,19 @@ def plan_files(spec: MetricSpec) -> tuple[list[Need], bool]:
     else:
         complete = spec.name in WEIGHT_FREE
     return needs, complete
+
+
+def _checkpoint_file(arch: str, opts: Mapping[str, Any]) -> str | None:
+    """The name of the published pyiqa checkpoint of a described architecture with ``opts``; None: not known."""
+    if arch == "MUSIQ":
+        return MUSIQ_FILES.get(musiq_key(opts))
+    if arch == "MANIQA":
+        return MANIQA_FILES.get(opts.get("train_dataset", "pipal"))
+    if arch == "CLIPIQA":
+        return CLIPIQA_FILES.get(opts.get("model_type", "clipiqa"))
+    if arch == "LPIPS" and opts.get("lpips", True):
+        return LPIPS_FILES.get(f"{opts.get('version', '0.1')}_{opts.get('net', 'alex')}")
+    return None
 
 
 def needs(spec: MetricSpec) -> list[Need]:
@@ -283,8 +376,9 @@ def file_problems(specs: list[MetricSpec]) -> list[str]:
     return problems
 
 
-def check_files(specs: list[MetricSpec]) -> None:
+def check_weights(specs: Any) -> None:
     """Raise one FileNotFoundError listing every missing or foreign weight file, where to put it, and its URL."""
+    specs = parse_all(specs)
     for spec in specs:
         if not plan_files(spec)[1]:
             log.warning(
@@ -299,9 +393,6 @@ def check_files(specs: list[MetricSpec]) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- loading offline
-
-
 @dataclass
 class LoadPlan:
     """How to build one metric from the weight home: extra pyiqa kwargs, then a checkpoint to load."""
@@ -313,26 +404,20 @@ class LoadPlan:
 
 
 def load_plan(spec: MetricSpec) -> LoadPlan:
-    """Build every described metric with ``pretrained=False`` and load its file ourselves, checked."""
+    """Build every described metric with ``pretrained=False`` and load its file ourselves (``load_checkpoint``)."""
     opts = metric_options(spec)
     arch = opts["type"]
     found = {n.path.name: n.path for n in needs(spec)}
     plan = LoadPlan({} if spec.pretrained else {"pretrained": False})
     if "pretrained_model_path" in spec.options or not spec.pretrained:
         return _with_clip_backbone(plan, arch, opts, found)
-    file = None
-    if arch == "MUSIQ":
-        file = MUSIQ_FILES.get(musiq_key(opts))
-        if musiq_key(opts) == "ava":
-            plan.kwargs.setdefault("num_class", 10)  # pyiqa sets this only when it resolves the URL itself
-    elif arch == "MANIQA":
-        file = MANIQA_FILES.get(opts.get("train_dataset"))
+    if arch == "MUSIQ" and musiq_key(opts) == "ava":
+        plan.kwargs.setdefault("num_class", 10)  # pyiqa sets this only when it resolves the URL itself
     elif arch == "CLIPIQA":
-        file = CLIPIQA_FILES.get(opts.get("model_type", "clipiqa"))
         plan.bare_tensor = opts.get("model_type") == "clipiqa+" and opts.get("backbone", "RN50") == "RN50"
-    elif arch == "LPIPS" and opts.get("lpips", True):
-        file = LPIPS_FILES.get(f"{opts.get('version', '0.1')}_{opts.get('net', 'alex')}")
+    elif arch == "LPIPS":
         plan.only_keys = LPIPS_LINEAR_KEYS
+    file = _checkpoint_file(arch, opts)
     if file in found:
         plan.kwargs["pretrained"] = False
         plan.checkpoint = found[file]
@@ -359,11 +444,9 @@ def _torch_load(path: Path) -> Any:
 
 
 def load_checkpoint(net: Any, path: Path, only_keys: str | None = None) -> None:
-    """Load a pyiqa checkpoint (plain or ``{'params': state_dict}``) into ``net``, keys checked first.
-
-    ``only_keys``: a regex; the file holds just the keys of ``net`` matching it (LPIPS' linear layers).
-    Raises a ValueError naming the file and the missing, unexpected or mis-shaped keys.
-    """
+    """Load a pyiqa checkpoint (plain or ``{'params': state_dict}``) into ``net``, keys and shapes checked first:
+    pyiqa's own LPIPS loader is not strict and would silently ignore a wrong file. ``only_keys``: a regex, the
+    keys of ``net`` the file holds (LPIPS' linear layers)."""
     from pyiqa.archs.arch_util import clean_state_dict
 
     state = _torch_load(path)
@@ -383,15 +466,8 @@ def load_checkpoint(net: Any, path: Path, only_keys: str | None = None) -> None:
         if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
     )
     if missing or unexpected or shapes:
-        parts = [
-            f"{label} {len(keys)}: {keys[:5]}"
-            for label, keys in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches", shapes),
-            )
-            if keys
-        ]
+        found = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+        parts = [f"{label} {len(keys)}: {keys[:5]}" for label, keys in found if keys]
         raise ValueError(
             f"{path} does not fit {type(net).__name__}: "
             + "; ".join(parts)
@@ -412,18 +488,7 @@ def load_prompt_tensor(net: Any, path: Path) -> None:
     net.prompt_learner.ctx.data = ctx.to(net.prompt_learner.ctx)
 
 
-# ----------------------------------------------------------------------------- checks before building
-
-
 def required_weight_files(spec: str | Mapping[str, Any] | MetricSpec) -> list[Path]:
-    """Files this metric needs offline, under the configured weight home; empty for weight-free ones.
-
-    Metrics outside this module's table also return ``[]`` (nothing known to check up front); building
-    them still never downloads: a missing file raises at :func:`create_metrics`.
-    """
+    """Files this metric needs offline, under the configured weight home; ``[]`` for weight-free metrics and for
+    those outside this module's table (building them still never downloads)."""
     return [need.path for need in needs(MetricSpec.parse(spec))]
-
-
-def check_weights(specs: Any) -> None:
-    """Raise one FileNotFoundError listing every missing weight file of ``specs``, where to put it, and its URL."""
-    check_files(parse_all(specs))

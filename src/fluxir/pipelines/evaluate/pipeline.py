@@ -1,23 +1,20 @@
 """Evaluate wiring: prepare each benchmark -> FluxIR / public restorers / bicubic / baselines -> score -> report.
-
-The nodes take ``params:evaluate`` as one ``EvaluateConfig`` (node ``evaluate_config``); the union of every
-method's outputs is built once (``eval_outputs_table``) for scoring and the grids.
-"""
+The nodes take ``params:evaluate`` as one ``EvaluateConfig``; the union of every method's outputs is built once."""
 
 from kedro.pipeline import Node, Pipeline
+
+from fluxir.evaluation.config import EvaluateConfig
+from fluxir.evaluation.report import grids, score_all
 
 from .nodes import (
     announce_report,
     build_report,
     collect_benchmarks,
     collect_outputs,
-    evaluate_config,
     find_baselines,
-    make_grids,
     prepare_benchmark,
     restore_benchmarks,
     restore_with_public_weights,
-    score_outputs,
     summarize_metrics,
     upsample_bicubic,
 )
@@ -46,7 +43,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     ]
     return Pipeline(
         [
-            Node(evaluate_config, "params:evaluate", "evaluate_config", name="evaluate_config"),
+            Node(EvaluateConfig.from_params, "params:evaluate", "evaluate_config", name="evaluate_config"),
             *prepare,
             Node(
                 collect_benchmarks,
@@ -56,23 +53,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 restore_benchmarks,
-                [
-                    "benchmark_manifest",
-                    "fluxir_adapter",
-                    "eval_outputs",
-                    "evaluate_config",
-                ],
+                ["benchmark_manifest", "fluxir_adapter", "eval_outputs", "evaluate_config"],
                 ["eval_restored_images", "eval_restore_info"],
                 name="restore_benchmarks",
             ),
             Node(
                 restore_with_public_weights,
-                [
-                    "benchmark_manifest",
-                    "params:baselines",
-                    "eval_outputs",
-                    "evaluate_config",
-                ],
+                ["benchmark_manifest", "params:baselines", "eval_outputs", "evaluate_config"],
                 ["eval_public_images", "eval_public_info"],
                 name="restore_with_public_weights",
             ),
@@ -90,7 +77,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(collect_outputs, OUTPUTS, "eval_outputs_table", name="collect_outputs"),
             Node(
-                score_outputs,
+                score_all,
                 [
                     "benchmark_manifest",
                     "eval_outputs_table",
@@ -110,7 +97,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="summarize_metrics",
             ),
             Node(
-                make_grids,
+                grids,
                 ["benchmark_manifest", "eval_outputs_table", "benchmark_status", "evaluate_config"],
                 {**{key: f"{key}_grid" for key in BENCHMARKS}, "png": "eval_grid_pngs"},
                 name="make_grids",
