@@ -30,8 +30,7 @@ from fluxir.io.images import check_rgb_uint8
 from fluxir.models.devices import resolve_device
 from fluxir.models.loading import load_pipeline
 from fluxir.parameters.rules import Config, Rule
-from fluxir.restoration.restore_config import MULTIPLE, output_size, round_up
-from fluxir.restoration.work import RestoreWork, time_two_steps
+from fluxir.restoration.restore_config import MULTIPLE, RestoreWork, output_size, round_up, time_two_steps
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONTROLNET_RULES = (
@@ -192,8 +191,7 @@ class ControlNetRestorer:
 
     @torch.no_grad()
     def restore(self, lq: np.ndarray, progress: bool = False, on_step: Any = None) -> np.ndarray:
-        from fluxir.restoration.colorfix import color_fix
-        from fluxir.restoration.sampler import upsample
+        from fluxir.restoration.sampler import color_fix, upsample
 
         cfg = self.cfg
         lq = check_rgb_uint8(lq, "use read_photo() for files")

@@ -22,9 +22,8 @@ import torch
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.images import read_image, read_photo
 from fluxir.restoration.methods import RestorerSpec
-from fluxir.restoration.restore_config import RestoreConfig, config_dict
+from fluxir.restoration.restore_config import RestoreConfig, RestoreWork, config_dict
 from fluxir.restoration.sampler import upsample
-from fluxir.restoration.work import RestoreWork
 from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)

@@ -85,14 +85,29 @@ class FluxIR(Method):
         return Restorer.from_source(spec.model, spec.adapter, spec.config, spec.prompt_cache)
 
     def plan(self, height: int, width: int, cfg: Any, settings: Any) -> Any:
-        from fluxir.restoration.work import fluxir_work
+        """Diffusion tiles x steps."""
+        from fluxir.restoration.restore_config import MULTIPLE, RestoreWork, output_size, round_up
+        from fluxir.restoration.sampler import tile_spans
 
-        return fluxir_work(height, width, cfg)
+        out_h, out_w = output_size(height, width, cfg)
+        token_tile = cfg.tile_size and cfg.tile_size // MULTIPLE
+        rows = tile_spans(round_up(out_h) // MULTIPLE, token_tile, cfg.tile_overlap // MULTIPLE)
+        cols = tile_spans(round_up(out_w) // MULTIPLE, token_tile, cfg.tile_overlap // MULTIPLE)
+        unit = ((rows[0][1] - rows[0][0]) * MULTIPLE, (cols[0][1] - cols[0][0]) * MULTIPLE)
+        tiles = len(rows) * len(cols)
+        text = f"{tiles} tile(s) x {cfg.steps} steps"
+        return RestoreWork((width, height), (out_w, out_h), tiles, cfg.steps, unit, "tile-step", text)
 
     def warm_up(self, restorer: Any, work: Any) -> float:
-        from fluxir.restoration.work import fluxir_warm_up
+        """Seconds per tile-step, timed between two Euler steps on one tile of ``work``'s shape."""
+        from fluxir.restoration.restore_config import time_two_steps
 
-        return fluxir_warm_up(restorer, work)
+        saved = restorer.config
+        restorer.config = dataclasses.replace(saved, steps=2, start_t=1.0)
+        try:
+            return time_two_steps(restorer, [work.unit_size[1], work.unit_size[0]])
+        finally:
+            restorer.config = saved
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
         """Flux's id and revision and the adapter's fingerprint (a hash of its weights)."""
@@ -231,7 +246,7 @@ class RestorerSpec:
 
     def work(self, height: int, width: int, name: str) -> Any:
         """The ``RestoreWork`` of an (height, width) input; ValueError when its output is too large."""
-        from fluxir.restoration.work import check_output_size
+        from fluxir.restoration.restore_config import check_output_size
 
         work = self.method.plan(height, width, self.config, self.settings)
         return check_output_size(work, self.config, name, self.method.bound(self.config, self.settings))

@@ -27,8 +27,7 @@ from fluxir.io.hashing import sha256_file
 from fluxir.io.images import check_rgb_uint8
 from fluxir.models.devices import resolve_device
 from fluxir.parameters.rules import Config, Rule
-from fluxir.restoration.restore_config import output_size
-from fluxir.restoration.work import RestoreWork, now
+from fluxir.restoration.restore_config import RestoreWork, now, output_size
 from fluxir.runtime.progress import progress as progress_bar
 
 DTYPES = ("float32", "float16", "bfloat16")
