@@ -29,9 +29,8 @@ from kedro.io.core import DatasetError
 from fluxir.io.images import read_image, read_photo
 from fluxir.parameters.validation import baselines_problems, raise_problems, restore_settings_problems
 from fluxir.restoration.files import LazyRestorer, RestoreJob, restore_one, split_params
-from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
 from fluxir.restoration.methods import RESTORE_METHODS, RestorerSpec, method_named, restorer_spec, uses_adapter
-from fluxir.restoration.restore_config import COLOR_FIX_METHODS, RestoreConfig
+from fluxir.restoration.restore_config import COLOR_FIX_METHODS, OFFLOAD_MODES, QUANTIZE_MODES, RestoreConfig
 from fluxir.restoration.sampler import upsample
 
 logger = logging.getLogger(__name__)

@@ -1,18 +1,7 @@
-"""The restore methods, in one registry: ``METHODS`` {name: entry}.
-
-``restore.method`` (restore pipeline, web app) and ``evaluate.methods`` (evaluate pipeline) name them:
-
-- ``fluxir``: ``fluxir.restoration.sampler.Restorer``, Flux + the trained adapter (the catalog's ``fluxir_adapter``);
-- ``flux_controlnet``: ``fluxir.restoration.controlnet`` (public weights, settings ``baselines.flux_controlnet``);
-- ``realesrgan``: ``fluxir.restoration.realesrgan`` (public weights, settings ``baselines.realesrgan``);
-- ``bicubic`` (evaluation only, no restorer): PIL bicubic.
-
-An entry knows its settings, how to load its restorer, what it costs per image (``plan``, ``warm_up``), its
-fingerprint and one line describing it. Every restorer has ``restore(lq, progress=False, on_step=None) -> (H, W,
-3) uint8`` and a ``config`` (the ``RestoreConfig``, or an ``OutputGeometry`` for a public one) whose ``scale`` /
-``target_size`` / ``color_fix`` set the output. A ``RestorerSpec`` is everything one restorer is built from,
-checked before its weights load (``restorer_spec``). A fourth restorer: its module and one entry here.
-Heavy modules (torch, diffusers) are imported only when an entry is used.
+"""The restore methods, in one registry: ``METHODS`` {name: entry}, named by ``restore.method`` and
+``evaluate.methods`` (plus ``bicubic``, evaluation only). Every restorer has ``restore(lq, progress=False,
+on_step=None) -> (H, W, 3) uint8`` and a ``config`` whose ``scale`` / ``target_size`` / ``color_fix`` set the output.
+A fourth restorer is its module and one entry here; heavy modules load only when an entry is used.
 """
 
 from __future__ import annotations
@@ -27,7 +16,7 @@ from typing import Any
 
 
 class Method:
-    """What the runs need of a restore method; one subclass per method, one instance each in ``METHODS``."""
+    """What the runs need of a restore method: its settings, how to load, plan, time, fingerprint and describe it."""
 
     name = ""
     title = ""
@@ -39,7 +28,6 @@ class Method:
         return None
 
     def output(self, cfg: Any) -> Any:
-        """What the restorer reads its output size and colour fix from."""
         return cfg
 
     def load(self, spec: RestorerSpec) -> Any:
@@ -50,16 +38,15 @@ class Method:
         restorer.config = self.output(spec.config)
 
     def plan(self, height: int, width: int, cfg: Any, settings: Any) -> Any:
-        """The ``RestoreWork`` of an (height, width) input, from the sizes alone (no model needed)."""
+        """The ``RestoreWork`` of an (height, width) input, from the sizes alone."""
         raise NotImplementedError
 
     def bound(self, cfg: Any, settings: Any) -> tuple[float, str, str]:
-        """(megapixels, parameter, why) of the largest output allowed: ``restore.max_output_megapixels`` (none
-        where ``cfg`` is an evaluation's ``OutputGeometry``: the benchmark sets the size)."""
+        """(megapixels, parameter, why) of the largest output allowed (none for an evaluation's ``OutputGeometry``)."""
         return getattr(cfg, "max_output_megapixels", math.inf), "restore.max_output_megapixels", ""
 
     def warm_up(self, restorer: Any, work: Any) -> float:
-        """Seconds per unit of ``work``, timed on the loaded ``restorer`` (``fluxir.restoration.work``)."""
+        """Seconds per unit of ``work``, timed on the loaded ``restorer``."""
         raise NotImplementedError
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
@@ -67,7 +54,6 @@ class Method:
         return {}
 
     def summary(self, spec: RestorerSpec) -> dict[str, Any]:
-        """Fields of a restore run's summary besides the method."""
         return {}
 
 
@@ -165,7 +151,6 @@ class PublicMethod(Method):
         return self._module().describe(settings)
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
-        """The fingerprint of its weights."""
         return {"Restorer-Weights": spec.fingerprint}
 
     def summary(self, spec: RestorerSpec) -> dict[str, Any]:
@@ -178,8 +163,7 @@ class RealESRGAN(PublicMethod):
     module = "fluxir.restoration.realesrgan"
     config_class = "RealESRGANConfig"
 
-    def output(self, cfg: Any) -> Any:
-        """Without a colour fix: Real-ESRGAN's published inference has none."""
+    def output(self, cfg: Any) -> Any:  # no colour fix: Real-ESRGAN's published inference has none
         return dataclasses.replace(super().output(cfg), color_fix="none")
 
 
@@ -190,7 +174,6 @@ class FluxControlNet(PublicMethod):
     config_class = "FluxControlNetConfig"
 
     def bound(self, cfg: Any, settings: Any) -> tuple[float, str, str]:
-        """The smaller of ``restore.max_output_megapixels`` and its own: it does not tile."""
         general = super().bound(cfg, settings)
         if settings.max_output_megapixels >= general[0]:
             return general
@@ -206,7 +189,6 @@ TITLES = {**{name: m.title for name, m in METHODS.items()}, "bicubic": "Bicubic"
 
 
 def method_named(name: Any, parameter: str = "restore.method") -> Method:
-    """The registry's entry ``name``; ValueError naming ``parameter`` for any other value."""
     if name not in METHODS:
         raise ValueError(f"{parameter} must be one of {RESTORE_METHODS}, got {name!r}")
     return METHODS[name]
@@ -268,11 +250,8 @@ def restorer_spec(
     device: Any = None,
     parameter: str = "restore.method",
 ) -> RestorerSpec:
-    """The spec of restore method ``name`` with ``config`` (``restore.*``) and its ``baselines.<name>`` settings.
-    ``device``: this process's accelerate device, used where the method's device is ``auto`` (each process of a
-    multi-process run on its own GPU). FluxIR takes a trained ``adapter`` (None: plain Flux; a ``MissingAdapter``
-    fails, saying what to run); the others take none. A public method's weights are checked here: a missing file
-    fails now, naming the parameter."""
+    """The spec of method ``name`` with ``config`` (``restore.*``) and its ``baselines.<name>`` settings, on ``device``
+    where the method's device is ``auto``. A ``MissingAdapter`` or a public method's missing weights fail now."""
     from fluxir.datasets.adapter_dataset import require_adapter
     from fluxir.models.devices import resolve_device
 

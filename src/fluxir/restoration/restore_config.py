@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from fluxir.parameters.rules import Config, Rule, is_int
-from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES, combination_problems
 
 COLOR_FIX_METHODS = ("wavelet", "adain", "none")
+OFFLOAD_MODES = ("none", "model", "sequential")  # fluxir.restoration.lowmem
+QUANTIZE_MODES = ("none", "int8", "fp8", "nf4")
 SCHEDULES = ("flux_shift", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
 MULTIPLE = 16  # VAE downsampling 8 x 2x2 packing
@@ -123,8 +124,13 @@ class RestoreConfig(_Geometry):
                     f"restore.{overlap_name} must be a multiple of {multiple} in [0, {tile_name}/2 = {tile // 2}], "
                     f"got {overlap!r}"
                 )
-        if not failed & {"offload", "quantize"}:
-            found += combination_problems("restore.", self.offload, self.quantize)
+        if self.offload == "sequential" and self.quantize in QUANTIZE_MODES[1:]:
+            # accelerate's per-layer weight swapping rebuilds plain tensors from the CPU state dict; quantised
+            # tensor subclasses (torchao, bitsandbytes) do not survive it.
+            found.append(
+                f"restore.offload=sequential cannot be combined with restore.quantize={self.quantize!r}: "
+                "use offload=model with quantize, or sequential with quantize=none"
+            )
         return found
 
 
