@@ -10,7 +10,7 @@ from fluxir.evaluation.report import CONVENTION_DEFINITIONS
 from fluxir.parameters.rules import Config, Rule, is_int
 from fluxir.restoration.methods import EVALUATE_METHODS
 
-# fluxir.restoration.restore_config's COLOR_FIX_METHODS, named here: building the pipeline imports no torch
+# fluxir.restoration.colorfix's methods, named here so that building the pipeline does not import torch
 COLOR_FIX_METHODS = ("wavelet", "adain", "none")
 
 

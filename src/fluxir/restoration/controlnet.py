@@ -59,7 +59,7 @@ class FluxControlNetConfig(Config):
     dtype: str
     device: str
     max_sequence_length: int
-    max_output_megapixels: float  # larger outputs are refused before loading (fluxir.restoration.work)
+    max_output_megapixels: float  # larger outputs are refused before loading (Method.bound)
 
     PREFIX, RULES = "baselines.flux_controlnet.", CONTROLNET_RULES
 
@@ -100,17 +100,10 @@ def config_mismatch(controlnet_config: Any, transformer_config: Any) -> list[str
     ]
 
 
-def check_fits(controlnet: Any, transformer: Any, cfg: FluxControlNetConfig) -> None:
-    wrong = config_mismatch(controlnet.config, transformer.config)
-    if wrong:
-        raise ValueError(
-            f"the ControlNet {cfg.controlnet!r} does not fit the Flux transformer of {cfg.model!r}: "
-            f"{', '.join(wrong)}; set baselines.flux_controlnet.model and .controlnet to a matching pair"
-        )
-
-
-def source_fingerprint(source: str) -> str:
-    """12 hex of a ControlNet source: a local folder's file hashes, a cached hub snapshot's commit, else the id."""
+def fingerprint(cfg: FluxControlNetConfig) -> str:
+    """12 hex of the ControlNet (the base is named by ``cfg.model``, as FluxIR's): a local folder's file hashes,
+    a cached hub snapshot's commit, else the id."""
+    source = cfg.controlnet
     path = Path(source).expanduser()
     if path.is_dir():
         digest = hashlib.sha256()
@@ -128,8 +121,6 @@ class ControlNetRestorer:
     """``ControlNetRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> (H, W, 3) uint8, the size and colour
     fix from ``geometry`` (an ``OutputGeometry``). Loads Flux and the ControlNet, encodes the empty prompt once."""
 
-    method = "flux_controlnet"
-
     def __init__(self, cfg: FluxControlNetConfig, geometry: Any) -> None:
         from diffusers import FluxControlNetPipeline
 
@@ -139,7 +130,11 @@ class ControlNetRestorer:
         device, dtype = resolve_device(cfg.device), getattr(torch, cfg.dtype)
         flux = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)
         controlnet = load_controlnet(cfg.controlnet, cfg.dtype).to(device)
-        check_fits(controlnet, flux.transformer, cfg)
+        if wrong := config_mismatch(controlnet.config, flux.transformer.config):
+            raise ValueError(
+                f"the ControlNet {cfg.controlnet!r} does not fit the Flux transformer of {cfg.model!r}: "
+                f"{', '.join(wrong)}; set baselines.flux_controlnet.model and .controlnet to a matching pair"
+            )
         embeds = PromptEncoder(flux, [""], cfg.max_sequence_length, device).cache[""]  # drops T5 / CLIP
         self.prompt_embeds = embeds["prompt_embeds"].to(device, dtype)  # (1, S, joint_attention_dim)
         self.pooled_prompt_embeds = embeds["pooled_prompt_embeds"].to(device, dtype)  # (1, pooled_projection_dim)
@@ -205,11 +200,6 @@ def warm_up_rate(restorer: ControlNetRestorer, work: RestoreWork) -> float:
         return time_two_steps(restorer, [work.unit_size[1], work.unit_size[0]])
     finally:
         restorer.config, restorer.cfg = geometry, cfg
-
-
-def fingerprint(cfg: FluxControlNetConfig) -> str:
-    """The ControlNet's content (the base is named by ``cfg.model``, as FluxIR's)."""
-    return source_fingerprint(cfg.controlnet)
 
 
 def describe(cfg: FluxControlNetConfig) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.images import read_image, read_photo
 from fluxir.restoration.methods import RestorerSpec
-from fluxir.restoration.restore_config import RestoreConfig, RestoreWork, config_dict
+from fluxir.restoration.restore_config import RestoreConfig, config_dict
 from fluxir.restoration.sampler import upsample
 from fluxir.runtime.progress import progress as progress_bar
 
@@ -113,7 +114,13 @@ def restore_one(
     except (torch.OutOfMemoryError, MemoryError) as err:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        reason = out_of_memory_advice(err, work)
+        where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "CPU"
+        first = (str(err).splitlines() or [""])[0] or type(err).__name__
+        reason = (
+            f"out of {where} memory at a {work.out_size[0]}x{work.out_size[1]} output ({first}); lower "
+            "restore.tile_size / restore.vae_tile_size, restore.scale or restore.max_output_megapixels, or use "
+            "restore.offload=model / restore.quantize (docs/troubleshooting.md)"
+        )
         raise PhotoFailed(f"{name}: {reason}", reason) from err
     seconds = time.perf_counter() - start
     lazy.passes, lazy.pass_seconds = lazy.passes + work.passes, lazy.pass_seconds + seconds
@@ -137,16 +144,6 @@ def restore_files(spec: RestorerSpec, jobs: list[tuple[str, str]], progress: boo
             logger.warning("could not restore %s: %s", src, err.reason)
     bar.close()
     return RankResult(results, failures, lazy.load_seconds)
-
-
-def out_of_memory_advice(err: BaseException, work: RestoreWork) -> str:
-    where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "CPU"
-    first = (str(err).splitlines() or [""])[0] or type(err).__name__
-    return (
-        f"out of {where} memory at a {work.out_size[0]}x{work.out_size[1]} output ({first}); lower "
-        "restore.tile_size / restore.vae_tile_size, restore.scale or restore.max_output_megapixels, or use "
-        "restore.offload=model / restore.quantize (docs/troubleshooting.md)"
-    )
 
 
 def restore_share(
@@ -274,9 +271,7 @@ def plan_folder(input_dir: str | Path | None, output_dir: str | Path, overwrite:
         files, relative = [src], [Path(src.name)]
     if not files:
         raise ValueError(f"catalog entry restore_input: {str(src)!r} has no files")
-    stems: dict[Path, int] = {}
-    for rel in relative:
-        stems[rel.with_suffix(".png")] = stems.get(rel.with_suffix(".png"), 0) + 1
+    stems = Counter(rel.with_suffix(".png") for rel in relative)
     inputs = {p.resolve() for p in files}
     rows = []
     for path, rel in zip(files, relative):

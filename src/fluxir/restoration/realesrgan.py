@@ -134,8 +134,6 @@ class RealESRGANRestorer:
     """``RealESRGANRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> (H, W, 3) uint8, the size from
     ``geometry``, no colour fix (Real-ESRGAN's published inference has none)."""
 
-    method = "realesrgan"
-
     def __init__(self, cfg: RealESRGANConfig, geometry: Any) -> None:
         self.cfg = cfg
         self.config = geometry

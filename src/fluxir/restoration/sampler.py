@@ -235,35 +235,27 @@ class Restorer:
         self.txt_ids = torch.zeros(self.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)  # (S, 3)
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, adapter: Any, config: RestoreConfig) -> Restorer:
-        """From a loaded ``FluxPipeline``: encodes the empty prompt once, then drops T5/CLIP from ``pipe``."""
-        seq_len = prompt_length(config, adapter)
-        device = resolve_device(config.device)
-        # Text encoders left on the CPU (low-memory loading) visit the accelerator once, through accelerate's
-        # hook, to encode the empty prompt; PromptEncoder then drops them.
-        hooks = []
-        if device != "cpu":
-            hooks = [
-                cpu_offload_with_hook(encoder, device)[1]
-                for encoder in (pipe.text_encoder, pipe.text_encoder_2)
-                if encoder is not None and encoder.device.type == "cpu"
-            ]
-        embeds = PromptEncoder(pipe, [""], seq_len, device).cache[""]
-        for hook in hooks:
-            hook.offload()
-        return cls._from_parts(pipe, embeds, adapter, config)
-
-    @classmethod
-    def _from_parts(cls, pipe: Any, embeds: dict[str, Tensor], adapter: Any, config: RestoreConfig) -> Restorer:
-        return cls(
-            pipe.transformer,
-            pipe.vae,
-            pipe.scheduler.config,
-            embeds["prompt_embeds"],
-            embeds["pooled_prompt_embeds"],
-            adapter,
-            config,
-        )
+    def from_pipeline(
+        cls, pipe: Any, adapter: Any, config: RestoreConfig, embeds: dict[str, Tensor] | None = None
+    ) -> Restorer:
+        """From a loaded ``FluxPipeline``; without the empty prompt's ``embeds`` it is encoded once, then T5/CLIP
+        are dropped from ``pipe``."""
+        if embeds is None:
+            device = resolve_device(config.device)
+            # Text encoders left on the CPU (low-memory loading) visit the accelerator once, through accelerate's
+            # hook, to encode the empty prompt; PromptEncoder then drops them.
+            hooks = []
+            if device != "cpu":
+                hooks = [
+                    cpu_offload_with_hook(encoder, device)[1]
+                    for encoder in (pipe.text_encoder, pipe.text_encoder_2)
+                    if encoder is not None and encoder.device.type == "cpu"
+                ]
+            embeds = PromptEncoder(pipe, [""], prompt_length(config, adapter), device).cache[""]
+            for hook in hooks:
+                hook.offload()
+        prompt, pooled = embeds["prompt_embeds"], embeds["pooled_prompt_embeds"]
+        return cls(pipe.transformer, pipe.vae, pipe.scheduler.config, prompt, pooled, adapter, config)
 
     @classmethod
     def from_source(
@@ -281,7 +273,7 @@ class Restorer:
         embeds = cached_empty_prompt(prompt_cache, model, seq_len, config.dtype)
         if embeds is not None:
             pipe = load_pipeline(model, dtype=config.dtype, device=device, text_encoders=False)
-            return cls._from_parts(pipe, embeds, adapter, config)
+            return cls.from_pipeline(pipe, adapter, config, embeds)
         pipe = load_pipeline(model, dtype=config.dtype, device=device)
         pipe.set_progress_bar_config(disable=True)
         restorer = cls.from_pipeline(pipe, adapter, config)
