@@ -66,9 +66,6 @@ class LazyRestorer:
     passes: int = 0  # model passes done so far and their time: the rate of the next estimate
     pass_seconds: float = 0.0
 
-    def rate(self) -> float | None:
-        return self.pass_seconds / self.passes if self.passes else None
-
 
 def restore_one(
     lazy: LazyRestorer,
@@ -92,12 +89,13 @@ def restore_one(
         work = lazy.spec.work(rgb.shape[0], rgb.shape[1], name)
     except ValueError as err:
         raise PhotoFailed(str(err), str(err)) from err
-    rate, basis = lazy.rate(), "rate of the images before"
+    rate = lazy.pass_seconds / lazy.passes if lazy.passes else None
+    basis = "rate of the images before"
     if lazy.restorer is None:
         if on_plan is not None:
             on_plan(f"loading models; {work.describe(rate, basis)}")
         start = time.perf_counter()
-        lazy.restorer = lazy.spec.load()
+        lazy.restorer = lazy.spec.method.load(lazy.spec)
         lazy.load_seconds = time.perf_counter() - start
         lazy.provenance = lazy.spec.provenance()
     if rate is None:
