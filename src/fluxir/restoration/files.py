@@ -279,8 +279,6 @@ def plan_folder(input_dir: str | Path | None, output_dir: str | Path, overwrite:
             raise ValueError(
                 f"output {str(out)!r} would overwrite the input {str(path)!r}: choose another restore.output_dir"
             )
-        exists = out.is_file()
-        rows.append(
-            {"input": str(path), "output": str(out), "action": "skip" if exists and not overwrite else "restore"}
-        )
+        action = "skip" if out.is_file() and not overwrite else "restore"
+        rows.append({"input": str(path), "output": str(out), "action": action})
     return rows

@@ -1,14 +1,8 @@
-"""Low-memory modes for the frozen Flux (``restore.offload``, ``restore.quantize``): FLUX.1-dev's 11.9B-parameter
-transformer is 23.8 GB in bf16, more than a 24 GB card holds (docs/restoration.md has the measured peaks).
-
-Offload: accelerate's hooks move the weights, nothing here moves a tensor by hand. ``model`` chains
-``cpu_offload_with_hook`` on the transformer and the VAE so they take turns on the accelerator (one copy per image,
-not per step; ``controlled_flux_forward`` fires the transformer's hook itself, as ``apply_forward_hook`` does for
-the VAE); ``sequential`` streams every leaf module's weights (slow, fits small cards). On a CPU the hooks still run.
-Quantisation of the transformer's ``nn.Linear`` weights (never the adapter's), checked with torch 2.14.1: ``int8``
-/ ``fp8`` with torchao (CPU and CUDA; fp8 needs compute capability >= 8.9), ``nf4`` with bitsandbytes ``Linear4bit``
-(QLoRA's NF4, as diffusers' ``BitsAndBytesConfig``; a CPU path since bitsandbytes 0.46). optimum-quanto was not
-chosen: it is in maintenance mode and its int8 CPU path dequantises per call.
+"""Low-memory modes for the frozen Flux (``restore.offload``, ``restore.quantize``; docs/restoration.md tables them):
+FLUX.1-dev's transformer is 23.8 GB in bf16, more than a 24 GB card holds. accelerate's hooks move the weights, also
+on the CPU (``controlled_flux_forward`` fires the transformer's hook itself, as ``apply_forward_hook`` does for the
+VAE). Quantised with torchao (int8, fp8: CPU and CUDA) or bitsandbytes NF4 (a CPU path since 0.46), checked with torch
+2.14.1; optimum-quanto was not chosen: it is in maintenance mode and its int8 CPU path dequantises per call.
 """
 
 from __future__ import annotations
