@@ -95,7 +95,7 @@ def restore_one(
         if on_plan is not None:
             on_plan(f"loading models; {work.describe(rate, basis)}")
         start = time.perf_counter()
-        lazy.restorer = lazy.spec.method.load(lazy.spec)
+        lazy.restorer = lazy.spec.load()
         lazy.load_seconds = time.perf_counter() - start
         lazy.provenance = lazy.spec.provenance()
     if rate is None:

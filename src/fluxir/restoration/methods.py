@@ -220,6 +220,9 @@ class RestorerSpec:
     prompt_cache: str | Path | None = None  # FluxIR: the catalog's prompt_embeddings folder
     fingerprint: str | None = None  # a public method's weights (Method.fingerprint), computed once
 
+    def load(self) -> Any:
+        return self.method.load(self)
+
     def work(self, height: int, width: int, name: str) -> Any:
         """The ``RestoreWork`` of an (height, width) input; ValueError when its output is too large."""
         from fluxir.restoration.restore_config import check_output_size
