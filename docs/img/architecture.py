@@ -315,7 +315,7 @@ box(
     [
         "VAE decode (tiled) -> colour fix",
         "wavelet | adain | none against the upsampled LQ",
-        "restoration/sampler.py, colorfix.py",
+        "restoration/sampler.py",
     ],
     size=11,
 )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from fluxir.restoration.colorfix import color_fix
+from fluxir.restoration.sampler import color_fix
 
 SIZE = 192
 

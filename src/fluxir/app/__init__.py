@@ -1,16 +1,6 @@
-"""The FluxIR web app: upload a photo, restore it with Flux + a FluxIR adapter (or, without one, a public
-restorer: the Flux ControlNet upscaler or Real-ESRGAN), compare, download the PNG.
-
-    make app                                   # FLUX.1-dev (restore.model), http://127.0.0.1:7860
-    .venv/bin/python -m fluxir.app --env tiny  # the tiny random-weight models (machinery only)
-
-The model folder and every default come from the Kedro project's ``restore`` parameters (``--env``); the
-adapter is the catalog entry ``fluxir_adapter``: the latest version by default, any version on disk from
-the picker (or "none": plain Flux). The method picker is ``restore.method`` (settings of the public ones:
-``baselines.*``); the page says which method and weights produced each result. Photos are restored by the
-same ``fluxir.restoration.files.restore_one`` as ``kedro run --pipeline=restore`` (any mode, EXIF rotation,
-16-bit, alpha kept; size bound, tiling and provenance included). One job runs at a time (the queue
-has concurrency 1: one GPU); the server binds 127.0.0.1 unless ``--host`` says otherwise.
+"""The FluxIR web app (``python -m fluxir.app``, ``make app``): upload a photo, restore it with Flux + a FluxIR adapter
+(or a public restorer), compare, download the PNG. Settings and the adapter's versions come from the Kedro project
+(``--env``); each upload goes through ``restore_one`` like the restore pipeline; one job at a time (one GPU).
 """
 
 from __future__ import annotations
@@ -28,11 +18,9 @@ from kedro.io.core import DatasetError
 
 from fluxir.io.images import read_image, read_photo
 from fluxir.parameters.validation import baselines_problems, raise_problems, restore_settings_problems
-from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.files import LazyRestorer, RestoreJob, restore_one, split_params
-from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES
 from fluxir.restoration.methods import RESTORE_METHODS, RestorerSpec, method_named, restorer_spec, uses_adapter
-from fluxir.restoration.restore_config import RestoreConfig
+from fluxir.restoration.restore_config import COLOR_FIX_METHODS, OFFLOAD_MODES, QUANTIZE_MODES, RestoreConfig
 from fluxir.restoration.sampler import upsample
 
 logger = logging.getLogger(__name__)
@@ -44,8 +32,7 @@ PAGE_SETTINGS = ("steps", "seed")  # the page's values also reach a public metho
 
 @dataclass
 class ProjectModels:
-    """What the app reads from the Kedro project (restore parameters, the adapter catalog entry) and the restorer
-    it keeps loaded between uploads."""
+    """What the app reads from the Kedro project and the restorer it keeps loaded between uploads."""
 
     project: Path
     params: dict[str, Any]  # restore.* of the chosen env
@@ -58,7 +45,6 @@ class ProjectModels:
     def from_kedro(
         cls, project: str | Path, env: str | None = None, overrides: Iterable[str | Mapping[str, Any]] = ()
     ) -> ProjectModels:
-        """Read ``restore`` parameters and the catalog of the project at ``project`` (env None: as kedro run)."""
         from fluxir.parameters.config import default_env, load_catalog, load_params
 
         project = Path(project).resolve()
@@ -72,11 +58,10 @@ class ProjectModels:
         return cls(project, dict(params["restore"]), load_catalog(env, project, overrides), baselines)
 
     def adapter_versions(self) -> list[str]:
-        """Saved versions of the adapter on disk, newest first."""
+        """Newest first."""
         return self.catalog.get(ADAPTER_ENTRY).versions()
 
     def load_adapter(self, version: str) -> Any:
-        """The adapter of ``version`` through the catalog dataset, or None for ``NO_ADAPTER``."""
         from kedro.io import Version
 
         if version == NO_ADAPTER:
@@ -84,9 +69,8 @@ class ProjectModels:
         return self.catalog.get(ADAPTER_ENTRY, version=Version(version, None)).load()
 
     def restorer(self, job: RestoreJob, config: RestoreConfig, version: str, page: Mapping[str, Any]) -> LazyRestorer:
-        """The restorer of ``job.method`` (and adapter ``version``) with ``config``; its models are reloaded only
-        when the method, the adapter or a setting it was loaded with (``Method.load_fields``) changed. A public
-        method's settings come from ``baselines.<method>``, its ``PAGE_SETTINGS`` from the page."""
+        """The restorer of ``job.method`` with ``config``, reloaded only when the method, the adapter or one of its
+        ``Method.load_fields`` changed; a public method's ``PAGE_SETTINGS`` come from the page."""
         entry = method_named(job.method)
         key = (entry.name, version if entry.needs_adapter else None, *(getattr(config, f) for f in entry.load_fields))
         if self.current is None or self._key != key:
@@ -104,7 +88,6 @@ class ProjectModels:
         return self.current
 
     def method_label(self, spec: RestorerSpec, version: str) -> str:
-        """What produced a result, in one line for the page."""
         if spec.method.needs_adapter:
             return f"Restored with {spec.method.title}: Flux ({self.params.get('model')}) + adapter {version}"
         return f"Restored with {spec.method.title}: {spec.method.describe(spec.settings)}"
@@ -118,20 +101,11 @@ def restore_upload(
     on_step: Any = None,
     on_start: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, Path, str]:
-    """Restore the uploaded file: (before = bicubic LQ at the output size, after, PNG path, method label).
-
-    ``settings`` may hold ``method`` (``restore.method``: fluxir, flux_controlnet, realesrgan). ``on_start(text)``
-    gets the output size and the method's work before the models load, then again with the estimated time
-    (``restore_one``). Raises ValueError naming the file (unreadable, too large an output, out of memory) or the
-    parameter.
-    """
+    """(before = bicubic LQ at the output size, after, PNG path, method label); ``on_start(text)`` gets the work
+    before the models load and the estimated time. ValueError naming the file or the parameter."""
     if not upload:
         raise ValueError("upload a photo first (PNG, JPEG, WebP, TIFF, ...)")
     name = Path(upload).name
-    try:
-        rgb, _ = read_photo(upload)
-    except ValueError as err:
-        raise ValueError(f"{name}: {str(err).removeprefix(f'{Path(upload)}: ')}") from err
     restore = {**models.params, **settings}
     public = not uses_adapter([restore["method"]])  # only a public restorer reads baselines.*
     problems = restore_settings_problems(restore) + (baselines_problems(models.baselines) if public else [])
@@ -141,12 +115,11 @@ def restore_upload(
     out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_{job.method}.png"
     # the disclosure and the restorer travel with the downloaded file
     result = restore_one(lazy, upload, out, on_step=on_step, on_plan=on_start)
-    before = upsample(rgb, result.out_size[1], result.out_size[0])
+    before = upsample(read_photo(upload)[0], result.out_size[1], result.out_size[0])
     return before, read_image(out), out, models.method_label(lazy.spec, version)
 
 
 def build_app(models: ProjectModels) -> gr.Blocks:
-    """The Gradio page: inputs and settings on the left, before/after slider and download on the right."""
     p = models.params
     versions = models.adapter_versions()
     with gr.Blocks(title="FluxIR restoration") as app:

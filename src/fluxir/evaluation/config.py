@@ -11,7 +11,7 @@ from fluxir.iqa import CONVENTION_DEFINITIONS, MetricSpec
 from fluxir.parameters.rules import Config, Rule, is_int
 from fluxir.restoration.methods import EVALUATE_METHODS
 
-# fluxir.restoration.colorfix's methods, named here so that building the pipeline does not import torch
+# restore_config.COLOR_FIX_METHODS, named again here so that building the pipeline does not import torch
 COLOR_FIX_METHODS = ("wavelet", "adain", "none")
 
 

@@ -1,10 +1,5 @@
-"""``python -m fluxir.restoration`` / ``accelerate launch -m fluxir.restoration``: restore a folder outside
-``kedro run``.
-
-Reads the same configuration (``restore.*``) and catalog (``fluxir_adapter``) as the ``restore`` pipeline.
-Under ``accelerate launch`` process ``r`` of ``w`` restores every ``w``-th planned file from the ``r``-th
-(``fluxir.restoration.files.restore_share``) on its own GPU; outputs are the same as from one process.
-"""
+"""``python -m fluxir.restoration`` / ``accelerate launch -m fluxir.restoration``: restore a folder outside ``kedro
+run``, with the restore pipeline's parameters and catalog; each process restores its share on its own GPU."""
 
 from __future__ import annotations
 

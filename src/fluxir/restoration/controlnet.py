@@ -1,17 +1,8 @@
-"""A public Flux ControlNet upscaler, computed beside FluxIR: the same 12 B Flux base with a ControlNet.
-
-jasperai/Flux.1-dev-Controlnet-Upscaler (a diffusers ``FluxControlNetModel``, 3.6 GB) runs through
-diffusers' ``FluxControlNetPipeline`` as its model card shows: the control image is the LQ upsampled to
-the output size (PIL bicubic, the card's ``control_image.resize((w * 4, h * 4))``), the prompt is empty,
-``controlnet_conditioning_scale`` 0.6 and ``guidance_scale`` 3.5 as on the card. Steps default to 20
-(the card uses 28) so both Flux-based methods get the paper's sampling budget. The output side is padded
-(edge replicate) to a multiple of 16 and cropped back, as FluxIR's restorer does; the same colour fix as
-FluxIR's follows (``restore.color_fix`` / ``evaluate.color_fix``).
-
-The empty prompt is encoded once with Flux's own T5 + CLIP (``PromptEncoder``; folders without text
-encoders get its deterministic stand-ins), then the text encoders are dropped. No tiling: memory grows
-with the output size (1024^2 output: 4096 image tokens, as FluxIR's default tile), so its own
-``max_output_megapixels`` bounds the output (``fluxir.restoration.work``).
+"""A public Flux ControlNet upscaler beside FluxIR: jasperai/Flux.1-dev-Controlnet-Upscaler on the same Flux base,
+through diffusers' ``FluxControlNetPipeline`` as its model card shows: control image = the LQ upsampled (PIL bicubic)
+to the output size, empty prompt, ``controlnet_conditioning_scale`` 0.6, ``guidance_scale`` 3.5; 20 steps (the
+card: 28), the paper's sampling budget. Padded to multiples of 16 and colour-fixed as FluxIR's restorer. It does
+not tile: its own ``max_output_megapixels`` bounds the output.
 """
 
 from __future__ import annotations
@@ -30,10 +21,8 @@ from fluxir.io.images import check_rgb_uint8
 from fluxir.models.devices import resolve_device
 from fluxir.models.loading import load_pipeline
 from fluxir.parameters.rules import Config, Rule
-from fluxir.restoration.restore_config import MULTIPLE, output_size, round_up
-from fluxir.restoration.work import RestoreWork, time_two_steps
+from fluxir.restoration.restore_config import DTYPES, MULTIPLE, RestoreWork, output_size, round_up, time_two_steps
 
-DTYPES = ("float32", "bfloat16", "float16")
 CONTROLNET_RULES = (
     Rule("model", "text", note=" (hub id or local diffusers folder of the Flux base)"),
     Rule("controlnet", "text", note=" (hub id or local FluxControlNetModel folder)"),
@@ -70,17 +59,16 @@ class FluxControlNetConfig(Config):
     dtype: str
     device: str
     max_sequence_length: int
-    max_output_megapixels: float  # larger outputs are refused before loading (fluxir.restoration.work)
+    max_output_megapixels: float  # larger outputs are refused before loading (Method.bound)
 
     PREFIX, RULES = "baselines.flux_controlnet.", CONTROLNET_RULES
 
     def settings(self) -> dict[str, Any]:
-        """Everything that changes the output (not the device, not the size limit)."""
+        """Everything that changes the output."""
         return {k: v for k, v in asdict(self).items() if k not in ("device", "max_output_megapixels")}
 
 
 def load_controlnet(source: str, dtype: str) -> Any:
-    """A ``FluxControlNetModel`` from a local folder (config.json + weights) or a hub id in the local cache."""
     from diffusers import FluxControlNetModel
 
     path = Path(source).expanduser()
@@ -112,19 +100,10 @@ def config_mismatch(controlnet_config: Any, transformer_config: Any) -> list[str
     ]
 
 
-def check_fits(controlnet: Any, transformer: Any, cfg: FluxControlNetConfig) -> None:
-    """Raise ValueError naming both sources when the ControlNet was not made for this Flux."""
-    wrong = config_mismatch(controlnet.config, transformer.config)
-    if wrong:
-        raise ValueError(
-            f"the ControlNet {cfg.controlnet!r} does not fit the Flux transformer of {cfg.model!r}: "
-            f"{', '.join(wrong)}; set baselines.flux_controlnet.model and .controlnet to a matching pair"
-        )
-
-
-def source_fingerprint(source: str) -> str:
-    """12 hex of what a ControlNet source holds: a local folder's file hashes, a cached hub snapshot's commit,
-    else the id itself."""
+def fingerprint(cfg: FluxControlNetConfig) -> str:
+    """12 hex of the ControlNet (the base is named by ``cfg.model``, as FluxIR's): a local folder's file hashes,
+    a cached hub snapshot's commit, else the id."""
+    source = cfg.controlnet
     path = Path(source).expanduser()
     if path.is_dir():
         digest = hashlib.sha256()
@@ -139,39 +118,27 @@ def source_fingerprint(source: str) -> str:
 
 
 class ControlNetRestorer:
-    """``ControlNetRestorer.from_config(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> (H, W, 3) uint8.
+    """``ControlNetRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> (H, W, 3) uint8, the size and colour
+    fix from ``geometry`` (an ``OutputGeometry``). Loads Flux and the ControlNet, encodes the empty prompt once."""
 
-    ``geometry`` is an ``OutputGeometry`` whose ``scale`` / ``target_size`` give the output size and whose
-    ``color_fix`` is applied against the upsampled LQ.
-    """
-
-    method = "flux_controlnet"
-
-    def __init__(
-        self,
-        pipe: Any,
-        prompt_embeds: torch.Tensor,
-        pooled_prompt_embeds: torch.Tensor,
-        cfg: FluxControlNetConfig,
-        geometry: Any,
-    ) -> None:
-        self.pipe, self.cfg, self.config = pipe, cfg, geometry
-        self.prompt_embeds = prompt_embeds  # (1, S, joint_attention_dim)
-        self.pooled_prompt_embeds = pooled_prompt_embeds  # (1, pooled_projection_dim)
-
-    @classmethod
-    def from_config(cls, cfg: FluxControlNetConfig, geometry: Any) -> ControlNetRestorer:
-        """Load Flux (``cfg.model``) and the ControlNet, encode the empty prompt, build the pipeline."""
+    def __init__(self, cfg: FluxControlNetConfig, geometry: Any) -> None:
         from diffusers import FluxControlNetPipeline
 
         from fluxir.models.prompts import PromptEncoder
 
-        device = resolve_device(cfg.device)
+        self.cfg, self.config = cfg, geometry
+        device, dtype = resolve_device(cfg.device), getattr(torch, cfg.dtype)
         flux = load_pipeline(cfg.model, dtype=cfg.dtype, device=device)
         controlnet = load_controlnet(cfg.controlnet, cfg.dtype).to(device)
-        check_fits(controlnet, flux.transformer, cfg)
+        if wrong := config_mismatch(controlnet.config, flux.transformer.config):
+            raise ValueError(
+                f"the ControlNet {cfg.controlnet!r} does not fit the Flux transformer of {cfg.model!r}: "
+                f"{', '.join(wrong)}; set baselines.flux_controlnet.model and .controlnet to a matching pair"
+            )
         embeds = PromptEncoder(flux, [""], cfg.max_sequence_length, device).cache[""]  # drops T5 / CLIP
-        pipe = FluxControlNetPipeline(
+        self.prompt_embeds = embeds["prompt_embeds"].to(device, dtype)  # (1, S, joint_attention_dim)
+        self.pooled_prompt_embeds = embeds["pooled_prompt_embeds"].to(device, dtype)  # (1, pooled_projection_dim)
+        self.pipe = FluxControlNetPipeline(
             scheduler=flux.scheduler,
             vae=flux.vae,
             text_encoder=None,
@@ -181,19 +148,10 @@ class ControlNetRestorer:
             transformer=flux.transformer,
             controlnet=controlnet,
         )
-        dtype = getattr(torch, cfg.dtype)
-        return cls(
-            pipe,
-            embeds["prompt_embeds"].to(device, dtype),
-            embeds["pooled_prompt_embeds"].to(device, dtype),
-            cfg,
-            geometry,
-        )
 
     @torch.no_grad()
     def restore(self, lq: np.ndarray, progress: bool = False, on_step: Any = None) -> np.ndarray:
-        from fluxir.restoration.colorfix import color_fix
-        from fluxir.restoration.sampler import upsample
+        from fluxir.restoration.sampler import color_fix, upsample
 
         cfg = self.cfg
         lq = check_rgb_uint8(lq, "use read_photo() for files")
@@ -226,18 +184,16 @@ class ControlNetRestorer:
 
 
 def load(cfg: FluxControlNetConfig, geometry: Any) -> ControlNetRestorer:
-    return ControlNetRestorer.from_config(cfg, geometry)
+    return ControlNetRestorer(cfg, geometry)
 
 
 def plan_work(height: int, width: int, restore: Any, cfg: FluxControlNetConfig) -> RestoreWork:
-    """The ``RestoreWork`` of an (height, width) input: the whole padded output (no tiles) x ``cfg.steps``."""
     out_h, out_w = output_size(height, width, restore)
     text = f"the whole image (the Flux ControlNet does not tile) x {cfg.steps} steps"
     return RestoreWork((width, height), (out_w, out_h), 1, cfg.steps, (round_up(out_h), round_up(out_w)), "step", text)
 
 
 def warm_up_rate(restorer: ControlNetRestorer, work: RestoreWork) -> float:
-    """Seconds per step at ``work``'s size, the second of two steps timed (the first carries start-up costs)."""
     geometry, cfg = restorer.config, restorer.cfg
     restorer.cfg = replace(cfg, steps=2)
     try:
@@ -246,13 +202,7 @@ def warm_up_rate(restorer: ControlNetRestorer, work: RestoreWork) -> float:
         restorer.config, restorer.cfg = geometry, cfg
 
 
-def fingerprint(cfg: FluxControlNetConfig) -> str:
-    """What identifies the outputs: the ControlNet's content (the base is named by ``cfg.model``, as FluxIR's)."""
-    return source_fingerprint(cfg.controlnet)
-
-
 def describe(cfg: FluxControlNetConfig) -> str:
-    """One line for the report."""
     return (
         f"diffusers FluxControlNetPipeline: {cfg.controlnet} on {cfg.model}; control image = bicubic-upsampled "
         f"LQ, empty prompt, {cfg.steps} steps, controlnet_conditioning_scale {cfg.conditioning_scale}, "

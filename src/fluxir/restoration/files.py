@@ -1,19 +1,16 @@
 """Restoration of files: photos of any mode in, restored PNGs out, folders planned so nothing is overwritten.
-
-A restorer (``fluxir.restoration.methods``) restores one RGB array; ``restore_one`` restores one photo file
-(read with EXIF rotation, 16-bit, alpha; size checked; time estimated; written atomically with provenance) for
-the restore pipeline, the evaluation and the web app alike. ``restore_files`` lists the photos that fail and
-goes on; ``plan_folder`` plans which files of a folder to restore.
+``restore_one`` restores one photo for the restore pipeline, the evaluation and the web app alike.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -24,20 +21,13 @@ from fluxir.io.images import read_image, read_photo
 from fluxir.restoration.methods import RestorerSpec
 from fluxir.restoration.restore_config import RestoreConfig, config_dict
 from fluxir.restoration.sampler import upsample
-from fluxir.restoration.work import RestoreWork
 from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Restoring files (read with ``fluxir.io.images.read_photo``: EXIF rotation, 16-bit, alpha kept apart)
-
-
 @dataclass
 class RestoreResult:
-    """One restored file: sizes and time, for the summary."""
-
     input: str
     output: str
     in_size: tuple[int, int]  # (width, height) after EXIF rotation
@@ -50,11 +40,19 @@ class RestoreResult:
 
 
 class PhotoFailed(ValueError):
-    """A photo that could not be restored: the message names the file; ``reason`` is a failure row's text."""
+    """A photo that could not be restored (unreadable, too large, out of memory); ``reason``: its failure row."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class RankResult(NamedTuple):
+    """What one process of a (possibly multi-process) restoration did."""
+
+    results: list[RestoreResult]
+    failures: list[dict[str, str]]  # [{input, reason}]
+    load_seconds: float
 
 
 @dataclass
@@ -68,9 +66,6 @@ class LazyRestorer:
     passes: int = 0  # model passes done so far and their time: the rate of the next estimate
     pass_seconds: float = 0.0
 
-    def rate(self) -> float | None:
-        return self.pass_seconds / self.passes if self.passes else None
-
 
 def restore_one(
     lazy: LazyRestorer,
@@ -81,15 +76,9 @@ def restore_one(
     on_plan: Callable[[str], None] | None = None,
     as_stored: bool = False,
 ) -> RestoreResult:
-    """Restore the photo ``src`` into the PNG ``dst`` with ``lazy``'s restorer (loaded here when not yet).
-
-    The photo is read (``read_photo``: EXIF rotation, 16-bit, alpha; ``as_stored``: ``read_image``, pixels as
-    stored, for data files), its output size checked against the method's bound before any model loads, the
-    work and estimated time logged and given to ``on_plan`` (the rate of the photos before, else a warm-up,
-    ``fluxir.restoration.work``), then restored and written atomically with the restorer's provenance (the AI
-    disclosure and what made it). Raises ``PhotoFailed`` for an unreadable photo, too large an output or one
-    that ran out of (GPU or CPU) memory; model or adapter problems raise as they are.
-    """
+    """Restore the photo ``src`` (EXIF rotation, 16-bit, alpha; ``as_stored``: pixels as stored, for data files)
+    into the PNG ``dst`` with its provenance. The size is checked before any model loads and the estimated time
+    given to ``on_plan``; model or adapter problems raise as they are."""
     name = Path(src).name
     try:
         rgb, alpha = (read_image(src), None) if as_stored else read_photo(src)
@@ -100,7 +89,8 @@ def restore_one(
         work = lazy.spec.work(rgb.shape[0], rgb.shape[1], name)
     except ValueError as err:
         raise PhotoFailed(str(err), str(err)) from err
-    rate, basis = lazy.rate(), "rate of the images before"
+    rate = lazy.pass_seconds / lazy.passes if lazy.passes else None
+    basis = "rate of the images before"
     if lazy.restorer is None:
         if on_plan is not None:
             on_plan(f"loading models; {work.describe(rate, basis)}")
@@ -122,7 +112,13 @@ def restore_one(
     except (torch.OutOfMemoryError, MemoryError) as err:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        reason = out_of_memory_advice(err, work)
+        where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "CPU"
+        first = (str(err).splitlines() or [""])[0] or type(err).__name__
+        reason = (
+            f"out of {where} memory at a {work.out_size[0]}x{work.out_size[1]} output ({first}); lower "
+            "restore.tile_size / restore.vae_tile_size, restore.scale or restore.max_output_megapixels, or use "
+            "restore.offload=model / restore.quantize (docs/troubleshooting.md)"
+        )
         raise PhotoFailed(f"{name}: {reason}", reason) from err
     seconds = time.perf_counter() - start
     lazy.passes, lazy.pass_seconds = lazy.passes + work.passes, lazy.pass_seconds + seconds
@@ -130,12 +126,8 @@ def restore_one(
     return RestoreResult(str(src), str(dst), (rgb.shape[1], rgb.shape[0]), (out.shape[1], out.shape[0]), seconds)
 
 
-def restore_files(
-    spec: RestorerSpec, jobs: list[tuple[str, str]], progress: bool = True
-) -> tuple[list[RestoreResult], list[dict[str, str]], float]:
-    """Restore each (input, output) pair with ``restore_one``; returns (results, failures [{input, reason}], model
-    load seconds). A photo that fails (``PhotoFailed``) becomes a failure and the loop goes on; the model loads
-    at the first usable input, so a folder of bad files fails fast."""
+def restore_files(spec: RestorerSpec, jobs: list[tuple[str, str]], progress: bool = True) -> RankResult:
+    """Restore each (input, output) pair; a photo that fails is listed and the loop goes on."""
     lazy = LazyRestorer(spec)
     results: list[RestoreResult] = []
     failures: list[dict[str, str]] = []
@@ -149,44 +141,23 @@ def restore_files(
             failures.append({"input": str(src), "reason": err.reason})
             logger.warning("could not restore %s: %s", src, err.reason)
     bar.close()
-    return results, failures, lazy.load_seconds
-
-
-def out_of_memory_advice(err: BaseException, work: RestoreWork) -> str:
-    """The failure reason of an image that ran out of (GPU or CPU) memory, with what to change."""
-    where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "CPU"
-    first = (str(err).splitlines() or [""])[0] or type(err).__name__
-    return (
-        f"out of {where} memory at a {work.out_size[0]}x{work.out_size[1]} output ({first}); lower "
-        "restore.tile_size / restore.vae_tile_size, restore.scale or restore.max_output_megapixels, or use "
-        "restore.offload=model / restore.quantize (docs/troubleshooting.md)"
-    )
-
-
-@dataclass
-class RankResult:
-    """What one process of a (possibly multi-process) restoration did: its results, failures, model load time."""
-
-    results: list[RestoreResult]
-    failures: list[dict[str, str]]
-    load_seconds: float
+    return RankResult(results, failures, lazy.load_seconds)
 
 
 def restore_share(
     plan: Any, job: RestoreJob, spec: RestorerSpec, process_index: int = 0, num_processes: int = 1
 ) -> RankResult:
-    """Restore share ``process_index`` of ``num_processes`` of the plan rows whose action is "restore"
-    (every ``num_processes``-th job: each output depends only on its input and the seed, not on the share)."""
+    """Restore every ``num_processes``-th plan row to restore, from the ``process_index``-th: each output depends
+    only on its input and the seed, not on the share."""
     jobs = list(plan.loc[plan["action"] == "restore", ["input", "output"]].itertuples(index=False, name=None))
     mine = jobs[process_index::num_processes]
-    return RankResult(*restore_files(spec, mine, progress=job.progress and process_index == 0))
+    return restore_files(spec, mine, progress=job.progress and process_index == 0)
 
 
 def summarise_shares(
     plan: Any, shares: list[RankResult], job: RestoreJob, cfg: RestoreConfig
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """(failures [{input, reason}], summary) of all shares, in plan order. Raises RuntimeError, listing the
-    reasons, when no input file could be used at all (nothing restored, nothing skipped)."""
+    """(failures, summary) of all shares, in plan order; RuntimeError when no input file could be used at all."""
     order = {src: i for i, src in enumerate(plan["input"])}
     results = sorted((r for s in shares for r in s.results), key=lambda r: order.get(r.input, len(order)))
     failures = sorted((f for s in shares for f in s.failures), key=lambda f: order.get(f["input"], len(order)))
@@ -195,26 +166,9 @@ def summarise_shares(
         listing = "; ".join(f"{f['input']}: {f['reason']}" for f in failures[:20])
         raise RuntimeError(f"none of the {len(failures)} file(s) in {job.input_dir} could be restored: {listing}")
     load_seconds = max((s.load_seconds for s in shares), default=0.0)  # the processes load side by side
-    return failures, summarise(results, skipped, failures, load_seconds, job, config_dict(cfg))
-
-
-def failure_table(failures: list[dict[str, str]]) -> Any:
-    """Failures as a DataFrame with string columns input, reason (also when empty)."""
-    return pd.DataFrame({c: pd.Series([f[c] for f in failures], dtype="string") for c in ("input", "reason")})
-
-
-def summarise(
-    results: list[RestoreResult],
-    skipped: int,
-    failures: list[dict[str, str]],
-    load_seconds: float,
-    job: RestoreJob,
-    config: dict[str, Any],
-) -> dict[str, Any]:
-    """Counts, megapixels and time per megapixel of a run, with the per-image rows and the config."""
     megapixels = sum(r.megapixels for r in results)
     seconds = sum(r.seconds for r in results)
-    return {
+    return failures, {
         "restored": len(results),
         "skipped_existing": skipped,
         "failed": len(failures),
@@ -226,7 +180,7 @@ def summarise(
         "output_dir": str(job.output_dir),
         "method": job.method,
         "model": job.model,
-        "config": config,
+        "config": config_dict(cfg),
         "images": [
             {
                 "input": r.input,
@@ -238,6 +192,11 @@ def summarise(
             for r in results
         ],
     }
+
+
+def failure_table(failures: list[dict[str, str]]) -> Any:
+    """Failures as a DataFrame with string columns input, reason (also when empty)."""
+    return pd.DataFrame({c: pd.Series([f[c] for f in failures], dtype="string") for c in ("input", "reason")})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -262,8 +221,7 @@ class RestoreJob:
 
 
 def split_params(params: dict[str, Any]) -> tuple[RestoreJob, RestoreConfig]:
-    """``restore.*`` parameters -> (the job, validated RestoreConfig); every key is required (conf/base's
-    parameters_restore.yml sets them all)."""
+    """``restore.*`` parameters -> (the job, validated RestoreConfig); every key is required."""
     missing = [k for k in FILE_PARAMS if k not in params]
     if missing:
         raise ValueError(f"restore lacks {missing}: conf/base's parameters files set every key")
@@ -281,13 +239,11 @@ SET_INPUT = (
 
 
 def plan_folder(input_dir: str | Path | None, output_dir: str | Path, overwrite: bool = False) -> list[dict[str, Any]]:
-    """One row per input file: {input, output, action} with action "restore" or "skip" (output exists).
+    """One row per input file: {input, output, action "restore" or "skip" (output exists)}.
 
-    ``input_dir`` is a folder (searched recursively; hidden files and anything under ``output_dir`` are
-    left out) or one file: the catalog's ``restore_input``; ``output_dir`` is ``restore_output``. Outputs are
-    ``output_dir/<relative path>.png``; when two inputs would share an output (a.jpg, a.png) both keep their
-    extension (a.jpg.png, a.png.png). Raises ValueError when the input is missing or empty, output_dir is the
-    input folder, or an output would replace an input.
+    ``input_dir``: a folder (recursive; hidden files and ``output_dir`` left out) or one file. Outputs are
+    ``output_dir/<relative path>.png``; two inputs that would share one (a.jpg, a.png) keep their extension
+    (a.jpg.png, a.png.png). ValueError for a missing or empty input or an output that would replace an input.
     """
     if not input_dir:
         raise ValueError(f"catalog entry restore_input has no path: nothing to restore; {SET_INPUT}")
@@ -313,9 +269,7 @@ def plan_folder(input_dir: str | Path | None, output_dir: str | Path, overwrite:
         files, relative = [src], [Path(src.name)]
     if not files:
         raise ValueError(f"catalog entry restore_input: {str(src)!r} has no files")
-    stems: dict[Path, int] = {}
-    for rel in relative:
-        stems[rel.with_suffix(".png")] = stems.get(rel.with_suffix(".png"), 0) + 1
+    stems = Counter(rel.with_suffix(".png") for rel in relative)
     inputs = {p.resolve() for p in files}
     rows = []
     for path, rel in zip(files, relative):
@@ -325,8 +279,6 @@ def plan_folder(input_dir: str | Path | None, output_dir: str | Path, overwrite:
             raise ValueError(
                 f"output {str(out)!r} would overwrite the input {str(path)!r}: choose another restore.output_dir"
             )
-        exists = out.is_file()
-        rows.append(
-            {"input": str(path), "output": str(out), "action": "skip" if exists and not overwrite else "restore"}
-        )
+        action = "skip" if out.is_file() and not overwrite else "restore"
+        rows.append({"input": str(path), "output": str(out), "action": action})
     return rows

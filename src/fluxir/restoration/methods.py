@@ -1,18 +1,7 @@
-"""The restore methods, in one registry: ``METHODS`` {name: entry}.
-
-``restore.method`` (restore pipeline, web app) and ``evaluate.methods`` (evaluate pipeline) name them:
-
-- ``fluxir``: ``fluxir.restoration.sampler.Restorer``, Flux + the trained adapter (the catalog's ``fluxir_adapter``);
-- ``flux_controlnet``: ``fluxir.restoration.controlnet`` (public weights, settings ``baselines.flux_controlnet``);
-- ``realesrgan``: ``fluxir.restoration.realesrgan`` (public weights, settings ``baselines.realesrgan``);
-- ``bicubic`` (evaluation only, no restorer): PIL bicubic.
-
-An entry knows its settings, how to load its restorer, what it costs per image (``plan``, ``warm_up``), its
-fingerprint and one line describing it. Every restorer has ``restore(lq, progress=False, on_step=None) -> (H, W,
-3) uint8`` and a ``config`` (the ``RestoreConfig``, or an ``OutputGeometry`` for a public one) whose ``scale`` /
-``target_size`` / ``color_fix`` set the output. A ``RestorerSpec`` is everything one restorer is built from,
-checked before its weights load (``restorer_spec``). A fourth restorer: its module and one entry here.
-Heavy modules (torch, diffusers) are imported only when an entry is used.
+"""The restore methods, in one registry: ``METHODS`` {name: entry}, named by ``restore.method`` and
+``evaluate.methods`` (plus ``bicubic``, evaluation only). Every restorer has ``restore(lq, progress=False,
+on_step=None) -> (H, W, 3) uint8`` and a ``config`` whose ``scale`` / ``target_size`` / ``color_fix`` set the output.
+A fourth restorer is its module and one entry here; heavy modules load only when an entry is used.
 """
 
 from __future__ import annotations
@@ -27,7 +16,7 @@ from typing import Any
 
 
 class Method:
-    """What the runs need of a restore method; one subclass per method, one instance each in ``METHODS``."""
+    """What the runs need of a restore method: its settings, how to load, plan, time, fingerprint and describe it."""
 
     name = ""
     title = ""
@@ -39,7 +28,6 @@ class Method:
         return None
 
     def output(self, cfg: Any) -> Any:
-        """What the restorer reads its output size and colour fix from."""
         return cfg
 
     def load(self, spec: RestorerSpec) -> Any:
@@ -50,16 +38,15 @@ class Method:
         restorer.config = self.output(spec.config)
 
     def plan(self, height: int, width: int, cfg: Any, settings: Any) -> Any:
-        """The ``RestoreWork`` of an (height, width) input, from the sizes alone (no model needed)."""
+        """The ``RestoreWork`` of an (height, width) input, from the sizes alone."""
         raise NotImplementedError
 
     def bound(self, cfg: Any, settings: Any) -> tuple[float, str, str]:
-        """(megapixels, parameter, why) of the largest output allowed: ``restore.max_output_megapixels`` (none
-        where ``cfg`` is an evaluation's ``OutputGeometry``: the benchmark sets the size)."""
+        """(megapixels, parameter, why) of the largest output allowed (none for an evaluation's ``OutputGeometry``)."""
         return getattr(cfg, "max_output_megapixels", math.inf), "restore.max_output_megapixels", ""
 
     def warm_up(self, restorer: Any, work: Any) -> float:
-        """Seconds per unit of ``work``, timed on the loaded ``restorer`` (``fluxir.restoration.work``)."""
+        """Seconds per unit of ``work``, timed on the loaded ``restorer``."""
         raise NotImplementedError
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
@@ -67,7 +54,6 @@ class Method:
         return {}
 
     def summary(self, spec: RestorerSpec) -> dict[str, Any]:
-        """Fields of a restore run's summary besides the method."""
         return {}
 
 
@@ -85,14 +71,29 @@ class FluxIR(Method):
         return Restorer.from_source(spec.model, spec.adapter, spec.config, spec.prompt_cache)
 
     def plan(self, height: int, width: int, cfg: Any, settings: Any) -> Any:
-        from fluxir.restoration.work import fluxir_work
+        """Diffusion tiles x steps."""
+        from fluxir.restoration.restore_config import MULTIPLE, RestoreWork, output_size, round_up
+        from fluxir.restoration.sampler import tile_spans
 
-        return fluxir_work(height, width, cfg)
+        out_h, out_w = output_size(height, width, cfg)
+        token_tile = cfg.tile_size and cfg.tile_size // MULTIPLE
+        rows = tile_spans(round_up(out_h) // MULTIPLE, token_tile, cfg.tile_overlap // MULTIPLE)
+        cols = tile_spans(round_up(out_w) // MULTIPLE, token_tile, cfg.tile_overlap // MULTIPLE)
+        unit = ((rows[0][1] - rows[0][0]) * MULTIPLE, (cols[0][1] - cols[0][0]) * MULTIPLE)
+        tiles = len(rows) * len(cols)
+        text = f"{tiles} tile(s) x {cfg.steps} steps"
+        return RestoreWork((width, height), (out_w, out_h), tiles, cfg.steps, unit, "tile-step", text)
 
     def warm_up(self, restorer: Any, work: Any) -> float:
-        from fluxir.restoration.work import fluxir_warm_up
+        """Seconds per tile-step, timed between two Euler steps on one tile of ``work``'s shape."""
+        from fluxir.restoration.restore_config import time_two_steps
 
-        return fluxir_warm_up(restorer, work)
+        saved = restorer.config
+        restorer.config = dataclasses.replace(saved, steps=2, start_t=1.0)
+        try:
+            return time_two_steps(restorer, [work.unit_size[1], work.unit_size[0]])
+        finally:
+            restorer.config = saved
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
         """Flux's id and revision and the adapter's fingerprint (a hash of its weights)."""
@@ -118,11 +119,8 @@ class PublicMethod(Method):
     def _module(self) -> Any:
         return importlib.import_module(self.module)
 
-    def settings(self, baselines: Mapping[str, Any]) -> Any:
-        section = baselines.get(self.name) if isinstance(baselines, Mapping) else None
-        if section is None:
-            raise ValueError(f"parameters baselines.{self.name} are missing (conf/base/parameters_baselines.yml)")
-        return getattr(self._module(), self.config_class).from_params(dict(section))
+    def settings(self, baselines: Mapping[str, Any]) -> Any:  # a missing group: from_params names it
+        return getattr(self._module(), self.config_class).from_params(baselines.get(self.name))
 
     def output(self, cfg: Any) -> Any:
         from fluxir.restoration.restore_config import OutputGeometry
@@ -150,7 +148,6 @@ class PublicMethod(Method):
         return self._module().describe(settings)
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
-        """The fingerprint of its weights."""
         return {"Restorer-Weights": spec.fingerprint}
 
     def summary(self, spec: RestorerSpec) -> dict[str, Any]:
@@ -163,8 +160,7 @@ class RealESRGAN(PublicMethod):
     module = "fluxir.restoration.realesrgan"
     config_class = "RealESRGANConfig"
 
-    def output(self, cfg: Any) -> Any:
-        """Without a colour fix: Real-ESRGAN's published inference has none."""
+    def output(self, cfg: Any) -> Any:  # no colour fix: Real-ESRGAN's published inference has none
         return dataclasses.replace(super().output(cfg), color_fix="none")
 
 
@@ -175,7 +171,6 @@ class FluxControlNet(PublicMethod):
     config_class = "FluxControlNetConfig"
 
     def bound(self, cfg: Any, settings: Any) -> tuple[float, str, str]:
-        """The smaller of ``restore.max_output_megapixels`` and its own: it does not tile."""
         general = super().bound(cfg, settings)
         if settings.max_output_megapixels >= general[0]:
             return general
@@ -191,7 +186,6 @@ TITLES = {**{name: m.title for name, m in METHODS.items()}, "bicubic": "Bicubic"
 
 
 def method_named(name: Any, parameter: str = "restore.method") -> Method:
-    """The registry's entry ``name``; ValueError naming ``parameter`` for any other value."""
     if name not in METHODS:
         raise ValueError(f"{parameter} must be one of {RESTORE_METHODS}, got {name!r}")
     return METHODS[name]
@@ -231,7 +225,7 @@ class RestorerSpec:
 
     def work(self, height: int, width: int, name: str) -> Any:
         """The ``RestoreWork`` of an (height, width) input; ValueError when its output is too large."""
-        from fluxir.restoration.work import check_output_size
+        from fluxir.restoration.restore_config import check_output_size
 
         work = self.method.plan(height, width, self.config, self.settings)
         return check_output_size(work, self.config, name, self.method.bound(self.config, self.settings))
@@ -253,11 +247,8 @@ def restorer_spec(
     device: Any = None,
     parameter: str = "restore.method",
 ) -> RestorerSpec:
-    """The spec of restore method ``name`` with ``config`` (``restore.*``) and its ``baselines.<name>`` settings.
-    ``device``: this process's accelerate device, used where the method's device is ``auto`` (each process of a
-    multi-process run on its own GPU). FluxIR takes a trained ``adapter`` (None: plain Flux; a ``MissingAdapter``
-    fails, saying what to run); the others take none. A public method's weights are checked here: a missing file
-    fails now, naming the parameter."""
+    """The spec of method ``name`` with ``config`` (``restore.*``) and its ``baselines.<name>`` settings, on ``device``
+    where the method's device is ``auto``. A ``MissingAdapter`` or a public method's missing weights fail now."""
     from fluxir.datasets import require_adapter
     from fluxir.models.devices import resolve_device
 

@@ -1,12 +1,7 @@
-"""Real-ESRGAN x4plus (Wang et al. 2021), a public restorer computed beside FluxIR: one GAN-trained RRDBNet.
-
-The network is basicsr's ``RRDBNet`` (RealESRGAN_x4plus: num_feat 64, num_block 23, num_grow_ch 32,
-scale 4) loaded from the published ``.pth`` (key ``params_ema``, else ``params``, as Real-ESRGAN's
-``RealESRGANer`` does). Inference follows ``RealESRGANer.enhance``: RGB in [0, 1], optional reflect
-pre-padding, the image cut into ``tile_size`` tiles each seen with ``tile_pad`` pixels of context on
-every side (the context is cut from the output, nothing is blended), output clamped to [0, 1] and
-rounded. An output size other than 4x (``restore.scale`` / ``target_size``) is reached with a Lanczos
-resize of the 4x output, like its ``--outscale``.
+"""Real-ESRGAN x4plus (Wang et al. 2021), a public restorer beside FluxIR: basicsr's ``RRDBNet`` from the published
+``.pth`` (``params_ema``, else ``params``), run as ``RealESRGANer.enhance``: optional reflect pre-padding, tiles of
+``tile_size`` with ``tile_pad`` context pixels cut from the output (no blending), clamped and rounded; another
+output size than 4x is a Lanczos resize of the 4x output, like its ``--outscale``.
 
 Shapes: image (h, w, 3) uint8 -> x (1, 3, h, w) float in [0, 1] -> y (1, 3, 4h, 4w) -> (H, W, 3) uint8.
 """
@@ -27,8 +22,7 @@ from fluxir.io.hashing import sha256_file
 from fluxir.io.images import check_rgb_uint8
 from fluxir.models.devices import resolve_device
 from fluxir.parameters.rules import Config, Rule
-from fluxir.restoration.restore_config import output_size
-from fluxir.restoration.work import RestoreWork, now
+from fluxir.restoration.restore_config import RestoreWork, now, output_size
 from fluxir.runtime.progress import progress as progress_bar
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -64,12 +58,11 @@ class RealESRGANConfig(Config):
     PREFIX, RULES = "baselines.realesrgan.", REALESRGAN_RULES
 
     def settings(self) -> dict[str, Any]:
-        """Everything that changes the output except the weight file's location (its content is hashed)."""
+        """Everything that changes the output but the weight file's location (its content is hashed)."""
         return {k: v for k, v in asdict(self).items() if k not in ("weights", "device")}
 
 
 def weights_file(cfg: RealESRGANConfig) -> Path:
-    """The checkpoint path, or ValueError saying how to get it."""
     path = Path(cfg.weights)
     if not path.is_file():
         raise ValueError(
@@ -80,7 +73,6 @@ def weights_file(cfg: RealESRGANConfig) -> Path:
 
 
 def load_rrdbnet(cfg: RealESRGANConfig) -> torch.nn.Module:
-    """basicsr's RRDBNet with the weights of ``cfg.weights``; clear errors for a missing or mismatched file."""
     path = weights_file(cfg)
     import_basicsr()
     from basicsr.archs.rrdbnet_arch import RRDBNet
@@ -139,13 +131,8 @@ def tiled_forward(
 
 
 class RealESRGANRestorer:
-    """``RealESRGANRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> ``output_size`` (H, W, 3) uint8.
-
-    ``geometry`` is an ``OutputGeometry`` whose ``scale`` / ``target_size`` give the output size; its colour
-    fix is not applied (Real-ESRGAN's published inference has none).
-    """
-
-    method = "realesrgan"
+    """``RealESRGANRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> (H, W, 3) uint8, the size from
+    ``geometry``, no colour fix (Real-ESRGAN's published inference has none)."""
 
     def __init__(self, cfg: RealESRGANConfig, geometry: Any) -> None:
         self.cfg = cfg
@@ -179,7 +166,6 @@ def load(cfg: RealESRGANConfig, geometry: Any) -> RealESRGANRestorer:
 
 
 def plan_work(height: int, width: int, restore: Any, cfg: RealESRGANConfig) -> RestoreWork:
-    """The ``RestoreWork`` of an (height, width) input: one pass per tile of ``cfg.tile_size`` padded LQ pixels."""
     out_h, out_w = output_size(height, width, restore)
     h, w = height + min(cfg.pre_pad, height - 1), width + min(cfg.pre_pad, width - 1)  # reflect pre-pad
     tile = cfg.tile_size
@@ -191,7 +177,7 @@ def plan_work(height: int, width: int, restore: Any, cfg: RealESRGANConfig) -> R
 
 
 def warm_up_rate(restorer: RealESRGANRestorer, work: RestoreWork) -> float:
-    """Seconds per tile, timed on one tile of ``work``'s shape run twice (the first carries start-up costs)."""
+    """Seconds per tile, the second of two runs on one tile (the first carries start-up costs)."""
     unit_h, unit_w = work.unit_size
     geometry, scale, pad = restorer.config, restorer.cfg.net_scale, restorer.cfg.pre_pad
     lq = np.full((max(1, unit_h - pad), max(1, unit_w - pad), 3), 128, np.uint8)
@@ -206,12 +192,10 @@ def warm_up_rate(restorer: RealESRGANRestorer, work: RestoreWork) -> float:
 
 
 def fingerprint(cfg: RealESRGANConfig) -> str:
-    """The weight file's SHA-256 (12 hex): outputs are reused only for the same weights."""
     return sha256_file(weights_file(cfg))[:12]
 
 
 def describe(cfg: RealESRGANConfig) -> str:
-    """One line for the report: architecture, tiling, precision."""
     tiles = f"tiles of {cfg.tile_size} px with {cfg.tile_pad} px context" if cfg.tile_size else "untiled"
     return (
         f"RRDBNet x{cfg.net_scale} (num_feat {cfg.num_feat}, num_block {cfg.num_block}, num_grow_ch "

@@ -1,26 +1,28 @@
-"""How FluxIR restores: ``RestoreConfig`` (the ``restore.*`` parameters other than the file ones) and the output
-geometry it implies (``output_size``; sides padded to multiples of 16 for the VAE and Flux's 2x2 packing).
-
-``fluxir.restoration.sampler`` restores with it; the public restorers take their output size and colour fix
-from one; ``fluxir.restoration.work`` sizes a job from it before any model is loaded.
+"""The ``restore.*`` settings (``RestoreConfig``), the output size they imply, and what one image will cost
+(``RestoreWork``), all known before any model loads. Sides are padded to multiples of 16 (VAE /8, 2x2 packing).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+import time
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from fluxir.parameters.rules import Config, Rule, is_int
-from fluxir.restoration.colorfix import COLOR_FIX_METHODS
-from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES, combination_problems
+import numpy as np
+import torch
 
+from fluxir.parameters.rules import Config, Rule, is_int
+
+COLOR_FIX_METHODS = ("wavelet", "adain", "none")
+OFFLOAD_MODES = ("none", "model", "sequential")  # fluxir.restoration.lowmem
+QUANTIZE_MODES = ("none", "int8", "fp8", "nf4")
 SCHEDULES = ("flux_shift", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
 MULTIPLE = 16  # VAE downsampling 8 x 2x2 packing
 
 
 def _is_size(value: Any) -> bool:
-    """An int >= 1 (the longer side) or [width, height] of ints >= 1."""
     if isinstance(value, (list, tuple)):
         return len(value) == 2 and all(is_int(s, 1) for s in value)
     return is_int(value, 1)
@@ -61,8 +63,7 @@ RESTORE_RULES = (
 
 
 class _Geometry(Config):
-    """Reads a tile size 0 as null (no tiling) before the checks; a [width, height] target becomes a list of ints.
-    ``scale`` sets the output only without a ``target_size``; then it must be a number > 0."""
+    """A tile size 0 reads as null (no tiling); ``scale`` is checked only without a ``target_size``."""
 
     PREFIX = "restore."
 
@@ -83,8 +84,7 @@ class _Geometry(Config):
 
 @dataclass
 class RestoreConfig(_Geometry):
-    """How to restore: the parameters ``restore.*`` other than the file ones. Their values live in
-    conf/base/parameters_restore.yml only (which documents each); ``RESTORE_RULES`` checks them."""
+    """How to restore: ``restore.*`` less the file parameters (conf/base/parameters_restore.yml documents each)."""
 
     steps: int  # paper Sec. 4.1: 20 sampling steps
     schedule: str  # "flux_shift" | "linear"
@@ -124,15 +124,19 @@ class RestoreConfig(_Geometry):
                     f"restore.{overlap_name} must be a multiple of {multiple} in [0, {tile_name}/2 = {tile // 2}], "
                     f"got {overlap!r}"
                 )
-        if not failed & {"offload", "quantize"}:
-            found += combination_problems("restore.", self.offload, self.quantize)
+        if self.offload == "sequential" and self.quantize in QUANTIZE_MODES[1:]:
+            # accelerate's per-layer weight swapping rebuilds plain tensors from the CPU state dict; quantised
+            # tensor subclasses (torchao, bitsandbytes) do not survive it.
+            found.append(
+                f"restore.offload=sequential cannot be combined with restore.quantize={self.quantize!r}: "
+                "use offload=model with quantize, or sequential with quantize=none"
+            )
         return found
 
 
 @dataclass
 class OutputGeometry(_Geometry):
-    """What a public restorer takes from the restore settings: the output size (``scale`` or ``target_size``,
-    as ``output_size`` reads them) and the colour fix."""
+    """What a public restorer takes from the restore settings: the output size and the colour fix."""
 
     scale: float
     target_size: int | list[int] | None
@@ -158,5 +162,75 @@ def round_up(n: int, multiple: int = MULTIPLE) -> int:
 
 
 def config_dict(cfg: RestoreConfig) -> dict[str, Any]:
-    """The config as a JSON-ready dict."""
     return asdict(cfg)
+
+
+# ----------------------------------------------------------------------------------------------------
+# What one image costs: each method plans its work from the sizes alone (``Method.plan``); the time is
+# (seconds per unit) x (units). The first image's rate comes from a warm-up on the loaded restorer (one unit
+# shaped like the image's, the second of two passes timed: the first carries start-up costs; no VAE); later
+# images use the rate measured on the images before them, VAE included.
+
+
+@dataclass(frozen=True)
+class RestoreWork:
+    """One image's output size and the units of work of its restorer (``tiles`` x ``steps`` of ``unit``)."""
+
+    in_size: tuple[int, int]  # (width, height)
+    out_size: tuple[int, int]  # (width, height)
+    tiles: int  # FluxIR: diffusion tiles; Real-ESRGAN: LQ tiles; the ControlNet: 1, the whole image
+    steps: int | None  # sampler steps; None: Real-ESRGAN, one pass per tile
+    unit_size: tuple[int, int]  # (height, width) in pixels of one tile as the model sees it
+    unit: str  # what one pass is called: tile-step, step, tile
+    work_text: str  # the work in words, e.g. "20 tile(s) x 20 steps"
+
+    @property
+    def megapixels(self) -> float:
+        return self.out_size[0] * self.out_size[1] / 1e6
+
+    @property
+    def passes(self) -> int:
+        return self.tiles * (self.steps or 1)
+
+    def describe(self, seconds_per_pass: float | None = None, basis: str = "rate of the images before") -> str:
+        """``1024x768 -> 4096x3072 (12.6 MP), 20 tile(s) x 20 steps, estimated 6.0 min (400 tile-steps x 0.9 s,
+        <basis>)``; without a rate the line says there is no estimate yet."""
+        (w, h), (ow, oh) = self.in_size, self.out_size
+        line = f"{w}x{h} -> {ow}x{oh} ({self.megapixels:.1f} MP), {self.work_text}"
+        if seconds_per_pass is None:
+            return f"{line}, no time estimate yet"
+        seconds = self.passes * seconds_per_pass
+        total = f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+        return f"{line}, estimated {total} ({self.passes} {self.unit}s x {seconds_per_pass:.3g} s, {basis})"
+
+
+def check_output_size(work: RestoreWork, cfg: RestoreConfig, name: str, bound: tuple[float, str, str]) -> RestoreWork:
+    """``work`` when its output is within ``bound`` (``Method.bound``), else ValueError naming sizes, scale, the
+    work and the parameters to change."""
+    limit, parameter, why = bound
+    if work.megapixels <= limit:
+        return work
+    (w, h), (ow, oh) = work.in_size, work.out_size
+    fits = math.sqrt(limit * 1e6 / (w * h))  # the scale that gives exactly the limit
+    how = f"restore.scale {cfg.scale:g}" if cfg.target_size is None else f"restore.target_size {cfg.target_size}"
+    raise ValueError(
+        f"{name}: {w}x{h} with {how} gives a {ow}x{oh} output ({work.megapixels:.1f} MP, {work.work_text}), "
+        f"above {parameter} = {limit:g}{why}. Lower restore.scale (at most {math.floor(fits * 10) / 10:g} fits), "
+        f"set restore.target_size (e.g. {math.floor(fits * max(w, h))}), or raise {parameter} if this machine "
+        "can take it (docs/restoration.md)"
+    )
+
+
+def now() -> float:
+    """The clock after the accelerator's queued kernels have run (they run asynchronously)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def time_two_steps(restorer: Any, target_size: list[int]) -> float:
+    """Seconds of the second of two sampler steps at ``target_size``; the caller sets two steps and restores."""
+    stamps: list[float] = []
+    restorer.config = replace(restorer.config, target_size=target_size)
+    restorer.restore(np.full((8, 8, 3), 128, np.uint8), on_step=lambda done, total: stamps.append(now()))
+    return stamps[1] - stamps[0]

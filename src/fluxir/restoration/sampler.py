@@ -1,45 +1,25 @@
 """FluxIR restoration: a low-quality photo in, a restored photo ``scale`` times larger out (paper Sec. 3.2, 4.1).
 
-The story in one file (the settings and the output size in ``fluxir.restoration.restore_config``, a job's cost
-before it runs in ``fluxir.restoration.work``):
-
-1. ``RestoreConfig``: steps (paper: 20), the sigma schedule, the output size, tile sizes, colour fix, seed,
-   dtype/device. Flux-dev's distilled guidance is not a setting here: it is the adapter's
-   ``config.guidance``, the value it was trained with (``train.adapter.guidance``).
-2. Geometry. The LQ image is upsampled (bicubic, as in training) to the output size H x W, padded (edge replicate) to
-   multiples of 16 (VAE /8, then 2x2 packing), and cropped back at the end. Large images are cut into
-   overlapping tiles (``tile_spans``); every tile has a weight map that ramps (cosine) from ~0 at an edge
-   it shares with a neighbour to 1 inside, normalised so the weights of all tiles sum to exactly 1 at
-   every position (``tile_weights``).
-3. VAE in tiles (``encode_tiled`` / ``decode_tiled``): tiles of ``vae_tile_size`` pixels are encoded /
-   decoded one at a time and blended with those weights, so accelerator memory depends on the tile size,
-   not the image size. Latents use Flux's normalisation z = (E(x) - shift) * scale with E(x) the posterior
-   mean (training samples mean + std * noise; the mean keeps restoration deterministic).
-4. The sampler (``Restorer.restore``): z_1 ~ N(0, I) (seeded, on the CPU, so every device and tiling sees
-   the same noise), then Euler steps of the rectified flow from t = 1 to t = 0. With
-   z_t = (1 - t) z_0 + t z_1 the velocity is v = dz_t/dt = z_1 - z_0 (Eq. 7), so one step is
+1. Geometry. The LQ is upsampled (bicubic, as in training) to the output size H x W, padded (edge replicate) to
+   multiples of 16 and cropped back at the end. Large images are cut into overlapping tiles (``tile_spans``)
+   whose cosine-ramped weights sum to exactly 1 at every position (``tile_weights``).
+2. VAE in tiles (``encode_tiled`` / ``decode_tiled``), blended with those weights, so accelerator memory depends on
+   the tile size, not the image. Latents: z = (E(x) - shift) * scale, E(x) the posterior mean (deterministic).
+3. The sampler (``Restorer.restore``): z_1 ~ N(0, I) (seeded, on the CPU: every device and tiling sees the same
+   noise), then Euler steps of the rectified flow from t = 1 to t = 0. With z_t = (1 - t) z_0 + t z_1 the
+   velocity is v = dz_t/dt = z_1 - z_0 (Eq. 7), so one step is
 
        z_{t_next} = z_t + (t_next - t) * v_p(z_t, z_lq, t)          (t_next < t)
 
-   where v_p is the controlled Flux velocity (``controlled_flux_forward``, Eq. 1-4) with the adapter
-   seeing the LQ latent z_lq. Tiled: at every step each tile's velocity is computed on that tile alone
-   (its own img_ids, starting at 0, so every tile looks like a standalone image of the tile size, which is
-   what Flux and the adapter were trained on) and the velocities are blended with the tile weights before
-   the step (MultiDiffusion, Bar-Tal et al. 2023; SUPIR's tiled sampler). The noise, the schedule and the
-   step are global, so there is one image, not a mosaic.
+   where v_p is the controlled Flux velocity (``controlled_flux_forward``, Eq. 1-4) with the adapter seeing the
+   LQ latent z_lq. Tiled: each tile's velocity is computed on that tile alone (its own img_ids from 0: what Flux
+   and the adapter were trained on) and blended with the tile weights before the step (MultiDiffusion,
+   Bar-Tal et al. 2023; SUPIR's tiled sampler); noise, schedule and step are global: one image, not a mosaic.
+   Fidelity: ``control_scale`` multiplies every adapter control (0 = plain Flux); ``start_t`` < 1 starts at
+   z_t = (1 - t) z_lq + t z_1 and runs only the steps below it (SDEdit's idea on a rectified flow).
+4. Decode, crop, colour fix (``color_fix``: wavelet / AdaIN against the upsampled LQ).
 
-   Fidelity controls: ``control_scale`` multiplies every adapter control (0 = plain Flux, > 1 = closer
-   to the LQ); ``start_t`` < 1 starts the integration at t = start_t from z_t = (1 - t) z_lq + t z_1
-   (the LQ latent noised along the same straight path as training) and runs only the schedule's steps
-   below start_t: less generated detail, more fidelity, fewer steps (SDEdit's idea on a rectified flow).
-   Low-memory modes (``offload``, ``quantize``) live in ``fluxir.restoration.lowmem``.
-5. Decode, crop, colour fix (``fluxir.restoration.colorfix``: wavelet / AdaIN against the upsampled LQ).
-
-Sigma schedules: ``flux_shift`` = FlowMatchEulerDiscreteScheduler's resolution-dependent shifted sigmas
-with FluxPipeline's mu = calculate_shift(image tokens); the token count is clamped to the scheduler's
-``max_image_seq_len`` (4096 = 1024^2 px for FLUX.1-dev) because mu is a linear extrapolation that would
-push every sigma to ~1 for very large images; tiling never changes the schedule. ``linear``: t = 1 ... 0.
-
+Flux-dev's distilled guidance is the adapter's ``config.guidance``, the value it was trained with.
 Shapes (FLUX.1-dev, 1024x1024 output): image (H, W, 3) uint8; latent (1, 16, H/8, W/8); token grid
 (1, H/16, W/16, 64) (the packed latent kept 2-D so tiles are slices); a tile (B, h*w, 64) for the model.
 """
@@ -55,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate import cpu_offload_with_hook
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -71,9 +52,14 @@ from fluxir.models.flux import compile_blocks, denormalise_latents, normalise_la
 from fluxir.models.loading import load_pipeline
 from fluxir.models.packing import image_ids, pack_grid, unpack_grid
 from fluxir.models.prompts import PromptEncoder
-from fluxir.restoration.colorfix import color_fix
 from fluxir.restoration.lowmem import attach_offload, quantize_transformer
-from fluxir.restoration.restore_config import MULTIPLE, RestoreConfig, output_size, round_up
+from fluxir.restoration.restore_config import (
+    COLOR_FIX_METHODS,
+    MULTIPLE,
+    RestoreConfig,
+    output_size,
+    round_up,
+)
 from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -83,11 +69,8 @@ logger = logging.getLogger(__name__)
 
 
 def tile_spans(length: int, tile: int | None, overlap: int) -> list[tuple[int, int]]:
-    """[(start, end)] covering [0, length) with tiles of ``tile`` overlapping by at least ``overlap``.
-
-    One span when the length fits (or tile is None); otherwise n = ceil((length - overlap) / (tile - overlap))
-    tiles of exactly ``tile`` with evenly spread starts, the first at 0 and the last ending at ``length``.
-    """
+    """[(start, end)] covering [0, length): n = ceil((length - overlap) / (tile - overlap)) tiles of exactly
+    ``tile``, overlapping by at least ``overlap``, with evenly spread starts (one span when the length fits)."""
     if tile is None or length <= tile:
         return [(0, length)]
     n = math.ceil((length - overlap) / (tile - overlap))
@@ -98,9 +81,8 @@ def tile_spans(length: int, tile: int | None, overlap: int) -> list[tuple[int, i
 def span_weights(spans: list[tuple[int, int]], factor: int = 1) -> list[np.ndarray]:
     """1-D blending weights of each span at ``factor`` samples per unit; they sum to 1 at every position.
 
-    A span ramps up over its overlap with the previous span and down over its overlap with the next one
-    (w = sin^2(pi/2 * (p + 1/2) / R), whose mirror is cos^2: two neighbours sum to exactly 1), and is 1
-    elsewhere; a final division by the sum keeps the partition of unity when more than two spans overlap.
+    A span ramps over its overlaps with w = sin^2(pi/2 * (p + 1/2) / R), whose mirror is cos^2 (two neighbours
+    sum to exactly 1); dividing by the sum keeps the partition of unity where more than two spans overlap.
     """
     raw = []
     for k, (start, end) in enumerate(spans):
@@ -121,11 +103,8 @@ def span_weights(spans: list[tuple[int, int]], factor: int = 1) -> list[np.ndarr
 def tile_weights(
     height: int, width: int, tile: int | None, overlap: int, factor: int = 1
 ) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """Tiles of a (height, width) grid, row by row: ((y0, y1, x0, x1), weight (factor*(y1-y0), factor*(x1-x0))).
-
-    The weights are products of per-axis partitions of unity, so they sum to 1 over all tiles everywhere.
-    A generator: only one tile's weight map exists at a time.
-    """
+    """Tiles of a (height, width) grid, row by row: ((y0, y1, x0, x1), weight (factor*(y1-y0), factor*(x1-x0))),
+    products of per-axis partitions of unity; a generator, so only one weight map exists at a time."""
     ys, xs = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
     wys, wxs = span_weights(ys, factor), span_weights(xs, factor)
     for (y0, y1), wy in zip(ys, wys):
@@ -138,17 +117,13 @@ def tile_weights(
 
 
 def vae_factor(vae: Any) -> int:
-    """Pixels per latent pixel (8 for Flux's VAE)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def encode_tiled(
     vae: Any, image: np.ndarray, tile: int | None, overlap: int, device: str, dtype: torch.dtype
 ) -> Tensor:
-    """(H, W, 3) uint8 -> normalised latent (1, C, H/f, W/f) float32: z = (E(x) - shift) * scale, E = posterior mean.
-
-    ``tile``/``overlap`` are in pixels (multiples of f); tiles are encoded one at a time and blended.
-    """
+    """(H, W, 3) uint8 -> normalised latent (1, C, H/f, W/f) float32; ``tile``/``overlap`` in pixels."""
     f = vae_factor(vae)
     height, width = image.shape[0] // f, image.shape[1] // f
     latent = torch.zeros(1, vae.config.latent_channels, height, width, device=device)
@@ -162,10 +137,7 @@ def encode_tiled(
 
 
 def decode_tiled(vae: Any, latent: Tensor, tile: int | None, overlap: int, dtype: torch.dtype) -> np.ndarray:
-    """Normalised latent (1, C, h, w) -> (h*f, w*f, 3) uint8, decoding ``tile``-pixel tiles one at a time.
-
-    Tiles are blended into a CPU float32 canvas, so accelerator memory depends on the tile only.
-    """
+    """Normalised latent (1, C, h, w) -> (h*f, w*f, 3) uint8, blended into a CPU float32 canvas."""
     f = vae_factor(vae)
     z = denormalise_latents(vae, latent)
     _, _, height, width = z.shape
@@ -188,7 +160,9 @@ def sigmas_for(steps: int, schedule: str, scheduler_config: dict[str, Any] | Non
     """(steps + 1,) float32 times t_0 = 1 > ... > t_steps = 0 of the Euler integration.
 
     ``flux_shift``: FluxPipeline's schedule (linspace(1, 1/steps) shifted by FlowMatchEulerDiscreteScheduler
-    with mu = calculate_shift(min(image_seq_len, max_image_seq_len))); ``linear``: linspace(1, 0).
+    with mu = calculate_shift(min(image_seq_len, max_image_seq_len))); ``linear``: linspace(1, 0). The token count
+    is clamped (4096 = 1024^2 px for FLUX.1-dev): mu extrapolates linearly and would push every sigma to ~1 for
+    very large images; tiling never changes the schedule.
     """
     if schedule == "linear":
         return torch.linspace(1.0, 0.0, steps + 1)
@@ -219,11 +193,7 @@ def prompt_length(config: RestoreConfig, adapter: Any) -> int:
 
 
 class Restorer:
-    """Holds a frozen Flux transformer, its VAE, the FluxIR adapter and the cached empty-prompt embeddings.
-
-    ``Restorer.from_pipeline(pipe, adapter, config).restore(lq)`` restores one (H, W, 3) uint8 image. With
-    ``adapter=None`` the plain Flux velocity is used (what a freshly initialised adapter gives too).
-    """
+    """A frozen Flux transformer, its VAE, the FluxIR adapter (None: plain Flux) and the empty prompt's embeddings."""
 
     def __init__(
         self,
@@ -265,37 +235,27 @@ class Restorer:
         self.txt_ids = torch.zeros(self.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)  # (S, 3)
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, adapter: Any, config: RestoreConfig) -> Restorer:
-        """From a loaded ``FluxPipeline`` (``adapter`` None: plain Flux): encodes the empty prompt once, then drops
-        T5/CLIP from ``pipe``."""
-        seq_len = prompt_length(config, adapter)
-        device = resolve_device(config.device)
-        # Text encoders left on the CPU (low-memory loading) visit the accelerator once, through accelerate's
-        # hook, to encode the empty prompt; PromptEncoder then drops them.
-        hooks = []
-        if device != "cpu":
-            hooks = [
-                cpu_offload_with_hook(encoder, device)[1]
-                for encoder in (pipe.text_encoder, pipe.text_encoder_2)
-                if encoder is not None and encoder.device.type == "cpu"
-            ]
-        embeds = PromptEncoder(pipe, [""], seq_len, device).cache[""]
-        for hook in hooks:
-            hook.offload()
-        return cls._from_parts(pipe, embeds, adapter, config)
-
-    @classmethod
-    def _from_parts(cls, pipe: Any, embeds: dict[str, Tensor], adapter: Any, config: RestoreConfig) -> Restorer:
-        """From ``pipe``'s transformer, VAE and scheduler and the empty prompt's ``embeds``."""
-        return cls(
-            pipe.transformer,
-            pipe.vae,
-            pipe.scheduler.config,
-            embeds["prompt_embeds"],
-            embeds["pooled_prompt_embeds"],
-            adapter,
-            config,
-        )
+    def from_pipeline(
+        cls, pipe: Any, adapter: Any, config: RestoreConfig, embeds: dict[str, Tensor] | None = None
+    ) -> Restorer:
+        """From a loaded ``FluxPipeline``; without the empty prompt's ``embeds`` it is encoded once, then T5/CLIP
+        are dropped from ``pipe``."""
+        if embeds is None:
+            device = resolve_device(config.device)
+            # Text encoders left on the CPU (low-memory loading) visit the accelerator once, through accelerate's
+            # hook, to encode the empty prompt; PromptEncoder then drops them.
+            hooks = []
+            if device != "cpu":
+                hooks = [
+                    cpu_offload_with_hook(encoder, device)[1]
+                    for encoder in (pipe.text_encoder, pipe.text_encoder_2)
+                    if encoder is not None and encoder.device.type == "cpu"
+                ]
+            embeds = PromptEncoder(pipe, [""], prompt_length(config, adapter), device).cache[""]
+            for hook in hooks:
+                hook.offload()
+        prompt, pooled = embeds["prompt_embeds"], embeds["pooled_prompt_embeds"]
+        return cls(pipe.transformer, pipe.vae, pipe.scheduler.config, prompt, pooled, adapter, config)
 
     @classmethod
     def from_source(
@@ -305,29 +265,20 @@ class Restorer:
         config: RestoreConfig,
         prompt_cache: str | os.PathLike | None = None,
     ) -> Restorer:
-        """Load the Flux pipeline ``model`` (hub id or local folder) and build a restorer.
-
-        With the empty prompt's embeddings in ``prompt_cache`` (the catalog's ``prompt_embeddings``) only the
-        transformer and the VAE are loaded, never T5 or CLIP; otherwise they are encoded once and saved there.
-        """
+        """Load the Flux pipeline ``model`` (hub id or folder). With the empty prompt cached in ``prompt_cache`` (the
+        catalog's ``prompt_embeddings``) T5 and CLIP are never loaded; otherwise it is encoded once and saved there."""
         low_memory = config.offload != "none" or config.quantize != "none"  # load on the CPU, quantise there
         device = "cpu" if low_memory else resolve_device(config.device)
         seq_len = prompt_length(config, adapter)
         embeds = cached_empty_prompt(prompt_cache, model, seq_len, config.dtype)
         if embeds is not None:
             pipe = load_pipeline(model, dtype=config.dtype, device=device, text_encoders=False)
-            return cls._from_parts(pipe, embeds, adapter, config)
+            return cls.from_pipeline(pipe, adapter, config, embeds)
         pipe = load_pipeline(model, dtype=config.dtype, device=device)
         pipe.set_progress_bar_config(disable=True)
         restorer = cls.from_pipeline(pipe, adapter, config)
-        save_empty_prompt(
-            prompt_cache,
-            model,
-            seq_len,
-            config.dtype,
-            pipe,
-            {"prompt_embeds": restorer.prompt_embeds, "pooled_prompt_embeds": restorer.pooled_prompt_embeds},
-        )
+        embeds = {"prompt_embeds": restorer.prompt_embeds, "pooled_prompt_embeds": restorer.pooled_prompt_embeds}
+        save_empty_prompt(prompt_cache, model, seq_len, config.dtype, pipe, embeds)
         return restorer
 
     # -- one image ---------------------------------------------------------------------------------
@@ -336,10 +287,8 @@ class Restorer:
     def restore(
         self, lq: np.ndarray, progress: bool = False, on_step: Callable[[int, int], None] | None = None
     ) -> np.ndarray:
-        """(h, w, 3) uint8 LQ -> (H, W, 3) uint8 restored, (H, W) = ``output_size(h, w, config)``.
-
-        ``on_step(done, total)`` is called after every Euler step (the web app's progress bar).
-        """
+        """(h, w, 3) uint8 LQ -> (H, W, 3) uint8 restored, (H, W) = ``output_size(h, w, config)``; ``on_step(done,
+        total)`` after every Euler step."""
         cfg = self.config
         lq = check_rgb_uint8(lq, "use read_photo() for files")
         height, width = output_size(lq.shape[0], lq.shape[1], cfg)
@@ -387,16 +336,13 @@ class Restorer:
         (y0, y1, x0, x1), _ = tiles[0]
         th, tw = y1 - y0, x1 - x0  # every tile of an image has the same shape (tile_spans)
         img_ids = image_ids(th, tw, self.device, self.dtype)  # (th*tw, 3)
+        use_guidance = self.transformer.config.guidance_embeds
         for lo in range(0, len(tiles), self.config.batch_size):
             batch = tiles[lo : lo + self.config.batch_size]
             b = len(batch)
             z_t = torch.cat([z[:, y0:y1, x0:x1] for (y0, y1, x0, x1), _ in batch]).reshape(b, th * tw, -1)
             z_c = torch.cat([z_lq[:, y0:y1, x0:x1] for (y0, y1, x0, x1), _ in batch]).reshape(b, th * tw, -1)
-            guidance = (
-                torch.full((b,), self.guidance, device=self.device, dtype=self.dtype)
-                if self.transformer.config.guidance_embeds
-                else None
-            )
+            guidance = torch.full((b,), self.guidance, device=self.device, dtype=self.dtype) if use_guidance else None
             v_tiles = (
                 controlled_flux_forward(
                     self.transformer,
@@ -420,7 +366,7 @@ class Restorer:
 
 
 def _to(module: Any, device: str | torch.device, dtype: torch.dtype | None = None) -> Any:
-    """Move (and cast, unless dtype is None) a module only where needed (diffusers warns on every dtype cast)."""
+    """Move (and cast) a module only where needed: diffusers warns on every dtype cast."""
     param = next(module.parameters())
     if dtype is None:
         return module.to(device=device) if param.device != torch.device(device) else module
@@ -438,3 +384,99 @@ def upsample(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Colour fix: diffusion restorers drift in colour; SUPIR, SeeSR, StableSR and DiffBIR give the restored image
+# the low-frequency colour of the upsampled LQ after decoding, as StableSR's ``scripts/wavelet_color_fix.py``:
+# - ``wavelet``: content - low(content) + low(reference), low = 5 a-trous blurs with the 3x3 kernel
+#   [1 2 1]^T [1 2 1] / 16 at dilations 1, 2, 4, 8, 16 (replicate padding): colour above ~32 px follows the LQ;
+# - ``adain``: each channel shifted and scaled to the reference's mean and std (unbiased variance + 1e-5).
+# A low-band pixel depends on pixels at most 31 rows away, so both run in strips of ~0.26 MP with a 32-row halo:
+# exactly the whole-image result, one strip in float32 at a time. Values in [0, 1]; the uint8 result is rounded.
+
+LEVELS = 5
+HALO = 2**LEVELS  # > 1 + 2 + 4 + 8 + 16, the reach of the lowest band
+STRIP_PIXELS = 1 << 18  # pixels per strip (rows = this / width, at least 2 * HALO)
+
+
+def wavelet_blur(image: Tensor, radius: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, H, W): the 3x3 binomial kernel at dilation ``radius``, replicate padding."""
+    kernel = torch.tensor(
+        [[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]], dtype=image.dtype, device=image.device
+    )
+    channels = image.shape[1]
+    kernel = kernel[None, None].repeat(channels, 1, 1, 1)  # (C, 1, 3, 3), one filter per channel
+    image = F.pad(image, (radius, radius, radius, radius), mode="replicate")
+    return F.conv2d(image, kernel, groups=channels, dilation=radius)
+
+
+def wavelet_low(image: Tensor, levels: int = LEVELS) -> Tensor:
+    """(B, C, H, W): the image after ``levels`` blurs at radius 1, 2, 4, ... (its lowest band)."""
+    for i in range(levels):
+        image = wavelet_blur(image, 2**i)
+    return image
+
+
+def color_fix(
+    image: np.ndarray, reference: np.ndarray, method: str = "wavelet", strip: int | None = None
+) -> np.ndarray:
+    """(H, W, 3) uint8 restored image with the colour of ``reference`` (same shape), in strips of ``strip`` rows."""
+    if method not in COLOR_FIX_METHODS:
+        raise ValueError(f"colour fix must be one of {COLOR_FIX_METHODS}, got {method!r}")
+    for name, arr in (("image", image), ("reference", reference)):
+        check_rgb_uint8(arr, f"color_fix takes it as its {name}")
+    if image.shape != reference.shape:
+        raise ValueError(f"color_fix: image {image.shape} and reference {reference.shape} must have the same shape")
+    if method == "none":
+        return image
+    strip = strip or max(2 * HALO, STRIP_PIXELS // image.shape[1])
+    if method == "adain":
+        return _adain_strips(image, reference, strip)
+    return _wavelet_strips(image, reference, strip)
+
+
+def _to_tensor(rows: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.array(rows)).permute(2, 0, 1)[None].float() / 255.0  # (1, C, h, W)
+
+
+def _to_uint8(x: Tensor) -> np.ndarray:
+    return (x[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def _wavelet_strips(image: np.ndarray, reference: np.ndarray, strip: int) -> np.ndarray:
+    height = image.shape[0]
+    out = np.empty_like(image)
+    for r0 in range(0, height, strip):
+        r1 = min(height, r0 + strip)
+        h0, h1 = max(0, r0 - HALO), min(height, r1 + HALO)  # strip plus halo: exact for rows r0..r1
+        content = _to_tensor(image[h0:h1])
+        fixed = content - wavelet_low(content) + wavelet_low(_to_tensor(reference[h0:h1]))
+        out[r0:r1] = _to_uint8(fixed[:, :, r0 - h0 : r1 - h0])
+    return out
+
+
+def _channel_stats(image: np.ndarray, strip: int, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (unbiased variance + eps) over the whole image, in [0, 1] units."""
+    n = image.shape[0] * image.shape[1]
+    s = np.zeros(image.shape[2])
+    s2 = np.zeros(image.shape[2])
+    for r0 in range(0, image.shape[0], strip):
+        rows = image[r0 : r0 + strip].reshape(-1, image.shape[2]).astype(np.float64) / 255.0
+        s += rows.sum(0)
+        s2 += (rows**2).sum(0)
+    mean = s / n
+    var = (s2 - n * mean**2) / max(n - 1, 1)
+    return mean, np.sqrt(np.maximum(var, 0) + eps)
+
+
+def _adain_strips(image: np.ndarray, reference: np.ndarray, strip: int) -> np.ndarray:
+    c_mean, c_std = _channel_stats(image, strip)
+    s_mean, s_std = _channel_stats(reference, strip)
+    gain = (s_std / c_std).astype(np.float32)
+    bias = (s_mean - c_mean * s_std / c_std).astype(np.float32)
+    out = np.empty_like(image)
+    for r0 in range(0, image.shape[0], strip):
+        x = image[r0 : r0 + strip].astype(np.float32) / 255.0
+        out[r0 : r0 + strip] = np.clip(np.round((x * gain + bias) * 255.0), 0, 255).astype(np.uint8)
+    return out

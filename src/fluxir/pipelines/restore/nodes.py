@@ -1,8 +1,4 @@
-"""Nodes of the restore pipeline (paper Sec. 4.1). The restoration itself lives in ``fluxir.restoration``.
-
-``restore.method`` picks the restorer: ``fluxir`` (Flux + the trained adapter) or, without an adapter,
-``flux_controlnet`` / ``realesrgan`` with public weights (settings ``baselines.*``).
-"""
+"""Nodes of the restore pipeline (paper Sec. 4.1); the restoration itself lives in ``fluxir.restoration``."""
 
 from __future__ import annotations
 
@@ -17,10 +13,7 @@ logger = logging.getLogger(__name__)
 
 
 def plan_restore(restore_input: Path | None, restore_output: Path, overwrite: bool) -> pd.DataFrame:
-    """List what to do: one row per file of the catalog's ``restore_input`` with its output in ``restore_output``
-    and action ("restore", or "skip" when the output exists and ``overwrite`` is off). Raises ValueError for a
-    missing or empty input or outputs that would replace inputs.
-    """
+    """One row per file of ``restore_input``: input, output, action ("restore", or "skip": the output exists)."""
     from fluxir.restoration.files import plan_folder
 
     plan = pd.DataFrame(
@@ -47,15 +40,8 @@ def restore_images(
     restore: dict[str, Any],
     baselines: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Restore the planned files with ``restore.method`` (Flux + ``adapter``, or a public restorer) and the
-    ``restore.*`` settings on ``restore.num_processes`` processes; returns (failures table, summary).
-    Unreadable files are listed (input, reason) and the others still restored; raises RuntimeError when no
-    input file could be used at all, ValueError for bad parameters (or fluxir without a trained adapter).
-    More than one process runs ``accelerate launch -m fluxir.restoration``, each restoring every N-th planned
-    file; the summary covers them all.
-    Flux's empty-prompt embeddings come from ``prompt_embeddings`` (no text encoder is loaded when there); the
-    folders (``restore_input``, ``restore_output``) are named in the summary.
-    """
+    """Restore the planned files with ``restore.method`` on ``restore.num_processes`` processes (more than one:
+    ``accelerate launch -m fluxir.restoration``); returns (failures table, summary of them all)."""
     import json
 
     from fluxir.restoration.files import failure_table, restore_share, split_params, summarise_shares

@@ -1,5 +1,4 @@
-"""Restore wiring: plan (check folders, skip finished) -> restore (restore.method: Flux + FluxIR adapter, or a
-public restorer)."""
+"""Restore wiring: plan (check folders, skip finished) -> restore (``restore.method``)."""
 
 from kedro.pipeline import Node, Pipeline
 
