@@ -13,8 +13,8 @@ import pytest
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store, ids_for_process, image_seed, prompt_for
 from fluxir.fluxgen.manifest import recorded_hashes
-from fluxir.io.hashing import sha256_file
 from fluxir.io.images import read_image
+from fluxir.io.provenance import sha256_file
 from fluxir.io.store import ImageStore
 from fluxir.models.loading import resolve_source
 

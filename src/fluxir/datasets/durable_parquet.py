@@ -17,7 +17,7 @@ import pandas as pd
 from kedro.io import DatasetError
 from kedro_datasets.pandas import ParquetDataset
 
-from fluxir.compat.kedro import invalidate_cache, save_target
+from fluxir.compat import invalidate_cache, save_target
 from fluxir.io.atomic import atomic_file, fsync_dir
 
 

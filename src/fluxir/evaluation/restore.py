@@ -23,9 +23,8 @@ import pandas as pd
 
 from fluxir.evaluation.testsets import outputs_table
 from fluxir.io.atomic import write_png_atomic
-from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
 from fluxir.io.images import read_image
-from fluxir.io.provenance import fluxir_version, png_text
+from fluxir.io.provenance import fluxir_version, hash_json, hash_tensors, png_text, sha256_file
 from fluxir.parameters.rules import Rule, check_fields
 from fluxir.restoration.files import LazyRestorer, restore_one
 from fluxir.restoration.methods import PUBLIC_METHODS, TITLES, RestorerSpec, check_methods, restorer_spec

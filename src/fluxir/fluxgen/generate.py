@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fluxir.io.hashing import hash_json
-from fluxir.io.provenance import generated_fields, model_revision, png_text
+from fluxir.io.provenance import generated_fields, hash_json, model_revision, png_text
 from fluxir.io.store import ImageStore, WriterPool
 from fluxir.models.devices import resolve_device
 from fluxir.models.empty_prompt import load_with_empty_prompt

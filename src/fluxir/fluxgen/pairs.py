@@ -41,7 +41,6 @@ import torch
 from fluxir.fluxgen.degrade import degrade_pair
 from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io.atomic import write_json_atomic
-from fluxir.io.hashing import hash_json
 from fluxir.io.images import read_image
 from fluxir.io.provenance import (
     DISCLOSURE_KEY,
@@ -49,6 +48,7 @@ from fluxir.io.provenance import (
     PAIR_DISCLOSURE,
     SOFTWARE_KEY,
     fluxir_version,
+    hash_json,
     png_text,
     read_provenance,
 )

@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fluxir import iqa as iqa_lib
 from fluxir.datasets.durable_parquet import write_parquet
-from fluxir.io.hashing import hash_json
 from fluxir.io.images import read_image
+from fluxir.io.provenance import hash_json
 from fluxir.models.devices import resolve_device
 from fluxir.parameters.rules import Config, Rule, check_fields
 from fluxir.runtime.processes import worker_init

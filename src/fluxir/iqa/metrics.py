@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fluxir.compat.pyiqa import maniqa_backbone_from_checkpoint, no_downloads
+from fluxir.compat import maniqa_backbone_from_checkpoint, no_downloads
 from fluxir.io.images import read_image
 from fluxir.iqa import weights as iqa_weights
 from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, RANDOM_WEIGHT_SEED, MetricSpec, parse_all
@@ -46,7 +46,7 @@ def build_metric(spec: MetricSpec, device: Any, extra: Mapping[str, Any] | None 
 
     Described metrics are built with random weights and their checkpoint loaded by
     :func:`iqa_weights.load_checkpoint` (keys compared, file named on a mismatch); anything outside
-    the table pyiqa resolves itself, inside ``fluxir.compat.pyiqa.no_downloads``.
+    the table pyiqa resolves itself, inside ``fluxir.compat.no_downloads``.
     """
     import pyiqa
     import torch

@@ -4,7 +4,7 @@ The weight home is a TORCH_HOME-like folder (``iqa.weights_dir``) holding the re
 their published names: ``hub/pyiqa`` (pyiqa's checkpoints, URL basenames so ``+`` stays ``%2B``),
 ``hub/clip`` (OpenAI's CLIP TorchScript archives) and ``hub/checkpoints`` (torchvision backbones).
 Every file of a described metric is resolved here and handed to pyiqa explicitly; nothing is ever
-downloaded (``fluxir.compat.pyiqa.no_downloads`` turns any attempt into a ``FileNotFoundError`` naming file and URL).
+downloaded (``fluxir.compat.no_downloads`` turns any attempt into a ``FileNotFoundError`` naming file and URL).
 
 Checkpoints are loaded by :func:`load_checkpoint`, which compares the file's keys and shapes with the
 architecture pyiqa built and names the file and the first differing keys, instead of pyiqa's own
@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fluxir.io.hashing import sha256_file
+from fluxir.io.provenance import sha256_file
 from fluxir.iqa.specs import MetricSpec, parse_all, pyiqa_configs
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from fluxir.compat.kedro import saved_path
-from fluxir.compat.kedro_mlflow import set_experiment
+from fluxir.compat import loaded_path, saved_path, set_experiment
 from fluxir.parameters.config import flatten_dict
 from fluxir.runtime.tracking import DEFAULT_PIPELINE, kedro_run_options, log_new_params, rerun_command, tag_experiment
 
@@ -112,7 +111,7 @@ class ParameterCheckHook:
 
 
 def _store_lock(project_path: str | os.PathLike) -> Any:
-    from fluxir.io.locks import exclusive_lock
+    from fluxir.io.store import exclusive_lock
 
     return exclusive_lock(Path(project_path) / "mlflow.db.lock", "the MLflow store")
 
@@ -297,7 +296,6 @@ class MlflowDatasetsHook:
 
         if mlflow.active_run() is None:
             return
-        from fluxir.compat.kedro import loaded_path
         from fluxir.evaluation.restore import adapter_provenance
 
         versioned = getattr(dataset, "_version", None) is not None

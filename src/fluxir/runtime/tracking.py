@@ -225,7 +225,7 @@ def produced(env: str, project: Path, overrides: list[Any] = ()) -> list[tuple[s
     """(what, how many, where) of each output of ``env``'s runs under ``project``."""
     import pandas as pd
 
-    from fluxir.compat.kedro import loaded_path
+    from fluxir.compat import loaded_path
 
     cwd = Path.cwd()
     os.chdir(project)  # the catalog's paths are the project's

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxir.io.hashing import hash_json
+from fluxir.io.provenance import hash_json
 from fluxir.parameters.rules import Config, ConfigError, Rule
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
