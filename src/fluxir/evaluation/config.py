@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluxir.evaluation.report import CONVENTION_DEFINITIONS
-from fluxir.parameters.rules import Config, Rule, is_int
+from fluxir.parameters.config import Config, Rule, is_int
 from fluxir.restoration.methods import EVALUATE_METHODS
 
 # fluxir.restoration.colorfix's methods, named here so that building the pipeline does not import torch

@@ -25,7 +25,7 @@ from fluxir.evaluation.testsets import outputs_table
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.images import read_image
 from fluxir.io.provenance import fluxir_version, hash_json, hash_tensors, png_text, sha256_file
-from fluxir.parameters.rules import Rule, check_fields
+from fluxir.parameters.config import Rule, check_fields
 from fluxir.restoration.files import LazyRestorer, restore_one
 from fluxir.restoration.methods import PUBLIC_METHODS, TITLES, RestorerSpec, check_methods, restorer_spec
 from fluxir.restoration.restore_config import OutputGeometry, RestoreConfig, config_dict

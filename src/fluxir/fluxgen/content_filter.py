@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from fluxir.io.provenance import hash_json, model_revision
-from fluxir.parameters.rules import Config, Rule
+from fluxir.parameters.config import Config, Rule
 
 logger = logging.getLogger(__name__)
 

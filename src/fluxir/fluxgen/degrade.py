@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from fluxir.compat import import_basicsr
 from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io.images import check_rgb_uint8
-from fluxir.parameters.rules import is_int
+from fluxir.parameters.config import is_int
 
 import_basicsr()  # must precede every basicsr import (torchvision removed functional_tensor)
 

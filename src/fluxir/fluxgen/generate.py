@@ -39,7 +39,7 @@ from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import compile_blocks
 from fluxir.models.loading import load_pipeline
 from fluxir.models.prompts import PromptEncoder
-from fluxir.parameters.rules import Config, Rule
+from fluxir.parameters.config import Config, Rule
 from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)

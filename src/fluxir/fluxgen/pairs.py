@@ -53,7 +53,7 @@ from fluxir.io.provenance import (
     read_provenance,
 )
 from fluxir.io.store import ImageStore, portable_path
-from fluxir.parameters.rules import Config, ConfigError, Rule, check_fields, field_problems, is_int
+from fluxir.parameters.config import Config, ConfigError, Rule, check_fields, field_problems, is_int
 from fluxir.runtime.launch import die_with_parent
 from fluxir.runtime.progress import progress as progress_bar
 

@@ -40,7 +40,7 @@ from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.io.images import read_image
 from fluxir.io.provenance import hash_json
 from fluxir.models.devices import resolve_device
-from fluxir.parameters.rules import Config, Rule, check_fields
+from fluxir.parameters.config import Config, Rule, check_fields
 from fluxir.runtime.launch import worker_init
 from fluxir.runtime.progress import progress as progress_bar
 

@@ -23,7 +23,7 @@ from fluxir.io.images import read_image
 from fluxir.iqa import weights as iqa_weights
 from fluxir.iqa.specs import NO_REFERENCE_DEFAULT, RANDOM_WEIGHT_SEED, MetricSpec, parse_all
 from fluxir.iqa.weights import check_weights, required_weight_files
-from fluxir.parameters.rules import Rule, check_fields
+from fluxir.parameters.config import Rule, check_fields
 
 # ----------------------------------------------------------------------------- building metrics
 

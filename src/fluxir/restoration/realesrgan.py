@@ -26,7 +26,7 @@ from fluxir.compat import import_basicsr
 from fluxir.io.images import check_rgb_uint8
 from fluxir.io.provenance import sha256_file
 from fluxir.models.devices import resolve_device
-from fluxir.parameters.rules import Config, Rule
+from fluxir.parameters.config import Config, Rule
 from fluxir.restoration.restore_config import output_size
 from fluxir.restoration.work import RestoreWork, now
 from fluxir.runtime.progress import progress as progress_bar

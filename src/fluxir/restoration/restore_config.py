@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fluxir.parameters.rules import Config, Rule, is_int
+from fluxir.parameters.config import Config, Rule, is_int
 from fluxir.restoration.colorfix import COLOR_FIX_METHODS
 from fluxir.restoration.lowmem import OFFLOAD_MODES, QUANTIZE_MODES, combination_problems
 

@@ -86,7 +86,7 @@ class ParameterCheckHook:
     """Check every parameter the pipeline about to run reads (and the catalog folders of its stages), before
     kedro-mlflow starts a run or a node writes.
 
-    The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.parameters.rules.ConfigError`` listing
+    The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.parameters.config.ConfigError`` listing
     every problem, so the run stops with nothing written (no MLflow run, no dataset version).
     """
 
