@@ -1,10 +1,6 @@
-"""``kedro run`` with the project's ``--params``: repeatable, merged over the ``-c`` run file's ``params``, and
-lists or dicts in YAML flow syntax (``--params 'degrade.config.crop_sizes=[[512,512]]'``).
-
-Kedro takes ``run`` from this module when it exists. The command is Kedro's own (same options, same
-callback, same help) with one option replaced; Kedro 1.7's ``--params`` splits at every comma (no lists)
-and, given twice, silently keeps the last one. Parsing and merging are ``fluxir.parameters.config.parse_overrides``,
-shared with the ``python -m fluxir...`` commands.
+"""The project's commands: ``kedro run`` with fluxir's ``--params`` (repeatable, merged over the ``-c`` run file's,
+lists in YAML flow syntax: Kedro 1.7's splits at every comma and, given twice, keeps the last), ``kedro outputs``
+and ``kedro mlflow-ui``. Kedro takes ``run`` from this module; it is Kedro's own with one option replaced.
 """
 
 from __future__ import annotations
