@@ -117,25 +117,9 @@ def free_port() -> int:
 def accelerate_command(module: str, args: Sequence[str], num_processes: int) -> list[str]:
     """``accelerate launch`` of ``python -m module args`` on ``num_processes`` local processes (NCCL on GPUs, gloo on
     a CPU-only machine); mixed precision is each stage's own parameter, so the launcher adds none."""
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(num_processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        module,
-        *args,
-    ]
+    options = f"--multi_gpu --num_processes {num_processes} --num_machines 1 --mixed_precision no --dynamo_backend no"
+    port = ["--main_process_port", str(free_port())]
+    return [sys.executable, "-m", "accelerate.commands.launch", *options.split(), *port, "-m", module, *args]
 
 
 def child_environment() -> dict[str, str]:
@@ -301,9 +285,7 @@ def _kill_self() -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else (the pid was reused): the watched process is gone
+    except (ProcessLookupError, PermissionError):  # PermissionError: the pid was reused by someone else's process
         return False
     return True
 
@@ -318,19 +300,14 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
-def _parent_death_signal() -> bool:
-    return _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def become_subreaper() -> bool:
     """Make this process the one its orphaned descendants are reparented to (Linux; False elsewhere), so that
     ``end_descendants`` finds ranks a launcher started in their own sessions."""
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
-def descendants(pid: int | None = None) -> list[int]:
-    """Live (not zombie) descendants of ``pid`` (default: this process), from ``/proc``; [] without ``/proc``."""
-    root = os.getpid() if pid is None else pid
+def descendants() -> list[int]:
+    """Live (not zombie) descendants of this process, from ``/proc``; [] without ``/proc``."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -340,7 +317,7 @@ def descendants(pid: int | None = None) -> list[int]:
         fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": the name may hold spaces
         if fields and fields[0] != "Z":
             children.setdefault(int(fields[1]), []).append(int(stat.split(" ", 1)[0]))
-    found, todo = [], list(children.get(root, []))
+    found, todo = [], list(children.get(os.getpid(), []))
     while todo:
         child = todo.pop()
         found.append(child)
@@ -376,7 +353,7 @@ def die_with_parent(parent_pid: int, interval: float = WATCH_INTERVAL_S) -> None
     """In a child: end this process (SIGKILL) as soon as process ``parent_pid`` (the one that owns the work, its
     ``os.getpid()`` passed before the children start) ends."""
     direct = os.getppid() == parent_pid
-    signalled = _parent_death_signal()  # on the direct parent, whichever process that is
+    signalled = _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # on the direct parent, whichever process that is
     if not _alive(parent_pid) or (direct and os.getppid() != parent_pid):  # it died before we got here
         _kill_self()
     if direct and signalled:
