@@ -34,8 +34,7 @@ def pipeline_label(pipeline_names: Any) -> str:
 def experiment_name(pipeline_names: Any, base: str = "fluxir") -> str:
     """The MLflow experiment of a run: ``<base>-<pipeline>`` for one named pipeline, else ``<base>``;
     ``FLUXIR_MLFLOW_EXPERIMENT`` (if set and not empty) wins over both."""
-    forced = os.environ.get("FLUXIR_MLFLOW_EXPERIMENT", "").strip()
-    if forced:
+    if forced := os.environ.get("FLUXIR_MLFLOW_EXPERIMENT", "").strip():
         return forced
     if isinstance(pipeline_names, str):
         pipeline_names = [pipeline_names]
@@ -45,15 +44,10 @@ def experiment_name(pipeline_names: Any, base: str = "fluxir") -> str:
     return base
 
 
-def run_name(pipeline_names: Any, run_id: str) -> str:
-    return f"{pipeline_label(pipeline_names)}-{run_id}"
-
-
 def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None]:
     """(commit sha, tracked files changed?) of the checkout holding ``project_path``, from ``git``; (None, None)
     outside a checkout or without git. ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``)."""
-    forced = os.environ.get("FLUXIR_GIT_COMMIT", "").strip()
-    if forced:
+    if forced := os.environ.get("FLUXIR_GIT_COMMIT", "").strip():
         return forced, None
 
     def git(*args: str) -> str:
@@ -171,7 +165,7 @@ class MlflowRunHook:
                 logger.warning("could not use MLflow experiment %r; logging to %r", name, base, exc_info=True)
                 set_experiment(config, base)
         if config.tracking.run.name is None and config.tracking.run.id is None:
-            config.tracking.run.name = run_name(names, run_params.get("run_id") or "")
+            config.tracking.run.name = f"{pipeline_label(names)}-{run_params.get('run_id') or ''}"
 
     def _tag_run(self, run_params: dict[str, Any]) -> None:
         import mlflow
