@@ -56,8 +56,8 @@ def progress(
 ) -> Any:
     """A tqdm bar, or a :class:`LogProgress` with the part of its API fluxir uses; ``tqdm_kwargs`` reach tqdm only::
 
-        for row in progress(rows, desc="degrade", unit="pair"): ...
-        with progress(total=len(todo), desc="generate", unit="img") as bar: bar.update(len(batch))
+    for row in progress(rows, desc="degrade", unit="pair"): ...
+    with progress(total=len(todo), desc="generate", unit="img") as bar: bar.update(len(batch))
     """
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
