@@ -15,8 +15,6 @@ from typing import Any
 
 from fluxir.parameters.config import ConfigError, raise_problems
 
-__all__ = ["check_params", "groups_read", "problems_for", "raise_problems"]  # raise_problems: for the app and the hooks
-
 
 def config_classes() -> dict[str, type]:
     from fluxir.evaluation.config import EvaluateConfig
@@ -178,13 +176,13 @@ def benchmark_folder_problems(params: Mapping[str, Any], catalog: Mapping[str, A
         if not isinstance(catalog.get(entry), Mapping):
             found.append(f"evaluate.benchmarks.{key} has no catalog entry {entry} (conf/base/catalog_evaluate.yml)")
             continue
-        folders = {side: catalog[entry].get(f"{side}_path") for side in ("hq", "lq")}
         try:
             spec = BenchmarkSpec.from_params(settings)
         except (ValueError, TypeError):
             continue  # a bad setting: validate_evaluate reports it
+        folders = {f"{side}_dir": catalog[entry].get(f"{side}_path") for side in ("hq", "lq")}
         try:
-            dataclasses.replace(spec, hq_dir=folders["hq"], lq_dir=folders["lq"]).check_folders(entry)
+            dataclasses.replace(spec, **folders).check_folders(entry)
         except ValueError as err:
             found.append(f"evaluate.benchmarks.{key}: {err}")
     return found

@@ -154,7 +154,7 @@ class MlflowRunHook:
         if config is None or mlflow.active_run() is not None:
             return  # kedro-mlflow absent, or a run started outside Kedro (an orchestrator's): leave it alone
         names = run_params.get("pipeline_names") or [DEFAULT_PIPELINE]
-        if names and any(name in config.tracking.disable_tracking.pipelines for name in names):
+        if any(name in config.tracking.disable_tracking.pipelines for name in names):
             return
         base = config.tracking.experiment.name
         name = experiment_name(names, base=base)
@@ -195,12 +195,8 @@ class MlflowRunHook:
         config = getattr(self._context, "mlflow", None)
         if config is not None:
             tag_experiment(run.info.experiment_id, config.tracking.experiment.create_experiment_kwargs.tags or {})
-        logger.info(
-            "MLflow run %s (%s) in experiment %s",
-            run.info.run_name,
-            run.info.run_id,
-            mlflow.get_experiment(run.info.experiment_id).name,
-        )
+        experiment = mlflow.get_experiment(run.info.experiment_id).name
+        logger.info("MLflow run %s (%s) in experiment %s", run.info.run_name, run.info.run_id, experiment)
 
 
 class LaunchContextHook:
@@ -289,15 +285,12 @@ class MlflowDatasetsHook:
         if dataset is None or type(dataset).__module__.startswith("kedro_mlflow"):
             return  # kedro-mlflow's own datasets log themselves
         layer = ((getattr(dataset, "metadata", None) or {}).get("kedro-viz") or {}).get("layer")
-        if layer == "reporting":
-            path = saved_path(dataset)
-            if path is not None and path.is_file():
-                mlflow.log_artifact(str(path), artifact_path="reporting")
-                logger.info("logged %s to MLflow run %s", path, mlflow.active_run().info.run_id)
-        elif layer == "models":
-            path = saved_path(dataset)
-            if path is not None and path.exists():
-                log_model_folder(dataset_name, path)
+        path = saved_path(dataset) if layer in ("reporting", "models") else None
+        if layer == "reporting" and path is not None and path.is_file():
+            mlflow.log_artifact(str(path), artifact_path="reporting")
+            logger.info("logged %s to MLflow run %s", path, mlflow.active_run().info.run_id)
+        elif layer == "models" and path is not None and path.exists():
+            log_model_folder(dataset_name, path)
 
 
 def log_model_folder(dataset_name: str, path: Path) -> None:
