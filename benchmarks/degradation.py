@@ -24,7 +24,7 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from fluxir.compat.basicsr import import_basicsr
+from fluxir.compat import import_basicsr
 
 import_basicsr()
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fluxir.compat.torch import storage_id
+from fluxir.compat import storage_id
 
 GIB = 2**30
 SIZES = ((1024, 768), (768, 768), (512, 768))  # the paper's buckets, (width, height)
@@ -108,7 +108,7 @@ def autocast_for(device: str) -> contextlib.AbstractContextManager:
 
 
 def fake_mode() -> Any:
-    from fluxir.compat.torch import fake_tensor_mode
+    from fluxir.compat import fake_tensor_mode
 
     return fake_tensor_mode()
 
@@ -164,8 +164,8 @@ def build_models(
 
 def move_to(module: nn.Module, device: str) -> None:
     """Give every parameter and buffer of a meta module an (uninitialised) tensor on ``device``, in place
-    (``Module.to`` cannot: see ``fluxir.compat.torch``)."""
-    from fluxir.compat.torch import replace_tensors
+    (``Module.to`` cannot: see ``fluxir.compat``)."""
+    from fluxir.compat import replace_tensors
 
     replace_tensors(module, lambda t: torch.empty_like(t, device=device))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from fluxir.compat.pyiqa import maniqa_backbone_from_checkpoint
+from fluxir.compat import maniqa_backbone_from_checkpoint
 from fluxir.iqa import weights as w
 
 SEED = 0

@@ -104,7 +104,7 @@ def write_tiny_pipeline(kind: str, out: str | Path, seed: int = 0) -> Path:
 
 def write_tiny_realesrgan(out: str | Path, seed: int = 0) -> Path:
     """Write a tiny random RRDBNet as ``{"params_ema": state_dict}`` to the file ``out`` (kept if it exists)."""
-    from fluxir.compat.basicsr import import_basicsr
+    from fluxir.compat import import_basicsr
     from fluxir.io.atomic import atomic_file
 
     out = Path(out)

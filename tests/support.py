@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fluxir.io.hashing import sha256_file
+from fluxir.io.provenance import sha256_file
 from fluxir.parameters.config import load_params
 
 from conftest import REPO

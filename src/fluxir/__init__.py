@@ -1,6 +1,6 @@
 """fluxir: FluxGen (a generated training set) and FluxIR (a light adapter on frozen Flux) for image restoration."""
 
-from fluxir.runtime.notices import filter_third_party_notices
+from fluxir.runtime.progress import filter_third_party_notices
 
 __version__ = "0.1.0"
 

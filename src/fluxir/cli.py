@@ -1,22 +1,22 @@
-"""``kedro run`` with the project's ``--params``: repeatable, merged over the ``-c`` run file's ``params``, and
-lists or dicts in YAML flow syntax (``--params 'degrade.config.crop_sizes=[[512,512]]'``).
-
-Kedro takes ``run`` from this module when it exists. The command is Kedro's own (same options, same
-callback, same help) with one option replaced; Kedro 1.7's ``--params`` splits at every comma (no lists)
-and, given twice, silently keeps the last one. Parsing and merging are ``fluxir.parameters.config.parse_overrides``,
-shared with the ``python -m fluxir...`` commands.
+"""The project's commands: ``kedro run`` with fluxir's ``--params`` (repeatable, merged over the ``-c`` run file's,
+lists in YAML flow syntax: Kedro 1.7's splits at every comma and, given twice, keeps the last), ``kedro outputs``
+and ``kedro mlflow-ui``. Kedro takes ``run`` from this module; it is Kedro's own with one option replaced.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import click
 from kedro.framework.cli.project import run as kedro_run
 
-from fluxir.parameters.config import parse_overrides
-from fluxir.runtime.tracking import RUN_FILE_META, mlflow_ui, show_outputs
+from fluxir.parameters.config import catalog_config, cli_parser, load_catalog, parse_overrides
+from fluxir.runtime.tracking import RUN_FILE_META
 
 PARAMS_HELP = (
     "Parameter overrides key.sub=value,... (values are YAML; lists and dicts in flow syntax, quoted for the "
@@ -76,19 +76,111 @@ run = click.Command(
 cli.add_command(run)
 
 
-# `make demo` and `make mlflow`: their options are fluxir.runtime.tracking's (`kedro outputs --help`).
+# ------------------------------------------------------------------------------------------------
+# kedro outputs (``make demo`` ends with it) and kedro mlflow-ui (``make mlflow``): their options are argparse's,
+# as every python -m command's (``kedro outputs --help``).
+
 _PASS_ARGS = {"ignore_unknown_options": True, "help_option_names": []}
 
 
+def produced(env: str, project: Path, overrides: list[Any] = ()) -> list[tuple[str, str, str]]:
+    import pandas as pd
+
+    from fluxir.compat import loaded_path
+    from fluxir.io.store import portable_path  # relative to the working directory: the project's, below
+
+    cwd = Path.cwd()
+    os.chdir(project)  # the catalog's paths are the project's
+    try:
+        catalog = load_catalog(env, project, overrides)
+        rows = []
+        manifest_path = loaded_path(catalog.get("pairs_manifest"))
+        if manifest_path is not None and manifest_path.is_file():
+            pairs = pd.read_parquet(manifest_path)
+            folder = Path(os.path.commonpath([*map(str, pairs["hq_path"]), *map(str, pairs["lq_path"])]))
+            rows.append(("pairs (HQ/LQ)", f"{len(pairs)} pairs", f"{portable_path(folder)}/"))
+        else:
+            rows.append(("pairs (HQ/LQ)", "none yet", f"kedro run --env {env} --pipelines=fluxgen"))
+        adapter = loaded_path(catalog.get("fluxir_adapter"))
+        if adapter is not None and adapter.is_dir():
+            rows.append(("FluxIR adapter", f"version {adapter.parent.name}", f"{portable_path(adapter)}/"))
+        else:
+            rows.append(("FluxIR adapter", "none yet", f"kedro run --env {env} --pipelines=train"))
+        report = loaded_path(catalog.get("evaluation_report_html"))
+        if report is not None and report.is_file():
+            rows.append(("evaluation report", "Table 1 (HTML)", portable_path(report)))
+        else:
+            rows.append(("evaluation report", "none yet", f"kedro run --env {env} --pipelines=evaluate"))
+        restored = Path(catalog_config(env, project, overrides)["restore_output"]["path"])
+        count = sum(1 for _ in restored.rglob("*.png")) if restored.is_dir() else 0
+        if count:
+            rows.append(("restored photos", f"{count} PNGs", f"{portable_path(restored)}/"))
+        else:
+            how = f"kedro run --env {env} --pipelines=restore --params=restore.input_dir=<photos>"
+            rows.append(("restored photos", "none yet", how))
+        store = project / "mlflow.db"
+        runs = "every run" if store.is_file() else "none yet"
+        rows.append(("MLflow runs", runs, f"{portable_path(store)}: make mlflow prints each runs-table address"))
+        return rows
+    finally:
+        os.chdir(cwd)
+
+
+def table(rows: list[tuple[str, str, str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"  {what:<{widths[0]}}  {count:<{widths[1]}}  {where}" for what, count, where in rows)
+
+
 @cli.command(context_settings=_PASS_ARGS)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def outputs(args: tuple[str, ...]) -> None:
-    """What the runs of an env produced, and where."""
-    show_outputs(list(args))
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def outputs(argv: tuple[str, ...]) -> None:
+    """What the runs of an env produced and where (the latest version of each versioned catalog entry), or what to
+    run."""
+    args = cli_parser("kedro outputs", outputs.help, "restore.output_dir=restored").parse_args(list(argv))
+    project = Path(args.project).resolve()
+    print(f"What the runs of env {args.env} produced, and where (under {project}):")
+    print(table(produced(args.env, project, args.params)))
+
+
+def runs_table_address(host: str, port: int, experiment_id: str) -> str:
+    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
+
+
+def experiments(store: Path) -> list[tuple[str, str]]:
+    """(name, id) of the store's active experiments that hold runs, by name."""
+    if not store.is_file():
+        return []
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    found = [(e.name, e.experiment_id) for e in client.search_experiments()]
+    return sorted((name, eid) for name, eid in found if client.search_runs([eid], max_results=1))
+
+
+def addresses_text(store: Path, host: str, port: int) -> str:
+    found = experiments(store)
+    if not found:
+        return (
+            f"MLflow UI on http://{host}:{port}: no runs in {store} yet (make demo or kedro run writes them); "
+            "an experiment's runs table is then at " + runs_table_address(host, port, "<id>")
+        )
+    width = max(len(name) for name, _ in found)
+    lines = [f"MLflow UI on http://{host}:{port} ({store}); the runs table of each experiment:"]
+    lines += [f"  {name:<{width}}  {runs_table_address(host, port, eid)}" for name, eid in found]
+    return "\n".join(lines)
 
 
 @cli.command("mlflow-ui", context_settings=_PASS_ARGS)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def mlflow_ui_command(args: tuple[str, ...]) -> None:
-    """MLflow's UI on the project's store, after the address of each experiment's runs table."""
-    mlflow_ui(list(args))
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def mlflow_ui(argv: tuple[str, ...]) -> None:
+    """MLflow's UI on the project's SQLite store (Ctrl-C stops it), after the address of each experiment's runs
+    table: MLflow 3.17's UI opens an experiment on its GenAI overview whatever its ``mlflow.experimentKind`` tag."""
+    parser = argparse.ArgumentParser(prog="kedro mlflow-ui", description=mlflow_ui.help)
+    parser.add_argument("--store", default="mlflow.db", help="the SQLite tracking store (conf/base/mlflow.yml's)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(list(argv))
+    store = Path(args.store).resolve()
+    print(addresses_text(store, args.host, args.port), flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}"]
+    os.execv(sys.executable, [*command, "--host", args.host, "--port", str(args.port)])

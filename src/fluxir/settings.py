@@ -3,17 +3,7 @@
 from kedro.config import OmegaConfigLoader
 
 from fluxir.parameters.config import CONFIG_LOADER_ARGS  # noqa: F401 (read by Kedro)
-from fluxir.runtime.hooks import (
-    LaunchContextHook,
-    MlflowDatasetsHook,
-    MlflowRunHook,
-    ParameterCheckHook,
-)
+from fluxir.runtime.hooks import LaunchContextHook, MlflowDatasetsHook, MlflowRunHook, ParameterCheckHook
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-HOOKS = (
-    ParameterCheckHook(),
-    MlflowRunHook(),
-    MlflowDatasetsHook(),
-    LaunchContextHook(),
-)
+HOOKS = (ParameterCheckHook(), MlflowRunHook(), MlflowDatasetsHook(), LaunchContextHook())

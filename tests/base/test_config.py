@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fluxir.parameters.config import CONFIG_LOADER_ARGS
-from fluxir.parameters.rules import Rule, check_fields, is_int
+from fluxir.parameters.config import CONFIG_LOADER_ARGS, Rule, check_fields, is_int
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from fluxir.io.atomic import atomic_directory, atomic_file, write_atomic, write_json_atomic
-from fluxir.io.hashing import hash_json, hash_tensors
 from fluxir.io.images import image_size, read_image, read_photo
+from fluxir.io.provenance import hash_json, hash_tensors
 from fluxir.io.store import WriterPool
 
 

@@ -1,4 +1,4 @@
-"""Third-party notices a user cannot act on are filtered in one place (fluxir.runtime.notices); other warnings pass."""
+"""Third-party notices a user cannot act on are filtered in one place (fluxir.runtime.progress); other warnings pass."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from fluxir.runtime import notices
+from fluxir.runtime import progress as notices
 
 from conftest import REPO
 

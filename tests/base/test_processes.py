@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 # watchdog can notice.
 OWNER = textwrap.dedent("""
     import os, subprocess, sys, time
-    child = ("from fluxir.runtime.processes import die_with_parent; die_with_parent(%d); "
+    child = ("from fluxir.runtime.launch import die_with_parent; die_with_parent(%d); "
              "print('ready', flush=True); import time; time.sleep(600)" % os.getpid())
     if sys.argv[1] == "via_shell":
         subprocess.Popen(["sh", "-c", f"{sys.executable} -c \\"{child}\\" &"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from fluxir.compat.basicsr import import_basicsr
+from fluxir.compat import import_basicsr
 
 basicsr = import_basicsr()
 
@@ -43,7 +43,7 @@ def test_fresh_interpreter_needs_the_alias_and_gets_it():
             print("OLD_MODULE_PRESENT")
         except ModuleNotFoundError:
             print("OLD_MODULE_MISSING")
-        from fluxir.compat.basicsr import import_basicsr
+        from fluxir.compat import import_basicsr
         first = import_basicsr()
         second = import_basicsr()
         from basicsr.data.degradations import rgb_to_grayscale

@@ -24,7 +24,7 @@ from PIL import Image
 
 from fluxir.fetch import archives, manifest, steps, transfer
 from fluxir.fetch.__main__ import main as fetch_main
-from fluxir.io.hashing import sha256_file
+from fluxir.io.provenance import sha256_file
 from fluxir.parameters.config import catalog_config, load_params
 
 from conftest import REPO, make_project_copy

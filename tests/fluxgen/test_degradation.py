@@ -14,7 +14,7 @@ import pytest
 import skimage.data
 import torch
 
-from fluxir.compat.basicsr import import_basicsr
+from fluxir.compat import import_basicsr
 
 import_basicsr()
 

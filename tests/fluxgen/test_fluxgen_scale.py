@@ -30,8 +30,8 @@ from fluxir.fluxgen.pairs import (
     resolve_workers,
 )
 from fluxir.fluxgen.score import chunks_to_score, merge_scores, metrics_key, score_into_parts, scoring_precision
-from fluxir.io.hashing import sha256_file
 from fluxir.io.images import read_image
+from fluxir.io.provenance import sha256_file
 from fluxir.io.store import ImageStore
 
 from conftest import REPO, free_port

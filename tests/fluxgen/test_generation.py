@@ -19,8 +19,8 @@ from fluxir.fluxgen.generate import (
     prompt_for,
     recorded_hashes,
 )
-from fluxir.io.hashing import sha256_file
 from fluxir.io.images import read_image
+from fluxir.io.provenance import sha256_file
 from fluxir.io.store import ImageStore
 from fluxir.models.loading import resolve_source
 

@@ -164,7 +164,7 @@ def base_project(request, tmp_path_factory) -> BaseProject:
     # architecture and container ({"params_ema": state_dict}), random weights
     import torch
 
-    from fluxir.compat.basicsr import import_basicsr
+    from fluxir.compat import import_basicsr
 
     import_basicsr()
     from basicsr.archs.rrdbnet_arch import RRDBNet

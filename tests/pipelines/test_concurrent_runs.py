@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fluxir.io.locks import exclusive_lock
+from fluxir.io.store import exclusive_lock
 
 # Two runs at once, or a holder killed: the processes are the subject.
 pytestmark = pytest.mark.e2e
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 WAITER = textwrap.dedent("""
     import logging, sys, time
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    from fluxir.io.locks import exclusive_lock
+    from fluxir.io.store import exclusive_lock
     with exclusive_lock(sys.argv[1], "the test output"):
         print("got it", flush=True)
 """)
@@ -43,7 +43,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom fluxir.io.locks import exclusive_lock\n"
+            "import sys, time\nfrom fluxir.io.store import exclusive_lock\n"
             "with exclusive_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(600)",
             str(lock),
         ],

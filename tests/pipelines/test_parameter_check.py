@@ -7,8 +7,7 @@ import sqlite3
 
 import pytest
 
-from fluxir.parameters.config import catalog_config, load_params
-from fluxir.parameters.rules import ConfigError
+from fluxir.parameters.config import ConfigError, catalog_config, load_params
 from fluxir.parameters.validation import check_params, groups_read, problems_for
 
 from conftest import REPO, kedro_process, kedro_run

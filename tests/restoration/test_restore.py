@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxir.io.hashing import sha256_file
+from fluxir.io.provenance import sha256_file
 from fluxir.models.packing import pack_grid, unpack_grid
 from fluxir.restoration import files as F
 from fluxir.restoration import sampler as S

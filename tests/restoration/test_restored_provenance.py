@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fluxir.io.hashing import hash_tensors
-from fluxir.io.provenance import RESTORED_DISCLOSURE, RESTORED_SOFTWARE, model_revision, read_provenance
+from fluxir.io.provenance import RESTORED_DISCLOSURE, RESTORED_SOFTWARE, hash_tensors, model_revision, read_provenance
 from fluxir.parameters.config import load_params
 from fluxir.restoration.files import restore_files
 from fluxir.restoration.methods import METHODS, PUBLIC_METHODS, restorer_spec

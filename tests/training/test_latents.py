@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fluxir.io.hashing import sha256_file
+from fluxir.io.provenance import sha256_file
 from fluxir.training.data import PairTable
 from fluxir.training.latents import precompute_latents
 from fluxir.training.loop import train

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxir.io.locks import LOCK_NAME, FolderBusy, exclusive_lock
+from fluxir.io.store import LOCK_NAME, FolderBusy, exclusive_lock
 from fluxir.models.adapter import load_adapter
 from fluxir.models.packing import unpack
 from fluxir.training.checkpoints import list_checkpoints

@@ -21,7 +21,7 @@ from kedro.io.core import (
 )
 from kedro_datasets.pandas import ParquetDataset
 
-from fluxir.compat.kedro import invalidate_cache, save_target
+from fluxir.compat import invalidate_cache, save_target
 from fluxir.io.atomic import atomic_file, fsync_dir
 from fluxir.io.store import ImageStore
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluxir.iqa import CONVENTION_DEFINITIONS, MetricSpec
-from fluxir.parameters.rules import Config, Rule, is_int
+from fluxir.parameters.config import Config, Rule, is_int
 from fluxir.restoration.methods import EVALUATE_METHODS
 
 # restore_config.COLOR_FIX_METHODS, named again here so that building the pipeline does not import torch

@@ -19,9 +19,8 @@ import pandas as pd
 from fluxir.evaluation.config import EvaluateConfig
 from fluxir.evaluation.testsets import list_images, outputs_table, pair_key
 from fluxir.io.atomic import write_png_atomic
-from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
 from fluxir.io.images import image_size, read_image
-from fluxir.io.provenance import fluxir_version, png_text
+from fluxir.io.provenance import fluxir_version, hash_json, hash_tensors, png_text, sha256_file
 from fluxir.models.devices import resolve_device
 from fluxir.restoration.files import LazyRestorer, restore_one
 from fluxir.restoration.methods import EVALUATE_METHODS, PUBLIC_METHODS, TITLES, RestorerSpec, restorer_spec

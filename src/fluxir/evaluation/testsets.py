@@ -25,9 +25,9 @@ import pandas as pd
 
 from fluxir.fluxgen.degrade import DegradationConfig, degrade_pair
 from fluxir.io.atomic import write_png_atomic
-from fluxir.io.hashing import hash_json
 from fluxir.io.images import image_size, read_image
-from fluxir.parameters.rules import Config, Rule, field_problems
+from fluxir.io.provenance import hash_json
+from fluxir.parameters.config import Config, Rule, field_problems
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fluxir.export.dataset import FORMATS
-from fluxir.parameters.rules import is_number
+from fluxir.parameters.config import is_number
 
 KEYS = (
     "format",

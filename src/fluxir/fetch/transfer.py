@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxir.io.hashing import sha256_file
+from fluxir.io.provenance import sha256_file
 
 CHUNK = 1 << 20
 RETRIES = 5  # reconnections per file within one run, each resuming where the last one stopped

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fluxir.io.hashing import hash_json
-from fluxir.io.provenance import model_revision
-from fluxir.parameters.rules import Config, Rule
+from fluxir.io.provenance import hash_json, model_revision
+from fluxir.parameters.config import Config, Rule
 
 logger = logging.getLogger(__name__)
 

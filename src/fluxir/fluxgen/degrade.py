@@ -44,10 +44,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fluxir.compat.basicsr import import_basicsr
+from fluxir.compat import import_basicsr
 from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io.images import check_rgb_uint8
-from fluxir.parameters.rules import is_int
+from fluxir.parameters.config import is_int
 
 import_basicsr()  # must precede every basicsr import (torchvision removed functional_tensor)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fluxir.parameters.rules import Config, is_int, is_number
+from fluxir.parameters.config import Config, is_int, is_number
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 # Latents are /8 of the image and Flux packs 2x2 latent patches: image sides must be multiples of 16.

@@ -25,7 +25,6 @@ import torch
 from fluxir.fluxgen.degrade import degrade_pair
 from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io.atomic import write_json_atomic
-from fluxir.io.hashing import hash_json
 from fluxir.io.images import read_image
 from fluxir.io.provenance import (
     DISCLOSURE_KEY,
@@ -33,12 +32,13 @@ from fluxir.io.provenance import (
     PAIR_DISCLOSURE,
     SOFTWARE_KEY,
     fluxir_version,
+    hash_json,
     png_text,
     read_provenance,
 )
 from fluxir.io.store import ImageStore, portable_path
-from fluxir.parameters.rules import Config, ConfigError, Rule, check_fields, field_problems, is_int
-from fluxir.runtime.processes import die_with_parent
+from fluxir.parameters.config import Config, ConfigError, Rule, check_fields, field_problems, is_int
+from fluxir.runtime.launch import die_with_parent
 from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)

@@ -1,12 +1,5 @@
-"""Atomic, durable writes: a file or folder that exists under its final name is complete.
-
-Every write goes to a temporary file (or folder) next to its target, is flushed to the disk (``fsync``) and
-renamed into place, after a kill and after a power loss alike.
-
-Folder manifests: a rename makes a folder appear at once, but storage can still lose or cut its files (power loss
-before the data reached the disk, bit rot, a copy that stopped). ``write_manifest`` records every file's size and
-SHA-256 as the folder's last file; ``manifest_problem`` says what no longer matches.
-"""
+"""Atomic, durable writes: a file or folder that exists under its final name is complete, after a kill and after
+a power loss alike (written next to its target, flushed with ``fsync``, renamed into place)."""
 
 from __future__ import annotations
 
@@ -23,11 +16,10 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from fluxir.io.hashing import sha256_file
+from fluxir.io.provenance import sha256_file
 
 
 def fsync_file(path: str | os.PathLike) -> None:
-    """Flush a written file's data to the disk (``fsync``), so a later rename never names an empty file."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -51,14 +43,11 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 @contextmanager
 def atomic_file(path: str | os.PathLike, *, fsync: bool = True, fsync_folder: bool = True) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; when the block succeeds it is renamed onto ``path``.
+    """Yield a temporary path next to ``path`` (unique per process and call, so concurrent writers never mix
+    bytes); when the block succeeds it is renamed onto ``path``, on error ``path`` is left as it was.
 
-    The temporary name is unique per process and call (``.<name>.<pid>.<random>.tmp``), so concurrent
-    writers of the same file never mix bytes; on error it is removed and ``path`` is left as it was.
-    Durable by default: the file is flushed before the rename (after a power loss a file that exists is
-    complete) and the folder after it (the file is there). Many files into one folder (a shard of PNGs)
-    pass ``fsync_folder=False`` and call ``fsync_dir(folder)`` once for the batch; ``fsync=False`` only
-    for caches that are rebuilt when lost or cut (hash sidecars).
+    Many files into one folder (a shard of PNGs) pass ``fsync_folder=False`` and call ``fsync_dir(folder)`` once
+    for the batch; ``fsync=False`` only for caches that are rebuilt when lost or cut (hash sidecars).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,15 +71,11 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, **durability: bool)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> Path:
-    """Write ``json.dumps(obj, **dumps_kwargs)`` to ``path`` atomically and durably; returns the path."""
     return write_atomic(path, json.dumps(obj, **dumps_kwargs))
 
 
 def write_png_atomic(path: str | os.PathLike, image: np.ndarray, pnginfo: Any = None, **durability: bool) -> None:
-    """Write ``image`` (H, W, 3 or 4) uint8 as PNG at ``path`` atomically (``durability``: see ``atomic_file``).
-
-    ``pnginfo``: the text chunks (``fluxir.io.provenance.png_text``) every image this project makes carries.
-    """
+    """Write ``image`` (H, W, 3 or 4) uint8 as PNG at ``path`` atomically, with the text chunks ``pnginfo``."""
     with atomic_file(path, **durability) as tmp:
         Image.fromarray(image).save(tmp, format="PNG", pnginfo=pnginfo)
 
@@ -106,7 +91,6 @@ def _is_local(fs: Any) -> bool:
 
 
 def fsync_tree(folder: str | os.PathLike) -> None:
-    """Flush every file and folder below a local ``folder`` (deepest first), then ``folder`` itself."""
     for root, _, files in os.walk(folder, topdown=False):
         for name in files:
             fsync_file(os.path.join(root, name))
@@ -115,13 +99,9 @@ def fsync_tree(folder: str | os.PathLike) -> None:
 
 @contextmanager
 def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]:
-    """Yield a temporary folder ``<parent>/.tmp-<name>-<random>``; when the block succeeds it replaces ``folder``.
-
-    An existing ``folder`` stays complete until the new one is moved in (it is first moved aside, then
-    deleted), so a crash at any point leaves either the old or the new folder under the final name.
-    On the local filesystem every file is flushed before the move and the parent folder after it.
-    ``fs`` is an fsspec filesystem (the local one by default); the yielded path is in its syntax.
-    """
+    """Yield a temporary folder next to ``folder`` (a path of the fsspec filesystem ``fs``); when the block
+    succeeds it replaces ``folder``. The old folder is moved aside first, then deleted, so a crash at any point
+    leaves either the old or the new folder under the final name."""
     fs = fs or local_fs()
     folder = str(folder).rstrip("/")
     parent, name = posixpath.split(folder)
@@ -145,24 +125,20 @@ def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]
             fs.rm(tmp, recursive=True)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Folder manifests
+# Folder manifests: a rename makes a folder appear at once, but storage can still lose or cut its files (power
+# loss, bit rot, a copy that stopped); the manifest, written last, records every file's size and SHA-256.
 
 MANIFEST_NAME = "manifest.json"
 
 
 def _files_under(folder: str, fs: Any) -> list[str]:
-    """Paths (relative, POSIX) of every file below ``folder`` except the manifest, sorted."""
     root = folder.rstrip("/")
     names = [posixpath.relpath(p, root) for p in fs.find(root)]
     return sorted(n for n in names if n != MANIFEST_NAME)
 
 
 def write_manifest(folder: str | os.PathLike, fs: Any = None) -> dict[str, dict[str, Any]]:
-    """Write ``<folder>/manifest.json``: ``{relative path: {size, sha256}}`` of every other file; returns it.
-
-    Call it last, on the finished (usually still temporary) folder.
-    """
+    """Write ``<folder>/manifest.json``: ``{relative path: {size, sha256}}`` of every other file; returns it."""
     fs = fs or local_fs()
     root = str(folder).rstrip("/")
     entries = {

@@ -1,11 +1,6 @@
-"""Reading images.
-
-Two readers on purpose. ``read_image`` reads the files this project writes or downloads as data
-(generated images, HQ/LQ pairs, benchmark crops): pixels exactly as stored, no EXIF rotation, since
-an HQ and its LQ must stay aligned whatever their tags say. ``read_photo`` reads a user's photo for
-restoration: EXIF rotation applied as a viewer shows it, 16-bit and float greyscale scaled to 8 bits,
-alpha kept apart so it can be carried over. Both decode fully at once (a truncated file fails here,
-not later) and raise ValueError starting with the path.
+"""Two image readers on purpose: ``read_image`` reads data (generated images, pairs, benchmark crops) exactly as
+stored, since an HQ and its LQ must stay aligned whatever their EXIF tags say; ``read_photo`` reads a user's photo as a
+viewer shows it. Both decode fully at once (a truncated file fails here) and raise ValueError starting with the path.
 """
 
 from __future__ import annotations
@@ -48,13 +43,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_photo(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """A photo file of any size and mode -> (RGB (H, W, 3) uint8, alpha (H, W) uint8 or None).
-
-    EXIF orientation is applied (``ImageOps.exif_transpose``); 16-bit greyscale is scaled to 8 bits
-    (v / 257, so 65535 -> 255); palette/greyscale/CMYK/... become RGB; an alpha channel (RGBA, LA,
-    palette transparency) is returned separately. An empty, corrupt, truncated or non-image file raises
-    ValueError starting with the path and saying why.
-    """
+    """A photo file of any size and mode -> (RGB (H, W, 3) uint8, alpha (H, W) uint8 or None): EXIF orientation
+    applied, 16-bit greyscale scaled to 8 bits (v / 257), an alpha channel returned apart to be carried over."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file (0 bytes)")

@@ -1,23 +1,15 @@
-"""Provenance in every PNG this project writes: what made the image, and that an AI made it.
+"""Hashes, and provenance in every PNG this project writes: what made the image, and that an AI made it.
 
-The FLUX.1 [dev] licence, section 2(e)(ii), asks for a disclosure that Output was AI-generated where the
-law requires it; Black Forest Labs' own ``save_image`` (``black-forest-labs/flux``, ``src/flux/cli.py``)
-writes EXIF ``Software="AI generated;txt2img;flux"``. PNG has no EXIF by default, so the same words go
-into PNG text chunks (``tEXt``), which every PNG reader keeps and shows:
-
-1. ``png_text(fields)`` builds the ``PngInfo`` a writer hands to ``write_png_atomic``: the ``Software``
-   disclosure in BFL's form, a plain ``Disclosure`` sentence, and the fields of the maker (model id and
-   revision, seed, config hash, fluxir version for generated images and pairs; the restorer for restored
-   images). No timestamp: the same image written twice gives the same bytes (pairs are byte-identical
-   whatever the number of workers).
-2. ``model_revision(source)`` names the exact weights: the hub snapshot commit when the model comes from
-   the Hugging Face cache (a hub id, or a folder inside ``.../snapshots/<commit>``), else ``local-<hash>``
-   of the folder's config files.
-3. ``read_provenance(path)`` reads every text chunk back as a dict (a test, a dataset card, a user).
+The FLUX.1 [dev] licence, section 2(e)(ii), asks for a disclosure that Output was AI-generated; BFL's own
+``save_image`` (``black-forest-labs/flux``, ``src/flux/cli.py``) writes EXIF ``Software="AI generated;txt2img;flux"``.
+PNG has no EXIF by default, so the same words go into PNG text chunks, with the fields of the maker. No timestamp:
+the same image written twice gives the same bytes (pairs are byte-identical whatever the number of workers).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -28,7 +20,36 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import fluxir
-from fluxir.io.hashing import hash_json
+
+
+def sha256_file(path: str | os.PathLike, fs: Any = None) -> str:
+    """Hex SHA-256 of a file's bytes (on the fsspec filesystem ``fs``, the local one by default)."""
+    digest = hashlib.sha256()
+    with fs.open(str(path), "rb") if fs is not None else open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_tensors(tensors: Mapping[str, Any], digest: Any = None) -> Any:
+    """Feed every tensor of a state dict into ``digest`` (a new sha256 by default); returns it.
+
+    Each entry contributes ``name:dtype:shape`` and its raw bytes in sorted name order, so two models hash alike
+    only when names, dtypes, shapes and every bit of every value agree.
+    """
+    import torch  # here: the catalog's datasets import this module at ``kedro viz`` start-up
+
+    digest = digest or hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest
+
+
+def hash_json(obj: Any, length: int = 12) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``json.dumps(obj, sort_keys=True, default=str)``."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
 
 SOFTWARE_KEY = "Software"
 DISCLOSURE_KEY = "Disclosure"
@@ -53,11 +74,8 @@ def fluxir_version() -> str:
 
 
 def png_text(fields: Mapping[str, Any]) -> PngInfo:
-    """A ``PngInfo`` holding one text chunk per field whose value is not None (values as ``str``).
-
-    Keys are PNG keywords (1-79 Latin-1 characters); ``Software`` and ``Disclosure`` are expected in
-    ``fields``: every writer of this project passes one of the ``*_SOFTWARE`` / ``*_DISCLOSURE`` pairs.
-    """
+    """A ``PngInfo`` holding one text chunk per field whose value is not None (keys: PNG keywords, 1-79 Latin-1
+    characters; every writer passes one of the ``*_SOFTWARE`` / ``*_DISCLOSURE`` pairs)."""
     info = PngInfo()
     for key, value in fields.items():
         if value is not None:
@@ -80,8 +98,7 @@ def generated_fields(model: str, revision: str, seed: int, config_hash: str, **e
 
 
 def restored_fields(method: str, **restorer: Any) -> dict[str, Any]:
-    """The provenance of a restored image: disclosure, the restorer (``method`` and e.g. its model, adapter
-    fingerprint) and fluxir's version."""
+    """The provenance of a restored image: disclosure, the restorer (e.g. its model, adapter fingerprint), version."""
     return {
         SOFTWARE_KEY: RESTORED_SOFTWARE,
         DISCLOSURE_KEY: RESTORED_DISCLOSURE,
@@ -99,7 +116,6 @@ def read_provenance(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:
-    """The Hugging Face cache's snapshot of hub id ``repo_id`` (what an offline load reads), or None."""
     from huggingface_hub import snapshot_download
 
     if repo_id.count("/") != 1:

@@ -1,15 +1,16 @@
-"""The image store: 350,000 images do not belong in one folder.
-
-Image ``i`` of an ``ImageStore`` lives at ``<root>/<i // 1000:04d>/<i:08d>.png``; the SHA-256 of every
-written image is recorded next to it (``fluxir.fluxgen.generate`` explains why and reads it back). A
-``WriterPool`` runs the writes on threads, off the generating loop's critical path.
+"""Where stage outputs go: the sharded image store (350,000 images do not belong in one folder), the
+``WriterPool`` that writes off the generating loop's critical path, and the lock that allows one writer per output.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Iterable
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -17,10 +18,13 @@ from typing import Any, Self
 import numpy as np
 
 from fluxir.io.atomic import fsync_dir, write_atomic, write_png_atomic
-from fluxir.io.hashing import sha256_file
 from fluxir.io.images import read_image
+from fluxir.io.provenance import sha256_file
+
+logger = logging.getLogger(__name__)
 
 SHARD_SIZE = 1000
+LOCK_NAME = ".lock"  # the writer lock of a stage's output folder (exclusive_lock)
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,12 @@ def record_hash(path: Path) -> Recorded:
 
 @dataclass(frozen=True)
 class ImageStore:
-    """A folder of sharded PNG images keyed by integer id."""
+    """A folder of PNG images keyed by integer id: image ``i`` lives at ``<root>/<i // 1000:04d>/<i:08d>.png``, the
+    SHA-256 of every written one next to it (``fluxir.fluxgen.manifest`` explains why and reads it back)."""
 
     root: Path
 
     def path_for(self, image_id: int) -> Path:
-        """Where image ``image_id`` lives (whether or not it exists yet)."""
         return self.root / f"{image_id // SHARD_SIZE:04d}" / f"{image_id:08d}.png"
 
     def exists(self, image_id: int) -> bool:
@@ -63,10 +67,8 @@ class ImageStore:
         return self.path_for(image_id).is_file()
 
     def write(self, image_id: int, image: np.ndarray, fsync_folder: bool = True, pnginfo: Any = None) -> Path:
-        """Atomically and durably write image ``image_id`` with the text chunks ``pnginfo``; returns its path.
-
-        A writer of many images passes ``fsync_folder=False`` and calls ``sync_shards`` once per batch.
-        """
+        """Atomically and durably write image ``image_id`` with the text chunks ``pnginfo``; a writer of many images
+        passes ``fsync_folder=False`` and calls ``sync_shards`` once per batch."""
         path = self.path_for(image_id)
         write_png_atomic(path, image, pnginfo, fsync_folder=fsync_folder)
         return path
@@ -74,11 +76,7 @@ class ImageStore:
     def write_recorded(
         self, image_id: int, image: np.ndarray, fsync_folder: bool = True, pnginfo: Any = None
     ) -> Recorded:
-        """``write`` plus :func:`record_hash`: the way every FluxGen image and pair is written (``pnginfo``: its
-        provenance, ``fluxir.io.provenance``).
-
-        ``fsync_folder=False``: the caller flushes the shard folders afterwards (``sync_shards``).
-        """
+        """``write`` plus :func:`record_hash`: the way every FluxGen image and pair is written."""
         return record_hash(self.write(image_id, image, fsync_folder=fsync_folder, pnginfo=pnginfo))
 
     def sync_shards(self, image_ids: Iterable[int]) -> None:
@@ -87,7 +85,6 @@ class ImageStore:
             fsync_dir(self.root / f"{shard:04d}")
 
     def read(self, image_id: int) -> np.ndarray:
-        """Image ``image_id`` as RGB uint8."""
         return read_image(self.path_for(image_id))
 
     def sub(self, name: str) -> ImageStore:
@@ -105,20 +102,13 @@ def portable_path(path: str | os.PathLike) -> str:
         return str(path)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Writes off the critical path
-
-
 class WriterPool:
     """Runs file writes on ``threads`` threads behind a bounded queue, so the caller never waits on files.
 
-    PNG's zlib and hashlib release the GIL, so threads overlap encoding with the caller's compute (a
-    denoising loop). At most ``2 x threads`` jobs wait (each holds one image), so memory stays bounded and
-    a slow disk slows the producer down instead of filling RAM. The first error of any job is raised in
-    the calling thread (at the next ``submit`` or at ``close``), never lost. ``close`` (the end of the
-    ``with`` block) waits until every job has finished. ``threads=0`` runs each job inside ``submit``.
-    ``waited_s``: how long the caller was held up (waiting for a free slot, at ``close``, or running jobs
-    itself with ``threads=0``): near 0 when the writes keep up.
+    PNG's zlib and hashlib release the GIL, so threads overlap encoding with the caller's compute. At most
+    ``2 x threads`` jobs wait (each holds one image): a slow disk slows the producer instead of filling RAM. The
+    first error of any job is raised in the calling thread (next ``submit`` or ``close``). ``threads=0`` runs each
+    job inside ``submit``. ``waited_s``: how long the caller was held up (near 0 when the writes keep up).
     """
 
     def __init__(self, threads: int) -> None:
@@ -132,8 +122,6 @@ class WriterPool:
 
     def submit(self, fn: Any, *args: Any) -> None:
         """Queue ``fn(*args)``; blocks while the queue is full; raises the error of an earlier failed job."""
-        import time
-
         self._raise_first_error()
         start = time.perf_counter()
         if self._executor is None:
@@ -154,8 +142,6 @@ class WriterPool:
 
     def close(self) -> None:
         """Wait for every queued job; raise the first error among them."""
-        import time
-
         start = time.perf_counter()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -172,3 +158,45 @@ class WriterPool:
             self.close()
         elif self._executor is not None:  # already failing: let queued writes finish, keep the first error
             self._executor.shutdown(wait=True)
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the lock of an output that cannot be shared or waited for."""
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` for the block: a second run of the same stage waits here, logging
+    which process holds it, and then finds the first one's work done. With ``wait=False`` (a training run: waiting
+    would be for days) it raises ``FolderBusy`` naming the holder.
+
+    ``fcntl.flock``: released by the kernel when the holder ends in any way (a kill -9 leaves no stale lock);
+    works on local disks and NFSv4. Where ``fcntl`` does not exist (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            if not wait:
+                raise FolderBusy(
+                    f"{what} is being written by {holder} (lock {path}): let that run finish or stop it, "
+                    "or give this one another folder"
+                ) from None
+            logger.warning("%s is being written by %s; waiting for it to finish (lock %s)", what, holder, path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0
+        )
+        yield
+    finally:
+        os.close(fd)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fluxir.compat.pyiqa import maniqa_backbone_from_checkpoint, no_downloads
+from fluxir.compat import maniqa_backbone_from_checkpoint, no_downloads
 from fluxir.io.images import read_image
 from fluxir.iqa import weights as iqa_weights
 from fluxir.iqa.weights import (
@@ -28,7 +28,7 @@ from fluxir.iqa.weights import (
     parse_of_mode,
     required_weight_files,
 )
-from fluxir.parameters.rules import Rule, check_fields
+from fluxir.parameters.config import Rule, check_fields
 from fluxir.runtime.progress import progress as progress_bar
 
 

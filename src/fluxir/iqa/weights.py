@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fluxir.io.hashing import sha256_file
+from fluxir.io.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 

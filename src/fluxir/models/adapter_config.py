@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from fluxir.parameters.rules import Config, ConfigError, Rule
+from fluxir.parameters.config import Config, ConfigError, Rule
 
 # Base-model fields that must agree between an adapter and the Flux transformer it controls.
 BASE_FIELDS = (

@@ -15,7 +15,7 @@ import torch
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 from torch import Tensor, nn
 
-from fluxir.compat.diffusers import checkpointed, pre_forward
+from fluxir.compat import checkpointed, pre_forward
 from fluxir.models.adapter import FluxIRAdapter, ids_2d
 from fluxir.models.adapter_config import check_compatible
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fluxir.io.atomic import atomic_file
-from fluxir.io.hashing import hash_json
+from fluxir.io.provenance import hash_json
 from fluxir.models.loading import TEXT_COMPONENTS, load_pipeline, resolve_source
 from fluxir.models.prompts import PromptEncoder
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fluxir.compat.diffusers import latent_image_ids
+from fluxir.compat import latent_image_ids
 
 
 # Adapted from diffusers.pipelines.flux.pipeline_flux.FluxPipeline._pack_latents (diffusers 0.42.1): the same

@@ -1,1 +1,1 @@
-"""The run's parameters: parsing (config), the rule tables (rules) and the checks before a run (validation)."""
+"""The run's parameters: loading and checking them (config) and the checks before a run (validation)."""

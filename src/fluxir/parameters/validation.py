@@ -1,11 +1,8 @@
-"""Check every parameter a run will read before its first node: all problems at once, nothing written.
+"""Check every parameter a run will read before its first node: all problems at once, nothing written (a node
+checks its own only when it runs, so a typo in ``select.percentile`` would surface after days of generation).
 
-A node checks its own parameters only when it runs, so a typo in ``select.percentile`` would surface after
-days of generation. Each parameter group is checked by building its config class (``config_classes``: the one
-place its values are checked), then by the checks that need files (model folders, weights, input folders).
-``problems_for_run`` picks the groups a pipeline reads (by its ``params:`` inputs);
-``fluxir.runtime.hooks.ParameterCheckHook`` calls it before kedro-mlflow starts a run or a dataset is created,
-the entry points call ``check_params``.
+Each group is checked by building its config class, then by the checks that need files (model folders, weights,
+input folders); ``ParameterCheckHook`` and the entry points run them before anything is written.
 """
 
 from __future__ import annotations
@@ -16,13 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fluxir.parameters.rules import ConfigError, raise_problems
-
-__all__ = ["check_params", "groups_read", "problems_for", "raise_problems"]  # raise_problems: for the app and the hooks
+from fluxir.parameters.config import ConfigError, raise_problems
 
 
 def config_classes() -> dict[str, type]:
-    """Parameter group (a dotted path in ``parameters``) -> the config class that checks it."""
     from fluxir.evaluation.config import EvaluateConfig
     from fluxir.fluxgen.content_filter import ContentFilterConfig
     from fluxir.fluxgen.generate import GenerationConfig
@@ -51,7 +45,6 @@ def _get(params: Any, path: str) -> Any:
 
 
 def built(params: Mapping[str, Any], group: str) -> tuple[Any, list[str]]:
-    """(the config of ``group`` or None, its problems)."""
     try:
         return config_classes()[group].from_params(_get(params, group)), []
     except ConfigError as err:
@@ -69,7 +62,6 @@ def _problems(check: Callable[[], Any]) -> list[str]:
 
 
 def local_model_problems(name: str, source: Any) -> list[str]:
-    """A model parameter naming a local folder (not a hub id ``owner/name``) that does not exist."""
     if not isinstance(source, str) or re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
         return []
     if Path(source).expanduser().is_dir():
@@ -82,7 +74,6 @@ def local_model_problems(name: str, source: Any) -> list[str]:
 
 
 def validate_fluxgen(params: Mapping[str, Any]) -> list[str]:
-    """``fluxgen.*`` and ``fluxgen.content_filter.*``, and the Flux model folder."""
     config, found = built(params, "fluxgen")
     found += built(params, "fluxgen.content_filter")[1]
     if config is not None:
@@ -91,7 +82,6 @@ def validate_fluxgen(params: Mapping[str, Any]) -> list[str]:
 
 
 def validate_iqa(params: Mapping[str, Any]) -> list[str]:
-    """``iqa.*`` as FluxGen scoring reads them, and the metrics' weight files."""
     from fluxir import iqa as iqa_lib
 
     config, found = built(params, "iqa")
@@ -109,15 +99,14 @@ def validate_select(params: Mapping[str, Any]) -> list[str]:
 
 
 def restore_settings_problems(restore: Mapping[str, Any]) -> list[str]:
-    """``restore.*`` minus the file parameters: ``RestoreConfig`` (the app checks its settings with this)."""
+    """``restore.*`` minus the file parameters (the app checks its settings with this)."""
     from fluxir.restoration.files import split_params
 
     return _problems(lambda: split_params(dict(restore)))
 
 
 def baselines_problems(baselines: Any) -> list[str]:
-    """``baselines.*`` (the public restorers' settings): every bad value of both (the app checks its ``baselines``
-    with this)."""
+    """``baselines.*``, the public restorers' settings (the app checks its ``baselines`` with this)."""
     if not isinstance(baselines, Mapping):
         return ["parameter group 'baselines' is missing or not a mapping (conf/base/parameters_baselines.yml)"]
     params = {"baselines": baselines}
@@ -125,8 +114,8 @@ def baselines_problems(baselines: Any) -> list[str]:
 
 
 def public_weights_problems(params: Mapping[str, Any], methods: Iterable[str]) -> list[str]:
-    """A missing Real-ESRGAN weight file when ``methods`` use it (the ControlNet may be a hub id, found in the
-    cache only when it loads)."""
+    """A missing Real-ESRGAN weight file when ``methods`` use it (the ControlNet may be a hub id, found only when it
+    loads)."""
     from fluxir.restoration.realesrgan import weights_file
 
     config, found = built(params, "baselines.realesrgan")
@@ -136,7 +125,6 @@ def public_weights_problems(params: Mapping[str, Any], methods: Iterable[str]) -
 
 
 def validate_restore(params: Mapping[str, Any]) -> list[str]:
-    """``restore.*``: ``RestoreConfig`` and the method (a public one's weight file)."""
     from fluxir.restoration.methods import RESTORE_METHODS
 
     group = params.get("restore")
@@ -151,7 +139,6 @@ def validate_restore(params: Mapping[str, Any]) -> list[str]:
 
 
 def validate_evaluate(params: Mapping[str, Any]) -> list[str]:
-    """``evaluate.*`` (``EvaluateConfig``) and the weight file of Real-ESRGAN when it is one of the methods."""
     config, found = built(params, "evaluate")
     if config is not None:
         found += public_weights_problems(params, config.methods)
@@ -159,7 +146,7 @@ def validate_evaluate(params: Mapping[str, Any]) -> list[str]:
 
 
 def validate_export(params: Mapping[str, Any]) -> list[str]:
-    """``export.*``: format, shard size, switches, repo id when pushing (the licence is checked by the nodes)."""
+    """``export.*`` (the licence is checked by the nodes)."""
     from fluxir.export.settings import export_problems
 
     group = params.get("export")
@@ -169,7 +156,6 @@ def validate_export(params: Mapping[str, Any]) -> list[str]:
 
 
 def restore_folder_problems(catalog: Mapping[str, Any]) -> list[str]:
-    """The catalog's ``restore_input``: a path given (``--params restore.input_dir=...``) that exists."""
     from fluxir.restoration.files import SET_INPUT
 
     path = (catalog.get("restore_input") or {}).get("path")
@@ -181,8 +167,8 @@ def restore_folder_problems(catalog: Mapping[str, Any]) -> list[str]:
 
 
 def benchmark_folder_problems(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> list[str]:
-    """Every ``evaluate.benchmarks.<key>`` has its catalog entry ``<key>_benchmark`` with the folders its kind
-    reads (whether they hold images is the run's concern: a benchmark without files is skipped)."""
+    """Every ``evaluate.benchmarks.<key>`` has its catalog entry with the folders its kind reads (a benchmark
+    without files is skipped by the run)."""
     from fluxir.evaluation.testsets import FOLDERS_ENTRY, BenchmarkSpec
 
     found = []
@@ -191,13 +177,13 @@ def benchmark_folder_problems(params: Mapping[str, Any], catalog: Mapping[str, A
         if not isinstance(catalog.get(entry), Mapping):
             found.append(f"evaluate.benchmarks.{key} has no catalog entry {entry} (conf/base/catalog_evaluate.yml)")
             continue
-        folders = {side: catalog[entry].get(f"{side}_path") for side in ("hq", "lq")}
         try:
             spec = BenchmarkSpec.from_params(settings)
         except (ValueError, TypeError):
             continue  # a bad setting: validate_evaluate reports it
+        folders = {f"{side}_dir": catalog[entry].get(f"{side}_path") for side in ("hq", "lq")}
         try:
-            dataclasses.replace(spec, hq_dir=folders["hq"], lq_dir=folders["lq"]).check_folders(entry)
+            dataclasses.replace(spec, **folders).check_folders(entry)
         except ValueError as err:
             found.append(f"evaluate.benchmarks.{key}: {err}")
     return found
@@ -223,7 +209,7 @@ CHECKED_WHEN_READ = {"iqa": ("iqa", "iqa.metrics")}
 
 
 def groups_read(dataset_names: Iterable[str]) -> list[str]:
-    """The parameter groups of ``VALIDATORS`` that datasets named ``params:<group>[.<key>]`` read, in table order."""
+    """The groups of ``VALIDATORS`` that datasets named ``params:<group>[.<key>]`` read, in table order."""
     keys = {name.removeprefix("params:") for name in dataset_names if name.startswith("params:")}
     read = {key.split(".", 1)[0] for key in keys}
     return [
@@ -244,8 +230,7 @@ FOLDER_VALIDATORS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], li
 def problems_for(
     params: Mapping[str, Any], groups: Iterable[str], catalog: Mapping[str, Any] | None = None
 ) -> list[str]:
-    """Every problem of the named parameter groups, in order; with the ``catalog`` entries, also of the folders
-    those stages read (``FOLDER_VALIDATORS``)."""
+    """Every problem of the named groups, in order; with the ``catalog`` entries, also of the folders they read."""
     found = []
     for group in groups:
         found += VALIDATORS[group](params)
@@ -257,6 +242,4 @@ def problems_for(
 def check_params(
     params: Mapping[str, Any], groups: Iterable[str], where: str, catalog: Mapping[str, Any] | None = None
 ) -> None:
-    """``raise_problems(problems_for(params, groups, catalog), where)``: the one call of every ``python -m`` entry
-    point."""
     raise_problems(problems_for(params, groups, catalog), where)

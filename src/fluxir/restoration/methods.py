@@ -97,8 +97,7 @@ class FluxIR(Method):
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
         """Flux's id and revision and the adapter's fingerprint (a hash of its weights)."""
-        from fluxir.io.hashing import hash_tensors
-        from fluxir.io.provenance import model_revision
+        from fluxir.io.provenance import hash_tensors, model_revision
 
         fields: dict[str, Any] = {
             "Model": spec.model,

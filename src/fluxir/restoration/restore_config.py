@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fluxir.parameters.rules import Config, Rule, is_int
+from fluxir.parameters.config import Config, Rule, is_int
 
 COLOR_FIX_METHODS = ("wavelet", "adain", "none")
 OFFLOAD_MODES = ("none", "model", "sequential")  # fluxir.restoration.lowmem

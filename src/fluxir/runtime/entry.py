@@ -1,15 +1,6 @@
-"""The one skeleton of every stage's command line.
-
-``python -m fluxir.fluxgen generate|score|pairs|content_filter``, ``python -m fluxir.training [latents]``,
-``python -m fluxir.evaluation`` and ``python -m fluxir.restoration`` (each also as ``accelerate launch -m ...``)
-all run: parse (``cli_parser``: ``--env``, ``--params``, ``-c``, ``--project``) -> load the parameters and check
-the stage's groups (``fluxir.parameters.validation``) -> build the stage's config and read its catalog inputs
--> ``PartialState`` -> run the stage function on this process -> ``wait_for_everyone`` -> print this process's
-summary as one JSON line.
-
-A node that uses several processes launches the same command (``fluxir.runtime.launch.run_stage``); the stage
-writes its outputs where the catalog expects them, so only the exit status crosses the process boundary and
-the node lists what is on disk, as after an in-process run.
+"""The one skeleton of every stage's ``python -m`` command (also run as ``accelerate launch -m ...``): parse ->
+load the parameters and check the stage's groups -> build its config and read its catalog inputs -> ``PartialState``
+-> run the stage function on this process -> ``wait_for_everyone`` -> print this process's summary as a JSON line.
 """
 
 from __future__ import annotations
@@ -37,7 +28,6 @@ class Input:
 def stage_parser(
     prog: str, description: str | None, params_example: str, inputs: Mapping[str, Input] = {}
 ) -> argparse.ArgumentParser:
-    """``cli_parser`` plus one option per input that has a flag."""
     parser = cli_parser(prog, description, params_example)
     for spec in inputs.values():
         if spec.flag:
@@ -48,9 +38,8 @@ def stage_parser(
 def load_stage(
     args: argparse.Namespace, prog: str, groups: Sequence[str], inputs: Mapping[str, Input] = {}, folders: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The parameters of ``args.env`` with ``--params``, ``groups`` checked (one error naming every problem, before
-    anything loads), and each input read from its flag's path or loaded from the catalog. Returns
-    (parameters, ``{input name: value}``)."""
+    """(parameters of ``args.env`` with ``--params``, ``{input name: value}``): ``groups`` checked before anything
+    loads, each input read from its flag's path or loaded from the catalog."""
     params = load_params(args.env, args.params, args.project)
     check_params(params, list(groups), prog, folders)
     paths = {
@@ -72,13 +61,11 @@ def process_state(device: str) -> Any:
 
 
 def shard(state: Any) -> tuple[int, int, Any, bool]:
-    """(process index, processes, device, progress bar on): what every sharded stage function takes after its
-    inputs."""
+    """(process index, processes, device, progress bar on): what every sharded stage function takes."""
     return state.process_index, state.num_processes, state.device, state.is_local_main_process
 
 
 def finish(state: Any, summary: Mapping[str, Any]) -> None:
-    """Wait for every process, then print this process's summary (with its rank) as one JSON line."""
     state.wait_for_everyone()
     print(json.dumps({**summary, "rank": state.process_index, "processes": state.num_processes}, default=str))
 

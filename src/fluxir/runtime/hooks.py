@@ -1,7 +1,5 @@
-"""The project's Kedro hooks (``settings.HOOKS``): check the parameters before anything runs; name, tag and end
-kedro-mlflow's run; log the adapter a run used and the reporting and model datasets it saved; hand a node's child
-job the run's ``--env`` and ``--params``. docs/tracking.md lists what a run logs.
-
+"""The project's Kedro hooks: check the parameters before anything runs; name, tag and end kedro-mlflow's run; log
+what a run used and saved (docs/tracking.md); hand a node's child job the run's ``--env`` and ``--params``.
 mlflow is imported inside the hooks: ``settings.py`` imports this module on every Kedro command.
 """
 
@@ -16,16 +14,12 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from fluxir.compat.kedro import saved_path
-from fluxir.compat.kedro_mlflow import set_experiment
+from fluxir.compat import loaded_path, saved_path, set_experiment
 from fluxir.parameters.config import flatten_dict
+from fluxir.runtime.launch import revert_run_context, set_run_context
 from fluxir.runtime.tracking import DEFAULT_PIPELINE, kedro_run_options, log_new_params, rerun_command, tag_experiment
 
 logger = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------------
-# Naming
 
 
 def pipeline_label(pipeline_names: Any) -> str:
@@ -38,12 +32,9 @@ def pipeline_label(pipeline_names: Any) -> str:
 
 
 def experiment_name(pipeline_names: Any, base: str = "fluxir") -> str:
-    """The MLflow experiment of a run: ``<base>-<pipeline>`` for one named pipeline, else ``<base>``.
-
-    ``FLUXIR_MLFLOW_EXPERIMENT`` (if set and not empty) wins over both.
-    """
-    forced = os.environ.get("FLUXIR_MLFLOW_EXPERIMENT", "").strip()
-    if forced:
+    """The MLflow experiment of a run: ``<base>-<pipeline>`` for one named pipeline, else ``<base>``;
+    ``FLUXIR_MLFLOW_EXPERIMENT`` (if set and not empty) wins over both."""
+    if forced := os.environ.get("FLUXIR_MLFLOW_EXPERIMENT", "").strip():
         return forced
     if isinstance(pipeline_names, str):
         pipeline_names = [pipeline_names]
@@ -53,19 +44,10 @@ def experiment_name(pipeline_names: Any, base: str = "fluxir") -> str:
     return base
 
 
-def run_name(pipeline_names: Any, run_id: str) -> str:
-    return f"{pipeline_label(pipeline_names)}-{run_id}"
-
-
-# ------------------------------------------------------------------------------------------------
-# Git
-
-
 def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None]:
     """(commit sha, tracked files changed?) of the checkout holding ``project_path``, from ``git``; (None, None)
     outside a checkout or without git. ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``)."""
-    forced = os.environ.get("FLUXIR_GIT_COMMIT", "").strip()
-    if forced:
+    if forced := os.environ.get("FLUXIR_GIT_COMMIT", "").strip():
         return forced, None
 
     def git(*args: str) -> str:
@@ -79,17 +61,10 @@ def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None
         return None, None
 
 
-# ------------------------------------------------------------------------------------------------
-# Hooks
-
-
 class ParameterCheckHook:
-    """Check every parameter the pipeline about to run reads (and the catalog folders of its stages), before
-    kedro-mlflow starts a run or a node writes.
-
-    The outermost ``before_pipeline_run`` wrapper: it raises ``fluxir.parameters.rules.ConfigError`` listing
-    every problem, so the run stops with nothing written (no MLflow run, no dataset version).
-    """
+    """Check every parameter the pipeline about to run reads (and the catalog folders of its stages) in the
+    outermost ``before_pipeline_run`` wrapper: one ``ConfigError`` stops the run with nothing written (no MLflow
+    run, no dataset version)."""
 
     def __init__(self) -> None:
         self._context: Any = None
@@ -112,19 +87,17 @@ class ParameterCheckHook:
 
 
 def _store_lock(project_path: str | os.PathLike) -> Any:
-    from fluxir.io.locks import exclusive_lock
+    from fluxir.io.store import exclusive_lock
 
     return exclusive_lock(Path(project_path) / "mlflow.db.lock", "the MLflow store")
 
 
 class MlflowRunHook:
-    """kedro-mlflow's run in the experiment of its pipeline (``experiment_name``), named ``<pipeline>-<kedro run
-    id>``, tagged with the Kedro run, the command that reruns it (``fluxir.command``) and the git commit; its
-    experiment gets mlflow.yml's ``create_experiment_kwargs.tags`` it lacks (an experiment made before them).
+    """kedro-mlflow's run in the experiment of its pipeline, named ``<pipeline>-<kedro run id>``, tagged with the
+    Kedro run, the command that reruns it (``fluxir.command``) and the git commit.
 
-    kedro-mlflow creates the SQLite store's schema (and the experiment) when the context is created, and two
-    first runs doing that together fail (``table ... already exists``); two new runs may also create the same
-    experiment. Both steps of kedro-mlflow run under a lock on ``<project>/mlflow.db.lock``.
+    kedro-mlflow creates the SQLite store's schema and the experiment when the context is created, and two first
+    runs doing that together fail (``table ... already exists``): both steps run under ``<project>/mlflow.db.lock``.
     """
 
     def __init__(self) -> None:
@@ -165,10 +138,9 @@ class MlflowRunHook:
         return result
 
     def _end_started_run(self, status: str) -> None:
-        """kedro-mlflow reopens its run before every node (``start_run(run_id=..., nested=True)``), and MLflow 3
-        stacks each reopening: its one ``end_run`` after the pipeline leaves the run active in this process. A
-        second run in the same process would log into it, and at exit MLflow would end a failed run as FINISHED.
-        A run that was active before the session (an orchestrator's) is left alone."""
+        # kedro-mlflow reopens its run before every node and MLflow 3 stacks each reopening: its one ``end_run``
+        # leaves the run active, so a second run in this process would log into it, and at exit MLflow would end a
+        # failed run as FINISHED. A run active before the session (an orchestrator's) is left alone.
         import mlflow
 
         run_id, self._started_run = self._started_run, None
@@ -182,7 +154,7 @@ class MlflowRunHook:
         if config is None or mlflow.active_run() is not None:
             return  # kedro-mlflow absent, or a run started outside Kedro (an orchestrator's): leave it alone
         names = run_params.get("pipeline_names") or [DEFAULT_PIPELINE]
-        if names and any(name in config.tracking.disable_tracking.pipelines for name in names):
+        if any(name in config.tracking.disable_tracking.pipelines for name in names):
             return
         base = config.tracking.experiment.name
         name = experiment_name(names, base=base)
@@ -193,7 +165,7 @@ class MlflowRunHook:
                 logger.warning("could not use MLflow experiment %r; logging to %r", name, base, exc_info=True)
                 set_experiment(config, base)
         if config.tracking.run.name is None and config.tracking.run.id is None:
-            config.tracking.run.name = run_name(names, run_params.get("run_id") or "")
+            config.tracking.run.name = f"{pipeline_label(names)}-{run_params.get('run_id') or ''}"
 
     def _tag_run(self, run_params: dict[str, Any]) -> None:
         import mlflow
@@ -223,24 +195,18 @@ class MlflowRunHook:
         config = getattr(self._context, "mlflow", None)
         if config is not None:
             tag_experiment(run.info.experiment_id, config.tracking.experiment.create_experiment_kwargs.tags or {})
-        logger.info(
-            "MLflow run %s (%s) in experiment %s",
-            run.info.run_name,
-            run.info.run_id,
-            mlflow.get_experiment(run.info.experiment_id).name,
-        )
+        experiment = mlflow.get_experiment(run.info.experiment_id).name
+        logger.info("MLflow run %s (%s) in experiment %s", run.info.run_name, run.info.run_id, experiment)
 
 
 class LaunchContextHook:
-    """``--env``, ``--params`` and project root of the running ``kedro run`` for child jobs (``runtime.launch``)."""
+    """``--env``, ``--params`` and project root of the running ``kedro run`` for child jobs."""
 
     def __init__(self) -> None:
         self._previous: dict[str, str | None] | None = None
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
-        from fluxir.runtime.launch import set_run_context
-
         self._previous = set_run_context(
             run_params.get("env"), run_params.get("runtime_params"), run_params.get("project_path") or "."
         )
@@ -254,22 +220,16 @@ class LaunchContextHook:
         self._restore()
 
     def _restore(self) -> None:
-        from fluxir.runtime.launch import revert_run_context
-
         if self._previous is not None:
             revert_run_context(self._previous)
             self._previous = None
 
 
 class MlflowDatasetsHook:
-    """What a run's datasets tell its MLflow run.
-
-    A run that loads the FluxIR adapter and uses it (``fluxir`` in ``evaluate.methods``, ``restore.method:
-    fluxir``) logs it as parameters ``fluxir_adapter.{version,fingerprint,path,training_run_id,...}``: runs of
-    two adapters can be told apart, and compared, in MLflow's run table. Datasets saved with kedro-viz layer
-    ``reporting`` go to the run under ``reporting/``; those of layer ``models`` under ``models/<name>/``, their
-    ``config.json`` values also as parameters ``<name>.<key>`` (``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false``: the
-    JSON files only).
+    """What a run's datasets tell its MLflow run: the FluxIR adapter it used as parameters
+    ``fluxir_adapter.{version,fingerprint,...}`` (runs of two adapters told apart in MLflow's run table); datasets of
+    kedro-viz layer ``reporting`` under ``reporting/``, of layer ``models`` under ``models/<name>/`` with their
+    ``config.json`` values as parameters (``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false``: the JSON files only).
     """
 
     def __init__(self) -> None:
@@ -297,7 +257,6 @@ class MlflowDatasetsHook:
 
         if mlflow.active_run() is None:
             return
-        from fluxir.compat.kedro import loaded_path
         from fluxir.evaluation.restore import adapter_provenance
 
         versioned = getattr(dataset, "_version", None) is not None
@@ -307,7 +266,6 @@ class MlflowDatasetsHook:
             logger.info("adapter of this run: %s", ", ".join(f"{k}={v}" for k, v in logged.items()))
 
     def _uses_adapter(self, node: Any) -> bool:
-        """False where the node's settings restore without it (a public method)."""
         from fluxir.restoration.methods import uses_adapter
 
         inputs = set(node.inputs)
@@ -327,19 +285,15 @@ class MlflowDatasetsHook:
         if dataset is None or type(dataset).__module__.startswith("kedro_mlflow"):
             return  # kedro-mlflow's own datasets log themselves
         layer = ((getattr(dataset, "metadata", None) or {}).get("kedro-viz") or {}).get("layer")
-        if layer == "reporting":
-            path = saved_path(dataset)
-            if path is not None and path.is_file():
-                mlflow.log_artifact(str(path), artifact_path="reporting")
-                logger.info("logged %s to MLflow run %s", path, mlflow.active_run().info.run_id)
-        elif layer == "models":
-            path = saved_path(dataset)
-            if path is not None and path.exists():
-                log_model_folder(dataset_name, path)
+        path = saved_path(dataset) if layer in ("reporting", "models") else None
+        if layer == "reporting" and path is not None and path.is_file():
+            mlflow.log_artifact(str(path), artifact_path="reporting")
+            logger.info("logged %s to MLflow run %s", path, mlflow.active_run().info.run_id)
+        elif layer == "models" and path is not None and path.exists():
+            log_model_folder(dataset_name, path)
 
 
 def log_model_folder(dataset_name: str, path: Path) -> None:
-    """Log a saved model (a file, or a folder such as the adapter's) and its ``config.json`` to the active run."""
     import mlflow
 
     artifact_path = f"models/{dataset_name}"

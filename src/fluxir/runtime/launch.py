@@ -1,35 +1,26 @@
-"""One Kedro node, many processes: a stage's ``accelerate launch -m fluxir...`` entry point as a child job.
+"""One Kedro node, many processes: a stage's ``accelerate launch -m fluxir...`` entry point as a child job, and the
+child processes that die with their parent.
 
-Kedro runs a node in one process; a stage that can use every GPU (generate, score, train, evaluate's and
-restore's restoration) reads ``<stage>.num_processes`` (``auto``: one process per visible GPU, 1 on a
-CPU-only machine). Every such node calls ``run_stage``: on one process it runs the stage function in-process;
-with more than one it
-
-1. builds ``accelerate launch --multi_gpu --num_processes N -m <module> [<stage>] --env <env> --params ...``: the
-   parent run's ``--env`` and ``--params`` (a ``-c`` config file's values included: Kedro merges them into
-   the run parameters) come from ``LaunchContextHook`` (``fluxir.runtime.hooks``), so the child reads the same
-   configuration and catalog. On a CPU-only machine the same form runs N gloo processes (``--cpu`` with
-   ``--num_processes`` would silently run one);
-2. hands the child the parent's MLflow run (``MLFLOW_RUN_ID``, ``MLFLOW_TRACKING_URI``): rank 0 logs into
-   it, so one ``kedro run`` stays one MLflow run;
-3. starts it under a guard (``python -m fluxir.runtime --parent <pid> -- <command>``), a child subreaper
-   (``fluxir.runtime.processes.become_subreaper``): torchrun starts each rank in a session of its own, so the
-   guard's process group does not hold the ranks, but every descendant orphaned below the guard is
-   reparented to it. When the parent dies (even by SIGKILL), on Ctrl-C or SIGTERM of the parent, and when
-   the launcher ends, the guard SIGTERMs every descendant left (launcher, ranks, DataLoader workers) and
-   SIGKILLs those still there after ``GRACE_SECONDS``. No orphan keeps a GPU;
+Kedro runs a node in one process; a stage that can use every GPU reads ``<stage>.num_processes`` (``auto``: one
+process per visible GPU, 1 on a CPU-only machine) and calls ``run_stage``: on one process it runs the stage function
+in-process; with more it
+1. launches ``accelerate launch --multi_gpu --num_processes N -m <module> [<stage>]`` with the parent run's ``--env``
+   and ``--params`` (published by ``LaunchContextHook``), so the child reads the same configuration and catalog
+   (``--multi_gpu`` also on a CPU-only machine: ``--cpu`` with ``--num_processes`` would silently run one);
+2. hands the child the parent's MLflow run (``MLFLOW_RUN_ID``): one ``kedro run`` stays one MLflow run;
+3. starts it under a guard (``python -m fluxir.runtime --parent <pid> -- <command>``), a child subreaper: torchrun
+   starts each rank in a session of its own, but every descendant orphaned below the guard is reparented to it.
+   When the parent dies (even by SIGKILL), on Ctrl-C or SIGTERM, and when the launcher ends, the guard SIGTERMs
+   every descendant left and SIGKILLs those still there after ``GRACE_SECONDS``. No orphan keeps a GPU;
 4. streams the child's output into the Kedro log line by line and raises if it fails.
-
-The child runs the stage's own ``python -m`` command (``fluxir.runtime.entry``), the same function on every
-process. Either way the node then lists what the stage wrote where the catalog expects it (training, the
-evaluation's timings and a restoration's summary: what rank 0 of the job wrote into a ``scratch_dir``) and
-returns it through the catalog. Reruns resume as the stages always do (finished images, score parts,
-pairs and checkpoints are skipped).
+Either way the stage wrote its outputs where the catalog expects them, and the node lists what is on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import logging
 import os
@@ -38,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -45,15 +37,16 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# A stage's ``num_processes`` parameter: an int or "auto". Nodes take it typed Any: Kedro 1.7's parameter
-# validator warns about a union hint (int | str) on a params input, and it validates only dataclasses and
-# pydantic models anyway (fluxir.parameters.validation checks the value).
+# A stage's ``num_processes`` parameter: an int or "auto", typed Any because Kedro 1.7's parameter validator warns
+# about a union hint (int | str) on a params input.
 NumProcesses = Any
 
-# Set by fluxir.runtime.hooks.LaunchContextHook for the duration of a `kedro run` (environment variables, so a
-# node run by Kedro's ParallelRunner sees them too).
+# Set by LaunchContextHook for the duration of a `kedro run` (environment variables: ParallelRunner's nodes see them).
 ENV_VAR, PARAMS_VAR, PROJECT_VAR = "FLUXIR_KEDRO_ENV", "FLUXIR_KEDRO_PARAMS", "FLUXIR_KEDRO_PROJECT"
 GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
+WATCH_INTERVAL_S = 1.0
 
 
 def visible_gpus() -> int:
@@ -64,9 +57,8 @@ def visible_gpus() -> int:
 
 
 def resolve_num_processes(setting: Any, name: str, gpus: int | None = None) -> int:
-    """``auto``: one process per visible GPU (``gpus``, default: counted here; 1 on a CPU-only machine);
-    otherwise a positive integer. ``name`` is the parameter (``fluxgen.num_processes``) the error message names.
-    """
+    """``auto``: one process per visible GPU (1 on a CPU-only machine); otherwise a positive integer. ``name`` is
+    the parameter (``fluxgen.num_processes``) the error message names."""
     if setting == "auto":
         return max(1, visible_gpus() if gpus is None else gpus)
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
@@ -74,17 +66,11 @@ def resolve_num_processes(setting: Any, name: str, gpus: int | None = None) -> i
     return setting
 
 
-# ------------------------------------------------------------------------------------------------
-# What the child needs from the parent run
-
-
 def set_run_context(
     env: str | None, params: Mapping[str, Any] | None, project: str | os.PathLike
 ) -> dict[str, str | None]:
     """Publish the running ``kedro run``'s env, ``--params`` and project root; returns the previous values."""
-    from fluxir.parameters.config import (
-        default_env,
-    )  # imported here: the process guard (python -m fluxir.runtime) stays free of Kedro
+    from fluxir.parameters.config import default_env  # here: the process guard stays free of Kedro
 
     previous = {var: os.environ.get(var) for var in (ENV_VAR, PARAMS_VAR, PROJECT_VAR)}
     os.environ[ENV_VAR] = env or default_env()
@@ -129,31 +115,11 @@ def free_port() -> int:
 
 
 def accelerate_command(module: str, args: Sequence[str], num_processes: int) -> list[str]:
-    """``accelerate launch`` of ``python -m module args`` on ``num_processes`` local processes.
-
-    ``--multi_gpu`` gives N processes with NCCL on GPUs and gloo on a CPU-only machine (the entry points
-    build their accelerate state with ``cpu=`` from ``fluxir.models.devices.accelerate_cpu``). Mixed precision
-    is each stage's own parameter, so the launcher adds none.
-    """
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(num_processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        module,
-        *args,
-    ]
+    """``accelerate launch`` of ``python -m module args`` on ``num_processes`` local processes (NCCL on GPUs, gloo on
+    a CPU-only machine); mixed precision is each stage's own parameter, so the launcher adds none."""
+    options = f"--multi_gpu --num_processes {num_processes} --num_machines 1 --mixed_precision no --dynamo_backend no"
+    port = ["--main_process_port", str(free_port())]
+    return [sys.executable, "-m", "accelerate.commands.launch", *options.split(), *port, "-m", module, *args]
 
 
 def child_environment() -> dict[str, str]:
@@ -177,8 +143,8 @@ def scratch_dir(stage: str) -> Iterator[Path]:
 
 
 def release_gpu_memory() -> None:
-    """Hand the GPU memory this process's caching allocator holds back to the device, so the children get
-    all of it (models of an earlier node of this run are gone by now). Nothing when CUDA was never used."""
+    """Hand the GPU memory this process's caching allocator holds back to the device, so the children get all of
+    it (models of an earlier node of this run are gone by now)."""
     torch = sys.modules.get("torch")  # never imported here: a parent that did no torch work has nothing to free
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         import gc
@@ -196,11 +162,9 @@ def run_stage(
     tables: Mapping[str, Any] | None = None,
     adapter: Any = None,
 ) -> Any:
-    """The one way a node runs its stage: ``in_process()`` here on one process, else the stage's command
-    (``python -m <command>``, the same stage function on every process) launched on ``num_processes``, handed
-    ``args``, ``tables`` (``{"--manifest": DataFrame}``: written as parquet files) and ``adapter`` (``--adapter
-    <folder>``). Either way the stage's outputs are then on disk where the catalog expects them. Returns what
-    ``in_process()`` returned, None after a launch."""
+    """The one way a node runs its stage: ``in_process()`` here on one process, else the stage's command launched
+    on ``num_processes``, handed ``args``, ``tables`` (``{"--manifest": DataFrame}``, as parquet files) and
+    ``adapter`` (``--adapter <folder>``). Returns what ``in_process()`` returned, None after a launch."""
     if num_processes == 1:
         return in_process()
     from fluxir.models.adapter import save_adapter
@@ -219,8 +183,7 @@ def run_stage(
 
 def launch(command: Sequence[str], args: Sequence[str], num_processes: int, what: str) -> None:
     """Run ``accelerate launch -m <command>`` (a module and its subcommand, ``["fluxir.fluxgen", "generate"]``) on
-    ``num_processes`` processes with this ``kedro run``'s env and ``--params`` plus ``args``; stream its output
-    into the log; raise RuntimeError if it fails. What the stage wrote is on disk where the catalog expects it."""
+    ``num_processes`` processes with this ``kedro run``'s env and ``--params`` plus ``args``; raise if it fails."""
     env, params, project = run_context()
     release_gpu_memory()
     module, *subcommand = command
@@ -237,14 +200,10 @@ def launch(command: Sequence[str], args: Sequence[str], num_processes: int, what
     logger.info("%s on %d processes done in %.1f s", what, num_processes, time.perf_counter() - start)
 
 
-# ------------------------------------------------------------------------------------------------
-# Parent side: start the guard, stream, end it on any interruption
-
-
 def run_guarded(
     command: Sequence[str], cwd: str | os.PathLike, env: Mapping[str, str], log_prefix: str = "", keep: int = 40
 ) -> tuple[int, list[str]]:
-    """Run ``command`` under the guard; every output line goes to the log. Returns (exit status, last lines)."""
+    """Run ``command`` under the guard, every output line into the log; returns (exit status, last lines)."""
     guard = [sys.executable, "-m", "fluxir.runtime", "--parent", str(os.getpid()), "--", *command]
     proc = subprocess.Popen(
         guard, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
@@ -264,8 +223,8 @@ def run_guarded(
 
 
 def end_group(pgid: int, proc: subprocess.Popen | None = None) -> None:
-    """SIGTERM the process group ``pgid`` (the guard's), SIGKILL it if its leader still runs after the guard's
-    own clean-up had time (``GRACE_SECONDS`` for what it started, and as long again)."""
+    """SIGTERM the guard's process group, SIGKILL it if its leader still runs after the guard's own clean-up had
+    time (``GRACE_SECONDS`` for what it started, and as long again)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + 2 * GRACE_SECONDS
@@ -279,19 +238,12 @@ def end_group(pgid: int, proc: subprocess.Popen | None = None) -> None:
         proc.wait()
 
 
-# ------------------------------------------------------------------------------------------------
-# Guard side: `python -m fluxir.runtime --parent PID -- command...`
-
-
 def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int:
-    """Run ``command``; end it and everything it started when ``parent`` is gone or this guard is signalled.
+    """``python -m fluxir.runtime --parent PID -- command...``: run ``command``; end it and everything it started
+    when ``parent`` is gone or this guard is signalled (also what the command leaves behind when it ends by itself).
 
-    The guard polls its parent pid rather than using ``PR_SET_PDEATHSIG``: that signal reaches only the
-    direct child (the launcher), not the ranks and DataLoader workers it starts. As a subreaper it also
-    ends what the command leaves behind when it ends by itself (a rank that outlived its launcher).
+    It polls its parent pid: ``PR_SET_PDEATHSIG`` would reach only the launcher, not the ranks and their workers.
     """
-    from fluxir.runtime.processes import become_subreaper, end_descendants
-
     reaper = become_subreaper()
     stop: list[int] = []
 
@@ -316,3 +268,105 @@ def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int
     end_descendants(GRACE_SECONDS)
     code = proc.wait()
     return 128 + stop[0] if stop else code
+
+
+# ------------------------------------------------------------------------------------------------
+# Children that die with their parent: a parent killed with SIGKILL (the OOM killer, ``scancel -s KILL``) runs no
+# clean-up, so its DataLoader workers would stay, blocked forever. ``die_with_parent`` is called first thing in the
+# child (a ``worker_init_fn`` or pool initializer): on Linux the kernel SIGKILLs the child when its parent ends
+# (``PR_SET_PDEATHSIG``); elsewhere, or for a process that is not the direct parent (a forkserver's client), a
+# daemon thread checks once a second.
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # PermissionError: the pid was reused by someone else's process
+        return False
+    return True
+
+
+def _prctl(option: int, value: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def become_subreaper() -> bool:
+    """Make this process the one its orphaned descendants are reparented to (Linux; False elsewhere), so that
+    ``end_descendants`` finds ranks a launcher started in their own sessions."""
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def descendants() -> list[int]:
+    """Live (not zombie) descendants of this process, from ``/proc``; [] without ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = entry.read_text()
+        except OSError:  # ended while listed
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": the name may hold spaces
+        if fields and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.split(" ", 1)[0]))
+    found, todo = [], list(children.get(os.getpid(), []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def end_descendants(grace: float, poll: float = 0.05) -> None:
+    """SIGTERM every live descendant of this process, SIGKILL those left after ``grace`` seconds; again until
+    none is left (a process whose parent ended meanwhile is reparented here when this is a subreaper)."""
+    while pids := descendants():
+        _signal_all(pids, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and set(pids) & set(descendants()):
+            time.sleep(poll)
+        _signal_all(descendants(), signal.SIGKILL)
+        time.sleep(poll)
+
+
+def _watch(pid: int, interval: float) -> None:
+    while _alive(pid):
+        time.sleep(interval)
+    _kill_self()
+
+
+def die_with_parent(parent_pid: int, interval: float = WATCH_INTERVAL_S) -> None:
+    """In a child: end this process (SIGKILL) as soon as process ``parent_pid`` (the one that owns the work, its
+    ``os.getpid()`` passed before the children start) ends."""
+    direct = os.getppid() == parent_pid
+    signalled = _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # on the direct parent, whichever process that is
+    if not _alive(parent_pid) or (direct and os.getppid() != parent_pid):  # it died before we got here
+        _kill_self()
+    if direct and signalled:
+        return
+    threading.Thread(target=_watch, args=(parent_pid, interval), name="fluxir-parent-watch", daemon=True).start()
+
+
+def worker_init(then: Callable[[int], None] | None = None) -> Callable[[int], None]:
+    """A DataLoader ``worker_init_fn`` that ties each worker to this process (then calls ``then(worker_id)``)."""
+    return functools.partial(_init_worker, os.getpid(), then)
+
+
+def _init_worker(parent_pid: int, then: Callable[[int], None] | None, worker_id: int) -> None:
+    die_with_parent(parent_pid)
+    if then is not None:
+        then(worker_id)

@@ -1,10 +1,8 @@
-"""Progress of long loops: a tqdm bar when stderr is a terminal, else one log line per 10 % (or per 30 s when
-the total is unknown), which CI logs, Slurm files and ``kedro run > log.txt`` can read::
+"""What the console shows: progress of long loops, without the third-party notices a user cannot act on.
 
-    for row in progress(rows, desc="degrade", unit="pair"): ...
-    with progress(total=len(todo), desc="generate", unit="img") as bar: bar.update(len(batch))
-
-``FLUXIR_PROGRESS=bar|log|off`` forces a mode. Importing this module does not import tqdm.
+Progress is a tqdm bar when stderr is a terminal, else one log line per 10 % (or per 30 s when the total is
+unknown), which CI logs, Slurm files and ``kedro run > log.txt`` can read; ``FLUXIR_PROGRESS=bar|log|off`` forces a
+mode. ``fluxir/__init__`` installs the notice filters before any of those packages is imported.
 """
 
 from __future__ import annotations
@@ -12,9 +10,12 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger("fluxir.runtime.progress")
@@ -23,7 +24,6 @@ EVERY_PCT, INTERVAL_S = 10, 30.0
 
 
 def progress_mode() -> str:
-    """``bar``, ``log`` or ``off``: ``FLUXIR_PROGRESS`` if set, else ``bar`` when stderr is a terminal."""
     mode = os.environ.get("FLUXIR_PROGRESS", "auto").strip().lower() or "auto"
     if mode not in MODES:
         raise ValueError(f"FLUXIR_PROGRESS={mode!r}: use one of {', '.join(MODES)}")
@@ -54,8 +54,11 @@ def progress(
     initial: float = 0,
     **tqdm_kwargs: Any,
 ) -> Any:
-    """A tqdm bar, or a :class:`LogProgress` with the part of its API fluxir uses; ``disable``: no output.
-    ``tqdm_kwargs`` (``leave``, ``unit_scale`` ...) reach tqdm only."""
+    """A tqdm bar, or a :class:`LogProgress` with the part of its API fluxir uses; ``tqdm_kwargs`` reach tqdm only::
+
+    for row in progress(rows, desc="degrade", unit="pair"): ...
+    with progress(total=len(todo), desc="generate", unit="img") as bar: bar.update(len(batch))
+    """
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     mode = "off" if disable else progress_mode()
@@ -142,3 +145,112 @@ def _count(n: float) -> str:
 
 def _clock(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Third-party notices a fluxir user cannot act on, each with the release that emits it and why it is noise here.
+# The filters match the start of the exact text, so a changed notice (or any other warning) is still shown.
+
+
+@dataclass(frozen=True)
+class Notice:
+    source: str  # the logger that logs it, or "warnings" for a warnings.warn
+    message: str  # regular expression matched at the start of the message
+    emitted_by: str  # the release that prints it
+    why: str  # why a fluxir user cannot act on it
+
+
+NOTICES = (
+    Notice(
+        "warnings",
+        r"register_new_resolver\(\) is deprecated",
+        "omegaconf 2.4.0, called by kedro 1.7.0",
+        "Kedro's config loader registers its resolvers under the old name; fluxir registers none",
+    ),
+    Notice(
+        "warnings",
+        r"(\x1b\[\d+m)?Add type hints to the `predict` method",
+        "mlflow 3.17.2, at kedro-mlflow 2.0.3's import",
+        "kedro-mlflow's PipelineML model class, not a model of this project",
+    ),
+    Notice(
+        "warnings",
+        r"`FluxPosEmbed` is deprecated",
+        "diffusers 0.42.1, in its own FluxControlNetModel",
+        "diffusers' ControlNet imports the class from its old place; fluxir imports it from the new one",
+    ),
+    Notice(
+        "torch.utils._pytree",
+        r"<enum '\w+'> is an Enum subclass and is now natively supported",
+        "torch 2.14.1, at torchao 0.18.0's import",
+        "torchao registers its enums the old way",
+    ),
+    Notice(
+        "bitsandbytes.backends.cpu.ops",
+        r"Failed to load CPU gemm_4bit_forward from kernels-community",
+        "bitsandbytes 0.50.2",
+        "an optional CPU kernel from the Hub; offline the built-in one runs",
+    ),
+    Notice(
+        "kernels._internals.hf_hub",
+        r"Skipping publisher trust check for 'kernels-community/",
+        "kernels 0.19.1, asked by bitsandbytes 0.50.2",
+        "the same optional kernel, looked up offline",
+    ),
+    Notice(
+        "diffusers.quantizers.torchao.torchao_quantizer",
+        r"Unable to import `torchao` Tensor objects",
+        "diffusers 0.42.1 with torchao 0.18.0",
+        "only checkpoints saved by torchao need them; fluxir quantises at load",
+    ),
+)
+
+
+class _DropNotices(logging.Filter):
+    def __init__(self, patterns: list[re.Pattern[str]]) -> None:
+        super().__init__()
+        self.patterns = patterns
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(p.match(text) for p in self.patterns)
+
+
+# How ``logging.captureWarnings`` (on in every Kedro command) words a warning: "file:line: Category: message".
+_CAPTURED_WARNING = r"(?s).*?:\d+: \w+: "
+
+
+def filter_third_party_notices() -> None:
+    """Install the filters of :data:`NOTICES` (a second call adds nothing).
+
+    A warning is filtered three ways, as libraries route around each: a ``warnings`` filter; a filter on
+    ``showwarning`` (mlflow shows its own warnings under a ``simplefilter("once")`` that outranks the first);
+    and a filter on the ``py.warnings`` logger, where Kedro's ``logging.captureWarnings`` sends them."""
+    by_logger: dict[str, list[re.Pattern[str]]] = {}
+    shown: list[re.Pattern[str]] = []
+    for notice in NOTICES:
+        if notice.source == "warnings":
+            warnings.filterwarnings("ignore", message=notice.message)
+            shown.append(re.compile(notice.message))
+            by_logger.setdefault("py.warnings", []).append(re.compile(_CAPTURED_WARNING + notice.message))
+        else:
+            by_logger.setdefault(notice.source, []).append(re.compile(notice.message))
+    for name, patterns in by_logger.items():
+        named = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in named.filters):
+            named.addFilter(_DropNotices(patterns))
+    _filter_showwarning(shown)
+
+
+def _filter_showwarning(patterns: list[re.Pattern[str]]) -> None:
+    current = warnings.showwarning
+    if getattr(current, "fluxir_notices", False):
+        return
+
+    def showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None):
+        if any(p.match(str(message)) for p in patterns):
+            return None
+        return current(message, category, filename, lineno, file, line)
+
+    showwarning.fluxir_notices = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning

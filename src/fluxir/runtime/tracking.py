@@ -1,30 +1,22 @@
 """MLflow around a run: metric and parameter keys, the command line that reruns a run, the MLflow run of a
-``python -m`` command, and the two commands that show results: ``kedro outputs`` (what the runs of an env
-produced and where; ``make demo`` ends with it) and ``kedro mlflow-ui`` (``make mlflow``).
-
-mlflow is imported inside the functions that talk to it: ``settings.py`` imports this module (through the
-hooks) on every Kedro command.
+``python -m`` command. mlflow is imported inside functions: ``settings.py`` imports this module (through the hooks)
+on every Kedro command.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fluxir.parameters.config import (
-    catalog_config,
-    cli_parser,
     config_loader,
     default_env,
     flatten_dict,
-    load_catalog,
     parse_overrides,
 )
 
@@ -33,18 +25,15 @@ _REFUSED_IN_KEYS = re.compile(r"[^\w.\- /]")
 
 
 def mlflow_key(name: str) -> str:
-    """The MLflow metric/param key for ``name``: the one mapping every key built from a metric name goes through.
-
-    ``+`` becomes ``plus`` (``clipiqa+_vitL14_512`` -> ``clipiqaplus_vitL14_512``, so pyiqa's ``+`` variants
-    stay apart from the plain metrics) and every other character MLflow refuses on some platform (``:`` included,
-    which Windows refuses) becomes ``_``; everything else is kept.
-    """
+    """The MLflow metric/param key for ``name``: ``+`` becomes ``plus`` (``clipiqa+_vitL14_512`` ->
+    ``clipiqaplus_vitL14_512``, apart from the plain metric) and every character MLflow refuses on some platform
+    (``:`` on Windows) becomes ``_``."""
     return _REFUSED_IN_KEYS.sub("_", str(name).replace("+", "plus"))
 
 
 def mlflow_metric_values(values: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    """``{key: {"value": v, "step": 0}}`` (kedro-mlflow's metrics history format) with every key through
-    ``mlflow_key``; two names that map to one key are an error, not a silent overwrite."""
+    """``{key: {"value": v, "step": 0}}`` (kedro-mlflow's metrics history format), keys through ``mlflow_key``;
+    two names that map to one key are an error, not a silent overwrite."""
     out: dict[str, dict[str, float]] = {}
     for name, value in values.items():
         key = mlflow_key(name)
@@ -55,12 +44,8 @@ def mlflow_metric_values(values: Mapping[str, float]) -> dict[str, dict[str, flo
 
 
 def log_new_params(params: Mapping[str, Any]) -> dict[str, str]:
-    """Log to the active MLflow run the ``params`` it does not hold yet; returns what was logged.
-
-    MLflow refuses to log a parameter twice with another value, and kedro-mlflow already logs every
-    ``params:*`` a node reads, so only new keys go out. Keys go through ``mlflow_key``; values are cut to
-    MLflow's length limit.
-    """
+    """Log to the active MLflow run the ``params`` it does not hold yet (MLflow refuses a second value, and
+    kedro-mlflow already logs every ``params:*`` a node reads); returns what was logged."""
     import mlflow
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
@@ -73,11 +58,8 @@ def log_new_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def tag_experiment(experiment_id: str, tags: Mapping[str, Any]) -> dict[str, str]:
-    """Give experiment ``experiment_id`` those of ``tags`` it has no value for; returns what was set.
-
-    mlflow.yml's ``create_experiment_kwargs.tags`` reach only experiments created from now on; this brings an
-    older experiment to the same kind (``mlflow.experimentKind``) without overriding a user's own value.
-    """
+    """Give experiment ``experiment_id`` those of ``tags`` it has no value for (mlflow.yml's
+    ``create_experiment_kwargs.tags`` reach only new experiments); returns what was set."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -91,11 +73,8 @@ def tag_experiment(experiment_id: str, tags: Mapping[str, Any]) -> dict[str, str
 @contextmanager
 def command_run(env: str, project: str | Path, run_name: str, tags: Mapping[str, str]) -> Iterator[None]:
     """The MLflow run of a ``python -m`` command for the block, set up from the env's ``mlflow.yml`` as
-    kedro-mlflow reads it (``KedroMlflowConfig``: tracking URI, experiment, its tags).
-
-    A ``kedro run`` that launched the command passes its run (``MLFLOW_RUN_ID``): the block logs into it and
-    leaves it open for Kedro to end. Otherwise a new run ``run_name`` with ``tags`` is started in the
-    experiment and ended FINISHED, or FAILED when the block raises. ``MLFLOW_TRACKING_URI`` wins over the file.
+    kedro-mlflow reads it. A ``kedro run`` that launched the command passes its run (``MLFLOW_RUN_ID``), left open
+    for Kedro to end; otherwise a new run ``run_name`` is started and ended FINISHED, or FAILED when the block raises.
     """
     import mlflow
     from kedro.config import MissingConfigException
@@ -146,8 +125,8 @@ _LIST_OPTIONS = (
 
 
 def params_value(value: Any) -> str:
-    """``value`` as ``--params`` text that parses back to it (``fluxir.parameters.config.parse_overrides``): plain where
-    that round-trips (``data/photos``, ``0.5``), else JSON, which is YAML flow syntax (``[[512, 512]]``, ``"1"``)."""
+    """``value`` as ``--params`` text that parses back to it: plain where that round-trips (``data/photos``,
+    ``0.5``), else JSON, which is YAML flow syntax (``[[512, 512]]``, ``"1"``)."""
     texts = [value] if isinstance(value, str) else []
     texts.append(json.dumps(value))
     for text in texts:
@@ -160,9 +139,9 @@ def params_value(value: Any) -> str:
 
 
 def rerun_command(run_params: dict[str, Any], cli_options: dict[str, Any] | None = None) -> str:
-    """A ``kedro run`` command line that reruns the run of ``run_params`` (Kedro's ``before_pipeline_run``
-    record). ``cli_options``: the options of the ``kedro run`` command being run (click's), whose ``-c`` run file,
-    ``--conf-source`` and ``--params`` as typed are kept; without them the runtime params are written out."""
+    """A ``kedro run`` command line that reruns the run of ``run_params``. ``cli_options``: those of the ``kedro run``
+    being run (click's), whose ``-c`` run file and ``--params`` as typed are kept; without them the runtime params
+    are written out."""
     import shlex
 
     cli_options = cli_options or {}
@@ -198,128 +177,10 @@ def rerun_command(run_params: dict[str, Any], cli_options: dict[str, Any] | None
 
 
 def kedro_run_options() -> dict[str, Any]:
-    """The options of the ``kedro run`` command this process is running (click's), or ``{}`` (a session started
-    from Python)."""
+    """The options of the ``kedro run`` command this process is running, or ``{}`` (a session started from Python)."""
     import click
 
     context = click.get_current_context(silent=True)
     if context is None or context.command.name != "run":
         return {}
     return {**context.params, "config": context.meta.get(RUN_FILE_META)}
-
-
-# ------------------------------------------------------------------------------------------------
-# kedro outputs: what the runs of an env produced, and where
-
-RESTORE_DEFAULT_OUTPUT = "restore_output"  # the catalog entry of restored photos
-
-
-def _relative(path: Path, project: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(project.resolve()))
-    except ValueError:
-        return str(path)
-
-
-def produced(env: str, project: Path, overrides: list[Any] = ()) -> list[tuple[str, str, str]]:
-    """(what, how many, where) of each output of ``env``'s runs under ``project``."""
-    import pandas as pd
-
-    from fluxir.compat.kedro import loaded_path
-
-    cwd = Path.cwd()
-    os.chdir(project)  # the catalog's paths are the project's
-    try:
-        catalog = load_catalog(env, project, overrides)
-        rows = []
-        manifest_path = loaded_path(catalog.get("pairs_manifest"))
-        if manifest_path is not None and manifest_path.is_file():
-            pairs = pd.read_parquet(manifest_path)
-            folder = Path(os.path.commonpath([*map(str, pairs["hq_path"]), *map(str, pairs["lq_path"])]))
-            rows.append(("pairs (HQ/LQ)", f"{len(pairs)} pairs", f"{_relative(folder, project)}/"))
-        else:
-            rows.append(("pairs (HQ/LQ)", "none yet", f"kedro run --env {env} --pipelines=fluxgen"))
-        adapter = loaded_path(catalog.get("fluxir_adapter"))
-        if adapter is not None and adapter.is_dir():
-            rows.append(("FluxIR adapter", f"version {adapter.parent.name}", f"{_relative(adapter, project)}/"))
-        else:
-            rows.append(("FluxIR adapter", "none yet", f"kedro run --env {env} --pipelines=train"))
-        report = loaded_path(catalog.get("evaluation_report_html"))
-        if report is not None and report.is_file():
-            rows.append(("evaluation report", "Table 1 (HTML)", _relative(report, project)))
-        else:
-            rows.append(("evaluation report", "none yet", f"kedro run --env {env} --pipelines=evaluate"))
-        restored = Path(catalog_config(env, project, overrides)[RESTORE_DEFAULT_OUTPUT]["path"])
-        count = sum(1 for _ in restored.rglob("*.png")) if restored.is_dir() else 0
-        if count:
-            rows.append(("restored photos", f"{count} PNGs", f"{_relative(restored, project)}/"))
-        else:
-            how = f"kedro run --env {env} --pipelines=restore --params=restore.input_dir=<photos>"
-            rows.append(("restored photos", "none yet", how))
-        store = project / "mlflow.db"
-        runs = "every run" if store.is_file() else "none yet"
-        rows.append(("MLflow runs", runs, f"{_relative(store, project)}: make mlflow prints each runs-table address"))
-        return rows
-    finally:
-        os.chdir(cwd)
-
-
-def table(rows: list[tuple[str, str, str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    return "\n".join(f"  {what:<{widths[0]}}  {count:<{widths[1]}}  {where}" for what, count, where in rows)
-
-
-def show_outputs(argv: list[str] | None = None) -> None:
-    """Print what the env's runs produced and where: each row from the env's catalog (the latest version of each
-    versioned entry), so it names the files a later ``--load-versions`` finds, or says what to run."""
-    parser = cli_parser("kedro outputs", show_outputs.__doc__, "restore.output_dir=restored")
-    args = parser.parse_args(argv)
-    project = Path(args.project).resolve()
-    print(f"What the runs of env {args.env} produced, and where (under {project}):")
-    print(table(produced(args.env, project, args.params)))
-
-
-# ------------------------------------------------------------------------------------------------
-# kedro mlflow-ui: MLflow's UI on the project's store, and the address of each experiment's runs table
-
-
-def runs_table_address(host: str, port: int, experiment_id: str) -> str:
-    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
-
-
-def experiments(store: Path) -> list[tuple[str, str]]:
-    """(name, id) of the store's active experiments that hold runs, by name; none when there is no store yet."""
-    if not store.is_file():
-        return []
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
-    found = [(e.name, e.experiment_id) for e in client.search_experiments()]
-    return sorted((name, eid) for name, eid in found if client.search_runs([eid], max_results=1))
-
-
-def addresses_text(store: Path, host: str, port: int) -> str:
-    found = experiments(store)
-    if not found:
-        return (
-            f"MLflow UI on http://{host}:{port}: no runs in {store} yet (make demo or kedro run writes them); "
-            "an experiment's runs table is then at " + runs_table_address(host, port, "<id>")
-        )
-    width = max(len(name) for name, _ in found)
-    lines = [f"MLflow UI on http://{host}:{port} ({store}); the runs table of each experiment:"]
-    lines += [f"  {name:<{width}}  {runs_table_address(host, port, eid)}" for name, eid in found]
-    return "\n".join(lines)
-
-
-def mlflow_ui(argv: list[str] | None = None) -> None:
-    """MLflow's UI on the project's SQLite store (Ctrl-C stops it), after the address of each experiment's runs
-    table: MLflow 3.17's UI opens an experiment on its GenAI overview whatever its ``mlflow.experimentKind`` tag."""
-    parser = argparse.ArgumentParser(prog="kedro mlflow-ui", description=mlflow_ui.__doc__)
-    parser.add_argument("--store", default="mlflow.db", help="the SQLite tracking store (conf/base/mlflow.yml's)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
-    parser.add_argument("--port", type=int, default=5000)
-    args = parser.parse_args(argv)
-    store = Path(args.store).resolve()
-    print(addresses_text(store, args.host, args.port), flush=True)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}"]
-    os.execv(sys.executable, [*command, "--host", args.host, "--port", str(args.port)])

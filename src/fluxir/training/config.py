@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxir.io.hashing import hash_json
-from fluxir.parameters.rules import Config, ConfigError, Rule
+from fluxir.io.provenance import hash_json
+from fluxir.parameters.config import Config, ConfigError, Rule
 
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
 PIXEL_LOSS_FORMS = ("paper", "x0")

@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fluxir.io.atomic import atomic_file
-from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
 from fluxir.io.images import read_image
+from fluxir.io.provenance import hash_json, hash_tensors, sha256_file
 from fluxir.models.condition import lq_condition
 from fluxir.models.devices import autocast_off
 from fluxir.models.flux import denormalise_latents, normalise_latents

@@ -27,7 +27,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 
-from fluxir.io.locks import LOCK_NAME, exclusive_lock
+from fluxir.io.store import LOCK_NAME, exclusive_lock
 from fluxir.models.adapter import (
     FluxIRAdapter,
     count_parameters,

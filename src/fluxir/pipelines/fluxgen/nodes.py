@@ -12,8 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.io.locks import LOCK_NAME, exclusive_lock
-from fluxir.io.store import ImageStore
+from fluxir.io.store import LOCK_NAME, ImageStore, exclusive_lock
 from fluxir.runtime.launch import NumProcesses, resolve_num_processes, run_stage
 
 
