@@ -1,11 +1,5 @@
-"""The licence an export carries: the generator's, looked up by model id.
-
-What FluxGen generates and what a FluxIR adapter drives are bound by the generator's licence, not by this
-project's. ``GENERATOR_LICENSES`` holds the Hugging Face card fields of the generators we know; any other
-model needs ``export.license`` set by the user (we cannot guess a licence).
-
-The texts below are pointers, not the licences: the FLUX.1 [dev] licence cannot be downloaded here, so
-``license_file_text`` names it, its version and link, and restates the sections that bind a Derivative.
+"""The licence an export carries: the generator's (not this project's), looked up by model id; any other model
+needs ``export.license``. The texts are pointers to the licences, restating the sections that bind a Derivative.
 """
 
 from __future__ import annotations
@@ -21,8 +15,6 @@ FLUX_DEV_LICENSE_LINK = "https://huggingface.co/black-forest-labs/FLUX.1-dev/blo
 
 @dataclass(frozen=True)
 class LicenseInfo:
-    """The card fields of a licence (``license``, ``license_name``, ``license_link``) and what it means here."""
-
     license: str  # Hugging Face licence id: "apache-2.0", or "other" with a name and link
     license_name: str | None = None
     license_link: str | None = None
@@ -30,7 +22,6 @@ class LicenseInfo:
     non_commercial: bool = False  # the FLUX.1 [dev] terms: no commercial or production use (4(a))
 
     def card_fields(self) -> dict[str, str]:
-        """The YAML header fields of a Hugging Face dataset or model card."""
         fields = {"license": self.license}
         if self.license_name:
             fields["license_name"] = self.license_name
@@ -56,11 +47,7 @@ GENERATOR_LICENSES: dict[str, LicenseInfo] = {
 
 
 def generator_license(model: str, license_model: str | None, override: Mapping[str, Any] | None) -> LicenseInfo:
-    """The licence of an export of ``model``'s output (or of an adapter for it).
-
-    ``override`` (``export.license``: ``{license, license_name, license_link}``) wins; else the table entry of
-    ``license_model`` (``export.license_model``) or, when that is null, of ``model``.
-    """
+    """``override`` (``export.license``) wins; else the known licence of ``license_model`` or, when null, ``model``."""
     if override:
         unknown = set(override) - {"license", "license_name", "license_link", "title"}
         if unknown or "license" not in override:
@@ -88,8 +75,7 @@ def generator_license(model: str, license_model: str | None, override: Mapping[s
 
 
 def attribution_notice(info: LicenseInfo, modified: str) -> str:
-    """The NOTICE file of a Derivative: the licence's Attribution Notice (FLUX.1 [dev] section 3(b)) plus the
-    statement that the model was modified (3(c)); for other licences the licence's name and ``modified``."""
+    """The NOTICE file of a Derivative: the Attribution Notice (FLUX.1 [dev] 3(b)) and that it was modified (3(c))."""
     if info.non_commercial:
         return (
             "FLUX.1 [dev] Model, Software and/or Output is licensed by Black Forest Labs, Inc. under the FLUX.1 [dev] "
@@ -104,8 +90,7 @@ def attribution_notice(info: LicenseInfo, modified: str) -> str:
 
 
 def license_file_text(info: LicenseInfo, base_model: str) -> str:
-    """The LICENSE file of a shared adapter or dataset: a pointer to the generator's licence (its name,
-    version and link) and, for FLUX.1 [dev], the sections that bind a Derivative and the data, restated."""
+    """The LICENSE file: a pointer to the generator's licence and, for FLUX.1 [dev], its binding sections."""
     head = (
         f"This folder is bound by the licence of its base model {base_model}: {info.title or info.license}.\n"
         f"Full text: {info.license_link or 'see the base model card'}\n\n"

@@ -160,7 +160,7 @@ def validate_evaluate(params: Mapping[str, Any]) -> list[str]:
 
 def validate_export(params: Mapping[str, Any]) -> list[str]:
     """``export.*``: format, shard size, switches, repo id when pushing (the licence is checked by the nodes)."""
-    from fluxir.export.settings import export_problems
+    from fluxir.export.build import export_problems
 
     group = params.get("export")
     if not isinstance(group, Mapping):

@@ -1,6 +1,4 @@
-"""Preflight of the files a run reads and writes besides the models: the public restorers' weights, every IQA
-weight file (each metric then built on the CPU by the run's own loaders), the benchmark folders and their pair
-counts, and free disk for ``fluxgen.num_images``."""
+"""Preflight of the files besides the models: public restorers' weights, IQA weights, benchmarks, free disk."""
 
 from __future__ import annotations
 
@@ -10,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fluxir.preflight.findings import Finding, lookup
+from fluxir.preflight import Finding, lookup
 from fluxir.preflight.models import key_finding, meta_model, model_folder
 
 # Estimated PNG size of generated/HQ/LQ images: raw RGB is 3 B/px; photographic PNGs keep ~50-70% of it.
@@ -22,7 +20,7 @@ FETCH_BASELINES = "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only baselines"
 
 
 def check_baselines(params: Mapping[str, Any]) -> list[Finding]:
-    """The public restorers a run will use (``evaluate.methods``, ``restore.method``): weights present and fitting."""
+    """The public restorers of ``evaluate.methods`` and ``restore.method``: weights present and fitting."""
     from fluxir.restoration.methods import METHODS, PUBLIC_METHODS
 
     wanted = [*(lookup(params, "evaluate", "methods", default=[]) or []), lookup(params, "restore", "method")]
@@ -72,23 +70,19 @@ def _check_controlnet(cfg: Any) -> str:
     return f"{found.detail}; fits {cfg.model}"
 
 
-# What loads a public restorer's weights for the check, per method (fluxir.restoration.methods.PUBLIC_METHODS).
 WEIGHT_CHECKS = {"realesrgan": _check_realesrgan, "flux_controlnet": _check_controlnet}
 
 
 def check_iqa(params: Mapping[str, Any]) -> list[Finding]:
-    """Every weight file of iqa.metrics and evaluate.metrics present (and OpenAI's CLIP, unless trusted)."""
+    """Every weight file of iqa.metrics and evaluate.metrics present, then each metric built on the CPU."""
     from fluxir import iqa
+    from fluxir.fetch.manifest import iqa_specs
     from fluxir.iqa import weights as iqa_weights
 
     settings = params.get("iqa") or {}
     try:
         iqa.configure_weights(settings.get("weights_dir"), settings.get("trust_weight_files", False))
-        groups = lookup(params, "evaluate", "metrics", default={}) or {}
-        specs = [*(settings.get("metrics") or []), *(s for g in groups.values() for s in (g or {}).values())]
-        parsed = []  # selection and evaluation may use the same name with other settings: keep both
-        for spec in map(iqa.MetricSpec.parse, specs):
-            parsed += [] if spec in parsed else [spec]
+        parsed = iqa_specs(params)
     except (ValueError, TypeError, OSError, RuntimeError) as err:
         return [Finding("FAIL", "iqa", "settings", str(err))]
     findings = []
@@ -101,7 +95,6 @@ def check_iqa(params: Mapping[str, Any]) -> list[Finding]:
 
 
 def _build_metric(spec: Any) -> Finding:
-    """Build the metric on the CPU from its files: the same loaders, key checks included, as a run."""
     from fluxir import iqa
     from fluxir.iqa import weights as iqa_weights
 
@@ -111,12 +104,8 @@ def _build_metric(spec: Any) -> Finding:
     except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
         return Finding("FAIL", "iqa", spec.name, f"{type(err).__name__}: {err}")
     known = iqa_weights.plan_files(spec)[1]
-    return Finding(
-        "OK" if known else "WARN",
-        "iqa",
-        spec.name,
-        f"{files}; builds on the CPU" + ("" if known else "; its files are not known here"),
-    )
+    detail = f"{files}; builds on the CPU" + ("" if known else "; its files are not known here")
+    return Finding("OK" if known else "WARN", "iqa", spec.name, detail)
 
 
 def _pair_count(spec: Any) -> int:
@@ -131,8 +120,7 @@ def _pair_count(spec: Any) -> int:
 
 
 def check_benchmarks(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> list[Finding]:
-    """Each evaluate.benchmarks entry: the folders of its catalog entry ``<key>_benchmark`` (``catalog``: entries
-    as ``fluxir.parameters.config.catalog_config`` gives them) present with images, and how many pairs it gives."""
+    """Each evaluate.benchmarks entry: the folders of its catalog entry ``<key>_benchmark`` hold images; its pairs."""
     from fluxir.evaluation.testsets import FOLDERS_ENTRY, BenchmarkSpec, list_images
 
     evaluate = params.get("evaluate") or {}
@@ -149,22 +137,17 @@ def check_benchmarks(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> l
             continue
         empty = [str(Path(d).resolve()) for d in spec.source_dirs if not Path(d).is_dir() or not list_images(d)]
         if empty:
-            findings.append(
-                Finding(
-                    "FAIL",
-                    "benchmark",
-                    key,
-                    f"folder(s) {empty} of catalog entry {entry} missing or without images: {fix} or see "
-                    "docs/evaluation.md",
-                )
+            detail = (
+                f"folder(s) {empty} of catalog entry {entry} missing or without images: {fix} or see docs/evaluation.md"
             )
+            findings.append(Finding("FAIL", "benchmark", key, detail))
         else:
             findings.append(_benchmark_finding(key, spec))
     return findings
 
 
 def _benchmark_finding(key: str, spec: Any) -> Finding:
-    """Pair count, and the images smaller than the crops the run takes (skipped by the run; none left: FAIL)."""
+    # images smaller than the crops are skipped by the run: a WARN, a FAIL when none is left
     from fluxir.evaluation.testsets import sources_too_small
 
     count = _pair_count(spec)
@@ -175,12 +158,8 @@ def _benchmark_finding(key: str, spec: Any) -> Finding:
         crops = " / ".join(f"evaluate.benchmarks.{key}.{name} {getattr(spec, name)}" for name in sizes)
         parts = [f"{len(names)} of {total} in {folder} (e.g. {names[:3]})" for folder, (total, names) in small.items()]
         none_left = any(len(names) == total for total, names in small.values())
-        return Finding(
-            "FAIL" if none_left else "WARN",
-            "benchmark",
-            key,
-            f"{what}; images smaller than the crops ({crops}) are skipped by the run: {'; '.join(parts)}",
-        )
+        detail = f"{what}; images smaller than the crops ({crops}) are skipped by the run: {'; '.join(parts)}"
+        return Finding("FAIL" if none_left else "WARN", "benchmark", key, detail)
     return Finding("OK" if count else "FAIL", "benchmark", key, what)
 
 

@@ -1,6 +1,4 @@
-"""Preflight of the machine: accelerator memory against the budget of docs/full_scale.md, the processes each
-stage will run (``<stage>.num_processes``) and the GPUs it takes, and the installed packages against
-pyproject.toml."""
+"""Preflight of the machine: accelerator memory against the budgets, processes per stage, installed packages."""
 
 from __future__ import annotations
 
@@ -10,14 +8,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fluxir.preflight.findings import BUDGET_GB, Finding, lookup, train_memory_table
+from fluxir.preflight import BUDGET_GB, Finding, lookup, train_memory_table
 
 
 def train_memory_budget_gb(train: Mapping[str, Any], size: str = "1024x768") -> tuple[str, float]:
     """(what, GB per GPU) of the training settings at the largest bucket, from the memory model's table.
 
-    The L_P variant is the table's whole-image, 512-crop or none row that bounds ``train.pixel_loss_crop`` from
-    above; a batch size beyond the table adds the batch-1 step's activations per sample."""
+    The L_P row (whole, crop_512, none) bounds ``train.pixel_loss_crop`` from above; a batch beyond the table adds
+    the batch-1 step's activations per sample."""
     table = train_memory_table()
     batch, crop = int(train.get("batch_size") or 1), train.get("pixel_loss_crop")
     checkpointing = bool(train.get("gradient_checkpointing", True))
@@ -55,7 +53,6 @@ def _budgets(params: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
 
 
 def check_accelerator(params: Mapping[str, Any]) -> list[Finding]:
-    """Configured devices against the GPUs present and the documented memory budget."""
     import torch
 
     gpus = (
@@ -69,29 +66,15 @@ def check_accelerator(params: Mapping[str, Any]) -> list[Finding]:
         if device == "cpu":
             findings.append(Finding("OK", "accelerator", key, "cpu (tiny or debugging runs only)"))
         elif not gpus:
-            findings.append(
-                Finding(
-                    "FAIL" if device.startswith("cuda") else "WARN",
-                    "accelerator",
-                    key,
-                    f"{device}: no CUDA GPU here; {what} needs ~{budget} GB per GPU (docs/full_scale.md)",
-                )
-            )
+            detail = f"{device}: no CUDA GPU here; {what} needs ~{budget} GB per GPU (docs/full_scale.md)"
+            findings.append(Finding("FAIL" if device.startswith("cuda") else "WARN", "accelerator", key, detail))
         else:
             small = [f"{g.name} {g.total_memory / 1e9:.0f} GB" for g in gpus if g.total_memory < 0.95 * budget * 1e9]
-            findings.append(
-                Finding(
-                    "FAIL" if small else "OK",
-                    "accelerator",
-                    key,
-                    f"{what} needs ~{budget} GB per GPU; "
-                    + (
-                        f"too small: {small}"
-                        if small
-                        else f"{len(gpus)} x {gpus[0].name} {gpus[0].total_memory / 1e9:.0f} GB"
-                    ),
-                )
+            have = (
+                f"too small: {small}" if small else f"{len(gpus)} x {gpus[0].name} {gpus[0].total_memory / 1e9:.0f} GB"
             )
+            detail = f"{what} needs ~{budget} GB per GPU; {have}"
+            findings.append(Finding("FAIL" if small else "OK", "accelerator", key, detail))
     return findings
 
 
@@ -121,24 +104,13 @@ def check_processes(params: Mapping[str, Any], gpus: int | None = None) -> list[
         if on_cpu:
             findings.append(Finding("OK", "processes", key, f"{stage}: {count} CPU {where} ({setting}), no GPU"))
         elif count > gpus:
-            findings.append(
-                Finding(
-                    "FAIL",
-                    "processes",
-                    key,
-                    f"{stage}: {count} {where} but {gpus} GPU(s) visible; set {key}=auto or at most {gpus}",
-                )
-            )
+            detail = f"{stage}: {count} {where} but {gpus} GPU(s) visible; set {key}=auto or at most {gpus}"
+            findings.append(Finding("FAIL", "processes", key, detail))
         else:
-            findings.append(
-                Finding(
-                    "OK",
-                    "processes",
-                    key,
-                    f"{stage}: {count} {where} ({setting}) on GPU(s) "
-                    f"{', '.join(map(str, range(count)))} of {gpus} visible",
-                )
+            detail = (
+                f"{stage}: {count} {where} ({setting}) on GPU(s) {', '.join(map(str, range(count)))} of {gpus} visible"
             )
+            findings.append(Finding("OK", "processes", key, detail))
     return findings
 
 
@@ -159,12 +131,6 @@ def check_versions(project: Path) -> list[Finding]:
             findings.append(Finding("FAIL", "package", req.name, f"not installed; pyproject.toml wants {line!r}"))
             continue
         fits = not req.specifier or req.specifier.contains(installed, prereleases=True)
-        findings.append(
-            Finding(
-                "OK" if fits else "FAIL",
-                "package",
-                req.name,
-                f"{installed}" + ("" if fits else f" does not satisfy {req.specifier} (pyproject.toml)"),
-            )
-        )
+        detail = installed + ("" if fits else f" does not satisfy {req.specifier} (pyproject.toml)")
+        findings.append(Finding("OK" if fits else "FAIL", "package", req.name, detail))
     return findings
