@@ -1,9 +1,6 @@
-"""The fetch on this machine, item by item: what is missing (:func:`plan`), whether the disk has room for it
-before the first byte (:func:`check_disk`), then each item fetched (:func:`run`): files through
-:mod:`fluxir.fetch.transfer` (resumed, verified, moved into place), archives unpacked by
-:mod:`fluxir.fetch.archives`, hub repositories by :mod:`fluxir.fetch.hub`. A ``mirror`` (a folder or an internal
-HTTP server) serves the same file names; hub repositories come from ``<mirror>/<owner>/<name>`` (copied into the
-folder parameter or the Hugging Face cache) or from a hub mirror endpoint.
+"""The fetch on this machine: what is missing (:func:`plan`), room on the disk before the first byte
+(:func:`check_disk`), then each item fetched (:func:`run`). A ``mirror`` (a folder or an HTTP server) serves the
+same file names; hub repositories come from ``<mirror>/<owner>/<name>`` or from a hub mirror endpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fluxir.fetch import archives, hub, transfer
+from fluxir.fetch import hub, transfer
 from fluxir.fetch.manifest import Item, Manifest
 
 FreeSpace = Callable[[Path], int]
@@ -21,7 +18,7 @@ ARCHIVE_FACTOR = 2  # an archive needs its own size and about as much again for 
 
 
 class DiskSpaceError(RuntimeError):
-    """Not enough free disk for what would be downloaded; nothing was downloaded."""
+    pass
 
 
 @dataclass
@@ -38,7 +35,6 @@ class Step:
 
     @property
     def disk(self) -> int | None:
-        """Bytes of free disk this step needs (an archive: the rest of itself and its unpacked images)."""
         if self.size is None:
             return None
         return self.size - self.have + (self.size * (ARCHIVE_FACTOR - 1) if self.item.extract else 0)
@@ -61,25 +57,17 @@ def _is_mirror_folder(mirror: str | None) -> bool:
 def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
     expected = transfer.Expected(item.exact_size, item.sha256)
     if item.extract:
-        states = {folder: archives.folder_state(folder, item.name) for _, folder in item.extract}
+        states = {folder: transfer.folder_state(folder, item.name) for _, folder in item.extract}
         if all(s != "missing" for s in states.values()):
             own = [str(f) for f, s in states.items() if s == "user"]
             return Step(item, "present", 0, f"images you put in {own} are left alone" if own else "unpacked, recorded")
     elif item.dest is not None and item.dest.is_file():
         problem = transfer.verify(item.dest, expected)
         if problem:
-            return Step(
-                item,
-                "problem",
-                None,
-                f"{problem}: this file is not the published one; move it away to fetch the published file",
-            )
-        return Step(
-            item,
-            "present",
-            0,
-            "verified" if expected.size or expected.sha256 else "present (nothing published to verify)",
-        )
+            detail = f"{problem}: this file is not the published one; move it away to fetch the published file"
+            return Step(item, "problem", None, detail)
+        verified = "verified" if expected.size or expected.sha256 else "present (nothing published to verify)"
+        return Step(item, "present", 0, verified)
     source = transfer.mirrored(str(item.url), item.name, mirror)
     if (
         (item.exact_size is None or item.sha256 is None)
@@ -139,7 +127,7 @@ def check_disk(steps: list[Step], free_space: FreeSpace = transfer.free_bytes) -
         if step.disk is None:
             unknown.append(step.item.name)
             continue
-        device = transfer.device_of(where)
+        device = transfer.existing_parent(where).stat().st_dev
         path, total = need.get(device, (where, 0))
         need[device] = (path, total + step.disk)
     for path, total in need.values():
@@ -180,9 +168,9 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
         raise
     if not item.extract:
         return f"installed {item.dest}"
-    skip = {folder for _, folder in item.extract if archives.folder_state(folder, item.name) != "missing"}
+    skip = {folder for _, folder in item.extract if transfer.folder_state(folder, item.name) != "missing"}
     try:
-        counts = archives.unpack(item.dest, list(item.extract), item.name, transfer.sha256_file(item.dest), skip)
+        counts = transfer.unpack(item.dest, list(item.extract), item.name, transfer.sha256_file(item.dest), skip)
     finally:
         item.dest.unlink()  # unpacked and recorded, or not the archive the manifest knows: not kept either way
         if not any(item.dest.parent.iterdir()):
@@ -191,7 +179,6 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
 
 
 def _remove_empty(folder: Path, stop: Path) -> None:
-    """Remove ``folder`` and its parents while they are empty, up to (not including) ``stop``."""
     while folder != stop and folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
         folder = folder.parent
@@ -222,10 +209,7 @@ def _counted(step: Step, mirror: str | None) -> bool:
 
 
 def run(steps: list[Step], mirror: str | None = None) -> list[tuple[Step, str, bool]]:
-    """Fetch every ``fetch`` step; one failure does not stop the others. Returns (step, outcome, ok).
-
-    A progress bar per file (or per copied repository) and one for all of them together ("all files").
-    """
+    """Fetch every ``fetch`` step (a bar each, and one for "all files"); one failure does not stop the others."""
     from fluxir.runtime.progress import progress
 
     results: list[tuple[Step, str, bool]] = []
@@ -251,13 +235,6 @@ def run(steps: list[Step], mirror: str | None = None) -> list[tuple[Step, str, b
                     fetch = _fetch_hub if step.item.repo else _fetch_file
                     outcome = fetch(step, mirror, on_bytes)
                 results.append((step, outcome, True))
-            except (
-                transfer.DownloadError,
-                transfer.VerifyError,
-                ConnectionError,
-                hub.HubError,
-                ValueError,
-                OSError,
-            ) as err:
+            except (transfer.DownloadError, transfer.VerifyError, hub.HubError, ValueError, OSError) as err:
                 results.append((step, str(err), False))
     return results
