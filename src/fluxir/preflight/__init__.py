@@ -1,6 +1,6 @@
 """The preflight check of a real run, without GPU time: one OK / WARN / FAIL table of everything it needs.
 
-One module per area (``models``, ``data``, ``machine``), run by ``checks``; every check returns findings and never
+``models`` checks the models, ``machine`` the rest, ``checks`` runs them all; a check returns findings and never
 raises for a problem it finds. This module imports nothing of fluxir: the model card reads the budgets too.
 """
 

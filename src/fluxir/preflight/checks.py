@@ -6,9 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.parameters.config import catalog_config, load_params
-from fluxir.preflight import Finding, lookup
-from fluxir.preflight.data import check_baselines, check_benchmarks, check_disk, check_iqa
-from fluxir.preflight.machine import check_accelerator, check_processes, check_versions
+from fluxir.preflight import Finding, lookup, machine
 from fluxir.preflight.models import MODEL_ROLES, check_adapter, check_content_filter, check_model_folder
 
 
@@ -32,13 +30,13 @@ def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> l
         findings += found
     findings += check_adapter(project, env, lookup(params, "restore", "model"), cache)
     findings += check_content_filter(params, project)
-    findings += check_baselines(params)
-    findings += check_iqa(params)
-    findings += check_benchmarks(params, catalog_config(env, project, overrides or []))
-    findings += check_disk(params, project)
-    findings += check_accelerator(params)
-    findings += check_processes(params)
-    findings += check_versions(project)
+    findings += machine.check_baselines(params)
+    findings += machine.check_iqa(params)
+    findings += machine.check_benchmarks(params, catalog_config(env, project, overrides or []))
+    findings += machine.check_disk(params, project)
+    findings += machine.check_accelerator(params)
+    findings += machine.check_processes(params)
+    findings += machine.check_versions(project)
     return findings
 
 
