@@ -73,18 +73,6 @@ def export_problems(export: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def model_revision(model: str) -> str:
-    """The hub commit of ``model`` in the local Hugging Face cache, or what it is when there is none."""
-    if Path(model).exists():
-        return f"local folder `{model}` (no hub revision)"
-    try:
-        from huggingface_hub import snapshot_download
-
-        return f"`{Path(snapshot_download(model, local_files_only=True)).name}` (hub commit in the local cache)"
-    except Exception:  # not in the cache (or not a hub id): say so rather than guess
-        return "unknown (not in this machine's Hugging Face cache)"
-
-
 def export_dataset(
     pairs: pd.DataFrame,
     selection: pd.DataFrame,
@@ -112,10 +100,8 @@ def export_dataset(
         if histograms is not None:
             histograms.save(root / HISTOGRAMS_NAME)
         card = dataset_card(
-            title=export["title"],
+            export=export,
             license_info=license_info,
-            license_model=export["license_model"] or model,
-            fmt=export["format"],
             shards=shards,
             n_pairs=len(table),
             selection=selection,
@@ -123,11 +109,7 @@ def export_dataset(
             fluxgen=fluxgen,
             select=select,
             degrade=degrade,
-            generator_revision=model_revision(model),
-            include_generated=export["include_generated"],
             histograms=HISTOGRAMS_NAME if histograms is not None else None,
-            repo_id=export["repo_id"],
-            tiny_models=export["tiny_models"],
         )
         (root / CARD_NAME).write_text(card)
     log.info("Exported %d pairs as %d %s shard(s) to %s", len(table), len(shards), export["format"], folder)

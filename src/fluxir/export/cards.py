@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -90,10 +91,8 @@ def flagged_count(selection: Any) -> int | None:
 
 def dataset_card(
     *,
-    title: str,
+    export: Mapping[str, Any],
     license_info: LicenseInfo,
-    license_model: str,
-    fmt: str,
     shards: Sequence[str],
     n_pairs: int,
     selection: Any,
@@ -101,12 +100,12 @@ def dataset_card(
     fluxgen: Mapping[str, Any],
     select: Mapping[str, Any],
     degrade: Mapping[str, Any],
-    generator_revision: str,
-    include_generated: bool,
     histograms: str | None,
-    repo_id: str | None,
-    tiny_models: bool,
 ) -> str:
+    """The README.md of an export; ``export`` is the ``export.*`` parameter group."""
+    from fluxir.io.provenance import model_revision
+
+    title, fmt, generator = export["title"], export["format"], str(fluxgen.get("model"))
     pattern = f"data/train-*.{'parquet' if fmt == 'parquet' else 'tar'}"
     header = {
         **license_info.card_fields(),
@@ -125,7 +124,12 @@ def dataset_card(
         for m in metric_names
         if f"{m}_threshold" in selection.columns and n_scored
     )
-    generator = str(fluxgen.get("model"))
+    if Path(generator).exists():
+        revision = f"local folder `{generator}` (no hub revision)"
+    elif (commit := model_revision(generator)) == "unknown":
+        revision = "unknown (not in this machine's Hugging Face cache)"
+    else:
+        revision = f"`{commit}` (hub commit in the local cache)"
     seeds = (
         f"image i has seed `fluxgen.base_seed + i` = {fluxgen.get('base_seed')} + i "
         f"(ids 0..{int(fluxgen.get('num_images', 0)) - 1})"
@@ -137,7 +141,7 @@ def dataset_card(
     if fmt == "parquet":
         loader = (
             f'from datasets import load_dataset\n\nds = load_dataset("parquet", data_files="{pattern}", split="train")'
-            '\n# or, from the Hub: load_dataset("' + (repo_id or "<user>/<repo>") + '")\n'
+            '\n# or, from the Hub: load_dataset("' + (export["repo_id"] or "<user>/<repo>") + '")\n'
             'pair = ds[0]  # pair["hq"], pair["lq"]: PIL images; pair["iqa_<metric>"]: scores'
         )
     else:
@@ -145,7 +149,7 @@ def dataset_card(
             "from datasets import load_dataset\n\n"
             f'ds = load_dataset("webdataset", data_files="{pattern}", split="train")'
         )
-    columns = "`image_id`, `hq`, `lq`" + (", `generated`" if include_generated else "")
+    columns = "`image_id`, `hq`, `lq`" + (", `generated`" if export["include_generated"] else "")
     degrade_cfg = dict(degrade.get("config") or {})
     body = f"""# {title}
 
@@ -153,18 +157,18 @@ Synthetic HQ/LQ image pairs for training image restoration, made by FluxGen (flu
 as {len(shards)} {"parquet" if fmt == "parquet" else "WebDataset tar"} shard(s) in `data/`.
 
 **AI-generated content.** {AI_DISCLOSURE.format(generator=generator)}
-{TINY_NOTE if tiny_models else ""}
+{TINY_NOTE if export["tiny_models"] else ""}
 ## Licence
 
 {license_info.title or license_info.license} ({license_info.license_link or license_info.license}), the licence of
-`{license_model}`, whose output this is.{_non_commercial_text(license_info)}
+`{export["license_model"] or generator}`, whose output this is.{_non_commercial_text(license_info)}
 
 ## Generation
 
 | setting | value |
 |---|---|
 | generator | `{generator}` |
-| revision | {generator_revision} |
+| revision | {revision} |
 | steps | {fluxgen.get("steps")} |
 | guidance | {fluxgen.get("guidance")} |
 | size (width x height) | {fluxgen.get("width")} x {fluxgen.get("height")} |

@@ -92,26 +92,18 @@ STABLESR_NOTE = (
     "StableSR's crops: LQ 128x128, HQ 512x512 (conf/base's hq_size/lq_size for realsr and drealsr); "
     "the paper's 1024/256 centre crops need the full-size RealSR v3 / DRealSR x4 pairs (docs/evaluation.md)"
 )
+
+
 # benchmark key -> (archive file name, URL, [(member glob, destination folder in catalog entry <key>_benchmark)], note)
+def _stablesr(name: str) -> tuple[str, str, list[tuple[str, str]], str]:
+    root = f"StableSR_testsets/{name}_crop128"  # HQ in test_HR or gt, LQ in test_LR or lq
+    rules = [(f"{root}/test_HR/*|{root}/gt/*", "hq_path"), (f"{root}/test_LR/*|{root}/lq/*", "lq_path")]
+    return "StableSR_testsets.zip", STABLESR_URL, rules, STABLESR_NOTE
+
+
 BENCHMARK_ARCHIVES: dict[str, tuple[str, str, list[tuple[str, str]], str]] = {
-    "realsr": (
-        "StableSR_testsets.zip",
-        STABLESR_URL,
-        [
-            ("StableSR_testsets/RealSRVal_crop128/test_HR/*|StableSR_testsets/RealSRVal_crop128/gt/*", "hq_path"),
-            ("StableSR_testsets/RealSRVal_crop128/test_LR/*|StableSR_testsets/RealSRVal_crop128/lq/*", "lq_path"),
-        ],
-        STABLESR_NOTE,
-    ),
-    "drealsr": (
-        "StableSR_testsets.zip",
-        STABLESR_URL,
-        [
-            ("StableSR_testsets/DrealSRVal_crop128/test_HR/*|StableSR_testsets/DrealSRVal_crop128/gt/*", "hq_path"),
-            ("StableSR_testsets/DrealSRVal_crop128/test_LR/*|StableSR_testsets/DrealSRVal_crop128/lq/*", "lq_path"),
-        ],
-        STABLESR_NOTE,
-    ),
+    "realsr": _stablesr("RealSRVal"),
+    "drealsr": _stablesr("DrealSRVal"),
     "reallq250": (
         "RealLQ250.zip",
         REALLQ250_URL,

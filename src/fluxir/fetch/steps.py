@@ -162,26 +162,18 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
             transfer.copy_file(Path(source), item.dest, expected, on_bytes=on_bytes)
         else:
             transfer.download(source, item.dest, expected, on_bytes=on_bytes)
-    except transfer.VerifyError:
-        if item.extract:  # a refused archive leaves no empty staging folders behind
-            _remove_empty(item.dest.parent, stop=item.extract[0][1].parents[1])
-        raise
-    if not item.extract:
-        return f"installed {item.dest}"
-    skip = {folder for _, folder in item.extract if transfer.folder_state(folder, item.name) != "missing"}
-    try:
+        if not item.extract:
+            return f"installed {item.dest}"
+        skip = {folder for _, folder in item.extract if transfer.folder_state(folder, item.name) != "missing"}
         counts = transfer.unpack(item.dest, list(item.extract), item.name, transfer.sha256_file(item.dest), skip)
     finally:
-        item.dest.unlink()  # unpacked and recorded, or not the archive the manifest knows: not kept either way
-        if not any(item.dest.parent.iterdir()):
-            item.dest.parent.rmdir()
+        if item.extract:  # unpacked, or refused: the archive is not kept, nor its empty staging folders (a .part is)
+            item.dest.unlink(missing_ok=True)
+            folder, stop = item.dest.parent, item.extract[0][1].parents[1]
+            while folder != stop and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
     return "unpacked " + ", ".join(f"{n} images into {folder}" for folder, n in counts.items())
-
-
-def _remove_empty(folder: Path, stop: Path) -> None:
-    while folder != stop and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-        folder = folder.parent
 
 
 def _fetch_hub(step: Step, mirror: str | None, on_bytes: Callable[[int], None]) -> str:

@@ -141,12 +141,7 @@ def _copy_to_part(url: str, part: Path, on_bytes: Callable[[int], None], headers
         length = response.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
         with open(part, "ab" if resumed else "wb") as out:
-            while True:
-                chunk = response.read(CHUNK)
-                if not chunk:
-                    break
-                out.write(chunk)
-                on_bytes(len(chunk))
+            _stream(response, out, on_bytes)
     if total is not None and part.stat().st_size < total:
         raise ConnectionError(f"{url}: connection closed after {part.stat().st_size} of {total} bytes")
     return total
@@ -182,15 +177,8 @@ def download(
                     f"{err}; gave up after {retries} reconnections, {kept} bytes kept in {part} (run again to resume)"
                 ) from err
     wanted = expected if expected.size is not None or announced is None else Expected(announced, expected.sha256)
-    problem = verify(part, wanted, dest.name)
-    if problem:
-        part.unlink()
-        raise VerifyError(
-            f"{problem}; not installed ({url}). Run again to download it anew; if it fails again the "
-            f"source serves another file than the one published"
-        )
-    os.replace(part, dest)
-    return dest
+    failure = f"not installed ({url}). Run again to download it anew; if it fails again the source serves another file"
+    return _move_in(part, dest, wanted, failure + " than the one published")
 
 
 def copy_file(
@@ -201,13 +189,22 @@ def copy_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     with open(source, "rb") as src, open(part, "wb") as out:
-        for chunk in iter(lambda: src.read(CHUNK), b""):
-            out.write(chunk)
-            on_bytes(len(chunk))
+        _stream(src, out, on_bytes)
+    return _move_in(part, dest, expected, f"not installed (mirror file {source})")
+
+
+def _stream(source: Any, out: Any, on_bytes: Callable[[int], None]) -> None:
+    for chunk in iter(lambda: source.read(CHUNK), b""):
+        out.write(chunk)
+        on_bytes(len(chunk))
+
+
+def _move_in(part: Path, dest: Path, expected: Expected, failure: str) -> Path:
+    """Rename ``part`` onto ``dest`` if it is the published file; else delete it and raise, naming ``failure``."""
     problem = verify(part, expected, dest.name)
     if problem:
         part.unlink()
-        raise VerifyError(f"{problem}; not installed (mirror file {source})")
+        raise VerifyError(f"{problem}; {failure}")
     os.replace(part, dest)
     return dest
 
