@@ -34,7 +34,6 @@ TINY_NOTE = (
     "\n**Made by tiny random-weight models** (fluxir's `tiny` environment): this export proves the machinery "
     "(generation, scoring, selection, degradation, export); its images are noise-like and not for training.\n"
 )
-FLAG_COLUMNS = ("flagged", "nsfw", "flagged_nsfw")
 
 
 def size_category(n: int) -> str:
@@ -82,13 +81,6 @@ def content_filter_text(fluxgen: Mapping[str, Any], flagged: int | None) -> str:
     )
 
 
-def flagged_count(selection: Any) -> int | None:
-    for column in FLAG_COLUMNS:
-        if column in getattr(selection, "columns", ()):
-            return int(selection[column].astype(bool).sum())
-    return None
-
-
 def dataset_card(
     *,
     export: Mapping[str, Any],
@@ -117,7 +109,8 @@ def dataset_card(
     }
     n_scored, n_kept = len(selection), int(selection["keep"].sum())
     rate = f"{n_kept / n_scored:.1%}" if n_scored else "n/a"
-    flagged = flagged_count(selection)
+    # fluxgen.select.apply_content_filter's column; absent when no filter ran
+    flagged = int(selection["nsfw_flagged"].astype(bool).sum()) if "nsfw_flagged" in selection.columns else None
     thresholds = "\n".join(
         f"| `{m}` | {float(selection[f'{m}_threshold'].iloc[0]):.4g} | {float(selection[m].min()):.4g} | "
         f"{float(selection[m].median()):.4g} | {float(selection[m].max()):.4g} |"

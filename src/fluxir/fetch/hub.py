@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,10 +102,12 @@ def explain(err: Exception, repo: str, revision: str) -> str:
     return f"{repo}: {type(err).__name__}: {err}"
 
 
-def _offline() -> bool:
+def offline(url: str | None = None) -> bool:
+    """HF_HUB_OFFLINE=1 (the Makefile's, the tests'): no request to another machine; this machine's are allowed."""
     from huggingface_hub import constants
 
-    return constants.is_offline_mode()
+    host = urllib.parse.urlparse(url or "").hostname or ""
+    return constants.is_offline_mode() and not (host == "localhost" or host.startswith("127.") or host == "::1")
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -137,14 +140,10 @@ def plan(
     patterns: tuple[str, ...] = (),
 ) -> HubPlan:
     """What :func:`fetch` would download, asked from the hub (file sizes); offline: only what is cached."""
-    if _offline():
+    if offline():
         found = local_snapshot(repo, revision, repo_type, local_dir)
-        return HubPlan(
-            0 if found else None,
-            0,
-            found is not None,
-            "" if found else "not available offline; the hub is asked for sizes once HF_HUB_OFFLINE=0",
-        )
+        note = "" if found else "not available offline; the hub is asked for sizes once HF_HUB_OFFLINE=0"
+        return HubPlan(0 if found else None, 0, found is not None, note)
     infos = _snapshot_download(repo, revision, repo_type, local_dir, endpoint, patterns, dry_run=True)
     missing = [i for i in infos if i.will_download]
     return HubPlan(sum(i.file_size or 0 for i in missing), len(missing), not missing)
@@ -159,7 +158,7 @@ def fetch(
     patterns: tuple[str, ...] = (),
 ) -> Path:
     """Download (or find complete) the snapshot; returns its folder."""
-    if _offline():
+    if offline():
         found = local_snapshot(repo, revision, repo_type, local_dir)
         if found is None:
             raise HubError(explain(RuntimeError("offline"), repo, revision))

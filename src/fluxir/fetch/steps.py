@@ -5,7 +5,6 @@ same file names; hub repositories come from ``<mirror>/<owner>/<name>`` or from 
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +39,6 @@ class Step:
         return self.size - self.have + (self.size * (ARCHIVE_FACTOR - 1) if self.item.extract else 0)
 
 
-def offline(url: str | None = None) -> bool:
-    """HF_HUB_OFFLINE=1 (the Makefile's, the tests'): no request to another machine; this machine's servers are
-    allowed."""
-    from huggingface_hub import constants
-
-    host = urllib.parse.urlparse(url or "").hostname or ""
-    local = host == "localhost" or host.startswith("127.") or host == "::1"
-    return constants.is_offline_mode() and not local
-
-
 def _is_mirror_folder(mirror: str | None) -> bool:
     return bool(mirror) and not mirror.startswith(("http://", "https://"))
 
@@ -72,7 +61,7 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
     if (
         (item.exact_size is None or item.sha256 is None)
         and ask_sizes
-        and (_is_mirror_folder(mirror) or not offline(source))
+        and (_is_mirror_folder(mirror) or not hub.offline(source))
     ):
         try:
             stated = transfer.remote_info(source if not _is_mirror_folder(mirror) else Path(source).as_uri())
@@ -83,7 +72,7 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
     part = item.dest.with_name(item.dest.name + ".part") if item.dest is not None else None
     resumed = part.stat().st_size if part is not None and part.is_file() else 0
     detail = f"resumes at {resumed} bytes" if resumed else ""
-    if offline(source) and not _is_mirror_folder(mirror):
+    if hub.offline(source) and not _is_mirror_folder(mirror):
         detail = ", ".join(filter(None, [detail, "size not asked: HF_HUB_OFFLINE=1"]))
     return Step(item, "fetch", size, detail, have=resumed, expected=expected)
 
@@ -152,7 +141,7 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
     expected = transfer.Expected(item.exact_size or step.expected.size, item.sha256 or step.expected.sha256)
     source = transfer.mirrored(str(item.url), item.name, mirror)
     assert item.dest is not None
-    if offline(source) and not _is_mirror_folder(mirror):
+    if hub.offline(source) and not _is_mirror_folder(mirror):
         raise transfer.DownloadError(
             f"{source}: HF_HUB_OFFLINE=1 forbids downloads; run the fetch with HF_HUB_OFFLINE=0 "
             "(or give a --mirror folder)"

@@ -58,10 +58,10 @@ def verify(path: Path, expected: Expected, name: str | None = None) -> str | Non
     return None
 
 
-def _open(url: str, start: int, headers: dict[str, str]) -> Any:
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
-    if start:
-        request.add_header("Range", f"bytes={start}-")
+def _open(url: str, start: int) -> Any:
+    request = urllib.request.Request(
+        url, headers={"User-Agent": USER_AGENT, **({"Range": f"bytes={start}-"} if start else {})}
+    )
     try:
         return urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as err:
@@ -100,14 +100,14 @@ def _linked_sha256(value: str | None) -> str | None:
     return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
 
 
-def remote_info(url: str, headers: dict[str, str] | None = None) -> Expected:
+def remote_info(url: str) -> Expected:
     """What the server states about ``url`` (a HEAD request): its size, and the SHA-256 the Hugging Face hub
     gives LFS files (``X-Linked-Etag`` / ``X-Linked-Size``); ``Expected()`` when it cannot be asked."""
     if url.startswith("file:"):
         path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
         return Expected(path.stat().st_size if path.is_file() else None)
     redirects = _RecordRedirects()
-    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT, **(headers or {})})
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.build_opener(redirects).open(request, timeout=TIMEOUT_S) as response:
             hops = [*redirects.hops, response.headers]
@@ -121,10 +121,10 @@ def remote_info(url: str, headers: dict[str, str] | None = None) -> Expected:
     return Expected(int(length) if length is not None and length.isdigit() else None, sha256)
 
 
-def _copy_to_part(url: str, part: Path, on_bytes: Callable[[int], None], headers: dict[str, str]) -> int | None:
+def _copy_to_part(url: str, part: Path, on_bytes: Callable[[int], None]) -> int | None:
     """Append the rest of ``url`` to ``part``; returns the total size the server announced (or None)."""
     start = part.stat().st_size if part.exists() else 0
-    response = _open(url, start, headers)
+    response = _open(url, start)
     if response is None:
         return start
     with response:
@@ -153,7 +153,6 @@ def download(
     expected: Expected,
     *,
     on_bytes: Callable[[int], None] = lambda n: None,
-    headers: dict[str, str] | None = None,
     retries: int = RETRIES,
 ) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``: resumed, verified, then renamed onto ``dest``.
@@ -168,7 +167,7 @@ def download(
     announced = None
     for attempt in range(retries + 1):
         try:
-            announced = _copy_to_part(url, part, on_bytes, headers or {})
+            announced = _copy_to_part(url, part, on_bytes)
             break
         except (ConnectionError, http.client.HTTPException, TimeoutError) as err:
             if attempt == retries:

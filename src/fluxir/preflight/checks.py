@@ -16,8 +16,8 @@ def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> l
     findings: list[Finding] = []
     cache: dict[str, Any] = {}
     checked: dict[str, tuple[str, str]] = {}  # folder -> (the role it was checked for, its worst status)
-    for role, keys in MODEL_ROLES.items():
-        source = lookup(params, *keys)
+    for role in MODEL_ROLES:
+        source = lookup(params, *role.split("."))
         if source is None:
             continue
         if str(source) in checked:

@@ -14,13 +14,7 @@ from fluxir.preflight import Finding
 # The files of a diffusers pipeline repository a run reads (FLUX.1-dev also holds ~24 GB of single-file weights).
 DIFFUSERS_LAYOUT = '"model_index.json" "scheduler/*" "text_encoder*/*" "tokenizer*/*" "transformer/*" "vae/*"'
 
-# Every parameter that names a pipeline folder, as (report name, parameter keys).
-MODEL_ROLES = {
-    "fluxgen.model": ("fluxgen", "model"),
-    "train.model": ("train", "model"),
-    "restore.model": ("restore", "model"),
-    "evaluate.restore.model": ("evaluate", "restore", "model"),
-}
+MODEL_ROLES = ("fluxgen.model", "train.model", "restore.model", "evaluate.restore.model")  # pipeline folders
 
 
 def safetensors_keys(files: Iterable[Path]) -> set[str]:
