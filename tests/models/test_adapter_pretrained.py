@@ -14,8 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fluxir.export.cards import read_card_header
-from fluxir.export.licenses import FLUX_DEV, FLUX_DEV_LICENSE_LINK
+from fluxir.export.cards import FLUX_DEV, FLUX_DEV_LICENSE_LINK, read_card_header
 from fluxir.io.atomic import manifest_problem
 from fluxir.models.adapter import FluxIRAdapter, count_parameters
 from fluxir.models.adapter_config import FluxIRConfig

@@ -20,8 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from fluxir.export.cards import read_card_header
-from fluxir.export.licenses import FLUX_DEV_LICENSE_LINK, generator_license
+from fluxir.export.cards import FLUX_DEV_LICENSE_LINK, generator_license, read_card_header
 from fluxir.parameters.config import load_params
 
 from conftest import REPO, make_project_copy

@@ -10,9 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.export.cards import dataset_card, markdown_table
+from fluxir.export.cards import dataset_card, generator_license, markdown_table
 from fluxir.export.dataset import FORMATS, export_table, write_shards
-from fluxir.export.licenses import generator_license
 from fluxir.io.atomic import atomic_directory
 from fluxir.parameters.rules import is_number
 
