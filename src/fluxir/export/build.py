@@ -37,10 +37,7 @@ SWITCHES = ("include_generated", "tiny_models", "push_to_hub", "private")
 
 
 def export_problems(export: Mapping[str, Any]) -> list[str]:
-    """Messages for bad ``export.*`` values (empty: fine).
-
-    The licence is checked where it is looked up: its model is ``fluxgen.model`` or ``train.model`` by pipeline.
-    """
+    """Messages for bad ``export.*`` values (empty: fine); the licence is checked where its model is known."""
     found = []
     unknown = sorted(set(export) - set(KEYS))
     missing = [k for k in KEYS if k not in export]
@@ -134,9 +131,7 @@ def upload_export(
     folder: Path, repo_id: str | None, repo_type: str, endpoint: str | None, private: bool
 ) -> dict[str, Any]:
     """Upload ``folder`` as ``repo_id`` (a ``dataset`` or ``model`` repository); returns where it went.
-
-    An ``endpoint`` ``file:///some/dir`` copies the folder to ``/some/dir/<repo_id>`` instead: a dry run.
-    """
+    An ``endpoint`` ``file:///some/dir`` copies the folder to ``/some/dir/<repo_id>`` instead: a dry run."""
     if not repo_id or "/" not in str(repo_id):
         raise ValueError(
             f"export.repo_id is {repo_id!r}: push_to_hub needs `<user or organisation>/<name>`, e.g. "

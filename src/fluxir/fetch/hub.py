@@ -215,12 +215,8 @@ def install_from_folder(
     sizes: dict[str, int] | None = None,
     on_bytes: Callable[[int], None] = lambda n: None,
 ) -> Path:
-    """Copy a mirror's repository folder into ``local_dir`` or the Hugging Face cache, each file verified
-    (sizes the manifest knows, SHA-256 the folder's records state); returns the installed folder.
-
-    In the cache it becomes ``models--<owner>--<name>/snapshots/<commit>/``, ``refs/<revision>`` written last so
-    that a copy cut half-way is not taken as complete.
-    """
+    """Copy a mirror's repository folder, each file verified, into ``local_dir`` or the cache's
+    ``models--<owner>--<name>/snapshots/<commit>/`` (``refs/<revision>`` last: a cut copy is not complete)."""
     files, problems = check_folder(source, patterns, sizes or {})
     if problems:
         raise HubError("; ".join(problems) + "; nothing was installed from the mirror")

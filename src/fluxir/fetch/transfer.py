@@ -155,11 +155,8 @@ def download(
     on_bytes: Callable[[int], None] = lambda n: None,
     retries: int = RETRIES,
 ) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``: resumed, verified, then renamed onto ``dest``.
-
-    ``on_bytes(n)`` is told every chunk written (negative when a part is restarted). ``ConnectionError`` when
-    ``retries`` reconnections all broke (the part stays for the next run).
-    """
+    """Download ``url`` to ``dest`` through ``dest.part``; ``on_bytes(n)`` is told every chunk (negative: a part
+    restarted). ``ConnectionError`` when ``retries`` reconnections all broke (the part stays for the next run)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     if part.exists():

@@ -189,10 +189,8 @@ def check_disk(params: Mapping[str, Any], project: Path) -> list[Finding]:
 
 
 def train_memory_budget_gb(train: Mapping[str, Any], size: str = "1024x768") -> tuple[str, float]:
-    """(what, GB per GPU) of the training settings at the largest bucket, from the memory model's table.
-
-    The L_P row (whole, crop_512, none) bounds ``train.pixel_loss_crop`` from above; a batch beyond the table adds
-    the batch-1 step's activations per sample."""
+    """(what, GB per GPU) of the training settings at the largest bucket, from the memory model's table: the L_P
+    row (whole, crop_512, none) bounds ``train.pixel_loss_crop`` from above; a larger batch adds step activations."""
     table = train_memory_table()
     batch, crop = int(train.get("batch_size") or 1), train.get("pixel_loss_crop")
     checkpointing = bool(train.get("gradient_checkpointing", True))
