@@ -184,8 +184,7 @@ def _fetch_hub(step: Step, mirror: str | None, on_bytes: Callable[[int], None]) 
 
 
 def _counted(step: Step, mirror: str | None) -> bool:
-    """Bytes that pass through this process (files, a mirror folder's repositories) and count in the bars;
-    a hub download shows huggingface_hub's own bars."""
+    """Bytes that pass through this process count in the bars; a hub download shows huggingface_hub's own."""
     return step.state == "fetch" and (not step.item.repo or _is_mirror_folder(mirror))
 
 
@@ -200,21 +199,20 @@ def run(steps: list[Step], mirror: str | None = None) -> list[tuple[Step, str, b
             if step.state != "fetch":
                 results.append((step, step.detail or step.state, step.state == "present"))
                 continue
+            fetch = _fetch_hub if step.item.repo else _fetch_file
             try:
                 if not _counted(step, mirror):
-                    outcome = _fetch_hub(step, mirror, lambda n: None)
-                    results.append((step, outcome, True))
-                    continue
-                with progress(
-                    total=step.size, desc=step.item.name, unit="B", unit_scale=True, unit_divisor=1024, leave=False
-                ) as bar:
+                    outcome = fetch(step, mirror, lambda n: None)
+                else:
+                    with progress(
+                        total=step.size, desc=step.item.name, unit="B", unit_scale=True, unit_divisor=1024, leave=False
+                    ) as bar:
 
-                    def on_bytes(n: int, bar=bar) -> None:
-                        bar.update(n)
-                        total.update(n)
+                        def on_bytes(n: int, bar=bar) -> None:
+                            bar.update(n)
+                            total.update(n)
 
-                    fetch = _fetch_hub if step.item.repo else _fetch_file
-                    outcome = fetch(step, mirror, on_bytes)
+                        outcome = fetch(step, mirror, on_bytes)
                 results.append((step, outcome, True))
             except (transfer.DownloadError, transfer.VerifyError, hub.HubError, ValueError, OSError) as err:
                 results.append((step, str(err), False))
