@@ -64,7 +64,7 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
         and (_is_mirror_folder(mirror) or not hub.offline(source))
     ):
         try:
-            stated = transfer.remote_info(source if not _is_mirror_folder(mirror) else Path(source).as_uri())
+            stated = transfer.remote_info(source)
         except transfer.DownloadError as err:
             return Step(item, "problem", None, str(err))
         expected = transfer.Expected(item.exact_size or stated.size, item.sha256 or stated.sha256)

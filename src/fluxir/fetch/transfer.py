@@ -103,9 +103,8 @@ def _linked_sha256(value: str | None) -> str | None:
 def remote_info(url: str) -> Expected:
     """What the server states about ``url`` (a HEAD request): its size, and the SHA-256 the Hugging Face hub
     gives LFS files (``X-Linked-Etag`` / ``X-Linked-Size``); ``Expected()`` when it cannot be asked."""
-    if url.startswith("file:"):
-        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-        return Expected(path.stat().st_size if path.is_file() else None)
+    if not url.startswith(("http://", "https://")):  # a mirror folder's file
+        return Expected(Path(url).stat().st_size if Path(url).is_file() else None)
     redirects = _RecordRedirects()
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
