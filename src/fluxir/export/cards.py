@@ -31,12 +31,8 @@ class LicenseInfo:
     non_commercial: bool = False  # the FLUX.1 [dev] terms: no commercial or production use (4(a))
 
     def card_fields(self) -> dict[str, str]:
-        fields = {"license": self.license}
-        if self.license_name:
-            fields["license_name"] = self.license_name
-        if self.license_link:
-            fields["license_link"] = self.license_link
-        return fields
+        fields = {"license": self.license, "license_name": self.license_name, "license_link": self.license_link}
+        return {key: value for key, value in fields.items() if value}
 
 
 GENERATOR_LICENSES: dict[str, LicenseInfo] = {
