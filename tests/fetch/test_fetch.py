@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fluxir.fetch import archives, manifest, steps, transfer
+from fluxir.fetch import manifest, steps, transfer
 from fluxir.fetch.__main__ import main as fetch_main
 from fluxir.io.provenance import sha256_file
 from fluxir.parameters.config import catalog_config, load_params
@@ -425,10 +425,10 @@ def test_mirror_folder_installs_into_the_catalog_layout_and_refuses_a_foreign_fi
     )
     out = capsys.readouterr().out
     bench = project / "data" / "01_raw" / "benchmarks"
-    assert sorted(p.name for p in archives.images_in(bench / "RealSR" / "HR")) == ["0000.png", "0001.png"]
+    assert sorted(p.name for p in transfer.images_in(bench / "RealSR" / "HR")) == ["0000.png", "0001.png"]
     assert (bench / "DrealSR" / "LR" / "0001.png").read_bytes() == _png(1)
-    assert sorted(p.name for p in archives.images_in(bench / "RealLQ250")) == ["000.png", "001.png", "002.png"]
-    assert sorted(p.name for p in archives.images_in(bench / "DIV2K_valid_HR")) == ["0801.png", "0802.png"]
+    assert sorted(p.name for p in transfer.images_in(bench / "RealLQ250")) == ["000.png", "001.png", "002.png"]
+    assert sorted(p.name for p in transfer.images_in(bench / "DIV2K_valid_HR")) == ["0801.png", "0802.png"]
     assert not (bench / ".fetch").exists(), "archives are removed once unpacked"
     lin = project / "iqa" / "hub" / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth"
     assert lin.read_bytes() == lpips_fixture[lin.name]

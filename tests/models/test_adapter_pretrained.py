@@ -14,8 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fluxir.export.cards import read_card_header
-from fluxir.export.licenses import FLUX_DEV, FLUX_DEV_LICENSE_LINK
+from fluxir.export.cards import FLUX_DEV, FLUX_DEV_LICENSE_LINK, read_card_header
 from fluxir.io.atomic import manifest_problem
 from fluxir.models.adapter import FluxIRAdapter, count_parameters
 from fluxir.models.adapter_config import FluxIRConfig
@@ -191,7 +190,7 @@ def test_memory_figures_come_from_the_memory_model_for_flux1_dev():
     from importlib import resources
 
     from fluxir.export.cards import memory_text
-    from fluxir.preflight.findings import BUDGET_GB
+    from fluxir.preflight import BUDGET_GB
 
     dev = FluxIRConfig.from_params({**adapter_params(), "text_seq_len": 512}).to_dict()  # FLUX.1-dev's sizes
     text = memory_text(dev, 1_527_000_000)

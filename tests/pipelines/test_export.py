@@ -20,8 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from fluxir.export.cards import read_card_header
-from fluxir.export.licenses import FLUX_DEV_LICENSE_LINK, generator_license
+from fluxir.export.cards import FLUX_DEV_LICENSE_LINK, generator_license, read_card_header
 from fluxir.parameters.config import load_params
 
 from conftest import REPO, make_project_copy
@@ -196,7 +195,7 @@ def test_push_to_the_hub_calls_upload_folder_with_the_export(tmp_path, monkeypat
     """The Hub branch of the upload, with HfApi's two network calls replaced by a copy into a folder."""
     from huggingface_hub import HfApi
 
-    from fluxir.export.hub import upload_export
+    from fluxir.export.build import upload_export
 
     folder = tmp_path / "export"
     (folder / "data").mkdir(parents=True)

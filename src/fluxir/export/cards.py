@@ -1,20 +1,123 @@
-"""Hugging Face cards: the dataset card of a FluxGen export and the model card of a FluxIR adapter.
+"""Hugging Face cards (YAML header + sections from the run) of a FluxGen export and of a FluxIR adapter, and the
+licence they carry: the generator's, not this project's (pointers to it, restating the sections that bind).
 
-Both start with a YAML header (the fields the Hub reads: licence, task, configs) followed by sections filled
-from the run: its parameters, tables and counts. Nothing here invents a number: a figure the run does not have
-is written as "n/a".
+Nothing here invents a number or a licence: a figure the run does not have is "n/a"; an unknown model's licence
+must be set in ``export.license``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fluxir.export.licenses import LicenseInfo
-from fluxir.preflight.findings import BUDGET_GB, train_memory_table
+from fluxir.preflight import BUDGET_GB, train_memory_table
+
+FLUX_DEV = "black-forest-labs/FLUX.1-dev"
+FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
+FLUX_DEV_LICENSE_LINK = "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md"
+
+
+@dataclass(frozen=True)
+class LicenseInfo:
+    license: str  # Hugging Face licence id: "apache-2.0", or "other" with a name and link
+    license_name: str | None = None
+    license_link: str | None = None
+    title: str = ""  # the licence's own title and version, for people
+    non_commercial: bool = False  # the FLUX.1 [dev] terms: no commercial or production use (4(a))
+
+    def card_fields(self) -> dict[str, str]:
+        fields = {"license": self.license, "license_name": self.license_name, "license_link": self.license_link}
+        return {key: value for key, value in fields.items() if value}
+
+
+GENERATOR_LICENSES: dict[str, LicenseInfo] = {
+    FLUX_DEV: LicenseInfo(
+        license="other",
+        license_name="flux-1-dev-non-commercial-license",
+        license_link=FLUX_DEV_LICENSE_LINK,
+        title="FLUX.1 [dev] Non-Commercial License v1.1.1",
+        non_commercial=True,
+    ),
+    FLUX_SCHNELL: LicenseInfo(
+        license="apache-2.0",
+        license_link="https://huggingface.co/black-forest-labs/FLUX.1-schnell/blob/main/README.md",
+        title="Apache License 2.0",
+    ),
+}
+
+
+def generator_license(model: str, license_model: str | None, override: Mapping[str, Any] | None) -> LicenseInfo:
+    """``override`` (``export.license``) wins; else the known licence of ``license_model`` or, when null, ``model``."""
+    if override:
+        unknown = set(override) - {"license", "license_name", "license_link", "title"}
+        if unknown or "license" not in override:
+            raise ValueError(
+                f"export.license {dict(override)!r} must be a mapping with `license` (a Hugging Face licence id "
+                "such as apache-2.0, or `other`) and, for `other`, `license_name` and `license_link`; "
+                f"unknown keys: {sorted(unknown)}"
+            )
+        return LicenseInfo(
+            license=str(override["license"]),
+            license_name=override.get("license_name"),
+            license_link=override.get("license_link"),
+            title=str(override.get("title") or override.get("license_name") or override["license"]),
+            non_commercial=str(override.get("license_name") or "") == GENERATOR_LICENSES[FLUX_DEV].license_name,
+        )
+    key = license_model or model
+    if key in GENERATOR_LICENSES:
+        return GENERATOR_LICENSES[key]
+    raise ValueError(
+        f"the licence of generator {key!r} is unknown to fluxir (known: {sorted(GENERATOR_LICENSES)}): set "
+        "export.license to {license: <Hugging Face licence id or other>, license_name: ..., license_link: ...} "
+        "as the model's own card states (FluxIRAdapter.save_pretrained: license={...}), or export.license_model "
+        "to the hub id the model is a copy of"
+    )
+
+
+def attribution_notice(info: LicenseInfo, modified: str) -> str:
+    """The NOTICE file of a Derivative: the Attribution Notice (FLUX.1 [dev] 3(b)) and that it was modified (3(c))."""
+    if info.non_commercial:
+        return (
+            "FLUX.1 [dev] Model, Software and/or Output is licensed by Black Forest Labs, Inc. under the FLUX.1 [dev] "
+            "Non-Commercial License. Copyright Black Forest Labs, Inc.\n"
+            "IN NO EVENT SHALL BLACK FOREST LABS, INC. BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER "
+            "IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH USE OF THIS "
+            "MODEL.\n\n"
+            f"Modified: {modified}\n"
+        )
+    where = info.license_link or info.license
+    return f"The base model is licensed under {info.title or info.license} ({where}).\n\n{modified}\n"
+
+
+def license_file_text(info: LicenseInfo, base_model: str) -> str:
+    """The LICENSE file: a pointer to the generator's licence and, for FLUX.1 [dev], its binding sections."""
+    head = (
+        f"This folder is bound by the licence of its base model {base_model}: {info.title or info.license}.\n"
+        f"Full text: {info.license_link or 'see the base model card'}\n\n"
+        "This file is a pointer to that licence, not its text: read and accept the licence at the link above.\n"
+    )
+    if not info.non_commercial:
+        return head
+    return head + (
+        "\nSections of the FLUX.1 [dev] Non-Commercial License that bind this Derivative and data produced with it\n"
+        "(restated; the licence's own words govern):\n"
+        "- 2(b): use, Distribution and Derivatives for Non-Commercial Purposes only.\n"
+        "- 2(d): Output may not be used to train, fine-tune or distill a model competitive with FLUX.1 [dev].\n"
+        "- 2(e): Output may be created or distributed only with content filters against unlawful or infringing\n"
+        "  content or review before distribution, and with a disclosure that it is AI-generated where the law\n"
+        "  requires one.\n"
+        "- 3(a)-(c): a Distributed Derivative carries a copy of (here: a pointer to) the licence, the Attribution\n"
+        "  Notice (file NOTICE) and a statement that the model was modified (in NOTICE).\n"
+        "- 3(e): a Derivative must not be presented as an official or endorsed product of Black Forest Labs.\n"
+        "- 4(a): no commercial or production use of the model, of Derivatives, or of any data produced by the\n"
+        "  model.\n"
+    )
+
 
 AI_DISCLOSURE = (
     "Every image in this dataset was generated by an AI model ({generator}); none is a photograph. The LQ "
@@ -35,11 +138,9 @@ TINY_NOTE = (
     "\n**Made by tiny random-weight models** (fluxir's `tiny` environment): this export proves the machinery "
     "(generation, scoring, selection, degradation, export); its images are noise-like and not for training.\n"
 )
-FLAG_COLUMNS = ("flagged", "nsfw", "flagged_nsfw")
 
 
 def size_category(n: int) -> str:
-    """The Hub's ``size_categories`` value for ``n`` rows."""
     bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
     for bound, name in bounds:
         if n < bound:
@@ -52,14 +153,12 @@ def yaml_header(fields: Mapping[str, Any]) -> str:
 
 
 def read_card_header(text: str) -> dict[str, Any]:
-    """The YAML header of a card (``---`` ... ``---``) as a dict."""
     if not text.startswith("---\n"):
         raise ValueError("a card starts with a YAML header between two '---' lines")
     return yaml.safe_load(text[4:].split("\n---\n", 1)[0])
 
 
 def one_key_per_line(d: Mapping[str, Any]) -> str:
-    """JSON of a flat settings dict with one key per line (lists stay on their line)."""
     items = [f"  {json.dumps(k)}: {json.dumps(v, default=str)}" for k, v in sorted(d.items())]
     return "{\n" + ",\n".join(items) + "\n}"
 
@@ -69,11 +168,8 @@ def _fence(lang: str, body: str) -> str:
 
 
 def content_filter_text(fluxgen: Mapping[str, Any], flagged: int | None) -> str:
-    """What the run did against unlawful content (FLUX.1 [dev] licence 2(e)), from ``fluxgen.content_filter``.
-
-    A run without that parameter group had no filter stage: the card says so and leaves the review to the
-    publisher rather than claim a filter that did not run.
-    """
+    """What the run did against unlawful content (FLUX.1 [dev] licence 2(e)); never claims a filter that did not
+    run."""
     cfg = fluxgen.get("content_filter")
     review = "reviewing every image before distribution is the publisher's duty (FLUX.1 [dev] licence 2(e)(i)(B))."
     if not isinstance(cfg, Mapping):
@@ -89,20 +185,10 @@ def content_filter_text(fluxgen: Mapping[str, Any], flagged: int | None) -> str:
     )
 
 
-def flagged_count(selection: Any) -> int | None:
-    """Images the content filter flagged, from the selection table's flag column; None when it has none."""
-    for column in FLAG_COLUMNS:
-        if column in getattr(selection, "columns", ()):
-            return int(selection[column].astype(bool).sum())
-    return None
-
-
 def dataset_card(
     *,
-    title: str,
+    export: Mapping[str, Any],
     license_info: LicenseInfo,
-    license_model: str,
-    fmt: str,
     shards: Sequence[str],
     n_pairs: int,
     selection: Any,
@@ -110,13 +196,12 @@ def dataset_card(
     fluxgen: Mapping[str, Any],
     select: Mapping[str, Any],
     degrade: Mapping[str, Any],
-    generator_revision: str,
-    include_generated: bool,
     histograms: str | None,
-    repo_id: str | None,
-    tiny_models: bool,
 ) -> str:
-    """The README.md of an export (YAML header + sections) from the run's tables and parameters."""
+    """The README.md of an export; ``export`` is the ``export.*`` parameter group."""
+    from fluxir.io.provenance import model_revision
+
+    title, fmt, generator = export["title"], export["format"], str(fluxgen.get("model"))
     pattern = f"data/train-*.{'parquet' if fmt == 'parquet' else 'tar'}"
     header = {
         **license_info.card_fields(),
@@ -128,14 +213,20 @@ def dataset_card(
     }
     n_scored, n_kept = len(selection), int(selection["keep"].sum())
     rate = f"{n_kept / n_scored:.1%}" if n_scored else "n/a"
-    flagged = flagged_count(selection)
+    # fluxgen.select.apply_content_filter's column; absent when no filter ran
+    flagged = int(selection["nsfw_flagged"].astype(bool).sum()) if "nsfw_flagged" in selection.columns else None
     thresholds = "\n".join(
         f"| `{m}` | {float(selection[f'{m}_threshold'].iloc[0]):.4g} | {float(selection[m].min()):.4g} | "
         f"{float(selection[m].median()):.4g} | {float(selection[m].max()):.4g} |"
         for m in metric_names
         if f"{m}_threshold" in selection.columns and n_scored
     )
-    generator = str(fluxgen.get("model"))
+    if Path(generator).exists():
+        revision = f"local folder `{generator}` (no hub revision)"
+    elif (commit := model_revision(generator)) == "unknown":
+        revision = "unknown (not in this machine's Hugging Face cache)"
+    else:
+        revision = f"`{commit}` (hub commit in the local cache)"
     seeds = (
         f"image i has seed `fluxgen.base_seed + i` = {fluxgen.get('base_seed')} + i "
         f"(ids 0..{int(fluxgen.get('num_images', 0)) - 1})"
@@ -147,7 +238,7 @@ def dataset_card(
     if fmt == "parquet":
         loader = (
             f'from datasets import load_dataset\n\nds = load_dataset("parquet", data_files="{pattern}", split="train")'
-            '\n# or, from the Hub: load_dataset("' + (repo_id or "<user>/<repo>") + '")\n'
+            '\n# or, from the Hub: load_dataset("' + (export["repo_id"] or "<user>/<repo>") + '")\n'
             'pair = ds[0]  # pair["hq"], pair["lq"]: PIL images; pair["iqa_<metric>"]: scores'
         )
     else:
@@ -155,7 +246,7 @@ def dataset_card(
             "from datasets import load_dataset\n\n"
             f'ds = load_dataset("webdataset", data_files="{pattern}", split="train")'
         )
-    columns = "`image_id`, `hq`, `lq`" + (", `generated`" if include_generated else "")
+    columns = "`image_id`, `hq`, `lq`" + (", `generated`" if export["include_generated"] else "")
     degrade_cfg = dict(degrade.get("config") or {})
     body = f"""# {title}
 
@@ -163,18 +254,18 @@ Synthetic HQ/LQ image pairs for training image restoration, made by FluxGen (flu
 as {len(shards)} {"parquet" if fmt == "parquet" else "WebDataset tar"} shard(s) in `data/`.
 
 **AI-generated content.** {AI_DISCLOSURE.format(generator=generator)}
-{TINY_NOTE if tiny_models else ""}
+{TINY_NOTE if export["tiny_models"] else ""}
 ## Licence
 
 {license_info.title or license_info.license} ({license_info.license_link or license_info.license}), the licence of
-`{license_model}`, whose output this is.{_non_commercial_text(license_info)}
+`{export["license_model"] or generator}`, whose output this is.{_non_commercial_text(license_info)}
 
 ## Generation
 
 | setting | value |
 |---|---|
 | generator | `{generator}` |
-| revision | {generator_revision} |
+| revision | {revision} |
 | steps | {fluxgen.get("steps")} |
 | guidance | {fluxgen.get("guidance")} |
 | size (width x height) | {fluxgen.get("width")} x {fluxgen.get("height")} |
@@ -257,10 +348,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The model card's memory figures, from what the code computes: the adapter's own bytes, the training memory
-# model's table (fluxir/configs/train_memory.json, written by benchmarks/train_memory.py) and the restoration
-# budget of the preflight check. The table is for FLUX.1-dev's sizes and says so.
+# The model card's memory figures are computed (the memory model's table covers FLUX.1-dev's sizes only).
 
 FLUX_DEV_SHAPE = {"num_layers": 19, "num_single_layers": 38, "num_attention_heads": 24, "attention_head_dim": 128}
 
@@ -302,7 +390,6 @@ def model_card(
     load_path: str,
     note: str,
 ) -> str:
-    """The README.md of a shared FluxIR adapter folder; ``note`` (markdown, may be empty) follows the licence."""
     header = {
         "base_model": base_model,
         "base_model_relation": "adapter",

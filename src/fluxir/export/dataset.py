@@ -1,11 +1,6 @@
-"""FluxGen's pairs as shards others can load: Hugging Face parquet with embedded PNGs, or WebDataset tars.
-
-Parquet shards carry the ``datasets`` features in their schema metadata (``hq``/``lq`` are ``Image()``), so
-``datasets.load_dataset("parquet", data_files=...)`` decodes the images; the PNG bytes are the pair files'
-bytes, unchanged. A WebDataset shard holds ``<key>.hq.png``, ``<key>.lq.png`` (and ``<key>.generated.png``)
-plus ``<key>.json`` with the row's other columns. Shards are cut so that none exceeds ``max_shard_mb``
-(unless one row alone does).
-"""
+"""FluxGen's pairs as shards of at most ``max_shard_mb``: Hugging Face parquet (PNG bytes unchanged, ``datasets``
+features in the schema so ``load_dataset("parquet")`` decodes them) or WebDataset tars (``<key>.hq.png``, ...,
+``<key>.json``)."""
 
 from __future__ import annotations
 
@@ -26,6 +21,21 @@ GENERATED_COLUMN = "generated"
 # (parquet footer and schema); a shard that still comes out too large is split again (``_write_within``).
 ROW_OVERHEAD = 2048
 SHARD_OVERHEAD = 16384
+# The non-image columns of a row and their ``datasets`` dtype, in the parquet schema's order.
+COLUMNS = {
+    "image_id": "int64",
+    "seed": "int64",
+    "prompt": "string",
+    "width": "int32",
+    "height": "int32",
+    "lq_width": "int32",
+    "lq_height": "int32",
+    "hq_sha256": "string",
+    "lq_sha256": "string",
+    "source_sha256": "string",
+    "degradation_seed": "int64",
+    "degradation": "string",
+}
 
 
 def iqa_column(metric: str) -> str:
@@ -33,10 +43,7 @@ def iqa_column(metric: str) -> str:
 
 
 def export_table(pairs: pd.DataFrame, selection: pd.DataFrame, metric_names: Sequence[str]) -> pd.DataFrame:
-    """One row per pair: the pair manifest joined with its image's seed, prompt and IQA scores.
-
-    Every pair must have a selection row (the pairs were made from it); the pair files are not read here.
-    """
+    """One row per pair: the pair manifest joined with its image's seed, prompt and IQA scores."""
     wanted = ["image_id", "seed", "prompt", *metric_names]
     missing = [c for c in wanted if c not in selection.columns]
     if missing:
@@ -57,47 +64,22 @@ def export_table(pairs: pd.DataFrame, selection: pd.DataFrame, metric_names: Seq
 
 def row_metadata(row: dict[str, Any], metric_names: Sequence[str]) -> dict[str, Any]:
     """The non-image columns of a dataset row (the same in both formats)."""
-    meta = {
-        "image_id": int(row["image_id"]),
-        "seed": int(row["seed"]),
-        "prompt": str(row["prompt"]),
-        "width": int(row["width"]),
-        "height": int(row["height"]),
-        "lq_width": int(row["lq_width"]),
-        "lq_height": int(row["lq_height"]),
-        "hq_sha256": str(row["hq_sha256"]),
-        "lq_sha256": str(row["lq_sha256"]),
-        "source_sha256": str(row["source_sha256"]),
-        "degradation_seed": int(row["degradation_seed"]),
-        "degradation": str(row["degradation"]),
-    }
+    meta = {name: int(row[name]) if dtype.startswith("int") else str(row[name]) for name, dtype in COLUMNS.items()}
     meta.update({iqa_column(m): float(row[iqa_column(m)]) for m in metric_names})
     return meta
 
 
 def dataset_features(metric_names: Sequence[str], include_generated: bool) -> Any:
-    """The ``datasets.Features`` of a parquet shard (images as ``Image()``)."""
     from datasets import Features, Image, Value
 
-    columns: dict[str, Any] = {"image_id": Value("int64"), "hq": Image(), "lq": Image()}
-    if include_generated:
-        columns[GENERATED_COLUMN] = Image()
-    columns.update(
-        {
-            "seed": Value("int64"),
-            "prompt": Value("string"),
-            **{name: Value("int32") for name in ("width", "height", "lq_width", "lq_height")},
-            **{name: Value("string") for name in ("hq_sha256", "lq_sha256", "source_sha256")},
-            "degradation_seed": Value("int64"),
-            "degradation": Value("string"),
-            **{iqa_column(m): Value("float64") for m in metric_names},
-        }
-    )
+    images = ["hq", "lq", *([GENERATED_COLUMN] if include_generated else [])]
+    columns: dict[str, Any] = {"image_id": Value("int64"), **{name: Image() for name in images}}
+    columns.update({name: Value(dtype) for name, dtype in COLUMNS.items()})
+    columns.update({iqa_column(m): Value("float64") for m in metric_names})
     return Features(columns)
 
 
 def image_paths(row: dict[str, Any], include_generated: bool) -> dict[str, str]:
-    """{column: PNG path} of a row: hq, lq (and generated)."""
     paths = {"hq": str(row["hq_path"]), "lq": str(row["lq_path"])}
     if include_generated:
         paths[GENERATED_COLUMN] = str(row["source_path"])
@@ -123,8 +105,7 @@ def plan_shards(row_bytes: Sequence[int], max_bytes: int) -> list[list[int]]:
 def _write_within(
     rows: list[int], write: Callable[[list[int], Path], None], path: Path, max_bytes: int
 ) -> list[tuple[list[int], Path]]:
-    """Write ``rows`` to ``path``; a shard of several rows that came out larger than ``max_bytes`` is
-    written again as two halves. Returns the shards written."""
+    """Write ``rows`` to ``path``; a shard of several rows over ``max_bytes`` is written again as two halves."""
     write(rows, path)
     if path.stat().st_size <= max_bytes or len(rows) == 1:
         return [(rows, path)]
@@ -143,13 +124,7 @@ def write_shards(
     metric_names: Sequence[str],
 ) -> list[str]:
     """Write ``table``'s pairs as ``folder/data/train-XXXXX-of-YYYYY.<parquet|tar>``; returns the shard names
-    (relative to ``folder``)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"export.format must be one of {FORMATS}, got {fmt!r}")
-    if not max_shard_mb or float(max_shard_mb) <= 0:
-        raise ValueError(
-            f"export.max_shard_mb must be a positive number of megabytes (1e6 bytes), got {max_shard_mb!r}"
-        )
+    (relative to ``folder``). ``fmt`` and ``max_shard_mb`` were checked by ``export_problems``."""
     max_bytes = int(float(max_shard_mb) * 1e6)
     records = table.to_dict("records")
     paths = [image_paths(r, include_generated) for r in records]

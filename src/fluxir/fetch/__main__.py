@@ -1,7 +1,7 @@
-"""``python -m fluxir.fetch``: parse the arguments, then list, plan or fetch (see :mod:`fluxir.fetch.steps`).
+"""``python -m fluxir.fetch``: list, plan or fetch, then the preflight table.
 
-Exit status: 0 when everything is in place (the preflight check's table follows), 1 when an item
-could not be fetched or the disk is too small, 2 when the fetch succeeded but the check has a FAIL.
+Exit status: 0 when everything is in place, 1 when an item could not be fetched or the disk is too small, 2 when
+the fetch succeeded but the preflight check has a FAIL.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ def _size(n: int | None) -> str:
 
 
 def _size_line(item: Item) -> str:
-    """How big an item is, and how sure: exact, "~" (rounded or a part), or unknown."""
     if item.size is None:
         return "unknown: no publisher or record states it; checked against what the server announces"
     if not item.size_approx:
@@ -40,7 +39,6 @@ def _size_line(item: Item) -> str:
 
 
 def format_list(manifest: Manifest) -> str:
-    """The manifest as text: what, from where, how big, which digest, where it goes and who reads it."""
     lines = []
     for item in manifest.items:
         lines.append(f"[{item.group}] {item.name}")

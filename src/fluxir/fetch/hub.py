@@ -1,18 +1,8 @@
-"""Hub repositories (FLUX.1-dev, the Flux ControlNet upscaler) through huggingface_hub's snapshot_download.
+"""Hub repositories through huggingface_hub's snapshot_download: a hub id parameter lands in the Hugging Face
+cache, a folder parameter gets the snapshot as that folder. Its errors become one line that says what to do.
 
-A hub id parameter lands in the Hugging Face cache (what ``from_pretrained(<id>)`` reads offline);
-a folder parameter gets the snapshot as that folder (``local_dir``). huggingface_hub resumes cut
-files and skips what is already there (it files each LFS blob under the SHA-256 the hub states, without
-hashing it again; ``fluxir.preflight`` then reads every safetensors header against the architecture). The
-user's token (``HF_TOKEN`` or ``hf auth login``) is used as is. Its errors become one line that says
-what to do: a gated licence not accepted, a token missing or refused, a repository or revision that does
-not exist, the offline switch still on.
-
-A mirror folder (an air-gapped cluster) holds a repository as ``<mirror>/<owner>/<name>/`` (what
-``hf download <repo> --local-dir`` writes): :func:`install_from_folder` checks every file against the
-sizes the manifest knows and, where the folder keeps huggingface_hub's download records, against the
-SHA-256 the hub stated for each LFS file, then copies it into the folder parameter or into the Hugging
-Face cache as a snapshot of the repository (so ``from_pretrained(<hub id>)`` finds it offline).
+A mirror folder (air-gapped clusters) holds a repository as ``<mirror>/<owner>/<name>/`` (what ``hf download
+--local-dir`` writes): each file is verified, then copied into the folder or the cache as a snapshot.
 """
 
 from __future__ import annotations
@@ -20,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,49 +22,43 @@ RECORDS = Path(".cache") / "huggingface"  # huggingface_hub's local_dir records 
 
 
 class HubError(RuntimeError):
-    """A hub repository could not be fetched; the message says why and what to do."""
+    pass
 
 
 @dataclass(frozen=True)
 class HubPlan:
-    """What a snapshot download would do: bytes still to fetch, files, and whether it is complete."""
-
     to_download: int | None  # None: unknown (offline)
     files: int
     complete: bool
     note: str = ""
 
 
-def _kwargs(
+def _snapshot_download(
     repo: str,
     revision: str,
     repo_type: str,
     local_dir: Path | None,
     endpoint: str | None,
-    patterns: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"repo_id": repo, "revision": revision, "repo_type": repo_type}
+    patterns: tuple[str, ...],
+    **extra: Any,
+) -> Any:
+    """``huggingface_hub.snapshot_download`` of the repository; any failure as a :class:`HubError` saying why."""
+    from huggingface_hub import snapshot_download
+
+    kwargs: dict[str, Any] = {"repo_id": repo, "revision": revision, "repo_type": repo_type, **extra}
     if patterns:
         kwargs["allow_patterns"] = list(patterns)
     if local_dir is not None:
         kwargs["local_dir"] = str(local_dir)
     if endpoint:
         kwargs["endpoint"] = endpoint
-    return kwargs
-
-
-def _snapshot_download(kwargs: dict[str, Any], **extra: Any) -> Any:
-    """``huggingface_hub.snapshot_download(**kwargs, **extra)``; any failure as a :class:`HubError` saying why."""
-    from huggingface_hub import snapshot_download
-
     try:
-        return snapshot_download(**kwargs, **extra)
+        return snapshot_download(**kwargs)
     except Exception as err:
-        raise HubError(explain(err, kwargs["repo_id"], kwargs["revision"])) from err
+        raise HubError(explain(err, repo, revision)) from err
 
 
 def explain(err: Exception, repo: str, revision: str) -> str:
-    """The hub's exception as one actionable line."""
     from huggingface_hub import errors, get_token
 
     cause = err  # dry runs wrap the HTTP error: explain the innermost hub error
@@ -117,20 +102,21 @@ def explain(err: Exception, repo: str, revision: str) -> str:
     return f"{repo}: {type(err).__name__}: {err}"
 
 
-def _offline() -> bool:
+def offline(url: str | None = None) -> bool:
+    """HF_HUB_OFFLINE=1 (the Makefile's, the tests'): no request to another machine; this machine's are allowed."""
     from huggingface_hub import constants
 
-    return constants.is_offline_mode()
+    host = urllib.parse.urlparse(url or "").hostname or ""
+    return constants.is_offline_mode() and not (host == "localhost" or host.startswith("127.") or host == "::1")
 
 
 def is_model_folder(folder: Path) -> bool:
-    """A diffusers pipeline (``model_index.json``) or single-model (``config.json``) folder."""
     return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
 
 
 def downloaded_here(folder: Path) -> bool:
     """huggingface_hub's ``local_dir`` record: the folder is (being) filled by a snapshot download."""
-    return (folder / ".cache" / "huggingface").is_dir()
+    return (folder / RECORDS).is_dir()
 
 
 def local_snapshot(repo: str, revision: str, repo_type: str, local_dir: Path | None) -> Path | None:
@@ -154,18 +140,13 @@ def plan(
     patterns: tuple[str, ...] = (),
 ) -> HubPlan:
     """What :func:`fetch` would download, asked from the hub (file sizes); offline: only what is cached."""
-    if _offline():
+    if offline():
         found = local_snapshot(repo, revision, repo_type, local_dir)
-        return HubPlan(
-            0 if found else None,
-            0,
-            found is not None,
-            "" if found else "not available offline; the hub is asked for sizes once HF_HUB_OFFLINE=0",
-        )
-    infos = _snapshot_download(_kwargs(repo, revision, repo_type, local_dir, endpoint, patterns), dry_run=True)
+        note = "" if found else "not available offline; the hub is asked for sizes once HF_HUB_OFFLINE=0"
+        return HubPlan(0 if found else None, 0, found is not None, note)
+    infos = _snapshot_download(repo, revision, repo_type, local_dir, endpoint, patterns, dry_run=True)
     missing = [i for i in infos if i.will_download]
-    size = sum(i.file_size or 0 for i in missing)
-    return HubPlan(size, len(missing), not missing)
+    return HubPlan(sum(i.file_size or 0 for i in missing), len(missing), not missing)
 
 
 def fetch(
@@ -176,18 +157,17 @@ def fetch(
     endpoint: str | None = None,
     patterns: tuple[str, ...] = (),
 ) -> Path:
-    """Download (or find complete) the snapshot; returns its folder. Raises :class:`HubError`."""
-    if _offline():
+    """Download (or find complete) the snapshot; returns its folder."""
+    if offline():
         found = local_snapshot(repo, revision, repo_type, local_dir)
         if found is None:
             raise HubError(explain(RuntimeError("offline"), repo, revision))
         return found
-    return Path(_snapshot_download(_kwargs(repo, revision, repo_type, local_dir, endpoint, patterns)))
+    return Path(_snapshot_download(repo, revision, repo_type, local_dir, endpoint, patterns))
 
 
 def folder_files(source: Path, patterns: tuple[str, ...] = ()) -> dict[str, Path]:
-    """A repository folder's files by repository path (``a/b.json``), those ``patterns`` select (all: empty);
-    huggingface_hub's records are not repository files."""
+    """A repository folder's files by repository path (``a/b.json``) that ``patterns`` select (all: empty)."""
     files = {}
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         rel = path.relative_to(source)
@@ -199,29 +179,16 @@ def folder_files(source: Path, patterns: tuple[str, ...] = ()) -> dict[str, Path
     return files
 
 
-def recorded_sha256(source: Path, name: str) -> str | None:
-    """The SHA-256 the hub stated for ``name`` when ``hf download --local-dir`` fetched it (an LFS file's etag,
-    line 2 of ``.cache/huggingface/download/<name>.metadata``); None for git files or folders without records."""
+def recorded(source: Path, name: str, line: int, length: int) -> str | None:
+    """A line of ``hf download --local-dir``'s record of ``name`` (0: the commit, 1: an LFS file's SHA-256)."""
     record = source / RECORDS / "download" / f"{name}.metadata"
-    if not record.is_file():
-        return None
-    lines = record.read_text().splitlines()
-    etag = lines[1].strip().lower() if len(lines) > 1 else ""
-    return etag if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) else None
-
-
-def _recorded_commit(source: Path, names: list[str]) -> str | None:
-    for name in names:
-        record = source / RECORDS / "download" / f"{name}.metadata"
-        if record.is_file():
-            commit = record.read_text().splitlines()[0].strip()
-            if len(commit) == 40:
-                return commit
-    return None
+    lines = record.read_text().splitlines() if record.is_file() else []
+    value = lines[line].strip().lower() if len(lines) > line else ""
+    return value if len(value) == length and all(c in "0123456789abcdef" for c in value) else None
 
 
 def check_folder(source: Path, patterns: tuple[str, ...], sizes: dict[str, int]) -> tuple[dict[str, Path], list[str]]:
-    """The files a copy of ``source`` would install, and why it must not be installed (empty: it may)."""
+    """The files a copy of ``source`` would install, and why it must not be (empty: it may)."""
     if not source.is_dir():
         return {}, [f"mirror folder {source} does not exist (a mirror holds each repository as <owner>/<name>/)"]
     files = folder_files(source, patterns)
@@ -248,13 +215,8 @@ def install_from_folder(
     sizes: dict[str, int] | None = None,
     on_bytes: Callable[[int], None] = lambda n: None,
 ) -> Path:
-    """Copy a mirror's repository folder into ``local_dir`` or the Hugging Face cache, each file verified
-    (sizes the manifest knows, SHA-256 the folder's records state); returns the installed folder.
-
-    In the cache it becomes ``models--<owner>--<name>/snapshots/<commit>/`` (the commit the records name,
-    else one derived from the files) and ``refs/<revision>`` is written last, so a copy cut half-way is
-    not taken as complete. Raises :class:`HubError` naming the file and both values.
-    """
+    """Copy a mirror's repository folder, each file verified, into ``local_dir`` or the cache's
+    ``models--<owner>--<name>/snapshots/<commit>/`` (``refs/<revision>`` last: a cut copy is not complete)."""
     files, problems = check_folder(source, patterns, sizes or {})
     if problems:
         raise HubError("; ".join(problems) + "; nothing was installed from the mirror")
@@ -263,7 +225,9 @@ def install_from_folder(
     else:
         from huggingface_hub import constants
 
-        commit = revision if len(revision) == 40 else _recorded_commit(source, list(files))
+        commit = (
+            revision if len(revision) == 40 else next(filter(None, (recorded(source, n, 0, 40) for n in files)), None)
+        )
         if commit is None:  # a copy made without records: a stable name from its files
             listing = "\n".join(f"{n} {p.stat().st_size}" for n, p in files.items())
             commit = hashlib.sha1(listing.encode()).hexdigest()
@@ -271,7 +235,7 @@ def install_from_folder(
         target, ref = cache / "snapshots" / commit, (cache / "refs" / revision, commit)
     markers = ("model_index.json", "config.json")  # what marks a folder complete: copied last
     for name, path in sorted(files.items(), key=lambda item: item[0] in markers):
-        expected = transfer.Expected((sizes or {}).get(name, path.stat().st_size), recorded_sha256(source, name))
+        expected = transfer.Expected((sizes or {}).get(name, path.stat().st_size), recorded(source, name, 1, 64))
         try:
             transfer.copy_file(path, target / name, expected, on_bytes=on_bytes)
         except transfer.VerifyError as err:

@@ -1,24 +1,9 @@
 """The manifest: every file and repository a full run needs, where it comes from and where it goes.
 
-Sources, sizes and digests are the publishers' where they state them (checked 2026-12), else the
-byte counts and digests that independent download scripts record for the same URL (two or more
-agreeing) or a checksum registry's (TFDS). A size known only rounded (a hub page's "3.58 GB") is
-marked approximate: it is shown with "~" and counted in the disk check, but the download is verified
-against what the server announces. ``None`` where nothing was found: such a file is verified against the
-size its server announces, and ``fluxir.preflight`` then loads every weight file and compares its keys.
-Destinations are never written here: each one is read from the environment's parameters (the benchmark
-folders from its catalog), so a file lands where the loaders look:
-
-- ``flux``: ``fluxgen.model``, ``train.model``, ``restore.model``, ``evaluate.restore.model``,
-  ``baselines.flux_controlnet.model`` (a hub id: the Hugging Face cache; a folder: the snapshot is that folder);
-- ``iqa``: the files of ``iqa.metrics`` and ``evaluate.metrics`` under ``iqa.weights_dir``, as
-  ``fluxir.iqa.weights`` names them (the names pyiqa, torchvision and CLIP look up);
-- ``benchmarks``: the folders (``hq_path``, ``lq_path``) of the catalog entry ``<key>_benchmark`` of each
-  ``evaluate.benchmarks.<key>``;
-- ``baselines``: ``baselines.realesrgan.weights`` and ``baselines.flux_controlnet.controlnet``, the public
-  restorers of ``evaluate.methods`` and ``restore.method``;
-- ``filter``: ``fluxgen.content_filter.model``, FluxGen's NSFW image classifier (a hub id: the Hugging Face
-  cache; a folder: the snapshot is that folder).
+Sizes and digests are the publishers' where stated (checked 2026-12), else what two or more independent download
+scripts or a checksum registry (TFDS) record; a rounded size ("3.58 GB") is approximate: counted in the disk check,
+never used to verify. Destinations are read from the environment's parameters (benchmark folders: its catalog), so
+a file lands where the loaders look; a hub id parameter means the Hugging Face cache.
 """
 
 from __future__ import annotations
@@ -31,6 +16,7 @@ from typing import Any
 
 from fluxir.fetch import hub
 from fluxir.fetch.transfer import sha256_prefix_from_name
+from fluxir.preflight import lookup
 
 GROUPS = ("flux", "iqa", "benchmarks", "baselines", "filter")
 
@@ -106,26 +92,18 @@ STABLESR_NOTE = (
     "StableSR's crops: LQ 128x128, HQ 512x512 (conf/base's hq_size/lq_size for realsr and drealsr); "
     "the paper's 1024/256 centre crops need the full-size RealSR v3 / DRealSR x4 pairs (docs/evaluation.md)"
 )
+
+
 # benchmark key -> (archive file name, URL, [(member glob, destination folder in catalog entry <key>_benchmark)], note)
+def _stablesr(name: str) -> tuple[str, str, list[tuple[str, str]], str]:
+    root = f"StableSR_testsets/{name}_crop128"  # HQ in test_HR or gt, LQ in test_LR or lq
+    rules = [(f"{root}/test_HR/*|{root}/gt/*", "hq_path"), (f"{root}/test_LR/*|{root}/lq/*", "lq_path")]
+    return "StableSR_testsets.zip", STABLESR_URL, rules, STABLESR_NOTE
+
+
 BENCHMARK_ARCHIVES: dict[str, tuple[str, str, list[tuple[str, str]], str]] = {
-    "realsr": (
-        "StableSR_testsets.zip",
-        STABLESR_URL,
-        [
-            ("StableSR_testsets/RealSRVal_crop128/test_HR/*|StableSR_testsets/RealSRVal_crop128/gt/*", "hq_path"),
-            ("StableSR_testsets/RealSRVal_crop128/test_LR/*|StableSR_testsets/RealSRVal_crop128/lq/*", "lq_path"),
-        ],
-        STABLESR_NOTE,
-    ),
-    "drealsr": (
-        "StableSR_testsets.zip",
-        STABLESR_URL,
-        [
-            ("StableSR_testsets/DrealSRVal_crop128/test_HR/*|StableSR_testsets/DrealSRVal_crop128/gt/*", "hq_path"),
-            ("StableSR_testsets/DrealSRVal_crop128/test_LR/*|StableSR_testsets/DrealSRVal_crop128/lq/*", "lq_path"),
-        ],
-        STABLESR_NOTE,
-    ),
+    "realsr": _stablesr("RealSRVal"),
+    "drealsr": _stablesr("DrealSRVal"),
     "reallq250": (
         "RealLQ250.zip",
         REALLQ250_URL,
@@ -193,34 +171,18 @@ def unpublished_digest(url: str) -> str:
     return "no digest published: checked against the size the server announces"
 
 
-def _get(params: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = params
-    for key in dotted.split("."):
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
 def _is_hub_id(value: str, project: Path) -> bool:
     """``owner/name`` that is not an existing path: what diffusers' from_pretrained takes for a hub id."""
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", value)) and not (project / value).exists()
 
 
 def _snapshot_items(
-    name: str,
-    group: str,
-    repo: str,
-    params: Mapping[str, Any],
-    keys: tuple[str, ...],
-    project: Path,
-    note: str,
-    **published: Any,
-) -> list[Item]:
+    name: str, group: str, repo: str, params: Mapping[str, Any], keys: tuple[str, ...], project: Path, **published: Any
+) -> tuple[list[Item], list[str]]:
     """One item per distinct destination among the parameters ``keys`` that name this repository or a folder."""
     by_dest: dict[Path | None, list[str]] = {}
     for key in keys:
-        value = _get(params, key)
+        value = lookup(params, *key.split("."))
         if value is None:
             continue
         value = str(value)
@@ -231,18 +193,17 @@ def _snapshot_items(
         elif not hub.is_model_folder(project / value) or hub.downloaded_here(project / value):
             by_dest.setdefault((project / value).resolve(), []).append(key)  # a folder to fill (or ours to complete)
         # else: a model folder of the user's own (the tiny models, a copy made by hand): not the manifest's
-    return [
-        Item(name, group, dest, repo=repo, used_by=tuple(used), note=note, **published)
-        for dest, used in by_dest.items()
-    ]
+    items = [Item(name, group, dest, repo=repo, used_by=tuple(used), **published) for dest, used in by_dest.items()]
+    unused = f"{group} {repo}: none of {', '.join(keys)} names it or a folder to fill (your own folders are left alone)"
+    return items, [] if items else [unused]
 
 
 def iqa_specs(params: Mapping[str, Any]) -> list[Any]:
-    """The distinct metric specs of ``iqa.metrics`` and ``evaluate.metrics``."""
+    """The distinct metric specs of ``iqa.metrics`` and ``evaluate.metrics`` (a name may come with two settings)."""
     from fluxir import iqa
 
-    groups = _get(params, "evaluate.metrics") or {}
-    specs = [*(_get(params, "iqa.metrics") or []), *(s for g in groups.values() for s in (g or {}).values())]
+    groups = lookup(params, "evaluate", "metrics") or {}
+    specs = [*(lookup(params, "iqa", "metrics") or []), *(s for g in groups.values() for s in (g or {}).values())]
     parsed: list[Any] = []
     for spec in map(iqa.MetricSpec.parse, specs):
         parsed += [] if spec in parsed else [spec]
@@ -256,7 +217,7 @@ def _iqa_items(params: Mapping[str, Any]) -> tuple[list[Item], list[str]]:
     skipped = []
     # iqa_weights names the files under the weight home in use; re-rooted at iqa.weights_dir without
     # configuring it (that would fix pyiqa's folder for this process)
-    current, weights_dir = iqa_weights.weights_home(), _get(params, "iqa.weights_dir")
+    current, weights_dir = iqa_weights.weights_home(), lookup(params, "iqa", "weights_dir")
     home = Path(str(weights_dir)).expanduser().resolve() if weights_dir is not None else current
     for spec in iqa_specs(params):
         needs, complete = iqa_weights.plan_files(spec)
@@ -298,7 +259,7 @@ def _iqa_items(params: Mapping[str, Any]) -> tuple[list[Item], list[str]]:
 def _benchmark_items(
     params: Mapping[str, Any], catalog: Mapping[str, Any], project: Path
 ) -> tuple[list[Item], list[str]]:
-    benchmarks = _get(params, "evaluate.benchmarks") or {}
+    benchmarks = lookup(params, "evaluate", "benchmarks") or {}
     archives: dict[str, dict[str, Any]] = {}
     skipped = []
     for key, (file_name, url, rules, note) in BENCHMARK_ARCHIVES.items():
@@ -339,92 +300,78 @@ def _benchmark_items(
 
 
 def _baseline_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item], list[str]]:
-    items, skipped = [], []
-    weights = _get(params, REALESRGAN_PARAM)
-    if weights is None:
-        skipped.append(f"baselines RealESRGAN_x4plus.pth: {REALESRGAN_PARAM} is not set in this env")
-    else:
-        items.append(
-            Item(
-                "RealESRGAN_x4plus.pth",
-                "baselines",
-                (project / str(weights)).resolve(),
-                url=REALESRGAN_URL,
-                size=PUBLISHED_SIZES["RealESRGAN_x4plus.pth"],
-                sha256=PUBLISHED_SHA256["RealESRGAN_x4plus.pth"],
-                used_by=(REALESRGAN_PARAM,),
-                note="Real-ESRGAN release v0.1.0 (the release states no digest; this one is what its users "
-                "record); loaded by basicsr's RRDBNet",
-            )
-        )
-    rows = _snapshot_items(
+    weights = lookup(params, *REALESRGAN_PARAM.split("."))
+    items, skipped = _snapshot_items(
         "Flux.1-dev-Controlnet-Upscaler",
         "baselines",
         CONTROLNET_REPO,
         params,
         (CONTROLNET_PARAM,),
         project,
-        "a FluxControlNetModel for FLUX.1-dev (its own licence); its example images are not fetched",
+        note="a FluxControlNetModel for FLUX.1-dev (its own licence); its example images are not fetched",
         size=CONTROLNET_APPROX_SIZE,
         size_approx=True,
         allow_patterns=CONTROLNET_PATTERNS,
     )
-    if not rows:
-        skipped.append(f"baselines {CONTROLNET_REPO}: {CONTROLNET_PARAM} names neither it nor a folder to fill")
-    return items + rows, skipped
+    if weights is None:
+        return items, [f"baselines RealESRGAN_x4plus.pth: {REALESRGAN_PARAM} is not set in this env", *skipped]
+    realesrgan = Item(
+        "RealESRGAN_x4plus.pth",
+        "baselines",
+        (project / str(weights)).resolve(),
+        url=REALESRGAN_URL,
+        size=PUBLISHED_SIZES["RealESRGAN_x4plus.pth"],
+        sha256=PUBLISHED_SHA256["RealESRGAN_x4plus.pth"],
+        used_by=(REALESRGAN_PARAM,),
+        note="Real-ESRGAN release v0.1.0 (the release states no digest; this one is what its users record); "
+        "loaded by basicsr's RRDBNet",
+    )
+    return [realesrgan, *items], skipped
 
 
 def _filter_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item], list[str]]:
-    if _get(params, "fluxgen.content_filter.enabled") is False:
+    if lookup(params, "fluxgen", "content_filter", "enabled") is False:
         return [], [f"filter {FILTER_REPO}: fluxgen.content_filter.enabled is false in this env"]
-    rows = _snapshot_items(
+    return _snapshot_items(
         "nsfw_image_detection",
         "filter",
         FILTER_REPO,
         params,
         (FILTER_PARAM,),
         project,
-        "FluxGen's content filter (FLUX.1-dev licence 2(e)(i)(A)), the classifier Black Forest Labs' cli.py runs",
+        note="FluxGen's content filter (FLUX.1-dev licence 2(e)(i)(A)), the classifier Black Forest Labs' cli.py runs",
         size=FILTER_APPROX_SIZE,
         size_approx=True,
         allow_patterns=FILTER_FILES,
     )
-    if not rows:
-        return [], [f"filter {FILTER_REPO}: {FILTER_PARAM} names neither it nor a folder to fill"]
-    return rows, []
+
+
+def _flux_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item], list[str]]:
+    return _snapshot_items(
+        "FLUX.1-dev",
+        "flux",
+        FLUX_REPO,
+        params,
+        FLUX_PARAMS,
+        project,
+        note="gated: accept the licence on its hub page; HF_TOKEN of that account. The diffusers layout only "
+        "(not the single-file flux1-dev.safetensors / ae.safetensors); the size counts its large files",
+        size=sum(n for _, n in FLUX_FILES),
+        size_approx=True,
+        files=FLUX_FILES,
+        allow_patterns=FLUX_PATTERNS,
+    )
 
 
 def build(
     params: Mapping[str, Any], project: Path, only: tuple[str, ...] = GROUPS, catalog: Mapping[str, Any] | None = None
 ) -> Manifest:
-    """The manifest for an environment's parameters and ``catalog`` entries
-    (``fluxir.parameters.config.catalog_config``;
-    needed for the benchmarks), restricted to the groups in ``only``."""
+    """The manifest for an environment's parameters and catalog entries (``catalog_config``), groups ``only``."""
     if "benchmarks" in only and catalog is None:
         raise ValueError("the benchmark folders are catalog entries: pass the environment's catalog config")
     manifest = Manifest()
-    if "flux" in only:
-        rows = _snapshot_items(
-            "FLUX.1-dev",
-            "flux",
-            FLUX_REPO,
-            params,
-            FLUX_PARAMS,
-            project,
-            "gated: accept the licence on its hub page; HF_TOKEN of that account. The diffusers layout only "
-            "(not the single-file flux1-dev.safetensors / ae.safetensors); the size counts its large files",
-            size=sum(n for _, n in FLUX_FILES),
-            size_approx=True,
-            files=FLUX_FILES,
-            allow_patterns=FLUX_PATTERNS,
-        )
-        manifest.items += rows
-        if not rows:
-            manifest.unconfigured.append(
-                f"flux: none of {', '.join(FLUX_PARAMS)} names {FLUX_REPO} or a folder to fill "
-                f"(model folders of your own are left alone)"
-            )
     for group, build_group in (
+        ("flux", lambda: _flux_items(params, project)),
         ("iqa", lambda: _iqa_items(params)),
         ("benchmarks", lambda: _benchmark_items(params, catalog, project)),
         ("baselines", lambda: _baseline_items(params, project)),

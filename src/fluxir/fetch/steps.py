@@ -1,19 +1,15 @@
-"""The fetch on this machine, item by item: what is missing (:func:`plan`), whether the disk has room for it
-before the first byte (:func:`check_disk`), then each item fetched (:func:`run`): files through
-:mod:`fluxir.fetch.transfer` (resumed, verified, moved into place), archives unpacked by
-:mod:`fluxir.fetch.archives`, hub repositories by :mod:`fluxir.fetch.hub`. A ``mirror`` (a folder or an internal
-HTTP server) serves the same file names; hub repositories come from ``<mirror>/<owner>/<name>`` (copied into the
-folder parameter or the Hugging Face cache) or from a hub mirror endpoint.
+"""The fetch on this machine: what is missing (:func:`plan`), room on the disk before the first byte
+(:func:`check_disk`), then each item fetched (:func:`run`). A ``mirror`` (a folder or an HTTP server) serves the
+same file names; hub repositories come from ``<mirror>/<owner>/<name>`` or from a hub mirror endpoint.
 """
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fluxir.fetch import archives, hub, transfer
+from fluxir.fetch import hub, transfer
 from fluxir.fetch.manifest import Item, Manifest
 
 FreeSpace = Callable[[Path], int]
@@ -21,7 +17,7 @@ ARCHIVE_FACTOR = 2  # an archive needs its own size and about as much again for 
 
 
 class DiskSpaceError(RuntimeError):
-    """Not enough free disk for what would be downloaded; nothing was downloaded."""
+    pass
 
 
 @dataclass
@@ -38,20 +34,9 @@ class Step:
 
     @property
     def disk(self) -> int | None:
-        """Bytes of free disk this step needs (an archive: the rest of itself and its unpacked images)."""
         if self.size is None:
             return None
         return self.size - self.have + (self.size * (ARCHIVE_FACTOR - 1) if self.item.extract else 0)
-
-
-def offline(url: str | None = None) -> bool:
-    """HF_HUB_OFFLINE=1 (the Makefile's, the tests'): no request to another machine; this machine's servers are
-    allowed."""
-    from huggingface_hub import constants
-
-    host = urllib.parse.urlparse(url or "").hostname or ""
-    local = host == "localhost" or host.startswith("127.") or host == "::1"
-    return constants.is_offline_mode() and not local
 
 
 def _is_mirror_folder(mirror: str | None) -> bool:
@@ -61,33 +46,25 @@ def _is_mirror_folder(mirror: str | None) -> bool:
 def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
     expected = transfer.Expected(item.exact_size, item.sha256)
     if item.extract:
-        states = {folder: archives.folder_state(folder, item.name) for _, folder in item.extract}
+        states = {folder: transfer.folder_state(folder, item.name) for _, folder in item.extract}
         if all(s != "missing" for s in states.values()):
             own = [str(f) for f, s in states.items() if s == "user"]
             return Step(item, "present", 0, f"images you put in {own} are left alone" if own else "unpacked, recorded")
     elif item.dest is not None and item.dest.is_file():
         problem = transfer.verify(item.dest, expected)
         if problem:
-            return Step(
-                item,
-                "problem",
-                None,
-                f"{problem}: this file is not the published one; move it away to fetch the published file",
-            )
-        return Step(
-            item,
-            "present",
-            0,
-            "verified" if expected.size or expected.sha256 else "present (nothing published to verify)",
-        )
+            detail = f"{problem}: this file is not the published one; move it away to fetch the published file"
+            return Step(item, "problem", None, detail)
+        verified = "verified" if expected.size or expected.sha256 else "present (nothing published to verify)"
+        return Step(item, "present", 0, verified)
     source = transfer.mirrored(str(item.url), item.name, mirror)
     if (
         (item.exact_size is None or item.sha256 is None)
         and ask_sizes
-        and (_is_mirror_folder(mirror) or not offline(source))
+        and (_is_mirror_folder(mirror) or not hub.offline(source))
     ):
         try:
-            stated = transfer.remote_info(source if not _is_mirror_folder(mirror) else Path(source).as_uri())
+            stated = transfer.remote_info(source)
         except transfer.DownloadError as err:
             return Step(item, "problem", None, str(err))
         expected = transfer.Expected(item.exact_size or stated.size, item.sha256 or stated.sha256)
@@ -95,7 +72,7 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
     part = item.dest.with_name(item.dest.name + ".part") if item.dest is not None else None
     resumed = part.stat().st_size if part is not None and part.is_file() else 0
     detail = f"resumes at {resumed} bytes" if resumed else ""
-    if offline(source) and not _is_mirror_folder(mirror):
+    if hub.offline(source) and not _is_mirror_folder(mirror):
         detail = ", ".join(filter(None, [detail, "size not asked: HF_HUB_OFFLINE=1"]))
     return Step(item, "fetch", size, detail, have=resumed, expected=expected)
 
@@ -139,7 +116,7 @@ def check_disk(steps: list[Step], free_space: FreeSpace = transfer.free_bytes) -
         if step.disk is None:
             unknown.append(step.item.name)
             continue
-        device = transfer.device_of(where)
+        device = transfer.existing_parent(where).stat().st_dev
         path, total = need.get(device, (where, 0))
         need[device] = (path, total + step.disk)
     for path, total in need.values():
@@ -164,7 +141,7 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
     expected = transfer.Expected(item.exact_size or step.expected.size, item.sha256 or step.expected.sha256)
     source = transfer.mirrored(str(item.url), item.name, mirror)
     assert item.dest is not None
-    if offline(source) and not _is_mirror_folder(mirror):
+    if hub.offline(source) and not _is_mirror_folder(mirror):
         raise transfer.DownloadError(
             f"{source}: HF_HUB_OFFLINE=1 forbids downloads; run the fetch with HF_HUB_OFFLINE=0 "
             "(or give a --mirror folder)"
@@ -174,27 +151,18 @@ def _fetch_file(step: Step, mirror: str | None, on_bytes: Callable[[int], None])
             transfer.copy_file(Path(source), item.dest, expected, on_bytes=on_bytes)
         else:
             transfer.download(source, item.dest, expected, on_bytes=on_bytes)
-    except transfer.VerifyError:
-        if item.extract:  # a refused archive leaves no empty staging folders behind
-            _remove_empty(item.dest.parent, stop=item.extract[0][1].parents[1])
-        raise
-    if not item.extract:
-        return f"installed {item.dest}"
-    skip = {folder for _, folder in item.extract if archives.folder_state(folder, item.name) != "missing"}
-    try:
-        counts = archives.unpack(item.dest, list(item.extract), item.name, transfer.sha256_file(item.dest), skip)
+        if not item.extract:
+            return f"installed {item.dest}"
+        skip = {folder for _, folder in item.extract if transfer.folder_state(folder, item.name) != "missing"}
+        counts = transfer.unpack(item.dest, list(item.extract), item.name, transfer.sha256_file(item.dest), skip)
     finally:
-        item.dest.unlink()  # unpacked and recorded, or not the archive the manifest knows: not kept either way
-        if not any(item.dest.parent.iterdir()):
-            item.dest.parent.rmdir()
+        if item.extract:  # unpacked, or refused: the archive is not kept, nor its empty staging folders (a .part is)
+            item.dest.unlink(missing_ok=True)
+            folder, stop = item.dest.parent, item.extract[0][1].parents[1]
+            while folder != stop and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
     return "unpacked " + ", ".join(f"{n} images into {folder}" for folder, n in counts.items())
-
-
-def _remove_empty(folder: Path, stop: Path) -> None:
-    """Remove ``folder`` and its parents while they are empty, up to (not including) ``stop``."""
-    while folder != stop and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-        folder = folder.parent
 
 
 def _fetch_hub(step: Step, mirror: str | None, on_bytes: Callable[[int], None]) -> str:
@@ -216,16 +184,12 @@ def _fetch_hub(step: Step, mirror: str | None, on_bytes: Callable[[int], None]) 
 
 
 def _counted(step: Step, mirror: str | None) -> bool:
-    """Bytes that pass through this process (files, a mirror folder's repositories) and count in the bars;
-    a hub download shows huggingface_hub's own bars."""
+    """Bytes that pass through this process count in the bars; a hub download shows huggingface_hub's own."""
     return step.state == "fetch" and (not step.item.repo or _is_mirror_folder(mirror))
 
 
 def run(steps: list[Step], mirror: str | None = None) -> list[tuple[Step, str, bool]]:
-    """Fetch every ``fetch`` step; one failure does not stop the others. Returns (step, outcome, ok).
-
-    A progress bar per file (or per copied repository) and one for all of them together ("all files").
-    """
+    """Fetch every ``fetch`` step (a bar each, and one for "all files"); one failure does not stop the others."""
     from fluxir.runtime.progress import progress
 
     results: list[tuple[Step, str, bool]] = []
@@ -235,29 +199,21 @@ def run(steps: list[Step], mirror: str | None = None) -> list[tuple[Step, str, b
             if step.state != "fetch":
                 results.append((step, step.detail or step.state, step.state == "present"))
                 continue
+            fetch = _fetch_hub if step.item.repo else _fetch_file
             try:
                 if not _counted(step, mirror):
-                    outcome = _fetch_hub(step, mirror, lambda n: None)
-                    results.append((step, outcome, True))
-                    continue
-                with progress(
-                    total=step.size, desc=step.item.name, unit="B", unit_scale=True, unit_divisor=1024, leave=False
-                ) as bar:
+                    outcome = fetch(step, mirror, lambda n: None)
+                else:
+                    with progress(
+                        total=step.size, desc=step.item.name, unit="B", unit_scale=True, unit_divisor=1024, leave=False
+                    ) as bar:
 
-                    def on_bytes(n: int, bar=bar) -> None:
-                        bar.update(n)
-                        total.update(n)
+                        def on_bytes(n: int, bar=bar) -> None:
+                            bar.update(n)
+                            total.update(n)
 
-                    fetch = _fetch_hub if step.item.repo else _fetch_file
-                    outcome = fetch(step, mirror, on_bytes)
+                        outcome = fetch(step, mirror, on_bytes)
                 results.append((step, outcome, True))
-            except (
-                transfer.DownloadError,
-                transfer.VerifyError,
-                ConnectionError,
-                hub.HubError,
-                ValueError,
-                OSError,
-            ) as err:
+            except (transfer.DownloadError, transfer.VerifyError, hub.HubError, ValueError, OSError) as err:
                 results.append((step, str(err), False))
     return results

@@ -1,26 +1,24 @@
-"""One file from a URL (or a mirror) to its place: resumed, verified, then moved in.
-
-The bytes go to ``<dest>.part`` first. A cut connection is resumed with an HTTP ``Range`` request
-(within this run, and by the next run from the ``.part`` left behind); a server that ignores the
-range sends the whole file again and the part is restarted. Only a file whose size and SHA-256 match
-what the manifest publishes is renamed onto ``dest``; a mismatch deletes the part and raises a
-:class:`VerifyError` naming the file and both values, so a wrong file is never installed.
-
-Only the standard library (urllib) is used: the same code serves huggingface.co ``resolve`` URLs,
-GitHub releases, an internal HTTP mirror and a mirror folder (``file`` copies).
+"""One file from a URL (or a mirror) to its place through ``<dest>.part``: resumed (HTTP ``Range``, also by the
+next run), verified against the published size and SHA-256, then moved in (a wrong file is never installed);
+an archive's images unpacked into the catalog's folders. Standard library only (urllib).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import http.client
+import json
 import os
 import shutil
+import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fluxir.io.provenance import sha256_file
@@ -29,6 +27,8 @@ CHUNK = 1 << 20
 RETRIES = 5  # reconnections per file within one run, each resuming where the last one stopped
 TIMEOUT_S = 60
 USER_AGENT = "fluxir-fetch (urllib)"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MARKER = ".fetched.json"  # an unpacked folder's record: which archive, which files
 
 
 class VerifyError(RuntimeError):
@@ -46,30 +46,22 @@ class Expected:
     size: int | None = None
     sha256: str | None = None  # a full hex digest, or the published prefix (torch hub names: name-<8 hex>.ext)
 
-    def problem(self, path: Path, digest: str | None, name: str | None = None) -> str | None:
-        """Why ``path`` (the file ``name``) is not the published file, or None when it is (or nothing is
-        published)."""
-        size, name = path.stat().st_size, name or path.name
-        if self.size is not None and size != self.size:
-            return f"{name}: {size} bytes, the publisher's file has {self.size}"
-        if self.sha256 and digest is not None and not digest.startswith(self.sha256.lower()):
-            what = "SHA-256" if len(self.sha256) == 64 else f"SHA-256 prefix {self.sha256}"
-            return f"{name}: SHA-256 {digest}, expected {what}" + ("" if len(self.sha256) < 64 else f" {self.sha256}")
-        return None
-
 
 def verify(path: Path, expected: Expected, name: str | None = None) -> str | None:
-    """None when ``path`` matches ``expected``, else the reason naming ``name`` (default: the file's own); its
-    digest is computed only when one is published."""
-    if expected.size is not None and path.stat().st_size != expected.size:
-        return expected.problem(path, None, name)
-    return expected.problem(path, sha256_file(path) if expected.sha256 else None, name)
+    """None when ``path`` matches ``expected``, else the reason naming ``name`` (default: the file's own)."""
+    size, name, published = path.stat().st_size, name or path.name, expected.sha256
+    if expected.size is not None and size != expected.size:
+        return f"{name}: {size} bytes, the publisher's file has {expected.size}"
+    if published and not (digest := sha256_file(path)).startswith(published.lower()):
+        what = "SHA-256" if len(published) == 64 else f"SHA-256 prefix {published}"
+        return f"{name}: SHA-256 {digest}, expected {what}" + ("" if len(published) < 64 else f" {published}")
+    return None
 
 
-def _open(url: str, start: int, headers: dict[str, str]) -> Any:
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
-    if start:
-        request.add_header("Range", f"bytes={start}-")
+def _open(url: str, start: int) -> Any:
+    request = urllib.request.Request(
+        url, headers={"User-Agent": USER_AGENT, **({"Range": f"bytes={start}-"} if start else {})}
+    )
     try:
         return urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as err:
@@ -108,14 +100,13 @@ def _linked_sha256(value: str | None) -> str | None:
     return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
 
 
-def remote_info(url: str, headers: dict[str, str] | None = None) -> Expected:
+def remote_info(url: str) -> Expected:
     """What the server states about ``url`` (a HEAD request): its size, and the SHA-256 the Hugging Face hub
     gives LFS files (``X-Linked-Etag`` / ``X-Linked-Size``); ``Expected()`` when it cannot be asked."""
-    if url.startswith("file:"):
-        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-        return Expected(path.stat().st_size if path.is_file() else None)
+    if not url.startswith(("http://", "https://")):  # a mirror folder's file
+        return Expected(Path(url).stat().st_size if Path(url).is_file() else None)
     redirects = _RecordRedirects()
-    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT, **(headers or {})})
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.build_opener(redirects).open(request, timeout=TIMEOUT_S) as response:
             hops = [*redirects.hops, response.headers]
@@ -129,10 +120,10 @@ def remote_info(url: str, headers: dict[str, str] | None = None) -> Expected:
     return Expected(int(length) if length is not None and length.isdigit() else None, sha256)
 
 
-def _copy_to_part(url: str, part: Path, on_bytes: Callable[[int], None], headers: dict[str, str]) -> int | None:
+def _copy_to_part(url: str, part: Path, on_bytes: Callable[[int], None]) -> int | None:
     """Append the rest of ``url`` to ``part``; returns the total size the server announced (or None)."""
     start = part.stat().st_size if part.exists() else 0
-    response = _open(url, start, headers)
+    response = _open(url, start)
     if response is None:
         return start
     with response:
@@ -149,12 +140,7 @@ def _copy_to_part(url: str, part: Path, on_bytes: Callable[[int], None], headers
         length = response.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
         with open(part, "ab" if resumed else "wb") as out:
-            while True:
-                chunk = response.read(CHUNK)
-                if not chunk:
-                    break
-                out.write(chunk)
-                on_bytes(len(chunk))
+            _stream(response, out, on_bytes)
     if total is not None and part.stat().st_size < total:
         raise ConnectionError(f"{url}: connection closed after {part.stat().st_size} of {total} bytes")
     return total
@@ -166,16 +152,10 @@ def download(
     expected: Expected,
     *,
     on_bytes: Callable[[int], None] = lambda n: None,
-    headers: dict[str, str] | None = None,
     retries: int = RETRIES,
 ) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``: resumed, verified, then renamed onto ``dest``.
-
-    ``on_bytes(n)`` is told every chunk written (negative when a part is restarted). Raises
-    :class:`DownloadError` for an HTTP refusal, :class:`VerifyError` for a file that is not the
-    published one (the part is deleted), ``ConnectionError`` when ``retries`` reconnections all broke
-    (the part stays for the next run).
-    """
+    """Download ``url`` to ``dest`` through ``dest.part``; ``on_bytes(n)`` is told every chunk (negative: a part
+    restarted). ``ConnectionError`` when ``retries`` reconnections all broke (the part stays for the next run)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     if part.exists():
@@ -183,7 +163,7 @@ def download(
     announced = None
     for attempt in range(retries + 1):
         try:
-            announced = _copy_to_part(url, part, on_bytes, headers or {})
+            announced = _copy_to_part(url, part, on_bytes)
             break
         except (ConnectionError, http.client.HTTPException, TimeoutError) as err:
             if attempt == retries:
@@ -192,33 +172,34 @@ def download(
                     f"{err}; gave up after {retries} reconnections, {kept} bytes kept in {part} (run again to resume)"
                 ) from err
     wanted = expected if expected.size is not None or announced is None else Expected(announced, expected.sha256)
-    problem = verify(part, wanted, dest.name)
-    if problem:
-        part.unlink()
-        raise VerifyError(
-            f"{problem}; not installed ({url}). Run again to download it anew; if it fails again the "
-            f"source serves another file than the one published"
-        )
-    os.replace(part, dest)
-    return dest
+    failure = f"not installed ({url}). Run again to download it anew; if it fails again the source serves another file"
+    return _move_in(part, dest, wanted, failure + " than the one published")
 
 
 def copy_file(
     source: Path, dest: Path, expected: Expected, *, on_bytes: Callable[[int], None] = lambda n: None
 ) -> Path:
-    """A mirror folder's file copied to ``dest`` through ``dest.part``, verified like a download."""
     if not source.is_file():
         raise DownloadError(f"{source}: not in the mirror folder (a mirror holds the files under the names of --list)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     with open(source, "rb") as src, open(part, "wb") as out:
-        for chunk in iter(lambda: src.read(CHUNK), b""):
-            out.write(chunk)
-            on_bytes(len(chunk))
+        _stream(src, out, on_bytes)
+    return _move_in(part, dest, expected, f"not installed (mirror file {source})")
+
+
+def _stream(source: Any, out: Any, on_bytes: Callable[[int], None]) -> None:
+    for chunk in iter(lambda: source.read(CHUNK), b""):
+        out.write(chunk)
+        on_bytes(len(chunk))
+
+
+def _move_in(part: Path, dest: Path, expected: Expected, failure: str) -> Path:
+    """Rename ``part`` onto ``dest`` if it is the published file; else delete it and raise, naming ``failure``."""
     problem = verify(part, expected, dest.name)
     if problem:
         part.unlink()
-        raise VerifyError(f"{problem}; not installed (mirror file {source})")
+        raise VerifyError(f"{problem}; {failure}")
     os.replace(part, dest)
     return dest
 
@@ -232,19 +213,15 @@ def mirrored(url: str, file_name: str, mirror: str | None) -> str:
     return str(Path(mirror).expanduser().resolve() / file_name)
 
 
+def existing_parent(path: Path) -> Path:
+    """``path`` or its nearest existing parent: where the file system that will hold it can be asked."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def free_bytes(path: Path) -> int:
-    """Free space on the file system that will hold ``path`` (its nearest existing parent)."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return shutil.disk_usage(existing).free
-
-
-def device_of(path: Path) -> int:
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return existing.stat().st_dev
+    return shutil.disk_usage(existing_parent(path)).free
 
 
 def sha256_prefix_from_name(name: str) -> str | None:
@@ -252,3 +229,94 @@ def sha256_prefix_from_name(name: str) -> str | None:
     stem = name.rsplit(".", 1)[0]
     _, _, tail = stem.rpartition("-")
     return tail if len(tail) >= 8 and all(c in "0123456789abcdef" for c in tail) else None
+
+
+def _is_image_member(name: str) -> bool:
+    path = PurePosixPath(name)
+    return path.suffix.lower() in IMAGE_SUFFIXES and "__MACOSX" not in path.parts and not path.name.startswith("._")
+
+
+@contextmanager
+def _members(archive: Path) -> Iterator[tuple[list[str], Any]]:
+    """The archive's file names and an ``open(name) -> binary file`` function (zip or tar, told by content)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            yield [i.filename for i in zf.infolist() if not i.is_dir()], zf.open
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            files = {m.name: m for m in tf.getmembers() if m.isfile()}
+            yield list(files), lambda name: tf.extractfile(files[name])
+    else:
+        raise ValueError(f"{archive} is neither a zip nor a tar archive; download it again")
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+def installed_from(folder: Path, archive_name: str) -> bool:
+    """``folder`` holds every file that ``archive_name`` put there (its record says so)."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return False
+    record = json.loads(marker.read_text())
+    return record.get("archive") == archive_name and all((folder / f).is_file() for f in record.get("files", []))
+
+
+def folder_state(folder: Path, archive_name: str) -> str:
+    """``installed`` (by this archive), ``user`` (images put there otherwise: left alone) or ``missing``."""
+    if installed_from(folder, archive_name):
+        return "installed"
+    ours = (folder / MARKER).is_file()  # an incomplete install of ours is replaced; a user's folder never
+    return "user" if images_in(folder) and not ours else "missing"
+
+
+def plan_members(names: list[str], rules: list[tuple[str, Path]], archive: Path) -> dict[Path, list[str]]:
+    """Members per destination folder; raises if a rule matches nothing or two members share a file name."""
+    planned: dict[Path, list[str]] = {}
+    for pattern, folder in rules:
+        matched = [n for n in names if _is_image_member(n) and any(fnmatch.fnmatch(n, p) for p in pattern.split("|"))]
+        if not matched:
+            raise ValueError(
+                f"{archive.name} has no image matching {pattern!r} (for {folder}); the archive's layout "
+                f"is not the one the manifest knows: its first entries are {sorted(names)[:5]}"
+            )
+        planned.setdefault(folder, []).extend(matched)
+    for folder, members in planned.items():
+        seen: dict[str, str] = {}
+        for name in members:
+            base = PurePosixPath(name).name
+            if base in seen:
+                raise ValueError(f"{archive.name}: {seen[base]!r} and {name!r} would both become {folder / base}")
+            seen[base] = name
+    return planned
+
+
+def unpack(
+    archive: Path, rules: list[tuple[str, Path]], archive_name: str, digest: str, skip: set[Path] = frozenset()
+) -> dict[Path, int]:
+    """Write the images matched by ``rules`` (``(member glob | glob, folder)``) flat into their folders (not those in
+    ``skip``); returns counts. Each folder is filled in a temporary sibling and renamed into place with its record."""
+    counts: dict[Path, int] = {}
+    with _members(archive) as (names, opener):
+        planned = plan_members(names, rules, archive)
+        for folder, members in planned.items():
+            if folder in skip:
+                continue
+            staging = folder.with_name(f".{folder.name}.fetching")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            files = []
+            for name in members:
+                base = PurePosixPath(name).name
+                with opener(name) as source, open(staging / base, "wb") as out:
+                    shutil.copyfileobj(source, out, CHUNK)
+                files.append(base)
+            (staging / MARKER).write_text(
+                json.dumps({"archive": archive_name, "sha256": digest, "files": sorted(files)}, indent=1)
+            )
+            if folder.exists():  # empty or ours (checked by the caller): replaced as a whole
+                shutil.rmtree(folder)
+            staging.rename(folder)
+            counts[folder] = len(files)
+    return counts

@@ -198,8 +198,13 @@ class FluxIRAdapter(nn.Module):
         ``usage_path``: the folder or hub id the card's usage snippet loads (default ``folder``);
         ``note``: markdown after the card's licence section (e.g. that tiny models trained it).
         """
-        from fluxir.export.cards import memory_text, model_card
-        from fluxir.export.licenses import attribution_notice, generator_license, license_file_text
+        from fluxir.export.cards import (
+            attribution_notice,
+            generator_license,
+            license_file_text,
+            memory_text,
+            model_card,
+        )
 
         info = generator_license(base_model, None, license)
         weights_bytes = sum(t.numel() * t.element_size() for t in self.state_dict().values())

@@ -147,7 +147,7 @@ def validate_evaluate(params: Mapping[str, Any]) -> list[str]:
 
 def validate_export(params: Mapping[str, Any]) -> list[str]:
     """``export.*`` (the licence is checked by the nodes)."""
-    from fluxir.export.settings import export_problems
+    from fluxir.export.build import export_problems
 
     group = params.get("export")
     if not isinstance(group, Mapping):

@@ -1,4 +1,4 @@
-"""``python -m fluxir.preflight``: the preflight table (:mod:`fluxir.preflight.checks`); exit status 1 on a FAIL."""
+"""``python -m fluxir.preflight``: the preflight table; exit status 1 on a FAIL."""
 
 from __future__ import annotations
 

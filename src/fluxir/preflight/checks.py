@@ -1,18 +1,4 @@
-"""Preflight check before a long run: run by ``python -m fluxir.preflight [--env ENV] [--params k=v,...]``.
-
-One table of OK / WARN / FAIL lines for everything a real run needs, checked without GPU time: each
-model folder's components (configs built on the meta device, weight-file keys read from safetensors
-headers and compared with the architecture; no tensor loaded), the trained adapter against the Flux it
-will drive, FluxGen's content filter classifier (a WARN when it is turned off), every IQA weight file (each
-metric then built on the CPU by the run's own loaders, which compare checkpoint keys), the benchmark folders
-and their pair counts, free disk for ``fluxgen.num_images``, accelerator memory against the budget of
-docs/full_scale.md, the process count each stage will run (``<stage>.num_processes``) and the GPUs it takes, and the
-installed packages against pyproject.toml. Every problem is listed; the exit status is 1 if any FAILs.
-
-Model parameters may be hub ids: they are checked in the Hugging Face cache, where an offline run finds them.
-
-The checks live in :mod:`fluxir.preflight` (one module per area); this module runs them and prints the table.
-"""
+"""``python -m fluxir.preflight``'s table: every check of :mod:`fluxir.preflight` run for one environment."""
 
 from __future__ import annotations
 
@@ -20,9 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.parameters.config import catalog_config, load_params
-from fluxir.preflight.data import check_baselines, check_benchmarks, check_disk, check_iqa
-from fluxir.preflight.findings import Finding, lookup
-from fluxir.preflight.machine import check_accelerator, check_processes, check_versions
+from fluxir.preflight import Finding, lookup, machine
 from fluxir.preflight.models import MODEL_ROLES, check_adapter, check_content_filter, check_model_folder
 
 
@@ -32,8 +16,8 @@ def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> l
     findings: list[Finding] = []
     cache: dict[str, Any] = {}
     checked: dict[str, tuple[str, str]] = {}  # folder -> (the role it was checked for, its worst status)
-    for role, keys in MODEL_ROLES.items():
-        source = lookup(params, *keys)
+    for role in MODEL_ROLES:
+        source = lookup(params, *role.split("."))
         if source is None:
             continue
         if str(source) in checked:
@@ -46,13 +30,13 @@ def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> l
         findings += found
     findings += check_adapter(project, env, lookup(params, "restore", "model"), cache)
     findings += check_content_filter(params, project)
-    findings += check_baselines(params)
-    findings += check_iqa(params)
-    findings += check_benchmarks(params, catalog_config(env, project, overrides or []))
-    findings += check_disk(params, project)
-    findings += check_accelerator(params)
-    findings += check_processes(params)
-    findings += check_versions(project)
+    findings += machine.check_baselines(params)
+    findings += machine.check_iqa(params)
+    findings += machine.check_benchmarks(params, catalog_config(env, project, overrides or []))
+    findings += machine.check_disk(params, project)
+    findings += machine.check_accelerator(params)
+    findings += machine.check_processes(params)
+    findings += machine.check_versions(project)
     return findings
 
 

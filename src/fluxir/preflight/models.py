@@ -1,7 +1,5 @@
-"""Preflight of the models a run loads: every pipeline component built on the meta device and its weight-file
-keys (read from safetensors headers, no tensor loaded) compared with the architecture; the trained adapter against
-the Flux it will drive. Model parameters may be hub ids: they are checked in the Hugging Face cache, where an
-offline run finds them."""
+"""Preflight of the models: each component built on the meta device, its safetensors header keys compared with the
+architecture (no tensor loaded); the trained adapter against the Flux it will drive; the content filter."""
 
 from __future__ import annotations
 
@@ -11,22 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.parameters.config import load_catalog
-from fluxir.preflight.findings import Finding
+from fluxir.preflight import Finding
 
 # The files of a diffusers pipeline repository a run reads (FLUX.1-dev also holds ~24 GB of single-file weights).
 DIFFUSERS_LAYOUT = '"model_index.json" "scheduler/*" "text_encoder*/*" "tokenizer*/*" "transformer/*" "vae/*"'
 
-# Every parameter that names a pipeline folder, as (report name, parameter keys).
-MODEL_ROLES = {
-    "fluxgen.model": ("fluxgen", "model"),
-    "train.model": ("train", "model"),
-    "restore.model": ("restore", "model"),
-    "evaluate.restore.model": ("evaluate", "restore", "model"),
-}
+MODEL_ROLES = ("fluxgen.model", "train.model", "restore.model", "evaluate.restore.model")  # pipeline folders
 
 
 def safetensors_keys(files: Iterable[Path]) -> set[str]:
-    """Tensor names stored in safetensors files, read from their headers (no tensor is loaded)."""
     from safetensors import safe_open
 
     keys: set[str] = set()
@@ -100,26 +91,23 @@ def key_finding(name: str, folder: Path, model: Any, library: str) -> Finding:
     )
 
 
-def _cached_snapshot(repo_id: str) -> Path | None:
-    """The local snapshot of a hub id in the Hugging Face cache (what an offline run would load), or None."""
+def model_folder(source: Any) -> Path | None:
+    """The folder a run loads for a model parameter: a local folder, or a hub id's cached snapshot (None: neither)."""
     from huggingface_hub import snapshot_download
 
-    if repo_id.count("/") != 1:
+    folder = Path(str(source)).expanduser()
+    if folder.is_dir():
+        return folder.resolve()
+    if str(source).count("/") != 1:
         return None
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(str(source), local_files_only=True))
     except Exception:  # noqa: BLE001  (not cached, or not a valid id: both mean "not available offline")
         return None
 
 
-def model_folder(source: Any) -> Path | None:
-    """The folder a run loads for a model parameter: a local folder, or a hub id's cached snapshot (None: neither)."""
-    folder = Path(str(source)).expanduser()
-    return folder.resolve() if folder.is_dir() else _cached_snapshot(str(source))
-
-
 def download_advice(source: Any) -> str:
-    """How to get a model onto this machine (docs/full_scale.md section 1), for every parameter that names it."""
+    """docs/full_scale.md section 1."""
     return (
         f"runs are offline: download it once with a token of an account that accepted its licence "
         f"(`export HF_TOKEN=hf_...`, or `hf auth login`, older clients `huggingface-cli login`): "
@@ -131,19 +119,12 @@ def download_advice(source: Any) -> str:
 
 
 def check_model_folder(role: str, source: Any, cache: dict[str, Any]) -> list[Finding]:
-    """Every component of a diffusers pipeline folder present, built on meta, and its weight keys matching."""
     if not source:
         return [Finding("WARN", "model", role, "not set")]
     folder = model_folder(source)
     if folder is None:
-        return [
-            Finding(
-                "FAIL",
-                "model",
-                role,
-                f"{source!r} is neither a local folder nor in the Hugging Face cache; " + download_advice(source),
-            )
-        ]
+        detail = f"{source!r} is neither a local folder nor in the Hugging Face cache; " + download_advice(source)
+        return [Finding("FAIL", "model", role, detail)]
     index = folder / "model_index.json"
     if not index.is_file():
         return [Finding("FAIL", "model", role, f"{folder} has no model_index.json (not a diffusers pipeline folder)")]
@@ -176,14 +157,8 @@ def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str,
 
     catalog = load_catalog(env, project)
     if "fluxir_adapter" not in catalog or not catalog.exists("fluxir_adapter"):
-        return [
-            Finding(
-                "WARN",
-                "adapter",
-                "fluxir_adapter",
-                "no trained adapter yet (train first; without one, restore.method=flux_controlnet or realesrgan)",
-            )
-        ]
+        detail = "no trained adapter yet (train first; without one, restore.method=flux_controlnet or realesrgan)"
+        return [Finding("WARN", "adapter", "fluxir_adapter", detail)]
     try:
         adapter = catalog.load("fluxir_adapter")
     except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
@@ -199,13 +174,10 @@ def check_adapter(project: Path, env: str, flux_folder: Any, cache: Mapping[str,
     return [Finding("OK", "adapter", "fluxir_adapter", f"fits {flux_folder}")]
 
 
-FILTER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
-
-
 def check_content_filter(params: Mapping[str, Any], project: Path) -> list[Finding]:
-    """FluxGen's content filter (``fluxgen.content_filter``): off -> a WARN naming the licence clause that then
-    applies; on -> the classifier's folder (a folder, or a hub id's cached snapshot) holds the files the loaders
-    read and an ``nsfw`` label."""
+    """``fluxgen.content_filter``: off -> a WARN naming the licence clause that then applies; on -> the classifier's
+    folder holds the files the loaders read and an ``nsfw`` label."""
+    from fluxir.fetch.manifest import FILTER_FILES
     from fluxir.fluxgen.content_filter import NSFW_LABEL, REVIEW_DUTY
 
     group = params.get("fluxgen", {}).get("content_filter") if isinstance(params.get("fluxgen"), Mapping) else None
@@ -219,14 +191,8 @@ def check_content_filter(params: Mapping[str, Any], project: Path) -> list[Findi
     folder = local.resolve() if source and local.is_dir() else model_folder(source) if source else None
     fetch = "`HF_HUB_OFFLINE=0 python -m fluxir.fetch --only filter` (to the cache or the folder the parameter names)"
     if folder is None:
-        return [
-            Finding(
-                "FAIL",
-                "model",
-                item,
-                f"{source!r} is neither a local folder nor in the Hugging Face cache; download it: {fetch}",
-            )
-        ]
+        detail = f"{source!r} is neither a local folder nor in the Hugging Face cache; download it: {fetch}"
+        return [Finding("FAIL", "model", item, detail)]
     missing = [name for name in FILTER_FILES if not (folder / name).is_file()]
     if missing:
         return [Finding("FAIL", "model", item, f"{folder} lacks {missing}; download them: {fetch}")]
@@ -236,20 +202,10 @@ def check_content_filter(params: Mapping[str, Any], project: Path) -> list[Findi
     except (ValueError, OSError) as err:
         return [Finding("FAIL", "model", item, f"{folder}: {err}; download it again: {fetch}")]
     if NSFW_LABEL not in {str(v).lower() for v in labels.values()}:
-        return [
-            Finding(
-                "FAIL",
-                "model",
-                item,
-                f"{folder}: labels {sorted(labels.values())} have no {NSFW_LABEL!r}: use a classifier in the format of "
-                "Falconsai/nsfw_image_detection (id2label {0: normal, 1: nsfw})",
-            )
-        ]
-    return [
-        Finding(
-            "OK",
-            "model",
-            item,
-            f"{folder}: labels {sorted(labels.values())}, flags nsfw > {group.get('threshold')}",
+        detail = (
+            f"{folder}: labels {sorted(labels.values())} have no {NSFW_LABEL!r}: use a classifier in the format of "
+            "Falconsai/nsfw_image_detection (id2label {0: normal, 1: nsfw})"
         )
-    ]
+        return [Finding("FAIL", "model", item, detail)]
+    detail = f"{folder}: labels {sorted(labels.values())}, flags nsfw > {group.get('threshold')}"
+    return [Finding("OK", "model", item, detail)]
