@@ -20,7 +20,7 @@ from accelerate.utils import gather_object
 from fluxir.evaluation.restore import restore_missing, restore_public_missing
 from fluxir.io.atomic import write_json_atomic
 from fluxir.models.adapter import load_adapter
-from fluxir.models.devices import resolve_device
+from fluxir.models.loading import resolve_device
 from fluxir.parameters.config import load_catalog
 from fluxir.restoration.methods import PUBLIC_METHODS, check_methods
 from fluxir.runtime.entry import Input, finish, load_stage, process_state, stage_parser

@@ -156,7 +156,7 @@ def run_filter(
     """Score this process's share of the unscored images into ``<parts_root>/<filter key>``; returns that folder
     and how many images this process scored."""
     from fluxir.fluxgen.score import score_chunks_into_parts
-    from fluxir.models.devices import resolve_device
+    from fluxir.models.loading import resolve_device
 
     parts_dir = Path(parts_root) / filter_key(cfg)
     device = resolve_device(cfg.device, process_device)

@@ -35,11 +35,9 @@ import torch
 from fluxir.io.hashing import hash_json
 from fluxir.io.provenance import generated_fields, model_revision, png_text
 from fluxir.io.store import ImageStore, WriterPool
-from fluxir.models.devices import resolve_device
-from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import compile_blocks
-from fluxir.models.loading import load_pipeline
-from fluxir.models.prompts import PromptEncoder
+from fluxir.models.loading import load_pipeline, resolve_device
+from fluxir.models.prompts import PromptEncoder, load_with_empty_prompt
 from fluxir.parameters.rules import Config, Rule
 from fluxir.runtime.progress import progress as progress_bar
 
@@ -144,7 +142,7 @@ def generate_into_store(
 
     Returns only once every image and its sidecar is on disk; a failed write raises here. With the empty
     prompt, its embeddings come from ``prompt_cache`` (the catalog's ``prompt_embeddings``) when there:
-    the text encoders are then never loaded (``fluxir.models.empty_prompt``).
+    the text encoders are then never loaded (``fluxir.models.prompts``).
     """
     todo = [i for i in ids_for_process(cfg.num_images, process_index, num_processes) if not store.exists(i)]
     logger.info(

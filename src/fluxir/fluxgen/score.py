@@ -39,7 +39,7 @@ from fluxir import iqa as iqa_lib
 from fluxir.datasets.durable_parquet import write_parquet
 from fluxir.io.hashing import hash_json
 from fluxir.io.images import read_image
-from fluxir.models.devices import resolve_device
+from fluxir.models.loading import resolve_device
 from fluxir.parameters.rules import Config, Rule, check_fields
 from fluxir.runtime.processes import worker_init
 from fluxir.runtime.progress import progress as progress_bar

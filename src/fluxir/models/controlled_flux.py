@@ -1,8 +1,5 @@
-"""The frozen Flux transformer run block by block with the FluxIR adapter's controls added (paper Eq. 1-4).
-
-``controlled_flux_forward`` walks an unmodified diffusers ``FluxTransformer2DModel`` the way its own
-``forward`` does (diffusers 0.42.1) and adds z_c^i to the image stream and p_c^i to the text stream right
-BEFORE block i; with no adapter (or a fresh one, or ``control_scale=0``) it equals ``flux(...).sample``.
+"""The frozen Flux transformer run block by block with the FluxIR adapter's controls added (paper Eq. 1-4), and the
+LQ condition the adapter sees.
 
 Shapes (FLUX.1-dev at 1024x1024): B batch, N = 4096 image tokens, S = 512 text tokens, c = 3072.
 """
@@ -11,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 from torch import Tensor, nn
 
@@ -20,14 +19,27 @@ from fluxir.models.adapter import FluxIRAdapter, ids_2d
 from fluxir.models.adapter_config import check_compatible
 
 
+def lq_condition(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w, 3) uint8 LQ -> (height, width, 3) uint8 condition (Sec. 3.2: the LQ image at the output size).
+
+    Training, restoration, evaluation and the validation grids all take it from here, so the adapter is trained
+    on exactly the input it restores from: torch bicubic (a = -0.75), antialiased when shrinking, rounded to uint8.
+    """
+    if image.shape[:2] == (height, width):
+        return image
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # (1, 3, h, w) in [0, 255]
+    shrink = height < image.shape[0] or width < image.shape[1]
+    x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=shrink)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 def freeze_flux(flux: nn.Module) -> None:
-    """Flux is never trained: no gradients for its parameters, eval mode."""
     flux.requires_grad_(False)
     flux.eval()
 
 
 # Adapted from the block loop of diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward
-# (diffusers 0.42.1); ``checkpointed`` calls the model's own checkpointing (set by enable_gradient_checkpointing).
+# (diffusers 0.42.1); ``checkpointed`` calls the model's own checkpointing (enable_gradient_checkpointing).
 def _run_block(
     flux: nn.Module,
     block: nn.Module,
@@ -37,7 +49,6 @@ def _run_block(
     image_rotary_emb: tuple[Tensor, Tensor],
     joint_attention_kwargs: dict | None,
 ) -> tuple[Tensor, Tensor]:
-    """One Flux block, checkpointed when flux.enable_gradient_checkpointing() was called (as diffusers does)."""
     if torch.is_grad_enabled() and flux.gradient_checkpointing:
         return checkpointed(
             flux, block, hidden_states, encoder_hidden_states, temb, image_rotary_emb, joint_attention_kwargs
@@ -67,10 +78,8 @@ def controlled_flux_forward(
     joint_attention_kwargs: dict[str, Any] | None = None,
     control_scale: float = 1.0,  # multiplies every control (restore.control_scale); 0 = plain Flux
 ) -> Tensor:
-    """Flux's predicted velocity (B, N, 64) with FluxIR control added before every block.
-
-    Mirrors ``FluxTransformer2DModel.forward`` of diffusers 0.42.1 step by step; with ``adapter=None``
-    (or a freshly built adapter, or ``control_scale=0``) the result equals ``flux(...).sample`` exactly.
+    """Flux's predicted velocity (B, N, 64) with z_c^i added to the image stream and p_c^i to the text stream right
+    BEFORE block i; with ``adapter=None`` (or a fresh adapter, or ``control_scale=0``) it equals ``flux(...).sample``.
     """
     cfg = flux.config
     if adapter is not None:

@@ -27,8 +27,7 @@ from PIL import Image
 
 from fluxir.io.hashing import sha256_file
 from fluxir.io.images import check_rgb_uint8
-from fluxir.models.devices import resolve_device
-from fluxir.models.loading import load_pipeline
+from fluxir.models.loading import load_pipeline, resolve_device
 from fluxir.parameters.rules import Config, Rule
 from fluxir.restoration.restore_config import MULTIPLE, output_size, round_up
 from fluxir.restoration.work import RestoreWork, time_two_steps

@@ -259,7 +259,7 @@ def restorer_spec(
     fails, saying what to run); the others take none. A public method's weights are checked here: a missing file
     fails now, naming the parameter."""
     from fluxir.datasets.adapter_dataset import require_adapter
-    from fluxir.models.devices import resolve_device
+    from fluxir.models.loading import resolve_device
 
     entry = method_named(name, parameter)
     adapter = require_adapter(adapter, f"{parameter}: {name}") if entry.needs_adapter else None

@@ -25,7 +25,7 @@ from PIL import Image
 from fluxir.compat.basicsr import import_basicsr
 from fluxir.io.hashing import sha256_file
 from fluxir.io.images import check_rgb_uint8
-from fluxir.models.devices import resolve_device
+from fluxir.models.loading import resolve_device
 from fluxir.parameters.rules import Config, Rule
 from fluxir.restoration.restore_config import output_size
 from fluxir.restoration.work import RestoreWork, now

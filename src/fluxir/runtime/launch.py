@@ -132,7 +132,7 @@ def accelerate_command(module: str, args: Sequence[str], num_processes: int) -> 
     """``accelerate launch`` of ``python -m module args`` on ``num_processes`` local processes.
 
     ``--multi_gpu`` gives N processes with NCCL on GPUs and gloo on a CPU-only machine (the entry points
-    build their accelerate state with ``cpu=`` from ``fluxir.models.devices.accelerate_cpu``). Mixed precision
+    build their accelerate state with ``cpu=`` from ``fluxir.models.loading.accelerate_cpu``). Mixed precision
     is each stage's own parameter, so the launcher adds none.
     """
     return [

@@ -6,7 +6,7 @@
 - Aspect buckets (paper: 1024x768, 768x768, 512x768): each global batch comes from one bucket. The batch
   order of epoch e is a permutation drawn from (seed, e), so the global batch of optimizer step s is a
   function of (seed, s) (``DataOrder``): a resumed run sees exactly the data an uninterrupted one would.
-- Latents: HQ and the LQ condition (``fluxir.models.condition``, x lq_scale) go through the frozen Flux VAE encoder; its
+- Latents: HQ and the LQ condition (``lq_condition``, x lq_scale) go through the frozen Flux VAE encoder; its
   Gaussian's parameters (mean, logvar) are cached on disk (``LatentCache``), keyed by the pair's sha256s,
   the size and the VAE's identity. A latent is ``(mean + std * noise - shift_factor) * scaling_factor``,
   packed 2x2: (B, C, h, w) -> (B, h/2 * w/2, 4C).
@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from fluxir.io.atomic import atomic_file
 from fluxir.io.hashing import hash_json, hash_tensors, sha256_file
 from fluxir.io.images import read_image
-from fluxir.models.condition import lq_condition
-from fluxir.models.devices import autocast_off
+from fluxir.models.controlled_flux import lq_condition
 from fluxir.models.flux import denormalise_latents, normalise_latents
+from fluxir.models.loading import autocast_off
 
 MANIFEST_COLUMNS = (
     *("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256"),

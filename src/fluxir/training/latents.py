@@ -25,8 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.models.devices import resolve_device
-from fluxir.models.loading import load_vae
+from fluxir.models.loading import load_vae, resolve_device
 from fluxir.training.config import TrainConfig
 from fluxir.training.data import LatentCache, PairTable, encode_missing_latents, vae_identity
 

@@ -183,7 +183,7 @@ def score_outputs(
     Long table: dataset, method, image, label, metric, value, convention, crop_border, higher_is_better, stand_in.
     """
     from fluxir.evaluation.scoring import score_all
-    from fluxir.models.devices import resolve_device
+    from fluxir.models.loading import resolve_device
 
     return score_all(
         manifest,
