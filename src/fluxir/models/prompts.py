@@ -25,26 +25,9 @@ from fluxir.models.flux import fixed_prompt_embeddings
 from fluxir.models.loading import TEXT_COMPONENTS, load_pipeline, resolve_source
 
 # Pipelines whose __call__ takes encode_prompt's outputs back as keyword arguments (in encode_prompt's order).
-EMBEDDING_KWARGS = {
-    "StableDiffusionXLPipeline": (
-        "prompt_embeds",
-        "negative_prompt_embeds",
-        "pooled_prompt_embeds",
-        "negative_pooled_prompt_embeds",
-    ),
-    "PixArtSigmaPipeline": (
-        "prompt_embeds",
-        "prompt_attention_mask",
-        "negative_prompt_embeds",
-        "negative_prompt_attention_mask",
-    ),
-    "SanaPipeline": (
-        "prompt_embeds",
-        "prompt_attention_mask",
-        "negative_prompt_embeds",
-        "negative_prompt_attention_mask",
-    ),
-}
+_SDXL = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+_MASKED = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask")
+EMBEDDING_KWARGS = {"StableDiffusionXLPipeline": _SDXL, "PixArtSigmaPipeline": _MASKED, "SanaPipeline": _MASKED}
 
 
 class PromptEncoder:
@@ -65,10 +48,8 @@ class PromptEncoder:
                     seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
                     prompt_embeds, pooled = fixed_prompt_embeddings(pipe.transformer, seed=seed)
                 else:
-                    # encode_prompt is not under no_grad in diffusers (only __call__ is): without it the
-                    # embeddings carry T5/CLIP's graph into training's first backward, which frees it, and
-                    # the second step dies with "backward through the graph a second time" (and on
-                    # FLUX.1-dev T5's activations would stay alive).
+                    # diffusers' encode_prompt runs with grad: its graph would reach training's first backward,
+                    # and the second step die with "backward through the graph a second time".
                     with torch.no_grad():
                         prompt_embeds, pooled, _ = pipe.encode_prompt(
                             prompt=text, prompt_2=None, device=device, max_sequence_length=max_sequence_length
@@ -92,7 +73,7 @@ class PromptEncoder:
             self.cache = {text: {"prompt": text} for text in distinct}
             return
         # Free the text encoders (T5-XXL is 4.7B, Gemma2 2.6B): generation only needs the cached embeddings.
-        for name in [n for n in pipe.components if n.startswith(("text_encoder", "tokenizer"))]:
+        for name in [n for n in pipe.components if n.startswith(TEXT_COMPONENTS)]:
             setattr(pipe, name, None)
 
     @classmethod

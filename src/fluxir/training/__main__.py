@@ -1,11 +1,5 @@
-"""``python -m fluxir.training [latents]`` / ``accelerate launch -m fluxir.training [latents]``: train outside
-``kedro run``.
-
-Reads the same Kedro configuration and catalog as the ``train`` pipeline. ``latents`` fills the latent cache
-(``fluxir.training.latents.precompute_latents``, the pipeline's first node); without it, runs
-``fluxir.training.loop.train`` on every process of the launch and (rank 0 only) logs to MLflow and saves the
-adapter.
-"""
+"""``python -m fluxir.training [latents]`` / ``accelerate launch -m fluxir.training [latents]``: the ``train``
+pipeline's two steps outside ``kedro run``, with the same configuration and catalog; rank 0 logs and saves."""
 
 from __future__ import annotations
 
