@@ -50,6 +50,7 @@ MODIFIED_STATEMENT = (
     "base model's own weights are not changed and not included."
 )
 
+
 class SELayer(nn.Module):
     """Eq. 3: SE(x) = W_e (W_s x + B_s) + B_e, (B, L, c) -> (B, L, c); rank None = one full c x c Linear.
 
