@@ -6,12 +6,9 @@ Shapes (FLUX.1-dev at 1024x1024): B batch, N = 4096 image tokens, S = 512 text t
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 from torch import Tensor, nn
 
 from fluxir.compat.diffusers import checkpointed, pre_forward
@@ -38,30 +35,6 @@ def freeze_flux(flux: nn.Module) -> None:
     flux.eval()
 
 
-# Adapted from the block loop of diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward
-# (diffusers 0.42.1); ``checkpointed`` calls the model's own checkpointing (enable_gradient_checkpointing).
-def _run_block(
-    flux: nn.Module,
-    block: nn.Module,
-    hidden_states: Tensor,
-    encoder_hidden_states: Tensor,
-    temb: Tensor,
-    image_rotary_emb: tuple[Tensor, Tensor],
-    joint_attention_kwargs: dict | None,
-) -> tuple[Tensor, Tensor]:
-    if torch.is_grad_enabled() and flux.gradient_checkpointing:
-        return checkpointed(
-            flux, block, hidden_states, encoder_hidden_states, temb, image_rotary_emb, joint_attention_kwargs
-        )
-    return block(
-        hidden_states=hidden_states,
-        encoder_hidden_states=encoder_hidden_states,
-        temb=temb,
-        image_rotary_emb=image_rotary_emb,
-        joint_attention_kwargs=joint_attention_kwargs,
-    )
-
-
 # Adapted from diffusers.models.transformers.transformer_flux.FluxTransformer2DModel.forward (diffusers 0.42.1):
 # the same steps, with the adapter's control added to both streams before every block.
 def controlled_flux_forward(
@@ -75,7 +48,6 @@ def controlled_flux_forward(
     img_ids: Tensor,  # (N, 3)
     txt_ids: Tensor,  # (S, 3)
     guidance: Tensor | None = None,  # (B,) guidance scale, as FluxPipeline passes it
-    joint_attention_kwargs: dict[str, Any] | None = None,
     control_scale: float = 1.0,  # multiplies every control (restore.control_scale); 0 = plain Flux
 ) -> Tensor:
     """Flux's predicted velocity (B, N, 64) with z_c^i added to the image stream and p_c^i to the text stream right
@@ -96,53 +68,37 @@ def controlled_flux_forward(
             f"img_ids {tuple(img_ids.shape)} / txt_ids {tuple(txt_ids.shape)} must have one row per "
             f"image token ({hidden_states.shape[1]}) / text token ({encoder_hidden_states.shape[1]})"
         )
-
-    # LoRA scale, as the @apply_lora_scale decorator of FluxTransformer2DModel.forward does.
-    lora_scale = 1.0
-    if joint_attention_kwargs is not None:
-        joint_attention_kwargs = dict(joint_attention_kwargs)
-        lora_scale = joint_attention_kwargs.pop("scale", 1.0)
-    if USE_PEFT_BACKEND:
-        scale_lora_layers(flux, lora_scale)
     # flux.forward is never called here, so fire its accelerate hook (model CPU offload moves the
     # transformer to its execution device) the way diffusers' apply_forward_hook does for vae.encode.
     pre_forward(flux)
-    try:
-        x = flux.x_embedder(hidden_states)  # (B, N, c)
-        t = timestep.to(x.dtype) * 1000
-        g = guidance.to(x.dtype) * 1000 if guidance is not None else None
-        temb = (
-            flux.time_text_embed(t, pooled_projections) if g is None else flux.time_text_embed(t, g, pooled_projections)
-        )  # (B, c)
-        ctx = flux.context_embedder(encoder_hidden_states)  # (B, S, c)
-        image_rotary_emb = flux.pos_embed(torch.cat((txt_ids, img_ids), dim=0))  # cos, sin: (S + N, head_dim)
-        if joint_attention_kwargs is not None and "ip_adapter_image_embeds" in joint_attention_kwargs:
-            ip_embeds = joint_attention_kwargs.pop("ip_adapter_image_embeds")
-            joint_attention_kwargs["ip_hidden_states"] = flux.encoder_hid_proj(ip_embeds)
+    x = flux.x_embedder(hidden_states)  # (B, N, c)
+    t = timestep.to(x.dtype) * 1000
+    g = guidance.to(x.dtype) * 1000 if guidance is not None else None
+    temb = flux.time_text_embed(t, pooled_projections) if g is None else flux.time_text_embed(t, g, pooled_projections)
+    ctx = flux.context_embedder(encoder_hidden_states)  # (B, S, c)
+    image_rotary_emb = flux.pos_embed(torch.cat((txt_ids, img_ids), dim=0))  # cos, sin: (S + N, head_dim)
 
-        controls = None
-        if adapter is not None and control_scale != 0:
-            f_z, f_p = adapter.features(
-                hidden_states,
-                lq_latents,
-                encoder_hidden_states,
-                pooled_projections,
-                timestep,
-                guidance=guidance,
-                image_rotary_emb=image_rotary_emb,
-            )
-            controls = adapter.controls(f_z, f_p)
-        blocks = list(flux.transformer_blocks) + list(flux.single_transformer_blocks)
-        for block in blocks:
-            if controls is not None:  # control enters BEFORE the block (see module docstring)
-                z_c, p_c = next(controls)
-                x = x + control_scale * z_c.to(x.dtype)
-                if p_c is not None:
-                    ctx = ctx + control_scale * p_c.to(ctx.dtype)
-            ctx, x = _run_block(flux, block, x, ctx, temb, image_rotary_emb, joint_attention_kwargs)
-
-        x = flux.norm_out(x, temb)
-        return flux.proj_out(x)  # (B, N, 64)
-    finally:
-        if USE_PEFT_BACKEND:
-            unscale_lora_layers(flux, lora_scale)
+    controls = None
+    if adapter is not None and control_scale != 0:
+        f_z, f_p = adapter.features(
+            hidden_states,
+            lq_latents,
+            encoder_hidden_states,
+            pooled_projections,
+            timestep,
+            guidance=guidance,
+            image_rotary_emb=image_rotary_emb,
+        )
+        controls = adapter.controls(f_z, f_p)
+    for block in [*flux.transformer_blocks, *flux.single_transformer_blocks]:
+        if controls is not None:  # control enters BEFORE the block (see fluxir.models.adapter)
+            z_c, p_c = next(controls)
+            x = x + control_scale * z_c.to(x.dtype)
+            if p_c is not None:
+                ctx = ctx + control_scale * p_c.to(ctx.dtype)
+        if torch.is_grad_enabled() and flux.gradient_checkpointing:  # set by flux.enable_gradient_checkpointing()
+            ctx, x = checkpointed(flux, block, x, ctx, temb, image_rotary_emb)
+        else:
+            ctx, x = block(hidden_states=x, encoder_hidden_states=ctx, temb=temb, image_rotary_emb=image_rotary_emb)
+    x = flux.norm_out(x, temb)
+    return flux.proj_out(x)  # (B, N, 64)

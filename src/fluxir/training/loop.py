@@ -234,25 +234,18 @@ def start_run(
 def log_run_params(run: TrainingRun) -> None:
     cfg, world = run.cfg, run.accelerator.num_processes
     sizes = {f"{w}x{h}": len(v) for (w, h), v in sorted(run.order.buckets.items())}
-    run.log.params(
-        {
-            **flatten_dict(dataclasses.asdict(cfg), "train."),
-            **flatten_dict(
-                {
-                    "num_processes": world,
-                    "gradient_accumulation_steps": run.accumulation,
-                    "num_train_pairs": len(run.train_idx),
-                    "num_validation_pairs": len(run.val_idx),
-                    "buckets": json.dumps(sizes),
-                    "adapter_parameters": count_parameters(run.adapter),
-                    "adapter_guidance": run.adapter.config.guidance,
-                    "run_key": run.run_key,
-                    "resumed_from_step": run.start,
-                },
-                "train_run.",
-            ),
-        }
-    )
+    derived = {
+        "num_processes": world,
+        "gradient_accumulation_steps": run.accumulation,
+        "num_train_pairs": len(run.train_idx),
+        "num_validation_pairs": len(run.val_idx),
+        "buckets": json.dumps(sizes),
+        "adapter_parameters": count_parameters(run.adapter),
+        "adapter_guidance": run.adapter.config.guidance,
+        "run_key": run.run_key,
+        "resumed_from_step": run.start,
+    }
+    run.log.params(flatten_dict({"train": dataclasses.asdict(cfg), "train_run": derived}))
     if run.accelerator.is_main_process:
         logger.info(
             "training %s: %d pairs in buckets %s, global batch %d = %d per process x %d process(es) x %d "
@@ -340,14 +333,10 @@ def _non_finite(run: TrainingRun, step: int, values: str) -> FloatingPointError:
 
 def training_record(run: TrainingRun, step: int) -> dict[str, Any]:
     """What the adapter carries about its training (saved with it; evaluation reports show it)."""
-    cfg = run.cfg
+    settings = ("global_batch", "learning_rate", "timestep_sampler", "pixel_loss_weight", "pixel_loss_form")
     return {
         "steps": step,
-        "global_batch": cfg.global_batch,
-        "learning_rate": cfg.learning_rate,
-        "timestep_sampler": cfg.timestep_sampler,
-        "pixel_loss_weight": cfg.pixel_loss_weight,
-        "pixel_loss_form": cfg.pixel_loss_form,
+        **{name: getattr(run.cfg, name) for name in settings},
         "run_key": run.run_key,
         "num_train_pairs": len(run.train_idx),
         # the MLflow run this training logged to (rank 0's): evaluate and restore runs name it
