@@ -240,7 +240,7 @@ class FluxIRAdapter(nn.Module):
         if image_rotary_emb is None:
             if img_ids is None or txt_ids is None:
                 raise ValueError("pass img_ids (N, 3) and txt_ids (S, 3), or image_rotary_emb")
-            image_rotary_emb = self.pos_embed(torch.cat((ids_2d(txt_ids), ids_2d(img_ids)), dim=0))
+            image_rotary_emb = self.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             f_p, f_z = torch.utils.checkpoint.checkpoint(
                 self.block, z_c, p_c, temb, image_rotary_emb, None, use_reentrant=False
@@ -281,10 +281,6 @@ class FluxIRAdapter(nn.Module):
         )
         z_controls, p_controls = zip(*self.controls(f_z, f_p))
         return list(z_controls), list(p_controls)
-
-
-def ids_2d(ids: Tensor) -> Tensor:
-    return ids[0] if ids.ndim == 3 else ids  # diffusers' deprecated (B, L, 3) form
 
 
 def _check_inputs(

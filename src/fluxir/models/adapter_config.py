@@ -99,11 +99,6 @@ class FluxIRConfig(Config):
         """Flux blocks controlled: double then single (57 for FLUX.1-dev)."""
         return self.num_layers + self.num_single_layers
 
-    def base_shape(self) -> dict[str, Any]:
-        shape = {name: getattr(self, name) for name in BASE_FIELDS}
-        shape["inner_dim"] = self.inner_dim
-        return shape
-
     @classmethod
     def from_flux(cls, flux: nn.Module, **overrides: Any) -> FluxIRConfig:
         """Config for a given ``FluxTransformer2DModel``; ``overrides`` (the ``train.adapter`` parameters) set the
@@ -129,14 +124,7 @@ class FluxIRConfig(Config):
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> FluxIRConfig:
         """Inverse of ``to_dict``; keys starting with '_' (file metadata) are ignored, unknown keys refused."""
-        d = {k: v for k, v in params.items() if not k.startswith("_")}
-        inner = d.pop("inner_dim", None)
-        config = super().from_params(d)
-        if inner is not None and inner != config.inner_dim:
-            raise ValueError(
-                f"inner_dim {inner} does not equal num_attention_heads x attention_head_dim = {config.inner_dim}"
-            )
-        return config
+        return super().from_params({k: v for k, v in params.items() if not k.startswith("_")})
 
 
 def check_compatible(adapter_or_config: Any, flux: nn.Module) -> None:
@@ -147,7 +135,7 @@ def check_compatible(adapter_or_config: Any, flux: nn.Module) -> None:
     flux_shape = {name: getattr(flux.config, name) for name in BASE_FIELDS}
     flux_shape["axes_dims_rope"] = tuple(flux_shape["axes_dims_rope"])
     flux_shape["inner_dim"] = flux.config.num_attention_heads * flux.config.attention_head_dim
-    ours = config.base_shape()
+    ours = {name: getattr(config, name) for name in BASE_FIELDS} | {"inner_dim": config.inner_dim}
     bad = [k for k in ours if ours[k] != flux_shape[k]]
     if bad:
         diffs = ", ".join(f"{k}: adapter {ours[k]} vs flux {flux_shape[k]}" for k in bad)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fluxir.compat.diffusers import checkpointed, pre_forward
-from fluxir.models.adapter import FluxIRAdapter, ids_2d
+from fluxir.models.adapter import FluxIRAdapter
 from fluxir.models.adapter_config import check_compatible
 
 
@@ -62,7 +62,6 @@ def controlled_flux_forward(
         raise ValueError("this Flux has guidance_embeds=True (FLUX.1-dev): pass guidance (B,)")
     if not cfg.guidance_embeds and guidance is not None:
         raise ValueError("this Flux has guidance_embeds=False: pass guidance=None")
-    img_ids, txt_ids = ids_2d(img_ids), ids_2d(txt_ids)
     if img_ids.shape[0] != hidden_states.shape[1] or txt_ids.shape[0] != encoder_hidden_states.shape[1]:
         raise ValueError(
             f"img_ids {tuple(img_ids.shape)} / txt_ids {tuple(txt_ids.shape)} must have one row per "

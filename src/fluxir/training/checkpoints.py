@@ -22,10 +22,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step_"
 
 
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, folder) of the checkpoints under their final names, oldest first."""
     if not run_dir.is_dir():
@@ -47,7 +43,7 @@ def save_checkpoint(
     extra: dict[str, Any],
     keep: int,
 ) -> Path:
-    final = checkpoint_path(run_dir, step)
+    final = run_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
     # The same step written again: the complete old one stays until the new one is in place.
     with atomic_directory(final) as tmp_name:
         tmp = Path(tmp_name)

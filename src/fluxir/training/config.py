@@ -26,23 +26,10 @@ _NON_SEMANTIC = (
     "validation_steps",
     "cache_latents",
     "device",
-    "progress",
     "decoder_gradient_checkpointing",
     "gradient_checkpointing",
     "batch_size",
     "compile",
-)
-_FLOAT_FIELDS = (
-    "learning_rate",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_grad_norm",
-    "timestep_eps",
-    "logit_normal_mean",
-    "logit_normal_std",
-    "pixel_loss_weight",
 )
 
 
@@ -157,13 +144,13 @@ class TrainConfig(Config):
         return {**params, "adapter": dict(params["adapter"] or {})}
 
     def __post_init__(self) -> None:
-        for name in _FLOAT_FIELDS:  # YAML 1.1 reads `1e-5` (no dot) as a string
-            value = getattr(self, name)
-            if isinstance(value, str):
+        for field in dataclasses.fields(self):  # YAML 1.1 reads `1e-5` (no dot) as a string
+            value = getattr(self, field.name)
+            if field.type.startswith("float") and isinstance(value, str):
                 try:
-                    setattr(self, name, float(value))
+                    setattr(self, field.name, float(value))
                 except ValueError:
-                    raise ConfigError([f"train.{name} must be a number, got {value!r}"]) from None
+                    raise ConfigError([f"train.{field.name} must be a number, got {value!r}"]) from None
         super().__post_init__()
 
     def joint_problems(self, failed: set[str]) -> list[str]:
