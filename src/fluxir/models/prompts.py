@@ -166,10 +166,7 @@ def load_with_empty_prompt(
     folder: str | os.PathLike | None,
     guidance: float | None = None,
 ) -> tuple[Any, PromptEncoder]:
-    """(pipeline, a ``PromptEncoder`` holding the empty prompt); ``folder=None`` never caches.
-
-    ``guidance``: for pipelines with classifier-free guidance.
-    """
+    """(pipeline, a ``PromptEncoder`` holding the empty prompt); ``folder=None`` never caches."""
     embeds = cached_empty_prompt(folder, source, max_sequence_length, dtype, device)
     if embeds is not None:
         pipe = load_pipeline(source, dtype=dtype, device=device, text_encoders=False)

@@ -136,10 +136,7 @@ def to_unit(image: np.ndarray) -> Tensor:
 
 
 def vae_identity(vae: Any) -> str:
-    """Hash of the VAE's class, config and weights: part of every latent-cache key.
-
-    Config entries starting with ``_`` say where the VAE was loaded from, not what it computes: left out.
-    """
+    """Hash of the VAE's class, config (less the ``_`` entries: where it was loaded from) and weights."""
     h = hashlib.sha256(type(vae).__name__.encode())
     config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
@@ -147,10 +144,8 @@ def vae_identity(vae: Any) -> str:
 
 
 class LatentCache:
-    """The VAE encoder's Gaussian parameters (2C, h, w) of each pair's HQ and LQ condition, on disk.
-
-    Keyed by the pair's sha256s, size, lq_scale and VAE identity: a changed image or VAE never reuses an entry.
-    """
+    """The VAE encoder's Gaussian parameters (2C, h, w) of each pair's HQ and LQ condition, on disk, keyed by the
+    pair's sha256s, size, lq_scale and VAE identity: a changed image or VAE never reuses an entry."""
 
     def __init__(self, root: str | os.PathLike | None, vae_id: str) -> None:
         self.root = Path(root) if root is not None else None

@@ -455,9 +455,7 @@ def train(
 ) -> TrainResult:
     """Train a FluxIR adapter on the pairs of ``manifest``; the same ``TrainResult`` on every process.
 
-    ``prompt_cache``: the catalog's ``prompt_embeddings`` folder (with the empty prompt there, no text encoder
-    is loaded).
-    """
+    ``prompt_cache``: the catalog's ``prompt_embeddings`` (with the empty prompt there, no text encoder loads)."""
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
     cfg.check_epoch_budget(len(manifest))  # before any model loads
     with contextlib.ExitStack() as lock:
