@@ -91,11 +91,10 @@ def _count(fn) -> float:
 def flop_counts() -> dict[str, Any]:
     """TFLOP per unit of work of every GPU stage, counted on the meta device."""
     from fluxir.models.controlled_flux import controlled_flux_forward
-    from fluxir.models.packing import image_ids
+    from fluxir.models.flux import image_ids
     from fluxir.parameters.config import load_params
     from fluxir.training.config import TrainConfig
-    from fluxir.training.loss import MicroBatch, flow_matching_loss
-    from fluxir.training.models import ControlledFlux
+    from fluxir.training.loss import ControlledFlux, MicroBatch, flow_matching_loss
 
     flux, vae, adapter = _meta_models()
     bf16 = {"device": "meta", "dtype": torch.bfloat16}

@@ -153,7 +153,7 @@ def flux_inputs(flux: Any, width: int, height: int, text_len: int, device: str, 
     """FluxPipeline's transformer inputs for one image (packed latents, ids, t, guidance)."""
     import torch
 
-    from fluxir.models.packing import image_ids
+    from fluxir.models.flux import image_ids
 
     n = (height // 16) * (width // 16)
     return {
@@ -225,8 +225,7 @@ def training(run: Run, flux: Any, vae: Any, spec: dict[str, Any], device: str, d
 
     from fluxir.training.config import TrainConfig
     from fluxir.training.loop import make_optimizer
-    from fluxir.training.loss import MicroBatch, flow_matching_loss
-    from fluxir.training.models import ControlledFlux, Models, build_adapter
+    from fluxir.training.loss import ControlledFlux, MicroBatch, Models, build_adapter, flow_matching_loss
 
     width, height = spec["generate"]
     cuda = device == "cuda"

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_memory.py [--json] [--write]
 
-The step is training's own code: ``fluxir.training.models.build_adapter``, ``ControlledFlux`` and
+The step is training's own code: ``fluxir.training.loss.build_adapter``, ``ControlledFlux`` and
 ``flow_matching_loss`` (forward, L_MSE + L_P, backward) on random-weight FLUX.1-dev
 (``fluxir/configs/flux1_dev_transformer.json``) and the Flux VAE (``flux1_dev_vae.json``). Every tensor is a fake
 CUDA tensor (shapes, dtypes and devices, no data), and CUDA autocast's real kernels decide each op's dtype: the ones
@@ -131,7 +131,7 @@ def build_models(
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     from fluxir.models.controlled_flux import freeze_flux
-    from fluxir.training.models import ControlledFlux, Models, build_adapter
+    from fluxir.training.loss import ControlledFlux, Models, build_adapter
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # frozen weights built in their dtype (no float32 copy)

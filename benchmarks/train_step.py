@@ -99,8 +99,7 @@ def run_variant(
     from fluxir.training.config import TrainConfig
     from fluxir.training.data import encode_gaussian
     from fluxir.training.loop import peak_memory_mb
-    from fluxir.training.loss import flow_matching_loss, make_micro_batch
-    from fluxir.training.models import ControlledFlux, Models, build_adapter
+    from fluxir.training.loss import ControlledFlux, Models, build_adapter, flow_matching_loss, make_micro_batch
 
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -186,8 +185,7 @@ def saved_activation_gib(config: str = "flux-dev") -> dict[str, float]:
 
     from fluxir.models.adapter import FluxIRAdapter
     from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
-    from fluxir.models.flux import build_transformer, load_config
-    from fluxir.models.packing import image_ids
+    from fluxir.models.flux import build_transformer, image_ids, load_config
     from fluxir.parameters.config import load_params
     from fluxir.training.data import decode_latents
 

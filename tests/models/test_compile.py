@@ -15,9 +15,8 @@ import torch
 
 from fluxir.models.adapter import FluxIRAdapter
 from fluxir.models.controlled_flux import controlled_flux_forward
-from fluxir.models.flux import compile_blocks
+from fluxir.models.flux import compile_blocks, image_ids
 from fluxir.models.loading import load_pipeline
-from fluxir.models.packing import image_ids
 
 from support import adapter_params, restore_config
 

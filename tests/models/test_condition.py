@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxir.models.condition import lq_condition
+from fluxir.models.controlled_flux import lq_condition
 from fluxir.restoration.sampler import output_size
 from fluxir.training.data import load_pair_pixels, to_unit
 

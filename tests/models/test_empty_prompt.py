@@ -14,7 +14,7 @@ import transformers
 
 from fluxir.fluxgen.generate import GenerationConfig, generate_into_store
 from fluxir.io.store import ImageStore
-from fluxir.models.empty_prompt import empty_prompt_file, empty_prompt_key
+from fluxir.models.prompts import empty_prompt_file, empty_prompt_key
 
 from support import base_params, restore_config
 
@@ -36,7 +36,7 @@ def text_encoders_built(monkeypatch):
 
 def test_training_encodes_once_then_loads_no_text_encoder(full_flux_dir, tmp_path, text_encoders_built):
     from fluxir.training.config import TrainConfig
-    from fluxir.training.models import load_models
+    from fluxir.training.loss import load_models
 
     from support import tiny_params
 

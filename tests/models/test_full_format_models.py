@@ -260,7 +260,7 @@ def test_training_on_real_text_encoders_runs_several_optimizer_steps(full_flux_d
     and the second optimizer step would fail ("backward through the graph a second time")."""
     from fluxir.training.config import TrainConfig
     from fluxir.training.loop import train
-    from fluxir.training.models import load_models
+    from fluxir.training.loss import load_models
 
     from support import make_pairs, tiny_folders, tiny_params
 
@@ -292,7 +292,7 @@ def _restore_cfg(**overrides):
 def test_sampler_without_adapter_is_diffusers_flux_pipeline(full_flux_dir):
     """Same noise, prompt embeddings, steps, guidance and schedule: the decoded images agree within 1/255, so
     the restorer's time direction, sign, packing and VAE scaling are the library's."""
-    from fluxir.models.packing import pack_grid
+    from fluxir.models.flux import pack_grid
     from fluxir.restoration.sampler import Restorer
 
     pipe = load_pipeline(str(full_flux_dir), dtype="float32")

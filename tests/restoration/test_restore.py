@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from fluxir.io.provenance import sha256_file
-from fluxir.models.packing import pack_grid, unpack_grid
+from fluxir.models.flux import pack_grid, unpack_grid
 from fluxir.restoration import files as F
 from fluxir.restoration import sampler as S
 

@@ -13,8 +13,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import Tensor
 
 from fluxir.models.flux import load_config
-from fluxir.training.loss import flow_matching_loss
-from fluxir.training.models import ControlledFlux, Models, build_adapter
+from fluxir.training.loss import ControlledFlux, Models, build_adapter, flow_matching_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,13 +18,20 @@ from PIL import Image
 
 from fluxir.io.store import LOCK_NAME, FolderBusy, exclusive_lock
 from fluxir.models.adapter import load_adapter
-from fluxir.models.packing import unpack
+from fluxir.models.flux import unpack
 from fluxir.training.checkpoints import list_checkpoints
 from fluxir.training.config import TrainConfig, accumulation_steps
 from fluxir.training.data import DataOrder, LatentCache, PairTable, decode_latents, pair_gaussians, vae_identity
 from fluxir.training.loop import configure_cuda_allocator, ddp_kwargs, make_optimizer, train
-from fluxir.training.loss import flow_matching_loss, make_micro_batch, pixel_loss_latents, sample_timesteps
-from fluxir.training.models import ControlledFlux, build_adapter, load_models
+from fluxir.training.loss import (
+    ControlledFlux,
+    build_adapter,
+    flow_matching_loss,
+    load_models,
+    make_micro_batch,
+    pixel_loss_latents,
+    sample_timesteps,
+)
 
 from conftest import free_port, kedro_run
 from support import base_params, kill_when, make_pairs, restore_config, tiny_folders, tiny_params
@@ -604,7 +611,7 @@ def test_kedro_train_pipeline_saves_adapter_and_logs_to_mlflow(kedro_project):
 def test_packing_matches_diffusers_and_inverts():
     from diffusers import FluxPipeline
 
-    from fluxir.models.packing import image_ids, pack, unpack
+    from fluxir.models.flux import image_ids, pack, unpack
 
     z = torch.randn(2, 16, 8, 6)
     assert torch.equal(pack(z), FluxPipeline._pack_latents(z, 2, 16, 8, 6))  # (2, 12, 64)

@@ -78,7 +78,7 @@ def score_all(
     """The per-image table (``PER_IMAGE_COLUMNS``): full-reference metrics where a benchmark has HQ, under
     ``evaluate.convention`` and ``crop_border``; no-reference metrics on every whole RGB output. All weight files
     are checked before anything is scored."""
-    from fluxir.models.devices import resolve_device
+    from fluxir.models.loading import resolve_device
 
     device = resolve_device(device)
     groups = parse_metric_groups(config.metrics)

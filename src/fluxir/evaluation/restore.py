@@ -21,7 +21,7 @@ from fluxir.evaluation.testsets import list_images, outputs_table, pair_key
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.images import image_size, read_image
 from fluxir.io.provenance import fluxir_version, hash_json, hash_tensors, png_text, sha256_file
-from fluxir.models.devices import resolve_device
+from fluxir.models.loading import resolve_device
 from fluxir.restoration.files import LazyRestorer, restore_one
 from fluxir.restoration.methods import EVALUATE_METHODS, PUBLIC_METHODS, TITLES, RestorerSpec, restorer_spec
 from fluxir.restoration.restore_config import OutputGeometry, config_dict

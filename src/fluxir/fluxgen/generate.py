@@ -25,11 +25,9 @@ import torch
 from fluxir.io.atomic import fsync_dir, write_atomic
 from fluxir.io.provenance import generated_fields, hash_json, model_revision, png_text
 from fluxir.io.store import SHARD_SIZE, ImageStore, Recorded, WriterPool, portable_path, record_hash, sidecar_path
-from fluxir.models.devices import resolve_device
-from fluxir.models.empty_prompt import load_with_empty_prompt
 from fluxir.models.flux import compile_blocks
-from fluxir.models.loading import load_pipeline
-from fluxir.models.prompts import PromptEncoder
+from fluxir.models.loading import load_pipeline, resolve_device
+from fluxir.models.prompts import PromptEncoder, load_with_empty_prompt
 from fluxir.parameters.config import Config, Rule
 from fluxir.runtime.progress import progress as progress_bar
 

@@ -25,7 +25,7 @@ from fluxir import iqa as iqa_lib
 from fluxir.datasets import write_parquet
 from fluxir.io.images import read_image
 from fluxir.io.provenance import hash_json
-from fluxir.models.devices import resolve_device
+from fluxir.models.loading import resolve_device
 from fluxir.parameters.config import Config, Rule, check_fields
 from fluxir.runtime.launch import worker_init
 from fluxir.runtime.progress import progress as progress_bar

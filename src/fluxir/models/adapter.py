@@ -1,30 +1,20 @@
-"""FluxIR: a light adapter that controls a frozen Flux transformer for image restoration (paper Sec. 3.2).
+"""FluxIR: a light adapter that controls a frozen Flux transformer for image restoration (paper Sec. 3.2, Fig. 3).
 
-The story in one file:
+``FluxIRAdapter`` owns copies of Flux's input embedders and of its first double-stream block D, plus
 
-1. ``FluxIRConfig`` (:mod:`fluxir.models.adapter_config`) holds the base-model sizes and the variant
-   switches of the paper's ablations (Tables 2, 5, 6); ``check_compatible`` refuses an adapter built for a
-   different Flux.
-2. ``FluxIRAdapter`` is the trainable part. It owns copies of Flux's ``x_embedder``,
-   ``context_embedder`` and ``time_text_embed`` and of Flux's first double-stream block D, plus
+- M_i, a zero-initialised ``Linear(in_channels -> inner_dim)`` on the packed LQ latent, added to the
+  adapter's embedding of the noisy latent (Eq. 1: z_c = z_t + M_i(z_lq)),
+- theta_p (text_seq_len x joint_attention_dim) and theta_y (pooled_projection_dim), zero-initialised,
+  added to the T5 and pooled CLIP embeddings (p_c = p + theta_p, y_c = y + theta_y),
+- one SE_z and one SE_p per Flux block (19 double + 38 single = 57 blocks, 114 SE layers), Eq. 3:
+  SE(x) = W_e (W_s x + B_s) + B_e with W_e, B_e zero-initialised.
 
-   - M_i, a zero-initialised ``Linear(in_channels -> inner_dim)`` on the packed LQ latent, added to the
-     adapter's embedding of the noisy latent (Eq. 1: z_c = z_t + M_i(z_lq)),
-   - theta_p (text_seq_len x joint_attention_dim) and theta_y (pooled_projection_dim), zero-initialised,
-     added to the T5 and pooled CLIP embeddings (p_c = p + theta_p, y_c = y + theta_y),
-   - one SE_z and one SE_p per Flux block (19 double + 38 single = 57 blocks, 114 SE layers), Eq. 3:
-     SE(x) = W_e (W_s x + B_s) + B_e with W_e, B_e zero-initialised.
-
-   D maps (z_c, p_c, y_c, t) to features (f_z, f_p) (Eq. 2); SE^i maps them to the controls of block i
-   (Eq. 4: z_c^i = SE_z^i(f_z), p_c^i = SE_p^i(f_p)).
-3. ``controlled_flux_forward`` (:mod:`fluxir.models.controlled_flux`) walks a frozen, unmodified diffusers
-   ``FluxTransformer2DModel`` the way its own ``forward`` does and adds z_c^i to the image stream and p_c^i
-   to the text stream right BEFORE block i. Before (not after) matters: the text output of the last single
-   block is discarded by Flux, so a control added after it would never receive gradient; added before, all 114 SE layers
-   train. Because W_e and B_e start at zero, a fresh adapter leaves Flux's output bit-identical.
-4. ``save_adapter`` / ``load_adapter`` write a folder with ``config.json`` and ``adapter.safetensors``
-   (adapter weights only). ``FluxIRAdapter.save_pretrained`` adds what sharing needs (``LICENSE``, ``NOTICE``
-   and a model card ``README.md``); ``FluxIRAdapter.from_pretrained`` loads a folder or a hub id in one call.
+D maps (z_c, p_c, y_c, t) to features (f_z, f_p) (Eq. 2); SE^i maps them to the controls of block i
+(Eq. 4: z_c^i = SE_z^i(f_z), p_c^i = SE_p^i(f_p)). ``fluxir.models.controlled_flux`` adds z_c^i to the image
+stream and p_c^i to the text stream right BEFORE block i: the text output of the last single block is discarded
+by Flux, so a control added after it would never receive gradient; added before, all 114 SE layers train.
+Because W_e and B_e start at zero, a fresh adapter leaves Flux's output bit-identical. The variant switches of
+the paper's ablations (Tables 2, 5, 6) are ``FluxIRConfig``'s (``fluxir.models.adapter_config``).
 
 Shapes (FLUX.1-dev at 1024x1024): B batch, N = 4096 image tokens, S = 512 text tokens, c = 3072.
 """
@@ -60,9 +50,6 @@ MODIFIED_STATEMENT = (
     "base model's own weights are not changed and not included."
 )
 
-# ----------------------------------------------------------------------------------------------------
-# Modules
-
 
 class SELayer(nn.Module):
     """Eq. 3: SE(x) = W_e (W_s x + B_s) + B_e, (B, L, c) -> (B, L, c); rank None = one full c x c Linear.
@@ -87,8 +74,7 @@ class SELayer(nn.Module):
 class FluxIRAdapter(nn.Module):
     """The FluxIR adapter (Fig. 3): one MM-DiT block D + M_i + theta_p/theta_y + 57 x (SE_z, SE_p).
 
-    ``FluxIRAdapter(config)`` builds fresh random weights (use ``from_flux`` to start from a Flux
-    model, as the paper does); parameters are created on the current default device.
+    ``FluxIRAdapter(config)`` has fresh random weights; ``from_flux`` starts from a Flux model, as the paper does.
     """
 
     def __init__(self, config: FluxIRConfig) -> None:
@@ -130,11 +116,8 @@ class FluxIRAdapter(nn.Module):
 
     @classmethod
     def from_flux(cls, flux: nn.Module, config: FluxIRConfig | None = None, **overrides: Any) -> FluxIRAdapter:
-        """An adapter initialised from ``flux``: D from its first double block, embedders copied; trainable.
-
-        Built on flux's device with flux's dtype (a meta flux gives a meta adapter). ``overrides`` set
-        config fields (e.g. ``rank=16``, ``text_seq_len=8``).
-        """
+        """An adapter initialised from ``flux`` (D from its first double block, embedders copied), on its device
+        and dtype; ``overrides`` set config fields (e.g. ``rank=16``)."""
         if config is None:
             config = FluxIRConfig.from_flux(flux, **overrides)
         elif overrides:
@@ -163,8 +146,7 @@ class FluxIRAdapter(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
     ) -> FluxIRAdapter:
-        """Load an adapter from a folder written by ``save_pretrained`` or ``save_adapter`` (any version), or
-        from a Hugging Face hub id (``revision``: a branch, tag or commit), in one call."""
+        """Load an adapter from a folder written by ``save_pretrained`` or ``save_adapter``, or from a hub id."""
         folder = Path(folder_or_hub_id)
         if not folder.exists():
             name = str(folder_or_hub_id)
@@ -189,14 +171,12 @@ class FluxIRAdapter(nn.Module):
         note: str = "",
         fs: Any = None,
     ) -> None:
-        """``save_adapter`` plus ``LICENSE`` (a pointer to the base model's licence), ``NOTICE`` (its Attribution
-        Notice and the statement that the model was modified) and a model card ``README.md``.
+        """``save_adapter`` plus what sharing needs: ``LICENSE``, ``NOTICE`` (the base model's Attribution Notice and
+        the statement that the model was modified) and a model card ``README.md``.
 
-        ``base_model``: the hub id of the Flux this adapter controls (its licence is looked up by it);
-        ``license``: ``{license, license_name, license_link}`` for a base model fluxir does not know;
-        ``evaluation``: the card's evaluation section (markdown), e.g. from the export_adapter pipeline;
-        ``usage_path``: the folder or hub id the card's usage snippet loads (default ``folder``);
-        ``note``: markdown after the card's licence section (e.g. that tiny models trained it).
+        ``base_model``: the hub id of the Flux it controls (its licence is looked up by it); ``license``:
+        ``{license, license_name, license_link}`` for a base model fluxir does not know; ``usage_path``: what the
+        card's usage snippet loads (default ``folder``); ``evaluation`` and ``note``: markdown for the card.
         """
         from fluxir.export.cards import (
             attribution_notice,
@@ -265,7 +245,7 @@ class FluxIRAdapter(nn.Module):
         if image_rotary_emb is None:
             if img_ids is None or txt_ids is None:
                 raise ValueError("pass img_ids (N, 3) and txt_ids (S, 3), or image_rotary_emb")
-            image_rotary_emb = self.pos_embed(torch.cat((ids_2d(txt_ids), ids_2d(img_ids)), dim=0))
+            image_rotary_emb = self.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             f_p, f_z = torch.utils.checkpoint.checkpoint(
                 self.block, z_c, p_c, temb, image_rotary_emb, None, use_reentrant=False
@@ -299,20 +279,13 @@ class FluxIRAdapter(nn.Module):
         txt_ids: Tensor,
         guidance: Tensor | None = None,
     ) -> tuple[list[Tensor], list[Tensor | None]]:
-        """All controls at once: ([z_c^i] image controls, [p_c^i] text controls or None), num_blocks each.
-
-        ``controlled_flux_forward`` uses ``features`` + ``controls`` instead, so that only one control
-        (B, N, c) is alive at a time.
-        """
+        """All controls at once: ([z_c^i], [p_c^i] or None), num_blocks each. ``controlled_flux_forward`` uses
+        ``features`` + ``controls`` instead, so that only one control (B, N, c) is alive at a time."""
         f_z, f_p = self.features(
             hidden_states, lq_latents, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance
         )
         z_controls, p_controls = zip(*self.controls(f_z, f_p))
         return list(z_controls), list(p_controls)
-
-
-def ids_2d(ids: Tensor) -> Tensor:
-    return ids[0] if ids.ndim == 3 else ids  # diffusers' deprecated (B, L, 3) form
 
 
 def _check_inputs(
@@ -323,7 +296,6 @@ def _check_inputs(
     pooled_projections: Tensor,
     guidance: Tensor | None,
 ) -> None:
-    """Clear errors for inputs the adapter cannot take."""
     if hidden_states.ndim != 3 or hidden_states.shape[-1] != cfg.in_channels:
         raise ValueError(
             f"hidden_states must be packed latents (B, N, {cfg.in_channels}), got {tuple(hidden_states.shape)}"
@@ -352,21 +324,14 @@ def _check_inputs(
         raise ValueError("this Flux has guidance_embeds=False: pass guidance=None")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Sizes
-
-
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of (distinct) parameters; works on the meta device."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 def adapter_parameter_breakdown(config: FluxIRConfig) -> dict[str, int]:
-    """Parameter counts of an adapter built on the meta device (nothing allocated).
-
-    Keys: ``total``, ``without_se`` (the paper's "387M" for FLUX.1-dev), ``se`` (Table 2's "+ 22.8M" at
-    r = 32), and the parts of ``without_se``: ``block``, ``embedders``, ``input_proj``, ``text_embeddings``.
-    """
+    """Parameter counts of an adapter built on the meta device: ``total``, ``without_se`` (the paper's "387M" for
+    FLUX.1-dev), ``se`` (Table 2's "+ 22.8M" at r = 32) and the parts of ``without_se``."""
     with torch.device("meta"):
         adapter = FluxIRAdapter(config)
     se = count_parameters(adapter.se_z) + (count_parameters(adapter.se_p) if adapter.se_p is not None else 0)
@@ -392,11 +357,8 @@ def adapter_parameter_breakdown(config: FluxIRConfig) -> dict[str, int]:
 def save_adapter(
     adapter: FluxIRAdapter, folder: str | os.PathLike, fs: Any = None, extra_files: Mapping[str, str] | None = None
 ) -> None:
-    """Write ``folder/config.json`` + ``folder/adapter.safetensors`` atomically (temp folder, then rename).
-
-    ``fs`` is an fsspec filesystem (local by default); an existing folder is replaced. ``extra_files``
-    ({name: text}, e.g. LICENSE, NOTICE, README.md) are written alongside and listed in the manifest.
-    """
+    """Write ``config.json`` + ``adapter.safetensors`` (+ ``extra_files``, {name: text}) atomically, replacing
+    ``folder``; ``fs``: an fsspec filesystem (local by default)."""
     if not isinstance(adapter, FluxIRAdapter):
         raise TypeError(f"save_adapter expects a FluxIRAdapter, got {type(adapter).__name__}")
     fs = fs or local_fs()

@@ -1,10 +1,5 @@
-"""What a FluxIR adapter is: its variant switches and the sizes of the Flux it controls (paper Sec. 3.2).
-
-``FluxIRConfig`` holds the base-model sizes (those of ``FluxTransformer2DModel``) and the variant
-switches of the paper's ablations: SE rank 16/32/64/128 or full (Table 2), one shared MLP for all
-blocks (Table 5), no learnable text embeddings theta_p/theta_y and no text-branch SE_p (Table 6).
-``check_compatible`` refuses an adapter built for a different Flux.
-"""
+"""What a FluxIR adapter is (paper Sec. 3.2): the variant switches of the paper's ablations and the sizes of the
+Flux it controls; ``check_compatible`` refuses an adapter built for a different Flux."""
 
 from __future__ import annotations
 
@@ -54,13 +49,10 @@ ADAPTER_RULES = (
 
 @dataclass
 class FluxIRConfig(Config):
-    """Adapter configuration: variant switches + the sizes of the Flux it controls (FLUX.1-dev defaults).
+    """Variant switches + the sizes of the Flux it controls (FLUX.1-dev's by default); ``rank`` and ``guidance``
+    have their values in ``train.adapter`` of conf/base/parameters_train.yml."""
 
-    ``rank`` and ``guidance`` have no default here: their values are ``train.adapter`` in
-    conf/base/parameters_train.yml. The base-model sizes default to FLUX.1-dev's (facts of that model).
-    """
-
-    rank: int | None  # SE rank r (Eq. 3); None (or "full") = one full c x c Linear per SE
+    rank: int | None  # SE rank r (Eq. 3, Table 2: 16/32/64/128); None (or "full") = one full c x c Linear per SE
     # The value a guidance-distilled Flux (FLUX.1-dev) is given while this adapter is trained; restoration
     # uses the same, so the two cannot disagree.
     guidance: float
@@ -100,7 +92,6 @@ class FluxIRConfig(Config):
 
     @property
     def inner_dim(self) -> int:
-        """Channel width c of both Flux streams."""
         return self.num_attention_heads * self.attention_head_dim
 
     @property
@@ -108,16 +99,10 @@ class FluxIRConfig(Config):
         """Flux blocks controlled: double then single (57 for FLUX.1-dev)."""
         return self.num_layers + self.num_single_layers
 
-    def base_shape(self) -> dict[str, Any]:
-        """The base-model sizes, with the derived inner_dim (used in mismatch messages)."""
-        shape = {name: getattr(self, name) for name in BASE_FIELDS}
-        shape["inner_dim"] = self.inner_dim
-        return shape
-
     @classmethod
     def from_flux(cls, flux: nn.Module, **overrides: Any) -> FluxIRConfig:
-        """Config for a given ``FluxTransformer2DModel``; ``overrides`` set the variant fields and must hold
-        ``rank`` and ``guidance`` (the ``train.adapter`` parameters)."""
+        """Config for a given ``FluxTransformer2DModel``; ``overrides`` (the ``train.adapter`` parameters) set the
+        variant fields and must hold ``rank`` and ``guidance``."""
         missing = [name for name in REQUIRED_FIELDS if name not in overrides]
         if missing:
             raise ValueError(
@@ -139,26 +124,18 @@ class FluxIRConfig(Config):
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> FluxIRConfig:
         """Inverse of ``to_dict``; keys starting with '_' (file metadata) are ignored, unknown keys refused."""
-        d = {k: v for k, v in params.items() if not k.startswith("_")}
-        inner = d.pop("inner_dim", None)
-        config = super().from_params(d)
-        if inner is not None and inner != config.inner_dim:
-            raise ValueError(
-                f"inner_dim {inner} does not equal num_attention_heads x attention_head_dim = {config.inner_dim}"
-            )
-        return config
+        return super().from_params({k: v for k, v in params.items() if not k.startswith("_")})
 
 
 def check_compatible(adapter_or_config: Any, flux: nn.Module) -> None:
-    """Raise ValueError naming both shapes when an adapter (or its ``FluxIRConfig``) was built for a different
-    Flux transformer."""
+    """ValueError naming both shapes when an adapter (or its ``FluxIRConfig``) was built for a different Flux."""
     config = getattr(adapter_or_config, "config", adapter_or_config)
     if not isinstance(config, FluxIRConfig):
         raise TypeError(f"expected a FluxIRAdapter or FluxIRConfig, got {type(adapter_or_config).__name__}")
     flux_shape = {name: getattr(flux.config, name) for name in BASE_FIELDS}
     flux_shape["axes_dims_rope"] = tuple(flux_shape["axes_dims_rope"])
     flux_shape["inner_dim"] = flux.config.num_attention_heads * flux.config.attention_head_dim
-    ours = config.base_shape()
+    ours = {name: getattr(config, name) for name in BASE_FIELDS} | {"inner_dim": config.inner_dim}
     bad = [k for k in ours if ours[k] != flux_shape[k]]
     if bad:
         diffs = ", ".join(f"{k}: adapter {ours[k]} vs flux {flux_shape[k]}" for k in bad)

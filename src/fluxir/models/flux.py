@@ -1,14 +1,8 @@
-"""Flux models built from the configs fluxir ships, stand-in prompt embeddings, the VAE latent normalisation, and
-compiling the blocks.
+"""Flux as fluxir uses it: shipped model configs, stand-in prompt embeddings, latent normalisation and packing,
+compiled blocks.
 
-Loading a pipeline from a hub id or a local folder is ``fluxir.models.loading``; devices ``fluxir.models.devices``;
-latent packing ``fluxir.models.packing``.
-
-The tiny environment uses the same code. The committed ``data/01_raw/tiny/flux`` holds a 2+2-block
-random-weight ``FluxTransformer2DModel`` and a 16-channel ``AutoencoderKL`` (the JSON configs in
-``fluxir/configs``) and no text encoders: ``fixed_prompt_embeddings`` stands in for T5/CLIP there.
-``scripts/tiny_models.py`` writes full-format folders (tokenizers and text encoders too) of the same models.
-Tiny models prove the machinery, never image quality.
+The tiny environment's ``data/01_raw/tiny/flux`` (a 2+2-block random-weight transformer, a 16-channel VAE, no
+text encoders) runs the same code; tiny models prove the machinery, never image quality.
 """
 
 from __future__ import annotations
@@ -19,6 +13,9 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
+from torch import Tensor
+
+from fluxir.compat import latent_image_ids
 
 CONFIGS = resources.files("fluxir") / "configs"
 
@@ -31,10 +28,7 @@ def load_config(name: str) -> dict[str, Any]:
 
 
 def build_transformer(config_name: str, seed: int = 0, device: str = "cpu", **overrides: Any):
-    """A random-weight ``FluxTransformer2DModel`` from a shipped config (``device="meta"`` allocates nothing).
-
-    ``overrides`` replace config fields, e.g. a narrow Flux with FLUX.1-dev's 19 + 38 blocks.
-    """
+    """A random-weight ``FluxTransformer2DModel`` from a shipped config (``device="meta"`` allocates nothing)."""
     torch.manual_seed(seed)
     with torch.device(device):
         return FluxTransformer2DModel(**{**load_config(config_name), **overrides})
@@ -47,10 +41,7 @@ def build_tiny_vae(seed: int = 0) -> AutoencoderKL:
 
 
 def fixed_prompt_embeddings(transformer, seq_len: int = 8, seed: int = 0):
-    """Deterministic stand-in prompt embeddings for pipelines without text encoders (tiny models).
-
-    Returns ``(prompt_embeds (1, seq_len, joint_attention_dim), pooled (1, pooled_projection_dim))``.
-    """
+    """Deterministic stand-ins for T5/CLIP: (prompt_embeds (1, seq_len, joint), pooled (1, pooled_dim))."""
     cfg = transformer.config
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randn(1, seq_len, cfg.joint_attention_dim, generator=gen)
@@ -59,14 +50,47 @@ def fixed_prompt_embeddings(transformer, seq_len: int = 8, seed: int = 0):
 
 
 def normalise_latents(vae: Any, latents: Any) -> Any:
-    """The VAE's latents -> the transformer's: ``(z - shift_factor) * scaling_factor`` (Flux's VAE config; a VAE
-    without ``shift_factor`` shifts by 0)."""
+    """The VAE's latents -> the transformer's: ``(z - shift_factor) * scaling_factor`` (no shift_factor: 0)."""
     return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
 
 
 def denormalise_latents(vae: Any, latents: Any) -> Any:
-    """The inverse of :func:`normalise_latents`: the transformer's latents -> what the VAE decodes."""
+    """The inverse of :func:`normalise_latents`."""
     return latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Packing: 2x2 latent patches as tokens
+
+
+# Adapted from diffusers.pipelines.flux.pipeline_flux.FluxPipeline._pack_latents (diffusers 0.42.1): the same
+# 2x2 patches, kept as a (h/2, w/2) grid so restoration can cut tiles from it; ``pack`` flattens it.
+def pack_grid(latents: Tensor) -> Tensor:
+    """(B, C, h, w) latent -> (B, h/2, w/2, 4C) token grid."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h // 2, w // 2, c * 4)
+
+
+# Adapted from diffusers.pipelines.flux.pipeline_flux.FluxPipeline._unpack_latents (diffusers 0.42.1), on the grid.
+def unpack_grid(grid: Tensor) -> Tensor:
+    """(B, h/2, w/2, 4C) token grid -> (B, C, h, w) latent."""
+    b, h2, w2, d = grid.shape
+    return grid.view(b, h2, w2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h2 * 2, w2 * 2)
+
+
+def pack(z: Tensor) -> Tensor:
+    """(B, C, h, w) -> (B, h/2 * w/2, 4C): the transformer's token sequence."""
+    return pack_grid(z).flatten(1, 2)
+
+
+def unpack(x: Tensor, h: int, w: int) -> Tensor:
+    """(B, h/2 * w/2, 4C) -> (B, C, h, w) (h, w: latent size)."""
+    return unpack_grid(x.view(x.shape[0], h // 2, w // 2, -1))
+
+
+def image_ids(grid_h: int, grid_w: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Flux's rope positions (grid_h * grid_w, 3) of a (grid_h, grid_w) token grid."""
+    return latent_image_ids(grid_h, grid_w, device, dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -76,10 +100,8 @@ def denormalise_latents(vae: Any, latents: Any) -> Any:
 def compile_blocks(flux: Any, adapter: Any = None) -> None:
     """``torch.compile`` every Flux transformer block and the adapter's block, in place.
 
-    ``nn.Module.compile`` keeps module names and state dicts unchanged (checkpoints and saved adapters
-    stay loadable without it), and all blocks of one kind share one compiled graph: on FLUX.1-dev the
-    first step compiles two block graphs (plus the adapter's), not 57. On the CPU inductor needs a C++
-    compiler; the embedders and the sampler's loop stay eager (small, and shapes change per tile).
+    Module names and state dicts stay unchanged, and blocks of one kind share one compiled graph (FLUX.1-dev's
+    first step compiles two, not 57). The embedders and the sampler's loop stay eager (shapes change per tile).
     """
     blocks = [*flux.transformer_blocks, *flux.single_transformer_blocks]
     if adapter is not None:

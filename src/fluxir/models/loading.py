@@ -1,13 +1,17 @@
-"""Loading a diffusers text-to-image pipeline (or only its VAE) from a hub id or a local folder.
+"""Where models come from and where they run: a diffusers pipeline (or its VAE) from a hub id or a local folder,
+the ``device`` parameters.
 
-A local folder is checked before anything loads (``folder_problems``: every missing component, wrong tokenizer
-or truncated safetensors file, each naming its path), so a bad download fails with the files to fix.
+A local folder is checked before anything loads (``folder_problems``), so a bad download fails naming the files
+to fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
@@ -15,11 +19,40 @@ from diffusers import AutoencoderKL, DiffusionPipeline
 from fluxir.runtime.progress import library_bars_follow_mode
 
 
-def resolve_source(source: str) -> str:
-    """Check a model source: an existing local folder with ``model_index.json``, or a hub id.
+@contextlib.contextmanager
+def autocast_off() -> Iterator[None]:
+    """Autocast off on every device type where it is on: the frozen VAE runs in its own dtype, as diffusers runs it.
 
-    Raises ValueError naming the source when it is neither.
+    Under CUDA autocast ``group_norm`` runs in float32 (CPU autocast has no such rule), so a bf16 VAE decode with
+    gradient would save float32 norm outputs for backward: ~1.6x the activations of the same decode in bf16.
     """
+    with contextlib.ExitStack() as stack:
+        for kind in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(kind):
+                stack.enter_context(torch.autocast(kind, enabled=False))
+        yield
+
+
+def resolve_device(device: str, process_device: Any = None) -> str:
+    """``auto``: this process's accelerate device when it is not the CPU, else cuda when available, else cpu."""
+    if device != "auto":
+        return device
+    if process_device is not None and str(process_device) != "cpu":
+        return str(process_device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def accelerate_cpu(device: str) -> bool:
+    """The ``cpu=`` argument of accelerate's ``PartialState`` / ``Accelerator`` for a ``device`` setting.
+
+    Without ``cpu=True`` accelerate ignores ``WORLD_SIZE`` on a CPU-only machine, so every process of a
+    multi-process (gloo) launch would think it is alone and do all the work.
+    """
+    return device == "cpu" or not torch.cuda.is_available()
+
+
+def resolve_source(source: str) -> str:
+    """An existing local folder with ``model_index.json``, or a hub id; ValueError naming the source otherwise."""
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "model_index.json").exists():
@@ -40,10 +73,8 @@ def resolve_source(source: str) -> str:
 def folder_problems(folder: str | Path) -> list[str]:
     """Every problem a loader would hit in the local pipeline ``folder``, each naming its path (empty: none).
 
-    Checked without loading weights: each component listed in model_index.json has its sub-folder; a
-    tokenizer's tokenizer_config.json names the class model_index.json lists (a T5 tokenizer saved where a
-    CLIP one is expected would otherwise load silently and tokenize wrongly); every ``.safetensors`` file
-    has a readable header (a truncated download otherwise fails with a message naming no file).
+    Checked without loading weights: a listed component without its sub-folder; a tokenizer of another class
+    than model_index.json lists (it would load silently and tokenize wrongly); a truncated ``.safetensors``.
     """
     import transformers
 
@@ -79,7 +110,6 @@ def folder_problems(folder: str | Path) -> list[str]:
 
 
 def _safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a readable safetensors file (None when its header parses and fits the file)."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(8)
@@ -102,12 +132,10 @@ TEXT_COMPONENTS = ("text_encoder", "tokenizer")  # prefixes of the prompt-side c
 
 
 def load_pipeline(source: str, dtype: str, device: str = "cpu", text_encoders: bool = True):
-    """Load a diffusers text-to-image pipeline from a hub id or a local folder.
+    """A diffusers text-to-image pipeline from a hub id or a local folder (checked first, every problem at once).
 
-    A local folder is checked first (``folder_problems``): every problem is reported at once, each naming
-    its path. With ``HF_HUB_OFFLINE=1`` a hub id that is not in the local cache fails with a message naming it.
-    ``text_encoders=False`` leaves out every text encoder and tokenizer (never instantiated): for callers
-    that pass prompt embeddings they already have.
+    ``text_encoders=False`` never instantiates the text encoders and tokenizers: for callers that have the
+    prompt embeddings already.
     """
     source = resolve_source(source)
     # Components listed as [null, null] (tiny folders have no text encoders) must be passed as None.
@@ -134,8 +162,7 @@ def load_pipeline(source: str, dtype: str, device: str = "cpu", text_encoders: b
 
 
 def load_vae(source: str, dtype: str, device: str = "cpu") -> AutoencoderKL:
-    """Only the VAE of a pipeline (hub id or local folder), as ``load_pipeline`` would load it: the same
-    weights and dtype, so ``vae_identity`` and every latent equal those of the full pipeline's VAE."""
+    """Only the VAE of a pipeline, with the weights and dtype ``load_pipeline`` would give it (same latents)."""
     source = resolve_source(source)
     try:
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=getattr(torch, dtype))

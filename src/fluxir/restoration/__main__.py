@@ -12,7 +12,7 @@ from accelerate.utils import gather_object
 
 from fluxir.io.atomic import write_json_atomic
 from fluxir.models.adapter import load_adapter
-from fluxir.models.devices import resolve_device
+from fluxir.models.loading import resolve_device
 from fluxir.parameters.config import catalog_config, load_catalog
 from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
 from fluxir.restoration.methods import restorer_spec, uses_adapter

@@ -18,8 +18,7 @@ from PIL import Image
 
 from fluxir.io.images import check_rgb_uint8
 from fluxir.io.provenance import sha256_file
-from fluxir.models.devices import resolve_device
-from fluxir.models.loading import load_pipeline
+from fluxir.models.loading import load_pipeline, resolve_device
 from fluxir.parameters.config import Config, Rule
 from fluxir.restoration.restore_config import DTYPES, MULTIPLE, RestoreWork, output_size, round_up, time_two_steps
 

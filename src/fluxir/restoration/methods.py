@@ -249,7 +249,7 @@ def restorer_spec(
     """The spec of method ``name`` with ``config`` (``restore.*``) and its ``baselines.<name>`` settings, on ``device``
     where the method's device is ``auto``. A ``MissingAdapter`` or a public method's missing weights fail now."""
     from fluxir.datasets import require_adapter
-    from fluxir.models.devices import resolve_device
+    from fluxir.models.loading import resolve_device
 
     entry = method_named(name, parameter)
     adapter = require_adapter(adapter, f"{parameter}: {name}") if entry.needs_adapter else None

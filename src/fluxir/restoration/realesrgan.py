@@ -20,7 +20,7 @@ from PIL import Image
 from fluxir.compat import import_basicsr
 from fluxir.io.images import check_rgb_uint8
 from fluxir.io.provenance import sha256_file
-from fluxir.models.devices import resolve_device
+from fluxir.models.loading import resolve_device
 from fluxir.parameters.config import Config, Rule
 from fluxir.restoration.restore_config import RestoreWork, now, output_size
 from fluxir.runtime.progress import progress as progress_bar

@@ -44,14 +44,10 @@ from torch import Tensor
 
 from fluxir.io.images import check_rgb_uint8
 from fluxir.models.adapter import check_compatible
-from fluxir.models.condition import lq_condition
-from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
-from fluxir.models.devices import autocast_off, resolve_device
-from fluxir.models.empty_prompt import cached_empty_prompt, save_empty_prompt
-from fluxir.models.flux import compile_blocks, denormalise_latents, normalise_latents
-from fluxir.models.loading import load_pipeline
-from fluxir.models.packing import image_ids, pack_grid, unpack_grid
-from fluxir.models.prompts import PromptEncoder
+from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux, lq_condition
+from fluxir.models.flux import compile_blocks, denormalise_latents, image_ids, normalise_latents, pack_grid, unpack_grid
+from fluxir.models.loading import autocast_off, load_pipeline, resolve_device
+from fluxir.models.prompts import PromptEncoder, cached_empty_prompt, save_empty_prompt
 from fluxir.restoration.lowmem import attach_offload, quantize_transformer
 from fluxir.restoration.restore_config import (
     COLOR_FIX_METHODS,

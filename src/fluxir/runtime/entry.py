@@ -55,7 +55,7 @@ def process_state(device: str) -> Any:
     """This process's ``accelerate`` state (CPU processes with gloo when ``device`` is cpu or no GPU is there)."""
     from accelerate import PartialState
 
-    from fluxir.models.devices import accelerate_cpu
+    from fluxir.models.loading import accelerate_cpu
 
     return PartialState(cpu=accelerate_cpu(device))
 

@@ -1,11 +1,5 @@
-"""``python -m fluxir.training [latents]`` / ``accelerate launch -m fluxir.training [latents]``: train outside
-``kedro run``.
-
-Reads the same Kedro configuration and catalog as the ``train`` pipeline. ``latents`` fills the latent cache
-(``fluxir.training.latents.precompute_latents``, the pipeline's first node); without it, runs
-``fluxir.training.loop.train`` on every process of the launch and (rank 0 only) logs to MLflow and saves the
-adapter.
-"""
+"""``python -m fluxir.training [latents]`` / ``accelerate launch -m fluxir.training [latents]``: the ``train``
+pipeline's two steps outside ``kedro run``, with the same configuration and catalog; rank 0 logs and saves."""
 
 from __future__ import annotations
 
@@ -62,12 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(
         PROG, f"{main.__doc__} `{PROG} latents` fills the latent cache.", "train.max_steps=50", inputs
     )
-    parser.add_argument(
-        "--output", default=None, help="adapter folder (default: a new version of catalog fluxir_adapter)"
-    )
-    parser.add_argument(
-        "--history", default=None, help="write the per-step history (the pipeline's train_history) here"
-    )
+    parser.add_argument("--output", help="adapter folder (default: a new version of catalog fluxir_adapter)")
+    parser.add_argument("--history", help="write the per-step history (the pipeline's train_history) here")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     args = parser.parse_args(argv)
     args.manifest, output, history_path, args.prompt_cache = (

@@ -1,8 +1,5 @@
-"""Training checkpoints (adapter + optimizer + scheduler + RNG + step + history) and weight digests.
-
-Rank 0 writes ``<run_dir>/step_<8 digits>`` through a temporary folder renamed into place, so a run
-killed while writing never leaves a half checkpoint under a final name; the newest ``keep`` are kept.
-"""
+"""Training checkpoints: adapter, optimizer, scheduler, RNG, step and history, written by rank 0 through a
+temporary folder renamed into place, so a killed run never leaves a half checkpoint under a final name."""
 
 from __future__ import annotations
 
@@ -25,12 +22,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step_"
 
 
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (final names only; temporary folders are ignored), oldest first."""
+    """(step, folder) of the checkpoints under their final names, oldest first."""
     if not run_dir.is_dir():
         return []
     found = []
@@ -50,8 +43,7 @@ def save_checkpoint(
     extra: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write adapter + optimizer + scheduler + RNG + step + history atomically; keep the newest ``keep``."""
-    final = checkpoint_path(run_dir, step)
+    final = run_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
     # The same step written again: the complete old one stays until the new one is in place.
     with atomic_directory(final) as tmp_name:
         tmp = Path(tmp_name)
@@ -72,10 +64,8 @@ def save_checkpoint(
 def newest_complete_checkpoint(run_dir: Path, move_damaged: bool) -> tuple[int, Path] | None:
     """The newest checkpoint of ``run_dir`` whose manifest matches its files; None when there is none.
 
-    A newer checkpoint that does not match (cut off by a power loss, bit rot, written before checkpoints
-    carried manifests) is skipped with a warning naming it and, with ``move_damaged`` (rank 0), moved
-    aside to ``.damaged-step_<n>-<random>`` so that it is neither counted by ``keep_checkpoints`` nor lost.
-    When checkpoints exist but none is complete, RuntimeError names them and says how to start over.
+    A newer one that does not match is skipped with a warning and, with ``move_damaged`` (rank 0), moved aside
+    to ``.damaged-step_<n>-<random>``: neither counted by ``keep_checkpoints`` nor lost.
     """
     damaged = []
     for step, path in reversed(list_checkpoints(run_dir)):

@@ -13,9 +13,8 @@ from fluxir.parameters.config import Config, ConfigError, Rule
 TIMESTEP_SAMPLERS = ("clamped_uniform", "logit_normal")
 PIXEL_LOSS_FORMS = ("paper", "x0")
 
-# Fields that do not change what is learned: excluded from the run key, so changing them (or raising
-# max_steps to train longer) resumes the same run instead of starting a new one. batch_size is one:
-# the global batch and every sample's randomness are the same however it is split (see ``batch_plan``).
+# Fields that do not change what is learned: excluded from the run key, so changing them (or raising max_steps)
+# resumes the same run. batch_size is one: the global batch and its randomness are the same however it is split.
 _NON_SEMANTIC = (
     "max_steps",
     "max_epochs",
@@ -27,42 +26,24 @@ _NON_SEMANTIC = (
     "validation_steps",
     "cache_latents",
     "device",
-    "progress",
     "decoder_gradient_checkpointing",
     "gradient_checkpointing",
     "batch_size",
     "compile",
 )
-_FLOAT_FIELDS = (
-    "learning_rate",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_grad_norm",
-    "timestep_eps",
-    "logit_normal_mean",
-    "logit_normal_std",
-    "pixel_loss_weight",
-)
 
 
-# ``--params train.checkpoint_dir=...`` / ``train.latent_cache_dir=...`` are runtime params that the catalog entries
-# train_checkpoints / train_latent_cache read; Kedro merges runtime params into the parameters too: not settings.
+# Runtime params the catalog's train_checkpoints / train_latent_cache read; Kedro merges them into the parameters
+# too, but they are not settings.
 FOLDER_PARAMS = ("checkpoint_dir", "latent_cache_dir")
 
 
 @dataclass(frozen=True)
 class TrainFolders:
-    """Where a run keeps its files: the catalog's ``train_checkpoints`` (a sub-folder per run key) and
-    ``train_latent_cache`` (VAE encodings, unused when ``train.cache_latents`` is false)."""
+    """The catalog's ``train_checkpoints`` (a sub-folder per run key) and ``train_latent_cache``."""
 
     checkpoints: Path
     latent_cache: Path
-
-
-# ----------------------------------------------------------------------------------------------------
-# Configuration
 
 
 TRAIN_RULES = (
@@ -163,13 +144,13 @@ class TrainConfig(Config):
         return {**params, "adapter": dict(params["adapter"] or {})}
 
     def __post_init__(self) -> None:
-        for name in _FLOAT_FIELDS:  # YAML 1.1 reads `1e-5` (no dot) as a string
-            value = getattr(self, name)
-            if isinstance(value, str):
+        for field in dataclasses.fields(self):  # YAML 1.1 reads `1e-5` (no dot) as a string
+            value = getattr(self, field.name)
+            if field.type.startswith("float") and isinstance(value, str):
                 try:
-                    setattr(self, name, float(value))
+                    setattr(self, field.name, float(value))
                 except ValueError:
-                    raise ConfigError([f"train.{name} must be a number, got {value!r}"]) from None
+                    raise ConfigError([f"train.{field.name} must be a number, got {value!r}"]) from None
         super().__post_init__()
 
     def joint_problems(self, failed: set[str]) -> list[str]:
@@ -181,9 +162,8 @@ class TrainConfig(Config):
         ]
 
     def check_epoch_budget(self, num_pairs: int) -> None:
-        """Refuse a run whose samples (``max_steps x global_batch``) exceed ``max_epochs`` passes over the training
-        pairs (``num_pairs`` minus the ``num_validation_pairs`` held out): a budget meant for more data than there
-        is. Checked before any model loads."""
+        """Refuse a run of more than ``max_epochs`` passes over the training pairs: a budget meant for more data
+        than there is. Checked before any model loads."""
         train_pairs = num_pairs - self.num_validation_pairs
         if self.max_epochs is None or train_pairs < 1:  # no pair to train on: the pair table's own check says so
             return
@@ -206,11 +186,8 @@ class TrainConfig(Config):
 
 
 def accumulation_steps(global_batch: int, batch_size: int, num_processes: int) -> int:
-    """Micro-steps per optimizer step so that batch_size x num_processes x accumulation = global_batch exactly.
-
-    The paper's 64 on 4 GPUs at batch_size 1 accumulates 16 micro-steps, on 8 GPUs 8; ValueError (listing the
-    batch sizes that work) when no whole number of micro-steps gives the global batch.
-    """
+    """Micro-steps per optimizer step so that batch_size x num_processes x accumulation = global_batch exactly
+    (the paper's 64 on 4 GPUs at batch_size 1: 16)."""
     per_micro_step = batch_size * num_processes
     if global_batch % per_micro_step == 0:
         return global_batch // per_micro_step

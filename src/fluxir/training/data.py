@@ -1,15 +1,8 @@
 """FluxIR training data (paper Sec. 3.3, 4.1): the pairs, their aspect buckets, the data order and the VAE latents.
 
-- ``PairTable``: FluxGen's ``pairs_manifest`` checked (HQ sides multiples of 16, LQ exactly 1/lq_scale of HQ),
-  with the sizes the degradation recorded in it (``width``, ``height``, ``lq_width``, ``lq_height``): no
-  process opens an image at start-up.
-- Aspect buckets (paper: 1024x768, 768x768, 512x768): each global batch comes from one bucket. The batch
-  order of epoch e is a permutation drawn from (seed, e), so the global batch of optimizer step s is a
-  function of (seed, s) (``DataOrder``): a resumed run sees exactly the data an uninterrupted one would.
-- Latents: HQ and the LQ condition (``fluxir.models.condition``, x lq_scale) go through the frozen Flux VAE encoder; its
-  Gaussian's parameters (mean, logvar) are cached on disk (``LatentCache``), keyed by the pair's sha256s,
-  the size and the VAE's identity. A latent is ``(mean + std * noise - shift_factor) * scaling_factor``,
-  packed 2x2: (B, C, h, w) -> (B, h/2 * w/2, 4C).
+Each global batch comes from one aspect bucket (paper: 1024x768, 768x768, 512x768), and the global batch of step
+s is a function of (seed, s), so a resumed run sees exactly the data an uninterrupted one would. The VAE encoder's
+Gaussian (mean, logvar) of HQ and the LQ condition is cached on disk; each step draws its own sample from it.
 """
 
 from __future__ import annotations
@@ -31,40 +24,26 @@ from torch import Tensor, nn
 from fluxir.io.atomic import atomic_file
 from fluxir.io.images import read_image
 from fluxir.io.provenance import hash_json, hash_tensors, sha256_file
-from fluxir.models.condition import lq_condition
-from fluxir.models.devices import autocast_off
+from fluxir.models.controlled_flux import lq_condition
 from fluxir.models.flux import denormalise_latents, normalise_latents
+from fluxir.models.loading import autocast_off
 
 MANIFEST_COLUMNS = (
     *("image_id", "hq_path", "lq_path", "hq_sha256", "lq_sha256"),
-    *("width", "height", "lq_width", "lq_height"),  # HQ and LQ sizes, recorded by the degradation (fluxgen.pairs)
-)
-MANIFEST_COLUMNS = (
-    "image_id",
-    "hq_path",
-    "lq_path",
-    "hq_sha256",
-    "lq_sha256",
-    "width",
-    "height",
-    "lq_width",
-    "lq_height",
+    *("width", "height", "lq_width", "lq_height"),  # recorded by the degradation: no process opens an image
 )
 
 
 @dataclass
 class PairTable:
-    """The training pairs: one row per pair with its HQ size (width, height); sorted by image_id."""
+    """The training pairs, sorted by image_id."""
 
-    rows: pd.DataFrame  # manifest columns + width, height
+    rows: pd.DataFrame  # manifest columns
     lq_scale: int  # HQ side / LQ side (train.lq_scale)
 
     @classmethod
     def from_manifest(cls, manifest: pd.DataFrame, lq_scale: int) -> PairTable:
-        """Check the manifest and the sizes it records.
-
-        HQ sides must be multiples of 16 (VAE /8, then 2x2 packing) and LQ exactly 1/lq_scale of HQ.
-        """
+        """Check the manifest's columns and sizes (HQ sides multiples of 16, LQ exactly 1/lq_scale of HQ)."""
         missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
         if missing:
             raise ValueError(
@@ -102,24 +81,20 @@ class PairTable:
         return list(range(n - num_validation)), list(range(n - num_validation, n))
 
     def buckets(self, indices: list[int]) -> dict[tuple[int, int], list[int]]:
-        """Indices grouped by HQ (width, height)."""
         out: dict[tuple[int, int], list[int]] = {}
         for i in indices:
             out.setdefault((int(self.rows.width[i]), int(self.rows.height[i])), []).append(i)
         return out
 
     def data_key(self) -> str:
-        """Hash of the pairs' identities (image ids + sha256s)."""
         return hash_json(self.rows[["image_id", "hq_sha256", "lq_sha256"]].astype(str).values.tolist())
 
 
 def epoch_batches(
     buckets: dict[tuple[int, int], list[int]], global_batch: int, seed: int, epoch: int
 ) -> list[list[int]]:
-    """The global batches of one epoch, each from one aspect bucket, in an order drawn from (seed, epoch).
-
-    A bucket whose size is not a multiple of the batch wraps around to the start of its permutation.
-    """
+    """The global batches of one epoch, each from one bucket, in an order drawn from (seed, epoch); a bucket whose
+    size is not a multiple of the batch wraps around to the start of its permutation."""
     rng = np.random.default_rng([seed, epoch])
     batches = []
     for size in sorted(buckets):
@@ -138,7 +113,6 @@ class DataOrder:
         self._epoch, self._batches = -1, []
 
     def batch(self, step: int) -> tuple[int, list[int]]:
-        """(epoch, the global batch's pair indices) of a 0-based optimizer step."""
         epoch = step // self.per_epoch
         if epoch != self._epoch:
             self._epoch, self._batches = epoch, epoch_batches(self.buckets, self.global_batch, self.seed, epoch)
@@ -150,7 +124,7 @@ class DataOrder:
 
 
 def load_pair_pixels(row: Any, lq_scale: int) -> tuple[Tensor, Tensor]:
-    """(HQ (3, H, W), the LQ condition: LQ resized x lq_scale by ``lq_condition`` (3, H, W)), float32 in [-1, 1]."""
+    """(HQ (3, H, W), the LQ condition (3, H, W)), float32 in [-1, 1]."""
     lq = read_image(row.lq_path)  # (H/4, W/4, 3)
     lq_up = lq_condition(lq, lq.shape[0] * lq_scale, lq.shape[1] * lq_scale)  # (H, W, 3), as restoration sees it
     return to_unit(read_image(row.hq_path)), to_unit(lq_up)
@@ -162,11 +136,7 @@ def to_unit(image: np.ndarray) -> Tensor:
 
 
 def vae_identity(vae: Any) -> str:
-    """Hash of the VAE's class, config and weights: part of every latent-cache key.
-
-    Config entries starting with ``_`` (``_name_or_path``, ``_diffusers_version``) say where and by what the
-    VAE was loaded, not what it computes: left out, so the VAE alone and the pipeline's VAE hash alike.
-    """
+    """Hash of the VAE's class, config (less the ``_`` entries: where it was loaded from) and weights."""
     h = hashlib.sha256(type(vae).__name__.encode())
     config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
@@ -174,11 +144,8 @@ def vae_identity(vae: Any) -> str:
 
 
 class LatentCache:
-    """The VAE encoder's Gaussian parameters (2C, h, w) of each pair's HQ and upsampled LQ, on disk.
-
-    Key = sha256(HQ sha256, LQ sha256, size, lq_scale, VAE identity): a changed image (new sha256 in the
-    manifest) or VAE never reuses a stale entry. Files are written atomically (temp file + rename).
-    """
+    """The VAE encoder's Gaussian parameters (2C, h, w) of each pair's HQ and LQ condition, on disk, keyed by the
+    pair's sha256s, size, lq_scale and VAE identity: a changed image or VAE never reuses an entry."""
 
     def __init__(self, root: str | os.PathLike | None, vae_id: str) -> None:
         self.root = Path(root) if root is not None else None
@@ -247,12 +214,8 @@ def encode_missing_latents(
     num_processes: int = 1,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Encode into ``cache`` the pairs of process ``process_index`` of ``num_processes`` (pairs ``i`` with
-    ``i % num_processes == process_index``, by image_id order) that are not cached yet.
-
-    Each entry is written atomically, so a killed run keeps what it finished and a rerun encodes only the
-    rest. Returns counts: pairs of this process, encoded now, found cached.
-    """
+    """Encode the uncached pairs ``i % num_processes == process_index``; each entry is written atomically, so a
+    killed run keeps what it finished. Returns counts: pairs of this process, encoded now, found cached."""
     from fluxir.runtime.progress import progress as progress_bar
 
     mine = list(range(process_index, len(pairs), num_processes))

@@ -1,19 +1,8 @@
-"""VAE latents of every training pair, encoded once before training: sharded over processes, resumable.
+"""VAE latents of every training pair, encoded once before training with only the VAE loaded: sharded over
+processes, resumable (``python -m fluxir.training latents``; the train pipeline's first node).
 
-Training's first epoch would otherwise encode on the critical path (per pair: two PNG decodes, two
-sha256s, a bicubic upsample, a VAE encode and a cache write on every rank). This step fills the same
-``LatentCache`` training reads (``fluxir.training.data``: the VAE's Gaussian parameters keyed by the
-pair's sha256s, size, ``lq_scale`` and the VAE's identity) with only the VAE loaded. Process ``r`` of
-``w`` encodes the pairs ``i % w == r`` (in image_id order); each entry is written atomically, so a killed
-run keeps what it finished and the rerun encodes only the rest. With every entry cached, training opens
-no image (the sizes come from ``pairs_manifest``).
-
-    python -m fluxir.training latents --env base
-    accelerate launch --multi_gpu --num_processes 8 -m fluxir.training latents --env base
-
-``kedro run --pipeline=train`` runs the same step as its first node, ``precompute_latents`` (on
-``train.num_processes`` processes: more than one launches that command as a child job), then counts the
-cache entries on disk (``fill_and_count``).
+Training's first epoch would otherwise encode on the critical path (two PNG decodes, two sha256s, a bicubic
+upsample, a VAE encode per pair, on every rank); with every entry cached, training opens no image.
 """
 
 from __future__ import annotations
@@ -25,12 +14,12 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.models.devices import resolve_device
-from fluxir.models.loading import load_vae
+from fluxir.models.loading import load_vae, resolve_device
 from fluxir.training.config import TrainConfig
 from fluxir.training.data import LatentCache, PairTable, encode_missing_latents, vae_identity
 
 logger = logging.getLogger(__name__)
+NO_CACHE = {"pairs": 0, "encoded": 0, "cached": 0, "cache_dir": None, "vae_identity": None}  # cache_latents: false
 
 
 def precompute_latents(
@@ -43,15 +32,11 @@ def precompute_latents(
     *,
     cache_dir: str | Path,
 ) -> dict[str, Any]:
-    """Encode this process's pairs of ``manifest`` that are not in ``cache_dir`` (the catalog's
-    ``train_latent_cache``) yet.
-
-    Returns what it did: pairs of this process, encoded now, found cached, the cache folder and VAE identity.
-    """
+    """Encode this process's pairs of ``manifest`` that are not in ``cache_dir`` yet; returns the counts."""
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
     if not cfg.cache_latents:
         logger.info("train.cache_latents is false: no latent cache to fill (training encodes every step)")
-        return {"pairs": 0, "encoded": 0, "cached": 0, "cache_dir": None, "vae_identity": None}
+        return dict(NO_CACHE)
     pairs = PairTable.from_manifest(manifest, cfg.lq_scale)
     vae = load_vae(cfg.model, cfg.dtype, resolve_device(cfg.device, process_device)).requires_grad_(False).eval()
     cache = LatentCache(cache_dir, vae_identity(vae))
@@ -69,12 +54,11 @@ def precompute_latents(
 
 
 def fill_and_count(cfg: TrainConfig, manifest: pd.DataFrame, cache_dir: str | Path, fill: Callable[[], object]) -> dict:
-    """Run ``fill`` (``precompute_latents`` here, or the same on several processes) and count on disk what it did:
-    pairs, encoded now, already cached, the cache folder and the VAE identity. The VAE is loaded on the CPU
-    for its identity (part of every cache key) only; ``fill`` loads its own."""
+    """Run ``fill`` (``precompute_latents`` on one or several processes) and count on disk what it did; the VAE
+    is loaded on the CPU for its identity (part of every cache key) only."""
     if not cfg.cache_latents:
         fill()
-        return {"pairs": 0, "encoded": 0, "cached": 0, "cache_dir": None, "vae_identity": None}
+        return dict(NO_CACHE)
     pairs = PairTable.from_manifest(manifest, cfg.lq_scale)
     cache = LatentCache(cache_dir, vae_identity(load_vae(cfg.model, cfg.dtype, "cpu")))
 
@@ -83,11 +67,5 @@ def fill_and_count(cfg: TrainConfig, manifest: pd.DataFrame, cache_dir: str | Pa
 
     before = cached()
     fill()
-    encoded = cached() - before
-    return {
-        "pairs": len(pairs),
-        "encoded": encoded,
-        "cached": before,
-        "cache_dir": str(cache.root),
-        "vae_identity": cache.vae_id,
-    }
+    counts = {"pairs": len(pairs), "encoded": cached() - before, "cached": before}
+    return {**counts, "cache_dir": str(cache.root), "vae_identity": cache.vae_id}

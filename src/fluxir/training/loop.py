@@ -1,11 +1,15 @@
-"""The FluxIR training loop (paper Sec. 3.3): start or resume a run, optimizer steps, bookkeeping.
+"""The FluxIR training loop (paper Sec. 3.3, 4.1) under ``accelerate``: start or resume a run, optimizer steps,
+bookkeeping (MLflow, validation restorations, checkpoints).
 
-The story of one step is told in :mod:`fluxir.training`; this module runs it under ``accelerate``.
+Sample j of step s draws t, z_1, the VAE samples and the decoder crop from its own generator seeded by (seed, s, j),
+so any split of the global batch (1 GPU accumulating 64, 4 x 16, 8 x 8) trains on the same samples with the same
+randomness, and a resumed run sees exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -27,22 +31,31 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 
+from fluxir.io.images import read_image
 from fluxir.io.store import LOCK_NAME, exclusive_lock
 from fluxir.models.adapter import (
     FluxIRAdapter,
     count_parameters,
 )
-from fluxir.models.devices import accelerate_cpu
+from fluxir.models.controlled_flux import lq_condition
 from fluxir.models.flux import compile_blocks
+from fluxir.models.loading import accelerate_cpu
 from fluxir.parameters.config import flatten_dict
+from fluxir.restoration.sampler import RestoreConfig, Restorer
 from fluxir.runtime.progress import progress as progress_bar
 from fluxir.runtime.tracking import log_new_params, mlflow_key
 from fluxir.training.checkpoints import list_checkpoints, load_checkpoint, newest_complete_checkpoint, save_checkpoint
 from fluxir.training.config import TrainConfig, TrainFolders, accumulation_steps
-from fluxir.training.data import DataOrder, LatentCache, PairTable, pair_gaussians, vae_identity
-from fluxir.training.loss import flow_matching_loss, make_micro_batch, sample_seed
-from fluxir.training.models import ControlledFlux, Models, build_adapter, load_models
-from fluxir.training.validation import validation_grid
+from fluxir.training.data import DataOrder, LatentCache, PairTable, device_and_dtype, pair_gaussians, vae_identity
+from fluxir.training.loss import (
+    ControlledFlux,
+    Models,
+    build_adapter,
+    flow_matching_loss,
+    load_models,
+    make_micro_batch,
+    sample_seed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +71,11 @@ class MlflowLogger:
     """Logs to the active MLflow run (kedro-mlflow's, or the CLI's) on the main process; no-op otherwise."""
 
     def __init__(self, enabled: bool) -> None:
-        self.run = None
-        if enabled:
-            self.run = mlflow.active_run()
+        self.run = mlflow.active_run() if enabled else None
 
     def params(self, params: dict[str, Any]) -> None:
-        if self.run is None:
-            return
-        log_new_params(params)  # kedro-mlflow logged params:train already
+        if self.run is not None:
+            log_new_params(params)  # kedro-mlflow logged params:train already
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
@@ -86,7 +96,7 @@ class TrainResult:
 
 @dataclass
 class TrainingRun:
-    """Everything one process holds during training: settings, data, models, optimiser and the history."""
+    """Everything one process holds during training."""
 
     cfg: TrainConfig
     accelerator: Accelerator
@@ -112,9 +122,8 @@ class TrainingRun:
 
 
 def configure_cuda_allocator() -> None:
-    """``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` unless the user set it: the three aspect buckets'
-    activation shapes would otherwise fragment the caching allocator. Read when CUDA first allocates, so
-    this must run before that (the command line calls it first thing)."""
+    """``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` unless set: the aspect buckets' activation shapes would
+    otherwise fragment the caching allocator. Read when CUDA first allocates: call it before that."""
     if "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
         return
     if torch.cuda.is_initialized():
@@ -127,13 +136,12 @@ def configure_cuda_allocator() -> None:
 
 
 def ddp_kwargs(accumulation: int) -> DistributedDataParallelKwargs:
-    """DDP settings: gradients are views into the all-reduce buckets (no second copy of them); the graph is
-    static (the same adapter parameters get a gradient every step) when no micro-step runs under no_sync."""
+    """Gradients as views into the all-reduce buckets (no second copy); a static graph when nothing runs no_sync."""
     return DistributedDataParallelKwargs(gradient_as_bucket_view=True, static_graph=accumulation == 1)
 
 
 def make_optimizer(params: Any, cfg: TrainConfig, device: torch.device | str) -> torch.optim.AdamW:
-    """AdamW of Sec. 4.1; on CUDA fused (one kernel per step for every tensor instead of a loop over them)."""
+    """AdamW of Sec. 4.1; fused on CUDA (one kernel per step for every tensor)."""
     return torch.optim.AdamW(
         params,
         lr=cfg.learning_rate,
@@ -165,8 +173,7 @@ def start_run(
     lock: contextlib.ExitStack,
     folders: TrainFolders,
 ) -> TrainingRun:
-    """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process; checkpoints
-    and cached latents in ``folders``.
+    """Data, models, optimiser and (if a checkpoint of the same run exists) its state, on this process.
 
     The main process takes the run folder's lock into ``lock``: held until that stack closes."""
     configure_cuda_allocator()
@@ -204,9 +211,8 @@ def start_run(
         state = load_checkpoint(newest[1], adapter, optimizer, scheduler)
         start, history = state["step"], state["history"][: state["step"]]
         logger.info("resuming from %s (step %d)", newest[1], start)
-    model, optimizer = accelerator.prepare(
-        ControlledFlux(models.flux, adapter), optimizer
-    )  # the scheduler is stepped by hand
+    # The scheduler is stepped by hand.
+    model, optimizer = accelerator.prepare(ControlledFlux(models.flux, adapter), optimizer)
     return TrainingRun(
         cfg=cfg,
         accelerator=accelerator,
@@ -229,28 +235,20 @@ def start_run(
 
 
 def log_run_params(run: TrainingRun) -> None:
-    """The settings, the derived batch split and the data as MLflow parameters, and one log line."""
     cfg, world = run.cfg, run.accelerator.num_processes
     sizes = {f"{w}x{h}": len(v) for (w, h), v in sorted(run.order.buckets.items())}
-    run.log.params(
-        {
-            **flatten_dict(dataclasses.asdict(cfg), "train."),
-            **flatten_dict(
-                {
-                    "num_processes": world,
-                    "gradient_accumulation_steps": run.accumulation,
-                    "num_train_pairs": len(run.train_idx),
-                    "num_validation_pairs": len(run.val_idx),
-                    "buckets": json.dumps(sizes),
-                    "adapter_parameters": count_parameters(run.adapter),
-                    "adapter_guidance": run.adapter.config.guidance,
-                    "run_key": run.run_key,
-                    "resumed_from_step": run.start,
-                },
-                "train_run.",
-            ),
-        }
-    )
+    derived = {
+        "num_processes": world,
+        "gradient_accumulation_steps": run.accumulation,
+        "num_train_pairs": len(run.train_idx),
+        "num_validation_pairs": len(run.val_idx),
+        "buckets": json.dumps(sizes),
+        "adapter_parameters": count_parameters(run.adapter),
+        "adapter_guidance": run.adapter.config.guidance,
+        "run_key": run.run_key,
+        "resumed_from_step": run.start,
+    }
+    run.log.params(flatten_dict({"train": dataclasses.asdict(cfg), "train_run": derived}))
     if run.accelerator.is_main_process:
         logger.info(
             "training %s: %d pairs in buckets %s, global batch %d = %d per process x %d process(es) x %d "
@@ -279,11 +277,10 @@ def log_run_params(run: TrainingRun) -> None:
 
 
 def optimizer_step(run: TrainingRun, step: int) -> dict[str, Any]:
-    """Optimizer step ``step`` (1-based): its global batch over every micro-step and process, then AdamW.
+    """Optimizer step ``step`` (1-based) over every micro-step and process; returns the history row (means).
 
     Sample j of the global batch is trained by process ``(j // batch_size) % processes`` in micro-step
-    ``j // (batch_size x processes)`` with randomness from ``sample_seed(seed, step, j)``: the same
-    samples, noise and t for any split of the global batch. Returns the history row (means over all).
+    ``j // (batch_size x processes)`` with randomness from ``sample_seed(seed, step, j)``.
     """
     cfg, acc, models = run.cfg, run.accelerator, run.models
     t0 = time.perf_counter()
@@ -339,14 +336,10 @@ def _non_finite(run: TrainingRun, step: int, values: str) -> FloatingPointError:
 
 def training_record(run: TrainingRun, step: int) -> dict[str, Any]:
     """What the adapter carries about its training (saved with it; evaluation reports show it)."""
-    cfg = run.cfg
+    settings = ("global_batch", "learning_rate", "timestep_sampler", "pixel_loss_weight", "pixel_loss_form")
     return {
         "steps": step,
-        "global_batch": cfg.global_batch,
-        "learning_rate": cfg.learning_rate,
-        "timestep_sampler": cfg.timestep_sampler,
-        "pixel_loss_weight": cfg.pixel_loss_weight,
-        "pixel_loss_form": cfg.pixel_loss_form,
+        **{name: getattr(run.cfg, name) for name in settings},
         "run_key": run.run_key,
         "num_train_pairs": len(run.train_idx),
         # the MLflow run this training logged to (rank 0's): evaluate and restore runs name it
@@ -354,9 +347,74 @@ def training_record(run: TrainingRun, step: int) -> dict[str, Any]:
     }
 
 
+def loss_curves_figure(history: pd.DataFrame) -> Any:
+    """Total, MSE (Eq. 8) and pixel (Eq. 9) loss per step with a moving average, and the learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [3, 1]})
+    window = max(1, len(history) // 20)
+    for column, color in (("loss", "#4c72b0"), ("loss_mse", "#55a868"), ("loss_pixel", "#c44e52")):
+        ax.plot(history["step"], history[column], color=color, alpha=0.25, lw=0.8)
+        ax.plot(history["step"], history[column].rolling(window, min_periods=1).mean(), color=color, label=column)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"training loss (moving mean over {window} steps)")
+    ax.legend(fontsize=8)
+    ax_lr.plot(history["step"], history["lr"], color="#8172b2")
+    ax_lr.set_xlabel("step")
+    ax_lr.set_title("learning rate")
+    fig.tight_layout()
+    return fig
+
+
+def validation_grid(
+    models: Models, adapter: FluxIRAdapter, pairs: PairTable, indices: list[int], cfg: TrainConfig
+) -> np.ndarray:
+    """uint8 (rows*H, 3*W, 3) grid: one row per validation pair, [LQ upsampled | restored | HQ]."""
+    device, dtype = device_and_dtype(models.flux)
+    # As the restore pipeline restores (the run reads no restore.* parameters): training crops restored whole
+    # from pure noise at the trained control strength, with the wavelet colour fix.
+    restore_cfg = RestoreConfig(
+        steps=cfg.validation_steps,
+        schedule="flux_shift",
+        scale=pairs.lq_scale,
+        target_size=None,
+        tile_size=None,
+        tile_overlap=0,
+        vae_tile_size=None,
+        vae_tile_overlap=0,
+        color_fix="wavelet",
+        seed=cfg.seed,
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+        batch_size=1,
+        max_sequence_length=None,
+        control_scale=1.0,
+        plain_flux_guidance=adapter.config.guidance,  # unused: the grid restores with the adapter and its guidance
+        start_t=1.0,
+        max_output_megapixels=math.inf,  # the grid's crops are training crops: no limit
+        offload="none",
+        quantize="none",
+        compile=False,
+    )
+    # The Restorer casts and freezes the adapter it gets: hand it a copy, never the one being trained.
+    frozen = (models.flux, models.vae, models.scheduler_config, models.prompt_embeds, models.pooled_embeds)
+    restorer = Restorer(*frozen, copy.deepcopy(adapter), restore_cfg)
+    rows = []
+    for i in indices:
+        row = pairs.rows.iloc[i]
+        hq, lq = read_image(row.hq_path), read_image(row.lq_path)  # (H, W, 3), (H/4, W/4, 3)
+        rows.append(np.concatenate([lq_condition(lq, *hq.shape[:2]), restorer.restore(lq), hq], axis=1))
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+
+
 def bookkeeping(run: TrainingRun, step: int, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """After step ``step``: MLflow metrics (means over ``window``), validation grid, checkpoint, each on its
-    schedule and on the last step. Returns the window still to log."""
+    """MLflow metrics (means over ``window``), validation grid, checkpoint: each on its schedule and on the last
+    step. Returns the window still to log."""
     cfg, main, last = run.cfg, run.accelerator.is_main_process, step == run.cfg.max_steps
     if main and (step % cfg.log_every == 0 or last):
         keys = ("loss", "loss_mse", "loss_pixel", "grad_norm", "samples_per_s", "t_mean")
@@ -398,12 +456,9 @@ def train(
     progress: bool = True,
     prompt_cache: str | Path | None = None,
 ) -> TrainResult:
-    """Train a FluxIR adapter on the pairs of ``manifest`` (on every process of an accelerate launch).
+    """Train a FluxIR adapter on the pairs of ``manifest``; the same ``TrainResult`` on every process.
 
-    ``folders``: the catalog's ``train_checkpoints`` and ``train_latent_cache``. ``prompt_cache``: the catalog's
-    ``prompt_embeddings`` folder (with the empty prompt there, no text encoder is loaded).
-    Returns the same ``TrainResult`` on every process.
-    """
+    ``prompt_cache``: the catalog's ``prompt_embeddings`` (with the empty prompt there, no text encoder loads)."""
     cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
     cfg.check_epoch_budget(len(manifest))  # before any model loads
     with contextlib.ExitStack() as lock:

@@ -1,20 +1,91 @@
-"""The training loss of one micro-batch (paper Eq. 5-10): timesteps, per-sample randomness, L_MSE + alpha L_P.
+"""The training loss of one micro-batch (paper Eq. 5-10) and the models it runs through (Sec. 3.2, 3.3).
 
-B = per-process batch, (h, w) = (H/8, W/8), N = h/2 * w/2 packed tokens.
+    t = f(u) = clamp(u, 0, 1), u ~ U(-eps, 1 + eps)          (Eq. 5-6; P(t=0) = P(t=1) = eps/(1+2eps))
+    z_t = (1 - t) z_0 + t z_1                                 (z_0 = HQ latent, z_1 ~ N(0, I))
+    v_p = Flux(z_t, t, p, y) controlled by FluxIR(z_lq)      (Eq. 1-4, fluxir.models.adapter)
+    v_gt = z_1 - z_0                                          (Eq. 7)
+    L_MSE = ||v_p - v_gt||^2                                  (Eq. 8, mean over elements)
+    L_P = ||V_d(z_0 + t v_p) - V_d(z_0 + t v_gt)||_1          (Eq. 9 as written, ``pixel_loss_form: paper``)
+        or ||V_d(z_t - t v_p) - V_d(z_0)||_1                  (its clean-estimate reading, ``x0``)
+    L = L_MSE + alpha L_P, alpha = 1                          (Eq. 10)
+
+B = per-process batch, (h, w) = (H/8, W/8), N = h/2 * w/2 packed tokens, S = prompt tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fluxir.models.packing import image_ids, pack, unpack
+from fluxir.models.adapter import FluxIRAdapter
+from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
+from fluxir.models.flux import image_ids, pack, unpack
+from fluxir.models.prompts import load_with_empty_prompt
 from fluxir.training.config import PIXEL_LOSS_FORMS, TIMESTEP_SAMPLERS, TrainConfig
 from fluxir.training.data import decode_latents, device_and_dtype, gaussian_sample
+
+# ----------------------------------------------------------------------------------------------------
+# The frozen Flux and VAE, and the trainable adapter around them
+
+
+class ControlledFlux(nn.Module):
+    """What DDP / FSDP / DeepSpeed wrap: the trainable adapter. The frozen Flux is held outside the
+    module tree, so it is never broadcast, synchronised or sharded as a trainable model."""
+
+    def __init__(self, flux: nn.Module, adapter: FluxIRAdapter) -> None:
+        super().__init__()
+        self.adapter = adapter
+        object.__setattr__(self, "flux", flux)  # not a registered sub-module
+
+    def forward(self, z_t, z_lq, prompt, pooled, t, img_ids, txt_ids):
+        """v_p (B, N, 64) of Eq. 1-4; a guidance-distilled Flux gets the adapter's ``config.guidance``, the value
+        saved with it for restoration."""
+        guidance = None
+        if self.flux.config.guidance_embeds:
+            guidance = torch.full((z_t.shape[0],), float(self.adapter.config.guidance), device=z_t.device)
+        return controlled_flux_forward(
+            self.flux, self.adapter, z_t, z_lq, prompt, pooled, t, img_ids, txt_ids, guidance=guidance
+        )
+
+
+@dataclass
+class Models:
+    flux: nn.Module  # FluxTransformer2DModel, frozen
+    vae: nn.Module  # AutoencoderKL, frozen
+    prompt_embeds: Tensor  # (1, S, joint_attention_dim)
+    pooled_embeds: Tensor  # (1, pooled_projection_dim)
+    scheduler_config: dict[str, Any]  # for the validation restorations
+
+
+def load_models(cfg: TrainConfig, device: torch.device | str, prompt_cache: str | Path | None = None) -> Models:
+    """Flux and the VAE, frozen, with the empty prompt's embeddings (from ``prompt_cache`` when there)."""
+    pipe, encoder = load_with_empty_prompt(cfg.model, cfg.dtype, str(device), cfg.max_sequence_length, prompt_cache)
+    flux, vae = pipe.transformer, pipe.vae
+    freeze_flux(flux)
+    vae.requires_grad_(False).eval()
+    if cfg.gradient_checkpointing:
+        flux.enable_gradient_checkpointing()
+    if cfg.decoder_gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    embeds = encoder.cache[""]
+    return Models(flux, vae, embeds["prompt_embeds"], embeds["pooled_prompt_embeds"], dict(pipe.scheduler.config))
+
+
+def build_adapter(cfg: TrainConfig, models: Models) -> FluxIRAdapter:
+    """A FluxIR adapter initialised from Flux (Sec. 3.2), float32 master weights, seeded by cfg.seed."""
+    torch.manual_seed(cfg.seed)  # the SE squeeze layers are randomly initialised
+    overrides = {"text_seq_len": models.prompt_embeds.shape[1], **cfg.adapter}
+    adapter = FluxIRAdapter.from_flux(models.flux, **overrides).to(torch.float32)
+    if cfg.gradient_checkpointing:
+        adapter.enable_gradient_checkpointing()
+    return adapter
+
 
 # ----------------------------------------------------------------------------------------------------
 # Timesteps (Eq. 5-6) and per-sample randomness

@@ -81,6 +81,6 @@ def train_adapter(
 
 def plot_loss_curves(history: pd.DataFrame) -> Any:  # a matplotlib Figure, imported when the node runs
     """Total, MSE (Eq. 8) and pixel (Eq. 9) loss per step with a moving average, and the learning rate."""
-    from fluxir.training.validation import loss_curves_figure
+    from fluxir.training.loop import loss_curves_figure
 
     return loss_curves_figure(history)
