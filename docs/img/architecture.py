@@ -186,14 +186,14 @@ lane(736, 90, "shared base", "src/fluxir/: used by every stage")
 for i, (left, right) in enumerate(
     (
         (
-            "config.py: parameters, catalog;  rules.py: one validator table",
-            "io/: atomic writes, locks, hashing, image readers, image store",
+            "parameters/: one Config base, checks, validation",
+            "io/: atomic writes, provenance, image readers, image store",
         ),
         (
-            "models/: loading, devices, packing, prompts",
-            "tracking.py: MLflow params;  progress.py: bars or log lines",
+            "models/: loading, packing, prompts;  compat.py",
+            "runtime/: launch, MLflow tracking, progress, hooks",
         ),
-        ("hooks.py, settings.py, pipeline_registry.py: Kedro glue", "datasets/: catalog types (image store, adapter)"),
+        ("settings.py, pipeline_registry.py, cli.py: Kedro glue", "datasets/: catalog types (image store, adapter)"),
     )
 ):
     text(190, 760 + i * 18, left, size=10.5, anchor="start", fill="#333")
