@@ -215,19 +215,16 @@ def musiq_key(opts: Mapping[str, Any]) -> str:
     return "ava" if key is True else str(key)
 
 
-def _default_torch_home() -> Path:
-    # what torch.hub would use now, without importing torch when it is not loaded
-    if "torch" in sys.modules:
+def weights_home() -> Path:
+    """The TORCH_HOME-like folder weight files are looked up in: ``configure_weights``' or torch.hub's now."""
+    if _settings.home is not None:
+        return _settings.home
+    if "torch" in sys.modules:  # else the same rule without importing torch
         import torch.hub
 
         return Path(torch.hub.get_dir()).parent
     default = os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")
     return Path(os.path.expanduser(os.getenv("TORCH_HOME", default)))
-
-
-def weights_home() -> Path:
-    """The TORCH_HOME-like folder weight files are looked up in."""
-    return _settings.home if _settings.home is not None else _default_torch_home()
 
 
 def configure_weights(weights_dir: str | os.PathLike | None, trust_files: bool = False) -> Path:
@@ -345,10 +342,6 @@ def _checkpoint_file(arch: str, opts: Mapping[str, Any]) -> str | None:
     return None
 
 
-def needs(spec: MetricSpec) -> list[Need]:
-    return plan_files(spec)[0]
-
-
 @lru_cache(maxsize=16)
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:  # size/mtime: a replaced file is hashed again
     return sha256_file(path)
@@ -364,7 +357,7 @@ def file_problems(specs: list[MetricSpec]) -> list[str]:
     """One line per missing file or CLIP backbone with another SHA-256 (unless trusted); [] when all fit."""
     problems = []
     for spec in specs:
-        for need in needs(spec):
+        for need in plan_files(spec)[0]:
             if not need.path.is_file():
                 problems.append(f"{spec.name} needs {need.path.name} in {need.path.parent}; {need.source}")
             elif need.sha256 and not _settings.trust_files and file_sha256(need.path) != need.sha256:
@@ -407,27 +400,23 @@ def load_plan(spec: MetricSpec) -> LoadPlan:
     """Build every described metric with ``pretrained=False`` and load its file ourselves (``load_checkpoint``)."""
     opts = metric_options(spec)
     arch = opts["type"]
-    found = {n.path.name: n.path for n in needs(spec)}
+    found = {n.path.name: n.path for n in plan_files(spec)[0]}
     plan = LoadPlan({} if spec.pretrained else {"pretrained": False})
+    backbone = opts.get("backbone", "RN50")
+    if arch == "CLIPIQA" and backbone in CLIP_BACKBONES:
+        plan.kwargs["backbone"] = str(found[CLIP_BACKBONES[backbone][1]])  # a file path: no hub lookup, no hash
     if "pretrained_model_path" in spec.options or not spec.pretrained:
-        return _with_clip_backbone(plan, arch, opts, found)
+        return plan
     if arch == "MUSIQ" and musiq_key(opts) == "ava":
         plan.kwargs.setdefault("num_class", 10)  # pyiqa sets this only when it resolves the URL itself
     elif arch == "CLIPIQA":
-        plan.bare_tensor = opts.get("model_type") == "clipiqa+" and opts.get("backbone", "RN50") == "RN50"
+        plan.bare_tensor = opts.get("model_type") == "clipiqa+" and backbone == "RN50"
     elif arch == "LPIPS":
         plan.only_keys = LPIPS_LINEAR_KEYS
     file = _checkpoint_file(arch, opts)
     if file in found:
         plan.kwargs["pretrained"] = False
         plan.checkpoint = found[file]
-    return _with_clip_backbone(plan, arch, opts, found)
-
-
-def _with_clip_backbone(plan: LoadPlan, arch: str, opts: Mapping[str, Any], found: Mapping[str, Path]) -> LoadPlan:
-    backbone = opts.get("backbone", "RN50")
-    if arch == "CLIPIQA" and backbone in CLIP_BACKBONES:
-        plan.kwargs["backbone"] = str(found[CLIP_BACKBONES[backbone][1]])  # a file path: no hub lookup, no hash
     return plan
 
 
@@ -469,9 +458,8 @@ def load_checkpoint(net: Any, path: Path, only_keys: str | None = None) -> None:
         found = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
         parts = [f"{label} {len(keys)}: {keys[:5]}" for label, keys in found if keys]
         raise ValueError(
-            f"{path} does not fit {type(net).__name__}: "
-            + "; ".join(parts)
-            + ". Is it the right file for this metric? Download the published one again."
+            f"{path} does not fit {type(net).__name__}: {'; '.join(parts)}. Is it the right file for this metric? "
+            "Download the published one again."
         )
     net.load_state_dict(state, strict=only_keys is None)
 
@@ -491,4 +479,4 @@ def load_prompt_tensor(net: Any, path: Path) -> None:
 def required_weight_files(spec: str | Mapping[str, Any] | MetricSpec) -> list[Path]:
     """Files this metric needs offline, under the configured weight home; ``[]`` for weight-free metrics and for
     those outside this module's table (building them still never downloads)."""
-    return [need.path for need in needs(MetricSpec.parse(spec))]
+    return [need.path for need in plan_files(MetricSpec.parse(spec))[0]]
