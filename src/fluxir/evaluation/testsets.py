@@ -1,15 +1,6 @@
-"""The test sets of paper Sec. 4.1, prepared from the files a user downloads (nothing is fetched here).
-
-- **DIV2K-Val** (``synthetic``): ``num_images`` (600) random crops of the DIV2K validation HQ images, degraded
-  with the training degradation (SeeSR's settings) under a fixed seed; crop ``i`` comes from source ``i mod n``.
-- **RealSR**, **DrealSR** (``paired``): HQ/LQ pairs matched by name once ``strip_suffix`` (``_HR``, ``_LR4``, ...)
-  is stripped; the LQ centre-cropped to ``lq_size`` (256), the HQ crop at ``scale`` x its offset (``aligned_crops``).
-- **RealLQ250** (``lq_only``): LQ images only, centre-cropped to ``lq_size`` (256).
-
-Prepared images go to ``<prepared_benchmarks>/<name>/<key>/{lq,hq}/<image>.png``, the key hashing the settings and
-the source files, so a rerun reuses them and new settings never mix with old crops. A benchmark whose folder is
-missing or empty is *skipped* with a message saying where to put it; wrong content is an error.
-"""
+"""The test sets of paper Sec. 4.1 (DIV2K-Val ``synthetic``, RealSR and DrealSR ``paired``, RealLQ250 ``lq_only``),
+prepared from the files a user downloads into ``<prepared_benchmarks>/<name>/<key>/{lq,hq}/<image>.png``, the key
+hashing settings and sources; a benchmark whose folder is missing or empty is skipped, wrong content is an error."""
 
 from __future__ import annotations
 

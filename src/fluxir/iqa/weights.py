@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from fluxir.io.provenance import sha256_file
@@ -196,13 +197,8 @@ LPIPS_BACKBONES = {  # pyiqa loads alex/vgg ImageNet weights even with pnet_rand
 }
 
 
-@dataclass
-class _Settings:
-    home: Path | None = None  # TORCH_HOME-like root chosen by configure_weights
-    trust_files: bool = False  # accept CLIP backbones whose SHA-256 is not OpenAI's
-
-
-_settings = _Settings()
+# home: the TORCH_HOME-like root of configure_weights; trust_files: accept CLIP backbones that are not OpenAI's
+_settings = SimpleNamespace(home=None, trust_files=False)
 
 
 def metric_options(spec: MetricSpec) -> dict[str, Any]:
