@@ -59,11 +59,8 @@ class BenchmarkSpec(Config):
             raise TypeError(f"a benchmark entry must be a mapping, got {params!r}")
         unknown = sorted(set(params) - set(_SPEC_KEYS))
         if unknown:
-            moved = (
-                " (the folders are the catalog entry's hq_path / lq_path)"
-                if {"hq_dir", "lq_dir"} & set(unknown)
-                else ""
-            )
+            stale = {"hq_dir", "lq_dir"} & set(unknown)
+            moved = " (the folders are the catalog entry's hq_path / lq_path)" if stale else ""
             raise ValueError(
                 f"benchmark {params.get('name')!r}: unknown setting(s) {unknown}; known: {list(_SPEC_KEYS)}{moved}"
             )
@@ -75,12 +72,11 @@ class BenchmarkSpec(Config):
 
     def check_folders(self, entry: str = "<key>_benchmark") -> None:
         """Raise ValueError naming the catalog ``entry`` when it lacks a folder this kind reads."""
-        where = f"benchmark {self.name!r}"
         needs = SIDES[self.kind]
         lacking = [f"{side}_path" for side in needs if not getattr(self, f"{side}_dir")]
         if lacking:
             raise ValueError(
-                f"{where}: kind {self.kind!r} reads {' and '.join(f'{s}_path' for s in needs)}; set "
+                f"benchmark {self.name!r}: kind {self.kind!r} reads {' and '.join(f'{s}_path' for s in needs)}; set "
                 f"{' and '.join(lacking)} in its catalog entry {entry} (conf/<env>/catalog_evaluate.yml)"
             )
 

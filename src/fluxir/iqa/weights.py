@@ -267,61 +267,35 @@ def _need(folder: Path, file: str, base_url: str, sha256: str | None = None) -> 
     return Need(folder / file, f"download from {base_url}{file}", sha256)
 
 
-def _clip_needs(spec: MetricSpec, opts: Mapping[str, Any], hub: Path) -> tuple[list[Need], bool]:
-    needs: list[Need] = []
-    complete = True
-    backbone = opts.get("backbone", "RN50")
-    if backbone in CLIP_BACKBONES:
-        sha, file = CLIP_BACKBONES[backbone]
-        needs.append(_need(hub / "clip", file, f"{CLIP_URL}{sha}/", sha))
-    elif backbone in CLIP_NAMES:
-        complete = False
-    else:  # pyiqa's CLIP loader also takes a checkpoint file
-        needs.append(Need(Path(backbone).expanduser(), "your own file (backbone)"))
-    model_type = opts.get("model_type", "clipiqa")
-    if spec.pretrained and "clipiqa+" in model_type:
-        if model_type in CLIPIQA_FILES:
-            needs.append(_need(hub / "pyiqa", CLIPIQA_FILES[model_type], PYIQA_URL))
-        else:
-            complete = False
-    return needs, complete
-
-
-def _lpips_needs(spec: MetricSpec, opts: Mapping[str, Any], hub: Path, own: Any) -> tuple[list[Need], bool]:
-    needs: list[Need] = []
-    net, version = opts.get("net", "alex"), str(opts.get("version", "0.1"))
-    complete = net in LPIPS_BACKBONES and f"{version}_{net}" in LPIPS_FILES
-    if complete and (net in ("alex", "vgg") or not opts.get("pnet_rand", False)):
-        needs.append(_need(hub / "checkpoints", LPIPS_BACKBONES[net], TORCHVISION_URL))
-    if complete and spec.pretrained and own is None and opts.get("lpips", True):  # lpips=False: no linear layers
-        needs.append(_need(hub / "pyiqa", LPIPS_FILES[f"{version}_{net}"], PYIQA_URL))
-    return needs, complete
-
-
 def plan_files(spec: MetricSpec) -> tuple[list[Need], bool]:
     """Files the metric reads when built offline, and whether that list is known to be complete."""
     opts = metric_options(spec)
-    arch = opts["type"]
-    hub = weights_home() / "hub"
-    own = opts.get("pretrained_model_path")
-    needs: list[Need] = []
-    if own is not None:  # an explicit checkpoint replaces the default one
-        needs.append(Need(Path(own).expanduser(), "your own file (pretrained_model_path)"))
-    complete = True
+    arch, hub, own = opts["type"], weights_home() / "hub", opts.get("pretrained_model_path")
+    # an explicit checkpoint replaces the published one
+    needs = [Need(Path(own).expanduser(), "your own file (pretrained_model_path)")] if own is not None else []
+    file = _checkpoint_file(arch, opts)
+    published = spec.pretrained and own is None
     if arch in ("MUSIQ", "MANIQA"):  # MANIQA's ViT backbone needs no file: its checkpoint replaces all of it
-        file = _checkpoint_file(arch, opts)
-        if spec.pretrained and own is None:
-            complete = file is not None
-            if complete:
-                needs.append(_need(hub / "pyiqa", file, PYIQA_URL))
+        complete = file is not None or not published
     elif arch == "CLIPIQA":
-        extra, complete = _clip_needs(spec, opts, hub)
-        needs += extra
-    elif arch == "LPIPS":
-        extra, complete = _lpips_needs(spec, opts, hub, own)
-        needs += extra
+        backbone = opts.get("backbone", "RN50")
+        if backbone in CLIP_BACKBONES:
+            sha, name = CLIP_BACKBONES[backbone]
+            needs.append(_need(hub / "clip", name, f"{CLIP_URL}{sha}/", sha))
+        elif backbone not in CLIP_NAMES:  # pyiqa's CLIP loader also takes a checkpoint file
+            needs.append(Need(Path(backbone).expanduser(), "your own file (backbone)"))
+        published = spec.pretrained and "clipiqa+" in opts.get("model_type", "clipiqa")
+        complete = (backbone in CLIP_BACKBONES or backbone not in CLIP_NAMES) and (file is not None or not published)
+    elif arch == "LPIPS":  # lpips=False: no linear layers, no file of them
+        net = opts.get("net", "alex")
+        complete = net in LPIPS_BACKBONES and f"{opts.get('version', '0.1')}_{net}" in LPIPS_FILES
+        if complete and (net in ("alex", "vgg") or not opts.get("pnet_rand", False)):
+            needs.append(_need(hub / "checkpoints", LPIPS_BACKBONES[net], TORCHVISION_URL))
+        published = published and complete
     else:
         complete = spec.name in WEIGHT_FREE
+    if published and file is not None:
+        needs.append(_need(hub / "pyiqa", file, PYIQA_URL))
     return needs, complete
 
 
