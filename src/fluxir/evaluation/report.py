@@ -126,8 +126,7 @@ def metric_means(per_image: pd.DataFrame) -> pd.DataFrame:
     if per_image.empty:
         raise ValueError("the per-image metric table is empty: nothing was scored")
     keys = [c for c in PER_IMAGE_COLUMNS if c not in ("image", "value")]
-    grouped = per_image.groupby(keys, sort=False, dropna=False)["value"]
-    return grouped.agg(mean="mean", n="count").reset_index()
+    return per_image.groupby(keys, sort=False, dropna=False)["value"].agg(mean="mean", n="count").reset_index()
 
 
 def metric_name(row: Mapping[str, Any]) -> str:

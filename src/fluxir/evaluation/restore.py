@@ -43,8 +43,9 @@ def restore_into(
     """Restore every LQ of ``manifest`` without an output yet: (outputs table, seconds per image restored now).
     Process ``process_index`` takes every ``num_processes``-th row, never depending on what the folder holds."""
     name = spec.method.name
-    paths = [output_path(root, r) for r in manifest.itertuples(index=False)]
-    mine = list(zip(manifest.itertuples(index=False), paths, strict=True))[process_index::num_processes]
+    rows = list(manifest.itertuples(index=False))
+    paths = [output_path(root, r) for r in rows]
+    mine = list(zip(rows, paths))[process_index::num_processes]
     todo = [(row, path) for row, path in mine if not path.is_file()]
     lazy = LazyRestorer(spec)
     seconds: list[float] = []
@@ -56,8 +57,7 @@ def restore_into(
             path.unlink()
             raise RuntimeError(f"{name} {row.dataset}/{row.image}: restored {result.out_size}, expected x{scale}")
     log.info("%s: %d images restored now, %d reused from %s", TITLES[name], len(todo), len(mine) - len(todo), root)
-    rows = [[r.dataset, r.image, name, str(p)] for r, p in zip(manifest.itertuples(index=False), paths, strict=True)]
-    return outputs_table(rows), seconds
+    return outputs_table([[r.dataset, r.image, name, str(p)] for r, p in zip(rows, paths)]), seconds
 
 
 def adapter_fingerprint(adapter: Any) -> str:

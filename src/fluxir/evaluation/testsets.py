@@ -242,13 +242,8 @@ def sources_too_small(spec: BenchmarkSpec) -> dict[str, tuple[int, list[str]]]:
 def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping[str, Any]) -> pd.DataFrame:
     # The reference is the original crop, never USM-sharpened (that is for training HQ only): a sharpened
     # reference would reward over-sharpening, as in StableSR's DIV2K-Val that SeeSR and later papers use.
-    settings = {
-        **dict(degradation),
-        "crop_sizes": [[spec.hq_size, spec.hq_size]],
-        "crop_position": "random",
-        "use_usm": False,
-    }
-    config = DegradationConfig.from_params(settings)
+    crop = {"crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random", "use_usm": False}
+    config = DegradationConfig.from_params({**degradation, **crop})
     if config.scale != spec.scale:
         raise ValueError(f"{spec.name}: hq_size/lq_size = {spec.scale} but the degradation scale is {config.scale}")
     files = list_images(spec.hq_dir)

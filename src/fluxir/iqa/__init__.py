@@ -217,11 +217,7 @@ def _fr_plan(spec: MetricSpec, convention: str) -> tuple[dict[str, Any], str]:
             "test_y_channel": convention != "rgb",
             "color_space": "ycbcr" if convention == "ycbcr" else "yiq",
         }, convention
-    if spec.name == "psnry":
-        return {}, "y"
-    if spec.name == "ssimc":
-        return {}, "rgb"
-    return {}, ""  # read from the built metric
+    return {}, {"psnry": "y", "ssimc": "rgb"}.get(spec.name, "")  # "": read from the built metric
 
 
 def _cropped_pairs(
@@ -286,12 +282,10 @@ def score_full_reference(
     pairs = _cropped_pairs(restored, reference, crop_border)
     total = len(restored) if isinstance(restored, Sized) else None
     values = _score_batches(pairs, built, batch_size, device, total, "IQA (full-reference)", progress)
-    count = len(values)
-    if names is not None and len(names) != count:
-        raise ValueError(f"names has {len(names)} entries for {count} image pairs")
+    names = range(len(values)) if names is None else names
+    if len(names) != len(values):
+        raise ValueError(f"names has {len(names)} entries for {len(values)} image pairs")
     rows = [
-        (names[i] if names is not None else i, name, values[i][name], conventions[name], crop_border)
-        for i in range(count)
-        for name in built
+        (names[i], name, values[i][name], conventions[name], crop_border) for i in range(len(values)) for name in built
     ]
     return pd.DataFrame(rows, columns=["image", "metric", "value", "convention", "crop_border"])
