@@ -1,7 +1,6 @@
 """The evaluation report: every output scored (a long per-image table carrying each number's convention), the
 means laid out like the paper's Table 1 beside its numbers, rendered as Markdown and HTML, and image grids.
-A metric whose scorer is not the paper's (a tiny run's stand-in) is labelled STAND-IN wherever its numbers appear.
-"""
+A metric whose scorer is not the paper's (a tiny run's stand-in) is labelled STAND-IN wherever its numbers appear."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Nodes of the evaluate pipeline (paper Sec. 4.1, Table 1): prepare the benchmarks, restore them with every
-method of ``evaluate.methods``, add a user's baseline outputs, score and report (``fluxir.evaluation``).
-Heavy modules are imported inside the nodes, so building the pipeline stays light.
-"""
+"""Nodes of the evaluate pipeline (paper Sec. 4.1, Table 1) over ``fluxir.evaluation``; heavy modules are imported
+inside the nodes, so building the pipeline stays light."""
 
 from __future__ import annotations
 
