@@ -291,7 +291,7 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
             f"{spec.strip_suffix!r} is stripped from the stem (e.g. Canon_001_HR.png + Canon_001_LR4.png); "
             f"HQ has e.g. {sorted(hq_files)[:3]}, LQ {sorted(lq_files)[:3]} (see {DOCS})"
         )
-    keys = keys[: spec.num_images] if spec.num_images else keys
+    keys = keys[: spec.num_images]
     sources = [hq_files[k] for k in keys] + [lq_files[k] for k in keys]
     key = _prep_key(spec, "hq offset = scale x lq offset", sources)
     rows = []
@@ -321,8 +321,7 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
 
 
 def _prepare_lq_only(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    files = list_images(spec.lq_dir)
-    files = files[: spec.num_images] if spec.num_images else files
+    files = list_images(spec.lq_dir)[: spec.num_images]  # None: all
     key = _prep_key(spec, None, files)
     rows = []
     for source in files:
