@@ -106,8 +106,8 @@ def restore_methods(
     num_processes: int = 1,
     device: Any = None,
 ) -> list[MethodOutputs]:
-    """Restore this process's share of ``manifest`` with FluxIR (``evaluate.restore`` + ``adapter``) and the public
-    restorers (``baselines.<method>``) among ``methods``; ``device``: this process's GPU where a method says auto."""
+    """This process's share of ``manifest`` restored by FluxIR (``evaluate.restore`` + ``adapter``) and the public
+    restorers (``baselines.<method>``) among ``methods``, weights all checked first; ``device``: where one says auto."""
     plans = []
     if "fluxir" in methods:
         model, restore = config.restore_config()
