@@ -45,12 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     config = EvaluateConfig.from_params(params["evaluate"])
     methods = check_methods(args.methods.split(",") if args.methods else config.methods)
     adapter = None
-    if "fluxir" in methods:
-        adapter = (
-            load_adapter(args.adapter)
-            if args.adapter
-            else load_catalog(args.env, args.project, args.params).load("fluxir_adapter")
-        )
+    if "fluxir" in methods and args.adapter:
+        adapter = load_adapter(args.adapter)
+    elif "fluxir" in methods:
+        adapter = load_catalog(args.env, args.project, args.params).load("fluxir_adapter")
     state = process_state(config.restore["device"])
     outputs = restore_methods(
         loaded["benchmark_manifest"],

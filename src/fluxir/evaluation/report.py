@@ -1,7 +1,6 @@
 """The evaluation report: every output scored (a long per-image table carrying each number's convention), the
 means laid out like the paper's Table 1 beside its numbers, rendered as Markdown and HTML, and image grids.
-A metric whose scorer is not the paper's (a tiny run's stand-in) is labelled STAND-IN wherever its numbers appear.
-"""
+A metric whose scorer is not the paper's (a tiny run's stand-in) is labelled STAND-IN wherever its numbers appear."""
 
 from __future__ import annotations
 
@@ -33,7 +32,6 @@ PAPER_METRICS: dict[str, tuple[str, ...]] = {
 DATASET_ORDER = ("DIV2K-Val", "RealSR", "DrealSR", "RealLQ250")
 PAPER_COLUMNS = ("dataset", "metric", "higher_is_better", "method", "value")
 PER_IMAGE_COLUMNS = "dataset method image label metric value convention crop_border higher_is_better stand_in".split()
-MEAN_KEYS = [c for c in PER_IMAGE_COLUMNS if c not in ("image", "value")]  # a mean per each of these
 OURS_METHOD = "fluxir"
 PAPER_OURS = "FluxIR"
 TINY_NOTICE = (
@@ -42,17 +40,6 @@ TINY_NOTICE = (
     "end to end (benchmarks, restoration, metrics, MLflow, report); its numbers say nothing about image "
     "quality and must not be compared with the paper's."
 )
-
-
-def is_stand_in(label: str, name: str, pretrained: bool = True) -> bool:
-    """True when ``label`` is one of the paper's metrics but ``name`` / ``pretrained`` is not its scorer."""
-    return label in PAPER_METRICS and (name not in PAPER_METRICS[label] or not pretrained)
-
-
-def convention_text(convention: str, crop_border: int) -> str:
-    """E.g. ``"Y, crop 4"`` or ``"RGB, whole image"``."""
-    channels = {"y": "Y", "ycbcr": "Y (YCbCr)", "rgb": "RGB"}.get(convention, convention)
-    return f"{channels}, crop {crop_border}" if crop_border else f"{channels}, whole image"
 
 
 PAPER_SUFFIX = "(copied from the paper)"
@@ -100,7 +87,8 @@ def score_all(
             convention=convention,
             crop_border=crop,
             higher_is_better=not iqa.lower_is_better(spec),
-            stand_in=is_stand_in(label, spec.name, spec.pretrained),
+            # one of the paper's metrics, not by its scorer
+            stand_in=label in PAPER_METRICS and (spec.name not in PAPER_METRICS[label] or not spec.pretrained),
         )
 
     if no_ref:
@@ -136,8 +124,8 @@ def metric_means(per_image: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"per-image metric table lacks columns {missing}")
     if per_image.empty:
         raise ValueError("the per-image metric table is empty: nothing was scored")
-    grouped = per_image.groupby(MEAN_KEYS, sort=False, dropna=False)["value"]
-    return grouped.agg(mean="mean", n="count").reset_index()
+    keys = [c for c in PER_IMAGE_COLUMNS if c not in ("image", "value")]
+    return per_image.groupby(keys, sort=False, dropna=False)["value"].agg(mean="mean", n="count").reset_index()
 
 
 def metric_name(row: Mapping[str, Any]) -> str:
@@ -201,7 +189,9 @@ def comparison_table(
                 first = mine_rows.iloc[0]
                 higher = bool(first["higher_is_better"])
                 stand_in = bool(first["stand_in"])
-                how = f"{first['metric']}, {convention_text(first['convention'], int(first['crop_border']))}"
+                channels = {"y": "Y", "ycbcr": "Y (YCbCr)", "rgb": "RGB"}.get(first["convention"], first["convention"])
+                crop = int(first["crop_border"])
+                how = f"{first['metric']}, {channels}, {f'crop {crop}' if crop else 'whole image'}"
                 n = int(mine_rows["n"].max())
             else:
                 higher = bool(theirs_rows["higher_is_better"].iloc[0]) if not theirs_rows.empty else True
@@ -226,14 +216,6 @@ def _fmt(value: Any) -> str:
     return "–" if math.isnan(value) else f"{value:.4f}"
 
 
-def _best_of_run(row: pd.Series, run_columns: Sequence[str]) -> str | None:
-    values = {c: row[c] for c in run_columns if not math.isnan(row[c])}
-    if len(values) < 2:
-        return None
-    pick = max if row["_higher"] else min
-    return pick(values, key=values.get)
-
-
 BOLD, END_BOLD = "\x00", "\x01"  # around the best measured value of a row; each renderer writes its own markup
 
 
@@ -242,7 +224,8 @@ def _table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     run_columns = [c for c in table.columns if "(this run" in c or c.endswith("(your outputs)")]
     rows = []
     for _, row in table.iterrows():
-        best = _best_of_run(row, run_columns)
+        values = {c: row[c] for c in run_columns if not math.isnan(row[c])}
+        best = (max if row["_higher"] else min)(values, key=values.get) if len(values) > 1 else None
         rows.append([f"{BOLD}{_fmt(row[c])}{END_BOLD}" if c == best else _fmt(row[c]) for c in header])
     return header, rows
 

@@ -40,12 +40,12 @@ def output_path(root: Path, row: Any) -> Path:
 def restore_into(
     manifest: pd.DataFrame, root: Path, spec: RestorerSpec, process_index: int = 0, num_processes: int = 1
 ) -> tuple[pd.DataFrame, list[float]]:
-    """Restore every LQ of ``manifest`` without an output yet; returns (outputs table, seconds per image restored
-    now). The restorer loads only when something is left to do. Process ``process_index`` of ``num_processes``
-    takes every ``num_processes``-th row: the shares never depend on when a process looked at the folder."""
+    """Restore every LQ of ``manifest`` without an output yet: (outputs table, seconds per image restored now).
+    Process ``process_index`` takes every ``num_processes``-th row, never depending on what the folder holds."""
     name = spec.method.name
-    paths = [output_path(root, r) for r in manifest.itertuples(index=False)]
-    mine = list(zip(manifest.itertuples(index=False), paths, strict=True))[process_index::num_processes]
+    rows = list(manifest.itertuples(index=False))
+    paths = [output_path(root, r) for r in rows]
+    mine = list(zip(rows, paths))[process_index::num_processes]
     todo = [(row, path) for row, path in mine if not path.is_file()]
     lazy = LazyRestorer(spec)
     seconds: list[float] = []
@@ -57,8 +57,7 @@ def restore_into(
             path.unlink()
             raise RuntimeError(f"{name} {row.dataset}/{row.image}: restored {result.out_size}, expected x{scale}")
     log.info("%s: %d images restored now, %d reused from %s", TITLES[name], len(todo), len(mine) - len(todo), root)
-    rows = [[r.dataset, r.image, name, str(p)] for r, p in zip(manifest.itertuples(index=False), paths, strict=True)]
-    return outputs_table(rows), seconds
+    return outputs_table([[r.dataset, r.image, name, str(p)] for r, p in zip(rows, paths)]), seconds
 
 
 def adapter_fingerprint(adapter: Any) -> str:
@@ -84,8 +83,7 @@ def adapter_provenance(adapter: Any, folder: Path | None, versioned: bool) -> di
 
 @dataclass(frozen=True)
 class MethodOutputs:
-    """What one method restored of one process's share: its restorer's spec, output folder, the outputs table of
-    the whole manifest and the seconds per image restored now (files already there are reused)."""
+    """What one method restored of one process's share (``rows``: the outputs table of the whole manifest)."""
 
     spec: RestorerSpec
     root: Path
@@ -108,10 +106,8 @@ def restore_methods(
     num_processes: int = 1,
     device: Any = None,
 ) -> list[MethodOutputs]:
-    """Restore share ``process_index`` of ``num_processes`` of the LQ images of ``manifest`` with FluxIR
-    (``evaluate.restore`` + ``adapter``) and the public restorers (``baselines.<method>``) among ``methods``, on
-    this process's ``device`` where a method's device is ``auto`` (not in the key). Every method's weights are
-    checked before any restores; outputs already there are reused."""
+    """This process's share of ``manifest`` restored by FluxIR (``evaluate.restore`` + ``adapter``) and the public
+    restorers (``baselines.<method>``) among ``methods``, weights all checked first; ``device``: where one says auto."""
     plans = []
     if "fluxir" in methods:
         model, restore = config.restore_config()
@@ -134,9 +130,7 @@ def restore_methods(
 
 
 def run_info(share: MethodOutputs, images: int, elsewhere: Sequence[float] = ()) -> dict[str, str]:
-    """The report's setup lines on one method: its weights and settings, and how many of the ``images`` were
-    restored now (here, or ``elsewhere``: by the processes launched for this run, their seconds per image) or
-    reused."""
+    """The report's setup lines on one method; ``elsewhere``: seconds per image of the processes launched for it."""
     spec, seconds = share.spec, [*elsewhere, *share.seconds]
     done = f"{len(seconds)} now, {images - len(seconds)} reused, in {share.root}"
     if spec.settings is not None:  # a public restorer
@@ -181,17 +175,11 @@ def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path
 
 
 def baseline_manifest(manifest: pd.DataFrame, baselines_dir: str | Path, scale: int) -> pd.DataFrame:
-    """Outputs of other restorers (SeeSR, SUPIR, ...) a user put in ``<baselines_dir>/<method>/<dataset>/``, matched
-    to the benchmark images by file stem (or the stem without a suffix like ``_LR4``). A method lacking some
-    images of a dataset is skipped there with a warning (its mean would not compare); an output that is not
-    ``scale`` x the LQ is an error naming the file."""
+    """Outputs of other restorers (SeeSR, SUPIR, ...) in ``<baselines_dir>/<method>/<dataset>/``, matched by stem
+    (``pair_key``). A method lacking some images of a dataset is skipped there: its mean would not compare."""
     root = Path(baselines_dir)
     if not root.is_dir():
-        log.info(
-            "no outputs of other restorers in %s (<method>/<dataset>/ folders): only evaluate.methods and bicubic "
-            "are scored",
-            root,
-        )
+        log.info("no outputs of other restorers in %s (<method>/<dataset>/): only evaluate.methods are scored", root)
         return outputs_table([])
     rows: list[list[Any]] = []
     for method_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):

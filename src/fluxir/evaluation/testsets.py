@@ -1,15 +1,6 @@
-"""The test sets of paper Sec. 4.1, prepared from the files a user downloads (nothing is fetched here).
-
-- **DIV2K-Val** (``synthetic``): ``num_images`` (600) random crops of the DIV2K validation HQ images, degraded
-  with the training degradation (SeeSR's settings) under a fixed seed; crop ``i`` comes from source ``i mod n``.
-- **RealSR**, **DrealSR** (``paired``): HQ/LQ pairs matched by name once ``strip_suffix`` (``_HR``, ``_LR4``, ...)
-  is stripped; the LQ centre-cropped to ``lq_size`` (256), the HQ crop at ``scale`` x its offset (``aligned_crops``).
-- **RealLQ250** (``lq_only``): LQ images only, centre-cropped to ``lq_size`` (256).
-
-Prepared images go to ``<prepared_benchmarks>/<name>/<key>/{lq,hq}/<image>.png``, the key hashing the settings and
-the source files, so a rerun reuses them and new settings never mix with old crops. A benchmark whose folder is
-missing or empty is *skipped* with a message saying where to put it; wrong content is an error.
-"""
+"""The test sets of paper Sec. 4.1 (DIV2K-Val ``synthetic``, RealSR and DrealSR ``paired``, RealLQ250 ``lq_only``),
+prepared from the files a user downloads into ``<prepared_benchmarks>/<name>/<key>/{lq,hq}/<image>.png``, the key
+hashing settings and sources; a benchmark whose folder is missing or empty is skipped, wrong content is an error."""
 
 from __future__ import annotations
 
@@ -68,11 +59,8 @@ class BenchmarkSpec(Config):
             raise TypeError(f"a benchmark entry must be a mapping, got {params!r}")
         unknown = sorted(set(params) - set(_SPEC_KEYS))
         if unknown:
-            moved = (
-                " (the folders are the catalog entry's hq_path / lq_path)"
-                if {"hq_dir", "lq_dir"} & set(unknown)
-                else ""
-            )
+            stale = {"hq_dir", "lq_dir"} & set(unknown)
+            moved = " (the folders are the catalog entry's hq_path / lq_path)" if stale else ""
             raise ValueError(
                 f"benchmark {params.get('name')!r}: unknown setting(s) {unknown}; known: {list(_SPEC_KEYS)}{moved}"
             )
@@ -84,12 +72,11 @@ class BenchmarkSpec(Config):
 
     def check_folders(self, entry: str = "<key>_benchmark") -> None:
         """Raise ValueError naming the catalog ``entry`` when it lacks a folder this kind reads."""
-        where = f"benchmark {self.name!r}"
         needs = SIDES[self.kind]
         lacking = [f"{side}_path" for side in needs if not getattr(self, f"{side}_dir")]
         if lacking:
             raise ValueError(
-                f"{where}: kind {self.kind!r} reads {' and '.join(f'{s}_path' for s in needs)}; set "
+                f"benchmark {self.name!r}: kind {self.kind!r} reads {' and '.join(f'{s}_path' for s in needs)}; set "
                 f"{' and '.join(lacking)} in its catalog entry {entry} (conf/<env>/catalog_evaluate.yml)"
             )
 
@@ -255,13 +242,8 @@ def sources_too_small(spec: BenchmarkSpec) -> dict[str, tuple[int, list[str]]]:
 def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping[str, Any]) -> pd.DataFrame:
     # The reference is the original crop, never USM-sharpened (that is for training HQ only): a sharpened
     # reference would reward over-sharpening, as in StableSR's DIV2K-Val that SeeSR and later papers use.
-    settings = {
-        **dict(degradation),
-        "crop_sizes": [[spec.hq_size, spec.hq_size]],
-        "crop_position": "random",
-        "use_usm": False,
-    }
-    config = DegradationConfig.from_params(settings)
+    crop = {"crop_sizes": [[spec.hq_size, spec.hq_size]], "crop_position": "random", "use_usm": False}
+    config = DegradationConfig.from_params({**degradation, **crop})
     if config.scale != spec.scale:
         raise ValueError(f"{spec.name}: hq_size/lq_size = {spec.scale} but the degradation scale is {config.scale}")
     files = list_images(spec.hq_dir)
@@ -309,7 +291,7 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
             f"{spec.strip_suffix!r} is stripped from the stem (e.g. Canon_001_HR.png + Canon_001_LR4.png); "
             f"HQ has e.g. {sorted(hq_files)[:3]}, LQ {sorted(lq_files)[:3]} (see {DOCS})"
         )
-    keys = keys[: spec.num_images] if spec.num_images else keys
+    keys = keys[: spec.num_images]
     sources = [hq_files[k] for k in keys] + [lq_files[k] for k in keys]
     key = _prep_key(spec, "hq offset = scale x lq offset", sources)
     rows = []
@@ -339,8 +321,7 @@ def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
 
 
 def _prepare_lq_only(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
-    files = list_images(spec.lq_dir)
-    files = files[: spec.num_images] if spec.num_images else files
+    files = list_images(spec.lq_dir)[: spec.num_images]  # None: all
     key = _prep_key(spec, None, files)
     rows = []
     for source in files:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from fluxir.io.provenance import sha256_file
@@ -196,13 +197,8 @@ LPIPS_BACKBONES = {  # pyiqa loads alex/vgg ImageNet weights even with pnet_rand
 }
 
 
-@dataclass
-class _Settings:
-    home: Path | None = None  # TORCH_HOME-like root chosen by configure_weights
-    trust_files: bool = False  # accept CLIP backbones whose SHA-256 is not OpenAI's
-
-
-_settings = _Settings()
+# home: the TORCH_HOME-like root of configure_weights; trust_files: accept CLIP backbones that are not OpenAI's
+_settings = SimpleNamespace(home=None, trust_files=False)
 
 
 def metric_options(spec: MetricSpec) -> dict[str, Any]:
@@ -215,19 +211,16 @@ def musiq_key(opts: Mapping[str, Any]) -> str:
     return "ava" if key is True else str(key)
 
 
-def _default_torch_home() -> Path:
-    # what torch.hub would use now, without importing torch when it is not loaded
-    if "torch" in sys.modules:
+def weights_home() -> Path:
+    """The TORCH_HOME-like folder weight files are looked up in: ``configure_weights``' or torch.hub's now."""
+    if _settings.home is not None:
+        return _settings.home
+    if "torch" in sys.modules:  # else the same rule without importing torch
         import torch.hub
 
         return Path(torch.hub.get_dir()).parent
     default = os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")
     return Path(os.path.expanduser(os.getenv("TORCH_HOME", default)))
-
-
-def weights_home() -> Path:
-    """The TORCH_HOME-like folder weight files are looked up in."""
-    return _settings.home if _settings.home is not None else _default_torch_home()
 
 
 def configure_weights(weights_dir: str | os.PathLike | None, trust_files: bool = False) -> Path:
@@ -274,61 +267,35 @@ def _need(folder: Path, file: str, base_url: str, sha256: str | None = None) -> 
     return Need(folder / file, f"download from {base_url}{file}", sha256)
 
 
-def _clip_needs(spec: MetricSpec, opts: Mapping[str, Any], hub: Path) -> tuple[list[Need], bool]:
-    needs: list[Need] = []
-    complete = True
-    backbone = opts.get("backbone", "RN50")
-    if backbone in CLIP_BACKBONES:
-        sha, file = CLIP_BACKBONES[backbone]
-        needs.append(_need(hub / "clip", file, f"{CLIP_URL}{sha}/", sha))
-    elif backbone in CLIP_NAMES:
-        complete = False
-    else:  # pyiqa's CLIP loader also takes a checkpoint file
-        needs.append(Need(Path(backbone).expanduser(), "your own file (backbone)"))
-    model_type = opts.get("model_type", "clipiqa")
-    if spec.pretrained and "clipiqa+" in model_type:
-        if model_type in CLIPIQA_FILES:
-            needs.append(_need(hub / "pyiqa", CLIPIQA_FILES[model_type], PYIQA_URL))
-        else:
-            complete = False
-    return needs, complete
-
-
-def _lpips_needs(spec: MetricSpec, opts: Mapping[str, Any], hub: Path, own: Any) -> tuple[list[Need], bool]:
-    needs: list[Need] = []
-    net, version = opts.get("net", "alex"), str(opts.get("version", "0.1"))
-    complete = net in LPIPS_BACKBONES and f"{version}_{net}" in LPIPS_FILES
-    if complete and (net in ("alex", "vgg") or not opts.get("pnet_rand", False)):
-        needs.append(_need(hub / "checkpoints", LPIPS_BACKBONES[net], TORCHVISION_URL))
-    if complete and spec.pretrained and own is None and opts.get("lpips", True):  # lpips=False: no linear layers
-        needs.append(_need(hub / "pyiqa", LPIPS_FILES[f"{version}_{net}"], PYIQA_URL))
-    return needs, complete
-
-
 def plan_files(spec: MetricSpec) -> tuple[list[Need], bool]:
     """Files the metric reads when built offline, and whether that list is known to be complete."""
     opts = metric_options(spec)
-    arch = opts["type"]
-    hub = weights_home() / "hub"
-    own = opts.get("pretrained_model_path")
-    needs: list[Need] = []
-    if own is not None:  # an explicit checkpoint replaces the default one
-        needs.append(Need(Path(own).expanduser(), "your own file (pretrained_model_path)"))
-    complete = True
+    arch, hub, own = opts["type"], weights_home() / "hub", opts.get("pretrained_model_path")
+    # an explicit checkpoint replaces the published one
+    needs = [Need(Path(own).expanduser(), "your own file (pretrained_model_path)")] if own is not None else []
+    file = _checkpoint_file(arch, opts)
+    published = spec.pretrained and own is None
     if arch in ("MUSIQ", "MANIQA"):  # MANIQA's ViT backbone needs no file: its checkpoint replaces all of it
-        file = _checkpoint_file(arch, opts)
-        if spec.pretrained and own is None:
-            complete = file is not None
-            if complete:
-                needs.append(_need(hub / "pyiqa", file, PYIQA_URL))
+        complete = file is not None or not published
     elif arch == "CLIPIQA":
-        extra, complete = _clip_needs(spec, opts, hub)
-        needs += extra
-    elif arch == "LPIPS":
-        extra, complete = _lpips_needs(spec, opts, hub, own)
-        needs += extra
+        backbone = opts.get("backbone", "RN50")
+        if backbone in CLIP_BACKBONES:
+            sha, name = CLIP_BACKBONES[backbone]
+            needs.append(_need(hub / "clip", name, f"{CLIP_URL}{sha}/", sha))
+        elif backbone not in CLIP_NAMES:  # pyiqa's CLIP loader also takes a checkpoint file
+            needs.append(Need(Path(backbone).expanduser(), "your own file (backbone)"))
+        published = spec.pretrained and "clipiqa+" in opts.get("model_type", "clipiqa")
+        complete = (backbone in CLIP_BACKBONES or backbone not in CLIP_NAMES) and (file is not None or not published)
+    elif arch == "LPIPS":  # lpips=False: no linear layers, no file of them
+        net = opts.get("net", "alex")
+        complete = net in LPIPS_BACKBONES and f"{opts.get('version', '0.1')}_{net}" in LPIPS_FILES
+        if complete and (net in ("alex", "vgg") or not opts.get("pnet_rand", False)):
+            needs.append(_need(hub / "checkpoints", LPIPS_BACKBONES[net], TORCHVISION_URL))
+        published = published and complete
     else:
         complete = spec.name in WEIGHT_FREE
+    if published and file is not None:
+        needs.append(_need(hub / "pyiqa", file, PYIQA_URL))
     return needs, complete
 
 
@@ -343,10 +310,6 @@ def _checkpoint_file(arch: str, opts: Mapping[str, Any]) -> str | None:
     if arch == "LPIPS" and opts.get("lpips", True):
         return LPIPS_FILES.get(f"{opts.get('version', '0.1')}_{opts.get('net', 'alex')}")
     return None
-
-
-def needs(spec: MetricSpec) -> list[Need]:
-    return plan_files(spec)[0]
 
 
 @lru_cache(maxsize=16)
@@ -364,7 +327,7 @@ def file_problems(specs: list[MetricSpec]) -> list[str]:
     """One line per missing file or CLIP backbone with another SHA-256 (unless trusted); [] when all fit."""
     problems = []
     for spec in specs:
-        for need in needs(spec):
+        for need in plan_files(spec)[0]:
             if not need.path.is_file():
                 problems.append(f"{spec.name} needs {need.path.name} in {need.path.parent}; {need.source}")
             elif need.sha256 and not _settings.trust_files and file_sha256(need.path) != need.sha256:
@@ -407,27 +370,23 @@ def load_plan(spec: MetricSpec) -> LoadPlan:
     """Build every described metric with ``pretrained=False`` and load its file ourselves (``load_checkpoint``)."""
     opts = metric_options(spec)
     arch = opts["type"]
-    found = {n.path.name: n.path for n in needs(spec)}
+    found = {n.path.name: n.path for n in plan_files(spec)[0]}
     plan = LoadPlan({} if spec.pretrained else {"pretrained": False})
+    backbone = opts.get("backbone", "RN50")
+    if arch == "CLIPIQA" and backbone in CLIP_BACKBONES:
+        plan.kwargs["backbone"] = str(found[CLIP_BACKBONES[backbone][1]])  # a file path: no hub lookup, no hash
     if "pretrained_model_path" in spec.options or not spec.pretrained:
-        return _with_clip_backbone(plan, arch, opts, found)
+        return plan
     if arch == "MUSIQ" and musiq_key(opts) == "ava":
         plan.kwargs.setdefault("num_class", 10)  # pyiqa sets this only when it resolves the URL itself
     elif arch == "CLIPIQA":
-        plan.bare_tensor = opts.get("model_type") == "clipiqa+" and opts.get("backbone", "RN50") == "RN50"
+        plan.bare_tensor = opts.get("model_type") == "clipiqa+" and backbone == "RN50"
     elif arch == "LPIPS":
         plan.only_keys = LPIPS_LINEAR_KEYS
     file = _checkpoint_file(arch, opts)
     if file in found:
         plan.kwargs["pretrained"] = False
         plan.checkpoint = found[file]
-    return _with_clip_backbone(plan, arch, opts, found)
-
-
-def _with_clip_backbone(plan: LoadPlan, arch: str, opts: Mapping[str, Any], found: Mapping[str, Path]) -> LoadPlan:
-    backbone = opts.get("backbone", "RN50")
-    if arch == "CLIPIQA" and backbone in CLIP_BACKBONES:
-        plan.kwargs["backbone"] = str(found[CLIP_BACKBONES[backbone][1]])  # a file path: no hub lookup, no hash
     return plan
 
 
@@ -469,9 +428,8 @@ def load_checkpoint(net: Any, path: Path, only_keys: str | None = None) -> None:
         found = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
         parts = [f"{label} {len(keys)}: {keys[:5]}" for label, keys in found if keys]
         raise ValueError(
-            f"{path} does not fit {type(net).__name__}: "
-            + "; ".join(parts)
-            + ". Is it the right file for this metric? Download the published one again."
+            f"{path} does not fit {type(net).__name__}: {'; '.join(parts)}. Is it the right file for this metric? "
+            "Download the published one again."
         )
     net.load_state_dict(state, strict=only_keys is None)
 
@@ -491,4 +449,4 @@ def load_prompt_tensor(net: Any, path: Path) -> None:
 def required_weight_files(spec: str | Mapping[str, Any] | MetricSpec) -> list[Path]:
     """Files this metric needs offline, under the configured weight home; ``[]`` for weight-free metrics and for
     those outside this module's table (building them still never downloads)."""
-    return [need.path for need in needs(MetricSpec.parse(spec))]
+    return [need.path for need in plan_files(MetricSpec.parse(spec))[0]]

@@ -1,7 +1,5 @@
-"""Nodes of the evaluate pipeline (paper Sec. 4.1, Table 1): prepare the benchmarks, restore them with every
-method of ``evaluate.methods``, add a user's baseline outputs, score and report (``fluxir.evaluation``).
-Heavy modules are imported inside the nodes, so building the pipeline stays light.
-"""
+"""Nodes of the evaluate pipeline (paper Sec. 4.1, Table 1) over ``fluxir.evaluation``; heavy modules are imported
+inside the nodes, so building the pipeline stays light."""
 
 from __future__ import annotations
 
@@ -23,12 +21,12 @@ def prepare_benchmark(
     config: EvaluateConfig,
     degradation: dict[str, Any],
 ) -> Any:
-    """Prepare one benchmark from its downloaded ``folders`` (catalog entry ``<key>_benchmark``), or mark it
-    skipped when they are missing. Returns a ``PreparedBenchmark``."""
-    from fluxir.evaluation.testsets import BenchmarkSpec
-    from fluxir.evaluation.testsets import prepare_benchmark as prepare
+    """A ``PreparedBenchmark`` from the ``folders`` of catalog entry ``<key>_benchmark``, skipped when missing."""
+    from fluxir.evaluation import testsets
 
-    return prepare(BenchmarkSpec.from_params(benchmark, folders), prepared_benchmarks, degradation)
+    return testsets.prepare_benchmark(
+        testsets.BenchmarkSpec.from_params(benchmark, folders), prepared_benchmarks, degradation
+    )
 
 
 def collect_benchmarks(*prepared: Any) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
@@ -46,9 +44,8 @@ def _restore(
     adapter: Any = None,
     baselines: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Restore the LQ images with ``methods`` on ``evaluate.num_processes`` processes; returns (outputs table, run
-    info). Several processes run ``accelerate launch -m fluxir.evaluation --methods <them>`` first; either way
-    ``restore_methods`` then restores here what is left (all of it on one process) and lists the outputs."""
+    """(outputs table, run info) of ``methods`` on ``evaluate.num_processes`` processes: several run ``accelerate
+    launch -m fluxir.evaluation`` first, then this process restores what is left and lists the outputs."""
     import json
 
     from fluxir.evaluation.restore import restore_methods, run_info
@@ -73,8 +70,7 @@ def _restore(
 def restore_benchmarks(
     manifest: pd.DataFrame, adapter: Any, eval_outputs: Path, config: EvaluateConfig
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """FluxIR's outputs (Flux + the trained adapter) and run info; no adapter needed without fluxir in
-    ``evaluate.methods``."""
+    """FluxIR's outputs (Flux + the trained adapter) and run info."""
     from fluxir.datasets import require_adapter
     from fluxir.evaluation.testsets import outputs_table
 
@@ -133,8 +129,7 @@ def build_report(
     grid_pngs: dict[str, bytes],
     config: EvaluateConfig,
 ) -> tuple[str, str]:
-    """The Table-1-style report (markdown, HTML): every convention behind its numbers, this run's numbers
-    beside the paper's, grids."""
+    """The Table-1-style report as (Markdown, HTML)."""
     from fluxir.evaluation import report
 
     table = report.comparison_table(means, paper_table, datasets=list(status), tiny_models=config.tiny_models)
