@@ -194,15 +194,8 @@ def write_generated(
             bar.set_postfix(img_per_s=f"{len(done) / (time.perf_counter() - start):.2f}")
     store.sync_shards(done)  # the renames of this run, one fsync per shard folder
     bar.close()
-    elapsed = time.perf_counter() - start
-    logger.info(
-        "%s: %d images in %.1f s, %.1f s of it waiting on file writes (fluxgen.write_threads=%d)",
-        desc,
-        len(done),
-        elapsed,
-        writer.waited_s,
-        cfg.write_threads,
-    )
+    message = "%s: %d images in %.1f s, %.1f s of it waiting on file writes (fluxgen.write_threads=%d)"
+    logger.info(message, desc, len(done), time.perf_counter() - start, writer.waited_s, cfg.write_threads)
     return done, writer.waited_s
 
 

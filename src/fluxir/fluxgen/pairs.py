@@ -110,9 +110,6 @@ class PairStores:
     def record_path(self, image_id: int) -> Path:
         return self.lq.path_for(image_id).with_suffix(".json")
 
-    def is_done(self, image_id: int) -> bool:
-        return self.record_path(image_id).is_file()
-
 
 def _start_worker(owner_pid: int) -> None:
     """Die with the pool's owner (not only the forkserver); one thread each, so N workers = N busy cores."""
@@ -152,14 +149,9 @@ def make_pairs(
     jobs: list[tuple[int, str]], stores: PairStores, config: Any, seed: int, workers: int = 1, progress: bool = True
 ) -> list[int]:
     """Make the pairs of ``jobs`` (``(image_id, source path)``) not done yet; returns their ids."""
-    todo = [job for job in jobs if not stores.is_done(job[0])]
-    logger.info(
-        "degrade: %d of %d pairs to make with %d worker(s) into %s",
-        len(todo),
-        len(jobs),
-        workers,
-        stores.lq.root.parent,
-    )
+    todo = [job for job in jobs if not stores.record_path(job[0]).is_file()]
+    where = stores.lq.root.parent
+    logger.info("degrade: %d of %d pairs to make with %d worker(s) into %s", len(todo), len(jobs), workers, where)
     if not todo:
         return []
     work = functools.partial(make_pair, stores=stores, config=config, seed=seed)
