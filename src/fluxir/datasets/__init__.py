@@ -166,8 +166,7 @@ class FluxIRAdapterDataset(AbstractVersionedDataset["FluxIRAdapter", "FluxIRAdap
         metadata: dict[str, Any] | None = None,
     ) -> None:
         load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
-        unknown = set(load_args) - set(self.DEFAULT_LOAD_ARGS)
-        if unknown:
+        if unknown := set(load_args) - set(self.DEFAULT_LOAD_ARGS):
             raise DatasetError(
                 f"unknown load_args {sorted(unknown)} for FluxIRAdapterDataset; valid: {sorted(self.DEFAULT_LOAD_ARGS)}"
             )

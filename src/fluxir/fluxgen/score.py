@@ -183,10 +183,7 @@ def score_chunks_into_parts(
     label: str = "IQA",
 ) -> int:
     """Score this process's unscored chunks into parts with ``cfg``'s device, batch_size, loader_workers and
-    part_size; returns how many images it scored.
-
-    ``make_scorer(device)`` is called only when there is work: loading a model for nothing costs minutes at scale.
-    """
+    part_size; returns the count. ``make_scorer(device)`` runs only when there is work (a model loads for minutes)."""
     parts_dir.mkdir(parents=True, exist_ok=True)
     done = set(read_parts(parts_dir, names)["sha256"])
     todo = chunks_to_score(manifest, done, cfg.batch_size)

@@ -1,8 +1,5 @@
 """Nodes of the FluxGen pipeline (paper Sec. 3.1); the work lives in ``fluxir.fluxgen``, imported lazily.
-
-Generation and scoring run on ``fluxgen.num_processes`` processes (``fluxir.runtime.launch.run_stage``); either way
-the node then lists what is on disk.
-"""
+Generation and scoring run on ``fluxgen.num_processes`` processes; the node then lists what is on disk."""
 
 from __future__ import annotations
 
