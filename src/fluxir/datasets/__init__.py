@@ -36,11 +36,8 @@ CONFIG_NAME = "config.json"  # == fluxir.models.adapter.CONFIG_NAME (checked in 
 
 
 class FolderDataset(AbstractDataset[None, Path]):
-    """``load()`` returns the folder ``path``, created if missing unless ``create`` is false.
-
-    ``path`` may be null for an input given per run (``${runtime_params:...}`` without a default): ``load()``
-    then returns None and the node that reads it names what to set.
-    """
+    """``load()`` returns the folder ``path``, created if missing unless ``create`` is false. ``path`` may be null
+    for an input given per run (``${runtime_params:...}`` without a default): the node reading None says what to set."""
 
     def __init__(self, path: str | None, create: bool = True, metadata: dict[str, Any] | None = None) -> None:
         if create and not path:

@@ -23,9 +23,8 @@ generators: each pair seeds all three from a SHA-256 of (image id, seed) and res
 same id and seed give byte-identical HQ/LQ in any order. Pairs are degraded one at a time on purpose: Real-ESRGAN's
 batched path shares one resize scale and one noise tensor across the batch (an LQ would depend on its batch mates).
 USM (basicsr's numpy ``usm_sharp``, ~100x faster) and the blurs (OpenCV's ``filter2D``, 5-25x faster) compute what
-Real-ESRGAN computes to ~1e-6, on the CPU, so results do not depend on a GPU's kernels.
-
-Settings: :mod:`fluxir.fluxgen.degrade_config`. Sizes are (width, height); arrays are (H, W, 3) uint8 RGB.
+Real-ESRGAN computes to ~1e-6, on the CPU, so results do not depend on a GPU's kernels. Sizes are (width, height);
+arrays are (H, W, 3) uint8 RGB.
 """
 
 from __future__ import annotations
