@@ -11,13 +11,8 @@ DEFAULT = ("fluxgen", "train", "evaluate")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Every pipeline under ``fluxir.pipelines`` (and ``export_adapter``, the second pipeline of ``export``) as a
-    modular pipeline named after it; ``__default__`` chains fluxgen -> train -> evaluate.
-
-    The namespace groups each pipeline's nodes (kedro-viz draws one collapsible box per pipeline, and
-    node names read ``fluxgen.generate_images``); ``prefix_datasets_with_namespace=False`` keeps every
-    dataset and parameter name as the catalog and the ``parameters_*.yml`` files spell it.
-    """
+    """Every pipeline under ``fluxir.pipelines`` (and ``export_adapter``) namespaced by its name, so kedro-viz draws
+    one box per pipeline and nodes read ``fluxgen.generate_images``; dataset and parameter names stay unprefixed."""
     found = {**find_pipelines(raise_errors=True), "export_adapter": create_adapter_pipeline()}
     pipelines = {
         name: Pipeline(pipeline, namespace=name, prefix_datasets_with_namespace=False)

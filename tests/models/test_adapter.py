@@ -385,10 +385,10 @@ def test_bad_inputs_fail_clearly(tiny_flux):
 
 
 def test_dataset_config_name_matches_the_adapter_module():
-    from fluxir.datasets import catalog
+    from fluxir import datasets
     from fluxir.models import adapter
 
-    assert catalog.CONFIG_NAME == adapter.CONFIG_NAME
+    assert datasets.CONFIG_NAME == adapter.CONFIG_NAME
 
 
 def test_missing_trained_adapter_says_what_to_run(tmp_path):

@@ -110,7 +110,7 @@ def nsfw_probabilities(processor: Any, classifier: Any, nsfw_index: int, images:
     return torch.softmax(logits.float(), dim=-1)[:, nsfw_index].double().cpu().numpy()
 
 
-def classifier_scorer(cfg: ContentFilterConfig, device: str) -> Callable[[list[np.ndarray]], dict[str, np.ndarray]]:
+def _classifier_scorer(cfg: ContentFilterConfig, device: str) -> Callable[[list[np.ndarray]], dict[str, np.ndarray]]:
     processor, classifier, nsfw_index = load_classifier(cfg.model, device, cfg.dtype)
     return lambda images: {SCORE_COLUMN: nsfw_probabilities(processor, classifier, nsfw_index, images)}
 
@@ -125,22 +125,12 @@ def run_filter(
     progress: bool = True,
 ) -> tuple[Path, int]:
     """This process's unscored images into ``<parts_root>/<filter key>``; returns that folder and the count."""
-    from fluxir.fluxgen.score import run_parts
+    from fluxir.fluxgen.score import score_chunks_into_parts
 
     parts_dir = Path(parts_root) / filter_key(cfg)
-    scorer = functools.partial(classifier_scorer, cfg)  # called with the device
-    return run_parts(
-        cfg,
-        manifest,
-        parts_dir,
-        [SCORE_COLUMN],
-        scorer,
-        process_index,
-        num_processes,
-        process_device,
-        progress,
-        "content filter",
-    )
+    scorer = functools.partial(_classifier_scorer, cfg)
+    args = (process_index, num_processes, process_device, progress, "content filter")
+    return parts_dir, score_chunks_into_parts(cfg, manifest, parts_dir, [SCORE_COLUMN], scorer, *args)
 
 
 def filter_table(manifest: pd.DataFrame, parts_dir: Path | None, cfg: ContentFilterConfig) -> pd.DataFrame:
@@ -150,11 +140,7 @@ def filter_table(manifest: pd.DataFrame, parts_dir: Path | None, cfg: ContentFil
 
     base = manifest[["image_id", "sha256"]].reset_index(drop=True)
     if parts_dir is None:
-        table = base.assign(**{SCORE_COLUMN: np.nan})
-        table["nsfw_flagged"] = False
-        table["nsfw_threshold"] = np.nan
-        table["content_filter"] = "disabled"
-        return table
+        return base.assign(nsfw_score=np.nan, nsfw_flagged=False, nsfw_threshold=np.nan, content_filter="disabled")
     table = merge_scores(base.assign(path=manifest["path"].to_numpy()), parts_dir, [SCORE_COLUMN], "nsfw score")
     table = table.drop(columns="path")
     table["nsfw_flagged"] = table[SCORE_COLUMN] > cfg.threshold

@@ -23,9 +23,8 @@ generators: each pair seeds all three from a SHA-256 of (image id, seed) and res
 same id and seed give byte-identical HQ/LQ in any order. Pairs are degraded one at a time on purpose: Real-ESRGAN's
 batched path shares one resize scale and one noise tensor across the batch (an LQ would depend on its batch mates).
 USM (basicsr's numpy ``usm_sharp``, ~100x faster) and the blurs (OpenCV's ``filter2D``, 5-25x faster) compute what
-Real-ESRGAN computes to ~1e-6, on the CPU, so results do not depend on a GPU's kernels.
-
-Settings: :mod:`fluxir.fluxgen.degrade_config`. Sizes are (width, height); arrays are (H, W, 3) uint8 RGB.
+Real-ESRGAN computes to ~1e-6, on the CPU, so results do not depend on a GPU's kernels. Sizes are (width, height);
+arrays are (H, W, 3) uint8 RGB.
 """
 
 from __future__ import annotations
@@ -124,12 +123,15 @@ def _sinc(omega_c: float, kernel_size: int) -> np.ndarray:
         return circular_lowpass_kernel(omega_c, kernel_size, pad_to=False)
 
 
+def _of_order(c: DegradationConfig, order: int, *names: str) -> list[Any]:
+    """The order-1 settings ``names``, or their order-2 twins (SeeSR's names end in 2)."""
+    return [getattr(c, name if order == 1 else f"{name}2") for name in names]
+
+
 def _blur_kernel(c: DegradationConfig, order: int) -> tuple[np.ndarray, dict[str, Any]]:
     """The order-1 or order-2 blur kernel, (k, k) float32, drawn like RealESRGANDataset."""
-    first = order == 1
-    sinc_prob, kernel_list = (c.sinc_prob, c.kernel_list) if first else (c.sinc_prob2, c.kernel_list2)
-    kernel_prob, sigma = (c.kernel_prob, c.blur_sigma) if first else (c.kernel_prob2, c.blur_sigma2)
-    betag, betap = (c.betag_range, c.betap_range) if first else (c.betag_range2, c.betap_range2)
+    names = ("sinc_prob", "kernel_list", "kernel_prob", "blur_sigma", "betag_range", "betap_range")
+    sinc_prob, kernel_list, kernel_prob, sigma, betag, betap = _of_order(c, order, *names)
     kernel_size = random.choice(list(c.kernel_sizes))
     if np.random.uniform() < sinc_prob:
         # Real-ESRGAN's cut-off range for sizes 7..21: small kernels cannot hold a very low cut-off
@@ -192,13 +194,8 @@ def _random_resize(
 
 def _add_noise(x: torch.Tensor, c: DegradationConfig, order: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """random_add_{gaussian,poisson}_noise_pt(clip=True, rounds=False), keeping the draws for the manifest."""
-    first = order == 1
-    gaussian_prob, gray_prob = (
-        (c.gaussian_noise_prob, c.gray_noise_prob) if first else (c.gaussian_noise_prob2, c.gray_noise_prob2)
-    )
-    sigma_range, poisson_range = (
-        (c.noise_range, c.poisson_scale_range) if first else (c.noise_range2, c.poisson_scale_range2)
-    )
+    names = ("gaussian_noise_prob", "gray_noise_prob", "noise_range", "poisson_scale_range")
+    gaussian_prob, gray_prob, sigma_range, poisson_range = _of_order(c, order, *names)
     gaussian = np.random.uniform() < gaussian_prob
     lo, hi = sigma_range if gaussian else poisson_range
     strength = float(torch.rand(1) * (hi - lo) + lo)  # same draws as basicsr's random_generate_*_pt

@@ -1,8 +1,5 @@
-"""The settings of FluxGen's "degrade" step (``degrade.config``): SeeSR's ``utils_data/make_paired_data.py`` settings
-under SeeSR's names, plus FluxGen's crops; :mod:`fluxir.fluxgen.degrade` applies them to one image.
-
-Sizes are (width, height), like PIL and the paper's "1024x768" generation resolution.
-"""
+"""The settings of FluxGen's "degrade" step (``degrade.config``), applied by :mod:`fluxir.fluxgen.degrade`.
+Sizes are (width, height), like PIL and the paper's "1024x768" generation resolution."""
 
 from __future__ import annotations
 
@@ -45,13 +42,11 @@ def _is_distribution(value: Any, n: int) -> bool:
 
 @dataclass(frozen=True)
 class DegradationConfig(Config):
-    """SeeSR ``make_paired_data.py`` settings plus FluxGen's crops (values in conf/base/parameters_fluxgen.yml).
-
-    Left out on purpose: SeeSR's ``blur_kernel_size`` 21 / ``blur_kernel_size2`` 11 (basicsr's
-    dataset ignores them and hard-codes kernel sizes 7..21, here ``kernel_sizes``),
-    ``no_degradation_prob`` and ``gt_size`` (set but never used by its degradation function; our
-    crop comes from ``crop_sizes``).
-    """
+    """SeeSR's ``utils_data/make_paired_data.py`` settings under SeeSR's names plus FluxGen's crops (values in
+    conf/base/parameters_fluxgen.yml). Left out on purpose: SeeSR's ``blur_kernel_size`` 21 / ``blur_kernel_size2``
+    11 (basicsr's dataset ignores them and hard-codes kernel sizes 7..21, here ``kernel_sizes``),
+    ``no_degradation_prob`` and ``gt_size`` (set but never used by its degradation function; our crop comes from
+    ``crop_sizes``)."""
 
     scale: int
     crop_sizes: tuple[tuple[int, int], ...]  # (width, height)

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import groupby
 from pathlib import Path
@@ -192,15 +192,8 @@ def write_generated(
             bar.set_postfix(img_per_s=f"{len(done) / (time.perf_counter() - start):.2f}")
     store.sync_shards(done)  # the renames of this run, one fsync per shard folder
     bar.close()
-    elapsed = time.perf_counter() - start
-    logger.info(
-        "%s: %d images in %.1f s, %.1f s of it waiting on file writes (fluxgen.write_threads=%d)",
-        desc,
-        len(done),
-        elapsed,
-        writer.waited_s,
-        cfg.write_threads,
-    )
+    message = "%s: %d images in %.1f s, %.1f s of it waiting on file writes (fluxgen.write_threads=%d)"
+    logger.info(message, desc, len(done), time.perf_counter() - start, writer.waited_s, cfg.write_threads)
     return done, writer.waited_s
 
 
@@ -226,20 +219,12 @@ def run_generation(
 INDEX_NAME = ".sha256-index.json"
 
 
-def _read_sidecar(path: Path) -> Recorded | None:
+def _read_json(path: Path, parse: Callable[[Any], Any], default: Any) -> Any:
+    """``parse`` of the JSON at ``path``, or ``default`` when it is missing or damaged (then rebuilt by hashing)."""
     try:
-        sha, size, mtime_ns = json.loads(path.read_text())
-        return Recorded(sha, size, mtime_ns)
-    except (OSError, ValueError, TypeError):
-        return None  # missing or unreadable sidecar: the image is hashed again
-
-
-def _read_index(shard: Path) -> dict[str, Recorded]:
-    try:
-        raw = json.loads((shard / INDEX_NAME).read_text())
-        return {name: Recorded(*values) for name, values in raw.items()}
-    except (OSError, ValueError, TypeError):
-        return {}  # no index yet, or a damaged one (rebuilt from sidecars / hashes below)
+        return parse(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return default
 
 
 def recorded_hashes(store: ImageStore, image_ids: Iterable[int]) -> Iterator[tuple[int, Path, str, int]]:
@@ -248,7 +233,7 @@ def recorded_hashes(store: ImageStore, image_ids: Iterable[int]) -> Iterator[tup
     for _, ids in groupby(image_ids, key=lambda i: i // SHARD_SIZE):
         ids = list(ids)
         shard = store.path_for(ids[0]).parent
-        index = _read_index(shard)
+        index = _read_json(shard / INDEX_NAME, lambda raw: {name: Recorded(*v) for name, v in raw.items()}, {})
         try:
             listing = {entry.name: entry for entry in os.scandir(shard)}
         except FileNotFoundError:
@@ -265,7 +250,7 @@ def recorded_hashes(store: ImageStore, image_ids: Iterable[int]) -> Iterator[tup
             recorded = index.get(path.name)
             if recorded is None or not recorded.matches(stat):
                 sidecar = sidecar_path(path)
-                recorded = _read_sidecar(sidecar) if sidecar.name in listing else None
+                recorded = _read_json(sidecar, lambda v: Recorded(*v), None) if sidecar.name in listing else None
                 if recorded is None or not recorded.matches(stat):
                     recorded = record_hash(path)  # new, replaced or touched since: hash it once more
                 index[path.name] = recorded

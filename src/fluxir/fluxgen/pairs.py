@@ -110,9 +110,6 @@ class PairStores:
     def record_path(self, image_id: int) -> Path:
         return self.lq.path_for(image_id).with_suffix(".json")
 
-    def is_done(self, image_id: int) -> bool:
-        return self.record_path(image_id).is_file()
-
 
 def _start_worker(owner_pid: int) -> None:
     """Die with the pool's owner (not only the forkserver); one thread each, so N workers = N busy cores."""
@@ -152,14 +149,9 @@ def make_pairs(
     jobs: list[tuple[int, str]], stores: PairStores, config: Any, seed: int, workers: int = 1, progress: bool = True
 ) -> list[int]:
     """Make the pairs of ``jobs`` (``(image_id, source path)``) not done yet; returns their ids."""
-    todo = [job for job in jobs if not stores.is_done(job[0])]
-    logger.info(
-        "degrade: %d of %d pairs to make with %d worker(s) into %s",
-        len(todo),
-        len(jobs),
-        workers,
-        stores.lq.root.parent,
-    )
+    todo = [job for job in jobs if not stores.record_path(job[0]).is_file()]
+    where = stores.lq.root.parent
+    logger.info("degrade: %d of %d pairs to make with %d worker(s) into %s", len(todo), len(jobs), workers, where)
     if not todo:
         return []
     work = functools.partial(make_pair, stores=stores, config=config, seed=seed)
@@ -234,6 +226,7 @@ class PairsStageConfig(Config):
         Rule("seed", "integer"),
         Rule("world_size", "positive_int", nullable=True),
         Rule("rank", "nonneg_int", nullable=True),
+        Rule("workers", lambda w: w == "auto" or is_int(w, 1), must="'auto' or a positive integer"),
     )
 
     @classmethod
@@ -249,12 +242,9 @@ class PairsStageConfig(Config):
     @classmethod
     def stage_problems(cls, values: Mapping[str, Any]) -> list[str]:
         found = field_problems(values, cls.RULES, cls.PREFIX)
-        checks = [lambda: resolve_workers(values["workers"])]
         if not any(m.startswith(("degrade.rank ", "degrade.world_size ")) for m in found):
-            checks.append(lambda: ids_for_rank([], *rank_and_world(values, {})))  # a launcher's: checked when it runs
-        for check in checks:
             try:
-                check()
+                ids_for_rank([], *rank_and_world(values, {}))  # a launcher's share: checked when it runs
             except ValueError as err:
                 found.append(str(err))
         return found

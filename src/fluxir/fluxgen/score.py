@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -170,56 +171,44 @@ def _write_part(parts_dir: Path, rank: int, number: int, rows: list[pd.DataFrame
 
 
 def score_chunks_into_parts(
+    cfg: Any,
     manifest: pd.DataFrame,
     parts_dir: Path,
     names: Sequence[str],
-    batch_size: int,
-    make_scorer: Callable[[], Scorer],
+    make_scorer: Callable[[str], Scorer],
     process_index: int = 0,
     num_processes: int = 1,
-    *,
-    loader_workers: int,
-    part_size: int,
+    process_device: Any = None,
     progress: bool = True,
     label: str = "IQA",
 ) -> int:
-    """Score this process's unscored chunks into parts; returns how many images it scored.
-
-    ``make_scorer()`` is called only when there is work: loading a model for nothing costs minutes at scale.
-    """
+    """Score this process's unscored chunks into parts with ``cfg``'s device, batch_size, loader_workers and
+    part_size; returns the count. ``make_scorer(device)`` runs only when there is work (a model loads for minutes)."""
     parts_dir.mkdir(parents=True, exist_ok=True)
     done = set(read_parts(parts_dir, names)["sha256"])
-    todo = chunks_to_score(manifest, done, batch_size)
+    todo = chunks_to_score(manifest, done, cfg.batch_size)
     mine = todo[process_index::num_processes]
-    logger.info(
-        "%s %d/%d: %d of %d chunks to score into %s",
-        label,
-        process_index,
-        num_processes,
-        len(mine),
-        len(todo),
-        parts_dir,
-    )
+    where = f"{label} {process_index}/{num_processes}"
+    logger.info("%s: %d of %d chunks to score into %s", where, len(mine), len(todo), parts_dir)
     if not mine:
         return 0
-    score_chunk = make_scorer()
+    score_chunk = make_scorer(resolve_device(cfg.device, process_device))
     loader = DataLoader(
         _ChunkImages(mine),
         batch_size=None,
         collate_fn=_as_is,
-        num_workers=loader_workers,
+        num_workers=cfg.loader_workers,
         worker_init_fn=worker_init(),
-        prefetch_factor=4 if loader_workers else None,
+        prefetch_factor=4 if cfg.loader_workers else None,
     )
     number, pending, pending_rows, scored = _next_part_number(parts_dir, process_index), [], 0, 0
-    with progress_bar(
-        total=sum(len(c) for c in mine), desc=f"{label}[{process_index}]", unit="img", disable=not progress
-    ) as bar:
+    total = sum(len(c) for c in mine)
+    with progress_bar(total=total, desc=f"{label}[{process_index}]", unit="img", disable=not progress) as bar:
         for chunk, images in zip(mine, loader):
             scores = score_chunk(images)
             pending.append(pd.DataFrame({"sha256": chunk["sha256"].to_numpy(), **scores}))
             pending_rows += len(chunk)
-            if pending_rows >= part_size:
+            if pending_rows >= cfg.part_size:
                 _write_part(parts_dir, process_index, number, pending)
                 number, pending, pending_rows = number + 1, [], 0
             scored += len(chunk)
@@ -249,23 +238,14 @@ def score_into_parts(
     progress: bool = True,
 ) -> int:
     """``run_scoring`` without a config (benchmarks, tests): IQA scores of this process's unscored chunks."""
-    check_fields(
-        {"batch_size": batch_size, "loader_workers": loader_workers, "part_size": part_size, "precision": precision},
-        SCORING_RULES,
-        "iqa.",
+    settings = SimpleNamespace(
+        batch_size=batch_size, device=device, loader_workers=loader_workers, part_size=part_size, precision=precision
     )
+    check_fields(settings, SCORING_RULES, "iqa.")
     parsed = [iqa_lib.MetricSpec.parse(s) for s in specs]
+    scorer = functools.partial(_iqa_scorer, parsed, precision=precision)
     return score_chunks_into_parts(
-        manifest,
-        parts_dir,
-        [s.name for s in parsed],
-        batch_size,
-        lambda: _iqa_scorer(parsed, device, precision),
-        process_index,
-        num_processes,
-        loader_workers=loader_workers,
-        part_size=part_size,
-        progress=progress,
+        settings, manifest, parts_dir, [s.name for s in parsed], scorer, process_index, num_processes, None, progress
     )
 
 
@@ -285,37 +265,6 @@ def merge_scores(
     return table
 
 
-def run_parts(
-    cfg: Any,
-    manifest: pd.DataFrame,
-    parts_dir: Path,
-    names: list[str],
-    make_scorer: Callable[[Any], Scorer],
-    process_index: int,
-    num_processes: int,
-    process_device: Any,
-    progress: bool,
-    label: str = "IQA",
-) -> tuple[Path, int]:
-    """A scoring stage (IQA, content filter) of ``cfg`` (its device, batch_size, loader_workers, part_size): this
-    process's unscored chunks into ``parts_dir`` with ``make_scorer(device)``; returns the folder and the count."""
-    device = resolve_device(cfg.device, process_device)
-    scored = score_chunks_into_parts(
-        manifest,
-        parts_dir,
-        names,
-        cfg.batch_size,
-        lambda: make_scorer(device),
-        process_index,
-        num_processes,
-        loader_workers=cfg.loader_workers,
-        part_size=cfg.part_size,
-        progress=progress,
-        label=label,
-    )
-    return parts_dir, scored
-
-
 def run_scoring(
     cfg: IqaConfig,
     manifest: pd.DataFrame,
@@ -332,8 +281,10 @@ def run_scoring(
     iqa_lib.check_weights(specs)
     parts_dir = Path(parts_root) / metrics_key(specs, cfg.precision)
     names = [s.name for s in specs]
-    scorer = functools.partial(_iqa_scorer, specs, precision=cfg.precision)  # called with the device
-    return run_parts(cfg, manifest, parts_dir, names, scorer, process_index, num_processes, process_device, progress)
+    scorer = functools.partial(_iqa_scorer, specs, precision=cfg.precision)
+    return parts_dir, score_chunks_into_parts(
+        cfg, manifest, parts_dir, names, scorer, process_index, num_processes, process_device, progress
+    )
 
 
 # Step 3: the percentile cut and its figure (08_reporting, MLflow)

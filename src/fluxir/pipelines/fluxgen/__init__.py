@@ -1,5 +1,3 @@
 """FluxGen: generate -> score -> select -> degrade (paper Sec. 3.1)."""
 
-from .pipeline import create_pipeline
-
-__all__ = ["create_pipeline"]
+from .pipeline import create_pipeline as create_pipeline

@@ -1,8 +1,5 @@
 """Nodes of the FluxGen pipeline (paper Sec. 3.1); the work lives in ``fluxir.fluxgen``, imported lazily.
-
-Generation and scoring run on ``fluxgen.num_processes`` processes (``fluxir.runtime.launch.run_stage``); either way
-the node then lists what is on disk.
-"""
+Generation and scoring run on ``fluxgen.num_processes`` processes; the node then lists what is on disk."""
 
 from __future__ import annotations
 
@@ -64,31 +61,25 @@ def content_filter(
 ) -> pd.DataFrame:
     """Score the images not scored yet with the NSFW classifier and flag those above the threshold (disabled:
     nothing scored or flagged, and the run records that reviewing every output is the user's duty)."""
-    from fluxir.fluxgen.content_filter import (
-        ContentFilterConfig,
-        filter_key,
-        filter_table,
-        record_filter_state,
-        run_filter,
-    )
+    from fluxir.fluxgen import content_filter as nsfw
 
-    cfg = ContentFilterConfig.from_params(settings)
+    cfg = nsfw.ContentFilterConfig.from_params(settings)
     if not cfg.enabled:
-        record_filter_state(cfg, None)
-        return filter_table(generated, None, cfg)
+        nsfw.record_filter_state(cfg, None)
+        return nsfw.filter_table(generated, None, cfg)
     processes = resolve_num_processes(num_processes, "fluxgen.num_processes")
-    parts_dir = nsfw_parts / filter_key(cfg)
+    parts_dir = nsfw_parts / nsfw.filter_key(cfg)
     with exclusive_lock(parts_dir / LOCK_NAME, f"the content filter parts {parts_dir}"):  # part numbers are per writer
         run_stage(
             ["fluxir.fluxgen", "content_filter"],
             processes,
             "content_filter",
-            lambda: run_filter(cfg, generated, nsfw_parts),
+            lambda: nsfw.run_filter(cfg, generated, nsfw_parts),
             ["--parts", str(nsfw_parts)],
             tables={"--manifest": generated},
         )
-        table = filter_table(generated, parts_dir, cfg)
-    record_filter_state(cfg, int(table["nsfw_flagged"].sum()))
+        table = nsfw.filter_table(generated, parts_dir, cfg)
+    nsfw.record_filter_state(cfg, int(table["nsfw_flagged"].sum()))
     return table
 
 
@@ -97,10 +88,7 @@ def select_by_iqa(
 ) -> tuple[pd.DataFrame, dict, Any]:
     """Keep images inside the top ``100 - percentile`` % on every metric (paper: top 95% => percentile 5) that the
     content filter did not flag; returns (table with ``keep`` and ``drop_reason``, MLflow metrics, histograms).
-
-    The cuts are taken over every scored image, so they do not depend on the filter; ``nsfw`` None (scores alone,
-    outside the pipeline): no content filter columns.
-    """
+    The cuts are taken over every scored image, so they do not depend on the filter (``nsfw`` None: no filter)."""
     from fluxir.fluxgen.score import apply_content_filter, histograms_with_cuts, percentile_cuts
     from fluxir.iqa import MetricSpec
     from fluxir.runtime.tracking import mlflow_metric_values

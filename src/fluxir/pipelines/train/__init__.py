@@ -1,5 +1,3 @@
 """FluxIR training: adapter on FluxGen's pairs (paper Sec. 3.3)."""
 
-from .pipeline import create_pipeline
-
-__all__ = ["create_pipeline"]
+from .pipeline import create_pipeline as create_pipeline
