@@ -15,8 +15,8 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from fluxir.compat import loaded_path, saved_path, set_experiment
-from fluxir.parameters.config import flatten_dict
-from fluxir.runtime.launch import revert_run_context, set_run_context
+from fluxir.parameters.config import default_env, flatten_dict
+from fluxir.runtime.launch import ENV_VAR, PARAMS_VAR, PROJECT_VAR
 from fluxir.runtime.tracking import DEFAULT_PIPELINE, kedro_run_options, log_new_params, rerun_command, tag_experiment
 
 logger = logging.getLogger(__name__)
@@ -207,22 +207,21 @@ class LaunchContextHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
-        self._previous = set_run_context(
-            run_params.get("env"), run_params.get("runtime_params"), run_params.get("project_path") or "."
-        )
+        self._previous = {var: os.environ.get(var) for var in (ENV_VAR, PARAMS_VAR, PROJECT_VAR)}
+        os.environ[ENV_VAR] = run_params.get("env") or default_env()
+        os.environ[PARAMS_VAR] = json.dumps(dict(run_params.get("runtime_params") or {}), default=str)
+        os.environ[PROJECT_VAR] = str(Path(run_params.get("project_path") or ".").resolve())
 
     @hook_impl
     def after_pipeline_run(self) -> None:
-        self._restore()
+        previous, self._previous = self._previous or {}, None
+        for var, value in previous.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
-    @hook_impl
-    def on_pipeline_error(self) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        if self._previous is not None:
-            revert_run_context(self._previous)
-            self._previous = None
+    on_pipeline_error = after_pipeline_run  # the same hook implementation under the error hook's name
 
 
 class MlflowDatasetsHook:
