@@ -3,6 +3,7 @@ a power loss alike (written next to its target, flushed with ``fsync``, renamed 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -33,12 +34,9 @@ def fsync_dir(path: str | os.PathLike) -> None:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except (PermissionError, IsADirectoryError):
         return
-    try:
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on folders; the file data is flushed already
         os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on folders; the file data is flushed already
-        pass
-    finally:
-        os.close(fd)
+    os.close(fd)
 
 
 @contextmanager
@@ -90,13 +88,6 @@ def _is_local(fs: Any) -> bool:
     return "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
 
 
-def fsync_tree(folder: str | os.PathLike) -> None:
-    for root, _, files in os.walk(folder, topdown=False):
-        for name in files:
-            fsync_file(os.path.join(root, name))
-        fsync_dir(root)
-
-
 @contextmanager
 def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]:
     """Yield a temporary folder next to ``folder`` (a path of the fsspec filesystem ``fs``); when the block
@@ -110,7 +101,10 @@ def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]
     try:
         yield tmp
         if _is_local(fs):
-            fsync_tree(tmp)
+            for root, _, files in os.walk(tmp, topdown=False):
+                for name in files:
+                    fsync_file(os.path.join(root, name))
+                fsync_dir(root)
         old = None
         if fs.exists(folder):
             old = posixpath.join(parent, f".old-{name}-{uuid.uuid4().hex[:8]}")

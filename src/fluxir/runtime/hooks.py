@@ -45,8 +45,8 @@ def experiment_name(pipeline_names: Any, base: str = "fluxir") -> str:
 
 
 def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None]:
-    """(commit sha, tracked files changed?) of the checkout holding ``project_path``, from ``git``; (None, None)
-    outside a checkout or without git. ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``)."""
+    """(commit sha, tracked files changed?) of the checkout holding ``project_path``; (None, None) outside a
+    checkout or without git. ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``)."""
     if forced := os.environ.get("FLUXIR_GIT_COMMIT", "").strip():
         return forced, None
 

@@ -166,24 +166,16 @@ def run_guarded(
                     tail = [*tail[-(keep - 1) :], line]
         return proc.wait(), tail
     except BaseException:  # Ctrl-C, a SIGTERM turned into an exception, a logging failure: no orphans
-        end_group(proc.pid, proc)
-        raise
-
-
-def end_group(pgid: int, proc: subprocess.Popen | None = None) -> None:
-    """SIGTERM the guard's process group, SIGKILL it if its leader still runs after the guard's own clean-up had
-    time (``GRACE_SECONDS`` for what it started, and as long again)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + 2 * GRACE_SECONDS
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)  # a guard that hangs, and what is left of its group
-    if proc is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        # SIGKILL the group if the guard still runs after its own clean-up had time (GRACE_SECONDS, and as long again)
+        deadline = time.monotonic() + 2 * GRACE_SECONDS
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a guard that hangs, and what is left of its group
         proc.wait()
+        raise
 
 
 def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int:
