@@ -118,18 +118,15 @@ def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-CATALOG_PATH_KEYS = ("filepath", "path", "hq_path", "lq_path")  # dataset arguments that are project paths
-
-
 def catalog_config(
     env: str, project: str | Path = ".", overrides: Iterable[str | Mapping[str, Any]] = ()
 ) -> dict[str, dict[str, Any]]:
     """The catalog entries of an environment with ``--params`` ``overrides`` as runtime params (``restore_input``
     reads ``${runtime_params:restore.input_dir}``), relative paths taken from ``project``."""
-    root = Path(project)
     entries = config_loader(env, project, runtime_params=parse_overrides(overrides))["catalog"]
+    paths = ("filepath", "path", "hq_path", "lq_path")  # dataset arguments that are project paths
     return {
-        name: {**entry, **{key: str(root / entry[key]) for key in CATALOG_PATH_KEYS if entry.get(key)}}
+        name: {**entry, **{key: str(Path(project) / entry[key]) for key in paths if entry.get(key)}}
         for name, entry in entries.items()
         if not name.startswith("_")
     }

@@ -250,29 +250,22 @@ class MlflowDatasetsHook:
         dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
         if not isinstance(dataset, FluxIRAdapterDataset) or isinstance(data, MissingAdapter):
             return
-        if not self._uses_adapter(node):
-            return
         import mlflow
 
-        if mlflow.active_run() is None:
-            return
         from fluxir.evaluation.restore import adapter_provenance
-
-        versioned = getattr(dataset, "_version", None) is not None
-        provenance = adapter_provenance(data, loaded_path(dataset), versioned)
-        logged = log_new_params({f"{dataset_name}.{key}": value for key, value in provenance.items()})
-        if logged:
-            logger.info("adapter of this run: %s", ", ".join(f"{k}={v}" for k, v in logged.items()))
-
-    def _uses_adapter(self, node: Any) -> bool:
         from fluxir.restoration.methods import uses_adapter
 
-        inputs = set(node.inputs)
-        if "evaluate_config" in inputs:
-            return uses_adapter((self._params.get("evaluate") or {}).get("methods", []))
-        if "params:restore" in inputs:
-            return uses_adapter([(self._params.get("restore") or {}).get("method")])
-        return True
+        used = True  # False: a node whose method does not use the adapter loads it in vain
+        if "evaluate_config" in node.inputs:
+            used = uses_adapter((self._params.get("evaluate") or {}).get("methods", []))
+        elif "params:restore" in node.inputs:
+            used = uses_adapter([(self._params.get("restore") or {}).get("method")])
+        if not used or mlflow.active_run() is None:
+            return
+        versioned = getattr(dataset, "_version", None) is not None
+        provenance = adapter_provenance(data, loaded_path(dataset), versioned)
+        if logged := log_new_params({f"{dataset_name}.{key}": value for key, value in provenance.items()}):
+            logger.info("adapter of this run: %s", ", ".join(f"{k}={v}" for k, v in logged.items()))
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:

@@ -41,7 +41,6 @@ ENV_VAR, PARAMS_VAR, PROJECT_VAR = "FLUXIR_KEDRO_ENV", "FLUXIR_KEDRO_PARAMS", "F
 GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PR_SET_CHILD_SUBREAPER = 36
-WATCH_INTERVAL_S = 1.0
 
 
 def visible_gpus() -> int:
@@ -218,10 +217,6 @@ def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int
 # daemon thread checks once a second.
 
 
-def _kill_self() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -280,27 +275,25 @@ def end_descendants(grace: float, poll: float = 0.05) -> None:
 def _watch(pid: int, interval: float) -> None:
     while _alive(pid):
         time.sleep(interval)
-    _kill_self()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-def die_with_parent(parent_pid: int, interval: float = WATCH_INTERVAL_S) -> None:
+def die_with_parent(parent_pid: int, interval: float = 1.0) -> None:
     """In a child: end this process (SIGKILL) as soon as process ``parent_pid`` (the one that owns the work, its
     ``os.getpid()`` passed before the children start) ends."""
     direct = os.getppid() == parent_pid
     signalled = _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # on the direct parent, whichever process that is
     if not _alive(parent_pid) or (direct and os.getppid() != parent_pid):  # it died before we got here
-        _kill_self()
+        os.kill(os.getpid(), signal.SIGKILL)
     if direct and signalled:
         return
     threading.Thread(target=_watch, args=(parent_pid, interval), name="fluxir-parent-watch", daemon=True).start()
 
 
-def worker_init(then: Callable[[int], None] | None = None) -> Callable[[int], None]:
-    """A DataLoader ``worker_init_fn`` that ties each worker to this process (then calls ``then(worker_id)``)."""
-    return functools.partial(_init_worker, os.getpid(), then)
+def worker_init() -> Callable[[int], None]:
+    """A DataLoader ``worker_init_fn`` that ties each worker to this process."""
+    return functools.partial(_init_worker, os.getpid())
 
 
-def _init_worker(parent_pid: int, then: Callable[[int], None] | None, worker_id: int) -> None:
+def _init_worker(parent_pid: int, _worker_id: int) -> None:
     die_with_parent(parent_pid)
-    if then is not None:
-        then(worker_id)
