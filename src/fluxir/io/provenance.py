@@ -32,11 +32,9 @@ def sha256_file(path: str | os.PathLike, fs: Any = None) -> str:
 
 
 def hash_tensors(tensors: Mapping[str, Any], digest: Any = None) -> Any:
-    """Feed every tensor of a state dict into ``digest`` (a new sha256 by default); returns it.
-
-    Each entry contributes ``name:dtype:shape`` and its raw bytes in sorted name order, so two models hash alike
-    only when names, dtypes, shapes and every bit of every value agree.
-    """
+    """Feed every tensor of a state dict into ``digest`` (a new sha256 by default); returns it. Each entry contributes
+    ``name:dtype:shape`` and its raw bytes in sorted name order, so two models hash alike only when names, dtypes,
+    shapes and every bit of every value agree."""
     import torch  # here: the catalog's datasets import this module at ``kedro viz`` start-up
 
     digest = digest or hashlib.sha256()

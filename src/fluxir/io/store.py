@@ -1,6 +1,5 @@
 """Where stage outputs go: the sharded image store (350,000 images do not belong in one folder), the
-``WriterPool`` that writes off the generating loop's critical path, and the lock that allows one writer per output.
-"""
+``WriterPool`` that writes off the generating loop's critical path, and the lock that allows one writer per output."""
 
 from __future__ import annotations
 
@@ -62,13 +61,11 @@ class ImageStore:
     def path_for(self, image_id: int) -> Path:
         return self.root / f"{image_id // SHARD_SIZE:04d}" / f"{image_id:08d}.png"
 
-    def exists(self, image_id: int) -> bool:
-        """True when the image was completely written (writes are atomic)."""
+    def exists(self, image_id: int) -> bool:  # writes are atomic: an image that exists is complete
         return self.path_for(image_id).is_file()
 
     def write(self, image_id: int, image: np.ndarray, fsync_folder: bool = True, pnginfo: Any = None) -> Path:
-        """Atomically and durably write image ``image_id`` with the text chunks ``pnginfo``; a writer of many images
-        passes ``fsync_folder=False`` and calls ``sync_shards`` once per batch."""
+        """A writer of many images passes ``fsync_folder=False`` and calls ``sync_shards`` once per batch."""
         path = self.path_for(image_id)
         write_png_atomic(path, image, pnginfo, fsync_folder=fsync_folder)
         return path
@@ -87,8 +84,7 @@ class ImageStore:
     def read(self, image_id: int) -> np.ndarray:
         return read_image(self.path_for(image_id))
 
-    def sub(self, name: str) -> ImageStore:
-        """A store in a sub-folder (one per generation / degradation configuration)."""
+    def sub(self, name: str) -> ImageStore:  # one per generation / degradation configuration
         return ImageStore(self.root / name)
 
 

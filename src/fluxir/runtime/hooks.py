@@ -1,7 +1,6 @@
 """The project's Kedro hooks: check the parameters before anything runs; name, tag and end kedro-mlflow's run; log
 what a run used and saved (docs/tracking.md); hand a node's child job the run's ``--env`` and ``--params``.
-mlflow is imported inside the hooks: ``settings.py`` imports this module on every Kedro command.
-"""
+mlflow is imported inside the hooks: ``settings.py`` imports this module on every Kedro command."""
 
 from __future__ import annotations
 
@@ -93,12 +92,10 @@ def _store_lock(project_path: str | os.PathLike) -> Any:
 
 
 class MlflowRunHook:
-    """kedro-mlflow's run in the experiment of its pipeline, named ``<pipeline>-<kedro run id>``, tagged with the
-    Kedro run, the command that reruns it (``fluxir.command``) and the git commit.
-
-    kedro-mlflow creates the SQLite store's schema and the experiment when the context is created, and two first
-    runs doing that together fail (``table ... already exists``): both steps run under ``<project>/mlflow.db.lock``.
-    """
+    """kedro-mlflow's run in the experiment of its pipeline, named ``<pipeline>-<kedro run id>``, tagged with the Kedro
+    run, the command that reruns it (``fluxir.command``) and the git commit. kedro-mlflow creates the SQLite store's
+    schema and the experiment when the context is created, and two first runs doing that together fail (``table ...
+    already exists``): both steps run under ``<project>/mlflow.db.lock``."""
 
     def __init__(self) -> None:
         self._context: Any = None
@@ -228,8 +225,7 @@ class MlflowDatasetsHook:
     """What a run's datasets tell its MLflow run: the FluxIR adapter it used as parameters
     ``fluxir_adapter.{version,fingerprint,...}`` (runs of two adapters told apart in MLflow's run table); datasets of
     kedro-viz layer ``reporting`` under ``reporting/``, of layer ``models`` under ``models/<name>/`` with their
-    ``config.json`` values as parameters (``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false``: the JSON files only).
-    """
+    ``config.json`` values as parameters (``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false``: the JSON files only)."""
 
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}

@@ -216,11 +216,10 @@ _CAPTURED_WARNING = r"(?s).*?:\d+: \w+: "
 
 
 def filter_third_party_notices() -> None:
-    """Install the filters of :data:`NOTICES` (a second call adds nothing).
-
-    A warning is filtered three ways, as libraries route around each: a ``warnings`` filter; a filter on
-    ``showwarning`` (mlflow shows its own warnings under a ``simplefilter("once")`` that outranks the first);
-    and a filter on the ``py.warnings`` logger, where Kedro's ``logging.captureWarnings`` sends them."""
+    """Install the filters of :data:`NOTICES` (a second call adds nothing). A warning is filtered three ways, as
+    libraries route around each: a ``warnings`` filter; a filter on ``showwarning`` (mlflow shows its own warnings under
+    a ``simplefilter("once")`` that outranks the first); and a filter on the ``py.warnings`` logger, where Kedro's
+    ``logging.captureWarnings`` sends them."""
     by_logger: dict[str, list[re.Pattern[str]]] = {}
     shown: list[re.Pattern[str]] = []
     for notice in NOTICES:

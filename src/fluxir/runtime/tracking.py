@@ -1,7 +1,5 @@
 """MLflow around a run: metric and parameter keys, the command line that reruns a run, the MLflow run of a
-``python -m`` command. mlflow is imported inside functions: ``settings.py`` imports this module (through the hooks)
-on every Kedro command.
-"""
+``python -m`` command. mlflow is imported inside functions: every Kedro command imports this module (the hooks)."""
 
 from __future__ import annotations
 
