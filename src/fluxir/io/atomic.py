@@ -41,12 +41,10 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 @contextmanager
 def atomic_file(path: str | os.PathLike, *, fsync: bool = True, fsync_folder: bool = True) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (unique per process and call, so concurrent writers never mix
-    bytes); when the block succeeds it is renamed onto ``path``, on error ``path`` is left as it was.
-
-    Many files into one folder (a shard of PNGs) pass ``fsync_folder=False`` and call ``fsync_dir(folder)`` once
-    for the batch; ``fsync=False`` only for caches that are rebuilt when lost or cut (hash sidecars).
-    """
+    """Yield a temporary path next to ``path`` (unique per process and call, so concurrent writers never mix bytes);
+    when the block succeeds it is renamed onto ``path``, on error ``path`` is left as it was. Many files into one folder
+    (a shard of PNGs) pass ``fsync_folder=False`` and call ``fsync_dir(folder)`` once for the batch; ``fsync=False``
+    only for caches that are rebuilt when lost or cut (hash sidecars)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
@@ -125,19 +123,15 @@ def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]
 MANIFEST_NAME = "manifest.json"
 
 
-def _files_under(folder: str, fs: Any) -> list[str]:
-    root = folder.rstrip("/")
-    names = [posixpath.relpath(p, root) for p in fs.find(root)]
-    return sorted(n for n in names if n != MANIFEST_NAME)
-
-
 def write_manifest(folder: str | os.PathLike, fs: Any = None) -> dict[str, dict[str, Any]]:
     """Write ``<folder>/manifest.json``: ``{relative path: {size, sha256}}`` of every other file; returns it."""
     fs = fs or local_fs()
     root = str(folder).rstrip("/")
+    names = sorted(posixpath.relpath(p, root) for p in fs.find(root))
     entries = {
         name: {"size": fs.size(f"{root}/{name}"), "sha256": sha256_file(f"{root}/{name}", fs)}
-        for name in _files_under(root, fs)
+        for name in names
+        if name != MANIFEST_NAME
     }
     with fs.open(f"{root}/{MANIFEST_NAME}", "w") as fh:
         fh.write(json.dumps({"files": entries}, indent=1, sort_keys=True))

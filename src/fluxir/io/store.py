@@ -99,13 +99,11 @@ def portable_path(path: str | os.PathLike) -> str:
 
 
 class WriterPool:
-    """Runs file writes on ``threads`` threads behind a bounded queue, so the caller never waits on files.
-
-    PNG's zlib and hashlib release the GIL, so threads overlap encoding with the caller's compute. At most
-    ``2 x threads`` jobs wait (each holds one image): a slow disk slows the producer instead of filling RAM. The
-    first error of any job is raised in the calling thread (next ``submit`` or ``close``). ``threads=0`` runs each
-    job inside ``submit``. ``waited_s``: how long the caller was held up (near 0 when the writes keep up).
-    """
+    """Runs file writes on ``threads`` threads behind a bounded queue, so the caller never waits on files. PNG's zlib
+    and hashlib release the GIL, so threads overlap encoding with the caller's compute. At most ``2 x threads`` jobs
+    wait (each holds one image): a slow disk slows the producer instead of filling RAM. The first error of any job is
+    raised in the calling thread (next ``submit`` or ``close``). ``threads=0`` runs each job inside ``submit``.
+    ``waited_s``: how long the caller was held up (near 0 when the writes keep up)."""
 
     def __init__(self, threads: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -163,12 +161,10 @@ class FolderBusy(RuntimeError):
 @contextmanager
 def exclusive_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` for the block: a second run of the same stage waits here, logging
-    which process holds it, and then finds the first one's work done. With ``wait=False`` (a training run: waiting
-    would be for days) it raises ``FolderBusy`` naming the holder.
-
-    ``fcntl.flock``: released by the kernel when the holder ends in any way (a kill -9 leaves no stale lock);
-    works on local disks and NFSv4. Where ``fcntl`` does not exist (Windows) the block runs unlocked.
-    """
+    which process holds it, and then finds the first one's work done. With ``wait=False`` (a training run: waiting would
+    be for days) it raises ``FolderBusy`` naming the holder. ``fcntl.flock``: released by the kernel when the holder
+    ends in any way (a kill -9 leaves no stale lock); works on local disks and NFSv4. Where ``fcntl`` does not exist
+    (Windows) the block runs unlocked."""
     try:
         import fcntl
     except ImportError:

@@ -242,9 +242,8 @@ CHECKS: dict[str, tuple[Callable[[Any, Any], bool], Callable[[Any], str]]] = {
 @dataclass(frozen=True)
 class Rule:
     """One row of a config's rules: ``field`` must pass ``CHECKS[kind]`` with ``extra``, or ``kind(value)`` when
-    ``kind`` is a predicate (a check one config alone needs; ``must`` then says what it wants). ``must`` replaces
-    the kind's wording (to cite the paper or give the reason); ``note`` follows the value in the message.
-    """
+    ``kind`` is a predicate (a check one config alone needs; ``must`` then says what it wants). ``must`` replaces the
+    kind's wording (to cite the paper or give the reason); ``note`` follows the value in the message."""
 
     field: str
     kind: str | Callable[[Any], bool]
@@ -305,13 +304,10 @@ def raise_problems(problems: list[str], where: str | None = None) -> None:
 
 
 class Config:
-    """The base of every config dataclass: ``Cls.from_params(mapping)`` builds one from its parameter group
-    (unknown and missing keys refused, naming the valid ones); construction checks every value once and raises
-    one ``ConfigError`` listing every problem.
-
-    A subclass sets ``PREFIX`` (the group in messages, e.g. ``"train."``) and ``RULES``; it overrides
-    ``joint_problems`` for checks of several fields and ``prepare`` for what YAML gives in another form.
-    """
+    """The base of every config dataclass: ``Cls.from_params(mapping)`` builds one from its parameter group (unknown and
+    missing keys refused, naming the valid ones); construction checks every value once and raises one ``ConfigError``
+    listing every problem. A subclass sets ``PREFIX`` (the group in messages, e.g. ``"train."``) and ``RULES``; it
+    overrides ``joint_problems`` for checks of several fields and ``prepare`` for what YAML gives in another form."""
 
     PREFIX: ClassVar[str] = ""
     RULES: ClassVar[tuple[Rule, ...]] = ()

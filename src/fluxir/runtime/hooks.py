@@ -167,8 +167,7 @@ class MlflowRunHook:
     def _tag_run(self, run_params: dict[str, Any]) -> None:
         import mlflow
 
-        run = mlflow.active_run()
-        if run is None:
+        if (run := mlflow.active_run()) is None:
             return
         run_id = run_params.get("run_id") or ""
         command = rerun_command(run_params, kedro_run_options())

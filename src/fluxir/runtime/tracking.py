@@ -65,10 +65,9 @@ def tag_experiment(experiment_id: str, tags: Mapping[str, Any]) -> dict[str, str
 
 @contextmanager
 def command_run(env: str, project: str | Path, run_name: str, tags: Mapping[str, str]) -> Iterator[None]:
-    """The MLflow run of a ``python -m`` command for the block, set up from the env's ``mlflow.yml`` as
-    kedro-mlflow reads it. A ``kedro run`` that launched the command passes its run (``MLFLOW_RUN_ID``), left open
-    for Kedro to end; otherwise a new run ``run_name`` is started and ended FINISHED, or FAILED when the block raises.
-    """
+    """The MLflow run of a ``python -m`` command for the block, set up from the env's ``mlflow.yml`` as kedro-mlflow
+    reads it. A ``kedro run`` that launched the command passes its run (``MLFLOW_RUN_ID``), left open for Kedro to end;
+    otherwise a new run ``run_name`` is started and ended FINISHED, or FAILED when the block raises."""
     import mlflow
     from kedro.config import MissingConfigException
     from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
