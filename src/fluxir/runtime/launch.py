@@ -103,11 +103,8 @@ def run_stage(
             "a stage with num_processes > 1 launches a child job with the parameters of its `kedro run`; run it "
             "through `kedro run`, or launch the stage's `accelerate launch -m fluxir...` command yourself"
         )
-    kedro_env, params, project = (
-        os.environ[ENV_VAR],
-        json.loads(os.environ.get(PARAMS_VAR) or "{}"),
-        os.environ[PROJECT_VAR],
-    )
+    kedro_env, project = os.environ[ENV_VAR], os.environ[PROJECT_VAR]
+    params = json.loads(os.environ.get(PARAMS_VAR) or "{}")
     # The children get the GPU memory this process's caching allocator holds (earlier nodes' models are gone by now).
     torch = sys.modules.get("torch")  # never imported here: a parent that did no torch work has nothing to free
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -140,9 +137,8 @@ def run_stage(
         start = time.perf_counter()
         code, tail = run_guarded(command, cwd=project, env=env, log_prefix=f"[{what}] ")
     if code != 0:
-        tail_text = "\n".join(tail)
         raise RuntimeError(
-            f"{what} on {num_processes} processes failed (exit status {code}); last output:\n{tail_text}"
+            f"{what} on {num_processes} processes failed (exit status {code}); last output:\n" + "\n".join(tail)
         )
     logger.info("%s on %d processes done in %.1f s", what, num_processes, time.perf_counter() - start)
 
