@@ -60,9 +60,8 @@ def _problems(check: Callable[[], Any]) -> list[str]:
 
 
 def local_model_problems(name: str, source: Any) -> list[str]:
-    if not isinstance(source, str) or re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
-        return []
-    if Path(source).expanduser().is_dir():
+    hub_id = isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists()
+    if not isinstance(source, str) or hub_id or Path(source).expanduser().is_dir():
         return []
     return [  # the loader's words (models.loading.resolve_source), said before anything is written
         f"{name}: model source {source!r} is neither an existing local folder nor a hub id of the form 'owner/name' "
