@@ -10,10 +10,8 @@ from kedro.framework.project import configure_project
 def main(*args, **kwargs):
     package_name = Path(__file__).parent.name
     configure_project(package_name)
-    interactive = hasattr(sys, "ps1")
-    kwargs["standalone_mode"] = not interactive
-    run = find_run_command(package_name)
-    return run(*args, **kwargs)
+    kwargs["standalone_mode"] = not hasattr(sys, "ps1")  # interactive: click must not exit the interpreter
+    return find_run_command(package_name)(*args, **kwargs)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,14 @@ def _run(cli_params: tuple[str, ...], **options: Any) -> Any:
 _params_option = click.Option(["--params", "cli_params"], multiple=True, type=click.UNPROCESSED, help=PARAMS_HELP)
 
 
-# Kedro's own callback for -c returns the last value it read from the file, not the path, so the path is recorded
-# (ctx.meta[RUN_FILE_META]) before it runs, for the command the run's MLflow tags name.
-def _run_file_option(option: click.Option) -> click.Option:
-    kept = copy.copy(option)
-    read_file = option.callback
+def _option(param: click.Parameter) -> click.Parameter:
+    if param.name == "params":
+        return _params_option
+    if param.name != "config" or not isinstance(param, click.Option):
+        return param
+    # Kedro's own callback for -c returns the last value it read from the file, not the path, so the path is
+    # recorded (ctx.meta[RUN_FILE_META]) before it runs, for the command the run's MLflow tags name.
+    kept, read_file = copy.copy(param), param.callback
 
     def keep_path(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         ctx.meta[RUN_FILE_META] = value
@@ -56,14 +59,6 @@ def _run_file_option(option: click.Option) -> click.Option:
 
     kept.callback = keep_path
     return kept
-
-
-def _option(param: click.Parameter) -> click.Parameter:
-    if param.name == "params":
-        return _params_option
-    if param.name == "config" and isinstance(param, click.Option):
-        return _run_file_option(param)
-    return param
 
 
 run = click.Command(

@@ -3,6 +3,7 @@ a power loss alike (written next to its target, flushed with ``fsync``, renamed 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -33,22 +34,17 @@ def fsync_dir(path: str | os.PathLike) -> None:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except (PermissionError, IsADirectoryError):
         return
-    try:
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on folders; the file data is flushed already
         os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on folders; the file data is flushed already
-        pass
-    finally:
-        os.close(fd)
+    os.close(fd)
 
 
 @contextmanager
 def atomic_file(path: str | os.PathLike, *, fsync: bool = True, fsync_folder: bool = True) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (unique per process and call, so concurrent writers never mix
-    bytes); when the block succeeds it is renamed onto ``path``, on error ``path`` is left as it was.
-
-    Many files into one folder (a shard of PNGs) pass ``fsync_folder=False`` and call ``fsync_dir(folder)`` once
-    for the batch; ``fsync=False`` only for caches that are rebuilt when lost or cut (hash sidecars).
-    """
+    """Yield a temporary path next to ``path`` (unique per process and call, so concurrent writers never mix bytes);
+    when the block succeeds it is renamed onto ``path``, on error ``path`` is left as it was. Many files into one folder
+    (a shard of PNGs) pass ``fsync_folder=False`` and call ``fsync_dir(folder)`` once for the batch; ``fsync=False``
+    only for caches that are rebuilt when lost or cut (hash sidecars)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
@@ -90,13 +86,6 @@ def _is_local(fs: Any) -> bool:
     return "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
 
 
-def fsync_tree(folder: str | os.PathLike) -> None:
-    for root, _, files in os.walk(folder, topdown=False):
-        for name in files:
-            fsync_file(os.path.join(root, name))
-        fsync_dir(root)
-
-
 @contextmanager
 def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]:
     """Yield a temporary folder next to ``folder`` (a path of the fsspec filesystem ``fs``); when the block
@@ -110,7 +99,10 @@ def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]
     try:
         yield tmp
         if _is_local(fs):
-            fsync_tree(tmp)
+            for root, _, files in os.walk(tmp, topdown=False):
+                for name in files:
+                    fsync_file(os.path.join(root, name))
+                fsync_dir(root)
         old = None
         if fs.exists(folder):
             old = posixpath.join(parent, f".old-{name}-{uuid.uuid4().hex[:8]}")
@@ -131,19 +123,15 @@ def atomic_directory(folder: str | os.PathLike, fs: Any = None) -> Iterator[str]
 MANIFEST_NAME = "manifest.json"
 
 
-def _files_under(folder: str, fs: Any) -> list[str]:
-    root = folder.rstrip("/")
-    names = [posixpath.relpath(p, root) for p in fs.find(root)]
-    return sorted(n for n in names if n != MANIFEST_NAME)
-
-
 def write_manifest(folder: str | os.PathLike, fs: Any = None) -> dict[str, dict[str, Any]]:
     """Write ``<folder>/manifest.json``: ``{relative path: {size, sha256}}`` of every other file; returns it."""
     fs = fs or local_fs()
     root = str(folder).rstrip("/")
+    names = sorted(posixpath.relpath(p, root) for p in fs.find(root))
     entries = {
         name: {"size": fs.size(f"{root}/{name}"), "sha256": sha256_file(f"{root}/{name}", fs)}
-        for name in _files_under(root, fs)
+        for name in names
+        if name != MANIFEST_NAME
     }
     with fs.open(f"{root}/{MANIFEST_NAME}", "w") as fh:
         fh.write(json.dumps({"files": entries}, indent=1, sort_keys=True))

@@ -61,15 +61,12 @@ def read_photo(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _to_rgb_alpha(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        a = np.asarray(img).astype(np.float64)  # 16-bit greyscale (or 32-bit int) samples
-        if mode != "I" or a.max(initial=0) > 255:
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(img).astype(np.float64)  # 16-bit greyscale, 32-bit int or float samples
+        if mode == "F" and a.max(initial=0) <= 1.0:
+            a = a * 255.0  # floats in [0, 1] (else already 0..255)
+        elif mode != "F" and (mode != "I" or a.max(initial=0) > 255):
             a = a / 257.0  # 0..65535 -> 0..255
-        grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2), None
-    if mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        a = a * 255.0 if a.max(initial=0) <= 1.0 else a  # floats in [0, 1] or already 0..255
         grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2), None
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info)

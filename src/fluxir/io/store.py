@@ -1,6 +1,5 @@
 """Where stage outputs go: the sharded image store (350,000 images do not belong in one folder), the
-``WriterPool`` that writes off the generating loop's critical path, and the lock that allows one writer per output.
-"""
+``WriterPool`` that writes off the generating loop's critical path, and the lock that allows one writer per output."""
 
 from __future__ import annotations
 
@@ -62,13 +61,11 @@ class ImageStore:
     def path_for(self, image_id: int) -> Path:
         return self.root / f"{image_id // SHARD_SIZE:04d}" / f"{image_id:08d}.png"
 
-    def exists(self, image_id: int) -> bool:
-        """True when the image was completely written (writes are atomic)."""
+    def exists(self, image_id: int) -> bool:  # writes are atomic: an image that exists is complete
         return self.path_for(image_id).is_file()
 
     def write(self, image_id: int, image: np.ndarray, fsync_folder: bool = True, pnginfo: Any = None) -> Path:
-        """Atomically and durably write image ``image_id`` with the text chunks ``pnginfo``; a writer of many images
-        passes ``fsync_folder=False`` and calls ``sync_shards`` once per batch."""
+        """A writer of many images passes ``fsync_folder=False`` and calls ``sync_shards`` once per batch."""
         path = self.path_for(image_id)
         write_png_atomic(path, image, pnginfo, fsync_folder=fsync_folder)
         return path
@@ -87,8 +84,7 @@ class ImageStore:
     def read(self, image_id: int) -> np.ndarray:
         return read_image(self.path_for(image_id))
 
-    def sub(self, name: str) -> ImageStore:
-        """A store in a sub-folder (one per generation / degradation configuration)."""
+    def sub(self, name: str) -> ImageStore:  # one per generation / degradation configuration
         return ImageStore(self.root / name)
 
 
@@ -103,13 +99,11 @@ def portable_path(path: str | os.PathLike) -> str:
 
 
 class WriterPool:
-    """Runs file writes on ``threads`` threads behind a bounded queue, so the caller never waits on files.
-
-    PNG's zlib and hashlib release the GIL, so threads overlap encoding with the caller's compute. At most
-    ``2 x threads`` jobs wait (each holds one image): a slow disk slows the producer instead of filling RAM. The
-    first error of any job is raised in the calling thread (next ``submit`` or ``close``). ``threads=0`` runs each
-    job inside ``submit``. ``waited_s``: how long the caller was held up (near 0 when the writes keep up).
-    """
+    """Runs file writes on ``threads`` threads behind a bounded queue, so the caller never waits on files. PNG's zlib
+    and hashlib release the GIL, so threads overlap encoding with the caller's compute. At most ``2 x threads`` jobs
+    wait (each holds one image): a slow disk slows the producer instead of filling RAM. The first error of any job is
+    raised in the calling thread (next ``submit`` or ``close``). ``threads=0`` runs each job inside ``submit``.
+    ``waited_s``: how long the caller was held up (near 0 when the writes keep up)."""
 
     def __init__(self, threads: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -167,12 +161,10 @@ class FolderBusy(RuntimeError):
 @contextmanager
 def exclusive_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` for the block: a second run of the same stage waits here, logging
-    which process holds it, and then finds the first one's work done. With ``wait=False`` (a training run: waiting
-    would be for days) it raises ``FolderBusy`` naming the holder.
-
-    ``fcntl.flock``: released by the kernel when the holder ends in any way (a kill -9 leaves no stale lock);
-    works on local disks and NFSv4. Where ``fcntl`` does not exist (Windows) the block runs unlocked.
-    """
+    which process holds it, and then finds the first one's work done. With ``wait=False`` (a training run: waiting would
+    be for days) it raises ``FolderBusy`` naming the holder. ``fcntl.flock``: released by the kernel when the holder
+    ends in any way (a kill -9 leaves no stale lock); works on local disks and NFSv4. Where ``fcntl`` does not exist
+    (Windows) the block runs unlocked."""
     try:
         import fcntl
     except ImportError:

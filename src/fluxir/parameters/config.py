@@ -1,9 +1,6 @@
 """Parameters: loading them (and the catalog) outside ``kedro run``, ``--params`` overrides and run files, the argument
 parser every ``python -m fluxir...`` command starts from, and ``Config``, the one way a config checks its values.
-
-``settings.py`` takes ``CONFIG_LOADER_ARGS`` from here, so library code never imports the Kedro settings module
-(which imports the hooks).
-"""
+``settings.py`` takes ``CONFIG_LOADER_ARGS`` from here: library code never imports it (it imports the hooks)."""
 
 from __future__ import annotations
 
@@ -121,18 +118,15 @@ def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-CATALOG_PATH_KEYS = ("filepath", "path", "hq_path", "lq_path")  # dataset arguments that are project paths
-
-
 def catalog_config(
     env: str, project: str | Path = ".", overrides: Iterable[str | Mapping[str, Any]] = ()
 ) -> dict[str, dict[str, Any]]:
     """The catalog entries of an environment with ``--params`` ``overrides`` as runtime params (``restore_input``
     reads ``${runtime_params:restore.input_dir}``), relative paths taken from ``project``."""
-    root = Path(project)
     entries = config_loader(env, project, runtime_params=parse_overrides(overrides))["catalog"]
+    paths = ("filepath", "path", "hq_path", "lq_path")  # dataset arguments that are project paths
     return {
-        name: {**entry, **{key: str(root / entry[key]) for key in CATALOG_PATH_KEYS if entry.get(key)}}
+        name: {**entry, **{key: str(Path(project) / entry[key]) for key in paths if entry.get(key)}}
         for name, entry in entries.items()
         if not name.startswith("_")
     }
@@ -167,12 +161,6 @@ def default_env(from_run_file: str | None = None, environ: Mapping[str, str] = o
     return from_run_file or environ.get("KEDRO_ENV") or DEFAULT_ENV
 
 
-ENV_HELP = (
-    f"Kedro configuration environment (default {DEFAULT_ENV}, as for kedro run: conf/base plus your conf/local; "
-    "tiny: the tiny random-weight models; base: conf/base alone)"
-)
-
-
 class _CliParser(argparse.ArgumentParser):
     """Reads ``-c`` run files as ``kedro run -c`` does: the file's ``env`` and ``params`` are defaults that the
     command line overrides (``--params`` merged over the file's ``params``, key by key)."""
@@ -195,7 +183,11 @@ def cli_parser(prog: str, description: str | None, params_example: str) -> argpa
     """The argument parser every ``python -m fluxir...`` command starts from; ``args.params`` is a list for
     ``load_params``."""
     parser = _CliParser(prog=prog, description=description)
-    parser.add_argument("--env", default=None, help=ENV_HELP)
+    parser.add_argument(
+        "--env",
+        help=f"Kedro configuration environment (default {DEFAULT_ENV}, as for kedro run: conf/base plus your "
+        "conf/local; tiny: the tiny random-weight models; base: conf/base alone)",
+    )
     parser.add_argument(
         "--params",
         action="append",
@@ -204,22 +196,15 @@ def cli_parser(prog: str, description: str | None, params_example: str) -> argpa
         "'degrade.config.crop_sizes=[[512,512]]'; repeatable, later ones win per key",
     )
     parser.add_argument(
-        "-c",
-        "--config",
-        default=None,
-        help="a kedro run file (YAML with a `run:` section); its env and params are defaults",
+        "-c", "--config", help="a kedro run file (YAML with a `run:` section); its env and params are defaults"
     )
     parser.add_argument("--project", default=".", help="Kedro project root (holds conf/)")
     return parser
 
 
 # ------------------------------------------------------------------------------------------------
-# How a config checks its values: "a positive integer, not a bool" is written once here (the check kinds several
-# configs use); a check one config alone needs is a predicate in its rules or plain Python in ``joint_problems``.
-# Every message names the parameter, the value and what is allowed.
-
-# How many processes run a stage (fluxir.runtime.launch): read by the node, never part of a config.
-LAUNCH_KEYS = ("num_processes",)
+# How a config checks its values: the check kinds several configs use are written once here; a check one config
+# alone needs is a predicate in its rules or plain Python in ``joint_problems``.
 
 
 def is_int(value: Any, minimum: int | None = None) -> bool:
@@ -257,9 +242,8 @@ CHECKS: dict[str, tuple[Callable[[Any, Any], bool], Callable[[Any], str]]] = {
 @dataclass(frozen=True)
 class Rule:
     """One row of a config's rules: ``field`` must pass ``CHECKS[kind]`` with ``extra``, or ``kind(value)`` when
-    ``kind`` is a predicate (a check one config alone needs; ``must`` then says what it wants). ``must`` replaces
-    the kind's wording (to cite the paper or give the reason); ``note`` follows the value in the message.
-    """
+    ``kind`` is a predicate (a check one config alone needs; ``must`` then says what it wants). ``must`` replaces the
+    kind's wording (to cite the paper or give the reason); ``note`` follows the value in the message."""
 
     field: str
     kind: str | Callable[[Any], bool]
@@ -320,13 +304,10 @@ def raise_problems(problems: list[str], where: str | None = None) -> None:
 
 
 class Config:
-    """The base of every config dataclass: ``Cls.from_params(mapping)`` builds one from its parameter group
-    (unknown and missing keys refused, naming the valid ones); construction checks every value once and raises
-    one ``ConfigError`` listing every problem.
-
-    A subclass sets ``PREFIX`` (the group in messages, e.g. ``"train."``) and ``RULES``; it overrides
-    ``joint_problems`` for checks of several fields and ``prepare`` for what YAML gives in another form.
-    """
+    """The base of every config dataclass: ``Cls.from_params(mapping)`` builds one from its parameter group (unknown and
+    missing keys refused, naming the valid ones); construction checks every value once and raises one ``ConfigError``
+    listing every problem. A subclass sets ``PREFIX`` (the group in messages, e.g. ``"train."``) and ``RULES``; it
+    overrides ``joint_problems`` for checks of several fields and ``prepare`` for what YAML gives in another form."""
 
     PREFIX: ClassVar[str] = ""
     RULES: ClassVar[tuple[Rule, ...]] = ()
@@ -341,7 +322,7 @@ class Config:
             )
         fields = [f for f in dataclasses.fields(cls) if f.init]
         known = sorted(f.name for f in fields)
-        skipped = {*cls.NOT_FIELDS, *(set(LAUNCH_KEYS) - set(known))}  # launch settings: read by the node
+        skipped = {*cls.NOT_FIELDS, *({"num_processes"} - set(known))}  # runtime.launch's setting: read by the node
         params = {k: v for k, v in params.items() if k not in skipped}
         problems = []
         if unknown := sorted(set(params) - set(known)):

@@ -1,8 +1,6 @@
 """Check every parameter a run will read before its first node: all problems at once, nothing written (a node
-checks its own only when it runs, so a typo in ``select.percentile`` would surface after days of generation).
-
-Each group is checked by building its config class, then by the checks that need files (model folders, weights,
-input folders); ``ParameterCheckHook`` and the entry points run them before anything is written.
+checks its own only when it runs, so a typo in ``select.percentile`` would surface after days of generation). Each
+group is checked by building its config class, then by the checks that need files (model folders, weights, inputs).
 """
 
 from __future__ import annotations
@@ -62,9 +60,8 @@ def _problems(check: Callable[[], Any]) -> list[str]:
 
 
 def local_model_problems(name: str, source: Any) -> list[str]:
-    if not isinstance(source, str) or re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
-        return []
-    if Path(source).expanduser().is_dir():
+    hub_id = isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists()
+    if not isinstance(source, str) or hub_id or Path(source).expanduser().is_dir():
         return []
     return [  # the loader's words (models.loading.resolve_source), said before anything is written
         f"{name}: model source {source!r} is neither an existing local folder nor a hub id of the form 'owner/name' "
@@ -92,7 +89,6 @@ def validate_iqa(params: Mapping[str, Any]) -> list[str]:
 
 
 def validate_select(params: Mapping[str, Any]) -> list[str]:
-    """``select.percentile``."""
     from fluxir.fluxgen.score import check_percentile
 
     return _problems(lambda: check_percentile(_get(params, "select.percentile")))
@@ -118,10 +114,8 @@ def public_weights_problems(params: Mapping[str, Any], methods: Iterable[str]) -
     loads)."""
     from fluxir.restoration.realesrgan import weights_file
 
-    config, found = built(params, "baselines.realesrgan")
-    if "realesrgan" not in methods or config is None:
-        return []  # bad settings: validate_baselines reports them
-    return _problems(lambda: weights_file(config))
+    config = built(params, "baselines.realesrgan")[0] if "realesrgan" in methods else None
+    return [] if config is None else _problems(lambda: weights_file(config))  # bad settings: reported by baselines
 
 
 def validate_restore(params: Mapping[str, Any]) -> list[str]:
@@ -155,7 +149,7 @@ def validate_export(params: Mapping[str, Any]) -> list[str]:
     return export_problems(group)
 
 
-def restore_folder_problems(catalog: Mapping[str, Any]) -> list[str]:
+def restore_folder_problems(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> list[str]:
     from fluxir.restoration.files import SET_INPUT
 
     path = (catalog.get("restore_input") or {}).get("path")
@@ -222,7 +216,7 @@ def groups_read(dataset_names: Iterable[str]) -> list[str]:
 # Group -> the check of the catalog folders its stage reads, given the parameters and the catalog's entries as
 # the config loader gives them (runtime params resolved).
 FOLDER_VALIDATORS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]] = {
-    "restore": lambda params, catalog: restore_folder_problems(catalog),
+    "restore": restore_folder_problems,
     "evaluate": benchmark_folder_problems,
 }
 

@@ -1,7 +1,6 @@
-"""The one skeleton of every stage's ``python -m`` command (also run as ``accelerate launch -m ...``): parse ->
-load the parameters and check the stage's groups -> build its config and read its catalog inputs -> ``PartialState``
--> run the stage function on this process -> ``wait_for_everyone`` -> print this process's summary as a JSON line.
-"""
+"""The one skeleton of every stage's ``python -m`` command (also run as ``accelerate launch -m ...``): parse -> load the
+parameters and check the stage's groups -> build its config and read its catalog inputs -> ``PartialState`` -> run the
+stage function on this process -> ``wait_for_everyone`` -> print this process's summary as a JSON line."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The project's Kedro hooks: check the parameters before anything runs; name, tag and end kedro-mlflow's run; log
 what a run used and saved (docs/tracking.md); hand a node's child job the run's ``--env`` and ``--params``.
-mlflow is imported inside the hooks: ``settings.py`` imports this module on every Kedro command.
-"""
+mlflow is imported inside the hooks: ``settings.py`` imports this module on every Kedro command."""
 
 from __future__ import annotations
 
@@ -15,8 +14,8 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from fluxir.compat import loaded_path, saved_path, set_experiment
-from fluxir.parameters.config import flatten_dict
-from fluxir.runtime.launch import revert_run_context, set_run_context
+from fluxir.parameters.config import default_env, flatten_dict
+from fluxir.runtime.launch import ENV_VAR, PARAMS_VAR, PROJECT_VAR
 from fluxir.runtime.tracking import DEFAULT_PIPELINE, kedro_run_options, log_new_params, rerun_command, tag_experiment
 
 logger = logging.getLogger(__name__)
@@ -45,8 +44,8 @@ def experiment_name(pipeline_names: Any, base: str = "fluxir") -> str:
 
 
 def git_commit(project_path: str | os.PathLike) -> tuple[str | None, bool | None]:
-    """(commit sha, tracked files changed?) of the checkout holding ``project_path``, from ``git``; (None, None)
-    outside a checkout or without git. ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``)."""
+    """(commit sha, tracked files changed?) of the checkout holding ``project_path``; (None, None) outside a
+    checkout or without git. ``FLUXIR_GIT_COMMIT`` wins (containers and CI copies without ``.git``)."""
     if forced := os.environ.get("FLUXIR_GIT_COMMIT", "").strip():
         return forced, None
 
@@ -93,12 +92,10 @@ def _store_lock(project_path: str | os.PathLike) -> Any:
 
 
 class MlflowRunHook:
-    """kedro-mlflow's run in the experiment of its pipeline, named ``<pipeline>-<kedro run id>``, tagged with the
-    Kedro run, the command that reruns it (``fluxir.command``) and the git commit.
-
-    kedro-mlflow creates the SQLite store's schema and the experiment when the context is created, and two first
-    runs doing that together fail (``table ... already exists``): both steps run under ``<project>/mlflow.db.lock``.
-    """
+    """kedro-mlflow's run in the experiment of its pipeline, named ``<pipeline>-<kedro run id>``, tagged with the Kedro
+    run, the command that reruns it (``fluxir.command``) and the git commit. kedro-mlflow creates the SQLite store's
+    schema and the experiment when the context is created, and two first runs doing that together fail (``table ...
+    already exists``): both steps run under ``<project>/mlflow.db.lock``."""
 
     def __init__(self) -> None:
         self._context: Any = None
@@ -170,8 +167,7 @@ class MlflowRunHook:
     def _tag_run(self, run_params: dict[str, Any]) -> None:
         import mlflow
 
-        run = mlflow.active_run()
-        if run is None:
+        if (run := mlflow.active_run()) is None:
             return
         run_id = run_params.get("run_id") or ""
         command = rerun_command(run_params, kedro_run_options())
@@ -207,30 +203,28 @@ class LaunchContextHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
-        self._previous = set_run_context(
-            run_params.get("env"), run_params.get("runtime_params"), run_params.get("project_path") or "."
-        )
+        self._previous = {var: os.environ.get(var) for var in (ENV_VAR, PARAMS_VAR, PROJECT_VAR)}
+        os.environ[ENV_VAR] = run_params.get("env") or default_env()
+        os.environ[PARAMS_VAR] = json.dumps(dict(run_params.get("runtime_params") or {}), default=str)
+        os.environ[PROJECT_VAR] = str(Path(run_params.get("project_path") or ".").resolve())
 
     @hook_impl
     def after_pipeline_run(self) -> None:
-        self._restore()
+        previous, self._previous = self._previous or {}, None
+        for var, value in previous.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
-    @hook_impl
-    def on_pipeline_error(self) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        if self._previous is not None:
-            revert_run_context(self._previous)
-            self._previous = None
+    on_pipeline_error = after_pipeline_run  # the same hook implementation under the error hook's name
 
 
 class MlflowDatasetsHook:
     """What a run's datasets tell its MLflow run: the FluxIR adapter it used as parameters
     ``fluxir_adapter.{version,fingerprint,...}`` (runs of two adapters told apart in MLflow's run table); datasets of
     kedro-viz layer ``reporting`` under ``reporting/``, of layer ``models`` under ``models/<name>/`` with their
-    ``config.json`` values as parameters (``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false``: the JSON files only).
-    """
+    ``config.json`` values as parameters (``FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS=false``: the JSON files only)."""
 
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}
@@ -251,29 +245,22 @@ class MlflowDatasetsHook:
         dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
         if not isinstance(dataset, FluxIRAdapterDataset) or isinstance(data, MissingAdapter):
             return
-        if not self._uses_adapter(node):
-            return
         import mlflow
 
-        if mlflow.active_run() is None:
-            return
         from fluxir.evaluation.restore import adapter_provenance
-
-        versioned = getattr(dataset, "_version", None) is not None
-        provenance = adapter_provenance(data, loaded_path(dataset), versioned)
-        logged = log_new_params({f"{dataset_name}.{key}": value for key, value in provenance.items()})
-        if logged:
-            logger.info("adapter of this run: %s", ", ".join(f"{k}={v}" for k, v in logged.items()))
-
-    def _uses_adapter(self, node: Any) -> bool:
         from fluxir.restoration.methods import uses_adapter
 
-        inputs = set(node.inputs)
-        if "evaluate_config" in inputs:
-            return uses_adapter((self._params.get("evaluate") or {}).get("methods", []))
-        if "params:restore" in inputs:
-            return uses_adapter([(self._params.get("restore") or {}).get("method")])
-        return True
+        used = True  # False: a node whose method does not use the adapter loads it in vain
+        if "evaluate_config" in node.inputs:
+            used = uses_adapter((self._params.get("evaluate") or {}).get("methods", []))
+        elif "params:restore" in node.inputs:
+            used = uses_adapter([(self._params.get("restore") or {}).get("method")])
+        if not used or mlflow.active_run() is None:
+            return
+        versioned = getattr(dataset, "_version", None) is not None
+        provenance = adapter_provenance(data, loaded_path(dataset), versioned)
+        if logged := log_new_params({f"{dataset_name}.{key}": value for key, value in provenance.items()}):
+            logger.info("adapter of this run: %s", ", ".join(f"{k}={v}" for k, v in logged.items()))
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:

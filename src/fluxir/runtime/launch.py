@@ -1,9 +1,5 @@
 """One Kedro node, many processes: a stage's ``accelerate launch -m fluxir...`` entry point as a child job, and the
-child processes that die with their parent.
-
-Kedro runs a node in one process; a stage that can use every GPU reads ``<stage>.num_processes`` (``auto``: one
-process per visible GPU, 1 on a CPU-only machine) and calls ``run_stage``: on one process it runs the stage function
-in-process; with more it
+child processes that die with their parent. With ``<stage>.num_processes`` > 1, ``run_stage``
 1. launches ``accelerate launch --multi_gpu --num_processes N -m <module> [<stage>]`` with the parent run's ``--env``
    and ``--params`` (published by ``LaunchContextHook``), so the child reads the same configuration and catalog
    (``--multi_gpu`` also on a CPU-only machine: ``--cpu`` with ``--num_processes`` would silently run one);
@@ -13,7 +9,6 @@ in-process; with more it
    When the parent dies (even by SIGKILL), on Ctrl-C or SIGTERM, and when the launcher ends, the guard SIGTERMs
    every descendant left and SIGKILLs those still there after ``GRACE_SECONDS``. No orphan keeps a GPU;
 4. streams the child's output into the Kedro log line by line and raises if it fails.
-Either way the stage wrote its outputs where the catalog expects them, and the node lists what is on disk.
 """
 
 from __future__ import annotations
@@ -46,7 +41,6 @@ ENV_VAR, PARAMS_VAR, PROJECT_VAR = "FLUXIR_KEDRO_ENV", "FLUXIR_KEDRO_PARAMS", "F
 GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PR_SET_CHILD_SUBREAPER = 36
-WATCH_INTERVAL_S = 1.0
 
 
 def visible_gpus() -> int:
@@ -66,38 +60,6 @@ def resolve_num_processes(setting: Any, name: str, gpus: int | None = None) -> i
     return setting
 
 
-def set_run_context(
-    env: str | None, params: Mapping[str, Any] | None, project: str | os.PathLike
-) -> dict[str, str | None]:
-    """Publish the running ``kedro run``'s env, ``--params`` and project root; returns the previous values."""
-    from fluxir.parameters.config import default_env  # here: the process guard stays free of Kedro
-
-    previous = {var: os.environ.get(var) for var in (ENV_VAR, PARAMS_VAR, PROJECT_VAR)}
-    os.environ[ENV_VAR] = env or default_env()
-    os.environ[PARAMS_VAR] = json.dumps(dict(params or {}), default=str)
-    os.environ[PROJECT_VAR] = str(Path(project).resolve())
-    return previous
-
-
-def revert_run_context(previous: Mapping[str, str | None]) -> None:
-    for var, value in previous.items():
-        if value is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = value
-
-
-def run_context() -> tuple[str, dict[str, Any], Path]:
-    """(env, --params overrides, project root) of the running ``kedro run``; raises outside one."""
-    if ENV_VAR not in os.environ:
-        raise RuntimeError(
-            "a stage with num_processes > 1 launches a child job with the parameters of its "
-            "`kedro run`; run it through `kedro run`, or launch the stage's `accelerate launch -m "
-            "fluxir...` command yourself"
-        )
-    return os.environ[ENV_VAR], json.loads(os.environ.get(PARAMS_VAR) or "{}"), Path(os.environ[PROJECT_VAR])
-
-
 def override_args(params: Mapping[str, Any]) -> list[str]:
     """``--params key.sub=value`` arguments that rebuild ``params`` (nested, as Kedro parses ``--params``)."""
     from fluxir.parameters.config import flatten_dict
@@ -114,43 +76,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_command(module: str, args: Sequence[str], num_processes: int) -> list[str]:
-    """``accelerate launch`` of ``python -m module args`` on ``num_processes`` local processes (NCCL on GPUs, gloo on
-    a CPU-only machine); mixed precision is each stage's own parameter, so the launcher adds none."""
-    options = f"--multi_gpu --num_processes {num_processes} --num_machines 1 --mixed_precision no --dynamo_backend no"
-    port = ["--main_process_port", str(free_port())]
-    return [sys.executable, "-m", "accelerate.commands.launch", *options.split(), *port, "-m", module, *args]
-
-
-def child_environment() -> dict[str, str]:
-    """This process's environment plus its active MLflow run and tracking URI (rank 0 logs into that run)."""
-    env = dict(os.environ)
-    mlflow = sys.modules.get("mlflow")  # imported by kedro-mlflow when tracking is on; never imported here
-    run = mlflow.active_run() if mlflow is not None else None
-    if run is not None:
-        env["MLFLOW_RUN_ID"] = run.info.run_id
-        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
-    else:
-        env.pop("MLFLOW_RUN_ID", None)
-    return env
-
-
 @contextlib.contextmanager
 def scratch_dir(stage: str) -> Iterator[Path]:
     """A temporary folder for what a node hands its child job (tables, an adapter) and gets back (train's)."""
     with tempfile.TemporaryDirectory(prefix=f"fluxir-{stage}-") as folder:
         yield Path(folder)
-
-
-def release_gpu_memory() -> None:
-    """Hand the GPU memory this process's caching allocator holds back to the device, so the children get all of
-    it (models of an earlier node of this run are gone by now)."""
-    torch = sys.modules.get("torch")  # never imported here: a parent that did no torch work has nothing to free
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        import gc
-
-        gc.collect()  # tensors only a reference cycle still holds
-        torch.cuda.empty_cache()
 
 
 def run_stage(
@@ -162,37 +92,50 @@ def run_stage(
     tables: Mapping[str, Any] | None = None,
     adapter: Any = None,
 ) -> Any:
-    """The one way a node runs its stage: ``in_process()`` here on one process, else the stage's command launched
-    on ``num_processes``, handed ``args``, ``tables`` (``{"--manifest": DataFrame}``, as parquet files) and
-    ``adapter`` (``--adapter <folder>``). Returns what ``in_process()`` returned, None after a launch."""
+    """The one way a node runs its stage: ``in_process()`` here on one process, else ``accelerate launch -m
+    <command>`` (a module and its subcommand, ``["fluxir.fluxgen", "generate"]``) on ``num_processes`` with this
+    ``kedro run``'s env and ``--params`` plus ``args``, ``tables`` (``{"--manifest": DataFrame}``, as parquet files)
+    and ``adapter`` (``--adapter <folder>``). Returns what ``in_process()`` returned, None after a launch."""
     if num_processes == 1:
         return in_process()
+    if ENV_VAR not in os.environ:
+        raise RuntimeError(
+            "a stage with num_processes > 1 launches a child job with the parameters of its `kedro run`; run it "
+            "through `kedro run`, or launch the stage's `accelerate launch -m fluxir...` command yourself"
+        )
+    kedro_env, project = os.environ[ENV_VAR], os.environ[PROJECT_VAR]
+    params = json.loads(os.environ.get(PARAMS_VAR) or "{}")
+    # The children get the GPU memory this process's caching allocator holds (earlier nodes' models are gone by now).
+    torch = sys.modules.get("torch")  # never imported here: a parent that did no torch work has nothing to free
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        import gc
+
+        gc.collect()  # tensors only a reference cycle still holds
+        torch.cuda.empty_cache()
+    # NCCL on GPUs, gloo on a CPU-only machine; mixed precision is each stage's own parameter, so the launcher adds none
+    options = f"--multi_gpu --num_processes {num_processes} --num_machines 1 --mixed_precision no --dynamo_backend no"
+    module, *subcommand = command
+    command = [sys.executable, "-m", "accelerate.commands.launch", *options.split(), "--main_process_port"]
+    command += [str(free_port()), "-m", module, *subcommand, "--env", kedro_env, "--project", project]
+    command += [*override_args(params), *args]
+    env = dict(os.environ)  # plus the active MLflow run and its tracking URI: rank 0 logs into that run
+    mlflow = sys.modules.get("mlflow")  # imported by kedro-mlflow when tracking is on; never imported here
+    if (run := mlflow.active_run() if mlflow is not None else None) is not None:
+        env.update(MLFLOW_RUN_ID=run.info.run_id, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
+    else:
+        env.pop("MLFLOW_RUN_ID", None)
     from fluxir.models.adapter import save_adapter
 
     with scratch_dir(what) as scratch:
-        args = list(args)
         for flag, table in (tables or {}).items():
             table.to_parquet(scratch / f"{flag.lstrip('-')}.parquet")
-            args += [flag, str(scratch / f"{flag.lstrip('-')}.parquet")]
+            command += [flag, str(scratch / f"{flag.lstrip('-')}.parquet")]
         if adapter is not None:
             save_adapter(adapter, scratch / "adapter")
-            args += ["--adapter", str(scratch / "adapter")]
-        launch(command, args, num_processes, what)
-    return None
-
-
-def launch(command: Sequence[str], args: Sequence[str], num_processes: int, what: str) -> None:
-    """Run ``accelerate launch -m <command>`` (a module and its subcommand, ``["fluxir.fluxgen", "generate"]``) on
-    ``num_processes`` processes with this ``kedro run``'s env and ``--params`` plus ``args``; raise if it fails."""
-    env, params, project = run_context()
-    release_gpu_memory()
-    module, *subcommand = command
-    command = accelerate_command(
-        module, [*subcommand, "--env", env, "--project", str(project), *override_args(params), *args], num_processes
-    )
-    logger.info("%s on %d processes: %s", what, num_processes, " ".join(command[2:]))
-    start = time.perf_counter()
-    code, tail = run_guarded(command, cwd=project, env=child_environment(), log_prefix=f"[{what}] ")
+            command += ["--adapter", str(scratch / "adapter")]
+        logger.info("%s on %d processes: %s", what, num_processes, " ".join(command[2:]))
+        start = time.perf_counter()
+        code, tail = run_guarded(command, cwd=project, env=env, log_prefix=f"[{what}] ")
     if code != 0:
         raise RuntimeError(
             f"{what} on {num_processes} processes failed (exit status {code}); last output:\n" + "\n".join(tail)
@@ -218,24 +161,16 @@ def run_guarded(
                     tail = [*tail[-(keep - 1) :], line]
         return proc.wait(), tail
     except BaseException:  # Ctrl-C, a SIGTERM turned into an exception, a logging failure: no orphans
-        end_group(proc.pid, proc)
-        raise
-
-
-def end_group(pgid: int, proc: subprocess.Popen | None = None) -> None:
-    """SIGTERM the guard's process group, SIGKILL it if its leader still runs after the guard's own clean-up had
-    time (``GRACE_SECONDS`` for what it started, and as long again)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + 2 * GRACE_SECONDS
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)  # a guard that hangs, and what is left of its group
-    if proc is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        # SIGKILL the group if the guard still runs after its own clean-up had time (GRACE_SECONDS, and as long again)
+        deadline = time.monotonic() + 2 * GRACE_SECONDS
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a guard that hangs, and what is left of its group
         proc.wait()
+        raise
 
 
 def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int:
@@ -244,7 +179,7 @@ def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int
 
     It polls its parent pid: ``PR_SET_PDEATHSIG`` would reach only the launcher, not the ranks and their workers.
     """
-    reaper = become_subreaper()
+    reaper = _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphaned descendants (ranks in their own sessions) come to us
     stop: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -278,10 +213,6 @@ def guard(parent: int, command: Sequence[str], poll_seconds: float = 0.2) -> int
 # daemon thread checks once a second.
 
 
-def _kill_self() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -298,12 +229,6 @@ def _prctl(option: int, value: int) -> bool:
         return libc.prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
-
-
-def become_subreaper() -> bool:
-    """Make this process the one its orphaned descendants are reparented to (Linux; False elsewhere), so that
-    ``end_descendants`` finds ranks a launcher started in their own sessions."""
-    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def descendants() -> list[int]:
@@ -346,27 +271,25 @@ def end_descendants(grace: float, poll: float = 0.05) -> None:
 def _watch(pid: int, interval: float) -> None:
     while _alive(pid):
         time.sleep(interval)
-    _kill_self()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-def die_with_parent(parent_pid: int, interval: float = WATCH_INTERVAL_S) -> None:
+def die_with_parent(parent_pid: int, interval: float = 1.0) -> None:
     """In a child: end this process (SIGKILL) as soon as process ``parent_pid`` (the one that owns the work, its
     ``os.getpid()`` passed before the children start) ends."""
     direct = os.getppid() == parent_pid
     signalled = _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # on the direct parent, whichever process that is
     if not _alive(parent_pid) or (direct and os.getppid() != parent_pid):  # it died before we got here
-        _kill_self()
+        os.kill(os.getpid(), signal.SIGKILL)
     if direct and signalled:
         return
     threading.Thread(target=_watch, args=(parent_pid, interval), name="fluxir-parent-watch", daemon=True).start()
 
 
-def worker_init(then: Callable[[int], None] | None = None) -> Callable[[int], None]:
-    """A DataLoader ``worker_init_fn`` that ties each worker to this process (then calls ``then(worker_id)``)."""
-    return functools.partial(_init_worker, os.getpid(), then)
+def worker_init() -> Callable[[int], None]:
+    """A DataLoader ``worker_init_fn`` that ties each worker to this process."""
+    return functools.partial(_init_worker, os.getpid())
 
 
-def _init_worker(parent_pid: int, then: Callable[[int], None] | None, worker_id: int) -> None:
+def _init_worker(parent_pid: int, _worker_id: int) -> None:
     die_with_parent(parent_pid)
-    if then is not None:
-        then(worker_id)

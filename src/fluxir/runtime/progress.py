@@ -8,6 +8,7 @@ mode. ``fluxir/__init__`` installs the notice filters before any of those packag
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import re
@@ -206,14 +207,8 @@ NOTICES = (
 )
 
 
-class _DropNotices(logging.Filter):
-    def __init__(self, patterns: list[re.Pattern[str]]) -> None:
-        super().__init__()
-        self.patterns = patterns
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not any(p.match(text) for p in self.patterns)
+def _keep_record(patterns: list[re.Pattern[str]], record: logging.LogRecord) -> bool:
+    return not any(p.match(record.getMessage()) for p in patterns)
 
 
 # How ``logging.captureWarnings`` (on in every Kedro command) words a warning: "file:line: Category: message".
@@ -221,11 +216,10 @@ _CAPTURED_WARNING = r"(?s).*?:\d+: \w+: "
 
 
 def filter_third_party_notices() -> None:
-    """Install the filters of :data:`NOTICES` (a second call adds nothing).
-
-    A warning is filtered three ways, as libraries route around each: a ``warnings`` filter; a filter on
-    ``showwarning`` (mlflow shows its own warnings under a ``simplefilter("once")`` that outranks the first);
-    and a filter on the ``py.warnings`` logger, where Kedro's ``logging.captureWarnings`` sends them."""
+    """Install the filters of :data:`NOTICES` (a second call adds nothing). A warning is filtered three ways, as
+    libraries route around each: a ``warnings`` filter; a filter on ``showwarning`` (mlflow shows its own warnings under
+    a ``simplefilter("once")`` that outranks the first); and a filter on the ``py.warnings`` logger, where Kedro's
+    ``logging.captureWarnings`` sends them."""
     by_logger: dict[str, list[re.Pattern[str]]] = {}
     shown: list[re.Pattern[str]] = []
     for notice in NOTICES:
@@ -237,18 +231,14 @@ def filter_third_party_notices() -> None:
             by_logger.setdefault(notice.source, []).append(re.compile(notice.message))
     for name, patterns in by_logger.items():
         named = logging.getLogger(name)
-        if not any(isinstance(f, _DropNotices) for f in named.filters):
-            named.addFilter(_DropNotices(patterns))
-    _filter_showwarning(shown)
-
-
-def _filter_showwarning(patterns: list[re.Pattern[str]]) -> None:
+        if not any(getattr(f, "func", None) is _keep_record for f in named.filters):
+            named.addFilter(functools.partial(_keep_record, patterns))
     current = warnings.showwarning
     if getattr(current, "fluxir_notices", False):
         return
 
     def showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None):
-        if any(p.match(str(message)) for p in patterns):
+        if any(p.match(str(message)) for p in shown):
             return None
         return current(message, category, filename, lineno, file, line)
 

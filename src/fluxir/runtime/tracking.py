@@ -1,7 +1,5 @@
 """MLflow around a run: metric and parameter keys, the command line that reruns a run, the MLflow run of a
-``python -m`` command. mlflow is imported inside functions: ``settings.py`` imports this module (through the hooks)
-on every Kedro command.
-"""
+``python -m`` command. mlflow is imported inside functions: every Kedro command imports this module (the hooks)."""
 
 from __future__ import annotations
 
@@ -13,12 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fluxir.parameters.config import (
-    config_loader,
-    default_env,
-    flatten_dict,
-    parse_overrides,
-)
+from fluxir.parameters.config import config_loader, default_env, flatten_dict, parse_overrides
 
 # MLflow accepts letters, digits, ``_ - . /``, spaces and (except on Windows) ``:`` in metric and param keys.
 _REFUSED_IN_KEYS = re.compile(r"[^\w.\- /]")
@@ -72,10 +65,9 @@ def tag_experiment(experiment_id: str, tags: Mapping[str, Any]) -> dict[str, str
 
 @contextmanager
 def command_run(env: str, project: str | Path, run_name: str, tags: Mapping[str, str]) -> Iterator[None]:
-    """The MLflow run of a ``python -m`` command for the block, set up from the env's ``mlflow.yml`` as
-    kedro-mlflow reads it. A ``kedro run`` that launched the command passes its run (``MLFLOW_RUN_ID``), left open
-    for Kedro to end; otherwise a new run ``run_name`` is started and ended FINISHED, or FAILED when the block raises.
-    """
+    """The MLflow run of a ``python -m`` command for the block, set up from the env's ``mlflow.yml`` as kedro-mlflow
+    reads it. A ``kedro run`` that launched the command passes its run (``MLFLOW_RUN_ID``), left open for Kedro to end;
+    otherwise a new run ``run_name`` is started and ended FINISHED, or FAILED when the block raises."""
     import mlflow
     from kedro.config import MissingConfigException
     from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
@@ -85,11 +77,9 @@ def command_run(env: str, project: str | Path, run_name: str, tags: Mapping[str,
     except MissingConfigException:  # no mlflow.yml: kedro-mlflow's defaults
         settings = {}
     config = KedroMlflowConfig.model_validate(settings)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.server.mlflow_tracking_uri
-    if uri:
+    if uri := os.environ.get("MLFLOW_TRACKING_URI") or config.server.mlflow_tracking_uri:
         mlflow.set_tracking_uri(uri)
-    parent_run = os.environ.get("MLFLOW_RUN_ID")
-    if parent_run:
+    if parent_run := os.environ.get("MLFLOW_RUN_ID"):
         mlflow.start_run(run_id=parent_run)
     else:
         mlflow.set_experiment(config.tracking.experiment.name)
@@ -110,18 +100,8 @@ def command_run(env: str, project: str | Path, run_name: str, tags: Mapping[str,
 
 DEFAULT_PIPELINE = "__default__"
 RUN_FILE_META = "fluxir.run_file"  # where fluxir.cli's `kedro run` keeps the path of its -c run file
-
-
-# kedro run's options with a value, in the order a command shows them: (run_params key, option)
-_LIST_OPTIONS = (
-    ("tags", "--tags"),
-    ("node_names", "--nodes"),
-    ("from_nodes", "--from-nodes"),
-    ("to_nodes", "--to-nodes"),
-    ("from_inputs", "--from-inputs"),
-    ("to_outputs", "--to-outputs"),
-    ("namespaces", "--namespaces"),
-)
+# kedro run's list options as run_params keys, in the order a command shows them (option: the key with dashes)
+_LIST_OPTIONS = ("tags", "node_names", "from_nodes", "to_nodes", "from_inputs", "to_outputs", "namespaces")
 
 
 def params_value(value: Any) -> str:
@@ -150,12 +130,11 @@ def rerun_command(run_params: dict[str, Any], cli_options: dict[str, Any] | None
         args.append(f"--conf-source={cli_options['conf_source']}")
     if cli_options.get("config"):
         args.append(f"--config={cli_options['config']}")
-    pipelines = [p for p in (run_params.get("pipeline_names") or []) if p != DEFAULT_PIPELINE]
-    if pipelines:
+    if pipelines := [p for p in (run_params.get("pipeline_names") or []) if p != DEFAULT_PIPELINE]:
         args.append(f"--pipelines={','.join(pipelines)}")
-    for key, option in _LIST_OPTIONS:
-        values = run_params.get(key)
-        if values:
+    for key in _LIST_OPTIONS:
+        if values := run_params.get(key):
+            option = "--nodes" if key == "node_names" else "--" + key.replace("_", "-")
             args.append(f"{option}={','.join(str(v) for v in values)}")
     if run_params.get("load_versions"):
         args.append("--load-versions=" + ",".join(f"{k}:{v}" for k, v in run_params["load_versions"].items()))
