@@ -45,15 +45,16 @@ def _snapshot_download(
     """``huggingface_hub.snapshot_download`` of the repository; any failure as a :class:`HubError` saying why."""
     from huggingface_hub import snapshot_download
 
-    kwargs: dict[str, Any] = {"repo_id": repo, "revision": revision, "repo_type": repo_type, **extra}
-    if patterns:
-        kwargs["allow_patterns"] = list(patterns)
-    if local_dir is not None:
-        kwargs["local_dir"] = str(local_dir)
-    if endpoint:
-        kwargs["endpoint"] = endpoint
     try:
-        return snapshot_download(**kwargs)
+        return snapshot_download(
+            repo,
+            revision=revision,
+            repo_type=repo_type,
+            local_dir=local_dir,
+            endpoint=endpoint or None,
+            allow_patterns=list(patterns) or None,
+            **extra,
+        )
     except Exception as err:
         raise HubError(explain(err, repo, revision)) from err
 
@@ -119,7 +120,9 @@ def downloaded_here(folder: Path) -> bool:
     return (folder / RECORDS).is_dir()
 
 
-def local_snapshot(repo: str, revision: str, repo_type: str, local_dir: Path | None) -> Path | None:
+def local_snapshot(
+    repo: str, revision: str = "main", repo_type: str = "model", local_dir: Path | None = None
+) -> Path | None:
     """The complete local copy the loaders would use (cache or folder), or None."""
     if local_dir is not None:
         return local_dir if is_model_folder(local_dir) else None
@@ -127,7 +130,7 @@ def local_snapshot(repo: str, revision: str, repo_type: str, local_dir: Path | N
 
     try:
         return Path(snapshot_download(repo, revision=revision, repo_type=repo_type, local_files_only=True))
-    except Exception:  # noqa: BLE001  (not cached: every reason means "download it")
+    except Exception:  # noqa: BLE001  (not cached, or not a valid id: every reason means "download it")
         return None
 
 

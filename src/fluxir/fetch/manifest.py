@@ -16,18 +16,12 @@ from typing import Any
 
 from fluxir.fetch import hub
 from fluxir.fetch.transfer import sha256_prefix_from_name
-from fluxir.preflight import lookup
+from fluxir.preflight import MODEL_ROLES, lookup
 
 GROUPS = ("flux", "iqa", "benchmarks", "baselines", "filter")
 
 FLUX_REPO = "black-forest-labs/FLUX.1-dev"
-FLUX_PARAMS = (
-    "fluxgen.model",
-    "train.model",
-    "restore.model",
-    "evaluate.restore.model",
-    "baselines.flux_controlnet.model",
-)
+FLUX_PARAMS = (*MODEL_ROLES, "baselines.flux_controlnet.model")
 CONTROLNET_REPO = "jasperai/Flux.1-dev-Controlnet-Upscaler"
 CONTROLNET_PARAM = "baselines.flux_controlnet.controlnet"
 REALESRGAN_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"

@@ -14,6 +14,7 @@ from typing import Any
 
 # GB per GPU a real run needs (docs/full_scale.md "Memory"); training's comes from the memory model's table.
 BUDGET_GB = {"generation": 40, "restoration": 32}
+MODEL_ROLES = ("fluxgen.model", "train.model", "restore.model", "evaluate.restore.model")  # pipeline folders
 
 
 @dataclass(frozen=True)

@@ -230,11 +230,7 @@ def _budgets(params: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
 def check_accelerator(params: Mapping[str, Any]) -> list[Finding]:
     import torch
 
-    gpus = (
-        [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available()
-        else []
-    )
+    gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
     findings = []
     for key, (what, budget) in _budgets(params).items():
         device = str(lookup(params, *key.split("."), default="auto"))

@@ -8,13 +8,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fluxir.fetch.hub import local_snapshot
 from fluxir.parameters.config import load_catalog
 from fluxir.preflight import Finding
 
 # The files of a diffusers pipeline repository a run reads (FLUX.1-dev also holds ~24 GB of single-file weights).
 DIFFUSERS_LAYOUT = '"model_index.json" "scheduler/*" "text_encoder*/*" "tokenizer*/*" "transformer/*" "vae/*"'
-
-MODEL_ROLES = ("fluxgen.model", "train.model", "restore.model", "evaluate.restore.model")  # pipeline folders
 
 
 def safetensors_keys(files: Iterable[Path]) -> set[str]:
@@ -93,17 +92,10 @@ def key_finding(name: str, folder: Path, model: Any, library: str) -> Finding:
 
 def model_folder(source: Any) -> Path | None:
     """The folder a run loads for a model parameter: a local folder, or a hub id's cached snapshot (None: neither)."""
-    from huggingface_hub import snapshot_download
-
     folder = Path(str(source)).expanduser()
     if folder.is_dir():
         return folder.resolve()
-    if str(source).count("/") != 1:
-        return None
-    try:
-        return Path(snapshot_download(str(source), local_files_only=True))
-    except Exception:  # noqa: BLE001  (not cached, or not a valid id: both mean "not available offline")
-        return None
+    return local_snapshot(str(source)) if str(source).count("/") == 1 else None
 
 
 def download_advice(source: Any) -> str:
