@@ -218,21 +218,18 @@ def train_memory_budget_gb(train: Mapping[str, Any], size: str = "1024x768") -> 
     return what, round(gib * 2**30 / 1e9, 1)
 
 
-def _budgets(params: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
-    return {
+def check_accelerator(params: Mapping[str, Any]) -> list[Finding]:
+    import torch
+
+    gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    budgets = {
         "fluxgen.device": ("generation", BUDGET_GB["generation"]),
         "train.device": train_memory_budget_gb(params.get("train") or {}),
         "restore.device": ("restoration", BUDGET_GB["restoration"]),
         "evaluate.restore.device": ("restoration", BUDGET_GB["restoration"]),
     }
-
-
-def check_accelerator(params: Mapping[str, Any]) -> list[Finding]:
-    import torch
-
-    gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
     findings = []
-    for key, (what, budget) in _budgets(params).items():
+    for key, (what, budget) in budgets.items():
         device = str(lookup(params, *key.split("."), default="auto"))
         if device == "cpu":
             findings.append(Finding("OK", "accelerator", key, "cpu (tiny or debugging runs only)"))
