@@ -271,8 +271,6 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return "\n".join(lines)
 
 
-# The model card's memory figures are computed (the memory model's table covers FLUX.1-dev's sizes only).
-
 FLUX_DEV_SHAPE = {"num_layers": 19, "num_single_layers": 38, "num_attention_heads": 24, "attention_head_dim": 128}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import os
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.fetch import transfer
+from fluxir.io.atomic import write_atomic
 
 RECORDS = Path(".cache") / "huggingface"  # huggingface_hub's local_dir records (documented layout)
 
@@ -244,8 +244,5 @@ def install_from_folder(
         except transfer.VerifyError as err:
             raise HubError(f"{err}: the mirror's copy is not the file the hub published") from err
     if ref is not None and ref[0].name != ref[1]:
-        ref[0].parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref[0].with_name(ref[0].name + ".tmp")
-        tmp.write_text(ref[1])
-        os.replace(tmp, ref[0])
+        write_atomic(*ref)
     return target

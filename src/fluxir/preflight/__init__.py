@@ -19,8 +19,6 @@ MODEL_ROLES = ("fluxgen.model", "train.model", "restore.model", "evaluate.restor
 
 @dataclass(frozen=True)
 class Finding:
-    """One line of the report."""
-
     status: str  # "OK", "WARN" or "FAIL"
     area: str
     item: str

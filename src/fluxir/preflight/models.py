@@ -10,7 +10,7 @@ from typing import Any
 
 from fluxir.fetch.hub import local_snapshot
 from fluxir.parameters.config import load_catalog
-from fluxir.preflight import Finding
+from fluxir.preflight import Finding, lookup
 
 # The files of a diffusers pipeline repository a run reads (FLUX.1-dev also holds ~24 GB of single-file weights).
 DIFFUSERS_LAYOUT = '"model_index.json" "scheduler/*" "text_encoder*/*" "tokenizer*/*" "transformer/*" "vae/*"'
@@ -172,7 +172,7 @@ def check_content_filter(params: Mapping[str, Any], project: Path) -> list[Findi
     from fluxir.fetch.manifest import FILTER_FILES
     from fluxir.fluxgen.content_filter import NSFW_LABEL, REVIEW_DUTY
 
-    group = params.get("fluxgen", {}).get("content_filter") if isinstance(params.get("fluxgen"), Mapping) else None
+    group = lookup(params, "fluxgen", "content_filter")
     item = "fluxgen.content_filter"
     if not isinstance(group, Mapping):
         return [Finding("FAIL", "model", item, "missing: conf/base/parameters_fluxgen.yml defines it")]
