@@ -115,11 +115,6 @@ def is_model_folder(folder: Path) -> bool:
     return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
 
 
-def downloaded_here(folder: Path) -> bool:
-    """huggingface_hub's ``local_dir`` record: the folder is (being) filled by a snapshot download."""
-    return (folder / RECORDS).is_dir()
-
-
 def local_snapshot(
     repo: str, revision: str = "main", repo_type: str = "model", local_dir: Path | None = None
 ) -> Path | None:

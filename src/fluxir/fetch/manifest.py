@@ -219,8 +219,9 @@ def _snapshot_items(
             if value != template.repo:
                 continue  # another hub model: not this manifest's
             by_dest.setdefault(None, []).append(key)
-        elif not hub.is_model_folder(project / value) or hub.downloaded_here(project / value):
-            by_dest.setdefault((project / value).resolve(), []).append(key)  # a folder to fill (or ours to complete)
+        elif not hub.is_model_folder(project / value) or (project / value / hub.RECORDS).is_dir():
+            # a folder to fill, or one a snapshot download (its records) left to complete
+            by_dest.setdefault((project / value).resolve(), []).append(key)
         # else: a model folder of the user's own (the tiny models, a copy made by hand): not the manifest's
     items = [replace(template, dest=dest, used_by=tuple(used)) for dest, used in by_dest.items()]
     unused = (

@@ -81,13 +81,8 @@ def key_finding(name: str, folder: Path, model: Any, library: str) -> Finding:
         return Finding("OK", "model", name, f"{type(model).__name__}, {len(wanted)} tensors in {len(files)} file(s)")
     # transformers may rename legacy checkpoint keys at load time: a difference there is a warning only
     status = "FAIL" if library == "diffusers" else "WARN"
-    return Finding(
-        status,
-        "model",
-        name,
-        f"{folder}: keys differ from {type(model).__name__}: missing {missing[:3]} "
-        f"({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})",
-    )
+    detail = f"missing {missing[:3]} ({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})"
+    return Finding(status, "model", name, f"{folder}: keys differ from {type(model).__name__}: {detail}")
 
 
 def model_folder(source: Any) -> Path | None:
