@@ -22,7 +22,6 @@ def _size(n: int | None) -> str:
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
-    return str(n)
 
 
 def _size_line(item: Item) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import os
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.fetch import transfer
+from fluxir.io.atomic import write_atomic
 
 RECORDS = Path(".cache") / "huggingface"  # huggingface_hub's local_dir records (documented layout)
 
@@ -45,15 +45,16 @@ def _snapshot_download(
     """``huggingface_hub.snapshot_download`` of the repository; any failure as a :class:`HubError` saying why."""
     from huggingface_hub import snapshot_download
 
-    kwargs: dict[str, Any] = {"repo_id": repo, "revision": revision, "repo_type": repo_type, **extra}
-    if patterns:
-        kwargs["allow_patterns"] = list(patterns)
-    if local_dir is not None:
-        kwargs["local_dir"] = str(local_dir)
-    if endpoint:
-        kwargs["endpoint"] = endpoint
     try:
-        return snapshot_download(**kwargs)
+        return snapshot_download(
+            repo,
+            revision=revision,
+            repo_type=repo_type,
+            local_dir=local_dir,
+            endpoint=endpoint or None,
+            allow_patterns=list(patterns) or None,
+            **extra,
+        )
     except Exception as err:
         raise HubError(explain(err, repo, revision)) from err
 
@@ -114,12 +115,9 @@ def is_model_folder(folder: Path) -> bool:
     return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
 
 
-def downloaded_here(folder: Path) -> bool:
-    """huggingface_hub's ``local_dir`` record: the folder is (being) filled by a snapshot download."""
-    return (folder / RECORDS).is_dir()
-
-
-def local_snapshot(repo: str, revision: str, repo_type: str, local_dir: Path | None) -> Path | None:
+def local_snapshot(
+    repo: str, revision: str = "main", repo_type: str = "model", local_dir: Path | None = None
+) -> Path | None:
     """The complete local copy the loaders would use (cache or folder), or None."""
     if local_dir is not None:
         return local_dir if is_model_folder(local_dir) else None
@@ -127,7 +125,7 @@ def local_snapshot(repo: str, revision: str, repo_type: str, local_dir: Path | N
 
     try:
         return Path(snapshot_download(repo, revision=revision, repo_type=repo_type, local_files_only=True))
-    except Exception:  # noqa: BLE001  (not cached: every reason means "download it")
+    except Exception:  # noqa: BLE001  (not cached, or not a valid id: every reason means "download it")
         return None
 
 
@@ -241,8 +239,5 @@ def install_from_folder(
         except transfer.VerifyError as err:
             raise HubError(f"{err}: the mirror's copy is not the file the hub published") from err
     if ref is not None and ref[0].name != ref[1]:
-        ref[0].parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref[0].with_name(ref[0].name + ".tmp")
-        tmp.write_text(ref[1])
-        os.replace(tmp, ref[0])
+        write_atomic(*ref)
     return target

@@ -16,18 +16,12 @@ from typing import Any
 
 from fluxir.fetch import hub
 from fluxir.fetch.transfer import sha256_prefix_from_name
-from fluxir.preflight import lookup
+from fluxir.preflight import MODEL_ROLES, lookup
 
 GROUPS = ("flux", "iqa", "benchmarks", "baselines", "filter")
 
 FLUX_REPO = "black-forest-labs/FLUX.1-dev"
-FLUX_PARAMS = (
-    "fluxgen.model",
-    "train.model",
-    "restore.model",
-    "evaluate.restore.model",
-    "baselines.flux_controlnet.model",
-)
+FLUX_PARAMS = (*MODEL_ROLES, "baselines.flux_controlnet.model")
 CONTROLNET_REPO = "jasperai/Flux.1-dev-Controlnet-Upscaler"
 CONTROLNET_PARAM = "baselines.flux_controlnet.controlnet"
 REALESRGAN_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
@@ -176,8 +170,43 @@ def _is_hub_id(value: str, project: Path) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", value)) and not (project / value).exists()
 
 
+# The hub repositories: one item per destination of the parameters that name them (``_snapshot_items``).
+FLUX_ITEM = Item(
+    "FLUX.1-dev",
+    "flux",
+    None,
+    repo=FLUX_REPO,
+    size=sum(n for _, n in FLUX_FILES),
+    size_approx=True,
+    files=FLUX_FILES,
+    allow_patterns=FLUX_PATTERNS,
+    note="gated: accept the licence on its hub page; HF_TOKEN of that account. The diffusers layout only "
+    "(not the single-file flux1-dev.safetensors / ae.safetensors); the size counts its large files",
+)
+CONTROLNET_ITEM = Item(
+    "Flux.1-dev-Controlnet-Upscaler",
+    "baselines",
+    None,
+    repo=CONTROLNET_REPO,
+    size=CONTROLNET_APPROX_SIZE,
+    size_approx=True,
+    allow_patterns=CONTROLNET_PATTERNS,
+    note="a FluxControlNetModel for FLUX.1-dev (its own licence); its example images are not fetched",
+)
+FILTER_ITEM = Item(
+    "nsfw_image_detection",
+    "filter",
+    None,
+    repo=FILTER_REPO,
+    size=FILTER_APPROX_SIZE,
+    size_approx=True,
+    allow_patterns=FILTER_FILES,
+    note="FluxGen's content filter (FLUX.1-dev licence 2(e)(i)(A)), the classifier Black Forest Labs' cli.py runs",
+)
+
+
 def _snapshot_items(
-    name: str, group: str, repo: str, params: Mapping[str, Any], keys: tuple[str, ...], project: Path, **published: Any
+    template: Item, keys: tuple[str, ...], params: Mapping[str, Any], project: Path
 ) -> tuple[list[Item], list[str]]:
     """One item per distinct destination among the parameters ``keys`` that name this repository or a folder."""
     by_dest: dict[Path | None, list[str]] = {}
@@ -187,14 +216,18 @@ def _snapshot_items(
             continue
         value = str(value)
         if _is_hub_id(value, project):
-            if value != repo:
+            if value != template.repo:
                 continue  # another hub model: not this manifest's
             by_dest.setdefault(None, []).append(key)
-        elif not hub.is_model_folder(project / value) or hub.downloaded_here(project / value):
-            by_dest.setdefault((project / value).resolve(), []).append(key)  # a folder to fill (or ours to complete)
+        elif not hub.is_model_folder(project / value) or (project / value / hub.RECORDS).is_dir():
+            # a folder to fill, or one a snapshot download (its records) left to complete
+            by_dest.setdefault((project / value).resolve(), []).append(key)
         # else: a model folder of the user's own (the tiny models, a copy made by hand): not the manifest's
-    items = [Item(name, group, dest, repo=repo, used_by=tuple(used), **published) for dest, used in by_dest.items()]
-    unused = f"{group} {repo}: none of {', '.join(keys)} names it or a folder to fill (your own folders are left alone)"
+    items = [replace(template, dest=dest, used_by=tuple(used)) for dest, used in by_dest.items()]
+    unused = (
+        f"{template.group} {template.repo}: none of {', '.join(keys)} names it or a folder to fill "
+        "(your own folders are left alone)"
+    )
     return items, [] if items else [unused]
 
 
@@ -301,18 +334,7 @@ def _benchmark_items(
 
 def _baseline_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item], list[str]]:
     weights = lookup(params, *REALESRGAN_PARAM.split("."))
-    items, skipped = _snapshot_items(
-        "Flux.1-dev-Controlnet-Upscaler",
-        "baselines",
-        CONTROLNET_REPO,
-        params,
-        (CONTROLNET_PARAM,),
-        project,
-        note="a FluxControlNetModel for FLUX.1-dev (its own licence); its example images are not fetched",
-        size=CONTROLNET_APPROX_SIZE,
-        size_approx=True,
-        allow_patterns=CONTROLNET_PATTERNS,
-    )
+    items, skipped = _snapshot_items(CONTROLNET_ITEM, (CONTROLNET_PARAM,), params, project)
     if weights is None:
         return items, [f"baselines RealESRGAN_x4plus.pth: {REALESRGAN_PARAM} is not set in this env", *skipped]
     realesrgan = Item(
@@ -332,35 +354,7 @@ def _baseline_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item
 def _filter_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item], list[str]]:
     if lookup(params, "fluxgen", "content_filter", "enabled") is False:
         return [], [f"filter {FILTER_REPO}: fluxgen.content_filter.enabled is false in this env"]
-    return _snapshot_items(
-        "nsfw_image_detection",
-        "filter",
-        FILTER_REPO,
-        params,
-        (FILTER_PARAM,),
-        project,
-        note="FluxGen's content filter (FLUX.1-dev licence 2(e)(i)(A)), the classifier Black Forest Labs' cli.py runs",
-        size=FILTER_APPROX_SIZE,
-        size_approx=True,
-        allow_patterns=FILTER_FILES,
-    )
-
-
-def _flux_items(params: Mapping[str, Any], project: Path) -> tuple[list[Item], list[str]]:
-    return _snapshot_items(
-        "FLUX.1-dev",
-        "flux",
-        FLUX_REPO,
-        params,
-        FLUX_PARAMS,
-        project,
-        note="gated: accept the licence on its hub page; HF_TOKEN of that account. The diffusers layout only "
-        "(not the single-file flux1-dev.safetensors / ae.safetensors); the size counts its large files",
-        size=sum(n for _, n in FLUX_FILES),
-        size_approx=True,
-        files=FLUX_FILES,
-        allow_patterns=FLUX_PATTERNS,
-    )
+    return _snapshot_items(FILTER_ITEM, (FILTER_PARAM,), params, project)
 
 
 def build(
@@ -371,7 +365,7 @@ def build(
         raise ValueError("the benchmark folders are catalog entries: pass the environment's catalog config")
     manifest = Manifest()
     for group, build_group in (
-        ("flux", lambda: _flux_items(params, project)),
+        ("flux", lambda: _snapshot_items(FLUX_ITEM, FLUX_PARAMS, params, project)),
         ("iqa", lambda: _iqa_items(params)),
         ("benchmarks", lambda: _benchmark_items(params, catalog, project)),
         ("baselines", lambda: _baseline_items(params, project)),

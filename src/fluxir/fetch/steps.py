@@ -13,6 +13,7 @@ from fluxir.fetch import hub, transfer
 from fluxir.fetch.manifest import Item, Manifest
 
 FreeSpace = Callable[[Path], int]
+BYTE_BAR = {"unit": "B", "unit_scale": True, "unit_divisor": 1024}  # progress bars counting bytes
 ARCHIVE_FACTOR = 2  # an archive needs its own size and about as much again for the unpacked images
 
 
@@ -58,11 +59,8 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
         verified = "verified" if expected.size or expected.sha256 else "present (nothing published to verify)"
         return Step(item, "present", 0, verified)
     source = transfer.mirrored(str(item.url), item.name, mirror)
-    if (
-        (item.exact_size is None or item.sha256 is None)
-        and ask_sizes
-        and (_is_mirror_folder(mirror) or not hub.offline(source))
-    ):
+    offline = hub.offline(source) and not _is_mirror_folder(mirror)
+    if (item.exact_size is None or item.sha256 is None) and ask_sizes and not offline:
         try:
             stated = transfer.remote_info(source)
         except transfer.DownloadError as err:
@@ -72,7 +70,7 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
     part = item.dest.with_name(item.dest.name + ".part") if item.dest is not None else None
     resumed = part.stat().st_size if part is not None and part.is_file() else 0
     detail = f"resumes at {resumed} bytes" if resumed else ""
-    if hub.offline(source) and not _is_mirror_folder(mirror):
+    if offline:
         detail = ", ".join(filter(None, [detail, "size not asked: HF_HUB_OFFLINE=1"]))
     return Step(item, "fetch", size, detail, have=resumed, expected=expected)
 
@@ -194,25 +192,22 @@ def run(steps: list[Step], mirror: str | None = None) -> list[tuple[Step, str, b
 
     results: list[tuple[Step, str, bool]] = []
     known = sum(s.size or 0 for s in steps if _counted(s, mirror))
-    with progress(total=known or None, desc="all files", unit="B", unit_scale=True, unit_divisor=1024) as total:
+    with progress(total=known or None, desc="all files", **BYTE_BAR) as total:
         for step in steps:
             if step.state != "fetch":
                 results.append((step, step.detail or step.state, step.state == "present"))
                 continue
             fetch = _fetch_hub if step.item.repo else _fetch_file
             try:
-                if not _counted(step, mirror):
-                    outcome = fetch(step, mirror, lambda n: None)
-                else:
-                    with progress(
-                        total=step.size, desc=step.item.name, unit="B", unit_scale=True, unit_divisor=1024, leave=False
-                    ) as bar:
+                with progress(
+                    total=step.size, desc=step.item.name, leave=False, disable=not _counted(step, mirror), **BYTE_BAR
+                ) as bar:
 
-                        def on_bytes(n: int, bar=bar) -> None:
-                            bar.update(n)
-                            total.update(n)
+                    def on_bytes(n: int, bar=bar) -> None:
+                        bar.update(n)
+                        total.update(n)
 
-                        outcome = fetch(step, mirror, on_bytes)
+                    outcome = fetch(step, mirror, on_bytes)
                 results.append((step, outcome, True))
             except (transfer.DownloadError, transfer.VerifyError, hub.HubError, ValueError, OSError) as err:
                 results.append((step, str(err), False))

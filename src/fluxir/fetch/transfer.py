@@ -254,21 +254,14 @@ def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
 
 
-def installed_from(folder: Path, archive_name: str) -> bool:
-    """``folder`` holds every file that ``archive_name`` put there (its record says so)."""
-    marker = folder / MARKER
-    if not marker.is_file():
-        return False
-    record = json.loads(marker.read_text())
-    return record.get("archive") == archive_name and all((folder / f).is_file() for f in record.get("files", []))
-
-
 def folder_state(folder: Path, archive_name: str) -> str:
     """``installed`` (by this archive), ``user`` (images put there otherwise: left alone) or ``missing``."""
-    if installed_from(folder, archive_name):
-        return "installed"
-    ours = (folder / MARKER).is_file()  # an incomplete install of ours is replaced; a user's folder never
-    return "user" if images_in(folder) and not ours else "missing"
+    marker = folder / MARKER
+    if not marker.is_file():
+        return "user" if images_in(folder) else "missing"
+    record = json.loads(marker.read_text())  # ours: replaced unless complete (a user's folder never is)
+    complete = all((folder / f).is_file() for f in record.get("files", []))
+    return "installed" if record.get("archive") == archive_name and complete else "missing"
 
 
 def plan_members(names: list[str], rules: list[tuple[str, Path]], archive: Path) -> dict[Path, list[str]]:

@@ -14,12 +14,11 @@ from typing import Any
 
 # GB per GPU a real run needs (docs/full_scale.md "Memory"); training's comes from the memory model's table.
 BUDGET_GB = {"generation": 40, "restoration": 32}
+MODEL_ROLES = ("fluxgen.model", "train.model", "restore.model", "evaluate.restore.model")  # pipeline folders
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One line of the report."""
-
     status: str  # "OK", "WARN" or "FAIL"
     area: str
     item: str

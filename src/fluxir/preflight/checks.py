@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from fluxir.parameters.config import catalog_config, load_params
-from fluxir.preflight import Finding, lookup, machine
-from fluxir.preflight.models import MODEL_ROLES, check_adapter, check_content_filter, check_model_folder
+from fluxir.preflight import MODEL_ROLES, Finding, lookup, machine
+from fluxir.preflight.models import check_adapter, check_content_filter, check_model_folder
 
 
 def run_checks(project: Path, env: str, overrides: list[str] | None = None) -> list[Finding]:

@@ -92,23 +92,18 @@ def check_iqa(params: Mapping[str, Any]) -> list[Finding]:
     for spec in parsed:
         problems = iqa_weights.file_problems([spec])
         findings += [Finding("FAIL", "iqa", spec.name, f"{problem}; or `{FETCH_IQA}`") for problem in problems]
-        if not problems:
-            findings.append(_build_metric(spec))
+        if problems:
+            continue
+        files = ", ".join(p.name for p in iqa.required_weight_files(spec)) or "no weight file"
+        try:
+            iqa.create_metrics([spec], "cpu")
+        except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
+            findings.append(Finding("FAIL", "iqa", spec.name, f"{type(err).__name__}: {err}"))
+            continue
+        known = iqa_weights.plan_files(spec)[1]
+        detail = f"{files}; builds on the CPU" + ("" if known else "; its files are not known here")
+        findings.append(Finding("OK" if known else "WARN", "iqa", spec.name, detail))
     return findings
-
-
-def _build_metric(spec: Any) -> Finding:
-    from fluxir import iqa
-    from fluxir.iqa import weights as iqa_weights
-
-    files = ", ".join(p.name for p in iqa.required_weight_files(spec)) or "no weight file"
-    try:
-        iqa.create_metrics([spec], "cpu")
-    except Exception as err:  # noqa: BLE001  (reported, not raised: the rest of the report still matters)
-        return Finding("FAIL", "iqa", spec.name, f"{type(err).__name__}: {err}")
-    known = iqa_weights.plan_files(spec)[1]
-    detail = f"{files}; builds on the CPU" + ("" if known else "; its files are not known here")
-    return Finding("OK" if known else "WARN", "iqa", spec.name, detail)
 
 
 def _pair_count(spec: Any) -> int:
@@ -124,7 +119,7 @@ def _pair_count(spec: Any) -> int:
 
 def check_benchmarks(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> list[Finding]:
     """Each evaluate.benchmarks entry: the folders of its catalog entry ``<key>_benchmark`` hold images; its pairs."""
-    from fluxir.evaluation.testsets import FOLDERS_ENTRY, BenchmarkSpec, list_images
+    from fluxir.evaluation.testsets import FOLDERS_ENTRY, BenchmarkSpec, list_images, sources_too_small
 
     evaluate = params.get("evaluate") or {}
     # The tiny environment's demo folders are written by `make demo`; a real run's benchmarks are downloaded.
@@ -144,42 +139,32 @@ def check_benchmarks(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> l
                 f"folder(s) {empty} of catalog entry {entry} missing or without images: {fix} or see docs/evaluation.md"
             )
             findings.append(Finding("FAIL", "benchmark", key, detail))
-        else:
-            findings.append(_benchmark_finding(key, spec))
-    return findings
-
-
-def _benchmark_finding(key: str, spec: Any) -> Finding:
-    # images smaller than the crops are skipped by the run: a WARN, a FAIL when none is left
-    from fluxir.evaluation.testsets import sources_too_small
-
-    count = _pair_count(spec)
-    what = f"{count} {'images' if spec.kind == 'lq_only' else 'pairs'} ({spec.kind})"
-    small = {folder: (total, names) for folder, (total, names) in sources_too_small(spec).items() if names}
-    if small:
+            continue
+        count = _pair_count(spec)
+        what = f"{count} {'images' if spec.kind == 'lq_only' else 'pairs'} ({spec.kind})"
+        small = {folder: (total, names) for folder, (total, names) in sources_too_small(spec).items() if names}
+        if not small:
+            findings.append(Finding("OK" if count else "FAIL", "benchmark", key, what))
+            continue
+        # images smaller than the crops are skipped by the run: a WARN, a FAIL when none is left
         sizes = {"synthetic": ("hq_size",), "lq_only": ("lq_size",), "paired": ("hq_size", "lq_size")}[spec.kind]
         crops = " / ".join(f"evaluate.benchmarks.{key}.{name} {getattr(spec, name)}" for name in sizes)
         parts = [f"{len(names)} of {total} in {folder} (e.g. {names[:3]})" for folder, (total, names) in small.items()]
         none_left = any(len(names) == total for total, names in small.values())
         detail = f"{what}; images smaller than the crops ({crops}) are skipped by the run: {'; '.join(parts)}"
-        return Finding("FAIL" if none_left else "WARN", "benchmark", key, detail)
-    return Finding("OK" if count else "FAIL", "benchmark", key, what)
+        findings.append(Finding("FAIL" if none_left else "WARN", "benchmark", key, detail))
+    return findings
 
 
-def estimate_fluxgen_bytes(params: Mapping[str, Any]) -> int:
+def check_disk(params: Mapping[str, Any], project: Path) -> list[Finding]:
     """Disk for fluxgen.num_images generated PNGs plus their HQ/LQ pairs (LQ = HQ / 4 per side)."""
     fluxgen = params.get("fluxgen") or {}
     crops = lookup(params, "degrade", "config", "crop_sizes") or [[fluxgen["width"], fluxgen["height"]]]
     crop_px = sum(w * h for w, h in crops) / len(crops)
-    per_image = fluxgen["width"] * fluxgen["height"] + crop_px * (1 + 1 / 16)
-    return int(int(fluxgen.get("num_images", 0)) * per_image * PNG_BYTES_PER_PIXEL)
-
-
-def check_disk(params: Mapping[str, Any], project: Path) -> list[Finding]:
+    num = fluxgen.get("num_images", 0)
+    need = int(int(num) * (fluxgen["width"] * fluxgen["height"] + crop_px * (1 + 1 / 16)) * PNG_BYTES_PER_PIXEL)
     data = project / "data"
     free = shutil.disk_usage(data if data.exists() else project).free
-    need = estimate_fluxgen_bytes(params)
-    num = lookup(params, "fluxgen", "num_images", default=0)
     detail = (
         f"fluxgen.num_images={num} needs ~{need / 1e9:.2f} GB ({PNG_BYTES_PER_PIXEL} B/px PNG), "
         f"{free / 1e9:.1f} GB free at {data}"
@@ -218,25 +203,18 @@ def train_memory_budget_gb(train: Mapping[str, Any], size: str = "1024x768") -> 
     return what, round(gib * 2**30 / 1e9, 1)
 
 
-def _budgets(params: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
-    return {
+def check_accelerator(params: Mapping[str, Any]) -> list[Finding]:
+    import torch
+
+    gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    budgets = {
         "fluxgen.device": ("generation", BUDGET_GB["generation"]),
         "train.device": train_memory_budget_gb(params.get("train") or {}),
         "restore.device": ("restoration", BUDGET_GB["restoration"]),
         "evaluate.restore.device": ("restoration", BUDGET_GB["restoration"]),
     }
-
-
-def check_accelerator(params: Mapping[str, Any]) -> list[Finding]:
-    import torch
-
-    gpus = (
-        [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available()
-        else []
-    )
     findings = []
-    for key, (what, budget) in _budgets(params).items():
+    for key, (what, budget) in budgets.items():
         device = str(lookup(params, *key.split("."), default="auto"))
         if device == "cpu":
             findings.append(Finding("OK", "accelerator", key, "cpu (tiny or debugging runs only)"))

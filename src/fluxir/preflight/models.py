@@ -8,13 +8,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fluxir.fetch.hub import local_snapshot
 from fluxir.parameters.config import load_catalog
-from fluxir.preflight import Finding
+from fluxir.preflight import Finding, lookup
 
 # The files of a diffusers pipeline repository a run reads (FLUX.1-dev also holds ~24 GB of single-file weights).
 DIFFUSERS_LAYOUT = '"model_index.json" "scheduler/*" "text_encoder*/*" "tokenizer*/*" "transformer/*" "vae/*"'
-
-MODEL_ROLES = ("fluxgen.model", "train.model", "restore.model", "evaluate.restore.model")  # pipeline folders
 
 
 def safetensors_keys(files: Iterable[Path]) -> set[str]:
@@ -82,28 +81,16 @@ def key_finding(name: str, folder: Path, model: Any, library: str) -> Finding:
         return Finding("OK", "model", name, f"{type(model).__name__}, {len(wanted)} tensors in {len(files)} file(s)")
     # transformers may rename legacy checkpoint keys at load time: a difference there is a warning only
     status = "FAIL" if library == "diffusers" else "WARN"
-    return Finding(
-        status,
-        "model",
-        name,
-        f"{folder}: keys differ from {type(model).__name__}: missing {missing[:3]} "
-        f"({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})",
-    )
+    detail = f"missing {missing[:3]} ({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})"
+    return Finding(status, "model", name, f"{folder}: keys differ from {type(model).__name__}: {detail}")
 
 
 def model_folder(source: Any) -> Path | None:
     """The folder a run loads for a model parameter: a local folder, or a hub id's cached snapshot (None: neither)."""
-    from huggingface_hub import snapshot_download
-
     folder = Path(str(source)).expanduser()
     if folder.is_dir():
         return folder.resolve()
-    if str(source).count("/") != 1:
-        return None
-    try:
-        return Path(snapshot_download(str(source), local_files_only=True))
-    except Exception:  # noqa: BLE001  (not cached, or not a valid id: both mean "not available offline")
-        return None
+    return local_snapshot(str(source)) if str(source).count("/") == 1 else None
 
 
 def download_advice(source: Any) -> str:
@@ -180,7 +167,7 @@ def check_content_filter(params: Mapping[str, Any], project: Path) -> list[Findi
     from fluxir.fetch.manifest import FILTER_FILES
     from fluxir.fluxgen.content_filter import NSFW_LABEL, REVIEW_DUTY
 
-    group = params.get("fluxgen", {}).get("content_filter") if isinstance(params.get("fluxgen"), Mapping) else None
+    group = lookup(params, "fluxgen", "content_filter")
     item = "fluxgen.content_filter"
     if not isinstance(group, Mapping):
         return [Finding("FAIL", "model", item, "missing: conf/base/parameters_fluxgen.yml defines it")]
