@@ -20,7 +20,7 @@ from fluxir.models.adapter import FluxIRAdapter, count_parameters
 from fluxir.models.adapter_config import FluxIRConfig
 from fluxir.models.controlled_flux import controlled_flux_forward, freeze_flux
 from fluxir.models.flux import build_transformer
-from fluxir.pipelines.export.pipeline import export_adapter
+from fluxir.pipelines.export.nodes import export_adapter
 
 from support import adapter_params
 
