@@ -183,10 +183,6 @@ class ControlNetRestorer:
         return color_fix(out, reference, self.config.color_fix)
 
 
-def load(cfg: FluxControlNetConfig, geometry: Any) -> ControlNetRestorer:
-    return ControlNetRestorer(cfg, geometry)
-
-
 def plan_work(height: int, width: int, restore: Any, cfg: FluxControlNetConfig) -> RestoreWork:
     out_h, out_w = output_size(height, width, restore)
     text = f"the whole image (the Flux ControlNet does not tile) x {cfg.steps} steps"

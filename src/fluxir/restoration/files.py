@@ -8,7 +8,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,7 +19,7 @@ import torch
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.images import read_image, read_photo
 from fluxir.restoration.methods import RestorerSpec
-from fluxir.restoration.restore_config import RestoreConfig, config_dict
+from fluxir.restoration.restore_config import RestoreConfig
 from fluxir.restoration.sampler import upsample
 from fluxir.runtime.progress import progress as progress_bar
 
@@ -180,7 +180,7 @@ def summarise_shares(
         "output_dir": str(job.output_dir),
         "method": job.method,
         "model": job.model,
-        "config": config_dict(cfg),
+        "config": asdict(cfg),
         "images": [
             {
                 "input": r.input,

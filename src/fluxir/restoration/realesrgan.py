@@ -22,10 +22,9 @@ from fluxir.io.images import check_rgb_uint8
 from fluxir.io.provenance import sha256_file
 from fluxir.models.devices import resolve_device
 from fluxir.parameters.config import Config, Rule
-from fluxir.restoration.restore_config import RestoreWork, now, output_size
+from fluxir.restoration.restore_config import DTYPES, RestoreWork, now, output_size
 from fluxir.runtime.progress import progress as progress_bar
 
-DTYPES = ("float32", "float16", "bfloat16")
 REALESRGAN_RULES = (
     Rule("weights", "text", note=" (the RealESRGAN_x4plus.pth file)"),
     Rule("num_feat", "positive_int"),
@@ -90,12 +89,7 @@ def load_rrdbnet(cfg: RealESRGANConfig) -> torch.nn.Module:
             f"{path}: no 'params_ema' or 'params' state dict (found {found}); is it a Real-ESRGAN RRDBNet checkpoint?"
         )
     net = RRDBNet(
-        num_in_ch=3,
-        num_out_ch=3,
-        scale=cfg.net_scale,
-        num_feat=cfg.num_feat,
-        num_block=cfg.num_block,
-        num_grow_ch=cfg.num_grow_ch,
+        3, 3, scale=cfg.net_scale, num_feat=cfg.num_feat, num_block=cfg.num_block, num_grow_ch=cfg.num_grow_ch
     )
     try:
         net.load_state_dict(checkpoint[key], strict=True)
@@ -159,10 +153,6 @@ class RealESRGANRestorer:
         if out.shape[:2] != (height, width):  # --outscale: Lanczos from the network's x4
             out = np.asarray(Image.fromarray(out).resize((width, height), Image.Resampling.LANCZOS))
         return out
-
-
-def load(cfg: RealESRGANConfig, geometry: Any) -> RealESRGANRestorer:
-    return RealESRGANRestorer(cfg, geometry)
 
 
 def plan_work(height: int, width: int, restore: Any, cfg: RealESRGANConfig) -> RestoreWork:

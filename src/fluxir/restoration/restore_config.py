@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from fluxir.parameters.config import Config, Rule, is_int
 
@@ -161,10 +160,6 @@ def round_up(n: int, multiple: int = MULTIPLE) -> int:
     return -(-n // multiple) * multiple
 
 
-def config_dict(cfg: RestoreConfig) -> dict[str, Any]:
-    return asdict(cfg)
-
-
 # ----------------------------------------------------------------------------------------------------
 # What one image costs: each method plans its work from the sizes alone (``Method.plan``); the time is
 # (seconds per unit) x (units). The first image's rate comes from a warm-up on the loaded restorer (one unit
@@ -223,6 +218,8 @@ def check_output_size(work: RestoreWork, cfg: RestoreConfig, name: str, bound: t
 
 def now() -> float:
     """The clock after the accelerator's queued kernels have run (they run asynchronously)."""
+    import torch  # here: building the pipelines (the evaluation's config imports this module) must not load torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter()
