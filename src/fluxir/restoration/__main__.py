@@ -45,9 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.plan:
         plan = pd.read_parquet(args.plan)
     else:
-        plan = pd.DataFrame(
-            plan_folder(job.input_dir, job.output_dir, job.overwrite), columns=["input", "output", "action"]
-        )
+        plan = pd.DataFrame(plan_folder(job.input_dir, job.output_dir, job.overwrite))
     adapter = None  # a public restorer (restore.method) needs none
     if args.adapter:
         adapter = load_adapter(args.adapter)

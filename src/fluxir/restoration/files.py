@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 
 from fluxir.io.atomic import write_png_atomic
@@ -182,21 +181,10 @@ def summarise_shares(
         "model": job.model,
         "config": asdict(cfg),
         "images": [
-            {
-                "input": r.input,
-                "output": r.output,
-                "in_size": list(r.in_size),
-                "out_size": list(r.out_size),
-                "seconds": round(r.seconds, 3),
-            }
+            {**asdict(r), "in_size": list(r.in_size), "out_size": list(r.out_size), "seconds": round(r.seconds, 3)}
             for r in results
         ],
     }
-
-
-def failure_table(failures: list[dict[str, str]]) -> Any:
-    """Failures as a DataFrame with string columns input, reason (also when empty)."""
-    return pd.DataFrame({c: pd.Series([f[c] for f in failures], dtype="string") for c in ("input", "reason")})
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -368,11 +368,9 @@ class Restorer:
 def _to(module: Any, device: str | torch.device, dtype: torch.dtype | None = None) -> Any:
     """Move (and cast) a module only where needed: diffusers warns on every dtype cast."""
     param = next(module.parameters())
-    if dtype is None:
-        return module.to(device=device) if param.device != torch.device(device) else module
-    if param.device != torch.device(device) or param.dtype != dtype:
-        module = module.to(device=device, dtype=dtype)
-    return module
+    if param.device == torch.device(device) and dtype in (None, param.dtype):
+        return module
+    return module.to(device=device) if dtype is None else module.to(device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -402,11 +400,9 @@ STRIP_PIXELS = 1 << 18  # pixels per strip (rows = this / width, at least 2 * HA
 
 def wavelet_blur(image: Tensor, radius: int) -> Tensor:
     """(B, C, H, W) -> (B, C, H, W): the 3x3 binomial kernel at dilation ``radius``, replicate padding."""
-    kernel = torch.tensor(
-        [[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]], dtype=image.dtype, device=image.device
-    )
+    k = torch.tensor([0.25, 0.5, 0.25], dtype=image.dtype, device=image.device)
     channels = image.shape[1]
-    kernel = kernel[None, None].repeat(channels, 1, 1, 1)  # (C, 1, 3, 3), one filter per channel
+    kernel = torch.outer(k, k)[None, None].repeat(channels, 1, 1, 1)  # (C, 1, 3, 3), one filter per channel
     image = F.pad(image, (radius, radius, radius, radius), mode="replicate")
     return F.conv2d(image, kernel, groups=channels, dilation=radius)
 
