@@ -101,14 +101,13 @@ def restore_upload(
     before the models load and the estimated time. ValueError naming the file or the parameter."""
     if not upload:
         raise ValueError("upload a photo first (PNG, JPEG, WebP, TIFF, ...)")
-    name = Path(upload).name
     restore = {**models.params, **settings}
     public = not uses_adapter([restore["method"]])  # only a public restorer reads baselines.*
     problems = restore_settings_problems(restore) + (baselines_problems(models.baselines) if public else [])
     raise_problems(problems, "the restoration")
     job, config = split_params(restore)
     lazy = models.restorer(job, config, version, settings)
-    out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_{job.method}.png"
+    out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(upload).stem}_{job.method}.png"
     # the disclosure and the restorer travel with the downloaded file
     result = restore_one(lazy, upload, out, on_step=on_step, on_plan=on_start)
     before = upsample(read_photo(upload)[0], result.out_size[1], result.out_size[0])

@@ -138,16 +138,7 @@ class ControlNetRestorer:
         embeds = PromptEncoder(flux, [""], cfg.max_sequence_length, device).cache[""]  # drops T5 / CLIP
         self.prompt_embeds = embeds["prompt_embeds"].to(device, dtype)  # (1, S, joint_attention_dim)
         self.pooled_prompt_embeds = embeds["pooled_prompt_embeds"].to(device, dtype)  # (1, pooled_projection_dim)
-        self.pipe = FluxControlNetPipeline(
-            scheduler=flux.scheduler,
-            vae=flux.vae,
-            text_encoder=None,
-            tokenizer=None,
-            text_encoder_2=None,
-            tokenizer_2=None,
-            transformer=flux.transformer,
-            controlnet=controlnet,
-        )
+        self.pipe = FluxControlNetPipeline(**flux.components, controlnet=controlnet)  # text encoders: None now
 
     @torch.no_grad()
     def restore(self, lq: np.ndarray, progress: bool = False, on_step: Any = None) -> np.ndarray:

@@ -210,8 +210,7 @@ class RestoreJob:
 
 def split_params(params: dict[str, Any]) -> tuple[RestoreJob, RestoreConfig]:
     """``restore.*`` parameters -> (the job, validated RestoreConfig); every key is required."""
-    missing = [k for k in FILE_PARAMS if k not in params]
-    if missing:
+    if missing := [k for k in FILE_PARAMS if k not in params]:
         raise ValueError(f"restore lacks {missing}: conf/base's parameters files set every key")
     job = RestoreJob(params["method"], bool(params["overwrite"]), params["model"], bool(params["progress"]))
     settings = {k: v for k, v in params.items() if k not in FILE_PARAMS + FOLDER_PARAMS}

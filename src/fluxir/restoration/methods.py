@@ -16,7 +16,9 @@ from typing import Any
 
 
 class Method:
-    """What the runs need of a restore method: its settings, how to load, plan, time, fingerprint and describe it."""
+    """What the runs need of a restore method: its settings, how to load, plan, time, fingerprint and describe it.
+    Each entry has ``load(spec)``, ``plan(height, width, cfg, settings)`` (the ``RestoreWork`` of an input, from the
+    sizes alone) and ``warm_up(restorer, work)`` (seconds per unit of work, timed on the loaded restorer)."""
 
     name = ""
     title = ""
@@ -30,24 +32,13 @@ class Method:
     def output(self, cfg: Any) -> Any:
         return cfg
 
-    def load(self, spec: RestorerSpec) -> Any:
-        raise NotImplementedError
-
     def configure(self, restorer: Any, spec: RestorerSpec) -> None:
         """Give a loaded restorer the settings of ``spec`` that need no reload."""
         restorer.config = self.output(spec.config)
 
-    def plan(self, height: int, width: int, cfg: Any, settings: Any) -> Any:
-        """The ``RestoreWork`` of an (height, width) input, from the sizes alone."""
-        raise NotImplementedError
-
     def bound(self, cfg: Any, settings: Any) -> tuple[float, str, str]:
         """(megapixels, parameter, why) of the largest output allowed (none for an evaluation's ``OutputGeometry``)."""
         return getattr(cfg, "max_output_megapixels", math.inf), "restore.max_output_megapixels", ""
-
-    def warm_up(self, restorer: Any, work: Any) -> float:
-        """Seconds per unit of ``work``, timed on the loaded ``restorer``."""
-        raise NotImplementedError
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
         """What every output names besides the method."""

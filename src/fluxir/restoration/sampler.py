@@ -19,7 +19,6 @@
    z_t = (1 - t) z_lq + t z_1 and runs only the steps below it (SDEdit's idea on a rectified flow).
 4. Decode, crop, colour fix (``color_fix``: wavelet / AdaIN against the upsampled LQ).
 
-Flux-dev's distilled guidance is the adapter's ``config.guidance``, the value it was trained with.
 Shapes (FLUX.1-dev, 1024x1024 output): image (H, W, 3) uint8; latent (1, 16, H/8, W/8); token grid
 (1, H/16, W/16, 64) (the packed latent kept 2-D so tiles are slices); a tile (B, h*w, 64) for the model.
 """
@@ -244,13 +243,11 @@ class Restorer:
             device = resolve_device(config.device)
             # Text encoders left on the CPU (low-memory loading) visit the accelerator once, through accelerate's
             # hook, to encode the empty prompt; PromptEncoder then drops them.
-            hooks = []
-            if device != "cpu":
-                hooks = [
-                    cpu_offload_with_hook(encoder, device)[1]
-                    for encoder in (pipe.text_encoder, pipe.text_encoder_2)
-                    if encoder is not None and encoder.device.type == "cpu"
-                ]
+            hooks = [
+                cpu_offload_with_hook(encoder, device)[1]
+                for encoder in (pipe.text_encoder, pipe.text_encoder_2)
+                if device != "cpu" and encoder is not None and encoder.device.type == "cpu"
+            ]
             embeds = PromptEncoder(pipe, [""], prompt_length(config, adapter), device).cache[""]
             for hook in hooks:
                 hook.offload()
@@ -371,10 +368,6 @@ def _to(module: Any, device: str | torch.device, dtype: torch.dtype | None = Non
     if param.device == torch.device(device) and dtype in (None, param.dtype):
         return module
     return module.to(device=device) if dtype is None else module.to(device=device, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Image arrays in
 
 
 def upsample(image: np.ndarray, height: int, width: int) -> np.ndarray:
