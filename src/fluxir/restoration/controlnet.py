@@ -118,8 +118,7 @@ def fingerprint(cfg: FluxControlNetConfig) -> str:
 
 
 class ControlNetRestorer:
-    """``ControlNetRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> (H, W, 3) uint8, the size and colour
-    fix from ``geometry`` (an ``OutputGeometry``). Loads Flux and the ControlNet, encodes the empty prompt once."""
+    """(h, w, 3) uint8 -> (H, W, 3) uint8, the size and colour fix from ``geometry`` (an ``OutputGeometry``)."""
 
     def __init__(self, cfg: FluxControlNetConfig, geometry: Any) -> None:
         from diffusers import FluxControlNetPipeline

@@ -33,10 +33,6 @@ class RestoreResult:
     out_size: tuple[int, int]  # (width, height)
     seconds: float
 
-    @property
-    def megapixels(self) -> float:
-        return self.out_size[0] * self.out_size[1] / 1e6
-
 
 class PhotoFailed(ValueError):
     """A photo that could not be restored (unreadable, too large, out of memory); ``reason``: its failure row."""
@@ -165,7 +161,7 @@ def summarise_shares(
         listing = "; ".join(f"{f['input']}: {f['reason']}" for f in failures[:20])
         raise RuntimeError(f"none of the {len(failures)} file(s) in {job.input_dir} could be restored: {listing}")
     load_seconds = max((s.load_seconds for s in shares), default=0.0)  # the processes load side by side
-    megapixels = sum(r.megapixels for r in results)
+    megapixels = sum(r.out_size[0] * r.out_size[1] for r in results) / 1e6
     seconds = sum(r.seconds for r in results)
     return failures, {
         "restored": len(results),

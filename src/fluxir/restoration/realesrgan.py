@@ -1,9 +1,8 @@
 """Real-ESRGAN x4plus (Wang et al. 2021), a public restorer beside FluxIR: basicsr's ``RRDBNet`` from the published
 ``.pth`` (``params_ema``, else ``params``), run as ``RealESRGANer.enhance``: optional reflect pre-padding, tiles of
 ``tile_size`` with ``tile_pad`` context pixels cut from the output (no blending), clamped and rounded; another
-output size than 4x is a Lanczos resize of the 4x output, like its ``--outscale``.
-
-Shapes: image (h, w, 3) uint8 -> x (1, 3, h, w) float in [0, 1] -> y (1, 3, 4h, 4w) -> (H, W, 3) uint8.
+output size than 4x is a Lanczos resize of the 4x output, like its ``--outscale``. Shapes: image (h, w, 3) uint8
+-> x (1, 3, h, w) float in [0, 1] -> y (1, 3, 4h, 4w) -> (H, W, 3) uint8.
 """
 
 from __future__ import annotations
@@ -125,8 +124,7 @@ def tiled_forward(
 
 
 class RealESRGANRestorer:
-    """``RealESRGANRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> (H, W, 3) uint8, the size from
-    ``geometry``, no colour fix (Real-ESRGAN's published inference has none)."""
+    """(h, w, 3) uint8 -> (H, W, 3) uint8 at ``geometry``'s size, no colour fix (as the published inference)."""
 
     def __init__(self, cfg: RealESRGANConfig, geometry: Any) -> None:
         self.cfg = cfg

@@ -169,17 +169,16 @@ def sigmas_for(steps: int, schedule: str, scheduler_config: dict[str, Any] | Non
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config or {}))
     cfg = scheduler.config
     base = np.linspace(1.0, 1.0 / steps, steps)
-    kwargs = {}
+    mu = None  # read by the scheduler only with dynamic shifting
     if cfg.use_dynamic_shifting:
-        seq_len = min(image_seq_len, cfg.get("max_image_seq_len", 4096))
-        kwargs["mu"] = calculate_shift(
-            seq_len,
+        mu = calculate_shift(
+            min(image_seq_len, cfg.get("max_image_seq_len", 4096)),
             cfg.get("base_image_seq_len", 256),
             cfg.get("max_image_seq_len", 4096),
             cfg.get("base_shift", 0.5),
             cfg.get("max_shift", 1.15),
         )
-    scheduler.set_timesteps(sigmas=base, device="cpu", **kwargs)
+    scheduler.set_timesteps(sigmas=base, device="cpu", mu=mu)
     return scheduler.sigmas.float().cpu()  # the scheduler appends the terminal 0
 
 
@@ -391,19 +390,13 @@ HALO = 2**LEVELS  # > 1 + 2 + 4 + 8 + 16, the reach of the lowest band
 STRIP_PIXELS = 1 << 18  # pixels per strip (rows = this / width, at least 2 * HALO)
 
 
-def wavelet_blur(image: Tensor, radius: int) -> Tensor:
-    """(B, C, H, W) -> (B, C, H, W): the 3x3 binomial kernel at dilation ``radius``, replicate padding."""
+def wavelet_low(image: Tensor) -> Tensor:
+    """(B, C, H, W): the image after ``LEVELS`` blurs at dilation 1, 2, 4, ... (its lowest band)."""
     k = torch.tensor([0.25, 0.5, 0.25], dtype=image.dtype, device=image.device)
     channels = image.shape[1]
     kernel = torch.outer(k, k)[None, None].repeat(channels, 1, 1, 1)  # (C, 1, 3, 3), one filter per channel
-    image = F.pad(image, (radius, radius, radius, radius), mode="replicate")
-    return F.conv2d(image, kernel, groups=channels, dilation=radius)
-
-
-def wavelet_low(image: Tensor, levels: int = LEVELS) -> Tensor:
-    """(B, C, H, W): the image after ``levels`` blurs at radius 1, 2, 4, ... (its lowest band)."""
-    for i in range(levels):
-        image = wavelet_blur(image, 2**i)
+    for radius in (2**i for i in range(LEVELS)):
+        image = F.conv2d(F.pad(image, (radius,) * 4, mode="replicate"), kernel, groups=channels, dilation=radius)
     return image
 
 
@@ -448,8 +441,7 @@ def _wavelet_strips(image: np.ndarray, reference: np.ndarray, strip: int) -> np.
 def _channel_stats(image: np.ndarray, strip: int, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std (unbiased variance + eps) over the whole image, in [0, 1] units."""
     n = image.shape[0] * image.shape[1]
-    s = np.zeros(image.shape[2])
-    s2 = np.zeros(image.shape[2])
+    s, s2 = np.zeros(image.shape[2]), np.zeros(image.shape[2])
     for r0 in range(0, image.shape[0], strip):
         rows = image[r0 : r0 + strip].reshape(-1, image.shape[2]).astype(np.float64) / 255.0
         s += rows.sum(0)
