@@ -198,10 +198,7 @@ def build_app(models: ProjectModels) -> gr.Blocks:
             return (before, after), produced_by, str(png)
 
         run.click(
-            on_restore,
-            {upload, method, version, *page.values()},
-            [compare, label, download],
-            concurrency_limit=1,
+            on_restore, {upload, method, version, *page.values()}, [compare, label, download], concurrency_limit=1
         )
     app.queue(default_concurrency_limit=1)
     return app

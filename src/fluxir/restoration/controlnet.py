@@ -8,7 +8,7 @@ not tile: its own ``max_output_megapixels`` bounds the output.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,12 +180,7 @@ def plan_work(height: int, width: int, restore: Any, cfg: FluxControlNetConfig) 
 
 
 def warm_up_rate(restorer: ControlNetRestorer, work: RestoreWork) -> float:
-    geometry, cfg = restorer.config, restorer.cfg
-    restorer.cfg = replace(cfg, steps=2)
-    try:
-        return time_two_steps(restorer, [work.unit_size[1], work.unit_size[0]])
-    finally:
-        restorer.config, restorer.cfg = geometry, cfg
+    return time_two_steps(restorer, work, "cfg", steps=2)
 
 
 def describe(cfg: FluxControlNetConfig) -> str:

@@ -79,12 +79,7 @@ class FluxIR(Method):
         """Seconds per tile-step, timed between two Euler steps on one tile of ``work``'s shape."""
         from fluxir.restoration.restore_config import time_two_steps
 
-        saved = restorer.config
-        restorer.config = dataclasses.replace(saved, steps=2, start_t=1.0)
-        try:
-            return time_two_steps(restorer, [work.unit_size[1], work.unit_size[0]])
-        finally:
-            restorer.config = saved
+        return time_two_steps(restorer, work, steps=2, start_t=1.0)
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
         """Flux's id and revision and the adapter's fingerprint (a hash of its weights)."""

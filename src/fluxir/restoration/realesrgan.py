@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fluxir.compat import import_basicsr
@@ -140,9 +141,7 @@ class RealESRGANRestorer:
         cfg, s = self.cfg, self.cfg.net_scale
         x = torch.from_numpy(np.array(lq)).permute(2, 0, 1)[None].to(self.device, torch.float32) / 255.0
         if cfg.pre_pad:  # reflect needs pad < side: Real-ESRGAN's pre_pad 10 on a tiny LQ would fail
-            x = torch.nn.functional.pad(
-                x, (0, min(cfg.pre_pad, x.shape[3] - 1), 0, min(cfg.pre_pad, x.shape[2] - 1)), mode="reflect"
-            )
+            x = F.pad(x, (0, min(cfg.pre_pad, x.shape[3] - 1), 0, min(cfg.pre_pad, x.shape[2] - 1)), mode="reflect")
         y = tiled_forward(self.net, x.to(self.dtype), s, cfg.tile_size, cfg.tile_pad, progress)
         y = y[:, :, : lq.shape[0] * s, : lq.shape[1] * s].float().clamp(0, 1)  # pre-padding cut off
         out = (y[0].permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)  # (4h, 4w, 3)

@@ -161,10 +161,9 @@ def round_up(n: int, multiple: int = MULTIPLE) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
-# What one image costs: each method plans its work from the sizes alone (``Method.plan``); the time is
-# (seconds per unit) x (units). The first image's rate comes from a warm-up on the loaded restorer (one unit
-# shaped like the image's, the second of two passes timed: the first carries start-up costs; no VAE); later
-# images use the rate measured on the images before them, VAE included.
+# What one image costs: (seconds per unit) x (units planned from the sizes alone, ``Method.plan``). The first image's
+# rate is timed on the loaded restorer (one unit shaped like the image's, the second of two passes: the first carries
+# start-up costs; no VAE); later images use the rate measured on the images before them, VAE included.
 
 
 @dataclass(frozen=True)
@@ -225,9 +224,16 @@ def now() -> float:
     return time.perf_counter()
 
 
-def time_two_steps(restorer: Any, target_size: list[int]) -> float:
-    """Seconds of the second of two sampler steps at ``target_size``; the caller sets two steps and restores."""
+def time_two_steps(restorer: Any, work: RestoreWork, field: str = "config", **two_steps: Any) -> float:
+    """Seconds of the second of two sampler steps on one unit of ``work``: ``restorer.<field>`` gets ``two_steps``
+    and ``restorer.config`` the unit's size for the run, both put back after."""
+    saved = restorer.config, getattr(restorer, field)
     stamps: list[float] = []
-    restorer.config = replace(restorer.config, target_size=target_size)
-    restorer.restore(np.full((8, 8, 3), 128, np.uint8), on_step=lambda done, total: stamps.append(now()))
+    try:
+        setattr(restorer, field, replace(saved[1], **two_steps))
+        restorer.config = replace(restorer.config, target_size=[work.unit_size[1], work.unit_size[0]])
+        restorer.restore(np.full((8, 8, 3), 128, np.uint8), on_step=lambda done, total: stamps.append(now()))
+    finally:
+        restorer.config = saved[0]
+        setattr(restorer, field, saved[1])
     return stamps[1] - stamps[0]

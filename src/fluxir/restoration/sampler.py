@@ -52,13 +52,7 @@ from fluxir.models.loading import load_pipeline
 from fluxir.models.packing import image_ids, pack_grid, unpack_grid
 from fluxir.models.prompts import PromptEncoder
 from fluxir.restoration.lowmem import attach_offload, quantize_transformer
-from fluxir.restoration.restore_config import (
-    COLOR_FIX_METHODS,
-    MULTIPLE,
-    RestoreConfig,
-    output_size,
-    round_up,
-)
+from fluxir.restoration.restore_config import COLOR_FIX_METHODS, MULTIPLE, RestoreConfig, output_size, round_up
 from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -255,11 +249,7 @@ class Restorer:
 
     @classmethod
     def from_source(
-        cls,
-        model: str,
-        adapter: Any,
-        config: RestoreConfig,
-        prompt_cache: str | os.PathLike | None = None,
+        cls, model: str, adapter: Any, config: RestoreConfig, prompt_cache: str | os.PathLike | None = None
     ) -> Restorer:
         """Load the Flux pipeline ``model`` (hub id or folder). With the empty prompt cached in ``prompt_cache`` (the
         catalog's ``prompt_embeddings``) T5 and CLIP are never loaded; otherwise it is encoded once and saved there."""
