@@ -14,9 +14,11 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from kedro.io import Version
 from kedro.io.core import DatasetError
 
 from fluxir.io.images import read_image, read_photo
+from fluxir.parameters.config import default_env, load_catalog, load_params
 from fluxir.parameters.validation import baselines_problems, raise_problems, restore_settings_problems
 from fluxir.restoration.files import LazyRestorer, RestoreJob, restore_one, split_params
 from fluxir.restoration.methods import RESTORE_METHODS, method_named, restorer_spec, uses_adapter
@@ -46,8 +48,6 @@ class ProjectModels:
     def from_kedro(
         cls, project: str | Path, env: str | None = None, overrides: Iterable[str | Mapping[str, Any]] = ()
     ) -> ProjectModels:
-        from fluxir.parameters.config import default_env, load_catalog, load_params
-
         project = Path(project).resolve()
         env = env or default_env()  # what `kedro run` without --env reads
         params = load_params(env, overrides, project)
@@ -63,8 +63,6 @@ class ProjectModels:
         return self.catalog.get(ADAPTER_ENTRY).versions()
 
     def load_adapter(self, version: str) -> Any:
-        from kedro.io import Version
-
         if version == NO_ADAPTER:
             return None
         return self.catalog.get(ADAPTER_ENTRY, version=Version(version, None)).load()

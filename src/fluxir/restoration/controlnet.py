@@ -82,8 +82,7 @@ def load_controlnet(source: str, dtype: str) -> Any:
     except OSError as err:
         raise ValueError(
             f"could not load the ControlNet {source!r} (baselines.flux_controlnet.controlnet): {err}. "
-            f"Download it first (`python -m fluxir.fetch --only baselines`) or point the parameter at "
-            "a local folder."
+            "Download it first (`python -m fluxir.fetch --only baselines`) or point the parameter at a local folder."
         ) from err
 
 
@@ -103,8 +102,7 @@ def config_mismatch(controlnet_config: Any, transformer_config: Any) -> list[str
 def fingerprint(cfg: FluxControlNetConfig) -> str:
     """12 hex of the ControlNet (the base is named by ``cfg.model``, as FluxIR's): a local folder's file hashes,
     a cached hub snapshot's commit, else the id."""
-    source = cfg.controlnet
-    path = Path(source).expanduser()
+    path = Path(cfg.controlnet).expanduser()
     if path.is_dir():
         digest = hashlib.sha256()
         for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".bin")):
@@ -112,9 +110,9 @@ def fingerprint(cfg: FluxControlNetConfig) -> str:
         return digest.hexdigest()[:12]
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(source, "config.json")
+    cached = try_to_load_from_cache(cfg.controlnet, "config.json")
     commit = Path(cached).parent.name if isinstance(cached, str) else "not-cached"
-    return hashlib.sha256(f"{source}@{commit}".encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{cfg.controlnet}@{commit}".encode()).hexdigest()[:12]
 
 
 class ControlNetRestorer:

@@ -187,8 +187,7 @@ def summarise_shares(
 # Folders: which files to restore, where to write them
 
 FILE_PARAMS = ("method", "overwrite", "model", "progress")
-# Not parameters but the runtime params the catalog's restore_input / restore_output read; Kedro merges every
-# runtime param into the parameters too, so a run's restore group may hold them: they are dropped here.
+# runtime params the catalog's restore_input / restore_output read, which Kedro also merges into restore.*: dropped
 FOLDER_PARAMS = ("input_dir", "output_dir")
 
 

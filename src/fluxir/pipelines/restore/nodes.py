@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -36,8 +37,6 @@ def restore_images(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore the planned files with ``restore.method`` on ``restore.num_processes`` processes (more than one:
     ``accelerate launch -m fluxir.restoration``); returns (failures table, summary of them all)."""
-    import json
-
     from fluxir.restoration.files import restore_share, split_params, summarise_shares
     from fluxir.restoration.methods import restorer_spec
     from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
