@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fluxir.parameters.config import Config, Rule, is_int
+from fluxir.parameters.config import Config, Rule, field_problems, is_int
 
 COLOR_FIX_METHODS = ("wavelet", "adain", "none")
 OFFLOAD_MODES = ("none", "model", "sequential")  # fluxir.restoration.lowmem
@@ -69,8 +69,7 @@ class _Geometry(Config):
     def joint_problems(self, failed: set[str]) -> list[str]:
         if "target_size" in failed or self.target_size is not None:
             return []
-        message = Rule("scale", "positive_number").problem(self.scale, self.PREFIX)
-        return [message] if message else []
+        return field_problems(self, [Rule("scale", "positive_number")], self.PREFIX)
 
     def __post_init__(self) -> None:
         for name in ("tile_size", "vae_tile_size"):
