@@ -105,8 +105,7 @@ def restore_one(
         if alpha is not None:  # carried over, bicubic-resized to the output: (H, W, 4)
             out = np.concatenate([out, upsample(alpha, out.shape[0], out.shape[1])[..., None]], axis=2)
     except (torch.OutOfMemoryError, MemoryError) as err:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # a no-op where CUDA was never used
         where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "CPU"
         first = (str(err).splitlines() or [""])[0] or type(err).__name__
         reason = (
