@@ -14,12 +14,14 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from kedro.io import Version
 from kedro.io.core import DatasetError
 
 from fluxir.io.images import read_image, read_photo
+from fluxir.parameters.config import default_env, load_catalog, load_params
 from fluxir.parameters.validation import baselines_problems, raise_problems, restore_settings_problems
 from fluxir.restoration.files import LazyRestorer, RestoreJob, restore_one, split_params
-from fluxir.restoration.methods import RESTORE_METHODS, RestorerSpec, method_named, restorer_spec, uses_adapter
+from fluxir.restoration.methods import RESTORE_METHODS, method_named, restorer_spec, uses_adapter
 from fluxir.restoration.restore_config import COLOR_FIX_METHODS, OFFLOAD_MODES, QUANTIZE_MODES, RestoreConfig
 from fluxir.restoration.sampler import upsample
 
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 ADAPTER_ENTRY = "fluxir_adapter"
 NO_ADAPTER = "none (plain Flux)"
 PAGE_SETTINGS = ("steps", "seed")  # the page's values also reach a public method's own settings of that name
+NUMBERS = {"steps": int, "scale": float, "tile_size": int, "control_scale": float, "start_t": float, "seed": int}
 
 
 @dataclass
@@ -45,8 +48,6 @@ class ProjectModels:
     def from_kedro(
         cls, project: str | Path, env: str | None = None, overrides: Iterable[str | Mapping[str, Any]] = ()
     ) -> ProjectModels:
-        from fluxir.parameters.config import default_env, load_catalog, load_params
-
         project = Path(project).resolve()
         env = env or default_env()  # what `kedro run` without --env reads
         params = load_params(env, overrides, project)
@@ -62,8 +63,6 @@ class ProjectModels:
         return self.catalog.get(ADAPTER_ENTRY).versions()
 
     def load_adapter(self, version: str) -> Any:
-        from kedro.io import Version
-
         if version == NO_ADAPTER:
             return None
         return self.catalog.get(ADAPTER_ENTRY, version=Version(version, None)).load()
@@ -87,11 +86,6 @@ class ProjectModels:
             entry.configure(self.current.restorer, self.current.spec)
         return self.current
 
-    def method_label(self, spec: RestorerSpec, version: str) -> str:
-        if spec.method.needs_adapter:
-            return f"Restored with {spec.method.title}: Flux ({self.params.get('model')}) + adapter {version}"
-        return f"Restored with {spec.method.title}: {spec.method.describe(spec.settings)}"
-
 
 def restore_upload(
     models: ProjectModels,
@@ -105,18 +99,19 @@ def restore_upload(
     before the models load and the estimated time. ValueError naming the file or the parameter."""
     if not upload:
         raise ValueError("upload a photo first (PNG, JPEG, WebP, TIFF, ...)")
-    name = Path(upload).name
     restore = {**models.params, **settings}
     public = not uses_adapter([restore["method"]])  # only a public restorer reads baselines.*
     problems = restore_settings_problems(restore) + (baselines_problems(models.baselines) if public else [])
     raise_problems(problems, "the restoration")
     job, config = split_params(restore)
     lazy = models.restorer(job, config, version, settings)
-    out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(name).stem}_{job.method}.png"
+    out = Path(tempfile.mkdtemp(prefix="fluxir-app-")) / f"{Path(upload).stem}_{job.method}.png"
     # the disclosure and the restorer travel with the downloaded file
     result = restore_one(lazy, upload, out, on_step=on_step, on_plan=on_start)
     before = upsample(read_photo(upload)[0], result.out_size[1], result.out_size[0])
-    return before, read_image(out), out, models.method_label(lazy.spec, version)
+    m, model = lazy.spec.method, models.params.get("model")
+    what = f"Flux ({model}) + adapter {version}" if m.needs_adapter else m.describe(lazy.spec.settings)
+    return before, read_image(out), out, f"Restored with {m.title}: {what}"
 
 
 def build_app(models: ProjectModels) -> gr.Blocks:
@@ -142,70 +137,49 @@ def build_app(models: ProjectModels) -> gr.Blocks:
                     label=f"adapter version ({ADAPTER_ENTRY})",
                     elem_id="version",
                 )
-                steps = gr.Slider(1, 50, value=p["steps"], step=1, label="steps")
-                scale = gr.Slider(1, 8, value=p["scale"], step=0.5, label="scale (output = input x scale)")
-                tile = gr.Number(
-                    value=p.get("tile_size") or 0,
-                    precision=0,
-                    label="tile size (output pixels, multiple of 16; 0: no tiling)",
-                )
-                color = gr.Radio(list(COLOR_FIX_METHODS), value=p["color_fix"], label="colour fix")
-                control = gr.Slider(
-                    0,
-                    2,
-                    value=p["control_scale"],
-                    step=0.05,
-                    label="control scale (0: plain Flux, 1: as trained, >1: closer to the photo)",
-                )
-                start_t = gr.Slider(
-                    0.05,
-                    1,
-                    value=p["start_t"],
-                    step=0.05,
-                    label="start t (1: from noise; lower: more fidelity, fewer steps)",
-                )
-                seed = gr.Number(value=p["seed"], precision=0, label="seed")
-                offload = gr.Radio(list(OFFLOAD_MODES), value=p["offload"], label="offload")
-                quantize = gr.Radio(list(QUANTIZE_MODES), value=p["quantize"], label="quantize Flux")
+                page = {  # restore.* values set on the page, by name
+                    "steps": gr.Slider(1, 50, value=p["steps"], step=1, label="steps"),
+                    "scale": gr.Slider(1, 8, value=p["scale"], step=0.5, label="scale (output = input x scale)"),
+                    "tile_size": gr.Number(
+                        value=p.get("tile_size") or 0,
+                        precision=0,
+                        label="tile size (output pixels, multiple of 16; 0: no tiling)",
+                    ),
+                    "color_fix": gr.Radio(list(COLOR_FIX_METHODS), value=p["color_fix"], label="colour fix"),
+                    "control_scale": gr.Slider(
+                        0,
+                        2,
+                        value=p["control_scale"],
+                        step=0.05,
+                        label="control scale (0: plain Flux, 1: as trained, >1: closer to the photo)",
+                    ),
+                    "start_t": gr.Slider(
+                        0.05,
+                        1,
+                        value=p["start_t"],
+                        step=0.05,
+                        label="start t (1: from noise; lower: more fidelity, fewer steps)",
+                    ),
+                    "seed": gr.Number(value=p["seed"], precision=0, label="seed"),
+                    "offload": gr.Radio(list(OFFLOAD_MODES), value=p["offload"], label="offload"),
+                    "quantize": gr.Radio(list(QUANTIZE_MODES), value=p["quantize"], label="quantize Flux"),
+                }
                 run = gr.Button("Restore", variant="primary", elem_id="restore")
             with gr.Column():
                 compare = gr.ImageSlider(label="before / after", type="numpy", elem_id="compare")
                 label = gr.Markdown("", elem_id="method_label")
                 download = gr.File(label="restored PNG", elem_id="download")
 
-        def on_restore(
-            upload_path,
-            method_,
-            version_name,
-            steps_,
-            scale_,
-            tile_,
-            color_,
-            control_,
-            start_,
-            seed_,
-            offload_,
-            quantize_,
-            progress=gr.Progress(),  # noqa: B008 (gradio's way to ask for a progress bar)
-        ):
-            settings = {
-                "method": method_,
-                "steps": int(steps_),
-                "scale": float(scale_),
-                "tile_size": int(tile_ or 0) or None,
-                "color_fix": color_,
-                "control_scale": float(control_),
-                "start_t": float(start_),
-                "seed": int(seed_ or 0),
-                "offload": offload_,
-                "quantize": quantize_,
-            }
+        def on_restore(values, progress=gr.Progress()):  # noqa: B008 (gradio's way to ask for a progress bar)
+            # values: {component: value}; a number left empty reads as 0, a tile size 0 as null (no tiling)
+            settings = {k: NUMBERS[k](values[c] or 0) if k in NUMBERS else values[c] for k, c in page.items()}
+            settings["method"] = values[method]
             progress(0, desc="checking the photo")
             try:
                 before, after, png, produced_by = restore_upload(
                     models,
-                    upload_path,
-                    version_name,
+                    values[upload],
+                    values[version],
                     settings,
                     on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"),
                     on_start=lambda plan: progress(0, desc=plan),
@@ -222,10 +196,7 @@ def build_app(models: ProjectModels) -> gr.Blocks:
             return (before, after), produced_by, str(png)
 
         run.click(
-            on_restore,
-            [upload, method, version, steps, scale, tile, color, control, start_t, seed, offload, quantize],
-            [compare, label, download],
-            concurrency_limit=1,
+            on_restore, {upload, method, version, *page.values()}, [compare, label, download], concurrency_limit=1
         )
     app.queue(default_concurrency_limit=1)
     return app

@@ -5,6 +5,7 @@ catalog's ``eval_outputs``; ``kedro run --pipeline=evaluate`` afterwards reuses 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,6 @@ from fluxir.evaluation.restore import restore_methods
 from fluxir.io.atomic import write_json_atomic
 from fluxir.models.adapter import load_adapter
 from fluxir.parameters.config import load_catalog
-from fluxir.restoration.methods import check_methods
 from fluxir.runtime.entry import Input, finish, load_stage, process_state, stage_parser
 
 PROG = "python -m fluxir.evaluation"
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
     params, loaded = load_stage(args, PROG, ["evaluate"], inputs)
     config = EvaluateConfig.from_params(params["evaluate"])
-    methods = check_methods(args.methods.split(",") if args.methods else config.methods)
+    methods = replace(config, methods=args.methods.split(",")).methods if args.methods else config.methods
     adapter = None
     if "fluxir" in methods and args.adapter:
         adapter = load_adapter(args.adapter)

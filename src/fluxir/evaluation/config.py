@@ -10,9 +10,7 @@ from typing import Any
 from fluxir.iqa import CONVENTION_DEFINITIONS, MetricSpec
 from fluxir.parameters.config import Config, Rule, is_int
 from fluxir.restoration.methods import EVALUATE_METHODS
-
-# restore_config.COLOR_FIX_METHODS, named again here so that building the pipeline does not import torch
-COLOR_FIX_METHODS = ("wavelet", "adain", "none")
+from fluxir.restoration.restore_config import COLOR_FIX_METHODS
 
 
 @dataclass

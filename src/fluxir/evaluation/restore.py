@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from fluxir.io.provenance import fluxir_version, hash_json, hash_tensors, png_te
 from fluxir.models.loading import resolve_device
 from fluxir.restoration.files import LazyRestorer, restore_one
 from fluxir.restoration.methods import EVALUATE_METHODS, PUBLIC_METHODS, TITLES, RestorerSpec, restorer_spec
-from fluxir.restoration.restore_config import OutputGeometry, config_dict
+from fluxir.restoration.restore_config import OutputGeometry
 from fluxir.restoration.sampler import upsample
 from fluxir.runtime.progress import progress
 
@@ -111,7 +111,7 @@ def restore_methods(
     plans = []
     if "fluxir" in methods:
         model, restore = config.restore_config()
-        root = Path(outputs_dir) / "fluxir" / hash_json([model, config_dict(restore), adapter_fingerprint(adapter)])
+        root = Path(outputs_dir) / "fluxir" / hash_json([model, asdict(restore), adapter_fingerprint(adapter)])
         if device is not None:  # this process's GPU where evaluate.restore.device is auto
             restore = dataclasses.replace(restore, device=resolve_device(restore.device, device))
         plans.append(
@@ -152,7 +152,7 @@ def run_info(share: MethodOutputs, images: int, elsewhere: Sequence[float] = ())
         "adapter training": trained,
         "sampler": f"{config.steps} Euler steps, schedule {config.schedule}, Flux guidance {adapter.config.guidance} "
         f"(the adapter's training value), seed {config.seed}, {config.dtype}",
-        "restore settings": ", ".join(f"{k}={v}" for k, v in config_dict(config).items()),
+        "restore settings": ", ".join(f"{k}={v}" for k, v in asdict(config).items()),
         "restored images": done,
         "seconds per image": f"{np.mean(seconds):.2f}" if seconds else "n/a (all reused)",
     }

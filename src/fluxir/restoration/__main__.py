@@ -45,13 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.plan:
         plan = pd.read_parquet(args.plan)
     else:
-        plan = pd.DataFrame(
-            plan_folder(job.input_dir, job.output_dir, job.overwrite), columns=["input", "output", "action"]
-        )
-    adapter = None  # a public restorer (restore.method) needs none
-    if args.adapter:
-        adapter = load_adapter(args.adapter)
-    elif uses_adapter([job.method]):
+        plan = pd.DataFrame(plan_folder(job.input_dir, job.output_dir, job.overwrite))
+    adapter = load_adapter(args.adapter) if args.adapter else None
+    if adapter is None and uses_adapter([job.method]):  # a public restorer (restore.method) needs none
         adapter = catalog.load("fluxir_adapter")
     prompts = catalog.load("prompt_embeddings")  # the empty prompt, encoded once
     spec = restorer_spec(job.method, cfg, params["baselines"], job.model, adapter, prompts, state.device)

@@ -8,7 +8,7 @@ not tile: its own ``max_output_megapixels`` bounds the output.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,7 @@ def load_controlnet(source: str, dtype: str) -> Any:
     except OSError as err:
         raise ValueError(
             f"could not load the ControlNet {source!r} (baselines.flux_controlnet.controlnet): {err}. "
-            f"Download it first (`python -m fluxir.fetch --only baselines`) or point the parameter at "
-            "a local folder."
+            "Download it first (`python -m fluxir.fetch --only baselines`) or point the parameter at a local folder."
         ) from err
 
 
@@ -102,8 +101,7 @@ def config_mismatch(controlnet_config: Any, transformer_config: Any) -> list[str
 def fingerprint(cfg: FluxControlNetConfig) -> str:
     """12 hex of the ControlNet (the base is named by ``cfg.model``, as FluxIR's): a local folder's file hashes,
     a cached hub snapshot's commit, else the id."""
-    source = cfg.controlnet
-    path = Path(source).expanduser()
+    path = Path(cfg.controlnet).expanduser()
     if path.is_dir():
         digest = hashlib.sha256()
         for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".bin")):
@@ -111,14 +109,13 @@ def fingerprint(cfg: FluxControlNetConfig) -> str:
         return digest.hexdigest()[:12]
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(source, "config.json")
+    cached = try_to_load_from_cache(cfg.controlnet, "config.json")
     commit = Path(cached).parent.name if isinstance(cached, str) else "not-cached"
-    return hashlib.sha256(f"{source}@{commit}".encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{cfg.controlnet}@{commit}".encode()).hexdigest()[:12]
 
 
 class ControlNetRestorer:
-    """``ControlNetRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> (H, W, 3) uint8, the size and colour
-    fix from ``geometry`` (an ``OutputGeometry``). Loads Flux and the ControlNet, encodes the empty prompt once."""
+    """(h, w, 3) uint8 -> (H, W, 3) uint8, the size and colour fix from ``geometry`` (an ``OutputGeometry``)."""
 
     def __init__(self, cfg: FluxControlNetConfig, geometry: Any) -> None:
         from diffusers import FluxControlNetPipeline
@@ -137,16 +134,7 @@ class ControlNetRestorer:
         embeds = PromptEncoder(flux, [""], cfg.max_sequence_length, device).cache[""]  # drops T5 / CLIP
         self.prompt_embeds = embeds["prompt_embeds"].to(device, dtype)  # (1, S, joint_attention_dim)
         self.pooled_prompt_embeds = embeds["pooled_prompt_embeds"].to(device, dtype)  # (1, pooled_projection_dim)
-        self.pipe = FluxControlNetPipeline(
-            scheduler=flux.scheduler,
-            vae=flux.vae,
-            text_encoder=None,
-            tokenizer=None,
-            text_encoder_2=None,
-            tokenizer_2=None,
-            transformer=flux.transformer,
-            controlnet=controlnet,
-        )
+        self.pipe = FluxControlNetPipeline(**flux.components, controlnet=controlnet)  # text encoders: None now
 
     @torch.no_grad()
     def restore(self, lq: np.ndarray, progress: bool = False, on_step: Any = None) -> np.ndarray:
@@ -182,10 +170,6 @@ class ControlNetRestorer:
         return color_fix(out, reference, self.config.color_fix)
 
 
-def load(cfg: FluxControlNetConfig, geometry: Any) -> ControlNetRestorer:
-    return ControlNetRestorer(cfg, geometry)
-
-
 def plan_work(height: int, width: int, restore: Any, cfg: FluxControlNetConfig) -> RestoreWork:
     out_h, out_w = output_size(height, width, restore)
     text = f"the whole image (the Flux ControlNet does not tile) x {cfg.steps} steps"
@@ -193,12 +177,7 @@ def plan_work(height: int, width: int, restore: Any, cfg: FluxControlNetConfig) 
 
 
 def warm_up_rate(restorer: ControlNetRestorer, work: RestoreWork) -> float:
-    geometry, cfg = restorer.config, restorer.cfg
-    restorer.cfg = replace(cfg, steps=2)
-    try:
-        return time_two_steps(restorer, [work.unit_size[1], work.unit_size[0]])
-    finally:
-        restorer.config, restorer.cfg = geometry, cfg
+    return time_two_steps(restorer, work, "cfg", steps=2)
 
 
 def describe(cfg: FluxControlNetConfig) -> str:

@@ -8,18 +8,17 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.images import read_image, read_photo
 from fluxir.restoration.methods import RestorerSpec
-from fluxir.restoration.restore_config import RestoreConfig, config_dict
+from fluxir.restoration.restore_config import RestoreConfig
 from fluxir.restoration.sampler import upsample
 from fluxir.runtime.progress import progress as progress_bar
 
@@ -33,10 +32,6 @@ class RestoreResult:
     in_size: tuple[int, int]  # (width, height) after EXIF rotation
     out_size: tuple[int, int]  # (width, height)
     seconds: float
-
-    @property
-    def megapixels(self) -> float:
-        return self.out_size[0] * self.out_size[1] / 1e6
 
 
 class PhotoFailed(ValueError):
@@ -110,8 +105,7 @@ def restore_one(
         if alpha is not None:  # carried over, bicubic-resized to the output: (H, W, 4)
             out = np.concatenate([out, upsample(alpha, out.shape[0], out.shape[1])[..., None]], axis=2)
     except (torch.OutOfMemoryError, MemoryError) as err:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # a no-op where CUDA was never used
         where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "CPU"
         first = (str(err).splitlines() or [""])[0] or type(err).__name__
         reason = (
@@ -166,7 +160,7 @@ def summarise_shares(
         listing = "; ".join(f"{f['input']}: {f['reason']}" for f in failures[:20])
         raise RuntimeError(f"none of the {len(failures)} file(s) in {job.input_dir} could be restored: {listing}")
     load_seconds = max((s.load_seconds for s in shares), default=0.0)  # the processes load side by side
-    megapixels = sum(r.megapixels for r in results)
+    megapixels = sum(r.out_size[0] * r.out_size[1] for r in results) / 1e6
     seconds = sum(r.seconds for r in results)
     return failures, {
         "restored": len(results),
@@ -180,31 +174,19 @@ def summarise_shares(
         "output_dir": str(job.output_dir),
         "method": job.method,
         "model": job.model,
-        "config": config_dict(cfg),
+        "config": asdict(cfg),
         "images": [
-            {
-                "input": r.input,
-                "output": r.output,
-                "in_size": list(r.in_size),
-                "out_size": list(r.out_size),
-                "seconds": round(r.seconds, 3),
-            }
+            {**asdict(r), "in_size": list(r.in_size), "out_size": list(r.out_size), "seconds": round(r.seconds, 3)}
             for r in results
         ],
     }
-
-
-def failure_table(failures: list[dict[str, str]]) -> Any:
-    """Failures as a DataFrame with string columns input, reason (also when empty)."""
-    return pd.DataFrame({c: pd.Series([f[c] for f in failures], dtype="string") for c in ("input", "reason")})
 
 
 # ----------------------------------------------------------------------------------------------------
 # Folders: which files to restore, where to write them
 
 FILE_PARAMS = ("method", "overwrite", "model", "progress")
-# Not parameters but the runtime params the catalog's restore_input / restore_output read; Kedro merges every
-# runtime param into the parameters too, so a run's restore group may hold them: they are dropped here.
+# runtime params the catalog's restore_input / restore_output read, which Kedro also merges into restore.*: dropped
 FOLDER_PARAMS = ("input_dir", "output_dir")
 
 
@@ -222,8 +204,7 @@ class RestoreJob:
 
 def split_params(params: dict[str, Any]) -> tuple[RestoreJob, RestoreConfig]:
     """``restore.*`` parameters -> (the job, validated RestoreConfig); every key is required."""
-    missing = [k for k in FILE_PARAMS if k not in params]
-    if missing:
+    if missing := [k for k in FILE_PARAMS if k not in params]:
         raise ValueError(f"restore lacks {missing}: conf/base's parameters files set every key")
     job = RestoreJob(params["method"], bool(params["overwrite"]), params["model"], bool(params["progress"]))
     settings = {k: v for k, v in params.items() if k not in FILE_PARAMS + FOLDER_PARAMS}

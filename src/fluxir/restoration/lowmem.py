@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 
-def quantize_transformer(transformer: nn.Module, mode: str) -> nn.Module:
+def quantize_transformer(transformer: nn.Module, mode: str) -> None:
     """Quantise every ``nn.Linear`` weight of the frozen transformer in place, where the weights are now (the CPU
     for offload modes); the quantised tensors move with the module afterwards."""
     if mode in ("int8", "fp8"):  # torchao / bitsandbytes are imported only by the mode that needs them (slow imports)
@@ -22,7 +22,6 @@ def quantize_transformer(transformer: nn.Module, mode: str) -> nn.Module:
         quantize_(transformer, Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig())
     elif mode == "nf4":
         _to_nf4(transformer)
-    return transformer
 
 
 def _to_nf4(transformer: nn.Module) -> None:

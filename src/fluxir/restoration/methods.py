@@ -16,7 +16,9 @@ from typing import Any
 
 
 class Method:
-    """What the runs need of a restore method: its settings, how to load, plan, time, fingerprint and describe it."""
+    """What the runs need of a restore method: its settings, how to load, plan, time, fingerprint and describe it.
+    Each entry has ``load(spec)``, ``plan(height, width, cfg, settings)`` (the ``RestoreWork`` of an input, from the
+    sizes alone) and ``warm_up(restorer, work)`` (seconds per unit of work, timed on the loaded restorer)."""
 
     name = ""
     title = ""
@@ -30,24 +32,13 @@ class Method:
     def output(self, cfg: Any) -> Any:
         return cfg
 
-    def load(self, spec: RestorerSpec) -> Any:
-        raise NotImplementedError
-
     def configure(self, restorer: Any, spec: RestorerSpec) -> None:
         """Give a loaded restorer the settings of ``spec`` that need no reload."""
         restorer.config = self.output(spec.config)
 
-    def plan(self, height: int, width: int, cfg: Any, settings: Any) -> Any:
-        """The ``RestoreWork`` of an (height, width) input, from the sizes alone."""
-        raise NotImplementedError
-
     def bound(self, cfg: Any, settings: Any) -> tuple[float, str, str]:
         """(megapixels, parameter, why) of the largest output allowed (none for an evaluation's ``OutputGeometry``)."""
         return getattr(cfg, "max_output_megapixels", math.inf), "restore.max_output_megapixels", ""
-
-    def warm_up(self, restorer: Any, work: Any) -> float:
-        """Seconds per unit of ``work``, timed on the loaded ``restorer``."""
-        raise NotImplementedError
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
         """What every output names besides the method."""
@@ -88,12 +79,7 @@ class FluxIR(Method):
         """Seconds per tile-step, timed between two Euler steps on one tile of ``work``'s shape."""
         from fluxir.restoration.restore_config import time_two_steps
 
-        saved = restorer.config
-        restorer.config = dataclasses.replace(saved, steps=2, start_t=1.0)
-        try:
-            return time_two_steps(restorer, [work.unit_size[1], work.unit_size[0]])
-        finally:
-            restorer.config = saved
+        return time_two_steps(restorer, work, steps=2, start_t=1.0)
 
     def provenance(self, spec: RestorerSpec) -> dict[str, Any]:
         """Flux's id and revision and the adapter's fingerprint (a hash of its weights)."""
@@ -110,10 +96,10 @@ class FluxIR(Method):
 
 class PublicMethod(Method):
     """A restorer with published weights, settings ``baselines.<name>``; its module has the ``config_class``,
-    ``load``, ``plan_work``, ``warm_up_rate``, ``fingerprint`` and ``describe``."""
+    the ``restorer_class`` (built from those settings and an ``OutputGeometry``), ``plan_work``, ``warm_up_rate``,
+    ``fingerprint`` and ``describe``."""
 
-    module = ""
-    config_class = ""
+    module = config_class = restorer_class = ""
 
     def _module(self) -> Any:
         return importlib.import_module(self.module)
@@ -127,7 +113,7 @@ class PublicMethod(Method):
         return OutputGeometry(scale=cfg.scale, target_size=cfg.target_size, color_fix=cfg.color_fix)
 
     def load(self, spec: RestorerSpec) -> Any:
-        return self._module().load(spec.settings, self.output(spec.config))
+        return getattr(self._module(), self.restorer_class)(spec.settings, self.output(spec.config))
 
     def configure(self, restorer: Any, spec: RestorerSpec) -> None:
         restorer.config, restorer.cfg = self.output(spec.config), spec.settings
@@ -157,7 +143,7 @@ class RealESRGAN(PublicMethod):
     name = "realesrgan"
     title = "Real-ESRGAN x4plus"
     module = "fluxir.restoration.realesrgan"
-    config_class = "RealESRGANConfig"
+    config_class, restorer_class = "RealESRGANConfig", "RealESRGANRestorer"
 
     def output(self, cfg: Any) -> Any:  # no colour fix: Real-ESRGAN's published inference has none
         return dataclasses.replace(super().output(cfg), color_fix="none")
@@ -167,7 +153,7 @@ class FluxControlNet(PublicMethod):
     name = "flux_controlnet"
     title = "Flux ControlNet upscaler"
     module = "fluxir.restoration.controlnet"
-    config_class = "FluxControlNetConfig"
+    config_class, restorer_class = "FluxControlNetConfig", "ControlNetRestorer"
 
     def bound(self, cfg: Any, settings: Any) -> tuple[float, str, str]:
         general = super().bound(cfg, settings)
@@ -193,18 +179,6 @@ def method_named(name: Any, parameter: str = "restore.method") -> Method:
 def uses_adapter(methods: Any) -> bool:
     """Whether one of ``methods`` (names) restores with the trained adapter."""
     return any(m in METHODS and METHODS[m].needs_adapter for m in methods)
-
-
-def check_methods(methods: Any) -> list[str]:
-    """``evaluate.methods`` as a list: distinct names from ``EVALUATE_METHODS``, at least one."""
-    if isinstance(methods, str) or not isinstance(methods, (list, tuple)) or not methods:
-        raise ValueError(f"evaluate.methods must be a non-empty list of {EVALUATE_METHODS}, got {methods!r}")
-    for name in methods:
-        if name not in EVALUATE_METHODS:
-            raise ValueError(f"each of evaluate.methods must be one of {EVALUATE_METHODS}, got {name!r}")
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"evaluate.methods lists a method twice: {list(methods)}")
-    return list(methods)
 
 
 @dataclass

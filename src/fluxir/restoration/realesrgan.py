@@ -1,9 +1,8 @@
 """Real-ESRGAN x4plus (Wang et al. 2021), a public restorer beside FluxIR: basicsr's ``RRDBNet`` from the published
 ``.pth`` (``params_ema``, else ``params``), run as ``RealESRGANer.enhance``: optional reflect pre-padding, tiles of
 ``tile_size`` with ``tile_pad`` context pixels cut from the output (no blending), clamped and rounded; another
-output size than 4x is a Lanczos resize of the 4x output, like its ``--outscale``.
-
-Shapes: image (h, w, 3) uint8 -> x (1, 3, h, w) float in [0, 1] -> y (1, 3, 4h, 4w) -> (H, W, 3) uint8.
+output size than 4x is a Lanczos resize of the 4x output, like its ``--outscale``. Shapes: image (h, w, 3) uint8
+-> x (1, 3, h, w) float in [0, 1] -> y (1, 3, 4h, 4w) -> (H, W, 3) uint8.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fluxir.compat import import_basicsr
@@ -22,10 +22,9 @@ from fluxir.io.images import check_rgb_uint8
 from fluxir.io.provenance import sha256_file
 from fluxir.models.loading import resolve_device
 from fluxir.parameters.config import Config, Rule
-from fluxir.restoration.restore_config import RestoreWork, now, output_size
+from fluxir.restoration.restore_config import DTYPES, RestoreWork, now, output_size
 from fluxir.runtime.progress import progress as progress_bar
 
-DTYPES = ("float32", "float16", "bfloat16")
 REALESRGAN_RULES = (
     Rule("weights", "text", note=" (the RealESRGAN_x4plus.pth file)"),
     Rule("num_feat", "positive_int"),
@@ -90,12 +89,7 @@ def load_rrdbnet(cfg: RealESRGANConfig) -> torch.nn.Module:
             f"{path}: no 'params_ema' or 'params' state dict (found {found}); is it a Real-ESRGAN RRDBNet checkpoint?"
         )
     net = RRDBNet(
-        num_in_ch=3,
-        num_out_ch=3,
-        scale=cfg.net_scale,
-        num_feat=cfg.num_feat,
-        num_block=cfg.num_block,
-        num_grow_ch=cfg.num_grow_ch,
+        3, 3, scale=cfg.net_scale, num_feat=cfg.num_feat, num_block=cfg.num_block, num_grow_ch=cfg.num_grow_ch
     )
     try:
         net.load_state_dict(checkpoint[key], strict=True)
@@ -131,8 +125,7 @@ def tiled_forward(
 
 
 class RealESRGANRestorer:
-    """``RealESRGANRestorer(cfg, geometry).restore(lq)``: (h, w, 3) uint8 -> (H, W, 3) uint8, the size from
-    ``geometry``, no colour fix (Real-ESRGAN's published inference has none)."""
+    """(h, w, 3) uint8 -> (H, W, 3) uint8 at ``geometry``'s size, no colour fix (as the published inference)."""
 
     def __init__(self, cfg: RealESRGANConfig, geometry: Any) -> None:
         self.cfg = cfg
@@ -148,9 +141,7 @@ class RealESRGANRestorer:
         cfg, s = self.cfg, self.cfg.net_scale
         x = torch.from_numpy(np.array(lq)).permute(2, 0, 1)[None].to(self.device, torch.float32) / 255.0
         if cfg.pre_pad:  # reflect needs pad < side: Real-ESRGAN's pre_pad 10 on a tiny LQ would fail
-            x = torch.nn.functional.pad(
-                x, (0, min(cfg.pre_pad, x.shape[3] - 1), 0, min(cfg.pre_pad, x.shape[2] - 1)), mode="reflect"
-            )
+            x = F.pad(x, (0, min(cfg.pre_pad, x.shape[3] - 1), 0, min(cfg.pre_pad, x.shape[2] - 1)), mode="reflect")
         y = tiled_forward(self.net, x.to(self.dtype), s, cfg.tile_size, cfg.tile_pad, progress)
         y = y[:, :, : lq.shape[0] * s, : lq.shape[1] * s].float().clamp(0, 1)  # pre-padding cut off
         out = (y[0].permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)  # (4h, 4w, 3)
@@ -159,10 +150,6 @@ class RealESRGANRestorer:
         if out.shape[:2] != (height, width):  # --outscale: Lanczos from the network's x4
             out = np.asarray(Image.fromarray(out).resize((width, height), Image.Resampling.LANCZOS))
         return out
-
-
-def load(cfg: RealESRGANConfig, geometry: Any) -> RealESRGANRestorer:
-    return RealESRGANRestorer(cfg, geometry)
 
 
 def plan_work(height: int, width: int, restore: Any, cfg: RealESRGANConfig) -> RestoreWork:

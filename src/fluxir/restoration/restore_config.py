@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import torch
 
-from fluxir.parameters.config import Config, Rule, is_int
+from fluxir.parameters.config import Config, Rule, field_problems, is_int
 
 COLOR_FIX_METHODS = ("wavelet", "adain", "none")
 OFFLOAD_MODES = ("none", "model", "sequential")  # fluxir.restoration.lowmem
@@ -70,8 +69,7 @@ class _Geometry(Config):
     def joint_problems(self, failed: set[str]) -> list[str]:
         if "target_size" in failed or self.target_size is not None:
             return []
-        message = Rule("scale", "positive_number").problem(self.scale, self.PREFIX)
-        return [message] if message else []
+        return field_problems(self, [Rule("scale", "positive_number")], self.PREFIX)
 
     def __post_init__(self) -> None:
         for name in ("tile_size", "vae_tile_size"):
@@ -161,15 +159,10 @@ def round_up(n: int, multiple: int = MULTIPLE) -> int:
     return -(-n // multiple) * multiple
 
 
-def config_dict(cfg: RestoreConfig) -> dict[str, Any]:
-    return asdict(cfg)
-
-
 # ----------------------------------------------------------------------------------------------------
-# What one image costs: each method plans its work from the sizes alone (``Method.plan``); the time is
-# (seconds per unit) x (units). The first image's rate comes from a warm-up on the loaded restorer (one unit
-# shaped like the image's, the second of two passes timed: the first carries start-up costs; no VAE); later
-# images use the rate measured on the images before them, VAE included.
+# What one image costs: (seconds per unit) x (units planned from the sizes alone, ``Method.plan``). The first image's
+# rate is timed on the loaded restorer (one unit shaped like the image's, the second of two passes: the first carries
+# start-up costs; no VAE); later images use the rate measured on the images before them, VAE included.
 
 
 @dataclass(frozen=True)
@@ -223,14 +216,23 @@ def check_output_size(work: RestoreWork, cfg: RestoreConfig, name: str, bound: t
 
 def now() -> float:
     """The clock after the accelerator's queued kernels have run (they run asynchronously)."""
+    import torch  # here: building the pipelines (the evaluation's config imports this module) must not load torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter()
 
 
-def time_two_steps(restorer: Any, target_size: list[int]) -> float:
-    """Seconds of the second of two sampler steps at ``target_size``; the caller sets two steps and restores."""
+def time_two_steps(restorer: Any, work: RestoreWork, field: str = "config", **two_steps: Any) -> float:
+    """Seconds of the second of two sampler steps on one unit of ``work``: ``restorer.<field>`` gets ``two_steps``
+    and ``restorer.config`` the unit's size for the run, both put back after."""
+    saved = restorer.config, getattr(restorer, field)
     stamps: list[float] = []
-    restorer.config = replace(restorer.config, target_size=target_size)
-    restorer.restore(np.full((8, 8, 3), 128, np.uint8), on_step=lambda done, total: stamps.append(now()))
+    try:
+        setattr(restorer, field, replace(saved[1], **two_steps))
+        restorer.config = replace(restorer.config, target_size=[work.unit_size[1], work.unit_size[0]])
+        restorer.restore(np.full((8, 8, 3), 128, np.uint8), on_step=lambda done, total: stamps.append(now()))
+    finally:
+        restorer.config = saved[0]
+        setattr(restorer, field, saved[1])
     return stamps[1] - stamps[0]

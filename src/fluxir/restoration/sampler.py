@@ -19,7 +19,6 @@
    z_t = (1 - t) z_lq + t z_1 and runs only the steps below it (SDEdit's idea on a rectified flow).
 4. Decode, crop, colour fix (``color_fix``: wavelet / AdaIN against the upsampled LQ).
 
-Flux-dev's distilled guidance is the adapter's ``config.guidance``, the value it was trained with.
 Shapes (FLUX.1-dev, 1024x1024 output): image (H, W, 3) uint8; latent (1, 16, H/8, W/8); token grid
 (1, H/16, W/16, 64) (the packed latent kept 2-D so tiles are slices); a tile (B, h*w, 64) for the model.
 """
@@ -49,13 +48,7 @@ from fluxir.models.flux import compile_blocks, denormalise_latents, image_ids, n
 from fluxir.models.loading import autocast_off, load_pipeline, resolve_device
 from fluxir.models.prompts import PromptEncoder, cached_empty_prompt, save_empty_prompt
 from fluxir.restoration.lowmem import attach_offload, quantize_transformer
-from fluxir.restoration.restore_config import (
-    COLOR_FIX_METHODS,
-    MULTIPLE,
-    RestoreConfig,
-    output_size,
-    round_up,
-)
+from fluxir.restoration.restore_config import COLOR_FIX_METHODS, MULTIPLE, RestoreConfig, output_size, round_up
 from fluxir.runtime.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -166,17 +159,16 @@ def sigmas_for(steps: int, schedule: str, scheduler_config: dict[str, Any] | Non
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config or {}))
     cfg = scheduler.config
     base = np.linspace(1.0, 1.0 / steps, steps)
-    kwargs = {}
+    mu = None  # read by the scheduler only with dynamic shifting
     if cfg.use_dynamic_shifting:
-        seq_len = min(image_seq_len, cfg.get("max_image_seq_len", 4096))
-        kwargs["mu"] = calculate_shift(
-            seq_len,
+        mu = calculate_shift(
+            min(image_seq_len, cfg.get("max_image_seq_len", 4096)),
             cfg.get("base_image_seq_len", 256),
             cfg.get("max_image_seq_len", 4096),
             cfg.get("base_shift", 0.5),
             cfg.get("max_shift", 1.15),
         )
-    scheduler.set_timesteps(sigmas=base, device="cpu", **kwargs)
+    scheduler.set_timesteps(sigmas=base, device="cpu", mu=mu)
     return scheduler.sigmas.float().cpu()  # the scheduler appends the terminal 0
 
 
@@ -240,13 +232,11 @@ class Restorer:
             device = resolve_device(config.device)
             # Text encoders left on the CPU (low-memory loading) visit the accelerator once, through accelerate's
             # hook, to encode the empty prompt; PromptEncoder then drops them.
-            hooks = []
-            if device != "cpu":
-                hooks = [
-                    cpu_offload_with_hook(encoder, device)[1]
-                    for encoder in (pipe.text_encoder, pipe.text_encoder_2)
-                    if encoder is not None and encoder.device.type == "cpu"
-                ]
+            hooks = [
+                cpu_offload_with_hook(encoder, device)[1]
+                for encoder in (pipe.text_encoder, pipe.text_encoder_2)
+                if device != "cpu" and encoder is not None and encoder.device.type == "cpu"
+            ]
             embeds = PromptEncoder(pipe, [""], prompt_length(config, adapter), device).cache[""]
             for hook in hooks:
                 hook.offload()
@@ -255,11 +245,7 @@ class Restorer:
 
     @classmethod
     def from_source(
-        cls,
-        model: str,
-        adapter: Any,
-        config: RestoreConfig,
-        prompt_cache: str | os.PathLike | None = None,
+        cls, model: str, adapter: Any, config: RestoreConfig, prompt_cache: str | os.PathLike | None = None
     ) -> Restorer:
         """Load the Flux pipeline ``model`` (hub id or folder). With the empty prompt cached in ``prompt_cache`` (the
         catalog's ``prompt_embeddings``) T5 and CLIP are never loaded; otherwise it is encoded once and saved there."""
@@ -364,15 +350,9 @@ class Restorer:
 def _to(module: Any, device: str | torch.device, dtype: torch.dtype | None = None) -> Any:
     """Move (and cast) a module only where needed: diffusers warns on every dtype cast."""
     param = next(module.parameters())
-    if dtype is None:
-        return module.to(device=device) if param.device != torch.device(device) else module
-    if param.device != torch.device(device) or param.dtype != dtype:
-        module = module.to(device=device, dtype=dtype)
-    return module
-
-
-# ----------------------------------------------------------------------------------------------------
-# Image arrays in
+    if param.device == torch.device(device) and dtype in (None, param.dtype):
+        return module
+    return module.to(device=device) if dtype is None else module.to(device=device, dtype=dtype)
 
 
 def upsample(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -396,21 +376,13 @@ HALO = 2**LEVELS  # > 1 + 2 + 4 + 8 + 16, the reach of the lowest band
 STRIP_PIXELS = 1 << 18  # pixels per strip (rows = this / width, at least 2 * HALO)
 
 
-def wavelet_blur(image: Tensor, radius: int) -> Tensor:
-    """(B, C, H, W) -> (B, C, H, W): the 3x3 binomial kernel at dilation ``radius``, replicate padding."""
-    kernel = torch.tensor(
-        [[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]], dtype=image.dtype, device=image.device
-    )
+def wavelet_low(image: Tensor) -> Tensor:
+    """(B, C, H, W): the image after ``LEVELS`` blurs at dilation 1, 2, 4, ... (its lowest band)."""
+    k = torch.tensor([0.25, 0.5, 0.25], dtype=image.dtype, device=image.device)
     channels = image.shape[1]
-    kernel = kernel[None, None].repeat(channels, 1, 1, 1)  # (C, 1, 3, 3), one filter per channel
-    image = F.pad(image, (radius, radius, radius, radius), mode="replicate")
-    return F.conv2d(image, kernel, groups=channels, dilation=radius)
-
-
-def wavelet_low(image: Tensor, levels: int = LEVELS) -> Tensor:
-    """(B, C, H, W): the image after ``levels`` blurs at radius 1, 2, 4, ... (its lowest band)."""
-    for i in range(levels):
-        image = wavelet_blur(image, 2**i)
+    kernel = torch.outer(k, k)[None, None].repeat(channels, 1, 1, 1)  # (C, 1, 3, 3), one filter per channel
+    for radius in (2**i for i in range(LEVELS)):
+        image = F.conv2d(F.pad(image, (radius,) * 4, mode="replicate"), kernel, groups=channels, dilation=radius)
     return image
 
 
@@ -455,8 +427,7 @@ def _wavelet_strips(image: np.ndarray, reference: np.ndarray, strip: int) -> np.
 def _channel_stats(image: np.ndarray, strip: int, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std (unbiased variance + eps) over the whole image, in [0, 1] units."""
     n = image.shape[0] * image.shape[1]
-    s = np.zeros(image.shape[2])
-    s2 = np.zeros(image.shape[2])
+    s, s2 = np.zeros(image.shape[2]), np.zeros(image.shape[2])
     for r0 in range(0, image.shape[0], strip):
         rows = image[r0 : r0 + strip].reshape(-1, image.shape[2]).astype(np.float64) / 255.0
         s += rows.sum(0)

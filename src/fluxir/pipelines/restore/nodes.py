@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -16,17 +17,11 @@ def plan_restore(restore_input: Path | None, restore_output: Path, overwrite: bo
     """One row per file of ``restore_input``: input, output, action ("restore", or "skip": the output exists)."""
     from fluxir.restoration.files import plan_folder
 
-    plan = pd.DataFrame(
-        plan_folder(restore_input, restore_output, bool(overwrite)), columns=["input", "output", "action"]
-    )
+    plan = pd.DataFrame(plan_folder(restore_input, restore_output, bool(overwrite)))
     skipped = int((plan["action"] == "skip").sum())
     logger.info(
-        "restore plan: %d file(s) in %s, %d to restore, %d skipped (output exists; set restore.overwrite=true "
-        "to redo them)",
-        len(plan),
-        restore_input,
-        len(plan) - skipped,
-        skipped,
+        f"restore plan: {len(plan)} file(s) in {restore_input}, {len(plan) - skipped} to restore, {skipped} skipped "
+        "(output exists; set restore.overwrite=true to redo them)"
     )
     return plan
 
@@ -42,9 +37,7 @@ def restore_images(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Restore the planned files with ``restore.method`` on ``restore.num_processes`` processes (more than one:
     ``accelerate launch -m fluxir.restoration``); returns (failures table, summary of them all)."""
-    import json
-
-    from fluxir.restoration.files import failure_table, restore_share, split_params, summarise_shares
+    from fluxir.restoration.files import restore_share, split_params, summarise_shares
     from fluxir.restoration.methods import restorer_spec
     from fluxir.runtime.launch import resolve_num_processes, run_stage, scratch_dir
 
@@ -68,13 +61,9 @@ def restore_images(
     failures, summary = done
     summary.update(spec.method.summary(spec))
     logger.info(
-        "restored %d image(s), %.2f MP in %.1f s: %.2f s/MP; %d skipped, %d failed%s",
-        summary["restored"],
-        summary["megapixels_out"],
-        summary["restore_seconds"],
-        summary["seconds_per_megapixel"] or 0.0,
-        summary["skipped_existing"],
-        len(failures),
-        " (see restore_failures)" if failures else "",
+        f"restored {summary['restored']} image(s), {summary['megapixels_out']:.2f} MP in "
+        f"{summary['restore_seconds']:.1f} s: {summary['seconds_per_megapixel'] or 0.0:.2f} s/MP; "
+        f"{summary['skipped_existing']} skipped, {len(failures)} failed{' (see restore_failures)' if failures else ''}"
     )
-    return failure_table(failures), summary
+    table = {c: pd.Series([f[c] for f in failures], dtype="string") for c in ("input", "reason")}
+    return pd.DataFrame(table), summary  # string columns input, reason, also when empty
