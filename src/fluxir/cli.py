@@ -6,6 +6,7 @@ and ``kedro mlflow-ui``. Kedro takes ``run`` from this module; it is Kedro's own
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import sys
@@ -76,6 +77,13 @@ cli.add_command(run)
 # as every python -m command's (``kedro outputs --help``).
 
 _PASS_ARGS = {"ignore_unknown_options": True, "help_option_names": []}
+PRODUCED_ENTRIES = ("pairs_manifest", "fluxir_adapter", "evaluation_report_html")
+PRODUCED = (  # (what, the pipeline that makes it, what else its command needs)
+    ("pairs (HQ/LQ)", "fluxgen", ""),
+    ("FluxIR adapter", "train", ""),
+    ("evaluation report", "evaluate", ""),
+    ("restored photos", "restore", " --params=restore.input_dir=<photos>"),
+)
 
 
 def produced(env: str, project: Path, overrides: list[Any] = ()) -> list[tuple[str, str, str]]:
@@ -84,41 +92,29 @@ def produced(env: str, project: Path, overrides: list[Any] = ()) -> list[tuple[s
     from fluxir.compat import loaded_path
     from fluxir.io.store import portable_path  # relative to the working directory: the project's, below
 
-    cwd = Path.cwd()
-    os.chdir(project)  # the catalog's paths are the project's
-    try:
+    with contextlib.chdir(project):  # the catalog's paths are the project's
         catalog = load_catalog(env, project, overrides)
-        rows = []
-        manifest_path = loaded_path(catalog.get("pairs_manifest"))
-        if manifest_path is not None and manifest_path.is_file():
-            pairs = pd.read_parquet(manifest_path)
-            folder = Path(os.path.commonpath([*map(str, pairs["hq_path"]), *map(str, pairs["lq_path"])]))
-            rows.append(("pairs (HQ/LQ)", f"{len(pairs)} pairs", f"{portable_path(folder)}/"))
-        else:
-            rows.append(("pairs (HQ/LQ)", "none yet", f"kedro run --env {env} --pipelines=fluxgen"))
-        adapter = loaded_path(catalog.get("fluxir_adapter"))
-        if adapter is not None and adapter.is_dir():
-            rows.append(("FluxIR adapter", f"version {adapter.parent.name}", f"{portable_path(adapter)}/"))
-        else:
-            rows.append(("FluxIR adapter", "none yet", f"kedro run --env {env} --pipelines=train"))
-        report = loaded_path(catalog.get("evaluation_report_html"))
-        if report is not None and report.is_file():
-            rows.append(("evaluation report", "Table 1 (HTML)", portable_path(report)))
-        else:
-            rows.append(("evaluation report", "none yet", f"kedro run --env {env} --pipelines=evaluate"))
+        manifest, adapter, report = (loaded_path(catalog.get(name)) for name in PRODUCED_ENTRIES)
         restored = Path(catalog_config(env, project, overrides)["restore_output"]["path"])
-        count = sum(1 for _ in restored.rglob("*.png")) if restored.is_dir() else 0
-        if count:
-            rows.append(("restored photos", f"{count} PNGs", f"{portable_path(restored)}/"))
-        else:
-            how = f"kedro run --env {env} --pipelines=restore --params=restore.input_dir=<photos>"
-            rows.append(("restored photos", "none yet", how))
+        pngs = sum(1 for _ in restored.rglob("*.png")) if restored.is_dir() else 0
+        found = {}  # pipeline -> (what it made, where)
+        if manifest is not None and manifest.is_file():
+            pairs = pd.read_parquet(manifest)
+            folder = Path(os.path.commonpath([*map(str, pairs["hq_path"]), *map(str, pairs["lq_path"])]))
+            found["fluxgen"] = (f"{len(pairs)} pairs", f"{portable_path(folder)}/")
+        if adapter is not None and adapter.is_dir():
+            found["train"] = (f"version {adapter.parent.name}", f"{portable_path(adapter)}/")
+        if report is not None and report.is_file():
+            found["evaluate"] = ("Table 1 (HTML)", portable_path(report))
+        if pngs:
+            found["restore"] = (f"{pngs} PNGs", f"{portable_path(restored)}/")
         store = project / "mlflow.db"
+        rows = [
+            (what, *found.get(pipeline, ("none yet", f"kedro run --env {env} --pipelines={pipeline}{extra}")))
+            for what, pipeline, extra in PRODUCED
+        ]
         runs = "every run" if store.is_file() else "none yet"
-        rows.append(("MLflow runs", runs, f"{portable_path(store)}: make mlflow prints each runs-table address"))
-        return rows
-    finally:
-        os.chdir(cwd)
+        return [*rows, ("MLflow runs", runs, f"{portable_path(store)}: make mlflow prints each runs-table address")]
 
 
 def table(rows: list[tuple[str, str, str]]) -> str:

@@ -33,10 +33,7 @@ from torch import nn
 
 from fluxir.io.images import read_image
 from fluxir.io.store import LOCK_NAME, exclusive_lock
-from fluxir.models.adapter import (
-    FluxIRAdapter,
-    count_parameters,
-)
+from fluxir.models.adapter import FluxIRAdapter, count_parameters
 from fluxir.models.controlled_flux import lq_condition
 from fluxir.models.flux import compile_blocks
 from fluxir.models.loading import accelerate_cpu
