@@ -23,10 +23,7 @@ log = logging.getLogger(__name__)
 
 NO_REFERENCE_DEFAULT = ("clipiqa+_vitL14_512", "maniqa-pipal", "musiq")
 FULL_REFERENCE_DEFAULT = ("psnr", "ssim", "lpips")
-# "y": pyiqa's default luma, Y = 0.299 R + 0.587 G + 0.114 B on [0, 1] (BT.601 weights, full range; pyiqa
-# `psnry`/`ssim`). "ycbcr": the Y of MATLAB rgb2ycbcr / BasicSR (16 + 65.481 R + 128.553 G + 24.966 B,
-# studio range); it reads about 1.3 dB higher in PSNR than "y" on the same pair, so always say which.
-CONVENTIONS = ("rgb", "y", "ycbcr")
+CONVENTIONS = ("rgb", "y", "ycbcr")  # "ycbcr" reads about 1.3 dB higher in PSNR than "y": always say which
 CONVENTION_DEFINITIONS = {  # what each convention computes PSNR/SSIM on, as evaluation reports state it
     "rgb": "RGB channels (no luma conversion)",
     "y": "Y = 0.299 R + 0.587 G + 0.114 B on [0, 1] (BT.601 weights, full range; pyiqa's default)",
