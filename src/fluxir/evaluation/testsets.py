@@ -57,8 +57,7 @@ class BenchmarkSpec(Config):
         alone are checked)."""
         if not isinstance(params, Mapping):
             raise TypeError(f"a benchmark entry must be a mapping, got {params!r}")
-        unknown = sorted(set(params) - set(_SPEC_KEYS))
-        if unknown:
+        if unknown := sorted(set(params) - set(_SPEC_KEYS)):
             stale = {"hq_dir", "lq_dir"} & set(unknown)
             moved = " (the folders are the catalog entry's hq_path / lq_path)" if stale else ""
             raise ValueError(
@@ -73,8 +72,7 @@ class BenchmarkSpec(Config):
     def check_folders(self, entry: str = "<key>_benchmark") -> None:
         """Raise ValueError naming the catalog ``entry`` when it lacks a folder this kind reads."""
         needs = SIDES[self.kind]
-        lacking = [f"{side}_path" for side in needs if not getattr(self, f"{side}_dir")]
-        if lacking:
+        if lacking := [f"{side}_path" for side in needs if not getattr(self, f"{side}_dir")]:
             raise ValueError(
                 f"benchmark {self.name!r}: kind {self.kind!r} reads {' and '.join(f'{s}_path' for s in needs)}; set "
                 f"{' and '.join(lacking)} in its catalog entry {entry} (conf/<env>/catalog_evaluate.yml)"
@@ -276,8 +274,7 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
 def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
     hq_files, lq_files = ({pair_key(p.stem, spec.strip_suffix): p for p in list_images(d)} for d in spec.source_dirs)
     keys = sorted(hq_files.keys() & lq_files.keys())
-    unmatched = sorted(hq_files.keys() ^ lq_files.keys())
-    if unmatched:
+    if unmatched := sorted(hq_files.keys() ^ lq_files.keys()):
         log.warning(
             "%s: %d file(s) without a partner (after stripping %r) ignored, e.g. %s",
             spec.name,

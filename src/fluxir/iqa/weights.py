@@ -113,8 +113,7 @@ def parse_all(specs: Any) -> list[MetricSpec]:
     if not parsed:
         raise ValueError("no IQA metric given")
     names = [s.name for s in parsed]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
+    if duplicates := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"IQA metric names must be unique (they name the score columns), repeated: {duplicates}")
     return parsed
 
@@ -129,8 +128,7 @@ _OTHER_MODE = {
 def parse_of_mode(specs: Any, mode: str) -> list[MetricSpec]:
     """``parse_all``, refusing metrics of the other mode ("NR" no-reference, "FR" full-reference) by name."""
     parsed = parse_all(specs)
-    wrong = [s.name for s in parsed if s.metric_mode != mode]
-    if wrong:
+    if wrong := [s.name for s in parsed if s.metric_mode != mode]:
         kind, use, examples = _OTHER_MODE[mode]
         raise ValueError(f"{wrong} are {kind} metrics; use {use} ({examples})")
     return parsed
@@ -344,8 +342,7 @@ def check_weights(specs: Any) -> None:
             log.warning(
                 "IQA metric %r: its weight files are not known here; a missing one stops create_metrics", spec.name
             )
-    problems = file_problems(specs)
-    if problems:
+    if problems := file_problems(specs):
         raise FileNotFoundError(
             f"{len(problems)} IQA weight file(s) missing or not the published ones (weight home {weights_home()}; "
             f"set iqa.weights_dir to a folder holding hub/pyiqa, hub/clip, hub/checkpoints, or use weight-free "
