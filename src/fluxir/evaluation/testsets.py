@@ -101,13 +101,11 @@ class BenchmarkSpec(Config):
         return found
 
     @property
-    def scale(self) -> int | None:
-        """hq_size / lq_size (None without HQ)."""
+    def scale(self) -> int | None:  # None without HQ
         return None if self.kind == "lq_only" else self.hq_size // self.lq_size
 
     @property
-    def source_dirs(self) -> list[str]:
-        """The folders a user fills for this benchmark."""
+    def source_dirs(self) -> list[str]:  # the folders a user fills
         return [getattr(self, f"{side}_dir") for side in SIDES[self.kind]]
 
 
@@ -177,8 +175,7 @@ def aligned_crops(hq: np.ndarray, lq: np.ndarray, lq_size: int, scale: int) -> t
 
 def pair_key(stem: str, strip_suffix: str = DEFAULT_STRIP_SUFFIX) -> str:
     """The name shared by an HQ and its LQ file: the stem without e.g. ``_HR``, ``_LR4``, ``_x4``."""
-    key = re.sub(strip_suffix, "", stem)
-    return key or stem
+    return re.sub(strip_suffix, "", stem) or stem
 
 
 def _prep_key(spec: BenchmarkSpec, extra: Any, files: list[Path]) -> str:
