@@ -266,37 +266,42 @@ def bench_degrade(work: Path, n_pairs: int) -> dict:
     }
 
 
+def _tiny_iqa():
+    from fluxir.fluxgen.score import IqaConfig
+
+    return IqaConfig.from_params(
+        {
+            "metrics": TINY_METRICS,
+            "weights_dir": None,
+            "trust_weight_files": False,
+            "batch_size": 8,
+            "device": "cpu",
+            "loader_workers": 0,
+            "part_size": 1024,
+            "precision": "fp32",
+        }
+    )
+
+
 def _score_process(manifest_path: str, parts: str, rank: int, world: int, barrier, queue) -> None:
     import pandas as pd
     import torch
 
     torch.set_num_threads(1)
     from fluxir import iqa as iqa_lib
-    from fluxir.fluxgen.score import score_into_parts
+    from fluxir.fluxgen.score import run_scoring
 
     manifest = pd.read_parquet(manifest_path)
     iqa_lib.create_metrics(TINY_METRICS)  # build once before the clock: import and model set-up excluded
     barrier.wait()
     start = time.perf_counter()
-    score_into_parts(
-        manifest,
-        Path(parts),
-        TINY_METRICS,
-        8,
-        "cpu",
-        rank,
-        world,
-        loader_workers=0,
-        part_size=1024,
-        precision="fp32",
-        progress=False,
-    )
+    run_scoring(_tiny_iqa(), manifest, Path(parts), rank, world, progress=False)
     queue.put((start, time.perf_counter()))
 
 
 def bench_score(work: Path, n: int) -> dict:
     from fluxir.fluxgen.generate import generation_manifest
-    from fluxir.fluxgen.score import score_into_parts
+    from fluxir.fluxgen.score import run_scoring
 
     os.chdir(work)
     cfg, store = _store(work / "score_images", n, record=True)
@@ -317,29 +322,8 @@ def bench_score(work: Path, n: int) -> dict:
         for p in procs:
             p.join()
         rates[world] = n / (max(e for _, e in spans) - min(s for s, _ in spans))
-    score_into_parts(
-        manifest,
-        work / "parts2",
-        TINY_METRICS,
-        8,
-        "cpu",
-        loader_workers=0,
-        part_size=1024,
-        precision="fp32",
-        progress=False,
-    )  # imports pyiqa
-    resume, scored = _timed(
-        score_into_parts,
-        manifest,
-        work / "parts2",
-        TINY_METRICS,
-        8,
-        "cpu",
-        loader_workers=0,
-        part_size=1024,
-        precision="fp32",
-        progress=False,
-    )
+    run_scoring(_tiny_iqa(), manifest, work / "parts2", progress=False)  # imports pyiqa
+    resume, (_, scored) = _timed(run_scoring, _tiny_iqa(), manifest, work / "parts2", progress=False)
     assert scored == 0
     return {
         "score_images_per_s": rates,

@@ -29,7 +29,7 @@ from fluxir.fluxgen.pairs import (
     pairs_manifest,
     resolve_workers,
 )
-from fluxir.fluxgen.score import chunks_to_score, merge_scores, metrics_key, score_into_parts, scoring_precision
+from fluxir.fluxgen.score import IqaConfig, chunks_to_score, merge_scores, metrics_key, run_scoring, scoring_precision
 from fluxir.io.images import read_image
 from fluxir.io.provenance import sha256_file
 from fluxir.io.store import ImageStore
@@ -237,6 +237,21 @@ def test_chunks_are_fixed_by_the_manifest():
     assert [list(c["sha256"]) for c in chunks_to_score(manifest, {"a", "b", "c", "f"}, 2)] == [["c", "d"], ["e", "f"]]
 
 
+def _iqa(metrics, precision: str) -> IqaConfig:
+    return IqaConfig.from_params(
+        {
+            "metrics": metrics,
+            "weights_dir": None,
+            "trust_weight_files": False,
+            "batch_size": 4,
+            "device": "cpu",
+            "loader_workers": 0,
+            "part_size": 1024,
+            "precision": precision,
+        }
+    )
+
+
 def test_scoring_precision_is_applied_and_keys_the_scores(scored_manifest, tmp_path):
     """iqa.precision: bf16 really runs the metric in bf16 (scores move a little), tf32 switches TensorFloat-32
     matmuls on only while scoring, and each precision scores into its own key folder."""
@@ -254,17 +269,13 @@ def test_scoring_precision_is_applied_and_keys_the_scores(scored_manifest, tmp_p
     manifest = pd.read_parquet(scored_manifest).head(4)
     scores = {}
     for precision in ("fp32", "bf16"):
-        parts = tmp_path / precision / keys[precision]
-        score_into_parts(
-            manifest, parts, spec, 4, "cpu", loader_workers=0, part_size=1024, progress=False, precision=precision
-        )
+        parts, _ = run_scoring(_iqa(spec, precision), manifest, tmp_path / precision, progress=False)
+        assert parts == tmp_path / precision / keys[precision]
         scores[precision] = merge_scores(manifest, parts, ["musiq"])["musiq"].to_numpy()
     assert not np.array_equal(scores["fp32"], scores["bf16"])
     np.testing.assert_allclose(scores["bf16"], scores["fp32"], rtol=0.05)
     with pytest.raises(ValueError, match="iqa.precision must be 'fp32' .* got 'fp16'"):
-        score_into_parts(
-            manifest, tmp_path / "x", spec, 4, "cpu", loader_workers=0, part_size=1024, precision="fp16", progress=False
-        )
+        run_scoring(_iqa(spec, "fp16"), manifest, tmp_path / "x", progress=False)
 
 
 def test_unscored_image_is_named(scored_manifest, tmp_path):

@@ -113,12 +113,10 @@ def parse_metric_groups(metrics: Mapping[str, Any]) -> dict[str, dict[str, Metri
         g: {str(label): MetricSpec.parse(spec) for label, spec in (metrics.get(g) or {}).items()}
         for g in ("full_reference", "no_reference")
     }
-    both = set(groups["full_reference"]) & set(groups["no_reference"])
-    if both:
+    if both := set(groups["full_reference"]) & set(groups["no_reference"]):
         raise ValueError(f"metric labels {sorted(both)} are used twice (full_reference and no_reference)")
     for group, mode in (("full_reference", "FR"), ("no_reference", "NR")):
-        wrong = [f"{label}: {s.name}" for label, s in groups[group].items() if s.metric_mode != mode]
-        if wrong:
+        if wrong := [f"{label}: {s.name}" for label, s in groups[group].items() if s.metric_mode != mode]:
             raise ValueError(f"evaluate.metrics.{group} holds metrics of the other kind: {wrong}")
     if not groups["full_reference"] and not groups["no_reference"]:
         raise ValueError("evaluate.metrics names no metric")

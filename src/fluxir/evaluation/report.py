@@ -119,8 +119,7 @@ def score_all(
 
 def metric_means(per_image: pd.DataFrame) -> pd.DataFrame:
     """Mean and count per dataset, method and metric (the convention stays in every row)."""
-    missing = [c for c in PER_IMAGE_COLUMNS if c not in per_image.columns]
-    if missing:
+    if missing := [c for c in PER_IMAGE_COLUMNS if c not in per_image.columns]:
         raise ValueError(f"per-image metric table lacks columns {missing}")
     if per_image.empty:
         raise ValueError("the per-image metric table is empty: nothing was scored")
@@ -151,13 +150,11 @@ def mlflow_metrics(means: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 def check_paper_table(paper: pd.DataFrame) -> pd.DataFrame:
     """Validate the paper's Table 1 as data (dataset, metric, higher_is_better, method, value)."""
-    missing = [c for c in PAPER_COLUMNS if c not in paper.columns]
-    if missing:
+    if missing := [c for c in PAPER_COLUMNS if c not in paper.columns]:
         raise ValueError(f"paper table lacks columns {missing}; expected {list(PAPER_COLUMNS)}")
     paper = paper[list(PAPER_COLUMNS)].copy()
     paper["value"] = pd.to_numeric(paper["value"], errors="raise")
-    unknown = sorted(set(paper["metric"]) - set(PAPER_METRICS))
-    if unknown:
+    if unknown := sorted(set(paper["metric"]) - set(PAPER_METRICS)):
         raise ValueError(f"paper table has unknown metrics {unknown}; known: {list(PAPER_METRICS)}")
     return paper
 

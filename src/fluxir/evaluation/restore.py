@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import fluxir
 from fluxir.evaluation.config import EvaluateConfig
 from fluxir.evaluation.testsets import list_images, outputs_table, pair_key
 from fluxir.io.atomic import write_png_atomic
 from fluxir.io.images import image_size, read_image
-from fluxir.io.provenance import fluxir_version, hash_json, hash_tensors, png_text, sha256_file
+from fluxir.io.provenance import hash_json, hash_tensors, png_text, sha256_file
 from fluxir.models.loading import resolve_device
 from fluxir.restoration.files import LazyRestorer, restore_one
 from fluxir.restoration.methods import EVALUATE_METHODS, PUBLIC_METHODS, TITLES, RestorerSpec, restorer_spec
@@ -159,7 +160,7 @@ def run_info(share: MethodOutputs, images: int, elsewhere: Sequence[float] = ())
 
 
 # Bicubic is no AI model: its outputs carry what made them, without the AI disclosure.
-BICUBIC_PROVENANCE = png_text({"Software": "fluxir", "Restorer": "bicubic (PIL)", "Fluxir-Version": fluxir_version()})
+BICUBIC_PROVENANCE = png_text({"Software": "fluxir", "Restorer": "bicubic (PIL)", "Fluxir-Version": fluxir.__version__})
 
 
 def bicubic_manifest(manifest: pd.DataFrame, scale: int, outputs_dir: str | Path) -> pd.DataFrame:

@@ -57,8 +57,7 @@ class BenchmarkSpec(Config):
         alone are checked)."""
         if not isinstance(params, Mapping):
             raise TypeError(f"a benchmark entry must be a mapping, got {params!r}")
-        unknown = sorted(set(params) - set(_SPEC_KEYS))
-        if unknown:
+        if unknown := sorted(set(params) - set(_SPEC_KEYS)):
             stale = {"hq_dir", "lq_dir"} & set(unknown)
             moved = " (the folders are the catalog entry's hq_path / lq_path)" if stale else ""
             raise ValueError(
@@ -73,8 +72,7 @@ class BenchmarkSpec(Config):
     def check_folders(self, entry: str = "<key>_benchmark") -> None:
         """Raise ValueError naming the catalog ``entry`` when it lacks a folder this kind reads."""
         needs = SIDES[self.kind]
-        lacking = [f"{side}_path" for side in needs if not getattr(self, f"{side}_dir")]
-        if lacking:
+        if lacking := [f"{side}_path" for side in needs if not getattr(self, f"{side}_dir")]:
             raise ValueError(
                 f"benchmark {self.name!r}: kind {self.kind!r} reads {' and '.join(f'{s}_path' for s in needs)}; set "
                 f"{' and '.join(lacking)} in its catalog entry {entry} (conf/<env>/catalog_evaluate.yml)"
@@ -103,13 +101,11 @@ class BenchmarkSpec(Config):
         return found
 
     @property
-    def scale(self) -> int | None:
-        """hq_size / lq_size (None without HQ)."""
+    def scale(self) -> int | None:  # None without HQ
         return None if self.kind == "lq_only" else self.hq_size // self.lq_size
 
     @property
-    def source_dirs(self) -> list[str]:
-        """The folders a user fills for this benchmark."""
+    def source_dirs(self) -> list[str]:  # the folders a user fills
         return [getattr(self, f"{side}_dir") for side in SIDES[self.kind]]
 
 
@@ -179,8 +175,7 @@ def aligned_crops(hq: np.ndarray, lq: np.ndarray, lq_size: int, scale: int) -> t
 
 def pair_key(stem: str, strip_suffix: str = DEFAULT_STRIP_SUFFIX) -> str:
     """The name shared by an HQ and its LQ file: the stem without e.g. ``_HR``, ``_LR4``, ``_x4``."""
-    key = re.sub(strip_suffix, "", stem)
-    return key or stem
+    return re.sub(strip_suffix, "", stem) or stem
 
 
 def _prep_key(spec: BenchmarkSpec, extra: Any, files: list[Path]) -> str:
@@ -276,8 +271,7 @@ def _prepare_synthetic(spec: BenchmarkSpec, out_root: Path, degradation: Mapping
 def _prepare_paired(spec: BenchmarkSpec, out_root: Path) -> pd.DataFrame:
     hq_files, lq_files = ({pair_key(p.stem, spec.strip_suffix): p for p in list_images(d)} for d in spec.source_dirs)
     keys = sorted(hq_files.keys() & lq_files.keys())
-    unmatched = sorted(hq_files.keys() ^ lq_files.keys())
-    if unmatched:
+    if unmatched := sorted(hq_files.keys() ^ lq_files.keys()):
         log.warning(
             "%s: %d file(s) without a partner (after stripping %r) ignored, e.g. %s",
             spec.name,

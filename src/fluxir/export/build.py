@@ -83,8 +83,7 @@ def export_dataset(
     """Replace ``folder`` with the ``export.format`` shards, the dataset card README.md and the histogram image."""
     from fluxir.iqa import MetricSpec
 
-    problems = export_problems(export)
-    if problems:
+    if problems := export_problems(export):
         raise ValueError("; ".join(problems))
     names = [MetricSpec.parse(m).name for m in metrics]
     model = str(fluxgen["model"])

@@ -45,16 +45,14 @@ def iqa_column(metric: str) -> str:
 def export_table(pairs: pd.DataFrame, selection: pd.DataFrame, metric_names: Sequence[str]) -> pd.DataFrame:
     """One row per pair: the pair manifest joined with its image's seed, prompt and IQA scores."""
     wanted = ["image_id", "seed", "prompt", *metric_names]
-    missing = [c for c in wanted if c not in selection.columns]
-    if missing:
+    if missing := [c for c in wanted if c not in selection.columns]:
         raise ValueError(
             f"the IQA selection table lacks columns {missing} (has {sorted(selection.columns)}): export reads the "
             "iqa_selection of the same fluxgen run as pairs_manifest; rerun `kedro run --pipeline=fluxgen`"
         )
     scores = selection[wanted].rename(columns={m: iqa_column(m) for m in metric_names})
     table = pairs.merge(scores, on="image_id", how="left", validate="one_to_one", indicator=True)
-    orphans = table.loc[table["_merge"] != "both", "image_id"].tolist()
-    if orphans:
+    if orphans := table.loc[table["_merge"] != "both", "image_id"].tolist():
         raise ValueError(
             f"{len(orphans)} pairs (first ids {orphans[:5]}) have no row in the IQA selection table: pairs_manifest "
             "and iqa_selection come from different fluxgen runs; rerun `kedro run --pipeline=fluxgen`"

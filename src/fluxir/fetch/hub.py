@@ -197,8 +197,7 @@ def check_folder(source: Path, patterns: tuple[str, ...], sizes: dict[str, int])
         for name, size in sizes.items()
         if name in files and files[name].stat().st_size != size
     ]
-    missing = sorted(set(sizes) - set(files))
-    if missing:
+    if missing := sorted(set(sizes) - set(files)):
         problems.append(f"{source} lacks {', '.join(missing)}")
     return files, problems
 

@@ -52,8 +52,7 @@ def _file_step(item: Item, mirror: str | None, ask_sizes: bool) -> Step:
             own = [str(f) for f, s in states.items() if s == "user"]
             return Step(item, "present", 0, f"images you put in {own} are left alone" if own else "unpacked, recorded")
     elif item.dest is not None and item.dest.is_file():
-        problem = transfer.verify(item.dest, expected)
-        if problem:
+        if problem := transfer.verify(item.dest, expected):
             detail = f"{problem}: this file is not the published one; move it away to fetch the published file"
             return Step(item, "problem", None, detail)
         verified = "verified" if expected.size or expected.sha256 else "present (nothing published to verify)"

@@ -196,8 +196,7 @@ def _stream(source: Any, out: Any, on_bytes: Callable[[int], None]) -> None:
 
 def _move_in(part: Path, dest: Path, expected: Expected, failure: str) -> Path:
     """Rename ``part`` onto ``dest`` if it is the published file; else delete it and raise, naming ``failure``."""
-    problem = verify(part, expected, dest.name)
-    if problem:
+    if problem := verify(part, expected, dest.name):
         part.unlink()
         raise VerifyError(f"{problem}; {failure}")
     os.replace(part, dest)

@@ -278,8 +278,7 @@ def degrade_pair(
         out, jpeg1 = _jpeg(out, config.jpeg_range)
 
         # ---- second degradation: blur? -> resize (relative to the LQ size) -> noise ----
-        blur2 = bool(np.random.uniform() < config.second_blur_prob)
-        if blur2:
+        if blur2 := bool(np.random.uniform() < config.second_blur_prob):
             out = filter2d(out, kernel2)
         out, resize2 = _random_resize(
             out, config.resize_prob2, config.resize_range2, (h / config.scale, w / config.scale)

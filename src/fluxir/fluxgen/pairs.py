@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import fluxir
 from fluxir.fluxgen.degrade import degrade_pair
 from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io.atomic import write_json_atomic
@@ -31,7 +32,6 @@ from fluxir.io.provenance import (
     GENERATED_SOFTWARE,
     PAIR_DISCLOSURE,
     SOFTWARE_KEY,
-    fluxir_version,
     hash_json,
     png_text,
     read_provenance,
@@ -125,7 +125,7 @@ def pair_provenance(source: str | os.PathLike, key: str, seed: int, side: str) -
             SOFTWARE_KEY: GENERATED_SOFTWARE,  # a FluxGen source written before provenance existed has none
             **read_provenance(source),
             DISCLOSURE_KEY: PAIR_DISCLOSURE,
-            "Fluxir-Version": fluxir_version(),
+            "Fluxir-Version": fluxir.__version__,
             "Pair-Side": side,
             "Degradation-Seed": seed,
             "Pairs-Key": key,

@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from fluxir.datasets import write_parquet
 from fluxir.io.images import read_image
 from fluxir.io.provenance import hash_json
 from fluxir.models.loading import resolve_device
-from fluxir.parameters.config import Config, Rule, check_fields
+from fluxir.parameters.config import Config, Rule
 from fluxir.runtime.launch import worker_init
 from fluxir.runtime.progress import progress as progress_bar
 
@@ -221,32 +220,6 @@ def score_chunks_into_parts(
 def _iqa_scorer(specs: list[iqa_lib.MetricSpec], device: Any, precision: str) -> Scorer:
     metrics = iqa_lib.create_metrics(specs, device)
     return lambda images: _score_batch(metrics, images, device, precision)
-
-
-def score_into_parts(
-    manifest: pd.DataFrame,
-    parts_dir: Path,
-    specs: Sequence[Any],
-    batch_size: int,
-    device: Any,
-    process_index: int = 0,
-    num_processes: int = 1,
-    *,
-    loader_workers: int,
-    part_size: int,
-    precision: str,
-    progress: bool = True,
-) -> int:
-    """``run_scoring`` without a config (benchmarks, tests): IQA scores of this process's unscored chunks."""
-    settings = SimpleNamespace(
-        batch_size=batch_size, device=device, loader_workers=loader_workers, part_size=part_size, precision=precision
-    )
-    check_fields(settings, SCORING_RULES, "iqa.")
-    parsed = [iqa_lib.MetricSpec.parse(s) for s in specs]
-    scorer = functools.partial(_iqa_scorer, parsed, precision=precision)
-    return score_chunks_into_parts(
-        settings, manifest, parts_dir, [s.name for s in parsed], scorer, process_index, num_processes, None, progress
-    )
 
 
 def merge_scores(

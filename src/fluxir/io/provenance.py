@@ -64,10 +64,6 @@ RESTORED_DISCLOSURE = (
 _SNAPSHOT = re.compile(r"[0-9a-f]{40}")
 
 
-def fluxir_version() -> str:
-    return fluxir.__version__
-
-
 def png_text(fields: Mapping[str, Any]) -> PngInfo:
     """A ``PngInfo`` holding one text chunk per field whose value is not None (keys: PNG keywords, 1-79 Latin-1
     characters; every writer passes one of the ``*_SOFTWARE`` / ``*_DISCLOSURE`` pairs)."""
@@ -88,7 +84,7 @@ def generated_fields(model: str, revision: str, seed: int, config_hash: str, **e
         "Model-Revision": revision,
         "Seed": seed,
         "Config-Hash": config_hash,
-        "Fluxir-Version": fluxir_version(),
+        "Fluxir-Version": fluxir.__version__,
         **extra,
     }
 
@@ -100,7 +96,7 @@ def restored_fields(method: str, **restorer: Any) -> dict[str, Any]:
         DISCLOSURE_KEY: RESTORED_DISCLOSURE,
         "Restorer": method,
         **restorer,
-        "Fluxir-Version": fluxir_version(),
+        "Fluxir-Version": fluxir.__version__,
     }
 
 

@@ -207,8 +207,7 @@ _RESERVED_FR_OPTIONS = ("test_y_channel", "color_space", "crop_border")
 
 def _fr_plan(spec: MetricSpec, convention: str) -> tuple[dict[str, Any], str]:
     # pyiqa options that realise ``convention`` for psnr/ssim, and the convention each metric uses
-    reserved = sorted(set(spec.options) & set(_RESERVED_FR_OPTIONS))
-    if reserved:
+    if reserved := sorted(set(spec.options) & set(_RESERVED_FR_OPTIONS)):
         raise ValueError(
             f"IQA metric {spec.name!r}: options {reserved} are set by score_full_reference's convention/crop_border"
         )

@@ -23,10 +23,7 @@ log = logging.getLogger(__name__)
 
 NO_REFERENCE_DEFAULT = ("clipiqa+_vitL14_512", "maniqa-pipal", "musiq")
 FULL_REFERENCE_DEFAULT = ("psnr", "ssim", "lpips")
-# "y": pyiqa's default luma, Y = 0.299 R + 0.587 G + 0.114 B on [0, 1] (BT.601 weights, full range; pyiqa
-# `psnry`/`ssim`). "ycbcr": the Y of MATLAB rgb2ycbcr / BasicSR (16 + 65.481 R + 128.553 G + 24.966 B,
-# studio range); it reads about 1.3 dB higher in PSNR than "y" on the same pair, so always say which.
-CONVENTIONS = ("rgb", "y", "ycbcr")
+CONVENTIONS = ("rgb", "y", "ycbcr")  # "ycbcr" reads about 1.3 dB higher in PSNR than "y": always say which
 CONVENTION_DEFINITIONS = {  # what each convention computes PSNR/SSIM on, as evaluation reports state it
     "rgb": "RGB channels (no luma conversion)",
     "y": "Y = 0.299 R + 0.587 G + 0.114 B on [0, 1] (BT.601 weights, full range; pyiqa's default)",
@@ -116,8 +113,7 @@ def parse_all(specs: Any) -> list[MetricSpec]:
     if not parsed:
         raise ValueError("no IQA metric given")
     names = [s.name for s in parsed]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
+    if duplicates := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"IQA metric names must be unique (they name the score columns), repeated: {duplicates}")
     return parsed
 
@@ -132,8 +128,7 @@ _OTHER_MODE = {
 def parse_of_mode(specs: Any, mode: str) -> list[MetricSpec]:
     """``parse_all``, refusing metrics of the other mode ("NR" no-reference, "FR" full-reference) by name."""
     parsed = parse_all(specs)
-    wrong = [s.name for s in parsed if s.metric_mode != mode]
-    if wrong:
+    if wrong := [s.name for s in parsed if s.metric_mode != mode]:
         kind, use, examples = _OTHER_MODE[mode]
         raise ValueError(f"{wrong} are {kind} metrics; use {use} ({examples})")
     return parsed
@@ -347,8 +342,7 @@ def check_weights(specs: Any) -> None:
             log.warning(
                 "IQA metric %r: its weight files are not known here; a missing one stops create_metrics", spec.name
             )
-    problems = file_problems(specs)
-    if problems:
+    if problems := file_problems(specs):
         raise FileNotFoundError(
             f"{len(problems)} IQA weight file(s) missing or not the published ones (weight home {weights_home()}; "
             f"set iqa.weights_dir to a folder holding hub/pyiqa, hub/clip, hub/checkpoints, or use weight-free "

@@ -389,8 +389,7 @@ def load_adapter(
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not fs.exists(f"{folder}/{name}"):
             raise FileNotFoundError(f"{folder!r} is not a FluxIR adapter folder: {name} is missing")
-    problem = manifest_problem(folder, fs)
-    if problem:
+    if problem := manifest_problem(folder, fs):
         raise ValueError(
             f"FluxIR adapter {folder!r} is damaged: {problem}. Use another version "
             "(--load-versions=fluxir_adapter:<version>) or train it again"

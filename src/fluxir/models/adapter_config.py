@@ -103,8 +103,7 @@ class FluxIRConfig(Config):
     def from_flux(cls, flux: nn.Module, **overrides: Any) -> FluxIRConfig:
         """Config for a given ``FluxTransformer2DModel``; ``overrides`` (the ``train.adapter`` parameters) set the
         variant fields and must hold ``rank`` and ``guidance``."""
-        missing = [name for name in REQUIRED_FIELDS if name not in overrides]
-        if missing:
+        if missing := [name for name in REQUIRED_FIELDS if name not in overrides]:
             raise ValueError(
                 f"FluxIRConfig.from_flux needs {' and '.join(missing)}: pass the values of train.adapter in "
                 "conf/base/parameters_train.yml (e.g. load_params(...)['train']['adapter'])"
@@ -136,8 +135,7 @@ def check_compatible(adapter_or_config: Any, flux: nn.Module) -> None:
     flux_shape["axes_dims_rope"] = tuple(flux_shape["axes_dims_rope"])
     flux_shape["inner_dim"] = flux.config.num_attention_heads * flux.config.attention_head_dim
     ours = {name: getattr(config, name) for name in BASE_FIELDS} | {"inner_dim": config.inner_dim}
-    bad = [k for k in ours if ours[k] != flux_shape[k]]
-    if bad:
+    if bad := [k for k in ours if ours[k] != flux_shape[k]]:
         diffs = ", ".join(f"{k}: adapter {ours[k]} vs flux {flux_shape[k]}" for k in bad)
         raise ValueError(
             f"FluxIR adapter does not fit this Flux transformer ({diffs}). The adapter was built for "

@@ -103,8 +103,7 @@ def folder_problems(folder: str | Path) -> list[str]:
                     f"{class_name!r}; put the {class_name} files in {sub} (or fix the entry in model_index.json)"
                 )
         for weights in sorted(sub.glob("*.safetensors")):
-            problem = _safetensors_problem(weights)
-            if problem:
+            if problem := _safetensors_problem(weights):
                 problems.append(f"{weights}: {problem}; download this file again")
     return problems
 
@@ -142,8 +141,7 @@ def load_pipeline(source: str, dtype: str, device: str = "cpu", text_encoders: b
     index_file = Path(source) / "model_index.json"
     absent = {}
     if index_file.exists():
-        problems = folder_problems(source)
-        if problems:
+        if problems := folder_problems(source):
             raise ValueError(f"model folder {source!r} cannot be loaded:\n- " + "\n- ".join(problems))
         index = json.loads(index_file.read_text())
         absent = {k: None for k, v in index.items() if v == [None, None]}

@@ -87,8 +87,7 @@ def parse_overrides(groups: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]
             merged = OmegaConf.merge(merged, OmegaConf.create(dict(group)))
             continue
         items = split_overrides(group)
-        bad = [item for item in items if not item.partition("=")[0].strip() or "=" not in item]
-        if bad:
+        if bad := [item for item in items if not item.partition("=")[0].strip() or "=" not in item]:
             raise ValueError(f"--params item(s) {bad} are not of the form key.sub=value")
         merged = OmegaConf.merge(
             merged, OmegaConf.from_dotlist([f"{k.strip()}={v}" for k, _, v in (item.partition("=") for item in items)])

@@ -67,8 +67,7 @@ def _check_controlnet(cfg: Any) -> str:
             f"baselines.flux_controlnet.model {cfg.model!r} has no transformer/config.json here: "
             "HF_HUB_OFFLINE=0 python -m fluxir.fetch --only flux"
         )
-    wrong = config_mismatch(model.config, json.loads((base / "transformer" / "config.json").read_text()))
-    if wrong:
+    if wrong := config_mismatch(model.config, json.loads((base / "transformer" / "config.json").read_text())):
         raise ValueError(f"{folder} does not fit the Flux transformer of {cfg.model!r}: {', '.join(wrong)}")
     return f"{found.detail}; fits {cfg.model}"
 
@@ -133,8 +132,7 @@ def check_benchmarks(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> l
         except (ValueError, TypeError) as err:
             findings.append(Finding("FAIL", "benchmark", key, str(err)))
             continue
-        empty = [str(Path(d).resolve()) for d in spec.source_dirs if not Path(d).is_dir() or not list_images(d)]
-        if empty:
+        if empty := [str(Path(d).resolve()) for d in spec.source_dirs if not Path(d).is_dir() or not list_images(d)]:
             detail = (
                 f"folder(s) {empty} of catalog entry {entry} missing or without images: {fix} or see docs/evaluation.md"
             )

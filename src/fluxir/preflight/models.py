@@ -30,11 +30,9 @@ def safetensors_keys(files: Iterable[Path]) -> set[str]:
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    index = sorted(folder.glob("*.safetensors.index.json"))
-    if index:
+    if index := sorted(folder.glob("*.safetensors.index.json")):
         shards = set(json.loads(index[0].read_text())["weight_map"].values())
-        missing = [s for s in sorted(shards) if not (folder / s).is_file()]
-        if missing:
+        if missing := [s for s in sorted(shards) if not (folder / s).is_file()]:
             raise FileNotFoundError(f"{folder}: shard(s) {missing} named in {index[0].name} are missing")
         return [folder / s for s in sorted(shards)]
     return sorted(folder.glob("*.safetensors"))
@@ -69,8 +67,7 @@ def meta_model(library: str, class_name: str, folder: Path) -> Any:
 def key_finding(name: str, folder: Path, model: Any, library: str) -> Finding:
     files = _weight_files(folder)
     if not files:
-        bins = sorted(p.name for p in folder.glob("*.bin"))
-        if bins:
+        if bins := sorted(p.name for p in folder.glob("*.bin")):
             return Finding("WARN", "model", name, f"{folder}: {bins} are not safetensors; keys not checked")
         return Finding("FAIL", "model", name, f"{folder}: no weight file (*.safetensors)")
     stored, wanted = safetensors_keys(files), set(model.state_dict())
@@ -180,8 +177,7 @@ def check_content_filter(params: Mapping[str, Any], project: Path) -> list[Findi
     if folder is None:
         detail = f"{source!r} is neither a local folder nor in the Hugging Face cache; download it: {fetch}"
         return [Finding("FAIL", "model", item, detail)]
-    missing = [name for name in FILTER_FILES if not (folder / name).is_file()]
-    if missing:
+    if missing := [name for name in FILTER_FILES if not (folder / name).is_file()]:
         return [Finding("FAIL", "model", item, f"{folder} lacks {missing}; download them: {fetch}")]
     try:
         labels = json.loads((folder / "config.json").read_text()).get("id2label") or {}

@@ -114,7 +114,7 @@ class MlflowRunHook:
         import mlflow
 
         outer = mlflow.active_run()
-        with _store_lock(run_params.get("project_path") or (self._context.project_path if self._context else ".")):
+        with _store_lock(self._project_path(run_params)):
             self._choose_experiment(run_params)
             result = yield
         started = mlflow.active_run()
@@ -133,6 +133,9 @@ class MlflowRunHook:
         result = yield
         self._end_started_run("FAILED")
         return result
+
+    def _project_path(self, run_params: dict[str, Any]) -> Any:
+        return run_params.get("project_path") or (self._context.project_path if self._context else ".")
 
     def _end_started_run(self, status: str) -> None:
         # kedro-mlflow reopens its run before every node and MLflow 3 stacks each reopening: its one ``end_run``
@@ -180,8 +183,7 @@ class MlflowRunHook:
             "kedro.env": run_params.get("env") or "",
             "kedro.version": run_params.get("kedro_version") or "",
         }
-        project_path = run_params.get("project_path") or (self._context.project_path if self._context else ".")
-        sha, dirty = git_commit(project_path)
+        sha, dirty = git_commit(self._project_path(run_params))
         tags["git.commit"] = sha or "unknown"
         if sha:
             tags["mlflow.source.git.commit"] = sha
@@ -285,16 +287,12 @@ def log_model_folder(dataset_name: str, path: Path) -> None:
 
     artifact_path = f"models/{dataset_name}"
     with_weights = os.environ.get("FLUXIR_MLFLOW_LOG_MODEL_WEIGHTS", "true").strip().lower() not in {"0", "false", "no"}
-    if path.is_file():
-        if with_weights or path.suffix == ".json":
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
-    else:
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            if with_weights or file.suffix == ".json":
-                sub = file.parent.relative_to(path).as_posix()
-                mlflow.log_artifact(str(file), artifact_path=artifact_path if sub == "." else f"{artifact_path}/{sub}")
-        config = path / "config.json"
-        if config.is_file():
-            log_new_params(flatten_dict({dataset_name: json.loads(config.read_text())}))
+    root, files = (path, sorted(p for p in path.rglob("*") if p.is_file())) if path.is_dir() else (path.parent, [path])
+    for file in files:
+        if with_weights or file.suffix == ".json":
+            sub = file.parent.relative_to(root).as_posix()
+            mlflow.log_artifact(str(file), artifact_path=artifact_path if sub == "." else f"{artifact_path}/{sub}")
+    if (config := path / "config.json").is_file():
+        log_new_params(flatten_dict({dataset_name: json.loads(config.read_text())}))
     mlflow.set_tags({f"{dataset_name}.path": str(path), f"{dataset_name}.weights_logged": str(with_weights).lower()})
     logger.info("logged model %s (%s) to MLflow run %s", dataset_name, path, mlflow.active_run().info.run_id)

@@ -44,8 +44,7 @@ class PairTable:
     @classmethod
     def from_manifest(cls, manifest: pd.DataFrame, lq_scale: int) -> PairTable:
         """Check the manifest's columns and sizes (HQ sides multiples of 16, LQ exactly 1/lq_scale of HQ)."""
-        missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
-        if missing:
+        if missing := [c for c in MANIFEST_COLUMNS if c not in manifest.columns]:
             raise ValueError(
                 f"pairs manifest lacks column(s) {missing}; it needs {list(MANIFEST_COLUMNS)} "
                 f"(the output of the fluxgen pipeline's degrade_pairs node)"

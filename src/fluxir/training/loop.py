@@ -64,25 +64,6 @@ def peak_memory_mb(device: torch.device | str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-class MlflowLogger:
-    """Logs to the active MLflow run (kedro-mlflow's, or the CLI's) on the main process; no-op otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.run = mlflow.active_run() if enabled else None
-
-    def params(self, params: dict[str, Any]) -> None:
-        if self.run is not None:
-            log_new_params(params)  # kedro-mlflow logged params:train already
-
-    def metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.run is not None:
-            mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=step)
-
-    def image(self, image: np.ndarray, name: str) -> None:
-        if self.run is not None:
-            mlflow.log_image(image, artifact_file=name)
-
-
 @dataclass
 class TrainResult:
     adapter: FluxIRAdapter  # the trained FluxIRAdapter (unwrapped, float32)
@@ -111,7 +92,7 @@ class TrainingRun:
     run_key: str
     start: int  # step resumed from (0: fresh)
     history: list[dict[str, Any]]
-    log: MlflowLogger
+    mlflow_run: Any  # the active MLflow run (kedro-mlflow's or the CLI's) on the main process, else None
 
     @property
     def adapter(self) -> FluxIRAdapter:
@@ -227,7 +208,7 @@ def start_run(
         run_key=run_key,
         start=start,
         history=history,
-        log=MlflowLogger(accelerator.is_main_process),
+        mlflow_run=mlflow.active_run() if accelerator.is_main_process else None,
     )
 
 
@@ -245,7 +226,8 @@ def log_run_params(run: TrainingRun) -> None:
         "run_key": run.run_key,
         "resumed_from_step": run.start,
     }
-    run.log.params(flatten_dict({"train": dataclasses.asdict(cfg), "train_run": derived}))
+    if run.mlflow_run is not None:  # kedro-mlflow logged params:train already
+        log_new_params(flatten_dict({"train": dataclasses.asdict(cfg), "train_run": derived}))
     if run.accelerator.is_main_process:
         logger.info(
             "training %s: %d pairs in buckets %s, global batch %d = %d per process x %d process(es) x %d "
@@ -340,7 +322,7 @@ def training_record(run: TrainingRun, step: int) -> dict[str, Any]:
         "run_key": run.run_key,
         "num_train_pairs": len(run.train_idx),
         # the MLflow run this training logged to (rank 0's): evaluate and restore runs name it
-        **({"mlflow_run_id": run.log.run.info.run_id} if run.log.run is not None else {}),
+        **({"mlflow_run_id": run.mlflow_run.info.run_id} if run.mlflow_run is not None else {}),
     }
 
 
@@ -416,20 +398,19 @@ def bookkeeping(run: TrainingRun, step: int, window: list[dict[str, Any]]) -> li
     if main and (step % cfg.log_every == 0 or last):
         keys = ("loss", "loss_mse", "loss_pixel", "grad_norm", "samples_per_s", "t_mean")
         mean = {k: float(np.mean([r[k] for r in window])) for k in keys}
-        run.log.metrics(
-            {
-                **{f"train/{k}": v for k, v in mean.items()},
-                "train/lr": window[-1]["lr"],
-                "train/peak_memory_mb": peak_memory_mb(run.accelerator.device),
-                "train/epoch": float(window[-1]["epoch"]),
-            },
-            step,
-        )
+        metrics = {
+            **{f"train/{k}": v for k, v in mean.items()},
+            "train/lr": window[-1]["lr"],
+            "train/peak_memory_mb": peak_memory_mb(run.accelerator.device),
+            "train/epoch": float(window[-1]["epoch"]),
+        }
+        if run.mlflow_run is not None:
+            mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=step)
         window = []
-    if run.log.run is not None and run.val_idx and (step % cfg.validate_every == 0 or last):
+    if run.mlflow_run is not None and run.val_idx and (step % cfg.validate_every == 0 or last):
         with run.accelerator.autocast():
             grid = validation_grid(run.models, run.adapter, run.pairs, run.val_idx, cfg)
-        run.log.image(grid, f"validation/step_{step:08d}.png")
+        mlflow.log_image(grid, artifact_file=f"validation/step_{step:08d}.png")
     run.adapter.training_record = training_record(run, step)
     if main and (step % cfg.checkpoint_every == 0 or last):
         extra = {
