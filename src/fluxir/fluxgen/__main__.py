@@ -18,7 +18,7 @@ from fluxir.fluxgen.generate import GenerationConfig, run_generation
 from fluxir.fluxgen.pairs import PairsStageConfig, degrade_selection, rank_and_world
 from fluxir.fluxgen.score import IqaConfig, run_scoring
 from fluxir.io.store import ImageStore
-from fluxir.runtime.entry import Input, StageCommand, load_stage, run_subcommand, shard, stage_parser
+from fluxir.runtime.entry import Input, StageCommand, load_stage, print_json, run_subcommand, shard, stage_parser
 
 PROG = "python -m fluxir.fluxgen"
 MANIFEST = Input("--manifest", pd.read_parquet, "generated-images parquet (default: the catalog's latest)")
@@ -93,7 +93,6 @@ STAGES = {
 def pairs(argv: list[str] | None = None) -> None:
     """Degrade this process's share of the kept images (the launcher's, or ``degrade.rank`` of
     ``degrade.world_size``) on every core."""
-    import json
 
     prog = f"{PROG} pairs"
     inputs = {
@@ -107,7 +106,7 @@ def pairs(argv: list[str] | None = None) -> None:
     stores, _, made = degrade_selection(
         loaded["iqa_selection"], loaded["pair_store"], cfg, rank=rank, world_size=world_size
     )
-    print(json.dumps({"pairs": str(stores.lq.root.parent), "made": len(made), "rank": rank, "world_size": world_size}))
+    print_json({"pairs": str(stores.lq.root.parent), "made": len(made), "rank": rank, "world_size": world_size})
 
 
 def main(argv: list[str] | None = None) -> None:

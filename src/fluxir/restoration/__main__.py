@@ -4,7 +4,6 @@ run``, with the restore pipeline's parameters and catalog; each process restores
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +15,7 @@ from fluxir.models.loading import resolve_device
 from fluxir.parameters.config import catalog_config, load_catalog
 from fluxir.restoration.files import plan_folder, restore_share, split_params, summarise_shares
 from fluxir.restoration.methods import restorer_spec, uses_adapter
-from fluxir.runtime.entry import finish, load_stage, process_state, stage_parser
+from fluxir.runtime.entry import finish, load_stage, print_json, process_state, stage_parser
 
 PROG = "python -m fluxir.restoration"
 
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         failures, summary = summarise_shares(plan, shares, job, cfg)
         if args.summary:
             write_json_atomic(Path(args.summary), {"failures": failures, "summary": summary}, default=str)
-        print(json.dumps({k: v for k, v in summary.items() if k != "images"}, default=str))
+        print_json({k: v for k, v in summary.items() if k != "images"})
     finish(state, {"restored": len(share.results), "failed": len(share.failures)})
 
 

@@ -64,9 +64,17 @@ def shard(state: Any) -> tuple[int, int, Any, bool]:
     return state.process_index, state.num_processes, state.device, state.is_local_main_process
 
 
+def print_json(record: Mapping[str, Any]) -> None:
+    """One JSON line in a single write: the ranks of ``accelerate launch`` share its stdout pipe (unbuffered), and
+    ``print`` writes the text and the newline apart, so two ranks' lines could interleave."""
+    sys.stdout.flush()
+    sys.stdout.write(json.dumps(record, default=str) + "\n")
+    sys.stdout.flush()
+
+
 def finish(state: Any, summary: Mapping[str, Any]) -> None:
     state.wait_for_everyone()
-    print(json.dumps({**summary, "rank": state.process_index, "processes": state.num_processes}, default=str))
+    print_json({**summary, "rank": state.process_index, "processes": state.num_processes})
 
 
 @dataclass(frozen=True)

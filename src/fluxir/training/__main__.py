@@ -4,7 +4,6 @@ pipeline's two steps outside ``kedro run``, with the same configuration and cata
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pandas as pd
 from fluxir.datasets import write_parquet
 from fluxir.models.adapter import save_adapter
 from fluxir.parameters.config import load_catalog
-from fluxir.runtime.entry import Input, StageCommand, load_stage, process_state, shard, stage_parser
+from fluxir.runtime.entry import Input, StageCommand, load_stage, print_json, process_state, shard, stage_parser
 from fluxir.runtime.tracking import command_run
 from fluxir.training.config import TrainConfig, TrainFolders
 from fluxir.training.latents import precompute_latents
@@ -91,17 +90,15 @@ def main(argv: list[str] | None = None) -> None:
         if history_path:
             write_parquet(history_path, result.history)  # as the catalog's train_history: atomic, fsynced
         last = result.history.iloc[-1].to_dict() if len(result.history) else {}
-        print(
-            json.dumps(
-                {
-                    "adapter": str(output or "catalog:fluxir_adapter"),
-                    "run_dir": str(result.run_dir),
-                    "resumed_from": result.resumed_from,
-                    "final_step": int(last.get("step", result.resumed_from)),
-                    "final_loss": last.get("loss"),
-                    "processes": state.num_processes,
-                }
-            )
+        print_json(
+            {
+                "adapter": str(output or "catalog:fluxir_adapter"),
+                "run_dir": str(result.run_dir),
+                "resumed_from": result.resumed_from,
+                "final_step": int(last.get("step", result.resumed_from)),
+                "final_loss": last.get("loss"),
+                "processes": state.num_processes,
+            }
         )
     state.wait_for_everyone()
 
