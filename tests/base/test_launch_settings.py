@@ -3,6 +3,8 @@ job, the degradation share a launcher gives, and what the preflight check report
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from fluxir.fluxgen.pairs import launcher_rank_and_world, rank_and_world
@@ -98,3 +100,25 @@ def test_check_reports_processes_and_gpus_per_stage():
     cpu = {f.item: f.detail for f in check_processes(params, gpus=0)}
     assert cpu["fluxgen.num_processes"] == "generate and score: 1 CPU process (auto), no GPU"
     assert cpu["train.num_processes"] == "train: 2 CPU processes (2), no GPU"
+
+
+def test_a_ranks_json_line_is_one_write(monkeypatch):
+    """The ranks of `accelerate launch` share one unbuffered stdout pipe: a line written in two pieces (print's text,
+    then its newline) can interleave with another rank's (seen as '{...}{...}' under load)."""
+    from pathlib import Path
+
+    from fluxir.runtime.entry import print_json
+
+    writes = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    print_json({"rank": 1, "store": Path("data/x")})
+    assert writes == ['{"rank": 1, "store": "data/x"}\n']

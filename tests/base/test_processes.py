@@ -54,25 +54,3 @@ def test_a_child_dies_when_its_owner_is_killed(how):
         assert not alive, f"the {how} child outlived its killed owner"
     finally:
         owner.kill()
-
-
-def test_a_ranks_json_line_is_one_write(monkeypatch):
-    """The ranks of `accelerate launch` share one unbuffered stdout pipe: a line written in two pieces (print's text,
-    then its newline) can interleave with another rank's (seen as '{...}{...}' under load)."""
-    from pathlib import Path
-
-    from fluxir.runtime.entry import print_json
-
-    writes = []
-
-    class Recorder:
-        def write(self, text: str) -> int:
-            writes.append(text)
-            return len(text)
-
-        def flush(self) -> None:
-            pass
-
-    monkeypatch.setattr(sys, "stdout", Recorder())
-    print_json({"rank": 1, "store": Path("data/x")})
-    assert writes == ['{"rank": 1, "store": "data/x"}\n']
