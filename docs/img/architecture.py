@@ -152,7 +152,7 @@ box(
     ],
     bold_first=False,
 )
-box(522, 470, 140, 54, ["score_outputs", "PSNR SSIM LPIPS + NR", "evaluation/report.py"])
+box(522, 470, 140, 54, ["score_outputs", "PSNR SSIM LPIPS + NR", "evaluation/scores.py"])
 box(682, 470, 146, 54, ["build_report", "Table-1 style", "evaluation/report.py"])
 arrow(174, 497, 194, 497)
 arrow(332, 497, 340, 497)

@@ -558,3 +558,19 @@ def test_demo_writer_fills_only_the_missing_folder_and_the_run_reuses_outputs(ev
     report = _latest(project, "data/08_reporting/evaluation_report.md").read_text()
     assert "DrealSR: 3 images ready" in report and "[demo data]" in report
     assert pd.read_parquet(_latest(project, "data/08_reporting/evaluation_means.parquet"))["mean"].notna().all()
+
+
+def test_a_rerun_scores_only_the_new_outputs(evaluated):
+    """The second run adds DrealSR: every score of the first run is reused (the same values, even MANIQA's random
+    crops), only DrealSR's are made."""
+    project, first = evaluated["project"], evaluated["table"]
+    second = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
+    new = second[second["dataset"] == "DrealSR"]
+    assert len(new) and len(second) == len(first) + len(new)
+    log = evaluated["second"].stdout + evaluated["second"].stderr
+    assert f"scores: {len(new)} made now, {len(first)} reused from " in log
+    keys = ["dataset", "method", "image", "label"]
+    again = second.merge(first, on=keys, suffixes=("", "_first"), validate="one_to_one")
+    assert len(again) == len(first) and (again["value"] == again["value_first"]).all()
+    cache = pd.read_parquet(project / "data/07_model_output/evaluate_demo/scores.parquet")
+    assert len(cache) == len(second) and cache["key"].is_unique

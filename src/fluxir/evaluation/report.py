@@ -1,4 +1,4 @@
-"""The evaluation report: every output scored (a long per-image table carrying each number's convention), the
+"""The evaluation report: the per-image scores (a long table carrying each number's convention, made by ``scores``), the
 means laid out like the paper's Table 1 beside its numbers, rendered as Markdown and HTML, and image grids.
 A metric whose scorer is not the paper's (a tiny run's stand-in) is labelled STAND-IN wherever its numbers appear."""
 
@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fluxir import iqa
-from fluxir.evaluation.config import EvaluateConfig, parse_metric_groups
+from fluxir.evaluation.config import EvaluateConfig
 from fluxir.io.images import read_image
 from fluxir.iqa import CONVENTION_DEFINITIONS, MetricSpec
 from fluxir.restoration.methods import TITLES
@@ -51,70 +50,6 @@ def method_title(method: str, tiny_models: bool = False) -> str:
         tiny = tiny_models and method != "bicubic"  # no weights
         return f"{TITLES[method]} (this run{', tiny random weights' if tiny else ''})"
     return f"{method} (your outputs)"
-
-
-def score_all(
-    manifest: pd.DataFrame,
-    outputs: pd.DataFrame,
-    config: EvaluateConfig,
-    weights_dir: str | None,
-    trust_weight_files: bool,
-    device: str,
-    batch_size: int,
-) -> pd.DataFrame:
-    """The per-image table (``PER_IMAGE_COLUMNS``): full-reference metrics where a benchmark has HQ, under
-    ``evaluate.convention`` and ``crop_border``; no-reference metrics on every whole RGB output. All weight files
-    are checked before anything is scored."""
-    from fluxir.models.loading import resolve_device
-
-    device = resolve_device(device)
-    groups = parse_metric_groups(config.metrics)
-    full, no_ref = groups["full_reference"], groups["no_reference"]
-    iqa.configure_weights(weights_dir, trust_weight_files)
-    iqa.check_weights([*full.values(), *no_ref.values()])
-    table = outputs.merge(
-        manifest[["dataset", "image", "hq_path"]], on=["dataset", "image"], how="left", validate="many_to_one"
-    ).reset_index(drop=True)
-    if table.empty:
-        raise ValueError("no restored output to score")
-    parts = []
-
-    def frame(rows: pd.DataFrame, label: str, spec: Any, values: Any, convention: Any, crop: Any) -> pd.DataFrame:
-        return rows[["dataset", "method", "image"]].assign(
-            label=label,
-            metric=spec.name,
-            value=np.asarray(values, dtype=np.float64),
-            convention=convention,
-            crop_border=crop,
-            higher_is_better=not iqa.lower_is_better(spec),
-            # one of the paper's metrics, not by its scorer
-            stand_in=label in PAPER_METRICS and (spec.name not in PAPER_METRICS[label] or not spec.pretrained),
-        )
-
-    if no_ref:
-        paths, specs = list(table["path"]), list(no_ref.values())
-        scores = iqa.score_no_reference(paths, specs, batch_size=batch_size, device=device, progress=False)
-        for label, spec in no_ref.items():
-            parts.append(frame(table, label, spec, scores[spec.name].values, "rgb", 0))
-    paired = table[table["hq_path"].notna()].reset_index(drop=True)
-    if full and not paired.empty:
-        long = iqa.score_full_reference(
-            list(paired["path"]),
-            list(paired["hq_path"]),
-            list(full.values()),
-            convention=config.convention,
-            crop_border=config.crop_border,
-            device=device,
-            batch_size=batch_size,
-        )  # its image column: the row of ``paired``
-        for label, spec in full.items():
-            part = long[long["metric"] == spec.name].sort_values("image")
-            parts.append(
-                frame(paired, label, spec, part["value"].values, part["convention"].values, part["crop_border"].values)
-            )
-    per_image = pd.concat(parts, ignore_index=True)[PER_IMAGE_COLUMNS]
-    per_image["crop_border"] = per_image["crop_border"].astype(int)
-    return per_image
 
 
 def metric_means(per_image: pd.DataFrame) -> pd.DataFrame:

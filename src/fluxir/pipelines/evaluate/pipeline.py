@@ -4,7 +4,8 @@ The nodes take ``params:evaluate`` as one ``EvaluateConfig``; the union of every
 from kedro.pipeline import Node, Pipeline
 
 from fluxir.evaluation.config import EvaluateConfig
-from fluxir.evaluation.report import grids, score_all
+from fluxir.evaluation.report import grids
+from fluxir.evaluation.scores import score_all
 
 from .nodes import (
     announce_report,
@@ -82,6 +83,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "benchmark_manifest",
                     "eval_outputs_table",
                     "evaluate_config",
+                    "eval_outputs",
                     "params:iqa.weights_dir",
                     "params:iqa.trust_weight_files",
                     "params:iqa.device",
