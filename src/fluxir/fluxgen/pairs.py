@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 
 import fluxir
-from fluxir.fluxgen.degrade import degrade_pair
 from fluxir.fluxgen.degrade_config import DegradationConfig
 from fluxir.io.atomic import write_json_atomic
 from fluxir.io.images import read_image
@@ -134,6 +133,8 @@ def pair_provenance(source: str | os.PathLike, key: str, seed: int, side: str) -
 
 
 def make_pair(job: tuple[int, str], stores: PairStores, config: Any, seed: int) -> int:
+    from fluxir.fluxgen.degrade import degrade_pair  # basicsr and torchvision: only where pairs are made (2 s)
+
     image_id, source = job
     hq, lq, info = degrade_pair(read_image(source), image_id, seed, config)
     hq_rec = stores.hq.write_recorded(image_id, hq, pnginfo=pair_provenance(source, stores.key, seed, "hq"))
