@@ -25,6 +25,9 @@ from fluxir.parameters.config import load_params
 from conftest import make_project_copy
 from support import kedro_session_run
 
+# its module fixtures are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_content_filter")
+
 RED_ID = 3  # the id whose generated image is replaced by a red-tinted photo before the run
 PARAMS = {"fluxgen": {"num_images": 8, "steps": 2}}  # nested, as Kedro's --params parsing hands them over
 

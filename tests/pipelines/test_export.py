@@ -26,6 +26,9 @@ from fluxir.parameters.config import load_params
 from conftest import REPO, make_project_copy
 from support import kedro_session_run
 
+# its module fixtures are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_export")
+
 MAX_SHARD_MB = 0.04
 EXPORT = Path("data/09_export/fluxgen_dataset")
 

@@ -26,7 +26,8 @@ from conftest import free_port, kedro_run, make_project_copy
 from support import adapter_params
 
 # Every test logs to a real mlflow server process (HTTP tracking), started once for the module.
-pytestmark = pytest.mark.e2e
+# its module fixtures (the server, the tracked run) are made once: every test of the file on one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_mlflow_tracking")]
 
 
 # ------------------------------------------------------------------------------------------------ REST

@@ -19,6 +19,9 @@ from nbclient import NotebookClient
 
 from conftest import REPO
 
+# its module fixtures are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_notebook")
+
 NOTEBOOK = REPO / "notebooks" / "explore_fluxgen.ipynb"
 ARTIFACTS = REPO / "test-artifacts" / "notebooks"
 

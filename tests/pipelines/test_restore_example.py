@@ -19,6 +19,9 @@ from fluxir.parameters.config import parse_overrides
 from conftest import REPO, make_project_copy
 from support import kedro_session_run, save_identity_adapter
 
+# its module fixtures are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_restore_example")
+
 
 def restore_example() -> list[str]:
     """The ``RESTORE_EXAMPLE`` command of the Makefile, split as the shell splits it."""

@@ -18,6 +18,9 @@ from fluxir.restoration.restore_config import OutputGeometry
 
 from conftest import REPO
 
+# its module fixtures are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_public_restorers")
+
 TINY = REPO / "data" / "01_raw" / "tiny"
 
 

@@ -18,6 +18,9 @@ from fluxir.training.loop import train
 
 from support import make_pairs, tiny_folders, tiny_params
 
+# its module fixtures are made once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("test_checkpoint_integrity")
+
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> pd.DataFrame:
