@@ -3,6 +3,7 @@ results equal a one-process run; the child dies with the parent; one MLflow run 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,10 +18,11 @@ import pytest
 from fluxir.parameters.config import load_params
 from fluxir.runtime.launch import GRACE_SECONDS
 
-from conftest import REPO, kedro_process, make_project_copy
+from conftest import REPO, kedro_process, kedro_run, make_project_copy
 from support import kill_when, make_mixed_folder, make_pairs, save_identity_adapter
 
-# Every test here starts `kedro run` or a launcher as a process: the process boundary is the subject.
+# Every test here starts `kedro run` or a launcher as a process: the process boundary is the subject. The one-process
+# references they compare with run in this process (kedro_run): their subject is the result, not the process.
 pytestmark = pytest.mark.e2e
 
 FLUXGEN = "fluxgen.num_images=4,fluxgen.steps=1,iqa.batch_size=2"  # two score chunks: one per rank
@@ -80,7 +82,7 @@ def _running(pid: int) -> bool:
 def fluxgen_one_and_two(tmp_path_factory):
     root = tmp_path_factory.mktemp("fluxgen_np")
     one, two = make_project_copy(root / "one"), make_project_copy(root / "two")
-    kedro_process(one, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
+    kedro_run(one, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
     run = kedro_process(two, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=2")
     return one, two, run
 
@@ -163,7 +165,7 @@ def test_evaluate_on_two_processes_gives_the_same_outputs_and_report_numbers(ked
     project = kedro_project
     save_identity_adapter(project)
     params = "evaluate.restore.steps=2,evaluate.grid_images=1"
-    kedro_process(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
+    kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
     outputs = project / "data/07_model_output/evaluate_demo"
     one = {method: _files(outputs / method) for method in RESTORED}
     one_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
@@ -189,7 +191,7 @@ def test_restore_on_two_processes_gives_the_same_files_failures_and_summary(kedr
     make_mixed_folder(project / "photos")
     save_identity_adapter(project)
     common = "restore.input_dir=photos,restore.progress=false,restore.steps=2"
-    kedro_process(project, "run", "--env=tiny", "--pipeline=restore", f"--params={common},restore.output_dir=one")
+    kedro_run(project, "run", "--env=tiny", "--pipeline=restore", f"--params={common},restore.output_dir=one")
     one_failures = pd.read_parquet(_latest(project, "data/08_reporting/restore_failures.parquet"))
     one_summary = json.loads(_latest(project, "data/08_reporting/restore_summary.json").read_text())
     run = kedro_process(
@@ -270,9 +272,14 @@ def test_kill_9_of_the_parent_leaves_no_child_and_a_rerun_resumes(kedro_project,
         project, "run", "--env=tiny", "--pipeline=fluxgen", "--nodes=fluxgen.generate_images", f"--params={INTERRUPTED}"
     )
     cfg = GenerationConfig.from_params(load_params("tiny", [INTERRUPTED], project)["fluxgen"])
-    generate_into_store(cfg, ImageStore(tmp_path / "fresh").sub(cfg.key()), progress=False)
-    store = project / "data/02_intermediate/fluxgen_images"
-    assert _files(store) == _files(tmp_path / "fresh") and len(_files(store)) == 64
+    # An uninterrupted run of the first ids (num_images is not in the store key: the same pixels per id). Each rank
+    # makes its ids in order (rank r: r, r + 2, ...), so ids below 2 x made + 4 hold every image made before the kill
+    # and at least four made after it.
+    first = dataclasses.replace(cfg, num_images=min(64, 2 * made + 4))
+    generate_into_store(first, ImageStore(tmp_path / "fresh").sub(first.key()), progress=False)
+    resumed, fresh = _files(project / "data/02_intermediate/fluxgen_images"), _files(tmp_path / "fresh")
+    assert len(resumed) == 64 and len(fresh) == first.num_images
+    assert {name: resumed.get(name) for name in fresh} == fresh
 
 
 def test_sigterm_of_the_parent_leaves_no_child(kedro_project):
@@ -434,7 +441,7 @@ def slurm_project(fluxgen_one_and_two, tmp_path_factory):
         )
         for k in (0, 1)
     ]
-    kedro_process(project, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
+    kedro_run(project, "run", "--env=tiny", "--pipeline=fluxgen", f"--params={FLUXGEN},fluxgen.num_processes=1")
     return project, shares
 
 
@@ -495,7 +502,7 @@ def test_slurm_train_and_evaluate_on_two_nodes_match_one_process(slurm_project, 
     two = {method: _files(outputs / method) for method in RESTORED}
     two_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
     outputs.rename(outputs.with_name("evaluate_demo_slurm"))  # restored again by one process below
-    kedro_process(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
+    kedro_run(project, "run", "--env=tiny", "--pipeline=evaluate", f"--params={params},evaluate.num_processes=1")
     assert {method: _files(outputs / method) for method in RESTORED} == two
     assert all(len(files) == 5 for files in two.values())
     one_table = pd.read_parquet(_latest(project, "data/08_reporting/evaluation_per_image.parquet"))
