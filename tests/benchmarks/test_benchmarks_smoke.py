@@ -63,12 +63,15 @@ IN_PROCESS = {
 }
 
 AS_PROCESS = {  # each measures in processes of its own
-    "fluxgen_scale": (["--json", "--num-images", "60"], {"degrade_speedup_2_workers", "score_speedup_2_procs"}),
+    "fluxgen_scale": (
+        ["--json", "--num-images", "60", "--pair-repeats", "1"],
+        {"degrade_speedup_2_workers", "score_speedup_2_procs"},
+    ),
     "restore_memory": (["--json", "--width", "64", "--side", "32", "--steps", "2", "--modes", "none,int8"], {"modes"}),
-    "restore_tiling": (
+    "restore_tiling": (  # one mode: a process per size and mode, and the modes differ only in the tile settings
         ["--json", "--base", "8", "--steps", "2", "--tile", "32", "--tile-overlap", "16", "--vae-tile", "32"]
-        + ["--vae-tile-overlap", "8"],
-        {"tiled", "untiled"},
+        + ["--vae-tile-overlap", "8", "--modes", "tiled"],
+        {"tiled"},
     ),
     "train_step": (
         ["--json", "--config", "tiny", "--variants", "no_pixel_loss", "pixel_loss", "--steps", "1", "--warmup", "0"],
