@@ -146,3 +146,63 @@ def test_python_m_commands_live_only_in_main_modules(tmp_path):
         if path.name != "__main__.py" and runs_as_script(path)
     ]
     assert not offenders, f"a python -m command outside a __main__.py: {offenders}"
+
+
+def loaded_at_import(src: Path, start: str) -> set[str]:
+    """Every top-level package that importing ``start`` loads: the module-level imports (not those in functions or
+    under ``if TYPE_CHECKING``) of ``start``, of the packages above it and of every project module they reach."""
+    modules = module_names(src)
+    seen, todo, outside = set(), [start], set()
+    while todo:
+        name = todo.pop()
+        parents = [".".join(name.split(".")[:k]) for k in range(1, name.count(".") + 1)]
+        todo += [p for p in parents if p in modules and p not in seen]
+        if name in seen:
+            continue
+        seen.add(name)
+        path = modules[name]
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        body = ast.parse(path.read_text(), str(path)).body
+        statements = [*body, *(n for b in body if isinstance(b, ast.Try) for n in b.body)]
+        for node in statements:
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parents = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parents, base] if base else parents)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            todo += [t for t in targets if t in modules]
+            outside |= {t.split(".")[0] for t in targets if t not in modules}
+    return outside
+
+
+# What a process that needs no diffusion model loads: each of these costs seconds of start-up per process
+# (diffusers ~4 s with the torch._dynamo, bitsandbytes and torchao it imports; basicsr with torchvision ~2 s).
+LIGHT = {
+    "fluxir.parameters.validation": {"diffusers", "basicsr", "pyiqa", "torch"},  # the check before the first node
+    "fluxir.fluxgen.generate": {"diffusers", "transformers", "basicsr", "pyiqa"},  # the check's GenerationConfig
+    "fluxir.fluxgen.pairs": {"diffusers", "basicsr", "pyiqa"},  # PairsStageConfig; the degradation loads per pair
+    "fluxir.fluxgen.__main__": {"diffusers", "transformers", "basicsr"},  # the scoring and pairs ranks
+    "fluxir.restoration.realesrgan": {"diffusers", "transformers"},
+    "fluxir.evaluation.scores": {"diffusers", "transformers", "basicsr"},
+}
+
+
+def test_loaded_at_import_follows_module_level_imports_only(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("import numpy\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "a.py").write_text("from pkg import b\ntry:\n    import yaml\nexcept ImportError:\n    pass\n")
+    (pkg / "b.py").write_text("import json\nif TYPE_CHECKING:\n    import torch\n\ndef f():\n    import diffusers\n")
+    assert loaded_at_import(tmp_path, "pkg.sub.a") == {"numpy", "yaml", "json"}
+
+
+def test_processes_that_need_no_model_do_not_load_its_libraries():
+    found = {start: sorted(loaded_at_import(SRC, start) & heavy) for start, heavy in LIGHT.items()}
+    found = {start: heavy for start, heavy in found.items() if heavy}
+    assert not found, f"imported at module level (move the import into the function that needs it): {found}"
