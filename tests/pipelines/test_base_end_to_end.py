@@ -40,7 +40,7 @@ from PIL import Image
 
 from doc_commands import documented
 
-from conftest import NETGUARD, REPO, free_port, make_project_copy
+from conftest import NETGUARD, REPO, free_port, kedro_run, make_project_copy
 
 # The base configuration end to end: every documented command as its own process, as a user types it. The tests
 # share one project (module fixtures: pairs, then an adapter): one worker runs them all.
@@ -245,16 +245,19 @@ def test_full_scale_fluxgen_commands(base_project):
 
 @pytest.fixture(scope="module")
 def base_pairs(base_project) -> BaseProject:
-    """The project with FluxGen's pairs, whichever test ran first on this worker: the README's plain fluxgen step
-    (resumes, so it costs a few seconds where a fluxgen test already made them)."""
-    base_project.run("kedro run --pipeline=fluxgen")
+    """The project with FluxGen's pairs: the README's plain fluxgen step, unless a test made them already (the
+    full-scale test ends with that command on a finished run)."""
+    if not (base_project.path / "data/05_model_input/pairs_manifest.parquet").is_dir():
+        base_project.run("kedro run --pipeline=fluxgen")
     return base_project
 
 
 @pytest.fixture(scope="module")
 def base_adapter(base_pairs) -> BaseProject:
-    """The project with a trained adapter as well: the README's plain train step (finds a finished run done)."""
-    base_pairs.run("kedro run --pipeline=train")
+    """The project with a trained adapter as well: the README's plain train step, unless a test trained one (the
+    final `kedro run` of test_evaluate_restore_and_check_commands finds a finished train run done)."""
+    if not (base_pairs.path / "data/06_models/fluxir_adapter").is_dir():
+        base_pairs.run("kedro run --pipeline=train")
     return base_pairs
 
 
@@ -319,19 +322,23 @@ def test_evaluate_restore_and_check_commands(base_adapter):
 
 
 def test_tiny_commands(tmp_path, no_network):
-    """The tiny environment's documented fluxgen commands; lists and repeated --params reach the run."""
+    """The tiny environment's documented fluxgen commands; lists and repeated --params reach the run. Kedro's own
+    command line parses them in this process (``kedro_run``): the subject is the parsing, not a process."""
     project = BaseProject(tmp_path, "")
-    project.env["PYTHONPATH"] = os.pathsep.join([str(NETGUARD), str(REPO / "src")])
-    project.run(
-        'kedro run --env=tiny --pipeline=fluxgen --params="fluxgen.num_images=50"',
-        ("num_images=50", "num_images=6"),
-        run_file=False,
-    )
-    project.run("kedro run --env=tiny --pipeline=fluxgen", run_file=False)
-    project.run(
+
+    def run(command: str, *subs: tuple[str, str]) -> None:
+        text = documented(command)
+        for old, new in subs:
+            text = text.replace(old, new)
+        argv = shlex.split(text)
+        assert argv[0] == "kedro", text
+        kedro_run(project.path, *argv[1:])
+
+    run('kedro run --env=tiny --pipeline=fluxgen --params="fluxgen.num_images=50"', ("num_images=50", "num_images=6"))
+    run("kedro run --env=tiny --pipeline=fluxgen")
+    run(
         'kedro run --env=tiny --pipeline=fluxgen --params "degrade.config.crop_sizes=[[64,48],[48,48]]" '
-        '--params "iqa.metrics=[entropy, piqe]"',
-        run_file=False,
+        '--params "iqa.metrics=[entropy, piqe]"'
     )
     params = project.mlflow_runs("fluxir-fluxgen")[-1].data.params
     assert (
