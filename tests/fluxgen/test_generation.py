@@ -18,11 +18,13 @@ from fluxir.fluxgen.generate import (
     image_seed,
     prompt_for,
     recorded_hashes,
+    run_generation,
 )
 from fluxir.io.images import read_image
 from fluxir.io.provenance import sha256_file
 from fluxir.io.store import ImageStore
 from fluxir.models.loading import resolve_source
+from fluxir.parameters.config import load_params
 
 from conftest import REPO, free_port
 from support import base_params, kill_when
@@ -143,7 +145,9 @@ def test_killed_run_keeps_complete_images_and_resumes(tmp_path):
     # the first ids (made before and after the kill) are an uninterrupted run's, byte for byte (the store key
     # does not depend on num_images), and every recorded hash is its file's
     first = params.replace("num_images=400", f"num_images={len(written) + 5}")
-    subprocess.run(_cli("--params", first, "--store", str(clean)), cwd=REPO, env=env, check=True, capture_output=True)
+    # in this process: what `generate --params first --store clean` does, without another start-up
+    cfg = GenerationConfig.from_params(load_params("tiny", [first], REPO)["fluxgen"])
+    run_generation(cfg, ImageStore(clean), progress=False)
     made = {p.relative_to(clean): p.read_bytes() for p in clean.rglob("*.png")}
     assert len(made) == len(written) + 5 and made == {p: (killed / p).read_bytes() for p in made}
     (store,) = [ImageStore(p) for p in killed.iterdir() if p.is_dir()]

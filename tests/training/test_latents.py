@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from fluxir.io.provenance import sha256_file
+from fluxir.parameters.config import load_params
 from fluxir.training.data import PairTable
 from fluxir.training.latents import precompute_latents
 from fluxir.training.loop import train
@@ -119,7 +120,7 @@ def _cli(manifest: Path, cache: Path) -> list[str]:
 
 
 @pytest.mark.e2e  # a killed process resumes
-def test_killed_precompute_resumes(tmp_path):
+def test_killed_precompute_resumes(tmp_path, monkeypatch):
     manifest = noise_pairs(tmp_path / "pairs", 240)
     path = tmp_path / "pairs.parquet"
     manifest.to_parquet(path)
@@ -132,5 +133,8 @@ def test_killed_precompute_resumes(tmp_path):
     rerun = subprocess.run(_cli(path, killed), cwd=REPO, env=env, check=True, capture_output=True, text=True)
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert (summary["encoded"], summary["cached"]) == (240 - done, done)
-    subprocess.run(_cli(path, clean), cwd=REPO, env=env, check=True, capture_output=True)
+    # in this process: what `latents --manifest path --params train.latent_cache_dir=clean` does
+    monkeypatch.chdir(REPO)  # the tiny settings' model folder is the project's
+    params = load_params("tiny", [f"train.latent_cache_dir={clean}"], REPO)["train"]
+    precompute_latents(params, manifest, cache_dir=clean, progress=False)
     assert _cache_files(killed) == _cache_files(clean)  # every entry complete, the same bytes as one clean run
