@@ -26,7 +26,8 @@ from support import kedro_session_run
 # its module-scoped runs are made once: every test of the file on one worker
 pytestmark = pytest.mark.xdist_group("test_mlflow_compare")
 
-EVALUATE_PARAMS = {"evaluate": {"restore": {"steps": 2}}, "restore": {"seed": 3}}
+# the subject is what each run records of its adapter: FluxIR and the method that needs no model
+EVALUATE_PARAMS = {"evaluate": {"restore": {"steps": 2}, "methods": ["fluxir", "bicubic"]}, "restore": {"seed": 3}}
 
 
 def client(project: Path) -> mlflow.MlflowClient:
