@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export KEDRO_DISABLE_TELEMETRY := true
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .PHONY: setup demo lint test test-all mlflow viz docs app
 
