@@ -34,7 +34,7 @@ class ScoreCache:
         }
         self.added = 0
 
-    def keys(self, spec: Any, outputs: pd.Series, references: pd.Series, convention: str, crop: int) -> list[str]:
+    def keys(self, spec: Any, outputs: Any, references: Any, convention: str, crop: int) -> list[str]:
         version = iqa.metric_versions([spec])
         return [hash_json([version, convention, crop, out, ref], 32) for out, ref in zip(outputs, references)]
 
@@ -55,7 +55,6 @@ class ScoreCache:
 
         if self.added:
             table = pd.DataFrame([(k, *v) for k, v in self.rows.items()], columns=CACHE_COLUMNS)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             write_parquet(self.path, table, index=False)
 
 
@@ -74,6 +73,7 @@ def score_all(
     are checked before anything is scored; scores in the cache of ``eval_outputs`` are reused."""
     from fluxir.models.loading import resolve_device
 
+    device = resolve_device(device)
     groups = parse_metric_groups(config.metrics)
     full, no_ref = groups["full_reference"], groups["no_reference"]
     iqa.configure_weights(weights_dir, trust_weight_files)
@@ -102,15 +102,19 @@ def score_all(
             stand_in=label in PAPER_METRICS and (spec.name not in PAPER_METRICS[label] or not spec.pretrained),
         )
 
+    no_ref_keys = {
+        label: cache.keys(spec, table["output_sha"], [""] * len(table), "rgb", 0) for label, spec in no_ref.items()
+    }
+    missing = {label: set(cache.missing(keys)) for label, keys in no_ref_keys.items()}
+    if todo := sorted(set().union(*missing.values())):  # one pass over the images for every metric that needs them
+        specs = [no_ref[label] for label in no_ref if missing[label]]
+        paths = list(table["path"].iloc[todo])
+        scores = iqa.score_no_reference(paths, specs, batch_size=batch_size, device=device, progress=False)
+        for label, spec in ((label, spec) for label, spec in no_ref.items() if missing[label]):
+            new = [(no_ref_keys[label][i], v) for i, v in zip(todo, scores[spec.name]) if i in missing[label]]
+            cache.add([key for key, _ in new], [v for _, v in new], ["rgb"] * len(new), [0] * len(new))
     for label, spec in no_ref.items():
-        keys = cache.keys(spec, table["output_sha"], pd.Series([""] * len(table)), "rgb", 0)
-        if todo := cache.missing(keys):
-            paths = list(table["path"].iloc[todo])
-            scores = iqa.score_no_reference(
-                paths, [spec], batch_size=batch_size, device=resolve_device(device), progress=False
-            )
-            cache.add([keys[i] for i in todo], scores[spec.name].values, ["rgb"] * len(todo), [0] * len(todo))
-        parts.append(frame(table, label, spec, keys))
+        parts.append(frame(table, label, spec, no_ref_keys[label]))
     for label, spec in full.items() if not paired.empty else ():
         keys = cache.keys(spec, paired["output_sha"], paired["hq_sha"], config.convention, config.crop_border)
         if todo := cache.missing(keys):
@@ -120,7 +124,7 @@ def score_all(
                 [spec],
                 convention=config.convention,
                 crop_border=config.crop_border,
-                device=resolve_device(device),
+                device=device,
                 batch_size=batch_size,
             ).sort_values("image")  # its image column: the position in ``todo``
             cache.add([keys[i] for i in todo], long["value"], long["convention"], long["crop_border"])
