@@ -124,13 +124,13 @@ def run_stage(
         env.update(MLFLOW_RUN_ID=run.info.run_id, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
     else:
         env.pop("MLFLOW_RUN_ID", None)
-    from fluxir.models.adapter import save_adapter
-
     with scratch_dir(what) as scratch:
         for flag, table in (tables or {}).items():
             table.to_parquet(scratch / f"{flag.lstrip('-')}.parquet")
             command += [flag, str(scratch / f"{flag.lstrip('-')}.parquet")]
         if adapter is not None:
+            from fluxir.models.adapter import save_adapter  # diffusers: only a stage with an adapter pays for it
+
             save_adapter(adapter, scratch / "adapter")
             command += ["--adapter", str(scratch / "adapter")]
         logger.info("%s on %d processes: %s", what, num_processes, " ".join(command[2:]))
