@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -255,25 +255,3 @@ def import_basicsr() -> ModuleType:
     except ModuleNotFoundError:
         sys.modules[_OLD_TORCHVISION_MODULE] = importlib.import_module("torchvision.transforms._functional_tensor")
     return importlib.import_module("basicsr")
-
-
-# ------------------------------------------------------------------------------------------------
-# CPython 3.11: ``atexit._run_exitfuncs`` runs the exit handlers the interpreter would run at exit (every CPython
-# since 2.x has it; no public equivalent).
-
-
-def exit_without_teardown() -> NoReturn:
-    """End a finished ``python -m`` stage as the interpreter would, minus its teardown of the loaded modules: the
-    other threads are joined and the exit handlers run (log files, MLflow, coverage), then the process ends. With
-    torch, diffusers and transformers loaded that teardown took a 2-rank job 1.7 s on 2 CPU cores (measured), time
-    its ``accelerate launch`` and the waiting ``kedro run`` spend doing nothing."""
-    import atexit
-    import threading
-
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

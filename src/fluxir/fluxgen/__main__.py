@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 
-from fluxir.compat import exit_without_teardown
 from fluxir.fluxgen.content_filter import REVIEW_DUTY, ContentFilterConfig, run_filter
 from fluxir.fluxgen.generate import GenerationConfig, run_generation
 from fluxir.fluxgen.pairs import PairsStageConfig, degrade_selection, rank_and_world
@@ -116,4 +115,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-    exit_without_teardown()  # a rank ends without the 1-2 s teardown of torch and the model libraries

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 from accelerate.utils import gather_object
 
-from fluxir.compat import exit_without_teardown
 from fluxir.io.atomic import write_json_atomic
 from fluxir.models.adapter import load_adapter
 from fluxir.models.loading import resolve_device
@@ -63,4 +62,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-    exit_without_teardown()  # a rank ends without the 1-2 s teardown of torch and the model libraries

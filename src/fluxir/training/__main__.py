@@ -11,7 +11,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from fluxir.compat import exit_without_teardown
 from fluxir.datasets import write_parquet
 from fluxir.models.adapter import save_adapter
 from fluxir.parameters.config import load_catalog
@@ -106,4 +105,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-    exit_without_teardown()  # a rank ends without the 1-2 s teardown of torch and the model libraries
