@@ -33,6 +33,7 @@ from fluxir.fluxgen.score import IqaConfig, chunks_to_score, merge_scores, metri
 from fluxir.io.images import read_image
 from fluxir.io.provenance import sha256_file
 from fluxir.io.store import ImageStore
+from fluxir.parameters.config import load_params
 
 from conftest import REPO, free_port
 from support import base_params, kill_when
@@ -100,8 +101,12 @@ def test_missing_image_is_named(tmp_path):
 # ------------------------------------------------------------------ scoring
 
 
+def _score_params(metric: str) -> str:
+    return f"iqa.metrics=[{metric}],iqa.batch_size=3,iqa.part_size=6,iqa.loader_workers=1,iqa.device=cpu"
+
+
 def _score_cli(manifest: Path, parts: Path, metric: str, *extra: str) -> list[str]:
-    params = f"iqa.metrics=[{metric}],iqa.batch_size=3,iqa.part_size=6,iqa.loader_workers=1,iqa.device=cpu"
+    params = _score_params(metric)
     return [
         "-m",
         "fluxir.fluxgen",
@@ -118,6 +123,13 @@ def _score_cli(manifest: Path, parts: Path, metric: str, *extra: str) -> list[st
         str(REPO),
         *extra,
     ]
+
+
+def _score_here(manifest: Path, parts: Path, metric: str) -> int:
+    """What ``_score_cli`` runs, in this process (a one-process reference or a rerun: their subject is the scores);
+    returns how many images it scored."""
+    iqa = load_params("tiny", [_score_params(metric)], REPO)["iqa"]
+    return run_scoring(IqaConfig.from_params(iqa), pd.read_parquet(manifest), parts, progress=False)[1]
 
 
 def _merged(manifest: Path, parts: Path, metric: str) -> pd.DataFrame:
@@ -161,14 +173,7 @@ def test_two_scoring_processes_equal_one(scored_manifest, tmp_path):
         capture_output=True,
         timeout=300,
     )
-    subprocess.run(
-        [sys.executable, *_score_cli(scored_manifest, tmp_path / "one", "entropy")],
-        cwd=tmp_path,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    _score_here(scored_manifest, tmp_path / "one", "entropy")
     two_parts = sorted(p.name for p in (tmp_path / "two").rglob("part-*.parquet"))
     assert {name.split("-")[1] for name in two_parts} == {"00000", "00001"}, "both processes wrote parts"
     one, two = (
@@ -178,16 +183,7 @@ def test_two_scoring_processes_equal_one(scored_manifest, tmp_path):
     pd.testing.assert_frame_equal(one, two)  # exact: every chunk is the same batch in both runs
     assert one["entropy"].nunique() > 30
     # a rerun finds nothing left to score
-    rerun = subprocess.run(
-        [sys.executable, *_score_cli(scored_manifest, tmp_path / "two", "entropy")],
-        cwd=tmp_path,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert '"scored": 0' in rerun.stdout
+    assert _score_here(scored_manifest, tmp_path / "two", "entropy") == 0
     assert sorted(p.name for p in (tmp_path / "two").rglob("part-*.parquet")) == two_parts
 
 
@@ -210,22 +206,8 @@ def test_scoring_resumes_after_kill(tmp_path, monkeypatch):
     written = list(parts.rglob("part-*.parquet"))
     scored = sum(len(pd.read_parquet(p)) for p in written)  # every listed part is complete
     assert 12 <= scored < 600, "the run should have been killed part-way"
-    subprocess.run(
-        [sys.executable, *_score_cli(manifest, parts, "piqe")],
-        cwd=tmp_path,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    subprocess.run(
-        [sys.executable, *_score_cli(manifest, tmp_path / "clean", "piqe")],
-        cwd=tmp_path,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    assert _score_here(manifest, parts, "piqe") == 600 - scored  # the rerun scores only what the kill left
+    _score_here(manifest, tmp_path / "clean", "piqe")
     pd.testing.assert_frame_equal(_merged(manifest, parts, "piqe"), _merged(manifest, tmp_path / "clean", "piqe"))
 
 
