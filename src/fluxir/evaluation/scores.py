@@ -107,11 +107,12 @@ def score_all(
     }
     missing = {label: set(cache.missing(keys)) for label, keys in no_ref_keys.items()}
     if todo := sorted(set().union(*missing.values())):  # one pass over the images for every metric that needs them
-        specs = [no_ref[label] for label in no_ref if missing[label]]
+        needed = [label for label in no_ref if missing[label]]
         paths = list(table["path"].iloc[todo])
+        specs = [no_ref[label] for label in needed]
         scores = iqa.score_no_reference(paths, specs, batch_size=batch_size, device=device, progress=False)
-        for label, spec in ((label, spec) for label, spec in no_ref.items() if missing[label]):
-            new = [(no_ref_keys[label][i], v) for i, v in zip(todo, scores[spec.name]) if i in missing[label]]
+        for label in needed:
+            new = [(no_ref_keys[label][i], v) for i, v in zip(todo, scores[no_ref[label].name]) if i in missing[label]]
             cache.add([key for key, _ in new], [v for _, v in new], ["rgb"] * len(new), [0] * len(new))
     for label, spec in no_ref.items():
         parts.append(frame(table, label, spec, no_ref_keys[label]))
